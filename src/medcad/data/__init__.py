@@ -1,0 +1,1 @@
+"""Data layer: manifests, image I/O, audits, splits, synthetic data."""

@@ -1,0 +1,164 @@
+"""One table of samples for every task: image, label, patient, domain, subgroup, mask, boxes (+ extra columns).
+
+Paths in the table are relative to `Manifest.root`. A DICOM file with several frames gives one row per frame
+(column `frame`). `mask` holds one or more mask paths joined by `|` (their union is the mask); `boxes` is a
+JSON list of `[xmin, ymin, xmax, ymax, label]` in pixels of the original image, empty when unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcad.errors import DataError
+
+COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
+MASK_SEP = "|"
+
+
+@dataclass
+class Manifest:
+    """A table of samples and the folder its relative paths start from.
+
+    Attributes:
+        root: folder the `image` and `mask` paths are relative to.
+        table: one row per sample, columns COLUMNS first, extra metadata after.
+        layout: name of the reader that built it.
+        problems: (path, problem) for rows that could not be used, kept out of the table.
+    """
+
+    root: Path
+    table: pd.DataFrame
+    layout: str = "csv"
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def keys(self) -> list[str]:
+        """One id per sample: the image path, with `#frame` for DICOM frames."""
+        frames = self.table["frame"]
+        return [img if pd.isna(fr) else f"{img}#{int(fr)}" for img, fr in zip(self.table["image"], frames, strict=True)]
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self.table["image"].iat[i]
+
+    def mask_paths(self, i: int) -> list[Path]:
+        m = self.table["mask"].iat[i]
+        return [self.root / p for p in m.split(MASK_SEP)] if m else []
+
+    def frame(self, i: int) -> int | None:
+        fr = self.table["frame"].iat[i]
+        return None if pd.isna(fr) else int(fr)
+
+    def boxes(self, i: int) -> list[list] | None:
+        """Boxes as [[xmin, ymin, xmax, ymax, label], ...]; None when the row has no box information."""
+        b = self.table["boxes"].iat[i]
+        return json.loads(b) if b else None
+
+    @property
+    def labels(self) -> list[str]:
+        """Sorted distinct non-empty labels."""
+        return sorted(v for v in self.table["label"].unique() if v)
+
+    def has(self, column: str) -> bool:
+        """True when the column exists and at least one row has a value."""
+        return column in self.table and bool((self.table[column].astype(str) != "").any())
+
+    def subset(self, rows: Iterable[int]) -> Manifest:
+        return Manifest(self.root, self.table.iloc[list(rows)].reset_index(drop=True), self.layout, [])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as CSV with paths relative to the CSV's folder (so it is itself a valid input)."""
+        path = Path(path).resolve()
+        out = self.table.copy()
+        rel = os.path.relpath(self.root.resolve(), path.parent)
+
+        def rebase(p: str) -> str:
+            return "" if not p else Path(os.path.normpath(os.path.join(rel, p))).as_posix()
+
+        out["image"] = out["image"].map(rebase)
+        out["mask"] = out["mask"].map(lambda m: MASK_SEP.join(rebase(p) for p in m.split(MASK_SEP)) if m else "")
+        atomic_write_text(path, out.to_csv(index=False))
+        return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to a temp file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """Build a manifest table from row dicts: the standard columns in order, strings filled with ''."""
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = np.nan if col == "frame" else ""
+    extra = [c for c in df.columns if c not in COLUMNS]
+    df = df[list(COLUMNS) + extra]
+    for col in df.columns:
+        if col == "frame":
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+        else:
+            df[col] = df[col].fillna("").astype(str).str.strip()
+    return df.reset_index(drop=True)
+
+
+def load_manifest(
+    path: str | Path,
+    *,
+    layout: str | None = None,
+    pattern: str | None = None,
+    mask_suffix: str = "_mask",
+    labels: list[str] | None = None,
+) -> Manifest:
+    """Read a dataset in any supported layout into a Manifest.
+
+    Args:
+        path: dataset folder, CSV/TSV manifest, COCO JSON or DICOM file.
+        layout: force a reader ("folders", "csv", "images-masks", "coco"); detected when None.
+        pattern: for "folders", how folders map to columns, e.g. "{label}", "{domain}/{label}", "{group}/{label}".
+        mask_suffix: masks beside their images are `<stem><suffix>.*` and `<stem><suffix>_<n>.*`.
+        labels: the allowed labels; rows with other labels are reported as problems and left out.
+
+    Raises:
+        DataError: the path does not exist or no reader can use it.
+    """
+    from medcad.data import layouts
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "dataset path not found")
+    layout = layout or layouts.detect_layout(p)
+    reader = layouts.READERS.get(layout)
+    if reader is None:
+        raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(layouts.READERS)}")
+    manifest = reader(p, pattern=pattern, mask_suffix=mask_suffix)
+    if labels is not None:
+        allowed = set(labels)
+        bad = ~manifest.table["label"].isin(allowed)
+        for img, lab in zip(manifest.table.loc[bad, "image"], manifest.table.loc[bad, "label"], strict=True):
+            what = "has no label" if not lab else f"label {lab!r} is not one of {sorted(allowed)}"
+            manifest.problems.append((img, what))
+        manifest.table = manifest.table[~bad].reset_index(drop=True)
+    if len(manifest.table) == 0:
+        found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
+        raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
+    return manifest

@@ -1,0 +1,178 @@
+"""Holdout and k-fold splits, stratified by label and grouped by patient and near-duplicate image groups.
+
+A split is saved as splits.json (sample keys per fold) from a seed, and reused by later runs so that every model
+of a study is compared on the same folds. Each fold also carves a grouped validation set out of its training
+part, for early stopping and tuning: the test part is never used for either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.errors import ConfigError, DataError
+
+SPLITS_VERSION = 1
+GROUP_BY = ("auto", "patient", "duplicates", "patient+duplicates", "none")
+
+
+def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = False) -> tuple[np.ndarray, str]:
+    """One group id per sample and a description of how groups were formed.
+
+    `auto` groups by patient and near duplicates together (a duplicate pair never straddles train and test,
+    whatever its patient ids say); `none` makes every sample its own group.
+    """
+    from medcad.data.audit import _components, duplicate_groups, fingerprints
+
+    if group_by not in GROUP_BY:
+        raise ConfigError(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")
+    n = len(manifest)
+    pairs: list[tuple[int, int]] = []
+    used = []
+    if group_by in ("auto", "patient", "patient+duplicates") and manifest.has("patient"):
+        first: dict[str, int] = {}
+        for i, p in enumerate(manifest.table["patient"]):
+            if p:
+                pairs.append((first.setdefault(p, i), i))
+        used.append("patient")
+    elif group_by == "patient":
+        raise ConfigError("group_by 'patient' needs a patient column, but the manifest has no patient ids")
+    if group_by in ("auto", "duplicates", "patient+duplicates"):
+        for g in duplicate_groups(fingerprints(manifest, progress=progress), near=True):
+            pairs += [(g[0], j) for j in g[1:]]
+        used.append("duplicates")
+    groups = np.arange(n)
+    for comp in _components(n, pairs):
+        groups[comp] = comp[0]
+    return groups, "+".join(used) or "none"
+
+
+def _check_stratifiable(y: np.ndarray, groups: np.ndarray, n_splits: int, what: str) -> None:
+    per_label: Counter[str] = Counter()
+    for label in np.unique(y):
+        per_label[label] = len(np.unique(groups[y == label]))
+    thin = {lab: c for lab, c in per_label.items() if c < n_splits}
+    if thin:
+        desc = ", ".join(f"{lab or '(no label)'!r}: {c}" for lab, c in sorted(thin.items()))
+        raise DataError(
+            what,
+            f"too few independent images (patient/duplicate groups) to stratify {n_splits} "
+            f"folds: {desc}. Merge or drop these labels, add data, or use fewer folds.",
+        )
+
+
+def _grouped_split(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(cv.split(np.zeros(len(y)), y, groups))
+
+
+def make_splits(
+    manifest: Manifest,
+    *,
+    folds: int | None = 5,
+    holdout: float | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    group_by: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """Grouped, label-stratified splits.
+
+    Args:
+        folds: k for k-fold cross-validation (ignored when `holdout` is given).
+        holdout: fraction of groups held out as the test set, e.g. 0.2.
+        val_fraction: fraction of each training part kept aside (grouped) for validation; 0 for none.
+        seed: the split is a function of the data and this seed.
+        group_by: see `sample_groups`.
+
+    Returns:
+        {"version", "method", "seed", "group_by", "n_groups", "folds": [{"fold", "train", "val", "test"}]}.
+    """
+    if holdout is not None and not 0 < holdout < 1:
+        raise ConfigError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+    if holdout is None and (folds is None or folds < 2):
+        raise ConfigError(f"folds must be at least 2, got {folds}")
+    keys = np.array(manifest.keys, dtype=object)
+    y = manifest.table["label"].to_numpy(dtype=str)
+    groups, how = sample_groups(manifest, group_by, progress=progress)
+    n_splits = max(2, round(1 / holdout)) if holdout is not None else int(folds)
+    _check_stratifiable(y, groups, n_splits, str(manifest.root))
+    outer = _grouped_split(y, groups, n_splits, seed)
+    if holdout is not None:
+        outer = outer[:1]
+    out_folds = []
+    for k, (train, test) in enumerate(outer):
+        val = np.array([], dtype=int)
+        if val_fraction > 0:
+            inner_k = max(2, round(1 / val_fraction))
+            try:
+                _check_stratifiable(y[train], groups[train], inner_k, str(manifest.root))
+                tr, va = _grouped_split(y[train], groups[train], inner_k, seed + 1 + k)[0]
+            except DataError:  # too small to stratify the validation part: split by group only
+                rng = np.random.default_rng(seed + 1 + k)
+                ug = rng.permutation(np.unique(groups[train]))
+                va_groups = set(ug[: max(1, round(len(ug) / inner_k))])
+                va = np.array([i for i, g in enumerate(groups[train]) if g in va_groups])
+                tr = np.setdiff1d(np.arange(len(train)), va)
+            train, val = train[tr], train[va]
+        out_folds.append(
+            {
+                "fold": k,
+                "train": sorted(keys[train].tolist()),
+                "val": sorted(keys[val].tolist()),
+                "test": sorted(keys[test].tolist()),
+            }
+        )
+    return {
+        "version": SPLITS_VERSION,
+        "method": "holdout" if holdout is not None else "kfold",
+        "n_folds": len(out_folds),
+        "holdout": holdout,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "group_by": how,
+        "n_samples": len(keys),
+        "n_groups": int(len(np.unique(groups))),
+        "folds": out_folds,
+    }
+
+
+def save_splits(splits: dict, path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write_text(path, json.dumps(splits, indent=1))
+    return path
+
+
+def load_splits(path: str | Path, manifest: Manifest | None = None) -> dict:
+    """Read splits.json; with a manifest, check that every key in it is a sample of that manifest."""
+    path = Path(path)
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+        folds = splits["folds"]
+    except FileNotFoundError as e:
+        raise DataError(path, "splits file not found") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(path, f"not a medcad splits.json ({e})") from e
+    if manifest is not None:
+        known = set(manifest.keys)
+        for fold in folds:
+            missing = [k for part in ("train", "val", "test") for k in fold.get(part, []) if k not in known]
+            if missing:
+                raise DataError(
+                    path,
+                    f"fold {fold['fold']} names {len(missing)} image(s) not in the dataset, e.g. "
+                    f"{missing[0]!r}: the splits belong to another dataset; delete them to re-split",
+                )
+    return splits
+
+
+def fold_indices(manifest: Manifest, fold: dict) -> dict[str, np.ndarray]:
+    """Row indices of the manifest for each part of a fold."""
+    index = {k: i for i, k in enumerate(manifest.keys)}
+    return {part: np.array([index[k] for k in fold.get(part, [])], dtype=int) for part in ("train", "val", "test")}

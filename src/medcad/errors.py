@@ -1,0 +1,27 @@
+"""Errors that name the file or setting at fault and what to do about it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedcadError(Exception):
+    """Base class: a problem the user can fix; the CLI prints it without a traceback."""
+
+
+class DataError(MedcadError):
+    """A data file that cannot be used.
+
+    Args:
+        path: the file at fault.
+        problem: what is wrong with it, and what to do where that is not obvious.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class ConfigError(MedcadError):
+    """A setting, option or study-file key that cannot be used."""

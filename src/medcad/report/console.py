@@ -1,0 +1,87 @@
+"""Rich tables for the terminal: dataset summaries and audit findings."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(s: dict, console: Console | None = None) -> None:
+    """Print the output of `medcad.data.summary.summarize`."""
+    c = console or Console()
+    c.print(f"[bold]{s['root']}[/] — layout [cyan]{s['layout']}[/], {s['n_images']} images")
+    t = Table("label", "domain", "subgroup", "images", title="Images per label × domain × subgroup")
+    for row in s["by_label_domain_subgroup"]:
+        t.add_row(row["label"] or "(none)", row["domain"] or "—", row["subgroup"] or "—", str(row["n"]))
+    c.print(t)
+    w, h = s["width"], s["height"]
+    facts = Table(show_header=False, box=None)
+    facts.add_row("patients / groups", str(s["n_groups"]) if s["n_groups"] else "none (duplicates will group)")
+    facts.add_row("masks", f"{s['n_masks']} of {s['n_images']} images ({s['n_multi_masks']} made of several files)")
+    facts.add_row("boxes", f"{s['n_boxes']} boxes on {s['n_images_with_boxes']} images")
+    if w:
+        facts.add_row("width px", f"{w['min']}–{w['max']} (median {w['median']})")
+        facts.add_row("height px", f"{h['min']}–{h['max']} (median {h['median']})")
+        facts.add_row("distinct sizes", str(s["n_distinct_sizes"]))
+    if s["n_dicom_frames"]:
+        facts.add_row("DICOM frames", str(s["n_dicom_frames"]))
+    if s["extra_columns"]:
+        facts.add_row("extra columns", ", ".join(s["extra_columns"]))
+    facts.add_row("manifest", s.get("manifest_csv", ""))
+    c.print(facts)
+    _print_problems(c, s["problems"], "Problems (left out or unreadable)")
+
+
+def _print_problems(c: Console, rows: list[list[str]], title: str, limit: int = 30) -> None:
+    if not rows:
+        return
+    t = Table("file", "problem", title=f"{title}: {len(rows)}", title_style="bold yellow")
+    for row in rows[:limit]:
+        t.add_row(str(row[0]), " — ".join(str(x) for x in row[1:]))
+    if len(rows) > limit:
+        t.add_row("…", f"{len(rows) - limit} more (use --json)")
+    c.print(t)
+
+
+def print_audit(r: dict, console: Console | None = None) -> None:
+    """Print the output of `medcad.data.audit.audit`."""
+    c = console or Console()
+    c.print(f"[bold]Audit[/] of {r['n_images']} images")
+    _print_problems(c, r["manifest_problems"], "Manifest rows left out")
+    _print_problems(c, r["unreadable"], "Unreadable or corrupt images")
+    _print_problems(c, r["unreadable_masks"], "Unreadable masks")
+    _print_problems(c, r["mask_size_mismatch"], "Masks whose size differs from the image")
+    if r["non_binary_masks"]:
+        c.print(
+            f"[yellow]{len(r['non_binary_masks'])} masks are not binary (e.g. JPEG masks): "
+            "they are thresholded at 127.[/]"
+        )
+    if r["empty_labels"]:
+        c.print(f"[yellow]{len(r['empty_labels'])} images have no label[/] (fine for segmentation or detection).")
+    c.print(
+        f"exact duplicate groups: {len(r['exact_duplicates'])}; near-duplicate groups: "
+        f"{len(r['near_duplicates'])} holding {r['n_images_in_duplicate_groups']} images"
+    )
+    if r["cross_label_duplicates"]:
+        t = Table(
+            "labels",
+            "images",
+            title=f"Duplicates under different labels: {len(r['cross_label_duplicates'])}",
+            title_style="bold red",
+        )
+        for g, labels in zip(r["cross_label_duplicates"], r["cross_label_duplicate_labels"], strict=True):
+            t.add_row(" / ".join(labels), ", ".join(g))
+        c.print(t)
+    if r["near_duplicates"]:
+        t = Table("size", "images", title="Near-duplicate groups (largest first)")
+        for g in sorted(r["near_duplicates"], key=len, reverse=True)[:15]:
+            t.add_row(str(len(g)), ", ".join(g))
+        c.print(t)
+    for fold in r.get("leakage", []):
+        n_dup, n_pat = len(fold["duplicate_groups_across"]), len(fold["patients_across"])
+        style = "red" if n_dup or n_pat else "green"
+        c.print(
+            f"[{style}]fold {fold['fold']}: {n_dup} duplicate groups and {n_pat} patients in both train and test[/]"
+        )
+    clean = not any(r[k] for k in ("unreadable", "unreadable_masks", "mask_size_mismatch", "cross_label_duplicates"))
+    c.print("[green]No blocking problems found.[/]" if clean else "[yellow]See the findings above.[/]")
