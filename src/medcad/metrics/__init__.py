@@ -1,0 +1,1 @@
+"""Study metrics: classification (with bootstrap CIs), segmentation, detection, and their statistics."""

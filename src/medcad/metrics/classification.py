@@ -1,0 +1,333 @@
+"""Classification metrics with bootstrap CIs: per class, averaged, binary operating points, subsets.
+
+Undefined quantities (0/0, e.g. the recall of a class absent from y_true) are nan and left out of macro and
+weighted averages, as scikit-learn does with ``zero_division=np.nan``. Every function returns plain Python
+floats, ints and lists, so the result goes straight into ``json.dumps(..., allow_nan=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from medcad.metrics.stats import (
+    as_probs,
+    bootstrap_weights,
+    calibration_bins,
+    delong_ci,
+    percentile_ci,
+    reliability_curve,
+    weighted_auc,
+    weighted_ece,
+)
+
+Batch = Callable[[np.ndarray], dict[str, np.ndarray]]  # (B, N) row weights -> {name: (B,) values}
+MAX_ROC_POINTS = 200
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    return np.divide(a, b, out=np.full(a.shape, np.nan), where=b > 0)
+
+
+def _nanmean(x: np.ndarray, weights: np.ndarray | None = None, axis: int = -1) -> np.ndarray:
+    """Weighted mean over `axis` of the finite entries; nan where none (no warnings)."""
+    ok = np.isfinite(x)
+    w = np.ones_like(x) if weights is None else np.broadcast_to(weights, x.shape)
+    return _div(np.where(ok, x * w, 0).sum(axis=axis), np.where(ok, w, 0).sum(axis=axis))
+
+
+def _validate(y_true: Any, probs: Any, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    labels = [str(label) for label in labels]
+    p = as_probs(probs)
+    y = np.asarray(y_true)
+    if p.shape[1] != len(labels) or y.shape != (p.shape[0],):
+        raise ValueError(f"probs {p.shape} and y_true {y.shape} do not fit {len(labels)} labels {labels}")
+    if y.size and (y.min() < 0 or y.max() >= len(labels) or not np.all(np.equal(np.mod(y, 1), 0))):
+        raise ValueError(f"y_true must hold class indices 0..{len(labels) - 1} into labels {labels}")
+    return y.astype(int), p, labels
+
+
+def _with_ci(batch: Batch, n: int, *, groups: Any = None, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Point value and percentile bootstrap CI of every quantity a batch function returns."""
+    point = batch(np.ones((1, n)))
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
+    for w in bootstrap_weights(n, n_boot, seed, groups):
+        for k, v in batch(w).items():
+            samples[k].append(v)
+    return {
+        k: {"value": float(point[k][0]), "ci95": list(percentile_ci(np.concatenate(v) if v else np.array([])))}
+        for k, v in samples.items()
+    }
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
+    """Weighted confusion matrices (B, K, K) for row weights (B, N); rows true, columns predicted."""
+    b = w.shape[0]
+    idx = (y * k + pred)[None, :] + (k * k) * np.arange(b)[:, None]
+    return np.bincount(idx.ravel(), w.ravel(), minlength=b * k * k).reshape(b, k, k)
+
+
+def _per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class rates from confusion matrices (..., K, K); each (..., K)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
+    total = cm.sum(axis=(-2, -1))[..., None]
+    fp, fn = predicted - tp, support - tp
+    tn = total - tp - fp - fn
+    return {
+        "precision": _div(tp, predicted),
+        "recall": _div(tp, support),
+        "specificity": _div(tn, tn + fp),
+        "f1": _div(2 * tp, support + predicted),
+        "support": support,
+    }
+
+
+def _operating_point(yb: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    pp = score >= threshold
+    tp, fp = np.sum(yb & pp), np.sum(~yb & pp)
+    fn, tn = np.sum(yb & ~pp), np.sum(~yb & ~pp)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": float(_div(tp, tp + fn)),
+        "specificity": float(_div(tn, tn + fp)),
+        "ppv": float(_div(tp, tp + fp)),
+        "npv": float(_div(tn, tn + fn)),
+    }
+
+
+def _sens_spec_batch(yb: np.ndarray, pred_pos: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity (B,) of fixed predictions under row weights (B, N)."""
+    yf, pf = yb.astype(float), pred_pos.astype(float)
+    return _div(w @ (yf * pf), w @ yf), _div(w @ ((1 - yf) * (1 - pf)), w @ (1 - yf))
+
+
+def _roc(yb: np.ndarray, score: np.ndarray, max_points: int = MAX_ROC_POINTS) -> dict[str, list[float]]:
+    """One-vs-rest ROC curve, at most `max_points` points (ends kept); empty lists if undefined."""
+    if yb.all() or not yb.any():
+        return {"fpr": [], "tpr": [], "thresholds": []}
+    fpr, tpr, thr = roc_curve(yb, score)
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr, thr = fpr[keep], tpr[keep], thr[keep]
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}
+
+
+def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | None) -> tuple[dict, Batch]:
+    """Binary-only results and a batch function for the CIs of their sensitivities and specificities."""
+    pos_label = labels[1] if positive is None else str(positive)
+    if pos_label not in labels:
+        raise ValueError(f"positive={positive!r} is not one of the labels {labels}")
+    yb, s = y == labels.index(pos_label), p[:, labels.index(pos_label)]
+    nan = float("nan")
+    youden = {"threshold": nan, "sensitivity": nan, "specificity": nan, "ppv": nan, "npv": nan}
+    sens_at_spec = spec_at_sens = nan
+    if yb.any() and not yb.all():
+        fpr, tpr, thr = roc_curve(yb, s, drop_intermediate=False)
+        best = 1 + int(np.argmax((tpr - fpr)[1:]))  # skip the infinite "predict nothing" threshold
+        youden = _operating_point(yb, s, thr[best])
+        sens_at_spec = float(tpr[fpr <= 0.1].max())
+        spec_at_sens = float((1 - fpr[tpr >= 0.9]).max())
+    points = {"at_0.5": _operating_point(yb, s, 0.5), "youden": youden}
+    preds = {name: s >= pt["threshold"] for name, pt in points.items()}  # nan threshold -> all False
+
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name, pred in preds.items():
+            out[f"{name}/sensitivity"], out[f"{name}/specificity"] = _sens_spec_batch(yb, pred, w)
+        return out
+
+    auc_lo, auc_hi = delong_ci(yb.astype(int), s)
+    result = {
+        "positive": pos_label,
+        "auc": {"value": float(weighted_auc(yb, s)[0]), "ci95": [auc_lo, auc_hi]},
+        **points,
+        "sensitivity_at_90_specificity": sens_at_spec,
+        "specificity_at_90_sensitivity": spec_at_sens,
+    }
+    return result, batch
+
+
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    positive: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All classification metrics a CAD paper reports, headline ones with percentile bootstrap 95 % CIs.
+
+    Args:
+        y_true: true class index per row (N,), indexing `labels`.
+        probs: class probabilities (N, K) (rows sum to 1), or p(labels[1]) (N,) for two labels.
+        labels: class names (K).
+        groups: optional group (patient) per row: CIs then come from a cluster bootstrap over groups.
+        positive: positive label of a binary problem (default labels[1]).
+        n_boot: bootstrap resamples (0 skips CIs: they are nan).
+        seed: bootstrap seed.
+
+    Returns:
+        JSON-ready dict: n, labels, accuracy, balanced_accuracy, macro_f1, weighted_f1, macro_auc, ece (each
+        {value, ci95}), macro, weighted, per_class, confusion_matrix, roc, reliability, bootstrap, and for
+        two labels `binary` (DeLong CI of the AUC; bootstrap CIs of sensitivity/specificity at fixed thresholds).
+    """
+    y, p, labels = _validate(y_true, probs, labels)
+    n, k = p.shape
+    if n == 0:
+        raise ValueError("classification_metrics got no rows; check the split or subset that produced them")
+    pred = p.argmax(axis=1)
+    onehot = y[:, None] == np.arange(k)  # (N, K)
+    auc_classes = [c for c in range(k) if 0 < onehot[:, c].sum() < n]
+    bins, conf, correct = calibration_bins(y, p)
+    binary, binary_batch = _binary(y, p, labels, positive) if k == 2 else ({}, None)
+
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:
+        cm = _confusion(y, pred, k, w)
+        rates = _per_class(cm)
+        aucs = np.full((w.shape[0], k), np.nan)
+        for c in auc_classes:
+            aucs[:, c] = weighted_auc(onehot[:, c], p[:, c], w)
+        out = {
+            "accuracy": _div(np.trace(cm, axis1=1, axis2=2), cm.sum(axis=(1, 2))),
+            "balanced_accuracy": _nanmean(rates["recall"]),
+            "macro_f1": _nanmean(rates["f1"]),
+            "weighted_f1": _nanmean(rates["f1"], rates["support"]),
+            "macro_auc": _nanmean(aucs),
+            "ece": weighted_ece(bins, conf, correct, w),
+        }
+        return out | (binary_batch(w) if binary_batch else {})
+
+    stats = _with_ci(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    cm = _confusion(y, pred, k, np.ones((1, n)))[0]
+    rates = _per_class(cm)
+    aucs = [float(weighted_auc(onehot[:, c], p[:, c])[0]) if c in auc_classes else float("nan") for c in range(k)]
+    names = ("precision", "recall", "specificity", "f1")
+    result: dict[str, Any] = {
+        "n": int(n),
+        "labels": labels,
+        **{m: stats[m] for m in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc", "ece")},
+        "macro": {m: float(_nanmean(rates[m])) for m in names},
+        "weighted": {m: float(_nanmean(rates[m], rates["support"])) for m in names},
+        "per_class": {
+            label: {**{m: float(rates[m][c]) for m in names}, "support": int(rates["support"][c]), "auc": aucs[c]}
+            for c, label in enumerate(labels)
+        },
+        "confusion_matrix": {"labels": labels, "matrix": cm.astype(int).tolist()},
+        "roc": {label: _roc(onehot[:, c], p[:, c]) for c, label in enumerate(labels)},
+        "reliability": reliability_curve(y, p),
+        "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None},
+    }
+    if binary:
+        for point in ("at_0.5", "youden"):
+            for m in ("sensitivity", "specificity"):
+                binary[point][m] = stats[f"{point}/{m}"]
+        binary["auc"]["ci95_bootstrap"] = stats["macro_auc"]["ci95"]
+        result["binary"] = binary
+    return result
+
+
+def _subset_keys(values: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
+    """Subset name per row as str; '' for empty, None or nan."""
+    vals = np.asarray(values, dtype=object)
+    if vals.shape != (n,):
+        raise ValueError(f"subset column has shape {vals.shape}; expected one value per row ({n},)")
+    empty = {"", "nan", "none", "<na>", "nat"}
+    return np.array(["" if v is None or str(v).strip().lower() in empty else str(v) for v in vals], dtype=object)
+
+
+def subset_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    subsets: Sequence[Any] | np.ndarray,
+    **kw: Any,
+) -> dict[str, dict[str, Any]]:
+    """`classification_metrics` on the rows of each subset (e.g. domain, light modality, subgroup).
+
+    Args:
+        y_true, probs, labels: as for `classification_metrics`.
+        subsets: subset name per row; empty, None and nan rows are left out.
+        **kw: passed on (groups, if given, is subset along with the rows).
+
+    Returns:
+        {subset: metrics}; subsets with fewer than 2 rows get {"n": n} only.
+    """
+    y, p, labels = _validate(y_true, probs, labels)
+    keys = _subset_keys(subsets, len(y))
+    groups = kw.pop("groups", None)
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(set(keys) - {""}):
+        mask = keys == key
+        n = int(mask.sum())
+        sub_groups = None if groups is None else np.asarray(groups)[mask]
+        out[key] = {"n": n} if n < 2 else classification_metrics(y[mask], p[mask], labels, groups=sub_groups, **kw)
+    return out
+
+
+def subtype_vs_reference(
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    subtypes: Sequence[Any] | np.ndarray,
+    reference_label: str,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    positive: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each subtype (e.g. stone, cyst) against the reference class (e.g. normal), as in renal ultrasound.
+
+    For subtype s the rows are those whose subtype is s (and label is not the reference) plus every row
+    labelled `reference_label`. The score is 1 - p(reference); predictions are argmax.
+
+    Args:
+        y_true, probs, labels: as for `classification_metrics`.
+        subtypes: subtype per row; empty, None and nan are no subtype.
+        reference_label: the label all subtypes are compared with.
+        groups, n_boot, seed: cluster bootstrap as in `classification_metrics`.
+        positive: unused (the positive class is "not reference"); accepted so callers can pass the same kwargs.
+
+    Returns:
+        {subtype: {n, n_subtype, n_reference, accuracy, auc (DeLong CI), sensitivity (on subtype rows),
+        specificity (on reference rows)}}, each rate as {value, ci95}.
+    """
+    del positive
+    y, p, labels = _validate(y_true, probs, labels)
+    if reference_label not in labels:
+        raise ValueError(f"reference_label={reference_label!r} is not one of the labels {labels}")
+    ref = labels.index(reference_label)
+    keys = _subset_keys(subtypes, len(y))
+    pred = p.argmax(axis=1)
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(set(keys[y != ref]) - {""}):
+        sub_rows, ref_rows = (keys == key) & (y != ref), y == ref
+        rows = sub_rows | ref_rows
+        yb = ~ref_rows[rows]  # True = subtype (abnormal) row
+        pred_pos = pred[rows] != ref
+        correct = (pred[rows] == y[rows]).astype(float)
+
+        def batch(w: np.ndarray, yb=yb, pred_pos=pred_pos, correct=correct) -> dict[str, np.ndarray]:
+            sens, spec = _sens_spec_batch(yb, pred_pos, w)
+            return {"accuracy": _div(w @ correct, w.sum(axis=1)), "sensitivity": sens, "specificity": spec}
+
+        sub_groups = None if groups is None else np.asarray(groups)[rows]
+        stats = _with_ci(batch, int(rows.sum()), groups=sub_groups, n_boot=n_boot, seed=seed)
+        score = 1.0 - p[rows, ref]
+        out[key] = {
+            "n": int(rows.sum()),
+            "n_subtype": int(sub_rows.sum()),
+            "n_reference": int(ref_rows.sum()),
+            "accuracy": stats["accuracy"],
+            "auc": {"value": float(weighted_auc(yb, score)[0]), "ci95": list(delong_ci(yb.astype(int), score))},
+            "sensitivity": stats["sensitivity"],
+            "specificity": stats["specificity"],
+        }
+    return out

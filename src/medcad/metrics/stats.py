@@ -1,0 +1,288 @@
+"""Statistics for study metrics: bootstrap CIs, DeLong's test for ROC AUCs, calibration error.
+
+Bootstrap resamples are drawn either as row indices (`bootstrap_ci`, any metric) or as row-count weights
+(`bootstrap_weights`, for metrics written to take a batch of weights at once, e.g. `weighted_auc`), so
+thousands of rows times 1000 resamples stay fast.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+_MAX_CELLS = 4_000_000  # largest (resamples x rows) weight block held in memory at once
+
+
+def _group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Map group ids (any type) to integers 0..G-1."""
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups has shape {g.shape}; pass one group id (e.g. patient) per row, shape ({n},)")
+    _, inv = np.unique(g.astype(str), return_inverse=True)
+    return inv.ravel(), int(inv.max()) + 1 if n else 0
+
+
+def percentile_ci(samples: Sequence[float] | np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples; (nan, nan) unless at least half of them are finite."""
+    s = np.asarray(samples, dtype=float).ravel()
+    valid = s[np.isfinite(s)]
+    if s.size == 0 or valid.size < 0.5 * s.size:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(valid, [50 * alpha, 100 - 50 * alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_weights(
+    n: int, n_boot: int = 1000, seed: int = 0, groups: Sequence[Any] | np.ndarray | None = None
+) -> Iterator[np.ndarray]:
+    """Yield bootstrap resamples as row-count weights, in chunks.
+
+    Args:
+        n: number of rows.
+        n_boot: total number of resamples over all chunks.
+        seed: random seed.
+        groups: optional group id per row; whole groups are resampled (cluster bootstrap by patient).
+
+    Yields:
+        Float arrays (b, n): how many times each row is drawn in each of b resamples.
+    """
+    if n == 0 or n_boot <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    inv, g = (np.arange(n), n) if groups is None else _group_index(groups, n)
+    step = max(1, _MAX_CELLS // max(n, g))
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        draws = rng.integers(0, g, size=(b, g)) + g * np.arange(b)[:, None]  # (b, G)
+        counts = np.bincount(draws.ravel(), minlength=b * g).reshape(b, g)
+        yield counts[:, inv].astype(float)  # (b, n)
+
+
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays: Sequence[Any] | np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: Sequence[Any] | np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of `metric(*arrays)`, resampling rows or whole groups.
+
+    Resamples where the metric is undefined (returns nan or raises ValueError) are skipped; if fewer than
+    half are valid, returns (nan, nan).
+
+    Args:
+        metric: function of the resampled arrays returning a float.
+        *arrays: arrays with the same first dimension (rows).
+        n_boot: number of resamples.
+        seed: random seed.
+        alpha: 1 - coverage (0.05 gives a 95 % CI).
+        groups: optional group id per row (e.g. patient) for a cluster bootstrap.
+
+    Returns:
+        (lower, upper).
+    """
+    arrs = [np.asarray(a) for a in arrays]
+    if not arrs:
+        raise ValueError("bootstrap_ci needs at least one array to resample")
+    n = len(arrs[0])
+    if any(len(a) != n for a in arrs):
+        raise ValueError(f"bootstrap_ci arrays differ in length: {[len(a) for a in arrs]}")
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        inv, g = _group_index(groups, n)
+        order = np.argsort(inv, kind="stable")
+        sizes = np.bincount(inv, minlength=g)
+        starts = np.cumsum(sizes) - sizes
+    values = np.full(n_boot, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in range(n_boot):
+            if groups is None:
+                idx = rng.integers(0, n, n)
+            else:
+                pick = rng.integers(0, g, g)
+                lens = sizes[pick]
+                offsets = np.repeat(starts[pick] - (np.cumsum(lens) - lens), lens)
+                idx = order[offsets + np.arange(lens.sum())]
+            try:
+                values[b] = float(metric(*(a[idx] for a in arrs)))
+            except (ValueError, ZeroDivisionError):
+                continue
+    return percentile_ci(values, alpha)
+
+
+def weighted_auc(y_true: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """ROC AUC (Mann-Whitney; ties count 1/2) under each row of a batch of row weights.
+
+    Args:
+        y_true: binary labels (N,).
+        score: scores (N,), higher means positive.
+        weights: (B, N) or (N,) non-negative row weights; None means all ones.
+
+    Returns:
+        (B,) AUCs; nan where a resample lacks positives or negatives.
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=float)
+    w = np.ones((1, len(s))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=float))
+    if len(s) == 0:
+        return np.full(w.shape[0], np.nan)
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # first row of each tied score
+    ws = w[:, order]  # (B, N)
+    pos = np.add.reduceat(ws * y_sorted, starts, axis=1)  # (B, U) positive weight per distinct score
+    neg = np.add.reduceat(ws * ~y_sorted, starts, axis=1)  # (B, U)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    return np.divide(num, den, out=np.full(len(num), np.nan), where=den > 0)
+
+
+def _delong(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fast DeLong (Sun & Xu 2014): AUCs (k,) and their covariance (k, k) for score rows (k, N)."""
+    y = np.asarray(y_true)
+    if not np.isin(y, [0, 1]).all():
+        raise ValueError("DeLong needs binary y_true with values in {0, 1}")
+    y = y.astype(bool)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    k, m, n = s.shape[0], int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        return np.full(k, np.nan), np.full((k, k), np.nan)
+    x, z = s[:, y], s[:, ~y]  # (k, m), (k, n)
+    tx, tz = sps.rankdata(x, axis=1), sps.rankdata(z, axis=1)
+    txz = sps.rankdata(np.concatenate([x, z], axis=1), axis=1)  # midranks in the pooled sample
+    auc = (txz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    if m < 2 or n < 2:
+        return auc, np.full((k, k), np.nan)
+    v01 = (txz[:, :m] - tx) / n  # (k, m) structural components of positives
+    v10 = 1.0 - (txz[:, m:] - tz) / m  # (k, n) of negatives
+    cov = np.atleast_2d(np.cov(v01)) / m + np.atleast_2d(np.cov(v10)) / n
+    return auc, cov
+
+
+def delong_roc_variance(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and its DeLong variance.
+
+    Args:
+        y_true: binary labels in {0, 1} (N,).
+        score: scores (N,), higher means positive.
+
+    Returns:
+        (auc, variance); nan where undefined (one class absent; variance needs 2 of each).
+    """
+    auc, cov = _delong(y_true, score)
+    return float(auc[0]), float(cov[0, 0])
+
+
+def delong_ci(y_true: np.ndarray, score: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Normal-approximation CI of the ROC AUC from DeLong's variance, clipped to [0, 1]."""
+    auc, var = delong_roc_variance(y_true, score)
+    half = sps.norm.ppf(1 - alpha / 2) * np.sqrt(var) if var >= 0 else np.nan
+    return float(np.clip(auc - half, 0, 1)), float(np.clip(auc + half, 0, 1))
+
+
+def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
+    """DeLong's test for two correlated ROC AUCs on the same samples (two-sided).
+
+    Args:
+        y_true: binary labels in {0, 1} (N,).
+        score_a: scores of model A (N,).
+        score_b: scores of model B (N,).
+
+    Returns:
+        {auc_a, auc_b, difference (a - b), z, p_value}; identical scores give z = 0, p = 1.
+    """
+    auc, cov = _delong(y_true, np.vstack([score_a, score_b]))
+    diff = float(auc[0] - auc[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    if not np.isfinite(var) or not np.isfinite(diff):
+        z = p = float("nan")
+    elif var <= 1e-15:  # no variance of the difference: the two scores rank the samples alike
+        z, p = (0.0, 1.0) if abs(diff) <= 1e-12 else (float(np.copysign(np.inf, diff)), 0.0)
+    else:
+        z = diff / np.sqrt(var)
+        p = float(2 * sps.norm.sf(abs(z)))
+    return {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "difference": diff, "z": float(z), "p_value": p}
+
+
+def as_probs(probs: np.ndarray) -> np.ndarray:
+    """(N, K) probabilities; a 1-D array is read as p(class 1) of a binary problem."""
+    p = np.asarray(probs, dtype=float)
+    if p.ndim == 1:
+        p = np.column_stack([1 - p, p])
+    if p.ndim != 2:
+        raise ValueError(f"probs has shape {p.shape}; expected (N, K) class probabilities")
+    return p
+
+
+def calibration_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, ...]:
+    """Top-label bin index, confidence and correctness per row; bins are (i/M, (i+1)/M]."""
+    p = as_probs(probs)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == np.asarray(y_true)).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    return bins, conf, correct
+
+
+def weighted_ece(
+    bins: np.ndarray, conf: np.ndarray, correct: np.ndarray, weights: np.ndarray, n_bins: int = 15
+) -> np.ndarray:
+    """ECE under each row of a batch of row weights (B, N), from `calibration_bins` output; returns (B,)."""
+    w = np.atleast_2d(weights)
+    b = w.shape[0]
+    idx = (bins + n_bins * np.arange(b)[:, None]).ravel()
+    conf_sum = np.bincount(idx, (w * conf).ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    acc_sum = np.bincount(idx, (w * correct).ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    total = w.sum(axis=1)
+    return np.divide(np.abs(acc_sum - conf_sum).sum(axis=1), total, out=np.full(b, np.nan), where=total > 0)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    Args:
+        y_true: true class indices (N,).
+        probs: class probabilities (N, K), or p(class 1) (N,) for a binary problem.
+        n_bins: number of bins on [0, 1].
+
+    Returns:
+        sum over bins of |accuracy - mean confidence| weighted by the bin's share of rows (nan if N = 0).
+    """
+    bins, conf, correct = calibration_bins(y_true, probs, n_bins)
+    return float(weighted_ece(bins, conf, correct, np.ones(len(conf)), n_bins)[0])
+
+
+def reliability_curve(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin mean confidence, accuracy and count for a reliability plot (empty bins give nan).
+
+    Returns:
+        {bin_confidence, bin_accuracy, bin_count, bin_edges}; the first three have n_bins entries.
+    """
+    bins, conf, correct = calibration_bins(y_true, probs, n_bins)
+    count = np.bincount(bins, minlength=n_bins).astype(float)
+    nan = np.full(n_bins, np.nan)
+    return {
+        "bin_confidence": np.divide(np.bincount(bins, conf, n_bins), count, out=nan.copy(), where=count > 0).tolist(),
+        "bin_accuracy": np.divide(np.bincount(bins, correct, n_bins), count, out=nan.copy(), where=count > 0).tolist(),
+        "bin_count": count.astype(int).tolist(),
+        "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
+    }
+
+
+def mean_sd(values: Sequence[float | None] | np.ndarray) -> dict[str, float | int]:
+    """Mean, sample SD (ddof=1) and count of the finite values, e.g. one metric over CV folds."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    return {
+        "mean": float(v.mean()) if v.size else float("nan"),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
+        "n": int(v.size),
+    }

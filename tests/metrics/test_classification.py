@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from medcad.metrics.classification import classification_metrics, subset_metrics, subtype_vs_reference
+from medcad.metrics.stats import expected_calibration_error
+
+LABELS = ["normal", "polyp", "ulcer", "blur"]
+
+
+def _data(n: int = 400, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, probs
+
+
+def width(m: dict) -> float:
+    lo, hi = m["accuracy"]["ci95"]
+    return hi - lo
+
+
+def _assert_ci(entry: dict) -> None:
+    lo, hi = entry["ci95"]
+    assert lo <= entry["value"] <= hi
+
+
+def test_multiclass_matches_sklearn():
+    y, p = _data()
+    pred = p.argmax(axis=1)
+    m = classification_metrics(y, p, LABELS, n_boot=200)
+    assert m["n"] == 400 and m["labels"] == LABELS
+    assert m["accuracy"]["value"] == pytest.approx(accuracy_score(y, pred))
+    assert m["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["macro_f1"]["value"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["weighted_f1"]["value"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert m["macro_auc"]["value"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert m["ece"]["value"] == pytest.approx(expected_calibration_error(y, p))
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc", "ece"):
+        _assert_ci(m[name])
+    prec, rec, f1, sup = precision_recall_fscore_support(y, pred)
+    cm = confusion_matrix(y, pred)
+    assert m["confusion_matrix"] == {"labels": LABELS, "matrix": cm.tolist()}
+    for c, label in enumerate(LABELS):
+        pc = m["per_class"][label]
+        assert pc["precision"] == pytest.approx(prec[c]) and pc["recall"] == pytest.approx(rec[c])
+        assert pc["f1"] == pytest.approx(f1[c]) and pc["support"] == sup[c]
+        tn = cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]
+        assert pc["specificity"] == pytest.approx(tn / (cm.sum() - cm[c].sum()))
+        assert pc["auc"] == pytest.approx(roc_auc_score(y == c, p[:, c]))
+    for avg in ("macro", "weighted"):
+        ref = precision_recall_fscore_support(y, pred, average=avg)
+        assert [m[avg][k] for k in ("precision", "recall", "f1")] == pytest.approx(list(ref[:3]))
+    assert m["macro"]["specificity"] == pytest.approx(np.mean([m["per_class"][c]["specificity"] for c in LABELS]))
+    assert set(m["roc"]) == set(LABELS) and "binary" not in m
+    assert sum(m["reliability"]["bin_count"]) == 400
+    json.loads(json.dumps(m, allow_nan=True))
+
+
+def test_roc_is_downsampled():
+    y, p = _data(n=3000, k=3, seed=1)
+    m = classification_metrics(y, p, LABELS[:3], n_boot=0)
+    for curve in m["roc"].values():
+        assert 2 < len(curve["fpr"]) <= 200 and len(curve["fpr"]) == len(curve["tpr"]) == len(curve["thresholds"])
+        assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and curve["tpr"][-1] == 1.0
+    assert np.isnan(m["accuracy"]["ci95"]).all()
+
+
+def test_ci_narrows_with_more_data_and_cluster_bootstrap_is_wider():
+    y_s, p_s = _data(n=100, seed=2)
+    y_l, p_l = _data(n=2000, seed=2)
+    small = classification_metrics(y_s, p_s, LABELS, n_boot=300)
+    large = classification_metrics(y_l, p_l, LABELS, n_boot=300)
+    assert width(large) < 0.5 * width(small)
+    # every patient contributes 10 identical frames
+    y_rep, p_rep = np.repeat(y_s, 10), np.repeat(p_s, 10, axis=0)
+    patients = np.repeat(np.arange(100), 10)
+    rows = classification_metrics(y_rep, p_rep, LABELS, n_boot=300)
+    clustered = classification_metrics(y_rep, p_rep, LABELS, groups=patients, n_boot=300)
+    assert clustered["bootstrap"]["by_group"] and width(clustered) > 2 * width(rows)
+    assert width(clustered) == pytest.approx(width(small), rel=0.35)
+
+
+def test_binary_hand_example():
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 1])
+    s = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75])
+    m = classification_metrics(y, s, ["benign", "malignant"], n_boot=200)
+    b = m["binary"]
+    assert b["positive"] == "malignant"
+    assert b["auc"]["value"] == pytest.approx(14 / 15) == pytest.approx(roc_auc_score(y, s))
+    lo, hi = b["auc"]["ci95"]
+    assert lo <= 14 / 15 <= hi <= 1
+    youden = b["youden"]
+    assert youden["threshold"] == pytest.approx(0.45)
+    assert youden["sensitivity"]["value"] == pytest.approx(0.8) and youden["specificity"]["value"] == 1.0
+    at = b["at_0.5"]
+    assert at["threshold"] == 0.5 and at["sensitivity"]["value"] == pytest.approx(0.6)
+    assert at["specificity"]["value"] == 1.0 and at["ppv"] == 1.0 and at["npv"] == pytest.approx(0.6)
+    _assert_ci(at["sensitivity"])
+    assert b["sensitivity_at_90_specificity"] == pytest.approx(0.8)
+    assert b["specificity_at_90_sensitivity"] == pytest.approx(2 / 3)
+    json.dumps(m, allow_nan=True)
+
+
+def test_binary_positive_label_override():
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 1])
+    s = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75])
+    p = np.column_stack([1 - s, s])
+    m = classification_metrics(1 - y, p[:, ::-1], ["malignant", "benign"], positive="malignant", n_boot=50)
+    assert m["binary"]["positive"] == "malignant"
+    assert m["binary"]["auc"]["value"] == pytest.approx(14 / 15)
+    assert m["binary"]["youden"]["sensitivity"]["value"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="positive"):
+        classification_metrics(y, p, ["a", "b"], positive="c")
+
+
+def test_absent_class_does_not_crash():
+    y, p = _data(n=200, k=3, seed=3)
+    y = np.where(y == 2, 0, y)  # class 2 never true, still predicted sometimes
+    m = classification_metrics(y, p, LABELS[:3], n_boot=100)
+    pred = p.argmax(axis=1)
+    absent = m["per_class"]["ulcer"]
+    assert absent["support"] == 0 and np.isnan(absent["recall"]) and np.isnan(absent["auc"])
+    assert absent["f1"] == 0.0 and 0 <= absent["specificity"] < 1
+    assert m["macro_f1"]["value"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["macro_auc"]["value"] == pytest.approx(np.mean([roc_auc_score(y == c, p[:, c]) for c in (0, 1)]))
+    assert m["roc"]["ulcer"] == {"fpr": [], "tpr": [], "thresholds": []}
+    ref = precision_recall_fscore_support(y, pred, average="macro", zero_division=np.nan)
+    assert m["macro"]["recall"] == pytest.approx(ref[1])
+    json.loads(json.dumps(m, allow_nan=True))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("k", [2, 3])
+def test_tiny_inputs(n, k):
+    y, p = _data(n=n, k=k, seed=n)
+    m = classification_metrics(y, p, LABELS[:k], n_boot=50)
+    assert m["n"] == n
+    json.dumps(m, allow_nan=True)
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="labels"):
+        classification_metrics([0, 1], np.full((2, 3), 1 / 3), ["a", "b"])
+    with pytest.raises(ValueError, match="indices"):
+        classification_metrics([0, 5], np.full((2, 2), 0.5), ["a", "b"])
+    with pytest.raises(ValueError, match="no rows"):
+        classification_metrics([], np.zeros((0, 2)), ["a", "b"])
+
+
+def test_subset_metrics():
+    y, p = _data(n=120, k=3, seed=4)
+    domain = np.array(["cysto"] * 60 + ["uretero"] * 57 + ["single", None, ""], dtype=object)
+    patients = np.arange(120) // 3
+    out = subset_metrics(y, p, LABELS[:3], domain, groups=patients, n_boot=50)
+    assert set(out) == {"cysto", "uretero", "single"}
+    assert out["single"] == {"n": 1}
+    direct = classification_metrics(y[:60], p[:60], LABELS[:3], groups=patients[:60], n_boot=50)
+    assert out["cysto"]["accuracy"] == direct["accuracy"]
+    assert out["uretero"]["n"] == 57
+
+
+def test_subtype_vs_reference():
+    labels = ["abnormal", "normal"]
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+    p_normal = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.6, 0.1, 0.4, 0.95])
+    p = np.column_stack([1 - p_normal, p_normal])
+    subtypes = np.array([None, "", "nan", None, "stone", "stone", "cyst", "cyst", "hydro"], dtype=object)
+    out = subtype_vs_reference(y, p, labels, subtypes, "normal", n_boot=100)
+    assert set(out) == {"stone", "cyst", "hydro"}
+    stone = out["stone"]
+    assert (stone["n"], stone["n_subtype"], stone["n_reference"]) == (6, 2, 4)
+    assert stone["sensitivity"]["value"] == 0.5  # 0.2 -> abnormal, 0.6 -> normal
+    assert stone["specificity"]["value"] == 0.75  # 0.3 predicted abnormal
+    assert stone["accuracy"]["value"] == pytest.approx(4 / 6)
+    rows = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=bool)
+    assert stone["auc"]["value"] == pytest.approx(roc_auc_score(y[rows] == 0, 1 - p_normal[rows]))
+    assert out["cyst"]["sensitivity"]["value"] == 1.0 and out["hydro"]["sensitivity"]["value"] == 0.0
+    assert out["hydro"]["auc"]["value"] == 0.0
+    _assert_ci(stone["accuracy"])
+    json.dumps(out, allow_nan=True)
+    with pytest.raises(ValueError, match="reference_label"):
+        subtype_vs_reference(y, p, labels, subtypes, "healthy")

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medcad.metrics.stats import (
+    bootstrap_ci,
+    bootstrap_weights,
+    delong_ci,
+    delong_roc_variance,
+    delong_test,
+    expected_calibration_error,
+    mean_sd,
+    percentile_ci,
+    reliability_curve,
+    weighted_auc,
+)
+
+
+def _binary_data(n: int, seed: int = 0, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, y * signal + rng.normal(size=n)
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(size=100), rng.normal(size=2000)
+    lo_s, hi_s = bootstrap_ci(np.mean, small, n_boot=500)
+    lo_l, hi_l = bootstrap_ci(np.mean, large, n_boot=500)
+    assert lo_s <= small.mean() <= hi_s
+    assert lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < 0.5 * (hi_s - lo_s)
+
+
+def test_bootstrap_ci_is_reproducible_and_multi_array():
+    y, s = _binary_data(300)
+    a = bootstrap_ci(roc_auc_score, y, s, n_boot=200, seed=3)
+    b = bootstrap_ci(roc_auc_score, y, s, n_boot=200, seed=3)
+    assert a == b
+    assert a[0] <= roc_auc_score(y, s) <= a[1]
+
+
+def test_cluster_bootstrap_is_wider_when_rows_within_groups_are_identical():
+    rng = np.random.default_rng(2)
+    group_values = rng.normal(size=20)
+    groups = np.repeat(np.arange(20), 10)
+    values = group_values[groups]
+    row = bootstrap_ci(np.mean, values, n_boot=500)
+    cluster = bootstrap_ci(np.mean, values, n_boot=500, groups=groups.astype(str))
+    assert cluster[0] <= values.mean() <= cluster[1]
+    assert cluster[1] - cluster[0] > 2 * (row[1] - row[0])
+
+
+def test_bootstrap_ci_skips_undefined_resamples():
+    y = np.zeros(50, dtype=int)
+    y[0] = 1  # about a third of resamples miss the only positive: roc_auc_score raises there
+    lo, hi = bootstrap_ci(roc_auc_score, y, np.linspace(0, 1, 50), n_boot=200)
+    assert np.isfinite(lo) and np.isfinite(hi)
+    assert np.isnan(bootstrap_ci(roc_auc_score, np.zeros(20), np.arange(20.0), n_boot=50)).all()
+    assert np.isnan(bootstrap_ci(lambda x: np.nan, np.arange(5.0), n_boot=20)).all()
+
+
+def test_bootstrap_ci_rejects_mismatched_arrays():
+    with pytest.raises(ValueError, match="differ in length"):
+        bootstrap_ci(roc_auc_score, [0, 1], [0.1, 0.2, 0.3])
+
+
+def test_percentile_ci_needs_half_valid():
+    assert np.isnan(percentile_ci([1.0, np.nan, np.nan])).all()
+    assert percentile_ci([1.0, 1.0, np.nan, np.nan]) == (1.0, 1.0)
+
+
+def test_bootstrap_weights_rows_and_groups():
+    chunks = list(bootstrap_weights(10, n_boot=7, seed=0))
+    w = np.concatenate(chunks)
+    assert w.shape == (7, 10) and np.all(w.sum(axis=1) == 10)
+    groups = np.array(list("aabbbcdddd"))
+    wg = np.concatenate(list(bootstrap_weights(10, n_boot=50, seed=0, groups=groups)))
+    for g in "abcd":
+        cols = wg[:, groups == g]
+        assert np.all(cols == cols[:, :1])  # a group is drawn whole
+    assert list(bootstrap_weights(0, n_boot=5)) == []
+
+
+def test_weighted_auc_matches_sklearn_with_ties_and_weights():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400)
+    s = np.round(rng.random(400) + 0.3 * y, 1)  # many ties
+    assert weighted_auc(y, s)[0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    w = rng.integers(0, 4, size=(3, 400)).astype(float)
+    expected = [roc_auc_score(y, s, sample_weight=wi) for wi in w]
+    np.testing.assert_allclose(weighted_auc(y, s, w), expected, atol=1e-12)
+    assert np.isnan(weighted_auc(np.ones(5), np.arange(5.0))[0])
+
+
+def _naive_delong(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    """DeLong et al. 1988 structural components, O(m n)."""
+    x, z = s[y == 1], s[y == 0]
+    psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return psi.mean(), v10.var(ddof=1) / len(x) + v01.var(ddof=1) / len(z)
+
+
+def test_delong_matches_sklearn_auc_and_naive_variance():
+    y, s = _binary_data(300, seed=5)
+    s = np.round(s, 1)
+    auc, var = delong_roc_variance(y, s)
+    naive_auc, naive_var = _naive_delong(y, s)
+    assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert auc == pytest.approx(naive_auc, abs=1e-12)
+    assert var == pytest.approx(naive_var, rel=1e-9)
+    lo, hi = delong_ci(y, s)
+    assert 0 <= lo < auc < hi <= 1
+
+
+def test_delong_test_identical_and_perfect_vs_random():
+    y, s = _binary_data(200, seed=6)
+    same = delong_test(y, s, s.copy())
+    assert same["difference"] == 0 and same["p_value"] > 0.9
+    rng = np.random.default_rng(7)
+    perfect, noise = y + 0.01 * rng.random(200), rng.random(200)
+    res = delong_test(y, perfect, noise)
+    assert res["auc_a"] == 1.0 and res["p_value"] < 1e-6 and res["z"] > 0
+    assert res["auc_b"] == pytest.approx(roc_auc_score(y, noise))
+
+
+def test_delong_undefined_cases():
+    auc, var = delong_roc_variance(np.zeros(5, dtype=int), np.arange(5.0))
+    assert np.isnan(auc) and np.isnan(var)
+    auc, var = delong_roc_variance(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]))
+    assert auc == 1.0 and np.isnan(var)
+    assert np.isnan(delong_ci(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]))).all()
+    with pytest.raises(ValueError, match="binary"):
+        delong_roc_variance(np.array([0, 2]), np.array([0.1, 0.2]))
+
+
+def test_ece_zero_for_perfectly_calibrated_construction():
+    # confidence 0.8 with 8 of 10 right, confidence 0.6 with 6 of 10 right
+    probs = np.array([[0.2, 0.8]] * 10 + [[0.6, 0.4]] * 10)
+    y = np.array([1] * 8 + [0] * 2 + [0] * 6 + [1] * 4)
+    assert expected_calibration_error(y, probs, n_bins=10) == pytest.approx(0.0, abs=1e-12)
+    assert expected_calibration_error(y, probs[:, 1], n_bins=10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_and_reliability_hand_example():
+    probs = np.array([[0.85, 0.1, 0.05]] * 3 + [[0.2, 0.65, 0.15]])
+    y = np.array([0, 0, 0, 2])  # confidence 0.85 all right (gap 0.15); 0.65 wrong (gap 0.65)
+    assert expected_calibration_error(y, probs, n_bins=10) == pytest.approx(0.75 * 0.15 + 0.25 * 0.65)
+    curve = reliability_curve(y, probs, n_bins=10)
+    assert curve["bin_count"] == [0, 0, 0, 0, 0, 0, 1, 0, 3, 0]
+    assert curve["bin_confidence"][8] == pytest.approx(0.85) and curve["bin_accuracy"][8] == 1.0
+    assert curve["bin_accuracy"][6] == 0.0 and np.isnan(curve["bin_accuracy"][0])
+    assert len(curve["bin_edges"]) == 11
+
+
+def test_mean_sd():
+    assert mean_sd([1.0, 2.0, 3.0, np.nan, None]) == {"mean": 2.0, "sd": 1.0, "n": 3}
+    one = mean_sd([0.5])
+    assert one["mean"] == 0.5 and np.isnan(one["sd"]) and one["n"] == 1
+    assert mean_sd([])["n"] == 0
