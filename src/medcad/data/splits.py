@@ -54,7 +54,7 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
 def _check_stratifiable(y: np.ndarray, groups: np.ndarray, n_splits: int, what: str) -> None:
     per_label: Counter[str] = Counter()
     for label in np.unique(y):
-        per_label[label] = len(np.unique(groups[y == label]))
+        per_label[str(label)] = len(np.unique(groups[y == label]))
     thin = {lab: c for lab, c in per_label.items() if c < n_splits}
     if thin:
         desc = ", ".join(f"{lab or '(no label)'!r}: {c}" for lab, c in sorted(thin.items()))

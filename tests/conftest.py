@@ -1,0 +1,74 @@
+"""Tiny image sets generated in tmp_path, and the location of the real datasets in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUSI = SHARED_DATA / "busi" / "Dataset_BUSI_with_GT"
+KVASIR_SEG = SHARED_DATA / "kvasir-seg"
+
+
+def require(path: Path) -> Path:
+    """Skip the test, saying why, when a real dataset is not beside the checkout."""
+    if not path.exists():
+        pytest.skip(f"real dataset not found at {path} (expected ../shared/data beside the checkout)")
+    return path
+
+
+def noise_image(seed: int, size: int = 32, gray: bool = False) -> np.ndarray:
+    """A random smooth image, distinct per seed (so that it is no near-duplicate of another seed)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8) if gray else (8, 8, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+
+
+def save(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def write_dicom(path: Path, frames: np.ndarray) -> Path:
+    """Write a (F, H, W) uint16 monochrome DICOM (multi-frame when F > 1)."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.PatientID = "P1"
+    f, h, w = frames.shape
+    ds.Rows, ds.Columns = h, w
+    if f > 1:
+        ds.NumberOfFrames = f
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = frames.astype("<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    """root/<label>/*.png with 2 labels x 6 distinct images."""
+    root = tmp_path / "classes"
+    for li, label in enumerate(["lesion", "normal"]):
+        for k in range(6):
+            save(root / label / f"{label}_{k}.png", noise_image(100 * li + k))
+    return root

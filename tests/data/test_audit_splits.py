@@ -1,0 +1,102 @@
+"""Audit findings and grouped splits on tiny generated sets with planted problems."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import noise_image, save
+from medcad.data.audit import audit
+from medcad.data.manifest import load_manifest
+from medcad.data.splits import fold_indices, load_splits, make_splits, save_splits
+from medcad.errors import DataError
+
+
+@pytest.fixture
+def problem_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for label in ["a", "b"]:
+        for k in range(8):
+            seed = k + (50 if label == "b" else 0)
+            save(root / label / f"{k}.png", noise_image(seed, 48))
+            save(root / label / f"{k}_mask.png", np.zeros((48, 48), np.uint8))
+    shutil.copy(root / "a" / "0.png", root / "b" / "dup_of_a0.png")  # same image, two labels
+    near = noise_image(1, 48).astype(int)
+    near[0, 0] = (near[0, 0] + 3) % 256
+    save(root / "a" / "near1.png", near.astype(np.uint8))  # near duplicate of a/1.png
+    save(root / "a" / "3_mask.png", np.zeros((20, 20), np.uint8))  # wrong size
+    jpg = root / "a" / "corrupt.jpg"
+    save(jpg, noise_image(7, 48))
+    jpg.write_bytes(jpg.read_bytes()[:200])
+    (root / "b" / "zero.png").write_bytes(b"")
+    gray_mask = np.zeros((48, 48), np.uint8)
+    gray_mask[10:20, 10:20] = 200
+    gray_mask[12:14, 12:14] = 90
+    save(root / "b" / "1_mask.png", gray_mask)
+    return root
+
+
+def test_audit_finds_planted_problems(problem_set: Path) -> None:
+    m = load_manifest(problem_set)
+    r = audit(m)
+    assert sorted(p for p, _ in r["unreadable"]) == ["a/corrupt.jpg", "b/zero.png"]
+    assert any("empty" in why for _, why in r["unreadable"])
+    assert [x[0] for x in r["mask_size_mismatch"]] == ["a/3.png"] and "20x20" in r["mask_size_mismatch"][0][2]
+    assert [x[0] for x in r["non_binary_masks"]] == ["b/1.png"]
+    assert ["a/0.png", "b/dup_of_a0.png"] in r["exact_duplicates"]
+    assert ["a/0.png", "b/dup_of_a0.png"] in r["cross_label_duplicates"]
+    assert ["a/1.png", "a/near1.png"] in r["near_duplicates"]
+    assert not any("a/2.png" in g for g in r["near_duplicates"])
+
+
+def test_splits_keep_duplicates_together_and_are_reproducible(problem_set: Path, tmp_path: Path) -> None:
+    m = load_manifest(problem_set)
+    s = make_splits(m, folds=3, seed=1, val_fraction=0.0)
+    assert s["group_by"] == "duplicates"
+    for fold in s["folds"]:
+        train, test = set(fold["train"]), set(fold["test"])
+        assert not train & test
+        for a, b in [("a/0.png", "b/dup_of_a0.png"), ("a/1.png", "a/near1.png")]:
+            assert (a in test) == (b in test)
+    assert sorted(k for f in s["folds"] for k in f["test"]) == sorted(m.keys)
+    assert make_splits(m, folds=3, seed=1, val_fraction=0.0) == s
+    assert make_splits(m, folds=3, seed=2, val_fraction=0.0) != s
+    path = save_splits(s, tmp_path / "splits.json")
+    assert load_splits(path, m) == s
+    r = audit(m, s)
+    assert all(not f["duplicate_groups_across"] for f in r["leakage"])
+
+
+def test_patient_groups_and_validation_part(tmp_path: Path) -> None:
+    rows = ["image,label,patient"]
+    for p in range(12):
+        for k in range(3):
+            save(tmp_path / f"{p}_{k}.png", noise_image(p * 10 + k))
+            rows.append(f"{p}_{k}.png,{'x' if p % 2 else 'y'},pat{p}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path)
+    s = make_splits(m, holdout=0.25, val_fraction=0.25, seed=0)
+    assert s["method"] == "holdout" and len(s["folds"]) == 1 and "patient" in s["group_by"]
+    idx = fold_indices(m, s["folds"][0])
+    pats = {part: set(m.table["patient"].iloc[ix]) for part, ix in idx.items()}
+    assert not pats["train"] & pats["test"] and not pats["val"] & pats["test"] and not pats["train"] & pats["val"]
+    assert len(idx["val"]) > 0
+    assert {part: len(ix) for part, ix in idx.items()}["test"] == 9
+
+
+def test_too_few_groups_to_stratify_names_the_label(class_folders: Path) -> None:
+    m = load_manifest(class_folders)
+    with pytest.raises(DataError, match="too few .*'lesion': 6"):
+        make_splits(m, folds=7)
+
+
+def test_splits_of_another_dataset_are_refused(class_folders: Path, tmp_path: Path) -> None:
+    s = make_splits(load_manifest(class_folders), folds=2, val_fraction=0)
+    s["folds"][0]["test"].append("elsewhere/x.png")
+    path = save_splits(s, tmp_path / "s.json")
+    with pytest.raises(DataError, match="not in the dataset"):
+        load_splits(path, load_manifest(class_folders))

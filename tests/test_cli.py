@@ -1,0 +1,58 @@
+"""The command line as a user meets it: help, messages for bad input, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import noise_image, save
+from medcad.cli import app
+
+runner = CliRunner()
+
+
+def test_console_script_help_is_fast_and_lists_commands() -> None:
+    exe = Path(sys.executable).parent / "medcad"
+    out = subprocess.run(
+        [str(exe if exe.exists() else shutil.which("medcad")), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    for cmd in ("data", "demo"):
+        assert cmd in out.stdout
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["data", "inspect", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    assert "dataset path not found" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_dataset_with_problems_can_still_be_inspected_and_audited(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for k in range(4):
+        save(root / "lesion" / f"{k}.png", noise_image(k))
+    (root / "lesion" / "zero.png").write_bytes(b"")
+    res = runner.invoke(app, ["data", "inspect", str(root), "--json", "--out", str(tmp_path / "m.csv")])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert s["n_images"] == 5 and s["problems"] == [["lesion/zero.png", "file is empty (0 bytes)"]]
+    res = runner.invoke(app, ["data", "audit", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "zero.png" in res.output and "empty" in res.output
+
+
+def test_split_command_writes_splits(class_folders: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "splits.json"
+    res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(out.read_text())["folds"]) == 3
+    res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "9", "--out", str(out)])
+    assert res.exit_code == 2 and "fewer folds" in res.output
