@@ -1,0 +1,1 @@
+"""Models: timm backbones with offline weights, classification heads, segmentation and detection networks."""
