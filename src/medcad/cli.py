@@ -127,6 +127,128 @@ def data_split(
 
 
 @app.command()
+def train(
+    path: Annotated[Path, typer.Argument(help="Dataset: folder, CSV/TSV manifest or COCO JSON.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed when it exists).")] = Path("runs/run"),
+    task: Annotated[str, typer.Option(help="classify (segment, multitask, detect: coming).")] = "classify",
+    model: Annotated[str, typer.Option(help="Any timm backbone name.")] = "tf_efficientnet_lite0",
+    weights: Annotated[str, typer.Option(help="auto (offline ImageNet if shipped), hub, none, or a file.")] = "auto",
+    head: Annotated[str, typer.Option(help="linear, or mlp (features-2048-1024-n).")] = "linear",
+    folds: Annotated[int | None, typer.Option(help="k-fold CV, grouped and stratified.")] = None,
+    holdout: Annotated[float | None, typer.Option(help="Single split with this test fraction.")] = None,
+    group: Annotated[str | None, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Reuse this splits.json (same folds as another run).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Stage-2 fine-tuning epochs (0: head only).")] = None,
+    head_epochs: Annotated[int | None, typer.Option(help="Stage-1 epochs on cached features.")] = None,
+    unfreeze: Annotated[int | None, typer.Option(help="Backbone parameter groups trained in stage 2.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Stage-2 backbone learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Stage-2 batch size.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
+    augment: Annotated[str | None, typer.Option(help="kvasir, light or none.")] = None,
+    bilateral: Annotated[bool | None, typer.Option(help="Bilateral-filter denoising (ultrasound).")] = None,
+    oversample: Annotated[bool | None, typer.Option(help="Oversample rare classes in training folds.")] = None,
+    class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16-mixed or 32-true.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    layout: LayoutOpt = None,
+    pattern: PatternOpt = None,
+    mask_suffix: MaskSuffixOpt = "_mask",
+) -> None:
+    """Train and evaluate a model with grouped cross-validation or a holdout split; writes a run folder."""
+    try:
+        from medcad.config import TrainConfig
+        from medcad.engine.train import train_run
+        from medcad.models.backbones import check_model_name
+
+        check_model_name(model)
+        overrides = dict(
+            task=task,
+            model=model,
+            weights=weights,
+            head=head,
+            group_by=group,
+            epochs=epochs,
+            head_epochs=head_epochs,
+            unfreeze=unfreeze,
+            lr=lr,
+            batch_size=batch_size,
+            image_size=image_size,
+            augment=augment,
+            bilateral=bilateral,
+            oversample=oversample,
+            class_weights=class_weights,
+            precision=precision,
+            seed=seed,
+            threads=threads,
+            layout=layout,
+            pattern=pattern,
+            mask_suffix=mask_suffix,
+        )
+        if holdout is not None:
+            overrides.update(holdout=holdout, folds=None)
+        elif folds is not None:
+            overrides["folds"] = folds
+        cfg = TrainConfig().replace(**overrides)
+        if holdout is not None:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "folds": None})
+        metrics = train_run(path, out, cfg, splits_path=splits)
+    except MedcadError as e:
+        _fail(e)
+    from medcad.report.console import print_metrics
+
+    print_metrics(metrics, out)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder (its folds as an ensemble) or a model.pt file.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    fold: Annotated[int | None, typer.Option(help="Use one fold's model instead of the ensemble.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict the class of images with a trained run."""
+    try:
+        from medcad.inference.predictor import Predictor, expand_inputs
+
+        predictor = Predictor(run, fold=fold)
+        results = predictor.predict_files(expand_inputs(inputs))
+    except MedcadError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("image", "prediction", *predictor.labels)
+    for r in results:
+        t.add_row(r["image"], r["label"], *[f"{r['probabilities'][lab]:.3f}" for lab in predictor.labels])
+    Console().print(t)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    data: Annotated[Path | None, typer.Option(help="External test set (same labels): predict and score it.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute a run's metrics from its fold results, or score its models on another dataset."""
+    try:
+        from medcad.engine.evaluate import evaluate_external, evaluate_run
+
+        metrics, where = evaluate_external(run, data) if data is not None else evaluate_run(run)
+    except MedcadError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=1, default=str))
+        return
+    from medcad.report.console import print_metrics
+
+    print_metrics(metrics, where)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo data and results.")] = Path("runs/demo"),
     seed: int = 0,

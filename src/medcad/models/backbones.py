@@ -90,14 +90,10 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = 
     want = {k: v for k, v in dst.items() if k not in classifier and not k.endswith("num_batches_tracked")}
     by_name = {k: src[k] for k in want if k in src and src[k].shape == want[k].shape}
     if len(by_name) < len(want):  # other key naming (e.g. torchvision or a port): copy by position
-        src_t = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
-        src_t = (
-            [(k, v) for k, v in src_t if not any(t in k for t in ("_fc.", "fc.", "classifier.", "head."))]
-            if len(src_t) > len(want)
-            else src_t
-        )
-        if len(src_t) >= len(want) and all(v.shape == w.shape for (_, v), w in zip(src_t, want.values(), strict=False)):
-            by_name = {k: v for (_, v), k in zip(src_t, want, strict=False)}
+        src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
+        src_t = src_t[: len(want)]  # a classifier, when present, comes last in both namings
+        if len(src_t) == len(want) and all(v.shape == w.shape for v, w in zip(src_t, want.values(), strict=True)):
+            by_name = dict(zip(want, src_t, strict=True))
         else:
             missing = [k for k in want if k not in by_name]
             bad = [

@@ -85,3 +85,39 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         )
     clean = not any(r[k] for k in ("unreadable", "unreadable_masks", "mask_size_mismatch", "cross_label_duplicates"))
     c.print("[green]No blocking problems found.[/]" if clean else "[yellow]See the findings above.[/]")
+
+
+def _fmt(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "—"
+    lo, hi = (m.get("ci95") or [None, None])[:2]
+    ci = f" ({lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else ""
+    return f"{m['value']:.3f}{ci}"
+
+
+def print_metrics(m: dict, run: object = None, console: Console | None = None) -> None:
+    """Headline metrics with 95 % CIs, per-class table and per-fold summary."""
+    c = console or Console()
+    c.print(f"[bold]{m.get('evaluation', 'evaluation')}[/] on {m.get('n')} images" + (f" — {run}" if run else ""))
+    head = Table("metric", "value (95 % CI)")
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
+        if name in m:
+            head.add_row(name, _fmt(m[name]))
+    c.print(head)
+    t = Table("class", "precision", "recall", "specificity", "F1", "AUC", "support", title="Per class")
+    for lab, r in m.get("per_class", {}).items():
+        t.add_row(
+            lab,
+            *[
+                ("—" if r.get(k) is None else f"{r[k]:.3f}")
+                for k in ("precision", "recall", "specificity", "f1", "auc")
+            ],
+            str(r.get("support")),
+        )
+    c.print(t)
+    fs = m.get("fold_summary")
+    if fs and m.get("splits", {}).get("n_folds", 1) > 1:
+        c.print(
+            "per fold (mean ± sd): "
+            + ", ".join(f"{k} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in fs.items() if v.get("mean") is not None)
+        )

@@ -1,0 +1,1 @@
+"""Training: Lightning modules, two-stage fine-tuning, feature cache, the fold loop of a run."""

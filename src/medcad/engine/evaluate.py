@@ -1,0 +1,85 @@
+"""`medcad evaluate`: recompute a run's out-of-fold metrics, or score its models on an external dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcad.config import TrainConfig
+from medcad.data.manifest import atomic_write_text, load_manifest
+from medcad.data.splits import load_splits
+from medcad.engine.train import evaluate_results, write_json
+from medcad.errors import DataError
+
+
+def _run_config(run: Path) -> tuple[TrainConfig, dict]:
+    path = run / "config.json"
+    if not path.is_file():
+        raise DataError(run, "not a run folder (no config.json)")
+    return TrainConfig.load(path), json.loads(path.read_text())
+
+
+def evaluate_run(run: str | Path) -> tuple[dict, Path]:
+    """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code)."""
+    from medcad.metrics.classification import classification_metrics
+
+    run = Path(run)
+    _, meta = _run_config(run)
+    manifest = load_manifest(run / "manifest.csv")
+    splits = load_splits(run / "splits.json", manifest)
+    labels = meta["labels"]
+    results = []
+    for fold in splits["folds"]:
+        path = run / f"fold_{fold['fold']}" / "result.json"
+        if not path.is_file():
+            raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
+        results.append(json.loads(path.read_text()))
+    y = np.array([labels.index(v) for v in manifest.table["label"]])
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, classification_metrics)
+    atomic_write_text(run / "predictions.csv", pred.to_csv(index=False))
+    write_json(run / "metrics.json", metrics)
+    return metrics, run
+
+
+def evaluate_external(run: str | Path, data: str | Path) -> tuple[dict, Path]:
+    """Predict every image of another dataset with the run's ensemble and score it against its labels."""
+    from medcad.inference.predictor import Predictor
+    from medcad.metrics.classification import classification_metrics, subset_metrics
+
+    run = Path(run)
+    cfg, _ = _run_config(run)
+    predictor = Predictor(run)
+    manifest = load_manifest(data, layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    unknown = sorted(set(manifest.labels) - set(predictor.labels))
+    if unknown:
+        raise DataError(data, f"labels {unknown} are not among the model's labels {predictor.labels}")
+    from medcad.data.datasets import cached_images
+
+    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral)
+    probs = predictor.predict_arrays(np.asarray(images))
+    y = np.array([predictor.labels.index(v) for v in manifest.table["label"]])
+    patients = manifest.table["patient"].to_numpy(dtype=str)
+    groups = np.where(patients != "", patients, np.arange(len(y)).astype(str))
+    metrics = classification_metrics(y, probs, predictor.labels, groups=groups)
+    for col in ("domain", "subgroup"):
+        vals = manifest.table[col].to_numpy(dtype=str)
+        if (vals != "").any():
+            metrics[f"by_{col}"] = subset_metrics(y, probs, predictor.labels, vals, groups=groups)
+    metrics["evaluation"] = f"external test set {Path(data).resolve()}"
+    where = run / "evaluations" / Path(data).resolve().name
+    pred = pd.DataFrame(
+        {
+            "image": manifest.keys,
+            "label": manifest.table["label"],
+            "predicted": [predictor.labels[i] for i in probs.argmax(1)],
+        }
+    )
+    for j, lab in enumerate(predictor.labels):
+        pred[f"p_{lab}"] = probs[:, j]
+    where.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(where / "predictions.csv", pred.to_csv(index=False))
+    write_json(where / "metrics.json", metrics)
+    return metrics, where

@@ -1,0 +1,145 @@
+"""Lightning modules for classification: the head on cached features (stage 1) and the whole network (stage 2)."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from medcad.data.transforms import Normalize
+from medcad.models.classifier import Classifier, set_bn_eval
+
+
+def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class _ValidationAUC:
+    """Collects validation probabilities; logs loss, accuracy and macro one-vs-rest AUC at epoch end."""
+
+    def on_validation_epoch_start(self) -> None:
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _collect(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self._val.append((logits.float().softmax(-1).cpu(), y.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        from sklearn.metrics import roc_auc_score
+
+        if not self._val:
+            return
+        probs = torch.cat([p for p, _ in self._val]).numpy()
+        y = torch.cat([t for _, t in self._val]).numpy()
+        acc = float((probs.argmax(1) == y).mean())
+        present = np.unique(y)
+        auc = float("nan")
+        if len(present) > 1:
+            try:
+                if probs.shape[1] == 2:
+                    auc = roc_auc_score(y, probs[:, 1])
+                else:
+                    cols = present.tolist()
+                    p = probs[:, cols] / probs[:, cols].sum(1, keepdims=True)
+                    auc = roc_auc_score(y, p, multi_class="ovr", labels=cols)
+            except ValueError:
+                pass
+        self.log_dict({"val_acc": acc, "val_auc": auc if auc == auc else acc}, prog_bar=True)
+
+
+class HeadModule(_ValidationAUC, L.LightningModule):
+    """Stage 1: train the head alone on backbone features (B, F)."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        lr: float,
+        weight_decay: float,
+        optimizer: str,
+        class_weights: torch.Tensor | None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.lr, self.weight_decay, self.optimizer_kind = lr, weight_decay, optimizer
+        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = self.loss(self.head(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        logits = self.head(x)
+        self.log("val_loss", self.loss(logits, y), prog_bar=True)
+        self._collect(logits, y)
+
+    def configure_optimizers(self):
+        return make_optimizer(self.optimizer_kind, self.head.parameters(), self.lr, self.weight_decay)
+
+
+class ClassifierModule(_ValidationAUC, L.LightningModule):
+    """Stage 2: fine-tune the unfrozen backbone groups and the head on augmented uint8 images."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        normalize: Normalize,
+        *,
+        lr: float,
+        weight_decay: float,
+        optimizer: str,
+        class_weights: torch.Tensor | None,
+        label_smoothing: float = 0.0,
+        max_epochs: int = 10,
+        augment=None,
+    ) -> None:
+        super().__init__()
+        self.model, self.normalize, self.augment = model, normalize, augment
+        self.lr, self.weight_decay, self.optimizer_kind, self.max_epochs = lr, weight_decay, optimizer, max_epochs
+        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.images_per_s: list[float] = []
+
+    def setup(self, stage: str) -> None:
+        self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x_uint8).contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        set_bn_eval(self.model.backbone)
+        self._t0, self._n = time.perf_counter(), 0
+
+    def training_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        self._n += len(y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
+        self.images_per_s.append(ips)
+        self.log("train_images_per_s", ips)
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", self.loss(logits, y), prog_bar=True)
+        self._collect(logits, y)
+
+    def configure_optimizers(self):
+        head = list(self.model.head.parameters())
+        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": self.lr * 5}] + ([{"params": body, "lr": self.lr}] if body else [])
+        opt = make_optimizer(self.optimizer_kind, groups, self.lr, self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.max_epochs))
+        return {"optimizer": opt, "lr_scheduler": sched}

@@ -1,0 +1,415 @@
+"""A classification run: splits, decoded-image cache, two-stage training per fold, out-of-fold evaluation.
+
+Run folder:
+    config.json, splits.json, manifest.csv
+    fold_<k>/ model.pt, result.json, test_predictions.csv, checkpoints/, logs/ (TensorBoard + CSV)
+    predictions.csv (out-of-fold for CV), metrics.json
+A fold with a result.json is finished and skipped on resume; an interrupted stage 2 resumes from last.ckpt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medcad.config import TrainConfig
+from medcad.data.datasets import ImageDataset, cached_images, image_cache_key
+from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
+from medcad.data.splits import fold_indices, load_splits, make_splits, save_splits
+from medcad.data.transforms import Normalize, augmentation
+from medcad.engine.features import backbone_features, run_batched
+from medcad.errors import ConfigError, DataError
+from medcad.models.backbones import backbone_data_config
+from medcad.models.classifier import Classifier, freeze_backbone
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Atomic JSON write; NaN and infinity become null so that any JSON reader accepts the file."""
+
+    def clean(o: object) -> object:
+        if isinstance(o, float):
+            return o if np.isfinite(o) else None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return clean(o.item())
+        return o
+
+    atomic_write_text(path, json.dumps(clean(obj), indent=1))
+
+
+def save_model(path: Path, model: Classifier, cfg: TrainConfig, labels: list[str]) -> None:
+    """Self-contained model file: weights, settings, labels and preprocessing; written atomically."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(
+        {
+            "format": "medcad-classifier-1",
+            "config": cfg.to_dict(),
+            "labels": labels,
+            "data_config": backbone_data_config(model.backbone),
+            "state_dict": model.state_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _quiet_lightning() -> None:
+    import lightning  # noqa: F401  (it configures its loggers on import: quiet them afterwards)
+
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
+
+
+def _trainer(
+    fold_dir: Path,
+    stage: str,
+    max_epochs: int,
+    cfg: TrainConfig,
+    monitor: str,
+    mode: str,
+    patience: int,
+    progress: bool,
+):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    ckpt = ModelCheckpoint(
+        dirpath=fold_dir / "checkpoints" / stage,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_weights_only=False,
+    )
+    loggers = [
+        TensorBoardLogger(fold_dir / "logs" / "tensorboard", name=stage, version=""),
+        CSVLogger(fold_dir / "logs" / "csv", name=stage, version=""),
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        precision=cfg.precision,
+        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=patience)],
+        logger=loggers,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        log_every_n_steps=5,
+        deterministic=False,
+    )
+    return trainer, ckpt
+
+
+def _class_weights(y: np.ndarray, n: int) -> torch.Tensor:
+    counts = np.bincount(y, minlength=n).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n, 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: bool, batch_size: int | None = None):
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    bs = batch_size or cfg.batch_size
+    if shuffle and cfg.oversample and y_rows is not None:
+        counts = np.bincount(y_rows)
+        weights = 1.0 / counts[y_rows]
+        sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), len(y_rows), replacement=True)
+        return DataLoader(dataset, batch_size=bs, sampler=sampler)
+    return DataLoader(dataset, batch_size=bs, shuffle=shuffle)
+
+
+class _Softmax(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float().softmax(-1)
+
+
+def _predict(model: Classifier, normalize: Normalize, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return run_batched(_Softmax(model), normalize, images, rows)[0]
+
+
+def _val_score(y: np.ndarray, probs: np.ndarray) -> float:
+    """Model-selection score on the validation part: macro one-vs-rest AUC, or accuracy when undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(y)
+    try:
+        if len(present) > 1:
+            if probs.shape[1] == 2:
+                return float(roc_auc_score(y, probs[:, 1]))
+            p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+            return float(roc_auc_score(y, p, multi_class="ovr", labels=present))
+    except ValueError:
+        pass
+    return float((probs.argmax(1) == y).mean())
+
+
+def train_fold(
+    k: int,
+    parts: dict[str, np.ndarray],
+    images: np.ndarray,
+    y: np.ndarray,
+    labels: list[str],
+    cfg: TrainConfig,
+    fold_dir: Path,
+    feature_key: str,
+    progress: bool = True,
+) -> dict:
+    """Train one fold (stage 1 on cached features, stage 2 fine-tuning); returns its result dict."""
+    import lightning as L
+    from torch.utils.data import TensorDataset
+
+    from medcad.engine.modules import ClassifierModule, HeadModule
+
+    L.seed_everything(cfg.seed + k, verbose=False)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    if len(val) == 0:
+        raise ConfigError("each fold needs a validation part for early stopping: set val_fraction > 0")
+    n = len(labels)
+    model = Classifier(cfg.model, n, head=cfg.head, weights=cfg.weights, dropout=cfg.dropout)
+    dc = backbone_data_config(model.backbone)
+    normalize = Normalize(dc["mean"], dc["std"])
+    weights = _class_weights(y[train], n) if cfg.class_weights else None
+    speed: dict[str, float | None] = {}
+
+    # Stage 1: the frozen backbone runs once over every image (cached across folds and runs); the head trains fast.
+    t0 = time.perf_counter()
+    feats, speed["feature_images_per_s"] = backbone_features(model.backbone, normalize, images, feature_key)
+    f = torch.from_numpy(feats)
+    yt = torch.from_numpy(y).long()
+    head_mod = HeadModule(model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, weights, cfg.label_smoothing)
+    trainer, ckpt = _trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
+    trainer.fit(
+        head_mod,
+        _loader(TensorDataset(f[train], yt[train]), cfg, y[train], True, 64),
+        _loader(TensorDataset(f[val], yt[val]), cfg, None, False, 256),
+    )
+    head_mod.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
+    with torch.no_grad():
+        p1 = model.head.eval()(f[val]).softmax(-1).numpy()
+    stage1_score = _val_score(y[val], p1)
+    speed["stage1_seconds"] = time.perf_counter() - t0
+    best_stage = "stage1"
+
+    # Stage 2: unfreeze the last groups and fine-tune with augmentation; keep it only if validation improves.
+    if cfg.epochs > 0:
+        t1 = time.perf_counter()
+        freeze_backbone(model, cfg.unfreeze)
+        module = ClassifierModule(
+            model,
+            normalize,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            class_weights=weights,
+            label_smoothing=cfg.label_smoothing,
+            max_epochs=cfg.epochs,
+        )
+        aug = augmentation(cfg.augment, cfg.image_size)
+        trainer, ckpt = _trainer(fold_dir, "stage2", cfg.epochs, cfg, "val_auc", "max", cfg.patience, progress)
+        last = fold_dir / "checkpoints" / "stage2" / "last.ckpt"
+        trainer.fit(
+            module,
+            _loader(ImageDataset(images, y, train, aug), cfg, y[train], True),
+            _loader(ImageDataset(images, y, val), cfg, None, False, 64),
+            ckpt_path=last if last.is_file() else None,
+        )
+        state = torch.load(ckpt.best_model_path, weights_only=False)["state_dict"]
+        stage1_state = {k_: v.clone() for k_, v in model.state_dict().items()}
+        module.load_state_dict(state)
+        p2 = _predict(model, normalize, images, val)
+        stage2_score = _val_score(y[val], p2)
+        speed["stage2_seconds"] = time.perf_counter() - t1
+        speed["stage2_train_images_per_s"] = float(np.median(module.images_per_s)) if module.images_per_s else None
+        if stage2_score >= stage1_score:
+            best_stage = "stage2"
+        else:
+            model.load_state_dict(stage1_state)
+        del stage1_state
+    probs, speed["predict_images_per_s"] = run_batched(_Softmax(model), normalize, images, test)
+    save_model(fold_dir / "model.pt", model, cfg, labels)
+    result = {
+        "fold": k,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "selected_stage": best_stage,
+        "val_score_stage1": stage1_score,
+        "speed": speed,
+        "test_rows": test.tolist(),
+        "test_probs": probs.tolist(),
+    }
+    if cfg.epochs > 0:
+        result["val_score_stage2"] = stage2_score
+    write_json(fold_dir / "result.json", result)
+    return result
+
+
+def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path: Path | None) -> dict:
+    target = out / "splits.json"
+    if splits_path is not None:
+        splits = load_splits(splits_path, manifest)
+    elif target.is_file():
+        splits = load_splits(target, manifest)  # resume, or the same folds as an earlier model
+    else:
+        splits = make_splits(
+            manifest,
+            folds=cfg.folds,
+            holdout=cfg.holdout,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            group_by=cfg.group_by,
+            progress=True,
+        )
+    if splits_path is None or not target.is_file():
+        save_splits(splits, target)
+    return splits
+
+
+def _check_resume(out: Path, cfg: TrainConfig) -> None:
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    old = TrainConfig.load(path).to_dict()
+    changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v and k != "threads"}
+    if changed:
+        desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ConfigError(
+            f"{out} holds a run with other settings ({desc}); choose another --out to start a new run, "
+            "or repeat the same settings to resume it"
+        )
+
+
+def train_run(
+    data: str | Path, out: str | Path, cfg: TrainConfig, *, splits_path: Path | None = None, progress: bool = True
+) -> dict:
+    """Train and evaluate a classifier on a dataset with the run's splits; resumable. Returns metrics.json."""
+    from medcad.metrics.classification import classification_metrics
+
+    _quiet_lightning()
+    if cfg.task != "classify":
+        raise ConfigError(f"task {cfg.task!r} is not available yet; use --task classify")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, cfg)
+    manifest = load_manifest(data, layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    labels = manifest.labels
+    unlabeled = int((manifest.table["label"] == "").sum())
+    if len(labels) < 2:
+        raise DataError(data, f"classification needs at least two labels, found {labels or 'none'}")
+    if unlabeled:
+        raise DataError(data, f"{unlabeled} image(s) have no label; label them or remove them for classification")
+    write_json(out / "config.json", {**cfg.to_dict(), "data": str(Path(data).resolve()), "labels": labels})
+    manifest.save(out / "manifest.csv")
+    splits = _prepare_splits(manifest, cfg, out, splits_path)
+    t0 = time.perf_counter()
+    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress)
+    decode_s = time.perf_counter() - t0
+    y = np.array([labels.index(v) for v in manifest.table["label"]])
+    feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
+    results = []
+    for fold in splits["folds"]:
+        k = fold["fold"]
+        fold_dir = out / f"fold_{k}"
+        done = fold_dir / "result.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            continue
+        log.info("fold %d", k)
+        results.append(
+            train_fold(k, fold_indices(manifest, fold), images, y, labels, cfg, fold_dir, feature_key, progress)
+        )
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, classification_metrics)
+    atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
+    metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_results(
+    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], splits: dict, metric_fn
+) -> tuple[dict, pd.DataFrame]:
+    """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures."""
+    from medcad.metrics.classification import subset_metrics
+    from medcad.metrics.stats import mean_sd
+
+    rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
+    probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, len(labels)) for r in results])
+    fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
+    keys = np.array(manifest.keys, dtype=object)
+    group_map = splits.get("groups") or {}
+    groups = np.array([group_map.get(k, i) for i, k in enumerate(keys[rows])])
+    m = metric_fn(y[rows], probs, labels, groups=groups)
+    per_fold = []
+    for r in results:
+        sel = fold_of == r["fold"]
+        fm = metric_fn(y[rows][sel], probs[sel], labels, n_boot=0) if sel.sum() > 1 else {}
+        per_fold.append(
+            {
+                "fold": r["fold"],
+                "n_test": int(sel.sum()),
+                "selected_stage": r.get("selected_stage"),
+                **{name: (fm.get(name) or {}).get("value") for name in ("accuracy", "macro_f1", "macro_auc")},
+                "speed": r.get("speed", {}),
+            }
+        )
+    m["per_fold"] = per_fold
+    m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("accuracy", "macro_f1", "macro_auc")}
+    for col in ("domain", "subgroup"):
+        vals = manifest.table[col].to_numpy(dtype=str)[rows]
+        if (vals != "").any():
+            m[f"by_{col}"] = subset_metrics(y[rows], probs, labels, vals, groups=groups)
+    m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
+    m["splits"] = {
+        "method": splits["method"],
+        "n_folds": splits["n_folds"],
+        "group_by": splits["group_by"],
+        "n_groups": splits["n_groups"],
+        "seed": splits["seed"],
+    }
+    pred = pd.DataFrame(
+        {
+            "image": keys[rows],
+            "fold": fold_of,
+            "label": [labels[i] for i in y[rows]],
+            "predicted": [labels[i] for i in probs.argmax(1)],
+        }
+    )
+    for j, lab in enumerate(labels):
+        pred[f"p_{lab}"] = probs[:, j]
+    for col in ("patient", "domain", "subgroup"):
+        if manifest.has(col):
+            pred[col] = manifest.table[col].to_numpy(dtype=str)[rows]
+    return m, pred

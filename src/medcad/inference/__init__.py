@@ -1,0 +1,1 @@
+"""Prediction: load trained models, run them on images, folders and videos."""

@@ -1,0 +1,119 @@
+"""Load a run's models (one fold, or all folds as an ensemble) and predict class probabilities for images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcad.config import TrainConfig
+from medcad.data.datasets import preprocess
+from medcad.data.io import IMAGE_SUFFIXES, read_image
+from medcad.data.transforms import Normalize
+from medcad.engine.features import run_batched
+from medcad.errors import ConfigError, DataError
+from medcad.models.classifier import Classifier
+
+MODEL_FORMAT = "medcad-classifier-1"
+
+
+def load_model_file(path: Path) -> tuple[Classifier, dict]:
+    """A Classifier and its metadata from a model.pt written by a run. Raises DataError when unusable."""
+    if not path.is_file():
+        raise DataError(path, "model file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise DataError(
+            path,
+            f"corrupt or unreadable model file ({type(e).__name__}: {e}); retrain that fold by "
+            "deleting its folder and running the same train command",
+        ) from e
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise DataError(
+            path,
+            f"not a medcad classification model (format {blob.get('format') if isinstance(blob, dict) else None!r})",
+        )
+    cfg = TrainConfig.from_dict(blob["config"])
+    model = Classifier(cfg.model, len(blob["labels"]), head=cfg.head, weights="none", dropout=cfg.dropout)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob
+
+
+class _Ensemble(torch.nn.Module):
+    """Mean of the members' softmax probabilities."""
+
+    def __init__(self, models: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)  # (B, n)
+
+
+class Predictor:
+    """Class probabilities for images from a run folder (ensemble of its folds, or one `fold`) or a model.pt."""
+
+    def __init__(self, run: str | Path, fold: int | None = None, bf16: bool = True) -> None:
+        run = Path(run)
+        if run.is_file():
+            files = [run]
+        elif fold is not None:
+            files = [run / f"fold_{fold}" / "model.pt"]
+        else:
+            files = sorted(run.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+        if not files:
+            raise DataError(run, "no trained model found (fold_*/model.pt): train it first, or check the path")
+        loaded = [load_model_file(f) for f in files]
+        meta = loaded[0][1]
+        if any(m["labels"] != meta["labels"] for _, m in loaded):
+            raise ConfigError(f"{run}: its fold models disagree on the labels")
+        self.files = files
+        self.labels: list[str] = meta["labels"]
+        self.config = TrainConfig.from_dict(meta["config"])
+        self.data_config = meta["data_config"]
+        self.normalize = Normalize(self.data_config["mean"], self.data_config["std"])
+        self.net = _Ensemble([m for m, _ in loaded]).eval()
+        self.bf16 = bf16
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) of any size -> the model's (S, S, 3) input."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ConfigError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        return preprocess(image, self.config.image_size, self.config.bilateral)
+
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Probabilities (N, n_labels) for prepared uint8 images (N, S, S, 3)."""
+        return run_batched(self.net, self.normalize, images, batch_size=batch_size, bf16=self.bf16)[0]
+
+    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 32) -> list[dict]:
+        """[{"image", "label", "probabilities": {label: p}}] for image files (unreadable ones raise DataError)."""
+        s = self.config.image_size
+        arr = np.empty((len(paths), s, s, 3), np.uint8)
+        for i, p in enumerate(paths):
+            arr[i] = self.prepare(read_image(p, draft=s))
+        probs = self.predict_arrays(arr, batch_size) if len(paths) else np.zeros((0, len(self.labels)))
+        return [
+            {
+                "image": str(p),
+                "label": self.labels[int(pr.argmax())],
+                "probabilities": {lab: float(v) for lab, v in zip(self.labels, pr, strict=True)},
+            }
+            for p, pr in zip(paths, probs, strict=True)
+        ]
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to the images inside them (sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES or f.suffix.lower() == ".dcm")
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DataError(p, "file not found")
+    return out
