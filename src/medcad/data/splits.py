@@ -92,7 +92,8 @@ def make_splits(
         group_by: see `sample_groups`.
 
     Returns:
-        {"version", "method", "seed", "group_by", "n_groups", "folds": [{"fold", "train", "val", "test"}]}.
+        {"version", "method", "seed", "group_by", "n_groups", "groups": {key: group id},
+         "folds": [{"fold", "train", "val", "test"}]}.
     """
     if holdout is not None and not 0 < holdout < 1:
         raise ConfigError(f"holdout must be a fraction between 0 and 1, got {holdout}")
@@ -139,6 +140,7 @@ def make_splits(
         "group_by": how,
         "n_samples": len(keys),
         "n_groups": int(len(np.unique(groups))),
+        "groups": {k: int(g) for k, g in zip(keys.tolist(), groups.tolist(), strict=True)},
         "folds": out_folds,
     }
 

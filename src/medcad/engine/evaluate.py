@@ -27,8 +27,8 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     from medcad.metrics.classification import classification_metrics
 
     run = Path(run)
-    _, meta = _run_config(run)
-    manifest = load_manifest(run / "manifest.csv")
+    cfg, meta = _run_config(run)
+    manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
     splits = load_splits(run / "splits.json", manifest)
     labels = meta["labels"]
     results = []

@@ -14,7 +14,6 @@ from medcad.data.audit import cache_dir
 from medcad.data.transforms import Normalize
 
 
-@torch.inference_mode()
 def run_batched(
     net: nn.Module,
     normalize: Normalize,
@@ -31,14 +30,14 @@ def run_batched(
     """
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     was_training = net.training
-    net.eval().to(memory_format=torch.channels_last)
+    net.eval().to(memory_format=torch.channels_last)  # outside inference mode: parameters stay trainable
     outs = []
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
         x = torch.from_numpy(np.ascontiguousarray(images[idx]))  # (B, H, W, 3) uint8
         x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             outs.append(net(x).float())
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
     net.train(was_training)

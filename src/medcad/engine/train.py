@@ -120,7 +120,7 @@ def _trainer(
         enable_model_summary=False,
         enable_progress_bar=progress,
         num_sanity_val_steps=0,
-        log_every_n_steps=5,
+        log_every_n_steps=1,
         deterministic=False,
     )
     return trainer, ckpt

@@ -1,0 +1,81 @@
+"""A real (tiny) classification run end to end: train, resume, metrics.json, predict, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import save
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.engine.train import train_run
+from medcad.errors import ConfigError
+
+runner = CliRunner()
+FAST = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+
+
+@pytest.fixture
+def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two learnable classes: a bright disc or not, on noise; 12 images each."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    for label in ("lesion", "normal"):
+        for k in range(12):
+            img = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+            if label == "lesion":
+                cy, cx = rng.integers(10, 30, 2)
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 230
+            save(tmp_path / "ds" / label / f"{k}.png", img)
+    return tmp_path / "ds"
+
+
+def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    m = train_run(easy_set, run, FAST, progress=False)
+    for name in ("accuracy", "macro_f1", "macro_auc"):
+        assert set(m[name]) == {"value", "ci95"}
+    assert set(m["per_class"]["lesion"]) >= {"precision", "recall", "specificity", "f1", "support", "auc"}
+    assert m["confusion_matrix"]["labels"] == ["lesion", "normal"]
+    assert len(m["per_fold"]) == 2 and m["evaluation"] == "out-of-fold"
+    assert m["accuracy"]["value"] > 0.6  # the task is easy
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["confusion_matrix"]["matrix"] == m["confusion_matrix"]["matrix"]
+    pred = (run / "predictions.csv").read_text().splitlines()
+    assert len(pred) == 25 and pred[0].startswith("image,fold,label,predicted,p_lesion,p_normal")
+    for k in (0, 1):
+        assert (run / f"fold_{k}" / "model.pt").is_file()
+        assert list((run / f"fold_{k}" / "logs" / "tensorboard").rglob("events.out.tfevents*"))
+
+    # an interrupted run resumes: finished folds are not trained again
+    fold0 = (run / "fold_0" / "model.pt").stat().st_mtime_ns
+    (run / "fold_1" / "result.json").unlink()
+    train_run(easy_set, run, FAST, progress=False)
+    assert (run / "fold_0" / "model.pt").stat().st_mtime_ns == fold0
+    assert (run / "fold_1" / "result.json").is_file()
+    with pytest.raises(ConfigError, match="other settings .*image_size"):
+        train_run(easy_set, run, FAST.replace(image_size=48), progress=False)
+
+    res = runner.invoke(app, ["predict", str(run), str(easy_set / "lesion" / "0.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out[0]["label"] in ("lesion", "normal")
+    assert abs(sum(out[0]["probabilities"].values()) - 1) < 1e-4
+
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(easy_set), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 24
+
+
+def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", str(easy_set), "--model", "efficientnet_b00", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "did you mean" in res.output
+    res = runner.invoke(app, ["predict", str(tmp_path / "nothing"), str(easy_set / "lesion" / "0.png")])
+    assert res.exit_code == 2 and "no trained model" in res.output

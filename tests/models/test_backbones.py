@@ -1,0 +1,70 @@
+"""Backbones: offline ImageNet weights really classify a photo; bad names and weight files get clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medcad.errors import ConfigError, DataError
+from medcad.models.backbones import backbone_data_config, create_backbone, load_weights, offline_weights_path
+from medcad.models.classifier import Classifier, freeze_backbone, make_head, parameter_groups
+
+
+def test_default_backbone_has_real_imagenet_weights_offline() -> None:
+    """scikit-image's chelsea() is a tabby cat: ImageNet classes 281-285 must lead the top 5."""
+    import timm
+    from PIL import Image
+    from skimage import data
+
+    path = offline_weights_path("tf_efficientnet_lite0")
+    assert path is not None and path.is_file()
+    model = timm.create_model("tf_efficientnet_lite0")
+    load_weights(model, path, skip_classifier=False)
+    cfg = backbone_data_config(model)
+    img = Image.fromarray(data.chelsea()).resize((224, 224), Image.BICUBIC)
+    x = torch.tensor(np.asarray(img) / 255.0, dtype=torch.float32).permute(2, 0, 1)
+    x = (x - torch.tensor(cfg["mean"]).view(3, 1, 1)) / torch.tensor(cfg["std"]).view(3, 1, 1)
+    with torch.no_grad():
+        top5 = model.eval()(x[None]).softmax(-1)[0].topk(5).indices.tolist()
+    assert top5[0] in range(281, 286)
+    assert sum(c in range(281, 286) for c in top5) >= 2
+
+
+def test_unknown_backbone_lists_close_matches() -> None:
+    with pytest.raises(ConfigError, match="did you mean.*resnet50"):
+        create_backbone("resnet_50")
+
+
+def test_weights_that_do_not_fit_name_the_keys(tmp_path) -> None:
+    bad = tmp_path / "w.pth"
+    torch.save({"conv_stem.weight": torch.zeros(8, 3, 3, 3)}, bad)
+    with pytest.raises(
+        DataError, match=r"w\.pth: weights do not fit .*conv_stem\.weight \(32, 3, 3, 3\) vs \(8, 3, 3, 3\)"
+    ):
+        create_backbone("tf_efficientnet_lite0", weights=str(bad))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"nonsense")
+    with pytest.raises(DataError, match="cannot read weights"):
+        create_backbone("tf_efficientnet_lite0", weights=str(junk))
+
+
+def test_local_weights_with_timm_key_names_round_trip(tmp_path) -> None:
+    a = create_backbone("resnet18", weights="none")
+    path = tmp_path / "r18.pth"
+    torch.save(a.state_dict(), path)
+    b = create_backbone("resnet18", weights=str(path))
+    assert torch.equal(a.conv1.weight, b.conv1.weight)
+
+
+def test_heads_and_stagewise_freezing() -> None:
+    assert make_head("mlp", 1280, 3)[-1].out_features == 3
+    assert make_head("mlp", 1280, 3)[0].out_features == 2048
+    model = Classifier("tf_efficientnet_lite0", 3, weights="none")
+    trainable = freeze_backbone(model, 1)
+    last = parameter_groups(model.backbone)[-1]
+    assert set(trainable) == set(last)
+    assert all(not p.requires_grad for n, p in model.backbone.named_parameters() if n not in last)
+    assert freeze_backbone(model, 0) == []
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3)
