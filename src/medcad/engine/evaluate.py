@@ -11,7 +11,7 @@ import pandas as pd
 from medcad.config import TrainConfig
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
-from medcad.engine.train import evaluate_results, write_json
+from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import DataError
 
 

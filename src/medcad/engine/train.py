@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from medcad.config import TrainConfig
@@ -26,28 +25,12 @@ from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, load_splits, make_splits, save_splits
 from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.features import backbone_features, run_batched
+from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.models.backbones import backbone_data_config
 from medcad.models.classifier import Classifier, freeze_backbone
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: Path, obj: object) -> None:
-    """Atomic JSON write; NaN and infinity become null so that any JSON reader accepts the file."""
-
-    def clean(o: object) -> object:
-        if isinstance(o, float):
-            return o if np.isfinite(o) else None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [clean(v) for v in o]
-        if isinstance(o, np.generic):
-            return clean(o.item())
-        return o
-
-    atomic_write_text(path, json.dumps(clean(obj), indent=1))
 
 
 def save_model(path: Path, model: Classifier, cfg: TrainConfig, labels: list[str]) -> None:
@@ -356,60 +339,3 @@ def train_run(
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def evaluate_results(
-    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], splits: dict, metric_fn
-) -> tuple[dict, pd.DataFrame]:
-    """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures."""
-    from medcad.metrics.classification import subset_metrics
-    from medcad.metrics.stats import mean_sd
-
-    rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
-    probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, len(labels)) for r in results])
-    fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
-    keys = np.array(manifest.keys, dtype=object)
-    group_map = splits.get("groups") or {}
-    groups = np.array([group_map.get(k, i) for i, k in enumerate(keys[rows])])
-    m = metric_fn(y[rows], probs, labels, groups=groups)
-    per_fold = []
-    for r in results:
-        sel = fold_of == r["fold"]
-        fm = metric_fn(y[rows][sel], probs[sel], labels, n_boot=0) if sel.sum() > 1 else {}
-        per_fold.append(
-            {
-                "fold": r["fold"],
-                "n_test": int(sel.sum()),
-                "selected_stage": r.get("selected_stage"),
-                **{name: (fm.get(name) or {}).get("value") for name in ("accuracy", "macro_f1", "macro_auc")},
-                "speed": r.get("speed", {}),
-            }
-        )
-    m["per_fold"] = per_fold
-    m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("accuracy", "macro_f1", "macro_auc")}
-    for col in ("domain", "subgroup"):
-        vals = manifest.table[col].to_numpy(dtype=str)[rows]
-        if (vals != "").any():
-            m[f"by_{col}"] = subset_metrics(y[rows], probs, labels, vals, groups=groups)
-    m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
-    m["splits"] = {
-        "method": splits["method"],
-        "n_folds": splits["n_folds"],
-        "group_by": splits["group_by"],
-        "n_groups": splits["n_groups"],
-        "seed": splits["seed"],
-    }
-    pred = pd.DataFrame(
-        {
-            "image": keys[rows],
-            "fold": fold_of,
-            "label": [labels[i] for i in y[rows]],
-            "predicted": [labels[i] for i in probs.argmax(1)],
-        }
-    )
-    for j, lab in enumerate(labels):
-        pred[f"p_{lab}"] = probs[:, j]
-    for col in ("patient", "domain", "subgroup"):
-        if manifest.has(col):
-            pred[col] = manifest.table[col].to_numpy(dtype=str)[rows]
-    return m, pred
