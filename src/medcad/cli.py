@@ -250,6 +250,44 @@ def evaluate(
 
 
 @app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    image: Annotated[Path, typer.Argument(help="Image to explain.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Overlay PNG to write.")] = Path("gradcam.png"),
+    fold: Annotated[int | None, typer.Option(help="One fold's model instead of the ensemble.")] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Target layer name (default: the backbone's last feature map).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--class", help="Explain this class instead of the predicted one.")
+    ] = None,
+) -> None:
+    """Grad-CAM heat-map of a prediction, written as an overlay with the class and probability."""
+    try:
+        from PIL import Image
+
+        from medcad.data.io import read_image
+        from medcad.errors import ConfigError
+        from medcad.explain.gradcam import explain_predictor, overlay
+        from medcad.inference.predictor import Predictor
+
+        predictor = Predictor(run, fold=fold)
+        if label is not None and label not in predictor.labels:
+            raise ConfigError(f"--class {label!r} is not one of the model's labels {predictor.labels}")
+        rgb = read_image(image)
+        x = predictor.prepare(rgb)[None]
+        classes = None if label is None else [predictor.labels.index(label)]
+        heat, probs = explain_predictor(predictor, x, classes, layer)
+        c = int(probs[0].argmax()) if classes is None else classes[0]
+        shown = overlay(rgb, heat[0], f"{predictor.labels[c]} p={probs[0, c]:.2f}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(shown).save(out)
+    except MedcadError as e:
+        _fail(e)
+    typer.echo(f"{out}: Grad-CAM for {predictor.labels[c]} (p={probs[0, c]:.3f})")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo data and results.")] = Path("runs/demo"),
     seed: int = 0,

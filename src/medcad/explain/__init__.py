@@ -1,0 +1,1 @@
+"""Explainability: Grad-CAM heat-maps (pytorch-grad-cam) for trained models."""
