@@ -155,6 +155,7 @@ def train(
     layout: LayoutOpt = None,
     pattern: PatternOpt = None,
     mask_suffix: MaskSuffixOpt = "_mask",
+    make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
 ) -> None:
     """Train and evaluate a model with grouped cross-validation or a holdout split; writes a run folder."""
     try:
@@ -194,11 +195,15 @@ def train(
         if holdout is not None:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "folds": None})
         metrics = train_run(path, out, cfg, splits_path=splits)
+        from medcad.report.console import print_metrics
+
+        print_metrics(metrics, out)
+        if make_report:
+            from medcad.report.html import write_report
+
+            typer.echo(f"report: {write_report(out)}")
     except MedcadError as e:
         _fail(e)
-    from medcad.report.console import print_metrics
-
-    print_metrics(metrics, out)
 
 
 @app.command()
@@ -285,6 +290,21 @@ def explain(
     except MedcadError as e:
         _fail(e)
     typer.echo(f"{out}: Grad-CAM for {predictor.labels[c]} (p={probs[0, c]:.3f})")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run or study folder.")],
+    gallery: Annotated[bool, typer.Option(help="Include the Grad-CAM gallery.")] = True,
+) -> None:
+    """Write the self-contained report.html of a run or study."""
+    try:
+        from medcad.report.html import write_report
+
+        path = write_report(run, gallery=gallery)
+    except MedcadError as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
 
 
 @app.command()

@@ -1,0 +1,39 @@
+"""Render self-contained HTML reports (figures embedded) for runs and studies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from medcad import __version__
+from medcad.data.manifest import atomic_write_text
+from medcad.errors import DataError
+
+
+def _env():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("medcad.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
+    return env
+
+
+def render(template: str, **context) -> str:
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return _env().get_template(template).render(version=__version__, date=now, **context)
+
+
+def write_run_report(run: str | Path, gallery: bool = True) -> Path:
+    """Write RUN/report.html and return its path."""
+    from medcad.report.run_report import collect_run
+
+    run = Path(run)
+    if not (run / "metrics.json").is_file():
+        raise DataError(run, "no metrics.json: the run has not finished (rerun its train command to resume it)")
+    out = run / "report.html"
+    atomic_write_text(out, render("run.html.j2", r=collect_run(run, gallery=gallery)))
+    return out
+
+
+def write_report(path: str | Path, gallery: bool = True) -> Path:
+    """report.html for a run folder (or, later, a study folder)."""
+    return write_run_report(path, gallery=gallery)

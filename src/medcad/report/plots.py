@@ -1,0 +1,125 @@
+"""Figures for reports (matplotlib, Agg backend), returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion_matrix_png(labels: list[str], matrix: list[list[int]], title: str = "Confusion matrix") -> bytes:
+    cm = np.asarray(matrix, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.7 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}\n{norm[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def roc_png(curves: dict[str, dict], title: str = "ROC curves", aucs: dict[str, float] | None = None) -> bytes:
+    """`curves`: {name: {"fpr": [...], "tpr": [...]}}."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for name, c in curves.items():
+        if not c.get("fpr"):
+            continue
+        auc = (aucs or {}).get(name)
+        ax.plot(c["fpr"], c["tpr"], lw=1.6, label=f"{name}" + (f" (AUC {auc:.3f})" if auc is not None else ""))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def reliability_png(rel: dict, ece: float | None = None) -> bytes:
+    conf = np.asarray(rel.get("bin_confidence", []), dtype=float)
+    acc = np.asarray(rel.get("bin_accuracy", []), dtype=float)
+    cnt = np.asarray(rel.get("bin_count", []), dtype=float)
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    keep = cnt > 0
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect calibration")
+    ax.scatter(conf[keep], acc[keep], s=12 + 60 * cnt[keep] / max(cnt.max(), 1), zorder=3, label="bins (size = n)")
+    ax.plot(conf[keep], acc[keep], lw=1)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    return _png(fig)
+
+
+def curves_png(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> bytes:
+    """`histories`: {fold: {"train_loss": [...], "val_loss": [...], "val_auc": [...]}} per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, h in histories.items():
+        line = axes[0].plot(h.get("train_loss", []), lw=1.2, label=f"{name} train")[0]
+        axes[0].plot(h.get("val_loss", []), lw=1.2, ls="--", c=line.get_color(), label=f"{name} val")
+        axes[1].plot(h.get("val_auc", []), lw=1.2, c=line.get_color(), label=name)
+    axes[0].set_title("loss")
+    axes[1].set_title("validation macro AUC")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: str) -> bytes:
+    """Bar chart with CI whiskers; `values`: {name: (value, lo, hi)}."""
+    names = list(values)
+    v = np.array([values[n][0] for n in names], dtype=float)
+    lo = np.array([values[n][1] for n in names], dtype=float)
+    hi = np.array([values[n][2] for n in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names), 3.4))
+    err = np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0)
+    ax.bar(range(len(names)), v, yerr=err, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(max(0, np.nanmin(lo) - 0.1) if len(names) else 0, 1.0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def image_grid_png(tiles: list[np.ndarray], captions: list[str], cols: int = 4, title: str = "") -> bytes:
+    rows = max(1, int(np.ceil(len(tiles) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, tile, cap in zip(axes.flat, tiles, captions, strict=False):
+        ax.imshow(tile)
+        ax.set_title(cap, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _png(fig)

@@ -1,0 +1,164 @@
+"""Collect everything a run's report shows: data summary, audit, splits, curves, metrics, figures, gallery, card."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcad.report import plots
+
+
+def _b64(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _history(csv_path: Path) -> dict[str, list[float]]:
+    """Per-epoch train_loss / val_loss / val_auc from a Lightning CSV log."""
+    if not csv_path.is_file():
+        return {}
+    by_epoch: dict[int, dict[str, float]] = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            e = int(float(row["epoch"]))
+            for k in ("train_loss", "val_loss", "val_auc"):
+                if row.get(k):
+                    by_epoch.setdefault(e, {})[k] = float(row[k])
+    epochs = sorted(by_epoch)
+    return {k: [by_epoch[e].get(k, np.nan) for e in epochs] for k in ("train_loss", "val_loss", "val_auc")}
+
+
+def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_class: int = 2) -> list[dict]:
+    """Grad-CAM overlays of the most confident right and wrong test predictions per class, each explained by the
+    model of the fold that had the image in its test part."""
+    from medcad.data.io import read_image
+    from medcad.explain.gradcam import explain_predictor, overlay
+    from medcad.inference.predictor import Predictor
+
+    index = {k: i for i, k in enumerate(manifest.keys)}
+    picks = []
+    for lab in labels:
+        rows = pred[pred["label"] == lab]
+        right = rows[rows["predicted"] == lab].sort_values(f"p_{lab}", ascending=False).head(per_class)
+        wrong = rows[rows["predicted"] != lab]
+        wrong = wrong.assign(pmax=[r[f"p_{r['predicted']}"] for _, r in wrong.iterrows()])
+        wrong = wrong.sort_values("pmax", ascending=False).head(per_class)
+        picks += [("right", r) for _, r in right.iterrows()] + [("wrong", r) for _, r in wrong.iterrows()]
+    predictors: dict[int, Predictor] = {}
+    out = []
+    for kind, row in picks:
+        fold = int(row["fold"])
+        if fold not in predictors:
+            predictors[fold] = Predictor(run, fold=fold)
+        p = predictors[fold]
+        i = index.get(row["image"])
+        if i is None:
+            continue
+        rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=p.config.image_size)
+        x = p.prepare(rgb)[None]
+        heat, probs = explain_predictor(p, x)
+        c = int(probs[0].argmax())
+        tile = overlay(x[0], heat[0])
+        out.append(
+            {
+                "kind": kind,
+                "label": row["label"],
+                "tile": tile,
+                "caption": f"{row['image'][-28:]}\ntrue {row['label']} / pred {labels[c]} {probs[0, c]:.2f}",
+            }
+        )
+    return out
+
+
+def collect_run(run: Path, gallery: bool = True) -> dict:
+    """Everything the HTML report of a run needs, figures as data URIs."""
+    from medcad.config import TrainConfig
+    from medcad.data.audit import audit
+    from medcad.data.manifest import load_manifest
+    from medcad.data.splits import load_splits
+    from medcad.data.summary import summarize
+
+    meta = json.loads((run / "config.json").read_text())
+    cfg = TrainConfig.load(run / "config.json")
+    metrics = json.loads((run / "metrics.json").read_text())
+    labels = meta["labels"]
+    manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    splits = load_splits(run / "splits.json", manifest)
+    findings = audit(manifest, splits)
+    figures: dict[str, str] = {}
+    cm = metrics["confusion_matrix"]
+    figures["confusion"] = _b64(plots.confusion_matrix_png(cm["labels"], cm["matrix"]))
+    aucs = {lab: metrics["per_class"][lab].get("auc") for lab in labels}
+    figures["roc"] = _b64(plots.roc_png(metrics.get("roc", {}), "ROC, one class vs rest", aucs))
+    figures["reliability"] = _b64(
+        plots.reliability_png(metrics.get("reliability", {}), (metrics.get("ece") or {}).get("value"))
+    )
+    for col in ("domain", "subgroup"):
+        sub = metrics.get(f"by_{col}") or {}
+        pos = labels[-1]
+        curves = {name: (m.get("roc") or {}).get(pos, {}) for name, m in sub.items() if isinstance(m, dict)}
+        if curves:
+            figures[f"roc_{col}"] = _b64(
+                plots.roc_png(
+                    curves,
+                    f"ROC of '{pos}' per {col}",
+                    {n: (sub[n].get("per_class") or {}).get(pos, {}).get("auc") for n in curves},
+                )
+            )
+    histories = {
+        f"fold {k}": _history(run / f"fold_{k}" / "logs" / "csv" / "stage2" / "metrics.csv")
+        for k in range(len(splits["folds"]))
+    }
+    histories = {k: v for k, v in histories.items() if v}
+    if histories:
+        figures["curves"] = _b64(plots.curves_png(histories, "Stage 2 (fine-tuning)"))
+    gallery_items = []
+    pred = pd.read_csv(run / "predictions.csv", dtype={"image": str, "label": str, "predicted": str})
+    if gallery:
+        items = _gallery(run, manifest, pred, labels)
+        for kind in ("right", "wrong"):
+            sel = [g for g in items if g["kind"] == kind]
+            if sel:
+                gallery_items.append(
+                    {
+                        "kind": kind,
+                        "png": _b64(
+                            plots.image_grid_png(
+                                [g["tile"] for g in sel],
+                                [g["caption"] for g in sel],
+                                cols=4,
+                                title=f"Grad-CAM: most confident {kind} predictions per class",
+                            )
+                        ),
+                    }
+                )
+    card = _card(run, cfg, labels)
+    return {
+        "run": str(run),
+        "meta": meta,
+        "config": cfg.to_dict(),
+        "metrics": metrics,
+        "labels": labels,
+        "summary": summarize(manifest),
+        "audit": findings,
+        "splits": splits,
+        "figures": figures,
+        "gallery": gallery_items,
+        "card": card,
+    }
+
+
+def _card(run: Path, cfg, labels: list[str]) -> dict:
+    from medcad.inference.predictor import load_model_file
+    from medcad.models.card import model_card
+
+    path = run / "fold_0" / "model.pt"
+    model, _ = load_model_file(path)
+    card = model_card(model, cfg.image_size, path)
+    card["model"] = cfg.model
+    card["n_fold_models"] = len(list(run.glob("fold_*/model.pt")))
+    return card
