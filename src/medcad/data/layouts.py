@@ -69,10 +69,10 @@ def detect_layout(path: Path) -> str:
         if is_dicom(path) or suffix in IMAGE_SUFFIXES:
             return "folders"
         raise DataError(path, "not a dataset: give a folder, a CSV/TSV manifest, a COCO JSON or a DICOM file")
+    if any((path / n).is_file() for n in ("manifest.csv", "manifest.tsv")):
+        return "csv"  # an explicit manifest wins over what the folders suggest
     if (path / "images").is_dir() and (path / "masks").is_dir():
         return "images-masks"
-    if any((path / n).is_file() for n in ("manifest.csv", "manifest.tsv")):
-        return "csv"
     if _coco_json(path) is not None:
         return "coco"
     return "folders"
