@@ -293,6 +293,32 @@ def explain(
 
 
 @app.command()
+def study(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML: data, task, models, protocol, settings.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: beside the file).")] = None,
+    make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+) -> None:
+    """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        from medcad.study.runner import run_study, study_summary
+
+        results = run_study(study_file, out)
+        table = Table(*study_summary(results).columns, title=f"Study {results['name']} ({results['protocol']})")
+        for row in study_summary(results).itertuples(index=False):
+            table.add_row(*map(str, row))
+        Console().print(table)
+        if make_report:
+            from medcad.report.html import write_report
+
+            typer.echo(f"report: {write_report(Path(results['splits']).parent)}")
+    except MedcadError as e:
+        _fail(e)
+
+
+@app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run or study folder.")],
     gallery: Annotated[bool, typer.Option(help="Include the Grad-CAM gallery.")] = True,

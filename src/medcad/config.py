@@ -25,9 +25,9 @@ class TrainConfig:
     # stage 1: frozen backbone, head trained on cached features
     head_epochs: int = 60
     head_lr: float = 1e-3
-    # stage 2: last `unfreeze` parameter groups trained with the head, at `lr`
-    epochs: int = 8
-    unfreeze: int = 2
+    # stage 2: last `unfreeze` parameter groups (timm's coarse groups; 99 = all) trained with the head, at `lr`
+    epochs: int = 12
+    unfreeze: int = 99
     lr: float = 2e-4
     batch_size: int = 32
     optimizer: str = "adamw"  # adam | adamw
@@ -35,7 +35,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: bool = True
     oversample: bool = False
-    patience: int = 4
+    patience: int = 5
     precision: str = "bf16-mixed"  # bf16-mixed | 32-true
     seed: int = 0
     # splits

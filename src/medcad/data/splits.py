@@ -100,10 +100,18 @@ def make_splits(
     if holdout is None and (folds is None or folds < 2):
         raise ConfigError(f"folds must be at least 2, got {folds}")
     keys = np.array(manifest.keys, dtype=object)
-    y = manifest.table["label"].to_numpy(dtype=str)
+    labels = manifest.table["label"].to_numpy(dtype=str)
     groups, how = sample_groups(manifest, group_by, progress=progress)
     n_splits = max(2, round(1 / holdout)) if holdout is not None else int(folds)
-    _check_stratifiable(y, groups, n_splits, str(manifest.root))
+    _check_stratifiable(labels, groups, n_splits, str(manifest.root))
+    y = labels
+    if manifest.has("domain"):  # stratify by label x domain where the data allow, so each domain is in every part
+        both = np.char.add(np.char.add(labels, "|"), manifest.table["domain"].to_numpy(dtype=str))
+        try:
+            _check_stratifiable(both, groups, n_splits, str(manifest.root))
+            y = both
+        except DataError:
+            pass
     outer = _grouped_split(y, groups, n_splits, seed)
     if holdout is not None:
         outer = outer[:1]

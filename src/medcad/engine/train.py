@@ -156,37 +156,13 @@ def _val_score(y: np.ndarray, probs: np.ndarray) -> float:
     return float((probs.argmax(1) == y).mean())
 
 
-def train_fold(
-    k: int,
-    parts: dict[str, np.ndarray],
-    images: np.ndarray,
-    y: np.ndarray,
-    labels: list[str],
-    cfg: TrainConfig,
-    fold_dir: Path,
-    feature_key: str,
-    progress: bool = True,
-) -> dict:
-    """Train one fold (stage 1 on cached features, stage 2 fine-tuning); returns its result dict."""
-    import lightning as L
+def _train_head(model, normalize, images, y, train, val, weights, cfg, fold_dir, feature_key, speed) -> float:
+    """Stage 1: the frozen backbone runs once over every image (features cached across folds and runs), then the
+    head trains on the features alone. Returns the validation score."""
     from torch.utils.data import TensorDataset
 
-    from medcad.engine.modules import ClassifierModule, HeadModule
+    from medcad.engine.modules import HeadModule
 
-    L.seed_everything(cfg.seed + k, verbose=False)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    train, val, test = parts["train"], parts["val"], parts["test"]
-    if len(val) == 0:
-        raise ConfigError("each fold needs a validation part for early stopping: set val_fraction > 0")
-    n = len(labels)
-    model = Classifier(cfg.model, n, head=cfg.head, weights=cfg.weights, dropout=cfg.dropout)
-    dc = backbone_data_config(model.backbone)
-    normalize = Normalize(dc["mean"], dc["std"])
-    weights = _class_weights(y[train], n) if cfg.class_weights else None
-    speed: dict[str, float | None] = {}
-
-    # Stage 1: the frozen backbone runs once over every image (cached across folds and runs); the head trains fast.
-    t0 = time.perf_counter()
     feats, speed["feature_images_per_s"] = backbone_features(model.backbone, normalize, images, feature_key)
     f = torch.from_numpy(feats)
     yt = torch.from_numpy(y).long()
@@ -200,9 +176,56 @@ def train_fold(
     head_mod.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
     with torch.no_grad():
         p1 = model.head.eval()(f[val]).softmax(-1).numpy()
-    stage1_score = _val_score(y[val], p1)
+    return _val_score(y[val], p1)
+
+
+def train_fold(
+    k: int,
+    parts: dict[str, np.ndarray],
+    images: np.ndarray,
+    y: np.ndarray,
+    labels: list[str],
+    cfg: TrainConfig,
+    fold_dir: Path,
+    feature_key: str,
+    progress: bool = True,
+    init_model: Path | None = None,
+) -> dict:
+    """Train one fold (stage 1 on cached features, stage 2 fine-tuning); returns its result dict.
+
+    With `init_model` (a model.pt of an earlier step, e.g. the other domain in sequential transfer) training
+    continues from those weights: stage 1 is skipped and stage 2 fine-tunes the whole set of unfrozen groups.
+    """
+    import lightning as L
+
+    from medcad.engine.modules import ClassifierModule
+
+    L.seed_everything(cfg.seed + k, verbose=False)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    if len(val) == 0:
+        raise ConfigError("each fold needs a validation part for early stopping: set val_fraction > 0")
+    n = len(labels)
+    model = Classifier(cfg.model, n, head=cfg.head, weights=cfg.weights, dropout=cfg.dropout)
+    dc = backbone_data_config(model.backbone)
+    normalize = Normalize(dc["mean"], dc["std"])
+    weights = _class_weights(y[train], n) if cfg.class_weights else None
+    speed: dict[str, float | None] = {}
+
+    t0 = time.perf_counter()
+    if init_model is not None:
+        from medcad.inference.predictor import load_model_file
+
+        prior, meta = load_model_file(init_model)
+        if meta["labels"] != labels:
+            raise ConfigError(f"{init_model}: labels {meta['labels']} differ from this run's {labels}")
+        model.load_state_dict(prior.state_dict())
+        stage1_score = _val_score(y[val], _predict(model, normalize, images, val))
+        best_stage = "init"
+    else:
+        stage1_score = _train_head(model, normalize, images, y, train, val, weights, cfg, fold_dir, feature_key, speed)
+        best_stage = "stage1"
     speed["stage1_seconds"] = time.perf_counter() - t0
-    best_stage = "stage1"
 
     # Stage 2: unfreeze the last groups and fine-tune with augmentation; keep it only if validation improves.
     if cfg.epochs > 0:
@@ -294,9 +317,23 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
 
 
 def train_run(
-    data: str | Path, out: str | Path, cfg: TrainConfig, *, splits_path: Path | None = None, progress: bool = True
+    data: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    splits_path: Path | None = None,
+    progress: bool = True,
+    train_domains: tuple[str, ...] | None = None,
+    init_run: Path | None = None,
 ) -> dict:
-    """Train and evaluate a classifier on a dataset with the run's splits; resumable. Returns metrics.json."""
+    """Train and evaluate a classifier on a dataset with the run's splits; resumable. Returns metrics.json.
+
+    Args:
+        train_domains: train and validate on these domains only; the test parts keep every domain, so the
+            metrics show how the model does on each (cross-domain evaluation).
+        init_run: a run of the same data and splits whose fold models each fold continues from (sequential
+            transfer).
+    """
     from medcad.metrics.classification import classification_metrics
 
     _quiet_lightning()
@@ -314,7 +351,21 @@ def train_run(
         raise DataError(data, f"classification needs at least two labels, found {labels or 'none'}")
     if unlabeled:
         raise DataError(data, f"{unlabeled} image(s) have no label; label them or remove them for classification")
-    write_json(out / "config.json", {**cfg.to_dict(), "data": str(Path(data).resolve()), "labels": labels})
+    domains = manifest.table["domain"].to_numpy(dtype=str)
+    if train_domains:
+        missing = sorted(set(train_domains) - set(domains))
+        if missing:
+            raise DataError(data, f"no images of domain(s) {missing}; domains here: {sorted(set(domains) - {''})}")
+    write_json(
+        out / "config.json",
+        {
+            **cfg.to_dict(),
+            "data": str(Path(data).resolve()),
+            "labels": labels,
+            "train_domains": list(train_domains or []),
+            "init_run": str(init_run) if init_run else None,
+        },
+    )
     manifest.save(out / "manifest.csv")
     splits = _prepare_splits(manifest, cfg, out, splits_path)
     t0 = time.perf_counter()
@@ -331,9 +382,12 @@ def train_run(
             results.append(json.loads(done.read_text()))
             continue
         log.info("fold %d", k)
-        results.append(
-            train_fold(k, fold_indices(manifest, fold), images, y, labels, cfg, fold_dir, feature_key, progress)
-        )
+        parts = fold_indices(manifest, fold)
+        if train_domains:
+            keep = np.isin(domains, train_domains)
+            parts["train"], parts["val"] = parts["train"][keep[parts["train"]]], parts["val"][keep[parts["val"]]]
+        init = init_run / f"fold_{k}" / "model.pt" if init_run else None
+        results.append(train_fold(k, parts, images, y, labels, cfg, fold_dir, feature_key, progress, init))
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, classification_metrics)
     atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}

@@ -34,6 +34,22 @@ def write_run_report(run: str | Path, gallery: bool = True) -> Path:
     return out
 
 
+def write_study_report(study: str | Path, gallery: bool = True) -> Path:
+    """Write STUDY/report.html (comparison, cross-domain matrix, DeLong) and each run's own report."""
+    from medcad.report.study_report import collect_study
+
+    study = Path(study)
+    s = collect_study(study)
+    for r in s["runs"]:
+        write_run_report(r["run"], gallery=gallery)
+    out = study / "report.html"
+    atomic_write_text(out, render("study.html.j2", s=s))
+    return out
+
+
 def write_report(path: str | Path, gallery: bool = True) -> Path:
-    """report.html for a run folder (or, later, a study folder)."""
+    """report.html for a run folder (metrics.json) or a study folder (results.json)."""
+    path = Path(path)
+    if (path / "results.json").is_file():
+        return write_study_report(path, gallery=gallery)
     return write_run_report(path, gallery=gallery)

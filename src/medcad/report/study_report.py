@@ -1,0 +1,38 @@
+"""Collect what a study's report shows: runs compared, cross-domain matrix with ROC per domain, DeLong tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from medcad.data.splits import load_splits
+from medcad.errors import DataError
+from medcad.report import plots
+from medcad.report.run_report import _b64
+
+
+def collect_study(study: Path) -> dict:
+    path = study / "results.json"
+    if not path.is_file():
+        raise DataError(study, "no results.json: the study has not finished (rerun `medcad study` to resume it)")
+    s = json.loads(path.read_text())
+    splits = load_splits(s["splits"])
+    s["split_info"] = {k: splits.get(k) for k in ("n_folds", "method", "group_by")}
+    for r in s["runs"]:
+        r["href"] = os.path.relpath(Path(r["run"]) / "report.html", study)
+    auc = {r["name"]: (r["macro_auc"]["value"], *(r["macro_auc"].get("ci95") or [None, None])) for r in s["runs"]}
+    figures = {"bars": _b64(plots.bars_png(auc, "Macro AUC per run (95 % CI)", "macro AUC")), "roc_domains": {}}
+    positive = s["labels"][-1]
+    for d in s.get("domains") or []:
+        curves, aucs = {}, {}
+        for r in s["runs"]:
+            m = json.loads((Path(r["run"]) / "metrics.json").read_text())
+            sub = (m.get("by_domain") or {}).get(d) or {}
+            if sub.get("roc", {}).get(positive):
+                curves[r["name"]] = sub["roc"][positive]
+                aucs[r["name"]] = (sub.get("per_class") or {}).get(positive, {}).get("auc")
+        if curves and s.get("cross_domain_matrix"):
+            figures["roc_domains"][d] = _b64(plots.roc_png(curves, f"ROC of '{positive}' on {d} test images", aucs))
+    s["figures"] = figures
+    return s

@@ -1,0 +1,214 @@
+"""Run a study: expand its protocol into runs (same splits for all), train them (resumable), compare them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medcad.data.manifest import load_manifest
+from medcad.data.splits import load_splits, make_splits, save_splits
+from medcad.engine.results import write_json
+from medcad.errors import ConfigError
+from medcad.study.spec import ModelSpec, StudySpec, load_study
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run of a study: a model trained on some domains, possibly continuing from another experiment."""
+
+    name: str
+    model: ModelSpec
+    train_domains: tuple[str, ...] | None = None
+    init: str | None = None  # name of the experiment whose fold models it continues from
+    step: str = ""  # "step 1" / "step 2" of a sequential transfer, "combined", "single domain", ...
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_")
+
+
+def expand(spec: StudySpec, domains: list[str]) -> list[Experiment]:
+    """The runs a protocol asks for, in an order where every `init` comes before its user."""
+    if spec.protocol in ("holdout", "kfold", "compare"):
+        return [Experiment(m.name, m, None, None, "all data") for m in spec.models]
+    if len(domains) < 2:
+        raise ConfigError(
+            f"{spec.path}: protocol {spec.protocol!r} needs two or more domains; the data has "
+            f"{domains or 'no domain column'} (set 'domains:' or add a domain column)"
+        )
+    out: list[Experiment] = []
+    for m in spec.models:
+        if spec.protocol == "sequential":
+            if len(domains) != 2:
+                raise ConfigError(f"{spec.path}: sequential transfer needs exactly two domains, got {domains}")
+            a, b = domains
+            out += [
+                Experiment(f"{m.name} | {a}", m, (a,), None, "step 1"),
+                Experiment(f"{m.name} | {a} -> {b}", m, (b,), f"{m.name} | {a}", "step 2"),
+                Experiment(f"{m.name} | {b}", m, (b,), None, "step 1"),
+                Experiment(f"{m.name} | {b} -> {a}", m, (a,), f"{m.name} | {b}", "step 2"),
+                Experiment(f"{m.name} | {a} + {b}", m, (a, b), None, "combined"),
+            ]
+        else:  # combined, cross_domain: each domain alone and all together
+            out += [Experiment(f"{m.name} | {d}", m, (d,), None, "single domain") for d in domains]
+            out.append(Experiment(f"{m.name} | {' + '.join(domains)}", m, tuple(domains), None, "combined"))
+    return out
+
+
+def _headline(m: dict) -> dict:
+    keep = ("accuracy", "macro_f1", "macro_auc", "balanced_accuracy")
+    out = {k: m.get(k) for k in keep}
+    out["fold_summary"] = m.get("fold_summary")
+    out["by_domain"] = {d: {k: v.get(k) for k in keep} for d, v in (m.get("by_domain") or {}).items()}
+    return out
+
+
+def _delong_pairs(study_dir: Path, exps: list[Experiment], labels: list[str]) -> list[dict]:
+    """DeLong tests between models trained the same way (same domains, same step), on the same test images."""
+    from medcad.metrics.stats import delong_test
+
+    preds = {
+        e.name: pd.read_csv(study_dir / "runs" / _slug(e.name) / "predictions.csv", dtype={"image": str}) for e in exps
+    }
+    by_setting: dict[tuple, list[Experiment]] = {}
+    for e in exps:
+        by_setting.setdefault((e.train_domains, e.step, e.init is not None), []).append(e)
+    out = []
+    positive = labels[-1] if len(labels) == 2 else None
+    for group in by_setting.values():
+        for ea, eb in itertools.combinations(group, 2):
+            a = preds[ea.name].set_index("image")
+            b = preds[eb.name].set_index("image").loc[a.index]
+            y = a["label"].to_numpy(dtype=str)
+            classes = [positive] if positive else labels
+            tests = {}
+            for lab in classes:
+                yb = (y == lab).astype(int)
+                if 0 < yb.sum() < len(yb):
+                    tests[lab] = delong_test(yb, a[f"p_{lab}"].to_numpy(), b[f"p_{lab}"].to_numpy())
+            out.append(
+                {
+                    "a": ea.name,
+                    "b": eb.name,
+                    "n": len(y),
+                    "test": "binary AUC" if positive else "one-vs-rest AUC per class",
+                    "by_class": tests,
+                }
+            )
+    return out
+
+
+def run_study(path: str | Path, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the study described by a YAML file; returns results.json's content.
+
+    Every run of the study uses one splits.json, so models and protocols are compared on the same folds; a run
+    whose metrics.json exists is skipped.
+    """
+    from medcad.engine.train import train_run
+
+    spec = load_study(path)
+    study_dir = Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(spec.path.read_text())
+    base = spec.base
+    manifest = load_manifest(spec.data, layout=base.layout, pattern=base.pattern, mask_suffix=base.mask_suffix)
+    present = sorted(set(manifest.table["domain"]) - {""})
+    domains = list(spec.domains or present)
+    unknown = sorted(set(domains) - set(present))
+    if unknown:
+        raise ConfigError(f"{spec.path}: domains {unknown} are not in the data (it has {present})")
+    splits_path = study_dir / "splits.json"
+    if spec.splits is not None:
+        save_splits(load_splits(spec.splits, manifest), splits_path)
+    elif not splits_path.is_file():
+        save_splits(
+            make_splits(
+                manifest,
+                folds=base.folds,
+                holdout=base.holdout,
+                val_fraction=base.val_fraction,
+                seed=base.seed,
+                group_by=base.group_by,
+                progress=progress,
+            ),
+            splits_path,
+        )
+    exps = expand(spec, domains)
+    t0 = time.perf_counter()
+    rows = []
+    for e in exps:
+        run_dir = study_dir / "runs" / _slug(e.name)
+        cfg = base.replace(**e.model.settings)
+        init = study_dir / "runs" / _slug(e.init) if e.init else None
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            if progress:
+                print(f"== {e.name}", flush=True)
+            metrics = train_run(
+                spec.data,
+                run_dir,
+                cfg,
+                splits_path=splits_path,
+                progress=progress,
+                train_domains=e.train_domains if len(domains) > 1 and e.train_domains else None,
+                init_run=init,
+            )
+        rows.append(
+            {
+                "name": e.name,
+                "model": e.model.name,
+                "backbone": cfg.model,
+                "step": e.step,
+                "train_domains": list(e.train_domains or []),
+                "init": e.init,
+                "run": str(run_dir),
+                **_headline(metrics),
+            }
+        )
+    labels = manifest.labels
+    results = {
+        "name": spec.name,
+        "protocol": spec.protocol,
+        "data": str(spec.data),
+        "labels": labels,
+        "domains": domains,
+        "splits": str(splits_path),
+        "runs": rows,
+        "delong": _delong_pairs(study_dir, exps, labels),
+        "seconds_this_session": time.perf_counter() - t0,
+    }
+    if len(domains) > 1 and spec.protocol in ("sequential", "combined", "cross_domain"):
+        results["cross_domain_matrix"] = {
+            r["name"]: {d: (r["by_domain"].get(d) or {}).get("macro_auc") for d in domains} for r in rows
+        }
+    write_json(study_dir / "results.json", results)
+    return results
+
+
+def study_summary(results: dict) -> pd.DataFrame:
+    """One row per run with value (CI) strings, for the console."""
+
+    def f(m):
+        if not m or m.get("value") is None:
+            return "—"
+        lo, hi = m.get("ci95") or (None, None)
+        return f"{m['value']:.3f}" + (f" ({lo:.3f}–{hi:.3f})" if lo is not None else "")
+
+    return pd.DataFrame(
+        [
+            {
+                "run": r["name"],
+                "accuracy": f(r["accuracy"]),
+                "macro F1": f(r["macro_f1"]),
+                "macro AUC": f(r["macro_auc"]),
+            }
+            for r in results["runs"]
+        ]
+    )

@@ -1,0 +1,93 @@
+"""Study files: clear errors with line numbers; a tiny two-domain sequential study end to end, resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medcad.cli import app
+from medcad.data.synthetic import generate_synthetic
+from medcad.errors import ConfigError
+from medcad.study.runner import expand, run_study
+from medcad.study.spec import load_study
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def two_domain_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    generate_synthetic(tmp_path / "data", n_patients=20, frames_per_patient=2, size=48, seed=3)
+    return tmp_path / "data"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_and_missing_data_name_the_line(tmp_path: Path, two_domain_set: Path) -> None:
+    bad = write(tmp_path / "s.yaml", "name: x\ndata: data\nprotocol: kfold\nfodls: 3\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml line 4: unknown study key 'fodls'; did you mean folds"):
+        load_study(bad)
+    bad = write(tmp_path / "s2.yaml", "data: data\nsettings:\n  epochs: 2\n  lr_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"line 4: unknown settings key 'lr_rate'"):
+        load_study(bad)
+    bad = write(tmp_path / "s3.yaml", "name: x\ndata: nowhere/data\n")
+    with pytest.raises(ConfigError, match=r"s3\.yaml line 2: data path 'nowhere/data' not found"):
+        load_study(bad)
+    bad = write(tmp_path / "s4.yaml", "data: data\nmodels: [resnet_50]\n")
+    with pytest.raises(ConfigError, match="line 2.*did you mean"):
+        load_study(bad)
+    res = runner.invoke(app, ["study", str(tmp_path / "s.yaml")])
+    assert res.exit_code == 2 and "line 4" in res.output and "Traceback" not in res.output
+
+
+def test_sequential_expands_to_both_directions_and_combined(tmp_path: Path, two_domain_set: Path) -> None:
+    spec = load_study(write(tmp_path / "s.yaml", "data: data\nprotocol: sequential\nmodels: [tf_efficientnet_lite0]\n"))
+    names = [e.name for e in expand(spec, ["endoscopy", "ultrasound"])]
+    assert names == [
+        "tf_efficientnet_lite0 | endoscopy",
+        "tf_efficientnet_lite0 | endoscopy -> ultrasound",
+        "tf_efficientnet_lite0 | ultrasound",
+        "tf_efficientnet_lite0 | ultrasound -> endoscopy",
+        "tf_efficientnet_lite0 | endoscopy + ultrasound",
+    ]
+    with pytest.raises(ConfigError, match="two or more domains"):
+        expand(spec, ["endoscopy"])
+
+
+def test_sequential_study_runs_resumes_and_compares(tmp_path: Path, two_domain_set: Path) -> None:
+    yaml = write(
+        tmp_path / "study.yaml",
+        """
+name: tiny
+data: data
+protocol: sequential
+folds: 2
+models:
+  - tf_efficientnet_lite0
+  - {name: lite0-mlp, model: tf_efficientnet_lite0, head: mlp}
+settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fraction: 0.3}
+""",
+    )
+    out = tmp_path / "study"
+    res = run_study(yaml, out, progress=False)
+    assert len(res["runs"]) == 10
+    step2 = next(r for r in res["runs"] if r["name"] == "lite0-mlp | endoscopy -> ultrasound")
+    assert step2["init"] == "lite0-mlp | endoscopy" and set(step2["by_domain"]) == {"endoscopy", "ultrasound"}
+    assert set(res["cross_domain_matrix"]["tf_efficientnet_lite0 | ultrasound"]) == {"endoscopy", "ultrasound"}
+    assert res["delong"] and all(0 <= d["p_value"] <= 1 for t in res["delong"] for d in t["by_class"].values())
+    # every run used the study's single splits.json
+    splits = json.loads((out / "splits.json").read_text())
+    for r in res["runs"]:
+        assert json.loads((Path(r["run"]) / "splits.json").read_text())["folds"] == splits["folds"]
+    # resume: a finished study trains nothing again
+    stamp = (Path(res["runs"][0]["run"]) / "fold_0" / "model.pt").stat().st_mtime_ns
+    (out / "results.json").unlink()
+    run_study(yaml, out, progress=False)
+    assert (Path(res["runs"][0]["run"]) / "fold_0" / "model.pt").stat().st_mtime_ns == stamp
+    assert (out / "results.json").is_file()
