@@ -1,0 +1,66 @@
+"""Reports of a real tiny run and study, opened in headless Chromium: every figure loads, the tables are there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from browser import CHROMEDRIVER, CHROMIUM, chromium_page
+from typer.testing import CliRunner
+
+from medcad.cli import app
+from medcad.data.synthetic import generate_synthetic
+
+runner = CliRunner()
+CHECK = """
+const imgs = Array.from(document.images);
+return {n_images: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+        tables: Array.from(document.querySelectorAll('table')).map(t => t.className),
+        h2: Array.from(document.querySelectorAll('h2')).map(h => h.id)};
+"""
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDCAD_CACHE_DIR", str(tmp / "cache"))
+    generate_synthetic(tmp / "data", n_patients=16, frames_per_patient=2, size=48, seed=5)
+    (tmp / "study.yaml").write_text(
+        "name: r\ndata: data\nprotocol: combined\nfolds: 2\nmodels: [tf_efficientnet_lite0]\n"
+        "settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fraction: 0.3}\n"
+    )
+    res = runner.invoke(app, ["study", str(tmp / "study.yaml"), "--out", str(tmp / "study")])
+    mp.undo()
+    assert res.exit_code == 0, res.output
+    return tmp / "study"
+
+
+def test_reports_are_written_and_self_contained(study_dir: Path) -> None:
+    study_html = (study_dir / "report.html").read_text()
+    assert "Cross-domain matrix" in study_html and "data:image/png;base64," in study_html
+    runs = sorted((study_dir / "runs").iterdir())
+    assert len(runs) == 3
+    run_html = (runs[0] / "report.html").read_text()
+    for section in ("Results", "Grad-CAM", "Audit", "Model card", "Splits"):
+        assert section in run_html
+    assert "http://" not in run_html and "https://" not in run_html  # nothing fetched from the network
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="chromium and chromedriver not installed (apt-get install chromium chromium-driver; .ci/run installs them)",
+)
+def test_reports_render_in_chromium(study_dir: Path, tmp_path: Path) -> None:
+    run = sorted((study_dir / "runs").iterdir())[0]
+    with chromium_page(tmp_path) as page:
+        page.open((run / "report.html").as_uri())
+        info = page.js(CHECK)
+        assert info["n_images"] >= 4 and info["broken"] == []
+        assert {"headline", "per-class", "card", "splits"} <= set(info["tables"])
+        assert {"results", "gallery", "data", "model-card"} <= set(info["h2"])
+        page.screenshot(tmp_path / "run.png")
+        page.open((study_dir / "report.html").as_uri())
+        info = page.js(CHECK)
+        assert info["broken"] == [] and {"comparison", "matrix"} <= set(info["tables"])
+    assert (tmp_path / "run.png").stat().st_size > 10_000
