@@ -68,3 +68,16 @@ def test_heads_and_stagewise_freezing() -> None:
     assert freeze_backbone(model, 0) == []
     out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 3)
+
+
+@pytest.mark.parametrize("name, builder", [("vgg16", "vgg16"), ("resnet50", "resnet50")])
+def test_torchvision_state_dicts_load_into_timm_backbones(tmp_path, name: str, builder: str) -> None:
+    """The reference studies' VGG16 and ResNet50 weights usually come as torchvision files."""
+    import torchvision
+
+    tv = getattr(torchvision.models, builder)()
+    path = tmp_path / f"{name}.pth"
+    torch.save(tv.state_dict(), path)
+    model = create_backbone(name, weights=str(path))
+    first = next(p for n, p in model.named_parameters())
+    assert torch.equal(first, next(iter(tv.parameters())))

@@ -74,6 +74,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def _fits(src: torch.Tensor, dst: torch.Tensor) -> bool:
+    """Same shape, or a linear layer stored for a convolution of the same size (torchvision VGG fc6/fc7 vs timm)."""
+    return src.shape == dst.shape or (src.numel() == dst.numel() and src.shape[0] == dst.shape[0])
+
+
 def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = True) -> list[str]:
     """Load a state dict by key name, or by position when the key names differ but shapes agree in order.
 
@@ -88,12 +93,12 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = 
         head = model.default_cfg.get("classifier", "classifier")
         classifier = {k for k in dst if k.startswith(head + ".") or k == head}
     want = {k: v for k, v in dst.items() if k not in classifier and not k.endswith("num_batches_tracked")}
-    by_name = {k: src[k] for k in want if k in src and src[k].shape == want[k].shape}
+    by_name = {k: src[k].reshape(want[k].shape) for k in want if k in src and _fits(src[k], want[k])}
     if len(by_name) < len(want):  # other key naming (e.g. torchvision or a port): copy by position
         src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
         src_t = src_t[: len(want)]  # a classifier, when present, comes last in both namings
-        if len(src_t) == len(want) and all(v.shape == w.shape for v, w in zip(src_t, want.values(), strict=True)):
-            by_name = dict(zip(want, src_t, strict=True))
+        if len(src_t) == len(want) and all(_fits(v, w) for v, w in zip(src_t, want.values(), strict=True)):
+            by_name = {k: v.reshape(want[k].shape) for k, v in zip(want, src_t, strict=True)}
         else:
             missing = [k for k in want if k not in by_name]
             bad = [
@@ -106,7 +111,7 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = 
                 f"tensors missing or of another shape, e.g. {'; '.join(bad)}",
             )
     model.load_state_dict(by_name, strict=False)
-    return sorted(set(dst) - set(by_name))
+    return sorted(k for k in set(dst) - set(by_name) if not k.endswith("num_batches_tracked"))
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = "auto", **kwargs) -> nn.Module:
