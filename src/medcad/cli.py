@@ -35,6 +35,16 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _emit(obj: dict, as_json: bool, printer: str) -> None:
+    """Print a result as one JSON object, or as tables with the named function of medcad.report.console."""
+    if as_json:
+        typer.echo(json.dumps(obj, indent=1))
+        return
+    from medcad.report import console
+
+    getattr(console, printer)(obj)
+
+
 def _load(path: Path, layout: str | None, pattern: str | None, mask_suffix: str):
     from medcad.data.manifest import load_manifest
 
@@ -59,12 +69,7 @@ def data_inspect(
         summary["manifest_csv"] = str(manifest.save(out))
     except MedcadError as e:
         _fail(e)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=1))
-        return
-    from medcad.report.console import print_summary
-
-    print_summary(summary)
+    _emit(summary, as_json, "print_summary")
 
 
 @data_app.command("audit")
@@ -88,12 +93,7 @@ def data_audit(
         result = audit(manifest, split_data, progress=not as_json)
     except MedcadError as e:
         _fail(e)
-    if as_json:
-        typer.echo(json.dumps(result, indent=1))
-        return
-    from medcad.report.console import print_audit
-
-    print_audit(result)
+    _emit(result, as_json, "print_audit")
 
 
 @data_app.command("split")

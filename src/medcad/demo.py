@@ -1,4 +1,8 @@
-"""`medcad demo`: the whole pipeline on a built-in synthetic dataset, offline, in a few minutes on 2 CPU cores."""
+"""`medcad demo`: the whole pipeline on a built-in synthetic dataset, offline, in minutes on 2 CPU cores.
+
+It reproduces the urinary-endoscopy design on synthetic data: two imaging domains, two backbones, sequential
+transfer both ways against combined training, every model tested on both domains, one report.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,39 @@ from pathlib import Path
 
 from rich.console import Console
 
+DEMO_STUDY = """\
+# The demo study: written by `medcad demo`; edit it and run `medcad study {path}` to try other settings.
+name: demo
+data: data
+task: classify
+protocol: sequential          # train on A, continue on B (and the reverse); combined A + B; test on both
+domains: [endoscopy, ultrasound]
+folds: 3                      # grouped by patient, stratified by label x domain; shared by every run
+models:
+  - tf_efficientnet_lite0     # offline ImageNet weights
+  - tf_efficientnet_lite1
+settings:
+  image_size: 96
+  epochs: 3
+  head_epochs: 40
+  batch_size: 32
+  augment: light
+"""
+
 
 def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> dict:
-    """Generate the synthetic set, inspect, audit and split it, then train and evaluate the default classifier.
+    """Generate the synthetic set, inspect and audit it, run the demo study and write its report.
 
     Returns:
         paths and headline figures of what it did.
     """
-    from medcad.config import TrainConfig
     from medcad.data.audit import audit
     from medcad.data.manifest import load_manifest
     from medcad.data.summary import summarize
     from medcad.data.synthetic import generate_synthetic
-    from medcad.engine.train import train_run
-    from medcad.report.console import print_audit, print_metrics, print_summary
+    from medcad.report.console import print_audit, print_summary
+    from medcad.report.html import write_report
+    from medcad.study.runner import run_study, study_summary
 
     c = console or Console()
     out = Path(out)
@@ -29,31 +52,28 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     manifest_csv = data_dir / "manifest.csv"
     if not manifest_csv.is_file():
         c.rule("1. Synthetic dataset")
-        generate_synthetic(data_dir, seed=seed)
+        generate_synthetic(data_dir, n_patients=60, frames_per_patient=3, size=96, seed=seed)
     manifest = load_manifest(manifest_csv)
-    c.print(f"Synthetic endoscopy + ultrasound frames in {data_dir} (patients, two domains, subgroups, masks, boxes)")
+    c.print(f"Synthetic endoscopy + ultrasound frames in {data_dir}: patients, two domains, subgroups, masks, boxes")
     c.rule("2. Inspect")
     summary = summarize(manifest)
     summary["manifest_csv"] = str(manifest_csv)
     print_summary(summary, c)
     c.rule("3. Audit")
-    findings = audit(manifest, progress=True)
-    print_audit(findings, c)
-    c.rule("4. Train and evaluate (grouped 5-fold CV, two-stage transfer learning)")
-    run_dir = out / "classify"
-    cfg = TrainConfig(image_size=96, epochs=4, head_epochs=40, augment="light", seed=seed)
-    metrics = train_run(manifest_csv, run_dir, cfg)
-    print_metrics(metrics, run_dir, c)
+    print_audit(audit(manifest, progress=True), c)
+    c.rule("4. Study: sequential transfer between domains, two backbones, same folds")
+    study_file = out / "study.yaml"
+    if not study_file.is_file():
+        study_file.write_text(DEMO_STUDY.format(path=study_file))
+    results = run_study(study_file, out / "study")
+    c.print(study_summary(results).to_string(index=False))
+    c.rule("5. Report")
+    report = write_report(out / "study")
     elapsed = time.perf_counter() - t0
     c.rule("Done")
     c.print(
-        f"Data: {data_dir}\nRun folder: {run_dir} (config.json, splits.json, fold_*/model.pt, predictions.csv, "
-        f"metrics.json, TensorBoard logs)\nWall time: {elapsed:.0f} s"
+        f"Data: {data_dir}\nStudy file: {study_file}\nStudy folder: {out / 'study'} (one run folder per model "
+        f"and protocol step: config, splits, fold models, predictions.csv, metrics.json, TensorBoard logs)\n"
+        f"Report: {report}\nWall time: {elapsed:.0f} s"
     )
-    return {
-        "data": str(data_dir),
-        "run": str(run_dir),
-        "seconds": elapsed,
-        "accuracy": metrics["accuracy"]["value"],
-        "macro_auc": metrics["macro_auc"]["value"],
-    }
+    return {"data": str(data_dir), "study": str(out / "study"), "report": str(report), "seconds": elapsed}

@@ -281,6 +281,19 @@ def train_fold(
     return result
 
 
+def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> dict:
+    """New splits with a run's split settings (folds or holdout, validation fraction, seed, grouping)."""
+    return make_splits(
+        manifest,
+        folds=cfg.folds,
+        holdout=cfg.holdout,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        group_by=cfg.group_by,
+        progress=progress,
+    )
+
+
 def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path: Path | None) -> dict:
     target = out / "splits.json"
     if splits_path is not None:
@@ -288,15 +301,7 @@ def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path
     elif target.is_file():
         splits = load_splits(target, manifest)  # resume, or the same folds as an earlier model
     else:
-        splits = make_splits(
-            manifest,
-            folds=cfg.folds,
-            holdout=cfg.holdout,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            group_by=cfg.group_by,
-            progress=True,
-        )
+        splits = splits_for(manifest, cfg)
     if splits_path is None or not target.is_file():
         save_splits(splits, target)
     return splits

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.data.manifest import load_manifest
-from medcad.data.splits import load_splits, make_splits, save_splits
+from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
 from medcad.study.spec import ModelSpec, StudySpec, load_study
@@ -110,7 +110,7 @@ def run_study(path: str | Path, out: str | Path | None = None, progress: bool = 
     Every run of the study uses one splits.json, so models and protocols are compared on the same folds; a run
     whose metrics.json exists is skipped.
     """
-    from medcad.engine.train import train_run
+    from medcad.engine.train import splits_for, train_run
 
     spec = load_study(path)
     study_dir = Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)
@@ -127,18 +127,7 @@ def run_study(path: str | Path, out: str | Path | None = None, progress: bool = 
     if spec.splits is not None:
         save_splits(load_splits(spec.splits, manifest), splits_path)
     elif not splits_path.is_file():
-        save_splits(
-            make_splits(
-                manifest,
-                folds=base.folds,
-                holdout=base.holdout,
-                val_fraction=base.val_fraction,
-                seed=base.seed,
-                group_by=base.group_by,
-                progress=progress,
-            ),
-            splits_path,
-        )
+        save_splits(splits_for(manifest, base, progress), splits_path)
     exps = expand(spec, domains)
     t0 = time.perf_counter()
     rows = []
