@@ -1,7 +1,8 @@
 """`medcad demo`: the whole pipeline on a built-in synthetic dataset, offline, in minutes on 2 CPU cores.
 
-It reproduces the urinary-endoscopy design on synthetic data: two imaging domains, two backbones, sequential
-transfer both ways against combined training, every model tested on both domains, one report.
+It reproduces the urinary-endoscopy design on synthetic data: lesion vs normal, two imaging domains, two
+backbones, sequential transfer both ways against combined training, every model tested on both domains, one
+report.
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ models:
   - tf_efficientnet_lite1
 settings:
   image_size: 96
-  epochs: 3
+  epochs: 6
   head_epochs: 40
   batch_size: 32
   augment: light
 """
+
+
+def _lesion_vs_normal(manifest_csv: Path) -> None:
+    """The urinary design is lesion vs no lesion: merge benign and malignant into `lesion` (atomically)."""
+    import pandas as pd
+
+    from medcad.data.manifest import atomic_write_text
+
+    table = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    table["label"] = table["label"].where(table["label"] == "normal", "lesion")
+    atomic_write_text(manifest_csv, table.to_csv(index=False))
 
 
 def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> dict:
@@ -52,7 +64,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     manifest_csv = data_dir / "manifest.csv"
     if not manifest_csv.is_file():
         c.rule("1. Synthetic dataset")
-        generate_synthetic(data_dir, n_patients=60, frames_per_patient=3, size=96, seed=seed)
+        _lesion_vs_normal(generate_synthetic(data_dir, n_patients=120, frames_per_patient=3, size=96, seed=seed))
     manifest = load_manifest(manifest_csv)
     c.print(f"Synthetic endoscopy + ultrasound frames in {data_dir}: patients, two domains, subgroups, masks, boxes")
     c.rule("2. Inspect")
