@@ -300,16 +300,11 @@ def study(
 ) -> None:
     """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report."""
     try:
-        from rich.console import Console
-        from rich.table import Table
-
-        from medcad.study.runner import run_study, study_summary
+        from medcad.report.console import print_study
+        from medcad.study.runner import run_study
 
         results = run_study(study_file, out)
-        table = Table(*study_summary(results).columns, title=f"Study {results['name']} ({results['protocol']})")
-        for row in study_summary(results).itertuples(index=False):
-            table.add_row(*map(str, row))
-        Console().print(table)
+        print_study(results)
         if make_report:
             from medcad.report.html import write_report
 

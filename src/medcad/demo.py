@@ -53,9 +53,9 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     from medcad.data.manifest import load_manifest
     from medcad.data.summary import summarize
     from medcad.data.synthetic import generate_synthetic
-    from medcad.report.console import print_audit, print_summary
+    from medcad.report.console import print_audit, print_study, print_summary
     from medcad.report.html import write_report
-    from medcad.study.runner import run_study, study_summary
+    from medcad.study.runner import run_study
 
     c = console or Console()
     out = Path(out)
@@ -78,7 +78,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     if not study_file.is_file():
         study_file.write_text(DEMO_STUDY.format(path=study_file))
     results = run_study(study_file, out / "study")
-    c.print(study_summary(results).to_string(index=False))
+    print_study(results, c)
     c.rule("5. Report")
     report = write_report(out / "study")
     elapsed = time.perf_counter() - t0

@@ -65,6 +65,15 @@ def _check_stratifiable(y: np.ndarray, groups: np.ndarray, n_splits: int, what: 
         )
 
 
+def group_holdout(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (kept, held out) that hold out about `fraction` of the groups (at least one), at random."""
+    rng = np.random.default_rng(seed)
+    ug = rng.permutation(np.unique(groups))
+    held = set(ug[: max(1, round(len(ug) * fraction))].tolist())
+    out = np.array([i for i, g in enumerate(groups) if g in held], dtype=int)
+    return np.setdiff1d(np.arange(len(groups)), out), out
+
+
 def _grouped_split(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -124,11 +133,7 @@ def make_splits(
                 _check_stratifiable(y[train], groups[train], inner_k, str(manifest.root))
                 tr, va = _grouped_split(y[train], groups[train], inner_k, seed + 1 + k)[0]
             except DataError:  # too small to stratify the validation part: split by group only
-                rng = np.random.default_rng(seed + 1 + k)
-                ug = rng.permutation(np.unique(groups[train]))
-                va_groups = set(ug[: max(1, round(len(ug) / inner_k))])
-                va = np.array([i for i, g in enumerate(groups[train]) if g in va_groups])
-                tr = np.setdiff1d(np.arange(len(train)), va)
+                tr, va = group_holdout(groups[train], 1 / inner_k, seed + 1 + k)
             train, val = train[tr], train[va]
         out_folds.append(
             {

@@ -22,7 +22,7 @@ import torch
 from medcad.config import TrainConfig
 from medcad.data.datasets import ImageDataset, cached_images, image_cache_key
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
-from medcad.data.splits import fold_indices, load_splits, make_splits, save_splits
+from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.features import backbone_features, run_batched
 from medcad.engine.results import evaluate_results, write_json
@@ -378,6 +378,7 @@ def train_run(
     decode_s = time.perf_counter() - t0
     y = np.array([labels.index(v) for v in manifest.table["label"]])
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
+    keys = manifest.keys
     results = []
     for fold in splits["folds"]:
         k = fold["fold"]
@@ -391,6 +392,11 @@ def train_run(
         if train_domains:
             keep = np.isin(domains, train_domains)
             parts["train"], parts["val"] = parts["train"][keep[parts["train"]]], parts["val"][keep[parts["val"]]]
+            if len(parts["val"]) == 0 and len(parts["train"]) > 1:  # no validation image of these domains
+                gmap = splits.get("groups") or {}
+                g = np.array([gmap.get(keys[i], i) for i in parts["train"]])
+                tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
+                parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = init_run / f"fold_{k}" / "model.pt" if init_run else None
         results.append(train_fold(k, parts, images, y, labels, cfg, fold_dir, feature_key, progress, init))
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, classification_metrics)

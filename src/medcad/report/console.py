@@ -121,3 +121,14 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             "per fold (mean ± sd): "
             + ", ".join(f"{k} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in fs.items() if v.get("mean") is not None)
         )
+
+
+def print_study(results: dict, console: Console | None = None) -> None:
+    """One row per run of a study: accuracy, macro F1 and macro AUC with 95 % CIs."""
+    c = console or Console()
+    t = Table(
+        "run", "step", "accuracy", "macro F1", "macro AUC", title=f"Study {results['name']} ({results['protocol']})"
+    )
+    for r in results["runs"]:
+        t.add_row(r["name"], r["step"], _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _fmt(r["macro_auc"]))
+    c.print(t)

@@ -179,25 +179,3 @@ def run_study(path: str | Path, out: str | Path | None = None, progress: bool = 
         }
     write_json(study_dir / "results.json", results)
     return results
-
-
-def study_summary(results: dict) -> pd.DataFrame:
-    """One row per run with value (CI) strings, for the console."""
-
-    def f(m):
-        if not m or m.get("value") is None:
-            return "—"
-        lo, hi = m.get("ci95") or (None, None)
-        return f"{m['value']:.3f}" + (f" ({lo:.3f}–{hi:.3f})" if lo is not None else "")
-
-    return pd.DataFrame(
-        [
-            {
-                "run": r["name"],
-                "accuracy": f(r["accuracy"]),
-                "macro F1": f(r["macro_f1"]),
-                "macro AUC": f(r["macro_auc"]),
-            }
-            for r in results["runs"]
-        ]
-    )
