@@ -79,3 +79,11 @@ def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "did you mean" in res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "nothing"), str(easy_set / "lesion" / "0.png")])
     assert res.exit_code == 2 and "no trained model" in res.output
+
+
+def test_positive_label_is_the_finding() -> None:
+    from medcad.engine.results import positive_label
+
+    assert positive_label(["lesion", "normal"]) == "lesion"
+    assert positive_label(["abnormal", "normal"]) == "abnormal"
+    assert positive_label(["benign", "malignant"]) == "malignant"

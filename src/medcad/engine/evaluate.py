@@ -11,7 +11,7 @@ import pandas as pd
 from medcad.config import TrainConfig
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
-from medcad.engine.results import evaluate_results, write_json
+from medcad.engine.results import evaluate_results, positive_label, write_json
 from medcad.errors import DataError
 
 
@@ -63,11 +63,12 @@ def evaluate_external(run: str | Path, data: str | Path) -> tuple[dict, Path]:
     y = np.array([predictor.labels.index(v) for v in manifest.table["label"]])
     patients = manifest.table["patient"].to_numpy(dtype=str)
     groups = np.where(patients != "", patients, np.arange(len(y)).astype(str))
-    metrics = classification_metrics(y, probs, predictor.labels, groups=groups)
+    positive = positive_label(predictor.labels) if len(predictor.labels) == 2 else None
+    metrics = classification_metrics(y, probs, predictor.labels, groups=groups, positive=positive)
     for col in ("domain", "subgroup"):
         vals = manifest.table[col].to_numpy(dtype=str)
         if (vals != "").any():
-            metrics[f"by_{col}"] = subset_metrics(y, probs, predictor.labels, vals, groups=groups)
+            metrics[f"by_{col}"] = subset_metrics(y, probs, predictor.labels, vals, groups=groups, positive=positive)
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
     where = run / "evaluations" / Path(data).resolve().name
     pred = pd.DataFrame(

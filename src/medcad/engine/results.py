@@ -13,6 +13,14 @@ from medcad.data.manifest import Manifest, atomic_write_text
 REFERENCE_LABEL = "normal"  # subtypes (subgroup column) of abnormal images are each compared with this label
 
 
+def positive_label(labels: list[str]) -> str:
+    """The class shown as 'positive' in ROC curves and binary metrics: for {X, normal} it is X (the finding),
+    otherwise the last label."""
+    if len(labels) == 2 and REFERENCE_LABEL in labels:
+        return next(lab for lab in labels if lab != REFERENCE_LABEL)
+    return labels[-1]
+
+
 def write_json(path: Path, obj: object) -> None:
     """Atomic JSON write; NaN and infinity become null so that any JSON reader accepts the file."""
 
@@ -43,7 +51,8 @@ def evaluate_results(
     keys = np.array(manifest.keys, dtype=object)
     group_map = splits.get("groups") or {}
     groups = np.array([group_map.get(k, i) for i, k in enumerate(keys[rows])])
-    m = metric_fn(y[rows], probs, labels, groups=groups)
+    positive = positive_label(labels) if len(labels) == 2 else None
+    m = metric_fn(y[rows], probs, labels, groups=groups, positive=positive)
     per_fold = []
     for r in results:
         sel = fold_of == r["fold"]
@@ -62,7 +71,7 @@ def evaluate_results(
     for col in ("domain", "subgroup"):
         vals = manifest.table[col].to_numpy(dtype=str)[rows]
         if (vals != "").any():
-            m[f"by_{col}"] = subset_metrics(y[rows], probs, labels, vals, groups=groups)
+            m[f"by_{col}"] = subset_metrics(y[rows], probs, labels, vals, groups=groups, positive=positive)
     sub = manifest.table["subgroup"].to_numpy(dtype=str)[rows]
     ref = REFERENCE_LABEL if REFERENCE_LABEL in labels else None
     is_ref = y[rows] == (labels.index(ref) if ref else -1)

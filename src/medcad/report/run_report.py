@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.engine.results import positive_label
 from medcad.report import plots
 
 
@@ -99,7 +100,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     )
     for col in ("domain", "subgroup"):
         sub = metrics.get(f"by_{col}") or {}
-        pos = labels[-1]
+        pos = positive_label(labels)
         curves = {name: (m.get("roc") or {}).get(pos, {}) for name, m in sub.items() if isinstance(m, dict)}
         if curves:
             figures[f"roc_{col}"] = _b64(

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from medcad.data.splits import load_splits
+from medcad.engine.results import positive_label
 from medcad.errors import DataError
 from medcad.report import plots
 from medcad.report.run_report import _b64
@@ -23,7 +24,7 @@ def collect_study(study: Path) -> dict:
         r["href"] = os.path.relpath(Path(r["run"]) / "report.html", study)
     auc = {r["name"]: (r["macro_auc"]["value"], *(r["macro_auc"].get("ci95") or [None, None])) for r in s["runs"]}
     figures = {"bars": _b64(plots.bars_png(auc, "Macro AUC per run (95 % CI)", "macro AUC")), "roc_domains": {}}
-    positive = s["labels"][-1]
+    positive = positive_label(s["labels"])
     for d in s.get("domains") or []:
         curves, aucs = {}, {}
         for r in s["runs"]:

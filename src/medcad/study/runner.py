@@ -13,7 +13,7 @@ import pandas as pd
 
 from medcad.data.manifest import load_manifest
 from medcad.data.splits import load_splits, save_splits
-from medcad.engine.results import write_json
+from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
 from medcad.study.spec import ModelSpec, StudySpec, load_study
 
@@ -80,7 +80,7 @@ def _delong_pairs(study_dir: Path, exps: list[Experiment], labels: list[str]) ->
     for e in exps:
         by_setting.setdefault((e.train_domains, e.step, e.init is not None), []).append(e)
     out = []
-    positive = labels[-1] if len(labels) == 2 else None
+    positive = positive_label(labels) if len(labels) == 2 else None
     for group in by_setting.values():
         for ea, eb in itertools.combinations(group, 2):
             a = preds[ea.name].set_index("image")
