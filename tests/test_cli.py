@@ -56,3 +56,16 @@ def test_split_command_writes_splits(class_folders: Path, tmp_path: Path, monkey
     assert len(json.loads(out.read_text())["folds"]) == 3
     res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "9", "--out", str(out)])
     assert res.exit_code == 2 and "fewer folds" in res.output
+
+
+def test_csv_rows_with_missing_files_or_unknown_labels_are_named(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", noise_image(1))
+    save(tmp_path / "b.png", noise_image(2))
+    (tmp_path / "manifest.csv").write_text("image,label\na.png,lesion\nb.png,lesoin\ngone.png,normal\n")
+    res = runner.invoke(
+        app,
+        ["data", "inspect", str(tmp_path), "--labels", "lesion,normal", "--json", "--out", str(tmp_path / "out.csv")],
+    )
+    assert res.exit_code == 0, res.output
+    problems = dict(map(tuple, json.loads(res.stdout)["problems"]))
+    assert "lesoin" in problems["b.png"] and "file not found (manifest.csv line 4)" == problems["gone.png"]

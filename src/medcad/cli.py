@@ -25,6 +25,7 @@ PatternOpt = Annotated[
 ]
 MaskSuffixOpt = Annotated[str, typer.Option(help="Masks beside images: <stem><suffix>[_n].png")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]
 
 
 def _fail(err: Exception) -> None:
@@ -45,10 +46,11 @@ def _emit(obj: dict, as_json: bool, printer: str) -> None:
     getattr(console, printer)(obj)
 
 
-def _load(path: Path, layout: str | None, pattern: str | None, mask_suffix: str):
+def _load(path: Path, layout: str | None, pattern: str | None, mask_suffix: str, labels: str | None = None):
     from medcad.data.manifest import load_manifest
 
-    return load_manifest(path, layout=layout, pattern=pattern, mask_suffix=mask_suffix)
+    allowed = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+    return load_manifest(path, layout=layout, pattern=pattern, mask_suffix=mask_suffix, labels=allowed)
 
 
 @data_app.command("inspect")
@@ -58,13 +60,14 @@ def data_inspect(
     pattern: PatternOpt = None,
     mask_suffix: MaskSuffixOpt = "_mask",
     out: Annotated[Path, typer.Option(help="Where to write the manifest CSV.")] = Path("manifest.csv"),
+    labels: LabelsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Summarise a dataset (any supported layout) and write its manifest.csv."""
     try:
         from medcad.data.summary import summarize
 
-        manifest = _load(path, layout, pattern, mask_suffix)
+        manifest = _load(path, layout, pattern, mask_suffix, labels)
         summary = summarize(manifest)
         summary["manifest_csv"] = str(manifest.save(out))
     except MedcadError as e:
@@ -81,6 +84,7 @@ def data_audit(
     splits: Annotated[
         Path | None, typer.Option(help="splits.json: report groups that straddle train and test.")
     ] = None,
+    labels: LabelsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find unreadable files, mask problems, empty labels, duplicates (also across labels) and split leakage."""
@@ -88,7 +92,7 @@ def data_audit(
         from medcad.data.audit import audit
         from medcad.data.splits import load_splits
 
-        manifest = _load(path, layout, pattern, mask_suffix)
+        manifest = _load(path, layout, pattern, mask_suffix, labels)
         split_data = load_splits(splits, manifest) if splits else None
         result = audit(manifest, split_data, progress=not as_json)
     except MedcadError as e:
