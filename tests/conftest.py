@@ -72,3 +72,19 @@ def class_folders(tmp_path: Path) -> Path:
         for k in range(6):
             save(root / label / f"{label}_{k}.png", noise_image(100 * li + k))
     return root
+
+
+@pytest.fixture
+def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two learnable classes: a bright disc or not, on noise; 12 images each."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    for label in ("lesion", "normal"):
+        for k in range(12):
+            img = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+            if label == "lesion":
+                cy, cx = rng.integers(10, 30, 2)
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 230
+            save(tmp_path / "ds" / label / f"{k}.png", img)
+    return tmp_path / "ds"

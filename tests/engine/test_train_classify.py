@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import save
 from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
@@ -17,22 +15,6 @@ from medcad.errors import ConfigError
 
 runner = CliRunner()
 FAST = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
-
-
-@pytest.fixture
-def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Two learnable classes: a bright disc or not, on noise; 12 images each."""
-    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:40, :40]
-    for label in ("lesion", "normal"):
-        for k in range(12):
-            img = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
-            if label == "lesion":
-                cy, cx = rng.integers(10, 30, 2)
-                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 230
-            save(tmp_path / "ds" / label / f"{k}.png", img)
-    return tmp_path / "ds"
 
 
 def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:

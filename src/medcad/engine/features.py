@@ -22,21 +22,24 @@ def run_batched(
     *,
     batch_size: int = 64,
     bf16: bool = True,
+    channels_last: bool = True,
 ) -> tuple[np.ndarray, float]:
-    """Apply `net` to uint8 images (N, H, W, 3) in batches (channels_last, bf16 autocast on CPU).
+    """Apply `net` to uint8 images (N, H, W, 3) in batches (channels_last and bf16 autocast on CPU by default;
+    both off is plain eager fp32).
 
     Returns:
         outputs as float32 numpy (N, ...), and images per second.
     """
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     was_training = net.training
-    net.eval().to(memory_format=torch.channels_last)  # outside inference mode: parameters stay trainable
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net.eval().to(memory_format=fmt)  # outside inference mode: parameters stay trainable
     outs = []
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
         x = torch.from_numpy(np.ascontiguousarray(images[idx]))  # (B, H, W, 3) uint8
-        x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
+        x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)  # (B, 3, H, W)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             outs.append(net(x).float())
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)

@@ -53,10 +53,30 @@ class _Ensemble(torch.nn.Module):
         return torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)  # (B, n)
 
 
-class Predictor:
-    """Class probabilities for images from a run folder (ensemble of its folds, or one `fold`) or a model.pt."""
+BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 
-    def __init__(self, run: str | Path, fold: int | None = None, bf16: bool = True) -> None:
+
+class Predictor:
+    """Class probabilities for images from a run folder (ensemble of its folds, or one `fold`) or a model.pt.
+
+    Backends: `torch-bf16` (channels_last, bf16 autocast; the default), `torch-fp32` (plain eager), and
+    `onnx-fp32` / `onnx-int8` (ONNX Runtime on the run's export, made on first use).
+    """
+
+    def __init__(
+        self,
+        run: str | Path,
+        fold: int | None = None,
+        bf16: bool = True,
+        backend: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        backend = backend or ("torch-bf16" if bf16 else "torch-fp32")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if threads:
+            torch.set_num_threads(threads)
+        self.backend, self.threads, self.session = backend, threads, None
         run = Path(run)
         if run.is_file():
             files = [run]
@@ -76,7 +96,25 @@ class Predictor:
         self.data_config = meta["data_config"]
         self.normalize = Normalize(self.data_config["mean"], self.data_config["std"])
         self.net = _Ensemble([m for m, _ in loaded]).eval()
-        self.bf16 = bf16
+        self.bf16 = backend == "torch-bf16"
+        if backend.startswith("onnx"):
+            self.session = self._onnx_session(run, fold, int8=backend == "onnx-int8")
+
+    def _onnx_session(self, run: Path, fold: int | None, int8: bool):
+        import onnxruntime as ort
+
+        from medcad.inference.export import export_onnx
+
+        if run.is_file():
+            raise ConfigError(f"{run}: the onnx backends need a run folder (they export it on first use)")
+        folder = run / ("export" if fold is None else f"export_fold{fold}")
+        path = folder / ("model.int8.onnx" if int8 else "model.onnx")
+        if not path.is_file():
+            export_onnx(run, folder, fold=fold, int8=int8)
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) of any size -> the model's (S, S, 3) input."""
@@ -86,7 +124,27 @@ class Predictor:
 
     def predict_arrays(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Probabilities (N, n_labels) for prepared uint8 images (N, S, S, 3)."""
-        return run_batched(self.net, self.normalize, images, batch_size=batch_size, bf16=self.bf16)[0]
+        if self.session is not None:
+            outs = [
+                self.session.run(
+                    None,
+                    {
+                        "images": np.ascontiguousarray(
+                            images[i : i + batch_size].transpose(0, 3, 1, 2).astype(np.float32)
+                        )
+                    },
+                )[0]
+                for i in range(0, len(images), batch_size)
+            ]
+            return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+        return run_batched(
+            self.net,
+            self.normalize,
+            images,
+            batch_size=batch_size,
+            bf16=self.bf16,
+            channels_last=self.backend != "torch-fp32",
+        )[0]
 
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 32) -> list[dict]:
         """[{"image", "label", "probabilities": {label: p}}] for image files (unreadable ones raise DataError)."""

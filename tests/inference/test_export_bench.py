@@ -1,0 +1,62 @@
+"""ONNX export (fp32 and int8) of a real tiny run, the prediction backends, and the side-by-side benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.engine.train import train_run
+
+runner = CliRunner()
+FAST = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+
+
+@pytest.fixture
+def run(easy_set: Path, tmp_path: Path) -> Path:
+    train_run(easy_set, tmp_path / "run", FAST, progress=False)
+    return tmp_path / "run"
+
+
+def test_export_backends_and_bench(run: Path, easy_set: Path) -> None:
+    res = runner.invoke(app, ["export", str(run), "--int8", "--fold", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["agreement"]["model.onnx"]["top1_agreement"] == 1.0
+    assert out["agreement"]["model.onnx"]["max_prob_diff"] < 1e-4
+    assert 0 <= out["agreement"]["model.int8.onnx"]["top1_agreement"] <= 1
+    meta = json.loads((run / "export" / "model.json").read_text())
+    assert meta["labels"] == ["lesion", "normal"] and meta["image_size"] == 32
+
+    image = str(easy_set / "lesion" / "3.png")
+    probs = {}
+    for backend in ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"):
+        res = runner.invoke(app, ["predict", str(run), image, "--fold", "0", "--backend", backend, "--json"])
+        assert res.exit_code == 0, res.output
+        probs[backend] = json.loads(res.stdout)[0]["probabilities"]["lesion"]
+    assert abs(probs["onnx-fp32"] - probs["torch-fp32"]) < 1e-4
+    assert abs(probs["torch-bf16"] - probs["torch-fp32"]) < 0.05
+
+    res = runner.invoke(app, ["bench", str(run), "--batch", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    b = json.loads(res.stdout)["backends"]
+    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"}
+    assert b["torch-fp32"]["agreement"] == 1.0
+    for v in b.values():
+        assert v["images_per_s"] > 0 and v["p95_ms"] >= v["p50_ms"] > 0
+
+
+def test_export_errors(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["export", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "not a run folder" in res.output
+    run = tmp_path / "broken"
+    (run / "fold_0").mkdir(parents=True)
+    (run / "fold_0" / "model.pt").write_bytes(b"garbage")
+    res = runner.invoke(app, ["export", str(run)])
+    assert res.exit_code == 2 and "corrupt or unreadable model file" in res.output
+    res = runner.invoke(app, ["predict", str(run), "x.png", "--backend", "tpu"])
+    assert res.exit_code == 2
