@@ -88,3 +88,14 @@ def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                 img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 230
             save(tmp_path / "ds" / label / f"{k}.png", img)
     return tmp_path / "ds"
+
+
+@pytest.fixture
+def tiny_run(easy_set: Path, tmp_path: Path) -> Path:
+    """A real two-fold classification run on `easy_set` (32 px, one fine-tuning epoch)."""
+    from medcad.config import TrainConfig
+    from medcad.engine.train import train_run
+
+    cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+    train_run(easy_set, tmp_path / "run", cfg, progress=False)
+    return tmp_path / "run"

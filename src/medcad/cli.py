@@ -131,6 +131,25 @@ def data_split(
     )
 
 
+@data_app.command("frames")
+def data_frames(
+    video: Path,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for frames/ and manifest.csv.")] = Path("frames"),
+    every: Annotated[int, typer.Option(help="Keep every N-th frame.")] = 10,
+    blur_threshold: Annotated[
+        float | None, typer.Option(help="Frames with sharpness below this get the label 'unclear'.")
+    ] = None,
+) -> None:
+    """Extract frames from a procedure video with a sharpness score (variance of the Laplacian)."""
+    try:
+        from medcad.data.video import extract_frames
+
+        manifest = extract_frames(video, out, every=every, blur_threshold=blur_threshold)
+    except MedcadError as e:
+        _fail(e)
+    typer.echo(f"{manifest}: frames with sharpness scores (low = blurred; label them 'unclear')")
+
+
 @app.command()
 def train(
     path: Annotated[Path, typer.Argument(help="Dataset: folder, CSV/TSV manifest or COCO JSON.")],
@@ -213,30 +232,44 @@ def train(
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (its folds as an ensemble) or a model.pt file.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images, folders of images, or videos.")],
     fold: Annotated[int | None, typer.Option(help="Use one fold's model instead of the ensemble.")] = None,
     backend: Annotated[str, typer.Option(help="torch-bf16, torch-fp32, onnx-fp32 or onnx-int8.")] = "torch-bf16",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for video outputs.")] = Path("predictions"),
+    smooth: Annotated[int, typer.Option(help="Videos: average probabilities over this many frames.")] = 5,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict the class of images with a trained run."""
+    """Predict the class of images, or of every frame of videos (annotated video + per-frame CSV)."""
     try:
+        from medcad.data.video import is_video
         from medcad.inference.predictor import Predictor, expand_inputs
+        from medcad.inference.video import predict_video
 
         predictor = Predictor(run, fold=fold, backend=backend, threads=threads)
-        results = predictor.predict_files(expand_inputs(inputs))
+        videos = [p for p in inputs if is_video(p)]
+        results = predictor.predict_files(expand_inputs([p for p in inputs if not is_video(p)]), batch)
+        summaries = [predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime) for v in videos]
     except MedcadError as e:
         _fail(e)
     if as_json:
-        typer.echo(json.dumps(results, indent=1))
+        typer.echo(json.dumps(results + summaries if summaries else results, indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("image", "prediction", *predictor.labels)
-    for r in results:
-        t.add_row(r["image"], r["label"], *[f"{r['probabilities'][lab]:.3f}" for lab in predictor.labels])
-    Console().print(t)
+    if results:
+        t = Table("image", "prediction", *predictor.labels)
+        for r in results:
+            t.add_row(r["image"], r["label"], *[f"{r['probabilities'][lab]:.3f}" for lab in predictor.labels])
+        Console().print(t)
+    for v in summaries:
+        typer.echo(
+            f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
+            f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
+        )
 
 
 @app.command()

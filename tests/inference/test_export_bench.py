@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from medcad.cli import app
-from medcad.config import TrainConfig
-from medcad.engine.train import train_run
 
 runner = CliRunner()
-FAST = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
 
 
-@pytest.fixture
-def run(easy_set: Path, tmp_path: Path) -> Path:
-    train_run(easy_set, tmp_path / "run", FAST, progress=False)
-    return tmp_path / "run"
-
-
-def test_export_backends_and_bench(run: Path, easy_set: Path) -> None:
+def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
+    run = tiny_run
     res = runner.invoke(app, ["export", str(run), "--int8", "--fold", "0", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
