@@ -49,8 +49,12 @@ def main() -> None:
             "fold_summary": m["fold_summary"],
             "per_class": m["per_class"],
             "settings": cfg.to_dict(),
-            "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-                        "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "threads": torch.get_num_threads(),
+                "processor": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+            },
             "date": datetime.now().isoformat(timespec="minutes"),
         }
         result_path.parent.mkdir(parents=True, exist_ok=True)
