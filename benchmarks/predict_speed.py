@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
 from medcad.config import TrainConfig
