@@ -30,17 +30,16 @@ def bench(
     threads: int | None = None,
     n_agree: int = 200,
 ) -> dict:
-    """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, top-1 agreement with torch-fp32.
-
-    The images are the fold-0 test images of the run (held out from that fold's training).
-    """
+    """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, top-1 agreement with torch-fp32
+    and accuracy, on the fold-0 test images of the run (held out from that fold's training)."""
     from medcad.inference.export import fold0_images
 
     run = Path(run)
     first = Predictor(run, fold=fold, backend="torch-fp32", threads=threads)
-    _, held = fold0_images(run, first)
-    held = held[:n_agree]
-    if len(held) < batch:
+    _, held, y = fold0_images(run, first)
+    held, y = held[:n_agree], y[:n_agree]
+    n_real = len(held)
+    if len(held) < batch:  # tiny test sets: repeat images so that one full batch can be timed
         held = np.concatenate([held] * (batch // max(len(held), 1) + 1))[: max(batch, len(held))]
     reference = first.predict_arrays(held, batch)
     out = {
@@ -63,6 +62,7 @@ def bench(
             "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)),
             "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+            "accuracy": float((probs[:n_real].argmax(1) == y).mean()),
             "max_prob_diff": float(np.abs(probs - reference).max()),
         }
     base = out["backends"].get("torch-fp32", {}).get("images_per_s")

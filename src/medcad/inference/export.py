@@ -32,8 +32,9 @@ class _Graph(nn.Module):
         return self.net(self.normalize(x))  # (N, n_labels), probabilities
 
 
-def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Training images of fold 0 (for int8 calibration) and its test images (for the agreement check)."""
+def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training images of fold 0 (for int8 calibration), its test images (for agreement checks) and their
+    label indices."""
     from medcad.data.datasets import cached_images
     from medcad.data.manifest import load_manifest
     from medcad.data.splits import fold_indices, load_splits
@@ -45,7 +46,8 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
     rng = np.random.default_rng(0)
     train = rng.permutation(parts["train"])[:n]
-    return np.asarray(images[np.sort(train)]), np.asarray(images[parts["test"]])
+    y = np.array([predictor.labels.index(v) for v in manifest.table["label"].iloc[parts["test"]]])
+    return np.asarray(images[np.sort(train)]), np.asarray(images[parts["test"]]), y
 
 
 def _nchw(images: np.ndarray) -> np.ndarray:
@@ -85,7 +87,7 @@ def export_onnx(
             dynamo=False,
         )
     os.replace(tmp, fp32)
-    calib, held_out = fold0_images(run, predictor)
+    calib, held_out, _ = fold0_images(run, predictor)
     files = [fp32]
     if int8:
         files.append(_quantize(fp32, out / "model.int8.onnx", calib))
