@@ -126,9 +126,10 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
 def print_study(results: dict, console: Console | None = None) -> None:
     """One row per run of a study: accuracy, macro F1 and macro AUC with 95 % CIs."""
     c = console or Console()
-    t = Table(
-        "run", "step", "accuracy", "macro F1", "macro AUC", title=f"Study {results['name']} ({results['protocol']})"
-    )
+    t = Table(title=f"Study {results['name']} ({results['protocol']})")
+    t.add_column("run", overflow="fold", min_width=24)
+    for name in ("step", "accuracy", "macro F1", "macro AUC"):
+        t.add_column(name)
     for r in results["runs"]:
         t.add_row(r["name"], r["step"], _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _fmt(r["macro_auc"]))
     c.print(t)
