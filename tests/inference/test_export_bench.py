@@ -51,3 +51,22 @@ def test_export_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "corrupt or unreadable model file" in res.output
     res = runner.invoke(app, ["predict", str(run), "x.png", "--backend", "tpu"])
     assert res.exit_code == 2
+
+
+def test_model_file_of_another_kind_and_odd_images(tiny_run: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    other = tmp_path / "seg.pt"
+    torch.save({"format": "medcad-segmenter-1", "state_dict": {}}, other)
+    res = runner.invoke(app, ["predict", str(other), "x.png"])
+    assert res.exit_code == 2 and "not a medcad classification model" in res.output
+    # a grey 16-bit image of another size and an RGBA image are converted, not refused
+    Image.fromarray(np.arange(50 * 70, dtype=np.uint16).reshape(50, 70) * 10).save(tmp_path / "g16.png")
+    Image.fromarray(np.zeros((20, 90, 4), np.uint8)).save(tmp_path / "rgba.png")
+    res = runner.invoke(
+        app, ["predict", str(tiny_run), str(tmp_path / "g16.png"), str(tmp_path / "rgba.png"), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)) == 2
