@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import datetime
 from pathlib import Path
-
-import torch
 
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
@@ -49,12 +45,7 @@ def main() -> None:
             "fold_summary": m["fold_summary"],
             "per_class": m["per_class"],
             "settings": cfg.to_dict(),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "threads": torch.get_num_threads(),
-                "processor": platform.processor() or platform.machine(),
-                "torch": torch.__version__,
-            },
+            "machine": machine_info(),
             "date": datetime.now().isoformat(timespec="minutes"),
         }
         result_path.parent.mkdir(parents=True, exist_ok=True)

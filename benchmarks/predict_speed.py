@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from datetime import datetime
 from pathlib import Path
 
 import cv2
-import torch
 
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
@@ -56,12 +53,7 @@ def main() -> None:
     if not (resnet / "metrics.json").is_file():
         train_run(DATA, resnet, TrainConfig(model="resnet50", weights="none", epochs=0, folds=5), progress=False)
     results = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "date": datetime.now().isoformat(timespec="minutes"),
     }
     for name, run in (("tf_efficientnet_lite0", args.run), ("resnet50", resnet)):

@@ -46,3 +46,16 @@ def model_card(model: nn.Module, size: int, file: str | Path | None = None) -> d
     if file is not None and Path(file).is_file():
         card["file_mb"] = Path(file).stat().st_size / 1e6
     return card
+
+
+def machine_info() -> dict:
+    """What the timings were measured on: CPU count, torch threads, processor, torch version."""
+    import os
+    import platform
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
