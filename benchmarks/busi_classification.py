@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
+from medcad.models.card import machine_info
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"

@@ -22,6 +22,7 @@ from medcad.engine.train import train_run
 from medcad.inference.bench import bench
 from medcad.inference.predictor import Predictor
 from medcad.inference.video import predict_video
+from medcad.models.card import machine_info
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
