@@ -88,11 +88,14 @@ def _field_of_view(p: _Patient, size: int, geo: dict) -> tuple[np.ndarray, np.nd
     return fov.astype(_F32), np.clip((r - r0) / (r1 - r0), 0, 1)
 
 
-def _lesion(rng: np.random.Generator, size: int, centre: tuple[float, float], radius: float, label: str) -> np.ndarray:
+def _lesion(
+    rng: np.random.Generator, size: int, centre: tuple[float, float], radius: float, label: str, spikes: float
+) -> np.ndarray:
     """Soft lesion mask on a size x size canvas: smooth oval (benign) or lobulated, spiculated (malignant)."""
     dx, dy = _grid(size, *centre)
     rot, aspect = rng.uniform(0, np.pi), rng.uniform(0.65, 1.0)
-    u, v = dx * np.cos(rot) + dy * np.sin(rot), (dy * np.cos(rot) - dx * np.sin(rot)) / aspect
+    u = (dx * np.cos(rot) + dy * np.sin(rot)) * aspect**0.5
+    v = (dy * np.cos(rot) - dx * np.sin(rot)) / aspect**0.5
     r, theta = np.hypot(u, v), np.arctan2(v, u)
     edge = 1.0 + 0.04 * np.sin(2 * theta + rng.uniform(0, 6.3))
     if label == "malignant":
@@ -100,7 +103,8 @@ def _lesion(rng: np.random.Generator, size: int, centre: tuple[float, float], ra
             edge += rng.uniform(0.03, 0.12) / k**0.5 * np.sin(k * theta + rng.uniform(0, 6.3))
         for a in rng.uniform(-np.pi, np.pi, rng.integers(4, 10)):
             d = np.angle(np.exp(1j * (theta - a)))
-            edge += rng.uniform(0.15, 0.45) * np.exp(-((d / rng.uniform(0.05, 0.12)) ** 2))
+            edge += spikes * rng.uniform(0.4, 1.0) * np.exp(-((d / rng.uniform(0.05, 0.12)) ** 2))
+    edge *= min(1.0, 1.15 / float(edge.max()))  # spicules and lobes stay within ~40 % of the frame
     width = size / 96 * (1.5 if label == "benign" else 0.8)
     return np.clip((edge * radius - r) / width + 0.5, 0, 1).astype(_F32)
 
@@ -136,24 +140,25 @@ def _endoscopy_scene(rng: np.random.Generator, c: int, p: _Patient, m: np.ndarra
     if p.label != "normal":
         bump = cv2.GaussianBlur(m, (0, 0), 4 * s)
         if p.label == "benign":
-            col, surf, lv = base * np.array((1.08, 1.25, 1.22), _F32), bump, 0.3 * vess
+            col, surf, lv = base * np.array((1.12, 1.4, 1.35), _F32), bump, 0.3 * vess
         else:
             col = base * (np.array((0.55, 0.5, 0.4) if nbi else (0.78, 0.42, 0.45), _F32))
             surf = cv2.GaussianBlur(m * (1 + 0.6 * _noise(rng, c, c // 6)), (0, 0), 1.2 * s)
             lv = np.clip(_vessels(rng, c, 14, s) * 1.4, 0, 1)
         gx, gy = cv2.Sobel(surf, cv2.CV_32F, 1, 0), cv2.Sobel(surf, cv2.CV_32F, 0, 1)
-        light = np.clip(1 + 1.2 * (gx + gy) / (np.abs(gx).max() + np.abs(gy).max() + 1e-6), 0.6, 1.5)
+        light = np.clip(1 + 1.1 * (gx + gy) / (np.abs(gx).max() + np.abs(gy).max() + 1e-6), 0.75, 1.4)
         hetero = 1 + (0.05 if p.label == "benign" else 0.22) * _noise(rng, c, c // 8)
         les = col * (tex * light * hetero)[..., None] * (1 - lv[..., None] * vcol)
         if p.label == "benign":
             ys, xs = np.nonzero(m > 0.5)
             hx, hy = xs.mean() - 0.35 * np.ptp(xs) / 2, ys.mean() - 0.35 * np.ptp(ys) / 2
             dx, dy = _grid(c, hx, hy)
-            les += 0.5 * np.exp(-(dx**2 + dy**2) / (2 * (0.12 * np.ptp(xs) + 1) ** 2))[..., None]
+            les += 0.3 * np.exp(-(dx**2 + dy**2) / (2 * (0.06 * np.ptp(xs) + 0.5) ** 2))[..., None]
         a = cv2.GaussianBlur(m, (0, 0), look["lesion_blur"] * s) * look["alpha"]
         img = img * (1 - a[..., None]) + les * a[..., None]
+        img *= 1 - 0.35 * look["alpha"] * cv2.GaussianBlur(4 * m * (1 - m), (0, 0), s)[..., None]  # outline
     spec = np.zeros((c, c), _F32)
-    for _ in range(int(rng.integers(3, 10))):
+    for _ in range(int(rng.integers(2, 8))):
         ax = tuple(int(v) for v in rng.uniform(0.3, 2.2, 2) * s + 0.5)
         ctr = tuple(int(v) for v in rng.uniform(0, c, 2))
         cv2.ellipse(spec, ctr, ax, rng.uniform(0, 180), 0, 360, float(rng.uniform(0.6, 1.0)), -1, cv2.LINE_AA)
@@ -163,12 +168,12 @@ def _endoscopy_scene(rng: np.random.Generator, c: int, p: _Patient, m: np.ndarra
 def _ultrasound_scene(rng: np.random.Generator, c: int, p: _Patient, m: np.ndarray, look: dict) -> np.ndarray:
     """Echogenicity x speckle: wavy tissue layers, bright interfaces, hypo-echoic lesion.  # (C, C) float"""
     s, x, y = c / 120, np.arange(c, dtype=_F32) / c, np.arange(c, dtype=_F32)[:, None] / c
-    bounds = np.sort(rng.uniform(0.08, 0.85, int(rng.integers(3, 6))))
+    bounds = np.sort(rng.uniform(0.08, 0.9, int(rng.integers(4, 8))))
     echo = np.full((c, c), rng.uniform(0.3, 0.7), _F32)
     for b in bounds:
         yb = b + rng.uniform(0.01, 0.05) * np.sin(2 * np.pi * x * rng.uniform(0.3, 1.5) + rng.uniform(0, 6.3))
-        echo = np.where(y >= yb, _F32(rng.uniform(0.3, 0.8)), echo)
-        echo += rng.uniform(0.2, 0.6) * np.exp(-(((y - yb) * c / (0.8 * s)) ** 2))
+        echo = np.where(y >= yb, _F32(rng.uniform(0.25, 0.9)), echo)
+        echo += rng.uniform(0.3, 0.9) * np.exp(-(((y - yb) * c / (0.8 * s)) ** 2))
     echo = cv2.GaussianBlur(echo, (0, 0), s) * (1 + 0.2 * _noise(rng, c, 5))
     if p.label != "normal":
         a = cv2.GaussianBlur(m, (0, 0), look["lesion_blur"] * s) * look["alpha"]
@@ -176,17 +181,18 @@ def _ultrasound_scene(rng: np.random.Generator, c: int, p: _Patient, m: np.ndarr
         below = col / np.maximum(col[-1:], 1e-3) * (1 - m) * np.clip(col[-1:] / (3 * s), 0, 1)
         below = cv2.GaussianBlur(below, (0, 0), 1.5 * s)
         if p.label == "benign":
-            inner = np.full_like(echo, rng.uniform(0.04, 0.2)) * (1 + 0.05 * _noise(rng, c, 12))
+            inner = np.full_like(echo, rng.uniform(0.03, 0.14)) * (1 + 0.05 * _noise(rng, c, 12))
             fade = np.exp(-np.cumsum(below, axis=0) / (0.35 * c))
             echo *= 1 + rng.uniform(0.3, 0.7) * look["alpha"] * below * fade
             echo += 0.6 * look["alpha"] * (4 * m * (1 - m))  # thin echogenic capsule
         else:
-            inner = rng.uniform(0.12, 0.3) * np.clip(1 + 0.5 * _noise(rng, c, c // 7), 0.2, 2)
-            echo *= 1 - rng.uniform(0.4, 0.75) * look["alpha"] * below
+            inner = rng.uniform(0.1, 0.3) * np.clip(1 + 0.6 * _noise(rng, c, c // 7), 0.2, 2)
+            echo *= 1 - rng.uniform(0.4, 0.7) * look["alpha"] * below
+            inner += (rng.random((c, c)) < 0.01) * m * rng.uniform(0.5, 1.5)  # echogenic foci
         echo = echo * (1 - a) + inner * a
     speckle = rng.rayleigh(1.0, (c, c)).astype(_F32)
     speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=0.9 * s, sigmaY=0.45 * s)
-    return echo * (speckle / speckle.mean()) ** 1.8
+    return echo * (speckle / speckle.mean()) ** 1.5
 
 
 def _frame_warp(rng: np.random.Generator, c: int, size: int, rotate: float) -> np.ndarray:
@@ -216,16 +222,17 @@ def _render_patient(p: _Patient, n_frames: int, size: int, seed: int, dups: set[
     endo = p.domain == "endoscopy"
     geo = {"radius": rng.uniform(0.46, 0.6) * size, "crop": rng.uniform(0.42, 0.5), "half_angle": rng.uniform(28, 38)}
     fov, depth = _field_of_view(p, size, geo)
-    hard = rng.random() < 0.25  # low-contrast, small, blurred lesions
-    look = {"alpha": rng.uniform(0.3, 0.5) if hard else rng.uniform(0.6, 1.0), "lesion_blur": rng.uniform(0.5, 2)}
+    hard = rng.random() < 0.15  # low-contrast, small, blurred lesions
+    look = {"alpha": rng.uniform(0.35, 0.55) if hard else rng.uniform(0.6, 1.0), "lesion_blur": rng.uniform(0.5, 2)}
     lesion = np.zeros((c, c), _F32)
     if p.label != "normal":
-        radius = size * (rng.uniform(0.06, 0.1) if hard else rng.uniform(0.06, 0.175))
+        radius = size * (rng.uniform(0.06, 0.1) if hard else rng.uniform(0.07, 0.175))
         reach = radius * (1.35 if p.label == "malignant" else 1.05) + 0.09 * size
         dist = cv2.distanceTransform((fov > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
         ys, xs = np.nonzero(dist >= min(reach, dist.max() - 1))
         k = rng.integers(len(xs))
-        lesion = _lesion(rng, c, (xs[k] + (c - size) / 2, ys[k] + (c - size) / 2), radius, p.label)
+        centre = (xs[k] + (c - size) / 2, ys[k] + (c - size) / 2)
+        lesion = _lesion(rng, c, centre, radius, p.label, 0.2 if endo else 0.45)
     scene = (_endoscopy_scene if endo else _ultrasound_scene)(rng, c, p, lesion, look)
     blur, atten = rng.uniform(0.2, 1.0) * s, rng.uniform(0.6, 1.6)
     frames: list[tuple] = []
