@@ -46,6 +46,14 @@ def _emit(obj: dict, as_json: bool, printer: str) -> None:
     getattr(console, printer)(obj)
 
 
+def _report(folder: Path, wanted: bool) -> None:
+    """Write a run's or study's report.html and say where it is."""
+    if wanted:
+        from medcad.report.html import write_report
+
+        typer.echo(f"report: {write_report(folder)}")
+
+
 def _load(path: Path, layout: str | None, pattern: str | None, mask_suffix: str, labels: str | None = None):
     from medcad.data.manifest import load_manifest
 
@@ -221,10 +229,7 @@ def train(
         from medcad.report.console import print_metrics
 
         print_metrics(metrics, out)
-        if make_report:
-            from medcad.report.html import write_report
-
-            typer.echo(f"report: {write_report(out)}")
+        _report(out, make_report)
     except MedcadError as e:
         _fail(e)
 
@@ -344,10 +349,7 @@ def study(
 
         results = run_study(study_file, out)
         print_study(results)
-        if make_report:
-            from medcad.report.html import write_report
-
-            typer.echo(f"report: {write_report(Path(results['splits']).parent)}")
+        _report(Path(results["splits"]).parent, make_report)
     except MedcadError as e:
         _fail(e)
 
