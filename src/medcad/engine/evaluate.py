@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medcad.config import TrainConfig
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
-from medcad.engine.results import evaluate_results, positive_label, write_json
+from medcad.engine.results import evaluate_results, pooled_metrics, prediction_table, write_json
 from medcad.errors import DataError
 
 
@@ -24,7 +23,6 @@ def _run_config(run: Path) -> tuple[TrainConfig, dict]:
 
 def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code)."""
-    from medcad.metrics.classification import classification_metrics
 
     run = Path(run)
     cfg, meta = _run_config(run)
@@ -38,7 +36,7 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
     y = np.array([labels.index(v) for v in manifest.table["label"]])
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, classification_metrics)
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits)
     atomic_write_text(run / "predictions.csv", pred.to_csv(index=False))
     write_json(run / "metrics.json", metrics)
     return metrics, run
@@ -47,7 +45,6 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
 def evaluate_external(run: str | Path, data: str | Path) -> tuple[dict, Path]:
     """Predict every image of another dataset with the run's ensemble and score it against its labels."""
     from medcad.inference.predictor import Predictor
-    from medcad.metrics.classification import classification_metrics, subset_metrics
 
     run = Path(run)
     cfg, _ = _run_config(run)
@@ -63,23 +60,11 @@ def evaluate_external(run: str | Path, data: str | Path) -> tuple[dict, Path]:
     y = np.array([predictor.labels.index(v) for v in manifest.table["label"]])
     patients = manifest.table["patient"].to_numpy(dtype=str)
     groups = np.where(patients != "", patients, np.arange(len(y)).astype(str))
-    positive = positive_label(predictor.labels) if len(predictor.labels) == 2 else None
-    metrics = classification_metrics(y, probs, predictor.labels, groups=groups, positive=positive)
-    for col in ("domain", "subgroup"):
-        vals = manifest.table[col].to_numpy(dtype=str)
-        if (vals != "").any():
-            metrics[f"by_{col}"] = subset_metrics(y, probs, predictor.labels, vals, groups=groups, positive=positive)
+    rows = np.arange(len(y))
+    metrics = pooled_metrics(manifest, rows, y, probs, predictor.labels, groups)
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
     where = run / "evaluations" / Path(data).resolve().name
-    pred = pd.DataFrame(
-        {
-            "image": manifest.keys,
-            "label": manifest.table["label"],
-            "predicted": [predictor.labels[i] for i in probs.argmax(1)],
-        }
-    )
-    for j, lab in enumerate(predictor.labels):
-        pred[f"p_{lab}"] = probs[:, j]
+    pred = prediction_table(manifest, rows, y, probs, predictor.labels)
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(where / "predictions.csv", pred.to_csv(index=False))
     write_json(where / "metrics.json", metrics)

@@ -19,6 +19,23 @@ def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.o
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def val_score(y: np.ndarray, probs: np.ndarray) -> float:
+    """Model-selection score on a validation part: macro one-vs-rest AUC over the classes present, or accuracy
+    when AUC is undefined (a single class)."""
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(y)
+    try:
+        if len(present) > 1:
+            if probs.shape[1] == 2:
+                return float(roc_auc_score(y, probs[:, 1]))
+            p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+            return float(roc_auc_score(y, p, multi_class="ovr", labels=present))
+    except ValueError:
+        pass
+    return float((probs.argmax(1) == y).mean())
+
+
 class _ValidationAUC:
     """Collects validation probabilities; logs loss, accuracy and macro one-vs-rest AUC at epoch end."""
 
@@ -29,26 +46,11 @@ class _ValidationAUC:
         self._val.append((logits.float().softmax(-1).cpu(), y.cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        from sklearn.metrics import roc_auc_score
-
         if not self._val:
             return
         probs = torch.cat([p for p, _ in self._val]).numpy()
         y = torch.cat([t for _, t in self._val]).numpy()
-        acc = float((probs.argmax(1) == y).mean())
-        present = np.unique(y)
-        auc = float("nan")
-        if len(present) > 1:
-            try:
-                if probs.shape[1] == 2:
-                    auc = roc_auc_score(y, probs[:, 1])
-                else:
-                    cols = present.tolist()
-                    p = probs[:, cols] / probs[:, cols].sum(1, keepdims=True)
-                    auc = roc_auc_score(y, p, multi_class="ovr", labels=cols)
-            except ValueError:
-                pass
-        self.log_dict({"val_acc": acc, "val_auc": auc if auc == auc else acc}, prog_bar=True)
+        self.log_dict({"val_acc": float((probs.argmax(1) == y).mean()), "val_auc": val_score(y, probs)}, prog_bar=True)
 
 
 class HeadModule(_ValidationAUC, L.LightningModule):

@@ -38,25 +38,65 @@ def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(clean(obj), indent=1))
 
 
+def pooled_metrics(
+    manifest: Manifest, rows: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str], groups: np.ndarray
+) -> dict:
+    """Metrics of predictions `probs` for manifest rows `rows` (true label indices `y`), with cluster-bootstrap
+    CIs by `groups`, per domain and subgroup, and each abnormality subtype against normal where that applies."""
+    from medcad.metrics.classification import classification_metrics, subset_metrics, subtype_vs_reference
+
+    positive = positive_label(labels) if len(labels) == 2 else None
+    m = classification_metrics(y, probs, labels, groups=groups, positive=positive)
+    for col in ("domain", "subgroup"):
+        vals = manifest.table[col].to_numpy(dtype=str)[rows]
+        if (vals != "").any():
+            m[f"by_{col}"] = subset_metrics(y, probs, labels, vals, groups=groups, positive=positive)
+    sub = manifest.table["subgroup"].to_numpy(dtype=str)[rows]
+    ref = REFERENCE_LABEL if REFERENCE_LABEL in labels else None
+    is_ref = y == (labels.index(ref) if ref else -1)
+    if ref and (sub[~is_ref] != "").any() and (sub[is_ref] == "").all():
+        # subgroups name abnormality subtypes (the renal study): each subtype against the normal images
+        m["subtype_vs_reference"] = subtype_vs_reference(y, probs, labels, sub, ref, groups=groups)
+    return m
+
+
+def prediction_table(
+    manifest: Manifest, rows: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str]
+) -> pd.DataFrame:
+    """predictions.csv: image, label, predicted, p_<label>..., and patient/domain/subgroup when present."""
+    pred = pd.DataFrame(
+        {
+            "image": np.array(manifest.keys, dtype=object)[rows],
+            "label": [labels[i] for i in y],
+            "predicted": [labels[i] for i in probs.argmax(1)],
+        }
+    )
+    for j, lab in enumerate(labels):
+        pred[f"p_{lab}"] = probs[:, j]
+    for col in ("patient", "domain", "subgroup"):
+        if manifest.has(col):
+            pred[col] = manifest.table[col].to_numpy(dtype=str)[rows]
+    return pred
+
+
 def evaluate_results(
-    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], splits: dict, metric_fn
+    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], splits: dict
 ) -> tuple[dict, pd.DataFrame]:
     """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures."""
-    from medcad.metrics.classification import subset_metrics, subtype_vs_reference
+    from medcad.metrics.classification import classification_metrics
     from medcad.metrics.stats import mean_sd
 
     rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
     probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, len(labels)) for r in results])
     fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
-    keys = np.array(manifest.keys, dtype=object)
+    keys = manifest.keys
     group_map = splits.get("groups") or {}
-    groups = np.array([group_map.get(k, i) for i, k in enumerate(keys[rows])])
-    positive = positive_label(labels) if len(labels) == 2 else None
-    m = metric_fn(y[rows], probs, labels, groups=groups, positive=positive)
+    groups = np.array([group_map.get(keys[i], i) for i in rows])
+    m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
     per_fold = []
     for r in results:
         sel = fold_of == r["fold"]
-        fm = metric_fn(y[rows][sel], probs[sel], labels, n_boot=0) if sel.sum() > 1 else {}
+        fm = classification_metrics(y[rows][sel], probs[sel], labels, n_boot=0) if sel.sum() > 1 else {}
         per_fold.append(
             {
                 "fold": r["fold"],
@@ -68,35 +108,8 @@ def evaluate_results(
         )
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("accuracy", "macro_f1", "macro_auc")}
-    for col in ("domain", "subgroup"):
-        vals = manifest.table[col].to_numpy(dtype=str)[rows]
-        if (vals != "").any():
-            m[f"by_{col}"] = subset_metrics(y[rows], probs, labels, vals, groups=groups, positive=positive)
-    sub = manifest.table["subgroup"].to_numpy(dtype=str)[rows]
-    ref = REFERENCE_LABEL if REFERENCE_LABEL in labels else None
-    is_ref = y[rows] == (labels.index(ref) if ref else -1)
-    if ref and (sub[~is_ref] != "").any() and (sub[is_ref] == "").all():
-        # subgroups name abnormality subtypes (the renal study): each subtype against the normal images
-        m["subtype_vs_reference"] = subtype_vs_reference(y[rows], probs, labels, sub, ref, groups=groups)
     m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
-    m["splits"] = {
-        "method": splits["method"],
-        "n_folds": splits["n_folds"],
-        "group_by": splits["group_by"],
-        "n_groups": splits["n_groups"],
-        "seed": splits["seed"],
-    }
-    pred = pd.DataFrame(
-        {
-            "image": keys[rows],
-            "fold": fold_of,
-            "label": [labels[i] for i in y[rows]],
-            "predicted": [labels[i] for i in probs.argmax(1)],
-        }
-    )
-    for j, lab in enumerate(labels):
-        pred[f"p_{lab}"] = probs[:, j]
-    for col in ("patient", "domain", "subgroup"):
-        if manifest.has(col):
-            pred[col] = manifest.table[col].to_numpy(dtype=str)[rows]
+    m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
+    pred = prediction_table(manifest, rows, y[rows], probs, labels)
+    pred.insert(1, "fold", fold_of)
     return m, pred

@@ -25,6 +25,7 @@ from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.features import backbone_features, run_batched
+from medcad.engine.modules import val_score
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.models.backbones import backbone_data_config
@@ -140,22 +141,6 @@ def _predict(model: Classifier, normalize: Normalize, images: np.ndarray, rows: 
     return run_batched(_Softmax(model), normalize, images, rows)[0]
 
 
-def _val_score(y: np.ndarray, probs: np.ndarray) -> float:
-    """Model-selection score on the validation part: macro one-vs-rest AUC, or accuracy when undefined."""
-    from sklearn.metrics import roc_auc_score
-
-    present = np.unique(y)
-    try:
-        if len(present) > 1:
-            if probs.shape[1] == 2:
-                return float(roc_auc_score(y, probs[:, 1]))
-            p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-            return float(roc_auc_score(y, p, multi_class="ovr", labels=present))
-    except ValueError:
-        pass
-    return float((probs.argmax(1) == y).mean())
-
-
 def _train_head(model, normalize, images, y, train, val, weights, cfg, fold_dir, feature_key, speed) -> float:
     """Stage 1: the frozen backbone runs once over every image (features cached across folds and runs), then the
     head trains on the features alone. Returns the validation score."""
@@ -176,7 +161,7 @@ def _train_head(model, normalize, images, y, train, val, weights, cfg, fold_dir,
     head_mod.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
     with torch.no_grad():
         p1 = model.head.eval()(f[val]).softmax(-1).numpy()
-    return _val_score(y[val], p1)
+    return val_score(y[val], p1)
 
 
 def train_fold(
@@ -220,7 +205,7 @@ def train_fold(
         if meta["labels"] != labels:
             raise ConfigError(f"{init_model}: labels {meta['labels']} differ from this run's {labels}")
         model.load_state_dict(prior.state_dict())
-        stage1_score = _val_score(y[val], _predict(model, normalize, images, val))
+        stage1_score = val_score(y[val], _predict(model, normalize, images, val))
         best_stage = "init"
     else:
         stage1_score = _train_head(model, normalize, images, y, train, val, weights, cfg, fold_dir, feature_key, speed)
@@ -254,7 +239,7 @@ def train_fold(
         stage1_state = {k_: v.clone() for k_, v in model.state_dict().items()}
         module.load_state_dict(state)
         p2 = _predict(model, normalize, images, val)
-        stage2_score = _val_score(y[val], p2)
+        stage2_score = val_score(y[val], p2)
         speed["stage2_seconds"] = time.perf_counter() - t1
         speed["stage2_train_images_per_s"] = float(np.median(module.images_per_s)) if module.images_per_s else None
         if stage2_score >= stage1_score:
@@ -339,7 +324,6 @@ def train_run(
         init_run: a run of the same data and splits whose fold models each fold continues from (sequential
             transfer).
     """
-    from medcad.metrics.classification import classification_metrics
 
     _quiet_lightning()
     if cfg.task != "classify":
@@ -399,7 +383,7 @@ def train_run(
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = init_run / f"fold_{k}" / "model.pt" if init_run else None
         results.append(train_fold(k, parts, images, y, labels, cfg, fold_dir, feature_key, progress, init))
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, classification_metrics)
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits)
     atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
     write_json(out / "metrics.json", metrics)
