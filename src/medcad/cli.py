@@ -162,15 +162,25 @@ def data_frames(
 def train(
     path: Annotated[Path, typer.Argument(help="Dataset: folder, CSV/TSV manifest or COCO JSON.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed when it exists).")] = Path("runs/run"),
-    task: Annotated[str, typer.Option(help="classify (segment, multitask, detect: coming).")] = "classify",
-    model: Annotated[str, typer.Option(help="Any timm backbone name.")] = "tf_efficientnet_lite0",
+    task: Annotated[str, typer.Option(help="classify, segment, multitask (mask + class) or detect.")] = "classify",
+    model: Annotated[
+        str, typer.Option(help="Any timm backbone name (the encoder for segment).")
+    ] = "tf_efficientnet_lite0",
+    arch: Annotated[
+        str | None, typer.Option(help="segment/multitask: attention-unetpp, unet, unetpp, unet-vgg11, dsconv-resnet.")
+    ] = None,
+    missing_masks: Annotated[
+        str | None, typer.Option(help="segment/multitask: images without a mask are an error, or empty (lesion-free).")
+    ] = None,
+    class_loss_weight: Annotated[float | None, typer.Option(help="multitask: weight of the class loss.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout before the class layer.")] = None,
     weights: Annotated[str, typer.Option(help="auto (offline ImageNet if shipped), hub, none, or a file.")] = "auto",
     head: Annotated[str, typer.Option(help="linear, or mlp (features-2048-1024-n).")] = "linear",
     folds: Annotated[int | None, typer.Option(help="k-fold CV, grouped and stratified.")] = None,
     holdout: Annotated[float | None, typer.Option(help="Single split with this test fraction.")] = None,
     group: Annotated[str | None, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = None,
     splits: Annotated[Path | None, typer.Option(help="Reuse this splits.json (same folds as another run).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Stage-2 fine-tuning epochs (0: head only).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (classify: stage 2; 0: head only).")] = None,
     head_epochs: Annotated[int | None, typer.Option(help="Stage-1 epochs on cached features.")] = None,
     unfreeze: Annotated[int | None, typer.Option(help="Backbone parameter groups trained in stage 2.")] = None,
     lr: Annotated[float | None, typer.Option(help="Stage-2 backbone learning rate.")] = None,
@@ -198,6 +208,10 @@ def train(
         overrides = dict(
             task=task,
             model=model,
+            arch=arch,
+            missing_masks=missing_masks,
+            class_loss_weight=class_loss_weight,
+            dropout=dropout,
             weights=weights,
             head=head,
             group_by=group,
@@ -241,18 +255,34 @@ def predict(
     fold: Annotated[int | None, typer.Option(help="Use one fold's model instead of the ensemble.")] = None,
     backend: Annotated[str, typer.Option(help="torch-bf16, torch-fp32, onnx-fp32 or onnx-int8.")] = "torch-bf16",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for video outputs.")] = Path("predictions"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for videos, masks and overlays.")] = Path(
+        "predictions"
+    ),
+    threshold: Annotated[float, typer.Option(help="segment: lesion probability threshold.")] = 0.5,
     smooth: Annotated[int, typer.Option(help="Videos: average probabilities over this many frames.")] = 5,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict the class of images, or of every frame of videos (annotated video + per-frame CSV)."""
+    """Predict the class of images, or of every frame of videos (annotated video + per-frame CSV); for a segment or
+    multitask run, write lesion masks and overlays."""
     try:
         from medcad.data.video import is_video
-        from medcad.inference.predictor import Predictor, expand_inputs
+        from medcad.inference.predictor import Predictor, expand_inputs, run_task
         from medcad.inference.video import predict_video
 
+        if run_task(run) in ("segment", "multitask"):
+            from medcad.inference.masks import predict_mask_files
+
+            table = predict_mask_files(run, expand_inputs(inputs), out, fold=fold, threshold=threshold, batch=batch)
+            if as_json:
+                typer.echo(table.to_json(orient="records", indent=1))
+            else:
+                from rich.console import Console
+
+                Console().print(table.to_string(index=False, float_format="%.3f"))
+                typer.echo(f"masks and overlays in {out}/ (<image>_mask.png, <image>_overlay.png, predictions.csv)")
+            return
         predictor = Predictor(run, fold=fold, backend=backend, threads=threads)
         videos = [p for p in inputs if is_video(p)]
         results = predictor.predict_files(expand_inputs([p for p in inputs if not is_video(p)]), batch)

@@ -14,8 +14,9 @@ from medcad.errors import ConfigError
 class TrainConfig:
     """Everything that defines a training run. Stored as config.json in the run folder."""
 
-    task: str = "classify"
-    model: str = "tf_efficientnet_lite0"
+    task: str = "classify"  # classify | segment | multitask | detect
+    model: str = "tf_efficientnet_lite0"  # timm backbone (the encoder of segmentation and detection models)
+    arch: str = "unet"  # segment/multitask: attention-unetpp | unet | unetpp | unet-vgg11 | dsconv-resnet
     weights: str = "auto"  # auto | hub | none | path to a state dict
     head: str = "linear"  # linear | mlp
     dropout: float = 0.2
@@ -38,6 +39,9 @@ class TrainConfig:
     patience: int = 5
     precision: str = "bf16-mixed"  # bf16-mixed | 32-true
     seed: int = 0
+    # segment / multitask
+    missing_masks: str = "error"  # error | empty (images without a mask are lesion-free)
+    class_loss_weight: float = 1.0  # multitask loss = BCE + Dice (mask) + this x cross-entropy (class)
     # splits
     folds: int | None = 5
     holdout: float | None = None

@@ -60,7 +60,7 @@ def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", str(easy_set), "--model", "efficientnet_b00", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "did you mean" in res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "nothing"), str(easy_set / "lesion" / "0.png")])
-    assert res.exit_code == 2 and "no trained model" in res.output
+    assert res.exit_code == 2 and "not a run folder" in res.output
 
 
 def test_positive_label_is_the_finding() -> None:

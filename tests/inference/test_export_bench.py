@@ -61,7 +61,10 @@ def test_model_file_of_another_kind_and_odd_images(tiny_run: Path, tmp_path: Pat
     other = tmp_path / "seg.pt"
     torch.save({"format": "medcad-segmenter-1", "state_dict": {}}, other)
     res = runner.invoke(app, ["predict", str(other), "x.png"])
-    assert res.exit_code == 2 and "not a medcad classification model" in res.output
+    assert res.exit_code == 2 and "incomplete model file: no config" in res.output
+    torch.save({"format": "something-else"}, other)
+    res = runner.invoke(app, ["predict", str(other), "x.png"])
+    assert res.exit_code == 2 and "not a medcad model file" in res.output
     # a grey 16-bit image of another size and an RGBA image are converted, not refused
     Image.fromarray(np.arange(50 * 70, dtype=np.uint16).reshape(50, 70) * 10).save(tmp_path / "g16.png")
     Image.fromarray(np.zeros((20, 90, 4), np.uint8)).save(tmp_path / "rgba.png")

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medcad.data.audit import cache_dir
-from medcad.data.io import read_image
+from medcad.data.io import image_size, read_image, read_mask
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 
@@ -42,6 +42,46 @@ def image_cache_key(manifest: Manifest, size: int, bilateral: bool) -> str:
     return h.hexdigest()[:20]
 
 
+def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, progress: bool) -> np.ndarray:
+    """Load the memmap at `path` if it has `shape`, else fill row i with `fill(i)` in threads and save atomically.
+
+    `fill` raises DataError for a bad sample; all bad samples are collected and reported together.
+    """
+    if path.is_file():
+        try:
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == shape:
+                return arr
+        except (OSError, ValueError):
+            pass
+    out = np.empty(shape, np.uint8)
+    errors: list[DataError] = []
+
+    def one(i: int) -> None:
+        try:
+            out[i] = fill(i)
+        except DataError as e:
+            errors.append(e)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        it = pool.map(one, range(n))
+        if progress:
+            from rich.progress import track
+
+            it = track(it, total=n, description=description, transient=True)
+        for _ in it:
+            pass
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more; run `medcad data audit` for the whole list)" if len(errors) > 1 else ""
+        raise DataError(first.path, f"{first.problem}{more}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
 def cached_images(manifest: Manifest, size: int, *, bilateral: bool = False, progress: bool = True) -> np.ndarray:
     """All images of a manifest decoded and resized to (N, size, size, 3) uint8, memory-mapped from disk.
 
@@ -49,43 +89,68 @@ def cached_images(manifest: Manifest, size: int, *, bilateral: bool = False, pro
     run, fold or model reads it back instead of decoding again. Written atomically.
 
     Raises:
-        DataError: listing the unreadable images (run `medcad data audit` for the whole list).
+        DataError: naming the first unreadable image and how many more there are.
     """
     path = cache_dir() / "images" / f"{image_cache_key(manifest, size, bilateral)}-{size}.npy"
-    if path.is_file():
-        try:
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape == (len(manifest), size, size, 3):
-                return arr
-        except (OSError, ValueError):
-            pass
-    out = np.empty((len(manifest), size, size, 3), np.uint8)
-    errors: list[str] = []
 
-    def one(i: int) -> None:
-        try:
-            out[i] = preprocess(read_image(manifest.image_path(i), manifest.frame(i), draft=size), size, bilateral)
-        except DataError as e:
-            errors.append(f"{manifest.keys[i]}: {e.problem}")
+    def fill(i: int) -> np.ndarray:
+        return preprocess(read_image(manifest.image_path(i), manifest.frame(i), draft=size), size, bilateral)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        it = pool.map(one, range(len(manifest)))
-        if progress:
-            from rich.progress import track
+    shape = (len(manifest), size, size, 3)
+    return _cached_array(path, shape, fill, len(manifest), f"Decoding images at {size}px", progress)
 
-            it = track(it, total=len(manifest), description=f"Decoding images at {size}px", transient=True)
-        for _ in it:
-            pass
-    if errors:
+
+MISSING_MASKS = ("error", "empty")
+
+
+def read_sample_mask(manifest: Manifest, i: int, missing: str = "error") -> np.ndarray:
+    """The union of sample i's masks as bool (H, W), checked against its image's size.
+
+    Args:
+        missing: what an image without a mask gets: "error" (DataError), or "empty" (no lesion, e.g. the normal
+            cases of a multitask study).
+
+    Raises:
+        DataError: no mask (with missing="error"), an unreadable mask, or a mask whose size differs from its
+            image (naming both files and both sizes).
+    """
+    image = manifest.image_path(i)
+    w, h = image_size(image, manifest.frame(i))
+    paths = manifest.mask_paths(i)
+    if not paths:
+        if missing == "empty":
+            return np.zeros((h, w), bool)
         raise DataError(
-            manifest.root,
-            f"{len(errors)} image(s) cannot be read, e.g. {errors[0]}; run `medcad data audit` and fix or remove them",
+            image, "has no mask; add one, remove the image, or use --missing-masks empty to treat it as lesion-free"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+    mask = read_mask(paths)
+    if mask.shape != (h, w):
+        raise DataError(
+            paths[0], f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is {w}x{h}; masks must match"
+        )
+    return mask
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """bool (H, W) -> uint8 {0, 1} (size, size): area average when shrinking, then a 0.5 threshold."""
+    return (cv2.resize(mask.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+
+
+def cached_masks(manifest: Manifest, size: int, *, missing: str = "error", progress: bool = True) -> np.ndarray:
+    """All masks of a manifest as (N, size, size) uint8 {0, 1}, memory-mapped and cached like the images."""
+    if missing not in MISSING_MASKS:
+        raise ValueError(f"missing must be one of {MISSING_MASKS}, not {missing!r}")
+    h = hashlib.sha1(f"{image_cache_key(manifest, size, False)}|{missing}".encode())
+    for i in range(len(manifest)):
+        for mp in manifest.mask_paths(i):
+            st = mp.stat() if mp.is_file() else None
+            h.update(f"|{mp}|{st and st.st_size}|{st and st.st_mtime_ns}".encode())
+    path = cache_dir() / "masks" / f"{h.hexdigest()[:20]}-{size}.npy"
+
+    def fill(i: int) -> np.ndarray:
+        return resize_mask(read_sample_mask(manifest, i, missing), size)
+
+    return _cached_array(path, (len(manifest), size, size), fill, len(manifest), f"Reading masks at {size}px", progress)
 
 
 class ImageDataset(Dataset):
@@ -108,3 +173,25 @@ class ImageDataset(Dataset):
 def manifest_fingerprint(manifest: Manifest) -> str:
     """A short id of the sample list, stored in runs to detect that the data changed."""
     return hashlib.sha1(json.dumps(manifest.keys).encode()).hexdigest()[:12]
+
+
+class MaskedImageDataset(Dataset):
+    """Rows of cached images and masks as (uint8 (C, H, W), float (1, H, W), int label); geometric augmentation is
+    applied to image and mask together (torchvision tv_tensors.Mask), photometric to the image only."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rows: np.ndarray, transform=None):
+        self.images, self.masks, self.labels = images, masks, labels
+        self.rows, self.transform = np.asarray(rows), transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        from torchvision import tv_tensors
+
+        r = self.rows[i]
+        x = torch.from_numpy(np.array(self.images[r])).permute(2, 0, 1)
+        m = tv_tensors.Mask(torch.from_numpy(np.array(self.masks[r]))[None])
+        if self.transform is not None:
+            x, m = self.transform(x, m)
+        return x, m.float(), int(self.labels[r])

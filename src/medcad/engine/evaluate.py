@@ -11,6 +11,7 @@ from medcad.config import TrainConfig
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, pooled_metrics, prediction_table, write_json
+from medcad.engine.train import task_masks
 from medcad.errors import DataError
 
 
@@ -35,8 +36,9 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
         if not path.is_file():
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
-    y = np.array([labels.index(v) for v in manifest.table["label"]])
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits)
+    y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+    masks = task_masks(manifest, cfg, progress=False)
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, run)
     atomic_write_text(run / "predictions.csv", pred.to_csv(index=False))
     write_json(run / "metrics.json", metrics)
     return metrics, run

@@ -79,10 +79,88 @@ def prediction_table(
     return pred
 
 
-def evaluate_results(
-    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], splits: dict
+def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's test rows and predicted lesion probabilities (n, S, S) uint8 0..255 (test_masks.npz)."""
+    with np.load(fold_dir / "test_masks.npz") as z:
+        return z["rows"], z["probs"]
+
+
+def segmentation_results(
+    manifest: Manifest, masks: np.ndarray, run: Path, results: list[dict], groups_of: dict, labels: list[str]
 ) -> tuple[dict, pd.DataFrame]:
-    """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures."""
+    """Dice/IoU of the folds' predicted test masks against the true masks (at the training size), pooled over folds
+    with cluster-bootstrap CIs, per fold, and per label; with the per-image table."""
+    from medcad.metrics.segmentation import mask_counts, per_image_table, segmentation_metrics
+    from medcad.metrics.stats import mean_sd
+
+    keys = manifest.keys
+    parts, per_fold = [], []
+    for r in results:
+        rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
+        c = mask_counts(probs >= 128, masks[rows].astype(bool))
+        parts.append((rows, c))
+        fm = segmentation_metrics(c, n_boot=0)
+        per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
+    rows = np.concatenate([p[0] for p in parts])
+    counts = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+    groups = np.array([groups_of.get(keys[i], i) for i in rows])
+    m = segmentation_metrics(counts, groups=groups)
+    label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
+    if len(set(label_of)) > 1:
+        m["by_label"] = {
+            lab: segmentation_metrics(
+                {k: v[label_of == lab] for k, v in counts.items()}, groups=groups[label_of == lab]
+            )
+            for lab in labels
+            if (label_of == lab).any()
+        }
+    m["per_fold"] = per_fold
+    m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("dice", "iou")}
+    table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
+    table.insert(1, "fold", np.concatenate([[r["fold"]] * len(p[0]) for r, p in zip(results, parts, strict=True)]))
+    table.insert(2, "label", label_of)
+    return m, table
+
+
+def evaluate_results(
+    manifest: Manifest,
+    labels: list[str],
+    y: np.ndarray,
+    results: list[dict],
+    splits: dict,
+    masks: np.ndarray | None = None,
+    run: Path | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures.
+
+    Class probabilities (classify, multitask) give the classification metrics; predicted masks (segment,
+    multitask; read from the run's fold folders, compared with `masks`) give "segmentation", with "dice" and
+    "iou" also at the top level.
+    """
+    group_map = splits.get("groups") or {}
+    m: dict = {}
+    pred = None
+    if all("test_probs" in r for r in results):
+        m, pred = _classification_results(manifest, labels, y, results, group_map)
+    if (
+        masks is not None
+        and run is not None
+        and all((run / f"fold_{r['fold']}" / "test_masks.npz").is_file() for r in results)
+    ):
+        seg, table = segmentation_results(manifest, masks, run, results, group_map, labels)
+        m["segmentation"] = seg
+        m["dice"], m["iou"] = seg["dice"], seg["iou"]
+        pred = table if pred is None else pred.merge(table.drop(columns=["fold", "label"]), on="image", how="left")
+        if "per_fold" not in m:
+            m["per_fold"], m["fold_summary"] = seg["per_fold"], seg["fold_summary"]
+    m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
+    m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
+    return m, pred
+
+
+def _classification_results(
+    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], group_map: dict
+) -> tuple[dict, pd.DataFrame]:
     from medcad.metrics.classification import classification_metrics
     from medcad.metrics.stats import mean_sd
 
@@ -90,7 +168,6 @@ def evaluate_results(
     probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, len(labels)) for r in results])
     fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
     keys = manifest.keys
-    group_map = splits.get("groups") or {}
     groups = np.array([group_map.get(keys[i], i) for i in rows])
     m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
     per_fold = []
@@ -108,8 +185,6 @@ def evaluate_results(
         )
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("accuracy", "macro_f1", "macro_auc")}
-    m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
-    m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
     pred = prediction_table(manifest, rows, y[rows], probs, labels)
     pred.insert(1, "fold", fold_of)
     return m, pred

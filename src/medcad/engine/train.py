@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medcad.config import TrainConfig
-from medcad.data.datasets import ImageDataset, cached_images, image_cache_key
+from medcad.data.datasets import ImageDataset, cached_images, cached_masks, image_cache_key
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.data.transforms import Normalize, augmentation
+from medcad.engine.common import class_weights, make_loader, make_trainer, quiet_lightning, save_model
 from medcad.engine.features import backbone_features, run_batched
 from medcad.engine.modules import val_score
 from medcad.engine.results import evaluate_results, write_json
@@ -32,100 +31,6 @@ from medcad.models.backbones import backbone_data_config
 from medcad.models.classifier import Classifier, freeze_backbone
 
 log = logging.getLogger(__name__)
-
-
-def save_model(path: Path, model: Classifier, cfg: TrainConfig, labels: list[str]) -> None:
-    """Self-contained model file: weights, settings, labels and preprocessing; written atomically."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(
-        {
-            "format": "medcad-classifier-1",
-            "config": cfg.to_dict(),
-            "labels": labels,
-            "data_config": backbone_data_config(model.backbone),
-            "state_dict": model.state_dict(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def _quiet_lightning() -> None:
-    import lightning  # noqa: F401  (it configures its loggers on import: quiet them afterwards)
-
-    for name in (
-        "lightning",
-        "lightning.pytorch",
-        "lightning.fabric",
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.pytorch.accelerators.cuda",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*ModelCheckpoint.*")
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
-
-
-def _trainer(
-    fold_dir: Path,
-    stage: str,
-    max_epochs: int,
-    cfg: TrainConfig,
-    monitor: str,
-    mode: str,
-    patience: int,
-    progress: bool,
-):
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    ckpt = ModelCheckpoint(
-        dirpath=fold_dir / "checkpoints" / stage,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_weights_only=False,
-    )
-    loggers = [
-        TensorBoardLogger(fold_dir / "logs" / "tensorboard", name=stage, version=""),
-        CSVLogger(fold_dir / "logs" / "csv", name=stage, version=""),
-    ]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        precision=cfg.precision,
-        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=patience)],
-        logger=loggers,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        deterministic=False,
-    )
-    return trainer, ckpt
-
-
-def _class_weights(y: np.ndarray, n: int) -> torch.Tensor:
-    counts = np.bincount(y, minlength=n).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n, 0.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-def _loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: bool, batch_size: int | None = None):
-    from torch.utils.data import DataLoader, WeightedRandomSampler
-
-    bs = batch_size or cfg.batch_size
-    if shuffle and cfg.oversample and y_rows is not None:
-        counts = np.bincount(y_rows)
-        weights = 1.0 / counts[y_rows]
-        sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), len(y_rows), replacement=True)
-        return DataLoader(dataset, batch_size=bs, sampler=sampler)
-    return DataLoader(dataset, batch_size=bs, shuffle=shuffle)
 
 
 class _Softmax(torch.nn.Module):
@@ -152,11 +57,11 @@ def _train_head(model, normalize, images, y, train, val, weights, cfg, fold_dir,
     f = torch.from_numpy(feats)
     yt = torch.from_numpy(y).long()
     head_mod = HeadModule(model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, weights, cfg.label_smoothing)
-    trainer, ckpt = _trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
+    trainer, ckpt = make_trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
     trainer.fit(
         head_mod,
-        _loader(TensorDataset(f[train], yt[train]), cfg, y[train], True, 64),
-        _loader(TensorDataset(f[val], yt[val]), cfg, None, False, 256),
+        make_loader(TensorDataset(f[train], yt[train]), cfg, y[train], True, 64),
+        make_loader(TensorDataset(f[val], yt[val]), cfg, None, False, 256),
     )
     head_mod.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
     with torch.no_grad():
@@ -194,7 +99,7 @@ def train_fold(
     model = Classifier(cfg.model, n, head=cfg.head, weights=cfg.weights, dropout=cfg.dropout)
     dc = backbone_data_config(model.backbone)
     normalize = Normalize(dc["mean"], dc["std"])
-    weights = _class_weights(y[train], n) if cfg.class_weights else None
+    weights = class_weights(y[train], n) if cfg.class_weights else None
     speed: dict[str, float | None] = {}
 
     t0 = time.perf_counter()
@@ -227,12 +132,12 @@ def train_fold(
             max_epochs=cfg.epochs,
         )
         aug = augmentation(cfg.augment, cfg.image_size)
-        trainer, ckpt = _trainer(fold_dir, "stage2", cfg.epochs, cfg, "val_auc", "max", cfg.patience, progress)
+        trainer, ckpt = make_trainer(fold_dir, "stage2", cfg.epochs, cfg, "val_auc", "max", cfg.patience, progress)
         last = fold_dir / "checkpoints" / "stage2" / "last.ckpt"
         trainer.fit(
             module,
-            _loader(ImageDataset(images, y, train, aug), cfg, y[train], True),
-            _loader(ImageDataset(images, y, val), cfg, None, False, 64),
+            make_loader(ImageDataset(images, y, train, aug), cfg, y[train], True),
+            make_loader(ImageDataset(images, y, val), cfg, None, False, 64),
             ckpt_path=last if last.is_file() else None,
         )
         state = torch.load(ckpt.best_model_path, weights_only=False)["state_dict"]
@@ -248,7 +153,7 @@ def train_fold(
             model.load_state_dict(stage1_state)
         del stage1_state
     probs, speed["predict_images_per_s"] = run_batched(_Softmax(model), normalize, images, test)
-    save_model(fold_dir / "model.pt", model, cfg, labels)
+    save_model(fold_dir / "model.pt", model, cfg, labels, backbone_data_config(model.backbone))
     result = {
         "fold": k,
         "n_train": len(train),
@@ -306,6 +211,30 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
         )
 
 
+TASKS = ("classify", "segment", "multitask", "detect")
+
+
+def _check_labels(manifest: Manifest, task: str, data: str | Path) -> list[str]:
+    """The run's class labels; classification and multitask need every image labelled and two labels at least.
+    Segmentation keeps whatever labels there are (for stratified splits and per-label Dice)."""
+    labels = manifest.labels
+    if task == "segment":
+        return labels or ["lesion"]
+    unlabeled = int((manifest.table["label"] == "").sum())
+    if len(labels) < 2:
+        raise DataError(data, f"{task} needs at least two class labels, found {labels or 'none'}")
+    if unlabeled:
+        raise DataError(data, f"{unlabeled} image(s) have no label; label them or remove them for {task}")
+    return labels
+
+
+def task_masks(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> np.ndarray | None:
+    """The true masks at the training size for segment and multitask runs (cached), else None."""
+    if cfg.task not in ("segment", "multitask"):
+        return None
+    return cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress)
+
+
 def train_run(
     data: str | Path,
     out: str | Path,
@@ -316,7 +245,9 @@ def train_run(
     train_domains: tuple[str, ...] | None = None,
     init_run: Path | None = None,
 ) -> dict:
-    """Train and evaluate a classifier on a dataset with the run's splits; resumable. Returns metrics.json.
+    """Train and evaluate a model of the run's task on a dataset with the run's splits; resumable.
+
+    Returns metrics.json.
 
     Args:
         train_domains: train and validate on these domains only; the test parts keep every domain, so the
@@ -325,21 +256,18 @@ def train_run(
             transfer).
     """
 
-    _quiet_lightning()
-    if cfg.task != "classify":
-        raise ConfigError(f"task {cfg.task!r} is not available yet; use --task classify")
+    quiet_lightning()
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
+    if cfg.task == "detect":
+        raise ConfigError("task 'detect' is not available yet")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
     manifest = load_manifest(data, layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
-    labels = manifest.labels
-    unlabeled = int((manifest.table["label"] == "").sum())
-    if len(labels) < 2:
-        raise DataError(data, f"classification needs at least two labels, found {labels or 'none'}")
-    if unlabeled:
-        raise DataError(data, f"{unlabeled} image(s) have no label; label them or remove them for classification")
+    labels = _check_labels(manifest, cfg.task, data)
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
         missing = sorted(set(train_domains) - set(domains))
@@ -360,7 +288,8 @@ def train_run(
     t0 = time.perf_counter()
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress)
     decode_s = time.perf_counter() - t0
-    y = np.array([labels.index(v) for v in manifest.table["label"]])
+    y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+    masks = task_masks(manifest, cfg, progress)
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
     keys = manifest.keys
     results = []
@@ -382,8 +311,13 @@ def train_run(
                 tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = init_run / f"fold_{k}" / "model.pt" if init_run else None
-        results.append(train_fold(k, parts, images, y, labels, cfg, fold_dir, feature_key, progress, init))
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits)
+        if masks is not None:
+            from medcad.engine.segment import train_segment_fold
+
+            results.append(train_segment_fold(k, parts, images, masks, y, labels, cfg, fold_dir, progress, init))
+        else:
+            results.append(train_fold(k, parts, images, y, labels, cfg, fold_dir, feature_key, progress, init))
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, out)
     atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
     write_json(out / "metrics.json", metrics)

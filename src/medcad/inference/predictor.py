@@ -16,11 +16,15 @@ from medcad.engine.features import run_batched
 from medcad.errors import ConfigError, DataError
 from medcad.models.classifier import Classifier
 
-MODEL_FORMAT = "medcad-classifier-1"
 
+def load_model_file(path: Path) -> tuple[torch.nn.Module, dict]:
+    """A model (in eval mode) and its metadata from a model.pt written by a run, of any task.
 
-def load_model_file(path: Path) -> tuple[Classifier, dict]:
-    """A Classifier and its metadata from a model.pt written by a run. Raises DataError when unusable."""
+    Raises:
+        DataError: the file is missing, unreadable, or not a medcad model.
+    """
+    from medcad.engine.common import MODEL_FORMATS
+
     if not path.is_file():
         raise DataError(path, "model file not found")
     try:
@@ -31,15 +35,62 @@ def load_model_file(path: Path) -> tuple[Classifier, dict]:
             f"corrupt or unreadable model file ({type(e).__name__}: {e}); retrain that fold by "
             "deleting its folder and running the same train command",
         ) from e
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise DataError(
-            path,
-            f"not a medcad classification model (format {blob.get('format') if isinstance(blob, dict) else None!r})",
-        )
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt not in MODEL_FORMATS.values():
+        raise DataError(path, f"not a medcad model file (format {fmt!r})")
+    missing = [k for k in ("config", "labels", "data_config", "state_dict") if k not in blob]
+    if missing:
+        raise DataError(path, f"incomplete model file: no {', '.join(missing)}; retrain that fold")
     cfg = TrainConfig.from_dict(blob["config"])
-    model = Classifier(cfg.model, len(blob["labels"]), head=cfg.head, weights="none", dropout=cfg.dropout)
+    n = len(blob["labels"])
+    if fmt == MODEL_FORMATS["classify"]:
+        model = Classifier(cfg.model, n, head=cfg.head, weights="none", dropout=cfg.dropout)
+    elif fmt == MODEL_FORMATS["segment"]:
+        from medcad.engine.segment import build_segmenter
+
+        model = build_segmenter(cfg.replace(weights="none"), n)
+    else:
+        from medcad.engine.detect import build_detector
+
+        model = build_detector(cfg.replace(weights="none"), n)
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob
+
+
+def run_task(run: Path) -> str:
+    """The task of a run folder (from config.json) or of a model.pt file."""
+    run = Path(run)
+    if run.is_file():
+        return load_model_file(run)[1]["config"].get("task", "classify")
+    path = run / "config.json"
+    if not path.is_file():
+        raise DataError(run, "not a run folder (no config.json) nor a model.pt file")
+    return TrainConfig.load(path).task
+
+
+def require_task(meta: dict, path: Path, *tasks: str) -> None:
+    """DataError unless the model file was trained for one of `tasks`."""
+    task = meta["config"].get("task", "classify")
+    if task not in tasks:
+        raise DataError(path, f"is a {task} model; this needs a {' or '.join(tasks)} model")
+
+
+def load_models(run: Path, fold: int | None, *tasks: str) -> tuple[list[Path], list[tuple[torch.nn.Module, dict]]]:
+    """The model files of a run (every fold, or one), or a single model.pt, loaded; each must be of `tasks`."""
+    if run.is_file():
+        files = [run]
+    elif fold is not None:
+        files = [run / f"fold_{fold}" / "model.pt"]
+    else:
+        files = sorted(run.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files:
+        raise DataError(run, "no trained model found (fold_*/model.pt): train it first, or check the path")
+    loaded = [load_model_file(f) for f in files]
+    for f, (_, meta) in zip(files, loaded, strict=True):
+        require_task(meta, f, *tasks)
+    if any(m["labels"] != loaded[0][1]["labels"] for _, m in loaded):
+        raise ConfigError(f"{run}: its fold models disagree on the labels")
+    return files, loaded
 
 
 class _Ensemble(torch.nn.Module):
@@ -78,18 +129,8 @@ class Predictor:
             torch.set_num_threads(threads)
         self.backend, self.threads, self.session = backend, threads, None
         run = Path(run)
-        if run.is_file():
-            files = [run]
-        elif fold is not None:
-            files = [run / f"fold_{fold}" / "model.pt"]
-        else:
-            files = sorted(run.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
-        if not files:
-            raise DataError(run, "no trained model found (fold_*/model.pt): train it first, or check the path")
-        loaded = [load_model_file(f) for f in files]
+        files, loaded = load_models(run, fold, "classify")
         meta = loaded[0][1]
-        if any(m["labels"] != meta["labels"] for _, m in loaded):
-            raise ConfigError(f"{run}: its fold models disagree on the labels")
         self.files = files
         self.labels: list[str] = meta["labels"]
         self.config = TrainConfig.from_dict(meta["config"])
