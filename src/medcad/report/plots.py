@@ -81,14 +81,14 @@ def reliability_png(rel: dict, ece: float | None = None) -> bytes:
 
 
 def curves_png(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> bytes:
-    """`histories`: {fold: {"train_loss": [...], "val_loss": [...], "val_auc": [...]}} per epoch."""
+    """`histories`: {fold: {"train_loss": [...], "val_loss": [...], "val_score": [...]}} per epoch."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for name, h in histories.items():
         line = axes[0].plot(h.get("train_loss", []), lw=1.2, label=f"{name} train")[0]
         axes[0].plot(h.get("val_loss", []), lw=1.2, ls="--", c=line.get_color(), label=f"{name} val")
-        axes[1].plot(h.get("val_auc", []), lw=1.2, c=line.get_color(), label=name)
+        axes[1].plot(h.get("val_score", []), lw=1.2, c=line.get_color(), label=name)
     axes[0].set_title("loss")
-    axes[1].set_title("validation macro AUC")
+    axes[1].set_title("validation score (macro AUC; Dice for masks)")
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7, ncol=2)
@@ -122,4 +122,13 @@ def image_grid_png(tiles: list[np.ndarray], captions: list[str], cols: int = 4, 
         ax.set_title(cap, fontsize=7)
     if title:
         fig.suptitle(title)
+    return _png(fig)
+
+
+def histogram_png(values: np.ndarray, title: str, xlabel: str, bins: np.ndarray | None = None) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=np.linspace(0, 1, 21) if bins is None else bins, color="#4C72B0", edgecolor="white")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.set_title(title)
     return _png(fig)

@@ -19,18 +19,24 @@ def _b64(png: bytes) -> str:
 
 
 def _history(csv_path: Path) -> dict[str, list[float]]:
-    """Per-epoch train_loss / val_loss / val_auc from a Lightning CSV log."""
+    """Per-epoch train_loss, val_loss and the validation score (val_score, or val_auc of classification's stage 2)
+    from a Lightning CSV log."""
     if not csv_path.is_file():
         return {}
     by_epoch: dict[int, dict[str, float]] = {}
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             e = int(float(row["epoch"]))
-            for k in ("train_loss", "val_loss", "val_auc"):
+            for k, key in (
+                ("train_loss", "train_loss"),
+                ("val_loss", "val_loss"),
+                ("val_auc", "val_score"),
+                ("val_score", "val_score"),
+            ):
                 if row.get(k):
-                    by_epoch.setdefault(e, {})[k] = float(row[k])
+                    by_epoch.setdefault(e, {})[key] = float(row[k])
     epochs = sorted(by_epoch)
-    return {k: [by_epoch[e].get(k, np.nan) for e in epochs] for k in ("train_loss", "val_loss", "val_auc")}
+    return {k: [by_epoch[e].get(k, np.nan) for e in epochs] for k in ("train_loss", "val_loss", "val_score")}
 
 
 def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_class: int = 2) -> list[dict]:
@@ -90,6 +96,45 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
     splits = load_splits(run / "splits.json", manifest)
     findings = audit(manifest, splits)
+    pred = pd.read_csv(run / "predictions.csv", dtype={"image": str, "label": str, "predicted": str})
+    figures: dict[str, str] = {}
+    gallery_items: list[dict] = []
+    if "confusion_matrix" in metrics:
+        figures, gallery_items = _classification_figures(run, manifest, metrics, labels, pred, gallery)
+    if "segmentation" in metrics:
+        from medcad.report.seg_report import collect_segmentation
+
+        figures.update({k: _b64(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
+    stage = "stage2" if cfg.task == "classify" else "train"
+    histories = {
+        f"fold {k}": _history(run / f"fold_{k}" / "logs" / "csv" / stage / "metrics.csv")
+        for k in range(len(splits["folds"]))
+    }
+    histories = {k: v for k, v in histories.items() if v}
+    if histories:
+        figures["curves"] = _b64(
+            plots.curves_png(histories, "Stage 2 (fine-tuning)" if stage == "stage2" else "Training")
+        )
+    card = _card(run, cfg, labels)
+    return {
+        "run": str(run),
+        "meta": meta,
+        "config": cfg.to_dict(),
+        "metrics": metrics,
+        "labels": labels,
+        "summary": summarize(manifest),
+        "audit": findings,
+        "splits": splits,
+        "figures": figures,
+        "gallery": gallery_items,
+        "card": card,
+    }
+
+
+def _classification_figures(
+    run: Path, manifest, metrics: dict, labels: list[str], pred: pd.DataFrame, gallery: bool
+) -> tuple[dict[str, str], list[dict]]:
+    """Confusion matrix, ROC (overall, per domain and subgroup), reliability, and the Grad-CAM gallery."""
     figures: dict[str, str] = {}
     cm = metrics["confusion_matrix"]
     figures["confusion"] = _b64(plots.confusion_matrix_png(cm["labels"], cm["matrix"]))
@@ -110,15 +155,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
                     {n: (sub[n].get("per_class") or {}).get(pos, {}).get("auc") for n in curves},
                 )
             )
-    histories = {
-        f"fold {k}": _history(run / f"fold_{k}" / "logs" / "csv" / "stage2" / "metrics.csv")
-        for k in range(len(splits["folds"]))
-    }
-    histories = {k: v for k, v in histories.items() if v}
-    if histories:
-        figures["curves"] = _b64(plots.curves_png(histories, "Stage 2 (fine-tuning)"))
     gallery_items = []
-    pred = pd.read_csv(run / "predictions.csv", dtype={"image": str, "label": str, "predicted": str})
     if gallery:
         items = _gallery(run, manifest, pred, labels)
         for kind in ("right", "wrong"):
@@ -137,20 +174,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
                         ),
                     }
                 )
-    card = _card(run, cfg, labels)
-    return {
-        "run": str(run),
-        "meta": meta,
-        "config": cfg.to_dict(),
-        "metrics": metrics,
-        "labels": labels,
-        "summary": summarize(manifest),
-        "audit": findings,
-        "splits": splits,
-        "figures": figures,
-        "gallery": gallery_items,
-        "card": card,
-    }
+    return figures, gallery_items
 
 
 def _card(run: Path, cfg, labels: list[str]) -> dict:

@@ -1,0 +1,121 @@
+"""Figures of a segmentation or multitask run's report: best, median and worst cases with true and predicted
+outlines, the Dice distribution, and where the network attended (CBAM maps, Grad-CAM with a mask target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medcad.report import plots
+
+
+def pick_cases(pred: pd.DataFrame, per_kind: int = 4) -> list[tuple[str, pd.Series]]:
+    """The best, median and worst test images by Dice among images with a true lesion."""
+    lesion = pred[pred["true_area"] > 0].sort_values("dice", ascending=False)
+    if lesion.empty:
+        return []
+    mid = len(lesion) // 2
+    lo = max(0, mid - per_kind // 2)
+    picks = {
+        "best": lesion.head(per_kind),
+        "median": lesion.iloc[lo : lo + per_kind],
+        "worst": lesion.tail(per_kind).iloc[::-1],
+    }
+    return [(kind, row) for kind, rows in picks.items() for _, row in rows.iterrows()]
+
+
+def _fold_masks(run: Path, fold: int) -> dict[int, np.ndarray]:
+    from medcad.engine.results import fold_test_masks
+
+    rows, probs = fold_test_masks(run / f"fold_{fold}")
+    return dict(zip(rows.tolist(), probs, strict=True))
+
+
+def case_tiles(run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred: pd.DataFrame) -> dict[str, bytes]:
+    """One PNG grid per kind (best / median / worst): image, true outline (green), predicted lesion (red)."""
+    from medcad.inference.masks import mask_overlay
+
+    index = {k: i for i, k in enumerate(manifest.keys)}
+    by_fold: dict[int, dict[int, np.ndarray]] = {}
+    grids: dict[str, tuple[list, list]] = {}
+    for kind, row in pick_cases(pred):
+        i, fold = index[row["image"]], int(row["fold"])
+        if fold not in by_fold:
+            by_fold[fold] = _fold_masks(run, fold)
+        tile = mask_overlay(np.asarray(images[i]), by_fold[fold][i] >= 128, np.asarray(masks[i]) > 0)
+        tiles, captions = grids.setdefault(kind, ([], []))
+        tiles.append(tile)
+        captions.append(f"{row['image'][-26:]}\nDice {row['dice']:.2f}  IoU {row['iou']:.2f}")
+    return {
+        kind: plots.image_grid_png(tiles, captions, cols=4, title=f"{kind} cases (green: truth, red: prediction)")
+        for kind, (tiles, captions) in grids.items()
+    }
+
+
+def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame) -> bytes | None:
+    """For the median case: CBAM spatial attention maps (AttentionNestedUNet) and Grad-CAM of the predicted
+    lesion (pytorch-grad-cam's SemanticSegmentationTarget), from the model of the fold that tested the image."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    from medcad.data.transforms import Normalize
+    from medcad.explain.gradcam import overlay
+    from medcad.inference.predictor import load_model_file
+    from medcad.models.attention_unet import attention_maps
+    from medcad.models.segmentation import cam_target_name
+
+    cases = [row for kind, row in pick_cases(pred, per_kind=1) if kind == "median"]
+    if not cases:
+        return None
+    row = cases[0]
+    i = manifest.keys.index(row["image"])
+    model, meta = load_model_file(run / f"fold_{int(row['fold'])}" / "model.pt")
+    normalize = Normalize(meta["data_config"]["mean"], meta["data_config"]["std"])
+    image = np.asarray(images[i])
+    x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    with torch.no_grad():
+        lesion = (model(x)["mask"][0, 0] > 0).float().numpy()
+    tiles, captions = [image], ["image"]
+    for j, amap in enumerate(attention_maps(model)[-3:]):
+        tiles.append(overlay(image, amap[0, 0].float().numpy()))
+        captions.append(f"CBAM spatial attention {j - 3}")
+
+    class _Mask(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.net(t)["mask"]
+
+    layer = model.get_submodule(cam_target_name(model, "mask"))
+    with GradCAM(model=_Mask(model).eval(), target_layers=[layer]) as cam:
+        heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(0, lesion)])[0]
+    tiles.append(overlay(image, heat))
+    captions.append("Grad-CAM of the predicted lesion")
+    return plots.image_grid_png(tiles, captions, cols=len(tiles), title=f"Where the network looked: {row['image']}")
+
+
+def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: bool = True) -> dict:
+    """Figures (as PNG bytes) of a segmentation or multitask run."""
+    from medcad.data.datasets import cached_images
+    from medcad.engine.train import task_masks
+
+    lesion = pred[pred["true_area"] > 0]["dice"]
+    figures: dict[str, bytes] = {
+        "dice_hist": plots.histogram_png(
+            lesion.to_numpy(), f"Dice per image, median {lesion.median():.3f}", "Dice (images with a lesion)"
+        )
+    }
+    if gallery:
+        images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
+        masks = task_masks(manifest, cfg, progress=False)
+        for kind, png in case_tiles(run, manifest, images, masks, pred).items():
+            figures[f"cases_{kind}"] = png
+        att = attention_tiles(run, manifest, images, pred)
+        if att is not None:
+            figures["attention"] = att
+    return figures

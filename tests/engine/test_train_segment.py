@@ -1,0 +1,78 @@
+"""Tiny real segmentation and multitask runs end to end on synthetic frames: train, metrics, predict, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.data.synthetic import generate_synthetic
+from medcad.engine.train import train_run
+from medcad.errors import DataError
+
+from conftest import noise_image, save
+
+runner = CliRunner()
+FAST = TrainConfig(task="segment", arch="unet", image_size=64, epochs=2, batch_size=8, folds=2, val_fraction=0.25)
+
+
+@pytest.fixture
+def synth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    return generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=1).parent
+
+
+def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
+    run = tmp_path / "seg"
+    m = train_run(synth, run, FAST.replace(missing_masks="empty"), progress=False)
+    for name in ("dice", "iou"):
+        assert set(m[name]) == {"value", "ci95"} and 0 <= m[name]["value"] <= 1
+    seg = m["segmentation"]
+    assert seg["n_images"] == 24 and len(seg["per_fold"]) == 2
+    assert "accuracy" not in m  # segmentation only: no class head
+    pred = (run / "predictions.csv").read_text().splitlines()
+    assert pred[0].startswith("image,fold,label,dice,iou") and len(pred) == 25
+    with np.load(run / "fold_0" / "test_masks.npz") as z:
+        assert z["probs"].dtype == np.uint8 and z["probs"].shape[1:] == (64, 64)
+
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dice"]["value"] == pytest.approx(m["dice"]["value"])
+
+    image = next((synth / "images").glob("*.png"))
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    mask = np.asarray(Image.open(out / f"{image.stem}_mask.png"))
+    assert mask.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(mask)) <= {0, 255}
+    assert (out / f"{image.stem}_overlay.png").is_file() and (out / "predictions.csv").is_file()
+
+
+def test_multitask_run(synth: Path, tmp_path: Path) -> None:
+    cfg = FAST.replace(task="multitask", missing_masks="empty", epochs=1)
+    m = train_run(synth, tmp_path / "mt", cfg, progress=False)
+    assert {"accuracy", "macro_auc", "dice", "iou", "segmentation"} <= set(m)
+    pred = (tmp_path / "mt" / "predictions.csv").read_text().splitlines()[0]
+    assert pred.startswith("image,fold,label,predicted") and "dice" in pred
+
+
+def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for k in range(4):
+        save(root / "lesion" / f"{k}.png", noise_image(k, 32))
+        save(root / "lesion" / f"{k}_mask.png", (noise_image(50 + k, 32, gray=True) > 128).astype(np.uint8) * 255)
+    save(root / "lesion" / "1_mask.png", np.zeros((20, 24), np.uint8))  # wrong size
+    cfg = FAST.replace(image_size=32, epochs=1)
+    with pytest.raises(DataError, match=r"1_mask.png: mask is 24x20 but its image .*1.png is 32x32"):
+        train_run(root, tmp_path / "r1", cfg, progress=False)
+    save(root / "lesion" / "1_mask.png", np.zeros((32, 32), np.uint8))
+    (root / "lesion" / "2_mask.png").unlink()
+    with pytest.raises(DataError, match=r"2.png: has no mask; .*--missing-masks empty"):
+        train_run(root, tmp_path / "r2", cfg, progress=False)
