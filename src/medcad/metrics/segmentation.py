@@ -1,0 +1,153 @@
+"""Segmentation metrics from per-image pixel counts: Dice and IoU per image and pooled, with bootstrap CIs.
+
+Everything derives from `mask_counts` (true/false positive and false negative pixels per image), so masks are
+thresholded once and the bootstrap only reweighs N numbers per count. Conventions: an image whose truth and
+prediction are both empty scores Dice = IoU = 1 (it correctly shows no lesion); any prediction on an empty
+truth scores 0. Mean metrics weigh every image alike; pooled metrics sum pixels over images first, so large
+lesions weigh more. Results are plain floats and lists, ready for JSON, in the house style of
+`metrics.classification`: ``{"value": float, "ci95": [lo, hi]}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medcad.metrics.stats import bootstrap_weights, percentile_ci
+
+COUNT_KEYS = ("tp", "fp", "fn", "pred_area", "true_area")
+
+
+def mask_counts(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image pixel counts of predicted and true binary masks.
+
+    Args:
+        pred: predicted masks (N, H, W), bool (or anything where nonzero means lesion).
+        true: true masks (N, H, W).
+
+    Returns:
+        int64 arrays (N,): tp, fp, fn, pred_area, true_area.
+    """
+    p, t = np.asarray(pred).astype(bool, copy=False), np.asarray(true).astype(bool, copy=False)
+    if p.shape != t.shape or p.ndim != 3:
+        raise ValueError(f"pred {p.shape} and true {t.shape} must both be (N, H, W) masks of one size")
+    p, t = p.reshape(len(p), -1), t.reshape(len(t), -1)
+    tp = np.count_nonzero(p & t, axis=1).astype(np.int64)
+    pred_area = np.count_nonzero(p, axis=1).astype(np.int64)
+    true_area = np.count_nonzero(t, axis=1).astype(np.int64)
+    return {"tp": tp, "fp": pred_area - tp, "fn": true_area - tp, "pred_area": pred_area, "true_area": true_area}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    """num / den, with `empty` where den is 0."""
+    num, den = np.broadcast_arrays(np.asarray(num, dtype=float), np.asarray(den, dtype=float))
+    return np.divide(num, den, out=np.full(num.shape, empty), where=den > 0)
+
+
+def dice_iou(counts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Dice 2TP / (2TP + FP + FN) and IoU TP / (TP + FP + FN) per image; 1.0 for both where both masks are empty."""
+    tp, fp, fn = (np.asarray(counts[k], dtype=float) for k in ("tp", "fp", "fn"))
+    return _ratio(2 * tp, 2 * tp + fp + fn, 1.0), _ratio(tp, tp + fp + fn, 1.0)
+
+
+def _with_ci(
+    batch: Callable[[np.ndarray], dict[str, np.ndarray]], n: int, groups: Any, n_boot: int, seed: int
+) -> dict[str, dict]:
+    """Point value (all weights 1) and percentile bootstrap CI of every quantity `batch` returns."""
+    point = batch(np.ones((1, n)))
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
+    for w in bootstrap_weights(n, n_boot, seed, groups):
+        for k, v in batch(w).items():
+            samples[k].append(v)
+    return {
+        k: {"value": float(point[k][0]), "ci95": list(percentile_ci(np.concatenate(v) if v else np.array([])))}
+        for k, v in samples.items()
+    }
+
+
+def segmentation_metrics(
+    counts: dict[str, np.ndarray],
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    lesion: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Dice, IoU, pixel precision and recall over a test set, with percentile bootstrap 95 % CIs.
+
+    Args:
+        counts: `mask_counts` output for N images.
+        groups: group id per image (patient, or duplicate group); whole groups are resampled.
+        lesion: bool (N,) marking the images that show a lesion; default: those whose true mask is non-empty.
+        n_boot: bootstrap resamples.
+        seed: random seed.
+
+    Returns:
+        "dice", "iou": mean per-image scores; "dice_pooled", "iou_pooled": from pixel counts summed over images;
+        "precision", "recall": pooled pixel precision and recall; "dice_lesion", "iou_lesion": mean over lesion
+        images (None when there are none); each ``{"value", "ci95"}``. "empty_images" (only when some true masks
+        are empty): {"n", "false_positive_rate" (fraction with any predicted pixel), "ci95"}.
+        "per_image_quantiles": {min, q25, median, q75, max} of the per-image Dice; "n_images", "n_lesion_images".
+    """
+    c = {k: np.asarray(counts[k], dtype=float) for k in COUNT_KEYS}
+    n = len(c["tp"])
+    if n == 0:
+        raise ValueError("no images to score")
+    dice, iou = dice_iou(counts)
+    has_lesion = c["true_area"] > 0 if lesion is None else np.asarray(lesion, dtype=bool)
+    if has_lesion.shape != (n,):
+        raise ValueError(f"lesion has shape {has_lesion.shape}; pass one flag per image, shape ({n},)")
+    empty = c["true_area"] == 0
+    predicted = (c["pred_area"] > 0).astype(float)
+
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N) image weights -> {name: (B,)}
+        tp, fp, fn = w @ c["tp"], w @ c["fp"], w @ c["fn"]
+        total = w.sum(axis=1)
+        out = {
+            "dice": _ratio(w @ dice, total, np.nan),
+            "iou": _ratio(w @ iou, total, np.nan),
+            "dice_pooled": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+            "iou_pooled": _ratio(tp, tp + fp + fn, 1.0),
+            "precision": _ratio(tp, tp + fp, np.nan),
+            "recall": _ratio(tp, tp + fn, np.nan),
+        }
+        if has_lesion.any():
+            wl = w * has_lesion
+            out["dice_lesion"] = _ratio(wl @ dice, wl.sum(axis=1), np.nan)
+            out["iou_lesion"] = _ratio(wl @ iou, wl.sum(axis=1), np.nan)
+        if empty.any():
+            we = w * empty
+            out["empty_fpr"] = _ratio(we @ predicted, we.sum(axis=1), np.nan)
+        return out
+
+    stats = _with_ci(batch, n, groups, n_boot, seed)
+    result = {k: stats[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall")}
+    result["dice_lesion"] = stats.get("dice_lesion")
+    result["iou_lesion"] = stats.get("iou_lesion")
+    if empty.any():
+        fpr = stats["empty_fpr"]
+        result["empty_images"] = {"n": int(empty.sum()), "false_positive_rate": fpr["value"], "ci95": fpr["ci95"]}
+    quantiles = np.quantile(dice, [0, 0.25, 0.5, 0.75, 1]).tolist()
+    result["per_image_quantiles"] = dict(zip(("min", "q25", "median", "q75", "max"), quantiles, strict=True))
+    result["n_images"] = n
+    result["n_lesion_images"] = int(has_lesion.sum())
+    return result
+
+
+def per_image_table(counts: dict[str, np.ndarray], keys: Sequence[Any]) -> pd.DataFrame:
+    """One row per image: key (e.g. the file), dice, iou, true_area, pred_area; to pick best/median/worst cases."""
+    dice, iou = dice_iou(counts)
+    if len(keys) != len(dice):
+        raise ValueError(f"{len(keys)} keys for {len(dice)} images")
+    return pd.DataFrame(
+        {
+            "key": list(keys),
+            "dice": dice,
+            "iou": iou,
+            "true_area": np.asarray(counts["true_area"]),
+            "pred_area": np.asarray(counts["pred_area"]),
+        }
+    )

@@ -1,0 +1,258 @@
+"""Lesion segmentation and joint segmentation + classification networks behind one factory, `create_segmenter`.
+
+Every model takes normalised float images (B, 3, H, W), sides multiples of 32, and returns a dict:
+"mask": lesion logits (B, 1, H, W); in training mode only, "aux": the deep-supervision logits (B, 1, H, W) of
+AttentionNestedUNet; for multitask models, "class": logits (B, K). "dsconv-resnet" returns only "class".
+
+Architectures (`ARCHS`), with their parameters at the defaults (mask only; a 3-class head adds 1.5-3 k):
+- "attention-unetpp": AttentionNestedUNet, UNet++ of residual CBAM blocks, from scratch: 2.46 M.
+- "unet", "unetpp": segmentation_models_pytorch U-Net / UNet++ on a timm encoder, ImageNet weights offline
+  for tf_efficientnet_lite0..2: 5.20 M / 5.43 M with lite0.
+- "unet-vgg11": U-Net on a VGG11 encoder, TernausNet-like: 18.25 M; no offline weights ship.
+- "dsconv-resnet": DSConvResNet, the classification-only arm of the renal design: 0.19 M at 3 classes.
+
+A multitask model pools the deepest features twice, over the whole image and weighted by the predicted lesion
+probability, so the class sees the lesion the mask found; the encoder runs once for both outputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcad.errors import ConfigError
+from medcad.models.attention_unet import AttentionNestedUNet, attention_maps
+from medcad.models.backbones import DEFAULT_BACKBONE, check_model_name, load_weights, offline_weights_path
+
+__all__ = [
+    "ARCHS",
+    "AttentionNestedUNet",
+    "DSConvResNet",
+    "JointSegClassifier",
+    "SmpSegmenter",
+    "attention_maps",
+    "cam_target_name",
+    "create_segmenter",
+    "segmenter_data_config",
+]
+
+ARCHS = ("attention-unetpp", "unet", "unetpp", "unet-vgg11", "dsconv-resnet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SmpSegmenter(nn.Module):
+    """A segmentation_models_pytorch model (`net`, one output class) returning the medcad output dict."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.out_channels = list(net.encoder.out_channels)
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Mask logits (B, 1, H, W), no deep-supervision outputs, and the deepest encoder features."""
+        self.net.check_input_shape(x)
+        features = self.net.encoder(x)
+        return self.net.segmentation_head(self.net.decoder(features)), [], features[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mask": self.forward_parts(x)[0]}
+
+
+class JointSegClassifier(nn.Module):
+    """A segmenter plus a class head on its deepest features, pooled globally and over the predicted lesion.
+
+    The lesion weights are the detached mask probabilities resized to the feature map: the class loss shapes
+    the shared features but not the mask, which its own loss trains.
+
+    Args:
+        segmenter: a module with `forward_parts(x) -> (mask, aux, deepest features)` and `out_channels`.
+        n_classes: number of classes.
+        dropout: dropout before the linear layer.
+    """
+
+    def __init__(self, segmenter: nn.Module, n_classes: int, dropout: float = 0.2, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.eps = eps
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * segmenter.out_channels[-1], n_classes))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        mask, aux, feats = self.segmenter.forward_parts(x)
+        feats = feats.float()  # (B, C, h, w); pooled sums in float32 also under bf16 autocast
+        m = F.adaptive_avg_pool2d(torch.sigmoid(mask.detach().float()), feats.shape[-2:])  # (B, 1, h, w)
+        pooled = feats.mean(dim=(2, 3))
+        lesion = (feats * m).sum(dim=(2, 3)) / (m.sum(dim=(2, 3)) + self.eps)
+        out = {"mask": mask, "class": self.head(torch.cat([pooled, lesion], dim=1))}
+        if self.training and aux:
+            out["aux"] = aux
+        return out
+
+
+class DSConv(nn.Sequential):
+    """Depthwise 3x3 (stride s) + BN + ReLU, pointwise 1x1 + BN, then ReLU when `act`."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, act: bool = True) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, in_ch, 3, stride, 1, groups=in_ch, bias=False),
+            nn.BatchNorm2d(in_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            *([nn.ReLU(inplace=True)] if act else []),
+        )
+
+
+class DSResBlock(nn.Module):
+    """Two depthwise-separable convs with a residual shortcut (1x1 conv-BN when shape changes), then ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(DSConv(in_ch, out_ch, stride), DSConv(out_ch, out_ch, act=False))
+        self.shortcut = (
+            nn.Identity()
+            if in_ch == out_ch and stride == 1
+            else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class DSConvResNet(nn.Module):
+    """Small classifier of depthwise-separable residual blocks: the classification-only arm of the renal design.
+
+    A stride-2 3x3 stem, then `depth` stages of one stride-2 DSResBlock each doubling the width, global average
+    pooling, dropout and a linear layer. Trained from scratch; returns {"class": logits (B, n_classes)}.
+
+    Args:
+        n_classes: number of classes.
+        width: channels after the stem (and of the first stage).
+        depth: number of stages.
+        dropout: dropout before the linear layer.
+    """
+
+    def __init__(self, n_classes: int, width: int = 32, depth: int = 4, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        widths = [width * 2**i for i in range(depth)]
+        self.stages = nn.Sequential(
+            *(DSResBlock(c_in, c_out, 2) for c_in, c_out in zip([width, *widths[:-1]], widths, strict=True))
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"class": self.head(self.stages(self.stem(x)))}
+
+
+def _smp_net(arch: str, encoder: str, weights: str) -> nn.Module:
+    """U-Net / UNet++ with one output channel; ImageNet encoder weights per `weights` (see create_segmenter)."""
+    import segmentation_models_pytorch as smp
+
+    vgg = arch == "unet-vgg11"
+    if not vgg:
+        check_model_name(encoder)
+    name = "vgg11" if vgg else f"tu-{encoder}"
+    cls = smp.UnetPlusPlus if arch == "unetpp" else smp.Unet
+    if weights == "hub":
+        try:
+            return cls(encoder_name=name, encoder_weights="imagenet", classes=1)
+        except Exception as e:
+            raise ConfigError(
+                f"could not download ImageNet weights for the {name!r} encoder ({type(e).__name__}: {e}); "
+                "use --weights PATH with a local file, or --weights none"
+            ) from e
+    net = cls(encoder_name=name, encoder_weights=None, classes=1)
+    if weights == "none":
+        return net
+    if weights == "auto":
+        path = None if vgg else offline_weights_path(encoder)
+        if path is None:
+            warnings.warn(
+                f"no offline ImageNet weights for the {'vgg11' if vgg else encoder!r} encoder: it starts from "
+                "random init. Use --weights PATH (a torchvision or timm state dict) or --weights hub",
+                stacklevel=3,
+            )
+            return net
+    else:
+        path = Path(weights)
+    # By key name, or by position for the offline files (their blocks come first, in timm's order).
+    load_weights(net.encoder if vgg else net.encoder.model, path, skip_classifier=False)
+    return net
+
+
+def create_segmenter(
+    arch: str,
+    *,
+    n_classes: int | None = None,
+    encoder: str = DEFAULT_BACKBONE,
+    weights: str = "auto",
+    dropout: float = 0.2,
+) -> nn.Module:
+    """A segmentation model, a joint segmentation + classification model, or the DSConv classifier.
+
+    Args:
+        arch: one of `ARCHS`.
+        n_classes: None for a mask-only model; a number of classes adds a class head ("class" output).
+            Required by "dsconv-resnet".
+        encoder: timm encoder name of "unet" and "unetpp"; other architectures ignore it.
+        weights: encoder weights of the smp models: "auto" (offline ImageNet weights when a package ships them,
+            else random init with a warning), "hub" (download), "none", or a path to a state dict (timm or
+            offline-package key names; torchvision's for "unet-vgg11", whose classifier is ignored).
+            "attention-unetpp" and "dsconv-resnet" always train from scratch and ignore it.
+        dropout: dropout before the class head's linear layer, and Dropout2d on the AttentionNestedUNet
+            bottleneck.
+
+    Raises:
+        ConfigError: unknown architecture or encoder, missing n_classes, or failed download.
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown segmentation architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch == "dsconv-resnet":
+        if n_classes is None:
+            raise ConfigError("dsconv-resnet only classifies: give it a number of classes (multitask task)")
+        return DSConvResNet(n_classes, dropout=dropout)
+    seg = (
+        AttentionNestedUNet(dropout=dropout)
+        if arch == "attention-unetpp"
+        else SmpSegmenter(_smp_net(arch, encoder, weights))
+    )
+    return seg if n_classes is None else JointSegClassifier(seg, n_classes, dropout)
+
+
+def segmenter_data_config(model: nn.Module) -> dict[str, list[float]]:
+    """Input normalisation: ImageNet mean and std for every architecture (pretrained encoders expect them; they
+    are as good as any for the from-scratch models)."""
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def cam_target_name(model: nn.Module, output: str = "class") -> str:
+    """Dotted name (for `model.get_submodule`) of the layer whose activations Grad-CAM should weigh.
+
+    Args:
+        model: a model from `create_segmenter`.
+        output: "class" gives the deepest feature map (the one the class head pools); "mask" gives the last
+            decoder stage, at full or half resolution.
+    """
+    if isinstance(model, DSConvResNet):
+        return f"stages.{len(model.stages) - 1}"
+    if isinstance(model, JointSegClassifier):
+        return "segmenter." + cam_target_name(model.segmenter, output)
+    if isinstance(model, AttentionNestedUNet):
+        return f"nodes.x0_{model.depth}" if output == "mask" else f"nodes.x{model.depth}_0"
+    if isinstance(model, SmpSegmenter):
+        if output == "mask":
+            return "net.decoder"
+        enc = model.net.encoder
+        if hasattr(enc, "features"):  # VGG: the last pooling is the deepest output
+            return f"net.encoder.features.{len(enc.features) - 1}"
+        return "net.encoder.model." + enc.model.feature_info.get_dicts()[-1]["module"]
+    raise ConfigError(f"no Grad-CAM target known for {type(model).__name__}")

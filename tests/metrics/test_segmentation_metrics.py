@@ -1,0 +1,97 @@
+"""Segmentation metrics: counts, Dice and IoU against a direct computation; empty-mask conventions; CIs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table, segmentation_metrics
+
+
+def _random_masks(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Discs of random centre and radius as truth; the prediction a shifted, resized disc plus speckle."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx, r = rng.uniform(8, 24, n), rng.uniform(8, 24, n), rng.uniform(3, 8, n)
+    true = (yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2 < r[:, None, None] ** 2
+    dy, dx, dr = rng.normal(0, 2, n), rng.normal(0, 2, n), rng.normal(0, 1.5, n)
+    pred = (yy - cy[:, None, None] - dy[:, None, None]) ** 2 + (xx - cx[:, None, None] - dx[:, None, None]) ** 2
+    pred = (pred < (r + dr)[:, None, None] ** 2) | (rng.random((n, size, size)) < 0.01)
+    return pred, true
+
+
+def test_counts_and_scores_match_a_direct_computation() -> None:
+    pred, true = _random_masks(12)
+    counts = mask_counts(pred, true)
+    dice, iou = dice_iou(counts)
+    for i in range(12):
+        p, t = pred[i], true[i]
+        assert counts["tp"][i] == (p & t).sum() and counts["fp"][i] == (p & ~t).sum()
+        assert counts["fn"][i] == (~p & t).sum() and counts["pred_area"][i] == p.sum()
+        assert dice[i] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))
+        assert iou[i] == pytest.approx((p & t).sum() / (p | t).sum())
+    assert counts["tp"].dtype == np.int64
+
+    m = segmentation_metrics(counts, n_boot=200)
+    assert m["dice"]["value"] == pytest.approx(dice.mean()) and m["iou"]["value"] == pytest.approx(iou.mean())
+    inter, union = (pred & true).sum(), (pred | true).sum()
+    assert m["dice_pooled"]["value"] == pytest.approx(2 * inter / (pred.sum() + true.sum()))
+    assert m["iou_pooled"]["value"] == pytest.approx(inter / union)
+    assert m["precision"]["value"] == pytest.approx(inter / pred.sum())
+    assert m["recall"]["value"] == pytest.approx(inter / true.sum())
+    assert m["dice_lesion"]["value"] == pytest.approx(dice.mean())  # every truth is a disc
+    assert "empty_images" not in m and m["n_images"] == m["n_lesion_images"] == 12
+    q = m["per_image_quantiles"]
+    assert q["min"] == pytest.approx(dice.min()) and q["median"] == pytest.approx(np.median(dice))
+
+    quick = segmentation_metrics(counts, n_boot=0)  # per-fold summaries: values only, no CI
+    assert quick["dice"]["value"] == m["dice"]["value"] and np.isnan(quick["dice"]["ci95"]).all()
+
+    table = per_image_table(counts, [f"img{i}.png" for i in range(12)])
+    assert list(table.columns) == ["key", "dice", "iou", "true_area", "pred_area"]
+    assert table["dice"].to_numpy() == pytest.approx(dice) and table.loc[3, "key"] == "img3.png"
+
+
+def test_empty_mask_conventions() -> None:
+    z, one = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    one[2:4, 2:4] = True
+    # both empty; prediction on an empty truth; missed lesion; perfect lesion
+    pred, true = np.stack([z, one, z, one]), np.stack([z, z, one, one])
+    dice, iou = dice_iou(mask_counts(pred, true))
+    assert dice.tolist() == [1.0, 0.0, 0.0, 1.0] and iou.tolist() == [1.0, 0.0, 0.0, 1.0]
+    m = segmentation_metrics(mask_counts(pred, true), n_boot=100)
+    assert m["dice"]["value"] == 0.5 and m["dice_lesion"]["value"] == 0.5 and m["n_lesion_images"] == 2
+    assert m["empty_images"]["n"] == 2 and m["empty_images"]["false_positive_rate"] == 0.5
+    assert m["precision"]["value"] == 0.5 and m["recall"]["value"] == 0.5
+
+    nothing = segmentation_metrics(mask_counts(np.stack([z, z]), np.stack([z, z])), n_boot=50)
+    assert nothing["dice"]["value"] == nothing["dice_pooled"]["value"] == 1.0
+    assert nothing["dice_lesion"] is None and nothing["iou_lesion"] is None
+    assert np.isnan(nothing["precision"]["value"]) and nothing["empty_images"]["false_positive_rate"] == 0.0
+
+    flagged = segmentation_metrics(mask_counts(pred, true), lesion=np.array([0, 1, 1, 1], bool), n_boot=50)
+    assert flagged["dice_lesion"]["value"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="must both be"):
+        mask_counts(pred, true[:, :4])
+
+
+def test_ci_contains_the_value_and_narrows_with_more_images() -> None:
+    widths = []
+    for n in (20, 320):
+        m = segmentation_metrics(mask_counts(*_random_masks(n, seed=n)), n_boot=300, seed=1)
+        for key in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall", "dice_lesion"):
+            lo, hi = m[key]["ci95"]
+            assert lo <= m[key]["value"] <= hi
+        widths.append(m["dice"]["ci95"][1] - m["dice"]["ci95"][0])
+    assert widths[1] < 0.5 * widths[0]
+
+
+def test_grouped_bootstrap_resamples_whole_patients() -> None:
+    counts = mask_counts(*_random_masks(30, seed=3))
+    patients = np.repeat(np.arange(6), 5)
+    m = segmentation_metrics(counts, groups=patients, n_boot=300)
+    lo, hi = m["dice"]["ci95"]
+    assert lo <= m["dice"]["value"] <= hi
+    assert m == segmentation_metrics(counts, groups=patients, n_boot=300)  # seeded
+    with pytest.raises(ValueError, match="one group id"):
+        segmentation_metrics(counts, groups=patients[:10], n_boot=10)

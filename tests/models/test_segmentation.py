@@ -1,0 +1,146 @@
+"""Segmentation models: the output-dict contract per architecture, offline encoder weights, CBAM maps, learning.
+
+Parameters at the defaults (mask only): attention-unetpp 2.46 M, unet 5.20 M, unetpp 5.43 M (lite0 encoder),
+unet-vgg11 18.25 M; dsconv-resnet 0.19 M at 3 classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medcad.errors import ConfigError
+from medcad.models.backbones import offline_weights_path
+from medcad.models.segmentation import (
+    ARCHS,
+    attention_maps,
+    cam_target_name,
+    create_segmenter,
+    segmenter_data_config,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster on one thread, and do not stall when other jobs share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CASES = [(arch, k) for arch in ARCHS for k in ((3,) if arch == "dsconv-resnet" else (None, 3))]
+
+
+@pytest.mark.parametrize(("arch", "n_classes"), CASES)
+def test_output_dict_in_train_and_eval_mode(arch: str, n_classes: int | None) -> None:
+    torch.manual_seed(0)
+    model = create_segmenter(arch, n_classes=n_classes, weights="none").to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    seg = arch != "dsconv-resnet"
+    deep = arch == "attention-unetpp"
+    cam = {}
+    model.get_submodule(cam_target_name(model)).register_forward_hook(lambda m, i, o: cam.update(out=o))
+
+    out = model.train()(x)
+    assert set(out) == {k for k, on in [("mask", seg), ("aux", deep), ("class", n_classes)] if on}
+    if seg:
+        assert out["mask"].shape == (2, 1, 64, 64)
+    if deep:
+        assert len(out["aux"]) == 3 and all(a.shape == (2, 1, 64, 64) for a in out["aux"])
+    if n_classes:
+        assert out["class"].shape == (2, n_classes)
+    assert isinstance(cam["out"], torch.Tensor) and cam["out"].ndim == 4  # a usable Grad-CAM layer
+    loss = sum(v.float().mean() for k, v in out.items() if k != "aux") + sum(a.mean() for a in out.get("aux", []))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.eval()(x)
+    assert "aux" not in out
+    if seg:
+        assert out["mask"].shape == (2, 1, 64, 64) and torch.isfinite(out["mask"].float()).all()
+    if n_classes:
+        assert out["class"].shape == (2, n_classes)
+    assert segmenter_data_config(model) == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.parametrize("arch", ["unet", "unetpp"])
+def test_offline_imagenet_weights_fill_the_smp_encoder(arch: str) -> None:
+    """The offline file has other key names: tensors are copied by position; the first and the last encoder
+    tensors, and one in between, must equal the file's (its conv_head, bn and classifier come after)."""
+    path = offline_weights_path("tf_efficientnet_lite0")
+    if path is None:
+        pytest.skip("efficientnet-lite0 offline weights package not installed")
+    src = [v for k, v in torch.load(path, weights_only=True).items() if not k.endswith("num_batches_tracked")]
+    model = create_segmenter(arch, weights="auto")
+    enc = model.net.encoder.model.state_dict()
+    dst = [k for k in enc if not k.endswith("num_batches_tracked")]
+    assert dst[0] == "conv_stem.weight" and torch.equal(enc["conv_stem.weight"], src[0])
+    assert dst[-1] == "blocks.6.0.bn3.running_var" and torch.equal(enc[dst[-1]], src[len(dst) - 1])
+    mid = len(dst) // 2
+    assert torch.equal(enc[dst[mid]], src[mid])
+    assert src[len(dst)].shape == (1280, 320, 1, 1)  # conv_head: the first file tensor the encoder lacks
+
+
+def test_vgg11_weights_from_a_torchvision_state_dict(tmp_path) -> None:
+    enc = create_segmenter("unet-vgg11", weights="none").net.encoder
+    sd = {k: torch.randn_like(v) for k, v in enc.state_dict().items()}
+    sd["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's head: ignored
+    torch.save(sd, tmp_path / "vgg11.pth")
+    loaded = create_segmenter("unet-vgg11", weights=str(tmp_path / "vgg11.pth")).net.encoder.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items() if k.startswith("features."))
+    with pytest.warns(UserWarning, match="no offline ImageNet weights for the 'vgg11' encoder"):
+        create_segmenter("unet-vgg11", weights="auto")
+
+
+def test_bad_settings_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown segmentation architecture 'segnet'; choose one of attention-unetpp"):
+        create_segmenter("segnet")
+    with pytest.raises(ConfigError, match="dsconv-resnet only classifies"):
+        create_segmenter("dsconv-resnet")
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        create_segmenter("unet", encoder="efficientnet_lite_zero", weights="none")
+    with pytest.raises(ValueError, match="divisible by 16"):
+        create_segmenter("attention-unetpp")(torch.randn(1, 3, 40, 40))
+
+
+def test_cbam_attention_maps_after_a_forward_pass() -> None:
+    model = create_segmenter("attention-unetpp", n_classes=2).eval()
+    assert attention_maps(model) == []
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    maps = attention_maps(model)
+    assert len(maps) == 15  # one CBAM per UNet++ node X^{i,j}, i + j <= 4
+    assert maps[0].shape == maps[-1].shape == (2, 1, 64, 64) and maps[4].shape == (2, 1, 4, 4)
+    assert all(m.min() >= 0 and m.max() <= 1 for m in maps)
+
+
+def _disc(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bright disc on a noisy dark background, and its mask."""
+    yy, xx = np.mgrid[:size, :size]
+    mask = ((yy - 24) ** 2 + (xx - 36) ** 2 < 12**2).astype(np.float32)
+    img = 0.2 + 0.6 * mask + 0.05 * np.random.default_rng(0).standard_normal((size, size))
+    x = torch.from_numpy(np.repeat(img[None, None], 3, axis=1).astype(np.float32))
+    return (x - 0.45) / 0.25, torch.from_numpy(mask)[None, None]
+
+
+def test_attention_unetpp_overfits_one_disc() -> None:
+    torch.manual_seed(0)
+    model = create_segmenter("attention-unetpp", dropout=0.0).train()
+    x, m = _disc()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        out = model(x)
+        loss = sum(F.binary_cross_entropy_with_logits(p, m) for p in [out["mask"], *out["aux"]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(F.binary_cross_entropy_with_logits(out["mask"].detach(), m)))
+    assert losses[-1] < 0.6 * losses[0]
+    logits = out["mask"].detach()[0, 0]
+    assert logits[m[0, 0] > 0].mean() > logits[m[0, 0] == 0].mean() + 1  # the disc stands out
