@@ -1,0 +1,111 @@
+"""Bounding boxes: from masks, checked against their image, scaled to the training size, as arrays.
+
+A box is `[x0, y0, x1, y1, label]` in pixel coordinates of its image, x1/y1 exclusive (COCO's x + w), as in
+the manifest's `boxes` column. Bad boxes in user data are clipped or dropped with a message naming the file,
+never an exception: one mislabelled frame should not stop a study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from medcad.errors import DataError
+
+
+def boxes_from_mask(mask: np.ndarray, label: str, min_area: int = 16) -> list[list]:
+    """One box per connected component (8-connectivity) of a mask.
+
+    Args:
+        mask: (H, W) mask; nonzero is foreground.
+        label: class name given to every box.
+        min_area: components with fewer pixels are specks and give no box.
+
+    Returns:
+        [[x0, y0, x1, y1, label], ...] with int coordinates, x1/y1 exclusive, in component order.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask has shape {m.shape}; expected (H, W)")
+    n, _, stats, _ = cv2.connectedComponentsWithStats((m != 0).astype(np.uint8), connectivity=8)
+    return [[int(x), int(y), int(x + w), int(y + h), label] for x, y, w, h, area in stats[1:n] if area >= min_area]
+
+
+def _coords(box: object) -> tuple[list[float], object] | None:
+    """(x0, y0, x1, y1) as finite floats and the label, or None when the box is malformed."""
+    if not isinstance(box, list | tuple) or len(box) != 5:
+        return None
+    try:
+        xy = [float(v) for v in box[:4]]
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in xy) or not isinstance(box[4], str | int):
+        return None
+    return xy, box[4]
+
+
+def clean_boxes(boxes: list[list], width: int, height: int, source: str) -> tuple[list[list], list[str]]:
+    """Clip boxes to the image and drop the unusable ones, saying what was done.
+
+    Args:
+        boxes: [[x0, y0, x1, y1, label], ...] in pixels of the image.
+        width: image width in pixels.
+        height: image height in pixels.
+        source: the image's name, used in the messages (e.g. "images/a.jpg").
+
+    Returns:
+        (kept boxes with float coordinates clipped to [0, width] x [0, height], human-readable problems).
+    """
+    kept: list[list] = []
+    problems: list[str] = []
+    for box in boxes or []:
+        parsed = _coords(box)
+        if parsed is None:
+            problems.append(f"{source}: {box!r} is not a box [x0, y0, x1, y1, label] with numbers; dropped")
+            continue
+        (x0, y0, x1, y1), label = parsed
+        cx0, cx1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+        cy0, cy1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
+        shown, clipped = [x0, y0, x1, y1], (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1)
+        if cx1 <= cx0 or cy1 <= cy0 or (cx1 - cx0) * (cy1 - cy0) < 1:
+            why = f"outside the {width}x{height} image" if clipped else "has no area (under 1 pixel)"
+            problems.append(f"{source}: box {shown} ({label}) {why}; dropped")
+            continue
+        if clipped:
+            problems.append(f"{source}: box {shown} ({label}) outside the {width}x{height} image, clipped")
+        kept.append([cx0, cy0, cx1, cy1, label])
+    return kept, problems
+
+
+def scale_boxes(boxes: list[list], from_wh: tuple[int, int], to_size: int | tuple[int, int]) -> list[list]:
+    """Map boxes from an image of size `from_wh` (width, height) to its resized copy.
+
+    Args:
+        boxes: [[x0, y0, x1, y1, label], ...] in pixels of the original image.
+        from_wh: (width, height) of the original image.
+        to_size: side of the square training image, or its (width, height).
+
+    Returns:
+        Boxes with float coordinates in the resized image; labels unchanged.
+    """
+    tw, th = (to_size, to_size) if isinstance(to_size, int) else to_size
+    sx, sy = tw / from_wh[0], th / from_wh[1]
+    return [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy, *b[4:]] for b in boxes]
+
+
+def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str) -> np.ndarray:
+    """Boxes as the (m, 5) float array [x0, y0, x1, y1, class_index] that training and metrics take.
+
+    Raises:
+        DataError: a box's label is not among `labels` (class names, background excluded).
+    """
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = np.zeros((len(boxes), 5), np.float32)
+    for j, b in enumerate(boxes):
+        if b[4] not in index:
+            raise DataError(source, f"box label {b[4]!r} is not one of the detection classes {list(labels)}")
+        out[j] = [*b[:4], index[b[4]]]
+    return out

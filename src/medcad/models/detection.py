@@ -1,0 +1,200 @@
+"""SSD / SSDlite detector on a timm backbone (torchvision's SSD machinery, ImageNet weights offline).
+
+The backbone's last two feature maps (strides 16 and 32) feed four SSDlite extra blocks (1x1 reduce, 3x3
+depthwise stride 2, 1x1 expand), giving six maps at strides 16..512, as in SSDlite320. Default boxes span
+8 %-80 % of the frame side (polyps fill roughly 5-60 % of a colonoscopy frame), with aspect ratios 1, 2, 3.
+
+The model is a plain `torchvision.models.detection.ssd.SSD`:
+- training: `model(images, targets)` -> {"bbox_regression", "classification"} losses, where images are float
+  (3, S, S) tensors in [0, 1] and targets {"boxes": (m, 4) float xyxy pixels, "labels": (m,) int64 in 1..n};
+  a frame without boxes has boxes of shape (0, 4) and labels of shape (0,);
+- inference: `model(images)` -> [{"boxes", "scores", "labels"}] per image (labels 1..n; 0 is background).
+Normalisation (the backbone's ImageNet mean/std) and resizing to (S, S) happen inside (`model.transform`).
+
+Under bf16 autocast (CPU) the backbone and heads run in bf16 while the head outputs, default boxes, box
+decoding and losses stay float32 (`_Float32Outputs`, `Anchors`): bf16 has a 1-2 px step at 320 px. Training
+this way gives finite losses (tested) and is ~2x faster than float32 here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.models.detection.ssdlite import SSDLiteHead
+from torchvision.ops import Conv2dNormActivation
+
+from medcad.errors import ConfigError
+from medcad.models.backbones import DEFAULT_BACKBONE, create_backbone
+
+HEADS = ("ssdlite", "ssd")
+EXTRA_CHANNELS = (512, 256, 256, 128)  # SSDlite320's extra layers
+MIN_SCALE, MAX_SCALE = 0.08, 0.8  # default-box side as a fraction of the image side, first and last map
+ASPECT_RATIOS = (2, 3)  # besides 1 (two sizes), per map: boxes w:h = r:1 and 1:r
+DETECTIONS_PER_IMAGE = 50
+SCORE_THRESH = 0.01  # low, so that average precision sees the whole ranking
+NMS_IOU = 0.45
+
+
+class _Float32Outputs:
+    """Mixin for a head: outputs as float32, so that decoding and losses never run in bf16 under autocast."""
+
+    def forward(self, x: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.float() for k, v in super().forward(x).items()}
+
+
+class LiteHead(_Float32Outputs, SSDLiteHead):
+    """SSDlite head (depthwise-separable predictors) with float32 outputs."""
+
+
+class Head(_Float32Outputs, SSDHead):
+    """SSD head (3x3 convolution predictors) with float32 outputs."""
+
+
+class Anchors(DefaultBoxGenerator):
+    """Default boxes in float32 whatever the feature maps' dtype (torchvision follows the features' dtype)."""
+
+    def forward(self, image_list, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return super().forward(image_list, [f.float() for f in feature_maps])
+
+
+def _norm_layer() -> partial:
+    return partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03)
+
+
+def _extra_block(c_in: int, c_out: int) -> nn.Sequential:
+    """Depthwise-separable downsampling (SSDlite): 1x1 to c_out/2, 3x3 depthwise stride 2, 1x1 to c_out."""
+    mid, norm = c_out // 2, _norm_layer()
+    return nn.Sequential(
+        Conv2dNormActivation(c_in, mid, kernel_size=1, norm_layer=norm, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(mid, mid, kernel_size=3, stride=2, groups=mid, norm_layer=norm, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(mid, c_out, kernel_size=1, norm_layer=norm, activation_layer=nn.ReLU6),
+    )
+
+
+class FeaturePyramid(nn.Module):
+    """timm `features_only` body (strides 16 and 32) + extra blocks -> six feature maps as an OrderedDict.
+
+    Attributes:
+        body: the timm feature extractor (ImageNet weights); its last stage is a natural CAM target layer.
+        extra: the downsampling blocks after the stride-32 map.
+        out_channels: channels of the six maps (torchvision's SSD reads this attribute).
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str = "auto") -> None:
+        super().__init__()
+        self.body = create_backbone(backbone, weights, features_only=True, out_indices=(-2, -1))
+        reductions = self.body.feature_info.reduction()
+        if reductions != [16, 32]:
+            raise ConfigError(
+                f"backbone {backbone!r} gives feature maps at strides {reductions}; the detector needs a CNN whose "
+                "last two stages have strides 16 and 32 (e.g. tf_efficientnet_lite0, resnet50, mobilenetv3)"
+            )
+        channels = list(self.body.feature_info.channels())
+        blocks, c = [], channels[-1]
+        for c_out in EXTRA_CHANNELS:
+            blocks.append(_extra_block(c, c_out))
+            c = c_out
+        self.extra = nn.ModuleList(blocks)
+        for m in self.extra.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.03)
+        self.out_channels = channels + list(EXTRA_CHANNELS)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = list(self.body(x))  # (B, C16, S/16, S/16), (B, C32, S/32, S/32)
+        y = maps[-1]
+        for block in self.extra:
+            y = block(y)  # halves the side each time, down to 1x1
+            maps.append(y)
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+def create_detector(
+    n_classes: int,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str = "auto",
+    image_size: int = 320,
+    head: str = "ssdlite",
+) -> SSD:
+    """An SSD detector on a timm backbone.
+
+    Args:
+        n_classes: object classes, background excluded (the model predicts labels 1..n_classes).
+        backbone: timm CNN name whose last two stages have strides 16 and 32.
+        weights: backbone weights: "auto" (offline ImageNet when installed), "hub", "none" or a state-dict path.
+        image_size: side of the square input; images of other sizes are resized inside the model.
+        head: "ssdlite" (depthwise-separable predictors, fast) or "ssd" (plain 3x3 convolutions).
+
+    Returns:
+        torchvision `SSD`; `model.backbone.body` is the timm feature extractor.
+    """
+    if n_classes < 1:
+        raise ConfigError(f"a detector needs at least one object class, got n_classes={n_classes}")
+    if head not in HEADS:
+        raise ConfigError(f"unknown detection head {head!r}; choose one of {', '.join(HEADS)}")
+    if image_size < 32:
+        raise ConfigError(f"detector image_size must be at least 32 px, got {image_size}")
+    features = FeaturePyramid(backbone, weights)
+    anchors = Anchors([list(ASPECT_RATIOS) for _ in features.out_channels], min_ratio=MIN_SCALE, max_ratio=MAX_SCALE)
+    n_anchors = anchors.num_anchors_per_location()
+    if head == "ssdlite":
+        predictor = LiteHead(features.out_channels, n_anchors, n_classes + 1, _norm_layer())
+    else:
+        predictor = Head(features.out_channels, n_anchors, n_classes + 1)
+    cfg = features.body.pretrained_cfg
+    model = SSD(
+        features,
+        anchors,
+        (image_size, image_size),
+        n_classes + 1,
+        image_mean=list(cfg.get("mean", (0.485, 0.456, 0.406))),
+        image_std=list(cfg.get("std", (0.229, 0.224, 0.225))),
+        head=predictor,
+        score_thresh=SCORE_THRESH,
+        nms_thresh=NMS_IOU,
+        detections_per_img=DETECTIONS_PER_IMAGE,
+        topk_candidates=200,
+    )
+    model.medcad_config = {"backbone": backbone, "head": head, "n_classes": n_classes, "image_size": image_size}
+    return model
+
+
+def detector_data_config(model: SSD) -> dict:
+    """Preprocessing and layout of a detector, stored in its model file.
+
+    Returns:
+        {mean, std, interpolation, input_size [3, S, S], backbone, head, n_classes, image_size, box_format}.
+        Images go in as RGB in [0, 1] (the model normalises with mean/std itself); boxes come out as
+        [x0, y0, x1, y1] pixels of the input image.
+    """
+    body_cfg = model.backbone.body.pretrained_cfg
+    size = model.medcad_config["image_size"]
+    return {
+        "mean": [float(v) for v in model.transform.image_mean],
+        "std": [float(v) for v in model.transform.image_std],
+        "interpolation": body_cfg.get("interpolation", "bilinear"),
+        "input_size": [3, size, size],
+        **model.medcad_config,
+        "box_format": "xyxy_pixels",
+    }
+
+
+def set_backbone_bn_eval(model: SSD) -> None:
+    """Keep the pretrained backbone's BatchNorm statistics fixed (small CPU batches would spoil them)."""
+    for m in model.backbone.body.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def cam_target_layers(model: SSD) -> list[nn.Module]:
+    """The backbone stages whose outputs feed the detector (strides 16 and 32): CAM target layers for boxes
+    (e.g. pytorch-grad-cam's gradient-free EigenCAM; the last one is the coarser, more semantic map)."""
+    body = model.backbone.body
+    modules = dict(body.named_modules())
+    return [modules[name] for name in body.feature_info.module_name()]

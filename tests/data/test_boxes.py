@@ -1,0 +1,54 @@
+"""Boxes from masks, clean-up against the image with messages, scaling, and the array form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medcad.data.boxes import boxes_from_mask, boxes_to_array, clean_boxes, scale_boxes
+from medcad.errors import DataError
+
+
+def test_boxes_from_mask_one_per_component_and_specks_dropped() -> None:
+    mask = np.zeros((40, 50), bool)
+    mask[5:15, 10:30] = True  # 10 x 20
+    mask[30:33, 40:44] = True  # 12 pixels: a speck at min_area 16
+    mask[20:26, 0:4] = True  # 24 pixels, touching the border
+    boxes = boxes_from_mask(mask, "polyp")
+    assert sorted(boxes) == sorted([[10, 5, 30, 15, "polyp"], [0, 20, 4, 26, "polyp"]])
+    assert len(boxes_from_mask(mask, "polyp", min_area=1)) == 3
+    assert boxes_from_mask(np.zeros((8, 8), bool), "polyp") == []
+    with pytest.raises(ValueError, match="expected"):
+        boxes_from_mask(np.zeros((8, 8, 3)), "polyp")
+
+
+def test_clean_boxes_clips_drops_and_explains() -> None:
+    boxes = [
+        [10, 10, 50, 40, "polyp"],  # fine
+        [-5, 70, 30, 95, "polyp"],  # reaches outside a 100x80 image: clipped
+        [120, 10, 150, 40, "polyp"],  # wholly outside: dropped
+        [20, 20, 20, 30, "polyp"],  # zero width: dropped
+        [20, 20, 20.5, 21.5, "polyp"],  # under 1 pixel: dropped
+        [1, 2, 3, "polyp"],  # malformed
+        ["a", 2, 3, 4, "polyp"],  # not numbers
+        [1, 2, float("nan"), 4, "polyp"],
+    ]
+    kept, problems = clean_boxes(boxes, 100, 80, "images/a.jpg")
+    assert kept == [[10, 10, 50, 40, "polyp"], [0, 70, 30, 80, "polyp"]]
+    assert len(problems) == 7 and all(p.startswith("images/a.jpg: ") for p in problems)
+    assert "outside the 100x80 image, clipped" in problems[0]
+    assert "dropped" in problems[1] and "outside" in problems[1]
+    assert "no area" in problems[2] and "no area" in problems[3]
+    assert all("not a box" in p for p in problems[4:])
+    assert clean_boxes([], 10, 10, "x") == ([], [])
+
+
+def test_scale_and_array_form() -> None:
+    scaled = scale_boxes([[10, 20, 110, 60, "polyp"]], (200, 100), 64)
+    assert scaled == [[3.2, 12.8, 35.2, 38.4, "polyp"]]
+    assert scale_boxes([[0, 0, 10, 10, "x"]], (20, 20), (40, 80)) == [[0, 0, 20, 40, "x"]]
+    arr = boxes_to_array([[1, 2, 3, 4, "tumour"], [5, 6, 7, 8, "normal"]], ["normal", "tumour"], "a.png")
+    assert arr.shape == (2, 5) and arr[:, 4].tolist() == [1, 0]
+    assert boxes_to_array([], ["normal"], "a.png").shape == (0, 5)
+    with pytest.raises(DataError, match=r"a\.png: box label 'cyst' is not one of"):
+        boxes_to_array([[1, 2, 3, 4, "cyst"]], ["normal"], "a.png")
