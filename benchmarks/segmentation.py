@@ -26,9 +26,9 @@ KVASIR = SHARED / "kvasir-seg"
 BUSI = SHARED / "busi" / "Dataset_BUSI_with_GT"
 
 SEG = TrainConfig(task="segment", augment="kvasir", batch_size=16, lr=3e-4, patience=4, threads=2)
-BUSI_MT = SEG.replace(task="multitask", augment="light", missing_masks="empty", image_size=128, epochs=15)
+BUSI_MT = SEG.replace(task="multitask", augment="light", missing_masks="empty", image_size=128, epochs=10)
 SETTINGS: dict[str, tuple[Path, TrainConfig]] = {
-    "kvasir_unet256": (KVASIR, SEG.replace(arch="unet", image_size=256, epochs=12)),
+    "kvasir_unet256": (KVASIR, SEG.replace(arch="unet", image_size=256, epochs=8, patience=3)),
     "busi_mt_unet128": (BUSI, BUSI_MT.replace(arch="unet")),
     "busi_mt_unetpp128": (BUSI, BUSI_MT.replace(arch="unetpp")),
     "busi_mt_attention128": (BUSI, BUSI_MT.replace(arch="attention-unetpp")),

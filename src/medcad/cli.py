@@ -258,7 +258,9 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for videos, masks and overlays.")] = Path(
         "predictions"
     ),
-    threshold: Annotated[float, typer.Option(help="segment: lesion probability threshold.")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option(help="segment: lesion probability threshold; detect: detection score threshold.")
+    ] = 0.5,
     smooth: Annotated[int, typer.Option(help="Videos: average probabilities over this many frames.")] = 5,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
@@ -271,17 +273,23 @@ def predict(
         from medcad.inference.predictor import Predictor, expand_inputs, run_task
         from medcad.inference.video import predict_video
 
-        if run_task(run) in ("segment", "multitask"):
+        task = run_task(run)
+        if task in ("segment", "multitask"):
             from medcad.inference.masks import predict_mask_files
 
             table = predict_mask_files(run, expand_inputs(inputs), out, fold=fold, threshold=threshold, batch=batch)
-            if as_json:
-                typer.echo(table.to_json(orient="records", indent=1))
-            else:
-                from rich.console import Console
+            _print_table(table, as_json, f"masks and overlays in {out}/ (<image>_mask.png, <image>_overlay.png)")
+            return
+        if task == "detect":
+            from medcad.inference.detections import DetectionPredictor, predict_detection_files
 
-                Console().print(table.to_string(index=False, float_format="%.3f"))
-                typer.echo(f"masks and overlays in {out}/ (<image>_mask.png, <image>_overlay.png, predictions.csv)")
+            images = expand_inputs([p for p in inputs if not is_video(p)])
+            if images:
+                table = predict_detection_files(run, images, out, fold=fold, threshold=threshold, batch=batch)
+                _print_table(table, as_json, f"boxes drawn in {out}/<image>_boxes.png; {out}/predictions.csv")
+            detector = DetectionPredictor(run, fold, threshold, threads)
+            for v in [p for p in inputs if is_video(p)]:
+                _echo_video(predict_video(detector, v, out, batch=batch, smooth=smooth, realtime=realtime))
             return
         predictor = Predictor(run, fold=fold, backend=backend, threads=threads)
         videos = [p for p in inputs if is_video(p)]
@@ -301,10 +309,24 @@ def predict(
             t.add_row(r["image"], r["label"], *[f"{r['probabilities'][lab]:.3f}" for lab in predictor.labels])
         Console().print(t)
     for v in summaries:
-        typer.echo(
-            f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
-            f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
-        )
+        _echo_video(v)
+
+
+def _echo_video(v: dict) -> None:
+    typer.echo(
+        f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
+        f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
+    )
+
+
+def _print_table(table, as_json: bool, where: str) -> None:
+    if as_json:
+        typer.echo(table.to_json(orient="records", indent=1))
+        return
+    from rich.console import Console
+
+    Console().print(table.to_string(index=False, float_format="%.3f"))
+    typer.echo(where)
 
 
 @app.command()
@@ -341,15 +363,27 @@ def explain(
         str | None, typer.Option("--class", help="Explain this class instead of the predicted one.")
     ] = None,
 ) -> None:
-    """Grad-CAM heat-map of a prediction, written as an overlay with the class and probability."""
+    """Grad-CAM heat-map of a prediction, written as an overlay with the class and probability; for a segment or
+    multitask run, the predicted outline, CBAM attention maps and Grad-CAM of the predicted lesion side by side."""
     try:
+        import numpy as np
         from PIL import Image
 
         from medcad.data.io import read_image
         from medcad.errors import ConfigError
         from medcad.explain.gradcam import explain_predictor, overlay
-        from medcad.inference.predictor import Predictor
+        from medcad.inference.predictor import Predictor, run_task
 
+        if run_task(run) in ("segment", "multitask"):
+            from medcad.explain.segmentation import explain_mask
+            from medcad.inference.masks import MaskPredictor
+
+            mp = MaskPredictor(run, fold=fold if fold is not None else 0)
+            tiles = explain_mask(mp.models[0], mp.normalize, mp.prepare(read_image(image)), layer)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.concatenate([t for t, _ in tiles], axis=1)).save(out)
+            typer.echo(f"{out}: " + " | ".join(c for _, c in tiles) + f" (fold {mp.files[0].parent.name})")
+            return
         predictor = Predictor(run, fold=fold)
         if label is not None and label not in predictor.labels:
             raise ConfigError(f"--class {label!r} is not one of the model's labels {predictor.labels}")

@@ -10,13 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import noise_image, save
 from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.data.synthetic import generate_synthetic
 from medcad.engine.train import train_run
 from medcad.errors import DataError
-
-from conftest import noise_image, save
 
 runner = CliRunner()
 FAST = TrainConfig(task="segment", arch="unet", image_size=64, epochs=2, batch_size=8, folds=2, val_fraction=0.25)
@@ -53,6 +52,18 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert mask.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(mask)) <= {0, 255}
     assert (out / f"{image.stem}_overlay.png").is_file() and (out / "predictions.csv").is_file()
 
+    res = runner.invoke(app, ["explain", str(run), str(image), "-o", str(tmp_path / "explain.png")])
+    assert res.exit_code == 0, res.output
+    assert "Grad-CAM of the predicted lesion" in res.output
+    assert np.asarray(Image.open(tmp_path / "explain.png")).shape == (64, 128, 3)  # outline + Grad-CAM (no CBAM)
+
+    from medcad.report.html import write_report
+
+    html = write_report(run).read_text()
+    for needle in ("Lesion masks", "Dice, mean per image", "best cases", "worst cases", "attention maps"):
+        assert needle in html, needle
+    assert 'alt="confusion matrix"' not in html  # no class head
+
 
 def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     cfg = FAST.replace(task="multitask", missing_masks="empty", epochs=1)
@@ -60,6 +71,10 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     assert {"accuracy", "macro_auc", "dice", "iou", "segmentation"} <= set(m)
     pred = (tmp_path / "mt" / "predictions.csv").read_text().splitlines()[0]
     assert pred.startswith("image,fold,label,predicted") and "dice" in pred
+    from medcad.report.html import write_report
+
+    html = write_report(tmp_path / "mt").read_text()
+    assert "Lesion masks" in html and "Classification" in html
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

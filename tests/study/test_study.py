@@ -80,7 +80,8 @@ settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fracti
     step2 = next(r for r in res["runs"] if r["name"] == "lite0-mlp | endoscopy -> ultrasound")
     assert step2["init"] == "lite0-mlp | endoscopy" and set(step2["by_domain"]) == {"endoscopy", "ultrasound"}
     assert set(res["cross_domain_matrix"]["tf_efficientnet_lite0 | ultrasound"]) == {"endoscopy", "ultrasound"}
-    assert res["delong"] and all(0 <= d["p_value"] <= 1 for t in res["delong"] for d in t["by_class"].values())
+    tests = res["paired_tests"]
+    assert tests and all(0 <= d["p_value"] <= 1 for t in tests for d in t["by_class"].values())
     # every run used the study's single splits.json
     splits = json.loads((out / "splits.json").read_text())
     for r in res["runs"]:

@@ -109,3 +109,44 @@ def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str
             raise DataError(source, f"box label {b[4]!r} is not one of the detection classes {list(labels)}")
         out[j] = [*b[:4], index[b[4]]]
     return out
+
+
+def manifest_boxes(
+    manifest, size: int, labels: Sequence[str] | None = None
+) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Every image's boxes at the square training size, for detection.
+
+    A row's boxes come from its `boxes` column, else from its mask's connected components (labelled with the
+    row's label, or "lesion"); a row with neither is a background frame. Boxes are clipped or dropped by
+    `clean_boxes` (the messages are returned, nothing raises for a bad box).
+
+    Args:
+        manifest: a Manifest.
+        size: side of the square training image.
+        labels: the detection classes; default: every box label found, sorted.
+
+    Returns:
+        (labels, per image (m, 5) [x0, y0, x1, y1, class_index] arrays, problems).
+    """
+    from medcad.data.io import image_size, read_mask
+
+    raw, sizes, problems = [], [], []
+    for i, key in enumerate(manifest.keys):
+        w, h = image_size(manifest.image_path(i), manifest.frame(i))
+        boxes = manifest.boxes(i)
+        if boxes is None and manifest.mask_paths(i):
+            label = manifest.table["label"].iat[i] or "lesion"
+            boxes = boxes_from_mask(read_mask(manifest.mask_paths(i)), label)
+        kept, found = clean_boxes(boxes or [], w, h, key)
+        raw.append(kept)
+        sizes.append((w, h))
+        problems += found
+    if labels is None:
+        labels = sorted({str(b[4]) for boxes in raw for b in boxes})
+    if not labels:
+        raise DataError(manifest.root, "no boxes (nor masks to derive them from): detection needs boxes")
+    arrays = [
+        boxes_to_array([[*b[:4], str(b[4])] for b in scale_boxes(kept, wh, size)], labels, key)
+        for kept, wh, key in zip(raw, sizes, manifest.keys, strict=True)
+    ]
+    return list(labels), arrays, problems

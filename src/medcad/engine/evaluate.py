@@ -38,7 +38,12 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
         results.append(json.loads(path.read_text()))
     y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
     masks = task_masks(manifest, cfg, progress=False)
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, run)
+    boxes = None
+    if cfg.task == "detect":
+        from medcad.data.boxes import manifest_boxes
+
+        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels)
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, run, boxes)
     atomic_write_text(run / "predictions.csv", pred.to_csv(index=False))
     write_json(run / "metrics.json", metrics)
     return metrics, run

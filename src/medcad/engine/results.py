@@ -122,6 +122,55 @@ def segmentation_results(
     return m, table
 
 
+def detection_results(
+    manifest: Manifest, boxes: list[np.ndarray], results: list[dict], groups_of: dict, labels: list[str]
+) -> tuple[dict, pd.DataFrame]:
+    """AP50, mAP, P/R/F1 at the IoU thresholds and the frame-level decision of the folds' test detections, pooled
+    out-of-fold with cluster-bootstrap CIs, per fold; with the per-image table (top detection, frame decision)."""
+    from medcad.metrics.detection import detection_metrics
+    from medcad.metrics.stats import mean_sd
+
+    keys = manifest.keys
+    rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
+    dets = [np.array(d, dtype=np.float64).reshape(-1, 6) for r in results for d in r["test_detections"]]
+    truths = [boxes[i] for i in rows]
+    groups = np.array([groups_of.get(keys[i], i) for i in rows])
+    m = detection_metrics(dets, truths, labels, groups=groups)
+    per_fold, start = [], 0
+    for r in results:
+        n = len(r["test_rows"])
+        fm = detection_metrics(dets[start : start + n], truths[start : start + n], labels, n_boot=0)
+        per_fold.append(
+            {
+                "fold": r["fold"],
+                "ap50": fm["ap50"]["value"],
+                "map": fm["map"]["value"],
+                "f1_iou50": fm["iou_thresholds"]["0.5"]["f1"],
+                "speed": r.get("speed", {}),
+            }
+        )
+        start += n
+    m["per_fold"] = per_fold
+    m["fold_summary"] = {k: mean_sd([f[k] for f in per_fold]) for k in ("ap50", "map", "f1_iou50")}
+    thr = m["score_threshold"]
+    top = [d[d[:, 4].argmax()] if len(d) else None for d in dets]
+    table = pd.DataFrame(
+        {
+            "image": np.array(keys, dtype=object)[rows],
+            "fold": np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results]),
+            "n_true_boxes": [len(t) for t in truths],
+            "true_frame": [
+                labels[int(t[np.argmax((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])), 4])] if len(t) else "background"
+                for t in truths
+            ],
+            "predicted_frame": [labels[int(d[5])] if d is not None and d[4] >= thr else "background" for d in top],
+            "top_score": [float(d[4]) if d is not None else 0.0 for d in top],
+            "detections": [json.dumps(np.round(d[d[:, 4] >= 0.05], 2).tolist()) for d in dets],
+        }
+    )
+    return m, table
+
+
 def evaluate_results(
     manifest: Manifest,
     labels: list[str],
@@ -130,16 +179,19 @@ def evaluate_results(
     splits: dict,
     masks: np.ndarray | None = None,
     run: Path | None = None,
+    boxes: list[np.ndarray] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures.
 
     Class probabilities (classify, multitask) give the classification metrics; predicted masks (segment,
     multitask; read from the run's fold folders, compared with `masks`) give "segmentation", with "dice" and
-    "iou" also at the top level.
+    "iou" also at the top level; detections (detect, against `boxes`) give the detection metrics.
     """
     group_map = splits.get("groups") or {}
     m: dict = {}
     pred = None
+    if boxes is not None:
+        m, pred = detection_results(manifest, boxes, results, group_map, labels)
     if all("test_probs" in r for r in results):
         m, pred = _classification_results(manifest, labels, y, results, group_map)
     if (

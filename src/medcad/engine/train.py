@@ -259,15 +259,24 @@ def train_run(
     quiet_lightning()
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
-    if cfg.task == "detect":
-        raise ConfigError("task 'detect' is not available yet")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
     manifest = load_manifest(data, layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
-    labels = _check_labels(manifest, cfg.task, data)
+    boxes = None
+    if cfg.task == "detect":
+        from medcad.data.boxes import manifest_boxes
+
+        labels, boxes, box_problems = manifest_boxes(manifest, cfg.image_size)
+        if box_problems:
+            log.warning(
+                "%d box problem(s), e.g. %s; all in %s", len(box_problems), box_problems[0], out / "box_problems.txt"
+            )
+            atomic_write_text(out / "box_problems.txt", "\n".join(box_problems) + "\n")
+    else:
+        labels = _check_labels(manifest, cfg.task, data)
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
         missing = sorted(set(train_domains) - set(domains))
@@ -311,13 +320,17 @@ def train_run(
                 tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = init_run / f"fold_{k}" / "model.pt" if init_run else None
-        if masks is not None:
+        if boxes is not None:
+            from medcad.engine.detect import train_detect_fold
+
+            results.append(train_detect_fold(k, parts, images, boxes, labels, cfg, fold_dir, progress, init))
+        elif masks is not None:
             from medcad.engine.segment import train_segment_fold
 
             results.append(train_segment_fold(k, parts, images, masks, y, labels, cfg, fold_dir, progress, init))
         else:
             results.append(train_fold(k, parts, images, y, labels, cfg, fold_dir, feature_key, progress, init))
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, out)
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, out, boxes)
     atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
     write_json(out / "metrics.json", metrics)

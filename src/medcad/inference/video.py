@@ -15,6 +15,7 @@ import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
 from medcad.data.video import open_video
+from medcad.inference.detections import DetectionPredictor, draw_boxes
 from medcad.inference.predictor import Predictor
 
 
@@ -55,7 +56,7 @@ def _draw(bgr: np.ndarray, label: str, p: float) -> np.ndarray:
 
 
 def predict_video(
-    predictor: Predictor,
+    predictor: Predictor | DetectionPredictor,
     video: str | Path,
     out_dir: str | Path,
     *,
@@ -66,8 +67,10 @@ def predict_video(
 ) -> dict:
     """Predict every frame (or, with `realtime`, every frame the model keeps up with) of a video.
 
-    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` (frame, label, smoothed label, probabilities) into
-    `out_dir`. Returns a summary with frames/s end to end and per-frame latency.
+    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: for a classifier the frame's label,
+    the label smoothed over `smooth` frames and the probabilities; for a detector the frame decision (top
+    detection's class or background), its score (also smoothed) and the number of boxes, boxes drawn.
+    Returns a summary with frames/s end to end and per-frame latency.
     """
     video = Path(video)
     out_dir = Path(out_dir)
@@ -81,6 +84,7 @@ def predict_video(
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
     labels = predictor.labels
+    detect = isinstance(predictor, DetectionPredictor)
     t0 = time.perf_counter()
     thread.start()
     done = False
@@ -98,29 +102,46 @@ def predict_video(
             if not items:
                 break
             t1 = time.perf_counter()
-            x = np.stack([predictor.prepare(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) for _, bgr in items])
-            probs = predictor.predict_arrays(x, batch)
+            rgbs = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for _, bgr in items]
+            x = np.stack([predictor.prepare(rgb) for rgb in rgbs])
+            if detect:
+                outputs = predictor.predict_arrays(x)
+            else:
+                outputs = predictor.predict_arrays(x, batch)
             latencies.append((time.perf_counter() - t1) / len(items))
-            for (i, bgr), p in zip(items, probs, strict=True):
-                window.append(p)
-                sm = np.mean(window, axis=0)
-                k = int(sm.argmax())
-                rows.append(
-                    {
-                        "frame": i,
-                        "time_s": i / fps,
+            for (i, bgr), rgb, p in zip(items, rgbs, outputs, strict=True):
+                record: dict = {"frame": i, "time_s": i / fps}
+                if detect:
+                    h, w = bgr.shape[:2]
+                    dets = predictor.to_image(p, w, h)
+                    decision, score = predictor.frame_decision(dets)
+                    window.append(np.array([score]))
+                    record |= {
+                        "label": decision,
+                        "top_score": score,
+                        "smoothed_top_score": float(np.mean(window)),
+                        "n_boxes": int((dets[:, 4] >= predictor.threshold).sum()),
+                    }
+                    shown = cv2.cvtColor(draw_boxes(rgb, dets, labels, predictor.threshold), cv2.COLOR_RGB2BGR)
+                    shown = _draw(shown, decision, score)
+                else:
+                    window.append(p)
+                    sm = np.mean(window, axis=0)
+                    k = int(sm.argmax())
+                    record |= {
                         "label": labels[int(p.argmax())],
                         "smoothed": labels[k],
                         **{f"p_{lab}": float(v) for lab, v in zip(labels, p, strict=True)},
                     }
-                )
+                    shown = _draw(bgr, labels[k], float(sm[k]))
+                rows.append(record)
                 if write_video:
                     if writer is None:
                         h, w = bgr.shape[:2]
                         writer = cv2.VideoWriter(
                             str(out_dir / f"{video.stem}_annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
                         )
-                    writer.write(_draw(bgr, labels[k], float(sm[k])))
+                    writer.write(shown)
     finally:
         stop.set()
         if writer is not None:

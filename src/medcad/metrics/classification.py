@@ -15,12 +15,11 @@ from sklearn.metrics import roc_curve
 
 from medcad.metrics.stats import (
     as_probs,
-    bootstrap_weights,
     calibration_bins,
     delong_ci,
-    percentile_ci,
     reliability_curve,
     weighted_auc,
+    weighted_bootstrap,
     weighted_ece,
 )
 
@@ -49,19 +48,6 @@ def _validate(y_true: Any, probs: Any, labels: Sequence[str]) -> tuple[np.ndarra
     if y.size and (y.min() < 0 or y.max() >= len(labels) or not np.all(np.equal(np.mod(y, 1), 0))):
         raise ValueError(f"y_true must hold class indices 0..{len(labels) - 1} into labels {labels}")
     return y.astype(int), p, labels
-
-
-def _with_ci(batch: Batch, n: int, *, groups: Any = None, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """Point value and percentile bootstrap CI of every quantity a batch function returns."""
-    point = batch(np.ones((1, n)))
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
-    for w in bootstrap_weights(n, n_boot, seed, groups):
-        for k, v in batch(w).items():
-            samples[k].append(v)
-    return {
-        k: {"value": float(point[k][0]), "ci95": list(percentile_ci(np.concatenate(v) if v else np.array([])))}
-        for k, v in samples.items()
-    }
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
@@ -204,7 +190,7 @@ def classification_metrics(
         }
         return out | (binary_batch(w) if binary_batch else {})
 
-    stats = _with_ci(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     cm = _confusion(y, pred, k, np.ones((1, n)))[0]
     rates = _per_class(cm)
     aucs = [float(weighted_auc(onehot[:, c], p[:, c])[0]) if c in auc_classes else float("nan") for c in range(k)]
@@ -319,7 +305,7 @@ def subtype_vs_reference(
             return {"accuracy": _div(w @ correct, w.sum(axis=1)), "sensitivity": sens, "specificity": spec}
 
         sub_groups = None if groups is None else np.asarray(groups)[rows]
-        stats = _with_ci(batch, int(rows.sum()), groups=sub_groups, n_boot=n_boot, seed=seed)
+        stats = weighted_bootstrap(batch, int(rows.sum()), groups=sub_groups, n_boot=n_boot, seed=seed)
         score = 1.0 - p[rows, ref]
         out[key] = {
             "n": int(rows.sum()),

@@ -10,13 +10,13 @@ lesions weigh more. Results are plain floats and lists, ready for JSON, in the h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medcad.metrics.stats import bootstrap_weights, percentile_ci
+from medcad.metrics.stats import weighted_bootstrap
 
 COUNT_KEYS = ("tp", "fp", "fn", "pred_area", "true_area")
 
@@ -51,21 +51,6 @@ def dice_iou(counts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Dice 2TP / (2TP + FP + FN) and IoU TP / (TP + FP + FN) per image; 1.0 for both where both masks are empty."""
     tp, fp, fn = (np.asarray(counts[k], dtype=float) for k in ("tp", "fp", "fn"))
     return _ratio(2 * tp, 2 * tp + fp + fn, 1.0), _ratio(tp, tp + fp + fn, 1.0)
-
-
-def _with_ci(
-    batch: Callable[[np.ndarray], dict[str, np.ndarray]], n: int, groups: Any, n_boot: int, seed: int
-) -> dict[str, dict]:
-    """Point value (all weights 1) and percentile bootstrap CI of every quantity `batch` returns."""
-    point = batch(np.ones((1, n)))
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
-    for w in bootstrap_weights(n, n_boot, seed, groups):
-        for k, v in batch(w).items():
-            samples[k].append(v)
-    return {
-        k: {"value": float(point[k][0]), "ci95": list(percentile_ci(np.concatenate(v) if v else np.array([])))}
-        for k, v in samples.items()
-    }
 
 
 def segmentation_metrics(
@@ -123,7 +108,7 @@ def segmentation_metrics(
             out["empty_fpr"] = _ratio(we @ predicted, we.sum(axis=1), np.nan)
         return out
 
-    stats = _with_ci(batch, n, groups, n_boot, seed)
+    stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     result = {k: stats[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall")}
     result["dice_lesion"] = stats.get("dice_lesion")
     result["iou_lesion"] = stats.get("iou_lesion")

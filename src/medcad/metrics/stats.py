@@ -62,6 +62,33 @@ def bootstrap_weights(
         yield counts[:, inv].astype(float)  # (b, n)
 
 
+def weighted_bootstrap(
+    batch: Callable[[np.ndarray], dict[str, np.ndarray]],
+    n: int,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Point value and percentile bootstrap CI of every quantity a batch function returns.
+
+    `batch(w)` takes row weights (B, n) and returns {name: values (B,)}; the point value uses all weights 1 and
+    the CI uses `n_boot` resamples (of `groups` when given) drawn by `bootstrap_weights`.
+
+    Returns:
+        {name: {"value": float, "ci95": [lo, hi]}}.
+    """
+    point = batch(np.ones((1, n)))
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
+    for w in bootstrap_weights(n, n_boot, seed, groups):
+        for k, v in batch(w).items():
+            samples[k].append(v)
+    return {
+        k: {"value": float(point[k][0]), "ci95": list(percentile_ci(np.concatenate(v) if v else np.array([])))}
+        for k, v in samples.items()
+    }
+
+
 def bootstrap_ci(
     metric: Callable[..., float],
     *arrays: Sequence[Any] | np.ndarray,

@@ -98,12 +98,32 @@ def _fmt(m: dict | None) -> str:
 def print_metrics(m: dict, run: object = None, console: Console | None = None) -> None:
     """Headline metrics with 95 % CIs, per-class table and per-fold summary."""
     c = console or Console()
-    c.print(f"[bold]{m.get('evaluation', 'evaluation')}[/] on {m.get('n')} images" + (f" — {run}" if run else ""))
+    n = m.get("n") or m.get("n_images") or (m.get("segmentation") or {}).get("n_images")
+    c.print(f"[bold]{m.get('evaluation', 'evaluation')}[/] on {n} images" + (f" — {run}" if run else ""))
     head = Table("metric", "value (95 % CI)")
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
         if name in m:
             head.add_row(name, _fmt(m[name]))
+    for name, text in (("ap50", "AP50"), ("map", "mAP@[.5:.95]")):
+        if name in m:
+            head.add_row(text, _fmt(m[name]))
+    if "frame_level" in m:
+        head.add_row("frame accuracy (with background)", _fmt(m["frame_level"]["accuracy"]))
+        for thr, r in m["iou_thresholds"].items():
+            head.add_row(f"P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
+    seg = m.get("segmentation") or {}
+    for name, text in (
+        ("dice", "Dice (per image)"),
+        ("iou", "IoU (per image)"),
+        ("dice_lesion", "Dice, lesion images"),
+        ("dice_pooled", "Dice, pooled pixels"),
+    ):
+        if seg.get(name):
+            head.add_row(text, _fmt(seg[name]))
     c.print(head)
+    if "per_class" not in m:
+        _print_fold_summary(c, m)
+        return
     t = Table("class", "precision", "recall", "specificity", "F1", "AUC", "support", title="Per class")
     for lab, r in m.get("per_class", {}).items():
         t.add_row(
@@ -115,8 +135,12 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             str(r.get("support")),
         )
     c.print(t)
-    fs = m.get("fold_summary")
-    if fs and m.get("splits", {}).get("n_folds", 1) > 1:
+    _print_fold_summary(c, m)
+
+
+def _print_fold_summary(c: Console, m: dict) -> None:
+    fs = {**(m.get("segmentation") or {}).get("fold_summary", {}), **(m.get("fold_summary") or {})}
+    if fs and (m.get("splits") or {}).get("n_folds", 1) > 1:
         c.print(
             "per fold (mean ± sd): "
             + ", ".join(f"{k} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in fs.items() if v.get("mean") is not None)
@@ -124,12 +148,18 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
 
 
 def print_study(results: dict, console: Console | None = None) -> None:
-    """One row per run of a study: accuracy and macro AUC with 95 % CIs (fits an 80-column terminal)."""
+    """One row per run of a study: accuracy and macro AUC (Dice for masks) with 95 % CIs (fits 80 columns)."""
     c = console or Console()
-    t = Table(title=f"Study {results['name']} ({results['protocol']}); macro F1 and more in report.html")
+    t = Table(title=f"Study {results['name']} ({results['protocol']}); more in report.html")
     t.add_column("run", overflow="fold", min_width=18)
-    for name in ("step", "accuracy", "macro AUC"):
+    runs = results["runs"]
+    cols = [
+        (k, n)
+        for k, n in (("dice", "Dice"), ("accuracy", "accuracy"), ("macro_auc", "macro AUC"))
+        if any(r.get(k) for r in runs)
+    ][-2:]
+    for name in ("step", *(n for _, n in cols)):
         t.add_column(name, no_wrap=True)
-    for r in results["runs"]:
-        t.add_row(r["name"], r["step"], _fmt(r["accuracy"]), _fmt(r["macro_auc"]))
+    for r in runs:
+        t.add_row(r["name"], r["step"], *(_fmt(r.get(k)) for k, _ in cols))
     c.print(t)

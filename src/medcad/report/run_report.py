@@ -100,12 +100,17 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     figures: dict[str, str] = {}
     gallery_items: list[dict] = []
     if "confusion_matrix" in metrics:
-        figures, gallery_items = _classification_figures(run, manifest, metrics, labels, pred, gallery)
+        class_gallery = gallery and cfg.task == "classify"  # multitask runs are explained in the mask section
+        figures, gallery_items = _classification_figures(run, manifest, metrics, labels, pred, class_gallery)
+    if "frame_level" in metrics:
+        from medcad.report.det_report import collect_detection
+
+        figures.update({k: _b64(v) for k, v in collect_detection(run, manifest, cfg, metrics, pred, gallery).items()})
     if "segmentation" in metrics:
         from medcad.report.seg_report import collect_segmentation
 
         figures.update({k: _b64(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
-    stage = "stage2" if cfg.task == "classify" else "train"
+    stage = {"classify": "stage2", "detect": "detect"}.get(cfg.task, "train")
     histories = {
         f"fold {k}": _history(run / f"fold_{k}" / "logs" / "csv" / stage / "metrics.csv")
         for k in range(len(splits["folds"]))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from medcad.report import plots
 
@@ -56,47 +55,22 @@ def case_tiles(run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred:
 
 
 def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame) -> bytes | None:
-    """For the median case: CBAM spatial attention maps (AttentionNestedUNet) and Grad-CAM of the predicted
-    lesion (pytorch-grad-cam's SemanticSegmentationTarget), from the model of the fold that tested the image."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
-
+    """For the median case: predicted outline, CBAM attention maps and Grad-CAM of the predicted lesion, from the
+    model of the fold that tested the image."""
     from medcad.data.transforms import Normalize
-    from medcad.explain.gradcam import overlay
+    from medcad.explain.segmentation import explain_mask
     from medcad.inference.predictor import load_model_file
-    from medcad.models.attention_unet import attention_maps
-    from medcad.models.segmentation import cam_target_name
 
     cases = [row for kind, row in pick_cases(pred, per_kind=1) if kind == "median"]
     if not cases:
         return None
     row = cases[0]
-    i = manifest.keys.index(row["image"])
     model, meta = load_model_file(run / f"fold_{int(row['fold'])}" / "model.pt")
     normalize = Normalize(meta["data_config"]["mean"], meta["data_config"]["std"])
-    image = np.asarray(images[i])
-    x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float())
-    with torch.no_grad():
-        lesion = (model(x)["mask"][0, 0] > 0).float().numpy()
-    tiles, captions = [image], ["image"]
-    for j, amap in enumerate(attention_maps(model)[-3:]):
-        tiles.append(overlay(image, amap[0, 0].float().numpy()))
-        captions.append(f"CBAM spatial attention {j - 3}")
-
-    class _Mask(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return self.net(t)["mask"]
-
-    layer = model.get_submodule(cam_target_name(model, "mask"))
-    with GradCAM(model=_Mask(model).eval(), target_layers=[layer]) as cam:
-        heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(0, lesion)])[0]
-    tiles.append(overlay(image, heat))
-    captions.append("Grad-CAM of the predicted lesion")
-    return plots.image_grid_png(tiles, captions, cols=len(tiles), title=f"Where the network looked: {row['image']}")
+    tiles = explain_mask(model, normalize, np.asarray(images[manifest.keys.index(row["image"])]))
+    return plots.image_grid_png(
+        [t for t, _ in tiles], [c for _, c in tiles], cols=len(tiles), title=f"Where the network looked: {row['image']}"
+    )
 
 
 def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: bool = True) -> dict:

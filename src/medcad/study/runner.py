@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import load_manifest
@@ -62,15 +63,19 @@ def expand(spec: StudySpec, domains: list[str]) -> list[Experiment]:
 
 
 def _headline(m: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "macro_auc", "balanced_accuracy")
+    keep = ("accuracy", "macro_f1", "macro_auc", "balanced_accuracy", "dice", "iou")
     out = {k: m.get(k) for k in keep}
     out["fold_summary"] = m.get("fold_summary")
     out["by_domain"] = {d: {k: v.get(k) for k in keep} for d, v in (m.get("by_domain") or {}).items()}
     return out
 
 
-def _delong_pairs(study_dir: Path, exps: list[Experiment], labels: list[str]) -> list[dict]:
-    """DeLong tests between models trained the same way (same domains, same step), on the same test images."""
+def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str]) -> list[dict]:
+    """Paired tests between models trained the same way (same domains, same step), on the same test images:
+    DeLong's test of the AUCs where the runs predict classes, and a Wilcoxon signed-rank test of the per-image
+    Dice where they predict masks."""
+    from scipy.stats import wilcoxon
+
     from medcad.metrics.stats import delong_test
 
     preds = {
@@ -86,21 +91,27 @@ def _delong_pairs(study_dir: Path, exps: list[Experiment], labels: list[str]) ->
             a = preds[ea.name].set_index("image")
             b = preds[eb.name].set_index("image").loc[a.index]
             y = a["label"].to_numpy(dtype=str)
-            classes = [positive] if positive else labels
-            tests = {}
-            for lab in classes:
-                yb = (y == lab).astype(int)
-                if 0 < yb.sum() < len(yb):
-                    tests[lab] = delong_test(yb, a[f"p_{lab}"].to_numpy(), b[f"p_{lab}"].to_numpy())
-            out.append(
-                {
-                    "a": ea.name,
-                    "b": eb.name,
-                    "n": len(y),
-                    "test": "binary AUC" if positive else "one-vs-rest AUC per class",
-                    "by_class": tests,
+            pair: dict = {"a": ea.name, "b": eb.name, "n": len(y)}
+            if all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
+                tests = {}
+                for lab in [positive] if positive else labels:
+                    yb = (y == lab).astype(int)
+                    if 0 < yb.sum() < len(yb):
+                        tests[lab] = delong_test(yb, a[f"p_{lab}"].to_numpy(), b[f"p_{lab}"].to_numpy())
+                pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
+                pair["by_class"] = tests
+            if "dice" in a and "dice" in b:
+                da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
+                diff = da - db
+                p = float(wilcoxon(da, db).pvalue) if np.any(diff != 0) else 1.0
+                pair["dice"] = {
+                    "mean_a": float(da.mean()),
+                    "mean_b": float(db.mean()),
+                    "difference": float(diff.mean()),
+                    "p_value": p,
+                    "test": "Wilcoxon signed-rank, per-image Dice",
                 }
-            )
+            out.append(pair)
     return out
 
 
@@ -170,7 +181,7 @@ def run_study(path: str | Path, out: str | Path | None = None, progress: bool = 
         "domains": domains,
         "splits": str(splits_path),
         "runs": rows,
-        "delong": _delong_pairs(study_dir, exps, labels),
+        "paired_tests": _paired_tests(study_dir, exps, labels),
         "seconds_this_session": time.perf_counter() - t0,
     }
     if len(domains) > 1 and spec.protocol in ("sequential", "combined", "cross_domain"):
