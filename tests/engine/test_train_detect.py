@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 import pytest
 import torch
