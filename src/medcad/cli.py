@@ -192,6 +192,9 @@ def train(
     class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
     precision: Annotated[str | None, typer.Option(help="bf16-mixed or 32-true.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    repeats: Annotated[
+        int, typer.Option(help="Train this many times (seeds seed, seed+1, ...) on the same splits; mean ± sd.")
+    ] = 1,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
     layout: LayoutOpt = None,
     pattern: PatternOpt = None,
@@ -239,9 +242,18 @@ def train(
         cfg = TrainConfig().replace(**overrides)
         if holdout is not None:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "folds": None})
-        metrics = train_run(path, out, cfg, splits_path=splits)
         from medcad.report.console import print_metrics
 
+        if repeats > 1:
+            from medcad.engine.train import train_repeats
+
+            summary = train_repeats(path, out, cfg, repeats, splits_path=splits)
+            for run_dir in summary["runs"]:
+                _report(Path(run_dir), make_report)
+            typer.echo(json.dumps(summary["summary"], indent=1))
+            typer.echo(f"{out / 'repeats.json'}: mean ± sd over {repeats} seeds on the same splits")
+            return
+        metrics = train_run(path, out, cfg, splits_path=splits)
         print_metrics(metrics, out)
         _report(out, make_report)
     except MedcadError as e:

@@ -76,8 +76,21 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()
-    for needle in ("Lesion boxes", "AP50", "frame confusion matrix", "alt=\"detections\""):
+    for needle in ("Lesion boxes", "AP50", "frame confusion matrix", 'alt="detections"'):
         assert needle in html, needle
+
+
+def test_repeats_summarise_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    csv = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=2)
+    args = ["train", str(csv.parent), "--task", "detect", "--image-size", "64", "--epochs", "1", "--folds", "2"]
+    res = runner.invoke(app, [*args, "--batch-size", "8", "--repeats", "2", "--no-report", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "r" / "repeats.json").read_text())
+    assert rep["seeds"] == [0, 1] and rep["summary"]["ap50"]["n"] == 2 and "0.5" in rep["summary"]["f1"]
+    assert (tmp_path / "r" / "seed_1" / "splits.json").read_text() == (
+        tmp_path / "r" / "seed_0" / "splits.json"
+    ).read_text()
 
 
 def test_undecodable_video(tmp_path: Path) -> None:

@@ -335,3 +335,31 @@ def train_run(
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+HEADLINES = ("accuracy", "macro_f1", "macro_auc", "dice", "iou", "ap50", "map")
+
+
+def train_repeats(
+    data: str | Path, out: str | Path, cfg: TrainConfig, repeats: int, *, splits_path: Path | None = None
+) -> dict:
+    """Train `repeats` runs with seeds cfg.seed, cfg.seed + 1, ... into out/seed_<s>, all on the first run's splits
+    (so the spread is the training's alone), and write out/repeats.json: every headline metric as mean ± sd over
+    the runs (for detection also F1 at each IoU threshold and the frame accuracy). Resumable like a run."""
+    from medcad.metrics.stats import mean_sd
+
+    out = Path(out)
+    runs, metrics = [], []
+    for s in range(cfg.seed, cfg.seed + repeats):
+        run = out / f"seed_{s}"
+        metrics.append(train_run(data, run, cfg.replace(seed=s), splits_path=splits_path, progress=False))
+        splits_path = splits_path or run / "splits.json"
+        runs.append(str(run))
+    summary = {k: mean_sd([m[k]["value"] for m in metrics]) for k in HEADLINES if all(k in m for m in metrics)}
+    if cfg.task == "detect":
+        from medcad.metrics.detection import seeds_summary
+
+        summary = {**summary, **seeds_summary(metrics)}
+    result = {"runs": runs, "seeds": list(range(cfg.seed, cfg.seed + repeats)), "summary": summary}
+    write_json(out / "repeats.json", result)
+    return result
