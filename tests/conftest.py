@@ -65,6 +65,18 @@ def write_dicom(path: Path, frames: np.ndarray) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: training tests may share the 2 cores with other work, where two
+    spinning OpenMP threads per process slow everything down many times over."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def class_folders(tmp_path: Path) -> Path:
     """root/<label>/*.png with 2 labels x 6 distinct images."""
     root = tmp_path / "classes"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medcad.config import TrainConfig
 from medcad.engine.detect import (
@@ -22,13 +21,7 @@ from medcad.errors import ConfigError
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests share 2 cores with other work, where 2 spinning threads crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = TrainConfig(task="detect", image_size=SIZE, epochs=2, batch_size=8, lr=1e-3, patience=5, augment="light")

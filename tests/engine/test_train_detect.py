@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from medcad.cli import app
@@ -21,12 +20,7 @@ runner = CliRunner()
 FAST = TrainConfig(task="detect", image_size=64, epochs=2, batch_size=8, lr=1e-3, folds=2, val_fraction=0.25)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from medcad.engine.train import train_run
 from medcad.errors import DataError
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = TrainConfig(task="segment", arch="unet", image_size=64, epochs=2, batch_size=8, folds=2, val_fraction=0.25)
 
 

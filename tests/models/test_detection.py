@@ -12,13 +12,7 @@ from medcad.models.detection import cam_target_layers, create_detector, detector
 SIZE = 96
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests share 2 cores with other work, where 2 spinning threads crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:

@@ -21,14 +21,7 @@ from medcad.models.segmentation import (
     segmenter_data_config,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, and do not stall when other jobs share the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = [(arch, k) for arch in ARCHS for k in ((3,) if arch == "dsconv-resnet" else (None, 3))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -116,3 +117,19 @@ def make_loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: b
         sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), len(y_rows), replacement=True)
         return DataLoader(dataset, batch_size=bs, sampler=sampler)
     return DataLoader(dataset, batch_size=bs, shuffle=shuffle)
+
+
+class TrainingThroughput:
+    """Lightning-module mixin: images per second of each training epoch, kept in `images_per_s` and logged as
+    train_images_per_s. Modules that override the epoch hooks call super()."""
+
+    def on_train_epoch_start(self) -> None:
+        self._t0, self._n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._n += len(batch[0])
+
+    def on_train_epoch_end(self) -> None:
+        ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
+        self.images_per_s.append(ips)
+        self.log("train_images_per_s", ips)

@@ -20,8 +20,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from medcad.config import TrainConfig
-from medcad.engine.common import MODEL_FORMATS, make_trainer, quiet_lightning, save_model
-from medcad.errors import ConfigError, DataError
+from medcad.engine.common import TrainingThroughput, make_trainer, quiet_lightning, save_model
+from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
 from medcad.models.detection import HEADS, create_detector, detector_data_config, set_backbone_bn_eval
 
@@ -90,7 +90,7 @@ def mean_ap(ap: np.ndarray) -> float:
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
 
 
-class DetectorModule(L.LightningModule):
+class DetectorModule(TrainingThroughput, L.LightningModule):
     """Trains a torchvision SSD on uint8 batches; logs `val_ap50` (mean AP at IoU 0.5 over classes) per epoch."""
 
     def __init__(self, model: torch.nn.Module, n_classes: int, cfg: TrainConfig) -> None:
@@ -106,23 +106,17 @@ class DetectorModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.freeze_bn:
             set_backbone_bn_eval(self.model)
-        self._t0, self._n = time.perf_counter(), 0
+        super().on_train_epoch_start()
 
     def training_step(self, batch, _):
         images, targets = batch
         losses = self.model(_float_images(images), targets)
         loss = losses["bbox_regression"] + losses["classification"]
-        self._n += len(images)
         self.log_dict(
             {f"train_{k}": v for k, v in losses.items()}, on_epoch=True, on_step=False, batch_size=len(images)
         )
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(images))
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
-        self.images_per_s.append(ips)
-        self.log("train_images_per_s", ips)
 
     def on_validation_epoch_start(self) -> None:
         self._preds: list[np.ndarray] = []
@@ -160,11 +154,10 @@ def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict]:
     Raises:
         DataError: the file is missing, unreadable, or not a detector.
     """
-    from medcad.inference.predictor import load_model_file
+    from medcad.inference.predictor import load_model_file, require_task
 
     model, blob = load_model_file(Path(path))
-    if blob["format"] != MODEL_FORMATS["detect"]:
-        raise DataError(path, f"is a {blob['config'].get('task', 'classify')} model; this needs a detection model")
+    require_task(blob, Path(path), "detect")
     return model, {k: v for k, v in blob.items() if k != "state_dict"}
 
 

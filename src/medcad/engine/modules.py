@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
 from medcad.data.transforms import Normalize
+from medcad.engine.common import TrainingThroughput
 from medcad.models.classifier import Classifier, set_bn_eval
 
 
@@ -86,7 +85,7 @@ class HeadModule(_ValidationAUC, L.LightningModule):
         return make_optimizer(self.optimizer_kind, self.head.parameters(), self.lr, self.weight_decay)
 
 
-class ClassifierModule(_ValidationAUC, L.LightningModule):
+class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
     """Stage 2: fine-tune the unfrozen backbone groups and the head on augmented uint8 images."""
 
     def __init__(
@@ -117,20 +116,14 @@ class ClassifierModule(_ValidationAUC, L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         set_bn_eval(self.model.backbone)
-        self._t0, self._n = time.perf_counter(), 0
+        super().on_train_epoch_start()
 
     def training_step(self, batch, _):
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        self._n += len(y)
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
-        self.images_per_s.append(ips)
-        self.log("train_images_per_s", ips)
 
     def validation_step(self, batch, _):
         x, y = batch

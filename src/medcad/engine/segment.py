@@ -18,7 +18,7 @@ from torch import nn
 from medcad.config import TrainConfig
 from medcad.data.datasets import MaskedImageDataset
 from medcad.data.transforms import Normalize, augmentation
-from medcad.engine.common import class_weights, make_loader, make_trainer, save_model
+from medcad.engine.common import TrainingThroughput, class_weights, make_loader, make_trainer, save_model
 from medcad.engine.modules import make_optimizer, val_score
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
@@ -42,7 +42,7 @@ def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(TrainingThroughput, L.LightningModule):
     """Trains a segmenter (output dict with "mask", optional "aux" deep-supervision masks and "class")."""
 
     def __init__(
@@ -84,13 +84,9 @@ class SegmentationModule(L.LightningModule):
         losses["loss"] = losses.get("seg_loss", 0) + self.class_loss_weight * losses.get("class_loss", 0)
         return losses
 
-    def on_train_epoch_start(self) -> None:
-        self._t0, self._n = time.perf_counter(), 0
-
     def training_step(self, batch, _):
         x, m, y = batch
         losses = self._losses(self(x), m, y)
-        self._n += len(x)
         self.log_dict(
             {f"train_{k}" if k != "loss" else "train_loss": v for k, v in losses.items()},
             on_epoch=True,
@@ -98,11 +94,6 @@ class SegmentationModule(L.LightningModule):
             prog_bar=True,
         )
         return losses["loss"]
-
-    def on_train_epoch_end(self) -> None:
-        ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
-        self.images_per_s.append(ips)
-        self.log("train_images_per_s", ips)
 
     def on_validation_epoch_start(self) -> None:
         self._dice: list[torch.Tensor] = []
