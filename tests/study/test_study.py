@@ -92,3 +92,21 @@ settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fracti
     run_study(yaml, out, progress=False)
     assert (Path(res["runs"][0]["run"]) / "fold_0" / "model.pt").stat().st_mtime_ns == stamp
     assert (out / "results.json").is_file()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_set: Path) -> None:
+    study = write(
+        tmp_path / "seg.yaml",
+        "name: seg\ndata: data\ntask: segment\nprotocol: compare\nfolds: 2\n"
+        "models:\n  - {name: unet, arch: unet}\n  - {name: attention, arch: attention-unetpp}\n"
+        "settings: {image_size: 32, epochs: 1, batch_size: 8, missing_masks: empty}\n",
+    )
+    res = runner.invoke(app, ["study", str(study), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["dice"]["value"] is not None for r in results["runs"]] == [True, True]
+    (pair,) = results["paired_tests"]
+    assert pair["dice"]["test"].startswith("Wilcoxon") and 0 <= pair["dice"]["p_value"] <= 1
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Paired Dice comparisons" in html and "<th>Dice</th>" in html

@@ -155,7 +155,7 @@ def print_study(results: dict, console: Console | None = None) -> None:
     runs = results["runs"]
     cols = [
         (k, n)
-        for k, n in (("dice", "Dice"), ("accuracy", "accuracy"), ("macro_auc", "macro AUC"))
+        for k, n in (("ap50", "AP50"), ("dice", "Dice"), ("accuracy", "accuracy"), ("macro_auc", "macro AUC"))
         if any(r.get(k) for r in runs)
     ][-2:]
     for name in ("step", *(n for _, n in cols)):

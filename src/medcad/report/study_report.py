@@ -22,7 +22,10 @@ def collect_study(study: Path) -> dict:
     s["split_info"] = {k: splits.get(k) for k in ("n_folds", "method", "group_by")}
     for r in s["runs"]:
         r["href"] = os.path.relpath(Path(r["run"]) / "report.html", study)
-    key, title = ("dice", "Dice") if all(r.get("dice") for r in s["runs"]) else ("macro_auc", "macro AUC")
+    key, title = next(
+        ((k, t) for k, t in (("ap50", "AP50"), ("dice", "Dice")) if all(r.get(k) for r in s["runs"])),
+        ("macro_auc", "macro AUC"),
+    )
     bars = {r["name"]: (r[key]["value"], *(r[key].get("ci95") or [None, None])) for r in s["runs"] if r.get(key)}
     figures = {"bars": _b64(plots.bars_png(bars, f"{title} per run (95 % CI)", title)), "roc_domains": {}}
     positive = positive_label(s["labels"])

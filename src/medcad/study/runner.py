@@ -63,7 +63,7 @@ def expand(spec: StudySpec, domains: list[str]) -> list[Experiment]:
 
 
 def _headline(m: dict) -> dict:
-    keep = ("accuracy", "macro_f1", "macro_auc", "balanced_accuracy", "dice", "iou")
+    keep = ("accuracy", "macro_f1", "macro_auc", "balanced_accuracy", "dice", "iou", "ap50", "map")
     out = {k: m.get(k) for k in keep}
     out["fold_summary"] = m.get("fold_summary")
     out["by_domain"] = {d: {k: v.get(k) for k in keep} for d, v in (m.get("by_domain") or {}).items()}
