@@ -49,7 +49,7 @@ def main() -> None:
         keep = ("ap50", "map", "iou_thresholds", "frame_level", "ap50_per_class", "n_images", "n_boxes")
         runs[Path(run).name] = {**{k: m[k] for k in keep}, "speed": m["per_fold"][0]["speed"]}
     result = {
-        "command": "medcad train ../shared/data/kvasir-seg --task detect --image-size 320 --epochs 12 "
+        "command": "medcad train ../shared/data/kvasir-seg --task detect --image-size 256 --epochs 12 "
         f"--batch-size 16 --lr 5e-4 --patience 4 --holdout 0.2 --repeats {args.repeats}",
         "wall_seconds_this_session": time.perf_counter() - t0,
         "runs": runs,
