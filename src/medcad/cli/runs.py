@@ -1,4 +1,4 @@
-"""The `medcad` command line. Heavy modules are imported inside commands so that `--help` stays fast."""
+"""`medcad train | predict | evaluate | explain`: runs of every task and what they predict."""
 
 from __future__ import annotations
 
@@ -8,154 +8,18 @@ from typing import Annotated
 
 import typer
 
-from medcad.errors import MedcadError
-
-app = typer.Typer(
-    help="medcad: computer-aided diagnosis studies on endoscopy and ultrasound images.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from medcad.cli.common import (
+    JsonOpt,
+    LayoutOpt,
+    MaskSuffixOpt,
+    PatternOpt,
+    _echo_video,
+    _fail,
+    _print_table,
+    _report,
+    app,
 )
-data_app = typer.Typer(help="Inspect, audit and split datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-
-LayoutOpt = Annotated[str | None, typer.Option(help="Force a layout: folders, csv, images-masks, coco.")]
-PatternOpt = Annotated[
-    str | None, typer.Option(help="Folder pattern, e.g. '{label}', '{domain}/{label}', '{group}/{label}'.")
-]
-MaskSuffixOpt = Annotated[str, typer.Option(help="Masks beside images: <stem><suffix>[_n].png")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]
-
-
-def _fail(err: Exception) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-    raise typer.Exit(2)
-
-
-def _emit(obj: dict, as_json: bool, printer: str) -> None:
-    """Print a result as one JSON object, or as tables with the named function of medcad.report.console."""
-    if as_json:
-        typer.echo(json.dumps(obj, indent=1))
-        return
-    from medcad.report import console
-
-    getattr(console, printer)(obj)
-
-
-def _report(folder: Path, wanted: bool) -> None:
-    """Write a run's or study's report.html and say where it is."""
-    if wanted:
-        from medcad.report.html import write_report
-
-        typer.echo(f"report: {write_report(folder)}")
-
-
-def _load(path: Path, layout: str | None, pattern: str | None, mask_suffix: str, labels: str | None = None):
-    from medcad.data.manifest import load_manifest
-
-    allowed = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    return load_manifest(path, layout=layout, pattern=pattern, mask_suffix=mask_suffix, labels=allowed)
-
-
-@data_app.command("inspect")
-def data_inspect(
-    path: Path,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
-    out: Annotated[Path, typer.Option(help="Where to write the manifest CSV.")] = Path("manifest.csv"),
-    labels: LabelsOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Summarise a dataset (any supported layout) and write its manifest.csv."""
-    try:
-        from medcad.data.summary import summarize
-
-        manifest = _load(path, layout, pattern, mask_suffix, labels)
-        summary = summarize(manifest)
-        summary["manifest_csv"] = str(manifest.save(out))
-    except MedcadError as e:
-        _fail(e)
-    _emit(summary, as_json, "print_summary")
-
-
-@data_app.command("audit")
-def data_audit(
-    path: Path,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
-    splits: Annotated[
-        Path | None, typer.Option(help="splits.json: report groups that straddle train and test.")
-    ] = None,
-    labels: LabelsOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Find unreadable files, mask problems, empty labels, duplicates (also across labels) and split leakage."""
-    try:
-        from medcad.data.audit import audit
-        from medcad.data.splits import load_splits
-
-        manifest = _load(path, layout, pattern, mask_suffix, labels)
-        split_data = load_splits(splits, manifest) if splits else None
-        result = audit(manifest, split_data, progress=not as_json)
-    except MedcadError as e:
-        _fail(e)
-    _emit(result, as_json, "print_audit")
-
-
-@data_app.command("split")
-def data_split(
-    path: Path,
-    out: Annotated[Path, typer.Option(help="Where to write splits.json.")] = Path("splits.json"),
-    folds: Annotated[int, typer.Option(help="k for grouped stratified k-fold.")] = 5,
-    holdout: Annotated[float | None, typer.Option(help="Test fraction for a single holdout split.")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Validation fraction carved from each training part.")] = 0.15,
-    group: Annotated[str, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = "auto",
-    seed: int = 0,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
-) -> None:
-    """Write grouped, stratified splits (k-fold or holdout) to splits.json."""
-    try:
-        from medcad.data.splits import make_splits, save_splits
-
-        manifest = _load(path, layout, pattern, mask_suffix)
-        splits = make_splits(
-            manifest, folds=folds, holdout=holdout, val_fraction=val_fraction, seed=seed, group_by=group, progress=True
-        )
-        save_splits(splits, out)
-    except MedcadError as e:
-        _fail(e)
-    sizes = ", ".join(f"{len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for f in splits["folds"])
-    typer.echo(
-        f"{out}: {splits['method']}, {splits['n_folds']} fold(s), grouped by {splits['group_by']} "
-        f"({splits['n_groups']} groups); train/val/test per fold: {sizes}"
-    )
-
-
-@data_app.command("frames")
-def data_frames(
-    video: Path,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for frames/ and manifest.csv.")] = Path("frames"),
-    every: Annotated[int, typer.Option(help="Keep every N-th frame.")] = 10,
-    blur_threshold: Annotated[
-        float | None, typer.Option(help="Frames with sharpness below this get the label 'unclear'.")
-    ] = None,
-) -> None:
-    """Extract frames from a procedure video with a sharpness score (variance of the Laplacian)."""
-    try:
-        from medcad.data.video import extract_frames
-
-        manifest = extract_frames(video, out, every=every, blur_threshold=blur_threshold)
-    except MedcadError as e:
-        _fail(e)
-    typer.echo(f"{manifest}: frames with sharpness scores (low = blurred; label them 'unclear')")
+from medcad.errors import MedcadError
 
 
 @app.command()
@@ -278,8 +142,8 @@ def predict(
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict the class of images, or of every frame of videos (annotated video + per-frame CSV); for a segment or
-    multitask run, write lesion masks and overlays."""
+    """Predict images or every frame of videos: classes (annotated video + per-frame CSV), lesion masks and overlays
+    (segment, multitask), or boxes with the frame decision (detect)."""
     try:
         from medcad.data.video import is_video
         from medcad.inference.predictor import Predictor, expand_inputs, run_task
@@ -322,23 +186,6 @@ def predict(
         Console().print(t)
     for v in summaries:
         _echo_video(v)
-
-
-def _echo_video(v: dict) -> None:
-    typer.echo(
-        f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
-        f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
-    )
-
-
-def _print_table(table, as_json: bool, where: str) -> None:
-    if as_json:
-        typer.echo(table.to_json(orient="records", indent=1))
-        return
-    from rich.console import Console
-
-    Console().print(table.to_string(index=False, float_format="%.3f"))
-    typer.echo(where)
 
 
 @app.command()
@@ -410,121 +257,3 @@ def explain(
     except MedcadError as e:
         _fail(e)
     typer.echo(f"{out}: Grad-CAM for {predictor.labels[c]} (p={probs[0, c]:.3f})")
-
-
-@app.command()
-def study(
-    study_file: Annotated[Path, typer.Argument(help="Study YAML: data, task, models, protocol, settings.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: beside the file).")] = None,
-    make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
-) -> None:
-    """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report."""
-    try:
-        from medcad.report.console import print_study
-        from medcad.study.runner import run_study
-
-        results = run_study(study_file, out)
-        print_study(results)
-        _report(Path(results["splits"]).parent, make_report)
-    except MedcadError as e:
-        _fail(e)
-
-
-@app.command()
-def report(
-    run: Annotated[Path, typer.Argument(help="Run or study folder.")],
-    gallery: Annotated[bool, typer.Option(help="Include the Grad-CAM gallery.")] = True,
-) -> None:
-    """Write the self-contained report.html of a run or study."""
-    try:
-        from medcad.report.html import write_report
-
-        path = write_report(run, gallery=gallery)
-    except MedcadError as e:
-        _fail(e)
-    typer.echo(f"report: {path}")
-
-
-@app.command()
-def export(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
-    int8: Annotated[
-        bool, typer.Option("--int8", help="Also write a static int8 model calibrated on training images.")
-    ] = False,
-    fold: Annotated[int | None, typer.Option(help="Export one fold's model (default: the fold ensemble).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder (default RUN/export).")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Export a run to ONNX (preprocessing recorded beside it) and check agreement with PyTorch."""
-    try:
-        from medcad.errors import ConfigError
-        from medcad.inference.export import export_onnx
-
-        if fmt != "onnx":
-            raise ConfigError(f"--format {fmt!r} is not supported; use onnx")
-        result = export_onnx(run, out, fold=fold, int8=int8)
-    except MedcadError as e:
-        _fail(e)
-    if as_json:
-        typer.echo(json.dumps(result, indent=1))
-        return
-    for name, a in result["agreement"].items():
-        typer.echo(
-            f"{name}: top-1 agreement with PyTorch {a['top1_agreement']:.1%} on {a['n']} held-out images, "
-            f"max probability difference {a['max_prob_diff']:.4f}"
-        )
-    typer.echo("files: " + ", ".join(result["files"]))
-
-
-@app.command()
-def bench(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
-    batch: Annotated[int, typer.Option(help="Batch size for the throughput figure.")] = 32,
-    fold: Annotated[int | None, typer.Option(help="Fold model to time (default 0; none = ensemble).")] = 0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    backends: Annotated[
-        str, typer.Option(help="Comma-separated backends.")
-    ] = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8",
-    as_json: JsonOpt = False,
-) -> None:
-    """Images/s and latency (p50/p95) of each prediction backend, side by side, with agreement to fp32."""
-    try:
-        from medcad.inference.bench import bench as run_bench
-
-        result = run_bench(
-            run, backends=tuple(b.strip() for b in backends.split(",")), batch=batch, fold=fold, threads=threads
-        )
-    except MedcadError as e:
-        _fail(e)
-    if as_json:
-        typer.echo(json.dumps(result, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table("backend", "images/s", "× fp32", "p50 ms", "p95 ms", "top-1 agreement", title=f"{run} (batch {batch})")
-    for name, b in result["backends"].items():
-        t.add_row(
-            name,
-            f"{b['images_per_s']:.1f}",
-            f"{b.get('speedup_vs_torch_fp32', 1):.2f}",
-            f"{b['p50_ms']:.1f}",
-            f"{b['p95_ms']:.1f}",
-            f"{b['agreement']:.1%}",
-        )
-    Console().print(t)
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo data and results.")] = Path("runs/demo"),
-    seed: int = 0,
-) -> None:
-    """Run medcad end to end on a built-in synthetic dataset (offline)."""
-    try:
-        from medcad.demo import run_demo
-
-        run_demo(out, seed=seed)
-    except MedcadError as e:
-        _fail(e)

@@ -1,0 +1,118 @@
+"""`medcad data ...`: inspect, audit, split datasets and extract video frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medcad.cli.common import (
+    JsonOpt,
+    LabelsOpt,
+    LayoutOpt,
+    MaskSuffixOpt,
+    PatternOpt,
+    _emit,
+    _fail,
+    _load,
+    data_app,
+)
+from medcad.errors import MedcadError
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Path,
+    layout: LayoutOpt = None,
+    pattern: PatternOpt = None,
+    mask_suffix: MaskSuffixOpt = "_mask",
+    out: Annotated[Path, typer.Option(help="Where to write the manifest CSV.")] = Path("manifest.csv"),
+    labels: LabelsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Summarise a dataset (any supported layout) and write its manifest.csv."""
+    try:
+        from medcad.data.summary import summarize
+
+        manifest = _load(path, layout, pattern, mask_suffix, labels)
+        summary = summarize(manifest)
+        summary["manifest_csv"] = str(manifest.save(out))
+    except MedcadError as e:
+        _fail(e)
+    _emit(summary, as_json, "print_summary")
+
+
+@data_app.command("audit")
+def data_audit(
+    path: Path,
+    layout: LayoutOpt = None,
+    pattern: PatternOpt = None,
+    mask_suffix: MaskSuffixOpt = "_mask",
+    splits: Annotated[
+        Path | None, typer.Option(help="splits.json: report groups that straddle train and test.")
+    ] = None,
+    labels: LabelsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find unreadable files, mask problems, empty labels, duplicates (also across labels) and split leakage."""
+    try:
+        from medcad.data.audit import audit
+        from medcad.data.splits import load_splits
+
+        manifest = _load(path, layout, pattern, mask_suffix, labels)
+        split_data = load_splits(splits, manifest) if splits else None
+        result = audit(manifest, split_data, progress=not as_json)
+    except MedcadError as e:
+        _fail(e)
+    _emit(result, as_json, "print_audit")
+
+
+@data_app.command("split")
+def data_split(
+    path: Path,
+    out: Annotated[Path, typer.Option(help="Where to write splits.json.")] = Path("splits.json"),
+    folds: Annotated[int, typer.Option(help="k for grouped stratified k-fold.")] = 5,
+    holdout: Annotated[float | None, typer.Option(help="Test fraction for a single holdout split.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Validation fraction carved from each training part.")] = 0.15,
+    group: Annotated[str, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = "auto",
+    seed: int = 0,
+    layout: LayoutOpt = None,
+    pattern: PatternOpt = None,
+    mask_suffix: MaskSuffixOpt = "_mask",
+) -> None:
+    """Write grouped, stratified splits (k-fold or holdout) to splits.json."""
+    try:
+        from medcad.data.splits import make_splits, save_splits
+
+        manifest = _load(path, layout, pattern, mask_suffix)
+        splits = make_splits(
+            manifest, folds=folds, holdout=holdout, val_fraction=val_fraction, seed=seed, group_by=group, progress=True
+        )
+        save_splits(splits, out)
+    except MedcadError as e:
+        _fail(e)
+    sizes = ", ".join(f"{len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for f in splits["folds"])
+    typer.echo(
+        f"{out}: {splits['method']}, {splits['n_folds']} fold(s), grouped by {splits['group_by']} "
+        f"({splits['n_groups']} groups); train/val/test per fold: {sizes}"
+    )
+
+
+@data_app.command("frames")
+def data_frames(
+    video: Path,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for frames/ and manifest.csv.")] = Path("frames"),
+    every: Annotated[int, typer.Option(help="Keep every N-th frame.")] = 10,
+    blur_threshold: Annotated[
+        float | None, typer.Option(help="Frames with sharpness below this get the label 'unclear'.")
+    ] = None,
+) -> None:
+    """Extract frames from a procedure video with a sharpness score (variance of the Laplacian)."""
+    try:
+        from medcad.data.video import extract_frames
+
+        manifest = extract_frames(video, out, every=every, blur_threshold=blur_threshold)
+    except MedcadError as e:
+        _fail(e)
+    typer.echo(f"{manifest}: frames with sharpness scores (low = blurred; label them 'unclear')")

@@ -1,0 +1,87 @@
+"""`medcad export | bench`: ONNX export and prediction speed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medcad.cli.common import (
+    JsonOpt,
+    _fail,
+    app,
+)
+from medcad.errors import MedcadError
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write a static int8 model calibrated on training images.")
+    ] = False,
+    fold: Annotated[int | None, typer.Option(help="Export one fold's model (default: the fold ensemble).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder (default RUN/export).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a run to ONNX (preprocessing recorded beside it) and check agreement with PyTorch."""
+    try:
+        from medcad.errors import ConfigError
+        from medcad.inference.export import export_onnx
+
+        if fmt != "onnx":
+            raise ConfigError(f"--format {fmt!r} is not supported; use onnx")
+        result = export_onnx(run, out, fold=fold, int8=int8)
+    except MedcadError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    for name, a in result["agreement"].items():
+        typer.echo(
+            f"{name}: top-1 agreement with PyTorch {a['top1_agreement']:.1%} on {a['n']} held-out images, "
+            f"max probability difference {a['max_prob_diff']:.4f}"
+        )
+    typer.echo("files: " + ", ".join(result["files"]))
+
+
+@app.command()
+def bench(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    batch: Annotated[int, typer.Option(help="Batch size for the throughput figure.")] = 32,
+    fold: Annotated[int | None, typer.Option(help="Fold model to time (default 0; none = ensemble).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    backends: Annotated[
+        str, typer.Option(help="Comma-separated backends.")
+    ] = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8",
+    as_json: JsonOpt = False,
+) -> None:
+    """Images/s and latency (p50/p95) of each prediction backend, side by side, with agreement to fp32."""
+    try:
+        from medcad.inference.bench import bench as run_bench
+
+        result = run_bench(
+            run, backends=tuple(b.strip() for b in backends.split(",")), batch=batch, fold=fold, threads=threads
+        )
+    except MedcadError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("backend", "images/s", "× fp32", "p50 ms", "p95 ms", "top-1 agreement", title=f"{run} (batch {batch})")
+    for name, b in result["backends"].items():
+        t.add_row(
+            name,
+            f"{b['images_per_s']:.1f}",
+            f"{b.get('speedup_vs_torch_fp32', 1):.2f}",
+            f"{b['p50_ms']:.1f}",
+            f"{b['p95_ms']:.1f}",
+            f"{b['agreement']:.1%}",
+        )
+    Console().print(t)

@@ -1,0 +1,62 @@
+"""`medcad study | report | demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medcad.cli.common import (
+    _fail,
+    _report,
+    app,
+)
+from medcad.errors import MedcadError
+
+
+@app.command()
+def study(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML: data, task, models, protocol, settings.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: beside the file).")] = None,
+    make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+) -> None:
+    """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report."""
+    try:
+        from medcad.report.console import print_study
+        from medcad.study.runner import run_study
+
+        results = run_study(study_file, out)
+        print_study(results)
+        _report(Path(results["splits"]).parent, make_report)
+    except MedcadError as e:
+        _fail(e)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run or study folder.")],
+    gallery: Annotated[bool, typer.Option(help="Include the Grad-CAM gallery.")] = True,
+) -> None:
+    """Write the self-contained report.html of a run or study."""
+    try:
+        from medcad.report.html import write_report
+
+        path = write_report(run, gallery=gallery)
+    except MedcadError as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo data and results.")] = Path("runs/demo"),
+    seed: int = 0,
+) -> None:
+    """Run medcad end to end on a built-in synthetic dataset (offline)."""
+    try:
+        from medcad.demo import run_demo
+
+        run_demo(out, seed=seed)
+    except MedcadError as e:
+        _fail(e)
