@@ -48,6 +48,9 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["ap50"]["value"] == pytest.approx(m["ap50"]["value"])
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv.parent), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_images"] == 24
 
     image = csv.parent / table.at[with_box[2], "image"]
     out = tmp_path / "pred"

@@ -44,6 +44,9 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["dice"]["value"] == pytest.approx(m["dice"]["value"])
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(synth), "--json"])  # as an external set
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["segmentation"]["n_images"] == 24
 
     image = next((synth / "images").glob("*.png"))
     out = tmp_path / "pred"
