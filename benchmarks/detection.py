@@ -24,21 +24,21 @@ KVASIR = HERE.parent.parent / "shared" / "data" / "kvasir-seg"
 CFG = TrainConfig(
     task="detect",
     image_size=256,
-    epochs=12,
+    epochs=24,
     batch_size=16,
     lr=5e-4,
-    patience=4,
+    patience=6,
     augment="light",
     holdout=0.2,
     folds=None,
-    threads=2,
+    threads=1,
 )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=KVASIR)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE.parent / "runs" / "bench" / "kvasir_det")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -49,8 +49,8 @@ def main() -> None:
         keep = ("ap50", "map", "iou_thresholds", "frame_level", "ap50_per_class", "n_images", "n_boxes")
         runs[Path(run).name] = {**{k: m[k] for k in keep}, "speed": m["per_fold"][0]["speed"]}
     result = {
-        "command": "medcad train ../shared/data/kvasir-seg --task detect --image-size 256 --epochs 12 "
-        f"--batch-size 16 --lr 5e-4 --patience 4 --holdout 0.2 --repeats {args.repeats}",
+        "command": "medcad train ../shared/data/kvasir-seg --task detect --image-size 256 --epochs 24 "
+        f"--batch-size 16 --lr 5e-4 --patience 6 --augment light --holdout 0.2 --repeats {args.repeats}",
         "wall_seconds_this_session": time.perf_counter() - t0,
         "runs": runs,
         "summary": rep["summary"],
