@@ -36,7 +36,7 @@ def explain_mask(
     from medcad.models.segmentation import cam_target_name
 
     model = model.eval().float()
-    x = normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float())
+    x = normalize(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float())
     with torch.no_grad():
         lesion = (model(x)["mask"][0, 0] > 0).float().numpy()
     tiles = [(mask_overlay(image, lesion > 0), f"predicted lesion ({lesion.mean():.1%} of the image)")]
