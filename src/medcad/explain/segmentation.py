@@ -42,7 +42,9 @@ def explain_mask(
     tiles = [(mask_overlay(image, lesion > 0), f"predicted lesion ({lesion.mean():.1%} of the image)")]
     maps = attention_maps(model)[-n_attention:]
     for j, amap in enumerate(maps):
-        tiles.append((overlay(image, amap[0, 0].float().numpy()), f"CBAM spatial attention {j - len(maps)}"))
+        a = amap[0, 0].float().numpy()
+        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)  # the maps sit near 1: show their contrast
+        tiles.append((overlay(image, a), f"CBAM spatial attention {j - len(maps)} (min-max)"))
     target = model.get_submodule(layer or cam_target_name(model, "mask"))
     with GradCAM(model=_MaskLogits(model), target_layers=[target]) as cam:
         heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(0, lesion)])[0]
