@@ -1,7 +1,7 @@
 """How well a detector's default boxes fit a dataset's boxes: default-box widths, and per true box the number of
 default boxes at IoU >= 0.5 and the best IoU (SSD trains a box from those matches).
 
-    .venv/bin/python benchmarks/anchor_check.py [--data ../shared/data/kvasir-seg] [--size 256]
+    .venv/bin/python benchmarks/anchor_check.py [--data ../shared/data/kvasir-seg] [--size 256] [--data-scales]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from medcad.config import TrainConfig
 from medcad.data.boxes import manifest_boxes
 from medcad.data.manifest import load_manifest
 from medcad.engine.detect import build_detector
+from medcad.models.detection import anchor_scales
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,10 +28,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "kvasir-seg")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--data-scales", action="store_true", help="scales from the boxes (what training uses)")
     args = ap.parse_args()
     manifest = load_manifest(args.data)
     labels, boxes, _ = manifest_boxes(manifest, args.size)
-    model = build_detector(TrainConfig(task="detect", image_size=args.size, weights="none"), len(labels)).eval()
+    scales = anchor_scales(boxes, args.size) if args.data_scales else None
+    model = build_detector(TrainConfig(task="detect", image_size=args.size, weights="none"), len(labels), scales).eval()
+    print("default-box scales", model.medcad_config["anchor_scales"])
     x = torch.zeros(1, 3, args.size, args.size)
     feats = list(model.backbone(x).values())
     anchors = model.anchor_generator(ImageList(x, [(args.size, args.size)]), feats)[0]

@@ -23,7 +23,7 @@ from medcad.config import TrainConfig
 from medcad.engine.common import TrainingThroughput, make_trainer, quiet_lightning, save_model
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
-from medcad.models.detection import HEADS, create_detector, detector_data_config, set_backbone_bn_eval
+from medcad.models.detection import HEADS, anchor_scales, create_detector, detector_data_config, set_backbone_bn_eval
 
 STAGE = "detect"  # checkpoint and log sub-folder
 
@@ -150,11 +150,13 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-def build_detector(cfg: TrainConfig, n_classes: int) -> torch.nn.Module:
+def build_detector(cfg: TrainConfig, n_classes: int, scales: tuple[float, float] | None = None) -> torch.nn.Module:
     """The detector a run's settings describe: cfg.model backbone with cfg.weights at cfg.image_size; the head is
     cfg.head when it names a detection head ("ssd", "ssdlite"), else SSDlite (the classifier's heads do not apply)."""
     head = cfg.head if cfg.head in HEADS else "ssdlite"
-    return create_detector(n_classes, backbone=cfg.model, weights=cfg.weights, image_size=cfg.image_size, head=head)
+    return create_detector(
+        n_classes, backbone=cfg.model, weights=cfg.weights, image_size=cfg.image_size, head=head, scales=scales
+    )
 
 
 def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -240,9 +242,13 @@ def train_detect_fold(
         raise ConfigError(f"images have shape {images.shape[1:]}, expected ({cfg.image_size}, {cfg.image_size}, 3)")
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = build_detector(cfg, len(labels))
     if init_model is not None:
         prior, meta = load_detector(init_model)
+        scales = tuple(meta["data_config"]["anchor_scales"])  # the same default boxes as the model continued from
+    else:
+        scales = anchor_scales([boxes[i] for i in train], cfg.image_size)
+    model = build_detector(cfg, len(labels), scales)
+    if init_model is not None:
         if meta["labels"] != list(labels):
             raise ConfigError(f"{init_model}: labels {meta['labels']} differ from this run's {list(labels)}")
         try:

@@ -52,7 +52,8 @@ def load_model_file(path: Path) -> tuple[torch.nn.Module, dict]:
     else:
         from medcad.engine.detect import build_detector
 
-        model = build_detector(cfg.replace(weights="none"), n)
+        scales = blob["data_config"].get("anchor_scales")
+        model = build_detector(cfg.replace(weights="none"), n, tuple(scales) if scales else None)
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob
 
