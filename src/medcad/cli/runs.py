@@ -55,6 +55,9 @@ def train(
     oversample: Annotated[bool | None, typer.Option(help="Oversample rare classes in training folds.")] = None,
     class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
     precision: Annotated[str | None, typer.Option(help="bf16-mixed or 32-true.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: epochs without a better validation score.")
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     repeats: Annotated[
         int, typer.Option(help="Train this many times (seeds seed, seed+1, ...) on the same splits; mean ± sd.")
@@ -94,6 +97,7 @@ def train(
             class_weights=class_weights,
             precision=precision,
             seed=seed,
+            patience=patience,
             threads=threads,
             layout=layout,
             pattern=pattern,
