@@ -24,14 +24,14 @@ KVASIR = HERE.parent.parent / "shared" / "data" / "kvasir-seg"
 CFG = TrainConfig(
     task="detect",
     image_size=256,
-    epochs=24,
+    epochs=12,
     batch_size=16,
     lr=5e-4,
     patience=6,
     augment="light",
     holdout=0.2,
     folds=None,
-    threads=1,
+    threads=2,
 )
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=KVASIR)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=HERE.parent / "runs" / "bench" / "kvasir_det")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "runs" / "bench" / "kvasir_det_repeats")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rep = train_repeats(args.data, args.out, CFG, args.repeats)
@@ -49,7 +49,7 @@ def main() -> None:
         keep = ("ap50", "map", "iou_thresholds", "frame_level", "ap50_per_class", "n_images", "n_boxes")
         runs[Path(run).name] = {**{k: m[k] for k in keep}, "speed": m["per_fold"][0]["speed"]}
     result = {
-        "command": "medcad train ../shared/data/kvasir-seg --task detect --image-size 256 --epochs 24 "
+        "command": "medcad train ../shared/data/kvasir-seg --task detect --image-size 256 --epochs 12 "
         f"--batch-size 16 --lr 5e-4 --patience 6 --augment light --holdout 0.2 --repeats {args.repeats}",
         "wall_seconds_this_session": time.perf_counter() - t0,
         "runs": runs,

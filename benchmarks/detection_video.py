@@ -5,7 +5,7 @@ for a few frames with a slow pan, and every third image is motion-blurred, as fr
 Then: frames are extracted with a sharpness score (blurred ones labelled "unclear"), and the detector runs on
 every frame of the video with boxes drawn, as `medcad predict RUN clip.mp4` does.
 
-    .venv/bin/python benchmarks/detection_video.py [--run runs/bench/kvasir_det/seed_0]
+    .venv/bin/python benchmarks/detection_video.py [--run runs/bench/kvasir_det_anchors]
 
 Writes benchmarks/results/detection_video.json and runs/bench/video/.
 """
@@ -52,7 +52,7 @@ def make_clip(images: list[Path], path: Path, frames_per_image: int = 8) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", type=Path, default=HERE.parent / "runs" / "bench" / "kvasir_det" / "seed_0")
+    ap.add_argument("--run", type=Path, default=HERE.parent / "runs" / "bench" / "kvasir_det_anchors")
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--out", type=Path, default=HERE.parent / "runs" / "bench" / "video")
     args = ap.parse_args()
