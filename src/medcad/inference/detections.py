@@ -13,10 +13,9 @@ import torch
 
 from medcad.config import TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import read_image
 from medcad.data.manifest import atomic_write_text
 from medcad.engine.detect import predict_detections
-from medcad.inference.predictor import load_models
+from medcad.inference.predictor import image_batches, load_models
 
 BACKGROUND = "background"
 COLOURS = [(255, 60, 60), (60, 160, 255), (255, 200, 40), (180, 90, 255), (40, 220, 120)]  # RGB per class
@@ -109,10 +108,8 @@ def predict_detection_files(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for start in range(0, len(inputs), batch):
-        paths = list(inputs[start : start + batch])
-        originals = [read_image(p) for p in paths]
-        dets = predictor.predict_arrays(np.stack([predictor.prepare(im) for im in originals]))
+    for paths, originals, prepared in image_batches(inputs, predictor.prepare, batch):
+        dets = predictor.predict_arrays(prepared)
         for path, image, d in zip(paths, originals, dets, strict=True):
             h, w = image.shape[:2]
             d = predictor.to_image(d, w, h)

@@ -12,12 +12,11 @@ import torch
 
 from medcad.config import TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import read_image
 from medcad.data.manifest import atomic_write_text
 from medcad.data.transforms import Normalize
 from medcad.engine.segment import predict_masks
 from medcad.errors import DataError
-from medcad.inference.predictor import load_models
+from medcad.inference.predictor import image_batches, load_models
 
 TRUE_COLOUR = (40, 220, 40)  # RGB: ground truth contour
 PRED_COLOUR = (255, 40, 40)  # RGB: predicted contour
@@ -86,10 +85,8 @@ def predict_mask_files(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for start in range(0, len(inputs), batch):
-        paths = list(inputs[start : start + batch])
-        originals = [read_image(p) for p in paths]
-        masks, probs = predictor.predict_arrays(np.stack([predictor.prepare(im) for im in originals]))
+    for paths, originals, prepared in image_batches(inputs, predictor.prepare, batch):
+        masks, probs = predictor.predict_arrays(prepared)
         for j, (path, image) in enumerate(zip(paths, originals, strict=True)):
             row: dict = {"image": str(path)}
             if masks is not None:

@@ -205,6 +205,15 @@ class Predictor:
         ]
 
 
+def image_batches(paths: Sequence[Path], prepare, batch: int):
+    """Yield (paths, original RGB images, prepared (n, S, S, 3) array) per batch of image files, so that outputs
+    can be drawn on and sized to the originals."""
+    for start in range(0, len(paths), batch):
+        chunk = list(paths[start : start + batch])
+        originals = [read_image(p) for p in chunk]
+        yield chunk, originals, np.stack([prepare(im) for im in originals])
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders expanded to the images inside them (sorted)."""
     out: list[Path] = []
