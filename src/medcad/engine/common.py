@@ -133,3 +133,19 @@ class TrainingThroughput:
         ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
         self.images_per_s.append(ips)
         self.log("train_images_per_s", ips)
+
+
+def load_init_model(path: Path, labels: list[str], *tasks: str) -> tuple[torch.nn.Module, dict]:
+    """The model a fold continues from (sequential transfer): a model.pt of one of `tasks` with the run's labels.
+
+    Raises:
+        DataError: the file is unusable or of another task; ConfigError: its labels differ from the run's.
+    """
+    from medcad.errors import ConfigError
+    from medcad.inference.predictor import load_model_file, require_task
+
+    model, meta = load_model_file(Path(path))
+    require_task(meta, Path(path), *tasks)
+    if meta["labels"] != list(labels):
+        raise ConfigError(f"{path}: labels {meta['labels']} differ from this run's {list(labels)}")
+    return model, meta

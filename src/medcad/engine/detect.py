@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from medcad.config import TrainConfig
-from medcad.engine.common import TrainingThroughput, make_trainer, quiet_lightning, save_model
+from medcad.engine.common import TrainingThroughput, load_init_model, make_trainer, quiet_lightning, save_model
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
 from medcad.models.detection import HEADS, anchor_scales, create_detector, detector_data_config, set_backbone_bn_eval
@@ -243,14 +243,12 @@ def train_detect_fold(
     fold_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if init_model is not None:
-        prior, meta = load_detector(init_model)
+        prior, meta = load_init_model(init_model, labels, "detect")
         scales = tuple(meta["data_config"]["anchor_scales"])  # the same default boxes as the model continued from
     else:
         scales = anchor_scales([boxes[i] for i in train], cfg.image_size)
     model = build_detector(cfg, len(labels), scales)
     if init_model is not None:
-        if meta["labels"] != list(labels):
-            raise ConfigError(f"{init_model}: labels {meta['labels']} differ from this run's {list(labels)}")
         try:
             model.load_state_dict(prior.state_dict())
         except RuntimeError as e:

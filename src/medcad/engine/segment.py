@@ -18,7 +18,14 @@ from torch import nn
 from medcad.config import TrainConfig
 from medcad.data.datasets import MaskedImageDataset
 from medcad.data.transforms import Normalize, augmentation
-from medcad.engine.common import TrainingThroughput, class_weights, make_loader, make_trainer, save_model
+from medcad.engine.common import (
+    TrainingThroughput,
+    class_weights,
+    load_init_model,
+    make_loader,
+    make_trainer,
+    save_model,
+)
 from medcad.engine.modules import make_optimizer, val_score
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
@@ -196,11 +203,7 @@ def train_segment_fold(
     multitask = cfg.task == "multitask"
     model = build_segmenter(cfg, len(labels))
     if init_model is not None:
-        from medcad.inference.predictor import load_model_file
-
-        prior, meta = load_model_file(init_model)
-        if meta["labels"] != labels:
-            raise ConfigError(f"{init_model}: labels {meta['labels']} differ from this run's {labels}")
+        prior, _ = load_init_model(init_model, labels, "segment", "multitask")
         model.load_state_dict(prior.state_dict())
     from medcad.models.segmentation import segmenter_data_config
 

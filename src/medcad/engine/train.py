@@ -22,7 +22,7 @@ from medcad.data.datasets import ImageDataset, cached_images, cached_masks, imag
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.data.transforms import Normalize, augmentation
-from medcad.engine.common import class_weights, make_loader, make_trainer, quiet_lightning, save_model
+from medcad.engine.common import class_weights, load_init_model, make_loader, make_trainer, quiet_lightning, save_model
 from medcad.engine.features import backbone_features, run_batched
 from medcad.engine.modules import val_score
 from medcad.engine.results import evaluate_results, write_json
@@ -104,11 +104,7 @@ def train_fold(
 
     t0 = time.perf_counter()
     if init_model is not None:
-        from medcad.inference.predictor import load_model_file
-
-        prior, meta = load_model_file(init_model)
-        if meta["labels"] != labels:
-            raise ConfigError(f"{init_model}: labels {meta['labels']} differ from this run's {labels}")
+        prior, _ = load_init_model(init_model, labels, "classify")
         model.load_state_dict(prior.state_dict())
         stage1_score = val_score(y[val], _predict(model, normalize, images, val))
         best_stage = "init"
