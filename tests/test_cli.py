@@ -55,7 +55,7 @@ def test_split_command_writes_splits(class_folders: Path, tmp_path: Path, monkey
     assert res.exit_code == 0, res.output
     assert len(json.loads(out.read_text())["folds"]) == 3
     res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "9", "--out", str(out)])
-    assert res.exit_code == 2 and "fewer folds" in res.output
+    assert res.exit_code == 2 and "9-fold cross-validation needs" in res.output and "--folds 6" in res.output
 
 
 def test_csv_rows_with_missing_files_or_unknown_labels_are_named(tmp_path: Path) -> None:

@@ -11,6 +11,52 @@ from medcad.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class DataOptions:
+    """How to read a dataset; every command that reads one takes these same options.
+
+    Attributes:
+        layout: force a reader ("folders", "csv", "images-masks", "coco"); detected when None.
+        pattern: for "folders", how folders map to columns, e.g. "{label}", "{domain}/{label}", "{group}/{label}".
+        mask_suffix: masks beside their images are `<stem><suffix>.*` and `<stem><suffix>_<n>.*`.
+        images: for paired folders, the folder of the images (relative to the dataset folder); found when None.
+        masks: for paired folders, the folder of the masks, whose file stems match the images'.
+        group_from: a regular expression searched in each image path (relative, with `/`); its group `patient`
+            (or its first group, or the whole match) becomes the patient id, e.g. `^(P\\d+)_` or `(?P<patient>[^/]+)/`.
+        label_map: renamed labels, "old=new,old2=new2" (for rows and boxes), e.g. to score a set whose classes are
+            named differently from a model's.
+    """
+
+    layout: str | None = None
+    pattern: str | None = None
+    mask_suffix: str = "_mask"
+    images: str | None = None
+    masks: str | None = None
+    group_from: str | None = None
+    label_map: str | None = None
+
+    def given(self) -> dict[str, object]:
+        """The options that differ from the defaults (what a user set), by name."""
+        default = DataOptions()
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+    def label_mapping(self) -> dict[str, str]:
+        """`label_map` as a dict; raises ConfigError for an entry without `=`."""
+        out = {}
+        for item in (self.label_map or "").split(","):
+            if not item.strip():
+                continue
+            old, sep, new = item.partition("=")
+            if not sep or not old.strip() or not new.strip():
+                raise ConfigError(
+                    f"label map entry {item.strip()!r} is not 'old=new' (e.g. 'lesion=polyp,Normal=normal')"
+                )
+            out[old.strip()] = new.strip()
+        return out
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Stored as config.json in the run folder."""
 
@@ -51,7 +97,15 @@ class TrainConfig:
     layout: str | None = None
     pattern: str | None = None
     mask_suffix: str = "_mask"
+    images: str | None = None
+    masks: str | None = None
+    group_from: str | None = None
+    label_map: str | None = None
     threads: int | None = None
+
+    def data_options(self) -> DataOptions:
+        """The dataset-reading options of this run."""
+        return DataOptions(**{f.name: getattr(self, f.name) for f in fields(DataOptions)})
 
     def replace(self, **changes: object) -> TrainConfig:
         """A copy with some fields changed; unknown names raise ConfigError naming them."""

@@ -90,7 +90,9 @@ def test_patient_groups_and_validation_part(tmp_path: Path) -> None:
 
 def test_too_few_groups_to_stratify_names_the_label(class_folders: Path) -> None:
     m = load_manifest(class_folders)
-    with pytest.raises(DataError, match="too few .*'lesion': 6"):
+    with pytest.raises(
+        DataError, match="7-fold cross-validation needs at least 7 .*too few: 'lesion': 6 group.*--folds 6"
+    ):
         make_splits(m, folds=7)
 
 

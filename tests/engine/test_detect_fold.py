@@ -98,5 +98,5 @@ def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest
 def test_validation_without_boxes_is_refused(tmp_path: Path) -> None:
     images, boxes = _frames()
     parts = {"train": np.arange(2, 16), "val": np.arange(0, 2), "test": np.arange(0, 0)}
-    with pytest.raises(ConfigError, match="validation part has no boxes"):
+    with pytest.raises(ConfigError, match=r"validation part \(\d+ images\) has no boxes.*--val-fraction"):
         train_detect_fold(0, parts, images, boxes, ["square", "disc"], FAST, tmp_path / "f", progress=False)

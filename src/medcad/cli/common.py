@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from medcad.config import DataOptions
 
 app = typer.Typer(
     help="medcad: computer-aided diagnosis studies on endoscopy and ultrasound images.",
@@ -17,11 +22,89 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect, audit and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-LayoutOpt = Annotated[str | None, typer.Option(help="Force a layout: folders, csv, images-masks, coco.")]
-PatternOpt = Annotated[
-    str | None, typer.Option(help="Folder pattern, e.g. '{label}', '{domain}/{label}', '{group}/{label}'.")
-]
-MaskSuffixOpt = Annotated[str, typer.Option(help="Masks beside images: <stem><suffix>[_n].png")]
+# The dataset-reading options, the same on every command that reads a dataset (see `with_data_options`).
+_DATA = "Data"
+DATA_OPTIONS: dict[str, tuple[object, object]] = {
+    "layout": (
+        Annotated[
+            str | None,
+            typer.Option(help="Force a layout: folders, csv, images-masks, coco.", rich_help_panel=_DATA),
+        ],
+        None,
+    ),
+    "pattern": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Folder pattern, e.g. '{label}', '{domain}/{label}', '{group}/{label}'.", rich_help_panel=_DATA
+            ),
+        ],
+        None,
+    ),
+    "mask_suffix": (
+        Annotated[str, typer.Option(help="Masks beside images: <stem><suffix>[_n].png", rich_help_panel=_DATA)],
+        "_mask",
+    ),
+    "images": (
+        Annotated[
+            str | None,
+            typer.Option(help="Paired folders: the images folder (relative to the dataset).", rich_help_panel=_DATA),
+        ],
+        None,
+    ),
+    "masks": (
+        Annotated[
+            str | None,
+            typer.Option(help="Paired folders: the masks folder, same file names.", rich_help_panel=_DATA),
+        ],
+        None,
+    ),
+    "group_from": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Regex on each image path whose group 'patient' (or first group) is the patient id, "
+                "e.g. '^(P\\d+)_' or '^([^/]+)/'.",
+                rich_help_panel=_DATA,
+            ),
+        ],
+        None,
+    ),
+    "label_map": (
+        Annotated[
+            str | None,
+            typer.Option(help="Rename labels (rows and boxes): 'old=new,old2=new2'.", rich_help_panel=_DATA),
+        ],
+        None,
+    ),
+}
+
+
+def with_data_options(fn):
+    """Give a command the dataset-reading options (`DATA_OPTIONS`); it receives them as `options: DataOptions`.
+
+    One definition for every command that reads a dataset, so they all take the same options.
+    """
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
+    params = [p for p in params if p.name != "options"]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+        for name, (ann, default) in DATA_OPTIONS.items()
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name, default) for name, (_, default) in DATA_OPTIONS.items()}
+        return fn(*args, options=DataOptions(**values), **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params + extra)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params + extra if p.annotation is not inspect._empty}
+    del wrapper.__wrapped__  # typer must read the new signature, not the wrapped function's
+    return wrapper
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]
 
@@ -52,11 +135,21 @@ def _report(folder: Path, wanted: bool) -> None:
         typer.echo(f"report: {write_report(folder)}")
 
 
-def _load(path: Path, layout: str | None, pattern: str | None, mask_suffix: str, labels: str | None = None):
+def _load(path: Path, options: DataOptions, labels: str | None = None, quiet: bool = False):
+    """Read a dataset with the command's data options; say how it was read (on stderr) unless quiet."""
     from medcad.data.manifest import load_manifest
 
     allowed = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    return load_manifest(path, layout=layout, pattern=pattern, mask_suffix=mask_suffix, labels=allowed)
+    manifest = load_manifest(path, options, labels=allowed)
+    if not quiet:
+        _say_notes(manifest.notes)
+    return manifest
+
+
+def _say_notes(notes: list[str]) -> None:
+    """Print how a dataset was read, one line each, on stderr (so --json output stays clean)."""
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
 
 
 def _echo_video(v: dict) -> None:

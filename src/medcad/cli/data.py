@@ -7,35 +7,26 @@ from typing import Annotated
 
 import typer
 
-from medcad.cli.common import (
-    JsonOpt,
-    LabelsOpt,
-    LayoutOpt,
-    MaskSuffixOpt,
-    PatternOpt,
-    _emit,
-    _fail,
-    _load,
-    data_app,
-)
+from medcad.cli.common import JsonOpt, LabelsOpt, _emit, _fail, _load, data_app, with_data_options
+from medcad.config import DataOptions
 from medcad.errors import MedcadError
 
 
 @data_app.command("inspect")
+@with_data_options
 def data_inspect(
     path: Path,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
     out: Annotated[Path, typer.Option(help="Where to write the manifest CSV.")] = Path("manifest.csv"),
     labels: LabelsOpt = None,
     as_json: JsonOpt = False,
+    *,
+    options: DataOptions,
 ) -> None:
     """Summarise a dataset (any supported layout) and write its manifest.csv."""
     try:
         from medcad.data.summary import summarize
 
-        manifest = _load(path, layout, pattern, mask_suffix, labels)
+        manifest = _load(path, options, labels, quiet=True)  # the summary shows the notes
         summary = summarize(manifest)
         summary["manifest_csv"] = str(manifest.save(out))
     except MedcadError as e:
@@ -44,23 +35,23 @@ def data_inspect(
 
 
 @data_app.command("audit")
+@with_data_options
 def data_audit(
     path: Path,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
     splits: Annotated[
         Path | None, typer.Option(help="splits.json: report groups that straddle train and test.")
     ] = None,
     labels: LabelsOpt = None,
     as_json: JsonOpt = False,
+    *,
+    options: DataOptions,
 ) -> None:
     """Find unreadable files, mask problems, empty labels, duplicates (also across labels) and split leakage."""
     try:
         from medcad.data.audit import audit
         from medcad.data.splits import load_splits
 
-        manifest = _load(path, layout, pattern, mask_suffix, labels)
+        manifest = _load(path, options, labels)
         split_data = load_splits(splits, manifest) if splits else None
         result = audit(manifest, split_data, progress=not as_json)
     except MedcadError as e:
@@ -69,6 +60,7 @@ def data_audit(
 
 
 @data_app.command("split")
+@with_data_options
 def data_split(
     path: Path,
     out: Annotated[Path, typer.Option(help="Where to write splits.json.")] = Path("splits.json"),
@@ -77,21 +69,22 @@ def data_split(
     val_fraction: Annotated[float, typer.Option(help="Validation fraction carved from each training part.")] = 0.15,
     group: Annotated[str, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = "auto",
     seed: int = 0,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
+    *,
+    options: DataOptions,
 ) -> None:
     """Write grouped, stratified splits (k-fold or holdout) to splits.json."""
     try:
         from medcad.data.splits import make_splits, save_splits
 
-        manifest = _load(path, layout, pattern, mask_suffix)
+        manifest = _load(path, options)
         splits = make_splits(
             manifest, folds=folds, holdout=holdout, val_fraction=val_fraction, seed=seed, group_by=group, progress=True
         )
         save_splits(splits, out)
     except MedcadError as e:
         _fail(e)
+    for note in splits.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
     sizes = ", ".join(f"{len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for f in splits["folds"])
     typer.echo(
         f"{out}: {splits['method']}, {splits['n_folds']} fold(s), grouped by {splits['group_by']} "

@@ -10,19 +10,20 @@ import typer
 
 from medcad.cli.common import (
     JsonOpt,
-    LayoutOpt,
-    MaskSuffixOpt,
-    PatternOpt,
     _echo_video,
     _fail,
     _print_table,
     _report,
+    _say_notes,
     app,
+    with_data_options,
 )
+from medcad.config import DataOptions
 from medcad.errors import MedcadError
 
 
 @app.command()
+@with_data_options
 def train(
     path: Annotated[Path, typer.Argument(help="Dataset: folder, CSV/TSV manifest or COCO JSON.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed when it exists).")] = Path("runs/run"),
@@ -63,10 +64,12 @@ def train(
         int, typer.Option(help="Train this many times (seeds seed, seed+1, ...) on the same splits; mean ± sd.")
     ] = 1,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
-    layout: LayoutOpt = None,
-    pattern: PatternOpt = None,
-    mask_suffix: MaskSuffixOpt = "_mask",
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Validation fraction carved (grouped) from each training part.")
+    ] = None,
     make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+    *,
+    options: DataOptions,
 ) -> None:
     """Train and evaluate a model with grouped cross-validation or a holdout split; writes a run folder."""
     try:
@@ -99,9 +102,8 @@ def train(
             seed=seed,
             patience=patience,
             threads=threads,
-            layout=layout,
-            pattern=pattern,
-            mask_suffix=mask_suffix,
+            val_fraction=val_fraction,
+            **options.given(),
         )
         if holdout is not None:
             overrides.update(holdout=holdout, folds=None)
@@ -129,6 +131,7 @@ def train(
 
 
 @app.command()
+@with_data_options
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (its folds as an ensemble) or a model.pt file.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images, folders of images, or videos.")],
@@ -145,35 +148,43 @@ def predict(
     batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
     as_json: JsonOpt = False,
+    *,
+    options: DataOptions,
 ) -> None:
     """Predict images or every frame of videos: classes (annotated video + per-frame CSV), lesion masks and overlays
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
         from medcad.data.video import is_video
+        from medcad.errors import ConfigError
         from medcad.inference.predictor import Predictor, expand_inputs, run_task
         from medcad.inference.video import predict_video
 
         task = run_task(run)
+        videos = [p for p in inputs if is_video(p)]
+        images = expand_inputs([p for p in inputs if not is_video(p)], options)
         if task in ("segment", "multitask"):
             from medcad.inference.masks import predict_mask_files
 
-            table = predict_mask_files(run, expand_inputs(inputs), out, fold=fold, threshold=threshold, batch=batch)
+            if videos:
+                raise ConfigError(
+                    f"{videos[0]}: video prediction is not available for {task} runs yet; extract "
+                    "frames with `medcad data frames` and predict those"
+                )
+            table = predict_mask_files(run, images, out, fold=fold, threshold=threshold, batch=batch)
             _print_table(table, as_json, f"masks and overlays in {out}/ (<image>_mask.png, <image>_overlay.png)")
             return
         if task == "detect":
             from medcad.inference.detections import DetectionPredictor, predict_detection_files
 
-            images = expand_inputs([p for p in inputs if not is_video(p)])
             if images:
                 table = predict_detection_files(run, images, out, fold=fold, threshold=threshold, batch=batch)
                 _print_table(table, as_json, f"boxes drawn in {out}/<image>_boxes.png; {out}/predictions.csv")
             detector = DetectionPredictor(run, fold, threshold, threads)
-            for v in [p for p in inputs if is_video(p)]:
+            for v in videos:
                 _echo_video(predict_video(detector, v, out, batch=batch, smooth=smooth, realtime=realtime))
             return
         predictor = Predictor(run, fold=fold, backend=backend, threads=threads)
-        videos = [p for p in inputs if is_video(p)]
-        results = predictor.predict_files(expand_inputs([p for p in inputs if not is_video(p)]), batch)
+        results = predictor.predict_files(images, batch)
         summaries = [predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime) for v in videos]
     except MedcadError as e:
         _fail(e)
@@ -193,16 +204,24 @@ def predict(
 
 
 @app.command()
+@with_data_options
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     data: Annotated[Path | None, typer.Option(help="External test set (same labels): predict and score it.")] = None,
     as_json: JsonOpt = False,
+    *,
+    options: DataOptions,
 ) -> None:
-    """Recompute a run's metrics from its fold results, or score its models on another dataset."""
+    """Recompute a run's metrics from its fold results, or score its models on another dataset (read with the
+    data options given here, not the run's)."""
     try:
         from medcad.engine.evaluate import evaluate_external, evaluate_run
 
-        metrics, where = evaluate_external(run, data) if data is not None else evaluate_run(run)
+        if data is not None:
+            metrics, where, notes = evaluate_external(run, data, options)
+            _say_notes(notes)
+        else:
+            metrics, where = evaluate_run(run)
     except MedcadError as e:
         _fail(e)
     if as_json:

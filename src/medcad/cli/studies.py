@@ -7,26 +7,27 @@ from typing import Annotated
 
 import typer
 
-from medcad.cli.common import (
-    _fail,
-    _report,
-    app,
-)
+from medcad.cli.common import _fail, _report, app, with_data_options
+from medcad.config import DataOptions
 from medcad.errors import MedcadError
 
 
 @app.command()
+@with_data_options
 def study(
     study_file: Annotated[Path, typer.Argument(help="Study YAML: data, task, models, protocol, settings.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: beside the file).")] = None,
     make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+    *,
+    options: DataOptions,
 ) -> None:
-    """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report."""
+    """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report.
+    Data options given here override the study file's settings."""
     try:
         from medcad.report.console import print_study
         from medcad.study.runner import run_study
 
-        results = run_study(study_file, out)
+        results = run_study(study_file, out, data_options=options)
         print_study(results)
         _report(Path(results["splits"]).parent, make_report)
     except MedcadError as e:

@@ -106,7 +106,11 @@ def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str
     out = np.zeros((len(boxes), 5), np.float32)
     for j, b in enumerate(boxes):
         if b[4] not in index:
-            raise DataError(source, f"box label {b[4]!r} is not one of the detection classes {list(labels)}")
+            raise DataError(
+                source,
+                f"box label {b[4]!r} is not one of the detection classes {list(labels)}; rename labels with "
+                f"--label-map '{b[4]}={labels[0] if labels else 'CLASS'}'",
+            )
         out[j] = [*b[:4], index[b[4]]]
     return out
 
@@ -116,9 +120,10 @@ def manifest_boxes(
 ) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Every image's boxes at the square training size, for detection.
 
-    A row's boxes come from its `boxes` column, else from its mask's connected components (labelled with the
-    row's label, or "lesion"); a row with neither is a background frame. Boxes are clipped or dropped by
-    `clean_boxes` (the messages are returned, nothing raises for a bad box).
+    A row's boxes come from its `boxes` column, else from its mask's connected components, labelled with the
+    row's label; when that is not one of `labels` and there is a single detection class, with that class (a
+    lesion mask of a one-class detector is that class); else "lesion". A row with neither is a background frame.
+    Boxes are clipped or dropped by `clean_boxes` (the messages are returned, nothing raises for a bad box).
 
     Args:
         manifest: a Manifest.
@@ -135,8 +140,10 @@ def manifest_boxes(
         w, h = image_size(manifest.image_path(i), manifest.frame(i))
         boxes = manifest.boxes(i)
         if boxes is None and manifest.mask_paths(i):
-            label = manifest.table["label"].iat[i] or "lesion"
-            boxes = boxes_from_mask(read_mask(manifest.mask_paths(i)), label)
+            label = manifest.table["label"].iat[i]
+            if labels is not None and label not in labels and len(labels) == 1:
+                label = labels[0]
+            boxes = boxes_from_mask(read_mask(manifest.mask_paths(i)), label or "lesion")
         kept, found = clean_boxes(boxes or [], w, h, key)
         raw.append(kept)
         sizes.append((w, h))

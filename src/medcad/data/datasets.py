@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medcad.data.audit import cache_dir
+from medcad.data.cache import cache_dir
 from medcad.data.io import image_size, read_image, read_mask
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: orientation tags applied, masks decoded from their own values
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -151,6 +151,46 @@ def cached_masks(manifest: Manifest, size: int, *, missing: str = "error", progr
         return resize_mask(read_sample_mask(manifest, i, missing), size)
 
     return _cached_array(path, (len(manifest), size, size), fill, len(manifest), f"Reading masks at {size}px", progress)
+
+
+FULL_FRAME = 0.95  # lesion fraction from which a mask is called full-frame
+MOSTLY = 0.9  # the share of masks that must be full-frame for a dataset to be refused
+
+
+def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
+    """Refuse a set whose masks all decode empty, or nearly all to the whole frame: a run on them would report a
+    Dice that means nothing. The message names mask files and the values found in them.
+
+    Args:
+        masks: (N, S, S) {0, 1} masks of the manifest's rows (rows without a mask file are ignored).
+
+    Raises:
+        DataError: naming the dataset, example files, their values and how they were read.
+    """
+    from medcad.data.io import decode_mask
+
+    with_file = np.array([bool(manifest.table["mask"].iat[i]) for i in range(len(manifest))])
+    if not with_file.any():
+        return
+    fractions = masks[with_file].reshape(with_file.sum(), -1).mean(axis=1)
+    if fractions.max() == 0:
+        what = "every mask decodes as empty (no lesion pixel)"
+    elif (fractions >= FULL_FRAME).mean() >= MOSTLY:
+        what = f"{(fractions >= FULL_FRAME).mean():.0%} of the masks cover the whole frame"
+    else:
+        return
+    examples = []
+    for i in np.flatnonzero(with_file)[:3]:
+        path = manifest.mask_paths(int(i))[0]
+        _, how = decode_mask(path)
+        values = ", ".join(f"{v:g}" for v in how.values[:6])
+        examples.append(f"{path.relative_to(manifest.root)}: {how.n_values} values ({values}), read as {how.rule}")
+    raise DataError(
+        manifest.root,
+        f"{what}, so a segmentation run would learn nothing. " + "; ".join(examples) + ". Check the mask files "
+        "(`medcad data audit` lists every mask with how it was read), or pair images with the right masks "
+        "(--images/--masks, --mask-suffix).",
+    )
 
 
 class ImageDataset(Dataset):

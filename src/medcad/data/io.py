@@ -1,45 +1,84 @@
-"""Reading images, DICOM frames and masks into numpy arrays, with errors that name the file."""
+"""Reading images, DICOM frames and masks into numpy arrays, with errors that name the file.
+
+One decoding policy for the whole package (train, predict, explain, audit, sizes):
+- images are returned as displayed: an EXIF/TIFF orientation tag is applied, so pixels match what viewers and
+  labelling tools showed the annotator; colour DICOM is converted to RGB once, by pydicom;
+- bit depth: 8-bit data is kept; 16-bit data is scaled from its full range (65535 -> 255, so an 8-bit image
+  saved as 16 bit decodes to the same pixels); DICOM from its BitsStored range after the VOI LUT / window;
+  floating-point data in [0, 1] is scaled by 255, other float data by its own min..max;
+- masks: see `decode_mask` (decided from each mask's own values).
+`describe_image` says which of these decisions applied to a file, for `data inspect` and `data audit`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medcad.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-MASK_THRESHOLD = 127  # JPEG masks are not strictly binary: a pixel is lesion above this value
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
+MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
+ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
+TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap when these are applied
+
+
+def has_dicom_preamble(path: str | Path) -> bool:
+    """True when the file starts with a 128-byte preamble and `DICM` (how DICOM Part 10 files begin)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True when the path looks like a DICOM file (by suffix, or a `DICM` preamble for suffix-less files)."""
+    """True when the file is DICOM: a .dcm/.dicom suffix, or the `DICM` preamble whatever its name (scanner CD
+    exports name files `IM00001` or by UID)."""
     p = Path(path)
     if p.suffix.lower() in DICOM_SUFFIXES:
         return True
-    if p.suffix == "" and p.is_file():
-        with open(p, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:] == b"DICM"
-    return False
+    if p.suffix.lower() in IMAGE_SUFFIXES or not p.is_file():
+        return False
+    return has_dicom_preamble(p)
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale any integer or float array to uint8; 8-bit input is returned as is."""
+def _scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
+    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range); floats in
+    [0, 1] times 255, other floats from their own min..max."""
     if arr.dtype == np.uint8:
         return arr
-    arr = arr.astype(np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    a = arr.astype(np.float32)
+    if full_scale is None:
+        if np.issubdtype(arr.dtype, np.integer):
+            info = np.iinfo(arr.dtype)
+            # PIL gives 16-bit PNG/TIFF as uint16 or as int32 ("I" mode) holding 0..65535
+            full_scale = 65535.0 if arr.dtype.itemsize >= 2 and info.min <= 0 < 65535 <= info.max else info.max
+            if info.min < 0 and a.min() < 0:  # signed data: shift to start at 0
+                a -= a.min()
+        else:
+            lo, hi = float(a.min()), float(a.max())
+            if lo >= 0 and hi <= 1:
+                full_scale = 1.0
+            else:
+                if hi <= lo:
+                    return np.zeros(arr.shape, np.uint8)
+                a = a - lo
+                full_scale = hi - lo
+    return np.clip(a * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _to_rgb(arr: np.ndarray) -> np.ndarray:
-    arr = _to_uint8(arr)
+    arr = _scale_to_uint8(arr)
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
     if arr.shape[2] == 1:
@@ -56,16 +95,29 @@ def _check_file(path: Path) -> None:
         raise DataError(path, "file is empty (0 bytes)")
 
 
-def _read_pil(path: Path, draft: int | None) -> np.ndarray:
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a broken EXIF block must not stop decoding: the pixels are still usable
+        return 1
+
+
+def _open_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[np.ndarray, str, int]:
+    """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied)."""
     try:
         with Image.open(path) as im:
-            if draft and im.format == "JPEG":
+            fmt = im.format or ""
+            orientation = _orientation(im)
+            if draft and fmt == "JPEG":
                 im.draft("RGB" if im.mode != "L" else "L", (draft, draft))  # fast DCT-domain downscale
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
+            plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
+            if plain or (keep_alpha and im.mode in ("LA", "RGBA")):
                 arr = np.asarray(im)
-            elif im.mode in ("L", "RGB"):
-                arr = np.asarray(im)
-            elif im.mode == "LA":
+            elif im.mode == "P" and keep_alpha:
+                arr = np.asarray(im.convert("RGBA"))
+            elif im.mode in ("LA", "1"):
                 arr = np.asarray(im.convert("L"))
             else:
                 arr = np.asarray(im.convert("RGB"))
@@ -73,46 +125,70 @@ def _read_pil(path: Path, draft: int | None) -> np.ndarray:
         raise DataError(path, "not a readable image (unknown or corrupt format)") from e
     except OSError as e:  # truncated or corrupt data
         raise DataError(path, f"corrupt image data ({e})") from e
-    return arr
+    return arr, fmt, orientation
+
+
+def _read_pil(path: Path, draft: int | None) -> np.ndarray:
+    return _open_pil(path, draft)[0]
 
 
 def read_dicom_frames(path: str | Path) -> np.ndarray:
-    """All frames of a DICOM file as uint8, shape (F, H, W, 3)."""
+    """All frames of a DICOM file as RGB uint8, shape (F, H, W, 3).
+
+    Colour (RGB, YBR_FULL, YBR_FULL_422, YBR_ICT/RCT, PALETTE COLOR) is converted to RGB once, by pydicom (>= 3
+    returns RGB from `pixel_array`); monochrome goes through the VOI LUT or window when the file has one, is
+    scaled from its BitsStored range, and MONOCHROME1 is inverted so that bright means high signal.
+
+    Raises:
+        DataError: unreadable file, or a DICOM without pixel data.
+    """
     import pydicom
-    from pydicom.pixels import apply_voi_lut, convert_color_space
+    from pydicom.pixels import apply_color_lut, apply_voi_lut
 
     p = Path(path)
     _check_file(p)
     try:
         ds = pydicom.dcmread(p)
-        arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad files
         raise DataError(p, f"unreadable DICOM ({type(e).__name__}: {e})") from e
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DataError(p, "DICOM file holds no pixel data (a DICOMDIR, report or structured document?)")
+    try:
+        arr = ds.pixel_array  # pydicom >= 3: YBR colour already converted to RGB
+    except Exception as e:
+        raise DataError(p, f"cannot decode DICOM pixel data ({type(e).__name__}: {e})") from e
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     samples = int(getattr(ds, "SamplesPerPixel", 1))
     if n_frames == 1:
         arr = arr[None]
-    if photometric.startswith("YBR") and samples == 3:
-        arr = convert_color_space(arr, photometric, "RGB", per_frame=True)
-    if samples == 1:
-        try:
-            arr = apply_voi_lut(arr, ds)
-        except Exception:  # no usable VOI LUT: keep raw values
-            pass
-        if photometric == "MONOCHROME1":
-            arr = arr.max() - arr
-    arr = _to_uint8(np.asarray(arr))
-    if samples == 1:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    return arr
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        return _scale_to_uint8(np.asarray(arr), 65535.0 if arr.dtype != np.uint8 else None)
+    if samples == 3:
+        return _scale_to_uint8(np.asarray(arr), float(2 ** int(getattr(ds, "BitsStored", 8)) - 1))
+    bits = int(getattr(ds, "BitsStored", 8))
+    try:
+        windowed = apply_voi_lut(arr, ds)
+    except Exception:  # no usable VOI LUT: keep raw values
+        windowed = arr
+    if windowed is not arr and ("WindowCenter" in ds or "VOILUTSequence" in ds):
+        arr = windowed  # pydicom maps the window onto the BitsStored range
+    arr = np.asarray(arr, np.float32)
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:  # signed: shift to start at 0
+        arr = arr + 2 ** (bits - 1)
+    full = float(2**bits - 1)
+    if photometric == "MONOCHROME1":
+        arr = full - arr
+    gray = np.clip(arr * (255.0 / full) + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
 
 
 def read_image(path: str | Path, frame: int | None = None, draft: int | None = None) -> np.ndarray:
-    """Read one image as RGB uint8 (H, W, 3).
+    """Read one image as displayed, RGB uint8 (H, W, 3) (see the module docstring for the policy).
 
     Args:
-        path: PNG/JPEG/TIFF/BMP (8 or 16 bit; grey, RGB or RGBA) or DICOM.
+        path: PNG/JPEG/TIFF/BMP (8 or 16 bit; grey, RGB, RGBA or palette) or DICOM (by suffix or by content).
         frame: frame index for multi-frame DICOM.
         draft: if given, JPEGs may be decoded at a reduced scale whose sides stay >= draft (fast).
 
@@ -130,8 +206,88 @@ def read_image(path: str | Path, frame: int | None = None, draft: int | None = N
     return _to_rgb(_read_pil(p, draft))
 
 
+@dataclass(frozen=True)
+class MaskDecoding:
+    """How one mask file was read: the rule used and what it found.
+
+    Attributes:
+        rule: "label map: non-zero is lesion", "halfway threshold T", "alpha channel", or "constant".
+        values: up to MAX_LABEL_VALUES distinct values found (the smallest ones), for messages.
+        n_values: number of distinct values.
+        lesion_fraction: fraction of pixels decoded as lesion, 0..1.
+    """
+
+    rule: str
+    values: tuple[float, ...]
+    n_values: int
+    lesion_fraction: float
+
+    @property
+    def binary(self) -> bool:
+        return self.n_values <= 2
+
+
+def _mask_plane(arr: np.ndarray) -> tuple[np.ndarray, str]:
+    """One plane from a mask array: alpha when the colour is constant and alpha is not, else the channel max."""
+    if arr.ndim == 2:
+        return arr, ""
+    if arr.shape[2] in (2, 4):
+        colour, alpha = arr[..., :-1], arr[..., -1]
+        if colour.min() == colour.max() and alpha.min() != alpha.max():
+            return alpha, "alpha channel, "
+        arr = colour
+    return arr.max(axis=2), ""
+
+
+def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDecoding]:
+    """Lesion pixels of one mask array, decided from its own values.
+
+    - Lossless files with at most MAX_LABEL_VALUES distinct values are label maps (0/1, 0/255, 16-bit, palette
+      indices, several lesion classes): every non-zero value is lesion.
+    - Lossy files (JPEG) and smooth masks (anti-aliased, probabilities) are thresholded halfway between their
+      lowest and highest value, when that range spans at least a quarter of the data's full scale; a narrower
+      range is compression noise around one value, so the mask is constant (empty when that value is low).
+
+    Args:
+        arr: (H, W) or (H, W, C) array of any dtype, as decoded.
+        lossy: the file used lossy compression.
+
+    Returns:
+        bool (H, W) lesion mask and how it was decided.
+    """
+    plane, how = _mask_plane(arr)
+    values = np.unique(plane)
+    shown = tuple(float(v) for v in values[:MAX_LABEL_VALUES])
+    lo, hi = float(values[0]), float(values[-1])
+    if np.issubdtype(plane.dtype, np.floating):
+        full = 1.0 if hi <= 1 else hi
+    else:
+        full = 255.0 if hi <= 255 else 65535.0
+    if len(values) <= MAX_LABEL_VALUES and not lossy:
+        mask, rule = plane > 0, how + "label map: non-zero is lesion"
+    elif hi - lo >= full / 4:
+        t = (lo + hi) / 2
+        mask, rule = plane > t, how + f"halfway threshold {t:g}"
+    else:
+        mask = np.full(plane.shape, hi >= full / 2, bool)
+        rule = how + "constant (value range below a quarter of full scale)"
+    return mask, MaskDecoding(rule, shown, len(values), float(mask.mean()))
+
+
+def decode_mask(path: str | Path) -> tuple[np.ndarray, MaskDecoding]:
+    """One mask file as bool (H, W) lesion pixels, oriented as displayed, and how it was decided.
+
+    Raises:
+        DataError: the file is missing, empty or unreadable.
+    """
+    p = Path(path)
+    _check_file(p)
+    arr, fmt, _ = _open_pil(p, None, keep_alpha=True)
+    return decode_mask_array(arr, fmt in LOSSY_FORMATS)
+
+
 def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
-    """Read one or more mask files and return their union as bool (H, W); > 127 counts as lesion.
+    """Read one or more mask files (see `decode_mask`) and return their union as bool (H, W).
 
     Raises:
         DataError: a file is unreadable, or the masks of one image differ in size.
@@ -140,17 +296,13 @@ def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
         paths = [paths]
     union: np.ndarray | None = None
     for path in paths:
-        p = Path(path)
-        _check_file(p)
-        arr = _read_pil(p, None)
-        if arr.ndim == 3:
-            arr = arr.max(axis=2)
-        m = _to_uint8(arr) > MASK_THRESHOLD if arr.dtype != np.uint8 else arr > MASK_THRESHOLD
+        m, _ = decode_mask(path)
         if union is None:
             union = m
         elif union.shape != m.shape:
             raise DataError(
-                p, f"mask size {m.shape[1]}x{m.shape[0]} differs from {paths[0]} ({union.shape[1]}x{union.shape[0]})"
+                path,
+                f"mask size {m.shape[1]}x{m.shape[0]} differs from {paths[0]} ({union.shape[1]}x{union.shape[0]})",
             )
         else:
             union |= m
@@ -160,7 +312,7 @@ def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
 
 
 def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) as displayed (orientation tag applied), from the file header without decoding pixels."""
     p = Path(path)
     _check_file(p)
     if is_dicom(p):
@@ -173,12 +325,45 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             raise DataError(p, f"unreadable DICOM header ({type(e).__name__}: {e})") from e
     try:
         with Image.open(p) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(p, "not a readable image (unknown or corrupt format)") from e
 
 
-def mask_is_binary(path: str | Path) -> bool:
-    """True when a mask file holds only two values (0 and one other)."""
-    arr = _read_pil(Path(path), None)
-    return len(np.unique(arr)) <= 2
+def describe_image(path: str | Path) -> list[str]:
+    """The decoding decisions that apply to one image file, from its header (empty for plain 8-bit files).
+
+    E.g. "EXIF orientation 6 applied", "16-bit scaled from 0..65535", "DICOM YBR_FULL_422 converted to RGB".
+    """
+    p = Path(path)
+    notes = []
+    try:
+        if is_dicom(p):
+            import pydicom
+
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+            bits = int(getattr(ds, "BitsStored", 8))
+            if photometric not in ("MONOCHROME2", "RGB"):
+                notes.append(f"DICOM {photometric} converted to {'grey' if 'MONO' in photometric else 'RGB'}")
+            if bits != 8:
+                notes.append(f"DICOM {bits}-bit scaled from its stored range")
+            if "WindowCenter" in ds or "VOILUTSequence" in ds:
+                notes.append("DICOM VOI LUT / window applied")
+            return notes
+        with Image.open(p) as im:
+            o = _orientation(im)
+            if o != 1:
+                notes.append(f"EXIF orientation {o} applied")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                notes.append("16-bit scaled from 0..65535")
+            elif im.mode == "F":
+                notes.append("floating-point pixels scaled (0..1, else own range)")
+            elif im.mode in ("RGBA", "LA", "PA"):
+                notes.append("alpha channel dropped")
+            elif im.mode == "CMYK":
+                notes.append("CMYK converted to RGB")
+    except Exception:  # unreadable files are reported elsewhere
+        return notes
+    return notes

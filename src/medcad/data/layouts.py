@@ -10,21 +10,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom
+from medcad.config import DataOptions
+from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
 from medcad.data.manifest import MASK_SEP, Manifest, make_table
 from medcad.errors import DataError
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+TEXT_SUFFIXES = frozenset({".csv", ".tsv", ".txt", ".json", ".xml", ".md", ".yaml", ".yml", ".py", ".zip", ".html"})
+# Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
 COLUMN_ALIASES = {
-    "image": ("image", "path", "file", "filename", "file_name", "image_path"),
-    "label": ("label", "class", "target", "diagnosis"),
-    "patient": ("patient", "patient_id", "group", "subject", "case", "video"),
+    "image": ("image", "path", "file", "filename", "imagepath", "imagefile", "imagename", "img"),
+    "label": ("label", "class", "target", "diagnosis", "classname", "category"),
+    "patient": ("patient", "patientid", "group", "subject", "subjectid", "case", "caseid", "video", "videoid"),
     "domain": ("domain", "modality"),
     "subgroup": ("subgroup", "subtype"),
-    "mask": ("mask", "mask_path", "masks"),
+    "mask": ("mask", "maskpath", "masks", "maskfile"),
     "boxes": ("boxes", "bbox", "bboxes"),
-    "frame": ("frame",),
+    "frame": ("frame", "frameindex"),
 }
+ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid")
 PATTERN_FIELDS = {
     "label": "label",
     "domain": "domain",
@@ -34,15 +38,23 @@ PATTERN_FIELDS = {
 }
 
 
-def _is_media(name: str) -> bool:
-    return Path(name).suffix.lower() in MEDIA_SUFFIXES
+def _is_media(path: Path) -> bool:
+    """An image or DICOM file: by suffix, or by the DICOM preamble for other names (`IM00001`, `1.2.840...`)."""
+    suffix = path.suffix.lower()
+    if suffix in MEDIA_SUFFIXES:
+        return True
+    if suffix in TEXT_SUFFIXES or path.name.upper() == "DICOMDIR":  # DICOMDIR: an index of the files, no image
+        return False
+    return has_dicom_preamble(path)
 
 
 def _walk(root: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and _is_media(f)]
+        files += [
+            Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and _is_media(Path(dirpath) / f)
+        ]
     return files
 
 
@@ -58,24 +70,32 @@ def _coco_json(path: Path) -> Path | None:
     return None
 
 
-def detect_layout(path: Path) -> str:
-    """Guess the layout of a dataset path; raise DataError with advice when nothing fits."""
+def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, str]:
+    """Guess the layout of a dataset path: (layout, why). Raises DataError with advice when nothing fits."""
+    options = options or DataOptions()
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in (".csv", ".tsv", ".txt"):
-            return "csv"
+            return "csv", f"a {suffix} manifest file"
         if suffix == ".json":
-            return "coco"
+            return "coco", "a JSON file (COCO)"
         if is_dicom(path) or suffix in IMAGE_SUFFIXES:
-            return "folders"
+            return "folders", "a single image file"
         raise DataError(path, "not a dataset: give a folder, a CSV/TSV manifest, a COCO JSON or a DICOM file")
-    if any((path / n).is_file() for n in ("manifest.csv", "manifest.tsv")):
-        return "csv"  # an explicit manifest wins over what the folders suggest
-    if (path / "images").is_dir() and (path / "masks").is_dir():
-        return "images-masks"
-    if _coco_json(path) is not None:
-        return "coco"
-    return "folders"
+    if options.images or options.masks:
+        return "images-masks", "--images/--masks given"
+    manifest = next((n for n in ("manifest.csv", "manifest.tsv") if (path / n).is_file()), None)
+    if manifest:
+        return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
+    from medcad.data.pairing import find_paired_folders
+
+    pair = find_paired_folders(path, options.mask_suffix)
+    if pair is not None:
+        return "images-masks", pair.reason
+    coco = _coco_json(path)
+    if coco is not None:
+        return "coco", f"{coco.name} holds COCO 'images'/'annotations'"
+    return "folders", "no manifest, paired image/mask folders or COCO JSON: folders of images"
 
 
 def _dicom_frames(path: Path) -> int:
@@ -123,11 +143,12 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + "/".join(parts) + "$")
 
 
-def read_folders(path: Path, *, pattern: str | None = None, mask_suffix: str = "_mask") -> Manifest:
+def read_folders(path: Path, options: DataOptions) -> Manifest:
     """Class-per-folder (`root/<label>/*`) or nested folders mapped by a pattern such as `{domain}/{label}`.
 
     Files named `<stem><mask_suffix>.*` or `<stem><mask_suffix>_<n>.*` beside an image are its masks.
     """
+    pattern, mask_suffix = options.pattern, options.mask_suffix
     if path.is_file():
         rows, problems = [{"image": path.name}], []
         return Manifest(path.parent, make_table(_expand_frames(rows, path.parent, problems)), "folders", problems)
@@ -173,36 +194,85 @@ def read_folders(path: Path, *, pattern: str | None = None, mask_suffix: str = "
         raise DataError(
             path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
         )
-    return Manifest(path, make_table(rows), "folders", problems)
+    notes = [f"folder pattern {pattern!r}" + (" (detected)" if options.pattern is None else "")] if pattern else []
+    notes += _shared_stem_note(path, by_dir)
+    return Manifest(path, make_table(rows), "folders", problems, notes)
 
 
-def _rename_columns(df: pd.DataFrame, source: Path) -> pd.DataFrame:
-    lower = {c.lower().strip(): c for c in df.columns}
-    mapping = {}
+def _shared_stem_note(root: Path, by_dir: dict[Path, list[Path]]) -> list[str]:
+    """A warning when two folders hold mostly the same file names (masks read as a class?)."""
+    dirs = list(by_dir)
+    for i, a in enumerate(dirs):
+        for b in dirs[i + 1 :]:
+            sa, sb = {f.stem for f in by_dir[a]}, {f.stem for f in by_dir[b]}
+            shared = len(sa & sb)
+            if shared >= max(2, 0.5 * min(len(sa), len(sb))):
+                ra, rb = a.relative_to(root).as_posix(), b.relative_to(root).as_posix()
+                return [
+                    f"'{ra}/' and '{rb}/' share {shared} file names; if one of them holds masks, read the set "
+                    f"with --images {ra} --masks {rb} (or the other way round)"
+                ]
+    return []
+
+
+def _norm(name: str) -> str:
+    """A header name compared without case, spaces, punctuation or a byte-order mark."""
+    return re.sub(r"[^0-9a-z]", "", str(name).replace("\ufeff", "").lower())
+
+
+def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Standard column names from the headers people write; notes on what was matched and what was not."""
+    by_norm: dict[str, str] = {}
+    for c in df.columns:
+        by_norm.setdefault(_norm(c), c)
+    mapping, notes = {}, []
     for col, aliases in COLUMN_ALIASES.items():
         for a in aliases:
-            if a in lower and lower[a] not in mapping:
-                mapping[lower[a]] = col
+            if a in by_norm and by_norm[a] not in mapping:
+                mapping[by_norm[a]] = col
+                if str(by_norm[a]) != col:
+                    notes.append(f"column {str(by_norm[a]).strip()!r} read as {col!r}")
                 break
     df = df.rename(columns=mapping)
     if "image" not in df:
+        found = ", ".join(repr(str(c)) for c in df.columns)
         raise DataError(
             source,
-            f"no image column; expected one of {', '.join(COLUMN_ALIASES['image'])}, "
-            f"found {', '.join(map(str, df.columns))}",
+            f"no image column; a column headed one of {', '.join(COLUMN_ALIASES['image'])} (case, spaces and "
+            f"'_' ignored) is needed, found {found}",
         )
-    return df
+    for c in df.columns:
+        if c not in COLUMN_ALIASES and any(w in _norm(c) for w in ID_WORDS):
+            used = next((k for k, v in mapping.items() if v == "patient"), None)
+            notes.append(
+                f"column {str(c).strip()!r} looks like a patient/study id but is kept as metadata"
+                + (f" (the patient column is {str(used).strip()!r})" if used else "; splits do NOT group by it")
+                + ": rename it to 'patient' to group the splits by it"
+            )
+    return df, notes
 
 
-def read_csv(path: Path, *, pattern: str | None = None, mask_suffix: str = "_mask") -> Manifest:
+def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A CSV/TSV as strings: delimiter sniffed, quoting honoured, UTF-8 with or without a byte-order mark, else
+    Windows-1252 (what spreadsheet programs save), said in a note."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
+            return df, ([] if encoding == "utf-8-sig" else [f"{path.name} is not UTF-8: read as Windows-1252"])
+        except UnicodeDecodeError:
+            continue
+        except Exception as e:
+            raise DataError(path, f"cannot parse as CSV/TSV ({e})") from e
+    raise DataError(path, "cannot decode the text (neither UTF-8 nor Windows-1252)")
+
+
+def read_csv(path: Path, options: DataOptions) -> Manifest:
     """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name."""
     if path.is_dir():
         path = next(p for p in (path / "manifest.csv", path / "manifest.tsv") if p.is_file())
-    try:
-        df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise DataError(path, f"cannot parse as CSV/TSV ({e})") from e
-    df = _rename_columns(df, path)
+    df, notes = _read_table(path)
+    df, more = _rename_columns(df, path)
+    notes += more
     root = path.parent
     rows, problems = [], []
     for line, row in enumerate(df.to_dict("records"), start=2):
@@ -227,7 +297,7 @@ def read_csv(path: Path, *, pattern: str | None = None, mask_suffix: str = "_mas
                 continue
         rows.append(row)
     rows = _expand_frames(rows, root, problems)
-    return Manifest(root, make_table(rows), "csv", problems)
+    return Manifest(root, make_table(rows), "csv", problems, notes)
 
 
 def _kvasir_boxes(root: Path, stems: set[str]) -> dict[str, list[list]]:
@@ -246,29 +316,66 @@ def _kvasir_boxes(root: Path, stems: set[str]) -> dict[str, list[list]]:
     return {}
 
 
-def read_images_masks(path: Path, *, pattern: str | None = None, mask_suffix: str = "_mask") -> Manifest:
-    """`images/` and `masks/` with the same file names (Kvasir-SEG), plus its bounding-box JSON when present."""
-    images = _walk(path / "images")
-    masks = {f.relative_to(path / "masks").with_suffix("").as_posix(): f for f in _walk(path / "masks")}
+def _paired_dirs(path: Path, options: DataOptions) -> tuple[Path, Path, str]:
+    """The image and mask folders: from --images/--masks, else found by `find_paired_folders`."""
+    from medcad.data.pairing import find_paired_folders
+
+    if options.images or options.masks:
+        if not (options.images and options.masks):
+            raise DataError(path, "give both --images DIR and --masks DIR (folders relative to the dataset folder)")
+        dirs = (path / options.images, path / options.masks)
+        for d in dirs:
+            if not d.is_dir():
+                raise DataError(d, "folder not found (--images and --masks are relative to the dataset folder)")
+        return dirs[0], dirs[1], f"--images {options.images} --masks {options.masks}"
+    pair = find_paired_folders(path, options.mask_suffix)
+    if pair is None:
+        raise DataError(path, "no image and mask folders with matching file names; name them with --images/--masks")
+    return pair.images, pair.masks, pair.reason
+
+
+def read_images_masks(path: Path, options: DataOptions) -> Manifest:
+    """Images in one folder and masks with the same file stems in another (Kvasir-SEG's `images/` + `masks/`, or
+    any names: see `medcad.data.pairing`), plus a Kvasir-style bounding-box JSON when present.
+
+    A mask stem may add a mask word (`_mask`, `_seg`, `_gt`, ...) and `_<n>` for one of several masks (unioned).
+    """
+    from medcad.data.pairing import mask_base
+
+    image_dir, mask_dir, reason = _paired_dirs(path, options)
+    images = _walk(image_dir)
+    keys = {f.relative_to(image_dir).with_suffix("").as_posix() for f in images}
+    masks: dict[str, list[Path]] = defaultdict(list)
+    problems = []
+    for f in _walk(mask_dir):
+        rel = f.relative_to(mask_dir).with_suffix("")
+        base = mask_base(rel.name, {Path(k).name for k in keys if Path(k).parent == rel.parent}, options.mask_suffix)
+        if base is None:
+            problems.append(
+                (f.relative_to(path).as_posix(), f"mask without an image of the same name in {image_dir.name}/")
+            )
+        else:
+            masks[(rel.parent / base).as_posix()].append(f)
     boxes = _kvasir_boxes(path, {f.stem for f in images})
-    rows, problems = [], []
+    rows = []
     for f in images:
-        key = f.relative_to(path / "images").with_suffix("").as_posix()
+        key = f.relative_to(image_dir).with_suffix("").as_posix()
         row = {"image": f.relative_to(path).as_posix()}
         if key in masks:
-            row["mask"] = masks[key].relative_to(path).as_posix()
+            files = sorted(m.relative_to(path).as_posix() for m in masks[key])
+            row["mask"] = MASK_SEP.join(sorted(files, key=lambda s: (len(s), s)))
         if f.stem in boxes:
             b = boxes[f.stem]
             row["boxes"] = json.dumps(b)
             names = {x[4] for x in b}
             row["label"] = names.pop() if len(names) == 1 else ""
         rows.append(row)
-    for key in sorted(set(masks) - {f.relative_to(path / "images").with_suffix("").as_posix() for f in images}):
-        problems.append((masks[key].relative_to(path).as_posix(), "mask without an image of the same name"))
-    return Manifest(path, make_table(_expand_frames(rows, path, problems)), "images-masks", problems)
+    n_masked = sum(1 for r in rows if "mask" in r)
+    notes = [f"paired folders: {reason}; {n_masked} of {len(rows)} images have a mask"]
+    return Manifest(path, make_table(_expand_frames(rows, path, problems)), "images-masks", problems, notes)
 
 
-def read_coco(path: Path, *, pattern: str | None = None, mask_suffix: str = "_mask") -> Manifest:
+def read_coco(path: Path, options: DataOptions) -> Manifest:
     """COCO detection JSON: boxes per image; an image's label is its most frequent box class, else background."""
     js = path if path.is_file() else _coco_json(path)
     if js is None:

@@ -7,8 +7,10 @@ JSON list of `[xmin, ymin, xmax, ymax, label]` in pixels of the original image, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcad.errors import DataError
+from medcad.config import DataOptions
+from medcad.errors import ConfigError, DataError
 
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
 MASK_SEP = "|"
@@ -32,12 +35,14 @@ class Manifest:
         table: one row per sample, columns COLUMNS first, extra metadata after.
         layout: name of the reader that built it.
         problems: (path, problem) for rows that could not be used, kept out of the table.
+        notes: how the reader interpreted the data (layout chosen and why, columns matched, ...), for the user.
     """
 
     root: Path
     table: pd.DataFrame
     layout: str = "csv"
     problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -74,7 +79,7 @@ class Manifest:
         return column in self.table and bool((self.table[column].astype(str) != "").any())
 
     def subset(self, rows: Iterable[int]) -> Manifest:
-        return Manifest(self.root, self.table.iloc[list(rows)].reset_index(drop=True), self.layout, [])
+        return Manifest(self.root, self.table.iloc[list(rows)].reset_index(drop=True), self.layout, [], self.notes)
 
     def save(self, path: str | Path) -> Path:
         """Write the table as CSV with paths relative to the CSV's folder (so it is itself a valid input)."""
@@ -122,35 +127,41 @@ def make_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def load_manifest(
-    path: str | Path,
-    *,
-    layout: str | None = None,
-    pattern: str | None = None,
-    mask_suffix: str = "_mask",
-    labels: list[str] | None = None,
+    path: str | Path, options: DataOptions | None = None, *, labels: list[str] | None = None, **option_values
 ) -> Manifest:
     """Read a dataset in any supported layout into a Manifest.
 
     Args:
         path: dataset folder, CSV/TSV manifest, COCO JSON or DICOM file.
-        layout: force a reader ("folders", "csv", "images-masks", "coco"); detected when None.
-        pattern: for "folders", how folders map to columns, e.g. "{label}", "{domain}/{label}", "{group}/{label}".
-        mask_suffix: masks beside their images are `<stem><suffix>.*` and `<stem><suffix>_<n>.*`.
+        options: how to read it (layout, pattern, mask suffix, paired folders, patient ids from file names,
+            label renaming); see `medcad.config.DataOptions`. Keyword arguments may give the same fields.
         labels: the allowed labels; rows with other labels are reported as problems and left out.
+
+    Returns:
+        The manifest; its `notes` say which layout was chosen and why, and every other interpretation made.
 
     Raises:
         DataError: the path does not exist or no reader can use it.
+        ConfigError: a bad option (unknown layout, bad regular expression or label map).
     """
     from medcad.data import layouts
 
+    options = dataclasses.replace(options or DataOptions(), **option_values)
     p = Path(path)
     if not p.exists():
         raise DataError(p, "dataset path not found")
-    layout = layout or layouts.detect_layout(p)
+    if options.layout:
+        layout, why = options.layout, "--layout given"
+    else:
+        layout, why = layouts.detect_layout(p, options)
     reader = layouts.READERS.get(layout)
     if reader is None:
         raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(layouts.READERS)}")
-    manifest = reader(p, pattern=pattern, mask_suffix=mask_suffix)
+    manifest = reader(p, options)
+    manifest.notes.insert(0, f"layout {layout!r}: {why}")
+    _rename_labels(manifest, options.label_mapping())
+    if options.group_from:
+        _patients_from_paths(manifest, options.group_from)
     if labels is not None:
         allowed = set(labels)
         bad = ~manifest.table["label"].isin(allowed)
@@ -162,3 +173,48 @@ def load_manifest(
         found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
         raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
     return manifest
+
+
+def _rename_labels(manifest: Manifest, mapping: dict[str, str]) -> None:
+    """Apply a label map to the label column and to every box's label."""
+    if not mapping:
+        return
+    t = manifest.table
+    t["label"] = t["label"].map(lambda v: mapping.get(v, v))
+
+    def boxes(b: str) -> str:
+        return json.dumps([[*x[:4], mapping.get(str(x[4]), x[4])] for x in json.loads(b)]) if b else b
+
+    t["boxes"] = t["boxes"].map(boxes)
+    manifest.notes.append("labels renamed: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()))
+
+
+def _patients_from_paths(manifest: Manifest, regex: str) -> None:
+    """Set the patient column from a regular expression on each image path (see DataOptions.group_from)."""
+    try:
+        rx = re.compile(regex)
+    except re.error as e:
+        raise ConfigError(f"--group-from {regex!r} is not a valid regular expression ({e})") from e
+    t = manifest.table
+
+    def patient(path: str) -> str:
+        m = rx.search(path)
+        if m is None:
+            return ""
+        if "patient" in rx.groupindex:
+            return m.group("patient") or ""
+        return (m.group(1) if rx.groups else m.group(0)) or ""
+
+    ids = t["image"].map(patient)
+    n_missing = int((ids == "").sum())
+    if n_missing == len(t):
+        raise ConfigError(
+            f"--group-from {regex!r} matches none of the {len(t)} image paths, e.g. {t['image'].iat[0]!r}; "
+            "the expression is searched in the path relative to the dataset folder, with '/' between folders"
+        )
+    replaced = " (it replaces the patient column)" if manifest.has("patient") else ""
+    t["patient"] = ids
+    manifest.notes.append(
+        f"patient ids from --group-from {regex!r}: {ids[ids != ''].nunique()} patients{replaced}"
+        + (f"; {n_missing} images match nothing and stay ungrouped by patient" if n_missing else "")
+    )

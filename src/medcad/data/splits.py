@@ -26,7 +26,7 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
     `auto` groups by patient and near duplicates together (a duplicate pair never straddles train and test,
     whatever its patient ids say); `none` makes every sample its own group.
     """
-    from medcad.data.audit import _components, duplicate_groups, fingerprints
+    from medcad.data.duplicates import _components, duplicate_groups, fingerprints
 
     if group_by not in GROUP_BY:
         raise ConfigError(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")
@@ -51,18 +51,61 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
     return groups, "+".join(used) or "none"
 
 
-def _check_stratifiable(y: np.ndarray, groups: np.ndarray, n_splits: int, what: str) -> None:
-    per_label: Counter[str] = Counter()
-    for label in np.unique(y):
-        per_label[str(label)] = len(np.unique(groups[y == label]))
-    thin = {lab: c for lab, c in per_label.items() if c < n_splits}
-    if thin:
-        desc = ", ".join(f"{lab or '(no label)'!r}: {c}" for lab, c in sorted(thin.items()))
-        raise DataError(
-            what,
-            f"too few independent images (patient/duplicate groups) to stratify {n_splits} "
-            f"folds: {desc}. Merge or drop these labels, add data, or use fewer folds.",
+def _groups_per_label(y: np.ndarray, groups: np.ndarray) -> dict[str, int]:
+    return {str(label): len(np.unique(groups[y == label])) for label in np.unique(y)}
+
+
+def _stratifiable(y: np.ndarray, groups: np.ndarray, n_splits: int) -> bool:
+    return min(_groups_per_label(y, groups).values(), default=0) >= n_splits
+
+
+def _split_error(
+    manifest: Manifest, y: np.ndarray, groups: np.ndarray, how: str, n_splits: int, holdout: float | None
+) -> DataError:
+    """Why a grouped stratified split is impossible, in the terms the user asked in, with settings that work."""
+    per = _groups_per_label(y, groups)
+    thin = {lab: c for lab, c in per.items() if c < n_splits}
+    n_img = Counter(y.tolist())
+    desc = ", ".join(
+        f"{lab or '(no label)'!r}: {c} group(s) of {n_img[lab]} image(s)" for lab, c in sorted(thin.items())
+    )
+    if holdout is not None:
+        asked = (
+            f"--holdout {holdout:g} holds out about 1 in {n_splits} independent groups of each label, so each label "
+            f"needs at least {n_splits} groups"
         )
+    else:
+        asked = f"{n_splits}-fold cross-validation needs at least {n_splits} independent groups of each label"
+    lines = [f"{asked} (groups: {how}); too few: {desc}."]
+    sizes = np.bincount(np.unique(groups, return_inverse=True)[1])
+    if "duplicates" in how and sizes.max() >= max(3, 0.2 * len(groups)):
+        biggest = groups == np.unique(groups)[sizes.argmax()]
+        if manifest.has("patient"):
+            spans = f"{len(set(manifest.table['patient'][biggest]))} patients"
+        else:
+            spans = f"{len({k.split('/')[0] for k in np.array(manifest.keys)[biggest]})} top folders"
+        lines.append(
+            f"Near-duplicate grouping joined {int(biggest.sum())} images ({biggest.mean():.0%}) into one group across "
+            f"{spans}: `medcad data audit {manifest.root}` lists the links that joined them."
+        )
+    options = []
+    m = min(per.values())
+    if m >= 2:
+        options.append(f"--holdout {np.ceil(100 / m) / 100:.2f}" if holdout is not None else f"--folds {m}")
+    if "duplicates" in how and manifest.has("patient"):
+        pg = np.unique(manifest.table["patient"].to_numpy(dtype=str), return_inverse=True)[1]
+        pg = np.where(manifest.table["patient"].to_numpy(dtype=str) != "", pg, -1 - np.arange(len(pg)))
+        if _stratifiable(y, pg, n_splits):
+            options.append("--group patient (patient ids only: near duplicates across patients are not grouped)")
+    if not manifest.has("patient"):
+        options.append(
+            "--group-from REGEX, when file or folder names carry the patient or study (e.g. '(P\\d+)_' "
+            "for 'P012_frame3.png')"
+        )
+    if "duplicates" in how and _stratifiable(y, np.arange(len(y)), n_splits):
+        options.append("--group none (every image its own group: duplicates may then leak between train and test)")
+    lines.append(("Settings that would work: " + "; ".join(options) + ".") if options else "Add data for these labels.")
+    return DataError(manifest.root, " ".join(lines))
 
 
 def group_holdout(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,15 +155,16 @@ def make_splits(
     labels = manifest.table["label"].to_numpy(dtype=str)
     groups, how = sample_groups(manifest, group_by, progress=progress)
     n_splits = max(2, round(1 / holdout)) if holdout is not None else int(folds)
-    _check_stratifiable(labels, groups, n_splits, str(manifest.root))
+    if not _stratifiable(labels, groups, n_splits):
+        raise _split_error(manifest, labels, groups, how, n_splits, holdout)
     y = labels
+    notes = []
     if manifest.has("domain"):  # stratify by label x domain where the data allow, so each domain is in every part
         both = np.char.add(np.char.add(labels, "|"), manifest.table["domain"].to_numpy(dtype=str))
-        try:
-            _check_stratifiable(both, groups, n_splits, str(manifest.root))
+        if _stratifiable(both, groups, n_splits):
             y = both
-        except DataError:
-            pass
+        else:
+            notes.append("stratified by label only: too few groups to stratify by label x domain")
     outer = _grouped_split(y, groups, n_splits, seed)
     if holdout is not None:
         outer = outer[:1]
@@ -129,11 +173,11 @@ def make_splits(
         val = np.array([], dtype=int)
         if val_fraction > 0:
             inner_k = max(2, round(1 / val_fraction))
-            try:
-                _check_stratifiable(y[train], groups[train], inner_k, str(manifest.root))
+            if _stratifiable(y[train], groups[train], inner_k):
                 tr, va = _grouped_split(y[train], groups[train], inner_k, seed + 1 + k)[0]
-            except DataError:  # too small to stratify the validation part: split by group only
+            else:  # too small to stratify the validation part: split by group only
                 tr, va = group_holdout(groups[train], 1 / inner_k, seed + 1 + k)
+                notes.append(f"fold {k}: validation part drawn by group, not stratified (too few groups per label)")
             train, val = train[tr], train[va]
         out_folds.append(
             {
@@ -155,6 +199,7 @@ def make_splits(
         "n_groups": int(len(np.unique(groups))),
         "groups": {k: int(g) for k, g in zip(keys.tolist(), groups.tolist(), strict=True)},
         "folds": out_folds,
+        "notes": notes,
     }
 
 

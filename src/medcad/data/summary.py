@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from medcad.data.io import image_size
+from medcad.data.io import describe_image, image_size
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 
@@ -16,14 +17,17 @@ def summarize(manifest: Manifest) -> dict:
     """Counts per label x domain x subgroup, groups, image sizes (from headers), mask and box coverage."""
     t = manifest.table
 
-    def size(i: int) -> tuple[int, int] | str:
+    def size(i: int) -> tuple[tuple[int, int] | str, list[str]]:
+        path = manifest.image_path(i)
         try:
-            return image_size(manifest.image_path(i), manifest.frame(i))
+            return image_size(path, manifest.frame(i)), describe_image(path)
         except DataError as e:
-            return e.problem
+            return e.problem, []
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = list(pool.map(size, range(len(manifest))))
+        found = list(pool.map(size, range(len(manifest))))
+    sizes = [s for s, _ in found]
+    decoding = Counter(note for _, notes in found for note in notes)
     keys = manifest.keys
     bad = [[keys[i], s] for i, s in enumerate(sizes) if isinstance(s, str)]
     wh = np.array([s for s in sizes if not isinstance(s, str)], dtype=int).reshape(-1, 2)
@@ -57,4 +61,6 @@ def summarize(manifest: Manifest) -> dict:
             if c not in ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
         ],
         "problems": [list(p) for p in manifest.problems] + bad,
+        "notes": manifest.notes,
+        "decoding": dict(decoding.most_common()),
     }

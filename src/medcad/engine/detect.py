@@ -235,8 +235,8 @@ def train_detect_fold(
         raise ConfigError(f"fold {k}: {len(train)} training image(s); a detector needs at least 2 (BatchNorm)")
     if _boxes_in_part(boxes, val) == 0:
         raise ConfigError(
-            f"fold {k}: the validation part has no boxes, so AP50 cannot select the model; "
-            "use a larger val_fraction or other splits"
+            f"fold {k}: the validation part ({len(val)} images) has no boxes, so AP50 cannot select the model; "
+            f"use a larger --val-fraction (now {cfg.val_fraction:g}), or other splits (--splits, --seed)"
         )
     if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
         raise ConfigError(f"images have shape {images.shape[1:]}, expected ({cfg.image_size}, {cfg.image_size}, 3)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcad.config import TrainConfig
+from medcad.config import DataOptions, TrainConfig
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, pooled_metrics, prediction_table, write_json
@@ -28,7 +28,7 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
 
     run = Path(run)
     cfg, meta = _run_config(run)
-    manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    manifest = load_manifest(meta["data"], cfg.data_options())
     splits = load_splits(run / "splits.json", manifest)
     labels = meta["labels"]
     results = []
@@ -50,19 +50,34 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     return metrics, run
 
 
-def evaluate_external(run: str | Path, data: str | Path) -> tuple[dict, Path]:
+def evaluate_external(
+    run: str | Path, data: str | Path, options: DataOptions | None = None
+) -> tuple[dict, Path, list[str]]:
     """Predict every image of another dataset with the run's models and score it against its labels, masks or
-    boxes (by the run's task); written to RUN/evaluations/<dataset>/."""
+    boxes (by the run's task); written to RUN/evaluations/<dataset>/.
+
+    Args:
+        run: the run folder.
+        data: the external dataset, in any layout.
+        options: how to read it (its own layout, pattern, label map, ...), not the training set's.
+
+    Returns:
+        (metrics, folder written, notes on how the dataset was read).
+    """
     from medcad.data.datasets import cached_images
 
     run = Path(run)
     cfg, meta = _run_config(run)
-    manifest = load_manifest(data, layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    manifest = load_manifest(data, options or DataOptions())
     labels = meta["labels"]
     if cfg.task != "detect" and not (cfg.task == "segment" and not manifest.labels):
         unknown = sorted(set(manifest.labels) - set(labels))
         if unknown:
-            raise DataError(data, f"labels {unknown} are not among the model's labels {labels}")
+            raise DataError(
+                data,
+                f"labels {unknown} are not among the model's labels {labels}; rename them with --label-map "
+                f"'{unknown[0]}={labels[0]}' (old=new, comma-separated)",
+            )
     images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral))
     patients = manifest.table["patient"].to_numpy(dtype=str)
     groups = np.where(patients != "", patients, np.arange(len(manifest)).astype(str))
@@ -103,4 +118,4 @@ def evaluate_external(run: str | Path, data: str | Path) -> tuple[dict, Path]:
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(where / "predictions.csv", pred.to_csv(index=False))
     write_json(where / "metrics.json", metrics)
-    return metrics, where
+    return metrics, where, manifest.notes

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcad.data.audit import cache_dir
+from medcad.data.cache import cache_dir
 from medcad.data.transforms import Normalize
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from medcad.config import TrainConfig
-from medcad.data.datasets import ImageDataset, cached_images, cached_masks, image_cache_key
+from medcad.data.datasets import ImageDataset, cached_images, cached_masks, check_mask_content, image_cache_key
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.data.transforms import Normalize, augmentation
@@ -228,7 +228,9 @@ def task_masks(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> n
     """The true masks at the training size for segment and multitask runs (cached), else None."""
     if cfg.task not in ("segment", "multitask"):
         return None
-    return cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress)
+    masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress)
+    check_mask_content(manifest, masks)
+    return masks
 
 
 def train_run(
@@ -260,7 +262,9 @@ def train_run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
-    manifest = load_manifest(data, layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    manifest = load_manifest(data, cfg.data_options())
+    for note in manifest.notes:
+        log.warning("note: %s", note)
     boxes = None
     if cfg.task == "detect":
         from medcad.data.boxes import manifest_boxes
@@ -286,6 +290,7 @@ def train_run(
             "labels": labels,
             "train_domains": list(train_domains or []),
             "init_run": str(init_run) if init_run else None,
+            "data_notes": manifest.notes,
         },
     )
     manifest.save(out / "manifest.csv")

@@ -41,7 +41,7 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
 
     meta = json.loads((run / "config.json").read_text())
     cfg = predictor.config
-    manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    manifest = load_manifest(meta["data"], cfg.data_options())
     parts = fold_indices(manifest, load_splits(run / "splits.json", manifest)["folds"][0])
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
     rng = np.random.default_rng(0)

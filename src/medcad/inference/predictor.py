@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcad.config import TrainConfig
+from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import IMAGE_SUFFIXES, read_image
+from medcad.data.io import read_image
 from medcad.data.transforms import Normalize
 from medcad.engine.features import run_batched
 from medcad.errors import ConfigError, DataError
@@ -214,13 +214,21 @@ def image_batches(paths: Sequence[Path], prepare, batch: int):
         yield chunk, originals, np.stack([prepare(im) for im in originals])
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to the images inside them (sorted)."""
+def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[Path]:
+    """Files as given; a folder read as a dataset (any layout, `options` as for training) and expanded to its
+    images, so that masks beside or paired with the images are not predicted as images.
+
+    Raises:
+        DataError: a path does not exist, or a folder holds no images.
+    """
+    from medcad.data.manifest import load_manifest
+
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES or f.suffix.lower() == ".dcm")
+            m = load_manifest(p, options)
+            out += [m.root / rel for rel in dict.fromkeys(m.table["image"])]
         elif p.exists():
             out.append(p)
         else:

@@ -10,6 +10,10 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     """Print the output of `medcad.data.summary.summarize`."""
     c = console or Console()
     c.print(f"[bold]{s['root']}[/] — layout [cyan]{s['layout']}[/], {s['n_images']} images")
+    for note in s.get("notes", []):
+        c.print(f"  • {note}", highlight=False)
+    for note, n in (s.get("decoding") or {}).items():
+        c.print(f"  • {note}: {n} image(s)", highlight=False)
     t = Table("label", "domain", "subgroup", "images", title="Images per label × domain × subgroup")
     for row in s["by_label_domain_subgroup"]:
         t.add_row(row["label"] or "(none)", row["domain"] or "—", row["subgroup"] or "—", str(row["n"]))
@@ -51,11 +55,15 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     _print_problems(c, r["unreadable"], "Unreadable or corrupt images")
     _print_problems(c, r["unreadable_masks"], "Unreadable masks")
     _print_problems(c, r["mask_size_mismatch"], "Masks whose size differs from the image")
-    if r["non_binary_masks"]:
-        c.print(
-            f"[yellow]{len(r['non_binary_masks'])} masks are not binary (e.g. JPEG masks): "
-            "they are thresholded at 127.[/]"
-        )
+    if r.get("mask_decoding"):
+        rules = "; ".join(f"{n} masks: {rule}" for rule, n in r["mask_decoding"].items())
+        c.print(f"masks read as: {rules} ({len(r['non_binary_masks'])} not strictly binary)")
+    if r.get("all_masks_empty"):
+        c.print("[bold red]Every mask decodes as empty: a segmentation run would learn nothing.[/]")
+        _print_problems(c, r["empty_masks"][:5], "Empty masks, with the values found")
+    elif r.get("empty_masks"):
+        c.print(f"{len(r['empty_masks'])} masks are empty (lesion-free images?)")
+    _print_problems(c, r.get("full_frame_masks", []), "Masks covering (nearly) the whole frame")
     if r["empty_labels"]:
         c.print(f"[yellow]{len(r['empty_labels'])} images have no label[/] (fine for segmentation or detection).")
     c.print(
@@ -72,10 +80,28 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         for g, labels in zip(r["cross_label_duplicates"], r["cross_label_duplicate_labels"], strict=True):
             t.add_row(" / ".join(labels), ", ".join(g))
         c.print(t)
+    if r.get("low_content_images"):
+        c.print(f"{len(r['low_content_images'])} nearly uniform frames (blank or black): not grouped as duplicates")
+    for g in r.get("large_duplicate_groups", []):
+        unit, n_units = next(iter(g["spans"].items()))
+        c.print(
+            f"[bold yellow]One near-duplicate group holds {g['size']} images ({g['fraction']:.0%}) across "
+            f"{n_units} {unit}[/]: a split grouped by duplicates cannot separate them. "
+            f"{g['n_joining_links']} links join images of different {unit}; the weakest:"
+        )
+        t = Table("image", "near duplicate of", "hash bits", "correlation")
+        for x in g["joining_links"]:
+            t.add_row(x["a"], x["b"], str(x["distance"]), f"{x['correlation']:.3f}")
+        c.print(t)
+        c.print(
+            "Look at these pairs: if they are different images, the near-duplicate test is too loose for this data: "
+            "split with --group patient (or --group-from REGEX); if they are the same images, the same patient "
+            "appears under several ids or folders."
+        )
     if r["near_duplicates"]:
         t = Table("size", "images", title="Near-duplicate groups (largest first)")
         for g in sorted(r["near_duplicates"], key=len, reverse=True)[:15]:
-            t.add_row(str(len(g)), ", ".join(g))
+            t.add_row(str(len(g)), ", ".join(g[:12]) + (f", … ({len(g) - 12} more)" if len(g) > 12 else ""))
         c.print(t)
     for fold in r.get("leakage", []):
         n_dup, n_pat = len(fold["duplicate_groups_across"]), len(fold["patients_across"])

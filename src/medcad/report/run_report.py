@@ -93,7 +93,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     cfg = TrainConfig.load(run / "config.json")
     metrics = json.loads((run / "metrics.json").read_text())
     labels = meta["labels"]
-    manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    manifest = load_manifest(meta["data"], cfg.data_options())
     splits = load_splits(run / "splits.json", manifest)
     findings = audit(manifest, splits)
     pred = pd.read_csv(run / "predictions.csv", dtype={"image": str, "label": str, "predicted": str})

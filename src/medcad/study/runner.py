@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.config import DataOptions
 from medcad.data.manifest import load_manifest
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
@@ -115,11 +116,17 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str]) ->
     return out
 
 
-def run_study(path: str | Path, out: str | Path | None = None, progress: bool = True) -> dict:
+def run_study(
+    path: str | Path, out: str | Path | None = None, progress: bool = True, data_options: DataOptions | None = None
+) -> dict:
     """Run (or resume) the study described by a YAML file; returns results.json's content.
 
     Every run of the study uses one splits.json, so models and protocols are compared on the same folds; a run
     whose metrics.json exists is skipped.
+
+    Args:
+        data_options: dataset-reading options from the command line; those set (not default) override the
+            study file's settings.
     """
     from medcad.engine.train import splits_for, train_run
 
@@ -128,7 +135,9 @@ def run_study(path: str | Path, out: str | Path | None = None, progress: bool = 
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(spec.path.read_text())
     base = spec.base
-    manifest = load_manifest(spec.data, layout=base.layout, pattern=base.pattern, mask_suffix=base.mask_suffix)
+    if data_options is not None:
+        base = base.replace(**data_options.given())
+    manifest = load_manifest(spec.data, base.data_options())
     present = sorted(set(manifest.table["domain"]) - {""})
     domains = list(spec.domains or present)
     unknown = sorted(set(domains) - set(present))

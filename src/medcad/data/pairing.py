@@ -1,0 +1,117 @@
+"""Paired folders: the images in one folder, their masks with the same file stems in another, under any names.
+
+`find_paired_folders` looks at the sub-folders of a dataset folder, keeps pairs whose file stems match (a mask
+stem may add a suffix such as `_mask`, `_seg`, `_label`, `_gt`, and `_<n>` for one of several masks), and decides
+which folder holds the masks from the files' content (few distinct values, or nearly all pixels at the two
+extremes) with the folder names as a tie-breaker. It returns its reason, so `data inspect` can show it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcad.data.io import MAX_LABEL_VALUES, _open_pil, is_dicom
+from medcad.errors import DataError
+
+MASK_STEM = re.compile(
+    r"^(?P<base>.+?)[ _\-.]?(?:mask|masks|seg|segmentation|label|labels|gt|groundtruth|annotation|anno)"
+    r"(?:[_\-]?\d+)?$",
+    re.IGNORECASE,
+)
+MASK_FOLDER_WORDS = ("mask", "label", "gt", "ground", "truth", "seg", "annot", "anno")
+MIN_MATCH = 0.5  # at least this fraction of the smaller folder's stems must match
+SAMPLE = 6  # files decoded per folder to judge its content
+
+
+@dataclass(frozen=True)
+class FolderPair:
+    images: Path
+    masks: Path
+    reason: str
+
+
+def mask_base(stem: str, image_stems: set[str], mask_suffix: str = "_mask") -> str | None:
+    """The image stem a mask stem belongs to: the same stem, `<stem><mask_suffix>[_n]`, or a known mask word."""
+    if stem in image_stems:
+        return stem
+    if mask_suffix:
+        m = re.match(r"^(?P<base>.+?)" + re.escape(mask_suffix) + r"(?:_\d+)?$", stem)
+        if m and m.group("base") in image_stems:
+            return m.group("base")
+    m = MASK_STEM.match(stem)
+    if m and m.group("base") in image_stems:
+        return m.group("base")
+    return None
+
+
+def mask_likeness(path: Path) -> float:
+    """Fraction of pixels at the two extremes of a file's values (1.0 for a label map with few values)."""
+    try:
+        arr, fmt, _ = _open_pil(path, 256, keep_alpha=False)
+    except DataError:
+        return 0.0
+    plane = arr if arr.ndim == 2 else arr.max(axis=2)
+    if arr.ndim == 3 and arr.shape[2] >= 3 and np.abs(arr[..., 0].astype(int) - arr[..., 1]).mean() > 8:
+        return 0.0  # coloured content: a photograph or frame, not a mask
+    values = np.unique(plane)
+    if len(values) <= MAX_LABEL_VALUES:
+        return 1.0
+    lo, hi = float(values[0]), float(values[-1])
+    band = (hi - lo) / 8
+    return float(((plane <= lo + band) | (plane >= hi - band)).mean())
+
+
+def _media(folder: Path) -> list[Path]:
+    from medcad.data.layouts import MEDIA_SUFFIXES
+
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in MEDIA_SUFFIXES or is_dicom(f))
+    )
+
+
+def _name_hint(folder: Path) -> bool:
+    name = folder.name.lower()
+    return any(w in name for w in MASK_FOLDER_WORDS)
+
+
+def judge_pair(a: Path, b: Path, mask_suffix: str = "_mask") -> FolderPair | None:
+    """Which of two folders holds masks for the other's images, or None when they are no such pair."""
+    fa, fb = _media(a), _media(b)
+    if not fa or not fb:
+        return None
+    best = None
+    for images, masks, f_img, f_msk in ((a, b, fa, fb), (b, a, fb, fa)):
+        stems = {f.stem for f in f_img}
+        matched = sum(mask_base(f.stem, stems, mask_suffix) is not None for f in f_msk)
+        frac = matched / min(len(f_img), len(f_msk))
+        if frac < MIN_MATCH:
+            continue
+        like_m = float(np.mean([mask_likeness(f) for f in f_msk[:: max(1, len(f_msk) // SAMPLE)][:SAMPLE]]))
+        like_i = float(np.mean([mask_likeness(f) for f in f_img[:: max(1, len(f_img) // SAMPLE)][:SAMPLE]]))
+        score = (like_m - like_i) + 0.2 * (_name_hint(masks) - _name_hint(images))
+        if like_m >= 0.95 and score > 0.1 and (best is None or score > best[0]):
+            reason = (
+                f"images in '{images.name}/', masks in '{masks.name}/': {matched} of {len(f_msk)} mask file names "
+                f"match an image; mask files are {like_m:.0%} two-valued, image files {like_i:.0%}"
+            )
+            best = (score, FolderPair(images, masks, reason))
+    return best[1] if best else None
+
+
+def find_paired_folders(root: Path, mask_suffix: str = "_mask") -> FolderPair | None:
+    """The best (images, masks) pair among the sub-folders of `root` that hold files directly, or None."""
+    if not root.is_dir():
+        return None
+    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if len(subs) > 12:  # many class or patient folders: not a paired layout
+        return None
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return FolderPair(root / "images", root / "masks", "folders named 'images/' and 'masks/'")
+    found = [p for i, a in enumerate(subs) for b in subs[i + 1 :] if (p := judge_pair(a, b, mask_suffix))]
+    return found[0] if len(found) == 1 else None

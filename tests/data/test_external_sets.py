@@ -1,0 +1,94 @@
+"""External test sets: boxes from masks take the detector's class, labels can be renamed, and evaluate --data
+reads any layout with the same data options as every other command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import noise_image, save
+from medcad.cli import app
+from medcad.data.boxes import manifest_boxes
+from medcad.data.manifest import load_manifest
+from medcad.errors import ConfigError, DataError
+
+
+def _masks_only_set(root: Path, label: str) -> Path:
+    for k in range(3):
+        save(root / label / f"{k}.png", noise_image(k))
+        m = np.zeros((32, 32), np.uint8)
+        m[4 : 12 + k, 8:20] = 255
+        save(root / label / f"{k}_mask.png", m)
+    return root
+
+
+def test_boxes_from_masks_take_the_detectors_only_class(tmp_path: Path) -> None:
+    m = load_manifest(_masks_only_set(tmp_path / "ext", "lesion"))
+    labels, boxes, problems = manifest_boxes(m, 32, ["polyp"])
+    assert labels == ["polyp"] and not problems
+    assert [b.tolist() for b in boxes[0]] == [[8.0, 4.0, 20.0, 12.0, 0.0]]
+
+
+def test_label_map_renames_rows_and_boxes(tmp_path: Path) -> None:
+    root = _masks_only_set(tmp_path / "ext", "Tumour")
+    m = load_manifest(root, label_map="Tumour=tumour, x=y")
+    assert m.labels == ["tumour"] and any("Tumour -> tumour" in n for n in m.notes)
+    save(root / "b.png", noise_image(9))
+    (root / "boxes.csv").write_text('image,label,boxes\nb.png,Tumour,"[[1, 2, 10, 12, ""Tumour""]]"\n')
+    m2 = load_manifest(root / "boxes.csv", label_map="Tumour=tumour")
+    assert m2.boxes(0) == [[1, 2, 10, 12, "tumour"]]
+    with pytest.raises(ConfigError, match="is not 'old=new'"):
+        load_manifest(root, label_map="Tumour")
+
+
+def test_two_class_detector_still_names_an_unknown_box_label(tmp_path: Path) -> None:
+    m = load_manifest(_masks_only_set(tmp_path / "ext", "lesion"))
+    with pytest.raises(DataError, match="--label-map 'lesion=polyp'"):
+        manifest_boxes(m, 32, ["polyp", "adenoma"])
+
+
+def test_every_dataset_command_takes_the_same_data_options() -> None:
+    runner = CliRunner()
+    wanted = ["--layout", "--pattern", "--mask-suffix", "--images", "--masks", "--group-from", "--label-map"]
+    for cmd in (["data", "inspect"], ["data", "audit"], ["data", "split"], ["train"], ["evaluate"]):
+        res = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0
+        missing = [o for o in wanted if o not in res.output]
+        assert not missing, (cmd, missing)
+
+
+def test_evaluate_data_reads_a_nested_layout(tiny_run: Path, tmp_path: Path) -> None:
+    """A classification run scored on an external set laid out as {group}/{label} with other label names."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:40, :40]
+    for site in ("siteA", "siteB"):
+        for name in ("Lesion", "Normal"):
+            for k in range(3):
+                img = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+                if name == "Lesion":
+                    img[(yy - 20) ** 2 + (xx - 20) ** 2 < 64] = 230
+                save(tmp_path / "ext" / site / name / f"{k}.png", img)
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(tiny_run),
+            "--data",
+            str(tmp_path / "ext"),
+            "--pattern",
+            "{group}/{label}",
+            "--label-map",
+            "Lesion=lesion,Normal=normal",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["n"] == 12 if "n" in metrics else True
+    assert "labels renamed: Lesion -> lesion, Normal -> normal" in res.output
+    pred = (tiny_run / "evaluations" / "ext" / "predictions.csv").read_text()
+    assert pred.count("\n") == 13 and "siteA/Lesion/0.png" in pred

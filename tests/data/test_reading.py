@@ -1,0 +1,286 @@
+"""Each kind of input that was once read wrong without a word, with the value it must decode to."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import noise_image, save, write_dicom
+from medcad.data.io import decode_mask, describe_image, image_size, read_image, read_mask
+from medcad.data.manifest import load_manifest
+from medcad.errors import DataError
+
+H, W = 48, 64
+LESION = (slice(10, 30), slice(20, 50))  # 20 x 30 = 600 of 3072 pixels
+FRACTION = 600 / (H * W)
+
+
+def lesion(value, dtype=np.uint8, shape=(H, W)) -> np.ndarray:
+    m = np.zeros(shape, dtype)
+    m[LESION] = value
+    return m
+
+
+# 1. masks however a labelling or export tool writes them --------------------------------------------------------
+def _write(path: Path, arr: np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def _palette_mask(path: Path) -> Path:
+    im = Image.fromarray(lesion(1)).convert("P")
+    im.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # index 1 = dark red, as VOC-style tools write
+    im.save(path)
+    return path
+
+
+MASKS = {
+    "0/1 8-bit PNG": lambda p: _write(p / "a.png", lesion(1)),
+    "0/255 PNG": lambda p: _write(p / "b.png", lesion(255)),
+    "16-bit 0/65535 PNG": lambda p: _write(p / "c.png", lesion(65535, np.uint16)),
+    "16-bit 0/1 TIFF": lambda p: _write(p / "d.tif", lesion(1, np.uint16)),
+    "palette PNG": lambda p: _palette_mask(p / "e.png"),
+    "RGB red on black": lambda p: _write(p / "f.png", np.stack([lesion(200), lesion(0), lesion(0)], -1)),
+    "RGBA alpha only": lambda p: _write(p / "g.png", np.dstack([np.zeros((H, W, 3), np.uint8), lesion(255)])),
+    "lossy JPEG 0/255": lambda p: _write(p / "h.jpg", lesion(255), quality=75),
+    "label map 0/1/2 (two lesion classes)": lambda p: _write(
+        p / "i.png", (lesion(1) + (np.arange(W) > 55) * 2).astype(np.uint8)
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(MASKS))
+def test_mask_encodings_decode_to_the_drawn_lesion(tmp_path: Path, kind: str) -> None:
+    path = MASKS[kind](tmp_path)
+    mask, how = decode_mask(path)
+    expected = lesion(True, bool)
+    if kind.startswith("label map"):
+        expected = expected | (np.arange(W) > 55)[None, :]
+    assert mask.shape == (H, W)
+    assert (mask != expected).mean() < 0.002, (kind, how)  # JPEG: a few edge pixels at most
+    assert how.lesion_fraction == pytest.approx(expected.mean(), abs=0.002)
+
+
+def test_empty_jpeg_mask_with_compression_noise_stays_empty(tmp_path: Path) -> None:
+    noisy = np.zeros((H, W), np.uint8)
+    noisy[::7, ::5] = 3  # what JPEG ringing leaves around nothing
+    mask, how = decode_mask(_write(tmp_path / "n.jpg", noisy, quality=60))
+    assert not mask.any() and "constant" in how.rule
+
+
+def test_masks_of_one_image_are_unioned_whatever_their_encoding(tmp_path: Path) -> None:
+    a = _write(tmp_path / "x_mask.png", lesion(1))
+    b = np.zeros((H, W), np.uint8)
+    b[40:44, 0:4] = 255
+    u = read_mask([a, _write(tmp_path / "x_mask_1.png", b)])
+    assert u.sum() == 600 + 16
+
+
+def test_all_empty_masks_stop_a_segmentation_run_naming_files_and_values(tmp_path, monkeypatch) -> None:
+    from medcad.data.audit import audit
+    from medcad.data.datasets import cached_masks, check_mask_content
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for k in range(4):
+        save(root / "lesion" / f"{k}.png", noise_image(k))
+        save(root / "lesion" / f"{k}_mask.png", np.zeros((32, 32), np.uint8))  # a broken export: all zero
+    m = load_manifest(root)
+    with pytest.raises(DataError, match=r"every mask decodes as empty.*0_mask.png: 1 values \(0\)"):
+        check_mask_content(m, cached_masks(m, 16, progress=False))
+    r = audit(m)
+    assert r["all_masks_empty"] and len(r["empty_masks"]) == 4
+
+
+def test_full_frame_masks_are_refused_too(tmp_path, monkeypatch) -> None:
+    from medcad.data.datasets import cached_masks, check_mask_content
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for k in range(3):
+        save(root / "x" / f"{k}.png", noise_image(k))
+        save(root / "x" / f"{k}_mask.png", np.full((32, 32), 255, np.uint8))  # inverted: background painted
+    m = load_manifest(root)
+    with pytest.raises(DataError, match="100% of the masks cover the whole frame"):
+        check_mask_content(m, cached_masks(m, 16, progress=False))
+
+
+# 2. orientation tags -----------------------------------------------------------------------------------------------
+def _exif_jpeg(path: Path, stored: np.ndarray, orientation: int) -> Path:
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, exif=exif, quality=95)
+    return path
+
+
+def test_exif_orientation_is_applied_everywhere(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    upright = np.zeros((H, W, 3), np.uint8)  # what the annotator saw: a bright block top-left
+    upright[:10, :20] = 250
+    stored = np.rot90(upright, 1).copy()  # a camera stores the pixels rotated and tags orientation 6
+    path = _exif_jpeg(tmp_path / "ds" / "img" / "a.jpg", stored, 6)
+    assert image_size(path) == (W, H)
+    out = read_image(path)
+    assert out.shape == (H, W, 3)
+    assert out[:10, :20].mean() > 230 and out[15:, 25:].mean() < 20
+    assert describe_image(path) == ["EXIF orientation 6 applied"]
+    # the mask was drawn upright: it matches the image, no size error
+    _write(tmp_path / "ds" / "img" / "a_mask.png", upright[..., 0])
+    from medcad.data.datasets import read_sample_mask
+
+    m = load_manifest(tmp_path / "ds")
+    assert read_sample_mask(m, 0).shape == (H, W)
+    assert read_image(path, draft=16).shape[:2] in ((H, W), (H // 2, W // 2), (H // 4, W // 4))
+
+
+def test_same_content_same_pixels_across_formats_and_bit_depths(tmp_path: Path) -> None:
+    ref = noise_image(3, 40)
+    grey = ref[..., 0]
+    files = {
+        "png": _write(tmp_path / "a.png", ref),
+        "bmp": _write(tmp_path / "a.bmp", ref),
+        "tif": _write(tmp_path / "a.tif", ref),
+        "rgba": _write(tmp_path / "b.png", np.dstack([ref, np.full(grey.shape, 255, np.uint8)])),
+    }
+    for name, p in files.items():
+        np.testing.assert_array_equal(read_image(p), ref, err_msg=name)
+    g16 = _write(tmp_path / "g16.png", grey.astype(np.uint16) * 257)  # 8-bit content saved as 16 bit
+    np.testing.assert_array_equal(read_image(g16)[..., 0], grey)
+    dcm = write_dicom(tmp_path / "g.dcm", (grey.astype(np.uint16) * 257)[None])
+    np.testing.assert_array_equal(read_image(dcm)[..., 0], grey)
+
+
+# 3. colour ultrasound DICOM ------------------------------------------------------------------------------------------
+def _colour_dicom(path: Path, rgb: np.ndarray, photometric: str) -> Path:
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, UltrasoundImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 3, 8, 8, 7, 0
+    ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    if photometric == "YBR_FULL":
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PixelData = convert_color_space(rgb, "RGB", "YBR_FULL").tobytes()
+    else:  # YBR_FULL_422 is what JPEG baseline ultrasound carries
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=95, subsampling=1)  # 4:2:2
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].is_undefined_length = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("photometric", ["YBR_FULL", "YBR_FULL_422"])
+def test_colour_doppler_dicom_keeps_its_colours(tmp_path: Path, photometric: str) -> None:
+    rgb = np.full((32, 48, 3), 40, np.uint8)  # grey B-mode background
+    rgb[8:24, 16:40] = (220, 30, 30)  # a red Doppler patch
+    out = read_image(_colour_dicom(tmp_path / "us.dcm", rgb, photometric))
+    patch = out[12:20, 20:36].reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(patch, (220, 30, 30), atol=6)
+    assert abs(float(out[:4, :4].mean()) - 40) < 4
+
+
+# 4. DICOM files named as scanners name them -----------------------------------------------------------------------
+def test_suffixless_dicom_files_are_found(tmp_path: Path) -> None:
+    frames = (np.arange(2 * 16 * 20).reshape(2, 16, 20) * 20).astype(np.uint16)
+    write_dicom(tmp_path / "exam" / "IM00001", frames)
+    write_dicom(tmp_path / "exam" / "1.2.840.113619.2.5", frames[:1])
+    (tmp_path / "exam" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"index")
+    (tmp_path / "exam" / "notes.txt").write_text("not an image")
+    m = load_manifest(tmp_path)
+    assert sorted(m.keys) == ["exam/1.2.840.113619.2.5", "exam/IM00001#0", "exam/IM00001#1"]
+    assert not m.problems
+    assert read_image(m.image_path(m.keys.index("exam/IM00001#1")), frame=1).shape == (16, 20, 3)
+
+
+# 5. manifests as spreadsheets save them ------------------------------------------------------------------------------
+def test_spreadsheet_manifest_with_bom_semicolons_and_spaced_headers(tmp_path: Path) -> None:
+    for k in range(4):
+        save(tmp_path / "img" / f"{k}.png", noise_image(k))
+    text = "Image Path;Diagnosis;Patient ID;Study UID\n" + "".join(
+        f'"img/{k}.png";{"benign" if k % 2 else "malignant"};P{k // 2};1.2.{k}\n' for k in range(4)
+    )
+    (tmp_path / "list.csv").write_bytes("\ufeff".encode() + text.encode("utf-8"))
+    m = load_manifest(tmp_path / "list.csv")
+    assert len(m) == 4 and not m.problems
+    assert m.table["patient"].tolist() == ["P0", "P0", "P1", "P1"]
+    assert m.table["label"].tolist() == ["malignant", "benign", "malignant", "benign"]
+    notes = " ".join(m.notes)
+    assert "'Patient ID' read as 'patient'" in notes and "'Study UID' looks like a patient/study id" in notes
+
+
+def test_patient_like_column_not_used_is_named(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", noise_image(0))
+    (tmp_path / "m.csv").write_text("file,label,MRN\na.png,x,123\n", encoding="cp1252")
+    m = load_manifest(tmp_path / "m.csv")
+    assert any("'MRN' looks like a patient/study id" in n and "do NOT group" in n for n in m.notes)
+
+
+def test_manifest_without_image_column_says_which_headers_it_accepts(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("picture,label\na.png,x\n")
+    with pytest.raises(DataError, match="no image column.*case, spaces and '_' ignored.*found 'picture', 'label'"):
+        load_manifest(tmp_path / "m.csv")
+
+
+# 6. segmentation sets in two sibling folders under any names ---------------------------------------------------
+def _paired(root: Path, images: str, masks: str, mask_name=lambda s: s, ext=".png") -> Path:
+    for k in range(6):
+        save(root / images / f"{k:03d}.png", noise_image(k))
+        save(
+            root / masks / f"{mask_name(f'{k:03d}')}{ext}",
+            lesion(255, shape=(32, 32)) if k % 2 else lesion(0, shape=(32, 32)),
+        )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("images", "masks", "mask_name"),
+    [
+        ("Original", "Ground Truth", lambda s: s),  # CVC-ClinicDB
+        ("frames", "labels", lambda s: f"{s}_seg"),
+        ("PNG", "annotations", lambda s: f"{s}_mask"),
+    ],
+)
+def test_paired_folders_under_any_names(tmp_path: Path, images: str, masks: str, mask_name) -> None:
+    m = load_manifest(_paired(tmp_path, images, masks, mask_name))
+    assert m.layout == "images-masks" and len(m) == 6
+    assert all(p.startswith(f"{images}/") for p in m.table["image"])
+    assert all(p.startswith(f"{masks}/") for p in m.table["mask"])
+    assert f"images in '{images}/', masks in '{masks}/'" in m.notes[0]
+
+
+def test_paired_folders_can_be_named(tmp_path: Path) -> None:
+    root = _paired(tmp_path, "a", "b")
+    m = load_manifest(root, images="a", masks="b")
+    assert m.layout == "images-masks" and m.table["mask"].str.startswith("b/").all()
+    with pytest.raises(DataError, match="folder not found"):
+        load_manifest(root, images="a", masks="nope")
+
+
+def test_class_folders_with_shared_numbering_stay_classes_with_a_note(tmp_path: Path) -> None:
+    for label in ("benign", "malignant"):
+        for k in range(5):
+            save(tmp_path / label / f"{k}.png", noise_image(k + (10 if label == "benign" else 30)))
+    m = load_manifest(tmp_path)
+    assert m.layout == "folders" and m.labels == ["benign", "malignant"]
+    assert any("share 5 file names" in n for n in m.notes)
