@@ -215,8 +215,9 @@ def duplicate_groups(fps: list[ImageFingerprint | str], near: bool = True) -> li
 def large_groups(
     manifest: Manifest, groups: list[list[int]], links: list[Link], min_fraction: float = 0.2, shown: int = 8
 ) -> list[dict]:
-    """Duplicate groups holding at least `min_fraction` of the images (a collapsed grouping), with the links that
-    joined them: those between different patients (or, without patient ids, different top folders), weakest first.
+    """Duplicate groups holding at least `min_fraction` of the images and spanning several patients (or, without
+    patient ids, top folders): a collapsed grouping. With them, the links that join different patients (folders),
+    weakest first.
 
     Returns:
         [{"size", "fraction", "spans": {"patients" or "folders": n}, "joining_links": [{"a", "b", "distance",
@@ -234,6 +235,8 @@ def large_groups(
             break
         members = set(g)
         joining = [x for x in links if x.i in members and owner[x.i] != owner[x.j]]
+        if not joining:  # one patient's (or folder's) own frames: grouping them is right
+            continue
         joining.sort(key=lambda x: (-x.distance, x.correlation))
         out.append(
             {

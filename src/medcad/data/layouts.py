@@ -371,7 +371,7 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             row["label"] = names.pop() if len(names) == 1 else ""
         rows.append(row)
     n_masked = sum(1 for r in rows if "mask" in r)
-    notes = [f"paired folders: {reason}; {n_masked} of {len(rows)} images have a mask"]
+    notes = [f"{n_masked} of {len(rows)} images in {image_dir.name}/ have a mask in {mask_dir.name}/"]
     return Manifest(path, make_table(_expand_frames(rows, path, problems)), "images-masks", problems, notes)
 
 

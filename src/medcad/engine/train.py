@@ -277,6 +277,7 @@ def train_run(
             atomic_write_text(out / "box_problems.txt", "\n".join(box_problems) + "\n")
     else:
         labels = _check_labels(manifest, cfg.task, data)
+    masks = task_masks(manifest, cfg, progress)  # checked before anything is written
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
         missing = sorted(set(train_domains) - set(domains))
@@ -299,7 +300,6 @@ def train_run(
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress)
     decode_s = time.perf_counter() - t0
     y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
-    masks = task_masks(manifest, cfg, progress)
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
     keys = manifest.keys
     results = []
