@@ -95,3 +95,29 @@ def test_grouped_bootstrap_resamples_whole_patients() -> None:
     assert m == segmentation_metrics(counts, groups=patients, n_boot=300)  # seeded
     with pytest.raises(ValueError, match="one group id"):
         segmentation_metrics(counts, groups=patients[:10], n_boot=10)
+
+
+def _hd95_scipy(p: np.ndarray, t: np.ndarray) -> float:
+    """Reference: 95th percentile of edge-to-edge distances both ways (SciPy distance transform), the larger one."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    ep, et = p & ~binary_erosion(p), t & ~binary_erosion(t)
+    d_pt = distance_transform_edt(~et)[ep]
+    d_tp = distance_transform_edt(~ep)[et]
+    return max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+
+
+def test_hd95_matches_scipy_reference_and_conventions():
+    from medcad.metrics.segmentation import hd95, hd95_summary
+
+    p = np.zeros((64, 80), bool)
+    t = p.copy()
+    p[10:40, 10:50] = True
+    t[14:44, 8:60] = True
+    assert hd95(p, t) == pytest.approx(_hd95_scipy(p, t), abs=1e-6)
+    assert hd95(p, p) == 0.0
+    assert hd95(np.zeros_like(p), np.zeros_like(p)) == 0.0
+    assert np.isnan(hd95(np.zeros_like(p), t))
+    s = hd95_summary(np.array([1.0, 3.0, np.nan, 5.0]), n_boot=50)
+    assert s["n_defined"] == 3 and s["n_undefined"] == 1 and s["mean"]["value"] == pytest.approx(3.0)
+    assert s["median"] == 3.0

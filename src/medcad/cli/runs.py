@@ -208,6 +208,13 @@ def predict(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     data: Annotated[Path | None, typer.Option(help="External test set (same labels): predict and score it.")] = None,
+    shortcut_check: Annotated[
+        bool,
+        typer.Option(
+            "--shortcut-check",
+            help="Also score the test images with the lesion blanked and with only the lesion kept (runs with masks).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -222,6 +229,10 @@ def evaluate(
             _say_notes(notes)
         else:
             metrics, where = evaluate_run(run)
+        if shortcut_check:
+            from medcad.study.shortcut import shortcut_check as check
+
+            metrics["shortcut_check"] = check(run)
     except MedcadError as e:
         _fail(e)
     if as_json:

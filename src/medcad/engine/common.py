@@ -21,8 +21,17 @@ MODEL_FORMATS = {
 }
 
 
-def save_model(path: Path, model: torch.nn.Module, cfg: TrainConfig, labels: list[str], data_config: dict) -> None:
-    """Self-contained model file: weights, settings, labels and preprocessing; written atomically."""
+def save_model(
+    path: Path,
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    labels: list[str],
+    data_config: dict,
+    temperature: float | None = None,
+) -> None:
+    """Self-contained model file: weights, settings, labels and preprocessing; written atomically.
+
+    `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(
         {
@@ -31,6 +40,7 @@ def save_model(path: Path, model: torch.nn.Module, cfg: TrainConfig, labels: lis
             "labels": labels,
             "data_config": data_config,
             "state_dict": model.state_dict(),
+            **({"temperature": float(temperature)} if temperature is not None else {}),
         },
         tmp,
     )

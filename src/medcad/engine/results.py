@@ -88,23 +88,36 @@ def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def segmentation_results(
     manifest: Manifest, masks: np.ndarray, run: Path, results: list[dict], groups_of: dict, labels: list[str]
 ) -> tuple[dict, pd.DataFrame]:
-    """Dice/IoU of the folds' predicted test masks against the true masks (at the training size), pooled over folds
-    with cluster-bootstrap CIs, per fold, and per label; with the per-image table."""
-    from medcad.metrics.segmentation import mask_counts, per_image_table, segmentation_metrics
+    """Dice/IoU of the folds' predicted test masks, pooled over folds with cluster-bootstrap CIs, per fold, and per
+    label; with the per-image table.
+
+    The headline figures are scored at each image's own resolution (predicted probabilities resized back before
+    thresholding) with HD95; the figures at the training size (against `masks`) stay beside them in
+    "training_size" and the table's dice_training_size column."""
+    from medcad.engine.fullres import native_mask_scores
+    from medcad.metrics.segmentation import dice_iou, hd95_summary, mask_counts, per_image_table, segmentation_metrics
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    parts, per_fold = [], []
+    parts, small, dists, per_fold = [], [], [], []
     for r in results:
         rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
-        c = mask_counts(probs >= 128, masks[rows].astype(bool))
+        small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
+        c, d = native_mask_scores(manifest, rows, probs)
         parts.append((rows, c))
+        dists.append(d)
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
     rows = np.concatenate([p[0] for p in parts])
     counts = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+    counts_small = {k: np.concatenate([c[k] for c in small]) for k in small[0]}
+    dist = np.concatenate(dists)
     groups = np.array([groups_of.get(keys[i], i) for i in rows])
     m = segmentation_metrics(counts, groups=groups)
+    m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
+    m["hd95"] = hd95_summary(dist, groups=groups)
+    size = int(masks.shape[-1])
+    m["training_size"] = {**segmentation_metrics(counts_small, groups=groups), "resolution": f"{size}x{size} px"}
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     if len(set(label_of)) > 1:
         m["by_label"] = {
@@ -119,6 +132,8 @@ def segmentation_results(
     table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
     table.insert(1, "fold", np.concatenate([[r["fold"]] * len(p[0]) for r, p in zip(results, parts, strict=True)]))
     table.insert(2, "label", label_of)
+    table["hd95_px"] = dist
+    table["dice_training_size"] = dice_iou(counts_small)[0]
     return m, table
 
 
@@ -210,6 +225,46 @@ def evaluate_results(
     return m, pred
 
 
+def validated_metrics(
+    y: np.ndarray,
+    results: list[dict],
+    rows: np.ndarray,
+    probs: np.ndarray,
+    fold_of: np.ndarray,
+    labels: list[str],
+    groups: np.ndarray,
+) -> dict:
+    """What needs each fold's validation predictions: operating points chosen on validation and applied to the
+    fold's test images (binary runs), and temperature scaling fitted on validation ("calibration"). Empty (with a
+    note) for runs whose fold results predate validation predictions."""
+    from medcad.metrics.calibration import temperature_scaled
+    from medcad.metrics.operating import validated_operating_points
+
+    if not all("val_probs" in r for r in results):
+        return {
+            "validation_note": "fold results hold no validation predictions (older run): retrain to get "
+            "validation-chosen operating points and temperature scaling"
+        }
+    k = len(labels)
+    val = {
+        r["fold"]: (y[np.array(r["val_rows"], dtype=int)], np.array(r["val_probs"], dtype=np.float64).reshape(-1, k))
+        for r in results
+    }
+    yt = y[rows]
+    out: dict = {}
+    out["calibration"], _ = temperature_scaled(yt, probs, fold_of, val, groups=groups)
+    if k == 2:
+        c = labels.index(positive_label(labels))
+        out["validated_operating_points"] = {
+            "positive": labels[c],
+            "note": "thresholds chosen per fold on its validation part, applied to its test images",
+            **validated_operating_points(
+                yt == c, probs[:, c], fold_of, {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}, groups=groups
+            ),
+        }
+    return out
+
+
 def _classification_results(
     manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], group_map: dict
 ) -> tuple[dict, pd.DataFrame]:
@@ -222,6 +277,7 @@ def _classification_results(
     keys = manifest.keys
     groups = np.array([group_map.get(keys[i], i) for i in rows])
     m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
+    m.update(validated_metrics(y, results, rows, probs, fold_of, labels, groups))
     per_fold = []
     for r in results:
         sel = fold_of == r["fold"]

@@ -29,6 +29,7 @@ from medcad.engine.common import (
 from medcad.engine.modules import make_optimizer, val_score
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
+from medcad.metrics.calibration import fit_temperature
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -234,7 +235,11 @@ def train_segment_fold(
         module.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
     train_s = time.perf_counter() - t0
     test_masks, probs, predict_ips = predict_masks(model, normalize, images, test)
-    save_model(fold_dir / "model.pt", model, cfg, labels, dc)
+    val_probs, temperature = None, None
+    if probs is not None:  # multitask: validation class probabilities for operating points and temperature
+        val_probs = predict_masks(model, normalize, images, val)[1]
+        temperature = fit_temperature(y[val], val_probs)
+    save_model(fold_dir / "model.pt", model, cfg, labels, dc, temperature)
     if test_masks is not None:
         tmp = fold_dir / "test_masks.tmp.npz"
         np.savez_compressed(tmp, rows=test, probs=test_masks)
@@ -254,5 +259,6 @@ def train_segment_fold(
     }
     if probs is not None:
         result["test_probs"] = probs.tolist()
+        result.update(val_rows=val.tolist(), val_probs=val_probs.tolist(), temperature=temperature)
     write_json(fold_dir / "result.json", result)
     return result

@@ -27,6 +27,7 @@ from medcad.engine.features import backbone_features, run_batched
 from medcad.engine.modules import val_score
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
+from medcad.metrics.calibration import fit_temperature
 from medcad.models.backbones import backbone_data_config
 from medcad.models.classifier import Classifier, freeze_backbone
 
@@ -149,7 +150,9 @@ def train_fold(
             model.load_state_dict(stage1_state)
         del stage1_state
     probs, speed["predict_images_per_s"] = run_batched(_Softmax(model), normalize, images, test)
-    save_model(fold_dir / "model.pt", model, cfg, labels, backbone_data_config(model.backbone))
+    val_probs = _predict(model, normalize, images, val)  # operating points and temperature come from these
+    temperature = fit_temperature(y[val], val_probs)
+    save_model(fold_dir / "model.pt", model, cfg, labels, backbone_data_config(model.backbone), temperature)
     result = {
         "fold": k,
         "n_train": len(train),
@@ -160,6 +163,9 @@ def train_fold(
         "speed": speed,
         "test_rows": test.tolist(),
         "test_probs": probs.tolist(),
+        "val_rows": val.tolist(),
+        "val_probs": val_probs.tolist(),
+        "temperature": temperature,
     }
     if cfg.epochs > 0:
         result["val_score_stage2"] = stage2_score

@@ -95,14 +95,17 @@ def load_models(run: Path, fold: int | None, *tasks: str) -> tuple[list[Path], l
 
 
 class _Ensemble(torch.nn.Module):
-    """Mean of the members' softmax probabilities."""
+    """Mean of the members' softmax probabilities, each member's logits divided by its temperature (fitted on its
+    fold's validation part; 1 for model files without one). Exports carry the temperatures as constants."""
 
-    def __init__(self, models: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, models: Sequence[torch.nn.Module], temperatures: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(models)
+        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(models))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)  # (B, n)
+        probs = [(m(x).float() / t).softmax(-1) for m, t in zip(self.members, self.temperatures, strict=True)]
+        return torch.stack(probs).mean(0)  # (B, n)
 
 
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
@@ -137,7 +140,8 @@ class Predictor:
         self.config = TrainConfig.from_dict(meta["config"])
         self.data_config = meta["data_config"]
         self.normalize = Normalize(self.data_config["mean"], self.data_config["std"])
-        self.net = _Ensemble([m for m, _ in loaded]).eval()
+        self.temperatures = [float(m.get("temperature", 1.0)) for _, m in loaded]
+        self.net = _Ensemble([m for m, _ in loaded], self.temperatures).eval()
         self.bf16 = backend == "torch-bf16"
         if backend.startswith("onnx"):
             self.session = self._onnx_session(run, fold, int8=backend == "onnx-int8")

@@ -127,10 +127,10 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
             out[f"{name}/sensitivity"], out[f"{name}/specificity"] = _sens_spec_batch(yb, pred, w)
         return out
 
-    auc_lo, auc_hi = delong_ci(yb.astype(int), s)
     result = {
         "positive": pos_label,
-        "auc": {"value": float(weighted_auc(yb, s)[0]), "ci95": [auc_lo, auc_hi]},
+        # ci95 is filled in from the (cluster) bootstrap; DeLong's interval treats images as independent
+        "auc": {"value": float(weighted_auc(yb, s)[0]), "ci95_delong_image_level": list(delong_ci(yb.astype(int), s))},
         **points,
         "sensitivity_at_90_specificity": sens_at_spec,
         "specificity_at_90_sensitivity": spec_at_sens,
@@ -162,7 +162,10 @@ def classification_metrics(
     Returns:
         JSON-ready dict: n, labels, accuracy, balanced_accuracy, macro_f1, weighted_f1, macro_auc, ece (each
         {value, ci95}), macro, weighted, per_class, confusion_matrix, roc, reliability, bootstrap, and for
-        two labels `binary` (DeLong CI of the AUC; bootstrap CIs of sensitivity/specificity at fixed thresholds).
+        two labels `binary`. AUC CIs (binary, per class, macro) come from the bootstrap (over `groups` when given);
+        DeLong's image-level interval is kept beside the binary AUC as `ci95_delong_image_level`. The Youden
+        point and the sensitivity/specificity at 90 % here are chosen on the same rows they are scored on
+        (in-sample, optimistic); runs report validation-chosen operating points separately.
     """
     y, p, labels = _validate(y_true, probs, labels)
     n, k = p.shape
@@ -187,6 +190,7 @@ def classification_metrics(
             "weighted_f1": _nanmean(rates["f1"], rates["support"]),
             "macro_auc": _nanmean(aucs),
             "ece": weighted_ece(bins, conf, correct, w),
+            **{f"auc/{labels[c]}": aucs[:, c] for c in auc_classes},
         }
         return out | (binary_batch(w) if binary_batch else {})
 
@@ -202,19 +206,30 @@ def classification_metrics(
         "macro": {m: float(_nanmean(rates[m])) for m in names},
         "weighted": {m: float(_nanmean(rates[m], rates["support"])) for m in names},
         "per_class": {
-            label: {**{m: float(rates[m][c]) for m in names}, "support": int(rates["support"][c]), "auc": aucs[c]}
+            label: {
+                **{m: float(rates[m][c]) for m in names},
+                "support": int(rates["support"][c]),
+                "auc": aucs[c],
+                "auc_ci95": stats[f"auc/{label}"]["ci95"] if c in auc_classes else [float("nan")] * 2,
+            }
             for c, label in enumerate(labels)
         },
         "confusion_matrix": {"labels": labels, "matrix": cm.astype(int).tolist()},
         "roc": {label: _roc(onehot[:, c], p[:, c]) for c, label in enumerate(labels)},
         "reliability": reliability_curve(y, p),
-        "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None},
+        "bootstrap": {
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "by_group": groups is not None,
+            "n_groups": int(len(np.unique(np.asarray(groups).astype(str)))) if groups is not None else int(n),
+        },
     }
     if binary:
         for point in ("at_0.5", "youden"):
             for m in ("sensitivity", "specificity"):
                 binary[point][m] = stats[f"{point}/{m}"]
-        binary["auc"]["ci95_bootstrap"] = stats["macro_auc"]["ci95"]
+        binary["auc"]["ci95"] = stats.get(f"auc/{binary['positive']}", {"ci95": [float("nan")] * 2})["ci95"]
+        binary["auc"]["ci95_method"] = "cluster bootstrap over groups" if groups is not None else "bootstrap of images"
         result["binary"] = binary
     return result
 
@@ -282,8 +297,8 @@ def subtype_vs_reference(
         positive: unused (the positive class is "not reference"); accepted so callers can pass the same kwargs.
 
     Returns:
-        {subtype: {n, n_subtype, n_reference, accuracy, auc (DeLong CI), sensitivity (on subtype rows),
-        specificity (on reference rows)}}, each rate as {value, ci95}.
+        {subtype: {n, n_subtype, n_reference, accuracy, auc (bootstrap CI; DeLong beside it), sensitivity (on
+        subtype rows), specificity (on reference rows)}}, each rate as {value, ci95}.
     """
     del positive
     y, p, labels = _validate(y_true, probs, labels)
@@ -299,20 +314,21 @@ def subtype_vs_reference(
         yb = ~ref_rows[rows]  # True = subtype (abnormal) row
         pred_pos = pred[rows] != ref
         correct = (pred[rows] == y[rows]).astype(float)
+        score = 1.0 - p[rows, ref]
 
-        def batch(w: np.ndarray, yb=yb, pred_pos=pred_pos, correct=correct) -> dict[str, np.ndarray]:
+        def batch(w: np.ndarray, yb=yb, pred_pos=pred_pos, correct=correct, score=score) -> dict[str, np.ndarray]:
             sens, spec = _sens_spec_batch(yb, pred_pos, w)
-            return {"accuracy": _div(w @ correct, w.sum(axis=1)), "sensitivity": sens, "specificity": spec}
+            acc = _div(w @ correct, w.sum(axis=1))
+            return {"accuracy": acc, "sensitivity": sens, "specificity": spec, "auc": weighted_auc(yb, score, w)}
 
         sub_groups = None if groups is None else np.asarray(groups)[rows]
         stats = weighted_bootstrap(batch, int(rows.sum()), groups=sub_groups, n_boot=n_boot, seed=seed)
-        score = 1.0 - p[rows, ref]
         out[key] = {
             "n": int(rows.sum()),
             "n_subtype": int(sub_rows.sum()),
             "n_reference": int(ref_rows.sum()),
             "accuracy": stats["accuracy"],
-            "auc": {"value": float(weighted_auc(yb, score)[0]), "ci95": list(delong_ci(yb.astype(int), score))},
+            "auc": {**stats["auc"], "ci95_delong_image_level": list(delong_ci(yb.astype(int), score))},
             "sensitivity": stats["sensitivity"],
             "specificity": stats["specificity"],
         }

@@ -146,6 +146,10 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
     ):
         if seg.get(name):
             head.add_row(text, _fmt(seg[name]))
+    if seg.get("training_size"):
+        head.add_row(f"Dice at training size {seg['training_size']['resolution']}", _fmt(seg["training_size"]["dice"]))
+    if seg.get("hd95"):
+        head.add_row("HD95 px (original size), mean", _fmt(seg["hd95"]["mean"]))
     c.print(head)
     if "per_class" not in m:
         _print_fold_summary(c, m)
@@ -161,7 +165,34 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             str(r.get("support")),
         )
     c.print(t)
+    _print_validated(c, m)
     _print_fold_summary(c, m)
+    sc = m.get("shortcut_check")
+    if sc:
+        aucs = ", ".join(f"{k} {_fmt({'value': v})}" for k, v in sc["auc_positive"].items())
+        c.print(
+            f"shortcut check on {sc['n_images']} lesion images, AUC of {sc['positive']}: {aucs}; "
+            f"share of AUC above 0.5 retained without the lesion {_fmt({'value': sc['auc_retained']})}; "
+            f"{sc['still_positive']['n']} of {sc['still_positive']['of']} still called {sc['positive']} without it"
+        )
+
+
+def _print_validated(c: Console, m: dict) -> None:
+    """Operating points chosen on validation and temperature scaling, when the run has them."""
+    v = m.get("validated_operating_points")
+    if v:
+        t = Table("rule (chosen on validation)", "sensitivity (95 % CI)", "specificity (95 % CI)")
+        t.title = f"Operating points from validation, applied to test (positive: {v['positive']})"
+        for rule in ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95"):
+            if rule in v:
+                t.add_row(rule, _fmt(v[rule]["sensitivity"]), _fmt(v[rule]["specificity"]))
+        c.print(t)
+    cal = m.get("calibration")
+    if cal:
+        c.print(
+            f"calibration: ECE {_fmt(cal['before']['ece'])} -> {_fmt(cal['after']['ece'])}, Brier "
+            f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])} after temperature scaling on validation"
+        )
 
 
 def _print_fold_summary(c: Console, m: dict) -> None:
@@ -188,4 +219,26 @@ def print_study(results: dict, console: Console | None = None) -> None:
         t.add_column(name, no_wrap=True)
     for r in runs:
         t.add_row(r["name"], r["step"], *(_fmt(r.get(k)) for k, _ in cols))
+    c.print(t)
+    _print_paired_tests(c, results.get("paired_tests") or [])
+
+
+def _p(v: float | None) -> str:
+    return "—" if v is None or v != v else f"{v:.4f}"
+
+
+def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
+    """Paired comparisons: difference with its 95 % CI, raw p and Holm-adjusted p (over the study's family)."""
+    rows = [(p, lab, d) for p in pairs for lab, d in (p.get("by_class") or {}).items()]
+    rows += [(p, "Dice", p["dice"]) for p in pairs if "dice" in p]
+    if not rows:
+        return
+    t = Table(title="Paired tests (groups as unit; p Holm-adjusted over all of them)")
+    for name in ("A vs B", "what", "difference (95 % CI)", "p", "p Holm"):
+        t.add_column(name, overflow="fold")
+    for p, lab, d in rows:
+        diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
+        t.add_row(
+            f"{p['a']} vs {p['b']}", lab if lab == "Dice" else f"AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm"))
+        )
     c.print(t)

@@ -62,7 +62,7 @@ def roc_png(curves: dict[str, dict], title: str = "ROC curves", aucs: dict[str, 
     return _png(fig)
 
 
-def reliability_png(rel: dict, ece: float | None = None) -> bytes:
+def reliability_png(rel: dict, ece: float | None = None, note: str = "") -> bytes:
     conf = np.asarray(rel.get("bin_confidence", []), dtype=float)
     acc = np.asarray(rel.get("bin_accuracy", []), dtype=float)
     cnt = np.asarray(rel.get("bin_count", []), dtype=float)
@@ -76,7 +76,7 @@ def reliability_png(rel: dict, ece: float | None = None) -> bytes:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title("Reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.set_title("Reliability" + (f", {note}" if note else "") + (f" (ECE {ece:.3f})" if ece is not None else ""))
     return _png(fig)
 
 

@@ -121,7 +121,10 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
             plots.curves_png(histories, "Stage 2 (fine-tuning)" if stage == "stage2" else "Training")
         )
     card = _card(run, cfg, labels)
-    return {
+    shortcut = _shortcut(run)
+    if shortcut and shortcut.get("gallery"):
+        figures["shortcut_gallery"] = shortcut.pop("gallery")
+    out = {
         "run": str(run),
         "meta": meta,
         "config": cfg.to_dict(),
@@ -133,7 +136,29 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
         "figures": figures,
         "gallery": gallery_items,
         "card": card,
+        "shortcut": shortcut,
     }
+    from medcad.report.checklist import checklist
+
+    out["checklist"] = checklist(out, run)
+    return out
+
+
+def _shortcut(run: Path) -> dict | None:
+    """shortcut_check.json with its gallery (each image as it is and with the lesion blanked) as a data URI."""
+    path = run / "shortcut_check.json"
+    if not path.is_file():
+        return None
+    sc = json.loads(path.read_text())
+    gal = run / "shortcut_gallery.npz"
+    if gal.is_file():
+        with np.load(gal) as z:
+            tiles = [t for pair in zip(z["original"], z["blanked"], strict=True) for t in pair]
+            caps = [c for p in z["p"] for c in ("as it is", f"lesion blanked: p {p:.2f}")]
+        if tiles:
+            title = f"Still called {sc['positive']} with the lesion blanked"
+            sc["gallery"] = _b64(plots.image_grid_png(tiles, caps, cols=4, title=title))
+    return sc
 
 
 def _classification_figures(
@@ -148,6 +173,13 @@ def _classification_figures(
     figures["reliability"] = _b64(
         plots.reliability_png(metrics.get("reliability", {}), (metrics.get("ece") or {}).get("value"))
     )
+    cal = metrics.get("calibration")
+    if cal:
+        figures["reliability_after"] = _b64(
+            plots.reliability_png(
+                cal["after"]["reliability"], cal["after"]["ece"]["value"], "after temperature scaling"
+            )
+        )
     for col in ("domain", "subgroup"):
         sub = metrics.get(f"by_{col}") or {}
         pos = positive_label(labels)

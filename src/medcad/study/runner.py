@@ -71,12 +71,12 @@ def _headline(m: dict) -> dict:
     return out
 
 
-def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str]) -> list[dict]:
-    """Paired tests between models trained the same way (same domains, same step), on the same test images:
-    DeLong's test of the AUCs where the runs predict classes, and a Wilcoxon signed-rank test of the per-image
-    Dice where they predict masks."""
-    from scipy.stats import wilcoxon
-
+def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict) -> list[dict]:
+    """Paired tests between models trained the same way (same domains, same step), on the same test images, with
+    the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
+    predict classes (DeLong's image-level test beside it), and a Wilcoxon signed-rank test of per-group mean Dice
+    where they predict masks. p-values are Holm-adjusted over the study's family of tests by `adjust_family`."""
+    from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import delong_test
 
     preds = {
@@ -92,28 +92,39 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str]) ->
             a = preds[ea.name].set_index("image")
             b = preds[eb.name].set_index("image").loc[a.index]
             y = a["label"].to_numpy(dtype=str)
-            pair: dict = {"a": ea.name, "b": eb.name, "n": len(y)}
+            g = np.array([str(groups_of.get(k, k)) for k in a.index])
+            pair: dict = {"a": ea.name, "b": eb.name, "n": len(y), "n_groups": len(set(g))}
             if all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
                 tests = {}
                 for lab in [positive] if positive else labels:
                     yb = (y == lab).astype(int)
                     if 0 < yb.sum() < len(yb):
-                        tests[lab] = delong_test(yb, a[f"p_{lab}"].to_numpy(), b[f"p_{lab}"].to_numpy())
+                        sa, sb = a[f"p_{lab}"].to_numpy(), b[f"p_{lab}"].to_numpy()
+                        tests[lab] = paired_auc_bootstrap(yb, sa, sb, groups=g)
+                        dl = delong_test(yb, sa, sb)
+                        tests[lab]["delong_image_level"] = {"z": dl["z"], "p_value": dl["p_value"]}
                 pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
                 pair["by_class"] = tests
             if "dice" in a and "dice" in b:
-                da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
-                diff = da - db
-                p = float(wilcoxon(da, db).pvalue) if np.any(diff != 0) else 1.0
-                pair["dice"] = {
-                    "mean_a": float(da.mean()),
-                    "mean_b": float(db.mean()),
-                    "difference": float(diff.mean()),
-                    "p_value": p,
-                    "test": "Wilcoxon signed-rank, per-image Dice",
-                }
+                pair["dice"] = paired_dice_test(a["dice"].to_numpy(float), b["dice"].to_numpy(float), g)
             out.append(pair)
-    return out
+    return adjust_family(out)
+
+
+def adjust_family(pairs: list[dict]) -> list[dict]:
+    """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each
+    pair) and every Dice test gets `p_holm` beside its raw `p_value`; DeLong's image-level p-values form their own
+    family. Returns `pairs`."""
+    from medcad.metrics.compare import holm
+
+    tests = [d for p in pairs for d in (p.get("by_class") or {}).values()] + [p["dice"] for p in pairs if "dice" in p]
+    for d, adj in zip(tests, holm([d["p_value"] for d in tests]), strict=True):
+        d["p_holm"] = adj
+        d["family_size"] = len(tests)
+    secondary = [d["delong_image_level"] for d in tests if "delong_image_level" in d]
+    for d, adj in zip(secondary, holm([d["p_value"] for d in secondary]), strict=True):
+        d["p_holm"] = adj
+    return pairs
 
 
 def run_study(
@@ -190,7 +201,8 @@ def run_study(
         "domains": domains,
         "splits": str(splits_path),
         "runs": rows,
-        "paired_tests": _paired_tests(study_dir, exps, labels),
+        "paired_tests": _paired_tests(study_dir, exps, labels, load_splits(splits_path).get("groups") or {}),
+        "multiplicity": "Holm over every paired test of the study (p_holm beside each raw p_value)",
         "seconds_this_session": time.perf_counter() - t0,
     }
     if len(domains) > 1 and spec.protocol in ("sequential", "combined", "cross_domain"):

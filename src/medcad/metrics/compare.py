@@ -1,0 +1,162 @@
+"""Paired model comparisons that respect the run's groups, and the Holm correction of a family of tests.
+
+Two models scored on the same test images are compared on the same cluster-bootstrap resamples: each resample
+draws whole groups (patients, or near-duplicate groups) and both models' AUCs are computed under the same row
+weights, so the difference keeps the pairing and the within-group correlation. The p-value follows pROC's
+bootstrap test (Robin et al., BMC Bioinformatics 12:77, 2011; Hanley & McNeil 1983): D = (AUC_a - AUC_b) / sd(D*),
+two-sided normal p, where D* are the bootstrap differences. Per-image Dice is first averaged per group, then the
+group means are compared with the Wilcoxon signed-rank test (SciPy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from medcad.metrics.stats import bootstrap_weights, percentile_ci, weighted_auc
+
+
+def _groups_or_rows(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
+    return np.arange(n).astype(str) if groups is None else np.asarray(groups).astype(str)
+
+
+def _bootstrap_p(diff: float, samples: np.ndarray) -> tuple[float, float]:
+    """(z, two-sided p) of a difference from its bootstrap samples (normal approximation, as pROC)."""
+    s = samples[np.isfinite(samples)]
+    sd = float(s.std(ddof=1)) if s.size > 1 else float("nan")
+    if not np.isfinite(diff) or not np.isfinite(sd):
+        return float("nan"), float("nan")
+    if sd <= 1e-15:
+        return (0.0, 1.0) if abs(diff) <= 1e-12 else (float(np.copysign(np.inf, diff)), 0.0)
+    z = diff / sd
+    return float(z), float(2 * sps.norm.sf(abs(z)))
+
+
+def paired_auc_bootstrap(
+    y_true: Sequence[int] | np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired cluster-bootstrap comparison of two ROC AUCs on the same rows.
+
+    Args:
+        y_true: binary labels (N,), 1 = positive.
+        score_a: scores of model A (N,), higher means positive.
+        score_b: scores of model B (N,).
+        groups: group id per row (patient / duplicate group); None resamples rows (image level).
+        n_boot: number of resamples.
+        seed: random seed (the same seed gives the same resamples for every pair of models).
+
+    Returns:
+        {auc_a, auc_b, difference (a - b), ci95 (of the difference, percentile), auc_a_ci95, auc_b_ci95, z,
+        p_value, n, n_groups, n_boot, method}.
+    """
+    y = np.asarray(y_true).astype(bool)
+    a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
+    n = len(y)
+    if a.shape != (n,) or b.shape != (n,):
+        raise ValueError(f"scores of shapes {a.shape} and {b.shape} do not match y_true ({n},)")
+    g = _groups_or_rows(groups, n)
+    da, db = [], []
+    for w in bootstrap_weights(n, n_boot, seed, g):  # (B, N): the same draws for both models
+        da.append(weighted_auc(y, a, w))
+        db.append(weighted_auc(y, b, w))
+    sa = np.concatenate(da) if da else np.array([])
+    sb = np.concatenate(db) if db else np.array([])
+    auc_a, auc_b = float(weighted_auc(y, a)[0]), float(weighted_auc(y, b)[0])
+    diff = auc_a - auc_b
+    z, p = _bootstrap_p(diff, sa - sb)
+    return {
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "difference": diff,
+        "ci95": list(percentile_ci(sa - sb)),
+        "auc_a_ci95": list(percentile_ci(sa)),
+        "auc_b_ci95": list(percentile_ci(sb)),
+        "z": z,
+        "p_value": p,
+        "n": int(n),
+        "n_groups": int(len(np.unique(g))),
+        "n_boot": int(n_boot),
+        "method": "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)",
+    }
+
+
+def group_means(values: np.ndarray, groups: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group ids, mean of `values` per group), groups sorted as `np.unique` sorts them; nan values are left out."""
+    v = np.asarray(values, dtype=float)
+    ids, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    ok = np.isfinite(v)
+    sums = np.bincount(inv[ok], v[ok], minlength=len(ids))
+    counts = np.bincount(inv[ok], minlength=len(ids))
+    return ids, np.divide(sums, counts, out=np.full(len(ids), np.nan), where=counts > 0)
+
+
+def paired_dice_test(
+    dice_a: np.ndarray,
+    dice_b: np.ndarray,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Wilcoxon signed-rank test of per-group mean Dice of two models on the same images, with a paired
+    cluster-bootstrap CI of the mean per-image Dice difference.
+
+    Args:
+        dice_a: per-image Dice of model A (N,).
+        dice_b: per-image Dice of model B (N,).
+        groups: group id per image; None treats every image as its own group.
+        n_boot: bootstrap resamples for the CI of the difference.
+        seed: random seed.
+
+    Returns:
+        {mean_a, mean_b, difference, ci95, p_value, n, n_groups, test}.
+    """
+    da, db = np.asarray(dice_a, dtype=float), np.asarray(dice_b, dtype=float)
+    n = len(da)
+    g = _groups_or_rows(groups, n)
+    _, ma = group_means(da, g)
+    _, mb = group_means(db, g)
+    ok = np.isfinite(ma) & np.isfinite(mb)
+    d = ma[ok] - mb[ok]
+    p = float(sps.wilcoxon(ma[ok], mb[ok]).pvalue) if np.any(d != 0) else 1.0
+    diff = np.nan_to_num(da - db, nan=0.0)
+    samples = [(w @ diff) / w.sum(axis=1) for w in bootstrap_weights(n, n_boot, seed, g)]
+    return {
+        "mean_a": float(np.nanmean(da)),
+        "mean_b": float(np.nanmean(db)),
+        "difference": float(np.nanmean(da - db)),
+        "ci95": list(percentile_ci(np.concatenate(samples) if samples else np.array([]))),
+        "p_value": p,
+        "n": int(n),
+        "n_groups": int(ok.sum()),
+        "test": "Wilcoxon signed-rank on per-group mean Dice" if groups is not None else "Wilcoxon, per image",
+    }
+
+
+def holm(p_values: Sequence[float | None]) -> list[float]:
+    """Holm step-down adjusted p-values (statsmodels `multipletests`); nan/None entries stay nan and are not
+    counted in the family.
+
+    Args:
+        p_values: raw p-values of one family of tests (m,).
+
+    Returns:
+        Adjusted p-values (m,), in the input order.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.array([np.nan if v is None else float(v) for v in p_values], dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out.tolist()

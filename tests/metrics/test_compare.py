@@ -1,0 +1,93 @@
+"""Paired cluster-bootstrap comparisons, Wilcoxon on group means, Holm: against SciPy / statsmodels / hand values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+from sklearn.metrics import roc_auc_score
+
+from medcad.metrics.compare import group_means, holm, paired_auc_bootstrap, paired_dice_test
+from medcad.metrics.stats import delong_roc_variance, delong_test
+
+
+def _clustered(n_groups: int = 40, per: int = 8, seed: int = 0):
+    """Scores with a strong patient effect: every image of a patient shares the label and most of the score."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per)
+    y = rng.integers(0, 2, n_groups)[g]
+    patient = rng.normal(size=n_groups)[g]
+    a = 0.8 * y + patient + 0.1 * rng.normal(size=len(g))
+    b = 0.8 * y + patient + 0.1 * rng.normal(size=len(g))
+    return y, a, b, g
+
+
+def test_hanley_mcneil_1982_worked_example():
+    # Hanley & McNeil, Radiology 143:29 (1982), Table 1: 5-point ratings of 58 normal and 51 abnormal CT images;
+    # published area 0.893 (Wilcoxon) with SE 0.032 (their approximation); DeLong's SE is close to it.
+    y = np.r_[np.zeros(58), np.ones(51)].astype(int)
+    s = np.r_[np.repeat([1, 2, 3, 4, 5], [33, 6, 6, 11, 2]), np.repeat([1, 2, 3, 4, 5], [3, 2, 2, 11, 33])]
+    auc, var = delong_roc_variance(y, s)
+    assert auc == pytest.approx(0.893, abs=5e-4)
+    assert auc == pytest.approx(roc_auc_score(y, s))
+    assert np.sqrt(var) == pytest.approx(0.032, abs=0.002)
+
+
+def test_paired_bootstrap_matches_sklearn_and_is_reproducible():
+    y, a, b, g = _clustered()
+    r1 = paired_auc_bootstrap(y, a, b, groups=g, n_boot=400, seed=1)
+    r2 = paired_auc_bootstrap(y, a, b, groups=g, n_boot=400, seed=1)
+    assert r1 == r2
+    assert r1["auc_a"] == pytest.approx(roc_auc_score(y, a)) and r1["auc_b"] == pytest.approx(roc_auc_score(y, b))
+    assert r1["ci95"][0] <= r1["difference"] <= r1["ci95"][1]
+    assert r1["n_groups"] == 40 and r1["method"] == "paired cluster bootstrap"
+
+
+def test_identical_models_give_p_one_and_zero_width():
+    y, a, _, g = _clustered()
+    r = paired_auc_bootstrap(y, a, a.copy(), groups=g, n_boot=200)
+    assert r["difference"] == 0 and r["p_value"] == 1.0 and r["ci95"] == [0.0, 0.0]
+
+
+def test_cluster_bootstrap_agrees_with_delong_when_groups_are_single_images():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    a = y + rng.normal(size=400)
+    b = 0.7 * y + rng.normal(size=400)
+    boot = paired_auc_bootstrap(y, a, b, n_boot=2000, seed=0)  # rows are independent: both estimate one SE
+    dl = delong_test(y, a, b)
+    se_boot, se_dl = boot["difference"] / boot["z"], dl["difference"] / dl["z"]
+    assert se_boot == pytest.approx(se_dl, rel=0.15)
+
+
+def test_clustered_comparison_is_less_confident_than_image_level():
+    y, a, b, g = _clustered(seed=5)
+    clustered = paired_auc_bootstrap(y, a, b, groups=g, n_boot=500)
+    rows = paired_auc_bootstrap(y, a, b, n_boot=500)
+    width = lambda r: r["auc_a_ci95"][1] - r["auc_a_ci95"][0]  # noqa: E731
+    assert width(clustered) > 1.5 * width(rows)
+
+
+def test_dice_wilcoxon_on_group_means_matches_scipy():
+    rng = np.random.default_rng(4)
+    g = np.repeat(np.arange(12), 5).astype(str)
+    da, db = rng.uniform(0.5, 1, 60), rng.uniform(0.4, 0.9, 60)
+    r = paired_dice_test(da, db, g, n_boot=200)
+    _, ma = group_means(da, g)
+    _, mb = group_means(db, g)
+    assert r["p_value"] == pytest.approx(wilcoxon(ma, mb).pvalue)
+    assert r["n_groups"] == 12 and r["difference"] == pytest.approx((da - db).mean())
+    assert r["ci95"][0] <= r["difference"] <= r["ci95"][1]
+    assert paired_dice_test(da, da, g, n_boot=50)["p_value"] == 1.0
+
+
+def test_holm_matches_statsmodels_and_hand_values():
+    from statsmodels.stats.multitest import multipletests
+
+    p = [0.01, 0.04, 0.03, 0.5]
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1].tolist())
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3p, max(2p, prev), max(p, prev)
+    # docs/results.md (issue 4): three per-class DeLong p-values of one pair; malignant 0.033 does not survive
+    assert holm([0.54, 0.033, 0.83])[1] == pytest.approx(0.099)
+    out = holm([0.02, None, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.04) and np.isnan(out[1]) and np.isnan(out[2]) and out[3] == pytest.approx(0.04)

@@ -1,0 +1,77 @@
+"""Validation-chosen operating points and temperature scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.metrics import brier_score_loss, log_loss
+
+from medcad.metrics.calibration import apply_temperature, brier_rows, fit_temperature, temperature_scaled
+from medcad.metrics.operating import choose_threshold, validated_operating_points
+
+
+def test_choose_threshold_hand_example():
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 1])
+    s = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75])
+    assert choose_threshold(y, s, "youden") == pytest.approx(0.45)
+    assert choose_threshold(y, s, "sens>=0.9") == pytest.approx(0.25)  # all 5 positives at >= 0.25
+    assert choose_threshold(y, s, "sens>=0.6") == pytest.approx(0.55)  # 3 of 5 positives
+    assert choose_threshold(y, s, "spec>=0.9") == pytest.approx(0.45)  # lowest threshold with no false positive
+    assert choose_threshold(y, s, "spec>=0.6") == pytest.approx(0.25)  # 2 of 3 negatives below
+    assert np.isnan(choose_threshold(np.ones(3), s[:3], "youden"))
+    with pytest.raises(ValueError, match="unknown operating-point rule"):
+        choose_threshold(y, s, "ppv>=0.9")
+
+
+def test_validated_points_use_each_folds_validation_threshold():
+    y_val = np.array([0, 0, 1, 1])
+    val = {0: (y_val, np.array([0.1, 0.2, 0.3, 0.4])), 1: (y_val, np.array([0.5, 0.6, 0.7, 0.8]))}
+    y_test = np.array([0, 1, 0, 1])
+    s_test = np.array([0.25, 0.35, 0.65, 0.75])
+    fold = np.array([0, 0, 1, 1])
+    out = validated_operating_points(y_test, s_test, fold, val, rules=["youden"], n_boot=50)
+    r = out["youden"]
+    assert r["thresholds"] == {"0": pytest.approx(0.3), "1": pytest.approx(0.7)}
+    assert r["sensitivity"]["value"] == 1.0 and r["specificity"]["value"] == 1.0
+    # pooled test scores would need one threshold: the in-sample Youden point would be chosen on the test rows
+    with pytest.raises(ValueError, match="no validation predictions"):
+        validated_operating_points(y_test, s_test, np.array([0, 0, 2, 2]), val)
+
+
+def test_temperature_recovers_known_temperature_and_matches_log_loss():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 3)) * 3
+    y = np.array([rng.choice(3, p=p) for p in softmax(logits, axis=1)])  # calibrated at T = 1
+    over = softmax(logits * 2.5, axis=1)  # over-confident by a factor 2.5
+    t = fit_temperature(y, over)
+    assert t == pytest.approx(2.5, rel=0.1)
+    fixed = apply_temperature(over, t)
+    assert log_loss(y, fixed) < log_loss(y, over)
+    assert (fixed.argmax(1) == over.argmax(1)).all()
+
+
+def test_brier_matches_sklearn():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=50)
+    y = (rng.uniform(size=50) < p).astype(int)
+    assert brier_rows(y, p).mean() == pytest.approx(brier_score_loss(y, p))
+    p3 = softmax(rng.normal(size=(50, 3)), axis=1)
+    y3 = rng.integers(0, 3, 50)
+    onehot = np.eye(3)[y3]
+    assert brier_rows(y3, p3).mean() == pytest.approx(((p3 - onehot) ** 2).sum(1).mean())
+
+
+def test_temperature_scaled_improves_ece_of_overconfident_folds():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(1200, 2)) * 2
+    y = np.array([rng.choice(2, p=p) for p in softmax(logits, axis=1)])
+    probs = softmax(logits * 3, axis=1)
+    fold = np.repeat([0, 1, 2], 400)
+    val = {f: (y[fold == f][:200], probs[fold == f][:200]) for f in range(3)}
+    test = np.concatenate([np.flatnonzero(fold == f)[200:] for f in range(3)])
+    res, cal = temperature_scaled(y[test], probs[test], fold[test], val, n_boot=100)
+    assert all(t > 1.5 for t in res["temperatures"].values())
+    assert res["after"]["ece"]["value"] < res["before"]["ece"]["value"]
+    assert res["after"]["brier"]["value"] < res["before"]["brier"]["value"]
+    assert cal.shape == probs[test].shape

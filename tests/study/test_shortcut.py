@@ -1,0 +1,61 @@
+"""Shortcut check, validation-chosen operating points, calibration, full-resolution masks and the checklist on a
+tiny multitask run (synthetic frames)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.data.synthetic import generate_synthetic
+from medcad.engine.train import train_run
+from medcad.study.shortcut import remove_lesion
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_remove_lesion_blanks_inside_and_keeps_outside():
+    img = np.full((1, 32, 32, 3), 100, np.uint8)
+    img[0, 10:20, 10:20] = 250  # a bright lesion
+    mask = np.zeros((1, 32, 32), np.uint8)
+    mask[0, 10:20, 10:20] = 1
+    blanked, only = remove_lesion(img, mask, margin=0.05)
+    assert blanked[0, 15, 15].max() < 150 and (blanked[0, 0, 0] == 100).all()  # inpainted from the surroundings
+    assert (only[0, 15, 15] == 250).all() and (only[0, 0, 0] == 0).all()
+
+
+def test_multitask_run_statistics_and_shortcut_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=1).parent
+    cfg = TrainConfig(
+        task="multitask", arch="unet", image_size=64, epochs=1, batch_size=8, folds=2, val_fraction=0.25
+    ).replace(missing_masks="empty")
+    run = tmp_path / "mt"
+    m = train_run(data, run, cfg, progress=False)
+    fold = json.loads((run / "fold_0" / "result.json").read_text())
+    assert len(fold["val_probs"]) == len(fold["val_rows"]) > 0 and fold["temperature"] > 0
+    cal = m["calibration"]
+    assert set(cal["temperatures"]) == {"0", "1"} and {"ece", "brier", "reliability"} <= set(cal["after"])
+    seg = m["segmentation"]
+    assert "own size" in seg["resolution"] and seg["training_size"]["resolution"] == "64x64 px"
+    assert seg["hd95"]["n_defined"] + seg["hd95"]["n_undefined"] == seg["n_images"]
+    for lab, pc in m["per_class"].items():
+        assert len(pc["auc_ci95"]) == 2, lab
+
+    res = runner.invoke(app, ["evaluate", str(run), "--shortcut-check", "--json"])
+    assert res.exit_code == 0, res.output
+    sc = json.loads(res.stdout)["shortcut_check"]
+    assert set(sc["variants"]) == {"original", "lesion_blanked", "lesion_only"} and sc["n_images"] > 0
+    assert (run / "shortcut_check.json").is_file()
+
+    from medcad.report.html import write_report
+
+    html = write_report(run).read_text()
+    for needle in ("Shortcut check", "Reporting checklist", "temperature-scaled", "at training size"):
+        assert needle in html, needle
