@@ -17,8 +17,7 @@ from torchvision.ops import box_iou
 from medcad.config import TrainConfig
 from medcad.data.boxes import manifest_boxes
 from medcad.data.manifest import load_manifest
-from medcad.engine.detect import build_detector
-from medcad.models.detection import anchor_scales
+from medcad.models.detection import anchor_scales, detector_from_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,7 +32,9 @@ def main() -> None:
     manifest = load_manifest(args.data)
     labels, boxes, _ = manifest_boxes(manifest, args.size)
     scales = anchor_scales(boxes, args.size) if args.data_scales else None
-    model = build_detector(TrainConfig(task="detect", image_size=args.size, weights="none"), len(labels), scales).eval()
+    model = detector_from_config(
+        TrainConfig(task="detect", image_size=args.size, weights="none"), len(labels), scales
+    ).eval()
     print("default-box scales", model.medcad_config["anchor_scales"])
     x = torch.zeros(1, 3, args.size, args.size)
     feats = list(model.backbone(x).values())

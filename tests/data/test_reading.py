@@ -276,10 +276,20 @@ def test_paired_folders_can_be_named(tmp_path: Path) -> None:
         load_manifest(root, images="a", masks="nope")
 
 
-def test_class_folders_with_shared_numbering_stay_classes_with_a_note(tmp_path: Path) -> None:
+def test_class_folders_with_shared_numbering_stay_classes(tmp_path: Path) -> None:
     for label in ("benign", "malignant"):
         for k in range(5):
             save(tmp_path / label / f"{k}.png", noise_image(k + (10 if label == "benign" else 30)))
     m = load_manifest(tmp_path)
     assert m.layout == "folders" and m.labels == ["benign", "malignant"]
-    assert any("share 5 file names" in n for n in m.notes)
+    assert not any("share" in n for n in m.notes)
+
+
+def test_mask_folder_beside_class_folders_gets_a_note(tmp_path: Path) -> None:
+    """Three folders (so no single pair is certain): frames, masks and an unrelated class folder."""
+    _paired(tmp_path, "frames", "lesions")
+    for k in range(3):
+        save(tmp_path / "frames2" / f"x{k}.png", noise_image(50 + k))
+    save(tmp_path / "frames2" / "000.png", noise_image(60))
+    m = load_manifest(tmp_path, layout="folders")
+    assert any("share 6 file names" in n and "--images frames --masks lesions" in n for n in m.notes)

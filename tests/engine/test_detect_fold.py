@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medcad.checkpoint import load_model_file
 from medcad.config import TrainConfig
-from medcad.engine.detect import (
-    DetectionDataset,
-    box_augmentation,
-    load_detector,
-    predict_detections,
-    train_detect_fold,
-)
+from medcad.engine.detect import DetectHooks, DetectionDataset, box_augmentation
+from medcad.engine.fold import FoldData, train_fold
 from medcad.errors import ConfigError
+from medcad.models.predict import predict_detections
 
 SIZE = 64
+
+
+def _data(images, boxes) -> FoldData:
+    return FoldData(images, np.zeros(len(images), int), ["square", "disc"], boxes=boxes)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,16 +67,16 @@ def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     images, boxes = _frames()
     fold = tmp_path / "fold_0"
-    r = train_detect_fold(0, PARTS, images, boxes, ["square", "disc"], FAST, fold, progress=False)
+    r = train_fold(0, PARTS, _data(images, boxes), FAST, fold, DetectHooks(), progress=False)
     saved = json.loads((fold / "result.json").read_text())
     assert set(saved) >= {"fold", "n_train", "n_val", "n_test", "test_rows", "test_detections", "val_ap50", "speed"}
     assert (saved["n_train"], saved["n_val"], saved["n_test"]) == (10, 3, 3) and saved["test_rows"] == [13, 14, 15]
-    assert set(saved["speed"]) == {"train_images_per_s", "predict_images_per_s", "seconds"}
+    assert set(saved["speed"]) == {"train_seconds", "train_images_per_s", "predict_images_per_s", "seconds"}
     assert 0 <= saved["val_ap50"] <= 1
     dets = saved["test_detections"]
     assert len(dets) == 3 and all(len(d) <= 50 and all(len(row) == 6 for row in d) for d in dets)
 
-    model, meta = load_detector(fold / "model.pt")
+    model, meta = load_model_file(fold / "model.pt", "detect")
     assert meta["format"] == "medcad-detector-1" and meta["labels"] == ["square", "disc"]
     assert meta["data_config"]["input_size"] == [3, SIZE, SIZE] and meta["config"]["epochs"] == 2
     again = predict_detections(model, images, PARTS["test"], bf16=True)
@@ -85,12 +86,12 @@ def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest
     # interrupted after training: result.json gone, last.ckpt present -> resumes without training again
     assert (fold / "checkpoints" / "detect" / "last.ckpt").is_file()
     (fold / "result.json").unlink()
-    r2 = train_detect_fold(0, PARTS, images, boxes, ["square", "disc"], FAST, fold, progress=False)
+    r2 = train_fold(0, PARTS, _data(images, boxes), FAST, fold, DetectHooks(), progress=False)
     assert r2["val_ap50"] == pytest.approx(r["val_ap50"])
 
     # sequential transfer: continue from the saved model (one more epoch)
-    r3 = train_detect_fold(
-        1, PARTS, images, boxes, ["square", "disc"], FAST.replace(epochs=1), tmp_path / "f1", False, fold / "model.pt"
+    r3 = train_fold(
+        1, PARTS, _data(images, boxes), FAST.replace(epochs=1), tmp_path / "f1", DetectHooks(), False, fold / "model.pt"
     )
     assert r3["fold"] == 1
 
@@ -99,4 +100,4 @@ def test_validation_without_boxes_is_refused(tmp_path: Path) -> None:
     images, boxes = _frames()
     parts = {"train": np.arange(2, 16), "val": np.arange(0, 2), "test": np.arange(0, 0)}
     with pytest.raises(ConfigError, match=r"validation part \(\d+ images\) has no boxes.*--val-fraction"):
-        train_detect_fold(0, parts, images, boxes, ["square", "disc"], FAST, tmp_path / "f", progress=False)
+        train_fold(0, parts, _data(images, boxes), FAST, tmp_path / "f", DetectHooks(), progress=False)

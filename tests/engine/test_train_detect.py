@@ -57,7 +57,8 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out), "--threshold", "0.2", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
-    assert rows[0]["frame"] in ("benign", "malignant", "background") and (out / f"{image.stem}_boxes.png").is_file()
+    assert rows[0]["label"] in ("benign", "malignant", "background") and (out / f"{image.stem}_overlay.png").is_file()
+    assert all(b[5] in ("benign", "malignant") and b[4] >= 0.2 for b in rows[0]["boxes"])
 
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
@@ -67,7 +68,7 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     res = runner.invoke(app, ["predict", str(run), str(video), "--out", str(out)])
     assert res.exit_code == 0, res.output
     frames = pd.read_csv(out / "clip_frames.csv")
-    assert len(frames) == 12 and {"label", "top_score", "n_boxes"} <= set(frames)
+    assert len(frames) == 12 and {"label", "score", "n_boxes", "smoothed", "smoothed_score"} <= set(frames)
     assert "frames/s" in res.output and (out / "clip_annotated.mp4").stat().st_size > 0
 
     from medcad.report.html import write_report

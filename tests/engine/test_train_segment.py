@@ -59,7 +59,11 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["explain", str(run), str(image), "-o", str(tmp_path / "explain.png")])
     assert res.exit_code == 0, res.output
     assert "Grad-CAM of the predicted lesion" in res.output
-    assert np.asarray(Image.open(tmp_path / "explain.png")).shape == (64, 128, 3)  # outline + Grad-CAM (no CBAM)
+    # outline + Grad-CAM (no CBAM), one row per fold model of the ensemble; one row with --fold
+    assert np.asarray(Image.open(tmp_path / "explain.png")).shape == (2 * 64, 128, 3)
+    res = runner.invoke(app, ["explain", str(run), str(image), "--fold", "1", "-o", str(tmp_path / "one.png")])
+    assert res.exit_code == 0 and "fold_1" in res.output
+    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (64, 128, 3)
 
     from medcad.report.html import write_report
 

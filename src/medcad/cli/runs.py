@@ -136,7 +136,9 @@ def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (its folds as an ensemble) or a model.pt file.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images, folders of images, or videos.")],
     fold: Annotated[int | None, typer.Option(help="Use one fold's model instead of the ensemble.")] = None,
-    backend: Annotated[str, typer.Option(help="torch-bf16, torch-fp32, onnx-fp32 or onnx-int8.")] = "torch-bf16",
+    backend: Annotated[
+        str, typer.Option(help="torch-bf16, torch-fp32; classify also onnx-fp32 or onnx-int8.")
+    ] = "torch-bf16",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for videos, masks and overlays.")] = Path(
         "predictions"
@@ -147,6 +149,7 @@ def predict(
     smooth: Annotated[int, typer.Option(help="Videos: average probabilities over this many frames.")] = 5,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
+    overlays: Annotated[bool, typer.Option(help="Write <image>_overlay.png for every image.")] = True,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -155,50 +158,26 @@ def predict(
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
         from medcad.data.video import is_video
-        from medcad.errors import ConfigError
-        from medcad.inference.predictor import Predictor, expand_inputs, run_task
+        from medcad.inference.files import predict_image_files
+        from medcad.inference.predictor import expand_inputs
+        from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
-        task = run_task(run)
+        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold)
         videos = [p for p in inputs if is_video(p)]
         images = expand_inputs([p for p in inputs if not is_video(p)], options)
-        if task in ("segment", "multitask"):
-            from medcad.inference.masks import predict_mask_files
-
-            if videos:
-                raise ConfigError(
-                    f"{videos[0]}: video prediction is not available for {task} runs yet; extract "
-                    "frames with `medcad data frames` and predict those"
-                )
-            table = predict_mask_files(run, images, out, fold=fold, threshold=threshold, batch=batch)
-            _print_table(table, as_json, f"masks and overlays in {out}/ (<image>_mask.png, <image>_overlay.png)")
-            return
-        if task == "detect":
-            from medcad.inference.detections import DetectionPredictor, predict_detection_files
-
-            if images:
-                table = predict_detection_files(run, images, out, fold=fold, threshold=threshold, batch=batch)
-                _print_table(table, as_json, f"boxes drawn in {out}/<image>_boxes.png; {out}/predictions.csv")
-            detector = DetectionPredictor(run, fold, threshold, threads)
-            for v in videos:
-                _echo_video(predict_video(detector, v, out, batch=batch, smooth=smooth, realtime=realtime))
-            return
-        predictor = Predictor(run, fold=fold, backend=backend, threads=threads)
-        results = predictor.predict_files(images, batch)
+        table, records = (
+            predict_image_files(predictor, images, out, batch=batch, overlays=overlays) if images else (None, [])
+        )
         summaries = [predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime) for v in videos]
     except MedcadError as e:
         _fail(e)
     if as_json:
-        typer.echo(json.dumps(results + summaries if summaries else results, indent=1))
+        typer.echo(json.dumps(records + summaries, indent=1, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    if results:
-        t = Table("image", "prediction", *predictor.labels)
-        for r in results:
-            t.add_row(r["image"], r["label"], *[f"{r['probabilities'][lab]:.3f}" for lab in predictor.labels])
-        Console().print(t)
+    if table is not None:
+        masks = ", <image>_mask.png" if "lesion_fraction" in table else ""
+        _print_table(table, False, f"{out}/predictions.csv; <image>_overlay.png{masks} in {out}/")
     for v in summaries:
         _echo_video(v)
 
@@ -222,7 +201,8 @@ def evaluate(
     """Recompute a run's metrics from its fold results, or score its models on another dataset (read with the
     data options given here, not the run's)."""
     try:
-        from medcad.engine.evaluate import evaluate_external, evaluate_run
+        from medcad.engine.evaluate import evaluate_run
+        from medcad.study.external import evaluate_external
 
         if data is not None:
             metrics, where, notes = evaluate_external(run, data, options)
@@ -256,38 +236,20 @@ def explain(
         str | None, typer.Option("--class", help="Explain this class instead of the predicted one.")
     ] = None,
 ) -> None:
-    """Grad-CAM heat-map of a prediction, written as an overlay with the class and probability; for a segment or
-    multitask run, the predicted outline, CBAM attention maps and Grad-CAM of the predicted lesion side by side."""
+    """Where the model looked: Grad-CAM of the predicted class (classify; averaged over the folds' models), the
+    predicted outline with CBAM attention maps and Grad-CAM of the lesion (segment, multitask), or EigenCAM under the
+    boxes (detect); one row per fold model for masks and boxes."""
     try:
-        import numpy as np
         from PIL import Image
 
         from medcad.data.io import read_image
-        from medcad.errors import ConfigError
-        from medcad.explain.gradcam import explain_predictor, overlay
-        from medcad.inference.predictor import Predictor, run_task
+        from medcad.explain.explainers import EXPLAINERS
+        from medcad.inference.registry import load_predictor
 
-        if run_task(run) in ("segment", "multitask"):
-            from medcad.explain.segmentation import explain_mask
-            from medcad.inference.masks import MaskPredictor
-
-            mp = MaskPredictor(run, fold=fold if fold is not None else 0)
-            tiles = explain_mask(mp.models[0], mp.normalize, mp.prepare(read_image(image)), layer)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.concatenate([t for t, _ in tiles], axis=1)).save(out)
-            typer.echo(f"{out}: " + " | ".join(c for _, c in tiles) + f" (fold {mp.files[0].parent.name})")
-            return
-        predictor = Predictor(run, fold=fold)
-        if label is not None and label not in predictor.labels:
-            raise ConfigError(f"--class {label!r} is not one of the model's labels {predictor.labels}")
-        rgb = read_image(image)
-        x = predictor.prepare(rgb)[None]
-        classes = None if label is None else [predictor.labels.index(label)]
-        heat, probs = explain_predictor(predictor, x, classes, layer)
-        c = int(probs[0].argmax()) if classes is None else classes[0]
-        shown = overlay(rgb, heat[0], f"{predictor.labels[c]} p={probs[0, c]:.2f}")
+        predictor = load_predictor(run, fold)
+        shown, caption = EXPLAINERS[predictor.task](predictor, read_image(image), layer, label)
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(shown).save(out)
     except MedcadError as e:
         _fail(e)
-    typer.echo(f"{out}: Grad-CAM for {predictor.labels[c]} (p={probs[0, c]:.3f})")
+    typer.echo(f"{out}: {caption}")

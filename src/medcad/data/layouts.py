@@ -200,13 +200,17 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
 
 
 def _shared_stem_note(root: Path, by_dir: dict[Path, list[Path]]) -> list[str]:
-    """A warning when two folders hold mostly the same file names (masks read as a class?)."""
+    """A warning when two folders hold mostly the same file names and one of them looks like masks (masks read as
+    a class?); class folders numbered alike (`benign/1.png`, `malignant/1.png`) get none."""
+    from medcad.data.pairing import mask_likeness
+
     dirs = list(by_dir)
     for i, a in enumerate(dirs):
         for b in dirs[i + 1 :]:
             sa, sb = {f.stem for f in by_dir[a]}, {f.stem for f in by_dir[b]}
             shared = len(sa & sb)
-            if shared >= max(2, 0.5 * min(len(sa), len(sb))):
+            masky = [mask_likeness(by_dir[d][0]) >= 0.95 for d in (a, b)]
+            if shared >= max(2, 0.5 * min(len(sa), len(sb))) and masky[0] != masky[1]:
                 ra, rb = a.relative_to(root).as_posix(), b.relative_to(root).as_posix()
                 return [
                     f"'{ra}/' and '{rb}/' share {shared} file names; if one of them holds masks, read the set "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -12,39 +11,6 @@ import numpy as np
 import torch
 
 from medcad.config import TrainConfig
-
-MODEL_FORMATS = {
-    "classify": "medcad-classifier-1",
-    "segment": "medcad-segmenter-1",
-    "multitask": "medcad-segmenter-1",
-    "detect": "medcad-detector-1",
-}
-
-
-def save_model(
-    path: Path,
-    model: torch.nn.Module,
-    cfg: TrainConfig,
-    labels: list[str],
-    data_config: dict,
-    temperature: float | None = None,
-) -> None:
-    """Self-contained model file: weights, settings, labels and preprocessing; written atomically.
-
-    `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(
-        {
-            "format": MODEL_FORMATS[cfg.task],
-            "config": cfg.to_dict(),
-            "labels": labels,
-            "data_config": data_config,
-            "state_dict": model.state_dict(),
-            **({"temperature": float(temperature)} if temperature is not None else {}),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
 
 
 def quiet_lightning() -> None:
@@ -143,19 +109,3 @@ class TrainingThroughput:
         ips = self._n / max(time.perf_counter() - self._t0, 1e-9)
         self.images_per_s.append(ips)
         self.log("train_images_per_s", ips)
-
-
-def load_init_model(path: Path, labels: list[str], *tasks: str) -> tuple[torch.nn.Module, dict]:
-    """The model a fold continues from (sequential transfer): a model.pt of one of `tasks` with the run's labels.
-
-    Raises:
-        DataError: the file is unusable or of another task; ConfigError: its labels differ from the run's.
-    """
-    from medcad.errors import ConfigError
-    from medcad.inference.predictor import load_model_file, require_task
-
-    model, meta = load_model_file(Path(path))
-    require_task(meta, Path(path), *tasks)
-    if meta["labels"] != list(labels):
-        raise ConfigError(f"{path}: labels {meta['labels']} differ from this run's {list(labels)}")
-    return model, meta

@@ -9,7 +9,6 @@ in pixels of the S x S cached image, class_index 0-based into `labels` (no backg
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
@@ -20,10 +19,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from medcad.config import TrainConfig
-from medcad.engine.common import TrainingThroughput, load_init_model, make_trainer, quiet_lightning, save_model
+from medcad.engine.common import TrainingThroughput
+from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
-from medcad.models.detection import HEADS, anchor_scales, create_detector, detector_data_config, set_backbone_bn_eval
+from medcad.models.detection import anchor_scales, detector_data_config, detector_from_config, set_backbone_bn_eval
+from medcad.models.predict import detections_to_array, predict_detections
 
 STAGE = "detect"  # checkpoint and log sub-folder
 
@@ -87,13 +88,6 @@ def _float_images(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     return [x.float() / 255 for x in batch]  # the model normalises with the backbone's mean/std itself
 
 
-def _to_array(det: dict[str, torch.Tensor]) -> np.ndarray:
-    """torchvision detections -> (m, 6) [x0, y0, x1, y1, score, class_index] float32, class_index 0-based."""
-    return torch.cat(
-        [det["boxes"].float(), det["scores"].float()[:, None], (det["labels"] - 1).float()[:, None]], dim=1
-    ).numpy()
-
-
 def mean_ap(ap: np.ndarray) -> float:
     """Mean AP over the classes with truths (0 when none has any: the fold checks that validation has boxes)."""
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
@@ -133,7 +127,7 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
 
     def validation_step(self, batch, _):
         images, targets = batch
-        self._preds += [_to_array(d) for d in self.model(_float_images(images))]
+        self._preds += [detections_to_array(d) for d in self.model(_float_images(images))]
         self._truths += [torch.cat([t["boxes"], t["labels"][:, None] - 1], 1).numpy() for t in targets]
 
     def on_validation_epoch_end(self) -> None:
@@ -150,147 +144,76 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-def build_detector(cfg: TrainConfig, n_classes: int, scales: tuple[float, float] | None = None) -> torch.nn.Module:
-    """The detector a run's settings describe: cfg.model backbone with cfg.weights at cfg.image_size; the head is
-    cfg.head when it names a detection head ("ssd", "ssdlite"), else SSDlite (the classifier's heads do not apply)."""
-    head = cfg.head if cfg.head in HEADS else "ssdlite"
-    return create_detector(
-        n_classes, backbone=cfg.model, weights=cfg.weights, image_size=cfg.image_size, head=head, scales=scales
-    )
-
-
-def load_detector(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """A detector from its model.pt, in eval mode, and its metadata (format, config, labels, data_config).
-
-    Raises:
-        DataError: the file is missing, unreadable, or not a detector.
-    """
-    from medcad.inference.predictor import load_model_file, require_task
-
-    model, blob = load_model_file(Path(path))
-    require_task(blob, Path(path), "detect")
-    return model, {k: v for k, v in blob.items() if k != "state_dict"}
-
-
-@torch.no_grad()
-def predict_detections(
-    model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, batch: int = 16, bf16: bool = True
-) -> list[np.ndarray]:
-    """Detections for images[rows] (uint8 (N, S, S, 3)): per image (m, 6) [x0, y0, x1, y1, score, class_index]
-    in S x S pixels, best first, at most 50, scores >= 0.01. bf16 autocast speeds up the network only: boxes
-    and scores are decoded in float32."""
-    model.eval()
-    out: list[np.ndarray] = []
-    for start in range(0, len(rows), batch):
-        chunk = torch.from_numpy(np.array(images[np.asarray(rows[start : start + batch])])).permute(0, 3, 1, 2)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            dets = model(list(chunk.float() / 255))
-        out += [_to_array(d) for d in dets]
-    return out
-
-
 def _boxes_in_part(boxes: list[np.ndarray], rows: np.ndarray) -> int:
     return int(sum(len(np.asarray(boxes[i]).reshape(-1, 5)) for i in rows))
 
 
-def train_detect_fold(
-    k: int,
-    parts: dict[str, np.ndarray],
-    images: np.ndarray,
-    boxes: list[np.ndarray],
-    labels: list[str],
-    cfg: TrainConfig,
-    fold_dir: Path,
-    progress: bool = True,
-    init_model: Path | None = None,
-) -> dict:
-    """Train one detection fold, keep the epoch with the best validation AP50, predict the test part.
+class DetectHooks(FoldHooks):
+    """Detection: SSD/SSDlite from a new head, default boxes sized from the fold's training boxes (or those of the
+    model continued from); the epoch with the best validation AP50 is kept."""
 
-    Args:
-        k: fold number (also offsets the seed).
-        parts: row indices {"train", "val", "test"} into `images` and `boxes`.
-        images: (N, S, S, 3) uint8, S = cfg.image_size (a read-only memmap is fine).
-        boxes: per image (m, 5) [x0, y0, x1, y1, class_index] in S x S pixels; (0, 5) for a frame without boxes.
-        labels: class names (no background).
-        cfg: run settings (model, weights, image_size, epochs, lr, batch_size, weight_decay, optimizer, patience,
-            precision, seed, augment; head "ssd" or else SSDlite).
-        fold_dir: the fold's folder; an existing checkpoints/detect/last.ckpt is resumed.
-        progress: show Lightning's progress bar.
-        init_model: a detector model.pt (same labels and architecture) to continue from.
+    stage = STAGE
+    monitor = "val_ap50"
+    tasks = ("detect",)
 
-    Returns:
-        The result dict also written to fold_dir/result.json: fold, n_train, n_val, n_test, test_rows,
-        test_detections (per test image a list of [x0, y0, x1, y1, score, class_index]), val_ap50, speed.
-    """
-    from medcad.engine.results import write_json
+    def check(self, k: int, parts: dict, data: FoldData, cfg: TrainConfig) -> None:
+        if cfg.task != "detect":
+            raise ConfigError(f"detection folds need a detection config (task 'detect'), got task {cfg.task!r}")
+        if cfg.epochs < 1:
+            raise ConfigError("a detector is trained from a new head: set epochs >= 1")
+        if len(parts["train"]) < 2:
+            raise ConfigError(
+                f"fold {k}: {len(parts['train'])} training image(s); a detector needs at least 2 (BatchNorm)"
+            )
+        if _boxes_in_part(data.boxes, parts["val"]) == 0:
+            raise ConfigError(
+                f"fold {k}: the validation part ({len(parts['val'])} images) has no boxes, so AP50 cannot select the "
+                f"model; use a larger --val-fraction (now {cfg.val_fraction:g}), or other splits (--splits, --seed)"
+            )
+        if data.images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
+            raise ConfigError(
+                f"images have shape {data.images.shape[1:]}, expected ({cfg.image_size}, {cfg.image_size}, 3)"
+            )
 
-    if cfg.task != "detect":
-        raise ConfigError(f"train_detect_fold needs a detection config (task 'detect'), got task {cfg.task!r}")
-    quiet_lightning()
-    L.seed_everything(cfg.seed + k, verbose=False)
-    train, val, test = (np.asarray(parts[p], dtype=int) for p in ("train", "val", "test"))
-    if cfg.epochs < 1:
-        raise ConfigError("a detector is trained from a new head: set epochs >= 1")
-    if len(train) < 2:
-        raise ConfigError(f"fold {k}: {len(train)} training image(s); a detector needs at least 2 (BatchNorm)")
-    if _boxes_in_part(boxes, val) == 0:
-        raise ConfigError(
-            f"fold {k}: the validation part ({len(val)} images) has no boxes, so AP50 cannot select the model; "
-            f"use a larger --val-fraction (now {cfg.val_fraction:g}), or other splits (--splits, --seed)"
+    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
+        if init is not None:
+            scales = tuple(meta["data_config"]["anchor_scales"])  # the same default boxes as the model continued from
+        else:
+            scales = anchor_scales([data.boxes[i] for i in parts["train"]], cfg.image_size)
+        model = detector_from_config(cfg, len(data.labels), scales)
+        if init is not None:
+            try:
+                model.load_state_dict(init.state_dict())
+            except RuntimeError as e:
+                raise ConfigError(f"the model continued from is another detector architecture ({e})") from e
+        return model, detector_data_config(model)
+
+    def module(self, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+        return DetectorModule(model, len(data.labels), cfg)
+
+    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+        train, val = parts["train"], parts["val"]
+        train_dl = DataLoader(
+            DetectionDataset(data.images, data.boxes, train, box_augmentation(cfg.augment)),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            collate_fn=_collate,
+            drop_last=len(train) > cfg.batch_size,  # no 1-image last batch
         )
-    if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
-        raise ConfigError(f"images have shape {images.shape[1:]}, expected ({cfg.image_size}, {cfg.image_size}, 3)")
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if init_model is not None:
-        prior, meta = load_init_model(init_model, labels, "detect")
-        scales = tuple(meta["data_config"]["anchor_scales"])  # the same default boxes as the model continued from
-    else:
-        scales = anchor_scales([boxes[i] for i in train], cfg.image_size)
-    model = build_detector(cfg, len(labels), scales)
-    if init_model is not None:
-        try:
-            model.load_state_dict(prior.state_dict())
-        except RuntimeError as e:
-            raise ConfigError(f"{init_model}: another detector architecture than this run's ({e})") from e
-    module = DetectorModule(model, len(labels), cfg)
-    train_dl = DataLoader(
-        DetectionDataset(images, boxes, train, box_augmentation(cfg.augment)),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=_collate,
-        drop_last=len(train) > cfg.batch_size,  # no 1-image last batch
-    )
-    val_dl = DataLoader(
-        DetectionDataset(images, boxes, val, box_augmentation("none")), batch_size=16, collate_fn=_collate
-    )
-    trainer, ckpt = make_trainer(fold_dir, STAGE, cfg.epochs, cfg, "val_ap50", "max", cfg.patience, progress)
-    last = fold_dir / "checkpoints" / STAGE / "last.ckpt"
-    trainer.fit(module, train_dl, val_dl, ckpt_path=last if last.is_file() else None)
-    best = ckpt.best_model_path or str(last)
-    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
-    model.to(memory_format=torch.contiguous_format)  # as a loaded model.pt: the same kernels, the same detections
-    bf16 = cfg.precision.startswith("bf16")
-    val_ap = average_precision(
-        predict_detections(model, images, val, bf16=bf16), [boxes[i] for i in val], len(labels), 0.5
-    )
-    t1 = time.perf_counter()
-    test_dets = predict_detections(model, images, test, bf16=bf16)
-    predict_s = time.perf_counter() - t1
-    save_model(fold_dir / "model.pt", model, cfg, list(labels), detector_data_config(model))
-    result = {
-        "fold": k,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
-        "test_rows": test.tolist(),
-        "test_detections": [d.tolist() for d in test_dets],
-        "val_ap50": mean_ap(val_ap),
-        "speed": {
-            "train_images_per_s": float(np.median(module.images_per_s)) if module.images_per_s else None,
-            "predict_images_per_s": len(test) / predict_s if len(test) and predict_s > 0 else None,
-            "seconds": time.perf_counter() - t0,
-        },
-    }
-    write_json(fold_dir / "result.json", result)
-    return result
+        val_dl = DataLoader(
+            DetectionDataset(data.images, data.boxes, val, box_augmentation("none")), batch_size=16, collate_fn=_collate
+        )
+        return train_dl, val_dl
+
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
+        return {"detections": predict_detections(model, data.images, rows, bf16=cfg.precision.startswith("bf16"))}
+
+    def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
+        truths = [data.boxes[i] for i in rows]
+        return mean_ap(average_precision(outputs["detections"], truths, len(data.labels), 0.5))
+
+    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
+        return {
+            "test_detections": [d.tolist() for d in test["detections"]],
+            "val_ap50": self.score(val, data, parts["val"]),
+        }

@@ -6,7 +6,6 @@ test_masks.npz (the test images' lesion probabilities as uint8 0..255 at the tra
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
@@ -21,15 +20,12 @@ from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import (
     TrainingThroughput,
     class_weights,
-    load_init_model,
     make_loader,
-    make_trainer,
-    save_model,
 )
+from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
-from medcad.engine.results import write_json
-from medcad.errors import ConfigError
-from medcad.metrics.calibration import fit_temperature
+from medcad.models.predict import predict_masks
+from medcad.tasks import get_task
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -138,127 +134,68 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-def build_segmenter(cfg: TrainConfig, n_classes: int) -> nn.Module:
-    """The segmentation or multitask model a run's settings describe."""
-    from medcad.models.segmentation import create_segmenter
-
-    multitask = cfg.task == "multitask" or cfg.arch == "dsconv-resnet"
-    if cfg.arch == "dsconv-resnet" and cfg.task != "multitask":
-        raise ConfigError("dsconv-resnet only classifies: use it with --task multitask (or classify)")
-    return create_segmenter(
-        cfg.arch,
-        n_classes=n_classes if multitask else None,
-        encoder=cfg.model,
-        weights=cfg.weights,
-        dropout=cfg.dropout,
-    )
+def mask_dice(probs_uint8: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Hard Dice per image of lesion probabilities (n, S, S) uint8 0..255 at 0.5 against {0, 1} masks; 1 when both
+    are empty (the same measure as `batch_dice`, which the module logs)."""
+    p = (probs_uint8 >= 128).reshape(len(probs_uint8), -1)
+    t = truth.reshape(len(truth), -1).astype(bool)
+    inter, total = (p & t).sum(1), p.sum(1) + t.sum(1)
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
 
 
-@torch.inference_mode()
-def predict_masks(
-    model: nn.Module, normalize: Normalize, images: np.ndarray, rows: np.ndarray, batch: int = 16, bf16: bool = True
-) -> tuple[np.ndarray | None, np.ndarray | None, float]:
-    """Lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model), class probabilities (n, K) or None,
-    and images per second."""
-    model.eval()
-    masks, probs = [], []
-    t0 = time.perf_counter()
-    for i in range(0, len(rows), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).permute(0, 3, 1, 2)
-        x = normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-        if "mask" in out:
-            masks.append((out["mask"].float().sigmoid()[:, 0] * 255).round().to(torch.uint8).numpy())
-        if "class" in out:
-            probs.append(out["class"].float().softmax(-1).numpy())
-    ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
-    return (np.concatenate(masks) if masks else None), (np.concatenate(probs) if probs else None), ips
+class SegmentHooks(FoldHooks):
+    """Segment and multitask: one stage, all layers; validation score Dice (averaged with macro AUC for
+    multitask). A fold folder gets test_masks.npz: the test images' lesion probabilities as uint8 0..255."""
 
+    stage = "train"
+    monitor = "val_score"
+    tasks = ("segment", "multitask")
 
-def train_segment_fold(
-    k: int,
-    parts: dict[str, np.ndarray],
-    images: np.ndarray,
-    masks: np.ndarray,
-    y: np.ndarray,
-    labels: list[str],
-    cfg: TrainConfig,
-    fold_dir: Path,
-    progress: bool = True,
-    init_model: Path | None = None,
-) -> dict:
-    """Train one fold of a segmentation or multitask run (one stage, all layers, early stopping on validation
-    Dice, or Dice and macro AUC averaged for multitask); returns its result dict.
+    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
+        task = get_task(cfg.task)
+        model = task.build(cfg, len(data.labels), None)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        return model, task.data_config(model)
 
-    Args:
-        masks: (N, S, S) uint8 {0, 1} at the training size.
-        y: label index per sample (the class target of multitask; used for oversampling in both tasks).
-        init_model: a model.pt of an earlier step to continue from (sequential transfer).
-    """
-    L.seed_everything(cfg.seed + k, verbose=False)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    train, val, test = parts["train"], parts["val"], parts["test"]
-    if len(val) == 0:
-        raise ConfigError("each fold needs a validation part for early stopping: set val_fraction > 0")
-    multitask = cfg.task == "multitask"
-    model = build_segmenter(cfg, len(labels))
-    if init_model is not None:
-        prior, _ = load_init_model(init_model, labels, "segment", "multitask")
-        model.load_state_dict(prior.state_dict())
-    from medcad.models.segmentation import segmenter_data_config
+    def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+        multitask = cfg.task == "multitask"
+        weights = class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights and multitask else None
+        return SegmentationModule(
+            model,
+            normalize,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            max_epochs=cfg.epochs,
+            class_weights=weights,
+            class_loss_weight=cfg.class_loss_weight,
+            multitask=multitask,
+        )
 
-    dc = segmenter_data_config(model)
-    normalize = Normalize(dc["mean"], dc["std"])
-    module = SegmentationModule(
-        model,
-        normalize,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        max_epochs=cfg.epochs,
-        class_weights=class_weights(y[train], len(labels)) if cfg.class_weights and multitask else None,
-        class_loss_weight=cfg.class_loss_weight,
-        multitask=multitask,
-    )
-    t0 = time.perf_counter()
-    trainer, ckpt = make_trainer(fold_dir, "train", cfg.epochs, cfg, "val_score", "max", cfg.patience, progress)
-    last = fold_dir / "checkpoints" / "train" / "last.ckpt"
-    aug = augmentation(cfg.augment, cfg.image_size)
-    trainer.fit(
-        module,
-        make_loader(MaskedImageDataset(images, masks, y, train, aug), cfg, y[train], True),
-        make_loader(MaskedImageDataset(images, masks, y, val), cfg, None, False, 32),
-        ckpt_path=last if last.is_file() else None,
-    )
-    if ckpt.best_model_path:
-        module.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
-    train_s = time.perf_counter() - t0
-    test_masks, probs, predict_ips = predict_masks(model, normalize, images, test)
-    val_probs, temperature = None, None
-    if probs is not None:  # multitask: validation class probabilities for operating points and temperature
-        val_probs = predict_masks(model, normalize, images, val)[1]
-        temperature = fit_temperature(y[val], val_probs)
-    save_model(fold_dir / "model.pt", model, cfg, labels, dc, temperature)
-    if test_masks is not None:
-        tmp = fold_dir / "test_masks.tmp.npz"
-        np.savez_compressed(tmp, rows=test, probs=test_masks)
-        tmp.replace(fold_dir / "test_masks.npz")
-    result = {
-        "fold": k,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
-        "val_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
-        "speed": {
-            "train_seconds": train_s,
-            "train_images_per_s": float(np.median(module.images_per_s)) if module.images_per_s else None,
-            "predict_images_per_s": predict_ips,
-        },
-        "test_rows": test.tolist(),
-    }
-    if probs is not None:
-        result["test_probs"] = probs.tolist()
-        result.update(val_rows=val.tolist(), val_probs=val_probs.tolist(), temperature=temperature)
-    write_json(fold_dir / "result.json", result)
-    return result
+    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+        aug = augmentation(cfg.augment, cfg.image_size)
+        train, val, y = parts["train"], parts["val"], data.y
+        return (
+            make_loader(MaskedImageDataset(data.images, data.masks, y, train, aug), cfg, y[train], True),
+            make_loader(MaskedImageDataset(data.images, data.masks, y, val), cfg, None, False, 32),
+        )
+
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
+        masks, probs, _ = predict_masks(model, normalize, data.images, rows)
+        return {"masks": masks, "probs": probs}
+
+    def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
+        scores = []
+        if outputs["masks"] is not None:
+            scores.append(float(mask_dice(outputs["masks"], np.asarray(data.masks[rows])).mean()))
+        if outputs["probs"] is not None:
+            scores.append(val_score(data.y[rows], outputs["probs"]))
+        return float(np.mean(scores))
+
+    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
+        if test["masks"] is not None:
+            tmp = fold_dir / "test_masks.tmp.npz"
+            np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"])
+            tmp.replace(fold_dir / "test_masks.npz")
+        return {}

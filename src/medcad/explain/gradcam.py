@@ -84,7 +84,7 @@ def explain_predictor(
     Returns:
         heat-maps (N, S, S) and the probabilities (N, n_labels) of the predictor.
     """
-    probs = predictor.predict_arrays(images)
+    probs = predictor.infer(images)["probabilities"]
     classes = probs.argmax(1).tolist() if classes is None else classes
     members = list(predictor.net.members)
     heat = sum(gradcam(m, predictor.normalize, images, classes, target_layer(m.backbone, layer)) for m in members)

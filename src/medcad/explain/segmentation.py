@@ -31,7 +31,7 @@ def explain_mask(
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
     from medcad.explain.gradcam import overlay
-    from medcad.inference.masks import mask_overlay
+    from medcad.inference.prediction import mask_overlay
     from medcad.models.attention_unet import attention_maps
     from medcad.models.segmentation import cam_target_name
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.inference.predictor import BACKENDS, Predictor
+from medcad.inference.classes import BACKENDS, ClassPredictor
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -35,13 +35,13 @@ def bench(
     from medcad.inference.export import fold0_images
 
     run = Path(run)
-    first = Predictor(run, fold=fold, backend="torch-fp32", threads=threads)
+    first = ClassPredictor(run, fold=fold, backend="torch-fp32", threads=threads)
     _, held, y = fold0_images(run, first)
     held, y = held[:n_agree], y[:n_agree]
     n_real = len(held)
     if len(held) < batch:  # tiny test sets: repeat images so that one full batch can be timed
         held = np.concatenate([held] * (batch // max(len(held), 1) + 1))[: max(batch, len(held))]
-    reference = first.predict_arrays(held, batch)
+    reference = first.infer(held, batch)["probabilities"]
     out = {
         "run": str(run),
         "fold": fold,
@@ -52,11 +52,11 @@ def bench(
         "backends": {},
     }
     for name in backends:
-        p = first if name == "torch-fp32" else Predictor(run, fold=fold, backend=name, threads=threads)
+        p = first if name == "torch-fp32" else ClassPredictor(run, fold=fold, backend=name, threads=threads)
         one = held[:1]
-        lat = np.array(_time(lambda p=p, one=one: p.predict_arrays(one, 1), repeats)) * 1000
-        tput = _time(lambda p=p: p.predict_arrays(held[:batch], batch), max(3, repeats // 4))
-        probs = p.predict_arrays(held, batch)
+        lat = np.array(_time(lambda p=p, one=one: p.infer(one, 1), repeats)) * 1000
+        tput = _time(lambda p=p: p.infer(held[:batch], batch), max(3, repeats // 4))
+        probs = p.infer(held, batch)["probabilities"]
         out["backends"][name] = {
             "images_per_s": batch / float(np.median(tput)),
             "p50_ms": float(np.percentile(lat, 50)),

@@ -18,13 +18,13 @@ from torch import nn
 
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
-from medcad.inference.predictor import Predictor
+from medcad.inference.classes import ClassPredictor
 
 
 class _Graph(nn.Module):
     """0..255 float images -> probabilities, as one exportable module."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: ClassPredictor) -> None:
         super().__init__()
         self.normalize, self.net = predictor.normalize, predictor.net
 
@@ -32,7 +32,7 @@ class _Graph(nn.Module):
         return self.net(self.normalize(x))  # (N, n_labels), probabilities
 
 
-def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fold0_images(run: Path, predictor: ClassPredictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training images of fold 0 (for int8 calibration), its test images (for agreement checks) and their
     label indices."""
     from medcad.data.datasets import cached_images
@@ -67,7 +67,7 @@ def export_onnx(
     run = Path(run)
     if not run.is_dir():
         raise DataError(run, "not a run folder")
-    predictor = Predictor(run, fold=fold, bf16=False)
+    predictor = ClassPredictor(run, fold=fold, backend="torch-fp32")
     out = Path(out) if out else run / "export"
     out.mkdir(parents=True, exist_ok=True)
     size = predictor.config.image_size

@@ -15,7 +15,7 @@ import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
 from medcad.data.video import open_video
-from medcad.inference.detections import DetectionPredictor, draw_boxes
+from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction, draw_label
 from medcad.inference.predictor import Predictor
 
 
@@ -45,18 +45,8 @@ def _decoder(path: Path, q: queue.Queue, stop: threading.Event, realtime: bool, 
         q.put(None)
 
 
-def _draw(bgr: np.ndarray, label: str, p: float) -> np.ndarray:
-    h, w = bgr.shape[:2]
-    bar = max(18, h // 14)
-    cv2.rectangle(bgr, (0, 0), (w, bar), (0, 0, 0), -1)
-    cv2.putText(
-        bgr, f"{label} {p:.2f}", (6, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, bar / 32, (255, 255, 255), 1, cv2.LINE_AA
-    )
-    return bgr
-
-
 def predict_video(
-    predictor: Predictor | DetectionPredictor,
+    predictor: Predictor,
     video: str | Path,
     out_dir: str | Path,
     *,
@@ -67,9 +57,9 @@ def predict_video(
 ) -> dict:
     """Predict every frame (or, with `realtime`, every frame the model keeps up with) of a video.
 
-    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: for a classifier the frame's label,
-    the label smoothed over `smooth` frames and the probabilities; for a detector the frame decision (top
-    detection's class or background), its score (also smoothed) and the number of boxes, boxes drawn.
+    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: one `Prediction.row` per frame (the
+    frame decision, probabilities, lesion fraction or boxes, as the task has) plus the decision smoothed over
+    `smooth` frames (mean class probabilities; mean top-box score; mean lesion fraction), drawn on the frame.
     Returns a summary with frames/s end to end and per-frame latency.
     """
     video = Path(video)
@@ -83,8 +73,6 @@ def predict_video(
     writer = None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
-    labels = predictor.labels
-    detect = isinstance(predictor, DetectionPredictor)
     t0 = time.perf_counter()
     thread.start()
     done = False
@@ -103,37 +91,14 @@ def predict_video(
                 break
             t1 = time.perf_counter()
             rgbs = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for _, bgr in items]
-            x = np.stack([predictor.prepare(rgb) for rgb in rgbs])
-            if detect:
-                outputs = predictor.predict_arrays(x)
-            else:
-                outputs = predictor.predict_arrays(x, batch)
+            preds = predictor.predict(rgbs, [f"{video.name}#{i}" for i, _ in items], batch)
             latencies.append((time.perf_counter() - t1) / len(items))
-            for (i, bgr), rgb, p in zip(items, rgbs, outputs, strict=True):
-                record: dict = {"frame": i, "time_s": i / fps}
-                if detect:
-                    h, w = bgr.shape[:2]
-                    dets = predictor.to_image(p, w, h)
-                    decision, score = predictor.frame_decision(dets)
-                    window.append(np.array([score]))
-                    record |= {
-                        "label": decision,
-                        "top_score": score,
-                        "smoothed_top_score": float(np.mean(window)),
-                        "n_boxes": int((dets[:, 4] >= predictor.threshold).sum()),
-                    }
-                    shown = cv2.cvtColor(draw_boxes(rgb, dets, labels, predictor.threshold), cv2.COLOR_RGB2BGR)
-                    shown = _draw(shown, decision, score)
-                else:
-                    window.append(p)
-                    sm = np.mean(window, axis=0)
-                    k = int(sm.argmax())
-                    record |= {
-                        "label": labels[int(p.argmax())],
-                        "smoothed": labels[k],
-                        **{f"p_{lab}": float(v) for lab, v in zip(labels, p, strict=True)},
-                    }
-                    shown = _draw(bgr, labels[k], float(sm[k]))
+            for (i, bgr), rgb, pred in zip(items, rgbs, preds, strict=True):
+                window.append(_evidence(pred))
+                smoothed = np.mean(window, axis=0)
+                label, score = _smoothed_decision(pred, smoothed)
+                record = {"frame": i, "time_s": i / fps, **pred.row(), "smoothed": label, "smoothed_score": score}
+                shown = cv2.cvtColor(draw_label(pred.draw(rgb), label, score), cv2.COLOR_RGB2BGR)
                 rows.append(record)
                 if write_video:
                     if writer is None:
@@ -162,3 +127,22 @@ def predict_video(
         "csv": str(out_dir / f"{video.stem}_frames.csv"),
         "annotated": str(out_dir / f"{video.stem}_annotated.mp4") if write_video else None,
     }
+
+
+def _evidence(pred: Prediction) -> np.ndarray:
+    """What is averaged over frames: class probabilities, else the top box score, else the lesion fraction."""
+    if pred.probabilities is not None:
+        return pred.probabilities
+    if pred.boxes is not None:
+        return np.array([pred.score])
+    return np.array([float(pred.lesion.mean())])
+
+
+def _smoothed_decision(pred: Prediction, smoothed: np.ndarray) -> tuple[str, float]:
+    """The frame decision from the smoothed evidence (the class of a detector's current top box)."""
+    if pred.probabilities is not None:
+        return pred.labels[int(smoothed.argmax())], float(smoothed.max())
+    if pred.boxes is not None:
+        top = pred.labels[int(pred.boxes[0, 5])] if len(pred.boxes) else BACKGROUND
+        return (top if smoothed[0] >= pred.threshold else BACKGROUND), float(smoothed[0])
+    return (LESION if smoothed[0] > 0 else NO_LESION), float(smoothed[0])

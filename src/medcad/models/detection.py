@@ -29,6 +29,7 @@ from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import Conv2dNormActivation
 
+from medcad.config import TrainConfig
 from medcad.errors import ConfigError
 from medcad.models.backbones import DEFAULT_BACKBONE, create_backbone
 
@@ -229,3 +230,14 @@ def cam_target_layers(model: SSD) -> list[nn.Module]:
     body = model.backbone.body
     modules = dict(body.named_modules())
     return [modules[name] for name in body.feature_info.module_name()]
+
+
+def detector_from_config(
+    cfg: TrainConfig, n_classes: int, scales: tuple[float, float] | None = None
+) -> torch.nn.Module:
+    """The detector a run's settings describe: cfg.model backbone with cfg.weights at cfg.image_size; the head is
+    cfg.head when it names a detection head ("ssd", "ssdlite"), else SSDlite (the classifier's heads do not apply)."""
+    head = cfg.head if cfg.head in HEADS else "ssdlite"
+    return create_detector(
+        n_classes, backbone=cfg.model, weights=cfg.weights, image_size=cfg.image_size, head=head, scales=scales
+    )

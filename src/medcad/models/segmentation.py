@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcad.config import TrainConfig
 from medcad.errors import ConfigError
 from medcad.models.attention_unet import AttentionNestedUNet, attention_maps
 from medcad.models.backbones import DEFAULT_BACKBONE, check_model_name, load_weights, offline_weights_path
@@ -256,3 +257,17 @@ def cam_target_name(model: nn.Module, output: str = "class") -> str:
             return f"net.encoder.features.{len(enc.features) - 1}"
         return "net.encoder.model." + enc.model.feature_info.get_dicts()[-1]["module"]
     raise ConfigError(f"no Grad-CAM target known for {type(model).__name__}")
+
+
+def segmenter_from_config(cfg: TrainConfig, n_classes: int) -> nn.Module:
+    """The segmentation or multitask model a run's settings describe."""
+    multitask = cfg.task == "multitask" or cfg.arch == "dsconv-resnet"
+    if cfg.arch == "dsconv-resnet" and cfg.task != "multitask":
+        raise ConfigError("dsconv-resnet only classifies: use it with --task multitask (or classify)")
+    return create_segmenter(
+        cfg.arch,
+        n_classes=n_classes if multitask else None,
+        encoder=cfg.model,
+        weights=cfg.weights,
+        dropout=cfg.dropout,
+    )

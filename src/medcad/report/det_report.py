@@ -10,32 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medcad.explain.detection import eigencam
 from medcad.report import plots
-
-
-class _Detections(torch.nn.Module):
-    """A detector taking a batched tensor, for pytorch-grad-cam (which calls model(x))."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor):
-        return self.model(list(x))
-
-
-def eigencam(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """EigenCAM heat-map (S, S) in [0, 1] of the detector's backbone for a prepared uint8 image (S, S, 3): the first
-    principal component of the deepest feature maps, which needs no box target and works on any detector."""
-    from pytorch_grad_cam import EigenCAM
-
-    from medcad.models.detection import cam_target_layers
-
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
-    with EigenCAM(_Detections(model.eval()), target_layers=cam_target_layers(model)[-1:]) as cam:
-        # EigenCAM uses no gradient, so the target is never evaluated; it only has to be given (the detector's
-        # list-of-dicts output has no class scores to argmax over)
-        return cam(input_tensor=x, targets=[lambda output: 0], eigen_smooth=False)[0]
 
 
 def sample_tiles(
@@ -49,9 +25,9 @@ def sample_tiles(
     n: int = 8,
 ) -> bytes:
     """Test frames (highest-scoring misses and hits first) with true boxes (green), predicted boxes and EigenCAM."""
+    from medcad.checkpoint import load_model_file
     from medcad.explain.gradcam import overlay
-    from medcad.inference.detections import draw_boxes
-    from medcad.inference.predictor import load_model_file
+    from medcad.inference.prediction import draw_boxes
 
     wrong = pred[pred["true_frame"] != pred["predicted_frame"]].sort_values("top_score", ascending=False)
     right = pred[pred["true_frame"] == pred["predicted_frame"]].sort_values("top_score", ascending=False)

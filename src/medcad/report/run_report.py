@@ -44,7 +44,7 @@ def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_cla
     model of the fold that had the image in its test part."""
     from medcad.data.io import read_image
     from medcad.explain.gradcam import explain_predictor, overlay
-    from medcad.inference.predictor import Predictor
+    from medcad.inference.classes import ClassPredictor
 
     index = {k: i for i, k in enumerate(manifest.keys)}
     picks = []
@@ -55,12 +55,12 @@ def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_cla
         wrong = wrong.assign(pmax=[r[f"p_{r['predicted']}"] for _, r in wrong.iterrows()])
         wrong = wrong.sort_values("pmax", ascending=False).head(per_class)
         picks += [("right", r) for _, r in right.iterrows()] + [("wrong", r) for _, r in wrong.iterrows()]
-    predictors: dict[int, Predictor] = {}
+    predictors: dict[int, ClassPredictor] = {}
     out = []
     for kind, row in picks:
         fold = int(row["fold"])
         if fold not in predictors:
-            predictors[fold] = Predictor(run, fold=fold)
+            predictors[fold] = ClassPredictor(run, fold=fold)
         p = predictors[fold]
         i = index.get(row["image"])
         if i is None:
@@ -215,7 +215,7 @@ def _classification_figures(
 
 
 def _card(run: Path, cfg, labels: list[str]) -> dict:
-    from medcad.inference.predictor import load_model_file
+    from medcad.checkpoint import load_model_file
     from medcad.models.card import model_card
 
     path = run / "fold_0" / "model.pt"

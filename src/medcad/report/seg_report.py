@@ -35,7 +35,7 @@ def _fold_masks(run: Path, fold: int) -> dict[int, np.ndarray]:
 
 def case_tiles(run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred: pd.DataFrame) -> dict[str, bytes]:
     """One PNG grid per kind (best / median / worst): image, true outline (green), predicted lesion (red)."""
-    from medcad.inference.masks import mask_overlay
+    from medcad.inference.prediction import mask_overlay
 
     index = {k: i for i, k in enumerate(manifest.keys)}
     by_fold: dict[int, dict[int, np.ndarray]] = {}
@@ -57,9 +57,9 @@ def case_tiles(run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred:
 def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame) -> bytes | None:
     """For the median case: predicted outline, CBAM attention maps and Grad-CAM of the predicted lesion, from the
     model of the fold that tested the image."""
+    from medcad.checkpoint import load_model_file
     from medcad.data.transforms import Normalize
     from medcad.explain.segmentation import explain_mask
-    from medcad.inference.predictor import load_model_file
 
     cases = [row for kind, row in pick_cases(pred, per_kind=1) if kind == "median"]
     if not cases:

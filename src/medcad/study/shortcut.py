@@ -38,14 +38,10 @@ def remove_lesion(images: np.ndarray, masks: np.ndarray, margin: float = 0.03) -
     return blanked, only
 
 
-def _fold_probs(run: Path, fold: int, task: str, images: np.ndarray) -> np.ndarray:
-    if task == "classify":
-        from medcad.inference.predictor import Predictor
+def _fold_probs(run: Path, fold: int, images: np.ndarray) -> np.ndarray:
+    from medcad.inference.registry import load_predictor
 
-        return Predictor(run, fold=fold).predict_arrays(images)
-    from medcad.inference.masks import MaskPredictor
-
-    probs = MaskPredictor(run, fold=fold).predict_arrays(images)[1]
+    probs = load_predictor(run, fold).infer(images).get("probabilities")
     if probs is None:
         raise ConfigError(f"{run}: a segment-only model gives no class probabilities; the check needs a classifier")
     return probs
@@ -86,7 +82,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
         x = np.asarray(images[test])
         blanked, only = remove_lesion(x, np.asarray(masks[test]), margin)
         for name, arr in zip(VARIANTS, (x, blanked, only), strict=True):
-            probs[name].append(_fold_probs(run, fold["fold"], cfg.task, arr))
+            probs[name].append(_fold_probs(run, fold["fold"], arr))
         rows_all.append(test)
     if not rows_all:
         raise DataError(run, "no labelled test image has a lesion mask")

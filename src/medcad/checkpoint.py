@@ -1,0 +1,132 @@
+"""Model files (model.pt): one self-contained file per trained model, of any task, written by training and read by
+prediction, export, explanation and reports alike (so `engine` and `inference` never import each other).
+
+A model file holds {"format", "config" (the run's TrainConfig), "labels", "data_config" (preprocessing), and
+"state_dict"}; it is rebuilt by the task table's builder, with no network and no pretrained download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medcad.config import TrainConfig
+from medcad.errors import ConfigError, DataError
+from medcad.tasks import TASKS, get_task
+
+
+def save_model(
+    path: Path,
+    model: nn.Module,
+    cfg: TrainConfig,
+    labels: list[str],
+    data_config: dict,
+    temperature: float | None = None,
+) -> None:
+    """Write a self-contained model file (weights, settings, labels, preprocessing) atomically.
+
+    `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(
+        {
+            "format": get_task(cfg.task).model_format,
+            "config": cfg.to_dict(),
+            "labels": labels,
+            "data_config": data_config,
+            "state_dict": model.state_dict(),
+            **({"temperature": float(temperature)} if temperature is not None else {}),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
+    """A model (in eval mode) and its metadata from a model file; with `tasks`, it must be of one of them.
+
+    Raises:
+        DataError: the file is missing, unreadable, not a medcad model, or of another task.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "model file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise DataError(
+            path,
+            f"corrupt or unreadable model file ({type(e).__name__}: {e}); retrain that fold by "
+            "deleting its folder and running the same train command",
+        ) from e
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt not in {t.model_format for t in TASKS.values()}:
+        raise DataError(path, f"not a medcad model file (format {fmt!r})")
+    missing = [k for k in ("config", "labels", "data_config", "state_dict") if k not in blob]
+    if missing:
+        raise DataError(path, f"incomplete model file: no {', '.join(missing)}; retrain that fold")
+    cfg = TrainConfig.from_dict(blob["config"])
+    task = get_task(cfg.task)
+    if task.model_format != fmt:
+        raise DataError(path, f"format {fmt!r} does not match its task {cfg.task!r}")
+    if tasks and cfg.task not in tasks:
+        raise DataError(path, f"is a {cfg.task} model; this needs a {' or '.join(tasks)} model")
+    model = task.build(cfg.replace(weights="none"), len(blob["labels"]), blob["data_config"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob
+
+
+def run_task(run: Path) -> str:
+    """The task of a run folder (from config.json) or of a model file."""
+    run = Path(run)
+    if run.is_file():
+        return load_model_file(run)[1]["config"].get("task", "classify")
+    path = run / "config.json"
+    if not path.is_file():
+        raise DataError(run, "not a run folder (no config.json) nor a model.pt file")
+    return TrainConfig.load(path).task
+
+
+def fold_model_files(run: Path, fold: int | None) -> list[Path]:
+    """The model files of a run, ordered by fold (one fold's when `fold` is given), or a model file itself.
+
+    Raises:
+        DataError: no trained model there.
+    """
+    run = Path(run)
+    if run.is_file():
+        return [run]
+    if fold is not None:
+        files = [run / f"fold_{fold}" / "model.pt"]
+    else:
+        files = sorted(run.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files or not files[0].is_file():
+        raise DataError(files[0] if files else run, "no trained model found (fold_*/model.pt): train it first")
+    return files
+
+
+def load_models(run: Path, fold: int | None, *tasks: str) -> tuple[list[Path], list[tuple[nn.Module, dict]]]:
+    """The model files of a run (every fold, or one), or a single model file, loaded; each must be of `tasks`.
+
+    Raises:
+        DataError: no model, or one of another task; ConfigError: the folds' models disagree on the labels.
+    """
+    files = fold_model_files(run, fold)
+    loaded = [load_model_file(f, *tasks) for f in files]
+    if any(m["labels"] != loaded[0][1]["labels"] for _, m in loaded):
+        raise ConfigError(f"{run}: its fold models disagree on the labels")
+    return files, loaded
+
+
+def load_init_model(path: Path, labels: list[str], *tasks: str) -> tuple[nn.Module, dict]:
+    """The model a fold continues from (sequential transfer): a model file of one of `tasks` with the run's labels.
+
+    Raises:
+        DataError: the file is unusable or of another task; ConfigError: its labels differ from the run's.
+    """
+    model, meta = load_model_file(Path(path), *tasks)
+    if meta["labels"] != list(labels):
+        raise ConfigError(f"{path}: labels {meta['labels']} differ from this run's {list(labels)}")
+    return model, meta

@@ -1,0 +1,97 @@
+"""The classifier's part of the fold loop: stage 1 trains the head on cached backbone features, stage 2 fine-tunes
+the last `unfreeze` parameter groups with augmentation (kept only when validation improves: see engine.fold)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcad.config import TrainConfig
+from medcad.data.datasets import ImageDataset
+from medcad.data.transforms import Normalize, augmentation
+from medcad.engine.common import class_weights, make_loader, make_trainer
+from medcad.engine.features import backbone_features
+from medcad.engine.fold import FoldData, FoldHooks
+from medcad.engine.modules import ClassifierModule, HeadModule, val_score
+from medcad.models.classifier import freeze_backbone
+from medcad.models.predict import run_batched
+from medcad.tasks import get_task
+
+
+class _Softmax(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float().softmax(-1)
+
+
+class ClassifyHooks(FoldHooks):
+    stage = "stage2"
+    before_stage = "stage1"
+    monitor = "val_auc"
+    tasks = ("classify",)
+
+    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
+        task = get_task("classify")
+        model = task.build(cfg, len(data.labels), None)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        return model, task.data_config(model)
+
+    def _weights(self, data: FoldData, parts: dict, cfg: TrainConfig) -> torch.Tensor | None:
+        return class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights else None
+
+    def before_fit(self, model, normalize, data, parts, cfg, fold_dir: Path, speed: dict, continued: bool) -> bool:
+        """Stage 1 (unless continuing from an earlier model): the frozen backbone runs once over every image
+        (features cached across folds and runs), then the head trains on the features alone."""
+        if continued:
+            return True
+        from torch.utils.data import TensorDataset
+
+        train, val, y = parts["train"], parts["val"], data.y
+        feats, speed["feature_images_per_s"] = backbone_features(
+            model.backbone, normalize, data.images, data.feature_key
+        )
+        f, yt = torch.from_numpy(feats), torch.from_numpy(y).long()
+        w = self._weights(data, parts, cfg)
+        head = HeadModule(model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, w, cfg.label_smoothing)
+        trainer, ckpt = make_trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
+        trainer.fit(
+            head,
+            make_loader(TensorDataset(f[train], yt[train]), cfg, y[train], True, 64),
+            make_loader(TensorDataset(f[val], yt[val]), cfg, None, False, 256),
+        )
+        if ckpt.best_model_path:
+            head.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
+        return True
+
+    def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+        freeze_backbone(model, cfg.unfreeze)
+        return ClassifierModule(
+            model,
+            normalize,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            class_weights=self._weights(data, parts, cfg),
+            label_smoothing=cfg.label_smoothing,
+            max_epochs=cfg.epochs,
+        )
+
+    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+        aug = augmentation(cfg.augment, cfg.image_size)
+        train, val, y = parts["train"], parts["val"], data.y
+        return (
+            make_loader(ImageDataset(data.images, y, train, aug), cfg, y[train], True),
+            make_loader(ImageDataset(data.images, y, val), cfg, None, False, 64),
+        )
+
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
+        return {"probs": run_batched(_Softmax(model), normalize, data.images, rows)[0]}
+
+    def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
+        return val_score(data.y[rows], outputs["probs"])

@@ -1,0 +1,186 @@
+"""One fold trainer for every task: the common loop, with the task's part in a `FoldHooks` object.
+
+The loop, written once: seed; check the fold; build the model (or continue from an earlier step's model file);
+score the model on the validation part before fitting (the classifier's stage-1 head, or the model continued from);
+fit with Lightning (best and last checkpoints, early stopping on the task's validation score, resume from
+last.ckpt); load the best checkpoint (the last one when no best was recorded); keep whichever of before-fit and
+fitted scores better on validation; fit a temperature on validation class probabilities; predict the validation
+and test parts; save model.pt and result.json (atomically). A fold with a result.json is finished.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from medcad.checkpoint import load_init_model, save_model
+from medcad.config import TrainConfig
+from medcad.data.transforms import Normalize
+from medcad.engine.common import make_trainer, quiet_lightning
+from medcad.engine.results import write_json
+from medcad.errors import ConfigError
+
+
+@dataclass
+class FoldData:
+    """What every fold of a run shares.
+
+    Attributes:
+        images: (N, S, S, 3) uint8 at the training size (a read-only memmap is fine).
+        y: (N,) label index per row (0 where the task has no class labels).
+        labels: class names.
+        masks: (N, S, S) uint8 {0, 1} lesion masks (segment, multitask), else None.
+        boxes: per row (m, 5) [x0, y0, x1, y1, class_index] in S x S pixels (detect), else None.
+        feature_key: identifies the images and backbone weights for the stage-1 feature cache (classify).
+    """
+
+    images: np.ndarray
+    y: np.ndarray
+    labels: list[str]
+    masks: np.ndarray | None = None
+    boxes: list[np.ndarray] | None = None
+    feature_key: str = ""
+
+
+class FoldHooks:
+    """A task's part of the fold loop. `predict` returns a dict whose "probs" (N, K) give the classification
+    fields of a result (and a temperature), and whatever else `result` turns into result.json fields."""
+
+    stage = "train"  # checkpoint and log sub-folder of the fit
+    before_stage = "init"  # what the before-fit model is called in result.json
+    tasks: tuple[str, ...] = ()
+
+    def check(self, k: int, parts: dict[str, np.ndarray], data: FoldData, cfg: TrainConfig) -> None:
+        """Raise ConfigError when this fold cannot be trained."""
+
+    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init: nn.Module | None, meta: dict | None):
+        """(model, data_config) for this fold; `init` is the model continued from (sequential transfer)."""
+        raise NotImplementedError
+
+    def before_fit(self, model, normalize, data, parts, cfg, fold_dir, speed: dict, continued: bool) -> bool:
+        """Work before the fit (the classifier's stage 1); True when the before-fit model deserves a validation
+        score (it is trained or continued), False for a new, untrained head."""
+        return continued
+
+    def epochs(self, cfg: TrainConfig) -> int:
+        return cfg.epochs
+
+    def module(self, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig) -> L.LightningModule:
+        raise NotImplementedError
+
+    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+        raise NotImplementedError
+
+    monitor = "val_score"  # what the module logs for checkpoint choice and early stopping (higher is better)
+
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
+        raise NotImplementedError
+
+    def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
+        """The validation score that picks between before-fit and fitted (the same measure as `monitor`)."""
+        raise NotImplementedError
+
+    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
+        """Task-specific result.json fields (and files) from the test and validation predictions."""
+        return {}
+
+
+def train_fold(
+    k: int,
+    parts: dict[str, np.ndarray],
+    data: FoldData,
+    cfg: TrainConfig,
+    fold_dir: Path,
+    hooks: FoldHooks,
+    progress: bool = True,
+    init_model: Path | None = None,
+) -> dict:
+    """Train one fold of any task (see the module docstring); returns the dict also written to result.json.
+
+    Args:
+        k: fold number (also offsets the seed).
+        parts: row indices {"train", "val", "test"}.
+        init_model: a model.pt of an earlier step (same task family and labels) to continue from.
+
+    Raises:
+        ConfigError: no validation part, or the task's own checks fail.
+    """
+    from medcad.metrics.calibration import fit_temperature
+
+    quiet_lightning()
+    L.seed_everything(cfg.seed + k, verbose=False)
+    train, val, test = (np.asarray(parts[p], dtype=int) for p in ("train", "val", "test"))
+    parts = {"train": train, "val": val, "test": test}
+    if len(val) == 0:
+        raise ConfigError("each fold needs a validation part for early stopping: set --val-fraction > 0")
+    hooks.check(k, parts, data, cfg)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    init, meta = load_init_model(init_model, data.labels, *hooks.tasks) if init_model else (None, None)
+    model, dc = hooks.build(cfg, data, parts, init, meta)
+    normalize = Normalize(dc["mean"], dc["std"])
+    speed: dict[str, float | None] = {}  # train_seconds, train_images_per_s, predict_images_per_s, seconds, ...
+    t0 = time.perf_counter()
+    before_name = hooks.before_stage if init is None else "init"
+    scores: dict[str, float] = {}
+    before_state = val_out = None
+    if hooks.before_fit(model, normalize, data, parts, cfg, fold_dir, speed, init is not None):
+        val_out = hooks.predict(model, normalize, data, val, cfg)
+        scores[before_name] = hooks.score(val_out, data, val)
+        before_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
+        speed["before_fit_seconds"] = time.perf_counter() - t0
+    selected = before_name
+    if hooks.epochs(cfg) > 0:
+        t1 = time.perf_counter()
+        model.train()  # predicting set eval mode, and Lightning keeps the modes of submodules as it finds them
+        module = hooks.module(model, normalize, data, parts, cfg)
+        trainer, ckpt = make_trainer(
+            fold_dir, hooks.stage, hooks.epochs(cfg), cfg, hooks.monitor, "max", cfg.patience, progress
+        )
+        last = fold_dir / "checkpoints" / hooks.stage / "last.ckpt"
+        trainer.fit(module, *hooks.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
+        best = ckpt.best_model_path or (str(last) if last.is_file() else "")
+        if best:
+            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        model.to(memory_format=torch.contiguous_format)  # as a loaded model.pt: the same kernels, the same outputs
+        fitted_out = hooks.predict(model, normalize, data, val, cfg)
+        scores[hooks.stage] = hooks.score(fitted_out, data, val)
+        speed["train_seconds"] = time.perf_counter() - t1
+        ips = getattr(module, "images_per_s", None)
+        speed["train_images_per_s"] = float(np.median(ips)) if ips else None
+        if before_state is not None and scores[hooks.stage] < scores[before_name]:
+            model.load_state_dict(before_state)  # fitting made validation worse: keep the model from before
+        else:
+            selected, val_out = hooks.stage, fitted_out
+    del before_state
+    t2 = time.perf_counter()
+    test_out = hooks.predict(model, normalize, data, test, cfg)
+    speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
+    if val_out is None:
+        val_out = hooks.predict(model, normalize, data, val, cfg)
+    temperature = fit_temperature(data.y[val], val_out["probs"]) if val_out.get("probs") is not None else None
+    save_model(fold_dir / "model.pt", model, cfg, list(data.labels), dc, temperature)
+    speed["seconds"] = time.perf_counter() - t0
+    result = {
+        "fold": k,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "selected_stage": selected,
+        **{f"val_score_{name}": s for name, s in scores.items()},
+        "val_score": scores.get(selected),
+        "speed": speed,
+        "test_rows": test.tolist(),
+        "val_rows": val.tolist(),
+        **hooks.result(test_out, val_out, data, parts, fold_dir),
+    }
+    if val_out.get("probs") is not None:
+        result |= {"test_probs": test_out["probs"].tolist(), "val_probs": val_out["probs"].tolist()}
+        result["temperature"] = temperature
+    write_json(fold_dir / "result.json", result)
+    return result

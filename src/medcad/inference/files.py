@@ -1,0 +1,52 @@
+"""Predict image files with any task's predictor: overlays, mask PNGs and predictions.csv, written as it goes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from medcad.errors import DataError
+from medcad.inference.predictor import Predictor
+
+
+def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
+    """Write an RGB or grey uint8 image as PNG atomically; DataError when the folder is not writable."""
+    arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    if not cv2.imwrite(str(tmp), arr):
+        raise DataError(path, "cannot write the image (is the folder writable?)")
+    tmp.replace(path)
+
+
+def predict_image_files(
+    predictor: Predictor, paths: Sequence[Path], out: str | Path, *, batch: int = 16, overlays: bool = True
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Predict every image file; write into `out`: `<stem>_overlay.png` (what the prediction has, drawn on the
+    image), `<stem>_mask.png` (0/255 at the image's size) for mask tasks, and predictions.csv (one `Prediction.row`
+    per image). Rows are appended to predictions.csv.partial batch by batch, so an interrupted run keeps what it
+    wrote; the finished table replaces predictions.csv at the end. Returns the table and `Prediction.summary`s."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "predictions.csv.partial"
+    partial.unlink(missing_ok=True)
+    rows: list[dict] = []
+    summaries: list[dict] = []
+    for k, (pred, image) in enumerate(predictor.predict_files(paths, batch)):
+        stem = Path(pred.image).stem
+        if overlays:
+            write_png(out / f"{stem}_overlay.png", pred.draw(image))
+        if pred.mask is not None:
+            write_png(out / f"{stem}_mask.png", pred.lesion.astype(np.uint8) * 255)
+        rows.append(pred.row())
+        summaries.append(pred.summary())
+        if (k + 1) % batch == 0 or k + 1 == len(paths):
+            pd.DataFrame(rows[-((k % batch) + 1) :]).to_csv(partial, mode="a", header=k < batch, index=False)
+    table = pd.DataFrame(rows)
+    if rows:
+        os.replace(partial, out / "predictions.csv")
+    return table, summaries

@@ -1,0 +1,165 @@
+"""One result type for every task: what a model says about one image, drawn on it and turned into a table row.
+
+A `Prediction` carries what its task has: class probabilities (classify, multitask), a lesion-probability mask at
+the image's own size (segment, multitask), boxes in the image's pixels (detect). Its `label` is the frame-level
+decision a clinician sees first: the most probable class; for a detector the top box's class, or "background" when
+no box reaches the threshold; for a segmenter "lesion" when any pixel reaches the threshold, else "no lesion".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+BACKGROUND = "background"
+NO_LESION, LESION = "no lesion", "lesion"
+TRUE_COLOUR = (40, 220, 40)  # RGB: ground truth contour / boxes
+PRED_COLOUR = (255, 40, 40)  # RGB: predicted contour
+BOX_COLOURS = [(255, 60, 60), (60, 160, 255), (255, 200, 40), (180, 90, 255), (40, 220, 120)]  # RGB per class
+
+
+@dataclass
+class Prediction:
+    """A model's output for one image.
+
+    Attributes:
+        image: where the image came from (path, upload name, or `video#frame`).
+        labels: the model's class names.
+        probabilities: (K,) class probabilities, or None.
+        mask: (H, W) float32 lesion probability in [0, 1] at the image's own size, or None.
+        boxes: (m, 6) [x0, y0, x1, y1, score, class_index] in the image's pixels, best first, or None.
+        threshold: lesion-probability threshold of the mask, or score threshold of the boxes.
+        extra: more fields for the table row (e.g. smoothed video decisions).
+    """
+
+    image: str
+    labels: list[str]
+    probabilities: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    threshold: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def lesion(self) -> np.ndarray | None:
+        """bool (H, W) lesion pixels at the threshold, or None without a mask."""
+        return None if self.mask is None else self.mask >= self.threshold
+
+    @property
+    def kept_boxes(self) -> np.ndarray | None:
+        return None if self.boxes is None else self.boxes[self.boxes[:, 4] >= self.threshold]
+
+    @property
+    def label(self) -> str:
+        """The frame-level decision (see the module docstring)."""
+        if self.probabilities is not None:
+            return self.labels[int(np.argmax(self.probabilities))]
+        if self.boxes is not None:
+            kept = self.kept_boxes
+            return self.labels[int(kept[0, 5])] if len(kept) else BACKGROUND
+        return LESION if self.lesion is not None and self.lesion.any() else NO_LESION
+
+    @property
+    def score(self) -> float:
+        """The decision's probability, the top box score, or the highest lesion probability."""
+        if self.probabilities is not None:
+            return float(np.max(self.probabilities))
+        if self.boxes is not None:
+            return float(self.boxes[0, 4]) if len(self.boxes) else 0.0
+        return float(self.mask.max()) if self.mask is not None and self.mask.size else 0.0
+
+    def row(self) -> dict:
+        """A flat table row: image, label (the decision), score, p_<label>, lesion_fraction, n_boxes, boxes (JSON)."""
+        r: dict = {"image": self.image, "label": self.label, "score": round(self.score, 4)}
+        if self.probabilities is not None:
+            r |= {f"p_{lab}": float(p) for lab, p in zip(self.labels, self.probabilities, strict=True)}
+        if self.mask is not None:
+            r["lesion_fraction"] = float(self.lesion.mean())
+        if self.boxes is not None:
+            kept = self.kept_boxes
+            r["n_boxes"] = len(kept)
+            r["boxes"] = json.dumps([[*np.round(b[:5], 1).tolist(), self.labels[int(b[5])]] for b in kept])
+        return r | self.extra
+
+    def summary(self) -> dict:
+        """A JSON-ready record: image, label, score, probabilities {label: p}, lesion_fraction, boxes
+        [[x0, y0, x1, y1, score, label]] (those the task has; no pixel arrays)."""
+        r: dict = {"image": self.image, "label": self.label, "score": round(self.score, 4)}
+        if self.probabilities is not None:
+            r["probabilities"] = {lab: float(p) for lab, p in zip(self.labels, self.probabilities, strict=True)}
+        if self.mask is not None:
+            r["lesion_fraction"] = float(self.lesion.mean())
+        if self.boxes is not None:
+            r["boxes"] = [[*np.round(b[:5], 1).tolist(), self.labels[int(b[5])]] for b in self.kept_boxes]
+        return r | self.extra
+
+    def draw(self, rgb: np.ndarray, truth_mask: np.ndarray | None = None, truth_boxes=None) -> np.ndarray:
+        """The image with what the prediction has: the lesion tinted and outlined (red), boxes with class and
+        score, and the decision written in the corner; true outlines/boxes in green when given."""
+        out = rgb
+        if self.mask is not None or truth_mask is not None:
+            out = mask_overlay(out, self.lesion, truth_mask)
+        if self.boxes is not None or truth_boxes is not None:
+            out = draw_boxes(
+                out,
+                self.boxes if self.boxes is not None else np.zeros((0, 6)),
+                self.labels,
+                self.threshold,
+                truth_boxes,
+            )
+        return draw_label(out, self.label, self.score)
+
+
+def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | None = None, alpha=0.3) -> np.ndarray:
+    """RGB image with the predicted lesion tinted and outlined in red and the true lesion outlined in green."""
+    out = image.copy()
+    for mask, colour, fill in ((true, TRUE_COLOUR, False), (pred, PRED_COLOUR, True)):
+        if mask is None:
+            continue
+        m = mask.astype(np.uint8)
+        if fill:
+            tint = np.zeros_like(out)
+            tint[m > 0] = colour
+            out = np.where(m[..., None] > 0, (out * (1 - alpha) + tint * alpha).astype(np.uint8), out)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, max(1, round(max(out.shape[:2]) / 250)))
+    return out
+
+
+def draw_boxes(
+    rgb: np.ndarray,
+    dets: np.ndarray,
+    labels: Sequence[str],
+    threshold: float,
+    truths: np.ndarray | None = None,
+) -> np.ndarray:
+    """RGB image with predicted boxes (coloured per class, with class and score) at or above `threshold`, and
+    true boxes in green; boxes in the image's own pixel coordinates."""
+    out = rgb.copy()
+    t = max(1, round(max(out.shape[:2]) / 300))
+    for b in truths if truths is not None else []:
+        cv2.rectangle(out, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), TRUE_COLOUR, t)
+    for d in dets:
+        if d[4] < threshold:
+            continue
+        colour = BOX_COLOURS[int(d[5]) % len(BOX_COLOURS)]
+        cv2.rectangle(out, (int(d[0]), int(d[1])), (int(d[2]), int(d[3])), colour, t + 1)
+        text = f"{labels[int(d[5])]} {d[4]:.2f}"
+        cv2.putText(out, text, (int(d[0]) + 2, max(12, int(d[1]) - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, colour, t)
+    return out
+
+
+def draw_label(rgb: np.ndarray, label: str, p: float) -> np.ndarray:
+    """The decision and its score written on a black band at the top (a copy; RGB or BGR alike)."""
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    bar = max(18, h // 14)
+    cv2.rectangle(out, (0, 0), (w, bar), (0, 0, 0), -1)
+    cv2.putText(
+        out, f"{label} {p:.2f}", (6, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, bar / 32, (255, 255, 255), 1, cv2.LINE_AA
+    )
+    return out

@@ -1,0 +1,91 @@
+"""Batched inference of every model family on prepared uint8 images (N, S, S, 3), used by training (validation
+and test predictions of a fold) and by the predictors alike: one implementation of each."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcad.data.transforms import Normalize
+
+
+def run_batched(
+    net: nn.Module,
+    normalize: Normalize,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    batch_size: int = 64,
+    bf16: bool = True,
+    channels_last: bool = True,
+) -> tuple[np.ndarray, float]:
+    """Apply `net` to uint8 images (N, H, W, 3) in batches (channels_last and bf16 autocast on CPU by default;
+    both off is plain eager fp32).
+
+    Returns:
+        outputs as float32 numpy (N, ...), and images per second.
+    """
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    was_training = net.training
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net.eval().to(memory_format=fmt)  # outside inference mode: parameters stay trainable
+    outs = []
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start : start + batch_size]
+        x = torch.from_numpy(np.ascontiguousarray(images[idx]))  # (B, H, W, 3) uint8
+        x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)  # (B, 3, H, W)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outs.append(net(x).float())
+    ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
+    net.train(was_training)
+    return (torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)), ips
+
+
+@torch.inference_mode()
+def predict_masks(
+    model: nn.Module, normalize: Normalize, images: np.ndarray, rows: np.ndarray, batch: int = 16, bf16: bool = True
+) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+    """Lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model), class probabilities (n, K) or None,
+    and images per second."""
+    model.eval()
+    masks, probs = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).permute(0, 3, 1, 2)
+        x = normalize(x).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        if "mask" in out:
+            masks.append((out["mask"].float().sigmoid()[:, 0] * 255).round().to(torch.uint8).numpy())
+        if "class" in out:
+            probs.append(out["class"].float().softmax(-1).numpy())
+    ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
+    return (np.concatenate(masks) if masks else None), (np.concatenate(probs) if probs else None), ips
+
+
+def detections_to_array(det: dict[str, torch.Tensor]) -> np.ndarray:
+    """torchvision detections -> (m, 6) [x0, y0, x1, y1, score, class_index] float32, class_index 0-based."""
+    return torch.cat(
+        [det["boxes"].float(), det["scores"].float()[:, None], (det["labels"] - 1).float()[:, None]], dim=1
+    ).numpy()
+
+
+@torch.no_grad()
+def predict_detections(
+    model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, batch: int = 16, bf16: bool = True
+) -> list[np.ndarray]:
+    """Detections for images[rows] (uint8 (N, S, S, 3)): per image (m, 6) [x0, y0, x1, y1, score, class_index]
+    in S x S pixels, best first, at most 50, scores >= 0.01. bf16 autocast speeds up the network only: boxes
+    and scores are decoded in float32."""
+    model.eval()
+    out: list[np.ndarray] = []
+    for start in range(0, len(rows), batch):
+        chunk = torch.from_numpy(np.array(images[np.asarray(rows[start : start + batch])])).permute(0, 3, 1, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            dets = model(list(chunk.float() / 255))
+        out += [detections_to_array(d) for d in dets]
+    return out

@@ -1,0 +1,80 @@
+"""Scoring a run's models on an external dataset: predict every image with the run's predictor (ensemble of its
+folds) and score it against the set's labels, masks or boxes; written to RUN/evaluations/<dataset>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcad.config import DataOptions
+from medcad.data.manifest import atomic_write_text, load_manifest
+from medcad.engine.evaluate import _run_config
+from medcad.engine.results import pooled_metrics, prediction_table, write_json
+from medcad.engine.train import task_masks
+from medcad.errors import DataError
+from medcad.inference.registry import load_predictor
+from medcad.tasks import get_task
+
+
+def evaluate_external(
+    run: str | Path, data: str | Path, options: DataOptions | None = None
+) -> tuple[dict, Path, list[str]]:
+    """Predict every image of another dataset with the run's models and score it against its labels, masks or
+    boxes (by the run's task); written to RUN/evaluations/<dataset>/.
+
+    Args:
+        run: the run folder.
+        data: the external dataset, in any layout.
+        options: how to read it (its own layout, pattern, label map, ...), not the training set's.
+
+    Returns:
+        (metrics, folder written, notes on how the dataset was read).
+    """
+    from medcad.data.datasets import cached_images
+
+    run = Path(run)
+    cfg, meta = _run_config(run)
+    manifest = load_manifest(data, options or DataOptions())
+    labels = meta["labels"]
+    task = get_task(cfg.task)
+    if "labels" in task.targets or ("probabilities" in task.outputs and manifest.labels):
+        unknown = sorted(set(manifest.labels) - set(labels))
+        if unknown:
+            raise DataError(
+                data,
+                f"labels {unknown} are not among the model's labels {labels}; rename them with --label-map "
+                f"'{unknown[0]}={labels[0]}' (old=new, comma-separated)",
+            )
+    images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral))
+    patients = manifest.table["patient"].to_numpy(dtype=str)
+    groups = np.where(patients != "", patients, np.arange(len(manifest)).astype(str))
+    rows = np.arange(len(manifest))
+    y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+    out = load_predictor(run).infer(images)
+    metrics: dict = {}
+    pred = pd.DataFrame({"image": manifest.keys})
+    if out.get("boxes") is not None:
+        from medcad.data.boxes import manifest_boxes
+        from medcad.metrics.detection import detection_metrics
+
+        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels)
+        metrics = detection_metrics(out["boxes"], boxes, labels, groups=groups)
+    if out.get("probabilities") is not None:
+        metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
+        pred = prediction_table(manifest, rows, y, out["probabilities"], labels)
+    if out.get("mask") is not None:
+        from medcad.metrics.segmentation import mask_counts, per_image_table, segmentation_metrics
+
+        counts = mask_counts(out["mask"] >= 0.5, task_masks(manifest, cfg, progress=False).astype(bool))
+        metrics["segmentation"] = segmentation_metrics(counts, groups=groups)
+        metrics["dice"], metrics["iou"] = metrics["segmentation"]["dice"], metrics["segmentation"]["iou"]
+        table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
+        pred = pred.merge(table, on="image", how="left")
+    metrics["evaluation"] = f"external test set {Path(data).resolve()}"
+    where = run / "evaluations" / Path(data).resolve().name
+    where.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(where / "predictions.csv", pred.to_csv(index=False))
+    write_json(where / "metrics.json", metrics)
+    return metrics, where, manifest.notes

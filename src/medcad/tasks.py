@@ -1,0 +1,141 @@
+"""THE task table: what each task is, its model builder, model-file format, targets, outputs and headline metrics.
+
+Every layer above looks a task up here instead of branching on its name; each upper layer keeps its own per-task
+hooks in one table keyed by the same names (and a test checks that every task has every hook):
+    engine.FOLD_TRAINERS   one fold's training, checkpoint choice and test predictions
+    inference.PREDICTORS   prepare -> infer -> postprocess into `inference.Prediction`
+    explain.EXPLAINERS     the CAM of a prediction
+    report.SECTIONS        the task's part of report.html
+Adding a task is an entry here plus its own modules and one entry in each of those tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from medcad.config import TrainConfig
+from medcad.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the table.
+
+    Attributes:
+        name: the `--task` value.
+        summary: one line for help texts.
+        model_format: the `format` written in its model files.
+        targets: what the manifest must provide: "labels", "masks", "boxes".
+        outputs: what its predictions carry: "probabilities", "mask", "boxes".
+        headline: metrics.json keys shown first (console, study tables, repeats).
+        build: (run settings, number of classes, the data_config stored in a model file or None) -> the model.
+        data_config: model -> its preprocessing (mean, std, input size, ...), stored in model files.
+        ensemble: what `fold=None` means for prediction: "mean" of every fold's model, or the "best" fold's.
+    """
+
+    name: str
+    summary: str
+    model_format: str
+    targets: tuple[str, ...]
+    outputs: tuple[str, ...]
+    headline: tuple[str, ...]
+    build: Callable[[TrainConfig, int, dict | None], nn.Module]
+    data_config: Callable[[nn.Module], dict]
+    ensemble: str = "mean"
+
+
+def _classifier(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
+    from medcad.models.classifier import Classifier
+
+    return Classifier(cfg.model, n, head=cfg.head, weights=cfg.weights, dropout=cfg.dropout)
+
+
+def _classifier_data_config(model: nn.Module) -> dict:
+    from medcad.models.backbones import backbone_data_config
+
+    return backbone_data_config(model.backbone)
+
+
+def _segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
+    from medcad.models.segmentation import segmenter_from_config
+
+    return segmenter_from_config(cfg, n)
+
+
+def _segmenter_data_config(model: nn.Module) -> dict:
+    from medcad.models.segmentation import segmenter_data_config
+
+    return segmenter_data_config(model)
+
+
+def _detector(cfg: TrainConfig, n: int, data_config: dict | None) -> nn.Module:
+    from medcad.models.detection import detector_from_config
+
+    scales = (data_config or {}).get("anchor_scales")
+    return detector_from_config(cfg, n, tuple(scales) if scales else None)
+
+
+def _detector_data_config(model: nn.Module) -> dict:
+    from medcad.models.detection import detector_data_config
+
+    return detector_data_config(model)
+
+
+CLASS_HEADLINE = ("accuracy", "macro_f1", "macro_auc")
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "classify",
+            "class per image (two-stage transfer learning)",
+            "medcad-classifier-1",
+            ("labels",),
+            ("probabilities",),
+            CLASS_HEADLINE,
+            _classifier,
+            _classifier_data_config,
+        ),
+        Task(
+            "segment",
+            "lesion mask per image",
+            "medcad-segmenter-1",
+            ("masks",),
+            ("mask",),
+            ("dice", "iou"),
+            _segmenter,
+            _segmenter_data_config,
+        ),
+        Task(
+            "multitask",
+            "lesion mask and class per image, one network",
+            "medcad-segmenter-1",
+            ("labels", "masks"),
+            ("probabilities", "mask"),
+            ("dice", "iou", *CLASS_HEADLINE),
+            _segmenter,
+            _segmenter_data_config,
+        ),
+        Task(
+            "detect",
+            "lesion boxes per image and the frame decision",
+            "medcad-detector-1",
+            ("boxes",),
+            ("boxes",),
+            ("ap50", "map"),
+            _detector,
+            _detector_data_config,
+            ensemble="best",
+        ),
+    )
+}
+
+
+def get_task(name: str) -> Task:
+    """The task of this name; ConfigError listing the tasks otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None

@@ -1,0 +1,91 @@
+"""The task contract: every task of the table has every layer's hook, and its model file round-trips (a test run
+per task, as segmentation-models-pytorch runs one per architecture)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medcad.checkpoint import load_model_file, save_model
+from medcad.config import TrainConfig
+from medcad.engine.fold import FoldHooks
+from medcad.engine.train import fold_hooks
+from medcad.errors import ConfigError
+from medcad.explain.explainers import EXPLAINERS
+from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction
+from medcad.inference.registry import PREDICTORS
+from medcad.tasks import TASKS, get_task
+
+SETTINGS = {
+    "classify": {},
+    "segment": {"arch": "unet"},
+    "multitask": {"arch": "unet"},
+    "detect": {},
+}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_has_every_hook(name: str) -> None:
+    task = get_task(name)
+    assert isinstance(fold_hooks(name), FoldHooks) and name in fold_hooks(name).tasks
+    assert name in PREDICTORS[name].tasks
+    assert name in EXPLAINERS
+    assert task.targets and task.outputs and task.headline
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_model_file_round_trip(name: str, tmp_path, one_thread) -> None:
+    cfg = TrainConfig(task=name, weights="none", image_size=64, **SETTINGS[name])
+    task = get_task(name)
+    model = task.build(cfg, 2, None).eval()
+    dc = task.data_config(model)
+    save_model(tmp_path / "model.pt", model, cfg, ["a", "b"], dc, temperature=1.5)
+    loaded, meta = load_model_file(tmp_path / "model.pt", name)
+    assert meta["format"] == task.model_format and meta["labels"] == ["a", "b"] and meta["temperature"] == 1.5
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = (model([x[0]]) if name == "detect" else model(x)), (loaded([x[0]]) if name == "detect" else loaded(x))
+    if name == "detect":
+        assert torch.equal(a[0]["boxes"], b[0]["boxes"])
+    elif isinstance(a, dict):
+        assert all(torch.allclose(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    else:
+        assert torch.allclose(a, b)
+    other = next(t for t in TASKS if TASKS[t].model_format != task.model_format)
+    with pytest.raises(Exception, match=f"is a {name} model; this needs a {other} model"):
+        load_model_file(tmp_path / "model.pt", other)
+
+
+def test_unknown_task_names_the_tasks() -> None:
+    with pytest.raises(ConfigError, match="unknown task 'segmentation'; choose one of classify, segment"):
+        get_task("segmentation")
+
+
+def test_prediction_decisions_rows_and_drawing() -> None:
+    labels = ["benign", "malignant"]
+    p = Prediction("a.png", labels, probabilities=np.array([0.3, 0.7]))
+    assert (p.label, p.score) == ("malignant", 0.7) and p.row()["p_benign"] == 0.3
+    assert p.summary()["probabilities"] == {"benign": 0.3, "malignant": 0.7}
+    mask = np.zeros((20, 30), np.float32)
+    assert Prediction("m", labels, mask=mask).label == NO_LESION
+    mask[5:10, 5:10] = 0.9
+    m = Prediction("m", labels, mask=mask)
+    assert m.label == LESION and m.row()["lesion_fraction"] == pytest.approx(25 / 600)
+    boxes = np.array([[1, 2, 10, 12, 0.8, 1], [3, 3, 5, 5, 0.3, 0]])
+    d = Prediction("d", labels, boxes=boxes, threshold=0.5)
+    assert d.label == "malignant" and d.row()["n_boxes"] == 1 and d.summary()["boxes"][0][5] == "malignant"
+    assert Prediction("d", labels, boxes=boxes, threshold=0.9).label == BACKGROUND
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    for pred in (p, m, d):
+        shown = pred.draw(rgb)
+        assert shown.shape == rgb.shape and shown.any() and not rgb.any()
+
+
+def test_detector_ensemble_merges_overlapping_boxes() -> None:
+    from medcad.inference.detections import merge_detections
+
+    a = np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.6, 1]])
+    b = np.array([[1, 1, 10, 10, 0.8, 0], [0, 0, 10, 10, 0.7, 1]])  # same lesion (class 0), and a class-1 box
+    merged = merge_detections([a, b])
+    assert merged[:, 4].tolist() == [0.9, 0.7, 0.6]  # the weaker class-0 duplicate is gone, best first
