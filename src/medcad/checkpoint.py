@@ -79,14 +79,20 @@ def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
 
 
 def run_task(run: Path) -> str:
-    """The task of a run folder (from config.json) or of a model file."""
+    """The task of a run folder (from config.json, else from its first fold's model file) or of a model file.
+
+    Raises:
+        DataError: neither a run folder nor a model file, or the model file is unusable.
+    """
     run = Path(run)
     if run.is_file():
         return load_model_file(run)[1]["config"].get("task", "classify")
     path = run / "config.json"
-    if not path.is_file():
-        raise DataError(run, "not a run folder (no config.json) nor a model.pt file")
-    return TrainConfig.load(path).task
+    if path.is_file():
+        return TrainConfig.load(path).task
+    if run.is_dir() and any(run.glob("fold_*/model.pt")):
+        return load_model_file(fold_model_files(run, None)[0])[1]["config"].get("task", "classify")
+    raise DataError(run, "not a run folder (no config.json) nor a model.pt file")
 
 
 def fold_model_files(run: Path, fold: int | None) -> list[Path]:

@@ -71,6 +71,17 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(frames) == 12 and {"label", "score", "n_boxes", "smoothed", "smoothed_score"} <= set(frames)
     assert "frames/s" in res.output and (out / "clip_annotated.mp4").stat().st_size > 0
 
+    # export: raw head outputs in ONNX, boxes decoded in PyTorch; the boxes agree with the eager model's
+    res = runner.invoke(app, ["export", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    exported = json.loads(res.stdout)
+    assert exported["agreement"]["model.onnx"]["box_iou_agreement"] >= 0.99 and "PyTorch" in exported["box_decoding"]
+    res = runner.invoke(app, ["bench", str(run), "--backends", "torch-fp32,onnx-fp32", "--batch", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["backends"]["onnx-fp32"]["agreement"] >= 0.99
+    res = runner.invoke(app, ["explain", str(run), str(image), "-o", str(tmp_path / "cam.png")])
+    assert res.exit_code == 0 and "EigenCAM" in res.output
+
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()

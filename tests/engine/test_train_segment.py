@@ -65,6 +65,37 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and "fold_1" in res.output
     assert np.asarray(Image.open(tmp_path / "one.png")).shape == (64, 128, 3)
 
+    # every command for this task: ONNX export with the Dice agreement, bench, and a video through the predictor
+    res = runner.invoke(app, ["export", str(run), "--int8", "--json"])
+    assert res.exit_code == 0, res.output
+    agreement = json.loads(res.stdout)["agreement"]
+    assert agreement["model.onnx"]["mask_dice"] >= 0.99 and agreement["model.onnx"]["max_prob_diff"] < 0.01
+    assert 0 <= agreement["model.int8.onnx"]["mask_dice"] <= 1
+    res = runner.invoke(app, ["bench", str(run), "--backends", "torch-fp32,onnx-fp32", "--batch", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    b = json.loads(res.stdout)
+    assert b["agreement_measure"] == "mask_dice" and b["backends"]["onnx-fp32"]["agreement"] >= 0.99
+    res = runner.invoke(app, ["predict", str(run), str(image), "--backend", "onnx-fp32", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    onnx_mask = np.asarray(Image.open(tmp_path / "o" / f"{image.stem}_mask.png")) > 0
+    torch_mask = np.asarray(Image.open(out / f"{image.stem}_mask.png")) > 0
+    assert (onnx_mask != torch_mask).mean() < 0.01
+    import cv2
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    for p in sorted(synth.rglob("*.png"))[:8]:
+        if "mask" not in p.name:
+            writer.write(cv2.resize(cv2.imread(str(p)), (64, 64)))
+    writer.release()
+    res = runner.invoke(app, ["predict", str(run), str(video), "--out", str(tmp_path / "v")])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    frames = pd.read_csv(tmp_path / "v" / "clip_frames.csv")
+    assert len(frames) > 0 and {"label", "lesion_fraction", "smoothed"} <= set(frames)
+    assert set(frames["label"]) <= {"lesion", "no lesion"}
+
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()

@@ -20,7 +20,7 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     assert out["agreement"]["model.onnx"]["top1_agreement"] == 1.0
     assert out["agreement"]["model.onnx"]["max_prob_diff"] < 1e-4
     assert 0 <= out["agreement"]["model.int8.onnx"]["top1_agreement"] <= 1
-    meta = json.loads((run / "export" / "model.json").read_text())
+    meta = json.loads((run / "export_fold0" / "model.json").read_text())  # where predict --fold 0 looks
     assert meta["labels"] == ["lesion", "normal"] and meta["image_size"] == 32
 
     image = str(easy_set / "lesion" / "3.png")

@@ -24,10 +24,13 @@ def export(
         bool, typer.Option("--int8", help="Also write a static int8 model calibrated on training images.")
     ] = False,
     fold: Annotated[int | None, typer.Option(help="Export one fold's model (default: the fold ensemble).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder (default RUN/export).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder (default RUN/export, RUN/export_fold<k> with --fold).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a run to ONNX (preprocessing recorded beside it) and check agreement with PyTorch."""
+    """Export a run of any task to ONNX (preprocessing recorded beside it) and check agreement with PyTorch fp32:
+    top-1 for classes, Dice between masks, matched-box IoU for detections (boxes are decoded in PyTorch)."""
     try:
         from medcad.errors import ConfigError
         from medcad.inference.export import export_onnx
@@ -41,10 +44,10 @@ def export(
         typer.echo(json.dumps(result, indent=1))
         return
     for name, a in result["agreement"].items():
-        typer.echo(
-            f"{name}: top-1 agreement with PyTorch {a['top1_agreement']:.1%} on {a['n']} held-out images, "
-            f"max probability difference {a['max_prob_diff']:.4f}"
-        )
+        measures = ", ".join(f"{k} {v:.4f}" for k, v in a.items() if k != "n")
+        typer.echo(f"{name}: agreement with PyTorch fp32 on {a['n']} held-out images: {measures}")
+    if "box_decoding" in result:
+        typer.echo(f"box decoding: {result['box_decoding']}")
     typer.echo("files: " + ", ".join(result["files"]))
 
 
@@ -59,7 +62,8 @@ def bench(
     ] = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8",
     as_json: JsonOpt = False,
 ) -> None:
-    """Images/s and latency (p50/p95) of each prediction backend, side by side, with agreement to fp32."""
+    """Images/s and latency (p50/p95) of each prediction backend for a run of any task, side by side, with agreement
+    to torch-fp32 by the task's measure."""
     try:
         from medcad.inference.bench import bench as run_bench
 
@@ -74,7 +78,8 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table("backend", "images/s", "× fp32", "p50 ms", "p95 ms", "top-1 agreement", title=f"{run} (batch {batch})")
+    measure = result["agreement_measure"].replace("_", " ")
+    t = Table("backend", "images/s", "× fp32", "p50 ms", "p95 ms", measure, title=f"{run} (batch {batch})")
     for name, b in result["backends"].items():
         t.add_row(
             name,
@@ -82,6 +87,6 @@ def bench(
             f"{b.get('speedup_vs_torch_fp32', 1):.2f}",
             f"{b['p50_ms']:.1f}",
             f"{b['p95_ms']:.1f}",
-            f"{b['agreement']:.1%}",
+            f"{b['agreement']:.4f}",
         )
     Console().print(t)

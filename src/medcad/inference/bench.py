@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.inference.classes import BACKENDS, ClassPredictor
+from medcad.inference.predictor import ONNX_BACKENDS
+from medcad.inference.registry import load_predictor
+
+BACKENDS = ("torch-fp32", "torch-bf16", *ONNX_BACKENDS)
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -30,20 +33,23 @@ def bench(
     threads: int | None = None,
     n_agree: int = 200,
 ) -> dict:
-    """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, top-1 agreement with torch-fp32
-    and accuracy, on the fold-0 test images of the run (held out from that fold's training)."""
+    """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, and agreement with torch-fp32 by the
+    task's measure (top-1 for classes, Dice between masks, matched-box IoU for detections) on the fold-0 test images
+    of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process."""
     from medcad.inference.export import fold0_images
 
     run = Path(run)
-    first = ClassPredictor(run, fold=fold, backend="torch-fp32", threads=threads)
+    first = load_predictor(run, fold, backend="torch-fp32", threads=threads)
     _, held, y = fold0_images(run, first)
     held, y = held[:n_agree], y[:n_agree]
     n_real = len(held)
     if len(held) < batch:  # tiny test sets: repeat images so that one full batch can be timed
         held = np.concatenate([held] * (batch // max(len(held), 1) + 1))[: max(batch, len(held))]
-    reference = first.infer(held, batch)["probabilities"]
+    reference = first.infer(held, batch)
     out = {
         "run": str(run),
+        "task": first.task,
+        "agreement_measure": first.agreement_measure,
         "fold": fold,
         "image_size": first.config.image_size,
         "batch": batch,
@@ -52,19 +58,21 @@ def bench(
         "backends": {},
     }
     for name in backends:
-        p = first if name == "torch-fp32" else ClassPredictor(run, fold=fold, backend=name, threads=threads)
+        p = first if name == "torch-fp32" else load_predictor(run, fold, backend=name, threads=threads)
         one = held[:1]
         lat = np.array(_time(lambda p=p, one=one: p.infer(one, 1), repeats)) * 1000
         tput = _time(lambda p=p: p.infer(held[:batch], batch), max(3, repeats // 4))
-        probs = p.infer(held, batch)["probabilities"]
-        out["backends"][name] = {
+        got = p.infer(held, batch)
+        row = {
             "images_per_s": batch / float(np.median(tput)),
             "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)),
-            "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
-            "accuracy": float((probs[:n_real].argmax(1) == y).mean()),
-            "max_prob_diff": float(np.abs(probs - reference).max()),
+            **first.agreement(reference, got),
         }
+        row["agreement"] = row[first.agreement_measure]
+        if got.get("probabilities") is not None and first.task != "segment":
+            row["accuracy"] = float((got["probabilities"][:n_real].argmax(1) == y).mean())
+        out["backends"][name] = row
     base = out["backends"].get("torch-fp32", {}).get("images_per_s")
     if base:
         for v in out["backends"].values():

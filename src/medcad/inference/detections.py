@@ -1,14 +1,20 @@
 """Lesion boxes (detect) and the colonoscopy study's frame decision: the folds' detectors as one ensemble, their
-boxes merged by class-wise non-maximum suppression."""
+boxes merged by class-wise non-maximum suppression.
+
+Exported, the graph stops at each detector's raw head outputs (box regression and class logits per default box);
+decoding (default boxes, softmax, score threshold, top-k, per-class NMS) runs in PyTorch with torchvision's own
+SSD post-processing, on ONNX Runtime's outputs, so both backends decode boxes with the same code.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import batched_nms, box_iou
 
 from medcad.inference.predictor import Predictor
-from medcad.models.predict import predict_detections
+from medcad.models.predict import detections_to_array, predict_detections
 
 ENSEMBLE_IOU = 0.5  # boxes of the same class from several folds' models overlapping more than this are one lesion
 MAX_BOXES = 50
@@ -24,13 +30,91 @@ def merge_detections(per_model: list[np.ndarray], iou: float = ENSEMBLE_IOU) -> 
     return dets[keep.numpy()]
 
 
+def box_agreement(ref: list[np.ndarray], got: list[np.ndarray], threshold: float) -> dict:
+    """Matched-box IoU between two backends' detections at a score threshold: per image, boxes of the same class
+    are matched greedily by IoU; the mean IoU over matches counts each unmatched box (either side) as 0."""
+    ious, n_ref, n_got = [], 0, 0
+    for a, b in zip(ref, got, strict=True):
+        a, b = a[a[:, 4] >= threshold], b[b[:, 4] >= threshold]
+        n_ref, n_got = n_ref + len(a), n_got + len(b)
+        if len(a) == 0 or len(b) == 0:
+            ious += [0.0] * max(len(a), len(b))
+            continue
+        m = box_iou(torch.from_numpy(a[:, :4]).float(), torch.from_numpy(b[:, :4]).float()).numpy()
+        m[a[:, 5][:, None] != b[:, 5][None, :]] = 0
+        used: set[int] = set()
+        for i in np.argsort(-a[:, 4]):
+            j = next((j for j in np.argsort(-m[i]) if j not in used and m[i, j] > 0), None)
+            ious.append(float(m[i, j]) if j is not None else 0.0)
+            used |= {j} if j is not None else set()
+        ious += [0.0] * (len(b) - len(used))
+    return {"box_iou_agreement": float(np.mean(ious)) if ious else 1.0, "n_boxes_ref": n_ref, "n_boxes_got": n_got}
+
+
+class _Graph(torch.nn.Module):
+    """0..255 float images -> every member's raw SSD head outputs (box regression, class logits)."""
+
+    def __init__(self, models) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor):
+        outs = []
+        for m in self.members:
+            t = m.transform
+            z = (x / 255 - torch.tensor(t.image_mean)[None, :, None, None]) / torch.tensor(t.image_std)[
+                None, :, None, None
+            ]
+            head = m.head(list(m.backbone(z).values()))
+            outs += [head["bbox_regression"], head["cls_logits"]]
+        return tuple(outs)
+
+
 class BoxPredictor(Predictor):
     """Boxes (m, 6) [x0, y0, x1, y1, score, class_index] per image; `label` of a Prediction is the frame decision."""
 
     tasks = ("detect",)
+    agreement_measure = "box_iou_agreement"
 
-    def infer(self, x: np.ndarray, batch: int = 16) -> dict:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.graph_outputs = tuple(f"{kind}_{k}" for k in range(len(self.models)) for kind in ("boxes", "logits"))
+
+    def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         """{"boxes": per image (m, 6) in S x S pixels} for prepared uint8 images (N, S, S, 3)."""
         rows = np.arange(len(x))
         per_model = [predict_detections(m, x, rows, batch=batch, bf16=self.bf16) for m in self.models]
         return {"boxes": [merge_detections([p[i] for p in per_model]) for i in range(len(x))]}
+
+    def graph(self) -> torch.nn.Module:
+        return _Graph(self.models).eval()
+
+    @torch.no_grad()
+    def decode(self, outputs: dict[str, np.ndarray]) -> dict:
+        """Each member's raw head outputs decoded by its own default boxes and torchvision's SSD post-processing."""
+        s = self.config.image_size
+        per_model = []
+        for k, m in enumerate(self.models):
+            reg = torch.from_numpy(outputs[f"boxes_{k}"])
+            logits = torch.from_numpy(outputs[f"logits_{k}"])
+            anchors = self._anchors(m, s)
+            dets = m.postprocess_detections(
+                {"bbox_regression": reg, "cls_logits": logits}, [anchors] * len(reg), [(s, s)] * len(reg)
+            )
+            per_model.append([detections_to_array(d) for d in dets])
+        n = len(per_model[0]) if per_model else 0
+        return {"boxes": [merge_detections([p[i] for p in per_model]) for i in range(n)]}
+
+    @staticmethod
+    def _anchors(model, size: int) -> torch.Tensor:
+        """The detector's default boxes (A, 4) for S x S inputs (they depend only on the feature-map sizes)."""
+        cached = getattr(model, "_medcad_anchors", None)
+        if cached is None or cached[0] != size:
+            x = torch.zeros(1, 3, size, size)
+            features = list(model.backbone(x).values())
+            anchors = model.anchor_generator(ImageList(x, [(size, size)]), features)[0]
+            model._medcad_anchors = cached = (size, anchors)
+        return cached[1]
+
+    def agreement(self, ref: dict, got: dict) -> dict:
+        return box_agreement(ref["boxes"], got["boxes"], self.threshold)

@@ -1,8 +1,10 @@
-"""Export a run's classifier to ONNX (fp32, and int8 by static quantisation calibrated on training images).
+"""Export a run of any task to ONNX (fp32, and int8 by static quantisation calibrated on training images).
 
-The graph takes float32 RGB images (N, 3, S, S) in 0..255 and returns class probabilities; normalisation and
-softmax are inside it. `<name>.json` beside it records size, interpolation, labels and the source run, so an
-ONNX Runtime predictor needs nothing else.
+The graph takes float32 RGB images (N, 3, S, S) in 0..255, with normalisation inside, and returns what the task's
+predictor names in `graph_outputs`: class probabilities (softmax and temperatures inside), the mean lesion
+probability (N, S, S), or each detector's raw head outputs (box decoding runs in PyTorch after ONNX Runtime: see
+medcad.inference.detections). `<name>.json` beside it records task, size, interpolation, labels and the source run.
+The export is checked against PyTorch fp32 on fold 0's test images with the task's agreement measure.
 """
 
 from __future__ import annotations
@@ -14,27 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
-from medcad.inference.classes import ClassPredictor
+from medcad.inference.onnx import nchw
+from medcad.inference.predictor import Predictor
 
 
-class _Graph(nn.Module):
-    """0..255 float images -> probabilities, as one exportable module."""
-
-    def __init__(self, predictor: ClassPredictor) -> None:
-        super().__init__()
-        self.normalize, self.net = predictor.normalize, predictor.net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) float 0..255
-        return self.net(self.normalize(x))  # (N, n_labels), probabilities
-
-
-def fold0_images(run: Path, predictor: ClassPredictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training images of fold 0 (for int8 calibration), its test images (for agreement checks) and their
-    label indices."""
+    label indices (0 for rows without one of the model's labels)."""
     from medcad.data.datasets import cached_images
     from medcad.data.manifest import load_manifest
     from medcad.data.splits import fold_indices, load_splits
@@ -46,12 +37,10 @@ def fold0_images(run: Path, predictor: ClassPredictor, n: int = 128) -> tuple[np
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
     rng = np.random.default_rng(0)
     train = rng.permutation(parts["train"])[:n]
-    y = np.array([predictor.labels.index(v) for v in manifest.table["label"].iloc[parts["test"]]])
+    y = np.array(
+        [predictor.labels.index(v) if v in predictor.labels else 0 for v in manifest.table["label"].iloc[parts["test"]]]
+    )
     return np.asarray(images[np.sort(train)]), np.asarray(images[parts["test"]]), y
-
-
-def _nchw(images: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2).astype(np.float32))
 
 
 def export_onnx(
@@ -60,18 +49,23 @@ def export_onnx(
     """Write model.onnx (+ model.int8.onnx with `int8`) and their JSON metadata; compare with PyTorch.
 
     Returns:
-        {"files": [...], "agreement": {variant: {"top1_agreement", "max_prob_diff", "n"}}}.
+        {"files": [...], "agreement": {variant: {"n", and the task's measures: top1_agreement / mask_dice /
+        box_iou_agreement, max_prob_diff}}, "box_decoding" (detect)}.
     """
     import onnxruntime as ort
+
+    from medcad.inference.onnx import export_folder, run_session
+    from medcad.inference.registry import load_predictor
 
     run = Path(run)
     if not run.is_dir():
         raise DataError(run, "not a run folder")
-    predictor = ClassPredictor(run, fold=fold, backend="torch-fp32")
-    out = Path(out) if out else run / "export"
+    predictor = load_predictor(run, fold, backend="torch-fp32")
+    out = Path(out) if out else export_folder(run, fold)
     out.mkdir(parents=True, exist_ok=True)
     size = predictor.config.image_size
-    graph = _Graph(predictor).eval()
+    graph = predictor.graph()
+    names = list(predictor.graph_outputs)
     fp32 = out / "model.onnx"
     tmp = fp32.with_suffix(f".tmp{os.getpid()}.onnx")
     with warnings.catch_warnings():
@@ -81,8 +75,8 @@ def export_onnx(
             (torch.zeros(1, 3, size, size),),
             str(tmp),
             input_names=["images"],
-            output_names=["probabilities"],
-            dynamic_axes={"images": {0: "n"}, "probabilities": {0: "n"}},
+            output_names=names,
+            dynamic_axes={n: {0: "n"} for n in ["images", *names]},
             opset_version=opset,
             dynamo=False,
         )
@@ -93,7 +87,8 @@ def export_onnx(
         files.append(_quantize(fp32, out / "model.int8.onnx", calib))
     meta = {
         "format": "medcad-onnx-1",
-        "task": "classify",
+        "task": predictor.task,
+        "outputs": names,
         "labels": predictor.labels,
         "image_size": size,
         "input": "float32 RGB (N, 3, S, S), 0..255, resized with area/cubic interpolation",
@@ -106,19 +101,17 @@ def export_onnx(
         "fold": fold,
         "members": [str(f) for f in predictor.files],
     }
-    with torch.no_grad():
-        ref = graph(torch.from_numpy(_nchw(held_out))).numpy()
+    if predictor.task == "detect":
+        meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
+    ref = predictor.infer(held_out, 16)
     agreement = {}
     for f in files:
         atomic_write_text(f.with_suffix(".json"), json.dumps({**meta, "file": f.name}, indent=1))
         sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {"images": _nchw(held_out)})[0]
-        agreement[f.name] = {
-            "n": len(ref),
-            "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-            "max_prob_diff": float(np.abs(got - ref).max()),
-        }
-    return {"files": [str(f) for f in files], "agreement": agreement, "held_out": "fold 0 test images"}
+        got = predictor.decode(run_session(sess, held_out, 16))
+        agreement[f.name] = {"n": len(held_out), **predictor.agreement(ref, got)}
+    result = {"files": [str(f) for f in files], "agreement": agreement, "held_out": "fold 0 test images"}
+    return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
 
 
 def _quantize(src: Path, dst: Path, calib: np.ndarray) -> Path:
@@ -133,7 +126,7 @@ def _quantize(src: Path, dst: Path, calib: np.ndarray) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"images": _nchw(calib[i : i + 8])} for i in range(0, len(calib), 8)])
+            self.batches = iter([{"images": nchw(calib[i : i + 8])} for i in range(0, len(calib), 8)])
 
         def get_next(self):
             return next(self.batches, None)

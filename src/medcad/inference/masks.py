@@ -3,22 +3,52 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from medcad.inference.predictor import Predictor
 from medcad.metrics.calibration import apply_temperature
 from medcad.models.predict import predict_masks
 
 
+def mask_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dice per image between two sets of bool masks (N, H, W); 1 where both are empty."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    inter, total = (a & b).sum(1), a.sum(1) + b.sum(1)
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+
+
+class _Graph(torch.nn.Module):
+    """0..255 float images -> the ensemble's mean lesion probability (N, S, S) (and class probabilities)."""
+
+    def __init__(self, normalize, models, temperatures: list[float], with_class: bool) -> None:
+        super().__init__()
+        self.normalize, self.members, self.temperatures = normalize, torch.nn.ModuleList(models), temperatures
+        self.with_class = with_class
+
+    def forward(self, x: torch.Tensor):
+        x = self.normalize(x)
+        outs = [m(x) for m in self.members]
+        mask = torch.stack([o["mask"].float().sigmoid()[:, 0] for o in outs]).mean(0)
+        if not self.with_class:
+            return mask
+        probs = torch.stack(
+            [(o["class"].float() / t).softmax(-1) for o, t in zip(outs, self.temperatures, strict=True)]
+        ).mean(0)
+        return mask, probs
+
+
 class MaskPredictor(Predictor):
     """Mean lesion probability per pixel (and mean class probabilities for multitask) over the ensemble."""
 
     tasks = ("segment", "multitask")
+    agreement_measure = "mask_dice"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperatures = [float(m.get("temperature", 1.0)) for m in self.metas]
+        self.graph_outputs = ("mask", "probabilities") if self.task == "multitask" else ("mask",)
 
-    def infer(self, x: np.ndarray, batch: int = 16) -> dict:
+    def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         """{"mask": (N, S, S) float32 in [0, 1], "probabilities": (N, K) or None} for prepared uint8 images."""
         rows = np.arange(len(x))
         masks, probs = [], []
@@ -29,3 +59,19 @@ class MaskPredictor(Predictor):
             if p is not None:  # the class head's temperature, fitted on the fold's validation part
                 probs.append(apply_temperature(p, t))
         return {"mask": np.mean(masks, 0) if masks else None, "probabilities": np.mean(probs, 0) if probs else None}
+
+    def graph(self) -> torch.nn.Module:
+        return _Graph(self.normalize, self.models, self.temperatures, self.task == "multitask").eval()
+
+    def decode(self, outputs: dict[str, np.ndarray]) -> dict:
+        return {"mask": outputs["mask"], "probabilities": outputs.get("probabilities")}
+
+    def agreement(self, ref: dict, got: dict) -> dict:
+        t = self.threshold
+        out = {
+            "mask_dice": float(mask_dice(ref["mask"] >= t, got["mask"] >= t).mean()),
+            "max_prob_diff": float(np.abs(ref["mask"] - got["mask"]).max()),
+        }
+        if ref.get("probabilities") is not None:
+            out["top1_agreement"] = float((ref["probabilities"].argmax(1) == got["probabilities"].argmax(1)).mean())
+        return out

@@ -28,16 +28,19 @@ from medcad.errors import ConfigError, DataError
 from medcad.inference.prediction import Prediction
 
 TORCH_BACKENDS = ("torch-bf16", "torch-fp32")
+ONNX_BACKENDS = ("onnx-fp32", "onnx-int8")  # ONNX Runtime on the run's export (made on first use)
 
 
 class Predictor:
-    """Base of every task's predictor (see the module docstring). Subclasses set `tasks`, `backends` and `infer`.
+    """Base of every task's predictor (see the module docstring). Subclasses set `tasks` and implement
+    `infer_torch`, `graph` (the exportable network, float32 (N, 3, S, S) 0..255 -> the tensors `graph_outputs`
+    names), `decode` (those outputs -> the `infer` dict) and `agreement` (how close two backends' outputs are).
 
     Args:
         run: a run folder or a model.pt file.
         fold: one fold's model instead of the ensemble of all folds.
-        backend: "torch-bf16" (channels_last, bf16 autocast; the default), "torch-fp32" (plain eager), or what the
-            subclass adds (ONNX Runtime).
+        backend: "torch-bf16" (channels_last, bf16 autocast; the default), "torch-fp32" (plain eager),
+            "onnx-fp32" or "onnx-int8" (ONNX Runtime on the run's export in RUN/export[_fold<k>], made on first use).
         threads: CPU threads for torch / ONNX Runtime.
         threshold: lesion-probability threshold of masks, score threshold of boxes.
 
@@ -46,7 +49,9 @@ class Predictor:
     """
 
     tasks: tuple[str, ...] = ()
-    backends: tuple[str, ...] = TORCH_BACKENDS
+    backends: tuple[str, ...] = TORCH_BACKENDS + ONNX_BACKENDS
+    graph_outputs: tuple[str, ...] = ()
+    agreement_measure = ""  # the key of `agreement` that says, in one number, how well two backends agree
 
     def __init__(
         self,
@@ -74,13 +79,37 @@ class Predictor:
         self.data_config = meta["data_config"]
         self.normalize = Normalize(self.data_config["mean"], self.data_config["std"])
         self.bf16 = backend == "torch-bf16"
+        self.session = None
+        if backend in ONNX_BACKENDS:
+            from medcad.inference.onnx import onnx_session
+
+            self.session = onnx_session(self.run, fold, int8=backend == "onnx-int8", threads=threads)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (S, S, 3) uint8 model input."""
         return preprocess(rgb, self.config.image_size, self.config.bilateral)
 
     def infer(self, x: np.ndarray, batch: int = 32) -> dict:
-        """Model outputs for prepared images (N, S, S, 3) uint8 (see the module docstring)."""
+        """Model outputs for prepared images (N, S, S, 3) uint8 (see the module docstring), on the backend."""
+        if self.session is None:
+            return self.infer_torch(x, batch)
+        from medcad.inference.onnx import run_session
+
+        return self.decode(run_session(self.session, x, batch))
+
+    def infer_torch(self, x: np.ndarray, batch: int) -> dict:
+        raise NotImplementedError
+
+    def graph(self) -> torch.nn.Module:
+        """The network as one exportable module: float32 RGB (N, 3, S, S) in 0..255 -> `graph_outputs`."""
+        raise NotImplementedError
+
+    def decode(self, outputs: dict[str, np.ndarray]) -> dict:
+        """The graph's named outputs -> the `infer` dict (identity unless the task decodes, e.g. boxes)."""
+        return outputs
+
+    def agreement(self, ref: dict, got: dict) -> dict:
+        """How closely `got` (another backend's `infer` output) agrees with `ref`, by the task's measure."""
         raise NotImplementedError
 
     def postprocess(self, outputs: dict, i: int, name: str, size: tuple[int, int]) -> Prediction:
