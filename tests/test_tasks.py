@@ -22,6 +22,7 @@ SETTINGS = {
     "segment": {"arch": "unet"},
     "multitask": {"arch": "unet"},
     "detect": {},
+    "multilabel": {},
 }
 
 

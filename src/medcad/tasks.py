@@ -11,6 +11,7 @@ Adding a task is an entry here plus its own modules and one entry in each of tho
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +34,9 @@ class Task:
         headline: metrics.json keys shown first (console, study tables, repeats).
         build: (run settings, number of classes, the data_config stored in a model file or None) -> the model.
         data_config: model -> its preprocessing (mean, std, input size, ...), stored in model files.
-        ensemble: what `fold=None` means for prediction: "mean" of every fold's model, or the "best" fold's.
+        label_kind: "single" (one class per image: softmax, argmax) or "multi" (any subset of the labels: one
+            sigmoid per label, each present when its probability reaches the threshold; the manifest's label
+            column lists them separated by '|', ';' or ',', empty for none).
     """
 
     name: str
@@ -44,7 +47,7 @@ class Task:
     headline: tuple[str, ...]
     build: Callable[[TrainConfig, int, dict | None], nn.Module]
     data_config: Callable[[nn.Module], dict]
-    ensemble: str = "mean"
+    label_kind: str = "single"
 
 
 def _classifier(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
@@ -127,10 +130,28 @@ TASKS: dict[str, Task] = {
             ("ap50", "map"),
             _detector,
             _detector_data_config,
-            ensemble="best",
+        ),
+        Task(
+            "multilabel",
+            "several findings per image, each present or absent (e.g. co-occurring abnormality subtypes)",
+            "medcad-multilabel-1",
+            ("labels",),
+            ("probabilities",),
+            ("macro_auc", "macro_f1", "exact_match"),
+            _classifier,
+            _classifier_data_config,
+            label_kind="multi",
         ),
     )
 }
+
+
+LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")
+
+
+def split_labels(value: str) -> list[str]:
+    """The labels of one multi-label cell ('stone|cyst', 'stone; cyst', ''), without empties."""
+    return [v for v in LABEL_SEPARATORS.split(str(value).strip()) if v]
 
 
 def get_task(name: str) -> Task:

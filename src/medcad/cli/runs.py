@@ -27,7 +27,9 @@ from medcad.errors import MedcadError
 def train(
     path: Annotated[Path, typer.Argument(help="Dataset: folder, CSV/TSV manifest or COCO JSON.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed when it exists).")] = Path("runs/run"),
-    task: Annotated[str, typer.Option(help="classify, segment, multitask (mask + class) or detect.")] = "classify",
+    task: Annotated[
+        str, typer.Option(help="classify, segment, multitask (mask + class), detect or multilabel (findings).")
+    ] = "classify",
     model: Annotated[
         str, typer.Option(help="Any timm backbone name (the encoder for segment).")
     ] = "tf_efficientnet_lite0",

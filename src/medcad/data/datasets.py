@@ -202,12 +202,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.rows[i]
         x = torch.from_numpy(np.array(self.images[r])).permute(2, 0, 1)  # (C, H, W) uint8, a writable copy
         if self.transform is not None:
             x = self.transform(x)
-        return x, int(self.labels[r])
+        return x, torch.as_tensor(self.labels[r])  # class index, or a multi-hot float vector (K,)
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:

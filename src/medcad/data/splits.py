@@ -133,6 +133,7 @@ def make_splits(
     seed: int = 0,
     group_by: str = "auto",
     progress: bool = False,
+    strata: np.ndarray | None = None,
 ) -> dict:
     """Grouped, label-stratified splits.
 
@@ -142,6 +143,7 @@ def make_splits(
         val_fraction: fraction of each training part kept aside (grouped) for validation; 0 for none.
         seed: the split is a function of the data and this seed.
         group_by: see `sample_groups`.
+        strata: what to stratify by, one value per row (default: the label column).
 
     Returns:
         {"version", "method", "seed", "group_by", "n_groups", "groups": {key: group id},
@@ -152,7 +154,7 @@ def make_splits(
     if holdout is None and (folds is None or folds < 2):
         raise ConfigError(f"folds must be at least 2, got {folds}")
     keys = np.array(manifest.keys, dtype=object)
-    labels = manifest.table["label"].to_numpy(dtype=str)
+    labels = manifest.table["label"].to_numpy(dtype=str) if strata is None else np.asarray(strata, dtype=str)
     groups, how = sample_groups(manifest, group_by, progress=progress)
     n_splits = max(2, round(1 / holdout)) if holdout is not None else int(folds)
     if not _stratifiable(labels, groups, n_splits):

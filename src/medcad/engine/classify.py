@@ -14,19 +14,23 @@ from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import class_weights, make_loader, make_trainer
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
-from medcad.engine.modules import ClassifierModule, HeadModule, val_score
+from medcad.engine.modules import ClassifierModule, HeadModule, multilabel_val_score, val_score
+from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
 from medcad.tasks import get_task
 
 
-class _Softmax(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+class _Probabilities(torch.nn.Module):
+    """A classifier's probabilities: softmax over classes, or one sigmoid per label (multi-label)."""
+
+    def __init__(self, model: torch.nn.Module, multilabel: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.multilabel = model, multilabel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).float().softmax(-1)
+        logits = self.model(x).float()
+        return logits.sigmoid() if self.multilabel else logits.softmax(-1)
 
 
 class ClassifyHooks(FoldHooks):
@@ -34,9 +38,10 @@ class ClassifyHooks(FoldHooks):
     before_stage = "stage1"
     monitor = "val_auc"
     tasks = ("classify",)
+    multilabel = False
 
     def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
-        task = get_task("classify")
+        task = get_task(self.tasks[0])
         model = task.build(cfg, len(data.labels), None)
         if init is not None:
             model.load_state_dict(init.state_dict())
@@ -56,9 +61,12 @@ class ClassifyHooks(FoldHooks):
         feats, speed["feature_images_per_s"] = backbone_features(
             model.backbone, normalize, data.images, data.feature_key
         )
-        f, yt = torch.from_numpy(feats), torch.from_numpy(y).long()
+        f = torch.from_numpy(feats)
+        yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
         w = self._weights(data, parts, cfg)
-        head = HeadModule(model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, w, cfg.label_smoothing)
+        head = HeadModule(
+            model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, w, cfg.label_smoothing, self.multilabel
+        )
         trainer, ckpt = make_trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
         trainer.fit(
             head,
@@ -80,6 +88,7 @@ class ClassifyHooks(FoldHooks):
             class_weights=self._weights(data, parts, cfg),
             label_smoothing=cfg.label_smoothing,
             max_epochs=cfg.epochs,
+            multilabel=self.multilabel,
         )
 
     def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
@@ -91,7 +100,32 @@ class ClassifyHooks(FoldHooks):
         )
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        return {"probs": run_batched(_Softmax(model), normalize, data.images, rows)[0]}
+        return {"probs": run_batched(_Probabilities(model, self.multilabel), normalize, data.images, rows)[0]}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         return val_score(data.y[rows], outputs["probs"])
+
+
+class MultilabelHooks(ClassifyHooks):
+    """Multi-label: the same two-stage transfer, one sigmoid per label and binary cross-entropy (positive weights
+    from the training part's label frequencies); selection by the mean per-label validation AUC; no temperature."""
+
+    tasks = ("multilabel",)
+    multilabel = True
+
+    def check(self, k: int, parts: dict, data: FoldData, cfg: TrainConfig) -> None:
+        if cfg.oversample:
+            raise ConfigError("--oversample balances single classes; for multilabel runs use --class-weights")
+
+    def _weights(self, data: FoldData, parts: dict, cfg: TrainConfig) -> torch.Tensor | None:
+        if not cfg.class_weights:
+            return None
+        y = data.y[parts["train"]]
+        pos = y.sum(0)
+        return torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 100.0), dtype=torch.float32)
+
+    def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
+        return multilabel_val_score(data.y[rows], outputs["probs"])
+
+    def temperature(self, val: dict, data: FoldData, rows: np.ndarray) -> float | None:
+        return None

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from medcad.config import TrainConfig
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, write_json
-from medcad.engine.train import task_masks
+from medcad.engine.train import task_masks, task_targets
 from medcad.errors import DataError
+from medcad.tasks import get_task
 
 
 def _run_config(run: Path) -> tuple[TrainConfig, dict]:
@@ -36,10 +35,10 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
         if not path.is_file():
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
-    y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+    y = task_targets(manifest, cfg.task, labels)
     masks = task_masks(manifest, cfg, progress=False)
     boxes = None
-    if cfg.task == "detect":
+    if "boxes" in get_task(cfg.task).targets:
         from medcad.data.boxes import manifest_boxes
 
         _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels)

@@ -33,7 +33,7 @@ class FoldData:
 
     Attributes:
         images: (N, S, S, 3) uint8 at the training size (a read-only memmap is fine).
-        y: (N,) label index per row (0 where the task has no class labels).
+        y: (N,) label index per row (0 where the task has no class labels), or (N, K) multi-hot for multi-label.
         labels: class names.
         masks: (N, S, S) uint8 {0, 1} lesion masks (segment, multitask), else None.
         boxes: per row (m, 5) [x0, y0, x1, y1, class_index] in S x S pixels (detect), else None.
@@ -86,6 +86,12 @@ class FoldHooks:
         """The validation score that picks between before-fit and fitted (the same measure as `monitor`)."""
         raise NotImplementedError
 
+    def temperature(self, val: dict, data: FoldData, rows: np.ndarray) -> float | None:
+        """The temperature of the class probabilities, fitted on the validation part (None without them)."""
+        from medcad.metrics.calibration import fit_temperature
+
+        return fit_temperature(data.y[rows], val["probs"]) if val.get("probs") is not None else None
+
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
         """Task-specific result.json fields (and files) from the test and validation predictions."""
         return {}
@@ -111,8 +117,6 @@ def train_fold(
     Raises:
         ConfigError: no validation part, or the task's own checks fail.
     """
-    from medcad.metrics.calibration import fit_temperature
-
     quiet_lightning()
     L.seed_everything(cfg.seed + k, verbose=False)
     train, val, test = (np.asarray(parts[p], dtype=int) for p in ("train", "val", "test"))
@@ -163,7 +167,7 @@ def train_fold(
     speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
     if val_out is None:
         val_out = hooks.predict(model, normalize, data, val, cfg)
-    temperature = fit_temperature(data.y[val], val_out["probs"]) if val_out.get("probs") is not None else None
+    temperature = hooks.temperature(val_out, data, val)
     save_model(fold_dir / "model.pt", model, cfg, list(data.labels), dc, temperature)
     speed["seconds"] = time.perf_counter() - t0
     result = {

@@ -35,21 +35,49 @@ def val_score(y: np.ndarray, probs: np.ndarray) -> float:
     return float((probs.argmax(1) == y).mean())
 
 
+def multilabel_val_score(y: np.ndarray, probs: np.ndarray) -> float:
+    """Model-selection score of multi-label predictions (N, K): the mean AUC over the labels with both outcomes in
+    the part, or 1 - Hamming loss when no label has both."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(bool)
+    both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    if both:
+        return float(np.mean([roc_auc_score(y[:, j], probs[:, j]) for j in both]))
+    return float(1 - ((probs >= 0.5) != y).mean())
+
+
+def classification_loss(class_weights, label_smoothing: float, multilabel: bool) -> nn.Module:
+    """Cross-entropy (one class per image), or per-label binary cross-entropy with `class_weights` as each label's
+    positive weight (several labels per image)."""
+    if multilabel:
+        return nn.BCEWithLogitsLoss(pos_weight=class_weights)
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+
+
 class _ValidationAUC:
-    """Collects validation probabilities; logs loss, accuracy and macro one-vs-rest AUC at epoch end."""
+    """Collects validation probabilities; logs loss, accuracy and the model-selection AUC (`val_auc`) at epoch end:
+    macro one-vs-rest AUC, or for multi-label models the mean per-label AUC."""
+
+    multilabel = False
 
     def on_validation_epoch_start(self) -> None:
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _collect(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self._val.append((logits.float().softmax(-1).cpu(), y.cpu()))
+        probs = logits.float().sigmoid() if self.multilabel else logits.float().softmax(-1)
+        self._val.append((probs.cpu(), y.cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
         probs = torch.cat([p for p, _ in self._val]).numpy()
         y = torch.cat([t for _, t in self._val]).numpy()
-        self.log_dict({"val_acc": float((probs.argmax(1) == y).mean()), "val_auc": val_score(y, probs)}, prog_bar=True)
+        if self.multilabel:
+            scores = {"val_acc": float(((probs >= 0.5) == y).mean()), "val_auc": multilabel_val_score(y, probs)}
+        else:
+            scores = {"val_acc": float((probs.argmax(1) == y).mean()), "val_auc": val_score(y, probs)}
+        self.log_dict(scores, prog_bar=True)
 
 
 class HeadModule(_ValidationAUC, L.LightningModule):
@@ -63,11 +91,13 @@ class HeadModule(_ValidationAUC, L.LightningModule):
         optimizer: str,
         class_weights: torch.Tensor | None,
         label_smoothing: float = 0.0,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.head = head
         self.lr, self.weight_decay, self.optimizer_kind = lr, weight_decay, optimizer
-        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.multilabel = multilabel
+        self.loss = classification_loss(class_weights, label_smoothing, multilabel)
 
     def training_step(self, batch, _):
         x, y = batch
@@ -100,11 +130,13 @@ class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
         label_smoothing: float = 0.0,
         max_epochs: int = 10,
         augment=None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.normalize, self.augment = model, normalize, augment
         self.lr, self.weight_decay, self.optimizer_kind, self.max_epochs = lr, weight_decay, optimizer, max_epochs
-        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.multilabel = multilabel
+        self.loss = classification_loss(class_weights, label_smoothing, multilabel)
         self.images_per_s: list[float] = []
 
     def setup(self, stage: str) -> None:

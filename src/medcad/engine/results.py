@@ -198,7 +198,8 @@ def evaluate_results(
 ) -> tuple[dict, pd.DataFrame]:
     """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures.
 
-    Class probabilities (classify, multitask) give the classification metrics; predicted masks (segment,
+    Class probabilities (classify, multitask) give the classification metrics, and with multi-hot targets `y`
+    (N, K) the multi-label metrics; predicted masks (segment,
     multitask; read from the run's fold folders, compared with `masks`) give "segmentation", with "dice" and
     "iou" also at the top level; detections (detect, against `boxes`) give the detection metrics.
     """
@@ -208,7 +209,8 @@ def evaluate_results(
     if boxes is not None:
         m, pred = detection_results(manifest, boxes, results, group_map, labels)
     if all("test_probs" in r for r in results):
-        m, pred = _classification_results(manifest, labels, y, results, group_map)
+        pooled = _multilabel_results if y.ndim == 2 else _classification_results
+        m, pred = pooled(manifest, labels, y, results, group_map)
     if (
         masks is not None
         and run is not None
@@ -222,6 +224,41 @@ def evaluate_results(
             m["per_fold"], m["fold_summary"] = seg["per_fold"], seg["fold_summary"]
     m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
     m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
+    return m, pred
+
+
+def _multilabel_results(
+    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], group_map: dict
+) -> tuple[dict, pd.DataFrame]:
+    """Out-of-fold multi-label metrics with cluster-bootstrap CIs, per fold, and the per-image table (true labels,
+    predicted labels at 0.5, p_<label>)."""
+    from medcad.metrics.multilabel import multilabel_metrics
+    from medcad.metrics.stats import mean_sd
+
+    k = len(labels)
+    rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
+    probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, k) for r in results])
+    fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
+    keys = manifest.keys
+    groups = np.array([group_map.get(keys[i], i) for i in rows])
+    m = multilabel_metrics(y[rows], probs, labels, groups=groups)
+    per_fold = []
+    for r in results:
+        sel = fold_of == r["fold"]
+        fm = multilabel_metrics(y[rows][sel], probs[sel], labels, n_boot=0)
+        names = ("macro_auc", "macro_f1", "exact_match")
+        per_fold.append({"fold": r["fold"], "n_test": int(sel.sum()), **{n: fm[n]["value"] for n in names}})
+    m["per_fold"] = per_fold
+    m["fold_summary"] = {n: mean_sd([f[n] for f in per_fold]) for n in ("macro_auc", "macro_f1", "exact_match")}
+
+    def names(bits: np.ndarray) -> str:
+        return "|".join(lab for lab, b in zip(labels, bits, strict=True) if b)
+
+    pred = pd.DataFrame({"image": np.array(keys, dtype=object)[rows], "fold": fold_of})
+    pred["labels"] = [names(t) for t in y[rows] > 0]
+    pred["predicted"] = [names(p) for p in probs >= m["threshold"]]
+    for j, lab in enumerate(labels):
+        pred[f"p_{lab}"] = probs[:, j]
     return m, pred
 
 

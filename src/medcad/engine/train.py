@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +26,46 @@ from medcad.engine.common import quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
-from medcad.tasks import get_task
+from medcad.tasks import get_task, split_labels
 
 log = logging.getLogger(__name__)
 
 
 def fold_hooks(task: str) -> FoldHooks:
     """The task's part of the fold loop (the engine's column of the task table in medcad.tasks)."""
-    from medcad.engine.classify import ClassifyHooks
+    from medcad.engine.classify import ClassifyHooks, MultilabelHooks
     from medcad.engine.detect import DetectHooks
     from medcad.engine.segment import SegmentHooks
 
-    return {"classify": ClassifyHooks, "segment": SegmentHooks, "multitask": SegmentHooks, "detect": DetectHooks}[
-        get_task(task).name
-    ]()
+    hooks = {
+        "classify": ClassifyHooks,
+        "segment": SegmentHooks,
+        "multitask": SegmentHooks,
+        "detect": DetectHooks,
+        "multilabel": MultilabelHooks,
+    }
+    return hooks[get_task(task).name]()
+
+
+def split_strata(manifest: Manifest, task: str) -> np.ndarray | None:
+    """What splits stratify by: the label, or for multi-label tasks each row's rarest label ('' for none), so that
+    every label is spread over the folds without needing enough groups for every combination."""
+    if get_task(task).label_kind != "multi":
+        return None
+    sets = [split_labels(v) for v in manifest.table["label"]]
+    counts = Counter(lab for labs in sets for lab in labs)
+    return np.array([min(labs, key=lambda lab: (counts[lab], lab)) if labs else "" for labs in sets], dtype=object)
+
+
+def task_targets(manifest: Manifest, task: str, labels: list[str]) -> np.ndarray:
+    """Per row: the label's index (0 when it has none of `labels`), or (N, K) multi-hot for multi-label tasks."""
+    if get_task(task).label_kind == "multi":
+        y = np.zeros((len(manifest), len(labels)), np.float32)
+        for i, v in enumerate(manifest.table["label"]):
+            for lab in split_labels(v):
+                y[i, labels.index(lab)] = 1
+        return y
+    return np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
 
 
 def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> dict:
@@ -51,6 +78,7 @@ def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> d
         seed=cfg.seed,
         group_by=cfg.group_by,
         progress=progress,
+        strata=split_strata(manifest, cfg.task),
     )
 
 
@@ -83,10 +111,17 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
 
 def _check_labels(manifest: Manifest, task: str, data: str | Path) -> list[str]:
     """The run's class labels; tasks whose targets include labels need every image labelled and two labels at
-    least. Others keep whatever labels there are (for stratified splits and per-label Dice)."""
+    least (multi-label: two labels over the set; an image without labels has no finding). Others keep whatever
+    labels there are (for stratified splits and per-label Dice)."""
     labels = manifest.labels
-    if "labels" not in get_task(task).targets:
+    kind = get_task(task)
+    if "labels" not in kind.targets:
         return labels or ["lesion"]
+    if kind.label_kind == "multi":
+        labels = sorted({lab for v in manifest.table["label"] for lab in split_labels(v)})
+        if len(labels) < 2:
+            raise DataError(data, f"{task} needs at least two labels over the images, found {labels or 'none'}")
+        return labels
     unlabeled = int((manifest.table["label"] == "").sum())
     if len(labels) < 2:
         raise DataError(data, f"{task} needs at least two class labels, found {labels or 'none'}")
@@ -170,7 +205,7 @@ def train_run(
     t0 = time.perf_counter()
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress)
     decode_s = time.perf_counter() - t0
-    y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+    y = task_targets(manifest, cfg.task, labels)
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
     data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key)
     keys = manifest.keys

@@ -58,4 +58,5 @@ EXPLAINERS: dict[str, Callable] = {
     "segment": explain_masks,
     "multitask": explain_masks,
     "detect": explain_boxes,
+    "multilabel": explain_classes,
 }

@@ -13,14 +13,20 @@ from medcad.models.predict import run_batched
 
 class _Ensemble(torch.nn.Module):
     """Mean of the members' softmax probabilities, each member's logits divided by its temperature (fitted on its
-    fold's validation part; 1 for model files without one). Exports carry the temperatures as constants."""
+    fold's validation part; 1 for model files without one); with `multilabel`, the mean of per-label sigmoids.
+    Exports carry the temperatures as constants."""
 
-    def __init__(self, models: Sequence[torch.nn.Module], temperatures: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, models: Sequence[torch.nn.Module], temperatures: Sequence[float] | None = None, multilabel: bool = False
+    ) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(models)
         self.temperatures = [float(t) for t in (temperatures or [1.0] * len(models))]
+        self.multilabel = multilabel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:
+            return torch.stack([m(x).float().sigmoid() for m in self.members]).mean(0)  # (B, n)
         probs = [(m(x).float() / t).softmax(-1) for m, t in zip(self.members, self.temperatures, strict=True)]
         return torch.stack(probs).mean(0)  # (B, n)
 
@@ -46,7 +52,7 @@ class ClassPredictor(Predictor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperatures = [float(m.get("temperature", 1.0)) for m in self.metas]
-        self.net = _Ensemble(self.models, self.temperatures).eval()
+        self.net = _Ensemble(self.models, self.temperatures, self.multilabel).eval()
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         eager = self.backend == "torch-fp32"
@@ -62,3 +68,16 @@ class ClassPredictor(Predictor):
             "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
             "max_prob_diff": float(np.abs(a - b).max()),
         }
+
+
+class MultilabelPredictor(ClassPredictor):
+    """Per-label probabilities (N, K) of the ensemble; a label is present at or above the threshold."""
+
+    tasks = ("multilabel",)
+    agreement_measure = "label_agreement"
+    multilabel = True
+
+    def agreement(self, ref: dict, got: dict) -> dict:
+        a, b = ref["probabilities"], got["probabilities"]
+        t = self.threshold
+        return {"label_agreement": float(((a >= t) == (b >= t)).mean()), "max_prob_diff": float(np.abs(a - b).max())}

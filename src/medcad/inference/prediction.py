@@ -2,7 +2,8 @@
 
 A `Prediction` carries what its task has: class probabilities (classify, multitask), a lesion-probability mask at
 the image's own size (segment, multitask), boxes in the image's pixels (detect). Its `label` is the frame-level
-decision a clinician sees first: the most probable class; for a detector the top box's class, or "background" when
+decision a clinician sees first: the most probable class (multi-label: every label at or above the threshold, joined
+by '+', or "none"); for a detector the top box's class, or "background" when
 no box reaches the threshold; for a segmenter "lesion" when any pixel reaches the threshold, else "no lesion".
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 BACKGROUND = "background"
 NO_LESION, LESION = "no lesion", "lesion"
+NO_FINDING = "none"  # a multi-label image with no label at or above the threshold
 TRUE_COLOUR = (40, 220, 40)  # RGB: ground truth contour / boxes
 PRED_COLOUR = (255, 40, 40)  # RGB: predicted contour
 BOX_COLOURS = [(255, 60, 60), (60, 160, 255), (255, 200, 40), (180, 90, 255), (40, 220, 120)]  # RGB per class
@@ -32,7 +34,9 @@ class Prediction:
         probabilities: (K,) class probabilities, or None.
         mask: (H, W) float32 lesion probability in [0, 1] at the image's own size, or None.
         boxes: (m, 6) [x0, y0, x1, y1, score, class_index] in the image's pixels, best first, or None.
-        threshold: lesion-probability threshold of the mask, or score threshold of the boxes.
+        threshold: lesion-probability threshold of the mask, score threshold of the boxes, or (multi-label) the
+            probability from which a label is present.
+        multilabel: the probabilities are independent per label (any subset present), not one class's share.
         extra: more fields for the table row (e.g. smoothed video decisions).
     """
 
@@ -42,6 +46,7 @@ class Prediction:
     mask: np.ndarray | None = None
     boxes: np.ndarray | None = None
     threshold: float = 0.5
+    multilabel: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -56,6 +61,9 @@ class Prediction:
     @property
     def label(self) -> str:
         """The frame-level decision (see the module docstring)."""
+        if self.probabilities is not None and self.multilabel:
+            present = [lab for lab, p in zip(self.labels, self.probabilities, strict=True) if p >= self.threshold]
+            return "+".join(present) or NO_FINDING
         if self.probabilities is not None:
             return self.labels[int(np.argmax(self.probabilities))]
         if self.boxes is not None:

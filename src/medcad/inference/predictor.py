@@ -52,6 +52,7 @@ class Predictor:
     backends: tuple[str, ...] = TORCH_BACKENDS + ONNX_BACKENDS
     graph_outputs: tuple[str, ...] = ()
     agreement_measure = ""  # the key of `agreement` that says, in one number, how well two backends agree
+    multilabel = False  # probabilities are per label (sigmoid), not over classes
 
     def __init__(
         self,
@@ -117,7 +118,7 @@ class Predictor:
         probabilities, then thresholded by the Prediction), the boxes scaled."""
         h, w = size
         s = self.config.image_size
-        pred = Prediction(name, self.labels, threshold=self.threshold)
+        pred = Prediction(name, self.labels, threshold=self.threshold, multilabel=self.multilabel)
         if outputs.get("probabilities") is not None:
             pred.probabilities = np.asarray(outputs["probabilities"][i], np.float64)
         if outputs.get("mask") is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medcad.checkpoint import run_task
-from medcad.inference.classes import ClassPredictor
+from medcad.inference.classes import ClassPredictor, MultilabelPredictor
 from medcad.inference.detections import BoxPredictor
 from medcad.inference.masks import MaskPredictor
 from medcad.inference.predictor import Predictor
@@ -15,6 +15,7 @@ PREDICTORS: dict[str, type[Predictor]] = {
     "segment": MaskPredictor,
     "multitask": MaskPredictor,
     "detect": BoxPredictor,
+    "multilabel": MultilabelPredictor,
 }
 
 

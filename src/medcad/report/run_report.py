@@ -88,6 +88,8 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     from medcad.data.manifest import load_manifest
     from medcad.data.splits import load_splits
     from medcad.data.summary import summarize
+    from medcad.engine.train import fold_hooks
+    from medcad.tasks import get_task
 
     meta = json.loads((run / "config.json").read_text())
     cfg = TrainConfig.load(run / "config.json")
@@ -100,7 +102,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     figures: dict[str, str] = {}
     gallery_items: list[dict] = []
     if "confusion_matrix" in metrics:
-        class_gallery = gallery and cfg.task == "classify"  # multitask runs are explained in the mask section
+        class_gallery = gallery and "mask" not in get_task(cfg.task).outputs  # masks: explained in their section
         figures, gallery_items = _classification_figures(run, manifest, metrics, labels, pred, class_gallery)
     if "frame_level" in metrics:
         from medcad.report.det_report import collect_detection
@@ -110,7 +112,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
         from medcad.report.seg_report import collect_segmentation
 
         figures.update({k: _b64(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
-    stage = {"classify": "stage2", "detect": "detect"}.get(cfg.task, "train")
+    stage = fold_hooks(cfg.task).stage
     histories = {
         f"fold {k}": _history(run / f"fold_{k}" / "logs" / "csv" / stage / "metrics.csv")
         for k in range(len(splits["folds"]))

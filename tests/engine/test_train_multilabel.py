@@ -1,0 +1,88 @@
+"""The fifth task, added through the task table: multi-label findings, end to end on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import save
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.engine.train import train_run
+from medcad.metrics.multilabel import multilabel_metrics
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def findings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """40 px frames with a bright disc, a dark square, both or neither; manifest.csv lists the findings."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    lines = ["image,label,patient"]
+    for k in range(32):
+        small = rng.integers(60, 180, (5, 5, 3), dtype=np.uint8)  # a smooth background of its own per image
+        img = np.kron(small, np.ones((8, 8, 1), np.uint8))
+        present = [lab for lab, bit in (("disc", k % 2), ("square", (k // 2) % 2)) if bit]
+        if "disc" in present:
+            cy, cx = rng.integers(8, 32, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 40] = 250
+        if "square" in present:
+            y0, x0 = rng.integers(0, 30, 2)
+            img[y0 : y0 + 10, x0 : x0 + 10] = 5
+        save(tmp_path / "ml" / f"{k}.png", img)
+        lines.append(f"{k}.png,{'|'.join(present)},P{k // 2}")
+    (tmp_path / "ml" / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "ml"
+
+
+def test_multilabel_metrics_match_scikit_learn() -> None:
+    from sklearn.metrics import f1_score, hamming_loss, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.random((60, 3)) < 0.4
+    p = np.clip(y * 0.5 + rng.random((60, 3)) * 0.6, 0, 1)
+    m = multilabel_metrics(y, p, ["a", "b", "c"], n_boot=50)
+    assert m["per_label"]["b"]["auc"]["value"] == pytest.approx(roc_auc_score(y[:, 1], p[:, 1]))
+    assert m["macro_f1"]["value"] == pytest.approx(f1_score(y, p >= 0.5, average="macro"))
+    assert m["micro_f1"]["value"] == pytest.approx(f1_score(y, p >= 0.5, average="micro"))
+    assert m["hamming_loss"]["value"] == pytest.approx(hamming_loss(y, p >= 0.5))
+    lo, hi = m["macro_auc"]["ci95"]
+    assert lo <= m["macro_auc"]["value"] <= hi
+
+
+def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        task="multilabel", image_size=32, epochs=1, head_epochs=20, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25
+    )
+    run = tmp_path / "run"
+    m = train_run(findings, run, cfg, progress=False)
+    assert m["labels"] == ["disc", "square"] and m["n"] == 32
+    assert set(m["per_label"]) == {"disc", "square"} and m["per_label"]["disc"]["n_positive"] == 16
+    assert m["macro_auc"]["value"] > 0.6  # learnable even in one epoch
+    pred = (run / "predictions.csv").read_text().splitlines()
+    assert pred[0].startswith("image,fold,labels,predicted,p_disc,p_square") and len(pred) == 33
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["macro_auc"]["value"] == pytest.approx(m["macro_auc"]["value"])
+    res = runner.invoke(app, ["predict", str(run), str(findings / "3.png"), "--json", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)[0]
+    assert set(out["probabilities"]) == {"disc", "square"}
+    assert out["label"] in ("none", "disc", "square", "disc+square")
+    res = runner.invoke(app, ["export", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["agreement"]["model.onnx"]["label_agreement"] == 1.0
+    res = runner.invoke(app, ["explain", str(run), str(findings / "3.png"), "-o", str(tmp_path / "cam.png")])
+    assert res.exit_code == 0 and "Grad-CAM" in res.output
+
+    from medcad.report.html import write_report
+
+    html = write_report(run).read_text()
+    assert "Findings (multi-label)" in html and "exact match" in html
