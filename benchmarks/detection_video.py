@@ -1,4 +1,5 @@
-"""A procedure-like video through `medcad data frames` and `medcad predict` with the Kvasir detector.
+"""A procedure-like video through `medcad data frames` and `medcad predict` with a Kvasir run of any task (the
+detector, or the segmenter: the same predictor contract).
 
 The clip is made from the detector's held-out Kvasir-SEG test images (never seen in training): each image is shown
 for a few frames with a slow pan, and every third image is motion-blurred, as frames of a real withdrawal are.
@@ -6,8 +7,9 @@ Then: frames are extracted with a sharpness score (blurred ones labelled "unclea
 every frame of the video with boxes drawn, as `medcad predict RUN clip.mp4` does.
 
     .venv/bin/python benchmarks/detection_video.py [--run runs/bench/kvasir_det_anchors]
+    .venv/bin/python benchmarks/detection_video.py --run runs/bench/kvasir_seg_quick
 
-Writes benchmarks/results/detection_video.json and runs/bench/video/.
+Writes benchmarks/results/detection_video.json (segment_video.json for a segmentation run) and runs/bench/video/.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from medcad.data.io import read_image
 from medcad.data.manifest import load_manifest
 from medcad.data.splits import load_splits
 from medcad.data.video import extract_frames
-from medcad.inference.detections import DetectionPredictor
+from medcad.inference.prediction import BACKGROUND, NO_LESION
+from medcad.inference.registry import load_predictor
 from medcad.inference.video import predict_video
 from medcad.models.card import machine_info
 
@@ -66,7 +69,7 @@ def main() -> None:
     frames_csv = extract_frames(clip, args.out / "frames", every=4, blur_threshold=100.0)
     frames = pd.read_csv(frames_csv, keep_default_na=False)
     blurred = (frames["frame_index"] // 8) % 3 == 2  # the frames make_clip blurred
-    predictor = DetectionPredictor(args.run, threshold=0.5)
+    predictor = load_predictor(args.run, threshold=0.5)
     summary = predict_video(predictor, clip, args.out, batch=8, smooth=5)
     per_frame = pd.read_csv(summary["csv"])
     result = {
@@ -82,12 +85,14 @@ def main() -> None:
         "unclear_that_were_blurred": int(((frames["label"] == "unclear") & blurred).sum()),
         "blurred_extracted": int(blurred.sum()),
         "video": summary,
-        "frames_with_a_polyp_box": float((per_frame["label"] != "background").mean()),
+        "task": predictor.task,
+        "frames_with_a_polyp": float((~per_frame["label"].isin([BACKGROUND, NO_LESION])).mean()),
         "machine": machine_info(),
         "date": datetime.now().isoformat(timespec="minutes"),
     }
-    (HERE / "results" / "detection_video.json").write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps({k: result[k] for k in ("frames_extracted", "labelled_unclear", "frames_with_a_polyp_box")}))
+    name = "detection_video.json" if predictor.task == "detect" else f"{predictor.task}_video.json"
+    (HERE / "results" / name).write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps({k: result[k] for k in ("frames_extracted", "labelled_unclear", "frames_with_a_polyp")}))
     print(json.dumps({k: summary[k] for k in ("frames_predicted", "frames_per_s", "latency_ms_per_frame")}))
 
 

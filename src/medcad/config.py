@@ -37,9 +37,8 @@ class DataOptions:
     def given(self) -> dict[str, object]:
         """The options that differ from the defaults (what a user set), by name."""
         default = DataOptions()
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)
-        }
+        names = [f.name for f in fields(DataOptions)]
+        return {n: getattr(self, n) for n in names if getattr(self, n) != getattr(default, n)}
 
     def label_mapping(self) -> dict[str, str]:
         """`label_map` as a dict; raises ConfigError for an entry without `=`."""
@@ -57,8 +56,9 @@ class DataOptions:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run. Stored as config.json in the run folder."""
+class TrainConfig(DataOptions):
+    """Everything that defines a training run (the dataset-reading options of `DataOptions` first). Stored as
+    config.json in the run folder."""
 
     task: str = "classify"  # classify | segment | multitask | detect
     model: str = "tf_efficientnet_lite0"  # timm backbone (the encoder of segmentation and detection models)
@@ -93,14 +93,6 @@ class TrainConfig:
     holdout: float | None = None
     val_fraction: float = 0.15
     group_by: str = "auto"
-    # data layout
-    layout: str | None = None
-    pattern: str | None = None
-    mask_suffix: str = "_mask"
-    images: str | None = None
-    masks: str | None = None
-    group_from: str | None = None
-    label_map: str | None = None
     threads: int | None = None
 
     def data_options(self) -> DataOptions:
