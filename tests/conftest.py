@@ -64,6 +64,13 @@ def write_dicom(path: Path, frames: np.ndarray) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temporary folder, so that command defaults (predictions/, runs/) never write into
+    the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for the test: training tests may share the 2 cores with other work, where two

@@ -110,6 +110,15 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     assert {"accuracy", "macro_auc", "dice", "iou", "segmentation"} <= set(m)
     pred = (tmp_path / "mt" / "predictions.csv").read_text().splitlines()[0]
     assert pred.startswith("image,fold,label,predicted") and "dice" in pred
+    res = runner.invoke(app, ["export", str(tmp_path / "mt"), "--json"])  # mask and class head in one graph
+    assert res.exit_code == 0, res.output
+    a = json.loads(res.stdout)["agreement"]["model.onnx"]
+    assert a["mask_dice"] >= 0.99 and a["top1_agreement"] == 1.0
+    image = next(p for p in sorted(synth.rglob("*.png")) if "mask" not in p.name)
+    res = runner.invoke(app, ["predict", str(tmp_path / "mt"), str(image), "--json", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)[0]
+    assert row["label"] in m["labels"] and "lesion_fraction" in row and set(row["probabilities"]) == set(m["labels"])
     from medcad.report.html import write_report
 
     html = write_report(tmp_path / "mt").read_text()
