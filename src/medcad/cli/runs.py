@@ -55,7 +55,23 @@ def train(
     bilateral: Annotated[bool | None, typer.Option(help="Bilateral-filter denoising (ultrasound).")] = None,
     oversample: Annotated[bool | None, typer.Option(help="Oversample rare classes in training folds.")] = None,
     class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16-mixed or 32-true.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 where the device has it, else fp16 on GPUs, fp32), bf16-mixed, ...")
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="auto (a GPU when present, else the CPU), cpu or gpu.")
+    ] = None,
+    devices: Annotated[int | None, typer.Option(help="Processes per node: GPUs, or CPU processes (DDP).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines (launch one process per device with srun).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="auto (ddp for several processes) or a Lightning strategy.")
+    ] = None,
+    logger: Annotated[
+        str | None, typer.Option(help="Comma-separated: tensorboard, csv, mlflow (default tensorboard,csv), or none.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking server or store (default: mlruns beside the run folder).")
+    ] = None,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping: epochs without a better validation score.")
     ] = None,
@@ -99,6 +115,12 @@ def train(
             oversample=oversample,
             class_weights=class_weights,
             precision=precision,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            logger=logger,
+            tracking_uri=tracking_uri,
             seed=seed,
             patience=patience,
             threads=threads,
@@ -124,6 +146,8 @@ def train(
             typer.echo(f"{out / 'repeats.json'}: mean ± sd over {repeats} seeds on the same splits")
             return
         metrics = train_run(path, out, cfg, splits_path=splits)
+        if not metrics:  # a DDP process other than rank 0: rank 0 reports
+            return
         print_metrics(metrics, out)
         _report(out, make_report)
     except MedcadError as e:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from medcad.data.transforms import Normalize
-from medcad.engine.common import TrainingThroughput
+from medcad.engine.common import TrainingThroughput, gather_lists
 from medcad.models.classifier import Classifier, set_bn_eval
 
 
@@ -36,20 +36,26 @@ def val_score(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 class _ValidationAUC:
-    """Collects validation probabilities; logs loss, accuracy and macro one-vs-rest AUC at epoch end."""
+    """Collects validation probabilities; logs loss, accuracy and macro one-vs-rest AUC at epoch end over the whole
+    validation part (the shares of every process gathered)."""
 
     def on_validation_epoch_start(self) -> None:
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
-    def _collect(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self._val.append((logits.float().softmax(-1).cpu(), y.cpu()))
+    def _collect(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        self._val.append((logits.float().softmax(-1).cpu(), y.cpu(), float(loss) * len(y)))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        val = gather_lists(self._val)
+        if not val:
             return
-        probs = torch.cat([p for p, _ in self._val]).numpy()
-        y = torch.cat([t for _, t in self._val]).numpy()
-        self.log_dict({"val_acc": float((probs.argmax(1) == y).mean()), "val_auc": val_score(y, probs)}, prog_bar=True)
+        probs = torch.cat([p for p, _, _ in val]).numpy()
+        y = torch.cat([t for _, t, _ in val]).numpy()
+        loss = sum(s for _, _, s in val) / len(y)
+        self.log_dict(
+            {"val_loss": loss, "val_acc": float((probs.argmax(1) == y).mean()), "val_auc": val_score(y, probs)},
+            prog_bar=True,
+        )
 
 
 class HeadModule(_ValidationAUC, L.LightningModule):
@@ -78,8 +84,7 @@ class HeadModule(_ValidationAUC, L.LightningModule):
     def validation_step(self, batch, _):
         x, y = batch
         logits = self.head(x)
-        self.log("val_loss", self.loss(logits, y), prog_bar=True)
-        self._collect(logits, y)
+        self._collect(logits, y, self.loss(logits, y))
 
     def configure_optimizers(self):
         return make_optimizer(self.optimizer_kind, self.head.parameters(), self.lr, self.weight_decay)
@@ -128,8 +133,7 @@ class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
     def validation_step(self, batch, _):
         x, y = batch
         logits = self(x)
-        self.log("val_loss", self.loss(logits, y), prog_bar=True)
-        self._collect(logits, y)
+        self._collect(logits, y, self.loss(logits, y))
 
     def configure_optimizers(self):
         head = list(self.model.head.parameters())
