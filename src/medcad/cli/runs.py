@@ -164,6 +164,12 @@ def predict(
         str, typer.Option(help="torch-bf16, torch-fp32; classify also onnx-fp32 or onnx-int8.")
     ] = "torch-bf16",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
+    ] = "auto",
+    workers: Annotated[
+        int | None, typer.Option(help="Processes decoding images (default: up to 4 when there is more than a batch).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for videos, masks and overlays.")] = Path(
         "predictions"
     ),
@@ -187,11 +193,13 @@ def predict(
         from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
-        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold)
+        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         videos = [p for p in inputs if is_video(p)]
         images = expand_inputs([p for p in inputs if not is_video(p)], options)
         table, records = (
-            predict_image_files(predictor, images, out, batch=batch, overlays=overlays) if images else (None, [])
+            predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers)
+            if images
+            else (None, [])
         )
         summaries = [predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime) for v in videos]
     except MedcadError as e:
