@@ -70,7 +70,7 @@ def train(
         str | None, typer.Option(help="Comma-separated: tensorboard, csv, mlflow (default tensorboard,csv), or none.")
     ] = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking server or store (default: mlruns beside the run folder).")
+        str | None, typer.Option(help="MLflow tracking server or store (default: sqlite mlflow.db beside the run).")
     ] = None,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping: epochs without a better validation score.")

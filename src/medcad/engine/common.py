@@ -56,7 +56,8 @@ def logger_names(cfg: TrainConfig) -> list[str]:
 def make_loggers(fold_dir: Path, stage: str, cfg: TrainConfig) -> list:
     """Lightning loggers named by `cfg.logger` (comma-separated tensorboard, csv, mlflow; or none): TensorBoard and
     CSV logs in fold_dir/logs; MLflow runs in cfg.tracking_uri (a server or store), else $MLFLOW_TRACKING_URI, else a
-    file store `mlruns` beside the run folder (for a study: one store for all its runs), in the experiment "medcad".
+    local SQLite store `mlflow.db` beside the run folder (for a study: one store for all its runs), in the experiment
+    "medcad". Runs spread over a cluster belong on a tracking server (`mlflow server`, then its http:// address).
 
     Raises:
         ConfigError: see `logger_names`.
@@ -73,7 +74,7 @@ def make_loggers(fold_dir: Path, stage: str, cfg: TrainConfig) -> list:
         out.append(CSVLogger(fold_dir / "logs" / "csv", name=stage, version=""))
     if "mlflow" in names:
         run_dir = fold_dir.resolve().parent
-        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / "mlruns").as_uri()
+        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.parent / 'mlflow.db'}"
         out.append(
             MLFlowLogger(experiment_name="medcad", run_name=f"{run_dir.name}/{fold_dir.name}/{stage}", tracking_uri=uri)
         )
