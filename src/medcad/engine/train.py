@@ -74,6 +74,8 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
     if not path.is_file():
         return
     old = TrainConfig.load(path).to_dict()
+    if old.get("precision") == resolve_compute(cfg).precision:
+        old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
     changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v and k not in COMPUTE_KEYS}
     if changed:
         desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
