@@ -55,6 +55,10 @@ class DataOptions:
         return out
 
 
+# Settings that say where a run computes, not what it computes: a run resumes with other values of these.
+COMPUTE_KEYS = ("threads", "accelerator", "devices", "num_nodes", "strategy", "logger", "tracking_uri")
+
+
 @dataclass(frozen=True)
 class TrainConfig(DataOptions):
     """Everything that defines a training run (the dataset-reading options of `DataOptions` first). Stored as
@@ -83,7 +87,7 @@ class TrainConfig(DataOptions):
     class_weights: bool = True
     oversample: bool = False
     patience: int = 5
-    precision: str = "bf16-mixed"  # bf16-mixed | 32-true
+    precision: str = "auto"  # auto (follows the device) | bf16-mixed | 16-mixed | 32-true
     seed: int = 0
     # segment / multitask
     missing_masks: str = "error"  # error | empty (images without a mask are lesion-free)
@@ -94,6 +98,13 @@ class TrainConfig(DataOptions):
     val_fraction: float = 0.15
     group_by: str = "auto"
     threads: int | None = None
+    # compute (medcad.devices resolves and checks them; they may change when a run resumes elsewhere)
+    accelerator: str = "auto"  # auto (a GPU when one is present, else the CPU) | cpu | gpu
+    devices: int = 1  # processes per node: GPUs, or CPU processes (DDP over gloo)
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto (ddp when devices x num_nodes > 1) | ddp | any Lightning strategy name
+    logger: str = "tensorboard,csv"  # comma-separated: tensorboard, csv, mlflow; or none
+    tracking_uri: str | None = None  # MLflow: a tracking server or store; default a file store beside the run
 
     def data_options(self) -> DataOptions:
         """The dataset-reading options of this run."""

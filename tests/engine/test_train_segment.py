@@ -113,7 +113,7 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["export", str(tmp_path / "mt"), "--json"])  # mask and class head in one graph
     assert res.exit_code == 0, res.output
     a = json.loads(res.stdout)["agreement"]["model.onnx"]
-    assert a["mask_dice"] >= 0.99 and a["top1_agreement"] == 1.0
+    assert a["mask_dice"] >= 0.99 and a["max_prob_diff"] < 0.01  # (top-1 can flip on exact ties of a toy model)
     image = next(p for p in sorted(synth.rglob("*.png")) if "mask" not in p.name)
     res = runner.invoke(app, ["predict", str(tmp_path / "mt"), str(image), "--json", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output

@@ -57,7 +57,23 @@ def train(
     bilateral: Annotated[bool | None, typer.Option(help="Bilateral-filter denoising (ultrasound).")] = None,
     oversample: Annotated[bool | None, typer.Option(help="Oversample rare classes in training folds.")] = None,
     class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16-mixed or 32-true.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 where the device has it, else fp16 on GPUs, fp32), bf16-mixed, ...")
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="auto (a GPU when present, else the CPU), cpu or gpu.")
+    ] = None,
+    devices: Annotated[int | None, typer.Option(help="Processes per node: GPUs, or CPU processes (DDP).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines (launch one process per device with srun).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="auto (ddp for several processes) or a Lightning strategy.")
+    ] = None,
+    logger: Annotated[
+        str | None, typer.Option(help="Comma-separated: tensorboard, csv, mlflow (default tensorboard,csv), or none.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking server or store (default: sqlite mlflow.db beside the run).")
+    ] = None,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping: epochs without a better validation score.")
     ] = None,
@@ -101,6 +117,12 @@ def train(
             oversample=oversample,
             class_weights=class_weights,
             precision=precision,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            logger=logger,
+            tracking_uri=tracking_uri,
             seed=seed,
             patience=patience,
             threads=threads,
@@ -126,6 +148,8 @@ def train(
             typer.echo(f"{out / 'repeats.json'}: mean ± sd over {repeats} seeds on the same splits")
             return
         metrics = train_run(path, out, cfg, splits_path=splits)
+        if not metrics:  # a DDP process other than rank 0: rank 0 reports
+            return
         print_metrics(metrics, out)
         _report(out, make_report)
     except MedcadError as e:
@@ -142,6 +166,12 @@ def predict(
         str, typer.Option(help="torch-bf16, torch-fp32; classify also onnx-fp32 or onnx-int8.")
     ] = "torch-bf16",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
+    ] = "auto",
+    workers: Annotated[
+        int | None, typer.Option(help="Processes decoding images (default: up to 4 when there is more than a batch).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for videos, masks and overlays.")] = Path(
         "predictions"
     ),
@@ -165,11 +195,13 @@ def predict(
         from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
-        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold)
+        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         videos = [p for p in inputs if is_video(p)]
         images = expand_inputs([p for p in inputs if not is_video(p)], options)
         table, records = (
-            predict_image_files(predictor, images, out, batch=batch, overlays=overlays) if images else (None, [])
+            predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers)
+            if images
+            else (None, [])
         )
         summaries = [predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime) for v in videos]
     except MedcadError as e:

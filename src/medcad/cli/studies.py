@@ -18,6 +18,12 @@ def study(
     study_file: Annotated[Path, typer.Argument(help="Study YAML: data, task, models, protocol, settings.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: beside the file).")] = None,
     make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+    executor: Annotated[
+        str, typer.Option(help="local (runs one after another here) or ray (each fold a task on a Ray cluster).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a local one).")
+    ] = None,
     *,
     options: DataOptions,
 ) -> None:
@@ -27,7 +33,7 @@ def study(
         from medcad.report.console import print_study
         from medcad.study.runner import run_study
 
-        results = run_study(study_file, out, data_options=options)
+        results = run_study(study_file, out, data_options=options, executor=executor, address=address)
         print_study(results)
         _report(Path(results["splits"]).parent, make_report)
     except MedcadError as e:

@@ -11,7 +11,8 @@ import torch
 from medcad.config import TrainConfig
 from medcad.data.datasets import ImageDataset
 from medcad.data.transforms import Normalize, augmentation
-from medcad.engine.common import class_weights, make_loader, make_trainer
+from medcad.devices import rank_zero_first
+from medcad.engine.common import class_weights, fit, make_loader, make_trainer
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import ClassifierModule, HeadModule, multilabel_val_score, val_score
@@ -58,9 +59,10 @@ class ClassifyHooks(FoldHooks):
         from torch.utils.data import TensorDataset
 
         train, val, y = parts["train"], parts["val"], data.y
-        feats, speed["feature_images_per_s"] = backbone_features(
-            model.backbone, normalize, data.images, data.feature_key
-        )
+        with rank_zero_first():  # rank 0 writes the feature cache, the other processes read it
+            feats, speed["feature_images_per_s"] = backbone_features(
+                model.backbone, normalize, data.images, data.feature_key
+            )
         f = torch.from_numpy(feats)
         yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
         w = self._weights(data, parts, cfg)
@@ -68,7 +70,8 @@ class ClassifyHooks(FoldHooks):
             model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, w, cfg.label_smoothing, self.multilabel
         )
         trainer, ckpt = make_trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
-        trainer.fit(
+        fit(
+            trainer,
             head,
             make_loader(TensorDataset(f[train], yt[train]), cfg, y[train], True, 64),
             make_loader(TensorDataset(f[val], yt[val]), cfg, None, False, 256),

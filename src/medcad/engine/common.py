@@ -7,10 +7,13 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
 from medcad.config import TrainConfig
+from medcad.devices import is_primary, resolve_compute
+from medcad.errors import ConfigError
 
 
 def quiet_lightning() -> None:
@@ -29,6 +32,53 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # validation scores: gathered, equal on every rank
+
+
+def logger_names(cfg: TrainConfig) -> list[str]:
+    """The loggers a run asks for (`cfg.logger`, comma-separated), checked.
+
+    Raises:
+        ConfigError: an unknown logger, or mlflow where it is not installed.
+    """
+    names = [n.strip() for n in cfg.logger.split(",") if n.strip() and n.strip() != "none"]
+    unknown = sorted(set(names) - {"tensorboard", "csv", "mlflow"})
+    if unknown:
+        raise ConfigError(f"unknown logger(s) {', '.join(unknown)}; use tensorboard, csv, mlflow (comma-separated)")
+    if "mlflow" in names:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("--logger mlflow needs MLflow: pip install 'medcad[mlflow]'") from e
+    return names
+
+
+def make_loggers(fold_dir: Path, stage: str, cfg: TrainConfig) -> list:
+    """Lightning loggers named by `cfg.logger` (comma-separated tensorboard, csv, mlflow; or none): TensorBoard and
+    CSV logs in fold_dir/logs; MLflow runs in cfg.tracking_uri (a server or store), else $MLFLOW_TRACKING_URI, else a
+    local SQLite store `mlflow.db` beside the run folder (for a study: one store for all its runs), in the experiment
+    "medcad". Runs spread over a cluster belong on a tracking server (`mlflow server`, then its http:// address).
+
+    Raises:
+        ConfigError: see `logger_names`.
+    """
+    import os
+
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+
+    names = logger_names(cfg)
+    out = []
+    if "tensorboard" in names:
+        out.append(TensorBoardLogger(fold_dir / "logs" / "tensorboard", name=stage, version=""))
+    if "csv" in names:
+        out.append(CSVLogger(fold_dir / "logs" / "csv", name=stage, version=""))
+    if "mlflow" in names:
+        run_dir = fold_dir.resolve().parent
+        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.parent / 'mlflow.db'}"
+        out.append(
+            MLFlowLogger(experiment_name="medcad", run_name=f"{run_dir.name}/{fold_dir.name}/{stage}", tracking_uri=uri)
+        )
+    return out
 
 
 def make_trainer(
@@ -41,12 +91,13 @@ def make_trainer(
     patience: int,
     progress: bool,
 ):
-    """A CPU Lightning trainer with best/last checkpoints in fold_dir/checkpoints/<stage>, early stopping on
-    `monitor`, and TensorBoard + CSV logs. Returns (trainer, checkpoint callback)."""
-    import lightning as L
+    """A Lightning trainer on the run's compute (medcad.devices: accelerator, devices, nodes, strategy, precision),
+    with best/last checkpoints in fold_dir/checkpoints/<stage>, early stopping on `monitor`, and the run's loggers.
+    Returns (trainer, checkpoint callback). With several processes, Lightning shards the training data with a
+    distributed sampler and writes checkpoints and logs from rank 0 only."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    compute = resolve_compute(cfg)
     ckpt = ModelCheckpoint(
         dirpath=fold_dir / "checkpoints" / stage,
         filename="best",
@@ -55,24 +106,76 @@ def make_trainer(
         save_last=True,
         save_weights_only=False,
     )
-    loggers = [
-        TensorBoardLogger(fold_dir / "logs" / "tensorboard", name=stage, version=""),
-        CSVLogger(fold_dir / "logs" / "csv", name=stage, version=""),
-    ]
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
+        accelerator=compute.accelerator,
+        devices=compute.devices,
+        num_nodes=compute.num_nodes,
+        strategy=compute.strategy,
         max_epochs=max_epochs,
-        precision=cfg.precision,
+        precision=compute.precision,
         callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=patience)],
-        logger=loggers,
+        logger=make_loggers(fold_dir, stage, cfg) or False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=progress and is_primary(),
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         deterministic=False,
     )
     return trainer, ckpt
+
+
+def fit(trainer, module, train_loader, val_loader, ckpt_path: Path | None = None) -> None:
+    """`trainer.fit` with the loaders handed over when Lightning asks for them, after the processes have joined:
+    with several processes, each validates a disjoint share of the validation part (no sample repeated, none
+    dropped) and the modules gather the shares (`gather_lists`), so every process scores the whole part once."""
+    trainer.fit(module, datamodule=_FoldLoaders(train_loader, val_loader), ckpt_path=ckpt_path)
+
+
+class _FoldLoaders(L.LightningDataModule):
+    def __init__(self, train_loader, val_loader) -> None:
+        super().__init__()
+        self.train_loader, self.val_loader = train_loader, val_loader
+
+    def train_dataloader(self):
+        return self.train_loader  # Lightning shards it (distributed sampler) when several processes run
+
+    def val_dataloader(self):
+        world = self.trainer.world_size
+        if world == 1:
+            return self.val_loader
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+        from torch.utils.data import DataLoader
+
+        dl = self.val_loader
+        rank = self.trainer.global_rank
+        sampler = UnrepeatedDistributedSampler(dl.dataset, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(dl.dataset, dl.batch_size, sampler=sampler, collate_fn=dl.collate_fn)
+
+
+def gather_lists(items: list) -> list:
+    """Every process's items concatenated in rank order (the same list in every process); `items` itself when one
+    process runs. For validation outputs: each process holds its disjoint share of the part."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def compute_device(cfg: TrainConfig) -> torch.device:
+    """Where this process predicts after fitting: its GPU on a GPU run, else the CPU."""
+    if resolve_compute(cfg).accelerator == "gpu":
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def reduced_precision(cfg: TrainConfig) -> bool:
+    """True when the run trains in bf16/fp16 (then its validation and test predictions autocast too)."""
+    return not resolve_compute(cfg).precision.startswith(("32", "64"))
 
 
 def class_weights(y: np.ndarray, n: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from medcad.config import TrainConfig
-from medcad.engine.common import TrainingThroughput
+from medcad.engine.common import TrainingThroughput, gather_lists, reduced_precision
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
@@ -131,7 +131,9 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
         self._truths += [torch.cat([t["boxes"], t["labels"][:, None] - 1], 1).numpy() for t in targets]
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val_ap50", mean_ap(average_precision(self._preds, self._truths, self.n_classes, 0.5)), prog_bar=True)
+        pairs = gather_lists(list(zip(self._preds, self._truths, strict=True)))  # every process's share, once
+        preds, truths = [p for p, _ in pairs], [t for _, t in pairs]
+        self.log("val_ap50", mean_ap(average_precision(preds, truths, self.n_classes, 0.5)), prog_bar=True)
 
     def configure_optimizers(self):
         from medcad.engine.modules import make_optimizer
@@ -206,7 +208,7 @@ class DetectHooks(FoldHooks):
         return train_dl, val_dl
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        return {"detections": predict_detections(model, data.images, rows, bf16=cfg.precision.startswith("bf16"))}
+        return {"detections": predict_detections(model, data.images, rows, bf16=reduced_precision(cfg))}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         truths = [data.boxes[i] for i in rows]

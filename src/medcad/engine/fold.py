@@ -6,6 +6,9 @@ fit with Lightning (best and last checkpoints, early stopping on the task's vali
 last.ckpt); load the best checkpoint (the last one when no best was recorded); keep whichever of before-fit and
 fitted scores better on validation; fit a temperature on validation class probabilities; predict the validation
 and test parts; save model.pt and result.json (atomically). A fold with a result.json is finished.
+
+With several processes (DDP), every process takes part in each fit; rank 0 alone scores, predicts (on its device)
+and writes the fold folder, so the validation and test parts are predicted whole, once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import nn
 from medcad.checkpoint import load_init_model, save_model
 from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
-from medcad.engine.common import make_trainer, quiet_lightning
+from medcad.devices import is_primary
+from medcad.engine.common import compute_device, fit, make_trainer, quiet_lightning
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
 
@@ -107,7 +111,8 @@ def train_fold(
     progress: bool = True,
     init_model: Path | None = None,
 ) -> dict:
-    """Train one fold of any task (see the module docstring); returns the dict also written to result.json.
+    """Train one fold of any task (see the module docstring); returns the dict also written to result.json ({} in
+    processes other than rank 0).
 
     Args:
         k: fold number (also offsets the seed).
@@ -124,16 +129,21 @@ def train_fold(
     if len(val) == 0:
         raise ConfigError("each fold needs a validation part for early stopping: set --val-fraction > 0")
     hooks.check(k, parts, data, cfg)
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    primary, device = is_primary(), compute_device(cfg)
+    if primary:
+        fold_dir.mkdir(parents=True, exist_ok=True)
     init, meta = load_init_model(init_model, data.labels, *hooks.tasks) if init_model else (None, None)
     model, dc = hooks.build(cfg, data, parts, init, meta)
+    model.to(device)
     normalize = Normalize(dc["mean"], dc["std"])
     speed: dict[str, float | None] = {}  # train_seconds, train_images_per_s, predict_images_per_s, seconds, ...
     t0 = time.perf_counter()
     before_name = hooks.before_stage if init is None else "init"
     scores: dict[str, float] = {}
     before_state = val_out = None
-    if hooks.before_fit(model, normalize, data, parts, cfg, fold_dir, speed, init is not None):
+    scored_before = hooks.before_fit(model, normalize, data, parts, cfg, fold_dir, speed, init is not None)
+    model.to(device)  # a fit in before_fit leaves its part on the CPU
+    if scored_before and primary:
         val_out = hooks.predict(model, normalize, data, val, cfg)
         scores[before_name] = hooks.score(val_out, data, val)
         before_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
@@ -147,11 +157,13 @@ def train_fold(
             fold_dir, hooks.stage, hooks.epochs(cfg), cfg, hooks.monitor, "max", cfg.patience, progress
         )
         last = fold_dir / "checkpoints" / hooks.stage / "last.ckpt"
-        trainer.fit(module, *hooks.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
+        fit(trainer, module, *hooks.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
+        if not primary:
+            return {}  # rank 0 predicts and writes the fold
         best = ckpt.best_model_path or (str(last) if last.is_file() else "")
         if best:
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
-        model.to(memory_format=torch.contiguous_format)  # as a loaded model.pt: the same kernels, the same outputs
+        model.to(device, memory_format=torch.contiguous_format)  # as a loaded model.pt: the same kernels and outputs
         fitted_out = hooks.predict(model, normalize, data, val, cfg)
         scores[hooks.stage] = hooks.score(fitted_out, data, val)
         speed["train_seconds"] = time.perf_counter() - t1
@@ -162,13 +174,15 @@ def train_fold(
         else:
             selected, val_out = hooks.stage, fitted_out
     del before_state
+    if not primary:
+        return {}
     t2 = time.perf_counter()
     test_out = hooks.predict(model, normalize, data, test, cfg)
     speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
     if val_out is None:
         val_out = hooks.predict(model, normalize, data, val, cfg)
     temperature = hooks.temperature(val_out, data, val)
-    save_model(fold_dir / "model.pt", model, cfg, list(data.labels), dc, temperature)
+    save_model(fold_dir / "model.pt", model.cpu(), cfg, list(data.labels), dc, temperature)
     speed["seconds"] = time.perf_counter() - t0
     result = {
         "fold": k,

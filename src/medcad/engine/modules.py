@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from medcad.data.transforms import Normalize
-from medcad.engine.common import TrainingThroughput
+from medcad.engine.common import TrainingThroughput, gather_lists
 from medcad.models.classifier import Classifier, set_bn_eval
 
 
@@ -56,28 +56,31 @@ def classification_loss(class_weights, label_smoothing: float, multilabel: bool)
 
 
 class _ValidationAUC:
-    """Collects validation probabilities; logs loss, accuracy and the model-selection AUC (`val_auc`) at epoch end:
-    macro one-vs-rest AUC, or for multi-label models the mean per-label AUC."""
+    """Collects validation probabilities; logs loss, accuracy and the model-selection AUC (`val_auc`) at epoch end
+    over the whole validation part (the shares of every process gathered): macro one-vs-rest AUC, or for
+    multi-label models the mean per-label AUC."""
 
     multilabel = False
 
     def on_validation_epoch_start(self) -> None:
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
-    def _collect(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def _collect(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         probs = logits.float().sigmoid() if self.multilabel else logits.float().softmax(-1)
-        self._val.append((probs.cpu(), y.cpu()))
+        self._val.append((probs.cpu(), y.cpu(), float(loss) * len(y)))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        val = gather_lists(self._val)
+        if not val:
             return
-        probs = torch.cat([p for p, _ in self._val]).numpy()
-        y = torch.cat([t for _, t in self._val]).numpy()
+        probs = torch.cat([p for p, _, _ in val]).numpy()
+        y = torch.cat([t for _, t, _ in val]).numpy()
+        loss = sum(s for _, _, s in val) / len(y)
         if self.multilabel:
             scores = {"val_acc": float(((probs >= 0.5) == y).mean()), "val_auc": multilabel_val_score(y, probs)}
         else:
             scores = {"val_acc": float((probs.argmax(1) == y).mean()), "val_auc": val_score(y, probs)}
-        self.log_dict(scores, prog_bar=True)
+        self.log_dict({"val_loss": loss, **scores}, prog_bar=True)
 
 
 class HeadModule(_ValidationAUC, L.LightningModule):
@@ -108,8 +111,7 @@ class HeadModule(_ValidationAUC, L.LightningModule):
     def validation_step(self, batch, _):
         x, y = batch
         logits = self.head(x)
-        self.log("val_loss", self.loss(logits, y), prog_bar=True)
-        self._collect(logits, y)
+        self._collect(logits, y, self.loss(logits, y))
 
     def configure_optimizers(self):
         return make_optimizer(self.optimizer_kind, self.head.parameters(), self.lr, self.weight_decay)
@@ -160,8 +162,7 @@ class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
     def validation_step(self, batch, _):
         x, y = batch
         logits = self(x)
-        self.log("val_loss", self.loss(logits, y), prog_bar=True)
-        self._collect(logits, y)
+        self._collect(logits, y, self.loss(logits, y))
 
     def configure_optimizers(self):
         head = list(self.model.head.parameters())

@@ -17,11 +17,7 @@ from torch import nn
 from medcad.config import TrainConfig
 from medcad.data.datasets import MaskedImageDataset
 from medcad.data.transforms import Normalize, augmentation
-from medcad.engine.common import (
-    TrainingThroughput,
-    class_weights,
-    make_loader,
-)
+from medcad.engine.common import TrainingThroughput, class_weights, gather_lists, make_loader
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
 from medcad.models.predict import predict_masks
@@ -100,27 +96,30 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        self._dice: list[torch.Tensor] = []
-        self._probs: list[torch.Tensor] = []
-        self._y: list[torch.Tensor] = []
+        self._val: list[dict[str, torch.Tensor | float]] = []
 
     def validation_step(self, batch, _):
         x, m, y = batch
         out = self(x)
-        self.log("val_loss", self._losses(out, m, y)["loss"], prog_bar=True)
+        step: dict = {"loss": float(self._losses(out, m, y)["loss"]) * len(x), "n": len(x)}
         if "mask" in out:
-            self._dice.append(batch_dice(out["mask"], m).cpu())
+            step["dice"] = batch_dice(out["mask"], m).cpu()
         if self.multitask:
-            self._probs.append(out["class"].float().softmax(-1).cpu())
-            self._y.append(y.cpu())
+            step["probs"], step["y"] = out["class"].float().softmax(-1).cpu(), y.cpu()
+        self._val.append(step)
 
     def on_validation_epoch_end(self) -> None:
+        val = gather_lists(self._val)  # the shares of every process: the whole validation part, once
+        if not val:
+            return
         scores = {}
-        if self._dice:
-            scores["val_dice"] = float(torch.cat(self._dice).mean())
-        if self._probs:
-            scores["val_auc"] = val_score(torch.cat(self._y).numpy(), torch.cat(self._probs).numpy())
+        if "dice" in val[0]:
+            scores["val_dice"] = float(torch.cat([v["dice"] for v in val]).mean())
+        if "probs" in val[0]:
+            y, probs = torch.cat([v["y"] for v in val]).numpy(), torch.cat([v["probs"] for v in val]).numpy()
+            scores["val_auc"] = val_score(y, probs)
         scores["val_score"] = float(np.mean(list(scores.values())))
+        scores["val_loss"] = sum(v["loss"] for v in val) / sum(v["n"] for v in val)
         self.log_dict(scores, prog_bar=True)
 
     def configure_optimizers(self):

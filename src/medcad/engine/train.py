@@ -13,16 +13,18 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medcad.config import TrainConfig
+from medcad.config import COMPUTE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
-from medcad.engine.common import quiet_lightning
+from medcad.devices import is_primary, join_launched_processes, rank_zero_first, resolve_compute
+from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
@@ -82,7 +84,7 @@ def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> d
     )
 
 
-def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path: Path | None) -> dict:
+def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path: Path | None, write: bool) -> dict:
     target = out / "splits.json"
     if splits_path is not None:
         splits = load_splits(splits_path, manifest)
@@ -90,7 +92,7 @@ def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path
         splits = load_splits(target, manifest)  # resume, or the same folds as an earlier model
     else:
         splits = splits_for(manifest, cfg)
-    if splits_path is None or not target.is_file():
+    if write and (splits_path is None or not target.is_file()):
         save_splits(splits, target)
     return splits
 
@@ -100,7 +102,9 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
     if not path.is_file():
         return
     old = TrainConfig.load(path).to_dict()
-    changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v and k != "threads"}
+    if old.get("precision") == resolve_compute(cfg).precision:
+        old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
+    changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v and k not in COMPUTE_KEYS}
     if changed:
         desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(
@@ -148,70 +152,49 @@ def train_run(
     progress: bool = True,
     train_domains: tuple[str, ...] | None = None,
     init_run: Path | None = None,
+    folds: Sequence[int] | None = None,
 ) -> dict:
     """Train and evaluate a model of the run's task on a dataset with the run's splits; resumable.
 
-    Returns metrics.json.
+    Returns metrics.json ({} in DDP processes other than rank 0, which take part in every fit but write nothing).
 
     Args:
         train_domains: train and validate on these domains only; the test parts keep every domain, so the
             metrics show how the model does on each (cross-domain evaluation).
         init_run: a run of the same data and splits whose fold models each fold continues from (sequential
             transfer).
+        folds: train only these folds (an empty list: prepare the run folder and caches only) and return {}
+            without evaluating; a study's executor runs each fold as its own task this way.
+
+    Raises:
+        ConfigError: settings that cannot run here (devices, accelerator, logger), before anything is written.
     """
 
     quiet_lightning()
-    task = get_task(cfg.task)
     hooks = fold_hooks(cfg.task)
+    compute = resolve_compute(cfg)  # bad compute settings fail here, before anything is written
+    logger_names(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    join_launched_processes(compute)
+    primary = is_primary()
     _check_resume(out, cfg)
-    manifest = load_manifest(data, cfg.data_options())
-    for note in manifest.notes:
-        log.warning("note: %s", note)
-    boxes = None
-    if "boxes" in task.targets:
-        from medcad.data.boxes import manifest_boxes
-
-        labels, boxes, box_problems = manifest_boxes(manifest, cfg.image_size)
-        if box_problems:
-            log.warning(
-                "%d box problem(s), e.g. %s; all in %s", len(box_problems), box_problems[0], out / "box_problems.txt"
-            )
-            atomic_write_text(out / "box_problems.txt", "\n".join(box_problems) + "\n")
-    else:
-        labels = _check_labels(manifest, cfg.task, data)
-    masks = task_masks(manifest, cfg, progress)  # checked before anything is written
-    domains = manifest.table["domain"].to_numpy(dtype=str)
-    if train_domains:
-        missing = sorted(set(train_domains) - set(domains))
-        if missing:
-            raise DataError(data, f"no images of domain(s) {missing}; domains here: {sorted(set(domains) - {''})}")
-    write_json(
-        out / "config.json",
-        {
-            **cfg.to_dict(),
-            "data": str(Path(data).resolve()),
-            "labels": labels,
-            "train_domains": list(train_domains or []),
-            "init_run": str(init_run) if init_run else None,
-            "data_notes": manifest.notes,
-        },
-    )
-    manifest.save(out / "manifest.csv")
-    splits = _prepare_splits(manifest, cfg, out, splits_path)
+    with rank_zero_first():  # rank 0 writes the run folder's files and the caches; the others read them
+        manifest, labels, boxes, masks, splits, images, decode_s = _prepare(
+            data, out, cfg, splits_path, train_domains, init_run, progress, primary
+        )
     t0 = time.perf_counter()
-    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress)
-    decode_s = time.perf_counter() - t0
     y = task_targets(manifest, cfg.task, labels)
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
-    data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key)
+    fold_data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key)
+    domains = manifest.table["domain"].to_numpy(dtype=str)
     keys = manifest.keys
     results = []
     for fold in splits["folds"]:
         k = fold["fold"]
+        if folds is not None and k not in folds:
+            continue
         fold_dir = out / f"fold_{k}"
         done = fold_dir / "result.json"
         if done.is_file():
@@ -228,12 +211,62 @@ def train_run(
                 tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = init_run / f"fold_{k}" / "model.pt" if init_run else None
-        results.append(train_fold(k, parts, data, cfg, fold_dir, hooks, progress, init))
+        results.append(train_fold(k, parts, fold_data, cfg, fold_dir, hooks, progress, init))
+    if not primary or folds is not None:
+        return {}
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, out, boxes)
     atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
-    metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0}
+    metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _prepare(
+    data, out: Path, cfg: TrainConfig, splits_path, train_domains, init_run, progress: bool, write: bool
+) -> tuple:
+    """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), and load (or make)
+    the decoded-image and mask caches. Returns (manifest, labels, boxes, masks, splits, images, decode seconds)."""
+    task = get_task(cfg.task)
+    manifest = load_manifest(data, cfg.data_options())
+    for note in manifest.notes if write else []:
+        log.warning("note: %s", note)
+    boxes = None
+    if "boxes" in task.targets:
+        from medcad.data.boxes import manifest_boxes
+
+        labels, boxes, box_problems = manifest_boxes(manifest, cfg.image_size)
+        if box_problems and write:
+            log.warning(
+                "%d box problem(s), e.g. %s; all in %s", len(box_problems), box_problems[0], out / "box_problems.txt"
+            )
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "box_problems.txt", "\n".join(box_problems) + "\n")
+    else:
+        labels = _check_labels(manifest, cfg.task, data)
+    masks = task_masks(manifest, cfg, progress and write)  # checked before anything is written
+    domains = manifest.table["domain"].to_numpy(dtype=str)
+    if train_domains:
+        missing = sorted(set(train_domains) - set(domains))
+        if missing:
+            raise DataError(data, f"no images of domain(s) {missing}; domains here: {sorted(set(domains) - {''})}")
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(
+            out / "config.json",
+            {
+                **cfg.to_dict(),
+                "data": str(Path(data).resolve()),
+                "labels": labels,
+                "train_domains": list(train_domains or []),
+                "init_run": str(init_run) if init_run else None,
+                "data_notes": manifest.notes,
+            },
+        )
+        manifest.save(out / "manifest.csv")
+    splits = _prepare_splits(manifest, cfg, out, splits_path, write)
+    t0 = time.perf_counter()
+    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress and write)
+    return manifest, labels, boxes, masks, splits, images, time.perf_counter() - t0
 
 
 def train_repeats(

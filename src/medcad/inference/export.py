@@ -70,16 +70,23 @@ def export_onnx(
     tmp = fp32.with_suffix(f".tmp{os.getpid()}.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (torch.zeros(1, 3, size, size),),
-            str(tmp),
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes={n: {0: "n"} for n in ["images", *names]},
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                graph,
+                (torch.zeros(1, 3, size, size),),
+                str(tmp),
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes={n: {0: "n"} for n in ["images", *names]},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except Exception as e:  # the exporter raises many types; the user needs the model and the reason
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(
+                f"{run}: cannot export this {predictor.task} model to ONNX ({type(e).__name__}: {str(e)[:300]}); "
+                "the torch backends still work"
+            ) from e
     os.replace(tmp, fp32)
     calib, held_out, _ = fold0_images(run, predictor)
     files = [fp32]

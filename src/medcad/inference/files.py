@@ -24,19 +24,26 @@ def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
 
 
 def predict_image_files(
-    predictor: Predictor, paths: Sequence[Path], out: str | Path, *, batch: int = 16, overlays: bool = True
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out: str | Path,
+    *,
+    batch: int = 16,
+    overlays: bool = True,
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every image file; write into `out`: `<stem>_overlay.png` (what the prediction has, drawn on the
     image), `<stem>_mask.png` (0/255 at the image's size) for mask tasks, and predictions.csv (one `Prediction.row`
     per image). Rows are appended to predictions.csv.partial batch by batch, so an interrupted run keeps what it
-    wrote; the finished table replaces predictions.csv at the end. Returns the table and `Prediction.summary`s."""
+    wrote; the finished table replaces predictions.csv at the end. Files are decoded in `workers` DataLoader
+    processes (see `Predictor.predict_files`). Returns the table and `Prediction.summary`s."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "predictions.csv.partial"
     partial.unlink(missing_ok=True)
     rows: list[dict] = []
     summaries: list[dict] = []
-    for k, (pred, image) in enumerate(predictor.predict_files(paths, batch)):
+    for k, (pred, image) in enumerate(predictor.predict_files(paths, batch, workers)):
         stem = Path(pred.image).stem
         if overlays:
             write_png(out / f"{stem}_overlay.png", pred.draw(image))

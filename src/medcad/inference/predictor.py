@@ -12,6 +12,7 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
 from medcad.data.io import read_image
 from medcad.data.transforms import Normalize
+from medcad.devices import torch_device
 from medcad.errors import ConfigError, DataError
 from medcad.inference.prediction import Prediction
 
@@ -43,9 +45,11 @@ class Predictor:
             "onnx-fp32" or "onnx-int8" (ONNX Runtime on the run's export in RUN/export[_fold<k>], made on first use).
         threads: CPU threads for torch / ONNX Runtime.
         threshold: lesion-probability threshold of masks, score threshold of boxes.
+        device: where the torch backends run: "cpu", "auto" (the first GPU if any, else the CPU), "cuda", "cuda:N";
+            "torch-bf16" autocasts to bf16 there (fp16 on GPUs without bf16).
 
     Raises:
-        DataError: no model, or a model of another task; ConfigError: an unknown backend.
+        DataError: no model, or a model of another task; ConfigError: an unknown backend or device.
     """
 
     tasks: tuple[str, ...] = ()
@@ -61,6 +65,7 @@ class Predictor:
         backend: str = "torch-bf16",
         threads: int | None = None,
         threshold: float = 0.5,
+        device: str = "cpu",
     ) -> None:
         if backend not in self.backends:
             raise ConfigError(
@@ -71,7 +76,8 @@ class Predictor:
             torch.set_num_threads(threads)
         self.run, self.fold, self.backend, self.threads, self.threshold = Path(run), fold, backend, threads, threshold
         self.files, loaded = load_models(self.run, fold, *self.tasks)
-        self.models = [m for m, _ in loaded]
+        self.device = torch_device(device)
+        self.models = [m.to(self.device) for m, _ in loaded]
         self.metas = [meta for _, meta in loaded]
         meta = self.metas[0]
         self.labels: list[str] = meta["labels"]
@@ -140,16 +146,45 @@ class Predictor:
             for i, (im, n) in enumerate(zip(images, names, strict=True))
         ]
 
-    def predict_files(self, paths: Sequence[str | Path], batch: int = 32) -> Iterator[tuple[Prediction, np.ndarray]]:
-        """(Prediction, original RGB image) per image file, decoded and predicted a batch at a time.
+    def predict_files(
+        self, paths: Sequence[str | Path], batch: int = 32, workers: int | None = None
+    ) -> Iterator[tuple[Prediction, np.ndarray]]:
+        """(Prediction, original RGB image) per image file, in order: a DataLoader decodes and prepares the files in
+        `workers` processes (default: up to 4, none for a single batch) while the model predicts batch by batch.
 
         Raises:
             DataError: an unreadable image, naming it.
         """
-        for start in range(0, len(paths), batch):
-            chunk = list(paths[start : start + batch])
-            originals = [read_image(p) for p in chunk]
-            yield from zip(self.predict(originals, [str(p) for p in chunk], batch), originals, strict=True)
+        from torch.utils.data import DataLoader
+
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1) if len(paths) > batch else 0
+        files = _ImageFiles(paths, self.config.image_size, self.config.bilateral)
+        for items in DataLoader(files, batch_size=batch, num_workers=workers, collate_fn=list):
+            for _, _, name, problem in items:
+                if problem is not None:
+                    raise DataError(name, problem)
+            outputs = self.infer(np.stack([prepared for prepared, _, _, _ in items]), batch)
+            for i, (_, rgb, name, _) in enumerate(items):
+                yield self.postprocess(outputs, i, name, rgb.shape[:2]), rgb
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """(prepared (S, S, 3) uint8, original RGB, path, None) per file, or (None, None, path, problem) when unreadable
+    (a worker cannot raise DataError into the main process as itself)."""
+
+    def __init__(self, paths: Sequence[str | Path], size: int, bilateral: bool) -> None:
+        self.paths, self.size, self.bilateral = list(paths), size, bilateral
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple:
+        try:
+            rgb = read_image(self.paths[i])
+        except DataError as e:
+            return None, None, str(self.paths[i]), e.problem
+        return preprocess(rgb, self.size, self.bilateral), rgb, str(self.paths[i]), None
 
 
 def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[Path]:

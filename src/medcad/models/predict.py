@@ -10,6 +10,17 @@ import torch
 from torch import nn
 
 from medcad.data.transforms import Normalize
+from medcad.devices import autocast_dtype
+
+
+def device_of(net: nn.Module) -> torch.device:
+    """The device of a model's parameters (the CPU for a model without any): where its inputs go."""
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=autocast_dtype(device), enabled=enabled)
 
 
 def run_batched(
@@ -22,8 +33,8 @@ def run_batched(
     bf16: bool = True,
     channels_last: bool = True,
 ) -> tuple[np.ndarray, float]:
-    """Apply `net` to uint8 images (N, H, W, 3) in batches (channels_last and bf16 autocast on CPU by default;
-    both off is plain eager fp32).
+    """Apply `net` to uint8 images (N, H, W, 3) in batches on the net's device (channels_last and reduced-precision
+    autocast by default: bf16 on CPUs and GPUs that have it, else fp16; both off is plain eager fp32).
 
     Returns:
         outputs as float32 numpy (N, ...), and images per second.
@@ -32,14 +43,16 @@ def run_batched(
     was_training = net.training
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net.eval().to(memory_format=fmt)  # outside inference mode: parameters stay trainable
+    dev = device_of(net)
+    normalize = normalize.to(dev)
     outs = []
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(images[idx]))  # (B, H, W, 3) uint8
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev)  # (B, H, W, 3) uint8
         x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)  # (B, 3, H, W)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            outs.append(net(x).float())
+        with torch.inference_mode(), _autocast(dev, bf16):
+            outs.append(net(x).float().cpu())
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
     net.train(was_training)
     return (torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)), ips
@@ -52,26 +65,30 @@ def predict_masks(
     """Lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model), class probabilities (n, K) or None,
     and images per second."""
     model.eval()
+    dev = device_of(model)
+    normalize = normalize.to(dev)
     masks, probs = [], []
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).to(dev).permute(0, 3, 1, 2)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with _autocast(dev, bf16):
             out = model(x)
         if "mask" in out:
-            masks.append((out["mask"].float().sigmoid()[:, 0] * 255).round().to(torch.uint8).numpy())
+            masks.append((out["mask"].float().sigmoid()[:, 0] * 255).round().to(torch.uint8).cpu().numpy())
         if "class" in out:
-            probs.append(out["class"].float().softmax(-1).numpy())
+            probs.append(out["class"].float().softmax(-1).cpu().numpy())
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
     return (np.concatenate(masks) if masks else None), (np.concatenate(probs) if probs else None), ips
 
 
 def detections_to_array(det: dict[str, torch.Tensor]) -> np.ndarray:
     """torchvision detections -> (m, 6) [x0, y0, x1, y1, score, class_index] float32, class_index 0-based."""
-    return torch.cat(
-        [det["boxes"].float(), det["scores"].float()[:, None], (det["labels"] - 1).float()[:, None]], dim=1
-    ).numpy()
+    return (
+        torch.cat([det["boxes"].float(), det["scores"].float()[:, None], (det["labels"] - 1).float()[:, None]], dim=1)
+        .cpu()
+        .numpy()
+    )
 
 
 @torch.no_grad()
@@ -82,10 +99,11 @@ def predict_detections(
     in S x S pixels, best first, at most 50, scores >= 0.01. bf16 autocast speeds up the network only: boxes
     and scores are decoded in float32."""
     model.eval()
+    dev = device_of(model)
     out: list[np.ndarray] = []
     for start in range(0, len(rows), batch):
-        chunk = torch.from_numpy(np.array(images[np.asarray(rows[start : start + batch])])).permute(0, 3, 1, 2)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        chunk = torch.from_numpy(np.array(images[np.asarray(rows[start : start + batch])])).to(dev).permute(0, 3, 1, 2)
+        with _autocast(dev, bf16):
             dets = model(list(chunk.float() / 255))
         out += [detections_to_array(d) for d in dets]
     return out

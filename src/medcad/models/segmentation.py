@@ -85,7 +85,12 @@ class JointSegClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         mask, aux, feats = self.segmenter.forward_parts(x)
         feats = feats.float()  # (B, C, h, w); pooled sums in float32 also under bf16 autocast
-        m = F.adaptive_avg_pool2d(torch.sigmoid(mask.detach().float()), feats.shape[-2:])  # (B, 1, h, w)
+        m = torch.sigmoid(mask.detach().float())  # (B, 1, H, W)
+        k = int(m.shape[-1]) // int(feats.shape[-1])  # a constant: the graph exports to ONNX
+        if k * int(feats.shape[-1]) == int(m.shape[-1]) and k * int(feats.shape[-2]) == int(m.shape[-2]):
+            m = F.avg_pool2d(m, kernel_size=k, stride=k)  # (B, 1, h, w), the same as adaptive pooling here
+        else:
+            m = F.adaptive_avg_pool2d(m, feats.shape[-2:])
         pooled = feats.mean(dim=(2, 3))
         lesion = (feats * m).sum(dim=(2, 3)) / (m.sum(dim=(2, 3)) + self.eps)
         out = {"mask": mask, "class": self.head(torch.cat([pooled, lesion], dim=1))}

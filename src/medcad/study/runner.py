@@ -128,7 +128,12 @@ def adjust_family(pairs: list[dict]) -> list[dict]:
 
 
 def run_study(
-    path: str | Path, out: str | Path | None = None, progress: bool = True, data_options: DataOptions | None = None
+    path: str | Path,
+    out: str | Path | None = None,
+    progress: bool = True,
+    data_options: DataOptions | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict:
     """Run (or resume) the study described by a YAML file; returns results.json's content.
 
@@ -138,11 +143,19 @@ def run_study(
     Args:
         data_options: dataset-reading options from the command line; those set (not default) override the
             study file's settings.
+        executor: "local" (the runs one after another here) or "ray" (fanned out over a Ray cluster; see
+            medcad.study.executors); the results are the same.
+        address: the Ray cluster's address (executor "ray").
+
+    Raises:
+        ConfigError: a bad study file, executor or cluster address, before anything is written.
     """
-    from medcad.engine.train import splits_for, train_run
+    from medcad.engine.train import splits_for
+    from medcad.study.executors import RunJob, make_executor
 
     spec = load_study(path)
-    study_dir = Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)
+    runner = make_executor(executor, address)
+    study_dir = (Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(spec.path.read_text())
     base = spec.base
@@ -161,25 +174,30 @@ def run_study(
         save_splits(splits_for(manifest, base, progress), splits_path)
     exps = expand(spec, domains)
     t0 = time.perf_counter()
-    rows = []
+    folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
+    jobs, metrics = [], {}
     for e in exps:
         run_dir = study_dir / "runs" / _slug(e.name)
-        cfg = base.replace(**e.model.settings)
-        init = study_dir / "runs" / _slug(e.init) if e.init else None
-        if (run_dir / "metrics.json").is_file():
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        else:
-            if progress:
-                print(f"== {e.name}", flush=True)
-            metrics = train_run(
-                spec.data,
+        if (run_dir / "metrics.json").is_file():  # finished: skipped on resume
+            metrics[e.name] = json.loads((run_dir / "metrics.json").read_text())
+            continue
+        jobs.append(
+            RunJob(
+                e.name,
                 run_dir,
-                cfg,
-                splits_path=splits_path,
-                progress=progress,
-                train_domains=e.train_domains if len(domains) > 1 and e.train_domains else None,
-                init_run=init,
+                base.replace(**e.model.settings),
+                Path(spec.data).resolve(),
+                splits_path,
+                folds,
+                e.train_domains if len(domains) > 1 and e.train_domains else None,
+                e.init,
+                study_dir / "runs" / _slug(e.init) if e.init else None,
             )
+        )
+    metrics |= runner.run(jobs, progress)
+    rows = []
+    for e in exps:
+        cfg = base.replace(**e.model.settings)
         rows.append(
             {
                 "name": e.name,
@@ -188,8 +206,8 @@ def run_study(
                 "step": e.step,
                 "train_domains": list(e.train_domains or []),
                 "init": e.init,
-                "run": str(run_dir),
-                **_headline(metrics),
+                "run": str(study_dir / "runs" / _slug(e.name)),
+                **_headline(metrics[e.name]),
             }
         )
     labels = manifest.labels

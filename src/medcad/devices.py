@@ -1,0 +1,188 @@
+"""Where work runs: the compute of a training run (accelerator, devices, nodes, strategy, precision) resolved and
+checked once, before anything is written; the torch device of prediction; and the rank of this process when several
+processes share one run (DDP launched by Lightning, torchrun or SLURM's srun).
+
+Used by the engine (trainer factory, rank-0-only writes) and by inference (`--device`), so it sits below both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medcad.config import TrainConfig
+from medcad.errors import ConfigError
+
+ACCELERATORS = ("auto", "cpu", "gpu")
+PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true", "bf16-true")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A run's resolved compute: what Lightning's Trainer gets.
+
+    Attributes:
+        accelerator: "cpu" or "gpu".
+        devices: processes per node (GPUs per node on "gpu"; CPU processes on "cpu").
+        num_nodes: machines.
+        strategy: a Lightning strategy name ("auto" for one process, "ddp" for several, or what the user named).
+        precision: a Lightning precision ("bf16-mixed", "16-mixed", "32-true", ...).
+    """
+
+    accelerator: str
+    devices: int
+    num_nodes: int
+    strategy: str
+    precision: str
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+def gpu_count() -> int:
+    """CUDA GPUs visible to torch (0 without a CUDA build or driver)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision(accelerator: str) -> str:
+    """bf16 mixed where the hardware has it, else fp16 mixed on GPUs, fp32 otherwise."""
+    if accelerator == "gpu":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def resolve_compute(cfg: TrainConfig) -> Compute:
+    """The run's compute from its settings, checked against this machine.
+
+    Raises:
+        ConfigError: an unknown accelerator, strategy or precision; `gpu` without a visible GPU; more devices than
+            the machine has (GPUs, or CPU cores for CPU processes); fp16 on a CPU.
+    """
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if cfg.accelerator not in ACCELERATORS:
+        raise ConfigError(f"unknown accelerator {cfg.accelerator!r}; choose one of {', '.join(ACCELERATORS)}")
+    gpus = gpu_count()
+    if cfg.accelerator == "gpu" and gpus == 0:
+        raise ConfigError(
+            "--accelerator gpu: torch sees no CUDA GPU here (torch.cuda.is_available() is False); use "
+            "--accelerator auto or cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    accelerator = "gpu" if cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and gpus > 0) else "cpu"
+    if cfg.devices < 1 or cfg.num_nodes < 1:
+        raise ConfigError(f"--devices and --num-nodes must be 1 or more (got {cfg.devices}, {cfg.num_nodes})")
+    have = gpus if accelerator == "gpu" else (os.cpu_count() or 1)
+    if cfg.devices > have:
+        what = f"{have} GPU(s)" if accelerator == "gpu" else f"{have} CPU core(s) (one per CPU process)"
+        raise ConfigError(f"--devices {cfg.devices}: this machine has {what}; ask for {have} or fewer per node")
+    strategies = {"auto", *StrategyRegistry.available_strategies()}
+    if cfg.strategy not in strategies:
+        raise ConfigError(f"unknown strategy {cfg.strategy!r}; use auto, ddp, or another Lightning strategy name")
+    strategy = cfg.strategy
+    if strategy == "auto" and cfg.devices * cfg.num_nodes > 1:
+        strategy = "ddp"  # one process per device; launched by Lightning, torchrun or srun
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    precision = auto_precision(accelerator) if cfg.precision == "auto" else cfg.precision
+    if accelerator == "cpu" and precision.startswith("16"):
+        raise ConfigError(f"precision {precision} needs a GPU; on a CPU use bf16-mixed or 32-true")
+    return Compute(accelerator, cfg.devices, cfg.num_nodes, strategy, precision)
+
+
+def torch_device(name: str = "auto") -> torch.device:
+    """The torch device of prediction: "auto" (the first GPU if any, else the CPU), "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ConfigError: a GPU asked for where torch sees none (or fewer), or a name torch does not know.
+    """
+    if name == "auto":
+        return torch.device("cuda" if gpu_count() else "cpu")
+    try:
+        dev = torch.device("cuda" if name == "gpu" else name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and (dev.index or 0) >= gpu_count():
+        raise ConfigError(f"--device {name}: torch sees {gpu_count()} CUDA GPU(s) here; use --device auto or cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The reduced-precision type of autocast on a device: bf16 on CPUs and GPUs that have it, else fp16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def global_rank() -> int:
+    """This process's rank among the processes of a run: from the process group once it exists, else from what
+    the launcher set (torchrun's RANK, srun's SLURM_PROCID, Lightning's NODE_RANK and LOCAL_RANK); 0 alone."""
+    if _dist_ready():
+        return torch.distributed.get_rank()
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return int(os.environ.get("NODE_RANK", 0)) + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_primary() -> bool:
+    """True in the process that writes the run folder (rank 0)."""
+    return global_rank() == 0
+
+
+def join_launched_processes(compute: Compute) -> None:
+    """When torchrun or srun started this run's processes together, join them into one process group now, before
+    any of them reads or writes the run folder, so that rank 0 prepares (splits, caches) and the others wait for it.
+    Lightning's strategy reuses the group. Processes that Lightning itself starts join at the first fit instead
+    (rank 0 has prepared everything by then)."""
+    if compute.world_size == 1 or _dist_ready():
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    for env_class in (TorchElasticEnvironment, SLURMEnvironment):
+        if env_class.detect():
+            env = env_class()
+            if env.world_size() != compute.world_size:
+                raise ConfigError(
+                    f"the launcher started {env.world_size()} processes but the run asks for --devices "
+                    f"{compute.devices} x --num-nodes {compute.num_nodes}; make them agree"
+                )
+            torch.distributed.init_process_group(
+                "nccl" if compute.accelerator == "gpu" else "gloo",
+                init_method=f"tcp://{env.main_address}:{env.main_port}",
+                rank=env.global_rank(),
+                world_size=env.world_size(),
+            )
+            return
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (it writes caches); the other ranks wait for it, then run the block (they read
+    what rank 0 wrote). A plain block where one process runs or the processes have not joined a group yet."""
+    joined = _dist_ready() and torch.distributed.get_world_size() > 1
+    if joined and not is_primary():
+        torch.distributed.barrier()
+    yield
+    if joined and is_primary():
+        torch.distributed.barrier()

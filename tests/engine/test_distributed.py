@@ -1,0 +1,89 @@
+"""One run over two processes (DDP through Lightning, gloo on the CPU) against one process; bad compute settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from medcad.config import TrainConfig
+from medcad.errors import ConfigError
+
+ARGS = "--image-size 32 --epochs 1 --head-epochs 3 --batch-size 8 --unfreeze 1 --folds 2 --val-fraction 0.25"
+
+
+def _train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "medcad", "train", str(data), "-o", str(out), *ARGS.split(), "--no-report", *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _files(run: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(run).parent / ("<events>" if "tfevents" in p.name else p.name))
+        for p in run.rglob("*")
+        if p.is_file()
+    )
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two CPU processes need two cores")
+def test_two_process_ddp_matches_one_process(easy_set: Path, tmp_path: Path) -> None:
+    from medcad.engine.train import train_run
+
+    cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+    one = train_run(easy_set, tmp_path / "one", cfg.replace(accelerator="cpu"), progress=False)
+    res = _train(easy_set, tmp_path / "two", "--accelerator", "cpu", "--devices", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    # every test image predicted exactly once, as with one process
+    p1, p2 = (pd.read_csv(tmp_path / r / "predictions.csv") for r in ("one", "two"))
+    assert len(p2) == len(p1) == 24 and p2["image"].is_unique and set(p2["image"]) == set(p1["image"])
+    # stated tolerance: the shards change the batches and the number of steps, not what the model learns here
+    assert abs(two["macro_auc"]["value"] - one["macro_auc"]["value"]) <= 0.1
+    # the run folder is complete and written by rank 0 alone: the same files, one TensorBoard writer per stage
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    assert len(list((tmp_path / "two").rglob("*tfevents*"))) == 4  # 2 folds x (stage 1, stage 2)
+    # resume: a finished DDP run trains nothing again
+    stamp = (tmp_path / "two" / "fold_1" / "model.pt").stat().st_mtime_ns
+    assert _train(easy_set, tmp_path / "two", "--accelerator", "cpu", "--devices", "2").returncode == 0
+    assert (tmp_path / "two" / "fold_1" / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_bad_compute_settings_fail_before_writing(easy_set: Path, tmp_path: Path) -> None:
+    from medcad.engine.train import train_run
+
+    too_many = (os.cpu_count() or 1) + 1
+    cases = [
+        (dict(accelerator="cpu", devices=too_many), rf"--devices {too_many}: this machine has \d+ CPU core"),
+        (dict(accelerator="tpu"), "unknown accelerator 'tpu'"),
+        (dict(strategy="mpi"), "unknown strategy 'mpi'"),
+        (dict(accelerator="cpu", precision="16-mixed"), "needs a GPU"),
+        (dict(logger="wandb"), "unknown logger"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((dict(accelerator="gpu"), "--accelerator gpu: torch sees no CUDA GPU"))
+    for k, (changes, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=message):
+            train_run(easy_set, tmp_path / f"run{k}", TrainConfig(image_size=32).replace(**changes), progress=False)
+        assert not (tmp_path / f"run{k}").exists()
+
+
+def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcad import devices
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    assert devices.resolve_compute(TrainConfig(accelerator="cpu")).precision == "32-true"
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    c = devices.resolve_compute(TrainConfig(accelerator="cpu", devices=1))
+    assert (c.precision, c.strategy, c.world_size) == ("bf16-mixed", "auto", 1)
+    assert devices.resolve_compute(TrainConfig(accelerator="cpu", precision="32-true")).precision == "32-true"
+    assert devices.torch_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: torch sees 0 CUDA GPU"):
+            devices.torch_device("cuda")

@@ -1,0 +1,65 @@
+"""Study executors: the same study on a local 2-worker Ray cluster and in this process gives the same results.json;
+a missing Ray or an unreachable cluster fails with one message before anything is written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from medcad.data.synthetic import generate_synthetic
+from medcad.errors import ConfigError
+from medcad.study.runner import run_study
+
+STUDY = """
+name: fan-out
+data: data
+protocol: sequential
+folds: 2
+models: [tf_efficientnet_lite0]
+settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fraction: 0.3, threads: 1}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    generate_synthetic(tmp_path / "data", n_patients=12, frames_per_patient=2, size=40, seed=3)
+    (tmp_path / "study.yaml").write_text(STUDY)
+    return tmp_path / "study.yaml"
+
+
+def _comparable(results: dict) -> dict:
+    """results.json without what names the folder or the clock."""
+    out = {k: v for k, v in results.items() if k not in ("splits", "seconds_this_session")}
+    out["runs"] = [{k: v for k, v in r.items() if k != "run"} for r in results["runs"]]
+    return out
+
+
+def test_ray_executor_writes_the_same_results_as_local(study_file: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    local = run_study(study_file, tmp_path / "local", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local cluster: 2 workers
+    try:
+        fanned = run_study(study_file, tmp_path / "ray", progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    assert len(fanned["runs"]) == 5  # two steps each way and the combined run, step 2 after its step 1
+    assert _comparable(fanned) == _comparable(local)
+    for r in fanned["runs"]:
+        assert sorted(p.name for p in Path(r["run"]).glob("fold_*/model.pt")) == ["model.pt", "model.pt"]
+
+
+def test_ray_missing_or_unreachable_fails_before_writing(
+    study_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match=r"cannot reach a Ray cluster at 127\.0\.0\.1:9"):
+        run_study(study_file, tmp_path / "a", progress=False, executor="ray", address="127.0.0.1:9")
+    with pytest.raises(ConfigError, match="unknown executor 'dask'"):
+        run_study(study_file, tmp_path / "b", progress=False, executor="dask")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'medcad\[ray\]'"):
+        run_study(study_file, tmp_path / "c", progress=False, executor="ray")
+    assert not any((tmp_path / d).exists() for d in "abc")
