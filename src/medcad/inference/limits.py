@@ -4,22 +4,20 @@ multipart field or as the raw body."""
 from __future__ import annotations
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medcad.inference.uploads import UploadError
 
 SLACK = 64 * 1024  # multipart boundaries and headers around the file
 VIDEO_PATH = "/predict/video"
-
-
-class BodyTooLarge(Exception):
-    """Raised from `receive` when the bytes received pass the limit; `BodyLimit` turns it into a 413."""
+TOO_LARGE = "medcad.body_too_large"  # scope key: the limit a body passed
 
 
 class BodyLimit:
-    """ASGI middleware answering 413 to a body larger than `max_bytes` (`video_bytes` on /predict/video), from
-    its Content-Length before reading, or as soon as the bytes received pass the limit."""
+    """ASGI middleware refusing a body larger than `max_bytes` (`video_bytes` on /predict/video): a 413 from its
+    Content-Length before reading; otherwise, as soon as the bytes received pass the limit, the app sees the client
+    disconnect and `read_upload` answers the 413 (an exception would cross other middleware as a 500)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, video_bytes: int) -> None:
         self.app, self.max_bytes, self.video_bytes = app, max_bytes, video_bytes
@@ -33,34 +31,25 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(send, limit)
             return
-        received, started = 0, False
+        received = 0
 
         async def counted() -> Message:
             nonlocal received
+            if scope.get(TOO_LARGE):
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    scope[TOO_LARGE] = limit - SLACK
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started |= message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send, limit)
+        await self.app(scope, counted, send)
 
     @staticmethod
     async def _refuse(send: Send, limit: int) -> None:
-        body = (
-            b'{"detail":"the upload is larger than this server accepts (%d bytes); send a smaller file or raise '
-            b'the limit (medcad serve --max-upload-mb)"}' % (limit - SLACK)
-        )
+        body = b'{"detail":"%s"}' % too_large_message(limit - SLACK).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -69,6 +58,23 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def too_large_message(limit: int) -> str:
+    return (
+        f"the upload is larger than this server accepts ({limit} bytes); send a smaller file or raise the limit "
+        "(medcad serve --max-upload-mb / --max-video-mb)"
+    )
+
+
+async def _checked(request: Request, read):
+    """Await `read()`; a client disconnect caused by `BodyLimit` becomes a 413."""
+    try:
+        return await read()
+    except ClientDisconnect:
+        if request.scope.get(TOO_LARGE):
+            raise UploadError(413, too_large_message(request.scope[TOO_LARGE])) from None
+        raise
 
 
 async def read_upload(request: Request, field: str = "file", video: bool = False) -> bytes:
@@ -80,8 +86,8 @@ async def read_upload(request: Request, field: str = "file", video: bool = False
     kind = "video" if video else "image"
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=1, max_fields=8)
-        except BodyTooLarge:
+            form = await _checked(request, lambda: request.form(max_files=1, max_fields=8))
+        except (UploadError, ClientDisconnect):
             raise
         except Exception as e:  # starlette raises MultiPartException / HTTPException for malformed forms
             raise UploadError(400, f"malformed multipart form ({getattr(e, 'detail', e)})") from e
@@ -97,4 +103,4 @@ async def read_upload(request: Request, field: str = "file", video: bool = False
             return await item.read()
         finally:
             await form.close()
-    return await request.body()
+    return await _checked(request, request.body)

@@ -225,7 +225,9 @@ def create_app(
         except UploadError as e:
             return _error(e.status, str(e))
         except QueueFull as e:
-            return _error(503, f"the server is busy; retry after {e.retry_after} s", {"Retry-After": str(e.retry_after)})
+            return _error(
+                503, f"the server is busy; retry after {e.retry_after} s", {"Retry-After": str(e.retry_after)}
+            )
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(fut), opts.timeout_s)
         except asyncio.TimeoutError:
@@ -237,9 +239,7 @@ def create_app(
         pred.image = "upload"
         if format == "dicom":
             try:
-                seg = await asyncio.to_thread(
-                    segmentation_dicom, upload.dicom, pred.lesion, "lesion", __version__
-                )
+                seg = await asyncio.to_thread(segmentation_dicom, upload.dicom, pred.lesion, "lesion", __version__)
             except MedcadError as e:
                 return _error(422, str(e))
             return Response(
