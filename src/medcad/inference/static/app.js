@@ -50,7 +50,7 @@ function probTable(tbody, probs) {
   for (const [label, p] of Object.entries(probs).sort((a, b) => b[1] - a[1])) {
     const tr = document.createElement("tr");
     const bar = document.createElement("div");
-    bar.className = "bar"; bar.style.width = pct(p);
+    bar.className = "bar"; bar.style.width = (100 * p).toFixed(1) + "%";
     const cells = [label, pct(p)].map((t) => { const td = document.createElement("td"); td.textContent = t; return td; });
     const tdBar = document.createElement("td"); tdBar.append(bar); tdBar.style.width = "40%";
     tr.append(cells[0], tdBar, cells[1]); tbody.append(tr);
