@@ -52,6 +52,35 @@ def dicom_bytes(tmp_path: Path, pixels: bool = True) -> bytes:
     return path.read_bytes()
 
 
+def bad_requests(image: bytes, tmp_path: Path) -> dict:
+    """name -> (request kwargs, expected status, words the message must hold), for a server with a 1 MiB upload
+    limit and 4 megapixels."""
+    big = Image.new("1", (10_000, 10_000))  # 100 megapixels, a few kB as PNG
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    return {
+        "empty body": (dict(content=b""), 400, "empty"),
+        "empty file": (dict(files={"file": ("x.png", b"")}), 400, "empty"),
+        "truncated": (dict(files={"file": ("x.png", image[: len(image) // 2])}), 422, "truncated"),
+        "text": (dict(files={"file": ("x.png", b"patient: Doe, Jane" * 20, "image/png")}), 415, "not a PNG"),
+        "100 MP": (dict(files={"file": ("x.png", buf.getvalue())}), 413, "megapixels"),
+        "huge": (dict(files={"file": ("x.png", b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20))}), 413, "larger"),
+        "huge streamed": (dict(content=iter([bytes(2**20)] * 3)), 413, "larger"),
+        "field name": (dict(files={"image": ("x.png", image)}), 400, "field 'file'"),
+        "no pixels": (dict(files={"file": ("x.dcm", dicom_bytes(tmp_path, pixels=False))}), 422, "no pixel data"),
+        "video": (dict(files={"file": ("x.png", b"\0\0\0\x18ftypmp42" + bytes(100))}), 415, "/predict/video"),
+    }
+
+
+def check_refusals(client, bad: dict, good) -> None:
+    """Each bad request gets its 4xx and message, and the next good request still succeeds."""
+    for name, (kwargs, status, words) in bad.items():
+        r = client.post("/predict", **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert words in r.json()["detail"], (name, r.text)
+        good()
+
+
 def test_rle_round_trip() -> None:
     m = np.array([[0, 1, 1], [1, 0, 0]], bool)
     assert rle_encode(m) == [1, 3, 2] and rle_encode(~m) == [0, 1, 3, 2]
@@ -112,33 +141,31 @@ def test_classifier_routes_and_bad_requests(tiny_run: Path, easy_set: Path, tmp_
 
         good()
         assert client.post("/predict", content=image).json()["label"] in ("lesion", "normal")  # raw body works
-        big = Image.new("1", (10_000, 10_000))  # 100 megapixels, a few kB as PNG
-        buf = io.BytesIO()
-        big.save(buf, "PNG")
         wide = dict(files={"file": ("x.png", png(np.zeros((8, 8, 3), np.uint8)))})
-        bad = {
-            "empty body": (dict(content=b""), 400, "empty"),
-            "empty file": (dict(files={"file": ("x.png", b"")}), 400, "empty"),
-            "truncated": (dict(files={"file": ("x.png", image[: len(image) // 2])}), 422, "truncated"),
-            "text": (dict(files={"file": ("x.png", b"patient: Doe, Jane" * 20, "image/png")}), 415, "not a PNG"),
-            "100 MP": (dict(files={"file": ("x.png", buf.getvalue())}), 413, "megapixels"),
-            "huge": (dict(files={"file": ("x.png", b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20))}), 413, "larger"),
-            "huge streamed": (dict(content=iter([bytes(2**20)] * 3)), 413, "larger"),
-            "field name": (dict(files={"image": ("x.png", image)}), 400, "field 'file'"),
-            "no pixels": (dict(files={"file": ("x.dcm", dicom_bytes(tmp_path, pixels=False))}), 422, "no pixel data"),
-            "video": (dict(files={"file": ("x.png", b"\0\0\0\x18ftypmp42" + bytes(100))}), 415, "/predict/video"),
-        }
-        for name, (kwargs, status, words) in bad.items():
-            r = client.post("/predict", **kwargs)
-            assert r.status_code == status, (name, r.status_code, r.text)
-            assert words in r.json()["detail"], (name, r.text)
-            good()  # the next good request still succeeds
+        check_refusals(client, bad_requests(image, tmp_path), good)
         assert client.post("/predict?mask=jpeg", **wide).status_code == 400
         r = client.post("/predict?format=dicom", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
         r = client.post("/predict", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 200 and "Doe" not in r.text  # DICOM headers are not echoed
         assert client.get("/jobs/nope").status_code == 404
+
+
+def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """The same refusals over real HTTP (uvicorn on loopback): a huge upload is refused by its Content-Length,
+    a streamed one as its bytes pass the limit."""
+    import httpx
+    from serving import running
+
+    limits = Limits(max_image_bytes=2**20, max_pixels=4_000_000)
+    app = create_app(load_predictor(tiny_run), ServeOptions(limits=limits))
+    image = good_image(easy_set)
+    with running(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+
+        def good() -> None:
+            assert client.post("/predict", files={"file": ("x.png", image)}).status_code == 200
+
+        check_refusals(client, bad_requests(image, tmp_path), good)
 
 
 def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:
