@@ -201,6 +201,12 @@ def test_token_and_bind(tiny_run: Path, easy_set: Path) -> None:
     with pytest.raises(Exception, match="token"):
         check_bind("0.0.0.0", None)
     check_bind("127.0.0.1", None)
+    from typer.testing import CliRunner
+
+    from medcad.cli import app as cli
+
+    res = CliRunner().invoke(cli, ["serve", str(tiny_run), "--host", "0.0.0.0"])
+    assert res.exit_code != 0 and "token" in res.output
     app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret"))
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
@@ -269,3 +275,23 @@ def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> 
         assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and (seg.Rows, seg.Columns) == (40, 40)
         r = client.post("/predict?format=dicom", content=png(rgb))
         assert r.status_code == 400 and "needs a DICOM upload" in r.json()["detail"]
+
+
+def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcad.config import TrainConfig
+    from medcad.data.synthetic import generate_synthetic
+    from medcad.engine.train import train_run
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=2).parent
+    cfg = TrainConfig(task="detect", image_size=64, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
+    train_run(data, tmp_path / "det", cfg, progress=False)
+    app = create_app(load_predictor(tmp_path / "det", threshold=0.0))  # every box kept
+    rgb = np.asarray(Image.open(next((data / "images").glob("*.png"))).convert("RGB"))
+    with TestClient(app) as client:
+        assert client.get("/model").json()["task"] == "detect"
+        body = client.post("/predict?overlay=true", content=png(rgb)).json()
+        assert body["task"] == "detect" and "mask" not in body and isinstance(body["boxes"], list)
+        for x0, y0, x1, y1, score, label in body["boxes"]:
+            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and label in ("benign", "malignant")
+        assert body["label"] in ("benign", "malignant", "background") and body["overlay"].startswith("data:")
