@@ -293,5 +293,5 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         body = client.post("/predict?overlay=true", content=png(rgb)).json()
         assert body["task"] == "detect" and "mask" not in body and isinstance(body["boxes"], list)
         for x0, y0, x1, y1, score, label in body["boxes"]:
-            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and label in ("benign", "malignant")
+            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and 0 <= score <= 1 and label in ("benign", "malignant")
         assert body["label"] in ("benign", "malignant", "background") and body["overlay"].startswith("data:")
