@@ -71,11 +71,11 @@ async def load(base: str, files: list[bytes], requests: int, clients: int, max_s
     }
 
 
-def serve(run: Path, port: int) -> subprocess.Popen:
+def serve(run: Path, port: int, queue: int = 64) -> subprocess.Popen:
     """`medcad serve RUN` in its own process on loopback; returns when /health answers."""
     code = "import sys; from medcad.cli import app; sys.argv[0] = 'medcad'; app()"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(run), "--port", str(port)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(run), "--port", str(port), "--queue", str(queue)], env=env)
     for _ in range(600):
         try:
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
@@ -97,20 +97,22 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=420)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--tasks", default="classify,segment", help="Which of the two runs to load.")
+    ap.add_argument("--queue", type=int, default=64, help="medcad serve --queue (smaller: see the designed 503s).")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = ap.parse_args()
     results = {
         "date": datetime.now().strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} vCPU, no GPU",
         "load_average_at_start": os.getloadavg()[0],
         "command": "nice -n 19 .venv/bin/python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
-        "server": "medcad serve RUN (defaults: torch-bf16, 1 inference thread, batch <= 8, queue 64, timeout 30 s)",
+        "server": f"medcad serve RUN --queue {args.queue} (torch-bf16, 1 inference thread, batch <= 8, timeout 30 s)",
         "models": {},
     }
     for task, run in (("classify", args.cls), ("segment", args.seg)):
         if task not in args.tasks.split(","):
             continue
         files = [p.read_bytes() for p in IMAGES[task]]
-        proc = serve(run, args.port)
+        proc = serve(run, args.port, args.queue)
         try:
             card = httpx.get(f"http://127.0.0.1:{args.port}/model", timeout=10).json()
             r = asyncio.run(load(f"http://127.0.0.1:{args.port}", files, args.requests, args.clients, args.max_seconds))
@@ -127,7 +129,7 @@ def main() -> None:
         }
         results["models"][task] = r
         print(json.dumps(r, indent=1))
-    out = HERE / "results" / "serve_load.json"
+    out = args.out
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(out)
