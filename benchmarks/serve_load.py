@@ -75,7 +75,9 @@ def serve(run: Path, port: int, queue: int = 64) -> subprocess.Popen:
     """`medcad serve RUN` in its own process on loopback; returns when /health answers."""
     code = "import sys; from medcad.cli import app; sys.argv[0] = 'medcad'; app()"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(run), "--port", str(port), "--queue", str(queue)], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", str(run), "--port", str(port), "--queue", str(queue)], env=env
+    )
     for _ in range(600):
         try:
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
