@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import time
 from pathlib import Path
@@ -111,7 +112,10 @@ def test_batcher_batches_and_refuses_when_full() -> None:
     b.close()
 
 
-def test_classifier_routes_and_bad_requests(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+def test_classifier_routes_and_bad_requests(
+    tiny_run: Path, easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="medcad.serve")
     predictor = load_predictor(tiny_run)
     limits = Limits(max_image_bytes=2**20, max_pixels=4_000_000)
     app = create_app(predictor, ServeOptions(limits=limits), explain=lambda rgb: (rgb, "identity"))
@@ -149,6 +153,9 @@ def test_classifier_routes_and_bad_requests(tiny_run: Path, easy_set: Path, tmp_
         r = client.post("/predict", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 200 and "Doe" not in r.text  # DICOM headers are not echoed
         assert client.get("/jobs/nope").status_code == 404
+    assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
+    assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log
+    assert not app.state.workdir.exists()  # the temporary folder is gone at shutdown
 
 
 def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
