@@ -90,3 +90,52 @@ def bench(
             f"{b['agreement']:.4f}",
         )
     Console().print(t)
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run folder or model.pt file.")],
+    host: Annotated[str, typer.Option(help="Address to listen on; beyond loopback a token is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch-bf16, torch-fp32 (or what the task adds).")] = "torch-bf16",
+    fold: Annotated[int | None, typer.Option(help="Serve one fold's model (default: the fold ensemble).")] = None,
+    threshold: Annotated[float, typer.Option(help="Lesion-probability / box-score threshold.")] = 0.5,
+    workers: Annotated[int, typer.Option(help="Inference threads taking batches from the queue.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="torch threads per inference.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="MEDCAD_TOKEN", help="Require 'Authorization: Bearer TOKEN' on the API.")
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest image upload.")] = 32,
+    max_video_mb: Annotated[float, typer.Option(help="Largest video upload.")] = 512,
+    max_pixels: Annotated[float, typer.Option(help="Largest image, in megapixels (decompression bombs).")] = 40,
+    timeout: Annotated[float, typer.Option(help="Seconds one image may wait for its result (then 504).")] = 30,
+    queue: Annotated[int, typer.Option(help="Images that may wait; more get 503 + Retry-After.")] = 64,
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    gradcam: Annotated[bool, typer.Option(help="Offer Grad-CAM (?gradcam=true, the page's heat-map).")] = True,
+) -> None:
+    """Serve a run: REST API (/predict, /predict/video, /model, /health, /docs) and a web page at /."""
+    try:
+        import uvicorn
+
+        from medcad.inference.registry import load_predictor
+        from medcad.inference.server import ServeOptions, check_bind, create_app
+        from medcad.inference.uploads import Limits
+
+        check_bind(host, token)
+        limits = Limits(int(max_upload_mb * 2**20), int(max_video_mb * 2**20), int(max_pixels * 1e6))
+        opts = ServeOptions(token, limits, timeout, queue, batch, workers)
+        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold)
+        explain = None
+        if gradcam:
+            from medcad.explain.explainers import EXPLAINERS
+
+            explainer = EXPLAINERS[predictor.task]
+
+            def explain(rgb):
+                return explainer(predictor, rgb)
+
+        server_app = create_app(predictor, opts, explain)
+    except MedcadError as e:
+        _fail(e)
+    typer.echo(f"medcad serve: {run} ({predictor.task}) on http://{host}:{port}/  (API docs at /docs; Ctrl-C stops)")
+    uvicorn.run(server_app, host=host, port=port, access_log=False, log_level="warning")

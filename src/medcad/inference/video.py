@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -54,13 +55,15 @@ def predict_video(
     smooth: int = 5,
     realtime: bool = False,
     write_video: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Predict every frame (or, with `realtime`, every frame the model keeps up with) of a video.
 
     Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: one `Prediction.row` per frame (the
     frame decision, probabilities, lesion fraction or boxes, as the task has) plus the decision smoothed over
     `smooth` frames (mean class probabilities; mean top-box score; mean lesion fraction), drawn on the frame.
-    Returns a summary with frames/s end to end and per-frame latency.
+    Returns a summary with frames/s end to end and per-frame latency. `progress(frames done, frames in video)`
+    is called after each batch.
     """
     video = Path(video)
     out_dir = Path(out_dir)
@@ -107,6 +110,8 @@ def predict_video(
                             str(out_dir / f"{video.stem}_annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
                         )
                     writer.write(shown)
+            if progress is not None:
+                progress(len(rows), n_frames)
     finally:
         stop.set()
         if writer is not None:

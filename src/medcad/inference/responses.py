@@ -1,0 +1,131 @@
+"""What the server sends back for one image: the prediction's JSON record, its mask as PNG or run lengths at the
+image's own size, pictures as PNG data URLs, and a DICOM SEG for a DICOM source."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import cv2
+import numpy as np
+
+from medcad.errors import MedcadError
+from medcad.inference.prediction import Prediction
+
+MASK_FORMATS = ("png", "rle", "none")
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    """PNG of an (H, W) or (H, W, 3) RGB uint8 array."""
+    bgr = arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:  # only for empty arrays
+        raise ValueError(f"cannot encode an array of shape {arr.shape} as PNG")
+    return buf.tobytes()
+
+
+def data_url(arr: np.ndarray) -> str:
+    """An RGB uint8 array as a `data:image/png;base64,...` URL (for the page's <img>)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(arr)).decode()
+
+
+def rle_encode(lesion: np.ndarray) -> list[int]:
+    """Run lengths of a bool (H, W) mask in row-major order, starting with a (possibly empty) run of background.
+
+    E.g. [[0, 1, 1], [1, 0, 0]] -> [1, 3, 2]: one background pixel, three lesion pixels, two background pixels.
+    """
+    flat = np.asarray(lesion, bool).ravel()
+    if not flat.size:
+        return []
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return [0, *runs] if flat[0] else runs
+
+
+def rle_decode(counts: list[int], size: tuple[int, int]) -> np.ndarray:
+    """The bool (H, W) mask of `rle_encode`'s run lengths."""
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(size)
+
+
+def mask_json(pred: Prediction, fmt: str) -> dict | None:
+    """The thresholded lesion mask at the image's size: {"format": "png", "data": base64 PNG 0/255} or
+    {"format": "rle", "counts": run lengths (see `rle_encode`)}, with "height", "width", "threshold"."""
+    if pred.mask is None or fmt == "none":
+        return None
+    lesion = pred.lesion
+    out = {"format": fmt, "height": int(lesion.shape[0]), "width": int(lesion.shape[1]), "threshold": pred.threshold}
+    if fmt == "rle":
+        out["counts"] = rle_encode(lesion)
+    else:
+        out["data"] = base64.b64encode(png_bytes(lesion.astype(np.uint8) * 255)).decode()
+    return out
+
+
+def prediction_json(pred: Prediction, rgb: np.ndarray, task: str, mask_format: str = "png", overlay: bool = False):
+    """The JSON record of one prediction: the decision (`label`, `score`), what the task has (`probabilities`,
+    `lesion_fraction`, `boxes` [[x0, y0, x1, y1, score, label]] in the image's pixels, `mask`), the image's size,
+    and with `overlay` the drawn overlay as a PNG data URL."""
+    out = {"task": task, **pred.summary(), "threshold": pred.threshold, "width": rgb.shape[1], "height": rgb.shape[0]}
+    mask = mask_json(pred, mask_format)
+    if mask is not None:
+        out["mask"] = mask
+    if overlay:
+        out["overlay"] = data_url(pred.draw(rgb))
+    return out
+
+
+def segmentation_dicom(source, lesion: np.ndarray, label: str = "lesion", version: str = "0") -> bytes:
+    """A DICOM SEG (binary, one segment) of a lesion mask, referencing its source instance, built with highdicom.
+
+    Args:
+        source: the source image's pydicom Dataset (header only is enough).
+        lesion: bool (Rows, Columns) mask of the source frame.
+        label: the segment's label.
+        version: medcad's version, recorded as the algorithm's.
+
+    Returns:
+        the SEG as a DICOM Part 10 file. It carries the source's patient and study modules, as a SEG must to be
+        filed beside its source; nothing of them goes anywhere else.
+
+    Raises:
+        MedcadError: the source lacks what a SEG must reference (e.g. StudyInstanceUID), naming it.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    needed = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
+    missing = [k for k in needed if k not in source]
+    if missing:
+        raise MedcadError(f"the DICOM upload lacks {', '.join(missing)}, which a DICOM SEG must reference")
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="medcad", version=version, family=codes.cid7162.ArtificialIntelligence
+        ),
+    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=[source],
+            pixel_array=np.asarray(lesion, bool)[None],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=hd.UID(),
+            series_number=9001,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medcad",
+            manufacturer_model_name="medcad serve",
+            software_versions=version,
+            device_serial_number="none",
+        )
+    except (AttributeError, ValueError, TypeError) as e:
+        raise MedcadError(f"a DICOM SEG cannot be built on this DICOM upload ({type(e).__name__}: {e})") from e
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    return buf.getvalue()

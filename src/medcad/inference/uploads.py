@@ -1,0 +1,165 @@
+"""Uploaded files for the server: limits, content checks, decoding through the package's one image policy.
+
+What a client sends is never trusted by its name or content type: the kind of a file is decided from its first
+bytes, the pixel count from its header before any pixel is decoded (a decompression bomb is refused before it
+can take memory), and decoding goes through `medcad.data.io.read_image` like every other image medcad reads.
+Files live only in the server's temporary folder, one per request, deleted as soon as they are decoded. Errors
+never carry the upload's name (a file name can hold a patient's name): they say "the upload".
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medcad.data.io import read_image
+from medcad.errors import DataError, MedcadError
+
+# first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
+IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"BM", "bmp"),
+)
+SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send.
+
+    Attributes:
+        max_image_bytes: largest image upload (bytes).
+        max_video_bytes: largest video upload (bytes).
+        max_pixels: largest width x height (x frames for DICOM) decoded; a 40-megapixel default leaves room for
+            any endoscopy or ultrasound frame and refuses decompression bombs.
+        max_video_frames: longest clip, in frames.
+    """
+
+    max_image_bytes: int = 32 * 2**20
+    max_video_bytes: int = 512 * 2**20
+    max_pixels: int = 40_000_000
+    max_video_frames: int = 20_000
+
+
+class UploadError(MedcadError):
+    """A request the server refuses: an HTTP status (4xx) and a message saying what to send instead."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class Upload:
+    """A decoded upload: the RGB image (H, W, 3) uint8, its kind, and for DICOM the header (no pixel data)."""
+
+    rgb: np.ndarray
+    kind: str
+    dicom: object | None = None  # pydicom Dataset read with stop_before_pixels
+
+
+def sniff(data: bytes) -> str | None:
+    """The image kind from the first bytes ("png", "jpeg", "tiff", "bmp", "dicom"), or None."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in IMAGE_MAGIC:
+        if data.startswith(magic):
+            return kind
+    return None
+
+
+def sniff_video(data: bytes) -> bool:
+    """True for the containers OpenCV reads here: MP4/MOV (ftyp), AVI (RIFF...AVI), Matroska/WebM."""
+    return data[4:8] == b"ftyp" or (data[:4] == b"RIFF" and data[8:11] == b"AVI") or data[:4] == b"\x1a\x45\xdf\xa3"
+
+
+def _dicom_header(data: bytes):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)  # the header; pixels decode later
+    except Exception as e:  # pydicom raises many types for bad files
+        raise UploadError(422, f"the upload is not a readable DICOM file ({type(e).__name__})") from e
+
+
+def check_pixels(data: bytes, kind: str, limits: Limits):
+    """Refuse an image whose header declares more than `limits.max_pixels` pixels, before decoding it.
+
+    A DICOM without pixel data passes here and is refused by `read_image`, with its message.
+
+    Returns:
+        the DICOM header (pydicom Dataset without pixel data) for DICOM, else None.
+
+    Raises:
+        UploadError: 413 for too many pixels, 422 for a header that cannot be read.
+    """
+    header = None
+    if kind == "dicom":
+        header = _dicom_header(data)
+        w, h = int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0)
+        n = w * h * int(header.get("NumberOfFrames", 1) or 1)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                    w, h = im.size
+        except Image.DecompressionBombError:
+            w = h = limits.max_pixels  # far beyond any limit
+        except Exception as e:
+            raise UploadError(422, f"the upload's {kind.upper()} header cannot be read ({type(e).__name__})") from e
+        n = w * h
+    if n > limits.max_pixels:
+        raise UploadError(
+            413,
+            f"the upload has {n / 1e6:.1f} megapixels, more than this server's limit of {limits.max_pixels / 1e6:.0f}"
+            " (medcad serve --max-pixels); send a smaller image",
+        )
+    return header
+
+
+def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) -> Upload:
+    """Check and decode one uploaded image.
+
+    Args:
+        data: the uploaded bytes.
+        workdir: the server's temporary folder; the file written there is deleted before this returns.
+        limits: what the server accepts.
+        frame: the frame of a multi-frame DICOM.
+
+    Returns:
+        the decoded upload.
+
+    Raises:
+        UploadError: 400 empty, 413 too large, 415 not an image kind medcad reads, 422 corrupt or truncated.
+    """
+    if not data:
+        raise UploadError(400, "the upload is empty (0 bytes); send a PNG, JPEG, TIFF, BMP or DICOM image")
+    if len(data) > limits.max_image_bytes:
+        raise UploadError(413, f"the upload is larger than this server's image limit of {limits.max_image_bytes} bytes")
+    kind = sniff(data)
+    if kind is None:
+        hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else ""
+        raise UploadError(
+            415,
+            f"the upload is not a PNG, JPEG, TIFF, BMP or DICOM image by its content{hint}; medcad decides by the "
+            "bytes, not the file name or content type",
+        )
+    header = check_pixels(data, kind, limits)
+    with tempfile.NamedTemporaryFile(dir=workdir, suffix=SUFFIX[kind]) as f:
+        f.write(data)
+        f.flush()
+        try:
+            rgb = read_image(f.name, frame=frame if kind == "dicom" else None)
+        except DataError as e:
+            raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
+    return Upload(rgb, kind, header)

@@ -1,0 +1,304 @@
+"""`medcad serve` in-process (FastAPI's TestClient): every route, every refused request with its message, the
+bounded queue and timeouts, masks as PNG / run lengths and a DICOM SEG for a segmenter, the token."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import write_dicom
+from medcad.inference.batcher import Batcher, QueueFull
+from medcad.inference.registry import load_predictor
+from medcad.inference.responses import rle_decode, rle_encode
+from medcad.inference.server import ServeOptions, check_bind, create_app
+from medcad.inference.uploads import Limits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def good_image(easy_set: Path) -> bytes:
+    return (easy_set / "lesion" / "0.png").read_bytes()
+
+
+def dicom_bytes(tmp_path: Path, pixels: bool = True) -> bytes:
+    """A single-frame ultrasound DICOM with the identifiers a SEG must reference (and a patient name)."""
+    from pydicom.uid import UltrasoundImageStorage, generate_uid
+
+    path = write_dicom(tmp_path / "src.dcm", np.random.default_rng(0).integers(0, 60000, (1, 40, 40)))
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "Doe^Jane", "1", 1, 1
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "101010", "A1", ""
+    ds.PatientBirthDate, ds.PatientSex = "", ""
+    if not pixels:
+        del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def bad_requests(image: bytes, tmp_path: Path) -> dict:
+    """name -> (request kwargs, expected status, words the message must hold), for a server with a 1 MiB upload
+    limit and 4 megapixels."""
+    big = Image.new("1", (10_000, 10_000))  # 100 megapixels, a few kB as PNG
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    return {
+        "empty body": (dict(content=b""), 400, "empty"),
+        "empty file": (dict(files={"file": ("x.png", b"")}), 400, "empty"),
+        "truncated": (dict(files={"file": ("x.png", image[: len(image) // 2])}), 422, "truncated"),
+        "text": (dict(files={"file": ("x.png", b"patient: Doe, Jane" * 20, "image/png")}), 415, "not a PNG"),
+        "100 MP": (dict(files={"file": ("x.png", buf.getvalue())}), 413, "megapixels"),
+        "huge": (dict(files={"file": ("x.png", b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20))}), 413, "larger"),
+        "huge streamed": (dict(content=iter([bytes(2**20)] * 3)), 413, "larger"),
+        "field name": (dict(files={"image": ("x.png", image)}), 400, "field 'file'"),
+        "no pixels": (dict(files={"file": ("x.dcm", dicom_bytes(tmp_path, pixels=False))}), 422, "no pixel data"),
+        "video": (dict(files={"file": ("x.png", b"\0\0\0\x18ftypmp42" + bytes(100))}), 415, "/predict/video"),
+    }
+
+
+def check_refusals(client, bad: dict, good) -> None:
+    """Each bad request gets its 4xx and message, and the next good request still succeeds."""
+    for name, (kwargs, status, words) in bad.items():
+        r = client.post("/predict", **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert words in r.json()["detail"], (name, r.text)
+        good()
+
+
+def test_rle_round_trip() -> None:
+    m = np.array([[0, 1, 1], [1, 0, 0]], bool)
+    assert rle_encode(m) == [1, 3, 2] and rle_encode(~m) == [0, 1, 3, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        m = rng.random((7, 9)) > 0.5
+        assert (rle_decode(rle_encode(m), m.shape) == m).all()
+
+
+def test_batcher_batches_and_refuses_when_full() -> None:
+    gate, sizes = threading.Event(), []
+
+    def run(items):
+        gate.wait(5)
+        sizes.append(len(items))
+        return [i * 2 for i in items]
+
+    b = Batcher(run, max_queue=3, max_batch=8)
+    first = b.submit(1)
+    time.sleep(0.3)  # the worker holds item 1 at the gate
+    waiting = [b.submit(i) for i in (2, 3, 4)]
+    with pytest.raises(QueueFull) as e:
+        b.submit(5)
+    assert e.value.retry_after >= 1
+    gate.set()
+    assert first.result(5) == 2 and [f.result(5) for f in waiting] == [4, 6, 8]
+    assert sizes == [1, 3]  # the three that waited went in one batch
+    b.close()
+
+
+def test_classifier_routes_and_bad_requests(
+    tiny_run: Path, easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="medcad.serve")
+    predictor = load_predictor(tiny_run)
+    limits = Limits(max_image_bytes=2**20, max_pixels=4_000_000)
+    app = create_app(predictor, ServeOptions(limits=limits), explain=lambda rgb: (rgb, "identity"))
+    image = good_image(easy_set)
+    with TestClient(app) as client:
+        assert client.get("/health").json()["status"] == "ok"
+        card = client.get("/model").json()
+        assert card["task"] == "classify" and card["labels"] == ["lesion", "normal"]
+        assert set(card["metrics"]) == {"accuracy", "macro_f1", "macro_auc"}
+        assert len(card["metrics"]["accuracy"]["ci95"]) == 2 and card["evaluation"]["how"] == "out-of-fold"
+        page = client.get("/")
+        assert page.status_code == 200 and "/static/app.js" in page.text and "https://" not in page.text
+        for asset in ("app.js", "style.css"):
+            body = client.get(f"/static/{asset}").text
+            assert "http://" not in body and "https://" not in body  # works offline
+        docs = client.get("/docs").text
+        assert "cdn" not in docs.lower() and client.get("/openapi.json").json()["paths"]["/predict"]
+
+        def good() -> None:
+            r = client.post("/predict?overlay=true&gradcam=true", files={"file": ("scan.png", image, "image/png")})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["label"] in ("lesion", "normal") and abs(sum(body["probabilities"].values()) - 1) < 1e-4
+            assert body["overlay"].startswith("data:image/png;base64,") and body["heatmap"]["caption"] == "identity"
+            assert "scan" not in r.text  # the upload's name is never echoed
+            assert (body["width"], body["height"]) == (40, 40)
+
+        good()
+        assert client.post("/predict", content=image).json()["label"] in ("lesion", "normal")  # raw body works
+        wide = dict(files={"file": ("x.png", png(np.zeros((8, 8, 3), np.uint8)))})
+        check_refusals(client, bad_requests(image, tmp_path), good)
+        assert client.post("/predict?mask=jpeg", **wide).status_code == 400
+        r = client.post("/predict?format=dicom", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
+        assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
+        r = client.post("/predict", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
+        assert r.status_code == 200 and "Doe" not in r.text  # DICOM headers are not echoed
+        assert client.get("/jobs/nope").status_code == 404
+    assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
+    assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log
+    assert not app.state.workdir.exists()  # the temporary folder is gone at shutdown
+
+
+def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """The same refusals over real HTTP (uvicorn on loopback): a huge upload is refused by its Content-Length,
+    a streamed one as its bytes pass the limit."""
+    import httpx
+    from serving import running
+
+    limits = Limits(max_image_bytes=2**20, max_pixels=4_000_000)
+    app = create_app(load_predictor(tiny_run), ServeOptions(limits=limits))
+    image = good_image(easy_set)
+    with running(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+
+        def good() -> None:
+            assert client.post("/predict", files={"file": ("x.png", image)}).status_code == 200
+
+        check_refusals(client, bad_requests(image, tmp_path), good)
+
+
+def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:
+    predictor = load_predictor(tiny_run)
+    gate = threading.Event()
+    real = predictor.predict
+    predictor.predict = lambda *a, **k: (gate.wait(10), real(*a, **k))[1]
+    app = create_app(predictor, ServeOptions(max_queue=1, max_batch=1, timeout_s=1.5))
+    image = good_image(easy_set)
+    with TestClient(app) as client:
+        results: list = []
+        threads = [
+            threading.Thread(target=lambda: results.append(client.post("/predict", content=image))) for _ in range(2)
+        ]
+        for t in threads:  # one held by the worker, one waiting: the queue is full
+            t.start()
+            time.sleep(0.4)
+        r = client.post("/predict", content=image)
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "busy" in r.json()["detail"]
+        for t in threads:
+            t.join()
+        assert sorted(x.status_code for x in results) == [504, 504]  # no result within 1.5 s
+        gate.set()
+        for _ in range(50):  # the timed-out request leaves the queue when the worker reaches it
+            if client.get("/health").json()["queued"] == 0:
+                break
+            time.sleep(0.1)
+        assert client.post("/predict", content=image).status_code == 200
+        assert client.get("/health").json()["refused"] == 1
+
+
+def test_token_and_bind(tiny_run: Path, easy_set: Path) -> None:
+    with pytest.raises(Exception, match="token"):
+        check_bind("0.0.0.0", None)
+    check_bind("127.0.0.1", None)
+    from typer.testing import CliRunner
+
+    from medcad.cli import app as cli
+
+    res = CliRunner().invoke(cli, ["serve", str(tiny_run), "--host", "0.0.0.0"])
+    assert res.exit_code != 0 and "token" in res.output
+    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret"))
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
+        assert client.get("/model").status_code == 401
+        assert client.post("/predict", content=good_image(easy_set)).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert client.post("/predict", content=good_image(easy_set), headers=auth).status_code == 200
+
+
+def test_video_job(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    import cv2
+    from test_video import make_video
+
+    frames = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))[:6]]
+    clip = make_video(tmp_path / "clip.mp4", frames).read_bytes()
+    app = create_app(load_predictor(tiny_run))
+    with TestClient(app) as client:
+        r = client.post("/predict/video", files={"file": ("clip.mp4", clip, "video/mp4")})
+        assert r.status_code == 202, r.text
+        url = r.json()["status_url"]
+        for _ in range(100):
+            state = client.get(url).json()
+            if state["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert state["status"] == "done", state
+        assert len(state["frames"]) == 6 and state["frames"][0]["label"] in ("lesion", "normal")
+        assert {"smoothed", "p_lesion"} <= set(state["frames"][0])
+        assert client.post("/predict/video", content=good_image(easy_set)).status_code == 415
+        assert not list(app.state.workdir.iterdir())  # the clip is gone
+
+
+@pytest.fixture
+def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from medcad.config import TrainConfig
+    from medcad.data.synthetic import generate_synthetic
+    from medcad.engine.train import train_run
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate_synthetic(tmp_path / "synth", n_patients=6, frames_per_patient=2, size=48, seed=1).parent
+    cfg = TrainConfig(task="segment", arch="unet", image_size=32, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
+    train_run(data, tmp_path / "seg", cfg.replace(missing_masks="empty"), progress=False)
+    return tmp_path / "seg"
+
+
+def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> None:
+    app = create_app(load_predictor(tiny_segmenter, threshold=0.0))  # every pixel is lesion: a non-empty mask
+    rgb = np.random.default_rng(1).integers(0, 255, (30, 50, 3), np.uint8)
+    with TestClient(app) as client:
+        card = client.get("/model").json()
+        assert card["task"] == "segment" and set(card["metrics"]) == {"dice", "iou"}
+        body = client.post("/predict", content=png(rgb)).json()
+        m = body["mask"]
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(m["data"]))))
+        assert mask.shape == (30, 50) and m["format"] == "png" and body["label"] == "lesion"
+        rle = client.post("/predict?mask=rle", content=png(rgb)).json()["mask"]
+        assert (rle_decode(rle["counts"], (rle["height"], rle["width"])) == (mask > 0)).all()
+
+        source = dicom_bytes(tmp_path)
+        r = client.post("/predict?format=dicom", files={"file": ("x.dcm", source)})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/dicom", r.text
+        seg = pydicom.dcmread(io.BytesIO(r.content))
+        src = pydicom.dcmread(io.BytesIO(source))
+        assert seg.Modality == "SEG" and seg.StudyInstanceUID == src.StudyInstanceUID
+        ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and (seg.Rows, seg.Columns) == (40, 40)
+        r = client.post("/predict?format=dicom", content=png(rgb))
+        assert r.status_code == 400 and "needs a DICOM upload" in r.json()["detail"]
+
+
+def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcad.config import TrainConfig
+    from medcad.data.synthetic import generate_synthetic
+    from medcad.engine.train import train_run
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=2).parent
+    cfg = TrainConfig(task="detect", image_size=64, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
+    train_run(data, tmp_path / "det", cfg, progress=False)
+    app = create_app(load_predictor(tmp_path / "det", threshold=0.0))  # every box kept
+    rgb = np.asarray(Image.open(next((data / "images").glob("*.png"))).convert("RGB"))
+    with TestClient(app) as client:
+        assert client.get("/model").json()["task"] == "detect"
+        body = client.post("/predict?overlay=true", content=png(rgb)).json()
+        assert body["task"] == "detect" and "mask" not in body and isinstance(body["boxes"], list)
+        for x0, y0, x1, y1, score, label in body["boxes"]:
+            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and 0 <= score <= 1 and label in ("benign", "malignant")
+        assert body["label"] in ("benign", "malignant", "background") and body["overlay"].startswith("data:")
