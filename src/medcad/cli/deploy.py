@@ -60,6 +60,7 @@ def bench(
     backends: Annotated[
         str, typer.Option(help="Comma-separated backends.")
     ] = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8",
+    device: Annotated[str, typer.Option(help="Where the torch backends run: cpu, auto, cuda, cuda:N.")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Images/s and latency (p50/p95) of each prediction backend for a run of any task, side by side, with agreement
@@ -68,7 +69,12 @@ def bench(
         from medcad.inference.bench import bench as run_bench
 
         result = run_bench(
-            run, backends=tuple(b.strip() for b in backends.split(",")), batch=batch, fold=fold, threads=threads
+            run,
+            backends=tuple(b.strip() for b in backends.split(",")),
+            batch=batch,
+            fold=fold,
+            threads=threads,
+            device=device,
         )
     except MedcadError as e:
         _fail(e)

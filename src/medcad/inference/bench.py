@@ -32,14 +32,16 @@ def bench(
     fold: int | None = 0,
     threads: int | None = None,
     n_agree: int = 200,
+    device: str = "cpu",
 ) -> dict:
     """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, and agreement with torch-fp32 by the
     task's measure (top-1 for classes, Dice between masks, matched-box IoU for detections) on the fold-0 test images
-    of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process."""
+    of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process.
+    `device` is where the torch backends run ("cpu", "auto", "cuda[:N]"); ONNX Runtime runs on the CPU."""
     from medcad.inference.export import fold0_images
 
     run = Path(run)
-    first = load_predictor(run, fold, backend="torch-fp32", threads=threads)
+    first = load_predictor(run, fold, backend="torch-fp32", threads=threads, device=device)
     _, held, y = fold0_images(run, first)
     held, y = held[:n_agree], y[:n_agree]
     n_real = len(held)
@@ -55,10 +57,12 @@ def bench(
         "batch": batch,
         "n_agreement_images": int(len(held)),
         "threads": threads,
+        "device": str(first.device),
         "backends": {},
     }
     for name in backends:
-        p = first if name == "torch-fp32" else load_predictor(run, fold, backend=name, threads=threads)
+        where = device if name.startswith("torch") else "cpu"
+        p = first if name == "torch-fp32" else load_predictor(run, fold, backend=name, threads=threads, device=where)
         one = held[:1]
         lat = np.array(_time(lambda p=p, one=one: p.infer(one, 1), repeats)) * 1000
         tput = _time(lambda p=p: p.infer(held[:batch], batch), max(3, repeats // 4))

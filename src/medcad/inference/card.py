@@ -16,6 +16,13 @@ DECISIONS = {
 }
 
 
+ENSEMBLE = {  # how the predictor combines the fold models (medcad.inference.predictor)
+    "probabilities": "mean probabilities",
+    "mask": "mean lesion probability per pixel",
+    "boxes": "boxes merged by class-wise NMS",
+}
+
+
 def _run_folder(path: Path) -> Path | None:
     """The run folder of a run folder or of a model.pt inside it (fold_k/model.pt), where metrics.json is."""
     for folder in (path, path.parent, path.parent.parent):
@@ -35,6 +42,8 @@ def model_card(predictor: Predictor) -> dict:
     task = get_task(predictor.task)
     cfg = predictor.config
     decision = DECISIONS["probabilities" if "probabilities" in task.outputs else task.outputs[0]]
+    if task.label_kind == "multi":
+        decision = "every label whose probability reaches the threshold (joined by '+'), else 'none'"
     card: dict = {
         "task": task.name,
         "summary": task.summary,
@@ -44,10 +53,12 @@ def model_card(predictor: Predictor) -> dict:
         "threshold": predictor.threshold,
         "model": {
             "backbone": cfg.model,
-            "arch": getattr(cfg, "arch", None) if task.name in ("segment", "multitask") else None,
+            "arch": cfg.arch if "mask" in task.outputs else None,
             "files": len(predictor.files),
             "ensemble": (
-                f"{len(predictor.files)} fold models, {task.ensemble}" if len(predictor.files) > 1 else "one model"
+                f"{len(predictor.files)} fold models, {ENSEMBLE[task.outputs[-1]]}"
+                if len(predictor.files) > 1
+                else "one model"
             ),
             "backend": predictor.backend,
         },
