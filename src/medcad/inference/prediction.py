@@ -105,9 +105,10 @@ class Prediction:
             r["boxes"] = [[*np.round(b[:5], 1).tolist(), self.labels[int(b[5])]] for b in self.kept_boxes]
         return r | self.extra
 
-    def draw(self, rgb: np.ndarray, truth_mask: np.ndarray | None = None, truth_boxes=None) -> np.ndarray:
+    def draw(self, rgb: np.ndarray, truth_mask: np.ndarray | None = None, truth_boxes=None, caption=None) -> np.ndarray:
         """The image with what the prediction has: the lesion tinted and outlined (red), boxes with class and
-        score, and the decision written in the corner; true outlines/boxes in green when given."""
+        score, and the decision written in the corner (or `caption`, a (label, score) pair, e.g. a decision
+        smoothed over video frames); true outlines/boxes in green when given."""
         out = rgb
         if self.mask is not None or truth_mask is not None:
             out = mask_overlay(out, self.lesion, truth_mask)
@@ -119,7 +120,7 @@ class Prediction:
                 self.threshold,
                 truth_boxes,
             )
-        return draw_label(out, self.label, self.score)
+        return draw_label(out, *(caption or (self.label, self.score)))
 
 
 def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | None = None, alpha=0.3) -> np.ndarray:
@@ -129,10 +130,9 @@ def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | 
         if mask is None:
             continue
         m = mask.astype(np.uint8)
-        if fill:
-            tint = np.zeros_like(out)
-            tint[m > 0] = colour
-            out = np.where(m[..., None] > 0, (out * (1 - alpha) + tint * alpha).astype(np.uint8), out)
+        if fill:  # blend only the lesion pixels (a full-frame float blend costs more than the model on video)
+            sel = m > 0
+            out[sel] = (out[sel] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, colour, max(1, round(max(out.shape[:2]) / 250)))
     return out

@@ -16,7 +16,7 @@ import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
 from medcad.data.video import open_video
-from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction, draw_label
+from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction
 from medcad.inference.predictor import Predictor
 
 
@@ -101,7 +101,7 @@ def predict_video(
                 smoothed = np.mean(window, axis=0)
                 label, score = _smoothed_decision(pred, smoothed)
                 record = {"frame": i, "time_s": i / fps, **pred.row(), "smoothed": label, "smoothed_score": score}
-                shown = cv2.cvtColor(draw_label(pred.draw(rgb), label, score), cv2.COLOR_RGB2BGR)
+                shown = cv2.cvtColor(pred.draw(rgb, caption=(label, score)), cv2.COLOR_RGB2BGR)
                 rows.append(record)
                 if write_video:
                     if writer is None:
