@@ -65,7 +65,13 @@ def _classifier_data_config(model: nn.Module) -> dict:
 def _segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
     from medcad.models.segmentation import segmenter_from_config
 
-    return segmenter_from_config(cfg, n)
+    return segmenter_from_config(cfg, n, with_class=False)
+
+
+def _joint_segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
+    from medcad.models.segmentation import segmenter_from_config
+
+    return segmenter_from_config(cfg, n, with_class=True)
 
 
 def _segmenter_data_config(model: nn.Module) -> dict:
@@ -118,7 +124,7 @@ TASKS: dict[str, Task] = {
             ("labels", "masks"),
             ("probabilities", "mask"),
             ("dice", "iou", *CLASS_HEADLINE),
-            _segmenter,
+            _joint_segmenter,
             _segmenter_data_config,
         ),
         Task(

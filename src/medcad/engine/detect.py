@@ -25,6 +25,7 @@ from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
 from medcad.models.detection import anchor_scales, detector_data_config, detector_from_config, set_backbone_bn_eval
 from medcad.models.predict import detections_to_array, predict_detections
+from medcad.tasks import get_task
 
 STAGE = "detect"  # checkpoint and log sub-folder
 
@@ -159,8 +160,8 @@ class DetectHooks(FoldHooks):
     tasks = ("detect",)
 
     def check(self, k: int, parts: dict, data: FoldData, cfg: TrainConfig) -> None:
-        if cfg.task != "detect":
-            raise ConfigError(f"detection folds need a detection config (task 'detect'), got task {cfg.task!r}")
+        if "boxes" not in get_task(cfg.task).targets:
+            raise ConfigError(f"detection folds need a task with boxes (detect), got task {cfg.task!r}")
         if cfg.epochs < 1:
             raise ConfigError("a detector is trained from a new head: set epochs >= 1")
         if len(parts["train"]) < 2:

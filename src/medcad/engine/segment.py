@@ -158,7 +158,7 @@ class SegmentHooks(FoldHooks):
         return model, task.data_config(model)
 
     def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
-        multitask = cfg.task == "multitask"
+        multitask = "labels" in get_task(cfg.task).targets  # a class head beside the mask
         weights = class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights and multitask else None
         return SegmentationModule(
             model,

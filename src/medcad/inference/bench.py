@@ -9,6 +9,7 @@ import numpy as np
 
 from medcad.inference.predictor import ONNX_BACKENDS
 from medcad.inference.registry import load_predictor
+from medcad.tasks import get_task
 
 BACKENDS = ("torch-fp32", "torch-bf16", *ONNX_BACKENDS)
 
@@ -74,7 +75,7 @@ def bench(
             **first.agreement(reference, got),
         }
         row["agreement"] = row[first.agreement_measure]
-        if got.get("probabilities") is not None and first.task != "segment":
+        if got.get("probabilities") is not None and get_task(first.task).label_kind == "single":
             row["accuracy"] = float((got["probabilities"][:n_real].argmax(1) == y).mean())
         out["backends"][name] = row
     base = out["backends"].get("torch-fp32", {}).get("images_per_s")

@@ -21,6 +21,7 @@ from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import nchw
 from medcad.inference.predictor import Predictor
+from medcad.tasks import get_task
 
 
 def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,7 +109,7 @@ def export_onnx(
         "fold": fold,
         "members": [str(f) for f in predictor.files],
     }
-    if predictor.task == "detect":
+    if "boxes" in get_task(predictor.task).outputs:
         meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
     ref = predictor.infer(held_out, 16)
     agreement = {}

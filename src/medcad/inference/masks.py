@@ -8,6 +8,7 @@ import torch
 from medcad.inference.predictor import Predictor
 from medcad.metrics.calibration import apply_temperature
 from medcad.models.predict import predict_masks
+from medcad.tasks import get_task
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,7 +47,8 @@ class MaskPredictor(Predictor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperatures = [float(m.get("temperature", 1.0)) for m in self.metas]
-        self.graph_outputs = ("mask", "probabilities") if self.task == "multitask" else ("mask",)
+        self.with_class = "probabilities" in get_task(self.task).outputs
+        self.graph_outputs = ("mask", "probabilities") if self.with_class else ("mask",)
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         """{"mask": (N, S, S) float32 in [0, 1], "probabilities": (N, K) or None} for prepared uint8 images."""
@@ -61,7 +63,7 @@ class MaskPredictor(Predictor):
         return {"mask": np.mean(masks, 0) if masks else None, "probabilities": np.mean(probs, 0) if probs else None}
 
     def graph(self) -> torch.nn.Module:
-        return _Graph(self.normalize, self.models, self.temperatures, self.task == "multitask").eval()
+        return _Graph(self.normalize, self.models, self.temperatures, self.with_class).eval()
 
     def decode(self, outputs: dict[str, np.ndarray]) -> dict:
         return {"mask": outputs["mask"], "probabilities": outputs.get("probabilities")}

@@ -264,14 +264,13 @@ def cam_target_name(model: nn.Module, output: str = "class") -> str:
     raise ConfigError(f"no Grad-CAM target known for {type(model).__name__}")
 
 
-def segmenter_from_config(cfg: TrainConfig, n_classes: int) -> nn.Module:
-    """The segmentation or multitask model a run's settings describe."""
-    multitask = cfg.task == "multitask" or cfg.arch == "dsconv-resnet"
-    if cfg.arch == "dsconv-resnet" and cfg.task != "multitask":
+def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool) -> nn.Module:
+    """The segmentation model a run's settings describe, with a class head when `with_class` (multitask)."""
+    if cfg.arch == "dsconv-resnet" and not with_class:
         raise ConfigError("dsconv-resnet only classifies: use it with --task multitask (or classify)")
     return create_segmenter(
         cfg.arch,
-        n_classes=n_classes if multitask else None,
+        n_classes=n_classes if with_class else None,
         encoder=cfg.model,
         weights=cfg.weights,
         dropout=cfg.dropout,

@@ -138,6 +138,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
         "figures": figures,
         "gallery": gallery_items,
         "card": card,
+        "outputs": list(get_task(cfg.task).outputs),  # what the task predicts: probabilities, mask, boxes
         "shortcut": shortcut,
     }
     from medcad.report.checklist import checklist
