@@ -57,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, default=HERE.parent / "runs" / "bench" / "kvasir_det_anchors")
     ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--backend", default="torch-bf16")
     ap.add_argument("--out", type=Path, default=HERE.parent / "runs" / "bench" / "video")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -69,13 +70,13 @@ def main() -> None:
     frames_csv = extract_frames(clip, args.out / "frames", every=4, blur_threshold=100.0)
     frames = pd.read_csv(frames_csv, keep_default_na=False)
     blurred = (frames["frame_index"] // 8) % 3 == 2  # the frames make_clip blurred
-    predictor = load_predictor(args.run, threshold=0.5)
+    predictor = load_predictor(args.run, threshold=0.5, backend=args.backend)
     summary = predict_video(predictor, clip, args.out, batch=8, smooth=5)
     per_frame = pd.read_csv(summary["csv"])
     result = {
         "commands": [
             f"medcad data frames {clip} --every 4 --blur-threshold 100 --out {args.out / 'frames'}",
-            f"medcad predict {args.run} {clip} --out {args.out}",
+            f"medcad predict {args.run} {clip} --out {args.out} --backend {args.backend}",
         ],
         "clip": made,
         "frames_extracted": len(frames),
@@ -91,6 +92,7 @@ def main() -> None:
         "date": datetime.now().isoformat(timespec="minutes"),
     }
     name = "detection_video.json" if predictor.task == "detect" else f"{predictor.task}_video.json"
+    name = name if args.backend == "torch-bf16" else name.replace(".json", f"_{args.backend}.json")
     (HERE / "results" / name).write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: result[k] for k in ("frames_extracted", "labelled_unclear", "frames_with_a_polyp")}))
     print(json.dumps({k: summary[k] for k in ("frames_predicted", "frames_per_s", "latency_ms_per_frame")}))
