@@ -160,10 +160,19 @@ def _echo_video(v: dict) -> None:
 
 
 def _print_table(table, as_json: bool, where: str) -> None:
+    """A predictions table: JSON records, or a console table (image file names, numbers to 3 decimals)."""
     if as_json:
         typer.echo(table.to_json(orient="records", indent=1))
         return
     from rich.console import Console
+    from rich.table import Table
 
-    Console().print(table.to_string(index=False, float_format="%.3f"))
+    shown = Table(*map(str, table.columns))
+    for row in table.itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        if "image" in table.columns:
+            i = list(table.columns).index("image")
+            cells[i] = Path(cells[i]).name
+        shown.add_row(*cells)
+    Console().print(shown)
     typer.echo(where)
