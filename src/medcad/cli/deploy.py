@@ -27,6 +27,9 @@ def export(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder (default RUN/export, RUN/export_fold<k> with --fold).")
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="Where the PyTorch reference of the check runs: cpu, auto, cuda.")
+    ] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Export a run of any task to ONNX (preprocessing recorded beside it) and check agreement with PyTorch fp32:
@@ -37,7 +40,7 @@ def export(
 
         if fmt != "onnx":
             raise ConfigError(f"--format {fmt!r} is not supported; use onnx")
-        result = export_onnx(run, out, fold=fold, int8=int8)
+        result = export_onnx(run, out, fold=fold, int8=int8, device=device)
     except MedcadError as e:
         _fail(e)
     if as_json:

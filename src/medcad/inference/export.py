@@ -45,9 +45,16 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
 
 
 def export_onnx(
-    run: str | Path, out: str | Path | None = None, *, fold: int | None = None, int8: bool = False, opset: int = 17
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    fold: int | None = None,
+    int8: bool = False,
+    opset: int = 17,
+    device: str = "cpu",
 ) -> dict:
-    """Write model.onnx (+ model.int8.onnx with `int8`) and their JSON metadata; compare with PyTorch.
+    """Write model.onnx (+ model.int8.onnx with `int8`) and their JSON metadata; compare with PyTorch fp32 run on
+    `device` (the graph itself is traced on the CPU).
 
     Returns:
         {"files": [...], "agreement": {variant: {"n", and the task's measures: top1_agreement / mask_dice /
@@ -107,11 +114,15 @@ def export_onnx(
         "normalisation": "inside the graph",
         "source_run": str(run.resolve()),
         "fold": fold,
+        "reference_device": device,
         "members": [str(f) for f in predictor.files],
     }
     if "boxes" in get_task(predictor.task).outputs:
         meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
-    ref = predictor.infer(held_out, 16)
+    if device != "cpu":
+        ref = load_predictor(run, fold, backend="torch-fp32", device=device).infer(held_out, 16)
+    else:
+        ref = predictor.infer(held_out, 16)
     agreement = {}
     for f in files:
         atomic_write_text(f.with_suffix(".json"), json.dumps({**meta, "file": f.name}, indent=1))
