@@ -145,7 +145,7 @@ def main() -> None:
     quiet_lightning()
     torch.manual_seed(0)
     results: dict = {
-        "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
+        "machine": machine_info(),
         "date": datetime.now().isoformat(timespec="minutes"),
         "steps": args.steps,
         "warmup": args.warmup,
