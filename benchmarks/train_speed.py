@@ -1,0 +1,182 @@
+"""Training speed on this machine: images/s of each task's default training step in medcad, side by side in one run
+with a plain PyTorch + timm loop (eager fp32, the same model, data, augmentation and batch).
+
+    .venv/bin/python benchmarks/train_speed.py [--tasks classify,segment,detect] [--steps 20] [--warmup 3]
+
+medcad's step is measured through its own code: the task's fold hooks build the model (offline ImageNet weights),
+make the training loader and the Lightning module (engine.classify / segment / detect), and engine.common's
+`make_trainer` + `fit` train it with the run's precision (bf16-mixed on a CPU with AVX-512 BF16), channels_last and
+its loggers. A callback times the training batches after `warmup` of them (each step: loading and augmenting the
+batch, forward, backward, optimizer, logging), so validation and checkpointing, once per epoch, are left out.
+The plain loop trains a fresh copy of the same model on the same loader: normalise, forward, loss, backward, AdamW.
+
+- classify: stage 2 (every layer trainable; BatchNorm of the backbone frozen, as medcad does) at 224 px.
+- segment: U-Net with the tf_efficientnet_lite0 encoder at 256 px, BCE + Dice.
+- detect: SSDlite on tf_efficientnet_lite0 at 320 px.
+
+Images are synthetic (a textured background with a bright ellipse: its mask and box are the targets); the speed of
+these steps does not depend on image content. Writes benchmarks/results/train_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from medcad.config import TrainConfig
+from medcad.data.transforms import Normalize
+from medcad.devices import resolve_compute
+from medcad.engine.common import fit, make_trainer, quiet_lightning
+from medcad.engine.fold import FoldData
+from medcad.engine.train import fold_hooks
+from medcad.models.card import machine_info
+
+HERE = Path(__file__).resolve().parent
+SIZES = {"classify": 224, "segment": 256, "detect": 320}
+
+
+def synthetic(n: int, size: int, seed: int = 0) -> FoldData:
+    """n images (S, S, 3) uint8 with one bright ellipse each (its mask, its box), labels alternating 0/1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = rng.integers(40, 90, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    boxes = []
+    for i in range(n):
+        cx, cy = rng.uniform(0.3, 0.7, 2) * size
+        rx, ry = rng.uniform(0.08, 0.2, 2) * size
+        m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        masks[i] = m
+        images[i][m] = np.uint8(150 + 40 * (i % 2))
+        boxes.append(np.array([[cx - rx, cy - ry, cx + rx, cy + ry, i % 2]], np.float32).clip(0, size - 1))
+    y = np.arange(n) % 2
+    return FoldData(images, y, ["benign", "malignant"], masks, boxes, feature_key="")
+
+
+class StepTimer(L.Callback):
+    """Seconds and images of the training batches after the first `warmup` (end of batch to end of batch)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.t: float | None = None
+        self.seconds, self.images = 0.0, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if batch_idx >= self.warmup and self.t is not None:
+            self.seconds += now - self.t
+            self.images += len(batch[0])
+        if batch_idx >= self.warmup - 1:
+            self.t = now
+
+
+def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> float:
+    """images/s of medcad's training step: the task's hooks, module and loaders, trained by make_trainer + fit."""
+    hooks = fold_hooks(task)
+    model, dc = hooks.build(cfg, data, parts, None, None)
+    model.train()
+    module = hooks.module(model, Normalize(dc["mean"], dc["std"]), data, parts, cfg)
+    timer = StepTimer(warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, _ = make_trainer(Path(tmp), hooks.stage, 1, cfg, hooks.monitor, "max", cfg.patience, False)
+        trainer.callbacks.append(timer)
+        fit(trainer, module, *hooks.loaders(data, parts, cfg))
+    return timer.images / timer.seconds
+
+
+def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> float:
+    """images/s of a plain eager fp32 loop on a fresh copy of the same model and the same training loader."""
+    from torch import nn
+
+    from medcad.engine.segment import bce_dice_loss
+    from medcad.models.classifier import set_bn_eval
+    from medcad.models.detection import set_backbone_bn_eval
+
+    hooks = fold_hooks(task)
+    model, dc = hooks.build(cfg, data, parts, None, None)
+    model.train()
+    if task == "classify":
+        set_bn_eval(model.backbone)  # medcad's stage 2 keeps the pretrained BatchNorm statistics: so does this loop
+    elif task == "detect":
+        set_backbone_bn_eval(model)
+    mean = torch.tensor(dc["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(dc["std"]).view(1, -1, 1, 1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
+    loader = hooks.loaders(data, parts, cfg)[0]
+    ce = nn.CrossEntropyLoss()
+    t = seconds = 0.0
+    images = 0
+    for i, batch in enumerate(loader):
+        if task == "detect":
+            x, targets = batch
+            losses = model([im.float() / 255 for im in x], targets)
+            loss = losses["bbox_regression"] + losses["classification"]
+        else:
+            x = (batch[0].float() / 255 - mean) / std
+            out = model(x)
+            loss = ce(out, batch[1]) if task == "classify" else bce_dice_loss(out["mask"], batch[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        now = time.perf_counter()
+        if i >= warmup:
+            seconds += now - t
+            images += len(x)
+        t = now
+    return images / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", default="classify,segment,detect")
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per loop (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "train_speed.json")
+    args = ap.parse_args()
+    quiet_lightning()
+    torch.manual_seed(0)
+    results: dict = {
+        "machine": machine_info(),
+        "date": datetime.now().isoformat(timespec="minutes"),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "tasks": {},
+    }
+    for task in args.tasks.split(","):
+        size = SIZES[task]
+        cfg = TrainConfig(task=task, image_size=size, batch_size=args.batch_size, epochs=1, logger="tensorboard,csv")
+        n_train = (args.steps + args.warmup) * args.batch_size
+        data = synthetic(n_train + 16, size)
+        parts = {"train": np.arange(n_train), "val": np.arange(n_train, n_train + 16), "test": np.arange(0)}
+        t0 = time.perf_counter()
+        ours = medcad_speed(task, cfg, data, parts, args.warmup)
+        plain = plain_speed(task, cfg, data, parts, args.warmup)
+        results["tasks"][task] = {
+            "model": "SSDlite / tf_efficientnet_lite0"
+            if task == "detect"
+            else ("U-Net / tf_efficientnet_lite0" if task == "segment" else "tf_efficientnet_lite0 (stage 2)"),
+            "image_size": size,
+            "precision": resolve_compute(cfg).precision,
+            "images_per_s": round(ours, 2),
+            "plain_images_per_s": round(plain, 2),
+            "ratio_vs_plain": round(ours / plain, 2),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(task, json.dumps(results["tasks"][task]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
