@@ -20,6 +20,7 @@ from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import TrainingThroughput, class_weights, gather_lists, make_loader
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
+from medcad.metrics.segmentation import dice_iou, mask_counts
 from medcad.models.predict import predict_masks
 from medcad.tasks import get_task
 
@@ -133,15 +134,6 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-def mask_dice(probs_uint8: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Hard Dice per image of lesion probabilities (n, S, S) uint8 0..255 at 0.5 against {0, 1} masks; 1 when both
-    are empty (the same measure as `batch_dice`, which the module logs)."""
-    p = (probs_uint8 >= 128).reshape(len(probs_uint8), -1)
-    t = truth.reshape(len(truth), -1).astype(bool)
-    inter, total = (p & t).sum(1), p.sum(1) + t.sum(1)
-    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
-
-
 class SegmentHooks(FoldHooks):
     """Segment and multitask: one stage, all layers; validation score Dice (averaged with macro AUC for
     multitask). A fold folder gets test_masks.npz: the test images' lesion probabilities as uint8 0..255."""
@@ -187,7 +179,8 @@ class SegmentHooks(FoldHooks):
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         scores = []
         if outputs["masks"] is not None:
-            scores.append(float(mask_dice(outputs["masks"], np.asarray(data.masks[rows])).mean()))
+            counts = mask_counts(outputs["masks"] >= 128, np.asarray(data.masks[rows]))  # the 0.5 threshold
+            scores.append(float(dice_iou(counts)[0].mean()))
         if outputs["probs"] is not None:
             scores.append(val_score(data.y[rows], outputs["probs"]))
         return float(np.mean(scores))

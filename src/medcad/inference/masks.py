@@ -7,15 +7,9 @@ import torch
 
 from medcad.inference.predictor import Predictor
 from medcad.metrics.calibration import apply_temperature
+from medcad.metrics.segmentation import dice_iou, mask_counts
 from medcad.models.predict import predict_masks
 from medcad.tasks import get_task
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dice per image between two sets of bool masks (N, H, W); 1 where both are empty."""
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    inter, total = (a & b).sum(1), a.sum(1) + b.sum(1)
-    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
 
 
 class _Graph(torch.nn.Module):
@@ -71,7 +65,7 @@ class MaskPredictor(Predictor):
     def agreement(self, ref: dict, got: dict) -> dict:
         t = self.threshold
         out = {
-            "mask_dice": float(mask_dice(ref["mask"] >= t, got["mask"] >= t).mean()),
+            "mask_dice": float(dice_iou(mask_counts(ref["mask"] >= t, got["mask"] >= t))[0].mean()),
             "max_prob_diff": float(np.abs(ref["mask"] - got["mask"]).max()),
         }
         if ref.get("probabilities") is not None:
