@@ -25,10 +25,12 @@ def save_model(
     labels: list[str],
     data_config: dict,
     temperature: float | None = None,
+    decision: dict | None = None,
 ) -> None:
     """Write a self-contained model file (weights, settings, labels, preprocessing) atomically.
 
-    `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports."""
+    `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports;
+    `decision` holds the frame-level decision settings fitted on the same part (masks: "min_lesion_area")."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(
         {
@@ -38,6 +40,7 @@ def save_model(
             "data_config": data_config,
             "state_dict": model.state_dict(),
             **({"temperature": float(temperature)} if temperature is not None else {}),
+            **({"decision": dict(decision)} if decision else {}),
         },
         tmp,
     )

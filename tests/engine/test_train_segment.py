@@ -40,6 +40,17 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert pred[0].startswith("image,fold,label,dice,iou") and len(pred) == 25
     with np.load(run / "fold_0" / "test_masks.npz") as z:
         assert z["probs"].dtype == np.uint8 and z["probs"].shape[1:] == (64, 64)
+    # the frame-level decision: fitted per fold on validation, kept in model.pt, applied to the pooled test masks
+    import torch
+
+    areas = [json.loads((run / f"fold_{k}" / "result.json").read_text())["decision"]["min_lesion_area"] for k in (0, 1)]
+    assert all(0 <= a <= 1 + 1e-6 for a in areas)
+    assert torch.load(run / "fold_0" / "model.pt", weights_only=False)["decision"]["min_lesion_area"] == areas[0]
+    fd = seg["frame_decision"]
+    assert fd["min_lesion_area"] == areas and fd["n_images"] == 24 and "rule" in fd
+    from medcad.inference.registry import load_predictor
+
+    assert load_predictor(run).min_lesion_area == pytest.approx(np.mean(areas))
 
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
@@ -99,7 +110,14 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()
-    for needle in ("Lesion masks", "Dice, mean per image", "best cases", "worst cases", "attention maps"):
+    for needle in (
+        "Lesion masks",
+        "Dice, mean per image",
+        "best cases",
+        "worst cases",
+        "attention maps",
+        "After the frame-level decision",
+    ):
         assert needle in html, needle
     assert 'alt="confusion matrix"' not in html  # no class head
 
@@ -123,6 +141,19 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
 
     html = write_report(tmp_path / "mt").read_text()
     assert "Lesion masks" in html and "Classification" in html
+
+
+def test_frame_decision_of_a_prediction() -> None:
+    """A mask whose lesion pixels cover less than min_lesion_area is 'no lesion' and shows no lesion pixel."""
+    from medcad.inference.prediction import Prediction
+
+    mask = np.zeros((10, 10), np.float32)
+    mask[:2, :2] = 0.9  # 4 % of the frame
+    assert Prediction("a", ["lesion"], mask=mask).label == "lesion"
+    kept = Prediction("a", ["lesion"], mask=mask, min_lesion_area=0.04)
+    assert kept.label == "lesion" and kept.lesion.sum() == 4
+    dropped = Prediction("a", ["lesion"], mask=mask, min_lesion_area=0.05)
+    assert dropped.label == "no lesion" and not dropped.lesion.any() and dropped.row()["lesion_fraction"] == 0
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,3 +121,35 @@ def test_hd95_matches_scipy_reference_and_conventions():
     s = hd95_summary(np.array([1.0, 3.0, np.nan, 5.0]), n_boot=50)
     assert s["n_defined"] == 3 and s["n_undefined"] == 1 and s["mean"]["value"] == pytest.approx(3.0)
     assert s["median"] == 3.0
+
+
+def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
+    """The area threshold from `frame_area_threshold` gives the best mean Dice over every possible threshold, the
+    smallest such one; emptied frames score 1 on empty truth and 0 on a lesion."""
+    from medcad.metrics.segmentation import apply_frame_decision, frame_area_threshold, lesion_area
+
+    rng = np.random.default_rng(3)
+    pred, true = _random_masks(60, seed=3)
+    true[:25] = False  # 25 lesion-free frames ...
+    pred[:25] &= rng.random((25, 32, 32)) < 0.08  # ... whose predictions are small speckles
+    area = lesion_area(pred.astype(np.uint8) * 255)
+    counts = mask_counts(pred, true)
+    t = frame_area_threshold(area, counts)
+
+    def mean_dice(thr: float) -> float:
+        return float(dice_iou(apply_frame_decision(counts, area, thr))[0].mean())
+
+    grid = np.unique(np.concatenate([[0.0], area, [area.max() + 1e-9]]))
+    best = max(mean_dice(g) for g in grid)
+    assert mean_dice(t) == pytest.approx(best)
+    assert t == min(g for g in grid if mean_dice(g) == pytest.approx(best))
+    assert 0 < t < area[25:].max()  # speckle frames emptied, the large lesions kept
+    decided = apply_frame_decision(counts, area, t)
+    off = area < t
+    assert (decided["pred_area"][off] == 0).all() and (decided["fn"][off] == counts["true_area"][off]).all()
+    assert (decided["tp"][~off] == counts["tp"][~off]).all()
+    # every frame has a lesion: emptying never helps, the decision keeps every mask
+    assert frame_area_threshold(area[25:], {k: v[25:] for k, v in counts.items()}) == 0.0
+    m = segmentation_metrics(decided)
+    assert m["lesion_images_found"]["n"] == 35 and m["empty_images"]["n"] == 25
+    assert m["lesion_images_found"]["rate"] == pytest.approx(float((decided["pred_area"][25:] > 0).mean()))

@@ -4,7 +4,8 @@ The loop, written once: seed; check the fold; build the model (or continue from 
 score the model on the validation part before fitting (the classifier's stage-1 head, or the model continued from);
 fit with Lightning (best and last checkpoints, early stopping on the task's validation score, resume from
 last.ckpt); load the best checkpoint (the last one when no best was recorded); keep whichever of before-fit and
-fitted scores better on validation; fit a temperature on validation class probabilities; predict the validation
+fitted scores better on validation; fit a temperature on validation class probabilities and the frame-level decision
+(masks: the smallest lesion area that makes a frame 'lesion') on the validation predictions; predict the validation
 and test parts; save model.pt and result.json (atomically). A fold with a result.json is finished.
 
 With several processes (DDP), every process takes part in each fit; rank 0 alone scores, predicts (on its device)
@@ -96,6 +97,10 @@ class FoldHooks:
 
         return fit_temperature(data.y[rows], val["probs"]) if val.get("probs") is not None else None
 
+    def decision(self, val: dict, data: FoldData, rows: np.ndarray) -> dict:
+        """Frame-level decision settings fitted on the validation part, kept in model.pt and result.json."""
+        return {}
+
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
         """Task-specific result.json fields (and files) from the test and validation predictions."""
         return {}
@@ -182,7 +187,8 @@ def train_fold(
     if val_out is None:
         val_out = hooks.predict(model, normalize, data, val, cfg)
     temperature = hooks.temperature(val_out, data, val)
-    save_model(fold_dir / "model.pt", model.cpu(), cfg, list(data.labels), dc, temperature)
+    decision = hooks.decision(val_out, data, val)
+    save_model(fold_dir / "model.pt", model.cpu(), cfg, list(data.labels), dc, temperature, decision)
     speed["seconds"] = time.perf_counter() - t0
     result = {
         "fold": k,
@@ -193,6 +199,7 @@ def train_fold(
         **{f"val_score_{name}": s for name, s in scores.items()},
         "val_score": scores.get(selected),
         "speed": speed,
+        **({"decision": decision} if decision else {}),
         "test_rows": test.tolist(),
         "val_rows": val.tolist(),
         **hooks.result(test_out, val_out, data, parts, fold_dir),

@@ -95,16 +95,26 @@ def segmentation_results(
     thresholding) with HD95; the figures at the training size (against `masks`) stay beside them in
     "training_size" and the table's dice_training_size column."""
     from medcad.engine.fullres import native_mask_scores
-    from medcad.metrics.segmentation import dice_iou, hd95_summary, mask_counts, per_image_table, segmentation_metrics
+    from medcad.metrics.segmentation import (
+        apply_frame_decision,
+        dice_iou,
+        hd95_summary,
+        lesion_area,
+        mask_counts,
+        per_image_table,
+        segmentation_metrics,
+    )
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    parts, small, dists, per_fold = [], [], [], []
+    parts, small, dists, per_fold, decided, min_areas = [], [], [], [], [], []
     for r in results:
         rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         c, d = native_mask_scores(manifest, rows, probs)
         parts.append((rows, c))
+        min_areas.append(r.get("decision", {}).get("min_lesion_area"))
+        decided.append(apply_frame_decision(c, lesion_area(probs), min_areas[-1] or 0.0))
         dists.append(d)
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
@@ -118,6 +128,14 @@ def segmentation_results(
     m["hd95"] = hd95_summary(dist, groups=groups)
     size = int(masks.shape[-1])
     m["training_size"] = {**segmentation_metrics(counts_small, groups=groups), "resolution": f"{size}x{size} px"}
+    counts_decided = {k: np.concatenate([c[k] for c in decided]) for k in decided[0]}
+    if any(a is not None for a in min_areas):  # runs from before the frame-level decision have none
+        m["frame_decision"] = {
+            **segmentation_metrics(counts_decided, groups=groups),
+            "rule": "a frame shows a lesion when its predicted lesion covers at least min_lesion_area of the image "
+            "(each fold's value chosen on its validation part to maximise mean Dice); smaller masks are emptied",
+            "min_lesion_area": [a or 0.0 for a in min_areas],
+        }
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     if len(set(label_of)) > 1:
         m["by_label"] = {
@@ -134,6 +152,8 @@ def segmentation_results(
     table.insert(2, "label", label_of)
     table["hd95_px"] = dist
     table["dice_training_size"] = dice_iou(counts_small)[0]
+    if "frame_decision" in m:
+        table["dice_frame_decision"] = dice_iou(counts_decided)[0]
     return m, table
 
 

@@ -20,7 +20,7 @@ from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import TrainingThroughput, class_weights, gather_lists, make_loader
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
-from medcad.metrics.segmentation import dice_iou, mask_counts
+from medcad.metrics.segmentation import dice_iou, frame_area_threshold, lesion_area, mask_counts
 from medcad.models.predict import predict_masks
 from medcad.tasks import get_task
 
@@ -184,6 +184,14 @@ class SegmentHooks(FoldHooks):
         if outputs["probs"] is not None:
             scores.append(val_score(data.y[rows], outputs["probs"]))
         return float(np.mean(scores))
+
+    def decision(self, val: dict, data: FoldData, rows: np.ndarray) -> dict:
+        """The frame-level decision: the smallest predicted lesion area (fraction of the image) that makes a frame
+        'lesion', chosen on the validation part to maximise its mean per-image Dice (0.0 keeps every mask)."""
+        if val["masks"] is None:
+            return {}
+        counts = mask_counts(val["masks"] >= 128, np.asarray(data.masks[rows]))
+        return {"min_lesion_area": frame_area_threshold(lesion_area(val["masks"]), counts)}
 
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
         if test["masks"] is not None:

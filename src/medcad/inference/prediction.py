@@ -4,7 +4,9 @@ A `Prediction` carries what its task has: class probabilities (classify, multita
 the image's own size (segment, multitask), boxes in the image's pixels (detect). Its `label` is the frame-level
 decision a clinician sees first: the most probable class (multi-label: every label at or above the threshold, joined
 by '+', or "none"); for a detector the top box's class, or "background" when
-no box reaches the threshold; for a segmenter "lesion" when any pixel reaches the threshold, else "no lesion".
+no box reaches the threshold; for a segmenter "lesion" when the pixels at or above the threshold cover at least
+`min_lesion_area` of the image (the frame-level decision fitted on validation data; any pixel when it is 0), else
+"no lesion" — and then no lesion pixel is shown either.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Prediction:
         threshold: lesion-probability threshold of the mask, score threshold of the boxes, or (multi-label) the
             probability from which a label is present.
         multilabel: the probabilities are independent per label (any subset present), not one class's share.
+        min_lesion_area: the frame-level decision of a mask: the smallest fraction of the image that the lesion
+            pixels must cover for the frame to show a lesion (smaller predicted lesions are dropped).
         extra: more fields for the table row (e.g. smoothed video decisions).
     """
 
@@ -47,12 +51,19 @@ class Prediction:
     boxes: np.ndarray | None = None
     threshold: float = 0.5
     multilabel: bool = False
+    min_lesion_area: float = 0.0
     extra: dict = field(default_factory=dict)
 
     @property
     def lesion(self) -> np.ndarray | None:
-        """bool (H, W) lesion pixels at the threshold, or None without a mask."""
-        return None if self.mask is None else self.mask >= self.threshold
+        """bool (H, W) lesion pixels at the threshold (none when they cover less than `min_lesion_area`), or None
+        without a mask."""
+        if self.mask is None:
+            return None
+        lesion = self.mask >= self.threshold
+        if self.min_lesion_area > 0 and lesion.mean() < self.min_lesion_area:
+            lesion[:] = False
+        return lesion
 
     @property
     def kept_boxes(self) -> np.ndarray | None:

@@ -57,6 +57,7 @@ class Predictor:
     graph_outputs: tuple[str, ...] = ()
     agreement_measure = ""  # the key of `agreement` that says, in one number, how well two backends agree
     multilabel = False  # probabilities are per label (sigmoid), not over classes
+    min_lesion_area = 0.0  # masks: the frame-level decision (see Prediction)
 
     def __init__(
         self,
@@ -124,7 +125,13 @@ class Predictor:
         probabilities, then thresholded by the Prediction), the boxes scaled."""
         h, w = size
         s = self.config.image_size
-        pred = Prediction(name, self.labels, threshold=self.threshold, multilabel=self.multilabel)
+        pred = Prediction(
+            name,
+            self.labels,
+            threshold=self.threshold,
+            multilabel=self.multilabel,
+            min_lesion_area=self.min_lesion_area,
+        )
         if outputs.get("probabilities") is not None:
             pred.probabilities = np.asarray(outputs["probabilities"][i], np.float64)
         if outputs.get("mask") is not None:

@@ -74,7 +74,9 @@ def segmentation_metrics(
         "dice", "iou": mean per-image scores; "dice_pooled", "iou_pooled": from pixel counts summed over images;
         "precision", "recall": pooled pixel precision and recall; "dice_lesion", "iou_lesion": mean over lesion
         images (None when there are none); each ``{"value", "ci95"}``. "empty_images" (only when some true masks
-        are empty): {"n", "false_positive_rate" (fraction with any predicted pixel), "ci95"}.
+        are empty): {"n", "false_positive_rate" (fraction with any predicted pixel), "ci95"}, and with it
+        "lesion_images_found": {"n", "rate" (fraction of images with a true lesion and any predicted pixel), "ci95"}
+        — the frame-level sensitivity beside the false-positive rate.
         "per_image_quantiles": {min, q25, median, q75, max} of the per-image Dice; "n_images", "n_lesion_images".
     """
     c = {k: np.asarray(counts[k], dtype=float) for k in COUNT_KEYS}
@@ -106,6 +108,8 @@ def segmentation_metrics(
         if empty.any():
             we = w * empty
             out["empty_fpr"] = _ratio(we @ predicted, we.sum(axis=1), np.nan)
+            wl = w * ~empty
+            out["lesion_found"] = _ratio(wl @ predicted, wl.sum(axis=1), np.nan)
         return out
 
     stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
@@ -115,6 +119,9 @@ def segmentation_metrics(
     if empty.any():
         fpr = stats["empty_fpr"]
         result["empty_images"] = {"n": int(empty.sum()), "false_positive_rate": fpr["value"], "ci95": fpr["ci95"]}
+        if (~empty).any():
+            found = stats["lesion_found"]
+            result["lesion_images_found"] = {"n": int((~empty).sum()), "rate": found["value"], "ci95": found["ci95"]}
     quantiles = np.quantile(dice, [0, 0.25, 0.5, 0.75, 1]).tolist()
     result["per_image_quantiles"] = dict(zip(("min", "q25", "median", "q75", "max"), quantiles, strict=True))
     result["n_images"] = n
@@ -176,3 +183,49 @@ def hd95_summary(
         lambda w: {"mean": (w @ vals) / w.sum(axis=1)}, len(vals), groups=g, n_boot=n_boot, seed=seed
     )
     return out | {"mean": stats["mean"], "median": float(np.median(vals))}
+
+
+def lesion_area(probs: np.ndarray, threshold: int = 128) -> np.ndarray:
+    """Fraction of each image's pixels predicted as lesion: probs (N, S, S) uint8 0..255 (threshold 128, i.e.
+    p >= 0.5) or float in [0, 1] (give threshold=0.5) -> (N,) float in [0, 1]."""
+    p = np.asarray(probs)
+    return (p.reshape(len(p), -1) >= threshold).mean(axis=1) if len(p) else np.zeros(0)
+
+
+def frame_area_threshold(area: np.ndarray, counts: dict[str, np.ndarray]) -> float:
+    """The frame-level lesion decision: the smallest predicted lesion area (fraction of the image) from which a
+    frame shows a lesion, chosen to maximise the mean per-image Dice of `counts` (validation images) once the
+    masks of frames below it are emptied. An emptied frame scores 1 when its truth is empty, else 0 (the Dice
+    conventions of this module). 0.0 keeps every predicted mask.
+
+    Args:
+        area: (N,) predicted lesion area fractions (`lesion_area`).
+        counts: `mask_counts` of the same predictions against their true masks.
+
+    Returns:
+        The area threshold (0.0, or just above the largest area when emptying every frame scores best); ties go
+        to the smallest one (the fewest frames emptied).
+    """
+    area = np.asarray(area, dtype=float)
+    if len(area) == 0:
+        return 0.0
+    kept = dice_iou(counts)[0]  # Dice of each frame when its mask is kept
+    emptied = (np.asarray(counts["true_area"]) == 0).astype(float)  # ... and when it is emptied
+    order = np.argsort(area, kind="stable")
+    a, gain = area[order], (emptied - kept)[order]
+    # threshold t = a[j] empties frames 0..j-1 (area < a[j]); past the last frame, t empties them all
+    candidates = np.append(a, np.nextafter(a[-1], np.inf))
+    total = np.concatenate([[0.0], np.cumsum(gain)])  # Dice gained by emptying the first j frames
+    distinct = np.append(np.r_[True, a[1:] != a[:-1]], True)  # only thresholds between distinct areas
+    best = int(np.flatnonzero(distinct)[np.argmax(total[distinct])])
+    return 0.0 if best == 0 else float(candidates[best])
+
+
+def apply_frame_decision(counts: dict[str, np.ndarray], area: np.ndarray, min_area: float) -> dict[str, np.ndarray]:
+    """`counts` with the masks of frames whose predicted area is below `min_area` emptied (no lesion shown)."""
+    off = np.asarray(area, dtype=float) < min_area
+    out = {k: np.asarray(v).copy() for k, v in counts.items()}
+    out["fn"][off] = out["true_area"][off]
+    for k in ("tp", "fp", "pred_area"):
+        out[k][off] = 0
+    return out

@@ -150,6 +150,23 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         head.add_row(f"Dice at training size {seg['training_size']['resolution']}", _fmt(seg["training_size"]["dice"]))
     if seg.get("hd95"):
         head.add_row("HD95 px (original size), mean", _fmt(seg["hd95"]["mean"]))
+    if seg.get("empty_images"):
+        e = seg["empty_images"]
+        head.add_row(
+            f"lesion-free images with lesion pixels (n={e['n']})",
+            _fmt({"value": e["false_positive_rate"], "ci95": e["ci95"]}),
+        )
+    fd = seg.get("frame_decision")
+    if fd:
+        head.add_row("after the frame-level decision: Dice (per image)", _fmt(fd["dice"]))
+        if fd.get("dice_lesion"):
+            head.add_row("  Dice, lesion images", _fmt(fd["dice_lesion"]))
+        if fd.get("empty_images"):
+            e, f = fd["empty_images"], fd["lesion_images_found"]
+            head.add_row(
+                "  lesion-free images with lesion pixels", _fmt({"value": e["false_positive_rate"], "ci95": e["ci95"]})
+            )
+            head.add_row("  lesion images with lesion pixels", _fmt({"value": f["rate"], "ci95": f["ci95"]}))
     c.print(head)
     if "per_class" not in m:
         _print_fold_summary(c, m)

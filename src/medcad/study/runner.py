@@ -67,6 +67,13 @@ def _headline(m: dict) -> dict:
     keep = ("accuracy", "macro_f1", "macro_auc", "balanced_accuracy", "dice", "iou", "ap50", "map")
     out = {k: m.get(k) for k in keep}
     out["fold_summary"] = m.get("fold_summary")
+    seg = m.get("segmentation") or {}
+    for key, block in (("", seg), ("decided_", seg.get("frame_decision") or {})):
+        if block:
+            out[f"{key}dice"] = block.get("dice") if key else out["dice"]
+            out[f"{key}dice_lesion"] = block.get("dice_lesion")
+            e = block.get("empty_images")  # lesion-free images with any lesion pixel
+            out[f"{key}lesion_free_fp"] = {"value": e["false_positive_rate"], "ci95": e["ci95"]} if e else None
     out["by_domain"] = {d: {k: v.get(k) for k in keep} for d, v in (m.get("by_domain") or {}).items()}
     return out
 
