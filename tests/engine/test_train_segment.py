@@ -126,6 +126,9 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     cfg = FAST.replace(task="multitask", missing_masks="empty", epochs=1)
     m = train_run(synth, tmp_path / "mt", cfg, progress=False)
     assert {"accuracy", "macro_auc", "dice", "iou", "segmentation"} <= set(m)
+    # three classes: each finding against the rest gets operating points chosen on validation
+    ops = m["validated_operating_points_by_class"]
+    assert set(ops) == {"benign", "malignant"} and all(o["one_vs_rest"] and "youden" in o for o in ops.values())
     pred = (tmp_path / "mt" / "predictions.csv").read_text().splitlines()[0]
     assert pred.startswith("image,fold,label,predicted") and "dice" in pred
     res = runner.invoke(app, ["export", str(tmp_path / "mt"), "--json"])  # mask and class head in one graph
@@ -141,6 +144,7 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
 
     html = write_report(tmp_path / "mt").read_text()
     assert "Lesion masks" in html and "Classification" in html
+    assert "Operating points chosen on validation data (positive class: malignant, against every other class)" in html
 
 
 def test_frame_decision_of_a_prediction() -> None:

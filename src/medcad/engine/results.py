@@ -292,7 +292,8 @@ def validated_metrics(
     groups: np.ndarray,
 ) -> dict:
     """What needs each fold's validation predictions: operating points chosen on validation and applied to the
-    fold's test images (binary runs), and temperature scaling fitted on validation ("calibration"). Empty (with a
+    fold's test images (binary runs: the positive class; more classes: each class but 'normal' against the rest),
+    and temperature scaling fitted on validation ("calibration"). Empty (with a
     note) for runs whose fold results predate validation predictions."""
     from medcad.metrics.calibration import temperature_scaled
     from medcad.metrics.operating import validated_operating_points
@@ -310,14 +311,22 @@ def validated_metrics(
     yt = y[rows]
     out: dict = {}
     out["calibration"], _ = temperature_scaled(yt, probs, fold_of, val, groups=groups)
-    if k == 2:
-        c = labels.index(positive_label(labels))
-        out["validated_operating_points"] = {
+
+    def points(c: int, one_vs_rest: bool) -> dict:
+        return {
             "positive": labels[c],
+            "one_vs_rest": one_vs_rest,
             "note": "thresholds chosen per fold on its validation part, applied to its test images",
             **validated_operating_points(
                 yt == c, probs[:, c], fold_of, {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}, groups=groups
             ),
+        }
+
+    if k == 2:
+        out["validated_operating_points"] = points(labels.index(positive_label(labels)), False)
+    else:  # each finding against every other class (the reference class 'normal' is no finding)
+        out["validated_operating_points_by_class"] = {
+            lab: points(c, True) for c, lab in enumerate(labels) if lab != REFERENCE_LABEL and (yt == c).any()
         }
     return out
 

@@ -84,7 +84,9 @@ def checklist(r: dict, run: Path) -> list[dict]:
         _item(
             "Methods: evaluation",
             "Operating point / decision threshold and how it was chosen (TRIPOD+AI)",
-            "Results → Operating points chosen on validation data" if m.get("validated_operating_points") else None,
+            "Results → Operating points chosen on validation data"
+            if m.get("validated_operating_points") or m.get("validated_operating_points_by_class")
+            else None,
         ),
         _item(
             "Methods: evaluation",

@@ -196,10 +196,12 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
 
 def _print_validated(c: Console, m: dict) -> None:
     """Operating points chosen on validation and temperature scaling, when the run has them."""
-    v = m.get("validated_operating_points")
-    if v:
+    for v in [m.get("validated_operating_points"), *(m.get("validated_operating_points_by_class") or {}).values()]:
+        if not v:
+            continue
         t = Table("rule (chosen on validation)", "sensitivity (95 % CI)", "specificity (95 % CI)")
-        t.title = f"Operating points from validation, applied to test (positive: {v['positive']})"
+        rest = " against the rest" if v.get("one_vs_rest") else ""
+        t.title = f"Operating points from validation, applied to test (positive: {v['positive']}{rest})"
         for rule in ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95"):
             if rule in v:
                 t.add_row(rule, _fmt(v[rule]["sensitivity"]), _fmt(v[rule]["specificity"]))
