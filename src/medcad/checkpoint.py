@@ -30,7 +30,7 @@ def save_model(
     """Write a self-contained model file (weights, settings, labels, preprocessing) atomically.
 
     `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports;
-    `decision` holds the frame-level decision settings fitted on the same part (masks: "min_lesion_area")."""
+    `decision` holds the frame-level decision fitted on the same part (masks: "frame_score", "min_frame_score")."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(
         {

@@ -152,6 +152,8 @@ TASKS: dict[str, Task] = {
 }
 
 
+REFERENCE_LABEL = "normal"  # the lesion-free class: subtypes are compared with it; frames of it show no lesion
+
 LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")
 
 

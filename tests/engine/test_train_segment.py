@@ -43,14 +43,16 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     # the frame-level decision: fitted per fold on validation, kept in model.pt, applied to the pooled test masks
     import torch
 
-    areas = [json.loads((run / f"fold_{k}" / "result.json").read_text())["decision"]["min_lesion_area"] for k in (0, 1)]
-    assert all(0 <= a <= 1 + 1e-6 for a in areas)
-    assert torch.load(run / "fold_0" / "model.pt", weights_only=False)["decision"]["min_lesion_area"] == areas[0]
+    decisions = [json.loads((run / f"fold_{k}" / "result.json").read_text())["decision"] for k in (0, 1)]
+    assert all(d["frame_score"] == "lesion_area" and 0 <= d["min_frame_score"] <= 1 + 1e-6 for d in decisions)
+    assert torch.load(run / "fold_0" / "model.pt", weights_only=False)["decision"] == decisions[0]
     fd = seg["frame_decision"]
-    assert fd["min_lesion_area"] == areas and fd["n_images"] == 24 and "rule" in fd
+    assert fd["thresholds"] == [d["min_frame_score"] for d in decisions] and fd["n_images"] == 24
+    assert fd["frame_score"] == ["lesion_area"] and "rule" in fd
     from medcad.inference.registry import load_predictor
 
-    assert load_predictor(run).min_lesion_area == pytest.approx(np.mean(areas))
+    predictor = load_predictor(run)
+    assert predictor.min_frame_score == pytest.approx(np.mean(fd["thresholds"]))
 
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
@@ -127,6 +129,8 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     m = train_run(synth, tmp_path / "mt", cfg, progress=False)
     assert {"accuracy", "macro_auc", "dice", "iou", "segmentation"} <= set(m)
     # three classes: each finding against the rest gets operating points chosen on validation
+    fd = m["segmentation"]["frame_decision"]  # a class head with 'normal': the decision scores P(not normal)
+    assert fd["frame_score"] == ["p_lesion"] and len(fd["thresholds"]) == 2
     ops = m["validated_operating_points_by_class"]
     assert set(ops) == {"benign", "malignant"} and all(o["one_vs_rest"] and "youden" in o for o in ops.values())
     pred = (tmp_path / "mt" / "predictions.csv").read_text().splitlines()[0]
@@ -148,16 +152,23 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
 
 
 def test_frame_decision_of_a_prediction() -> None:
-    """A mask whose lesion pixels cover less than min_lesion_area is 'no lesion' and shows no lesion pixel."""
+    """A frame below the decision's threshold is 'no lesion' and shows no lesion pixel: by lesion area, or by the
+    class head's probability that the frame is not normal (the label stays the most probable class)."""
     from medcad.inference.prediction import Prediction
 
     mask = np.zeros((10, 10), np.float32)
     mask[:2, :2] = 0.9  # 4 % of the frame
     assert Prediction("a", ["lesion"], mask=mask).label == "lesion"
-    kept = Prediction("a", ["lesion"], mask=mask, min_lesion_area=0.04)
+    kept = Prediction("a", ["lesion"], mask=mask, min_frame_score=0.04)
     assert kept.label == "lesion" and kept.lesion.sum() == 4
-    dropped = Prediction("a", ["lesion"], mask=mask, min_lesion_area=0.05)
+    dropped = Prediction("a", ["lesion"], mask=mask, min_frame_score=0.05)
     assert dropped.label == "no lesion" and not dropped.lesion.any() and dropped.row()["lesion_fraction"] == 0
+    p = np.array([0.5, 0.2, 0.3])  # benign, malignant, normal: P(lesion) = 0.7
+    labels = ["benign", "malignant", "normal"]
+    kw = {"mask": mask, "probabilities": p, "frame_score_kind": "p_lesion"}
+    assert Prediction("a", labels, min_frame_score=0.7, **kw).lesion.sum() == 4
+    gated = Prediction("a", labels, min_frame_score=0.75, **kw)
+    assert not gated.lesion.any() and gated.label == "benign"
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

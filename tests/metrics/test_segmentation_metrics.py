@@ -124,9 +124,9 @@ def test_hd95_matches_scipy_reference_and_conventions():
 
 
 def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
-    """The area threshold from `frame_area_threshold` gives the best mean Dice over every possible threshold, the
+    """The area threshold from `frame_threshold` gives the best mean Dice over every possible threshold, the
     smallest such one; emptied frames score 1 on empty truth and 0 on a lesion."""
-    from medcad.metrics.segmentation import apply_frame_decision, frame_area_threshold, lesion_area
+    from medcad.metrics.segmentation import apply_frame_decision, frame_threshold, lesion_area
 
     rng = np.random.default_rng(3)
     pred, true = _random_masks(60, seed=3)
@@ -134,7 +134,7 @@ def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
     pred[:25] &= rng.random((25, 32, 32)) < 0.08  # ... whose predictions are small speckles
     area = lesion_area(pred.astype(np.uint8) * 255)
     counts = mask_counts(pred, true)
-    t = frame_area_threshold(area, counts)
+    t = frame_threshold(area, counts)
 
     def mean_dice(thr: float) -> float:
         return float(dice_iou(apply_frame_decision(counts, area, thr))[0].mean())
@@ -149,7 +149,7 @@ def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
     assert (decided["pred_area"][off] == 0).all() and (decided["fn"][off] == counts["true_area"][off]).all()
     assert (decided["tp"][~off] == counts["tp"][~off]).all()
     # every frame has a lesion: emptying never helps, the decision keeps every mask
-    assert frame_area_threshold(area[25:], {k: v[25:] for k, v in counts.items()}) == 0.0
+    assert frame_threshold(area[25:], {k: v[25:] for k, v in counts.items()}) == 0.0
     m = segmentation_metrics(decided)
     assert m["lesion_images_found"]["n"] == 35 and m["empty_images"]["n"] == 25
     assert m["lesion_images_found"]["rate"] == pytest.approx(float((decided["pred_area"][25:] > 0).mean()))

@@ -7,19 +7,26 @@ import pytest
 import torch
 
 from medcad.errors import ConfigError, DataError
-from medcad.models.backbones import backbone_data_config, create_backbone, load_weights, offline_weights_path
+from medcad.models.backbones import (
+    OFFLINE_WEIGHTS,
+    backbone_data_config,
+    create_backbone,
+    load_weights,
+    offline_weights_path,
+)
 from medcad.models.classifier import Classifier, freeze_backbone, make_head, parameter_groups
 
 
-def test_default_backbone_has_real_imagenet_weights_offline() -> None:
+@pytest.mark.parametrize("name", sorted(OFFLINE_WEIGHTS))
+def test_offline_backbones_have_real_imagenet_weights(name: str) -> None:
     """scikit-image's chelsea() is a tabby cat: ImageNet classes 281-285 must lead the top 5."""
     import timm
     from PIL import Image
     from skimage import data
 
-    path = offline_weights_path("tf_efficientnet_lite0")
+    path = offline_weights_path(name)
     assert path is not None and path.is_file()
-    model = timm.create_model("tf_efficientnet_lite0")
+    model = timm.create_model(name)
     load_weights(model, path, skip_classifier=False)
     cfg = backbone_data_config(model)
     img = Image.fromarray(data.chelsea()).resize((224, 224), Image.BICUBIC)

@@ -5,7 +5,7 @@ score the model on the validation part before fitting (the classifier's stage-1 
 fit with Lightning (best and last checkpoints, early stopping on the task's validation score, resume from
 last.ckpt); load the best checkpoint (the last one when no best was recorded); keep whichever of before-fit and
 fitted scores better on validation; fit a temperature on validation class probabilities and the frame-level decision
-(masks: the smallest lesion area that makes a frame 'lesion') on the validation predictions; predict the validation
+(masks: the smallest frame score that makes a frame 'lesion') on the validation predictions; predict the validation
 and test parts; save model.pt and result.json (atomically). A fold with a result.json is finished.
 
 With several processes (DDP), every process takes part in each fit; rank 0 alone scores, predicts (on its device)
@@ -97,7 +97,7 @@ class FoldHooks:
 
         return fit_temperature(data.y[rows], val["probs"]) if val.get("probs") is not None else None
 
-    def decision(self, val: dict, data: FoldData, rows: np.ndarray) -> dict:
+    def decision(self, val: dict, data: FoldData, rows: np.ndarray, temperature: float | None) -> dict:
         """Frame-level decision settings fitted on the validation part, kept in model.pt and result.json."""
         return {}
 
@@ -187,7 +187,7 @@ def train_fold(
     if val_out is None:
         val_out = hooks.predict(model, normalize, data, val, cfg)
     temperature = hooks.temperature(val_out, data, val)
-    decision = hooks.decision(val_out, data, val)
+    decision = hooks.decision(val_out, data, val, temperature)
     save_model(fold_dir / "model.pt", model.cpu(), cfg, list(data.labels), dc, temperature, decision)
     speed["seconds"] = time.perf_counter() - t0
     result = {

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import Manifest, atomic_write_text
-
-REFERENCE_LABEL = "normal"  # subtypes (subgroup column) of abnormal images are each compared with this label
+from medcad.tasks import REFERENCE_LABEL
 
 
 def positive_label(labels: list[str]) -> str:
@@ -85,6 +84,18 @@ def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["rows"], z["probs"]
 
 
+def _fold_frame_scores(kind: str, masks: np.ndarray, result: dict, labels: list[str]) -> np.ndarray:
+    """A fold's frame scores of its test frames, as its predictor computes them (class probabilities with the fold's
+    temperature)."""
+    from medcad.metrics.calibration import apply_temperature
+    from medcad.metrics.segmentation import frame_scores
+
+    if kind != "p_lesion":
+        return frame_scores(kind, masks, None, None)
+    probs = apply_temperature(np.asarray(result["test_probs"], dtype=np.float64), result.get("temperature") or 1.0)
+    return frame_scores(kind, None, probs, labels.index(REFERENCE_LABEL))
+
+
 def segmentation_results(
     manifest: Manifest, masks: np.ndarray, run: Path, results: list[dict], groups_of: dict, labels: list[str]
 ) -> tuple[dict, pd.DataFrame]:
@@ -99,7 +110,6 @@ def segmentation_results(
         apply_frame_decision,
         dice_iou,
         hd95_summary,
-        lesion_area,
         mask_counts,
         per_image_table,
         segmentation_metrics,
@@ -107,14 +117,18 @@ def segmentation_results(
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    parts, small, dists, per_fold, decided, min_areas = [], [], [], [], [], []
+    parts, small, dists, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], set()
     for r in results:
         rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         c, d = native_mask_scores(manifest, rows, probs)
         parts.append((rows, c))
-        min_areas.append(r.get("decision", {}).get("min_lesion_area"))
-        decided.append(apply_frame_decision(c, lesion_area(probs), min_areas[-1] or 0.0))
+        decision = r.get("decision") or {}
+        if decision:  # the fold's frame-level decision on its test frames
+            kinds.add(decision["frame_score"])
+            score = _fold_frame_scores(decision["frame_score"], probs, r, labels)
+            decided.append(apply_frame_decision(c, score, decision["min_frame_score"]))
+        thresholds.append(decision.get("min_frame_score"))
         dists.append(d)
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
@@ -128,13 +142,19 @@ def segmentation_results(
     m["hd95"] = hd95_summary(dist, groups=groups)
     size = int(masks.shape[-1])
     m["training_size"] = {**segmentation_metrics(counts_small, groups=groups), "resolution": f"{size}x{size} px"}
-    counts_decided = {k: np.concatenate([c[k] for c in decided]) for k in decided[0]}
-    if any(a is not None for a in min_areas):  # runs from before the frame-level decision have none
+    if len(decided) == len(results):  # runs from before the frame-level decision have none
+        counts_decided = {k: np.concatenate([c[k] for c in decided]) for k in decided[0]}
+        what = (
+            "the class head's probability that the frame is not 'normal'"
+            if kinds == {"p_lesion"}
+            else ("the predicted lesion area (fraction of the frame)")
+        )
         m["frame_decision"] = {
             **segmentation_metrics(counts_decided, groups=groups),
-            "rule": "a frame shows a lesion when its predicted lesion covers at least min_lesion_area of the image "
-            "(each fold's value chosen on its validation part to maximise mean Dice); smaller masks are emptied",
-            "min_lesion_area": [a or 0.0 for a in min_areas],
+            "frame_score": sorted(kinds),
+            "rule": f"a frame shows a lesion when {what} reaches the fold's threshold, chosen on its validation part "
+            "to maximise mean Dice; the masks of other frames are emptied",
+            "thresholds": thresholds,
         }
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     if len(set(label_of)) > 1:

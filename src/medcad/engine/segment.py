@@ -20,9 +20,10 @@ from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import TrainingThroughput, class_weights, gather_lists, make_loader
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
-from medcad.metrics.segmentation import dice_iou, frame_area_threshold, lesion_area, mask_counts
+from medcad.metrics.calibration import apply_temperature
+from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
 from medcad.models.predict import predict_masks
-from medcad.tasks import get_task
+from medcad.tasks import REFERENCE_LABEL, get_task
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -134,6 +135,20 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
+def frame_score_kind(labels: list[str], class_head: bool) -> tuple[str, int | None]:
+    """What the frame-level decision of a mask model scores, and the lesion-free class's column: a class head with
+    a lesion-free class ("normal") gives its probability that the frame shows a lesion ("p_lesion", 1 - p[normal]),
+    else the predicted lesion area ("lesion_area"). The threshold (`frame_threshold`) is the smallest score that
+    maximises mean Dice on validation; frames below it get an empty mask.
+
+    Measured on BUSI (multitask U-Net, 5 grouped folds; thresholds chosen out of fold): the class head cuts
+    lesion-free frames shown with lesion pixels from 48 % to 22 % (mean Dice 0.660 -> 0.683), the area rule only to
+    43 % (0.661): a small predicted lesion is no evidence of a lesion-free frame, the class head is."""
+    if class_head and REFERENCE_LABEL in labels:
+        return "p_lesion", labels.index(REFERENCE_LABEL)
+    return "lesion_area", None
+
+
 class SegmentHooks(FoldHooks):
     """Segment and multitask: one stage, all layers; validation score Dice (averaged with macro AUC for
     multitask). A fold folder gets test_masks.npz: the test images' lesion probabilities as uint8 0..255."""
@@ -185,13 +200,15 @@ class SegmentHooks(FoldHooks):
             scores.append(val_score(data.y[rows], outputs["probs"]))
         return float(np.mean(scores))
 
-    def decision(self, val: dict, data: FoldData, rows: np.ndarray) -> dict:
-        """The frame-level decision: the smallest predicted lesion area (fraction of the image) that makes a frame
-        'lesion', chosen on the validation part to maximise its mean per-image Dice (0.0 keeps every mask)."""
+    def decision(self, val: dict, data: FoldData, rows: np.ndarray, temperature: float | None) -> dict:
+        """The frame-level decision (see `frame_decision`), chosen on the validation part."""
         if val["masks"] is None:
             return {}
         counts = mask_counts(val["masks"] >= 128, np.asarray(data.masks[rows]))
-        return {"min_lesion_area": frame_area_threshold(lesion_area(val["masks"]), counts)}
+        kind, normal = frame_score_kind(data.labels, val["probs"] is not None)
+        probs = apply_temperature(val["probs"], temperature or 1.0) if kind == "p_lesion" else None
+        score = frame_scores(kind, val["masks"], probs, normal)
+        return {"frame_score": kind, "min_frame_score": frame_threshold(score, counts)}
 
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
         if test["masks"] is not None:

@@ -41,8 +41,11 @@ class MaskPredictor(Predictor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperatures = [float(m.get("temperature", 1.0)) for m in self.metas]
-        # the frame-level decision of each fold, fitted on its validation part; an ensemble uses their mean
-        self.min_lesion_area = float(np.mean([m.get("decision", {}).get("min_lesion_area", 0.0) for m in self.metas]))
+        # the frame-level decision of each fold, fitted on its validation part; an ensemble uses the mean threshold
+        decisions = [m.get("decision") or {} for m in self.metas]
+        if all(decisions) and len({d["frame_score"] for d in decisions}) == 1:
+            self.frame_score_kind = decisions[0]["frame_score"]
+            self.min_frame_score = float(np.mean([d["min_frame_score"] for d in decisions]))
         self.with_class = "probabilities" in get_task(self.task).outputs
         self.graph_outputs = ("mask", "probabilities") if self.with_class else ("mask",)
 

@@ -4,9 +4,10 @@ A `Prediction` carries what its task has: class probabilities (classify, multita
 the image's own size (segment, multitask), boxes in the image's pixels (detect). Its `label` is the frame-level
 decision a clinician sees first: the most probable class (multi-label: every label at or above the threshold, joined
 by '+', or "none"); for a detector the top box's class, or "background" when
-no box reaches the threshold; for a segmenter "lesion" when the pixels at or above the threshold cover at least
-`min_lesion_area` of the image (the frame-level decision fitted on validation data; any pixel when it is 0), else
-"no lesion" — and then no lesion pixel is shown either.
+no box reaches the threshold; for a segmenter "lesion" when a pixel reaches the threshold and the frame passes the
+frame-level decision fitted on validation data (its `frame_score` reaches `min_frame_score`), else "no lesion" — and
+then no lesion pixel is shown either. A multitask model's label stays its most probable class; its mask follows the
+frame-level decision.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from medcad.tasks import REFERENCE_LABEL
 
 BACKGROUND = "background"
 NO_LESION, LESION = "no lesion", "lesion"
@@ -39,8 +42,9 @@ class Prediction:
         threshold: lesion-probability threshold of the mask, score threshold of the boxes, or (multi-label) the
             probability from which a label is present.
         multilabel: the probabilities are independent per label (any subset present), not one class's share.
-        min_lesion_area: the frame-level decision of a mask: the smallest fraction of the image that the lesion
-            pixels must cover for the frame to show a lesion (smaller predicted lesions are dropped).
+        frame_score_kind: what the frame-level decision of a mask scores: "lesion_area" (fraction of the image
+            at or above the threshold) or "p_lesion" (1 - the probability of the class "normal").
+        min_frame_score: the frame shows a lesion (and its mask) only from this score on (0: always).
         extra: more fields for the table row (e.g. smoothed video decisions).
     """
 
@@ -51,19 +55,25 @@ class Prediction:
     boxes: np.ndarray | None = None
     threshold: float = 0.5
     multilabel: bool = False
-    min_lesion_area: float = 0.0
+    frame_score_kind: str = "lesion_area"
+    min_frame_score: float = 0.0
     extra: dict = field(default_factory=dict)
 
     @property
     def lesion(self) -> np.ndarray | None:
-        """bool (H, W) lesion pixels at the threshold (none when they cover less than `min_lesion_area`), or None
+        """bool (H, W) lesion pixels at the threshold (none when the frame-level decision says no lesion), or None
         without a mask."""
         if self.mask is None:
             return None
         lesion = self.mask >= self.threshold
-        if self.min_lesion_area > 0 and lesion.mean() < self.min_lesion_area:
+        if self.min_frame_score > 0 and self._frame_score(lesion) < self.min_frame_score:
             lesion[:] = False
         return lesion
+
+    def _frame_score(self, lesion: np.ndarray) -> float:
+        if self.frame_score_kind == "p_lesion":
+            return 1.0 - float(self.probabilities[self.labels.index(REFERENCE_LABEL)])
+        return float(lesion.mean())
 
     @property
     def kept_boxes(self) -> np.ndarray | None:

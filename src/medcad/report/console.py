@@ -248,16 +248,21 @@ def _p(v: float | None) -> str:
 
 def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     """Paired comparisons: difference with its 95 % CI, raw p and Holm-adjusted p (over the study's family)."""
-    rows = [(p, lab, d) for p in pairs for lab, d in (p.get("by_class") or {}).items()]
-    rows += [(p, "Dice", p["dice"]) for p in pairs if "dice" in p]
+    rows = [
+        (p, lab, d)
+        for p in pairs
+        for lab, d in [*(p.get("by_class") or {}).items(), *([("Dice", p["dice"])] if "dice" in p else [])]
+    ]
     if not rows:
         return
     t = Table(title="Paired tests (groups as unit; p Holm-adjusted over all of them)")
-    for name in ("A vs B", "what", "difference (95 % CI)", "p", "p Holm"):
+    for name in ("what", "difference (95 % CI)", "p", "p Holm"):
         t.add_column(name, overflow="fold")
+    pair = None
     for p, lab, d in rows:
+        if (p["a"], p["b"]) != pair:  # one heading row per pair of runs: long run names stay readable
+            pair = (p["a"], p["b"])
+            t.add_row(f"[bold]{p['a']} vs {p['b']}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
-        t.add_row(
-            f"{p['a']} vs {p['b']}", lab if lab == "Dice" else f"AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm"))
-        )
+        t.add_row(f"  {lab}" if lab == "Dice" else f"  AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm")))
     c.print(t)
