@@ -75,3 +75,11 @@ def test_temperature_scaled_improves_ece_of_overconfident_folds():
     assert res["after"]["ece"]["value"] < res["before"]["ece"]["value"]
     assert res["after"]["brier"]["value"] < res["before"]["brier"]["value"]
     assert cal.shape == probs[test].shape
+
+
+def test_temperature_at_the_search_bound_is_not_used() -> None:
+    """Separable validation rows drive T to the bound: no temperature is identified, T = 1 with a warning."""
+    y = np.array([0, 1, 0, 1, 0, 1])
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+    with pytest.warns(UserWarning, match="search bound"):
+        assert fit_temperature(y, probs) == 1.0

@@ -41,8 +41,12 @@ def fit_temperature(
         bounds: search range of T.
 
     Returns:
-        T (1.0 when there are no rows).
+        T; 1.0 (no scaling) when there are no rows, or, with a warning, when the optimum lies at a bound of the
+        search: the rows are (nearly) separable, so the likelihood keeps improving as T shrinks (or grows) without
+        limit, and no temperature is identified by so few or so easy rows.
     """
+    import warnings
+
     y = np.asarray(y_true, dtype=int)
     z = _logits(probs)  # (N, K)
     if len(y) == 0:
@@ -51,7 +55,15 @@ def fit_temperature(
     def nll(log_t: float) -> float:
         return float(-log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
 
-    res = minimize_scalar(nll, bounds=np.log(bounds), method="bounded", options={"xatol": 1e-5})
+    lo, hi = np.log(bounds)
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    if min(res.x - lo, hi - res.x) < 0.01 * (hi - lo):
+        warnings.warn(
+            f"temperature scaling: the best temperature lies at the search bound {float(np.exp(res.x)):.3g} on "
+            f"{len(y)} validation rows (they are nearly separable); kept T = 1 (no scaling)",
+            stacklevel=2,
+        )
+        return 1.0
     return float(np.exp(res.x))
 
 
