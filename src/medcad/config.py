@@ -88,6 +88,7 @@ class TrainConfig(DataOptions):
     oversample: bool = False
     patience: int = 5
     precision: str = "auto"  # auto (follows the device) | bf16-mixed | 16-mixed | 32-true
+    tta: str = "auto"  # test-time augmentation: auto (horizontal flip for mask models) | none | hflip
     seed: int = 0
     # segment / multitask
     missing_masks: str = "error"  # error | empty (images without a mask are lesion-free)

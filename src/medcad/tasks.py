@@ -168,3 +168,22 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+TTA_CHOICES = ("auto", "none", "hflip")
+
+
+def flip_tta(setting: str, task: str) -> bool:
+    """Whether a model's predictions average the image and its horizontal mirror (test-time augmentation).
+
+    "hflip": yes; "none": no; "auto": for models that output masks (segment, multitask). Measured on the saved fold
+    models of 5-fold runs (docs/results.md): BUSI multitask U-Net 128 px mean Dice 0.659 -> 0.683 and accuracy
+    0.756 -> 0.772; Kvasir-SEG U-Net 256 px 0.807 -> 0.815; BUSI lite0 classifier accuracy 0.801 -> 0.812 but macro
+    AUC 0.928 -> 0.928, so classifiers keep one pass. It doubles the inference cost.
+
+    Raises:
+        ConfigError: an unknown setting.
+    """
+    if setting not in TTA_CHOICES:
+        raise ConfigError(f"unknown test-time augmentation {setting!r}; choose one of {', '.join(TTA_CHOICES)}")
+    return setting == "hflip" or (setting == "auto" and "mask" in get_task(task).outputs)

@@ -90,8 +90,10 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert b["agreement_measure"] == "mask_dice" and b["backends"]["onnx-fp32"]["agreement"] >= 0.99
     res = runner.invoke(app, ["predict", str(run), str(image), "--backend", "onnx-fp32", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", str(run), str(image), "--backend", "torch-fp32", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
     onnx_mask = np.asarray(Image.open(tmp_path / "o" / f"{image.stem}_mask.png")) > 0
-    torch_mask = np.asarray(Image.open(out / f"{image.stem}_mask.png")) > 0
+    torch_mask = np.asarray(Image.open(tmp_path / "f" / f"{image.stem}_mask.png")) > 0  # fp32 against fp32
     assert (onnx_mask != torch_mask).mean() < 0.01
     import cv2
 

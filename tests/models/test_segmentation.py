@@ -137,3 +137,35 @@ def test_attention_unetpp_overfits_one_disc() -> None:
     assert losses[-1] < 0.6 * losses[0]
     logits = out["mask"].detach()[0, 0]
     assert logits[m[0, 0] > 0].mean() > logits[m[0, 0] == 0].mean() + 1  # the disc stands out
+
+
+def test_flip_tta_averages_the_mirror_flipped_back() -> None:
+    """A 'model' whose mask logits ramp along the width, whatever the image: the mirror's ramp, flipped back, runs the
+    other way, so the mean of the two probabilities is the same in every column; class probabilities average."""
+    import torch
+
+    from medcad.models.predict import mask_outputs
+
+    class Ramp(torch.nn.Module):
+        def forward(self, x):
+            b, _, h, w = x.shape
+            ramp = torch.linspace(-3, 3, w).expand(b, 1, h, w)
+            return {"mask": ramp, "class": torch.stack([x.mean((1, 2, 3)), x[..., : w // 2].mean((1, 2, 3))], 1)}
+
+    x = torch.zeros(2, 3, 4, 8)
+    x[..., :4] = 1.0  # left half bright: the class logits differ between the image and its mirror
+    plain, tta = mask_outputs(Ramp(), x), mask_outputs(Ramp(), x, hflip=True)
+    assert plain["mask"][0, 0, 0] < 0.1 and plain["mask"][0, 0, -1] > 0.9
+    assert torch.allclose(tta["mask"], torch.full_like(tta["mask"], 0.5))
+    mirror = mask_outputs(Ramp(), x.flip(-1))["class"]
+    assert torch.allclose(tta["class"], (plain["class"] + mirror) / 2)
+
+
+def test_tta_setting() -> None:
+    from medcad.errors import ConfigError
+    from medcad.tasks import flip_tta
+
+    assert flip_tta("auto", "segment") and flip_tta("auto", "multitask")
+    assert not flip_tta("auto", "classify") and not flip_tta("none", "segment") and flip_tta("hflip", "classify")
+    with pytest.raises(ConfigError, match="hflip"):
+        flip_tta("vflip", "segment")

@@ -60,6 +60,9 @@ def train(
     precision: Annotated[
         str | None, typer.Option(help="auto (bf16 where the device has it, else fp16 on GPUs, fp32), bf16-mixed, ...")
     ] = None,
+    tta: Annotated[
+        str | None, typer.Option(help="Test-time augmentation: auto (mirror for mask models), none, hflip.")
+    ] = None,
     accelerator: Annotated[
         str | None, typer.Option(help="auto (a GPU when present, else the CPU), cpu or gpu.")
     ] = None,
@@ -117,6 +120,7 @@ def train(
             oversample=oversample,
             class_weights=class_weights,
             precision=precision,
+            tta=tta,
             accelerator=accelerator,
             devices=devices,
             num_nodes=num_nodes,

@@ -23,7 +23,7 @@ from medcad.engine.modules import make_optimizer, val_score
 from medcad.metrics.calibration import apply_temperature
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
 from medcad.models.predict import predict_masks
-from medcad.tasks import REFERENCE_LABEL, get_task
+from medcad.tasks import REFERENCE_LABEL, flip_tta, get_task
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -188,7 +188,7 @@ class SegmentHooks(FoldHooks):
         )
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        masks, probs, _ = predict_masks(model, normalize, data.images, rows)
+        masks, probs, _ = predict_masks(model, normalize, data.images, rows, hflip=flip_tta(cfg.tta, cfg.task))
         return {"masks": masks, "probs": probs}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:

@@ -6,28 +6,29 @@ import numpy as np
 import torch
 
 from medcad.inference.predictor import Predictor
-from medcad.metrics.calibration import apply_temperature
+from medcad.metrics.calibration import EPS, apply_temperature
 from medcad.metrics.segmentation import dice_iou, mask_counts
-from medcad.models.predict import predict_masks
-from medcad.tasks import get_task
+from medcad.models.predict import mask_outputs, predict_masks
+from medcad.tasks import flip_tta, get_task
 
 
 class _Graph(torch.nn.Module):
     """0..255 float images -> the ensemble's mean lesion probability (N, S, S) (and class probabilities)."""
 
-    def __init__(self, normalize, models, temperatures: list[float], with_class: bool) -> None:
+    def __init__(self, normalize, models, temperatures: list[float], with_class: bool, hflip: bool) -> None:
         super().__init__()
         self.normalize, self.members, self.temperatures = normalize, torch.nn.ModuleList(models), temperatures
-        self.with_class = with_class
+        self.with_class, self.hflip = with_class, hflip
 
     def forward(self, x: torch.Tensor):
         x = self.normalize(x)
-        outs = [m(x) for m in self.members]
-        mask = torch.stack([o["mask"].float().sigmoid()[:, 0] for o in outs]).mean(0)
+        outs = [mask_outputs(m, x, self.hflip) for m in self.members]
+        mask = torch.stack([o["mask"] for o in outs]).mean(0)
         if not self.with_class:
             return mask
+        # the temperature divides the class logits: log-probabilities are logits up to a constant per image
         probs = torch.stack(
-            [(o["class"].float() / t).softmax(-1) for o, t in zip(outs, self.temperatures, strict=True)]
+            [(o["class"].clamp_min(EPS).log() / t).softmax(-1) for o, t in zip(outs, self.temperatures, strict=True)]
         ).mean(0)
         return mask, probs
 
@@ -47,6 +48,8 @@ class MaskPredictor(Predictor):
             self.frame_score_kind = decisions[0]["frame_score"]
             self.min_frame_score = float(np.mean([d["min_frame_score"] for d in decisions]))
         self.with_class = "probabilities" in get_task(self.task).outputs
+        # test-time augmentation as the model was evaluated (model files from before the setting: none)
+        self.hflip = flip_tta(self.metas[0]["config"].get("tta", "none"), self.task)
         self.graph_outputs = ("mask", "probabilities") if self.with_class else ("mask",)
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
@@ -54,7 +57,7 @@ class MaskPredictor(Predictor):
         rows = np.arange(len(x))
         masks, probs = [], []
         for model, t in zip(self.models, self.temperatures, strict=True):
-            m, p, _ = predict_masks(model, self.normalize, x, rows, batch=batch, bf16=self.bf16)
+            m, p, _ = predict_masks(model, self.normalize, x, rows, batch=batch, bf16=self.bf16, hflip=self.hflip)
             if m is not None:
                 masks.append(m.astype(np.float32) / 255)
             if p is not None:  # the class head's temperature, fitted on the fold's validation part
@@ -62,7 +65,7 @@ class MaskPredictor(Predictor):
         return {"mask": np.mean(masks, 0) if masks else None, "probabilities": np.mean(probs, 0) if probs else None}
 
     def graph(self) -> torch.nn.Module:
-        return _Graph(self.normalize, self.models, self.temperatures, self.with_class).eval()
+        return _Graph(self.normalize, self.models, self.temperatures, self.with_class, self.hflip).eval()
 
     def decode(self, outputs: dict[str, np.ndarray]) -> dict:
         return {"mask": outputs["mask"], "probabilities": outputs.get("probabilities")}

@@ -23,11 +23,11 @@ from medcad.metrics.stats import (
     weighted_ece,
 )
 
-_EPS = 1e-12
+EPS = 1e-12  # probabilities are clipped here before their log (temperature scaling)
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(as_probs(probs), _EPS, 1.0))
+    return np.log(np.clip(as_probs(probs), EPS, 1.0))
 
 
 def fit_temperature(

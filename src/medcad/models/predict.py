@@ -58,12 +58,34 @@ def run_batched(
     return (torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)), ips
 
 
+def mask_outputs(model: nn.Module, x: torch.Tensor, hflip: bool = False) -> dict[str, torch.Tensor]:
+    """A mask model's probabilities for normalised images x (B, 3, S, S): "mask" (B, S, S) lesion probability and
+    "class" (B, K) class probabilities, each present when the model has it; with `hflip`, the mean over the image
+    and its horizontal mirror (the mirror's mask flipped back)."""
+    views = [x, x.flip(-1)] if hflip else [x]
+    outs: dict[str, list[torch.Tensor]] = {"mask": [], "class": []}
+    for i, v in enumerate(views):
+        out = model(v)
+        if "mask" in out:
+            m = out["mask"].float().sigmoid()[:, 0]
+            outs["mask"].append(m.flip(-1) if i else m)
+        if "class" in out:
+            outs["class"].append(out["class"].float().softmax(-1))
+    return {k: torch.stack(v).mean(0) for k, v in outs.items() if v}
+
+
 @torch.inference_mode()
 def predict_masks(
-    model: nn.Module, normalize: Normalize, images: np.ndarray, rows: np.ndarray, batch: int = 16, bf16: bool = True
+    model: nn.Module,
+    normalize: Normalize,
+    images: np.ndarray,
+    rows: np.ndarray,
+    batch: int = 16,
+    bf16: bool = True,
+    hflip: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None, float]:
     """Lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model), class probabilities (n, K) or None,
-    and images per second."""
+    and images per second; with `hflip`, averaged over each image and its mirror (`mask_outputs`)."""
     model.eval()
     dev = device_of(model)
     normalize = normalize.to(dev)
@@ -73,11 +95,11 @@ def predict_masks(
         x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).to(dev).permute(0, 3, 1, 2)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
         with _autocast(dev, bf16):
-            out = model(x)
+            out = mask_outputs(model, x, hflip)
         if "mask" in out:
-            masks.append((out["mask"].float().sigmoid()[:, 0] * 255).round().to(torch.uint8).cpu().numpy())
+            masks.append((out["mask"] * 255).round().to(torch.uint8).cpu().numpy())
         if "class" in out:
-            probs.append(out["class"].float().softmax(-1).cpu().numpy())
+            probs.append(out["class"].cpu().numpy())
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
     return (np.concatenate(masks) if masks else None), (np.concatenate(probs) if probs else None), ips
 
