@@ -133,6 +133,8 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     # three classes: each finding against the rest gets operating points chosen on validation
     fd = m["segmentation"]["frame_decision"]  # a class head with 'normal': the decision scores P(not normal)
     assert fd["frame_score"] == ["p_lesion"] and len(fd["thresholds"]) == 2
+    spec = m["segmentation"]["frame_decision_specificity"]  # the second operating point: >= 90 % clean frames
+    assert len(spec["thresholds"]) == 2 and "90%" in spec["rule"] and spec["n_images"] == 24
     ops = m["validated_operating_points_by_class"]
     assert set(ops) == {"benign", "malignant"} and all(o["one_vs_rest"] and "youden" in o for o in ops.values())
     pred = (tmp_path / "mt" / "predictions.csv").read_text().splitlines()[0]

@@ -84,15 +84,30 @@ def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["rows"], z["probs"]
 
 
-def _fold_frame_scores(kind: str, masks: np.ndarray, result: dict, labels: list[str]) -> np.ndarray:
-    """A fold's frame scores of its test frames, as its predictor computes them (class probabilities with the fold's
-    temperature)."""
+FRAME_SPECIFICITY = 0.90  # the second frame-level decision: this share of lesion-free validation frames kept clean
+
+
+def _spec_frame_threshold(result: dict, masks: np.ndarray, labels: list[str], specificity: float) -> float:
+    """The lowest P(not normal) threshold that leaves `specificity` of the fold's lesion-free validation frames
+    without a lesion (0.0 when its validation part lacks lesion-free or lesion frames: keep every mask)."""
+    from medcad.metrics.operating import choose_threshold
+
+    val = np.asarray(result["val_rows"], dtype=int)
+    lesion = np.asarray(masks[val]).reshape(len(val), -1).any(axis=1)
+    score = _fold_frame_scores("p_lesion", None, result["val_probs"], result.get("temperature"), labels)
+    t = choose_threshold(lesion, score, f"spec>={specificity}")
+    return 0.0 if np.isnan(t) else t
+
+
+def _fold_frame_scores(kind: str, masks, class_probs, temperature: float | None, labels: list[str]) -> np.ndarray:
+    """Frame scores of a fold's frames as its predictor computes them: from the lesion probabilities `masks`
+    (n, S, S) uint8, or from the class probabilities `class_probs` (n, K) with the fold's temperature."""
     from medcad.metrics.calibration import apply_temperature
     from medcad.metrics.segmentation import frame_scores
 
     if kind != "p_lesion":
         return frame_scores(kind, masks, None, None)
-    probs = apply_temperature(np.asarray(result["test_probs"], dtype=np.float64), result.get("temperature") or 1.0)
+    probs = apply_temperature(np.asarray(class_probs, dtype=np.float64), temperature or 1.0)
     return frame_scores(kind, None, probs, labels.index(REFERENCE_LABEL))
 
 
@@ -118,6 +133,7 @@ def segmentation_results(
 
     keys = manifest.keys
     parts, small, dists, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], set()
+    spec_decided, spec_thresholds = [], []
     for r in results:
         rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
@@ -126,8 +142,14 @@ def segmentation_results(
         decision = r.get("decision") or {}
         if decision:  # the fold's frame-level decision on its test frames
             kinds.add(decision["frame_score"])
-            score = _fold_frame_scores(decision["frame_score"], probs, r, labels)
+            score = _fold_frame_scores(
+                decision["frame_score"], probs, r.get("test_probs"), r.get("temperature"), labels
+            )
             decided.append(apply_frame_decision(c, score, decision["min_frame_score"]))
+            if decision["frame_score"] == "p_lesion" and "val_probs" in r:  # the clinician's operating point
+                t = _spec_frame_threshold(r, masks, labels, FRAME_SPECIFICITY)
+                spec_decided.append(apply_frame_decision(c, score, t))
+                spec_thresholds.append(t)
         thresholds.append(decision.get("min_frame_score"))
         dists.append(d)
         fm = segmentation_metrics(c, n_boot=0)
@@ -155,6 +177,16 @@ def segmentation_results(
             "rule": f"a frame shows a lesion when {what} reaches the fold's threshold, chosen on its validation part "
             "to maximise mean Dice; the masks of other frames are emptied",
             "thresholds": thresholds,
+        }
+    if len(spec_decided) == len(results):
+        spec_counts = {k: np.concatenate([c[k] for c in spec_decided]) for k in spec_decided[0]}
+        m["frame_decision_specificity"] = {
+            **segmentation_metrics(spec_counts, groups=groups),
+            "frame_score": ["p_lesion"],
+            "rule": f"a frame shows a lesion when the class head's probability that it is not 'normal' reaches the "
+            f"fold's threshold, chosen on its validation part as the lowest that leaves at least "
+            f"{FRAME_SPECIFICITY:.0%} of the lesion-free validation frames without lesion pixels",
+            "thresholds": spec_thresholds,
         }
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     if len(set(label_of)) > 1:

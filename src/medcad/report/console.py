@@ -156,16 +156,17 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             f"lesion-free images with lesion pixels (n={e['n']})",
             _fmt({"value": e["false_positive_rate"], "ci95": e["ci95"]}),
         )
-    fd = seg.get("frame_decision")
-    if fd:
-        head.add_row("after the frame-level decision: Dice (per image)", _fmt(fd["dice"]))
+    for key, title in (("frame_decision", "max mean Dice"), ("frame_decision_specificity", "lesion-free frames kept")):
+        fd = seg.get(key)
+        if not fd:
+            continue
+        head.add_row(f"frame-level decision ({title}): Dice", _fmt(fd["dice"]))
         if fd.get("dice_lesion"):
             head.add_row("  Dice, lesion images", _fmt(fd["dice_lesion"]))
         if fd.get("empty_images"):
             e, f = fd["empty_images"], fd["lesion_images_found"]
-            head.add_row(
-                "  lesion-free images with lesion pixels", _fmt({"value": e["false_positive_rate"], "ci95": e["ci95"]})
-            )
+            fp = {"value": e["false_positive_rate"], "ci95": e["ci95"]}
+            head.add_row("  lesion-free images with lesion pixels", _fmt(fp))
             head.add_row("  lesion images with lesion pixels", _fmt({"value": f["rate"], "ci95": f["ci95"]}))
     c.print(head)
     if "per_class" not in m:

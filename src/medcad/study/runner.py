@@ -68,7 +68,8 @@ def _headline(m: dict) -> dict:
     out = {k: m.get(k) for k in keep}
     out["fold_summary"] = m.get("fold_summary")
     seg = m.get("segmentation") or {}
-    for key, block in (("", seg), ("decided_", seg.get("frame_decision") or {})):
+    blocks = (("", seg), ("decided_", seg.get("frame_decision")), ("spec_", seg.get("frame_decision_specificity")))
+    for key, block in blocks:
         if block:
             out[f"{key}dice"] = block.get("dice") if key else out["dice"]
             out[f"{key}dice_lesion"] = block.get("dice_lesion")
