@@ -154,6 +154,12 @@ TASKS: dict[str, Task] = {
 
 REFERENCE_LABEL = "normal"  # the lesion-free class: subtypes are compared with it; frames of it show no lesion
 
+
+def reference_label(labels: list[str]) -> str | None:
+    """The run's lesion-free (reference) class among `labels`, or None when it has none."""
+    return REFERENCE_LABEL if REFERENCE_LABEL in labels else None
+
+
 LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")
 
 

@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import Manifest, atomic_write_text
-from medcad.tasks import REFERENCE_LABEL
+from medcad.tasks import reference_label
 
 
 def positive_label(labels: list[str]) -> str:
     """The class shown as 'positive' in ROC curves and binary metrics: for {X, normal} it is X (the finding),
     otherwise the last label."""
-    if len(labels) == 2 and REFERENCE_LABEL in labels:
-        return next(lab for lab in labels if lab != REFERENCE_LABEL)
+    ref = reference_label(labels)
+    if len(labels) == 2 and ref is not None:
+        return next(lab for lab in labels if lab != ref)
     return labels[-1]
 
 
@@ -51,7 +52,7 @@ def pooled_metrics(
         if (vals != "").any():
             m[f"by_{col}"] = subset_metrics(y, probs, labels, vals, groups=groups, positive=positive)
     sub = manifest.table["subgroup"].to_numpy(dtype=str)[rows]
-    ref = REFERENCE_LABEL if REFERENCE_LABEL in labels else None
+    ref = reference_label(labels)
     is_ref = y == (labels.index(ref) if ref else -1)
     if ref and (sub[~is_ref] != "").any() and (sub[is_ref] == "").all():
         # subgroups name abnormality subtypes (the renal study): each subtype against the normal images
@@ -108,7 +109,7 @@ def _fold_frame_scores(kind: str, masks, class_probs, temperature: float | None,
     if kind != "p_lesion":
         return frame_scores(kind, masks, None, None)
     probs = apply_temperature(np.asarray(class_probs, dtype=np.float64), temperature or 1.0)
-    return frame_scores(kind, None, probs, labels.index(REFERENCE_LABEL))
+    return frame_scores(kind, None, probs, labels.index(reference_label(labels)))
 
 
 def segmentation_results(
@@ -377,8 +378,9 @@ def validated_metrics(
     if k == 2:
         out["validated_operating_points"] = points(labels.index(positive_label(labels)), False)
     else:  # each finding against every other class (the reference class 'normal' is no finding)
+        ref = reference_label(labels)
         out["validated_operating_points_by_class"] = {
-            lab: points(c, True) for c, lab in enumerate(labels) if lab != REFERENCE_LABEL and (yt == c).any()
+            lab: points(c, True) for c, lab in enumerate(labels) if lab != ref and (yt == c).any()
         }
     return out
 

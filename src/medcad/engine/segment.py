@@ -23,7 +23,7 @@ from medcad.engine.modules import make_optimizer, val_score
 from medcad.metrics.calibration import apply_temperature
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
 from medcad.models.predict import predict_masks
-from medcad.tasks import REFERENCE_LABEL, flip_tta, get_task
+from medcad.tasks import flip_tta, get_task, reference_label
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -144,8 +144,9 @@ def frame_score_kind(labels: list[str], class_head: bool) -> tuple[str, int | No
     Measured on BUSI (multitask U-Net, 5 grouped folds; thresholds chosen out of fold): the class head cuts
     lesion-free frames shown with lesion pixels from 48 % to 22 % (mean Dice 0.660 -> 0.683), the area rule only to
     43 % (0.661): a small predicted lesion is no evidence of a lesion-free frame, the class head is."""
-    if class_head and REFERENCE_LABEL in labels:
-        return "p_lesion", labels.index(REFERENCE_LABEL)
+    ref = reference_label(labels)
+    if class_head and ref is not None:
+        return "p_lesion", labels.index(ref)
     return "lesion_area", None
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from medcad.tasks import REFERENCE_LABEL
+from medcad.tasks import reference_label
 
 BACKGROUND = "background"
 NO_LESION, LESION = "no lesion", "lesion"
@@ -72,7 +72,7 @@ class Prediction:
 
     def _frame_score(self, lesion: np.ndarray) -> float:
         if self.frame_score_kind == "p_lesion":
-            return 1.0 - float(self.probabilities[self.labels.index(REFERENCE_LABEL)])
+            return 1.0 - float(self.probabilities[self.labels.index(reference_label(self.labels))])
         return float(lesion.mean())
 
     @property
