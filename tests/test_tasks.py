@@ -90,3 +90,19 @@ def test_detector_ensemble_merges_overlapping_boxes() -> None:
     b = np.array([[1, 1, 10, 10, 0.8, 0], [0, 0, 10, 10, 0.7, 1]])  # same lesion (class 0), and a class-1 box
     merged = merge_detections([a, b])
     assert merged[:, 4].tolist() == [0.9, 0.7, 0.6]  # the weaker class-0 duplicate is gone, best first
+
+
+def test_reference_label_as_datasets_spell_it() -> None:
+    """The lesion-free class is found however a dataset writes it; the frame decision then scores its class head."""
+    from medcad.engine.results import positive_label
+    from medcad.engine.segment import frame_score_kind
+    from medcad.tasks import reference_label
+
+    assert reference_label(["benign", "malignant", "normal"]) == "normal"
+    assert reference_label(["Cyst", "Normal", "Stone", "Tumor"]) == "Normal"  # CT-KIDNEY's folders
+    assert reference_label(["no_lesion", "polyp"]) == "no_lesion" and reference_label(["Healthy", "AMD"]) == "Healthy"
+    assert reference_label(["benign", "malignant"]) is None
+    assert reference_label(["normal", "healthy", "tumour"]) is None  # two candidates: none guessed
+    assert frame_score_kind(["Benign", "Malignant", "Normal"], True) == ("p_lesion", 2)
+    assert frame_score_kind(["Benign", "Malignant", "Normal"], False) == ("lesion_area", None)
+    assert positive_label(["Normal", "Stone"]) == "Stone" and positive_label(["Polyp", "No lesion"]) == "Polyp"

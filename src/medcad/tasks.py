@@ -155,9 +155,15 @@ TASKS: dict[str, Task] = {
 REFERENCE_LABEL = "normal"  # the lesion-free class: subtypes are compared with it; frames of it show no lesion
 
 
+# names of a lesion-free class as datasets spell them, compared without case, spaces or punctuation
+REFERENCE_NAMES = ("normal", "healthy", "nolesion", "nofinding", "nofindings", "negative")
+
+
 def reference_label(labels: list[str]) -> str | None:
-    """The run's lesion-free (reference) class among `labels`, or None when it has none."""
-    return REFERENCE_LABEL if REFERENCE_LABEL in labels else None
+    """The run's lesion-free (reference) class among `labels` as the dataset spells it ("normal", "Normal",
+    "no_lesion", "Healthy", "No finding", ...), or None when none or more than one label reads as one."""
+    found = [lab for lab in labels if re.sub(r"[^a-z]", "", lab.lower()) in REFERENCE_NAMES]
+    return found[0] if len(found) == 1 else None
 
 
 LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")

@@ -168,7 +168,7 @@ def segmentation_results(
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         counts_decided = {k: np.concatenate([c[k] for c in decided]) for k in decided[0]}
         what = (
-            "the class head's probability that the frame is not 'normal'"
+            f"the class head's probability that the frame is not {reference_label(labels)!r}"
             if kinds == {"p_lesion"}
             else ("the predicted lesion area (fraction of the frame)")
         )
@@ -184,7 +184,8 @@ def segmentation_results(
         m["frame_decision_specificity"] = {
             **segmentation_metrics(spec_counts, groups=groups),
             "frame_score": ["p_lesion"],
-            "rule": f"a frame shows a lesion when the class head's probability that it is not 'normal' reaches the "
+            "rule": f"a frame shows a lesion when the class head's probability that it is not "
+            f"{reference_label(labels)!r} reaches the "
             f"fold's threshold, chosen on its validation part as the lowest that leaves at least "
             f"{FRAME_SPECIFICITY:.0%} of the lesion-free validation frames without lesion pixels",
             "thresholds": spec_thresholds,
