@@ -173,6 +173,10 @@ def test_frame_decision_of_a_prediction() -> None:
     assert Prediction("a", labels, min_frame_score=0.7, **kw).lesion.sum() == 4
     gated = Prediction("a", labels, min_frame_score=0.75, **kw)
     assert not gated.lesion.any() and gated.label == "benign"
+    row = gated.row()  # the table says the mask was emptied although the class label is a lesion class
+    assert row["frame_decision"] == "no lesion" and row["frame_score"] == pytest.approx(0.7)
+    assert row["lesion_fraction"] == 0 and gated.summary()["frame_decision"] == "no lesion"
+    assert kept.row()["frame_decision"] == "lesion" and kept.row()["frame_score"] == pytest.approx(0.04)
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
 
+from medcad.metrics.segmentation import frame_scores
 from medcad.tasks import reference_label
 
 BACKGROUND = "background"
@@ -29,9 +31,9 @@ PRED_COLOUR = (255, 40, 40)  # RGB: predicted contour
 BOX_COLOURS = [(255, 60, 60), (60, 160, 255), (255, 200, 40), (180, 90, 255), (40, 220, 120)]  # RGB per class
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prediction:
-    """A model's output for one image.
+    """A model's output for one image (immutable: what is derived from the mask is computed once).
 
     Attributes:
         image: where the image came from (path, upload name, or `video#frame`).
@@ -59,21 +61,39 @@ class Prediction:
     min_frame_score: float = 0.0
     extra: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
+    def frame_score(self) -> float | None:
+        """The frame-level decision's score (see `medcad.metrics.segmentation.frame_scores`), or None without a
+        mask."""
+        if self.mask is None:
+            return None
+        if self.frame_score_kind == "p_lesion":
+            normal = self.labels.index(reference_label(self.labels))
+            return float(frame_scores("p_lesion", None, self.probabilities[None], normal)[0])
+        return float(frame_scores("lesion_area", self.mask[None], None, None, threshold=self.threshold)[0])
+
+    @cached_property
+    def frame_has_lesion(self) -> bool | None:
+        """The frame-level decision of a mask: True when the frame shows a lesion (its frame score reaches
+        `min_frame_score` and some pixel reaches the threshold), or None without a mask."""
+        if self.mask is None:
+            return None
+        return bool(self.frame_score >= self.min_frame_score and (self.mask >= self.threshold).any())
+
+    @cached_property
     def lesion(self) -> np.ndarray | None:
         """bool (H, W) lesion pixels at the threshold (none when the frame-level decision says no lesion), or None
         without a mask."""
         if self.mask is None:
             return None
-        lesion = self.mask >= self.threshold
-        if self.min_frame_score > 0 and self._frame_score(lesion) < self.min_frame_score:
-            lesion[:] = False
-        return lesion
+        if not self.frame_has_lesion:
+            return np.zeros(self.mask.shape, bool)
+        return self.mask >= self.threshold
 
-    def _frame_score(self, lesion: np.ndarray) -> float:
-        if self.frame_score_kind == "p_lesion":
-            return 1.0 - float(self.probabilities[self.labels.index(reference_label(self.labels))])
-        return float(lesion.mean())
+    @cached_property
+    def lesion_fraction(self) -> float | None:
+        """Fraction of the image shown as lesion (0 when the frame-level decision says no lesion)."""
+        return None if self.mask is None else float(self.lesion.mean())
 
     @property
     def kept_boxes(self) -> np.ndarray | None:
@@ -90,7 +110,7 @@ class Prediction:
         if self.boxes is not None:
             kept = self.kept_boxes
             return self.labels[int(kept[0, 5])] if len(kept) else BACKGROUND
-        return LESION if self.lesion is not None and self.lesion.any() else NO_LESION
+        return LESION if self.frame_has_lesion else NO_LESION
 
     @property
     def score(self) -> float:
@@ -102,12 +122,12 @@ class Prediction:
         return float(self.mask.max()) if self.mask is not None and self.mask.size else 0.0
 
     def row(self) -> dict:
-        """A flat table row: image, label (the decision), score, p_<label>, lesion_fraction, n_boxes, boxes (JSON)."""
+        """A flat table row: image, label (the decision), score, p_<label>, the mask's frame decision
+        (`frame_decision`: "lesion" / "no lesion", `frame_score`) and lesion_fraction, n_boxes, boxes (JSON)."""
         r: dict = {"image": self.image, "label": self.label, "score": round(self.score, 4)}
         if self.probabilities is not None:
             r |= {f"p_{lab}": float(p) for lab, p in zip(self.labels, self.probabilities, strict=True)}
-        if self.mask is not None:
-            r["lesion_fraction"] = float(self.lesion.mean())
+        r |= self._mask_fields()
         if self.boxes is not None:
             kept = self.kept_boxes
             r["n_boxes"] = len(kept)
@@ -115,16 +135,27 @@ class Prediction:
         return r | self.extra
 
     def summary(self) -> dict:
-        """A JSON-ready record: image, label, score, probabilities {label: p}, lesion_fraction, boxes
-        [[x0, y0, x1, y1, score, label]] (those the task has; no pixel arrays)."""
+        """A JSON-ready record: image, label, score, probabilities {label: p}, frame_decision, frame_score,
+        lesion_fraction,
+        boxes [[x0, y0, x1, y1, score, label]] (those the task has; no pixel arrays)."""
         r: dict = {"image": self.image, "label": self.label, "score": round(self.score, 4)}
         if self.probabilities is not None:
             r["probabilities"] = {lab: float(p) for lab, p in zip(self.labels, self.probabilities, strict=True)}
-        if self.mask is not None:
-            r["lesion_fraction"] = float(self.lesion.mean())
+        r |= self._mask_fields()
         if self.boxes is not None:
             r["boxes"] = [[*np.round(b[:5], 1).tolist(), self.labels[int(b[5])]] for b in self.kept_boxes]
         return r | self.extra
+
+    def _mask_fields(self) -> dict:
+        """A mask's frame decision as the row shows it: `frame_decision` ("lesion" / "no lesion"; for a multitask
+        model it can differ from the class label), `frame_score` (what the decision thresholds), `lesion_fraction`."""
+        if self.mask is None:
+            return {}
+        return {
+            "frame_decision": LESION if self.frame_has_lesion else NO_LESION,
+            "frame_score": round(self.frame_score, 4),
+            "lesion_fraction": self.lesion_fraction,
+        }
 
     def draw(self, rgb: np.ndarray, truth_mask: np.ndarray | None = None, truth_boxes=None, caption=None) -> np.ndarray:
         """The image with what the prediction has: the lesion tinted and outlined (red), boxes with class and

@@ -125,24 +125,26 @@ class Predictor:
         probabilities, then thresholded by the Prediction), the boxes scaled."""
         h, w = size
         s = self.config.image_size
-        pred = Prediction(
+        probabilities = mask = boxes = None
+        if outputs.get("probabilities") is not None:
+            probabilities = np.asarray(outputs["probabilities"][i], np.float64)
+        if outputs.get("mask") is not None:
+            mask = cv2.resize(np.asarray(outputs["mask"][i], np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        if outputs.get("boxes") is not None:
+            boxes = np.array(outputs["boxes"][i], np.float64).reshape(-1, 6)
+            boxes[:, [0, 2]] *= w / s
+            boxes[:, [1, 3]] *= h / s
+        return Prediction(
             name,
             self.labels,
+            probabilities,
+            mask,
+            boxes,
             threshold=self.threshold,
             multilabel=self.multilabel,
             frame_score_kind=self.frame_score_kind,
             min_frame_score=self.min_frame_score,
         )
-        if outputs.get("probabilities") is not None:
-            pred.probabilities = np.asarray(outputs["probabilities"][i], np.float64)
-        if outputs.get("mask") is not None:
-            pred.mask = cv2.resize(np.asarray(outputs["mask"][i], np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        if outputs.get("boxes") is not None:
-            b = np.array(outputs["boxes"][i], np.float64).reshape(-1, 6)
-            b[:, [0, 2]] *= w / s
-            b[:, [1, 3]] *= h / s
-            pred.boxes = b
-        return pred
 
     def predict(self, images: Sequence[np.ndarray], names: Sequence[str], batch: int = 32) -> list[Prediction]:
         """Predictions for RGB images (H, W, 3) uint8 of any sizes."""

@@ -16,6 +16,7 @@ Grad-CAM sits in `medcad.explain`, a layer above this one: the caller (the CLI) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import shutil
@@ -235,8 +236,7 @@ def create_app(
             return _error(504, f"no result within {opts.timeout_s:.0f} s (medcad serve --timeout); retry later")
         except MedcadError as e:
             return _error(422, str(e))
-        pred = result["prediction"]
-        pred.image = "upload"
+        pred = dataclasses.replace(result["prediction"], image="upload")  # the upload's name is never echoed
         if format == "dicom":
             try:
                 seg = await asyncio.to_thread(segmentation_dicom, upload.dicom, pred.lesion, "lesion", __version__)

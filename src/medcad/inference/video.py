@@ -140,7 +140,7 @@ def _evidence(pred: Prediction) -> np.ndarray:
         return pred.probabilities
     if pred.boxes is not None:
         return np.array([pred.score])
-    return np.array([float(pred.lesion.mean())])
+    return np.array([pred.lesion_fraction])
 
 
 def _smoothed_decision(pred: Prediction, smoothed: np.ndarray) -> tuple[str, float]:

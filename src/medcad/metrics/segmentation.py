@@ -185,7 +185,7 @@ def hd95_summary(
     return out | {"mean": stats["mean"], "median": float(np.median(vals))}
 
 
-def lesion_area(probs: np.ndarray, threshold: int = 128) -> np.ndarray:
+def lesion_area(probs: np.ndarray, threshold: float = 128) -> np.ndarray:
     """Fraction of each image's pixels predicted as lesion: probs (N, S, S) uint8 0..255 (threshold 128, i.e.
     p >= 0.5) or float in [0, 1] (give threshold=0.5) -> (N,) float in [0, 1]."""
     p = np.asarray(probs)
@@ -235,21 +235,25 @@ def apply_frame_decision(counts: dict[str, np.ndarray], score: np.ndarray, thres
 FRAME_SCORES = ("lesion_area", "p_lesion")
 
 
-def frame_scores(kind: str, masks: np.ndarray | None, probs: np.ndarray | None, normal: int | None) -> np.ndarray:
+def frame_scores(
+    kind: str, masks: np.ndarray | None, probs: np.ndarray | None, normal: int | None, threshold: float = 128
+) -> np.ndarray:
     """Per-frame scores of the frame-level decision (higher: more likely a lesion).
 
     Args:
         kind: "lesion_area" (fraction of the frame predicted as lesion, from `masks`) or "p_lesion" (a class
             head's probability that the frame is not lesion-free: 1 - p[normal], from `probs`).
-        masks: (N, S, S) uint8 lesion probabilities 0..255 (for "lesion_area").
+        masks: (N, H, W) lesion probabilities (for "lesion_area"): uint8 0..255, or float in [0, 1] with
+            `threshold` 0.5.
         probs: (N, K) class probabilities, temperature-scaled as the predictor gives them (for "p_lesion").
         normal: column of the lesion-free class in `probs` (for "p_lesion").
+        threshold: lesion-probability threshold of `masks` (128: p >= 0.5 on uint8 masks).
 
     Returns:
         (N,) float scores.
     """
     if kind == "lesion_area":
-        return lesion_area(masks)
+        return lesion_area(masks, threshold)
     if kind == "p_lesion":
         return 1.0 - np.asarray(probs, dtype=float)[:, normal]
     raise ValueError(f"unknown frame score {kind!r}; one of {FRAME_SCORES}")

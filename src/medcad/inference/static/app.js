@@ -72,6 +72,7 @@ function showImage(li, r) {
   if (r.probabilities) probTable($("tbody", li), r.probabilities); else $(".probs", li).remove();
   const extra = [];
   if (r.lesion_fraction !== undefined) extra.push(`lesion: ${pct(r.lesion_fraction)} of the image (threshold ${r.threshold})`);
+  if (r.frame_decision === "no lesion" && r.label !== "no lesion") extra.push(`frame decision: no lesion (frame score ${r.frame_score.toFixed(2)}), mask not shown`);
   if (r.boxes) extra.push(`${r.boxes.length} box(es) ≥ ${r.threshold}: ` + r.boxes.map((b) => `${b[5]} ${b[4].toFixed(2)}`).join(", "));
   $(".extra", li).textContent = extra.join(" · ");
   if (r.heatmap) {
