@@ -59,6 +59,11 @@ class DataOptions:
 COMPUTE_KEYS = ("threads", "accelerator", "devices", "num_nodes", "strategy", "logger", "tracking_uri")
 
 
+# Settings added after runs were made with a different behaviour: a config.json without them loads these values
+# (what those runs trained with), so an older run resumes as it started.
+OLDER_RUNS = {"freeze_stride": 0}
+
+
 @dataclass(frozen=True)
 class TrainConfig(DataOptions):
     """Everything that defines a training run (the dataset-reading options of `DataOptions` first). Stored as
@@ -79,6 +84,9 @@ class TrainConfig(DataOptions):
     # stage 2: last `unfreeze` parameter groups (timm's coarse groups; 99 = all) trained with the head, at `lr`
     epochs: int = 12
     unfreeze: int = 99
+    # every task: a pretrained encoder's stem and stages up to this output stride keep their ImageNet weights
+    # (0: fine-tune them all); see models.backbones.freeze_early_stages
+    freeze_stride: int = 4
     lr: float = 2e-4
     batch_size: int = 32
     optimizer: str = "adamw"  # adam | adamw
@@ -131,6 +139,6 @@ class TrainConfig(DataOptions):
         """Read a run's config.json (its other keys, such as data and labels, are run metadata)."""
         try:
             d = json.loads(Path(path).read_text())
-            return cls.from_dict({f.name: d[f.name] for f in fields(cls) if f.name in d})
+            return cls.from_dict(OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d})
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read run config ({e})") from e

@@ -69,3 +69,16 @@ def test_positive_label_is_the_finding() -> None:
     assert positive_label(["lesion", "normal"]) == "lesion"
     assert positive_label(["abnormal", "normal"]) == "abnormal"
     assert positive_label(["benign", "malignant"]) == "malignant"
+
+
+def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -> None:
+    """A config.json written before `freeze_stride` existed trained every encoder stage: it loads as 0, not as
+    today's default, so resuming such a run does not mix recipes between its folds."""
+    new = TrainConfig()
+    assert new.freeze_stride == 4
+    d = new.to_dict()
+    del d["freeze_stride"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert TrainConfig.load(tmp_path / "config.json").freeze_stride == 0
+    (tmp_path / "config.json").write_text(json.dumps(new.replace(freeze_stride=8).to_dict()))
+    assert TrainConfig.load(tmp_path / "config.json").freeze_stride == 8

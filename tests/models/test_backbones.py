@@ -11,6 +11,8 @@ from medcad.models.backbones import (
     OFFLINE_WEIGHTS,
     backbone_data_config,
     create_backbone,
+    freeze_early_stages,
+    frozen_bn_eval,
     load_weights,
     offline_weights_path,
 )
@@ -75,6 +77,39 @@ def test_heads_and_stagewise_freezing() -> None:
     assert freeze_backbone(model, 0) == []
     out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "name, stride, last_frozen",
+    [
+        ("tf_efficientnet_lite0", 4, "blocks.1.1.bn3.bias"),  # stem + blocks 0-1 = timm's first 3 coarse groups
+        ("tf_efficientnet_lite0", 8, "blocks.2.1.bn3.bias"),
+        ("resnet50", 2, "bn1.bias"),  # the stride-2 stage is `act1`, which has no parameters: conv1 + bn1
+        ("resnet50", 4, "layer1.2.bn3.bias"),
+    ],
+)
+def test_early_stages_freeze_by_output_stride(name: str, stride: int, last_frozen: str) -> None:
+    import timm
+
+    for kwargs in ({"num_classes": 0}, {"features_only": True, "out_indices": (-2, -1)}):  # classifier, detector
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        names = [n for n, _ in model.named_parameters()]
+        frozen = freeze_early_stages(model, stride)
+        assert frozen == names[: names.index(last_frozen) + 1]  # exactly the leading block of parameters
+        assert all(p.requires_grad for n, p in model.named_parameters() if n not in frozen)
+        model.train()
+        frozen_bn_eval(model)
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert not bns[0].training and bns[-1].training  # frozen stages keep ImageNet statistics
+    assert freeze_early_stages(timm.create_model(name, pretrained=False), 0) == []
+    if (name, stride) == ("tf_efficientnet_lite0", 4):  # the same cut as training the last 5 of 8 coarse groups
+        groups = parameter_groups(timm.create_model(name, pretrained=False, num_classes=0))
+        assert len(frozen) == sum(len(g) for g in groups[:3])
+
+
+def test_stages_of_a_non_timm_encoder_are_not_guessed() -> None:
+    with pytest.raises(ConfigError, match="feature_info"):
+        freeze_early_stages(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)), 4)
 
 
 @pytest.mark.parametrize("name, builder", [("vgg16", "vgg16"), ("resnet50", "resnet50")])

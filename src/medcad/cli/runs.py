@@ -50,6 +50,13 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (classify: stage 2; 0: head only).")] = None,
     head_epochs: Annotated[int | None, typer.Option(help="Stage-1 epochs on cached features.")] = None,
     unfreeze: Annotated[int | None, typer.Option(help="Backbone parameter groups trained in stage 2.")] = None,
+    freeze_stride: Annotated[
+        int | None,
+        typer.Option(
+            help="A pretrained encoder's stem and stages up to this output stride keep ImageNet weights "
+            "(default 4; 0: fine-tune all)."
+        ),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Stage-2 backbone learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Stage-2 batch size.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
@@ -112,6 +119,7 @@ def train(
             epochs=epochs,
             head_epochs=head_epochs,
             unfreeze=unfreeze,
+            freeze_stride=freeze_stride,
             lr=lr,
             batch_size=batch_size,
             image_size=image_size,

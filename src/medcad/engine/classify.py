@@ -12,7 +12,7 @@ from medcad.config import TrainConfig
 from medcad.data.datasets import ImageDataset
 from medcad.data.transforms import Normalize, augmentation
 from medcad.devices import rank_zero_first
-from medcad.engine.common import class_weights, fit, make_loader, make_trainer
+from medcad.engine.common import class_weights, fit, freeze_pretrained_encoder, make_loader, make_trainer
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import ClassifierModule, HeadModule, multilabel_val_score, val_score
@@ -82,6 +82,7 @@ class ClassifyHooks(FoldHooks):
 
     def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
         freeze_backbone(model, cfg.unfreeze)
+        freeze_pretrained_encoder(model.backbone, cfg)
         return ClassifierModule(
             model,
             normalize,

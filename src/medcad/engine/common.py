@@ -198,6 +198,17 @@ def make_loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: b
     return DataLoader(dataset, batch_size=bs, shuffle=shuffle)
 
 
+def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig) -> int:
+    """Keep a pretrained encoder's stem and stages up to `cfg.freeze_stride` at their ImageNet weights (see
+    `medcad.models.backbones.freeze_early_stages`); nothing for random-init encoders (`--weights none`), for
+    models without a timm encoder (None) or with `freeze_stride` 0. Returns the number of tensors frozen."""
+    from medcad.models.backbones import freeze_early_stages
+
+    if encoder is None or cfg.weights == "none" or cfg.freeze_stride <= 0:
+        return 0
+    return len(freeze_early_stages(encoder, cfg.freeze_stride))
+
+
 class TrainingThroughput:
     """Lightning-module mixin: images per second of each training epoch, kept in `images_per_s` and logged as
     train_images_per_s. Modules that override the epoch hooks call super()."""

@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from medcad.config import TrainConfig
-from medcad.engine.common import TrainingThroughput, gather_lists, reduced_precision
+from medcad.engine.common import TrainingThroughput, freeze_pretrained_encoder, gather_lists, reduced_precision
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
@@ -192,6 +192,7 @@ class DetectHooks(FoldHooks):
         return model, detector_data_config(model)
 
     def module(self, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+        freeze_pretrained_encoder(model.backbone.body, cfg)
         return DetectorModule(model, len(data.labels), cfg)
 
     def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:

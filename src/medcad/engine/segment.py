@@ -17,12 +17,20 @@ from torch import nn
 from medcad.config import TrainConfig
 from medcad.data.datasets import MaskedImageDataset
 from medcad.data.transforms import Normalize, augmentation
-from medcad.engine.common import TrainingThroughput, class_weights, gather_lists, make_loader
+from medcad.engine.common import (
+    TrainingThroughput,
+    class_weights,
+    freeze_pretrained_encoder,
+    gather_lists,
+    make_loader,
+)
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
 from medcad.metrics.calibration import apply_temperature
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
+from medcad.models.backbones import frozen_bn_eval
 from medcad.models.predict import predict_masks
+from medcad.models.segmentation import pretrained_encoder
 from medcad.tasks import flip_tta, get_task, reference_label
 
 
@@ -69,6 +77,10 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.model.to(memory_format=torch.channels_last)
+
+    def on_train_epoch_start(self) -> None:
+        frozen_bn_eval(self.model)  # frozen encoder stages keep their ImageNet statistics
+        super().on_train_epoch_start()
 
     def forward(self, x_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model(self.normalize(x_uint8).contiguous(memory_format=torch.channels_last))
@@ -168,6 +180,7 @@ class SegmentHooks(FoldHooks):
     def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
         multitask = "labels" in get_task(cfg.task).targets  # a class head beside the mask
         weights = class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights and multitask else None
+        freeze_pretrained_encoder(pretrained_encoder(model), cfg)
         return SegmentationModule(
             model,
             normalize,

@@ -164,3 +164,56 @@ def backbone_data_config(model: nn.Module) -> dict:
         "interpolation": cfg.get("interpolation", "bilinear"),
         "input_size": list(cfg.get("input_size", (3, 224, 224))),
     }
+
+
+def freeze_early_stages(model: nn.Module, stride: int) -> list[str]:
+    """Freeze (requires_grad = False) a timm model's stem and every stage whose output stride is at most `stride`
+    (timm's `feature_info`: EfficientNet `blocks.1` and ResNet `layer1` end at stride 4), so they keep their
+    ImageNet weights: their generic edge and texture filters transfer, and on a CPU their full-resolution
+    backward pass is the most expensive part of fine-tuning (measured in docs/results.md).
+
+    Works on full timm models and `features_only` extractors. BatchNorm statistics are not touched here.
+
+    Args:
+        model: a timm model (classifier backbone, U-Net encoder, detector body).
+        stride: 0 freezes nothing; 2, 4, 8, 16 or 32 freeze up to the stage ending at that output stride.
+
+    Returns:
+        The names of the parameters frozen (empty when `stride` is 0 or below the first stage).
+
+    Raises:
+        ConfigError: the model has no timm `feature_info` (e.g. smp's VGG encoder), so its stages are unknown.
+    """
+    if stride <= 0:
+        return []
+    info = getattr(model, "feature_info", None)
+    stages = getattr(info, "info", info)  # features_only models keep every stage in FeatureInfo.info
+    if not stages:
+        raise ConfigError(
+            f"{type(model).__name__} has no timm feature_info: its stages cannot be frozen by stride "
+            "(use --freeze-stride 0)"
+        )
+    upto = [s["module"] for s in stages if s["reduction"] <= stride]
+    if not upto:
+        return []
+    order = [n for n, _ in model.named_modules()]
+    last = upto[-1] if upto[-1] in order else upto[-1].replace(".", "_")  # FeatureListNet flattens names
+    if last not in order:
+        raise ConfigError(f"{type(model).__name__}: stage {upto[-1]!r} of its feature_info is not one of its modules")
+    start = order.index(last)
+    end = next((i for i in range(start + 1, len(order)) if not order[i].startswith(last + ".")), len(order))
+    frozen_modules = set(order[:end])
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.rpartition(".")[0] in frozen_modules:
+            p.requires_grad = False
+            frozen.append(name)
+    return frozen
+
+
+def frozen_bn_eval(model: nn.Module) -> None:
+    """Put every BatchNorm whose affine parameters are frozen in eval mode (its running statistics stay those of
+    the pretrained weights). Call after each `model.train()`, e.g. at the start of every training epoch."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+            m.eval()

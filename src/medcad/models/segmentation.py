@@ -264,6 +264,16 @@ def cam_target_name(model: nn.Module, output: str = "class") -> str:
     raise ConfigError(f"no Grad-CAM target known for {type(model).__name__}")
 
 
+def pretrained_encoder(model: nn.Module) -> nn.Module | None:
+    """The timm encoder of a U-Net / UNet++ (ImageNet-pretrained unless built with weights "none"), or None for
+    the architectures that train from scratch and for smp's VGG11 encoder (not a timm model)."""
+    if isinstance(model, JointSegClassifier):
+        return pretrained_encoder(model.segmenter)
+    if isinstance(model, SmpSegmenter) and not hasattr(model.net.encoder, "features"):
+        return model.net.encoder.model
+    return None
+
+
 def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool) -> nn.Module:
     """The segmentation model a run's settings describe, with a class head when `with_class` (multitask)."""
     if cfg.arch == "dsconv-resnet" and not with_class:
