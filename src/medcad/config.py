@@ -85,8 +85,8 @@ class TrainConfig(DataOptions):
     epochs: int = 12
     unfreeze: int = 99
     # every task: a pretrained encoder's stem and stages up to this output stride keep their ImageNet weights
-    # (0: fine-tune them all); see models.backbones.freeze_early_stages
-    freeze_stride: int = 4
+    # (0: fine-tune them all; None: the task's default, see tasks.freeze_stride)
+    freeze_stride: int | None = None
     lr: float = 2e-4
     batch_size: int = 32
     optimizer: str = "adamw"  # adam | adamw

@@ -12,6 +12,7 @@ from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
 from medcad.errors import ConfigError
+from medcad.tasks import freeze_stride
 
 runner = CliRunner()
 FAST = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
@@ -75,7 +76,10 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     """A config.json written before `freeze_stride` existed trained every encoder stage: it loads as 0, not as
     today's default, so resuming such a run does not mix recipes between its folds."""
     new = TrainConfig()
-    assert new.freeze_stride == 4
+    assert new.freeze_stride is None  # the task's default: 4 for classifiers, 0 for mask models and detectors
+    assert freeze_stride(None, "classify") == 4 and freeze_stride(None, "segment") == freeze_stride(None, "detect") == 0
+    with pytest.raises(ConfigError, match="freeze_stride"):
+        freeze_stride(-1, "classify")
     d = new.to_dict()
     del d["freeze_stride"]
     (tmp_path / "config.json").write_text(json.dumps(d))

@@ -199,14 +199,17 @@ def make_loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: b
 
 
 def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig) -> int:
-    """Keep a pretrained encoder's stem and stages up to `cfg.freeze_stride` at their ImageNet weights (see
-    `medcad.models.backbones.freeze_early_stages`); nothing for random-init encoders (`--weights none`), for
-    models without a timm encoder (None) or with `freeze_stride` 0. Returns the number of tensors frozen."""
+    """Keep a pretrained encoder's stem and stages up to the run's freeze stride (`tasks.freeze_stride`) at their
+    ImageNet weights (see `medcad.models.backbones.freeze_early_stages`); nothing for random-init encoders
+    (`--weights none`), models without a timm encoder (None) or a stride of 0. Returns the number of tensors
+    frozen."""
     from medcad.models.backbones import freeze_early_stages
+    from medcad.tasks import freeze_stride
 
-    if encoder is None or cfg.weights == "none" or cfg.freeze_stride <= 0:
+    stride = freeze_stride(cfg.freeze_stride, cfg.task)
+    if encoder is None or cfg.weights == "none" or stride == 0:
         return 0
-    return len(freeze_early_stages(encoder, cfg.freeze_stride))
+    return len(freeze_early_stages(encoder, stride))
 
 
 class TrainingThroughput:

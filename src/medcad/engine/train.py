@@ -28,7 +28,7 @@ from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
-from medcad.tasks import flip_tta, get_task, split_labels
+from medcad.tasks import flip_tta, freeze_stride, get_task, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,7 @@ def train_run(
     hooks = fold_hooks(cfg.task)
     compute = resolve_compute(cfg)  # bad compute settings fail here, before anything is written
     flip_tta(cfg.tta, cfg.task)  # ... and an unknown test-time augmentation
+    freeze_stride(cfg.freeze_stride, cfg.task)  # ... and a negative freeze stride
     logger_names(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
