@@ -22,15 +22,15 @@ def render(template: str, **context) -> str:
     return _env().get_template(template).render(version=__version__, date=now, **context)
 
 
-def write_run_report(run: str | Path, gallery: bool = True) -> Path:
-    """Write RUN/report.html and return its path."""
+def write_run_report(run: str | Path, gallery: bool = True, shared: dict | None = None) -> Path:
+    """Write RUN/report.html and return its path. `shared`: what the runs of one study reuse (see collect_run)."""
     from medcad.report.run_report import collect_run
 
     run = Path(run)
     if not (run / "metrics.json").is_file():
         raise DataError(run, "no metrics.json: the run has not finished (rerun its train command to resume it)")
     out = run / "report.html"
-    atomic_write_text(out, render("run.html.j2", r=collect_run(run, gallery=gallery)))
+    atomic_write_text(out, render("run.html.j2", r=collect_run(run, gallery=gallery, shared=shared)))
     return out
 
 
@@ -40,8 +40,9 @@ def write_study_report(study: str | Path, gallery: bool = True) -> Path:
 
     study = Path(study)
     s = collect_study(study)
+    shared: dict = {}  # the runs read the same data with the same splits: summary, audit and model cards once
     for r in s["runs"]:
-        write_run_report(r["run"], gallery=gallery)
+        write_run_report(r["run"], gallery=gallery, shared=shared)
     out = study / "report.html"
     atomic_write_text(out, render("study.html.j2", s=s))
     return out

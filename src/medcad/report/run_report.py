@@ -55,34 +55,42 @@ def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_cla
         wrong = wrong.assign(pmax=[r[f"p_{r['predicted']}"] for _, r in wrong.iterrows()])
         wrong = wrong.sort_values("pmax", ascending=False).head(per_class)
         picks += [("right", r) for _, r in right.iterrows()] + [("wrong", r) for _, r in wrong.iterrows()]
-    predictors: dict[int, ClassPredictor] = {}
+    picks = [(kind, row, index[row["image"]]) for kind, row in picks if row["image"] in index]
+    tiles: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # pick -> (tile, probabilities)
+    for fold in sorted({int(row["fold"]) for _, row, _ in picks}):
+        p = ClassPredictor(run, fold=fold)
+        mine = [j for j, (_, row, _) in enumerate(picks) if int(row["fold"]) == fold]
+        x = np.stack(
+            [
+                p.prepare(read_image(manifest.image_path(i), manifest.frame(i), draft=p.config.image_size))
+                for _, _, i in (picks[j] for j in mine)
+            ]
+        )
+        heat, probs = explain_predictor(p, x)  # one batch per fold model
+        for k, j in enumerate(mine):
+            tiles[j] = overlay(x[k], heat[k]), probs[k]
     out = []
-    for kind, row in picks:
-        fold = int(row["fold"])
-        if fold not in predictors:
-            predictors[fold] = ClassPredictor(run, fold=fold)
-        p = predictors[fold]
-        i = index.get(row["image"])
-        if i is None:
-            continue
-        rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=p.config.image_size)
-        x = p.prepare(rgb)[None]
-        heat, probs = explain_predictor(p, x)
-        c = int(probs[0].argmax())
-        tile = overlay(x[0], heat[0])
+    for j, (kind, row, _) in enumerate(picks):
+        tile, probs = tiles[j]
+        c = int(probs.argmax())
         out.append(
             {
                 "kind": kind,
                 "label": row["label"],
                 "tile": tile,
-                "caption": f"{row['image'][-28:]}\ntrue {row['label']} / pred {labels[c]} {probs[0, c]:.2f}",
+                "caption": f"{row['image'][-28:]}\ntrue {row['label']} / pred {labels[c]} {probs[c]:.2f}",
             }
         )
     return out
 
 
-def collect_run(run: Path, gallery: bool = True) -> dict:
-    """Everything the HTML report of a run needs, figures as data URIs."""
+def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> dict:
+    """Everything the HTML report of a run needs, figures as data URIs.
+
+    Args:
+        shared: a dict kept across the runs of one study's report: the data summary and audit of a dataset read
+            with the same options and splits, and the model card of one architecture, are computed once.
+    """
     from medcad.config import TrainConfig
     from medcad.data.audit import audit
     from medcad.data.manifest import load_manifest
@@ -95,9 +103,13 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
     cfg = TrainConfig.load(run / "config.json")
     metrics = json.loads((run / "metrics.json").read_text())
     labels = meta["labels"]
-    manifest = load_manifest(meta["data"], cfg.data_options())
-    splits = load_splits(run / "splits.json", manifest)
-    findings = audit(manifest, splits)
+    shared = {} if shared is None else shared
+    data_key = ("data", str(meta["data"]), cfg.data_options(), (run / "splits.json").read_text())
+    if data_key not in shared:
+        manifest = load_manifest(meta["data"], cfg.data_options())
+        splits = load_splits(run / "splits.json", manifest)
+        shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
+    manifest, splits, findings, data_summary = shared[data_key]
     pred = pd.read_csv(run / "predictions.csv", dtype={"image": str, "label": str, "predicted": str})
     figures: dict[str, str] = {}
     gallery_items: list[dict] = []
@@ -122,7 +134,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
         figures["curves"] = _b64(
             plots.curves_png(histories, "Stage 2 (fine-tuning)" if stage == "stage2" else "Training")
         )
-    card = _card(run, cfg, labels)
+    card = _card(run, cfg, labels, shared)
     shortcut = _shortcut(run)
     if shortcut and shortcut.get("gallery"):
         figures["shortcut_gallery"] = shortcut.pop("gallery")
@@ -132,7 +144,7 @@ def collect_run(run: Path, gallery: bool = True) -> dict:
         "config": cfg.to_dict(),
         "metrics": metrics,
         "labels": labels,
-        "summary": summarize(manifest),
+        "summary": data_summary,
         "audit": findings,
         "splits": splits,
         "figures": figures,
@@ -217,13 +229,19 @@ def _classification_figures(
     return figures, gallery_items
 
 
-def _card(run: Path, cfg, labels: list[str]) -> dict:
+def _card(run: Path, cfg, labels: list[str], shared: dict) -> dict:
+    """Parameters, GFLOPs and latency of the run's model (the same for every run of one architecture and input
+    size, so measured once per study), its file size and number of fold models."""
     from medcad.checkpoint import load_model_file
     from medcad.models.card import model_card
 
     path = run / "fold_0" / "model.pt"
-    model, _ = load_model_file(path)
-    card = model_card(model, cfg.image_size, path)
+    key = ("card", cfg.task, cfg.model, cfg.arch, cfg.head, cfg.image_size, len(labels))
+    if key not in shared:
+        shared[key] = model_card(load_model_file(path)[0], cfg.image_size)
+    card = dict(shared[key])
+    if path.is_file():
+        card["file_mb"] = path.stat().st_size / 1e6
     card["model"] = cfg.model
     card["n_fold_models"] = len(list(run.glob("fold_*/model.pt")))
     return card
