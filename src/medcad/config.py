@@ -61,7 +61,7 @@ COMPUTE_KEYS = ("threads", "accelerator", "devices", "num_nodes", "strategy", "l
 
 # Settings added after runs were made with a different behaviour: a config.json without them loads these values
 # (what those runs trained with), so an older run resumes as it started.
-OLDER_RUNS = {"freeze_stride": 0}
+OLDER_RUNS = {"freeze_stride": 0, "tta": "none"}
 
 
 @dataclass(frozen=True)

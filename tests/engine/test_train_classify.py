@@ -81,8 +81,9 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     with pytest.raises(ConfigError, match="freeze_stride"):
         freeze_stride(-1, "classify")
     d = new.to_dict()
-    del d["freeze_stride"]
+    del d["freeze_stride"], d["tta"]
     (tmp_path / "config.json").write_text(json.dumps(d))
-    assert TrainConfig.load(tmp_path / "config.json").freeze_stride == 0
+    old = TrainConfig.load(tmp_path / "config.json")
+    assert old.freeze_stride == 0 and old.tta == "none"  # ... and was predicted without test-time augmentation
     (tmp_path / "config.json").write_text(json.dumps(new.replace(freeze_stride=8).to_dict()))
     assert TrainConfig.load(tmp_path / "config.json").freeze_stride == 8
