@@ -83,7 +83,7 @@ class Prediction:
     @cached_property
     def lesion(self) -> np.ndarray | None:
         """bool (H, W) lesion pixels at the threshold (none when the frame-level decision says no lesion), or None
-        without a mask."""
+        without a mask. Computed once and shared by label, row, summary and draw: copy it before changing it."""
         if self.mask is None:
             return None
         if not self.frame_has_lesion:
@@ -136,8 +136,7 @@ class Prediction:
 
     def summary(self) -> dict:
         """A JSON-ready record: image, label, score, probabilities {label: p}, frame_decision, frame_score,
-        lesion_fraction,
-        boxes [[x0, y0, x1, y1, score, label]] (those the task has; no pixel arrays)."""
+        lesion_fraction, boxes [[x0, y0, x1, y1, score, label]] (those the task has; no pixel arrays)."""
         r: dict = {"image": self.image, "label": self.label, "score": round(self.score, 4)}
         if self.probabilities is not None:
             r["probabilities"] = {lab: float(p) for lab, p in zip(self.labels, self.probabilities, strict=True)}
