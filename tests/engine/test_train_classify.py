@@ -87,3 +87,45 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     assert old.freeze_stride == 0 and old.tta == "none"  # ... and was predicted without test-time augmentation
     (tmp_path / "config.json").write_text(json.dumps(new.replace(freeze_stride=8).to_dict()))
     assert TrainConfig.load(tmp_path / "config.json").freeze_stride == 8
+
+
+def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: Path) -> None:
+    """last.ckpt (optimizer and scheduler included) is rewritten after every epoch, so a fit killed mid-way resumes
+    where it stopped; best.ckpt holds the best epoch's weights only."""
+    import lightning as L
+    import torch
+
+    from medcad.engine.common import make_trainer
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, _):
+            return self.net(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            self.log("val_score", float(self.current_epoch == 1))  # epoch 1 is the best
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), 1e-3)
+
+    seen: list[int] = []
+
+    class Probe(L.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            last = tmp_path / "checkpoints" / "train" / "last.ckpt"
+            if trainer.current_epoch > 0:
+                assert last.is_file(), f"no resume point before epoch {trainer.current_epoch}"
+                seen.append(torch.load(last, weights_only=False)["epoch"])
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    trainer, best = make_trainer(tmp_path, "train", 3, FAST.replace(logger="none"), "val_score", "max", 5, False)
+    trainer.callbacks.append(Probe())
+    trainer.fit(Tiny(), data, data)
+    assert seen == [0, 1]
+    last = torch.load(tmp_path / "checkpoints" / "train" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and last["optimizer_states"]
+    kept = torch.load(best.best_model_path, weights_only=False)
+    assert kept["epoch"] == 1 and "optimizer_states" not in kept

@@ -98,12 +98,12 @@ def make_trainer(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     compute = resolve_compute(cfg)
-    # best.ckpt: the weights only (what the fold loads); last.ckpt: the full state an interrupted fit resumes from
-    # (optimizer, scheduler, both callbacks' records). Weights only: a third of the bytes per improvement.
-    ckpt = ModelCheckpoint(
-        dirpath=fold_dir / "checkpoints" / stage, filename="best", monitor=monitor, mode=mode, save_weights_only=True
-    )
-    last = ModelCheckpoint(dirpath=fold_dir / "checkpoints" / stage, save_top_k=0, save_last=True)
+    # best.ckpt: the weights only (what the fold loads); last.ckpt, rewritten every epoch: the full state an
+    # interrupted fit resumes from (optimizer, scheduler, both callbacks' records). Weights only: a third of the
+    # bytes per improvement. (Lightning's own save_last writes only when a top-k file is written in the same step.)
+    folder = fold_dir / "checkpoints" / stage
+    ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
+    last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     trainer = L.Trainer(
         accelerator=compute.accelerator,
         devices=compute.devices,
