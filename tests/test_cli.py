@@ -69,3 +69,19 @@ def test_csv_rows_with_missing_files_or_unknown_labels_are_named(tmp_path: Path)
     assert res.exit_code == 0, res.output
     problems = dict(map(tuple, json.loads(res.stdout)["problems"]))
     assert "lesoin" in problems["b.png"] and "file not found (manifest.csv line 4)" == problems["gone.png"]
+
+
+def test_warnings_print_as_one_line_like_notes() -> None:
+    """A newcomer reads `warning: ...`, not medcad's source path and line echoed under it."""
+    import warnings
+
+    from medcad.cli.common import _main
+
+    before = warnings.formatwarning
+    try:
+        _main()
+        line = warnings.formatwarning("kept T = 1", UserWarning, "/src/medcad/metrics/calibration.py", 137)
+        assert line == "warning: kept T = 1\n"
+        assert warnings.formatwarning("old API", DeprecationWarning, "x.py", 1) == "DeprecationWarning: old API\n"
+    finally:
+        warnings.formatwarning = before

@@ -19,6 +19,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line as one line each, like the `note:` lines: what happened, not where in medcad's
+    source (a library's own warnings keep their category name)."""
+    kind = "warning" if category is UserWarning else category.__name__
+    return f"{kind}: {message}\n"
+
+
+@app.callback()
+def _main() -> None:
+    import warnings
+
+    warnings.formatwarning = _warning_line
+
+
 data_app = typer.Typer(help="Inspect, audit and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from medcad import __version__
@@ -40,12 +43,34 @@ def write_study_report(study: str | Path, gallery: bool = True) -> Path:
 
     study = Path(study)
     s = collect_study(study)
-    shared: dict = {}  # the runs read the same data with the same splits: summary, audit and model cards once
-    for r in s["runs"]:
-        write_run_report(r["run"], gallery=gallery, shared=shared)
+    _write_run_reports([r["run"] for r in s["runs"]], gallery)
     out = study / "report.html"
     atomic_write_text(out, render("study.html.j2", s=s))
     return out
+
+
+def _write_runs(runs: list[str], gallery: bool) -> None:
+    shared: dict = {}  # the runs read the same data with the same splits: summary, audit and model cards once
+    for run in runs:
+        write_run_report(run, gallery=gallery, shared=shared)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the cores: no oversubscribed Grad-CAM
+
+
+def _write_run_reports(runs: list[str], gallery: bool) -> None:
+    """Each run's report.html. Rendering is single-threaded (matplotlib, Python), so a study of four runs or more
+    splits them between up to `os.cpu_count()` (at most 4) worker processes; an error in any is raised here."""
+    workers = min(os.cpu_count() or 1, 4, len(runs) // 2)
+    if workers < 2:
+        _write_runs(runs, gallery)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process whose torch thread pool is running
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
+        list(pool.map(_write_runs, [runs[i::workers] for i in range(workers)], [gallery] * workers))
 
 
 def write_report(path: str | Path, gallery: bool = True) -> Path:
