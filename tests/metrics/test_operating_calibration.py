@@ -75,6 +75,10 @@ def test_temperature_scaled_improves_ece_of_overconfident_folds():
     assert res["after"]["ece"]["value"] < res["before"]["ece"]["value"]
     assert res["after"]["brier"]["value"] < res["before"]["brier"]["value"]
     assert cal.shape == probs[test].shape
+    # the temperatures the folds stored with their models are used as they are (not fitted a second time)
+    kept = {0: res["temperatures"]["0"], 1: None, 2: 1.25}
+    again, _ = temperature_scaled(y[test], probs[test], fold[test], val, n_boot=10, temperatures=kept)
+    assert again["temperatures"] == {"0": kept[0], "1": res["temperatures"]["1"], "2": 1.25}
 
 
 def test_temperature_at_the_search_bound_is_not_used() -> None:

@@ -364,7 +364,8 @@ def validated_metrics(
     }
     yt = y[rows]
     out: dict = {}
-    out["calibration"], _ = temperature_scaled(yt, probs, fold_of, val, groups=groups)
+    fitted = {r["fold"]: r.get("temperature") for r in results}  # each fold's own, kept in its model.pt
+    out["calibration"], _ = temperature_scaled(yt, probs, fold_of, val, groups=groups, temperatures=fitted)
 
     def points(c: int, one_vs_rest: bool) -> dict:
         return {

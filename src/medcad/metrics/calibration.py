@@ -117,6 +117,7 @@ def temperature_scaled(
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    temperatures: Mapping[Any, float | None] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Calibration of pooled test predictions before and after each fold's temperature (fitted on its validation
     part).
@@ -127,6 +128,8 @@ def temperature_scaled(
         fold_test: fold id per test row (N,).
         validation: {fold: (class indices (n_val,), probabilities (n_val, K))}.
         groups, n_boot, seed: bootstrap settings.
+        temperatures: {fold: T} the folds already fitted on the same validation parts (and stored with their
+            models); a fold missing here, or with None, is fitted now.
 
     Returns:
         ({temperatures: {fold: T}, before: summary, after: summary}, calibrated test probabilities (N, K)).
@@ -134,7 +137,8 @@ def temperature_scaled(
     p = as_probs(probs_test)
     folds = np.asarray(fold_test)
     by_str = {str(f): v for f, v in validation.items()}
-    temps = {str(f): fit_temperature(*by_str[str(f)]) for f in np.unique(folds)}
+    known = {str(f): t for f, t in (temperatures or {}).items() if t is not None}
+    temps = {str(f): known.get(str(f)) or fit_temperature(*by_str[str(f)]) for f in np.unique(folds)}
     calibrated = p.copy()
     for f, t in temps.items():
         sel = folds.astype(str) == f
