@@ -85,3 +85,21 @@ def test_warnings_print_as_one_line_like_notes() -> None:
         assert warnings.formatwarning("old API", DeprecationWarning, "x.py", 1) == "DeprecationWarning: old API\n"
     finally:
         warnings.formatwarning = before
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    import errno
+
+    import pytest
+
+    import medcad.cli as cli
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/fold_1/checkpoints/stage2/last.ckpt")
+
+    monkeypatch.setattr(cli, "app", full)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device writing /runs/x/fold_1/") and "rerun the same command" in err
