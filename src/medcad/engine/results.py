@@ -88,28 +88,17 @@ def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 FRAME_SPECIFICITY = 0.90  # the second frame-level decision: this share of lesion-free validation frames kept clean
 
 
-def _spec_frame_threshold(result: dict, masks: np.ndarray, labels: list[str], specificity: float) -> float:
+def _spec_frame_threshold(result: dict, masks: np.ndarray, normal: int, specificity: float) -> float:
     """The lowest P(not normal) threshold that leaves `specificity` of the fold's lesion-free validation frames
     without a lesion (0.0 when its validation part lacks lesion-free or lesion frames: keep every mask)."""
     from medcad.metrics.operating import choose_threshold
+    from medcad.metrics.segmentation import frame_scores
 
     val = np.asarray(result["val_rows"], dtype=int)
     lesion = np.asarray(masks[val]).reshape(len(val), -1).any(axis=1)
-    score = _fold_frame_scores("p_lesion", None, result["val_probs"], result.get("temperature"), labels)
+    score = frame_scores("p_lesion", None, result["val_probs"], normal, temperature=result.get("temperature") or 1.0)
     t = choose_threshold(lesion, score, f"spec>={specificity}")
     return 0.0 if np.isnan(t) else t
-
-
-def _fold_frame_scores(kind: str, masks, class_probs, temperature: float | None, labels: list[str]) -> np.ndarray:
-    """Frame scores of a fold's frames as its predictor computes them: from the lesion probabilities `masks`
-    (n, S, S) uint8, or from the class probabilities `class_probs` (n, K) with the fold's temperature."""
-    from medcad.metrics.calibration import apply_temperature
-    from medcad.metrics.segmentation import frame_scores
-
-    if kind != "p_lesion":
-        return frame_scores(kind, masks, None, None)
-    probs = apply_temperature(np.asarray(class_probs, dtype=np.float64), temperature or 1.0)
-    return frame_scores(kind, None, probs, labels.index(reference_label(labels)))
 
 
 def segmentation_results(
@@ -125,6 +114,7 @@ def segmentation_results(
     from medcad.metrics.segmentation import (
         apply_frame_decision,
         dice_iou,
+        frame_scores,
         hd95_summary,
         mask_counts,
         per_image_table,
@@ -135,6 +125,8 @@ def segmentation_results(
     keys = manifest.keys
     parts, small, dists, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], set()
     spec_decided, spec_thresholds = [], []
+    ref = reference_label(labels)
+    normal = labels.index(ref) if ref is not None else None
     for r in results:
         rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
@@ -143,12 +135,11 @@ def segmentation_results(
         decision = r.get("decision") or {}
         if decision:  # the fold's frame-level decision on its test frames
             kinds.add(decision["frame_score"])
-            score = _fold_frame_scores(
-                decision["frame_score"], probs, r.get("test_probs"), r.get("temperature"), labels
-            )
+            t_fold = r.get("temperature") or 1.0  # the fold's class probabilities as its predictor scales them
+            score = frame_scores(decision["frame_score"], probs, r.get("test_probs"), normal, temperature=t_fold)
             decided.append(apply_frame_decision(c, score, decision["min_frame_score"]))
             if decision["frame_score"] == "p_lesion" and "val_probs" in r:  # the clinician's operating point
-                t = _spec_frame_threshold(r, masks, labels, FRAME_SPECIFICITY)
+                t = _spec_frame_threshold(r, masks, normal, FRAME_SPECIFICITY)
                 spec_decided.append(apply_frame_decision(c, score, t))
                 spec_thresholds.append(t)
         thresholds.append(decision.get("min_frame_score"))

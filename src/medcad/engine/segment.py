@@ -26,7 +26,6 @@ from medcad.engine.common import (
 )
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
-from medcad.metrics.calibration import apply_temperature
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
 from medcad.models.backbones import frozen_bn_eval
 from medcad.models.predict import predict_masks
@@ -220,8 +219,7 @@ class SegmentHooks(FoldHooks):
             return {}
         counts = mask_counts(val["masks"] >= 128, np.asarray(data.masks[rows]))
         kind, normal = frame_score_kind(data.labels, val["probs"] is not None)
-        probs = apply_temperature(val["probs"], temperature or 1.0) if kind == "p_lesion" else None
-        score = frame_scores(kind, val["masks"], probs, normal)
+        score = frame_scores(kind, val["masks"], val["probs"], normal, temperature=temperature or 1.0)
         return {"frame_score": kind, "min_frame_score": frame_threshold(score, counts)}
 
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:

@@ -236,18 +236,25 @@ FRAME_SCORES = ("lesion_area", "p_lesion")
 
 
 def frame_scores(
-    kind: str, masks: np.ndarray | None, probs: np.ndarray | None, normal: int | None, threshold: float = 128
+    kind: str,
+    masks: np.ndarray | None,
+    probs: np.ndarray | None,
+    normal: int | None,
+    threshold: float = 128,
+    temperature: float | None = None,
 ) -> np.ndarray:
-    """Per-frame scores of the frame-level decision (higher: more likely a lesion).
+    """Per-frame scores of the frame-level decision (higher: more likely a lesion), as a predictor computes them.
 
     Args:
         kind: "lesion_area" (fraction of the frame predicted as lesion, from `masks`) or "p_lesion" (a class
             head's probability that the frame is not lesion-free: 1 - p[normal], from `probs`).
         masks: (N, H, W) lesion probabilities (for "lesion_area"): uint8 0..255, or float in [0, 1] with
             `threshold` 0.5.
-        probs: (N, K) class probabilities, temperature-scaled as the predictor gives them (for "p_lesion").
+        probs: (N, K) class probabilities (for "p_lesion").
         normal: column of the lesion-free class in `probs` (for "p_lesion").
         threshold: lesion-probability threshold of `masks` (128: p >= 0.5 on uint8 masks).
+        temperature: the fold's temperature, applied to `probs` first (None: they are already scaled, as a
+            predictor's are).
 
     Returns:
         (N,) float scores.
@@ -255,5 +262,10 @@ def frame_scores(
     if kind == "lesion_area":
         return lesion_area(masks, threshold)
     if kind == "p_lesion":
-        return 1.0 - np.asarray(probs, dtype=float)[:, normal]
+        p = np.asarray(probs, dtype=np.float64)
+        if temperature is not None:
+            from medcad.metrics.calibration import apply_temperature
+
+            p = apply_temperature(p, temperature)
+        return 1.0 - p[:, normal]
     raise ValueError(f"unknown frame score {kind!r}; one of {FRAME_SCORES}")
