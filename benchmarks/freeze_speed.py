@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from medcad.models.backbones import freeze_early_stages, frozen_bn_eval
-from medcad.models.classifier import Classifier, set_bn_eval
+from medcad.models.backbones import freeze_early_stages, set_bn_eval
+from medcad.models.classifier import Classifier
 from medcad.models.segmentation import create_segmenter, pretrained_encoder
 
 HERE = Path(__file__).parent
@@ -29,7 +29,7 @@ STRIDES = (0, 4, 8)
 
 def images_per_s(model, batch: int, size: int, bf16: bool, mask: bool, steps: int, warmup: int) -> float:
     model = model.to(memory_format=torch.channels_last).train()
-    frozen_bn_eval(model)
+    set_bn_eval(model, frozen_only=True)
     if not mask:
         set_bn_eval(model.backbone)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)

@@ -103,8 +103,7 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
     from torch import nn
 
     from medcad.engine.segment import bce_dice_loss
-    from medcad.models.classifier import set_bn_eval
-    from medcad.models.detection import set_backbone_bn_eval
+    from medcad.models.backbones import set_bn_eval
 
     hooks = fold_hooks(task)
     model, dc = hooks.build(cfg, data, parts, None, None)
@@ -112,7 +111,7 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
     if task == "classify":
         set_bn_eval(model.backbone)  # medcad's stage 2 keeps the pretrained BatchNorm statistics: so does this loop
     elif task == "detect":
-        set_backbone_bn_eval(model)
+        set_bn_eval(model.backbone.body)
     mean = torch.tensor(dc["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(dc["std"]).view(1, -1, 1, 1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)

@@ -12,9 +12,9 @@ from medcad.models.backbones import (
     backbone_data_config,
     create_backbone,
     freeze_early_stages,
-    frozen_bn_eval,
     load_weights,
     offline_weights_path,
+    set_bn_eval,
 )
 from medcad.models.classifier import Classifier, freeze_backbone, make_head, parameter_groups
 
@@ -98,7 +98,7 @@ def test_early_stages_freeze_by_output_stride(name: str, stride: int, last_froze
         assert frozen == names[: names.index(last_frozen) + 1]  # exactly the leading block of parameters
         assert all(p.requires_grad for n, p in model.named_parameters() if n not in frozen)
         model.train()
-        frozen_bn_eval(model)
+        set_bn_eval(model, frozen_only=True)
         bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert not bns[0].training and bns[-1].training  # frozen stages keep ImageNet statistics
     assert freeze_early_stages(timm.create_model(name, pretrained=False), 0) == []

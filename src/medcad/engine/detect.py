@@ -23,7 +23,8 @@ from medcad.engine.common import TrainingThroughput, freeze_pretrained_encoder, 
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
-from medcad.models.detection import anchor_scales, detector_data_config, detector_from_config, set_backbone_bn_eval
+from medcad.models.backbones import set_bn_eval
+from medcad.models.detection import anchor_scales, detector_data_config, detector_from_config
 from medcad.models.predict import detections_to_array, predict_detections
 from medcad.tasks import get_task
 
@@ -109,7 +110,7 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_bn:
-            set_backbone_bn_eval(self.model)
+            set_bn_eval(self.model.backbone.body)
         super().on_train_epoch_start()
 
     def training_step(self, batch, _):

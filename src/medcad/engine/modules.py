@@ -9,7 +9,8 @@ from torch import nn
 
 from medcad.data.transforms import Normalize
 from medcad.engine.common import TrainingThroughput, gather_lists
-from medcad.models.classifier import Classifier, set_bn_eval
+from medcad.models.backbones import set_bn_eval
+from medcad.models.classifier import Classifier
 
 
 def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

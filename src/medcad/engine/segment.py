@@ -27,7 +27,7 @@ from medcad.engine.common import (
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
-from medcad.models.backbones import frozen_bn_eval
+from medcad.models.backbones import set_bn_eval
 from medcad.models.predict import predict_masks
 from medcad.models.segmentation import pretrained_encoder
 from medcad.tasks import flip_tta, get_task, reference_label
@@ -78,7 +78,7 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         self.model.to(memory_format=torch.channels_last)
 
     def on_train_epoch_start(self) -> None:
-        frozen_bn_eval(self.model)  # frozen encoder stages keep their ImageNet statistics
+        set_bn_eval(self.model, frozen_only=True)  # frozen encoder stages keep their ImageNet statistics
         super().on_train_epoch_start()
 
     def forward(self, x_uint8: torch.Tensor) -> dict[str, torch.Tensor]:

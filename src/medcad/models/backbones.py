@@ -211,9 +211,12 @@ def freeze_early_stages(model: nn.Module, stride: int) -> list[str]:
     return frozen
 
 
-def frozen_bn_eval(model: nn.Module) -> None:
-    """Put every BatchNorm whose affine parameters are frozen in eval mode (its running statistics stay those of
-    the pretrained weights). Call after each `model.train()`, e.g. at the start of every training epoch."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+def set_bn_eval(module: nn.Module, frozen_only: bool = False) -> None:
+    """Put the BatchNorm layers of `module` in eval mode, so their running statistics stay those of the pretrained
+    weights (small CPU batches would spoil them): all of them, or with `frozen_only` those whose affine parameters
+    are frozen (`freeze_early_stages`). Call after each `model.train()`, e.g. at the start of every epoch."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (
+            frozen_only and (m.weight is None or m.weight.requires_grad)
+        ):
             m.eval()

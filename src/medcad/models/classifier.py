@@ -54,16 +54,10 @@ def freeze_backbone(model: Classifier, train_last_groups: int = 0) -> list[str]:
     """Freeze the backbone except its last `train_last_groups` parameter groups; returns the trainable names.
 
     BatchNorm layers of the backbone stay in eval mode (their running statistics frozen) whatever the stage:
-    with small CPU batches, updating them hurts more than it helps. Call `set_bn_eval` after `model.train()`.
+    with small CPU batches, updating them hurts more than it helps. Call `backbones.set_bn_eval` after `model.train()`.
     """
     groups = parameter_groups(model.backbone)
     trainable = {n for g in groups[len(groups) - train_last_groups :] for n in g} if train_last_groups else set()
     for name, p in model.backbone.named_parameters():
         p.requires_grad = name in trainable
     return sorted(trainable)
-
-
-def set_bn_eval(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()

@@ -217,13 +217,6 @@ def detector_data_config(model: SSD) -> dict:
     }
 
 
-def set_backbone_bn_eval(model: SSD) -> None:
-    """Keep the pretrained backbone's BatchNorm statistics fixed (small CPU batches would spoil them)."""
-    for m in model.backbone.body.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def cam_target_layers(model: SSD) -> list[nn.Module]:
     """The backbone stages whose outputs feed the detector (strides 16 and 32): CAM target layers for boxes
     (e.g. pytorch-grad-cam's gradient-free EigenCAM; the last one is the coarser, more semantic map)."""
