@@ -62,6 +62,11 @@ class Prediction:
     extra: dict = field(default_factory=dict)
 
     @cached_property
+    def _above(self) -> np.ndarray:
+        """bool (H, W): pixels whose lesion probability reaches the threshold (the one full-frame comparison)."""
+        return self.mask >= self.threshold
+
+    @cached_property
     def frame_score(self) -> float | None:
         """The frame-level decision's score (see `medcad.metrics.segmentation.frame_scores`), or None without a
         mask."""
@@ -70,7 +75,7 @@ class Prediction:
         if self.frame_score_kind == "p_lesion":
             normal = self.labels.index(reference_label(self.labels))
             return float(frame_scores("p_lesion", None, self.probabilities[None], normal)[0])
-        return float(frame_scores("lesion_area", self.mask[None], None, None, threshold=self.threshold)[0])
+        return float(frame_scores("lesion_area", self._above[None], None, None, threshold=True)[0])  # bool pixels
 
     @cached_property
     def frame_has_lesion(self) -> bool | None:
@@ -78,7 +83,7 @@ class Prediction:
         `min_frame_score` and some pixel reaches the threshold), or None without a mask."""
         if self.mask is None:
             return None
-        return bool(self.frame_score >= self.min_frame_score and (self.mask >= self.threshold).any())
+        return bool(self.frame_score >= self.min_frame_score and self._above.any())
 
     @cached_property
     def lesion(self) -> np.ndarray | None:
@@ -86,9 +91,7 @@ class Prediction:
         without a mask. Computed once and shared by label, row, summary and draw: copy it before changing it."""
         if self.mask is None:
             return None
-        if not self.frame_has_lesion:
-            return np.zeros(self.mask.shape, bool)
-        return self.mask >= self.threshold
+        return self._above if self.frame_has_lesion else np.zeros(self.mask.shape, bool)
 
     @cached_property
     def lesion_fraction(self) -> float | None:
