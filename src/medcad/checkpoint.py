@@ -70,7 +70,7 @@ def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
     missing = [k for k in ("config", "labels", "data_config", "state_dict") if k not in blob]
     if missing:
         raise DataError(path, f"incomplete model file: no {', '.join(missing)}; retrain that fold")
-    cfg = TrainConfig.from_dict(blob["config"])
+    cfg = TrainConfig.from_saved(blob["config"])
     task = get_task(cfg.task)
     if task.model_format != fmt:
         raise DataError(path, f"format {fmt!r} does not match its task {cfg.task!r}")

@@ -135,10 +135,15 @@ class TrainConfig(DataOptions):
         return cls().replace(**d)
 
     @classmethod
+    def from_saved(cls, d: dict) -> TrainConfig:
+        """The settings a run or model file saved (other keys are metadata); a setting added after it was saved
+        takes the value the run was made with (`OLDER_RUNS`), not today's default."""
+        return cls.from_dict(OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a run's config.json (its other keys, such as data and labels, are run metadata)."""
         try:
-            d = json.loads(Path(path).read_text())
-            return cls.from_dict(OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d})
+            return cls.from_saved(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read run config ({e})") from e

@@ -48,8 +48,7 @@ class MaskPredictor(Predictor):
             self.frame_score_kind = decisions[0]["frame_score"]
             self.min_frame_score = float(np.mean([d["min_frame_score"] for d in decisions]))
         self.with_class = "probabilities" in get_task(self.task).outputs
-        # test-time augmentation as the model was evaluated (model files from before the setting: none)
-        self.hflip = flip_tta(self.metas[0]["config"].get("tta", "none"), self.task)
+        self.hflip = flip_tta(self.config.tta, self.task)  # test-time augmentation as the model was evaluated
         self.graph_outputs = ("mask", "probabilities") if self.with_class else ("mask",)
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:

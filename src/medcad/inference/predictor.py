@@ -82,7 +82,7 @@ class Predictor:
         self.metas = [meta for _, meta in loaded]
         meta = self.metas[0]
         self.labels: list[str] = meta["labels"]
-        self.config = TrainConfig.from_dict(meta["config"])
+        self.config = TrainConfig.from_saved(meta["config"])
         self.task = self.config.task
         self.data_config = meta["data_config"]
         self.normalize = Normalize(self.data_config["mean"], self.data_config["std"])
