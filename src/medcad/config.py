@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -53,6 +57,49 @@ class DataOptions:
                 )
             out[old.strip()] = new.strip()
         return out
+
+
+# What a value of each type must look like, for the error that refuses one.
+_NOT_A = {float: "a number", int: "a whole number", bool: "true or false", str: "text", list: "a list"}
+
+
+@functools.cache
+def _adapter(annotation: object) -> typing.Any:
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(annotation, config=ConfigDict(coerce_numbers_to_str=True, allow_inf_nan=False))
+
+
+def coerce_value(name: str, value: object, annotation: object) -> object:
+    """`value` converted to `annotation` by pydantic in lax mode ("1e-4" and 1 become floats, "yes" a bool, 32 the
+    text "32"); a bool is refused for a number. Raises ConfigError naming `name`, the value and the type expected."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if union else (annotation,)
+    if type(value) in args and not (isinstance(value, float) and not math.isfinite(value)):
+        return value  # already of its type: pydantic is not even imported
+    if not isinstance(value, bool) or bool in args:
+        from pydantic import ValidationError
+
+        try:
+            return _adapter(annotation).validate_python(value)
+        except ValidationError:
+            pass
+    what = next((_NOT_A[t] for t in (typing.get_origin(a) or a for a in args) if t in _NOT_A), "valid")
+    expected = " | ".join("None" if a is type(None) else a.__name__ if isinstance(a, type) else str(a) for a in args)
+    quote = isinstance(value, bool) and str in args  # `tta: off` meant the text
+    hint = "; quote it: YAML reads yes/no/on/off as true/false" if quote else ""
+    raise ConfigError(f"{name}: {value!r} is not {what} ({expected} expected{hint})")
+
+
+@functools.cache
+def setting_types() -> dict[str, object]:
+    """Each `TrainConfig` setting's type, by name."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce_setting(name: str, value: object) -> object:
+    """A `TrainConfig` setting's value converted to the field's type (see `coerce_value`); None stays None."""
+    return None if value is None else coerce_value(name, value, setting_types()[name])
 
 
 # Settings that say where a run computes, not what it computes: a run resumes with other values of these.
@@ -120,12 +167,13 @@ class TrainConfig(DataOptions):
         return DataOptions(**{f.name: getattr(self, f.name) for f in fields(DataOptions)})
 
     def replace(self, **changes: object) -> TrainConfig:
-        """A copy with some fields changed; unknown names raise ConfigError naming them."""
+        """A copy with some fields changed (None leaves a field as it is); each value is converted to its field's
+        type (`coerce_setting`). Unknown names or values of the wrong type raise ConfigError naming them."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return dataclasses.replace(self, **{k: coerce_setting(k, v) for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,3 +195,5 @@ class TrainConfig(DataOptions):
             return cls.from_saved(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read run config ({e})") from e
+        except ConfigError as e:  # a value of the wrong type
+            raise ConfigError(f"{path}: {e}") from e

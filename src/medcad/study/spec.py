@@ -1,4 +1,5 @@
-"""The study file (YAML): parsed with line numbers so that a wrong key or value is reported where it is."""
+"""The study file (YAML), read strictly: a wrong key, a key given twice or a value of the wrong type is reported
+with its line before anything runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from medcad.config import TrainConfig
+from medcad.config import TrainConfig, coerce_value, setting_types
 from medcad.errors import ConfigError
 
 PROTOCOLS = ("holdout", "kfold", "compare", "sequential", "combined", "cross_domain")
@@ -30,7 +31,12 @@ TOP_KEYS = (
     "splits",
 )
 SETTING_KEYS = tuple(f.name for f in fields(TrainConfig))
+SETTING_TYPES = setting_types()
 MODEL_KEYS = ("name", *SETTING_KEYS)
+# The types of the study's own keys; its settings' keys take TrainConfig's types, "models" is checked item by item.
+TOP_TYPES = {"name": str, "data": str, "protocol": str, "domains": list[str], "splits": str} | {
+    k: SETTING_TYPES[k] for k in ("task", "seed", "group_by", "layout", "pattern", "mask_suffix", "holdout", "folds")
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,42 @@ class StudySpec:
     splits: Path | None = None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, first: yaml.Node, second: yaml.Node) -> None:
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.lines = key, (first.start_mark.line + 1, second.start_mark.line + 1)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error rather than the last one winning
+    (a key may still override one brought in by YAML's merge key `<<`)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if first is not key_node:
+                    raise _DuplicateKey(key, first, key_node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, object]:
+    """The document's node tree (for line numbers) and its data, from one parse."""
+    loader = _StrictLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def _where(path: Path, node: yaml.Node) -> str:
     return f"{path} line {node.start_mark.line + 1}"
 
@@ -73,83 +115,92 @@ def _check_mapping(path: Path, node: yaml.Node, known: tuple[str, ...], what: st
 
 
 def _child(node: yaml.MappingNode, key: str) -> yaml.Node | None:
-    return next((v for k, v in node.value if k.value == key), None)
+    return next((v for k, v in reversed(node.value) if k.value == key), None)
 
 
-def _settings(path: Path, node: yaml.Node | None, data: dict, base: TrainConfig) -> TrainConfig:
-    try:
-        return base.replace(**data)
-    except (TypeError, ConfigError) as e:
-        raise ConfigError(f"{_where(path, node) if node is not None else path}: {e}") from e
+def _typed(path: Path, node: yaml.MappingNode, data: dict, types: dict[str, object]) -> dict:
+    """The values of `data` (the mapping `node`) whose keys are in `types`, each converted to its type; a value
+    that cannot be raises ConfigError naming its line."""
+    out = {}
+    for key_node, _ in node.value:
+        name = key_node.value
+        if name in types and name in data:
+            try:
+                out[name] = coerce_value(name, data[name], types[name]) if data[name] is not None else None
+            except ConfigError as e:
+                raise ConfigError(f"{_where(path, key_node)}: {e}") from e
+    return out
 
 
 def load_study(path: str | Path) -> StudySpec:
-    """Read and check a study file. Raises ConfigError naming the file, line and key at fault."""
+    """Read and check a study file: every key known, none given twice, every value of its setting's type (converted
+    as `TrainConfig.replace` does), so that a mistake fails here rather than after training started. Raises
+    ConfigError naming the file, line and key at fault."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root, raw = _parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: study file not found") from e
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path} lines {e.lines[0]} and {e.lines[1]}: key {e.key!r} given twice; keep one") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if root is None:
         raise ConfigError(f"{path}: empty study file")
     _check_mapping(path, root, TOP_KEYS, "study")
-    for req in ("data",):
-        if req not in data:
-            raise ConfigError(f"{path}: missing required key {req!r} (the dataset path)")
-    data_path = (path.parent / str(data["data"])).resolve()
+    data = _typed(path, root, raw, TOP_TYPES)
+    if data.get("data") is None:
+        raise ConfigError(f"{path}: missing required key 'data' (the dataset path)")
+    data_path = (path.parent / data["data"]).resolve()
     if not data_path.exists():
         raise ConfigError(
             f"{_where(path, _child(root, 'data'))}: data path {data['data']!r} not found "
             f"(resolved to {data_path}; paths are relative to the study file)"
         )
-    protocol = str(data.get("protocol", "kfold"))
+    protocol = data.get("protocol") or "kfold"
     if protocol not in PROTOCOLS:
         raise ConfigError(
             f"{_where(path, _child(root, 'protocol'))}: unknown protocol {protocol!r}; "
             f"choose one of {', '.join(PROTOCOLS)}"
         )
+    settings = {}
     settings_node = _child(root, "settings")
     if settings_node is not None:
         _check_mapping(path, settings_node, SETTING_KEYS, "settings")
-    top = {k: data[k] for k in ("task", "seed", "group_by", "layout", "pattern", "mask_suffix") if k in data}
-    if "holdout" in data:
-        top.update(holdout=float(data["holdout"]), folds=None)
-    elif "folds" in data:
-        top["folds"] = int(data["folds"])
-    base = _settings(path, settings_node, {**(data.get("settings") or {}), **top}, TrainConfig())
+        settings = _typed(path, settings_node, raw["settings"], SETTING_TYPES)
+    top = {k: v for k, v in data.items() if k in SETTING_TYPES}
+    if top.get("holdout") is not None:
+        top["folds"] = None
+    base = TrainConfig().replace(**{**settings, **top})
     if protocol == "holdout" and base.holdout is None:
         base = TrainConfig.from_dict({**base.to_dict(), "holdout": 0.2, "folds": None})
     models_node = _child(root, "models")
-    raw_models = data.get("models") or [base.model]
+    raw_models = raw.get("models") or [base.model]
     if not isinstance(raw_models, list):
         raise ConfigError(f"{_where(path, models_node)}: models must be a list")
     models = []
     for i, m in enumerate(raw_models):
         node = models_node.value[i] if models_node is not None else None
         if isinstance(m, str):
-            m = {"model": m}
+            m, own = {}, {"model": m}
         elif isinstance(m, dict) and node is not None:
             _check_mapping(path, node, MODEL_KEYS, "model")
+            m = _typed(path, node, m, {"name": str, **SETTING_TYPES})
+            own = {k: v for k, v in m.items() if k != "name"}
         else:
             raise ConfigError(f"{_where(path, node) if node else path}: a model is a timm name or a mapping")
-        settings = {k: v for k, v in m.items() if k != "name"}
-        _settings(path, node, settings, base)  # check now, fail before any training
         from medcad.models.backbones import check_model_name
 
         try:
-            check_model_name(settings.get("model", base.model))
+            check_model_name(own.get("model") or base.model)
         except ConfigError as e:
             raise ConfigError(f"{_where(path, node) if node else path}: {e}") from e
-        models.append(ModelSpec(str(m.get("name") or settings.get("model", base.model)), settings))
+        models.append(ModelSpec(m.get("name") or own.get("model") or base.model, own))
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"{_where(path, models_node)}: model names must differ; give each a 'name'")
-    domains = tuple(str(d) for d in data["domains"]) if data.get("domains") else None
-    splits = (path.parent / str(data["splits"])).resolve() if data.get("splits") else None
+    domains = tuple(data["domains"]) if data.get("domains") else None
+    splits = (path.parent / data["splits"]).resolve() if data.get("splits") else None
     return StudySpec(
-        path, str(data.get("name") or path.stem), data_path, base.task, protocol, tuple(models), domains, base, splits
+        path, data.get("name") or path.stem, data_path, base.task, protocol, tuple(models), domains, base, splits
     )
