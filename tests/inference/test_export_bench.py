@@ -25,20 +25,53 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
 
     image = str(easy_set / "lesion" / "3.png")
     probs = {}
-    for backend in ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"):
+    for backend in ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"):
         res = runner.invoke(app, ["predict", str(run), image, "--fold", "0", "--backend", backend, "--json"])
         assert res.exit_code == 0, res.output
         probs[backend] = json.loads(res.stdout)[0]["probabilities"]["lesion"]
     assert abs(probs["onnx-fp32"] - probs["torch-fp32"]) < 1e-4
+    assert abs(probs["openvino-fp32"] - probs["torch-fp32"]) < 1e-4  # the same graph on another runtime
     assert abs(probs["torch-bf16"] - probs["torch-fp32"]) < 0.05
 
     res = runner.invoke(app, ["bench", str(run), "--batch", "4", "--json"])
     assert res.exit_code == 0, res.output
-    b = json.loads(res.stdout)["backends"]
-    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"}
-    assert b["torch-fp32"]["agreement"] == 1.0
+    result = json.loads(res.stdout)
+    b = result["backends"]
+    assert set(b) == {"torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16"} | {
+        "openvino-int8"
+    }
+    assert b["torch-fp32"]["agreement"] == 1.0 and b["torch-fp32"]["agrees"]
     for v in b.values():
         assert v["images_per_s"] > 0 and v["p95_ms"] >= v["p50_ms"] > 0
+    assert result["cpu"]["kind"] and "native_bf16" in result["cpu"]
+    assert result["default_backend"] in b  # what predict / serve use here, measured for the fold ensemble
+
+
+def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkeypatch) -> None:
+    """`auto` measures once per model and CPU kind, picks a backend that agrees, and never emulated bf16."""
+    from medcad import devices
+    from medcad.inference.registry import load_predictor
+
+    for flags, bf16_allowed in (("avx2,fma", False), ("avx2,fma,avx512f,avx512_bf16,avx512_vnni", True)):
+        monkeypatch.setenv(devices.CPU_FLAGS_ENV, flags)
+        devices.machine.cache_clear()
+        p = load_predictor(tiny_run, 0)
+        choice = p.backend_choice
+        assert "measured now" in choice["reason"]
+        measured = choice["measured"]
+        assert ("torch-bf16" in measured) == bf16_allowed and ("openvino-bf16" in measured) == bf16_allowed
+        assert {"torch-fp32", "onnx-fp32", "openvino-fp32"} <= set(measured)
+        assert measured[p.backend]["agreement"] >= 0.99
+        assert p.backend == max(
+            (k for k, v in measured.items() if v.get("agreement", 0) >= 0.99), key=lambda k: measured[k]["images_per_s"]
+        )
+        again = load_predictor(tiny_run, 0)  # read from RUN/backends.json, not measured again
+        assert again.backend == p.backend and "measured before" in again.backend_choice["reason"]
+    monkeypatch.delenv(devices.CPU_FLAGS_ENV)
+    devices.machine.cache_clear()
+    res = runner.invoke(app, ["predict", str(tiny_run), str(easy_set / "lesion" / "3.png"), "--fold", "0"])
+    assert res.exit_code == 0, res.output
+    assert "note: backend " in res.output
 
 
 def test_export_errors(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from medcad.cli import runs
 from medcad.cli import studies
 from medcad.cli import deploy
 from medcad.cli import data
+from medcad.cli import system
 
 __all__ = ["app", "main"]
 

@@ -13,6 +13,24 @@ import typer
 
 from medcad.config import DataOptions
 
+# Prediction backends (medcad.inference.predictor, .onnx), named here so that `--help` imports no torch
+BACKENDS = (
+    "torch-fp32",
+    "torch-bf16",
+    "onnx-fp32",
+    "onnx-int8",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+)
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (the fastest backend that agrees >= 0.99 with torch-fp32 for this model on this machine, measured "
+        "once on the run's held-out images and kept in RUN/backends.json), or one of " + ", ".join(BACKENDS) + "."
+    ),
+]
+
 app = typer.Typer(
     help="medcad: computer-aided diagnosis studies on endoscopy and ultrasound images.",
     no_args_is_help=True,
@@ -166,6 +184,12 @@ def _say_notes(notes: list[str]) -> None:
     """Print how a dataset was read, one line each, on stderr (so --json output stays clean)."""
     for note in notes:
         typer.echo(f"note: {note}", err=True)
+
+
+def _say_backend(predictor) -> None:
+    """Which backend a predictor runs on and why (`--backend auto` decides per model and machine), on stderr."""
+    choice = predictor.backend_choice
+    _say_notes([f"backend {predictor.backend}: {choice['reason']}"])
 
 
 def _echo_video(v: dict) -> None:

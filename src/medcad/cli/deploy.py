@@ -9,8 +9,11 @@ from typing import Annotated
 import typer
 
 from medcad.cli.common import (
+    BACKENDS,
+    BackendOpt,
     JsonOpt,
     _fail,
+    _say_backend,
     app,
 )
 from medcad.errors import MedcadError
@@ -47,8 +50,14 @@ def export(
         typer.echo(json.dumps(result, indent=1))
         return
     for name, a in result["agreement"].items():
-        measures = ", ".join(f"{k} {v:.4f}" for k, v in a.items() if k != "n")
+        measures = ", ".join(f"{k} {v:.4f}" for k, v in a.items() if k not in ("n", "agrees"))
         typer.echo(f"{name}: agreement with PyTorch fp32 on {a['n']} held-out images: {measures}")
+        if not a["agrees"]:
+            typer.echo(
+                f"warning: {name} agrees less than 0.99 with PyTorch fp32: predict, serve and evaluate "
+                "never pick it with --backend auto (name it with --backend to use it anyway)",
+                err=True,
+            )
     if "box_decoding" in result:
         typer.echo(f"box decoding: {result['box_decoding']}")
     typer.echo("files: " + ", ".join(result["files"]))
@@ -60,9 +69,7 @@ def bench(
     batch: Annotated[int, typer.Option(help="Batch size for the throughput figure.")] = 32,
     fold: Annotated[int | None, typer.Option(help="Fold model to time (default 0; none = ensemble).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    backends: Annotated[
-        str, typer.Option(help="Comma-separated backends.")
-    ] = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8",
+    backends: Annotated[str, typer.Option(help="Comma-separated backends (default: every one).")] = ",".join(BACKENDS),
     device: Annotated[str, typer.Option(help="Where the torch backends run: cpu, auto, cuda, cuda:N.")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,7 +98,7 @@ def bench(
     t = Table("backend", "images/s", "× fp32", "p50 ms", "p95 ms", measure, title=f"{run} (batch {batch})")
     for name, b in result["backends"].items():
         t.add_row(
-            name,
+            name + (" (default)" if name == result["default_backend"] else "") + ("" if b["agrees"] else " ✗"),
             f"{b['images_per_s']:.1f}",
             f"{b.get('speedup_vs_torch_fp32', 1):.2f}",
             f"{b['p50_ms']:.1f}",
@@ -99,6 +106,12 @@ def bench(
             f"{b['agreement']:.4f}",
         )
     Console().print(t)
+    cpu = result["cpu"]
+    typer.echo(
+        f"CPU: {cpu['cpu']} ({cpu['kind']}; native bf16: {cpu['native_bf16']}; VNNI: {cpu['vnni']}); "
+        f"predict/serve/evaluate use {result['default_backend']} here ({result['default_backend_reason']}); "
+        "✗: agrees < 0.99 with torch-fp32, never chosen by auto"
+    )
 
 
 @app.command()
@@ -106,7 +119,7 @@ def serve(
     run: Annotated[Path, typer.Argument(help="Run folder or model.pt file.")],
     host: Annotated[str, typer.Option(help="Address to listen on; beyond loopback a token is required.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch-bf16, torch-fp32 (or what the task adds).")] = "torch-bf16",
+    backend: BackendOpt = "auto",
     fold: Annotated[int | None, typer.Option(help="Serve one fold's model (default: the fold ensemble).")] = None,
     threshold: Annotated[float, typer.Option(help="Lesion-probability / box-score threshold.")] = 0.5,
     workers: Annotated[int, typer.Option(help="Inference threads taking batches from the queue.")] = 1,
@@ -134,6 +147,7 @@ def serve(
         limits = Limits(int(max_upload_mb * 2**20), int(max_video_mb * 2**20), int(max_pixels * 1e6))
         opts = ServeOptions(token, limits, timeout, queue, batch, workers)
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold)
+        _say_backend(predictor)
         explain = None
         if gradcam:
             from medcad.explain.explainers import EXPLAINERS

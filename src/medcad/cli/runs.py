@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 
 from medcad.cli.common import (
+    BackendOpt,
     JsonOpt,
     _echo_video,
     _fail,
     _print_table,
     _report,
+    _say_backend,
     _say_notes,
     app,
     with_data_options,
@@ -174,9 +176,7 @@ def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (its folds as an ensemble) or a model.pt file.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images, folders of images, or videos.")],
     fold: Annotated[int | None, typer.Option(help="Use one fold's model instead of the ensemble.")] = None,
-    backend: Annotated[
-        str, typer.Option(help="torch-bf16, torch-fp32; classify also onnx-fp32 or onnx-int8.")
-    ] = "torch-bf16",
+    backend: BackendOpt = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     device: Annotated[
         str, typer.Option(help="auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
@@ -208,6 +208,7 @@ def predict(
         from medcad.inference.video import predict_video
 
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
+        _say_backend(predictor)
         videos = [p for p in inputs if is_video(p)]
         images = expand_inputs([p for p in inputs if not is_video(p)], options)
         table, records = (
@@ -292,7 +293,7 @@ def explain(
         from medcad.explain.explainers import EXPLAINERS
         from medcad.inference.registry import load_predictor
 
-        predictor = load_predictor(run, fold)
+        predictor = load_predictor(run, fold, backend="torch-fp32")  # Grad-CAM needs the torch models
         shown, caption = EXPLAINERS[predictor.task](predictor, read_image(image), layer, label)
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(shown).save(out)

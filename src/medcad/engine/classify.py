@@ -12,7 +12,14 @@ from medcad.config import TrainConfig
 from medcad.data.datasets import ImageDataset
 from medcad.data.transforms import Normalize, augmentation
 from medcad.devices import rank_zero_first
-from medcad.engine.common import class_weights, fit, freeze_pretrained_encoder, make_loader, make_trainer
+from medcad.engine.common import (
+    class_weights,
+    fit,
+    freeze_pretrained_encoder,
+    make_loader,
+    make_trainer,
+    reduced_precision,
+)
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import ClassifierModule, HeadModule, multilabel_val_score, val_score
@@ -61,7 +68,7 @@ class ClassifyHooks(FoldHooks):
         train, val, y = parts["train"], parts["val"], data.y
         with rank_zero_first():  # rank 0 writes the feature cache, the other processes read it
             feats, speed["feature_images_per_s"] = backbone_features(
-                model.backbone, normalize, data.images, data.feature_key
+                model.backbone, normalize, data.images, data.feature_key, bf16=reduced_precision(cfg)
             )
         f = torch.from_numpy(feats)
         yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
@@ -104,7 +111,8 @@ class ClassifyHooks(FoldHooks):
         )
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        return {"probs": run_batched(_Probabilities(model, self.multilabel), normalize, data.images, rows)[0]}
+        net = _Probabilities(model, self.multilabel)
+        return {"probs": run_batched(net, normalize, data.images, rows, bf16=reduced_precision(cfg))[0]}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         return val_score(data.y[rows], outputs["probs"])

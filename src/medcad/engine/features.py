@@ -14,7 +14,7 @@ from medcad.models.predict import run_batched
 
 
 def backbone_features(
-    backbone: nn.Module, normalize: Normalize, images: np.ndarray, key: str, bf16: bool = True
+    backbone: nn.Module, normalize: Normalize, images: np.ndarray, key: str, bf16: bool
 ) -> tuple[np.ndarray, float | None]:
     """Pooled features (N, F) of every cached image under the frozen backbone, cached on disk by `key`.
 

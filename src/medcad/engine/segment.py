@@ -23,6 +23,7 @@ from medcad.engine.common import (
     freeze_pretrained_encoder,
     gather_lists,
     make_loader,
+    reduced_precision,
 )
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import make_optimizer, val_score
@@ -201,7 +202,8 @@ class SegmentHooks(FoldHooks):
         )
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        masks, probs, _ = predict_masks(model, normalize, data.images, rows, hflip=flip_tta(cfg.tta, cfg.task))
+        hflip, bf16 = flip_tta(cfg.tta, cfg.task), reduced_precision(cfg)
+        masks, probs, _ = predict_masks(model, normalize, data.images, rows, bf16=bf16, hflip=hflip)
         return {"masks": masks, "probs": probs}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.inference.predictor import ONNX_BACKENDS
+from medcad.devices import machine
+from medcad.inference.onnx import GRAPH_BACKENDS
+from medcad.inference.predictor import MIN_AGREEMENT, TORCH_BACKENDS
 from medcad.inference.registry import load_predictor
 from medcad.tasks import get_task
 
-BACKENDS = ("torch-fp32", "torch-bf16", *ONNX_BACKENDS)
+BACKENDS = (*TORCH_BACKENDS, *GRAPH_BACKENDS)
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -38,7 +40,9 @@ def bench(
     """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, and agreement with torch-fp32 by the
     task's measure (top-1 for classes, Dice between masks, matched-box IoU for detections) on the fold-0 test images
     of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process.
-    `device` is where the torch backends run ("cpu", "auto", "cuda[:N]"); ONNX Runtime runs on the CPU."""
+    `device` is where the torch backends run ("cpu", "auto", "cuda[:N]"); ONNX Runtime and OpenVINO run on the CPU.
+    The result also says what this machine is (`cpu`) and which backend predict, serve and evaluate use here by
+    default (`default_backend`: `--backend auto` for the fold ensemble, as they load it)."""
     from medcad.inference.export import fold0_images
 
     run = Path(run)
@@ -59,6 +63,7 @@ def bench(
         "n_agreement_images": int(len(held)),
         "threads": threads,
         "device": str(first.device),
+        "cpu": machine().to_dict(),
         "backends": {},
     }
     for name in backends:
@@ -75,9 +80,13 @@ def bench(
             **first.agreement(reference, got),
         }
         row["agreement"] = row[first.agreement_measure]
+        row["agrees"] = bool(row["agreement"] >= MIN_AGREEMENT)
         if got.get("probabilities") is not None and get_task(first.task).label_kind == "single":
             row["accuracy"] = float((got["probabilities"][:n_real].argmax(1) == y).mean())
         out["backends"][name] = row
+    auto = load_predictor(run, None, threads=threads, device=device).backend_choice
+    out["default_backend"] = auto["backend"]
+    out["default_backend_reason"] = auto["reason"]
     base = out["backends"].get("torch-fp32", {}).get("images_per_s")
     if base:
         for v in out["backends"].values():

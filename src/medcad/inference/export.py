@@ -20,7 +20,7 @@ import torch
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import nchw
-from medcad.inference.predictor import Predictor
+from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.tasks import get_task
 
 
@@ -57,12 +57,11 @@ def export_onnx(
     `device` (the graph itself is traced on the CPU).
 
     Returns:
-        {"files": [...], "agreement": {variant: {"n", and the task's measures: top1_agreement / mask_dice /
-        box_iou_agreement, max_prob_diff}}, "box_decoding" (detect)}.
+        {"files": [...], "agreement": {variant: {"n", the task's measures (top1_agreement / mask_dice /
+        box_iou_agreement, max_prob_diff), "agrees": the task's measure >= MIN_AGREEMENT (else `--backend auto`
+        never picks it)}}, "box_decoding" (detect)}.
     """
-    import onnxruntime as ort
-
-    from medcad.inference.onnx import export_folder, run_session
+    from medcad.inference.onnx import GraphSession, export_folder
     from medcad.inference.registry import load_predictor
 
     run = Path(run)
@@ -126,9 +125,12 @@ def export_onnx(
     agreement = {}
     for f in files:
         atomic_write_text(f.with_suffix(".json"), json.dumps({**meta, "file": f.name}, indent=1))
-        sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-        got = predictor.decode(run_session(sess, held_out, 16))
-        agreement[f.name] = {"n": len(held_out), **predictor.agreement(ref, got)}
+        got = predictor.decode(
+            GraphSession(f, "onnx-int8" if f.name.endswith("int8.onnx") else "onnx-fp32").run(held_out, 16)
+        )
+        measures = predictor.agreement(ref, got)
+        agrees = measures[predictor.agreement_measure] >= MIN_AGREEMENT
+        agreement[f.name] = {"n": len(held_out), **measures, "agrees": bool(agrees)}
     result = {"files": [str(f) for f in files], "agreement": agreement, "held_out": "fold 0 test images"}
     return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
 

@@ -1,4 +1,9 @@
-"""ONNX Runtime sessions on a run's export, for every task's predictor."""
+"""The run's exported ONNX graph on a CPU runtime, for every task's predictor: ONNX Runtime or OpenVINO.
+
+Backend names are `<runtime>-<precision>`: onnx-fp32, onnx-int8 (ONNX Runtime on model.onnx / model.int8.onnx),
+openvino-fp32, openvino-bf16 (OpenVINO on model.onnx, inference precision f32 or bf16) and openvino-int8 (OpenVINO
+on model.int8.onnx). Both runtimes run the same file, so the graph's outputs and their decoding are the same.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from medcad.errors import ConfigError
+
+GRAPH_BACKENDS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
 
 def nchw(images: np.ndarray) -> np.ndarray:
@@ -18,31 +25,61 @@ def export_folder(run: Path, fold: int | None) -> Path:
     return run / ("export" if fold is None else f"export_fold{fold}")
 
 
-def onnx_session(run: Path, fold: int | None, int8: bool, threads: int | None = None):
-    """An InferenceSession on RUN/export[_fold<k>]/model[.int8].onnx, exporting the run first when it is missing.
+class GraphSession:
+    """An exported graph (float32 (N, 3, S, S) 0..255 -> named outputs) on ONNX Runtime or OpenVINO.
+
+    Args:
+        path: the .onnx file.
+        backend: one of GRAPH_BACKENDS (the runtime and, for OpenVINO, the inference precision).
+        threads: CPU threads (None: the runtime's default, all cores).
+    """
+
+    def __init__(self, path: str | Path, backend: str, threads: int | None = None) -> None:
+        self.path, self.backend = Path(path), backend
+        if backend.startswith("openvino"):
+            import openvino as ov
+
+            precision = "bf16" if backend == "openvino-bf16" else "f32"  # int8 runs its QDQ graph's int8 layers
+            config: dict = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            self._ov = ov.Core().compile_model(str(self.path), "CPU", config)
+            self.output_names = [o.get_any_name() for o in self._ov.outputs]
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            self._ort = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.output_names = [o.name for o in self._ort.get_outputs()]
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        if hasattr(self, "_ov"):
+            result = self._ov({"images": x})
+            return [np.asarray(result[out]) for out in self._ov.outputs]
+        return self._ort.run(None, {"images": x})
+
+    def run(self, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+        """Every named output for prepared uint8 images (N, S, S, 3), batch by batch, concatenated."""
+        parts = [self._run(nchw(x[i : i + batch])) for i in range(0, len(x), batch)]
+        return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(self.output_names)} if parts else {}
+
+
+def graph_session(run: Path, fold: int | None, backend: str, threads: int | None = None) -> GraphSession:
+    """The backend's session on RUN/export[_fold<k>]/model[.int8].onnx, exporting the run first when it is missing.
 
     Raises:
         ConfigError: `run` is a model file rather than a run folder.
     """
-    import onnxruntime as ort
-
     from medcad.inference.export import export_onnx
 
     run = Path(run)
     if run.is_file():
-        raise ConfigError(f"{run}: the onnx backends need a run folder (they export it on first use)")
+        raise ConfigError(f"{run}: the {backend} backend needs a run folder (it exports the run on first use)")
     folder = export_folder(run, fold)
+    int8 = backend.endswith("int8")
     path = folder / ("model.int8.onnx" if int8 else "model.onnx")
     if not path.is_file():
         export_onnx(run, folder, fold=fold, int8=int8)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def run_session(session, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """Every named output of the session for prepared uint8 images (N, S, S, 3), batch by batch, concatenated."""
-    names = [o.name for o in session.get_outputs()]
-    parts = [session.run(None, {"images": nchw(x[i : i + batch])}) for i in range(0, len(x), batch)]
-    return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(names)} if parts else {}
+    return GraphSession(path, backend, threads)

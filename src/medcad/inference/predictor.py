@@ -27,10 +27,11 @@ from medcad.data.io import read_image
 from medcad.data.transforms import Normalize
 from medcad.devices import torch_device
 from medcad.errors import ConfigError, DataError
+from medcad.inference.onnx import GRAPH_BACKENDS, graph_session
 from medcad.inference.prediction import Prediction
 
 TORCH_BACKENDS = ("torch-bf16", "torch-fp32")
-ONNX_BACKENDS = ("onnx-fp32", "onnx-int8")  # ONNX Runtime on the run's export (made on first use)
+MIN_AGREEMENT = 0.99  # a backend agrees with torch-fp32 when the task's agreement measure reaches this
 
 
 class Predictor:
@@ -41,8 +42,11 @@ class Predictor:
     Args:
         run: a run folder or a model.pt file.
         fold: one fold's model instead of the ensemble of all folds.
-        backend: "torch-bf16" (channels_last, bf16 autocast; the default), "torch-fp32" (plain eager),
-            "onnx-fp32" or "onnx-int8" (ONNX Runtime on the run's export in RUN/export[_fold<k>], made on first use).
+        backend: "torch-fp32" (plain eager), "torch-bf16" (channels_last, reduced-precision autocast: fast on GPUs
+            and CPUs with native bf16, ~10x slower than fp32 where bf16 is emulated), or a graph backend on the
+            run's export in RUN/export[_fold<k>], made on first use: "onnx-fp32", "onnx-int8" (ONNX Runtime),
+            "openvino-fp32", "openvino-bf16", "openvino-int8" (OpenVINO). `medcad.inference.registry.
+            load_predictor` also takes "auto" (the fastest that agrees here: medcad.inference.backends).
         threads: CPU threads for torch / ONNX Runtime.
         threshold: lesion-probability threshold of masks, score threshold of boxes.
         device: where the torch backends run: "cpu", "auto" (the first GPU if any, else the CPU), "cuda", "cuda:N";
@@ -53,7 +57,7 @@ class Predictor:
     """
 
     tasks: tuple[str, ...] = ()
-    backends: tuple[str, ...] = TORCH_BACKENDS + ONNX_BACKENDS
+    backends: tuple[str, ...] = TORCH_BACKENDS + GRAPH_BACKENDS
     graph_outputs: tuple[str, ...] = ()
     agreement_measure = ""  # the key of `agreement` that says, in one number, how well two backends agree
     multilabel = False  # probabilities are per label (sigmoid), not over classes
@@ -63,7 +67,7 @@ class Predictor:
         self,
         run: str | Path,
         fold: int | None = None,
-        backend: str = "torch-bf16",
+        backend: str = "torch-fp32",
         threads: int | None = None,
         threshold: float = 0.5,
         device: str = "cpu",
@@ -87,11 +91,8 @@ class Predictor:
         self.data_config = meta["data_config"]
         self.normalize = Normalize(self.data_config["mean"], self.data_config["std"])
         self.bf16 = backend == "torch-bf16"
-        self.session = None
-        if backend in ONNX_BACKENDS:
-            from medcad.inference.onnx import onnx_session
-
-            self.session = onnx_session(self.run, fold, int8=backend == "onnx-int8", threads=threads)
+        self.session = graph_session(self.run, fold, backend, threads) if backend in GRAPH_BACKENDS else None
+        self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (S, S, 3) uint8 model input."""
@@ -101,9 +102,7 @@ class Predictor:
         """Model outputs for prepared images (N, S, S, 3) uint8 (see the module docstring), on the backend."""
         if self.session is None:
             return self.infer_torch(x, batch)
-        from medcad.inference.onnx import run_session
-
-        return self.decode(run_session(self.session, x, batch))
+        return self.decode(self.session.run(x, batch))
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         raise NotImplementedError

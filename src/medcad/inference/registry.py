@@ -19,6 +19,21 @@ PREDICTORS: dict[str, type[Predictor]] = {
 }
 
 
-def load_predictor(run: str | Path, fold: int | None = None, **kwargs) -> Predictor:
-    """The predictor of a run folder's (or model file's) task; kwargs as for `Predictor`."""
-    return PREDICTORS[run_task(Path(run))](run, fold, **kwargs)
+def load_predictor(
+    run: str | Path, fold: int | None = None, backend: str = "auto", device: str = "cpu", **kwargs
+) -> Predictor:
+    """The predictor of a run folder's (or model file's) task; `backend` "auto" (the default: the fastest backend
+    that agrees with torch-fp32 on this machine, see medcad.inference.backends; why it chose is in
+    `predictor.backend_choice`) or a name of `Predictor`; other kwargs as for `Predictor`."""
+    cls = PREDICTORS[run_task(Path(run))]
+    if backend != "auto":
+        return cls(run, fold, backend=backend, device=device, **kwargs)
+    from medcad.inference.backends import choose_backend
+
+    ref = cls(run, fold, backend="torch-fp32", device=device, **kwargs)
+    choice = choose_backend(ref, device, kwargs.get("threads"))
+    predictor = (
+        ref if choice["backend"] == "torch-fp32" else cls(run, fold, backend=choice["backend"], device=device, **kwargs)
+    )
+    predictor.backend_choice = choice
+    return predictor

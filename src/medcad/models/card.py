@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcad.devices import cpu_has_bf16
+
 
 def count_flops(model: nn.Module, size: int) -> float:
     """Floating-point operations of one forward pass on a (1, 3, size, size) input (multiply-add = 2)."""
@@ -20,8 +22,10 @@ def count_flops(model: nn.Module, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def latency_ms(model: nn.Module, size: int, batch: int = 1, repeats: int = 10, bf16: bool = True) -> float:
-    """Median milliseconds per image, channels_last, bf16 autocast on this CPU."""
+def latency_ms(model: nn.Module, size: int, batch: int = 1, repeats: int = 10, bf16: bool | None = None) -> float:
+    """Median milliseconds per image on this CPU, channels_last, bf16 autocast where the CPU has it natively
+    (`bf16=None`), else fp32."""
+    bf16 = cpu_has_bf16() if bf16 is None else bf16
     model = model.eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     times = []
@@ -35,11 +39,13 @@ def latency_ms(model: nn.Module, size: int, batch: int = 1, repeats: int = 10, b
 
 
 def model_card(model: nn.Module, size: int, file: str | Path | None = None) -> dict:
-    """Parameters (millions), file size (MB), GFLOPs per image, ms per image (batch 1, bf16) on this machine."""
+    """Parameters (millions), file size (MB), GFLOPs per image, ms per image (batch 1; bf16 where the CPU has it
+    natively, else fp32: `latency_precision`) on this machine."""
     card = {
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflops": count_flops(model, size) / 1e9,
         "ms_per_image": latency_ms(model, size),
+        "latency_precision": "bf16" if cpu_has_bf16() else "fp32",
         "input_size": size,
         "threads": torch.get_num_threads(),
     }

@@ -52,7 +52,8 @@ def evaluate_external(
     groups = np.where(patients != "", patients, np.arange(len(manifest)).astype(str))
     rows = np.arange(len(manifest))
     y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
-    out = load_predictor(run).infer(images)
+    predictor = load_predictor(run)
+    out = predictor.infer(images)
     metrics: dict = {}
     pred = pd.DataFrame({"image": manifest.keys})
     if out.get("boxes") is not None:
@@ -73,8 +74,9 @@ def evaluate_external(
         table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
         pred = pred.merge(table, on="image", how="left")
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
+    metrics["backend"] = predictor.backend
     where = run / "evaluations" / Path(data).resolve().name
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(where / "predictions.csv", pred.to_csv(index=False))
     write_json(where / "metrics.json", metrics)
-    return metrics, where, manifest.notes
+    return metrics, where, [*manifest.notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]

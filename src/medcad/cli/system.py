@@ -1,0 +1,61 @@
+"""`medcad checks`: what this machine has and what medcad will use on it (as `yolo checks` or torch's
+collect_env do), so that a slow or surprising default can be traced to the hardware reading behind it."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+
+import typer
+
+from medcad.cli.common import JsonOpt, app
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def system_report() -> dict:
+    """{"machine", "versions", "uses"}: the reading of `medcad.devices.machine` and the defaults that follow it."""
+    from medcad.devices import auto_precision, machine
+    from medcad.inference.backends import generic_candidates, static_choice
+
+    m = machine()
+    accelerator = "gpu" if m.gpus else "cpu"
+    precision = auto_precision(accelerator)
+    return {
+        "machine": m.to_dict(),
+        "versions": {p: _version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
+        "uses": {
+            "training": f"{accelerator}, precision {precision}",
+            "fold predictions and cached features": "bf16 autocast" if precision != "32-true" else "fp32",
+            "predict / serve / evaluate": (
+                "--backend auto: the fastest of "
+                + ", ".join(generic_candidates())
+                + " that agrees >= 0.99 with torch-fp32, measured once per model on its held-out images "
+                f"(without a run folder or its images: {static_choice()})"
+            ),
+            "threads": m.cores,
+        },
+    }
+
+
+@app.command()
+def checks(as_json: JsonOpt = False) -> None:
+    """What this machine has (CPU kind and flags, native bf16, VNNI, cores, GPUs, runtimes) and what medcad will use
+    on it: training precision, prediction backend candidates. MEDCAD_CPU_FLAGS=avx2,fma shows another CPU's choice."""
+    report = system_report()
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    m = report["machine"]
+    typer.echo(f"CPU: {m['cpu']} ({m['kind']}; {m['cores']} cores; flags from {m['flags_source']})")
+    typer.echo(f"  native bf16: {m['native_bf16']}, VNNI: {m['vnni']}, torch kernels: {m['torch_cpu_capability']}")
+    typer.echo(f"  flags: {', '.join(m['flags']) or 'none of those medcad looks at'}")
+    typer.echo(f"GPUs: {m['gpus']}")
+    typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
+    for what, choice in report["uses"].items():
+        typer.echo(f"{what}: {choice}")

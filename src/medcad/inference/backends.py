@@ -1,0 +1,130 @@
+"""`--backend auto`: the fastest prediction backend that agrees with PyTorch fp32 for this model on this machine.
+
+Measured once per model files, CPU kind and thread count on a few of the run's own held-out images (fold 0's test
+images), then cached in RUN/backends.json; later calls read the choice. A backend is eligible when its agreement
+with torch-fp32, by the task's measure (top-1 for classes, Dice for masks, matched-box IoU for boxes), is at least
+`MIN_AGREEMENT`. Candidates follow the machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16 only where
+the CPU has bf16 in hardware (elsewhere bf16 is emulated, ~10x slower than fp32), int8 only where the user exported
+it (`medcad export --int8`: calibration is a step of its own) and the CPU has int8 dot products (VNNI). On a GPU,
+torch with reduced-precision autocast, unmeasured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medcad.data.manifest import atomic_write_text
+from medcad.devices import machine, torch_device
+from medcad.errors import MedcadError
+from medcad.inference.onnx import export_folder
+from medcad.inference.predictor import MIN_AGREEMENT, Predictor
+
+N_IMAGES, BATCH, REPEATS = 32, 8, 3
+
+
+def generic_candidates() -> list[str]:
+    """The backends `auto` may measure on this machine for a run folder (int8 only once exported)."""
+    m = machine()
+    out = ["torch-fp32"] + (["torch-bf16"] if m.native_bf16 else []) + ["onnx-fp32", "openvino-fp32"]
+    out += ["openvino-bf16"] if m.native_bf16 else []
+    return out + (["onnx-int8", "openvino-int8"] if m.vnni else [])
+
+
+def candidates(run: Path, fold: int | None, allowed: tuple[str, ...]) -> list[str]:
+    """The backends `auto` measures for a run folder (or model file: torch only) on this machine, torch-fp32
+    first; int8 only where the run has an int8 export."""
+    has_int8 = (export_folder(run, fold) / "model.int8.onnx").is_file()
+    out = [b for b in generic_candidates() if (b.startswith("torch") or run.is_dir()) and (has_int8 or "int8" not in b)]
+    return [b for b in out if b in allowed]
+
+
+def static_choice() -> str:
+    """The backend when nothing can be measured: bf16 autocast where the CPU has it, else plain fp32."""
+    return "torch-bf16" if machine().native_bf16 else "torch-fp32"
+
+
+def _cache_key(predictor: Predictor, threads: int | None) -> str:
+    m = machine()
+    files = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in map(Path, predictor.files))
+    digest = hashlib.sha1(files.encode()).hexdigest()[:12]
+    return f"{m.cpu} [{m.kind}] threads={threads or m.cores} fold={predictor.fold} models={digest}"
+
+
+def _speed(p: Predictor, x: np.ndarray) -> float:
+    """Images per second at batch BATCH (median of REPEATS after one warm-up)."""
+    p.infer(x[:BATCH], BATCH)
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        p.infer(x[:BATCH], BATCH)
+        times.append(time.perf_counter() - t0)
+    return len(x[:BATCH]) / float(np.median(times))
+
+
+def measure(ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None) -> dict[str, dict]:
+    """images/s and agreement with `ref` (torch-fp32) of each backend on `images` (N, S, S, 3) uint8; a backend
+    that cannot load (an export that fails, a runtime missing) gets its error instead."""
+    reference = ref.infer(images, BATCH)
+    out: dict[str, dict] = {}
+    for name in backends:
+        try:
+            p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, "cpu")
+            agreement = (
+                1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
+            )
+            out[name] = {"images_per_s": round(_speed(p, images), 2), "agreement": round(agreement, 4)}
+        except (MedcadError, RuntimeError, ImportError, OSError) as e:
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    return out
+
+
+def pick(measured: dict[str, dict]) -> str:
+    """The fastest backend whose agreement is at least MIN_AGREEMENT (torch-fp32 agrees with itself)."""
+    ok = {k: v for k, v in measured.items() if "error" not in v and v["agreement"] >= MIN_AGREEMENT}
+    return max(ok, key=lambda k: ok[k]["images_per_s"])
+
+
+def choose_backend(ref: Predictor, device: str = "cpu", threads: int | None = None) -> dict:
+    """The `auto` choice for the run of `ref` (a torch-fp32 predictor): {"backend", "reason", "measured"?}.
+
+    Reads RUN/backends.json when this model, CPU kind and thread count were measured before; otherwise measures
+    (`measure`) and writes it. Where nothing can be measured (a model file outside a run folder, the run's images
+    not found), it falls back to `static_choice` and says why.
+    """
+    if torch_device(device).type == "cuda":
+        return {"backend": "torch-bf16", "reason": "GPU: reduced-precision autocast"}
+    allowed = type(ref).backends
+    run = ref.run
+    if not run.is_dir():
+        return {"backend": static_choice(), "reason": "a model file, not a run folder: torch only, not measured"}
+    cache = run / "backends.json"
+    key = _cache_key(ref, threads)
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in known:
+        return {**known[key], "reason": f"measured before on this CPU ({cache.name})"}
+    try:
+        from medcad.inference.export import fold0_images
+
+        _, held, _ = fold0_images(run, ref)
+    except (MedcadError, OSError, KeyError, ValueError) as e:
+        return {"backend": static_choice(), "reason": f"the run's images could not be read ({e}); not measured"}
+    if len(held) == 0:
+        return {"backend": static_choice(), "reason": "the run has no held-out images to measure on"}
+    held = np.asarray(held[:N_IMAGES])
+    if len(held) < BATCH:
+        held = np.concatenate([held] * (BATCH // len(held) + 1))
+    measured = measure(ref, candidates(run, ref.fold, allowed), held, threads)
+    choice = {
+        "backend": pick(measured),
+        "measured": measured,
+        "cpu": machine().to_dict(),
+        "n_images": int(len(held)),
+        "min_agreement": MIN_AGREEMENT,
+    }
+    atomic_write_text(cache, json.dumps({**known, key: choice}, indent=1))
+    return {**choice, "reason": f"fastest of {len(measured)} backends that agree >= {MIN_AGREEMENT} (measured now)"}

@@ -1,0 +1,69 @@
+"""What medcad reads of the machine, and how every default follows it (MEDCAD_CPU_FLAGS stands in for a CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medcad import devices
+from medcad.config import TrainConfig
+from medcad.data.transforms import Normalize
+from medcad.models.card import model_card
+from medcad.models.predict import run_batched
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch: pytest.MonkeyPatch):
+    """Set MEDCAD_CPU_FLAGS for one test; the machine is read again before and after."""
+
+    def use(flags: str) -> devices.Machine:
+        monkeypatch.setenv(devices.CPU_FLAGS_ENV, flags)
+        devices.machine.cache_clear()
+        return devices.machine()
+
+    yield use
+    monkeypatch.delenv(devices.CPU_FLAGS_ENV, raising=False)
+    devices.machine.cache_clear()
+
+
+def test_machine_reads_the_cpu_once() -> None:
+    m = devices.machine()
+    assert m is devices.machine() and m.cores >= 1 and m.cpu
+    d = m.to_dict()
+    assert set(d) >= {"cpu", "kind", "flags", "native_bf16", "vnni", "cores", "gpus", "torch_cpu_capability"}
+    assert d["kind"] in ("avx512-bf16", "avx512", "avx2", "baseline")
+
+
+@pytest.mark.parametrize(
+    ("flags", "kind", "bf16", "vnni"),
+    [
+        ("avx2,fma", "avx2", False, False),
+        ("avx2,fma,avx_vnni", "avx2", False, True),
+        ("avx2,avx512f,avx512_vnni", "avx512", False, True),
+        ("avx2,avx512f,avx512_bf16,avx512_vnni,amx_bf16,amx_int8", "avx512-bf16", True, True),
+        ("", "baseline", False, False),
+    ],
+)
+def test_defaults_follow_the_cpu_kind(cpu_flags, flags: str, kind: str, bf16: bool, vnni: bool) -> None:
+    m = cpu_flags(flags)
+    assert (m.kind, m.native_bf16, m.vnni, m.flags_source) == (kind, bf16, vnni, devices.CPU_FLAGS_ENV)
+    # training precision, prediction autocast and the model card's latency all follow the same reading
+    assert devices.resolve_compute(TrainConfig()).precision == ("bf16-mixed" if bf16 else "32-true")
+    assert devices.fast_autocast(torch.device("cpu")) is bf16
+    card = model_card(torch.nn.Conv2d(3, 4, 3), 16)
+    assert card["latency_precision"] == ("bf16" if bf16 else "fp32")
+
+
+def test_prediction_autocasts_only_where_bf16_is_native(cpu_flags) -> None:
+    """Without native bf16, the default prediction is plain fp32 (bit-identical to eager), not emulated bf16."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = np.random.default_rng(0).integers(0, 255, (4, 24, 24, 3), dtype=np.uint8)
+    norm = Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    fp32 = run_batched(net, norm, x, bf16=False, channels_last=False)[0]
+    cpu_flags("avx2,fma")
+    np.testing.assert_allclose(run_batched(net, norm, x, channels_last=False)[0], fp32, rtol=0, atol=1e-6)
+    cpu_flags("avx2,avx512f,avx512_bf16")
+    reduced = run_batched(net, norm, x, channels_last=False)[0]
+    assert not np.allclose(reduced, fp32, rtol=0, atol=1e-6)  # bf16 rounding shows
+    np.testing.assert_allclose(reduced, fp32, atol=0.1)
