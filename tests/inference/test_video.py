@@ -1,11 +1,14 @@
-"""Videos: frame extraction with sharpness, frame-by-frame prediction with smoothing, clear errors."""
+"""Videos: frame extraction with sharpness, frame-by-frame prediction with smoothing, damaged and variable-frame-rate
+clips (the lost frame listed, the real times), clear errors."""
 
 from __future__ import annotations
 
 import csv
 import json
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from typer.testing import CliRunner
@@ -21,6 +24,26 @@ def make_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
     for f in frames:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()
+    return path
+
+
+def make_damaged_vfr_video(path: Path, frames: list[np.ndarray], times_ms: list[int], damaged: int) -> Path:
+    """An MPEG-4 clip with the given frame times whose frame `damaged` holds random bytes."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt, stream.bit_rate = "yuv420p", 2_000_000
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for rgb, t in zip(frames, times_ms, strict=True):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with av.open(str(path)) as clip:
+        pos, size = [(p.pos, p.size) for p in clip.demux(video=0) if p.size][damaged]  # no B-frames: frame order
+    data = bytearray(path.read_bytes())
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
     return path
 
 
@@ -44,8 +67,28 @@ def test_frames_and_video_prediction(tiny_run: Path, easy_set: Path, tmp_path: P
     per_frame = list(csv.DictReader(open(summary["csv"])))
     assert [int(r["frame"]) for r in per_frame] == list(range(32))
     assert {r["smoothed"] for r in per_frame} <= {"lesion", "normal"}
+    assert [float(r["time_s"]) for r in per_frame] == [i / 25 for i in range(32)]
+    assert summary["frames_dropped"] == 0 and summary["dropped_frames"] == [] and not summary["truncated"]
     cap = cv2.VideoCapture(summary["annotated"])
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 32
+
+    # one damaged frame of a variable-frame-rate clip: skipped and listed, every frame after it predicted
+    times = [0, 40, 100, 120, 300, 333, 400, 700, 720, 1000, 1010, 1500]
+    damaged = make_damaged_vfr_video(tmp_path / "damaged.mp4", images[: len(times)], times, damaged=4)
+    res = runner.invoke(app, ["data", "frames", str(damaged), "--every", "1", "--out", str(tmp_path / "dframes")])
+    assert res.exit_code == 0, res.output
+    assert "1 frame(s) not decodable, skipped: 4 (0.300 s)" in res.output
+    rows = list(csv.DictReader(open(tmp_path / "dframes" / "manifest.csv")))
+    assert [float(r["time_s"]) for r in rows] == [t / 1000 for i, t in enumerate(times) if i != 4]
+    res = runner.invoke(app, ["predict", str(tiny_run), str(damaged), "--out", str(tmp_path / "dpred"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)[0]
+    assert summary["frames_predicted"] == len(times) - 1 and summary["frames_in_video"] == len(times)
+    assert summary["frames_dropped"] == 1
+    assert summary["dropped_frames"] == [{"frame": 4, "time_s": 0.3, "reason": "could not be decoded"}]
+    per_frame = list(csv.DictReader(open(summary["csv"])))
+    assert [int(r["frame"]) for r in per_frame] == [i for i in range(len(times)) if i != 4]
+    assert [float(r["time_s"]) for r in per_frame] == [t / 1000 for i, t in enumerate(times) if i != 4]
 
 
 def test_undecodable_video_is_named(tiny_run: Path, tmp_path: Path) -> None:

@@ -103,9 +103,18 @@ def data_frames(
 ) -> None:
     """Extract frames from a procedure video with a sharpness score (variance of the Laplacian)."""
     try:
-        from medcad.data.video import extract_frames
+        import json
+
+        from medcad.data.video import decode_notes, extract_frames
 
         manifest = extract_frames(video, out, every=every, blur_threshold=blur_threshold)
+        decoded = json.loads((manifest.parent / "decode.json").read_text())
     except MedcadError as e:
         _fail(e)
-    typer.echo(f"{manifest}: frames with sharpness scores (low = blurred; label them 'unclear')")
+    for line in decode_notes(decoded):
+        typer.echo(line, err=True)
+    typer.echo(
+        f"{manifest}: frames with times and sharpness scores (low = blurred; label them 'unclear'); "
+        f"{decoded['frames_decoded']} frames decoded, {decoded['frames_dropped']} dropped "
+        f"(listed in {manifest.parent / 'decode.json'})"
+    )

@@ -1,12 +1,24 @@
-"""Video frames: decode with OpenCV, sharpness (variance of the Laplacian), frame extraction for labelling."""
+"""Video frames through a real demuxer (PyAV): damaged frames skipped and reported, presentation times, rotation
+applied, truncated files read up to the cut; sharpness (variance of the Laplacian); frame extraction for labelling.
+
+    with VideoReader("clip.mp4") as video:
+        for f in video.frames(every=10):  # f.index, f.time_s, f.rgb (H, W, 3), upright
+            ...
+    video.report  # frames decoded / dropped (which, when, why), truncation, rotation
+"""
 
 from __future__ import annotations
 
 import csv
+import heapq
 import io
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import av
 import cv2
 import numpy as np
 
@@ -26,39 +38,254 @@ def sharpness(rgb: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
-def open_video(path: str | Path) -> tuple[cv2.VideoCapture, float, int]:
-    """(capture, fps, frame count); raises DataError when the file cannot be decoded."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(p, "video file not found")
-    cap = cv2.VideoCapture(str(p))
-    ok, _ = cap.read() if cap.isOpened() else (False, None)
-    if not ok:
-        cap.release()
-        raise DataError(p, "cannot decode this video (unknown codec, corrupt or not a video file)")
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    return cap, float(fps), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+class Frame(NamedTuple):
+    """One decoded frame: its position in the video (dropped frames count), presentation time, upright RGB."""
+
+    index: int
+    time_s: float
+    rgb: np.ndarray  # (H, W, 3) uint8
 
 
-def iter_frames(path: str | Path, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, RGB uint8 frame) for every `every`-th frame."""
-    cap, _, _ = open_video(path)
-    try:
-        i = 0
+@dataclass
+class DroppedFrame:
+    index: int
+    time_s: float | None
+    reason: str
+
+
+@dataclass
+class DecodeReport:
+    """What decoding one video found; complete once `VideoReader.frames` has run to the end."""
+
+    video: str
+    frames_decoded: int = 0
+    dropped: list[DroppedFrame] = field(default_factory=list)
+    truncated: str | None = None  # why the file is taken to end early, or None
+    rotation: int = 0  # degrees counter-clockwise applied to make frames upright
+    times_from: str = "timestamps"  # or "frame rate" when the stream has no presentation timestamps
+
+    @property
+    def frames_dropped(self) -> int:
+        return len(self.dropped)
+
+    def as_dict(self) -> dict:
+        """JSON-ready: frames_decoded, frames_dropped, dropped_frames [{frame, time_s, reason}], truncated, ..."""
+        return {
+            "frames_decoded": self.frames_decoded,
+            "frames_dropped": self.frames_dropped,
+            "dropped_frames": [{"frame": d.index, "time_s": d.time_s, "reason": d.reason} for d in self.dropped],
+            "truncated": self.truncated is not None,
+            "truncation": self.truncated,
+            "rotation": self.rotation,
+            "times_from": self.times_from,
+        }
+
+    def notes(self) -> list[str]:
+        """One line per problem, for the console."""
+        return decode_notes({"video": self.video, **self.as_dict()})
+
+
+def decode_notes(decoded: dict) -> list[str]:
+    """One console line per problem in a `DecodeReport.as_dict` (with `video`), e.g. a frame folder's decode.json."""
+    video, dropped, out = decoded["video"], decoded["dropped_frames"], []
+    if dropped:
+        shown = ", ".join(
+            f"{d['frame']}" + (f" ({d['time_s']:.3f} s)" if d["time_s"] is not None else "") for d in dropped[:10]
+        )
+        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+        out.append(f"{video}: {len(dropped)} frame(s) not decodable, skipped: {shown}{more}")
+    if decoded["truncation"]:
+        out.append(f"{video}: truncated ({decoded['truncation']}); the frames before the cut were read")
+    if decoded["rotation"]:
+        out.append(f"{video}: rotation metadata applied ({decoded['rotation']} degrees counter-clockwise)")
+    return out
+
+
+class VideoReader:
+    """Decode the first video stream of a file, frame by frame, in presentation order.
+
+    A frame whose packet the demuxer marks damaged, that the decoder rejects or flags corrupt, or that never comes
+    out of the decoder is skipped and listed in `report.dropped` (with its index and time): the frames after it are
+    still read. A file that ends before its header says (recording cut off, copy interrupted) is read up to the cut
+    and `report.truncated` says why it is taken to be truncated.
+
+    Raises:
+        DataError: the file is missing, is not a video, or has no video stream.
+    """
+
+    def __init__(self, path: str | Path, threads: bool = True):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(self.path, "video file not found")
+        try:
+            self._container = av.open(str(self.path), metadata_errors="replace")
+        except av.error.FFmpegError as e:
+            raise DataError(
+                self.path,
+                "cannot decode this video (unknown format, corrupt, or an MP4 cut off before its index was written; "
+                f"{getattr(e, 'strerror', None) or e})",
+            ) from e
+        if not self._container.streams.video:
+            self._container.close()
+            raise DataError(self.path, "cannot decode this video: it has no video stream")
+        self._stream = self._container.streams.video[0]
+        if threads:
+            self._stream.thread_type = "AUTO"  # frame threads: errors surface late, but drops are found by timestamp
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 25.0
+        tb = self._stream.time_base
+        self._tb = float(tb) if tb else 1.0 / self.fps
+        self._start = self._stream.start_time
+        self.report = DecodeReport(str(self.path))
+
+    @property
+    def estimated_frames(self) -> int:
+        """Frames the header announces (or duration x frame rate); 0 when unknown."""
+        if self._stream.frames:
+            return int(self._stream.frames)
+        duration = self._duration_s()
+        return round(duration * self.fps) if duration else 0
+
+    def _duration_s(self) -> float | None:
+        if self._stream.duration:
+            return self._stream.duration * self._tb
+        if self._container.duration:
+            return self._container.duration / av.time_base
+        return None
+
+    def _time(self, pts: int | None) -> float | None:
+        if pts is None:
+            return None
+        return (pts - (self._start or 0)) * self._tb
+
+    def frames(self, every: int = 1) -> Iterator[Frame]:
+        """Every `every`-th frame (by index) as an upright RGB `Frame`; fills `report` as it goes."""
+        report = self.report
+        pending: list[int] = []  # timestamps of packets whose frame has not come out yet (a heap)
+        damaged: set[int] = set()
+        lost: dict[int, DroppedFrame] = {}  # frames given up on, by timestamp, in case one comes out after all
+        index, packets, last_end = 0, 0, None
+        demux = self._container.demux(self._stream)
         while True:
-            ok, bgr = cap.read()
-            if not ok:
+            try:
+                packet = next(demux)
+            except StopIteration:
                 break
-            if i % every == 0:
-                yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            i += 1
-    finally:
-        cap.release()
+            except av.error.FFmpegError as e:  # the container itself cannot be read from here on
+                report.truncated = f"the container cannot be read past packet {packets}: {e.strerror or e}"
+                packet = None
+            if packet is not None and (packet.size or packet.pts is not None):  # not the final flush packet
+                packets += 1
+                if packet.size and packet.pts is not None:
+                    heapq.heappush(pending, packet.pts)
+                    last_end = packet.pts + (packet.duration or 0)
+                    if packet.is_corrupt:
+                        damaged.add(packet.pts)
+            try:
+                decoded = self._stream.decode(packet)
+            except av.error.FFmpegError:
+                decoded = []  # its frame never comes out: found missing below, by timestamp
+            for frame in decoded:
+                pts = frame.pts
+                while pending and pts is not None and pending[0] < pts:  # output is in pts order: these are lost
+                    gone_pts = heapq.heappop(pending)
+                    lost[gone_pts] = self._drop(index, gone_pts, "could not be decoded")
+                    index += 1
+                if pts is not None and pts in lost:  # late after all (a decoder's reorder delay grew): not lost
+                    gone = lost.pop(pts)
+                    report.dropped.remove(gone)
+                    at = gone.index
+                else:
+                    if pending and pending[0] == pts:
+                        heapq.heappop(pending)
+                    at, index = index, index + 1
+                if pts is not None and pts in damaged:
+                    self._drop(at, pts, "damaged in the file (incomplete or corrupt packet)")
+                elif frame.is_corrupt:
+                    self._drop(at, pts, "decoded with errors (corrupt frame)")
+                else:
+                    report.frames_decoded += 1
+                    report.rotation = int(round(frame.rotation or 0)) % 360
+                    if at % every == 0:
+                        yield self._frame(frame, at)
+            if packet is None:
+                break
+        for pts in sorted(pending):  # packets after the last frame that came out
+            self._drop(index, pts, "could not be decoded")
+            index += 1
+        if report.truncated is None:
+            report.truncated = self._truncation(packets, last_end)
+
+    def _drop(self, index: int, pts: int | None, reason: str) -> DroppedFrame:
+        time_s = self._time(pts)
+        dropped = DroppedFrame(index, None if time_s is None else round(time_s, 6), reason)
+        self.report.dropped.append(dropped)
+        return dropped
+
+    def _frame(self, frame: av.VideoFrame, index: int) -> Frame:
+        time_s = self._time(frame.pts)
+        if time_s is None:
+            self.report.times_from = "frame rate"
+            time_s = index / self.fps
+        rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+        if self.report.rotation:  # the display matrix rotates counter-clockwise by this many degrees
+            rgb = np.ascontiguousarray(np.rot90(rgb, k=self.report.rotation // 90))
+        return Frame(index, round(time_s, 6), rgb)
+
+    def _truncation(self, packets: int, last_end: int | None) -> str | None:
+        """Why the file looks cut short (packets missing against the header, or the last packet damaged), or None."""
+        expected = int(self._stream.frames or 0)
+        if expected > packets:
+            return f"{packets} of the {expected} frames its header announces are in the file"
+        if last_end is None:
+            return None
+        end_s = (last_end - (self._start or 0)) * self._tb
+        duration = self._duration_s()
+        slack = 0.5 if not self._stream.duration else 2.0 / self.fps  # a container's duration may include audio
+        if duration is not None and end_s + slack < duration:
+            return f"the video data ends at {end_s:.2f} s of the {duration:.2f} s its header announces"
+        return None
+
+    def nothing_decoded(self) -> DataError:
+        """The error for a video none of whose frames decoded (after `frames` ran)."""
+        why = f"; truncated: {self.report.truncated}" if self.report.truncated else ""
+        return DataError(self.path, f"cannot decode this video: none of its frames could be decoded{why}")
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    estimated_frames: int
+    width: int
+    height: int
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame rate, announced frame count and size, after checking that at least one frame decodes.
+
+    Raises:
+        DataError: naming the file, when it cannot be opened or no frame of it decodes.
+    """
+    with VideoReader(path) as video:
+        first = next(video.frames(), None)
+        if first is None:
+            raise video.nothing_decoded()
+        h, w = first.rgb.shape[:2]
+        return VideoInfo(video.fps, video.estimated_frames, w, h)
 
 
 def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_threshold: float | None = None) -> Path:
-    """Write every N-th frame as PNG and a manifest.csv (image, frame, sharpness, video, label).
+    """Write every N-th frame as PNG, a manifest.csv (image, frame_index, time_s, sharpness, patient, label) and
+    decode.json (frames dropped as undecodable, truncation, rotation: `DecodeReport.as_dict`).
 
     With `blur_threshold`, frames whose sharpness is below it get the label `unclear` (others stay unlabelled).
     Returns the manifest path.
@@ -69,18 +296,30 @@ def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_thr
     (out / "frames").mkdir(parents=True, exist_ok=True)
     stem = Path(video).stem
     rows = []
-    for i, rgb in iter_frames(video, every):
-        name = f"frames/{stem}_{i:06d}.png"
-        Image.fromarray(rgb).save(out / name)
-        s = sharpness(rgb)
-        label = "unclear" if blur_threshold is not None and s < blur_threshold else ""
-        rows.append({"image": name, "frame_index": i, "sharpness": round(s, 2), "patient": stem, "label": label})
-    if not rows:
-        raise DataError(video, "no frames could be read")
+    with VideoReader(video) as reader:
+        for f in reader.frames(every):
+            name = f"frames/{stem}_{f.index:06d}.png"
+            Image.fromarray(f.rgb).save(out / name)
+            s = sharpness(f.rgb)
+            label = "unclear" if blur_threshold is not None and s < blur_threshold else ""
+            rows.append(
+                {
+                    "image": name,
+                    "frame_index": f.index,
+                    "time_s": f.time_s,
+                    "sharpness": round(s, 2),
+                    "patient": stem,
+                    "label": label,
+                }
+            )
+        if not rows:
+            raise reader.nothing_decoded()
+        report = reader.report
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     path = out / "manifest.csv"
     atomic_write_text(path, buf.getvalue())
+    atomic_write_text(out / "decode.json", json.dumps({"video": str(video), **report.as_dict()}, indent=1))
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcad.data.video import open_video
+from medcad.data.video import probe_video
 from medcad.errors import DataError
 from medcad.inference.batcher import QueueFull
 from medcad.inference.predictor import Predictor
@@ -71,8 +71,7 @@ class VideoJobs:
         clip = folder / "clip.video"
         clip.write_bytes(data)
         try:
-            cap, _, frames = open_video(clip)
-            cap.release()
+            frames = probe_video(clip).estimated_frames
         except DataError as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
@@ -105,7 +104,8 @@ class VideoJobs:
             )
             table = pd.read_csv(summary["csv"])
             frames = json.loads(table.to_json(orient="records"))  # NaN -> null
-            keep = ("frames_predicted", "seconds", "frames_per_s", "source_fps", "latency_ms_per_frame")
+            keep = ("frames_predicted", "frames_dropped", "dropped_frames", "truncated", "truncation", "rotation")
+            keep += ("seconds", "frames_per_s", "source_fps", "latency_ms_per_frame")
             self._update(job, status="done", summary={k: summary[k] for k in keep}, frames=frames)
         except Exception as e:  # reported to the client polling the job; the server goes on
             self._update(job, status="failed", error=f"{type(e).__name__}: {getattr(e, 'problem', e)}")

@@ -1,5 +1,6 @@
-"""Frame-by-frame prediction on a video: decode on a separate thread, small batches, temporal smoothing,
-annotated output video and a per-frame CSV. `realtime` drops frames rather than fall behind."""
+"""Frame-by-frame prediction on a video: decode (PyAV, `medcad.data.video.VideoReader`) on a separate thread, small
+batches, temporal smoothing, annotated output video and a per-frame CSV. `realtime` skips frames rather than fall
+behind."""
 
 from __future__ import annotations
 
@@ -15,34 +16,34 @@ import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
-from medcad.data.video import open_video
+from medcad.data.video import Frame, VideoReader
 from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction
 from medcad.inference.predictor import Predictor
 
 
-def _decoder(path: Path, q: queue.Queue, stop: threading.Event, realtime: bool, fps: float) -> None:
-    cap, _, _ = open_video(path)
-    i, t0 = 0, time.perf_counter()
+def _decoder(reader: VideoReader, q: queue.Queue, stop: threading.Event, realtime: bool, state: dict) -> None:
+    """Put `Frame`s on `q`, then None; keeps an exception in `state["error"]`, frames skipped in `state["skipped"]`."""
+    t0 = first = None
     try:
-        while not stop.is_set():
-            ok, bgr = cap.read()
-            if not ok:
+        for frame in reader.frames():
+            if stop.is_set():
                 break
-            if (
-                realtime
-            ):  # a live source delivers frames at `fps`: pace reading, drop what the model cannot keep up with
-                wait = t0 + i / fps - time.perf_counter()
+            if realtime:  # a live source delivers frames at their times: pace reading, skip what the model misses
+                if t0 is None:
+                    t0, first = time.perf_counter(), frame.time_s
+                wait = t0 + (frame.time_s - first) - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
                 if q.full():
                     try:
-                        q.get_nowait()  # drop the oldest pending frame
+                        q.get_nowait()  # skip the oldest pending frame
+                        state["skipped"] += 1
                     except queue.Empty:
                         pass
-            q.put((i, bgr))
-            i += 1
+            q.put(frame)
+    except BaseException as e:  # re-raised by predict_video, so a decoding failure never ends the video silently
+        state["error"] = e
     finally:
-        cap.release()
         q.put(None)
 
 
@@ -59,20 +60,28 @@ def predict_video(
 ) -> dict:
     """Predict every frame (or, with `realtime`, every frame the model keeps up with) of a video.
 
-    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: one `Prediction.row` per frame (the
-    frame decision, probabilities, lesion fraction or boxes, as the task has) plus the decision smoothed over
-    `smooth` frames (mean class probabilities; mean top-box score; mean lesion fraction), drawn on the frame.
-    Returns a summary with frames/s end to end and per-frame latency. `progress(frames done, frames in video)`
-    is called after each batch.
+    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: one `Prediction.row` per frame (its index
+    in the video, presentation time `time_s`, the frame decision, probabilities, lesion fraction or boxes, as the
+    task has) plus the decision smoothed over `smooth` frames (mean class probabilities; mean top-box score; mean
+    lesion fraction), drawn on the frame. Frames that cannot be decoded are skipped and listed.
+
+    Returns:
+        A summary: frames predicted; `frames_dropped` and `dropped_frames` ({frame, time_s, reason}) for frames that
+        could not be decoded; `frames_skipped` by `realtime`; `truncated`/`truncation`; `rotation` applied; frames/s
+        end to end and per-frame latency. `progress(frames done, frames in video)` is called after each batch.
+
+    Raises:
+        DataError: naming the video, when it cannot be opened or none of its frames decodes.
     """
     video = Path(video)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cap, fps, n_frames = open_video(video)
-    cap.release()
+    reader = VideoReader(video)
+    fps, n_frames = reader.fps, reader.estimated_frames
     q: queue.Queue = queue.Queue(maxsize=batch * 2)
     stop = threading.Event()
-    thread = threading.Thread(target=_decoder, args=(video, q, stop, realtime, fps), daemon=True)
+    state: dict = {"skipped": 0, "error": None}
+    thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
     writer = None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
@@ -81,7 +90,7 @@ def predict_video(
     done = False
     try:
         while not done:
-            items = []
+            items: list[Frame] = []
             while len(items) < batch:
                 item = q.get()
                 if item is None:
@@ -93,19 +102,24 @@ def predict_video(
             if not items:
                 break
             t1 = time.perf_counter()
-            rgbs = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for _, bgr in items]
-            preds = predictor.predict(rgbs, [f"{video.name}#{i}" for i, _ in items], batch)
+            preds = predictor.predict([f.rgb for f in items], [f"{video.name}#{f.index}" for f in items], batch)
             latencies.append((time.perf_counter() - t1) / len(items))
-            for (i, bgr), rgb, pred in zip(items, rgbs, preds, strict=True):
+            for f, pred in zip(items, preds, strict=True):
                 window.append(_evidence(pred))
                 smoothed = np.mean(window, axis=0)
                 label, score = _smoothed_decision(pred, smoothed)
-                record = {"frame": i, "time_s": i / fps, **pred.row(), "smoothed": label, "smoothed_score": score}
-                shown = cv2.cvtColor(pred.draw(rgb, caption=(label, score)), cv2.COLOR_RGB2BGR)
+                record = {
+                    "frame": f.index,
+                    "time_s": f.time_s,
+                    **pred.row(),
+                    "smoothed": label,
+                    "smoothed_score": score,
+                }
                 rows.append(record)
                 if write_video:
+                    shown = cv2.cvtColor(pred.draw(f.rgb, caption=(label, score)), cv2.COLOR_RGB2BGR)
                     if writer is None:
-                        h, w = bgr.shape[:2]
+                        h, w = shown.shape[:2]
                         writer = cv2.VideoWriter(
                             str(out_dir / f"{video.stem}_annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
                         )
@@ -116,15 +130,32 @@ def predict_video(
         stop.set()
         if writer is not None:
             writer.release()
-        thread.join(timeout=5)
+        while thread.is_alive():  # unblock a decoder waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+        reader.close()
+    if state["error"] is not None:
+        raise state["error"]
+    report = reader.report
+    if not rows:
+        raise reader.nothing_decoded()
     elapsed = time.perf_counter() - t0
     table = pd.DataFrame(rows)
     atomic_write_text(out_dir / f"{video.stem}_frames.csv", table.to_csv(index=False))
+    decode = report.as_dict()
     return {
         "video": str(video),
-        "frames_in_video": n_frames,
+        "frames_in_video": report.frames_decoded + report.frames_dropped,
         "frames_predicted": len(rows),
-        "frames_dropped": max(0, n_frames - len(rows)) if realtime else 0,
+        "frames_dropped": decode["frames_dropped"],
+        "dropped_frames": decode["dropped_frames"],
+        "frames_skipped": state["skipped"],
+        "truncated": decode["truncated"],
+        "truncation": decode["truncation"],
+        "rotation": decode["rotation"],
+        "times_from": decode["times_from"],
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,

@@ -1,0 +1,167 @@
+"""Video decoding through PyAV, on real files made here: a damaged frame is skipped and reported (the frames after it
+are still read), a truncated file gives the frames before the cut and says so, times are the presentation
+timestamps (variable frame rate), rotation metadata turns frames upright."""
+
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from medcad.data.video import VideoReader, extract_frames, probe_video
+from medcad.errors import DataError
+
+H, W, N = 48, 64, 30
+
+
+def picture(i: int) -> np.ndarray:
+    """Frame i: red level 8 i (read back to tell frames apart), a white top-left quadrant (to tell orientation)."""
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 0] = 8 * i
+    rgb[: H // 2, : W // 2] = 255
+    return rgb
+
+
+def encode(
+    path: Path,
+    n: int = N,
+    codec: str = "mpeg4",
+    pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+    rotation: int | None = None,
+    options: dict | None = None,
+) -> Path:
+    """A real clip of `n` frames of `picture`, at 25 frames/s or at the given timestamps."""
+    with av.open(str(path), "w", options=options or {}) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height = W, H
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.bit_rate = 2_000_000  # near lossless: frame k reads back as picture k
+        if time_base is not None:
+            stream.time_base = stream.codec_context.time_base = time_base
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def garble_packet(path: Path, k: int) -> None:
+    """Overwrite the data of the k-th packet (in file order) with random bytes."""
+    with av.open(str(path)) as clip:
+        where = [(p.pos, p.size) for p in clip.demux(video=0) if p.size]
+    pos, size = where[k]
+    data = bytearray(path.read_bytes())
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def read_all(path: Path) -> tuple[list, VideoReader]:
+    with VideoReader(path) as video:
+        frames = list(video.frames())
+    return frames, video
+
+
+@pytest.mark.parametrize(("name", "codec"), [("clip.avi", "mjpeg"), ("clip.mp4", "mpeg4")])
+def test_a_corrupt_frame_is_skipped_and_reported(tmp_path: Path, name: str, codec: str) -> None:
+    clip = encode(tmp_path / name, codec=codec)
+    garble_packet(clip, 12)  # no B-frames: packet 12 is frame 12
+    frames, video = read_all(clip)
+    assert [f.index for f in frames] == [i for i in range(N) if i != 12]  # every lesion frame after it is still read
+    assert [f.time_s for f in frames] == pytest.approx([f.index / 25 for f in frames])
+    for f in frames:
+        assert abs(float(f.rgb[H // 2 :, :, 0].mean()) - 8 * f.index) < 6  # frame k is picture k
+    report = video.report.as_dict()
+    assert report["frames_decoded"] == N - 1 and report["frames_dropped"] == 1
+    assert report["dropped_frames"] == [{"frame": 12, "time_s": pytest.approx(0.48), "reason": "could not be decoded"}]
+    assert not report["truncated"]
+    assert "1 frame(s) not decodable, skipped: 12 (0.480 s)" in video.report.notes()[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "options"),
+    [("cut.avi", "mjpeg", {}), ("cut.mp4", "mpeg4", {"movflags": "faststart"}), ("cut.mkv", "mpeg4", {})],
+)
+def test_a_truncated_file_gives_the_frames_before_the_cut(tmp_path: Path, name: str, codec: str, options) -> None:
+    clip = encode(tmp_path / name, codec=codec, options=options)
+    data = clip.read_bytes()
+    clip.write_bytes(data[: len(data) * 55 // 100])
+    frames, video = read_all(clip)
+    n = len(frames)
+    assert 3 <= n < N and [f.index for f in frames] == list(range(n))
+    assert all(abs(float(f.rgb[H // 2 :, :, 0].mean()) - 8 * f.index) < 6 for f in frames)
+    report = video.report
+    assert report.truncated and "truncated" in " ".join(report.notes())
+    assert [d.index for d in report.dropped] in ([], [n])  # a frame cut in half is listed, not passed on half grey
+
+
+def test_an_mp4_cut_before_its_index_names_the_file(tmp_path: Path) -> None:
+    clip = encode(tmp_path / "noindex.mp4")  # the index (moov) is written last
+    clip.write_bytes(clip.read_bytes()[:1500])
+    with pytest.raises(DataError, match="noindex.mp4.*cannot decode this video"):
+        VideoReader(clip)
+
+
+@pytest.mark.parametrize(("name", "codec"), [("vfr.mkv", "mpeg4"), ("vfr.mp4", "libx264")])
+def test_variable_frame_rate_times_are_the_timestamps(tmp_path: Path, name: str, codec: str) -> None:
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {codec} encoder")
+    pts = [0, 40, 100, 120, 300, 333, 400, 700, 720, 1000]  # milliseconds
+    clip = encode(tmp_path / name, n=len(pts), codec=codec, pts=pts, time_base=Fraction(1, 1000))
+    frames, video = read_all(clip)
+    assert [f.index for f in frames] == list(range(len(pts)))
+    assert [f.time_s for f in frames] == pytest.approx([p / 1000 for p in pts])  # not index / fps
+    assert video.report.times_from == "timestamps" and not video.report.dropped
+
+
+def test_rotation_metadata_is_applied(tmp_path: Path) -> None:
+    clip = encode(tmp_path / "portrait.mp4", n=3, rotation=90)  # shown turned 90 degrees counter-clockwise
+    frames, video = read_all(clip)
+    assert video.report.rotation == 90 and "rotation metadata applied" in video.report.notes()[0]
+    rgb = frames[0].rgb
+    assert rgb.shape == (W, H, 3) and rgb.flags.c_contiguous
+    assert rgb[-W // 4, H // 4].min() > 200 and rgb[W // 4, H // 4].max() < 60  # top-left quadrant now bottom-left
+    assert probe_video(clip).width == H
+
+
+def test_extract_frames_writes_times_and_the_decode_report(tmp_path: Path) -> None:
+    pts = [0, 40, 100, 120, 300, 333, 400, 700, 720, 1000]
+    clip = encode(tmp_path / "clip.mp4", n=len(pts), pts=pts, time_base=Fraction(1, 1000))
+    garble_packet(clip, 4)
+    manifest = extract_frames(clip, tmp_path / "frames", every=2)
+    rows = list(csv.DictReader(manifest.open()))
+    assert [int(r["frame_index"]) for r in rows] == [0, 2, 6, 8]  # frame 4 is lost
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.1, 0.4, 0.72])
+    decoded = json.loads((tmp_path / "frames" / "decode.json").read_text())
+    assert decoded["frames_dropped"] == 1 and decoded["dropped_frames"][0]["time_s"] == pytest.approx(0.3)
+
+
+def test_not_a_video(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 2000)
+    with pytest.raises(DataError, match="broken.mp4.*cannot decode this video"):
+        probe_video(bad)
+    with pytest.raises(DataError, match="not found"):
+        VideoReader(tmp_path / "missing.mp4")
+
+
+def test_b_frames_and_frame_threads_still_name_the_lost_frame(tmp_path: Path) -> None:
+    if "libx264" not in av.codecs_available:
+        pytest.skip("this PyAV build has no libx264 encoder")
+    clip = encode(tmp_path / "h264.mp4", codec="libx264")
+    garble_packet(clip, 12)  # in decode order; with B-frames it is another frame, and the error surfaces late
+    frames, video = read_all(clip)
+    lost = [d.index for d in video.report.dropped]
+    assert len(lost) == 1 and sorted([f.index for f in frames] + lost) == list(range(N))
+    assert [f.time_s for f in frames] == pytest.approx([f.index / 25 for f in frames])
