@@ -14,6 +14,7 @@ from medcad.models.backbones import (
     freeze_early_stages,
     load_weights,
     offline_weights_path,
+    pretrained_source,
     set_bn_eval,
 )
 from medcad.models.classifier import Classifier, freeze_backbone, make_head, parameter_groups
@@ -112,14 +113,132 @@ def test_stages_of_a_non_timm_encoder_are_not_guessed() -> None:
         freeze_early_stages(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)), 4)
 
 
-@pytest.mark.parametrize("name, builder", [("vgg16", "vgg16"), ("resnet50", "resnet50")])
-def test_torchvision_state_dicts_load_into_timm_backbones(tmp_path, name: str, builder: str) -> None:
-    """The reference studies' VGG16 and ResNet50 weights usually come as torchvision files."""
+# The reference designs' backbones: (input size of the forward pass, width of the pooled conv features).
+DESIGN_BACKBONES = {
+    "vgg16": (32, 512),  # fc6/fc7 removed: the head sits on the 512 pooled conv channels
+    "inception_v3": (75, 2048),  # Inception-v3's smallest input
+    "resnet50": (32, 2048),
+    "efficientnet_b0": (32, 1280),
+    "tf_efficientnet_lite0": (32, 1280),  # these four have offline ImageNet weights
+    "tf_efficientnet_lite1": (32, 1280),
+    "tf_efficientnet_lite2": (32, 1280),
+    "mobilenetv2_100": (32, 1280),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DESIGN_BACKBONES))
+def test_design_backbones_take_the_mlp_head_on_pooled_conv_features(name: str) -> None:
+    """The urinary design's FC 2048-1024-n head sits on the global pooling of the last conv block, for every
+    backbone (VGG16 used to give its 4096-wide fc7 to a head sized for 512: `mat1 and mat2 shapes cannot be
+    multiplied (13x4096 and 512x2048)`)."""
+    size, width = DESIGN_BACKBONES[name]
+    model = Classifier(name, 2, head="mlp", weights="none").eval()
+    assert model.head[0].in_features == width
+    assert not any(n.startswith("pre_logits.") for n, _ in model.backbone.named_parameters())
+    with torch.no_grad():
+        assert model.backbone(torch.randn(2, 3, size, size)).shape == (2, width)
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 2)
+
+
+def _torchvision_random_state_dict(builder: str) -> dict[str, torch.Tensor]:
+    """A torchvision model's state dict (key names and shapes) with random weights and BatchNorm statistics."""
     import torchvision
 
-    tv = getattr(torchvision.models, builder)()
+    kwargs = {"aux_logits": True, "init_weights": False} if builder == "inception_v3" else {}
+    gen = torch.Generator().manual_seed(0)
+    sd = getattr(torchvision.models, builder)(weights=None, **kwargs).state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=gen) * 0.1)
+        elif k.endswith("running_var"):
+            v.copy_(torch.rand(v.shape, generator=gen) + 0.5)
+    return sd
+
+
+# torchvision key -> medcad backbone key, for weights compared by value (first, BatchNorm statistics, last)
+TORCHVISION_PAIRS = {
+    "vgg16": {"features.0.weight": "features.0.weight", "features.28.bias": "features.28.bias"},
+    "inception_v3": {
+        "Conv2d_1a_3x3.conv.weight": "Conv2d_1a_3x3.conv.weight",
+        "Mixed_6e.branch7x7_1.bn.running_mean": "Mixed_6e.branch7x7_1.bn.running_mean",
+        "Mixed_7c.branch_pool.bn.running_var": "Mixed_7c.branch_pool.bn.running_var",
+    },
+    "resnet50": {"conv1.weight": "conv1.weight", "layer4.2.bn3.running_var": "layer4.2.bn3.running_var"},
+    "efficientnet_b0": {  # another naming: copied by position
+        "features.0.0.weight": "conv_stem.weight",
+        "features.1.0.block.1.fc1.weight": "blocks.0.0.se.conv_reduce.weight",
+        "features.6.3.block.3.1.running_mean": "blocks.5.3.bn3.running_mean",
+        "features.8.1.running_var": "bn2.running_var",
+    },
+}
+# what of the torchvision file medcad's classifier does not use: the ImageNet classifier (VGG's fc6/fc7 included)
+# and Inception's auxiliary classifier
+TORCHVISION_UNUSED = {
+    "vgg16": "classifier.* (6)",
+    "inception_v3": "AuxLogits.* (",
+    "resnet50": "fc.* (2)",
+    "efficientnet_b0": "classifier.* (2)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PAIRS))
+def test_torchvision_state_dicts_load_into_timm_backbones(tmp_path, caplog, name: str) -> None:
+    """The reference studies' VGG16, InceptionV3, ResNet50 (and EfficientNet-B0) weights usually come as torchvision
+    files: `--weights PATH` loads every backbone tensor, says what it skipped, and the classifier runs."""
+    import logging
+
+    sd = _torchvision_random_state_dict(name)
     path = tmp_path / f"{name}.pth"
-    torch.save(tv.state_dict(), path)
-    model = create_backbone(name, weights=str(path))
-    first = next(p for n, p in model.named_parameters())
-    assert torch.equal(first, next(iter(tv.parameters())))
+    torch.save(sd, path)
+    with caplog.at_level(logging.WARNING, logger="medcad.models.backbones"):
+        model = Classifier(name, 2, head="mlp", weights=str(path)).eval()
+    first = next(p for n, p in model.backbone.named_parameters())
+    assert torch.equal(first, next(v for k, v in sd.items()))
+    got = model.backbone.state_dict()
+    for tv_key, key in TORCHVISION_PAIRS[name].items():
+        assert torch.equal(got[key], sd[tv_key]), key
+    assert pretrained_source(model.backbone) == str(path)
+
+    report = load_weights(create_backbone(name, weights="none"), path)
+    assert report.by == ("position" if name == "efficientnet_b0" else "name")
+    assert report.left == ()  # every backbone tensor came from the file
+    counted = [k for k in got if not k.endswith("num_batches_tracked")]
+    assert len(report.loaded) == len(counted)
+    assert len(report.loaded) + len(report.unused) == sum(not k.endswith("num_batches_tracked") for k in sd)
+    assert all(k.split(".")[0] in {"classifier", "fc", "AuxLogits"} for k in report.unused)
+    note = next(r.getMessage() for r in caplog.records if str(path) in r.getMessage())
+    assert note.startswith("note: ") and TORCHVISION_UNUSED[name] in note and "replaced by medcad's head" in note
+
+    size = DESIGN_BACKBONES[name][0]
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+
+
+def test_early_stages_freeze_only_when_pretrained_weights_were_loaded(tmp_path, caplog) -> None:
+    """`--weights auto` for a backbone with no offline weights is random init: its stem is not frozen (a note says
+    so); weights from a file are frozen up to the freeze stride, as are the offline ones."""
+    import logging
+
+    from medcad.config import TrainConfig
+    from medcad.engine.common import freeze_pretrained_encoder
+
+    cfg = TrainConfig(task="classify", model="resnet18", weights="auto")
+    with pytest.warns(UserWarning, match="no offline ImageNet weights for 'resnet18'"):
+        random = create_backbone("resnet18", weights="auto")
+    assert pretrained_source(random) is None and pretrained_source(random, "hub") == "hub"
+    with caplog.at_level(logging.WARNING, logger="medcad.engine.common"):
+        assert freeze_pretrained_encoder(random, cfg) == 0
+    assert "note: the resnet18 encoder starts from random init" in caplog.text
+    assert all(p.requires_grad for p in random.parameters())
+    assert freeze_pretrained_encoder(random, cfg.replace(weights="none")) == 0
+
+    path = tmp_path / "r18.pth"
+    torch.save(random.state_dict(), path)
+    loaded = create_backbone("resnet18", weights=str(path))
+    frozen = freeze_pretrained_encoder(loaded, cfg.replace(weights=str(path)))
+    assert frozen == len(freeze_early_stages(create_backbone("resnet18", weights="none"), 4)) > 0
+    assert not loaded.conv1.weight.requires_grad and loaded.layer2[0].conv1.weight.requires_grad
+    offline = create_backbone("tf_efficientnet_lite0", weights="auto")
+    assert pretrained_source(offline) == str(offline_weights_path("tf_efficientnet_lite0"))
+    assert freeze_pretrained_encoder(offline, cfg.replace(model="tf_efficientnet_lite0")) > 0

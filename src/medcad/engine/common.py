@@ -198,14 +198,25 @@ def make_loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: b
 
 def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig) -> int:
     """Keep a pretrained encoder's stem and stages up to the run's freeze stride (`tasks.freeze_stride`) at their
-    ImageNet weights (see `medcad.models.backbones.freeze_early_stages`); nothing for random-init encoders
-    (`--weights none`), models without a timm encoder (None) or a stride of 0. Returns the number of tensors
-    frozen."""
-    from medcad.models.backbones import freeze_early_stages
+    ImageNet weights (see `medcad.models.backbones.freeze_early_stages`). Only when pretrained weights were really
+    loaded into it (`backbones.pretrained_source`: a file, an offline package, the hub): a randomly initialised
+    encoder (`--weights none`, or `auto` for a backbone with no offline weights, e.g. resnet50, vgg16) trains every
+    layer, and a note says so. Nothing for models without a timm encoder (None) or a stride of 0. Returns the number
+    of tensors frozen."""
+    from medcad.models.backbones import freeze_early_stages, pretrained_source
     from medcad.tasks import freeze_stride
 
     stride = freeze_stride(cfg.freeze_stride, cfg.task)
-    if encoder is None or cfg.weights == "none" or stride == 0:
+    if encoder is None or stride == 0:
+        return 0
+    if pretrained_source(encoder, cfg.weights) is None:
+        logging.getLogger(__name__).warning(
+            "note: the %s encoder starts from random init (--weights %s: no pretrained weights loaded), so its stem "
+            "and early stages are trained, not frozen (freeze stride %d applies to pretrained encoders only)",
+            (getattr(encoder, "pretrained_cfg", None) or {}).get("architecture") or type(encoder).__name__,
+            cfg.weights,
+            stride,
+        )
         return 0
     return len(freeze_early_stages(encoder, stride))
 

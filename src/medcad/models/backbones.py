@@ -5,6 +5,14 @@
 - "hub": timm's pretrained weights (downloads; needs the network);
 - "none": random init;
 - a path to a state dict with timm or torchvision key names.
+
+Every classifier backbone gives the global pooling of its last convolutional block (width `feature_width`), on which
+medcad's head sits. timm's VGG keeps VGG's fc6/fc7 as a post-pool `pre_logits` MLP (4096 wide, 120 M of VGG16's
+138 M parameters): the urinary design replaces VGG's classifier by its own head, so `create_backbone` removes them
+(the head sits on the 512 pooled conv channels) and a file's fc6/fc7 tensors are reported as not used.
+
+`load_weights` reports what it did (tensors loaded, left, not used) in a `note:` and marks the model with where its
+weights came from (`pretrained_source`), so training freezes early stages only of really pretrained encoders.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import difflib
 import importlib.util
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,11 +91,75 @@ def _fits(src: torch.Tensor, dst: torch.Tensor) -> bool:
     return src.shape == dst.shape or (src.numel() == dst.numel() and src.shape[0] == dst.shape[0])
 
 
-def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = True) -> list[str]:
+# Top-level module names of ImageNet classifiers in timm and torchvision files (VGG's `classifier` and timm's
+# `pre_logits` hold fc6/fc7), and Inception's auxiliary classifier: medcad's head replaces them all.
+_CLASSIFIER_MODULES = {"fc", "classifier", "head", "pre_logits", "last_linear", "_fc", "AuxLogits", "aux_logits"}
+_SOURCE_ATTR = "medcad_weights"  # set on a model by load_weights / create_backbone: where its weights came from
+_noted: set[str] = set()  # notes already given in this process (a k-fold run builds its model k times)
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What `load_weights` did. Keys exclude BatchNorm's `num_batches_tracked` counters.
+
+    Attributes:
+        path: the weights file.
+        model: the architecture it was loaded into.
+        by: "name" (key names agree) or "position" (another naming, same tensor order).
+        loaded: model keys given the file's tensors.
+        left: model keys left at their initial values (the classifier, when skipped).
+        unused: file keys not used (a classifier medcad's head replaces, or tensors the model does not have).
+    """
+
+    path: Path
+    model: str
+    by: str
+    loaded: tuple[str, ...]
+    left: tuple[str, ...]
+    unused: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line: counts, and the modules of the tensors left or not used, with the reason."""
+        text = f"{self.model} weights from {self.path}: {len(self.loaded)} tensors loaded by {self.by}"
+        if self.left:
+            text += f"; {len(self.left)} model tensors left at their initial values ({_modules(self.left)})"
+        if self.unused:
+            clf = [k for k in self.unused if k.split(".")[0] in _CLASSIFIER_MODULES]
+            other = [k for k in self.unused if k.split(".")[0] not in _CLASSIFIER_MODULES]
+            text += f"; {len(self.unused)} tensors of the file not used"
+            if clf:
+                text += f": {_modules(clf)} (ImageNet or auxiliary classifier, replaced by medcad's head)"
+            if other:
+                text += f"{',' if clf else ':'} {_modules(other)} (not in the model)"
+        return text
+
+
+def _modules(keys: list[str] | tuple[str, ...]) -> str:
+    """`AuxLogits.* (18), fc.* (2)`: tensors counted by top-level module, in order, at most 6 modules named."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        top = k.split(".")[0]
+        counts[top] = counts.get(top, 0) + 1
+    named = [f"{m}.* ({n})" if n > 1 or m not in keys else m for m, n in list(counts.items())[:6]]
+    return ", ".join(named) + (f" and {len(counts) - 6} more modules" if len(counts) > 6 else "")
+
+
+def pretrained_source(model: nn.Module, weights: str = "auto") -> str | None:
+    """Where a model's pretrained weights came from: the file `load_weights` read, "hub" (timm or smp download
+    them, or fail), or None for a randomly initialised model (`weights` "none", or "auto" with no offline file)."""
+    return "hub" if weights == "hub" else getattr(model, _SOURCE_ATTR, None)
+
+
+def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = True) -> LoadedWeights:
     """Load a state dict by key name, or by position when the key names differ but shapes agree in order.
 
-    Returns the model keys left at their initial values (the classifier, when skipped). Raises DataError naming
-    the keys that do not fit.
+    Every model tensor (but the classifier, when skipped) must be given; file tensors the model has no place for
+    (a torchvision classifier, VGG's fc6/fc7, Inception's `AuxLogits`) are counted as not used. What was loaded,
+    left and not used is said once per process in a `note:` and returned; the model is marked as pretrained
+    (`pretrained_source`).
+
+    Raises:
+        DataError: names the model keys the file has no fitting tensor for.
     """
     path = Path(path)
     src = _read_state_dict(path)
@@ -96,12 +169,15 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = 
         head = model.default_cfg.get("classifier", "classifier")
         classifier = {k for k in dst if k.startswith(head + ".") or k == head}
     want = {k: v for k, v in dst.items() if k not in classifier and not k.endswith("num_batches_tracked")}
+    src_keys = [k for k in src if not k.endswith("num_batches_tracked")]
     by_name = {k: src[k].reshape(want[k].shape) for k in want if k in src and _fits(src[k], want[k])}
+    used, by = set(by_name), "name"
     if len(by_name) < len(want):  # other key naming (e.g. torchvision or a port): copy by position
-        src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
-        src_t = src_t[: len(want)]  # a classifier, when present, comes last in both namings
-        if len(src_t) == len(want) and all(_fits(v, w) for v, w in zip(src_t, want.values(), strict=True)):
-            by_name = {k: v.reshape(want[k].shape) for k, v in zip(want, src_t, strict=True)}
+        # a classifier, when present, comes last in both namings: the file's extra tensors are its last ones
+        src_t = src_keys[: len(want)]
+        if len(src_t) == len(want) and all(_fits(src[k], w) for k, w in zip(src_t, want.values(), strict=True)):
+            by_name = {k: src[s].reshape(want[k].shape) for k, s in zip(want, src_t, strict=True)}
+            used, by = set(src_t), "position"
         else:
             missing = [k for k in want if k not in by_name]
             bad = [
@@ -114,16 +190,51 @@ def load_weights(model: nn.Module, path: str | Path, *, skip_classifier: bool = 
                 f"tensors missing or of another shape, e.g. {'; '.join(bad)}",
             )
     model.load_state_dict(by_name, strict=False)
-    return sorted(k for k in set(dst) - set(by_name) if not k.endswith("num_batches_tracked"))
+    setattr(model, _SOURCE_ATTR, str(path))
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    report = LoadedWeights(
+        path=path,
+        model=arch,
+        by=by,
+        loaded=tuple(by_name),
+        left=tuple(k for k in dst if k not in by_name and not k.endswith("num_batches_tracked")),
+        unused=tuple(k for k in src_keys if k not in used),
+    )
+    line = report.summary()
+    if line not in _noted:
+        _noted.add(line)
+        log.warning("note: %s", line)
+    return report
+
+
+def _head_on_pooled_conv_features(model: nn.Module) -> None:
+    """Remove a post-pool `pre_logits` MLP (timm's VGG: fc6/fc7 as a ConvMlp), so the model gives the pooled
+    features of its last conv block, `num_features` wide, like every other backbone."""
+    pre = getattr(model, "pre_logits", None)
+    if not isinstance(pre, nn.Module) or not any(True for _ in pre.parameters()):
+        return
+    from timm.layers import ClassifierHead
+
+    pool = getattr(getattr(model.head, "global_pool", None), "pool_type", "") or "avg"
+    model.pre_logits = nn.Identity()
+    model.head = ClassifierHead(model.num_features, 0, pool_type=pool, drop_rate=getattr(model, "drop_rate", 0.0))
+    model.head_hidden_size = model.head.num_features  # num_features x the pooling's feature multiplier
+
+
+def feature_width(model: nn.Module) -> int:
+    """The width of a `create_backbone` classifier backbone's output: timm's `head_hidden_size` (pooled features,
+    times 2 for concatenated avg+max pooling, or a post-pool conv such as MobileNetV3's), else `num_features`."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = "auto", **kwargs) -> nn.Module:
-    """A timm model with pooled features and no classifier (`num_classes=0`).
+    """A timm model that gives the pooled features of its last conv block and has no classifier (`num_classes=0`;
+    VGG without fc6/fc7, see the module docstring), or a `features_only` extractor.
 
     Args:
         name: any timm architecture name.
         weights: "auto", "hub", "none" or a path (see module docstring).
-        **kwargs: passed to `timm.create_model` (e.g. drop_rate, in_chans).
+        **kwargs: passed to `timm.create_model` (e.g. drop_rate, in_chans, features_only).
     """
     import timm
 
@@ -131,14 +242,18 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = "auto", **kwarg
     kwargs.setdefault("num_classes", 0)
     if weights == "hub":
         try:
-            return timm.create_model(name, pretrained=True, **kwargs)
+            model = timm.create_model(name, pretrained=True, **kwargs)
         except Exception as e:
             raise ConfigError(
                 f"could not download ImageNet weights for {name!r} ({type(e).__name__}: {e}); "
                 "use --weights PATH with a local file, or --weights none"
             ) from e
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    if weights == "none":
+        setattr(model, _SOURCE_ATTR, "hub")
+    else:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    if kwargs["num_classes"] == 0 and not kwargs.get("features_only"):
+        _head_on_pooled_conv_features(model)  # before loading: a file's fc6/fc7 are then reported as not used
+    if weights in ("none", "hub"):
         return model
     if weights == "auto":
         path = offline_weights_path(name)

@@ -1,4 +1,6 @@
-"""Image classifier = timm backbone (pooled features) + head; stage-wise freezing by timm parameter groups."""
+"""Image classifier = timm backbone (pooled features of its last conv block) + head; stage-wise freezing by timm
+parameter groups. The head's input width comes from one place, `backbones.feature_width` (VGG16: 512, its fc6/fc7
+removed by `create_backbone`; ResNet50 and InceptionV3: 2048; EfficientNet-B0/Lite, MobileNetV2: 1280)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import torch
 from torch import nn
 
 from medcad.errors import ConfigError
-from medcad.models.backbones import create_backbone
+from medcad.models.backbones import create_backbone, feature_width
 
 HEADS = ("linear", "mlp")
 
@@ -29,14 +31,15 @@ def make_head(kind: str, in_features: int, n_classes: int, dropout: float = 0.2)
 
 
 class Classifier(nn.Module):
-    """Backbone + head. `forward` takes normalised float images (B, 3, H, W) and returns logits (B, n)."""
+    """Backbone + head. `forward` takes normalised float images (B, 3, H, W) and returns logits (B, n); the head sits
+    on the backbone's pooled conv features (B, feature_width)."""
 
     def __init__(
         self, backbone: str, n_classes: int, *, head: str = "linear", weights: str = "auto", dropout: float = 0.2
     ) -> None:
         super().__init__()
         self.backbone = create_backbone(backbone, weights)
-        self.head = make_head(head, self.backbone.num_features, n_classes, dropout)
+        self.head = make_head(head, feature_width(self.backbone), n_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))  # (B, n)
