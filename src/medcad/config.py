@@ -28,6 +28,10 @@ class DataOptions:
             (or its first group, or the whole match) becomes the patient id, e.g. `^(P\\d+)_` or `(?P<patient>[^/]+)/`.
         label_map: renamed labels, "old=new,old2=new2" (for rows and boxes), e.g. to score a set whose classes are
             named differently from a model's.
+        allow_missing: go on when the read left rows out (missing files, unknown labels: the ledger lists them);
+            by default training, evaluation and prediction stop.
+        new_images: images added since a run was made (or not in `--splits`) join no fold: "stop" (the default)
+            says so and stops, "ignore" goes on with the run's images only.
     """
 
     layout: str | None = None
@@ -37,6 +41,8 @@ class DataOptions:
     masks: str | None = None
     group_from: str | None = None
     label_map: str | None = None
+    allow_missing: bool = False
+    new_images: str = "stop"
 
     def given(self) -> dict[str, object]:
         """The options that differ from the defaults (what a user set), by name."""
@@ -102,8 +108,19 @@ def coerce_setting(name: str, value: object) -> object:
     return None if value is None else coerce_value(name, value, setting_types()[name])
 
 
-# Settings that say where a run computes, not what it computes: a run resumes with other values of these.
-COMPUTE_KEYS = ("threads", "accelerator", "devices", "num_nodes", "strategy", "logger", "tracking_uri")
+# Settings that say where a run computes, not what it computes, or how a rerun treats changed data: a run resumes
+# with other values of these.
+COMPUTE_KEYS = (
+    "threads",
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "logger",
+    "tracking_uri",
+    "allow_missing",
+    "new_images",
+)
 
 
 # Settings added after runs were made with a different behaviour: a config.json without them loads these values

@@ -111,6 +111,28 @@ DATA_OPTIONS: dict[str, tuple[object, object]] = {
         ],
         None,
     ),
+    "allow_missing": (
+        Annotated[
+            bool,
+            typer.Option(
+                "--allow-missing",
+                help="Go on when rows are left out (missing files, unknown labels); by default train, evaluate and "
+                "predict stop and list them.",
+                rich_help_panel=_DATA,
+            ),
+        ],
+        False,
+    ),
+    "new_images": (
+        Annotated[
+            str,
+            typer.Option(
+                help="Images added since the run was made (or not in --splits): stop (say so) or ignore.",
+                rich_help_panel=_DATA,
+            ),
+        ],
+        "stop",
+    ),
 }
 
 

@@ -301,11 +301,12 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
                 continue
         rows.append(row)
     rows = _expand_frames(rows, root, problems)
-    return Manifest(root, make_table(rows), "csv", problems, notes)
+    return Manifest(root, make_table(rows), "csv", problems, notes, sources=[path.name])
 
 
-def _kvasir_boxes(root: Path, stems: set[str]) -> dict[str, list[list]]:
-    """Boxes from a `{id: {"bbox": [{label, xmin, ...}]}}` JSON (Kvasir-SEG) in the dataset folder."""
+def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], list[str]]:
+    """Boxes from a `{id: {"bbox": [{label, xmin, ...}]}}` JSON (Kvasir-SEG) in the dataset folder, and the file
+    read ([] when none)."""
     for js in sorted(root.glob("*.json")):
         try:
             data = json.loads(js.read_text(encoding="utf-8"))
@@ -313,11 +314,12 @@ def _kvasir_boxes(root: Path, stems: set[str]) -> dict[str, list[list]]:
             raise DataError(js, f"cannot parse box JSON ({e})") from e
         if not isinstance(data, dict) or not stems & set(data):
             continue
-        return {
+        boxes = {
             k: [[b["xmin"], b["ymin"], b["xmax"], b["ymax"], b.get("label", "lesion")] for b in v.get("bbox", [])]
             for k, v in data.items()
         }
-    return {}
+        return boxes, [js.name]
+    return {}, []
 
 
 def _paired_dirs(path: Path, options: DataOptions) -> tuple[Path, Path, str]:
@@ -360,7 +362,7 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             )
         else:
             masks[(rel.parent / base).as_posix()].append(f)
-    boxes = _kvasir_boxes(path, {f.stem for f in images})
+    boxes, sources = _kvasir_boxes(path, {f.stem for f in images})
     rows = []
     for f in images:
         key = f.relative_to(image_dir).with_suffix("").as_posix()
@@ -376,7 +378,8 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
         rows.append(row)
     n_masked = sum(1 for r in rows if "mask" in r)
     notes = [f"{n_masked} of {len(rows)} images in {image_dir.name}/ have a mask in {mask_dir.name}/"]
-    return Manifest(path, make_table(_expand_frames(rows, path, problems)), "images-masks", problems, notes)
+    table = make_table(_expand_frames(rows, path, problems))
+    return Manifest(path, table, "images-masks", problems, notes, sources=sources)
 
 
 def read_coco(path: Path, options: DataOptions) -> Manifest:
@@ -404,7 +407,7 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         b = boxes.get(image_id, [])
         label = Counter(x[4] for x in b).most_common(1)[0][0] if b else "background"
         rows.append({"image": rel, "label": label, "boxes": json.dumps(b)})
-    return Manifest(root, make_table(_expand_frames(rows, root, problems)), "coco", problems)
+    return Manifest(root, make_table(_expand_frames(rows, root, problems)), "coco", problems, sources=[js.name])
 
 
 READERS = {"folders": read_folders, "csv": read_csv, "images-masks": read_images_masks, "coco": read_coco}

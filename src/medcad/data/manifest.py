@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.config import DataOptions
+from medcad.data.ledger import Ledger, make_ledger
 from medcad.errors import ConfigError, DataError
 
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
@@ -36,6 +37,8 @@ class Manifest:
         layout: name of the reader that built it.
         problems: (path, problem) for rows that could not be used, kept out of the table.
         notes: how the reader interpreted the data (layout chosen and why, columns matched, ...), for the user.
+        sources: files the reader read for their content (a CSV, a COCO or box JSON), relative to `root`.
+        ledger: what the read used and what it did not (`medcad.data.ledger`), set by `load_manifest`.
     """
 
     root: Path
@@ -43,6 +46,8 @@ class Manifest:
     layout: str = "csv"
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    ledger: Ledger | None = None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -80,6 +85,27 @@ class Manifest:
 
     def subset(self, rows: Iterable[int]) -> Manifest:
         return Manifest(self.root, self.table.iloc[list(rows)].reset_index(drop=True), self.layout, [], self.notes)
+
+    def used_files(self) -> set[str]:
+        """The image and mask files of the rows, relative to `root`."""
+        masks = {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}
+        return set(self.table["image"]) | masks
+
+    def check_complete(self, allow_missing: bool) -> None:
+        """Stop when the read left rows out, unless the user allows it (`--allow-missing`).
+
+        Raises:
+            DataError: naming the dataset, how many rows were left out, why, and the first few of them.
+        """
+        if allow_missing or self.ledger is None or not self.ledger.left_out:
+            return
+        first = "; ".join(f"{p}: {r}" for p, r in self.ledger.left_out[:5])
+        more = f" (and {len(self.ledger.left_out) - 5} more)" if len(self.ledger.left_out) > 5 else ""
+        raise DataError(
+            self.root,
+            f"{self.ledger.line()}: {first}{more}. Fix them, or rerun with --allow-missing to go on without them "
+            "(`medcad data inspect` lists every one)",
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the table as CSV with paths relative to the CSV's folder (so it is itself a valid input)."""
@@ -169,6 +195,10 @@ def load_manifest(
             what = "has no label" if not lab else f"label {lab!r} is not one of {sorted(allowed)}"
             manifest.problems.append((img, what))
         manifest.table = manifest.table[~bad].reset_index(drop=True)
+    whole = p.is_dir() or layout in ("csv", "coco")  # a single image file: nothing else to account for
+    used, sources = manifest.used_files(), manifest.sources
+    manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
+    manifest.notes.append(manifest.ledger.line())
     if len(manifest.table) == 0:
         found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
         raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))

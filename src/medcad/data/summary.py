@@ -62,5 +62,6 @@ def summarize(manifest: Manifest) -> dict:
         ],
         "problems": [list(p) for p in manifest.problems] + bad,
         "notes": manifest.notes,
+        "ledger": manifest.ledger.to_dict() if manifest.ledger else None,
         "decoding": dict(decoding.most_common()),
     }

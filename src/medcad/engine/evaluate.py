@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from medcad.config import TrainConfig
+from medcad.data.identity import reconcile, run_samples
 from medcad.data.manifest import atomic_write_text, load_manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, write_json
 from medcad.engine.train import task_masks, task_targets
 from medcad.errors import DataError
 from medcad.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 
 def _run_config(run: Path) -> tuple[TrainConfig, dict]:
@@ -22,11 +26,18 @@ def _run_config(run: Path) -> tuple[TrainConfig, dict]:
 
 
 def evaluate_run(run: str | Path) -> tuple[dict, Path]:
-    """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code)."""
+    """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code), each
+    prediction paired with its image by key. Today's dataset is compared with the run's samples first: removed or
+    changed images stop (DataError), added ones are named in a note and left out (they are in no fold)."""
 
     run = Path(run)
     cfg, meta = _run_config(run)
     manifest = load_manifest(meta["data"], cfg.data_options())
+    samples = run_samples(run)
+    if samples is not None:  # removed or changed images stop; added ones are in no fold, so not evaluated
+        manifest = reconcile(manifest, samples, run, new_images="ignore")
+    for note in manifest.notes:
+        log.warning("note: %s", note)
     splits = load_splits(run / "splits.json", manifest)
     labels = meta["labels"]
     results = []

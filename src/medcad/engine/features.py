@@ -21,7 +21,8 @@ def backbone_features(
     `key` must identify the images (their cache key) and the backbone weights. Returns features and the
     extraction speed in images/s (None when read from the cache).
     """
-    tag = hashlib.sha1(f"{key}|bf16={bf16}".encode()).hexdigest()[:20]
+    # v2: VGG's pooled features were 4096-wide (fc6/fc7) before the head moved onto its 512 conv channels
+    tag = hashlib.sha1(f"v2|{key}|bf16={bf16}".encode()).hexdigest()[:20]
     path = cache_dir() / "features" / f"{tag}.npy"
     if path.is_file():
         feats = np.load(path)

@@ -43,6 +43,8 @@ class FoldData:
         masks: (N, S, S) uint8 {0, 1} lesion masks (segment, multitask), else None.
         boxes: per row (m, 5) [x0, y0, x1, y1, class_index] in S x S pixels (detect), else None.
         feature_key: identifies the images and backbone weights for the stage-1 feature cache (classify).
+        keys: each row's sample key (`Manifest.keys`): result.json names its test and validation images by key, so
+            that later commands pair predictions with images by identity, not by row position.
     """
 
     images: np.ndarray
@@ -51,6 +53,7 @@ class FoldData:
     masks: np.ndarray | None = None
     boxes: list[np.ndarray] | None = None
     feature_key: str = ""
+    keys: list[str] | None = None
 
 
 class FoldHooks:
@@ -202,6 +205,7 @@ def train_fold(
         **({"decision": decision} if decision else {}),
         "test_rows": test.tolist(),
         "val_rows": val.tolist(),
+        **({"test_keys": [data.keys[i] for i in test], "val_keys": [data.keys[i] for i in val]} if data.keys else {}),
         **hooks.result(test_out, val_out, data, parts, fold_dir),
     }
     if val_out.get("probs") is not None:

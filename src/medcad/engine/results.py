@@ -251,6 +251,40 @@ def detection_results(
     return m, table
 
 
+def rows_by_key(results: list[dict], splits: dict, manifest: Manifest) -> list[dict]:
+    """Each fold result with its `test_rows` / `val_rows` looked up in today's manifest by the keys the fold
+    recorded (`test_keys` / `val_keys`), never taken as positions. Results written before keys were recorded take
+    their fold's keys from splits.json (the order `fold_indices` gave them); a validation part filtered by domain
+    keeps its positions, valid only for a dataset unchanged since the run (`medcad.data.identity.reconcile`).
+
+    Raises:
+        DataError: a recorded key is not in today's dataset.
+    """
+    from medcad.errors import DataError
+
+    index = {k: i for i, k in enumerate(manifest.keys)}
+    folds = {f["fold"]: f for f in splits["folds"]}
+    out = []
+    for r in results:
+        r = dict(r)
+        for part in ("test", "val"):
+            keys = r.get(f"{part}_keys")
+            if keys is None and len(folds.get(r["fold"], {}).get(part, [])) == len(r.get(f"{part}_rows", [])):
+                keys = folds[r["fold"]][part]
+            if keys is None:
+                continue
+            missing = [k for k in keys if k not in index]
+            if missing:
+                raise DataError(
+                    manifest.root,
+                    f"fold {r['fold']} predicted {len(missing)} image(s) that are not in the dataset today, e.g. "
+                    f"{missing[0]!r}: restore them, or train a new run on today's data",
+                )
+            r[f"{part}_rows"] = [index[k] for k in keys]
+        out.append(r)
+    return out
+
+
 def evaluate_results(
     manifest: Manifest,
     labels: list[str],
@@ -269,6 +303,7 @@ def evaluate_results(
     "iou" also at the top level; detections (detect, against `boxes`) give the detection metrics.
     """
     group_map = splits.get("groups") or {}
+    results = rows_by_key(results, splits, manifest)
     m: dict = {}
     pred = None
     if boxes is not None:

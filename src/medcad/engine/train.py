@@ -21,6 +21,7 @@ import torch
 
 from medcad.config import COMPUTE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
+from medcad.data.identity import SAMPLES_FILE, reconcile, run_samples, save_samples
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.devices import is_primary, join_launched_processes, rank_zero_first, resolve_compute
@@ -95,6 +96,16 @@ def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path
     if write and (splits_path is None or not target.is_file()):
         save_splits(splits, target)
     return splits
+
+
+def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_images: str) -> Manifest:
+    """Today's dataset checked against the samples the run was made on (resuming), or those of `--splits` (a new
+    run on given folds): what changed is said, never re-paired (`medcad.data.identity.reconcile`)."""
+    samples, where = run_samples(out), out
+    if samples is None and splits_path is not None:
+        folds = load_splits(splits_path)["folds"]
+        samples, where = {k: None for f in folds for p in ("train", "val", "test") for k in f.get(p, [])}, splits_path
+    return manifest if samples is None else reconcile(manifest, samples, where, new_images)
 
 
 def _check_resume(out: Path, cfg: TrainConfig) -> None:
@@ -189,7 +200,7 @@ def train_run(
     t0 = time.perf_counter()
     y = task_targets(manifest, cfg.task, labels)
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
-    fold_data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key)
+    fold_data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key, keys=manifest.keys)
     domains = manifest.table["domain"].to_numpy(dtype=str)
     keys = manifest.keys
     results = []
@@ -230,6 +241,8 @@ def _prepare(
     the decoded-image and mask caches. Returns (manifest, labels, boxes, masks, splits, images, decode seconds)."""
     task = get_task(cfg.task)
     manifest = load_manifest(data, cfg.data_options())
+    manifest.check_complete(cfg.allow_missing)
+    manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
     for note in manifest.notes if write else []:
         log.warning("note: %s", note)
     boxes = None
@@ -265,6 +278,9 @@ def _prepare(
             },
         )
         manifest.save(out / "manifest.csv")
+        atomic_write_text(out / "data_ledger.csv", manifest.ledger.table().to_csv(index=False))
+        if not (out / SAMPLES_FILE).is_file():
+            save_samples(manifest, out / SAMPLES_FILE)
     splits = _prepare_splits(manifest, cfg, out, splits_path, write)
     t0 = time.perf_counter()
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress and write)

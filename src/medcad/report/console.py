@@ -34,6 +34,8 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     facts.add_row("manifest", s.get("manifest_csv", ""))
     c.print(facts)
     _print_problems(c, s["problems"], "Problems (left out or unreadable)")
+    unread = [[x["path"], x["reason"]] for x in (s.get("ledger") or {}).get("not_read", [])]
+    _print_problems(c, unread, "Files under the dataset folder that no reader used")
 
 
 def _print_problems(c: Console, rows: list[list[str]], title: str, limit: int = 30) -> None:

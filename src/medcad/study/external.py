@@ -37,6 +37,7 @@ def evaluate_external(
     run = Path(run)
     cfg, meta = _run_config(run)
     manifest = load_manifest(data, options or DataOptions())
+    manifest.check_complete((options or DataOptions()).allow_missing)
     labels = meta["labels"]
     task = get_task(cfg.task)
     if "labels" in task.targets or ("probabilities" in task.outputs and manifest.labels):

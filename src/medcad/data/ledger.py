@@ -1,0 +1,116 @@
+"""The ledger of a dataset read: every file under the dataset's folder and every manifest row is either used or
+listed with the reason it was not.
+
+A reader returns the rows it could use (`Manifest.table`), the rows or files it saw and could not use
+(`Manifest.problems`: missing file, unknown label, ...) and the files it read for their content (`Manifest.sources`:
+a CSV, a COCO or box JSON). Every other file under the root is *unread*: an image in a folder the layout does not
+cover, a second image/mask folder pair, a CSV nobody read. Hidden files and folders (names starting with '.') are
+not listed, as every reader skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES
+
+TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every non-hidden file under `root`, sorted by folder then name, following symbolic links to folders (a link
+    back to a folder already walked is not followed again, so link loops end)."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return files
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its particulars (where it was found, which file), to count reasons alike together."""
+    return re.sub(r"\s*\([^)]*\)\s*$", "", reason).split(":")[0].strip()
+
+
+def _unread_reason(path: Path, layout: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+        return f"an image the {layout!r} layout did not read"
+    if suffix in TABLE_SUFFIXES:
+        return f"a {suffix[1:].upper()} file no reader used"
+    return "not an image or an annotation file"
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What a read of a dataset used and what it did not.
+
+    Attributes:
+        root: the dataset folder the paths are relative to.
+        used: manifest rows used (one per image, or per DICOM frame).
+        left_out: (path, reason) of rows and files the reader saw and could not use.
+        unread: (path, reason) of files under the root that no reader claimed.
+    """
+
+    root: Path
+    used: int
+    left_out: tuple[tuple[str, str], ...]
+    unread: tuple[tuple[str, str], ...]
+
+    @property
+    def total(self) -> int:
+        return self.used + len(self.left_out)
+
+    def line(self) -> str:
+        """One line for the console: `used N of M; K left out (reasons); J files not read (...)`."""
+        out = f"used {self.used} of {self.total}"
+        if self.left_out:
+            kinds = Counter(reason_kind(r) for _, r in self.left_out)
+            out += f"; {len(self.left_out)} left out (" + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ")"
+        if self.unread:
+            kinds = Counter(reason_kind(r) for _, r in self.unread)
+            shown = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+            out += f"; {len(self.unread)} file(s) under {self.root.name}/ not read ({shown})"
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """One row per file or row that was not used: path, status (left out / not read), reason."""
+        rows = [(p, "left out", r) for p, r in self.left_out] + [(p, "not read", r) for p, r in self.unread]
+        return pd.DataFrame(rows, columns=["path", "status", "reason"])
+
+    def to_dict(self) -> dict:
+        return {
+            "used": self.used,
+            "total": self.total,
+            "left_out": [{"path": p, "reason": r} for p, r in self.left_out],
+            "not_read": [{"path": p, "reason": r} for p, r in self.unread],
+            "summary": self.line(),
+        }
+
+
+def make_ledger(
+    root: Path, layout: str, used_files: set[str], sources: list[str], used: int, problems, walk: bool = True
+) -> Ledger:
+    """The ledger of one read: `used_files` (images and masks of the rows, relative to `root`), `sources` (files
+    read for their content), `used` rows, and the reader's `problems`; with `walk` (a dataset folder or manifest,
+    not a single image) every other file under `root` is unread."""
+    claimed = used_files | set(sources) | {p for p, _ in problems}
+    unread = []
+    if walk and root.is_dir():
+        for f in walk_files(root):
+            rel = f.relative_to(root).as_posix()
+            if rel not in claimed:
+                unread.append((rel, _unread_reason(f, layout)))
+    return Ledger(root, used, tuple((str(p), str(r)) for p, r in problems), tuple(unread))

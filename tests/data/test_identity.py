@@ -1,0 +1,124 @@
+"""Identity, not position: a run's predictions stay with their images when the dataset folder changes, and every
+command says what changed instead of re-pairing rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import noise_image, save
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.engine.evaluate import evaluate_run
+from medcad.engine.train import train_run
+from medcad.errors import DataError
+
+runner = CliRunner()
+TINY = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+
+
+def _predictions(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "predictions.csv").set_index("image").sort_index()
+
+
+def test_added_images_are_named_not_paired(tiny_run: Path, easy_set: Path) -> None:
+    before = json.loads((tiny_run / "metrics.json").read_text())
+    pred_before = _predictions(tiny_run)
+    samples = json.loads((tiny_run / "samples.json").read_text())["samples"]
+    assert set(samples) == set(pred_before.index) and all(":" in fp for fp in samples.values())
+    result = json.loads((tiny_run / "fold_0" / "result.json").read_text())
+    assert len(result["test_keys"]) == len(result["test_rows"]) and result["test_keys"][0] in samples
+
+    # new files sort before the old ones: row positions of every old image shift
+    for k in range(4):
+        save(easy_set / "lesion" / f"0{k}_new.png", noise_image(500 + k))
+        save(easy_set / "aaa_normal" / f"{k}.png", noise_image(600 + k))  # and a new class folder
+    metrics, _ = evaluate_run(tiny_run)
+    assert metrics["accuracy"]["value"] == before["accuracy"]["value"]
+    pd.testing.assert_frame_equal(_predictions(tiny_run), pred_before)  # same probabilities for the same images
+
+    # resuming with new images stops and offers the choices; --new-images ignore goes on
+    with pytest.raises(DataError, match=r"in no fold of this run: 8 added .*--new-images ignore"):
+        train_run(easy_set, tiny_run, TINY, progress=False)
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(easy_set),
+            "--out",
+            str(tiny_run),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--head-epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--unfreeze",
+            "1",
+            "--folds",
+            "2",
+            "--val-fraction",
+            "0.25",
+            "--new-images",
+            "ignore",
+            "--no-report",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    notes = json.loads((tiny_run / "config.json").read_text())["data_notes"]
+    assert "used 24 of 32; 8 left out (8 added since the run was made)" in notes
+
+
+def test_removed_or_changed_images_stop(tiny_run: Path, easy_set: Path) -> None:
+    (easy_set / "normal" / "3.png").unlink()
+    with pytest.raises(DataError, match=r"changed since this run was made: 1 removed \(normal/3.png\)"):
+        evaluate_run(tiny_run)
+    save(easy_set / "normal" / "3.png", noise_image(999))  # same name, other content
+    with pytest.raises(DataError, match=r"1 changed \(normal/3.png\)"):
+        evaluate_run(tiny_run)
+
+
+def test_splits_of_another_dataset_state(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """--splits from a run: images that are in no fold of those splits stop the new run (they joined none)."""
+    other = tmp_path / "other"
+    shutil.copytree(easy_set, other)
+    save(other / "normal" / "new.png", noise_image(77))
+    with pytest.raises(DataError, match=r"in no fold.*1 added \(normal/new.png\)"):
+        train_run(other, tmp_path / "r2", TINY, splits_path=tiny_run / "splits.json", progress=False)
+
+
+def test_ledger_and_allow_missing(tmp_path: Path) -> None:
+    """A manifest with rows whose files are missing: the ledger counts them, train stops unless allowed."""
+    root = tmp_path / "csvset"
+    rows = []
+    for i in range(12):
+        label = ("benign", "malignant")[i % 2]
+        rel = f"images/{label}/{i}.png"
+        if i < 10:
+            save(root / rel, noise_image(i))
+        rows.append({"image": rel, "label": label})
+    save(root / "extra" / "stray.png", noise_image(50))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    res = runner.invoke(app, ["data", "inspect", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    ledger = json.loads(res.stdout)["ledger"]
+    assert ledger["summary"] == (
+        "used 10 of 12; 2 left out (2 file not found); 1 file(s) under csvset/ not read (1 an image the 'csv' layout "
+        "did not read)"
+    )
+    assert ledger["not_read"] == [{"path": "extra/stray.png", "reason": "an image the 'csv' layout did not read"}]
+    with pytest.raises(DataError, match=r"used 10 of 12; 2 left out.*--allow-missing"):
+        train_run(root, tmp_path / "run", TINY, progress=False)
+    train_run(root, tmp_path / "run", TINY.replace(allow_missing=True), progress=False)
+    ledger = pd.read_csv(tmp_path / "run" / "data_ledger.csv")
+    assert sorted(ledger["status"]) == ["left out", "left out", "not read"]
+    assert set(ledger["path"]) >= {"images/benign/10.png", "extra/stray.png"}
+    assert np.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"]["value"])
