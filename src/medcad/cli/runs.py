@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -221,12 +222,34 @@ def predict(
         _fail(e)
     if as_json:
         typer.echo(json.dumps(records + summaries, indent=1, default=str))
+    else:
+        if table is not None:
+            masks = ", <image>_mask.png" if "lesion_fraction" in table else ""
+            shown = table.drop(columns="error")  # the reasons follow on stderr, whole
+            shown = shown.astype(object).where(shown.notna(), "")
+            _print_table(shown, False, f"{out}/predictions.csv; <image>_overlay.png{masks} in {out}/")
+        for v in summaries:
+            _echo_video(v)
+    if images:
+        _say_failures(images, [r for r in records if "error" in r], out)
+
+
+def _say_failures(images: list[Path], failed: list[dict], out: Path, shown: int = 3) -> None:
+    """On stderr: each failed image with its reason (the first 10), then the count line, e.g. `predicted 10 of 11
+    images; 1 failed (a.jpg: truncated JPEG)`, naming the first `shown` with the first clause of their reasons; exit
+    1 when any failed (usage errors exit 2)."""
+    for r in failed[:10]:
+        typer.echo(f"error: {r['image']}: {r['error']}", err=True)
+    if len(failed) > 10:
+        typer.echo(f"error: ... and {len(failed) - 10} more (the error column of {out}/predictions.csv)", err=True)
+    line = f"predicted {len(images) - len(failed)} of {len(images)} images"
+    if not failed:
+        typer.echo(line, err=True)
         return
-    if table is not None:
-        masks = ", <image>_mask.png" if "lesion_fraction" in table else ""
-        _print_table(table, False, f"{out}/predictions.csv; <image>_overlay.png{masks} in {out}/")
-    for v in summaries:
-        _echo_video(v)
+    short = [f"{Path(r['image']).name}: {re.split(r'[:;,(]', r['error'], maxsplit=1)[0].strip()}" for r in failed]
+    more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
+    typer.echo(f"{line}; {len(failed)} failed ({'; '.join(short[:shown])}{more})", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()

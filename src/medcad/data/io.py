@@ -6,20 +6,28 @@ One decoding policy for the whole package (train, predict, explain, audit, sizes
 - bit depth: 8-bit data is kept; 16-bit data is scaled from its full range (65535 -> 255, so an 8-bit image
   saved as 16 bit decodes to the same pixels); DICOM from its BitsStored range after the VOI LUT / window;
   floating-point data in [0, 1] is scaled by 255, other float data by its own min..max;
-- masks: see `decode_mask` (decided from each mask's own values).
+- masks: see `decode_mask` (decided from each mask's own values);
+- size: a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels (Pillow's own decompression-bomb
+  threshold, about 89.5 megapixels, unless `MEDCAD_MAX_PIXELS` gives another number of megapixels) is refused with
+  a DataError naming the file and the variable, before its pixels are decoded.
 `describe_image` says which of these decisions applied to a file, for `data inspect` and `data audit`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -27,6 +35,62 @@ LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
 MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
 ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
 TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap when these are applied
+MAX_PIXELS_ENV = "MEDCAD_MAX_PIXELS"  # megapixels, like `medcad serve --max-pixels`
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS), ~89.5 MP
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) medcad decodes: `MEDCAD_MAX_PIXELS` megapixels, else DEFAULT_MAX_PIXELS.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        mp = float(raw)
+    except ValueError:
+        mp = math.nan
+    if not (math.isfinite(mp) and mp > 0):
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r}: give the largest image to decode in megapixels, e.g. 250")
+    return int(mp * 1e6)
+
+
+def _megapixels(pixels: int) -> str:
+    mp = pixels / 1e6
+    return f"{round(mp, 1):g}" if mp >= 1 else f"{mp:.2g}"
+
+
+def _too_large(path: Path, pixels: int, limit: int, size: str = "") -> DataError:
+    wanted = max(math.ceil(pixels / 1e6), math.floor(limit / 1e6) + 1)
+    return DataError(
+        path,
+        f"image {size}has {_megapixels(pixels)} megapixels, more than medcad decodes ({_megapixels(limit)} "
+        f"megapixels, a guard against decompression bombs); if the image is genuine, raise the limit with the "
+        f"environment variable {MAX_PIXELS_ENV} (in megapixels), e.g. {MAX_PIXELS_ENV}={wanted}",
+    )
+
+
+@contextmanager
+def _pil_image(path: Path) -> Iterator[Image.Image]:
+    """`Image.open` (header only) with medcad's pixel limit in place of Pillow's decompression-bomb warning and
+    error: an image over `max_pixels()` is a DataError naming the file and `MEDCAD_MAX_PIXELS`."""
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so Pillow never refuses what the limit allows
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # medcad's own check follows
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:  # beyond twice Pillow's limit: the size is only in its message
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(path, int(found.group(1)) if found else 2 * limit + 1, limit) from e
+    with im:
+        w, h = im.size
+        if w * h > limit:
+            raise _too_large(path, w * h, limit, f"{w}x{h} ")
+        yield im
 
 
 def has_dicom_preamble(path: str | Path) -> bool:
@@ -104,8 +168,9 @@ def _orientation(im: Image.Image) -> int:
 
 def _open_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[np.ndarray, str, int]:
     """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied)."""
+    fmt = ""
     try:
-        with Image.open(path) as im:
+        with _pil_image(path) as im:
             fmt = im.format or ""
             orientation = _orientation(im)
             if draft and fmt == "JPEG":
@@ -123,8 +188,14 @@ def _open_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[
                 arr = np.asarray(im.convert("RGB"))
     except UnidentifiedImageError as e:
         raise DataError(path, "not a readable image (unknown or corrupt format)") from e
+    except (DataError, ConfigError):
+        raise
     except OSError as e:  # truncated or corrupt data
+        if "truncated" in str(e):
+            raise DataError(path, f"truncated {fmt or 'image'}: the file ends before its image data does ({e})") from e
         raise DataError(path, f"corrupt image data ({e})") from e
+    except Exception as e:  # Pillow's decoders raise other types for some broken files (ValueError, EOFError ...)
+        raise DataError(path, f"cannot decode the image data ({type(e).__name__}: {e})") from e
     return arr, fmt, orientation
 
 
@@ -324,7 +395,7 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
         except Exception as e:
             raise DataError(p, f"unreadable DICOM header ({type(e).__name__}: {e})") from e
     try:
-        with Image.open(p) as im:
+        with _pil_image(p) as im:
             w, h = im.size
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError) as e:
@@ -352,7 +423,7 @@ def describe_image(path: str | Path) -> list[str]:
             if "WindowCenter" in ds or "VOILUTSequence" in ds:
                 notes.append("DICOM VOI LUT / window applied")
             return notes
-        with Image.open(p) as im:
+        with _pil_image(p) as im:
             o = _orientation(im)
             if o != 1:
                 notes.append(f"EXIF orientation {o} applied")

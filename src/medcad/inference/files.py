@@ -13,6 +13,8 @@ import pandas as pd
 from medcad.errors import DataError
 from medcad.inference.predictor import Predictor
 
+OK, FAILED = "ok", "failed"  # predictions.csv `status`
+
 
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     """Write an RGB or grey uint8 image as PNG atomically; DataError when the folder is not writable."""
@@ -31,28 +33,50 @@ def predict_image_files(
     batch: int = 16,
     overlays: bool = True,
     workers: int | None = None,
+    errors: str = "row",
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every image file; write into `out`: `<stem>_overlay.png` (what the prediction has, drawn on the
     image), `<stem>_mask.png` (0/255 at the image's size) for mask tasks, and predictions.csv (one `Prediction.row`
-    per image). Rows are appended to predictions.csv.partial batch by batch, so an interrupted run keeps what it
-    wrote; the finished table replaces predictions.csv at the end. Files are decoded in `workers` DataLoader
-    processes (see `Predictor.predict_files`). Returns the table and `Prediction.summary`s."""
+    per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed)). Rows are appended to
+    predictions.csv.partial batch by batch, so an interrupted run keeps what it wrote; the finished table replaces
+    predictions.csv at the end. Files are decoded in `workers` DataLoader processes (see `Predictor.predict_files`).
+
+    Args:
+        errors: "row": an unreadable file (corrupt, truncated, over the pixel limit) gets a failed row and an
+            {"image", "error"} record, and the other files go on; "raise": it stops the run with its DataError.
+
+    Returns:
+        the table, and `Prediction.summary`s (an {"image", "error"} record for a failed file), in input order.
+    """
+    if errors not in ("row", "raise"):
+        raise ValueError(f"errors={errors!r}: use 'row' or 'raise'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "predictions.csv.partial"
     partial.unlink(missing_ok=True)
     rows: list[dict] = []
     summaries: list[dict] = []
-    for k, (pred, image) in enumerate(predictor.predict_files(paths, batch, workers)):
-        stem = Path(pred.image).stem
-        if overlays:
-            write_png(out / f"{stem}_overlay.png", pred.draw(image))
-        if pred.mask is not None:
-            write_png(out / f"{stem}_mask.png", pred.lesion.astype(np.uint8) * 255)
-        rows.append(pred.row())
-        summaries.append(pred.summary())
-        if (k + 1) % batch == 0 or k + 1 == len(paths):
-            pd.DataFrame(rows[-((k % batch) + 1) :]).to_csv(partial, mode="a", header=k < batch, index=False)
+    columns: list[str] | None = None  # from the first prediction; failed rows wait for it in the partial file
+    written = 0
+    items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
+    for k, (pred, image) in enumerate(items):
+        if isinstance(pred, DataError):
+            rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
+            summaries.append({"image": pred.path, "error": pred.problem})
+        else:
+            stem = Path(pred.image).stem
+            if overlays:
+                write_png(out / f"{stem}_overlay.png", pred.draw(image))
+            if pred.mask is not None:
+                write_png(out / f"{stem}_mask.png", pred.lesion.astype(np.uint8) * 255)
+            rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row())
+            summaries.append(pred.summary())
+            columns = columns or list(rows[-1])
+        if (columns is not None and (k + 1) % batch == 0) or k + 1 == len(paths):
+            chunk = pd.DataFrame(rows[written:])
+            chunk = chunk.reindex(columns=columns) if columns else chunk
+            chunk.to_csv(partial, mode="a", header=written == 0, index=False)
+            written = len(rows)
     table = pd.DataFrame(rows)
     if rows:
         os.replace(partial, out / "predictions.csv")

@@ -23,7 +23,7 @@ import torch
 from medcad.checkpoint import load_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import read_image
+from medcad.data.io import max_pixels, read_image
 from medcad.data.transforms import Normalize
 from medcad.devices import torch_device
 from medcad.errors import ConfigError, DataError
@@ -156,26 +156,39 @@ class Predictor:
         ]
 
     def predict_files(
-        self, paths: Sequence[str | Path], batch: int = 32, workers: int | None = None
-    ) -> Iterator[tuple[Prediction, np.ndarray]]:
+        self, paths: Sequence[str | Path], batch: int = 32, workers: int | None = None, errors: str = "yield"
+    ) -> Iterator[tuple[Prediction, np.ndarray] | tuple[DataError, None]]:
         """(Prediction, original RGB image) per image file, in order: a DataLoader decodes and prepares the files in
         `workers` processes (default: up to 4, none for a single batch) while the model predicts batch by batch.
 
+        Args:
+            errors: "yield": an unreadable file (corrupt, truncated, over the pixel limit) gives (DataError naming it,
+                None) in its place and the others go on; "raise": it raises that DataError.
+
         Raises:
-            DataError: an unreadable image, naming it.
+            DataError: an unreadable image, with errors="raise"; ConfigError: a bad MEDCAD_MAX_PIXELS.
         """
         from torch.utils.data import DataLoader
 
+        if errors not in ("yield", "raise"):
+            raise ValueError(f"errors={errors!r}: use 'yield' or 'raise'")
+        max_pixels()  # a bad MEDCAD_MAX_PIXELS is one ConfigError here, not a failure of every file in the workers
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if len(paths) > batch else 0
         files = _ImageFiles(paths, self.config.image_size, self.config.bilateral)
         for items in DataLoader(files, batch_size=batch, num_workers=workers, collate_fn=list):
-            for _, _, name, problem in items:
+            bad = [DataError(name, problem) for _, _, name, problem in items if problem is not None]
+            if bad and errors == "raise":
+                raise bad[0]
+            good = [(prepared, rgb, name) for prepared, rgb, name, problem in items if problem is None]
+            outputs = self.infer(np.stack([prepared for prepared, _, _ in good]), batch) if good else {}
+            bad_iter, k = iter(bad), 0
+            for _, rgb, name, problem in items:
                 if problem is not None:
-                    raise DataError(name, problem)
-            outputs = self.infer(np.stack([prepared for prepared, _, _, _ in items]), batch)
-            for i, (_, rgb, name, _) in enumerate(items):
-                yield self.postprocess(outputs, i, name, rgb.shape[:2]), rgb
+                    yield next(bad_iter), None
+                else:
+                    yield self.postprocess(outputs, k, name, rgb.shape[:2]), rgb
+                    k += 1
 
 
 class _ImageFiles(torch.utils.data.Dataset):

@@ -1,0 +1,136 @@
+"""Bad files do not stop good ones: a truncated or oversized image gets a failed row, the rest are predicted, and
+the command says so and exits 1; oversized images name the file and MEDCAD_MAX_PIXELS everywhere they are read."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medcad.cli import app
+from medcad.data.io import MAX_PIXELS_ENV, image_size, read_image
+from medcad.errors import DataError
+
+runner = CliRunner()
+
+
+def _images(folder: Path, n_png: int = 5, n_jpg: int = 5, side: int = 40) -> None:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n_png + n_jpg):
+        img = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(img).save(folder / (f"g{k}.png" if k < n_png else f"g{k}.jpg"), quality=90)
+
+
+def _truncated_jpeg(path: Path) -> None:
+    img = np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(img).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height pixels but holds none: a decompression bomb's header, without the memory."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+def _predict(run: Path, folder: Path, out: Path, *extra: str):
+    args = ["predict", str(run), str(folder), "--backend", "torch-fp32", "--device", "cpu", "--out", str(out)]
+    return runner.invoke(app, [*args, "--batch", "4", "--no-overlays", *extra])
+
+
+def test_a_truncated_jpeg_fails_alone_and_an_oversized_image_names_the_limit(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "new"
+    _images(folder)
+    _truncated_jpeg(folder / "g4_bad.jpg")  # sorts among the good ones: the batch it is in still predicts
+
+    res = _predict(tiny_run, folder, tmp_path / "out", "--workers", "2")
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines()[-1] == "predicted 10 of 11 images; 1 failed (g4_bad.jpg: truncated JPEG)"
+    assert "g4_bad.jpg: truncated JPEG" in res.stderr
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert len(table) == 11 and list(table.columns[:3]) == ["image", "status", "error"]
+    assert (table["status"] == "ok").sum() == 10
+    bad = table[table["status"] == "failed"]
+    assert len(bad) == 1 and bad["image"].iloc[0].endswith("g4_bad.jpg")
+    assert bad["error"].iloc[0].startswith("truncated JPEG")
+    assert bad["label"].iloc[0] == "" and (table.loc[table["status"] == "ok", "label"] != "").all()
+    assert not (tmp_path / "out" / "predictions.csv.partial").exists()
+
+    res = _predict(tiny_run, folder, tmp_path / "out_json", "--json")  # one process, no workers
+    assert res.exit_code == 1, res.output
+    records = json.loads(res.stdout)
+    assert len(records) == 11 and sum("label" in r for r in records) == 10
+    (err,) = [r for r in records if "error" in r]
+    assert err["image"].endswith("g4_bad.jpg") and "truncated JPEG" in err["error"]
+
+    # over the pixel limit: 40x40 = 1600 pixels pass, 60x60 = 3600 do not
+    (folder / "g4_bad.jpg").unlink()
+    _images(tmp_path / "big", n_png=1, n_jpg=0, side=60)
+    (tmp_path / "big" / "g0.png").rename(folder / "huge.png")
+    monkeypatch.setenv(MAX_PIXELS_ENV, "0.002")
+    res = _predict(tiny_run, folder, tmp_path / "out_big")
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines()[-1].startswith("predicted 10 of 11 images; 1 failed (huge.png: image 60x60")
+    table = pd.read_csv(tmp_path / "out_big" / "predictions.csv", keep_default_na=False)
+    (why,) = table.loc[table["status"] == "failed", "error"]
+    assert "0.002 megapixels" in why and f"{MAX_PIXELS_ENV}=" in why
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1")  # raised: every image predicts, exit 0
+    res = _predict(tiny_run, folder, tmp_path / "out_ok")
+    assert res.exit_code == 0, res.output
+    assert res.stderr.strip().splitlines()[-1] == "predicted 11 of 11 images"
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")  # a bad setting is a usage error, said once
+    res = _predict(tiny_run, folder, tmp_path / "out_cfg")
+    assert res.exit_code == 2 and f"{MAX_PIXELS_ENV}='lots'" in res.stderr
+
+
+def test_a_decompression_bomb_is_a_data_error_naming_the_file_and_the_variable(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    _png_header(bomb, 15000, 12000)  # 180 megapixels: beyond Pillow's own error threshold
+    mid = tmp_path / "mid.png"
+    _png_header(mid, 10000, 10000)  # 100 megapixels: Pillow would only warn
+    for path, mp in ((bomb, "180"), (mid, "100")):
+        for read in (read_image, image_size):
+            with pytest.raises(DataError, match=rf"{path.name}: image .*has {mp} megapixels.*{MAX_PIXELS_ENV}"):
+                read(path)
+
+
+def test_data_inspect_and_audit_report_an_oversized_image_without_a_traceback(
+    easy_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _png_header(easy_set / "normal" / "bomb.png", 15000, 12000)
+    res = runner.invoke(app, ["data", "inspect", str(easy_set), "--out", str(tmp_path / "m.csv"), "--json"])
+    assert res.exit_code == 0, res.output
+    problems = {p[0]: p[-1] for p in json.loads(res.stdout)["problems"]}
+    assert "180 megapixels" in problems["normal/bomb.png"] and MAX_PIXELS_ENV in problems["normal/bomb.png"]
+
+    res = runner.invoke(app, ["data", "audit", str(easy_set), "--json"])
+    assert res.exit_code == 0, res.output
+    unreadable = dict(json.loads(res.stdout)["unreadable"])
+    assert MAX_PIXELS_ENV in unreadable["normal/bomb.png"]
+
+    (easy_set / "normal" / "bomb.png").unlink()
+    monkeypatch.setenv(MAX_PIXELS_ENV, "0.001")  # 40x40 = 1600 pixels: every image is over
+    res = runner.invoke(app, ["data", "inspect", str(easy_set), "--out", str(tmp_path / "m2.csv"), "--json"])
+    assert res.exit_code == 0, res.output
+    problems = json.loads(res.stdout)["problems"]
+    assert len(problems) == 24 and all("0.001 megapixels" in p[-1] for p in problems)
