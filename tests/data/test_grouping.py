@@ -1,9 +1,10 @@
-"""Duplicate grouping on video-like ultrasound frames, patient ids from file names, and split errors in the
-user's terms."""
+"""Duplicate grouping on video-like ultrasound frames (static interface masked, groups that cannot chain), patient
+ids from file names, and split errors in the user's terms."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,18 @@ import pytest
 from PIL import Image
 
 from conftest import save
-from medcad.data.audit import audit
+from medcad.data.audit import audit, cross_label
+from medcad.data.duplicates import (
+    ImageFingerprint,
+    Link,
+    content_features,
+    duplicate_groups,
+    fingerprints,
+    link_groups,
+)
 from medcad.data.manifest import load_manifest
 from medcad.data.splits import make_splits
+from medcad.data.synthetic import generate_ultrasound_sweeps
 from medcad.errors import ConfigError, DataError
 
 S = 64
@@ -77,7 +87,8 @@ def test_collapsed_grouping_is_explained_with_the_links_and_settings_that_work(t
         for t, frame in enumerate(_video(rng, 10, keys[s], keys[s + 1])):
             save(tmp_path / "us" / f"study_{s:02d}" / label / f"frame_{t:03d}.png", frame)
     m = load_manifest(tmp_path / "us", pattern="{group}/{label}")
-    big = audit(m)["large_duplicate_groups"]
+    r = audit(m)
+    big = r["large_duplicate_groups"]  # duplicates at each cut join neighbouring studies: all 10 on one side
     assert big and big[0]["spans"] == {"patients": 10} and big[0]["joining_links"]
     assert {"a", "b", "distance", "correlation"} <= set(big[0]["joining_links"][0])
     with pytest.raises(DataError) as e:
@@ -87,6 +98,91 @@ def test_collapsed_grouping_is_explained_with_the_links_and_settings_that_work(t
     assert "across 10 patients" in msg and "medcad data audit" in msg
     assert "--group patient" in msg
     assert make_splits(m, folds=5, seed=0, group_by="patient")["n_folds"] == 5  # the suggestion works
+    # the near-duplicate groups themselves no longer chain the sweep (single linkage put all 100 frames in one)
+    assert max(map(len, duplicate_groups(fingerprints(m), region="frame", linkage="single"))) >= 50
+    assert r["largest_duplicate_group"] <= 20
+    assert all(len({k.split("/")[0] for k in g}) <= 2 for g in r["near_duplicates"])  # two sides of a cut at most
+    assert make_splits(m, folds=5, seed=0, group_by="duplicates")["n_folds"] == 5
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ImageFingerprint | str]]:
+    """8 patients, one probe sweep of 48 frames each, under one scanner interface (see generate_ultrasound_sweeps),
+    plus an exact copy of one frame."""
+    root = tmp_path_factory.mktemp("sweeps")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDCAD_CACHE_DIR", str(root / "cache"))
+        csv = generate_ultrasound_sweeps(root / "us", n_patients=8, frames_per_patient=48, width=160, height=120)
+        shutil.copy(root / "us" / "images" / "pt03" / "0020.png", root / "us" / "images" / "pt03" / "0020b.png")
+        with csv.open("a") as f:
+            f.write("images/pt03/0020b.png,abnormal,pt03\n")
+        m = load_manifest(csv)
+        return csv, fingerprints(m)
+
+
+def test_sweeps_share_one_interface(sweeps) -> None:
+    csv, fps = sweeps
+    m = load_manifest(csv)
+    assert len(m) == 8 * 48 + 1 and len(set(m.table["patient"])) == 8
+    first = [np.asarray(Image.open(csv.parent / "images" / f"pt{p:02d}" / "0010.png")) for p in (0, 5)]
+    assert first[0].shape == (120, 160, 3)
+    assert (first[0][:6] == first[1][:6]).all() and (first[0][:, -20:] == first[1][:, -20:]).all()  # text, bars
+    feats = content_features(fps)
+    (kind,) = feats.kinds
+    assert kind["size"] == "160x120" and kind["images"] == len(m) and 0.3 < kind["masked_fraction"] < 0.8
+    assert 16 <= kind["blank"] <= 24  # probe lifted: the first and last frame of each sweep (at least)
+    old = duplicate_groups(fps, region="frame", linkage="single")  # whole-frame hashes, single linkage
+    assert max(len({m.table["patient"][i] for i in g}) for g in old) >= 5  # chains patients together
+
+
+def test_sweep_groups_never_span_two_patients_but_hold_consecutive_frames(sweeps) -> None:
+    csv, fps = sweeps
+    m = load_manifest(csv)
+    patient = m.table["patient"].tolist()
+    keys = m.keys
+    for linkage in ("average", "complete", "single"):
+        groups = duplicate_groups(fps, linkage=linkage)
+        assert all(len({patient[i] for i in g}) == 1 for g in groups), linkage
+    groups = duplicate_groups(fps)
+    gid = {i: k for k, g in enumerate(groups) for i in g}
+    blank = content_features(fps).blank
+    pairs = [(i, i + 1) for i in range(len(m) - 2) if patient[i] == patient[i + 1]]
+    consecutive = [(i, j) for i, j in pairs if not blank[i] and not blank[j]]
+    grouped = np.mean([gid.get(i, -1) == gid.get(j, -2) for i, j in consecutive])
+    assert grouped > 0.8, grouped
+    copy = keys.index("images/pt03/0020b.png")
+    assert gid[copy] == gid[keys.index("images/pt03/0020.png")]  # an exact copy is always grouped
+    r = audit(m)
+    assert not r["large_duplicate_groups"] and not r["cross_label_duplicates"]
+    detail = r["largest_duplicate_group_detail"]
+    assert detail["size"] == r["largest_duplicate_group"] and detail["spans"] == {"patients": 1}
+    assert sum(detail["labels"].values()) == detail["size"] and detail["pairs"] >= detail["linked_pairs"] > 0
+    assert {"a", "b", "distance", "correlation"} <= set(detail["weakest_links"][0])
+    assert ["images/pt03/0020.png", "images/pt03/0020b.png"] in r["exact_duplicates"]
+    assert r["duplicate_grouping"]["masked_kinds"][0]["size"] == "160x120"
+    splits = make_splits(m, folds=4, seed=0, group_by="duplicates")
+    assert splits["n_folds"] == 4
+
+
+def test_link_groups_do_not_chain() -> None:
+    # a path 0-1-2-3-4 of links (each pair 8 bits apart) and a clique 5-6-7
+    path = [Link(i, i + 1, 8, 0.95) for i in range(4)]
+    clique = [Link(5, 6, 2, 0.99), Link(5, 7, 3, 0.98), Link(6, 7, 2, 0.99)]
+    links = path + clique
+    assert link_groups(8, links, "single") == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    for linkage in ("average", "complete"):
+        groups = link_groups(8, links, linkage)
+        assert [5, 6, 7] in groups and all(len(g) <= 2 for g in groups if g != [5, 6, 7]), (linkage, groups)
+    with pytest.raises(ValueError, match="linkage 'ward' is not one of"):
+        link_groups(8, links, "ward")
+
+
+def test_cross_label_pairs_are_reported_even_when_grouping_splits_them() -> None:
+    labels = ["a", "a", "b", "a"]
+    links = [Link(0, 1, 2, 0.99), Link(1, 2, 14, 0.91), Link(0, 3, 1, 0.99), Link(1, 3, 1, 0.99)]
+    groups = link_groups(4, links, "complete")
+    assert [0, 1, 3] in groups
+    assert cross_label(groups, links, labels) == [[1, 2]]
 
 
 def test_group_from_takes_patient_ids_from_file_names(tmp_path: Path, monkeypatch) -> None:

@@ -7,12 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from medcad.data.duplicates import (
     ImageFingerprint,
+    Link,
     _components,
+    content_features,
     duplicate_groups,
     duplicate_links,
     fingerprints,
     large_groups,
-    low_content,
+    largest_group,
+    link_groups,
 )
 from medcad.data.io import decode_mask
 from medcad.data.manifest import Manifest
@@ -60,9 +63,11 @@ def audit(manifest: Manifest, splits: dict | None = None, progress: bool = False
             masks[kind].append([keys[i], rel, detail])
     labels = manifest.table["label"].tolist()
     exact = duplicate_groups(fps, near=False)
-    links = duplicate_links(fps, near=True)
-    near = sorted(_components(len(fps), [(x.i, x.j) for x in links]), key=lambda g: g[0])
-    cross = [g for g in near if len({labels[i] for i in g}) > 1]
+    feats = content_features([f if isinstance(f, ImageFingerprint) else None for f in fps])
+    links = duplicate_links(fps, near=True, feats=feats)
+    near = link_groups(len(fps), links, feats=feats)
+    cross = cross_label(near, links, labels)
+    gid = {i: k for k, g in enumerate(near) for i in g}
     rules = Counter(detail.split(": ", 1)[1].split(";")[0] for _, _, detail in masks["decoding"])
     result = {
         "n_images": len(manifest),
@@ -82,14 +87,38 @@ def audit(manifest: Manifest, splits: dict | None = None, progress: bool = False
         "cross_label_duplicate_labels": [sorted({labels[i] for i in g}) for g in cross],
         "n_images_in_duplicate_groups": sum(len(g) for g in near),
         "largest_duplicate_group": max((len(g) for g in near), default=0),
-        "large_duplicate_groups": large_groups(manifest, near, links),
-        "low_content_images": [
-            keys[i] for i, f in enumerate(fps) if isinstance(f, ImageFingerprint) and low_content(f)
-        ],
+        "large_duplicate_groups": large_groups(manifest, split_units(manifest, near), links),
+        "largest_duplicate_group_detail": largest_group(manifest, near, links),
+        "duplicate_grouping": {
+            "method": "content hashes (static regions masked), average linkage cut at the near-duplicate test",
+            "masked_kinds": feats.kinds,
+            "n_links": len(links),
+            "n_links_between_groups": len(links) - sum(gid.get(x.i, -1) == gid.get(x.j, -2) for x in links),
+        },
+        "low_content_images": [keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and feats.blank[i]],
     }
     if splits is not None:
         result["leakage"] = split_leakage(manifest, splits, [[keys[i] for i in g] for g in near])
     return result
+
+
+def split_units(manifest: Manifest, groups: list[list[int]]) -> list[list[int]]:
+    """The units a default split keeps together: near-duplicate groups joined with patient ids where there are
+    some (a group that spans two patients puts both patients on one side), as `splits.sample_groups` does."""
+    if not manifest.has("patient"):
+        return groups
+    first: dict[str, int] = {}
+    pairs = [(first.setdefault(p, i), i) for i, p in enumerate(manifest.table["patient"]) if p]
+    return _components(len(manifest), pairs + [(g[0], j) for g in groups for j in g[1:]])
+
+
+def cross_label(groups: list[list[int]], links: list[Link], labels: list[str]) -> list[list[int]]:
+    """Near duplicates under different labels: the groups that hold several labels, then each link between two
+    differently labelled images that the grouping put in different groups (so none is missed)."""
+    out = [g for g in groups if len({labels[i] for i in g}) > 1]
+    gid = {i: k for k, g in enumerate(groups) for i in g}
+    out += [[x.i, x.j] for x in links if labels[x.i] != labels[x.j] and gid.get(x.i, -1) != gid.get(x.j, -2)]
+    return out
 
 
 def split_leakage(manifest: Manifest, splits: dict, dup_groups: list[list[str]]) -> list[dict]:

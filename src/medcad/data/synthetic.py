@@ -305,3 +305,117 @@ def generate_synthetic(
         Path(tmp).unlink(missing_ok=True)
         raise
     return out / "manifest.csv"
+
+
+def generate_ultrasound_sweeps(
+    out_dir: str | Path,
+    *,
+    n_patients: int = 10,
+    frames_per_patient: int = 60,
+    width: int = 192,
+    height: int = 144,
+    seed: int = 0,
+) -> Path:
+    """Write probe sweeps of several patients under one scanner interface: a test set for duplicate grouping.
+
+    Each patient is one sweep: a scene (tissue layers, a kidney-like oval with a bright rim, sometimes a cyst)
+    seen through a sector that rocks slowly across it (periods of 240-360 frames, at most about 1 % of the frame
+    width per frame) while the anatomy morphs out of plane and the speckle decorrelates, so consecutive frames
+    are near duplicates and distant ones are not; the first and last frames are nearly blank (probe lifted).
+    Every frame shares the interface: black surround, the same sector, the same depth-gain profile, burned-in
+    text, a grey bar and a colour bar, and a frame counter that changes.
+
+    Args:
+        out_dir: folder to write `images/<patient>/<frame>.png` and `manifest.csv` (image, label, patient) into.
+        n_patients: patients (one sweep each); labels alternate normal / abnormal (a cyst in the oval).
+        frames_per_patient: frames per sweep (at least 8).
+        width: frame width in pixels (at least 96).
+        height: frame height in pixels (at least 72).
+        seed: random seed; the same seed gives byte-identical files.
+
+    Returns:
+        Path of `out_dir/manifest.csv`.
+    """
+    if n_patients < 1 or frames_per_patient < 8 or width < 96 or height < 72:
+        raise ValueError(
+            "need n_patients >= 1, frames_per_patient >= 8, width >= 96, height >= 72; "
+            f"got {n_patients}, {frames_per_patient}, {width}, {height}"
+        )
+    out = Path(out_dir)
+    h, w = height, width
+    fy, fx = int(0.9 * h), int(0.62 * w)  # the sector's bounding box (rows, columns)
+    x0 = (w - fx) // 2
+    yy, xx = np.mgrid[:fy, :fx].astype(_F32)
+    r, ang = np.hypot(xx - fx / 2, yy + 0.15 * fy), np.degrees(np.arctan2(xx - fx / 2, yy + 0.15 * fy))
+    sector = ((r > 0.2 * fy) & (r < 1.13 * fy) & (np.abs(ang) < 36)).astype(_F32)
+    depth = np.clip((r - 0.2 * fy) / (0.93 * fy), 0, 1)
+    gain = (1.25 - 0.8 * depth) * (1 + 0.35 * np.exp(-depth * 25))  # shared depth-gain profile  # (fy, fx)
+    ui = np.zeros((h, w, 3), np.uint8)  # the interface: everything but the sector's content
+    for text, (tx, ty) in (("MEDCAD US  C5-2  ABD", (4, 10)), ("GN 52 FR 24", (int(0.72 * w), 10))):
+        cv2.putText(ui, text, (tx, ty), cv2.FONT_HERSHEY_PLAIN, 0.6, (230, 230, 230), 1, cv2.LINE_AA)
+    ramp = np.linspace(255, 0, int(0.6 * h)).astype(np.uint8)[:, None]
+    bar = cv2.applyColorMap(np.repeat(ramp, 6, axis=1), cv2.COLORMAP_JET)[..., ::-1]  # (0.6 h, 6, 3) RGB
+    ui[int(0.2 * h) : int(0.2 * h) + len(ramp), w - 12 : w - 6] = bar
+    ui[int(0.2 * h) : int(0.2 * h) + len(ramp), 4:8] = np.repeat(ramp, 4, axis=1)[..., None]
+    for k in range(1, 9):  # depth marks beside the sector
+        ui[int(k * fy / 9) + int(0.05 * h), x0 + fx + 2 : x0 + fx + 5] = 200
+    big = 2 * max(fy, fx)  # scene canvas: the sector slides across it
+
+    def scene(rng: np.random.Generator, label: str) -> np.ndarray:
+        """Echogenicity of one plane of a patient's anatomy.  # (big, big) float"""
+        v = np.arange(big, dtype=_F32)[:, None] / big
+        echo = np.full((big, big), rng.uniform(0.3, 0.6), _F32)
+        for b in np.sort(rng.uniform(0.05, 0.95, int(rng.integers(4, 8)))):
+            yb = b + 0.04 * np.sin(2 * np.pi * np.arange(big) / big * rng.uniform(0.5, 2) + rng.uniform(0, 6.3))
+            echo = np.where(v >= yb, _F32(rng.uniform(0.2, 0.8)), echo)
+        cx, cy = rng.uniform(0.35, 0.65, 2) * big
+        ax = (int(rng.uniform(0.18, 0.3) * big), int(rng.uniform(0.1, 0.18) * big))
+        tilt = rng.uniform(-30, 30)
+        cv2.ellipse(echo, (int(cx), int(cy)), ax, tilt, 0, 360, 0.95, max(2, big // 60), cv2.LINE_AA)  # capsule
+        cv2.ellipse(echo, (int(cx), int(cy)), (ax[0] - big // 30, ax[1] - big // 30), tilt, 0, 360, 0.25, -1)
+        for _ in range(int(rng.integers(3, 6))):  # pyramids / sinus fat
+            p = (int(cx + rng.uniform(-0.6, 0.6) * ax[0]), int(cy + rng.uniform(-0.5, 0.5) * ax[1]))
+            cv2.circle(echo, p, int(rng.uniform(0.15, 0.3) * ax[1]), float(rng.uniform(0.05, 0.7)), -1, cv2.LINE_AA)
+        if label == "abnormal":  # an anechoic cyst with posterior enhancement
+            c = (int(cx + rng.uniform(-0.4, 0.4) * ax[0]), int(cy))
+            cv2.ellipse(echo, (c[0], c[1] + ax[1] // 2), (ax[1] // 3, ax[1]), 0, 0, 180, 0.9, -1)
+            cv2.circle(echo, c, int(0.45 * ax[1]), 0.02, -1, cv2.LINE_AA)
+        return cv2.GaussianBlur(echo, (0, 0), big / 150) * (1 + 0.15 * _noise(rng, big, 6))
+
+    rows = []
+    n = frames_per_patient
+    for p in range(n_patients):
+        rng = np.random.default_rng((seed, p, 7))
+        pid, label = f"pt{p:02d}", ("normal", "abnormal")[p % 2]
+        planes = np.stack([scene(rng, label) for _ in range(3)])  # the anatomy morphs through these out of plane
+        centre, reach = rng.uniform(0.4, 0.6, 2) * (big - np.array([fy, fx])), 0.35 * (big - np.array([fy, fx]))
+        periods, phases = rng.uniform(240, 360, 4), rng.uniform(0, 2 * np.pi, 4)  # frames; the probe rocks slowly
+        speckle = rng.rayleigh(1.0, (big, big)).astype(_F32)
+        brightness = rng.uniform(0.85, 1.15)
+        (out / "images" / pid).mkdir(parents=True, exist_ok=True)
+        for t in range(n):
+            wave = np.sin(2 * np.pi * t / periods + phases)
+            weights = np.exp(3 * np.cos(2 * np.pi * t / periods[3] + phases[3] + np.array([0, 2.1, 4.2])))
+            plane = np.tensordot(weights / weights.sum(), planes, axes=1)
+            if t % 4 == 0:  # out-of-plane motion: the speckle decorrelates a little every few frames
+                speckle = np.sqrt(0.9 * speckle**2 + 0.1 * rng.rayleigh(1.0, (big, big)).astype(_F32) ** 2)
+            oy, ox = centre + reach * wave[:2]
+            m = cv2.getRotationMatrix2D((fx / 2, 0), 10 * wave[2], 1.0)
+            m[:, 2] += (ox, oy)  # frame -> scene coordinates
+            view = cv2.warpAffine(plane, m, (fx, fy), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            spk = cv2.warpAffine(speckle, m, (fx, fy), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            spk = cv2.GaussianBlur(spk, (0, 0), sigmaX=1.0, sigmaY=0.5)
+            img = view * spk**1.3 * gain * brightness
+            contact = min(1.0, min(t, n - 1 - t) / 2)  # probe lifted at both ends of the sweep
+            img = img * contact + (1 - contact) * 0.04 * rng.rayleigh(1.0, (fy, fx))
+            frame = ui.copy()
+            fan = np.clip(img * sector * 210 + 0.5, 0, 255).astype(np.uint8)
+            region = frame[int(0.05 * h) : int(0.05 * h) + fy, x0 : x0 + fx]
+            region[sector > 0] = fan[sector > 0, None]
+            cv2.putText(frame, f"{t:04d}", (4, h - 5), cv2.FONT_HERSHEY_PLAIN, 0.6, (230, 230, 230), 1, cv2.LINE_AA)
+            name = f"images/{pid}/{t:04d}.png"
+            cv2.imwrite(str(out / name), frame[..., ::-1])
+            rows.append([name, label, pid])
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["image", "label", "patient"], *rows])
+    return out / "manifest.csv"
