@@ -25,6 +25,10 @@ def test_workers_give_the_same_rows_in_order_and_a_bad_file_keeps_what_was_writt
     assert len(pd.read_csv(tmp_path / "b" / "predictions.csv")) == len(paths)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png"):
-        predict_image_files(predictor, [*paths[:8], broken], tmp_path / "c", batch=4, overlays=False, workers=2)
+    table, _ = predict_image_files(predictor, [*paths[:8], broken], tmp_path / "d", batch=4, overlays=False, workers=2)
+    assert list(table["status"]) == ["ok"] * 8 + ["failed"] and "broken.png" in table["image"].iloc[-1]
+    with pytest.raises(DataError, match="broken.png"):  # errors="raise": stop, keeping what was written
+        predict_image_files(
+            predictor, [*paths[:8], broken], tmp_path / "c", batch=4, overlays=False, workers=2, errors="raise"
+        )
     assert len(pd.read_csv(tmp_path / "c" / "predictions.csv.partial")) == 8  # the two batches before it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -12,6 +11,7 @@ import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
+from medcad.data.ledger import walk_files
 from medcad.data.manifest import MASK_SEP, Manifest, make_table
 from medcad.errors import DataError
 
@@ -49,13 +49,8 @@ def _is_media(path: Path) -> bool:
 
 
 def _walk(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [
-            Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and _is_media(Path(dirpath) / f)
-        ]
-    return files
+    """The images and DICOM files under `root` (symbolic links to folders followed, link loops cut)."""
+    return [f for f in walk_files(root) if _is_media(f)]
 
 
 def _coco_json(path: Path) -> Path | None:
@@ -87,11 +82,15 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
     manifest = next((n for n in ("manifest.csv", "manifest.tsv") if (path / n).is_file()), None)
     if manifest:
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
-    from medcad.data.pairing import find_paired_folders
+    from medcad.data.pairing import find_pair_groups, find_paired_folders
 
     pair = find_paired_folders(path, options.mask_suffix)
     if pair is not None:
         return "images-masks", pair.reason
+    groups = find_pair_groups(path, options.mask_suffix)
+    if len(groups) >= 2:
+        names = ", ".join(f"{label}/" for label, _ in groups)
+        return "images-masks", f"an image/mask folder pair in each of {names} (read together; label = the folder)"
     coco = _coco_json(path)
     if coco is not None:
         return "coco", f"{coco.name} holds COCO 'images'/'annotations'"
@@ -279,8 +278,9 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
     notes += more
     root = path.parent
     rows, problems = [], []
+    paths = _PathResolver(root)
     for line, row in enumerate(df.to_dict("records"), start=2):
-        img = str(row["image"]).strip()
+        img = paths.resolve(str(row["image"]))
         where = f"{path.name} line {line}"
         if not img:
             problems.append((where, "empty image path"))
@@ -288,10 +288,13 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
         if not (root / img).is_file():
             problems.append((img, f"file not found ({where})"))
             continue
-        missing = [m for m in str(row.get("mask", "")).split(MASK_SEP) if m and not (root / m).is_file()]
+        row["image"] = img
+        masks = [paths.resolve(m) for m in str(row.get("mask", "")).split(MASK_SEP) if m.strip()]
+        missing = [m for m in masks if not (root / m).is_file()]
         if missing:
             problems.append((img, f"mask file not found: {missing[0]} ({where})"))
             continue
+        row["mask"] = MASK_SEP.join(masks)
         boxes = str(row.get("boxes", "")).strip()
         if boxes:
             try:
@@ -301,7 +304,44 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
                 continue
         rows.append(row)
     rows = _expand_frames(rows, root, problems)
-    return Manifest(root, make_table(rows), "csv", problems, notes, sources=[path.name])
+    return Manifest(root, make_table(rows), "csv", problems, notes + paths.notes(path.name), sources=[path.name])
+
+
+class _PathResolver:
+    """Image paths of a manifest as people write them, resolved under its folder: Windows separators (`a\\b.png`),
+    and paths that exist only as a tail under the folder (another machine's absolute path, a prefix folder that is
+    not there: `C:/data/release/benign/b1.png` -> `benign/b1.png`). Each kind of rewrite is counted for a note."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.windows, self.tails = root, 0, Counter()
+
+    def resolve(self, raw: str) -> str:
+        text = raw.strip()
+        if "\\" in text:
+            text, self.windows = text.replace("\\", "/"), self.windows + 1
+        if Path(text).is_absolute() and Path(text).is_file():  # this machine's own absolute path
+            try:
+                return Path(text).resolve().relative_to(self.root.resolve()).as_posix()
+            except ValueError:
+                return text  # outside the manifest's folder: kept as it is
+        if not text or (self.root / text).is_file():
+            return text
+        parts = [p for p in text.split("/") if p not in ("", ".")]
+        for k in range(1, len(parts)):
+            tail = "/".join(parts[k:])
+            if (self.root / tail).is_file():
+                self.tails["/".join(parts[:k])] += 1
+                return tail
+        return text
+
+    def notes(self, name: str) -> list[str]:
+        out = [f"{self.windows} path(s) in {name} use Windows separators '\\': read with '/'"] if self.windows else []
+        for prefix, n in self.tails.most_common():
+            out.append(
+                f"{n} path(s) in {name} start with {prefix!r}, which is not under {self.root.name}/: "
+                "resolved by their remaining path under the manifest's folder"
+            )
+        return out
 
 
 def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], list[str]]:
@@ -322,9 +362,10 @@ def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], l
     return {}, []
 
 
-def _paired_dirs(path: Path, options: DataOptions) -> tuple[Path, Path, str]:
-    """The image and mask folders: from --images/--masks, else found by `find_paired_folders`."""
-    from medcad.data.pairing import find_paired_folders
+def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, Path, Path]]:
+    """(label, image folder, mask folder) of each pair: from --images/--masks (no label), else the one pair found by
+    `find_paired_folders`, else one pair in each of several sub-folders (their names are the labels)."""
+    from medcad.data.pairing import find_pair_groups, find_paired_folders
 
     if options.images or options.masks:
         if not (options.images and options.masks):
@@ -333,26 +374,23 @@ def _paired_dirs(path: Path, options: DataOptions) -> tuple[Path, Path, str]:
         for d in dirs:
             if not d.is_dir():
                 raise DataError(d, "folder not found (--images and --masks are relative to the dataset folder)")
-        return dirs[0], dirs[1], f"--images {options.images} --masks {options.masks}"
+        return [("", dirs[0], dirs[1])]
     pair = find_paired_folders(path, options.mask_suffix)
-    if pair is None:
+    if pair is not None:
+        return [("", pair.images, pair.masks)]
+    groups = find_pair_groups(path, options.mask_suffix)
+    if len(groups) < 2:
         raise DataError(path, "no image and mask folders with matching file names; name them with --images/--masks")
-    return pair.images, pair.masks, pair.reason
+    return [(label, p.images, p.masks) for label, p in groups]
 
 
-def read_images_masks(path: Path, options: DataOptions) -> Manifest:
-    """Images in one folder and masks with the same file stems in another (Kvasir-SEG's `images/` + `masks/`, or
-    any names: see `medcad.data.pairing`), plus a Kvasir-style bounding-box JSON when present.
-
-    A mask stem may add a mask word (`_mask`, `_seg`, `_gt`, ...) and `_<n>` for one of several masks (unioned).
-    """
+def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions, problems: list) -> list[dict]:
+    """Rows of one image/mask folder pair (paths relative to `path`); masks without an image become problems."""
     from medcad.data.pairing import mask_base
 
-    image_dir, mask_dir, reason = _paired_dirs(path, options)
     images = _walk(image_dir)
     keys = {f.relative_to(image_dir).with_suffix("").as_posix() for f in images}
     masks: dict[str, list[Path]] = defaultdict(list)
-    problems = []
     for f in _walk(mask_dir):
         rel = f.relative_to(mask_dir).with_suffix("")
         base = mask_base(rel.name, {Path(k).name for k in keys if Path(k).parent == rel.parent}, options.mask_suffix)
@@ -362,7 +400,6 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             )
         else:
             masks[(rel.parent / base).as_posix()].append(f)
-    boxes, sources = _kvasir_boxes(path, {f.stem for f in images})
     rows = []
     for f in images:
         key = f.relative_to(image_dir).with_suffix("").as_posix()
@@ -370,14 +407,36 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
         if key in masks:
             files = sorted(m.relative_to(path).as_posix() for m in masks[key])
             row["mask"] = MASK_SEP.join(sorted(files, key=lambda s: (len(s), s)))
-        if f.stem in boxes:
-            b = boxes[f.stem]
+        rows.append(row)
+    return rows
+
+
+def read_images_masks(path: Path, options: DataOptions) -> Manifest:
+    """Images in one folder and masks with the same file stems in another (Kvasir-SEG's `images/` + `masks/`, or
+    any names: see `medcad.data.pairing`), plus a Kvasir-style bounding-box JSON when present. A release with one
+    such pair in each of several sub-folders (`polyp/images` + `polyp/masks`, `normal/images` + `normal/masks`)
+    is read whole, each sub-folder's name being its images' label.
+
+    A mask stem may add a mask word (`_mask`, `_seg`, `_gt`, ...) and `_<n>` for one of several masks (unioned).
+    """
+    problems: list[tuple[str, str]] = []
+    rows, notes = [], []
+    for label, image_dir, mask_dir in _paired_dirs(path, options):
+        pair_rows = _read_pair(path, image_dir, mask_dir, options, problems)
+        n_masked = sum(1 for r in pair_rows if "mask" in r)
+        where = f"{image_dir.relative_to(path).as_posix()}/"
+        notes.append(f"{n_masked} of {len(pair_rows)} images in {where} have a mask in {mask_dir.name}/")
+        if label:
+            notes[-1] += f" (label {label!r}, the pair's folder)"
+            pair_rows = [dict(r, label=label) for r in pair_rows]
+        rows += pair_rows
+    boxes, sources = _kvasir_boxes(path, {Path(r["image"]).stem for r in rows})
+    for row in rows:
+        b = boxes.get(Path(row["image"]).stem)
+        if b is not None:
             row["boxes"] = json.dumps(b)
             names = {x[4] for x in b}
-            row["label"] = names.pop() if len(names) == 1 else ""
-        rows.append(row)
-    n_masked = sum(1 for r in rows if "mask" in r)
-    notes = [f"{n_masked} of {len(rows)} images in {image_dir.name}/ have a mask in {mask_dir.name}/"]
+            row.setdefault("label", names.pop() if len(names) == 1 else "")
     table = make_table(_expand_frames(rows, path, problems))
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
 

@@ -185,7 +185,9 @@ def load_manifest(
         raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(layouts.READERS)}")
     manifest = reader(p, options)
     manifest.notes.insert(0, f"layout {layout!r}: {why}")
-    _rename_labels(manifest, options.label_mapping())
+    _rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
+    _rename_labels(manifest, {nfc(a): nfc(b) for a, b in options.label_mapping().items()})
+    _rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
     if options.group_from:
         _patients_from_paths(manifest, options.group_from)
     if labels is not None:
@@ -205,7 +207,40 @@ def load_manifest(
     return manifest
 
 
-def _rename_labels(manifest: Manifest, mapping: dict[str, str]) -> None:
+def nfc(text: str) -> str:
+    """Unicode NFC form: an accented letter as one code point, as most tools write it."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
+
+
+def label_key(label: str) -> str:
+    """A label compared as people mean it: Unicode NFKC form, case folded, runs of spaces, '_' and '-' as one
+    space, trimmed (`Benign`, `benign `, `BENIGN` and `be\u0301nign` vs `bénign` each compare equal)."""
+    import unicodedata
+
+    return re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFKC", label).casefold()).strip()
+
+
+def label_spellings(labels: Iterable[str]) -> dict[str, str]:
+    """{variant: spelling} for labels that differ only in case, spaces or Unicode form: each group is read as its
+    most frequent spelling (ties: the lower-case one, else the first in sorted order). Multi-label values ('a|b')
+    are compared whole."""
+    from collections import Counter
+
+    counts = Counter(v for v in labels if v)
+    groups: dict[str, list[str]] = {}
+    for v in sorted(counts):
+        groups.setdefault(label_key(v), []).append(v)
+    out = {}
+    for variants in groups.values():
+        if len(variants) > 1:
+            keep = max(variants, key=lambda v: (counts[v], v == v.lower(), -variants.index(v)))
+            out |= {v: keep for v in variants if v != keep}
+    return out
+
+
+def _rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labels renamed") -> None:
     """Apply a label map to the label column and to every box's label."""
     if not mapping:
         return
@@ -216,7 +251,9 @@ def _rename_labels(manifest: Manifest, mapping: dict[str, str]) -> None:
         return json.dumps([[*x[:4], mapping.get(str(x[4]), x[4])] for x in json.loads(b)]) if b else b
 
     t["boxes"] = t["boxes"].map(boxes)
-    manifest.notes.append("labels renamed: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()))
+    extra = " (they differ only in case, spaces or Unicode form; --label-map sets others)" if "merged" in what else ""
+    extra = " (Unicode composed form: accents as one character)" if "NFC" in what else extra
+    manifest.notes.append(f"{what}: " + ", ".join(f"{a!r} -> {b!r}" for a, b in mapping.items()) + extra)
 
 
 def _patients_from_paths(manifest: Manifest, regex: str) -> None:

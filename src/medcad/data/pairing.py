@@ -115,3 +115,15 @@ def find_paired_folders(root: Path, mask_suffix: str = "_mask") -> FolderPair | 
         return FolderPair(root / "images", root / "masks", "folders named 'images/' and 'masks/'")
     found = [p for i, a in enumerate(subs) for b in subs[i + 1 :] if (p := judge_pair(a, b, mask_suffix))]
     return found[0] if len(found) == 1 else None
+
+
+def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> list[tuple[str, FolderPair]]:
+    """(sub-folder name, pair) for each sub-folder of `root` that holds an (images, masks) pair itself: a release
+    that keeps, say, its polyp frames and its lesion-free frames in two such pairs. [] when `root` has more than
+    12 sub-folders (class or patient folders)."""
+    if not root.is_dir():
+        return []
+    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if len(subs) > 12:
+        return []
+    return [(d.name, pair) for d in subs if (pair := find_paired_folders(d, mask_suffix)) is not None]

@@ -223,6 +223,7 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
         p = Path(item)
         if p.is_dir():
             m = load_manifest(p, options)
+            m.check_complete((options or DataOptions()).allow_missing)
             out += [m.root / rel for rel in dict.fromkeys(m.table["image"])]
         elif p.exists():
             out.append(p)

@@ -1,0 +1,137 @@
+"""Every input accounted for: datasets made the way people and other tools make them are read whole, or what is
+left out is named with its reason (hand-made cases from users' reports, then generated ones with hypothesis)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import noise_image, save
+from medcad.data.manifest import label_key, load_manifest
+
+
+def _csv_set(root: Path, style: str, n: int = 8) -> list[str]:
+    """n images in images/<label>/ and a manifest.csv naming them in `style`; returns the keys expected."""
+    rows, keys = [], []
+    for i in range(n):
+        label = ("benign", "malignant")[i % 2]
+        rel = f"images/{label}/b{i}.png"
+        save(root / rel, noise_image(i))
+        written = {
+            "posix": rel,
+            "windows": rel.replace("/", "\\"),
+            "foreign-absolute": f"C:\\Users\\someone\\release\\{rel}".replace("/", "\\"),
+            "unix-absolute": f"/mnt/other-machine/release/{rel}",
+            "release-prefix": f"release/{rel}",
+        }[style]
+        rows.append({"image": written, "label": label})
+        keys.append(rel)
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return keys
+
+
+def test_paths_written_elsewhere_are_resolved_with_a_note(tmp_path: Path) -> None:
+    for style in ("windows", "foreign-absolute", "unix-absolute", "release-prefix"):
+        root = tmp_path / style
+        keys = _csv_set(root, style)
+        m = load_manifest(root)
+        assert sorted(m.keys) == sorted(keys), style  # all 8 rows, by their path under the manifest's folder
+        assert m.ledger.line() == "used 8 of 8"
+        notes = " ".join(m.notes)
+        assert ("Windows separators" in notes) == (style in ("windows", "foreign-absolute"))
+        assert ("resolved by their remaining path" in notes) == (style != "windows")
+
+
+def test_symlinked_class_folder_is_followed_and_loops_end(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere" / "normal"
+    for label in ("benign", "malignant"):
+        for k in range(3):
+            save(root / label / f"{k}.png", noise_image(10 * len(label) + k))
+    for k in range(3):
+        save(elsewhere / f"{k}.png", noise_image(90 + k))
+    os.symlink(elsewhere, root / "normal")
+    os.symlink(root, root / "benign" / "loop")  # a link back up: must not recurse forever
+    m = load_manifest(root, pattern="{label}")
+    assert m.labels == ["benign", "malignant", "normal"] and len(m) == 9
+
+
+def test_label_spellings_merge_with_a_note(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    rows = []
+    for i, label in enumerate(["Benign", "benign", "benign ", "MALIGNANT", "malignant", "malignant", "be\u0301nign"]):
+        save(root / f"{i}.png", noise_image(i))
+        rows.append({"image": f"{i}.png", "label": label})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    m = load_manifest(root)
+    assert m.labels == ["benign", "b\u00e9nign", "malignant"]  # accents composed (NFC) and still counted
+    assert any("label spellings merged" in n and "'MALIGNANT' -> 'malignant'" in n for n in m.notes)
+    m = load_manifest(root, label_map="be\u0301nign=benign")  # the map's spelling is composed too
+    assert m.labels == ["benign", "malignant"]
+
+
+def test_release_with_two_image_mask_pairs_is_read_together(tmp_path: Path) -> None:
+    root = tmp_path / "release"
+    for label, n in (("polyp", 4), ("normal", 3)):
+        for k in range(n):
+            save(root / label / "images" / f"{label}{k}.png", noise_image(k + 10 * n))
+            mask = noise_image(0, gray=True) * 0
+            mask[8:20, 8:20] = 255 if label == "polyp" else 0
+            save(root / label / "masks" / f"{label}{k}.png", mask)
+    m = load_manifest(root)
+    assert m.layout == "images-masks" and len(m) == 7 and m.labels == ["normal", "polyp"]
+    assert (m.table["mask"] != "").all() and m.ledger.line() == "used 7 of 7"
+
+
+# Generated datasets: class folders or a CSV, path styles, label spellings, missing files, stray files.
+LABELS = st.lists(st.sampled_from(["benign", "Benign", "MALIGNANT", "malignant", "normal", "No finding"]), min_size=2)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    labels=LABELS,
+    use_csv=st.booleans(),
+    style=st.sampled_from(["posix", "windows", "foreign-absolute", "release-prefix"]),
+    missing=st.integers(0, 3),
+    strays=st.lists(st.sampled_from(["notes.txt", "extra/x.png", "more.csv", "README.md"]), unique=True),
+)
+def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        rows = []
+        for i, label in enumerate(labels):
+            rel = f"{label_key(label).replace(' ', '_')}/img{i}.png" if not use_csv else f"images/img{i}.png"
+            save(root / rel, noise_image(i))
+            rows.append({"image": rel, "label": label})
+        for i in range(missing if use_csv else 0):
+            rows.append({"image": f"images/gone{i}.png", "label": labels[0]})
+        if use_csv:
+            styled = {"posix": "{}", "windows": "{}", "foreign-absolute": "D:/old/{}", "release-prefix": "ds/{}"}
+            for r in rows:
+                r["image"] = styled[style].format(r["image"])
+                r["image"] = r["image"].replace("/", "\\") if style == "windows" else r["image"]
+            pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+        for s in strays:
+            path = root / s
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if s.endswith(".png"):
+                save(path, noise_image(99))
+            else:
+                path.write_text("x")
+        m = load_manifest(root)
+        ledger = m.ledger
+        # every row is used or left out with a reason; every file is used, read as a source, or named as unread
+        stray_class = not use_csv and "extra/x.png" in strays  # a folder of images is a class in a folders layout
+        assert ledger.used == len(m) == len(labels) + stray_class
+        assert ledger.total == ledger.used + (missing if use_csv else 0)
+        assert all(reason for _, reason in ledger.left_out + ledger.unread)
+        files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+        accounted = m.used_files() | set(m.sources) | {p for p, _ in ledger.left_out + ledger.unread}
+        assert files <= accounted
+        # every row names an image that exists, and labels that differ only in spelling are one class
+        assert all((root / img).is_file() for img in m.table["image"])
+        assert len(m.labels) == len({label_key(v) for v in labels}) + stray_class
