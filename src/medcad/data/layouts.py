@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.config import DataOptions
+from medcad.data.annotations import find_cvat, find_labelme, read_coco, read_cvat, read_labelme, read_sheet, read_xlsx
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import MASK_SEP, Manifest, make_table
@@ -74,14 +75,20 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
             return "csv", f"a {suffix} manifest file"
         if suffix == ".json":
             return "coco", "a JSON file (COCO)"
+        if suffix in (".xlsx", ".xml"):
+            return ("xlsx", "an Excel .xlsx manifest") if suffix == ".xlsx" else ("cvat", "an XML file (CVAT)")
         if is_dicom(path) or suffix in IMAGE_SUFFIXES:
             return "folders", "a single image file"
-        raise DataError(path, "not a dataset: give a folder, a CSV/TSV manifest, a COCO JSON or a DICOM file")
+        raise DataError(
+            path, "not a dataset: give a folder, a CSV/TSV/XLSX manifest, a COCO JSON, a CVAT XML or a DICOM file"
+        )
     if options.images or options.masks:
         return "images-masks", "--images/--masks given"
     manifest = next((n for n in ("manifest.csv", "manifest.tsv") if (path / n).is_file()), None)
     if manifest:
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
+    if (path / "manifest.xlsx").is_file():
+        return "xlsx", "manifest.xlsx in the folder (an explicit manifest wins over what the folders suggest)"
     from medcad.data.pairing import find_pair_groups, find_paired_folders
 
     pair = find_paired_folders(path, options.mask_suffix)
@@ -94,6 +101,12 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
     coco = _coco_json(path)
     if coco is not None:
         return "coco", f"{coco.name} holds COCO 'images'/'annotations'"
+    cvat = find_cvat(path)
+    if cvat is not None:
+        return "cvat", f"{cvat.name} holds CVAT-for-images <annotations>"
+    labelme = find_labelme(path)
+    if labelme is not None:
+        return "labelme", f"labelme JSON files beside the images (e.g. {labelme.relative_to(path).as_posix()})"
     return "folders", "no manifest, paired image/mask folders or COCO JSON: folders of images"
 
 
@@ -257,7 +270,9 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
 
 def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """A CSV/TSV as strings: delimiter sniffed, quoting honoured, UTF-8 with or without a byte-order mark, else
-    Windows-1252 (what spreadsheet programs save), said in a note."""
+    Windows-1252 (what spreadsheet programs save), said in a note. An .xlsx file: its first sheet, as strings."""
+    if path.suffix.lower() == ".xlsx":
+        return read_sheet(path)
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
@@ -441,32 +456,12 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
 
 
-def read_coco(path: Path, options: DataOptions) -> Manifest:
-    """COCO detection JSON: boxes per image; an image's label is its most frequent box class, else background."""
-    js = path if path.is_file() else _coco_json(path)
-    if js is None:
-        raise DataError(path, "no COCO JSON (with 'images' and 'annotations') found")
-    try:
-        coco = json.loads(js.read_text(encoding="utf-8"))
-        cats = {c["id"]: c["name"] for c in coco.get("categories", [])}
-        images = {im["id"]: im["file_name"] for im in coco["images"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(js, f"not a valid COCO JSON ({e})") from e
-    boxes: dict[int, list[list]] = defaultdict(list)
-    for ann in coco.get("annotations", []):
-        x, y, w, h = ann["bbox"]
-        boxes[ann["image_id"]].append([x, y, x + w, y + h, cats.get(ann["category_id"], str(ann["category_id"]))])
-    root = js.parent
-    rows, problems = [], []
-    for image_id, name in images.items():
-        rel = next((c for c in (name, f"images/{name}") if (root / c).is_file()), None)
-        if rel is None:
-            problems.append((name, f"file not found next to {js.name} or in images/"))
-            continue
-        b = boxes.get(image_id, [])
-        label = Counter(x[4] for x in b).most_common(1)[0][0] if b else "background"
-        rows.append({"image": rel, "label": label, "boxes": json.dumps(b)})
-    return Manifest(root, make_table(_expand_frames(rows, root, problems)), "coco", problems, sources=[js.name])
-
-
-READERS = {"folders": read_folders, "csv": read_csv, "images-masks": read_images_masks, "coco": read_coco}
+READERS = {
+    "folders": read_folders,
+    "csv": read_csv,
+    "images-masks": read_images_masks,
+    "coco": read_coco,
+    "labelme": read_labelme,
+    "cvat": read_cvat,
+    "xlsx": read_xlsx,
+}
