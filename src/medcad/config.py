@@ -142,6 +142,7 @@ class TrainConfig(DataOptions):
     image_size: int = 224
     augment: str = "light"  # kvasir | light | none
     bilateral: bool = False
+    interface: str = "none"  # ultrasound: none | crop (to the imaging area) | crop+marks (and inpaint burned-in marks)
     # stage 1: frozen backbone, head trained on cached features
     head_epochs: int = 60
     head_lr: float = 1e-3

@@ -65,6 +65,9 @@ def train(
     image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     augment: Annotated[str | None, typer.Option(help="kvasir, light or none.")] = None,
     bilateral: Annotated[bool | None, typer.Option(help="Bilateral-filter denoising (ultrasound).")] = None,
+    interface: Annotated[
+        str | None, typer.Option(help="Ultrasound: none, crop (to the imaging area), crop+marks (also inpaint marks).")
+    ] = None,
     oversample: Annotated[bool | None, typer.Option(help="Oversample rare classes in training folds.")] = None,
     class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
     precision: Annotated[
@@ -128,6 +131,7 @@ def train(
             image_size=image_size,
             augment=augment,
             bilateral=bilateral,
+            interface=interface,
             oversample=oversample,
             class_weights=class_weights,
             precision=precision,

@@ -1,9 +1,12 @@
-"""Dataset audit: unreadable files, mask problems, empty labels, exact and near-duplicate images, leakage."""
+"""Dataset audit: unreadable files, mask problems, empty labels, exact and near-duplicate images, leakage, and what
+the ultrasound interface option would remove from each image (crop box, masked marks)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from medcad.data.duplicates import (
     ImageFingerprint,
@@ -17,7 +20,8 @@ from medcad.data.duplicates import (
     largest_group,
     link_groups,
 )
-from medcad.data.io import decode_mask
+from medcad.data.interface import before_after, find_interface
+from medcad.data.io import decode_mask, read_image
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 
@@ -50,8 +54,19 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
     return out
 
 
-def audit(manifest: Manifest, splits: dict | None = None, progress: bool = False) -> dict:
-    """Audit a dataset; returns a JSON-ready dict of findings (paths relative to the manifest root)."""
+def audit(
+    manifest: Manifest,
+    splits: dict | None = None,
+    progress: bool = False,
+    interface: str = "crop+marks",
+    thumbnails: Path | None = None,
+) -> dict:
+    """Audit a dataset; returns a JSON-ready dict of findings (paths relative to the manifest root).
+
+    Args:
+        interface: the interface option whose effect is shown per image ("none" skips it; see `interface_audit`).
+        thumbnails: where its before/after thumbnails go (default: under the cache folder; see `interface_audit`).
+    """
     keys = manifest.keys
     fps = fingerprints(manifest, progress=progress)
     unreadable = [[keys[i], f] for i, f in enumerate(fps) if isinstance(f, str)]
@@ -97,9 +112,78 @@ def audit(manifest: Manifest, splits: dict | None = None, progress: bool = False
         },
         "low_content_images": [keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and feats.blank[i]],
     }
+    if interface != "none":
+        result["interface"] = interface_audit(manifest, interface, thumbnails)
     if splits is not None:
         result["leakage"] = split_leakage(manifest, splits, [[keys[i] for i in g] for g in near])
     return result
+
+
+THUMBNAILS = 3  # most cropped and most masked images shown before/after
+CROPPED, MARKED = 0.99, 0.002  # an image counts as cropped below this kept share, as marked above this masked share
+
+
+def interface_audit(manifest: Manifest, interface: str, thumbnails: Path | None = None) -> dict:
+    """What `interface` (see `medcad.data.interface`) removes from each readable image, at its full size.
+
+    Writes before/after thumbnails (box in green, marks in red, then what the model gets) of the most cropped and
+    the most masked images to `thumbnails`, by default <cache>/audit/<dataset>-<hash>/interface (replaced each time).
+
+    Returns:
+        {option, images: [{image, box (x0, y0, x1, y1), kept (box share of the frame), masked (share of the box
+        inpainted)}], n_cropped, n_marked, kept_median, kept_min, masked_mean, masked_max, thumbnails: folder}.
+    """
+    from medcad.data.cache import cache_dir
+
+    def one(i: int):
+        try:
+            rgb = read_image(manifest.image_path(i), manifest.frame(i))
+        except DataError:
+            return None  # listed under unreadable
+        return find_interface(rgb, interface)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        cuts = list(pool.map(one, range(len(manifest))))
+    done = [i for i, c in enumerate(cuts) if c is not None]
+    rows = [
+        {
+            "image": manifest.keys[i],
+            "box": list(cuts[i].box),
+            "kept": round(cuts[i].kept_fraction, 4),
+            "masked": round(cuts[i].masked_fraction, 5),
+        }
+        for i in done
+    ]
+    kept = [r["kept"] for r in rows] or [1.0]
+    masked = [r["masked"] for r in rows] or [0.0]
+    if thumbnails is None:
+        tag = hashlib.sha1(str(manifest.root.resolve()).encode()).hexdigest()[:10]
+        thumbnails = cache_dir() / "audit" / f"{manifest.root.name}-{tag}" / "interface"
+    thumbnails = Path(thumbnails)
+    thumbnails.mkdir(parents=True, exist_ok=True)
+    for old in thumbnails.glob("*.jpg"):
+        old.unlink()
+    most_cropped = [i for i in sorted(done, key=lambda i: cuts[i].kept_fraction) if cuts[i].kept_fraction < CROPPED]
+    most_marked = [i for i in sorted(done, key=lambda i: -cuts[i].masked_fraction) if cuts[i].masked_fraction > 0]
+    chosen = list(dict.fromkeys(most_cropped[:THUMBNAILS] + most_marked[:THUMBNAILS]))
+    from PIL import Image
+
+    for n, i in enumerate(chosen):
+        tile = before_after(read_image(manifest.image_path(i), manifest.frame(i)), cuts[i], height=160)
+        stem = Path(manifest.keys[i]).with_suffix("").as_posix()
+        name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[-60:]
+        Image.fromarray(tile).save(thumbnails / f"{n:02d}_{name}.jpg", quality=85)
+    return {
+        "option": interface,
+        "images": rows,
+        "n_cropped": sum(k < CROPPED for k in kept),
+        "n_marked": sum(m > MARKED for m in masked),
+        "kept_median": float(sorted(kept)[len(kept) // 2]),
+        "kept_min": float(min(kept)),
+        "masked_mean": float(sum(masked) / len(masked)),
+        "masked_max": float(max(masked)),
+        "thumbnails": str(thumbnails),
+    }
 
 
 def split_units(manifest: Manifest, groups: list[list[int]]) -> list[list[int]]:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medcad.data.cache import cache_dir
+from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image, read_mask
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
@@ -27,15 +28,18 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
-def preprocess(rgb: np.ndarray, size: int, bilateral: bool = False) -> np.ndarray:
-    """The deterministic part of preprocessing: optional bilateral denoising (speckle), then resize."""
+def preprocess(rgb: np.ndarray, size: int, bilateral: bool = False, interface: str = "none") -> np.ndarray:
+    """The deterministic part of preprocessing: optional removal of the scanner interface (crop to the imaging area,
+    inpaint burned-in marks: `medcad.data.interface`), optional bilateral denoising (speckle), then resize."""
+    rgb = remove_interface(rgb, interface)
     if bilateral:
         rgb = cv2.bilateralFilter(rgb, d=7, sigmaColor=40, sigmaSpace=7)
     return resize_square(rgb, size)
 
 
-def image_cache_key(manifest: Manifest, size: int, bilateral: bool) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{manifest.root.resolve()}|{size}|{bilateral}".encode())
+def image_cache_key(manifest: Manifest, size: int, bilateral: bool, interface: str = "none") -> str:
+    removed = "" if check_interface(interface) == "none" else f"|{interface}"  # "none" keeps the keys made before
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{manifest.root.resolve()}|{size}|{bilateral}{removed}".encode())
     for i, key in enumerate(manifest.keys):
         st = manifest.image_path(i).stat()
         h.update(f"|{key}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -82,8 +86,11 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
     return np.load(path, mmap_mode="r")
 
 
-def cached_images(manifest: Manifest, size: int, *, bilateral: bool = False, progress: bool = True) -> np.ndarray:
-    """All images of a manifest decoded and resized to (N, size, size, 3) uint8, memory-mapped from disk.
+def cached_images(
+    manifest: Manifest, size: int, *, bilateral: bool = False, interface: str = "none", progress: bool = True
+) -> np.ndarray:
+    """All images of a manifest decoded, preprocessed (`preprocess`) and resized to (N, size, size, 3) uint8,
+    memory-mapped from disk.
 
     The file is keyed by the dataset's files (path, size, mtime), the size and the preprocessing, so a second
     run, fold or model reads it back instead of decoding again. Written atomically.
@@ -91,10 +98,11 @@ def cached_images(manifest: Manifest, size: int, *, bilateral: bool = False, pro
     Raises:
         DataError: naming the first unreadable image and how many more there are.
     """
-    path = cache_dir() / "images" / f"{image_cache_key(manifest, size, bilateral)}-{size}.npy"
+    path = cache_dir() / "images" / f"{image_cache_key(manifest, size, bilateral, interface)}-{size}.npy"
 
     def fill(i: int) -> np.ndarray:
-        return preprocess(read_image(manifest.image_path(i), manifest.frame(i), draft=size), size, bilateral)
+        rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=size)
+        return preprocess(rgb, size, bilateral, interface)
 
     shape = (len(manifest), size, size, 3)
     return _cached_array(path, shape, fill, len(manifest), f"Decoding images at {size}px", progress)
@@ -136,11 +144,15 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return (cv2.resize(mask.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
 
 
-def cached_masks(manifest: Manifest, size: int, *, missing: str = "error", progress: bool = True) -> np.ndarray:
-    """All masks of a manifest as (N, size, size) uint8 {0, 1}, memory-mapped and cached like the images."""
+def cached_masks(
+    manifest: Manifest, size: int, *, missing: str = "error", interface: str = "none", progress: bool = True
+) -> np.ndarray:
+    """All masks of a manifest as (N, size, size) uint8 {0, 1}, memory-mapped and cached like the images; with an
+    `interface` that crops, each mask is cut by the box found on its image (as `cached_images` decodes it)."""
     if missing not in MISSING_MASKS:
         raise ValueError(f"missing must be one of {MISSING_MASKS}, not {missing!r}")
-    h = hashlib.sha1(f"{image_cache_key(manifest, size, False)}|{missing}".encode())
+    crops = check_interface(interface) != "none"
+    h = hashlib.sha1(f"{image_cache_key(manifest, size, False, 'crop' if crops else 'none')}|{missing}".encode())
     for i in range(len(manifest)):
         for mp in manifest.mask_paths(i):
             st = mp.stat() if mp.is_file() else None
@@ -148,7 +160,13 @@ def cached_masks(manifest: Manifest, size: int, *, missing: str = "error", progr
     path = cache_dir() / "masks" / f"{h.hexdigest()[:20]}-{size}.npy"
 
     def fill(i: int) -> np.ndarray:
-        return resize_mask(read_sample_mask(manifest, i, missing), size)
+        mask = read_sample_mask(manifest, i, missing)
+        if crops:
+            rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=size)
+            x0, y0, x1, y1 = imaging_box(rgb)
+            h, w = rgb.shape[:2]
+            mask = crop_relative(mask, (x0 / w, y0 / h, x1 / w, y1 / h))
+        return resize_mask(mask, size)
 
     return _cached_array(path, (len(manifest), size, size), fill, len(manifest), f"Reading masks at {size}px", progress)
 

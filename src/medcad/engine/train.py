@@ -22,6 +22,7 @@ import torch
 from medcad.config import COMPUTE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
 from medcad.data.identity import SAMPLES_FILE, reconcile, run_samples, save_samples
+from medcad.data.interface import check_interface
 from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.devices import is_primary, join_launched_processes, rank_zero_first, resolve_compute
@@ -185,6 +186,7 @@ def train_run(
     hooks = fold_hooks(cfg.task)
     compute = resolve_compute(cfg)  # bad compute settings fail here, before anything is written
     flip_tta(cfg.tta, cfg.task)  # ... and an unknown test-time augmentation
+    check_interface(cfg.interface, cfg.task)  # ... and an interface option the task cannot use
     freeze_stride(cfg.freeze_stride, cfg.task)  # ... and a negative freeze stride
     logger_names(cfg)
     if cfg.threads:
@@ -199,7 +201,7 @@ def train_run(
         )
     t0 = time.perf_counter()
     y = task_targets(manifest, cfg.task, labels)
-    feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral)}|{cfg.model}|{cfg.weights}"
+    feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral, cfg.interface)}|{cfg.model}|{cfg.weights}"
     fold_data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key, keys=manifest.keys)
     domains = manifest.table["domain"].to_numpy(dtype=str)
     keys = manifest.keys
@@ -283,7 +285,9 @@ def _prepare(
             save_samples(manifest, out / SAMPLES_FILE)
     splits = _prepare_splits(manifest, cfg, out, splits_path, write)
     t0 = time.perf_counter()
-    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=progress and write)
+    images = cached_images(
+        manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=progress and write
+    )
     return manifest, labels, boxes, masks, splits, images, time.perf_counter() - t0
 
 

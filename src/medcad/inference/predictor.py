@@ -4,7 +4,8 @@ A predictor loads a run's models: with `fold=None` (the default) every fold's mo
 every task (mean class probabilities; mean lesion probability per pixel; every model's boxes merged by class-wise
 non-maximum suppression); with `fold=k` that fold's model alone; or a single model.pt file.
 
-- `prepare(rgb)`: the deterministic preprocessing of training (optional bilateral filter, resize to S x S), uint8.
+- `prepare(rgb)`: the deterministic preprocessing of training (optional interface removal and bilateral filter,
+  resize to S x S), uint8.
 - `infer(x)`: (N, S, S, 3) uint8 -> {"probabilities": (N, K), "mask": (N, S, S) float 0..1, "boxes": N x (m, 6)
   in S x S pixels}, what the task has, on the chosen backend.
 - `postprocess(outputs, i, name, (h, w))`: one `Prediction` at the original image's size.
@@ -96,7 +97,7 @@ class Predictor:
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (S, S, 3) uint8 model input."""
-        return preprocess(rgb, self.config.image_size, self.config.bilateral)
+        return preprocess(rgb, self.config.image_size, self.config.bilateral, self.config.interface)
 
     def infer(self, x: np.ndarray, batch: int = 32) -> dict:
         """Model outputs for prepared images (N, S, S, 3) uint8 (see the module docstring), on the backend."""
@@ -175,7 +176,7 @@ class Predictor:
         max_pixels()  # a bad MEDCAD_MAX_PIXELS is one ConfigError here, not a failure of every file in the workers
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if len(paths) > batch else 0
-        files = _ImageFiles(paths, self.config.image_size, self.config.bilateral)
+        files = _ImageFiles(paths, self.config.image_size, self.config.bilateral, self.config.interface)
         for items in DataLoader(files, batch_size=batch, num_workers=workers, collate_fn=list):
             bad = [DataError(name, problem) for _, _, name, problem in items if problem is not None]
             if bad and errors == "raise":
@@ -195,8 +196,8 @@ class _ImageFiles(torch.utils.data.Dataset):
     """(prepared (S, S, 3) uint8, original RGB, path, None) per file, or (None, None, path, problem) when unreadable
     (a worker cannot raise DataError into the main process as itself)."""
 
-    def __init__(self, paths: Sequence[str | Path], size: int, bilateral: bool) -> None:
-        self.paths, self.size, self.bilateral = list(paths), size, bilateral
+    def __init__(self, paths: Sequence[str | Path], size: int, bilateral: bool, interface: str = "none") -> None:
+        self.paths, self.size, self.bilateral, self.interface = list(paths), size, bilateral, interface
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -206,7 +207,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             rgb = read_image(self.paths[i])
         except DataError as e:
             return None, None, str(self.paths[i]), e.problem
-        return preprocess(rgb, self.size, self.bilateral), rgb, str(self.paths[i]), None
+        return preprocess(rgb, self.size, self.bilateral, self.interface), rgb, str(self.paths[i]), None
 
 
 def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[Path]:

@@ -105,6 +105,7 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         for g in sorted(r["near_duplicates"], key=len, reverse=True)[:15]:
             t.add_row(str(len(g)), ", ".join(g[:12]) + (f", … ({len(g) - 12} more)" if len(g) > 12 else ""))
         c.print(t)
+    _print_interface(c, r.get("interface"))
     for fold in r.get("leakage", []):
         n_dup, n_pat = len(fold["duplicate_groups_across"]), len(fold["patients_across"])
         style = "red" if n_dup or n_pat else "green"
@@ -113,6 +114,27 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         )
     clean = not any(r[k] for k in ("unreadable", "unreadable_masks", "mask_size_mismatch", "cross_label_duplicates"))
     c.print("[green]No blocking problems found.[/]" if clean else "[yellow]See the findings above.[/]")
+
+
+def _print_interface(c: Console, f: dict | None, limit: int = 8) -> None:
+    """What `--interface` would remove (audit): crop boxes and masked marks, the images that lose most."""
+    if not f:
+        return
+    n = len(f["images"])
+    c.print(
+        f"interface {f['option']} (what `medcad train --interface {f['option']}` removes): {f['n_cropped']} of {n} "
+        f"images cropped (kept median {f['kept_median']:.0%}, least {f['kept_min']:.0%} of the frame); "
+        f"{f['n_marked']} with marks masked (mean {f['masked_mean']:.2%}, most {f['masked_max']:.1%} of the crop)"
+    )
+    rows = sorted(f["images"], key=lambda r: (r["kept"], -r["masked"]))[:limit]
+    rows += [r for r in sorted(f["images"], key=lambda r: -r["masked"])[:limit] if r not in rows]
+    rows = [r for r in rows if r["kept"] < 0.99 or r["masked"] > 0]
+    if rows:
+        t = Table("image", "crop box x0, y0, x1, y1", "kept", "masked", title="Images that lose most")
+        for r in rows:
+            t.add_row(r["image"], ", ".join(map(str, r["box"])), f"{r['kept']:.0%}", f"{r['masked']:.2%}")
+        c.print(t)
+    c.print(f"before/after thumbnails (box green, marks red): {f['thumbnails']}")
 
 
 def _fmt(m: dict | None) -> str:

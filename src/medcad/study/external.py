@@ -48,7 +48,7 @@ def evaluate_external(
                 f"labels {unknown} are not among the model's labels {labels}; rename them with --label-map "
                 f"'{unknown[0]}={labels[0]}' (old=new, comma-separated)",
             )
-    images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral))
+    images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
     patients = manifest.table["patient"].to_numpy(dtype=str)
     groups = np.where(patients != "", patients, np.arange(len(manifest)).astype(str))
     rows = np.arange(len(manifest))

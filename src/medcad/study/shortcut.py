@@ -69,8 +69,8 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
         raise DataError(meta["data"], "has no lesion masks: the shortcut check blanks the lesion, so it needs them")
     labels = meta["labels"]
     splits = load_splits(run / "splits.json", manifest)
-    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
-    masks = cached_masks(manifest, cfg.image_size, missing="empty", progress=False)
+    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=False)
+    masks = cached_masks(manifest, cfg.image_size, missing="empty", interface=cfg.interface, progress=False)
     y_all = np.array([labels.index(v) if v in labels else -1 for v in manifest.table["label"]])
     group_map = splits.get("groups") or {}
     rows_all, probs = [], {v: [] for v in VARIANTS}
