@@ -44,7 +44,12 @@ class GraphSession:
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             self._ov = ov.Core().compile_model(str(self.path), "CPU", config)
-            self.output_names = [o.get_any_name() for o in self._ov.outputs]
+            # each output under the name the graph declares (OpenVINO's first name for a tensor may be another)
+            import onnx
+
+            declared = [o.name for o in onnx.load(str(self.path), load_external_data=False).graph.output]
+            names = [o.get_names() for o in self._ov.outputs]
+            self.output_names = [next(d for d in declared if d in ns) for ns in names]
         else:
             import onnxruntime as ort
 
