@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import write_result
 
 from medcad.data.boxes import manifest_boxes
 from medcad.data.manifest import load_manifest
@@ -64,7 +65,7 @@ def main() -> None:
         **{k: m[k] for k in ("ap50", "map", "iou_thresholds", "frame_level", "n_images", "n_boxes")},
         "date": datetime.now().isoformat(timespec="minutes"),
     }
-    (HERE / "results" / "boxes_from_masks.json").write_text(json.dumps(result, indent=1, default=str))
+    write_result((HERE / "results" / "boxes_from_masks.json"), result)
     print(json.dumps({k: m[k]["value"] for k in ("ap50", "map")}))
     print(
         json.dumps(

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 from scipy.stats import norm
 
 from medcad.metrics.compare import paired_auc_bootstrap
@@ -100,7 +101,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_result(args.out, result)
     print(
         json.dumps(
             {k: result[k] for k in ("true_auc", "coverage_95", "mean_ci_width", "paired_test_size_at_0.05")}, indent=1

@@ -15,6 +15,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common import write_result
+
 from medcad.config import TrainConfig
 from medcad.engine.train import train_repeats
 from medcad.models.card import machine_info
@@ -60,7 +62,7 @@ def main() -> None:
     }
     result_path = HERE / "results" / "detection.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1, default=str))
+    write_result(result_path, result)
     print(json.dumps(rep["summary"], indent=1))
 
 

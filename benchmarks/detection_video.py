@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from common import write_result
 
 from medcad.data.io import read_image
 from medcad.data.manifest import load_manifest
@@ -93,7 +94,7 @@ def main() -> None:
     }
     name = "detection_video.json" if predictor.task == "detect" else f"{predictor.task}_video.json"
     name = name if args.backend == "torch-bf16" else name.replace(".json", f"_{args.backend}.json")
-    (HERE / "results" / name).write_text(json.dumps(result, indent=1, default=str))
+    write_result((HERE / "results" / name), result)
     print(json.dumps({k: result[k] for k in ("frames_extracted", "labelled_unclear", "frames_with_a_polyp")}))
     print(json.dumps({k: summary[k] for k in ("frames_predicted", "frames_per_s", "latency_ms_per_frame")}))
 

@@ -15,7 +15,6 @@ Writes benchmarks/results/grouping.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -24,6 +23,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
@@ -146,7 +146,7 @@ def main() -> None:
         }
     out = HERE / "results" / "grouping.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out, result)
     print(f"wrote {out}")
 
 

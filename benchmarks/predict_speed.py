@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import cv2
+from common import write_result
 
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
@@ -69,7 +70,7 @@ def main() -> None:
         results["video"][backend] = predict_video(p, clip, ROOT / "runs" / "bench" / f"video_{backend}", batch=8)
         print("video", backend, round(results["video"][backend]["frames_per_s"], 1), flush=True)
     out = HERE / "results" / "predict_speed.json"
-    out.write_text(json.dumps(results, indent=1, default=str))
+    write_result(out, results)
     print(out)
 
 

@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 from PIL import Image
 
 from medcad.data.audit import audit
@@ -80,7 +81,7 @@ def main() -> None:
         out[name] = check(root)
         print(name, json.dumps({k: v for k, v in out[name].items() if k != "changed_examples"}))
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "reading_check.json").write_text(json.dumps(out, indent=1))
+    write_result((HERE / "results" / "reading_check.json"), out)
 
 
 if __name__ == "__main__":

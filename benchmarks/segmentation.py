@@ -16,6 +16,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common import write_result
+
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
 from medcad.models.card import machine_info
@@ -64,7 +66,7 @@ def main() -> None:
             "date": datetime.now().isoformat(timespec="minutes"),
         }
         result_path.parent.mkdir(parents=True, exist_ok=True)
-        result_path.write_text(json.dumps(results, indent=1, default=str))
+        write_result(result_path, results)
         print(name, json.dumps({k: results[name].get(k) for k in KEYS}), flush=True)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import write_result
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -133,7 +134,7 @@ def main() -> None:
         print(json.dumps(r, indent=1))
     out = args.out
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
+    write_result(tmp, results)
     tmp.replace(out)
 
 

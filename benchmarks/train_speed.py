@@ -35,6 +35,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from common import write_result
 
 from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
@@ -184,7 +185,7 @@ def main() -> None:
         }
         print(task, json.dumps(results["tasks"][task]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_result
 
 from medcad.checkpoint import load_model_file
 from medcad.data.datasets import cached_images
@@ -84,7 +85,7 @@ def main() -> None:
         results["runs"][str(run)] = {"one_pass": plain, "hflip": flip}
         print(run, "one pass", plain, "| with the mirror", flip, flush=True)
     results |= {"machine": machine_info(), "date": datetime.now().isoformat(timespec="minutes")}
-    path.write_text(json.dumps(results, indent=1))
+    write_result(path, results)
 
 
 if __name__ == "__main__":
