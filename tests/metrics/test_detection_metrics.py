@@ -148,3 +148,80 @@ def test_seeds_summary() -> None:
     assert s["n_runs"] == 3 and s["ap50"]["n"] == 3
     assert s["ap50"]["mean"] == pytest.approx(np.mean([r["ap50"]["value"] for r in runs]))
     assert set(s["f1"]) == {"0.45", "0.5", "0.55"} and s["f1"]["0.5"]["sd"] >= 0
+
+
+W = [0, 0, 100, 100]  # the whole 100 x 100 frame: the box of a frame class
+SPOT = [10, 10, 30, 30]  # a tumour
+
+
+def test_frame_table_at_iou_thresholds_with_frame_classes_and_background() -> None:
+    labels = ["normal", "tumour", "unclear"]  # indices 0, 1, 2; background 3
+    truths = [
+        gt([*W, 0]),  # 1 normal, found
+        gt([*W, 0]),  # 2 normal, found with IoU 0.5 (half the frame)
+        gt([*W, 2]),  # 3 unclear, called normal
+        gt([*W, 2]),  # 4 unclear, found
+        gt([*SPOT, 1]),  # 5 tumour, found
+        gt([*SPOT, 1]),  # 6 tumour, right class, IoU 0.48
+        gt([*SPOT, 1]),  # 7 tumour, detection under the score threshold -> background
+        gt(),  # 8 background, nothing detected
+        gt(),  # 9 background, a confident tumour elsewhere
+    ]
+    preds = [
+        pr([*W, 0.9, 0], [*SPOT, 0.2, 1]),
+        pr([0, 0, 100, 50, 0.8, 0]),
+        pr([*W, 0.7, 0], [*W, 0.6, 2]),
+        pr([*W, 0.9, 2]),
+        pr([*SPOT, 0.9, 1], [*W, 0.4, 0]),
+        pr([10, 10, 30, 19.6, 0.8, 1]),
+        pr([*SPOT, 0.3, 1]),
+        pr(),
+        pr([*FAR, 0.6, 1]),
+    ]
+    f = detection_metrics(preds, truths, labels, score_threshold=0.5, n_boot=200)["frame_level"]
+    # the class decision alone (no IoU): rows truth, columns decision, background last
+    assert f["confusion_matrix"]["matrix"] == [[2, 0, 0, 0], [0, 2, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]
+    t = f["iou_thresholds"]
+    assert list(t) == ["0.45", "0.5", "0.55"]
+
+    r = t["0.5"]
+    assert r["accuracy"]["value"] == pytest.approx(5 / 9)  # frames 1, 2, 4, 5, 8
+    normal, tumour, unclear, bg = (r["per_class"][c] for c in ["normal", "tumour", "unclear", "background"])
+    assert (normal["tp"], normal["fp"], normal["fn"], normal["support"]) == (2, 1, 0, 2)
+    assert normal["precision"] == pytest.approx(2 / 3) and normal["recall"] == 1 and normal["f1"] == pytest.approx(0.8)
+    assert normal["accuracy"] == pytest.approx(8 / 9)  # one-vs-rest: frame 3 is the only error
+    assert (tumour["tp"], tumour["fp"], tumour["fn"], tumour["mislocated"]) == (1, 2, 2, 1)
+    assert tumour["f1"] == pytest.approx(1 / 3) and tumour["accuracy"] == pytest.approx(6 / 9)  # frames 6, 7, 9
+    assert (unclear["precision"], unclear["recall"]) == (1, 0.5) and unclear["f1"] == pytest.approx(2 / 3)
+    assert (bg["tp"], bg["fp"], bg["fn"], bg["support"]) == (1, 1, 1, 2) and bg["f1"] == 0.5
+    assert bg["accuracy"] == pytest.approx(7 / 9)
+    # averages over the three classes (background left out); weighted by support 2, 3, 2
+    assert r["macro"]["precision"] == pytest.approx(2 / 3) and r["macro"]["recall"] == pytest.approx(11 / 18)
+    assert r["macro"]["f1"] == pytest.approx(0.6) and r["macro"]["accuracy"] == pytest.approx(22 / 27)
+    assert r["weighted"]["f1"] == pytest.approx((2 * 0.8 + 3 / 3 + 2 * 2 / 3) / 7)
+    lo, hi = r["macro"]["ci95"]["f1"]
+    assert lo <= r["macro"]["f1"] <= hi
+    lo, hi = r["accuracy"]["ci95"]
+    assert lo <= 5 / 9 <= hi
+
+    # IoU 0.45: the tumour at IoU 0.48 counts; 0.55: the half-frame normal no longer does
+    tumour45 = t["0.45"]["per_class"]["tumour"]
+    assert (tumour45["tp"], tumour45["fp"], tumour45["fn"], tumour45["mislocated"]) == (2, 1, 1, 0)
+    assert t["0.45"]["accuracy"]["value"] == pytest.approx(6 / 9)
+    normal55 = t["0.55"]["per_class"]["normal"]
+    assert (normal55["tp"], normal55["fp"], normal55["fn"], normal55["mislocated"]) == (1, 2, 1, 1)
+    assert normal55["f1"] == pytest.approx(0.4) and t["0.55"]["accuracy"]["value"] == pytest.approx(4 / 9)
+
+
+def test_frame_table_without_bootstrap_and_undefined_rates() -> None:
+    # "rare": no frame, never decided: left out of the averages
+    m = detection_metrics([pr([*A, 0.9, 0])], [gt([*A, 0])], ["polyp", "rare"], n_boot=0)
+    r = m["frame_level"]["iou_thresholds"]["0.5"]
+    assert r["accuracy"]["value"] == 1 and np.isnan(r["per_class"]["rare"]["precision"])
+    assert r["macro"]["f1"] == 1 and r["weighted"]["f1"] == 1 and np.isnan(r["macro"]["ci95"]["f1"][0])
+    assert r["per_class"]["rare"]["accuracy"] == 1  # never involved: right for it
+    # "rare" has a frame but is never decided: its undefined precision counts 0 in the averages
+    m = detection_metrics([pr([*A, 0.9, 0]), pr()], [gt([*A, 0]), gt([*B, 1])], ["polyp", "rare"], n_boot=0)
+    r = m["frame_level"]["iou_thresholds"]["0.5"]
+    assert np.isnan(r["per_class"]["rare"]["precision"]) and r["per_class"]["rare"]["recall"] == 0
+    assert r["macro"]["precision"] == 0.5 and r["weighted"]["precision"] == 0.5 and r["macro"]["f1"] == 0.5

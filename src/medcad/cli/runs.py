@@ -43,6 +43,9 @@ def train(
         str | None, typer.Option(help="segment/multitask: images without a mask are an error, or empty (lesion-free).")
     ] = None,
     class_loss_weight: Annotated[float | None, typer.Option(help="multitask: weight of the class loss.")] = None,
+    frame_classes: Annotated[
+        str | None, typer.Option(help="detect: labels whose frames are whole-frame boxes, e.g. normal,unclear.")
+    ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout before the class layer.")] = None,
     weights: Annotated[str, typer.Option(help="auto (offline ImageNet if shipped), hub, none, or a file.")] = "auto",
     head: Annotated[str, typer.Option(help="linear, or mlp (features-2048-1024-n).")] = "linear",
@@ -118,6 +121,7 @@ def train(
             arch=arch,
             missing_masks=missing_masks,
             class_loss_weight=class_loss_weight,
+            frame_classes=frame_classes,
             dropout=dropout,
             weights=weights,
             head=head,

@@ -3,6 +3,10 @@
 A box is `[x0, y0, x1, y1, label]` in pixel coordinates of its image, x1/y1 exclusive (COCO's x + w), as in
 the manifest's `boxes` column. Bad boxes in user data are clipped or dropped with a message naming the file,
 never an exception: one mislabelled frame should not stop a study.
+
+Frame classes (`--frame-classes normal,unclear`, the colonoscopy design's normal / unclear / tumour): frames whose
+label is one of them are whole-frame detections of their class, one box [0, 0, W, H] with that label, so that an
+SSD learns them beside the lesion boxes and its top detection decides the frame.
 """
 
 from __future__ import annotations
@@ -115,32 +119,59 @@ def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str
     return out
 
 
+def parse_frame_classes(value: str | Sequence[str] | None) -> list[str]:
+    """The frame classes of a setting: "normal, unclear" -> ["normal", "unclear"] (blanks and repeats dropped)."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return list(dict.fromkeys(s for s in (str(v).strip() for v in items) if s))
+
+
 def manifest_boxes(
-    manifest, size: int, labels: Sequence[str] | None = None
+    manifest, size: int, labels: Sequence[str] | None = None, frame_classes: str | Sequence[str] | None = None
 ) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Every image's boxes at the square training size, for detection.
 
     A row's boxes come from its `boxes` column, else from its mask's connected components, labelled with the
     row's label; when that is not one of `labels` and there is a single detection class, with that class (a
     lesion mask of a one-class detector is that class); else "lesion". A row with neither is a background frame.
-    Boxes are clipped or dropped by `clean_boxes` (the messages are returned, nothing raises for a bad box).
+    A row whose label is a frame class gets the whole-frame box [0, 0, W, H] of that label (after the boxes its
+    `boxes` column lists, if any; its mask is not read: a frame class is not a lesion). Boxes are clipped or
+    dropped by `clean_boxes` (the messages are returned, nothing raises for a bad box).
 
     Args:
         manifest: a Manifest.
         size: side of the square training image.
-        labels: the detection classes; default: every box label found, sorted.
+        labels: the detection classes; default: every box label found (frame classes included), sorted.
+        frame_classes: row labels that make whole-frame detections, e.g. "normal,unclear" (TrainConfig's
+            `frame_classes`).
 
     Returns:
         (labels, per image (m, 5) [x0, y0, x1, y1, class_index] arrays, problems).
+
+    Raises:
+        DataError: a frame class is no image's label (reading for training), or not among the given `labels`.
     """
     from medcad.data.io import image_size, read_mask
 
+    frames = parse_frame_classes(frame_classes)
+    row_labels = manifest.table["label"].astype(str).tolist()
+    if labels is None:
+        unused = [c for c in frames if c not in set(row_labels)]
+        if unused:
+            raise DataError(
+                manifest.root,
+                f"frame class(es) {unused} (--frame-classes) are no image's label; labels here: "
+                f"{sorted(set(row_labels) - {''})}",
+            )
+    elif any(c not in labels for c in frames):
+        raise DataError(manifest.root, f"frame classes {frames} are not all among the run's detection classes {labels}")
     raw, sizes, problems = [], [], []
     for i, key in enumerate(manifest.keys):
         w, h = image_size(manifest.image_path(i), manifest.frame(i))
         boxes = manifest.boxes(i)
-        if boxes is None and manifest.mask_paths(i):
-            label = manifest.table["label"].iat[i]
+        if row_labels[i] in frames:
+            boxes = [*(boxes or []), [0, 0, w, h, row_labels[i]]]
+        elif boxes is None and manifest.mask_paths(i):
+            label = row_labels[i]
             if labels is not None and label not in labels and len(labels) == 1:
                 label = labels[0]
             boxes = boxes_from_mask(read_mask(manifest.mask_paths(i)), label or "lesion")

@@ -1,5 +1,9 @@
 """A detection fold: SSD/SSDlite training with paired image+box augmentation, AP50 model selection, prediction.
 
+Per epoch the module logs train_loss and, on the validation part, val_loss (the same SSD loss, computed in eval
+mode: `losses_and_detections`) and val_ap50. With frame classes (`frame_classes`, e.g. normal, unclear) their
+frames carry one whole-frame box each (`medcad.data.boxes.manifest_boxes`) and are learnt like lesions.
+
 Fold folder:
     model.pt (format "medcad-detector-1"), result.json, checkpoints/detect/{best,last}.ckpt,
     logs/tensorboard/detect, logs/csv/detect
@@ -19,12 +23,19 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from medcad.config import TrainConfig
+from medcad.data.boxes import parse_frame_classes
 from medcad.engine.common import TrainingThroughput, freeze_pretrained_encoder, gather_lists, reduced_precision
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
 from medcad.models.backbones import set_bn_eval
-from medcad.models.detection import anchor_scales, detector_data_config, detector_from_config
+from medcad.models.detection import (
+    anchor_scales,
+    detector_data_config,
+    detector_from_config,
+    losses_and_detections,
+    restart_norm_statistics,
+)
 from medcad.models.predict import detections_to_array, predict_detections
 from medcad.tasks import get_task
 
@@ -96,7 +107,8 @@ def mean_ap(ap: np.ndarray) -> float:
 
 
 class DetectorModule(TrainingThroughput, L.LightningModule):
-    """Trains a torchvision SSD on uint8 batches; logs `val_ap50` (mean AP at IoU 0.5 over classes) per epoch."""
+    """Trains a torchvision SSD on uint8 batches; logs `val_ap50` (mean AP at IoU 0.5 over classes) and `val_loss`
+    (with its parts `val_bbox_regression`, `val_classification`) per epoch."""
 
     def __init__(self, model: torch.nn.Module, n_classes: int, cfg: TrainConfig) -> None:
         super().__init__()
@@ -111,6 +123,7 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.freeze_bn:
             set_bn_eval(self.model.backbone.body)
+        restart_norm_statistics(self.model)  # validation and prediction use this epoch's average statistics
         super().on_train_epoch_start()
 
     def training_step(self, batch, _):
@@ -126,15 +139,24 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._preds: list[np.ndarray] = []
         self._truths: list[np.ndarray] = []
+        self._losses: list[tuple[float, float, int]] = []  # per batch: loss parts x images, images
 
     def validation_step(self, batch, _):
         images, targets = batch
-        self._preds += [detections_to_array(d) for d in self.model(_float_images(images))]
-        self._truths += [torch.cat([t["boxes"], t["labels"][:, None] - 1], 1).numpy() for t in targets]
+        # eval mode (Lightning's validation loop) and no_grad: BatchNorm on running statistics, nothing updated
+        losses, dets = losses_and_detections(self.model, _float_images(images), targets)
+        n = len(images)
+        self._losses.append((float(losses["bbox_regression"]) * n, float(losses["classification"]) * n, n))
+        self._preds += [detections_to_array(d) for d in dets]
+        self._truths += [torch.cat([t["boxes"], t["labels"][:, None] - 1], 1).cpu().numpy() for t in targets]
 
     def on_validation_epoch_end(self) -> None:
         pairs = gather_lists(list(zip(self._preds, self._truths, strict=True)))  # every process's share, once
         preds, truths = [p for p, _ in pairs], [t for _, t in pairs]
+        losses = gather_lists(self._losses)
+        n = max(1, sum(k for _, _, k in losses))
+        box, cls = sum(b for b, _, _ in losses) / n, sum(c for _, c, _ in losses) / n
+        self.log_dict({"val_loss": box + cls, "val_bbox_regression": box, "val_classification": cls})
         self.log("val_ap50", mean_ap(average_precision(preds, truths, self.n_classes, 0.5)), prog_bar=True)
 
     def configure_optimizers(self):
@@ -152,9 +174,26 @@ def _boxes_in_part(boxes: list[np.ndarray], rows: np.ndarray) -> int:
     return int(sum(len(np.asarray(boxes[i]).reshape(-1, 5)) for i in rows))
 
 
+def frame_class_indices(cfg: TrainConfig, labels: list[str]) -> list[int]:
+    """Indices into `labels` of the run's frame classes (whole-frame boxes).
+
+    Raises:
+        ConfigError: a frame class is not a detection class: its frames were read without whole-frame boxes.
+    """
+    frames = parse_frame_classes(cfg.frame_classes)
+    missing = [c for c in frames if c not in labels]
+    if missing:
+        raise ConfigError(
+            f"frame classes {missing} are not among the detection classes {labels}: their frames were read "
+            "without whole-frame boxes (the boxes must be read with manifest_boxes(..., frame_classes=...))"
+        )
+    return [labels.index(c) for c in frames]
+
+
 class DetectHooks(FoldHooks):
-    """Detection: SSD/SSDlite from a new head, default boxes sized from the fold's training boxes (or those of the
-    model continued from); the epoch with the best validation AP50 is kept."""
+    """Detection: SSD/SSDlite from a new head, default boxes sized from the fold's training lesion boxes (the last
+    map kept for whole frames when there are frame classes), or those of the model continued from; the epoch with
+    the best validation AP50 (over every class, frame classes included) is kept."""
 
     stage = STAGE
     monitor = "val_ap50"
@@ -163,6 +202,7 @@ class DetectHooks(FoldHooks):
     def check(self, k: int, parts: dict, data: FoldData, cfg: TrainConfig) -> None:
         if "boxes" not in get_task(cfg.task).targets:
             raise ConfigError(f"detection folds need a task with boxes (detect), got task {cfg.task!r}")
+        frame_class_indices(cfg, list(data.labels))
         if cfg.epochs < 1:
             raise ConfigError("a detector is trained from a new head: set epochs >= 1")
         if len(parts["train"]) < 2:
@@ -183,7 +223,8 @@ class DetectHooks(FoldHooks):
         if init is not None:
             scales = tuple(meta["data_config"]["anchor_scales"])  # the same default boxes as the model continued from
         else:
-            scales = anchor_scales([data.boxes[i] for i in parts["train"]], cfg.image_size)
+            frames = frame_class_indices(cfg, list(data.labels))
+            scales = anchor_scales([data.boxes[i] for i in parts["train"]], cfg.image_size, frames)
         model = detector_from_config(cfg, len(data.labels), scales)
         if init is not None:
             try:

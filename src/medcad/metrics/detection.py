@@ -9,7 +9,17 @@ Bootstrap CIs resample images (or whole groups, e.g. patients). Because greedy m
 each prediction's TP/FP flag is fixed, and a resample only reweights images: AP under 1000 resamples is then
 a sparse matrix product and cumulative sums, ~1 s for 200 images.
 
-Undefined values (0/0, e.g. the precision of a class never predicted) are nan, left out of averages.
+The frame decision (the colonoscopy design: normal / unclear / tumour, or background) is the class of the
+image's top detection at or above the score threshold, or background; the frame's true class is the class of its
+largest true box, or background. At each IoU threshold the frame table counts a frame as correct when the
+decision is its class AND, unless both are background, the top detection's box overlaps a true box of that class
+at IoU >= the threshold; a right class in the wrong place is a miss of the class and a false alarm of it
+("mislocated"). Frame classes (normal, unclear: `medcad.data.boxes`) have a whole-frame true box and go by the same
+rule: their detection must cover at least that share of the frame, which the detector's whole-frame default boxes
+make the usual case; one rule for every class, with no list of frame classes to pass around.
+
+Undefined values (0/0, e.g. the precision of a class never predicted) are nan, left out of averages; except in
+the frame table's macro and weighted averages, where they count 0 for a class that has frames (`_averages`).
 """
 
 from __future__ import annotations
@@ -159,15 +169,56 @@ def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray
     return {"precision": _div(tp, tp + fp), "recall": _div(tp, tp + fn), "f1": _div(2 * tp, 2 * tp + fp + fn)}
 
 
-def _frame_classes(p: list[np.ndarray], t: list[np.ndarray], k: int, score: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, the truth class (of the largest box) and the predicted class (top detection); k = background."""
-    y, pred = np.full(len(p), k), np.full(len(p), k)
+def _frame_classes(
+    p: list[np.ndarray], t: list[np.ndarray], k: int, score: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, the truth class (of the largest box), the predicted class (top detection), k = background; and
+    the top detection's best IoU with a true box of its class (0 when there is none or no decision)."""
+    y, pred, iou = np.full(len(p), k), np.full(len(p), k), np.zeros(len(p))
     for i, (pi, ti) in enumerate(zip(p, t, strict=True)):
         if len(ti):
             y[i] = int(ti[np.argmax(_area(ti)), 4])
         if len(pi) and pi[:, 4].max() >= score:
-            pred[i] = int(pi[np.argmax(pi[:, 4]), 5])
-    return y, pred
+            top = pi[np.argmax(pi[:, 4])]
+            pred[i] = int(top[5])
+            same = ti[ti[:, 4] == top[5]]
+            iou[i] = box_iou(top[None], same).max() if len(same) else 0.0
+    return y, pred, iou
+
+
+def _onehot(v: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n)[v] if len(v) else np.zeros((0, n))
+
+
+def _frame_rates(w: np.ndarray, y: np.ndarray, pred: np.ndarray, correct: np.ndarray, kb: int) -> dict:
+    """Per resample and class (B, kb), background last: frame counts and one-vs-rest rates of the frame decision.
+
+    A frame is a true positive of its class when `correct`; every other frame decided as a class is a false
+    positive of it, every other frame of a class a false negative; one-vs-rest accuracy counts a frame wrong
+    for a class when it is of that class or decided as it, and not a true positive.
+    """
+    truth, decided = _onehot(y, kb), _onehot(pred, kb)
+    true, dec = w @ truth, w @ decided  # (B, kb)
+    tp, both = w @ (truth * correct[:, None]), w @ (truth * decided)
+    n = w.sum(1, keepdims=True)
+    out = _prf(tp, dec - tp, true - tp)
+    out["accuracy"] = 1 - _div(true + dec - both - tp, n)
+    out |= {"support": true, "tp": tp, "fp": dec - tp, "fn": true - tp, "mislocated": both - tp}
+    return out
+
+
+def _averages(rates: dict, k: int) -> dict[str, np.ndarray]:
+    """Macro (mean) and support-weighted averages (B,) of each rate over the k classes that have frames (background
+    left out). A rate undefined for such a class (the precision of a class never decided) counts 0, as
+    scikit-learn's zero_division=0: leaving it out would credit a detector that never names a class."""
+    out = {}
+    support = rates["support"][:, :k]
+    has = support > 0
+    for m in ("accuracy", "precision", "recall", "f1"):
+        v = np.where(has, np.nan_to_num(rates[m][:, :k], nan=0.0), np.nan)
+        out[f"macro_{m}"] = _nanmean(v)
+        out[f"weighted_{m}"] = _div(np.where(has, v * support, 0).sum(1), support.sum(1))
+    return out
 
 
 def _ci(samples: list[np.ndarray]) -> list[float]:
@@ -200,9 +251,11 @@ def detection_metrics(
     Returns:
         JSON-ready dict: n_images, n_boxes, labels, score_threshold, ap50 and map ({value, ci95}; mean over
         the classes with truths; map over IoU 0.50:0.95), ap50_per_class, map_per_class, iou_thresholds
-        ({"0.45": {precision, recall, f1 (micro), ci95, macro, tp, fp, fn, per_class}}), frame_level
-        (confusion matrix with the background row and column, accuracy, macro_f1 over `labels`, per_class),
-        bootstrap.
+        ({"0.45": {precision, recall, f1 (micro), ci95, macro, tp, fp, fn, per_class}}: box counts), frame_level
+        (the frame decision: confusion matrix of classes with the background row and column, accuracy, macro_f1
+        over `labels`, per_class; and its table at each IoU threshold, iou_thresholds {"0.45": {accuracy,
+        macro, weighted (averages over the `labels` with frames), per_class (background row included:
+        accuracy, precision, recall, f1, support, tp, fp, fn, mislocated, ci95)}}), bootstrap.
     """
     labels = [str(v) for v in labels]
     k = len(labels)
@@ -210,9 +263,12 @@ def detection_metrics(
     n = len(p)
     tables = [_APTable(p, t, k, thr) for thr in COCO_IOUS]
     counts = {f"{thr:g}": _counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
-    y, pred = _frame_classes(p, t, k, score_threshold)
+    y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
     cell = y * kb + pred
+    frame_correct = {
+        f"{thr:g}": (y == pred) & ((pred == k) | (top_iou >= thr)) for thr in iou_thresholds
+    }  # (N,) per IoU threshold
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         ap = np.stack([tab.ap(w) for tab in tables])  # (10, B, K)
@@ -231,10 +287,17 @@ def detection_metrics(
         out["frame/macro_f1"] = _nanmean(rates["f1"][:, :k])
         out |= {f"frame/{m}": v for m, v in rates.items()}
         out["frame/cm"] = cm
+        for name, correct in frame_correct.items():
+            r = _frame_rates(w, y, pred, correct, kb)
+            out |= {f"frame@{name}/{m}": v for m, v in (r | _averages(r, k)).items()}
+            out[f"frame@{name}/overall_accuracy"] = _div(r["tp"].sum(1), w.sum(1))
         return out
 
     point = batch(np.ones((1, n)))
-    samples: dict[str, list[np.ndarray]] = {key: [] for key in point if key != "frame/cm"}
+    counts_only = ("support", "tp", "fp", "fn", "mislocated")
+    samples: dict[str, list[np.ndarray]] = {
+        key: [] for key in point if key != "frame/cm" and key.rpartition("/")[2] not in counts_only
+    }
     for w in bootstrap_weights(n, n_boot, seed, groups):
         for key, v in batch(w).items():
             if key in samples:
@@ -269,6 +332,29 @@ def detection_metrics(
         }
     cm = point["frame/cm"][0]
     frame_labels = [*labels, BACKGROUND]
+    rates = ("accuracy", "precision", "recall", "f1")
+
+    def frame_table(name: str) -> dict[str, Any]:
+        key = f"frame@{name}/"
+        return {
+            "accuracy": stat(key + "overall_accuracy"),
+            **{
+                avg: {
+                    **{m: float(point[f"{key}{avg}_{m}"][0]) for m in rates},
+                    "ci95": {"f1": _ci(samples[f"{key}{avg}_f1"])},
+                }
+                for avg in ("macro", "weighted")
+            },
+            "per_class": {
+                lab: {
+                    **{m: float(point[key + m][0, j]) for m in rates},
+                    **{c: int(round(point[key + c][0, j])) for c in counts_only},
+                    "ci95": {m: per_class_ci(key + m, j) for m in ("precision", "recall", "f1")},
+                }
+                for j, lab in enumerate(frame_labels)
+            },
+        }
+
     frame = {
         "labels": frame_labels,
         "confusion_matrix": {"labels": frame_labels, "matrix": cm.astype(int).tolist()},
@@ -282,6 +368,7 @@ def detection_metrics(
             }
             for j, lab in enumerate(frame_labels)
         },
+        "iou_thresholds": {name: frame_table(name) for name in frame_correct},
     }
     return {
         "n_images": n,

@@ -3,12 +3,16 @@
 The backbone's last two feature maps (strides 16 and 32) feed four SSDlite extra blocks (1x1 reduce, 3x3
 depthwise stride 2, 1x1 expand), giving six maps at strides 16..512, as in SSDlite320. Default boxes span
 8 %-80 % of the frame side (polyps fill roughly 5-60 % of a colonoscopy frame), with aspect ratios 1, 2, 3.
+With frame classes (whole-frame boxes of normal / unclear frames, `medcad.data.boxes`), the coarsest (1x1) map
+is given to whole frames (default boxes of side 1, IoU 1 with a whole-frame box) and the five finer maps span the
+lesion boxes' sizes, so whole-frame boxes neither stretch the lesions' default boxes nor go without matches.
 
 The model is a plain `torchvision.models.detection.ssd.SSD`:
 - training: `model(images, targets)` -> {"bbox_regression", "classification"} losses, where images are float
   (3, S, S) tensors in [0, 1] and targets {"boxes": (m, 4) float xyxy pixels, "labels": (m,) int64 in 1..n};
   a frame without boxes has boxes of shape (0, 4) and labels of shape (0,);
-- inference: `model(images)` -> [{"boxes", "scores", "labels"}] per image (labels 1..n; 0 is background).
+- inference: `model(images)` -> [{"boxes", "scores", "labels"}] per image (labels 1..n; 0 is background);
+- validation: `losses_and_detections(model, images, targets)` gives both in eval mode, in one pass.
 Normalisation (the backbone's ImageNet mean/std) and resizing to (S, S) happen inside (`model.transform`).
 
 Under bf16 autocast (CPU) the backbone and heads run in bf16 while the head outputs, default boxes, box
@@ -19,6 +23,7 @@ this way gives finite losses (tested) and is ~2x faster than float32 here.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -28,6 +33,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import Conv2dNormActivation
+from torchvision.ops import boxes as box_ops
 
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError
@@ -65,7 +71,25 @@ class Anchors(DefaultBoxGenerator):
 
 
 def _norm_layer() -> partial:
-    return partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03)
+    """BatchNorm of the extra blocks and the SSDlite head: running statistics as a plain average (momentum None),
+    restarted every training epoch (`restart_norm_statistics`). SSDlite320's momentum 0.03 suits its 600 epochs;
+    here the depthwise convolutions (weights N(0, 0.03)) give activations of variance ~1e-3, and a short schedule
+    (~100 steps: 0.97^100 = 5 % of the initial variance 1 left) kept running variances 50-100x too large: in eval
+    mode each 1x1 map shrank 10x, the deepest maps became constant and every frame got the same detections."""
+    return partial(nn.BatchNorm2d, eps=1e-3, momentum=None)
+
+
+def norm_layers(model: SSD) -> list[nn.BatchNorm2d]:
+    """The detector's own BatchNorm layers (extra blocks, SSDlite head), not the timm body's."""
+    own = [model.backbone.extra, model.head]
+    return [m for part in own for m in part.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def restart_norm_statistics(model: SSD) -> None:
+    """Forget the running statistics of the detector's own BatchNorm layers: with momentum None they become the
+    average over the batches trained from now on (call at the start of each training epoch)."""
+    for m in norm_layers(model):
+        m.reset_running_stats()
 
 
 def _extra_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -123,7 +147,7 @@ def create_detector(
     weights: str = "auto",
     image_size: int = 320,
     head: str = "ssdlite",
-    scales: tuple[float, float] | None = None,
+    scales: tuple[float, ...] | None = None,
 ) -> SSD:
     """An SSD detector on a timm backbone.
 
@@ -134,7 +158,9 @@ def create_detector(
         image_size: side of the square input; images of other sizes are resized inside the model.
         head: "ssdlite" (depthwise-separable predictors, fast) or "ssd" (plain 3x3 convolutions).
         scales: default-box side, as a fraction of the image side, on the first and the last feature map (the
-            maps between are spaced evenly); default (0.08, 0.8). `anchor_scales` derives them from data.
+            maps between are spaced evenly); default (0.08, 0.8). A third value gives the last (1x1) map its own
+            side, and the two values then span the other maps: (lo, hi, 1.0) keeps the last map for whole-frame
+            boxes (frame classes). `anchor_scales` derives them from data.
 
     Returns:
         torchvision `SSD`; `model.backbone.body` is the timm feature extractor.
@@ -145,9 +171,17 @@ def create_detector(
         raise ConfigError(f"unknown detection head {head!r}; choose one of {', '.join(HEADS)}")
     if image_size < 32:
         raise ConfigError(f"detector image_size must be at least 32 px, got {image_size}")
+    scales = tuple(float(v) for v in (scales or (MIN_SCALE, MAX_SCALE)))
+    if len(scales) not in (2, 3) or not all(0 < v <= 1 for v in scales):
+        raise ConfigError(f"anchor scales must be (lo, hi) or (lo, hi, last) in (0, 1], got {scales}")
     features = FeaturePyramid(backbone, weights)
-    lo, hi = scales or (MIN_SCALE, MAX_SCALE)
-    anchors = Anchors([list(ASPECT_RATIOS) for _ in features.out_channels], min_ratio=lo, max_ratio=hi)
+    n_maps = len(features.out_channels)
+    aspect = [list(ASPECT_RATIOS) for _ in range(n_maps)]
+    if len(scales) == 2:
+        anchors = Anchors(aspect, min_ratio=scales[0], max_ratio=scales[1])
+    else:  # the finer maps span (lo, hi); the last map has its own side; torchvision's closing 1.0 after it
+        sides = np.linspace(scales[0], scales[1], n_maps - 1).tolist()
+        anchors = Anchors(aspect, scales=[*sides, scales[2], 1.0])
     n_anchors = anchors.num_anchors_per_location()
     if head == "ssdlite":
         predictor = LiteHead(features.out_channels, n_anchors, n_classes + 1, _norm_layer())
@@ -172,29 +206,70 @@ def create_detector(
         "head": head,
         "n_classes": n_classes,
         "image_size": image_size,
-        "anchor_scales": [float(lo), float(hi)],
+        "anchor_scales": list(scales),
     }
     return model
 
 
-def anchor_scales(boxes: list[np.ndarray], size: int) -> tuple[float, float]:
+def anchor_scales(boxes: list[np.ndarray], size: int, frame_classes: Sequence[int] = ()) -> tuple[float, ...]:
     """Default-box scales that span a dataset's boxes: from 0.9 x the 10th percentile of the boxes' sides
     (sqrt of the area, as a fraction of the image side) to 1.1 x the 95th, within [0.04, 0.95].
 
     The fixed (0.08, 0.8) puts most default boxes on the stride-16 map at 8 % of the side; Kvasir's polyps are
     mostly 25-50 % of it, so a box matched only ~3 default boxes and 11 % matched none (benchmarks/anchor_check.py).
 
+    Whole-frame boxes of frame classes are left out of the percentiles (a set of mostly normal frames would
+    otherwise pull every default box towards the frame size) and get the last map instead: (lo, hi, 1.0).
+
     Args:
         boxes: per image (m, 5) [x0, y0, x1, y1, class] in pixels of the size x size image.
         size: image side.
+        frame_classes: class indices whose boxes are whole frames.
+
+    Returns:
+        (lo, hi), or (lo, hi, 1.0) with frame classes (see `create_detector`).
     """
     b = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 5) for x in boxes]) if boxes else np.zeros((0, 5))
+    b = b[~np.isin(b[:, 4], list(frame_classes))]
+    last = (1.0,) if len(frame_classes) else ()
     if len(b) == 0:
-        return MIN_SCALE, MAX_SCALE
+        return MIN_SCALE, MAX_SCALE, *last
     sides = np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)) / size
     lo = float(np.clip(0.9 * np.quantile(sides, 0.10), 0.04, 0.5))
     hi = float(np.clip(1.1 * np.quantile(sides, 0.95), lo + 0.1, 0.95))
-    return lo, hi
+    return lo, hi, *last
+
+
+def losses_and_detections(
+    model: SSD, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """An SSD's training losses against `targets` and its detections, from one forward pass in the model's current
+    mode: torchvision's `SSD.forward` gives losses only in training mode, where BatchNorm would use (and update)
+    batch statistics. Called in eval mode under no_grad (validation), this is the loss of the network that
+    predicts: BatchNorm on running statistics, the same matching and hard-negative mining as training.
+
+    Args:
+        model: a torchvision SSD (`create_detector`).
+        images: float (3, H, W) tensors in [0, 1].
+        targets: {"boxes": (m, 4) xyxy pixels of the image, "labels": (m,) int64 in 1..n} per image.
+
+    Returns:
+        ({"bbox_regression", "classification"}, [{"boxes", "scores", "labels"}] per image).
+    """
+    original_sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+    batch, targets = model.transform(images, targets)
+    features = list(model.backbone(batch.tensors).values())
+    head = model.head(features)
+    anchors = model.anchor_generator(batch, features)
+    matched = []
+    for a, t in zip(anchors, targets, strict=True):
+        if t["boxes"].numel() == 0:
+            matched.append(torch.full((a.size(0),), -1, dtype=torch.int64, device=a.device))
+        else:
+            matched.append(model.proposal_matcher(box_ops.box_iou(t["boxes"], a)))
+    losses = model.compute_loss(targets, head, anchors, matched)
+    detections = model.postprocess_detections(head, anchors, batch.image_sizes)
+    return losses, model.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
 
 def detector_data_config(model: SSD) -> dict:
@@ -225,9 +300,7 @@ def cam_target_layers(model: SSD) -> list[nn.Module]:
     return [modules[name] for name in body.feature_info.module_name()]
 
 
-def detector_from_config(
-    cfg: TrainConfig, n_classes: int, scales: tuple[float, float] | None = None
-) -> torch.nn.Module:
+def detector_from_config(cfg: TrainConfig, n_classes: int, scales: tuple[float, ...] | None = None) -> torch.nn.Module:
     """The detector a run's settings describe: cfg.model backbone with cfg.weights at cfg.image_size; the head is
     cfg.head when it names a detection head ("ssd", "ssdlite"), else SSDlite (the classifier's heads do not apply)."""
     head = cfg.head if cfg.head in HEADS else "ssdlite"

@@ -160,7 +160,7 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
     if "frame_level" in m:
         head.add_row("frame accuracy (with background)", _fmt(m["frame_level"]["accuracy"]))
         for thr, r in m["iou_thresholds"].items():
-            head.add_row(f"P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
+            head.add_row(f"boxes: P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
     seg = m.get("segmentation") or {}
     for name, text in (
         ("dice", "Dice (per image)"),
@@ -193,6 +193,7 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             head.add_row("  lesion-free images with lesion pixels", _fmt(fp))
             head.add_row("  lesion images with lesion pixels", _fmt({"value": f["rate"], "ci95": f["ci95"]}))
     c.print(head)
+    _print_frame_table(c, m)
     if "per_class" not in m:
         _print_fold_summary(c, m)
         return
@@ -217,6 +218,29 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             f"share of AUC above 0.5 retained without the lesion {_fmt({'value': sc['auc_retained']})}; "
             f"{sc['still_positive']['n']} of {sc['still_positive']['of']} still called {sc['positive']} without it"
         )
+
+
+def _print_frame_table(c: Console, m: dict) -> None:
+    """Detection: the frame decision per class (background row included) and averaged, as precision / recall / F1 at
+    each IoU threshold, with the accuracy row (the class of the top detection, its box on a true box at the IoU)."""
+    tables = (m.get("frame_level") or {}).get("iou_thresholds")
+    if not tables:
+        return
+    t = Table("frame class", "n", *(f"P / R / F1 @ {thr}" for thr in tables), title="Frame decision by IoU")
+
+    def prf(r: dict) -> str:
+        return " / ".join(
+            "—" if r.get(k) is None or r[k] != r[k] else f"{r[k]:.2f}" for k in ("precision", "recall", "f1")
+        )
+
+    first = next(iter(tables.values()))
+    for lab, r in first["per_class"].items():
+        t.add_row(lab, str(r["support"]), *(prf(x["per_class"][lab]) for x in tables.values()))
+    n = sum(r["support"] for lab, r in first["per_class"].items() if lab != "background")
+    for avg in ("macro", "weighted"):
+        t.add_row(f"{avg} average", str(n), *(prf(x[avg]) for x in tables.values()))
+    t.add_row("accuracy", "", *(_fmt(x["accuracy"]) for x in tables.values()))
+    c.print(t)
 
 
 def _print_validated(c: Console, m: dict) -> None:

@@ -1,8 +1,10 @@
-"""Figures of a detection run's report: the frame-level confusion matrix with its background row and column, and
-test frames with true (green) and predicted boxes, explained by EigenCAM of the detector's backbone."""
+"""Figures of a detection run's report: the frame-level confusion matrix with its background row and column, the
+training and validation loss per epoch of each fold (with validation AP50), and test frames with true (green) and
+predicted boxes, explained by EigenCAM of the detector's backbone."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -51,16 +53,64 @@ def sample_tiles(
     )
 
 
+LOG_KEYS = ("train_loss", "val_loss", "val_ap50")
+LOG_STAGE = "detect"  # medcad.engine.detect.STAGE: the fold's logs/csv sub-folder
+
+
+def loss_history(csv_path: Path) -> dict[str, list[float]]:
+    """Per epoch train_loss, val_loss and val_ap50 from a fold's Lightning CSV log (nan where an epoch has none);
+    {} when there is no log. Runs made before val_loss was logged have train_loss and val_ap50 only."""
+    if not csv_path.is_file():
+        return {}
+    by_epoch: dict[int, dict[str, float]] = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            e = int(float(row["epoch"]))
+            for key in LOG_KEYS:
+                if row.get(key):
+                    by_epoch.setdefault(e, {})[key] = float(row[key])
+    epochs = sorted(by_epoch)
+    return {key: [by_epoch[e].get(key, np.nan) for e in epochs] for key in LOG_KEYS}
+
+
+def loss_curves_png(histories: dict[str, dict[str, list[float]]]) -> bytes:
+    """Training (solid) and validation (dashed) loss per epoch and fold, and validation AP50."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, h in histories.items():
+        epochs = np.arange(1, len(h["train_loss"]) + 1)
+        line = axes[0].plot(epochs, h["train_loss"], lw=1.2, marker=".", label=f"{name} train")[0]
+        axes[0].plot(epochs, h["val_loss"], lw=1.2, ls="--", marker=".", c=line.get_color(), label=f"{name} val")
+        axes[1].plot(epochs, h["val_ap50"], lw=1.2, marker=".", c=line.get_color(), label=name)
+    axes[0].set_title("SSD loss (box regression + classification)")
+    axes[1].set_title("validation AP50 (model selection)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Detector training", y=1.03)
+    return plots._png(fig)
+
+
 def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFrame, gallery: bool = True) -> dict:
     """Figures (PNG bytes) of a detection run."""
     cm = metrics["frame_level"]["confusion_matrix"]
     figures = {"frame_confusion": plots.confusion_matrix_png(cm["labels"], cm["matrix"], "Frame decision")}
+    folds = sorted(int(d.name[5:]) for d in run.glob("fold_*") if d.name[5:].isdigit())
+    histories = {
+        f"fold {k}": loss_history(run / f"fold_{k}" / "logs" / "csv" / LOG_STAGE / "metrics.csv") for k in folds
+    }
+    histories = {k: h for k, h in histories.items() if h}
+    if histories:
+        figures["det_curves"] = loss_curves_png(histories)
     if gallery:
         from medcad.data.boxes import manifest_boxes
         from medcad.data.datasets import cached_images
 
         images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
-        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, metrics["labels"])
+        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, metrics["labels"], frame_classes=cfg.frame_classes)
         figures["detections"] = sample_tiles(
             run, manifest, images, boxes, pred, metrics["labels"], metrics["score_threshold"]
         )
