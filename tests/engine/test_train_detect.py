@@ -3,7 +3,6 @@ and a video, report; the colonoscopy design's frame classes (normal / unclear / 
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -186,13 +185,6 @@ def test_frame_classes_three_class_run(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(DataError, match="no image's label"):
         boxes_module.manifest_boxes(_manifest(csv), 64, frame_classes="normal,polyp")
 
-    # engine/train.py and engine/evaluate.py read boxes without the frame classes so far: this stands in for their
-    # passing frame_classes=cfg.frame_classes (harmless once they do)
-    monkeypatch.setattr(
-        boxes_module,
-        "manifest_boxes",
-        functools.partial(boxes_module.manifest_boxes, frame_classes=cfg.frame_classes),
-    )
     run = tmp_path / "det3"
     m = train_run(csv.parent, run, cfg, progress=False)
     assert m["labels"] == labels

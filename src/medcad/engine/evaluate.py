@@ -52,7 +52,7 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     if "boxes" in get_task(cfg.task).targets:
         from medcad.data.boxes import manifest_boxes
 
-        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels)
+        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, run, boxes)
     atomic_write_text(run / "predictions.csv", pred.to_csv(index=False))
     write_json(run / "metrics.json", metrics)

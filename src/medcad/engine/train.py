@@ -251,7 +251,7 @@ def _prepare(
     if "boxes" in task.targets:
         from medcad.data.boxes import manifest_boxes
 
-        labels, boxes, box_problems = manifest_boxes(manifest, cfg.image_size)
+        labels, boxes, box_problems = manifest_boxes(manifest, cfg.image_size, frame_classes=cfg.frame_classes)
         if box_problems and write:
             log.warning(
                 "%d box problem(s), e.g. %s; all in %s", len(box_problems), box_problems[0], out / "box_problems.txt"

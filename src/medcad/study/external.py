@@ -61,7 +61,7 @@ def evaluate_external(
         from medcad.data.boxes import manifest_boxes
         from medcad.metrics.detection import detection_metrics
 
-        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels)
+        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
         metrics = detection_metrics(out["boxes"], boxes, labels, groups=groups)
     if out.get("probabilities") is not None:
         metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
