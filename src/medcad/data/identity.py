@@ -93,12 +93,18 @@ def run_samples(run: Path) -> dict[str, str | None] | None:
     return None
 
 
-def reconcile(manifest: Manifest, samples: dict[str, str | None], where: Path, new_images: str = "stop") -> Manifest:
+def reconcile(
+    manifest: Manifest,
+    samples: dict[str, str | None],
+    where: Path,
+    new_images: str = "stop",
+    why: str = "--new-images ignore",
+) -> Manifest:
     """Today's dataset restricted to a run's samples, or a DataError saying what changed and what to do.
 
     Removed or changed files stop (the run's predictions would be paired with other images). Added images join no
     fold: with `new_images="stop"` (the default) they stop with the choices; with "ignore" they are left out and a
-    note says how many.
+    note says how many and `why`.
 
     Raises:
         DataError: naming the run folder and the change.
@@ -123,7 +129,7 @@ def reconcile(manifest: Manifest, samples: dict[str, str | None], where: Path, n
         )
     added = set(change.added)
     kept = manifest.subset([i for i, k in enumerate(manifest.keys) if k not in added])
-    why = "added since the run was made: in no fold (--new-images ignore)"
+    why = f"added since the run was made: in no fold ({why})"
     kept.notes = [*manifest.notes, f"{len(added)} image(s) {why}"]
     kept.sources = manifest.sources
     if manifest.ledger is not None:

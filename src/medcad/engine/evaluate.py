@@ -35,7 +35,8 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     manifest = load_manifest(meta["data"], cfg.data_options())
     samples = run_samples(run)
     if samples is not None:  # removed or changed images stop; added ones are in no fold, so not evaluated
-        manifest = reconcile(manifest, samples, run, new_images="ignore")
+        why = "not evaluated: score them with `medcad evaluate RUN --data FOLDER`"
+        manifest = reconcile(manifest, samples, run, new_images="ignore", why=why)
     for note in manifest.notes:
         log.warning("note: %s", note)
     splits = load_splits(run / "splits.json", manifest)
