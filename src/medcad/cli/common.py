@@ -62,7 +62,9 @@ DATA_OPTIONS: dict[str, tuple[object, object]] = {
     "layout": (
         Annotated[
             str | None,
-            typer.Option(help="Force a layout: folders, csv, images-masks, coco.", rich_help_panel=_DATA),
+            typer.Option(
+                help="Force a layout: folders, csv, xlsx, images-masks, coco, labelme, cvat.", rich_help_panel=_DATA
+            ),
         ],
         None,
     ),

@@ -197,7 +197,7 @@ def load_manifest(
             what = "has no label" if not lab else f"label {lab!r} is not one of {sorted(allowed)}"
             manifest.problems.append((img, what))
         manifest.table = manifest.table[~bad].reset_index(drop=True)
-    whole = p.is_dir() or layout in ("csv", "coco")  # a single image file: nothing else to account for
+    whole = p.is_dir() or layout != "folders"  # a single image file: nothing else to account for
     used, sources = manifest.used_files(), manifest.sources
     manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
     manifest.notes.append(manifest.ledger.line())
@@ -253,7 +253,7 @@ def _rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "lab
     t["boxes"] = t["boxes"].map(boxes)
     extra = " (they differ only in case, spaces or Unicode form; --label-map sets others)" if "merged" in what else ""
     extra = " (Unicode composed form: accents as one character)" if "NFC" in what else extra
-    manifest.notes.append(f"{what}: " + ", ".join(f"{a!r} -> {b!r}" for a, b in mapping.items()) + extra)
+    manifest.notes.append(f"{what}: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()) + extra)
 
 
 def _patients_from_paths(manifest: Manifest, regex: str) -> None:
