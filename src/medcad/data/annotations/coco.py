@@ -1,0 +1,168 @@
+"""COCO JSON: boxes, and polygon or RLE segmentation (pycocotools) as masks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from medcad.config import DataOptions
+from medcad.data.annotations.shapes import (
+    _image_dims,
+    _load_json,
+    mask_folder,
+    write_mask,
+)
+from medcad.data.manifest import Manifest, make_table
+from medcad.errors import DataError
+
+
+def _coco_mask(seg, height: int, width: int) -> np.ndarray:
+    """One annotation's `segmentation` (polygons, uncompressed or compressed RLE) as bool (H, W)."""
+    import warnings
+
+    from pycocotools import mask as mu
+
+    if isinstance(seg, list):
+        polys = [p for p in seg if len(p) >= 6]  # pycocotools reads a 4-number polygon as a box
+        if not polys:
+            return np.zeros((height, width), bool)
+        rle = mu.merge(mu.frPyObjects(polys, height, width))
+    elif isinstance(seg.get("counts"), list):
+        rle = mu.frPyObjects(seg, *seg["size"])
+    else:
+        rle = dict(seg)
+    if list(rle["size"]) != [height, width]:
+        raise ValueError(f"RLE size {rle['size'][1]}x{rle['size'][0]} is not the image's {width}x{height}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)  # pycocotools, NumPy 2
+        return mu.decode(rle).astype(bool)
+
+
+def _poly_outside(seg, width: int, height: int) -> bool:
+    if not isinstance(seg, list):
+        return False
+    xs = [v for p in seg for v in p[0::2]]
+    ys = [v for p in seg for v in p[1::2]]
+    return bool(xs) and (min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height)
+
+
+def read_coco(path: Path, options: DataOptions) -> Manifest:
+    """A COCO JSON: boxes per image (label: its most frequent class, else 'background'), and when annotations carry
+    a `segmentation` (polygons or RLE) a mask per image, the union of its annotations' masks.
+
+    Refused with a reason (left out, counted): annotations whose category_id is not in `categories`, annotations
+    of images not listed in `images`, and in a segmentation file annotations with a box but no segmentation.
+    """
+    from medcad.data.layouts import _coco_json, _expand_frames
+
+    js = path if path.is_file() else _coco_json(path)
+    if js is None:
+        raise DataError(path, "no COCO JSON (with 'images' and 'annotations') found")
+    try:
+        coco = _load_json(js)
+        cats = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
+        images = [(im["id"], str(im["file_name"]), im.get("width"), im.get("height")) for im in coco["images"]]
+        anns = [a for a in coco.get("annotations", []) if a.get("image_id") is not None]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(js, f"not a valid COCO JSON ({type(e).__name__}: {e})") from e
+    root = js.parent
+    listed = {iid for iid, *_ in images}
+    by_image: dict = defaultdict(list)
+    dangling: dict = defaultdict(list)
+    for a in anns:
+        (by_image if a["image_id"] in listed else dangling)[a["image_id"]].append(a)
+    unknown = Counter(a.get("category_id") for a in anns if a.get("category_id") not in cats)
+    known = ", ".join(f"{k} {v!r}" for k, v in cats.items()) or "none"
+    segmented = any(a.get("segmentation") for a in anns)
+    folder = mask_folder(js) if segmented else None
+    rows, problems, no_ann, mixed = [], [], [], 0
+    n_clipped = 0
+    for k, (iid, name, width, height) in enumerate(images):
+        rel = next((c for c in (name, f"images/{name}") if (root / c).is_file()), None)
+        if rel is None:
+            problems.append((name, f"file not found next to {js.name} or in images/"))
+            continue
+        mine = by_image.get(iid, [])
+        bad = sorted({str(a.get("category_id")) for a in mine if a.get("category_id") not in cats})
+        if bad:
+            problems.append(
+                (rel, f"category_id {', '.join(bad)} not in the categories of {js.name} ({known}): refused")
+            )
+            continue
+        masks: list = [None] * len(mine)
+        if folder is not None:
+            no_seg = [str(a.get("id", "?")) for a in mine if not a.get("segmentation")]
+            if no_seg:
+                problems.append((rel, f"annotation {', '.join(no_seg)} has no segmentation: its mask would miss it"))
+                continue
+            dims = _image_dims(root / rel, width, height, f"{js.name} (image id {iid})")
+            if isinstance(dims, str):
+                problems.append((rel, dims))
+                continue
+            width, height = dims
+            try:
+                masks = [_coco_mask(a["segmentation"], height, width) for a in mine]
+            except (ValueError, TypeError, KeyError) as e:
+                problems.append((rel, f"a segmentation in {js.name} cannot be decoded ({e})"))
+                continue
+            n_clipped += sum(_poly_outside(a["segmentation"], width, height) for a in mine)
+        try:
+            boxes = [_ann_box(a, cats[a["category_id"]], m) for a, m in zip(mine, masks, strict=True)]
+        except (ValueError, TypeError) as e:
+            problems.append((rel, f"a bbox in {js.name} is not [x, y, width, height] ({e})"))
+            continue
+        boxes = [b for b in boxes if b is not None]
+        counts = Counter(b[4] for b in boxes) if boxes else Counter(cats[a["category_id"]] for a in mine)
+        mixed += len(counts) > 1
+        no_ann += [rel] if not mine else []
+        row = {
+            "image": rel,
+            "label": counts.most_common(1)[0][0] if counts else "background",
+            "boxes": json.dumps(boxes),
+        }
+        if folder is not None:
+            mask = np.logical_or.reduce(masks) if masks else np.zeros((height, width), bool)
+            row["mask"] = write_mask(folder / f"{k:06d}.png", mask, root)
+        rows.append(row)
+    for iid, those in dangling.items():
+        ids = ", ".join(str(a.get("id", "?")) for a in those[:5]) + (" ..." if len(those) > 5 else "")
+        problems.append(
+            (
+                f"{js.name}#image_id={iid}",
+                f"{len(those)} annotation(s) ({ids}) of image id {iid}, which is not in 'images'",
+            )
+        )
+    notes = []
+    if segmented:
+        notes.append("COCO segmentation (polygons / RLE) read as masks: the union of each image's annotations")
+    if unknown:
+        shown = ", ".join(f"{c} ({n} annotation(s))" for c, n in unknown.most_common())
+        notes.append(f"category ids not in the categories of {js.name} ({known}): {shown}; their images are left out")
+    if dangling:
+        n, ids = sum(len(v) for v in dangling.values()), ", ".join(map(str, list(dangling)[:5]))
+        notes.append(f"{n} annotation(s) name {len(dangling)} image id(s) not in 'images' ({ids}): left out, counted")
+    if no_ann:
+        what = "label 'background'" + (", empty mask" if segmented else "")
+        notes.append(f"{len(no_ann)} image(s) have no annotation: {what} (e.g. {no_ann[0]})")
+    if mixed:
+        notes.append(f"{mixed} image(s) have annotations of several categories: label = the most frequent one")
+    if n_clipped:
+        notes.append(f"{n_clipped} polygon(s) extend past their image's border: clipped to it")
+    rows = _expand_frames(rows, root, problems)
+    return Manifest(root, make_table(rows), "coco", problems, notes, sources=[js.name])
+
+
+def _ann_box(ann: dict, label: str, mask: np.ndarray | None) -> list | None:
+    """An annotation's [x0, y0, x1, y1, label]: from its bbox, else its mask's extent (x1, y1 exclusive); None
+    without either."""
+    if ann.get("bbox"):
+        x, y, w, h = ann["bbox"]
+        return [x, y, x + w, y + h, label]
+    ys, xs = np.nonzero(mask) if mask is not None else ((), ())
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, label] if len(xs) else None
+
+
+# --- CVAT for images --------------------------------------------------------------------------------------------

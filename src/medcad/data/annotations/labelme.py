@@ -1,0 +1,190 @@
+"""labelme JSON beside the images: polygons, rectangles, circles and masks rasterised at the image's size."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medcad.config import DataOptions
+from medcad.data.annotations.shapes import (
+    AREA_SHAPES,
+    Shape,
+    ShapeTally,
+    _fields,
+    _find_image,
+    _image_dims,
+    _image_label,
+    _label_notes,
+    _load_json,
+    clipped_box,
+    mask_folder,
+    rasterise,
+    write_mask,
+)
+from medcad.data.ledger import walk_files
+from medcad.data.manifest import Manifest, make_table
+from medcad.errors import DataError
+
+
+def is_labelme(data: object) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("shapes"), list) and "imagePath" in data
+
+
+def find_labelme(path: Path, limit: int = 20) -> Path | None:
+    """The first labelme JSON (with "shapes" and "imagePath") under a folder, looking into up to `limit` JSON
+    files; for `detect_layout`."""
+    seen = 0
+    for f in walk_files(path):
+        if f.suffix.lower() != ".json":
+            continue
+        seen += 1
+        if seen > limit:
+            break
+        try:
+            with open(f, encoding="utf-8-sig") as fh:
+                if '"shapes"' not in fh.read(8192):
+                    continue
+            if is_labelme(_load_json(f)):
+                return f
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def _labelme_shapes(data: dict, name: str) -> tuple[list[Shape], list[str], list[str]]:
+    """(area shapes, every shape's label, shapes without area) of one labelme JSON."""
+    import base64
+
+    shapes, labels, no_area = [], [], []
+    for k, sh in enumerate(data["shapes"]):
+        label = str(sh.get("label", "")).strip()
+        labels.append(label)
+        kind = AREA_SHAPES.get(sh.get("shape_type") or "polygon")
+        pts = [(float(p[0]), float(p[1])) for p in sh.get("points") or []]
+        where = f"{name} shape {k} {label!r}"
+        if kind == "polygon" and len(pts) >= 3:
+            shapes.append(Shape("polygon", tuple(pts), label, where))
+        elif kind == "rectangle" and len(pts) >= 2:
+            shapes.append(Shape("rectangle", (*pts[0], *pts[1]), label, where))
+        elif kind == "circle" and len(pts) >= 2:
+            r = math.dist(pts[0], pts[1])
+            shapes.append(Shape("ellipse", (*pts[0], r, r), label, where))
+        elif kind == "bitmap" and pts and sh.get("mask"):
+            arr = np.array(Image.open(io.BytesIO(base64.b64decode(sh["mask"]))), dtype=bool)
+            shapes.append(Shape("bitmap", (*pts[0], arr), label, where))
+        else:
+            no_area.append(where)
+    return shapes, labels, no_area
+
+
+def read_labelme(path: Path, options: DataOptions) -> Manifest:
+    """labelme JSON files beside (or near) their images: one row per image; its mask is the union of its
+    polygon, rectangle, circle and mask shapes, rasterised at the image's size; its label is its shapes' label
+    when they agree ('background' without shapes); every shape's label is kept in column `shape_labels`.
+
+    Images without a JSON get no label and no mask (unannotated, which is not lesion-free). With --pattern,
+    folders give columns as for the `folders` layout, and a folder label wins over the shapes'.
+    """
+    from medcad.data.layouts import _expand_frames, _is_media
+
+    if not path.is_dir():
+        raise DataError(path, "give the folder that holds the images and their labelme JSON files")
+    root = path
+    files = walk_files(root)
+    images = [f for f in files if _is_media(f)]
+    media = set(images)
+    by_image: dict[Path, tuple[Path, dict]] = {}
+    problems: list[tuple[str, str]] = []
+    sources: list[str] = []
+    for js in (f for f in files if f.suffix.lower() == ".json"):
+        rel = js.relative_to(root).as_posix()
+        try:
+            data = _load_json(js)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.append((rel, f"cannot parse as JSON ({e})"))
+            continue
+        if not is_labelme(data):
+            continue  # another JSON: the ledger lists it as not read
+        sources.append(rel)
+        image = _find_image(root, js.parent, str(data.get("imagePath") or ""))
+        if image is None:
+            image = next((f for f in images if f.parent == js.parent and f.stem == js.stem), None)
+        if image is None:
+            problems.append((rel, f"its image {data.get('imagePath')!r} (imagePath) is not found beside it"))
+        elif image not in media:
+            problems.append((rel, f"its image {data.get('imagePath')!r} is not under {root.name}/: not read"))
+        elif image in by_image:
+            problems.append((rel, f"{by_image[image][0].name} already annotates {image.name}: second JSON not used"))
+        else:
+            by_image[image] = (js, data)
+
+    rows, no_json, empty, mixed, folder_wins, flagged = [], [], [], [], [], 0
+    tally = ShapeTally([], [], [])
+    for img in images:
+        rel = img.relative_to(root).as_posix()
+        fields = _fields(img.parent.relative_to(root).as_posix(), options)
+        if fields is None:
+            problems.append((rel, f"folder does not fit the pattern {options.pattern!r}"))
+            continue
+        row: dict = {"image": rel, **fields}
+        if img not in by_image:
+            no_json.append(rel)
+            rows.append(row)
+            continue
+        js, data = by_image[img]
+        try:
+            shapes, labels, no_area = _labelme_shapes(data, js.name)
+        except (TypeError, ValueError, IndexError, KeyError, OSError) as e:
+            problems.append((rel, f"{js.name}: a shape cannot be read ({type(e).__name__}: {e})"))
+            continue
+        dims = _image_dims(img, data.get("imageWidth"), data.get("imageHeight"), js.name)
+        if isinstance(dims, str):
+            problems.append((rel, dims))
+            continue
+        w, h = dims
+        tally.no_area += no_area
+        mask = rasterise(shapes, w, h, tally)
+        row["mask"] = write_mask(mask_folder(js) / "mask.png", mask, root)
+        row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in shapes])
+        row["shape_labels"] = json.dumps(labels)
+        flags = [k for k, v in (data.get("flags") or {}).items() if v is True]
+        if flags:
+            row["flags"], flagged = json.dumps(flags), flagged + 1
+        label = _image_label(labels)
+        empty += [rel] if not labels else []
+        mixed += [(rel, labels)] if not label else []
+        if row.get("label") and label and row["label"] != label:
+            folder_wins.append(rel)
+        row.setdefault("label", label)
+        rows.append(row)
+    notes = [
+        f"labelme: {len(sources)} JSON file(s) annotate {len(by_image)} of {len(images)} images; each mask is the "
+        "union of its polygon/rectangle/circle/mask shapes, drawn at the image's size (imageWidth x imageHeight)"
+    ]
+    notes += _label_notes(mixed, empty, "a JSON")
+    if no_json:
+        notes.append(
+            f"{len(no_json)} image(s) have no labelme JSON: no label and no mask (e.g. {no_json[0]}); "
+            "--missing-masks empty would count them as lesion-free"
+        )
+    if folder_wins:
+        notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
+    if flagged:
+        notes.append(f"{flagged} image(s) have labelme flags set: kept in column 'flags', not used as labels")
+    folders = {Path(r["image"]).parent for r in rows}
+    if len(folders) > 1 and not options.pattern:
+        notes.append(
+            f"the images are in {len(folders)} folders, whose names are not read as labels; "
+            "give --pattern '{label}' (or e.g. '{domain}/{label}') to read them"
+        )
+    notes += tally.notes()
+    rows = _expand_frames(rows, root, problems)
+    return Manifest(root, make_table(rows), "labelme", problems, notes, sources=sources)
+
+
+# --- COCO -------------------------------------------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""What every annotation reader shares: shapes, their rasterisation into cached mask files, image sizes and
+labels, and the notes a reader writes about them (see the package docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from medcad.config import DataOptions
+from medcad.data.cache import cache_dir
+from medcad.data.io import image_size
+from medcad.errors import DataError
+
+MASK_VERSION = 1  # part of the cache key: raise it when rasterising changes
+AREA_SHAPES = {"polygon": "polygon", "rectangle": "rectangle", "circle": "circle", "mask": "bitmap"}
+
+
+# --- rasterising ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One annotated region in pixel coordinates of its image.
+
+    Attributes:
+        kind: "polygon" (data: ((x, y), ...)), "rectangle" (x0, y0, x1, y1; corners inclusive, as labelme draws),
+            "ellipse" (cx, cy, rx, ry) or "bitmap" (left, top, bool (h, w) array).
+        label: its class name.
+        where: the shape in its source, for messages ("a.json shape 2").
+    """
+
+    kind: str
+    data: tuple
+    label: str
+    where: str
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        if self.kind == "polygon":
+            xs, ys = [p[0] for p in self.data], [p[1] for p in self.data]
+            return min(xs), min(ys), max(xs), max(ys)
+        if self.kind == "rectangle":
+            x0, y0, x1, y1 = self.data
+            return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+        if self.kind == "ellipse":
+            cx, cy, rx, ry = self.data
+            return cx - rx, cy - ry, cx + rx, cy + ry
+        left, top, arr = self.data
+        return left, top, left + arr.shape[1], top + arr.shape[0]
+
+
+@dataclass
+class ShapeTally:
+    """Shapes that needed a decision, across one read (each an example for the note)."""
+
+    clipped: list[str]
+    outside: list[str]
+    no_area: list[str]
+
+    def notes(self) -> list[str]:
+        out = []
+        for items, what in (
+            (self.clipped, "extend past their image's border: clipped to it"),
+            (self.outside, "lie wholly outside their image: nothing drawn"),
+            (self.no_area, "have no area (lines, points, polygons of < 3 points): not in the masks, labels kept"),
+        ):
+            if items:
+                out.append(f"{len(items)} shape(s) {what} (e.g. {', '.join(items[:3])})")
+        return out
+
+
+def rasterise(shapes: list[Shape], width: int, height: int, tally: ShapeTally) -> np.ndarray:
+    """The union of the shapes' pixels as bool (H, W), drawn as labelme draws them (PIL, outline included);
+    shapes past the border are clipped and counted in `tally`."""
+    im = Image.new("1", (width, height))
+    draw = ImageDraw.Draw(im)
+    bitmaps = []
+    for s in shapes:
+        x0, y0, x1, y1 = s.bounds()
+        if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
+            tally.outside.append(s.where)
+            continue
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            tally.clipped.append(s.where)
+        if s.kind == "polygon":
+            draw.polygon([(float(x), float(y)) for x, y in s.data], fill=1, outline=1)
+        elif s.kind == "rectangle":
+            draw.rectangle((x0, y0, x1, y1), fill=1, outline=1)
+        elif s.kind == "ellipse":
+            draw.ellipse((x0, y0, x1, y1), fill=1, outline=1)
+        else:
+            bitmaps.append(s.data)
+    mask = np.array(im, dtype=bool)  # (H, W)
+    for left, top, arr in bitmaps:
+        left, top = int(round(left)), int(round(top))
+        ys, xs = (
+            slice(max(top, 0), min(top + arr.shape[0], height)),
+            slice(max(left, 0), min(left + arr.shape[1], width)),
+        )
+        mask[ys, xs] |= arr[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left]
+    return mask
+
+
+def clipped_box(s: Shape, width: int, height: int) -> list[float]:
+    """[x0, y0, x1, y1] of a shape, clipped to the image."""
+    x0, y0, x1, y1 = s.bounds()
+    return [max(0, x0), max(0, y0), min(width, x1), min(height, y1)]
+
+
+def mask_folder(source: Path) -> Path:
+    """The cache folder of the masks rasterised from one source file (keyed by its path, size and mtime)."""
+    st = source.stat()
+    key = f"v{MASK_VERSION}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return cache_dir() / "annotation_masks" / hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def write_mask(path: Path, mask: np.ndarray, root: Path) -> str:
+    """Save a bool mask as a 0/255 PNG (unless that file is already there) and return its path for the manifest:
+    relative to `root` (with `..`; absolute on another drive)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    try:
+        return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def _image_label(labels: list[str]) -> str:
+    """An image's label from its shapes' labels: 'background' for none, the label when all agree, else ''."""
+    distinct = set(labels)
+    return "background" if not labels else (labels[0] if len(distinct) == 1 else "")
+
+
+def _label_notes(mixed: list[tuple[str, list[str]]], empty: list[str], what: str) -> list[str]:
+    out = []
+    if empty:
+        out.append(
+            f"{len(empty)} image(s) have {what} without shapes: label 'background', empty mask (e.g. {empty[0]})"
+        )
+    if mixed:
+        rel, labels = mixed[0]
+        out.append(
+            f"{len(mixed)} image(s) have shapes of different labels (e.g. {rel}: {', '.join(sorted(set(labels)))}): "
+            "image label left empty; every shape's label is in column 'shape_labels'"
+        )
+    return out
+
+
+def _image_dims(image: Path, width, height, source: str) -> tuple[int, int] | str:
+    """(width, height) to draw an image's shapes at: the size the annotation declares, which must be the image's
+    (the image's own when it declares none); else why its shapes cannot be drawn on the image."""
+    try:
+        w, h = image_size(image)
+    except DataError as e:
+        return e.problem
+    if width and height and (int(width), int(height)) != (w, h):
+        return f"{source} is for a {width}x{height} image but the image is {w}x{h}: its shapes would not fit"
+    return w, h
+
+
+def _find_image(root: Path, base: Path, name: str) -> Path | None:
+    """An annotated image file: `name` (Windows separators read as '/') under `base`, else under `base/images`,
+    else a file of the same stem beside `base`."""
+    name = name.replace("\\", "/").strip()
+    for cand in (base / name, base / "images" / name, root / name, root / "images" / name):
+        if name and cand.is_file():
+            return Path(os.path.normpath(cand))  # `a/../b.png` as `b.png`, the path the folder walk gives
+    return None
+
+
+def _fields(rel_dir: str, options: DataOptions) -> dict[str, str] | None:
+    """Columns from the folder by --pattern ({} without one), None when the folder does not fit it."""
+    if not options.pattern:
+        return {}
+    from medcad.data.layouts import _pattern_regex
+
+    match = _pattern_regex(options.pattern).match(rel_dir) if rel_dir != "." else None
+    return None if match is None else {k: v for k, v in match.groupdict().items() if v is not None}
+
+
+# --- labelme ----------------------------------------------------------------------------------------------------
+
+
+def _load_json(path: Path) -> object:
+    with open(path, encoding="utf-8-sig") as f:
+        return json.load(f)
