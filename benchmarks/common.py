@@ -1,0 +1,28 @@
+"""What every benchmark JSON carries: the machine it was measured on (CPU model, kind and flags, cores, GPUs, runtime
+versions) and the date, beside the figures."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+
+from medcad.devices import machine
+
+
+def write_result(path: str | Path, result: dict) -> Path:
+    """Write `result` as JSON with `machine` (medcad.devices.machine().to_dict() + versions) and `date` added."""
+    versions = {}
+    for package in ("torch", "onnxruntime", "openvino", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    out = {**result, "machine": {**machine().to_dict(), "versions": versions}, "date": date.today().isoformat()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    tmp.replace(path)
+    return path
