@@ -105,8 +105,136 @@ def setting_types() -> dict[str, object]:
 
 
 def coerce_setting(name: str, value: object) -> object:
-    """A `TrainConfig` setting's value converted to the field's type (see `coerce_value`); None stays None."""
+    """A `TrainConfig` setting's value converted to the field's type (see `coerce_value`); None stays None. `stages`
+    (text, JSON or a list of mappings) is checked and kept as text (`stages_text`)."""
+    if name == "stages" and value is not None:
+        return stages_text(value)
     return None if value is None else coerce_value(name, value, setting_types()[name])
+
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+STAGED_TASKS = ("classify", "multilabel")  # tasks whose fold trainer runs a `stages` list
+_STAGE_KEYS = ("epochs", "layers", "lr", "optimizer", "cached")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a classifier's training (`TrainConfig.stages`).
+
+    Attributes:
+        epochs: epochs of the stage (0: skipped); the best validation epoch is kept, as in every fit.
+        layers: what trains: "all" (every layer), "head" (the new head alone), or "lastN" (the last N layers with
+            weights, counted from the output as Keras counts weight layers: each Linear, Conv and BatchNorm module
+            with its own parameters is one layer, the head's included; ResNet50 + the mlp head: last4 = the head's
+            three Linear layers and layer4's last BatchNorm, last21 = layer4 and a linear head).
+        lr: learning rate of the pretrained layers; new layers (the head) learn at lr x `new_layer_lr_factor`.
+        optimizer: adam | adamw; None: the run's `optimizer`.
+        cached: "head" only: train on backbone features computed once (fast, but without augmentation).
+    """
+
+    epochs: int
+    layers: str
+    lr: float
+    optimizer: str | None = None
+    cached: bool = False
+
+    @property
+    def last(self) -> int | None:
+        """N of "lastN", else None."""
+        return int(self.layers[4:]) if self.layers.startswith("last") else None
+
+    def text(self) -> str:
+        """The compact form: EPOCHS:LAYERS:LR[:OPTIMIZER][:cached]."""
+        parts = [str(self.epochs), self.layers, f"{self.lr:g}", *([self.optimizer] if self.optimizer else [])]
+        return ":".join(parts + (["cached"] if self.cached else []))
+
+
+def _stage(item: object, where: str) -> Stage:
+    """One stage from its compact text or a mapping; raises ConfigError naming `where` and what is wrong."""
+    form = "EPOCHS:LAYERS:LR[:OPTIMIZER][:cached], e.g. 5:all:1e-4:adam or 5:head:1e-3:adamw:cached"
+    if isinstance(item, str):
+        fields_ = [f.strip() for f in item.strip().split(":")]
+        if len(fields_) < 3:
+            raise ConfigError(f"stages: {where} {item!r} is not {form}")
+        d: dict[str, object] = {"epochs": fields_[0], "layers": fields_[1], "lr": fields_[2]}
+        for extra in fields_[3:]:
+            d["cached" if extra == "cached" else "optimizer"] = True if extra == "cached" else extra
+    elif isinstance(item, dict):
+        unknown = sorted(set(map(str, item)) - set(_STAGE_KEYS))
+        if unknown or not {"epochs", "layers", "lr"} <= set(item):
+            raise ConfigError(
+                f"stages: {where} needs keys epochs, layers, lr (optional: optimizer, cached); "
+                f"{'unknown: ' + ', '.join(unknown) if unknown else 'got ' + ', '.join(map(str, item))}"
+            )
+        d = dict(item)
+    elif isinstance(item, Stage):
+        d = dataclasses.asdict(item)
+    else:
+        raise ConfigError(f"stages: {where} is {item!r}, not {form} or a mapping")
+    try:
+        epochs = coerce_value("epochs", d["epochs"], int)
+        lr = coerce_value("lr", d["lr"], float)
+        cached = coerce_value("cached", d.get("cached") or False, bool)
+    except ConfigError as e:
+        raise ConfigError(f"stages: {where}: {e}") from e
+    layers = "".join(str(d["layers"]).lower().split()).replace("-", "").replace("_", "")
+    optimizer = str(d["optimizer"]).lower() if d.get("optimizer") else None
+    if not (layers in ("all", "head") or (layers.startswith("last") and layers[4:].isdigit() and int(layers[4:]))):
+        raise ConfigError(f"stages: {where}: layers {d['layers']!r} is not all, head or last N (N >= 1)")
+    if epochs < 0 or not lr > 0:
+        raise ConfigError(f"stages: {where}: epochs must be >= 0 and lr > 0 (got {epochs}, {lr:g})")
+    if optimizer is not None and optimizer not in OPTIMIZERS:
+        raise ConfigError(f"stages: {where}: unknown optimizer {optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
+    if cached and layers != "head":
+        raise ConfigError(f"stages: {where}: only a head stage trains on cached features (layers {layers})")
+    return Stage(epochs, layers, lr, optimizer, cached)
+
+
+def parse_stages(value: object) -> tuple[Stage, ...]:
+    """A stage list from the compact text ("5:all:1e-4:adam,30:last4:1e-3:adam"), a JSON list of mappings
+    ('[{"epochs": 5, "layers": "all", "lr": 1e-4}]'), or a list of mappings / `Stage`s (a study file).
+
+    Raises:
+        ConfigError: an empty list, or a stage that is not EPOCHS:LAYERS:LR[:OPTIMIZER][:cached].
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"stages: {text!r} is not a JSON list ({e})") from e
+        else:
+            value = [s for s in text.split(",") if s.strip()]
+    if isinstance(value, dict | Stage):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"stages: {value!r} is not a list of stages (e.g. 5:all:1e-4:adam,30:last4:1e-3:adam)")
+    return tuple(_stage(item, f"stage {i + 1}") for i, item in enumerate(value))
+
+
+def stages_text(value: object) -> str:
+    """A stage list given in any form `parse_stages` reads as text, checked: text as given (so that a run's
+    config.json reads back equal to the settings it was made with), a list as its compact form."""
+    stages = parse_stages(value)
+    return value.strip() if isinstance(value, str) else ",".join(s.text() for s in stages)
+
+
+def run_stages(cfg: TrainConfig) -> tuple[Stage, ...] | None:
+    """The run's stage list, or None for the task's built-in order.
+
+    Raises:
+        ConfigError: stages for a task that trains in one built-in stage (segment, multitask, detect).
+    """
+    if cfg.stages is None:
+        return None
+    if cfg.task not in STAGED_TASKS:
+        raise ConfigError(
+            f"stages apply to {' and '.join(STAGED_TASKS)} runs; a {cfg.task} run trains in one stage of every "
+            "layer: drop 'stages' and set epochs, lr, optimizer, schedule and new_layer_lr_factor instead"
+        )
+    return parse_stages(cfg.stages)
 
 
 # Settings that say where a run computes, not what it computes, or how a rerun treats changed data: a run resumes
@@ -155,8 +283,15 @@ class TrainConfig(DataOptions):
     freeze_stride: int | None = None
     lr: float = 2e-4
     batch_size: int = 32
-    optimizer: str = "adamw"  # adam | adamw
+    optimizer: str = "adamw"  # adam | adamw (every task, every stage that names none)
     weight_decay: float = 1e-4
+    # new layers (classifier head; decoder and heads of mask models and detectors; every layer of a model trained
+    # from scratch) learn at this x the stage's lr, pretrained layers at lr
+    new_layer_lr_factor: float = 5.0
+    schedule: str = "cosine"  # cosine | constant: the learning rate over each fit's epochs
+    # classify / multilabel: a stage list that replaces the built-in head-then-fine-tune order (see `Stage`), in the
+    # compact form "5:all:1e-4:adam,30:last4:1e-3:adam"; None: the built-in order
+    stages: str | None = None
     label_smoothing: float = 0.0
     class_weights: bool = True
     oversample: bool = False

@@ -64,6 +64,24 @@ def train(
         ),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Stage-2 backbone learning rate.")] = None,
+    head_lr: Annotated[float | None, typer.Option(help="Stage-1 learning rate of the head on cached features.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or adamw (default), every task and stage.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 1e-4).")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Learning rate over each fit's epochs: cosine (default) or constant.")
+    ] = None,
+    new_layer_lr_factor: Annotated[
+        float | None,
+        typer.Option(help="New layers (head, decoder, detection heads, from-scratch models) learn at this x lr (5)."),
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            help="classify/multilabel: stages replacing head-then-fine-tune, EPOCHS:LAYERS:LR[:OPTIMIZER][:cached] "
+            "comma-separated, LAYERS all, head or lastN (weight layers from the output), e.g. "
+            "'5:all:1e-4:adam,30:last4:1e-3:adam'; or a JSON list of {epochs, layers, lr, optimizer, cached}."
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Stage-2 batch size.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     augment: Annotated[str | None, typer.Option(help="kvasir, light or none.")] = None,
@@ -131,6 +149,12 @@ def train(
             unfreeze=unfreeze,
             freeze_stride=freeze_stride,
             lr=lr,
+            head_lr=head_lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            new_layer_lr_factor=new_layer_lr_factor,
+            stages=stages,
             batch_size=batch_size,
             image_size=image_size,
             augment=augment,
@@ -159,8 +183,10 @@ def train(
         cfg = TrainConfig().replace(**overrides)
         if holdout is not None:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "folds": None})
+        from medcad.engine.modules import schedule_note
         from medcad.report.console import print_metrics
 
+        _say_notes([schedule_note(cfg)])  # optimiser, learning rate per parameter group, schedule (or stages)
         if repeats > 1:
             from medcad.engine.train import train_repeats
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medcad.cli.common import _fail, _report, app, with_data_options
+from medcad.cli.common import JsonOpt, _fail, _report, app, with_data_options
 from medcad.config import DataOptions
 from medcad.errors import MedcadError
 
@@ -24,11 +24,32 @@ def study(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a local one).")
     ] = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan", help="Print every run, its settings and training stages, and stop (trains and writes nothing)."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
     *,
     options: DataOptions,
 ) -> None:
     """Run (or resume) a study: protocols, several models on the same folds, DeLong comparisons, one report.
     Data options given here override the study file's settings."""
+    if plan:
+        try:
+            from medcad.study.runner import plan_study
+
+            planned = plan_study(study_file, options)
+        except MedcadError as e:
+            _fail(e)
+        if as_json:
+            import json
+
+            typer.echo(json.dumps(planned, indent=1, default=str))
+        else:
+            _print_plan(planned)
+        return
     try:
         from medcad.report.console import print_study
         from medcad.study.runner import run_study
@@ -38,6 +59,30 @@ def study(
         _report(Path(results["splits"]).parent, make_report)
     except MedcadError as e:
         _fail(e)
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "medcad's defaults"
+
+
+def _print_plan(plan: dict) -> None:
+    """`study --plan`: the study, then each run with its own settings and one line per training stage."""
+    found = "" if plan["data_found"] else " (not found yet: see the comment at the top of the study file)"
+    typer.echo(f"study {plan['name']}: {plan['file']}")
+    typer.echo(f"data: {plan['data']}{found}")
+    domains = f", domains {', '.join(plan['domains'])}" if plan["domains"] else ""
+    typer.echo(f"task {plan['task']}, protocol {plan['protocol']}{domains}; splits: {plan['splits']}")
+    typer.echo(f"settings (every run; the rest are medcad's defaults): {_settings_text(plan['settings'])}")
+    typer.echo(f"{len(plan['runs'])} runs:")
+    for i, r in enumerate(plan["runs"], 1):
+        trains = r["train_domains"] if r["train_domains"] == "all" else " + ".join(r["train_domains"])
+        init = f"; continues from {r['init']}" if r["init"] else ""
+        typer.echo(f"{i:3d}. {r['name']}  [{r['step']}; trains on {trains}{init}] -> {r['run']}")
+        if r["settings"]:
+            typer.echo(f"       own settings: {_settings_text(r['settings'])}")
+        for line in r["training"]:
+            typer.echo(f"       {line}")
+    typer.echo("nothing trained (--plan); `--plan --json` lists every setting of every run")
 
 
 @app.command()

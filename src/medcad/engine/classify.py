@@ -1,5 +1,14 @@
-"""The classifier's part of the fold loop: stage 1 trains the head on cached backbone features, stage 2 fine-tunes
-the last `unfreeze` parameter groups with augmentation (kept only when validation improves: see engine.fold)."""
+"""The classifier's part of the fold loop.
+
+Built-in order: stage 1 trains the head on cached backbone features, stage 2 fine-tunes the last `unfreeze` parameter
+groups with augmentation (kept only when validation improves: see engine.fold).
+
+With a stage list (`TrainConfig.stages`), its stages replace that order, at every step of a sequential transfer
+too: all but the last run before the fold's fit (each keeps its best validation epoch; checkpoints/stage<i>, a
+finished stage is not trained again when the fold resumes), the last is the fold's fit (checkpoints/stage<n>, kept
+only when validation improves on stage n-1). A last stage on cached features runs before the fit too, and the fold
+then has no fit of its own.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcad.config import TrainConfig
+from medcad.config import Stage, TrainConfig, run_stages
 from medcad.data.datasets import ImageDataset
 from medcad.data.transforms import Normalize, augmentation
-from medcad.devices import rank_zero_first
+from medcad.devices import is_primary, rank_zero_first
 from medcad.engine.common import (
     class_weights,
     fit,
@@ -22,7 +31,13 @@ from medcad.engine.common import (
 )
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
-from medcad.engine.modules import ClassifierModule, HeadModule, multilabel_val_score, val_score
+from medcad.engine.modules import (
+    ClassifierModule,
+    HeadModule,
+    multilabel_val_score,
+    stage_freeze_stride,
+    val_score,
+)
 from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
@@ -41,6 +56,29 @@ class _Probabilities(torch.nn.Module):
         return logits.sigmoid() if self.multilabel else logits.softmax(-1)
 
 
+def weight_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that hold weights of their own (Conv, Linear, BatchNorm, ...), from the input to the output (the
+    backbone's in registration order, then the head's): the "layers" a stage's "lastN" counts, as Keras counts a
+    model's weight layers."""
+    return [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+
+
+def train_layers(model: torch.nn.Module, stage: Stage) -> int:
+    """Make only the layers `stage` trains trainable ("all", "head" or the last N weight layers); returns the number
+    of trainable tensors."""
+    if stage.layers == "all":
+        params = list(model.parameters())
+    elif stage.layers == "head":
+        params = list(model.head.parameters())
+    else:
+        params = [p for m in weight_layers(model)[-stage.last :] for p in m.parameters(recurse=False)]
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in params:
+        p.requires_grad = True
+    return len(params)
+
+
 class ClassifyHooks(FoldHooks):
     stage = "stage2"
     before_stage = "stage1"
@@ -48,7 +86,23 @@ class ClassifyHooks(FoldHooks):
     tasks = ("classify",)
     multilabel = False
 
+    def _plan(self, cfg: TrainConfig) -> tuple[tuple[Stage, ...], Stage | None] | None:
+        """With a stage list: (the stages before the fold's fit, the fit's stage or None); None for the built-in
+        order."""
+        stages = run_stages(cfg)
+        if stages is None:
+            return None
+        if stages[-1].cached:  # trained on features: every stage runs before the fit, and there is no fit
+            return stages, None
+        return stages[:-1], stages[-1]
+
     def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
+        plan = self._plan(cfg)
+        if plan is not None:  # checkpoint folders and result names stage1 .. stage<n>
+            before, last = plan
+            n = len(before) + (last is not None)
+            self.stage = f"stage{n}"
+            self.before_stage = f"stage{len(before)}" if before else "stage1"
         task = get_task(self.tasks[0])
         model = task.build(cfg, len(data.labels), None)
         if init is not None:
@@ -59,10 +113,29 @@ class ClassifyHooks(FoldHooks):
         return class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights else None
 
     def before_fit(self, model, normalize, data, parts, cfg, fold_dir: Path, speed: dict, continued: bool) -> bool:
-        """Stage 1 (unless continuing from an earlier model): the frozen backbone runs once over every image
-        (features cached across folds and runs), then the head trains on the features alone."""
+        """Built-in order: stage 1 (unless continuing from an earlier model): the frozen backbone runs once over
+        every image (features cached across folds and runs), then the head trains on the features alone. With a
+        stage list: every stage before the fold's fit, whether continuing or not."""
+        plan = self._plan(cfg)
+        if plan is not None:
+            for i, stage in enumerate(plan[0], 1):
+                self._run_stage(i, stage, model, normalize, data, parts, cfg, fold_dir, speed)
+            return continued or bool(plan[0])
         if continued:
             return True
+        head = self._head_module(model, data, parts, cfg, cfg.head_lr, cfg.optimizer, "constant", cfg.head_epochs)
+        self._fit_head(head, model, normalize, data, parts, cfg, fold_dir, speed, "stage1", ("val_loss", "min", 10))
+        return True
+
+    def _head_module(self, model, data, parts, cfg, lr: float, optimizer: str, schedule: str, epochs: int):
+        w = self._weights(data, parts, cfg)
+        return HeadModule(
+            model.head, lr, cfg.weight_decay, optimizer, w, cfg.label_smoothing, self.multilabel, schedule, epochs
+        )
+
+    def _fit_head(self, head: HeadModule, model, normalize, data, parts, cfg, fold_dir, speed, name: str, monitor):
+        """Train the head alone on cached backbone features (the built-in stage 1, or a stage list's cached head
+        stage); the best epoch by `monitor` (name, mode, patience) is loaded into it."""
         from torch.utils.data import TensorDataset
 
         train, val, y = parts["train"], parts["val"], data.y
@@ -72,11 +145,7 @@ class ClassifyHooks(FoldHooks):
             )
         f = torch.from_numpy(feats)
         yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
-        w = self._weights(data, parts, cfg)
-        head = HeadModule(
-            model.head, cfg.head_lr, cfg.weight_decay, cfg.optimizer, w, cfg.label_smoothing, self.multilabel
-        )
-        trainer, ckpt = make_trainer(fold_dir, "stage1", cfg.head_epochs, cfg, "val_loss", "min", 10, False)
+        trainer, ckpt = make_trainer(fold_dir, name, head.max_epochs, cfg, *monitor, False)
         fit(
             trainer,
             head,
@@ -85,9 +154,68 @@ class ClassifyHooks(FoldHooks):
         )
         if ckpt.best_model_path:
             head.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
-        return True
+
+    def _run_stage(self, i: int, stage: Stage, model, normalize, data, parts, cfg, fold_dir: Path, speed) -> None:
+        """Stage i of a stage list, before the fold's fit: its layers trainable, its optimiser and learning rate, the
+        run's schedule; the best validation epoch (by AUC, early stopping after `patience`) kept. A stage finished
+        earlier (checkpoints/stage<i>/done) is loaded, not trained again."""
+        if stage.epochs == 0:
+            return
+        name = f"stage{i}"
+        folder = fold_dir / "checkpoints" / name
+        optimizer = stage.optimizer or cfg.optimizer
+        if stage.cached:
+            lr = stage.lr * cfg.new_layer_lr_factor  # the head is a new layer
+            module = self._head_module(model, data, parts, cfg, lr, optimizer, cfg.schedule, stage.epochs)
+        else:
+            model.train()
+            module = self._stage_module(stage, model, normalize, data, parts, cfg)
+        best = folder / "best.ckpt"
+        if (folder / "done").is_file() and best.is_file():
+            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+            return
+        monitor = (self.monitor, "max", cfg.patience)
+        if stage.cached:
+            self._fit_head(module, model, normalize, data, parts, cfg, fold_dir, speed, name, monitor)
+        else:
+            trainer, ckpt = make_trainer(fold_dir, name, stage.epochs, cfg, *monitor, False)
+            last = folder / "last.ckpt"
+            fit(trainer, module, *self.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
+            path = ckpt.best_model_path or (str(last) if last.is_file() else "")
+            if path:
+                module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+        if is_primary():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "done").write_text(f"{stage.text()}\n")
+
+    def _stage_module(self, stage: Stage, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+        train_layers(model, stage)
+        if stage_freeze_stride(cfg):
+            freeze_pretrained_encoder(model.backbone, cfg)
+        return ClassifierModule(
+            model,
+            normalize,
+            lr=stage.lr,
+            weight_decay=cfg.weight_decay,
+            optimizer=stage.optimizer or cfg.optimizer,
+            class_weights=self._weights(data, parts, cfg),
+            label_smoothing=cfg.label_smoothing,
+            max_epochs=stage.epochs,
+            multilabel=self.multilabel,
+            new_layer_lr_factor=cfg.new_layer_lr_factor,
+            schedule=cfg.schedule,
+        )
+
+    def epochs(self, cfg: TrainConfig) -> int:
+        plan = self._plan(cfg)
+        if plan is None:
+            return cfg.epochs
+        return plan[1].epochs if plan[1] is not None else 0
 
     def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+        plan = self._plan(cfg)
+        if plan is not None:
+            return self._stage_module(plan[1], model, normalize, data, parts, cfg)
         freeze_backbone(model, cfg.unfreeze)
         freeze_pretrained_encoder(model.backbone, cfg)
         return ClassifierModule(
@@ -100,6 +228,8 @@ class ClassifyHooks(FoldHooks):
             label_smoothing=cfg.label_smoothing,
             max_epochs=cfg.epochs,
             multilabel=self.multilabel,
+            new_layer_lr_factor=cfg.new_layer_lr_factor,
+            schedule=cfg.schedule,
         )
 
     def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:

@@ -115,6 +115,7 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
         self.model, self.n_classes = model, n_classes
         self.lr, self.weight_decay, self.optimizer_kind = cfg.lr, cfg.weight_decay, cfg.optimizer
         self.max_epochs, self.freeze_bn = cfg.epochs, cfg.weights != "none"
+        self.new_layer_lr_factor, self.schedule = cfg.new_layer_lr_factor, cfg.schedule
         self.images_per_s: list[float] = []
 
     def setup(self, stage: str) -> None:
@@ -160,14 +161,15 @@ class DetectorModule(TrainingThroughput, L.LightningModule):
         self.log("val_ap50", mean_ap(average_precision(preds, truths, self.n_classes, 0.5)), prog_bar=True)
 
     def configure_optimizers(self):
-        from medcad.engine.modules import make_optimizer
+        from medcad.engine.modules import optimizer_and_schedule
 
         body = [p for p in self.model.backbone.body.parameters() if p.requires_grad]
         new = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.body.") and p.requires_grad]
-        groups = [{"params": new, "lr": self.lr * 5}, {"params": body, "lr": self.lr}]  # new layers learn faster
-        opt = make_optimizer(self.optimizer_kind, groups, self.lr, self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.max_epochs))
-        return {"optimizer": opt, "lr_scheduler": sched}
+        lr_new = self.lr * self.new_layer_lr_factor  # new layers learn faster (5 x lr by default)
+        groups = [{"params": new, "lr": lr_new}, {"params": body, "lr": self.lr}]
+        return optimizer_and_schedule(
+            self.optimizer_kind, groups, self.lr, self.weight_decay, self.schedule, self.max_epochs
+        )
 
 
 def _boxes_in_part(boxes: list[np.ndarray], rows: np.ndarray) -> int:

@@ -7,16 +7,40 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcad.config import OPTIMIZERS, SCHEDULES, TrainConfig, run_stages
 from medcad.data.transforms import Normalize
 from medcad.engine.common import TrainingThroughput, gather_lists
+from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.classifier import Classifier
 
 
 def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam or AdamW (`kind`); raises ConfigError for another name."""
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {kind!r}; choose {' or '.join(OPTIMIZERS)}")
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def optimizer_and_schedule(
+    kind: str,
+    groups: list[dict],
+    lr: float,
+    weight_decay: float,
+    schedule: str,
+    max_epochs: int,
+):
+    """What `configure_optimizers` returns: the optimizer over `groups` (each with its own "lr"; empty groups
+    dropped), with a cosine decay over `max_epochs` (stepped per epoch) or a constant learning rate."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r}; choose {' or '.join(SCHEDULES)}")
+    opt = make_optimizer(kind, [g for g in groups if g["params"]], lr, weight_decay)
+    if schedule == "constant":
+        return opt
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
+    return {"optimizer": opt, "lr_scheduler": sched}
 
 
 def val_score(y: np.ndarray, probs: np.ndarray) -> float:
@@ -96,10 +120,13 @@ class HeadModule(_ValidationAUC, L.LightningModule):
         class_weights: torch.Tensor | None,
         label_smoothing: float = 0.0,
         multilabel: bool = False,
+        schedule: str = "constant",
+        max_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.head = head
         self.lr, self.weight_decay, self.optimizer_kind = lr, weight_decay, optimizer
+        self.schedule, self.max_epochs = schedule, max_epochs
         self.multilabel = multilabel
         self.loss = classification_loss(class_weights, label_smoothing, multilabel)
 
@@ -115,7 +142,11 @@ class HeadModule(_ValidationAUC, L.LightningModule):
         self._collect(logits, y, self.loss(logits, y))
 
     def configure_optimizers(self):
-        return make_optimizer(self.optimizer_kind, self.head.parameters(), self.lr, self.weight_decay)
+        params = [p for p in self.head.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": self.lr}]
+        return optimizer_and_schedule(
+            self.optimizer_kind, groups, self.lr, self.weight_decay, self.schedule, self.max_epochs
+        )
 
 
 class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
@@ -134,10 +165,13 @@ class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
         max_epochs: int = 10,
         augment=None,
         multilabel: bool = False,
+        new_layer_lr_factor: float = 5.0,
+        schedule: str = "cosine",
     ) -> None:
         super().__init__()
         self.model, self.normalize, self.augment = model, normalize, augment
         self.lr, self.weight_decay, self.optimizer_kind, self.max_epochs = lr, weight_decay, optimizer, max_epochs
+        self.new_layer_lr_factor, self.schedule = new_layer_lr_factor, schedule
         self.multilabel = multilabel
         self.loss = classification_loss(class_weights, label_smoothing, multilabel)
         self.images_per_s: list[float] = []
@@ -166,9 +200,80 @@ class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
         self._collect(logits, y, self.loss(logits, y))
 
     def configure_optimizers(self):
-        head = list(self.model.head.parameters())
+        # the new head learns at new_layer_lr_factor x lr, the backbone's trained layers at lr
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
         body = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        groups = [{"params": head, "lr": self.lr * 5}] + ([{"params": body, "lr": self.lr}] if body else [])
-        opt = make_optimizer(self.optimizer_kind, groups, self.lr, self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.max_epochs))
-        return {"optimizer": opt, "lr_scheduler": sched}
+        groups = [{"params": head, "lr": self.lr * self.new_layer_lr_factor}, {"params": body, "lr": self.lr}]
+        return optimizer_and_schedule(
+            self.optimizer_kind, groups, self.lr, self.weight_decay, self.schedule, self.max_epochs
+        )
+
+
+def stage_freeze_stride(cfg: TrainConfig) -> int:
+    """The freeze stride a run applies (`tasks.freeze_stride`); with a stage list, only one set explicitly (its
+    "all" means every layer)."""
+    from medcad.tasks import freeze_stride
+
+    if cfg.stages is not None and cfg.freeze_stride is None:
+        return 0
+    return freeze_stride(cfg.freeze_stride, cfg.task)
+
+
+def _lr(x: float) -> str:
+    return f"{x:g}"
+
+
+def _new_and_pretrained(cfg: TrainConfig, lr: float, new: str, pretrained: str) -> str:
+    f = cfg.new_layer_lr_factor
+    return f"{new} lr {_lr(lr * f)} ({_lr(f)} x {_lr(lr)}, new_layer_lr_factor), {pretrained} lr {_lr(lr)}"
+
+
+def schedule_lines(cfg: TrainConfig) -> list[str]:
+    """How a run optimises, one line per fit: the optimiser, the learning rate of each parameter group and the
+    schedule, as the Lightning modules will apply them (for the `note:` at the start of a run and `study --plan`).
+
+    Raises:
+        ConfigError: an unknown optimiser or schedule, or stages for a task that has none.
+    """
+    stages = run_stages(cfg)
+    for kind in [cfg.optimizer] + [s.optimizer for s in stages or () if s.optimizer]:
+        if kind not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {kind!r}; choose {' or '.join(OPTIMIZERS)}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose {' or '.join(SCHEDULES)}")
+    wd = f"weight decay {_lr(cfg.weight_decay)}"
+    sched = f"{cfg.schedule} schedule"
+    stride = stage_freeze_stride(cfg)
+    if stride:
+        sched += f"; a pretrained encoder keeps its stem and stages to stride {stride} (freeze_stride)"
+    if cfg.task in ("segment", "multitask"):
+        groups = _new_and_pretrained(cfg, cfg.lr, "decoder, heads and from-scratch models", "pretrained encoder")
+        return [f"{cfg.epochs} epochs of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
+    if cfg.task == "detect":
+        groups = _new_and_pretrained(cfg, cfg.lr, "SSD heads and extra layers", "backbone")
+        return [f"{cfg.epochs} epochs of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
+    if stages is None:
+        head = f"stage 1: {cfg.head_epochs} epochs of the head on cached features, {cfg.optimizer} ({wd}), lr "
+        head += f"{_lr(cfg.head_lr)}, constant"
+        layers = "every backbone group" if cfg.unfreeze >= 99 else f"the last {cfg.unfreeze} backbone groups"
+        body = _new_and_pretrained(cfg, cfg.lr, "head", "backbone")
+        tune = f"stage 2: {cfg.epochs} epochs of the head and {layers}, {cfg.optimizer} ({wd}), {body}, {sched}"
+        return [head, tune]
+    out = []
+    for i, s in enumerate(stages, 1):
+        what = {"all": "every layer", "head": "the head"}.get(s.layers, f"the last {s.last} weight layers")
+        opt = f"{s.optimizer or cfg.optimizer} ({wd})"
+        if s.layers == "head":
+            lrs = f"head lr {_lr(s.lr * cfg.new_layer_lr_factor)} ({_lr(cfg.new_layer_lr_factor)} x {_lr(s.lr)})"
+        else:
+            lrs = _new_and_pretrained(cfg, s.lr, "head", "backbone")
+        where = " on cached features" if s.cached else ""
+        out.append(f"stage {i}: {s.epochs} epochs of {what}{where}, {opt}, {lrs}, {sched}")
+    return out
+
+
+def schedule_note(cfg: TrainConfig) -> str:
+    """`schedule_lines` as the one `note:` line printed at the start of a run."""
+    lines = schedule_lines(cfg)
+    extra = " (the stage list replaces head_epochs, head_lr, epochs, lr and unfreeze)" if run_stages(cfg) else ""
+    return f"training{extra}: " + "; ".join(lines)

@@ -26,7 +26,7 @@ from medcad.engine.common import (
     reduced_precision,
 )
 from medcad.engine.fold import FoldData, FoldHooks
-from medcad.engine.modules import make_optimizer, val_score
+from medcad.engine.modules import optimizer_and_schedule, val_score
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
 from medcad.models.backbones import set_bn_eval
 from medcad.models.predict import predict_masks
@@ -67,10 +67,13 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         class_weights: torch.Tensor | None = None,
         class_loss_weight: float = 1.0,
         multitask: bool = False,
+        new_layer_lr_factor: float = 5.0,
+        schedule: str = "cosine",
     ) -> None:
         super().__init__()
         self.model, self.normalize = model, normalize
         self.lr, self.weight_decay, self.optimizer_kind, self.max_epochs = lr, weight_decay, optimizer, max_epochs
+        self.new_layer_lr_factor, self.schedule = new_layer_lr_factor, schedule
         self.class_loss = nn.CrossEntropyLoss(weight=class_weights)
         self.class_loss_weight, self.multitask = class_loss_weight, multitask
         self.images_per_s: list[float] = []
@@ -137,14 +140,15 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         self.log_dict(scores, prog_bar=True)
 
     def configure_optimizers(self):
-        # A pretrained encoder fine-tunes at lr; decoder, heads and from-scratch models learn at 5 x lr.
+        # A pretrained encoder fine-tunes at lr; decoder, heads and from-scratch models learn at
+        # new_layer_lr_factor x lr (5 by default).
         enc = [p for n, p in self.model.named_parameters() if p.requires_grad and ".encoder." in f".{n}"]
         ids = {id(p) for p in enc}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": rest, "lr": self.lr * 5}] + ([{"params": enc, "lr": self.lr}] if enc else [])
-        opt = make_optimizer(self.optimizer_kind, groups, self.lr, self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.max_epochs))
-        return {"optimizer": opt, "lr_scheduler": sched}
+        groups = [{"params": rest, "lr": self.lr * self.new_layer_lr_factor}, {"params": enc, "lr": self.lr}]
+        return optimizer_and_schedule(
+            self.optimizer_kind, groups, self.lr, self.weight_decay, self.schedule, self.max_epochs
+        )
 
 
 def frame_score_kind(labels: list[str], class_head: bool) -> tuple[str, int | None]:
@@ -191,6 +195,8 @@ class SegmentHooks(FoldHooks):
             class_weights=weights,
             class_loss_weight=cfg.class_loss_weight,
             multitask=multitask,
+            new_layer_lr_factor=cfg.new_layer_lr_factor,
+            schedule=cfg.schedule,
         )
 
     def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:

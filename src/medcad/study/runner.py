@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcad.config import DataOptions
+from medcad.config import STAGED_TASKS, DataOptions, TrainConfig
 from medcad.data.manifest import load_manifest
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
 from medcad.study.spec import ModelSpec, StudySpec, load_study
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,74 @@ def adjust_family(pairs: list[dict]) -> list[dict]:
     return pairs
 
 
+def _given(cfg: TrainConfig, than: TrainConfig) -> dict:
+    """The settings of `cfg` that differ from those of `than`."""
+    a, b = cfg.to_dict(), than.to_dict()
+    return {k: v for k, v in a.items() if v != b[k]}
+
+
+def plan_study(path: str | Path, data_options: DataOptions | None = None) -> dict:
+    """What a study would train, without training or writing anything: every run (protocol step, domains it trains
+    on, the run it continues from), its settings and its training stages (optimiser, learning rate per parameter
+    group, schedule). The data need not exist yet; it is read only to find the domains of a transfer protocol
+    whose file names none.
+
+    Raises:
+        ConfigError: a bad study file, settings that cannot train, or a protocol without its domains.
+    """
+    from medcad.engine.modules import schedule_lines
+
+    spec = load_study(path, check_data=False)
+    base = spec.base.replace(**data_options.given()) if data_options is not None else spec.base
+    found = spec.data.exists()
+    domains = list(spec.domains or [])
+    if not domains and found and spec.protocol not in ("holdout", "kfold", "compare"):
+        domains = sorted(set(load_manifest(spec.data, base.data_options()).table["domain"]) - {""})
+    runs = []
+    for e in expand(spec, domains):
+        cfg = base.replace(**e.model.settings)
+        training = schedule_lines(cfg)
+        if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
+            training[0] = f"stage 1: none (the head continues from {e.init}'s fold models)"
+        runs.append(
+            {
+                "name": e.name,
+                "step": e.step,
+                "train_domains": list(e.train_domains or []) or "all",
+                "init": e.init,
+                "run": f"runs/{_slug(e.name)}",
+                "settings": _given(cfg, base),
+                "training": training,
+                "config": cfg.to_dict(),
+            }
+        )
+    split = f"holdout {base.holdout:g}" if base.holdout is not None else f"{base.folds} folds"
+    return {
+        "name": spec.name,
+        "file": str(spec.path),
+        "data": str(spec.data),
+        "data_found": found,
+        "task": spec.task,
+        "protocol": spec.protocol,
+        "splits": str(spec.splits) if spec.splits else f"{split}, grouped by {base.group_by}, seed {base.seed}",
+        "domains": domains,
+        "settings": _given(base, TrainConfig()),
+        "runs": runs,
+    }
+
+
+def _say_training(jobs: list) -> None:
+    """One `note:` per distinct way the study's runs train (optimiser, learning rates, schedule, stages)."""
+    from medcad.engine.modules import schedule_note
+
+    notes: dict[str, list[str]] = {}
+    for job in jobs:
+        notes.setdefault(schedule_note(job.cfg), []).append(job.name)
+    for note, names in notes.items():
+        who = "every run" if len(notes) == 1 else ", ".join(names)
+        log.warning("note: %s: %s", who, note)
+
+
 def run_study(
     path: str | Path,
     out: str | Path | None = None,
@@ -202,6 +273,7 @@ def run_study(
                 study_dir / "runs" / _slug(e.init) if e.init else None,
             )
         )
+    _say_training(jobs)
     metrics |= runner.run(jobs, progress)
     rows = []
     for e in exps:

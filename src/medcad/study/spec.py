@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from medcad.config import TrainConfig, coerce_value, setting_types
+from medcad.config import OPTIMIZERS, SCHEDULES, TrainConfig, coerce_value, run_stages, setting_types, stages_text
 from medcad.errors import ConfigError
 
 PROTOCOLS = ("holdout", "kfold", "compare", "sequential", "combined", "cross_domain")
@@ -126,16 +126,36 @@ def _typed(path: Path, node: yaml.MappingNode, data: dict, types: dict[str, obje
         name = key_node.value
         if name in types and name in data:
             try:
-                out[name] = coerce_value(name, data[name], types[name]) if data[name] is not None else None
+                if data[name] is None:
+                    out[name] = None
+                elif name == "stages":  # a list of mappings, or the compact text
+                    out[name] = stages_text(data[name])
+                else:
+                    out[name] = coerce_value(name, data[name], types[name])
             except ConfigError as e:
                 raise ConfigError(f"{_where(path, key_node)}: {e}") from e
     return out
 
 
-def load_study(path: str | Path) -> StudySpec:
+def _check_training(path: Path, node: yaml.Node | None, cfg: TrainConfig) -> None:
+    """The optimiser, schedule and stage list of a run: known names, and stages only for a task that has them."""
+    try:
+        run_stages(cfg)
+        for what, value, known in (("optimizer", cfg.optimizer, OPTIMIZERS), ("schedule", cfg.schedule, SCHEDULES)):
+            if value not in known:
+                raise ConfigError(f"unknown {what} {value!r}; choose {' or '.join(known)}")
+    except ConfigError as e:
+        raise ConfigError(f"{_where(path, node) if node is not None else path}: {e}") from e
+
+
+def load_study(path: str | Path, check_data: bool = True) -> StudySpec:
     """Read and check a study file: every key known, none given twice, every value of its setting's type (converted
     as `TrainConfig.replace` does), so that a mistake fails here rather than after training started. Raises
-    ConfigError naming the file, line and key at fault."""
+    ConfigError naming the file, line and key at fault.
+
+    Args:
+        check_data: the data path must exist (False for `study --plan`, which trains nothing).
+    """
     path = Path(path)
     try:
         root, raw = _parse(path.read_text(encoding="utf-8"))
@@ -152,7 +172,7 @@ def load_study(path: str | Path) -> StudySpec:
     if data.get("data") is None:
         raise ConfigError(f"{path}: missing required key 'data' (the dataset path)")
     data_path = (path.parent / data["data"]).resolve()
-    if not data_path.exists():
+    if check_data and not data_path.exists():
         raise ConfigError(
             f"{_where(path, _child(root, 'data'))}: data path {data['data']!r} not found "
             f"(resolved to {data_path}; paths are relative to the study file)"
@@ -172,6 +192,7 @@ def load_study(path: str | Path) -> StudySpec:
     if top.get("holdout") is not None:
         top["folds"] = None
     base = TrainConfig().replace(**{**settings, **top})
+    _check_training(path, settings_node if settings_node is not None else root, base)
     if protocol == "holdout" and base.holdout is None:
         base = TrainConfig.from_dict({**base.to_dict(), "holdout": 0.2, "folds": None})
     models_node = _child(root, "models")
@@ -195,6 +216,7 @@ def load_study(path: str | Path) -> StudySpec:
             check_model_name(own.get("model") or base.model)
         except ConfigError as e:
             raise ConfigError(f"{_where(path, node) if node else path}: {e}") from e
+        _check_training(path, node, base.replace(**own))
         models.append(ModelSpec(m.get("name") or own.get("model") or base.model, own))
     names = [m.name for m in models]
     if len(set(names)) != len(names):
