@@ -1,7 +1,7 @@
 """Segmentation models: the output-dict contract per architecture, offline encoder weights, CBAM maps, learning.
 
 Parameters at the defaults (mask only): attention-unetpp 2.46 M, unet 5.20 M, unetpp 5.43 M (lite0 encoder),
-unet-vgg11 18.25 M; dsconv-resnet 0.19 M at 3 classes.
+unet-vgg11 18.25 M, unet-scratch 31.04 M, stunet-s 5.12 M; dsconv-resnet 0.19 M and renal-joint 0.65 M at 3 classes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_output_dict_in_train_and_eval_mode(arch: str, n_classes: int | None) ->
     model = create_segmenter(arch, n_classes=n_classes, weights="none").to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     seg = arch != "dsconv-resnet"
-    deep = arch == "attention-unetpp"
+    deep = arch in ("attention-unetpp", "renal-joint", "stunet-s")
     cam = {}
     model.get_submodule(cam_target_name(model)).register_forward_hook(lambda m, i, o: cam.update(out=o))
 
@@ -169,3 +169,67 @@ def test_tta_setting() -> None:
     assert not flip_tta("auto", "classify") and not flip_tta("none", "segment") and flip_tta("hflip", "classify")
     with pytest.raises(ConfigError, match="hflip"):
         flip_tta("vflip", "segment")
+
+
+def test_renal_joint_counts_its_depthwise_convs_and_is_lighter_than_attention_unetpp() -> None:
+    """Both halves convolve depthwise-separably; the parameter count includes those convs (none is frozen or
+    shared), and the UNet++ of depthwise-separable blocks has under a quarter of the full-conv one's parameters."""
+    model = create_segmenter("renal-joint", n_classes=3)
+    n_params = sum(p.numel() for p in model.parameters())
+    unique = {id(p): p.numel() for p in model.parameters() if p.requires_grad}
+    assert n_params == sum(unique.values())
+
+    def depthwise(module: torch.nn.Module) -> int:
+        return sum(
+            m.weight.numel()
+            for m in module.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1 and m.groups == m.out_channels
+        )
+
+    assert depthwise(model.segmenter) > 0 and depthwise(model.classifier) > 0
+    assert 0.6e6 < n_params < 0.7e6  # UNet++ 0.46 M + DSConvResNet 0.19 M
+    full = create_segmenter("attention-unetpp")
+    assert sum(p.numel() for p in model.segmenter.parameters()) < 0.25 * sum(p.numel() for p in full.parameters())
+    assert [n for n, _ in model.segmenter.nodes.named_children()] == [n for n, _ in full.nodes.named_children()]
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    assert len(attention_maps(model)) == 15  # a CBAM in every UNet++ node
+
+
+def test_renal_joint_trains_mask_and_class_together_on_one_disc() -> None:
+    """BCE + Dice (final and deep-supervision masks) + cross-entropy on one disc image: the loss falls, the disc
+    stands out in the mask, the class is learnt, and the class loss reaches the mask through the lesion gate."""
+    from medcad.engine.segment import bce_dice_loss
+
+    torch.manual_seed(0)
+    model = create_segmenter("renal-joint", n_classes=3, dropout=0.0).train()
+    x, m = _disc()
+    y = torch.tensor([2])
+
+    out = model(x)
+    torch.nn.functional.cross_entropy(out["class"], y).backward()
+    head = model.segmenter.heads[-1].weight.grad  # the final mask head, reached only through the gate
+    assert head is not None and head.abs().sum() > 0
+    model.zero_grad()
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        out = model(x)
+        seg = sum(bce_dice_loss(p, m) for p in [out["mask"], *out["aux"]]) / (1 + len(out["aux"]))
+        loss = seg + F.cross_entropy(out["class"], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0]
+    logits = out["mask"].detach()[0, 0]
+    assert logits[m[0, 0] > 0].mean() > logits[m[0, 0] == 0].mean() + 1  # the disc stands out
+    assert int(out["class"].argmax()) == 2
+
+
+@pytest.mark.parametrize("arch", ["renal-joint", "unet-scratch", "stunet-s"])
+def test_renal_archs_need_their_side_multiples(arch: str) -> None:
+    multiple = 32 if arch == "stunet-s" else 16
+    with pytest.raises(ValueError, match=f"divisible by {multiple}"):
+        create_segmenter(arch, n_classes=2)(torch.randn(1, 3, 48 if multiple == 32 else 40, 40))

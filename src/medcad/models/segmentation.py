@@ -10,6 +10,8 @@ Architectures (`ARCHS`), with their parameters at the defaults (mask only; a 3-c
   for tf_efficientnet_lite0..2: 5.20 M / 5.43 M with lite0.
 - "unet-vgg11": U-Net on a VGG11 encoder, TernausNet-like: 18.25 M; no offline weights ship.
 - "dsconv-resnet": DSConvResNet, the classification-only arm of the renal design: 0.19 M at 3 classes.
+- "renal-joint", "unet-scratch", "stunet-s": the renal design's joint network (depthwise-separable attention UNet++
+  + DSConvResNet on the lesion-gated image) and its from-scratch U-Net baselines, in `medcad.models.renal`.
 
 A multitask model pools the deepest features twice, over the whole image and weighted by the predicted lesion
 probability, so the class sees the lesion the mask found; the encoder runs once for both outputs.
@@ -41,7 +43,7 @@ __all__ = [
     "segmenter_data_config",
 ]
 
-ARCHS = ("attention-unetpp", "unet", "unetpp", "unet-vgg11", "dsconv-resnet")
+ARCHS = ("attention-unetpp", "unet", "unetpp", "unet-vgg11", "dsconv-resnet", "renal-joint", "unet-scratch", "stunet-s")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -213,7 +215,7 @@ def create_segmenter(
         weights: encoder weights of the smp models: "auto" (offline ImageNet weights when a package ships them,
             else random init with a warning), "hub" (download), "none", or a path to a state dict (timm or
             offline-package key names; torchvision's for "unet-vgg11", whose classifier is ignored).
-            "attention-unetpp" and "dsconv-resnet" always train from scratch and ignore it.
+            "attention-unetpp", "dsconv-resnet" and the renal archs always train from scratch and ignore it.
         dropout: dropout before the class head's linear layer, and Dropout2d on the AttentionNestedUNet
             bottleneck.
 
@@ -226,6 +228,10 @@ def create_segmenter(
         if n_classes is None:
             raise ConfigError("dsconv-resnet only classifies: give it a number of classes (multitask task)")
         return DSConvResNet(n_classes, dropout=dropout)
+    if arch in ("renal-joint", "unet-scratch", "stunet-s"):
+        from medcad.models.renal import create_renal_model  # renal builds on this module's blocks
+
+        return create_renal_model(arch, n_classes, dropout)
     seg = (
         AttentionNestedUNet(dropout=dropout)
         if arch == "attention-unetpp"
@@ -261,6 +267,8 @@ def cam_target_name(model: nn.Module, output: str = "class") -> str:
         if hasattr(enc, "features"):  # VGG: the last pooling is the deepest output
             return f"net.encoder.features.{len(enc.features) - 1}"
         return "net.encoder.model." + enc.model.feature_info.get_dicts()[-1]["module"]
+    if hasattr(model, "cam_target"):  # the models of medcad.models.renal name their own
+        return model.cam_target(output)
     raise ConfigError(f"no Grad-CAM target known for {type(model).__name__}")
 
 
