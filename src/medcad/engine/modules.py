@@ -223,6 +223,10 @@ def _lr(x: float) -> str:
     return f"{x:g}"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def _new_and_pretrained(cfg: TrainConfig, lr: float, new: str, pretrained: str) -> str:
     f = cfg.new_layer_lr_factor
     return f"{new} lr {_lr(lr * f)} ({_lr(f)} x {_lr(lr)}, new_layer_lr_factor), {pretrained} lr {_lr(lr)}"
@@ -248,16 +252,16 @@ def schedule_lines(cfg: TrainConfig) -> list[str]:
         sched += f"; a pretrained encoder keeps its stem and stages to stride {stride} (freeze_stride)"
     if cfg.task in ("segment", "multitask"):
         groups = _new_and_pretrained(cfg, cfg.lr, "decoder, heads and from-scratch models", "pretrained encoder")
-        return [f"{cfg.epochs} epochs of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
+        return [f"{_epochs(cfg.epochs)} of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
     if cfg.task == "detect":
         groups = _new_and_pretrained(cfg, cfg.lr, "SSD heads and extra layers", "backbone")
-        return [f"{cfg.epochs} epochs of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
+        return [f"{_epochs(cfg.epochs)} of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
     if stages is None:
-        head = f"stage 1: {cfg.head_epochs} epochs of the head on cached features, {cfg.optimizer} ({wd}), lr "
+        head = f"stage 1: {_epochs(cfg.head_epochs)} of the head on cached features, {cfg.optimizer} ({wd}), lr "
         head += f"{_lr(cfg.head_lr)}, constant"
         layers = "every backbone group" if cfg.unfreeze >= 99 else f"the last {cfg.unfreeze} backbone groups"
         body = _new_and_pretrained(cfg, cfg.lr, "head", "backbone")
-        tune = f"stage 2: {cfg.epochs} epochs of the head and {layers}, {cfg.optimizer} ({wd}), {body}, {sched}"
+        tune = f"stage 2: {_epochs(cfg.epochs)} of the head and {layers}, {cfg.optimizer} ({wd}), {body}, {sched}"
         return [head, tune]
     out = []
     for i, s in enumerate(stages, 1):
@@ -268,7 +272,7 @@ def schedule_lines(cfg: TrainConfig) -> list[str]:
         else:
             lrs = _new_and_pretrained(cfg, s.lr, "head", "backbone")
         where = " on cached features" if s.cached else ""
-        out.append(f"stage {i}: {s.epochs} epochs of {what}{where}, {opt}, {lrs}, {sched}")
+        out.append(f"stage {i}: {_epochs(s.epochs)} of {what}{where}, {opt}, {lrs}, {sched}")
     return out
 
 
