@@ -129,3 +129,147 @@ def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: P
     assert last["epoch"] == 2 and last["optimizer_states"]
     kept = torch.load(best.best_model_path, weights_only=False)
     assert kept["epoch"] == 1 and "optimizer_states" not in kept
+
+
+STAGES = "1:all:1e-4:adam,2:last4:1e-3:adam"
+
+
+def test_stages_read_in_every_form_and_are_refused_where_they_cannot_run() -> None:
+    from medcad.config import Stage, parse_stages, run_stages
+
+    compact = parse_stages("5:all:1e-4:adam, 30:last 4:1e-3:adam")
+    as_json = parse_stages(
+        '[{"epochs": 5, "layers": "all", "lr": 1e-4, "optimizer": "adam"},'
+        ' {"epochs": 30, "layers": "last-4", "lr": "1e-3", "optimizer": "adam"}]'
+    )
+    mappings = parse_stages(
+        [
+            {"epochs": 5, "layers": "all", "lr": "1e-4", "optimizer": "adam"},
+            {"epochs": "30", "layers": "last4", "lr": 0.001, "optimizer": "Adam"},
+        ]
+    )
+    assert compact == as_json == mappings == (Stage(5, "all", 1e-4, "adam"), Stage(30, "last4", 1e-3, "adam"))
+    assert parse_stages("5:head:1e-3:cached") == (Stage(5, "head", 1e-3, None, True),)
+    # text is kept as given (config.json reads back equal); a list becomes the compact form
+    assert TrainConfig().replace(stages=STAGES).stages == STAGES
+    assert TrainConfig().replace(stages=[{"epochs": 5, "layers": "head", "lr": 1e-3}]).stages == "5:head:0.001"
+    for bad, message in [
+        ("5:all", "is not EPOCHS:LAYERS:LR"),
+        ("5:some:1e-3", "layers 'some' is not all, head or last N"),
+        ("5:last0:1e-3", "is not all, head or last N"),
+        ("5:all:1e-3:sgd", "unknown optimizer 'sgd'"),
+        ("5:all:1e-3:cached", "only a head stage"),
+        ("x:all:1e-3", "epochs: 'x' is not a whole number"),
+        ("5:all:0", "lr > 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig().replace(stages=bad)
+    assert run_stages(TrainConfig()) is None
+    for task in ("segment", "multitask", "detect"):
+        with pytest.raises(ConfigError, match=f"stages apply to classify and multilabel runs; a {task} run"):
+            run_stages(TrainConfig(task=task, stages="5:all:1e-3"))
+
+
+def test_layers_optimiser_groups_and_schedule_are_the_settings() -> None:
+    import torch
+
+    from medcad.config import Stage
+    from medcad.data.transforms import Normalize
+    from medcad.engine.classify import train_layers, weight_layers
+    from medcad.engine.modules import ClassifierModule, schedule_note
+    from medcad.models.classifier import Classifier
+
+    model = Classifier("test_resnet", 2, head="mlp", weights="none")
+    layers = weight_layers(model)
+    train_layers(model, Stage(30, "last4", 1e-3))
+    trainable = [m for m in layers if all(p.requires_grad for p in m.parameters(recurse=False))]
+    # Keras' count: the head's three Linear layers and the backbone's last weight layer (a BatchNorm)
+    assert trainable == layers[-4:] and isinstance(trainable[0], torch.nn.BatchNorm2d)
+    assert [type(m) for m in trainable[1:]] == [torch.nn.Linear] * 3
+    assert train_layers(model, Stage(1, "head", 1e-3)) == 6 and not any(
+        p.requires_grad for p in model.backbone.parameters()
+    )
+    train_layers(model, Stage(1, "all", 1e-3))
+    assert all(p.requires_grad for p in model.parameters())
+
+    norm = Normalize([0.5] * 3, [0.5] * 3)
+    kw = dict(lr=1e-3, weight_decay=0.0, optimizer="adam", class_weights=None, max_epochs=4)
+    opt = ClassifierModule(model, norm, **kw, new_layer_lr_factor=1.0, schedule="constant").configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam) and [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]
+    default = ClassifierModule(model, norm, lr=2e-4, weight_decay=1e-4, optimizer="adamw", class_weights=None)
+    out = default.configure_optimizers()  # today's behaviour: head at 5 x lr, AdamW, cosine
+    assert isinstance(out["optimizer"], torch.optim.AdamW)
+    assert [g["lr"] for g in out["optimizer"].param_groups] == [pytest.approx(1e-3), 2e-4]
+    assert isinstance(out["lr_scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
+    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
+        ClassifierModule(model, norm, **{**kw, "optimizer": "sgd"}).configure_optimizers()
+
+    note = schedule_note(TrainConfig())
+    assert "head lr 0.001 (5 x 0.0002, new_layer_lr_factor), backbone lr 0.0002, cosine schedule" in note
+    note = schedule_note(TrainConfig(task="segment", lr=1e-3, optimizer="adam", schedule="constant"))
+    assert "adam (weight decay 0.0001), decoder, heads and from-scratch models lr 0.005 (5 x 0.001" in note
+    assert "constant schedule" in note
+
+
+def test_mask_and_box_modules_take_the_factor_and_schedule() -> None:
+    import torch
+    from torch import nn
+
+    from medcad.data.transforms import Normalize
+    from medcad.engine.detect import DetectorModule
+    from medcad.engine.segment import SegmentationModule
+
+    seg = nn.ModuleDict({"encoder": nn.Linear(2, 2), "decoder": nn.Linear(2, 2)})
+    norm = Normalize([0.5] * 3, [0.5] * 3)
+    m = SegmentationModule(seg, norm, lr=1e-3, weight_decay=0, optimizer="adam", max_epochs=3)
+    out = m.configure_optimizers()  # defaults: new layers at 5 x lr, cosine
+    assert [g["lr"] for g in out["optimizer"].param_groups] == [pytest.approx(5e-3), 1e-3]
+    m = SegmentationModule(
+        seg, norm, lr=1e-3, weight_decay=0, optimizer="adam", max_epochs=3, new_layer_lr_factor=1, schedule="constant"
+    )
+    opt = m.configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam) and [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]
+
+    det = nn.Module()
+    det.backbone = nn.Module()
+    det.backbone.body, det.head = nn.Linear(2, 2), nn.Linear(2, 2)
+    cfg = TrainConfig(task="detect", lr=1e-3, optimizer="adam", new_layer_lr_factor=2, schedule="constant")
+    opt = DetectorModule(det, 1, cfg).configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam) and [g["lr"] for g in opt.param_groups] == [2e-3, 1e-3]
+
+
+def test_a_stage_list_trains_every_stage_resumes_and_is_stored(easy_set: Path, tmp_path: Path, one_thread) -> None:
+    run = tmp_path / "run"
+    args = ["train", str(easy_set), "--out", str(run), "--model", "test_resnet", "--weights", "none", "--head", "mlp"]
+    args += ["--image-size", "32", "--folds", "2", "--batch-size", "8", "--val-fraction", "0.25", "--no-report"]
+    args += ["--stages", STAGES, "--new-layer-lr-factor", "1", "--schedule", "constant", "--optimizer", "adam"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "note: training (the stage list replaces head_epochs, head_lr, epochs, lr and unfreeze): stage 1: 1 " in (
+        res.output
+    )
+    assert "stage 2: 2 epochs of the last 4 weight layers, adam" in res.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["stages"], saved["new_layer_lr_factor"], saved["schedule"], saved["optimizer"]) == (
+        STAGES,
+        1.0,
+        "constant",
+        "adam",
+    )
+    for k in (0, 1):
+        fold = run / f"fold_{k}"
+        result = json.loads((fold / "result.json").read_text())
+        assert {"val_score_stage1", "val_score_stage2"} <= set(result) and result["selected_stage"] in (
+            "stage1",
+            "stage2",
+        )
+        assert (fold / "checkpoints" / "stage1" / "done").read_text().strip() == "1:all:0.0001:adam"
+    # an interrupted fold resumes: the finished stage 1 is loaded, not trained again
+    best1 = run / "fold_1" / "checkpoints" / "stage1" / "best.ckpt"
+    before = best1.stat().st_mtime_ns
+    (run / "fold_1" / "result.json").unlink()
+    train_run(easy_set, run, TrainConfig.load(run / "config.json"), progress=False)
+    assert best1.stat().st_mtime_ns == before and (run / "fold_1" / "result.json").is_file()
+
+    res = runner.invoke(app, ["train", str(easy_set), "--task", "segment", "--stages", STAGES, "--out", "s"])
+    assert res.exit_code == 2 and "stages apply to classify and multilabel runs" in res.output
