@@ -112,7 +112,7 @@ def _tiny_study(seed: Path, tmp_path: Path) -> Path:
 def test_seed_runs_end_to_end_at_tiny_size(
     seed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread
 ) -> None:
-    """About 85 s for the five on 2 cores (urinary and renal ~30 s each: 15 and 7 runs)."""
+    """About 80 s for the five on 2 cores (urinary ~30 s: 15 runs; renal ~38 s: 6 runs)."""
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     study = _tiny_study(seed, tmp_path)
     results = run_study(study, tmp_path / "out", progress=False)
