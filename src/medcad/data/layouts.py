@@ -10,7 +10,17 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.config import DataOptions
-from medcad.data.annotations import find_cvat, find_labelme, read_coco, read_cvat, read_labelme, read_sheet, read_xlsx
+from medcad.data.annotations import (
+    find_cvat,
+    find_dicom_seg,
+    find_labelme,
+    read_coco,
+    read_cvat,
+    read_dicom_seg,
+    read_labelme,
+    read_sheet,
+    read_xlsx,
+)
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import MASK_SEP, Manifest, make_table
@@ -107,6 +117,9 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
     labelme = find_labelme(path)
     if labelme is not None:
         return "labelme", f"labelme JSON files beside the images (e.g. {labelme.relative_to(path).as_posix()})"
+    seg = find_dicom_seg(path)
+    if seg is not None:
+        return "dicom-seg", f"DICOM SEG objects beside DICOM images (e.g. {seg.relative_to(path).as_posix()})"
     return "folders", "no manifest, paired image/mask folders or COCO JSON: folders of images"
 
 
@@ -404,11 +417,14 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
     from medcad.data.pairing import mask_base
 
     images = _walk(image_dir)
-    keys = {f.relative_to(image_dir).with_suffix("").as_posix() for f in images}
+    stems_in: dict[Path, set[str]] = defaultdict(set)  # image stems per sub-folder of the image folder
+    for f in images:
+        rel = f.relative_to(image_dir).with_suffix("")
+        stems_in[rel.parent].add(rel.name)
     masks: dict[str, list[Path]] = defaultdict(list)
     for f in _walk(mask_dir):
         rel = f.relative_to(mask_dir).with_suffix("")
-        base = mask_base(rel.name, {Path(k).name for k in keys if Path(k).parent == rel.parent}, options.mask_suffix)
+        base = mask_base(rel.name, stems_in.get(rel.parent, set()), options.mask_suffix)
         if base is None:
             problems.append(
                 (f.relative_to(path).as_posix(), f"mask without an image of the same name in {image_dir.name}/")
@@ -462,6 +478,7 @@ READERS = {
     "images-masks": read_images_masks,
     "coco": read_coco,
     "labelme": read_labelme,
+    "dicom-seg": read_dicom_seg,
     "cvat": read_cvat,
     "xlsx": read_xlsx,
 }
