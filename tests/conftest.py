@@ -71,6 +71,17 @@ def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _machine_read_per_test():
+    """medcad reads the machine once per process (MEDCAD_CPU_FLAGS included): a test that sets the variable must not
+    leave its reading to the next tests, whose worker processes (Ray, DataLoader) read the environment anew."""
+    from medcad import devices
+
+    devices.machine.cache_clear()
+    yield
+    devices.machine.cache_clear()
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for the test: training tests may share the 2 cores with other work, where two
