@@ -82,7 +82,7 @@ class Ledger:
         if self.unread:
             kinds = Counter(reason_kind(r) for _, r in self.unread)
             shown = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-            out += f"; {len(self.unread)} file(s) under {self.root.name}/ not read ({shown})"
+            out += f"; {len(self.unread)} file(s) under {self.root.resolve().name}/ not read ({shown})"
         return out
 
     def table(self) -> pd.DataFrame:

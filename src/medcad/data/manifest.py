@@ -102,7 +102,7 @@ class Manifest:
         first = "; ".join(f"{p}: {r}" for p, r in self.ledger.left_out[:5])
         more = f" (and {len(self.ledger.left_out) - 5} more)" if len(self.ledger.left_out) > 5 else ""
         raise DataError(
-            self.root,
+            self.root.resolve(),
             f"{self.ledger.line()}: {first}{more}. Fix them, or rerun with --allow-missing to go on without them "
             "(`medcad data inspect` lists every one)",
         )

@@ -243,9 +243,12 @@ def _prepare(
     the decoded-image and mask caches. Returns (manifest, labels, boxes, masks, splits, images, decode seconds)."""
     task = get_task(cfg.task)
     manifest = load_manifest(data, cfg.data_options())
+    said = len(manifest.notes)
+    for note in manifest.notes if write else []:  # how the data was read, before any refusal
+        log.warning("note: %s", note)
     manifest.check_complete(cfg.allow_missing)
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
-    for note in manifest.notes if write else []:
+    for note in manifest.notes[said:] if write else []:  # what changed since the run was made
         log.warning("note: %s", note)
     boxes = None
     if "boxes" in task.targets:

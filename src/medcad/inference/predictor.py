@@ -13,7 +13,10 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import torch
 from medcad.checkpoint import load_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import max_pixels, read_image
+from medcad.data.io import MAX_PIXELS_ENV, max_pixels, read_image
 from medcad.data.transforms import Normalize
 from medcad.devices import torch_device
 from medcad.errors import ConfigError, DataError
@@ -177,7 +180,14 @@ class Predictor:
         if workers is None:
             workers = min(4, os.cpu_count() or 1) if len(paths) > batch else 0
         files = _ImageFiles(paths, self.config.image_size, self.config.bilateral, self.config.interface)
-        for items in DataLoader(files, batch_size=batch, num_workers=workers, collate_fn=list):
+        # workers start from a clean forkserver process, never forked from this one: a fork of a process whose
+        # OpenVINO / ONNX Runtime thread pools are running crashed it (signal 11) now and then. They get this
+        # process's pixel limit, which the forkserver (started once, earlier) may not have.
+        context = "forkserver" if workers and sys.platform.startswith("linux") else None
+        same_limit = functools.partial(_set_env, {MAX_PIXELS_ENV: os.environ.get(MAX_PIXELS_ENV)})
+        loader = DataLoader(files, batch, num_workers=workers, collate_fn=list, multiprocessing_context=context)
+        loader.worker_init_fn = same_limit
+        for items in loader:
             bad = [DataError(name, problem) for _, _, name, problem in items if problem is not None]
             if bad and errors == "raise":
                 raise bad[0]
@@ -190,6 +200,15 @@ class Predictor:
                 else:
                     yield self.postprocess(outputs, k, name, rgb.shape[:2]), rgb
                     k += 1
+
+
+def _set_env(values: dict[str, str | None], worker_id: int) -> None:
+    """A DataLoader worker's environment variables set (or removed, for None) as in the process that started it."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -224,6 +243,8 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
         p = Path(item)
         if p.is_dir():
             m = load_manifest(p, options)
+            for note in m.notes:  # how the folder was read, with its ledger line
+                logging.getLogger(__name__).warning("note: %s", note)
             m.check_complete((options or DataOptions()).allow_missing)
             out += [m.root / rel for rel in dict.fromkeys(m.table["image"])]
         elif p.exists():
