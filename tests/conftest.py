@@ -80,6 +80,11 @@ def _machine_read_per_test():
     devices.machine.cache_clear()
     yield
     devices.machine.cache_clear()
+    # free the test's predictors now (OpenVINO / ONNX Runtime sessions and their thread pools), not at some later
+    # collection: a later fork of this process (a subprocess, a worker) with such pools alive crashed it now and then
+    import gc
+
+    gc.collect()
 
 
 @pytest.fixture
