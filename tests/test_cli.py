@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -14,16 +11,6 @@ from conftest import noise_image, save
 from medcad.cli import app
 
 runner = CliRunner()
-
-
-def test_console_script_help_is_fast_and_lists_commands() -> None:
-    exe = Path(sys.executable).parent / "medcad"
-    out = subprocess.run(
-        [str(exe if exe.exists() else shutil.which("medcad")), "--help"], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0
-    for cmd in ("data", "demo"):
-        assert cmd in out.stdout
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
