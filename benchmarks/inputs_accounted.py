@@ -115,13 +115,18 @@ def bomb(tree: str, work: Path) -> dict:
     return _inspect(tree, root, work)
 
 
-def added_images(tree: str, work: Path) -> dict:
-    """Train a tiny run, add images that sort first, and evaluate it again."""
-    root = work / "grow"
+def _tiny_run(tree: str, root: Path, out: Path, work: Path) -> subprocess.CompletedProcess:
+    """12 + 12 images in two class folders under `root`, and a tiny two-fold run of them in `out`."""
     for k in range(12):
         _img(root / "malignant" / f"m{k:02d}.png", 2 * k + 1)
         _img(root / "benign" / f"b{k:02d}.png", 2 * k)
-    p = medcad(tree, "train", str(root), "--out", str(work / "run"), "--folds", "2", *SMALL, "--no-report", cwd=work)
+    return medcad(tree, "train", str(root), "--out", str(out), "--folds", "2", *SMALL, "--no-report", cwd=work)
+
+
+def added_images(tree: str, work: Path) -> dict:
+    """Train a tiny run, add images that sort first, and evaluate it again."""
+    root = work / "grow"
+    p = _tiny_run(tree, root, work / "run", work)
     if p.returncode:
         return {"rc": p.returncode, "error": _first_error(p)}
     before = json.loads((work / "run" / "metrics.json").read_text())["accuracy"]["value"]
@@ -136,11 +141,7 @@ def added_images(tree: str, work: Path) -> dict:
 
 
 def truncated_predict(tree: str, work: Path) -> dict:
-    root = work / "trunc"
-    for k in range(12):
-        _img(root / "malignant" / f"m{k:02d}.png", 2 * k + 1)
-        _img(root / "benign" / f"b{k:02d}.png", 2 * k)
-    p = medcad(tree, "train", str(root), "--out", str(work / "trun"), "--folds", "2", *SMALL, "--no-report", cwd=work)
+    p = _tiny_run(tree, work / "trunc", work / "trun", work)
     if p.returncode:
         return {"rc": p.returncode, "error": _first_error(p)}
     folder = work / "to_predict"

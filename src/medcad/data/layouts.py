@@ -76,6 +76,15 @@ def _coco_json(path: Path) -> Path | None:
     return None
 
 
+# Annotation files that decide a folder's layout, in the order they are looked for: (layout, finder, why)
+ANNOTATION_FINDERS = (
+    ("coco", _coco_json, "{} holds COCO 'images'/'annotations'"),
+    ("cvat", find_cvat, "{} holds CVAT-for-images <annotations>"),
+    ("labelme", find_labelme, "labelme JSON files beside the images (e.g. {})"),
+    ("dicom-seg", find_dicom_seg, "DICOM SEG objects beside DICOM images (e.g. {})"),
+)
+
+
 def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, str]:
     """Guess the layout of a dataset path: (layout, why). Raises DataError with advice when nothing fits."""
     options = options or DataOptions()
@@ -108,18 +117,10 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
     if len(groups) >= 2:
         names = ", ".join(f"{label}/" for label, _ in groups)
         return "images-masks", f"an image/mask folder pair in each of {names} (read together; label = the folder)"
-    coco = _coco_json(path)
-    if coco is not None:
-        return "coco", f"{coco.name} holds COCO 'images'/'annotations'"
-    cvat = find_cvat(path)
-    if cvat is not None:
-        return "cvat", f"{cvat.name} holds CVAT-for-images <annotations>"
-    labelme = find_labelme(path)
-    if labelme is not None:
-        return "labelme", f"labelme JSON files beside the images (e.g. {labelme.relative_to(path).as_posix()})"
-    seg = find_dicom_seg(path)
-    if seg is not None:
-        return "dicom-seg", f"DICOM SEG objects beside DICOM images (e.g. {seg.relative_to(path).as_posix()})"
+    for layout, find, why in ANNOTATION_FINDERS:
+        found = find(path)
+        if found is not None:
+            return layout, why.format(found.relative_to(path).as_posix())
     return "folders", "no manifest, paired image/mask folders or COCO JSON: folders of images"
 
 

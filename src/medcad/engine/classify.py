@@ -192,15 +192,21 @@ class ClassifyHooks(FoldHooks):
         train_layers(model, stage)
         if stage_freeze_stride(cfg):
             freeze_pretrained_encoder(model.backbone, cfg)
+        return self._classifier_module(
+            model, normalize, data, parts, cfg, stage.lr, stage.optimizer or cfg.optimizer, stage.epochs
+        )
+
+    def _classifier_module(self, model, normalize, data, parts, cfg: TrainConfig, lr: float, optimizer: str, epochs):
+        """The fine-tuning module at a learning rate, optimiser and length; the rest from the run's settings."""
         return ClassifierModule(
             model,
             normalize,
-            lr=stage.lr,
+            lr=lr,
             weight_decay=cfg.weight_decay,
-            optimizer=stage.optimizer or cfg.optimizer,
+            optimizer=optimizer,
             class_weights=self._weights(data, parts, cfg),
             label_smoothing=cfg.label_smoothing,
-            max_epochs=stage.epochs,
+            max_epochs=epochs,
             multilabel=self.multilabel,
             new_layer_lr_factor=cfg.new_layer_lr_factor,
             schedule=cfg.schedule,
@@ -218,19 +224,7 @@ class ClassifyHooks(FoldHooks):
             return self._stage_module(plan[1], model, normalize, data, parts, cfg)
         freeze_backbone(model, cfg.unfreeze)
         freeze_pretrained_encoder(model.backbone, cfg)
-        return ClassifierModule(
-            model,
-            normalize,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            optimizer=cfg.optimizer,
-            class_weights=self._weights(data, parts, cfg),
-            label_smoothing=cfg.label_smoothing,
-            max_epochs=cfg.epochs,
-            multilabel=self.multilabel,
-            new_layer_lr_factor=cfg.new_layer_lr_factor,
-            schedule=cfg.schedule,
-        )
+        return self._classifier_module(model, normalize, data, parts, cfg, cfg.lr, cfg.optimizer, cfg.epochs)
 
     def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
         aug = augmentation(cfg.augment, cfg.image_size)

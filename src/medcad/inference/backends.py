@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medcad.checkpoint import fold_model_files
 from medcad.data.manifest import atomic_write_text
 from medcad.devices import machine, torch_device
 from medcad.errors import MedcadError
@@ -25,6 +26,7 @@ from medcad.inference.onnx import export_folder
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 
 N_IMAGES, BATCH, REPEATS = 32, 8, 3
+CACHE_FILE = "backends.json"
 
 
 def generic_candidates() -> list[str]:
@@ -48,11 +50,11 @@ def static_choice() -> str:
     return "torch-bf16" if machine().native_bf16 else "torch-fp32"
 
 
-def _cache_key(predictor: Predictor, threads: int | None) -> str:
+def _cache_key(run: Path, fold: int | None, threads: int | None) -> str:
     m = machine()
-    files = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in map(Path, predictor.files))
+    files = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in fold_model_files(run, fold))
     digest = hashlib.sha1(files.encode()).hexdigest()[:12]
-    return f"{m.cpu} [{m.kind}] threads={threads or m.cores} fold={predictor.fold} models={digest}"
+    return f"{m.cpu} [{m.kind}] threads={threads or m.cores} fold={fold} models={digest}"
 
 
 def _speed(p: Predictor, x: np.ndarray) -> float:
@@ -66,11 +68,14 @@ def _speed(p: Predictor, x: np.ndarray) -> float:
     return len(x[:BATCH]) / float(np.median(times))
 
 
-def measure(ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None) -> dict[str, dict]:
-    """images/s and agreement with `ref` (torch-fp32) of each backend on `images` (N, S, S, 3) uint8; a backend
-    that cannot load (an export that fails, a runtime missing) gets its error instead."""
+def measure(
+    ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None
+) -> tuple[dict[str, dict], dict[str, Predictor]]:
+    """images/s and agreement with `ref` (torch-fp32) of each backend on `images` (N, S, S, 3) uint8, and the
+    predictors that loaded; a backend that cannot load (an export that fails, a runtime missing) gets its error."""
     reference = ref.infer(images, BATCH)
     out: dict[str, dict] = {}
+    loaded: dict[str, Predictor] = {}
     for name in backends:
         try:
             p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, "cpu")
@@ -78,9 +83,10 @@ def measure(ref: Predictor, backends: list[str], images: np.ndarray, threads: in
                 1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
             )
             out[name] = {"images_per_s": round(_speed(p, images), 2), "agreement": round(agreement, 4)}
+            loaded[name] = p
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    return out
+    return out, loaded
 
 
 def pick(measured: dict[str, dict]) -> str:
@@ -89,42 +95,47 @@ def pick(measured: dict[str, dict]) -> str:
     return max(ok, key=lambda k: ok[k]["images_per_s"])
 
 
-def choose_backend(ref: Predictor, device: str = "cpu", threads: int | None = None) -> dict:
-    """The `auto` choice for the run of `ref` (a torch-fp32 predictor): {"backend", "reason", "measured"?}.
-
-    Reads RUN/backends.json when this model, CPU kind and thread count were measured before; otherwise measures
-    (`measure`) and writes it. Where nothing can be measured (a model file outside a run folder, the run's images
-    not found), it falls back to `static_choice` and says why.
-    """
+def known_choice(run: Path, fold: int | None, device: str = "cpu", threads: int | None = None) -> dict | None:
+    """The `auto` choice where no model needs loading to know it: on a GPU (reduced-precision autocast), for a model
+    file outside a run folder (torch, by the CPU), or as measured before for these model files, CPU kind and thread
+    count (RUN/backends.json); None when it has to be measured (`measure_choice`)."""
     if torch_device(device).type == "cuda":
         return {"backend": "torch-bf16", "reason": "GPU: reduced-precision autocast"}
-    allowed = type(ref).backends
-    run = ref.run
     if not run.is_dir():
         return {"backend": static_choice(), "reason": "a model file, not a run folder: torch only, not measured"}
-    cache = run / "backends.json"
-    key = _cache_key(ref, threads)
+    cache = run / CACHE_FILE
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key in known:
-        return {**known[key], "reason": f"measured before on this CPU ({cache.name})"}
+    key = _cache_key(run, fold, threads)
+    return {**known[key], "reason": f"measured before on this CPU ({cache.name})"} if key in known else None
+
+
+def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Predictor | None]:
+    """Measure the `auto` choice for the run of `ref` (a torch-fp32 predictor on the CPU) on its held-out images,
+    keep it in RUN/backends.json, and return it with the chosen predictor (None when not measured: the run's images
+    not found, then `static_choice`)."""
+    run = ref.run
     try:
         from medcad.inference.export import fold0_images
 
         _, held, _ = fold0_images(run, ref)
     except (MedcadError, OSError, KeyError, ValueError) as e:
-        return {"backend": static_choice(), "reason": f"the run's images could not be read ({e}); not measured"}
+        return {"backend": static_choice(), "reason": f"the run's images could not be read ({e}); not measured"}, None
     if len(held) == 0:
-        return {"backend": static_choice(), "reason": "the run has no held-out images to measure on"}
+        return {"backend": static_choice(), "reason": "the run has no held-out images to measure on"}, None
     held = np.asarray(held[:N_IMAGES])
     if len(held) < BATCH:
         held = np.concatenate([held] * (BATCH // len(held) + 1))
-    measured = measure(ref, candidates(run, ref.fold, allowed), held, threads)
+    measured, loaded = measure(ref, candidates(run, ref.fold, type(ref).backends), held, threads)
+    best = pick(measured)
     choice = {
-        "backend": pick(measured),
+        "backend": best,
         "measured": measured,
         "cpu": machine().to_dict(),
         "n_images": int(len(held)),
         "min_agreement": MIN_AGREEMENT,
     }
-    atomic_write_text(cache, json.dumps({**known, key: choice}, indent=1))
-    return {**choice, "reason": f"fastest of {len(measured)} backends that agree >= {MIN_AGREEMENT} (measured now)"}
+    cache = run / CACHE_FILE
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads): choice}, indent=1))
+    reason = f"fastest of {len(measured)} backends that agree >= {MIN_AGREEMENT} (measured now)"
+    return {**choice, "reason": reason}, loaded[best]

@@ -238,24 +238,20 @@ def _quantize_static(pre: Path, dst: Path, calib: np.ndarray, exclude: list[str]
 
     logging.disable(logging.WARNING)  # the quantiser logs every tensor it leaves in float on the root logger
     try:
-        _quantize(pre, dst, calib, exclude, fmt, reduce_range, QuantType, quantize_static)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _calibration_reader(calib),
+            quant_format=fmt,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QInt8 if fmt.name == "QDQ" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            extra_options={"ActivationSymmetric": fmt.name == "QDQ"},
+        )
     finally:
         logging.disable(logging.NOTSET)
-
-
-def _quantize(pre, dst, calib, exclude, fmt, reduce_range, QuantType, quantize_static) -> None:  # noqa: N803
-    quantize_static(
-        str(pre),
-        str(dst),
-        _calibration_reader(calib),
-        quant_format=fmt,
-        per_channel=True,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QInt8 if fmt.name == "QDQ" else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude,
-        extra_options={"ActivationSymmetric": fmt.name == "QDQ"},
-    )
 
 
 def _noisiest_layers(float_model: Path, qdq_model: Path, calib: np.ndarray, layers: list[str]) -> list[str]:

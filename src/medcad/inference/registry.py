@@ -28,12 +28,17 @@ def load_predictor(
     cls = PREDICTORS[run_task(Path(run))]
     if backend != "auto":
         return cls(run, fold, backend=backend, device=device, **kwargs)
-    from medcad.inference.backends import choose_backend
+    from medcad.inference.backends import known_choice, measure_choice
 
-    ref = cls(run, fold, backend="torch-fp32", device=device, **kwargs)
-    choice = choose_backend(ref, device, kwargs.get("threads"))
-    predictor = (
-        ref if choice["backend"] == "torch-fp32" else cls(run, fold, backend=choice["backend"], device=device, **kwargs)
-    )
+    choice = known_choice(Path(run), fold, device, kwargs.get("threads"))
+    if choice is not None:  # no model loaded to know it: load the chosen backend's alone
+        predictor = cls(run, fold, backend=choice["backend"], device=device, **kwargs)
+    else:
+        ref = cls(run, fold, backend="torch-fp32", device=device, **kwargs)
+        choice, predictor = measure_choice(ref, kwargs.get("threads"))
+        if predictor is None:
+            predictor = (
+                ref if choice["backend"] == "torch-fp32" else cls(run, fold, choice["backend"], device=device, **kwargs)
+            )
     predictor.backend_choice = choice
     return predictor

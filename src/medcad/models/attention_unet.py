@@ -52,9 +52,9 @@ class CBAM(nn.Module):
 class ResidualCBAMBlock(nn.Module):
     """conv3x3-BN-ReLU, conv3x3-BN, CBAM, plus a shortcut (1x1 conv-BN when the width changes), then ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, reduction: int = 8) -> None:
+    def __init__(self, in_ch: int, out_ch: int, reduction: int = 8, body: nn.Module | None = None) -> None:
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = body or nn.Sequential(  # two 3x3 convs, unless a block of another kind gives its own
             nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),

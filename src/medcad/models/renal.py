@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcad.models.attention_unet import CBAM, AttentionNestedUNet
+from medcad.models.attention_unet import AttentionNestedUNet, ResidualCBAMBlock
 from medcad.models.segmentation import DSConv, DSConvResNet, JointSegClassifier
 
 __all__ = ["RENAL_ARCHS", "DSAttentionNestedUNet", "RenalJointNet", "STUNet", "UNet", "create_renal_model"]
@@ -45,23 +45,13 @@ def _check_sides(model: nn.Module, x: torch.Tensor, multiple: int) -> None:
         raise ValueError(f"{type(model).__name__} needs sides divisible by {multiple}, got {tuple(x.shape)}")
 
 
-class DSResidualCBAMBlock(nn.Module):
-    """Two depthwise-separable convs (the first a full 3x3 conv when `full_first`), CBAM, plus a shortcut (1x1
-    conv-BN when the width changes), then ReLU: ResidualCBAMBlock with DSConv in place of each 3x3 conv."""
+class DSResidualCBAMBlock(ResidualCBAMBlock):
+    """ResidualCBAMBlock with a depthwise-separable conv in place of each 3x3 conv (the first a full 3x3 conv when
+    `full_first`): CBAM, the shortcut and the names of the parameters stay the block's."""
 
     def __init__(self, in_ch: int, out_ch: int, reduction: int = 8, full_first: bool = False) -> None:
-        super().__init__()
         first = _conv_bn_relu(in_ch, out_ch) if full_first else DSConv(in_ch, out_ch)
-        self.body = nn.Sequential(first, DSConv(out_ch, out_ch, act=False))
-        self.cbam = CBAM(out_ch, reduction)
-        self.shortcut = (
-            nn.Identity()
-            if in_ch == out_ch
-            else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.cbam(self.body(x)) + self.shortcut(x))
+        super().__init__(in_ch, out_ch, reduction, body=nn.Sequential(first, DSConv(out_ch, out_ch, act=False)))
 
 
 class DSAttentionNestedUNet(AttentionNestedUNet):

@@ -14,12 +14,11 @@ from medcad.data.annotations.shapes import (
     Shape,
     ShapeTally,
     _find_image,
-    _image_dims,
     _image_label,
     _label_notes,
     clipped_box,
+    draw_shapes,
     mask_folder,
-    rasterise,
     write_mask,
 )
 from medcad.data.manifest import Manifest, make_table
@@ -125,13 +124,13 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
             if undeclared:
                 problems.append((rel, f"label {', '.join(undeclared)} not declared in {xml.name}: refused"))
                 continue
-            dims = _image_dims(img, el.get("width"), el.get("height"), f"{xml.name} (image {el.get('id', k)})")
-            if isinstance(dims, str):
-                problems.append((rel, dims))
+            drawn = draw_shapes(
+                img, el.get("width"), el.get("height"), f"{xml.name} (image {el.get('id', k)})", shapes, no_area, tally
+            )
+            if isinstance(drawn, str):
+                problems.append((rel, drawn))
                 continue
-            w, h = dims
-            tally.no_area += no_area
-            mask = rasterise(shapes, w, h, tally)
+            mask, w, h = drawn
             label = _image_label(labels)
             if tags:
                 tagged += 1

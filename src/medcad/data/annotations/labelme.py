@@ -17,13 +17,12 @@ from medcad.data.annotations.shapes import (
     ShapeTally,
     _fields,
     _find_image,
-    _image_dims,
     _image_label,
     _label_notes,
     _load_json,
     clipped_box,
+    draw_shapes,
     mask_folder,
-    rasterise,
     write_mask,
 )
 from medcad.data.ledger import walk_files
@@ -142,13 +141,11 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
         except (TypeError, ValueError, IndexError, KeyError, OSError) as e:
             problems.append((rel, f"{js.name}: a shape cannot be read ({type(e).__name__}: {e})"))
             continue
-        dims = _image_dims(img, data.get("imageWidth"), data.get("imageHeight"), js.name)
-        if isinstance(dims, str):
-            problems.append((rel, dims))
+        drawn = draw_shapes(img, data.get("imageWidth"), data.get("imageHeight"), js.name, shapes, no_area, tally)
+        if isinstance(drawn, str):
+            problems.append((rel, drawn))
             continue
-        w, h = dims
-        tally.no_area += no_area
-        mask = rasterise(shapes, w, h, tally)
+        mask, w, h = drawn
         row["mask"] = write_mask(mask_folder(js) / "mask.png", mask, root)
         row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in shapes])
         row["shape_labels"] = json.dumps(labels)

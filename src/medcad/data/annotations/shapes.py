@@ -166,6 +166,19 @@ def _image_dims(image: Path, width, height, source: str) -> tuple[int, int] | st
     return w, h
 
 
+def draw_shapes(
+    image: Path, width, height, source: str, shapes: list[Shape], no_area: list[str], tally: ShapeTally
+) -> tuple[np.ndarray, int, int] | str:
+    """(mask, width, height) of an image's area shapes drawn at the size the annotation declares (`_image_dims`),
+    counting its shapes without area in `tally`; else why they cannot be drawn on the image."""
+    dims = _image_dims(image, width, height, source)
+    if isinstance(dims, str):
+        return dims
+    w, h = dims
+    tally.no_area += no_area
+    return rasterise(shapes, w, h, tally), w, h
+
+
 def _find_image(root: Path, base: Path, name: str) -> Path | None:
     """An annotated image file: `name` (Windows separators read as '/') under `base`, else under `base/images`,
     else a file of the same stem beside `base`."""
