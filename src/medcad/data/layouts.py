@@ -282,20 +282,33 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
     return df, notes
 
 
+def _text_encodings(path: Path) -> list[tuple[str, str]]:
+    """The encodings to try on a text table, with the note each needs: UTF-16 / UTF-32 when the file starts with
+    their byte-order mark (Excel's "Unicode text" export), else UTF-8 (with or without a mark), then Windows-1252
+    (what spreadsheet programs save otherwise)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return [("utf-32", f"{path.name} is UTF-32 (by its byte-order mark): read as such")]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return [("utf-16", f"{path.name} is UTF-16 (by its byte-order mark, as Excel's Unicode text): read as such")]
+    return [("utf-8-sig", ""), ("cp1252", f"{path.name} is not UTF-8: read as Windows-1252")]
+
+
 def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """A CSV/TSV as strings: delimiter sniffed, quoting honoured, UTF-8 with or without a byte-order mark, else
-    Windows-1252 (what spreadsheet programs save), said in a note. An .xlsx file: its first sheet, as strings."""
+    """A CSV/TSV as strings: delimiter sniffed, quoting honoured, encoding by `_text_encodings`, said in a note
+    unless UTF-8. An .xlsx file: its first sheet, as strings."""
     if path.suffix.lower() == ".xlsx":
         return read_sheet(path)
-    for encoding in ("utf-8-sig", "cp1252"):
+    for encoding, note in _text_encodings(path):
         try:
             df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
-            return df, ([] if encoding == "utf-8-sig" else [f"{path.name} is not UTF-8: read as Windows-1252"])
-        except UnicodeDecodeError:
+            return df, [note] if note else []
+        except UnicodeError:
             continue
         except Exception as e:
             raise DataError(path, f"cannot parse as CSV/TSV ({e})") from e
-    raise DataError(path, "cannot decode the text (neither UTF-8 nor Windows-1252)")
+    raise DataError(path, "cannot decode the text (neither UTF-16/32 by its byte-order mark, UTF-8 nor Windows-1252)")
 
 
 def read_csv(path: Path, options: DataOptions) -> Manifest:

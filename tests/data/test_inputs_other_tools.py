@@ -1,0 +1,115 @@
+"""Readers fed inputs made the way other tools make them, checked by value: labelme on an EXIF-rotated photo,
+COCO uncompressed RLE (column-major, as COCO defines it), an Excel sheet with numeric ids, a UTF-16 CSV as
+Excel's "Unicode text" export writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from medcad.data.io import read_image, read_mask
+from medcad.data.manifest import load_manifest
+
+
+def _displayed(h: int = 40, w: int = 60) -> np.ndarray:
+    """A displayed image (H, W, 3) with a bright 20 x 10 block at the top left."""
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[0:10, 0:20] = 230
+    return img
+
+
+def test_labelme_on_an_exif_rotated_jpeg_draws_where_the_reader_shows(tmp_path: Path) -> None:
+    """labelme shows (and annotates) a photo with its EXIF orientation applied; medcad reads it so too."""
+    root = tmp_path / "lm"
+    root.mkdir()
+    shown = _displayed()
+    raw = np.ascontiguousarray(np.rot90(shown, 1))  # stored sideways; EXIF 6: rotate 90 clockwise to display
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray(raw).save(root / "a.jpg", quality=95, exif=exif)
+    shapes = [{"label": "polyp", "shape_type": "rectangle", "points": [[0, 0], [20, 10]], "flags": {}}]
+    meta = {"version": "5.4.1", "shapes": shapes, "imagePath": "a.jpg", "imageData": None}
+    (root / "a.json").write_text(json.dumps({**meta, "imageHeight": 40, "imageWidth": 60}))
+    m = load_manifest(root)
+    assert m.layout == "labelme" and len(m) == 1 and m.labels == ["polyp"]
+    img, mask = read_image(root / "a.jpg"), read_mask(m.mask_paths(0)) > 0
+    assert img.shape[:2] == mask.shape == (40, 60)
+    bright = img.mean(axis=2) > 135
+    assert (mask & bright).sum() / bright.sum() > 0.95 and (mask & ~bright).sum() / mask.sum() < 0.15
+
+
+def _column_major_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE: run lengths over the mask in column-major order, starting with background."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    runs, value, n = [], 0, 0
+    for v in flat:
+        if v == value:
+            n += 1
+        else:
+            runs.append(n)
+            value, n = v, 1
+    return [*runs, n]
+
+
+def test_coco_uncompressed_rle_is_read_column_major(tmp_path: Path) -> None:
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(_displayed()).save(root / "images" / "f.png")
+    truth = np.zeros((40, 60), bool)
+    truth[5:12, 30:55] = True  # 7 x 25, wider than tall: a row-major reading would misplace it
+    seg = {"size": [40, 60], "counts": _column_major_counts(truth)}
+    coco = {
+        "images": [{"id": 1, "file_name": "f.png", "width": 60, "height": 40}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "segmentation": seg,
+                "area": 175.0,
+                "bbox": [30, 5, 25, 7],
+                "iscrowd": 1,
+            }
+        ],
+        "categories": [{"id": 7, "name": "stone"}],
+    }
+    (root / "annotations.json").write_text(json.dumps(coco))
+    m = load_manifest(root)
+    assert m.layout == "coco" and m.labels == ["stone"]
+    assert ((read_mask(m.mask_paths(0)) > 0) == truth).all()
+
+
+def test_an_excel_sheet_with_numeric_ids_reads_them_as_written(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    root = tmp_path / "xl"
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["Image", "Diagnosis", "Patient ID", "Age"])
+    root.mkdir()
+    for i in range(6):
+        Image.fromarray(_displayed()).save(root / f"{i}.png")
+        ws.append([f"{i}.png", ("benign", "malignant")[i % 2], 1000 + i // 2, 40.5 + i])  # ids as numbers
+    wb.save(root / "manifest.xlsx")
+    m = load_manifest(root)
+    assert m.layout == "xlsx" and len(m) == 6
+    assert list(m.table["patient"]) == ["1000", "1000", "1001", "1001", "1002", "1002"]  # not "1000.0"
+    assert list(m.table["Age"])[:2] == ["40.5", "41.5"]
+
+
+def test_a_utf16_csv_from_excel_unicode_text_export(tmp_path: Path) -> None:
+    root = tmp_path / "u16"
+    root.mkdir()
+    rows = []
+    for i, label in enumerate(["bénin", "malin", "bénin", "malin"]):
+        Image.fromarray(_displayed()).save(root / f"{i}.png")
+        rows.append({"image": f"{i}.png", "label": label})
+    text = pd.DataFrame(rows).to_csv(index=False, sep="\t")
+    (root / "manifest.csv").write_bytes(text.encode("utf-16"))  # with its byte-order mark, as Excel writes it
+    m = load_manifest(root)
+    assert len(m) == 4 and m.labels == ["bénin", "malin"]
+    assert any("UTF-16" in n for n in m.notes)
