@@ -193,3 +193,14 @@ def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (root / "lesion" / "2_mask.png").unlink()
     with pytest.raises(DataError, match=r"2.png: has no mask; .*--missing-masks empty"):
         train_run(root, tmp_path / "r2", cfg, progress=False)
+
+
+def test_stages_are_refused_for_a_one_stage_task_before_anything_is_written(tmp_path: Path) -> None:
+    from medcad.config import TrainConfig
+    from medcad.engine.train import train_run
+    from medcad.errors import ConfigError
+
+    cfg = TrainConfig(task="segment", stages="2:all:1e-3")
+    with pytest.raises(ConfigError, match="stages apply to"):
+        train_run(tmp_path / "no-data", tmp_path / "run", cfg, progress=False)
+    assert not (tmp_path / "run").exists()

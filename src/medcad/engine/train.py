@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcad.config import COMPUTE_KEYS, TrainConfig
+from medcad.config import COMPUTE_KEYS, TrainConfig, run_stages
 from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
 from medcad.data.identity import SAMPLES_FILE, reconcile, run_samples, save_samples
 from medcad.data.interface import check_interface
@@ -186,6 +186,7 @@ def train_run(
     hooks = fold_hooks(cfg.task)
     compute = resolve_compute(cfg)  # bad compute settings fail here, before anything is written
     flip_tta(cfg.tta, cfg.task)  # ... and an unknown test-time augmentation
+    run_stages(cfg)  # ... and a stage list for a task that trains in one stage
     check_interface(cfg.interface, cfg.task)  # ... and an interface option the task cannot use
     freeze_stride(cfg.freeze_stride, cfg.task)  # ... and a negative freeze stride
     logger_names(cfg)
