@@ -119,11 +119,23 @@ def test_int8_keeps_the_noisiest_layers_in_float_until_it_agrees(tiny_run: Path,
     calib, _, _ = export.fold0_images(tiny_run, p)
     seen = []
 
-    def agreement(path: Path) -> float:  # the first two QDQ models "disagree"
+    def agreement(path: Path) -> float:  # the first two QDQ models "disagree", the second less
         seen.append(path)
-        return 0.5 if len(seen) < 3 else 0.995
+        return (0.5, 0.6)[len(seen) - 1] if len(seen) < 3 else 0.995
 
     out = export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, agreement)
     assert [t["float_layers"] for t in out["tried"] if t["format"] == "QDQ"] == [0, 2, 4]
     assert len(out["float_layers"]) == 4 and out["agreement_calibration"] == 0.995 and (tmp_path / "q.onnx").is_file()
     assert all("Conv" in name for name in out["float_layers"]) and out["depthwise_in_float"] > 0
+
+
+def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path, tmp_path: Path) -> None:
+    from medcad.inference import export
+    from medcad.inference.registry import load_predictor
+
+    p = load_predictor(tiny_run, 0, backend="torch-fp32")
+    export.export_onnx(tiny_run, tmp_path / "exp", fold=0)
+    calib, _, _ = export.fold0_images(tiny_run, p)
+    out = export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, lambda path: 0.82)
+    assert [t["float_layers"] for t in out["tried"] if t["format"] == "QDQ"] == [0, 2]  # +0 with 2: no 4, 8, ...
+    assert out["agreement_calibration"] == 0.82

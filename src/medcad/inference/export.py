@@ -148,6 +148,9 @@ def export_onnx(
     return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
 
 
+MIN_GAIN = 0.005  # agreement a doubling of the float layers must add for the next one to be tried
+
+
 def quantize_int8(src: Path, dst: Path, calib: np.ndarray, agreement) -> dict:
     """Static int8 (per-channel symmetric weights, activations calibrated on `calib`, the run's validation images)
     that agrees with fp32, or the closest found, with what was tried.
@@ -156,8 +159,10 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, agreement) -> dict:
     agreement for little speed). Then, while `agreement(path)` on the calibration images is below MIN_AGREEMENT, the
     layers whose own quantisation noise is largest (lowest signal-to-quantisation-noise ratio of their input
     activations, onnxruntime.quantization.qdq_loss_debug) are kept in float, 2, 4, 8, ... of them, up to half of the
-    quantisable layers. On CPUs without VNNI weights use 7 bits (`reduce_range`): their u8s8 kernels saturate
-    otherwise. Both formats (QDQ, QOperator) are built at the chosen layer set; the one that agrees best is kept.
+    quantisable layers, and no further once a doubling gains less than MIN_GAIN (the loss is not in those layers:
+    on a tiny U-Net, 0 to 64 layers in float all agreed 0.82, and the loop cost 86 s). On CPUs without VNNI weights
+    use 7 bits (`reduce_range`): their u8s8 kernels saturate otherwise. Both formats (QDQ, QOperator) are built at
+    the chosen layer set; the one that agrees best is kept.
 
     Returns:
         {"agreement_calibration", "format", "float_layers" (names kept in float beyond the depthwise ones),
@@ -191,13 +196,13 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, agreement) -> dict:
     extra: list[str] = []
     path, value = build(extra, QuantFormat.QDQ)
     ranked: list[str] | None = None
-    k = 2
-    while value < MIN_AGREEMENT and k <= len(quantisable) // 2:
+    k, gain = 2, 1.0
+    while value < MIN_AGREEMENT and k <= len(quantisable) // 2 and gain >= MIN_GAIN:
         ranked = ranked or _noisiest_layers(pre, path, calib, quantisable)
         path.unlink(missing_ok=True)
-        extra = ranked[:k]
+        extra, before = ranked[:k], value
         path, value = build(extra, QuantFormat.QDQ)
-        k *= 2
+        gain, k = value - before, k * 2
     try:
         other, other_value = build(extra, QuantFormat.QOperator)
     except Exception as e:  # the quantiser fails on some graphs ("Graph is not a DAG"): QDQ stays
