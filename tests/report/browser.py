@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -62,7 +64,12 @@ class Page:
 def chromium_page(tmp: Path):
     """Start chromedriver on a free loopback port and yield a Page; stop both afterwards."""
     port = _free_port()
-    proc = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session and process group: chromedriver and the Chromium processes it starts are signalled as a group
+    # when they stop, and in pytest's group that signal reached pytest itself (a SIGSEGV delivered inside
+    # `proc.terminate()`'s kill(2), seen under gdb, ended two CI runs with "Segmentation fault").
+    proc = subprocess.Popen(
+        [CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -88,5 +95,5 @@ def chromium_page(tmp: Path):
         finally:
             _call(base, "DELETE", f"/session/{session}")
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # chromedriver and any Chromium process left behind
         proc.wait(timeout=10)
