@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 
 from medcad.config import TrainConfig
 from medcad.data.boxes import manifest_boxes
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.models.detection import anchor_scales, detector_from_config
 
 HERE = Path(__file__).resolve().parent

@@ -21,7 +21,7 @@ import numpy as np
 from common import write_result
 
 from medcad.data.boxes import manifest_boxes
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import fold_test_masks
 from medcad.metrics.detection import detection_metrics

@@ -25,7 +25,7 @@ import pandas as pd
 from common import write_result
 
 from medcad.data.io import read_image
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits
 from medcad.data.video import extract_frames
 from medcad.inference.prediction import BACKGROUND, NO_LESION

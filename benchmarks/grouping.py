@@ -94,7 +94,7 @@ def measure(manifest, fps, region: str, linkage: str) -> tuple[dict, list[list[i
 
 def run_set(name: str, path: Path, owner_unit: str) -> dict:
     from medcad.data.duplicates import fingerprints
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
 
     m = load_manifest(path)
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from PIL import Image
 
 from medcad.data.audit import audit
 from medcad.data.io import decode_mask
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"

@@ -20,7 +20,7 @@ from common import write_result
 
 from medcad.checkpoint import load_model_file
 from medcad.data.datasets import cached_images
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.transforms import Normalize
 from medcad.engine.evaluate import _run_config
 from medcad.engine.train import task_masks

@@ -61,7 +61,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
         paths and headline figures of what it did.
     """
     from medcad.data.audit import audit
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
     from medcad.data.summary import summarize
     from medcad.data.synthetic import generate_synthetic
     from medcad.engine.train import train_run

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import noise_image, save
 from medcad.data.io import read_mask
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.errors import DataError
 
 runner = CliRunner()

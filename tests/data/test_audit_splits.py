@@ -10,7 +10,7 @@ import pytest
 
 from conftest import noise_image, save
 from medcad.data.audit import audit
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.splits import fold_indices, load_splits, make_splits, save_splits
 from medcad.errors import DataError
 

@@ -9,7 +9,7 @@ import pydicom
 
 from conftest import write_dicom
 from medcad.data.io import read_mask
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.inference.responses import segmentation_dicom
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import noise_image, save
 from medcad.cli import app
 from medcad.data.boxes import manifest_boxes
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.errors import ConfigError, DataError
 
 

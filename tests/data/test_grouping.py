@@ -21,7 +21,7 @@ from medcad.data.duplicates import (
     fingerprints,
     link_groups,
 )
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.splits import make_splits
 from medcad.data.synthetic import generate_ultrasound_sweeps
 from medcad.errors import ConfigError, DataError

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import noise_image, save
-from medcad.data.manifest import label_key, load_manifest
+from medcad.data.layouts import load_manifest
+from medcad.data.manifest import label_key
 
 
 def _csv_set(root: Path, style: str, n: int = 8) -> list[str]:

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from medcad.data.io import read_image, read_mask
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 
 
 def _displayed(h: int = 40, w: int = 60) -> np.ndarray:

@@ -13,7 +13,7 @@ from medcad.config import TrainConfig
 from medcad.data.audit import audit
 from medcad.data.datasets import cached_images, cached_masks, image_cache_key, preprocess, resize_square
 from medcad.data.interface import apply_cut, check_interface, find_interface, imaging_box, mark_mask, remove_interface
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.errors import ConfigError
 
 H, W = 240, 320

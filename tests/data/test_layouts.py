@@ -10,7 +10,7 @@ import pytest
 
 from conftest import noise_image, save, write_dicom
 from medcad.data.io import read_image, read_mask
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.errors import DataError
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import noise_image, save, write_dicom
 from medcad.data.io import decode_mask, describe_image, image_size, read_image, read_mask
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.errors import DataError
 
 H, W = 48, 64

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.synthetic import COLUMNS, LABELS, SUBGROUPS, generate_synthetic
 
 SIZE = 64

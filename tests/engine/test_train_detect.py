@@ -234,6 +234,6 @@ def test_frame_classes_three_class_run(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def _manifest(csv: Path):
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
 
     return load_manifest(csv)

@@ -115,7 +115,7 @@ def test_int8_keeps_the_noisiest_layers_in_float_until_it_agrees(tiny_run: Path,
     from medcad.inference.registry import load_predictor
 
     p = load_predictor(tiny_run, 0, backend="torch-fp32")
-    export.export_onnx(tiny_run, tmp_path / "exp", fold=0)
+    export.export_onnx(p, tmp_path / "exp")
     calib, _, _ = export.fold0_images(tiny_run, p)
     seen = []
 
@@ -134,7 +134,7 @@ def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path
     from medcad.inference.registry import load_predictor
 
     p = load_predictor(tiny_run, 0, backend="torch-fp32")
-    export.export_onnx(tiny_run, tmp_path / "exp", fold=0)
+    export.export_onnx(p, tmp_path / "exp")
     calib, _, _ = export.fold0_images(tiny_run, p)
     out = export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, lambda path: 0.82)
     assert [t["float_layers"] for t in out["tried"] if t["format"] == "QDQ"] == [0, 2]  # +0 with 2: no 4, 8, ...

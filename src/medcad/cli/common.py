@@ -195,7 +195,7 @@ def _report(folder: Path, wanted: bool) -> None:
 
 def _load(path: Path, options: DataOptions, labels: str | None = None, quiet: bool = False):
     """Read a dataset with the command's data options; say how it was read (on stderr) unless quiet."""
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
 
     allowed = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
     manifest = load_manifest(path, options, labels=allowed)

@@ -39,11 +39,11 @@ def export(
     top-1 for classes, Dice between masks, matched-box IoU for detections (boxes are decoded in PyTorch)."""
     try:
         from medcad.errors import ConfigError
-        from medcad.inference.export import export_onnx
+        from medcad.inference.registry import export_run
 
         if fmt != "onnx":
             raise ConfigError(f"--format {fmt!r} is not supported; use onnx")
-        result = export_onnx(run, out, fold=fold, int8=int8, device=device)
+        result = export_run(run, out, fold=fold, int8=int8, device=device)
     except MedcadError as e:
         _fail(e)
     if as_json:

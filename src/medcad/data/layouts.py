@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-
-import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.annotations import (
@@ -18,67 +17,24 @@ from medcad.data.annotations import (
     read_cvat,
     read_dicom_seg,
     read_labelme,
-    read_sheet,
-    read_xlsx,
 )
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
-from medcad.data.ledger import walk_files
-from medcad.data.manifest import MASK_SEP, Manifest, make_table
+from medcad.data.io import IMAGE_SUFFIXES, is_dicom
+from medcad.data.ledger import make_ledger
+from medcad.data.manifest import (
+    MASK_SEP,
+    Manifest,
+    label_spellings,
+    make_table,
+    nfc,
+    patients_from_paths,
+    rename_labels,
+)
+from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
+from medcad.data.tables import read_csv, read_xlsx
 from medcad.errors import DataError
 
-MEDIA_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
-TEXT_SUFFIXES = frozenset({".csv", ".tsv", ".txt", ".json", ".xml", ".md", ".yaml", ".yml", ".py", ".zip", ".html"})
-# Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
-COLUMN_ALIASES = {
-    "image": ("image", "path", "file", "filename", "imagepath", "imagefile", "imagename", "img"),
-    "label": ("label", "class", "target", "diagnosis", "classname", "category"),
-    "patient": ("patient", "patientid", "group", "subject", "subjectid", "case", "caseid", "video", "videoid"),
-    "domain": ("domain", "modality"),
-    "subgroup": ("subgroup", "subtype"),
-    "mask": ("mask", "maskpath", "masks", "maskfile"),
-    "boxes": ("boxes", "bbox", "bboxes"),
-    "frame": ("frame", "frameindex"),
-}
-ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid")
-PATTERN_FIELDS = {
-    "label": "label",
-    "domain": "domain",
-    "subgroup": "subgroup",
-    "patient": "patient",
-    "group": "patient",
-}
-
-
-def _is_media(path: Path) -> bool:
-    """An image or DICOM file: by suffix, or by the DICOM preamble for other names (`IM00001`, `1.2.840...`)."""
-    suffix = path.suffix.lower()
-    if suffix in MEDIA_SUFFIXES:
-        return True
-    if suffix in TEXT_SUFFIXES or path.name.upper() == "DICOMDIR":  # DICOMDIR: an index of the files, no image
-        return False
-    return has_dicom_preamble(path)
-
-
-def _walk(root: Path) -> list[Path]:
-    """The images and DICOM files under `root` (symbolic links to folders followed, link loops cut)."""
-    return [f for f in walk_files(root) if _is_media(f)]
-
-
-def _coco_json(path: Path) -> Path | None:
-    for js in sorted(path.glob("*.json")):
-        try:
-            with open(js, encoding="utf-8") as f:
-                head = f.read(4096)
-        except OSError:
-            continue
-        if '"images"' in head or '"annotations"' in head:
-            return js
-    return None
-
-
-# Annotation files that decide a folder's layout, in the order they are looked for: (layout, finder, why)
 ANNOTATION_FINDERS = (
-    ("coco", _coco_json, "{} holds COCO 'images'/'annotations'"),
+    ("coco", find_coco_json, "{} holds COCO 'images'/'annotations'"),
     ("cvat", find_cvat, "{} holds CVAT-for-images <annotations>"),
     ("labelme", find_labelme, "labelme JSON files beside the images (e.g. {})"),
     ("dicom-seg", find_dicom_seg, "DICOM SEG objects beside DICOM images (e.g. {})"),
@@ -124,51 +80,6 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
     return "folders", "no manifest, paired image/mask folders or COCO JSON: folders of images"
 
 
-def _dicom_frames(path: Path) -> int:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as e:
-        raise DataError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from e
-    if "Rows" not in ds:
-        raise DataError(path, "DICOM file holds no image (no Rows/Columns)")
-    return int(getattr(ds, "NumberOfFrames", 1) or 1)
-
-
-def _expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]]) -> list[dict]:
-    """One row per frame for multi-frame DICOM files; unreadable DICOM files become problems."""
-    out = []
-    for row in rows:
-        p = root / row["image"]
-        if not is_dicom(p) or row.get("frame") not in (None, ""):
-            out.append(row)
-            continue
-        try:
-            n = _dicom_frames(p)
-        except DataError as e:
-            problems.append((row["image"], e.problem))
-            continue
-        out += [dict(row, frame=k) for k in range(n)] if n > 1 else [row]
-    return out
-
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for part in pattern.strip("/").split("/"):
-        rx = re.escape(part).replace(r"\*", "[^/]*")
-        for name, column in PATTERN_FIELDS.items():
-            rx = rx.replace(re.escape("{" + name + "}"), f"(?P<{column}>[^/]+)", 1)
-        if "\\{" in rx:
-            raise DataError(
-                pattern,
-                f"unknown field in pattern part {part!r}; use {{label}}, {{domain}}, "
-                "{subgroup}, {patient} or {group}",
-            )
-        parts.append(rx)
-    return re.compile("^" + "/".join(parts) + "$")
-
-
 def read_folders(path: Path, options: DataOptions) -> Manifest:
     """Class-per-folder (`root/<label>/*`) or nested folders mapped by a pattern such as `{domain}/{label}`.
 
@@ -177,8 +88,8 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     pattern, mask_suffix = options.pattern, options.mask_suffix
     if path.is_file():
         rows, problems = [{"image": path.name}], []
-        return Manifest(path.parent, make_table(_expand_frames(rows, path.parent, problems)), "folders", problems)
-    files = _walk(path)
+        return Manifest(path.parent, make_table(expand_frames(rows, path.parent, problems)), "folders", problems)
+    files = walk_media(path)
     if not files:
         raise DataError(path, f"no images found (looked for {', '.join(sorted(MEDIA_SUFFIXES))})")
     by_dir: dict[Path, list[Path]] = defaultdict(list)
@@ -188,7 +99,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     depth = Counter(len(f.relative_to(path).parts) - 1 for f in files)
     if pattern is None:
         pattern = "{label}" if depth.get(1) else ("" if depth.get(0) else "*/" * (max(depth) - 1) + "{label}")
-    regex = _pattern_regex(pattern) if pattern else None
+    regex = pattern_regex(pattern) if pattern else None
     rows, problems = [], []
     for folder, group in by_dir.items():
         stems = {f.stem for f in group}
@@ -215,7 +126,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             if f.stem in masks:
                 row["mask"] = MASK_SEP.join(sorted(masks[f.stem], key=lambda s: (len(s), s)))
             rows.append(row)
-    rows = _expand_frames(rows, path, problems)
+    rows = expand_frames(rows, path, problems)
     if not rows:
         raise DataError(
             path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
@@ -243,147 +154,6 @@ def _shared_stem_note(root: Path, by_dir: dict[Path, list[Path]]) -> list[str]:
                     f"with --images {ra} --masks {rb} (or the other way round)"
                 ]
     return []
-
-
-def _norm(name: str) -> str:
-    """A header name compared without case, spaces, punctuation or a byte-order mark."""
-    return re.sub(r"[^0-9a-z]", "", str(name).replace("\ufeff", "").lower())
-
-
-def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Standard column names from the headers people write; notes on what was matched and what was not."""
-    by_norm: dict[str, str] = {}
-    for c in df.columns:
-        by_norm.setdefault(_norm(c), c)
-    mapping, notes = {}, []
-    for col, aliases in COLUMN_ALIASES.items():
-        for a in aliases:
-            if a in by_norm and by_norm[a] not in mapping:
-                mapping[by_norm[a]] = col
-                if str(by_norm[a]) != col:
-                    notes.append(f"column {str(by_norm[a]).strip()!r} read as {col!r}")
-                break
-    df = df.rename(columns=mapping)
-    if "image" not in df:
-        found = ", ".join(repr(str(c)) for c in df.columns)
-        raise DataError(
-            source,
-            f"no image column; a column headed one of {', '.join(COLUMN_ALIASES['image'])} (case, spaces and "
-            f"'_' ignored) is needed, found {found}",
-        )
-    for c in df.columns:
-        if c not in COLUMN_ALIASES and any(w in _norm(c) for w in ID_WORDS):
-            used = next((k for k, v in mapping.items() if v == "patient"), None)
-            notes.append(
-                f"column {str(c).strip()!r} looks like a patient/study id but is kept as metadata"
-                + (f" (the patient column is {str(used).strip()!r})" if used else "; splits do NOT group by it")
-                + ": rename it to 'patient' to group the splits by it"
-            )
-    return df, notes
-
-
-def _text_encodings(path: Path) -> list[tuple[str, str]]:
-    """The encodings to try on a text table, with the note each needs: UTF-16 / UTF-32 when the file starts with
-    their byte-order mark (Excel's "Unicode text" export), else UTF-8 (with or without a mark), then Windows-1252
-    (what spreadsheet programs save otherwise)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
-        return [("utf-32", f"{path.name} is UTF-32 (by its byte-order mark): read as such")]
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return [("utf-16", f"{path.name} is UTF-16 (by its byte-order mark, as Excel's Unicode text): read as such")]
-    return [("utf-8-sig", ""), ("cp1252", f"{path.name} is not UTF-8: read as Windows-1252")]
-
-
-def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """A CSV/TSV as strings: delimiter sniffed, quoting honoured, encoding by `_text_encodings`, said in a note
-    unless UTF-8. An .xlsx file: its first sheet, as strings."""
-    if path.suffix.lower() == ".xlsx":
-        return read_sheet(path)
-    for encoding, note in _text_encodings(path):
-        try:
-            df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
-            return df, [note] if note else []
-        except UnicodeError:
-            continue
-        except Exception as e:
-            raise DataError(path, f"cannot parse as CSV/TSV ({e})") from e
-    raise DataError(path, "cannot decode the text (neither UTF-16/32 by its byte-order mark, UTF-8 nor Windows-1252)")
-
-
-def read_csv(path: Path, options: DataOptions) -> Manifest:
-    """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name."""
-    if path.is_dir():
-        path = next(p for p in (path / "manifest.csv", path / "manifest.tsv") if p.is_file())
-    df, notes = _read_table(path)
-    df, more = _rename_columns(df, path)
-    notes += more
-    root = path.parent
-    rows, problems = [], []
-    paths = _PathResolver(root)
-    for line, row in enumerate(df.to_dict("records"), start=2):
-        img = paths.resolve(str(row["image"]))
-        where = f"{path.name} line {line}"
-        if not img:
-            problems.append((where, "empty image path"))
-            continue
-        if not (root / img).is_file():
-            problems.append((img, f"file not found ({where})"))
-            continue
-        row["image"] = img
-        masks = [paths.resolve(m) for m in str(row.get("mask", "")).split(MASK_SEP) if m.strip()]
-        missing = [m for m in masks if not (root / m).is_file()]
-        if missing:
-            problems.append((img, f"mask file not found: {missing[0]} ({where})"))
-            continue
-        row["mask"] = MASK_SEP.join(masks)
-        boxes = str(row.get("boxes", "")).strip()
-        if boxes:
-            try:
-                json.loads(boxes)
-            except json.JSONDecodeError:
-                problems.append((img, f"boxes column is not valid JSON ({where})"))
-                continue
-        rows.append(row)
-    rows = _expand_frames(rows, root, problems)
-    return Manifest(root, make_table(rows), "csv", problems, notes + paths.notes(path.name), sources=[path.name])
-
-
-class _PathResolver:
-    """Image paths of a manifest as people write them, resolved under its folder: Windows separators (`a\\b.png`),
-    and paths that exist only as a tail under the folder (another machine's absolute path, a prefix folder that is
-    not there: `C:/data/release/benign/b1.png` -> `benign/b1.png`). Each kind of rewrite is counted for a note."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.windows, self.tails = root, 0, Counter()
-
-    def resolve(self, raw: str) -> str:
-        text = raw.strip()
-        if "\\" in text:
-            text, self.windows = text.replace("\\", "/"), self.windows + 1
-        if Path(text).is_absolute() and Path(text).is_file():  # this machine's own absolute path
-            try:
-                return Path(text).resolve().relative_to(self.root.resolve()).as_posix()
-            except ValueError:
-                return text  # outside the manifest's folder: kept as it is
-        if not text or (self.root / text).is_file():
-            return text
-        parts = [p for p in text.split("/") if p not in ("", ".")]
-        for k in range(1, len(parts)):
-            tail = "/".join(parts[k:])
-            if (self.root / tail).is_file():
-                self.tails["/".join(parts[:k])] += 1
-                return tail
-        return text
-
-    def notes(self, name: str) -> list[str]:
-        out = [f"{self.windows} path(s) in {name} use Windows separators '\\': read with '/'"] if self.windows else []
-        for prefix, n in self.tails.most_common():
-            out.append(
-                f"{n} path(s) in {name} start with {prefix!r}, which is not under {self.root.name}/: "
-                "resolved by their remaining path under the manifest's folder"
-            )
-        return out
 
 
 def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], list[str]]:
@@ -430,13 +200,13 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
     """Rows of one image/mask folder pair (paths relative to `path`); masks without an image become problems."""
     from medcad.data.pairing import mask_base
 
-    images = _walk(image_dir)
+    images = walk_media(image_dir)
     stems_in: dict[Path, set[str]] = defaultdict(set)  # image stems per sub-folder of the image folder
     for f in images:
         rel = f.relative_to(image_dir).with_suffix("")
         stems_in[rel.parent].add(rel.name)
     masks: dict[str, list[Path]] = defaultdict(list)
-    for f in _walk(mask_dir):
+    for f in walk_media(mask_dir):
         rel = f.relative_to(mask_dir).with_suffix("")
         base = mask_base(rel.name, stems_in.get(rel.parent, set()), options.mask_suffix)
         if base is None:
@@ -482,7 +252,7 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             row["boxes"] = json.dumps(b)
             names = {x[4] for x in b}
             row.setdefault("label", names.pop() if len(names) == 1 else "")
-    table = make_table(_expand_frames(rows, path, problems))
+    table = make_table(expand_frames(rows, path, problems))
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
 
 
@@ -496,3 +266,56 @@ READERS = {
     "cvat": read_cvat,
     "xlsx": read_xlsx,
 }
+
+
+def load_manifest(
+    path: str | Path, options: DataOptions | None = None, *, labels: list[str] | None = None, **option_values
+) -> Manifest:
+    """Read a dataset in any supported layout into a Manifest.
+
+    Args:
+        path: dataset folder, CSV/TSV manifest, COCO JSON or DICOM file.
+        options: how to read it (layout, pattern, mask suffix, paired folders, patient ids from file names,
+            label renaming); see `medcad.config.DataOptions`. Keyword arguments may give the same fields.
+        labels: the allowed labels; rows with other labels are reported as problems and left out.
+
+    Returns:
+        The manifest; its `notes` say which layout was chosen and why, and every other interpretation made.
+
+    Raises:
+        DataError: the path does not exist or no reader can use it.
+        ConfigError: a bad option (unknown layout, bad regular expression or label map).
+    """
+    options = dataclasses.replace(options or DataOptions(), **option_values)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "dataset path not found")
+    if options.layout:
+        layout, why = options.layout, "--layout given"
+    else:
+        layout, why = detect_layout(p, options)
+    reader = READERS.get(layout)
+    if reader is None:
+        raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(READERS)}")
+    manifest = reader(p, options)
+    manifest.notes.insert(0, f"layout {layout!r}: {why}")
+    rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
+    rename_labels(manifest, {nfc(a): nfc(b) for a, b in options.label_mapping().items()})
+    rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
+    if options.group_from:
+        patients_from_paths(manifest, options.group_from)
+    if labels is not None:
+        allowed = set(labels)
+        bad = ~manifest.table["label"].isin(allowed)
+        for img, lab in zip(manifest.table.loc[bad, "image"], manifest.table.loc[bad, "label"], strict=True):
+            what = "has no label" if not lab else f"label {lab!r} is not one of {sorted(allowed)}"
+            manifest.problems.append((img, what))
+        manifest.table = manifest.table[~bad].reset_index(drop=True)
+    whole = p.is_dir() or layout != "folders"  # a single image file: nothing else to account for
+    used, sources = manifest.used_files(), manifest.sources
+    manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
+    manifest.notes.append(manifest.ledger.line())
+    if len(manifest.table) == 0:
+        found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
+        raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
+    return manifest

@@ -7,7 +7,6 @@ JSON list of `[xmin, ymin, xmax, ymax, label]` in pixels of the original image, 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -19,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcad.config import DataOptions
-from medcad.data.ledger import Ledger, make_ledger
+from medcad.data.ledger import Ledger
 from medcad.errors import ConfigError, DataError
 
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
@@ -152,61 +150,6 @@ def make_table(rows: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def load_manifest(
-    path: str | Path, options: DataOptions | None = None, *, labels: list[str] | None = None, **option_values
-) -> Manifest:
-    """Read a dataset in any supported layout into a Manifest.
-
-    Args:
-        path: dataset folder, CSV/TSV manifest, COCO JSON or DICOM file.
-        options: how to read it (layout, pattern, mask suffix, paired folders, patient ids from file names,
-            label renaming); see `medcad.config.DataOptions`. Keyword arguments may give the same fields.
-        labels: the allowed labels; rows with other labels are reported as problems and left out.
-
-    Returns:
-        The manifest; its `notes` say which layout was chosen and why, and every other interpretation made.
-
-    Raises:
-        DataError: the path does not exist or no reader can use it.
-        ConfigError: a bad option (unknown layout, bad regular expression or label map).
-    """
-    from medcad.data import layouts
-
-    options = dataclasses.replace(options or DataOptions(), **option_values)
-    p = Path(path)
-    if not p.exists():
-        raise DataError(p, "dataset path not found")
-    if options.layout:
-        layout, why = options.layout, "--layout given"
-    else:
-        layout, why = layouts.detect_layout(p, options)
-    reader = layouts.READERS.get(layout)
-    if reader is None:
-        raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(layouts.READERS)}")
-    manifest = reader(p, options)
-    manifest.notes.insert(0, f"layout {layout!r}: {why}")
-    _rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
-    _rename_labels(manifest, {nfc(a): nfc(b) for a, b in options.label_mapping().items()})
-    _rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
-    if options.group_from:
-        _patients_from_paths(manifest, options.group_from)
-    if labels is not None:
-        allowed = set(labels)
-        bad = ~manifest.table["label"].isin(allowed)
-        for img, lab in zip(manifest.table.loc[bad, "image"], manifest.table.loc[bad, "label"], strict=True):
-            what = "has no label" if not lab else f"label {lab!r} is not one of {sorted(allowed)}"
-            manifest.problems.append((img, what))
-        manifest.table = manifest.table[~bad].reset_index(drop=True)
-    whole = p.is_dir() or layout != "folders"  # a single image file: nothing else to account for
-    used, sources = manifest.used_files(), manifest.sources
-    manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
-    manifest.notes.append(manifest.ledger.line())
-    if len(manifest.table) == 0:
-        found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
-        raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
-    return manifest
-
-
 def nfc(text: str) -> str:
     """Unicode NFC form: an accented letter as one code point, as most tools write it."""
     import unicodedata
@@ -240,7 +183,7 @@ def label_spellings(labels: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labels renamed") -> None:
+def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labels renamed") -> None:
     """Apply a label map to the label column and to every box's label."""
     if not mapping:
         return
@@ -256,7 +199,7 @@ def _rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "lab
     manifest.notes.append(f"{what}: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()) + extra)
 
 
-def _patients_from_paths(manifest: Manifest, regex: str) -> None:
+def patients_from_paths(manifest: Manifest, regex: str) -> None:
     """Set the patient column from a regular expression on each image path (see DataOptions.group_from)."""
     try:
         rx = re.compile(regex)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.data.io import MAX_LABEL_VALUES, _open_pil, is_dicom
+from medcad.data.media import MEDIA_SUFFIXES
 from medcad.errors import DataError
 
 MASK_STEM = re.compile(
@@ -66,8 +67,6 @@ def mask_likeness(path: Path) -> float:
 
 
 def _media(folder: Path) -> list[Path]:
-    from medcad.data.layouts import MEDIA_SUFFIXES
-
     return sorted(
         f
         for f in folder.iterdir()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from medcad.config import TrainConfig
 from medcad.data.identity import reconcile, run_samples
-from medcad.data.manifest import atomic_write_text, load_manifest
+from medcad.data.layouts import load_manifest
+from medcad.data.manifest import atomic_write_text
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, write_json
 from medcad.engine.train import task_masks, task_targets

@@ -23,7 +23,8 @@ from medcad.config import COMPUTE_KEYS, TrainConfig, run_stages
 from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
 from medcad.data.identity import SAMPLES_FILE, reconcile, run_samples, save_samples
 from medcad.data.interface import check_interface
-from medcad.data.manifest import Manifest, atomic_write_text, load_manifest
+from medcad.data.layouts import load_manifest
+from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
 from medcad.devices import is_primary, join_launched_processes, rank_zero_first, resolve_compute
 from medcad.engine.common import logger_names, quiet_lightning

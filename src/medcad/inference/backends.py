@@ -22,6 +22,7 @@ from medcad.checkpoint import fold_model_files
 from medcad.data.manifest import atomic_write_text
 from medcad.devices import machine, torch_device
 from medcad.errors import MedcadError
+from medcad.inference.export import ensure_export, fold0_images
 from medcad.inference.onnx import export_folder
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 
@@ -78,6 +79,8 @@ def measure(
     loaded: dict[str, Predictor] = {}
     for name in backends:
         try:
+            if name != ref.backend:
+                ensure_export(type(ref), ref.run, ref.fold, name, threads)
             p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, "cpu")
             agreement = (
                 1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
@@ -115,8 +118,6 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
     not found, then `static_choice`)."""
     run = ref.run
     try:
-        from medcad.inference.export import fold0_images
-
         _, held, _ = fold0_images(run, ref)
     except (MedcadError, OSError, KeyError, ValueError) as e:
         return {"backend": static_choice(), "reason": f"the run's images could not be read ({e}); not measured"}, None

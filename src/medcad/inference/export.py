@@ -19,7 +19,7 @@ import torch
 
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
-from medcad.inference.onnx import nchw
+from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, export_folder, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.tasks import get_task
 
@@ -29,7 +29,7 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
     when the validation part is smaller), its test images (held out: the agreement reported) and their label
     indices (0 for rows without one of the model's labels). Test images never tune anything."""
     from medcad.data.datasets import cached_images
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
     from medcad.data.splits import fold_indices, load_splits
 
     meta = json.loads((run / "config.json").read_text())
@@ -48,29 +48,29 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
 
 
 def export_onnx(
-    run: str | Path,
+    predictor: Predictor,
     out: str | Path | None = None,
     *,
-    fold: int | None = None,
     int8: bool = False,
     opset: int = 17,
     device: str = "cpu",
 ) -> dict:
-    """Write model.onnx (+ model.int8.onnx with `int8`) and their JSON metadata; compare with PyTorch fp32 run on
-    `device` (the graph itself is traced on the CPU).
+    """Write model.onnx (+ model.int8.onnx with `int8`) of `predictor`'s run and fold, and their JSON metadata;
+    compare with PyTorch fp32 run on `device` (the graph itself is traced on the CPU). `predictor`: the run's
+    torch-fp32 predictor on the CPU (medcad.inference.registry.export_run loads it from a run folder).
 
     Returns:
         {"files": [...], "agreement": {variant: {"n", the task's measures (top1_agreement / mask_dice /
         box_iou_agreement, max_prob_diff), "agrees": the task's measure >= MIN_AGREEMENT (else `--backend auto`
         never picks it)}}, "box_decoding" (detect)}.
-    """
-    from medcad.inference.onnx import GraphSession, export_folder
-    from medcad.inference.registry import load_predictor
 
-    run = Path(run)
+    Raises:
+        DataError: the predictor's run is a model file, not a run folder.
+        ConfigError: the model cannot be traced to ONNX.
+    """
+    run, fold = predictor.run, predictor.fold
     if not run.is_dir():
         raise DataError(run, "not a run folder")
-    predictor = load_predictor(run, fold, backend="torch-fp32")
     out = Path(out) if out else export_folder(run, fold)
     out.mkdir(parents=True, exist_ok=True)
     size = predictor.config.image_size
@@ -130,7 +130,7 @@ def export_onnx(
     if "boxes" in get_task(predictor.task).outputs:
         meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
     if device != "cpu":
-        ref = load_predictor(run, fold, backend="torch-fp32", device=device).infer(held_out, 16)
+        ref = type(predictor)(run, fold, "torch-fp32", device=device).infer(held_out, 16)
     else:
         ref = predictor.infer(held_out, 16)
     agreement = {}
@@ -146,6 +146,18 @@ def export_onnx(
     if int8_choice is not None:
         result["int8"] = int8_choice
     return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
+
+
+def ensure_export(cls: type[Predictor], run: Path, fold: int | None, backend: str, threads: int | None = None) -> None:
+    """Export the run (with int8 for an int8 backend) when `backend` runs a graph that is not written yet; the
+    reference is a torch-fp32 `cls` on the CPU. Nothing for torch backends or model files."""
+    run = Path(run)
+    if backend not in GRAPH_BACKENDS or not run.is_dir():
+        return
+    folder = export_folder(run, fold)
+    int8 = backend.endswith("int8")
+    if not (folder / ("model.int8.onnx" if int8 else "model.onnx")).is_file():
+        export_onnx(cls(run, fold, "torch-fp32", threads), folder, int8=int8)
 
 
 MIN_GAIN = 0.005  # agreement a doubling of the float layers must add for the next one to be tried

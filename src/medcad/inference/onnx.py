@@ -72,19 +72,19 @@ class GraphSession:
 
 
 def graph_session(run: Path, fold: int | None, backend: str, threads: int | None = None) -> GraphSession:
-    """The backend's session on RUN/export[_fold<k>]/model[.int8].onnx, exporting the run first when it is missing.
+    """The backend's session on RUN/export[_fold<k>]/model[.int8].onnx (medcad.inference.registry.load_predictor
+    exports the run first when it is missing).
 
     Raises:
-        ConfigError: `run` is a model file rather than a run folder.
+        ConfigError: `run` is a model file rather than a run folder, or the run has no export for the backend.
     """
-    from medcad.inference.export import export_onnx
-
     run = Path(run)
     if run.is_file():
         raise ConfigError(f"{run}: the {backend} backend needs a run folder (it exports the run on first use)")
-    folder = export_folder(run, fold)
-    int8 = backend.endswith("int8")
-    path = folder / ("model.int8.onnx" if int8 else "model.onnx")
+    path = export_folder(run, fold) / ("model.int8.onnx" if backend.endswith("int8") else "model.onnx")
     if not path.is_file():
-        export_onnx(run, folder, fold=fold, int8=int8)
+        raise ConfigError(
+            f"{path}: not exported; run `medcad export {run}{' --int8' if backend.endswith('int8') else ''}` "
+            "or load the predictor with medcad.inference.registry.load_predictor, which exports it"
+        )
     return GraphSession(path, backend, threads)

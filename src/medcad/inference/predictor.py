@@ -236,7 +236,7 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
     Raises:
         DataError: a path does not exist, or a folder holds no images.
     """
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
 
     out: list[Path] = []
     for item in inputs:

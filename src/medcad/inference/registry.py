@@ -7,6 +7,7 @@ from pathlib import Path
 from medcad.checkpoint import run_task
 from medcad.inference.classes import ClassPredictor, MultilabelPredictor
 from medcad.inference.detections import BoxPredictor
+from medcad.inference.export import ensure_export, export_onnx
 from medcad.inference.masks import MaskPredictor
 from medcad.inference.predictor import Predictor
 
@@ -27,11 +28,13 @@ def load_predictor(
     `predictor.backend_choice`) or a name of `Predictor`; other kwargs as for `Predictor`."""
     cls = PREDICTORS[run_task(Path(run))]
     if backend != "auto":
+        ensure_export(cls, Path(run), fold, backend, kwargs.get("threads"))
         return cls(run, fold, backend=backend, device=device, **kwargs)
     from medcad.inference.backends import known_choice, measure_choice
 
     choice = known_choice(Path(run), fold, device, kwargs.get("threads"))
     if choice is not None:  # no model loaded to know it: load the chosen backend's alone
+        ensure_export(cls, Path(run), fold, choice["backend"], kwargs.get("threads"))
         predictor = cls(run, fold, backend=choice["backend"], device=device, **kwargs)
     else:
         ref = cls(run, fold, backend="torch-fp32", device=device, **kwargs)
@@ -42,3 +45,11 @@ def load_predictor(
             )
     predictor.backend_choice = choice
     return predictor
+
+
+def export_run(
+    run: str | Path, out: str | Path | None = None, *, fold: int | None = None, int8: bool = False, **kwargs
+) -> dict:
+    """Export a run folder to ONNX and check it (`medcad export`): medcad.inference.export.export_onnx on the run's
+    torch-fp32 predictor; kwargs `opset`, `device` as there."""
+    return export_onnx(load_predictor(run, fold, backend="torch-fp32"), out, int8=int8, **kwargs)

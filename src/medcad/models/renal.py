@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcad.models.attention_unet import AttentionNestedUNet, ResidualCBAMBlock
-from medcad.models.segmentation import DSConv, DSConvResNet, JointSegClassifier
+from medcad.models.blocks import DSConv, DSConvResNet, JointSegClassifier
 
 __all__ = ["RENAL_ARCHS", "DSAttentionNestedUNet", "RenalJointNet", "STUNet", "UNet", "create_renal_model"]
 

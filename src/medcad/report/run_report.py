@@ -93,7 +93,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     """
     from medcad.config import TrainConfig
     from medcad.data.audit import audit
-    from medcad.data.manifest import load_manifest
+    from medcad.data.layouts import load_manifest
     from medcad.data.splits import load_splits
     from medcad.data.summary import summarize
     from medcad.engine.train import fold_hooks

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from medcad.config import DataOptions
-from medcad.data.manifest import atomic_write_text, load_manifest
+from medcad.data.layouts import load_manifest
+from medcad.data.manifest import atomic_write_text
 from medcad.engine.evaluate import _run_config
 from medcad.engine.results import pooled_metrics, prediction_table, write_json
 from medcad.engine.train import task_masks

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.config import STAGED_TASKS, DataOptions, TrainConfig
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError

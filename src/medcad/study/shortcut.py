@@ -18,7 +18,7 @@ import numpy as np
 
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_images, cached_masks
-from medcad.data.manifest import load_manifest
+from medcad.data.layouts import load_manifest
 from medcad.data.splits import fold_indices, load_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError, DataError

@@ -19,7 +19,6 @@ from medcad.data.annotations.coco import read_coco
 from medcad.data.annotations.cvat import find_cvat, read_cvat
 from medcad.data.annotations.dicom_seg import find_dicom_seg, read_dicom_seg
 from medcad.data.annotations.labelme import find_labelme, is_labelme, read_labelme
-from medcad.data.annotations.sheets import read_sheet, read_xlsx
 
 __all__ = [
     "find_cvat",
@@ -30,6 +29,4 @@ __all__ = [
     "read_cvat",
     "read_dicom_seg",
     "read_labelme",
-    "read_sheet",
-    "read_xlsx",
 ]

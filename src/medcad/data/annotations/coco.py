@@ -16,6 +16,7 @@ from medcad.data.annotations.shapes import (
     write_mask,
 )
 from medcad.data.manifest import Manifest, make_table
+from medcad.data.media import expand_frames, find_coco_json
 from medcad.errors import DataError
 
 
@@ -56,9 +57,7 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
     Refused with a reason (left out, counted): annotations whose category_id is not in `categories`, annotations
     of images not listed in `images`, and in a segmentation file annotations with a box but no segmentation.
     """
-    from medcad.data.layouts import _coco_json, _expand_frames
-
-    js = path if path.is_file() else _coco_json(path)
+    js = path if path.is_file() else find_coco_json(path)
     if js is None:
         raise DataError(path, "no COCO JSON (with 'images' and 'annotations') found")
     try:
@@ -151,7 +150,7 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         notes.append(f"{mixed} image(s) have annotations of several categories: label = the most frequent one")
     if n_clipped:
         notes.append(f"{n_clipped} polygon(s) extend past their image's border: clipped to it")
-    rows = _expand_frames(rows, root, problems)
+    rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "coco", problems, notes, sources=[js.name])
 
 

@@ -22,6 +22,7 @@ from medcad.data.annotations.shapes import (
     write_mask,
 )
 from medcad.data.manifest import Manifest, make_table
+from medcad.data.media import expand_frames
 from medcad.errors import DataError
 
 
@@ -81,8 +82,6 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
     """A 'CVAT for images 1.1' XML: one row per <image>; its mask is the union of its polygons, boxes, ellipses
     and masks drawn at its width x height; its label is its <tag> when it has one, else its shapes' label when
     they agree ('background' without shapes). Labels not declared in the file's <meta> are refused."""
-    from medcad.data.layouts import _expand_frames
-
     xml = path if path.is_file() else find_cvat(path)
     if xml is None:
         raise DataError(path, "no CVAT XML (root element <annotations>) found")
@@ -148,7 +147,7 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
     if not declared:
         notes.append(f"{xml.name} declares no labels in <meta>: shape labels taken as they are")
     notes += _label_notes(mixed, empty, "an <image>") + tally.notes()
-    rows = _expand_frames(rows, root, problems)
+    rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "cvat", problems, notes, sources=[xml.name])
 
 

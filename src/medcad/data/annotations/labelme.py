@@ -27,6 +27,7 @@ from medcad.data.annotations.shapes import (
 )
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
+from medcad.data.media import expand_frames, is_media
 from medcad.errors import DataError
 
 
@@ -89,13 +90,11 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
     Images without a JSON get no label and no mask (unannotated, which is not lesion-free). With --pattern,
     folders give columns as for the `folders` layout, and a folder label wins over the shapes'.
     """
-    from medcad.data.layouts import _expand_frames, _is_media
-
     if not path.is_dir():
         raise DataError(path, "give the folder that holds the images and their labelme JSON files")
     root = path
     files = walk_files(root)
-    images = [f for f in files if _is_media(f)]
+    images = [f for f in files if is_media(f)]
     media = set(images)
     by_image: dict[Path, tuple[Path, dict]] = {}
     problems: list[tuple[str, str]] = []
@@ -180,7 +179,7 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
             "give --pattern '{label}' (or e.g. '{domain}/{label}') to read them"
         )
     notes += tally.notes()
-    rows = _expand_frames(rows, root, problems)
+    rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "labelme", problems, notes, sources=sources)
 
 

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from medcad.config import DataOptions
 from medcad.data.cache import cache_dir
 from medcad.data.io import image_size
+from medcad.data.media import pattern_regex
 from medcad.errors import DataError
 
 MASK_VERSION = 1  # part of the cache key: raise it when rasterising changes
@@ -193,9 +194,7 @@ def _fields(rel_dir: str, options: DataOptions) -> dict[str, str] | None:
     """Columns from the folder by --pattern ({} without one), None when the folder does not fit it."""
     if not options.pattern:
         return {}
-    from medcad.data.layouts import _pattern_regex
-
-    match = _pattern_regex(options.pattern).match(rel_dir) if rel_dir != "." else None
+    match = pattern_regex(options.pattern).match(rel_dir) if rel_dir != "." else None
     return None if match is None else {k: v for k, v in match.groupdict().items() if v is not None}
 
 

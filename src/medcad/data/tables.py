@@ -1,0 +1,234 @@
+"""Manifest tables as people write them: CSV / TSV (delimiter sniffed, encoding by byte-order mark, UTF-8 or
+Windows-1252) and Excel .xlsx (first sheet, cells as a CSV export holds them); column names by alias, image paths
+with Windows separators or another machine's prefix resolved under the manifest's folder."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from medcad.config import DataOptions
+from medcad.data.manifest import MASK_SEP, Manifest, make_table
+from medcad.data.media import expand_frames
+from medcad.errors import DataError
+
+# Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
+COLUMN_ALIASES = {
+    "image": ("image", "path", "file", "filename", "imagepath", "imagefile", "imagename", "img"),
+    "label": ("label", "class", "target", "diagnosis", "classname", "category"),
+    "patient": ("patient", "patientid", "group", "subject", "subjectid", "case", "caseid", "video", "videoid"),
+    "domain": ("domain", "modality"),
+    "subgroup": ("subgroup", "subtype"),
+    "mask": ("mask", "maskpath", "masks", "maskfile"),
+    "boxes": ("boxes", "bbox", "bboxes"),
+    "frame": ("frame", "frameindex"),
+}
+ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid")
+
+
+# Annotation files that decide a folder's layout, in the order they are looked for: (layout, finder, why)
+
+
+def _norm(name: str) -> str:
+    """A header name compared without case, spaces, punctuation or a byte-order mark."""
+    return re.sub(r"[^0-9a-z]", "", str(name).replace("\ufeff", "").lower())
+
+
+def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Standard column names from the headers people write; notes on what was matched and what was not."""
+    by_norm: dict[str, str] = {}
+    for c in df.columns:
+        by_norm.setdefault(_norm(c), c)
+    mapping, notes = {}, []
+    for col, aliases in COLUMN_ALIASES.items():
+        for a in aliases:
+            if a in by_norm and by_norm[a] not in mapping:
+                mapping[by_norm[a]] = col
+                if str(by_norm[a]) != col:
+                    notes.append(f"column {str(by_norm[a]).strip()!r} read as {col!r}")
+                break
+    df = df.rename(columns=mapping)
+    if "image" not in df:
+        found = ", ".join(repr(str(c)) for c in df.columns)
+        raise DataError(
+            source,
+            f"no image column; a column headed one of {', '.join(COLUMN_ALIASES['image'])} (case, spaces and "
+            f"'_' ignored) is needed, found {found}",
+        )
+    for c in df.columns:
+        if c not in COLUMN_ALIASES and any(w in _norm(c) for w in ID_WORDS):
+            used = next((k for k, v in mapping.items() if v == "patient"), None)
+            notes.append(
+                f"column {str(c).strip()!r} looks like a patient/study id but is kept as metadata"
+                + (f" (the patient column is {str(used).strip()!r})" if used else "; splits do NOT group by it")
+                + ": rename it to 'patient' to group the splits by it"
+            )
+    return df, notes
+
+
+def _text_encodings(path: Path) -> list[tuple[str, str]]:
+    """The encodings to try on a text table, with the note each needs: UTF-16 / UTF-32 when the file starts with
+    their byte-order mark (Excel's "Unicode text" export), else UTF-8 (with or without a mark), then Windows-1252
+    (what spreadsheet programs save otherwise)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return [("utf-32", f"{path.name} is UTF-32 (by its byte-order mark): read as such")]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return [("utf-16", f"{path.name} is UTF-16 (by its byte-order mark, as Excel's Unicode text): read as such")]
+    return [("utf-8-sig", ""), ("cp1252", f"{path.name} is not UTF-8: read as Windows-1252")]
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A CSV/TSV as strings: delimiter sniffed, quoting honoured, encoding by `_text_encodings`, said in a note
+    unless UTF-8. An .xlsx file: its first sheet, as strings."""
+    if path.suffix.lower() == ".xlsx":
+        return read_sheet(path)
+    for encoding, note in _text_encodings(path):
+        try:
+            df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
+            return df, [note] if note else []
+        except UnicodeError:
+            continue
+        except Exception as e:
+            raise DataError(path, f"cannot parse as CSV/TSV ({e})") from e
+    raise DataError(path, "cannot decode the text (neither UTF-16/32 by its byte-order mark, UTF-8 nor Windows-1252)")
+
+
+def read_csv(path: Path, options: DataOptions) -> Manifest:
+    """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name."""
+    if path.is_dir():
+        path = next(p for p in (path / "manifest.csv", path / "manifest.tsv") if p.is_file())
+    df, notes = _read_table(path)
+    df, more = _rename_columns(df, path)
+    notes += more
+    root = path.parent
+    rows, problems = [], []
+    paths = _PathResolver(root)
+    for line, row in enumerate(df.to_dict("records"), start=2):
+        img = paths.resolve(str(row["image"]))
+        where = f"{path.name} line {line}"
+        if not img:
+            problems.append((where, "empty image path"))
+            continue
+        if not (root / img).is_file():
+            problems.append((img, f"file not found ({where})"))
+            continue
+        row["image"] = img
+        masks = [paths.resolve(m) for m in str(row.get("mask", "")).split(MASK_SEP) if m.strip()]
+        missing = [m for m in masks if not (root / m).is_file()]
+        if missing:
+            problems.append((img, f"mask file not found: {missing[0]} ({where})"))
+            continue
+        row["mask"] = MASK_SEP.join(masks)
+        boxes = str(row.get("boxes", "")).strip()
+        if boxes:
+            try:
+                json.loads(boxes)
+            except json.JSONDecodeError:
+                problems.append((img, f"boxes column is not valid JSON ({where})"))
+                continue
+        rows.append(row)
+    rows = expand_frames(rows, root, problems)
+    return Manifest(root, make_table(rows), "csv", problems, notes + paths.notes(path.name), sources=[path.name])
+
+
+class _PathResolver:
+    """Image paths of a manifest as people write them, resolved under its folder: Windows separators (`a\\b.png`),
+    and paths that exist only as a tail under the folder (another machine's absolute path, a prefix folder that is
+    not there: `C:/data/release/benign/b1.png` -> `benign/b1.png`). Each kind of rewrite is counted for a note."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.windows, self.tails = root, 0, Counter()
+
+    def resolve(self, raw: str) -> str:
+        text = raw.strip()
+        if "\\" in text:
+            text, self.windows = text.replace("\\", "/"), self.windows + 1
+        if Path(text).is_absolute() and Path(text).is_file():  # this machine's own absolute path
+            try:
+                return Path(text).resolve().relative_to(self.root.resolve()).as_posix()
+            except ValueError:
+                return text  # outside the manifest's folder: kept as it is
+        if not text or (self.root / text).is_file():
+            return text
+        parts = [p for p in text.split("/") if p not in ("", ".")]
+        for k in range(1, len(parts)):
+            tail = "/".join(parts[k:])
+            if (self.root / tail).is_file():
+                self.tails["/".join(parts[:k])] += 1
+                return tail
+        return text
+
+    def notes(self, name: str) -> list[str]:
+        out = [f"{self.windows} path(s) in {name} use Windows separators '\\': read with '/'"] if self.windows else []
+        for prefix, n in self.tails.most_common():
+            out.append(
+                f"{n} path(s) in {name} start with {prefix!r}, which is not under {self.root.name}/: "
+                "resolved by their remaining path under the manifest's folder"
+            )
+        return out
+
+
+def _cell_text(v: object) -> str:
+    """A cell as the text a CSV export of the sheet would hold."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, dt.datetime):
+        return v.date().isoformat() if v.time() == dt.time() else v.isoformat(sep=" ")
+    if isinstance(v, dt.date | dt.time):
+        return v.isoformat()
+    return str(v)
+
+
+def read_sheet(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The first worksheet of an .xlsx workbook as a table of strings, as `_read_table` gives a CSV: the
+    first non-empty row is the header, empty rows are skipped, formulas give their saved values."""
+    from openpyxl import load_workbook
+
+    try:
+        wb = load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # openpyxl raises zipfile, KeyError, InvalidFileException ... for files it cannot open
+        raise DataError(path, f"cannot open as an Excel .xlsx workbook ({type(e).__name__}: {e})") from e
+    try:
+        names = wb.sheetnames
+        rows = [[_cell_text(v) for v in r] for r in wb.worksheets[0].iter_rows(values_only=True)]
+    finally:
+        wb.close()
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(path, f"sheet {names[0]!r} is empty: the first sheet must hold the manifest")
+    width = max(i + 1 for r in rows for i, c in enumerate(r) if c.strip())
+    buf = io.StringIO()
+    csv.writer(buf).writerows(r[:width] + [""] * (width - len(r)) for r in rows)
+    buf.seek(0)
+    df = pd.read_csv(buf, dtype=str, keep_default_na=False)
+    notes = (
+        [f"{path.name}: sheet {names[0]!r} read; sheets {', '.join(map(repr, names[1:]))} not"]
+        if len(names) > 1
+        else []
+    )
+    return df, notes
+
+
+def read_xlsx(path: Path, options: DataOptions) -> Manifest:
+    """An Excel .xlsx manifest (a file, or `manifest.xlsx` in a folder), read like a CSV manifest (`read_csv`: same
+    column names, path checks and notes)."""
+    if path.is_dir():
+        path = path / "manifest.xlsx"
+    if path.suffix.lower() != ".xlsx":
+        raise DataError(path, "not an .xlsx file (older .xls workbooks: save as .xlsx or CSV)")
+    manifest = read_csv(path, options)
+    manifest.layout = "xlsx"
+    return manifest
