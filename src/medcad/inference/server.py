@@ -2,7 +2,8 @@
 
 Routes: `POST /predict` (one image -> JSON, or a DICOM SEG with `?format=dicom`), `POST /predict/video` (a clip ->
 a job; `GET /jobs/{id}` its progress and per-frame results), `GET /model` (the model card), `GET /health`,
-`/docs` (OpenAPI, served offline), `/` (the page, every asset served from `static/`).
+`/docs` (OpenAPI, served offline), `/` (the page, every asset served from `static/`). The routes are FastAPI
+routers in `medcad.inference.routes`, sharing one `ServeState`; this module builds it, the app and its guard.
 
 Safe by default: request bodies are limited by size (counted as they arrive, whatever Content-Length says), images
 by pixel count before decoding, kinds by content; each request waits at most `timeout_s`; a bounded queue answers
@@ -15,11 +16,8 @@ Grad-CAM sits in `medcad.explain`, a layer above this one: the caller (the CLI) 
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import hmac
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -29,22 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from fastapi import Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import Request
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from medcad import __version__
 from medcad.errors import MedcadError
-from medcad.inference.batcher import Batcher, QueueFull
+from medcad.inference.batcher import Batcher
 from medcad.inference.card import model_card
 from medcad.inference.jobs import VideoJobs
-from medcad.inference.limits import BodyLimit, read_upload
+from medcad.inference.limits import BodyLimit
 from medcad.inference.predictor import Predictor
-from medcad.inference.responses import MASK_FORMATS, data_url, prediction_json, segmentation_dicom
-from medcad.inference.uploads import Limits, UploadError, decode_upload
+from medcad.inference.responses import data_url
+from medcad.inference.routes import STATIC, ServeState, error_response, page_router, predict_router, video_router
+from medcad.inference.uploads import Limits
 
-STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json", "/favicon.ico")  # no token needed: nothing of the model
 log = logging.getLogger("medcad.serve")
@@ -86,10 +83,6 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
-
-
 def create_app(
     predictor: Predictor, options: ServeOptions | None = None, explain: Callable | None = None
 ) -> FastAPIOffline:
@@ -102,9 +95,42 @@ def create_app(
             `medcad.explain.explainers.EXPLAINERS` bound to the predictor; None turns `?gradcam=true` into a 400.
     """
     opts = options or ServeOptions()
+    state = _start(predictor, opts, explain)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        state.close()
+
+    card = state.card
+    app = FastAPIOffline(
+        title="medcad",
+        version=__version__,
+        description=f"{card['task']} model: {', '.join(card['labels'])}. Research use only.",
+        lifespan=lifespan,
+    )
+    app.state.batcher, app.state.jobs, app.state.workdir = state.batcher, state.jobs, state.workdir
+    _add_guard(app, opts.token)
+    app.add_middleware(BodyLimit, max_bytes=opts.limits.max_image_bytes, video_bytes=opts.limits.max_video_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for router in (page_router(state), predict_router(state), video_router(state)):
+        app.include_router(router)
+    return app
+
+
+def _start(predictor: Predictor, opts: ServeOptions, explain: Callable | None) -> ServeState:
+    """The temporary folder, the model card, the image queue and the video jobs of a new app."""
     workdir = Path(tempfile.mkdtemp(prefix="medcad-serve-"))
     card = model_card(predictor)
-    lock = threading.Lock() if opts.workers > 1 else None  # explainers hook the model: one at a time
+    run_batch = _batch_runner(predictor, explain, opts.workers > 1)
+    batcher = Batcher(run_batch, opts.max_queue, opts.max_batch, opts.workers)
+    jobs = VideoJobs(predictor, workdir, opts.limits, opts.max_jobs)
+    return ServeState(opts, card, batcher, jobs, workdir, explain)
+
+
+def _batch_runner(predictor: Predictor, explain: Callable | None, threaded: bool) -> Callable:
+    """The batcher's function: [(rgb, gradcam)] -> [{"prediction", "heatmap" when gradcam}]."""
+    lock = threading.Lock() if threaded else None  # explainers hook the model: one at a time
 
     def run_batch(items: list[tuple[np.ndarray, bool]]) -> list[dict]:
         preds = predictor.predict([rgb for rgb, _ in items], [f"image-{i}" for i in range(len(items))])
@@ -119,33 +145,21 @@ def create_app(
                 o["heatmap"] = {"image": data_url(picture), "caption": caption}
         return out
 
-    batcher = Batcher(run_batch, opts.max_queue, opts.max_batch, opts.workers)
-    jobs = VideoJobs(predictor, workdir, opts.limits, opts.max_jobs)
+    return run_batch
 
-    @asynccontextmanager
-    async def lifespan(_app):
-        yield
-        batcher.close()
-        jobs.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
-    app = FastAPIOffline(
-        title="medcad",
-        version=__version__,
-        description=f"{card['task']} model: {', '.join(card['labels'])}. Research use only.",
-        lifespan=lifespan,
-    )
-    app.state.batcher, app.state.jobs, app.state.workdir = batcher, jobs, workdir
+def _add_guard(app: FastAPIOffline, token: str | None) -> None:
+    """Add the `guard` middleware to `app`; `token`: the one the API needs, or None for none."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         """Token check, security headers and one log line per request (no client address, no file names)."""
         t0 = time.perf_counter()
         path = request.url.path
-        if opts.token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
+        if token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), opts.token.encode()):
-                return _error(401, "this server needs its token: send 'Authorization: Bearer <token>'")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return error_response(401, "this server needs its token: send 'Authorization: Bearer <token>'")
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
@@ -157,127 +171,3 @@ def create_app(
             )
         log.info("%s %s %d %.0f ms", request.method, path, response.status_code, 1000 * (time.perf_counter() - t0))
         return response
-
-    app.add_middleware(BodyLimit, max_bytes=opts.limits.max_image_bytes, video_bytes=opts.limits.max_video_bytes)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/health")
-    async def health() -> dict:
-        """Liveness and load: queue length, images served and refused."""
-        return {
-            "status": "ok",
-            "task": card["task"],
-            "queued": batcher.queue.qsize(),
-            "served": batcher.served,
-            "refused": batcher.refused,
-            "jobs": jobs.active(),
-        }
-
-    @app.get("/model")
-    async def model() -> dict:
-        """The model card: task, labels, decision rule, preprocessing, headline metrics with 95 % CIs, training
-        data and the evaluation that produced them."""
-        return card
-
-    @app.post(
-        "/predict",
-        responses={200: {"content": {"application/json": {}, "application/dicom": {}}}},
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                            "required": ["file"],
-                        }
-                    },
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                },
-                "required": True,
-            }
-        },
-    )
-    async def predict(
-        request: Request,
-        mask: str = Query("png", description="Mask encoding: png, rle (row-major run lengths) or none."),
-        overlay: bool = Query(False, description="Add the drawn overlay as a PNG data URL."),
-        gradcam: bool = Query(False, description="Add the Grad-CAM picture (slower)."),
-        format: str = Query("json", description="json, or dicom for a DICOM SEG (mask tasks, DICOM input)."),
-        frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM."),
-    ) -> Response:
-        """One image (multipart field `file`, or the raw bytes as the body) -> the task's result."""
-        try:
-            if mask not in MASK_FORMATS:
-                raise UploadError(400, f"mask={mask!r}: use one of {', '.join(MASK_FORMATS)}")
-            if format not in ("json", "dicom"):
-                raise UploadError(400, f"format={format!r}: use json or dicom")
-            if gradcam and explain is None:
-                raise UploadError(400, "this server runs without Grad-CAM; start it with medcad serve")
-            data = await read_upload(request, "file")
-            upload = await asyncio.to_thread(decode_upload, data, workdir, opts.limits, frame)
-            if format == "dicom":
-                _check_dicom_out(upload, card)
-            fut = batcher.submit((upload.rgb, gradcam))
-        except UploadError as e:
-            return _error(e.status, str(e))
-        except QueueFull as e:
-            return _error(
-                503, f"the server is busy; retry after {e.retry_after} s", {"Retry-After": str(e.retry_after)}
-            )
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(fut), opts.timeout_s)
-        except asyncio.TimeoutError:
-            fut.cancel()
-            return _error(504, f"no result within {opts.timeout_s:.0f} s (medcad serve --timeout); retry later")
-        except MedcadError as e:
-            return _error(422, str(e))
-        pred = dataclasses.replace(result["prediction"], image="upload")  # the upload's name is never echoed
-        if format == "dicom":
-            try:
-                seg = await asyncio.to_thread(segmentation_dicom, upload.dicom, pred.lesion, "lesion", __version__)
-            except MedcadError as e:
-                return _error(422, str(e))
-            return Response(
-                seg, media_type="application/dicom", headers={"Content-Disposition": 'attachment; filename="seg.dcm"'}
-            )
-        body = prediction_json(pred, upload.rgb, card["task"], mask, overlay)
-        if "heatmap" in result:
-            body["heatmap"] = result["heatmap"]
-        return JSONResponse(body)
-
-    @app.post("/predict/video", status_code=202)
-    async def predict_video(request: Request) -> JSONResponse:
-        """A clip (multipart field `file`, or the raw bytes) -> 202 and a job; poll `GET /jobs/{id}`."""
-        try:
-            data = await read_upload(request, "file", video=True)
-            job = await asyncio.to_thread(jobs.submit, data)
-        except UploadError as e:
-            return _error(e.status, str(e))
-        except QueueFull as e:
-            return _error(503, f"{e} (video jobs running)", {"Retry-After": str(e.retry_after)})
-        return JSONResponse({"job": job, "status_url": f"/jobs/{job}"}, status_code=202)
-
-    @app.get("/jobs/{job}")
-    async def job_status(job: str) -> JSONResponse:
-        """A video job: status (queued, running, done, failed), frames done of total, and when done the summary
-        and one record per frame (decision, probabilities / lesion fraction / boxes, smoothed decision)."""
-        state = jobs.get(job)
-        if state is None:
-            return _error(404, f"no job {job!r} (jobs are kept for the last {jobs.keep} clips)")
-        return JSONResponse(state)
-
-    return app
-
-
-def _check_dicom_out(upload, card: dict) -> None:
-    if "mask" not in card["outputs"]:
-        raise UploadError(400, f"format=dicom gives a DICOM SEG, which needs a mask; this model is {card['task']}")
-    if upload.kind != "dicom":
-        raise UploadError(400, "format=dicom needs a DICOM upload to reference; this upload is " + upload.kind)
-    if int(upload.dicom.get("NumberOfFrames", 1) or 1) > 1:
-        raise UploadError(400, "format=dicom supports single-frame DICOM sources; send one frame")

@@ -1,0 +1,226 @@
+"""The routes of `medcad serve` (`medcad.inference.server.create_app`), as FastAPI routers over one shared state.
+
+`page_router`: `GET /` (the page), `GET /health`, `GET /model` (the model card). `predict_router`: `POST /predict`
+(one image -> JSON, or a DICOM SEG with `?format=dicom`). `video_router`: `POST /predict/video` (a clip -> a job)
+and `GET /jobs/{id}` (its progress and per-frame results). The `/static` assets are mounted by `create_app`.
+
+Errors are answered as `{"detail": message}` with their status; nothing of an upload (name, DICOM header) is echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from medcad import __version__
+from medcad.errors import MedcadError
+from medcad.inference.batcher import Batcher, QueueFull
+from medcad.inference.jobs import VideoJobs
+from medcad.inference.limits import read_upload
+from medcad.inference.prediction import Prediction
+from medcad.inference.responses import MASK_FORMATS, prediction_json, segmentation_dicom
+from medcad.inference.uploads import Upload, UploadError, decode_upload
+
+if TYPE_CHECKING:
+    from medcad.inference.server import ServeOptions
+
+STATIC = Path(__file__).parent / "static"
+
+PREDICT_OPENAPI = {  # /predict takes a multipart file or the raw bytes, and answers JSON or a DICOM SEG
+    "responses": {200: {"content": {"application/json": {}, "application/dicom": {}}}},
+    "openapi_extra": {
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "required": True,
+        }
+    },
+}
+
+
+@dataclass(frozen=True)
+class ServeState:
+    """What the routes of one app share.
+
+    Attributes:
+        options: the server's `ServeOptions` (limits, timeout, token).
+        card: the predictor's model card (`medcad.inference.card.model_card`).
+        batcher: the image queue; its items are (rgb, gradcam) and its results {"prediction", "heatmap"?}.
+        jobs: the video jobs.
+        workdir: the temporary folder of uploads, removed by `close`.
+        explain: the Grad-CAM function, or None when the server runs without it.
+    """
+
+    options: ServeOptions
+    card: dict
+    batcher: Batcher
+    jobs: VideoJobs
+    workdir: Path
+    explain: Callable | None = None
+
+    def close(self) -> None:
+        """Stop the queue and the video jobs and remove the temporary folder (at shutdown)."""
+        self.batcher.close()
+        self.jobs.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """`{"detail": message}` with `status` (and `headers`, e.g. Retry-After)."""
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def page_router(state: ServeState) -> APIRouter:
+    """`GET /` (the page), `GET /health` and `GET /model`."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @router.get("/health")
+    async def health() -> dict:
+        """Liveness and load: queue length, images served and refused."""
+        return {
+            "status": "ok",
+            "task": state.card["task"],
+            "queued": state.batcher.queue.qsize(),
+            "served": state.batcher.served,
+            "refused": state.batcher.refused,
+            "jobs": state.jobs.active(),
+        }
+
+    @router.get("/model")
+    async def model() -> dict:
+        """The model card: task, labels, decision rule, preprocessing, headline metrics with 95 % CIs, training
+        data and the evaluation that produced them."""
+        return state.card
+
+    return router
+
+
+def predict_router(state: ServeState) -> APIRouter:
+    """`POST /predict`: one image through the queue, answered within `timeout_s`."""
+    router = APIRouter()
+    timeout_s = state.options.timeout_s
+
+    @router.post("/predict", **PREDICT_OPENAPI)
+    async def predict(
+        request: Request,
+        mask: str = Query("png", description="Mask encoding: png, rle (row-major run lengths) or none."),
+        overlay: bool = Query(False, description="Add the drawn overlay as a PNG data URL."),
+        gradcam: bool = Query(False, description="Add the Grad-CAM picture (slower)."),
+        format: str = Query("json", description="json, or dicom for a DICOM SEG (mask tasks, DICOM input)."),
+        frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM."),
+    ) -> Response:
+        """One image (multipart field `file`, or the raw bytes as the body) -> the task's result."""
+        try:
+            _check_query(mask, format, gradcam, state.explain is not None)
+            upload = await _read_image(request, state, frame, format == "dicom")
+            fut = state.batcher.submit((upload.rgb, gradcam))
+        except UploadError as e:
+            return error_response(e.status, str(e))
+        except QueueFull as e:
+            return error_response(
+                503, f"the server is busy; retry after {e.retry_after} s", {"Retry-After": str(e.retry_after)}
+            )
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
+        except asyncio.TimeoutError:
+            fut.cancel()
+            return error_response(504, f"no result within {timeout_s:.0f} s (medcad serve --timeout); retry later")
+        except MedcadError as e:
+            return error_response(422, str(e))
+        pred = dataclasses.replace(result["prediction"], image="upload")  # the upload's name is never echoed
+        if format == "dicom":
+            return await _dicom_response(upload, pred)
+        body = prediction_json(pred, upload.rgb, state.card["task"], mask, overlay)
+        if "heatmap" in result:
+            body["heatmap"] = result["heatmap"]
+        return JSONResponse(body)
+
+    return router
+
+
+def video_router(state: ServeState) -> APIRouter:
+    """`POST /predict/video` (a clip -> a job) and `GET /jobs/{job}` (its state)."""
+    router = APIRouter()
+    jobs = state.jobs
+
+    @router.post("/predict/video", status_code=202)
+    async def predict_video(request: Request) -> JSONResponse:
+        """A clip (multipart field `file`, or the raw bytes) -> 202 and a job; poll `GET /jobs/{id}`."""
+        try:
+            data = await read_upload(request, "file", video=True)
+            job = await asyncio.to_thread(jobs.submit, data)
+        except UploadError as e:
+            return error_response(e.status, str(e))
+        except QueueFull as e:
+            return error_response(503, f"{e} (video jobs running)", {"Retry-After": str(e.retry_after)})
+        return JSONResponse({"job": job, "status_url": f"/jobs/{job}"}, status_code=202)
+
+    @router.get("/jobs/{job}")
+    async def job_status(job: str) -> JSONResponse:
+        """A video job: status (queued, running, done, failed), frames done of total, and when done the summary
+        and one record per frame (decision, probabilities / lesion fraction / boxes, smoothed decision)."""
+        job_state = jobs.get(job)
+        if job_state is None:
+            return error_response(404, f"no job {job!r} (jobs are kept for the last {jobs.keep} clips)")
+        return JSONResponse(job_state)
+
+    return router
+
+
+def _check_query(mask: str, format: str, gradcam: bool, can_explain: bool) -> None:
+    """Refuse /predict's unknown options (400) before reading the upload."""
+    if mask not in MASK_FORMATS:
+        raise UploadError(400, f"mask={mask!r}: use one of {', '.join(MASK_FORMATS)}")
+    if format not in ("json", "dicom"):
+        raise UploadError(400, f"format={format!r}: use json or dicom")
+    if gradcam and not can_explain:
+        raise UploadError(400, "this server runs without Grad-CAM; start it with medcad serve")
+
+
+async def _read_image(request: Request, state: ServeState, frame: int, dicom_out: bool) -> Upload:
+    """The request's image, read within the limits and decoded off the event loop."""
+    data = await read_upload(request, "file")
+    upload = await asyncio.to_thread(decode_upload, data, state.workdir, state.options.limits, frame)
+    if dicom_out:
+        _check_dicom_out(upload, state.card)
+    return upload
+
+
+def _check_dicom_out(upload: Upload, card: dict) -> None:
+    if "mask" not in card["outputs"]:
+        raise UploadError(400, f"format=dicom gives a DICOM SEG, which needs a mask; this model is {card['task']}")
+    if upload.kind != "dicom":
+        raise UploadError(400, "format=dicom needs a DICOM upload to reference; this upload is " + upload.kind)
+    if int(upload.dicom.get("NumberOfFrames", 1) or 1) > 1:
+        raise UploadError(400, "format=dicom supports single-frame DICOM sources; send one frame")
+
+
+async def _dicom_response(upload: Upload, pred: Prediction) -> Response:
+    """The prediction's mask as a DICOM SEG referencing the uploaded DICOM (422 when it cannot be made)."""
+    try:
+        seg = await asyncio.to_thread(segmentation_dicom, upload.dicom, pred.lesion, "lesion", __version__)
+    except MedcadError as e:
+        return error_response(422, str(e))
+    return Response(
+        seg, media_type="application/dicom", headers={"Content-Disposition": 'attachment; filename="seg.dcm"'}
+    )
