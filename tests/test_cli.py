@@ -90,3 +90,21 @@ def test_a_full_disk_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on device writing /runs/x/fold_1/") and "rerun the same command" in err
+
+
+def test_train_options_set_their_config_fields(monkeypatch) -> None:
+    """`medcad train`'s options come from one table of TrainConfig fields; a given one reaches the config (`--group`
+    sets group_by), one not given keeps the config's default."""
+    from medcad.cli.runs import TRAIN_SETTINGS
+    from medcad.config import TrainConfig
+
+    assert set(TRAIN_SETTINGS) <= set(TrainConfig.__dataclass_fields__)
+    seen = []
+    monkeypatch.setattr("medcad.engine.train.train_run", lambda path, out, cfg, splits_path=None: seen.append(cfg))
+    res = runner.invoke(
+        app, ["train", "x", "--group", "patient", "--lr", "0.001", "--no-class-weights", "--holdout", "0.2"]
+    )
+    assert res.exit_code == 0, res.output
+    cfg = seen[0]
+    assert (cfg.group_by, cfg.lr, cfg.class_weights, cfg.holdout) == ("patient", 0.001, False, 0.2)
+    assert (cfg.epochs, cfg.task) == (TrainConfig().epochs, "classify")

@@ -138,29 +138,47 @@ DATA_OPTIONS: dict[str, tuple[object, object]] = {
 }
 
 
+def with_options(table: dict[str, tuple[object, object]], receive: str, make, after=None):
+    """A decorator that gives a command the options of `table` (name -> (annotation, default)), one definition for
+    every command that takes them; the command receives `make(values)` (the values by name) as its keyword
+    `receive` instead.
+
+    The options follow the command's own; `after` (a table option -> the command's own options) places some of the
+    command's own options after that table option instead, so that `--help` lists them there.
+    """
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = {n: p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items() if n != receive}
+        placed = {n: name for name, names in (after or {}).items() for n in names}
+        unknown = (set(after or {}) - set(table)) | (set(placed) - set(own))
+        if unknown:
+            raise TypeError(f"{fn.__name__}: no option(s) {', '.join(sorted(unknown))} to place")
+        params = [p for n, p in own.items() if n not in placed]
+        for name, (ann, default) in table.items():
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+            params += [own[n].replace(kind=inspect.Parameter.KEYWORD_ONLY) for n in own if placed.get(n) == name]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name, default) for name, (_, default) in table.items()}
+            return fn(*args, **{receive: make(values)}, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect._empty}
+        del wrapper.__wrapped__  # typer must read the new signature, not the wrapped function's
+        return wrapper
+
+    return decorate
+
+
 def with_data_options(fn):
     """Give a command the dataset-reading options (`DATA_OPTIONS`); it receives them as `options: DataOptions`.
 
     One definition for every command that reads a dataset, so they all take the same options.
     """
-    sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn, include_extras=True)
-    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
-    params = [p for p in params if p.name != "options"]
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
-        for name, (ann, default) in DATA_OPTIONS.items()
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        values = {name: kwargs.pop(name, default) for name, (_, default) in DATA_OPTIONS.items()}
-        return fn(*args, options=DataOptions(**values), **kwargs)
-
-    wrapper.__signature__ = sig.replace(parameters=params + extra)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params + extra if p.annotation is not inspect._empty}
-    del wrapper.__wrapped__  # typer must read the new signature, not the wrapped function's
-    return wrapper
+    return with_options(DATA_OPTIONS, "options", lambda values: DataOptions(**values))(fn)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]

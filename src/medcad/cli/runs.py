@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 
@@ -20,110 +20,109 @@ from medcad.cli.common import (
     _say_notes,
     app,
     with_data_options,
+    with_options,
 )
 from medcad.config import DataOptions
 from medcad.errors import MedcadError
 
 
+class _Setting(NamedTuple):
+    """A training setting on the command line: a `TrainConfig` field's option."""
+
+    type: type
+    help: str | None
+    default: object = None  # None: not given, the config's default stands
+    option: str | None = None  # the option's name where it is not the field's
+
+
+# The `TrainConfig` fields that `medcad train` takes as options, in the order `--help` lists them (see
+# `with_train_options`).
+TRAIN_SETTINGS: dict[str, _Setting] = {
+    "task": _Setting(str, "classify, segment, multitask (mask + class), detect or multilabel (findings).", "classify"),
+    "model": _Setting(str, "Any timm backbone name (the encoder for segment).", "tf_efficientnet_lite0"),
+    "arch": _Setting(str, "segment/multitask: attention-unetpp, unet, unetpp, unet-vgg11, dsconv-resnet."),
+    "missing_masks": _Setting(str, "segment/multitask: images without a mask are an error, or empty (lesion-free)."),
+    "class_loss_weight": _Setting(float, "multitask: weight of the class loss."),
+    "frame_classes": _Setting(str, "detect: labels whose frames are whole-frame boxes, e.g. normal,unclear."),
+    "dropout": _Setting(float, "Dropout before the class layer."),
+    "weights": _Setting(str, "auto (offline ImageNet if shipped), hub, none, or a file.", "auto"),
+    "head": _Setting(str, "linear, or mlp (features-2048-1024-n).", "linear"),
+    "group_by": _Setting(str, "auto, patient, duplicates, patient+duplicates, none.", option="group"),
+    "epochs": _Setting(int, "Fine-tuning epochs (classify: stage 2; 0: head only)."),
+    "head_epochs": _Setting(int, "Stage-1 epochs on cached features."),
+    "unfreeze": _Setting(int, "Backbone parameter groups trained in stage 2."),
+    "freeze_stride": _Setting(
+        int,
+        "A pretrained encoder's stem and stages up to this output stride keep ImageNet weights "
+        "(default 4; 0: fine-tune all).",
+    ),
+    "lr": _Setting(float, "Stage-2 backbone learning rate."),
+    "head_lr": _Setting(float, "Stage-1 learning rate of the head on cached features."),
+    "optimizer": _Setting(str, "adam or adamw (default), every task and stage."),
+    "weight_decay": _Setting(float, "Weight decay (default 1e-4)."),
+    "schedule": _Setting(str, "Learning rate over each fit's epochs: cosine (default) or constant."),
+    "new_layer_lr_factor": _Setting(
+        float, "New layers (head, decoder, detection heads, from-scratch models) learn at this x lr (5)."
+    ),
+    "stages": _Setting(
+        str,
+        "classify/multilabel: stages replacing head-then-fine-tune, EPOCHS:LAYERS:LR[:OPTIMIZER][:cached] "
+        "comma-separated, LAYERS all, head or lastN (weight layers from the output), e.g. "
+        "'5:all:1e-4:adam,30:last4:1e-3:adam'; or a JSON list of {epochs, layers, lr, optimizer, cached}.",
+    ),
+    "batch_size": _Setting(int, "Stage-2 batch size."),
+    "image_size": _Setting(int, "Square input size in pixels."),
+    "augment": _Setting(str, "kvasir, light or none."),
+    "bilateral": _Setting(bool, "Bilateral-filter denoising (ultrasound)."),
+    "interface": _Setting(str, "Ultrasound: none, crop (to the imaging area), crop+marks (also inpaint marks)."),
+    "oversample": _Setting(bool, "Oversample rare classes in training folds."),
+    "class_weights": _Setting(bool, "Class-weighted loss."),
+    "precision": _Setting(str, "auto (bf16 where the device has it, else fp16 on GPUs, fp32), bf16-mixed, ..."),
+    "tta": _Setting(str, "Test-time augmentation: auto (mirror for mask models), none, hflip."),
+    "accelerator": _Setting(str, "auto (a GPU when present, else the CPU), cpu or gpu."),
+    "devices": _Setting(int, "Processes per node: GPUs, or CPU processes (DDP)."),
+    "num_nodes": _Setting(int, "Machines (launch one process per device with srun)."),
+    "strategy": _Setting(str, "auto (ddp for several processes) or a Lightning strategy."),
+    "logger": _Setting(str, "Comma-separated: tensorboard, csv, mlflow (default tensorboard,csv), or none."),
+    "tracking_uri": _Setting(str, "MLflow tracking server or store (default: sqlite mlflow.db beside the run)."),
+    "patience": _Setting(int, "Early stopping: epochs without a better validation score."),
+    "seed": _Setting(int, None),
+    "threads": _Setting(int, "Torch CPU threads."),
+    "val_fraction": _Setting(float, "Validation fraction carved (grouped) from each training part."),
+}
+_FIELD = {s.option or field: field for field, s in TRAIN_SETTINGS.items()}
+TRAIN_OPTIONS = {
+    s.option or field: (
+        Annotated[s.type if s.default is not None else s.type | None, typer.Option(help=s.help)],
+        s.default,
+    )
+    for field, s in TRAIN_SETTINGS.items()
+}
+
+
+def with_train_options(**after: tuple[str, ...]):
+    """Give a command the training settings (`TRAIN_SETTINGS`); it receives the given ones (not None) by field name
+    as `settings: dict`. `after` places the command's own options among them (see `with_options`)."""
+    return with_options(
+        TRAIN_OPTIONS, "settings", lambda values: {_FIELD[k]: v for k, v in values.items() if v is not None}, after
+    )
+
+
 @app.command()
 @with_data_options
+@with_train_options(head=("folds", "holdout"), group=("splits",), seed=("repeats",), val_fraction=("make_report",))
 def train(
     path: Annotated[Path, typer.Argument(help="Dataset: folder, CSV/TSV manifest or COCO JSON.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed when it exists).")] = Path("runs/run"),
-    task: Annotated[
-        str, typer.Option(help="classify, segment, multitask (mask + class), detect or multilabel (findings).")
-    ] = "classify",
-    model: Annotated[
-        str, typer.Option(help="Any timm backbone name (the encoder for segment).")
-    ] = "tf_efficientnet_lite0",
-    arch: Annotated[
-        str | None, typer.Option(help="segment/multitask: attention-unetpp, unet, unetpp, unet-vgg11, dsconv-resnet.")
-    ] = None,
-    missing_masks: Annotated[
-        str | None, typer.Option(help="segment/multitask: images without a mask are an error, or empty (lesion-free).")
-    ] = None,
-    class_loss_weight: Annotated[float | None, typer.Option(help="multitask: weight of the class loss.")] = None,
-    frame_classes: Annotated[
-        str | None, typer.Option(help="detect: labels whose frames are whole-frame boxes, e.g. normal,unclear.")
-    ] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout before the class layer.")] = None,
-    weights: Annotated[str, typer.Option(help="auto (offline ImageNet if shipped), hub, none, or a file.")] = "auto",
-    head: Annotated[str, typer.Option(help="linear, or mlp (features-2048-1024-n).")] = "linear",
     folds: Annotated[int | None, typer.Option(help="k-fold CV, grouped and stratified.")] = None,
     holdout: Annotated[float | None, typer.Option(help="Single split with this test fraction.")] = None,
-    group: Annotated[str | None, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = None,
     splits: Annotated[Path | None, typer.Option(help="Reuse this splits.json (same folds as another run).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (classify: stage 2; 0: head only).")] = None,
-    head_epochs: Annotated[int | None, typer.Option(help="Stage-1 epochs on cached features.")] = None,
-    unfreeze: Annotated[int | None, typer.Option(help="Backbone parameter groups trained in stage 2.")] = None,
-    freeze_stride: Annotated[
-        int | None,
-        typer.Option(
-            help="A pretrained encoder's stem and stages up to this output stride keep ImageNet weights "
-            "(default 4; 0: fine-tune all)."
-        ),
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Stage-2 backbone learning rate.")] = None,
-    head_lr: Annotated[float | None, typer.Option(help="Stage-1 learning rate of the head on cached features.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam or adamw (default), every task and stage.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 1e-4).")] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="Learning rate over each fit's epochs: cosine (default) or constant.")
-    ] = None,
-    new_layer_lr_factor: Annotated[
-        float | None,
-        typer.Option(help="New layers (head, decoder, detection heads, from-scratch models) learn at this x lr (5)."),
-    ] = None,
-    stages: Annotated[
-        str | None,
-        typer.Option(
-            help="classify/multilabel: stages replacing head-then-fine-tune, EPOCHS:LAYERS:LR[:OPTIMIZER][:cached] "
-            "comma-separated, LAYERS all, head or lastN (weight layers from the output), e.g. "
-            "'5:all:1e-4:adam,30:last4:1e-3:adam'; or a JSON list of {epochs, layers, lr, optimizer, cached}."
-        ),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Stage-2 batch size.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
-    augment: Annotated[str | None, typer.Option(help="kvasir, light or none.")] = None,
-    bilateral: Annotated[bool | None, typer.Option(help="Bilateral-filter denoising (ultrasound).")] = None,
-    interface: Annotated[
-        str | None, typer.Option(help="Ultrasound: none, crop (to the imaging area), crop+marks (also inpaint marks).")
-    ] = None,
-    oversample: Annotated[bool | None, typer.Option(help="Oversample rare classes in training folds.")] = None,
-    class_weights: Annotated[bool | None, typer.Option(help="Class-weighted loss.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto (bf16 where the device has it, else fp16 on GPUs, fp32), bf16-mixed, ...")
-    ] = None,
-    tta: Annotated[
-        str | None, typer.Option(help="Test-time augmentation: auto (mirror for mask models), none, hflip.")
-    ] = None,
-    accelerator: Annotated[
-        str | None, typer.Option(help="auto (a GPU when present, else the CPU), cpu or gpu.")
-    ] = None,
-    devices: Annotated[int | None, typer.Option(help="Processes per node: GPUs, or CPU processes (DDP).")] = None,
-    num_nodes: Annotated[int | None, typer.Option(help="Machines (launch one process per device with srun).")] = None,
-    strategy: Annotated[
-        str | None, typer.Option(help="auto (ddp for several processes) or a Lightning strategy.")
-    ] = None,
-    logger: Annotated[
-        str | None, typer.Option(help="Comma-separated: tensorboard, csv, mlflow (default tensorboard,csv), or none.")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking server or store (default: sqlite mlflow.db beside the run).")
-    ] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Early stopping: epochs without a better validation score.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
     repeats: Annotated[
         int, typer.Option(help="Train this many times (seeds seed, seed+1, ...) on the same splits; mean ± sd.")
     ] = 1,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
-    val_fraction: Annotated[
-        float | None, typer.Option(help="Validation fraction carved (grouped) from each training part.")
-    ] = None,
     make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
     *,
+    settings: dict[str, object],
     options: DataOptions,
 ) -> None:
     """Train and evaluate a model with grouped cross-validation or a holdout split; writes a run folder."""
@@ -132,50 +131,8 @@ def train(
         from medcad.engine.train import train_run
         from medcad.models.backbones import check_model_name
 
-        check_model_name(model)
-        overrides = dict(
-            task=task,
-            model=model,
-            arch=arch,
-            missing_masks=missing_masks,
-            class_loss_weight=class_loss_weight,
-            frame_classes=frame_classes,
-            dropout=dropout,
-            weights=weights,
-            head=head,
-            group_by=group,
-            epochs=epochs,
-            head_epochs=head_epochs,
-            unfreeze=unfreeze,
-            freeze_stride=freeze_stride,
-            lr=lr,
-            head_lr=head_lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            new_layer_lr_factor=new_layer_lr_factor,
-            stages=stages,
-            batch_size=batch_size,
-            image_size=image_size,
-            augment=augment,
-            bilateral=bilateral,
-            interface=interface,
-            oversample=oversample,
-            class_weights=class_weights,
-            precision=precision,
-            tta=tta,
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            logger=logger,
-            tracking_uri=tracking_uri,
-            seed=seed,
-            patience=patience,
-            threads=threads,
-            val_fraction=val_fraction,
-            **options.given(),
-        )
+        check_model_name(settings["model"])
+        overrides = {**settings, **options.given()}
         if holdout is not None:
             overrides.update(holdout=holdout, folds=None)
         elif folds is not None:
