@@ -15,6 +15,7 @@ from torch import nn
 
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError, DataError
+from medcad.runfolder import RunFolder
 from medcad.tasks import TASKS, get_task
 
 
@@ -90,10 +91,10 @@ def run_task(run: Path) -> str:
     run = Path(run)
     if run.is_file():
         return load_model_file(run)[1]["config"].get("task", "classify")
-    path = run / "config.json"
+    path = RunFolder(run).config
     if path.is_file():
         return TrainConfig.load(path).task
-    if run.is_dir() and any(run.glob("fold_*/model.pt")):
+    if run.is_dir() and RunFolder(run).fold_models():
         return load_model_file(fold_model_files(run, None)[0])[1]["config"].get("task", "classify")
     raise DataError(run, "not a run folder (no config.json) nor a model.pt file")
 
@@ -108,9 +109,9 @@ def fold_model_files(run: Path, fold: int | None) -> list[Path]:
     if run.is_file():
         return [run]
     if fold is not None:
-        files = [run / f"fold_{fold}" / "model.pt"]
+        files = [RunFolder(run).fold(fold).model]
     else:
-        files = sorted(run.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+        files = RunFolder(run).fold_models()
     if not files or not files[0].is_file():
         raise DataError(files[0] if files else run, "no trained model found (fold_*/model.pt): train it first")
     return files

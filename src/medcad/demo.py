@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from medcad.runfolder import RunFolder
+
 DEMO_STUDY = """\
 # The demo study: written by `medcad demo`; edit it and run `medcad study {path}` to try other settings.
 name: demo
@@ -107,7 +109,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     lap("study report")
     c.rule("6. Lesion masks + class from one network (multitask U-Net, same folds)")
     seg_run = out / "multitask"
-    splits = out / "study" / "splits.json"
+    splits = RunFolder(out / "study").splits
     seg = train_run(manifest_csv, seg_run, _multitask_config(), splits_path=splits, progress=False)
     print_metrics(seg, seg_run, c)
     lap("multitask run")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.errors import DataError
+from medcad.runfolder import RunFolder
 
-SAMPLES_FILE = "samples.json"
 NEW_IMAGES = ("stop", "ignore")
 
 
@@ -83,10 +83,10 @@ def compare_dataset(run_samples: dict[str, str | None], manifest: Manifest) -> D
 def run_samples(run: Path) -> dict[str, str | None] | None:
     """The samples a run was made on: RUN/samples.json, else (runs made before it existed) the keys of
     RUN/splits.json without fingerprints; None when neither is there."""
-    path = run / SAMPLES_FILE
+    path = RunFolder(run).samples
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["samples"]
-    splits = run / "splits.json"
+    splits = RunFolder(run).splits
     if splits.is_file():
         folds = json.loads(splits.read_text(encoding="utf-8"))["folds"]
         return {k: None for f in folds for part in ("train", "val", "test") for k in f.get(part, [])}

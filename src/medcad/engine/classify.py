@@ -41,6 +41,7 @@ from medcad.engine.modules import (
 from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
+from medcad.runfolder import FoldFolder
 from medcad.tasks import get_task
 
 
@@ -162,7 +163,7 @@ class ClassifyHooks(FoldHooks):
         if stage.epochs == 0:
             return
         name = f"stage{i}"
-        folder = fold_dir / "checkpoints" / name
+        folder = FoldFolder(fold_dir).checkpoints(name)
         optimizer = stage.optimizer or cfg.optimizer
         if stage.cached:
             lr = stage.lr * cfg.new_layer_lr_factor  # the head is a new layer

@@ -14,6 +14,7 @@ import torch
 from medcad.config import TrainConfig
 from medcad.devices import is_primary, resolve_compute
 from medcad.errors import ConfigError
+from medcad.runfolder import FoldFolder
 
 
 def quiet_lightning() -> None:
@@ -69,9 +70,9 @@ def make_loggers(fold_dir: Path, stage: str, cfg: TrainConfig) -> list:
     names = logger_names(cfg)
     out = []
     if "tensorboard" in names:
-        out.append(TensorBoardLogger(fold_dir / "logs" / "tensorboard", name=stage, version=""))
+        out.append(TensorBoardLogger(FoldFolder(fold_dir).logs / "tensorboard", name=stage, version=""))
     if "csv" in names:
-        out.append(CSVLogger(fold_dir / "logs" / "csv", name=stage, version=""))
+        out.append(CSVLogger(FoldFolder(fold_dir).logs / "csv", name=stage, version=""))
     if "mlflow" in names:
         run_dir = fold_dir.resolve().parent
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.parent / 'mlflow.db'}"
@@ -101,7 +102,7 @@ def make_trainer(
     # best.ckpt: the weights only (what the fold loads); last.ckpt, rewritten every epoch: the full state an
     # interrupted fit resumes from (optimizer, scheduler, both callbacks' records). Weights only: a third of the
     # bytes per improvement. (Lightning's own save_last writes only when a top-k file is written in the same step.)
-    folder = fold_dir / "checkpoints" / stage
+    folder = FoldFolder(fold_dir).checkpoints(stage)
     ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
     last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     trainer = L.Trainer(

@@ -14,13 +14,14 @@ from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, write_json
 from medcad.engine.train import task_masks, task_targets
 from medcad.errors import DataError
+from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 
 def _run_config(run: Path) -> tuple[TrainConfig, dict]:
-    path = run / "config.json"
+    path = RunFolder(run).config
     if not path.is_file():
         raise DataError(run, "not a run folder (no config.json)")
     return TrainConfig.load(path), json.loads(path.read_text())
@@ -40,11 +41,11 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
         manifest = reconcile(manifest, samples, run, new_images="ignore", why=why)
     for note in manifest.notes:
         log.warning("note: %s", note)
-    splits = load_splits(run / "splits.json", manifest)
+    splits = load_splits(RunFolder(run).splits, manifest)
     labels = meta["labels"]
     results = []
     for fold in splits["folds"]:
-        path = run / f"fold_{fold['fold']}" / "result.json"
+        path = RunFolder(run).fold(fold["fold"]).result
         if not path.is_file():
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
@@ -56,6 +57,6 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
 
         _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, run, boxes)
-    atomic_write_text(run / "predictions.csv", pred.to_csv(index=False))
-    write_json(run / "metrics.json", metrics)
+    atomic_write_text(RunFolder(run).predictions, pred.to_csv(index=False))
+    write_json(RunFolder(run).metrics, metrics)
     return metrics, run

@@ -30,6 +30,7 @@ from medcad.devices import is_primary
 from medcad.engine.common import compute_device, fit, make_trainer, quiet_lightning
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
+from medcad.runfolder import FoldFolder
 
 
 @dataclass
@@ -164,7 +165,7 @@ def train_fold(
         trainer, ckpt = make_trainer(
             fold_dir, hooks.stage, hooks.epochs(cfg), cfg, hooks.monitor, "max", cfg.patience, progress
         )
-        last = fold_dir / "checkpoints" / hooks.stage / "last.ckpt"
+        last = FoldFolder(fold_dir).checkpoints(hooks.stage) / "last.ckpt"
         fit(trainer, module, *hooks.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
         if not primary:
             return {}  # rank 0 predicts and writes the fold
@@ -191,7 +192,7 @@ def train_fold(
         val_out = hooks.predict(model, normalize, data, val, cfg)
     temperature = hooks.temperature(val_out, data, val)
     decision = hooks.decision(val_out, data, val, temperature)
-    save_model(fold_dir / "model.pt", model.cpu(), cfg, list(data.labels), dc, temperature, decision)
+    save_model(FoldFolder(fold_dir).model, model.cpu(), cfg, list(data.labels), dc, temperature, decision)
     speed["seconds"] = time.perf_counter() - t0
     result = {
         "fold": k,
@@ -211,5 +212,5 @@ def train_fold(
     if val_out.get("probs") is not None:
         result |= {"test_probs": test_out["probs"].tolist(), "val_probs": val_out["probs"].tolist()}
         result["temperature"] = temperature
-    write_json(fold_dir / "result.json", result)
+    write_json(FoldFolder(fold_dir).result, result)
     return result

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import reference_label
 
 
@@ -81,7 +82,7 @@ def prediction_table(
 
 def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """A fold's test rows and predicted lesion probabilities (n, S, S) uint8 0..255 (test_masks.npz)."""
-    with np.load(fold_dir / "test_masks.npz") as z:
+    with np.load(FoldFolder(fold_dir).masks) as z:
         return z["rows"], z["probs"]
 
 
@@ -128,7 +129,7 @@ def segmentation_results(
     ref = reference_label(labels)
     normal = labels.index(ref) if ref is not None else None
     for r in results:
-        rows, probs = fold_test_masks(run / f"fold_{r['fold']}")
+        rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         c, d = native_mask_scores(manifest, rows, probs)
         parts.append((rows, c))
@@ -311,11 +312,7 @@ def evaluate_results(
     if all("test_probs" in r for r in results):
         pooled = _multilabel_results if y.ndim == 2 else _classification_results
         m, pred = pooled(manifest, labels, y, results, group_map)
-    if (
-        masks is not None
-        and run is not None
-        and all((run / f"fold_{r['fold']}" / "test_masks.npz").is_file() for r in results)
-    ):
+    if masks is not None and run is not None and all((RunFolder(run).fold(r["fold"]).masks).is_file() for r in results):
         seg, table = segmentation_results(manifest, masks, run, results, group_map, labels)
         m["segmentation"] = seg
         m["dice"], m["iou"] = seg["dice"], seg["iou"]

@@ -31,6 +31,7 @@ from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold,
 from medcad.models.backbones import set_bn_eval
 from medcad.models.predict import predict_masks
 from medcad.models.segmentation import pretrained_encoder
+from medcad.runfolder import FoldFolder
 from medcad.tasks import flip_tta, get_task, reference_label
 
 
@@ -234,5 +235,5 @@ class SegmentHooks(FoldHooks):
         if test["masks"] is not None:
             tmp = fold_dir / "test_masks.tmp.npz"
             np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"])
-            tmp.replace(fold_dir / "test_masks.npz")
+            tmp.replace(FoldFolder(fold_dir).masks)
         return {}

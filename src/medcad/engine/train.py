@@ -1,10 +1,7 @@
-"""A classification run: splits, decoded-image cache, two-stage training per fold, out-of-fold evaluation.
+"""A run of any task: splits, decoded-image cache, training per fold (the task's hooks), out-of-fold evaluation.
 
-Run folder:
-    config.json, splits.json, manifest.csv
-    fold_<k>/ model.pt, result.json, test_predictions.csv, checkpoints/, logs/ (TensorBoard + CSV)
-    predictions.csv (out-of-fold for CV), metrics.json
-A fold with a result.json is finished and skipped on resume; an interrupted stage 2 resumes from last.ckpt.
+The run folder's files are named in medcad.runfolder. A fold with a result.json is finished and skipped on resume;
+an interrupted stage resumes from its last.ckpt.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import torch
 
 from medcad.config import COMPUTE_KEYS, TrainConfig, run_stages
 from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
-from medcad.data.identity import SAMPLES_FILE, reconcile, run_samples, save_samples
+from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.interface import check_interface
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import Manifest, atomic_write_text
@@ -31,6 +28,7 @@ from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
+from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import flip_tta, freeze_stride, get_task, split_labels
 
 log = logging.getLogger(__name__)
@@ -88,7 +86,7 @@ def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> d
 
 
 def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path: Path | None, write: bool) -> dict:
-    target = out / "splits.json"
+    target = RunFolder(out).splits
     if splits_path is not None:
         splits = load_splits(splits_path, manifest)
     elif target.is_file():
@@ -111,7 +109,7 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
 
 
 def _check_resume(out: Path, cfg: TrainConfig) -> None:
-    path = out / "config.json"
+    path = RunFolder(out).config
     if not path.is_file():
         return
     old = TrainConfig.load(path).to_dict()
@@ -212,8 +210,8 @@ def train_run(
         k = fold["fold"]
         if folds is not None and k not in folds:
             continue
-        fold_dir = out / f"fold_{k}"
-        done = fold_dir / "result.json"
+        fold_dir = RunFolder(out).fold(k).path
+        done = FoldFolder(fold_dir).result
         if done.is_file():
             results.append(json.loads(done.read_text()))
             continue
@@ -227,14 +225,14 @@ def train_run(
                 g = np.array([gmap.get(keys[i], i) for i in parts["train"]])
                 tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
-        init = init_run / f"fold_{k}" / "model.pt" if init_run else None
+        init = RunFolder(init_run).fold(k).model if init_run else None
         results.append(train_fold(k, parts, fold_data, cfg, fold_dir, hooks, progress, init))
     if not primary or folds is not None:
         return {}
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, out, boxes)
-    atomic_write_text(out / "predictions.csv", pred.to_csv(index=False))
+    atomic_write_text(RunFolder(out).predictions, pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
-    write_json(out / "metrics.json", metrics)
+    write_json(RunFolder(out).metrics, metrics)
     return metrics
 
 
@@ -274,7 +272,7 @@ def _prepare(
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_json(
-            out / "config.json",
+            RunFolder(out).config,
             {
                 **cfg.to_dict(),
                 "data": str(Path(data).resolve()),
@@ -284,10 +282,10 @@ def _prepare(
                 "data_notes": manifest.notes,
             },
         )
-        manifest.save(out / "manifest.csv")
-        atomic_write_text(out / "data_ledger.csv", manifest.ledger.table().to_csv(index=False))
-        if not (out / SAMPLES_FILE).is_file():
-            save_samples(manifest, out / SAMPLES_FILE)
+        manifest.save(RunFolder(out).manifest)
+        atomic_write_text(RunFolder(out).ledger, manifest.ledger.table().to_csv(index=False))
+        if not RunFolder(out).samples.is_file():
+            save_samples(manifest, RunFolder(out).samples)
     splits = _prepare_splits(manifest, cfg, out, splits_path, write)
     t0 = time.perf_counter()
     images = cached_images(
@@ -309,7 +307,7 @@ def train_repeats(
     for s in range(cfg.seed, cfg.seed + repeats):
         run = out / f"seed_{s}"
         metrics.append(train_run(data, run, cfg.replace(seed=s), splits_path=splits_path, progress=False))
-        splits_path = splits_path or run / "splits.json"
+        splits_path = splits_path or RunFolder(run).splits
         runs.append(str(run))
     task = get_task(cfg.task)
     summary = {k: mean_sd([m[k]["value"] for m in metrics]) for k in task.headline if all(k in m for m in metrics)}
@@ -318,5 +316,5 @@ def train_repeats(
 
         summary = {**summary, **seeds_summary(metrics)}
     result = {"runs": runs, "seeds": list(range(cfg.seed, cfg.seed + repeats)), "summary": summary}
-    write_json(out / "repeats.json", result)
+    write_json(RunFolder(out).repeats, result)
     return result

@@ -23,11 +23,10 @@ from medcad.data.manifest import atomic_write_text
 from medcad.devices import machine, torch_device
 from medcad.errors import MedcadError
 from medcad.inference.export import ensure_export, fold0_images
-from medcad.inference.onnx import export_folder
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
+from medcad.runfolder import RunFolder
 
 N_IMAGES, BATCH, REPEATS = 32, 8, 3
-CACHE_FILE = "backends.json"
 
 
 def generic_candidates() -> list[str]:
@@ -41,7 +40,7 @@ def generic_candidates() -> list[str]:
 def candidates(run: Path, fold: int | None, allowed: tuple[str, ...]) -> list[str]:
     """The backends `auto` measures for a run folder (or model file: torch only) on this machine, torch-fp32
     first; int8 only where the run has an int8 export."""
-    has_int8 = (export_folder(run, fold) / "model.int8.onnx").is_file()
+    has_int8 = (RunFolder(run).export(fold) / "model.int8.onnx").is_file()
     out = [b for b in generic_candidates() if (b.startswith("torch") or run.is_dir()) and (has_int8 or "int8" not in b)]
     return [b for b in out if b in allowed]
 
@@ -106,7 +105,7 @@ def known_choice(run: Path, fold: int | None, device: str = "cpu", threads: int 
         return {"backend": "torch-bf16", "reason": "GPU: reduced-precision autocast"}
     if not run.is_dir():
         return {"backend": static_choice(), "reason": "a model file, not a run folder: torch only, not measured"}
-    cache = run / CACHE_FILE
+    cache = RunFolder(run).backends
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     key = _cache_key(run, fold, threads)
     return {**known[key], "reason": f"measured before on this CPU ({cache.name})"} if key in known else None
@@ -135,7 +134,7 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         "n_images": int(len(held)),
         "min_agreement": MIN_AGREEMENT,
     }
-    cache = run / CACHE_FILE
+    cache = RunFolder(run).backends
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads): choice}, indent=1))
     reason = f"fastest of {len(measured)} backends that agree >= {MIN_AGREEMENT} (measured now)"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medcad import __version__
 from medcad.inference.predictor import Predictor
+from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
 
 DECISIONS = {
@@ -26,7 +27,7 @@ ENSEMBLE = {  # how the predictor combines the fold models (medcad.inference.pre
 def _run_folder(path: Path) -> Path | None:
     """The run folder of a run folder or of a model.pt inside it (fold_k/model.pt), where metrics.json is."""
     for folder in (path, path.parent, path.parent.parent):
-        if (folder / "metrics.json").is_file():
+        if RunFolder(folder).metrics.is_file():
             return folder
     return None
 
@@ -75,7 +76,7 @@ def model_card(predictor: Predictor) -> dict:
     }
     folder = _run_folder(predictor.run if predictor.run.is_dir() else predictor.run.parent)
     if folder is not None:
-        m = json.loads((folder / "metrics.json").read_text())
+        m = json.loads(RunFolder(folder).metrics.read_text())
         card["metrics"] = {k: m[k] for k in task.headline if isinstance(m.get(k), dict) and "value" in m[k]}
         card["evaluation"] = {
             "images": _n_images(m),
@@ -83,7 +84,7 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        config = folder / "config.json"
+        config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = {"dataset": Path(data).name if data else None, "images": _n_images(m)}
     return card

@@ -19,8 +19,9 @@ import torch
 
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
-from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, export_folder, nchw
+from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
+from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
 
 
@@ -32,10 +33,10 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
     from medcad.data.layouts import load_manifest
     from medcad.data.splits import fold_indices, load_splits
 
-    meta = json.loads((run / "config.json").read_text())
+    meta = json.loads(RunFolder(run).config.read_text())
     cfg = predictor.config
     manifest = load_manifest(meta["data"], cfg.data_options())
-    parts = fold_indices(manifest, load_splits(run / "splits.json", manifest)["folds"][0])
+    parts = fold_indices(manifest, load_splits(RunFolder(run).splits, manifest)["folds"][0])
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
     rng = np.random.default_rng(0)
     calib = rng.permutation(parts["val"])[:n]
@@ -71,7 +72,7 @@ def export_onnx(
     run, fold = predictor.run, predictor.fold
     if not run.is_dir():
         raise DataError(run, "not a run folder")
-    out = Path(out) if out else export_folder(run, fold)
+    out = Path(out) if out else RunFolder(run).export(fold)
     out.mkdir(parents=True, exist_ok=True)
     size = predictor.config.image_size
     graph = predictor.graph()
@@ -154,7 +155,7 @@ def ensure_export(cls: type[Predictor], run: Path, fold: int | None, backend: st
     run = Path(run)
     if backend not in GRAPH_BACKENDS or not run.is_dir():
         return
-    folder = export_folder(run, fold)
+    folder = RunFolder(run).export(fold)
     int8 = backend.endswith("int8")
     if not (folder / ("model.int8.onnx" if int8 else "model.onnx")).is_file():
         export_onnx(cls(run, fold, "torch-fp32", threads), folder, int8=int8)

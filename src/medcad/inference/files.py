@@ -12,6 +12,7 @@ import pandas as pd
 
 from medcad.errors import DataError
 from medcad.inference.predictor import Predictor
+from medcad.runfolder import RunFolder
 
 OK, FAILED = "ok", "failed"  # predictions.csv `status`
 
@@ -79,5 +80,5 @@ def predict_image_files(
             written = len(rows)
     table = pd.DataFrame(rows)
     if rows:
-        os.replace(partial, out / "predictions.csv")
+        os.replace(partial, RunFolder(out).predictions)
     return table, summaries

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.errors import ConfigError
+from medcad.runfolder import RunFolder
 
 GRAPH_BACKENDS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
@@ -19,10 +20,6 @@ GRAPH_BACKENDS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "o
 def nchw(images: np.ndarray) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 0..255, the graphs' input."""
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2).astype(np.float32))
-
-
-def export_folder(run: Path, fold: int | None) -> Path:
-    return run / ("export" if fold is None else f"export_fold{fold}")
 
 
 class GraphSession:
@@ -81,7 +78,7 @@ def graph_session(run: Path, fold: int | None, backend: str, threads: int | None
     run = Path(run)
     if run.is_file():
         raise ConfigError(f"{run}: the {backend} backend needs a run folder (it exports the run on first use)")
-    path = export_folder(run, fold) / ("model.int8.onnx" if backend.endswith("int8") else "model.onnx")
+    path = RunFolder(run).export(fold) / ("model.int8.onnx" if backend.endswith("int8") else "model.onnx")
     if not path.is_file():
         raise ConfigError(
             f"{path}: not exported; run `medcad export {run}{' --int8' if backend.endswith('int8') else ''}` "

@@ -14,6 +14,7 @@ import torch
 
 from medcad.explain.detection import eigencam
 from medcad.report import plots
+from medcad.runfolder import RunFolder
 
 
 def sample_tiles(
@@ -40,7 +41,7 @@ def sample_tiles(
     for _, row in picks.iterrows():
         i, fold = index[row["image"]], int(row["fold"])
         if fold not in models:
-            models[fold] = load_model_file(run / f"fold_{fold}" / "model.pt")[0]
+            models[fold] = load_model_file(RunFolder(run).fold(fold).model)[0]
         dets = np.array(json.loads(row["detections"]), dtype=float).reshape(-1, 6)
         image = np.asarray(images[i])
         shown = draw_boxes(overlay(image, eigencam(models[fold], image), alpha=0.3), dets, labels, threshold, boxes[i])
@@ -98,10 +99,8 @@ def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFram
     """Figures (PNG bytes) of a detection run."""
     cm = metrics["frame_level"]["confusion_matrix"]
     figures = {"frame_confusion": plots.confusion_matrix_png(cm["labels"], cm["matrix"], "Frame decision")}
-    folds = sorted(int(d.name[5:]) for d in run.glob("fold_*") if d.name[5:].isdigit())
-    histories = {
-        f"fold {k}": loss_history(run / f"fold_{k}" / "logs" / "csv" / LOG_STAGE / "metrics.csv") for k in folds
-    }
+    folds = RunFolder(run).folds()
+    histories = {f"fold {k}": loss_history(RunFolder(run).fold(k).history(LOG_STAGE)) for k in folds}
     histories = {k: h for k, h in histories.items() if h}
     if histories:
         figures["det_curves"] = loss_curves_png(histories)

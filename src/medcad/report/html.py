@@ -11,6 +11,7 @@ from pathlib import Path
 from medcad import __version__
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
+from medcad.runfolder import RunFolder
 
 
 def _env():
@@ -30,9 +31,9 @@ def write_run_report(run: str | Path, gallery: bool = True, shared: dict | None 
     from medcad.report.run_report import collect_run
 
     run = Path(run)
-    if not (run / "metrics.json").is_file():
+    if not RunFolder(run).metrics.is_file():
         raise DataError(run, "no metrics.json: the run has not finished (rerun its train command to resume it)")
-    out = run / "report.html"
+    out = RunFolder(run).report
     atomic_write_text(out, render("run.html.j2", r=collect_run(run, gallery=gallery, shared=shared)))
     return out
 
@@ -44,7 +45,7 @@ def write_study_report(study: str | Path, gallery: bool = True) -> Path:
     study = Path(study)
     s = collect_study(study)
     _write_run_reports([r["run"] for r in s["runs"]], gallery)
-    out = study / "report.html"
+    out = RunFolder(study).report
     atomic_write_text(out, render("study.html.j2", s=s))
     return out
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from medcad.engine.results import positive_label
 from medcad.report import plots
+from medcad.runfolder import RunFolder
 
 
 def _b64(png: bytes) -> str:
@@ -99,18 +100,18 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     from medcad.engine.train import fold_hooks
     from medcad.tasks import get_task
 
-    meta = json.loads((run / "config.json").read_text())
-    cfg = TrainConfig.load(run / "config.json")
-    metrics = json.loads((run / "metrics.json").read_text())
+    meta = json.loads(RunFolder(run).config.read_text())
+    cfg = TrainConfig.load(RunFolder(run).config)
+    metrics = json.loads(RunFolder(run).metrics.read_text())
     labels = meta["labels"]
     shared = {} if shared is None else shared
-    data_key = ("data", str(meta["data"]), cfg.data_options(), (run / "splits.json").read_text())
+    data_key = ("data", str(meta["data"]), cfg.data_options(), RunFolder(run).splits.read_text())
     if data_key not in shared:
         manifest = load_manifest(meta["data"], cfg.data_options())
-        splits = load_splits(run / "splits.json", manifest)
+        splits = load_splits(RunFolder(run).splits, manifest)
         shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]
-    pred = pd.read_csv(run / "predictions.csv", dtype={"image": str, "label": str, "predicted": str})
+    pred = pd.read_csv(RunFolder(run).predictions, dtype={"image": str, "label": str, "predicted": str})
     figures: dict[str, str] = {}
     gallery_items: list[dict] = []
     if "confusion_matrix" in metrics:
@@ -125,10 +126,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
 
         figures.update({k: _b64(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
     stage = fold_hooks(cfg.task).stage
-    histories = {
-        f"fold {k}": _history(run / f"fold_{k}" / "logs" / "csv" / stage / "metrics.csv")
-        for k in range(len(splits["folds"]))
-    }
+    histories = {f"fold {k}": _history(RunFolder(run).fold(k).history(stage)) for k in range(len(splits["folds"]))}
     histories = {k: v for k, v in histories.items() if v}
     if histories:
         figures["curves"] = _b64(
@@ -235,7 +233,7 @@ def _card(run: Path, cfg, labels: list[str], shared: dict) -> dict:
     from medcad.checkpoint import load_model_file
     from medcad.models.card import model_card
 
-    path = run / "fold_0" / "model.pt"
+    path = RunFolder(run).fold(0).model
     key = ("card", cfg.task, cfg.model, cfg.arch, cfg.head, cfg.image_size, len(labels))
     if key not in shared:
         shared[key] = model_card(load_model_file(path)[0], cfg.image_size)
@@ -243,5 +241,5 @@ def _card(run: Path, cfg, labels: list[str], shared: dict) -> dict:
     if path.is_file():
         card["file_mb"] = path.stat().st_size / 1e6
     card["model"] = cfg.model
-    card["n_fold_models"] = len(list(run.glob("fold_*/model.pt")))
+    card["n_fold_models"] = len(RunFolder(run).fold_models())
     return card

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.report import plots
+from medcad.runfolder import RunFolder
 
 
 def pick_cases(pred: pd.DataFrame, per_kind: int = 4) -> list[tuple[str, pd.Series]]:
@@ -29,7 +30,7 @@ def pick_cases(pred: pd.DataFrame, per_kind: int = 4) -> list[tuple[str, pd.Seri
 def _fold_masks(run: Path, fold: int) -> dict[int, np.ndarray]:
     from medcad.engine.results import fold_test_masks
 
-    rows, probs = fold_test_masks(run / f"fold_{fold}")
+    rows, probs = fold_test_masks(RunFolder(run).fold(fold).path)
     return dict(zip(rows.tolist(), probs, strict=True))
 
 
@@ -65,7 +66,7 @@ def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame)
     if not cases:
         return None
     row = cases[0]
-    model, meta = load_model_file(run / f"fold_{int(row['fold'])}" / "model.pt")
+    model, meta = load_model_file(RunFolder(run).fold(int(row["fold"])).model)
     normalize = Normalize(meta["data_config"]["mean"], meta["data_config"]["std"])
     tiles = explain_mask(model, normalize, np.asarray(images[manifest.keys.index(row["image"])]))
     return plots.image_grid_png(

@@ -11,6 +11,7 @@ from medcad.engine.results import positive_label
 from medcad.errors import DataError
 from medcad.report import plots
 from medcad.report.run_report import _b64
+from medcad.runfolder import RunFolder
 
 
 def collect_study(study: Path) -> dict:
@@ -21,7 +22,7 @@ def collect_study(study: Path) -> dict:
     splits = load_splits(s["splits"])
     s["split_info"] = {k: splits.get(k) for k in ("n_folds", "method", "group_by")}
     for r in s["runs"]:
-        r["href"] = os.path.relpath(Path(r["run"]) / "report.html", study)
+        r["href"] = os.path.relpath(RunFolder(Path(r["run"])).report, study)
     key, title = next(
         ((k, t) for k, t in (("ap50", "AP50"), ("dice", "Dice")) if all(r.get(k) for r in s["runs"])),
         ("macro_auc", "macro AUC"),
@@ -32,7 +33,7 @@ def collect_study(study: Path) -> dict:
     for d in s.get("domains") or []:
         curves, aucs = {}, {}
         for r in s["runs"]:
-            m = json.loads((Path(r["run"]) / "metrics.json").read_text())
+            m = json.loads(RunFolder(Path(r["run"])).metrics.read_text())
             sub = (m.get("by_domain") or {}).get(d) or {}
             if sub.get("roc", {}).get(positive):
                 curves[r["name"]] = sub["roc"][positive]

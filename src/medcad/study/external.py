@@ -16,6 +16,7 @@ from medcad.engine.results import pooled_metrics, prediction_table, write_json
 from medcad.engine.train import task_masks
 from medcad.errors import DataError
 from medcad.inference.registry import load_predictor
+from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
 
 
@@ -79,6 +80,6 @@ def evaluate_external(
     metrics["backend"] = predictor.backend
     where = run / "evaluations" / Path(data).resolve().name
     where.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(where / "predictions.csv", pred.to_csv(index=False))
-    write_json(where / "metrics.json", metrics)
+    atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
+    write_json(RunFolder(where).metrics, metrics)
     return metrics, where, [*manifest.notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]

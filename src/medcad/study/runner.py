@@ -18,6 +18,7 @@ from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
+from medcad.runfolder import RunFolder
 from medcad.study.spec import ModelSpec, StudySpec, load_study
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
     from medcad.metrics.stats import delong_test
 
     preds = {
-        e.name: pd.read_csv(study_dir / "runs" / _slug(e.name) / "predictions.csv", dtype={"image": str}) for e in exps
+        e.name: pd.read_csv(RunFolder(study_dir / "runs" / _slug(e.name)).predictions, dtype={"image": str})
+        for e in exps
     }
     by_setting: dict[tuple, list[Experiment]] = {}
     for e in exps:
@@ -246,7 +248,7 @@ def run_study(
     unknown = sorted(set(domains) - set(present))
     if unknown:
         raise ConfigError(f"{spec.path}: domains {unknown} are not in the data (it has {present})")
-    splits_path = study_dir / "splits.json"
+    splits_path = RunFolder(study_dir).splits
     if spec.splits is not None:
         save_splits(load_splits(spec.splits, manifest), splits_path)
     elif not splits_path.is_file():
@@ -257,8 +259,8 @@ def run_study(
     jobs, metrics = [], {}
     for e in exps:
         run_dir = study_dir / "runs" / _slug(e.name)
-        if (run_dir / "metrics.json").is_file():  # finished: skipped on resume
-            metrics[e.name] = json.loads((run_dir / "metrics.json").read_text())
+        if RunFolder(run_dir).metrics.is_file():  # finished: skipped on resume
+            metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
             continue
         jobs.append(
             RunJob(

@@ -22,6 +22,7 @@ from medcad.data.layouts import load_manifest
 from medcad.data.splits import fold_indices, load_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError, DataError
+from medcad.runfolder import RunFolder
 
 VARIANTS = ("original", "lesion_blanked", "lesion_only")
 
@@ -58,7 +59,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     from medcad.metrics.classification import classification_metrics
 
     run = Path(run)
-    path = run / "config.json"
+    path = RunFolder(run).config
     if not path.is_file():
         raise DataError(run, "not a run folder (no config.json)")
     cfg, meta = TrainConfig.load(path), json.loads(path.read_text())
@@ -68,7 +69,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     if not any(manifest.mask_paths(i) for i in range(len(manifest))):
         raise DataError(meta["data"], "has no lesion masks: the shortcut check blanks the lesion, so it needs them")
     labels = meta["labels"]
-    splits = load_splits(run / "splits.json", manifest)
+    splits = load_splits(RunFolder(run).splits, manifest)
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=False)
     masks = cached_masks(manifest, cfg.image_size, missing="empty", interface=cfg.interface, progress=False)
     y_all = np.array([labels.index(v) if v in labels else -1 for v in manifest.table["label"]])

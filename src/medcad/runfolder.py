@@ -1,0 +1,123 @@
+"""The layout of a run folder, in one place: every module that writes or reads a run's files asks `RunFolder`.
+
+    RUN/config.json          the run's settings (medcad.config.TrainConfig) and the dataset it was made on
+    RUN/splits.json          folds by image key (medcad.data.splits);  RUN/manifest.csv  the dataset as read
+    RUN/samples.json         a fingerprint per image key (medcad.data.identity)
+    RUN/data_ledger.csv      every file and row read, used or left out with its reason (medcad.data.ledger)
+    RUN/predictions.csv      every test prediction of every fold;  RUN/metrics.json  the metrics with CIs
+    RUN/repeats.json         mean ± sd over seeds (`--repeats`);    RUN/backends.json  `--backend auto`'s choices
+    RUN/report.html          the run's report
+    RUN/fold_<k>/model.pt    fold k's model;  result.json  its test predictions by key;  test_masks.npz  its masks
+    RUN/fold_<k>/logs/{csv,tensorboard}/<stage>/   its training logs;  checkpoints/<stage>/{best,last}.ckpt
+    RUN/export[_fold<k>]/    the ONNX export of the ensemble (or of fold k)
+A study keeps the same names for its own files (STUDY/splits.json, STUDY/report.html) and one run folder per
+experiment under STUDY/runs/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FoldFolder:
+    """Paths of one fold's files: `path` is RUN/fold_<k>."""
+
+    path: Path
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def result(self) -> Path:
+        """result.json: written last, so a fold with one is finished."""
+        return self.path / "result.json"
+
+    @property
+    def masks(self) -> Path:
+        """test_masks.npz: the test images' lesion probabilities (mask tasks)."""
+        return self.path / "test_masks.npz"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def checkpoints(self, stage: str) -> Path:
+        """The Lightning checkpoints (best.ckpt, last.ckpt) of a training stage."""
+        return self.path / "checkpoints" / stage
+
+    def history(self, stage: str) -> Path:
+        """The CSV log (one row per epoch) of a training stage."""
+        return self.logs / "csv" / stage / "metrics.csv"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths of one run folder's files (nothing is created or checked here).
+
+    Args:
+        root: the run folder.
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.csv"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "data_ledger.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def repeats(self) -> Path:
+        return self.root / "repeats.json"
+
+    @property
+    def backends(self) -> Path:
+        return self.root / "backends.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def fold(self, k: int) -> FoldFolder:
+        """Fold k's folder."""
+        return FoldFolder(self.root / f"fold_{int(k)}")
+
+    def folds(self) -> list[int]:
+        """The numbers of the fold folders there, in order."""
+        return sorted(int(d.name[5:]) for d in self.root.glob("fold_*") if d.name[5:].isdigit())
+
+    def fold_models(self) -> list[Path]:
+        """Every fold's model file that exists, by fold number."""
+        return sorted(self.root.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+
+    def export(self, fold: int | None = None) -> Path:
+        """The ONNX export folder of the fold ensemble (or of one fold)."""
+        return self.root / ("export" if fold is None else f"export_fold{int(fold)}")
