@@ -1,12 +1,13 @@
 """THE task table: what each task is, its model builder, model-file format, targets, outputs and headline metrics.
 
-Every layer above looks a task up here instead of branching on its name; each upper layer keeps its own per-task
-hooks in one table keyed by the same names (and a test checks that every task has every hook):
-    engine.FOLD_TRAINERS   one fold's training, checkpoint choice and test predictions
-    inference.PREDICTORS   prepare -> infer -> postprocess into `inference.Prediction`
-    explain.EXPLAINERS     the CAM of a prediction
-    report.SECTIONS        the task's part of report.html
-Adding a task is an entry here plus its own modules and one entry in each of those tables.
+Every layer above looks a task up here instead of branching on its name. A task's classes in the upper layers
+declare the tasks they serve (`tasks = (...)`), and each layer's table is built from its list of classes (a test
+checks that every task has every piece):
+    engine.train.fold_hooks     FoldHooks: one fold's training, checkpoint choice and test predictions
+    inference.PREDICTORS        Predictor: prepare -> infer -> postprocess into `inference.Prediction`
+    explain.EXPLAINERS          the CAM of a prediction, chosen by the task's `outputs`
+    report.run_report           the task's sections of report.html follow the metrics its run wrote
+Adding a task is an entry here plus its own modules, each named in its layer's list.
 """
 
 from __future__ import annotations

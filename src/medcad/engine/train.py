@@ -40,14 +40,8 @@ def fold_hooks(task: str) -> FoldHooks:
     from medcad.engine.detect import DetectHooks
     from medcad.engine.segment import SegmentHooks
 
-    hooks = {
-        "classify": ClassifyHooks,
-        "segment": SegmentHooks,
-        "multitask": SegmentHooks,
-        "detect": DetectHooks,
-        "multilabel": MultilabelHooks,
-    }
-    return hooks[get_task(task).name]()
+    hooks = {t: h for h in (ClassifyHooks, MultilabelHooks, SegmentHooks, DetectHooks) for t in h.tasks}
+    return hooks[get_task(task).name]()  # each hooks class declares its tasks (`FoldHooks.tasks`)
 
 
 def split_strata(manifest: Manifest, task: str) -> np.ndarray | None:

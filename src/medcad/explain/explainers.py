@@ -10,6 +10,7 @@ import numpy as np
 
 from medcad.errors import ConfigError
 from medcad.explain.gradcam import explain_predictor, overlay
+from medcad.tasks import TASKS
 
 
 def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):
@@ -53,10 +54,8 @@ def explain_boxes(predictor, rgb: np.ndarray, layer: str | None = None, label: s
     return np.concatenate(rows, axis=0), f"EigenCAM with boxes >= {predictor.threshold} ({pred.label}; rows: {where})"
 
 
+# The CAM follows what a task's predictions carry (medcad.tasks: `Task.outputs`): boxes, else a mask, else classes.
 EXPLAINERS: dict[str, Callable] = {
-    "classify": explain_classes,
-    "segment": explain_masks,
-    "multitask": explain_masks,
-    "detect": explain_boxes,
-    "multilabel": explain_classes,
+    t.name: explain_boxes if "boxes" in t.outputs else explain_masks if "mask" in t.outputs else explain_classes
+    for t in TASKS.values()
 }

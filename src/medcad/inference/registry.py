@@ -11,12 +11,9 @@ from medcad.inference.export import ensure_export, export_onnx
 from medcad.inference.masks import MaskPredictor
 from medcad.inference.predictor import Predictor
 
+# Each predictor class declares the tasks it serves (`Predictor.tasks`); this is the list of them.
 PREDICTORS: dict[str, type[Predictor]] = {
-    "classify": ClassPredictor,
-    "segment": MaskPredictor,
-    "multitask": MaskPredictor,
-    "detect": BoxPredictor,
-    "multilabel": MultilabelPredictor,
+    task: cls for cls in (ClassPredictor, MultilabelPredictor, MaskPredictor, BoxPredictor) for task in cls.tasks
 }
 
 
