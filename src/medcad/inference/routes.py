@@ -13,9 +13,8 @@ import asyncio
 import dataclasses
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -27,12 +26,33 @@ from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import read_upload
 from medcad.inference.prediction import Prediction
 from medcad.inference.responses import MASK_FORMATS, prediction_json, segmentation_dicom
-from medcad.inference.uploads import Upload, UploadError, decode_upload
-
-if TYPE_CHECKING:
-    from medcad.inference.server import ServeOptions
+from medcad.inference.uploads import Limits, Upload, UploadError, decode_upload
 
 STATIC = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server runs (see `medcad serve --help`).
+
+    Attributes:
+        token: required as `Authorization: Bearer <token>` on the API when set; must be set off loopback.
+        limits: upload limits.
+        timeout_s: longest wait for one image's result (queue + inference); then 504.
+        max_queue: images allowed to wait; more are refused with 503 + Retry-After.
+        max_batch: images per forward pass.
+        workers: inference threads.
+        max_jobs: video jobs waiting or running; more are refused with 503.
+    """
+
+    token: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    timeout_s: float = 30.0
+    max_queue: int = 64
+    max_batch: int = 8
+    workers: int = 1
+    max_jobs: int = 2
+
 
 PREDICT_OPENAPI = {  # /predict takes a multipart file or the raw bytes, and answers JSON or a DICOM SEG
     "responses": {200: {"content": {"application/json": {}, "application/dicom": {}}}},

@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,35 +38,19 @@ from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import BodyLimit
 from medcad.inference.predictor import Predictor
 from medcad.inference.responses import data_url
-from medcad.inference.routes import STATIC, ServeState, error_response, page_router, predict_router, video_router
-from medcad.inference.uploads import Limits
+from medcad.inference.routes import (
+    STATIC,
+    ServeOptions,
+    ServeState,
+    error_response,
+    page_router,
+    predict_router,
+    video_router,
+)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json", "/favicon.ico")  # no token needed: nothing of the model
 log = logging.getLogger("medcad.serve")
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How the server runs (see `medcad serve --help`).
-
-    Attributes:
-        token: required as `Authorization: Bearer <token>` on the API when set; must be set off loopback.
-        limits: upload limits.
-        timeout_s: longest wait for one image's result (queue + inference); then 504.
-        max_queue: images allowed to wait; more are refused with 503 + Retry-After.
-        max_batch: images per forward pass.
-        workers: inference threads.
-        max_jobs: video jobs waiting or running; more are refused with 503.
-    """
-
-    token: str | None = None
-    limits: Limits = field(default_factory=Limits)
-    timeout_s: float = 30.0
-    max_queue: int = 64
-    max_batch: int = 8
-    workers: int = 1
-    max_jobs: int = 2
 
 
 def check_bind(host: str, token: str | None) -> None:
