@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
+# The suite runs in four pytest processes: one process that had trained ~100 Lightning models, loaded OpenVINO,
+# ONNX Runtime and Ray and forked workers was killed by a kernel-sent SIGSEGV (si_code SI_KERNEL, in sleep or kill)
+# at a later fork, in CI and here (docs/results.md, "The test suite's crash"); each part alone passes.
+TEST_PARTS := tests/cli+tests/data+tests/metrics+tests/models tests/engine tests/inference tests/report+tests/study+tests/test_cli.py+tests/test_tasks.py+tests/test_devices.py
+
 .PHONY: demo test install install-dev lint format clean
 
 $(BIN)/python:
@@ -33,7 +38,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	@rc=0; for part in $(TEST_PARTS); do $(BIN)/pytest -q $$(echo $$part | tr + ' ') || rc=$$?; done; exit $$rc
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -85,6 +85,13 @@ def _machine_read_per_test():
     import gc
 
     gc.collect()
+    # Lightning's teardown re-registers every signal with the handler Python knows of (SIG_DFL for SIGSEGV, whose
+    # handler is faulthandler's C one): a crash after a training test would print nothing. Reinstall it.
+    import faulthandler
+    import sys
+
+    if sys.__stderr__ is not None:
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
 
 
 @pytest.fixture
