@@ -22,7 +22,7 @@ from medcad.checkpoint import load_model_file
 from medcad.data.datasets import cached_images
 from medcad.data.layouts import load_manifest
 from medcad.data.transforms import Normalize
-from medcad.engine.evaluate import _run_config
+from medcad.engine.evaluate import load_run_config
 from medcad.engine.train import task_masks
 from medcad.metrics.segmentation import dice_iou, mask_counts
 from medcad.models.card import machine_info
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 def fold_predictions(run: Path, hflip: bool) -> dict[str, np.ndarray]:
     """Out-of-fold test rows, class probabilities and (mask runs) lesion probabilities of every fold model."""
-    cfg, meta = _run_config(run)
+    cfg, meta = load_run_config(run)
     manifest = load_manifest(meta["data"], cfg.data_options())
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
     rows, probs, masks = [], [], []

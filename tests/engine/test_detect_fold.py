@@ -10,8 +10,10 @@ import pytest
 
 from medcad.checkpoint import load_model_file
 from medcad.config import TrainConfig
+from medcad.data.datasets import DetectionDataset
+from medcad.data.transforms import box_augmentation
 from medcad.engine.common import reduced_precision
-from medcad.engine.detect import DetectHooks, DetectionDataset, box_augmentation
+from medcad.engine.detect import DetectHooks
 from medcad.engine.fold import FoldData, train_fold
 from medcad.errors import ConfigError
 from medcad.models.predict import predict_detections

@@ -11,7 +11,7 @@ from pathlib import Path
 from medcad.data.duplicates import (
     ImageFingerprint,
     Link,
-    _components,
+    connected_groups,
     content_features,
     duplicate_groups,
     duplicate_links,
@@ -193,7 +193,7 @@ def split_units(manifest: Manifest, groups: list[list[int]]) -> list[list[int]]:
         return groups
     first: dict[str, int] = {}
     pairs = [(first.setdefault(p, i), i) for i, p in enumerate(manifest.table["patient"]) if p]
-    return _components(len(manifest), pairs + [(g[0], j) for g in groups for j in g[1:]])
+    return connected_groups(len(manifest), pairs + [(g[0], j) for g in groups for j in g[1:]])
 
 
 def cross_label(groups: list[list[int]], links: list[Link], labels: list[str]) -> list[list[int]]:

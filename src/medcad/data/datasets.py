@@ -1,4 +1,5 @@
-"""Decoded-image cache (decode + resize once per dataset and size, reused across epochs, folds and models)."""
+"""Decoded-image cache (decode + resize once per dataset and size, reused across epochs, folds and models) and the
+torch Datasets that read it: images with labels, with masks, with boxes (detection)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -17,6 +19,9 @@ from medcad.data.interface import check_interface, crop_relative, imaging_box, r
 from medcad.data.io import image_size, read_image, read_mask
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 CACHE_VERSION = 2  # 2: orientation tags applied, masks decoded from their own values
 
@@ -253,3 +258,36 @@ class MaskedImageDataset(Dataset):
         if self.transform is not None:
             x, m = self.transform(x, m)
         return x, m.float(), int(self.labels[r])
+
+
+class DetectionDataset(Dataset):
+    """uint8 images (C, S, S) and SSD targets {"boxes": (m, 4) float, "labels": (m,) int64 1..n} for rows.
+
+    `boxes[i]` is image i's (m, 5) float array [x0, y0, x1, y1, class_index] in pixels of the S x S cached image,
+    class_index 0-based (no background); `transform` is a paired image + box transform
+    (`medcad.data.transforms.box_augmentation`).
+    """
+
+    def __init__(self, images: np.ndarray, boxes: list[np.ndarray], rows: np.ndarray, transform: v2.Transform) -> None:
+        self.images, self.boxes, self.rows, self.transform = images, boxes, np.asarray(rows), transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision import tv_tensors
+
+        i = int(self.rows[j])
+        img = tv_tensors.Image(torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1))  # copy: memmap is r/o
+        b = np.asarray(self.boxes[i], dtype=np.float32).reshape(-1, 5)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(b[:, :4]), format="XYXY", canvas_size=img.shape[-2:]),
+            "labels": torch.from_numpy(b[:, 4]).long() + 1,  # 0 is background for torchvision
+        }
+        img, target = self.transform(img, target)
+        return img.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) for k, v in target.items()}
+
+
+def collate_detections(batch: list) -> tuple[list, list]:
+    """A DataLoader's collate_fn for `DetectionDataset`: (images, targets) as two lists (sizes and box counts vary)."""
+    return tuple(map(list, zip(*batch, strict=True)))

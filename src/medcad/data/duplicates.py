@@ -149,7 +149,9 @@ def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -
     return out
 
 
-def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+def connected_groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """The groups of items 0..n-1 linked, directly or through others, by `pairs` (union-find): each group's
+    items in ascending order, groups of one item left out."""
     parent = list(range(n))
 
     def find(a: int) -> int:
@@ -378,7 +380,7 @@ def link_groups(n: int, links: list[Link], linkage: str = "average", feats: Feat
 
     if linkage not in LINKAGES:
         raise ValueError(f"linkage {linkage!r} is not one of {', '.join(LINKAGES)}")
-    components = _components(n, [(x.i, x.j) for x in links])
+    components = connected_groups(n, [(x.i, x.j) for x in links])
     if linkage == "single":
         return sorted(components, key=lambda g: g[0])
     where = {i: (c, k) for c, comp in enumerate(components) for k, i in enumerate(comp)}

@@ -166,7 +166,7 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _open_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[np.ndarray, str, int]:
+def decode_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[np.ndarray, str, int]:
     """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied)."""
     fmt = ""
     try:
@@ -200,7 +200,7 @@ def _open_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[
 
 
 def _read_pil(path: Path, draft: int | None) -> np.ndarray:
-    return _open_pil(path, draft)[0]
+    return decode_pil(path, draft)[0]
 
 
 def read_dicom_frames(path: str | Path) -> np.ndarray:
@@ -353,7 +353,7 @@ def decode_mask(path: str | Path) -> tuple[np.ndarray, MaskDecoding]:
     """
     p = Path(path)
     _check_file(p)
-    arr, fmt, _ = _open_pil(p, None, keep_alpha=True)
+    arr, fmt, _ = decode_pil(p, None, keep_alpha=True)
     return decode_mask_array(arr, fmt in LOSSY_FORMATS)
 
 

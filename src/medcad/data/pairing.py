@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import MAX_LABEL_VALUES, _open_pil, is_dicom
+from medcad.data.io import MAX_LABEL_VALUES, decode_pil, is_dicom
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.errors import DataError
 
@@ -52,7 +52,7 @@ def mask_base(stem: str, image_stems: set[str], mask_suffix: str = "_mask") -> s
 def mask_likeness(path: Path) -> float:
     """Fraction of pixels at the two extremes of a file's values (1.0 for a label map with few values)."""
     try:
-        arr, fmt, _ = _open_pil(path, 256, keep_alpha=False)
+        arr, fmt, _ = decode_pil(path, 256, keep_alpha=False)
     except DataError:
         return 0.0
     plane = arr if arr.ndim == 2 else arr.max(axis=2)

@@ -26,7 +26,7 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
     `auto` groups by patient and near duplicates together (a duplicate pair never straddles train and test,
     whatever its patient ids say); `none` makes every sample its own group.
     """
-    from medcad.data.duplicates import _components, duplicate_groups, fingerprints
+    from medcad.data.duplicates import connected_groups, duplicate_groups, fingerprints
 
     if group_by not in GROUP_BY:
         raise ConfigError(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")
@@ -46,7 +46,7 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
             pairs += [(g[0], j) for j in g[1:]]
         used.append("duplicates")
     groups = np.arange(n)
-    for comp in _components(n, pairs):
+    for comp in connected_groups(n, pairs):
         groups[comp] = comp[0]
     return groups, "+".join(used) or "none"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader
 
 from medcad.config import TrainConfig
 from medcad.data.boxes import parse_frame_classes
+from medcad.data.datasets import DetectionDataset, collate_detections
+from medcad.data.transforms import box_augmentation
 from medcad.engine.common import TrainingThroughput, freeze_pretrained_encoder, gather_lists, reduced_precision
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
@@ -40,61 +40,6 @@ from medcad.models.predict import detections_to_array, predict_detections
 from medcad.tasks import get_task
 
 STAGE = "detect"  # checkpoint and log sub-folder
-
-
-def box_augmentation(preset: str) -> v2.Transform:
-    """Paired image + box transforms for training.
-
-    - none: only box clean-up.
-    - light: horizontal flip, brightness and contrast +-0.1.
-    - kvasir: flips (horizontal, vertical), a small zoom and shift, brightness and contrast +-0.15.
-
-    Rotation is left out (boxes would grow around rotated objects). Boxes that leave the frame are clipped; those
-    left smaller than 1 px are dropped with their label. An SSD head learns slowly: on Kvasir-SEG at 256 px,
-    "kvasir" needed many more epochs than a CPU budget allows (validation AP50 0.05 after 9 epochs), "light" is
-    the default for detection.
-    """
-    clean = [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0)]
-    if preset == "none":
-        return v2.Compose(clean)
-    if preset == "light":
-        return v2.Compose([v2.RandomHorizontalFlip(), v2.ColorJitter(brightness=0.1, contrast=0.1), *clean])
-    if preset != "kvasir":
-        raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of none, light, kvasir")
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomAffine(degrees=0, translate=(0.08, 0.08), scale=(0.85, 1.15)),
-            v2.ColorJitter(brightness=0.15, contrast=0.15),
-            *clean,
-        ]
-    )
-
-
-class DetectionDataset(Dataset):
-    """uint8 images (C, S, S) and SSD targets {"boxes": (m, 4) float, "labels": (m,) int64 1..n} for rows."""
-
-    def __init__(self, images: np.ndarray, boxes: list[np.ndarray], rows: np.ndarray, transform: v2.Transform) -> None:
-        self.images, self.boxes, self.rows, self.transform = images, boxes, np.asarray(rows), transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        i = int(self.rows[j])
-        img = tv_tensors.Image(torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1))  # copy: memmap is r/o
-        b = np.asarray(self.boxes[i], dtype=np.float32).reshape(-1, 5)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(b[:, :4]), format="XYXY", canvas_size=img.shape[-2:]),
-            "labels": torch.from_numpy(b[:, 4]).long() + 1,  # 0 is background for torchvision
-        }
-        img, target = self.transform(img, target)
-        return img.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) for k, v in target.items()}
-
-
-def _collate(batch: list) -> tuple[list, list]:
-    return tuple(map(list, zip(*batch, strict=True)))
 
 
 def _float_images(batch: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -245,11 +190,13 @@ class DetectHooks(FoldHooks):
             DetectionDataset(data.images, data.boxes, train, box_augmentation(cfg.augment)),
             batch_size=cfg.batch_size,
             shuffle=True,
-            collate_fn=_collate,
+            collate_fn=collate_detections,
             drop_last=len(train) > cfg.batch_size,  # no 1-image last batch
         )
         val_dl = DataLoader(
-            DetectionDataset(data.images, data.boxes, val, box_augmentation("none")), batch_size=16, collate_fn=_collate
+            DetectionDataset(data.images, data.boxes, val, box_augmentation("none")),
+            batch_size=16,
+            collate_fn=collate_detections,
         )
         return train_dl, val_dl
 

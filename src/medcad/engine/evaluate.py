@@ -20,7 +20,13 @@ from medcad.tasks import get_task
 log = logging.getLogger(__name__)
 
 
-def _run_config(run: Path) -> tuple[TrainConfig, dict]:
+def load_run_config(run: Path) -> tuple[TrainConfig, dict]:
+    """A run's training configuration and the whole of its config.json (data folder, labels, ... beside the
+    TrainConfig fields).
+
+    Raises:
+        DataError: `run` is not a run folder (no config.json).
+    """
     path = RunFolder(run).config
     if not path.is_file():
         raise DataError(run, "not a run folder (no config.json)")
@@ -33,7 +39,7 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     changed images stop (DataError), added ones are named in a note and left out (they are in no fold)."""
 
     run = Path(run)
-    cfg, meta = _run_config(run)
+    cfg, meta = load_run_config(run)
     manifest = load_manifest(meta["data"], cfg.data_options())
     samples = run_samples(run)
     if samples is not None:  # removed or changed images stop; added ones are in no fold, so not evaluated

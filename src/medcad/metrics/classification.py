@@ -73,7 +73,9 @@ def _per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _operating_point(yb: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+def operating_point(yb: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """Threshold, sensitivity, specificity, PPV and NPV of calling `score >= threshold` positive against the
+    bool truths `yb` (an undefined ratio is NaN)."""
     pp = score >= threshold
     tp, fp = np.sum(yb & pp), np.sum(~yb & pp)
     fn, tn = np.sum(yb & ~pp), np.sum(~yb & ~pp)
@@ -86,7 +88,7 @@ def _operating_point(yb: np.ndarray, score: np.ndarray, threshold: float) -> dic
     }
 
 
-def _sens_spec_batch(yb: np.ndarray, pred_pos: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sens_spec_batch(yb: np.ndarray, pred_pos: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sensitivity and specificity (B,) of fixed predictions under row weights (B, N)."""
     yf, pf = yb.astype(float), pred_pos.astype(float)
     return _div(w @ (yf * pf), w @ yf), _div(w @ ((1 - yf) * (1 - pf)), w @ (1 - yf))
@@ -115,16 +117,16 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
     if yb.any() and not yb.all():
         fpr, tpr, thr = roc_curve(yb, s, drop_intermediate=False)
         best = 1 + int(np.argmax((tpr - fpr)[1:]))  # skip the infinite "predict nothing" threshold
-        youden = _operating_point(yb, s, thr[best])
+        youden = operating_point(yb, s, thr[best])
         sens_at_spec = float(tpr[fpr <= 0.1].max())
         spec_at_sens = float((1 - fpr[tpr >= 0.9]).max())
-    points = {"at_0.5": _operating_point(yb, s, 0.5), "youden": youden}
+    points = {"at_0.5": operating_point(yb, s, 0.5), "youden": youden}
     preds = {name: s >= pt["threshold"] for name, pt in points.items()}  # nan threshold -> all False
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for name, pred in preds.items():
-            out[f"{name}/sensitivity"], out[f"{name}/specificity"] = _sens_spec_batch(yb, pred, w)
+            out[f"{name}/sensitivity"], out[f"{name}/specificity"] = sens_spec_batch(yb, pred, w)
         return out
 
     result = {
@@ -317,7 +319,7 @@ def subtype_vs_reference(
         score = 1.0 - p[rows, ref]
 
         def batch(w: np.ndarray, yb=yb, pred_pos=pred_pos, correct=correct, score=score) -> dict[str, np.ndarray]:
-            sens, spec = _sens_spec_batch(yb, pred_pos, w)
+            sens, spec = sens_spec_batch(yb, pred_pos, w)
             acc = _div(w @ correct, w.sum(axis=1))
             return {"accuracy": acc, "sensitivity": sens, "specificity": spec, "auc": weighted_auc(yb, score, w)}
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from medcad.metrics.classification import _operating_point, _sens_spec_batch
+from medcad.metrics.classification import operating_point, sens_spec_batch
 from medcad.metrics.stats import weighted_bootstrap
 
 DEFAULT_RULES = ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95")
@@ -96,13 +96,13 @@ def validated_operating_points(
         t_row = np.array([thr[str(f)] for f in folds])
         pred = s >= t_row  # nan threshold -> never positive
         preds[rule] = pred
-        point = _operating_point(yb, np.where(pred, 1.0, 0.0), 0.5)
+        point = operating_point(yb, np.where(pred, 1.0, 0.0), 0.5)
         out[rule] = {"thresholds": thr, **{k: point[k] for k in ("ppv", "npv")}}
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         res = {}
         for rule, pred in preds.items():
-            res[f"{rule}/sensitivity"], res[f"{rule}/specificity"] = _sens_spec_batch(yb, pred, w)
+            res[f"{rule}/sensitivity"], res[f"{rule}/specificity"] = sens_spec_batch(yb, pred, w)
         return res
 
     stats = weighted_bootstrap(batch, len(yb), groups=groups, n_boot=n_boot, seed=seed)

@@ -92,7 +92,7 @@ def loss_curves_png(histories: dict[str, dict[str, list[float]]]) -> bytes:
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle("Detector training", y=1.03)
-    return plots._png(fig)
+    return plots.figure_png(fig)
 
 
 def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFrame, gallery: bool = True) -> dict:

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (110 dpi, tight bounding box); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -41,7 +42,7 @@ def confusion_matrix_png(labels: list[str], matrix: list[list[int]], title: str 
             )
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def roc_png(curves: dict[str, dict], title: str = "ROC curves", aucs: dict[str, float] | None = None) -> bytes:
@@ -59,7 +60,7 @@ def roc_png(curves: dict[str, dict], title: str = "ROC curves", aucs: dict[str, 
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def reliability_png(rel: dict, ece: float | None = None, note: str = "") -> bytes:
@@ -77,7 +78,7 @@ def reliability_png(rel: dict, ece: float | None = None, note: str = "") -> byte
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Reliability" + (f", {note}" if note else "") + (f" (ECE {ece:.3f})" if ece is not None else ""))
-    return _png(fig)
+    return figure_png(fig)
 
 
 def curves_png(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> bytes:
@@ -93,7 +94,7 @@ def curves_png(histories: dict[str, dict[str, list[float]]], title: str = "Train
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: str) -> bytes:
@@ -109,7 +110,7 @@ def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: 
     ax.set_ylim(max(0, np.nanmin(lo) - 0.1) if len(names) else 0, 1.0)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def image_grid_png(tiles: list[np.ndarray], captions: list[str], cols: int = 4, title: str = "") -> bytes:
@@ -122,7 +123,7 @@ def image_grid_png(tiles: list[np.ndarray], captions: list[str], cols: int = 4, 
         ax.set_title(cap, fontsize=7)
     if title:
         fig.suptitle(title)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def histogram_png(values: np.ndarray, title: str, xlabel: str, bins: np.ndarray | None = None) -> bytes:
@@ -131,4 +132,4 @@ def histogram_png(values: np.ndarray, title: str, xlabel: str, bins: np.ndarray 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
     ax.set_title(title)
-    return _png(fig)
+    return figure_png(fig)

@@ -15,7 +15,8 @@ from medcad.report import plots
 from medcad.runfolder import RunFolder
 
 
-def _b64(png: bytes) -> str:
+def png_data_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI, for an <img src=...> of a self-contained HTML report."""
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
@@ -120,16 +121,18 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     if "frame_level" in metrics:
         from medcad.report.det_report import collect_detection
 
-        figures.update({k: _b64(v) for k, v in collect_detection(run, manifest, cfg, metrics, pred, gallery).items()})
+        figures.update(
+            {k: png_data_uri(v) for k, v in collect_detection(run, manifest, cfg, metrics, pred, gallery).items()}
+        )
     if "segmentation" in metrics:
         from medcad.report.seg_report import collect_segmentation
 
-        figures.update({k: _b64(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
+        figures.update({k: png_data_uri(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
     stage = fold_hooks(cfg.task).stage
     histories = {f"fold {k}": _history(RunFolder(run).fold(k).history(stage)) for k in range(len(splits["folds"]))}
     histories = {k: v for k, v in histories.items() if v}
     if histories:
-        figures["curves"] = _b64(
+        figures["curves"] = png_data_uri(
             plots.curves_png(histories, "Stage 2 (fine-tuning)" if stage == "stage2" else "Training")
         )
     card = _card(run, cfg, labels, shared)
@@ -170,7 +173,7 @@ def _shortcut(run: Path) -> dict | None:
             caps = [c for p in z["p"] for c in ("as it is", f"lesion blanked: p {p:.2f}")]
         if tiles:
             title = f"Still called {sc['positive']} with the lesion blanked"
-            sc["gallery"] = _b64(plots.image_grid_png(tiles, caps, cols=4, title=title))
+            sc["gallery"] = png_data_uri(plots.image_grid_png(tiles, caps, cols=4, title=title))
     return sc
 
 
@@ -180,15 +183,15 @@ def _classification_figures(
     """Confusion matrix, ROC (overall, per domain and subgroup), reliability, and the Grad-CAM gallery."""
     figures: dict[str, str] = {}
     cm = metrics["confusion_matrix"]
-    figures["confusion"] = _b64(plots.confusion_matrix_png(cm["labels"], cm["matrix"]))
+    figures["confusion"] = png_data_uri(plots.confusion_matrix_png(cm["labels"], cm["matrix"]))
     aucs = {lab: metrics["per_class"][lab].get("auc") for lab in labels}
-    figures["roc"] = _b64(plots.roc_png(metrics.get("roc", {}), "ROC, one class vs rest", aucs))
-    figures["reliability"] = _b64(
+    figures["roc"] = png_data_uri(plots.roc_png(metrics.get("roc", {}), "ROC, one class vs rest", aucs))
+    figures["reliability"] = png_data_uri(
         plots.reliability_png(metrics.get("reliability", {}), (metrics.get("ece") or {}).get("value"))
     )
     cal = metrics.get("calibration")
     if cal:
-        figures["reliability_after"] = _b64(
+        figures["reliability_after"] = png_data_uri(
             plots.reliability_png(
                 cal["after"]["reliability"], cal["after"]["ece"]["value"], "after temperature scaling"
             )
@@ -198,7 +201,7 @@ def _classification_figures(
         pos = positive_label(labels)
         curves = {name: (m.get("roc") or {}).get(pos, {}) for name, m in sub.items() if isinstance(m, dict)}
         if curves:
-            figures[f"roc_{col}"] = _b64(
+            figures[f"roc_{col}"] = png_data_uri(
                 plots.roc_png(
                     curves,
                     f"ROC of '{pos}' per {col}",
@@ -214,7 +217,7 @@ def _classification_figures(
                 gallery_items.append(
                     {
                         "kind": kind,
-                        "png": _b64(
+                        "png": png_data_uri(
                             plots.image_grid_png(
                                 [g["tile"] for g in sel],
                                 [g["caption"] for g in sel],

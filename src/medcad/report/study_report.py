@@ -10,7 +10,7 @@ from medcad.data.splits import load_splits
 from medcad.engine.results import positive_label
 from medcad.errors import DataError
 from medcad.report import plots
-from medcad.report.run_report import _b64
+from medcad.report.run_report import png_data_uri
 from medcad.runfolder import RunFolder
 
 
@@ -28,7 +28,7 @@ def collect_study(study: Path) -> dict:
         ("macro_auc", "macro AUC"),
     )
     bars = {r["name"]: (r[key]["value"], *(r[key].get("ci95") or [None, None])) for r in s["runs"] if r.get(key)}
-    figures = {"bars": _b64(plots.bars_png(bars, f"{title} per run (95 % CI)", title)), "roc_domains": {}}
+    figures = {"bars": png_data_uri(plots.bars_png(bars, f"{title} per run (95 % CI)", title)), "roc_domains": {}}
     positive = positive_label(s["labels"])
     for d in s.get("domains") or []:
         curves, aucs = {}, {}
@@ -39,6 +39,8 @@ def collect_study(study: Path) -> dict:
                 curves[r["name"]] = sub["roc"][positive]
                 aucs[r["name"]] = (sub.get("per_class") or {}).get(positive, {}).get("auc")
         if curves and s.get("cross_domain_matrix"):
-            figures["roc_domains"][d] = _b64(plots.roc_png(curves, f"ROC of '{positive}' on {d} test images", aucs))
+            figures["roc_domains"][d] = png_data_uri(
+                plots.roc_png(curves, f"ROC of '{positive}' on {d} test images", aucs)
+            )
     s["figures"] = figures
     return s

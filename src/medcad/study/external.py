@@ -11,7 +11,7 @@ import pandas as pd
 from medcad.config import DataOptions
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
-from medcad.engine.evaluate import _run_config
+from medcad.engine.evaluate import load_run_config
 from medcad.engine.results import pooled_metrics, prediction_table, write_json
 from medcad.engine.train import task_masks
 from medcad.errors import DataError
@@ -37,7 +37,7 @@ def evaluate_external(
     from medcad.data.datasets import cached_images
 
     run = Path(run)
-    cfg, meta = _run_config(run)
+    cfg, meta = load_run_config(run)
     manifest = load_manifest(data, options or DataOptions())
     manifest.check_complete((options or DataOptions()).allow_missing)
     labels = meta["labels"]
