@@ -23,10 +23,10 @@ from medcad.data.datasets import cached_images
 from medcad.data.layouts import load_manifest
 from medcad.data.transforms import Normalize
 from medcad.engine.evaluate import load_run_config
-from medcad.engine.train import task_masks
 from medcad.metrics.segmentation import dice_iou, mask_counts
 from medcad.models.card import machine_info
 from medcad.models.predict import predict_masks, run_batched
+from medcad.targets import load_targets
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,7 +64,7 @@ def scores(p: dict) -> dict[str, float]:
     out = {}
     rows, labels = p["rows"], p["labels"]
     if p["masks"] is not None:
-        truth = np.asarray(task_masks(p["manifest"], p["cfg"], progress=False)[rows]).astype(bool)
+        truth = np.asarray(load_targets(p["manifest"], p["cfg"]).masks[rows]).astype(bool)
         out["dice"] = float(dice_iou(mask_counts(p["masks"] >= 128, truth))[0].mean())
     if p["probs"] is not None:
         y = np.array([labels.index(lab) for lab in p["manifest"].table["label"].to_numpy(dtype=str)[rows]])

@@ -12,10 +12,9 @@ from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, write_json
-from medcad.engine.train import task_masks, task_targets
 from medcad.errors import DataError
 from medcad.runfolder import RunFolder
-from medcad.tasks import get_task
+from medcad.targets import load_targets
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +54,8 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
         if not path.is_file():
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
-    y = task_targets(manifest, cfg.task, labels)
-    masks = task_masks(manifest, cfg, progress=False)
-    boxes = None
-    if "boxes" in get_task(cfg.task).targets:
-        from medcad.data.boxes import manifest_boxes
-
-        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, run, boxes)
+    t = load_targets(manifest, cfg, labels)
+    metrics, pred = evaluate_results(manifest, labels, t.y, results, splits, t.masks, run, t.boxes)
     atomic_write_text(RunFolder(run).predictions, pred.to_csv(index=False))
     write_json(RunFolder(run).metrics, metrics)
     return metrics, run

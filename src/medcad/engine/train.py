@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from medcad.config import COMPUTE_KEYS, TrainConfig, run_stages
-from medcad.data.datasets import cached_images, cached_masks, check_mask_content, image_cache_key
+from medcad.data.datasets import cached_images, image_cache_key
 from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.interface import check_interface
 from medcad.data.layouts import load_manifest
@@ -29,6 +29,7 @@ from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.runfolder import FoldFolder, RunFolder
+from medcad.targets import load_targets
 from medcad.tasks import flip_tta, freeze_stride, get_task, split_labels
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,6 @@ def split_strata(manifest: Manifest, task: str) -> np.ndarray | None:
     sets = [split_labels(v) for v in manifest.table["label"]]
     counts = Counter(lab for labs in sets for lab in labs)
     return np.array([min(labs, key=lambda lab: (counts[lab], lab)) if labs else "" for labs in sets], dtype=object)
-
-
-def task_targets(manifest: Manifest, task: str, labels: list[str]) -> np.ndarray:
-    """Per row: the label's index (0 when it has none of `labels`), or (N, K) multi-hot for multi-label tasks."""
-    if get_task(task).label_kind == "multi":
-        y = np.zeros((len(manifest), len(labels)), np.float32)
-        for i, v in enumerate(manifest.table["label"]):
-            for lab in split_labels(v):
-                y[i, labels.index(lab)] = 1
-        return y
-    return np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
 
 
 def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> dict:
@@ -118,36 +108,6 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
         )
 
 
-def _check_labels(manifest: Manifest, task: str, data: str | Path) -> list[str]:
-    """The run's class labels; tasks whose targets include labels need every image labelled and two labels at
-    least (multi-label: two labels over the set; an image without labels has no finding). Others keep whatever
-    labels there are (for stratified splits and per-label Dice)."""
-    labels = manifest.labels
-    kind = get_task(task)
-    if "labels" not in kind.targets:
-        return labels or ["lesion"]
-    if kind.label_kind == "multi":
-        labels = sorted({lab for v in manifest.table["label"] for lab in split_labels(v)})
-        if len(labels) < 2:
-            raise DataError(data, f"{task} needs at least two labels over the images, found {labels or 'none'}")
-        return labels
-    unlabeled = int((manifest.table["label"] == "").sum())
-    if len(labels) < 2:
-        raise DataError(data, f"{task} needs at least two class labels, found {labels or 'none'}")
-    if unlabeled:
-        raise DataError(data, f"{unlabeled} image(s) have no label; label them or remove them for {task}")
-    return labels
-
-
-def task_masks(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> np.ndarray | None:
-    """The true masks at the training size for tasks whose targets include masks (cached), else None."""
-    if "masks" not in get_task(cfg.task).targets:
-        return None
-    masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress)
-    check_mask_content(manifest, masks)
-    return masks
-
-
 def train_run(
     data: str | Path,
     out: str | Path,
@@ -190,13 +150,15 @@ def train_run(
     primary = is_primary()
     _check_resume(out, cfg)
     with rank_zero_first():  # rank 0 writes the run folder's files and the caches; the others read them
-        manifest, labels, boxes, masks, splits, images, decode_s = _prepare(
+        manifest, targets, splits, images, decode_s = _prepare(
             data, out, cfg, splits_path, train_domains, init_run, progress, primary
         )
     t0 = time.perf_counter()
-    y = task_targets(manifest, cfg.task, labels)
+    labels, y = targets.labels, targets.y
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral, cfg.interface)}|{cfg.model}|{cfg.weights}"
-    fold_data = FoldData(images, y, labels, masks=masks, boxes=boxes, feature_key=feature_key, keys=manifest.keys)
+    fold_data = FoldData(
+        images, y, labels, masks=targets.masks, boxes=targets.boxes, feature_key=feature_key, keys=manifest.keys
+    )
     domains = manifest.table["domain"].to_numpy(dtype=str)
     keys = manifest.keys
     results = []
@@ -223,7 +185,7 @@ def train_run(
         results.append(train_fold(k, parts, fold_data, cfg, fold_dir, hooks, progress, init))
     if not primary or folds is not None:
         return {}
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, masks, out, boxes)
+    metrics, pred = evaluate_results(manifest, labels, y, results, splits, targets.masks, out, targets.boxes)
     atomic_write_text(RunFolder(out).predictions, pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
     write_json(RunFolder(out).metrics, metrics)
@@ -234,8 +196,7 @@ def _prepare(
     data, out: Path, cfg: TrainConfig, splits_path, train_domains, init_run, progress: bool, write: bool
 ) -> tuple:
     """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), and load (or make)
-    the decoded-image and mask caches. Returns (manifest, labels, boxes, masks, splits, images, decode seconds)."""
-    task = get_task(cfg.task)
+    the decoded-image and mask caches. Returns (manifest, targets, splits, images, decode seconds)."""
     manifest = load_manifest(data, cfg.data_options())
     said = len(manifest.notes)
     for note in manifest.notes if write else []:  # how the data was read, before any refusal
@@ -244,20 +205,13 @@ def _prepare(
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
     for note in manifest.notes[said:] if write else []:  # what changed since the run was made
         log.warning("note: %s", note)
-    boxes = None
-    if "boxes" in task.targets:
-        from medcad.data.boxes import manifest_boxes
-
-        labels, boxes, box_problems = manifest_boxes(manifest, cfg.image_size, frame_classes=cfg.frame_classes)
-        if box_problems and write:
-            log.warning(
-                "%d box problem(s), e.g. %s; all in %s", len(box_problems), box_problems[0], out / "box_problems.txt"
-            )
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "box_problems.txt", "\n".join(box_problems) + "\n")
-    else:
-        labels = _check_labels(manifest, cfg.task, data)
-    masks = task_masks(manifest, cfg, progress and write)  # checked before anything is written
+    targets = load_targets(manifest, cfg, source=data, progress=progress and write)  # before anything is written
+    if targets.box_problems and write:
+        problems = targets.box_problems
+        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], out / "box_problems.txt")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "box_problems.txt", "\n".join(problems) + "\n")
+    labels = targets.labels
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
         missing = sorted(set(train_domains) - set(domains))
@@ -285,7 +239,7 @@ def _prepare(
     images = cached_images(
         manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=progress and write
     )
-    return manifest, labels, boxes, masks, splits, images, time.perf_counter() - t0
+    return manifest, targets, splits, images, time.perf_counter() - t0
 
 
 def train_repeats(

@@ -105,11 +105,11 @@ def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFram
     if histories:
         figures["det_curves"] = loss_curves_png(histories)
     if gallery:
-        from medcad.data.boxes import manifest_boxes
         from medcad.data.datasets import cached_images
+        from medcad.targets import load_targets
 
         images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
-        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, metrics["labels"], frame_classes=cfg.frame_classes)
+        boxes = load_targets(manifest, cfg, metrics["labels"]).boxes
         figures["detections"] = sample_tiles(
             run, manifest, images, boxes, pred, metrics["labels"], metrics["score_threshold"]
         )

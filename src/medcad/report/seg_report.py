@@ -77,7 +77,7 @@ def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame)
 def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: bool = True) -> dict:
     """Figures (as PNG bytes) of a segmentation or multitask run."""
     from medcad.data.datasets import cached_images
-    from medcad.engine.train import task_masks
+    from medcad.targets import load_targets
 
     lesion = pred[pred["true_area"] > 0]["dice"]
     figures: dict[str, bytes] = {
@@ -87,7 +87,7 @@ def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: 
     }
     if gallery:
         images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
-        masks = task_masks(manifest, cfg, progress=False)
+        masks = load_targets(manifest, cfg).masks
         for kind, png in case_tiles(run, manifest, images, masks, pred).items():
             figures[f"cases_{kind}"] = png
         att = attention_tiles(run, manifest, images, pred)

@@ -13,10 +13,10 @@ from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.engine.evaluate import load_run_config
 from medcad.engine.results import pooled_metrics, prediction_table, write_json
-from medcad.engine.train import task_masks
 from medcad.errors import DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import RunFolder
+from medcad.targets import load_targets
 from medcad.tasks import get_task
 
 
@@ -54,24 +54,23 @@ def evaluate_external(
     patients = manifest.table["patient"].to_numpy(dtype=str)
     groups = np.where(patients != "", patients, np.arange(len(manifest)).astype(str))
     rows = np.arange(len(manifest))
-    y = np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+    targets = load_targets(manifest, cfg, labels)
+    y = targets.y
     predictor = load_predictor(run)
     out = predictor.infer(images)
     metrics: dict = {}
     pred = pd.DataFrame({"image": manifest.keys})
     if out.get("boxes") is not None:
-        from medcad.data.boxes import manifest_boxes
         from medcad.metrics.detection import detection_metrics
 
-        _, boxes, _ = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
-        metrics = detection_metrics(out["boxes"], boxes, labels, groups=groups)
+        metrics = detection_metrics(out["boxes"], targets.boxes, labels, groups=groups)
     if out.get("probabilities") is not None:
         metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
         pred = prediction_table(manifest, rows, y, out["probabilities"], labels)
     if out.get("mask") is not None:
         from medcad.metrics.segmentation import mask_counts, per_image_table, segmentation_metrics
 
-        counts = mask_counts(out["mask"] >= 0.5, task_masks(manifest, cfg, progress=False).astype(bool))
+        counts = mask_counts(out["mask"] >= 0.5, targets.masks.astype(bool))
         metrics["segmentation"] = segmentation_metrics(counts, groups=groups)
         metrics["dice"], metrics["iou"] = metrics["segmentation"]["dice"], metrics["segmentation"]["iou"]
         table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})

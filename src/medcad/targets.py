@@ -1,0 +1,111 @@
+"""A task's targets for a dataset, read in one place: training, `evaluate`, external sets and reports all ask here.
+
+What a task learns from (`Task.targets` in medcad.tasks) decides what is read: class labels (an index per image, or
+a multi-hot row for multi-label tasks), lesion masks at the training size (cached, content checked), boxes at the
+training size (from the boxes column or from masks; frame classes as whole-frame boxes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medcad.config import TrainConfig
+from medcad.data.datasets import cached_masks, check_mask_content
+from medcad.data.manifest import Manifest
+from medcad.errors import DataError
+from medcad.tasks import get_task, split_labels
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A dataset's targets for one task, row by row in manifest order.
+
+    Attributes:
+        labels: the class (or detection class) names; `y` indexes them.
+        y: (N,) label index (0 for a row with none of `labels`), or (N, K) float32 multi-hot for multi-label tasks.
+        masks: (N, S, S) bool lesion masks at the training size S, for tasks that learn masks; else None.
+        boxes: per row an (m, 5) [x0, y0, x1, y1, class index] array at the training size, for detection; else None.
+        box_problems: boxes clipped or dropped, one message each (detection).
+    """
+
+    labels: list[str]
+    y: np.ndarray
+    masks: np.ndarray | None = None
+    boxes: list[np.ndarray] | None = None
+    box_problems: list[str] = field(default_factory=list)
+
+
+def load_targets(
+    manifest: Manifest,
+    cfg: TrainConfig,
+    labels: list[str] | None = None,
+    *,
+    source: str | Path | None = None,
+    progress: bool = False,
+) -> Targets:
+    """The targets of `manifest` for the task of `cfg`.
+
+    Args:
+        manifest: the dataset as read.
+        cfg: the run's settings (task, image size, missing-mask policy, frame classes).
+        labels: the run's labels (evaluating a trained run); None for a new run: they are read from the manifest
+            and checked (`run_labels`).
+        source: the dataset path, for messages (default: the manifest's folder).
+        progress: show a progress bar while masks are decoded.
+
+    Raises:
+        DataError: too few labels or unlabelled images for a labelled task, masks missing or unusable, a frame
+            class that no image carries.
+    """
+    task = get_task(cfg.task)
+    boxes, problems = None, []
+    if "boxes" in task.targets:
+        from medcad.data.boxes import manifest_boxes
+
+        labels, boxes, problems = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
+    elif labels is None:
+        labels = run_labels(manifest, cfg.task, source or manifest.root)
+    masks = None
+    if "masks" in task.targets:
+        masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress)
+        check_mask_content(manifest, masks)
+    return Targets(list(labels), label_targets(manifest, cfg.task, list(labels)), masks, boxes, problems)
+
+
+def label_targets(manifest: Manifest, task: str, labels: list[str]) -> np.ndarray:
+    """Per row: the label's index (0 when it has none of `labels`), or (N, K) multi-hot for multi-label tasks."""
+    if get_task(task).label_kind == "multi":
+        y = np.zeros((len(manifest), len(labels)), np.float32)
+        for i, v in enumerate(manifest.table["label"]):
+            for lab in split_labels(v):
+                y[i, labels.index(lab)] = 1
+        return y
+    return np.array([labels.index(v) if v in labels else 0 for v in manifest.table["label"]])
+
+
+def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
+    """A new run's class labels; tasks whose targets include labels need every image labelled and two labels at
+    least (multi-label: two labels over the set; an image without labels has no finding). Others keep whatever
+    labels there are (for stratified splits and per-label Dice).
+
+    Raises:
+        DataError: fewer than two labels, or unlabelled images, for a labelled task.
+    """
+    labels = manifest.labels
+    kind = get_task(task)
+    if "labels" not in kind.targets:
+        return labels or ["lesion"]
+    if kind.label_kind == "multi":
+        labels = sorted({lab for v in manifest.table["label"] for lab in split_labels(v)})
+        if len(labels) < 2:
+            raise DataError(source, f"{task} needs at least two labels over the images, found {labels or 'none'}")
+        return labels
+    unlabeled = int((manifest.table["label"] == "").sum())
+    if len(labels) < 2:
+        raise DataError(source, f"{task} needs at least two class labels, found {labels or 'none'}")
+    if unlabeled:
+        raise DataError(source, f"{unlabeled} image(s) have no label; label them or remove them for {task}")
+    return labels
