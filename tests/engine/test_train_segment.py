@@ -79,7 +79,7 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert np.asarray(Image.open(tmp_path / "one.png")).shape == (64, 128, 3)
 
     # every command for this task: ONNX export with the Dice agreement, bench, and a video through the predictor
-    res = runner.invoke(app, ["export", str(run), "--int8", "--json"])
+    res = runner.invoke(app, ["export", str(run), "--int8", "--fold", "0", "--json"])  # one fold: half the graph
     assert res.exit_code == 0, res.output
     agreement = json.loads(res.stdout)["agreement"]
     assert agreement["model.onnx"]["mask_dice"] >= 0.99 and agreement["model.onnx"]["max_prob_diff"] < 0.01
