@@ -71,6 +71,13 @@ def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["macro_auc"]["value"] == pytest.approx(m["macro_auc"]["value"])
+    # the set as an external one: scored as findings ('disc|square' rows), not as 'disc|square' unknown labels
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(findings), "--json"])
+    assert res.exit_code == 0, res.output
+    ext = json.loads(res.stdout)
+    assert set(ext["per_label"]) == {"disc", "square"} and ext["per_label"]["disc"]["n_positive"] == 16
+    table = (run / "evaluations" / findings.name / "predictions.csv").read_text().splitlines()
+    assert table[0].startswith("image,labels,predicted,p_disc,p_square") and len(table) == 33
     res = runner.invoke(app, ["predict", str(run), str(findings / "3.png"), "--json", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)[0]

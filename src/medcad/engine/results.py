@@ -347,16 +347,29 @@ def _multilabel_results(
         per_fold.append({"fold": r["fold"], "n_test": int(sel.sum()), **{n: fm[n]["value"] for n in names}})
     m["per_fold"] = per_fold
     m["fold_summary"] = {n: mean_sd([f[n] for f in per_fold]) for n in ("macro_auc", "macro_f1", "exact_match")}
+    pred = multilabel_table(np.array(keys, dtype=object)[rows], y[rows], probs, labels, m["threshold"])
+    pred.insert(1, "fold", fold_of)
+    return m, pred
+
+
+def multilabel_table(
+    keys: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float
+) -> pd.DataFrame:
+    """Per image: key, true labels and labels predicted at `threshold` ('|'-joined), p_<label>.
+
+    Args:
+        keys: (N,) image keys; y: (N, K) multi-hot truth; probs: (N, K) probabilities; labels: the K names.
+    """
 
     def names(bits: np.ndarray) -> str:
         return "|".join(lab for lab, b in zip(labels, bits, strict=True) if b)
 
-    pred = pd.DataFrame({"image": np.array(keys, dtype=object)[rows], "fold": fold_of})
-    pred["labels"] = [names(t) for t in y[rows] > 0]
-    pred["predicted"] = [names(p) for p in probs >= m["threshold"]]
+    pred = pd.DataFrame({"image": keys})
+    pred["labels"] = [names(t) for t in y > 0]
+    pred["predicted"] = [names(p) for p in probs >= threshold]
     for j, lab in enumerate(labels):
         pred[f"p_{lab}"] = probs[:, j]
-    return m, pred
+    return pred
 
 
 def validated_metrics(

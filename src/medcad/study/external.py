@@ -12,12 +12,12 @@ from medcad.config import DataOptions
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.engine.evaluate import load_run_config
-from medcad.engine.results import pooled_metrics, prediction_table, write_json
+from medcad.engine.results import multilabel_table, pooled_metrics, prediction_table, write_json
 from medcad.errors import DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
-from medcad.tasks import get_task
+from medcad.tasks import get_task, split_labels
 
 
 def evaluate_external(
@@ -42,8 +42,10 @@ def evaluate_external(
     manifest.check_complete((options or DataOptions()).allow_missing)
     labels = meta["labels"]
     task = get_task(cfg.task)
+    multi = task.label_kind == "multi"  # a row's label lists its findings: 'stone|cyst', '' for none
     if "labels" in task.targets or ("probabilities" in task.outputs and manifest.labels):
-        unknown = sorted(set(manifest.labels) - set(labels))
+        found = {lab for v in manifest.table["label"] for lab in split_labels(v)} if multi else set(manifest.labels)
+        unknown = sorted(found - set(labels))
         if unknown:
             raise DataError(
                 data,
@@ -64,7 +66,14 @@ def evaluate_external(
         from medcad.metrics.detection import detection_metrics
 
         metrics = detection_metrics(out["boxes"], targets.boxes, labels, groups=groups)
-    if out.get("probabilities") is not None:
+    if out.get("probabilities") is not None and multi:
+        from medcad.metrics.multilabel import multilabel_metrics
+
+        metrics = multilabel_metrics(y, out["probabilities"], labels, groups=groups)
+        pred = multilabel_table(
+            np.array(manifest.keys, dtype=object), y, out["probabilities"], labels, metrics["threshold"]
+        )
+    elif out.get("probabilities") is not None:
         metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
         pred = prediction_table(manifest, rows, y, out["probabilities"], labels)
     if out.get("mask") is not None:
