@@ -6,7 +6,8 @@
     RUN/data_ledger.csv      every file and row read, used or left out with its reason (medcad.data.ledger)
     RUN/predictions.csv      every test prediction of every fold;  RUN/metrics.json  the metrics with CIs
     RUN/repeats.json         mean ± sd over seeds (`--repeats`);    RUN/backends.json  `--backend auto`'s choices
-    RUN/report.html          the run's report
+    RUN/report.html          the run's report;  RUN/box_problems.txt  boxes clipped or dropped (detection)
+    RUN/evaluations/<set>/   `evaluate --data`;  RUN/shortcut_check.json, shortcut_gallery.npz  `--shortcut-check`
     RUN/fold_<k>/model.pt    fold k's model;  result.json  its test predictions by key;  test_masks.npz  its masks
     RUN/fold_<k>/logs/{csv,tensorboard}/<stage>/   its training logs;  checkpoints/<stage>/{best,last}.ckpt
     RUN/export[_fold<k>]/    the ONNX export of the ensemble (or of fold k)
@@ -105,6 +106,25 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def box_problems(self) -> Path:
+        """Boxes clipped or dropped while reading a detection set, one per line."""
+        return self.root / "box_problems.txt"
+
+    @property
+    def shortcut_check(self) -> Path:
+        """`evaluate --shortcut-check`: AUC with the lesion blanked / only the lesion kept."""
+        return self.root / "shortcut_check.json"
+
+    @property
+    def shortcut_gallery(self) -> Path:
+        return self.root / "shortcut_gallery.npz"
+
+    @property
+    def evaluations(self) -> Path:
+        """`evaluate --data`: one folder per external set (its predictions.csv and metrics.json)."""
+        return self.root / "evaluations"
 
     def fold(self, k: int) -> FoldFolder:
         """Fold k's folder."""

@@ -208,9 +208,9 @@ def _prepare(
     targets = load_targets(manifest, cfg, source=data, progress=progress and write)  # before anything is written
     if targets.box_problems and write:
         problems = targets.box_problems
-        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], out / "box_problems.txt")
+        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], RunFolder(out).box_problems)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "box_problems.txt", "\n".join(problems) + "\n")
+        atomic_write_text(RunFolder(out).box_problems, "\n".join(problems) + "\n")
     labels = targets.labels
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:

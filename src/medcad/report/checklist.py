@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medcad.runfolder import RunFolder
+
 USER = "add it yourself"
 
 
@@ -21,9 +23,11 @@ def checklist(r: dict, run: Path) -> list[dict]:
     cal = m.get("calibration")
     has_ci = bool((m.get("macro_auc") or m.get("dice") or m.get("ap50") or {}).get("ci95"))
     external = (
-        sorted(p.name for p in (run / "evaluations").glob("*") if p.is_dir()) if (run / "evaluations").is_dir() else []
+        sorted(p.name for p in RunFolder(run).evaluations.glob("*") if p.is_dir())
+        if RunFolder(run).evaluations.is_dir()
+        else []
     )
-    shortcut = (run / "shortcut_check.json").is_file()
+    shortcut = RunFolder(run).shortcut_check.is_file()
     group = splits.get("group_by") or "none"
     return [
         _item("Title / abstract", "Identify the study as AI in medical imaging; structured summary", None),

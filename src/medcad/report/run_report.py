@@ -162,11 +162,11 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
 
 def _shortcut(run: Path) -> dict | None:
     """shortcut_check.json with its gallery (each image as it is and with the lesion blanked) as a data URI."""
-    path = run / "shortcut_check.json"
+    path = RunFolder(run).shortcut_check
     if not path.is_file():
         return None
     sc = json.loads(path.read_text())
-    gal = run / "shortcut_gallery.npz"
+    gal = RunFolder(run).shortcut_gallery
     if gal.is_file():
         with np.load(gal) as z:
             tiles = [t for pair in zip(z["original"], z["blanked"], strict=True) for t in pair]

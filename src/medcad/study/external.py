@@ -86,7 +86,7 @@ def evaluate_external(
         pred = pred.merge(table, on="image", how="left")
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
     metrics["backend"] = predictor.backend
-    where = run / "evaluations" / Path(data).resolve().name
+    where = RunFolder(run).evaluations / Path(data).resolve().name
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)

@@ -121,6 +121,6 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     blanked, _ = remove_lesion(x, np.asarray(masks[rows[order]]), margin)
     tmp = run / "shortcut_gallery.tmp.npz"
     np.savez_compressed(tmp, original=x, blanked=blanked, p=probs["lesion_blanked"][order, c_pos])
-    tmp.replace(run / "shortcut_gallery.npz")
-    write_json(run / "shortcut_check.json", result)
+    tmp.replace(RunFolder(run).shortcut_gallery)
+    write_json(RunFolder(run).shortcut_check, result)
     return result
