@@ -28,7 +28,7 @@ from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
-from medcad.runfolder import FoldFolder, RunFolder
+from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
 from medcad.tasks import flip_tta, freeze_stride, get_task, split_labels
 
@@ -146,6 +146,7 @@ def train_run(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
+    folder = RunFolder(out)
     join_launched_processes(compute)
     primary = is_primary()
     _check_resume(out, cfg)
@@ -166,8 +167,7 @@ def train_run(
         k = fold["fold"]
         if folds is not None and k not in folds:
             continue
-        fold_dir = RunFolder(out).fold(k).path
-        done = FoldFolder(fold_dir).result
+        fold_dir, done = folder.fold(k).path, folder.fold(k).result
         if done.is_file():
             results.append(json.loads(done.read_text()))
             continue
@@ -186,9 +186,9 @@ def train_run(
     if not primary or folds is not None:
         return {}
     metrics, pred = evaluate_results(manifest, labels, y, results, splits, targets.masks, out, targets.boxes)
-    atomic_write_text(RunFolder(out).predictions, pred.to_csv(index=False))
+    atomic_write_text(folder.predictions, pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
-    write_json(RunFolder(out).metrics, metrics)
+    write_json(folder.metrics, metrics)
     return metrics
 
 
@@ -197,6 +197,7 @@ def _prepare(
 ) -> tuple:
     """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), and load (or make)
     the decoded-image and mask caches. Returns (manifest, targets, splits, images, decode seconds)."""
+    folder = RunFolder(out)
     manifest = load_manifest(data, cfg.data_options())
     said = len(manifest.notes)
     for note in manifest.notes if write else []:  # how the data was read, before any refusal
@@ -208,9 +209,9 @@ def _prepare(
     targets = load_targets(manifest, cfg, source=data, progress=progress and write)  # before anything is written
     if targets.box_problems and write:
         problems = targets.box_problems
-        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], RunFolder(out).box_problems)
+        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RunFolder(out).box_problems, "\n".join(problems) + "\n")
+        atomic_write_text(folder.box_problems, "\n".join(problems) + "\n")
     labels = targets.labels
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
@@ -220,7 +221,7 @@ def _prepare(
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_json(
-            RunFolder(out).config,
+            folder.config,
             {
                 **cfg.to_dict(),
                 "data": str(Path(data).resolve()),
@@ -230,10 +231,10 @@ def _prepare(
                 "data_notes": manifest.notes,
             },
         )
-        manifest.save(RunFolder(out).manifest)
-        atomic_write_text(RunFolder(out).ledger, manifest.ledger.table().to_csv(index=False))
-        if not RunFolder(out).samples.is_file():
-            save_samples(manifest, RunFolder(out).samples)
+        manifest.save(folder.manifest)
+        atomic_write_text(folder.ledger, manifest.ledger.table().to_csv(index=False))
+        if not folder.samples.is_file():
+            save_samples(manifest, folder.samples)
     splits = _prepare_splits(manifest, cfg, out, splits_path, write)
     t0 = time.perf_counter()
     images = cached_images(

@@ -101,18 +101,19 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     from medcad.engine.train import fold_hooks
     from medcad.tasks import get_task
 
-    meta = json.loads(RunFolder(run).config.read_text())
-    cfg = TrainConfig.load(RunFolder(run).config)
-    metrics = json.loads(RunFolder(run).metrics.read_text())
+    folder = RunFolder(run)
+    meta = json.loads(folder.config.read_text())
+    cfg = TrainConfig.load(folder.config)
+    metrics = json.loads(folder.metrics.read_text())
     labels = meta["labels"]
     shared = {} if shared is None else shared
-    data_key = ("data", str(meta["data"]), cfg.data_options(), RunFolder(run).splits.read_text())
+    data_key = ("data", str(meta["data"]), cfg.data_options(), folder.splits.read_text())
     if data_key not in shared:
         manifest = load_manifest(meta["data"], cfg.data_options())
-        splits = load_splits(RunFolder(run).splits, manifest)
+        splits = load_splits(folder.splits, manifest)
         shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]
-    pred = pd.read_csv(RunFolder(run).predictions, dtype={"image": str, "label": str, "predicted": str})
+    pred = pd.read_csv(folder.predictions, dtype={"image": str, "label": str, "predicted": str})
     figures: dict[str, str] = {}
     gallery_items: list[dict] = []
     if "confusion_matrix" in metrics:
@@ -129,7 +130,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
 
         figures.update({k: png_data_uri(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
     stage = fold_hooks(cfg.task).stage
-    histories = {f"fold {k}": _history(RunFolder(run).fold(k).history(stage)) for k in range(len(splits["folds"]))}
+    histories = {f"fold {k}": _history(folder.fold(k).history(stage)) for k in range(len(splits["folds"]))}
     histories = {k: v for k, v in histories.items() if v}
     if histories:
         figures["curves"] = png_data_uri(
