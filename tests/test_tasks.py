@@ -20,6 +20,7 @@ from medcad.tasks import TASKS, get_task
 SETTINGS = {
     "classify": {},
     "segment": {"arch": "unet"},
+    "segment-multiclass": {"arch": "attention-unetpp"},
     "multitask": {"arch": "unet"},
     "detect": {},
     "multilabel": {},
@@ -56,6 +57,21 @@ def test_model_file_round_trip(name: str, tmp_path, one_thread) -> None:
     other = next(t for t in TASKS if TASKS[t].model_format != task.model_format)
     with pytest.raises(Exception, match=f"is a {name} model; this needs a {other} model"):
         load_model_file(tmp_path / "model.pt", other)
+
+
+def test_label_map_prediction_classes_rows_and_mask_file() -> None:
+    lesion = np.zeros((60, 60), np.float32)
+    lesion[25:30, 5:10], lesion[40:50, 20:40] = 0.9, 0.8  # a small cyst and a larger stone (below the label band)
+    lesion_class = np.ones((60, 60), np.uint8)
+    lesion_class[35:, :] = 2
+    p = Prediction("k.png", ["cyst", "stone"], mask=lesion, lesion_class=lesion_class, class_values=(3, 7))
+    assert p.label == "stone+cyst"  # largest first
+    row = p.row()
+    assert row["fraction_cyst"] == pytest.approx(25 / 3600) and row["fraction_stone"] == pytest.approx(200 / 3600)
+    assert set(np.unique(p.mask_image())) == {0, 3, 7} and (p.mask_image() == 7).sum() == 200  # the run's values
+    drawn = p.draw(np.zeros((60, 60, 3), np.uint8))
+    assert tuple(drawn[27, 7]) != tuple(drawn[45, 30]) and drawn[27, 7].any() and drawn[45, 30].any()
+    assert Prediction("e", ["cyst", "stone"], mask=lesion * 0, lesion_class=lesion_class).label == NO_LESION
 
 
 def test_unknown_task_names_the_tasks() -> None:

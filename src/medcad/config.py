@@ -262,7 +262,7 @@ class TrainConfig(DataOptions):
     """Everything that defines a training run (the dataset-reading options of `DataOptions` first). Stored as
     config.json in the run folder."""
 
-    task: str = "classify"  # classify | segment | multitask | detect
+    task: str = "classify"  # classify | segment | segment-multiclass | multitask | detect | multilabel
     model: str = "tf_efficientnet_lite0"  # timm backbone (the encoder of segmentation and detection models)
     arch: str = "unet"  # segment/multitask: attention-unetpp | unet | unetpp | unet-vgg11 | dsconv-resnet
     weights: str = "auto"  # auto | hub | none | path to a state dict
@@ -301,6 +301,9 @@ class TrainConfig(DataOptions):
     seed: int = 0
     # segment / multitask
     missing_masks: str = "error"  # error | empty (images without a mask are lesion-free)
+    # segment-multiclass: the lesion class of each label-map value, "1=cyst,2=stone"; None: the dataset.json beside
+    # the masks (nnU-Net). A run stores the classes it read.
+    mask_labels: str | None = None
     class_loss_weight: float = 1.0  # multitask loss = BCE + Dice (mask) + this x cross-entropy (class)
     frame_classes: str | None = None  # detect: labels whose frames are whole-frame boxes, e.g. "normal,unclear"
     # splits

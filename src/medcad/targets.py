@@ -14,6 +14,7 @@ import numpy as np
 
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_masks, check_mask_content
+from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 from medcad.tasks import get_task, split_labels
@@ -26,9 +27,11 @@ class Targets:
     Attributes:
         labels: the class (or detection class) names; `y` indexes them.
         y: (N,) label index (0 for a row with none of `labels`), or (N, K) float32 multi-hot for multi-label tasks.
-        masks: (N, S, S) bool lesion masks at the training size S, for tasks that learn masks; else None.
+        masks: (N, S, S) uint8 lesion masks {0, 1} at the training size S, for tasks that learn masks (label maps:
+            class indices 0..K, 0 background, i + 1 for `labels[i]`); else None.
         boxes: per row an (m, 5) [x0, y0, x1, y1, class index] array at the training size, for detection; else None.
         box_problems: boxes clipped or dropped, one message each (detection).
+        mask_classes: the mask values of `labels` (label maps), else None.
     """
 
     labels: list[str]
@@ -36,6 +39,7 @@ class Targets:
     masks: np.ndarray | None = None
     boxes: list[np.ndarray] | None = None
     box_problems: list[str] = field(default_factory=list)
+    mask_classes: MaskLabels | None = None
 
 
 def load_targets(
@@ -61,18 +65,35 @@ def load_targets(
             class that no image carries.
     """
     task = get_task(cfg.task)
-    boxes, problems = None, []
+    boxes, problems, classes = None, [], None
     if "boxes" in task.targets:
         from medcad.data.boxes import manifest_boxes
 
         labels, boxes, problems = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
+    elif task.mask_kind == "classes":
+        mask_paths = [p for i in range(len(manifest)) for p in manifest.mask_paths(i)]
+        classes = resolve_mask_labels(cfg.mask_labels, manifest.root, mask_paths)
+        if labels is not None and list(labels) != list(classes.names):
+            raise DataError(
+                source or manifest.root,
+                f"the run's lesion classes are {', '.join(labels)}, the masks' here are {classes.describe()}",
+            )
+        labels = list(classes.names)
     elif labels is None:
         labels = run_labels(manifest, cfg.task, source or manifest.root)
     masks = None
     if "masks" in task.targets:
-        masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress)
+        masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress, classes=classes)
         check_mask_content(manifest, masks)
+    if classes is not None:  # what splits stratify by: each image's largest lesion class (0: none or the first)
+        return Targets(list(labels), _largest_class(masks, len(labels)), masks, None, [], classes)
     return Targets(list(labels), label_targets(manifest, cfg.task, list(labels)), masks, boxes, problems)
+
+
+def _largest_class(masks: np.ndarray, n: int) -> np.ndarray:
+    """Per label map (N, S, S): the index (0-based) of its largest lesion class, 0 when it has none."""
+    counts = np.stack([(masks == c).reshape(len(masks), -1).sum(1) for c in range(1, n + 1)], axis=1)
+    return counts.argmax(1)
 
 
 def label_targets(manifest: Manifest, task: str, labels: list[str]) -> np.ndarray:

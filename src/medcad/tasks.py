@@ -49,6 +49,7 @@ class Task:
     build: Callable[[TrainConfig, int, dict | None], nn.Module]
     data_config: Callable[[nn.Module], dict]
     label_kind: str = "single"
+    mask_kind: str = "binary"
 
 
 def _classifier(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
@@ -67,6 +68,12 @@ def _segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
     from medcad.models.segmentation import segmenter_from_config
 
     return segmenter_from_config(cfg, n, with_class=False)
+
+
+def _multiclass_segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
+    from medcad.models.segmentation import segmenter_from_config
+
+    return segmenter_from_config(cfg, n, with_class=False, mask_channels=n + 1)  # background + n lesion classes
 
 
 def _joint_segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
@@ -127,6 +134,17 @@ TASKS: dict[str, Task] = {
             ("dice", "iou", *CLASS_HEADLINE),
             _joint_segmenter,
             _segmenter_data_config,
+        ),
+        Task(
+            "segment-multiclass",
+            "mask of several lesion classes per image (label maps: 0 background, 1 cyst, 2 stone, ...)",
+            "medcad-segmenter-1",
+            ("masks",),
+            ("mask",),
+            ("dice", "iou", "class_dice"),
+            _multiclass_segmenter,
+            _segmenter_data_config,
+            mask_kind="classes",
         ),
         Task(
             "detect",

@@ -38,10 +38,17 @@ class _Setting(NamedTuple):
 # The `TrainConfig` fields that `medcad train` takes as options, in the order `--help` lists them (see
 # `with_train_options`).
 TRAIN_SETTINGS: dict[str, _Setting] = {
-    "task": _Setting(str, "classify, segment, multitask (mask + class), detect or multilabel (findings).", "classify"),
+    "task": _Setting(
+        str,
+        "classify, segment, segment-multiclass (label maps), multitask (mask + class), detect or multilabel.",
+        "classify",
+    ),
     "model": _Setting(str, "Any timm backbone name (the encoder for segment).", "tf_efficientnet_lite0"),
     "arch": _Setting(str, "segment/multitask: attention-unetpp, unet, unetpp, unet-vgg11, dsconv-resnet."),
     "missing_masks": _Setting(str, "segment/multitask: images without a mask are an error, or empty (lesion-free)."),
+    "mask_labels": _Setting(
+        str, "segment-multiclass: the class of each mask value, e.g. 1=cyst,2=stone (default: dataset.json)."
+    ),
     "class_loss_weight": _Setting(float, "multitask: weight of the class loss."),
     "frame_classes": _Setting(str, "detect: labels whose frames are whole-frame boxes, e.g. normal,unclear."),
     "dropout": _Setting(float, "Dropout before the class layer."),

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from medcad.data.cache import cache_dir
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image, read_mask
+from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 
@@ -116,12 +117,16 @@ def cached_images(
 MISSING_MASKS = ("error", "empty")
 
 
-def read_sample_mask(manifest: Manifest, i: int, missing: str = "error") -> np.ndarray:
-    """The union of sample i's masks as bool (H, W), checked against its image's size.
+def read_sample_mask(
+    manifest: Manifest, i: int, missing: str = "error", classes: MaskLabels | None = None
+) -> np.ndarray:
+    """The union of sample i's masks as bool (H, W), or with `classes` its label map as uint8 class indices (H, W)
+    (`medcad.data.labelmaps.read_label_map`), checked against its image's size.
 
     Args:
         missing: what an image without a mask gets: "error" (DataError), or "empty" (no lesion, e.g. the normal
             cases of a multitask study).
+        classes: the lesion classes of label-map masks (segment-multiclass); None reads every mask as one lesion.
 
     Raises:
         DataError: no mask (with missing="error"), an unreadable mask, or a mask whose size differs from its
@@ -132,11 +137,11 @@ def read_sample_mask(manifest: Manifest, i: int, missing: str = "error") -> np.n
     paths = manifest.mask_paths(i)
     if not paths:
         if missing == "empty":
-            return np.zeros((h, w), bool)
+            return np.zeros((h, w), np.uint8 if classes else bool)
         raise DataError(
             image, "has no mask; add one, remove the image, or use --missing-masks empty to treat it as lesion-free"
         )
-    mask = read_mask(paths)
+    mask = read_mask(paths) if classes is None else read_label_map(paths, classes)
     if mask.shape != (h, w):
         raise DataError(
             paths[0], f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is {w}x{h}; masks must match"
@@ -150,14 +155,22 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def cached_masks(
-    manifest: Manifest, size: int, *, missing: str = "error", interface: str = "none", progress: bool = True
+    manifest: Manifest,
+    size: int,
+    *,
+    missing: str = "error",
+    interface: str = "none",
+    progress: bool = True,
+    classes: MaskLabels | None = None,
 ) -> np.ndarray:
-    """All masks of a manifest as (N, size, size) uint8 {0, 1}, memory-mapped and cached like the images; with an
-    `interface` that crops, each mask is cut by the box found on its image (as `cached_images` decodes it)."""
+    """All masks of a manifest as (N, size, size) uint8 {0, 1} (with `classes`: label maps of class indices 0..K),
+    memory-mapped and cached like the images; with an `interface` that crops, each mask is cut by the box found on
+    its image (as `cached_images` decodes it)."""
     if missing not in MISSING_MASKS:
         raise ValueError(f"missing must be one of {MISSING_MASKS}, not {missing!r}")
     crops = check_interface(interface) != "none"
-    h = hashlib.sha1(f"{image_cache_key(manifest, size, False, 'crop' if crops else 'none')}|{missing}".encode())
+    kind = "" if classes is None else f"|classes {classes.describe()}"
+    h = hashlib.sha1(f"{image_cache_key(manifest, size, False, 'crop' if crops else 'none')}|{missing}{kind}".encode())
     for i in range(len(manifest)):
         for mp in manifest.mask_paths(i):
             st = mp.stat() if mp.is_file() else None
@@ -165,13 +178,13 @@ def cached_masks(
     path = cache_dir() / "masks" / f"{h.hexdigest()[:20]}-{size}.npy"
 
     def fill(i: int) -> np.ndarray:
-        mask = read_sample_mask(manifest, i, missing)
+        mask = read_sample_mask(manifest, i, missing, classes)
         if crops:
             rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=size)
             x0, y0, x1, y1 = imaging_box(rgb)
             h, w = rgb.shape[:2]
             mask = crop_relative(mask, (x0 / w, y0 / h, x1 / w, y1 / h))
-        return resize_mask(mask, size)
+        return resize_mask(mask, size) if classes is None else resize_label_map(mask, size, len(classes.values))
 
     return _cached_array(path, (len(manifest), size, size), fill, len(manifest), f"Reading masks at {size}px", progress)
 

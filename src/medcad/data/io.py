@@ -150,7 +150,7 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])  # drop alpha
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     if not path.exists():
         raise DataError(path, "file not found")
     if path.is_dir():
@@ -217,7 +217,7 @@ def read_dicom_frames(path: str | Path) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_voi_lut
 
     p = Path(path)
-    _check_file(p)
+    check_file(p)
     try:
         ds = pydicom.dcmread(p)
     except Exception as e:  # pydicom raises many types for bad files
@@ -267,7 +267,7 @@ def read_image(path: str | Path, frame: int | None = None, draft: int | None = N
         DataError: naming the file and the problem.
     """
     p = Path(path)
-    _check_file(p)
+    check_file(p)
     if is_dicom(p):
         frames = read_dicom_frames(p)
         idx = 0 if frame is None else int(frame)
@@ -298,7 +298,7 @@ class MaskDecoding:
         return self.n_values <= 2
 
 
-def _mask_plane(arr: np.ndarray) -> tuple[np.ndarray, str]:
+def mask_plane(arr: np.ndarray) -> tuple[np.ndarray, str]:
     """One plane from a mask array: alpha when the colour is constant and alpha is not, else the channel max."""
     if arr.ndim == 2:
         return arr, ""
@@ -326,7 +326,7 @@ def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDec
     Returns:
         bool (H, W) lesion mask and how it was decided.
     """
-    plane, how = _mask_plane(arr)
+    plane, how = mask_plane(arr)
     values = np.unique(plane)
     shown = tuple(float(v) for v in values[:MAX_LABEL_VALUES])
     lo, hi = float(values[0]), float(values[-1])
@@ -352,7 +352,7 @@ def decode_mask(path: str | Path) -> tuple[np.ndarray, MaskDecoding]:
         DataError: the file is missing, empty or unreadable.
     """
     p = Path(path)
-    _check_file(p)
+    check_file(p)
     arr, fmt, _ = decode_pil(p, None, keep_alpha=True)
     return decode_mask_array(arr, fmt in LOSSY_FORMATS)
 
@@ -385,7 +385,7 @@ def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
 def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
     """(width, height) as displayed (orientation tag applied), from the file header without decoding pixels."""
     p = Path(path)
-    _check_file(p)
+    check_file(p)
     if is_dicom(p):
         import pydicom
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import reference_label
@@ -86,6 +87,12 @@ def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["rows"], z["probs"]
 
 
+def fold_test_lesion_classes(fold_dir: Path) -> np.ndarray | None:
+    """A label-map run's fold: its test images' lesion-class probabilities (n, K, S, S) uint8, else None."""
+    with np.load(FoldFolder(fold_dir).masks) as z:
+        return z["lesion_classes"] if "lesion_classes" in z.files else None
+
+
 FRAME_SPECIFICITY = 0.90  # the second frame-level decision: this share of lesion-free validation frames kept clean
 
 
@@ -103,16 +110,25 @@ def _spec_frame_threshold(result: dict, masks: np.ndarray, normal: int, specific
 
 
 def segmentation_results(
-    manifest: Manifest, masks: np.ndarray, run: Path, results: list[dict], groups_of: dict, labels: list[str]
+    manifest: Manifest,
+    masks: np.ndarray,
+    run: Path,
+    results: list[dict],
+    groups_of: dict,
+    labels: list[str],
+    mask_classes: MaskLabels | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Dice/IoU of the folds' predicted test masks, pooled over folds with cluster-bootstrap CIs, per fold, and per
     label; with the per-image table.
 
     The headline figures are scored at each image's own resolution (predicted probabilities resized back before
     thresholding) with HD95; the figures at the training size (against `masks`) stay beside them in
-    "training_size" and the table's dice_training_size column."""
-    from medcad.engine.fullres import native_mask_scores
+    "training_size" and the table's dice_training_size column. With `mask_classes` (label maps) the headline is
+    lesion against background and "per_class", "class_dice", "class_iou" score each lesion class
+    (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
+    from medcad.engine.fullres import native_class_scores, native_mask_scores
     from medcad.metrics.segmentation import (
+        COUNT_KEYS,
         apply_frame_decision,
         dice_iou,
         frame_scores,
@@ -128,10 +144,14 @@ def segmentation_results(
     spec_decided, spec_thresholds = [], []
     ref = reference_label(labels)
     normal = labels.index(ref) if ref is not None else None
+    by_class: list[tuple] = []
     for r in results:
         rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         c, d = native_mask_scores(manifest, rows, probs)
+        if mask_classes is not None:
+            lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path)
+            by_class.append(native_class_scores(manifest, rows, probs, lesion_classes, mask_classes))
         parts.append((rows, c))
         decision = r.get("decision") or {}
         if decision:  # the fold's frame-level decision on its test frames
@@ -194,6 +214,15 @@ def segmentation_results(
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("dice", "iou")}
     table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
+    if by_class:
+        from medcad.metrics.label_maps import class_metrics
+
+        names = list(mask_classes.names)
+        class_c = [{k: np.concatenate([f[0][c][k] for f in by_class]) for k in COUNT_KEYS} for c in range(len(names))]
+        m |= class_metrics(class_c, names, hd95_px=np.concatenate([f[1] for f in by_class]), groups=groups)
+        m["lesion_classes"] = mask_classes.describe()
+        for name, c in zip(names, class_c, strict=True):
+            table[f"dice_{name}"] = dice_iou(c)[0]
     table.insert(1, "fold", np.concatenate([[r["fold"]] * len(p[0]) for r, p in zip(results, parts, strict=True)]))
     table.insert(2, "label", label_of)
     table["hd95_px"] = dist
@@ -295,6 +324,7 @@ def evaluate_results(
     masks: np.ndarray | None = None,
     run: Path | None = None,
     boxes: list[np.ndarray] | None = None,
+    mask_classes: MaskLabels | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures.
 
@@ -313,9 +343,11 @@ def evaluate_results(
         pooled = _multilabel_results if y.ndim == 2 else _classification_results
         m, pred = pooled(manifest, labels, y, results, group_map)
     if masks is not None and run is not None and all((RunFolder(run).fold(r["fold"]).masks).is_file() for r in results):
-        seg, table = segmentation_results(manifest, masks, run, results, group_map, labels)
+        seg, table = segmentation_results(manifest, masks, run, results, group_map, labels, mask_classes)
         m["segmentation"] = seg
         m["dice"], m["iou"] = seg["dice"], seg["iou"]
+        if "class_dice" in seg:
+            m["class_dice"], m["class_iou"] = seg["class_dice"], seg["class_iou"]
         pred = table if pred is None else pred.merge(table.drop(columns=["fold", "label"]), on="image", how="left")
         if "per_fold" not in m:
             m["per_fold"], m["fold_summary"] = seg["per_fold"], seg["fold_summary"]

@@ -1,7 +1,9 @@
-"""Segmentation and multitask (mask + class) training of one fold, and mask prediction.
+"""Segmentation (one lesion, or several lesion classes in label maps) and multitask (mask + class) training of one
+fold, and mask prediction.
 
 A fold folder gets model.pt, result.json (test rows, class probabilities for multitask, speed) and
-test_masks.npz (the test images' lesion probabilities as uint8 0..255 at the training size).
+test_masks.npz (the test images' lesion probabilities as uint8 0..255 at the training size; for label maps also
+each lesion class's probabilities).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medcad.engine.common import (
 )
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import optimizer_and_schedule, val_score
+from medcad.metrics.label_maps import class_counts, class_index_map
 from medcad.metrics.segmentation import dice_iou, frame_scores, frame_threshold, mask_counts
 from medcad.models.backbones import set_bn_eval
 from medcad.models.predict import predict_masks
@@ -45,12 +48,36 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.
     return bce + (1 - dice).mean()
 
 
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Cross-entropy over background and lesion classes plus the soft Dice of each lesion class (per image, averaged
+    over classes and images), as nnU-Net trains label maps; logits (B, 1 + K, H, W), target (B, 1, H, W) class
+    indices."""
+    logits = logits.float()
+    index = target[:, 0].long()
+    ce = F.cross_entropy(logits, index)
+    p = logits.softmax(1)[:, 1:].flatten(2)  # (B, K, HW)
+    t = F.one_hot(index, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].flatten(2).float()
+    dice = (2 * (p * t).sum(2) + smooth) / (p.sum(2) + t.sum(2) + smooth)
+    return ce + (1 - dice).mean()
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss of a mask output: BCE + Dice for one lesion channel, CE + Dice for label maps."""
+    return bce_dice_loss(logits, target) if logits.shape[1] == 1 else ce_dice_loss(logits, target)
+
+
 def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Hard Dice per image at probability 0.5; 1 when both masks are empty."""
-    p = (logits.float() > 0).flatten(1).float()
-    t = target.flatten(1)
-    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+    """Hard Dice per image (one lesion channel: at probability 0.5; label maps: of each lesion class at the most
+    probable class, averaged over classes); 1 where both masks are empty."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p, t = (logits > 0).flatten(1).float()[:, None], target.flatten(1)[:, None]
+    else:
+        n = logits.shape[1]
+        p = F.one_hot(logits.argmax(1), n).permute(0, 3, 1, 2)[:, 1:].flatten(2).float()
+        t = F.one_hot(target[:, 0].long(), n).permute(0, 3, 1, 2)[:, 1:].flatten(2).float()
+    inter, total = (p * t).sum(2), p.sum(2) + t.sum(2)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)).mean(1)
 
 
 class SegmentationModule(TrainingThroughput, L.LightningModule):
@@ -92,10 +119,10 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
     def _losses(self, out: dict, m: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         losses = {}
         if "mask" in out:
-            seg = bce_dice_loss(out["mask"], m)
+            seg = mask_loss(out["mask"], m)
             aux = out.get("aux") or []
             if aux:  # deep supervision: the final output and every auxiliary one weigh the same
-                seg = (seg + sum(bce_dice_loss(a, m) for a in aux)) / (1 + len(aux))
+                seg = (seg + sum(mask_loss(a, m) for a in aux)) / (1 + len(aux))
             losses["seg_loss"] = seg
         if self.multitask:
             losses["class_loss"] = self.class_loss(out["class"].float(), y)
@@ -168,12 +195,13 @@ def frame_score_kind(labels: list[str], class_head: bool) -> tuple[str, int | No
 
 
 class SegmentHooks(FoldHooks):
-    """Segment and multitask: one stage, all layers; validation score Dice (averaged with macro AUC for
-    multitask). A fold folder gets test_masks.npz: the test images' lesion probabilities as uint8 0..255."""
+    """Segment, segment-multiclass and multitask: one stage, all layers; validation score Dice (label maps: mean
+    Dice over lesion classes; averaged with macro AUC for multitask). A fold folder gets test_masks.npz: the test
+    images' lesion probabilities as uint8 0..255 (label maps: and "lesion_classes", (n, K, S, S))."""
 
     stage = "train"
     monitor = "val_score"
-    tasks = ("segment", "multitask")
+    tasks = ("segment", "segment-multiclass", "multitask")
 
     def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
         task = get_task(cfg.task)
@@ -210,13 +238,18 @@ class SegmentHooks(FoldHooks):
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
         hflip, bf16 = flip_tta(cfg.tta, cfg.task), reduced_precision(cfg)
-        masks, probs, _ = predict_masks(model, normalize, data.images, rows, bf16=bf16, hflip=hflip)
-        return {"masks": masks, "probs": probs}
+        out = predict_masks(model, normalize, data.images, rows, bf16=bf16, hflip=hflip)
+        return {"masks": out["mask"], "probs": out["class"], "lesion_classes": out["lesion_classes"]}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         scores = []
-        if outputs["masks"] is not None:
-            counts = mask_counts(outputs["masks"] >= 128, np.asarray(data.masks[rows]))  # the 0.5 threshold
+        true = np.asarray(data.masks[rows]) if outputs["masks"] is not None else None
+        if outputs.get("lesion_classes") is not None:  # label maps: the mean Dice over lesion classes
+            pred = class_index_map(outputs["masks"], outputs["lesion_classes"], 128)
+            counts = class_counts(pred, true, outputs["lesion_classes"].shape[1])
+            scores.append(float(np.mean([dice_iou(c)[0].mean() for c in counts])))
+        elif outputs["masks"] is not None:
+            counts = mask_counts(outputs["masks"] >= 128, true)  # the 0.5 threshold
             scores.append(float(dice_iou(counts)[0].mean()))
         if outputs["probs"] is not None:
             scores.append(val_score(data.y[rows], outputs["probs"]))
@@ -234,6 +267,7 @@ class SegmentHooks(FoldHooks):
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
         if test["masks"] is not None:
             tmp = fold_dir / "test_masks.tmp.npz"
-            np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"])
+            classes = {} if test.get("lesion_classes") is None else {"lesion_classes": test["lesion_classes"]}
+            np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"], **classes)
             tmp.replace(FoldFolder(fold_dir).masks)
         return {}

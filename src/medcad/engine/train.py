@@ -99,6 +99,8 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
     old = TrainConfig.load(path).to_dict()
     if old.get("precision") == resolve_compute(cfg).precision:
         old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
+    if cfg.mask_labels is None:
+        old["mask_labels"] = None  # the classes the run read from its dataset.json (checked against the masks later)
     changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v and k not in COMPUTE_KEYS}
     if changed:
         desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -154,6 +156,8 @@ def train_run(
         manifest, targets, splits, images, decode_s = _prepare(
             data, out, cfg, splits_path, train_domains, init_run, progress, primary
         )
+    if targets.mask_classes is not None:  # the classes read (e.g. from dataset.json) go into every model file
+        cfg = cfg.replace(mask_labels=targets.mask_classes.describe())
     t0 = time.perf_counter()
     labels, y = targets.labels, targets.y
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral, cfg.interface)}|{cfg.model}|{cfg.weights}"
@@ -185,7 +189,9 @@ def train_run(
         results.append(train_fold(k, parts, fold_data, cfg, fold_dir, hooks, progress, init))
     if not primary or folds is not None:
         return {}
-    metrics, pred = evaluate_results(manifest, labels, y, results, splits, targets.masks, out, targets.boxes)
+    metrics, pred = evaluate_results(
+        manifest, labels, y, results, splits, targets.masks, out, targets.boxes, mask_classes=targets.mask_classes
+    )
     atomic_write_text(folder.predictions, pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
     write_json(folder.metrics, metrics)
@@ -207,6 +213,8 @@ def _prepare(
     for note in manifest.notes[said:] if write else []:  # what changed since the run was made
         log.warning("note: %s", note)
     targets = load_targets(manifest, cfg, source=data, progress=progress and write)  # before anything is written
+    if targets.mask_classes is not None and write:
+        log.warning("note: lesion classes %s (from %s)", targets.mask_classes.describe(), targets.mask_classes.source)
     if targets.box_problems and write:
         problems = targets.box_problems
         log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
@@ -226,6 +234,7 @@ def _prepare(
                 **cfg.to_dict(),
                 "data": str(Path(data).resolve()),
                 "labels": labels,
+                **({"mask_labels": targets.mask_classes.describe()} if targets.mask_classes else {}),
                 "train_domains": list(train_domains or []),
                 "init_run": str(init_run) if init_run else None,
                 "data_notes": manifest.notes,

@@ -11,14 +11,17 @@ from medcad.data.transforms import Normalize
 
 
 class _MaskLogits(nn.Module):
-    """The "mask" output of a segmenter as a plain tensor (B, 1, H, W), for pytorch-grad-cam."""
+    """The lesion logit of a segmenter as a plain tensor (B, 1, H, W), for pytorch-grad-cam (label-map models: of
+    any lesion class, `lesion_logits`)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["mask"]
+        from medcad.models.segmentation import lesion_logits
+
+        return lesion_logits(self.net(x)["mask"])
 
 
 def explain_mask(
@@ -38,7 +41,7 @@ def explain_mask(
     model = model.eval().float()
     x = normalize(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float())
     with torch.no_grad():
-        lesion = (model(x)["mask"][0, 0] > 0).float().numpy()
+        lesion = (_MaskLogits(model)(x)[0, 0] > 0).float().numpy()
     tiles = [(mask_overlay(image, lesion > 0), f"predicted lesion ({lesion.mean():.1%} of the image)")]
     maps = attention_maps(model)[-n_attention:]
     for j, amap in enumerate(maps):

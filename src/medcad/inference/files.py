@@ -37,7 +37,8 @@ def predict_image_files(
     errors: str = "row",
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every image file; write into `out`: `<stem>_overlay.png` (what the prediction has, drawn on the
-    image), `<stem>_mask.png` (0/255 at the image's size) for mask tasks, and predictions.csv (one `Prediction.row`
+    image), `<stem>_mask.png` (0/255 at the image's size; label-map models: the class map in the run's mask
+    values) for mask tasks, and predictions.csv (one `Prediction.row`
     per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed)). Rows are appended to
     predictions.csv.partial batch by batch, so an interrupted run keeps what it wrote; the finished table replaces
     predictions.csv at the end. Files are decoded in `workers` DataLoader processes (see `Predictor.predict_files`).
@@ -69,7 +70,7 @@ def predict_image_files(
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
             if pred.mask is not None:
-                write_png(out / f"{stem}_mask.png", pred.lesion.astype(np.uint8) * 255)
+                write_png(out / f"{stem}_mask.png", pred.mask_image())
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row())
             summaries.append(pred.summary())
             columns = columns or list(rows[-1])

@@ -6,7 +6,8 @@ decision a clinician sees first: the most probable class (multi-label: every lab
 by '+', or "none"); for a detector the top box's class, or "background" when
 no box reaches the threshold; for a segmenter "lesion" when a pixel reaches the threshold and the frame passes the
 frame-level decision fitted on validation data (its `frame_score` reaches `min_frame_score`), else "no lesion" — and
-then no lesion pixel is shown either. A multitask model's label stays its most probable class; its mask follows the
+then no lesion pixel is shown either; a segmenter of several lesion classes (label maps) names the classes shown,
+largest first ("stone+cyst"). A multitask model's label stays its most probable class; its mask follows the
 frame-level decision.
 """
 
@@ -48,6 +49,9 @@ class Prediction:
             at or above the threshold) or "p_lesion" (1 - the probability of the class "normal").
         min_frame_score: the frame shows a lesion (and its mask) only from this score on (0: always).
         extra: more fields for the table row (e.g. smoothed video decisions).
+        lesion_class: (H, W) uint8 most probable lesion class per pixel (1 + its index in `labels`), for label-map
+            models (segment-multiclass); the pixels shown as lesion take it (`class_map`).
+        class_values: the mask value of each class in `labels` (label-map models: what the run's masks hold).
     """
 
     image: str
@@ -60,6 +64,8 @@ class Prediction:
     frame_score_kind: str = "lesion_area"
     min_frame_score: float = 0.0
     extra: dict = field(default_factory=dict)
+    lesion_class: np.ndarray | None = None
+    class_values: tuple[int, ...] | None = None
 
     @cached_property
     def _above(self) -> np.ndarray:
@@ -98,6 +104,32 @@ class Prediction:
         """Fraction of the image shown as lesion (0 when the frame-level decision says no lesion)."""
         return None if self.mask is None else float(self.lesion.mean())
 
+    @cached_property
+    def class_map(self) -> np.ndarray | None:
+        """uint8 (H, W) class per pixel of a label-map model: 0 where no lesion is shown, else 1 + the class index in
+        `labels`; None for other models."""
+        if self.lesion_class is None:
+            return None
+        return np.where(self.lesion, self.lesion_class, 0).astype(np.uint8)
+
+    def mask_image(self) -> np.ndarray | None:
+        """The mask to save, uint8 (H, W): 0 / 255 for lesion; for label-map models the class map in the run's mask
+        values (e.g. 1 cyst, 2 stone), as its training masks were written; None without a mask."""
+        if self.mask is None:
+            return None
+        if self.class_map is None:
+            return self.lesion.astype(np.uint8) * 255
+        values = np.array((0, *(self.class_values or range(1, len(self.labels) + 1))), np.uint8)
+        return values[self.class_map]
+
+    @cached_property
+    def class_fractions(self) -> dict[str, float]:
+        """Fraction of the image shown as each lesion class (label-map models; else empty)."""
+        if self.class_map is None:
+            return {}
+        counts = np.bincount(self.class_map.ravel(), minlength=len(self.labels) + 1)[1:] / self.class_map.size
+        return {lab: float(f) for lab, f in zip(self.labels, counts, strict=True)}
+
     @property
     def kept_boxes(self) -> np.ndarray | None:
         return None if self.boxes is None else self.boxes[self.boxes[:, 4] >= self.threshold]
@@ -113,6 +145,9 @@ class Prediction:
         if self.boxes is not None:
             kept = self.kept_boxes
             return self.labels[int(kept[0, 5])] if len(kept) else BACKGROUND
+        shown = sorted((f, lab) for lab, f in self.class_fractions.items() if f > 0)
+        if shown:
+            return "+".join(lab for _, lab in reversed(shown))
         return LESION if self.frame_has_lesion else NO_LESION
 
     @property
@@ -157,14 +192,16 @@ class Prediction:
             "frame_decision": LESION if self.frame_has_lesion else NO_LESION,
             "frame_score": round(self.frame_score, 4),
             "lesion_fraction": self.lesion_fraction,
-        }
+        } | {f"fraction_{lab}": f for lab, f in self.class_fractions.items()}
 
     def draw(self, rgb: np.ndarray, truth_mask: np.ndarray | None = None, truth_boxes=None, caption=None) -> np.ndarray:
         """The image with what the prediction has: the lesion tinted and outlined (red), boxes with class and
         score, and the decision written in the corner (or `caption`, a (label, score) pair, e.g. a decision
         smoothed over video frames); true outlines/boxes in green when given."""
         out = rgb
-        if self.mask is not None or truth_mask is not None:
+        if self.class_map is not None:
+            out = class_overlay(out, self.class_map, truth_mask)
+        elif self.mask is not None or truth_mask is not None:
             out = mask_overlay(out, self.lesion, truth_mask)
         if self.boxes is not None or truth_boxes is not None:
             out = draw_boxes(
@@ -187,6 +224,20 @@ def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | 
         if fill:  # blend only the lesion pixels (a full-frame float blend costs more than the model on video)
             sel = m > 0
             out[sel] = (out[sel] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, max(1, round(max(out.shape[:2]) / 250)))
+    return out
+
+
+def class_overlay(image: np.ndarray, classes: np.ndarray, true: np.ndarray | None = None, alpha=0.3) -> np.ndarray:
+    """RGB image with each lesion class of a class map (uint8 (H, W), 0 none, c for class c - 1) tinted and outlined
+    in its colour (`BOX_COLOURS`, as boxes of that class), and the true lesion (any class) outlined in green."""
+    out = mask_overlay(image, None, None if true is None else np.asarray(true) > 0)
+    for c in np.unique(classes):
+        if c == 0:
+            continue
+        colour, m = BOX_COLOURS[(int(c) - 1) % len(BOX_COLOURS)], (classes == c).astype(np.uint8)
+        out[m > 0] = (out[m > 0] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, colour, max(1, round(max(out.shape[:2]) / 250)))
     return out

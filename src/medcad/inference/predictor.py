@@ -6,8 +6,9 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 
 - `prepare(rgb)`: the deterministic preprocessing of training (optional interface removal and bilateral filter,
   resize to S x S), uint8.
-- `infer(x)`: (N, S, S, 3) uint8 -> {"probabilities": (N, K), "mask": (N, S, S) float 0..1, "boxes": N x (m, 6)
-  in S x S pixels}, what the task has, on the chosen backend.
+- `infer(x)`: (N, S, S, 3) uint8 -> {"probabilities": (N, K), "mask": (N, S, S) float 0..1, "lesion_classes":
+  (N, K, S, S) float 0..1 (label maps), "boxes": N x (m, 6) in S x S pixels}, what the task has, on the chosen
+  backend.
 - `postprocess(outputs, i, name, (h, w))`: one `Prediction` at the original image's size.
 """
 
@@ -28,6 +29,7 @@ from medcad.checkpoint import load_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
 from medcad.data.io import MAX_PIXELS_ENV, max_pixels, read_image
+from medcad.data.labelmaps import parse_mask_labels
 from medcad.data.transforms import Normalize
 from medcad.devices import torch_device
 from medcad.errors import ConfigError, DataError
@@ -97,6 +99,8 @@ class Predictor:
         self.bf16 = backend == "torch-bf16"
         self.session = graph_session(self.run, fold, backend, threads) if backend in GRAPH_BACKENDS else None
         self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
+        # label-map models: the mask value of each class, as the run read its masks
+        self.class_values = parse_mask_labels(self.config.mask_labels).values if self.config.mask_labels else None
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (S, S, 3) uint8 model input."""
@@ -133,6 +137,10 @@ class Predictor:
             probabilities = np.asarray(outputs["probabilities"][i], np.float64)
         if outputs.get("mask") is not None:
             mask = cv2.resize(np.asarray(outputs["mask"][i], np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        lesion_class = None
+        if outputs.get("lesion_classes") is not None:  # label maps: each pixel's most probable lesion class
+            per_class = [cv2.resize(np.asarray(c, np.float32), (w, h)) for c in outputs["lesion_classes"][i]]
+            lesion_class = (np.argmax(per_class, axis=0) + 1).astype(np.uint8)
         if outputs.get("boxes") is not None:
             boxes = np.array(outputs["boxes"][i], np.float64).reshape(-1, 6)
             boxes[:, [0, 2]] *= w / s
@@ -147,6 +155,8 @@ class Predictor:
             multilabel=self.multilabel,
             frame_score_kind=self.frame_score_kind,
             min_frame_score=self.min_frame_score,
+            lesion_class=lesion_class,
+            class_values=self.class_values,
         )
 
     def predict(self, images: Sequence[np.ndarray], names: Sequence[str], batch: int = 32) -> list[Prediction]:

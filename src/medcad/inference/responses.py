@@ -51,15 +51,18 @@ def rle_decode(counts: list[int], size: tuple[int, int]) -> np.ndarray:
 
 def mask_json(pred: Prediction, fmt: str) -> dict | None:
     """The thresholded lesion mask at the image's size: {"format": "png", "data": base64 PNG 0/255} or
-    {"format": "rle", "counts": run lengths (see `rle_encode`)}, with "height", "width", "threshold"."""
+    {"format": "rle", "counts": run lengths (see `rle_encode`)}, with "height", "width", "threshold"; label-map
+    models: the PNG holds each pixel's class value and "classes" maps the values to class names."""
     if pred.mask is None or fmt == "none":
         return None
     lesion = pred.lesion
     out = {"format": fmt, "height": int(lesion.shape[0]), "width": int(lesion.shape[1]), "threshold": pred.threshold}
-    if fmt == "rle":
+    if fmt == "rle":  # label-map models: the lesion of any class (the PNG holds the classes)
         out["counts"] = rle_encode(lesion)
     else:
-        out["data"] = base64.b64encode(png_bytes(lesion.astype(np.uint8) * 255)).decode()
+        out["data"] = base64.b64encode(png_bytes(pred.mask_image())).decode()
+    if pred.class_map is not None:
+        out["classes"] = {str(v): lab for v, lab in zip(pred.class_values, pred.labels, strict=True)}
     return out
 
 

@@ -82,14 +82,16 @@ class AttentionNestedUNet(nn.Module):
         base: filters of row 0; rows 1-4 double it (16 gives 16, 32, 64, 128, 256).
         dropout: Dropout2d rate on the bottleneck.
         reduction: CBAM channel reduction.
+        mask_channels: output channels: 1 (lesion logit) or background + lesion classes (softmax logits).
 
     Returns (forward):
-        {"mask": logits (B, 1, H, W) from X^{0,4}} plus, in training mode, "aux": the logits of X^{0,1..3}.
+        {"mask": logits (B, mask_channels, H, W) from X^{0,4}} plus, in training mode, "aux": the logits of
+        X^{0,1..3}.
     """
 
     depth = 4
 
-    def __init__(self, base: int = 16, dropout: float = 0.2, reduction: int = 8) -> None:
+    def __init__(self, base: int = 16, dropout: float = 0.2, reduction: int = 8, mask_channels: int = 1) -> None:
         super().__init__()
         f = [base * 2**i for i in range(self.depth + 1)]
         self.out_channels = f
@@ -101,7 +103,7 @@ class AttentionNestedUNet(nn.Module):
                 nodes[f"x{i}_{j}"] = ResidualCBAMBlock(f[i] * j + f[i + 1], f[i], reduction)
         self.nodes = nn.ModuleDict(nodes)
         self.bottleneck_dropout = nn.Dropout2d(dropout)
-        self.heads = nn.ModuleList(nn.Conv2d(f[0], 1, 1) for _ in range(self.depth))
+        self.heads = nn.ModuleList(nn.Conv2d(f[0], mask_channels, 1) for _ in range(self.depth))
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Final mask logits (B, 1, H, W), deep-supervision logits of X^{0,1..3}, bottleneck X^{4,0}."""

@@ -63,19 +63,30 @@ def run_batched(
 
 
 def mask_outputs(model: nn.Module, x: torch.Tensor, hflip: bool = False) -> dict[str, torch.Tensor]:
-    """A mask model's probabilities for normalised images x (B, 3, S, S): "mask" (B, S, S) lesion probability and
-    "class" (B, K) class probabilities, each present when the model has it; with `hflip`, the mean over the image
-    and its horizontal mirror (the mirror's mask flipped back)."""
+    """A mask model's probabilities for normalised images x (B, 3, S, S): "mask" (B, S, S) lesion probability
+    (1 - P(background) for label-map models), "lesion_classes" (B, K, S, S) the lesion classes' probabilities of a
+    label-map model, and "class" (B, K) class probabilities, each present when the model has it; with `hflip`, the
+    mean over the image and its horizontal mirror (the mirror's maps flipped back)."""
     views = [x, x.flip(-1)] if hflip else [x]
-    outs: dict[str, list[torch.Tensor]] = {"mask": [], "class": []}
+    outs: dict[str, list[torch.Tensor]] = {"mask": [], "lesion_classes": [], "class": []}
     for i, v in enumerate(views):
         out = model(v)
         if "mask" in out:
-            m = out["mask"].float().sigmoid()[:, 0]
-            outs["mask"].append(m.flip(-1) if i else m)
+            logits = out["mask"].float()
+            maps = {"mask": logits.sigmoid()[:, 0]} if logits.shape[1] == 1 else {}
+            if logits.shape[1] > 1:
+                p = logits.softmax(1)
+                maps = {"mask": 1 - p[:, 0], "lesion_classes": p[:, 1:]}
+            for k, m in maps.items():
+                outs[k].append(m.flip(-1) if i else m)
         if "class" in out:
             outs["class"].append(out["class"].float().softmax(-1))
     return {k: torch.stack(v).mean(0) for k, v in outs.items() if v}
+
+
+def to_uint8(p: torch.Tensor) -> np.ndarray:
+    """Probabilities in [0, 1] as uint8 0..255 (how predicted masks are stored)."""
+    return (p * 255).round().to(torch.uint8).cpu().numpy()
 
 
 @torch.inference_mode()
@@ -87,25 +98,25 @@ def predict_masks(
     batch: int = 16,
     bf16: bool | None = None,
     hflip: bool = False,
-) -> tuple[np.ndarray | None, np.ndarray | None, float]:
-    """Lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model), class probabilities (n, K) or None,
-    and images per second; with `hflip`, averaged over each image and its mirror (`mask_outputs`)."""
+) -> dict:
+    """A mask model's outputs for images[rows], averaged over each image and its mirror with `hflip`
+    (`mask_outputs`): {"mask": lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model),
+    "lesion_classes": (n, K, S, S) uint8 0..255 or None, "class": class probabilities (n, K) float32 or None,
+    "images_per_s": float}."""
     model.eval()
     dev = device_of(model)
     normalize = normalize.to(dev)
-    masks, probs = [], []
+    parts: dict[str, list[np.ndarray]] = {"mask": [], "lesion_classes": [], "class": []}
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).to(dev).permute(0, 3, 1, 2)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
         with _autocast(dev, bf16):
             out = mask_outputs(model, x, hflip)
-        if "mask" in out:
-            masks.append((out["mask"] * 255).round().to(torch.uint8).cpu().numpy())
-        if "class" in out:
-            probs.append(out["class"].cpu().numpy())
+        for k, v in out.items():
+            parts[k].append(v.cpu().numpy() if k == "class" else to_uint8(v))
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
-    return (np.concatenate(masks) if masks else None), (np.concatenate(probs) if probs else None), ips
+    return {k: np.concatenate(v) if v else None for k, v in parts.items()} | {"images_per_s": ips}
 
 
 def detections_to_array(det: dict[str, torch.Tensor]) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Lesion segmentation and joint segmentation + classification networks behind one factory, `create_segmenter`.
 
 Every model takes normalised float images (B, 3, H, W), sides multiples of 32, and returns a dict:
-"mask": lesion logits (B, 1, H, W); in training mode only, "aux": the deep-supervision logits (B, 1, H, W) of
-AttentionNestedUNet; for multitask models, "class": logits (B, K). "dsconv-resnet" returns only "class".
+"mask": lesion logits (B, 1, H, W), or for label maps (segment-multiclass) softmax logits (B, 1 + K, H, W) of
+background and K lesion classes (`lesion_logits` gives any model's lesion logit); in training mode only, "aux":
+the deep-supervision logits (same channels) of AttentionNestedUNet; for multitask models, "class": logits
+(B, K). "dsconv-resnet" returns only "class".
 
 Architectures (`ARCHS`), with their parameters at the defaults (mask only; a 3-class head adds 1.5-3 k):
 - "attention-unetpp": AttentionNestedUNet, UNet++ of residual CBAM blocks, from scratch: 2.46 M.
@@ -41,6 +43,7 @@ __all__ = [
     "attention_maps",
     "cam_target_name",
     "create_segmenter",
+    "lesion_logits",
     "segmenter_data_config",
 ]
 
@@ -67,8 +70,16 @@ class SmpSegmenter(nn.Module):
         return {"mask": self.forward_parts(x)[0]}
 
 
-def _smp_net(arch: str, encoder: str, weights: str) -> nn.Module:
-    """U-Net / UNet++ with one output channel; ImageNet encoder weights per `weights` (see create_segmenter)."""
+def lesion_logits(mask: torch.Tensor) -> torch.Tensor:
+    """A "mask" output's lesion logit (B, 1, H, W): itself for one channel; for background + lesion-class channels,
+    logsumexp(lesion classes) - background, whose sigmoid is 1 - P(background)."""
+    if mask.shape[1] == 1:
+        return mask
+    return torch.logsumexp(mask[:, 1:], dim=1, keepdim=True) - mask[:, :1]
+
+
+def _smp_net(arch: str, encoder: str, weights: str, channels: int = 1) -> nn.Module:
+    """U-Net / UNet++ with `channels` outputs; ImageNet encoder weights per `weights` (see create_segmenter)."""
     import segmentation_models_pytorch as smp
 
     vgg = arch == "unet-vgg11"
@@ -78,13 +89,13 @@ def _smp_net(arch: str, encoder: str, weights: str) -> nn.Module:
     cls = smp.UnetPlusPlus if arch == "unetpp" else smp.Unet
     if weights == "hub":
         try:
-            return cls(encoder_name=name, encoder_weights="imagenet", classes=1)
+            return cls(encoder_name=name, encoder_weights="imagenet", classes=channels)
         except Exception as e:
             raise ConfigError(
                 f"could not download ImageNet weights for the {name!r} encoder ({type(e).__name__}: {e}); "
                 "use --weights PATH with a local file, or --weights none"
             ) from e
-    net = cls(encoder_name=name, encoder_weights=None, classes=1)
+    net = cls(encoder_name=name, encoder_weights=None, classes=channels)
     if weights == "none":
         return net
     if weights == "auto":
@@ -110,6 +121,7 @@ def create_segmenter(
     encoder: str = DEFAULT_BACKBONE,
     weights: str = "auto",
     dropout: float = 0.2,
+    mask_channels: int = 1,
 ) -> nn.Module:
     """A segmentation model, a joint segmentation + classification model, or the DSConv classifier.
 
@@ -124,6 +136,8 @@ def create_segmenter(
             "attention-unetpp", "dsconv-resnet" and the renal archs always train from scratch and ignore it.
         dropout: dropout before the class head's linear layer, and Dropout2d on the AttentionNestedUNet
             bottleneck.
+        mask_channels: 1 (a lesion logit) or 1 + K (background and K lesion classes, segment-multiclass; the
+            archs "attention-unetpp", "unet", "unetpp" and "unet-vgg11").
 
     Raises:
         ConfigError: unknown architecture or encoder, missing n_classes, or failed download.
@@ -135,11 +149,13 @@ def create_segmenter(
             raise ConfigError("dsconv-resnet only classifies: give it a number of classes (multitask task)")
         return DSConvResNet(n_classes, dropout=dropout)
     if arch in ("renal-joint", "unet-scratch", "stunet-s"):
+        if mask_channels != 1:
+            raise ConfigError(f"{arch} segments one lesion; for lesion classes use unet, unetpp or attention-unetpp")
         return create_renal_model(arch, n_classes, dropout)
     seg = (
-        AttentionNestedUNet(dropout=dropout)
+        AttentionNestedUNet(dropout=dropout, mask_channels=mask_channels)
         if arch == "attention-unetpp"
-        else SmpSegmenter(_smp_net(arch, encoder, weights))
+        else SmpSegmenter(_smp_net(arch, encoder, weights, mask_channels))
     )
     return seg if n_classes is None else JointSegClassifier(seg, n_classes, dropout)
 
@@ -186,8 +202,9 @@ def pretrained_encoder(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool) -> nn.Module:
-    """The segmentation model a run's settings describe, with a class head when `with_class` (multitask)."""
+def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool, mask_channels: int = 1) -> nn.Module:
+    """The segmentation model a run's settings describe, with a class head when `with_class` (multitask) and
+    `mask_channels` mask outputs (see `create_segmenter`)."""
     if cfg.arch == "dsconv-resnet" and not with_class:
         raise ConfigError("dsconv-resnet only classifies: use it with --task multitask (or classify)")
     return create_segmenter(
@@ -196,4 +213,5 @@ def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool) ->
         encoder=cfg.model,
         weights=cfg.weights,
         dropout=cfg.dropout,
+        mask_channels=mask_channels,
     )

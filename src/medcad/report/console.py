@@ -170,6 +170,12 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
     ):
         if seg.get(name):
             head.add_row(text, _fmt(seg[name]))
+    if seg.get("per_class"):  # label maps: each lesion class
+        head.add_row("Dice, mean over lesion classes", _fmt(seg["class_dice"]))
+        for lab, cm in seg["per_class"].items():
+            hd = f"; HD95 {cm['hd95']['mean']['value']:.1f} px" if cm.get("hd95") else ""
+            shown = _fmt(cm["dice_lesion"]) if cm.get("dice_lesion") else "—"
+            head.add_row(f"  {lab}: Dice (images with it, n={cm['n_lesion_images']})", shown + hd)
     if seg.get("training_size"):
         head.add_row(f"Dice at training size {seg['training_size']['resolution']}", _fmt(seg["training_size"]["dice"]))
     if seg.get("hd95"):

@@ -1,0 +1,182 @@
+"""Label-map masks: several lesion classes in one mask file (0 background, 1 cyst, 2 stone, ...).
+
+The classes of a label map's values come from the user (`--mask-labels 1=cyst,2=stone`) or from a labels file
+beside the masks as nnU-Net keeps it (dataset.json, `"labels": {"background": 0, "cyst": 1, "stone": 2}`; the
+Medical Segmentation Decathlon's `{"0": "background", "1": "cyst"}` is read too). A mask is read as the index of
+its value's class, 1..K in the order the classes are listed, 0 for background; a value that no class names stops the
+read with the file and the values found, since a guessed class would be scored as truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, mask_plane
+from medcad.errors import ConfigError, DataError
+
+LABELS_FILE = "dataset.json"  # nnU-Net's name for a dataset's labels (and more)
+BACKGROUND_NAMES = ("background", "bg", "0")
+
+
+@dataclass(frozen=True)
+class MaskLabels:
+    """The lesion classes of label-map masks.
+
+    Attributes:
+        values: the mask value of each class, (K,), in class order (class index i + 1 in a read mask).
+        names: the class names (K,).
+        source: where they came from ("--mask-labels", or the labels file's path), for messages.
+    """
+
+    values: tuple[int, ...]
+    names: tuple[str, ...]
+    source: str
+
+    def describe(self) -> str:
+        """The classes as `--mask-labels` takes them: "1=cyst,2=stone"."""
+        return ",".join(f"{v}={n}" for v, n in zip(self.values, self.names, strict=True))
+
+
+def parse_mask_labels(value: str | dict, source: str = "--mask-labels") -> MaskLabels:
+    """Classes from "1=cyst,2=stone" (or a {value: name} mapping); 0 is background and cannot be a class.
+
+    Raises:
+        ConfigError: a part that is not VALUE=NAME, a value given twice, a name given twice, or value 0.
+    """
+    pairs = value.items() if isinstance(value, dict) else [p.split("=", 1) for p in str(value).split(",") if p.strip()]
+    values, names = [], []
+    for pair in pairs:
+        if len(pair) != 2 or not str(pair[0]).strip().lstrip("-").isdigit() or not str(pair[1]).strip():
+            raise ConfigError(f"{source}: {'='.join(map(str, pair))!r} is not VALUE=NAME (e.g. 1=cyst,2=stone)")
+        v, name = int(str(pair[0]).strip()), str(pair[1]).strip()
+        if v == 0:
+            raise ConfigError(f"{source}: value 0 is the background; name the lesion values from 1 (e.g. 1=cyst)")
+        if v in values or name in names:
+            raise ConfigError(f"{source}: {'value ' + str(v) if v in values else 'class ' + name!r} given twice")
+        values.append(v)
+        names.append(name)
+    if not values:
+        raise ConfigError(f"{source}: no class given; write VALUE=NAME pairs, e.g. 1=cyst,2=stone")
+    return MaskLabels(tuple(values), tuple(names), source)
+
+
+def read_labels_file(path: Path) -> MaskLabels:
+    """The classes of an nnU-Net dataset.json (`labels`: {name: value}, or MSD's {"value": name}); background left
+    out.
+
+    Raises:
+        DataError: unreadable JSON, no `labels`, or nnU-Net's region labels (a list of values per name).
+    """
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8-sig")).get("labels")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(path, f"cannot read its labels ({e})") from e
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(path, 'has no "labels" mapping (nnU-Net: "labels": {"background": 0, "cyst": 1})')
+    if all(str(k).strip().lstrip("-").isdigit() for k in labels):  # MSD: {"0": "background", "1": "cyst"}
+        mapping = {int(k): str(v) for k, v in labels.items()}
+    else:
+        if any(not isinstance(v, int) for v in labels.values()):
+            raise DataError(path, "has region labels (a list of values for one name); give --mask-labels instead")
+        mapping = {v: str(k) for k, v in labels.items()}
+    lesions = {v: n for v, n in mapping.items() if v != 0 and n.lower() not in BACKGROUND_NAMES}
+    return parse_mask_labels(lesions, str(path))
+
+
+def find_labels_file(root: Path, mask_paths: Sequence[Path]) -> Path | None:
+    """A dataset.json in the dataset's folder, or beside the masks or one folder above them (nnU-Net keeps it beside
+    labelsTr/)."""
+    places = [root]
+    for p in mask_paths[:1]:
+        places += [p.parent, p.parent.parent]
+    for place in dict.fromkeys(places):
+        if (place / LABELS_FILE).is_file():
+            return place / LABELS_FILE
+    return None
+
+
+def resolve_mask_labels(setting: str | None, root: Path, mask_paths: Sequence[Path]) -> MaskLabels:
+    """The classes of a dataset's label maps: the setting when given, else its labels file.
+
+    Raises:
+        ConfigError: neither given (the message names the values the first masks hold).
+    """
+    if setting:
+        return parse_mask_labels(setting)
+    found = find_labels_file(root, mask_paths)
+    if found is not None:
+        return read_labels_file(found)
+    seen = sorted({int(v) for p in mask_paths[:20] for v in np.unique(_label_plane(p)) if v != 0})
+    raise ConfigError(
+        f"{root}: segment-multiclass needs the class of each mask value: give --mask-labels "
+        f"(e.g. {','.join(f'{v}=NAME' for v in seen[:4]) or '1=cyst,2=stone'}) or put an nnU-Net {LABELS_FILE} "
+        f"beside the masks; values found in the first masks: {', '.join(map(str, seen)) or 'none but 0'}"
+    )
+
+
+def _label_plane(path: Path) -> np.ndarray:
+    """One mask file's values as an integer (H, W) plane, oriented as displayed.
+
+    Raises:
+        DataError: missing, unreadable, or lossy (JPEG values are not classes).
+    """
+    check_file(path)
+    arr, fmt, _ = decode_pil(path, None, keep_alpha=True)
+    if fmt in LOSSY_FORMATS:
+        raise DataError(path, f"a label map must be lossless (PNG, TIFF, ...); {fmt} changes the values of classes")
+    plane, _ = mask_plane(arr)
+    if np.issubdtype(plane.dtype, np.floating):
+        if not np.array_equal(plane, np.round(plane)):
+            raise DataError(path, "holds fractional values; a label map holds one integer class value per pixel")
+        plane = plane.astype(np.int64)
+    return plane
+
+
+def read_label_map(paths: Sequence[Path], classes: MaskLabels) -> np.ndarray:
+    """The class index per pixel, uint8 (H, W): 0 background, i + 1 for `classes.values[i]`; several files of one
+    image are overlaid in order (a later file's classes win where both name one).
+
+    Raises:
+        DataError: a value no class names (with the values found and where the classes came from), files of one
+            image with different sizes, or an unreadable / lossy file.
+    """
+    out: np.ndarray | None = None
+    lut = {0: 0} | {v: i + 1 for i, v in enumerate(classes.values)}
+    for path in paths:
+        plane = _label_plane(Path(path))
+        values = np.unique(plane)
+        unknown = [int(v) for v in values if int(v) not in lut]
+        if unknown:
+            raise DataError(
+                path,
+                f"holds value(s) {', '.join(map(str, unknown[:8]))} that no class names (classes from "
+                f"{classes.source}: {classes.describe()}; values in the file: {', '.join(map(str, values[:16]))})",
+            )
+        index = np.zeros(plane.shape, np.uint8)
+        for v in values:
+            index[plane == v] = lut[int(v)]
+        if out is None:
+            out = index
+        elif out.shape != index.shape:
+            raise DataError(path, f"mask size {index.shape[1]}x{index.shape[0]} differs from {paths[0]}")
+        else:
+            out = np.where(index > 0, index, out)
+    if out is None:
+        raise ValueError("read_label_map needs at least one path")
+    return out
+
+
+def resize_label_map(index: np.ndarray, size: int, n_classes: int) -> np.ndarray:
+    """uint8 class indices (H, W) -> (size, size): each class's area share when shrinking, then the largest share
+    (a 0.5 rule for one class, as binary masks are resized)."""
+    area = cv2.INTER_AREA
+    shares = np.stack(
+        [cv2.resize((index == c).astype(np.float32), (size, size), interpolation=area) for c in range(n_classes + 1)]
+    )
+    return shares.argmax(0).astype(np.uint8)

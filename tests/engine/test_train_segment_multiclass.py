@@ -1,0 +1,128 @@
+"""segment-multiclass: label-map masks of several lesion classes, read, trained, scored per class, predicted,
+exported and reported end to end on a tiny synthetic set (dark round cysts = 1, bright square stones = 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import save
+from medcad.cli import app
+from medcad.config import TrainConfig
+from medcad.data.labelmaps import parse_mask_labels, read_label_map, read_labels_file, resolve_mask_labels
+from medcad.engine.train import train_run
+from medcad.errors import ConfigError, DataError
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+FAST = TrainConfig(
+    task="segment-multiclass", arch="unet", image_size=64, epochs=4, batch_size=4, lr=2e-3, folds=2, val_fraction=0.25
+)
+
+
+def kidney_label_maps(root: Path, n: int = 24, size: int = 64, seed: int = 0, labels_file: bool = True) -> Path:
+    """images/ and masks/ (PNG label maps: 0 background, 1 cyst, 2 stone) and an nnU-Net dataset.json."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        img = rng.normal(120, 12, (size, size)).clip(0, 255)
+        mask = np.zeros((size, size), np.uint8)
+        if i % 4 != 3:  # a cyst: dark disc
+            cx, cy, r = rng.integers(14, 50), rng.integers(14, 50), rng.integers(6, 11)
+            disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+            img[disc], mask[disc] = 30, 1
+        if i % 2 == 0:  # a stone: bright square, where no cyst is
+            x0, y0 = rng.integers(4, 50), rng.integers(4, 50)
+            sq = np.zeros_like(mask, bool)
+            sq[y0 : y0 + 9, x0 : x0 + 9] = True
+            sq &= mask == 0
+            img[sq], mask[sq] = 240, 2
+        save(root / "images" / f"case_{i:03d}.png", np.repeat(img.astype(np.uint8)[..., None], 3, 2))
+        save(root / "masks" / f"case_{i:03d}.png", mask)
+    if labels_file:
+        (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "cyst": 1, "stone": 2}}))
+    return root
+
+
+def test_mask_labels_read_as_users_write_them(tmp_path: Path) -> None:
+    assert parse_mask_labels("1=cyst, 2=stone").names == ("cyst", "stone")
+    for bad in ("cyst,stone", "0=bg,1=cyst", "1=cyst,1=stone", "1=cyst,2=cyst", ""):
+        with pytest.raises(ConfigError):
+            parse_mask_labels(bad)
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps({"labels": {"background": 0, "stone": 2, "cyst": 1}}))
+    msd = tmp_path / "msd.json"
+    msd.write_text(json.dumps({"labels": {"0": "background", "1": "cyst", "2": "stone"}}))
+    assert read_labels_file(v2).values == (2, 1) and read_labels_file(msd).names == ("cyst", "stone")
+    regions = tmp_path / "regions.json"
+    regions.write_text(json.dumps({"labels": {"background": 0, "kidney": [1, 2], "tumour": 2}}))
+    with pytest.raises(DataError, match="region labels"):
+        read_labels_file(regions)
+
+    root = kidney_label_maps(tmp_path / "set", n=4, labels_file=False)
+    masks = sorted((root / "masks").glob("*.png"))
+    with pytest.raises(ConfigError, match="values found in the first masks: 1, 2"):
+        resolve_mask_labels(None, root, masks)
+    classes = parse_mask_labels("2=stone,1=cyst")
+    index = read_label_map([masks[0]], classes)  # class order decides the index: stone 1, cyst 2
+    raw = np.asarray(Image.open(masks[0]))
+    assert np.array_equal(index == 1, raw == 2) and np.array_equal(index == 2, raw == 1)
+    with pytest.raises(DataError, match=r"value\(s\) 2 that no class names") as e:
+        read_label_map([masks[0]], parse_mask_labels("1=cyst"))
+    assert str(masks[0]) in str(e.value)
+    jpeg = tmp_path / "m.jpg"
+    Image.fromarray(raw).save(jpeg)
+    with pytest.raises(DataError, match="lossless"):
+        read_label_map([jpeg], classes)
+
+
+def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = kidney_label_maps(tmp_path / "kidney")
+    run = tmp_path / "run"
+    m = train_run(data, run, FAST, progress=False)
+    assert json.loads((run / "config.json").read_text())["mask_labels"] == "1=cyst,2=stone"  # from dataset.json
+    assert set(m["segmentation"]["per_class"]) == {"cyst", "stone"}
+    for name in ("cyst", "stone"):
+        c = m["segmentation"]["per_class"][name]
+        assert 0 <= c["dice"]["value"] <= 1 and c["dice"]["ci95"][0] <= c["dice"]["value"] <= c["dice"]["ci95"][1]
+        assert "hd95" in c
+    mean = np.mean([m["segmentation"]["per_class"][n]["dice"]["value"] for n in ("cyst", "stone")])
+    assert m["class_dice"]["value"] == pytest.approx(mean)
+    assert m["class_dice"]["value"] > 0.4  # the two classes are easy to tell apart: learnt, not chance (~0.78)
+    table = (run / "predictions.csv").read_text().splitlines()[0].split(",")
+    assert {"dice_cyst", "dice_stone"} <= set(table)
+    with np.load(run / "fold_0" / "test_masks.npz") as z:
+        assert z["lesion_classes"].shape[1:] == (2, 64, 64) and z["probs"].shape[1:] == (64, 64)
+
+    image = data / "images" / "case_000.png"  # a cyst and a stone
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    mask = np.asarray(Image.open(out / "case_000_mask.png"))
+    assert set(np.unique(mask)) <= {0, 1, 2} and mask.shape == (64, 64)
+    import pandas as pd
+
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    assert {"fraction_cyst", "fraction_stone"} <= set(row.index)
+    assert set(str(row["label"]).split("+")) <= {"cyst", "stone", "no lesion"}
+
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--json"])  # as an external set
+    assert res.exit_code == 0, res.output
+    ext = json.loads(res.stdout)
+    assert set(ext["segmentation"]["per_class"]) == {"cyst", "stone"} and "class_dice" in ext
+
+    res = runner.invoke(app, ["export", str(run), "--fold", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    agreement = json.loads(res.stdout)["agreement"]["model.onnx"]
+    assert agreement["mask_dice"] >= 0.99 and agreement["lesion_class_agreement"] >= 0.99
+
+    from medcad.report.html import write_report
+
+    html = write_report(run).read_text()
+    assert "Lesion classes" in html and "stone" in html
