@@ -122,6 +122,19 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     agreement = json.loads(res.stdout)["agreement"]["model.onnx"]
     assert agreement["mask_dice"] >= 0.99 and agreement["lesion_class_agreement"] >= 0.99
 
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from medcad.inference.registry import load_predictor
+    from medcad.inference.server import create_app
+
+    with TestClient(create_app(load_predictor(run))) as client:
+        body = client.post("/predict", content=image.read_bytes()).json()
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]["data"]))))
+    assert body["mask"]["classes"] == {"1": "cyst", "2": "stone"} and np.array_equal(served, mask)
+
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()

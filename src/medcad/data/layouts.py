@@ -312,6 +312,7 @@ def load_manifest(
             manifest.problems.append((img, what))
         manifest.table = manifest.table[~bad].reset_index(drop=True)
     whole = p.is_dir() or layout != "folders"  # a single image file: nothing else to account for
+    _labels_file_source(manifest)
     used, sources = manifest.used_files(), manifest.sources
     manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
     manifest.notes.append(manifest.ledger.line())
@@ -319,3 +320,20 @@ def load_manifest(
         found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
         raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
     return manifest
+
+
+def _labels_file_source(manifest: Manifest) -> None:
+    """A labels file of label-map masks (nnU-Net's dataset.json) is part of the read: named as a source, with a note
+    that segment-multiclass reads its classes (other tasks read every non-zero mask value as lesion)."""
+    from medcad.data.labelmaps import find_labels_file
+
+    with_mask = [i for i in range(len(manifest)) if manifest.table["mask"].iat[i]][:1]
+    if not with_mask:
+        return
+    found = find_labels_file(manifest.root, manifest.mask_paths(with_mask[0]))
+    if found is None or not found.is_relative_to(manifest.root):
+        return
+    rel = found.relative_to(manifest.root).as_posix()
+    if rel not in manifest.sources:
+        manifest.sources.append(rel)
+        manifest.notes.append(f"{rel}: the classes of the mask values, for --task segment-multiclass")

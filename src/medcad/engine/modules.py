@@ -13,6 +13,7 @@ from medcad.engine.common import TrainingThroughput, gather_lists
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.classifier import Classifier
+from medcad.tasks import freeze_stride, get_task
 
 
 def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -212,7 +213,6 @@ class ClassifierModule(TrainingThroughput, _ValidationAUC, L.LightningModule):
 def stage_freeze_stride(cfg: TrainConfig) -> int:
     """The freeze stride a run applies (`tasks.freeze_stride`); with a stage list, only one set explicitly (its
     "all" means every layer)."""
-    from medcad.tasks import freeze_stride
 
     if cfg.stages is not None and cfg.freeze_stride is None:
         return 0
@@ -250,7 +250,7 @@ def schedule_lines(cfg: TrainConfig) -> list[str]:
     stride = stage_freeze_stride(cfg)
     if stride:
         sched += f"; a pretrained encoder keeps its stem and stages to stride {stride} (freeze_stride)"
-    if cfg.task in ("segment", "multitask"):
+    if "mask" in get_task(cfg.task).outputs:
         groups = _new_and_pretrained(cfg, cfg.lr, "decoder, heads and from-scratch models", "pretrained encoder")
         return [f"{_epochs(cfg.epochs)} of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
     if cfg.task == "detect":

@@ -200,7 +200,7 @@ class Prediction:
         smoothed over video frames); true outlines/boxes in green when given."""
         out = rgb
         if self.class_map is not None:
-            out = class_overlay(out, self.class_map, truth_mask)
+            out = class_overlay(out, self.class_map, truth_mask, self.labels)
         elif self.mask is not None or truth_mask is not None:
             out = mask_overlay(out, self.lesion, truth_mask)
         if self.boxes is not None or truth_boxes is not None:
@@ -229,17 +229,25 @@ def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | 
     return out
 
 
-def class_overlay(image: np.ndarray, classes: np.ndarray, true: np.ndarray | None = None, alpha=0.3) -> np.ndarray:
+def class_overlay(
+    image: np.ndarray, classes: np.ndarray, true: np.ndarray | None = None, names=None, alpha=0.3
+) -> np.ndarray:
     """RGB image with each lesion class of a class map (uint8 (H, W), 0 none, c for class c - 1) tinted and outlined
-    in its colour (`BOX_COLOURS`, as boxes of that class), and the true lesion (any class) outlined in green."""
+    in its colour (`BOX_COLOURS`, as boxes of that class), the true lesion (any class) outlined in green, and with
+    `names` a legend of the classes shown, each in its colour, at the bottom left."""
     out = mask_overlay(image, None, None if true is None else np.asarray(true) > 0)
-    for c in np.unique(classes):
-        if c == 0:
-            continue
-        colour, m = BOX_COLOURS[(int(c) - 1) % len(BOX_COLOURS)], (classes == c).astype(np.uint8)
+    shown = [int(c) for c in np.unique(classes) if c]
+    t = max(1, round(max(out.shape[:2]) / 250))
+    for c in shown:
+        colour, m = BOX_COLOURS[(c - 1) % len(BOX_COLOURS)], (classes == c).astype(np.uint8)
         out[m > 0] = (out[m > 0] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, colour, max(1, round(max(out.shape[:2]) / 250)))
+        cv2.drawContours(out, contours, -1, colour, t)
+    line = max(14, out.shape[0] // 20)
+    for j, c in enumerate(shown[::-1] if names else []):
+        y = out.shape[0] - 6 - j * line
+        colour = BOX_COLOURS[(c - 1) % len(BOX_COLOURS)]
+        cv2.putText(out, names[c - 1], (6, y), cv2.FONT_HERSHEY_SIMPLEX, line / 30, colour, t, cv2.LINE_AA)
     return out
 
 
