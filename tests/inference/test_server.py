@@ -284,6 +284,27 @@ def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> 
         assert r.status_code == 400 and "needs a DICOM upload" in r.json()["detail"]
 
 
+def test_dicom_seg_of_a_class_map_has_a_segment_per_class(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from medcad.inference.responses import segmentation_dicom
+
+    classes = np.zeros((40, 40), np.uint8)
+    classes[5:15, 5:15], classes[20:35, 10:30] = 1, 2
+    seg = hd.seg.segread(
+        io.BytesIO(segmentation_dicom(pydicom.dcmread(io.BytesIO(dicom_bytes(tmp_path))), classes, ["cyst", "stone"]))
+    )
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["cyst", "stone"]
+    for number in (1, 2):
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[
+                seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+            ],
+            segment_numbers=[number],
+        )
+        assert np.array_equal(frame[0, ..., 0] > 0, classes == number)
+
+
 def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medcad.config import TrainConfig
     from medcad.data.synthetic import generate_synthetic

@@ -79,13 +79,14 @@ def prediction_json(pred: Prediction, rgb: np.ndarray, task: str, mask_format: s
     return out
 
 
-def segmentation_dicom(source, lesion: np.ndarray, label: str = "lesion", version: str = "0") -> bytes:
-    """A DICOM SEG (binary, one segment) of a lesion mask, referencing its source instance, built with highdicom.
+def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "lesion", version: str = "0") -> bytes:
+    """A DICOM SEG (binary; one segment, or one per lesion class) of a lesion mask, referencing its source instance,
+    built with highdicom.
 
     Args:
         source: the source image's pydicom Dataset (header only is enough).
-        lesion: bool (Rows, Columns) mask of the source frame.
-        label: the segment's label.
+        lesion: bool (Rows, Columns) mask of the source frame, or a uint8 class map (0 none, c for segment c).
+        label: the segment's label, or the labels of segments 1..K of a class map.
         version: medcad's version, recorded as the algorithm's.
 
     Returns:
@@ -102,22 +103,27 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str = "lesion", versio
     missing = [k for k in needed if k not in source]
     if missing:
         raise MedcadError(f"the DICOM upload lacks {', '.join(missing)}, which a DICOM SEG must reference")
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=label,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="medcad", version=version, family=codes.cid7162.ArtificialIntelligence
-        ),
-    )
+    labels = [label] if isinstance(label, str) else list(label)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=name,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="medcad", version=version, family=codes.cid7162.ArtificialIntelligence
+            ),
+        )
+        for k, name in enumerate(labels, 1)
+    ]
+    pixels = np.asarray(lesion, bool if len(labels) == 1 else np.uint8)[None]
     try:
         seg = hd.seg.Segmentation(
             source_images=[source],
-            pixel_array=np.asarray(lesion, bool)[None],
+            pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
+            segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
             series_number=9001,
             sop_instance_uid=hd.UID(),
