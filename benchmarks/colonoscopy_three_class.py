@@ -51,8 +51,14 @@ def build(src: Path, out: Path, per_class: int, seed: int = 0) -> dict[str, int]
             link = out / "frames" / f"tumour_{path.stem}.jpg"
             if not link.exists():
                 link.symlink_to(path.resolve())
-            rows.append({"image": f"frames/{link.name}", "label": "tumour", "mask": str(mask_path.resolve()),
-                         "patient": path.stem})
+            rows.append(
+                {
+                    "image": f"frames/{link.name}",
+                    "label": "tumour",
+                    "mask": str(mask_path.resolve()),
+                    "patient": path.stem,
+                }
+            )
         else:
             mask = np.asarray(Image.open(mask_path).convert("L")) > 127
             box = polyp_free_box(mask)

@@ -13,7 +13,8 @@ from medcad.engine.fold import FoldHooks
 from medcad.engine.train import fold_hooks
 from medcad.errors import ConfigError
 from medcad.explain.explainers import EXPLAINERS
-from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction
+from medcad.inference.outputs import BACKGROUND, LESION, NO_LESION
+from medcad.inference.prediction import Prediction
 from medcad.inference.registry import PREDICTORS
 from medcad.tasks import TASKS, get_task
 
@@ -64,14 +65,16 @@ def test_label_map_prediction_classes_rows_and_mask_file() -> None:
     lesion[25:30, 5:10], lesion[40:50, 20:40] = 0.9, 0.8  # a small cyst and a larger stone (below the label band)
     lesion_class = np.ones((60, 60), np.uint8)
     lesion_class[35:, :] = 2
-    p = Prediction("k.png", ["cyst", "stone"], mask=lesion, lesion_class=lesion_class, class_values=(3, 7))
+    p = Prediction.of("k.png", ["cyst", "stone"], mask=lesion, lesion_class=lesion_class, class_values=(3, 7))
     assert p.label == "stone+cyst"  # largest first
     row = p.row()
     assert row["fraction_cyst"] == pytest.approx(25 / 3600) and row["fraction_stone"] == pytest.approx(200 / 3600)
-    assert set(np.unique(p.mask_image())) == {0, 3, 7} and (p.mask_image() == 7).sum() == 200  # the run's values
+    assert (
+        set(np.unique(p.mask.mask_image())) == {0, 3, 7} and (p.mask.mask_image() == 7).sum() == 200
+    )  # the run's values
     drawn = p.draw(np.zeros((60, 60, 3), np.uint8))
     assert tuple(drawn[27, 7]) != tuple(drawn[45, 30]) and drawn[27, 7].any() and drawn[45, 30].any()
-    assert Prediction("e", ["cyst", "stone"], mask=lesion * 0, lesion_class=lesion_class).label == NO_LESION
+    assert Prediction.of("e", ["cyst", "stone"], mask=lesion * 0, lesion_class=lesion_class).label == NO_LESION
 
 
 def test_unknown_task_names_the_tasks() -> None:
@@ -81,18 +84,18 @@ def test_unknown_task_names_the_tasks() -> None:
 
 def test_prediction_decisions_rows_and_drawing() -> None:
     labels = ["benign", "malignant"]
-    p = Prediction("a.png", labels, probabilities=np.array([0.3, 0.7]))
+    p = Prediction.of("a.png", labels, probabilities=np.array([0.3, 0.7]))
     assert (p.label, p.score) == ("malignant", 0.7) and p.row()["p_benign"] == 0.3
     assert p.summary()["probabilities"] == {"benign": 0.3, "malignant": 0.7}
     mask = np.zeros((20, 30), np.float32)
-    assert Prediction("m", labels, mask=mask).label == NO_LESION
+    assert Prediction.of("m", labels, mask=mask).label == NO_LESION
     mask[5:10, 5:10] = 0.9
-    m = Prediction("m", labels, mask=mask)
+    m = Prediction.of("m", labels, mask=mask)
     assert m.label == LESION and m.row()["lesion_fraction"] == pytest.approx(25 / 600)
     boxes = np.array([[1, 2, 10, 12, 0.8, 1], [3, 3, 5, 5, 0.3, 0]])
-    d = Prediction("d", labels, boxes=boxes, threshold=0.5)
+    d = Prediction.of("d", labels, boxes=boxes, threshold=0.5)
     assert d.label == "malignant" and d.row()["n_boxes"] == 1 and d.summary()["boxes"][0][5] == "malignant"
-    assert Prediction("d", labels, boxes=boxes, threshold=0.9).label == BACKGROUND
+    assert Prediction.of("d", labels, boxes=boxes, threshold=0.9).label == BACKGROUND
     rgb = np.zeros((20, 30, 3), np.uint8)
     for pred in (p, m, d):
         shown = pred.draw(rgb)

@@ -162,17 +162,17 @@ def test_frame_decision_of_a_prediction() -> None:
 
     mask = np.zeros((10, 10), np.float32)
     mask[:2, :2] = 0.9  # 4 % of the frame
-    assert Prediction("a", ["lesion"], mask=mask).label == "lesion"
-    kept = Prediction("a", ["lesion"], mask=mask, min_frame_score=0.04)
-    assert kept.label == "lesion" and kept.lesion.sum() == 4
-    dropped = Prediction("a", ["lesion"], mask=mask, min_frame_score=0.05)
-    assert dropped.label == "no lesion" and not dropped.lesion.any() and dropped.row()["lesion_fraction"] == 0
+    assert Prediction.of("a", ["lesion"], mask=mask).label == "lesion"
+    kept = Prediction.of("a", ["lesion"], mask=mask, min_frame_score=0.04)
+    assert kept.label == "lesion" and kept.mask.lesion.sum() == 4
+    dropped = Prediction.of("a", ["lesion"], mask=mask, min_frame_score=0.05)
+    assert dropped.label == "no lesion" and not dropped.mask.lesion.any() and dropped.row()["lesion_fraction"] == 0
     p = np.array([0.5, 0.2, 0.3])  # benign, malignant, normal: P(lesion) = 0.7
     labels = ["benign", "malignant", "normal"]
     kw = {"mask": mask, "probabilities": p, "frame_score_kind": "p_lesion"}
-    assert Prediction("a", labels, min_frame_score=0.7, **kw).lesion.sum() == 4
-    gated = Prediction("a", labels, min_frame_score=0.75, **kw)
-    assert not gated.lesion.any() and gated.label == "benign"
+    assert Prediction.of("a", labels, min_frame_score=0.7, **kw).mask.lesion.sum() == 4
+    gated = Prediction.of("a", labels, min_frame_score=0.75, **kw)
+    assert not gated.mask.lesion.any() and gated.label == "benign"
     row = gated.row()  # the table says the mask was emptied although the class label is a lesion class
     assert row["frame_decision"] == "no lesion" and row["frame_score"] == pytest.approx(0.7)
     assert row["lesion_fraction"] == 0 and gated.summary()["frame_decision"] == "no lesion"

@@ -41,13 +41,13 @@ def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: s
 
 def explain_boxes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):
     """Per fold model: EigenCAM of the backbone under the ensemble's boxes."""
+    from medcad.drawing import draw_boxes
     from medcad.explain.detection import eigencam
-    from medcad.inference.prediction import draw_boxes
 
     x = predictor.prepare(rgb)
     pred = predictor.postprocess(predictor.infer(x[None]), 0, "image", x.shape[:2])
     rows = [
-        draw_boxes(overlay(x, eigencam(m, x), alpha=0.3), pred.boxes, predictor.labels, predictor.threshold)
+        draw_boxes(overlay(x, eigencam(m, x), alpha=0.3), pred.boxes.boxes, predictor.labels, predictor.threshold)
         for m in predictor.models
     ]
     where = ", ".join(p.parent.name for p in predictor.files)

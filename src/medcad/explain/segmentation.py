@@ -33,8 +33,8 @@ def explain_mask(
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
+    from medcad.drawing import mask_overlay
     from medcad.explain.gradcam import overlay
-    from medcad.inference.prediction import mask_overlay
     from medcad.models.attention_unet import attention_maps
     from medcad.models.segmentation import cam_target_name
 

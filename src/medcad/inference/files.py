@@ -70,7 +70,7 @@ def predict_image_files(
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
             if pred.mask is not None:
-                write_png(out / f"{stem}_mask.png", pred.mask_image())
+                write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row())
             summaries.append(pred.summary())
             columns = columns or list(rows[-1])

@@ -21,7 +21,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -128,36 +127,16 @@ class Predictor:
         raise NotImplementedError
 
     def postprocess(self, outputs: dict, i: int, name: str, size: tuple[int, int]) -> Prediction:
-        """Image i's outputs as a Prediction at the original (height, width): the mask resized (bilinear on the
-        probabilities, then thresholded by the Prediction), the boxes scaled."""
-        h, w = size
-        s = self.config.image_size
-        probabilities = mask = boxes = None
-        if outputs.get("probabilities") is not None:
-            probabilities = np.asarray(outputs["probabilities"][i], np.float64)
-        if outputs.get("mask") is not None:
-            mask = cv2.resize(np.asarray(outputs["mask"][i], np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        lesion_class = None
-        if outputs.get("lesion_classes") is not None:  # label maps: each pixel's most probable lesion class
-            per_class = [cv2.resize(np.asarray(c, np.float32), (w, h)) for c in outputs["lesion_classes"][i]]
-            lesion_class = (np.argmax(per_class, axis=0) + 1).astype(np.uint8)
-        if outputs.get("boxes") is not None:
-            boxes = np.array(outputs["boxes"][i], np.float64).reshape(-1, 6)
-            boxes[:, [0, 2]] *= w / s
-            boxes[:, [1, 3]] *= h / s
-        return Prediction(
-            name,
-            self.labels,
-            probabilities,
-            mask,
-            boxes,
-            threshold=self.threshold,
-            multilabel=self.multilabel,
-            frame_score_kind=self.frame_score_kind,
-            min_frame_score=self.min_frame_score,
-            lesion_class=lesion_class,
-            class_values=self.class_values,
-        )
+        """Image i's outputs as a Prediction at the original (height, width): each output type scales itself (the
+        mask's probabilities resized bilinearly, then thresholded; the boxes scaled)."""
+        settings = {
+            "threshold": self.threshold,
+            "multilabel": self.multilabel,
+            "frame_score_kind": self.frame_score_kind,
+            "min_frame_score": self.min_frame_score,
+            "class_values": self.class_values,
+        }
+        return Prediction.from_infer(outputs, i, name, self.labels, size, self.config.image_size, settings)
 
     def predict(self, images: Sequence[np.ndarray], names: Sequence[str], batch: int = 32) -> list[Prediction]:
         """Predictions for RGB images (H, W, 3) uint8 of any sizes."""

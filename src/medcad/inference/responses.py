@@ -55,14 +55,15 @@ def mask_json(pred: Prediction, fmt: str) -> dict | None:
     models: the PNG holds each pixel's class value and "classes" maps the values to class names."""
     if pred.mask is None or fmt == "none":
         return None
-    lesion = pred.lesion
+    lesion = pred.mask.lesion
     out = {"format": fmt, "height": int(lesion.shape[0]), "width": int(lesion.shape[1]), "threshold": pred.threshold}
     if fmt == "rle":  # label-map models: the lesion of any class (the PNG holds the classes)
         out["counts"] = rle_encode(lesion)
     else:
-        out["data"] = base64.b64encode(png_bytes(pred.mask_image())).decode()
-    if pred.class_map is not None:
-        out["classes"] = {str(v): lab for v, lab in zip(pred.class_values, pred.labels, strict=True)}
+        out["data"] = base64.b64encode(png_bytes(pred.mask.mask_image())).decode()
+    if pred.mask.class_map is not None:
+        values = pred.mask.class_values or range(1, len(pred.labels) + 1)
+        out["classes"] = {str(v): lab for v, lab in zip(values, pred.labels, strict=True)}
     return out
 
 

@@ -238,7 +238,8 @@ def _check_dicom_out(upload: Upload, card: dict) -> None:
 async def _dicom_response(upload: Upload, pred: Prediction) -> Response:
     """The prediction's mask as a DICOM SEG referencing the uploaded DICOM (422 when it cannot be made)."""
     try:
-        mask, names = (pred.lesion, "lesion") if pred.class_map is None else (pred.class_map, pred.labels)
+        m = pred.mask
+        mask, names = (m.lesion, "lesion") if m.class_map is None else (m.class_map, pred.labels)
         seg = await asyncio.to_thread(segmentation_dicom, upload.dicom, mask, names, __version__)
     except MedcadError as e:
         return error_response(422, str(e))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
 from medcad.data.video import Frame, VideoReader
-from medcad.inference.prediction import BACKGROUND, LESION, NO_LESION, Prediction
+from medcad.inference.prediction import Prediction
 from medcad.inference.predictor import Predictor
 
 
@@ -166,19 +166,11 @@ def predict_video(
 
 
 def _evidence(pred: Prediction) -> np.ndarray:
-    """What is averaged over frames: class probabilities, else the top box score, else the lesion fraction."""
-    if pred.probabilities is not None:
-        return pred.probabilities
-    if pred.boxes is not None:
-        return np.array([pred.score])
-    return np.array([pred.lesion_fraction])
+    """What is averaged over frames: class probabilities, else the top box score, else the lesion fraction (the
+    deciding output's `evidence`)."""
+    return pred.decider.evidence()
 
 
 def _smoothed_decision(pred: Prediction, smoothed: np.ndarray) -> tuple[str, float]:
     """The frame decision from the smoothed evidence (the class of a detector's current top box)."""
-    if pred.probabilities is not None:
-        return pred.labels[int(smoothed.argmax())], float(smoothed.max())
-    if pred.boxes is not None:
-        top = pred.labels[int(pred.boxes[0, 5])] if len(pred.boxes) else BACKGROUND
-        return (top if smoothed[0] >= pred.threshold else BACKGROUND), float(smoothed[0])
-    return (LESION if smoothed[0] > 0 else NO_LESION), float(smoothed[0])
+    return pred.decider.smoothed(smoothed)

@@ -29,8 +29,8 @@ def sample_tiles(
 ) -> bytes:
     """Test frames (highest-scoring misses and hits first) with true boxes (green), predicted boxes and EigenCAM."""
     from medcad.checkpoint import load_model_file
+    from medcad.drawing import draw_boxes
     from medcad.explain.gradcam import overlay
-    from medcad.inference.prediction import draw_boxes
 
     wrong = pred[pred["true_frame"] != pred["predicted_frame"]].sort_values("top_score", ascending=False)
     right = pred[pred["true_frame"] == pred["predicted_frame"]].sort_values("top_score", ascending=False)

@@ -36,7 +36,7 @@ def _fold_masks(run: Path, fold: int) -> dict[int, np.ndarray]:
 
 def case_tiles(run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred: pd.DataFrame) -> dict[str, bytes]:
     """One PNG grid per kind (best / median / worst): image, true outline (green), predicted lesion (red)."""
-    from medcad.inference.prediction import mask_overlay
+    from medcad.drawing import mask_overlay
 
     index = {k: i for i, k in enumerate(manifest.keys)}
     by_fold: dict[int, dict[int, np.ndarray]] = {}

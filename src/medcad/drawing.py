@@ -1,0 +1,86 @@
+"""Drawing what a model found on an image (RGB uint8 arrays, copies): lesion masks and their true outlines, class maps,
+boxes with class and score, and the decision written in the corner. Used by predictions, reports and explanations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+TRUE_COLOUR = (40, 220, 40)  # RGB: ground truth contour / boxes
+PRED_COLOUR = (255, 40, 40)  # RGB: predicted contour
+BOX_COLOURS = [(255, 60, 60), (60, 160, 255), (255, 200, 40), (180, 90, 255), (40, 220, 120)]  # RGB per class
+
+
+def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | None = None, alpha=0.3) -> np.ndarray:
+    """RGB image with the predicted lesion tinted and outlined in red and the true lesion outlined in green."""
+    out = image.copy()
+    for mask, colour, fill in ((true, TRUE_COLOUR, False), (pred, PRED_COLOUR, True)):
+        if mask is None:
+            continue
+        m = mask.astype(np.uint8)
+        if fill:  # blend only the lesion pixels (a full-frame float blend costs more than the model on video)
+            sel = m > 0
+            out[sel] = (out[sel] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, max(1, round(max(out.shape[:2]) / 250)))
+    return out
+
+
+def class_overlay(
+    image: np.ndarray, classes: np.ndarray, true: np.ndarray | None = None, names=None, alpha=0.3
+) -> np.ndarray:
+    """RGB image with each lesion class of a class map (uint8 (H, W), 0 none, c for class c - 1) tinted and outlined
+    in its colour (`BOX_COLOURS`, as boxes of that class), the true lesion (any class) outlined in green, and with
+    `names` a legend of the classes shown, each in its colour, at the bottom left."""
+    out = mask_overlay(image, None, None if true is None else np.asarray(true) > 0)
+    shown = [int(c) for c in np.unique(classes) if c]
+    t = max(1, round(max(out.shape[:2]) / 250))
+    for c in shown:
+        colour, m = BOX_COLOURS[(c - 1) % len(BOX_COLOURS)], (classes == c).astype(np.uint8)
+        out[m > 0] = (out[m > 0] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, t)
+    line = max(14, out.shape[0] // 20)
+    for j, c in enumerate(shown[::-1] if names else []):
+        y = out.shape[0] - 6 - j * line
+        colour = BOX_COLOURS[(c - 1) % len(BOX_COLOURS)]
+        cv2.putText(out, names[c - 1], (6, y), cv2.FONT_HERSHEY_SIMPLEX, line / 30, colour, t, cv2.LINE_AA)
+    return out
+
+
+def draw_boxes(
+    rgb: np.ndarray,
+    dets: np.ndarray,
+    labels: Sequence[str],
+    threshold: float,
+    truths: np.ndarray | None = None,
+) -> np.ndarray:
+    """RGB image with predicted boxes (coloured per class, with class and score) at or above `threshold`, and
+    true boxes in green; boxes in the image's own pixel coordinates."""
+    out = rgb.copy()
+    t = max(1, round(max(out.shape[:2]) / 300))
+    for b in truths if truths is not None else []:
+        cv2.rectangle(out, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), TRUE_COLOUR, t)
+    for d in dets:
+        if d[4] < threshold:
+            continue
+        colour = BOX_COLOURS[int(d[5]) % len(BOX_COLOURS)]
+        cv2.rectangle(out, (int(d[0]), int(d[1])), (int(d[2]), int(d[3])), colour, t + 1)
+        text = f"{labels[int(d[5])]} {d[4]:.2f}"
+        cv2.putText(out, text, (int(d[0]) + 2, max(12, int(d[1]) - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, colour, t)
+    return out
+
+
+def draw_label(rgb: np.ndarray, label: str, p: float) -> np.ndarray:
+    """The decision and its score written on a black band at the top (a copy; RGB or BGR alike)."""
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    bar = max(18, h // 14)
+    cv2.rectangle(out, (0, 0), (w, bar), (0, 0, 0), -1)
+    cv2.putText(
+        out, f"{label} {p:.2f}", (6, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, bar / 32, (255, 255, 255), 1, cv2.LINE_AA
+    )
+    return out

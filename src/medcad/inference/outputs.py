@@ -1,0 +1,266 @@
+"""The kinds of output a model gives for one image, each a type that knows its own scaling to the image, decision,
+table fields, drawing and what a video averages over frames: class probabilities, a lesion mask (one lesion, or
+several lesion classes), boxes. A `Prediction` holds the outputs its task has.
+
+Decisions: class probabilities name the most probable class (multi-label: every label at or above the threshold,
+joined by '+', or "none"); boxes name the top kept box's class, or "background" when no box reaches the threshold;
+a mask says "lesion" when a pixel reaches the threshold and the frame passes the frame-level decision fitted on
+validation data (its `frame_score` reaches `min_frame_score`), else "no lesion" — and then no lesion pixel is shown
+either; a mask of several lesion classes names the classes shown, largest first ("stone+cyst").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+import cv2
+import numpy as np
+
+from medcad.drawing import class_overlay, draw_boxes, mask_overlay
+from medcad.metrics.segmentation import frame_scores
+from medcad.tasks import reference_label
+
+BACKGROUND = "background"
+NO_LESION, LESION = "no lesion", "lesion"
+NO_FINDING = "none"  # a multi-label image with no label at or above the threshold
+
+
+class Output:
+    """One output of a model for one image. Subclasses set `key` (the `infer` dict's key) and implement
+    `from_infer`, `decision`, `fields`, and where they have them `draw` and the video hooks."""
+
+    key = ""
+
+    @classmethod
+    def from_infer(cls, outputs: dict, i: int, size: tuple[int, int], s: int, settings: dict) -> Output:
+        """Image i's output of an `infer` dict, scaled from the model's S x S input to the image's (height, width);
+        `settings` carries the predictor's threshold and decision rules."""
+        raise NotImplementedError
+
+    def decision(self) -> tuple[str, float]:
+        """The frame-level decision this output makes, and its score."""
+        raise NotImplementedError
+
+    def fields(self) -> dict:
+        """Flat table fields (a predictions.csv row)."""
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        """JSON fields (no pixel arrays); the table's by default."""
+        return self.fields()
+
+    def draw(self, rgb: np.ndarray, truth_mask=None, truth_boxes=None) -> np.ndarray:
+        return rgb
+
+    def evidence(self) -> np.ndarray:
+        """What a video averages over frames to smooth the decision."""
+        return np.array([self.decision()[1]])
+
+    def smoothed(self, mean: np.ndarray) -> tuple[str, float]:
+        """The decision from `evidence` averaged over frames."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class ClassProbabilities(Output):
+    """(K,) class probabilities; `multilabel`: independent per label, each present from `threshold` on."""
+
+    labels: list[str]
+    p: np.ndarray
+    multilabel: bool = False
+    threshold: float = 0.5
+    key = "probabilities"
+
+    @classmethod
+    def from_infer(cls, outputs, i, size, s, settings) -> ClassProbabilities:
+        p = np.asarray(outputs["probabilities"][i], np.float64)
+        return cls(settings["labels"], p, settings.get("multilabel", False), settings.get("threshold", 0.5))
+
+    def decision(self) -> tuple[str, float]:
+        if self.multilabel:
+            present = [lab for lab, p in zip(self.labels, self.p, strict=True) if p >= self.threshold]
+            return "+".join(present) or NO_FINDING, float(np.max(self.p))
+        return self.labels[int(np.argmax(self.p))], float(np.max(self.p))
+
+    def fields(self) -> dict:
+        return {f"p_{lab}": float(p) for lab, p in zip(self.labels, self.p, strict=True)}
+
+    def summary(self) -> dict:
+        return {"probabilities": {lab: float(p) for lab, p in zip(self.labels, self.p, strict=True)}}
+
+    def evidence(self) -> np.ndarray:
+        return self.p
+
+    def smoothed(self, mean: np.ndarray) -> tuple[str, float]:
+        return self.labels[int(mean.argmax())], float(mean.max())
+
+
+@dataclass(frozen=True, eq=False)
+class LesionMask(Output):
+    """(H, W) float32 lesion probability in [0, 1] at the image's own size, with the frame-level decision.
+
+    Attributes:
+        frame_score_kind: "lesion_area" (fraction of the image at or above the threshold) or "p_lesion" (1 - the
+            class head's probability of the lesion-free class; needs `class_probabilities`).
+        min_frame_score: the frame shows a lesion (and its mask) only from this score on (0: always).
+        lesion_class: (H, W) uint8 most probable lesion class per pixel (1 + its index in `labels`) of a label-map
+            model (segment-multiclass); `labels` are then its lesion classes and `class_values` their mask values.
+    """
+
+    prob: np.ndarray
+    threshold: float = 0.5
+    frame_score_kind: str = "lesion_area"
+    min_frame_score: float = 0.0
+    labels: list[str] | None = None
+    class_probabilities: np.ndarray | None = None
+    lesion_class: np.ndarray | None = None
+    class_values: tuple[int, ...] | None = None
+    key = "mask"
+
+    @classmethod
+    def from_infer(cls, outputs, i, size, s, settings) -> LesionMask:
+        h, w = size
+        prob = cv2.resize(np.asarray(outputs["mask"][i], np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        lesion_class = None
+        if outputs.get("lesion_classes") is not None:  # label maps: each pixel's most probable lesion class
+            per_class = [cv2.resize(np.asarray(c, np.float32), (w, h)) for c in outputs["lesion_classes"][i]]
+            lesion_class = (np.argmax(per_class, axis=0) + 1).astype(np.uint8)
+        probs = outputs.get("probabilities")
+        return cls(
+            prob,
+            settings.get("threshold", 0.5),
+            settings.get("frame_score_kind", "lesion_area"),
+            settings.get("min_frame_score", 0.0),
+            settings["labels"],
+            None if probs is None else np.asarray(probs[i], np.float64),
+            lesion_class,
+            settings.get("class_values"),
+        )
+
+    @cached_property
+    def above(self) -> np.ndarray:
+        """bool (H, W): pixels whose lesion probability reaches the threshold (the one full-frame comparison)."""
+        return self.prob >= self.threshold
+
+    @cached_property
+    def frame_score(self) -> float:
+        """The frame-level decision's score (see `medcad.metrics.segmentation.frame_scores`)."""
+        if self.frame_score_kind == "p_lesion":
+            normal = self.labels.index(reference_label(self.labels))
+            return float(frame_scores("p_lesion", None, self.class_probabilities[None], normal)[0])
+        return float(frame_scores("lesion_area", self.above[None], None, None, threshold=True)[0])  # bool pixels
+
+    @cached_property
+    def frame_has_lesion(self) -> bool:
+        """The frame shows a lesion: its frame score reaches `min_frame_score` and some pixel the threshold."""
+        return bool(self.frame_score >= self.min_frame_score and self.above.any())
+
+    @cached_property
+    def lesion(self) -> np.ndarray:
+        """bool (H, W) lesion pixels shown (none when the frame-level decision says no lesion). Shared by every
+        reader: copy it before changing it."""
+        return self.above if self.frame_has_lesion else np.zeros(self.prob.shape, bool)
+
+    @cached_property
+    def lesion_fraction(self) -> float:
+        return float(self.lesion.mean())
+
+    @cached_property
+    def class_map(self) -> np.ndarray | None:
+        """uint8 (H, W) class per pixel of a label-map model: 0 where no lesion is shown, else 1 + the class index;
+        None for one-lesion models."""
+        if self.lesion_class is None:
+            return None
+        return np.where(self.lesion, self.lesion_class, 0).astype(np.uint8)
+
+    @cached_property
+    def class_fractions(self) -> dict[str, float]:
+        """Fraction of the image shown as each lesion class (label-map models; else empty)."""
+        if self.class_map is None:
+            return {}
+        counts = np.bincount(self.class_map.ravel(), minlength=len(self.labels) + 1)[1:] / self.class_map.size
+        return {lab: float(f) for lab, f in zip(self.labels, counts, strict=True)}
+
+    def mask_image(self) -> np.ndarray:
+        """The mask to save, uint8 (H, W): 0 / 255 for lesion; for label-map models the class map in the run's mask
+        values (e.g. 1 cyst, 2 stone), as its training masks were written."""
+        if self.class_map is None:
+            return self.lesion.astype(np.uint8) * 255
+        values = np.array((0, *(self.class_values or range(1, len(self.labels) + 1))), np.uint8)
+        return values[self.class_map]
+
+    def decision(self) -> tuple[str, float]:
+        shown = sorted((f, lab) for lab, f in self.class_fractions.items() if f > 0)
+        label = "+".join(lab for _, lab in reversed(shown)) if shown else None
+        score = float(self.prob.max()) if self.prob.size else 0.0
+        return label or (LESION if self.frame_has_lesion else NO_LESION), score
+
+    def fields(self) -> dict:
+        """`frame_decision` ("lesion" / "no lesion"; under a multitask model's class label it can differ from it),
+        `frame_score` (what the decision thresholds), `lesion_fraction`, and `fraction_<class>` of label maps."""
+        return {
+            "frame_decision": LESION if self.frame_has_lesion else NO_LESION,
+            "frame_score": round(self.frame_score, 4),
+            "lesion_fraction": self.lesion_fraction,
+        } | {f"fraction_{lab}": f for lab, f in self.class_fractions.items()}
+
+    def draw(self, rgb, truth_mask=None, truth_boxes=None) -> np.ndarray:
+        if self.class_map is not None:
+            return class_overlay(rgb, self.class_map, truth_mask, self.labels)
+        return mask_overlay(rgb, self.lesion, truth_mask)
+
+    def evidence(self) -> np.ndarray:
+        return np.array([self.lesion_fraction])
+
+    def smoothed(self, mean: np.ndarray) -> tuple[str, float]:
+        return (LESION if mean[0] > 0 else NO_LESION), float(mean[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Boxes(Output):
+    """(m, 6) [x0, y0, x1, y1, score, class_index] in the image's pixels, best first; kept from `threshold` on."""
+
+    labels: list[str]
+    boxes: np.ndarray
+    threshold: float = 0.5
+    key = "boxes"
+
+    @classmethod
+    def from_infer(cls, outputs, i, size, s, settings) -> Boxes:
+        h, w = size
+        boxes = np.array(outputs["boxes"][i], np.float64).reshape(-1, 6)
+        boxes[:, [0, 2]] *= w / s
+        boxes[:, [1, 3]] *= h / s
+        return cls(settings["labels"], boxes, settings.get("threshold", 0.5))
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.boxes[self.boxes[:, 4] >= self.threshold]
+
+    def decision(self) -> tuple[str, float]:
+        kept = self.kept
+        score = float(self.boxes[0, 4]) if len(self.boxes) else 0.0
+        return (self.labels[int(kept[0, 5])] if len(kept) else BACKGROUND), score
+
+    def _listed(self) -> list:
+        return [[*np.round(b[:5], 1).tolist(), self.labels[int(b[5])]] for b in self.kept]
+
+    def fields(self) -> dict:
+        return {"n_boxes": len(self.kept), "boxes": json.dumps(self._listed())}
+
+    def summary(self) -> dict:
+        return {"boxes": self._listed()}
+
+    def draw(self, rgb, truth_mask=None, truth_boxes=None) -> np.ndarray:
+        return draw_boxes(rgb, self.boxes, self.labels, self.threshold, truth_boxes)
+
+    def smoothed(self, mean: np.ndarray) -> tuple[str, float]:
+        top = self.labels[int(self.boxes[0, 5])] if len(self.boxes) else BACKGROUND
+        return (top if mean[0] >= self.threshold else BACKGROUND), float(mean[0])
+
+
+# The outputs a Prediction can hold, in the order their decision counts: a class head decides before boxes and masks
+# (a multitask image's label is its class; its mask keeps its own frame decision in the row).
+OUTPUT_TYPES: tuple[type[Output], ...] = (ClassProbabilities, Boxes, LesionMask)
