@@ -102,3 +102,20 @@ def test_splits_of_another_dataset_are_refused(class_folders: Path, tmp_path: Pa
     path = save_splits(s, tmp_path / "s.json")
     with pytest.raises(DataError, match="not in the dataset"):
         load_splits(path, load_manifest(class_folders))
+
+
+def test_audit_of_a_manifest_naming_masks_outside_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CSV may name masks elsewhere by absolute path (e.g. another release's masks folder): the audit reads them
+    and names them by that path (it stopped with 'is not in the subpath of' before)."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    elsewhere = tmp_path / "release" / "masks"
+    lines = ["image,label,mask"]
+    for k in range(4):
+        save(tmp_path / "ds" / "frames" / f"{k}.png", noise_image(k, 32))
+        mask = np.zeros((16, 16) if k == 0 else (32, 32), np.uint8)  # mask 0 does not fit its image
+        mask[4:12, 4:12] = 255
+        lines.append(f"frames/{k}.png,tumour,{save(elsewhere / f'{k}.png', mask)}")
+    (tmp_path / "ds" / "manifest.csv").write_text("\n".join(lines) + "\n")
+    report = audit(load_manifest(tmp_path / "ds"), None)
+    assert report["n_images"] == 4 and report["mask_decoding"]
+    assert [m[1] for m in report["mask_size_mismatch"]] == [str(elsewhere / "0.png")]

@@ -22,7 +22,7 @@ from medcad.data.duplicates import (
 )
 from medcad.data.interface import before_after, find_interface
 from medcad.data.io import decode_mask, read_image
-from medcad.data.manifest import Manifest
+from medcad.data.manifest import Manifest, shown_path
 from medcad.errors import DataError
 
 FULL_FRAME = 0.95  # a mask with at least this lesion fraction covers (nearly) the whole frame
@@ -34,7 +34,7 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
     out = []
     root = manifest.root
     for mp in manifest.mask_paths(i):
-        rel = mp.relative_to(root).as_posix()
+        rel = shown_path(mp, root)
         try:
             mask, how = decode_mask(mp)
             h, w = mask.shape

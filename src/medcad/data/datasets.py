@@ -18,7 +18,7 @@ from medcad.data.cache import cache_dir
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image, read_mask
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
-from medcad.data.manifest import Manifest
+from medcad.data.manifest import Manifest, shown_path
 from medcad.errors import DataError
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
         path = manifest.mask_paths(int(i))[0]
         _, how = decode_mask(path)
         values = ", ".join(f"{v:g}" for v in how.values[:6])
-        examples.append(f"{path.relative_to(manifest.root)}: {how.n_values} values ({values}), read as {how.rule}")
+        examples.append(f"{shown_path(path, manifest.root)}: {how.n_values} values ({values}), read as {how.rule}")
     raise DataError(
         manifest.root,
         f"{what}, so a segmentation run would learn nothing. " + "; ".join(examples) + ". Check the mask files "

@@ -25,6 +25,12 @@ COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "
 MASK_SEP = "|"
 
 
+def shown_path(path: Path, root: Path) -> str:
+    """A file as messages and tables name it: relative to the dataset's `root` (POSIX separators) when it lies
+    under it, else as it is (a manifest may name files elsewhere, e.g. masks of another release by absolute path)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 @dataclass
 class Manifest:
     """A table of samples and the folder its relative paths start from.
