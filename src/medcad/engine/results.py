@@ -128,7 +128,6 @@ def segmentation_results(
     (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
     from medcad.engine.fullres import native_class_scores, native_mask_scores
     from medcad.metrics.segmentation import (
-        COUNT_KEYS,
         apply_frame_decision,
         dice_iou,
         frame_scores,
@@ -168,8 +167,7 @@ def segmentation_results(
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
     rows = np.concatenate([p[0] for p in parts])
-    counts = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
-    counts_small = {k: np.concatenate([c[k] for c in small]) for k in small[0]}
+    counts, counts_small = _joined([p[1] for p in parts]), _joined(small)
     dist = np.concatenate(dists)
     groups = np.array([groups_of.get(keys[i], i) for i in rows])
     m = segmentation_metrics(counts, groups=groups)
@@ -177,31 +175,17 @@ def segmentation_results(
     m["hd95"] = hd95_summary(dist, groups=groups)
     size = int(masks.shape[-1])
     m["training_size"] = {**segmentation_metrics(counts_small, groups=groups), "resolution": f"{size}x{size} px"}
+    not_normal = f"the class head's probability that the frame is not {reference_label(labels)!r}"
     if len(decided) == len(results):  # runs from before the frame-level decision have none
-        counts_decided = {k: np.concatenate([c[k] for c in decided]) for k in decided[0]}
-        what = (
-            f"the class head's probability that the frame is not {reference_label(labels)!r}"
-            if kinds == {"p_lesion"}
-            else ("the predicted lesion area (fraction of the frame)")
-        )
-        m["frame_decision"] = {
-            **segmentation_metrics(counts_decided, groups=groups),
-            "frame_score": sorted(kinds),
-            "rule": f"a frame shows a lesion when {what} reaches the fold's threshold, chosen on its validation part "
-            "to maximise mean Dice; the masks of other frames are emptied",
-            "thresholds": thresholds,
-        }
+        what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
+        rule = f"a frame shows a lesion when {what} reaches the fold's threshold, chosen on its validation part to "
+        rule += "maximise mean Dice; the masks of other frames are emptied"
+        m["frame_decision"] = _decided(decided, groups, sorted(kinds), rule, thresholds)
     if len(spec_decided) == len(results):
-        spec_counts = {k: np.concatenate([c[k] for c in spec_decided]) for k in spec_decided[0]}
-        m["frame_decision_specificity"] = {
-            **segmentation_metrics(spec_counts, groups=groups),
-            "frame_score": ["p_lesion"],
-            "rule": f"a frame shows a lesion when the class head's probability that it is not "
-            f"{reference_label(labels)!r} reaches the "
-            f"fold's threshold, chosen on its validation part as the lowest that leaves at least "
-            f"{FRAME_SPECIFICITY:.0%} of the lesion-free validation frames without lesion pixels",
-            "thresholds": spec_thresholds,
-        }
+        rule = f"a frame shows a lesion when {not_normal} reaches the fold's threshold, chosen on its validation part "
+        rule += f"as the lowest that leaves at least {FRAME_SPECIFICITY:.0%} of the lesion-free validation frames "
+        rule += "without lesion pixels"
+        m["frame_decision_specificity"] = _decided(spec_decided, groups, ["p_lesion"], rule, spec_thresholds)
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     if len(set(label_of)) > 1:
         m["by_label"] = {
@@ -215,21 +199,41 @@ def segmentation_results(
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("dice", "iou")}
     table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
     if by_class:
-        from medcad.metrics.label_maps import class_metrics
-
-        names = list(mask_classes.names)
-        class_c = [{k: np.concatenate([f[0][c][k] for f in by_class]) for k in COUNT_KEYS} for c in range(len(names))]
-        m |= class_metrics(class_c, names, hd95_px=np.concatenate([f[1] for f in by_class]), groups=groups)
-        m["lesion_classes"] = mask_classes.describe()
-        for name, c in zip(names, class_c, strict=True):
-            table[f"dice_{name}"] = dice_iou(c)[0]
+        m |= _class_results(by_class, mask_classes, groups, table)
     table.insert(1, "fold", np.concatenate([[r["fold"]] * len(p[0]) for r, p in zip(results, parts, strict=True)]))
     table.insert(2, "label", label_of)
     table["hd95_px"] = dist
     table["dice_training_size"] = dice_iou(counts_small)[0]
     if "frame_decision" in m:
-        table["dice_frame_decision"] = dice_iou(counts_decided)[0]
+        table["dice_frame_decision"] = dice_iou(_joined(decided))[0]
     return m, table
+
+
+def _joined(per_fold: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image count arrays of several folds, joined in fold order."""
+    return {k: np.concatenate([c[k] for c in per_fold]) for k in per_fold[0]}
+
+
+def _decided(per_fold: list[dict], groups: np.ndarray, frame_score: list[str], rule: str, thresholds: list) -> dict:
+    """Segmentation metrics after a frame-level decision (the folds' counts with emptied masks), with its rule."""
+    from medcad.metrics.segmentation import segmentation_metrics
+
+    metrics = segmentation_metrics(_joined(per_fold), groups=groups)
+    return {**metrics, "frame_score": frame_score, "rule": rule, "thresholds": thresholds}
+
+
+def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
+    """Label maps: per-class metrics of the folds' (counts per class, HD95 (n, K)) pairs, and a dice_<class> column
+    per class in `table`."""
+    from medcad.metrics.label_maps import class_metrics
+    from medcad.metrics.segmentation import dice_iou
+
+    names = list(classes.names)
+    counts = [_joined([f[0][c] for f in by_class]) for c in range(len(names))]
+    for name, c in zip(names, counts, strict=True):
+        table[f"dice_{name}"] = dice_iou(c)[0]
+    out = class_metrics(counts, names, hd95_px=np.concatenate([f[1] for f in by_class]), groups=groups)
+    return out | {"lesion_classes": classes.describe()}
 
 
 def detection_results(

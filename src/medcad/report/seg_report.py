@@ -1,5 +1,6 @@
 """Figures of a segmentation or multitask run's report: best, median and worst cases with true and predicted
-outlines, the Dice distribution, and where the network attended (CBAM maps, Grad-CAM with a mask target)."""
+outlines (label maps: each class in its colour), the Dice distribution, and where the network attended (CBAM
+maps, Grad-CAM with a mask target)."""
 
 from __future__ import annotations
 
@@ -28,29 +29,41 @@ def pick_cases(pred: pd.DataFrame, per_kind: int = 4) -> list[tuple[str, pd.Seri
 
 
 def _fold_masks(run: Path, fold: int) -> dict[int, np.ndarray]:
-    from medcad.engine.results import fold_test_masks
+    """Test row -> its predicted lesion probabilities (S, S) uint8, or for label-map runs its class map (S, S)
+    uint8 (0 none, c for class c - 1; `medcad.metrics.label_maps.class_index_map`)."""
+    from medcad.engine.results import fold_test_lesion_classes, fold_test_masks
+    from medcad.metrics.label_maps import class_index_map
 
-    rows, probs = fold_test_masks(RunFolder(run).fold(fold).path)
+    folder = RunFolder(run).fold(fold).path
+    rows, probs = fold_test_masks(folder)
+    classes = fold_test_lesion_classes(folder)
+    if classes is not None:
+        probs = class_index_map(probs, classes, 128)
     return dict(zip(rows.tolist(), probs, strict=True))
 
 
-def case_tiles(run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred: pd.DataFrame) -> dict[str, bytes]:
-    """One PNG grid per kind (best / median / worst): image, true outline (green), predicted lesion (red)."""
-    from medcad.drawing import mask_overlay
+def case_tiles(
+    run: Path, manifest, images: np.ndarray, masks: np.ndarray, pred: pd.DataFrame, classes: list[str] | None = None
+) -> dict[str, bytes]:
+    """One PNG grid per kind (best / median / worst): image, true outline (green), predicted lesion (red); with
+    the lesion `classes` of a label-map run, each predicted class in its colour with a legend."""
+    from medcad.drawing import class_overlay, mask_overlay
 
     index = {k: i for i, k in enumerate(manifest.keys)}
+    shown = "colours: predicted classes, Dice of lesion vs background" if classes else "red: prediction"
     by_fold: dict[int, dict[int, np.ndarray]] = {}
     grids: dict[str, tuple[list, list]] = {}
     for kind, row in pick_cases(pred):
         i, fold = index[row["image"]], int(row["fold"])
         if fold not in by_fold:
             by_fold[fold] = _fold_masks(run, fold)
-        tile = mask_overlay(np.asarray(images[i]), by_fold[fold][i] >= 128, np.asarray(masks[i]) > 0)
+        image, true, found = np.asarray(images[i]), np.asarray(masks[i]) > 0, by_fold[fold][i]
+        tile = class_overlay(image, found, true, classes) if classes else mask_overlay(image, found >= 128, true)
         tiles, captions = grids.setdefault(kind, ([], []))
         tiles.append(tile)
         captions.append(f"{row['image'][-26:]}\nDice {row['dice']:.2f}  IoU {row['iou']:.2f}")
     return {
-        kind: plots.image_grid_png(tiles, captions, cols=4, title=f"{kind} cases (green: truth, red: prediction)")
+        kind: plots.image_grid_png(tiles, captions, cols=4, title=f"{kind} cases (green: truth, {shown})")
         for kind, (tiles, captions) in grids.items()
     }
 
@@ -77,6 +90,7 @@ def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame)
 def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: bool = True) -> dict:
     """Figures (as PNG bytes) of a segmentation or multitask run."""
     from medcad.data.datasets import cached_images
+    from medcad.data.labelmaps import parse_mask_labels
     from medcad.targets import load_targets
 
     lesion = pred[pred["true_area"] > 0]["dice"]
@@ -88,7 +102,8 @@ def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: 
     if gallery:
         images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
         masks = load_targets(manifest, cfg).masks
-        for kind, png in case_tiles(run, manifest, images, masks, pred).items():
+        classes = list(parse_mask_labels(cfg.mask_labels).names) if cfg.mask_labels else None
+        for kind, png in case_tiles(run, manifest, images, masks, pred, classes).items():
             figures[f"cases_{kind}"] = png
         att = attention_tiles(run, manifest, images, pred)
         if att is not None:
