@@ -108,3 +108,5 @@ def test_train_options_set_their_config_fields(monkeypatch) -> None:
     cfg = seen[0]
     assert (cfg.group_by, cfg.lr, cfg.class_weights, cfg.holdout) == ("patient", 0.001, False, 0.2)
     assert (cfg.epochs, cfg.task) == (TrainConfig().epochs, "classify")
+    # a holdout run has no folds (config.json said "folds: 5", which the split ignored); runs saved so resume alike
+    assert cfg.folds is None and TrainConfig.from_saved({"folds": 5, "holdout": 0.2}).folds is None

@@ -320,6 +320,11 @@ class TrainConfig(DataOptions):
     logger: str = "tensorboard,csv"  # comma-separated: tensorboard, csv, mlflow; or none
     tracking_uri: str | None = None  # MLflow: a tracking server or store; default a file store beside the run
 
+    def __post_init__(self) -> None:
+        # a holdout split has no folds: config.json says so instead of the default 5 (which the split ignores)
+        if self.holdout is not None and self.folds is not None:
+            object.__setattr__(self, "folds", None)
+
     def data_options(self) -> DataOptions:
         """The dataset-reading options of this run."""
         return DataOptions(**{f.name: getattr(self, f.name) for f in fields(DataOptions)})
