@@ -303,85 +303,94 @@ def detection_metrics(
             if key in samples:
                 samples[key].append(v)
 
-    def stat(key: str) -> dict[str, Any]:
-        return {"value": float(point[key][0]), "ci95": _ci(samples[key])}
-
-    def per_class_ci(key: str, c: int) -> list[float]:
-        return _ci([s[:, c] for s in samples[key]])
-
-    at_iou = {}
-    for name, c in counts.items():
-        tp, fp, fn = c.sum(1)  # (K,) each
-        rates = _prf(tp, fp, fn)
-        at_iou[name] = {
-            **{m: float(point[f"{name}/{m}"][0]) for m in ("precision", "recall", "f1")},
-            "ci95": {m: _ci(samples[f"{name}/{m}"]) for m in ("precision", "recall", "f1")},
-            "macro": {m: float(_nanmean(v)) for m, v in rates.items()},
-            "tp": int(tp.sum()),
-            "fp": int(fp.sum()),
-            "fn": int(fn.sum()),
-            "per_class": {
-                lab: {
-                    **{m: float(v[j]) for m, v in rates.items()},
-                    "tp": int(tp[j]),
-                    "fp": int(fp[j]),
-                    "fn": int(fn[j]),
-                }
-                for j, lab in enumerate(labels)
-            },
-        }
-    cm = point["frame/cm"][0]
-    frame_labels = [*labels, BACKGROUND]
-    rates = ("accuracy", "precision", "recall", "f1")
-
-    def frame_table(name: str) -> dict[str, Any]:
-        key = f"frame@{name}/"
-        return {
-            "accuracy": stat(key + "overall_accuracy"),
-            **{
-                avg: {
-                    **{m: float(point[f"{key}{avg}_{m}"][0]) for m in rates},
-                    "ci95": {"f1": _ci(samples[f"{key}{avg}_f1"])},
-                }
-                for avg in ("macro", "weighted")
-            },
-            "per_class": {
-                lab: {
-                    **{m: float(point[key + m][0, j]) for m in rates},
-                    **{c: int(round(point[key + c][0, j])) for c in counts_only},
-                    "ci95": {m: per_class_ci(key + m, j) for m in ("precision", "recall", "f1")},
-                }
-                for j, lab in enumerate(frame_labels)
-            },
-        }
-
-    frame = {
-        "labels": frame_labels,
-        "confusion_matrix": {"labels": frame_labels, "matrix": cm.astype(int).tolist()},
-        "accuracy": stat("frame/accuracy"),
-        "macro_f1": stat("frame/macro_f1"),
-        "per_class": {
-            lab: {
-                **{m: float(point[f"frame/{m}"][0, j]) for m in ("precision", "recall", "f1")},
-                "support": int(cm[j].sum()),
-                "ci95": {m: per_class_ci(f"frame/{m}", j) for m in ("precision", "recall", "f1")},
-            }
-            for j, lab in enumerate(frame_labels)
-        },
-        "iou_thresholds": {name: frame_table(name) for name in frame_correct},
-    }
+    stats = _Stats(point, samples)
+    frame = _frame_section(stats, labels, list(frame_correct), counts_only)
     return {
         "n_images": n,
         "n_boxes": int(sum(len(a) for a in t)),
         "labels": labels,
         "score_threshold": float(score_threshold),
-        "ap50": stat("ap50"),
-        "map": stat("map"),
+        "ap50": stats.stat("ap50"),
+        "map": stats.stat("map"),
         "ap50_per_class": {lab: float(point["ap50_per_class"][0, j]) for j, lab in enumerate(labels)},
         "map_per_class": {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)},
-        "iou_thresholds": at_iou,
+        "iou_thresholds": {name: _box_section(c, stats, name, labels) for name, c in counts.items()},
         "frame_level": frame,
         "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None},
+    }
+
+
+class _Stats:
+    """The point values and bootstrap samples of `detection_metrics`' batch function, read by key."""
+
+    def __init__(self, point: dict[str, np.ndarray], samples: dict[str, list[np.ndarray]]) -> None:
+        self.point, self.samples = point, samples
+
+    def stat(self, key: str) -> dict[str, Any]:
+        return {"value": float(self.point[key][0]), "ci95": _ci(self.samples[key])}
+
+    def ci(self, key: str, c: int | None = None) -> list[float]:
+        return _ci(self.samples[key] if c is None else [s[:, c] for s in self.samples[key]])
+
+
+def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> dict[str, Any]:
+    """Box counts at one IoU threshold: micro precision / recall / F1 with CIs, macro, counts, per class."""
+    tp, fp, fn = c.sum(1)  # (K,) each
+    rates = _prf(tp, fp, fn)
+    prf = ("precision", "recall", "f1")
+    return {
+        **{m: float(stats.point[f"{name}/{m}"][0]) for m in prf},
+        "ci95": {m: stats.ci(f"{name}/{m}") for m in prf},
+        "macro": {m: float(_nanmean(v)) for m, v in rates.items()},
+        "tp": int(tp.sum()),
+        "fp": int(fp.sum()),
+        "fn": int(fn.sum()),
+        "per_class": {
+            lab: {**{m: float(v[j]) for m, v in rates.items()}, "tp": int(tp[j]), "fp": int(fp[j]), "fn": int(fn[j])}
+            for j, lab in enumerate(labels)
+        },
+    }
+
+
+def _frame_section(stats: _Stats, labels: list[str], iou_names: list[str], counts_only: tuple) -> dict[str, Any]:
+    """The frame decision: confusion matrix with the background row and column, accuracy, macro F1, per class, and
+    the design's table at each IoU threshold."""
+    point = stats.point
+    cm = point["frame/cm"][0]
+    frame_labels = [*labels, BACKGROUND]
+    rates = ("accuracy", "precision", "recall", "f1")
+    prf = ("precision", "recall", "f1")
+
+    def frame_table(name: str) -> dict[str, Any]:
+        key = f"frame@{name}/"
+        averages = {
+            avg: {**{m: float(point[f"{key}{avg}_{m}"][0]) for m in rates}, "ci95": {"f1": stats.ci(f"{key}{avg}_f1")}}
+            for avg in ("macro", "weighted")
+        }
+        per_class = {
+            lab: {
+                **{m: float(point[key + m][0, j]) for m in rates},
+                **{c: int(round(point[key + c][0, j])) for c in counts_only},
+                "ci95": {m: stats.ci(key + m, j) for m in prf},
+            }
+            for j, lab in enumerate(frame_labels)
+        }
+        return {"accuracy": stats.stat(key + "overall_accuracy"), **averages, "per_class": per_class}
+
+    return {
+        "labels": frame_labels,
+        "confusion_matrix": {"labels": frame_labels, "matrix": cm.astype(int).tolist()},
+        "accuracy": stats.stat("frame/accuracy"),
+        "macro_f1": stats.stat("frame/macro_f1"),
+        "per_class": {
+            lab: {
+                **{m: float(point[f"frame/{m}"][0, j]) for m in prf},
+                "support": int(cm[j].sum()),
+                "ci95": {m: stats.ci(f"frame/{m}", j) for m in prf},
+            }
+            for j, lab in enumerate(frame_labels)
+        },
+        "iou_thresholds": {name: frame_table(name) for name in iou_names},
     }
 
 
