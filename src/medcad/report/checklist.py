@@ -20,14 +20,7 @@ def checklist(r: dict, run: Path) -> list[dict]:
     """Checklist rows for a collected run report `r` (see `collect_run`); each {section, item, documented, where}."""
     m, cfg, splits = r["metrics"], r["config"], r["splits"]
     seg = m.get("segmentation") or {}
-    cal = m.get("calibration")
     has_ci = bool((m.get("macro_auc") or m.get("dice") or m.get("ap50") or {}).get("ci95"))
-    external = (
-        sorted(p.name for p in RunFolder(run).evaluations.glob("*") if p.is_dir())
-        if RunFolder(run).evaluations.is_dir()
-        else []
-    )
-    shortcut = RunFolder(run).shortcut_check.is_file()
     group = splits.get("group_by") or "none"
     return [
         _item("Title / abstract", "Identify the study as AI in medical imaging; structured summary", None),
@@ -80,6 +73,38 @@ def checklist(r: dict, run: Path) -> list[dict]:
             "Note at the top; per-fold table (stage kept)",
         ),
         _item("Methods: training", "Ensembling", "Model card (one model per fold; predictors average the folds)"),
+        *_evaluation_items(m, r, run, has_ci),
+        _item("Results: data", "Flow of cases; numbers per class and partition", "Data table; Splits table"),
+        _item("Results: data", "Demographic and clinical characteristics of cases in each partition", None),
+        _item(
+            "Results: performance",
+            "Performance with CIs; segmentation scored at the images' own resolution",
+            (
+                "Results (masks at each image's own size, training size beside)"
+                if seg.get("training_size")
+                else "Results"
+            )
+            if has_ci
+            else None,
+        ),
+        _item(
+            "Results: performance",
+            "Failure analysis of incorrectly classified cases",
+            "Gallery of right and wrong predictions" if r.get("gallery") or seg else None,
+        ),
+        _item("Discussion", "Limitations, including bias and generalisability; implications for practice", None),
+        _item("Other information", "Registration, protocol, data and code availability, funding", None),
+    ]
+
+
+def _evaluation_items(m: dict, r: dict, run: Path, has_ci: bool) -> list[dict]:
+    """The "Methods: evaluation" rows: metrics and uncertainty, operating point, calibration, robustness,
+    explainability, external validation."""
+    seg, cal = m.get("segmentation") or {}, m.get("calibration")
+    folder = RunFolder(run)
+    external = sorted(p.name for p in folder.evaluations.glob("*") if p.is_dir()) if folder.evaluations.is_dir() else []
+    shortcut = folder.shortcut_check.is_file()
+    return [
         _item(
             "Methods: evaluation",
             "Performance metrics and the statistical methods for their uncertainty",
@@ -114,24 +139,4 @@ def checklist(r: dict, run: Path) -> list[dict]:
             "Validation on external data",
             f"evaluations/{', '.join(external)} (medcad evaluate --data)" if external else None,
         ),
-        _item("Results: data", "Flow of cases; numbers per class and partition", "Data table; Splits table"),
-        _item("Results: data", "Demographic and clinical characteristics of cases in each partition", None),
-        _item(
-            "Results: performance",
-            "Performance with CIs; segmentation scored at the images' own resolution",
-            (
-                "Results (masks at each image's own size, training size beside)"
-                if seg.get("training_size")
-                else "Results"
-            )
-            if has_ci
-            else None,
-        ),
-        _item(
-            "Results: performance",
-            "Failure analysis of incorrectly classified cases",
-            "Gallery of right and wrong predictions" if r.get("gallery") or seg else None,
-        ),
-        _item("Discussion", "Limitations, including bias and generalisability; implications for practice", None),
-        _item("Other information", "Registration, protocol, data and code availability, funding", None),
     ]
