@@ -17,7 +17,6 @@ import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
 from medcad.data.video import Frame, VideoReader
-from medcad.inference.prediction import Prediction
 from medcad.inference.predictor import Predictor
 
 
@@ -82,7 +81,7 @@ def predict_video(
     stop = threading.Event()
     state: dict = {"skipped": 0, "error": None}
     thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
-    writer = None
+    writer = _AnnotatedVideo(out_dir / f"{video.stem}_annotated.mp4", fps) if write_video else None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
     t0 = time.perf_counter()
@@ -90,24 +89,15 @@ def predict_video(
     done = False
     try:
         while not done:
-            items: list[Frame] = []
-            while len(items) < batch:
-                item = q.get()
-                if item is None:
-                    done = True
-                    break
-                items.append(item)
-                if realtime and q.empty():
-                    break  # do not wait for a full batch on a live source
+            items, done = _next_batch(q, batch, realtime)
             if not items:
                 break
             t1 = time.perf_counter()
             preds = predictor.predict([f.rgb for f in items], [f"{video.name}#{f.index}" for f in items], batch)
             latencies.append((time.perf_counter() - t1) / len(items))
             for f, pred in zip(items, preds, strict=True):
-                window.append(_evidence(pred))
-                smoothed = np.mean(window, axis=0)
-                label, score = _smoothed_decision(pred, smoothed)
+                window.append(pred.decider.evidence())  # class probabilities, top box score or lesion fraction
+                label, score = pred.decider.smoothed(np.mean(window, axis=0))
                 record = {
                     "frame": f.index,
                     "time_s": f.time_s,
@@ -116,20 +106,14 @@ def predict_video(
                     "smoothed_score": score,
                 }
                 rows.append(record)
-                if write_video:
-                    shown = cv2.cvtColor(pred.draw(f.rgb, caption=(label, score)), cv2.COLOR_RGB2BGR)
-                    if writer is None:
-                        h, w = shown.shape[:2]
-                        writer = cv2.VideoWriter(
-                            str(out_dir / f"{video.stem}_annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
-                        )
-                    writer.write(shown)
+                if writer is not None:
+                    writer.write(pred.draw(f.rgb, caption=(label, score)))
             if progress is not None:
                 progress(len(rows), n_frames)
     finally:
         stop.set()
         if writer is not None:
-            writer.release()
+            writer.close()
         while thread.is_alive():  # unblock a decoder waiting on a full queue
             try:
                 q.get_nowait()
@@ -142,20 +126,15 @@ def predict_video(
     if not rows:
         raise reader.nothing_decoded()
     elapsed = time.perf_counter() - t0
-    table = pd.DataFrame(rows)
-    atomic_write_text(out_dir / f"{video.stem}_frames.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / f"{video.stem}_frames.csv", pd.DataFrame(rows).to_csv(index=False))
     decode = report.as_dict()
     return {
         "video": str(video),
         "frames_in_video": report.frames_decoded + report.frames_dropped,
         "frames_predicted": len(rows),
-        "frames_dropped": decode["frames_dropped"],
-        "dropped_frames": decode["dropped_frames"],
+        **{k: decode[k] for k in ("frames_dropped", "dropped_frames")},
         "frames_skipped": state["skipped"],
-        "truncated": decode["truncated"],
-        "truncation": decode["truncation"],
-        "rotation": decode["rotation"],
-        "times_from": decode["times_from"],
+        **{k: decode[k] for k in ("truncated", "truncation", "rotation", "times_from")},
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,
@@ -165,12 +144,32 @@ def predict_video(
     }
 
 
-def _evidence(pred: Prediction) -> np.ndarray:
-    """What is averaged over frames: class probabilities, else the top box score, else the lesion fraction (the
-    deciding output's `evidence`)."""
-    return pred.decider.evidence()
+def _next_batch(q: queue.Queue, batch: int, realtime: bool) -> tuple[list[Frame], bool]:
+    """Up to `batch` decoded frames from the decoder's queue (a live source: what is there, without waiting for a
+    full batch), and whether the video ended."""
+    items: list[Frame] = []
+    while len(items) < batch:
+        item = q.get()
+        if item is None:
+            return items, True
+        items.append(item)
+        if realtime and q.empty():
+            break
+    return items, False
 
 
-def _smoothed_decision(pred: Prediction, smoothed: np.ndarray) -> tuple[str, float]:
-    """The frame decision from the smoothed evidence (the class of a detector's current top box)."""
-    return pred.decider.smoothed(smoothed)
+class _AnnotatedVideo:
+    """An MP4 (mp4v) of drawn RGB frames at `fps`, opened at the first frame's size."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps, self.writer = path, fps, None
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self.writer is None:
+            h, w = rgb.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
