@@ -194,6 +194,27 @@ def train_fold(
     decision = hooks.decision(val_out, data, val, temperature)
     save_model(FoldFolder(fold_dir).model, model.cpu(), cfg, list(data.labels), dc, temperature, decision)
     speed["seconds"] = time.perf_counter() - t0
+    result = _fold_result(k, parts, data, selected, scores, speed, decision, temperature, test_out, val_out)
+    result |= hooks.result(test_out, val_out, data, parts, fold_dir)
+    write_json(FoldFolder(fold_dir).result, result)
+    return result
+
+
+def _fold_result(
+    k: int,
+    parts: dict,
+    data: FoldData,
+    selected: str,
+    scores: dict,
+    speed: dict,
+    decision: dict,
+    temperature,
+    test_out: dict,
+    val_out: dict,
+) -> dict:
+    """result.json of a fold (without the task's own entries): sizes, the stage kept and its validation scores,
+    speed, the frame decision, the test and validation rows (and keys), class probabilities with the temperature."""
+    train, val, test = parts["train"], parts["val"], parts["test"]
     result = {
         "fold": k,
         "n_train": len(train),
@@ -207,10 +228,8 @@ def train_fold(
         "test_rows": test.tolist(),
         "val_rows": val.tolist(),
         **({"test_keys": [data.keys[i] for i in test], "val_keys": [data.keys[i] for i in val]} if data.keys else {}),
-        **hooks.result(test_out, val_out, data, parts, fold_dir),
     }
     if val_out.get("probs") is not None:
         result |= {"test_probs": test_out["probs"].tolist(), "val_probs": val_out["probs"].tolist()}
         result["temperature"] = temperature
-    write_json(FoldFolder(fold_dir).result, result)
     return result
