@@ -93,21 +93,12 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
             continue
         masks: list = [None] * len(mine)
         if folder is not None:
-            no_seg = [str(a.get("id", "?")) for a in mine if not a.get("segmentation")]
-            if no_seg:
-                problems.append((rel, f"annotation {', '.join(no_seg)} has no segmentation: its mask would miss it"))
+            decoded = _image_masks(mine, root / rel, width, height, f"{js.name} (image id {iid})")
+            if isinstance(decoded, str):
+                problems.append((rel, decoded))
                 continue
-            dims = _image_dims(root / rel, width, height, f"{js.name} (image id {iid})")
-            if isinstance(dims, str):
-                problems.append((rel, dims))
-                continue
-            width, height = dims
-            try:
-                masks = [_coco_mask(a["segmentation"], height, width) for a in mine]
-            except (ValueError, TypeError, KeyError) as e:
-                problems.append((rel, f"a segmentation in {js.name} cannot be decoded ({e})"))
-                continue
-            n_clipped += sum(_poly_outside(a["segmentation"], width, height) for a in mine)
+            masks, width, height, clipped = decoded
+            n_clipped += clipped
         try:
             boxes = [_ann_box(a, cats[a["category_id"]], m) for a, m in zip(mine, masks, strict=True)]
         except (ValueError, TypeError) as e:
@@ -152,6 +143,23 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         notes.append(f"{n_clipped} polygon(s) extend past their image's border: clipped to it")
     rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "coco", problems, notes, sources=[js.name])
+
+
+def _image_masks(anns: list[dict], image: Path, width, height, where: str) -> tuple[list, int, int, int] | str:
+    """One image's annotation masks (bool (H, W) each), its width and height, and how many polygons extend past its
+    border; or why they cannot be made (an annotation without segmentation, no size, an undecodable one)."""
+    no_seg = [str(a.get("id", "?")) for a in anns if not a.get("segmentation")]
+    if no_seg:
+        return f"annotation {', '.join(no_seg)} has no segmentation: its mask would miss it"
+    dims = _image_dims(image, width, height, where)
+    if isinstance(dims, str):
+        return dims
+    width, height = dims
+    try:
+        masks = [_coco_mask(a["segmentation"], height, width) for a in anns]
+    except (ValueError, TypeError, KeyError) as e:
+        return f"a segmentation in {where} cannot be decoded ({e})"
+    return masks, width, height, sum(_poly_outside(a["segmentation"], width, height) for a in anns)
 
 
 def _ann_box(ann: dict, label: str, mask: np.ndarray | None) -> list | None:
