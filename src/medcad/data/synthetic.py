@@ -307,6 +307,28 @@ def generate_synthetic(
     return out / "manifest.csv"
 
 
+def _kidney_scene(rng: np.random.Generator, label: str, big: int) -> np.ndarray:
+    """Echogenicity (big, big) float32 of one plane of a patient's anatomy, for `generate_ultrasound_sweeps`."""
+    v = np.arange(big, dtype=_F32)[:, None] / big
+    echo = np.full((big, big), rng.uniform(0.3, 0.6), _F32)
+    for b in np.sort(rng.uniform(0.05, 0.95, int(rng.integers(4, 8)))):
+        yb = b + 0.04 * np.sin(2 * np.pi * np.arange(big) / big * rng.uniform(0.5, 2) + rng.uniform(0, 6.3))
+        echo = np.where(v >= yb, _F32(rng.uniform(0.2, 0.8)), echo)
+    cx, cy = rng.uniform(0.35, 0.65, 2) * big
+    ax = (int(rng.uniform(0.18, 0.3) * big), int(rng.uniform(0.1, 0.18) * big))
+    tilt = rng.uniform(-30, 30)
+    cv2.ellipse(echo, (int(cx), int(cy)), ax, tilt, 0, 360, 0.95, max(2, big // 60), cv2.LINE_AA)  # capsule
+    cv2.ellipse(echo, (int(cx), int(cy)), (ax[0] - big // 30, ax[1] - big // 30), tilt, 0, 360, 0.25, -1)
+    for _ in range(int(rng.integers(3, 6))):  # pyramids / sinus fat
+        p = (int(cx + rng.uniform(-0.6, 0.6) * ax[0]), int(cy + rng.uniform(-0.5, 0.5) * ax[1]))
+        cv2.circle(echo, p, int(rng.uniform(0.15, 0.3) * ax[1]), float(rng.uniform(0.05, 0.7)), -1, cv2.LINE_AA)
+    if label == "abnormal":  # an anechoic cyst with posterior enhancement
+        c = (int(cx + rng.uniform(-0.4, 0.4) * ax[0]), int(cy))
+        cv2.ellipse(echo, (c[0], c[1] + ax[1] // 2), (ax[1] // 3, ax[1]), 0, 0, 180, 0.9, -1)
+        cv2.circle(echo, c, int(0.45 * ax[1]), 0.02, -1, cv2.LINE_AA)
+    return cv2.GaussianBlur(echo, (0, 0), big / 150) * (1 + 0.15 * _noise(rng, big, 6))
+
+
 def generate_ultrasound_sweeps(
     out_dir: str | Path,
     *,
@@ -361,33 +383,12 @@ def generate_ultrasound_sweeps(
         ui[int(k * fy / 9) + int(0.05 * h), x0 + fx + 2 : x0 + fx + 5] = 200
     big = 2 * max(fy, fx)  # scene canvas: the sector slides across it
 
-    def scene(rng: np.random.Generator, label: str) -> np.ndarray:
-        """Echogenicity of one plane of a patient's anatomy.  # (big, big) float"""
-        v = np.arange(big, dtype=_F32)[:, None] / big
-        echo = np.full((big, big), rng.uniform(0.3, 0.6), _F32)
-        for b in np.sort(rng.uniform(0.05, 0.95, int(rng.integers(4, 8)))):
-            yb = b + 0.04 * np.sin(2 * np.pi * np.arange(big) / big * rng.uniform(0.5, 2) + rng.uniform(0, 6.3))
-            echo = np.where(v >= yb, _F32(rng.uniform(0.2, 0.8)), echo)
-        cx, cy = rng.uniform(0.35, 0.65, 2) * big
-        ax = (int(rng.uniform(0.18, 0.3) * big), int(rng.uniform(0.1, 0.18) * big))
-        tilt = rng.uniform(-30, 30)
-        cv2.ellipse(echo, (int(cx), int(cy)), ax, tilt, 0, 360, 0.95, max(2, big // 60), cv2.LINE_AA)  # capsule
-        cv2.ellipse(echo, (int(cx), int(cy)), (ax[0] - big // 30, ax[1] - big // 30), tilt, 0, 360, 0.25, -1)
-        for _ in range(int(rng.integers(3, 6))):  # pyramids / sinus fat
-            p = (int(cx + rng.uniform(-0.6, 0.6) * ax[0]), int(cy + rng.uniform(-0.5, 0.5) * ax[1]))
-            cv2.circle(echo, p, int(rng.uniform(0.15, 0.3) * ax[1]), float(rng.uniform(0.05, 0.7)), -1, cv2.LINE_AA)
-        if label == "abnormal":  # an anechoic cyst with posterior enhancement
-            c = (int(cx + rng.uniform(-0.4, 0.4) * ax[0]), int(cy))
-            cv2.ellipse(echo, (c[0], c[1] + ax[1] // 2), (ax[1] // 3, ax[1]), 0, 0, 180, 0.9, -1)
-            cv2.circle(echo, c, int(0.45 * ax[1]), 0.02, -1, cv2.LINE_AA)
-        return cv2.GaussianBlur(echo, (0, 0), big / 150) * (1 + 0.15 * _noise(rng, big, 6))
-
     rows = []
     n = frames_per_patient
     for p in range(n_patients):
         rng = np.random.default_rng((seed, p, 7))
         pid, label = f"pt{p:02d}", ("normal", "abnormal")[p % 2]
-        planes = np.stack([scene(rng, label) for _ in range(3)])  # the anatomy morphs through these out of plane
+        planes = np.stack([_kidney_scene(rng, label, big) for _ in range(3)])  # the anatomy morphs through them
         centre, reach = rng.uniform(0.4, 0.6, 2) * (big - np.array([fy, fx])), 0.35 * (big - np.array([fy, fx]))
         periods, phases = rng.uniform(240, 360, 4), rng.uniform(0, 2 * np.pi, 4)  # frames; the probe rocks slowly
         speckle = rng.rayleigh(1.0, (big, big)).astype(_F32)

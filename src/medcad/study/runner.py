@@ -208,6 +208,25 @@ def _say_training(jobs: list) -> None:
         log.warning("note: %s: %s", who, note)
 
 
+def _jobs(exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, several_domains: bool) -> tuple:
+    """The study's runs still to train, as executor jobs, and the metrics of those finished (skipped on resume)."""
+    from medcad.study.executors import RunJob
+
+    jobs, metrics = [], {}
+    for e in exps:
+        run_dir = study_dir / "runs" / _slug(e.name)
+        if RunFolder(run_dir).metrics.is_file():
+            metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
+            continue
+        train_domains = e.train_domains if several_domains and e.train_domains else None
+        init_dir = study_dir / "runs" / _slug(e.init) if e.init else None
+        cfg = base.replace(**e.model.settings)
+        jobs.append(
+            RunJob(e.name, run_dir, cfg, Path(spec.data).resolve(), splits_path, folds, train_domains, e.init, init_dir)
+        )
+    return jobs, metrics
+
+
 def run_study(
     path: str | Path,
     out: str | Path | None = None,
@@ -232,7 +251,7 @@ def run_study(
         ConfigError: a bad study file, executor or cluster address, before anything is written.
     """
     from medcad.engine.train import splits_for
-    from medcad.study.executors import RunJob, make_executor
+    from medcad.study.executors import make_executor
 
     spec = load_study(path)
     runner = make_executor(executor, address)
@@ -256,25 +275,7 @@ def run_study(
     exps = expand(spec, domains)
     t0 = time.perf_counter()
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
-    jobs, metrics = [], {}
-    for e in exps:
-        run_dir = study_dir / "runs" / _slug(e.name)
-        if RunFolder(run_dir).metrics.is_file():  # finished: skipped on resume
-            metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
-            continue
-        jobs.append(
-            RunJob(
-                e.name,
-                run_dir,
-                base.replace(**e.model.settings),
-                Path(spec.data).resolve(),
-                splits_path,
-                folds,
-                e.train_domains if len(domains) > 1 and e.train_domains else None,
-                e.init,
-                study_dir / "runs" / _slug(e.init) if e.init else None,
-            )
-        )
+    jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1)
     _say_training(jobs)
     metrics |= runner.run(jobs, progress)
     rows = []
