@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -79,6 +81,76 @@ def test_mask_labels_read_as_users_write_them(tmp_path: Path) -> None:
     Image.fromarray(raw).save(jpeg)
     with pytest.raises(DataError, match="lossless"):
         read_label_map([jpeg], classes)
+
+
+def _voc_palette() -> list[int]:
+    """Pascal VOC's colour map (index 1 dark red, 2 dark green, ...), as VOC, CVAT and labelme write label PNGs."""
+    out = []
+    for i in range(256):
+        rgb, c = [0, 0, 0], i
+        for j in range(8):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
+            c >>= 3
+        out += rgb
+    return out
+
+
+def _save_as(tool: str, values: np.ndarray, path: Path) -> Path:
+    """A label map of integer `values` (H, W) written as `tool` writes one."""
+    if tool == "palette png":  # VOC / CVAT / labelme label.png: indices under a colour palette
+        im = Image.fromarray(values.astype(np.uint8), mode="L").convert("P")
+        im.putpalette(_voc_palette())
+        im.save(path.with_suffix(".png"))
+    elif tool == "16-bit png":  # ITK / SimpleITK exports
+        Image.fromarray(values.astype(np.uint16)).save(path.with_suffix(".png"))
+    elif tool == "16-bit tiff":
+        Image.fromarray(values.astype(np.uint16)).save(path.with_suffix(".tif"))
+    elif tool == "float tiff":
+        Image.fromarray(values.astype(np.float32)).save(path.with_suffix(".tif"))
+    elif tool == "grey as rgb":
+        Image.fromarray(np.repeat(values.astype(np.uint8)[..., None], 3, 2)).save(path.with_suffix(".png"))
+    elif tool == "exif-rotated png":  # stored turned, with an orientation tag that turns it back
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        Image.fromarray(np.rot90(values.astype(np.uint8), 1).copy()).save(path.with_suffix(".png"), exif=exif)
+    else:
+        Image.fromarray(values.astype(np.uint8)).save(path.with_suffix(".png"))
+    return next(path.parent.glob(path.name + ".*"))
+
+
+TOOLS = ("grey png", "palette png", "16-bit png", "16-bit tiff", "float tiff", "grey as rgb", "exif-rotated png")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    tool=st.sampled_from(TOOLS),
+    values=st.lists(st.integers(1, 200), min_size=1, max_size=4, unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_label_maps_as_tools_write_them_read_exactly(tool: str, values: list[int], seed: int, tmp_path_factory) -> None:
+    """Every class pixel comes back as its class, whatever tool wrote the file (values, not just that it ran)."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(values) + 1, (12, 17))  # 0 background, i + 1 class i
+    raw = np.array([0, *values])[index]
+    path = _save_as(tool, raw, tmp_path_factory.mktemp("lm") / "mask")
+    classes = parse_mask_labels(",".join(f"{v}=c{v}" for v in values))
+    assert np.array_equal(read_label_map([path], classes), index)
+
+
+def test_colour_label_maps_and_labels_files_as_others_write_them(tmp_path: Path) -> None:
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[:4, :4], colour[4:, 4:] = (255, 0, 0), (0, 255, 0)  # red and green: one value each if channels merged
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(DataError, match=r"RGB colours \(3: .*\(255, 0, 0\)"):
+        read_label_map([tmp_path / "colour.png"], parse_mask_labels("1=cyst,2=stone"))
+    text = json.dumps({"labels": {"background": 0, "cyst": 1, "stone": 2}})
+    for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-32"):  # Windows editors save "Unicode" as UTF-16
+        (tmp_path / "dataset.json").write_bytes(text.encode(encoding))
+        assert read_labels_file(tmp_path / "dataset.json").names == ("cyst", "stone")
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "cyst": 1, "ignore": 3}}))
+    with pytest.raises(DataError, match="'ignore' label"):
+        read_labels_file(tmp_path / "dataset.json")
 
 
 def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,8 +166,11 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def decode_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple[np.ndarray, str, int]:
-    """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied)."""
+def decode_pil(
+    path: Path, draft: int | None, keep_alpha: bool = False, palette_indices: bool = False
+) -> tuple[np.ndarray, str, int]:
+    """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied); with
+    `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours."""
     fmt = ""
     try:
         with _pil_image(path) as im:
@@ -178,7 +181,7 @@ def decode_pil(path: Path, draft: int | None, keep_alpha: bool = False) -> tuple
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
-            if plain or (keep_alpha and im.mode in ("LA", "RGBA")):
+            if plain or (keep_alpha and im.mode in ("LA", "RGBA")) or (palette_indices and im.mode == "P"):
                 arr = np.asarray(im)
             elif im.mode == "P" and keep_alpha:
                 arr = np.asarray(im.convert("RGBA"))

@@ -74,7 +74,9 @@ def read_labels_file(path: Path) -> MaskLabels:
         DataError: unreadable JSON, no `labels`, or nnU-Net's region labels (a list of values per name).
     """
     try:
-        labels = json.loads(path.read_text(encoding="utf-8-sig")).get("labels")
+        raw = path.read_bytes()
+        # UTF-8 with or without a byte-order mark; json detects UTF-16 / UTF-32 (Windows editors' "Unicode") itself
+        labels = json.loads(raw.decode("utf-8-sig") if raw.startswith(b"\xef\xbb\xbf") else raw).get("labels")
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(path, f"cannot read its labels ({e})") from e
     if not isinstance(labels, dict) or not labels:
@@ -85,6 +87,13 @@ def read_labels_file(path: Path) -> MaskLabels:
         if any(not isinstance(v, int) for v in labels.values()):
             raise DataError(path, "has region labels (a list of values for one name); give --mask-labels instead")
         mapping = {v: str(k) for k, v in labels.items()}
+    ignore = [v for v, n in mapping.items() if n.lower() == "ignore"]
+    if ignore:  # nnU-Net v2: pixels of this value are unannotated, left out of loss and metrics
+        raise DataError(
+            path,
+            f"has nnU-Net's 'ignore' label (value {ignore[0]}: unannotated pixels), which medcad does not leave out "
+            "of training and scoring; relabel those pixels, or drop the images",
+        )
     lesions = {v: n for v, n in mapping.items() if v != 0 and n.lower() not in BACKGROUND_NAMES}
     return parse_mask_labels(lesions, str(path))
 
@@ -121,15 +130,25 @@ def resolve_mask_labels(setting: str | None, root: Path, mask_paths: Sequence[Pa
 
 
 def _label_plane(path: Path) -> np.ndarray:
-    """One mask file's values as an integer (H, W) plane, oriented as displayed.
+    """One mask file's values as an integer (H, W) plane, oriented as displayed: grey values, 16-bit and float
+    values, a palette image's indices (Pascal VOC, CVAT and labelme write classes so), a grey image saved as RGB.
 
     Raises:
-        DataError: missing, unreadable, or lossy (JPEG values are not classes).
+        DataError: missing, unreadable, lossy (JPEG values are not classes), or coloured (classes as RGB colours:
+            their channels would merge, e.g. red and green into one value).
     """
     check_file(path)
-    arr, fmt, _ = decode_pil(path, None, keep_alpha=True)
+    arr, fmt, _ = decode_pil(path, None, keep_alpha=True, palette_indices=True)
     if fmt in LOSSY_FORMATS:
         raise DataError(path, f"a label map must be lossless (PNG, TIFF, ...); {fmt} changes the values of classes")
+    if arr.ndim == 3 and arr.shape[2] >= 3 and (np.ptp(arr[..., :3], axis=2) > 0).any():
+        colours = np.unique(arr[..., :3].reshape(-1, 3), axis=0)
+        shown = ", ".join(str(tuple(int(c) for c in rgb)) for rgb in colours[:6])
+        raise DataError(
+            path,
+            f"holds classes as RGB colours ({len(colours)}: {shown}{' ...' if len(colours) > 6 else ''}); save one "
+            "value (or palette index) per class, e.g. 0 background, 1 cyst, 2 stone",
+        )
     plane, _ = mask_plane(arr)
     if np.issubdtype(plane.dtype, np.floating):
         if not np.array_equal(plane, np.round(plane)):
