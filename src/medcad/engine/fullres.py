@@ -16,57 +16,44 @@ from medcad.metrics.segmentation import hd95, mask_counts
 
 
 def native_mask_scores(
-    manifest: Manifest, rows: np.ndarray, probs: np.ndarray, missing: str = "empty"
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Pixel counts and HD95 per image at the original resolution.
+    manifest: Manifest,
+    rows: np.ndarray,
+    probs: np.ndarray,
+    missing: str = "empty",
+    lesion_classes: np.ndarray | None = None,
+    classes: MaskLabels | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, tuple | None]:
+    """Pixel counts and HD95 per image at the original resolution; each true mask is read once.
 
     Args:
         manifest: the run's samples.
         rows: manifest rows (n,) of the predictions.
         probs: predicted lesion probabilities (n, S, S) uint8 0..255 at the training size.
         missing: the run's policy for images without a mask ("empty": no lesion).
+        lesion_classes, classes: for label maps, the classes' predicted probabilities (n, K, S, S) uint8 and the
+            run's classes: each lesion class is scored too, after the pixel decision of
+            `medcad.metrics.label_maps.class_index_map` on the resized probabilities.
 
     Returns:
-        (`mask_counts` output with arrays (n,), HD95 in pixels (n,), nan where only one mask is empty).
+        (`mask_counts` output with arrays (n,), HD95 in pixels (n,), nan where only one mask is empty; for label
+        maps (one `mask_counts` output per class, HD95 (n, K)), else None).
     """
-    parts, dist = [], np.full(len(rows), np.nan)
+    k = len(classes.values) if classes is not None else 0
+    parts, by_class, dist, class_dist = [], [], np.full(len(rows), np.nan), np.full((len(rows), k), np.nan)
     for j, r in enumerate(rows):
-        true = read_sample_mask(manifest, int(r), missing)  # bool (H, W)
-        h, w = true.shape
-        pred = cv2.resize(probs[j], (w, h), interpolation=cv2.INTER_LINEAR) >= 128  # (H, W), as p >= 0.5
-        parts.append(mask_counts(pred[None], true[None]))
-        dist[j] = hd95(pred, true)
-    counts = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    return counts, dist
-
-
-def native_class_scores(
-    manifest: Manifest,
-    rows: np.ndarray,
-    probs: np.ndarray,
-    lesion_classes: np.ndarray,
-    classes: MaskLabels,
-    missing: str = "empty",
-) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Per lesion class: pixel counts at each image's own resolution, and HD95 per image and class.
-
-    Args:
-        probs: lesion probabilities (n, S, S) uint8; lesion_classes: the classes' probabilities (n, K, S, S) uint8,
-            both resized back (bilinear) before the pixel decision (`medcad.metrics.label_maps.class_index_map`).
-        classes: the run's lesion classes (how the label maps are read).
-
-    Returns:
-        (one `mask_counts` output (arrays (n,)) per class, HD95 (n, K) in pixels).
-    """
-    k = len(classes.values)
-    parts, dist = [], np.full((len(rows), k), np.nan)
-    for j, r in enumerate(rows):
-        true = read_sample_mask(manifest, int(r), missing, classes)  # uint8 class indices (H, W)
+        true = read_sample_mask(manifest, int(r), missing, classes)  # bool (H, W), or class indices (label maps)
         h, w = true.shape
         lesion = cv2.resize(probs[j], (w, h), interpolation=cv2.INTER_LINEAR)
-        per_class = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in lesion_classes[j]])
-        pred = class_index_map(lesion, per_class, 128)
-        parts.append(class_counts(pred[None], true[None], k))
-        dist[j] = class_hd95(pred, true, k)
-    counts = [{key: np.concatenate([p[c][key] for p in parts]) for key in parts[0][c]} for c in range(k)]
-    return counts, dist
+        pred = lesion >= 128  # (H, W), as p >= 0.5
+        parts.append(mask_counts(pred[None], true[None] > 0))
+        dist[j] = hd95(pred, true > 0)
+        if classes is not None:
+            per_class = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in lesion_classes[j]])
+            found = class_index_map(lesion, per_class, 128)
+            by_class.append(class_counts(found[None], true[None], k))
+            class_dist[j] = class_hd95(found, true, k)
+    counts = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+    if classes is None:
+        return counts, dist, None
+    joined = [{key: np.concatenate([p[c][key] for p in by_class]) for key in by_class[0][c]} for c in range(k)]
+    return counts, dist, (joined, class_dist)

@@ -126,7 +126,7 @@ def segmentation_results(
     "training_size" and the table's dice_training_size column. With `mask_classes` (label maps) the headline is
     lesion against background and "per_class", "class_dice", "class_iou" score each lesion class
     (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
-    from medcad.engine.fullres import native_class_scores, native_mask_scores
+    from medcad.engine.fullres import native_mask_scores
     from medcad.metrics.segmentation import (
         apply_frame_decision,
         dice_iou,
@@ -147,10 +147,10 @@ def segmentation_results(
     for r in results:
         rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
-        c, d = native_mask_scores(manifest, rows, probs)
-        if mask_classes is not None:
-            lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path)
-            by_class.append(native_class_scores(manifest, rows, probs, lesion_classes, mask_classes))
+        lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path) if mask_classes else None
+        c, d, classes_scored = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
+        if classes_scored is not None:
+            by_class.append(classes_scored)
         parts.append((rows, c))
         decision = r.get("decision") or {}
         if decision:  # the fold's frame-level decision on its test frames
