@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from medcad.drawing import draw_label
+from medcad.drawing import draw_boxes, draw_label, mask_overlay
 from medcad.inference.outputs import OUTPUT_TYPES, Boxes, ClassProbabilities, LesionMask, Output
 
 T = TypeVar("T", bound=Output)
@@ -137,11 +137,7 @@ class Prediction:
         for o in sorted(self.outputs, key=lambda o: not isinstance(o, LesionMask)):  # masks under boxes
             out = o.draw(out, truth_mask, truth_boxes)
         if truth_mask is not None and self.mask is None:
-            from medcad.drawing import mask_overlay
-
             out = mask_overlay(out, None, truth_mask)
         if truth_boxes is not None and self.boxes is None:
-            from medcad.drawing import draw_boxes
-
             out = draw_boxes(out, np.zeros((0, 6)), self.labels, 1.0, truth_boxes)
         return draw_label(out, *(caption or (self.label, self.score)))

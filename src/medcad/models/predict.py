@@ -73,8 +73,9 @@ def mask_outputs(model: nn.Module, x: torch.Tensor, hflip: bool = False) -> dict
         out = model(v)
         if "mask" in out:
             logits = out["mask"].float()
-            maps = {"mask": logits.sigmoid()[:, 0]} if logits.shape[1] == 1 else {}
-            if logits.shape[1] > 1:
+            if logits.shape[1] == 1:
+                maps = {"mask": logits.sigmoid()[:, 0]}
+            else:  # background + lesion classes: P(lesion) = 1 - P(background)
                 p = logits.softmax(1)
                 maps = {"mask": 1 - p[:, 0], "lesion_classes": p[:, 1:]}
             for k, m in maps.items():
