@@ -31,7 +31,7 @@ SETTINGS = {
 @pytest.mark.parametrize("name", list(TASKS))
 def test_every_task_has_every_hook(name: str) -> None:
     task = get_task(name)
-    assert isinstance(fold_hooks(name), FoldHooks) and name in fold_hooks(name).tasks
+    assert issubclass(fold_hooks(name), FoldHooks) and name in fold_hooks(name).tasks
     assert name in PREDICTORS[name].tasks
     assert name in EXPLAINERS
     assert task.targets and task.outputs and task.headline

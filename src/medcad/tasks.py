@@ -3,7 +3,7 @@
 Every layer above looks a task up here instead of branching on its name. A task's classes in the upper layers
 declare the tasks they serve (`tasks = (...)`), and each layer's table is built from its list of classes (a test
 checks that every task has every piece):
-    engine.train.fold_hooks     FoldHooks: one fold's training, checkpoint choice and test predictions
+    engine.train.fold_hooks     FoldHooks, made per `medcad.run.Run`: one fold's training and test predictions
     inference.PREDICTORS        Predictor: prepare -> infer -> postprocess into `inference.Prediction`
     explain.EXPLAINERS          the CAM of a prediction, chosen by the task's `outputs`
     report.run_report           the task's sections of report.html follow the metrics its run wrote

@@ -12,11 +12,11 @@ from medcad.checkpoint import load_model_file
 from medcad.config import TrainConfig
 from medcad.data.datasets import DetectionDataset
 from medcad.data.transforms import box_augmentation
-from medcad.engine.common import reduced_precision
 from medcad.engine.detect import DetectHooks
 from medcad.engine.fold import FoldData, train_fold
 from medcad.errors import ConfigError
 from medcad.models.predict import predict_detections
+from medcad.run import Run
 
 SIZE = 64
 
@@ -69,8 +69,9 @@ def test_dataset_augments_image_and_boxes_together() -> None:
 def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     images, boxes = _frames()
+    run = Run.resolve(FAST, tmp_path)
     fold = tmp_path / "fold_0"
-    r = train_fold(0, PARTS, _data(images, boxes), FAST, fold, DetectHooks(), progress=False)
+    r = train_fold(0, PARTS, _data(images, boxes), DetectHooks(run), progress=False)
     saved = json.loads((fold / "result.json").read_text())
     assert set(saved) >= {"fold", "n_train", "n_val", "n_test", "test_rows", "test_detections", "val_ap50", "speed"}
     assert (saved["n_train"], saved["n_val"], saved["n_test"]) == (10, 3, 3) and saved["test_rows"] == [13, 14, 15]
@@ -82,20 +83,19 @@ def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest
     model, meta = load_model_file(fold / "model.pt", "detect")
     assert meta["format"] == "medcad-detector-1" and meta["labels"] == ["square", "disc"]
     assert meta["data_config"]["input_size"] == [3, SIZE, SIZE] and meta["config"]["epochs"] == 2
-    again = predict_detections(model, images, PARTS["test"], bf16=reduced_precision(FAST))  # as the fold predicted
+    again = predict_detections(model, images, PARTS["test"], bf16=run.reduced_precision)  # as the fold predicted
     for a, b in zip(again, r["test_detections"], strict=True):
         np.testing.assert_allclose(a, np.asarray(b, dtype=np.float32).reshape(-1, 6), atol=1e-4)
 
     # interrupted after training: result.json gone, last.ckpt present -> resumes without training again
     assert (fold / "checkpoints" / "detect" / "last.ckpt").is_file()
     (fold / "result.json").unlink()
-    r2 = train_fold(0, PARTS, _data(images, boxes), FAST, fold, DetectHooks(), progress=False)
+    r2 = train_fold(0, PARTS, _data(images, boxes), DetectHooks(run), progress=False)
     assert r2["val_ap50"] == pytest.approx(r["val_ap50"])
 
     # sequential transfer: continue from the saved model (one more epoch)
-    r3 = train_fold(
-        1, PARTS, _data(images, boxes), FAST.replace(epochs=1), tmp_path / "f1", DetectHooks(), False, fold / "model.pt"
-    )
+    one_more = DetectHooks(Run.resolve(FAST.replace(epochs=1), tmp_path))
+    r3 = train_fold(1, PARTS, _data(images, boxes), one_more, False, fold / "model.pt")
     assert r3["fold"] == 1
 
 
@@ -103,4 +103,4 @@ def test_validation_without_boxes_is_refused(tmp_path: Path) -> None:
     images, boxes = _frames()
     parts = {"train": np.arange(2, 16), "val": np.arange(0, 2), "test": np.arange(0, 0)}
     with pytest.raises(ConfigError, match=r"validation part \(\d+ images\) has no boxes.*--val-fraction"):
-        train_fold(0, parts, _data(images, boxes), FAST, tmp_path / "f", DetectHooks(), progress=False)
+        train_fold(0, parts, _data(images, boxes), DetectHooks(Run.resolve(FAST, tmp_path)), progress=False)

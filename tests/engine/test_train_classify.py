@@ -96,6 +96,8 @@ def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: P
     import torch
 
     from medcad.engine.common import make_trainer
+    from medcad.run import Run
+    from medcad.runfolder import FoldFolder
 
     class Tiny(L.LightningModule):
         def __init__(self) -> None:
@@ -121,7 +123,8 @@ def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: P
                 seen.append(torch.load(last, weights_only=False)["epoch"])
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
-    trainer, best = make_trainer(tmp_path, "train", 3, FAST.replace(logger="none"), "val_score", "max", 5, False)
+    run = Run.resolve(FAST.replace(logger="none"), tmp_path)
+    trainer, best = make_trainer(run, FoldFolder(tmp_path), "train", 3, "val_score", "max", 5, False)
     trainer.callbacks.append(Probe())
     trainer.fit(Tiny(), data, data)
     assert seen == [0, 1]

@@ -12,12 +12,10 @@ then has no fit of its own.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from medcad.config import Stage, TrainConfig, run_stages
+from medcad.config import Stage, run_stages
 from medcad.data.datasets import ImageDataset
 from medcad.data.transforms import Normalize, augmentation
 from medcad.devices import is_primary, rank_zero_first
@@ -27,7 +25,6 @@ from medcad.engine.common import (
     freeze_pretrained_encoder,
     make_loader,
     make_trainer,
-    reduced_precision,
 )
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
@@ -42,7 +39,6 @@ from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
 from medcad.runfolder import FoldFolder
-from medcad.tasks import get_task
 
 
 class _Probabilities(torch.nn.Module):
@@ -87,66 +83,66 @@ class ClassifyHooks(FoldHooks):
     tasks = ("classify",)
     multilabel = False
 
-    def _plan(self, cfg: TrainConfig) -> tuple[tuple[Stage, ...], Stage | None] | None:
+    def _plan(self) -> tuple[tuple[Stage, ...], Stage | None] | None:
         """With a stage list: (the stages before the fold's fit, the fit's stage or None); None for the built-in
         order."""
-        stages = run_stages(cfg)
+        stages = run_stages(self.cfg)
         if stages is None:
             return None
         if stages[-1].cached:  # trained on features: every stage runs before the fit, and there is no fit
             return stages, None
         return stages[:-1], stages[-1]
 
-    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
-        plan = self._plan(cfg)
+    def build(self, data: FoldData, parts: dict, init, meta):
+        plan = self._plan()
         if plan is not None:  # checkpoint folders and result names stage1 .. stage<n>
             before, last = plan
             n = len(before) + (last is not None)
             self.stage = f"stage{n}"
             self.before_stage = f"stage{len(before)}" if before else "stage1"
-        task = get_task(self.tasks[0])
-        model = task.build(cfg, len(data.labels), None)
+        task = self.run.task
+        model = task.build(self.cfg, len(data.labels), None)
         if init is not None:
             model.load_state_dict(init.state_dict())
         return model, task.data_config(model)
 
-    def _weights(self, data: FoldData, parts: dict, cfg: TrainConfig) -> torch.Tensor | None:
-        return class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights else None
+    def _weights(self, data: FoldData, parts: dict) -> torch.Tensor | None:
+        return class_weights(data.y[parts["train"]], len(data.labels)) if self.cfg.class_weights else None
 
-    def before_fit(self, model, normalize, data, parts, cfg, fold_dir: Path, speed: dict, continued: bool) -> bool:
+    def before_fit(self, model, normalize, data, parts, fold: FoldFolder, speed: dict, continued: bool) -> bool:
         """Built-in order: stage 1 (unless continuing from an earlier model): the frozen backbone runs once over
         every image (features cached across folds and runs), then the head trains on the features alone. With a
         stage list: every stage before the fold's fit, whether continuing or not."""
-        plan = self._plan(cfg)
+        plan, cfg = self._plan(), self.cfg
         if plan is not None:
             for i, stage in enumerate(plan[0], 1):
-                self._run_stage(i, stage, model, normalize, data, parts, cfg, fold_dir, speed)
+                self._run_stage(i, stage, model, normalize, data, parts, fold, speed)
             return continued or bool(plan[0])
         if continued:
             return True
-        head = self._head_module(model, data, parts, cfg, cfg.head_lr, cfg.optimizer, "constant", cfg.head_epochs)
-        self._fit_head(head, model, normalize, data, parts, cfg, fold_dir, speed, "stage1", ("val_loss", "min", 10))
+        head = self._head_module(model, data, parts, cfg.head_lr, cfg.optimizer, "constant", cfg.head_epochs)
+        self._fit_head(head, model, normalize, data, parts, fold, speed, "stage1", ("val_loss", "min", 10))
         return True
 
-    def _head_module(self, model, data, parts, cfg, lr: float, optimizer: str, schedule: str, epochs: int):
-        w = self._weights(data, parts, cfg)
+    def _head_module(self, model, data, parts, lr: float, optimizer: str, schedule: str, epochs: int):
+        cfg, w = self.cfg, self._weights(data, parts)
         return HeadModule(
             model.head, lr, cfg.weight_decay, optimizer, w, cfg.label_smoothing, self.multilabel, schedule, epochs
         )
 
-    def _fit_head(self, head: HeadModule, model, normalize, data, parts, cfg, fold_dir, speed, name: str, monitor):
+    def _fit_head(self, head: HeadModule, model, normalize, data, parts, fold: FoldFolder, speed, name: str, monitor):
         """Train the head alone on cached backbone features (the built-in stage 1, or a stage list's cached head
         stage); the best epoch by `monitor` (name, mode, patience) is loaded into it."""
         from torch.utils.data import TensorDataset
 
-        train, val, y = parts["train"], parts["val"], data.y
+        train, val, y, cfg = parts["train"], parts["val"], data.y, self.cfg
         with rank_zero_first():  # rank 0 writes the feature cache, the other processes read it
             feats, speed["feature_images_per_s"] = backbone_features(
-                model.backbone, normalize, data.images, data.feature_key, bf16=reduced_precision(cfg)
+                model.backbone, normalize, data.images, data.feature_key, bf16=self.run.reduced_precision
             )
         f = torch.from_numpy(feats)
         yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
-        trainer, ckpt = make_trainer(fold_dir, name, head.max_epochs, cfg, *monitor, False)
+        trainer, ckpt = make_trainer(self.run, fold, name, head.max_epochs, *monitor, False)
         fit(
             trainer,
             head,
@@ -156,32 +152,32 @@ class ClassifyHooks(FoldHooks):
         if ckpt.best_model_path:
             head.load_state_dict(torch.load(ckpt.best_model_path, weights_only=False)["state_dict"])
 
-    def _run_stage(self, i: int, stage: Stage, model, normalize, data, parts, cfg, fold_dir: Path, speed) -> None:
+    def _run_stage(self, i: int, stage: Stage, model, normalize, data, parts, fold: FoldFolder, speed) -> None:
         """Stage i of a stage list, before the fold's fit: its layers trainable, its optimiser and learning rate, the
         run's schedule; the best validation epoch (by AUC, early stopping after `patience`) kept. A stage finished
         earlier (checkpoints/stage<i>/done) is loaded, not trained again."""
         if stage.epochs == 0:
             return
-        name = f"stage{i}"
-        folder = FoldFolder(fold_dir).checkpoints(name)
+        name, cfg = f"stage{i}", self.cfg
+        folder = fold.checkpoints(name)
         optimizer = stage.optimizer or cfg.optimizer
         if stage.cached:
             lr = stage.lr * cfg.new_layer_lr_factor  # the head is a new layer
-            module = self._head_module(model, data, parts, cfg, lr, optimizer, cfg.schedule, stage.epochs)
+            module = self._head_module(model, data, parts, lr, optimizer, cfg.schedule, stage.epochs)
         else:
             model.train()
-            module = self._stage_module(stage, model, normalize, data, parts, cfg)
+            module = self._stage_module(stage, model, normalize, data, parts)
         best = folder / "best.ckpt"
         if (folder / "done").is_file() and best.is_file():
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
             return
         monitor = (self.monitor, "max", cfg.patience)
         if stage.cached:
-            self._fit_head(module, model, normalize, data, parts, cfg, fold_dir, speed, name, monitor)
+            self._fit_head(module, model, normalize, data, parts, fold, speed, name, monitor)
         else:
-            trainer, ckpt = make_trainer(fold_dir, name, stage.epochs, cfg, *monitor, False)
+            trainer, ckpt = make_trainer(self.run, fold, name, stage.epochs, *monitor, False)
             last = folder / "last.ckpt"
-            fit(trainer, module, *self.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
+            fit(trainer, module, *self.loaders(data, parts), ckpt_path=last if last.is_file() else None)
             path = ckpt.best_model_path or (str(last) if last.is_file() else "")
             if path:
                 module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
@@ -189,23 +185,24 @@ class ClassifyHooks(FoldHooks):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "done").write_text(f"{stage.text()}\n")
 
-    def _stage_module(self, stage: Stage, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig):
+    def _stage_module(self, stage: Stage, model, normalize, data: FoldData, parts: dict):
         train_layers(model, stage)
-        if stage_freeze_stride(cfg):
-            freeze_pretrained_encoder(model.backbone, cfg)
+        if stage_freeze_stride(self.cfg):
+            freeze_pretrained_encoder(model.backbone, self.cfg)
         return self._classifier_module(
-            model, normalize, data, parts, cfg, stage.lr, stage.optimizer or cfg.optimizer, stage.epochs
+            model, normalize, data, parts, stage.lr, stage.optimizer or self.cfg.optimizer, stage.epochs
         )
 
-    def _classifier_module(self, model, normalize, data, parts, cfg: TrainConfig, lr: float, optimizer: str, epochs):
+    def _classifier_module(self, model, normalize, data, parts, lr: float, optimizer: str, epochs):
         """The fine-tuning module at a learning rate, optimiser and length; the rest from the run's settings."""
+        cfg = self.cfg
         return ClassifierModule(
             model,
             normalize,
             lr=lr,
             weight_decay=cfg.weight_decay,
             optimizer=optimizer,
-            class_weights=self._weights(data, parts, cfg),
+            class_weights=self._weights(data, parts),
             label_smoothing=cfg.label_smoothing,
             max_epochs=epochs,
             multilabel=self.multilabel,
@@ -213,21 +210,22 @@ class ClassifyHooks(FoldHooks):
             schedule=cfg.schedule,
         )
 
-    def epochs(self, cfg: TrainConfig) -> int:
-        plan = self._plan(cfg)
+    def epochs(self) -> int:
+        plan = self._plan()
         if plan is None:
-            return cfg.epochs
+            return self.cfg.epochs
         return plan[1].epochs if plan[1] is not None else 0
 
-    def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
-        plan = self._plan(cfg)
+    def module(self, model, normalize: Normalize, data: FoldData, parts: dict):
+        plan, cfg = self._plan(), self.cfg
         if plan is not None:
-            return self._stage_module(plan[1], model, normalize, data, parts, cfg)
+            return self._stage_module(plan[1], model, normalize, data, parts)
         freeze_backbone(model, cfg.unfreeze)
         freeze_pretrained_encoder(model.backbone, cfg)
-        return self._classifier_module(model, normalize, data, parts, cfg, cfg.lr, cfg.optimizer, cfg.epochs)
+        return self._classifier_module(model, normalize, data, parts, cfg.lr, cfg.optimizer, cfg.epochs)
 
-    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+    def loaders(self, data: FoldData, parts: dict) -> tuple:
+        cfg = self.cfg
         aug = augmentation(cfg.augment, cfg.image_size)
         train, val, y = parts["train"], parts["val"], data.y
         return (
@@ -235,9 +233,9 @@ class ClassifyHooks(FoldHooks):
             make_loader(ImageDataset(data.images, y, val), cfg, None, False, 64),
         )
 
-    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
         net = _Probabilities(model, self.multilabel)
-        return {"probs": run_batched(net, normalize, data.images, rows, bf16=reduced_precision(cfg))[0]}
+        return {"probs": run_batched(net, normalize, data.images, rows, bf16=self.run.reduced_precision)[0]}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         return val_score(data.y[rows], outputs["probs"])
@@ -250,12 +248,12 @@ class MultilabelHooks(ClassifyHooks):
     tasks = ("multilabel",)
     multilabel = True
 
-    def check(self, k: int, parts: dict, data: FoldData, cfg: TrainConfig) -> None:
-        if cfg.oversample:
+    def check(self, k: int, parts: dict, data: FoldData) -> None:
+        if self.cfg.oversample:
             raise ConfigError("--oversample balances single classes; for multilabel runs use --class-weights")
 
-    def _weights(self, data: FoldData, parts: dict, cfg: TrainConfig) -> torch.Tensor | None:
-        if not cfg.class_weights:
+    def _weights(self, data: FoldData, parts: dict) -> torch.Tensor | None:
+        if not self.cfg.class_weights:
             return None
         y = data.y[parts["train"]]
         pos = y.sum(0)

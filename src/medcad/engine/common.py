@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from medcad.config import TrainConfig
-from medcad.devices import is_primary, resolve_compute
+from medcad.devices import is_primary
 from medcad.errors import ConfigError
+from medcad.run import Run
 from medcad.runfolder import FoldFolder
 
 
@@ -54,11 +55,12 @@ def logger_names(cfg: TrainConfig) -> list[str]:
     return names
 
 
-def make_loggers(fold_dir: Path, stage: str, cfg: TrainConfig) -> list:
+def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig) -> list:
     """Lightning loggers named by `cfg.logger` (comma-separated tensorboard, csv, mlflow; or none): TensorBoard and
-    CSV logs in fold_dir/logs; MLflow runs in cfg.tracking_uri (a server or store), else $MLFLOW_TRACKING_URI, else a
-    local SQLite store `mlflow.db` beside the run folder (for a study: one store for all its runs), in the experiment
-    "medcad". Runs spread over a cluster belong on a tracking server (`mlflow server`, then its http:// address).
+    CSV logs in the fold's logs folder; MLflow runs in cfg.tracking_uri (a server or store), else
+    $MLFLOW_TRACKING_URI, else a local SQLite store `mlflow.db` beside the run folder (for a study: one store for all
+    its runs), in the experiment "medcad". Runs spread over a cluster belong on a tracking server (`mlflow server`,
+    then its http:// address).
 
     Raises:
         ConfigError: see `logger_names`.
@@ -70,39 +72,41 @@ def make_loggers(fold_dir: Path, stage: str, cfg: TrainConfig) -> list:
     names = logger_names(cfg)
     out = []
     if "tensorboard" in names:
-        out.append(TensorBoardLogger(FoldFolder(fold_dir).logs / "tensorboard", name=stage, version=""))
+        out.append(TensorBoardLogger(fold.logs / "tensorboard", name=stage, version=""))
     if "csv" in names:
-        out.append(CSVLogger(FoldFolder(fold_dir).logs / "csv", name=stage, version=""))
+        out.append(CSVLogger(fold.logs / "csv", name=stage, version=""))
     if "mlflow" in names:
-        run_dir = fold_dir.resolve().parent
+        run_dir = fold.path.resolve().parent
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.parent / 'mlflow.db'}"
         out.append(
-            MLFlowLogger(experiment_name="medcad", run_name=f"{run_dir.name}/{fold_dir.name}/{stage}", tracking_uri=uri)
+            MLFlowLogger(
+                experiment_name="medcad", run_name=f"{run_dir.name}/{fold.path.name}/{stage}", tracking_uri=uri
+            )
         )
     return out
 
 
 def make_trainer(
-    fold_dir: Path,
+    run: Run,
+    fold: FoldFolder,
     stage: str,
     max_epochs: int,
-    cfg: TrainConfig,
     monitor: str,
     mode: str,
     patience: int,
     progress: bool,
 ):
-    """A Lightning trainer on the run's compute (medcad.devices: accelerator, devices, nodes, strategy, precision),
-    with best/last checkpoints in fold_dir/checkpoints/<stage>, early stopping on `monitor`, and the run's loggers.
+    """A Lightning trainer on the run's compute (accelerator, devices, nodes, strategy, precision), with best/last
+    checkpoints in the fold's checkpoints/<stage>, early stopping on `monitor`, and the run's loggers.
     Returns (trainer, checkpoint callback). With several processes, Lightning shards the training data with a
     distributed sampler and writes checkpoints and logs from rank 0 only."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    compute = resolve_compute(cfg)
+    compute = run.compute
     # best.ckpt: the weights only (what the fold loads); last.ckpt, rewritten every epoch: the full state an
     # interrupted fit resumes from (optimizer, scheduler, both callbacks' records). Weights only: a third of the
     # bytes per improvement. (Lightning's own save_last writes only when a top-k file is written in the same step.)
-    folder = FoldFolder(fold_dir).checkpoints(stage)
+    folder = fold.checkpoints(stage)
     ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
     last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     trainer = L.Trainer(
@@ -113,7 +117,7 @@ def make_trainer(
         max_epochs=max_epochs,
         precision=compute.precision,
         callbacks=[ckpt, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience)],
-        logger=make_loggers(fold_dir, stage, cfg) or False,
+        logger=make_loggers(fold, stage, run.cfg) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),
         num_sanity_val_steps=0,
@@ -161,20 +165,6 @@ def gather_lists(items: list) -> list:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, items)
     return [x for part in parts for x in part]
-
-
-def compute_device(cfg: TrainConfig) -> torch.device:
-    """Where this process predicts after fitting: its GPU on a GPU run, else the CPU."""
-    if resolve_compute(cfg).accelerator == "gpu":
-        import os
-
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def reduced_precision(cfg: TrainConfig) -> bool:
-    """True when the run trains in bf16/fp16 (then its validation and test predictions autocast too)."""
-    return not resolve_compute(cfg).precision.startswith(("32", "64"))
 
 
 def class_weights(y: np.ndarray, n: int) -> torch.Tensor:

@@ -13,8 +13,6 @@ in pixels of the S x S cached image, class_index 0-based into `labels` (no backg
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch
@@ -24,7 +22,7 @@ from medcad.config import TrainConfig
 from medcad.data.boxes import parse_frame_classes
 from medcad.data.datasets import DetectionDataset, collate_detections
 from medcad.data.transforms import box_augmentation
-from medcad.engine.common import TrainingThroughput, freeze_pretrained_encoder, gather_lists, reduced_precision
+from medcad.engine.common import TrainingThroughput, freeze_pretrained_encoder, gather_lists
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
@@ -37,7 +35,7 @@ from medcad.models.detection import (
     restart_norm_statistics,
 )
 from medcad.models.predict import detections_to_array, predict_detections
-from medcad.tasks import get_task
+from medcad.runfolder import FoldFolder
 
 STAGE = "detect"  # checkpoint and log sub-folder
 
@@ -146,8 +144,9 @@ class DetectHooks(FoldHooks):
     monitor = "val_ap50"
     tasks = ("detect",)
 
-    def check(self, k: int, parts: dict, data: FoldData, cfg: TrainConfig) -> None:
-        if "boxes" not in get_task(cfg.task).targets:
+    def check(self, k: int, parts: dict, data: FoldData) -> None:
+        cfg = self.cfg
+        if "boxes" not in self.run.task.targets:
             raise ConfigError(f"detection folds need a task with boxes (detect), got task {cfg.task!r}")
         frame_class_indices(cfg, list(data.labels))
         if cfg.epochs < 1:
@@ -166,7 +165,8 @@ class DetectHooks(FoldHooks):
                 f"images have shape {data.images.shape[1:]}, expected ({cfg.image_size}, {cfg.image_size}, 3)"
             )
 
-    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
+    def build(self, data: FoldData, parts: dict, init, meta):
+        cfg = self.cfg
         if init is not None:
             scales = tuple(meta["data_config"]["anchor_scales"])  # the same default boxes as the model continued from
         else:
@@ -180,12 +180,12 @@ class DetectHooks(FoldHooks):
                 raise ConfigError(f"the model continued from is another detector architecture ({e})") from e
         return model, detector_data_config(model)
 
-    def module(self, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig):
-        freeze_pretrained_encoder(model.backbone.body, cfg)
-        return DetectorModule(model, len(data.labels), cfg)
+    def module(self, model, normalize, data: FoldData, parts: dict):
+        freeze_pretrained_encoder(model.backbone.body, self.cfg)
+        return DetectorModule(model, len(data.labels), self.cfg)
 
-    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
-        train, val = parts["train"], parts["val"]
+    def loaders(self, data: FoldData, parts: dict) -> tuple:
+        train, val, cfg = parts["train"], parts["val"], self.cfg
         train_dl = DataLoader(
             DetectionDataset(data.images, data.boxes, train, box_augmentation(cfg.augment)),
             batch_size=cfg.batch_size,
@@ -200,14 +200,14 @@ class DetectHooks(FoldHooks):
         )
         return train_dl, val_dl
 
-    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        return {"detections": predict_detections(model, data.images, rows, bf16=reduced_precision(cfg))}
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
+        return {"detections": predict_detections(model, data.images, rows, bf16=self.run.reduced_precision)}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         truths = [data.boxes[i] for i in rows]
         return mean_ap(average_precision(outputs["detections"], truths, len(data.labels), 0.5))
 
-    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
+    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold: FoldFolder) -> dict:
         return {
             "test_detections": [d.tolist() for d in test["detections"]],
             "val_ap50": self.score(val, data, parts["val"]),

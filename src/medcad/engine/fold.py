@@ -27,9 +27,10 @@ from medcad.checkpoint import load_init_model, save_model
 from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
 from medcad.devices import is_primary
-from medcad.engine.common import compute_device, fit, make_trainer, quiet_lightning
+from medcad.engine.common import fit, make_trainer, quiet_lightning
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
+from medcad.run import Run
 from medcad.runfolder import FoldFolder
 
 
@@ -58,37 +59,41 @@ class FoldData:
 
 
 class FoldHooks:
-    """A task's part of the fold loop. `predict` returns a dict whose "probs" (N, K) give the classification
-    fields of a result (and a temperature), and whatever else `result` turns into result.json fields."""
+    """A task's part of the fold loop, made for one run (`self.run`: its settings, task, compute and folder).
+    `predict` returns a dict whose "probs" (N, K) give the classification fields of a result (and a temperature),
+    and whatever else `result` turns into result.json fields."""
 
     stage = "train"  # checkpoint and log sub-folder of the fit
     before_stage = "init"  # what the before-fit model is called in result.json
     tasks: tuple[str, ...] = ()
 
-    def check(self, k: int, parts: dict[str, np.ndarray], data: FoldData, cfg: TrainConfig) -> None:
+    def __init__(self, run: Run) -> None:
+        self.run, self.cfg = run, run.cfg
+
+    def check(self, k: int, parts: dict[str, np.ndarray], data: FoldData) -> None:
         """Raise ConfigError when this fold cannot be trained."""
 
-    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init: nn.Module | None, meta: dict | None):
+    def build(self, data: FoldData, parts: dict, init: nn.Module | None, meta: dict | None):
         """(model, data_config) for this fold; `init` is the model continued from (sequential transfer)."""
         raise NotImplementedError
 
-    def before_fit(self, model, normalize, data, parts, cfg, fold_dir, speed: dict, continued: bool) -> bool:
+    def before_fit(self, model, normalize, data, parts, fold: FoldFolder, speed: dict, continued: bool) -> bool:
         """Work before the fit (the classifier's stage 1); True when the before-fit model deserves a validation
         score (it is trained or continued), False for a new, untrained head."""
         return continued
 
-    def epochs(self, cfg: TrainConfig) -> int:
-        return cfg.epochs
+    def epochs(self) -> int:
+        return self.cfg.epochs
 
-    def module(self, model, normalize, data: FoldData, parts: dict, cfg: TrainConfig) -> L.LightningModule:
+    def module(self, model, normalize, data: FoldData, parts: dict) -> L.LightningModule:
         raise NotImplementedError
 
-    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+    def loaders(self, data: FoldData, parts: dict) -> tuple:
         raise NotImplementedError
 
     monitor = "val_score"  # what the module logs for checkpoint choice and early stopping (higher is better)
 
-    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
         raise NotImplementedError
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
@@ -105,7 +110,7 @@ class FoldHooks:
         """Frame-level decision settings fitted on the validation part, kept in model.pt and result.json."""
         return {}
 
-    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
+    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold: FoldFolder) -> dict:
         """Task-specific result.json fields (and files) from the test and validation predictions."""
         return {}
 
@@ -114,35 +119,36 @@ def train_fold(
     k: int,
     parts: dict[str, np.ndarray],
     data: FoldData,
-    cfg: TrainConfig,
-    fold_dir: Path,
     hooks: FoldHooks,
     progress: bool = True,
     init_model: Path | None = None,
 ) -> dict:
-    """Train one fold of any task (see the module docstring); returns the dict also written to result.json ({} in
-    processes other than rank 0).
+    """Train one fold of any task (see the module docstring) in its folder of the hooks' run; returns the dict also
+    written to result.json ({} in processes other than rank 0).
 
     Args:
         k: fold number (also offsets the seed).
         parts: row indices {"train", "val", "test"}.
+        hooks: the task's part, made for the run (`FoldHooks.run`).
         init_model: a model.pt of an earlier step (same task family and labels) to continue from.
 
     Raises:
         ConfigError: no validation part, or the task's own checks fail.
     """
     quiet_lightning()
+    run = hooks.run
+    cfg, fold = run.cfg, run.folder.fold(k)
     L.seed_everything(cfg.seed + k, verbose=False)
     train, val, test = (np.asarray(parts[p], dtype=int) for p in ("train", "val", "test"))
     parts = {"train": train, "val": val, "test": test}
     if len(val) == 0:
         raise ConfigError("each fold needs a validation part for early stopping: set --val-fraction > 0")
-    hooks.check(k, parts, data, cfg)
-    primary, device = is_primary(), compute_device(cfg)
+    hooks.check(k, parts, data)
+    primary, device = is_primary(), run.device
     if primary:
-        fold_dir.mkdir(parents=True, exist_ok=True)
+        fold.path.mkdir(parents=True, exist_ok=True)
     init, meta = load_init_model(init_model, data.labels, *hooks.tasks) if init_model else (None, None)
-    model, dc = hooks.build(cfg, data, parts, init, meta)
+    model, dc = hooks.build(data, parts, init, meta)
     model.to(device)
     normalize = Normalize(dc["mean"], dc["std"])
     speed: dict[str, float | None] = {}  # train_seconds, train_images_per_s, predict_images_per_s, seconds, ...
@@ -150,30 +156,30 @@ def train_fold(
     before_name = hooks.before_stage if init is None else "init"
     scores: dict[str, float] = {}
     before_state = val_out = None
-    scored_before = hooks.before_fit(model, normalize, data, parts, cfg, fold_dir, speed, init is not None)
+    scored_before = hooks.before_fit(model, normalize, data, parts, fold, speed, init is not None)
     model.to(device)  # a fit in before_fit leaves its part on the CPU
     if scored_before and primary:
-        val_out = hooks.predict(model, normalize, data, val, cfg)
+        val_out = hooks.predict(model, normalize, data, val)
         scores[before_name] = hooks.score(val_out, data, val)
         before_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
         speed["before_fit_seconds"] = time.perf_counter() - t0
     selected = before_name
-    if hooks.epochs(cfg) > 0:
+    if hooks.epochs() > 0:
         t1 = time.perf_counter()
         model.train()  # predicting set eval mode, and Lightning keeps the modes of submodules as it finds them
-        module = hooks.module(model, normalize, data, parts, cfg)
+        module = hooks.module(model, normalize, data, parts)
         trainer, ckpt = make_trainer(
-            fold_dir, hooks.stage, hooks.epochs(cfg), cfg, hooks.monitor, "max", cfg.patience, progress
+            run, fold, hooks.stage, hooks.epochs(), hooks.monitor, "max", cfg.patience, progress
         )
-        last = FoldFolder(fold_dir).checkpoints(hooks.stage) / "last.ckpt"
-        fit(trainer, module, *hooks.loaders(data, parts, cfg), ckpt_path=last if last.is_file() else None)
+        last = fold.checkpoints(hooks.stage) / "last.ckpt"
+        fit(trainer, module, *hooks.loaders(data, parts), ckpt_path=last if last.is_file() else None)
         if not primary:
             return {}  # rank 0 predicts and writes the fold
         best = ckpt.best_model_path or (str(last) if last.is_file() else "")
         if best:
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
         model.to(device, memory_format=torch.contiguous_format)  # as a loaded model.pt: the same kernels and outputs
-        fitted_out = hooks.predict(model, normalize, data, val, cfg)
+        fitted_out = hooks.predict(model, normalize, data, val)
         scores[hooks.stage] = hooks.score(fitted_out, data, val)
         speed["train_seconds"] = time.perf_counter() - t1
         ips = getattr(module, "images_per_s", None)
@@ -186,17 +192,17 @@ def train_fold(
     if not primary:
         return {}
     t2 = time.perf_counter()
-    test_out = hooks.predict(model, normalize, data, test, cfg)
+    test_out = hooks.predict(model, normalize, data, test)
     speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
     if val_out is None:
-        val_out = hooks.predict(model, normalize, data, val, cfg)
+        val_out = hooks.predict(model, normalize, data, val)
     temperature = hooks.temperature(val_out, data, val)
     decision = hooks.decision(val_out, data, val, temperature)
-    save_model(FoldFolder(fold_dir).model, model.cpu(), cfg, list(data.labels), dc, temperature, decision)
+    save_model(fold.model, model.cpu(), cfg, list(data.labels), dc, temperature, decision)
     speed["seconds"] = time.perf_counter() - t0
     result = _fold_result(k, parts, data, selected, scores, speed, decision, temperature, test_out, val_out)
-    result |= hooks.result(test_out, val_out, data, parts, fold_dir)
-    write_json(FoldFolder(fold_dir).result, result)
+    result |= hooks.result(test_out, val_out, data, parts, fold)
+    write_json(fold.result, result)
     return result
 
 

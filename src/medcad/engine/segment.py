@@ -8,15 +8,12 @@ each lesion class's probabilities).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcad.config import TrainConfig
 from medcad.data.datasets import MaskedImageDataset
 from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import (
@@ -25,7 +22,6 @@ from medcad.engine.common import (
     freeze_pretrained_encoder,
     gather_lists,
     make_loader,
-    reduced_precision,
 )
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.engine.modules import optimizer_and_schedule, val_score
@@ -35,7 +31,7 @@ from medcad.models.backbones import set_bn_eval
 from medcad.models.predict import predict_masks
 from medcad.models.segmentation import pretrained_encoder
 from medcad.runfolder import FoldFolder
-from medcad.tasks import flip_tta, get_task, reference_label
+from medcad.tasks import flip_tta, reference_label
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -203,15 +199,16 @@ class SegmentHooks(FoldHooks):
     monitor = "val_score"
     tasks = ("segment", "segment-multiclass", "multitask")
 
-    def build(self, cfg: TrainConfig, data: FoldData, parts: dict, init, meta):
-        task = get_task(cfg.task)
-        model = task.build(cfg, len(data.labels), None)
+    def build(self, data: FoldData, parts: dict, init, meta):
+        task = self.run.task
+        model = task.build(self.cfg, len(data.labels), None)
         if init is not None:
             model.load_state_dict(init.state_dict())
         return model, task.data_config(model)
 
-    def module(self, model, normalize: Normalize, data: FoldData, parts: dict, cfg: TrainConfig):
-        multitask = "labels" in get_task(cfg.task).targets  # a class head beside the mask
+    def module(self, model, normalize: Normalize, data: FoldData, parts: dict):
+        cfg = self.cfg
+        multitask = "labels" in self.run.task.targets  # a class head beside the mask
         weights = class_weights(data.y[parts["train"]], len(data.labels)) if cfg.class_weights and multitask else None
         freeze_pretrained_encoder(pretrained_encoder(model), cfg)
         return SegmentationModule(
@@ -228,7 +225,8 @@ class SegmentHooks(FoldHooks):
             schedule=cfg.schedule,
         )
 
-    def loaders(self, data: FoldData, parts: dict, cfg: TrainConfig) -> tuple:
+    def loaders(self, data: FoldData, parts: dict) -> tuple:
+        cfg = self.cfg
         aug = augmentation(cfg.augment, cfg.image_size)
         train, val, y = parts["train"], parts["val"], data.y
         return (
@@ -236,8 +234,8 @@ class SegmentHooks(FoldHooks):
             make_loader(MaskedImageDataset(data.images, data.masks, y, val), cfg, None, False, 32),
         )
 
-    def predict(self, model, normalize, data: FoldData, rows: np.ndarray, cfg: TrainConfig) -> dict:
-        hflip, bf16 = flip_tta(cfg.tta, cfg.task), reduced_precision(cfg)
+    def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
+        hflip, bf16 = flip_tta(self.cfg.tta, self.cfg.task), self.run.reduced_precision
         out = predict_masks(model, normalize, data.images, rows, bf16=bf16, hflip=hflip)
         return {"masks": out["mask"], "probs": out["class"], "lesion_classes": out["lesion_classes"]}
 
@@ -264,10 +262,10 @@ class SegmentHooks(FoldHooks):
         score = frame_scores(kind, val["masks"], val["probs"], normal, temperature=temperature or 1.0)
         return {"frame_score": kind, "min_frame_score": frame_threshold(score, counts)}
 
-    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold_dir: Path) -> dict:
+    def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold: FoldFolder) -> dict:
         if test["masks"] is not None:
-            tmp = fold_dir / "test_masks.tmp.npz"
+            tmp = fold.path / "test_masks.tmp.npz"
             classes = {} if test.get("lesion_classes") is None else {"lesion_classes": test["lesion_classes"]}
             np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"], **classes)
-            tmp.replace(FoldFolder(fold_dir).masks)
+            tmp.replace(fold.masks)
         return {}

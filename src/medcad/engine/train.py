@@ -16,39 +16,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcad.config import COMPUTE_KEYS, TrainConfig, run_stages
+from medcad.config import COMPUTE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, image_cache_key
 from medcad.data.identity import reconcile, run_samples, save_samples
-from medcad.data.interface import check_interface
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
-from medcad.devices import is_primary, join_launched_processes, rank_zero_first, resolve_compute
+from medcad.devices import is_primary, join_launched_processes, rank_zero_first
 from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
+from medcad.run import Run
 from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
-from medcad.tasks import flip_tta, freeze_stride, get_task, split_labels
+from medcad.tasks import Task, get_task, split_labels
 
 log = logging.getLogger(__name__)
 
 
-def fold_hooks(task: str) -> FoldHooks:
-    """The task's part of the fold loop (the engine's column of the task table in medcad.tasks)."""
+def fold_hooks(task: str) -> type[FoldHooks]:
+    """The class of the task's part of the fold loop (the engine's column of the task table in medcad.tasks);
+    `fold_hooks(name)(run)` makes it for a run."""
     from medcad.engine.classify import ClassifyHooks, MultilabelHooks
     from medcad.engine.detect import DetectHooks
     from medcad.engine.segment import SegmentHooks
 
     hooks = {t: h for h in (ClassifyHooks, MultilabelHooks, SegmentHooks, DetectHooks) for t in h.tasks}
-    return hooks[get_task(task).name]()  # each hooks class declares its tasks (`FoldHooks.tasks`)
+    return hooks[get_task(task).name]  # each hooks class declares its tasks (`FoldHooks.tasks`)
 
 
-def split_strata(manifest: Manifest, task: str) -> np.ndarray | None:
+def split_strata(manifest: Manifest, task: Task) -> np.ndarray | None:
     """What splits stratify by: the label, or for multi-label tasks each row's rarest label ('' for none), so that
     every label is spread over the folds without needing enough groups for every combination."""
-    if get_task(task).label_kind != "multi":
+    if task.label_kind != "multi":
         return None
     sets = [split_labels(v) for v in manifest.table["label"]]
     counts = Counter(lab for labs in sets for lab in labs)
@@ -65,18 +66,18 @@ def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> d
         seed=cfg.seed,
         group_by=cfg.group_by,
         progress=progress,
-        strata=split_strata(manifest, cfg.task),
+        strata=split_strata(manifest, get_task(cfg.task)),
     )
 
 
-def _prepare_splits(manifest: Manifest, cfg: TrainConfig, out: Path, splits_path: Path | None, write: bool) -> dict:
-    target = RunFolder(out).splits
+def _prepare_splits(manifest: Manifest, run: Run, splits_path: Path | None, write: bool) -> dict:
+    target = run.folder.splits
     if splits_path is not None:
         splits = load_splits(splits_path, manifest)
     elif target.is_file():
         splits = load_splits(target, manifest)  # resume, or the same folds as an earlier model
     else:
-        splits = splits_for(manifest, cfg)
+        splits = splits_for(manifest, run.cfg)
     if write and (splits_path is None or not target.is_file()):
         save_splits(splits, target)
     return splits
@@ -92,12 +93,12 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
     return manifest if samples is None else reconcile(manifest, samples, where, new_images)
 
 
-def _check_resume(out: Path, cfg: TrainConfig) -> None:
-    path = RunFolder(out).config
+def _check_resume(run: Run) -> None:
+    path, cfg = run.folder.config, run.cfg
     if not path.is_file():
         return
     old = TrainConfig.load(path).to_dict()
-    if old.get("precision") == resolve_compute(cfg).precision:
+    if old.get("precision") == run.compute.precision:
         old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
     if cfg.mask_labels is None:
         old["mask_labels"] = None  # the classes the run read from its dataset.json (checked against the masks later)
@@ -105,7 +106,7 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
     if changed:
         desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(
-            f"{out} holds a run with other settings ({desc}); choose another --out to start a new run, "
+            f"{run.folder.root} holds a run with other settings ({desc}); choose another --out to start a new run, "
             "or repeat the same settings to resume it"
         )
 
@@ -138,26 +139,21 @@ def train_run(
     """
 
     quiet_lightning()
-    hooks = fold_hooks(cfg.task)
-    compute = resolve_compute(cfg)  # bad compute settings fail here, before anything is written
-    flip_tta(cfg.tta, cfg.task)  # ... and an unknown test-time augmentation
-    run_stages(cfg)  # ... and a stage list for a task that trains in one stage
-    check_interface(cfg.interface, cfg.task)  # ... and an interface option the task cannot use
-    freeze_stride(cfg.freeze_stride, cfg.task)  # ... and a negative freeze stride
-    logger_names(cfg)
+    run = Run.resolve(cfg, out)  # bad settings fail here, before anything is written (task, compute, ...)
+    logger_names(cfg)  # ... and an unknown logger
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(out)
-    folder = RunFolder(out)
-    join_launched_processes(compute)
+    out, folder = run.folder.root, run.folder
+    join_launched_processes(run.compute)
     primary = is_primary()
-    _check_resume(out, cfg)
+    _check_resume(run)
     with rank_zero_first():  # rank 0 writes the run folder's files and the caches; the others read them
         manifest, targets, splits, images, decode_s = _prepare(
-            data, out, cfg, splits_path, train_domains, init_run, progress, primary
+            data, run, splits_path, train_domains, init_run, progress, primary
         )
     if targets.mask_classes is not None:  # the classes read (e.g. from dataset.json) go into every model file
-        cfg = cfg.replace(mask_labels=targets.mask_classes.describe())
+        run = run.with_settings(cfg.replace(mask_labels=targets.mask_classes.describe()))
+    hooks = fold_hooks(cfg.task)(run)
     t0 = time.perf_counter()
     labels, y = targets.labels, targets.y
     feature_key = f"{image_cache_key(manifest, cfg.image_size, cfg.bilateral, cfg.interface)}|{cfg.model}|{cfg.weights}"
@@ -171,7 +167,7 @@ def train_run(
         k = fold["fold"]
         if folds is not None and k not in folds:
             continue
-        fold_dir, done = folder.fold(k).path, folder.fold(k).result
+        done = folder.fold(k).result
         if done.is_file():
             results.append(json.loads(done.read_text()))
             continue
@@ -186,7 +182,7 @@ def train_run(
                 tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = RunFolder(init_run).fold(k).model if init_run else None
-        results.append(train_fold(k, parts, fold_data, cfg, fold_dir, hooks, progress, init))
+        results.append(train_fold(k, parts, fold_data, hooks, progress, init))
     if not primary or folds is not None:
         return {}
     metrics, pred = evaluate_results(
@@ -198,12 +194,11 @@ def train_run(
     return metrics
 
 
-def _prepare(
-    data, out: Path, cfg: TrainConfig, splits_path, train_domains, init_run, progress: bool, write: bool
-) -> tuple:
+def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool) -> tuple:
     """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), and load (or make)
     the decoded-image and mask caches. Returns (manifest, targets, splits, images, decode seconds)."""
-    folder = RunFolder(out)
+    folder, cfg = run.folder, run.cfg
+    out = folder.root
     manifest = load_manifest(data, cfg.data_options())
     said = len(manifest.notes)
     for note in manifest.notes if write else []:  # how the data was read, before any refusal
@@ -244,7 +239,7 @@ def _prepare(
         atomic_write_text(folder.ledger, manifest.ledger.table().to_csv(index=False))
         if not folder.samples.is_file():
             save_samples(manifest, folder.samples)
-    splits = _prepare_splits(manifest, cfg, out, splits_path, write)
+    splits = _prepare_splits(manifest, run, splits_path, write)
     t0 = time.perf_counter()
     images = cached_images(
         manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=progress and write

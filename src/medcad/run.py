@@ -1,0 +1,71 @@
+"""A training run resolved once: its settings, its task, its compute and its folder, in one object.
+
+`Run.resolve` checks everything about the settings that can be checked before anything is written (task, compute,
+test-time augmentation, stage list, interface option, freeze stride) and is the only place where a training run
+resolves its task and its compute; the engine passes the `Run` down instead of resolving them again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from medcad.config import TrainConfig, run_stages
+from medcad.data.interface import check_interface
+from medcad.devices import Compute, resolve_compute
+from medcad.runfolder import RunFolder
+from medcad.tasks import Task, flip_tta, freeze_stride, get_task
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run.
+
+    Attributes:
+        cfg: the run's settings.
+        task: its task (`medcad.tasks`).
+        compute: its resolved compute (accelerator, devices, nodes, strategy, precision).
+        folder: its run folder's layout.
+    """
+
+    cfg: TrainConfig
+    task: Task
+    compute: Compute
+    folder: RunFolder
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig, out: str | Path) -> Run:
+        """The run of these settings in folder `out` (nothing is written).
+
+        Raises:
+            ConfigError: an unknown task; compute this machine cannot give (medcad.devices.resolve_compute); an
+                unknown test-time augmentation; a stage list for a task that trains in one stage; an interface
+                option the task cannot use; a negative freeze stride.
+        """
+        task = get_task(cfg.task)
+        compute = resolve_compute(cfg)
+        flip_tta(cfg.tta, cfg.task)
+        run_stages(cfg)
+        check_interface(cfg.interface, cfg.task)
+        freeze_stride(cfg.freeze_stride, cfg.task)
+        return cls(cfg, task, compute, RunFolder(Path(out)))
+
+    def with_settings(self, cfg: TrainConfig) -> Run:
+        """The same run with settings completed from the data (e.g. the lesion classes read from dataset.json);
+        task and compute settings must not change."""
+        return replace(self, cfg=cfg)
+
+    @property
+    def reduced_precision(self) -> bool:
+        """True when the run trains in bf16/fp16 (then its validation and test predictions autocast too)."""
+        return not self.compute.precision.startswith(("32", "64"))
+
+    @property
+    def device(self) -> torch.device:
+        """Where this process predicts after fitting: its GPU on a GPU run, else the CPU."""
+        if self.compute.accelerator == "gpu":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
