@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -59,7 +60,11 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert json.loads(res.stdout)["dice"]["value"] == pytest.approx(m["dice"]["value"])
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(synth), "--json"])  # as an external set
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["segmentation"]["n_images"] == 24
+    ext = json.loads(res.stdout)["segmentation"]
+    assert ext["n_images"] == 24 and ext["resolution"].startswith("each image's own size")  # scored as runs are
+    assert ext["training_size"]["n_images"] == 24 and ext["hd95"]["n_defined"] + ext["hd95"]["n_undefined"] <= 24
+    table = pd.read_csv(run / "evaluations" / synth.name / "predictions.csv")
+    assert {"dice", "hd95_px", "dice_training_size"} <= set(table.columns) and len(table) == 24
 
     image = next((synth / "images").glob("*.png"))
     out = tmp_path / "pred"
@@ -105,7 +110,6 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     writer.release()
     res = runner.invoke(app, ["predict", str(run), str(video), "--out", str(tmp_path / "v")])
     assert res.exit_code == 0, res.output
-    import pandas as pd
 
     frames = pd.read_csv(tmp_path / "v" / "clip_frames.csv")
     assert len(frames) > 0 and {"label", "lesion_fraction", "smoothed"} <= set(frames)

@@ -188,6 +188,7 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     assert res.exit_code == 0, res.output
     ext = json.loads(res.stdout)
     assert set(ext["segmentation"]["per_class"]) == {"cyst", "stone"} and "class_dice" in ext
+    assert ext["segmentation"]["resolution"].startswith("each image's own size") and "class_iou" in ext
 
     res = runner.invoke(app, ["export", str(run), "--fold", "0", "--json"])
     assert res.exit_code == 0, res.output

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from medcad.checkpoint import load_init_model, save_model
-from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
 from medcad.devices import is_primary
 from medcad.engine.common import fit, make_trainer, quiet_lightning

@@ -222,6 +222,52 @@ def _decided(per_fold: list[dict], groups: np.ndarray, frame_score: list[str], r
     return {**metrics, "frame_score": frame_score, "rule": rule, "thresholds": thresholds}
 
 
+def external_mask_results(
+    manifest: Manifest,
+    probs: np.ndarray,
+    true_small: np.ndarray,
+    groups: np.ndarray,
+    missing: str,
+    lesion_classes: np.ndarray | None = None,
+    classes: MaskLabels | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """An external set's masks scored as a run's are: at each image's own size (Dice, IoU with cluster-bootstrap CIs,
+    HD95), with the training-size figures beside them and, for label maps, each lesion class.
+
+    Args:
+        manifest: the external set (every row predicted, in order).
+        probs: (N, S, S) predicted lesion probabilities, float 0..1 at the training size.
+        true_small: (N, S, S) its masks at the training size (label maps: class indices).
+        groups: (N,) cluster of each image (patient, else the image).
+        missing: the run's policy for images without a mask.
+        lesion_classes, classes: label maps: (N, K, S, S) the classes' probabilities 0..1, and the run's classes.
+
+    Returns:
+        (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, dice_training_size and
+        dice_<class> columns).
+    """
+    from medcad.engine.fullres import native_mask_scores
+    from medcad.metrics.segmentation import dice_iou, hd95_summary, mask_counts, per_image_table, segmentation_metrics
+
+    rows = np.arange(len(manifest))
+    as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    counts, dist, classes_scored = native_mask_scores(
+        manifest, rows, as_u8(probs), missing, as_u8(lesion_classes), classes
+    )
+    small = mask_counts(as_u8(probs) >= 128, true_small > 0)
+    m = segmentation_metrics(counts, groups=groups)
+    m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
+    m["hd95"] = hd95_summary(dist, groups=groups)
+    size = int(true_small.shape[-1])
+    m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
+    table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
+    if classes_scored is not None:
+        m |= _class_results([classes_scored], classes, groups, table)
+    table["hd95_px"] = dist
+    table["dice_training_size"] = dice_iou(small)[0]
+    return m, table
+
+
 def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
     """Label maps: per-class metrics of the folds' (counts per class, HD95 (n, K)) pairs, and a dice_<class> column
     per class in `table`."""

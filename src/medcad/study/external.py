@@ -12,7 +12,13 @@ from medcad.config import DataOptions
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.engine.evaluate import load_run_config
-from medcad.engine.results import multilabel_table, pooled_metrics, prediction_table, write_json
+from medcad.engine.results import (
+    external_mask_results,
+    multilabel_table,
+    pooled_metrics,
+    prediction_table,
+    write_json,
+)
 from medcad.errors import DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import RunFolder
@@ -76,22 +82,20 @@ def evaluate_external(
     elif out.get("probabilities") is not None:
         metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
         pred = prediction_table(manifest, rows, y, out["probabilities"], labels)
-    if out.get("mask") is not None:
-        from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table, segmentation_metrics
-
-        counts = mask_counts(out["mask"] >= 0.5, targets.masks.astype(bool))
-        metrics["segmentation"] = segmentation_metrics(counts, groups=groups)
-        metrics["dice"], metrics["iou"] = metrics["segmentation"]["dice"], metrics["segmentation"]["iou"]
-        table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
-        if out.get("lesion_classes") is not None:  # label maps: each lesion class at the training size
-            from medcad.metrics.label_maps import class_counts, class_index_map, class_metrics
-
-            found = class_index_map(out["mask"], out["lesion_classes"], 0.5)
-            per_class = class_counts(found, np.asarray(targets.masks), len(labels))
-            metrics["segmentation"] |= class_metrics(per_class, labels, groups=groups)
-            metrics["class_dice"] = metrics["segmentation"]["class_dice"]
-            for name, c in zip(labels, per_class, strict=True):
-                table[f"dice_{name}"] = dice_iou(c)[0]
+    if out.get("mask") is not None:  # scored as a run's masks are: at each image's own size
+        seg, table = external_mask_results(
+            manifest,
+            out["mask"],
+            np.asarray(targets.masks),
+            groups,
+            cfg.missing_masks,
+            out.get("lesion_classes"),
+            targets.mask_classes,
+        )
+        metrics["segmentation"] = seg
+        metrics["dice"], metrics["iou"] = seg["dice"], seg["iou"]
+        if "class_dice" in seg:
+            metrics["class_dice"], metrics["class_iou"] = seg["class_dice"], seg["class_iou"]
         pred = pred.merge(table, on="image", how="left")
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
     metrics["backend"] = predictor.backend
