@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
@@ -64,22 +65,14 @@ def _classifier_data_config(model: nn.Module) -> dict:
     return backbone_data_config(model.backbone)
 
 
-def _segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
+def _segmenter(
+    cfg: TrainConfig, n: int, _: dict | None, *, with_class: bool = False, label_maps: bool = False
+) -> nn.Module:
+    """A mask model: one lesion channel, or with `label_maps` background + n lesion classes; with `with_class` a
+    class head beside the mask (multitask)."""
     from medcad.models.segmentation import segmenter_from_config
 
-    return segmenter_from_config(cfg, n, with_class=False)
-
-
-def _multiclass_segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
-    from medcad.models.segmentation import segmenter_from_config
-
-    return segmenter_from_config(cfg, n, with_class=False, mask_channels=n + 1)  # background + n lesion classes
-
-
-def _joint_segmenter(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
-    from medcad.models.segmentation import segmenter_from_config
-
-    return segmenter_from_config(cfg, n, with_class=True)
+    return segmenter_from_config(cfg, n, with_class=with_class, mask_channels=n + 1 if label_maps else 1)
 
 
 def _segmenter_data_config(model: nn.Module) -> dict:
@@ -132,7 +125,7 @@ TASKS: dict[str, Task] = {
             ("labels", "masks"),
             ("probabilities", "mask"),
             ("dice", "iou", *CLASS_HEADLINE),
-            _joint_segmenter,
+            partial(_segmenter, with_class=True),
             _segmenter_data_config,
         ),
         Task(
@@ -142,7 +135,7 @@ TASKS: dict[str, Task] = {
             ("masks",),
             ("mask",),
             ("dice", "iou", "class_dice"),
-            _multiclass_segmenter,
+            partial(_segmenter, label_maps=True),
             _segmenter_data_config,
             mask_kind="classes",
         ),
