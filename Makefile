@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The suite runs in four pytest processes: one process that had trained ~100 Lightning models, loaded OpenVINO,
 # ONNX Runtime and Ray and forked workers was killed by a kernel-sent SIGSEGV (si_code SI_KERNEL, in sleep or kill)
 # at a later fork, in CI and here (docs/results.md, "The test suite's crash"); each part alone passes.
-TEST_PARTS := tests/cli+tests/data+tests/metrics+tests/models tests/engine tests/inference tests/report+tests/study+tests/test_cli.py+tests/test_tasks.py+tests/test_devices.py
+TEST_PARTS := tests/cli+tests/data+tests/metrics+tests/models tests/engine tests/inference tests/report+tests/study+tests/test_*.py
 
 .PHONY: demo test install install-dev lint format clean
 

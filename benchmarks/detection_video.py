@@ -28,7 +28,7 @@ from medcad.data.io import read_image
 from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits
 from medcad.data.video import extract_frames
-from medcad.inference.prediction import BACKGROUND, NO_LESION
+from medcad.inference.outputs import BACKGROUND, NO_LESION
 from medcad.inference.registry import load_predictor
 from medcad.inference.video import predict_video
 from medcad.models.card import machine_info

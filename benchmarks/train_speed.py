@@ -39,11 +39,11 @@ from common import write_result
 
 from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
-from medcad.devices import resolve_compute
 from medcad.engine.common import fit, make_trainer, quiet_lightning
 from medcad.engine.fold import FoldData
 from medcad.engine.train import fold_hooks
 from medcad.models.card import machine_info
+from medcad.run import Run
 from medcad.tasks import freeze_stride
 
 HERE = Path(__file__).resolve().parent
@@ -87,15 +87,16 @@ class StepTimer(L.Callback):
 
 def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> float:
     """images/s of medcad's training step: the task's hooks, module and loaders, trained by make_trainer + fit."""
-    hooks = fold_hooks(task)
-    model, dc = hooks.build(cfg, data, parts, None, None)
-    model.train()
-    module = hooks.module(model, Normalize(dc["mean"], dc["std"]), data, parts, cfg)
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, _ = make_trainer(Path(tmp), hooks.stage, 1, cfg, hooks.monitor, "max", cfg.patience, False)
+        run = Run.resolve(cfg, tmp)
+        hooks = fold_hooks(task)(run)
+        model, dc = hooks.build(data, parts, None, None)
+        model.train()
+        module = hooks.module(model, Normalize(dc["mean"], dc["std"]), data, parts)
+        trainer, _ = make_trainer(run, run.folder.fold(0), hooks.stage, 1, hooks.monitor, "max", cfg.patience, False)
         trainer.callbacks.append(timer)
-        fit(trainer, module, *hooks.loaders(data, parts, cfg))
+        fit(trainer, module, *hooks.loaders(data, parts))
     return timer.images / timer.seconds
 
 
@@ -106,8 +107,8 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
     from medcad.engine.segment import bce_dice_loss
     from medcad.models.backbones import set_bn_eval
 
-    hooks = fold_hooks(task)
-    model, dc = hooks.build(cfg, data, parts, None, None)
+    hooks = fold_hooks(task)(Run.resolve(cfg, tempfile.gettempdir()))  # nothing is written
+    model, dc = hooks.build(data, parts, None, None)
     model.train()
     if task == "classify":
         set_bn_eval(model.backbone)  # medcad's stage 2 keeps the pretrained BatchNorm statistics: so does this loop
@@ -116,7 +117,7 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
     mean = torch.tensor(dc["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(dc["std"]).view(1, -1, 1, 1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
-    loader = hooks.loaders(data, parts, cfg)[0]
+    loader = hooks.loaders(data, parts)[0]
     ce = nn.CrossEntropyLoss()
     t = seconds = 0.0
     images = 0
@@ -174,7 +175,7 @@ def main() -> None:
             if task == "detect"
             else ("U-Net / tf_efficientnet_lite0" if task == "segment" else "tf_efficientnet_lite0 (stage 2)"),
             "image_size": size,
-            "precision": resolve_compute(cfg).precision,
+            "precision": Run.resolve(cfg, ".").compute.precision,
             "freeze_stride": stride,
             "images_per_s": round(ours, 2),
             "images_per_s_all_layers": round(all_layers, 2),

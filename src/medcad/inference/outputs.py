@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from medcad.drawing import class_overlay, draw_boxes, mask_overlay
+from medcad.metrics.detection import BACKGROUND  # the frame label of "no box" (the design's background row)
 from medcad.metrics.segmentation import frame_scores
 from medcad.tasks import reference_label
 
-BACKGROUND = "background"
 NO_LESION, LESION = "no lesion", "lesion"
 NO_FINDING = "none"  # a multi-label image with no label at or above the threshold
 
