@@ -131,7 +131,6 @@ def segmentation_results(
         apply_frame_decision,
         dice_iou,
         frame_scores,
-        hd95_summary,
         mask_counts,
         per_image_table,
         segmentation_metrics,
@@ -170,11 +169,7 @@ def segmentation_results(
     counts, counts_small = _joined([p[1] for p in parts]), _joined(small)
     dist = np.concatenate(dists)
     groups = np.array([groups_of.get(keys[i], i) for i in rows])
-    m = segmentation_metrics(counts, groups=groups)
-    m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
-    m["hd95"] = hd95_summary(dist, groups=groups)
-    size = int(masks.shape[-1])
-    m["training_size"] = {**segmentation_metrics(counts_small, groups=groups), "resolution": f"{size}x{size} px"}
+    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]))
     not_normal = f"the class head's probability that the frame is not {reference_label(labels)!r}"
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
@@ -247,25 +242,32 @@ def external_mask_results(
         dice_<class> columns).
     """
     from medcad.engine.fullres import native_mask_scores
-    from medcad.metrics.segmentation import dice_iou, hd95_summary, mask_counts, per_image_table, segmentation_metrics
+    from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table
 
     rows = np.arange(len(manifest))
     as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
-    counts, dist, classes_scored = native_mask_scores(
-        manifest, rows, as_u8(probs), missing, as_u8(lesion_classes), classes
-    )
-    small = mask_counts(as_u8(probs) >= 128, true_small > 0)
-    m = segmentation_metrics(counts, groups=groups)
-    m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
-    m["hd95"] = hd95_summary(dist, groups=groups)
-    size = int(true_small.shape[-1])
-    m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
+    probs = as_u8(probs)
+    counts, dist, classes_scored = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes)
+    small = mask_counts(probs >= 128, true_small > 0)
+    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]))
     table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
     if classes_scored is not None:
         m |= _class_results([classes_scored], classes, groups, table)
     table["hd95_px"] = dist
     table["dice_training_size"] = dice_iou(small)[0]
     return m, table
+
+
+def _native_size_metrics(counts: dict, small: dict, dist: np.ndarray, groups: np.ndarray, size: int) -> dict:
+    """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
+    "training_size", at the S x S training size: the same for a run's test images and an external set's."""
+    from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
+
+    m = segmentation_metrics(counts, groups=groups)
+    m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
+    m["hd95"] = hd95_summary(dist, groups=groups)
+    m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
+    return m
 
 
 def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
