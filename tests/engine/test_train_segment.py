@@ -65,6 +65,9 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert ext["training_size"]["n_images"] == 24 and ext["hd95"]["n_defined"] + ext["hd95"]["n_undefined"] <= 24
     table = pd.read_csv(run / "evaluations" / synth.name / "predictions.csv")
     assert {"dice", "hd95_px", "dice_training_size"} <= set(table.columns) and len(table) == 24
+    # the frames are 64 px as the training size: scored at their own size, each image's Dice is the training-size one
+    np.testing.assert_allclose(table["dice"], table["dice_training_size"])
+    assert ext["dice"]["value"] == pytest.approx(ext["training_size"]["dice"]["value"])
 
     image = next((synth / "images").glob("*.png"))
     out = tmp_path / "pred"
