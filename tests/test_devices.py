@@ -36,6 +36,28 @@ def test_machine_reads_the_cpu_once() -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "aten", "onednn"),
+    [("avx2,fma", "AVX2", "AVX2"), ("avx2,avx512f,avx512_vnni", "AVX512", "AVX512_CORE_VNNI")],
+)
+def test_torch_kernels_follow_the_flags(flags: str, aten: str, onednn: str) -> None:
+    """In a process started with MEDCAD_CPU_FLAGS, importing medcad caps torch's kernels to that CPU (an AVX-512
+    machine then runs torch as the named CPU does: bf16 emulated, AVX2 convolutions)."""
+    import os
+    import subprocess
+    import sys
+
+    needed = {"AVX2": "avx2", "AVX512": "avx512f"}[aten]
+    if needed not in devices._cpuinfo()[1]:
+        pytest.skip(f"this CPU has no {needed}")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    code = "import medcad, os, torch; print(torch.backends.cpu.get_cpu_capability(), os.environ['ONEDNN_MAX_CPU_ISA'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, devices.CPU_FLAGS_ENV: flags}, capture_output=True, text=True
+    )
+    assert out.stdout.split() == [aten, onednn], out.stderr
+
+
+@pytest.mark.parametrize(
     ("flags", "kind", "bf16", "vnni"),
     [
         ("avx2,fma", "avx2", False, False),

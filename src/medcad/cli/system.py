@@ -55,6 +55,11 @@ def checks(as_json: JsonOpt = False) -> None:
     typer.echo(f"CPU: {m['cpu']} ({m['kind']}; {m['cores']} cores; flags from {m['flags_source']})")
     typer.echo(f"  native bf16: {m['native_bf16']}, VNNI: {m['vnni']}, torch kernels: {m['torch_cpu_capability']}")
     typer.echo(f"  flags: {', '.join(m['flags']) or 'none of those medcad looks at'}")
+    if m["flags_source"] != "cpuinfo":
+        typer.echo(
+            f"  torch's kernels are capped to these flags by {m['flags_source']} (ATEN_CPU_CAPABILITY, "
+            "ONEDNN_MAX_CPU_ISA); ONNX Runtime and OpenVINO still use every instruction the real CPU has"
+        )
     typer.echo(f"GPUs: {m['gpus']}")
     typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
     for what, choice in report["uses"].items():
