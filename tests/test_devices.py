@@ -89,3 +89,36 @@ def test_prediction_autocasts_only_where_bf16_is_native(cpu_flags) -> None:
     reduced = run_batched(net, norm, x, channels_last=False)[0]
     assert not np.allclose(reduced, fp32, rtol=0, atol=1e-6)  # bf16 rounding shows
     np.testing.assert_allclose(reduced, fp32, atol=0.1)
+
+
+def test_freed_memory_is_kept_for_the_next_step() -> None:
+    """After `keep_freed_memory`, a large block freed and allocated again is served from memory the process kept (no
+    page faults); with MEDCAD_MALLOC=system, glibc maps it anew and its pages fault in again every time."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator setting is glibc's")
+    code = (
+        "import resource, numpy as np\n"
+        "from medcad.allocator import keep_freed_memory\n"
+        "print(keep_freed_memory())\n"
+        "def faults():\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "a = np.ones(16 * 2**20, np.float32); del a\n"  # 64 MiB, above glibc's largest mmap threshold
+        "before = faults()\n"
+        "for _ in range(5):\n"
+        "    a = np.ones(16 * 2**20, np.float32); del a\n"
+        "print(faults() - before)\n"
+    )
+    seen = {}
+    for setting in ("", "system"):
+        env = {**os.environ, "MEDCAD_MALLOC": setting}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        applied, faults = out.stdout.split()
+        seen[setting] = (applied, int(faults))
+    assert seen[""][0] == "True" and seen["system"][0] == "False"
+    assert seen["system"][1] >= 5 * 32  # at least one fault per 2 MiB huge page, every time
+    assert seen[""][1] * 10 < seen["system"][1]

@@ -18,6 +18,9 @@ def main() -> None:
     its disk fills; what it finished is kept and the same command resumes it)."""
     import errno
 
+    from medcad.allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         app()
     except OSError as e:

@@ -8,6 +8,7 @@ from importlib import metadata
 
 import typer
 
+from medcad.allocator import keep_freed_memory
 from medcad.cli.common import JsonOpt, app
 
 
@@ -39,6 +40,11 @@ def system_report() -> dict:
                 f"(without a run folder or its images: {static_choice()})"
             ),
             "threads": m.cores,
+            "allocator": (
+                "glibc, freed memory kept for the next step (mallopt; MEDCAD_MALLOC=system leaves it as it is)"
+                if keep_freed_memory()
+                else "the C library's, as it is"
+            ),
         },
     }
 

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
 from medcad.errors import ConfigError
@@ -102,6 +103,7 @@ def make_trainer(
     distributed sampler and writes checkpoints and logs from rank 0 only."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    keep_freed_memory()  # a step's activations are not unmapped and page-faulted in again every step
     compute = run.compute
     # best.ckpt: the weights only (what the fold loads); last.ckpt, rewritten every epoch: the full state an
     # interrupted fit resumes from (optimizer, scheduler, both callbacks' records). Weights only: a third of the
