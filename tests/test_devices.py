@@ -122,3 +122,38 @@ def test_freed_memory_is_kept_for_the_next_step() -> None:
     assert seen[""][0] == "True" and seen["system"][0] == "False"
     assert seen["system"][1] >= 5 * 32  # at least one fault per 2 MiB huge page, every time
     assert seen[""][1] * 10 < seen["system"][1]
+
+
+def test_openvino_runs_beside_torch_capped_to_avx2(tmp_path) -> None:
+    """Under MEDCAD_CPU_FLAGS=avx2,fma, torch runs AVX2 convolutions and OpenVINO (whose own oneDNN would read the
+    cap while its other kernels use the real CPU, and crash: seen with bf16) runs the same graph: both agree."""
+    import os
+    import subprocess
+    import sys
+
+    if "avx2" not in devices._cpuinfo()[1]:
+        pytest.skip("this CPU has no avx2")
+    # bf16 where the real CPU has it: OpenVINO asks its oneDNN for bf16 kernels that the cap would refuse
+    backend = "openvino-bf16" if "avx512_bf16" in devices._cpuinfo()[1] else "openvino-fp32"
+    code = f"""
+import numpy as np, torch
+from medcad.inference.onnx import GraphSession
+net = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 32, 3, 2), torch.nn.BatchNorm2d(32), torch.nn.ReLU6(), torch.nn.Conv2d(32, 32, 3, groups=32),
+    torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+).eval()
+x = torch.rand(2, 3, 96, 96) * 255
+with torch.no_grad():
+    want = net(x.contiguous(memory_format=torch.channels_last)).numpy()
+torch.onnx.export(net, (x,), {str(tmp_path / "net.onnx")!r}, input_names=["images"], output_names=["out"],
+                  dynamo=False)
+got = GraphSession({str(tmp_path / "net.onnx")!r}, {backend!r}).run(x.permute(0, 2, 3, 1).numpy(), 2)["out"]
+print(torch.backends.cpu.get_cpu_capability(), float(np.abs(got - want).max() / np.abs(want).max()))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, devices.CPU_FLAGS_ENV: "avx2,fma"}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    capability, error = out.stdout.split()
+    assert capability == "AVX2" and float(error) < (0.05 if backend.endswith("bf16") else 1e-4)

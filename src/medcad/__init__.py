@@ -24,7 +24,26 @@ def _cap_torch_kernels() -> None:
     else:
         aten, onednn = "default", "SSE41"
     os.environ.setdefault("ATEN_CPU_CAPABILITY", aten)
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", onednn)
+    if "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = onednn
+        os.environ[_CAPPED] = "1"  # set by medcad, not by the user: released for OpenVINO (below)
+
+
+_CAPPED = "MEDCAD_CAPPED_ONEDNN"
+
+
+def release_onednn_cap() -> None:
+    """Before OpenVINO loads: its own copy of oneDNN reads ONEDNN_MAX_CPU_ISA too while its other kernels follow the
+    real CPU, and that mix crashes it (a segmentation fault in `infer`, seen under MEDCAD_CPU_FLAGS=avx2,fma on an
+    AVX-512 machine). torch's oneDNN reads the variable once, at its first primitive: make one now (a channels_last
+    convolution always goes through oneDNN), then drop the variable that medcad set. A variable the user set stays."""
+    if os.environ.get(_CAPPED) != "1" or "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        return
+    import torch
+
+    x = torch.zeros(1, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    torch.nn.functional.conv2d(x, torch.zeros(8, 8, 3, 3).contiguous(memory_format=torch.channels_last))
+    del os.environ["ONEDNN_MAX_CPU_ISA"]
 
 
 _cap_torch_kernels()

@@ -105,6 +105,7 @@ class Machine:
             "cores": self.cores,
             "gpus": self.gpus,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "all the CPU has"),
         }
 
 

@@ -34,6 +34,9 @@ class GraphSession:
     def __init__(self, path: str | Path, backend: str, threads: int | None = None) -> None:
         self.path, self.backend = Path(path), backend
         if backend.startswith("openvino"):
+            from medcad import release_onednn_cap
+
+            release_onednn_cap()
             import openvino as ov
 
             precision = "bf16" if backend == "openvino-bf16" else "f32"  # int8 runs its QDQ graph's int8 layers
