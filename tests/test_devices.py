@@ -138,9 +138,10 @@ def test_openvino_runs_beside_torch_capped_to_avx2(tmp_path) -> None:
     code = f"""
 import numpy as np, torch
 from medcad.inference.onnx import GraphSession
-net = torch.nn.Sequential(
-    torch.nn.Conv2d(3, 32, 3, 2), torch.nn.BatchNorm2d(32), torch.nn.ReLU6(), torch.nn.Conv2d(32, 32, 3, groups=32),
-    torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+nn = torch.nn
+net = nn.Sequential(
+    nn.Conv2d(3, 32, 3, 2), nn.BatchNorm2d(32), nn.ReLU6(), nn.Conv2d(32, 32, 3, groups=32),
+    nn.Conv2d(32, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 3)
 ).eval()
 x = torch.rand(2, 3, 96, 96) * 255
 with torch.no_grad():

@@ -157,7 +157,7 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     data = kidney_label_maps(tmp_path / "kidney")
     run = tmp_path / "run"
-    m = train_run(data, run, FAST, progress=False)
+    m = train_run(data, run, FAST.replace(epochs=8), progress=False)  # 4 epochs: 0.36-0.78 between runs
     assert json.loads((run / "config.json").read_text())["mask_labels"] == "1=cyst,2=stone"  # from dataset.json
     assert set(m["segmentation"]["per_class"]) == {"cyst", "stone"}
     for name in ("cyst", "stone"):
@@ -166,7 +166,7 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
         assert "hd95" in c
     mean = np.mean([m["segmentation"]["per_class"][n]["dice"]["value"] for n in ("cyst", "stone")])
     assert m["class_dice"]["value"] == pytest.approx(mean)
-    assert m["class_dice"]["value"] > 0.4  # the two classes are easy to tell apart: learnt, not chance (~0.78)
+    assert m["class_dice"]["value"] > 0.4  # the two classes are easy to tell apart: learnt, not chance
     table = (run / "predictions.csv").read_text().splitlines()[0].split(",")
     assert {"dice_cyst", "dice_stone"} <= set(table)
     with np.load(run / "fold_0" / "test_masks.npz") as z:
