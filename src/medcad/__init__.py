@@ -3,6 +3,7 @@
 import os
 
 __version__ = "0.1.0"
+CPU_FLAGS_ENV = "MEDCAD_CPU_FLAGS"  # e.g. "avx2,fma": run as if the CPU had only these (tests, what-if checks)
 
 
 def _cap_torch_kernels() -> None:
@@ -12,7 +13,7 @@ def _cap_torch_kernels() -> None:
     convolution at 56 px, batch 16, measured 34 ms native bf16 -> 288 ms capped to AVX2, fp32 38 -> 50 ms). Both
     variables are read at torch's first operation, so this runs on import of medcad, and what the user set wins.
     ONNX Runtime and OpenVINO choose their kernels from the CPU itself and are not capped."""
-    flags = os.environ.get("MEDCAD_CPU_FLAGS")
+    flags = os.environ.get(CPU_FLAGS_ENV)
     if flags is None:
         return
     have = {f.strip().lower() for f in flags.split(",")}

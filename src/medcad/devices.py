@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from medcad import CPU_FLAGS_ENV  # one name for the variable that medcad's import reads too
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError
 
@@ -53,7 +54,6 @@ def gpu_count() -> int:
 
 # CPU flags that decide medcad's defaults (names as /proc/cpuinfo spells them)
 KNOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-CPU_FLAGS_ENV = "MEDCAD_CPU_FLAGS"  # e.g. "avx2,fma": run as if the CPU had only these (tests, what-if checks)
 
 
 @dataclass(frozen=True)
