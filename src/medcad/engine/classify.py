@@ -35,6 +35,7 @@ from medcad.engine.modules import (
     stage_freeze_stride,
     val_score,
 )
+from medcad.engine.precision import fit_precision
 from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
@@ -175,9 +176,11 @@ class ClassifyHooks(FoldHooks):
         if stage.cached:
             self._fit_head(module, model, normalize, data, parts, fold, speed, name, monitor)
         else:
-            trainer, ckpt = make_trainer(self.run, fold, name, stage.epochs, *monitor, False)
+            loaders = self.loaders(data, parts)
+            precision = fit_precision(self.run, module, loaders[0])
+            trainer, ckpt = make_trainer(self.run, fold, name, stage.epochs, *monitor, False, precision)
             last = folder / "last.ckpt"
-            fit(trainer, module, *self.loaders(data, parts), ckpt_path=last if last.is_file() else None)
+            fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
             path = ckpt.best_model_path or (str(last) if last.is_file() else "")
             if path:
                 module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])

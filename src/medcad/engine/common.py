@@ -96,8 +96,10 @@ def make_trainer(
     mode: str,
     patience: int,
     progress: bool,
+    precision: str | None = None,
 ):
-    """A Lightning trainer on the run's compute (accelerator, devices, nodes, strategy, precision), with best/last
+    """A Lightning trainer on the run's compute (accelerator, devices, nodes, strategy, and its precision unless
+    `precision` is given: `engine.precision.fit_precision` chooses one per fit), with best/last
     checkpoints in the fold's checkpoints/<stage>, early stopping on `monitor`, and the run's loggers.
     Returns (trainer, checkpoint callback). With several processes, Lightning shards the training data with a
     distributed sampler and writes checkpoints and logs from rank 0 only."""
@@ -117,7 +119,7 @@ def make_trainer(
         num_nodes=compute.num_nodes,
         strategy=compute.strategy,
         max_epochs=max_epochs,
-        precision=compute.precision,
+        precision=precision or compute.precision,
         callbacks=[ckpt, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience)],
         logger=make_loggers(fold, stage, run.cfg) or False,
         enable_model_summary=False,

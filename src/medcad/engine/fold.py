@@ -27,6 +27,7 @@ from medcad.checkpoint import load_init_model, save_model
 from medcad.data.transforms import Normalize
 from medcad.devices import is_primary
 from medcad.engine.common import fit, make_trainer, quiet_lightning
+from medcad.engine.precision import fit_precision
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
 from medcad.run import Run
@@ -162,16 +163,18 @@ def train_fold(
         scores[before_name] = hooks.score(val_out, data, val)
         before_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
         speed["before_fit_seconds"] = time.perf_counter() - t0
-    selected = before_name
+    selected, precision = before_name, None
     if hooks.epochs() > 0:
         t1 = time.perf_counter()
         model.train()  # predicting set eval mode, and Lightning keeps the modes of submodules as it finds them
         module = hooks.module(model, normalize, data, parts)
+        loaders = hooks.loaders(data, parts)
+        precision = fit_precision(run, module, loaders[0])
         trainer, ckpt = make_trainer(
-            run, fold, hooks.stage, hooks.epochs(), hooks.monitor, "max", cfg.patience, progress
+            run, fold, hooks.stage, hooks.epochs(), hooks.monitor, "max", cfg.patience, progress, precision
         )
         last = fold.checkpoints(hooks.stage) / "last.ckpt"
-        fit(trainer, module, *hooks.loaders(data, parts), ckpt_path=last if last.is_file() else None)
+        fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
         if not primary:
             return {}  # rank 0 predicts and writes the fold
         best = ckpt.best_model_path or (str(last) if last.is_file() else "")
@@ -201,6 +204,8 @@ def train_fold(
     speed["seconds"] = time.perf_counter() - t0
     result = _fold_result(k, parts, data, selected, scores, speed, decision, temperature, test_out, val_out)
     result |= hooks.result(test_out, val_out, data, parts, fold)
+    if precision is not None:
+        result["train_precision"] = precision  # of the fold's fit (engine.precision); predictions: the run's
     write_json(fold.result, result)
     return result
 
