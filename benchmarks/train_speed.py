@@ -3,14 +3,14 @@ with a plain PyTorch + timm loop (eager fp32, the same model, data, augmentation
 
     .venv/bin/python benchmarks/train_speed.py [--tasks classify,segment,detect] [--steps 20] [--warmup 3]
 
-medcad's step is measured through its own code: the task's fold hooks build the model (offline ImageNet weights),
-make the training loader and the Lightning module (engine.classify / segment / detect), and engine.common's
-`make_trainer` + `fit` train it with the run's precision (bf16-mixed on a CPU with AVX-512 BF16), channels_last and
-its loggers. A callback times the training batches after `warmup` of them (each step: loading and augmenting the
-batch, forward, backward, optimizer, logging), so validation and checkpointing, once per epoch, are left out.
-The plain loop trains a fresh copy of the same model on the same loader: normalise, forward, loss, backward, AdamW,
-with the C library's allocator as it comes (every plain loop runs before medcad's first fit, which keeps freed memory
-in the process: `medcad.allocator`).
+medcad's step is measured through its own code: the task's fold hooks build the model (offline ImageNet weights), make
+the training loader and the Lightning module (engine.classify / segment / detect), and engine.common's `make_trainer` +
+`fit` train it in the precision medcad chooses for the fit (on a CPU with bf16 in hardware, the faster of fp32 and bf16
+autocast, timed once per model: `engine.precision`), channels_last and its loggers. A callback times the training
+batches after `warmup` of them (each step: loading and augmenting the batch, forward, backward, optimizer, logging), so
+validation and checkpointing, once per epoch, are left out. The plain loop trains a fresh copy of the same model on the
+same loader: normalise, forward, loss, backward, AdamW, with the C library's allocator as it comes (every plain loop
+runs before medcad's first fit, which keeps freed memory in the process: `medcad.allocator`).
 
 medcad's classifier recipe keeps the pretrained backbone's stem and stages up to output stride 4 at their ImageNet
 weights in stage 2 (`tasks.freeze_stride`; no backward pass through them); the plain loop trains every layer. So a
@@ -44,6 +44,7 @@ from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
 from medcad.engine.common import fit, make_trainer, quiet_lightning
 from medcad.engine.fold import FoldData
+from medcad.engine.precision import fit_precision
 from medcad.engine.train import fold_hooks
 from medcad.models.card import machine_info
 from medcad.run import Run
@@ -88,8 +89,9 @@ class StepTimer(L.Callback):
             self.t = now
 
 
-def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> float:
-    """images/s of medcad's training step: the task's hooks, module and loaders, trained by make_trainer + fit."""
+def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> tuple[float, str]:
+    """(images/s, precision) of medcad's training step: the task's hooks, module and loaders, in the precision
+    medcad chooses for the fit (`engine.precision.fit_precision`), trained by make_trainer + fit."""
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as tmp:
         run = Run.resolve(cfg, tmp)
@@ -97,10 +99,13 @@ def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmu
         model, dc = hooks.build(data, parts, None, None)
         model.train()
         module = hooks.module(model, Normalize(dc["mean"], dc["std"]), data, parts)
-        trainer, _ = make_trainer(run, run.folder.fold(0), hooks.stage, 1, hooks.monitor, "max", cfg.patience, False)
+        loaders = hooks.loaders(data, parts)
+        precision = fit_precision(run, module, loaders[0])
+        fold = run.folder.fold(0)
+        trainer, _ = make_trainer(run, fold, hooks.stage, 1, hooks.monitor, "max", cfg.patience, False, precision)
         trainer.callbacks.append(timer)
-        fit(trainer, module, *hooks.loaders(data, parts))
-    return timer.images / timer.seconds
+        fit(trainer, module, *loaders)
+    return timer.images / timer.seconds, precision
 
 
 def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> float:
@@ -175,15 +180,15 @@ def main() -> None:
     plain = {task: plain_speed(task, *setup, args.warmup) for task, setup in setups.items()}
     for task, (cfg, data, parts) in setups.items():
         t0 = time.perf_counter()
-        ours = medcad_speed(task, cfg, data, parts, args.warmup)
+        ours, precision = medcad_speed(task, cfg, data, parts, args.warmup)
         stride = freeze_stride(cfg.freeze_stride, task)
-        all_layers = medcad_speed(task, cfg.replace(freeze_stride=0), data, parts, args.warmup) if stride else ours
+        all_layers = medcad_speed(task, cfg.replace(freeze_stride=0), data, parts, args.warmup)[0] if stride else ours
         results["tasks"][task] = {
             "model": "SSDlite / tf_efficientnet_lite0"
             if task == "detect"
             else ("U-Net / tf_efficientnet_lite0" if task == "segment" else "tf_efficientnet_lite0 (stage 2)"),
             "image_size": cfg.image_size,
-            "precision": Run.resolve(cfg, ".").compute.precision,
+            "precision": precision,  # of the timed fit (the stage-2 one for classify)
             "freeze_stride": stride,
             "allocator_kept": keep_freed_memory(),
             "images_per_s": round(ours, 2),
