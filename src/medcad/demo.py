@@ -66,6 +66,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     from medcad.data.layouts import load_manifest
     from medcad.data.summary import summarize
     from medcad.data.synthetic import generate_synthetic
+    from medcad.devices import machine
     from medcad.engine.train import train_run
     from medcad.report.console import print_audit, print_metrics, print_study, print_summary
     from medcad.report.html import write_report
@@ -101,7 +102,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     study_file = out / "study.yaml"
     if not study_file.is_file():
         study_file.write_text(DEMO_STUDY.format(path=study_file))
-    results = run_study(study_file, out / "study")
+    results = run_study(study_file, out / "study", jobs=min(2, machine().cores))
     print_study(results, c)
     lap("study")
     c.rule("5. Report")

@@ -24,6 +24,13 @@ def study(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a local one).")
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="local: worker processes training folds side by side, the cores shared among them (small images on "
+            "few cores train faster so)."
+        ),
+    ] = 1,
     plan: Annotated[
         bool,
         typer.Option(
@@ -54,7 +61,7 @@ def study(
         from medcad.report.console import print_study
         from medcad.study.runner import run_study
 
-        results = run_study(study_file, out, data_options=options, executor=executor, address=address)
+        results = run_study(study_file, out, data_options=options, executor=executor, address=address, jobs=jobs)
         print_study(results)
         _report(Path(results["splits"]).parent, make_report)
     except MedcadError as e:

@@ -234,6 +234,7 @@ def run_study(
     data_options: DataOptions | None = None,
     executor: str = "local",
     address: str | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Run (or resume) the study described by a YAML file; returns results.json's content.
 
@@ -246,6 +247,8 @@ def run_study(
         executor: "local" (the runs one after another here) or "ray" (fanned out over a Ray cluster; see
             medcad.study.executors); the results are the same.
         address: the Ray cluster's address (executor "ray").
+        jobs: worker processes of the local executor (1: the runs in this process; see
+            medcad.study.executors.LocalExecutor).
 
     Raises:
         ConfigError: a bad study file, executor or cluster address, before anything is written.
@@ -254,7 +257,7 @@ def run_study(
     from medcad.study.executors import make_executor
 
     spec = load_study(path)
-    runner = make_executor(executor, address)
+    runner = make_executor(executor, address, jobs)
     study_dir = (Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(spec.path.read_text())
