@@ -13,8 +13,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from medcad.runfolder import RunFolder
-
 DEMO_STUDY = """\
 # The demo study: written by `medcad demo`; edit it and run `medcad study {path}` to try other settings.
 name: demo
@@ -67,9 +65,9 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     from medcad.data.summary import summarize
     from medcad.data.synthetic import generate_synthetic
     from medcad.devices import machine
-    from medcad.engine.train import train_run
     from medcad.report.console import print_audit, print_metrics, print_study, print_summary
     from medcad.report.html import write_report
+    from medcad.study.executors import RunJob
     from medcad.study.runner import run_study
 
     c = console or Console()
@@ -98,22 +96,32 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     c.rule("3. Audit")
     print_audit(audit(manifest, progress=True), c)
     lap("audit")
-    c.rule("4. Study: sequential transfer between domains, two backbones, same folds")
+    c.rule("4. Study: sequential transfer between domains, two backbones, same folds; beside it a multitask U-Net")
     study_file = out / "study.yaml"
     if not study_file.is_file():
         study_file.write_text(DEMO_STUDY.format(path=study_file))
-    results = run_study(study_file, out / "study", jobs=min(2, machine().cores))
+    seg_run = out / "multitask"
+
+    def multitask(study) -> list[RunJob]:  # trained by the study's workers, on the study's splits
+        return [
+            RunJob(
+                "multitask",
+                seg_run.resolve(),
+                _multitask_config(),
+                manifest_csv.resolve(),
+                study.splits_path,
+                study.folds,
+            )
+        ]
+
+    results = run_study(study_file, out / "study", jobs=min(2, machine().cores), also=multitask)
     print_study(results, c)
-    lap("study")
+    lap("study and multitask runs")
     c.rule("5. Report")
     report = write_report(out / "study")
     lap("study report")
     c.rule("6. Lesion masks + class from one network (multitask U-Net, same folds)")
-    seg_run = out / "multitask"
-    splits = RunFolder(out / "study").splits
-    seg = train_run(manifest_csv, seg_run, _multitask_config(), splits_path=splits, progress=False)
-    print_metrics(seg, seg_run, c)
-    lap("multitask run")
+    print_metrics(results["also"]["multitask"], seg_run, c)
     seg_report = write_report(seg_run)
     lap("multitask report")
     elapsed = time.perf_counter() - t0

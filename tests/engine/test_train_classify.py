@@ -57,6 +57,19 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert json.loads(res.stdout)["n"] == 24
 
 
+def test_train_jobs_trains_the_folds_in_workers_as_one_process_does(easy_set: Path, tmp_path: Path, one_thread) -> None:
+    one = tmp_path / "one"
+    train_run(easy_set, one, FAST.replace(threads=1), progress=False)
+    args = ["--image-size", "32", "--epochs", "1", "--head-epochs", "3", "--batch-size", "8", "--unfreeze", "1"]
+    args += ["--folds", "2", "--val-fraction", "0.25", "--threads", "1", "--no-report"]
+    res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "two"), "--jobs", "2", *args])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "two" / "predictions.csv").read_text() == (one / "predictions.csv").read_text()
+    assert sorted(p.parent.name for p in (tmp_path / "two").glob("fold_*/model.pt")) == ["fold_0", "fold_1"]
+    res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "r"), "--jobs", "2", "--repeats", "2"])
+    assert res.exit_code == 2 and "leave it out with --repeats" in res.output
+
+
 def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", str(easy_set), "--model", "efficientnet_b00", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "did you mean" in res.output

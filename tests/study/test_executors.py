@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from medcad.config import TrainConfig
 from medcad.data.synthetic import generate_synthetic
 from medcad.errors import ConfigError
+from medcad.study.executors import RunJob
 from medcad.study.runner import run_study
 
 STUDY = """
@@ -40,7 +42,16 @@ def _comparable(results: dict) -> dict:
 
 def test_ray_and_local_workers_write_the_same_results_as_one_process(study_file: Path, tmp_path: Path) -> None:
     one = run_study(study_file, tmp_path / "one", progress=False)
-    two = run_study(study_file, tmp_path / "two", progress=False, jobs=2)  # the tasks in 2 local worker processes
+    seg = TrainConfig(task="segment", image_size=32, epochs=1, batch_size=16, threads=1)
+
+    def also(study) -> list[RunJob]:  # another task on the study's splits, trained by the same workers
+        data = study_file.parent / "data"
+        return [RunJob("seg", (tmp_path / "seg").resolve(), seg, data, study.splits_path, study.folds)]
+
+    two = run_study(study_file, tmp_path / "two", progress=False, jobs=2, also=also)  # in 2 worker processes
+    assert "dice" in two.pop("also")["seg"]
+    assert sorted(p.parent.name for p in (tmp_path / "seg").glob("fold_*/model.pt")) == ["fold_0", "fold_1"]
+    assert (tmp_path / "seg" / "splits.json").read_text() == (tmp_path / "two" / "splits.json").read_text()
     fanned = [two]
     try:
         import ray

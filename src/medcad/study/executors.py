@@ -150,6 +150,27 @@ class LocalExecutor:
         return out
 
 
+def train_in_workers(data: Path, out: Path, cfg: TrainConfig, workers: int, splits_path: Path | None = None) -> dict:
+    """`train_run` of one run with its folds trained side by side in `workers` processes (`LocalExecutor`): the run
+    is prepared here first (its notes, caches and splits.json), then its folds are tasks. Returns metrics.json.
+
+    Raises:
+        ConfigError: workers < 1, or several processes per fit (devices, num_nodes) asked for as well.
+    """
+    from medcad.data.splits import load_splits
+    from medcad.engine.train import train_run
+    from medcad.runfolder import RunFolder
+
+    if cfg.devices * cfg.num_nodes > 1:
+        raise ConfigError("--jobs trains each fold in one process: use it with devices 1 and num_nodes 1")
+    executor = LocalExecutor(workers)
+    data, out = Path(data).resolve(), Path(out).resolve()
+    train_run(data, out, cfg, splits_path=splits_path, folds=[])
+    splits = RunFolder(out).splits
+    folds = tuple(f["fold"] for f in load_splits(splits)["folds"])
+    return executor.run([RunJob(out.name, out, cfg, data, splits, folds)], progress=False)[out.name]
+
+
 def _use_threads(n: int) -> None:
     """A worker process's torch threads."""
     import torch

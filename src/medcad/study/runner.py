@@ -227,37 +227,37 @@ def _jobs(exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, se
     return jobs, metrics
 
 
-def run_study(
-    path: str | Path,
-    out: str | Path | None = None,
-    progress: bool = True,
-    data_options: DataOptions | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    jobs: int = 1,
-) -> dict:
-    """Run (or resume) the study described by a YAML file; returns results.json's content.
+@dataclass
+class PreparedStudy:
+    """A study ready for an executor: its file, folder, settings, runs and splits (written), the jobs still to train
+    and the metrics of the runs finished before (skipped on resume)."""
 
-    Every run of the study uses one splits.json, so models and protocols are compared on the same folds; a run
-    whose metrics.json exists is skipped.
+    spec: StudySpec
+    study_dir: Path
+    base: TrainConfig
+    labels: list[str]
+    domains: list[str]
+    splits_path: Path
+    exps: list[Experiment]
+    jobs: list
+    metrics: dict[str, dict]
 
-    Args:
-        data_options: dataset-reading options from the command line; those set (not default) override the
-            study file's settings.
-        executor: "local" (the runs one after another here) or "ray" (fanned out over a Ray cluster; see
-            medcad.study.executors); the results are the same.
-        address: the Ray cluster's address (executor "ray").
-        jobs: worker processes of the local executor (1: the runs in this process; see
-            medcad.study.executors.LocalExecutor).
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return tuple(f["fold"] for f in load_splits(self.splits_path)["folds"])
+
+
+def prepare_study(
+    path: str | Path, out: str | Path | None = None, progress: bool = True, data_options: DataOptions | None = None
+) -> PreparedStudy:
+    """Read a study file, check its data and write its folder's study.yaml and splits.json (see `run_study`).
 
     Raises:
-        ConfigError: a bad study file, executor or cluster address, before anything is written.
+        ConfigError: a bad study file, or domains not in the data.
     """
     from medcad.engine.train import splits_for
-    from medcad.study.executors import make_executor
 
     spec = load_study(path)
-    runner = make_executor(executor, address, jobs)
     study_dir = (Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(spec.path.read_text())
@@ -276,13 +276,58 @@ def run_study(
     elif not splits_path.is_file():
         save_splits(splits_for(manifest, base, progress), splits_path)
     exps = expand(spec, domains)
-    t0 = time.perf_counter()
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
     jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1)
     _say_training(jobs)
-    metrics |= runner.run(jobs, progress)
+    return PreparedStudy(spec, study_dir, base, manifest.labels, domains, splits_path, exps, jobs, metrics)
+
+
+def run_study(
+    path: str | Path,
+    out: str | Path | None = None,
+    progress: bool = True,
+    data_options: DataOptions | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    jobs: int = 1,
+    also=None,
+) -> dict:
+    """Run (or resume) the study described by a YAML file; returns results.json's content.
+
+    Every run of the study uses one splits.json, so models and protocols are compared on the same folds; a run
+    whose metrics.json exists is skipped.
+
+    Args:
+        data_options: dataset-reading options from the command line; those set (not default) override the
+            study file's settings.
+        executor: "local" (the runs one after another here) or "ray" (fanned out over a Ray cluster; see
+            medcad.study.executors); the results are the same.
+        address: the Ray cluster's address (executor "ray").
+        jobs: worker processes of the local executor (1: the runs in this process; see
+            medcad.study.executors.LocalExecutor).
+        also: a function of the prepared study giving more runs (`executors.RunJob`, e.g. another task on the
+            study's splits) that the executor trains beside the study's; their metrics are in results["also"].
+
+    Raises:
+        ConfigError: a bad study file, executor or cluster address, before anything is written.
+    """
+    from medcad.study.executors import make_executor
+
+    runner = make_executor(executor, address, jobs)
+    study = prepare_study(path, out, progress, data_options)
+    t0 = time.perf_counter()
+    extra = list(also(study)) if also else []
+    metrics = study.metrics | runner.run(extra + study.jobs, progress)  # the other task first: its folds are longer
+    results = _study_results(study, metrics, time.perf_counter() - t0)
+    write_json(study.study_dir / "results.json", results)
+    return results | ({"also": {j.name: metrics[j.name] for j in extra}} if extra else {})
+
+
+def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
+    """results.json of a study whose runs are trained: a row per run, the paired tests, the cross-domain matrix."""
+    spec, base, splits_path, domains = study.spec, study.base, study.splits_path, study.domains
     rows = []
-    for e in exps:
+    for e in study.exps:
         cfg = base.replace(**e.model.settings)
         rows.append(
             {
@@ -292,11 +337,12 @@ def run_study(
                 "step": e.step,
                 "train_domains": list(e.train_domains or []),
                 "init": e.init,
-                "run": str(study_dir / "runs" / _slug(e.name)),
+                "run": str(study.study_dir / "runs" / _slug(e.name)),
                 **_headline(metrics[e.name]),
             }
         )
-    labels = manifest.labels
+    labels = study.labels
+    groups = load_splits(splits_path).get("groups") or {}
     results = {
         "name": spec.name,
         "protocol": spec.protocol,
@@ -305,13 +351,12 @@ def run_study(
         "domains": domains,
         "splits": str(splits_path),
         "runs": rows,
-        "paired_tests": _paired_tests(study_dir, exps, labels, load_splits(splits_path).get("groups") or {}),
+        "paired_tests": _paired_tests(study.study_dir, study.exps, labels, groups),
         "multiplicity": "Holm over every paired test of the study (p_holm beside each raw p_value)",
-        "seconds_this_session": time.perf_counter() - t0,
+        "seconds_this_session": seconds,
     }
     if len(domains) > 1 and spec.protocol in ("sequential", "combined", "cross_domain"):
         results["cross_domain_matrix"] = {
             r["name"]: {d: (r["by_domain"].get(d) or {}).get("macro_auc") for d in domains} for r in rows
         }
-    write_json(study_dir / "results.json", results)
     return results
