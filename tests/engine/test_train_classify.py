@@ -68,6 +68,9 @@ def test_train_jobs_trains_the_folds_in_workers_as_one_process_does(easy_set: Pa
     assert sorted(p.parent.name for p in (tmp_path / "two").glob("fold_*/model.pt")) == ["fold_0", "fold_1"]
     res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "r"), "--jobs", "2", "--repeats", "2"])
     assert res.exit_code == 2 and "leave it out with --repeats" in res.output
+    res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "d"), "--jobs", "2", "--devices", "2"])
+    assert res.exit_code == 2 and "devices 1 and num_nodes 1" in res.output
+    assert not (tmp_path / "d").exists()
 
 
 def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcad.config import TrainConfig
-from medcad.errors import ConfigError
+from medcad.errors import ConfigError, MedcadError
 
 EXECUTORS = ("local", "ray")
 
@@ -124,9 +124,11 @@ class LocalExecutor:
         import multiprocessing
         import time
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         from medcad.devices import machine
 
+        _one_process_per_fit([t.job.cfg for t in tasks])
         threads = max(1, machine().cores // self.workers)
         waiting, done, out = list(tasks), set(), {}
         running: dict = {}
@@ -141,7 +143,13 @@ class LocalExecutor:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in finished:
                     t = running.pop(f)
-                    result = f.result()  # a task's error stops the study here (running tasks finish first)
+                    try:
+                        result = f.result()  # a task's error stops here (running tasks finish first)
+                    except BrokenProcessPool as e:
+                        raise MedcadError(
+                            f"a worker process died while training {t.name} (out of memory? try fewer --jobs or a "
+                            "smaller batch); the folds finished are kept: the same command resumes"
+                        ) from e
                     done.add(t.name)
                     if t.folds is None:
                         out[t.job.name] = result
@@ -155,20 +163,25 @@ def train_in_workers(data: Path, out: Path, cfg: TrainConfig, workers: int, spli
     is prepared here first (its notes, caches and splits.json), then its folds are tasks. Returns metrics.json.
 
     Raises:
-        ConfigError: workers < 1, or several processes per fit (devices, num_nodes) asked for as well.
+        ConfigError: workers < 1, or several processes per fit (devices, num_nodes), before anything is written.
+        MedcadError: a worker process died (the folds finished are kept).
     """
     from medcad.data.splits import load_splits
     from medcad.engine.train import train_run
     from medcad.runfolder import RunFolder
 
-    if cfg.devices * cfg.num_nodes > 1:
-        raise ConfigError("--jobs trains each fold in one process: use it with devices 1 and num_nodes 1")
     executor = LocalExecutor(workers)
+    _one_process_per_fit([cfg])
     data, out = Path(data).resolve(), Path(out).resolve()
     train_run(data, out, cfg, splits_path=splits_path, folds=[])
     splits = RunFolder(out).splits
     folds = tuple(f["fold"] for f in load_splits(splits)["folds"])
     return executor.run([RunJob(out.name, out, cfg, data, splits, folds)], progress=False)[out.name]
+
+
+def _one_process_per_fit(cfgs: list[TrainConfig]) -> None:
+    if any(cfg.devices * cfg.num_nodes > 1 for cfg in cfgs):
+        raise ConfigError("--jobs trains each fold in one process: use it with devices 1 and num_nodes 1")
 
 
 def _use_threads(n: int) -> None:
