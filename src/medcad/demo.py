@@ -31,7 +31,6 @@ settings:
   head_epochs: 40
   batch_size: 32
   augment: light
-  precision: 32-true          # at 96 px fp32 + channels_last trains faster than bf16 on a CPU (see docs/results.md)
   freeze_stride: 8            # stem and stages to stride 8 keep ImageNet weights (default 4; as good on BUSI, faster)
 """
 

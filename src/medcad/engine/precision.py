@@ -51,11 +51,20 @@ def fit_precision(run: Run, module, train_loader) -> str:
     timed = run.cfg.precision == "auto" and compute.accelerator == "cpu" and compute.world_size == 1
     if not (timed and machine().native_bf16):
         return compute.precision
+    from filelock import FileLock
+
     key = _key(run, module, train_loader)
     path = cache_file()
-    known = _read(path)
-    if key in known:
-        return known[key]["precision"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # workers training the same model side by side: one times it, the others read
+        known = _read(path)
+        if key in known:
+            return known[key]["precision"]
+        return _choose(key, path, module, train_loader)
+
+
+def _choose(key: str, path, module, train_loader) -> str:
+    """Time the module in both precisions, say and keep the faster one (under the lock)."""
     speeds = _measure(module, train_loader)
     choice = BF16 if speeds[BF16] >= MARGIN * speeds[FP32] else FP32
     log.warning(
@@ -69,9 +78,7 @@ def fit_precision(run: Run, module, train_loader) -> str:
         path,
     )
     entry = {"precision": choice, "images_per_s": {k: round(v, 2) for k, v in speeds.items()}}
-    known = _read(path)  # another process may have added its own meanwhile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({**known, key: entry}, indent=1))
+    atomic_write_text(path, json.dumps({**_read(path), key: entry}, indent=1))
     return choice
 
 
