@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # at a later fork, in CI and here (docs/results.md, "The test suite's crash"); each part alone passes.
 TEST_PARTS := tests/cli+tests/data+tests/metrics+tests/models tests/engine tests/inference tests/report+tests/study+tests/test_*.py
 # Each part in TEST_WORKERS pytest-xdist workers of one torch thread each: the suite's small models keep 2 cores busier
-# so than one process of two threads does (2 cores: pytest 13 min 38 s -> 9 min 23 s; docs/results.md).
+# so than one process of two threads does (2 cores: pytest 13 min 38 s -> 8 min 14 s; docs/results.md).
 TEST_WORKERS ?= 2
 
 .PHONY: demo test install install-dev lint format clean

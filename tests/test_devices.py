@@ -75,6 +75,10 @@ def test_defaults_follow_the_cpu_kind(cpu_flags, flags: str, kind: str, bf16: bo
     assert devices.fast_autocast(torch.device("cpu")) is bf16
     card = model_card(torch.nn.Conv2d(3, 4, 3), 16)
     assert card["latency_precision"] == ("bf16" if bf16 else "fp32")
+    from medcad.cli.system import system_report  # what `medcad checks` says training will use
+
+    training = system_report()["uses"]["training"]
+    assert ("per model" in training) is bf16 and ("precision 32-true" in training) is (not bf16)
 
 
 def test_prediction_autocasts_only_where_bf16_is_native(cpu_flags) -> None:

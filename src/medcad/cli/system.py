@@ -27,11 +27,17 @@ def system_report() -> dict:
     m = machine()
     accelerator = "gpu" if m.gpus else "cpu"
     precision = auto_precision(accelerator)
+    training = f"{accelerator}, precision {precision}"
+    if accelerator == "cpu" and m.native_bf16:  # engine.precision
+        training = (
+            "cpu, fp32 or bf16 autocast per model: each fit times a few steps of its model in both and trains in "
+            "the faster (kept per model and CPU in the cache folder)"
+        )
     return {
         "machine": m.to_dict(),
         "versions": {p: _version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
         "uses": {
-            "training": f"{accelerator}, precision {precision}",
+            "training": training,
             "fold predictions and cached features": "bf16 autocast" if precision != "32-true" else "fp32",
             "predict / serve / evaluate": (
                 "--backend auto: the fastest of "
