@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
 from medcad.runfolder import RunFolder
+from medcad.study.executors import RunJob
 from medcad.study.spec import ModelSpec, StudySpec, load_study
 
 log = logging.getLogger(__name__)
@@ -210,8 +212,6 @@ def _say_training(jobs: list) -> None:
 
 def _jobs(exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, several_domains: bool) -> tuple:
     """The study's runs still to train, as executor jobs, and the metrics of those finished (skipped on resume)."""
-    from medcad.study.executors import RunJob
-
     jobs, metrics = [], {}
     for e in exps:
         run_dir = study_dir / "runs" / _slug(e.name)
@@ -238,13 +238,10 @@ class PreparedStudy:
     labels: list[str]
     domains: list[str]
     splits_path: Path
+    folds: tuple[int, ...]
     exps: list[Experiment]
-    jobs: list
+    jobs: list[RunJob]
     metrics: dict[str, dict]
-
-    @property
-    def folds(self) -> tuple[int, ...]:
-        return tuple(f["fold"] for f in load_splits(self.splits_path)["folds"])
 
 
 def prepare_study(
@@ -279,7 +276,7 @@ def prepare_study(
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
     jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1)
     _say_training(jobs)
-    return PreparedStudy(spec, study_dir, base, manifest.labels, domains, splits_path, exps, jobs, metrics)
+    return PreparedStudy(spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics)
 
 
 def run_study(
@@ -290,7 +287,7 @@ def run_study(
     executor: str = "local",
     address: str | None = None,
     jobs: int = 1,
-    also=None,
+    also: Callable[[PreparedStudy], list[RunJob]] | None = None,
 ) -> dict:
     """Run (or resume) the study described by a YAML file; returns results.json's content.
 
