@@ -4,6 +4,7 @@ a missing Ray or an unreachable cluster fails with one message before anything i
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -88,6 +89,23 @@ def test_task_graph_orders_each_task_after_what_it_needs(study_file: Path) -> No
     names = [t.name for t in tasks]
     assert all(names.index(d) < names.index(t.name) for t in tasks for d in t.after)
     assert [t.folds for t in tasks if t.job.name == "A"] == [[], [0], [1], None]
+
+
+def test_fold_and_evaluation_tasks_keep_the_data_notes_to_themselves(
+    study_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medcad.study.executors import train_job
+
+    data = study_file.parent / "data"
+    for said in (False, True):
+        caplog.clear()
+        job = RunJob("r", tmp_path / f"r{said}", TrainConfig(image_size=32), data, None, ())
+        train_job(job, [], said=said)  # prepares the run: reads the data, which makes notes
+        notes = [r for r in caplog.records if r.name == "medcad.engine.train" and str(r.msg).startswith("note:")]
+        assert bool(notes) is not said
+    caplog.clear()
+    logging.getLogger("medcad.engine.train").warning("note: said after the task")
+    assert caplog.records  # the filter is gone with the task
 
 
 def test_ray_missing_or_unreachable_fails_before_writing(

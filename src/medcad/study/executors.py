@@ -10,6 +10,8 @@ sequential-transfer step 2 waits for fold k of its step 1; a run's evaluation wa
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +48,39 @@ class RunJob:
     init_dir: Path | None = None
 
 
-def train_job(job: RunJob, folds: list[int] | None = None, *after: object, progress: bool = False) -> dict:
+def train_job(
+    job: RunJob, folds: list[int] | None = None, *after: object, progress: bool = False, said: bool = False
+) -> dict:
     """`train_run` of a job: only `folds` (an empty list: prepare only) and {} back, or the whole run and its
-    metrics. `after` are results of tasks this one waits for (Ray resolves them first); they are not used."""
+    metrics. `after` are results of tasks this one waits for (Ray resolves them first); they are not used. `said`:
+    the run's preparation task has said its data notes (how the data was read), so this task keeps them to itself."""
     from medcad.engine.train import train_run
 
-    return train_run(
-        job.data,
-        job.run_dir,
-        job.cfg,
-        splits_path=job.splits_path,
-        progress=progress,
-        train_domains=job.train_domains,
-        init_run=job.init_dir,
-        folds=folds,
-    )
+    with _without_data_notes() if said else contextlib.nullcontext():
+        return train_run(
+            job.data,
+            job.run_dir,
+            job.cfg,
+            splits_path=job.splits_path,
+            progress=progress,
+            train_domains=job.train_domains,
+            init_run=job.init_dir,
+            folds=folds,
+        )
+
+
+@contextlib.contextmanager
+def _without_data_notes():
+    logger = logging.getLogger("medcad.engine.train")
+
+    def not_a_note(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("note:")
+
+    logger.addFilter(not_a_note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_a_note)
 
 
 @dataclass(frozen=True)
@@ -139,7 +159,7 @@ class LocalExecutor:
             while waiting or running:
                 for t in [t for t in waiting if set(t.after) <= done]:
                     waiting.remove(t)
-                    running[pool.submit(train_job, t.job, t.folds)] = t
+                    running[pool.submit(train_job, t.job, t.folds, said=t.folds != [])] = t
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in finished:
                     t = running.pop(f)
@@ -236,7 +256,8 @@ class RayExecutor:
         finals = {}
         for t in task_graph(jobs):
             after = [refs[name] for name in t.after]
-            refs[t.name] = task.options(**self._options(t.job.cfg), name=t.name).remote(t.job, t.folds, *after)
+            opts = self._options(t.job.cfg)
+            refs[t.name] = task.options(**opts, name=t.name).remote(t.job, t.folds, *after, said=t.folds != [])
             if t.folds is None:
                 finals[t.job.name] = refs[t.name]
         if progress:
