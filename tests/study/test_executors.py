@@ -99,7 +99,7 @@ def test_fold_and_evaluation_tasks_keep_the_data_notes_to_themselves(
     data = study_file.parent / "data"
     for said in (False, True):
         caplog.clear()
-        job = RunJob("r", tmp_path / f"r{said}", TrainConfig(image_size=32), data, None, ())
+        job = RunJob("r", tmp_path / f"r{said}", TrainConfig(image_size=32, folds=2), data, None, ())
         train_job(job, [], said=said)  # prepares the run: reads the data, which makes notes
         notes = [r for r in caplog.records if r.name == "medcad.engine.train" and str(r.msg).startswith("note:")]
         assert bool(notes) is not said
