@@ -4,8 +4,8 @@ with a plain PyTorch + timm loop (eager fp32, the same model, data, augmentation
     .venv/bin/python benchmarks/train_speed.py [--tasks classify,segment,detect] [--steps 20] [--warmup 3]
 
 medcad's step is measured through its own code: the task's fold hooks build the model (offline ImageNet weights), make
-the training loader and the Lightning module (engine.classify / segment / detect), and engine.common's `make_trainer` +
-`fit` train it in the precision medcad chooses for the fit (on a CPU with bf16 in hardware, the faster of fp32 and bf16
+the training loader and the Lightning module (engine.classify / segment / detect), and engine.common's `train_stage`
+trains it in the precision medcad chooses for the fit (on a CPU with bf16 in hardware, the faster of fp32 and bf16
 autocast, timed once per model: `engine.precision`), channels_last and its loggers. A callback times the training
 batches after `warmup` of them (each step: loading and augmenting the batch, forward, backward, optimizer, logging), so
 validation and checkpointing, once per epoch, are left out. The plain loop trains a fresh copy of the same model on the
@@ -42,9 +42,8 @@ from common import write_result
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
-from medcad.engine.common import fit, make_trainer, quiet_lightning
+from medcad.engine.common import quiet_lightning, train_stage
 from medcad.engine.fold import FoldData
-from medcad.engine.precision import fit_precision
 from medcad.engine.train import fold_hooks
 from medcad.models.card import machine_info
 from medcad.run import Run
@@ -91,7 +90,7 @@ class StepTimer(L.Callback):
 
 def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup: int) -> tuple[float, str]:
     """(images/s, precision) of medcad's training step: the task's hooks, module and loaders, in the precision
-    medcad chooses for the fit (`engine.precision.fit_precision`), trained by make_trainer + fit."""
+    medcad chooses for the fit (`engine.precision.fit_precision`), trained by `engine.common.train_stage`."""
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as tmp:
         run = Run.resolve(cfg, tmp)
@@ -100,11 +99,10 @@ def medcad_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmu
         model.train()
         module = hooks.module(model, Normalize(dc["mean"], dc["std"]), data, parts)
         loaders = hooks.loaders(data, parts)
-        precision = fit_precision(run, module, loaders[0])
         fold = run.folder.fold(0)
-        trainer, _ = make_trainer(run, fold, hooks.stage, 1, hooks.monitor, "max", cfg.patience, False, precision)
-        trainer.callbacks.append(timer)
-        fit(trainer, module, *loaders)
+        precision = train_stage(
+            run, fold, hooks.stage, module, loaders, 1, hooks.monitor, cfg.patience, False, callbacks=(timer,)
+        )
     return timer.images / timer.seconds, precision
 
 

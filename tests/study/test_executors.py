@@ -89,6 +89,8 @@ def test_task_graph_orders_each_task_after_what_it_needs(study_file: Path) -> No
     names = [t.name for t in tasks]
     assert all(names.index(d) < names.index(t.name) for t in tasks for d in t.after)
     assert [t.folds for t in tasks if t.job.name == "A"] == [[], [0], [1], None]
+    ready = task_graph([job("A"), job("A - B", "A")], prepared=True)  # run folders made already: no preparation
+    assert [t.name for t in ready if t.folds == []] == [] and {t.name: t.after for t in ready}["A fold 0"] == ()
 
 
 def test_fold_and_evaluation_tasks_keep_the_data_notes_to_themselves(

@@ -25,6 +25,7 @@ from medcad.engine.common import (
     freeze_pretrained_encoder,
     make_loader,
     make_trainer,
+    train_stage,
 )
 from medcad.engine.features import backbone_features
 from medcad.engine.fold import FoldData, FoldHooks
@@ -35,7 +36,6 @@ from medcad.engine.modules import (
     stage_freeze_stride,
     val_score,
 )
-from medcad.engine.precision import fit_precision
 from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
@@ -177,13 +177,7 @@ class ClassifyHooks(FoldHooks):
             self._fit_head(module, model, normalize, data, parts, fold, speed, name, monitor)
         else:
             loaders = self.loaders(data, parts)
-            precision = fit_precision(self.run, module, loaders[0])
-            trainer, ckpt = make_trainer(self.run, fold, name, stage.epochs, *monitor, False, precision)
-            last = folder / "last.ckpt"
-            fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
-            path = ckpt.best_model_path or (str(last) if last.is_file() else "")
-            if path:
-                module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+            train_stage(self.run, fold, name, module, loaders, stage.epochs, self.monitor, cfg.patience, False)
         if is_primary():
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "done").write_text(f"{stage.text()}\n")

@@ -138,6 +138,36 @@ def fit(trainer, module, train_loader, val_loader, ckpt_path: Path | None = None
     trainer.fit(module, datamodule=_FoldLoaders(train_loader, val_loader), ckpt_path=ckpt_path)
 
 
+def train_stage(
+    run: Run,
+    fold: FoldFolder,
+    stage: str,
+    module,
+    loaders: tuple,
+    max_epochs: int,
+    monitor: str,
+    patience: int,
+    progress: bool,
+    load_best: bool = True,
+    callbacks: tuple = (),
+) -> str:
+    """Fit `module` on images for one stage of a fold: in the precision chosen for it on this machine
+    (`engine.precision.fit_precision`), resuming from the stage's last.ckpt when there is one, early stopping on
+    `monitor` (higher is better); then, with `load_best`, load the best epoch's weights (the last epoch's when no best
+    was recorded) into it. Returns the precision it trained in."""
+    from medcad.engine.precision import fit_precision
+
+    precision = fit_precision(run, module, loaders[0])
+    trainer, ckpt = make_trainer(run, fold, stage, max_epochs, monitor, "max", patience, progress, precision)
+    trainer.callbacks.extend(callbacks)
+    last = fold.checkpoints(stage) / "last.ckpt"
+    fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
+    best = ckpt.best_model_path or (str(last) if last.is_file() else "")
+    if load_best and best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    return precision
+
+
 class _FoldLoaders(L.LightningDataModule):
     def __init__(self, train_loader, val_loader) -> None:
         super().__init__()

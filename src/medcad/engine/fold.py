@@ -26,8 +26,7 @@ from torch import nn
 from medcad.checkpoint import load_init_model, save_model
 from medcad.data.transforms import Normalize
 from medcad.devices import is_primary
-from medcad.engine.common import fit, make_trainer, quiet_lightning
-from medcad.engine.precision import fit_precision
+from medcad.engine.common import quiet_lightning, train_stage
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError
 from medcad.run import Run
@@ -168,18 +167,20 @@ def train_fold(
         t1 = time.perf_counter()
         model.train()  # predicting set eval mode, and Lightning keeps the modes of submodules as it finds them
         module = hooks.module(model, normalize, data, parts)
-        loaders = hooks.loaders(data, parts)
-        precision = fit_precision(run, module, loaders[0])
-        trainer, ckpt = make_trainer(
-            run, fold, hooks.stage, hooks.epochs(), hooks.monitor, "max", cfg.patience, progress, precision
+        precision = train_stage(
+            run,
+            fold,
+            hooks.stage,
+            module,
+            hooks.loaders(data, parts),
+            hooks.epochs(),
+            hooks.monitor,
+            cfg.patience,
+            progress,
+            load_best=primary,
         )
-        last = fold.checkpoints(hooks.stage) / "last.ckpt"
-        fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
         if not primary:
             return {}  # rank 0 predicts and writes the fold
-        best = ckpt.best_model_path or (str(last) if last.is_file() else "")
-        if best:
-            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
         model.to(device, memory_format=torch.contiguous_format)  # as a loaded model.pt: the same kernels and outputs
         fitted_out = hooks.predict(model, normalize, data, val)
         scores[hooks.stage] = hooks.score(fitted_out, data, val)

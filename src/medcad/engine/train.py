@@ -121,6 +121,7 @@ def train_run(
     train_domains: tuple[str, ...] | None = None,
     init_run: Path | None = None,
     folds: Sequence[int] | None = None,
+    notes: bool = True,
 ) -> dict:
     """Train and evaluate a model of the run's task on a dataset with the run's splits; resumable.
 
@@ -133,6 +134,8 @@ def train_run(
             transfer).
         folds: train only these folds (an empty list: prepare the run folder and caches only) and return {}
             without evaluating; a study's executor runs each fold as its own task this way.
+        notes: say how the data was read (False in an executor's fold and evaluation tasks: the run's preparation
+            task said it).
 
     Raises:
         ConfigError: settings that cannot run here (devices, accelerator, logger), before anything is written.
@@ -149,7 +152,7 @@ def train_run(
     _check_resume(run)
     with rank_zero_first():  # rank 0 writes the run folder's files and the caches; the others read them
         manifest, targets, splits, images, decode_s = _prepare(
-            data, run, splits_path, train_domains, init_run, progress, primary
+            data, run, splits_path, train_domains, init_run, progress, primary, primary and notes
         )
     if targets.mask_classes is not None:  # the classes read (e.g. from dataset.json) go into every model file
         run = run.with_settings(cfg.replace(mask_labels=targets.mask_classes.describe()))
@@ -194,25 +197,27 @@ def train_run(
     return metrics
 
 
-def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool) -> tuple:
-    """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), and load (or make)
-    the decoded-image and mask caches. Returns (manifest, targets, splits, images, decode seconds)."""
+def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool, say: bool) -> tuple:
+    """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), say how the data was
+    read (when `say`), and load (or make) the decoded-image and mask caches. Returns (manifest, targets, splits,
+    images, decode seconds)."""
     folder, cfg = run.folder, run.cfg
     out = folder.root
     manifest = load_manifest(data, cfg.data_options())
     said = len(manifest.notes)
-    for note in manifest.notes if write else []:  # how the data was read, before any refusal
+    for note in manifest.notes if say else []:  # how the data was read, before any refusal
         log.warning("note: %s", note)
     manifest.check_complete(cfg.allow_missing)
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
-    for note in manifest.notes[said:] if write else []:  # what changed since the run was made
+    for note in manifest.notes[said:] if say else []:  # what changed since the run was made
         log.warning("note: %s", note)
-    targets = load_targets(manifest, cfg, source=data, progress=progress and write)  # before anything is written
-    if targets.mask_classes is not None and write:
+    targets = load_targets(manifest, cfg, source=data, progress=progress and say)  # before anything is written
+    if targets.mask_classes is not None and say:
         log.warning("note: lesion classes %s (from %s)", targets.mask_classes.describe(), targets.mask_classes.source)
     if targets.box_problems and write:
         problems = targets.box_problems
-        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
+        if say:
+            log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder.box_problems, "\n".join(problems) + "\n")
     labels = targets.labels

@@ -10,8 +10,6 @@ sequential-transfer step 2 waits for fold k of its step 1; a run's evaluation wa
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,31 +54,17 @@ def train_job(
     the run's preparation task has said its data notes (how the data was read), so this task keeps them to itself."""
     from medcad.engine.train import train_run
 
-    with _without_data_notes() if said else contextlib.nullcontext():
-        return train_run(
-            job.data,
-            job.run_dir,
-            job.cfg,
-            splits_path=job.splits_path,
-            progress=progress,
-            train_domains=job.train_domains,
-            init_run=job.init_dir,
-            folds=folds,
-        )
-
-
-@contextlib.contextmanager
-def _without_data_notes():
-    logger = logging.getLogger("medcad.engine.train")
-
-    def not_a_note(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("note:")
-
-    logger.addFilter(not_a_note)
-    try:
-        yield
-    finally:
-        logger.removeFilter(not_a_note)
+    return train_run(
+        job.data,
+        job.run_dir,
+        job.cfg,
+        splits_path=job.splits_path,
+        progress=progress,
+        train_domains=job.train_domains,
+        init_run=job.init_dir,
+        folds=folds,
+        notes=not said,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,22 +78,24 @@ class Task:
     after: tuple[str, ...]
 
 
-def task_graph(jobs: list[RunJob]) -> list[Task]:
+def task_graph(jobs: list[RunJob], prepared: bool = False) -> list[Task]:
     """The study's tasks in an order that puts each after those it waits for: per run a preparation (the first one
-    decodes the images into the shared cache, the others wait for it and read it), one task per fold (fold k of a
-    sequential-transfer step 2 after fold k of its step 1) and an evaluation after its folds. `jobs` come in the
-    protocol's order (a job's init before it)."""
+    decodes the images into the shared cache, the others wait for it and read it; none when the runs are `prepared`
+    already), one task per fold (fold k of a sequential-transfer step 2 after fold k of its step 1) and an evaluation
+    after its folds. `jobs` come in the protocol's order (a job's init before it)."""
     tasks: list[Task] = []
     fold_task: dict[tuple[str, int], str] = {}
     first_prep: tuple[str, ...] = ()
     for job in jobs:
-        prep = f"prepare {job.name}"
-        tasks.append(Task(prep, job, [], first_prep))
-        first_prep = first_prep or (prep,)
+        prep: tuple[str, ...] = ()
+        if not prepared:
+            prep = (f"prepare {job.name}",)
+            tasks.append(Task(prep[0], job, [], first_prep))
+            first_prep = first_prep or prep
         for k in job.folds:
             init = (fold_task[(job.init, k)],) if (job.init, k) in fold_task else ()
             fold_task[(job.name, k)] = f"{job.name} fold {k}"
-            tasks.append(Task(fold_task[(job.name, k)], job, [k], (prep, *init)))
+            tasks.append(Task(fold_task[(job.name, k)], job, [k], (*prep, *init)))
         tasks.append(Task(f"evaluate {job.name}", job, None, tuple(fold_task[(job.name, k)] for k in job.folds)))
     return tasks
 
@@ -130,7 +116,9 @@ class LocalExecutor:
             raise ConfigError(f"--jobs must be at least 1 (got {workers})")
         self.workers = workers
 
-    def run(self, jobs: list[RunJob], progress: bool = True) -> dict[str, dict]:
+    def run(self, jobs: list[RunJob], progress: bool = True, prepared: bool = False) -> dict[str, dict]:
+        """metrics.json of each job by name; `prepared`: the runs' folders and caches are made (and their data notes
+        said) already, so no preparation tasks."""
         if self.workers == 1:
             out = {}
             for job in jobs:
@@ -138,7 +126,7 @@ class LocalExecutor:
                     print(f"== {job.name}", flush=True)
                 out[job.name] = train_job(job, None, progress=progress)
             return out
-        return self._run_in_processes(task_graph(jobs), progress)
+        return self._run_in_processes(task_graph(jobs, prepared), progress)
 
     def _run_in_processes(self, tasks: list[Task], progress: bool) -> dict[str, dict]:
         import multiprocessing
@@ -196,7 +184,8 @@ def train_in_workers(data: Path, out: Path, cfg: TrainConfig, workers: int, spli
     train_run(data, out, cfg, splits_path=splits_path, folds=[])
     splits = RunFolder(out).splits
     folds = tuple(f["fold"] for f in load_splits(splits)["folds"])
-    return executor.run([RunJob(out.name, out, cfg, data, splits, folds)], progress=False)[out.name]
+    job = RunJob(out.name, out, cfg, data, splits, folds)
+    return executor.run([job], progress=False, prepared=True)[out.name]
 
 
 def _one_process_per_fit(cfgs: list[TrainConfig]) -> None:
