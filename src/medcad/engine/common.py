@@ -246,6 +246,33 @@ def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig)
     return len(freeze_early_stages(encoder, stride))
 
 
+class FoldedBatchNormFit:
+    """Lightning-module mixin: for the fit, the convolutions of `folded_net()` run with the BatchNorm in eval mode
+    that follows each folded in (`medcad.models.bnfold`; exact, the model and its state_dict unchanged). The module
+    defines `folded_net()`: the network whose BatchNorms it keeps in eval mode while it trains. A fit that fails
+    leaves the folds in place, which compute the same (they read the live parameters and check the mode)."""
+
+    _folds = None
+
+    def folded_net(self):
+        raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        from medcad.models.bnfold import fold_eval_batchnorm
+
+        self._folds = fold_eval_batchnorm(self.folded_net())
+        super().on_fit_start()
+
+    def on_fit_end(self) -> None:
+        self._unfold()
+        super().on_fit_end()
+
+    def _unfold(self) -> None:
+        if self._folds is not None:
+            self._folds.remove()
+            self._folds = None
+
+
 class TrainingThroughput:
     """Lightning-module mixin: images per second of each training epoch, kept in `images_per_s` and logged as
     train_images_per_s. Modules that override the epoch hooks call super()."""
