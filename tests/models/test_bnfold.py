@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -90,7 +91,7 @@ def test_a_convolution_used_twice_is_left_unfolded():
     net = _Reused()
     with torch.no_grad():
         net.bn.running_mean.fill_(0.3)
-    with pytest.warns(UserWarning, match="trained without folding"):
+    with pytest.warns(UserWarning, match="left unfolded"):
         folds = fold_eval_batchnorm(net)
     assert len(folds) == 0
     assert not any("forward" in m.__dict__ for m in net.modules())
@@ -166,3 +167,36 @@ def test_generated_networks_train_the_same_folded(layers, skip, seed):
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_batched_predictions_are_the_same_folded_and_leave_the_model_as_it_was():
+    from medcad.data.transforms import Normalize
+    from medcad.models.predict import run_batched
+
+    net = _backbone()
+    images = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    norm = Normalize([0.5] * 3, [0.25] * 3)
+    folded, _ = run_batched(net, norm, images, batch_size=2, bf16=False)
+    plain, _ = run_batched(net, norm, images, batch_size=2, bf16=False, fold_batchnorm=False)
+    np.testing.assert_allclose(folded, plain, rtol=1e-4, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in net.modules())
+
+
+class _NeedsLargeInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        if x.shape[-1] < 100:
+            raise ValueError("images of at least 100 px")
+        return self.bn(self.conv(x))
+
+
+def test_a_network_that_refuses_the_example_runs_unfolded():
+    net = _NeedsLargeInputs()
+    with pytest.warns(UserWarning, match="left unfolded.*at least 100 px"):
+        folds = fold_eval_batchnorm(net)
+    assert len(folds) == 0
+    assert not net.conv._forward_hooks and not net.bn._forward_pre_hooks
+    assert net(torch.randn(1, 3, 100, 100)).shape == (1, 3, 98, 98)

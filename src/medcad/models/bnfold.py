@@ -8,7 +8,8 @@ classifier's backbone and of a detector's backbone body is in eval mode while it
 passes over each activation map (a lite0 stage-2 training step on an AVX2 CPU, paired rounds: median 1.14x at 224 px in
 2 threads, 1.06x at 96 px in 1 thread; docs/results.md). The model's modules, parameters and state_dict stay as they
 are; only their `forward` is replaced until `FoldedBatchNorm.remove()`. A pair folds only while its BatchNorm is in eval
-mode (checked at each call), so a BatchNorm put back in training mode computes batch statistics as usual.
+mode (checked at each call), so a BatchNorm put back in training mode computes batch statistics as usual. Batched
+predictions (`models.predict.run_batched`) fold the same way for the duration of a call.
 
 Which convolution feeds which BatchNorm is read off one forward pass (hooks: the BatchNorm's input is the
 convolution's output tensor, each called once), and the folded network's output is checked against the unfolded
@@ -135,7 +136,7 @@ def _same(a, b) -> bool:
     return True
 
 
-def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 64) -> FoldedBatchNorm:
+def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 32) -> FoldedBatchNorm:
     """Run each convolution of `net` that feeds a BatchNorm as one convolution with the BatchNorm folded in, for as
     long as that BatchNorm is in eval mode (see the module docstring).
 
@@ -145,8 +146,9 @@ def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 64) ->
             drawn from a private generator (the global random state is not touched).
 
     Returns:
-        the installed folds (possibly none); call `.remove()` when training ends. When the folded network's output
-        differs from the unfolded one on the example, nothing is folded and a warning says so.
+        the installed folds (possibly none); call `.remove()` when done. When the folded network's output
+        differs from the unfolded one on the example, or the network cannot take the example, nothing is folded
+        and a warning says so.
     """
     example = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0))
     param = next(net.parameters(), None)
@@ -155,7 +157,11 @@ def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 64) ->
     modes = {m: m.training for m in net.modules()}
     net.eval()
     try:
-        pairs = _pairs(net, example)
+        try:
+            pairs = _pairs(net, example)
+        except Exception as e:  # folding only saves time: a network that cannot take the example runs as it is
+            warnings.warn(f"{type(net).__name__}: BatchNorm left unfolded ({type(e).__name__}: {e})", stacklevel=2)
+            return FoldedBatchNorm([])
         if not pairs:
             return FoldedBatchNorm([])
         with torch.no_grad():
@@ -173,7 +179,7 @@ def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 64) ->
             folds.remove()
             warnings.warn(
                 f"{type(net).__name__}: its output changed with {len(pairs)} BatchNorms folded into their "
-                "convolutions (a convolution's output is used elsewhere too): trained without folding",
+                "convolutions (a convolution's output is used elsewhere too): left unfolded",
                 stacklevel=2,
             )
             return FoldedBatchNorm([])

@@ -11,6 +11,7 @@ from torch import nn
 
 from medcad.data.transforms import Normalize
 from medcad.devices import autocast_dtype, fast_autocast
+from medcad.models.bnfold import fold_eval_batchnorm
 
 
 def device_of(net: nn.Module) -> torch.device:
@@ -35,10 +36,12 @@ def run_batched(
     batch_size: int = 64,
     bf16: bool | None = None,
     channels_last: bool = True,
+    fold_batchnorm: bool = True,
 ) -> tuple[np.ndarray, float]:
     """Apply `net` to uint8 images (N, H, W, 3) in batches on the net's device (channels_last and reduced-precision
     autocast where the hardware runs it fast (`bf16=None`: GPUs and CPUs with native bf16); both off is plain
-    eager fp32).
+    eager fp32). With `fold_batchnorm`, each convolution runs with the BatchNorm after it folded in for the call
+    (`models.bnfold`: the same outputs; lite0 1.2-1.35x at 96-224 px on an AVX2 CPU; ~30-80 ms to set up).
 
     Returns:
         outputs as float32 numpy (N, ...), and images per second.
@@ -47,16 +50,21 @@ def run_batched(
     was_training = net.training
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net.eval().to(memory_format=fmt)  # outside inference mode: parameters stay trainable
+    t0 = time.perf_counter()
+    folds = fold_eval_batchnorm(net) if fold_batchnorm and len(rows) else None
     dev = device_of(net)
     normalize = normalize.to(dev)
     outs = []
-    t0 = time.perf_counter()
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start : start + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev)  # (B, H, W, 3) uint8
-        x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)  # (B, 3, H, W)
-        with torch.inference_mode(), _autocast(dev, bf16):
-            outs.append(net(x).float().cpu())
+    try:
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev)  # (B, H, W, 3) uint8
+            x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)  # (B, 3, H, W)
+            with torch.inference_mode(), _autocast(dev, bf16):
+                outs.append(net(x).float().cpu())
+    finally:
+        if folds is not None:
+            folds.remove()
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
     net.train(was_training)
     return (torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)), ips
