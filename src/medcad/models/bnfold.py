@@ -49,8 +49,9 @@ def _eligible_bn(m: nn.Module) -> bool:
     )
 
 
-def _pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[nn.Conv2d, nn.Module]]:
-    """(conv, bn) pairs where bn's input is conv's output tensor, each module called once in one forward pass."""
+def _pairs(net: nn.Module, example: torch.Tensor) -> tuple[list[tuple[nn.Conv2d, nn.Module]], object]:
+    """(conv, bn) pairs where bn's input is conv's output tensor, each module called once in one forward pass; and
+    the output of that pass."""
     outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}
     calls: dict[nn.Module, int] = {}
     found: list[tuple[nn.Module, nn.Module]] = []
@@ -69,11 +70,11 @@ def _pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[nn.Conv2d, nn.Mo
     handles += [m.register_forward_pre_hook(before_bn) for m in net.modules() if _eligible_bn(m)]
     try:
         with torch.no_grad():
-            net(example)
+            out = net(example)
     finally:
         for h in handles:
             h.remove()
-    return [(c, b) for c, b in found if calls[c] == 1 and calls[b] == 1]
+    return [(c, b) for c, b in found if calls[c] == 1 and calls[b] == 1], out
 
 
 def _folded_conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -158,14 +159,12 @@ def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 32) ->
     net.eval()
     try:
         try:
-            pairs = _pairs(net, example)
+            pairs, before = _pairs(net, example)
         except Exception as e:  # folding only saves time: a network that cannot take the example runs as it is
             warnings.warn(f"{type(net).__name__}: BatchNorm left unfolded ({type(e).__name__}: {e})", stacklevel=2)
             return FoldedBatchNorm([])
         if not pairs:
             return FoldedBatchNorm([])
-        with torch.no_grad():
-            before = net(example)
         for conv, bn in pairs:
             # in the instances' __dict__ (not registered as submodules): bound methods, so a deepcopy of the
             # network folds its own copies
