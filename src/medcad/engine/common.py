@@ -15,6 +15,7 @@ from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
 from medcad.errors import ConfigError
+from medcad.models.bnfold import fold_eval_batchnorm
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
 
@@ -258,8 +259,6 @@ class FoldedBatchNormFit:
         raise NotImplementedError
 
     def on_fit_start(self) -> None:
-        from medcad.models.bnfold import fold_eval_batchnorm
-
         self._folds = fold_eval_batchnorm(self.folded_net())
         super().on_fit_start()
 

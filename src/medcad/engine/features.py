@@ -28,7 +28,7 @@ def backbone_features(
         feats = np.load(path)
         if len(feats) == len(images):
             return feats, None
-    feats, ips = run_batched(backbone, normalize, images, bf16=bf16)
+    feats, ips = run_batched(backbone, normalize, images, bf16=bf16, fold_batchnorm=True)  # every image: pays
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, feats)

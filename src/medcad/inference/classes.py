@@ -56,9 +56,7 @@ class ClassPredictor(Predictor):
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         eager = self.backend == "torch-fp32"
-        probs = run_batched(  # predictors leave their modules as loaded (one request: folding would cost more)
-            self.net, self.normalize, x, batch_size=batch, bf16=self.bf16, channels_last=not eager, fold_batchnorm=False
-        )[0]
+        probs = run_batched(self.net, self.normalize, x, batch_size=batch, bf16=self.bf16, channels_last=not eager)[0]
         return {"probabilities": probs.reshape(len(x), len(self.labels))}
 
     def graph(self) -> torch.nn.Module:

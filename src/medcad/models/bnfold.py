@@ -8,8 +8,8 @@ classifier's backbone and of a detector's backbone body is in eval mode while it
 passes over each activation map (a lite0 stage-2 training step on an AVX2 CPU, paired rounds: median 1.14x at 224 px in
 2 threads, 1.06x at 96 px in 1 thread; docs/results.md). The model's modules, parameters and state_dict stay as they
 are; only their `forward` is replaced until `FoldedBatchNorm.remove()`. A pair folds only while its BatchNorm is in eval
-mode (checked at each call), so a BatchNorm put back in training mode computes batch statistics as usual. Batched
-predictions (`models.predict.run_batched`) fold the same way for the duration of a call.
+mode (checked at each call), so a BatchNorm put back in training mode computes batch statistics as usual. Feature
+caching (`models.predict.run_batched(fold_batchnorm=True)`) folds the same way for the duration of its call.
 
 Which convolution feeds which BatchNorm is read off one forward pass (hooks: the BatchNorm's input is the
 convolution's output tensor, each called once), and the folded network's output is checked against the unfolded

@@ -36,12 +36,13 @@ def run_batched(
     batch_size: int = 64,
     bf16: bool | None = None,
     channels_last: bool = True,
-    fold_batchnorm: bool = True,
+    fold_batchnorm: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Apply `net` to uint8 images (N, H, W, 3) in batches on the net's device (channels_last and reduced-precision
     autocast where the hardware runs it fast (`bf16=None`: GPUs and CPUs with native bf16); both off is plain
     eager fp32). With `fold_batchnorm`, each convolution runs with the BatchNorm after it folded in for the call
-    (`models.bnfold`: the same outputs; lite0 1.2-1.35x at 96-224 px on an AVX2 CPU; ~30-80 ms to set up).
+    (`models.bnfold`: the same outputs; lite0 1.2-1.35x at 96-224 px on an AVX2 CPU, but ~54 ms to set up: worth it
+    for a call over a whole dataset, such as feature caching, not for a fold's few test images or one request).
 
     Returns:
         outputs as float32 numpy (N, ...), and images per second.
