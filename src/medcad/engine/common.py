@@ -15,6 +15,7 @@ from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
 from medcad.errors import ConfigError
+from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
@@ -247,29 +248,35 @@ def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig)
     return len(freeze_early_stages(encoder, stride))
 
 
-class FoldedBatchNormFit:
-    """Lightning-module mixin: for the fit, the convolutions of `folded_net()` run with the BatchNorm in eval mode
-    that follows each folded in (`medcad.models.bnfold`; exact, the model and its state_dict unchanged). The module
-    defines `folded_net()`: the network whose BatchNorms it keeps in eval mode while it trains. A fit that fails
-    leaves the folds in place, which compute the same (they read the live parameters and check the mode)."""
+class FrozenBatchNormFit:
+    """Lightning-module mixin for fine-tuning with the pretrained BatchNorm statistics kept: the BatchNorms of
+    `frozen_bn_net()` (None: no network) are put in eval mode at the start of every training epoch
+    (`backbones.set_bn_eval`: small CPU batches would spoil them), and for the fit each convolution that feeds one of
+    them runs with it folded in (`medcad.models.bnfold`; exact, the model and its state_dict unchanged). A fit that
+    fails leaves the folds in place, which compute the same (they read the live parameters and check the mode).
+    Modules that override the epoch hooks call super()."""
 
     _folds = None
 
-    def folded_net(self):
-        raise NotImplementedError
+    def frozen_bn_net(self) -> torch.nn.Module | None:
+        return None
 
     def on_fit_start(self) -> None:
-        self._folds = fold_eval_batchnorm(self.folded_net())
+        net = self.frozen_bn_net()
+        self._folds = fold_eval_batchnorm(net) if net is not None else None
         super().on_fit_start()
 
     def on_fit_end(self) -> None:
-        self._unfold()
-        super().on_fit_end()
-
-    def _unfold(self) -> None:
         if self._folds is not None:
             self._folds.remove()
             self._folds = None
+        super().on_fit_end()
+
+    def on_train_epoch_start(self) -> None:
+        net = self.frozen_bn_net()
+        if net is not None:
+            set_bn_eval(net)
+        super().on_train_epoch_start()
 
 
 class TrainingThroughput:

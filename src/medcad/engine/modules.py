@@ -9,9 +9,8 @@ from torch import nn
 
 from medcad.config import OPTIMIZERS, SCHEDULES, TrainConfig, run_stages
 from medcad.data.transforms import Normalize
-from medcad.engine.common import FoldedBatchNormFit, TrainingThroughput, gather_lists
+from medcad.engine.common import FrozenBatchNormFit, TrainingThroughput, gather_lists
 from medcad.errors import ConfigError
-from medcad.models.backbones import set_bn_eval
 from medcad.models.classifier import Classifier
 from medcad.tasks import freeze_stride, get_task
 
@@ -150,7 +149,7 @@ class HeadModule(_ValidationAUC, L.LightningModule):
         )
 
 
-class ClassifierModule(FoldedBatchNormFit, TrainingThroughput, _ValidationAUC, L.LightningModule):
+class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L.LightningModule):
     """Stage 2: fine-tune the unfrozen backbone groups and the head on augmented uint8 images."""
 
     def __init__(
@@ -184,12 +183,8 @@ class ClassifierModule(FoldedBatchNormFit, TrainingThroughput, _ValidationAUC, L
         x = self.normalize(x_uint8).contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def folded_net(self) -> nn.Module:
-        return self.model.backbone  # its BatchNorms stay in eval mode (on_train_epoch_start)
-
-    def on_train_epoch_start(self) -> None:
-        set_bn_eval(self.model.backbone)
-        super().on_train_epoch_start()
+    def frozen_bn_net(self) -> nn.Module:
+        return self.model.backbone
 
     def training_step(self, batch, _):
         x, y = batch
