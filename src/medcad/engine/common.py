@@ -17,6 +17,7 @@ from medcad.devices import is_primary
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
+from medcad.models.depthwise import fast_depthwise_grads
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
 
@@ -156,14 +157,16 @@ def train_stage(
     """Fit `module` on images for one stage of a fold: in the precision chosen for it on this machine
     (`engine.precision.fit_precision`), resuming from the stage's last.ckpt when there is one, early stopping on
     `monitor` (higher is better); then, with `load_best`, load the best epoch's weights (the last epoch's when no best
-    was recorded) into it. Returns the precision it trained in."""
+    was recorded) into it. Returns the precision it trained in. Depthwise convolutions on maps smaller than their
+    kernel get their weight gradient from `models.depthwise` for the fit (the precision probe included)."""
     from medcad.engine.precision import fit_precision
 
-    precision = fit_precision(run, module, loaders[0])
-    trainer, ckpt = make_trainer(run, fold, stage, max_epochs, monitor, "max", patience, progress, precision)
-    trainer.callbacks.extend(callbacks)
-    last = fold.checkpoints(stage) / "last.ckpt"
-    fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
+    with fast_depthwise_grads(module):
+        precision = fit_precision(run, module, loaders[0])
+        trainer, ckpt = make_trainer(run, fold, stage, max_epochs, monitor, "max", patience, progress, precision)
+        trainer.callbacks.extend(callbacks)
+        last = fold.checkpoints(stage) / "last.ckpt"
+        fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
     best = ckpt.best_model_path or (str(last) if last.is_file() else "")
     if load_best and best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
