@@ -64,3 +64,25 @@ def test_reports_render_in_chromium(study_dir: Path, tmp_path: Path) -> None:
         info = page.js(CHECK)
         assert info["broken"] == [] and {"comparison", "matrix"} <= set(info["tables"])
     assert (tmp_path / "run.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("logged", "expected"),
+    [
+        (["stage1", "stage2"], "stage2"),  # a classifier: head on cached features, then fine-tuning
+        (["stage1", "stage2", "stage10"], "stage10"),  # the last of a long stage list, not the last by name
+        (["train"], "train"),
+        (["stage3", "other"], "stage3"),
+        ([], None),
+    ],
+)
+def test_training_curves_follow_the_stages_the_fold_logged(tmp_path: Path, logged: list[str], expected) -> None:
+    from medcad.report.run_report import _fit_stage
+    from medcad.runfolder import RunFolder
+
+    fold = RunFolder(tmp_path).fold(0)
+    for name in logged:
+        fold.history(name).parent.mkdir(parents=True)
+        fold.history(name).write_text("epoch,train_loss\n0,1.0\n")
+    (fold.logs / "csv" / "stage7").mkdir(parents=True)  # a stage folder without metrics.csv is not a history
+    assert _fit_stage(fold) == expected

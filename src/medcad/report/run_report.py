@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,22 @@ import pandas as pd
 
 from medcad.engine.results import positive_label
 from medcad.report import plots
-from medcad.runfolder import RunFolder
+from medcad.runfolder import FoldFolder, RunFolder
 
 
 def png_data_uri(png: bytes) -> str:
     """PNG bytes as a data: URI, for an <img src=...> of a self-contained HTML report."""
     return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _fit_stage(fold: FoldFolder) -> str | None:
+    """The fold's last training stage with a CSV log: "train", or the highest "stage<n>" (a classifier's fine-tuning
+    after its head on cached features, or the last of a stage list); None when nothing was logged as CSV."""
+    names = {p.parent.name for p in (fold.logs / "csv").glob("*/metrics.csv")}
+    if "train" in names:
+        return "train"
+    numbers = [int(n[5:]) for n in names if re.fullmatch(r"stage\d+", n)]
+    return f"stage{max(numbers)}" if numbers else None
 
 
 def _history(csv_path: Path) -> dict[str, list[float]]:
@@ -98,7 +109,6 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     from medcad.data.layouts import load_manifest
     from medcad.data.splits import load_splits
     from medcad.data.summary import summarize
-    from medcad.engine.train import fold_hooks
     from medcad.tasks import get_task
 
     folder = RunFolder(run)
@@ -129,13 +139,13 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         from medcad.report.seg_report import collect_segmentation
 
         figures.update({k: png_data_uri(v) for k, v in collect_segmentation(run, manifest, cfg, pred, gallery).items()})
-    stage = fold_hooks(cfg.task).stage
-    histories = {f"fold {k}": _history(folder.fold(k).history(stage)) for k in range(len(splits["folds"]))}
+    stages = {k: _fit_stage(folder.fold(k)) for k in range(len(splits["folds"]))}
+    histories = {f"fold {k}": _history(folder.fold(k).history(s)) for k, s in stages.items() if s}
     histories = {k: v for k, v in histories.items() if v}
     if histories:
-        figures["curves"] = png_data_uri(
-            plots.curves_png(histories, "Stage 2 (fine-tuning)" if stage == "stage2" else "Training")
-        )
+        stage = next(s for s in stages.values() if s)
+        title = {"train": "Training", "stage2": "Stage 2 (fine-tuning)"}.get(stage, f"Stage {stage[5:]}")
+        figures["curves"] = png_data_uri(plots.curves_png(histories, title))
     card = _card(run, cfg, labels, shared)
     shortcut = _shortcut(run)
     if shortcut and shortcut.get("gallery"):
