@@ -92,3 +92,19 @@ def test_nothing_is_timed_without_bf16_in_hardware_or_with_a_set_precision(
     run, module, loader = _fit_parts(tmp_path, "classify", **settings)
     assert fp.fit_precision(run, module, loader) == expected
     assert not cache.exists()
+
+
+def test_the_probe_times_steps_as_the_fit_runs_them(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, one_thread
+) -> None:
+    from medcad.engine import common
+
+    _flags(monkeypatch, "avx2,fma,avx512f,avx512_bf16")
+    run, module, loader = _fit_parts(tmp_path, "classify")
+    folded = []
+    fold = common.fold_eval_batchnorm
+    monkeypatch.setattr(common, "fold_eval_batchnorm", lambda net: folded.append(net) or fold(net))
+    fp.fit_precision(run, module, loader)
+    assert len(folded) == 1 and folded[0] is not module.model.backbone  # the copy's backbone, folded as in the fit
+    assert not any("forward" in m.__dict__ for m in module.modules())  # the module itself is left as it was
+    assert "probe=2" in next(iter(json.loads(cache.read_text())))

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 FP32, BF16 = "32-true", "bf16-mixed"
 MARGIN = 1.05  # bf16 must train this much faster than fp32 to be chosen: at equal speed, fp32's exact arithmetic
 PROBE_ROWS, WARMUP, STEPS = 16, 1, 3  # at most 16 training images a step; per precision 1 untimed, best of 3 timed
+PROBE = 2  # 2: the steps run as the fit's (BatchNorm folds, depthwise weight gradients); 1 (no tag): unfolded
 
 
 def cache_file():
@@ -90,14 +91,15 @@ def _read(path) -> dict:
 
 def _key(run: Run, module, loader) -> str:
     """What the speed of a step depends on: the module's class, its parameters (shapes, which train), the batch and
-    image size, the CPU, its flags and the threads, torch's version."""
+    image size, the CPU, its flags and the threads, torch's version, and how the probe times a step (PROBE: figures
+    from an earlier probe are not reused)."""
     m = machine()
     params = "|".join(f"{n}:{tuple(p.shape)}:{int(p.requires_grad)}" for n, p in module.named_parameters())
     digest = hashlib.sha1(params.encode()).hexdigest()[:12]
     rows = min(PROBE_ROWS, loader.batch_size or PROBE_ROWS)
     return (
         f"{type(module).__name__} params={digest} size={run.cfg.image_size} rows={rows} {m.cpu} [{m.kind}] "
-        f"flags={','.join(sorted(m.flags))} threads={torch.get_num_threads()} torch={torch.__version__}"
+        f"flags={','.join(sorted(m.flags))} threads={torch.get_num_threads()} torch={torch.__version__} probe={PROBE}"
     )
 
 
@@ -125,6 +127,7 @@ def _measure(module, loader) -> dict[str, float]:
         batch = loader.collate_fn([data[i] for i in range(n)])
         probe = copy.deepcopy(module).cpu()  # BatchNorm statistics and gradients change on the copy only
         probe.setup("fit")
+        probe.on_fit_start()  # what the fit sets up for itself (BatchNorm folds: `common.FrozenBatchNormFit`)
         probe.train()
         probe.on_train_epoch_start()  # the module's frozen-BatchNorm and per-epoch settings
         times: dict[str, list[float]] = {FP32: [], BF16: []}
