@@ -84,7 +84,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     manifest_csv = data_dir / "manifest.csv"
     if not manifest_csv.is_file():
         c.rule("1. Synthetic dataset")
-        _lesion_vs_normal(generate_synthetic(data_dir, n_patients=120, frames_per_patient=2, size=96, seed=seed))
+        _lesion_vs_normal(generate_synthetic(data_dir, n_patients=120, frames_per_patient=3, size=96, seed=seed))
     manifest = load_manifest(manifest_csv)
     lap("synthetic data")
     c.print(f"Synthetic endoscopy + ultrasound frames in {data_dir}: patients, two domains, subgroups, masks, boxes")
