@@ -2,9 +2,10 @@
 
 oneDNN (PyTorch's CPU convolutions) has no direct kernel for the weight gradient of a depthwise convolution whose
 input map is smaller than its kernel, such as the 5x5 depthwise convolutions on the 3x3 or 4x4 maps of an
-EfficientNet's last stage at 96 or 128 px: it falls back to a GEMM per channel, 5-20x slower than needed (measured on
-a 2-core AVX2 CPU, batch 32, one thread: 1152 channels on 3x3 maps 29.8 ms against 3.2 ms for the sum below; on 4x4
-maps 32.7 against 5.8; docs/results.md). Such convolutions take up to a fifth of a lite0 training step at 96 px.
+EfficientNet's last stage at 96 or 128 px: it falls back to a GEMM per channel, 5-12x slower than the sum below
+(benchmarks/depthwise_grad.py on a 2-core AVX2 CPU, batch 32, one thread: 1152 channels on 3x3 maps 34.3 ms against
+3.7 ms; on 4x4 maps 34.3 against 6.6; docs/results.md). Such convolutions take up to a fifth of a lite0 training step
+at 96 px.
 
 For a depthwise convolution y[n, c] = sum_ij w[c, i, j] x_pad[n, c, s*h + d*i, s*w + d*j], the weight gradient is,
 per kernel offset (i, j), dL/dw[c, i, j] = sum over n, h, w of dL/dy[n, c, h, w] * x_pad[n, c, s*h + d*i, s*w + d*j]:
@@ -12,8 +13,8 @@ one product and one sum over the batch and the map per offset, over channels-las
 input gradient stay oneDNN's (their depthwise kernels are fast at every size); where the input is at least as large as
 the kernel, oneDNN's weight gradient is as fast or faster, so nothing changes there.
 
-`fast_depthwise_grads(net)` routes those convolutions of `net` through this for a fit (engine.common.train_stage),
-in float32 without autocast, and `remove()` gives them back; modules, parameters and state_dict are untouched. The
+`with fast_depthwise_grads(net):` routes those convolutions of `net` through this for a fit (engine.common.train_stage),
+in float32 without autocast, and gives them back on leaving; modules, parameters and state_dict are untouched. The
 gradient equals oneDNN's up to float32 summation order (tests/models/test_depthwise.py).
 """
 
