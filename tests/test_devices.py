@@ -77,8 +77,9 @@ def test_defaults_follow_the_cpu_kind(cpu_flags, flags: str, kind: str, bf16: bo
     assert card["latency_precision"] == ("bf16" if bf16 else "fp32")
     from medcad.cli.system import system_report  # what `medcad checks` says training will use
 
-    training = system_report()["uses"]["training"]
-    assert ("per model" in training) is bf16 and ("precision 32-true" in training) is (not bf16)
+    uses = system_report()["uses"]
+    assert ("per model" in uses["training"]) is bf16 and ("precision 32-true" in uses["training"]) is (not bf16)
+    assert "BatchNorm" in uses["training kernels"] and "depthwise" in uses["training kernels"]  # on every CPU kind
 
 
 def test_prediction_autocasts_only_where_bf16_is_native(cpu_flags) -> None:

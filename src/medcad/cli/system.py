@@ -33,11 +33,18 @@ def system_report() -> dict:
             "cpu, fp32 or bf16 autocast per model: each fit times a few steps of its model in both and trains in "
             "the faster (kept per model and CPU in the cache folder)"
         )
+    uses = {"training": training}
+    if accelerator == "cpu":  # engine.common: FrozenBatchNormFit, train_stage; models.bnfold, models.depthwise
+        uses["training kernels"] = (
+            "channels_last; each BatchNorm in eval mode folded into the convolution before it (fine-tuning with the "
+            "pretrained statistics, feature caching); the weight gradient of a depthwise convolution on a map smaller "
+            "than its kernel summed per kernel offset in fp32 (oneDNN falls back to a GEMM per channel there)"
+        )
     return {
         "machine": m.to_dict(),
         "versions": {p: _version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
         "uses": {
-            "training": training,
+            **uses,
             "fold predictions and cached features": "bf16 autocast" if precision != "32-true" else "fp32",
             "predict / serve / evaluate": (
                 "--backend auto: the fastest of "
