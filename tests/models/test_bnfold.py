@@ -1,6 +1,7 @@
 """BatchNorm in eval mode folded into the convolution before it, for training: same outputs, same gradients."""
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -63,10 +64,12 @@ def test_batchnorm_in_training_mode_is_not_folded():
     assert not torch.equal(net.bn1.running_mean, _backbone().bn1.running_mean)
 
 
-def test_a_copy_folds_its_own_batchnorm():
+@pytest.mark.parametrize("copy_of", [copy.deepcopy, lambda net: pickle.loads(pickle.dumps(net))])
+def test_a_copy_folds_its_own_batchnorm(copy_of):
     net = _backbone().eval()
     fold_eval_batchnorm(net)
-    twin = copy.deepcopy(net)
+    twin = copy_of(net)  # a pickle: as Lightning's ddp_spawn hands a module to its processes
+    assert twin.conv_stem.forward.args[0] is twin.conv_stem  # the copy's folds are bound to the copy
     x = torch.randn(2, 3, 64, 64)
     before = net(x)
     with torch.no_grad():

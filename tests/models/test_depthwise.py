@@ -1,5 +1,7 @@
 """The weight gradient of depthwise convolutions on maps smaller than their kernel: same outputs, same gradients."""
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,7 @@ def _fits(s: dict) -> bool:
 
 @settings(max_examples=60, deadline=None)
 @given(conv_settings)
-def test_weight_gradient_equals_onednn_in_float64(s):
+def test_weight_gradient_equals_torchs_in_float64(s):
     assume(_fits(s))
     torch.manual_seed(0)
     x = torch.randn(s["n"], s["c"], *s["size"], dtype=torch.float64)
@@ -101,7 +103,7 @@ def test_efficientnet_at_96_px_same_gradients_with_batchnorm_folded():
     folds.remove()
     for h in hooks:
         h.remove()
-    assert n == 16  # lite0's depthwise convolutions (those of stride 2 pad themselves: not nn.Conv2d's forward)
+    assert n == 12  # lite0's 16 depthwise convolutions but the 4 of stride 2 (timm's Conv2dSame pads them itself)
     # the 5x5 depthwise convolutions of the last stage see 3x3 maps at 96 px
     assert routed.count("_DepthwiseConv2dBackward") == 3
     for name, g in got.items():
@@ -120,3 +122,42 @@ def test_not_routed_without_gradient_or_in_autocast_and_given_back_on_error():
         raise RuntimeError("boom")
     assert "_conv_forward" not in conv.__dict__
     assert conv(x).grad_fn.name() != "_DepthwiseConv2dBackward"
+
+
+def test_function_gradients_pass_gradcheck_with_stride_and_unused_rows():
+    from medcad.models.depthwise import _DepthwiseConv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)  # stride 2 leaves the last row unused
+    w = torch.randn(3, 1, 3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _DepthwiseConv2d.apply(x, w, b, (2, 2), (1, 2), (1, 1)), (x, w, b))
+
+
+def test_frozen_weight_or_input_without_gradient():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 5, padding=2, groups=4)
+    ref = nn.Conv2d(4, 4, 5, padding=2, groups=4)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 3, 3)  # no gradient wanted for the input (after frozen stages)
+    with fast_depthwise_grads(conv):
+        assert conv(x).grad_fn.name() == "_DepthwiseConv2dBackward"
+        conv(x).square().sum().backward()
+        conv.weight.requires_grad_(False)  # a frozen weight with a trainable bias: left to torch
+        assert conv(x).grad_fn.name() != "_DepthwiseConv2dBackward"
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(conv.bias.grad, ref.bias.grad)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad)
+
+
+def test_a_pickled_or_copied_network_keeps_its_routing_and_timm_same_padding_is_not_counted():
+    from timm.layers import Conv2dSame
+
+    net = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4), Conv2dSame(4, 4, 5, stride=2, groups=4))
+    x = torch.randn(2, 4, 3, 3)
+    with fast_depthwise_grads(net) as n:
+        twin = pickle.loads(pickle.dumps(net))  # as Lightning's ddp_spawn hands a module to its processes
+    assert n == 1
+    assert twin[0](x).grad_fn.name() == "_DepthwiseConv2dBackward"
+    assert net[0](x).grad_fn.name() != "_DepthwiseConv2dBackward"
+    torch.testing.assert_close(twin(x), net(x))

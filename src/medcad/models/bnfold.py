@@ -18,7 +18,7 @@ one on the same input before it is kept.
 
 from __future__ import annotations
 
-import types
+import functools
 import warnings
 
 import torch
@@ -166,11 +166,11 @@ def fold_eval_batchnorm(net: nn.Module, in_channels: int = 3, size: int = 32) ->
         if not pairs:
             return FoldedBatchNorm([])
         for conv, bn in pairs:
-            # in the instances' __dict__ (not registered as submodules): bound methods, so a deepcopy of the
-            # network folds its own copies
+            # in the instances' __dict__ (not registered as submodules), bound by functools.partial: a deepcopy or
+            # a pickle of the network (Lightning's ddp_spawn) folds its own copies
             conv.__dict__["_folded_bn"] = bn
-            conv.__dict__["forward"] = types.MethodType(_folded_conv_forward, conv)
-            bn.__dict__["forward"] = types.MethodType(_folded_bn_forward, bn)
+            conv.__dict__["forward"] = functools.partial(_folded_conv_forward, conv)
+            bn.__dict__["forward"] = functools.partial(_folded_bn_forward, bn)
         folds = FoldedBatchNorm([m for pair in pairs for m in pair])
         with torch.no_grad():
             after = net(example)

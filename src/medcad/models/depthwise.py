@@ -7,9 +7,9 @@ EfficientNet's last stage at 96 or 128 px: it falls back to a GEMM per channel, 
 3.7 ms; on 4x4 maps 34.3 against 6.6; docs/results.md). Such convolutions take up to a fifth of a lite0 training step
 at 96 px.
 
-For a depthwise convolution y[n, c] = sum_ij w[c, i, j] x_pad[n, c, s*h + d*i, s*w + d*j], the weight gradient is,
-per kernel offset (i, j), dL/dw[c, i, j] = sum over n, h, w of dL/dy[n, c, h, w] * x_pad[n, c, s*h + d*i, s*w + d*j]:
-one product and one sum over the batch and the map per offset, over channels-last copies. The forward pass and the
+For a depthwise convolution y[n, c, h, q] = sum_ij w[c, i, j] x_pad[n, c, s*h + d*i, s*q + d*j], the weight gradient
+is, per kernel offset (i, j), dL/dw[c, i, j] = sum over n, h, q of dL/dy[n, c, h, q] * x_pad[n, c, s*h + d*i, s*q +
+d*j]: one product and one sum over the batch and the map per offset, over channels-last copies. The forward pass and the
 input gradient stay oneDNN's (their depthwise kernels are fast at every size); where the input is at least as large as
 the kernel, oneDNN's weight gradient is as fast or faster, so nothing changes there.
 
@@ -21,7 +21,7 @@ gradient equals oneDNN's up to float32 summation order (tests/models/test_depthw
 from __future__ import annotations
 
 import contextlib
-import types
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["depthwise_weight_grad", "fast_depthwise_grads"]
 
 
+@torch.no_grad()
 def depthwise_weight_grad(
     x: torch.Tensor,
     grad_out: torch.Tensor,
@@ -41,10 +42,11 @@ def depthwise_weight_grad(
     dilation: tuple[int, int],
 ) -> torch.Tensor:
     """dL/dw (C, 1, kh, kw) of a depthwise convolution (zero padding) from its input x (N, C, H, W) and the gradient
-    of its output grad_out (N, C, Ho, Wo): per kernel offset, the sum of grad_out times the shifted input."""
+    of its output grad_out (N, C, Ho, Wo): per kernel offset, the sum of grad_out times the shifted input (no graph
+    is recorded)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     ho, wo = grad_out.shape[-2:]
-    xh = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (N, H + 2 ph, W + 2 pw, C), contiguous
+    xh = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (N, H + 2 ph, W + 2 pw, C)
     gh = grad_out.permute(0, 2, 3, 1)
     out = x.new_empty(kh, kw, x.shape[1])
     for i in range(kh):
@@ -83,9 +85,11 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
 
 def _eligible(m: nn.Module) -> bool:
-    """An nn.Conv2d (its own `_conv_forward`) that is depthwise, with zero padding given as numbers."""
+    """An nn.Conv2d whose forward goes through `_conv_forward` (not timm's Conv2dSame, which pads and calls
+    F.conv2d itself) that is depthwise, with zero padding given as numbers."""
     return (
         isinstance(m, nn.Conv2d)
+        and type(m).forward is nn.Conv2d.forward
         and type(m)._conv_forward is nn.Conv2d._conv_forward
         and "_conv_forward" not in m.__dict__
         and m.groups > 1
@@ -115,11 +119,12 @@ def _conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: 
 @contextlib.contextmanager
 def fast_depthwise_grads(net: nn.Module) -> Iterator[int]:
     """While inside, the depthwise convolutions of `net` compute the weight gradient of an input smaller than their
-    kernel with `depthwise_weight_grad`; yields how many convolutions are routed. Leaving gives each its own
-    `_conv_forward` back, also on an error."""
+    kernel with `depthwise_weight_grad`; yields on how many convolutions the routing is installed (each is routed per
+    call, when its input is small). Leaving gives each its own `_conv_forward` back, also on an error. Bound with
+    functools.partial, which a deep copy or a pickle (Lightning's ddp_spawn) re-binds to the copy."""
     convs = [m for m in net.modules() if _eligible(m)]
     for m in convs:
-        m.__dict__["_conv_forward"] = types.MethodType(_conv_forward, m)
+        m.__dict__["_conv_forward"] = functools.partial(_conv_forward, m)
     try:
         yield len(convs)
     finally:
