@@ -108,7 +108,8 @@ def _folded_bn_forward(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class FoldedBatchNorm:
-    """The folds installed on a network; `remove()` gives every module its own forward back."""
+    """The folds installed on a network; `remove()` gives every module its own forward back, and so does leaving a
+    `with` block over it (also on an error)."""
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.modules = modules
@@ -121,6 +122,12 @@ class FoldedBatchNorm:
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_folded_bn", None)
         self.modules = []
+
+    def __enter__(self) -> FoldedBatchNorm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 def _same(a, b) -> bool:

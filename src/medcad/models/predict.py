@@ -3,6 +3,7 @@ and test predictions of a fold) and by the predictors alike: one implementation 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -52,20 +53,16 @@ def run_batched(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net.eval().to(memory_format=fmt)  # outside inference mode: parameters stay trainable
     t0 = time.perf_counter()
-    folds = fold_eval_batchnorm(net) if fold_batchnorm and len(rows) else None
     dev = device_of(net)
     normalize = normalize.to(dev)
     outs = []
-    try:
+    with fold_eval_batchnorm(net) if fold_batchnorm and len(rows) else contextlib.nullcontext():
         for start in range(0, len(rows), batch_size):
             idx = rows[start : start + batch_size]
             x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev)  # (B, H, W, 3) uint8
             x = normalize(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)  # (B, 3, H, W)
             with torch.inference_mode(), _autocast(dev, bf16):
                 outs.append(net(x).float().cpu())
-    finally:
-        if folds is not None:
-            folds.remove()
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
     net.train(was_training)
     return (torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)), ips
