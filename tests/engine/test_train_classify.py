@@ -34,6 +34,10 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     for k in (0, 1):
         assert (run / f"fold_{k}" / "model.pt").is_file()
         assert list((run / f"fold_{k}" / "logs" / "tensorboard").rglob("events.out.tfevents*"))
+        # the fine-tuning leaves a resume point; the head's fit on cached features (seconds) is fitted again instead
+        ckpts = run / f"fold_{k}" / "checkpoints"
+        assert (ckpts / "stage2" / "last.ckpt").is_file() and (ckpts / "stage1" / "best.ckpt").is_file()
+        assert not (ckpts / "stage1" / "last.ckpt").exists()
 
     # an interrupted run resumes: finished folds are not trained again
     fold0 = (run / "fold_0" / "model.pt").stat().st_mtime_ns

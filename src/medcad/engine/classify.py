@@ -143,7 +143,8 @@ class ClassifyHooks(FoldHooks):
             )
         f = torch.from_numpy(feats)
         yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
-        trainer, ckpt = make_trainer(self.run, fold, name, head.max_epochs, *monitor, False)
+        # the head's fit takes a second or two: fitted again, not resumed, when the fold resumes (no last.ckpt)
+        trainer, ckpt = make_trainer(self.run, fold, name, head.max_epochs, *monitor, False, resumable=False)
         fit(
             trainer,
             head,

@@ -100,10 +100,12 @@ def make_trainer(
     patience: int,
     progress: bool,
     precision: str | None = None,
+    resumable: bool = True,
 ):
     """A Lightning trainer on the run's compute (accelerator, devices, nodes, strategy, and its precision unless
     `precision` is given: `engine.precision.fit_precision` chooses one per fit), with best/last
-    checkpoints in the fold's checkpoints/<stage>, early stopping on `monitor`, and the run's loggers.
+    checkpoints in the fold's checkpoints/<stage> (best only when not `resumable`: a fit of seconds, such as a head
+    on cached features, is fitted again rather than resumed), early stopping on `monitor`, and the run's loggers.
     Returns (trainer, checkpoint callback). With several processes, Lightning shards the training data with a
     distributed sampler and writes checkpoints and logs from rank 0 only."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -116,6 +118,7 @@ def make_trainer(
     folder = fold.checkpoints(stage)
     ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
     last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    early = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
     trainer = L.Trainer(
         accelerator=compute.accelerator,
         devices=compute.devices,
@@ -123,7 +126,7 @@ def make_trainer(
         strategy=compute.strategy,
         max_epochs=max_epochs,
         precision=precision or compute.precision,
-        callbacks=[ckpt, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience)],
+        callbacks=[ckpt, last, early] if resumable else [ckpt, early],
         logger=make_loggers(fold, stage, run.cfg) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),
