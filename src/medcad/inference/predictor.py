@@ -170,9 +170,11 @@ class Predictor:
             workers = min(4, os.cpu_count() or 1) if len(paths) > batch else 0
         files = _ImageFiles(paths, self.config.image_size, self.config.bilateral, self.config.interface)
         # workers start from a clean forkserver process, never forked from this one: a fork of a process whose
-        # OpenVINO / ONNX Runtime thread pools are running crashed it (signal 11) now and then. They get this
-        # process's pixel limit, which the forkserver (started once, earlier) may not have.
-        context = "forkserver" if workers and sys.platform.startswith("linux") else None
+        # OpenVINO / ONNX Runtime thread pools are running crashed it (signal 11) now and then. The forkserver
+        # imports this module once as it starts (torch, torchvision: ~8 s on 2 cores), so each worker forked from it
+        # starts ready instead of importing them again. Workers get this process's pixel limit, which the
+        # forkserver (started once, earlier) may not have.
+        context = _forkserver() if workers and sys.platform.startswith("linux") else None
         same_limit = functools.partial(_set_env, {MAX_PIXELS_ENV: os.environ.get(MAX_PIXELS_ENV)})
         loader = DataLoader(files, batch, num_workers=workers, collate_fn=list, multiprocessing_context=context)
         loader.worker_init_fn = same_limit
@@ -189,6 +191,16 @@ class Predictor:
                 else:
                     yield self.postprocess(outputs, k, name, rgb.shape[:2]), rgb
                     k += 1
+
+
+def _forkserver():
+    """The forkserver context, with this module preloaded in the server (it takes effect when the server starts:
+    once per process)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])  # "__main__": the default list
+    return context
 
 
 def _set_env(values: dict[str, str | None], worker_id: int) -> None:
