@@ -38,6 +38,9 @@ import lightning as L
 import numpy as np
 import torch
 from common import write_result
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
@@ -69,6 +72,33 @@ def synthetic(n: int, size: int, seed: int = 0) -> FoldData:
         boxes.append(np.array([[cx - rx, cy - ry, cx + rx, cy + ry, i % 2]], np.float32).clip(0, size - 1))
     y = np.arange(n) % 2
     return FoldData(images, y, ["benign", "malignant"], masks, boxes, feature_key="")
+
+
+class PerImage(Dataset):
+    """A plain loop's training data: medcad's rows, each image augmented on its own by torchvision's transforms.v2 as
+    medcad's "light" preset draws them (a mask follows its image), where medcad augments the whole batch in its
+    training step."""
+
+    def __init__(self, rows: Dataset, size: int) -> None:
+        self.rows = rows
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.11), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomRotation(10),
+                v2.ColorJitter(brightness=0.1, contrast=0.1),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        item = self.rows[i]
+        if len(item) == 3:  # image, mask, label
+            x, m = self.transform(item[0], tv_tensors.Mask(item[1]))
+            return x, m.as_subclass(torch.Tensor), item[2]
+        return self.transform(item[0]), item[1]
 
 
 class StepTimer(L.Callback):
@@ -124,6 +154,8 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
     std = torch.tensor(dc["std"]).view(1, -1, 1, 1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
     loader = hooks.loaders(data, parts)[0]
+    if task != "detect":  # a plain loop augments each image in its loader, with torchvision's transforms
+        loader = DataLoader(PerImage(loader.dataset, cfg.image_size), batch_size=loader.batch_size, shuffle=True)
     ce = nn.CrossEntropyLoss()
     t = seconds = 0.0
     images = 0

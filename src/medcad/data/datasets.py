@@ -230,10 +230,11 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
 
 
 class ImageDataset(Dataset):
-    """Rows of a cached image array as uint8 (C, H, W) tensors with an int label, optionally augmented."""
+    """Rows of a cached image array as uint8 (C, H, W) tensors with an int label (training batches are augmented
+    whole, in the training step: `transforms.BatchAugmentation`)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, transform=None) -> None:
-        self.images, self.labels, self.rows, self.transform = images, labels, np.asarray(rows), transform
+    def __init__(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> None:
+        self.images, self.labels, self.rows = images, labels, np.asarray(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -241,8 +242,6 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.rows[i]
         x = torch.from_numpy(np.array(self.images[r])).permute(2, 0, 1)  # (C, H, W) uint8, a writable copy
-        if self.transform is not None:
-            x = self.transform(x)
         return x, torch.as_tensor(self.labels[r])  # class index, or a multi-hot float vector (K,)
 
 
@@ -252,25 +251,20 @@ def manifest_fingerprint(manifest: Manifest) -> str:
 
 
 class MaskedImageDataset(Dataset):
-    """Rows of cached images and masks as (uint8 (C, H, W), float (1, H, W), int label); geometric augmentation is
-    applied to image and mask together (torchvision tv_tensors.Mask), photometric to the image only."""
+    """Rows of cached images and masks as (uint8 (C, H, W), float (1, H, W), int label); training batches are
+    augmented whole, the masks following their images' geometry (`transforms.BatchAugmentation`)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rows: np.ndarray, transform=None):
-        self.images, self.masks, self.labels = images, masks, labels
-        self.rows, self.transform = np.asarray(rows), transform
+    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> None:
+        self.images, self.masks, self.labels, self.rows = images, masks, labels, np.asarray(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        from torchvision import tv_tensors
-
         r = self.rows[i]
         x = torch.from_numpy(np.array(self.images[r])).permute(2, 0, 1)
-        m = tv_tensors.Mask(torch.from_numpy(np.array(self.masks[r]))[None])
-        if self.transform is not None:
-            x, m = self.transform(x, m)
-        return x, m.float(), int(self.labels[r])
+        m = torch.from_numpy(np.array(self.masks[r]))[None].float()
+        return x, m, int(self.labels[r])
 
 
 class DetectionDataset(Dataset):

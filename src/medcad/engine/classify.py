@@ -203,6 +203,7 @@ class ClassifyHooks(FoldHooks):
             class_weights=self._weights(data, parts),
             label_smoothing=cfg.label_smoothing,
             max_epochs=epochs,
+            augment=augmentation(cfg.augment),
             multilabel=self.multilabel,
             new_layer_lr_factor=cfg.new_layer_lr_factor,
             schedule=cfg.schedule,
@@ -224,10 +225,9 @@ class ClassifyHooks(FoldHooks):
 
     def loaders(self, data: FoldData, parts: dict) -> tuple:
         cfg = self.cfg
-        aug = augmentation(cfg.augment, cfg.image_size)
         train, val, y = parts["train"], parts["val"], data.y
         return (
-            make_loader(ImageDataset(data.images, y, train, aug), cfg, y[train], True),
+            make_loader(ImageDataset(data.images, y, train), cfg, y[train], True),
             make_loader(ImageDataset(data.images, y, val), cfg, None, False, 64),
         )
 

@@ -150,7 +150,8 @@ class HeadModule(_ValidationAUC, L.LightningModule):
 
 
 class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L.LightningModule):
-    """Stage 2: fine-tune the unfrozen backbone groups and the head on augmented uint8 images."""
+    """Stage 2: fine-tune the unfrozen backbone groups and the head on uint8 image batches, augmented by `augment`
+    (`transforms.BatchAugmentation`, or None)."""
 
     def __init__(
         self,
@@ -188,7 +189,7 @@ class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L
 
     def training_step(self, batch, _):
         x, y = batch
-        logits = self(x)
+        logits = self(self.augment(x) if self.augment is not None else x)
         loss = self.loss(logits, y)
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True)
         return loss

@@ -93,9 +93,10 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
         multitask: bool = False,
         new_layer_lr_factor: float = 5.0,
         schedule: str = "cosine",
+        augment=None,
     ) -> None:
         super().__init__()
-        self.model, self.normalize = model, normalize
+        self.model, self.normalize, self.augment = model, normalize, augment
         self.lr, self.weight_decay, self.optimizer_kind, self.max_epochs = lr, weight_decay, optimizer, max_epochs
         self.new_layer_lr_factor, self.schedule = new_layer_lr_factor, schedule
         self.class_loss = nn.CrossEntropyLoss(weight=class_weights)
@@ -127,6 +128,8 @@ class SegmentationModule(TrainingThroughput, L.LightningModule):
 
     def training_step(self, batch, _):
         x, m, y = batch
+        if self.augment is not None:  # the masks follow their images' geometry
+            x, m = self.augment(x, m)
         losses = self._losses(self(x), m, y)
         self.log_dict(
             {f"train_{k}" if k != "loss" else "train_loss": v for k, v in losses.items()},
@@ -223,14 +226,14 @@ class SegmentHooks(FoldHooks):
             multitask=multitask,
             new_layer_lr_factor=cfg.new_layer_lr_factor,
             schedule=cfg.schedule,
+            augment=augmentation(cfg.augment),
         )
 
     def loaders(self, data: FoldData, parts: dict) -> tuple:
         cfg = self.cfg
-        aug = augmentation(cfg.augment, cfg.image_size)
         train, val, y = parts["train"], parts["val"], data.y
         return (
-            make_loader(MaskedImageDataset(data.images, data.masks, y, train, aug), cfg, y[train], True),
+            make_loader(MaskedImageDataset(data.images, data.masks, y, train), cfg, y[train], True),
             make_loader(MaskedImageDataset(data.images, data.masks, y, val), cfg, None, False, 32),
         )
 
