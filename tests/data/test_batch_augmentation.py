@@ -100,3 +100,14 @@ def test_presets() -> None:
     assert augmentation("kvasir").vflip == 0.5
     with pytest.raises(ConfigError, match="unknown augmentation preset"):
         augmentation("heavy")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**16))
+def test_the_sampling_grid_is_torchs(b: int, h: int, w: int, seed: int) -> None:
+    import torch.nn.functional as F
+
+    from medcad.data.transforms import _affine_grid
+
+    theta = torch.randn(b, 2, 3, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(_affine_grid(theta, h, w), F.affine_grid(theta, [b, 1, h, w], align_corners=False))
