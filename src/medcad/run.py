@@ -15,6 +15,7 @@ import torch
 
 from medcad.config import TrainConfig, run_stages
 from medcad.data.interface import check_interface
+from medcad.data.transforms import augmentation
 from medcad.devices import Compute, resolve_compute
 from medcad.runfolder import RunFolder
 from medcad.tasks import Task, flip_tta, freeze_stride, get_task
@@ -42,11 +43,12 @@ class Run:
 
         Raises:
             ConfigError: an unknown task; compute this machine cannot give (medcad.devices.resolve_compute); an
-                unknown test-time augmentation; a stage list for a task that trains in one stage; an interface
-                option the task cannot use; a negative freeze stride.
+                unknown augmentation preset or test-time augmentation; a stage list for a task that trains in one
+                stage; an interface option the task cannot use; a negative freeze stride.
         """
         task = get_task(cfg.task)
         compute = resolve_compute(cfg)
+        augmentation(cfg.augment)  # the presets' names are the same for boxes (`box_augmentation`)
         flip_tta(cfg.tta, cfg.task)
         run_stages(cfg)
         check_interface(cfg.interface, cfg.task)

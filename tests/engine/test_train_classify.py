@@ -75,6 +75,9 @@ def test_train_jobs_trains_the_folds_in_workers_as_one_process_does(easy_set: Pa
     res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "d"), "--jobs", "2", "--devices", "2"])
     assert res.exit_code == 2 and "devices 1 and num_nodes 1" in res.output
     assert not (tmp_path / "d").exists()
+    res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "a"), "--augment", "heavy"])
+    assert res.exit_code == 2 and "unknown augmentation preset 'heavy'" in res.output
+    assert not (tmp_path / "a").exists()  # refused before anything is written
 
 
 def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:
