@@ -149,11 +149,11 @@ class BatchAugmentation:
 
     def _colour(self, x: torch.Tensor) -> torch.Tensor:
         """Brightness then contrast as one affine map per image, clipped once (torchvision clips between the two)."""
+        if not (self.brightness or self.contrast):
+            return x
         b = len(x)
         bright = torch.empty(b).uniform_(max(0.0, 1 - self.brightness), 1 + self.brightness)
         contrast = torch.empty(b).uniform_(max(0.0, 1 - self.contrast), 1 + self.contrast)
-        if not (self.brightness or self.contrast):
-            return x
         channel_means = x.mean((2, 3))  # (B, C)
         luma = torch.tensor([0.2989, 0.587, 0.114], device=x.device) if x.shape[1] == 3 else None
         grey = channel_means @ luma if luma is not None else channel_means.mean(1)  # (B,) mean grey level
