@@ -111,3 +111,70 @@ def test_the_sampling_grid_is_torchs(b: int, h: int, w: int, seed: int) -> None:
 
     theta = torch.randn(b, 2, 3, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(_affine_grid(theta, h, w), F.affine_grid(theta, [b, 1, h, w], align_corners=False))
+
+
+def _crop_box(theta: torch.Tensor, h: int, w: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) in pixels of an unrotated, unflipped draw's crop."""
+    cw, ch = float(theta[0, 0]) * w, float(theta[1, 1]) * h
+    return (
+        round(((float(theta[0, 2]) + 1) * w - cw) / 2),
+        round(((float(theta[1, 2]) + 1) * h - ch) / 2),
+        round(cw),
+        round(ch),
+    )
+
+
+def test_a_crop_reaches_every_position_where_it_fits() -> None:
+    aug = BatchAugmentation(scale=(0.25, 0.25), ratio=(1.0, 1.0))  # a 4 x 4 crop of an 8 x 8 image
+    torch.manual_seed(0)
+    theta = aug.geometry(500, 8, 8)
+    boxes = {_crop_box(t, 8, 8) for t in theta}
+    assert {(x, y) for x, y, _, _ in boxes} == {(x, y) for x in range(5) for y in range(5)}
+    assert {(cw, ch) for _, _, cw, ch in boxes} == {(4, 4)}
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(6, 40), st.integers(6, 40), st.integers(0, 2**16))
+def test_an_unrotated_crop_is_torchvisions_resized_crop(h: int, w: int, seed: int) -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    aug = BatchAugmentation(scale=(0.3, 1.0), ratio=(0.7, 1.4))
+    x = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(seed)).float()
+    torch.manual_seed(seed)
+    left, top, cw, ch = _crop_box(aug.geometry(1, h, w)[0], h, w)
+    torch.manual_seed(seed)
+    ours = aug(x)
+    theirs = TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=False)  # bilinear
+    # output pixels that sample beyond the crop's outermost pixel centres differ by design: torchvision cuts the crop
+    # out first and repeats its edge pixel, one resampling of the whole image reads the pixel beyond (if any)
+
+    def inside(n: int, c: int) -> torch.Tensor:
+        at = (torch.arange(n) + 0.5) * c / n - 0.5  # where each output pixel samples, in crop pixels
+        return (at >= 0) & (at <= c - 1)
+
+    rows, cols = inside(h, ch), inside(w, cw)
+    torch.testing.assert_close(ours[..., rows, :][..., cols], theirs[..., rows, :][..., cols], atol=2e-3, rtol=0)
+
+
+def test_under_a_bfloat16_default_dtype_the_draws_stay_float32() -> None:
+    """Lightning's bf16-true precision makes bfloat16 the default dtype while it trains."""
+    x, m = _batch(4, 3, 32, 32)
+    aug = augmentation("kvasir")
+    torch.manual_seed(0)
+    want = aug(x, m)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        torch.manual_seed(0)
+        got = aug(x, m)
+    finally:
+        torch.set_default_dtype(before)
+    torch.testing.assert_close(got, want)
+
+
+def test_a_crop_at_the_image_edge_repeats_the_edge_pixel_and_rotated_corners_are_black() -> None:
+    flat = torch.full((64, 3, 16, 16), 200, dtype=torch.uint8)
+    torch.manual_seed(0)
+    torch.testing.assert_close(BatchAugmentation(scale=(0.5, 0.5), ratio=(1.0, 1.0))(flat), flat.float())
+    turned = BatchAugmentation(degrees=45)(flat)
+    assert turned[..., 0, 0].min() == 0 and (turned[..., 8, 8] - 200).abs().max() < 1e-3  # black corners, centre kept

@@ -88,9 +88,12 @@ class BatchAugmentation:
     uniform in +-`degrees` about the centre, the corners filled with 0; brightness and contrast factors uniform in
     [1 - b, 1 + b] (contrast blends with the image's mean grey level, ITU-R 601 luma), clipped to [0, 255].
     Differences: bilinear resampling throughout (torchvision rotates with nearest-neighbour resampling and resizes
-    the crop with an antialiasing filter, which changes nothing here since the crop is never smaller than the
-    output); brightness and contrast are one affine map clipped once (torchvision applies them in a drawn order and
-    clips after each: they commute but for that clipping), and the grey level is the mean of the unclipped image.
+    the crop with an antialiasing filter, which changes nothing here since the crop is never larger than the
+    output: it is only enlarged), reading the pixels just beyond a crop's edge where torchvision repeats its edge
+    pixel; a crop that falls back (no draw fits) is the whole image, not a centre crop at the nearest allowed ratio
+    (the same on the square images of the image cache); brightness and contrast are one affine map clipped once
+    (torchvision applies them in a drawn order and clips after each: they commute but for that clipping), and the
+    grey level is the mean of the unclipped image.
     """
 
     scale: tuple[float, float] | None = None  # None: no crop
@@ -108,7 +111,7 @@ class BatchAugmentation:
             the augmented images (B, C, H, W) float32 in [0, 255]; with a mask, (images, mask float32 (B, 1, H, W)).
         """
         b, _, h, w = x.shape
-        grid = _affine_grid(self.geometry(b, h, w).to(x.device), h, w)
+        grid = _affine_grid(self.geometry(b, h, w).to(x.device), h, w, edge=True)  # float32 under bf16 defaults too
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out = self._colour(out)
         if mask is None:
@@ -117,18 +120,19 @@ class BatchAugmentation:
 
     def geometry(self, b: int, h: int, w: int) -> torch.Tensor:
         """(B, 2, 3) affine maps from output to input coordinates (normalised to [-1, 1], `F.affine_grid`'s)."""
-        cw, ch = self._crop_size(b, h, w) if self.scale else (torch.full((b,), float(w)), torch.full((b,), float(h)))
-        x0 = (torch.rand(b) * (w - cw + 1)).floor()
-        y0 = (torch.rand(b) * (h - ch + 1)).floor()
+        f32 = {"dtype": torch.float32}  # whatever the default dtype (Lightning's bf16-true sets bfloat16)
+        cw, ch = self._crop_size(b, h, w) if self.scale else (torch.full((b,), w, **f32), torch.full((b,), h, **f32))
+        x0 = (torch.rand(b, **f32) * (w - cw + 1)).floor()
+        y0 = (torch.rand(b, **f32) * (h - ch + 1)).floor()
         sx, sy = cw / w, ch / h  # the crop's half-extent in normalised coordinates
         cx, cy = (2 * x0 + cw) / w - 1, (2 * y0 + ch) / h - 1
-        fx = torch.where(torch.rand(b) < self.hflip, -1.0, 1.0)
-        fy = torch.where(torch.rand(b) < self.vflip, -1.0, 1.0)
-        angle = torch.empty(b).uniform_(-self.degrees, self.degrees) * (math.pi / 180)
+        fx = torch.where(torch.rand(b, **f32) < self.hflip, -1.0, 1.0)
+        fy = torch.where(torch.rand(b, **f32) < self.vflip, -1.0, 1.0)
+        angle = torch.empty(b, **f32).uniform_(-self.degrees, self.degrees) * (math.pi / 180)
         cos, sin = angle.cos(), angle.sin()
         # output -> crop frame: rotation in pixel units (h / w keep it a rotation on a non-square image), flips, then
         # the crop's scale and centre
-        theta = torch.empty(b, 2, 3)
+        theta = torch.empty(b, 2, 3, **f32)
         theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = sx * fx * cos, -sx * fx * sin * (h / w), cx
         theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sy * fy * sin * (w / h), sy * fy * cos, cy
         return theta
@@ -136,8 +140,8 @@ class BatchAugmentation:
     def _crop_size(self, b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's crop width and height in whole pixels: the first of ten draws that fits (torchvision's
         `RandomResizedCrop.get_params`), else the whole image."""
-        area = torch.empty(b, 10).uniform_(*self.scale) * (h * w)
-        log_ratio = torch.empty(b, 10).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        area = torch.empty(b, 10, dtype=torch.float32).uniform_(*self.scale) * (h * w)
+        log_ratio = torch.empty(b, 10, dtype=torch.float32).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
         cw, ch = torch.sqrt(area * log_ratio.exp()).round(), torch.sqrt(area / log_ratio.exp()).round()
         fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
         first = fits.int().argmax(1, keepdim=True)
@@ -152,23 +156,31 @@ class BatchAugmentation:
         if not (self.brightness or self.contrast):
             return x
         b = len(x)
-        bright = torch.empty(b).uniform_(max(0.0, 1 - self.brightness), 1 + self.brightness)
-        contrast = torch.empty(b).uniform_(max(0.0, 1 - self.contrast), 1 + self.contrast)
+        bright = torch.empty(b, dtype=torch.float32).uniform_(max(0.0, 1 - self.brightness), 1 + self.brightness)
+        contrast = torch.empty(b, dtype=torch.float32).uniform_(max(0.0, 1 - self.contrast), 1 + self.contrast)
         channel_means = x.mean((2, 3))  # (B, C)
-        luma = torch.tensor([0.2989, 0.587, 0.114], device=x.device) if x.shape[1] == 3 else None
-        grey = channel_means @ luma if luma is not None else channel_means.mean(1)  # (B,) mean grey level
+        luma = torch.tensor([0.2989, 0.587, 0.114], dtype=torch.float32, device=x.device) if x.shape[1] == 3 else None
+        # (B,) mean grey level; a product and a sum, not a matmul, so that autocast keeps it in float32
+        grey = (channel_means * luma).sum(1) if luma is not None else channel_means.mean(1)
         bright, contrast = bright.to(x.device), contrast.to(x.device)
         scale, shift = bright * contrast, bright * grey * (1 - contrast)
         return torch.addcmul(shift.view(b, 1, 1, 1), x, scale.view(b, 1, 1, 1)).clamp_(0, 255)
 
 
-def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _affine_grid(theta: torch.Tensor, h: int, w: int, edge: bool = False) -> torch.Tensor:
     """`F.affine_grid(theta, (B, 1, h, w), align_corners=False)` by broadcasting (the same (B, h, w, 2) sampling
-    grid; torch's builds a (B, h * w, 3) base grid and multiplies it: 10x slower on a CPU at 224 px)."""
+    grid; torch's builds a (B, h * w, 3) base grid and multiplies it: 10x slower on a CPU at 224 px). With `edge`,
+    points inside the image but beyond its outermost pixel centres are moved onto them, so that bilinear sampling
+    there repeats the edge pixel (as a resize does) instead of blending in the zero fill; points outside the image
+    keep it."""
     u = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1  # pixel centres, normalised
     v = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1
     t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1)
     grid = t[:, :, 0] * u.view(1, 1, 1, w) + t[:, :, 1] * v.view(1, 1, h, 1) + t[:, :, 2]  # (B, 2, h, w)
+    if edge:
+        for axis, n in ((0, w), (1, h)):
+            g = grid[:, axis]
+            grid[:, axis] = torch.where(g.abs() <= 1, g.clamp(1 / n - 1, 1 - 1 / n), g)
     return grid.permute(0, 2, 3, 1)
 
 
