@@ -44,7 +44,7 @@ from torchvision.transforms import v2
 
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
-from medcad.data.transforms import Normalize
+from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import quiet_lightning, train_stage
 from medcad.engine.fold import FoldData
 from medcad.engine.train import fold_hooks
@@ -75,20 +75,23 @@ def synthetic(n: int, size: int, seed: int = 0) -> FoldData:
 
 
 class PerImage(Dataset):
-    """A plain loop's training data: medcad's rows, each image augmented on its own by torchvision's transforms.v2 as
-    medcad's "light" preset draws them (a mask follows its image), where medcad augments the whole batch in its
-    training step."""
+    """A plain loop's training data: medcad's rows, each image augmented on its own by torchvision's transforms.v2
+    with the draws of medcad's preset (`augmentation(preset)`; a mask follows its image), where medcad augments the
+    whole batch in its training step."""
 
-    def __init__(self, rows: Dataset, size: int) -> None:
-        self.rows = rows
-        self.transform = v2.Compose(
-            [
-                v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.11), antialias=True),
-                v2.RandomHorizontalFlip(),
-                v2.RandomRotation(10),
-                v2.ColorJitter(brightness=0.1, contrast=0.1),
-            ]
-        )
+    def __init__(self, rows: Dataset, size: int, preset: str) -> None:
+        self.rows, self.transform, aug = rows, v2.Identity(), augmentation(preset)
+        if aug is not None:
+            crop = [v2.RandomResizedCrop(size, scale=aug.scale, ratio=aug.ratio, antialias=True)] if aug.scale else []
+            self.transform = v2.Compose(
+                [
+                    *crop,
+                    v2.RandomHorizontalFlip(aug.hflip),
+                    v2.RandomVerticalFlip(aug.vflip),
+                    v2.RandomRotation(aug.degrees),
+                    v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast),
+                ]
+            )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -155,7 +158,9 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
     loader = hooks.loaders(data, parts)[0]
     if task != "detect":  # a plain loop augments each image in its loader, with torchvision's transforms
-        loader = DataLoader(PerImage(loader.dataset, cfg.image_size), batch_size=loader.batch_size, shuffle=True)
+        loader = DataLoader(
+            PerImage(loader.dataset, cfg.image_size, cfg.augment), batch_size=loader.batch_size, shuffle=True
+        )
     ce = nn.CrossEntropyLoss()
     t = seconds = 0.0
     images = 0

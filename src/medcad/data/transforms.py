@@ -60,7 +60,7 @@ def box_augmentation(preset: str) -> v2.Transform:
     if preset == "light":
         return v2.Compose([v2.RandomHorizontalFlip(), v2.ColorJitter(brightness=0.1, contrast=0.1), *clean])
     if preset != "kvasir":
-        raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of none, light, kvasir")
+        raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(),
@@ -111,7 +111,7 @@ class BatchAugmentation:
             the augmented images (B, C, H, W) float32 in [0, 255]; with a mask, (images, mask float32 (B, 1, H, W)).
         """
         b, _, h, w = x.shape
-        grid = _affine_grid(self.geometry(b, h, w).to(x.device), h, w, edge=True)  # float32 under bf16 defaults too
+        grid = _on_edge_pixels(_affine_grid(self.geometry(b, h, w).to(x.device), h, w))  # float32 under bf16 too
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out = self._colour(out)
         if mask is None:
@@ -167,21 +167,23 @@ class BatchAugmentation:
         return torch.addcmul(shift.view(b, 1, 1, 1), x, scale.view(b, 1, 1, 1)).clamp_(0, 255)
 
 
-def _affine_grid(theta: torch.Tensor, h: int, w: int, edge: bool = False) -> torch.Tensor:
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """`F.affine_grid(theta, (B, 1, h, w), align_corners=False)` by broadcasting (the same (B, h, w, 2) sampling
-    grid; torch's builds a (B, h * w, 3) base grid and multiplies it: 10x slower on a CPU at 224 px). With `edge`,
-    points inside the image but beyond its outermost pixel centres are moved onto them, so that bilinear sampling
-    there repeats the edge pixel (as a resize does) instead of blending in the zero fill; points outside the image
-    keep it."""
+    grid; torch's builds a (B, h * w, 3) base grid and multiplies it: 10x slower on a CPU at 224 px)."""
     u = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1  # pixel centres, normalised
     v = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1
     t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1)
     grid = t[:, :, 0] * u.view(1, 1, 1, w) + t[:, :, 1] * v.view(1, 1, h, 1) + t[:, :, 2]  # (B, 2, h, w)
-    if edge:
-        for axis, n in ((0, w), (1, h)):
-            g = grid[:, axis]
-            grid[:, axis] = torch.where(g.abs() <= 1, g.clamp(1 / n - 1, 1 - 1 / n), g)
     return grid.permute(0, 2, 3, 1)
+
+
+def _on_edge_pixels(grid: torch.Tensor) -> torch.Tensor:
+    """A (B, h, w, 2) sampling grid (of an h x w image) with the points inside the image but beyond its outermost
+    pixel centres moved onto them, so that bilinear sampling there repeats the edge pixel (as a resize does) instead
+    of blending in the zero fill; points outside the image keep it."""
+    h, w = grid.shape[1:3]
+    half_pixel = torch.tensor([1 / w, 1 / h], dtype=grid.dtype, device=grid.device)
+    return torch.where(grid.abs() <= 1, grid.clamp(-1 + half_pixel, 1 - half_pixel), grid)
 
 
 class Normalize(torch.nn.Module):
