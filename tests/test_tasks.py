@@ -125,3 +125,24 @@ def test_reference_label_as_datasets_spell_it() -> None:
     assert frame_score_kind(["Benign", "Malignant", "Normal"], True) == ("p_lesion", 2)
     assert frame_score_kind(["Benign", "Malignant", "Normal"], False) == ("lesion_area", None)
     assert positive_label(["Normal", "Stone"]) == "Stone" and positive_label(["Polyp", "No lesion"]) == "Polyp"
+
+
+def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -> None:
+    """A run's decoder widths are checked when its settings are resolved, before anything is written; a saved run
+    from before the setting (no widths in its config) is built with smp's, so its model files load."""
+    import json
+
+    from medcad.run import Run
+    from medcad.tasks import SMP_DECODER_CHANNELS
+
+    cfg = TrainConfig(task="segment", arch="unet", weights="none")
+    with pytest.raises(ConfigError, match="decoder_channels must be 5 positive integers"):
+        Run.resolve(cfg.replace(decoder_channels="64,32"), tmp_path / "r")
+    with pytest.raises(ConfigError, match="not a detect run"):
+        Run.resolve(TrainConfig(task="detect", decoder_channels="64,32,16,16,8"), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    d = cfg.to_dict()
+    del d["decoder_channels"]  # written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    model = get_task("segment").build(TrainConfig.load(tmp_path / "config.json"), 1, None)
+    assert [b.conv1[0].out_channels for b in model.net.decoder.blocks] == list(SMP_DECODER_CHANNELS)

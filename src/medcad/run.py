@@ -1,8 +1,8 @@
 """A training run resolved once: its settings, its task, its compute and its folder, in one object.
 
 `Run.resolve` checks everything about the settings that can be checked before anything is written (task, compute,
-test-time augmentation, stage list, interface option, freeze stride) and is the only place where a training run
-resolves its task and its compute; the engine passes the `Run` down instead of resolving them again.
+test-time augmentation, stage list, interface option, freeze stride, decoder widths) and is the only place where a
+training run resolves its task and its compute; the engine passes the `Run` down instead of resolving them again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from medcad.data.interface import check_interface
 from medcad.data.transforms import augmentation
 from medcad.devices import Compute, resolve_compute
 from medcad.runfolder import RunFolder
-from medcad.tasks import Task, flip_tta, freeze_stride, get_task
+from medcad.tasks import Task, decoder_channels, flip_tta, freeze_stride, get_task
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Run:
         Raises:
             ConfigError: an unknown task; compute this machine cannot give (medcad.devices.resolve_compute); an
                 unknown augmentation preset or test-time augmentation; a stage list for a task that trains in one
-                stage; an interface option the task cannot use; a negative freeze stride.
+                stage; an interface option the task cannot use; a negative freeze stride; decoder widths that are not
+                five positive integers or for a model without that decoder.
         """
         task = get_task(cfg.task)
         compute = resolve_compute(cfg)
@@ -53,6 +54,7 @@ class Run:
         run_stages(cfg)
         check_interface(cfg.interface, cfg.task)
         freeze_stride(cfg.freeze_stride, cfg.task)
+        decoder_channels(cfg.decoder_channels, cfg.task, cfg.arch)
         return cls(cfg, task, compute, RunFolder(Path(out)))
 
     def with_settings(self, cfg: TrainConfig) -> Run:

@@ -134,8 +134,15 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
 
 
 def test_multitask_run(synth: Path, tmp_path: Path) -> None:
-    cfg = FAST.replace(task="multitask", missing_masks="empty", epochs=1)
+    # decoder widths of its own: the fold models, the ONNX export and the predictor are built with them
+    cfg = FAST.replace(task="multitask", missing_masks="empty", epochs=1, decoder_channels="64,32,16,16,8")
     m = train_run(synth, tmp_path / "mt", cfg, progress=False)
+    assert json.loads((tmp_path / "mt" / "config.json").read_text())["decoder_channels"] == "64,32,16,16,8"
+    import torch
+
+    weights = torch.load(tmp_path / "mt" / "fold_0" / "model.pt", weights_only=False)["state_dict"]
+    widths = [weights[f"segmenter.net.decoder.blocks.{i}.conv1.0.weight"].shape[0] for i in range(5)]
+    assert widths == [64, 32, 16, 16, 8]
     assert {"accuracy", "macro_auc", "dice", "iou", "segmentation"} <= set(m)
     # three classes: each finding against the rest gets operating points chosen on validation
     fd = m["segmentation"]["frame_decision"]  # a class head with 'normal': the decision scores P(not normal)

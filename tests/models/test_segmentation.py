@@ -20,6 +20,7 @@ from medcad.models.segmentation import (
     create_segmenter,
     segmenter_data_config,
 )
+from medcad.tasks import decoder_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,6 +100,27 @@ def test_bad_settings_raise_config_errors() -> None:
         create_segmenter("unet", encoder="efficientnet_lite_zero", weights="none")
     with pytest.raises(ValueError, match="divisible by 16"):
         create_segmenter("attention-unetpp")(torch.randn(1, 3, 40, 40))
+
+
+def test_decoder_channels_setting_and_widths() -> None:
+    """`decoder_channels` sets the U-Net decoder's widths (deepest block first); unset it is smp's; it is refused
+    where no such decoder exists and when it is not five positive integers."""
+    assert decoder_channels(None, "segment", "unet") == (256, 128, 64, 32, 16)
+    assert decoder_channels(" 64, 32,16,16 ,8", "multitask", "unetpp") == (64, 32, 16, 16, 8)
+    assert decoder_channels(None, "classify", "unet") is None
+    assert decoder_channels(None, "segment", "renal-joint") is None
+    for setting in ("64,32,16,16", "64,32,16,16,0", "64,32,x,16,8", ""):
+        with pytest.raises(ConfigError, match="5 positive integers"):
+            decoder_channels(setting, "segment", "unet")
+    with pytest.raises(ConfigError, match="not a segment run with arch attention-unetpp"):
+        decoder_channels("64,32,16,16,8", "segment", "attention-unetpp")
+    with pytest.raises(ConfigError, match="not a classify run"):
+        decoder_channels("64,32,16,16,8", "classify", "unet")
+    for arch in ("unet", "unetpp"):
+        model = create_segmenter(arch, weights="none", decoder_channels=(64, 32, 16, 16, 8))
+        convs = [m for m in model.net.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs[-1].out_channels == 8 and max(c.out_channels for c in convs) == 64
+        assert model(torch.randn(1, 3, 64, 64))["mask"].shape == (1, 1, 64, 64)
 
 
 def test_cbam_attention_maps_after_a_forward_pass() -> None:

@@ -22,6 +22,7 @@ probability, so the class sees the lesion the mask found; the encoder runs once 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -78,8 +79,11 @@ def lesion_logits(mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(mask[:, 1:], dim=1, keepdim=True) - mask[:, :1]
 
 
-def _smp_net(arch: str, encoder: str, weights: str, channels: int = 1) -> nn.Module:
-    """U-Net / UNet++ with `channels` outputs; ImageNet encoder weights per `weights` (see create_segmenter)."""
+def _smp_net(
+    arch: str, encoder: str, weights: str, channels: int = 1, decoder_channels: tuple[int, ...] | None = None
+) -> nn.Module:
+    """U-Net / UNet++ with `channels` outputs and smp's decoder widths, or `decoder_channels`; ImageNet encoder
+    weights per `weights` (see create_segmenter)."""
     import segmentation_models_pytorch as smp
 
     vgg = arch == "unet-vgg11"
@@ -87,6 +91,8 @@ def _smp_net(arch: str, encoder: str, weights: str, channels: int = 1) -> nn.Mod
         check_model_name(encoder)
     name = "vgg11" if vgg else f"tu-{encoder}"
     cls = smp.UnetPlusPlus if arch == "unetpp" else smp.Unet
+    if decoder_channels is not None:
+        cls = partial(cls, decoder_channels=decoder_channels)
     if weights == "hub":
         try:
             return cls(encoder_name=name, encoder_weights="imagenet", classes=channels)
@@ -122,6 +128,7 @@ def create_segmenter(
     weights: str = "auto",
     dropout: float = 0.2,
     mask_channels: int = 1,
+    decoder_channels: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """A segmentation model, a joint segmentation + classification model, or the DSConv classifier.
 
@@ -138,6 +145,8 @@ def create_segmenter(
             bottleneck.
         mask_channels: 1 (a lesion logit) or 1 + K (background and K lesion classes, segment-multiclass; the
             archs "attention-unetpp", "unet", "unetpp" and "unet-vgg11").
+        decoder_channels: the widths of the five decoder blocks of "unet", "unetpp" and "unet-vgg11", deepest
+            first; None: smp's (256, 128, 64, 32, 16). Other architectures ignore it.
 
     Raises:
         ConfigError: unknown architecture or encoder, missing n_classes, or failed download.
@@ -155,7 +164,7 @@ def create_segmenter(
     seg = (
         AttentionNestedUNet(dropout=dropout, mask_channels=mask_channels)
         if arch == "attention-unetpp"
-        else SmpSegmenter(_smp_net(arch, encoder, weights, mask_channels))
+        else SmpSegmenter(_smp_net(arch, encoder, weights, mask_channels, decoder_channels))
     )
     return seg if n_classes is None else JointSegClassifier(seg, n_classes, dropout)
 
@@ -202,9 +211,15 @@ def pretrained_encoder(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool, mask_channels: int = 1) -> nn.Module:
-    """The segmentation model a run's settings describe, with a class head when `with_class` (multitask) and
-    `mask_channels` mask outputs (see `create_segmenter`)."""
+def segmenter_from_config(
+    cfg: TrainConfig,
+    n_classes: int,
+    with_class: bool,
+    mask_channels: int = 1,
+    decoder_channels: tuple[int, ...] | None = None,
+) -> nn.Module:
+    """The segmentation model a run's settings describe, with a class head when `with_class` (multitask),
+    `mask_channels` mask outputs and `decoder_channels` (see `create_segmenter`)."""
     if cfg.arch == "dsconv-resnet" and not with_class:
         raise ConfigError("dsconv-resnet only classifies: use it with --task multitask (or classify)")
     return create_segmenter(
@@ -214,4 +229,5 @@ def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool, ma
         weights=cfg.weights,
         dropout=cfg.dropout,
         mask_channels=mask_channels,
+        decoder_channels=decoder_channels,
     )
