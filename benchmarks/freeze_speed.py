@@ -1,11 +1,15 @@
-"""Training-step speed with a pretrained encoder's early stages frozen (`freeze_early_stages`), per output stride.
+"""Training-step speed of two recipe choices: a pretrained encoder's early stages frozen (`freeze_early_stages`), per
+output stride, and the U-Net's decoder widths (`tasks.decoder_channels`).
 
-    .venv/bin/python benchmarks/freeze_speed.py [--steps 6] [--warmup 2]
+    .venv/bin/python benchmarks/freeze_speed.py [--cases freeze,decoder] [--steps 6] [--warmup 2] [--out FILE]
 
 One step = forward, loss, backward, AdamW on random tensors (channels_last), each configuration on a fresh model in
-this process: the lite0 classifier at 96 px fp32, 160 px fp32 and 224 px bf16 (batch 32; BatchNorm of the backbone
-in eval mode, as medcad's stage 2), the U-Net / lite0 at 256 px bf16 (batch 16; frozen BatchNorm in eval mode).
-Speed does not depend on the weights, so models start from random init. Writes benchmarks/results/freeze_speed.json.
+this process. freeze: the lite0 classifier at 96 px fp32, 160 px fp32 and 224 px bf16 (batch 32; BatchNorm of the
+backbone in eval mode, as medcad's stage 2), the U-Net / lite0 at 256 px bf16 (batch 16; frozen BatchNorm in eval
+mode). decoder: the U-Net / lite0 at 256 px (batch 16, every layer trained) with smp's decoder widths and narrower
+ones, in bf16 where the CPU has it in hardware, else fp32. `speedup` is against the same model, size and precision
+with nothing frozen and smp's widths. Speed does not depend on the weights, so models start from random init.
+Writes benchmarks/results/freeze_speed.json.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import torch
 import torch.nn.functional as F
 from common import write_result
 
+from medcad.devices import cpu_has_bf16
 from medcad.models.backbones import freeze_early_stages, set_bn_eval
 from medcad.models.classifier import Classifier
 from medcad.models.segmentation import create_segmenter, pretrained_encoder
+from medcad.tasks import SMP_DECODER_CHANNELS
 
 HERE = Path(__file__).parent
 STRIDES = (0, 4, 8)
+DECODERS = (SMP_DECODER_CHANNELS, (128, 64, 32, 16, 16), (256, 128, 32, 16, 8))
 
 
 def images_per_s(model, batch: int, size: int, bf16: bool, mask: bool, steps: int, warmup: int) -> float:
@@ -52,6 +59,7 @@ def images_per_s(model, batch: int, size: int, bf16: bool, mask: bool, steps: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default="freeze,decoder")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "freeze_speed.json")
@@ -59,32 +67,38 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     cases = [("classifier", 96, False), ("classifier", 160, False), ("classifier", 224, True), ("unet", 256, True)]
-    for kind, size, bf16 in cases:
-        for stride in STRIDES:
-            if kind == "classifier":
-                model = Classifier("tf_efficientnet_lite0", 2, weights="none")
-                freeze_early_stages(model.backbone, stride)
-            else:
-                model = create_segmenter("unet", weights="none")
-                freeze_early_stages(pretrained_encoder(model), stride)
-            ips = images_per_s(
-                model, 32 if kind == "classifier" else 16, size, bf16, kind == "unet", args.steps, args.warmup
-            )
-            rows.append(
-                {
-                    "model": f"{kind} / tf_efficientnet_lite0",
-                    "image_size": size,
-                    "precision": "bf16" if bf16 else "fp32",
-                    "freeze_stride": stride,
-                    "images_per_s": round(ips, 1),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+    configs = [(kind, size, bf16, stride, SMP_DECODER_CHANNELS) for kind, size, bf16 in cases for stride in STRIDES]
+    configs = (configs if "freeze" in args.cases else []) + (
+        [("unet", 256, cpu_has_bf16(), 0, widths) for widths in DECODERS] if "decoder" in args.cases else []
+    )
+    for kind, size, bf16, stride, widths in configs:
+        if kind == "classifier":
+            model = Classifier("tf_efficientnet_lite0", 2, weights="none")
+            freeze_early_stages(model.backbone, stride)
+        else:
+            model = create_segmenter("unet", weights="none", decoder_channels=widths)
+            freeze_early_stages(pretrained_encoder(model), stride)
+        ips = images_per_s(
+            model, 32 if kind == "classifier" else 16, size, bf16, kind == "unet", args.steps, args.warmup
+        )
+        rows.append(
+            {
+                "model": f"{kind} / tf_efficientnet_lite0",
+                "image_size": size,
+                "precision": "bf16" if bf16 else "fp32",
+                "freeze_stride": stride,
+                "decoder_channels": list(widths) if kind == "unet" else None,
+                "images_per_s": round(ips, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
     for r in rows:
         base = next(
             b
             for b in rows
-            if b["model"] == r["model"] and b["image_size"] == r["image_size"] and b["freeze_stride"] == 0
+            if (b["model"], b["image_size"], b["precision"]) == (r["model"], r["image_size"], r["precision"])
+            and b["freeze_stride"] == 0
+            and b["decoder_channels"] in (None, list(SMP_DECODER_CHANNELS))
         )
         r["speedup"] = round(r["images_per_s"] / base["images_per_s"], 2)
     out = {

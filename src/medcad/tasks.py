@@ -252,8 +252,9 @@ def decoder_channels(setting: str | None, task: str, arch: str) -> tuple[int, ..
 
     Narrower decoders train faster and lose Dice (docs/results.md, 2026-12-03): Kvasir-SEG U-Net / lite0 at 256 px,
     3 epochs, the same 200-image holdout: smp's widths Dice 0.830; (128, 64, 32, 16, 16) 0.812 (paired difference
-    -0.018, 95 % CI -0.030 to -0.006) for a 1.63x faster training step on a 2-core AVX2 CPU; (256, 128, 32, 16, 8)
-    0.807 (-0.023, -0.036 to -0.010) for 1.58x. So the default stays smp's.
+    -0.018, 95 % CI -0.030 to -0.006) for a 1.97x faster training step on a 2-core AVX2 CPU; (256, 128, 32, 16, 8)
+    0.807 (-0.023, -0.036 to -0.010) for 1.64x (benchmarks/freeze_speed.py --cases decoder). So the default stays
+    smp's.
 
     Raises:
         ConfigError: not five positive integers, or widths for a task or architecture without that decoder.
