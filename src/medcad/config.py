@@ -265,8 +265,8 @@ class TrainConfig(DataOptions):
     task: str = "classify"  # classify | segment | segment-multiclass | multitask | detect | multilabel
     model: str = "tf_efficientnet_lite0"  # timm backbone (the encoder of segmentation and detection models)
     arch: str = "unet"  # segment/multitask: attention-unetpp | unet | unetpp | unet-vgg11 | dsconv-resnet
-    # unet / unetpp / unet-vgg11: decoder widths, deepest block first, "256,128,64,32,16"; None: the default
-    # (`decoder_channels`)
+    # unet / unetpp / unet-vgg11: decoder widths, deepest block first, "256,128,64,32,16"; None: smp's
+    # (`tasks.decoder_channels`)
     decoder_channels: str | None = None
     weights: str = "auto"  # auto | hub | none | path to a state dict
     head: str = "linear"  # linear | mlp
