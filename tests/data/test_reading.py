@@ -140,6 +140,48 @@ def test_exif_orientation_is_applied_everywhere(tmp_path: Path, monkeypatch) -> 
     assert read_image(path, draft=16).shape[:2] in ((H, W), (H // 2, W // 2), (H // 4, W // 4))
 
 
+def _png_with_exif_after_the_pixels(path: Path, stored: np.ndarray, orientation: int) -> Path:
+    """A PNG whose eXIf chunk follows its image data (some writers put it there; Pillow writes it before)."""
+    import struct
+    import zlib
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = exif.tobytes()[6:]  # without the "Exif\0\0" header, as PNG stores it
+    Image.fromarray(stored).save(path)
+    raw = path.read_bytes()
+    end = raw.rindex(b"IEND") - 4
+    chunk = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    path.write_bytes(raw[:end] + chunk + raw[end:])
+    return path
+
+
+def test_png_orientation_before_or_after_the_pixels_without_decoding_untagged_files(tmp_path: Path) -> None:
+    """A PNG's eXIf orientation applies wherever the chunk is; an untagged PNG's header read decodes no pixels
+    (Pillow's getexif decodes a PNG whole to look for a late eXIf chunk)."""
+    upright = np.zeros((H, W, 3), np.uint8)
+    upright[:10, :20] = 250
+    stored = np.rot90(upright, 1).copy()
+    early = tmp_path / "early.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(early, exif=exif)
+    late = _png_with_exif_after_the_pixels(tmp_path / "late.png", stored, 6)
+    for path in (early, late):
+        assert image_size(path) == (W, H) and describe_image(path) == ["EXIF orientation 6 applied"], path.name
+        assert read_image(path)[:10, :20].mean() > 230, path.name
+    plain = _write(tmp_path / "plain.png", stored)
+    with Image.open(plain) as im:
+        assert "exif" not in im.info
+    decoded = set()  # the files whose pixels were decoded (a spy on Pillow's real load)
+    real_load = Image.Image.load
+    import unittest.mock as um
+
+    with um.patch.object(Image.Image, "load", lambda im: decoded.add(Path(im.filename).name) or real_load(im)):
+        assert image_size(plain) == (H, W) and image_size(late) == (W, H)
+    assert decoded == {"late.png"}
+
+
 def test_same_content_same_pixels_across_formats_and_bit_depths(tmp_path: Path) -> None:
     ref = noise_image(3, 40)
     grey = ref[..., 0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -159,7 +160,23 @@ def check_file(path: Path) -> None:
         raise DataError(path, "file is empty (0 bytes)")
 
 
+def _png_has_chunk(path: str | Path, kind: bytes) -> bool:
+    """Whether a PNG file has a chunk of this type anywhere, from the chunk headers alone (no pixel data read)."""
+    with open(path, "rb") as f:
+        f.seek(8)  # the PNG signature
+        while len(head := f.read(8)) == 8:
+            length, found = struct.unpack(">I4s", head)
+            if found == kind:
+                return True
+            if found == b"IEND":
+                break
+            f.seek(length + 4, os.SEEK_CUR)  # the chunk's data and CRC
+    return False
+
+
 def _orientation(im: Image.Image) -> int:
+    if im.format == "PNG" and "exif" not in im.info and not _png_has_chunk(im.filename, b"eXIf"):
+        return 1  # no EXIF: Pillow's getexif would decode every pixel to look for an eXIf chunk after the image data
     try:
         return int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
     except Exception:  # a broken EXIF block must not stop decoding: the pixels are still usable
