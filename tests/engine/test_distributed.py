@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -87,3 +88,49 @@ def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device cuda: torch sees 0 CUDA GPU"):
             devices.torch_device("cuda")
+
+
+class Draws(L.LightningModule):
+    """Writes each rank's random draws in its training steps (where the batch augmentation draws) to a file."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out, self.w = out, torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, _):
+        with open(self.out / f"rank{self.global_rank}.txt", "a") as f:
+            f.write(f"{torch.rand(1).item()}\n")
+        return (self.w * batch[0]).sum()
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", (self.w * batch[0]).sum(), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two CPU processes need two cores")
+def test_ranks_draw_their_own_augmentation(tmp_path: Path) -> None:
+    """medcad's trainer reseeds each rank (its rank added) as a fit starts: two processes seeded alike draw
+    different numbers in their training steps; one process draws what it drew before."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from medcad.engine.common import RankSeeds, make_trainer
+    from medcad.run import Run
+
+    data = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=2)
+    cfg = TrainConfig(accelerator="cpu", logger="none")
+    run = Run.resolve(cfg.replace(devices=2, strategy="ddp_spawn"), tmp_path)
+    trainer, _ = make_trainer(run, run.folder.fold(0), "stage", 1, "val_loss", "min", 1, False)
+    L.seed_everything(7, verbose=False)
+    trainer.fit(Draws(tmp_path), data, data)
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2 and not set(ranks[0]) & set(ranks[1])  # 4 batches, 2 ranks
+    # one process: the stream stays as it was seeded
+    run = Run.resolve(cfg, tmp_path / "one")
+    trainer, _ = make_trainer(run, run.folder.fold(0), "stage", 1, "val_loss", "min", 1, False)
+    seeds = next(c for c in trainer.callbacks if isinstance(c, RankSeeds))
+    state = torch.get_rng_state()
+    seeds.on_train_start(trainer, Draws(tmp_path))
+    assert trainer.world_size == 1 and torch.equal(torch.get_rng_state(), state)

@@ -90,6 +90,16 @@ def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig) -> list:
     return out
 
 
+class RankSeeds(L.Callback):
+    """With several processes, each reseeds torch's generator with its rank added as the fit starts (after the model
+    was built alike everywhere), so the ranks draw their own augmentation and dropout instead of the same draws at
+    each batch position; one process keeps its stream as it is."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + trainer.global_rank)
+
+
 def make_trainer(
     run: Run,
     fold: FoldFolder,
@@ -126,7 +136,7 @@ def make_trainer(
         strategy=compute.strategy,
         max_epochs=max_epochs,
         precision=precision or compute.precision,
-        callbacks=[ckpt, last, early] if resumable else [ckpt, early],
+        callbacks=[ckpt, *([last] if resumable else []), early, RankSeeds()],
         logger=make_loggers(fold, stage, run.cfg) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),
