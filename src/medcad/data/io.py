@@ -175,7 +175,8 @@ def _png_has_chunk(path: str | Path, kind: bytes) -> bool:
 
 
 def _orientation(im: Image.Image) -> int:
-    if im.format == "PNG" and "exif" not in im.info and not _png_has_chunk(im.filename, b"eXIf"):
+    png = im.format == "PNG" and "exif" not in im.info and getattr(im, "filename", "")
+    if png and not _png_has_chunk(im.filename, b"eXIf"):
         return 1  # no EXIF: Pillow's getexif would decode every pixel to look for an eXIf chunk after the image data
     try:
         return int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
