@@ -140,46 +140,82 @@ def test_exif_orientation_is_applied_everywhere(tmp_path: Path, monkeypatch) -> 
     assert read_image(path, draft=16).shape[:2] in ((H, W), (H // 2, W // 2), (H // 4, W // 4))
 
 
-def _png_with_exif_after_the_pixels(path: Path, stored: np.ndarray, orientation: int) -> Path:
-    """A PNG whose eXIf chunk follows its image data (some writers put it there; Pillow writes it before)."""
+def _exif_bytes(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()  # with the "Exif\0\0" header
+
+
+def _raw_profile(orientation: int) -> str:
+    """ImageMagick's way of keeping EXIF in a PNG: hex text in a "Raw profile type exif" text chunk."""
+    data = _exif_bytes(orientation)
+    return f"\nexif\n{len(data)}\n{data.hex()}\n"
+
+
+def _xmp(orientation: int) -> str:
+    return f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="{orientation}"/></x:xmpmeta>'
+
+
+def _png_chunk_after_the_pixels(path: Path, kind: bytes, data: bytes) -> Path:
+    """Insert a chunk after a PNG's image data, where some writers put metadata (Pillow writes it before)."""
     import struct
     import zlib
 
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    data = exif.tobytes()[6:]  # without the "Exif\0\0" header, as PNG stores it
-    Image.fromarray(stored).save(path)
     raw = path.read_bytes()
     end = raw.rindex(b"IEND") - 4
-    chunk = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     path.write_bytes(raw[:end] + chunk + raw[end:])
     return path
 
 
-def test_png_orientation_before_or_after_the_pixels_without_decoding_untagged_files(tmp_path: Path) -> None:
-    """A PNG's eXIf orientation applies wherever the chunk is; an untagged PNG's header read decodes no pixels
-    (Pillow's getexif decodes a PNG whole to look for a late eXIf chunk)."""
+def test_png_orientation_wherever_it_is_kept_without_decoding_untagged_files(tmp_path: Path) -> None:
+    """A PNG's orientation applies as Pillow reads it (an eXIf chunk, ImageMagick's raw EXIF profile, XMP), before or
+    after the pixels; an untagged PNG's header read decodes no pixels (Pillow's PNG getexif decodes the whole image
+    to look for late metadata); a corrupt PNG with late metadata is an error, not half-decoded pixels."""
+    from PIL.PngImagePlugin import PngInfo
+
     upright = np.zeros((H, W, 3), np.uint8)
     upright[:10, :20] = 250
     stored = np.rot90(upright, 1).copy()
-    early = tmp_path / "early.png"
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(stored).save(early, exif=exif)
-    late = _png_with_exif_after_the_pixels(tmp_path / "late.png", stored, 6)
-    for path in (early, late):
+    texts = {"raw": ("Raw profile type exif", _raw_profile(6)), "xmp": ("XML:com.adobe.xmp", _xmp(6))}
+    files = []
+    for name, (key, text) in texts.items():
+        early, late = PngInfo(), tmp_path / f"{name}_late.png"
+        early.add_itxt(key, text) if name == "xmp" else early.add_text(key, text)
+        Image.fromarray(stored).save(tmp_path / f"{name}_early.png", pnginfo=early)
+        Image.fromarray(stored).save(late)
+        data = key.encode() + (b"\0\0\0\0\0" if name == "xmp" else b"\0") + text.encode()
+        files += [
+            tmp_path / f"{name}_early.png",
+            _png_chunk_after_the_pixels(late, b"iTXt" if name == "xmp" else b"tEXt", data),
+        ]
+    Image.fromarray(stored).save(tmp_path / "exif_early.png", exif=_exif_bytes(6))
+    Image.fromarray(stored).save(tmp_path / "exif_late.png")
+    files += [
+        tmp_path / "exif_early.png",
+        _png_chunk_after_the_pixels(tmp_path / "exif_late.png", b"eXIf", _exif_bytes(6)[6:]),
+    ]
+    for path in files:
         assert image_size(path) == (W, H) and describe_image(path) == ["EXIF orientation 6 applied"], path.name
         assert read_image(path)[:10, :20].mean() > 230, path.name
     plain = _write(tmp_path / "plain.png", stored)
-    with Image.open(plain) as im:
-        assert "exif" not in im.info
     decoded = set()  # the files whose pixels were decoded (a spy on Pillow's real load)
     real_load = Image.Image.load
     import unittest.mock as um
 
     with um.patch.object(Image.Image, "load", lambda im: decoded.add(Path(im.filename).name) or real_load(im)):
-        assert image_size(plain) == (H, W) and image_size(late) == (W, H)
-    assert decoded == {"late.png"}
+        for path in [plain, *files]:
+            image_size(path)
+    assert decoded == {p.name for p in files if "late" in p.name}
+    noisy = tmp_path / "corrupt_late.png"
+    Image.fromarray(noise_image(1, 64)).save(noisy, compress_level=0)
+    raw = bytearray(noisy.read_bytes())
+    start = raw.index(b"IDAT") + 4
+    raw[start + 2000 : start + 2400] = bytes(400)  # a stretch of the image data overwritten
+    noisy.write_bytes(bytes(raw))
+    _png_chunk_after_the_pixels(noisy, b"eXIf", _exif_bytes(6)[6:])
+    with pytest.raises(DataError, match="corrupt_late.png"):
+        read_image(noisy)
 
 
 def test_same_content_same_pixels_across_formats_and_bit_depths(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -160,26 +161,36 @@ def check_file(path: Path) -> None:
         raise DataError(path, "file is empty (0 bytes)")
 
 
-def _png_has_chunk(path: str | Path, kind: bytes) -> bool:
-    """Whether a PNG file has a chunk of this type anywhere, from the chunk headers alone (no pixel data read)."""
+# PNG chunks that can carry an orientation: EXIF, ImageMagick's raw EXIF profile (text), XMP (international text)
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+
+
+def _png_metadata_after_pixels(path: str | Path) -> bool:
+    """Whether a PNG file has a metadata chunk (`_PNG_METADATA`) after its image data, where Pillow reads it only
+    when it decodes the pixels; from the chunk headers alone (no pixel data read)."""
+    pixels = False
     with open(path, "rb") as f:
         f.seek(8)  # the PNG signature
         while len(head := f.read(8)) == 8:
-            length, found = struct.unpack(">I4s", head)
-            if found == kind:
-                return True
-            if found == b"IEND":
-                break
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND" or (pixels and kind in _PNG_METADATA):
+                return kind != b"IEND"
+            pixels = pixels or kind == b"IDAT"
             f.seek(length + 4, os.SEEK_CUR)  # the chunk's data and CRC
     return False
 
 
 def _orientation(im: Image.Image) -> int:
-    png = im.format == "PNG" and "exif" not in im.info and getattr(im, "filename", "")
-    if png and not _png_has_chunk(im.filename, b"eXIf"):
-        return 1  # no EXIF: Pillow's getexif would decode every pixel to look for an eXIf chunk after the image data
+    """The EXIF orientation tag of an opened image (1 without one), read as Pillow reads it (EXIF, a raw EXIF profile,
+    XMP), without decoding a PNG's pixels unless its metadata follows them."""
+    getexif = im.getexif
+    if im.format == "PNG":
+        if getattr(im, "filename", "") and not _png_metadata_after_pixels(im.filename):
+            getexif = partial(Image.Image.getexif, im)  # what the header gave; PNG's own getexif decodes every pixel
+        else:
+            im.load()  # metadata after the pixels: a corrupt image fails here, not silently inside getexif
     try:
-        return int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+        return int(getexif().get(ORIENTATION_TAG, 1) or 1)
     except Exception:  # a broken EXIF block must not stop decoding: the pixels are still usable
         return 1
 
