@@ -1,5 +1,5 @@
 """Training-step speed of two recipe choices: a pretrained encoder's early stages frozen (`freeze_early_stages`), per
-output stride, and the U-Net's decoder widths (`tasks.decoder_channels`).
+output stride, and the U-Net's decoder widths (`models.segmentation.decoder_widths`).
 
     .venv/bin/python benchmarks/freeze_speed.py [--cases freeze,decoder] [--steps 6] [--warmup 2] [--out FILE]
 
@@ -27,8 +27,7 @@ from common import write_result
 from medcad.devices import cpu_has_bf16
 from medcad.models.backbones import freeze_early_stages, set_bn_eval
 from medcad.models.classifier import Classifier
-from medcad.models.segmentation import create_segmenter, pretrained_encoder
-from medcad.tasks import SMP_DECODER_CHANNELS
+from medcad.models.segmentation import SMP_DECODER_CHANNELS, create_segmenter, pretrained_encoder
 
 HERE = Path(__file__).parent
 STRIDES = (0, 4, 8)
@@ -68,8 +67,9 @@ def main() -> None:
     rows = []
     cases = [("classifier", 96, False), ("classifier", 160, False), ("classifier", 224, True), ("unet", 256, True)]
     configs = [(kind, size, bf16, stride, SMP_DECODER_CHANNELS) for kind, size, bf16 in cases for stride in STRIDES]
-    configs = (configs if "freeze" in args.cases else []) + (
-        [("unet", 256, cpu_has_bf16(), 0, widths) for widths in DECODERS] if "decoder" in args.cases else []
+    chosen = set(args.cases.split(","))
+    configs = (configs if "freeze" in chosen else []) + (
+        [("unet", 256, cpu_has_bf16(), 0, widths) for widths in DECODERS] if "decoder" in chosen else []
     )
     for kind, size, bf16, stride, widths in configs:
         if kind == "classifier":

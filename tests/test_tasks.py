@@ -128,19 +128,22 @@ def test_reference_label_as_datasets_spell_it() -> None:
 
 
 def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -> None:
-    """A run's decoder widths are checked when its settings are resolved, before anything is written; a saved run
-    from before the setting (no widths in its config) is built with smp's, so its model files load."""
+    """Bad decoder widths fail when a run's settings are resolved, before anything is written; a saved run from
+    before the setting (no widths in its config) is built with smp's, so its model files load."""
     import json
 
-    from medcad.run import Run
-    from medcad.tasks import SMP_DECODER_CHANNELS
+    from medcad.engine.train import train_run
+    from medcad.models.segmentation import SMP_DECODER_CHANNELS
 
     cfg = TrainConfig(task="segment", arch="unet", weights="none")
-    with pytest.raises(ConfigError, match="decoder_channels must be 5 positive integers"):
-        Run.resolve(cfg.replace(decoder_channels="64,32"), tmp_path / "r")
-    with pytest.raises(ConfigError, match="not a detect run"):
-        Run.resolve(TrainConfig(task="detect", decoder_channels="64,32,16,16,8"), tmp_path / "r")
-    assert not (tmp_path / "r").exists()
+    bad = [
+        (cfg.replace(decoder_channels="64,32"), "5 positive integers"),
+        (TrainConfig(task="detect", decoder_channels="64,32,16,16,8"), "not a detect run"),
+    ]
+    for settings, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            train_run(tmp_path, tmp_path / "r", settings, progress=False)
+        assert not (tmp_path / "r").exists()
     d = cfg.to_dict()
     del d["decoder_channels"]  # written before the setting existed
     (tmp_path / "config.json").write_text(json.dumps(d))

@@ -266,7 +266,7 @@ class TrainConfig(DataOptions):
     model: str = "tf_efficientnet_lite0"  # timm backbone (the encoder of segmentation and detection models)
     arch: str = "unet"  # segment/multitask: attention-unetpp | unet | unetpp | unet-vgg11 | dsconv-resnet
     # unet / unetpp / unet-vgg11: decoder widths, deepest block first, "256,128,64,32,16"; None: smp's
-    # (`tasks.decoder_channels`)
+    # (`models.segmentation.decoder_widths`)
     decoder_channels: str | None = None
     weights: str = "auto"  # auto | hub | none | path to a state dict
     head: str = "linear"  # linear | mlp

@@ -18,7 +18,7 @@ from medcad.data.interface import check_interface
 from medcad.data.transforms import augmentation
 from medcad.devices import Compute, resolve_compute
 from medcad.runfolder import RunFolder
-from medcad.tasks import Task, decoder_channels, flip_tta, freeze_stride, get_task
+from medcad.tasks import Task, decoder_setting, flip_tta, freeze_stride, get_task
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Run:
             ConfigError: an unknown task; compute this machine cannot give (medcad.devices.resolve_compute); an
                 unknown augmentation preset or test-time augmentation; a stage list for a task that trains in one
                 stage; an interface option the task cannot use; a negative freeze stride; decoder widths that are not
-                five positive integers or for a model without that decoder.
+                five positive integers or for a model without that decoder (`tasks.decoder_setting`).
         """
         task = get_task(cfg.task)
         compute = resolve_compute(cfg)
@@ -54,7 +54,7 @@ class Run:
         run_stages(cfg)
         check_interface(cfg.interface, cfg.task)
         freeze_stride(cfg.freeze_stride, cfg.task)
-        decoder_channels(cfg.decoder_channels, cfg.task, cfg.arch)
+        cfg = replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
         return cls(cfg, task, compute, RunFolder(Path(out)))
 
     def with_settings(self, cfg: TrainConfig) -> Run:

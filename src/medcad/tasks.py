@@ -72,13 +72,7 @@ def _segmenter(
     class head beside the mask (multitask)."""
     from medcad.models.segmentation import segmenter_from_config
 
-    return segmenter_from_config(
-        cfg,
-        n,
-        with_class=with_class,
-        mask_channels=n + 1 if label_maps else 1,
-        decoder_channels=decoder_channels(cfg.decoder_channels, cfg.task, cfg.arch),
-    )
+    return segmenter_from_config(cfg, n, with_class=with_class, mask_channels=n + 1 if label_maps else 1)
 
 
 def _segmenter_data_config(model: nn.Module) -> dict:
@@ -240,40 +234,25 @@ def freeze_stride(setting: int | None, task: str) -> int:
     return setting
 
 
-# smp's U-Net / UNet++ decoder (and the VGG11 U-Net's): the widths of its five blocks, deepest first (output stride
-# 16 to 1); the default
-SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
-DECODER_ARCHS = ("unet", "unetpp", "unet-vgg11")
-
-
-def decoder_channels(setting: str | None, task: str, arch: str) -> tuple[int, ...] | None:
-    """The decoder widths of a mask model (`TrainConfig.decoder_channels`, "256,128,64,32,16", deepest block first);
-    None for a task or architecture without that decoder. Unset: smp's, `SMP_DECODER_CHANNELS`.
-
-    Narrower decoders train faster and lose Dice (docs/results.md, 2026-12-03): Kvasir-SEG U-Net / lite0 at 256 px,
-    3 epochs, the same 200-image holdout: smp's widths Dice 0.830; (128, 64, 32, 16, 16) 0.812 (paired difference
-    -0.018, 95 % CI -0.030 to -0.006) for a 1.97x faster training step on a 2-core AVX2 CPU; (256, 128, 32, 16, 8)
-    0.807 (-0.023, -0.036 to -0.010) for 1.64x (benchmarks/freeze_speed.py --cases decoder). So the default stays
-    smp's.
+def decoder_setting(cfg: TrainConfig) -> str | None:
+    """A run's `decoder_channels` in one spelling ("128,64,32,16,16"; None for smp's widths, unset or given), so a run
+    resumes whichever way its widths were written (see `medcad.models.segmentation.decoder_widths`).
 
     Raises:
-        ConfigError: not five positive integers, or widths for a task or architecture without that decoder.
+        ConfigError: an unknown mask-model architecture; widths for a task or architecture without that decoder, or
+            not five positive integers.
     """
-    uses = "mask" in get_task(task).outputs and arch in DECODER_ARCHS
-    if setting is None:
-        return SMP_DECODER_CHANNELS if uses else None
-    if not uses:
+    if cfg.decoder_channels is None:
+        return None
+    from medcad.models.segmentation import DECODER_ARCHS, SMP_DECODER_CHANNELS, check_arch, decoder_widths
+
+    mask = "mask" in get_task(cfg.task).outputs
+    if mask:
+        check_arch(cfg.arch)
+    if not mask or cfg.arch not in DECODER_ARCHS:
         raise ConfigError(
-            f"decoder_channels apply to mask models with arch {', '.join(DECODER_ARCHS)}, not a {task} run"
-            + (f" with arch {arch}" if "mask" in get_task(task).outputs else "")
+            f"decoder_channels apply to mask models with arch {', '.join(DECODER_ARCHS)}, not a {cfg.task} run"
+            + (f" with arch {cfg.arch}" if mask else "")
         )
-    try:
-        widths = tuple(int(w) for w in setting.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) != len(SMP_DECODER_CHANNELS) or min(widths) < 1:
-        raise ConfigError(
-            f"decoder_channels must be {len(SMP_DECODER_CHANNELS)} positive integers, deepest block first, such as "
-            f"{','.join(map(str, SMP_DECODER_CHANNELS))}; got {setting!r}"
-        )
-    return widths
+    widths = decoder_widths(cfg.decoder_channels)
+    return None if widths == SMP_DECODER_CHANNELS else ",".join(map(str, widths))

@@ -18,9 +18,10 @@ from medcad.models.segmentation import (
     attention_maps,
     cam_target_name,
     create_segmenter,
+    decoder_widths,
     segmenter_data_config,
 )
-from medcad.tasks import decoder_channels
+from medcad.tasks import decoder_setting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,19 +104,28 @@ def test_bad_settings_raise_config_errors() -> None:
 
 
 def test_decoder_channels_setting_and_widths() -> None:
-    """`decoder_channels` sets the U-Net decoder's widths (deepest block first); unset it is smp's; it is refused
-    where no such decoder exists and when it is not five positive integers."""
-    assert decoder_channels(None, "segment", "unet") == (256, 128, 64, 32, 16)
-    assert decoder_channels(" 64, 32,16,16 ,8", "multitask", "unetpp") == (64, 32, 16, 16, 8)
-    assert decoder_channels(None, "classify", "unet") is None
-    assert decoder_channels(None, "segment", "renal-joint") is None
+    """`decoder_channels` sets the U-Net decoder's widths (deepest block first), written one way however given
+    (smp's as None); it is refused where no such decoder exists, for an unknown architecture, and when it is not
+    five positive integers."""
+    from medcad.config import TrainConfig
+
+    seg = TrainConfig(task="segment", arch="unet")
+    assert decoder_widths(None) == (256, 128, 64, 32, 16) and decoder_widths(" 64, 32,16,16 ,8") == (64, 32, 16, 16, 8)
+    assert decoder_setting(seg) is None and decoder_setting(seg.replace(decoder_channels="256, 128,64,32,16")) is None
+    assert decoder_setting(seg.replace(task="multitask", arch="unetpp", decoder_channels=" 64, 32,16,16 ,8")) == (
+        "64,32,16,16,8"
+    )
     for setting in ("64,32,16,16", "64,32,16,16,0", "64,32,x,16,8", ""):
-        with pytest.raises(ConfigError, match="5 positive integers"):
-            decoder_channels(setting, "segment", "unet")
-    with pytest.raises(ConfigError, match="not a segment run with arch attention-unetpp"):
-        decoder_channels("64,32,16,16,8", "segment", "attention-unetpp")
-    with pytest.raises(ConfigError, match="not a classify run"):
-        decoder_channels("64,32,16,16,8", "classify", "unet")
+        with pytest.raises(ConfigError, match="decoder_channels must be 5 positive integers"):
+            decoder_widths(setting)
+    cases = [
+        (dict(arch="attention-unetpp"), "not a segment run with arch attention-unetpp"),
+        (dict(task="classify"), "not a classify run"),
+        (dict(arch="unett"), "unknown segmentation architecture 'unett'"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            decoder_setting(seg.replace(decoder_channels="64,32,16,16,8", **changes))
     for arch in ("unet", "unetpp"):
         model = create_segmenter(arch, weights="none", decoder_channels=(64, 32, 16, 16, 8))
         convs = [m for m in model.net.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
