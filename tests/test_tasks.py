@@ -128,7 +128,8 @@ def test_reference_label_as_datasets_spell_it() -> None:
 
 
 def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -> None:
-    """Bad decoder widths fail when a run's settings are resolved, before anything is written; a saved run from
+    """Bad decoder widths and an unknown architecture fail when a run's settings are resolved, before anything is
+    written (an unknown architecture failed at the first fold, after the run folder was made); a saved run from
     before the setting (no widths in its config) is built with smp's, so its model files load."""
     import json
 
@@ -139,6 +140,7 @@ def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -
     bad = [
         (cfg.replace(decoder_channels="64,32"), "5 positive integers"),
         (TrainConfig(task="detect", decoder_channels="64,32,16,16,8"), "not a detect run"),
+        (cfg.replace(arch="unett"), "unknown segmentation architecture 'unett'"),
     ]
     for settings, message in bad:
         with pytest.raises(ConfigError, match=message):

@@ -1,8 +1,9 @@
 """A training run resolved once: its settings, its task, its compute and its folder, in one object.
 
 `Run.resolve` checks everything about the settings that can be checked before anything is written (task, compute,
-test-time augmentation, stage list, interface option, freeze stride, decoder widths) and is the only place where a
-training run resolves its task and its compute; the engine passes the `Run` down instead of resolving them again.
+test-time augmentation, stage list, interface option, freeze stride, architecture, decoder widths) and is the only
+place where a training run resolves its task and its compute; the engine passes the `Run` down instead of resolving
+them again.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class Run:
         Raises:
             ConfigError: an unknown task; compute this machine cannot give (medcad.devices.resolve_compute); an
                 unknown augmentation preset or test-time augmentation; a stage list for a task that trains in one
-                stage; an interface option the task cannot use; a negative freeze stride; decoder widths that are not
-                five positive integers or for a model without that decoder (`tasks.decoder_setting`).
+                stage; an interface option the task cannot use; a negative freeze stride; an unknown mask-model
+                architecture; decoder widths that are not five positive integers or for a model without that decoder
+                (`tasks.decoder_setting`).
         """
         task = get_task(cfg.task)
         compute = resolve_compute(cfg)
@@ -54,6 +56,10 @@ class Run:
         run_stages(cfg)
         check_interface(cfg.interface, cfg.task)
         freeze_stride(cfg.freeze_stride, cfg.task)
+        if "mask" in task.outputs:
+            from medcad.models.segmentation import check_arch
+
+            check_arch(cfg.arch)
         cfg = replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
         return cls(cfg, task, compute, RunFolder(Path(out)))
 

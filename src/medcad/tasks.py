@@ -239,16 +239,13 @@ def decoder_setting(cfg: TrainConfig) -> str | None:
     resumes whichever way its widths were written (see `medcad.models.segmentation.decoder_widths`).
 
     Raises:
-        ConfigError: an unknown mask-model architecture; widths for a task or architecture without that decoder, or
-            not five positive integers.
+        ConfigError: widths for a task or architecture without that decoder, or not five positive integers.
     """
     if cfg.decoder_channels is None:
         return None
-    from medcad.models.segmentation import DECODER_ARCHS, SMP_DECODER_CHANNELS, check_arch, decoder_widths
+    from medcad.models.segmentation import DECODER_ARCHS, SMP_DECODER_CHANNELS, decoder_widths
 
     mask = "mask" in get_task(cfg.task).outputs
-    if mask:
-        check_arch(cfg.arch)
     if not mask or cfg.arch not in DECODER_ARCHS:
         raise ConfigError(
             f"decoder_channels apply to mask models with arch {', '.join(DECODER_ARCHS)}, not a {cfg.task} run"
