@@ -16,7 +16,7 @@ from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.data.synthetic import generate_synthetic
 from medcad.engine.train import train_run
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,6 +58,11 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["dice"]["value"] == pytest.approx(m["dice"]["value"])
+    # continuing from this run's models needs the same architecture: refused before anything is written
+    narrow = FAST.replace(missing_masks="empty", decoder_channels="64,32,16,16,8")
+    with pytest.raises(ConfigError, match="decoder_channels None there, '64,32,16,16,8' here"):
+        train_run(synth, tmp_path / "next", narrow, progress=False, init_run=run)
+    assert not (tmp_path / "next").exists()
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(synth), "--json"])  # as an external set
     assert res.exit_code == 0, res.output
     ext = json.loads(res.stdout)["segmentation"]

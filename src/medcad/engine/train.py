@@ -111,6 +111,28 @@ def _check_resume(run: Run) -> None:
         )
 
 
+# the settings that decide how a model is built: a run continues (sequential transfer) only from models built alike
+ARCHITECTURE_KEYS = ("model", "arch", "decoder_channels", "head")
+
+
+def _check_init(run: Run, init_run: Path) -> None:
+    """A run that continues from another run's fold models is built as they were (before anything is written)."""
+    path = RunFolder(init_run).config
+    if not path.is_file():
+        return  # its fold models say what they are when each fold loads them
+    theirs, ours = TrainConfig.load(path), run.cfg
+    differ = [
+        f"{k} {getattr(theirs, k)!r} there, {getattr(ours, k)!r} here"
+        for k in ARCHITECTURE_KEYS
+        if getattr(theirs, k) != getattr(ours, k)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{init_run}: its models are built otherwise ({'; '.join(differ)}); a run continues only from models of "
+            "the same architecture"
+        )
+
+
 def train_run(
     data: str | Path,
     out: str | Path,
@@ -138,7 +160,8 @@ def train_run(
             task said it).
 
     Raises:
-        ConfigError: settings that cannot run here (devices, accelerator, logger), before anything is written.
+        ConfigError: settings that cannot run here (devices, accelerator, logger), or an `init_run` whose models are
+            built otherwise (`ARCHITECTURE_KEYS`), before anything is written.
     """
 
     quiet_lightning()
@@ -150,6 +173,8 @@ def train_run(
     join_launched_processes(run.compute)
     primary = is_primary()
     _check_resume(run)
+    if init_run is not None:
+        _check_init(run, Path(init_run))
     with rank_zero_first():  # rank 0 writes the run folder's files and the caches; the others read them
         manifest, targets, splits, images, decode_s = _prepare(
             data, run, splits_path, train_domains, init_run, progress, primary, primary and notes
