@@ -116,20 +116,16 @@ def lesion_logits(mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(mask[:, 1:], dim=1, keepdim=True) - mask[:, :1]
 
 
-def _smp_net(
-    arch: str, encoder: str, weights: str, channels: int = 1, decoder_channels: tuple[int, ...] | None = None
-) -> nn.Module:
-    """U-Net / UNet++ with `channels` outputs and smp's decoder widths, or `decoder_channels`; ImageNet encoder
-    weights per `weights` (see create_segmenter)."""
+def _smp_net(arch: str, encoder: str, weights: str, channels: int, decoder_channels: tuple[int, ...]) -> nn.Module:
+    """U-Net / UNet++ with `channels` outputs and `decoder_channels`; ImageNet encoder weights per `weights` (see
+    create_segmenter)."""
     import segmentation_models_pytorch as smp
 
     vgg = arch == "unet-vgg11"
     if not vgg:
         check_model_name(encoder)
     name = "vgg11" if vgg else f"tu-{encoder}"
-    cls = smp.UnetPlusPlus if arch == "unetpp" else smp.Unet
-    if decoder_channels is not None:
-        cls = partial(cls, decoder_channels=decoder_channels)
+    cls = partial(smp.UnetPlusPlus if arch == "unetpp" else smp.Unet, decoder_channels=decoder_channels)
     if weights == "hub":
         try:
             return cls(encoder_name=name, encoder_weights="imagenet", classes=channels)
@@ -165,7 +161,7 @@ def create_segmenter(
     weights: str = "auto",
     dropout: float = 0.2,
     mask_channels: int = 1,
-    decoder_channels: tuple[int, ...] | None = None,
+    decoder_channels: tuple[int, ...] = SMP_DECODER_CHANNELS,
 ) -> nn.Module:
     """A segmentation model, a joint segmentation + classification model, or the DSConv classifier.
 
@@ -183,7 +179,7 @@ def create_segmenter(
         mask_channels: 1 (a lesion logit) or 1 + K (background and K lesion classes, segment-multiclass; the
             archs "attention-unetpp", "unet", "unetpp" and "unet-vgg11").
         decoder_channels: the widths of the five decoder blocks of "unet", "unetpp" and "unet-vgg11", deepest
-            first; None: smp's (256, 128, 64, 32, 16). Other architectures ignore it.
+            first (`decoder_widths`; smp's by default). Other architectures ignore it.
 
     Raises:
         ConfigError: unknown architecture or encoder, missing n_classes, or failed download.
@@ -259,5 +255,5 @@ def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool, ma
         weights=cfg.weights,
         dropout=cfg.dropout,
         mask_channels=mask_channels,
-        decoder_channels=decoder_widths(cfg.decoder_channels) if cfg.arch in DECODER_ARCHS else None,
+        decoder_channels=decoder_widths(cfg.decoder_channels),
     )
