@@ -16,6 +16,7 @@ from medcad.explain.explainers import EXPLAINERS
 from medcad.inference.outputs import BACKGROUND, LESION, NO_LESION
 from medcad.inference.prediction import Prediction
 from medcad.inference.registry import PREDICTORS
+from medcad.run import Run
 from medcad.tasks import TASKS, get_task
 
 SETTINGS = {
@@ -130,7 +131,8 @@ def test_reference_label_as_datasets_spell_it() -> None:
 def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -> None:
     """Bad decoder widths and an unknown architecture fail when a run's settings are resolved, before anything is
     written (an unknown architecture failed at the first fold, after the run folder was made); a saved run from
-    before the setting (no widths in its config) is built with smp's, so its model files load."""
+    before the setting (no widths in its config) or from before "auto" (None) is built with smp's, so its model files
+    load."""
     import json
 
     from medcad.engine.train import train_run
@@ -148,6 +150,18 @@ def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -
         assert not (tmp_path / "r").exists()
     d = cfg.to_dict()
     del d["decoder_channels"]  # written before the setting existed
-    (tmp_path / "config.json").write_text(json.dumps(d))
-    model = get_task("segment").build(TrainConfig.load(tmp_path / "config.json"), 1, None)
-    assert [b.conv1[0].out_channels for b in model.net.decoder.blocks] == list(SMP_DECODER_CHANNELS)
+    for saved in (d, d | {"decoder_channels": None}):  # ... or before "auto" existed, with smp's widths as None
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        model = get_task("segment").build(TrainConfig.load(tmp_path / "config.json"), 1, None)
+        assert [b.conv1[0].out_channels for b in model.net.decoder.blocks] == list(SMP_DECODER_CHANNELS)
+    # unset ("auto"): a new run gets the U-Net's default; a resumed one, or one continuing from another run's models,
+    # those models' widths
+    assert Run.resolve(cfg, tmp_path / "new").cfg.decoder_channels == "128,64,32,16,16"
+    assert Run.resolve(cfg, tmp_path).cfg.decoder_channels is None
+    assert Run.resolve(cfg, tmp_path / "new", init_run=tmp_path).cfg.decoder_channels is None  # continues from it
+    (tmp_path / "config.json").write_text(json.dumps(d | {"decoder_channels": "64,32,16,16,8"}))
+    assert Run.resolve(cfg, tmp_path).cfg.decoder_channels == "64,32,16,16,8"
+    other_arch = Run.resolve(cfg.replace(arch="unetpp"), tmp_path / "new", init_run=tmp_path)  # not its models
+    assert other_arch.cfg.decoder_channels is None
+    with pytest.raises(ConfigError, match="holds a run with other settings"):  # given widths are checked on resume
+        train_run(tmp_path, tmp_path, cfg.replace(decoder_channels="32,32,16,16,8"), progress=False)

@@ -254,7 +254,7 @@ COMPUTE_KEYS = (
 
 # Settings added after runs were made with a different behaviour: a config.json without them loads these values
 # (what those runs trained with), so an older run resumes as it started.
-OLDER_RUNS = {"freeze_stride": 0, "tta": "none"}
+OLDER_RUNS = {"freeze_stride": 0, "tta": "none", "decoder_channels": None}
 
 
 @dataclass(frozen=True)
@@ -265,9 +265,9 @@ class TrainConfig(DataOptions):
     task: str = "classify"  # classify | segment | segment-multiclass | multitask | detect | multilabel
     model: str = "tf_efficientnet_lite0"  # timm backbone (the encoder of segmentation and detection models)
     arch: str = "unet"  # segment/multitask: attention-unetpp | unet | unetpp | unet-vgg11 | dsconv-resnet
-    # unet / unetpp / unet-vgg11: decoder widths, deepest block first, "256,128,64,32,16"; None: smp's
-    # (`models.segmentation.decoder_widths`)
-    decoder_channels: str | None = None
+    # unet / unetpp / unet-vgg11: decoder widths, deepest block first, "256,128,64,32,16"; None: smp's; auto: the
+    # architecture's default (`models.segmentation.decoder_widths`)
+    decoder_channels: str | None = "auto"
     weights: str = "auto"  # auto | hub | none | path to a state dict
     head: str = "linear"  # linear | mlp
     dropout: float = 0.2
@@ -351,8 +351,10 @@ class TrainConfig(DataOptions):
     @classmethod
     def from_saved(cls, d: dict) -> TrainConfig:
         """The settings a run or model file saved (other keys are metadata); a setting added after it was saved
-        takes the value the run was made with (`OLDER_RUNS`), not today's default."""
-        return cls.from_dict(OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d})
+        takes the value the run was made with (`OLDER_RUNS`), not today's default. A saved None stays None (`replace`
+        reads None as "not given": a saved decoder_channels of None means smp's widths, not "auto")."""
+        saved = OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        return dataclasses.replace(cls.from_dict(saved), **{k: None for k, v in saved.items() if v is None})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -39,15 +39,17 @@ class Run:
     folder: RunFolder
 
     @classmethod
-    def resolve(cls, cfg: TrainConfig, out: str | Path) -> Run:
-        """The run of these settings in folder `out` (nothing is written).
+    def resolve(cls, cfg: TrainConfig, out: str | Path, init_run: str | Path | None = None) -> Run:
+        """The run of these settings in folder `out`, continuing from the fold models of `init_run` if given
+        (nothing is written).
 
         Raises:
             ConfigError: an unknown task; compute this machine cannot give (medcad.devices.resolve_compute); an
                 unknown augmentation preset or test-time augmentation; a stage list for a task that trains in one
                 stage; an interface option the task cannot use; a negative freeze stride; an unknown mask-model
                 architecture; decoder widths that are not five positive integers or for a model without that decoder
-                (`tasks.decoder_setting`).
+                (`tasks.decoder_setting`; "auto" gives a resumed run the widths it was made with, a run continuing
+                from `init_run` that run's, a new run the architecture's default); an unreadable config.json.
         """
         task = get_task(cfg.task)
         compute = resolve_compute(cfg)
@@ -60,6 +62,9 @@ class Run:
             from medcad.models.segmentation import check_arch
 
             check_arch(cfg.arch)
+        made = _models_made(out, init_run)
+        if cfg.decoder_channels == "auto" and made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
+            cfg = replace(cfg, decoder_channels=made.decoder_channels)  # as the models it resumes or continues from
         cfg = replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
         return cls(cfg, task, compute, RunFolder(Path(out)))
 
@@ -79,3 +84,11 @@ class Run:
         if self.compute.accelerator == "gpu":
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
+
+
+def _models_made(out: str | Path, init_run: str | Path | None) -> TrainConfig | None:
+    """The settings of the models a run resumes (a run folder at `out`) or continues from (`init_run`), if any."""
+    for root in (out, init_run):
+        if root is not None and (path := RunFolder(Path(root)).config).is_file():
+            return TrainConfig.load(path)
+    return None

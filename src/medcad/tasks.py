@@ -235,21 +235,23 @@ def freeze_stride(setting: int | None, task: str) -> int:
 
 
 def decoder_setting(cfg: TrainConfig) -> str | None:
-    """A run's `decoder_channels` in one spelling ("128,64,32,16,16"; None for smp's widths, unset or given), so a run
-    resumes whichever way its widths were written (see `medcad.models.segmentation.decoder_widths`).
+    """A run's `decoder_channels` in the one spelling its config.json keeps: "128,64,32,16,16", or None for smp's
+    widths (however given) and for models without that decoder. "auto" gives the architecture's default
+    (`medcad.models.segmentation.decoder_widths`).
 
     Raises:
-        ConfigError: widths for a task or architecture without that decoder, or not five positive integers.
+        ConfigError: widths for a task or architecture without that decoder, or not "auto" nor five positive
+            integers.
     """
-    if cfg.decoder_channels is None:
-        return None
     from medcad.models.segmentation import DECODER_ARCHS, SMP_DECODER_CHANNELS, decoder_widths
 
     mask = "mask" in get_task(cfg.task).outputs
     if not mask or cfg.arch not in DECODER_ARCHS:
+        if cfg.decoder_channels in ("auto", None):
+            return None
         raise ConfigError(
             f"decoder_channels apply to mask models with arch {', '.join(DECODER_ARCHS)}, not a {cfg.task} run"
             + (f" with arch {cfg.arch}" if mask else "")
         )
-    widths = decoder_widths(cfg.decoder_channels)
+    widths = decoder_widths(cfg.decoder_channels, cfg.arch)
     return None if widths == SMP_DECODER_CHANNELS else ",".join(map(str, widths))

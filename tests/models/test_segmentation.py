@@ -105,18 +105,28 @@ def test_bad_settings_raise_config_errors() -> None:
 
 def test_decoder_channels_setting_and_widths() -> None:
     """`decoder_channels` sets the U-Net decoder's widths (deepest block first), written one way however given
-    (smp's as None); it is refused where no such decoder exists and when it is not five positive integers."""
+    (smp's as None); "auto" is the architecture's default (narrower for the U-Net, smp's for the others); widths are
+    refused where no such decoder exists and when they are not five positive integers."""
     from medcad.config import TrainConfig
 
     seg = TrainConfig(task="segment", arch="unet")
-    assert decoder_widths(None) == (256, 128, 64, 32, 16) and decoder_widths(" 64, 32,16,16 ,8") == (64, 32, 16, 16, 8)
-    assert decoder_setting(seg) is None and decoder_setting(seg.replace(decoder_channels="256, 128,64,32,16")) is None
+    assert seg.decoder_channels == "auto" and decoder_widths("auto", "unet") == (128, 64, 32, 16, 16)
+    assert decoder_widths("auto", "unetpp") == decoder_widths("auto", "unet-vgg11") == (256, 128, 64, 32, 16)
+    assert decoder_widths(None, "unet") == (256, 128, 64, 32, 16)
+    assert decoder_widths(" 64, 32,16,16 ,8", "unet") == (64, 32, 16, 16, 8)
+    assert decoder_setting(seg) == "128,64,32,16,16" and decoder_setting(seg.replace(arch="unetpp")) is None
+    assert decoder_setting(seg.replace(decoder_channels="256, 128,64,32,16")) is None
+    assert decoder_setting(TrainConfig(task="segment", decoder_channels=None)) is None  # a saved None: smp's
     assert decoder_setting(seg.replace(task="multitask", arch="unetpp", decoder_channels=" 64, 32,16,16 ,8")) == (
         "64,32,16,16,8"
     )
-    for setting in ("64,32,16,16", "64,32,16,16,0", "64,32,x,16,8", ""):
-        with pytest.raises(ConfigError, match="decoder_channels must be 5 positive integers"):
-            decoder_widths(setting)
+    assert (
+        decoder_setting(seg.replace(task="classify")) is None
+        and decoder_setting(seg.replace(arch="renal-joint")) is None
+    )
+    for setting in ("64,32,16,16", "64,32,16,16,0", "64,32,x,16,8", "", "Auto"):
+        with pytest.raises(ConfigError, match="decoder_channels must be auto or 5 positive integers"):
+            decoder_widths(setting, "unet")
     cases = [
         (dict(arch="attention-unetpp"), "not a segment run with arch attention-unetpp"),
         (dict(task="classify"), "not a classify run"),

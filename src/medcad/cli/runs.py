@@ -46,7 +46,9 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
     "model": _Setting(str, "Any timm backbone name (the encoder for segment).", "tf_efficientnet_lite0"),
     "arch": _Setting(str, "segment/multitask: attention-unetpp, unet, unetpp, unet-vgg11, dsconv-resnet."),
     "decoder_channels": _Setting(
-        str, "unet, unetpp, unet-vgg11: widths of the five decoder blocks, deepest first (default 256,128,64,32,16)."
+        str,
+        "unet, unetpp, unet-vgg11: widths of the five decoder blocks, deepest first; auto: 128,64,32,16,16 for unet, "
+        "smp's 256,128,64,32,16 for the others.",
     ),
     "missing_masks": _Setting(str, "segment/multitask: images without a mask are an error, or empty (lesion-free)."),
     "mask_labels": _Setting(

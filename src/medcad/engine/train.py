@@ -165,7 +165,7 @@ def train_run(
     """
 
     quiet_lightning()
-    run = Run.resolve(cfg, out)  # bad settings fail here, before anything is written (task, compute, ...)
+    run = Run.resolve(cfg, out, init_run)  # bad settings fail here, before anything is written (task, compute, ...)
     logger_names(cfg)  # ... and an unknown logger
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

