@@ -153,12 +153,10 @@ def train(
         check_model_name(settings["model"])
         overrides = {**settings, **options.given()}
         if holdout is not None:
-            overrides.update(holdout=holdout, folds=None)
+            overrides["holdout"] = holdout
         elif folds is not None:
             overrides["folds"] = folds
-        cfg = TrainConfig().replace(**overrides)
-        if holdout is not None:
-            cfg = TrainConfig.from_dict({**cfg.to_dict(), "folds": None})
+        cfg = TrainConfig().replace(**overrides)  # a holdout split has no folds (TrainConfig.__post_init__)
         from medcad.engine.modules import schedule_note
         from medcad.report.console import print_metrics
 

@@ -189,12 +189,10 @@ def load_study(path: str | Path, check_data: bool = True) -> StudySpec:
         _check_mapping(path, settings_node, SETTING_KEYS, "settings")
         settings = _typed(path, settings_node, raw["settings"], SETTING_TYPES)
     top = {k: v for k, v in data.items() if k in SETTING_TYPES}
-    if top.get("holdout") is not None:
-        top["folds"] = None
     base = TrainConfig().replace(**{**settings, **top})
     _check_training(path, settings_node if settings_node is not None else root, base)
     if protocol == "holdout" and base.holdout is None:
-        base = TrainConfig.from_dict({**base.to_dict(), "holdout": 0.2, "folds": None})
+        base = base.replace(holdout=0.2)  # and no folds (TrainConfig.__post_init__)
     models_node = _child(root, "models")
     raw_models = raw.get("models") or [base.model]
     if not isinstance(raw_models, list):
