@@ -50,6 +50,7 @@ from medcad.engine.common import quiet_lightning, train_stage
 from medcad.engine.fold import FoldData
 from medcad.engine.train import fold_hooks
 from medcad.models.card import machine_info
+from medcad.models.segmentation import SMP_DECODER_CHANNELS
 from medcad.run import Run
 from medcad.tasks import decoder_setting, freeze_stride
 
@@ -187,7 +188,8 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
 
 def plain_model(cfg: TrainConfig) -> TrainConfig:
     """The settings of the model a plain loop trains: every layer, smp's decoder widths."""
-    return cfg.replace(freeze_stride=0, decoder_channels=None)
+    smp = {"decoder_channels": ",".join(map(str, SMP_DECODER_CHANNELS))} if decoder_setting(cfg) else {}
+    return cfg.replace(freeze_stride=0, **smp)
 
 
 def main() -> None:
