@@ -62,8 +62,8 @@ class Run:
             from medcad.models.segmentation import check_arch
 
             check_arch(cfg.arch)
-        made = _models_made(out, init_run)
-        if cfg.decoder_channels == "auto" and made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
+        made = _models_made(out, init_run) if cfg.decoder_channels == "auto" else None
+        if made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
             cfg = replace(cfg, decoder_channels=made.decoder_channels)  # as the models it resumes or continues from
         cfg = replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
         return cls(cfg, task, compute, RunFolder(Path(out)))
