@@ -105,11 +105,12 @@ def setting_types() -> dict[str, object]:
 
 
 def coerce_setting(name: str, value: object) -> object:
-    """A `TrainConfig` setting's value converted to the field's type (see `coerce_value`); None stays None. `stages`
-    (text, JSON or a list of mappings) is checked and kept as text (`stages_text`)."""
+    """A `TrainConfig` setting's value converted to the field's type (see `coerce_value`); None only for a setting
+    that may be None (ConfigError otherwise). `stages` (text, JSON or a list of mappings) is checked and kept as text
+    (`stages_text`)."""
     if name == "stages" and value is not None:
         return stages_text(value)
-    return None if value is None else coerce_value(name, value, setting_types()[name])
+    return coerce_value(name, value, setting_types()[name])
 
 
 OPTIMIZERS = ("adam", "adamw")
@@ -333,13 +334,15 @@ class TrainConfig(DataOptions):
         return DataOptions(**{f.name: getattr(self, f.name) for f in fields(DataOptions)})
 
     def replace(self, **changes: object) -> TrainConfig:
-        """A copy with some fields changed (None leaves a field as it is); each value is converted to its field's
-        type (`coerce_setting`). Unknown names or values of the wrong type raise ConfigError naming them."""
+        """A copy with the given fields changed, None included (`decoder_channels=None`: smp's widths); each value is
+        converted to its field's type (`coerce_setting`). Unknown names, values of the wrong type and None for a
+        setting that cannot be None raise ConfigError naming them. Options a user left out are not passed: the CLI
+        and the study reader drop them first."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **{k: coerce_setting(k, v) for k, v in changes.items() if v is not None})
+        return dataclasses.replace(self, **{k: coerce_setting(k, v) for k, v in changes.items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -351,10 +354,9 @@ class TrainConfig(DataOptions):
     @classmethod
     def from_saved(cls, d: dict) -> TrainConfig:
         """The settings a run or model file saved (other keys are metadata); a setting added after it was saved
-        takes the value the run was made with (`OLDER_RUNS`), not today's default. A saved None stays None (`replace`
-        reads None as "not given": a saved decoder_channels of None means smp's widths, not "auto")."""
-        saved = OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        return dataclasses.replace(cls.from_dict(saved), **{k: None for k, v in saved.items() if v is None})
+        takes the value the run was made with (`OLDER_RUNS`), not today's default; a saved None stays None (a saved
+        decoder_channels of None means smp's widths, not "auto")."""
+        return cls.from_dict(OLDER_RUNS | {f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -118,6 +118,15 @@ def test_config_from_dict_and_replace_convert_and_refuse_the_same_way(tmp_path: 
     assert (old.freeze_stride, old.tta, old.lr) == (0, "none", 0.1)
 
 
+def test_replace_sets_none_where_a_setting_may_be_none_and_a_study_null_is_not_given(study) -> None:
+    cfg = TrainConfig(task="segment").replace(decoder_channels=None, freeze_stride=None)  # None is a value here
+    assert (cfg.decoder_channels, cfg.freeze_stride) == (None, None)
+    with pytest.raises(ConfigError, match=r"epochs: None is not a whole number \(int expected\)"):
+        TrainConfig().replace(epochs=None)
+    spec = load_study(study("data: data\ntask: segment\nsettings:\n  epochs:\n  decoder_channels:\n"))
+    assert (spec.base.epochs, spec.base.decoder_channels) == (TrainConfig().epochs, "auto")
+
+
 FLOATS = ("dropout", "head_lr", "lr", "weight_decay", "label_smoothing", "class_loss_weight", "val_fraction")
 INTS = ("image_size", "head_epochs", "epochs", "unfreeze", "batch_size", "patience", "seed", "freeze_stride")
 BOOLS = ("bilateral", "class_weights", "oversample")

@@ -120,15 +120,15 @@ def _child(node: yaml.MappingNode, key: str) -> yaml.Node | None:
 
 def _typed(path: Path, node: yaml.MappingNode, data: dict, types: dict[str, object]) -> dict:
     """The values of `data` (the mapping `node`) whose keys are in `types`, each converted to its type; a value
-    that cannot be raises ConfigError naming its line."""
+    that cannot be raises ConfigError naming its line. A null (`key:` with no value) is left out: not given."""
     out = {}
     for key_node, _ in node.value:
         name = key_node.value
         if name in types and name in data:
             try:
                 if data[name] is None:
-                    out[name] = None
-                elif name == "stages":  # a list of mappings, or the compact text
+                    continue
+                if name == "stages":  # a list of mappings, or the compact text
                     out[name] = stages_text(data[name])
                 else:
                     out[name] = coerce_value(name, data[name], types[name])
