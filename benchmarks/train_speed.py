@@ -50,7 +50,6 @@ from medcad.engine.common import quiet_lightning, train_stage
 from medcad.engine.fold import FoldData
 from medcad.engine.train import fold_hooks
 from medcad.models.card import machine_info
-from medcad.models.segmentation import SMP_DECODER_CHANNELS
 from medcad.run import Run
 from medcad.tasks import decoder_setting, freeze_stride
 
@@ -188,8 +187,7 @@ def plain_speed(task: str, cfg: TrainConfig, data: FoldData, parts: dict, warmup
 
 def plain_model(cfg: TrainConfig) -> TrainConfig:
     """The settings of the model a plain loop trains: every layer, smp's decoder widths."""
-    smp = {"decoder_channels": ",".join(map(str, SMP_DECODER_CHANNELS))} if decoder_setting(cfg) else {}
-    return cfg.replace(freeze_stride=0, **smp)
+    return cfg.replace(freeze_stride=0, decoder_channels=None)
 
 
 def main() -> None:
@@ -227,7 +225,7 @@ def main() -> None:
     for task, (cfg, data, parts) in setups.items():
         t0 = time.perf_counter()
         ours, precision = medcad_speed(task, cfg, data, parts, args.warmup)
-        stride = freeze_stride(cfg.freeze_stride, task)
+        stride = freeze_stride(cfg)
         widths = decoder_setting(cfg)
         recipe = bool(stride) or widths is not None  # medcad's model differs from the plain loop's
         plain_model_speed = medcad_speed(task, plain_model(cfg), data, parts, args.warmup)[0] if recipe else ours

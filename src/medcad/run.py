@@ -48,8 +48,8 @@ class Run:
                 unknown augmentation preset or test-time augmentation; a stage list for a task that trains in one
                 stage; an interface option the task cannot use; a negative freeze stride; an unknown mask-model
                 architecture; decoder widths that are not five positive integers or for a model without that decoder
-                (`tasks.decoder_setting`; "auto" gives a resumed run the widths it was made with, a run continuing
-                from `init_run` that run's, a new run the architecture's default); an unreadable config.json.
+                (`tasks.decoder_setting`); an unreadable config.json. Unset decoder widths and freeze stride are
+                written out as the run will use them (`settled_settings`: a resumed run keeps what it was made with).
         """
         task = get_task(cfg.task)
         compute = resolve_compute(cfg)
@@ -57,16 +57,12 @@ class Run:
         flip_tta(cfg.tta, cfg.task)
         run_stages(cfg)
         check_interface(cfg.interface, cfg.task)
-        freeze_stride(cfg.freeze_stride, cfg.task)
+        freeze_stride(cfg)
         if "mask" in task.outputs:
             from medcad.models.segmentation import check_arch
 
             check_arch(cfg.arch)
-        made = _models_made(out, init_run) if cfg.decoder_channels == "auto" else None
-        if made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
-            cfg = replace(cfg, decoder_channels=made.decoder_channels)  # as the models it resumes or continues from
-        cfg = replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
-        return cls(cfg, task, compute, RunFolder(Path(out)))
+        return cls(settled_settings(cfg, out, init_run), task, compute, RunFolder(Path(out)))
 
     def with_settings(self, cfg: TrainConfig) -> Run:
         """The same run with settings completed from the data (e.g. the lesion classes read from dataset.json);
@@ -86,9 +82,30 @@ class Run:
         return torch.device("cpu")
 
 
-def _models_made(out: str | Path, init_run: str | Path | None) -> TrainConfig | None:
-    """The settings of the models a run resumes (a run folder at `out`) or continues from (`init_run`), if any."""
-    for root in (out, init_run):
-        if root is not None and (path := RunFolder(Path(root)).config).is_file():
-            return TrainConfig.load(path)
-    return None
+def settled_settings(
+    cfg: TrainConfig, out: str | Path | None = None, init_run: str | Path | None = None
+) -> TrainConfig:
+    """`cfg` with the settings whose "unset" means a default written out as the run will use them, so that its
+    config.json keeps what it was made with and a later change of default does not change how it resumes.
+
+    - `decoder_channels` "auto": the widths of the models the run resumes (a run folder at `out`) or continues from
+      (`init_run`) when task and architecture match, else the architecture's default; then one spelling
+      (`tasks.decoder_setting`: None for smp's widths).
+    - `freeze_stride` None: the stride of the run it resumes (None for a run saved before strides were written out:
+      it resumes as it started), else the task's default (`tasks.freeze_stride`). A run continuing from another
+      run's models takes today's default: the freeze is a recipe, not part of the model.
+    """
+    unset_widths, unset_stride = cfg.decoder_channels == "auto", cfg.freeze_stride is None
+    resumed = _saved_settings(out) if unset_widths or unset_stride else None
+    if unset_stride:
+        cfg = replace(cfg, freeze_stride=resumed.freeze_stride if resumed is not None else freeze_stride(cfg))
+    made = resumed or (_saved_settings(init_run) if unset_widths else None)
+    if unset_widths and made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
+        cfg = replace(cfg, decoder_channels=made.decoder_channels)  # as the models it resumes or continues from
+    return replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
+
+
+def _saved_settings(run: str | Path | None) -> TrainConfig | None:
+    """The settings saved in the run folder `run` (its config.json), if there is one."""
+    path = RunFolder(Path(run)).config if run is not None else None
+    return TrainConfig.load(path) if path is not None and path.is_file() else None

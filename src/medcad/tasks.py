@@ -213,20 +213,23 @@ def flip_tta(setting: str, task: str) -> bool:
     return setting == "hflip" or (setting == "auto" and "mask" in get_task(task).outputs)
 
 
-def freeze_stride(setting: int | None, task: str) -> int:
-    """The output stride up to which a pretrained encoder stays frozen in fine-tuning (see
-    `medcad.models.backbones.freeze_early_stages`); None is the task's default.
+def freeze_stride(cfg: TrainConfig) -> int:
+    """The output stride up to which a run's pretrained encoder stays frozen in fine-tuning (see
+    `medcad.models.backbones.freeze_early_stages`): `cfg.freeze_stride`, or when it is None the default, 0 with a
+    stage list (its "all" means every layer) and else the task's.
 
     Default, measured (docs/results.md, 2026-11-30): 4 for classifiers (stage 2), where BUSI lite0 at 160 px kept
     its figures (accuracy 0.801 -> 0.817, macro AUC 0.928 -> 0.931, no class AUC different by the paired cluster
     bootstrap) while stage 2 trained 1.35x faster; 0 for mask models and detectors, since a U-Net on Kvasir-SEG lost
-    Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon p < 0.001).
+    Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon p < 0.001). `Run.resolve` saves the stride
+    a run uses, so a later change of default does not change how a saved run resumes.
 
     Raises:
         ConfigError: a negative stride.
     """
+    setting = cfg.freeze_stride
     if setting is None:
-        return 4 if get_task(task).outputs == ("probabilities",) else 0
+        return 0 if cfg.stages is not None or get_task(cfg.task).outputs != ("probabilities",) else 4
     if setting < 0:
         raise ConfigError(
             f"freeze_stride must be 0 (fine-tune every layer) or an output stride such as 4, not {setting}"

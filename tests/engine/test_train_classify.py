@@ -12,6 +12,7 @@ from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.engine.train import train_run
 from medcad.errors import ConfigError
+from medcad.run import Run
 from medcad.tasks import freeze_stride
 
 runner = CliRunner()
@@ -97,19 +98,30 @@ def test_positive_label_is_the_finding() -> None:
 
 def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -> None:
     """A config.json written before `freeze_stride` existed trained every encoder stage: it loads as 0, not as
-    today's default, so resuming such a run does not mix recipes between its folds."""
+    today's default, so resuming such a run does not mix recipes between its folds. A new run saves the stride it
+    uses; a resumed run whose stride is unset keeps its own, a None saved before strides were written out too."""
     new = TrainConfig()
-    assert new.freeze_stride is None  # the task's default: 4 for classifiers, 0 for mask models and detectors
-    assert freeze_stride(None, "classify") == 4 and freeze_stride(None, "segment") == freeze_stride(None, "detect") == 0
+    assert new.freeze_stride is None  # the task's default: 4 for classifiers, 0 for mask models, detectors, stages
+    assert freeze_stride(new) == 4 and freeze_stride(new.replace(stages="1:head:1e-3,2:all:1e-4")) == 0
+    assert freeze_stride(new.replace(task="segment")) == freeze_stride(new.replace(task="detect")) == 0
     with pytest.raises(ConfigError, match="freeze_stride"):
-        freeze_stride(-1, "classify")
+        freeze_stride(new.replace(freeze_stride=-1))
+    assert [Run.resolve(new.replace(task=t), tmp_path / "new").cfg.freeze_stride for t in ("classify", "segment")] == [
+        4,
+        0,
+    ]
     d = new.to_dict()
     del d["freeze_stride"], d["tta"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     old = TrainConfig.load(tmp_path / "config.json")
     assert old.freeze_stride == 0 and old.tta == "none"  # ... and was predicted without test-time augmentation
-    (tmp_path / "config.json").write_text(json.dumps(new.replace(freeze_stride=8).to_dict()))
-    assert TrainConfig.load(tmp_path / "config.json").freeze_stride == 8
+    assert Run.resolve(new, tmp_path).cfg.freeze_stride == 0  # resumed as it started, not at today's 4
+    for saved in (8, None):
+        (tmp_path / "config.json").write_text(json.dumps(new.replace(freeze_stride=saved).to_dict()))
+        assert TrainConfig.load(tmp_path / "config.json").freeze_stride == saved
+        assert Run.resolve(new, tmp_path).cfg.freeze_stride == saved
+        assert Run.resolve(new, tmp_path / "new", init_run=tmp_path).cfg.freeze_stride == 4  # a recipe, not a model
+    assert Run.resolve(new.replace(freeze_stride=2), tmp_path).cfg.freeze_stride == 2  # given: checked on resume
 
 
 def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: Path) -> None:

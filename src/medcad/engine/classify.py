@@ -33,13 +33,13 @@ from medcad.engine.modules import (
     ClassifierModule,
     HeadModule,
     multilabel_val_score,
-    stage_freeze_stride,
     val_score,
 )
 from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
 from medcad.runfolder import FoldFolder
+from medcad.tasks import freeze_stride
 
 
 class _Probabilities(torch.nn.Module):
@@ -185,7 +185,7 @@ class ClassifyHooks(FoldHooks):
 
     def _stage_module(self, stage: Stage, model, normalize, data: FoldData, parts: dict):
         train_layers(model, stage)
-        if stage_freeze_stride(self.cfg):
+        if freeze_stride(self.cfg):
             freeze_pretrained_encoder(model.backbone, self.cfg)
         return self._classifier_module(
             model, normalize, data, parts, stage.lr, stage.optimizer or self.cfg.optimizer, stage.epochs

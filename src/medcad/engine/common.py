@@ -249,7 +249,7 @@ def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig)
     from medcad.models.backbones import freeze_early_stages, pretrained_source
     from medcad.tasks import freeze_stride
 
-    stride = freeze_stride(cfg.freeze_stride, cfg.task)
+    stride = freeze_stride(cfg)
     if encoder is None or stride == 0:
         return 0
     if pretrained_source(encoder, cfg.weights) is None:

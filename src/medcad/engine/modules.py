@@ -209,15 +209,6 @@ class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L
         )
 
 
-def stage_freeze_stride(cfg: TrainConfig) -> int:
-    """The freeze stride a run applies (`tasks.freeze_stride`); with a stage list, only one set explicitly (its
-    "all" means every layer)."""
-
-    if cfg.stages is not None and cfg.freeze_stride is None:
-        return 0
-    return freeze_stride(cfg.freeze_stride, cfg.task)
-
-
 def _lr(x: float) -> str:
     return f"{x:g}"
 
@@ -246,7 +237,7 @@ def schedule_lines(cfg: TrainConfig) -> list[str]:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose {' or '.join(SCHEDULES)}")
     wd = f"weight decay {_lr(cfg.weight_decay)}"
     sched = f"{cfg.schedule} schedule"
-    stride = stage_freeze_stride(cfg)
+    stride = freeze_stride(cfg)
     if stride:
         sched += f"; a pretrained encoder keeps its stem and stages to stride {stride} (freeze_stride)"
     if "mask" in get_task(cfg.task).outputs:

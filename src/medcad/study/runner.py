@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,10 @@ from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
+from medcad.run import settled_settings
 from medcad.runfolder import RunFolder
 from medcad.study.executors import RunJob
 from medcad.study.spec import ModelSpec, StudySpec, load_study
-from medcad.tasks import decoder_setting
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None) -> dic
                 "run": f"runs/{_slug(e.name)}",
                 "settings": _given(cfg, base),
                 "training": training,
-                "config": replace(cfg, decoder_channels=decoder_setting(cfg)).to_dict(),  # as a new run saves it
+                "config": settled_settings(cfg).to_dict(),  # as a new run saves it
             }
         )
     split = f"holdout {base.holdout:g}" if base.holdout is not None else f"{base.folds} folds"
