@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import save
+from medcad.checkpoint import fold_model_files, load_model_file
 from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.data.labelmaps import parse_mask_labels, read_label_map, read_labels_file, resolve_mask_labels
@@ -158,7 +159,10 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     data = kidney_label_maps(tmp_path / "kidney")
     run = tmp_path / "run"
     m = train_run(data, run, FAST.replace(epochs=8), progress=False)  # 4 epochs: 0.36-0.78 between runs
-    assert json.loads((run / "config.json").read_text())["mask_labels"] == "1=cyst,2=stone"  # from dataset.json
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["mask_labels"] == "1=cyst,2=stone"  # from dataset.json
+    made = load_model_file(fold_model_files(run, None)[0])[1]["config"]  # the model files keep the settled settings
+    assert [(c["decoder_channels"], c["freeze_stride"]) for c in (saved, made)] == [("128,64,32,16,16", 0)] * 2
     assert set(m["segmentation"]["per_class"]) == {"cyst", "stone"}
     for name in ("cyst", "stone"):
         c = m["segmentation"]["per_class"][name]

@@ -180,7 +180,7 @@ def train_run(
             data, run, splits_path, train_domains, init_run, progress, primary, primary and notes
         )
     if targets.mask_classes is not None:  # the classes read (e.g. from dataset.json) go into every model file
-        run = run.with_settings(cfg.replace(mask_labels=targets.mask_classes.describe()))
+        run = run.with_settings(run.cfg.replace(mask_labels=targets.mask_classes.describe()))
     hooks = fold_hooks(cfg.task)(run)
     t0 = time.perf_counter()
     labels, y = targets.labels, targets.y
