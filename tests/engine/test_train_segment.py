@@ -60,7 +60,7 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert json.loads(res.stdout)["dice"]["value"] == pytest.approx(m["dice"]["value"])
     # continuing from this run's models needs the same architecture: refused before anything is written
     narrow = FAST.replace(missing_masks="empty", decoder_channels="64,32,16,16,8")
-    with pytest.raises(ConfigError, match="decoder_channels '128,64,32,16,16' there, '64,32,16,16,8' here"):
+    with pytest.raises(ConfigError, match="decoder_channels: '128,64,32,16,16' -> '64,32,16,16,8'"):
         train_run(synth, tmp_path / "next", narrow, progress=False, init_run=run)
     assert not (tmp_path / "next").exists()
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(synth), "--json"])  # as an external set

@@ -102,12 +102,11 @@ def _check_resume(run: Run) -> None:
         old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
     if cfg.mask_labels is None:
         old["mask_labels"] = None  # the classes the run read from its dataset.json (checked against the masks later)
-    changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v and k not in COMPUTE_KEYS}
+    changed = _differences(old, cfg.to_dict(), [k for k in cfg.to_dict() if k not in COMPUTE_KEYS])
     if changed:
-        desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(
-            f"{run.folder.root} holds a run with other settings ({desc}); choose another --out to start a new run, "
-            "or repeat the same settings to resume it"
+            f"{run.folder.root} holds a run with other settings ({changed}); choose another --out to start a new "
+            "run, or repeat the same settings to resume it"
         )
 
 
@@ -120,17 +119,17 @@ def _check_init(run: Run, init_run: Path) -> None:
     path = RunFolder(init_run).config
     if not path.is_file():
         return  # its fold models say what they are when each fold loads them
-    theirs, ours = TrainConfig.load(path), run.cfg
-    differ = [
-        f"{k} {getattr(theirs, k)!r} there, {getattr(ours, k)!r} here"
-        for k in ARCHITECTURE_KEYS
-        if getattr(theirs, k) != getattr(ours, k)
-    ]
+    differ = _differences(TrainConfig.load(path).to_dict(), run.cfg.to_dict(), ARCHITECTURE_KEYS)
     if differ:
         raise ConfigError(
-            f"{init_run}: its models are built otherwise ({'; '.join(differ)}); a run continues only from models of "
-            "the same architecture"
+            f"{init_run}: its models are built otherwise ({differ}); a run continues only from models of the same "
+            "architecture"
         )
+
+
+def _differences(saved: dict, ours: dict, keys) -> str:
+    """The settings among `keys` whose saved value differs from this run's, as "name: 'saved' -> 'ours', ..."."""
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {ours.get(k)!r}" for k in keys if saved.get(k) != ours.get(k))
 
 
 def train_run(
