@@ -31,7 +31,6 @@ settings:
   head_epochs: 40
   batch_size: 32
   augment: light
-  freeze_stride: 8            # stem and stages to stride 8 keep ImageNet weights (default 4; as good on BUSI, faster)
 """
 
 

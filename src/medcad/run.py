@@ -91,18 +91,24 @@ def settled_settings(
     - `decoder_channels` "auto": the widths of the models the run resumes (a run folder at `out`) or continues from
       (`init_run`) when task and architecture match, else the architecture's default; then one spelling
       (`tasks.decoder_setting`: None for smp's widths).
-    - `freeze_stride` None: the stride of the run it resumes (None for a run saved before strides were written out:
-      it resumes as it started), else the task's default (`tasks.freeze_stride`). A run continuing from another
-      run's models takes today's default: the freeze is a recipe, not part of the model.
+    - `freeze_stride` None: the stride of the run it resumes (`trained_freeze_stride`), else the task's default
+      (`tasks.freeze_stride`). A run continuing from another run's models takes today's default: the freeze is a
+      recipe, not part of the model.
     """
     unset_widths, unset_stride = cfg.decoder_channels == "auto", cfg.freeze_stride is None
     resumed = _saved_settings(out) if unset_widths or unset_stride else None
     if unset_stride:
-        cfg = replace(cfg, freeze_stride=resumed.freeze_stride if resumed is not None else freeze_stride(cfg))
+        cfg = replace(cfg, freeze_stride=freeze_stride(cfg) if resumed is None else trained_freeze_stride(resumed))
     made = resumed or (_saved_settings(init_run) if unset_widths else None)
     if unset_widths and made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
         cfg = replace(cfg, decoder_channels=made.decoder_channels)  # as the models it resumes or continues from
     return replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
+
+
+def trained_freeze_stride(saved: TrainConfig) -> int:
+    """The freeze stride a saved run trained with: its own, or for one saved as None (runs made from 2026-11-30 to
+    2026-12-04, before strides were written out) the default of then, 4 for classifiers (`tasks.freeze_stride`)."""
+    return saved.freeze_stride if saved.freeze_stride is not None else freeze_stride(saved, classifier_default=4)
 
 
 def _saved_settings(run: str | Path | None) -> TrainConfig | None:

@@ -213,23 +213,26 @@ def flip_tta(setting: str, task: str) -> bool:
     return setting == "hflip" or (setting == "auto" and "mask" in get_task(task).outputs)
 
 
-def freeze_stride(cfg: TrainConfig) -> int:
+def freeze_stride(cfg: TrainConfig, classifier_default: int = 8) -> int:
     """The output stride up to which a run's pretrained encoder stays frozen in fine-tuning (see
     `medcad.models.backbones.freeze_early_stages`): `cfg.freeze_stride`, or when it is None the default, 0 with a
-    stage list (its "all" means every layer) and else the task's.
+    stage list (its "all" means every layer) and else the task's: `classifier_default` for classifiers (4 in runs
+    saved before 2026-12-04, see `medcad.run.settled_settings`), 0 for mask models and detectors.
 
-    Default, measured (docs/results.md, 2026-11-30): 4 for classifiers (stage 2), where BUSI lite0 at 160 px kept
-    its figures (accuracy 0.801 -> 0.817, macro AUC 0.928 -> 0.931, no class AUC different by the paired cluster
-    bootstrap) while stage 2 trained 1.35x faster; 0 for mask models and detectors, since a U-Net on Kvasir-SEG lost
-    Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon p < 0.001). `Run.resolve` saves the stride
-    a run uses, so a later change of default does not change how a saved run resumes.
+    Default, measured (docs/results.md): 8 for classifiers (stage 2). BUSI lite0, 5 grouped folds, every layer / stride
+    4 / stride 8: at 160 px, 8 epochs accuracy 0.801 / 0.817 / 0.808, macro AUC 0.928 / 0.931 / 0.936 (2026-11-30); at
+    224 px, 12 epochs, stride 4 / 8: accuracy 0.809 / 0.836, macro AUC 0.930 / 0.935, no class AUC lower at stride 8
+    by the paired cluster bootstrap (2026-12-04); stage 2 trains 1.2-1.3x faster at 8 than at 4. 0 for mask models and
+    detectors, since a U-Net on Kvasir-SEG lost Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon
+    p < 0.001). `Run.resolve` saves the stride a run uses, so a later change of default does not change how a saved
+    run resumes.
 
     Raises:
         ConfigError: a negative stride.
     """
     setting = cfg.freeze_stride
     if setting is None:
-        return 0 if cfg.stages is not None or get_task(cfg.task).outputs != ("probabilities",) else 4
+        return 0 if cfg.stages is not None or get_task(cfg.task).outputs != ("probabilities",) else classifier_default
     if setting < 0:
         raise ConfigError(
             f"freeze_stride must be 0 (fine-tune every layer) or an output stride such as 4, not {setting}"

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from medcad.cli import app
 from medcad.config import TrainConfig
-from medcad.engine.train import train_run
+from medcad.engine.train import _check_resume, train_run
 from medcad.errors import ConfigError
-from medcad.run import Run
+from medcad.run import Run, settled_settings
 from medcad.tasks import freeze_stride
 
 runner = CliRunner()
@@ -99,15 +99,16 @@ def test_positive_label_is_the_finding() -> None:
 def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -> None:
     """A config.json written before `freeze_stride` existed trained every encoder stage: it loads as 0, not as
     today's default, so resuming such a run does not mix recipes between its folds. A new run saves the stride it
-    uses; a resumed run whose stride is unset keeps its own, a None saved before strides were written out too."""
+    uses; a resumed run whose stride is unset keeps its own, and one saved as None (before strides were written out)
+    the default of then, 4, not today's 8."""
     new = TrainConfig()
-    assert new.freeze_stride is None  # the task's default: 4 for classifiers, 0 for mask models, detectors, stages
-    assert freeze_stride(new) == 4 and freeze_stride(new.replace(stages="1:head:1e-3,2:all:1e-4")) == 0
+    assert new.freeze_stride is None  # the task's default: 8 for classifiers, 0 for mask models, detectors, stages
+    assert freeze_stride(new) == 8 and freeze_stride(new.replace(stages="1:head:1e-3,2:all:1e-4")) == 0
     assert freeze_stride(new.replace(task="segment")) == freeze_stride(new.replace(task="detect")) == 0
     with pytest.raises(ConfigError, match="freeze_stride"):
         freeze_stride(new.replace(freeze_stride=-1))
     assert [Run.resolve(new.replace(task=t), tmp_path / "new").cfg.freeze_stride for t in ("classify", "segment")] == [
-        4,
+        8,
         0,
     ]
     d = new.to_dict()
@@ -115,13 +116,16 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     (tmp_path / "config.json").write_text(json.dumps(d))
     old = TrainConfig.load(tmp_path / "config.json")
     assert old.freeze_stride == 0 and old.tta == "none"  # ... and was predicted without test-time augmentation
-    assert Run.resolve(new, tmp_path).cfg.freeze_stride == 0  # resumed as it started, not at today's 4
-    for saved in (8, None):
-        (tmp_path / "config.json").write_text(json.dumps(new.replace(freeze_stride=saved).to_dict()))
+    assert Run.resolve(new, tmp_path).cfg.freeze_stride == 0  # resumed as it started, not at today's 8
+    for saved, trained in ((2, 2), (None, 4)):
+        (tmp_path / "config.json").write_text(json.dumps(settled_settings(new).replace(freeze_stride=saved).to_dict()))
         assert TrainConfig.load(tmp_path / "config.json").freeze_stride == saved
-        assert Run.resolve(new, tmp_path).cfg.freeze_stride == saved
-        assert Run.resolve(new, tmp_path / "new", init_run=tmp_path).cfg.freeze_stride == 4  # a recipe, not a model
-    assert Run.resolve(new.replace(freeze_stride=2), tmp_path).cfg.freeze_stride == 2  # given: checked on resume
+        resumed = Run.resolve(new, tmp_path)
+        assert resumed.cfg.freeze_stride == trained
+        _check_resume(resumed)  # the saved None is the stride it trained with, not a changed setting
+        with pytest.raises(ConfigError, match=f"freeze_stride: {trained} -> 16"):
+            _check_resume(Run.resolve(new.replace(freeze_stride=16), tmp_path))
+        assert Run.resolve(new, tmp_path / "new", init_run=tmp_path).cfg.freeze_stride == 8  # a recipe, not a model
 
 
 def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: Path) -> None:

@@ -237,8 +237,8 @@ def test_early_stages_freeze_only_when_pretrained_weights_were_loaded(tmp_path, 
     torch.save(random.state_dict(), path)
     loaded = create_backbone("resnet18", weights=str(path))
     frozen = freeze_pretrained_encoder(loaded, cfg.replace(weights=str(path)))
-    assert frozen == len(freeze_early_stages(create_backbone("resnet18", weights="none"), 4)) > 0
-    assert not loaded.conv1.weight.requires_grad and loaded.layer2[0].conv1.weight.requires_grad
+    assert frozen == len(freeze_early_stages(create_backbone("resnet18", weights="none"), 8)) > 0  # the default
+    assert not loaded.layer2[0].conv1.weight.requires_grad and loaded.layer3[0].conv1.weight.requires_grad
     offline = create_backbone("tf_efficientnet_lite0", weights="auto")
     assert pretrained_source(offline) == str(offline_weights_path("tf_efficientnet_lite0"))
     assert freeze_pretrained_encoder(offline, cfg.replace(model="tf_efficientnet_lite0")) > 0

@@ -27,7 +27,7 @@ from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
-from medcad.run import Run
+from medcad.run import Run, trained_freeze_stride
 from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
 from medcad.tasks import Task, get_task, split_labels
@@ -97,7 +97,8 @@ def _check_resume(run: Run) -> None:
     path, cfg = run.folder.config, run.cfg
     if not path.is_file():
         return
-    old = TrainConfig.load(path).to_dict()
+    saved = TrainConfig.load(path)
+    old = saved.to_dict() | {"freeze_stride": trained_freeze_stride(saved)}
     if old.get("precision") == run.compute.precision:
         old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
     if cfg.mask_labels is None:
