@@ -42,7 +42,8 @@ def bench(
     of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process.
     `device` is where the torch backends run ("cpu", "auto", "cuda[:N]"); ONNX Runtime and OpenVINO run on the CPU.
     The result also says what this machine is (`cpu`) and which backend predict, serve and evaluate use here by
-    default (`default_backend`: `--backend auto` for the fold ensemble, as they load it)."""
+    default (`default_backend`: `--backend auto` for the fold ensemble, as they load it, with the figures it chose by,
+    `default_backend_measured`: agreement there is the ensemble's, so it can differ from this fold's table)."""
     from medcad.inference.export import fold0_images
 
     run = Path(run)
@@ -87,6 +88,7 @@ def bench(
     auto = load_predictor(run, None, threads=threads, device=device).backend_choice
     out["default_backend"] = auto["backend"]
     out["default_backend_reason"] = auto["reason"]
+    out["default_backend_measured"] = auto.get("measured")  # the fold ensemble's figures `auto` chose by
     base = out["backends"].get("torch-fp32", {}).get("images_per_s")
     if base:
         for v in out["backends"].values():
