@@ -91,12 +91,18 @@ def test_model_file_of_another_kind_and_odd_images(tiny_run: Path, tmp_path: Pat
     import torch
     from PIL import Image
 
+    for missing in ("gone.png", "gone.mp4"):
+        res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / missing)])
+        assert res.exit_code != 0 and f"{missing}: " in res.output and "not found" in res.output
+    assert not (tiny_run / "backends.json").exists()  # refused before the models loaded and `auto` measured them
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
     other = tmp_path / "seg.pt"
     torch.save({"format": "medcad-segmenter-1", "state_dict": {}}, other)
-    res = runner.invoke(app, ["predict", str(other), "x.png"])
+    res = runner.invoke(app, ["predict", str(other), str(image)])
     assert res.exit_code == 2 and "incomplete model file: no config" in res.output
     torch.save({"format": "something-else"}, other)
-    res = runner.invoke(app, ["predict", str(other), "x.png"])
+    res = runner.invoke(app, ["predict", str(other), str(image)])
     assert res.exit_code == 2 and "not a medcad model file" in res.output
     # a grey 16-bit image of another size and an RGBA image are converted, not refused
     Image.fromarray(np.arange(50 * 70, dtype=np.uint16).reshape(50, 70) * 10).save(tmp_path / "g16.png")

@@ -218,16 +218,19 @@ def predict(
     """Predict images or every frame of videos: classes (annotated video + per-frame CSV), lesion masks and overlays
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
-        from medcad.data.video import is_video
+        from medcad.data.video import VideoReader, is_video
         from medcad.inference.files import predict_image_files
         from medcad.inference.predictor import expand_inputs
         from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
+        videos = [p for p in inputs if is_video(p)]  # every input checked before the model loads and `auto` measures
+        images = expand_inputs([p for p in inputs if not is_video(p)], options)
+        for v in videos:
+            with VideoReader(v):  # there, a video, with a video stream
+                pass
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
-        videos = [p for p in inputs if is_video(p)]
-        images = expand_inputs([p for p in inputs if not is_video(p)], options)
         table, records = (
             predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers)
             if images
