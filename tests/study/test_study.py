@@ -110,3 +110,34 @@ def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_se
     assert pair["dice"]["test"].startswith("Wilcoxon") and 0 <= pair["dice"]["p_value"] <= 1
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Paired Dice comparisons" in html and "<th>Dice</th>" in html
+
+
+def test_plan_shows_each_run_as_the_study_folder_holds_it(tmp_path: Path) -> None:
+    """`study --plan -o DIR` plans a run begun before strides were written out (freeze_stride None in its
+    config.json) at the stride it resumes with, 4, a new run at today's default, 8, and skips a finished one."""
+    from medcad.config import TrainConfig
+    from medcad.run import settled_settings
+    from medcad.study.runner import plan_study
+
+    study = write(
+        tmp_path / "s.yaml",
+        "name: s\ndata: nowhere\nprotocol: compare\nmodels: [{name: begun, model: tf_efficientnet_lite0}, "
+        "{name: new, model: tf_efficientnet_lite0}, {name: done, model: tf_efficientnet_lite0}]\n",
+    )
+    out = tmp_path / "out"
+    legacy = settled_settings(TrainConfig()).replace(freeze_stride=None).to_dict()
+    for name in ("begun", "done"):
+        (out / "runs" / name).mkdir(parents=True)
+        (out / "runs" / name / "config.json").write_text(json.dumps(legacy))
+    (out / "runs" / "done" / "metrics.json").write_text("{}")
+    runs = {r["name"]: r for r in plan_study(study, out=out)["runs"]}
+    assert {k: (r["state"], r["config"]["freeze_stride"]) for k, r in runs.items()} == {
+        "begun": ("resumes", 4),
+        "new": ("new", 8),
+        "done": ("finished", 4),
+    }
+    assert "stride 4" in runs["begun"]["training"][-1] and "stride 8" in runs["new"]["training"][-1]
+    res = runner.invoke(app, ["study", str(study), "-o", str(out), "--plan"])
+    assert res.exit_code == 0, res.output
+    assert "begun  [all data; trains on all] -> runs/begun (begun: resumes with its saved settings)" in res.output
+    assert "(finished: skipped)" in res.output and f"study folder: {out.resolve()}" in res.output

@@ -47,7 +47,7 @@ def study(
         try:
             from medcad.study.runner import plan_study
 
-            planned = plan_study(study_file, options)
+            planned = plan_study(study_file, options, out)
         except MedcadError as e:
             _fail(e)
         if as_json:
@@ -77,6 +77,7 @@ def _print_plan(plan: dict) -> None:
     found = "" if plan["data_found"] else " (not found yet: see the comment at the top of the study file)"
     typer.echo(f"study {plan['name']}: {plan['file']}")
     typer.echo(f"data: {plan['data']}{found}")
+    typer.echo(f"study folder: {plan['folder']}")
     domains = f", domains {', '.join(plan['domains'])}" if plan["domains"] else ""
     typer.echo(f"task {plan['task']}, protocol {plan['protocol']}{domains}; splits: {plan['splits']}")
     typer.echo(f"settings (every run; the rest are medcad's defaults): {_settings_text(plan['settings'])}")
@@ -84,7 +85,8 @@ def _print_plan(plan: dict) -> None:
     for i, r in enumerate(plan["runs"], 1):
         trains = r["train_domains"] if r["train_domains"] == "all" else " + ".join(r["train_domains"])
         init = f"; continues from {r['init']}" if r["init"] else ""
-        typer.echo(f"{i:3d}. {r['name']}  [{r['step']}; trains on {trains}{init}] -> {r['run']}")
+        state = {"new": "", "resumes": " (begun: resumes with its saved settings)", "finished": " (finished: skipped)"}
+        typer.echo(f"{i:3d}. {r['name']}  [{r['step']}; trains on {trains}{init}] -> {r['run']}{state[r['state']]}")
         if r["settings"]:
             typer.echo(f"       own settings: {_settings_text(r['settings'])}")
         for line in r["training"]:

@@ -143,17 +143,28 @@ def adjust_family(pairs: list[dict]) -> list[dict]:
     return pairs
 
 
+def _state(run: RunFolder) -> str:
+    """A study's run as the next `medcad study` finds it: "finished" (skipped), "resumes" or "new"."""
+    return "finished" if run.metrics.is_file() else "resumes" if run.config.is_file() else "new"
+
+
 def _given(cfg: TrainConfig, than: TrainConfig) -> dict:
     """The settings of `cfg` that differ from those of `than`."""
     a, b = cfg.to_dict(), than.to_dict()
     return {k: v for k, v in a.items() if v != b[k]}
 
 
-def plan_study(path: str | Path, data_options: DataOptions | None = None) -> dict:
+def study_folder(spec: StudySpec, out: str | Path | None = None) -> Path:
+    """A study's folder: `out`, or studies/<its name> beside the study file (absolute)."""
+    return (Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)).resolve()
+
+
+def plan_study(path: str | Path, data_options: DataOptions | None = None, out: str | Path | None = None) -> dict:
     """What a study would train, without training or writing anything: every run (protocol step, domains it trains
     on, the run it continues from), its settings and its training stages (optimiser, learning rate per parameter
-    group, schedule). The data need not exist yet; it is read only to find the domains of a transfer protocol
-    whose file names none.
+    group, schedule), as it will train in the study folder (`out`, see `study_folder`): a run already there is
+    shown with the settings it resumes with (`state` "resumes"), or as "finished" (skipped). The data need not exist
+    yet; it is read only to find the domains of a transfer protocol whose file names none.
 
     Raises:
         ConfigError: a bad study file, settings that cannot train, or a protocol without its domains.
@@ -166,10 +177,13 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None) -> dic
     domains = list(spec.domains or [])
     if not domains and found and spec.protocol not in ("holdout", "kfold", "compare"):
         domains = sorted(set(load_manifest(spec.data, base.data_options()).table["domain"]) - {""})
+    study_dir = study_folder(spec, out)
     runs = []
     for e in expand(spec, domains):
         cfg = base.replace(**e.model.settings)
-        training = schedule_lines(cfg)
+        run_dir = study_dir / "runs" / _slug(e.name)
+        settled = settled_settings(cfg, run_dir, study_dir / "runs" / _slug(e.init) if e.init else None)
+        training = schedule_lines(settled)
         if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
             training[0] = f"stage 1: none (the head continues from {e.init}'s fold models)"
         runs.append(
@@ -179,15 +193,17 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None) -> dic
                 "train_domains": list(e.train_domains or []) or "all",
                 "init": e.init,
                 "run": f"runs/{_slug(e.name)}",
+                "state": _state(RunFolder(run_dir)),
                 "settings": _given(cfg, base),
                 "training": training,
-                "config": settled_settings(cfg).to_dict(),  # as a new run saves it
+                "config": settled.to_dict(),  # as the run saves it, or saved it when it resumes
             }
         )
     split = f"holdout {base.holdout:g}" if base.holdout is not None else f"{base.folds} folds"
     return {
         "name": spec.name,
         "file": str(spec.path),
+        "folder": str(study_dir),
         "data": str(spec.data),
         "data_found": found,
         "task": spec.task,
@@ -256,7 +272,7 @@ def prepare_study(
     from medcad.engine.train import splits_for
 
     spec = load_study(path)
-    study_dir = (Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)).resolve()
+    study_dir = study_folder(spec, out)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(spec.path.read_text())
     base = spec.base
