@@ -16,7 +16,9 @@ from medcad.errors import MedcadError
 @with_data_options
 def study(
     study_file: Annotated[Path, typer.Argument(help="Study YAML: data, task, models, protocol, settings.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: beside the file).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Study folder (default: studies/<its name> beside the file).")
+    ] = None,
     make_report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
     executor: Annotated[
         str, typer.Option(help="local (runs one after another here) or ray (each fold a task on a Ray cluster).")
