@@ -31,12 +31,15 @@ class Run:
         task: its task (`medcad.tasks`).
         compute: its resolved compute (accelerator, devices, nodes, strategy, precision).
         folder: its run folder's layout.
+        saved: the settings its folder's config.json holds, as the run trained with them (`saved_settings`); None
+            for a new run. A resumed run is checked against them (`engine.train`).
     """
 
     cfg: TrainConfig
     task: Task
     compute: Compute
     folder: RunFolder
+    saved: TrainConfig | None = None
 
     @classmethod
     def resolve(cls, cfg: TrainConfig, out: str | Path, init_run: str | Path | None = None) -> Run:
@@ -62,7 +65,8 @@ class Run:
             from medcad.models.segmentation import check_arch
 
             check_arch(cfg.arch)
-        return cls(settled_settings(cfg, out, init_run), task, compute, RunFolder(Path(out)))
+        saved = saved_settings(out)
+        return cls(settled_settings(cfg, saved, init_run), task, compute, RunFolder(Path(out)), saved)
 
     def with_settings(self, cfg: TrainConfig) -> Run:
         """The same run with settings completed from the data (e.g. the lesion classes read from dataset.json);
@@ -83,35 +87,37 @@ class Run:
 
 
 def settled_settings(
-    cfg: TrainConfig, out: str | Path | None = None, init_run: str | Path | None = None
+    cfg: TrainConfig, resumed: TrainConfig | None = None, init_run: str | Path | None = None
 ) -> TrainConfig:
     """`cfg` with the settings whose "unset" means a default written out as the run will use them, so that its
     config.json keeps what it was made with and a later change of default does not change how it resumes.
+    `resumed`: the settings of the run it resumes (`saved_settings` of its folder), None for a new run.
 
-    - `decoder_channels` "auto": the widths of the models the run resumes (a run folder at `out`) or continues from
-      (`init_run`) when task and architecture match, else the architecture's default; then one spelling
-      (`tasks.decoder_setting`: None for smp's widths).
-    - `freeze_stride` None: the stride of the run it resumes (`trained_freeze_stride`), else the task's default
-      (`tasks.freeze_stride`). A run continuing from another run's models takes today's default: the freeze is a
-      recipe, not part of the model.
+    - `decoder_channels` "auto": the widths of the models the run resumes or continues from (`init_run`) when task
+      and architecture match, else the architecture's default; then one spelling (`tasks.decoder_setting`: None for
+      smp's widths).
+    - `freeze_stride` None: the stride of the run it resumes, else the task's default (`tasks.freeze_stride`). A run
+      continuing from another run's models takes today's default: the freeze is a recipe, not part of the model.
     """
-    unset_widths, unset_stride = cfg.decoder_channels == "auto", cfg.freeze_stride is None
-    resumed = _saved_settings(out) if unset_widths or unset_stride else None
-    if unset_stride:
-        cfg = replace(cfg, freeze_stride=freeze_stride(cfg) if resumed is None else trained_freeze_stride(resumed))
-    made = resumed or (_saved_settings(init_run) if unset_widths else None)
+    unset_widths = cfg.decoder_channels == "auto"
+    if cfg.freeze_stride is None:
+        cfg = replace(cfg, freeze_stride=freeze_stride(cfg) if resumed is None else resumed.freeze_stride)
+    made = resumed or (saved_settings(init_run) if unset_widths else None)
     if unset_widths and made is not None and (made.task, made.arch) == (cfg.task, cfg.arch):
         cfg = replace(cfg, decoder_channels=made.decoder_channels)  # as the models it resumes or continues from
     return replace(cfg, decoder_channels=decoder_setting(cfg))  # one spelling, so a run resumes however written
 
 
-def trained_freeze_stride(saved: TrainConfig) -> int:
-    """The freeze stride a saved run trained with: its own, or for one saved as None (runs made from 2026-11-30 to
-    2026-12-04, before strides were written out) the default of then, 4 for classifiers (`tasks.freeze_stride`)."""
-    return saved.freeze_stride if saved.freeze_stride is not None else freeze_stride(saved, classifier_default=4)
+def saved_settings(run: str | Path | None) -> TrainConfig | None:
+    """The settings saved in the run folder `run` (its config.json) as the run trained with them, if there is one:
+    a freeze stride saved as None (runs made from 2026-11-30 to 2026-12-04, before strides were written out) is the
+    default of then, 4 for classifiers (`tasks.freeze_stride`).
 
-
-def _saved_settings(run: str | Path | None) -> TrainConfig | None:
-    """The settings saved in the run folder `run` (its config.json), if there is one."""
+    Raises:
+        ConfigError: an unreadable config.json.
+    """
     path = RunFolder(Path(run)).config if run is not None else None
-    return TrainConfig.load(path) if path is not None and path.is_file() else None
+    if path is None or not path.is_file():
+        return None
+    saved = TrainConfig.load(path)
+    return saved if saved.freeze_stride is not None else replace(saved, freeze_stride=freeze_stride(saved, 4))

@@ -217,7 +217,7 @@ def freeze_stride(cfg: TrainConfig, classifier_default: int = 8) -> int:
     """The output stride up to which a run's pretrained encoder stays frozen in fine-tuning (see
     `medcad.models.backbones.freeze_early_stages`): `cfg.freeze_stride`, or when it is None the default, 0 with a
     stage list (its "all" means every layer) and else the task's: `classifier_default` for classifiers (4 in runs
-    saved before 2026-12-04, see `medcad.run.trained_freeze_stride`), 0 for mask models and detectors.
+    saved before 2026-12-04, see `medcad.run.saved_settings`), 0 for mask models and detectors.
 
     Default, measured (docs/results.md): 8 for classifiers (stage 2). BUSI lite0, 5 grouped folds, every layer / stride
     4 / stride 8: at 160 px, 8 epochs accuracy 0.801 / 0.817 / 0.808, macro AUC 0.928 / 0.931 / 0.936 (2026-11-30); at

@@ -27,7 +27,7 @@ from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
-from medcad.run import Run, trained_freeze_stride
+from medcad.run import Run
 from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
 from medcad.tasks import Task, get_task, split_labels
@@ -94,11 +94,10 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
 
 
 def _check_resume(run: Run) -> None:
-    path, cfg = run.folder.config, run.cfg
-    if not path.is_file():
+    cfg = run.cfg
+    if run.saved is None:
         return
-    saved = TrainConfig.load(path)
-    old = saved.to_dict() | {"freeze_stride": trained_freeze_stride(saved)}
+    old = run.saved.to_dict()
     if old.get("precision") == run.compute.precision:
         old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
     if cfg.mask_labels is None:

@@ -19,7 +19,7 @@ from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
-from medcad.run import settled_settings
+from medcad.run import saved_settings, settled_settings
 from medcad.runfolder import RunFolder
 from medcad.study.executors import RunJob
 from medcad.study.spec import ModelSpec, StudySpec, load_study
@@ -182,7 +182,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     for e in expand(spec, domains):
         cfg = base.replace(**e.model.settings)
         run_dir = study_dir / "runs" / _slug(e.name)
-        settled = settled_settings(cfg, run_dir, study_dir / "runs" / _slug(e.init) if e.init else None)
+        settled = settled_settings(cfg, saved_settings(run_dir), study_dir / "runs" / _slug(e.init) if e.init else None)
         training = schedule_lines(settled)
         if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
             training[0] = f"stage 1: none (the head continues from {e.init}'s fold models)"
