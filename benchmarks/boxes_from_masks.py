@@ -23,7 +23,7 @@ from common import write_result
 from medcad.data.boxes import manifest_boxes
 from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits
-from medcad.engine.results import fold_test_masks
+from medcad.engine.mask_results import fold_test_masks
 from medcad.metrics.detection import detection_metrics
 
 HERE = Path(__file__).resolve().parent

@@ -31,7 +31,7 @@ def pick_cases(pred: pd.DataFrame, per_kind: int = 4) -> list[tuple[str, pd.Seri
 def _fold_masks(run: Path, fold: int) -> dict[int, np.ndarray]:
     """Test row -> its predicted lesion probabilities (S, S) uint8, or for label-map runs its class map (S, S)
     uint8 (0 none, c for class c - 1; `medcad.metrics.label_maps.class_index_map`)."""
-    from medcad.engine.results import fold_test_lesion_classes, fold_test_masks
+    from medcad.engine.mask_results import fold_test_lesion_classes, fold_test_masks
     from medcad.metrics.label_maps import class_index_map
 
     folder = RunFolder(run).fold(fold).path

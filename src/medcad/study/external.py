@@ -12,8 +12,8 @@ from medcad.config import DataOptions
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.engine.evaluate import load_run_config
+from medcad.engine.mask_results import external_mask_results
 from medcad.engine.results import (
-    external_mask_results,
     multilabel_table,
     pooled_metrics,
     prediction_table,

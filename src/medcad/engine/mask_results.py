@@ -1,0 +1,218 @@
+"""A run's predicted masks scored: its folds' test masks pooled into the "segmentation" metrics (at each image's own
+size, at the training size, per label, per lesion class, after the frame-level decisions), and an external set's
+masks scored the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcad.data.labelmaps import MaskLabels
+from medcad.data.manifest import Manifest
+from medcad.runfolder import FoldFolder, RunFolder
+from medcad.tasks import reference_label
+
+
+def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's test rows and predicted lesion probabilities (n, S, S) uint8 0..255 (test_masks.npz)."""
+    with np.load(FoldFolder(fold_dir).masks) as z:
+        return z["rows"], z["probs"]
+
+
+def fold_test_lesion_classes(fold_dir: Path) -> np.ndarray | None:
+    """A label-map run's fold: its test images' lesion-class probabilities (n, K, S, S) uint8, else None."""
+    with np.load(FoldFolder(fold_dir).masks) as z:
+        return z["lesion_classes"] if "lesion_classes" in z.files else None
+
+
+FRAME_SPECIFICITY = 0.90  # the second frame-level decision: this share of lesion-free validation frames kept clean
+
+
+def _spec_frame_threshold(result: dict, masks: np.ndarray, normal: int, specificity: float) -> float:
+    """The lowest P(not normal) threshold that leaves `specificity` of the fold's lesion-free validation frames
+    without a lesion (0.0 when its validation part lacks lesion-free or lesion frames: keep every mask)."""
+    from medcad.metrics.operating import choose_threshold
+    from medcad.metrics.segmentation import frame_scores
+
+    val = np.asarray(result["val_rows"], dtype=int)
+    lesion = np.asarray(masks[val]).reshape(len(val), -1).any(axis=1)
+    score = frame_scores("p_lesion", None, result["val_probs"], normal, temperature=result.get("temperature") or 1.0)
+    t = choose_threshold(lesion, score, f"spec>={specificity}")
+    return 0.0 if np.isnan(t) else t
+
+
+def segmentation_results(
+    manifest: Manifest,
+    masks: np.ndarray,
+    run: Path,
+    results: list[dict],
+    groups_of: dict,
+    labels: list[str],
+    mask_classes: MaskLabels | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Dice/IoU of the folds' predicted test masks, pooled over folds with cluster-bootstrap CIs, per fold, and per
+    label; with the per-image table.
+
+    The headline figures are scored at each image's own resolution (predicted probabilities resized back before
+    thresholding) with HD95; the figures at the training size (against `masks`) stay beside them in
+    "training_size" and the table's dice_training_size column. With `mask_classes` (label maps) the headline is
+    lesion against background and "per_class", "class_dice", "class_iou" score each lesion class
+    (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
+    from medcad.engine.fullres import native_mask_scores
+    from medcad.metrics.segmentation import (
+        apply_frame_decision,
+        dice_iou,
+        frame_scores,
+        mask_counts,
+        per_image_table,
+        segmentation_metrics,
+    )
+    from medcad.metrics.stats import mean_sd
+
+    keys = manifest.keys
+    parts, small, dists, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], set()
+    spec_decided, spec_thresholds = [], []
+    ref = reference_label(labels)
+    normal = labels.index(ref) if ref is not None else None
+    by_class: list[tuple] = []
+    for r in results:
+        rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
+        small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
+        lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path) if mask_classes else None
+        c, d, classes_scored = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
+        if classes_scored is not None:
+            by_class.append(classes_scored)
+        parts.append((rows, c))
+        decision = r.get("decision") or {}
+        if decision:  # the fold's frame-level decision on its test frames
+            kinds.add(decision["frame_score"])
+            t_fold = r.get("temperature") or 1.0  # the fold's class probabilities as its predictor scales them
+            score = frame_scores(decision["frame_score"], probs, r.get("test_probs"), normal, temperature=t_fold)
+            decided.append(apply_frame_decision(c, score, decision["min_frame_score"]))
+            if decision["frame_score"] == "p_lesion" and "val_probs" in r:  # the clinician's operating point
+                t = _spec_frame_threshold(r, masks, normal, FRAME_SPECIFICITY)
+                spec_decided.append(apply_frame_decision(c, score, t))
+                spec_thresholds.append(t)
+        thresholds.append(decision.get("min_frame_score"))
+        dists.append(d)
+        fm = segmentation_metrics(c, n_boot=0)
+        per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
+    rows = np.concatenate([p[0] for p in parts])
+    counts, counts_small = _joined([p[1] for p in parts]), _joined(small)
+    dist = np.concatenate(dists)
+    groups = np.array([groups_of.get(keys[i], i) for i in rows])
+    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]))
+    not_normal = f"the class head's probability that the frame is not {reference_label(labels)!r}"
+    if len(decided) == len(results):  # runs from before the frame-level decision have none
+        what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
+        rule = f"a frame shows a lesion when {what} reaches the fold's threshold, chosen on its validation part to "
+        rule += "maximise mean Dice; the masks of other frames are emptied"
+        m["frame_decision"] = _decided(decided, groups, sorted(kinds), rule, thresholds)
+    if len(spec_decided) == len(results):
+        rule = f"a frame shows a lesion when {not_normal} reaches the fold's threshold, chosen on its validation part "
+        rule += f"as the lowest that leaves at least {FRAME_SPECIFICITY:.0%} of the lesion-free validation frames "
+        rule += "without lesion pixels"
+        m["frame_decision_specificity"] = _decided(spec_decided, groups, ["p_lesion"], rule, spec_thresholds)
+    label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
+    if len(set(label_of)) > 1:
+        m["by_label"] = {
+            lab: segmentation_metrics(
+                {k: v[label_of == lab] for k, v in counts.items()}, groups=groups[label_of == lab]
+            )
+            for lab in labels
+            if (label_of == lab).any()
+        }
+    m["per_fold"] = per_fold
+    m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("dice", "iou")}
+    table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
+    if by_class:
+        m |= _class_results(by_class, mask_classes, groups, table)
+    table.insert(1, "fold", np.concatenate([[r["fold"]] * len(p[0]) for r, p in zip(results, parts, strict=True)]))
+    table.insert(2, "label", label_of)
+    table["hd95_px"] = dist
+    table["dice_training_size"] = dice_iou(counts_small)[0]
+    if "frame_decision" in m:
+        table["dice_frame_decision"] = dice_iou(_joined(decided))[0]
+    return m, table
+
+
+def _joined(per_fold: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image count arrays of several folds, joined in fold order."""
+    return {k: np.concatenate([c[k] for c in per_fold]) for k in per_fold[0]}
+
+
+def _decided(per_fold: list[dict], groups: np.ndarray, frame_score: list[str], rule: str, thresholds: list) -> dict:
+    """Segmentation metrics after a frame-level decision (the folds' counts with emptied masks), with its rule."""
+    from medcad.metrics.segmentation import segmentation_metrics
+
+    metrics = segmentation_metrics(_joined(per_fold), groups=groups)
+    return {**metrics, "frame_score": frame_score, "rule": rule, "thresholds": thresholds}
+
+
+def external_mask_results(
+    manifest: Manifest,
+    probs: np.ndarray,
+    true_small: np.ndarray,
+    groups: np.ndarray,
+    missing: str,
+    lesion_classes: np.ndarray | None = None,
+    classes: MaskLabels | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """An external set's masks scored as a run's are: at each image's own size (Dice, IoU with cluster-bootstrap CIs,
+    HD95), with the training-size figures beside them and, for label maps, each lesion class.
+
+    Args:
+        manifest: the external set (every row predicted, in order).
+        probs: (N, S, S) predicted lesion probabilities, float 0..1 at the training size.
+        true_small: (N, S, S) its masks at the training size (label maps: class indices).
+        groups: (N,) cluster of each image (patient, else the image).
+        missing: the run's policy for images without a mask.
+        lesion_classes, classes: label maps: (N, K, S, S) the classes' probabilities 0..1, and the run's classes.
+
+    Returns:
+        (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, dice_training_size and
+        dice_<class> columns).
+    """
+    from medcad.engine.fullres import native_mask_scores
+    from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table
+
+    rows = np.arange(len(manifest))
+    as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    probs = as_u8(probs)
+    counts, dist, classes_scored = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes)
+    small = mask_counts(probs >= 128, true_small > 0)
+    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]))
+    table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
+    if classes_scored is not None:
+        m |= _class_results([classes_scored], classes, groups, table)
+    table["hd95_px"] = dist
+    table["dice_training_size"] = dice_iou(small)[0]
+    return m, table
+
+
+def _native_size_metrics(counts: dict, small: dict, dist: np.ndarray, groups: np.ndarray, size: int) -> dict:
+    """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
+    "training_size", at the S x S training size: the same for a run's test images and an external set's."""
+    from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
+
+    m = segmentation_metrics(counts, groups=groups)
+    m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
+    m["hd95"] = hd95_summary(dist, groups=groups)
+    m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
+    return m
+
+
+def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
+    """Label maps: per-class metrics of the folds' (counts per class, HD95 (n, K)) pairs, and a dice_<class> column
+    per class in `table`."""
+    from medcad.metrics.label_maps import class_metrics
+    from medcad.metrics.segmentation import dice_iou
+
+    names = list(classes.names)
+    counts = [_joined([f[0][c] for f in by_class]) for c in range(len(names))]
+    for name, c in zip(names, counts, strict=True):
+        table[f"dice_{name}"] = dice_iou(c)[0]
+    out = class_metrics(counts, names, hd95_px=np.concatenate([f[1] for f in by_class]), groups=groups)
+    return out | {"lesion_classes": classes.describe()}
