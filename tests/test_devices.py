@@ -163,3 +163,83 @@ print(torch.backends.cpu.get_cpu_capability(), float(np.abs(got - want).max() / 
     assert out.returncode == 0, out.stderr[-2000:]
     capability, error = out.stdout.split()
     assert capability == "AVX2" and float(error) < (0.05 if backend.endswith("bf16") else 1e-4)
+
+
+QUOTA_PROBE = """
+import json, torch
+from medcad.devices import machine, runtime_threads
+from medcad.inference.onnx import GraphSession  # noqa: F401  (imports as predict does)
+from medcad.inference.predictor import Predictor  # noqa: F401
+from medcad.devices import fit_torch_threads
+before = torch.get_num_threads()
+fit_torch_threads()
+print(json.dumps({"machine": machine().to_dict(), "runtime_threads": runtime_threads(), "torch_before": before,
+                  "torch_after": torch.get_num_threads()}))
+"""
+
+
+def _probe(prefix: list[str], env: dict) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LOKY_MAX_CPU_COUNT")}
+    out = subprocess.run(
+        [*prefix, sys.executable, "-c", QUOTA_PROBE], env={**base, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _one_cpu_container(tmp_path) -> list[str]:
+    """A command prefix that runs a process as a container limited to one CPU does: in a cgroup v1 CPU group with a
+    quota of 100 ms per 100 ms, mounted (in a mount namespace of its own) where a container sees its cgroup. Skips
+    where this machine cannot (not root, no cgroup v1 CPU controller, no unshare)."""
+    import os
+    import shutil
+    import subprocess
+
+    group = "/sys/fs/cgroup/cpu/medcad-test"
+    if os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/cpu") or shutil.which("unshare") is None:
+        pytest.skip("needs root, a cgroup v1 CPU controller and unshare to make a CPU quota")
+    try:
+        os.makedirs(group, exist_ok=True)
+        with open(f"{group}/cpu.cfs_quota_us", "w") as f:
+            f.write("100000")
+    except OSError as e:
+        pytest.skip(f"cannot make a CPU quota here: {e}")
+    script = tmp_path / "in_quota.sh"
+    script.write_text(
+        f'#!/bin/sh\nmount --bind {group} /sys/fs/cgroup/cpu && echo $$ > /sys/fs/cgroup/cpu/tasks && exec "$@"\n'
+    )
+    script.chmod(0o755)
+    if subprocess.run(["unshare", "-m", str(script), "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m cannot run here")
+    return ["unshare", "-m", str(script)]
+
+
+def test_a_cpu_quota_sets_the_threads(tmp_path) -> None:
+    """In a container whose CPU quota is one CPU while its affinity mask shows every core (`docker run --cpus 1`),
+    medcad counts one core and torch (and the graph runtimes) get one thread, not one per core of the mask (which
+    oversubscribes the quota: lite0 predicted 1.15-1.54x slower so on this 2-core machine); OMP_NUM_THREADS stays
+    the user's choice."""
+    if devices.machine().affinity_cores < 2:
+        pytest.skip("needs 2 cores or more")
+    prefix = _one_cpu_container(tmp_path)
+    got = _probe(prefix, {})
+    m = got["machine"]
+    assert (m["cores"], m["affinity_cores"]) == (1, devices.machine().affinity_cores)
+    assert got["runtime_threads"] == 1 and got["torch_before"] > 1 and got["torch_after"] == 1
+    mine = _probe(prefix, {"OMP_NUM_THREADS": "2"})
+    assert mine["runtime_threads"] is None and mine["torch_after"] == 2
+    free = _probe([], {})  # outside the quota: every core, the runtimes' own default
+    assert free["machine"]["cores"] == free["machine"]["affinity_cores"] and free["runtime_threads"] is None
+
+
+def test_joblibs_cpu_limit_counts_too() -> None:
+    """LOKY_MAX_CPU_COUNT (joblib's limit, which medcad's core count goes through) lowers the cores like a quota."""
+    if devices.machine().affinity_cores < 2:
+        pytest.skip("needs 2 cores or more")
+    got = _probe([], {"LOKY_MAX_CPU_COUNT": "1"})
+    assert got["machine"]["cores"] == 1 and got["runtime_threads"] == 1 and got["torch_after"] == 1

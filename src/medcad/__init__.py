@@ -1,5 +1,6 @@
 """medcad: computer-aided diagnosis studies on endoscopy and ultrasound images."""
 
+import functools
 import os
 
 __version__ = "0.1.0"
@@ -31,6 +32,21 @@ def _cap_torch_kernels() -> None:
 
 
 _CAPPED = "MEDCAD_CAPPED_ONEDNN"
+
+
+@functools.cache
+def usable_cores() -> int:
+    """CPU cores this process may use: those of its affinity mask, fewer under a container's CPU quota (cgroup v1 /
+    v2 CPU bandwidth, e.g. `docker run --cpus 2` on a 64-core host, where os.cpu_count() says 64) or under
+    LOKY_MAX_CPU_COUNT: joblib's count (`joblib.cpu_count`, which reads the quota), never more than the mask."""
+    from joblib import cpu_count
+
+    return min(affinity_cores(), cpu_count())
+
+
+def affinity_cores() -> int:
+    """The cores of this process's affinity mask (what torch and ONNX Runtime size their thread pools by)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def release_onednn_cap() -> None:

@@ -71,7 +71,8 @@ def checks(as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps(report, indent=1))
         return
     m = report["machine"]
-    typer.echo(f"CPU: {m['cpu']} ({m['kind']}; {m['cores']} cores; flags from {m['flags_source']})")
+    quota = f" of the {m['affinity_cores']} its affinity shows: a CPU quota" if m["cores"] < m["affinity_cores"] else ""
+    typer.echo(f"CPU: {m['cpu']} ({m['kind']}; {m['cores']} core{'s' * (m['cores'] != 1)}{quota}; flags from {m['flags_source']})")
     typer.echo(f"  native bf16: {m['native_bf16']}, VNNI: {m['vnni']}, torch kernels: {m['torch_cpu_capability']}")
     typer.echo(f"  flags: {', '.join(m['flags']) or 'none of those medcad looks at'}")
     if m["flags_source"] != "cpuinfo":

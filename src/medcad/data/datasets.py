@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medcad import usable_cores
 from medcad.data.cache import cache_dir
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image, read_mask
@@ -73,7 +74,7 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
         except DataError as e:
             errors.append(e)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         it = pool.map(one, range(n))
         if progress:
             from rich.progress import track

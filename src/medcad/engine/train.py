@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medcad.config import COMPUTE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, image_cache_key
@@ -22,7 +21,7 @@ from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
-from medcad.devices import is_primary, join_launched_processes, rank_zero_first
+from medcad.devices import fit_torch_threads, is_primary, join_launched_processes, rank_zero_first
 from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
@@ -166,8 +165,7 @@ def train_run(
     quiet_lightning()
     run = Run.resolve(cfg, out, init_run)  # bad settings fail here, before anything is written (task, compute, ...)
     logger_names(cfg)  # ... and an unknown logger
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    fit_torch_threads(cfg.threads)
     out, folder = run.folder.root, run.folder
     join_launched_processes(run.compute)
     primary = is_primary()

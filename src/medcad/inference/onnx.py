@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medcad.devices import runtime_threads
 from medcad.errors import ConfigError
 from medcad.runfolder import RunFolder
 
@@ -28,11 +29,12 @@ class GraphSession:
     Args:
         path: the .onnx file.
         backend: one of GRAPH_BACKENDS (the runtime and, for OpenVINO, the inference precision).
-        threads: CPU threads (None: the runtime's default, all cores).
+        threads: CPU threads (None: the runtime's default, all cores; a CPU quota's cores under one).
     """
 
     def __init__(self, path: str | Path, backend: str, threads: int | None = None) -> None:
         self.path, self.backend = Path(path), backend
+        threads = runtime_threads(threads)
         if backend.startswith("openvino"):
             from medcad import release_onednn_cap
 

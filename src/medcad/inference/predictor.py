@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcad import usable_cores
 from medcad.checkpoint import load_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
 from medcad.data.io import MAX_PIXELS_ENV, max_pixels, read_image
 from medcad.data.labelmaps import parse_mask_labels
 from medcad.data.transforms import Normalize
-from medcad.devices import torch_device
+from medcad.devices import fit_torch_threads, torch_device
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, graph_session
 from medcad.inference.prediction import Prediction
@@ -82,8 +83,7 @@ class Predictor:
                 f"backend {backend!r} is not available for {'/'.join(self.tasks)} runs; choose one of "
                 f"{', '.join(self.backends)}"
             )
-        if threads:
-            torch.set_num_threads(threads)
+        fit_torch_threads(threads)
         self.run, self.fold, self.backend, self.threads, self.threshold = Path(run), fold, backend, threads, threshold
         self.files, loaded = load_models(self.run, fold, *self.tasks)
         self.device = torch_device(device)
@@ -167,7 +167,7 @@ class Predictor:
             raise ValueError(f"errors={errors!r}: use 'yield' or 'raise'")
         max_pixels()  # a bad MEDCAD_MAX_PIXELS is one ConfigError here, not a failure of every file in the workers
         if workers is None:
-            workers = min(4, os.cpu_count() or 1) if len(paths) > batch else 0
+            workers = min(4, usable_cores()) if len(paths) > batch else 0
         files = _ImageFiles(paths, self.config.image_size, self.config.bilateral, self.config.interface)
         # workers start from a clean forkserver process, never forked from this one: a fork of a process whose
         # OpenVINO / ONNX Runtime thread pools are running crashed it (signal 11) now and then. The forkserver

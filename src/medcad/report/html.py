@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from medcad import __version__
+from medcad import __version__, usable_cores
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
 from medcad.runfolder import RunFolder
@@ -64,8 +63,8 @@ def _one_thread() -> None:
 
 def _write_run_reports(runs: list[str], gallery: bool) -> None:
     """Each run's report.html. Rendering is single-threaded (matplotlib, Python), so a study of four runs or more
-    splits them between up to `os.cpu_count()` (at most 4) worker processes; an error in any is raised here."""
-    workers = min(os.cpu_count() or 1, 4, len(runs) // 2)
+    splits them between up to `usable_cores()` (at most 4) worker processes; an error in any is raised here."""
+    workers = min(usable_cores(), 4, len(runs) // 2)
     if workers < 2:
         _write_runs(runs, gallery)
         return
