@@ -8,12 +8,14 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import noise_image, save
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import label_key
+from medcad.errors import DataError
 
 
 def _csv_set(root: Path, style: str, n: int = 8) -> list[str]:
@@ -136,3 +138,43 @@ def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) 
         # every row names an image that exists, and labels that differ only in spelling are one class
         assert all((root / img).is_file() for img in m.table["image"])
         assert len(m.labels) == len({label_key(v) for v in labels}) + stray_class
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3), st.sampled_from(["benign", "malignant"]), st.sampled_from(["P1", "P2"]), st.booleans()
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_an_image_listed_twice_is_read_once_or_named(rows) -> None:
+    """Rows naming one image (also as ./images/x.png) with the same fields are one sample; with different fields
+    (a label, a patient) every such row is left out and named, never scored with another row's label."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        listed = []
+        for image, label, patient, dotted in rows:
+            rel = f"images/img{image}.png"
+            if not (root / rel).is_file():
+                save(root / rel, noise_image(image))
+            listed.append({"image": f"./{rel}" if dotted else rel, "label": label, "patient": patient})
+        pd.DataFrame(listed).to_csv(root / "manifest.csv", index=False)
+        fields = {}
+        for image, label, patient, _ in rows:
+            fields.setdefault(f"images/img{image}.png", set()).add((label, patient))
+        agreeing = {img: f.pop() for img, f in fields.items() if len(f) == 1}
+        if not agreeing:  # every row left out: the read stops, naming why
+            with pytest.raises(DataError, match=r"listed \d+ times with different"):
+                load_manifest(root)
+            return
+        m = load_manifest(root)
+        got = {os.path.normpath(img): (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
+        assert got == agreeing and len(m) == len(agreeing)  # each image once, with its only fields
+        conflicting = [r for r in rows if f"images/img{r[0]}.png" not in agreeing]
+        named = [reason for _, reason in m.ledger.left_out if "listed" in reason]
+        assert len(named) == len(conflicting) == m.ledger.total - m.ledger.used
+        repeated = sum(1 for img in agreeing if sum(f"images/img{r[0]}.png" == img for r in rows) > 1)
+        assert ("listed more than once with the same fields" in " ".join(m.notes)) == (repeated > 0)

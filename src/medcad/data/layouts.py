@@ -26,6 +26,7 @@ from medcad.data.manifest import (
     label_spellings,
     make_table,
     nfc,
+    one_row_per_image,
     patients_from_paths,
     rename_labels,
 )
@@ -299,6 +300,7 @@ def load_manifest(
         raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(READERS)}")
     manifest = reader(p, options)
     manifest.notes.insert(0, f"layout {layout!r}: {why}")
+    one_row_per_image(manifest)
     rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
     rename_labels(manifest, {nfc(a): nfc(b) for a, b in options.label_mapping().items()})
     rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
@@ -317,7 +319,7 @@ def load_manifest(
     manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
     manifest.notes.append(manifest.ledger.line())
     if len(manifest.table) == 0:
-        found = "; ".join(f"{a}: {b}" for a, b in manifest.problems[:5])
+        found = "; ".join(list(dict.fromkeys(f"{a}: {b}" for a, b in manifest.problems))[:5])
         raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
     return manifest
 

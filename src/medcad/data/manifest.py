@@ -234,3 +234,40 @@ def patients_from_paths(manifest: Manifest, regex: str) -> None:
         f"patient ids from --group-from {regex!r}: {ids[ids != ''].nunique()} patients{replaced}"
         + (f"; {n_missing} images match nothing and stay ungrouped by patient" if n_missing else "")
     )
+
+
+def one_row_per_image(manifest: Manifest) -> None:
+    """Each image (each DICOM frame) in one row, as sample identity by key needs: rows naming the same file
+    (`a.jpg` and `./a.jpg` alike) with the same fields are read once, with a note; rows naming it with different
+    fields (two labels, two masks) are all left out as problems naming what differs, since which one is right
+    cannot be told (a run would otherwise score both rows with one row's label)."""
+    table = manifest.table
+    same_image: dict[str, list[int]] = {}
+    for i, (img, fr) in enumerate(zip(table["image"], table["frame"], strict=True)):
+        key = os.path.normpath(img) + ("" if pd.isna(fr) else f"#{int(fr)}")
+        same_image.setdefault(key, []).append(i)
+    repeated = [rows for rows in same_image.values() if len(rows) > 1]
+    if not repeated:
+        return
+    keep, merged = np.ones(len(table), bool), []
+    fields = [c for c in table.columns if c != "image"]
+    for rows in repeated:
+        part = table.iloc[rows][fields].astype(str)
+        differs = [c for c in fields if part[c].nunique() > 1]
+        if not differs:
+            keep[rows[1:]] = False
+            merged.append((table["image"].iat[rows[0]], len(rows)))
+            continue
+        keep[rows] = False
+        what = "; ".join(f"{c}: {' / '.join(repr(v) for v in dict.fromkeys(part[c]))}" for c in differs)
+        for i in rows:
+            manifest.problems.append(
+                (table["image"].iat[i], f"listed {len(rows)} times with different {', '.join(differs)} ({what})")
+            )
+    manifest.table = table[keep].reset_index(drop=True)
+    if merged:
+        image, n = merged[0]
+        manifest.notes.append(
+            f"{len(merged)} image(s) listed more than once with the same fields, each read once (e.g. {image!r}, "
+            f"{n} times)"
+        )
