@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,3 +179,24 @@ def test_an_image_listed_twice_is_read_once_or_named(rows) -> None:
         assert len(named) == len(conflicting) == m.ledger.total - m.ledger.used
         repeated = sum(1 for img in agreeing if sum(f"images/img{r[0]}.png" == img for r in rows) > 1)
         assert ("listed more than once with the same fields" in " ".join(m.notes)) == (repeated > 0)
+
+
+def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None:
+    """`a.jpg` and `a.png` (two frames) with one mask `a`: which image it belongs to cannot be told, so both
+    images and the mask are left out and named (they were both given the mask), in both layouts with masks."""
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    pair, folders = tmp_path / "pair", tmp_path / "folders"
+    for i, ext in enumerate(("jpg", "png", "jpg")):
+        name = "a" if i < 2 else "b"
+        save(pair / "images" / f"{name}.{ext}", noise_image(i))
+        save(folders / "benign" / f"{name}.{ext}", noise_image(i))
+    for name in ("a", "b"):
+        save(pair / "masks" / f"{name}.png", mask)
+        save(folders / "benign" / f"{name}_mask.png", mask)
+    for root in (pair, folders):
+        m = load_manifest(root)
+        assert [Path(p).name for p in m.table["image"]] == ["b.jpg"] and m.table["mask"].iat[0]
+        left = dict(m.ledger.left_out)
+        assert {Path(p).name for p in left} == {"a.jpg", "a.png", "a.png" if root == pair else "a_mask.png"}
+        assert all("rename all but one" in r for r in left.values()), left

@@ -72,7 +72,8 @@ def checks(as_json: JsonOpt = False) -> None:
         return
     m = report["machine"]
     quota = f" of the {m['affinity_cores']} its affinity shows: a CPU quota" if m["cores"] < m["affinity_cores"] else ""
-    typer.echo(f"CPU: {m['cpu']} ({m['kind']}; {m['cores']} core{'s' * (m['cores'] != 1)}{quota}; flags from {m['flags_source']})")
+    cores = f"{m['cores']} core{'s' * (m['cores'] != 1)}{quota}"
+    typer.echo(f"CPU: {m['cpu']} ({m['kind']}; {cores}; flags from {m['flags_source']})")
     typer.echo(f"  native bf16: {m['native_bf16']}, VNNI: {m['vnni']}, torch kernels: {m['torch_cpu_capability']}")
     typer.echo(f"  flags: {', '.join(m['flags']) or 'none of those medcad looks at'}")
     if m["flags_source"] != "cpuinfo":

@@ -122,7 +122,13 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
                 ]
                 continue
             fields = {k: v for k, v in match.groupdict().items() if v is not None}
+        named = {f.stem: [] for f in images}
         for f in images:
+            named[f.stem].append(f.relative_to(path).as_posix())
+        shared = _masks_of_several_images(named, masks, problems)
+        for f in images:
+            if f.stem in shared:
+                continue
             row = {"image": f.relative_to(path).as_posix(), **fields}
             if f.stem in masks:
                 row["mask"] = MASK_SEP.join(sorted(masks[f.stem], key=lambda s: (len(s), s)))
@@ -216,15 +222,35 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
             )
         else:
             masks[(rel.parent / base).as_posix()].append(f)
+    named: dict[str, list[str]] = defaultdict(list)
+    for f in images:
+        named[f.relative_to(image_dir).with_suffix("").as_posix()].append(f.relative_to(path).as_posix())
+    shown = {k: [m.relative_to(path).as_posix() for m in v] for k, v in masks.items()}
+    shared = _masks_of_several_images(named, shown, problems)
     rows = []
     for f in images:
         key = f.relative_to(image_dir).with_suffix("").as_posix()
+        if key in shared:
+            continue
         row = {"image": f.relative_to(path).as_posix()}
         if key in masks:
             files = sorted(m.relative_to(path).as_posix() for m in masks[key])
             row["mask"] = MASK_SEP.join(sorted(files, key=lambda s: (len(s), s)))
         rows.append(row)
     return rows
+
+
+def _masks_of_several_images(images: dict[str, list[str]], masks: dict[str, list[str]], problems: list) -> set[str]:
+    """Stems whose masks match two images or more (`a.jpg` and `a.png`, both `a`): which image a mask belongs to
+    cannot be told, so each of those images and masks is named as a problem; returns the stems to leave out."""
+    shared = {stem for stem, files in images.items() if len(files) > 1 and masks.get(stem)}
+    for stem in sorted(shared):
+        both = ", ".join(images[stem])
+        for m in masks[stem]:
+            problems.append((m, f"a mask matching several images of one name: rename all but one ({both})"))
+        for img in images[stem]:
+            problems.append((img, f"another image has its name, so its mask is ambiguous: rename all but one ({both})"))
+    return shared
 
 
 def read_images_masks(path: Path, options: DataOptions) -> Manifest:
