@@ -47,6 +47,9 @@ MASKS = {
     "palette PNG": lambda p: _palette_mask(p / "e.png"),
     "RGB red on black": lambda p: _write(p / "f.png", np.stack([lesion(200), lesion(0), lesion(0)], -1)),
     "RGBA alpha only": lambda p: _write(p / "g.png", np.dstack([np.zeros((H, W, 3), np.uint8), lesion(255)])),
+    "RGBA one colour (an editor's red layer), lesion in alpha": lambda p: _write(
+        p / "j.png", np.dstack([np.full((H, W), 255, np.uint8), np.zeros((H, W, 2), np.uint8), lesion(255)])
+    ),
     "lossy JPEG 0/255": lambda p: _write(p / "h.jpg", lesion(255), quality=75),
     "label map 0/1/2 (two lesion classes)": lambda p: _write(
         p / "i.png", (lesion(1) + (np.arange(W) > 55) * 2).astype(np.uint8)
@@ -71,6 +74,15 @@ def test_empty_jpeg_mask_with_compression_noise_stays_empty(tmp_path: Path) -> N
     noisy[::7, ::5] = 3  # what JPEG ringing leaves around nothing
     mask, how = decode_mask(_write(tmp_path / "n.jpg", noisy, quality=60))
     assert not mask.any() and "constant" in how.rule
+
+
+def test_zero_one_mask_saved_as_jpeg_keeps_its_lesion(tmp_path: Path) -> None:
+    """A 0/1 mask re-saved as JPEG (values 0..2 after compression) was read as constant, i.e. empty."""
+    truth = np.zeros((256, 256), np.uint8)
+    truth[60:170, 40:200] = 1
+    mask, how = decode_mask(_write(tmp_path / "m.jpg", truth, quality=75))
+    assert "0/1 values saved lossy" in how.rule
+    assert 2 * (mask & (truth > 0)).sum() / (mask.sum() + truth.sum()) > 0.95
 
 
 def test_masks_of_one_image_are_unioned_whatever_their_encoding(tmp_path: Path) -> None:

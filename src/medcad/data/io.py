@@ -331,12 +331,14 @@ class MaskDecoding:
 
 
 def mask_plane(arr: np.ndarray) -> tuple[np.ndarray, str]:
-    """One plane from a mask array: alpha when the colour is constant and alpha is not, else the channel max."""
+    """One plane from a mask array: alpha when every colour channel is constant (one colour, e.g. an editor's red
+    layer) and alpha is not, else the channel max."""
     if arr.ndim == 2:
         return arr, ""
     if arr.shape[2] in (2, 4):
         colour, alpha = arr[..., :-1], arr[..., -1]
-        if colour.min() == colour.max() and alpha.min() != alpha.max():
+        flat = colour.reshape(-1, colour.shape[-1])
+        if (flat.min(axis=0) == flat.max(axis=0)).all() and alpha.min() != alpha.max():
             return alpha, "alpha channel, "
         arr = colour
     return arr.max(axis=2), ""
@@ -349,7 +351,8 @@ def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDec
       indices, several lesion classes): every non-zero value is lesion.
     - Lossy files (JPEG) and smooth masks (anti-aliased, probabilities) are thresholded halfway between their
       lowest and highest value, when that range spans at least a quarter of the data's full scale; a narrower
-      range is compression noise around one value, so the mask is constant (empty when that value is low).
+      range is compression noise around one value, so the mask is constant (empty when that value is low) -
+      except 0/1 masks saved lossy (values 0 to at most 8, a share of them 1 or more): thresholded at 0.5.
 
     Args:
         arr: (H, W) or (H, W, C) array of any dtype, as decoded.
@@ -371,6 +374,8 @@ def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDec
     elif hi - lo >= full / 4:
         t = (lo + hi) / 2
         mask, rule = plane > t, how + f"halfway threshold {t:g}"
+    elif lossy and lo == 0 and 1 <= hi <= 8 and 0.001 <= (plane >= 1).mean():
+        mask, rule = plane >= 1, how + "0/1 values saved lossy: threshold 0.5"
     else:
         mask = np.full(plane.shape, hi >= full / 2, bool)
         rule = how + "constant (value range below a quarter of full scale)"
