@@ -113,3 +113,65 @@ def test_a_utf16_csv_from_excel_unicode_text_export(tmp_path: Path) -> None:
     m = load_manifest(root)
     assert len(m) == 4 and m.labels == ["bénin", "malin"]
     assert any("UTF-16" in n for n in m.notes)
+
+
+def _colour_mask(seed: int, colour=(250, 50, 83)) -> tuple[np.ndarray, np.ndarray]:
+    """A colour-coded mask (H, W, 3) as CVAT's "Segmentation mask 1.1" writes one (the class's colour on black),
+    and its lesion (H, W) bool."""
+    lesion = np.zeros((40, 60), bool)
+    lesion[5 + seed % 7 : 25, 10 : 30 + seed % 9] = True
+    mask = np.zeros((40, 60, 3), np.uint8)
+    mask[lesion] = colour
+    return mask, lesion
+
+
+def test_cvat_segmentation_mask_export_reads_its_class_masks(tmp_path: Path) -> None:
+    """CVAT's "Segmentation mask 1.1" (Pascal VOC style): JPEGImages/, SegmentationClass/ (a colour per class),
+    SegmentationObject/ (a colour per instance), labelmap.txt. The coloured masks were taken for frames, and each
+    folder for a class; now the class masks pair with the frames, and the same colour masks under other folder
+    names too."""
+    from conftest import noise_image, save
+
+    root, renamed = tmp_path / "cvat", tmp_path / "renamed"
+    truth = {}
+    for i in range(6):
+        frame = noise_image(i, size=40)
+        frame = np.concatenate([frame, frame[:, :20]], axis=1)  # 40 x 60, coloured content
+        cls, truth[f"f{i}"] = _colour_mask(i)
+        obj, _ = _colour_mask(i, colour=(15 * i, 200, 30))
+        for base, images, masks in ((root, "JPEGImages", "SegmentationClass"), (renamed, "frames", "annotations_png")):
+            save(base / images / f"f{i}.jpg", frame)
+            save(base / masks / f"f{i}.png", cls)
+        save(root / "SegmentationObject" / f"f{i}.png", obj)
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\npolyp:250,50,83::\n")
+    for base in (root, renamed):
+        m = load_manifest(base)
+        assert m.layout == "images-masks" and len(m) == 6, m.notes
+        for i in range(len(m)):
+            stem = Path(m.table["image"].iat[i]).stem
+            assert (read_mask(m.mask_paths(i)) == truth[stem]).all()
+    assert "not 'SegmentationObject/'" in load_manifest(root).notes[0]
+
+
+def test_masks_beside_images_named_with_a_mask_word_are_masks(tmp_path: Path) -> None:
+    """Class folders with `x_segmentation.png` / `x_gt.png` beside `x.jpg` (not the `_mask` suffix): masks of the
+    image beside them, with a note; an image whose name merely ends in a mask word but looks like a frame stays an
+    image."""
+    from conftest import noise_image, save
+
+    root = tmp_path / "ds"
+    for i in range(4):
+        for label, word in (("benign", "_segmentation"), ("malignant", "_gt")):
+            save(root / label / f"{label}_{i}.jpg", noise_image(i + 10 * len(label), size=40))
+            mask = np.zeros((40, 40), np.uint8)
+            mask[5:20, 5 + i : 25] = 255
+            save(root / label / f"{label}_{i}{word}.png", mask)
+    save(root / "benign" / "scan_label.jpg", noise_image(77, size=40))
+    save(root / "benign" / "scan.jpg", noise_image(78, size=40))
+    m = load_manifest(root)
+    assert len(m) == 10 and sorted(m.labels) == ["benign", "malignant"]
+    masked = dict(zip(m.table["image"], m.table["mask"], strict=True))
+    assert masked["benign/benign_2.jpg"] == "benign/benign_2_segmentation.png"
+    assert masked["malignant/malignant_3.jpg"] == "malignant/malignant_3_gt.png"
+    assert masked["benign/scan_label.jpg"] == "" and masked["benign/scan.jpg"] == ""
+    assert any("by a mask word" in n for n in m.notes)

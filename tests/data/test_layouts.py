@@ -59,8 +59,9 @@ def test_masks_beside_images_union(tmp_path: Path) -> None:
     union = read_mask(m.mask_paths(list(m.table["image"]).index("benign/benign (1).png")))
     assert union.sum() == 64 + 144
     m2 = load_manifest(tmp_path, mask_suffix="_M")
-    # with _M, n_M.png is n.png's mask and the _mask files count as images
-    assert len(m2) == 4 and (m2.table["mask"] != "").sum() == 1
+    # with _M, n_M.png is n.png's mask; the _mask files stay masks by their mask word and mask-like content
+    assert len(m2) == 2 and (m2.table["mask"] != "").sum() == 2
+    assert any("by a mask word" in n for n in m2.notes)
 
 
 def test_csv_manifest_problems_are_named(tmp_path: Path) -> None:

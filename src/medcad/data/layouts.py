@@ -101,7 +101,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     if pattern is None:
         pattern = "{label}" if depth.get(1) else ("" if depth.get(0) else "*/" * (max(depth) - 1) + "{label}")
     regex = pattern_regex(pattern) if pattern else None
-    rows, problems = [], []
+    rows, problems, by_word = [], [], []
     for folder, group in by_dir.items():
         stems = {f.stem for f in group}
         masks: dict[str, list[str]] = defaultdict(list)
@@ -110,6 +110,9 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             m = mask_rx.match(f.stem) if mask_rx else None
             if m and m.group("base") in stems and m.group("base") != f.stem:
                 masks[m.group("base")].append(f.relative_to(path).as_posix())
+            elif (base := _mask_by_word(f, stems)) is not None:
+                masks[base].append(f.relative_to(path).as_posix())
+                by_word.append(f.relative_to(path).as_posix())
             else:
                 images.append(f)
         rel_dir = folder.relative_to(path).as_posix()
@@ -139,8 +142,24 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
         )
     notes = [f"folder pattern {pattern!r}" + (" (detected)" if options.pattern is None else "")] if pattern else []
+    if by_word:
+        notes.append(
+            f"{len(by_word)} file(s) read as the masks of the image beside them by a mask word in their names and "
+            f"their mask-like content (e.g. {by_word[0]}; --mask-suffix is {mask_suffix!r})"
+        )
     notes += _shared_stem_note(path, by_dir)
     return Manifest(path, make_table(rows), "folders", problems, notes)
+
+
+def _mask_by_word(f: Path, stems: set[str]) -> str | None:
+    """The stem of the image beside `f` whose mask `f` is by a mask word (`x_gt.png`, `x_segmentation.png` beside
+    `x.jpg`, as `pairing.MASK_STEM` knows them) and by its content (mask-like, `pairing.mask_likeness`), else None."""
+    from medcad.data.pairing import MASK_STEM, mask_likeness
+
+    m = MASK_STEM.match(f.stem)
+    if m is None or m.group("base") not in stems or m.group("base") == f.stem:
+        return None
+    return m.group("base") if mask_likeness(f) >= 0.95 else None
 
 
 def _shared_stem_note(root: Path, by_dir: dict[Path, list[Path]]) -> list[str]:

@@ -50,14 +50,19 @@ def mask_base(stem: str, image_stems: set[str], mask_suffix: str = "_mask") -> s
 
 
 def mask_likeness(path: Path) -> float:
-    """Fraction of pixels at the two extremes of a file's values (1.0 for a label map with few values)."""
+    """Fraction of pixels at the two extremes of a file's values (1.0 for a label map with few values); for a
+    coloured file, the share of its pixels in its MAX_LABEL_VALUES most frequent colours."""
     try:
         arr, fmt, _ = decode_pil(path, 256, keep_alpha=False)
     except DataError:
         return 0.0
     plane = arr if arr.ndim == 2 else arr.max(axis=2)
     if arr.ndim == 3 and arr.shape[2] >= 3 and np.abs(arr[..., 0].astype(int) - arr[..., 1]).mean() > 8:
-        return 0.0  # coloured content: a photograph or frame, not a mask
+        # coloured: a photograph or frame, or a colour-coded mask (CVAT, VOC: one colour per class), told apart by
+        # the share of pixels that its few most frequent colours cover
+        rgb = arr[::2, ::2, :3].astype(np.int64)
+        _, counts = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], return_counts=True)
+        return float(np.sort(counts)[::-1][:MAX_LABEL_VALUES].sum() / counts.sum())
     values = np.unique(plane)
     if len(values) <= MAX_LABEL_VALUES:
         return 1.0
@@ -97,7 +102,8 @@ def judge_pair(a: Path, b: Path, mask_suffix: str = "_mask") -> FolderPair | Non
         if like_m >= 0.95 and score > 0.1 and (best is None or score > best[0]):
             reason = (
                 f"images in '{images.name}/', masks in '{masks.name}/': {matched} of {len(f_msk)} mask file names "
-                f"match an image; mask files are {like_m:.0%} two-valued, image files {like_i:.0%}"
+                f"match an image; mask files are {like_m:.0%} mask-like (two values or a few colours), image files "
+                f"{like_i:.0%}"
             )
             best = (score, FolderPair(images, masks, reason))
     return best[1] if best else None
@@ -113,6 +119,14 @@ def find_paired_folders(root: Path, mask_suffix: str = "_mask") -> FolderPair | 
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return FolderPair(root / "images", root / "masks", "folders named 'images/' and 'masks/'")
     found = [p for i, a in enumerate(subs) for b in subs[i + 1 :] if (p := judge_pair(a, b, mask_suffix))]
+    if len(found) > 1 and len({p.images for p in found}) == 1:
+        # one image folder, several mask folders: Pascal VOC's and CVAT's SegmentationClass/ (a colour per class)
+        # beside SegmentationObject/ (a colour per instance) - the class masks are the lesion masks
+        by_class = [p for p in found if "class" in p.masks.name.lower()]
+        if len(by_class) == 1:
+            others = ", ".join(f"'{p.masks.name}/'" for p in found if p is not by_class[0])
+            pair = by_class[0]
+            return FolderPair(pair.images, pair.masks, f"{pair.reason}; the class masks, not {others}")
     return found[0] if len(found) == 1 else None
 
 
