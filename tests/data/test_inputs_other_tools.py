@@ -175,3 +175,58 @@ def test_masks_beside_images_named_with_a_mask_word_are_masks(tmp_path: Path) ->
     assert masked["malignant/malignant_3.jpg"] == "malignant/malignant_3_gt.png"
     assert masked["benign/scan_label.jpg"] == "" and masked["benign/scan.jpg"] == ""
     assert any("by a mask word" in n for n in m.notes)
+
+
+def _coco(names: list[str], label: str = "polyp") -> dict:
+    """A COCO dict with one box (and polygon) per image, 40 x 40 images."""
+    images = [{"id": i + 1, "file_name": n, "width": 40, "height": 40} for i, n in enumerate(names)]
+    poly = [[10, 5, 30, 5, 30, 20, 10, 20]]
+    anns = [
+        {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10, 5, 20, 15], "segmentation": poly}
+        for i in range(len(names))
+    ]
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": label}]}
+
+
+def test_coco_exports_as_roboflow_and_cvat_write_them(tmp_path: Path) -> None:
+    """Roboflow's COCO export (train/ valid/ test/, each with images and `_annotations.coco.json`) is read whole,
+    not as classes 'train', 'valid', 'test'; CVAT's "COCO 1.0" (annotations/instances_default.json beside images/)
+    is found from the folder and read from the JSON too (its images had been 'not found')."""
+    from conftest import noise_image, save
+
+    rf = tmp_path / "roboflow"
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        names = [f"{split}{i}_jpg.rf.abc{i}.jpg" for i in range(n)]
+        for i, name in enumerate(names):
+            save(rf / split / name, noise_image(i + 10 * n, size=40))
+        (rf / split / "_annotations.coco.json").write_text(json.dumps(_coco(names)))
+    (rf / "README.roboflow.txt").write_text("exported")
+    m = load_manifest(rf)
+    assert m.layout == "coco" and len(m) == 6 and m.labels == ["polyp"] and (m.table["mask"] != "").all()
+    assert sorted(m.sources) == [f"{s}/_annotations.coco.json" for s in ("test", "train", "valid")]
+    assert any("3 COCO files read together" in n for n in m.notes) and m.ledger.used == 6
+
+    cvat = tmp_path / "cvat"
+    for i in range(3):
+        save(cvat / "images" / f"f{i}.jpg", noise_image(i, size=40))
+    (cvat / "annotations").mkdir()
+    (cvat / "annotations" / "instances_default.json").write_text(json.dumps(_coco([f"f{i}.jpg" for i in range(3)])))
+    for given in (cvat, cvat / "annotations" / "instances_default.json"):
+        m = load_manifest(given)
+        assert m.layout == "coco" and sorted(m.table["image"]) == [f"images/f{i}.jpg" for i in range(3)], given
+        assert m.root == cvat and m.ledger.line() == "used 3 of 3"
+
+
+def test_a_json_that_is_not_coco_does_not_take_the_layout(tmp_path: Path) -> None:
+    """A metadata JSON with an "images" count, or a Label Studio export (a list of tasks with "annotations"), beside
+    class folders: the folders are read; the JSON was taken for COCO and the whole set refused."""
+    from conftest import noise_image, save
+
+    for label in ("benign", "normal"):
+        for i in range(2):
+            save(tmp_path / label / f"{label}{i}.png", noise_image(i + len(label), size=32))
+    (tmp_path / "info.json").write_text(json.dumps({"description": "pilot", "images": 4, "annotator": "RM"}))
+    tasks = [{"id": 1, "data": {"image": "/data/upload/benign0.png"}, "annotations": [{"result": []}]}]
+    (tmp_path / "project-1-at-2024.json").write_text(json.dumps(tasks))
+    m = load_manifest(tmp_path)
+    assert m.layout == "folders" and len(m) == 4 and m.labels == ["benign", "normal"]

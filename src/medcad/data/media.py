@@ -36,16 +36,36 @@ def walk_media(root: Path) -> list[Path]:
     return [f for f in walk_files(root) if is_media(f)]
 
 
+COCO_HEAD = re.compile(r'"(?:images|annotations|categories)"\s*:\s*\[')
+
+
+def is_coco_json(path: Path) -> bool:
+    """Whether a JSON file looks like COCO by its first 64 KiB: an object with an `images`, `annotations` or
+    `categories` list (a Label Studio export is a list; a metadata file's `"images": 7` is no list)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            head = f.read(65536)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.lstrip().startswith("{") and COCO_HEAD.search(head) is not None
+
+
+def find_coco_jsons(path: Path) -> list[Path]:
+    """The COCO JSON files of a dataset folder, where the tools that write COCO put them: in the folder itself;
+    else in its `annotations/` folder (the COCO release, CVAT's "COCO 1.0": images in `images/` beside it); else one
+    in each sub-folder (Roboflow's `train/`, `valid/`, `test/` with `_annotations.coco.json`). [] when none."""
+    for where in (path, path / "annotations"):
+        found = [js for js in sorted(where.glob("*.json")) if is_coco_json(js)]
+        if found:
+            return found
+    subs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")) if path.is_dir() else []
+    return [js for d in subs for js in sorted(d.glob("*.json")) if is_coco_json(js)]
+
+
 def find_coco_json(path: Path) -> Path | None:
-    for js in sorted(path.glob("*.json")):
-        try:
-            with open(js, encoding="utf-8") as f:
-                head = f.read(4096)
-        except OSError:
-            continue
-        if '"images"' in head or '"annotations"' in head:
-            return js
-    return None
+    """The first COCO JSON of a dataset folder (`find_coco_jsons`), or None: what layout detection names."""
+    found = find_coco_jsons(path)
+    return found[0] if found else None
 
 
 def dicom_frames(path: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from medcad.data.annotations.shapes import (
     write_mask,
 )
 from medcad.data.manifest import Manifest, make_table
-from medcad.data.media import expand_frames, find_coco_json
+from medcad.data.media import expand_frames, find_coco_jsons
 from medcad.errors import DataError
 
 
@@ -51,15 +52,35 @@ def _poly_outside(seg, width: int, height: int) -> bool:
 
 
 def read_coco(path: Path, options: DataOptions) -> Manifest:
-    """A COCO JSON: boxes per image (label: its most frequent class, else 'background'), and when annotations carry
-    a `segmentation` (polygons or RLE) a mask per image, the union of its annotations' masks.
+    """A COCO JSON, or the several of one export (`media.find_coco_jsons`: Roboflow's train/ valid/ test/, CVAT's
+    annotations/ beside images/), read together: boxes per image (label: its most frequent class, else
+    'background'), and when annotations carry a `segmentation` (polygons or RLE) a mask per image, the union of its
+    annotations' masks. An image's `file_name` is looked up beside its JSON, in `images/` there, and in `images/`
+    beside an `annotations/` folder.
 
     Refused with a reason (left out, counted): annotations whose category_id is not in `categories`, annotations
     of images not listed in `images`, and in a segmentation file annotations with a box but no segmentation.
     """
-    js = path if path.is_file() else find_coco_json(path)
-    if js is None:
-        raise DataError(path, "no COCO JSON (with 'images' and 'annotations') found")
+    files = [path] if path.is_file() else find_coco_jsons(path)
+    if not files:
+        raise DataError(path, "no COCO JSON (an object with 'images' and 'annotations' lists) found")
+    root = path if path.is_dir() else path.parent
+    if path.is_file() and root.name.lower() == "annotations" and (root.parent / "images").is_dir():
+        root = root.parent  # CVAT's "COCO 1.0" and the COCO release: annotations/ beside images/
+    rows, problems, notes = [], [], []
+    for js in files:
+        file_rows = _read_coco_file(js, root, problems, notes)
+        notes += [f"{js.relative_to(root).as_posix()}: {len(file_rows)} image(s)"] if len(files) > 1 else []
+        rows += file_rows
+    if len(files) > 1:
+        notes.insert(0, f"{len(files)} COCO files read together as one set; the export's split into them is not kept")
+    rows = expand_frames(rows, root, problems)
+    sources = [js.relative_to(root).as_posix() for js in files]
+    return Manifest(root, make_table(rows), "coco", problems, list(dict.fromkeys(notes)), sources=sources)
+
+
+def _read_coco_file(js: Path, root: Path, problems: list, notes: list) -> list[dict]:
+    """One COCO JSON's rows (image paths relative to `root`); its problems and notes appended."""
     try:
         coco = _load_json(js)
         cats = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
@@ -67,7 +88,8 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         anns = [a for a in coco.get("annotations", []) if a.get("image_id") is not None]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise DataError(js, f"not a valid COCO JSON ({type(e).__name__}: {e})") from e
-    root = js.parent
+    name_js = js.relative_to(root).as_posix() if js.is_relative_to(root) else js.name
+    places = [js.parent, js.parent / "images"] + ([js.parent.parent / "images"] if js.parent != root else [])
     listed = {iid for iid, *_ in images}
     by_image: dict = defaultdict(list)
     dangling: dict = defaultdict(list)
@@ -77,23 +99,25 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
     known = ", ".join(f"{k} {v!r}" for k, v in cats.items()) or "none"
     segmented = any(a.get("segmentation") for a in anns)
     folder = mask_folder(js) if segmented else None
-    rows, problems, no_ann, mixed = [], [], [], 0
+    rows, no_ann, mixed = [], [], 0
     n_clipped = 0
     for k, (iid, name, width, height) in enumerate(images):
-        rel = next((c for c in (name, f"images/{name}") if (root / c).is_file()), None)
-        if rel is None:
-            problems.append((name, f"file not found next to {js.name} or in images/"))
+        found = next((d / name for d in places if (d / name).is_file()), None)
+        if found is None:
+            where = ", ".join(f"{os.path.relpath(d, root)}/" for d in places)
+            problems.append((name, f"file not found in {where} (looked up for {name_js})"))
             continue
+        rel = Path(os.path.relpath(found, root)).as_posix()
         mine = by_image.get(iid, [])
         bad = sorted({str(a.get("category_id")) for a in mine if a.get("category_id") not in cats})
         if bad:
             problems.append(
-                (rel, f"category_id {', '.join(bad)} not in the categories of {js.name} ({known}): refused")
+                (rel, f"category_id {', '.join(bad)} not in the categories of {name_js} ({known}): refused")
             )
             continue
         masks: list = [None] * len(mine)
         if folder is not None:
-            decoded = _image_masks(mine, root / rel, width, height, f"{js.name} (image id {iid})")
+            decoded = _image_masks(mine, found, width, height, f"{name_js} (image id {iid})")
             if isinstance(decoded, str):
                 problems.append((rel, decoded))
                 continue
@@ -102,7 +126,7 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         try:
             boxes = [_ann_box(a, cats[a["category_id"]], m) for a, m in zip(mine, masks, strict=True)]
         except (ValueError, TypeError) as e:
-            problems.append((rel, f"a bbox in {js.name} is not [x, y, width, height] ({e})"))
+            problems.append((rel, f"a bbox in {name_js} is not [x, y, width, height] ({e})"))
             continue
         boxes = [b for b in boxes if b is not None]
         counts = Counter(b[4] for b in boxes) if boxes else Counter(cats[a["category_id"]] for a in mine)
@@ -121,16 +145,15 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         ids = ", ".join(str(a.get("id", "?")) for a in those[:5]) + (" ..." if len(those) > 5 else "")
         problems.append(
             (
-                f"{js.name}#image_id={iid}",
+                f"{name_js}#image_id={iid}",
                 f"{len(those)} annotation(s) ({ids}) of image id {iid}, which is not in 'images'",
             )
         )
-    notes = []
     if segmented:
         notes.append("COCO segmentation (polygons / RLE) read as masks: the union of each image's annotations")
     if unknown:
         shown = ", ".join(f"{c} ({n} annotation(s))" for c, n in unknown.most_common())
-        notes.append(f"category ids not in the categories of {js.name} ({known}): {shown}; their images are left out")
+        notes.append(f"category ids not in the categories of {name_js} ({known}): {shown}; their images are left out")
     if dangling:
         n, ids = sum(len(v) for v in dangling.values()), ", ".join(map(str, list(dangling)[:5]))
         notes.append(f"{n} annotation(s) name {len(dangling)} image id(s) not in 'images' ({ids}): left out, counted")
@@ -141,8 +164,7 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         notes.append(f"{mixed} image(s) have annotations of several categories: label = the most frequent one")
     if n_clipped:
         notes.append(f"{n_clipped} polygon(s) extend past their image's border: clipped to it")
-    rows = expand_frames(rows, root, problems)
-    return Manifest(root, make_table(rows), "coco", problems, notes, sources=[js.name])
+    return rows
 
 
 def _image_masks(anns: list[dict], image: Path, width, height, where: str) -> tuple[list, int, int, int] | str:
