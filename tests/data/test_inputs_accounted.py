@@ -200,3 +200,30 @@ def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None
         left = dict(m.ledger.left_out)
         assert {Path(p).name for p in left} == {"a.jpg", "a.png", "a.png" if root == pair else "a_mask.png"}
         assert all("rename all but one" in r for r in left.values()), left
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n_classes=st.integers(2, 3),
+    per_class=st.integers(1, 3),
+    nesting=st.sampled_from(["label/patient", "split/label", "site/label"]),
+)
+def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesting) -> None:
+    """Images two folders down: class folders holding patient folders (`benign/P007/1.png`) give labels and
+    patients (the patient folder had become the label); `train/benign`, `site1/benign` give the inner classes."""
+    classes = ["benign", "malignant", "normal"][:n_classes]
+    with tempfile.TemporaryDirectory() as tmp:
+        root, truth, k = Path(tmp), {}, 0
+        for c in classes:
+            for j in range(per_class + (nesting == "label/patient")):
+                outer, inner = (c, f"{c[0]}{j:03d}") if nesting == "label/patient" else (f"{nesting[:4]}{j}", c)
+                rel = f"{outer}/{inner}/img{k}.png"
+                save(root / rel, noise_image(k))
+                truth[rel] = (c, inner if nesting == "label/patient" else "")
+                k += 1
+        m = load_manifest(root)
+        got = {img: (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
+        assert got == truth and m.ledger.line() == f"used {k} of {k}"
+        assert any("folder pattern '{label}/{patient}' (detected:" in n for n in m.notes) == (
+            nesting == "label/patient"
+        )

@@ -98,8 +98,9 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         by_dir[f.parent].append(f)
     mask_rx = re.compile(r"^(?P<base>.+?)" + re.escape(mask_suffix) + r"(?:_\d+)?$") if mask_suffix else None
     depth = Counter(len(f.relative_to(path).parts) - 1 for f in files)
+    why = ""
     if pattern is None:
-        pattern = "{label}" if depth.get(1) else ("" if depth.get(0) else "*/" * (max(depth) - 1) + "{label}")
+        pattern, why = _detect_pattern(path, files, depth)
     regex = pattern_regex(pattern) if pattern else None
     rows, problems, by_word = [], [], []
     for folder, group in by_dir.items():
@@ -141,7 +142,8 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         raise DataError(
             path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
         )
-    notes = [f"folder pattern {pattern!r}" + (" (detected)" if options.pattern is None else "")] if pattern else []
+    detected = f" (detected{why})" if options.pattern is None else ""
+    notes = [f"folder pattern {pattern!r}{detected}"] if pattern else []
     if by_word:
         notes.append(
             f"{len(by_word)} file(s) read as the masks of the image beside them by a mask word in their names and "
@@ -149,6 +151,29 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         )
     notes += _shared_stem_note(path, by_dir)
     return Manifest(path, make_table(rows), "folders", problems, notes)
+
+
+def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str, str]:
+    """The folder pattern of a folders layout, and why when it is not the plain one: `{label}` for class folders;
+    with every image two folders down, `{label}/{patient}` when the inner folders' names are each under one outer
+    folder only (patients or cases within class folders) and outnumber the two or more outer ones, else
+    `*/{label}` (the inner folders are the classes: `site1/benign`, `train/benign`, ...)."""
+    if depth.get(1) or depth.get(0):
+        return ("{label}" if depth.get(1) else ""), ""
+    if set(depth) == {2}:
+        parents: dict[str, set[str]] = defaultdict(set)
+        for f in files:
+            outer, inner = f.relative_to(root).parts[:2]
+            parents[inner].add(outer)
+        outers = {o for ps in parents.values() for o in ps}
+        if len(outers) >= 2 and len(parents) > len(outers) and all(len(ps) == 1 for ps in parents.values()):
+            why = (
+                f": each of the {len(parents)} inner folders is under one of the {len(outers)} outer ones, so the "
+                "outer ones are the classes and the inner ones patients; --pattern '*/{label}' reads the inner "
+                "ones as classes"
+            )
+            return "{label}/{patient}", why
+    return "*/" * (max(depth) - 1) + "{label}", ""
 
 
 def _mask_by_word(f: Path, stems: set[str]) -> str | None:
