@@ -19,8 +19,8 @@ class DataOptions:
     """How to read a dataset; every command that reads one takes these same options.
 
     Attributes:
-        layout: force a reader ("folders", "csv", "xlsx", "images-masks", "coco", "labelme", "cvat"); detected when
-            None.
+        layout: force a reader ("folders", "csv", "xlsx", "images-masks", "coco", "labelme", "cvat", "yolo",
+            "voc"); detected when None.
         pattern: for "folders", how folders map to columns, e.g. "{label}", "{domain}/{label}", "{group}/{label}".
         mask_suffix: masks beside their images are `<stem><suffix>.*` and `<stem><suffix>_<n>.*`.
         images: for paired folders, the folder of the images (relative to the dataset folder); found when None.

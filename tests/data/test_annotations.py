@@ -66,7 +66,7 @@ def test_labelme_masks_labels_and_notes(tmp_path: Path) -> None:
     assert m.table["mask"].iat[c] == "" and m.table["label"].iat[c] == ""  # no JSON: unannotated, not lesion-free
     assert m.table["label"].iat[d] == "background" and read_mask(m.mask_paths(d)).sum() == 0
     text = " | ".join(m.notes)
-    assert "1 image(s) have no labelme JSON" in text and "different labels" in text and "no area" in text
+    assert "1 image(s) have no labelme file" in text and "different labels" in text and "no area" in text
     assert not m.ledger.unread and not m.ledger.left_out
     # the mask paths are relative to the root (through '..'), so every reader of masks can name them
     assert m.mask_paths(a)[0].relative_to(m.root).parts[0] == ".."

@@ -63,7 +63,8 @@ DATA_OPTIONS: dict[str, tuple[object, object]] = {
         Annotated[
             str | None,
             typer.Option(
-                help="Force a layout: folders, csv, xlsx, images-masks, coco, labelme, cvat.", rich_help_panel=_DATA
+                help="Force a layout: folders, csv, xlsx, images-masks, coco, labelme, cvat, yolo, voc.",
+                rich_help_panel=_DATA,
             ),
         ],
         None,

@@ -13,10 +13,15 @@ from medcad.data.annotations import (
     find_cvat,
     find_dicom_seg,
     find_labelme,
+    find_voc,
+    find_yolo,
+    is_voc_xml,
     read_coco,
     read_cvat,
     read_dicom_seg,
     read_labelme,
+    read_voc,
+    read_yolo,
 )
 from medcad.data.io import IMAGE_SUFFIXES, is_dicom
 from medcad.data.ledger import make_ledger
@@ -39,6 +44,8 @@ ANNOTATION_FINDERS = (
     ("cvat", find_cvat, "{} holds CVAT-for-images <annotations>"),
     ("labelme", find_labelme, "labelme JSON files beside the images (e.g. {})"),
     ("dicom-seg", find_dicom_seg, "DICOM SEG objects beside DICOM images (e.g. {})"),
+    ("yolo", find_yolo, "YOLO label files, classes in {}"),
+    ("voc", find_voc, "Pascal VOC XML files (e.g. {})"),
 )
 
 
@@ -51,6 +58,8 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
             return "csv", f"a {suffix} manifest file"
         if suffix == ".json":
             return "coco", "a JSON file (COCO)"
+        if suffix == ".xml" and is_voc_xml(path):
+            return "voc", "a Pascal VOC XML file"
         if suffix in (".xlsx", ".xml"):
             return ("xlsx", "an Excel .xlsx manifest") if suffix == ".xlsx" else ("cvat", "an XML file (CVAT)")
         if is_dicom(path) or suffix in IMAGE_SUFFIXES:
@@ -336,6 +345,8 @@ READERS = {
     "dicom-seg": read_dicom_seg,
     "cvat": read_cvat,
     "xlsx": read_xlsx,
+    "yolo": read_yolo,
+    "voc": read_voc,
 }
 
 

@@ -13,17 +13,11 @@ from PIL import Image
 from medcad.config import DataOptions
 from medcad.data.annotations.shapes import (
     AREA_SHAPES,
+    ImageShapes,
     Shape,
-    ShapeTally,
-    _fields,
     _find_image,
-    _image_label,
-    _label_notes,
     _load_json,
-    clipped_box,
-    draw_shapes,
-    mask_folder,
-    write_mask,
+    per_image_rows,
 )
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
@@ -121,55 +115,20 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
         else:
             by_image[image] = (js, data)
 
-    rows, no_json, empty, mixed, folder_wins, flagged = [], [], [], [], [], 0
-    tally = ShapeTally([], [], [])
-    for img in images:
-        rel = img.relative_to(root).as_posix()
-        fields = _fields(img.parent.relative_to(root).as_posix(), options)
-        if fields is None:
-            problems.append((rel, f"folder does not fit the pattern {options.pattern!r}"))
-            continue
-        row: dict = {"image": rel, **fields}
-        if img not in by_image:
-            no_json.append(rel)
-            rows.append(row)
-            continue
-        js, data = by_image[img]
-        try:
-            shapes, labels, no_area = _labelme_shapes(data, js.name)
-        except (TypeError, ValueError, IndexError, KeyError, OSError) as e:
-            problems.append((rel, f"{js.name}: a shape cannot be read ({type(e).__name__}: {e})"))
-            continue
-        drawn = draw_shapes(img, data.get("imageWidth"), data.get("imageHeight"), js.name, shapes, no_area, tally)
-        if isinstance(drawn, str):
-            problems.append((rel, drawn))
-            continue
-        mask, w, h = drawn
-        row["mask"] = write_mask(mask_folder(js) / "mask.png", mask, root)
-        row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in shapes])
-        row["shape_labels"] = json.dumps(labels)
+    def parse(js: Path, img: Path) -> ImageShapes:
+        data = by_image[img][1]
+        shapes, labels, no_area = _labelme_shapes(data, js.name)
         flags = [k for k, v in (data.get("flags") or {}).items() if v is True]
-        if flags:
-            row["flags"], flagged = json.dumps(flags), flagged + 1
-        label = _image_label(labels)
-        empty += [rel] if not labels else []
-        mixed += [(rel, labels)] if not label else []
-        if row.get("label") and label and row["label"] != label:
-            folder_wins.append(rel)
-        row.setdefault("label", label)
-        rows.append(row)
-    notes = [
+        extra = {"flags": json.dumps(flags)} if flags else None
+        return ImageShapes(shapes, labels, no_area, data.get("imageWidth"), data.get("imageHeight"), extra)
+
+    annotated = {img: js for img, (js, _) in by_image.items()}
+    rows, notes = per_image_rows(root, images, annotated, parse, options, problems, "labelme", masks=True)
+    notes[0] = (
         f"labelme: {len(sources)} JSON file(s) annotate {len(by_image)} of {len(images)} images; each mask is the "
         "union of its polygon/rectangle/circle/mask shapes, drawn at the image's size (imageWidth x imageHeight)"
-    ]
-    notes += _label_notes(mixed, empty, "a JSON")
-    if no_json:
-        notes.append(
-            f"{len(no_json)} image(s) have no labelme JSON: no label and no mask (e.g. {no_json[0]}); "
-            "--missing-masks empty would count them as lesion-free"
-        )
-    if folder_wins:
-        notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
+    )
+    flagged = sum(1 for r in rows if r.get("flags"))
     if flagged:
         notes.append(f"{flagged} image(s) have labelme flags set: kept in column 'flags', not used as labels")
     folders = {Path(r["image"]).parent for r in rows}
@@ -178,7 +137,6 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
             f"the images are in {len(folders)} folders, whose names are not read as labels; "
             "give --pattern '{label}' (or e.g. '{domain}/{label}') to read them"
         )
-    notes += tally.notes()
     rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "labelme", problems, notes, sources=sources)
 

@@ -204,3 +204,89 @@ def _fields(rel_dir: str, options: DataOptions) -> dict[str, str] | None:
 def _load_json(path: Path) -> object:
     with open(path, encoding="utf-8-sig") as f:
         return json.load(f)
+
+
+# --- one annotation file per image (YOLO, Pascal VOC) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageShapes:
+    """One image's annotation file, parsed: its area shapes in pixels, every object's label, the objects without
+    area, and the image size the file declares (None: the image's own)."""
+
+    shapes: list[Shape]
+    labels: list[str]
+    no_area: list[str]
+    width: int | None = None
+    height: int | None = None
+    extra: dict | None = None  # more columns of the row (labelme's flags)
+
+
+def per_image_rows(
+    root: Path,
+    images: list[Path],
+    sources: dict[Path, Path],
+    parse,
+    options: DataOptions,
+    problems: list,
+    what: str,
+    masks: bool | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Rows of images annotated one file each (`sources`: image -> its annotation file), and the notes.
+
+    `parse(source, image) -> ImageShapes` reads one file (ValueError, KeyError, IndexError, TypeError, OSError:
+    the file cannot be read, named as the image's problem). Each row has the image's boxes, its label (its
+    objects' label when they agree, 'background' without objects, empty when they disagree: every label is in
+    column `shape_labels`; a folder's label by --pattern wins, with a note) and a mask drawn from its shapes at the
+    image's size: always with `masks` True, never with False, and with None when any file of the set has a shape
+    other than a box. An image without a file gets no label (unannotated is not lesion-free).
+    """
+    parsed: list[tuple[Path, dict, Path | None, ImageShapes | None]] = []
+    for img in images:
+        rel = img.relative_to(root).as_posix()
+        fields = _fields(img.parent.relative_to(root).as_posix(), options)
+        if fields is None:
+            problems.append((rel, f"folder does not fit the pattern {options.pattern!r}"))
+            continue
+        src = sources.get(img)
+        if src is None:
+            parsed.append((img, {"image": rel, **fields}, None, None))
+            continue
+        try:
+            parsed.append((img, {"image": rel, **fields}, src, parse(src, img)))
+        except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
+            problems.append((rel, f"{src.relative_to(root).as_posix()}: {e}"))
+    drawn_masks = masks
+    if masks is None:
+        drawn_masks = any(s.kind != "rectangle" for *_, got in parsed if got for s in got.shapes)
+    rows, missing, empty, mixed, folder_wins, tally = [], [], [], [], [], ShapeTally([], [], [])
+    for img, row, src, got in parsed:
+        if src is None or got is None:
+            missing.append(row["image"])
+            rows.append(row)
+            continue
+        drawn = draw_shapes(img, got.width, got.height, src.name, got.shapes, got.no_area, tally)
+        if isinstance(drawn, str):
+            problems.append((row["image"], drawn))
+            continue
+        mask, w, h = drawn
+        if drawn_masks:
+            row["mask"] = write_mask(mask_folder(src) / "mask.png", mask, root)
+        row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in got.shapes])
+        row["shape_labels"] = json.dumps(got.labels)
+        row.update(got.extra or {})
+        label = _image_label(got.labels)
+        empty += [row["image"]] if not got.labels else []
+        mixed += [(row["image"], got.labels)] if not label else []
+        folder_wins += [row["image"]] if row.get("label") and label and row["label"] != label else []
+        row.setdefault("label", label)
+        rows.append(row)
+    notes = [f"{what}: {len(parsed) - len(missing)} of {len(images)} images annotated"]
+    notes[0] += "; each mask the union of its shapes, drawn at the image's size" if drawn_masks else "; boxes, no masks"
+    notes += _label_notes(mixed, empty, f"a {what} file")
+    if missing:
+        hint = ", no mask; --missing-masks empty would count them as lesion-free" if drawn_masks else ""
+        notes.append(f"{len(missing)} image(s) have no {what} file: no label, no boxes{hint} (e.g. {missing[0]})")
+    if folder_wins:
+        notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
+    return rows, notes + tally.notes()

@@ -1,0 +1,128 @@
+"""YOLO label files and Pascal VOC XML, laid out as Ultralytics / Roboflow, CVAT and LabelImg write them, read
+back by value: every box where it was drawn, every image used or named (they had become one class named after the
+tool's folder, their boxes dropped)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import noise_image, save
+from medcad.data.layouts import load_manifest
+
+NAMES = ["polyp", "adenoma", "instrument"]
+BOX = st.tuples(st.integers(0, 2), st.floats(0.0, 0.7), st.floats(0.0, 0.7), st.floats(0.05, 0.3), st.floats(0.05, 0.3))
+
+
+def _image(root: Path, rel: str, seed: int, w: int, h: int) -> None:
+    img = noise_image(seed, size=max(w, h))[:h, :w]
+    save(root / rel, np.ascontiguousarray(img))
+
+
+def _yolo_set(root: Path, layout: str, images: list[tuple[int, int, list]]) -> dict[str, tuple[list, str]]:
+    """Images with YOLO boxes (class, x0, y0, bw, bh as fractions) in `layout`; returns image -> (boxes in pixels
+    [x0, y0, x1, y1, label], the expected image label)."""
+    truth = {}
+    for i, (w, h, boxes) in enumerate(images):
+        if layout == "ultralytics":
+            split = ("train", "valid", "test")[i % 3]
+            rel, label_file = f"{split}/images/f{i}.jpg", root / split / "labels" / f"f{i}.txt"
+        else:  # CVAT "YOLO 1.1": each .txt beside its image
+            rel, label_file = f"obj_train_data/f{i}.png", root / "obj_train_data" / f"f{i}.txt"
+        _image(root, rel, i, w, h)
+        lines = [f"{c} {x0 + bw / 2:.6f} {y0 + bh / 2:.6f} {bw:.6f} {bh:.6f}" for c, x0, y0, bw, bh in boxes]
+        label_file.parent.mkdir(parents=True, exist_ok=True)
+        label_file.write_text("\n".join(lines) + "\n")
+        labels = {NAMES[b[0]] for b in boxes}
+        pixels = [[x0 * w, y0 * h, (x0 + bw) * w, (y0 + bh) * h, NAMES[c]] for c, x0, y0, bw, bh in boxes]
+        truth[rel] = (pixels, labels.pop() if len(labels) == 1 else ("background" if not boxes else ""))
+    if layout == "ultralytics":
+        (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 3\nnames: " + str(NAMES))
+    else:
+        (root / "obj.names").write_text("\n".join(NAMES) + "\n")
+        (root / "obj.data").write_text("classes = 3\ntrain = data/train.txt\nnames = data/obj.names\n")
+    return truth
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    layout=st.sampled_from(["ultralytics", "cvat"]),
+    images=st.lists(
+        st.tuples(st.integers(24, 48), st.integers(24, 48), st.lists(BOX, max_size=3)), min_size=1, max_size=5
+    ),
+)
+def test_yolo_boxes_are_read_where_they_were_drawn(layout, images) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        truth = _yolo_set(root, layout, images)
+        m = load_manifest(root)
+        assert m.layout == "yolo" and m.ledger.line() == f"used {len(images)} of {len(images)}"
+        for img, boxes, label in m.table[["image", "boxes", "label"]].values:
+            want, want_label = truth[img]
+            got = json.loads(boxes)
+            assert [b[4] for b in got] == [b[4] for b in want] and label == want_label
+            assert np.allclose([b[:4] for b in got], [b[:4] for b in want], atol=0.01) if want else got == []
+
+
+def test_yolo_polygons_become_masks_and_bad_lines_are_named(tmp_path: Path) -> None:
+    """Ultralytics' segmentation labels (class x1 y1 x2 y2 ...) give masks; a class beyond the names, a line of 5
+    numbers plus one, unnormalised coordinates: the image is left out with the line named."""
+    for i in range(4):
+        _image(tmp_path, f"images/f{i}.png", i, 40, 40)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "f0.txt").write_text("0 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75\n")
+    (labels / "f1.txt").write_text("5 0.5 0.5 0.2 0.2\n")
+    (labels / "f2.txt").write_text("0 0.5 0.5 0.2 0.2 0.9\n")
+    (labels / "f3.txt").write_text("0 20 20 8 8\n")
+    (tmp_path / "classes.txt").write_text("polyp\n")
+    m = load_manifest(tmp_path)
+    assert list(m.table["image"]) == ["images/f0.png"]
+    from medcad.data.io import read_mask
+
+    mask = read_mask(m.mask_paths(0))
+    assert mask[10:30, 10:30].all() and mask.sum() == pytest.approx(400, abs=45)
+    reasons = dict(m.ledger.left_out)
+    assert "class 5 is not one of the 1 names" in reasons["images/f1.png"]
+    assert "5 coordinates" in reasons["images/f2.png"] and "outside 0..1" in reasons["images/f3.png"]
+
+
+@pytest.mark.parametrize("layout", ["voc", "labelimg"])
+def test_pascal_voc_boxes_as_cvat_and_labelimg_write_them(tmp_path: Path, layout: str) -> None:
+    """VOC's Annotations/ beside JPEGImages/ (CVAT "PASCAL VOC 1.1") and LabelImg's XML beside each image; an image
+    without XML gets no label, an XML of an image that is not there is named."""
+    boxes = {0: [(3, 4, 20, 18, "polyp")], 1: [(1, 1, 10, 10, "polyp"), (12, 12, 30, 28, "adenoma")], 2: []}
+    for i in range(4):
+        folder = "JPEGImages" if layout == "voc" else "frames"
+        _image(tmp_path, f"{folder}/f{i}.jpg", i, 40, 32)
+        if i == 3:
+            continue
+        objects = "".join(
+            f"<object><name>{n}</name><difficult>{int(k == 1)}</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
+            f"<xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
+            for k, (a, b, c, d, n) in enumerate(boxes[i])
+        )
+        xml = (
+            f"<annotation><folder>{folder}</folder><filename>f{i}.jpg</filename><size><width>40</width>"
+            f"<height>32</height><depth>3</depth></size>{objects}</annotation>"
+        )
+        where = tmp_path / ("Annotations" if layout == "voc" else folder) / f"f{i}.xml"
+        where.parent.mkdir(exist_ok=True)
+        where.write_text(xml)
+    (tmp_path / ("Annotations" if layout == "voc" else "frames") / "gone.xml").write_text(
+        "<annotation><filename>gone.jpg</filename><size><width>40</width><height>32</height></size></annotation>"
+    )
+    m = load_manifest(tmp_path)
+    assert m.layout == "voc" and len(m) == 4
+    got = {Path(img).stem: (json.loads(b or "[]"), lab) for img, b, lab in m.table[["image", "boxes", "label"]].values}
+    assert got["f0"] == ([[3.0, 4.0, 20.0, 18.0, "polyp"]], "polyp")
+    assert got["f1"][0] == [[1.0, 1.0, 10.0, 10.0, "polyp"], [12.0, 12.0, 30.0, 28.0, "adenoma"]] and got["f1"][1] == ""
+    assert got["f2"] == ([], "background") and got["f3"] == ([], "")
+    assert any("gone.xml" in p for p, _ in m.ledger.left_out)
+    assert any("1 object(s) marked difficult" in n for n in m.notes)
