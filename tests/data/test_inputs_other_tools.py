@@ -230,3 +230,5 @@ def test_a_json_that_is_not_coco_does_not_take_the_layout(tmp_path: Path) -> Non
     (tmp_path / "project-1-at-2024.json").write_text(json.dumps(tasks))
     m = load_manifest(tmp_path)
     assert m.layout == "folders" and len(m) == 4 and m.labels == ["benign", "normal"]
+    unread = dict(m.ledger.unread)
+    assert unread["project-1-at-2024.json"].startswith("a Label Studio export") and "info.json" in unread

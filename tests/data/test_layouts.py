@@ -79,6 +79,16 @@ def test_csv_manifest_problems_are_named(tmp_path: Path) -> None:
     assert "weird" in problems["img/b.png"]
 
 
+def test_csv_label_column_as_clinicians_head_it_or_a_note(tmp_path: Path) -> None:
+    save(tmp_path / "img" / "a.png", noise_image(1))
+    (tmp_path / "f.csv").write_text("image,Finding,MRN\nimg/a.png,benign,77\n")
+    assert load_manifest(tmp_path / "f.csv").labels == ["benign"]
+    (tmp_path / "g.csv").write_text("image,grade,MRN\nimg/a.png,benign,77\n")
+    m = load_manifest(tmp_path / "g.csv")
+    assert m.labels == [] or m.labels == [""]
+    assert any("no label column" in n and "grade, MRN" in n for n in m.notes), m.notes
+
+
 def test_csv_without_image_column(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("foo,bar\n1,2\n")
     with pytest.raises(DataError, match="no image column"):
@@ -95,13 +105,15 @@ def test_images_masks_with_box_json(tmp_path: Path) -> None:
             "width": 40,
             "bbox": [{"label": "polyp", "xmin": 1, "ymin": 2, "xmax": 9, "ymax": 10}] * (k + 1),
         }
-        for k in range(3)
+        for k in range(5)
     }
     (tmp_path / "bboxes.json").write_text(json.dumps(boxes))
     m = load_manifest(tmp_path)
     assert m.layout == "images-masks"
     assert (m.table["mask"] != "").all()
     assert sum(len(m.boxes(i)) for i in range(3)) == 6
+    said = "boxes from bboxes.json: 3 of 3 images; its 2 entries naming no image here are not used; labels from"
+    assert any(n.startswith(said) for n in m.notes), m.notes
     assert set(m.table["label"]) == {"polyp"}
 
 

@@ -325,13 +325,25 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             notes[-1] += f" (label {label!r}, the pair's folder)"
             pair_rows = [dict(r, label=label) for r in pair_rows]
         rows += pair_rows
-    boxes, sources = _kvasir_boxes(path, {Path(r["image"]).stem for r in rows})
+    stems = {Path(r["image"]).stem for r in rows}
+    boxes, sources = _kvasir_boxes(path, stems)
+    labelled = Counter()
     for row in rows:
         b = boxes.get(Path(row["image"]).stem)
         if b is not None:
             row["boxes"] = json.dumps(b)
             names = {x[4] for x in b}
-            row.setdefault("label", names.pop() if len(names) == 1 else "")
+            if "label" not in row:
+                row["label"] = names.pop() if len(names) == 1 else ""
+                labelled[row["label"]] += 1
+    if sources:
+        unused = len(set(boxes) - stems)
+        shown = ", ".join(f"{lab!r} {n}" for lab, n in labelled.most_common())
+        notes.append(
+            f"boxes from {sources[0]}: {sum(s in boxes for s in stems)} of {len(rows)} images"
+            + (f"; its {unused} entries naming no image here are not used" if unused else "")
+            + (f"; labels from the boxes' labels ({shown})" if labelled else "")
+        )
     table = make_table(expand_frames(rows, path, problems))
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
 

@@ -48,9 +48,21 @@ def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
         return f"an image the {layout!r} layout did not read"
+    if suffix == ".json" and _is_label_studio(path):
+        return "a Label Studio export (a list of tasks), which medcad does not read: export COCO or YOLO from it"
     if suffix in TABLE_SUFFIXES:
         return f"a {suffix[1:].upper()} file no reader used"
     return "not an image or an annotation file"
+
+
+def _is_label_studio(path: Path) -> bool:
+    """A Label Studio JSON / JSON-min export: a list of tasks, each with its `data` and `annotations`."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            head = f.read(4096).lstrip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith("[") and '"data"' in head and ('"annotations"' in head or '"label"' in head)
 
 
 @dataclass(frozen=True)

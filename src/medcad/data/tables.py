@@ -22,7 +22,7 @@ from medcad.errors import DataError
 # Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
 COLUMN_ALIASES = {
     "image": ("image", "path", "file", "filename", "imagepath", "imagefile", "imagename", "img"),
-    "label": ("label", "class", "target", "diagnosis", "classname", "category"),
+    "label": ("label", "class", "target", "diagnosis", "classname", "category", "finding", "pathology"),
     "patient": ("patient", "patientid", "group", "subject", "subjectid", "case", "caseid", "video", "videoid"),
     "domain": ("domain", "modality"),
     "subgroup": ("subgroup", "subtype"),
@@ -61,6 +61,12 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
             source,
             f"no image column; a column headed one of {', '.join(COLUMN_ALIASES['image'])} (case, spaces and "
             f"'_' ignored) is needed, found {found}",
+        )
+    if "label" not in df:
+        others = [str(c).strip() for c in df.columns if c not in COLUMN_ALIASES]
+        notes.append(
+            f"no label column (one headed {', '.join(COLUMN_ALIASES['label'])}): the images have no label"
+            + (f"; other columns kept as metadata: {', '.join(others)}" if others else "")
         )
     for c in df.columns:
         if c not in COLUMN_ALIASES and any(w in _norm(c) for w in ID_WORDS):
