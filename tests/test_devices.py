@@ -222,8 +222,8 @@ def _one_cpu_container(tmp_path) -> list[str]:
 def test_a_cpu_quota_sets_the_threads(tmp_path) -> None:
     """In a container whose CPU quota is one CPU while its affinity mask shows every core (`docker run --cpus 1`),
     medcad counts one core and torch (and the graph runtimes) get one thread, not one per core of the mask (which
-    oversubscribes the quota: lite0 predicted 1.15-1.54x slower so on this 2-core machine); OMP_NUM_THREADS stays
-    the user's choice."""
+    oversubscribes the quota: lite0 predicted up to 1.45x slower so on a 2-core machine, benchmarks/cpu_quota.py);
+    OMP_NUM_THREADS stays the user's choice."""
     if devices.machine().affinity_cores < 2:
         pytest.skip("needs 2 cores or more")
     prefix = _one_cpu_container(tmp_path)
