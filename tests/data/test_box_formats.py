@@ -33,6 +33,9 @@ def _yolo_set(root: Path, layout: str, images: list[tuple[int, int, list]]) -> d
         if layout == "ultralytics":
             split = ("train", "valid", "test")[i % 3]
             rel, label_file = f"{split}/images/f{i}.jpg", root / split / "labels" / f"f{i}.txt"
+        elif layout == "ultralytics-coco-style":  # images/train/x.jpg with labels/train/x.txt
+            split = ("train", "val")[i % 2]
+            rel, label_file = f"images/{split}/f{i}.jpg", root / "labels" / split / f"f{i}.txt"
         else:  # CVAT "YOLO 1.1": each .txt beside its image
             rel, label_file = f"obj_train_data/f{i}.png", root / "obj_train_data" / f"f{i}.txt"
         _image(root, rel, i, w, h)
@@ -42,7 +45,7 @@ def _yolo_set(root: Path, layout: str, images: list[tuple[int, int, list]]) -> d
         labels = {NAMES[b[0]] for b in boxes}
         pixels = [[x0 * w, y0 * h, (x0 + bw) * w, (y0 + bh) * h, NAMES[c]] for c, x0, y0, bw, bh in boxes]
         truth[rel] = (pixels, labels.pop() if len(labels) == 1 else ("background" if not boxes else ""))
-    if layout == "ultralytics":
+    if layout.startswith("ultralytics"):
         (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 3\nnames: " + str(NAMES))
     else:
         (root / "obj.names").write_text("\n".join(NAMES) + "\n")
@@ -52,7 +55,7 @@ def _yolo_set(root: Path, layout: str, images: list[tuple[int, int, list]]) -> d
 
 @settings(max_examples=15, deadline=None)
 @given(
-    layout=st.sampled_from(["ultralytics", "cvat"]),
+    layout=st.sampled_from(["ultralytics", "ultralytics-coco-style", "cvat"]),
     images=st.lists(
         st.tuples(st.integers(24, 48), st.integers(24, 48), st.lists(BOX, max_size=3)), min_size=1, max_size=5
     ),
@@ -63,6 +66,8 @@ def test_yolo_boxes_are_read_where_they_were_drawn(layout, images) -> None:
         truth = _yolo_set(root, layout, images)
         m = load_manifest(root)
         assert m.layout == "yolo" and m.ledger.line() == f"used {len(images)} of {len(images)}"
+        splits = len({Path(r).parent for r in truth})
+        assert any("read together as one set" in n for n in m.notes) == (splits > 1)
         for img, boxes, label in m.table[["image", "boxes", "label"]].values:
             want, want_label = truth[img]
             got = json.loads(boxes)

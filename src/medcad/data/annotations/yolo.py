@@ -136,7 +136,8 @@ def read_yolo(path: Path, options: DataOptions) -> Manifest:
     rows, notes = per_image_rows(path, images, sources, _parse(names), options, problems, "YOLO labels")
     rel = names_file.relative_to(path).as_posix()
     notes.insert(0, f"classes from {rel}: {', '.join(f'{i} {n!r}' for i, n in enumerate(names))}")
-    splits = sorted({img.relative_to(path).parts[0] for img in images if len(img.relative_to(path).parts) > 2})
+    # train/images/x.jpg (Roboflow) or images/train/x.jpg (Ultralytics' COCO-style sets): the split folder
+    splits = sorted({"/".join(p for p in img.relative_to(path).parent.parts if p != "images") for img in images})
     if len(splits) > 1:
         notes.append(f"folders {', '.join(splits)} read together as one set; the export's split is not kept")
     used = [rel, *(s.relative_to(path).as_posix() for s in sources.values())]
