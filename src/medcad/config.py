@@ -27,6 +27,8 @@ class DataOptions:
         masks: for paired folders, the folder of the masks, whose file stems match the images'.
         group_from: a regular expression searched in each image path (relative, with `/`); its group `patient`
             (or its first group, or the whole match) becomes the patient id, e.g. `^(P\\d+)_` or `(?P<patient>[^/]+)/`.
+        mask_shapes: annotation files (labelme, CVAT, COCO, YOLO polygons): the shape labels drawn into the lesion
+            masks, "polyp,adenoma" (other shapes stay boxes and shape labels); every shape when None.
         label_map: renamed labels, "old=new,old2=new2" (for rows and boxes), e.g. to score a set whose classes are
             named differently from a model's.
         allow_missing: go on when the read left rows out (missing files, unknown labels: the ledger lists them);
@@ -42,6 +44,7 @@ class DataOptions:
     masks: str | None = None
     group_from: str | None = None
     label_map: str | None = None
+    mask_shapes: str | None = None
     allow_missing: bool = False
     new_images: str = "stop"
 

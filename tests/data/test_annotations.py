@@ -263,3 +263,51 @@ def test_labelme_masks_flow_into_a_segment_run(tmp_path: Path) -> None:
     seg = m["segmentation"]
     assert seg["n_images"] == 12 and seg["n_lesion_images"] == 8
     assert 0 <= m["dice"]["value"] <= 1
+
+
+def test_mask_shapes_draws_only_the_lesion_classes(tmp_path: Path) -> None:
+    """A polyp and an instrument annotated on one frame, as labelme, COCO and CVAT write them: by default both are
+    drawn into the mask (with a note); with --mask-shapes polyp only the polyp, the instrument kept as a box."""
+    import json as _json
+
+    from medcad.data.io import read_mask
+    from medcad.data.layouts import load_manifest
+
+    polyp, tool = [[4, 4], [16, 4], [16, 16], [4, 16]], [[24, 20], [36, 20], [36, 30], [24, 30]]
+    for kind in ("labelme", "coco", "cvat"):
+        root = tmp_path / kind
+        save(root / "a.png", noise_image(3, 40))
+        if kind == "labelme":
+            shapes = [
+                {"label": lab, "shape_type": "polygon", "points": pts, "flags": {}}
+                for lab, pts in (("polyp", polyp), ("instrument", tool))
+            ]
+            doc = {"shapes": shapes, "imagePath": "a.png", "imageHeight": 40, "imageWidth": 40}
+            (root / "a.json").write_text(_json.dumps(doc))
+        elif kind == "coco":
+            anns = [
+                {"id": k, "image_id": 1, "category_id": k, "segmentation": [sum(pts, [])]}
+                for k, pts in ((1, polyp), (2, tool))
+            ]
+            cats = [{"id": 1, "name": "polyp"}, {"id": 2, "name": "instrument"}]
+            doc = {
+                "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}],
+                "annotations": anns,
+                "categories": cats,
+            }
+            (root / "coco.json").write_text(_json.dumps(doc))
+        else:
+            pts = lambda p: ";".join(f"{x},{y}" for x, y in p)  # noqa: E731
+            (root / "annotations.xml").write_text(
+                '<annotations><image id="0" name="a.png" width="40" height="40">'
+                f'<polygon label="polyp" points="{pts(polyp)}"/><polygon label="instrument" points="{pts(tool)}"/>'
+                "</image></annotations>"
+            )
+        both = read_mask(load_manifest(root).mask_paths(0))
+        m = load_manifest(root, mask_shapes="polyp")
+        only = read_mask(m.mask_paths(0))
+        assert both[25, 30] and not only[25, 30] and only[10, 10] and both[10, 10], kind
+        assert sorted(b[4] for b in m.boxes(0)) == ["instrument", "polyp"], kind
+        assert any("not in --mask-shapes" in n for n in m.notes) and any(
+            "labelled polyp (--mask-shapes)" in n for n in m.notes
+        ), (kind, m.notes)

@@ -82,6 +82,17 @@ DATA_OPTIONS: dict[str, tuple[object, object]] = {
         Annotated[str, typer.Option(help="Masks beside images: <stem><suffix>[_n].png", rich_help_panel=_DATA)],
         "_mask",
     ),
+    "mask_shapes": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Annotation files: the shape labels drawn into the lesion masks, e.g. polyp,adenoma (others stay "
+                "boxes); default every shape.",
+                rich_help_panel=_DATA,
+            ),
+        ],
+        None,
+    ),
     "images": (
         Annotated[
             str | None,

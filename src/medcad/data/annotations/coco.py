@@ -11,6 +11,7 @@ import numpy as np
 
 from medcad.config import DataOptions
 from medcad.data.annotations.shapes import (
+    ShapeTally,
     _image_dims,
     _load_json,
     mask_folder,
@@ -67,20 +68,22 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
     root = path if path.is_dir() else path.parent
     if path.is_file() and root.name.lower() == "annotations" and (root.parent / "images").is_dir():
         root = root.parent  # CVAT's "COCO 1.0" and the COCO release: annotations/ beside images/
-    rows, problems, notes = [], [], []
+    rows, problems, notes, tally = [], [], [], ShapeTally.of(options)
     for js in files:
-        file_rows = _read_coco_file(js, root, problems, notes)
+        file_rows = _read_coco_file(js, root, problems, notes, tally)
         notes += [f"{js.relative_to(root).as_posix()}: {len(file_rows)} image(s)"] if len(files) > 1 else []
         rows += file_rows
     if len(files) > 1:
         notes.insert(0, f"{len(files)} COCO files read together as one set; the export's split into them is not kept")
+    notes += tally.notes()
     rows = expand_frames(rows, root, problems)
     sources = [js.relative_to(root).as_posix() for js in files]
     return Manifest(root, make_table(rows), "coco", problems, list(dict.fromkeys(notes)), sources=sources)
 
 
-def _read_coco_file(js: Path, root: Path, problems: list, notes: list) -> list[dict]:
-    """One COCO JSON's rows (image paths relative to `root`); its problems and notes appended."""
+def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: ShapeTally) -> list[dict]:
+    """One COCO JSON's rows (image paths relative to `root`); its problems and notes appended; its annotations of
+    categories --mask-shapes leaves out counted in `tally`, not drawn."""
     try:
         coco = _load_json(js)
         cats = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
@@ -98,7 +101,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list) -> list[d
     unknown = Counter(a.get("category_id") for a in anns if a.get("category_id") not in cats)
     known = ", ".join(f"{k} {v!r}" for k, v in cats.items()) or "none"
     segmented = any(a.get("segmentation") for a in anns)
-    folder = mask_folder(js) if segmented else None
+    folder = mask_folder(js, tally.drawn_labels) if segmented else None
     rows, no_ann, mixed = [], [], 0
     n_clipped = 0
     for k, (iid, name, width, height) in enumerate(images):
@@ -138,7 +141,13 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list) -> list[d
             "boxes": json.dumps(boxes),
         }
         if folder is not None:
-            mask = np.logical_or.reduce(masks) if masks else np.zeros((height, width), bool)
+            drawn = []
+            for a, m in zip(mine, masks, strict=True):
+                if tally.draws(cats[a["category_id"]]):
+                    drawn.append(m)
+                else:
+                    tally.not_drawn.append(f"{name_js} annotation {a.get('id', '?')}")
+            mask = np.logical_or.reduce(drawn) if drawn else np.zeros((height, width), bool)
             row["mask"] = write_mask(folder / f"{k:06d}.png", mask, root)
         rows.append(row)
     for iid, those in dangling.items():

@@ -94,9 +94,9 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
     if top.find("image") is None and top.find("track") is not None:
         raise DataError(xml, "a 'CVAT for video' export (<track> elements): export the task as 'CVAT for images 1.1'")
     declared = {n.text.strip() for n in top.iterfind("meta//labels/label/name") if n.text}
-    root, folder = xml.parent, mask_folder(xml)
+    tally = ShapeTally.of(options)
+    root, folder = xml.parent, mask_folder(xml, tally.drawn_labels)
     rows, problems, empty, mixed, tagged = [], [], [], [], 0
-    tally = ShapeTally([], [], [])
     for k, el in enumerate(top.iterfind("image")):
         name = el.get("name", "")
         img = _find_image(root, root, name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +57,24 @@ class Shape:
 
 @dataclass
 class ShapeTally:
-    """Shapes that needed a decision, across one read (each an example for the note)."""
+    """Shapes that needed a decision, across one read (each an example for the note); and which labels' shapes are
+    drawn into the masks (`drawn_labels`, from --mask-shapes; None: every shape)."""
 
     clipped: list[str]
     outside: list[str]
     no_area: list[str]
+    drawn_labels: frozenset[str] | None = None
+    not_drawn: list[str] = field(default_factory=list)
+    labels_seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, options: DataOptions) -> ShapeTally:
+        return cls([], [], [], mask_shape_labels(options))
+
+    def draws(self, label: str) -> bool:
+        """Whether a shape of this label is drawn into the mask (its box is kept either way)."""
+        self.labels_seen.add(label)
+        return self.drawn_labels is None or label in self.drawn_labels
 
     def notes(self) -> list[str]:
         out = []
@@ -69,10 +82,23 @@ class ShapeTally:
             (self.clipped, "extend past their image's border: clipped to it"),
             (self.outside, "lie wholly outside their image: nothing drawn"),
             (self.no_area, "have no area (lines, points, polygons of < 3 points): not in the masks, labels kept"),
+            (self.not_drawn, "have labels not in --mask-shapes: not in the masks, kept as boxes and shape_labels"),
         ):
             if items:
                 out.append(f"{len(items)} shape(s) {what} (e.g. {', '.join(items[:3])})")
+        if self.drawn_labels is not None:
+            unseen = sorted(self.drawn_labels - self.labels_seen)
+            out.append(
+                f"masks drawn from the shapes labelled {', '.join(sorted(self.drawn_labels))} (--mask-shapes)"
+                + (f"; no shape is labelled {', '.join(unseen)}" if unseen else "")
+            )
         return out
+
+
+def mask_shape_labels(options: DataOptions) -> frozenset[str] | None:
+    """--mask-shapes as a set of shape labels, None when not given (every shape is drawn)."""
+    names = [x.strip() for x in (options.mask_shapes or "").split(",") if x.strip()]
+    return frozenset(names) if names else None
 
 
 def rasterise(shapes: list[Shape], width: int, height: int, tally: ShapeTally) -> np.ndarray:
@@ -82,6 +108,9 @@ def rasterise(shapes: list[Shape], width: int, height: int, tally: ShapeTally) -
     draw = ImageDraw.Draw(im)
     bitmaps = []
     for s in shapes:
+        if not tally.draws(s.label):
+            tally.not_drawn.append(s.where)
+            continue
         x0, y0, x1, y1 = s.bounds()
         if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
             tally.outside.append(s.where)
@@ -113,10 +142,12 @@ def clipped_box(s: Shape, width: int, height: int) -> list[float]:
     return [max(0, x0), max(0, y0), min(width, x1), min(height, y1)]
 
 
-def mask_folder(source: Path) -> Path:
-    """The cache folder of the masks rasterised from one source file (keyed by its path, size and mtime)."""
+def mask_folder(source: Path, drawn_labels: frozenset[str] | None = None) -> Path:
+    """The cache folder of the masks rasterised from one source file (keyed by its path, size and mtime, and the
+    shape labels drawn when not every shape is)."""
     st = source.stat()
     key = f"v{MASK_VERSION}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key += f"|{','.join(sorted(drawn_labels))}" if drawn_labels is not None else ""
     return cache_dir() / "annotation_masks" / hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
@@ -259,7 +290,7 @@ def per_image_rows(
     drawn_masks = masks
     if masks is None:
         drawn_masks = any(s.kind != "rectangle" for *_, got in parsed if got for s in got.shapes)
-    rows, missing, empty, mixed, folder_wins, tally = [], [], [], [], [], ShapeTally([], [], [])
+    rows, missing, empty, mixed, folder_wins, tally = [], [], [], [], [], ShapeTally.of(options)
     for img, row, src, got in parsed:
         if src is None or got is None:
             missing.append(row["image"])
@@ -271,7 +302,7 @@ def per_image_rows(
             continue
         mask, w, h = drawn
         if drawn_masks:
-            row["mask"] = write_mask(mask_folder(src) / "mask.png", mask, root)
+            row["mask"] = write_mask(mask_folder(src, tally.drawn_labels) / "mask.png", mask, root)
         row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in got.shapes])
         row["shape_labels"] = json.dumps(got.labels)
         row.update(got.extra or {})
