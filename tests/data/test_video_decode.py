@@ -165,3 +165,13 @@ def test_b_frames_and_frame_threads_still_name_the_lost_frame(tmp_path: Path) ->
     lost = [d.index for d in video.report.dropped]
     assert len(lost) == 1 and sorted([f.index for f in frames] + lost) == list(range(N))
     assert [f.time_s for f in frames] == pytest.approx([f.index / 25 for f in frames])
+
+
+def test_a_short_loop_cut_near_its_end_is_reported(tmp_path: Path) -> None:
+    """An MKV (no stream duration) missing its last frames, under the 0.5 s once allowed for an audio track."""
+    clip = encode(tmp_path / "loop.mkv", codec="mpeg4")
+    data = clip.read_bytes()
+    clip.write_bytes(data[: len(data) * 80 // 100])
+    frames, video = read_all(clip)
+    assert len(frames) < N and (N - len(frames)) / 25 < 0.5
+    assert video.report.truncated, video.report.as_dict()

@@ -241,7 +241,10 @@ class VideoReader:
             return None
         end_s = (last_end - (self._start or 0)) * self._tb
         duration = self._duration_s()
-        slack = 0.5 if not self._stream.duration else 2.0 / self.fps  # a container's duration may include audio
+        # a container's duration may include a longer audio track; without one, two frames' time is the slack (a
+        # 1.2 s loop cut at 0.72 s passed the 0.5 s that allowed for audio)
+        audio = not self._stream.duration and len(self._container.streams.audio) > 0
+        slack = 0.5 if audio else 2.0 / self.fps
         if duration is not None and end_s + slack < duration:
             return f"the video data ends at {end_s:.2f} s of the {duration:.2f} s its header announces"
         return None
