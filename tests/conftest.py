@@ -33,8 +33,8 @@ def save(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def write_dicom(path: Path, frames: np.ndarray) -> Path:
-    """Write a (F, H, W) uint16 monochrome DICOM (multi-frame when F > 1)."""
+def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1") -> Path:
+    """Write a (F, H, W) uint16 monochrome DICOM (multi-frame when F > 1) of PatientID `patient`."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
@@ -48,7 +48,7 @@ def write_dicom(path: Path, frames: np.ndarray) -> Path:
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "US"
-    ds.PatientID = "P1"
+    ds.PatientID = patient
     f, h, w = frames.shape
     ds.Rows, ds.Columns = h, w
     if f > 1:

@@ -216,3 +216,32 @@ def test_holdout_error_speaks_of_the_holdout(tmp_path: Path, monkeypatch) -> Non
     assert not re.search(r"\bfolds?\b", msg.replace("--folds", ""))  # no folds the user never asked for
     assert "--holdout 0.34" in msg
     assert make_splits(m, holdout=0.34, folds=None, val_fraction=0)["n_folds"] == 1
+
+
+def test_frames_of_one_dicom_stay_together_and_patient_ids_come_from_the_files(tmp_path: Path, monkeypatch) -> None:
+    """Multi-frame ultrasound DICOMs of six patients in class folders: the frames of one file never straddle train,
+    validation and test (a cine loop's frames had been spread over all three), and PatientID groups the files; an
+    export whose files all carry one PatientID (anonymised) is not grouped by it, and says so."""
+    from conftest import write_dicom
+    from medcad.data.splits import make_splits
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        label = ("benign", "malignant")[k % 2]
+        frames = rng.integers(0, 60000, (4, 24, 24)).astype(np.uint16)
+        write_dicom(tmp_path / "ds" / label / f"IM{k:05d}", frames, patient=f"PAT{k // 2}")
+        write_dicom(tmp_path / "anon" / label / f"IM{k:05d}", frames, patient="ANONYMOUS")
+    m = load_manifest(tmp_path / "ds")
+    assert sorted(set(m.table["patient"])) == [f"PAT{i}" for i in range(6)]
+    assert any("DICOM PatientID of 12 file(s) (6 patients)" in n for n in m.notes)
+    anon = load_manifest(tmp_path / "anon")
+    assert set(anon.table["patient"]) == {""} and any("anonymised?" in n for n in anon.notes)
+    for manifest, group_by in ((m, "auto"), (anon, "none")):
+        splits = make_splits(manifest, folds=3, group_by=group_by, seed=0)
+        for fold in splits["folds"]:
+            parts = {key.split("#")[0]: name for name in ("train", "val", "test") for key in fold[name]}
+            for name in ("train", "val", "test"):
+                files = {key.split("#")[0] for key in fold[name]}
+                assert all(parts[f] == name for f in files), (group_by, fold)
+        assert "file" in splits["group_by"]

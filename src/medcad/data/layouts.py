@@ -32,6 +32,7 @@ from medcad.data.manifest import (
     make_table,
     nfc,
     one_row_per_image,
+    patients_from_dicom,
     patients_from_paths,
     rename_labels,
 )
@@ -399,6 +400,7 @@ def load_manifest(
     rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
     if options.group_from:
         patients_from_paths(manifest, options.group_from)
+    patients_from_dicom(manifest)
     if labels is not None:
         allowed = set(labels)
         bad = ~manifest.table["label"].isin(allowed)

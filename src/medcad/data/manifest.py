@@ -271,3 +271,26 @@ def one_row_per_image(manifest: Manifest) -> None:
             f"{len(merged)} image(s) listed more than once with the same fields, each read once (e.g. {image!r}, "
             f"{n} times)"
         )
+
+
+def patients_from_dicom(manifest: Manifest) -> None:
+    """DICOM images without a patient id in the table get their file's PatientID, with a note; not when every file
+    has the same one (an anonymised export: one id for all would make the whole set one group), which is said."""
+    from medcad.data.media import dicom_patient_ids
+
+    table = manifest.table
+    empty = table["patient"] == ""
+    found = dicom_patient_ids(manifest.root, list(table.loc[empty, "image"]))
+    if not found:
+        return
+    ids = set(found.values())
+    if len(ids) == 1 and len(found) > 1:
+        manifest.notes.append(
+            f"all {len(found)} DICOM files have PatientID {next(iter(ids))!r} (anonymised?): not used for grouping; "
+            "give a patient column or --group-from"
+        )
+        return
+    table.loc[empty, "patient"] = table.loc[empty, "image"].map(lambda rel: found.get(rel, ""))
+    manifest.notes.append(
+        f"patient ids from the DICOM PatientID of {len(found)} file(s) ({len(ids)} patients): the splits group by them"
+    )

@@ -80,6 +80,24 @@ def dicom_frames(path: Path) -> int:
     return int(getattr(ds, "NumberOfFrames", 1) or 1)
 
 
+def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
+    """The PatientID (0010,0020) of each DICOM file among `images` (relative to `root`) that has one."""
+    import pydicom
+
+    out = {}
+    for rel in dict.fromkeys(images):
+        p = root / rel
+        if not is_dicom(p):
+            continue
+        try:
+            pid = str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", ""))
+        except Exception:  # unreadable files are named by the reader; no id is no id
+            continue
+        if pid.strip():
+            out[rel] = pid.strip()
+    return out
+
+
 def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]]) -> list[dict]:
     """One row per frame for multi-frame DICOM files; unreadable DICOM files become problems."""
     out = []

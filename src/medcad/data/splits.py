@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.errors import ConfigError, DataError
@@ -24,7 +25,8 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
     """One group id per sample and a description of how groups were formed.
 
     `auto` groups by patient and near duplicates together (a duplicate pair never straddles train and test,
-    whatever its patient ids say); `none` makes every sample its own group.
+    whatever its patient ids say); `none` makes every sample its own group. The frames of one file (a multi-frame
+    DICOM: one acquisition) are always one group, whatever `group_by` says ("+file" in the description).
     """
     from medcad.data.duplicates import connected_groups, duplicate_groups, fingerprints
 
@@ -45,6 +47,12 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
         for g in duplicate_groups(fingerprints(manifest, progress=progress), near=True):
             pairs += [(g[0], j) for j in g[1:]]
         used.append("duplicates")
+    frames_of: dict[str, int] = {}
+    for i, (img, fr) in enumerate(zip(manifest.table["image"], manifest.table["frame"], strict=True)):
+        if not pd.isna(fr):
+            pairs.append((frames_of.setdefault(img, i), i))
+    if len(frames_of) < int(manifest.table["frame"].notna().sum()):
+        used.append("file")
     groups = np.arange(n)
     for comp in connected_groups(n, pairs):
         groups[comp] = comp[0]
