@@ -383,3 +383,14 @@ def test_mask_folder_beside_class_folders_gets_a_note(tmp_path: Path) -> None:
     save(tmp_path / "frames2" / "000.png", noise_image(60))
     m = load_manifest(tmp_path, layout="folders")
     assert any("share 6 file names" in n and "--images frames --masks lesions" in n for n in m.notes)
+
+
+def test_results_are_written_readable_as_other_files(tmp_path: Path) -> None:
+    """CSV and JSON results had mkstemp's owner-only 0600 while the images beside them were 0644."""
+    import os
+
+    from medcad.data.manifest import atomic_write_text
+
+    atomic_write_text(tmp_path / "predictions.csv", "image\n")
+    (tmp_path / "plain.csv").write_text("image\n")
+    assert os.stat(tmp_path / "predictions.csv").st_mode == os.stat(tmp_path / "plain.csv").st_mode

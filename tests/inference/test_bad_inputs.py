@@ -134,3 +134,66 @@ def test_data_inspect_and_audit_report_an_oversized_image_without_a_traceback(
     assert res.exit_code == 0, res.output
     problems = json.loads(res.stdout)["problems"]
     assert len(problems) == 24 and all("0.001 megapixels" in p[-1] for p in problems)
+
+
+def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny_run: Path, tmp_path: Path) -> None:
+    """A multi-frame DICOM (each frame a row, its outputs _frame<k>), a 3-page TIFF (each page), two files of one
+    stem (kv.webp, kv.gif: two overlays, not one overwritten), and a broken video beside a good one: the good one is
+    still predicted, the broken one named, exit 1."""
+    import av
+
+    from conftest import write_dicom
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    write_dicom(folder / "IM00001", rng.integers(0, 60000, (3, 40, 40)).astype(np.uint16))
+    pages = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    pages[0].save(folder / "stack.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(folder / "kv.webp")
+    pages[1].save(folder / "kv.gif")
+    good = tmp_path / "good.mp4"
+    with av.open(str(good), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 48
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(good.read_bytes()[:600])  # opens, decodes nothing
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tiny_run),
+            str(folder),
+            str(good),
+            str(broken),
+            "-o",
+            str(tmp_path / "out"),
+            "--backend",
+            "torch-fp32",
+            "--no-overlays",
+        ],
+    )
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    names = sorted(Path(p).name for p in table["image"])
+    assert names == [
+        "IM00001#0",
+        "IM00001#1",
+        "IM00001#2",
+        "kv.gif",
+        "kv.webp",
+        "stack.tif#0",
+        "stack.tif#1",
+        "stack.tif#2",
+    ], names
+    assert (table["status"] == "ok").all()
+    assert (tmp_path / "out" / "good_frames.csv").is_file()
+    assert res.exit_code == 1 and "broken.avi" in res.stderr, res.output  # the broken video failed alone
+    assert "predicted 1 of 2 videos; 1 failed" in res.stderr
+    from medcad.inference.files import output_names
+
+    stems = output_names([str(folder / "kv.webp"), str(folder / "kv.gif"), f"{folder / 'IM00001'}#2"])
+    assert sorted(stems.values()) == ["IM00001_frame2", "kv_gif", "kv_webp"]

@@ -218,17 +218,18 @@ def predict(
     """Predict images or every frame of videos: classes (annotated video + per-frame CSV), lesion masks and overlays
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
-        from medcad.data.video import VideoReader, is_video
-        from medcad.inference.files import predict_image_files
+        from medcad.data.video import is_video
+        from medcad.errors import DataError
+        from medcad.inference.files import output_names, predict_image_files
         from medcad.inference.predictor import expand_inputs
         from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
         videos = [p for p in inputs if is_video(p)]  # every input checked before the model loads and `auto` measures
         images = expand_inputs([p for p in inputs if not is_video(p)], options)
-        for v in videos:
-            with VideoReader(v):  # there, a video, with a video stream
-                pass
+        for v in videos:  # there (a typo fails now, not after the models load); one that cannot be read fails alone
+            if not Path(v).is_file():
+                raise DataError(v, "file not found")
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
         table, records = (
@@ -236,11 +237,19 @@ def predict(
             if images
             else (None, [])
         )
-        summaries = [predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime) for v in videos]
+        names = output_names([*images, *videos])
+        summaries, video_errors = [], []
+        for v in videos:  # a video that fails is named; the others are still predicted
+            try:
+                summaries.append(
+                    predict_video(predictor, v, out, batch=batch, smooth=smooth, realtime=realtime, name=names[str(v)])
+                )
+            except MedcadError as e:
+                video_errors.append({"video": str(v), "error": str(e)})
     except MedcadError as e:
         _fail(e)
     if as_json:
-        typer.echo(json.dumps(records + summaries, indent=1, default=str))
+        typer.echo(json.dumps(records + summaries + video_errors, indent=1, default=str))
     else:
         if table is not None:
             masks = ", <image>_mask.png" if "lesion_fraction" in table else ""
@@ -249,11 +258,17 @@ def predict(
             _print_table(shown, False, f"{out}/predictions.csv; <image>_overlay.png{masks} in {out}/")
         for v in summaries:
             _echo_video(v)
+    for v in video_errors:
+        typer.echo(f"error: {v['error']}", err=True)
+    if video_errors:
+        typer.echo(f"predicted {len(summaries)} of {len(videos)} videos; {len(video_errors)} failed", err=True)
     if images:
         _say_failures(images, [r for r in records if "error" in r], out)
+    if video_errors:
+        raise typer.Exit(1)
 
 
-def _say_failures(images: list[Path], failed: list[dict], out: Path, shown: int = 3) -> None:
+def _say_failures(images: list, failed: list[dict], out: Path, shown: int = 3) -> None:
     """On stderr: each failed image with its reason (the first 10), then the count line, e.g. `predicted 10 of 11
     images; 1 failed (a.jpg: truncated JPEG)`, naming the first `shown` with the first clause of their reasons; exit
     1 when any failed (usage errors exit 2)."""

@@ -31,7 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medcad.errors import ConfigError, DataError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
+PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp"})  # may hold several pages or frames: each is an image
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
 MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
@@ -196,14 +197,20 @@ def _orientation(im: Image.Image) -> int:
 
 
 def decode_pil(
-    path: Path, draft: int | None, keep_alpha: bool = False, palette_indices: bool = False
+    path: Path, draft: int | None, keep_alpha: bool = False, palette_indices: bool = False, page: int | None = None
 ) -> tuple[np.ndarray, str, int]:
     """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied); with
-    `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours."""
+    `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours;
+    `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`)."""
     fmt = ""
     try:
         with _pil_image(path) as im:
             fmt = im.format or ""
+            if page:
+                n = getattr(im, "n_frames", 1)
+                if not 0 <= page < n:
+                    raise DataError(path, f"has {n} page(s); page {page} does not exist")
+                im.seek(page)
             orientation = _orientation(im)
             if draft and fmt == "JPEG":
                 im.draft("RGB" if im.mode != "L" else "L", (draft, draft))  # fast DCT-domain downscale
@@ -231,8 +238,15 @@ def decode_pil(
     return arr, fmt, orientation
 
 
-def _read_pil(path: Path, draft: int | None) -> np.ndarray:
-    return decode_pil(path, draft)[0]
+def image_pages(path: Path) -> int:
+    """Pages of a multi-page TIFF, frames of an animated GIF / WebP (1 for other files and single images)."""
+    if path.suffix.lower() not in PAGED_SUFFIXES:
+        return 1
+    try:
+        with _pil_image(path) as im:
+            return int(getattr(im, "n_frames", 1) or 1)
+    except (UnidentifiedImageError, OSError, DataError):
+        return 1  # an unreadable file fails as itself when read
 
 
 def read_dicom_frames(path: str | Path) -> np.ndarray:
@@ -306,7 +320,7 @@ def read_image(path: str | Path, frame: int | None = None, draft: int | None = N
         if not 0 <= idx < len(frames):
             raise DataError(p, f"has {len(frames)} frame(s); frame {idx} does not exist")
         return frames[idx]
-    return _to_rgb(_read_pil(p, draft))
+    return _to_rgb(decode_pil(p, draft, page=frame)[0])
 
 
 @dataclass(frozen=True)
@@ -433,6 +447,8 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             raise DataError(p, f"unreadable DICOM header ({type(e).__name__}: {e})") from e
     try:
         with _pil_image(p) as im:
+            if frame:
+                im.seek(frame)
             w, h = im.size
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError) as e:

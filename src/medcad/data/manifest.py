@@ -127,10 +127,14 @@ class Manifest:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to a temp file in the same folder, then rename it over `path`."""
+    """Write text to a temp file in the same folder, then rename it over `path`; the file gets the permissions any
+    new file gets (0666 less the umask, as `open` gives), not mkstemp's owner-only 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
+from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, image_pages, is_dicom
 from medcad.data.ledger import walk_files
 from medcad.errors import DataError
 
@@ -99,15 +99,16 @@ def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
 
 
 def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]]) -> list[dict]:
-    """One row per frame for multi-frame DICOM files; unreadable DICOM files become problems."""
+    """One row per frame for multi-frame DICOM files, multi-page TIFFs and animated GIF / WebP (`frame`: the
+    frame or page index); unreadable DICOM files become problems. A row that names its frame stays as it is."""
     out = []
     for row in rows:
         p = root / row["image"]
-        if not is_dicom(p) or row.get("frame") not in (None, ""):
+        if row.get("frame") not in (None, ""):
             out.append(row)
             continue
         try:
-            n = dicom_frames(p)
+            n = dicom_frames(p) if is_dicom(p) else image_pages(p)
         except DataError as e:
             problems.append((row["image"], e.problem))
             continue

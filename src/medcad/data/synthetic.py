@@ -10,14 +10,15 @@ ultrasound). The frames of one patient are near-duplicate views of one scene, as
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from medcad.data.manifest import atomic_write_text
 
 LABELS = ("normal", "benign", "malignant")
 LABEL_SHARES = (0.40, 0.35, 0.25)
@@ -294,16 +295,11 @@ def generate_synthetic(
             cv2.imwrite(str(out / "masks" / name), mask)
             boxes = _boxes(mask, p.label) if p.label != "normal" else []
             rows.append([f"images/{name}", p.label, p.pid, p.domain, p.subgroup, f"masks/{name}", json.dumps(boxes)])
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".csv", dir=out)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
-        os.replace(tmp, out / "manifest.csv")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(out / "manifest.csv", text.getvalue())
     return out / "manifest.csv"
 
 

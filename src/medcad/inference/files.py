@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,10 +12,39 @@ import numpy as np
 import pandas as pd
 
 from medcad.errors import DataError
-from medcad.inference.predictor import Predictor
+from medcad.inference.predictor import Predictor, split_frame
 from medcad.runfolder import RunFolder
 
 OK, FAILED = "ok", "failed"  # predictions.csv `status`
+
+
+def output_names(items: Sequence[str | Path]) -> dict[str, str]:
+    """The file-name stem of each input's outputs (`<stem>_overlay.png`, `<stem>_frames.csv`, ...): its stem, with
+    `_frame<k>` for a frame of a multi-frame file; where inputs would share one (`IM000000` in two folders of a
+    DICOM CD, `kv.webp` beside `kv.gif`, `a.mp4` beside `a.mkv`), each gets its path from the folder they share,
+    with `/` and `.` as `_`, so that no output overwrites another's.
+
+    Args:
+        items: inputs as `expand_inputs` gives them (paths, `<path>#<frame>`).
+    """
+
+    def named(item: str, rel: str | None = None) -> str:
+        path, frame = split_frame(item)
+        stem = path.stem if rel is None else "".join(c if c.isalnum() or c in "-_" else "_" for c in rel)
+        return stem + (f"_frame{frame}" if frame is not None else "")
+
+    out = {str(i): named(str(i)) for i in items}
+    counts = Counter(out.values())
+    clashing = [i for i, name in out.items() if counts[name] > 1]
+    if clashing:
+        files = {i: split_frame(i)[0].resolve() for i in clashing}
+        common = os.path.commonpath([str(f.parent) for f in files.values()])
+        out |= {i: named(i, os.path.relpath(files[i], common)) for i in clashing}
+    seen: Counter = Counter()
+    for item, name in out.items():  # what is still shared (`a_b.png` beside `a/b.png`): numbered
+        seen[name] += 1
+        out[item] = name if seen[name] == 1 else f"{name}_{seen[name]}"
+    return out
 
 
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
@@ -36,7 +66,8 @@ def predict_image_files(
     workers: int | None = None,
     errors: str = "row",
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """Predict every image file; write into `out`: `<stem>_overlay.png` (what the prediction has, drawn on the
+    """Predict every image file (`output_names` gives `<stem>`); write into `out`: `<stem>_overlay.png` (what the
+    prediction has, drawn on the
     image), `<stem>_mask.png` (0/255 at the image's size; label-map models: the class map in the run's mask
     values) for mask tasks, and predictions.csv (one `Prediction.row`
     per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed)). Rows are appended to
@@ -61,12 +92,13 @@ def predict_image_files(
     columns: list[str] | None = None  # from the first prediction; failed rows wait for it in the partial file
     written = 0
     items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
+    names = output_names(paths)
     for k, (pred, image) in enumerate(items):
         if isinstance(pred, DataError):
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
             summaries.append({"image": pred.path, "error": pred.problem})
         else:
-            stem = Path(pred.image).stem
+            stem = names.get(pred.image) or Path(pred.image).stem
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
             if pred.mask is not None:

@@ -224,22 +224,24 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple:
         try:
-            rgb = read_image(self.paths[i])
+            rgb = read_image(*split_frame(self.paths[i]))
         except DataError as e:
             return None, None, str(self.paths[i]), e.problem
         return preprocess(rgb, self.size, self.bilateral, self.interface), rgb, str(self.paths[i]), None
 
 
-def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[Path]:
-    """Files as given; a folder read as a dataset (any layout, `options` as for training) and expanded to its
-    images, so that masks beside or paired with the images are not predicted as images.
+def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[str]:
+    """What to predict, one item per image: files as given; a folder read as a dataset (any layout, `options` as
+    for training) and expanded to its images, so that masks beside or paired with the images are not predicted as
+    images; every frame of a multi-frame DICOM as `<path>#<frame>` (`split_frame` reads it back).
 
     Raises:
         DataError: a path does not exist, or a folder holds no images.
     """
     from medcad.data.layouts import load_manifest
+    from medcad.data.media import expand_frames
 
-    out: list[Path] = []
+    out: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -247,9 +249,23 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
             for note in m.notes:  # how the folder was read, with its ledger line
                 logging.getLogger(__name__).warning("note: %s", note)
             m.check_complete((options or DataOptions()).allow_missing)
-            out += [m.root / rel for rel in dict.fromkeys(m.table["image"])]
+            out += [str(m.root / key) for key in m.keys]
         elif p.exists():
-            out.append(p)
+            rows = expand_frames([{"image": p.name}], p.parent, [])  # an unreadable DICOM fails as itself, later
+            out += [str(p) if r.get("frame") is None else f"{p}{FRAME_SEP}{r['frame']}" for r in rows] or [str(p)]
         else:
             raise DataError(p, "file not found")
     return out
+
+
+FRAME_SEP = "#"  # `<path>#<frame>`: a frame of a multi-frame file, as manifest keys name it
+
+
+def split_frame(item: str | Path) -> tuple[Path, int | None]:
+    """(file, frame) of an item of `expand_inputs`: `a.dcm#3` is frame 3 of a.dcm (unless a file of that very name
+    exists); anything else is a file."""
+    text = str(item)
+    base, sep, frame = text.rpartition(FRAME_SEP)
+    if sep and frame.isdigit() and not Path(text).exists() and Path(base).is_file():
+        return Path(base), int(frame)
+    return Path(text), None

@@ -56,10 +56,12 @@ def predict_video(
     realtime: bool = False,
     write_video: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    name: str | None = None,
 ) -> dict:
     """Predict every frame (or, with `realtime`, every frame the model keeps up with) of a video.
 
-    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir`: one `Prediction.row` per frame (its index
+    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir` (`name`, else the video's stem):
+    one `Prediction.row` per frame (its index
     in the video, presentation time `time_s`, the frame decision, probabilities, lesion fraction or boxes, as the
     task has) plus the decision smoothed over `smooth` frames (mean class probabilities; mean top-box score; mean
     lesion fraction), drawn on the frame. Frames that cannot be decoded are skipped and listed.
@@ -73,7 +75,7 @@ def predict_video(
         DataError: naming the video, when it cannot be opened or none of its frames decodes.
     """
     video = Path(video)
-    out_dir = Path(out_dir)
+    out_dir, stem = Path(out_dir), name or Path(video).stem
     out_dir.mkdir(parents=True, exist_ok=True)
     reader = VideoReader(video)
     fps, n_frames = reader.fps, reader.estimated_frames
@@ -81,7 +83,7 @@ def predict_video(
     stop = threading.Event()
     state: dict = {"skipped": 0, "error": None}
     thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
-    writer = _AnnotatedVideo(out_dir / f"{video.stem}_annotated.mp4", fps) if write_video else None
+    writer = _AnnotatedVideo(out_dir / f"{stem}_annotated.mp4", fps) if write_video else None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
     t0 = time.perf_counter()
@@ -126,7 +128,7 @@ def predict_video(
     if not rows:
         raise reader.nothing_decoded()
     elapsed = time.perf_counter() - t0
-    atomic_write_text(out_dir / f"{video.stem}_frames.csv", pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(out_dir / f"{stem}_frames.csv", pd.DataFrame(rows).to_csv(index=False))
     decode = report.as_dict()
     return {
         "video": str(video),
@@ -139,8 +141,8 @@ def predict_video(
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,
         "latency_ms_per_frame": 1000 * float(np.median(latencies)) if latencies else None,
-        "csv": str(out_dir / f"{video.stem}_frames.csv"),
-        "annotated": str(out_dir / f"{video.stem}_annotated.mp4") if write_video else None,
+        "csv": str(out_dir / f"{stem}_frames.csv"),
+        "annotated": str(out_dir / f"{stem}_annotated.mp4") if write_video else None,
     }
 
 
