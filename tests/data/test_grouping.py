@@ -245,3 +245,22 @@ def test_frames_of_one_dicom_stay_together_and_patient_ids_come_from_the_files(t
                 files = {key.split("#")[0] for key in fold[name]}
                 assert all(parts[f] == name for f in files), (group_by, fold)
         assert "file" in splits["group_by"]
+
+
+def test_a_dicom_file_set_is_read_without_folder_labels(tmp_path: Path, monkeypatch) -> None:
+    """A DICOM CD export (DICOMDIR beside PT000000/ST000000/SE000000/IM000000): its folder names are ids, not labels
+    (every image had been labelled SE000000); patients come from PatientID; the DICOMDIR is named as the index."""
+    from conftest import write_dicom
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        frames = rng.integers(0, 60000, (1, 24, 24)).astype(np.uint16)
+        series = tmp_path / "cd" / f"PT{k // 2:06d}" / "ST000000" / f"SE{k % 2:06d}"
+        write_dicom(series / "IM000000", frames, f"PAT{k // 2}")
+        write_dicom(series / "IM000001", frames, f"PAT{k // 2}")
+    (tmp_path / "cd" / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM")
+    m = load_manifest(tmp_path / "cd")
+    assert len(m) == 8 and set(m.table["label"]) == {""} and sorted(set(m.table["patient"])) == ["PAT0", "PAT1"]
+    assert any("a DICOM file set (DICOMDIR)" in n for n in m.notes)
+    assert dict(m.ledger.unread)["DICOMDIR"].startswith("a DICOMDIR")

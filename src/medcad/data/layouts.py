@@ -153,7 +153,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
         )
     detected = f" (detected{why})" if options.pattern is None else ""
-    notes = [f"folder pattern {pattern!r}{detected}"] if pattern else []
+    notes = [f"folder pattern {pattern!r}{detected}"] if pattern or why else []
     if by_word:
         notes.append(
             f"{len(by_word)} file(s) read as the masks of the image beside them by a mask word in their names and "
@@ -167,7 +167,13 @@ def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str,
     """The folder pattern of a folders layout, and why when it is not the plain one: `{label}` for class folders;
     with every image two folders down, `{label}/{patient}` when the inner folders' names are each under one outer
     folder only (patients or cases within class folders) and outnumber the two or more outer ones, else
-    `*/{label}` (the inner folders are the classes: `site1/benign`, `train/benign`, ...)."""
+    `*/{label}` (the inner folders are the classes: `site1/benign`, `train/benign`, ...); none in a DICOM file set
+    (a DICOMDIR beside PATIENT/STUDY/SERIES folders, whose names are ids)."""
+    if (root / "DICOMDIR").is_file():
+        return "", (
+            ": a DICOM file set (DICOMDIR): its folders are patient / study / series ids, not labels; give --pattern "
+            "or a manifest for labels"
+        )
     if depth.get(1) or depth.get(0):
         return ("{label}" if depth.get(1) else ""), ""
     if set(depth) == {2}:

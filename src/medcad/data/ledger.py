@@ -48,6 +48,8 @@ def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
         return f"an image the {layout!r} layout did not read"
+    if path.name.upper() == "DICOMDIR":
+        return "a DICOMDIR: the file set's index (its images are read from their own files)"
     if suffix == ".json" and _is_label_studio(path):
         return "a Label Studio export (a list of tasks), which medcad does not read: export COCO or YOLO from it"
     if suffix in TABLE_SUFFIXES:

@@ -25,7 +25,10 @@ import numpy as np
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
+    | {".flv", ".vob"}
+)
 
 
 def is_video(path: str | Path) -> bool:
