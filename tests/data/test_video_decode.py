@@ -184,3 +184,16 @@ def test_transport_streams_and_webm_are_videos(tmp_path: Path) -> None:
     assert all(is_video(f"x{s}") for s in (".ts", ".m2ts", ".mts", ".webm", ".3gp", ".ogv", ".flv", ".vob"))
     frames, video = read_all(encode(tmp_path / "clip.ts", codec="mpeg4"))
     assert len(frames) == N and not video.report.truncated
+
+
+def test_a_damaged_mjpeg_frame_is_dropped_and_named_not_predicted(tmp_path: Path) -> None:
+    """100 bytes zeroed inside frame 10's JPEG (of 664): FFmpeg decoded it as a smear without an error, so it passed
+    as a picture; it is now a dropped frame with its index and time."""
+    clip = encode(tmp_path / "clip.avi", codec="mjpeg")
+    data = bytearray(clip.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[10] + 400 : starts[10] + 500] = bytes(100)
+    clip.write_bytes(bytes(data))
+    frames, video = read_all(clip)
+    assert [f.index for f in frames] == [i for i in range(N) if i != 10]
+    assert [d.index for d in video.report.dropped] == [10]

@@ -132,6 +132,12 @@ class VideoReader:
             self._container.close()
             raise DataError(self.path, "cannot decode this video: it has no video stream")
         self._stream = self._container.streams.video[0]
+        if self._stream.codec_context.codec.intra_only:
+            # a damaged frame of an intra-only codec (MJPEG: each frame a JPEG) is an error, not a picture: one with
+            # 100 bytes zeroed decoded as a smear, predicted like any other (FFmpeg only logged it); now it is
+            # dropped and named. Not for inter codecs (H.264, MPEG-4): there every frame up to the next key frame
+            # that refers to a damaged one would fail too, where concealment keeps them.
+            self._stream.codec_context.options = {"err_detect": "bitstream+buffer+explode"}
         if threads:
             self._stream.thread_type = "AUTO"  # frame threads: errors surface late, but drops are found by timestamp
         rate = self._stream.average_rate or self._stream.guessed_rate
