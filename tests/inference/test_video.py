@@ -99,3 +99,51 @@ def test_undecodable_video_is_named(tiny_run: Path, tmp_path: Path) -> None:
     assert "predicted 0 of 1 videos; 1 failed" in res.output
     res = runner.invoke(app, ["data", "frames", str(bad)])
     assert res.exit_code == 2 and "cannot decode" in res.output
+
+
+def test_realtime_names_the_frames_it_skips(tiny_run: Path, tmp_path: Path) -> None:
+    """--realtime on a clip faster than the model: the skipped frames are listed by index (they were only counted,
+    and the console said nothing), and predicted + skipped frames are every frame."""
+    rng = np.random.default_rng(3)
+    clip = make_video(
+        tmp_path / "fast.mp4", [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(120)], 600
+    )
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tiny_run),
+            str(clip),
+            "-o",
+            str(tmp_path / "out"),
+            "--realtime",
+            "--batch",
+            "1",
+            "--backend",
+            "torch-fp32",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    (summary,) = json.loads(res.stdout)
+    skipped = summary["skipped_frames"]
+    assert skipped and summary["frames_skipped"] == len(skipped)
+    with open(summary["csv"]) as f:
+        predicted = [int(r["frame"]) for r in csv.DictReader(f)]
+    assert sorted(predicted + skipped) == list(range(120))
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tiny_run),
+            str(clip),
+            "-o",
+            str(tmp_path / "out2"),
+            "--realtime",
+            "--batch",
+            "1",
+            "--backend",
+            "torch-fp32",
+        ],
+    )
+    assert "skipped by --realtime to keep pace" in res.output

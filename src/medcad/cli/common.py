@@ -257,6 +257,11 @@ def _echo_video(v: dict) -> None:
         shown = ", ".join(f"{d['frame']}{t}" for d, t in zip(lost[:10], at, strict=True))
         more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
         typer.echo(f"warning: {v['video']}: {len(lost)} frame(s) could not be decoded and were skipped: {shown}{more}")
+    skipped = v.get("skipped_frames") or []
+    if skipped:
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        shown = ", ".join(map(str, skipped[:10]))
+        typer.echo(f"note: {v['video']}: {len(skipped)} frame(s) skipped by --realtime to keep pace: {shown}{more}")
     if v.get("truncated"):
         typer.echo(f"warning: {v['video']}: truncated ({v.get('truncation')}); the frames before the cut were read")
 

@@ -21,7 +21,8 @@ from medcad.inference.predictor import Predictor
 
 
 def _decoder(reader: VideoReader, q: queue.Queue, stop: threading.Event, realtime: bool, state: dict) -> None:
-    """Put `Frame`s on `q`, then None; keeps an exception in `state["error"]`, frames skipped in `state["skipped"]`."""
+    """Put `Frame`s on `q`, then None; keeps an exception in `state["error"]`, the indices of frames skipped in
+    `state["skipped"]`."""
     t0 = first = None
     try:
         for frame in reader.frames():
@@ -35,8 +36,7 @@ def _decoder(reader: VideoReader, q: queue.Queue, stop: threading.Event, realtim
                     time.sleep(wait)
                 if q.full():
                     try:
-                        q.get_nowait()  # skip the oldest pending frame
-                        state["skipped"] += 1
+                        state["skipped"].append(q.get_nowait().index)  # skip the oldest pending frame
                     except queue.Empty:
                         pass
             q.put(frame)
@@ -68,8 +68,9 @@ def predict_video(
 
     Returns:
         A summary: frames predicted; `frames_dropped` and `dropped_frames` ({frame, time_s, reason}) for frames that
-        could not be decoded; `frames_skipped` by `realtime`; `truncated`/`truncation`; `rotation` applied; frames/s
-        end to end and per-frame latency. `progress(frames done, frames in video)` is called after each batch.
+        could not be decoded; `frames_skipped` by `realtime` and their indices (`skipped_frames`);
+        `truncated`/`truncation`; `rotation` applied; frames/s end to end and per-frame latency.
+        `progress(frames done, frames in video)` is called after each batch.
 
     Raises:
         DataError: naming the video, when it cannot be opened or none of its frames decodes.
@@ -81,7 +82,7 @@ def predict_video(
     fps, n_frames = reader.fps, reader.estimated_frames
     q: queue.Queue = queue.Queue(maxsize=batch * 2)
     stop = threading.Event()
-    state: dict = {"skipped": 0, "error": None}
+    state: dict = {"skipped": [], "error": None}
     thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
     writer = _AnnotatedVideo(out_dir / f"{stem}_annotated.mp4", fps) if write_video else None
     rows, latencies = [], []
@@ -135,7 +136,8 @@ def predict_video(
         "frames_in_video": report.frames_decoded + report.frames_dropped,
         "frames_predicted": len(rows),
         **{k: decode[k] for k in ("frames_dropped", "dropped_frames")},
-        "frames_skipped": state["skipped"],
+        "frames_skipped": len(state["skipped"]),
+        "skipped_frames": state["skipped"],
         **{k: decode[k] for k in ("truncated", "truncation", "rotation", "times_from")},
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
