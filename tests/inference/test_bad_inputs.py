@@ -191,6 +191,7 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
     ], names
     assert (table["status"] == "ok").all()
     assert (tmp_path / "out" / "good_frames.csv").is_file()
+    assert "note: DICOM 16-bit scaled from its stored range: 1 image file(s)" in res.stderr  # how inputs decode
     assert res.exit_code == 1 and "broken.avi" in res.stderr, res.output  # the broken video failed alone
     assert "predicted 1 of 2 videos; 1 failed" in res.stderr
     from medcad.inference.files import output_names

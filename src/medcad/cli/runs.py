@@ -230,6 +230,7 @@ def predict(
         for v in videos:  # there (a typo fails now, not after the models load); one that cannot be read fails alone
             if not Path(v).is_file():
                 raise DataError(v, "file not found")
+        _say_notes(_decoding_notes(images))
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
         table, records = (
@@ -266,6 +267,19 @@ def predict(
         _say_failures(images, [r for r in records if "error" in r], out)
     if video_errors:
         raise typer.Exit(1)
+
+
+def _decoding_notes(items: list[str]) -> list[str]:
+    """How the input images are decoded, counted over their files (as `data inspect` says it): EXIF orientation,
+    16-bit scaling, DICOM colour spaces, alpha dropped, ..."""
+    from collections import Counter
+
+    from medcad.data.io import describe_image
+    from medcad.inference.predictor import split_frame
+
+    files = dict.fromkeys(split_frame(item)[0] for item in items)
+    found = Counter(note for f in files if f.is_file() for note in describe_image(f))
+    return [f"{note}: {n} image file(s)" for note, n in found.most_common()]
 
 
 def _say_failures(images: list, failed: list[dict], out: Path, shown: int = 3) -> None:
