@@ -197,3 +197,12 @@ def test_a_damaged_mjpeg_frame_is_dropped_and_named_not_predicted(tmp_path: Path
     frames, video = read_all(clip)
     assert [f.index for f in frames] == [i for i in range(N) if i != 10]
     assert [d.index for d in video.report.dropped] == [10]
+
+
+def test_a_dicom_cine_given_as_a_video_says_what_it_is(tmp_path: Path) -> None:
+    """`data frames` on an ultrasound cine DICOM said "corrupt video, or an MP4 cut off before its index"."""
+    from conftest import write_dicom
+
+    cine = write_dicom(tmp_path / "IM00001", np.zeros((3, 16, 16), np.uint16))
+    with pytest.raises(DataError, match="IM00001: a DICOM file, not a video"):
+        VideoReader(cine)

@@ -89,6 +89,9 @@ def test_frames_and_video_prediction(tiny_run: Path, easy_set: Path, tmp_path: P
     per_frame = list(csv.DictReader(open(summary["csv"])))
     assert [int(r["frame"]) for r in per_frame] == [i for i in range(len(times)) if i != 4]
     assert [float(r["time_s"]) for r in per_frame] == [t / 1000 for i, t in enumerate(times) if i != 4]
+    with av.open(summary["annotated"]) as annotated:  # each frame at its source time (it had been a constant rate)
+        shown = [round(float(f.time) * 1000) for f in annotated.decode(video=0)]
+    assert shown == [t for i, t in enumerate(times) if i != 4]
 
 
 def test_undecodable_video_is_named(tiny_run: Path, tmp_path: Path) -> None:
@@ -147,3 +150,19 @@ def test_realtime_names_the_frames_it_skips(tiny_run: Path, tmp_path: Path) -> N
         ],
     )
     assert "skipped by --realtime to keep pace" in res.output
+
+
+def test_an_odd_sized_video_is_annotated_whole(tmp_path: Path) -> None:
+    """A 21x17 source (as 721x577 PAL captures are): padded by a pixel to the even sides the encoder needs, every
+    source pixel kept (it had been cropped)."""
+    from medcad.inference.video import _AnnotatedVideo
+
+    writer = _AnnotatedVideo(tmp_path / "odd.mp4", 25.0)
+    frame = np.zeros((17, 21, 3), np.uint8)
+    frame[:, -1] = 255  # the last column, which cropping loses
+    for k in range(3):
+        writer.write(frame, k / 25)
+    writer.close()
+    with av.open(str(tmp_path / "odd.mp4")) as clip:
+        got = [f.to_ndarray(format="rgb24") for f in clip.decode(video=0)]
+    assert len(got) == 3 and got[0].shape == (18, 22, 3) and got[0][:, 20].mean() > 200

@@ -22,6 +22,7 @@ import av
 import cv2
 import numpy as np
 
+from medcad.data.io import is_dicom
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
 
@@ -120,6 +121,12 @@ class VideoReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(self.path, "video file not found")
+        if is_dicom(self.path):
+            raise DataError(
+                self.path,
+                "a DICOM file, not a video: its frames are images to every command (train, predict, data inspect "
+                "read one row per frame); data frames reads video files",
+            )
         try:
             self._container = av.open(str(self.path), metadata_errors="replace")
         except av.error.FFmpegError as e:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -110,7 +111,7 @@ def predict_video(
                 }
                 rows.append(record)
                 if writer is not None:
-                    writer.write(pred.draw(f.rgb, caption=(label, score)))
+                    writer.write(pred.draw(f.rgb, caption=(label, score)), f.time_s)
             if progress is not None:
                 progress(len(rows), n_frames)
     finally:
@@ -163,17 +164,33 @@ def _next_batch(q: queue.Queue, batch: int, realtime: bool) -> tuple[list[Frame]
 
 
 class _AnnotatedVideo:
-    """An MP4 (mp4v) of drawn RGB frames at `fps`, opened at the first frame's size."""
+    """An MP4 (MPEG-4 Part 2, as OpenCV's mp4v wrote it) of drawn RGB frames, each shown at its source time, so that
+    a variable-frame-rate recording keeps its timing (at a constant `fps`, 2.3 s of source played in 0.8 s); opened
+    at the first frame's size, an odd side padded by one pixel (the encoder needs even sides; a 721x577 input had
+    been cropped to 720x576)."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps, self.writer = path, fps, None
+        self.path, self.fps, self.out, self.stream, self.last = path, fps, None, None, -1
 
-    def write(self, rgb: np.ndarray) -> None:
-        if self.writer is None:
-            h, w = rgb.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    def write(self, rgb: np.ndarray, time_s: float | None = None) -> None:
+        import av
+
+        h, w = rgb.shape[:2]
+        if self.out is None:
+            self.out = av.open(str(self.path), "w")
+            self.stream = self.out.add_stream("mpeg4", rate=Fraction(self.fps).limit_denominator(1001))
+            self.stream.width, self.stream.height = w + w % 2, h + h % 2
+            self.stream.pix_fmt, self.stream.bit_rate = "yuv420p", max(2_000_000, int(w * h * self.fps * 0.2))
+            self.stream.time_base = self.stream.codec_context.time_base = Fraction(1, 1000)
+        if w % 2 or h % 2:
+            rgb = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        pts = round(time_s * 1000) if time_s is not None else self.last + round(1000 / self.fps)
+        self.last = frame.pts = max(pts, self.last + 1)
+        frame.time_base = Fraction(1, 1000)
+        self.out.mux(self.stream.encode(frame))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
+        if self.out is not None:
+            self.out.mux(self.stream.encode())
+            self.out.close()
