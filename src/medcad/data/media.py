@@ -59,7 +59,9 @@ def find_coco_jsons(path: Path) -> list[Path]:
         if found:
             return found
     subs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")) if path.is_dir() else []
-    return [js for d in subs for js in sorted(d.glob("*.json")) if is_coco_json(js)]
+    # a split folder holds one COCO file among its images; the first few JSONs of each are enough to look at (a
+    # folder of labelme JSONs, thousands with their images inlined, is not read through to decide the layout)
+    return [js for d in subs for js in sorted(d.glob("*.json"))[:3] if is_coco_json(js)]
 
 
 def find_coco_json(path: Path) -> Path | None:
