@@ -227,3 +227,28 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
         assert any("folder pattern '{label}/{patient}' (detected:" in n for n in m.notes) == (
             nesting == "label/patient"
         )
+
+
+def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:
+    """An image listed once per lesion (its own mask and box per row, a lesion id): one row, the masks' union and
+    every box, with a note; a label that differs between the rows is still a conflict, named."""
+    from medcad.data.io import read_mask
+
+    save(tmp_path / "a.png", noise_image(1))
+    save(tmp_path / "b.png", noise_image(2))
+    for k, (y, x) in enumerate(((4, 4), (20, 20))):
+        m = np.zeros((32, 32), np.uint8)
+        m[y : y + 6, x : x + 6] = 255
+        save(tmp_path / f"a_lesion{k}.png", m)
+    box = lambda y, x: f'"[[{x}, {y}, {x + 6}, {y + 6}, ""polyp""]]"'  # noqa: E731
+    (tmp_path / "manifest.csv").write_text(
+        "image,label,mask,boxes,lesion_id\n"
+        f"a.png,polyp,a_lesion0.png,{box(4, 4)},1\n"
+        f"a.png,polyp,a_lesion1.png,{box(20, 20)},2\n"
+        "b.png,polyp,,,1\nb.png,normal,,,2\n"
+    )
+    m = load_manifest(tmp_path)
+    assert list(m.table["image"]) == ["a.png"] and m.ledger.line().startswith("used 1 of 3")
+    assert read_mask(m.mask_paths(0)).sum() == 72 and len(m.boxes(0)) == 2
+    assert any("listed once per lesion" in n and "lesion_id kept from the first row" in n for n in m.notes)
+    assert all("different label" in r for p, r in m.ledger.left_out if p == "b.png")

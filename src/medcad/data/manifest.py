@@ -241,10 +241,15 @@ def patients_from_paths(manifest: Manifest, regex: str) -> None:
 
 
 def one_row_per_image(manifest: Manifest) -> None:
-    """Each image (each DICOM frame) in one row, as sample identity by key needs: rows naming the same file
-    (`a.jpg` and `./a.jpg` alike) with the same fields are read once, with a note; rows naming it with different
-    fields (two labels, two masks) are all left out as problems naming what differs, since which one is right
-    cannot be told (a run would otherwise score both rows with one row's label)."""
+    """Each image (each DICOM frame) in one row, as sample identity by key needs. Rows naming the same file (`a.jpg`
+    and `./a.jpg` alike):
+
+    - with the same fields: read once, with a note;
+    - differing only in mask and boxes (a manifest with one row per lesion): one row whose mask is the union of
+      theirs and whose boxes are all of theirs, with a note naming other columns kept from the first row;
+    - differing in label, patient, domain or subgroup: all left out as problems naming what differs, since which
+      one is right cannot be told (a run would otherwise score both rows with one row's label).
+    """
     table = manifest.table
     same_image: dict[str, list[int]] = {}
     for i, (img, fr) in enumerate(zip(table["image"], table["frame"], strict=True)):
@@ -253,27 +258,43 @@ def one_row_per_image(manifest: Manifest) -> None:
     repeated = [rows for rows in same_image.values() if len(rows) > 1]
     if not repeated:
         return
-    keep, merged = np.ones(len(table), bool), []
+    keep, merged, lesions, kept_first = np.ones(len(table), bool), [], [], set()
     fields = [c for c in table.columns if c != "image"]
     for rows in repeated:
         part = table.iloc[rows][fields].astype(str)
         differs = [c for c in fields if part[c].nunique() > 1]
-        if not differs:
-            keep[rows[1:]] = False
-            merged.append((table["image"].iat[rows[0]], len(rows)))
+        conflicts = [c for c in differs if c in ("frame", "label", "patient", "domain", "subgroup")]
+        if conflicts:
+            keep[rows] = False
+            what = "; ".join(f"{c}: {' / '.join(repr(v) for v in dict.fromkeys(part[c]))}" for c in conflicts)
+            for i in rows:
+                manifest.problems.append(
+                    (table["image"].iat[i], f"listed {len(rows)} times with different {', '.join(conflicts)} ({what})")
+                )
             continue
-        keep[rows] = False
-        what = "; ".join(f"{c}: {' / '.join(repr(v) for v in dict.fromkeys(part[c]))}" for c in differs)
-        for i in rows:
-            manifest.problems.append(
-                (table["image"].iat[i], f"listed {len(rows)} times with different {', '.join(differs)} ({what})")
-            )
+        keep[rows[1:]] = False
+        if {"mask", "boxes"} & set(differs):
+            masks = [m for v in part["mask"] for m in v.split(MASK_SEP) if m]
+            boxes = [b for v in part["boxes"] if v for b in json.loads(v)]
+            table.loc[table.index[rows[0]], "mask"] = MASK_SEP.join(dict.fromkeys(masks))
+            table.loc[table.index[rows[0]], "boxes"] = json.dumps(boxes) if boxes else ""
+            lesions.append((table["image"].iat[rows[0]], len(rows)))
+            kept_first |= set(differs) - {"mask", "boxes"}
+        else:
+            merged.append((table["image"].iat[rows[0]], len(rows)))
     manifest.table = table[keep].reset_index(drop=True)
     if merged:
         image, n = merged[0]
         manifest.notes.append(
             f"{len(merged)} image(s) listed more than once with the same fields, each read once (e.g. {image!r}, "
             f"{n} times)"
+        )
+    if lesions:
+        image, n = lesions[0]
+        manifest.notes.append(
+            f"{len(lesions)} image(s) listed once per lesion (e.g. {image!r}, {n} rows): one row each, its mask the "
+            "union of the rows' masks and its boxes all of theirs"
+            + (f"; {', '.join(sorted(kept_first))} kept from the first row" if kept_first else "")
         )
 
 
