@@ -235,6 +235,9 @@ def test_a_cpu_quota_sets_the_threads(tmp_path) -> None:
     assert mine["runtime_threads"] is None and mine["torch_after"] == 2
     free = _probe([], {})  # outside the quota: every core, the runtimes' own default
     assert free["machine"]["cores"] == free["machine"]["affinity_cores"] and free["runtime_threads"] is None
+    import os
+
+    os.rmdir("/sys/fs/cgroup/cpu/medcad-test")  # empty again: its processes have ended
 
 
 def test_joblibs_cpu_limit_counts_too() -> None:

@@ -155,9 +155,10 @@ def runtime_threads(threads: int | None = None) -> int | None:
 
 
 def fit_torch_threads(threads: int | None = None) -> None:
-    """Set torch's intra-op threads to `runtime_threads(threads)` where that says a number."""
+    """Set torch's intra-op threads to `threads` when asked for; else lower them to a CPU quota's cores where
+    `runtime_threads` says so (never raised: a `--jobs` worker keeps its share of the cores)."""
     n = runtime_threads(threads)
-    if n:
+    if n and (threads or n < torch.get_num_threads()):
         torch.set_num_threads(n)
 
 

@@ -206,20 +206,23 @@ def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None
 @given(
     n_classes=st.integers(2, 3),
     per_class=st.integers(1, 3),
-    nesting=st.sampled_from(["label/patient", "split/label", "site/label"]),
+    nesting=st.sampled_from(["label/patient", "split/label", "site/label", "modality/label"]),
 )
 def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesting) -> None:
     """Images two folders down: class folders holding patient folders (`benign/P007/1.png`) give labels and
-    patients (the patient folder had become the label); `train/benign`, `site1/benign` give the inner classes."""
+    patients (the patient folder had become the label); `train/benign`, `site1/benign` and modality folders with
+    classes of their own (`endoscopy/benign-polyp`, HyperKvasir-like) give the inner classes."""
     classes = ["benign", "malignant", "normal"][:n_classes]
     with tempfile.TemporaryDirectory() as tmp:
         root, truth, k = Path(tmp), {}, 0
         for c in classes:
             for j in range(per_class + (nesting == "label/patient")):
                 outer, inner = (c, f"{c[0]}{j:03d}") if nesting == "label/patient" else (f"{nesting[:4]}{j}", c)
+                if nesting == "modality/label":  # HyperKvasir-like: each modality its own classes, no ids
+                    outer, inner = ("endoscopy", "ultrasound")[k % 2], f"{c}-{('polyp', 'cyst')[k % 2]}"
                 rel = f"{outer}/{inner}/img{k}.png"
                 save(root / rel, noise_image(k))
-                truth[rel] = (c, inner if nesting == "label/patient" else "")
+                truth[rel] = (inner if nesting == "modality/label" else c, inner if nesting == "label/patient" else "")
                 k += 1
         m = load_manifest(root)
         got = {img: (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
@@ -252,3 +255,12 @@ def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Pa
     assert read_mask(m.mask_paths(0)).sum() == 72 and len(m.boxes(0)) == 2
     assert any("listed once per lesion" in n and "lesion_id kept from the first row" in n for n in m.notes)
     assert all("different label" in r for p, r in m.ledger.left_out if p == "b.png")
+
+
+def test_duplicates_are_judged_after_labels_are_normalised(tmp_path: Path) -> None:
+    """`benign` and `Benign`, or a label --label-map renames to the other, are one label: the rows are one sample."""
+    save(tmp_path / "1.png", noise_image(1))
+    save(tmp_path / "3.png", noise_image(3))
+    (tmp_path / "manifest.csv").write_text("image,label\n1.png,benign\n1.png,Benign\n3.png,benign\n3.png,adenoma\n")
+    m = load_manifest(tmp_path, label_map="adenoma=benign")
+    assert sorted(m.table["image"]) == ["1.png", "3.png"] and m.ledger.line() == "used 2 of 2"

@@ -232,3 +232,32 @@ def test_a_json_that_is_not_coco_does_not_take_the_layout(tmp_path: Path) -> Non
     assert m.layout == "folders" and len(m) == 4 and m.labels == ["benign", "normal"]
     unread = dict(m.ledger.unread)
     assert unread["project-1-at-2024.json"].startswith("a Label Studio export") and "info.json" in unread
+
+
+def test_a_tiff_thumbnail_page_is_not_an_image_of_the_set(tmp_path: Path) -> None:
+    """A TIFF whose second page is a reduced-resolution thumbnail (as scanners and cameras write) is one image; a
+    stack of full-size pages is one image per page."""
+    from conftest import noise_image
+
+    full = [Image.fromarray(noise_image(k, size=40)) for k in range(3)]
+    full[0].save(tmp_path / "thumb.tif", save_all=True, append_images=[full[1].resize((10, 10))])
+    full[0].save(tmp_path / "stack.tif", save_all=True, append_images=full[1:])
+    m = load_manifest(tmp_path, pattern="")
+    assert sorted(m.keys) == ["stack.tif#0", "stack.tif#1", "stack.tif#2", "thumb.tif"]
+
+
+def test_two_versions_of_one_coco_annotation_are_not_merged(tmp_path: Path) -> None:
+    """instances_default.json beside a corrected instances_default_v2.json: both list the same images, so the read
+    asks which one, instead of leaving every image out as listed twice."""
+    import pytest
+
+    from conftest import noise_image, save
+    from medcad.errors import DataError
+
+    for i in range(3):
+        save(tmp_path / f"{i}.jpg", noise_image(i, size=40))
+    for name in ("instances_default.json", "instances_default_v2.json"):
+        (tmp_path / name).write_text(json.dumps(_coco([f"{i}.jpg" for i in range(3)])))
+    with pytest.raises(DataError, match="instances_default_v2.json: lists 3 image.*give the COCO file"):
+        load_manifest(tmp_path)
+    assert len(load_manifest(tmp_path / "instances_default_v2.json")) == 3

@@ -174,7 +174,6 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
             str(tmp_path / "out"),
             "--backend",
             "torch-fp32",
-            "--no-overlays",
         ],
     )
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
@@ -191,6 +190,20 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
     ], names
     assert (table["status"] == "ok").all()
     assert (tmp_path / "out" / "good_frames.csv").is_file()
+    overlays = sorted(f.name for f in (tmp_path / "out").glob("*_overlay.png"))  # none overwrote another
+    assert overlays == [
+        f"{n}_overlay.png"
+        for n in (
+            "IM00001_frame0",
+            "IM00001_frame1",
+            "IM00001_frame2",
+            "kv_gif",
+            "kv_webp",
+            "stack_frame0",
+            "stack_frame1",
+            "stack_frame2",
+        )
+    ]
     assert "note: DICOM 16-bit scaled from its stored range: 1 image file(s)" in res.stderr  # how inputs decode
     assert res.exit_code == 1 and "broken.avi" in res.stderr, res.output  # the broken video failed alone
     assert "predicted 1 of 2 videos; 1 failed" in res.stderr

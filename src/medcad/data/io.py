@@ -239,13 +239,21 @@ def decode_pil(
 
 
 def image_pages(path: Path) -> int:
-    """Pages of a multi-page TIFF, frames of an animated GIF / WebP (1 for other files and single images)."""
+    """Pages of a multi-page TIFF, frames of an animated GIF / WebP, counted while they have page 0's size and mode
+    (a scanner's or camera's reduced-resolution thumbnail page is not an image of the set); 1 for other files."""
     if path.suffix.lower() not in PAGED_SUFFIXES:
         return 1
     try:
         with _pil_image(path) as im:
-            return int(getattr(im, "n_frames", 1) or 1)
-    except (UnidentifiedImageError, OSError, DataError):
+            n, first = int(getattr(im, "n_frames", 1) or 1), (im.size, im.mode)
+            if path.suffix.lower() not in (".tif", ".tiff"):
+                return n  # animation frames share the canvas
+            for k in range(1, n):
+                im.seek(k)
+                if (im.size, im.mode) != first:
+                    return k
+            return n
+    except (UnidentifiedImageError, OSError, DataError, EOFError):
         return 1  # an unreadable file fails as itself when read
 
 

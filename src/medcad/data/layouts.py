@@ -165,8 +165,9 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
 
 def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str, str]:
     """The folder pattern of a folders layout, and why when it is not the plain one: `{label}` for class folders;
-    with every image two folders down, `{label}/{patient}` when the inner folders' names are each under one outer
-    folder only (patients or cases within class folders) and outnumber the two or more outer ones, else
+    with every image two folders down, `{label}/{patient}` when the inner folders' names are ids (each holds a
+    digit: P007, b000), each under one outer folder only (patients or cases within class folders), and outnumber the
+    two or more outer ones, else
     `*/{label}` (the inner folders are the classes: `site1/benign`, `train/benign`, ...); none in a DICOM file set
     (a DICOMDIR beside PATIENT/STUDY/SERIES folders, whose names are ids)."""
     if (root / "DICOMDIR").is_file():
@@ -182,7 +183,8 @@ def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str,
             outer, inner = f.relative_to(root).parts[:2]
             parents[inner].add(outer)
         outers = {o for ps in parents.values() for o in ps}
-        if len(outers) >= 2 and len(parents) > len(outers) and all(len(ps) == 1 for ps in parents.values()):
+        id_like = all(any(c.isdigit() for c in name) for name in parents)  # P007, b000; not cecum, polyps
+        if len(outers) >= 2 and len(parents) > len(outers) and all(len(ps) == 1 for ps in parents.values()) and id_like:
             why = (
                 f": each of the {len(parents)} inner folders is under one of the {len(outers)} outer ones, so the "
                 "outer ones are the classes and the inner ones patients; --pattern '*/{label}' reads the inner "
@@ -400,10 +402,10 @@ def load_manifest(
         raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(READERS)}")
     manifest = reader(p, options)
     manifest.notes.insert(0, f"layout {layout!r}: {why}")
-    one_row_per_image(manifest)
     rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
     rename_labels(manifest, {nfc(a): nfc(b) for a, b in options.label_mapping().items()})
     rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
+    one_row_per_image(manifest)  # after the renames: `benign` and `Benign` are one label
     if options.group_from:
         patients_from_paths(manifest, options.group_from)
     patients_from_dicom(manifest)

@@ -21,6 +21,8 @@ import pandas as pd
 from medcad.data.ledger import Ledger
 from medcad.errors import ConfigError, DataError
 
+_UMASK = os.umask(0)  # read once, at import: setting it back and forth later would race with other threads
+os.umask(_UMASK)
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
 MASK_SEP = "|"
 
@@ -132,9 +134,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

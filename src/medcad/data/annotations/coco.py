@@ -69,8 +69,18 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
     if path.is_file() and root.name.lower() == "annotations" and (root.parent / "images").is_dir():
         root = root.parent  # CVAT's "COCO 1.0" and the COCO release: annotations/ beside images/
     rows, problems, notes, tally = [], [], [], ShapeTally.of(options)
+    seen: dict[str, Path] = {}
     for js in files:
         file_rows = _read_coco_file(js, root, problems, notes, tally)
+        shared = [r["image"] for r in file_rows if r["image"] in seen]
+        if shared:  # split files list disjoint images; two versions of one annotation list the same ones
+            first = seen[shared[0]].relative_to(root).as_posix()
+            raise DataError(
+                js,
+                f"lists {len(shared)} image(s) that {first} lists too (e.g. {shared[0]}): two versions of one "
+                "annotation? give the COCO file to read as the dataset path",
+            )
+        seen |= {r["image"]: js for r in file_rows}
         notes += [f"{js.relative_to(root).as_posix()}: {len(file_rows)} image(s)"] if len(files) > 1 else []
         rows += file_rows
     if len(files) > 1:

@@ -80,7 +80,7 @@ def read_voc(path: Path, options: DataOptions) -> Manifest:
     root = path
     files = walk_files(root)
     images = [f for f in files if is_media(f)]
-    by_stem = {(f.parent, f.stem): f for f in images}
+    by_stem, media = {(f.parent, f.stem): f for f in images}, set(images)
     sources: dict[Path, Path] = {}
     problems: list[tuple[str, str]] = []
     difficult = 0
@@ -92,7 +92,7 @@ def read_voc(path: Path, options: DataOptions) -> Manifest:
             problems.append((rel, f"cannot parse as XML ({e})"))
             continue
         image = _image_of(root, xml, tree, by_stem)
-        if image is None or image not in set(images):
+        if image is None or image not in media:
             problems.append((rel, f"its image {tree.findtext('filename')!r} is not found under {root.name}/"))
         elif image in sources:
             problems.append((rel, f"{sources[image].name} already annotates {image.name}: second XML not used"))
