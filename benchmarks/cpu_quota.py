@@ -56,6 +56,7 @@ def main() -> None:
     medcad_ips, default_ips = figures["medcad (quota's cores)"], figures["runtimes' defaults"]
     ratio = {k: round(medcad_ips[k] / default_ips[k], 2) for k in medcad_ips if k in default_ips}
     print("ratio", ratio)
+    os.rmdir(GROUP)  # empty again: its processes have ended
     result = {"run": args.run, "quota_cpus": 1, "affinity_cores": affinity, "images_per_s": figures, "ratio": ratio}
     write_result(args.out, result)
 
