@@ -245,6 +245,10 @@ def test_frames_of_one_dicom_stay_together_and_patient_ids_come_from_the_files(t
                 files = {key.split("#")[0] for key in fold[name]}
                 assert all(parts[f] == name for f in files), (group_by, fold)
         assert "file" in splits["group_by"]
+    from medcad.data.audit import split_units
+
+    units = split_units(anon, [])  # what audit checks leakage by: one unit per file, its 4 frames together
+    assert sorted(len(u) for u in units) == [4] * 12
 
 
 def test_a_dicom_file_set_is_read_without_folder_labels(tmp_path: Path, monkeypatch) -> None:

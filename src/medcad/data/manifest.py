@@ -92,6 +92,16 @@ class Manifest:
     def subset(self, rows: Iterable[int]) -> Manifest:
         return Manifest(self.root, self.table.iloc[list(rows)].reset_index(drop=True), self.layout, [], self.notes)
 
+    def frame_pairs(self) -> list[tuple[int, int]]:
+        """(first row of its file, row) for every frame of a multi-frame file (DICOM cine, TIFF pages): the rows
+        that are one acquisition, kept together wherever samples are grouped (splits, audit, confidence intervals)."""
+        first: dict[str, int] = {}
+        return [
+            (first.setdefault(img, i), i)
+            for i, (img, fr) in enumerate(zip(self.table["image"], self.table["frame"], strict=True))
+            if not pd.isna(fr)
+        ]
+
     def used_files(self) -> set[str]:
         """The image and mask files of the rows, relative to `root`."""
         masks = {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}

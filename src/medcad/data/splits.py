@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.errors import ConfigError, DataError
@@ -47,11 +46,9 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
         for g in duplicate_groups(fingerprints(manifest, progress=progress), near=True):
             pairs += [(g[0], j) for j in g[1:]]
         used.append("duplicates")
-    frames_of: dict[str, int] = {}
-    for i, (img, fr) in enumerate(zip(manifest.table["image"], manifest.table["frame"], strict=True)):
-        if not pd.isna(fr):
-            pairs.append((frames_of.setdefault(img, i), i))
-    if len(frames_of) < int(manifest.table["frame"].notna().sum()):
+    frames = manifest.frame_pairs()
+    pairs += frames
+    if any(a != b for a, b in frames):
         used.append("file")
     groups = np.arange(n)
     for comp in connected_groups(n, pairs):

@@ -60,7 +60,8 @@ def evaluate_external(
             )
     images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
     patients = manifest.table["patient"].to_numpy(dtype=str)
-    groups = np.where(patients != "", patients, np.arange(len(manifest)).astype(str))
+    # clusters for the CIs: the patient, else the file (the frames of a cine loop are one acquisition)
+    groups = np.where(patients != "", patients, manifest.table["image"].to_numpy(dtype=str))
     rows = np.arange(len(manifest))
     targets = load_targets(manifest, cfg, labels)
     y = targets.y
