@@ -211,3 +211,30 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
 
     stems = output_names([str(folder / "kv.webp"), str(folder / "kv.gif"), f"{folder / 'IM00001'}#2"])
     assert sorted(stems.values()) == ["IM00001_frame2", "kv_gif", "kv_webp"]
+
+
+def test_serve_takes_what_predict_takes(tmp_path: Path) -> None:
+    """Uploads by content: WebP and GIF images, a TIFF's second page, an MPEG transport stream as a video (serve had
+    refused the first two with 415, read page 0 only, and refused .ts clips)."""
+    import io
+
+    import av
+
+    from medcad.inference.uploads import Limits, decode_upload, sniff, sniff_video
+
+    pages = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200)]
+    for fmt, kind in (("WEBP", "webp"), ("GIF", "gif")):
+        buf = io.BytesIO()
+        Image.fromarray(pages[1]).save(buf, format=fmt)
+        assert sniff(buf.getvalue()) == kind and decode_upload(buf.getvalue(), tmp_path, Limits()).kind == kind
+    buf = io.BytesIO()
+    Image.fromarray(pages[0]).save(buf, format="TIFF", save_all=True, append_images=[Image.fromarray(pages[1])])
+    assert decode_upload(buf.getvalue(), tmp_path, Limits(), frame=1).rgb.mean() == pytest.approx(200, abs=1)
+    clip = tmp_path / "c.ts"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 32
+        for _ in range(5):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        out.mux(stream.encode())
+    assert sniff_video(clip.read_bytes()) and not sniff_video(buf.getvalue())

@@ -21,6 +21,8 @@ from medcad.inference.predictor import Predictor
 from medcad.inference.uploads import Limits, UploadError, sniff, sniff_video
 from medcad.inference.video import predict_video
 
+CLIPS = "MP4, MOV, AVI, MKV, WebM, MPEG-TS, MPEG-PS, Ogg, FLV"  # what sniff_video recognises
+
 
 class VideoJobs:
     """At most `max_jobs` clips waiting or running (one at a time); the states of the last `keep` are kept.
@@ -59,10 +61,10 @@ class VideoJobs:
             QueueFull: `max_jobs` clips are waiting or running.
         """
         if not data:
-            raise UploadError(400, "the upload is empty (0 bytes); send an MP4, AVI, MOV or MKV clip")
+            raise UploadError(400, f"the upload is empty (0 bytes); send a video clip ({CLIPS})")
         if not sniff_video(data):
             hint = " (it is an image: POST it to /predict)" if sniff(data) else ""
-            raise UploadError(415, f"the upload is not an MP4, MOV, AVI or MKV clip by its content{hint}")
+            raise UploadError(415, f"the upload is not a video clip ({CLIPS}) by its content{hint}")
         if self.active() >= self.max_jobs:
             raise QueueFull(max(5, math.ceil(30 * self.active())))
         job = uuid.uuid4().hex[:16]

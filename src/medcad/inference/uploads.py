@@ -28,8 +28,10 @@ IMAGE_MAGIC = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
     (b"BM", "bmp"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
 )
-SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
+SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm", "webp": ".webp", "gif": ".gif"}
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,12 @@ class Upload:
 
 
 def sniff(data: bytes) -> str | None:
-    """The image kind from the first bytes ("png", "jpeg", "tiff", "bmp", "dicom"), or None."""
+    """The image kind from the first bytes ("png", "jpeg", "tiff", "bmp", "gif", "webp", "dicom"), or None: the
+    images `medcad predict` reads."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
     for magic, kind in IMAGE_MAGIC:
         if data.startswith(magic):
             return kind
@@ -78,8 +83,14 @@ def sniff(data: bytes) -> str | None:
 
 
 def sniff_video(data: bytes) -> bool:
-    """True for the containers OpenCV reads here: MP4/MOV (ftyp), AVI (RIFF...AVI), Matroska/WebM."""
-    return data[4:8] == b"ftyp" or (data[:4] == b"RIFF" and data[8:11] == b"AVI") or data[:4] == b"\x1a\x45\xdf\xa3"
+    """True for the video containers `medcad predict` reads: MP4/MOV/3GP (ftyp), AVI (RIFF...AVI), Matroska/WebM,
+    MPEG transport streams (a sync byte every 188 bytes; .ts, .m2ts with 4 more), MPEG program streams (VOB, .mpg),
+    Ogg, FLV."""
+    if data[4:8] == b"ftyp" or (data[:4] == b"RIFF" and data[8:11] == b"AVI") or data[:4] == b"\x1a\x45\xdf\xa3":
+        return True
+    if data[:4] in (b"\x00\x00\x01\xba", b"OggS") or data[:3] == b"FLV":
+        return True
+    return any(len(data) > k + 188 * 3 and all(data[k + 188 * j] == 0x47 for j in range(4)) for k in (0, 4))
 
 
 def _dicom_header(data: bytes):
@@ -134,7 +145,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
         data: the uploaded bytes.
         workdir: the server's temporary folder; the file written there is deleted before this returns.
         limits: what the server accepts.
-        frame: the frame of a multi-frame DICOM.
+        frame: the frame of a multi-frame DICOM, the page of a multi-page TIFF or animated GIF / WebP.
 
     Returns:
         the decoded upload.
@@ -143,7 +154,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
         UploadError: 400 empty, 413 too large, 415 not an image kind medcad reads, 422 corrupt or truncated.
     """
     if not data:
-        raise UploadError(400, "the upload is empty (0 bytes); send a PNG, JPEG, TIFF, BMP or DICOM image")
+        raise UploadError(400, "the upload is empty (0 bytes); send a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM image")
     if len(data) > limits.max_image_bytes:
         raise UploadError(413, f"the upload is larger than this server's image limit of {limits.max_image_bytes} bytes")
     kind = sniff(data)
@@ -151,15 +162,15 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
         hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else ""
         raise UploadError(
             415,
-            f"the upload is not a PNG, JPEG, TIFF, BMP or DICOM image by its content{hint}; medcad decides by the "
-            "bytes, not the file name or content type",
+            f"the upload is not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM image by its content{hint}; medcad decides "
+            "by the bytes, not the file name or content type",
         )
     header = check_pixels(data, kind, limits)
     with tempfile.NamedTemporaryFile(dir=workdir, suffix=SUFFIX[kind]) as f:
         f.write(data)
         f.flush()
         try:
-            rgb = read_image(f.name, frame=frame if kind == "dicom" else None)
+            rgb = read_image(f.name, frame=frame if kind in ("dicom", "tiff", "gif", "webp") else None)
         except DataError as e:
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
     return Upload(rgb, kind, header)
