@@ -147,7 +147,7 @@ def predict_router(state: ServeState) -> APIRouter:
         overlay: bool = Query(False, description="Add the drawn overlay as a PNG data URL."),
         gradcam: bool = Query(False, description="Add the Grad-CAM picture (slower)."),
         format: str = Query("json", description="json, or dicom for a DICOM SEG (mask tasks, DICOM input)."),
-        frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM."),
+        frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM, page of a TIFF or animated GIF / WebP."),
     ) -> Response:
         """One image (multipart field `file`, or the raw bytes as the body) -> the task's result."""
         try:
