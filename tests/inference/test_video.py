@@ -111,22 +111,12 @@ def test_realtime_names_the_frames_it_skips(tiny_run: Path, tmp_path: Path) -> N
     clip = make_video(
         tmp_path / "fast.mp4", [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(120)], 600
     )
-    res = runner.invoke(
-        app,
-        [
-            "predict",
-            str(tiny_run),
-            str(clip),
-            "-o",
-            str(tmp_path / "out"),
-            "--realtime",
-            "--batch",
-            "1",
-            "--backend",
-            "torch-fp32",
-            "--json",
-        ],
-    )
+
+    def predict_realtime(out: str, *extra: str):
+        args = [str(tiny_run), str(clip), "-o", str(tmp_path / out), "--realtime", "--batch", "1"]
+        return runner.invoke(app, ["predict", *args, "--backend", "torch-fp32", *extra])
+
+    res = predict_realtime("out", "--json")
     assert res.exit_code == 0, res.output
     (summary,) = json.loads(res.stdout)
     skipped = summary["skipped_frames"]
@@ -134,21 +124,7 @@ def test_realtime_names_the_frames_it_skips(tiny_run: Path, tmp_path: Path) -> N
     with open(summary["csv"]) as f:
         predicted = [int(r["frame"]) for r in csv.DictReader(f)]
     assert sorted(predicted + skipped) == list(range(120))
-    res = runner.invoke(
-        app,
-        [
-            "predict",
-            str(tiny_run),
-            str(clip),
-            "-o",
-            str(tmp_path / "out2"),
-            "--realtime",
-            "--batch",
-            "1",
-            "--backend",
-            "torch-fp32",
-        ],
-    )
+    res = predict_realtime("out2")
     assert "skipped by --realtime to keep pace" in res.output
 
 

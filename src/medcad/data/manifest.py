@@ -263,9 +263,8 @@ def one_row_per_image(manifest: Manifest) -> None:
     """
     table = manifest.table
     same_image: dict[str, list[int]] = {}
-    for i, (img, fr) in enumerate(zip(table["image"], table["frame"], strict=True)):
-        key = os.path.normpath(img) + ("" if pd.isna(fr) else f"#{int(fr)}")
-        same_image.setdefault(key, []).append(i)
+    for i, key in enumerate(manifest.keys):
+        same_image.setdefault(os.path.normpath(key), []).append(i)
     repeated = [rows for rows in same_image.values() if len(rows) > 1]
     if not repeated:
         return
