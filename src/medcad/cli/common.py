@@ -193,6 +193,9 @@ def with_data_options(fn):
     return with_options(DATA_OPTIONS, "options", lambda values: DataOptions(**values))(fn)
 
 
+DeviceOpt = Annotated[
+    str, typer.Option(help="Where torch models run: auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]
 

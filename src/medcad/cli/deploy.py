@@ -11,6 +11,7 @@ import typer
 from medcad.cli.common import (
     BACKENDS,
     BackendOpt,
+    DeviceOpt,
     JsonOpt,
     _fail,
     _say_backend,
@@ -141,6 +142,7 @@ def serve(
     queue: Annotated[int, typer.Option(help="Images that may wait; more get 503 + Retry-After.")] = 64,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     gradcam: Annotated[bool, typer.Option(help="Offer Grad-CAM (?gradcam=true, the page's heat-map).")] = True,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Serve a run: REST API (/predict, /predict/video, /model, /health, /docs) and a web page at /."""
     try:
@@ -153,7 +155,7 @@ def serve(
         check_bind(host, token)
         limits = Limits(int(max_upload_mb * 2**20), int(max_video_mb * 2**20), int(max_pixels * 1e6))
         opts = ServeOptions(token, limits, timeout, queue, batch, workers)
-        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold)
+        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
         explain = None
         if gradcam:

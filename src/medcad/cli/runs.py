@@ -11,6 +11,7 @@ import typer
 
 from medcad.cli.common import (
     BackendOpt,
+    DeviceOpt,
     JsonOpt,
     _echo_video,
     _fail,
@@ -195,9 +196,7 @@ def predict(
     fold: Annotated[int | None, typer.Option(help="Use one fold's model instead of the ensemble.")] = None,
     backend: BackendOpt = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
-    ] = "auto",
+    device: DeviceOpt = "auto",
     workers: Annotated[
         int | None, typer.Option(help="Processes decoding images (default: up to 4 when there is more than a batch).")
     ] = None,
