@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# The suite is the CPU's, as CI runs it: on a machine with a GPU, `accelerator auto` and `--device auto` would train and
+# predict there, under thresholds and tolerances set for the CPU (seen on an H200: 6 of 39 engine tests failed so).
+# GPUs stay hidden unless MEDCAD_TEST_GPU=1, which runs the GPU's own tests: `MEDCAD_TEST_GPU=1 pytest -m gpu`.
+if os.environ.get("MEDCAD_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUSI = SHARED_DATA / "busi" / "Dataset_BUSI_with_GT"

@@ -20,13 +20,13 @@ from medcad.run import Run
 
 
 def _fit_parts(tmp_path: Path, task: str = "segment", **settings):
-    """(run, module, train loader) of a tiny fit: 16 images of 32 px, batch 8."""
+    """(run, module, train loader) of a tiny fit on the CPU: 16 images of 32 px, batch 8."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
     masks = (images[..., 0] > 128).astype(np.uint8)
     data = FoldData(images, np.arange(24) % 2, ["benign", "malignant"], masks)
     parts = {"train": np.arange(16), "val": np.arange(16, 24), "test": np.arange(0)}
-    cfg = TrainConfig(task=task, image_size=32, batch_size=8, epochs=1, **settings)
+    cfg = TrainConfig(task=task, image_size=32, batch_size=8, epochs=1, **{"accelerator": "cpu", **settings})
     run = Run.resolve(cfg, tmp_path / "run")
     hooks = fold_hooks(task)(run)
     model, dc = hooks.build(data, parts, None, None)

@@ -21,11 +21,14 @@ def _version(package: str) -> str | None:
 
 def system_report() -> dict:
     """{"machine", "versions", "uses"}: the reading of `medcad.devices.machine` and the defaults that follow it."""
+    import torch
+
     from medcad.devices import auto_precision, machine
     from medcad.inference.backends import generic_candidates, static_choice
 
     m = machine()
     accelerator = "gpu" if m.gpus else "cpu"
+    device = "cuda" if m.gpus else "cpu"  # predict / serve / evaluate --device auto
     precision = auto_precision(accelerator)
     training = f"{accelerator}, precision {precision}"
     if accelerator == "cpu" and m.native_bf16:  # engine.precision
@@ -42,15 +45,16 @@ def system_report() -> dict:
         )
     return {
         "machine": m.to_dict(),
+        "gpu_names": [torch.cuda.get_device_name(i) for i in range(m.gpus)],
         "versions": {p: _version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
         "uses": {
             **uses,
             "fold predictions and cached features": "bf16 autocast" if precision != "32-true" else "fp32",
             "predict / serve / evaluate": (
-                "--backend auto: the fastest of "
-                + ", ".join(generic_candidates())
+                f"--device auto: the {'GPU' if m.gpus else 'CPU'}; --backend auto: the fastest of "
+                + ", ".join(generic_candidates(device))
                 + " that agrees >= 0.99 with torch-fp32, measured once per model on its held-out images "
-                f"(without a run folder or its images: {static_choice()})"
+                f"(without a run folder or its images: {static_choice(device)})"
             ),
             "threads": m.cores,
             "allocator": (
@@ -81,7 +85,7 @@ def checks(as_json: JsonOpt = False) -> None:
             f"  torch's kernels are capped to these flags by {m['flags_source']} (ATEN_CPU_CAPABILITY, "
             "ONEDNN_MAX_CPU_ISA); ONNX Runtime and OpenVINO still use every instruction the real CPU has"
         )
-    typer.echo(f"GPUs: {m['gpus']}")
+    typer.echo(f"GPUs: {m['gpus']}" + "".join(f"; {i}: {name}" for i, name in enumerate(report["gpu_names"])))
     typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
     for what, choice in report["uses"].items():
         typer.echo(f"{what}: {choice}")

@@ -8,7 +8,9 @@ none passed a backend that differs on 1.3 % of images two times in three). Speed
 is then checked fastest first and stops at the first that agrees, so the slower ones cost nothing. Candidates follow the
 machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16 only where the CPU has bf16 in hardware (elsewhere bf16
 is emulated, ~10x slower than fp32), int8 only where the user exported it (`medcad export --int8`: calibration is a step
-of its own) and the CPU has int8 dot products (VNNI). On a GPU, torch with reduced-precision autocast, unmeasured.
+of its own) and the CPU has int8 dot products (VNNI). On a GPU (`device` cuda), torch fp32 and torch with
+reduced-precision autocast are measured there, keyed by the GPU: on an H200, lite0's bf16 autocast ran at 0.83x fp32 at
+batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not assumed faster.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medcad.checkpoint import fold_model_files
 from medcad.data.manifest import atomic_write_text
@@ -31,31 +34,42 @@ from medcad.runfolder import RunFolder
 N_IMAGES, BATCH, REPEATS = 128, 8, 3
 
 
-def generic_candidates() -> list[str]:
-    """The backends `auto` may measure on this machine for a run folder (int8 only once exported)."""
+def generic_candidates(device: str = "cpu") -> list[str]:
+    """The backends `auto` may measure on this machine for a run folder (int8 only once exported); on a GPU the
+    torch ones (ONNX Runtime and OpenVINO run on the CPU)."""
+    if torch_device(device).type == "cuda":
+        return ["torch-fp32", "torch-bf16"]
     m = machine()
     out = ["torch-fp32"] + (["torch-bf16"] if m.native_bf16 else []) + ["onnx-fp32", "openvino-fp32"]
     out += ["openvino-bf16"] if m.native_bf16 else []
     return out + (["onnx-int8", "openvino-int8"] if m.vnni else [])
 
 
-def candidates(run: Path, fold: int | None, allowed: tuple[str, ...]) -> list[str]:
+def candidates(run: Path, fold: int | None, allowed: tuple[str, ...], device: str = "cpu") -> list[str]:
     """The backends `auto` measures for a run folder (or model file: torch only) on this machine, torch-fp32
     first; int8 only where the run has an int8 export."""
     has_int8 = (RunFolder(run).export(fold) / "model.int8.onnx").is_file()
-    out = [b for b in generic_candidates() if (b.startswith("torch") or run.is_dir()) and (has_int8 or "int8" not in b)]
+    out = [
+        b
+        for b in generic_candidates(device)
+        if (b.startswith("torch") or run.is_dir()) and (has_int8 or "int8" not in b)
+    ]
     return [b for b in out if b in allowed]
 
 
-def static_choice() -> str:
-    """The backend when nothing can be measured: bf16 autocast where the CPU has it, else plain fp32."""
-    return "torch-bf16" if machine().native_bf16 else "torch-fp32"
+def static_choice(device: str = "cpu") -> str:
+    """The backend when nothing can be measured: bf16 autocast where the CPU has it, else plain fp32 (also on a
+    GPU, where bf16 was not always faster and need not agree)."""
+    return "torch-bf16" if machine().native_bf16 and torch_device(device).type == "cpu" else "torch-fp32"
 
 
-def _cache_key(run: Path, fold: int | None, threads: int | None) -> str:
-    m = machine()
+def _cache_key(run: Path, fold: int | None, threads: int | None, device: str = "cpu") -> str:
     files = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in fold_model_files(run, fold))
     digest = hashlib.sha1(files.encode()).hexdigest()[:12]
+    dev = torch_device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} [cuda] fold={fold} models={digest}"
+    m = machine()
     return f"{m.cpu} [{m.kind}] threads={threads or m.cores} fold={fold} models={digest}"
 
 
@@ -83,7 +97,8 @@ def measure(
         try:
             if name != ref.backend:
                 ensure_export(type(ref), ref.run, ref.fold, name, threads)
-            p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, "cpu")
+            where = str(ref.device) if name.startswith("torch") else "cpu"
+            p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, where)
             out[name] = {"images_per_s": round(_speed(p, images), 2)}
             loaded[name] = p
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
@@ -107,45 +122,46 @@ def pick(measured: dict[str, dict]) -> str:
 
 
 def known_choice(run: Path, fold: int | None, device: str = "cpu", threads: int | None = None) -> dict | None:
-    """The `auto` choice where no model needs loading to know it: on a GPU (reduced-precision autocast), for a model
-    file outside a run folder (torch, by the CPU), or as measured before for these model files, CPU kind and thread
-    count (RUN/backends.json); None when it has to be measured (`measure_choice`)."""
-    if torch_device(device).type == "cuda":
-        return {"backend": "torch-bf16", "reason": "GPU: reduced-precision autocast"}
+    """The `auto` choice where no model needs loading to know it: for a model file outside a run folder (torch, by
+    the device: `static_choice`), or as measured before for these model files on this GPU, or this CPU kind and
+    thread count (RUN/backends.json); None when it has to be measured (`measure_choice`)."""
     if not run.is_dir():
-        return {"backend": static_choice(), "reason": "a model file, not a run folder: torch only, not measured"}
+        return {"backend": static_choice(device), "reason": "a model file, not a run folder: torch only, not measured"}
     cache = RunFolder(run).backends
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    key = _cache_key(run, fold, threads)
-    return {**known[key], "reason": f"measured before on this CPU ({cache.name})"} if key in known else None
+    key = _cache_key(run, fold, threads, device)
+    where = "GPU" if torch_device(device).type == "cuda" else "CPU"
+    return {**known[key], "reason": f"measured before on this {where} ({cache.name})"} if key in known else None
 
 
 def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Predictor | None]:
-    """Measure the `auto` choice for the run of `ref` (a torch-fp32 predictor on the CPU) on its held-out images,
-    keep it in RUN/backends.json, and return it with the chosen predictor (None when not measured: the run's images
-    not found, then `static_choice`)."""
-    run = ref.run
+    """Measure the `auto` choice for the run of `ref` (a torch-fp32 predictor on the CPU or a GPU) on its held-out
+    images, keep it in RUN/backends.json, and return it with the chosen predictor (None when not measured: the run's
+    images not found, then `static_choice`)."""
+    run, device = ref.run, str(ref.device)
     try:
         _, held, _ = fold0_images(run, ref)
     except (MedcadError, OSError, KeyError, ValueError) as e:
-        return {"backend": static_choice(), "reason": f"the run's images could not be read ({e}); not measured"}, None
+        reason = f"the run's images could not be read ({e}); not measured"
+        return {"backend": static_choice(device), "reason": reason}, None
     if len(held) == 0:
-        return {"backend": static_choice(), "reason": "the run has no held-out images to measure on"}, None
+        return {"backend": static_choice(device), "reason": "the run has no held-out images to measure on"}, None
     held = np.asarray(held[:N_IMAGES])
     if len(held) < BATCH:
         held = np.concatenate([held] * (BATCH // len(held) + 1))
-    measured, loaded = measure(ref, candidates(run, ref.fold, type(ref).backends), held, threads)
+    measured, loaded = measure(ref, candidates(run, ref.fold, type(ref).backends, device), held, threads)
     best = pick(measured)
     choice = {
         "backend": best,
         "measured": measured,
+        "device": device,
         "cpu": machine().to_dict(),
         "n_images": int(len(held)),
         "min_agreement": MIN_AGREEMENT,
     }
     cache = RunFolder(run).backends
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads): choice}, indent=1))
+    atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads, device): choice}, indent=1))
     reason = (
         f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {len(held)} held-out "
         f"images is >= {MIN_AGREEMENT} (measured now)"
