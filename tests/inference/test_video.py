@@ -90,6 +90,7 @@ def test_frames_and_video_prediction(tiny_run: Path, easy_set: Path, tmp_path: P
     assert [int(r["frame"]) for r in per_frame] == [i for i in range(len(times)) if i != 4]
     assert [float(r["time_s"]) for r in per_frame] == [t / 1000 for i, t in enumerate(times) if i != 4]
     with av.open(summary["annotated"]) as annotated:  # each frame at its source time (it had been a constant rate)
+        assert annotated.streams.video[0].codec_context.name == "h264"  # browsers play it (tests/report)
         shown = [round(float(f.time) * 1000) for f in annotated.decode(video=0)]
     assert shown == [t for i, t in enumerate(times) if i != 4]
 

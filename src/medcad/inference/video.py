@@ -4,6 +4,7 @@ behind."""
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -163,9 +164,23 @@ def _next_batch(q: queue.Queue, batch: int, realtime: bool) -> tuple[list[Frame]
     return items, False
 
 
+@functools.cache
+def annotated_codec() -> str:
+    """The encoder of annotated videos: H.264 (libx264, in PyAV's wheels), which browsers, PowerPoint and phones play;
+    MPEG-4 Part 2 where this FFmpeg has no libx264 (VLC and desktop players only)."""
+    import av
+
+    try:
+        av.Codec("libx264", "w")
+        return "libx264"
+    except (av.FFmpegError, ValueError):
+        return "mpeg4"
+
+
 class _AnnotatedVideo:
-    """An MP4 (MPEG-4 Part 2, as OpenCV's mp4v wrote it) of drawn RGB frames, each shown at its source time, so that
-    a variable-frame-rate recording keeps its timing (at a constant `fps`, 2.3 s of source played in 0.8 s); opened
+    """An MP4 (H.264 where PyAV has libx264, see `annotated_codec`; its index first, so that a browser starts playing
+    before the whole file has arrived) of drawn RGB frames, each shown at its source time, so that a
+    variable-frame-rate recording keeps its timing (at a constant `fps`, 2.3 s of source played in 0.8 s); opened
     at the first frame's size, an odd side padded by one pixel (the encoder needs even sides; a 721x577 input had
     been cropped to 720x576)."""
 
@@ -177,10 +192,15 @@ class _AnnotatedVideo:
 
         h, w = rgb.shape[:2]
         if self.out is None:
-            self.out = av.open(str(self.path), "w")
-            self.stream = self.out.add_stream("mpeg4", rate=Fraction(self.fps).limit_denominator(1001))
+            codec = annotated_codec()
+            self.out = av.open(str(self.path), "w", options={"movflags": "+faststart"})
+            # x264: visually lossless for drawn overlays (crf 20) at a preset that keeps pace with prediction
+            x264 = {"preset": "veryfast", "crf": "20"} if codec == "libx264" else None
+            self.stream = self.out.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001), options=x264)
             self.stream.width, self.stream.height = w + w % 2, h + h % 2
-            self.stream.pix_fmt, self.stream.bit_rate = "yuv420p", max(2_000_000, int(w * h * self.fps * 0.2))
+            self.stream.pix_fmt = "yuv420p"
+            if codec == "mpeg4":
+                self.stream.bit_rate = max(2_000_000, int(w * h * self.fps * 0.2))
             self.stream.time_base = self.stream.codec_context.time_base = Fraction(1, 1000)
         if w % 2 or h % 2:
             rgb = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
