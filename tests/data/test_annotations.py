@@ -311,3 +311,6 @@ def test_mask_shapes_draws_only_the_lesion_classes(tmp_path: Path) -> None:
         assert any("not in --mask-shapes" in n for n in m.notes) and any(
             "labelled polyp (--mask-shapes)" in n for n in m.notes
         ), (kind, m.notes)
+        renamed = load_manifest(root, mask_shapes="lesion", label_map="polyp=lesion")  # the name --label-map gives
+        assert (read_mask(renamed.mask_paths(0)) == only).all(), kind  # had drawn nothing: shapes matched by old name
+        assert not any("no shape is labelled" in n for n in renamed.notes), (kind, renamed.notes)

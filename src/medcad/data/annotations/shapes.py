@@ -58,7 +58,8 @@ class Shape:
 @dataclass
 class ShapeTally:
     """Shapes that needed a decision, across one read (each an example for the note); and which labels' shapes are
-    drawn into the masks (`drawn_labels`, from --mask-shapes; None: every shape)."""
+    drawn into the masks (`drawn_labels`, from --mask-shapes; None: every shape), by a shape's own label or the name
+    --label-map gives it (`renamed`: with adenoma=polyp, --mask-shapes polyp draws the adenoma shapes)."""
 
     clipped: list[str]
     outside: list[str]
@@ -66,15 +67,17 @@ class ShapeTally:
     drawn_labels: frozenset[str] | None = None
     not_drawn: list[str] = field(default_factory=list)
     labels_seen: set[str] = field(default_factory=set)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, options: DataOptions) -> ShapeTally:
-        return cls([], [], [], mask_shape_labels(options))
+        return cls([], [], [], mask_shape_labels(options), renamed=options.label_mapping())
 
     def draws(self, label: str) -> bool:
         """Whether a shape of this label is drawn into the mask (its box is kept either way)."""
         self.labels_seen.add(label)
-        return self.drawn_labels is None or label in self.drawn_labels
+        drawn = self.drawn_labels
+        return drawn is None or label in drawn or self.renamed.get(label) in drawn
 
     def notes(self) -> list[str]:
         out = []
@@ -87,7 +90,8 @@ class ShapeTally:
             if items:
                 out.append(f"{len(items)} shape(s) {what} (e.g. {', '.join(items[:3])})")
         if self.drawn_labels is not None:
-            unseen = sorted(self.drawn_labels - self.labels_seen)
+            seen = self.labels_seen | {self.renamed[x] for x in self.labels_seen if x in self.renamed}
+            unseen = sorted(self.drawn_labels - seen)
             out.append(
                 f"masks drawn from the shapes labelled {', '.join(sorted(self.drawn_labels))} (--mask-shapes)"
                 + (f"; no shape is labelled {', '.join(unseen)}" if unseen else "")
