@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -394,3 +395,38 @@ def test_results_are_written_readable_as_other_files(tmp_path: Path) -> None:
     atomic_write_text(tmp_path / "predictions.csv", "image\n")
     (tmp_path / "plain.csv").write_text("image\n")
     assert os.stat(tmp_path / "predictions.csv").st_mode == os.stat(tmp_path / "plain.csv").st_mode
+
+
+# animations read frame by frame ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_animation_frames_in_any_order_match_a_fresh_decode(tmp_path: Path, suffix: str) -> None:
+    """Frames of an animated GIF / WebP read in any order (the open file is kept between reads, so that reading every
+    frame is linear, not quadratic) decode as a file opened for that frame alone does; a file rewritten between
+    reads is read anew."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    path = tmp_path / f"clip{suffix}"
+
+    def write(seed: int) -> list[np.ndarray]:
+        frames = [Image.fromarray(noise_image(seed + k, 40)) for k in range(8)]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0, lossless=True)
+        out = []
+        for k in range(8):  # the reference: the file opened anew for each frame
+            with Image.open(path) as im:
+                im.seek(k)
+                out.append(np.asarray(im.convert("RGB")))
+        return out
+
+    ref = write(0)
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.integers(0, 7), min_size=1, max_size=20))
+    def check(order: list[int]) -> None:
+        for k in order:
+            np.testing.assert_array_equal(read_image(path, frame=k), ref[k])
+
+    check()
+    ref = write(100)  # rewritten (its time set apart from the first's, whatever the clock's resolution)
+    os.utime(path, ns=(10**9, 10**9))
+    np.testing.assert_array_equal(read_image(path, frame=5), ref[5])
