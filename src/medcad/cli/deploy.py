@@ -78,7 +78,7 @@ def bench(
     fold: Annotated[int | None, typer.Option(help="Fold model to time (default 0; none = ensemble).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     backends: Annotated[str, typer.Option(help="Comma-separated backends (default: every one).")] = ",".join(BACKENDS),
-    device: Annotated[str, typer.Option(help="Where the torch backends run: cpu, auto, cuda, cuda:N.")] = "cpu",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Images/s and latency (p50/p95) of each prediction backend for a run of any task, side by side, with agreement
@@ -117,7 +117,8 @@ def bench(
     cpu = result["cpu"]
     typer.echo(
         f"CPU: {cpu['cpu']} ({cpu['kind']}; native bf16: {cpu['native_bf16']}; VNNI: {cpu['vnni']}); "
-        f"predict/serve/evaluate use {result['default_backend']} here ({result['default_backend_reason']}); "
+        + (f"torch on {result['device']}; " if result["device"] != "cpu" else "")
+        + f"predict/serve/evaluate use {result['default_backend']} here ({result['default_backend_reason']}); "
         "✗: agrees < 0.99 with torch-fp32, never chosen by auto"
     )
 

@@ -35,12 +35,13 @@ def bench(
     fold: int | None = 0,
     threads: int | None = None,
     n_agree: int = 200,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> dict:
     """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, and agreement with torch-fp32 by the
     task's measure (top-1 for classes, Dice between masks, matched-box IoU for detections) on the fold-0 test images
     of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process.
-    `device` is where the torch backends run ("cpu", "auto", "cuda[:N]"); ONNX Runtime and OpenVINO run on the CPU.
+    `device` is where the torch backends run ("auto": the GPU if any, as predict and serve; "cpu", "cuda[:N]");
+    ONNX Runtime and OpenVINO run on the CPU.
     The result also says what this machine is (`cpu`) and which backend predict, serve and evaluate use here by
     default (`default_backend`: `--backend auto` for the fold ensemble, as they load it, with the figures it chose by,
     `default_backend_measured`: agreement there is the ensemble's, so it can differ from this fold's table)."""
