@@ -18,11 +18,13 @@ PREDICTORS: dict[str, type[Predictor]] = {
 
 
 def load_predictor(
-    run: str | Path, fold: int | None = None, backend: str = "auto", device: str = "cpu", **kwargs
+    run: str | Path, fold: int | None = None, backend: str = "auto", device: str = "auto", **kwargs
 ) -> Predictor:
     """The predictor of a run folder's (or model file's) task; `backend` "auto" (the default: the fastest backend
     that agrees with torch-fp32 on this machine, see medcad.inference.backends; why it chose is in
-    `predictor.backend_choice`) or a name of `Predictor`; other kwargs as for `Predictor`."""
+    `predictor.backend_choice`) or a name of `Predictor`; `device` "auto" (the default: the first GPU if any, as
+    predict and serve; evaluate --data, explain and the shortcut check follow it), "cpu" or "cuda[:N]"; other kwargs
+    as for `Predictor`."""
     cls = PREDICTORS[run_task(Path(run))]
     if backend != "auto":
         ensure_export(cls, Path(run), fold, backend, kwargs.get("threads"))
@@ -49,4 +51,4 @@ def export_run(
 ) -> dict:
     """Export a run folder to ONNX and check it (`medcad export`): medcad.inference.export.export_onnx on the run's
     torch-fp32 predictor; kwargs `opset`, `device` as there."""
-    return export_onnx(load_predictor(run, fold, backend="torch-fp32"), out, int8=int8, **kwargs)
+    return export_onnx(load_predictor(run, fold, backend="torch-fp32", device="cpu"), out, int8=int8, **kwargs)
