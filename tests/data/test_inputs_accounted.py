@@ -141,27 +141,52 @@ def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) 
         assert len(m.labels) == len({label_key(v) for v in labels}) + stray_class
 
 
-@settings(max_examples=25, deadline=None)
+SPELLINGS = ("plain", "dotted", "windows", "absolute", "linked", "detour")
+
+
+def _spelled(root: Path, rel: str, how: str) -> str:
+    """`rel` (a file under `root`) written as a manifest might: ./rel, rel with '\\', this machine's absolute path,
+    the absolute path through a symbolic link to the folder, or a detour through ../."""
+    if how == "linked":
+        link = root.parent / f"{root.name}-link"
+        if not link.exists():
+            link.symlink_to(root, target_is_directory=True)
+        return str(link / rel)
+    return {
+        "plain": rel,
+        "dotted": f"./{rel}",
+        "windows": rel.replace("/", "\\"),
+        "absolute": str(root.resolve() / rel),
+        "detour": f"images/../{rel}",
+    }[how]
+
+
+@settings(max_examples=30, deadline=None)
 @given(
     rows=st.lists(
         st.tuples(
-            st.integers(0, 3), st.sampled_from(["benign", "malignant"]), st.sampled_from(["P1", "P2"]), st.booleans()
+            st.integers(0, 3),
+            st.sampled_from(["benign", "malignant"]),
+            st.sampled_from(["P1", "P2"]),
+            st.sampled_from(SPELLINGS),
         ),
         min_size=1,
         max_size=10,
     )
 )
 def test_an_image_listed_twice_is_read_once_or_named(rows) -> None:
-    """Rows naming one image (also as ./images/x.png) with the same fields are one sample; with different fields
-    (a label, a patient) every such row is left out and named, never scored with another row's label."""
+    """Rows naming one image, however spelt (./x, x with '\\', its absolute path, through a symbolic link, via ../),
+    are one image with one key: with the same fields one sample; with different fields (a label, a patient) every
+    such row is left out and named, never scored with another row's label (an absolute and a relative spelling had
+    been two samples, the same image trained and scored with two labels), and no file read is called unread."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "set"
         listed = []
-        for image, label, patient, dotted in rows:
+        for image, label, patient, how in rows:
             rel = f"images/img{image}.png"
             if not (root / rel).is_file():
                 save(root / rel, noise_image(image))
-            listed.append({"image": f"./{rel}" if dotted else rel, "label": label, "patient": patient})
+            listed.append({"image": _spelled(root, rel, how), "label": label, "patient": patient})
         pd.DataFrame(listed).to_csv(root / "manifest.csv", index=False)
         fields = {}
         for image, label, patient, _ in rows:
@@ -172,13 +197,14 @@ def test_an_image_listed_twice_is_read_once_or_named(rows) -> None:
                 load_manifest(root)
             return
         m = load_manifest(root)
-        got = {os.path.normpath(img): (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
-        assert got == agreeing and len(m) == len(agreeing)  # each image once, with its only fields
+        got = {img: (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
+        assert got == agreeing and len(m) == len(agreeing)  # each image once, by one key, with its only fields
         conflicting = [r for r in rows if f"images/img{r[0]}.png" not in agreeing]
         named = [reason for _, reason in m.ledger.left_out if "listed" in reason]
         assert len(named) == len(conflicting) == m.ledger.total - m.ledger.used
         repeated = sum(1 for img in agreeing if sum(f"images/img{r[0]}.png" == img for r in rows) > 1)
         assert ("listed more than once with the same fields" in " ".join(m.notes)) == (repeated > 0)
+        assert not [f for f, _ in m.ledger.unread if f in agreeing], m.ledger.unread  # read files are not "unread"
 
 
 def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import csv
 import datetime as dt
 import io
 import json
+import os
+import posixpath
 import re
 from collections import Counter
 from pathlib import Path
@@ -147,34 +149,51 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
 
 
 class _PathResolver:
-    """Image paths of a manifest as people write them, resolved under its folder: Windows separators (`a\\b.png`),
-    and paths that exist only as a tail under the folder (another machine's absolute path, a prefix folder that is
-    not there: `C:/data/release/benign/b1.png` -> `benign/b1.png`). Each kind of rewrite is counted for a note."""
+    """Image paths of a manifest as people write them, resolved under its folder to one spelling per file (its
+    identity in splits, duplicates and the ledger): Windows separators (`a\\b.png`), `./` and `..` steps, this
+    machine's absolute paths under the folder (also through a symbolic link), and paths that exist only as a tail
+    under the folder (another machine's absolute path, a prefix folder that is not there:
+    `C:/data/release/benign/b1.png` -> `benign/b1.png`). Each kind of rewrite is counted for a note."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.windows, self.tails = root, 0, Counter()
+        self.absolute = 0
+
+    def _under_root(self, path: Path) -> str | None:
+        """`path` (absolute) relative to the folder, by its spelling or else by where both lead; None outside."""
+        for a, b in ((path, self.root.absolute()), (path.resolve(), self.root.resolve())):
+            rel = os.path.relpath(os.path.normpath(a), os.path.normpath(b))
+            if rel != ".." and not rel.startswith("../"):
+                return Path(rel).as_posix()
+        return None
 
     def resolve(self, raw: str) -> str:
         text = raw.strip()
         if "\\" in text:
             text, self.windows = text.replace("\\", "/"), self.windows + 1
         if Path(text).is_absolute() and Path(text).is_file():  # this machine's own absolute path
-            try:
-                return Path(text).resolve().relative_to(self.root.resolve()).as_posix()
-            except ValueError:
-                return text  # outside the manifest's folder: kept as it is
-        if not text or (self.root / text).is_file():
+            rel = self._under_root(Path(text))
+            if rel is None:
+                return os.path.normpath(text)  # outside the manifest's folder: kept, one spelling
+            self.absolute += 1
+            return rel
+        if not text:
             return text
+        if (self.root / text).is_file():
+            norm = posixpath.normpath(text)  # ./a.png, a/../b.png: one spelling per file
+            return norm if (self.root / norm).is_file() else text
         parts = [p for p in text.split("/") if p not in ("", ".")]
         for k in range(1, len(parts)):
             tail = "/".join(parts[k:])
             if (self.root / tail).is_file():
                 self.tails["/".join(parts[:k])] += 1
-                return tail
+                return posixpath.normpath(tail)
         return text
 
     def notes(self, name: str) -> list[str]:
         out = [f"{self.windows} path(s) in {name} use Windows separators '\\': read with '/'"] if self.windows else []
+        if self.absolute:
+            out.append(f"{self.absolute} absolute path(s) in {name} under its folder: read as paths relative to it")
         for prefix, n in self.tails.most_common():
             out.append(
                 f"{n} path(s) in {name} start with {prefix!r}, which is not under {self.root.name}/: "
