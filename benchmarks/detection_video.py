@@ -70,7 +70,7 @@ def main() -> None:
 
     frames_csv = extract_frames(clip, args.out / "frames", every=4, blur_threshold=100.0)
     frames = pd.read_csv(frames_csv, keep_default_na=False)
-    blurred = (frames["frame_index"] // 8) % 3 == 2  # the frames make_clip blurred
+    blurred = (frames["video_frame"] // 8) % 3 == 2  # the frames make_clip blurred
     predictor = load_predictor(args.run, threshold=0.5, backend=args.backend)
     summary = predict_video(predictor, clip, args.out, batch=8, smooth=5)
     per_frame = pd.read_csv(summary["csv"])

@@ -13,8 +13,9 @@ import av
 import numpy as np
 import pytest
 
+from medcad.data.layouts import load_manifest
 from medcad.data.video import VideoReader, extract_frames, probe_video
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 
 H, W, N = 48, 64, 30
 
@@ -141,10 +142,28 @@ def test_extract_frames_writes_times_and_the_decode_report(tmp_path: Path) -> No
     garble_packet(clip, 4)
     manifest = extract_frames(clip, tmp_path / "frames", every=2)
     rows = list(csv.DictReader(manifest.open()))
-    assert [int(r["frame_index"]) for r in rows] == [0, 2, 6, 8]  # frame 4 is lost
+    assert [int(r["video_frame"]) for r in rows] == [0, 2, 6, 8]  # frame 4 is lost
     assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.1, 0.4, 0.72])
     decoded = json.loads((tmp_path / "frames" / "decode.json").read_text())
     assert decoded["frames_dropped"] == 1 and decoded["dropped_frames"][0]["time_s"] == pytest.approx(0.3)
+    # medcad reads its own manifest back whole: the video's frame number is no page of a PNG (a `frame_index`
+    # column had been read as `frame`, and `data inspect` ended in a bare "Aborted.")
+    m = load_manifest(manifest)
+    assert len(m) == 4 and not m.problems and list(m.table["patient"]) == ["clip"] * 4
+    with pytest.raises(ConfigError, match="every 0"):
+        extract_frames(clip, tmp_path / "none", every=0)
+
+    # a frame column naming pages a file does not have: that row named, the others read
+    rows[1]["frame"] = "2"
+    with (tmp_path / "frames" / "paged.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "frame"])
+        writer.writeheader()
+        writer.writerows(rows)
+    m = load_manifest(tmp_path / "frames" / "paged.csv", allow_missing=True)
+    with pytest.raises(DataError, match="no manifest.csv or manifest.tsv"):
+        load_manifest(tmp_path / "frames" / "frames", layout="csv")
+    problem = "the frame column names page '2', but the file is a single page"
+    assert len(m) == 3 and m.problems == [(rows[1]["image"], problem)]
 
 
 def test_not_a_video(tmp_path: Path) -> None:

@@ -493,10 +493,13 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
     try:
         with _pil_image(p) as im:
             if frame:
+                n = getattr(im, "n_frames", 1)
+                if not 0 <= frame < n:
+                    raise DataError(p, f"has {n} page(s); page {frame} does not exist")
                 im.seek(frame)
             w, h = im.size
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, EOFError) as e:
         raise DataError(p, "not a readable image (unknown or corrupt format)") from e
 
 

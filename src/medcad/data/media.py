@@ -102,19 +102,28 @@ def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
 
 def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]]) -> list[dict]:
     """One row per frame for multi-frame DICOM files, multi-page TIFFs and animated GIF / WebP (`frame`: the
-    frame or page index); unreadable DICOM files become problems. A row that names its frame stays as it is."""
+    frame or page index); unreadable DICOM files become problems. A row that names its frame stays as it is when the
+    file has that frame; else it is a problem (a frame number of another kind, e.g. a video's, in a frame column)."""
     out = []
     for row in rows:
         p = root / row["image"]
-        if row.get("frame") not in (None, ""):
-            out.append(row)
-            continue
+        named = row.get("frame")
         try:
             n = dicom_frames(p) if is_dicom(p) else image_pages(p)
         except DataError as e:
             problems.append((row["image"], e.problem))
             continue
-        out += [dict(row, frame=k) for k in range(n)] if n > 1 else [row]
+        if named in (None, ""):
+            out += [dict(row, frame=k) for k in range(n)] if n > 1 else [row]
+            continue
+        text = str(named).strip()
+        k = int(float(text)) if text.replace(".", "", 1).isdigit() and float(text).is_integer() else None
+        if k is None or k >= n:
+            what = "frame" if is_dicom(p) else "page"
+            has = f"has {n} {what}(s), numbered from 0" if n > 1 else f"is a single {what}"
+            problems.append((row["image"], f"the frame column names {what} {text!r}, but the file {has}"))
+            continue
+        out.append(row)
     return out
 
 

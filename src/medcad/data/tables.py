@@ -113,7 +113,10 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
 def read_csv(path: Path, options: DataOptions) -> Manifest:
     """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name."""
     if path.is_dir():
-        path = next(p for p in (path / "manifest.csv", path / "manifest.tsv") if p.is_file())
+        found = [p for p in (path / "manifest.csv", path / "manifest.tsv") if p.is_file()]
+        if not found:
+            raise DataError(path, "no manifest.csv or manifest.tsv in this folder (--layout csv); give the file's path")
+        path = found[0]
     df, notes = _read_table(path)
     df, more = _rename_columns(df, path)
     notes += more

@@ -24,7 +24,7 @@ import numpy as np
 
 from medcad.data.io import is_dicom
 from medcad.data.manifest import atomic_write_text
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
@@ -303,14 +303,19 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_threshold: float | None = None) -> Path:
-    """Write every N-th frame as PNG, a manifest.csv (image, frame_index, time_s, sharpness, patient, label) and
+    """Write every N-th frame as PNG, a manifest.csv (image, video_frame, time_s, sharpness, patient, label) and
     decode.json (frames dropped as undecodable, truncation, rotation: `DecodeReport.as_dict`).
 
     With `blur_threshold`, frames whose sharpness is below it get the label `unclear` (others stay unlabelled).
     Returns the manifest path.
+
+    Raises:
+        ConfigError: `every` below 1.
     """
     from PIL import Image
 
+    if every < 1:
+        raise ConfigError(f"every {every}: keep every N-th frame with N >= 1 (1: every frame)")
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     stem = Path(video).stem
@@ -324,7 +329,7 @@ def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_thr
             rows.append(
                 {
                     "image": name,
-                    "frame_index": f.index,
+                    "video_frame": f.index,  # not "frame" (a page of a multi-page file), nor an alias of it
                     "time_s": f.time_s,
                     "sharpness": round(s, 2),
                     "patient": stem,
