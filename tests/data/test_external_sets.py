@@ -92,3 +92,20 @@ def test_evaluate_data_reads_a_nested_layout(tiny_run: Path, tmp_path: Path) -> 
     assert "labels renamed: Lesion -> lesion, Normal -> normal" in res.output
     pred = (tiny_run / "evaluations" / "ext" / "predictions.csv").read_text()
     assert pred.count("\n") == 13 and "siteA/Lesion/0.png" in pred
+
+
+def test_two_external_sets_of_one_name_keep_their_own_results(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """hospitalA/data and hospitalB/data: each evaluation in its own folder (the second had overwritten the first);
+    the same set evaluated again keeps its folder."""
+    import shutil
+
+    for site, n in (("hospitalA", 12), ("hospitalB", 5)):
+        for label in ("lesion", "normal"):
+            shutil.copytree(easy_set / label, tmp_path / site / "data" / label, ignore=lambda d, f, n=n: sorted(f)[n:])
+    for site in ("hospitalA", "hospitalB", "hospitalA"):
+        res = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--data", str(tmp_path / site / "data"), "--json"])
+        assert res.exit_code == 0, res.output
+    folders = sorted(p.name for p in (tiny_run / "evaluations").iterdir())
+    assert folders == ["data", "data-2"]
+    sizes = [json.loads((tiny_run / "evaluations" / f / "metrics.json").read_text())["n"] for f in folders]
+    assert sizes == [24, 10]

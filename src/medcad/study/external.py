@@ -3,6 +3,7 @@ folds) and score it against the set's labels, masks or boxes; written to RUN/eva
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,23 @@ def evaluate_external(
         pred = pred.merge(table, on="image", how="left")
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
     metrics["backend"] = predictor.backend
-    where = RunFolder(run).evaluations / Path(data).resolve().name
+    where = evaluation_folder(run, data, metrics["evaluation"])
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
     return metrics, where, [*manifest.notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
+
+
+def evaluation_folder(run: str | Path, data: str | Path, evaluation: str) -> Path:
+    """RUN/evaluations/<set>: the data folder's name (a manifest's: its folder's and its own stem), with -2, -3 ...
+    where that name holds the evaluation of another set (hospitalA/data and hospitalB/data: the second had
+    overwritten the first); the same set evaluated again keeps its folder."""
+    data = Path(data).resolve()
+    name = f"{data.parent.name}_{data.stem}" if data.is_file() else data.name
+    base = RunFolder(run).evaluations
+    for k in range(1, 1000):
+        where = base / (name if k == 1 else f"{name}-{k}")
+        metrics = RunFolder(where).metrics
+        if not metrics.is_file() or json.loads(metrics.read_text()).get("evaluation") == evaluation:
+            return where
+    raise DataError(base, f"999 evaluations named {name}: remove some")
