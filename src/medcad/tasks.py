@@ -20,6 +20,7 @@ from functools import partial
 from torch import nn
 
 from medcad.config import TrainConfig
+from medcad.data.manifest import LABEL_SEPARATORS
 from medcad.errors import ConfigError
 
 
@@ -176,9 +177,6 @@ def reference_label(labels: list[str]) -> str | None:
     "no_lesion", "Healthy", "No finding", ...), or None when none or more than one label reads as one."""
     found = [lab for lab in labels if re.sub(r"[^a-z]", "", lab.lower()) in REFERENCE_NAMES]
     return found[0] if len(found) == 1 else None
-
-
-LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")
 
 
 def split_labels(value: str) -> list[str]:

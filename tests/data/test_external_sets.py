@@ -35,7 +35,9 @@ def test_boxes_from_masks_take_the_detectors_only_class(tmp_path: Path) -> None:
 
 def test_label_map_renames_rows_and_boxes(tmp_path: Path) -> None:
     root = _masks_only_set(tmp_path / "ext", "Tumour")
-    m = load_manifest(root, label_map="Tumour=tumour, x=y")
+    with pytest.raises(ConfigError, match="names 'x', which no image or box"):
+        load_manifest(root, label_map="Tumour=tumour, x=y")
+    m = load_manifest(root, label_map="Tumour=tumour, ")
     assert m.labels == ["tumour"] and any("Tumour -> tumour" in n for n in m.notes)
     save(root / "b.png", noise_image(9))
     (root / "boxes.csv").write_text('image,label,boxes\nb.png,Tumour,"[[1, 2, 10, 12, ""Tumour""]]"\n')

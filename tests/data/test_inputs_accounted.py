@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import noise_image, save
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import label_key
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 
 
 def _csv_set(root: Path, style: str, n: int = 8) -> list[str]:
@@ -290,3 +290,17 @@ def test_duplicates_are_judged_after_labels_are_normalised(tmp_path: Path) -> No
     (tmp_path / "manifest.csv").write_text("image,label\n1.png,benign\n1.png,Benign\n3.png,benign\n3.png,adenoma\n")
     m = load_manifest(tmp_path, label_map="adenoma=benign")
     assert sorted(m.table["image"]) == ["1.png", "3.png"] and m.ledger.line() == "used 2 of 2"
+
+
+def test_a_label_map_entry_naming_no_label_stops_with_the_labels_there(tmp_path: Path) -> None:
+    """`--label-map benign=abnormal,malignat=abnormal`: the typo had been ignored (a planned two-class study became a
+    three-class one) under a note saying it was applied. Labels of multi-label cells count as labels."""
+    for i, label in enumerate(["benign", "malignant", "normal"]):
+        save(tmp_path / "set" / label / f"{i}.png", noise_image(i))
+    with pytest.raises(ConfigError, match=r"'malignat' \(did you mean 'malignant'\?\).*benign, malignant, normal"):
+        load_manifest(tmp_path / "set", label_map="benign=abnormal,malignat=abnormal")
+    m = load_manifest(tmp_path / "set", label_map="benign=abnormal,malignant=abnormal")
+    assert m.labels == ["abnormal", "normal"]
+    save(tmp_path / "ml" / "a.png", noise_image(7))
+    pd.DataFrame([{"image": "a.png", "label": "stone|cyst"}]).to_csv(tmp_path / "ml" / "manifest.csv", index=False)
+    load_manifest(tmp_path / "ml", label_map="cyst=renal cyst")  # a label of a multi-label cell: no error

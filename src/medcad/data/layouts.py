@@ -28,6 +28,7 @@ from medcad.data.ledger import make_ledger
 from medcad.data.manifest import (
     MASK_SEP,
     Manifest,
+    check_label_map,
     label_spellings,
     make_table,
     nfc,
@@ -403,7 +404,9 @@ def load_manifest(
     manifest = reader(p, options)
     manifest.notes.insert(0, f"layout {layout!r}: {why}")
     rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
-    rename_labels(manifest, {nfc(a): nfc(b) for a, b in options.label_mapping().items()})
+    label_map = {nfc(a): nfc(b) for a, b in options.label_mapping().items()}
+    check_label_map(manifest, label_map)
+    rename_labels(manifest, label_map)
     rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
     one_row_per_image(manifest)  # after the renames: `benign` and `Benign` are one label
     if options.group_from:

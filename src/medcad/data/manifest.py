@@ -204,6 +204,38 @@ def label_spellings(labels: Iterable[str]) -> dict[str, str]:
     return out
 
 
+LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")  # between the labels of one multi-label cell: 'stone|cyst'
+
+
+def label_names(manifest: Manifest) -> set[str]:
+    """Every label the manifest holds: label cells, the labels of multi-label cells, and box labels."""
+    t = manifest.table
+    names = {str(v) for v in t["label"].unique() if str(v)}
+    names |= {part for v in names for part in LABEL_SEPARATORS.split(v.strip()) if part}
+    for b in t["boxes"].unique():
+        names |= {str(x[4]) for x in json.loads(b)} if b else set()
+    return names
+
+
+def check_label_map(manifest: Manifest, mapping: dict[str, str]) -> None:
+    """ConfigError for a --label-map entry that names no label of the dataset (a typo turned a planned two-class
+    study into a three-class one, with a note saying the rename was made), with the labels there and close ones."""
+    import difflib
+
+    present = label_names(manifest)
+    unknown = [old for old in mapping if old not in present]
+    if not unknown:
+        return
+    hints = []
+    for u in unknown:
+        close = difflib.get_close_matches(u, present, 3)
+        hints.append(f"{u!r} (did you mean {', '.join(map(repr, close))}?)" if close else repr(u))
+    raise ConfigError(
+        f"--label-map names {', '.join(hints)}, which no image or box of this dataset has; its labels: "
+        f"{', '.join(sorted(present)) or 'none'}. Correct the name, or leave out the entries that do not apply here"
+    )
+
+
 def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labels renamed") -> None:
     """Apply a label map to the label column and to every box's label."""
     if not mapping:
