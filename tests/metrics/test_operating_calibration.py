@@ -39,6 +39,21 @@ def test_validated_points_use_each_folds_validation_threshold():
         validated_operating_points(y_test, s_test, np.array([0, 0, 2, 2]), val)
 
 
+def test_a_fold_whose_validation_holds_one_class_is_left_out_not_scored_negative():
+    """A validation part of one class chooses no threshold: that fold's test rows had been called negative (a run
+    with 1-image validation parts showed sensitivity 0.000 (0.000-0.000), specificity 1.000 (1.000-1.000))."""
+    y_val = np.array([0, 0, 1, 1])
+    val = {0: (y_val, np.array([0.1, 0.2, 0.3, 0.4])), 1: (np.array([1]), np.array([0.9]))}
+    y_test, s_test, fold = np.array([0, 1, 0, 1]), np.array([0.25, 0.35, 0.65, 0.75]), np.array([0, 0, 1, 1])
+    r = validated_operating_points(y_test, s_test, fold, val, rules=["youden", "spec>=0.90"], n_boot=50)["youden"]
+    assert r["folds_without_threshold"] == ["1"] and np.isnan(r["thresholds"]["1"])
+    assert r["sensitivity"]["value"] == 1.0 and r["specificity"]["value"] == 1.0  # fold 0's two rows alone
+    val[0] = (np.array([0]), np.array([0.1]))
+    r = validated_operating_points(y_test, s_test, fold, val, rules=["youden"], n_boot=50)["youden"]
+    assert r["sensitivity"] == {"value": None, "ci95": [None, None]} and r["ppv"] is None
+    assert r["folds_without_threshold"] == ["0", "1"]
+
+
 def test_temperature_recovers_known_temperature_and_matches_log_loss():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4000, 3)) * 3

@@ -80,7 +80,10 @@ def validated_operating_points(
         seed: random seed.
 
     Returns:
-        {rule: {thresholds: {fold: t}, sensitivity: {value, ci95}, specificity: {value, ci95}, ppv, npv}}.
+        {rule: {thresholds: {fold: t}, sensitivity: {value, ci95}, specificity: {value, ci95}, ppv, npv}}; a fold
+        whose validation part holds one class has no threshold (nan): its test rows are left out of the figures and
+        the fold is listed (`folds_without_threshold`); with no fold left, every figure is None (they had been
+        scored as all negative: sensitivity 0, specificity 1, with CIs of width 0).
     """
     yb = np.asarray(y_test).astype(bool)
     s = np.asarray(score_test, dtype=float)
@@ -91,13 +94,24 @@ def validated_operating_points(
     by_str = {str(f): v for f, v in validation.items()}
     out: dict[str, dict[str, Any]] = {}
     preds: dict[str, np.ndarray] = {}
-    for rule in rules:
-        thr = {str(f): choose_threshold(*by_str[str(f)], rule) for f in np.unique(folds)}
-        t_row = np.array([thr[str(f)] for f in folds])
-        pred = s >= t_row  # nan threshold -> never positive
-        preds[rule] = pred
+    thresholds = {rule: {str(f): choose_threshold(*by_str[str(f)], rule) for f in np.unique(folds)} for rule in rules}
+    without = sorted({f for thr in thresholds.values() for f, t in thr.items() if np.isnan(t)})  # one-class parts
+    scored = ~np.isin(folds.astype(str), without)
+    yb, s, folds = yb[scored], s[scored], folds[scored]
+    groups = None if groups is None else np.asarray(groups)[scored]
+    for rule, thr in thresholds.items():
+        out[rule] = {"thresholds": thr}
+        if without:
+            out[rule]["folds_without_threshold"] = without
+        if not len(yb):
+            none = {"value": None, "ci95": [None, None]}
+            out[rule].update(sensitivity=none, specificity=none, ppv=None, npv=None)
+            continue
+        preds[rule] = pred = s >= np.array([thr[str(f)] for f in folds])
         point = operating_point(yb, np.where(pred, 1.0, 0.0), 0.5)
-        out[rule] = {"thresholds": thr, **{k: point[k] for k in ("ppv", "npv")}}
+        out[rule].update({k: point[k] for k in ("ppv", "npv")})
+    if not preds:
+        return out
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         res = {}
@@ -106,7 +120,7 @@ def validated_operating_points(
         return res
 
     stats = weighted_bootstrap(batch, len(yb), groups=groups, n_boot=n_boot, seed=seed)
-    for rule in rules:
+    for rule in preds:
         out[rule]["sensitivity"] = stats[f"{rule}/sensitivity"]
         out[rule]["specificity"] = stats[f"{rule}/specificity"]
     return out

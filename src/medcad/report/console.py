@@ -261,6 +261,12 @@ def _print_validated(c: Console, m: dict) -> None:
             if rule in v:
                 t.add_row(rule, _fmt(v[rule]["sensitivity"]), _fmt(v[rule]["specificity"]))
         c.print(t)
+        without = (v.get("youden") or {}).get("folds_without_threshold")
+        if without:
+            c.print(
+                f"fold(s) {', '.join(without)}: the validation part holds one class, so no threshold was chosen; "
+                "their test images are left out of these figures (— when no fold is left)"
+            )
     cal = m.get("calibration")
     if cal:
         c.print(
