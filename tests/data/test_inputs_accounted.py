@@ -304,3 +304,14 @@ def test_a_label_map_entry_naming_no_label_stops_with_the_labels_there(tmp_path:
     save(tmp_path / "ml" / "a.png", noise_image(7))
     pd.DataFrame([{"image": "a.png", "label": "stone|cyst"}]).to_csv(tmp_path / "ml" / "manifest.csv", index=False)
     load_manifest(tmp_path / "ml", label_map="cyst=renal cyst")  # a label of a multi-label cell: no error
+
+
+@pytest.mark.parametrize("header", ["Labels", "Findings", "Pathology", "Diagnosis"])
+def test_label_columns_as_people_head_them(tmp_path: Path, header: str) -> None:
+    """A multi-label manifest headed `findings` had been read as having no label column."""
+    for i in range(2):
+        save(tmp_path / f"{i}.png", noise_image(i))
+    pd.DataFrame([{"image": "0.png", header: "stone|cyst"}, {"image": "1.png", header: "cyst"}]).to_csv(
+        tmp_path / "manifest.csv", index=False
+    )
+    assert list(load_manifest(tmp_path).table["label"]) == ["stone|cyst", "cyst"]

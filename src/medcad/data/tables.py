@@ -24,7 +24,18 @@ from medcad.errors import DataError
 # Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
 COLUMN_ALIASES = {
     "image": ("image", "path", "file", "filename", "imagepath", "imagefile", "imagename", "img"),
-    "label": ("label", "class", "target", "diagnosis", "classname", "category", "finding", "pathology"),
+    "label": (
+        "label",
+        "labels",
+        "class",
+        "target",
+        "diagnosis",
+        "classname",
+        "category",
+        "finding",
+        "findings",
+        "pathology",
+    ),
     "patient": ("patient", "patientid", "group", "subject", "subjectid", "case", "caseid", "video", "videoid"),
     "domain": ("domain", "modality"),
     "subgroup": ("subgroup", "subtype"),
