@@ -303,7 +303,8 @@ def test_a_label_map_entry_naming_no_label_stops_with_the_labels_there(tmp_path:
     assert m.labels == ["abnormal", "normal"]
     save(tmp_path / "ml" / "a.png", noise_image(7))
     pd.DataFrame([{"image": "a.png", "label": "stone|cyst"}]).to_csv(tmp_path / "ml" / "manifest.csv", index=False)
-    load_manifest(tmp_path / "ml", label_map="cyst=renal cyst")  # a label of a multi-label cell: no error
+    m = load_manifest(tmp_path / "ml", label_map="cyst=renal cyst")  # a label of a multi-label cell, renamed there
+    assert list(m.table["label"]) == ["stone|renal cyst"]
 
 
 @pytest.mark.parametrize("header", ["Labels", "Findings", "Pathology", "Diagnosis"])

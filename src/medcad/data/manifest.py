@@ -205,6 +205,7 @@ def label_spellings(labels: Iterable[str]) -> dict[str, str]:
 
 
 LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")  # between the labels of one multi-label cell: 'stone|cyst'
+MULTI_LABEL_CELL = re.compile(r"[|;]")  # a cell holding several labels for a label map (a comma may be in a name)
 
 
 def label_names(manifest: Manifest) -> set[str]:
@@ -241,7 +242,13 @@ def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labe
     if not mapping:
         return
     t = manifest.table
-    t["label"] = t["label"].map(lambda v: mapping.get(v, v))
+
+    def label(v: str) -> str:  # a whole cell, else each label of a multi-label cell ('stone|cyst')
+        if v in mapping or not MULTI_LABEL_CELL.search(str(v)):
+            return mapping.get(v, v)
+        return "|".join(mapping.get(x, x) for x in LABEL_SEPARATORS.split(str(v).strip()) if x)
+
+    t["label"] = t["label"].map(label)
 
     def boxes(b: str) -> str:
         return json.dumps([[*x[:4], mapping.get(str(x[4]), x[4])] for x in json.loads(b)]) if b else b
