@@ -7,6 +7,7 @@ training size (from the boxes column or from masks; frame classes as whole-frame
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def load_targets(
         masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress, classes=classes)
         check_mask_content(manifest, masks)
     if classes is not None:  # what splits stratify by: each image's largest lesion class (0: none or the first)
+        absent = [f"{v}={name}" for c, (v, name) in enumerate(zip(classes.values, labels, strict=True), 1)
+                  if not (masks == c).any()]  # fmt: skip
+        if absent:
+            warnings.warn(
+                f"mask class(es) {', '.join(absent)} occur in none of the {len(masks)} masks: not learnable from "
+                "these images, and scored only by false positives (Dice 0 where predicted, 1 elsewhere), in the "
+                "mean over lesion classes too",
+                stacklevel=2,
+            )
         return Targets(list(labels), _largest_class(masks, len(labels)), masks, None, [], classes)
     return Targets(list(labels), label_targets(manifest, cfg.task, list(labels)), masks, boxes, problems)
 

@@ -216,3 +216,16 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
 
     html = write_report(run).read_text()
     assert "Lesion classes" in html and "stone" in html
+
+
+def test_a_mask_class_that_no_mask_holds_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--mask-labels 1=cyst,2=stone,3=polyp on masks without value 3: a warning names it (its Dice had pulled the
+    mean over lesion classes down without a word)."""
+    from medcad.data.layouts import load_manifest
+    from medcad.targets import load_targets
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = kidney_label_maps(tmp_path / "kidney", n=4, labels_file=False)
+    cfg = FAST.replace(mask_labels="1=cyst,2=stone,3=polyp")
+    with pytest.warns(UserWarning, match=r"mask class\(es\) 3=polyp occur in none of the 4 masks"):
+        load_targets(load_manifest(data), cfg)
