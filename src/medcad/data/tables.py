@@ -176,9 +176,12 @@ class _PathResolver:
     def _under_root(self, path: Path) -> str | None:
         """`path` (absolute) relative to the folder, by its spelling or else by where both lead; None outside."""
         for a, b in ((path, self.root.absolute()), (path.resolve(), self.root.resolve())):
-            rel = os.path.relpath(os.path.normpath(a), os.path.normpath(b))
+            try:
+                rel = Path(os.path.relpath(os.path.normpath(a), os.path.normpath(b))).as_posix()
+            except ValueError:  # another drive (Windows)
+                continue
             if rel != ".." and not rel.startswith("../"):
-                return Path(rel).as_posix()
+                return rel
         return None
 
     def resolve(self, raw: str) -> str:
