@@ -212,7 +212,8 @@ def label_names(manifest: Manifest) -> set[str]:
     """Every label the manifest holds: label cells, the labels of multi-label cells, and box labels."""
     t = manifest.table
     names = {str(v) for v in t["label"].unique() if str(v)}
-    names |= {part for v in names for part in LABEL_SEPARATORS.split(v.strip()) if part}
+    cells = [v for v in names if MULTI_LABEL_CELL.search(v)]  # as `rename_labels` splits them
+    names |= {part for v in cells for part in LABEL_SEPARATORS.split(v.strip()) if part}
     for b in t["boxes"].unique():
         names |= {str(x[4]) for x in json.loads(b)} if b else set()
     return names
