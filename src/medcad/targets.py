@@ -134,9 +134,10 @@ def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
         if len(labels) < 2:
             raise DataError(source, f"{task} needs at least two labels over the images, found {labels or 'none'}")
         return labels
-    unlabeled = int((manifest.table["label"] == "").sum())
+    blank = list(manifest.table.loc[manifest.table["label"] == "", "image"])
     if len(labels) < 2:
         raise DataError(source, f"{task} needs at least two class labels, found {labels or 'none'}")
-    if unlabeled:
-        raise DataError(source, f"{unlabeled} image(s) have no label; label them or remove them for {task}")
+    if blank:
+        shown = ", ".join(blank[:5]) + (f" and {len(blank) - 5} more" if len(blank) > 5 else "")
+        raise DataError(source, f"{len(blank)} image(s) have no label ({shown}); label them or remove them for {task}")
     return labels

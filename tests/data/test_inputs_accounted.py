@@ -78,6 +78,27 @@ def test_label_spellings_merge_with_a_note(tmp_path: Path) -> None:
     assert m.labels == ["benign", "malignant"]
 
 
+def test_class_codes_written_as_spreadsheets_write_them_are_one_class(tmp_path: Path) -> None:
+    """Class codes 1, 1.0 and 01 (a sheet's number formats) had become three classes without a word; blank label
+    cells are named by image when a classifier stops on them."""
+    from medcad.config import TrainConfig
+    from medcad.targets import load_targets
+
+    labels = ["1", "1.0", "01", "1", "2", "2.0", "2"]
+    for i in range(len(labels)):
+        save(tmp_path / f"{i}.png", noise_image(i))
+    pd.DataFrame({"image": [f"{i}.png" for i in range(len(labels))], "label": labels}).to_csv(
+        tmp_path / "manifest.csv", index=False
+    )
+    m = load_manifest(tmp_path)
+    assert m.labels == ["1", "2"] and any("number form" in n for n in m.notes)
+    save(tmp_path / "7.png", noise_image(7))
+    with (tmp_path / "manifest.csv").open("a") as f:
+        f.write("7.png,\n")
+    with pytest.raises(DataError, match=r"1 image\(s\) have no label \(7.png\)"):
+        load_targets(load_manifest(tmp_path), TrainConfig())
+
+
 def test_release_with_two_image_mask_pairs_is_read_together(tmp_path: Path) -> None:
     root = tmp_path / "release"
     for label, n in (("polyp", 4), ("normal", 3)):

@@ -180,10 +180,15 @@ def nfc(text: str) -> str:
 
 def label_key(label: str) -> str:
     """A label compared as people mean it: Unicode NFKC form, case folded, runs of spaces, '_' and '-' as one
-    space, trimmed (`Benign`, `benign `, `BENIGN` and `be\u0301nign` vs `bénign` each compare equal)."""
+    space, trimmed (`Benign`, `benign `, `BENIGN` and `be\u0301nign` vs `bénign` each compare equal); a number by
+    its value (`1`, `1.0` and `01`, as spreadsheets export one class code, compare equal)."""
     import unicodedata
 
-    return re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFKC", label).casefold()).strip()
+    key = re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFKC", label).casefold()).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", key):
+        value = float(key)
+        return str(int(value)) if value.is_integer() else repr(value)
+    return key
 
 
 def label_spellings(labels: Iterable[str]) -> dict[str, str]:
@@ -255,7 +260,8 @@ def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labe
         return json.dumps([[*x[:4], mapping.get(str(x[4]), x[4])] for x in json.loads(b)]) if b else b
 
     t["boxes"] = t["boxes"].map(boxes)
-    extra = " (they differ only in case, spaces or Unicode form; --label-map sets others)" if "merged" in what else ""
+    merged = " (they differ only in case, spaces, Unicode or number form; --label-map sets others)"
+    extra = merged if "merged" in what else ""
     extra = " (Unicode composed form: accents as one character)" if "NFC" in what else extra
     manifest.notes.append(f"{what}: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()) + extra)
 
