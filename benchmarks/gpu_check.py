@@ -168,18 +168,15 @@ def main() -> None:
                                        "--json"], 120, True)  # fmt: skip
     if "serve" in want:
         serve_check(steps, medcad, cls, image)
-    if "segment" in want:
-        steps.run("train segment", [*train, str(kvasir), "--task", "segment", "--image-size", str(size(256)),
-                                    "--epochs", str(ep(4)), "-o", str(seg)], 180)  # fmt: skip
-    if "predict-seg" in want:
-        steps.run("predict seg (cuda)", [*medcad, "predict", str(seg), str(kvasir / "images"), "--device", "cuda",
-                                         "-o", str(runs / "ps"), "--no-overlays", "--json"], 90, True)  # fmt: skip
-    if "detect" in want:
-        steps.run("train detect", [*train, str(kvasir), "--task", "detect", "--image-size", str(size(320)),
-                                   "--epochs", str(ep(4)), "-o", str(det)], 180)  # fmt: skip
-    if "predict-det" in want:
-        steps.run("predict det (cuda)", [*medcad, "predict", str(det), str(kvasir / "images"), "--device", "cuda",
-                                         "-o", str(runs / "pd"), "--no-overlays", "--json"], 90, True)  # fmt: skip
+    for task, run, pixels in (("segment", seg, 256), ("detect", det, 320)):  # Kvasir-SEG's masks, then its boxes
+        short = task[:3]
+        if task in want:
+            steps.run(f"train {task}", [*train, str(kvasir), "--task", task, "--image-size", str(size(pixels)),
+                                        "--epochs", str(ep(4)), "-o", str(run)], 180)  # fmt: skip
+        if f"predict-{short}" in want:
+            steps.run(f"predict {short} (cuda)", [*medcad, "predict", str(run), str(kvasir / "images"), "--device",
+                                                  "cuda", "-o", str(runs / f"p{task[0]}"), "--no-overlays", "--json"],
+                      90, True)  # fmt: skip
     if "export" in want:
         steps.run("export cls (cuda ref)", [*medcad, "export", str(cls), "--device", "cuda", "--json"], 120, True)
     if "evaluate" in want:

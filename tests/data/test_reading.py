@@ -425,6 +425,7 @@ def test_animation_frames_in_any_order_match_a_fresh_decode(tmp_path: Path, suff
     def check(order: list[int]) -> None:
         for k in order:
             np.testing.assert_array_equal(read_image(path, frame=k), ref[k])
+            assert image_size(path, k) == (40, 40)  # the canvas, without decoding up to the frame
 
     check()
     ref = write(100)  # rewritten (its time set apart from the first's, whatever the clock's resolution)

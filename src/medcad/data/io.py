@@ -132,6 +132,12 @@ class _Animations:
 _ANIMATIONS = _Animations()
 
 
+def _opened(path: Path, page: int | None):
+    """The open image for reading `page` of `path`: a frame after the first of an animation from `_ANIMATIONS`
+    (kept open: its frame count and decoded frames carry over), else the file opened for this read."""
+    return _ANIMATIONS.frame(path) if page and path.suffix.lower() in (".gif", ".webp") else _pil_image(path)
+
+
 def has_dicom_preamble(path: str | Path) -> bool:
     """True when the file starts with a 128-byte preamble and `DICM` (how DICOM Part 10 files begin)."""
     try:
@@ -239,15 +245,11 @@ def decode_pil(
     `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours;
     `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`)."""
     fmt = ""
-    animated = bool(page) and path.suffix.lower() in (".gif", ".webp")
     try:
-        with _ANIMATIONS.frame(path) if animated else _pil_image(path) as im:
+        with _opened(path, page) as im:
             fmt = im.format or ""
             if page:
-                n = getattr(im, "n_frames", 1)
-                if not 0 <= page < n:
-                    raise DataError(path, f"has {n} page(s); page {page} does not exist")
-                im.seek(page)
+                _to_page(im, path, page)
             orientation = _orientation(im)
             if draft and fmt == "JPEG":
                 im.draft("RGB" if im.mode != "L" else "L", (draft, draft))  # fast DCT-domain downscale
@@ -273,6 +275,17 @@ def decode_pil(
     except Exception as e:  # Pillow's decoders raise other types for some broken files (ValueError, EOFError ...)
         raise DataError(path, f"cannot decode the image data ({type(e).__name__}: {e})") from e
     return arr, fmt, orientation
+
+
+def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> None:
+    """Seek `im` to `page` of a multi-page file (DataError when it has no such page). For the size alone
+    (`decode` False) an animation is not decoded up to the frame: its frames share the canvas (seeking frame k of a
+    GIF decodes the k before it, which made `data inspect` of a 200-frame GIF take 23 s)."""
+    n = getattr(im, "n_frames", 1)
+    if not 0 <= page < n:
+        raise DataError(path, f"has {n} page(s); page {page} does not exist")
+    if decode or path.suffix.lower() not in (".gif", ".webp"):
+        im.seek(page)
 
 
 def image_pages(path: Path) -> int:
@@ -491,12 +504,9 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
         except Exception as e:
             raise DataError(p, f"unreadable DICOM header ({type(e).__name__}: {e})") from e
     try:
-        with _pil_image(p) as im:
+        with _opened(p, frame) as im:
             if frame:
-                n = getattr(im, "n_frames", 1)
-                if not 0 <= frame < n:
-                    raise DataError(p, f"has {n} page(s); page {frame} does not exist")
-                im.seek(frame)
+                _to_page(im, p, frame, decode=False)
             w, h = im.size
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError, EOFError) as e:

@@ -25,6 +25,7 @@ _UMASK = os.umask(0)  # read once, at import: setting it back and forth later wo
 os.umask(_UMASK)
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
 MASK_SEP = "|"
+FRAME_SEP = "#"  # `<path>#<frame>`: the key of a frame of a multi-frame file (a DICOM cine, a TIFF page)
 
 
 def shown_path(path: Path, root: Path) -> str:
@@ -62,7 +63,8 @@ class Manifest:
     def keys(self) -> list[str]:
         """One id per sample: the image path, with `#frame` for DICOM frames."""
         frames = self.table["frame"]
-        return [img if pd.isna(fr) else f"{img}#{int(fr)}" for img, fr in zip(self.table["image"], frames, strict=True)]
+        pairs = zip(self.table["image"], frames, strict=True)
+        return [img if pd.isna(fr) else f"{img}{FRAME_SEP}{int(fr)}" for img, fr in pairs]
 
     def image_path(self, i: int) -> Path:
         return self.root / self.table["image"].iat[i]

@@ -105,21 +105,25 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
     frame or page index); unreadable DICOM files become problems. A row that names its frame stays as it is when the
     file has that frame; else it is a problem (a frame number of another kind, e.g. a video's, in a frame column)."""
     out = []
+    counted: dict[Path, tuple[int, str] | DataError] = {}  # a file's frames, read once (a manifest may list each)
     for row in rows:
         p = root / row["image"]
         named = row.get("frame")
-        try:
-            n = dicom_frames(p) if is_dicom(p) else image_pages(p)
-        except DataError as e:
-            problems.append((row["image"], e.problem))
+        if p not in counted:
+            try:
+                counted[p] = (dicom_frames(p), "frame") if is_dicom(p) else (image_pages(p), "page")
+            except DataError as e:
+                counted[p] = e
+        if isinstance(counted[p], DataError):
+            problems.append((row["image"], counted[p].problem))
             continue
+        n, what = counted[p]
         if named in (None, ""):
             out += [dict(row, frame=k) for k in range(n)] if n > 1 else [row]
             continue
         text = str(named).strip()
         k = int(float(text)) if text.replace(".", "", 1).isdigit() and float(text).is_integer() else None
         if k is None or k >= n:
-            what = "frame" if is_dicom(p) else "page"
             has = f"has {n} {what}(s), numbered from 0" if n > 1 else f"is a single {what}"
             problems.append((row["image"], f"the frame column names {what} {text!r}, but the file {has}"))
             continue

@@ -198,7 +198,7 @@ class _PathResolver:
             return text
         if (self.root / text).is_file():
             norm = posixpath.normpath(text)  # ./a.png, a/../b.png: one spelling per file
-            return norm if (self.root / norm).is_file() else text
+            return norm if norm == text or (self.root / norm).is_file() else text
         parts = [p for p in text.split("/") if p not in ("", ".")]
         for k in range(1, len(parts)):
             tail = "/".join(parts[k:])

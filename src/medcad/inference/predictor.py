@@ -30,6 +30,7 @@ from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
 from medcad.data.io import MAX_PIXELS_ENV, max_pixels, read_image
 from medcad.data.labelmaps import parse_mask_labels
+from medcad.data.manifest import FRAME_SEP
 from medcad.data.transforms import Normalize
 from medcad.devices import fit_torch_threads, torch_device
 from medcad.errors import ConfigError, DataError
@@ -256,9 +257,6 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
         else:
             raise DataError(p, "file not found")
     return out
-
-
-FRAME_SEP = "#"  # `<path>#<frame>`: a frame of a multi-frame file, as manifest keys name it
 
 
 def split_frame(item: str | Path) -> tuple[Path, int | None]:
