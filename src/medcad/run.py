@@ -75,7 +75,7 @@ class Run:
 
     @property
     def reduced_precision(self) -> bool:
-        """True when the run trains in bf16/fp16 (then its validation and test predictions autocast too)."""
+        """True when the run trains in bf16/fp16 (its feature caches too; fold predictions stay fp32: `FoldHooks`)."""
         return not self.compute.precision.startswith(("32", "64"))
 
     @property

@@ -83,7 +83,7 @@ def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest
     model, meta = load_model_file(fold / "model.pt", "detect")
     assert meta["format"] == "medcad-detector-1" and meta["labels"] == ["square", "disc"]
     assert meta["data_config"]["input_size"] == [3, SIZE, SIZE] and meta["config"]["epochs"] == 2
-    again = predict_detections(model, images, PARTS["test"], bf16=run.reduced_precision)  # as the fold predicted
+    again = predict_detections(model, images, PARTS["test"], bf16=False)  # as the fold predicted: fp32
     for a, b in zip(again, r["test_detections"], strict=True):
         np.testing.assert_allclose(a, np.asarray(b, dtype=np.float32).reshape(-1, 6), atol=1e-4)
 

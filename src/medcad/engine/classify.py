@@ -233,7 +233,7 @@ class ClassifyHooks(FoldHooks):
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
         net = _Probabilities(model, self.multilabel)
-        return {"probs": run_batched(net, normalize, data.images, rows, bf16=self.run.reduced_precision)[0]}
+        return {"probs": run_batched(net, normalize, data.images, rows, bf16=False)[0]}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         return val_score(data.y[rows], outputs["probs"])

@@ -201,7 +201,7 @@ class DetectHooks(FoldHooks):
         return train_dl, val_dl
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
-        return {"detections": predict_detections(model, data.images, rows, bf16=self.run.reduced_precision)}
+        return {"detections": predict_detections(model, data.images, rows, bf16=False)}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         truths = [data.boxes[i] for i in rows]

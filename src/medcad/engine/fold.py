@@ -60,7 +60,9 @@ class FoldData:
 class FoldHooks:
     """A task's part of the fold loop, made for one run (`self.run`: its settings, task, compute and folder).
     `predict` returns a dict whose "probs" (N, K) give the classification fields of a result (and a temperature),
-    and whatever else `result` turns into result.json fields."""
+    and whatever else `result` turns into result.json fields. It runs in fp32 without autocast whatever the run
+    trains in: the reference every predict backend is checked against (agreement >= 0.99), so the fold's
+    validation choices (temperature, thresholds) and scored test outputs are what `medcad predict` reproduces."""
 
     stage = "train"  # checkpoint and log sub-folder of the fit
     before_stage = "init"  # what the before-fit model is called in result.json
@@ -206,7 +208,7 @@ def train_fold(
     result = _fold_result(k, parts, data, selected, scores, speed, decision, temperature, test_out, val_out)
     result |= hooks.result(test_out, val_out, data, parts, fold)
     if precision is not None:
-        result["train_precision"] = precision  # of the fold's fit (engine.precision); predictions: the run's
+        result["train_precision"] = precision  # of the fold's fit (engine.precision); predictions: fp32
     write_json(fold.result, result)
     return result
 

@@ -238,8 +238,8 @@ class SegmentHooks(FoldHooks):
         )
 
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
-        hflip, bf16 = flip_tta(self.cfg.tta, self.cfg.task), self.run.reduced_precision
-        out = predict_masks(model, normalize, data.images, rows, bf16=bf16, hflip=hflip)
+        hflip = flip_tta(self.cfg.tta, self.cfg.task)
+        out = predict_masks(model, normalize, data.images, rows, bf16=False, hflip=hflip)
         return {"masks": out["mask"], "probs": out["class"], "lesion_classes": out["lesion_classes"]}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
