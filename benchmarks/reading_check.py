@@ -24,8 +24,8 @@ from common import write_result
 from PIL import Image
 
 from medcad.data.audit import audit
-from medcad.data.io import decode_mask
 from medcad.data.layouts import load_manifest
+from medcad.data.masks import decode_mask
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"

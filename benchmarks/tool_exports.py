@@ -209,7 +209,7 @@ import json, sys
 import numpy as np
 from pathlib import Path
 from medcad.data.layouts import load_manifest
-from medcad.data.io import read_mask
+from medcad.data.masks import read_mask
 root, truth = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
 try:
     m = load_manifest(root)

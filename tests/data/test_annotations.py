@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import noise_image, save
-from medcad.data.io import read_mask
 from medcad.data.layouts import load_manifest
+from medcad.data.masks import read_mask
 from medcad.errors import DataError
 
 runner = CliRunner()
@@ -270,8 +270,8 @@ def test_mask_shapes_draws_only_the_lesion_classes(tmp_path: Path) -> None:
     drawn into the mask (with a note); with --mask-shapes polyp only the polyp, the instrument kept as a box."""
     import json as _json
 
-    from medcad.data.io import read_mask
     from medcad.data.layouts import load_manifest
+    from medcad.data.masks import read_mask
 
     polyp, tool = [[4, 4], [16, 4], [16, 16], [4, 16]], [[24, 20], [36, 20], [36, 30], [24, 30]]
     for kind in ("labelme", "coco", "cvat"):

@@ -89,7 +89,7 @@ def test_yolo_polygons_become_masks_and_bad_lines_are_named(tmp_path: Path) -> N
     (tmp_path / "classes.txt").write_text("polyp\n")
     m = load_manifest(tmp_path)
     assert list(m.table["image"]) == ["images/f0.png"]
-    from medcad.data.io import read_mask
+    from medcad.data.masks import read_mask
 
     mask = read_mask(m.mask_paths(0))
     assert mask[10:30, 10:30].all() and mask.sum() == pytest.approx(400, abs=45)

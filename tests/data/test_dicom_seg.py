@@ -8,8 +8,8 @@ import numpy as np
 import pydicom
 
 from conftest import write_dicom
-from medcad.data.io import read_mask
 from medcad.data.layouts import load_manifest
+from medcad.data.masks import read_mask
 from medcad.inference.responses import segmentation_dicom
 
 

@@ -282,7 +282,7 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
 def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:
     """An image listed once per lesion (its own mask and box per row, a lesion id): one row, the masks' union and
     every box, with a note; a label that differs between the rows is still a conflict, named."""
-    from medcad.data.io import read_mask
+    from medcad.data.masks import read_mask
 
     save(tmp_path / "a.png", noise_image(1))
     save(tmp_path / "b.png", noise_image(2))

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from medcad.data.io import read_image, read_mask
+from medcad.data.io import read_image
 from medcad.data.layouts import load_manifest
+from medcad.data.masks import read_mask
 
 
 def _displayed(h: int = 40, w: int = 60) -> np.ndarray:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import noise_image, save, write_dicom
-from medcad.data.io import read_image, read_mask
+from medcad.data.io import read_image
 from medcad.data.layouts import load_manifest
+from medcad.data.masks import read_mask
 from medcad.errors import DataError
 
 

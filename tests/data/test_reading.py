@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import noise_image, save, write_dicom
-from medcad.data.io import decode_mask, describe_image, image_size, read_image, read_mask
+from medcad.data.io import describe_image, image_size, read_image
 from medcad.data.layouts import load_manifest
+from medcad.data.masks import decode_mask, read_mask
 from medcad.errors import DataError
 
 H, W = 48, 64

@@ -21,8 +21,9 @@ from medcad.data.duplicates import (
     link_groups,
 )
 from medcad.data.interface import before_after, find_interface
-from medcad.data.io import decode_mask, read_image
+from medcad.data.io import read_image
 from medcad.data.manifest import Manifest, shown_path
+from medcad.data.masks import decode_mask
 from medcad.errors import DataError
 
 FULL_FRAME = 0.95  # a mask with at least this lesion fraction covers (nearly) the whole frame

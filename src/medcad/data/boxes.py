@@ -150,7 +150,8 @@ def manifest_boxes(
     Raises:
         DataError: a frame class is no image's label (reading for training), or not among the given `labels`.
     """
-    from medcad.data.io import image_size, read_mask
+    from medcad.data.io import image_size
+    from medcad.data.masks import read_mask
 
     frames = parse_frame_classes(frame_classes)
     row_labels = manifest.table["label"].astype(str).tolist()

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 from medcad import usable_cores
 from medcad.data.cache import cache_dir
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
-from medcad.data.io import image_size, read_image, read_mask
+from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.manifest import Manifest, shown_path
+from medcad.data.masks import read_mask
 from medcad.errors import DataError
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
     Raises:
         DataError: naming the dataset, example files, their values and how they were read.
     """
-    from medcad.data.io import decode_mask
+    from medcad.data.masks import decode_mask
 
     with_file = np.array([bool(manifest.table["mask"].iat[i]) for i in range(len(manifest))])
     if not with_file.any():

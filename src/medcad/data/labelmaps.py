@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, mask_plane
+from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.data.masks import mask_plane
 from medcad.errors import ConfigError, DataError
 
 LABELS_FILE = "dataset.json"  # nnU-Net's name for a dataset's labels (and more)

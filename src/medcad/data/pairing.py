@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import MAX_LABEL_VALUES, decode_pil, is_dicom
+from medcad.data.io import decode_pil, is_dicom
+from medcad.data.masks import MAX_LABEL_VALUES
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.errors import DataError
 

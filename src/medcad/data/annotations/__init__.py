@@ -6,7 +6,7 @@ Polygons, rectangles, circles/ellipses and bitmaps become mask files: each image
 the image's own size, into a PNG under `cache_dir()/annotation_masks/<hash of the source file, its size and
 mtime>/`, and the manifest's `mask` column names that PNG like any other mask file. Files rather than rasterising
 on read, because every user of masks (training, the decoded-mask cache, audit, boxes from masks, evaluation) reads
-mask files through one decoder (`medcad.data.io.read_mask`): only the readers change, and an edited source gets a
+mask files through one decoder (`medcad.data.masks.read_mask`): only the readers change, and an edited source gets a
 new folder. The mask paths are written relative to the dataset root (with `..`), so that `root / path` and
 `path.relative_to(root)` both hold.
 

@@ -1,0 +1,125 @@
+"""Reading mask files into lesion pixels, decided from each mask's own values (`decode_mask_array`), decoded as
+the images are (`medcad.data.io.decode_pil`: orientation applied, errors naming the file)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.errors import DataError
+
+MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
+
+
+@dataclass(frozen=True)
+class MaskDecoding:
+    """How one mask file was read: the rule used and what it found.
+
+    Attributes:
+        rule: "label map: non-zero is lesion", "halfway threshold T", "alpha channel", or "constant".
+        values: up to MAX_LABEL_VALUES distinct values found (the smallest ones), for messages.
+        n_values: number of distinct values.
+        lesion_fraction: fraction of pixels decoded as lesion, 0..1.
+    """
+
+    rule: str
+    values: tuple[float, ...]
+    n_values: int
+    lesion_fraction: float
+
+    @property
+    def binary(self) -> bool:
+        return self.n_values <= 2
+
+
+def mask_plane(arr: np.ndarray) -> tuple[np.ndarray, str]:
+    """One plane from a mask array: alpha when every colour channel is constant (one colour, e.g. an editor's red
+    layer) and alpha is not, else the channel max."""
+    if arr.ndim == 2:
+        return arr, ""
+    if arr.shape[2] in (2, 4):
+        colour, alpha = arr[..., :-1], arr[..., -1]
+        flat = colour.reshape(-1, colour.shape[-1])
+        if (flat.min(axis=0) == flat.max(axis=0)).all() and alpha.min() != alpha.max():
+            return alpha, "alpha channel, "
+        arr = colour
+    return arr.max(axis=2), ""
+
+
+def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDecoding]:
+    """Lesion pixels of one mask array, decided from its own values.
+
+    - Lossless files with at most MAX_LABEL_VALUES distinct values are label maps (0/1, 0/255, 16-bit, palette
+      indices, several lesion classes): every non-zero value is lesion.
+    - Lossy files (JPEG) and smooth masks (anti-aliased, probabilities) are thresholded halfway between their
+      lowest and highest value, when that range spans at least a quarter of the data's full scale; a narrower
+      range is compression noise around one value, so the mask is constant (empty when that value is low) -
+      except 0/1 masks saved lossy (values 0 to at most 8, a share of them 1 or more): thresholded at 0.5.
+
+    Args:
+        arr: (H, W) or (H, W, C) array of any dtype, as decoded.
+        lossy: the file used lossy compression.
+
+    Returns:
+        bool (H, W) lesion mask and how it was decided.
+    """
+    plane, how = mask_plane(arr)
+    values = np.unique(plane)
+    shown = tuple(float(v) for v in values[:MAX_LABEL_VALUES])
+    lo, hi = float(values[0]), float(values[-1])
+    if np.issubdtype(plane.dtype, np.floating):
+        full = 1.0 if hi <= 1 else hi
+    else:
+        full = 255.0 if hi <= 255 else 65535.0
+    if len(values) <= MAX_LABEL_VALUES and not lossy:
+        mask, rule = plane > 0, how + "label map: non-zero is lesion"
+    elif hi - lo >= full / 4:
+        t = (lo + hi) / 2
+        mask, rule = plane > t, how + f"halfway threshold {t:g}"
+    elif lossy and lo == 0 and 1 <= hi <= 8 and 0.001 <= (plane >= 1).mean():
+        mask, rule = plane >= 1, how + "0/1 values saved lossy: threshold 0.5"
+    else:
+        mask = np.full(plane.shape, hi >= full / 2, bool)
+        rule = how + "constant (value range below a quarter of full scale)"
+    return mask, MaskDecoding(rule, shown, len(values), float(mask.mean()))
+
+
+def decode_mask(path: str | Path) -> tuple[np.ndarray, MaskDecoding]:
+    """One mask file as bool (H, W) lesion pixels, oriented as displayed, and how it was decided.
+
+    Raises:
+        DataError: the file is missing, empty or unreadable.
+    """
+    p = Path(path)
+    check_file(p)
+    arr, fmt, _ = decode_pil(p, None, keep_alpha=True)
+    return decode_mask_array(arr, fmt in LOSSY_FORMATS)
+
+
+def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
+    """Read one or more mask files (see `decode_mask`) and return their union as bool (H, W).
+
+    Raises:
+        DataError: a file is unreadable, or the masks of one image differ in size.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    union: np.ndarray | None = None
+    for path in paths:
+        m, _ = decode_mask(path)
+        if union is None:
+            union = m
+        elif union.shape != m.shape:
+            raise DataError(
+                path,
+                f"mask size {m.shape[1]}x{m.shape[0]} differs from {paths[0]} ({union.shape[1]}x{union.shape[0]})",
+            )
+        else:
+            union |= m
+    if union is None:
+        raise ValueError("read_mask needs at least one path")
+    return union
