@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -80,6 +82,19 @@ def test_defaults_follow_the_cpu_kind(cpu_flags, flags: str, kind: str, bf16: bo
     uses = system_report()["uses"]
     assert ("per model" in uses["training"]) is bf16 and ("precision 32-true" in uses["training"]) is (not bf16)
     assert "BatchNorm" in uses["training kernels"] and "depthwise" in uses["training kernels"]  # on every CPU kind
+
+
+def test_backends_of_a_runtime_not_installed_are_not_candidates(cpu_flags, monkeypatch) -> None:
+    """`auto` and `medcad checks` leave out the backends whose package is not installed here (as if it were not)."""
+    from medcad.cli.system import system_report
+    from medcad.inference.backends import generic_candidates
+
+    cpu_flags("avx2,fma,avx512f,avx512_bf16,avx512_vnni")
+    assert {"openvino-fp32", "openvino-bf16", "openvino-int8", "onnx-fp32"} <= set(generic_candidates())
+    monkeypatch.setitem(sys.modules, "openvino", None)  # an import of openvino fails, find_spec finds none
+    assert generic_candidates() == ["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"]
+    said = system_report()["uses"]["predict / serve / evaluate"]
+    assert "openvino-fp32" not in said and "openvino not installed: its backends left out" in said
 
 
 def test_prediction_autocasts_only_where_bf16_is_native(cpu_flags) -> None:

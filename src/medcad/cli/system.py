@@ -24,7 +24,7 @@ def system_report() -> dict:
     import torch
 
     from medcad.devices import auto_precision, machine
-    from medcad.inference.backends import generic_candidates, static_choice
+    from medcad.inference.backends import generic_candidates, missing_runtimes, static_choice
 
     m = machine()
     accelerator = "gpu" if m.gpus else "cpu"
@@ -56,6 +56,7 @@ def system_report() -> dict:
                 + ", ".join(generic_candidates(device))
                 + " that agrees >= 0.99 with torch-fp32, measured once per model on its held-out images "
                 f"(without a run folder or its images: {static_choice(device)})"
+                + "".join(f"; {pkg} not installed: its backends left out" for pkg in missing_runtimes())
             ),
             "threads": m.cores,
             "allocator": (

@@ -16,6 +16,7 @@ batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not assumed f
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -34,15 +35,25 @@ from medcad.runfolder import RunFolder
 N_IMAGES, BATCH, REPEATS = 128, 8, 3
 
 
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend prefix -> the package that runs it
+
+
+def missing_runtimes() -> list[str]:
+    """The packages of `RUNTIMES` not installed here (their backends are not candidates)."""
+    return [pkg for pkg in RUNTIMES.values() if importlib.util.find_spec(pkg) is None]
+
+
 def generic_candidates(device: str = "cpu") -> list[str]:
-    """The backends `auto` may measure on this machine for a run folder (int8 only once exported); on a GPU the
-    torch ones (ONNX Runtime and OpenVINO run on the CPU)."""
+    """The backends `auto` may measure on this machine for a run folder (int8 only once exported; ONNX Runtime and
+    OpenVINO only where installed); on a GPU the torch ones (ONNX Runtime and OpenVINO run on the CPU)."""
     if torch_device(device).type == "cuda":
         return ["torch-fp32", "torch-bf16"]
     m = machine()
     out = ["torch-fp32"] + (["torch-bf16"] if m.native_bf16 else []) + ["onnx-fp32", "openvino-fp32"]
     out += ["openvino-bf16"] if m.native_bf16 else []
-    return out + (["onnx-int8", "openvino-int8"] if m.vnni else [])
+    out += ["onnx-int8", "openvino-int8"] if m.vnni else []
+    missing = missing_runtimes()
+    return [b for b in out if RUNTIMES.get(b.split("-")[0]) not in missing]
 
 
 def candidates(run: Path, fold: int | None, allowed: tuple[str, ...], device: str = "cpu") -> list[str]:
