@@ -151,3 +151,28 @@ def tiny_run(easy_set: Path, tmp_path: Path) -> Path:
     cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
     train_run(easy_set, tmp_path / "run", cfg, progress=False)
     return tmp_path / "run"
+
+
+def assert_predict_reproduces_fold(run: Path, images: Path, device: str, atol: float) -> None:
+    """`medcad predict` of fold 0's model file with torch-fp32 on `device` gives the fold's scored test
+    probabilities (result.json, with its validation temperature) within `atol`, the same class on every image; the
+    fold trained in bf16 autocast."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medcad.cli import app
+
+    result = json.loads((run / "fold_0" / "result.json").read_text())
+    assert result.get("train_precision", "bf16-mixed") == "bf16-mixed"
+    files = [str(images / key) for key in result["test_keys"]]
+    args = ["--backend", "torch-fp32", "--device", device, "--json", "--out", str(run.parent / "predicted")]
+    res = CliRunner().invoke(app, ["predict", str(run / "fold_0" / "model.pt"), *files, *args])
+    assert res.exit_code == 0, res.output
+    answers = json.loads(res.stdout)
+    names = json.loads((run / "metrics.json").read_text())["confusion_matrix"]["labels"]  # test_probs' columns
+    got = np.array([[a["probabilities"][c] for c in names] for a in answers])
+    logits = np.log(np.array(result["test_probs"])) / result["temperature"]
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(got, expected, atol=atol)
+    assert (got.argmax(1) == expected.argmax(1)).all()

@@ -63,3 +63,11 @@ def test_auto_measures_the_gpu_and_predicts_as_the_cpu(tiny_run: Path) -> None:
     ref = cpu.infer(images, 8)
     on_gpu = load_predictor(tiny_run, backend="torch-fp32", device="cuda").infer(images, 8)
     np.testing.assert_allclose(on_gpu["probabilities"], ref["probabilities"], atol=1e-2)
+
+
+def test_a_run_trained_on_the_gpu_scores_its_folds_as_predict_does(tiny_run: Path, easy_set: Path) -> None:
+    """Trained in bf16 autocast on the GPU, the folds are scored in fp32: predict on the GPU gives their outputs (in
+    the GPU's own fp32, TF32 convolutions included)."""
+    from conftest import assert_predict_reproduces_fold
+
+    assert_predict_reproduces_fold(tiny_run, easy_set, "cuda", atol=1e-2)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import assert_predict_reproduces_fold
 from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.engine.train import _check_resume, train_run
@@ -320,18 +321,6 @@ def test_a_stage_list_trains_every_stage_resumes_and_is_stored(easy_set: Path, t
 def test_folds_scored_in_fp32_are_what_predict_gives_after_bf16_training(easy_set: Path, tmp_path: Path) -> None:
     """A run that trains in bf16 autocast scores its folds in fp32, the reference of predict's backends: predicting a
     fold's model file with torch-fp32 gives the fold's test probabilities (with its validation temperature)."""
-    import numpy as np
-
     run = tmp_path / "run"
     train_run(easy_set, run, FAST.replace(precision="bf16-mixed"), progress=False)
-    result = json.loads((run / "fold_0" / "result.json").read_text())
-    assert result.get("train_precision", "bf16-mixed") == "bf16-mixed"
-    images = [str(easy_set / key) for key in result["test_keys"]]
-    model = run / "fold_0" / "model.pt"
-    args = ["--backend", "torch-fp32", "--json", "--out", str(tmp_path / "out")]
-    res = runner.invoke(app, ["predict", str(model), *images, *args])
-    assert res.exit_code == 0, res.output
-    got = np.array([[p["probabilities"][c] for c in ("lesion", "normal")] for p in json.loads(res.stdout)])
-    logits = np.log(np.array(result["test_probs"])) / result["temperature"]
-    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert_predict_reproduces_fold(run, easy_set, "cpu", atol=2e-5)
