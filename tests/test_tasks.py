@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medcad.checkpoint import load_model_file, save_model
 from medcad.config import TrainConfig
@@ -165,3 +167,18 @@ def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -
     assert other_arch.cfg.decoder_channels is None
     with pytest.raises(ConfigError, match="holds a run with other settings"):  # given widths are checked on resume
         train_run(tmp_path, tmp_path, cfg.replace(decoder_channels="32,32,16,16,8"), progress=False)
+
+
+@given(
+    findings=st.lists(st.sampled_from(["stone", "cyst", "Tumour", "normal mucosa", "polyp 2"]), unique=True),
+    none=st.sampled_from(["", "No Finding", "none", "Normal", "no_lesion", "NONE", "healthy"]),
+    sep=st.sampled_from(["|", "; ", " | ", ";"]),
+    where=st.integers(0, 5),
+)
+def test_a_multi_label_cell_gives_its_findings_and_no_finding_names_none(findings, none, sep, where) -> None:
+    """However a cell spells 'no finding' (alone or beside findings), the cell's findings are exactly the others."""
+    from medcad.tasks import split_labels
+
+    parts = list(findings)
+    parts.insert(min(where, len(parts)), none)
+    assert split_labels(sep.join(parts)) == findings

@@ -8,6 +8,7 @@ training size (from the boxes column or from masks; frame classes as whole-frame
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import numpy as np
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_masks, check_mask_content
 from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
-from medcad.data.manifest import Manifest
+from medcad.data.manifest import LABEL_SEPARATORS, Manifest
 from medcad.errors import DataError
-from medcad.tasks import get_task, split_labels
+from medcad.tasks import get_task, says_no_finding, split_labels
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
         return labels or ["lesion"]
     if kind.label_kind == "multi":
         labels = sorted({lab for v in manifest.table["label"] for lab in split_labels(v)})
+        said = Counter(x for v in manifest.table["label"] for x in LABEL_SEPARATORS.split(str(v)) if says_no_finding(x))
+        if said:
+            named = ", ".join(f"{x!r} ({n} image{'s' * (n > 1)})" for x, n in sorted(said.items()))
+            manifest.notes.append(f"multi-label cells {named} read as no finding, not as a label")
         if len(labels) < 2:
             raise DataError(source, f"{task} needs at least two labels over the images, found {labels or 'none'}")
         return labels

@@ -172,16 +172,22 @@ REFERENCE_LABEL = "normal"  # the lesion-free class: subtypes are compared with 
 REFERENCE_NAMES = ("normal", "healthy", "nolesion", "nofinding", "nofindings", "negative")
 
 
+def says_no_finding(label: str) -> bool:
+    """Whether a label names the absence of findings ("normal", "No Finding", "none", "no_lesion", ...)."""
+    return re.sub(r"[^a-z]", "", str(label).lower()) in (*REFERENCE_NAMES, "none")
+
+
 def reference_label(labels: list[str]) -> str | None:
     """The run's lesion-free (reference) class among `labels` as the dataset spells it ("normal", "Normal",
-    "no_lesion", "Healthy", "No finding", ...), or None when none or more than one label reads as one."""
-    found = [lab for lab in labels if re.sub(r"[^a-z]", "", lab.lower()) in REFERENCE_NAMES]
+    "no_lesion", "Healthy", "No finding", "none", ...), or None when none or more than one label reads as one."""
+    found = [lab for lab in labels if says_no_finding(lab)]
     return found[0] if len(found) == 1 else None
 
 
 def split_labels(value: str) -> list[str]:
-    """The labels of one multi-label cell ('stone|cyst', 'stone; cyst', ''), without empties."""
-    return [v for v in LABEL_SEPARATORS.split(str(value).strip()) if v]
+    """The findings of one multi-label cell ('stone|cyst', 'stone; cyst', '' and 'No Finding': none), without
+    empties; a label that names the absence of findings (`says_no_finding`, as ChestX-ray14's 'No Finding') is none."""
+    return [v for v in LABEL_SEPARATORS.split(str(value).strip()) if v and not says_no_finding(v)]
 
 
 def get_task(name: str) -> Task:

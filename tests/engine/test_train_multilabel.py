@@ -37,7 +37,8 @@ def findings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             y0, x0 = rng.integers(0, 30, 2)
             img[y0 : y0 + 10, x0 : x0 + 10] = 5
         save(tmp_path / "ml" / f"{k}.png", img)
-        lines.append(f"{k}.png,{'|'.join(present)},P{k // 2}")
+        cell = "|".join(present) or ("No Finding" if k % 8 == 4 else "")  # as ChestX-ray14 writes none
+        lines.append(f"{k}.png,{cell},P{k // 2}")
     (tmp_path / "ml" / "manifest.csv").write_text("\n".join(lines) + "\n")
     return tmp_path / "ml"
 
@@ -63,7 +64,9 @@ def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
     )
     run = tmp_path / "run"
     m = train_run(findings, run, cfg, progress=False)
-    assert m["labels"] == ["disc", "square"] and m["n"] == 32
+    assert m["labels"] == ["disc", "square"] and m["n"] == 32  # 'No Finding' is none, not a third label
+    notes = json.loads((run / "config.json").read_text())["data_notes"]
+    assert "multi-label cells 'No Finding' (4 images) read as no finding, not as a label" in notes
     assert set(m["per_label"]) == {"disc", "square"} and m["per_label"]["disc"]["n_positive"] == 16
     assert m["macro_auc"]["value"] > 0.6  # learnable even in one epoch
     pred = (run / "predictions.csv").read_text().splitlines()

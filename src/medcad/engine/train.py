@@ -233,7 +233,10 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
     for note in manifest.notes[said:] if say else []:  # what changed since the run was made
         log.warning("note: %s", note)
+    said = len(manifest.notes)
     targets = load_targets(manifest, cfg, source=data, progress=progress and say)  # before anything is written
+    for note in manifest.notes[said:] if say else []:  # how the labels were read
+        log.warning("note: %s", note)
     if targets.mask_classes is not None and say:
         log.warning("note: lesion classes %s (from %s)", targets.mask_classes.describe(), targets.mask_classes.source)
     if targets.box_problems and write:
