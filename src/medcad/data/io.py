@@ -3,8 +3,12 @@
 One decoding policy for the whole package (train, predict, explain, audit, sizes):
 - images are returned as displayed: an EXIF/TIFF orientation tag is applied, so pixels match what viewers and
   labelling tools showed the annotator; colour DICOM is converted to RGB once, by pydicom;
-- bit depth: 8-bit data is kept; 16-bit data is scaled from its full range (65535 -> 255, so an 8-bit image
-  saved as 16 bit decodes to the same pixels); DICOM from its BitsStored range after the VOI LUT / window;
+- bit depth: 8-bit data is kept; 16-bit PNG/TIFF data is scaled from its full range (65535 -> 255, so an 8-bit
+  image saved as 16 bit decodes to the same pixels), except where its values were written unscaled from fewer
+  bits, as OpenCV and scanner exports write 8-, 10- or 12-bit data: a PNG's sBIT chunk says how many bits are
+  significant, else values that all fit 8, 10 or 12 bits are read as such (`stored_bits`; `describe_image` says
+  which); 16-bit RGB is read in full (Pillow keeps the high byte); DICOM from its BitsStored range after the VOI
+  LUT / window;
   floating-point data in [0, 1] is scaled by 255, other float data by its own min..max;
 - masks: see `medcad.data.masks.decode_mask` (decided from each mask's own values);
 - size: a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels (Pillow's own decompression-bomb
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medcad.data.pixels import scale_to_uint8, sixteen_bit_range, to_rgb
 from medcad.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
@@ -157,42 +162,6 @@ def is_dicom(path: str | Path) -> bool:
     return has_dicom_preamble(p)
 
 
-def _scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
-    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range); floats in
-    [0, 1] times 255, other floats from their own min..max."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float32)
-    if full_scale is None:
-        if np.issubdtype(arr.dtype, np.integer):
-            info = np.iinfo(arr.dtype)
-            # PIL gives 16-bit PNG/TIFF as uint16 or as int32 ("I" mode) holding 0..65535
-            full_scale = 65535.0 if arr.dtype.itemsize >= 2 and info.min <= 0 < 65535 <= info.max else info.max
-            if info.min < 0 and a.min() < 0:  # signed data: shift to start at 0
-                a -= a.min()
-        else:
-            lo, hi = float(a.min()), float(a.max())
-            if lo >= 0 and hi <= 1:
-                full_scale = 1.0
-            else:
-                if hi <= lo:
-                    return np.zeros(arr.shape, np.uint8)
-                a = a - lo
-                full_scale = hi - lo
-    return np.clip(a * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8)
-
-
-def _to_rgb(arr: np.ndarray) -> np.ndarray:
-    arr = _scale_to_uint8(arr)
-    if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.shape[2] == 1:
-        return np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr[:, :, :3])  # drop alpha
-
-
 def check_file(path: Path) -> None:
     if not path.exists():
         raise DataError(path, "file not found")
@@ -236,6 +205,32 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
+def _rgb16(im: Image.Image) -> bool:
+    """Whether an opened PNG/TIFF holds 16-bit colour samples (Pillow decodes them to their high byte)."""
+    return im.mode in ("RGB", "RGBA") and bool(im.tile) and ";16" in str(im.tile[0][3])
+
+
+def _read_rgb16(path: Path, keep_alpha: bool) -> np.ndarray:
+    """A 16-bit colour PNG/TIFF's first page as uint16 RGB(A) (H, W, 3|4), as stored (not oriented), by OpenCV."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3:
+        raise DataError(path, "cannot decode its 16-bit colour image data")
+    rgb = arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # BGR(A) -> RGB(A)
+    return np.ascontiguousarray(rgb if keep_alpha else rgb[..., :3])
+
+
+def _oriented(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """`arr` (H, W, ...) with an EXIF orientation applied, as ImageOps.exif_transpose applies it."""
+    flips = {2: (False, False, True), 3: (False, True, True), 4: (False, True, False), 5: (True, False, False)}
+    flips |= {6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
+    transpose, flip_rows, flip_cols = flips.get(orientation, (False, False, False))
+    out = arr.swapaxes(0, 1) if transpose else arr
+    out = out[::-1] if flip_rows else out
+    return np.ascontiguousarray(out[:, ::-1] if flip_cols else out)
+
+
 def decode_pil(
     path: Path, draft: int | None, keep_alpha: bool = False, palette_indices: bool = False, page: int | None = None
 ) -> tuple[np.ndarray, str, int]:
@@ -251,6 +246,9 @@ def decode_pil(
             orientation = _orientation(im)
             if draft and fmt == "JPEG":
                 im.draft("RGB" if im.mode != "L" else "L", (draft, draft))  # fast DCT-domain downscale
+            if _rgb16(im) and not page:
+                arr = _read_rgb16(path, keep_alpha)
+                return _oriented(arr, orientation), fmt, orientation
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
@@ -337,9 +335,9 @@ def read_dicom_frames(path: str | Path) -> np.ndarray:
         arr = arr[None]
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
-        return _scale_to_uint8(np.asarray(arr), 65535.0 if arr.dtype != np.uint8 else None)
+        return scale_to_uint8(np.asarray(arr), 65535.0 if arr.dtype != np.uint8 else None)
     if samples == 3:
-        return _scale_to_uint8(np.asarray(arr), float(2 ** int(getattr(ds, "BitsStored", 8)) - 1))
+        return scale_to_uint8(np.asarray(arr), float(2 ** int(getattr(ds, "BitsStored", 8)) - 1))
     bits = int(getattr(ds, "BitsStored", 8))
     try:
         windowed = apply_voi_lut(arr, ds)
@@ -376,7 +374,9 @@ def read_image(path: str | Path, frame: int | None = None, draft: int | None = N
         if not 0 <= idx < len(frames):
             raise DataError(p, f"has {len(frames)} frame(s); frame {idx} does not exist")
         return frames[idx]
-    return _to_rgb(decode_pil(p, draft, page=frame)[0])
+    arr, fmt, _ = decode_pil(p, draft, page=frame)
+    bits = sixteen_bit_range(arr, p, fmt)
+    return to_rgb(arr, None if bits is None else 2.0 ** bits[0] - 1)
 
 
 def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
@@ -426,8 +426,10 @@ def describe_image(path: str | Path) -> list[str]:
             o = _orientation(im)
             if o != 1:
                 notes.append(f"EXIF orientation {o} applied")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                notes.append("16-bit scaled from 0..65535")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I") or _rgb16(im):
+                arr, fmt, _ = decode_pil(p, None)
+                bits = sixteen_bit_range(arr, p, fmt)
+                notes.append(f"16-bit {bits[1]}" if bits else "32-bit integers scaled")
             elif im.mode == "F":
                 notes.append("floating-point pixels scaled (0..1, else own range)")
             elif im.mode in ("RGBA", "LA", "PA"):
