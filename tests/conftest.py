@@ -40,8 +40,9 @@ def save(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1") -> Path:
-    """Write a (F, H, W) uint16 monochrome DICOM (multi-frame when F > 1) of PatientID `patient`."""
+def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1", **elements) -> Path:
+    """Write a (F, H, W) uint16 monochrome DICOM (multi-frame when F > 1) of PatientID `patient`; `elements` set
+    more attributes or replace these (BitsStored=12, PixelRepresentation=1, RescaleIntercept=-1024, ...)."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
@@ -66,6 +67,8 @@ def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1") -> Path:
     ds.HighBit = 15
     ds.PixelRepresentation = 0
     ds.PixelData = frames.astype("<u2").tobytes()
+    for name, value in elements.items():
+        setattr(ds, name, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -3,12 +3,12 @@
 One decoding policy for the whole package (train, predict, explain, audit, sizes):
 - images are returned as displayed: an EXIF/TIFF orientation tag is applied, so pixels match what viewers and
   labelling tools showed the annotator; colour DICOM is converted to RGB once, by pydicom;
+- DICOM: see `medcad.data.dicom` (PS3.3's grey-scale pipeline: rescale, window or VOI LUT, MONOCHROME1);
 - bit depth: 8-bit data is kept; 16-bit PNG/TIFF data is scaled from its full range (65535 -> 255, so an 8-bit
   image saved as 16 bit decodes to the same pixels), except where its values were written unscaled from fewer
   bits, as OpenCV and scanner exports write 8-, 10- or 12-bit data: a PNG's sBIT chunk says how many bits are
   significant, else values that all fit 8, 10 or 12 bits are read as such (`stored_bits`; `describe_image` says
-  which); 16-bit RGB is read in full (Pillow keeps the high byte); DICOM from its BitsStored range after the VOI
-  LUT / window;
+  which); 16-bit RGB is read in full (Pillow keeps the high byte);
   floating-point data in [0, 1] is scaled by 255, other float data by its own min..max;
 - masks: see `medcad.data.masks.decode_mask` (decided from each mask's own values);
 - size: a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels (Pillow's own decompression-bomb
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medcad.data.pixels import scale_to_uint8, sixteen_bit_range, to_rgb
+from medcad.data.pixels import sixteen_bit_range, to_rgb
 from medcad.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
@@ -303,58 +303,6 @@ def image_pages(path: Path) -> int:
         return 1  # an unreadable file fails as itself when read
 
 
-def read_dicom_frames(path: str | Path) -> np.ndarray:
-    """All frames of a DICOM file as RGB uint8, shape (F, H, W, 3).
-
-    Colour (RGB, YBR_FULL, YBR_FULL_422, YBR_ICT/RCT, PALETTE COLOR) is converted to RGB once, by pydicom (>= 3
-    returns RGB from `pixel_array`); monochrome goes through the VOI LUT or window when the file has one, is
-    scaled from its BitsStored range, and MONOCHROME1 is inverted so that bright means high signal.
-
-    Raises:
-        DataError: unreadable file, or a DICOM without pixel data.
-    """
-    import pydicom
-    from pydicom.pixels import apply_color_lut, apply_voi_lut
-
-    p = Path(path)
-    check_file(p)
-    try:
-        ds = pydicom.dcmread(p)
-    except Exception as e:  # pydicom raises many types for bad files
-        raise DataError(p, f"unreadable DICOM ({type(e).__name__}: {e})") from e
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DataError(p, "DICOM file holds no pixel data (a DICOMDIR, report or structured document?)")
-    try:
-        arr = ds.pixel_array  # pydicom >= 3: YBR colour already converted to RGB
-    except Exception as e:
-        raise DataError(p, f"cannot decode DICOM pixel data ({type(e).__name__}: {e})") from e
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
-    if n_frames == 1:
-        arr = arr[None]
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
-        return scale_to_uint8(np.asarray(arr), 65535.0 if arr.dtype != np.uint8 else None)
-    if samples == 3:
-        return scale_to_uint8(np.asarray(arr), float(2 ** int(getattr(ds, "BitsStored", 8)) - 1))
-    bits = int(getattr(ds, "BitsStored", 8))
-    try:
-        windowed = apply_voi_lut(arr, ds)
-    except Exception:  # no usable VOI LUT: keep raw values
-        windowed = arr
-    if windowed is not arr and ("WindowCenter" in ds or "VOILUTSequence" in ds):
-        arr = windowed  # pydicom maps the window onto the BitsStored range
-    arr = np.asarray(arr, np.float32)
-    if int(getattr(ds, "PixelRepresentation", 0)) == 1:  # signed: shift to start at 0
-        arr = arr + 2 ** (bits - 1)
-    full = float(2**bits - 1)
-    if photometric == "MONOCHROME1":
-        arr = full - arr
-    gray = np.clip(arr * (255.0 / full) + 0.5, 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
 def read_image(path: str | Path, frame: int | None = None, draft: int | None = None) -> np.ndarray:
     """Read one image as displayed, RGB uint8 (H, W, 3) (see the module docstring for the policy).
 
@@ -369,11 +317,9 @@ def read_image(path: str | Path, frame: int | None = None, draft: int | None = N
     p = Path(path)
     check_file(p)
     if is_dicom(p):
-        frames = read_dicom_frames(p)
-        idx = 0 if frame is None else int(frame)
-        if not 0 <= idx < len(frames):
-            raise DataError(p, f"has {len(frames)} frame(s); frame {idx} does not exist")
-        return frames[idx]
+        from medcad.data.dicom import read_dicom_frame
+
+        return read_dicom_frame(p, 0 if frame is None else int(frame))
     arr, fmt, _ = decode_pil(p, draft, page=frame)
     bits = sixteen_bit_range(arr, p, fmt)
     return to_rgb(arr, None if bits is None else 2.0 ** bits[0] - 1)
@@ -384,13 +330,12 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
     p = Path(path)
     check_file(p)
     if is_dicom(p):
-        import pydicom
+        from medcad.data.dicom import read_header
 
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            return int(ds.Columns), int(ds.Rows)
-        except Exception as e:
-            raise DataError(p, f"unreadable DICOM header ({type(e).__name__}: {e})") from e
+        ds = read_header(p)
+        if "Rows" not in ds or "Columns" not in ds:
+            raise DataError(p, "DICOM file holds no image (no Rows/Columns)")
+        return int(ds.Columns), int(ds.Rows)
     try:
         with _opened(p, frame) as im:
             if frame:
@@ -410,18 +355,9 @@ def describe_image(path: str | Path) -> list[str]:
     notes = []
     try:
         if is_dicom(p):
-            import pydicom
+            from medcad.data.dicom import describe_dicom
 
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-            bits = int(getattr(ds, "BitsStored", 8))
-            if photometric not in ("MONOCHROME2", "RGB"):
-                notes.append(f"DICOM {photometric} converted to {'grey' if 'MONO' in photometric else 'RGB'}")
-            if bits != 8:
-                notes.append(f"DICOM {bits}-bit scaled from its stored range")
-            if "WindowCenter" in ds or "VOILUTSequence" in ds:
-                notes.append("DICOM VOI LUT / window applied")
-            return notes
+            return describe_dicom(p)
         with _pil_image(p) as im:
             o = _orientation(im)
             if o != 1:

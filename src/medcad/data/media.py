@@ -71,12 +71,9 @@ def find_coco_json(path: Path) -> Path | None:
 
 
 def dicom_frames(path: Path) -> int:
-    import pydicom
+    from medcad.data.dicom import read_header
 
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as e:
-        raise DataError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from e
+    ds = read_header(path)
     if "Rows" not in ds:
         raise DataError(path, "DICOM file holds no image (no Rows/Columns)")
     return int(getattr(ds, "NumberOfFrames", 1) or 1)

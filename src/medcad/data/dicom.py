@@ -1,0 +1,170 @@
+"""One DICOM frame as displayed: RGB uint8, through the grey-scale pipeline of PS3.3 C.11 for monochrome data.
+
+Monochrome: stored values -> Modality LUT (Rescale Slope / Intercept, or a Modality LUT Sequence) -> VOI LUT (a VOI
+LUT Sequence, else the first Window Center / Width, by its VOI LUT Function) -> MONOCHROME1 inverted, so that
+bright means high signal -> the output range scaled to 0..255. The output range is the LUT's entry depth after a VOI
+LUT, else the stored range through the Modality LUT (pydicom's `apply_windowing` maps a window onto that range too).
+Colour (RGB, YBR_FULL, YBR_FULL_422, YBR_ICT/RCT, PALETTE COLOR) is converted to RGB by pydicom. Only the asked frame
+of a multi-frame file is read and decoded (`pydicom.pixels.pixel_array(index=...)`): a 300-frame cine is not
+decoded 300 times to read each frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medcad.data.pixels import scale_to_uint8
+from medcad.errors import DataError
+
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little-endian bytes
+
+
+def read_header(path: Path):
+    """The dataset of a DICOM file without its pixel data. DataError when pydicom cannot parse it."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:  # pydicom raises many types for bad files
+        raise DataError(path, f"unreadable DICOM ({type(e).__name__}: {_without_api_hint(e)})") from e
+
+
+def _without_api_hint(e: Exception) -> str:
+    """pydicom's message without its advice to call it with force=True (a user of medcad cannot)."""
+    return str(e).split(" Use force=True")[0].split(". Use force=True")[0]
+
+
+def _decoded(path: Path, ds, index: int) -> np.ndarray:
+    """Frame `index` of the file's pixel data as pydicom decodes it (colour converted to RGB)."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        return pixel_array(path, index=index)
+    except Exception as e:
+        data = path.read_bytes()
+        if PIXEL_DATA_TAG not in data:
+            raise DataError(path, "DICOM file holds no pixel data (a DICOMDIR, report or structured document?)") from e
+        short = _truncated(data, ds, index) if "Rows" in ds and "Columns" in ds else None
+        if short:
+            raise DataError(path, f"truncated DICOM: {short}") from e
+        raise DataError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {_without_api_hint(e)})") from e
+
+
+def _truncated(data: bytes, ds, index: int) -> str | None:
+    """How the file ends before its pixel data does, or None: encapsulated (compressed) data without its closing
+    sequence delimiter; native data shorter than rows x columns x samples x bytes per sample x frames."""
+    start = data.rfind(PIXEL_DATA_TAG)
+    if "TransferSyntaxUID" in ds.file_meta and ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        ended = b"\xfe\xff\xdd\xe0" in data[start:]  # (FFFE,E0DD) sequence delimitation item
+        return None if ended else "its compressed pixel data ends early (no closing delimiter)"
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1))
+    frame_bytes *= max(int(getattr(ds, "BitsAllocated", 8)) // 8, 1)
+    held = len(data) - start - 12  # tag, VR, reserved bytes and length: 12 bytes before the values
+    if held >= frame_bytes * frames:
+        return None
+    whole = max(held, 0) // frame_bytes
+    return (
+        f"its pixel data holds {held} of the {frame_bytes * frames} bytes of {frames} frame(s): frames 0-{whole - 1} "
+        f"are whole, frame {index} is not"
+        if whole
+        else f"its pixel data holds {held} of the {frame_bytes * frames} bytes of {frames} frame(s), not one whole"
+    )
+
+
+def _stored_range(ds) -> tuple[float, float]:
+    """The range of the Modality LUT's output for the stored range (as pydicom's `apply_windowing` takes it)."""
+    bits = int(getattr(ds, "BitsStored", 8))
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    else:
+        lo, hi = 0.0, 2.0**bits - 1
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    return lo, hi
+
+
+def _voi_lut(values: np.ndarray, ds) -> tuple[np.ndarray, float, float]:
+    """The first VOI LUT of the VOI LUT Sequence applied (PS3.3 C.11.2.1.1: values below its first mapped value take
+    its first entry, above its last its last), with the range of its entries. Written out: pydicom's apply_voi_lut
+    indexes the LUT with an array of the entries' type, which wraps for 8-bit entries past 256 of them."""
+    item = ds.VOILUTSequence[0]
+    n, first, depth = (int(v) for v in item.LUTDescriptor)
+    n = n or 65536
+    if first >= 2**15 and int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        first -= 2**16  # a signed first value read as US
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
+        little = ds.file_meta.TransferSyntaxUID.is_little_endian if "TransferSyntaxUID" in ds.file_meta else True
+        lut = np.frombuffer(data, dtype="<u2" if little else ">u2")[:n]
+    else:
+        lut = np.atleast_1d(np.asarray(data, np.int64))[:n]
+    index = np.clip(np.rint(np.asarray(values, np.float64)).astype(np.int64) - first, 0, len(lut) - 1)
+    return lut[index], 0.0, float(2**depth - 1)
+
+
+def _grey(arr: np.ndarray, ds) -> np.ndarray:
+    """Monochrome stored values (H, W) -> displayed grey uint8 (H, W), by PS3.3 C.11 (module docstring)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds)
+    lo, hi = _stored_range(ds)
+    if ds.get("VOILUTSequence"):
+        values, lo, hi = _voi_lut(values, ds)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        values = apply_voi_lut(values, ds, prefer_lut=False)
+    values = np.asarray(values, np.float64)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        values = lo + hi - values
+    scaled = (values - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_dicom_frame(path: str | Path, index: int = 0) -> np.ndarray:
+    """Frame `index` of a DICOM file, RGB uint8 (H, W, 3), as the module docstring says.
+
+    Raises:
+        DataError: an unreadable file, no pixel data, truncated or undecodable pixel data, or no such frame.
+    """
+    from pydicom.pixels import apply_color_lut
+
+    p = Path(path)
+    ds = read_header(p)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if not 0 <= index < frames:
+        raise DataError(p, f"has {frames} frame(s); frame {index} does not exist")
+    arr = _decoded(p, ds, index)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        return scale_to_uint8(np.asarray(arr), 65535.0 if arr.dtype != np.uint8 else None)
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
+        return scale_to_uint8(np.asarray(arr), float(2 ** int(getattr(ds, "BitsStored", 8)) - 1))
+    return np.repeat(_grey(arr, ds)[..., None], 3, axis=-1)
+
+
+def describe_dicom(path: Path) -> list[str]:
+    """The decoding decisions that apply to a DICOM file, from its header."""
+    ds = read_header(path)
+    notes = []
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME2", "RGB"):
+        notes.append(f"DICOM {photometric} converted to {'grey' if 'MONO' in photometric else 'RGB'}")
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 1:
+        if ds.get("ModalityLUTSequence"):
+            notes.append("DICOM Modality LUT applied")
+        elif float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0:
+            notes.append(f"DICOM rescale applied (slope {ds.RescaleSlope}, intercept {ds.RescaleIntercept})")
+        if ds.get("VOILUTSequence"):
+            notes.append("DICOM VOI LUT applied, scaled from its entries' range")
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            notes.append("DICOM window applied (the first Window Center / Width)")
+    bits = int(getattr(ds, "BitsStored", 8))
+    if bits != 8:
+        notes.append(f"DICOM {bits}-bit scaled from its stored range")
+    return notes
