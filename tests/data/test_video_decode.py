@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -225,3 +226,64 @@ def test_a_dicom_cine_given_as_a_video_says_what_it_is(tmp_path: Path) -> None:
     cine = write_dicom(tmp_path / "IM00001", np.zeros((3, 16, 16), np.uint16))
     with pytest.raises(DataError, match="IM00001: a DICOM file, not a video"):
         VideoReader(cine)
+
+
+def _picture_of(rgb: np.ndarray) -> int:
+    """Which `picture` a decoded frame shows (its red level, read away from the white quadrant)."""
+    return int(round(float(rgb[H // 2 + 4 :, W // 2 + 4 :, 0].mean()) / 8))
+
+
+def test_b_frames_in_avi_are_numbered_and_timed_as_shown(tmp_path: Path) -> None:
+    """AVI holds no presentation times: FFmpeg's made-up timestamps come out shuffled for H.264 with B-frames
+    (1, 2, 4, 5, 3, ...); the frames are numbered in display order all the same, every k-th is the k-th picture, a
+    cut file gives its first frames so numbered (a frame lost near the cut cannot be placed: AVI says nothing of
+    display order)."""
+    clip = encode(tmp_path / "b.avi", codec="libx264", options={})
+    with av.open(str(clip)) as c:  # the premise: the shuffled timestamps this is about
+        shown = [f.pts for f in c.decode(video=0)]
+    assert shown != sorted(shown)
+    frames, video = read_all(clip)
+    assert [f.index for f in frames] == list(range(N)) == [_picture_of(f.rgb) for f in frames]
+    assert [f.time_s for f in frames] == pytest.approx([i / 25 for i in range(N)])
+    assert video.report.times_from.startswith("frame rate") and any("frame rate" in n for n in video.report.notes())
+    with VideoReader(clip) as again:
+        assert [(f.index, _picture_of(f.rgb)) for f in again.frames(every=3)] == [(i, i) for i in range(0, N, 3)]
+    with av.open(str(clip)) as c:
+        starts = [p.pos for p in c.demux(video=0) if p.size]
+    (tmp_path / "cut.avi").write_bytes(clip.read_bytes()[: starts[20] + 10])  # inside packet 20, the index gone
+    frames, video = read_all(tmp_path / "cut.avi")
+    assert video.report.truncated and 15 < len(frames) < N  # frames around the cut may be lost, unplaceable
+    assert [f.index for f in frames[:15]] == [_picture_of(f.rgb) for f in frames[:15]]
+
+
+def _with_display_matrix(path: Path, a: int, b: int, c: int, d: int) -> None:
+    """Write the track header's matrix (a b / c d, shifted to stay on screen) as a camera or editor does."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd") + 4 + 4 + 20 + 8 + 8  # version-0 tkhd: the matrix after times, duration, layer, volume
+    fixed = [struct.pack(">i", v * 65536) for v in (a, b, c, d)]
+    shift = [struct.pack(">i", v * 65536) for v in (W * (a < 0 or c < 0), H * (b < 0 or d < 0))]
+    w = struct.pack(">i", 0x40000000)  # 1 in 2.30 fixed point
+    data[at : at + 36] = fixed[0] + fixed[1] + bytes(4) + fixed[2] + fixed[3] + bytes(4) + b"".join(shift) + w
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "c", "d"),
+    [(1, 0, 0, 1), (-1, 0, 0, 1), (1, 0, 0, -1), (-1, 0, 0, -1), (0, 1, -1, 0), (0, -1, 1, 0), (0, 1, 1, 0)]
+    + [(0, -1, -1, 0)],
+)
+def test_the_display_matrix_turns_and_mirrors_as_players_show(tmp_path: Path, a, b, c, d) -> None:
+    """Each of the 8 rotations and mirrorings: a pixel at (x, y) is shown at (a x + c y, b x + d y), shifted onto
+    the screen (the matrix's meaning in ISO/IEC 14496-12); a mirror had been taken for a 180-degree turn."""
+    clip = encode(tmp_path / "m.mp4", n=2)
+    _with_display_matrix(clip, a, b, c, d)
+    frames, video = read_all(clip)
+    with av.open(str(encode(tmp_path / "plain.mp4", n=2))) as plain:
+        source = next(plain.decode(video=0)).to_ndarray(format="rgb24")
+    xs, ys = np.meshgrid(np.arange(W), np.arange(H))
+    dx, dy = a * xs + c * ys, b * xs + d * ys
+    dx, dy = dx - dx.min(), dy - dy.min()
+    want = np.zeros((dy.max() + 1, dx.max() + 1, 3), np.uint8)
+    want[dy, dx] = source
+    np.testing.assert_array_equal(frames[0].rgb, want)
+    assert video.report.mirrored is (a * d - b * c < 0)

@@ -66,6 +66,7 @@ class DecodeReport:
     dropped: list[DroppedFrame] = field(default_factory=list)
     truncated: str | None = None  # why the file is taken to end early, or None
     rotation: int = 0  # degrees counter-clockwise applied to make frames upright
+    mirrored: bool = False  # the display matrix mirrors left-right (applied before the rotation)
     times_from: str = "timestamps"  # or "frame rate" when the stream has no presentation timestamps
 
     @property
@@ -81,6 +82,7 @@ class DecodeReport:
             "truncated": self.truncated is not None,
             "truncation": self.truncated,
             "rotation": self.rotation,
+            "mirrored": self.mirrored,
             "times_from": self.times_from,
         }
 
@@ -100,8 +102,12 @@ def decode_notes(decoded: dict) -> list[str]:
         out.append(f"{video}: {len(dropped)} frame(s) not decodable, skipped: {shown}{more}")
     if decoded["truncation"]:
         out.append(f"{video}: truncated ({decoded['truncation']}); the frames before the cut were read")
-    if decoded["rotation"]:
-        out.append(f"{video}: rotation metadata applied ({decoded['rotation']} degrees counter-clockwise)")
+    if decoded["rotation"] or decoded.get("mirrored"):
+        how = ["mirrored left-right"] * bool(decoded.get("mirrored"))
+        how += [f"{decoded['rotation']} degrees counter-clockwise"] * bool(decoded["rotation"])
+        out.append(f"{video}: rotation metadata applied ({', then '.join(how)})")
+    if decoded["times_from"] != "timestamps":
+        out.append(f"{video}: frame times from the {decoded['times_from']}")
     return out
 
 
@@ -149,6 +155,12 @@ class VideoReader:
             self._stream.thread_type = "AUTO"  # frame threads: errors surface late, but drops are found by timestamp
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else 25.0
+        # AVI holds no presentation times: FFmpeg makes packet timestamps up in decoding order, so where a codec
+        # reorders frames (B-frames: H.264, HEVC, MPEG-4) those that come out (in display order) carry them shuffled
+        # (1, 2, 4, 5, 3, ...); such a stream's frames are numbered as they come out and timed by the frame rate
+        # (AVI's frames are at a constant rate). Intra-only codecs (MJPEG) keep their timestamps: they are right.
+        self._output_order = self._container.format.name == "avi" and self._stream.codec_context.codec.reorder
+        self._orient: tuple[bool, bool, bool] | None = None  # transpose, flip rows, flip columns
         tb = self._stream.time_base
         self._tb = float(tb) if tb else 1.0 / self.fps
         self._start = self._stream.start_time
@@ -176,6 +188,9 @@ class VideoReader:
 
     def frames(self, every: int = 1) -> Iterator[Frame]:
         """Every `every`-th frame (by index) as an upright RGB `Frame`; fills `report` as it goes."""
+        if self._output_order:
+            yield from self._frames_in_output_order(every)
+            return
         report = self.report
         pending: list[int] = []  # timestamps of packets whose frame has not come out yet (a heap)
         damaged: set[int] = set()
@@ -221,7 +236,6 @@ class VideoReader:
                     self._drop(at, pts, "decoded with errors (corrupt frame)")
                 else:
                     report.frames_decoded += 1
-                    report.rotation = int(round(frame.rotation or 0)) % 360
                     if at % every == 0:
                         yield self._frame(frame, at)
             if packet is None:
@@ -238,15 +252,76 @@ class VideoReader:
         self.report.dropped.append(dropped)
         return dropped
 
-    def _frame(self, frame: av.VideoFrame, index: int) -> Frame:
-        time_s = self._time(frame.pts)
+    def _frames_in_output_order(self, every: int) -> Iterator[Frame]:
+        """`frames` for a stream without presentation times (AVI): numbered in the order the decoder gives them, the
+        frames that never come out counted at the end (where they were is not known)."""
+        report = self.report
+        report.times_from = "frame rate (AVI holds no presentation times)"
+        index, packets, last_end, waiting = 0, 0, None, 0
+        demux = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as e:
+                report.truncated = f"the container cannot be read past packet {packets}: {e.strerror or e}"
+                packet = None
+            if packet is not None and packet.size:
+                packets, waiting = packets + 1, waiting + 1
+                last_end = None if packet.pts is None else packet.pts + (packet.duration or 0)
+            try:
+                decoded = self._stream.decode(packet)
+            except av.error.FFmpegError:
+                decoded = []
+            for frame in decoded:
+                at, index, waiting = index, index + 1, waiting - 1
+                if frame.is_corrupt:
+                    self._drop(at, at / self.fps, "decoded with errors (corrupt frame)")
+                    continue
+                report.frames_decoded += 1
+                if at % every == 0:
+                    yield self._frame(frame, at, at / self.fps)
+            if packet is None:
+                break
+        for _ in range(max(waiting, 0)):
+            self._drop(index, None, "could not be decoded (its place among the frames is not known)")
+            index += 1
+        if report.truncated is None:
+            report.truncated = self._truncation(packets, last_end)
+
+    def _frame(self, frame: av.VideoFrame, index: int, time_s: float | None = None) -> Frame:
+        if time_s is None:
+            time_s = self._time(frame.pts)
         if time_s is None:
             self.report.times_from = "frame rate"
             time_s = index / self.fps
         rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-        if self.report.rotation:  # the display matrix rotates counter-clockwise by this many degrees
-            rgb = np.ascontiguousarray(np.rot90(rgb, k=self.report.rotation // 90))
+        if self._orient is None:
+            self._orient = self._orientation(frame)
+        transpose, flip_rows, flip_cols = self._orient
+        if transpose or flip_rows or flip_cols:
+            rgb = rgb.swapaxes(0, 1) if transpose else rgb
+            rgb = np.ascontiguousarray(rgb[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1])
         return Frame(index, round(time_s, 6), rgb)
+
+    def _orientation(self, frame: av.VideoFrame) -> tuple[bool, bool, bool]:
+        """(transpose, flip rows, flip columns) that turn a decoded frame as its display matrix says (rotations and
+        mirroring, as players show it), and the rotation / mirroring it amounts to in `report`."""
+        matrix = next((sd for sd in frame.side_data if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
+        if matrix is None:
+            return False, False, False
+        m = np.frombuffer(bytes(matrix), "<i4")  # a b u / c d v / x y w, a..d in 16.16 fixed point
+        a, b, c, d = (int(np.sign(round(v / 65536))) for v in (m[0], m[1], m[3], m[4]))
+        # a source pixel (x, y) is shown at (a x + c y, b x + d y), up to a shift
+        orient = (True, b < 0, c < 0) if a == 0 else (False, d < 0, a < 0)
+        self.report.mirrored = a * d - b * c < 0  # a rotation keeps the determinant at 1, a mirror makes it -1
+        probe = np.arange(6).reshape(2, 3)
+        turned = probe.swapaxes(0, 1) if orient[0] else probe
+        turned = turned[:: -1 if orient[1] else 1, :: -1 if orient[2] else 1]
+        start = probe[:, ::-1] if self.report.mirrored else probe
+        self.report.rotation = next(90 * k for k in range(4) if np.array_equal(np.rot90(start, k), turned))
+        return orient
 
     def _truncation(self, packets: int, last_end: int | None) -> str | None:
         """Why the file looks cut short (packets missing against the header, or the last packet damaged), or None."""

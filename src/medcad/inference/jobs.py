@@ -106,7 +106,15 @@ class VideoJobs:
             )
             table = pd.read_csv(summary["csv"])
             frames = json.loads(table.to_json(orient="records"))  # NaN -> null
-            keep = ("frames_predicted", "frames_dropped", "dropped_frames", "truncated", "truncation", "rotation")
+            keep = (
+                "frames_predicted",
+                "frames_dropped",
+                "dropped_frames",
+                "truncated",
+                "truncation",
+                "rotation",
+                "mirrored",
+            )
             keep += ("seconds", "frames_per_s", "source_fps", "latency_ms_per_frame")
             self._update(job, status="done", summary={k: summary[k] for k in keep}, frames=frames)
         except Exception as e:  # reported to the client polling the job; the server goes on
