@@ -152,6 +152,12 @@ def test_classifier_routes_and_bad_requests(
         assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
         r = client.post("/predict", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 200 and "Doe" not in r.text  # DICOM headers are not echoed
+        assert "frames" not in r.json()  # a single frame
+        cine = write_dicom(tmp_path / "cine.dcm", np.arange(3 * 40 * 40).reshape(3, 40, 40) * 9).read_bytes()
+        body = client.post("/predict?frame=2", files={"file": ("c.dcm", cine)}).json()
+        assert (body["frame"], body["frames"]) == (2, 3)  # it says which frame of how many it answers for
+        r = client.post("/predict?frame=1", **wide)
+        assert r.status_code == 422 and "single PNG image: frame 1 does not exist" in r.json()["detail"]
         assert client.get("/jobs/nope").status_code == 404
     assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
     assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log
@@ -303,6 +309,29 @@ def test_dicom_seg_of_a_class_map_has_a_segment_per_class(tmp_path: Path) -> Non
             segment_numbers=[number],
         )
         assert np.array_equal(frame[0, ..., 0] > 0, classes == number)
+
+
+def test_a_cine_is_limited_by_the_pixels_of_the_frame_decoded(tmp_path: Path) -> None:
+    """A DICOM cine whose frames together pass the pixel limit, each frame within it, is decoded (one frame)."""
+    from medcad.inference.uploads import decode_upload
+
+    cine = write_dicom(tmp_path / "cine.dcm", np.zeros((5, 1000, 1000), np.uint16)).read_bytes()
+    upload = decode_upload(cine, tmp_path, Limits(max_pixels=4_000_000), frame=3)  # 5 MP in all, 1 MP a frame
+    assert upload.rgb.shape == (1000, 1000, 3) and (upload.frame, upload.frames) == (3, 5)
+
+
+def test_dicom_seg_of_a_source_without_type_2_attributes(tmp_path: Path) -> None:
+    """A source lacking the patient's birth date and sex, the study's ID, time, accession number and referring
+    physician (a de-identified export) gets a SEG with them empty (it had taken four requests, one per attribute)."""
+    from medcad.inference.responses import TYPE2_FROM_SOURCE, segmentation_dicom
+
+    source = pydicom.dcmread(io.BytesIO(dicom_bytes(tmp_path)))
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "StudyTime", "AccessionNumber"):
+        delattr(source, keyword)
+    del source.ReferringPhysicianName
+    seg = pydicom.dcmread(io.BytesIO(segmentation_dicom(source, np.eye(40, dtype=bool), "lesion")))
+    assert all(keyword in seg for keyword in TYPE2_FROM_SOURCE) and seg.PatientSex == "" and seg.StudyID == ""
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and "PatientSex" not in source  # the source untouched
 
 
 def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ image's own size, pictures as PNG data URLs, and a DICOM SEG for a DICOM source.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 
 import cv2
@@ -80,6 +81,21 @@ def prediction_json(pred: Prediction, rgb: np.ndarray, task: str, mask_format: s
     return out
 
 
+# Type 2 attributes of the Patient and General Study modules that a SEG copies from its source: a source that lacks
+# them (a de-identified file, a scanner's export) gets them empty in the SEG, as the standard allows for Type 2
+TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
 def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "lesion", version: str = "0") -> bytes:
     """A DICOM SEG (binary; one segment, or one per lesion class) of a lesion mask, referencing its source instance,
     built with highdicom.
@@ -104,6 +120,10 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
     missing = [k for k in needed if k not in source]
     if missing:
         raise MedcadError(f"the DICOM upload lacks {', '.join(missing)}, which a DICOM SEG must reference")
+    source = copy.deepcopy(source)  # the header alone (no pixel data)
+    for keyword in TYPE2_FROM_SOURCE:  # may be empty in a SEG, but present: a source without them is still filed
+        if keyword not in source:
+            setattr(source, keyword, None)
     labels = [label] if isinstance(label, str) else list(label)
     descriptions = [
         hd.seg.SegmentDescription(

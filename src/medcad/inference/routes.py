@@ -171,6 +171,8 @@ def predict_router(state: ServeState) -> APIRouter:
         if format == "dicom":
             return await _dicom_response(upload, pred)
         body = prediction_json(pred, upload.rgb, state.card["task"], mask, overlay)
+        if upload.frames > 1:  # which of a cine's frames (a TIFF's pages) this answers for: frame= picks another
+            body |= {"frame": upload.frame, "frames": upload.frames}
         if "heatmap" in result:
             body["heatmap"] = result["heatmap"]
         return JSONResponse(body)

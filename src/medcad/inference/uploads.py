@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medcad.data.io import read_image
+from medcad.data.io import image_pages, read_image
 from medcad.errors import DataError, MedcadError
 
 # first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
@@ -41,8 +41,8 @@ class Limits:
     Attributes:
         max_image_bytes: largest image upload (bytes).
         max_video_bytes: largest video upload (bytes).
-        max_pixels: largest width x height (x frames for DICOM) decoded; a 40-megapixel default leaves room for
-            any endoscopy or ultrasound frame and refuses decompression bombs.
+        max_pixels: largest width x height decoded (of one frame: a DICOM cine's other frames are not decoded); a
+            40-megapixel default leaves room for any endoscopy or ultrasound frame and refuses decompression bombs.
         max_video_frames: longest clip, in frames.
     """
 
@@ -62,11 +62,14 @@ class UploadError(MedcadError):
 
 @dataclass
 class Upload:
-    """A decoded upload: the RGB image (H, W, 3) uint8, its kind, and for DICOM the header (no pixel data)."""
+    """A decoded upload: the RGB image (H, W, 3) uint8, its kind, for DICOM the header (no pixel data), and which
+    of how many frames (DICOM) or pages (TIFF, GIF, WebP) it is."""
 
     rgb: np.ndarray
     kind: str
     dicom: object | None = None  # pydicom Dataset read with stop_before_pixels
+    frame: int = 0
+    frames: int = 1
 
 
 def sniff(data: bytes) -> str | None:
@@ -116,8 +119,7 @@ def check_pixels(data: bytes, kind: str, limits: Limits):
     header = None
     if kind == "dicom":
         header = _dicom_header(data)
-        w, h = int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0)
-        n = w * h * int(header.get("NumberOfFrames", 1) or 1)
+        n = int(header.get("Columns", 0) or 0) * int(header.get("Rows", 0) or 0)  # one frame is decoded
     else:
         try:
             with warnings.catch_warnings():
@@ -165,12 +167,23 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             f"the upload is not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM image by its content{hint}; medcad decides "
             "by the bytes, not the file name or content type",
         )
+    paged = kind in ("dicom", "tiff", "gif", "webp")
+    if frame and not paged:
+        raise UploadError(
+            422,
+            f"the upload is a single {kind.upper()} image: frame {frame} does not exist (frame= picks a frame of a "
+            "multi-frame DICOM or a page of a TIFF, GIF or WebP)",
+        )
     header = check_pixels(data, kind, limits)
     with tempfile.NamedTemporaryFile(dir=workdir, suffix=SUFFIX[kind]) as f:
         f.write(data)
         f.flush()
         try:
-            rgb = read_image(f.name, frame=frame if kind in ("dicom", "tiff", "gif", "webp") else None)
+            rgb = read_image(f.name, frame=frame if paged else None)
+            if kind == "dicom":
+                frames = int(header.get("NumberOfFrames", 1) or 1)
+            else:
+                frames = image_pages(Path(f.name)) if paged else 1
         except DataError as e:
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
-    return Upload(rgb, kind, header)
+    return Upload(rgb, kind, header, frame, frames)
