@@ -63,7 +63,10 @@ class VideoJobs:
         if not data:
             raise UploadError(400, f"the upload is empty (0 bytes); send a video clip ({CLIPS})")
         if not sniff_video(data):
-            hint = " (it is an image: POST it to /predict)" if sniff(data) else ""
+            kind = sniff(data)
+            hint = " (it is an image: POST it to /predict)" if kind else ""
+            if kind == "dicom":
+                hint = " (a DICOM file: POST it to /predict, each frame of a cine with ?frame=k)"
             raise UploadError(415, f"the upload is not a video clip ({CLIPS}) by its content{hint}")
         if self.active() >= self.max_jobs:
             raise QueueFull(max(5, math.ceil(30 * self.active())))
