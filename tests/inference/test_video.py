@@ -143,3 +143,21 @@ def test_an_odd_sized_video_is_annotated_whole(tmp_path: Path) -> None:
     with av.open(str(tmp_path / "odd.mp4")) as clip:
         got = [f.to_ndarray(format="rgb24") for f in clip.decode(video=0)]
     assert len(got) == 3 and got[0].shape == (18, 22, 3) and got[0][:, 20].mean() > 200
+
+
+def test_videos_in_a_folder_are_predicted_as_videos(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """A folder given to predict: its images as images and its videos as videos, named (the videos had been left out
+    with 'not an image or an annotation file'); a folder of videos alone is no 'no images found'."""
+    frames = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))[:4]]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    make_video(mixed / "clip.mp4", frames)
+    cv2.imwrite(str(mixed / "still.png"), frames[0][:, :, ::-1])
+    (tmp_path / "only").mkdir()
+    make_video(tmp_path / "only" / "a.mp4", frames)
+    for folder, n in ((mixed, 2), (tmp_path / "only", 1)):
+        res = runner.invoke(app, ["predict", str(tiny_run), str(folder), "--json", "-o", str(tmp_path / folder.name)])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert len(out) == n and any(o.get("frames_predicted") == 4 for o in out), out
+        assert "1 video(s) under" in res.output and "predicted as videos" in res.output

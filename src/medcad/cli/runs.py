@@ -217,15 +217,14 @@ def predict(
     """Predict images or every frame of videos: classes (annotated video + per-frame CSV), lesion masks and overlays
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
-        from medcad.data.video import is_video
         from medcad.errors import DataError
         from medcad.inference.files import output_names, predict_image_files
         from medcad.inference.predictor import expand_inputs
         from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
-        videos = [p for p in inputs if is_video(p)]  # every input checked before the model loads and `auto` measures
-        images = expand_inputs([p for p in inputs if not is_video(p)], options)
+        image_inputs, videos = _images_and_videos(inputs)
+        images = expand_inputs(image_inputs, options)  # every input checked before the model loads, `auto` measures
         for v in videos:  # there (a typo fails now, not after the models load); one that cannot be read fails alone
             if not Path(v).is_file():
                 raise DataError(v, "file not found")
@@ -266,6 +265,26 @@ def predict(
         _say_failures(images, [r for r in records if "error" in r], out)
     if video_errors:
         raise typer.Exit(1)
+
+
+def _images_and_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The inputs that hold images (files, folders) and the videos: those given and those in the folders given (a
+    folder of videos alone is not read for images), said on stderr."""
+    from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, is_video
+    from medcad.data.ledger import walk_files
+
+    images, videos = [], [p for p in inputs if is_video(p)]
+    for p in (p for p in inputs if not is_video(p)):
+        files = walk_files(Path(p)) if Path(p).is_dir() else []
+        found = [f for f in files if is_video(f)]
+        if found:
+            shown = ", ".join(f.name for f in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            _say_notes([f"{len(found)} video(s) under {p}/ predicted as videos: {shown}"])
+            videos += found
+        still = [f for f in files if not is_video(f)]
+        if not found or any(f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or is_dicom(f) for f in still):
+            images.append(p)
+    return images, videos
 
 
 def _decoding_notes(items: list[str]) -> list[str]:

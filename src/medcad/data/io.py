@@ -38,6 +38,10 @@ from medcad.errors import ConfigError, DataError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp"})  # may hold several pages or frames: each is an image
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
+    | {".flv", ".vob"}
+)
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
 ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
 TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap when these are applied
@@ -139,6 +143,11 @@ def _opened(path: Path, page: int | None):
     """The open image for reading `page` of `path`: a frame after the first of an animation from `_ANIMATIONS`
     (kept open: its frame count and decoded frames carry over), else the file opened for this read."""
     return _ANIMATIONS.frame(path) if page and path.suffix.lower() in (".gif", ".webp") else _pil_image(path)
+
+
+def is_video(path: str | Path) -> bool:
+    """A video file by its suffix (`medcad.data.video` reads it)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 def has_dicom_preamble(path: str | Path) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
 
@@ -54,6 +54,8 @@ def _unread_reason(path: Path, layout: str) -> str:
         return "a Label Studio export (a list of tasks), which medcad does not read: export COCO or YOLO from it"
     if suffix in TABLE_SUFFIXES:
         return f"a {suffix[1:].upper()} file no reader used"
+    if suffix in VIDEO_SUFFIXES:
+        return "a video: `medcad predict` predicts its frames, `medcad data frames` extracts them to label"
     return "not an image or an annotation file"
 
 

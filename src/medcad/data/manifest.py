@@ -375,5 +375,6 @@ def patients_from_dicom(manifest: Manifest) -> None:
         return
     table.loc[empty, "patient"] = table.loc[empty, "image"].map(lambda rel: found.get(rel, ""))
     manifest.notes.append(
-        f"patient ids from the DICOM PatientID of {len(found)} file(s) ({len(ids)} patients): the splits group by them"
+        f"patient ids from the DICOM PatientID of {len(found)} file(s) ({len(ids)} patients; a study's splits and "
+        "confidence intervals group by them)"
     )

@@ -26,15 +26,6 @@ from medcad.data.io import is_dicom
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
-    | {".flv", ".vob"}
-)
-
-
-def is_video(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
 
 def sharpness(rgb: np.ndarray) -> float:
     """Variance of the Laplacian of the grey image: low values mean blur (label such frames 'unclear')."""
