@@ -234,7 +234,7 @@ def test_frames_of_one_dicom_stay_together_and_patient_ids_come_from_the_files(t
         write_dicom(tmp_path / "anon" / label / f"IM{k:05d}", frames, patient="ANONYMOUS")
     m = load_manifest(tmp_path / "ds")
     assert sorted(set(m.table["patient"])) == [f"PAT{i}" for i in range(6)]
-    assert any("DICOM PatientID of 12 file(s) (6 patients)" in n for n in m.notes)
+    assert any("DICOM PatientID of 12 file(s) (6 patients;" in n for n in m.notes)
     anon = load_manifest(tmp_path / "anon")
     assert set(anon.table["patient"]) == {""} and any("anonymised?" in n for n in anon.notes)
     for manifest, group_by in ((m, "auto"), (anon, "none")):
