@@ -111,3 +111,28 @@ def test_two_external_sets_of_one_name_keep_their_own_results(tiny_run: Path, ea
     assert folders == ["data", "data-2"]
     sizes = [json.loads((tiny_run / "evaluations" / f / "metrics.json").read_text())["n"] for f in folders]
     assert sizes == [24, 10]
+
+
+def test_an_external_set_with_labels_the_model_never_saw(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """A hospital's set with a class the model was not trained on: evaluate --data stops and names both ways on (a
+    label map, or scoring the known labels alone); with --unseen-labels leave-out the others are scored and the
+    images left out counted."""
+    import shutil
+
+    ext = tmp_path / "site"
+    for label in ("lesion", "normal"):
+        shutil.copytree(easy_set / label, ext / label)
+    for k in range(3):
+        save(ext / "other" / f"{k}.png", noise_image(40 + k))
+    args = ["evaluate", str(tiny_run), "--data", str(ext)]
+    res = CliRunner().invoke(app, args)
+    assert (
+        res.exit_code == 2 and "--label-map 'other=lesion'" in res.output and "--unseen-labels leave-out" in res.output
+    )
+    res = CliRunner().invoke(app, [*args, "--unseen-labels", "leave-out", "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["n"] == 24 and metrics["left_out_unseen_labels"] == {"other": 3}
+    assert "left out 3 image(s) of label(s) the model never saw" in res.output
+    res = CliRunner().invoke(app, [*args, "--unseen-labels", "skip"])
+    assert res.exit_code == 2 and "use one of stop, leave-out" in res.output

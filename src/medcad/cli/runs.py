@@ -330,6 +330,12 @@ def evaluate(
             help="Also score the test images with the lesion blanked and with only the lesion kept (runs with masks).",
         ),
     ] = False,
+    unseen_labels: Annotated[
+        str,
+        typer.Option(
+            help="--data: images of labels the model never saw: stop (name them), or leave-out (score the rest)."
+        ),
+    ] = "stop",
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -341,7 +347,7 @@ def evaluate(
         from medcad.study.external import evaluate_external
 
         if data is not None:
-            metrics, where, notes = evaluate_external(run, data, options)
+            metrics, where, notes = evaluate_external(run, data, options, unseen_labels)
             _say_notes(notes)
         else:
             metrics, where = evaluate_run(run)

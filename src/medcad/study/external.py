@@ -20,15 +20,17 @@ from medcad.engine.results import (
     prediction_table,
     write_json,
 )
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
 from medcad.tasks import get_task, split_labels
 
+UNSEEN_LABELS = ("stop", "leave-out")  # what evaluate --data does with images of labels the run never saw
+
 
 def evaluate_external(
-    run: str | Path, data: str | Path, options: DataOptions | None = None
+    run: str | Path, data: str | Path, options: DataOptions | None = None, unseen_labels: str = "stop"
 ) -> tuple[dict, Path, list[str]]:
     """Predict every image of another dataset with the run's models and score it against its labels, masks or
     boxes (by the run's task); written to RUN/evaluations/<dataset>/.
@@ -37,6 +39,8 @@ def evaluate_external(
         run: the run folder.
         data: the external dataset, in any layout.
         options: how to read it (its own layout, pattern, label map, ...), not the training set's.
+        unseen_labels: "stop" (a DataError naming them) or "leave-out" (score the images of the run's labels alone;
+            the others are counted in the metrics and named in the notes).
 
     Returns:
         (metrics, folder written, notes on how the dataset was read).
@@ -50,15 +54,33 @@ def evaluate_external(
     labels = meta["labels"]
     task = get_task(cfg.task)
     multi = task.label_kind == "multi"  # a row's label lists its findings: 'stone|cyst', '' for none
+    if unseen_labels not in UNSEEN_LABELS:
+        raise ConfigError(f"--unseen-labels {unseen_labels!r}: use one of {', '.join(UNSEEN_LABELS)}")
+    left_out: dict[str, int] = {}
     if "labels" in task.targets or ("probabilities" in task.outputs and manifest.labels):
-        found = {lab for v in manifest.table["label"] for lab in split_labels(v)} if multi else set(manifest.labels)
-        unknown = sorted(found - set(labels))
-        if unknown:
+        cells = [split_labels(v) if multi else [v] * bool(v) for v in manifest.table["label"]]
+        unseen = [sorted(set(c) - set(labels)) for c in cells]
+        unknown = sorted({lab for u in unseen for lab in u})
+        if unknown and unseen_labels == "stop":
             raise DataError(
                 data,
                 f"labels {unknown} are not among the model's labels {labels}; rename them with --label-map "
-                f"'{unknown[0]}={labels[0]}' (old=new, comma-separated)",
+                f"'{unknown[0]}={labels[0]}' (old=new, comma-separated), or score the images of the model's labels "
+                "alone with --unseen-labels leave-out",
             )
+        if unknown:
+            for u in unseen:
+                for lab in u:
+                    left_out[lab] = left_out.get(lab, 0) + 1
+            keep = [i for i, u in enumerate(unseen) if not u]
+            if not keep:
+                raise DataError(data, f"every image has a label the model never saw ({unknown}): nothing to score")
+            manifest = manifest.subset(keep)
+            manifest.notes = [
+                *manifest.notes,
+                f"left out {sum(bool(u) for u in unseen)} image(s) of label(s) the model never saw (--unseen-labels "
+                "leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
+            ]
     images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
     patients = manifest.table["patient"].to_numpy(dtype=str)
     # clusters for the CIs: the patient, else the file (the frames of a cine loop are one acquisition)
@@ -100,6 +122,8 @@ def evaluate_external(
             metrics["class_dice"], metrics["class_iou"] = seg["class_dice"], seg["class_iou"]
         pred = pred.merge(table, on="image", how="left")
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
+    if left_out:
+        metrics["left_out_unseen_labels"] = left_out  # images per label the model never saw, not scored
     metrics["backend"] = predictor.backend
     where = evaluation_folder(run, data, metrics["evaluation"])
     where.mkdir(parents=True, exist_ok=True)
