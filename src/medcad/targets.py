@@ -74,7 +74,8 @@ def load_targets(
         labels, boxes, problems = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
     elif task.mask_kind == "classes":
         mask_paths = [p for i in range(len(manifest)) for p in manifest.mask_paths(i)]
-        classes = resolve_mask_labels(cfg.mask_labels, manifest.root, mask_paths)
+        given = "--mask-labels" if labels is None else "the run's classes (its --mask-labels)"
+        classes = resolve_mask_labels(cfg.mask_labels, manifest.root, mask_paths, given)
         if labels is not None and list(labels) != list(classes.names):
             raise DataError(
                 source or manifest.root,

@@ -77,7 +77,10 @@ def test_mask_labels_read_as_users_write_them(tmp_path: Path) -> None:
     assert np.array_equal(index == 1, raw == 2) and np.array_equal(index == 2, raw == 1)
     with pytest.raises(DataError, match=r"value\(s\) 2 that no class names") as e:
         read_label_map([masks[0]], parse_mask_labels("1=cyst"))
-    assert str(masks[0]) in str(e.value)
+    assert str(masks[0]) in str(e.value) and "classes from --mask-labels" in str(e.value)
+    from_run = resolve_mask_labels("1=cyst", root, masks, "the run's classes (its --mask-labels)")
+    with pytest.raises(DataError, match=r"classes from the run's classes \(its --mask-labels\): 1=cyst"):
+        read_label_map([masks[0]], from_run)  # evaluating a run on a set: not the user's --mask-labels
     jpeg = tmp_path / "m.jpg"
     Image.fromarray(raw).save(jpeg)
     with pytest.raises(DataError, match="lossless"):

@@ -111,14 +111,17 @@ def find_labels_file(root: Path, mask_paths: Sequence[Path]) -> Path | None:
     return None
 
 
-def resolve_mask_labels(setting: str | None, root: Path, mask_paths: Sequence[Path]) -> MaskLabels:
-    """The classes of a dataset's label maps: the setting when given, else its labels file.
+def resolve_mask_labels(
+    setting: str | None, root: Path, mask_paths: Sequence[Path], source: str = "--mask-labels"
+) -> MaskLabels:
+    """The classes of a dataset's label maps: the setting when given (`source` says where it came from, for
+    messages), else its labels file.
 
     Raises:
         ConfigError: neither given (the message names the values the first masks hold).
     """
     if setting:
-        return parse_mask_labels(setting)
+        return parse_mask_labels(setting, source)
     found = find_labels_file(root, mask_paths)
     if found is not None:
         return read_labels_file(found)
