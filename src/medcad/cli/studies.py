@@ -76,7 +76,12 @@ def _settings_text(settings: dict) -> str:
 
 def _print_plan(plan: dict) -> None:
     """`study --plan`: the study, then each run with its own settings and one line per training stage."""
-    found = "" if plan["data_found"] else " (not found yet: see the comment at the top of the study file)"
+    found = (
+        ""
+        if plan["data_found"]
+        else " (not found yet: the study file's `data:` is read from the file's own folder; the reference studies'"
+        " first comment says how to get theirs)"
+    )
     typer.echo(f"study {plan['name']}: {plan['file']}")
     typer.echo(f"data: {plan['data']}{found}")
     typer.echo(f"study folder: {plan['folder']}")
