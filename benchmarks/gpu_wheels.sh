@@ -19,7 +19,7 @@ cat > "$out/run.sh" <<'RUN'
 # On the lent GPU machine: install the carried wheels, then the GPU's own tests.
 cd "$(dirname "$0")/.." || exit 1
 python3 -m pip install --no-deps --no-index -q "$(dirname "$0")"/wheels/*.whl 2>&1 | tail -3
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1  # absolute: tests start subprocesses elsewhere
 python3 -c "import medcad.engine.train, medcad.inference.server; print('imports ok')" || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 MEDCAD_TEST_GPU=1 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
