@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import noise_image, save
@@ -110,3 +112,22 @@ def test_train_options_set_their_config_fields(monkeypatch) -> None:
     assert (cfg.epochs, cfg.task) == (TrainConfig().epochs, "classify")
     # a holdout run has no folds (config.json said "folds: 5", which the split ignored); runs saved so resume alike
     assert cfg.folds is None and TrainConfig.from_saved({"folds": 5, "holdout": 0.2}).folds is None
+
+
+@given(
+    st.lists(
+        st.lists(st.sampled_from(["PAT1", "PAT2", "ST1", "IM000000", "IM000001", "a.png"]), min_size=1, max_size=4),
+        unique_by=tuple,
+        max_size=12,
+    )
+)
+def test_the_console_names_images_apart(paths) -> None:
+    """The predictions table shows each image by its shortest tail of folders that no other image shares (a DICOMDIR
+    tree's files, all named IM000000, had been shown alike)."""
+    from medcad.cli.common import _distinct_tails
+
+    full = ["/".join(p) for p in paths]
+    shown = _distinct_tails(full)
+    assert len(set(shown)) == len(shown) and all(
+        f == s or f.endswith("/" + s) for f, s in zip(full, shown, strict=True)
+    )

@@ -269,6 +269,21 @@ def _echo_video(v: dict) -> None:
         typer.echo(f"warning: {v['video']}: truncated ({v.get('truncation')}); the frames before the cut were read")
 
 
+def _distinct_tails(paths: list[str]) -> list[str]:
+    """Each path's shortest tail of folders and name that no other path shares (a DICOMDIR tree's files are all
+    IM000000 by name: PAT1/ST1/IM000000 and PAT2/ST1/IM000000)."""
+    from collections import Counter
+
+    parts = [Path(p).parts or ("",) for p in paths]
+    out: list[str | None] = [None] * len(parts)
+    for k in range(1, max(map(len, parts), default=0) + 1):
+        counts = Counter(q[-k:] for q in parts)
+        for i, q in enumerate(parts):
+            if out[i] is None and (counts[q[-k:]] == 1 or k >= len(q)):
+                out[i] = str(Path(*q[-k:]))
+    return [o or "" for o in out]
+
+
 def _print_table(table, as_json: bool, where: str) -> None:
     """A predictions table: JSON records, or a console table (image file names, numbers to 3 decimals)."""
     if as_json:
@@ -278,11 +293,11 @@ def _print_table(table, as_json: bool, where: str) -> None:
     from rich.table import Table
 
     shown = Table(*map(str, table.columns))
-    for row in table.itertuples(index=False):
+    names = _distinct_tails([str(v) for v in table["image"]]) if "image" in table.columns else None
+    for k, row in enumerate(table.itertuples(index=False)):
         cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-        if "image" in table.columns:
-            i = list(table.columns).index("image")
-            cells[i] = Path(cells[i]).name
+        if names is not None:
+            cells[list(table.columns).index("image")] = names[k]
         shown.add_row(*cells)
     Console().print(shown)
     typer.echo(where)
