@@ -26,7 +26,8 @@ from medcad.errors import DataError
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
-CACHE_VERSION = 2  # 2: orientation tags applied, masks decoded from their own values
+CACHE_VERSION = 3  # 2: orientation tags applied, masks decoded from their own values; 3: DICOM rescale before the
+# window and VOI LUTs by their own range, 16-bit PNG/TIFF from the bits their data has, 16-bit colour in full
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -165,6 +165,6 @@ def describe_dicom(path: Path) -> list[str]:
         elif "WindowCenter" in ds and "WindowWidth" in ds:
             notes.append("DICOM window applied (the first Window Center / Width)")
     bits = int(getattr(ds, "BitsStored", 8))
-    if bits != 8:
+    if bits != 8 and not any("window" in n or "VOI LUT" in n for n in notes):
         notes.append(f"DICOM {bits}-bit scaled from its stored range")
     return notes
