@@ -399,9 +399,10 @@ def test_results_are_written_readable_as_other_files(tmp_path: Path) -> None:
 
 
 # animations read frame by frame ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
 def test_animation_frames_in_any_order_match_a_fresh_decode(tmp_path: Path, suffix: str) -> None:
-    """Frames of an animated GIF / WebP read in any order (the open file is kept between reads, so that reading every
+    """Frames of an animated GIF / WebP / PNG (APNG; its frames beyond the first had been dropped without a word)
+    read in any order (the open file is kept between reads, so that reading every
     frame is linear, not quadratic) decode as a file opened for that frame alone does; a file rewritten between
     reads is read anew."""
     from hypothesis import given, settings
@@ -429,6 +430,7 @@ def test_animation_frames_in_any_order_match_a_fresh_decode(tmp_path: Path, suff
             assert image_size(path, k) == (40, 40)  # the canvas, without decoding up to the frame
 
     check()
+    assert len(load_manifest(tmp_path).keys) == 8  # one row per frame
     ref = write(100)  # rewritten (its time set apart from the first's, whatever the clock's resolution)
     os.utime(path, ns=(10**9, 10**9))
     np.testing.assert_array_equal(read_image(path, frame=5), ref[5])

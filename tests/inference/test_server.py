@@ -157,7 +157,11 @@ def test_classifier_routes_and_bad_requests(
         body = client.post("/predict?frame=2", files={"file": ("c.dcm", cine)}).json()
         assert (body["frame"], body["frames"]) == (2, 3)  # it says which frame of how many it answers for
         r = client.post("/predict?frame=1", **wide)
-        assert r.status_code == 422 and "single PNG image: frame 1 does not exist" in r.json()["detail"]
+        assert r.status_code == 422 and "page 1 does not exist" in r.json()["detail"]  # a PNG may be animated
+        jpeg = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg, "JPEG")
+        r = client.post("/predict?frame=1", files={"file": ("x.jpg", jpeg.getvalue())})
+        assert r.status_code == 422 and "single JPEG image: frame 1 does not exist" in r.json()["detail"]
         assert client.get("/jobs/nope").status_code == 404
     assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
     assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log

@@ -36,7 +36,8 @@ from medcad.data.pixels import sixteen_bit_range, to_rgb
 from medcad.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
-PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp"})  # may hold several pages or frames: each is an image
+PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
+ANIMATED_SUFFIXES = frozenset({".gif", ".webp", ".png"})  # frames decoded from the ones before (APNG: a PNG's)
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
@@ -110,7 +111,7 @@ def _pil_image(path: Path) -> Iterator[Image.Image]:
 
 
 class _Animations:
-    """Animated GIF / WebP files kept open between reads of their frames, a few at a time: a frame of an animation
+    """Animated GIF / WebP / PNG files kept open between reads of their frames, a few at a time: a frame of an animation
     is decoded from the frames before it, so opening the file anew for each frame read every frame of it in
     quadratic time (200 frames of 256 px: 15 s), while one open file seeks forward from where it is (Pillow
     restarts only to go back). One lock: Pillow images are not shared between threads."""
@@ -121,11 +122,15 @@ class _Animations:
         self.size, self.lock, self.open = size, threading.RLock(), {}
 
     @contextmanager
-    def frame(self, path: Path) -> Iterator[Image.Image]:
+    def frame(self, path: Path, page: int) -> Iterator[Image.Image]:
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns, os.getpid())
         with self.lock:
-            im = self.open.pop(key, None) or _open_checked(path)
+            im = self.open.pop(key, None)
+            if im is not None and im.tell() > page:  # going back: opened anew (Pillow's APNG rewind fails)
+                im.close()
+                im = None
+            im = im or _open_checked(path)
             try:
                 yield im
             except BaseException:
@@ -142,7 +147,7 @@ _ANIMATIONS = _Animations()
 def _opened(path: Path, page: int | None):
     """The open image for reading `page` of `path`: a frame after the first of an animation from `_ANIMATIONS`
     (kept open: its frame count and decoded frames carry over), else the file opened for this read."""
-    return _ANIMATIONS.frame(path) if page and path.suffix.lower() in (".gif", ".webp") else _pil_image(path)
+    return _ANIMATIONS.frame(path, page) if page and path.suffix.lower() in ANIMATED_SUFFIXES else _pil_image(path)
 
 
 def is_video(path: str | Path) -> bool:
@@ -289,13 +294,14 @@ def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> Non
     n = getattr(im, "n_frames", 1)
     if not 0 <= page < n:
         raise DataError(path, f"has {n} page(s); page {page} does not exist")
-    if decode or path.suffix.lower() not in (".gif", ".webp"):
+    if decode or path.suffix.lower() not in ANIMATED_SUFFIXES:
         im.seek(page)
 
 
 def image_pages(path: Path) -> int:
-    """Pages of a multi-page TIFF, frames of an animated GIF / WebP, counted while they have page 0's size and mode
-    (a scanner's or camera's reduced-resolution thumbnail page is not an image of the set); 1 for other files."""
+    """Pages of a multi-page TIFF, frames of an animated GIF / WebP / PNG (APNG), counted while they have page 0's
+    size and mode (a scanner's or camera's reduced-resolution thumbnail page is not an image of the set); 1 for
+    other files."""
     if path.suffix.lower() not in PAGED_SUFFIXES:
         return 1
     try:

@@ -167,12 +167,12 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             f"the upload is not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM image by its content{hint}; medcad decides "
             "by the bytes, not the file name or content type",
         )
-    paged = kind in ("dicom", "tiff", "gif", "webp")
+    paged = kind in ("dicom", "tiff", "gif", "webp", "png")  # a PNG may be animated (APNG)
     if frame and not paged:
         raise UploadError(
             422,
             f"the upload is a single {kind.upper()} image: frame {frame} does not exist (frame= picks a frame of a "
-            "multi-frame DICOM or a page of a TIFF, GIF or WebP)",
+            "multi-frame DICOM or a page of a TIFF, GIF, WebP or animated PNG)",
         )
     header = check_pixels(data, kind, limits)
     with tempfile.NamedTemporaryFile(dir=workdir, suffix=SUFFIX[kind]) as f:
