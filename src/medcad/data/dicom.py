@@ -11,6 +11,7 @@ decoded 300 times to read each frame.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,23 @@ PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little-endian bytes
 
 
 def read_header(path: Path):
-    """The dataset of a DICOM file without its pixel data. DataError when pydicom cannot parse it."""
+    """The dataset of a DICOM file without its pixel data (not to be changed: the last few are kept, by file state,
+    for the frames and steps that read one file again). DataError when pydicom cannot parse it."""
+    try:
+        st = Path(path).stat()
+    except OSError as e:
+        raise DataError(Path(path), f"cannot be read ({e.strerror})") from e
+    return _header(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _header(path: str, size: int, mtime_ns: int):
     import pydicom
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as e:  # pydicom raises many types for bad files
-        raise DataError(path, f"unreadable DICOM ({type(e).__name__}: {_without_api_hint(e)})") from e
+        raise DataError(Path(path), f"unreadable DICOM ({type(e).__name__}: {_without_api_hint(e)})") from e
 
 
 def _without_api_hint(e: Exception) -> str:

@@ -81,7 +81,7 @@ def dicom_frames(path: Path) -> int:
 
 def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
     """The PatientID (0010,0020) of each DICOM file among `images` (relative to `root`) that has one."""
-    import pydicom
+    from medcad.data.dicom import read_header
 
     out = {}
     for rel in dict.fromkeys(images):
@@ -89,8 +89,8 @@ def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
         if not is_dicom(p):
             continue
         try:
-            pid = str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", ""))
-        except Exception:  # unreadable files are named by the reader; no id is no id
+            pid = str(read_header(p).get("PatientID", ""))  # read for its frames already (expand_frames)
+        except DataError:  # unreadable files are named by the reader; no id is no id
             continue
         if pid.strip():
             out[rel] = pid.strip()
