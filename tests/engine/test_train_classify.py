@@ -324,3 +324,18 @@ def test_folds_scored_in_fp32_are_what_predict_gives_after_bf16_training(easy_se
     run = tmp_path / "run"
     train_run(easy_set, run, FAST.replace(precision="bf16-mixed"), progress=False)
     assert_predict_reproduces_fold(run, easy_set, "cpu", atol=2e-5)
+
+
+def test_predict_gives_the_folds_outputs_on_large_jpegs(easy_set: Path, tmp_path: Path) -> None:
+    """JPEGs far larger than the model's input: training, fold scoring and evaluate decode them as predict does (a
+    reduced-scale DCT decode for training had made predict's probabilities differ by up to 0.1 on BUSI)."""
+    from PIL import Image
+
+    jpegs = tmp_path / "jpegs"
+    for png in easy_set.rglob("*.png"):
+        out = jpegs / png.relative_to(easy_set).with_suffix(".jpg")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").resize((200, 200), Image.BICUBIC).save(out, quality=90)
+    run = tmp_path / "run"
+    train_run(jpegs, run, FAST.replace(precision="bf16-mixed"), progress=False)
+    assert_predict_reproduces_fold(run, jpegs, "cpu", atol=2e-5)

@@ -26,8 +26,9 @@ from medcad.errors import DataError
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
-CACHE_VERSION = 3  # 2: orientation tags applied, masks decoded from their own values; 3: DICOM rescale before the
-# window and VOI LUTs by their own range, 16-bit PNG/TIFF from the bits their data has, 16-bit colour in full
+CACHE_VERSION = 4  # 2: orientation tags applied, masks decoded from their own values; 3: DICOM rescale before the
+# window and VOI LUTs by their own range, 16-bit PNG/TIFF from the bits their data has, 16-bit colour in full; 4:
+# JPEGs decoded in full, as predict and serve decode them (a reduced-scale DCT decode had made their inputs differ)
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -110,7 +111,7 @@ def cached_images(
     path = cache_dir() / "images" / f"{image_cache_key(manifest, size, bilateral, interface)}-{size}.npy"
 
     def fill(i: int) -> np.ndarray:
-        rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=size)
+        rgb = read_image(manifest.image_path(i), manifest.frame(i))  # as predict and serve decode it
         return preprocess(rgb, size, bilateral, interface)
 
     shape = (len(manifest), size, size, 3)
@@ -183,7 +184,7 @@ def cached_masks(
     def fill(i: int) -> np.ndarray:
         mask = read_sample_mask(manifest, i, missing, classes)
         if crops:
-            rgb = read_image(manifest.image_path(i), manifest.frame(i), draft=size)
+            rgb = read_image(manifest.image_path(i), manifest.frame(i))
             x0, y0, x1, y1 = imaging_box(rgb)
             h, w = rgb.shape[:2]
             mask = crop_relative(mask, (x0 / w, y0 / h, x1 / w, y1 / h))

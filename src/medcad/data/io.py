@@ -318,13 +318,12 @@ def image_pages(path: Path) -> int:
         return 1  # an unreadable file fails as itself when read
 
 
-def read_image(path: str | Path, frame: int | None = None, draft: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     """Read one image as displayed, RGB uint8 (H, W, 3) (see the module docstring for the policy).
 
     Args:
         path: PNG/JPEG/TIFF/BMP (8 or 16 bit; grey, RGB, RGBA or palette) or DICOM (by suffix or by content).
         frame: frame index for multi-frame DICOM.
-        draft: if given, JPEGs may be decoded at a reduced scale whose sides stay >= draft (fast).
 
     Raises:
         DataError: naming the file and the problem.
@@ -335,7 +334,7 @@ def read_image(path: str | Path, frame: int | None = None, draft: int | None = N
         from medcad.data.dicom import read_dicom_frame
 
         return read_dicom_frame(p, 0 if frame is None else int(frame))
-    arr, fmt, _ = decode_pil(p, draft, page=frame)
+    arr, fmt, _ = decode_pil(p, None, page=frame)  # in full: every command's model input decodes alike
     bits = sixteen_bit_range(arr, p, fmt)
     return to_rgb(arr, None if bits is None else 2.0 ** bits[0] - 1)
 

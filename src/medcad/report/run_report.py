@@ -74,10 +74,7 @@ def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_cla
         p = ClassPredictor(run, fold=fold)
         mine = [j for j, (_, row, _) in enumerate(picks) if int(row["fold"]) == fold]
         x = np.stack(
-            [
-                p.prepare(read_image(manifest.image_path(i), manifest.frame(i), draft=p.config.image_size))
-                for _, _, i in (picks[j] for j in mine)
-            ]
+            [p.prepare(read_image(manifest.image_path(i), manifest.frame(i))) for _, _, i in (picks[j] for j in mine)]
         )
         heat, probs = explain_predictor(p, x)  # one batch per fold model
         for k, j in enumerate(mine):
