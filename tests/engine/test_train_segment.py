@@ -167,6 +167,13 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)[0]
     assert row["label"] in m["labels"] and "lesion_fraction" in row and set(row["probabilities"]) == set(m["labels"])
+    # as an external set: scored with the frame-level decision the deployed models apply (it had been left out)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "mt"), "--data", str(synth), "--json"])
+    assert res.exit_code == 0, res.output
+    ext = json.loads(res.stdout)["segmentation"]["frame_decision"]
+    assert ext["frame_score"] == ["p_lesion"] and "deployed" in ext["rule"] and ext["n_images"] == 24
+    table = pd.read_csv(tmp_path / "mt" / "evaluations" / synth.name / "predictions.csv")
+    assert ext["dice"]["value"] == pytest.approx(table["dice_frame_decision"].mean())
     from medcad.report.html import write_report
 
     html = write_report(tmp_path / "mt").read_text()

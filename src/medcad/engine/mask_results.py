@@ -159,9 +159,11 @@ def external_mask_results(
     missing: str,
     lesion_classes: np.ndarray | None = None,
     classes: MaskLabels | None = None,
+    decision: tuple[str, float, np.ndarray] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """An external set's masks scored as a run's are: at each image's own size (Dice, IoU with cluster-bootstrap CIs,
-    HD95), with the training-size figures beside them and, for label maps, each lesion class.
+    HD95), with the training-size figures beside them, for label maps each lesion class, and with `decision` the
+    deployed predictor's frame-level decision ("frame_decision", as a run's is scored).
 
     Args:
         manifest: the external set (every row predicted, in order).
@@ -170,6 +172,8 @@ def external_mask_results(
         groups: (N,) cluster of each image (patient, else the image).
         missing: the run's policy for images without a mask.
         lesion_classes, classes: label maps: (N, K, S, S) the classes' probabilities 0..1, and the run's classes.
+        decision: (frame score kind, the predictor's threshold, (N,) frame scores) of a model with a frame-level
+            decision: masks of frames scoring below the threshold are emptied, as predict and serve show them.
 
     Returns:
         (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, dice_training_size and
@@ -189,6 +193,15 @@ def external_mask_results(
         m |= _class_results([classes_scored], classes, groups, table)
     table["hd95_px"] = dist
     table["dice_training_size"] = dice_iou(small)[0]
+    if decision is not None:
+        from medcad.metrics.segmentation import apply_frame_decision
+
+        kind, threshold, score = decision
+        decided = apply_frame_decision(counts, score, threshold)
+        rule = f"the deployed models' frame-level decision ({kind} from {threshold:.4g}, the mean of the folds' "
+        rule += "thresholds chosen on their validation parts); the masks of other frames are emptied"
+        m["frame_decision"] = _decided([decided], groups, [kind], rule, [threshold])
+        table["dice_frame_decision"] = dice_iou(decided)[0]
     return m, table
 
 

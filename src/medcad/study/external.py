@@ -115,6 +115,7 @@ def evaluate_external(
             cfg.missing_masks,
             out.get("lesion_classes"),
             targets.mask_classes,
+            _frame_decision(predictor, out, labels),
         )
         metrics["segmentation"] = seg
         metrics["dice"], metrics["iou"] = seg["dice"], seg["iou"]
@@ -130,6 +131,21 @@ def evaluate_external(
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
     return metrics, where, [*manifest.notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
+
+
+def _frame_decision(predictor, out: dict, labels: list[str]) -> tuple[str, float, np.ndarray] | None:
+    """(kind, threshold, per-image scores) of the predictor's frame-level decision, scored as a run's folds score
+    theirs (at the training size; class probabilities as the predictor scales them), or None without one."""
+    from medcad.metrics.segmentation import frame_scores
+    from medcad.tasks import reference_label
+
+    kind, threshold = getattr(predictor, "frame_score_kind", None), getattr(predictor, "min_frame_score", None)
+    if kind is None or not threshold or threshold <= 0:  # no decision, or one that keeps every frame
+        return None
+    ref = reference_label(labels)
+    masks = np.clip(np.rint(out["mask"] * 255), 0, 255).astype(np.uint8)
+    score = frame_scores(kind, masks, out.get("probabilities"), labels.index(ref) if ref is not None else None)
+    return kind, float(threshold), score
 
 
 def evaluation_folder(run: str | Path, data: str | Path, evaluation: str) -> Path:
