@@ -178,6 +178,10 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
 
     html = write_report(tmp_path / "mt").read_text()
     assert "Lesion masks" in html and "Classification" in html
+    saved = json.loads((tmp_path / "mt" / "metrics.json").read_text())  # a fold whose rule no threshold met (inf)
+    saved["segmentation"]["frame_decision_specificity"]["thresholds"][0] = None
+    (tmp_path / "mt" / "metrics.json").write_text(json.dumps(saved))
+    assert "no threshold met the rule" in write_report(tmp_path / "mt").read_text()  # it had crashed the report
     assert "Operating points chosen on validation data (positive class: malignant, against every other class)" in html
 
 
