@@ -339,3 +339,21 @@ def test_predict_gives_the_folds_outputs_on_large_jpegs(easy_set: Path, tmp_path
     run = tmp_path / "run"
     train_run(jpegs, run, FAST.replace(precision="bf16-mixed"), progress=False)
     assert_predict_reproduces_fold(run, jpegs, "cpu", atol=2e-5)
+
+
+def test_a_randomly_initialised_backbone_trains_its_batchnorm_statistics(easy_set: Path, tmp_path: Path) -> None:
+    """Without pretrained weights the BatchNorm statistics are trained with the network (they had been kept at the
+    fresh initialisation's mean 0 / variance 1 through every epoch, as pretrained ones are kept)."""
+    import torch
+
+    from medcad.models.backbones import learned_bn_statistics
+
+    run = tmp_path / "run"
+    train_run(easy_set, run, FAST.replace(model="resnet18", weights="none", folds=2), progress=False)
+    state = torch.load(run / "fold_0" / "model.pt", weights_only=False)["state_dict"]
+    means = [v for k, v in state.items() if k.startswith("backbone.") and k.endswith("running_mean")]
+    assert means and any(bool((m != 0).any()) for m in means)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(4))
+    assert not learned_bn_statistics(model) and learned_bn_statistics(torch.nn.Linear(2, 2))
+    model[0].running_mean += 0.5
+    assert learned_bn_statistics(model)

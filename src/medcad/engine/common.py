@@ -226,17 +226,24 @@ def class_weights(y: np.ndarray, n: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def make_loader(dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: bool, batch_size: int | None = None):
-    """A DataLoader; with cfg.oversample and labels, training batches are drawn class-balanced."""
+def make_loader(
+    dataset, cfg: TrainConfig, y_rows: np.ndarray | None, shuffle: bool, batch_size: int | None = None, world: int = 0
+):
+    """A DataLoader; with cfg.oversample and labels, training batches are drawn class-balanced. With `world` (the
+    processes the fit runs in), a training batch that would hold one image is left out (a different one each
+    epoch): BatchNorm layers that train their statistics cannot normalise one sample on a 1 x 1 map, and one image's
+    statistics are noise."""
     from torch.utils.data import DataLoader, WeightedRandomSampler
 
     bs = batch_size or cfg.batch_size
+    per_process = -(-len(dataset) // max(world, 1))  # what each process's shard holds under DDP
+    drop_last = bool(shuffle and world and per_process % bs == 1 and per_process > bs)
     if shuffle and cfg.oversample and y_rows is not None:
         counts = np.bincount(y_rows)
         weights = 1.0 / counts[y_rows]
         sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), len(y_rows), replacement=True)
-        return DataLoader(dataset, batch_size=bs, sampler=sampler)
-    return DataLoader(dataset, batch_size=bs, shuffle=shuffle)
+        return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=bs, shuffle=shuffle, drop_last=drop_last)
 
 
 def freeze_pretrained_encoder(encoder: torch.nn.Module | None, cfg: TrainConfig) -> int:

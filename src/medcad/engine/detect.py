@@ -26,6 +26,7 @@ from medcad.engine.common import FrozenBatchNormFit, TrainingThroughput, freeze_
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
+from medcad.models.backbones import learned_bn_statistics
 from medcad.models.detection import (
     anchor_scales,
     detector_data_config,
@@ -56,7 +57,7 @@ class DetectorModule(FrozenBatchNormFit, TrainingThroughput, L.LightningModule):
         super().__init__()
         self.model, self.n_classes = model, n_classes
         self.lr, self.weight_decay, self.optimizer_kind = cfg.lr, cfg.weight_decay, cfg.optimizer
-        self.max_epochs, self.freeze_bn = cfg.epochs, cfg.weights != "none"
+        self.max_epochs, self.freeze_bn = cfg.epochs, learned_bn_statistics(model.backbone.body)
         self.new_layer_lr_factor, self.schedule = cfg.new_layer_lr_factor, cfg.schedule
         self.images_per_s: list[float] = []
 
@@ -64,7 +65,7 @@ class DetectorModule(FrozenBatchNormFit, TrainingThroughput, L.LightningModule):
         self.model.to(memory_format=torch.channels_last)  # ~8 % faster convolutions under bf16 on CPU
 
     def frozen_bn_net(self) -> torch.nn.Module | None:
-        return self.model.backbone.body if self.freeze_bn else None  # pretrained weights: their statistics kept
+        return self.model.backbone.body if self.freeze_bn else None  # learned statistics kept, fresh ones trained
 
     def on_train_epoch_start(self) -> None:
         restart_norm_statistics(self.model)  # validation and prediction use this epoch's average statistics

@@ -11,6 +11,7 @@ from medcad.config import OPTIMIZERS, SCHEDULES, TrainConfig, run_stages
 from medcad.data.transforms import Normalize
 from medcad.engine.common import FrozenBatchNormFit, TrainingThroughput, gather_lists
 from medcad.errors import ConfigError
+from medcad.models.backbones import learned_bn_statistics
 from medcad.models.classifier import Classifier
 from medcad.tasks import freeze_stride, get_task
 
@@ -176,6 +177,8 @@ class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L
         self.multilabel = multilabel
         self.loss = classification_loss(class_weights, label_smoothing, multilabel)
         self.images_per_s: list[float] = []
+        # learned statistics (pretrained, continued) are kept; a randomly initialised backbone's are trained
+        self.keep_bn_statistics = learned_bn_statistics(model.backbone)
 
     def setup(self, stage: str) -> None:
         self.model.to(memory_format=torch.channels_last)
@@ -184,8 +187,8 @@ class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L
         x = self.normalize(x_uint8).contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def frozen_bn_net(self) -> nn.Module:
-        return self.model.backbone
+    def frozen_bn_net(self) -> nn.Module | None:
+        return self.model.backbone if self.keep_bn_statistics else None
 
     def training_step(self, batch, _):
         x, y = batch

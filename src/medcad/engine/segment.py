@@ -233,7 +233,13 @@ class SegmentHooks(FoldHooks):
         cfg = self.cfg
         train, val, y = parts["train"], parts["val"], data.y
         return (
-            make_loader(MaskedImageDataset(data.images, data.masks, y, train), cfg, y[train], True),
+            make_loader(
+                MaskedImageDataset(data.images, data.masks, y, train),
+                cfg,
+                y[train],
+                True,
+                world=self.run.compute.world_size,
+            ),
             make_loader(MaskedImageDataset(data.images, data.masks, y, val), cfg, None, False, 32),
         )
 

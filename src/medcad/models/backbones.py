@@ -326,6 +326,17 @@ def freeze_early_stages(model: nn.Module, stride: int) -> list[str]:
     return frozen
 
 
+def learned_bn_statistics(module: nn.Module) -> bool:
+    """Whether the BatchNorm running statistics of `module` were learned (pretrained weights, a run continued from),
+    not those of a fresh initialisation (every mean 0, every variance 1), which fine-tuning must not keep fixed.
+    True for a module without BatchNorm (nothing to keep or to train)."""
+    norms = [
+        m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+    fresh = all(bool((m.running_mean == 0).all() and (m.running_var == 1).all()) for m in norms)
+    return not norms or not fresh
+
+
 def set_bn_eval(module: nn.Module, frozen_only: bool = False) -> None:
     """Put the BatchNorm layers of `module` in eval mode, so their running statistics stay those of the pretrained
     weights (small CPU batches would spoil them): all of them, or with `frozen_only` those whose affine parameters
