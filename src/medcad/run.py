@@ -74,11 +74,6 @@ class Run:
         return replace(self, cfg=cfg)
 
     @property
-    def reduced_precision(self) -> bool:
-        """True when the run trains in bf16/fp16 (its feature caches too; fold predictions stay fp32: `FoldHooks`)."""
-        return not self.compute.precision.startswith(("32", "64"))
-
-    @property
     def device(self) -> torch.device:
         """Where this process predicts after fitting: its GPU on a GPU run, else the CPU."""
         if self.compute.accelerator == "gpu":

@@ -49,8 +49,7 @@ def system_report() -> dict:
         "versions": {p: _version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
         "uses": {
             **uses,
-            "cached features": "bf16 autocast" if precision != "32-true" else "fp32",
-            "fold predictions": "fp32 (the reference predict's backends are checked against)",
+            "cached features and fold predictions": "fp32 (the reference predict's backends are checked against)",
             "predict / serve / evaluate": (
                 f"--device auto: the {'GPU' if m.gpus else 'CPU'}; --backend auto: the fastest of "
                 + ", ".join(generic_candidates(device))

@@ -138,8 +138,10 @@ class ClassifyHooks(FoldHooks):
 
         train, val, y, cfg = parts["train"], parts["val"], data.y, self.cfg
         with rank_zero_first():  # rank 0 writes the feature cache, the other processes read it
+            # in fp32 as the folds are scored and predict runs: the head is fitted and its epoch chosen on what the
+            # deployed model computes (bf16 features had moved stage 1's validation AUC by up to 0.06)
             feats, speed["feature_images_per_s"] = backbone_features(
-                model.backbone, normalize, data.images, data.feature_key, bf16=self.run.reduced_precision
+                model.backbone, normalize, data.images, data.feature_key
             )
         f = torch.from_numpy(feats)
         yt = torch.from_numpy(y).float() if self.multilabel else torch.from_numpy(y).long()
@@ -227,7 +229,7 @@ class ClassifyHooks(FoldHooks):
         cfg = self.cfg
         train, val, y = parts["train"], parts["val"], data.y
         return (
-            make_loader(ImageDataset(data.images, y, train), cfg, y[train], True),
+            make_loader(ImageDataset(data.images, y, train), cfg, y[train], True, world=self.run.compute.world_size),
             make_loader(ImageDataset(data.images, y, val), cfg, None, False, 64),
         )
 

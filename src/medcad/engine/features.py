@@ -14,21 +14,22 @@ from medcad.models.predict import run_batched
 
 
 def backbone_features(
-    backbone: nn.Module, normalize: Normalize, images: np.ndarray, key: str, bf16: bool
+    backbone: nn.Module, normalize: Normalize, images: np.ndarray, key: str
 ) -> tuple[np.ndarray, float | None]:
-    """Pooled features (N, F) of every cached image under the frozen backbone, cached on disk by `key`.
+    """Pooled features (N, F) of every cached image under the frozen backbone, in fp32 (as the folds are scored and
+    predict runs), cached on disk by `key`.
 
     `key` must identify the images (their cache key) and the backbone weights. Returns features and the
     extraction speed in images/s (None when read from the cache).
     """
     # v2: VGG's pooled features were 4096-wide (fc6/fc7) before the head moved onto its 512 conv channels
-    tag = hashlib.sha1(f"v2|{key}|bf16={bf16}".encode()).hexdigest()[:20]
+    tag = hashlib.sha1(f"v2|{key}|bf16=False".encode()).hexdigest()[:20]  # the fp32 caches made before kept
     path = cache_dir() / "features" / f"{tag}.npy"
     if path.is_file():
         feats = np.load(path)
         if len(feats) == len(images):
             return feats, None
-    feats, ips = run_batched(backbone, normalize, images, bf16=bf16, fold_batchnorm=True)  # every image: pays
+    feats, ips = run_batched(backbone, normalize, images, bf16=False, fold_batchnorm=True)  # every image: pays
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, feats)

@@ -7,9 +7,9 @@ images/s at 224 px; depthwise convolutions gain nothing from bf16 and pay for th
 `precision: auto` on such a CPU, one process, a fit first times a few training steps of its own module on its own
 training images in both precisions and trains in the faster one (fp32 unless bf16 is `MARGIN` faster); the choice is
 cached per model, image size, batch, CPU and thread count in the cache folder (`training_precision.json`), so a
-model is timed once per machine. Fold (validation and test) predictions run in fp32 whatever the fit's precision
-(`engine.fold.FoldHooks`). Without bf16 in hardware (emulated, ~10x slower), on GPUs, and with an explicit
-precision, nothing is timed.
+model is timed once per machine. Cached features and fold (validation and test) predictions run in fp32 whatever
+the fit's precision (`engine.fold.FoldHooks`). Without bf16 in hardware (emulated, ~10x slower), on GPUs, and with
+an explicit precision, nothing is timed.
 """
 
 from __future__ import annotations
