@@ -109,8 +109,11 @@ def test_two_external_sets_of_one_name_keep_their_own_results(tiny_run: Path, ea
         assert res.exit_code == 0, res.output
     folders = sorted(p.name for p in (tiny_run / "evaluations").iterdir())
     assert folders == ["data", "data-2"]
-    sizes = [json.loads((tiny_run / "evaluations" / f / "metrics.json").read_text())["n"] for f in folders]
-    assert sizes == [24, 10]
+    saved = [json.loads((tiny_run / "evaluations" / f / "metrics.json").read_text()) for f in folders]
+    assert [m["n"] for m in saved] == [24, 10]
+    # copies of the run's own images: scored, but said and marked not independent (it had been a plain "external")
+    assert saved[0]["overlap_with_run"]["n"] == 24 and "NOT independent" in saved[0]["evaluation"]
+    assert "groups of its images by" in saved[0]["ci_clusters"]
 
 
 def test_an_external_set_with_labels_the_model_never_saw(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:

@@ -58,9 +58,14 @@ def fit_temperature(
     lo, hi = np.log(bounds)
     res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
     if min(res.x - lo, hi - res.x) < 0.01 * (hi - lo):
+        why = (
+            "they are nearly separable: sharpening has no end"
+            if res.x - lo < hi - res.x
+            else "its probabilities score worse than uniform ones there: flattening has no end"
+        )
         warnings.warn(
             f"temperature scaling: the best temperature lies at the search bound {float(np.exp(res.x)):.3g} on "
-            f"{len(y)} validation rows (they are nearly separable); kept T = 1 (no scaling)",
+            f"{len(y)} validation rows ({why}); kept T = 1 (no scaling)",
             stacklevel=2,
         )
         return 1.0

@@ -12,6 +12,7 @@ import pandas as pd
 from medcad.config import DataOptions
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
+from medcad.data.splits import sample_groups
 from medcad.engine.evaluate import load_run_config
 from medcad.engine.mask_results import external_mask_results
 from medcad.engine.results import (
@@ -81,10 +82,10 @@ def evaluate_external(
                 f"left out {sum(bool(u) for u in unseen)} image(s) of label(s) the model never saw (--unseen-labels "
                 "leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
             ]
+    overlap = _runs_own_images(run, manifest)
     images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
-    patients = manifest.table["patient"].to_numpy(dtype=str)
-    # clusters for the CIs: the patient, else the file (the frames of a cine loop are one acquisition)
-    groups = np.where(patients != "", patients, manifest.table["image"].to_numpy(dtype=str))
+    # clusters for the CIs, as a run's splits group: patient, near-duplicate group, the frames of one file
+    groups, grouped_by = sample_groups(manifest, "auto")
     rows = np.arange(len(manifest))
     targets = load_targets(manifest, cfg, labels)
     y = targets.y
@@ -123,6 +124,16 @@ def evaluate_external(
             metrics["class_dice"], metrics["class_iou"] = seg["class_dice"], seg["class_iou"]
         pred = pred.merge(table, on="image", how="left")
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
+    metrics["ci_clusters"] = f"{len(np.unique(groups))} groups of its images by {grouped_by}"
+    notes = list(manifest.notes)
+    if overlap:  # said, counted and marked, not refused (a check of the model on its own data is a user's choice)
+        said = (
+            f"{len(overlap)} of the set's {len(manifest)} images are files the run was made on (the same content), "
+            f"e.g. {', '.join(overlap[:3])}: these figures are not those of an independent test set"
+        )
+        metrics["evaluation"] += f" (NOT independent: {len(overlap)} of its images were the run's own)"
+        metrics["overlap_with_run"] = {"n": len(overlap), "images": overlap[:20]}
+        notes.append(said)
     if left_out:
         metrics["left_out_unseen_labels"] = left_out  # images per label the model never saw, not scored
     metrics["backend"] = predictor.backend
@@ -130,7 +141,16 @@ def evaluate_external(
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
-    return metrics, where, [*manifest.notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
+    return metrics, where, [*notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
+
+
+def _runs_own_images(run: Path, manifest) -> list[str]:
+    """The keys of the set's images that are files the run was made on (the same content, wherever they lie now):
+    scored as an external test set they give figures better than the run's own held-out ones."""
+    from medcad.data.identity import run_samples, sample_fingerprints
+
+    own = {fp for fp in (run_samples(run) or {}).values() if fp}
+    return [key for key, fp in sample_fingerprints(manifest).items() if fp in own] if own else []
 
 
 def _frame_decision(predictor, out: dict, labels: list[str]) -> tuple[str, float, np.ndarray] | None:
