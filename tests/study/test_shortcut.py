@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -53,6 +54,19 @@ def test_multitask_run_statistics_and_shortcut_check(tmp_path: Path, monkeypatch
     sc = json.loads(res.stdout)["shortcut_check"]
     assert set(sc["variants"]) == {"original", "lesion_blanked", "lesion_only"} and sc["n_images"] > 0
     assert (run / "shortcut_check.json").is_file()
+    # 'original' is the run's own out-of-fold AUC on those images (predictions.csv's probabilities)
+    from sklearn.metrics import roc_auc_score
+
+    table = pd.read_csv(run / "predictions.csv")
+    from PIL import Image
+
+    def has_lesion(key: str) -> bool:
+        mask = data / "masks" / Path(key).name
+        return mask.is_file() and bool((np.asarray(Image.open(mask)) > 0).any())
+
+    rows = table[[has_lesion(k) for k in table["image"]]]
+    want = roc_auc_score(rows["label"] == sc["positive"], rows[f"p_{sc['positive']}"])
+    assert sc["auc_positive"]["original"] == pytest.approx(want, abs=1e-3)
 
     from medcad.report.html import write_report
 
