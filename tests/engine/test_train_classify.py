@@ -29,6 +29,7 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert m["confusion_matrix"]["labels"] == ["lesion", "normal"]
     assert len(m["per_fold"]) == 2 and m["evaluation"] == "out-of-fold"
     assert m["accuracy"]["value"] > 0.6  # the task is easy
+    assert "chosen on these same rows" in m["binary"]["chosen_on"]  # metrics.json says it, as the report does
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["confusion_matrix"]["matrix"] == m["confusion_matrix"]["matrix"]
     pred = (run / "predictions.csv").read_text().splitlines()

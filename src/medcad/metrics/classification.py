@@ -136,6 +136,10 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
         **points,
         "sensitivity_at_90_specificity": sens_at_spec,
         "specificity_at_90_sensitivity": spec_at_sens,
+        "chosen_on": (
+            "youden and the *_at_90_* figures are chosen on these same rows (optimistic: a clinician's threshold "
+            "must come from other data); validated_operating_points are chosen on each fold's validation part"
+        ),
     }
     return result, batch
 
