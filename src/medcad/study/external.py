@@ -27,6 +27,7 @@ from medcad.runfolder import RunFolder
 from medcad.targets import load_targets
 from medcad.tasks import get_task, split_labels
 
+NOT_INDEPENDENT = " (NOT independent: "  # how an evaluation holding the run's own images is marked
 UNSEEN_LABELS = ("stop", "leave-out")  # what evaluate --data does with images of labels the run never saw
 
 
@@ -131,13 +132,13 @@ def evaluate_external(
             f"{len(overlap)} of the set's {len(manifest)} images are files the run was made on (the same content), "
             f"e.g. {', '.join(overlap[:3])}: these figures are not those of an independent test set"
         )
-        metrics["evaluation"] += f" (NOT independent: {len(overlap)} of its images were the run's own)"
+        metrics["evaluation"] += f"{NOT_INDEPENDENT}{len(overlap)} of its images were the run's own)"
         metrics["overlap_with_run"] = {"n": len(overlap), "images": overlap[:20]}
         notes.append(said)
     if left_out:
         metrics["left_out_unseen_labels"] = left_out  # images per label the model never saw, not scored
     metrics["backend"] = predictor.backend
-    where = evaluation_folder(run, data, metrics["evaluation"])
+    where = evaluation_folder(run, data, metrics["evaluation"].split(NOT_INDEPENDENT)[0])
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
@@ -178,6 +179,7 @@ def evaluation_folder(run: str | Path, data: str | Path, evaluation: str) -> Pat
     for k in range(1, 1000):
         where = base / (name if k == 1 else f"{name}-{k}")
         metrics = RunFolder(where).metrics
-        if not metrics.is_file() or json.loads(metrics.read_text()).get("evaluation") == evaluation:
+        before = json.loads(metrics.read_text()).get("evaluation", "") if metrics.is_file() else None
+        if before is None or before.split(NOT_INDEPENDENT)[0] == evaluation:  # the set's own, marked or not
             return where
     raise DataError(base, f"999 evaluations named {name}: remove some")
