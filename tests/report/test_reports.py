@@ -86,3 +86,22 @@ def test_training_curves_follow_the_stages_the_fold_logged(tmp_path: Path, logge
         fold.history(name).write_text("epoch,train_loss\n0,1.0\n")
     (fold.logs / "csv" / "stage7").mkdir(parents=True)  # a stage folder without metrics.csv is not a history
     assert _fit_stage(fold) == expected
+
+
+def test_frame_accuracy_without_background_frames_says_so(capsys) -> None:
+    """Kvasir-SEG has no lesion-free frame: the detector's frame accuracy then counts lesion frames given any box
+    (1.000 beside an AP50 of 0.013 in the helper's run), and the console says there is no background frame."""
+    from medcad.report.console import print_metrics
+
+    m = {
+        "n_images": 2,
+        "ap50": {"value": 0.013, "ci95": [0.0, 0.02]},
+        "map": {"value": 0.003, "ci95": [0.0, 0.01]},
+        "frame_level": {
+            "accuracy": {"value": 1.0, "ci95": [1.0, 1.0]},
+            "confusion_matrix": {"labels": ["polyp", "background"], "matrix": [[2, 0], [0, 0]]},
+        },
+        "iou_thresholds": {"0.5": {"precision": 0.1, "recall": 0.1, "f1": 0.1}},
+    }
+    print_metrics(m)
+    assert "no background frame here" in capsys.readouterr().out
