@@ -108,8 +108,10 @@ def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_se
     assert [r["dice"]["value"] is not None for r in results["runs"]] == [True, True]
     (pair,) = results["paired_tests"]
     assert pair["dice"]["test"].startswith("Wilcoxon") and 0 <= pair["dice"]["p_value"] <= 1
+    # the lesion images alone too (an empty mask scores 1 on a lesion-free frame), in the Holm family
+    assert pair["dice_lesion"]["n_groups"] <= pair["dice"]["n_groups"] and "p_holm" in pair["dice_lesion"]
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "Paired Dice comparisons" in html and "<th>Dice</th>" in html
+    assert "Paired Dice comparisons" in html and "<th>Dice</th>" in html and "images with a lesion" in html
 
 
 def test_plan_shows_each_run_as_the_study_folder_holds_it(tmp_path: Path) -> None:

@@ -314,7 +314,11 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     rows = [
         (p, lab, d)
         for p in pairs
-        for lab, d in [*(p.get("by_class") or {}).items(), *([("Dice", p["dice"])] if "dice" in p else [])]
+        for lab, d in [
+            *(p.get("by_class") or {}).items(),
+            *([("Dice", p["dice"])] if "dice" in p else []),
+            *([("Dice, lesion images", p["dice_lesion"])] if "dice_lesion" in p else []),
+        ]
     ]
     if not rows:
         return

@@ -122,7 +122,11 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
                 pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
                 pair["by_class"] = tests
             if "dice" in a and "dice" in b:
-                pair["dice"] = paired_dice_test(a["dice"].to_numpy(float), b["dice"].to_numpy(float), g)
+                da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
+                pair["dice"] = paired_dice_test(da, db, g)
+                lesion = a["true_area"].to_numpy(float) > 0 if "true_area" in a else np.ones(len(da), bool)
+                if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
+                    pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
             out.append(pair)
     return adjust_family(out)
 
@@ -133,7 +137,8 @@ def adjust_family(pairs: list[dict]) -> list[dict]:
     family. Returns `pairs`."""
     from medcad.metrics.compare import holm
 
-    tests = [d for p in pairs for d in (p.get("by_class") or {}).values()] + [p["dice"] for p in pairs if "dice" in p]
+    tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
+    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion") if k in p]
     for d, adj in zip(tests, holm([d["p_value"] for d in tests]), strict=True):
         d["p_holm"] = adj
         d["family_size"] = len(tests)
