@@ -190,6 +190,17 @@ class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L
     def frozen_bn_net(self) -> nn.Module | None:
         return self.model.backbone if self.keep_bn_statistics else None
 
+    def on_train_epoch_start(self) -> None:
+        """Statistics that train (a fresh backbone's) become each epoch's average over its batches (momentum None),
+        not a running mean still leaning on the initial 0 / 1 after a short fit, which normalised evaluation
+        otherwise than training (the tiny test run fell to chance on a machine without the offline weights)."""
+        if not self.keep_bn_statistics:
+            for m in self.model.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = None
+                    m.reset_running_stats()
+        super().on_train_epoch_start()
+
     def training_step(self, batch, _):
         x, y = batch
         logits = self(self.augment(x) if self.augment is not None else x)
