@@ -187,15 +187,7 @@ class VideoReader:
         damaged: set[int] = set()
         lost: dict[int, DroppedFrame] = {}  # frames given up on, by timestamp, in case one comes out after all
         index, packets, last_end = 0, 0, None
-        demux = self._container.demux(self._stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as e:  # the container itself cannot be read from here on
-                report.truncated = f"the container cannot be read past packet {packets}: {e.strerror or e}"
-                packet = None
+        for packet, decoded in self._decoded_packets():
             if packet is not None and (packet.size or packet.pts is not None):  # not the final flush packet
                 packets += 1
                 if packet.size and packet.pts is not None:
@@ -203,15 +195,11 @@ class VideoReader:
                     last_end = packet.pts + (packet.duration or 0)
                     if packet.is_corrupt:
                         damaged.add(packet.pts)
-            try:
-                decoded = self._stream.decode(packet)
-            except av.error.FFmpegError:
-                decoded = []  # its frame never comes out: found missing below, by timestamp
-            for frame in decoded:
+            for frame in decoded:  # a packet that failed to decode gave none: found missing below, by timestamp
                 pts = frame.pts
                 while pending and pts is not None and pending[0] < pts:  # output is in pts order: these are lost
                     gone_pts = heapq.heappop(pending)
-                    lost[gone_pts] = self._drop(index, gone_pts, "could not be decoded")
+                    lost[gone_pts] = self._drop(index, self._time(gone_pts), "could not be decoded")
                     index += 1
                 if pts is not None and pts in lost:  # late after all (a decoder's reorder delay grew): not lost
                     gone = lost.pop(pts)
@@ -222,23 +210,44 @@ class VideoReader:
                         heapq.heappop(pending)
                     at, index = index, index + 1
                 if pts is not None and pts in damaged:
-                    self._drop(at, pts, "damaged in the file (incomplete or corrupt packet)")
+                    self._drop(at, self._time(pts), "damaged in the file (incomplete or corrupt packet)")
                 elif frame.is_corrupt:
-                    self._drop(at, pts, "decoded with errors (corrupt frame)")
+                    self._drop(at, self._time(pts), "decoded with errors (corrupt frame)")
                 else:
                     report.frames_decoded += 1
                     if at % every == 0:
                         yield self._frame(frame, at)
-            if packet is None:
-                break
         for pts in sorted(pending):  # packets after the last frame that came out
-            self._drop(index, pts, "could not be decoded")
+            self._drop(index, self._time(pts), "could not be decoded")
             index += 1
         if report.truncated is None:
             report.truncated = self._truncation(packets, last_end)
 
-    def _drop(self, index: int, pts: int | None, reason: str) -> DroppedFrame:
-        time_s = self._time(pts)
+    def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame]]]:
+        """(packet, the frames its decoding gave) in file order, ending with (None, the frames the decoder still
+        held) when the container cannot be read on (`report.truncated` says where). A packet that fails to decode
+        gives no frames: the callers find them missing."""
+        demux = self._container.demux(self._stream)
+        read = 0
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as e:  # the container itself cannot be read from here on
+                self.report.truncated = f"the container cannot be read past packet {read}: {e.strerror or e}"
+                packet = None
+            if packet is not None and (packet.size or packet.pts is not None):
+                read += 1
+            try:
+                decoded = self._stream.decode(packet)
+            except av.error.FFmpegError:
+                decoded = []
+            yield packet, decoded
+            if packet is None:
+                return
+
+    def _drop(self, index: int, time_s: float | None, reason: str) -> DroppedFrame:
         dropped = DroppedFrame(index, None if time_s is None else round(time_s, 6), reason)
         self.report.dropped.append(dropped)
         return dropped
@@ -249,22 +258,10 @@ class VideoReader:
         report = self.report
         report.times_from = "frame rate (AVI holds no presentation times)"
         index, packets, last_end, waiting = 0, 0, None, 0
-        demux = self._container.demux(self._stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as e:
-                report.truncated = f"the container cannot be read past packet {packets}: {e.strerror or e}"
-                packet = None
+        for packet, decoded in self._decoded_packets():
             if packet is not None and packet.size:
                 packets, waiting = packets + 1, waiting + 1
                 last_end = None if packet.pts is None else packet.pts + (packet.duration or 0)
-            try:
-                decoded = self._stream.decode(packet)
-            except av.error.FFmpegError:
-                decoded = []
             for frame in decoded:
                 at, index, waiting = index, index + 1, waiting - 1
                 if frame.is_corrupt:
@@ -273,8 +270,6 @@ class VideoReader:
                 report.frames_decoded += 1
                 if at % every == 0:
                     yield self._frame(frame, at, at / self.fps)
-            if packet is None:
-                break
         for _ in range(max(waiting, 0)):
             self._drop(index, None, "could not be decoded (its place among the frames is not known)")
             index += 1

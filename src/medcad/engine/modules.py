@@ -11,7 +11,7 @@ from medcad.config import OPTIMIZERS, SCHEDULES, TrainConfig, run_stages
 from medcad.data.transforms import Normalize
 from medcad.engine.common import FrozenBatchNormFit, TrainingThroughput, gather_lists
 from medcad.errors import ConfigError
-from medcad.models.backbones import learned_bn_statistics
+from medcad.models.backbones import batchnorms, learned_bn_statistics, restart_bn_statistics
 from medcad.models.classifier import Classifier
 from medcad.tasks import freeze_stride, get_task
 
@@ -191,14 +191,10 @@ class ClassifierModule(FrozenBatchNormFit, TrainingThroughput, _ValidationAUC, L
         return self.model.backbone if self.keep_bn_statistics else None
 
     def on_train_epoch_start(self) -> None:
-        """Statistics that train (a fresh backbone's) become each epoch's average over its batches (momentum None),
-        not a running mean still leaning on the initial 0 / 1 after a short fit, which normalised evaluation
-        otherwise than training (the tiny test run fell to chance on a machine without the offline weights)."""
+        """Statistics that train (a fresh backbone's) become each epoch's average over its batches, as the
+        detector's own layers do (`backbones.restart_bn_statistics`)."""
         if not self.keep_bn_statistics:
-            for m in self.model.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.momentum = None
-                    m.reset_running_stats()
+            restart_bn_statistics(batchnorms(self.model.backbone))
         super().on_train_epoch_start()
 
     def training_step(self, batch, _):

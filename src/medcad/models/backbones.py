@@ -326,15 +326,27 @@ def freeze_early_stages(model: nn.Module, stride: int) -> list[str]:
     return frozen
 
 
+def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of `module` that keep running statistics."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def learned_bn_statistics(module: nn.Module) -> bool:
     """Whether the BatchNorm running statistics of `module` were learned (pretrained weights, a run continued from),
     not those of a fresh initialisation (every mean 0, every variance 1), which fine-tuning must not keep fixed.
     True for a module without BatchNorm (nothing to keep or to train)."""
-    norms = [
-        m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    ]
+    norms = batchnorms(module)
     fresh = all(bool((m.running_mean == 0).all() and (m.running_var == 1).all()) for m in norms)
     return not norms or not fresh
+
+
+def restart_bn_statistics(norms: list[nn.modules.batchnorm._BatchNorm]) -> None:
+    """Forget the running statistics of these BatchNorm layers: with momentum None they become the average over
+    the batches trained from now on (call at the start of each training epoch), not a running mean that still
+    leans on the statistics from before after a short fit."""
+    for m in norms:
+        m.momentum = None
+        m.reset_running_stats()
 
 
 def set_bn_eval(module: nn.Module, frozen_only: bool = False) -> None:

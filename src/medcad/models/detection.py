@@ -37,7 +37,7 @@ from torchvision.ops import boxes as box_ops
 
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError
-from medcad.models.backbones import DEFAULT_BACKBONE, create_backbone
+from medcad.models.backbones import DEFAULT_BACKBONE, create_backbone, restart_bn_statistics
 
 HEADS = ("ssdlite", "ssd")
 EXTRA_CHANNELS = (512, 256, 256, 128)  # SSDlite320's extra layers
@@ -86,10 +86,8 @@ def norm_layers(model: SSD) -> list[nn.BatchNorm2d]:
 
 
 def restart_norm_statistics(model: SSD) -> None:
-    """Forget the running statistics of the detector's own BatchNorm layers: with momentum None they become the
-    average over the batches trained from now on (call at the start of each training epoch)."""
-    for m in norm_layers(model):
-        m.reset_running_stats()
+    """Forget the running statistics of the detector's own BatchNorm layers (`backbones.restart_bn_statistics`)."""
+    restart_bn_statistics(norm_layers(model))
 
 
 def _extra_block(c_in: int, c_out: int) -> nn.Sequential:

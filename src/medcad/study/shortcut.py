@@ -22,6 +22,7 @@ from medcad.data.layouts import load_manifest
 from medcad.data.splits import fold_indices, load_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError, DataError
+from medcad.metrics.calibration import apply_temperature
 from medcad.runfolder import RunFolder
 
 VARIANTS = ("original", "lesion_blanked", "lesion_only")
@@ -50,11 +51,7 @@ def _fold_probs(run: Path, fold: int, images: np.ndarray) -> np.ndarray:
     if probs is None:
         raise ConfigError(f"{run}: a segment-only model gives no class probabilities; the check needs a classifier")
     t = float((getattr(predictor, "temperatures", None) or [1.0])[0])
-    if t != 1.0:  # softmax(z / t) back to softmax(z)
-        z = np.log(np.clip(probs, 1e-30, 1.0)) * t
-        probs = np.exp(z - z.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-    return probs
+    return apply_temperature(probs, 1 / t) if t != 1.0 else probs  # softmax(z / t) back to softmax(z)
 
 
 def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03, gallery: int = 8) -> dict:
