@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -13,6 +15,8 @@ from medcad.cli import app
 from medcad.config import TrainConfig
 from medcad.engine.train import _check_resume, train_run
 from medcad.errors import ConfigError
+from medcad.metrics.calibration import apply_temperature
+from medcad.metrics.operating import choose_threshold
 from medcad.run import Run, settled_settings
 from medcad.tasks import freeze_stride
 
@@ -61,7 +65,28 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(easy_set), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["n"] == 24
+    ext = json.loads(res.stdout)
+    assert ext["n"] == 24
+    # the run's validated operating points carried to the set: each fold's threshold chosen on its validation part
+    # (temperature-scaled, as the ensemble predicts), the ensemble at their mean, the set's scores cut there
+    youden, fold_t = ext["validated_operating_points"]["youden"], []
+    for k in (0, 1):
+        r = json.loads((run / f"fold_{k}" / "result.json").read_text())
+        p = apply_temperature(np.array(r["val_probs"]), r["temperature"])[:, 0]  # the positive class: lesion
+        y = np.array([key.startswith("lesion") for key in r["val_keys"]])
+        fold_t.append(choose_threshold(y, p, "youden"))
+    assert youden["threshold"] == pytest.approx(np.mean(fold_t))
+    pred = pd.read_csv(run / "evaluations" / "ds" / "predictions.csv")
+    lesion = pred["label"] == "lesion"
+    assert youden["sensitivity"]["value"] == pytest.approx((pred["p_lesion"][lesion] >= np.mean(fold_t)).mean())
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(easy_set)])
+    said = " ".join(res.output.split())
+    assert "applied to this set" in said and "before this set was seen" in said, said
+    res = runner.invoke(app, ["report", str(run)])  # the report shows the set beside the run's own figures
+    assert res.exit_code == 0, res.output
+    html = (run / "report.html").read_text()
+    assert 'id="external"' in html and "Thresholds fixed before this set was seen" in html
+    assert f"{youden['threshold']:.3f}" in html
 
 
 def test_train_jobs_trains_the_folds_in_workers_as_one_process_does(easy_set: Path, tmp_path: Path, one_thread) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import softmax
 from sklearn.metrics import brier_score_loss, log_loss
 
@@ -52,6 +54,47 @@ def test_a_fold_whose_validation_holds_one_class_is_left_out_not_scored_negative
     r = validated_operating_points(y_test, s_test, fold, val, rules=["youden"], n_boot=50)["youden"]
     assert r["sensitivity"] == {"value": None, "ci95": [None, None]} and r["ppv"] is None
     assert r["folds_without_threshold"] == ["0", "1"]
+
+
+def test_prespecified_points_threshold_new_data_at_the_mean_of_the_folds_thresholds():
+    """An external set is scored at thresholds fixed on the run's validation parts (its in-sample Youden point had
+    been the only one): fold thresholds 0.3 and 0.7 give the ensemble 0.5."""
+    y_val = np.array([0, 0, 1, 1])
+    val = {
+        0: (y_val, np.array([0.1, 0.2, 0.3, 0.4])),
+        1: (y_val, np.array([0.5, 0.6, 0.7, 0.8])),
+        2: (y_val[:1], [0.9]),
+    }
+    y_new, s_new = np.array([0, 0, 1, 1, 1]), np.array([0.2, 0.55, 0.45, 0.5, 0.9])
+    r = validated_operating_points(y_new, s_new, None, val, rules=["youden"], n_boot=50)["youden"]
+    assert r["thresholds"]["0"] == pytest.approx(0.3) and r["threshold"] == pytest.approx(0.5)
+    assert r["folds_without_threshold"] == ["2"]  # one class on validation: left out of the mean
+    assert r["sensitivity"]["value"] == pytest.approx(2 / 3) and r["specificity"]["value"] == pytest.approx(0.5)
+    assert r["ppv"] == pytest.approx(2 / 3) and r["npv"] == pytest.approx(0.5)
+    r = validated_operating_points(y_new, s_new, None, {2: val[2]}, rules=["youden"], n_boot=50)["youden"]
+    assert np.isnan(r["threshold"]) and r["sensitivity"]["value"] is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=2, max_size=30),
+    st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=1, max_size=30),
+    st.sampled_from(["youden", "spec>=0.9", "sens>=0.8"]),
+)
+def test_prespecified_points_of_one_fold_score_its_own_threshold(val_rows, new_rows, rule) -> None:
+    """One member: the threshold is the one its validation part chooses, and the figures are those of the new
+    scores cut there, whatever the data."""
+    yv, sv = map(np.array, zip(*val_rows, strict=True))
+    y, s = map(np.array, zip(*new_rows, strict=True))
+    r = validated_operating_points(y, s, None, {0: (yv, sv)}, rules=[rule], n_boot=20)[rule]
+    t = choose_threshold(yv, sv, rule)
+    assert r["threshold"] == t or (np.isnan(t) and np.isnan(r["threshold"]))
+    if np.isnan(t):
+        assert r["sensitivity"]["value"] is None
+    elif y.any():
+        assert r["sensitivity"]["value"] == pytest.approx((s[y] >= t).mean())
+    else:  # no positive among the new images: no sensitivity
+        assert np.isnan(r["sensitivity"]["value"])
 
 
 def test_temperature_recovers_known_temperature_and_matches_log_loss():

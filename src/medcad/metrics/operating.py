@@ -56,9 +56,9 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str) -> float:
 
 
 def validated_operating_points(
-    y_test: np.ndarray,
-    score_test: np.ndarray,
-    fold_test: np.ndarray,
+    y: np.ndarray,
+    score: np.ndarray,
+    fold: np.ndarray | None,
     validation: Mapping[Any, tuple[np.ndarray, np.ndarray]],
     *,
     rules: Sequence[str] = DEFAULT_RULES,
@@ -66,61 +66,92 @@ def validated_operating_points(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Sensitivity, specificity, PPV and NPV of the pooled test images, each fold thresholded as its validation
-    part dictates.
+    """Sensitivity, specificity, PPV and NPV of rows thresholded as validation data dictates: each fold picks its
+    threshold by the rule on its validation part; with `fold`, each test row is cut at its own fold's threshold
+    (a run's pooled out-of-fold test images); without, every row is cut at the mean of the folds' thresholds (new
+    data, such as an external test set, scored by the ensemble of the folds: the mean of the members' scores is
+    thresholded at the mean of their thresholds, as the frame decision of mask ensembles is).
 
     Args:
-        y_test: binary test labels (N,), 1 = positive.
-        score_test: test scores (N,).
-        fold_test: fold id of each test row (N,).
+        y: binary labels (N,), 1 = positive.
+        score: scores (N,), on the scale of the validation scores.
+        fold: fold id of each row (N,), or None for the ensemble.
         validation: {fold id: (binary labels (n_val,), scores (n_val,))} of each fold's validation part.
         rules: operating-point rules (see `choose_threshold`).
-        groups: group id per test row for a cluster bootstrap (None: rows).
+        groups: group id per row for a cluster bootstrap (None: rows).
         n_boot: bootstrap resamples.
         seed: random seed.
 
     Returns:
-        {rule: {thresholds: {fold: t}, sensitivity: {value, ci95}, specificity: {value, ci95}, ppv, npv}}; a fold
-        whose validation part holds one class has no threshold (nan): its test rows are left out of the figures and
-        the fold is listed (`folds_without_threshold`); with no fold left, every figure is None (they had been
-        scored as all negative: sensitivity 0, specificity 1, with CIs of width 0).
+        {rule: {thresholds: {fold: t}, (ensemble) threshold, sensitivity: {value, ci95}, specificity: {value, ci95},
+        ppv, npv}}; a fold whose validation part holds one class has no threshold (nan) and is listed
+        (`folds_without_threshold`): its test rows are left out of the figures (they had been scored as all
+        negative: sensitivity 0, specificity 1, with CIs of width 0), or it is left out of the ensemble's mean;
+        with no fold left, every figure is None. CIs hold the thresholds fixed.
+
+    Raises:
+        ValueError: a row's fold has no validation predictions.
     """
-    yb = np.asarray(y_test).astype(bool)
-    s = np.asarray(score_test, dtype=float)
-    folds = np.asarray(fold_test)
-    missing = sorted({str(f) for f in np.unique(folds)} - {str(f) for f in validation})
-    if missing:
-        raise ValueError(f"no validation predictions for fold(s) {missing}")
+    yb = np.asarray(y).astype(bool)
+    s = np.asarray(score, dtype=float)
     by_str = {str(f): v for f, v in validation.items()}
-    out: dict[str, dict[str, Any]] = {}
-    preds: dict[str, np.ndarray] = {}
-    thresholds = {rule: {str(f): choose_threshold(*by_str[str(f)], rule) for f in np.unique(folds)} for rule in rules}
+    folds = None if fold is None else np.asarray(fold).astype(str)
+    if folds is not None and set(folds) - set(by_str):
+        raise ValueError(f"no validation predictions for fold(s) {sorted(set(folds) - set(by_str))}")
+    used = sorted(set(by_str) if folds is None else set(folds))
+    thresholds = {rule: {f: choose_threshold(*by_str[f], rule) for f in used} for rule in rules}
     without = sorted({f for thr in thresholds.values() for f, t in thr.items() if np.isnan(t)})  # one-class parts
-    scored = ~np.isin(folds.astype(str), without)
-    yb, s, folds = yb[scored], s[scored], folds[scored]
-    groups = None if groups is None else np.asarray(groups)[scored]
+    out: dict[str, dict[str, Any]] = {rule: {"thresholds": thr} for rule, thr in thresholds.items()}
     for rule, thr in thresholds.items():
-        out[rule] = {"thresholds": thr}
         if without:
             out[rule]["folds_without_threshold"] = without
-        if not len(yb):
-            none = {"value": None, "ci95": [None, None]}
-            out[rule].update(sensitivity=none, specificity=none, ppv=None, npv=None)
-            continue
-        preds[rule] = pred = s >= np.array([thr[str(f)] for f in folds])
+        if folds is None:
+            chosen = [t for t in thr.values() if not np.isnan(t)]
+            out[rule]["threshold"] = float(np.mean(chosen)) if chosen else float("nan")
+    if folds is None:
+        cuts = {rule: np.full(len(s), o["threshold"]) for rule, o in out.items() if not np.isnan(o["threshold"])}
+    else:
+        scored = ~np.isin(folds, without)
+        yb, s, folds = yb[scored], s[scored], folds[scored]
+        groups = None if groups is None else np.asarray(groups)[scored]
+        cuts = {rule: np.array([thr[f] for f in folds]) for rule, thr in thresholds.items()} if len(yb) else {}
+    preds = {rule: s >= cut for rule, cut in cuts.items()}
+    for rule, point in score_decisions(yb, preds, rules, groups=groups, n_boot=n_boot, seed=seed).items():
+        out[rule].update(point)
+    return out
+
+
+def score_decisions(
+    y: np.ndarray,
+    decisions: Mapping[str, np.ndarray],
+    rules: Sequence[str],
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """{rule: {sensitivity: {value, ci95}, specificity, ppv, npv}} of binary decisions (N,) against binary labels
+    `y` (N,), with (cluster) bootstrap CIs of sensitivity and specificity; a rule without decisions gets None
+    everywhere."""
+    none = {"value": None, "ci95": [None, None]}
+    out: dict[str, dict[str, Any]] = {
+        rule: {"sensitivity": none, "specificity": none, "ppv": None, "npv": None} for rule in rules
+    }
+    if not decisions or not len(y):
+        return out
+    yb = np.asarray(y).astype(bool)
+    for rule, pred in decisions.items():
         point = operating_point(yb, np.where(pred, 1.0, 0.0), 0.5)
         out[rule].update({k: point[k] for k in ("ppv", "npv")})
-    if not preds:
-        return out
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         res = {}
-        for rule, pred in preds.items():
+        for rule, pred in decisions.items():
             res[f"{rule}/sensitivity"], res[f"{rule}/specificity"] = sens_spec_batch(yb, pred, w)
         return res
 
     stats = weighted_bootstrap(batch, len(yb), groups=groups, n_boot=n_boot, seed=seed)
-    for rule in preds:
+    for rule in decisions:
         out[rule]["sensitivity"] = stats[f"{rule}/sensitivity"]
         out[rule]["specificity"] = stats[f"{rule}/specificity"]
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -145,6 +146,11 @@ def _fmt(m: dict | None) -> str:
     return f"{m['value']:.3f}{ci}"
 
 
+def _fmt_threshold(t: float | None) -> str:
+    """A threshold; — where none met the rule (None, nan, or inf once written to JSON)."""
+    return "—" if t is None or not np.isfinite(t) else f"{t:.3f}"
+
+
 def print_metrics(m: dict, run: object = None, console: Console | None = None) -> None:
     """Headline metrics with 95 % CIs, per-class table and per-fold summary."""
     c = console or Console()
@@ -256,18 +262,33 @@ def _print_validated(c: Console, m: dict) -> None:
     for v in [m.get("validated_operating_points"), *(m.get("validated_operating_points_by_class") or {}).values()]:
         if not v:
             continue
-        t = Table("rule (chosen on validation)", "sensitivity (95 % CI)", "specificity (95 % CI)")
+        fixed = "threshold" in (v.get("youden") or {})  # carried to new data: the ensemble's one threshold
+        t = Table(
+            "rule (chosen on validation)", *["threshold"] * fixed, "sensitivity (95 % CI)", "specificity (95 % CI)"
+        )
         rest = " against the rest" if v.get("one_vs_rest") else ""
-        t.title = f"Operating points from validation, applied to test (positive: {v['positive']}{rest})"
+        where = v.get("applied_to", "test")
+        t.title = f"Operating points from validation, applied to {where} (positive: {v['positive']}{rest})"
         for rule in ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95"):
             if rule in v:
-                t.add_row(rule, _fmt(v[rule]["sensitivity"]), _fmt(v[rule]["specificity"]))
+                t.add_row(
+                    rule,
+                    *[_fmt_threshold(v[rule]["threshold"])] * fixed,
+                    _fmt(v[rule]["sensitivity"]),
+                    _fmt(v[rule]["specificity"]),
+                )
         c.print(t)
+        if fixed:
+            c.print(v["note"])
         without = (v.get("youden") or {}).get("folds_without_threshold")
         if without:
             c.print(
                 f"fold(s) {', '.join(without)}: the validation part holds one class, so no threshold was chosen; "
-                "their test images are left out of these figures (— when no fold is left)"
+                + (
+                    "the ensemble's threshold is the mean of the other folds' (— when none is left)"
+                    if fixed
+                    else "their test images are left out of these figures (— when no fold is left)"
+                )
             )
     cal = m.get("calibration")
     if cal:

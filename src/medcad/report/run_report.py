@@ -145,6 +145,10 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         figures["curves"] = png_data_uri(plots.curves_png(histories, title))
     card = _card(run, cfg, labels, shared)
     shortcut = _shortcut(run)
+    external = [
+        {"name": p.parent.name, "metrics": json.loads(p.read_text())}
+        for p in sorted(folder.evaluations.glob("*/metrics.json"))
+    ]
     if shortcut and shortcut.get("gallery"):
         figures["shortcut_gallery"] = shortcut.pop("gallery")
     out = {
@@ -161,6 +165,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "card": card,
         "outputs": list(get_task(cfg.task).outputs),  # what the task predicts: probabilities, mask, boxes
         "shortcut": shortcut,
+        "external": external,  # evaluate --data: the run's models on other sets
     }
     from medcad.report.checklist import checklist
 

@@ -18,12 +18,13 @@ from medcad.engine.mask_results import external_mask_results
 from medcad.engine.results import (
     multilabel_table,
     pooled_metrics,
+    positive_label,
     prediction_table,
     write_json,
 )
 from medcad.errors import ConfigError, DataError
 from medcad.inference.registry import load_predictor
-from medcad.runfolder import RunFolder
+from medcad.runfolder import FoldFolder, RunFolder
 from medcad.targets import load_targets
 from medcad.tasks import get_task, split_labels
 
@@ -107,6 +108,7 @@ def evaluate_external(
         )
     elif out.get("probabilities") is not None:
         metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
+        metrics.update(prespecified_points(predictor, y, out["probabilities"], groups))
         pred = prediction_table(manifest, rows, y, out["probabilities"], labels)
     if out.get("mask") is not None:  # scored as a run's masks are: at each image's own size
         seg, table = external_mask_results(
@@ -143,6 +145,60 @@ def evaluate_external(
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
     return metrics, where, [*notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
+
+
+def prespecified_points(predictor, y: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict:
+    """The run's validated operating points carried to new data: each ensemble member's threshold chosen by each
+    rule on its fold's validation part (on its temperature-scaled probabilities, the scale the ensemble predicts
+    on), the ensemble at the mean threshold, scored on the new images' probabilities `probs` (N, K) with labels
+    `y` (N,). Binary runs: the positive class; more classes: each finding against the rest. Empty, with a
+    `validation_note`, for runs without validation predictions or whose validation labels RUN/manifest.csv lacks."""
+    from medcad.metrics.operating import validated_operating_points
+    from medcad.tasks import reference_label
+
+    val, why = _validation_parts(predictor)
+    if val is None:
+        return {"validation_note": f"no operating point carried from the run's validation: {why}"}
+    labels = predictor.labels
+    note = (
+        "thresholds chosen on each fold's validation part by the rule, before this set was seen; the ensemble of "
+        f"the {len(val)} fold(s) uses their mean"
+    )
+
+    def points(c: int, one_vs_rest: bool) -> dict:
+        fold_val = {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}
+        found = validated_operating_points(y == c, probs[:, c], None, fold_val, groups=groups)
+        return {"positive": labels[c], "one_vs_rest": one_vs_rest, "note": note, "applied_to": "this set", **found}
+
+    if len(labels) == 2:
+        return {"validated_operating_points": points(labels.index(positive_label(labels)), False)}
+    ref = reference_label(labels)
+    by_class = {lab: points(c, True) for c, lab in enumerate(labels) if lab != ref and (y == c).any()}
+    return {"validated_operating_points_by_class": by_class}
+
+
+def _validation_parts(predictor) -> tuple[dict | None, str]:
+    """({fold: (class index (n_val,), temperature-scaled probabilities (n_val, K))} of each ensemble member's
+    validation part, ""), or (None, why not): labels from RUN/manifest.csv by the fold result's rows."""
+    from medcad.metrics.calibration import apply_temperature
+
+    manifest = RunFolder(predictor.run).manifest
+    found = [FoldFolder(Path(f).parent).result for f in predictor.files]  # each member's fold result
+    results = [json.loads(p.read_text()) for p in found if p.is_file()]
+    if len(results) < len(found) or not all("val_probs" in r for r in results):
+        return None, "a fold result holds no validation predictions (an older run, or a model file alone)"
+    if not manifest.is_file():
+        return None, f"{manifest} is missing"
+    cells = pd.read_csv(manifest, dtype=str, keep_default_na=False).get("label", pd.Series(dtype=str)).to_numpy()
+    index = {lab: c for c, lab in enumerate(predictor.labels)}
+    val = {}
+    for r, t in zip(results, predictor.temperatures, strict=True):
+        rows = np.array(r["val_rows"], dtype=int)
+        if len(rows) and (rows.max() >= len(cells) or any(c not in index for c in cells[rows])):
+            return None, f"the validation labels of fold {r['fold']} are not in {manifest}"
+        p = np.array(r["val_probs"], dtype=np.float64).reshape(-1, len(index))
+        val[r["fold"]] = (np.array([index[c] for c in cells[rows]], dtype=int), apply_temperature(p, t))
+    return val, ""
 
 
 def _runs_own_images(run: Path, manifest) -> list[str]:
