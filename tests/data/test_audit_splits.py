@@ -119,3 +119,44 @@ def test_audit_of_a_manifest_naming_masks_outside_its_folder(tmp_path: Path, mon
     report = audit(load_manifest(tmp_path / "ds"), None)
     assert report["n_images"] == 4 and report["mask_decoding"]
     assert [m[1] for m in report["mask_size_mismatch"]] == [str(elsewhere / "0.png")]
+
+
+def test_the_datasets_own_split_column_is_named_kept_on_request_and_its_leaks_said(tmp_path: Path) -> None:
+    """A HAM10000-style sheet: `lesion_id` groups images and `split` is the publisher's split. Both had been kept
+    as metadata without a word (4 of 8 lesions straddled medcad's folds); now both are named, and `--split-column`
+    keeps the split as one fold, saying which groups straddle its test part."""
+    rows = ["lesion_id,image,dx,split"]
+    for k in range(12):
+        save(tmp_path / "imgs" / f"ISIC_{k}.png", noise_image(k))
+        part = "test" if k >= 9 else "Train"
+        rows.append(f"HAM_{k // 2},imgs/ISIC_{k}.png,{'nv' if k % 4 < 2 else 'mel'},{part}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path / "meta.csv")
+    notes = " ".join(m.notes)
+    assert "'lesion_id' looks like a patient, lesion or study id" in notes
+    assert "'split' (Train 9, test 3) looks like the dataset's own split" in notes
+    m.table["patient"] = m.table["lesion_id"]  # as the note says: renamed to patient
+    s = make_splits(m, split_column="SPLIT", val_fraction=0.25)
+    assert s["method"] == "given" and s["n_folds"] == 1
+    fold = s["folds"][0]
+    assert sorted(fold["test"]) == sorted(f"imgs/ISIC_{k}.png" for k in (9, 10, 11))
+    assert len(fold["train"]) + len(fold["val"]) == 9 and fold["val"]
+    # lesion HAM_4 has ISIC_8 (train) and ISIC_9 (test): the publisher's split leaks, and says so
+    assert any("LEAKS: 1 group(s)" in n and "imgs/ISIC_9.png" in n for n in s["notes"]), s["notes"]
+    m.table.loc[0, "split"] = "later"
+    with pytest.raises(DataError, match=r"holds \['later'\], not split names"):
+        make_splits(m, split_column="split")
+    with pytest.raises(DataError, match="no column 'fold'"):
+        make_splits(m, split_column="fold")
+    from typer.testing import CliRunner
+
+    from medcad.cli import app
+
+    m.table.loc[0, "split"] = "train"
+    m.save(tmp_path / "as_read.csv")
+    out = tmp_path / "splits.json"
+    res = CliRunner().invoke(
+        app, ["data", "split", str(tmp_path / "as_read.csv"), "--split-column", "split", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "given, 1 fold(s)" in res.output and load_splits(out)["split_column"] == "split"

@@ -319,14 +319,14 @@ def test_spreadsheet_manifest_with_bom_semicolons_and_spaced_headers(tmp_path: P
     assert m.table["patient"].tolist() == ["P0", "P0", "P1", "P1"]
     assert m.table["label"].tolist() == ["malignant", "benign", "malignant", "benign"]
     notes = " ".join(m.notes)
-    assert "'Patient ID' read as 'patient'" in notes and "'Study UID' looks like a patient/study id" in notes
+    assert "'Patient ID' read as 'patient'" in notes and "'Study UID' looks like a patient, lesion or study id" in notes
 
 
 def test_patient_like_column_not_used_is_named(tmp_path: Path) -> None:
     save(tmp_path / "a.png", noise_image(0))
     (tmp_path / "m.csv").write_text("file,label,MRN\na.png,x,123\n", encoding="cp1252")
     m = load_manifest(tmp_path / "m.csv")
-    assert any("'MRN' looks like a patient/study id" in n and "do NOT group" in n for n in m.notes)
+    assert any("'MRN' looks like a patient, lesion or study id" in n and "do NOT group" in n for n in m.notes)
 
 
 def test_manifest_without_image_column_says_which_headers_it_accepts(tmp_path: Path) -> None:

@@ -69,16 +69,30 @@ def data_split(
     val_fraction: Annotated[float, typer.Option(help="Validation fraction carved from each training part.")] = 0.15,
     group: Annotated[str, typer.Option(help="auto, patient, duplicates, patient+duplicates, none.")] = "auto",
     seed: int = 0,
+    split_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the dataset's own split: a manifest column of train / val / test (one fold; groups that "
+            "straddle its test part are named)."
+        ),
+    ] = None,
     *,
     options: DataOptions,
 ) -> None:
-    """Write grouped, stratified splits (k-fold or holdout) to splits.json."""
+    """Write grouped, stratified splits (k-fold or holdout) to splits.json, or the dataset's own (--split-column)."""
     try:
         from medcad.data.splits import make_splits, save_splits
 
         manifest = _load(path, options)
         splits = make_splits(
-            manifest, folds=folds, holdout=holdout, val_fraction=val_fraction, seed=seed, group_by=group, progress=True
+            manifest,
+            folds=folds,
+            holdout=holdout,
+            val_fraction=val_fraction,
+            seed=seed,
+            group_by=group,
+            progress=True,
+            split_column=split_column,
         )
         save_splits(splits, out)
     except MedcadError as e:

@@ -18,6 +18,12 @@ from medcad.errors import ConfigError, DataError
 
 SPLITS_VERSION = 1
 GROUP_BY = ("auto", "patient", "duplicates", "patient+duplicates", "none")
+# the values of a dataset's own split column, compared without case or punctuation
+SPLIT_VALUES = {
+    "train": ("train", "training", "trn"),
+    "val": ("val", "valid", "validation", "dev", "tune", "tuning"),
+    "test": ("test", "testing", "holdout", "heldout"),
+}
 
 
 def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = False) -> tuple[np.ndarray, str]:
@@ -139,12 +145,17 @@ def make_splits(
     group_by: str = "auto",
     progress: bool = False,
     strata: np.ndarray | None = None,
+    split_column: str | None = None,
 ) -> dict:
-    """Grouped, label-stratified splits.
+    """Grouped, label-stratified splits, or the dataset's own.
 
     Args:
-        folds: k for k-fold cross-validation (ignored when `holdout` is given).
+        folds: k for k-fold cross-validation (ignored when `holdout` or `split_column` is given).
         holdout: fraction of groups held out as the test set, e.g. 0.2.
+        split_column: a manifest column holding the dataset's own split (train / val / test, see SPLIT_VALUES):
+            one fold with those parts ("given"); without val rows the validation part is carved from train as
+            usual. Groups (patients, near duplicates) with images on both sides of its test part are counted and
+            named in the notes: the split leaks.
         val_fraction: fraction of each training part kept aside (grouped) for validation; 0 for none.
         seed: the split is a function of the data and this seed.
         group_by: see `sample_groups`.
@@ -154,6 +165,8 @@ def make_splits(
         {"version", "method", "seed", "group_by", "n_groups", "groups": {key: group id},
          "folds": [{"fold", "train", "val", "test"}]}.
     """
+    if split_column is not None:
+        holdout, folds = None, 2
     if holdout is not None and not 0 < holdout < 1:
         raise ConfigError(f"holdout must be a fraction between 0 and 1, got {holdout}")
     if holdout is None and (folds is None or folds < 2):
@@ -162,23 +175,26 @@ def make_splits(
     labels = manifest.table["label"].to_numpy(dtype=str) if strata is None else np.asarray(strata, dtype=str)
     groups, how = sample_groups(manifest, group_by, progress=progress)
     n_splits = max(2, round(1 / holdout)) if holdout is not None else int(folds)
-    if not _stratifiable(labels, groups, n_splits):
+    notes: list[str] = []
+    given = _given_split(manifest, split_column, groups, notes) if split_column is not None else None
+    if given is None and not _stratifiable(labels, groups, n_splits):
         raise _split_error(manifest, labels, groups, how, n_splits, holdout)
     y = labels
-    notes = []
     if manifest.has("domain"):  # stratify by label x domain where the data allow, so each domain is in every part
         both = np.char.add(np.char.add(labels, "|"), manifest.table["domain"].to_numpy(dtype=str))
         if _stratifiable(both, groups, n_splits):
             y = both
         else:
             notes.append("stratified by label only: too few groups to stratify by label x domain")
-    outer = _grouped_split(y, groups, n_splits, seed)
+    outer = [given[::2]] if given is not None else _grouped_split(y, groups, n_splits, seed)
     if holdout is not None:
         outer = outer[:1]
     out_folds = []
     for k, (train, test) in enumerate(outer):
         val = np.array([], dtype=int)
-        if val_fraction > 0:
+        if given is not None and len(given[1]):
+            val = given[1]
+        elif val_fraction > 0:
             inner_k = max(2, round(1 / val_fraction))
             if _stratifiable(y[train], groups[train], inner_k):
                 tr, va = _grouped_split(y[train], groups[train], inner_k, seed + 1 + k)[0]
@@ -196,7 +212,8 @@ def make_splits(
         )
     return {
         "version": SPLITS_VERSION,
-        "method": "holdout" if holdout is not None else "kfold",
+        "method": "given" if given is not None else "holdout" if holdout is not None else "kfold",
+        **({"split_column": split_column} if given is not None else {}),
         "n_folds": len(out_folds),
         "holdout": holdout,
         "val_fraction": val_fraction,
@@ -208,6 +225,49 @@ def make_splits(
         "folds": out_folds,
         "notes": notes,
     }
+
+
+def _given_split(
+    manifest: Manifest, column: str, groups: np.ndarray, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions (train, val, test) of a dataset's own split column; leaking groups said in `notes`.
+
+    Raises:
+        DataError: no such column, a value that is not a split name, or no train or no test row.
+    """
+    found = {_split_key(c): c for c in manifest.table.columns}
+    name = found.get(_split_key(column))
+    if name is None:
+        raise DataError(manifest.root, f"no column {column!r} to take the split from; columns: {list(manifest.table)}")
+    part_of = {_split_key(v): part for part, values in SPLIT_VALUES.items() for v in values}
+    cells = manifest.table[name].to_numpy(dtype=str)
+    unknown = sorted({str(c) for c in cells if _split_key(c) not in part_of})
+    if unknown:
+        names = "; ".join(f"{part}: {', '.join(v)}" for part, v in SPLIT_VALUES.items())
+        raise DataError(manifest.root, f"column {name!r} holds {unknown[:5]}, not split names ({names})")
+    parts = np.array([part_of[_split_key(c)] for c in cells])
+    train, val, test = (np.flatnonzero(parts == p) for p in ("train", "val", "test"))
+    if not len(train) or not len(test):
+        raise DataError(manifest.root, f"column {name!r} gives {len(train)} training and {len(test)} test images")
+    shared = np.intersect1d(groups[test], groups[np.concatenate([train, val])])
+    if len(shared):
+        keys = np.array(manifest.keys, dtype=object)
+        example = keys[np.isin(groups, shared[:1])].tolist()[:4]
+        notes.append(
+            f"the split of column {name!r} LEAKS: {len(shared)} group(s) of images (a patient, or near-duplicate "
+            f"images) lie in its test part and in its training or validation part, e.g. {', '.join(example)}; "
+            "its test figures are optimistic"
+        )
+    notes.append(
+        f"split from column {name!r}: {len(train)} training, {len(val)} validation"
+        + ("" if len(val) else " (to be carved from the training images)")
+        + f", {len(test)} test images"
+    )
+    return train, val, test
+
+
+def _split_key(text: str) -> str:
+    return "".join(ch for ch in str(text).lower() if ch.isalnum())
 
 
 def save_splits(splits: dict, path: str | Path) -> Path:

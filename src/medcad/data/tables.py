@@ -43,7 +43,8 @@ COLUMN_ALIASES = {
     "boxes": ("boxes", "bbox", "bboxes"),
     "frame": ("frame", "frameindex"),
 }
-ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid")
+ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid", "lesion")
+SPLIT_COLUMNS = ("split", "subset", "partition", "fold", "set", "datasplit", "traintest")  # a dataset's own split
 
 
 # Annotation files that decide a folder's layout, in the order they are looked for: (layout, finder, why)
@@ -85,9 +86,16 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
         if c not in COLUMN_ALIASES and any(w in _norm(c) for w in ID_WORDS):
             used = next((k for k, v in mapping.items() if v == "patient"), None)
             notes.append(
-                f"column {str(c).strip()!r} looks like a patient/study id but is kept as metadata"
+                f"column {str(c).strip()!r} looks like a patient, lesion or study id but is kept as metadata"
                 + (f" (the patient column is {str(used).strip()!r})" if used else "; splits do NOT group by it")
                 + ": rename it to 'patient' to group the splits by it"
+            )
+        elif c not in COLUMN_ALIASES and _norm(c) in SPLIT_COLUMNS:
+            counts = df[c].astype(str).str.strip().replace("", "(empty)").value_counts().head(4)
+            notes.append(
+                f"column {str(c).strip()!r} ({', '.join(f'{v} {n}' for v, n in counts.items())})"
+                " looks like the dataset's own split: not used (medcad makes grouped splits); keep it with "
+                f"`medcad data split DATA --split-column '{str(c).strip()}'`, then train with --splits splits.json"
             )
     return df, notes
 
