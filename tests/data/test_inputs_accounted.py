@@ -112,6 +112,25 @@ def test_release_with_two_image_mask_pairs_is_read_together(tmp_path: Path) -> N
     assert (m.table["mask"] != "").all() and m.ledger.line() == "used 7 of 7"
 
 
+@pytest.mark.parametrize("suffix", ["_masks", " masks", "_gt"])
+def test_sibling_image_and_mask_folders_per_class_are_pairs_not_classes(tmp_path: Path, suffix: str) -> None:
+    """`benign/` + `benign_masks/`, `malignant/` + `malignant_masks/` (masks named `<stem>_mask`): had been read as
+    four classes, masks among them, with no mask and no word."""
+    root = tmp_path / "busi"
+    for label, n in (("benign", 3), ("malignant", 4)):
+        for k in range(n):
+            save(root / label / f"{label} ({k}).png", noise_image(k + 10 * n))
+            mask = noise_image(0, gray=True) * 0
+            mask[8:20, 8 : 12 + k] = 255
+            save(root / f"{label}{suffix}" / f"{label} ({k})_mask.png", mask)
+    m = load_manifest(root)
+    assert m.layout == "images-masks" and m.labels == ["benign", "malignant"] and len(m) == 7
+    assert (m.table["mask"] != "").all() and m.ledger.line() == "used 7 of 7"
+    assert any("label = the image folder" in n for n in m.notes)
+    for img, mask in zip(m.table["image"], m.table["mask"], strict=True):  # each image with its own mask
+        assert mask == f"{Path(img).parent.name}{suffix}/{Path(img).stem}_mask.png"
+
+
 # Generated datasets: class folders or a CSV, path styles, label spellings, missing files, stray files.
 LABELS = st.lists(st.sampled_from(["benign", "Benign", "MALIGNANT", "malignant", "normal", "No finding"]), min_size=2)
 
@@ -253,23 +272,28 @@ def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None
 @given(
     n_classes=st.integers(2, 3),
     per_class=st.integers(1, 3),
-    nesting=st.sampled_from(["label/patient", "split/label", "site/label", "modality/label"]),
+    nesting=st.sampled_from(["label/patient", "label/named-patient", "split/label", "site/label", "modality/label"]),
 )
 def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesting) -> None:
     """Images two folders down: class folders holding patient folders (`benign/P007/1.png`) give labels and
     patients (the patient folder had become the label); `train/benign`, `site1/benign` and modality folders with
-    classes of their own (`endoscopy/benign-polyp`, HyperKvasir-like) give the inner classes."""
+    classes of their own (`endoscopy/benign-polyp`, HyperKvasir-like) give the inner classes. Patient folders named
+    without a digit (`benign/anna_benign`) cannot be told from such classes: read as classes, and the note says how
+    to read them as patients (it had said nothing)."""
     classes = ["benign", "malignant", "normal"][:n_classes]
     with tempfile.TemporaryDirectory() as tmp:
         root, truth, k = Path(tmp), {}, 0
         for c in classes:
-            for j in range(per_class + (nesting == "label/patient")):
+            for j in range(per_class + nesting.startswith("label/")):
                 outer, inner = (c, f"{c[0]}{j:03d}") if nesting == "label/patient" else (f"{nesting[:4]}{j}", c)
                 if nesting == "modality/label":  # HyperKvasir-like: each modality its own classes, no ids
                     outer, inner = ("endoscopy", "ultrasound")[k % 2], f"{c}-{('polyp', 'cyst')[k % 2]}"
+                if nesting == "label/named-patient":
+                    outer, inner = c, f"{('anna', 'bert', 'carl', 'dora')[j]}_{c}"
                 rel = f"{outer}/{inner}/img{k}.png"
                 save(root / rel, noise_image(k))
-                truth[rel] = (inner if nesting == "modality/label" else c, inner if nesting == "label/patient" else "")
+                as_inner = nesting in ("modality/label", "label/named-patient")
+                truth[rel] = (inner if as_inner else c, inner if nesting == "label/patient" else "")
                 k += 1
         m = load_manifest(root)
         got = {img: (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
@@ -277,6 +301,8 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
         assert any("folder pattern '{label}/{patient}' (detected:" in n for n in m.notes) == (
             nesting == "label/patient"
         )
+        if nesting == "label/named-patient":
+            assert any("give --pattern '{label}/{patient}'" in n for n in m.notes), m.notes
 
 
 def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:

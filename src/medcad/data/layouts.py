@@ -76,15 +76,11 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
     if (path / "manifest.xlsx").is_file():
         return "xlsx", "manifest.xlsx in the folder (an explicit manifest wins over what the folders suggest)"
-    from medcad.data.pairing import find_pair_groups, find_paired_folders
+    from medcad.data.pairing import find_pair_groups
 
-    pair = find_paired_folders(path, options.mask_suffix)
-    if pair is not None:
-        return "images-masks", pair.reason
-    groups = find_pair_groups(path, options.mask_suffix)
-    if len(groups) >= 2:
-        names = ", ".join(f"{label}/" for label, _ in groups)
-        return "images-masks", f"an image/mask folder pair in each of {names} (read together; label = the folder)"
+    groups, why = find_pair_groups(path, options.mask_suffix)
+    if groups:
+        return "images-masks", why
     for layout, find, why in ANNOTATION_FINDERS:
         found = find(path)
         if found is not None:
@@ -192,6 +188,12 @@ def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str,
                 "ones as classes"
             )
             return "{label}/{patient}", why
+        if len(outers) >= 2 and len(parents) > len(outers) and all(len(ps) == 1 for ps in parents.values()):
+            return "*/{label}", (
+                f": each of the {len(parents)} inner folders is under one of the {len(outers)} outer ones, and "
+                "their names hold no digit, so they are read as the classes (as 'lower-gi/polyps'); if they are "
+                "patients or cases within class folders, give --pattern '{label}/{patient}'"
+            )
     return "*/" * (max(depth) - 1) + "{label}", ""
 
 
@@ -245,9 +247,9 @@ def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], l
 
 
 def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, Path, Path]]:
-    """(label, image folder, mask folder) of each pair: from --images/--masks (no label), else the one pair found by
-    `find_paired_folders`, else one pair in each of several sub-folders (their names are the labels)."""
-    from medcad.data.pairing import find_pair_groups, find_paired_folders
+    """(label, image folder, mask folder) of each pair: from --images/--masks (no label), else those
+    `find_pair_groups` finds."""
+    from medcad.data.pairing import find_pair_groups
 
     if options.images or options.masks:
         if not (options.images and options.masks):
@@ -257,11 +259,8 @@ def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, Path, Path
             if not d.is_dir():
                 raise DataError(d, "folder not found (--images and --masks are relative to the dataset folder)")
         return [("", dirs[0], dirs[1])]
-    pair = find_paired_folders(path, options.mask_suffix)
-    if pair is not None:
-        return [("", pair.images, pair.masks)]
-    groups = find_pair_groups(path, options.mask_suffix)
-    if len(groups) < 2:
+    groups, _ = find_pair_groups(path, options.mask_suffix)
+    if not groups:
         raise DataError(path, "no image and mask folders with matching file names; name them with --images/--masks")
     return [(label, p.images, p.masks) for label, p in groups]
 
@@ -332,7 +331,7 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
         where = f"{image_dir.relative_to(path).as_posix()}/"
         notes.append(f"{n_masked} of {len(pair_rows)} images in {where} have a mask in {mask_dir.name}/")
         if label:
-            notes[-1] += f" (label {label!r}, the pair's folder)"
+            notes[-1] += f" (label {label!r}, from the folder's name)"
             pair_rows = [dict(r, label=label) for r in pair_rows]
         rows += pair_rows
     stems = {Path(r["image"]).stem for r in rows}

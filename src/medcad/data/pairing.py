@@ -112,13 +112,20 @@ def judge_pair(a: Path, b: Path, mask_suffix: str = "_mask") -> FolderPair | Non
 
 def find_paired_folders(root: Path, mask_suffix: str = "_mask") -> FolderPair | None:
     """The best (images, masks) pair among the sub-folders of `root` that hold files directly, or None."""
+    found = _root_pairs(root, mask_suffix)
+    return found[0] if len(found) == 1 else None
+
+
+def _root_pairs(root: Path, mask_suffix: str) -> list[FolderPair]:
+    """The (images, masks) pairs among the sub-folders of `root`: one, or several with no folder in two of them
+    (`benign/` + `benign_masks/`, `malignant/` + `malignant_masks/`); [] when none, or when they overlap."""
     if not root.is_dir():
-        return None
+        return []
     subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     if len(subs) > 12:  # many class or patient folders: not a paired layout
-        return None
+        return []
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        return FolderPair(root / "images", root / "masks", "folders named 'images/' and 'masks/'")
+        return [FolderPair(root / "images", root / "masks", "folders named 'images/' and 'masks/'")]
     found = [p for i, a in enumerate(subs) for b in subs[i + 1 :] if (p := judge_pair(a, b, mask_suffix))]
     if len(found) > 1 and len({p.images for p in found}) == 1:
         # one image folder, several mask folders: Pascal VOC's and CVAT's SegmentationClass/ (a colour per class)
@@ -127,17 +134,27 @@ def find_paired_folders(root: Path, mask_suffix: str = "_mask") -> FolderPair | 
         if len(by_class) == 1:
             others = ", ".join(f"'{p.masks.name}/'" for p in found if p is not by_class[0])
             pair = by_class[0]
-            return FolderPair(pair.images, pair.masks, f"{pair.reason}; the class masks, not {others}")
-    return found[0] if len(found) == 1 else None
+            return [FolderPair(pair.images, pair.masks, f"{pair.reason}; the class masks, not {others}")]
+    folders = [d for p in found for d in (p.images, p.masks)]
+    return found if len(set(folders)) == len(folders) else []  # a folder in two pairs: no reading is sure
 
 
-def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> list[tuple[str, FolderPair]]:
-    """(sub-folder name, pair) for each sub-folder of `root` that holds an (images, masks) pair itself: a release
-    that keeps, say, its polyp frames and its lesion-free frames in two such pairs. [] when `root` has more than
-    12 sub-folders (class or patient folders)."""
-    if not root.is_dir():
-        return []
-    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> tuple[list[tuple[str, FolderPair]], str]:
+    """Every (images, masks) folder pair of a dataset folder with the label its images take, and why: the one pair
+    of `find_paired_folders` (label ''), several sibling pairs (`benign/` + `benign_masks/`, ...: label = the
+    image folder's name), or one pair in each of several sub-folders (a release that keeps its polyp frames and its
+    lesion-free frames in two such pairs: label = the sub-folder's name). ([], '') when there are none."""
+    pairs = _root_pairs(root, mask_suffix)
+    if len(pairs) == 1:
+        return [("", pairs[0])], pairs[0].reason
+    if pairs:
+        names = ", ".join(f"'{p.images.name}/' + '{p.masks.name}/'" for p in pairs)
+        return [(p.images.name, p) for p in pairs], f"image and mask folder pairs {names} (label = the image folder)"
+    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
     if len(subs) > 12:
-        return []
-    return [(d.name, pair) for d in subs if (pair := find_paired_folders(d, mask_suffix)) is not None]
+        return [], ""
+    groups = [(d.name, pair) for d in subs if (pair := find_paired_folders(d, mask_suffix)) is not None]
+    if len(groups) < 2:
+        return [], ""
+    names = ", ".join(f"{label}/" for label, _ in groups)
+    return groups, f"an image/mask folder pair in each of {names} (read together; label = the folder)"
