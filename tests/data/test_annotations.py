@@ -228,6 +228,28 @@ def test_xlsx_manifest_reads_like_the_csv(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["layout"] == "xlsx"
 
 
+def test_xlsx_with_a_readme_sheet_first_reads_the_sheet_with_the_images(tmp_path: Path) -> None:
+    """A workbook whose first sheet explains the data and whose second holds it: had stopped with 'no image column
+    ... found 'This workbook lists...'', never saying that a second sheet was there."""
+    from openpyxl import Workbook
+
+    save(tmp_path / "img" / "0.png", noise_image(0, 32))
+    wb = Workbook()
+    wb.active.title = "README"
+    wb.active.append(["This workbook lists the images of the study"])
+    wb.create_sheet("labels").append(["File name", "Class"])
+    wb["labels"].append(["img/0.png", "benign"])
+    wb.create_sheet("empty")
+    wb.save(tmp_path / "labels.xlsx")
+    got = load_manifest(tmp_path / "labels.xlsx")
+    assert got.table["label"].tolist() == ["benign"]
+    assert any("sheet 'labels' read; sheets 'README', 'empty' not" in n for n in got.notes)
+    wb["labels"]["A1"] = "what"
+    wb.save(tmp_path / "labels.xlsx")
+    with pytest.raises(DataError, match=r"no sheet has an image column .*sheet 'README': .*sheet 'labels': 'what'"):
+        load_manifest(tmp_path / "labels.xlsx")
+
+
 def test_inspect_names_labelme(tmp_path: Path) -> None:
     from medcad.cli import app
 

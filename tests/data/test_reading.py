@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import noise_image, save, write_dicom
@@ -436,3 +438,47 @@ def test_animation_frames_in_any_order_match_a_fresh_decode(tmp_path: Path, suff
     ref = write(100)  # rewritten (its time set apart from the first's, whatever the clock's resolution)
     os.utime(path, ns=(10**9, 10**9))
     np.testing.assert_array_equal(read_image(path, frame=5), ref[5])
+
+
+def test_isic_ground_truth_one_hot_columns_and_names_without_extension(tmp_path: Path) -> None:
+    """ISIC's GroundTruth.csv: `image` names without their extension and one-hot diagnosis columns of 0.0/1.0. It
+    had read no label ('other columns kept as metadata') and found no file."""
+    rows = ["image,MEL,NV,BCC"]
+    onehots = ["1.0,0.0,0.0", "0.0,1.0,0.0", "0.0,1.0,0.0", "0.0,0.0,1.0", "1.0,1.0,0.0", "0.0,0.0,0.0"]
+    for k, cells in enumerate(onehots):
+        save(tmp_path / f"ISIC_00{k}.jpg", noise_image(k))
+        rows.append(f"ISIC_00{k},{cells}")
+    (tmp_path / "GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path / "GroundTruth.csv")
+    assert m.table["image"].tolist() == [f"ISIC_00{k}.jpg" for k in range(6)] and not m.problems
+    assert m.table["label"].tolist() == ["MEL", "NV", "NV", "BCC", "MEL|NV", ""]
+    notes = " ".join(m.notes)
+    assert "one-hot columns MEL, NV, BCC" in notes and "4 image(s) with one, 1 with several" in notes
+    assert "6 path(s) in GroundTruth.csv name a file that is written without its extension" in notes
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.text(alphabet="abcéèüñ ØK_-", min_size=1, max_size=10).filter(lambda t: t.strip(" ") == t),
+    upper=st.booleans(),
+    form=st.sampled_from(["NFC", "NFD"]),
+    ext=st.sampled_from([".png", ".PNG", ".jpg"]),
+)
+def test_a_path_spelled_in_another_case_or_unicode_form_finds_its_file(name, upper, form, ext) -> None:
+    """Manifests made on Windows or macOS name files in another letter case or Unicode form than the disk holds
+    (`IMG.JPG`, é as e + accent): read as that file with a note; 'file not found' had shown two names that look the
+    same."""
+    import tempfile
+    import unicodedata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        on_disk = unicodedata.normalize("NFC", f"{name}{ext}")
+        save(root / "imgs" / on_disk, noise_image(0))
+        written = unicodedata.normalize(form, f"IMGS/{name.upper()}{ext}" if upper else f"imgs/{name}{ext}")
+        (root / "m.csv").write_text(f"image,label\n{written},a\n", encoding="utf-8")
+        m = load_manifest(root / "m.csv")
+        assert not m.problems, m.problems
+        assert m.table["image"].tolist() == [f"imgs/{on_disk}"]
+        respelled = written != f"imgs/{on_disk}"
+        assert any("differs in letter case or Unicode form" in n for n in m.notes) == respelled

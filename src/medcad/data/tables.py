@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.config import DataOptions
-from medcad.data.manifest import MASK_SEP, Manifest, make_table
-from medcad.data.media import expand_frames
+from medcad.data.manifest import MASK_SEP, Manifest, make_table, nfc
+from medcad.data.media import MEDIA_SUFFIXES, expand_frames
 from medcad.errors import DataError
 
 # Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
@@ -36,7 +36,19 @@ COLUMN_ALIASES = {
         "findings",
         "pathology",
     ),
-    "patient": ("patient", "patientid", "group", "subject", "subjectid", "case", "caseid", "video", "videoid"),
+    "patient": (
+        "patient",
+        "patientid",
+        "patientnumber",
+        "patientno",
+        "group",
+        "subject",
+        "subjectid",
+        "case",
+        "caseid",
+        "video",
+        "videoid",
+    ),
     "domain": ("domain", "modality"),
     "subgroup": ("subgroup", "subtype"),
     "mask": ("mask", "maskpath", "masks", "maskfile"),
@@ -77,9 +89,11 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
             f"'_' ignored) is needed, found {found}",
         )
     if "label" not in df:
+        df, said = _one_hot_labels(df)
         others = [str(c).strip() for c in df.columns if c not in COLUMN_ALIASES]
         notes.append(
-            f"no label column (one headed {', '.join(COLUMN_ALIASES['label'])}): the images have no label"
+            said
+            or f"no label column (one headed {', '.join(COLUMN_ALIASES['label'])}): the images have no label"
             + (f"; other columns kept as metadata: {', '.join(others)}" if others else "")
         )
     for c in df.columns:
@@ -98,6 +112,31 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
                 f"`medcad data split DATA --split-column '{str(c).strip()}'`, then train with --splits splits.json"
             )
     return df, notes
+
+
+def _one_hot_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A label column from one-hot columns (ISIC's GroundTruth.csv: `image,MEL,NV,BCC,...` of 0/1 or 0.0/1.0), and
+    what was read; (df, "") when the table has no two such columns. A row with several ones gets each of them
+    ('MEL|NV': a multi-label finding list), a row of zeros none."""
+    binary = [
+        c
+        for c in df.columns
+        if c not in COLUMN_ALIASES
+        and len(df)
+        and df[c].astype(str).str.strip().isin(["0", "1", "0.0", "1.0"]).all()
+        and (df[c].astype(str).str.strip().astype(float) == 1).any()
+    ]
+    if len(binary) < 2:
+        return df, ""
+    ones = df[binary].astype(str).apply(lambda col: col.str.strip().astype(float) == 1)
+    names = [str(c).strip() for c in binary]
+    df = df.assign(label=["|".join(n for n, on in zip(names, row, strict=True) if on) for row in ones.to_numpy()])
+    per_row = ones.sum(axis=1)
+    return df, (
+        f"labels from the one-hot columns {', '.join(names)} (no label column): "
+        f"{int((per_row == 1).sum())} image(s) with one, {int((per_row > 1).sum())} with several (read as a "
+        f"finding list 'a|b'), {int((per_row == 0).sum())} with none"
+    )
 
 
 def _text_encodings(path: Path) -> list[tuple[str, str]]:
@@ -180,6 +219,8 @@ class _PathResolver:
     def __init__(self, root: Path) -> None:
         self.root, self.windows, self.tails = root, 0, Counter()
         self.absolute = 0
+        self.respelled: Counter = Counter()  # paths matched to a file spelled otherwise, by kind
+        self.listings: dict[Path, list[str]] = {}
 
     def _under_root(self, path: Path) -> str | None:
         """`path` (absolute) relative to the folder, by its spelling or else by where both lead; None outside."""
@@ -213,18 +254,67 @@ class _PathResolver:
             if (self.root / tail).is_file():
                 self.tails["/".join(parts[:k])] += 1
                 return posixpath.normpath(tail)
-        return text
+        return self._spelled_otherwise(posixpath.normpath(text)) or text
+
+    def _spelled_otherwise(self, text: str) -> str | None:
+        """The one file under the folder that `text` names in another spelling, each rewrite counted: letter case
+        (`IMG.JPG` for `img.jpg`, as Windows and macOS do not tell them apart), Unicode form (macOS keeps é as
+        e + accent), or no extension (ISIC's `ISIC_0024306` for `ISIC_0024306.jpg`); None when no file or several
+        match."""
+        here, kinds = self.root, []
+        parts = text.split("/")
+        for i, part in enumerate(parts):
+            if part == "..":
+                here = here / part
+                continue
+            if (here / part).exists():
+                here = here / part
+                continue
+            if not here.is_dir():
+                return None
+            key = _spelling_key(part)
+            entries = self._listing(here)
+            found = [e for e in entries if _spelling_key(e) == key]
+            kind = "differs in letter case or Unicode form"
+            if not found and i == len(parts) - 1 and not Path(part).suffix:
+                found = [
+                    e
+                    for e in entries
+                    if _spelling_key(Path(e).stem) == key and Path(e).suffix.lower() in MEDIA_SUFFIXES
+                ]
+                kind = "is written without its extension"
+            if len(found) != 1:
+                return None
+            kinds.append(kind)
+            here = here / found[0]
+        if not here.is_file():
+            return None
+        for kind in kinds:
+            self.respelled[kind] += 1
+        return Path(os.path.relpath(here, self.root)).as_posix()
+
+    def _listing(self, folder: Path) -> list[str]:
+        if folder not in self.listings:
+            self.listings[folder] = sorted(os.listdir(folder))
+        return self.listings[folder]
 
     def notes(self, name: str) -> list[str]:
         out = [f"{self.windows} path(s) in {name} use Windows separators '\\': read with '/'"] if self.windows else []
         if self.absolute:
             out.append(f"{self.absolute} absolute path(s) in {name} under its folder: read as paths relative to it")
+        for kind, n in self.respelled.most_common():
+            out.append(f"{n} path(s) in {name} name a file that {kind}: read as that file")
         for prefix, n in self.tails.most_common():
             out.append(
                 f"{n} path(s) in {name} start with {prefix!r}, which is not under {self.root.name}/: "
                 "resolved by their remaining path under the manifest's folder"
             )
         return out
+
+
+def _spelling_key(name: str) -> str:
+    """A file name compared as Windows and macOS compare them: Unicode NFC form, case folded."""
+    return nfc(name).casefold()
 
 
 def _cell_text(v: object) -> str:
@@ -243,8 +333,13 @@ def _cell_text(v: object) -> str:
 
 
 def read_sheet(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """The first worksheet of an .xlsx workbook as a table of strings, as `_read_table` gives a CSV: the
-    first non-empty row is the header, empty rows are skipped, formulas give their saved values."""
+    """The worksheet of an .xlsx workbook that holds the manifest, as a table of strings as `_read_table` gives a
+    CSV: the first sheet with an image column (a README sheet before it is passed over, said in a note), else the
+    first; its first non-empty row is the header, empty rows are skipped, formulas give their saved values.
+
+    Raises:
+        DataError: the file is no workbook, or its sheets are all empty.
+    """
     from openpyxl import load_workbook
 
     try:
@@ -253,23 +348,38 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, list[str]]:
         raise DataError(path, f"cannot open as an Excel .xlsx workbook ({type(e).__name__}: {e})") from e
     try:
         names = wb.sheetnames
-        rows = [[_cell_text(v) for v in r] for r in wb.worksheets[0].iter_rows(values_only=True)]
+        tables = {}
+        for name, sheet in zip(names, wb.worksheets, strict=True):
+            tables[name] = _sheet_table([[_cell_text(v) for v in r] for r in sheet.iter_rows(values_only=True)])
+            if tables[name] is not None and any(_norm(c) in COLUMN_ALIASES["image"] for c in tables[name].columns):
+                break
     finally:
         wb.close()
+    read = next((n for n, t in reversed(tables.items()) if t is not None), None)
+    if read is None:
+        raise DataError(path, f"the sheets {', '.join(map(repr, names))} are empty: no manifest to read")
+    found = [n for n, t in tables.items() if t is not None]
+    if len(found) > 1 and not any(_norm(c) in COLUMN_ALIASES["image"] for c in tables[read].columns):
+        heads = "; ".join(f"sheet {n!r}: {', '.join(map(repr, list(tables[n].columns)[:4]))}" for n in found)
+        raise DataError(
+            path,
+            f"no sheet has an image column (one headed {', '.join(COLUMN_ALIASES['image'])}; case, spaces and '_' "
+            f"ignored): {heads}",
+        )
+    others = [repr(n) for n in names if n != read]
+    return tables[read], [f"{path.name}: sheet {read!r} read; sheets {', '.join(others)} not"] if others else []
+
+
+def _sheet_table(rows: list[list[str]]) -> pd.DataFrame | None:
+    """A worksheet's rows as a table of strings (the first non-empty row the header), None when it is empty."""
     rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows:
-        raise DataError(path, f"sheet {names[0]!r} is empty: the first sheet must hold the manifest")
+        return None
     width = max(i + 1 for r in rows for i, c in enumerate(r) if c.strip())
     buf = io.StringIO()
     csv.writer(buf).writerows(r[:width] + [""] * (width - len(r)) for r in rows)
     buf.seek(0)
-    df = pd.read_csv(buf, dtype=str, keep_default_na=False)
-    notes = (
-        [f"{path.name}: sheet {names[0]!r} read; sheets {', '.join(map(repr, names[1:]))} not"]
-        if len(names) > 1
-        else []
-    )
-    return df, notes
+    return pd.read_csv(buf, dtype=str, keep_default_na=False)
 
 
 def read_xlsx(path: Path, options: DataOptions) -> Manifest:

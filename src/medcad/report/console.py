@@ -273,7 +273,7 @@ def _print_validated(c: Console, m: dict) -> None:
             if rule in v:
                 t.add_row(
                     rule,
-                    *[_fmt_threshold(v[rule]["threshold"])] * fixed,
+                    *([_fmt_threshold(v[rule]["threshold"])] if fixed else []),
                     _fmt(v[rule]["sensitivity"]),
                     _fmt(v[rule]["specificity"]),
                 )
