@@ -139,3 +139,29 @@ def test_an_external_set_with_labels_the_model_never_saw(tiny_run: Path, easy_se
     assert "left out 3 image(s) of label(s) the model never saw" in res.output
     res = CliRunner().invoke(app, [*args, "--unseen-labels", "skip"])
     assert res.exit_code == 2 and "use one of stop, leave-out" in res.output
+
+
+def test_near_duplicates_of_the_runs_images_are_found_in_an_external_set(
+    tiny_run: Path, easy_set: Path, tmp_path: Path
+) -> None:
+    """An external set holding the run's images re-encoded (JPEG) and resized: no file is the same, so only exact
+    copies being checked, it had passed as an independent test set."""
+    from PIL import Image
+
+    ext = tmp_path / "hospital"
+    for label in ("lesion", "normal"):
+        for k, src in enumerate(sorted((easy_set / label).glob("*.png"))[:3]):
+            img = Image.open(src).convert("RGB").resize((56, 56))
+            (ext / label).mkdir(parents=True, exist_ok=True)
+            img.save(ext / label / f"scan{k}.jpg", quality=90)
+        fresh = noise_image(900 + len(label), 40)  # and one picture the run never saw
+        save(ext / label / "new.png", fresh)
+    res = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--data", str(ext), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["overlap_with_run"]["n"] == 0 and m["near_duplicates_of_run"]["n"] == 6
+    assert "NOT independent: 6 near duplicates of the run's images" in m["evaluation"]
+    pairs = dict(m["near_duplicates_of_run"]["pairs"])
+    first = sorted((easy_set / "lesion").glob("*.png"))[0]
+    assert pairs["lesion/scan0.jpg"] == f"lesion/{first.name}"
+    assert "new.png" not in " ".join(pairs)

@@ -84,7 +84,7 @@ def evaluate_external(
                 f"left out {sum(bool(u) for u in unseen)} image(s) of label(s) the model never saw (--unseen-labels "
                 "leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
             ]
-    overlap = _runs_own_images(run, manifest)
+    overlap, near, near_note = _runs_own_images(run, manifest, meta, cfg)
     images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
     # clusters for the CIs, as a run's splits group: patient, near-duplicate group, the frames of one file
     groups, grouped_by = sample_groups(manifest, "auto")
@@ -129,14 +129,23 @@ def evaluate_external(
     metrics["evaluation"] = f"external test set {Path(data).resolve()}"
     metrics["ci_clusters"] = f"{len(np.unique(groups))} groups of its images by {grouped_by}"
     notes = list(manifest.notes)
-    if overlap:  # said, counted and marked, not refused (a check of the model on its own data is a user's choice)
-        said = (
-            f"{len(overlap)} of the set's {len(manifest)} images are files the run was made on (the same content), "
-            f"e.g. {', '.join(overlap[:3])}: these figures are not those of an independent test set"
+    if overlap or near:  # said, counted and marked, not refused (a check of the model on its own data is a choice)
+        said = [f"{len(overlap)} are files the run was made on (the same content)"] if overlap else []
+        said += [f"{len(near)} are near duplicates of its images (the same picture re-encoded, resized...)"] * bool(
+            near
         )
-        metrics["evaluation"] += f"{NOT_INDEPENDENT}{len(overlap)} of its images were the run's own)"
+        examples = [*overlap[:3], *(f"{a} ~ {b}" for a, b in near[:3])]
+        notes.append(
+            f"of the set's {len(manifest)} images, {' and '.join(said)}, e.g. {', '.join(examples)}: these figures "
+            "are not those of an independent test set"
+        )
+        marks = [f"{len(overlap)} of its images were the run's own"] * bool(overlap)
+        marks += [f"{len(near)} near duplicates of the run's images"] * bool(near)
+        metrics["evaluation"] += f"{NOT_INDEPENDENT}{', '.join(marks)})"
         metrics["overlap_with_run"] = {"n": len(overlap), "images": overlap[:20]}
-        notes.append(said)
+        metrics["near_duplicates_of_run"] = {"n": len(near), "pairs": [list(p) for p in near[:20]]}
+    if near_note:
+        notes.append(near_note)
     if left_out:
         metrics["left_out_unseen_labels"] = left_out  # images per label the model never saw, not scored
     metrics["backend"] = predictor.backend
@@ -201,13 +210,35 @@ def _validation_parts(predictor) -> tuple[dict | None, str]:
     return val, ""
 
 
-def _runs_own_images(run: Path, manifest) -> list[str]:
-    """The keys of the set's images that are files the run was made on (the same content, wherever they lie now):
-    scored as an external test set they give figures better than the run's own held-out ones."""
+def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], list[tuple[str, str]], str]:
+    """The set's images that the run was made on: (keys of files with the same content, wherever they lie now;
+    (set key, run key) pairs of near duplicates - the same picture re-encoded, resized or cropped a little -, found
+    when the run's dataset is still where it was read; a note when that check could not be made). Scored as an
+    external test set they give figures better than the run's own held-out ones."""
+    from medcad.data.duplicates import duplicate_links, fingerprints
     from medcad.data.identity import run_samples, sample_fingerprints
 
     own = {fp for fp in (run_samples(run) or {}).values() if fp}
-    return [key for key, fp in sample_fingerprints(manifest).items() if fp in own] if own else []
+    exact = [key for key, fp in sample_fingerprints(manifest).items() if fp in own] if own else []
+    try:
+        ran_on = load_manifest(meta["data"], cfg.data_options())
+    except (DataError, OSError, KeyError) as e:
+        why = getattr(e, "problem", str(e))
+        return exact, [], f"near duplicates of the run's images not looked for: its dataset cannot be read ({why})"
+    fps = fingerprints(ran_on) + fingerprints(manifest)
+    n = len(ran_on)
+    said = set(exact)
+    near = sorted(
+        {
+            (manifest.keys[link.j - n], ran_on.keys[link.i])
+            for link in duplicate_links(fps, near=True)
+            if link.i < n <= link.j and manifest.keys[link.j - n] not in said
+        }
+    )
+    first: dict[str, str] = {}
+    for key, other in near:  # one pair per image of the set
+        first.setdefault(key, other)
+    return exact, sorted(first.items()), ""
 
 
 def _frame_decision(predictor, out: dict, labels: list[str]) -> tuple[str, float, np.ndarray] | None:
