@@ -274,7 +274,9 @@ def per_image_rows(
     objects' label when they agree, 'background' without objects, empty when they disagree: every label is in
     column `shape_labels`; a folder's label by --pattern wins, with a note) and a mask drawn from its shapes at the
     image's size: always with `masks` True, never with False, and with None when any file of the set has a shape
-    other than a box. An image without a file gets no label (unannotated is not lesion-free).
+    other than a box - then an image with a box gets no mask (a filled box is not its object's outline; Ultralytics
+    too keeps a mixed set's boxes, not its outlines), its boxes are kept. An image without a file gets no label
+    (unannotated is not lesion-free).
     """
     parsed: list[tuple[Path, dict, Path | None, ImageShapes | None]] = []
     for img in images:
@@ -295,6 +297,7 @@ def per_image_rows(
     if masks is None:
         drawn_masks = any(s.kind != "rectangle" for *_, got in parsed if got for s in got.shapes)
     rows, missing, empty, mixed, folder_wins, tally = [], [], [], [], [], ShapeTally.of(options)
+    boxed = []  # images with boxes in a set drawn from outlines: no mask
     for img, row, src, got in parsed:
         if src is None or got is None:
             missing.append(row["image"])
@@ -305,7 +308,9 @@ def per_image_rows(
             problems.append((row["image"], drawn))
             continue
         mask, w, h = drawn
-        if drawn_masks:
+        if drawn_masks and masks is None and any(s.kind == "rectangle" and tally.draws(s.label) for s in got.shapes):
+            boxed.append(row["image"])
+        elif drawn_masks:
             row["mask"] = write_mask(mask_folder(src, tally.drawn_labels) / "mask.png", mask, root)
         row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in got.shapes])
         row["shape_labels"] = json.dumps(got.labels)
@@ -322,6 +327,12 @@ def per_image_rows(
     if missing:
         hint = ", no mask; --missing-masks empty would count them as lesion-free" if drawn_masks else ""
         notes.append(f"{len(missing)} image(s) have no {what} file: no label, no boxes{hint} (e.g. {missing[0]})")
+    if boxed:
+        notes.append(
+            f"{len(boxed)} image(s) have boxes in a set of outlined shapes: no mask (a filled box is not an outline, "
+            "and the outlines alone would miss the boxed objects; --missing-masks empty would wrongly count them as "
+            f"lesion-free), boxes kept for detection (e.g. {', '.join(boxed[:3])})"
+        )
     if folder_wins:
         notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
     return rows, notes + tally.notes()
