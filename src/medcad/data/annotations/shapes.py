@@ -215,14 +215,26 @@ def draw_shapes(
     return rasterise(shapes, w, h, tally), w, h
 
 
-def _find_image(root: Path, base: Path, name: str) -> Path | None:
-    """An annotated image file: `name` (Windows separators read as '/') under `base`, else under `base/images`,
-    else a file of the same stem beside `base`."""
+def image_places(root: Path, base: Path) -> list[Path]:
+    """The folders an annotation's image name is looked up under, in turn: `base` (the annotation's folder), its
+    `images/`, the dataset folder `root`, its `images/`."""
+    return list(dict.fromkeys((base, base / "images", root, root / "images")))
+
+
+def locate_image(places: list[Path], name: str) -> tuple[Path, Path] | None:
+    """(the image file, the folder of `places` it was found under) of an annotated image `name` (Windows separators
+    read as '/'), None when under none of them."""
     name = name.replace("\\", "/").strip()
-    for cand in (base / name, base / "images" / name, root / name, root / "images" / name):
-        if name and cand.is_file():
-            return Path(os.path.normpath(cand))  # `a/../b.png` as `b.png`, the path the folder walk gives
+    for place in places:
+        if name and (place / name).is_file():
+            return Path(os.path.normpath(place / name)), place  # `a/../b.png` as `b.png`, the path the walk gives
     return None
+
+
+def _find_image(root: Path, base: Path, name: str) -> Path | None:
+    """An annotated image file: `name` looked up under `image_places(root, base)`."""
+    found = locate_image(image_places(root, base), name)
+    return found[0] if found else None
 
 
 def _fields(rel_dir: str, options: DataOptions) -> dict[str, str] | None:
