@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import noise_image, save
@@ -59,10 +59,15 @@ def _yolo_set(root: Path, layout: str, images: list[tuple[int, int, list]]) -> d
     images=st.lists(
         st.tuples(st.integers(24, 48), st.integers(24, 48), st.lists(BOX, max_size=3)), min_size=1, max_size=5
     ),
+    under=st.sampled_from(["", "images/exports"]),
 )
-def test_yolo_boxes_are_read_where_they_were_drawn(layout, images) -> None:
+@example(layout="cvat", images=[(30, 30, [(0, 0.1, 0.1, 0.2, 0.2)])], under="images/exports")
+def test_yolo_boxes_are_read_where_they_were_drawn(layout, images, under) -> None:
+    """Each box comes back where it was drawn, in each tool's layout, also in a set stored under a folder named
+    `images` (only the folders below the set's own count: CVAT's `obj_train_data/x.txt` beside its image had been
+    looked for in `labels/exports/...`, and the set read as class folders)."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / under
         truth = _yolo_set(root, layout, images)
         m = load_manifest(root)
         assert m.layout == "yolo" and m.ledger.line() == f"used {len(images)} of {len(images)}"
@@ -96,6 +101,105 @@ def test_yolo_polygons_become_masks_and_bad_lines_are_named(tmp_path: Path) -> N
     reasons = dict(m.ledger.left_out)
     assert "class 5 is not one of the 1 names" in reasons["images/f1.png"]
     assert "5 coordinates" in reasons["images/f2.png"] and "outside 0..1" in reasons["images/f3.png"]
+
+
+TRIANGLE = "0.1 0.1 0.6 0.1 0.1 0.6"  # a polygon line's points, normalised
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 30), min_size=1, max_size=4, unique=True),
+    picks=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+)
+def test_yolo_class_ids_are_the_keys_of_a_names_dict(ids, picks) -> None:
+    """data.yaml's `names: {1: polyp, 2: adenoma}`: a label line's class is looked up by key (it had been the
+    position in the sorted keys: class 1 read as 'adenoma'); a class that is no key leaves its image out, its
+    file and line named."""
+    names, picks = {i: f"class{i}" for i in ids}, [ids[0], *picks]  # one image at least is read
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "data.yaml").write_text("names: {" + ", ".join(f"{i}: {n}" for i, n in names.items()) + "}\n")
+        for k, cls in enumerate(picks):
+            _image(root, f"images/f{k}.png", k, 32, 32)
+            (root / "labels").mkdir(exist_ok=True)
+            (root / "labels" / f"f{k}.txt").write_text(f"{cls} 0.5 0.5 0.2 0.2\n")
+        m = load_manifest(root)
+        got = dict(m.table[["image", "label"]].values)
+        reasons = dict(m.ledger.left_out)
+        for k, cls in enumerate(picks):
+            if cls in names:
+                assert got[f"images/f{k}.png"] == names[cls]
+            else:
+                assert reasons[f"images/f{k}.png"].startswith(f"labels/f{k}.txt: line 1: class {cls} is not one of")
+        listed = ", ".join(f"{i} 'class{i}'" for i in sorted(ids))
+        assert f"classes from data.yaml: {listed}" in m.notes[1]
+        assert ("looked up by id" in m.notes[1]) == (sorted(ids) != list(range(len(ids))))
+
+
+def test_yolo_names_keys_that_are_no_class_ids_are_refused(tmp_path: Path) -> None:
+    from medcad.errors import DataError
+
+    _image(tmp_path, "images/f0.png", 0, 32, 32)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "f0.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "data.yaml").write_text("names: {polyp: 0, adenoma: 1}\n")
+    with pytest.raises(DataError, match=r"data.yaml: `names` keys must be class ids .*'polyp'"):
+        load_manifest(tmp_path)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["box", "polygon"]), max_size=3), min_size=1, max_size=5))
+def test_yolo_boxes_among_polygons_get_no_rectangle_mask(kinds) -> None:
+    """A segmentation set with some box lines: an image with a box gets no mask (a filled rectangle had been its
+    lesion mask) and is named in a note; its boxes stay; images of polygons (or none) get their masks."""
+    from medcad.data.masks import read_mask
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "labels").mkdir()
+        for k, lines in enumerate(kinds):
+            _image(root, f"images/f{k}.png", k, 40, 40)
+            text = [f"0 {TRIANGLE}" if kind == "polygon" else "0 0.5 0.5 0.4 0.4" for kind in lines]
+            (root / "labels" / f"f{k}.txt").write_text("\n".join(text) + "\n")
+        (root / "classes.txt").write_text("polyp\n")
+        m = load_manifest(root)
+        outlines = any("polygon" in lines for lines in kinds)
+        boxed = [f"images/f{k}.png" for k, lines in enumerate(kinds) if outlines and "box" in lines]
+        for i, (img, boxes) in enumerate(m.table[["image", "boxes"]].values):
+            lines = kinds[int(img[len("images/f") : -len(".png")])]
+            assert len(json.loads(boxes)) == len(lines)
+            assert bool(m.table["mask"].iat[i]) == (outlines and img not in boxed)
+            if m.table["mask"].iat[i]:
+                assert read_mask(m.mask_paths(i)).sum() == (0 if not lines else pytest.approx(210, abs=40))
+        note = [n for n in m.notes if "have boxes in a set of outlined shapes" in n]
+        assert len(note) == bool(boxed)
+        if boxed:
+            assert note[0].startswith(f"{len(boxed)} image(s)") and f"(e.g. {', '.join(boxed[:3])})" in note[0]
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_yolo_images_of_one_name_sharing_a_label_file_are_named(tmp_path: Path, beside: bool) -> None:
+    """frame1.jpg and frame1.png share frame1.txt (Ultralytics' labels/ or beside them, as CVAT writes): which
+    image it annotates cannot be told, so both and the file are named as the other layouts name them (both had been
+    given its boxes)."""
+    folder = "obj_train_data" if beside else "images"
+    for k, name in enumerate(("frame1.jpg", "frame1.png", "frame2.png")):
+        _image(tmp_path, f"{folder}/{name}", k, 32, 32)
+    labels = tmp_path / ("obj_train_data" if beside else "labels")
+    labels.mkdir(exist_ok=True)
+    for stem in ("frame1", "frame2"):
+        (labels / f"{stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "obj.names").write_text("polyp\n")
+    m = load_manifest(tmp_path)
+    assert list(m.table["image"]) == [f"{folder}/frame2.png"] and m.labels == ["polyp"]
+    both = f"{folder}/frame1.jpg, {folder}/frame1.png"
+    reasons = dict(m.ledger.left_out)
+    for img in ("frame1.jpg", "frame1.png"):
+        assert reasons[f"{folder}/{img}"] == (
+            f"another image has its name, so its YOLO label file is ambiguous: rename all but one ({both})"
+        )
+    label = f"{labels.name}/frame1.txt"
+    assert reasons[label] == f"a YOLO label file matching several images of one name: rename all but one ({both})"
 
 
 @pytest.mark.parametrize("layout", ["voc", "labelimg"])

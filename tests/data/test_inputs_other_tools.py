@@ -218,6 +218,26 @@ def test_coco_exports_as_roboflow_and_cvat_write_them(tmp_path: Path) -> None:
         assert m.root == cvat and m.ledger.line() == "used 3 of 3"
 
 
+def test_coco_file_names_relative_to_the_dataset_folder_or_with_windows_separators(tmp_path: Path) -> None:
+    """annotations/instances.json beside images/: a file_name relative to the dataset folder ("images/a.jpg"), one
+    with Windows separators ("train\\b.jpg" for images/train/b.jpg) and one relative to images/ are all found (the
+    first two had been 'not found'), and a note says where each JSON's file names were read from."""
+    from conftest import noise_image, save
+
+    for k, rel in enumerate(("images/a.jpg", "images/train/b.jpg", "images/c.jpg")):
+        save(tmp_path / rel, noise_image(k, size=40))
+    (tmp_path / "annotations").mkdir()
+    coco = _coco(["images/a.jpg", "train\\b.jpg", "c.jpg", "gone.jpg"])
+    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(coco))
+    m = load_manifest(tmp_path)
+    assert m.layout == "coco" and sorted(m.table["image"]) == ["images/a.jpg", "images/c.jpg", "images/train/b.jpg"]
+    assert "annotations/instances.json: file_name(s) read relative to images/ (2), the dataset folder (1)" in m.notes[1]
+    windows = [n for n in m.notes if "1 file_name(s) with Windows separators" in n]
+    assert len(windows) == 1 and "(e.g. train\\b.jpg as images/train/b.jpg)" in windows[0]
+    reasons = dict(m.ledger.left_out)
+    assert reasons["gone.jpg"].startswith("file not found in annotations/, annotations/images/, ./, images/")
+
+
 def test_a_json_that_is_not_coco_does_not_take_the_layout(tmp_path: Path) -> None:
     """A metadata JSON with an "images" count, or a Label Studio export (a list of tasks with "annotations"), beside
     class folders: the folders are read; the JSON was taken for COCO and the whole set refused."""

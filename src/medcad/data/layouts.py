@@ -38,6 +38,7 @@ from medcad.data.manifest import (
     rename_labels,
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
+from medcad.data.pairing import several_images_of_one_name
 from medcad.data.tables import read_csv, read_xlsx
 from medcad.errors import DataError
 
@@ -136,7 +137,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         named = {f.stem: [] for f in images}
         for f in images:
             named[f.stem].append(f.relative_to(path).as_posix())
-        shared = _masks_of_several_images(named, masks, problems)
+        shared = several_images_of_one_name(named, masks, problems)
         for f in images:
             if f.stem in shared:
                 continue
@@ -288,7 +289,7 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
     for f in images:
         named[f.relative_to(image_dir).with_suffix("").as_posix()].append(f.relative_to(path).as_posix())
     shown = {k: [m.relative_to(path).as_posix() for m in v] for k, v in masks.items()}
-    shared = _masks_of_several_images(named, shown, problems)
+    shared = several_images_of_one_name(named, shown, problems)
     rows = []
     for f in images:
         key = f.relative_to(image_dir).with_suffix("").as_posix()
@@ -300,19 +301,6 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
             row["mask"] = MASK_SEP.join(sorted(files, key=lambda s: (len(s), s)))
         rows.append(row)
     return rows
-
-
-def _masks_of_several_images(images: dict[str, list[str]], masks: dict[str, list[str]], problems: list) -> set[str]:
-    """Stems whose masks match two images or more (`a.jpg` and `a.png`, both `a`): which image a mask belongs to
-    cannot be told, so each of those images and masks is named as a problem; returns the stems to leave out."""
-    shared = {stem for stem, files in images.items() if len(files) > 1 and masks.get(stem)}
-    for stem in sorted(shared):
-        both = ", ".join(images[stem])
-        for m in masks[stem]:
-            problems.append((m, f"a mask matching several images of one name: rename all but one ({both})"))
-        for img in images[stem]:
-            problems.append((img, f"another image has its name, so its mask is ambiguous: rename all but one ({both})"))
-    return shared
 
 
 def read_images_masks(path: Path, options: DataOptions) -> Manifest:

@@ -158,3 +158,20 @@ def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> tuple[list[tuple
         return [], ""
     names = ", ".join(f"{label}/" for label, _ in groups)
     return groups, f"an image/mask folder pair in each of {names} (read together; label = the folder)"
+
+
+def several_images_of_one_name(
+    images: dict[str, list[str]], attached: dict[str, list[str]], problems: list, what: str = "mask"
+) -> set[str]:
+    """Names whose files (`attached`: masks, label files) match two images or more (`a.jpg` and `a.png`, both `a`):
+    which image such a file belongs to cannot be told, so each of those images and files is named as a problem;
+    returns the names to leave out. `images` and `attached` map a name to its images' and files' paths."""
+    shared = {name for name, files in images.items() if len(files) > 1 and attached.get(name)}
+    for name in sorted(shared):
+        both = ", ".join(images[name])
+        for m in attached[name]:
+            problems.append((m, f"a {what} matching several images of one name: rename all but one ({both})"))
+        for img in images[name]:
+            ambiguous = f"another image has its name, so its {what} is ambiguous: rename all but one ({both})"
+            problems.append((img, ambiguous))
+    return shared

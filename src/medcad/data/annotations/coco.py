@@ -14,6 +14,8 @@ from medcad.data.annotations.shapes import (
     ShapeTally,
     _image_dims,
     _load_json,
+    image_places,
+    locate_image,
     mask_folder,
     write_mask,
 )
@@ -56,8 +58,9 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
     """A COCO JSON, or the several of one export (`media.find_coco_jsons`: Roboflow's train/ valid/ test/, CVAT's
     annotations/ beside images/), read together: boxes per image (label: its most frequent class, else
     'background'), and when annotations carry a `segmentation` (polygons or RLE) a mask per image, the union of its
-    annotations' masks. An image's `file_name` is looked up beside its JSON, in `images/` there, and in `images/`
-    beside an `annotations/` folder.
+    annotations' masks. An image's `file_name` (Windows separators read as '/') is looked up beside its JSON, in
+    `images/` there, in the dataset folder and in its `images/` (beside an `annotations/` folder), with a note when
+    not beside the JSON.
 
     Refused with a reason (left out, counted): annotations whose category_id is not in `categories`, annotations
     of images not listed in `images`, and in a segmentation file annotations with a box but no segmentation.
@@ -102,7 +105,9 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise DataError(js, f"not a valid COCO JSON ({type(e).__name__}: {e})") from e
     name_js = js.relative_to(root).as_posix() if js.is_relative_to(root) else js.name
-    places = [js.parent, js.parent / "images"] + ([js.parent.parent / "images"] if js.parent != root else [])
+    places = image_places(root, js.parent)
+    found_in: Counter = Counter()  # where the images were found, when not beside the JSON
+    backslashed: list[str] = []
     listed = {iid for iid, *_ in images}
     by_image: dict = defaultdict(list)
     dangling: dict = defaultdict(list)
@@ -115,12 +120,16 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     rows, no_ann, mixed = [], [], 0
     n_clipped = 0
     for k, (iid, name, width, height) in enumerate(images):
-        found = next((d / name for d in places if (d / name).is_file()), None)
-        if found is None:
-            where = ", ".join(f"{os.path.relpath(d, root)}/" for d in places)
+        hit = locate_image(places, name)
+        if hit is None:
+            where = ", ".join(f"{Path(os.path.relpath(d, root)).as_posix()}/" for d in places)
             problems.append((name, f"file not found in {where} (looked up for {name_js})"))
             continue
+        found, place = hit
         rel = Path(os.path.relpath(found, root)).as_posix()
+        if place != js.parent:
+            found_in[Path(os.path.relpath(place, root)).as_posix()] += 1
+        backslashed += [f"{name} as {rel}"] if "\\" in name else []
         mine = by_image.get(iid, [])
         bad = sorted({str(a.get("category_id")) for a in mine if a.get("category_id") not in cats})
         if bad:
@@ -167,6 +176,14 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
                 f"{name_js}#image_id={iid}",
                 f"{len(those)} annotation(s) ({ids}) of image id {iid}, which is not in 'images'",
             )
+        )
+    if found_in:
+        where = ", ".join(f"{'the dataset folder' if d == '.' else d + '/'} ({n})" for d, n in found_in.most_common())
+        notes.append(f"{name_js}: file_name(s) read relative to {where}, not to the JSON's folder")
+    if backslashed:
+        notes.append(
+            f"{name_js}: {len(backslashed)} file_name(s) with Windows separators ('\\') read with '/' "
+            f"(e.g. {backslashed[0]})"
         )
     if segmented:
         notes.append("COCO segmentation (polygons / RLE) read as masks: the union of each image's annotations")

@@ -215,14 +215,26 @@ def draw_shapes(
     return rasterise(shapes, w, h, tally), w, h
 
 
-def _find_image(root: Path, base: Path, name: str) -> Path | None:
-    """An annotated image file: `name` (Windows separators read as '/') under `base`, else under `base/images`,
-    else a file of the same stem beside `base`."""
+def image_places(root: Path, base: Path) -> list[Path]:
+    """The folders an annotation's image name is looked up under, in turn: `base` (the annotation's folder), its
+    `images/`, the dataset folder `root`, its `images/`."""
+    return list(dict.fromkeys((base, base / "images", root, root / "images")))
+
+
+def locate_image(places: list[Path], name: str) -> tuple[Path, Path] | None:
+    """(the image file, the folder of `places` it was found under) of an annotated image `name` (Windows separators
+    read as '/'), None when under none of them."""
     name = name.replace("\\", "/").strip()
-    for cand in (base / name, base / "images" / name, root / name, root / "images" / name):
-        if name and cand.is_file():
-            return Path(os.path.normpath(cand))  # `a/../b.png` as `b.png`, the path the folder walk gives
+    for place in places:
+        if name and (place / name).is_file():
+            return Path(os.path.normpath(place / name)), place  # `a/../b.png` as `b.png`, the path the walk gives
     return None
+
+
+def _find_image(root: Path, base: Path, name: str) -> Path | None:
+    """An annotated image file: `name` looked up under `image_places(root, base)`."""
+    found = locate_image(image_places(root, base), name)
+    return found[0] if found else None
 
 
 def _fields(rel_dir: str, options: DataOptions) -> dict[str, str] | None:
@@ -274,7 +286,9 @@ def per_image_rows(
     objects' label when they agree, 'background' without objects, empty when they disagree: every label is in
     column `shape_labels`; a folder's label by --pattern wins, with a note) and a mask drawn from its shapes at the
     image's size: always with `masks` True, never with False, and with None when any file of the set has a shape
-    other than a box. An image without a file gets no label (unannotated is not lesion-free).
+    other than a box - then an image with a box gets no mask (a filled box is not its object's outline; Ultralytics
+    too keeps a mixed set's boxes, not its outlines), its boxes are kept. An image without a file gets no label
+    (unannotated is not lesion-free).
     """
     parsed: list[tuple[Path, dict, Path | None, ImageShapes | None]] = []
     for img in images:
@@ -295,6 +309,7 @@ def per_image_rows(
     if masks is None:
         drawn_masks = any(s.kind != "rectangle" for *_, got in parsed if got for s in got.shapes)
     rows, missing, empty, mixed, folder_wins, tally = [], [], [], [], [], ShapeTally.of(options)
+    boxed = []  # images with boxes in a set drawn from outlines: no mask
     for img, row, src, got in parsed:
         if src is None or got is None:
             missing.append(row["image"])
@@ -305,7 +320,9 @@ def per_image_rows(
             problems.append((row["image"], drawn))
             continue
         mask, w, h = drawn
-        if drawn_masks:
+        if drawn_masks and masks is None and any(s.kind == "rectangle" and tally.draws(s.label) for s in got.shapes):
+            boxed.append(row["image"])
+        elif drawn_masks:
             row["mask"] = write_mask(mask_folder(src, tally.drawn_labels) / "mask.png", mask, root)
         row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in got.shapes])
         row["shape_labels"] = json.dumps(got.labels)
@@ -322,6 +339,12 @@ def per_image_rows(
     if missing:
         hint = ", no mask; --missing-masks empty would count them as lesion-free" if drawn_masks else ""
         notes.append(f"{len(missing)} image(s) have no {what} file: no label, no boxes{hint} (e.g. {missing[0]})")
+    if boxed:
+        notes.append(
+            f"{len(boxed)} image(s) have boxes in a set of outlined shapes: no mask (a filled box is not an outline, "
+            "and the outlines alone would miss the boxed objects; --missing-masks empty would wrongly count them as "
+            f"lesion-free), boxes kept for detection (e.g. {', '.join(boxed[:3])})"
+        )
     if folder_wins:
         notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
     return rows, notes + tally.notes()

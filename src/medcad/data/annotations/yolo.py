@@ -4,11 +4,14 @@
 Where the tools put them: Ultralytics and Roboflow (`data.yaml` with `names`; `<split>/images/x.jpg` with
 `<split>/labels/x.txt`), CVAT's "YOLO 1.1" (`obj.names`, `obj_train_data/` with each `.txt` beside its image),
 LabelImg (`classes.txt` beside the label files). A label file is found as Ultralytics finds it: the image's path
-with its last `images` folder replaced by `labels`, else beside the image.
+with its last `images` folder below the dataset folder replaced by `labels`, else beside the image; two images of
+one name (`x.jpg`, `x.png`) would share it, so both are left out, named. A class id is a line number of the names
+file, or a key of data.yaml's `names` dict (which may start at 1).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 from medcad.config import DataOptions
@@ -17,6 +20,7 @@ from medcad.data.io import image_size
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
 from medcad.data.media import expand_frames, is_media
+from medcad.data.pairing import several_images_of_one_name
 from medcad.errors import DataError
 
 NAMES_FILES = ("data.yaml", "dataset.yaml", "obj.names", "classes.txt")
@@ -32,8 +36,8 @@ def _names_file(root: Path) -> Path | None:
     return None
 
 
-def _yaml_names(path: Path) -> list[str] | None:
-    """`names` of an Ultralytics data.yaml (a list, or a dict index -> name), None without one."""
+def _yaml_names(path: Path) -> list | dict | None:
+    """`names` of an Ultralytics data.yaml as written (a list, or a dict class id -> name), None without one."""
     import yaml
 
     try:
@@ -41,25 +45,35 @@ def _yaml_names(path: Path) -> list[str] | None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     names = data.get("names") if isinstance(data, dict) else None
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names, key=int)]
-    return [str(n) for n in names] if isinstance(names, list) else None
+    return names if isinstance(names, (list, dict)) else None
 
 
-def class_names(path: Path) -> list[str]:
-    """The class names in a names file (data.yaml `names`, or one per line: obj.names, classes.txt)."""
-    if path.suffix == ".yaml":
-        return _yaml_names(path) or []
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+def class_names(path: Path) -> dict[int, str]:
+    """Class id -> name from a names file: data.yaml `names` (a list: ids 0, 1, ...; a dict: its keys are the ids,
+    as Ultralytics reads them), or one name per line (obj.names, classes.txt: ids 0, 1, ...)."""
+    if path.suffix != ".yaml":
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        return dict(enumerate(line.strip() for line in lines if line.strip()))
+    names = _yaml_names(path) or []
+    if isinstance(names, list):
+        return dict(enumerate(str(n) for n in names))
+    bad = [k for k in names if isinstance(k, bool) or not str(k).strip().isdigit()]
+    if bad:
+        raise DataError(path, f"`names` keys must be class ids (0, 1, ...), not {', '.join(map(repr, bad[:3]))}")
+    ids = {int(str(k)): str(v) for k, v in names.items()}
+    if len(ids) < len(names):
+        raise DataError(path, "`names` gives one class id twice (keys such as 1 and '1')")
+    return dict(sorted(ids.items()))
 
 
-def label_file(image: Path) -> Path:
-    """Where Ultralytics looks for an image's labels: its path with the last `images` folder as `labels`, `.txt`;
-    beside the image when the path has no `images` folder."""
-    parts = list(image.parts)
+def label_file(image: Path, root: Path) -> Path:
+    """Where Ultralytics looks for the labels of an image of the set at `root`: its path with the last `images`
+    folder below `root` as `labels`, `.txt`; beside the image when there is none (folders above `root` do not count:
+    a set stored under some `/data/images/` keeps its labels)."""
+    parts = image.relative_to(root).parts
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] == "images":
-            return Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+            return root.joinpath(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
     return image.with_suffix(".txt")
 
 
@@ -72,7 +86,7 @@ def find_yolo(path: Path) -> Path | None:
     if names is None:
         return None
     images = [f for f in walk_files(path) if is_media(f)][:50]
-    return names if any(label_file(f).is_file() for f in images) else None
+    return names if any(label_file(f, path).is_file() for f in images) else None
 
 
 def _edge(v: float) -> float:
@@ -81,7 +95,9 @@ def _edge(v: float) -> float:
     return min(max(v, 0.0), 1.0) if -0.01 <= v <= 1.01 else v
 
 
-def _parse(names: list[str]):
+def _parse(names: dict[int, str], names_file: str):
+    known = ", ".join(f"{i} {n!r}" for i, n in names.items())
+
     def parse(source: Path, image: Path) -> ImageShapes:
         w, h = image_size(image)
         shapes, labels = [], []
@@ -93,8 +109,8 @@ def _parse(names: list[str]):
                 cls, coords = int(values[0]), [float(v) for v in values[1:]]
             except ValueError as e:
                 raise ValueError(f"line {n} is not 'class x y ...' numbers ({e})") from None
-            if not 0 <= cls < len(names):
-                raise ValueError(f"line {n}: class {cls} is not one of the {len(names)} names ({', '.join(names)})")
+            if cls not in names:
+                raise ValueError(f"line {n}: class {cls} is not one of the {len(names)} names of {names_file}: {known}")
             if any(not -0.01 <= c <= 1.01 for c in coords):
                 raise ValueError(f"line {n}: coordinates outside 0..1 (YOLO's are normalised to the image's size)")
             where = f"{source.name} line {n}"
@@ -126,16 +142,25 @@ def read_yolo(path: Path, options: DataOptions) -> Manifest:
     names = class_names(names_file)
     if not names:
         raise DataError(names_file, "lists no class names")
+    rel = names_file.relative_to(path).as_posix()
     images = [f for f in walk_files(path) if is_media(f)]
-    sources = {img: lf for img in images if (lf := label_file(img)).is_file()}
+    labelled = {img: lf for img in images if (lf := label_file(img, path)).is_file()}
     problems: list[tuple[str, str]] = []
-    used, label_dirs = set(sources.values()), {lf.parent for lf in sources.values()}
+    used, label_dirs = set(labelled.values()), {lf.parent for lf in labelled.values()}
     for f in walk_files(path):
         if f.suffix == ".txt" and f.parent in label_dirs and f not in used and f.name not in NAMES_FILES:
             problems.append((f.relative_to(path).as_posix(), "a YOLO label file without its image"))
-    rows, notes = per_image_rows(path, images, sources, _parse(names), options, problems, "YOLO labels")
-    rel = names_file.relative_to(path).as_posix()
-    notes.insert(0, f"classes from {rel}: {', '.join(f'{i} {n!r}' for i, n in enumerate(names))}")
+    by_file: dict[str, list[str]] = defaultdict(list)  # frame1.jpg and frame1.png share labels/frame1.txt
+    for img, lf in labelled.items():
+        by_file[lf.relative_to(path).as_posix()].append(img.relative_to(path).as_posix())
+    shared = several_images_of_one_name(by_file, {k: [k] for k in by_file}, problems, "YOLO label file")
+    ambiguous = {img for img, lf in labelled.items() if lf.relative_to(path).as_posix() in shared}
+    images = [img for img in images if img not in ambiguous]
+    sources = {img: lf for img, lf in labelled.items() if img not in ambiguous}
+    rows, notes = per_image_rows(path, images, sources, _parse(names, rel), options, problems, "YOLO labels")
+    notes.insert(0, f"classes from {rel}: {', '.join(f'{i} {n!r}' for i, n in names.items())}")
+    if list(names) != list(range(len(names))):
+        notes[0] += f" (its class ids, not 0..{len(names) - 1}: a label line's class is looked up by id)"
     # train/images/x.jpg (Roboflow) or images/train/x.jpg (Ultralytics' COCO-style sets): the split folder
     splits = sorted({"/".join(p for p in img.relative_to(path).parent.parts if p != "images") for img in images})
     if len(splits) > 1:
