@@ -131,3 +131,15 @@ def test_the_console_names_images_apart(paths) -> None:
     assert len(set(shown)) == len(shown) and all(
         f == s or f.endswith("/" + s) for f, s in zip(full, shown, strict=True)
     )
+
+
+def test_data_inspect_writes_no_file_unless_asked(class_folders: Path, tmp_path: Path, monkeypatch) -> None:
+    """It had written manifest.csv into the current folder: run inside the dataset, that file then decided how the
+    dataset was read (an explicit manifest wins over the folders)."""
+    monkeypatch.chdir(class_folders)
+    before = sorted(p.name for p in class_folders.iterdir())
+    res = runner.invoke(app, ["data", "inspect", "."])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in class_folders.iterdir()) == before and "not written" in res.output
+    res = runner.invoke(app, ["data", "inspect", ".", "--out", str(tmp_path / "m.csv")])
+    assert res.exit_code == 0 and (tmp_path / "m.csv").is_file()

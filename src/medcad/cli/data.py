@@ -16,19 +16,22 @@ from medcad.errors import MedcadError
 @with_data_options
 def data_inspect(
     path: Path,
-    out: Annotated[Path, typer.Option(help="Where to write the manifest CSV.")] = Path("manifest.csv"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the dataset as read to this manifest CSV (a valid input: paths relative to it)."),
+    ] = None,
     labels: LabelsOpt = None,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
 ) -> None:
-    """Summarise a dataset (any supported layout) and write its manifest.csv."""
+    """Summarise a dataset (any supported layout); with --out, write it as read to a manifest CSV."""
     try:
         from medcad.data.summary import summarize
 
         manifest = _load(path, options, labels, quiet=True)  # the summary shows the notes
         summary = summarize(manifest)
-        summary["manifest_csv"] = str(manifest.save(out))
+        summary["manifest_csv"] = str(manifest.save(out)) if out else "not written (--out FILE writes it)"
     except MedcadError as e:
         _fail(e)
     _emit(summary, as_json, "print_summary")
