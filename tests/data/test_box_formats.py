@@ -235,3 +235,19 @@ def test_pascal_voc_boxes_as_cvat_and_labelimg_write_them(tmp_path: Path, layout
     assert got["f2"] == ([], "background") and got["f3"] == ([], "")
     assert any("gone.xml" in p for p, _ in m.ledger.left_out)
     assert any("1 object(s) marked difficult" in n for n in m.notes)
+
+
+def test_voc_xml_at_the_top_of_the_dataset_takes_its_own_image_not_one_above(tmp_path: Path) -> None:
+    """LabelImg XMLs beside their images at the dataset's top: the image of the same name in a JPEGImages/ of the
+    folder above (another dataset) had been taken first, and the XML then left out as naming no image under it."""
+    root = tmp_path / "mine"
+    _image(tmp_path, "JPEGImages/f0.jpg", 5, 40, 32)  # beside the dataset, not in it
+    _image(root, "f0.jpg", 0, 40, 32)
+    (root / "f0.xml").write_text(
+        "<annotation><filename>f0.jpg</filename><size><width>40</width><height>32</height></size><object>"
+        "<name>polyp</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+        "</annotation>"
+    )
+    m = load_manifest(root)
+    assert m.layout == "voc" and m.table["image"].tolist() == ["f0.jpg"] and not m.problems
+    assert json.loads(m.table["boxes"].iat[0]) == [[1.0, 1.0, 9.0, 9.0, "polyp"]]

@@ -39,13 +39,15 @@ def _image_of(root: Path, xml: Path, tree: ET.Element, images: dict[tuple[Path, 
     """The image an annotation names (<filename>, else <path>'s file name) beside it, in JPEGImages/ or images/
     beside its folder, or under the root; else the image of the XML's own stem beside it or in JPEGImages/."""
     name = (tree.findtext("filename") or "").strip() or Path((tree.findtext("path") or "").replace("\\", "/")).name
-    for base in (xml.parent.parent / "JPEGImages", xml.parent.parent / "images", root / "JPEGImages"):
+    inside = xml.parent != root  # an XML at the dataset's top: its parent's folders are not the dataset's
+    bases = (xml.parent.parent / "JPEGImages", xml.parent.parent / "images") * inside + (root / "JPEGImages",)
+    for base in bases:
         if name and (base / name).is_file():
             return base / name
     found = _find_image(root, xml.parent, name) if name else None
     if found is not None:
         return found
-    for folder in (xml.parent, xml.parent.parent / "JPEGImages"):
+    for folder in (xml.parent, *[xml.parent.parent / "JPEGImages"] * inside):
         if (folder, xml.stem) in images:
             return images[(folder, xml.stem)]
     return None
