@@ -219,13 +219,35 @@ def test_a_damaged_mjpeg_frame_is_dropped_and_named_not_predicted(tmp_path: Path
     assert [d.index for d in video.report.dropped] == [10]
 
 
-def test_a_dicom_cine_given_as_a_video_says_what_it_is(tmp_path: Path) -> None:
-    """`data frames` on an ultrasound cine DICOM said "corrupt video, or an MP4 cut off before its index"."""
+def test_a_dicom_cine_is_read_as_a_video_timed_by_its_header(tmp_path: Path) -> None:
+    """`data frames` on an ultrasound cine DICOM had said "corrupt video, or an MP4 cut off before its index", then
+    that a DICOM is no video; a cine is now read as one: its frames in order, timed by Frame Time Vector, Frame Time
+    or Cine Rate (said), a truncated file's whole frames read and the rest named."""
     from conftest import write_dicom
+    from medcad.data.video import extract_frames, open_video, probe_video
 
-    cine = write_dicom(tmp_path / "IM00001", np.zeros((3, 16, 16), np.uint16))
-    with pytest.raises(DataError, match="IM00001: a DICOM file, not a video"):
-        VideoReader(cine)
+    frames = (np.arange(5)[:, None, None] * 10000 + np.zeros((5, 16, 16))).astype(np.uint16)
+    for attrs, times, said in (
+        ({"FrameTimeVector": [0, 30, 30, 40, 40]}, [0, 0.03, 0.06, 0.1, 0.14], "Frame Time Vector"),
+        ({"FrameTime": 50}, [0, 0.05, 0.1, 0.15, 0.2], "FrameTime"),
+        ({"CineRate": 10}, [0, 0.1, 0.2, 0.3, 0.4], "CineRate"),
+        ({}, [0, 0.04, 0.08, 0.12, 0.16], "assumed 25 frames/s"),
+    ):
+        cine = write_dicom(tmp_path / "IM00001", frames, **attrs)
+        with open_video(cine) as video:
+            got = list(video.frames())
+        assert [f.index for f in got] == list(range(5)) and [f.time_s for f in got] == pytest.approx(times)
+        assert [int(f.rgb[0, 0, 0]) for f in got] == [round(k * 10000 / 65535 * 255) for k in range(5)]  # in order
+        assert said in video.report.times_from and probe_video(cine).estimated_frames == 5
+    data = cine.read_bytes()
+    cine.write_bytes(data[: len(data) - 2 * 16 * 16 - 10])  # the last frame and a bit of the one before cut off
+    with open_video(cine) as video:
+        assert [f.index for f in video.frames()] == [0, 1, 2]
+    assert [d.index for d in video.report.dropped] == [3, 4] and "truncated" in video.report.dropped[0].reason
+    manifest = extract_frames(cine, tmp_path / "frames", every=2)
+    assert [r.split(",")[1] for r in manifest.read_text().splitlines()[1:]] == ["0", "2"]
+    with pytest.raises(DataError, match="a single-frame DICOM"):
+        open_video(write_dicom(tmp_path / "one.dcm", frames[:1]))
 
 
 def _picture_of(rgb: np.ndarray) -> int:

@@ -255,6 +255,26 @@ def test_video_job(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
         assert client.post("/predict/video", content=good_image(easy_set)).status_code == 415
         assert not list(app.state.workdir.iterdir())  # the clip is gone
 
+        # an ultrasound cine loop (multi-frame DICOM) is a clip too, each frame timed by its Frame Time (it had been
+        # refused: "POST it to /predict, each frame with ?frame=k"); each frame predicted as /predict predicts it
+        grey = np.stack([f.mean(axis=2) for f in frames]).astype(np.uint16) * 16
+        cine = write_dicom(tmp_path / "loop.dcm", grey, FrameTime=40).read_bytes()
+        r = client.post("/predict/video", files={"file": ("loop.dcm", cine, "application/dicom")})
+        assert r.status_code == 202, r.text
+        for _ in range(100):
+            state = client.get(r.json()["status_url"]).json()
+            if state["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert state["status"] == "done", state
+        assert [f["frame"] for f in state["frames"]] == list(range(6))
+        assert [f["time_s"] for f in state["frames"]] == pytest.approx([0.04 * k for k in range(6)])
+        one = client.post("/predict?frame=3", files={"file": ("loop.dcm", cine)}).json()
+        assert state["frames"][3]["p_lesion"] == pytest.approx(one["probabilities"]["lesion"], abs=1e-5)
+        single = write_dicom(tmp_path / "one.dcm", grey[:1]).read_bytes()
+        r = client.post("/predict/video", files={"file": ("one.dcm", single)})
+        assert r.status_code == 422 and "single-frame DICOM" in r.text and "/predict" in r.text
+
 
 @pytest.fixture
 def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 import cv2
@@ -25,6 +25,9 @@ import numpy as np
 from medcad.data.io import is_dicom
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from medcad.data.cine import DicomCine
 
 
 def sharpness(rgb: np.ndarray) -> float:
@@ -121,8 +124,7 @@ class VideoReader:
         if is_dicom(self.path):
             raise DataError(
                 self.path,
-                "a DICOM file, not a video: its frames are images to every command (train, predict, data inspect "
-                "read one row per frame); data frames reads video files",
+                "a DICOM file, not a video file: medcad.data.video.open_video reads a multi-frame DICOM as a video",
             )
         try:
             self._container = av.open(str(self.path), metadata_errors="replace")
@@ -349,13 +351,27 @@ class VideoInfo:
     height: int
 
 
+def open_video(path: str | Path) -> VideoReader | DicomCine:
+    """A video file's reader (`VideoReader`), or a multi-frame DICOM's (`medcad.data.cine.DicomCine`: a cine loop
+    read as a video, each frame timed by its header).
+
+    Raises:
+        DataError: naming the file, when it cannot be opened (a single-frame DICOM is an image, not a video).
+    """
+    if Path(path).is_file() and is_dicom(path):
+        from medcad.data.cine import DicomCine
+
+        return DicomCine(path)
+    return VideoReader(path)
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Frame rate, announced frame count and size, after checking that at least one frame decodes.
 
     Raises:
         DataError: naming the file, when it cannot be opened or no frame of it decodes.
     """
-    with VideoReader(path) as video:
+    with open_video(path) as video:
         first = next(video.frames(), None)
         if first is None:
             raise video.nothing_decoded()
@@ -381,7 +397,7 @@ def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_thr
     (out / "frames").mkdir(parents=True, exist_ok=True)
     stem = Path(video).stem
     rows = []
-    with VideoReader(video) as reader:
+    with open_video(video) as reader:
         for f in reader.frames(every):
             name = f"frames/{stem}_{f.index:06d}.png"
             Image.fromarray(f.rgb).save(out / name)

@@ -1,5 +1,6 @@
-"""Video clips for the server as jobs: checked on arrival, predicted frame by frame on one background thread
-(`medcad.inference.video.predict_video`), polled for progress, their files deleted as soon as they are done."""
+"""Video clips and DICOM cine loops for the server as jobs: checked on arrival, predicted frame by frame on one
+background thread (`medcad.inference.video.predict_video`), polled for progress, their files deleted as soon as they
+are done."""
 
 from __future__ import annotations
 
@@ -62,24 +63,23 @@ class VideoJobs:
         """
         if not data:
             raise UploadError(400, f"the upload is empty (0 bytes); send a video clip ({CLIPS})")
-        if not sniff_video(data):
-            kind = sniff(data)
+        kind = sniff(data)
+        if not sniff_video(data) and kind != "dicom":  # a multi-frame DICOM is a cine: predicted as a clip
             hint = " (it is an image: POST it to /predict)" if kind else ""
-            if kind == "dicom":
-                hint = " (a DICOM file: POST it to /predict, each frame of a cine with ?frame=k)"
-            raise UploadError(415, f"the upload is not a video clip ({CLIPS}) by its content{hint}")
+            raise UploadError(415, f"the upload is not a video clip ({CLIPS}) or a DICOM cine by its content{hint}")
         if self.active() >= self.max_jobs:
             raise QueueFull(max(5, math.ceil(30 * self.active())))
         job = uuid.uuid4().hex[:16]
         folder = self.workdir / f"job-{job}"
         folder.mkdir()
-        clip = folder / "clip.video"
+        clip = folder / ("clip.dcm" if kind == "dicom" else "clip.video")
         clip.write_bytes(data)
         try:
             frames = probe_video(clip).estimated_frames
         except DataError as e:
             shutil.rmtree(folder, ignore_errors=True)
-            raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
+            hint = " (POST a single image to /predict)" if kind == "dicom" and "single-frame" in e.problem else ""
+            raise UploadError(422, f"the upload cannot be decoded: {e.problem}{hint}") from e
         if frames > self.limits.max_video_frames:
             shutil.rmtree(folder, ignore_errors=True)
             raise UploadError(

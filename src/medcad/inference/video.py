@@ -12,17 +12,23 @@ from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
-from medcad.data.video import Frame, VideoReader
+from medcad.data.video import Frame, VideoReader, open_video
 from medcad.inference.predictor import Predictor
 
+if TYPE_CHECKING:
+    from medcad.data.cine import DicomCine
 
-def _decoder(reader: VideoReader, q: queue.Queue, stop: threading.Event, realtime: bool, state: dict) -> None:
+
+def _decoder(
+    reader: VideoReader | DicomCine, q: queue.Queue, stop: threading.Event, realtime: bool, state: dict
+) -> None:
     """Put `Frame`s on `q`, then None; keeps an exception in `state["error"]`, the indices of frames skipped in
     `state["skipped"]`."""
     t0 = first = None
@@ -80,7 +86,7 @@ def predict_video(
     video = Path(video)
     out_dir, stem = Path(out_dir), name or Path(video).stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    reader = VideoReader(video)
+    reader = open_video(video)
     fps, n_frames = reader.fps, reader.estimated_frames
     q: queue.Queue = queue.Queue(maxsize=batch * 2)
     stop = threading.Event()
