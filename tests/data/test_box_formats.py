@@ -251,3 +251,87 @@ def test_voc_xml_at_the_top_of_the_dataset_takes_its_own_image_not_one_above(tmp
     m = load_manifest(root)
     assert m.layout == "voc" and m.table["image"].tolist() == ["f0.jpg"] and not m.problems
     assert json.loads(m.table["boxes"].iat[0]) == [[1.0, 1.0, 9.0, 9.0, "polyp"]]
+
+
+def _write_annotations(root: Path, layout: str, present: list[int], orphans: list[int], boxes: dict) -> None:
+    """Images f<i>.jpg for `present`, and annotations (one box each where `boxes` has one) for `present` and for
+    `orphans` (images that are not there), in `layout`."""
+    folder = {"yolo": "images", "coco": "images", "voc": "JPEGImages"}[layout]
+    for i in present:
+        _image(root, f"{folder}/f{i}.jpg", i, 32, 24)
+    annotated = sorted(set(present) | set(orphans))
+    if layout == "yolo":
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        for i in annotated:
+            lines = [f"0 {x + 0.1} {y + 0.1} 0.2 0.2" for x, y in boxes.get(i, [])]
+            (root / "labels" / f"f{i}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        (root / "data.yaml").write_text("names: [polyp]\n")
+    elif layout == "coco":
+        images = [{"id": i, "file_name": f"f{i}.jpg", "width": 32, "height": 24} for i in annotated]
+        anns = [
+            {"id": 100 * i + k, "image_id": i, "category_id": 1, "bbox": [x * 32, y * 24, 6.4, 4.8], "area": 30.7}
+            for i in annotated
+            for k, (x, y) in enumerate(boxes.get(i, []))
+        ]
+        coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "polyp"}]}
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / "instances.json").write_text(json.dumps(coco))
+    else:
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        for i in annotated:
+            objects = "".join(
+                f"<object><name>polyp</name><bndbox><xmin>{x * 32:.1f}</xmin><ymin>{y * 24:.1f}</ymin><xmax>"
+                f"{x * 32 + 6.4:.1f}</xmax><ymax>{y * 24 + 4.8:.1f}</ymax></bndbox></object>"
+                for x, y in boxes.get(i, [])
+            )
+            (root / "Annotations" / f"f{i}.xml").write_text(
+                f"<annotation><filename>f{i}.jpg</filename><size><width>32</width><height>24</height></size>"
+                f"{objects}</annotation>"
+            )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    layout=st.sampled_from(["yolo", "coco", "voc"]),
+    n=st.integers(1, 5),
+    orphans=st.lists(st.integers(10, 12), unique=True, max_size=2),
+    unannotated=st.lists(st.integers(20, 22), unique=True, max_size=2),
+    boxes=st.dictionaries(
+        st.integers(0, 12), st.lists(st.tuples(st.sampled_from([0.1, 0.5]), st.just(0.3)), max_size=2)
+    ),
+    strays=st.lists(st.sampled_from(["README.md", "notes.txt", "extra/x.png", "images/thumbs.db"]), unique=True),
+)
+def test_every_annotation_file_image_and_box_is_used_or_named(layout, n, orphans, unannotated, boxes, strays) -> None:
+    """Whatever an export holds beside its images and annotations (annotations of images that are not there, images
+    without annotation, stray files), every file is used, read as a source or named with a reason, and every box of
+    an image that is there reaches the manifest where it was drawn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "export"
+        present = list(range(n))
+        _write_annotations(root, layout, present, orphans, boxes)
+        folder = {"yolo": "images", "coco": "images", "voc": "JPEGImages"}[layout]
+        for i in unannotated:
+            _image(root, f"{folder}/f{i}.jpg", i, 32, 24)
+        for s in strays:
+            (root / s).parent.mkdir(parents=True, exist_ok=True)
+            save(root / s, noise_image(99)) if s.endswith(".png") else (root / s).write_text("x")
+        m = load_manifest(root)
+        assert m.layout == layout, m.notes
+        ledger = m.ledger
+        files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+        accounted = m.used_files() | set(m.sources) | {p for p, _ in ledger.left_out + ledger.unread}
+        assert files <= accounted, (files - accounted, m.notes)
+        assert all(reason for _, reason in ledger.left_out + ledger.unread)
+        got = {Path(img).stem: json.loads(b or "[]") for img, b in m.table[["image", "boxes"]].values}
+        for i in present:  # each annotated image with each of its boxes, in pixels
+            want = [[x * 32, y * 24, x * 32 + 6.4, y * 24 + 4.8, "polyp"] for x, y in boxes.get(i, [])]
+            assert (
+                np.allclose([b[:4] for b in got[f"f{i}"]], [b[:4] for b in want], atol=0.02)
+                if want
+                else not got[f"f{i}"]
+            )
+        for i in orphans:  # an annotation of an image that is not there is named, not silently dropped
+            assert f"f{i}" not in got
+            assert any(f"f{i}" in p or f"f{i}" in r for p, r in ledger.left_out + ledger.unread), ledger.left_out
+        for i in unannotated:  # an image without annotation is a row (no label) or named
+            assert f"f{i}" in got or any(f"f{i}.jpg" in p for p, _ in ledger.left_out + ledger.unread)
