@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import write_dicom
+from conftest import png_header, write_dicom
 from medcad.inference.batcher import Batcher, QueueFull
 from medcad.inference.registry import load_predictor
 from medcad.inference.responses import rle_decode, rle_encode
@@ -322,6 +322,19 @@ def test_a_cine_is_limited_by_the_pixels_of_the_frame_decoded(tmp_path: Path) ->
     cine = write_dicom(tmp_path / "cine.dcm", np.zeros((5, 1000, 1000), np.uint16)).read_bytes()
     upload = decode_upload(cine, tmp_path, Limits(max_pixels=4_000_000), frame=3)  # 5 MP in all, 1 MP a frame
     assert upload.rgb.shape == (1000, 1000, 3) and (upload.frame, upload.frames) == (3, 5)
+
+
+def test_a_decompression_bomb_upload_is_refused_with_its_real_size(tmp_path: Path) -> None:
+    """A 20000 x 20000 PNG (beyond twice Pillow's limit, where Pillow refuses before giving the size) is 400 megapixels
+    in the 413's message (it had said 1600000000.0: the limit squared)."""
+    from medcad.inference.uploads import UploadError, check_pixels
+
+    png_header(tmp_path / "bomb.png", 20_000, 20_000)
+    with pytest.raises(UploadError) as refused:
+        check_pixels((tmp_path / "bomb.png").read_bytes(), "png", Limits(max_pixels=40_000_000))
+    assert refused.value.status == 413 and "has 400.0 megapixels, more than this server's limit of 40" in str(
+        refused.value
+    )
 
 
 def test_dicom_seg_of_a_source_without_type_2_attributes(tmp_path: Path) -> None:
