@@ -178,6 +178,16 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
 
     html = write_report(tmp_path / "mt").read_text()
     assert "Lesion masks" in html and "Classification" in html
+    # figures without a frame decision sit under their own heading, before the decisions' (they had followed them)
+    after = html.index("After the frame-level decision (maximum mean Dice)")
+    assert html.index("before any frame-level decision") < html.index('class="seg-folds"') < after
+    # what the predictor applies: the ensemble at the mean threshold, not scored by the out-of-fold figures
+    assert f"from the mean of these thresholds, {np.mean(fd['thresholds']):.4f}, on" in html
+    assert "they do not score the ensemble's rule" in html and "the predictor does not apply it" in html
+    assert "ECE, as trained (before temperature scaling" in html  # the headline's ECE is the unscaled one
+    assert "thresholds\nare on the folds' probabilities as trained, before temperature scaling" in html
+    seg = m["segmentation"]  # the per-label table scored in the headline's resamples
+    assert sum(v["n_images"] for v in seg["by_label"].values()) == seg["n_images"]
     saved = json.loads((tmp_path / "mt" / "metrics.json").read_text())  # a fold whose rule no threshold met (inf)
     saved["segmentation"]["frame_decision_specificity"]["thresholds"][0] = None
     (tmp_path / "mt" / "metrics.json").write_text(json.dumps(saved))
