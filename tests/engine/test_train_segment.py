@@ -217,6 +217,19 @@ def test_frame_decision_of_a_prediction() -> None:
     assert row["frame_decision"] == "no lesion" and row["frame_score"] == pytest.approx(0.7)
     assert row["lesion_fraction"] == 0 and gated.summary()["frame_decision"] == "no lesion"
     assert kept.row()["frame_decision"] == "lesion" and kept.row()["frame_score"] == pytest.approx(0.04)
+    # each answer says why: a score below the frame threshold, or (above it) no pixel at the pixel threshold - the
+    # page had said 'frame score 0.43, mask not shown' for a score above the threshold
+    assert gated.summary()["frame_reason"] == "no lesion: P(not 'normal') 0.700 is below the frame threshold 0.75"
+    assert gated.summary()["frame_threshold"] == 0.75 and gated.summary()["frame_score_kind"] == "p_lesion"
+    faint = Prediction.of("a", labels, min_frame_score=0.5, **(kw | {"mask": mask * 0.5}))
+    assert faint.summary()["frame_reason"] == (
+        "no lesion: no pixel's lesion probability reaches 0.5 (highest 0.45); P(not 'normal') 0.700 reaches the frame "
+        "threshold 0.5"
+    )
+    assert kept.summary()["frame_reason"] == (
+        "lesion: lesion area 0.040 reaches the frame threshold 0.04 and 4 pixels (4.00% of the image) reach lesion "
+        "probability 0.5"
+    )
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

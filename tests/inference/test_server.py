@@ -270,11 +270,18 @@ def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> None:
-    app = create_app(load_predictor(tiny_segmenter, threshold=0.0))  # every pixel is lesion: a non-empty mask
+    predictor = load_predictor(tiny_segmenter, threshold=0.0)  # every pixel is lesion: a non-empty mask
+    app = create_app(predictor)
     rgb = np.random.default_rng(1).integers(0, 255, (30, 50, 3), np.uint8)
     with TestClient(app) as client:
         card = client.get("/model").json()
         assert card["task"] == "segment" and set(card["metrics"]) == {"dice", "iou"}
+        # the frame decision and its threshold (the folds' mean), and what the Dice is over (it had said neither)
+        fd = card["frame_decision"]
+        assert fd["score"] == "lesion_area" and fd["threshold"] == pytest.approx(predictor.min_frame_score)
+        assert fd["threshold_of"] == "the mean of the fold models' thresholds" and "out_of_fold" in fd
+        assert "before the frame decision" in card["metrics_note"] and card["decision"].startswith("the frame decision")
+        assert "area averaging when shrinking" in card["preprocessing"]["interpolation"]  # it had been null
         body = client.post("/predict", content=png(rgb)).json()
         m = body["mask"]
         mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(m["data"]))))
