@@ -108,7 +108,7 @@ def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: 
     err = np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0)
     ax.bar(range(len(names)), v, yerr=err, capsize=4, color="#4C72B0")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylim(max(0, np.nanmin(lo) - 0.1) if len(names) else 0, 1.0)
+    ax.set_ylim(0, 1.0)  # from 0: a bar's height is its value (a cut axis had made small differences look large)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return figure_png(fig)
