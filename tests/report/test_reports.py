@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from medcad.cli import app
 from medcad.data.synthetic import generate_synthetic
+from medcad.errors import DataError
 
 runner = CliRunner()
 CHECK = """
@@ -39,6 +40,9 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reports_are_written_and_self_contained(study_dir: Path) -> None:
     study_html = (study_dir / "report.html").read_text()
     assert "Cross-domain matrix" in study_html and "data:image/png;base64," in study_html
+    # what the comparison and the matrix are computed over (it had not been said)
+    assert "pooled over its\n2 fold(s): all 32 images" in study_html
+    assert "restricted to the test images of that domain" in study_html
     runs = sorted((study_dir / "runs").iterdir())
     assert len(runs) == 3
     run_html = (runs[0] / "report.html").read_text()
@@ -135,3 +139,42 @@ def test_figures_say_what_their_numbers_are_over(monkeypatch: pytest.MonkeyPatch
     pred = pd.DataFrame({"dice": [0.2, 0.4, 1.0], "true_area": [5, 9, 0]})
     collect_segmentation(Path("."), None, None, pred, gallery=False)
     assert figures[-1].axes[0].get_title() == "Dice of the 2 of 3 images with a lesion, median 0.300"
+
+
+def test_a_moved_or_copied_study_reports_its_own_files(study_dir: Path, tmp_path: Path) -> None:
+    """results.json holds paths relative to the study folder, so a copy reports its own runs and a moved study still
+    reports (a copy had read the original's files, a moved one failed: 'splits file not found'); a results.json of
+    before, with absolute paths, is read the same way."""
+    import json
+    import shutil
+
+    from medcad.report.study_report import collect_study
+
+    saved = json.loads((study_dir / "results.json").read_text())
+    assert saved["splits"] == "splits.json" and all(r["run"].startswith("runs/") for r in saved["runs"])
+    copy = tmp_path / "copy"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("*.pt", "*.ckpt", "*.npz", "logs"))
+    first = copy / saved["runs"][0]["run"] / "metrics.json"
+    first.write_text(json.dumps(json.loads(first.read_text()) | {"evaluation": "the copy's own"}))
+    assert collect_study(copy)["runs"][0]["evaluation"] == "the copy's own"
+    old = saved | {"splits": str(study_dir / "splits.json")}  # as written before: absolute, the original's
+    old["runs"] = [r | {"run": str(study_dir / r["run"])} for r in saved["runs"]]
+    (copy / "results.json").write_text(json.dumps(old))
+    assert collect_study(copy)["runs"][0]["evaluation"] == "the copy's own"  # its own files, not the original's
+    moved = copy.rename(tmp_path / "moved")
+    s = collect_study(moved)
+    assert s["splits"] == str(moved / "splits.json") and s["runs"][0]["run"].startswith(str(moved))
+    (moved / "results.json").write_text(json.dumps(saved))
+    shutil.rmtree(moved / saved["runs"][1]["run"])
+    with pytest.raises(DataError, match=r"results.json: a path it holds cannot be read: .*runs.* is gone"):
+        collect_study(moved)
+
+
+def test_study_bars_start_at_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bars of the study's headline start at 0 (the axis had been cut at 0.4, making 0.6 look like half of 0.8)."""
+    from medcad.report import plots
+
+    seen = []
+    monkeypatch.setattr(plots, "figure_png", lambda fig: seen.append(fig.axes[0].get_ylim()) or b"")
+    plots.bars_png({"a": (0.6, 0.5, 0.7), "b": (0.8, 0.72, 0.86)}, "macro AUC per run", "macro AUC")
+    assert seen == [(0.0, 1.0)]
