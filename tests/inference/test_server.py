@@ -147,6 +147,8 @@ def test_classifier_routes_and_bad_requests(
         assert client.post("/predict", content=image).json()["label"] in ("lesion", "normal")  # raw body works
         wide = dict(files={"file": ("x.png", png(np.zeros((8, 8, 3), np.uint8)))})
         check_refusals(client, bad_requests(image, tmp_path), good)
+        refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
+        assert refused == {"400": 3, "413": 3, "415": 2, "422": 2}, refused
         assert client.post("/predict?mask=jpeg", **wide).status_code == 400
         r = client.post("/predict?format=dicom", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
@@ -183,6 +185,8 @@ def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: P
             assert client.post("/predict", files={"file": ("x.png", image)}).status_code == 200
 
         check_refusals(client, bad_requests(image, tmp_path), good)
+        refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
+        assert refused == {"400": 3, "413": 3, "415": 2, "422": 2}, refused
 
 
 def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:
@@ -211,7 +215,8 @@ def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:
                 break
             time.sleep(0.1)
         assert client.post("/predict", content=image).status_code == 200
-        assert client.get("/health").json()["refused"] == 1
+        health = client.get("/health").json()  # every refusal counts (it had counted the 503s alone)
+        assert health["refused"] == 3 and health["refused_by_status"] == {"503": 1, "504": 2}
 
 
 def test_token_and_bind(tiny_run: Path, easy_set: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class ServeState:
         jobs: the video jobs.
         workdir: the temporary folder of uploads, removed by `close`.
         explain: the Grad-CAM function, or None when the server runs without it.
+        refused: requests to /predict and /predict/video answered with an error, by HTTP status (counted by the
+            server's guard middleware).
     """
 
     options: ServeOptions
@@ -93,6 +96,7 @@ class ServeState:
     jobs: VideoJobs
     workdir: Path
     explain: Callable | None = None
+    refused: Counter = field(default_factory=Counter)
 
     def close(self) -> None:
         """Stop the queue and the video jobs and remove the temporary folder (at shutdown)."""
@@ -116,13 +120,16 @@ def page_router(state: ServeState) -> APIRouter:
 
     @router.get("/health")
     async def health() -> dict:
-        """Liveness and load: queue length, images served and refused."""
+        """Liveness and load: `queued` images, `served` (images answered), `refused` (requests to /predict and
+        /predict/video answered with an error: 4xx for the upload or the request, 503 busy, 504 too slow) and
+        `refused_by_status` ({"413": n, ...}), `jobs` (video jobs waiting or running)."""
         return {
             "status": "ok",
             "task": state.card["task"],
             "queued": state.batcher.queue.qsize(),
             "served": state.batcher.served,
-            "refused": state.batcher.refused,
+            "refused": sum(state.refused.values()),
+            "refused_by_status": {str(k): n for k, n in sorted(state.refused.items())},
             "jobs": state.jobs.active(),
         }
 

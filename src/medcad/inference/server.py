@@ -21,6 +21,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -93,8 +94,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.batcher, app.state.jobs, app.state.workdir = state.batcher, state.jobs, state.workdir
-    _add_guard(app, opts.token)
     app.add_middleware(BodyLimit, max_bytes=opts.limits.max_image_bytes, video_bytes=opts.limits.max_video_bytes)
+    _add_guard(app, opts.token, state.refused)  # outside BodyLimit: its 413s are logged and counted too
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in (page_router(state), predict_router(state), video_router(state)):
         app.include_router(router)
@@ -131,19 +132,25 @@ def _batch_runner(predictor: Predictor, explain: Callable | None, threaded: bool
     return run_batch
 
 
-def _add_guard(app: FastAPIOffline, token: str | None) -> None:
-    """Add the `guard` middleware to `app`; `token`: the one the API needs, or None for none."""
+def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None:
+    """Add the `guard` middleware to `app`; `token`: the one the API needs, or None for none; `refused` counts the
+    error answers to /predict and /predict/video by status."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Token check, security headers and one log line per request (no client address, no file names)."""
+        """Token check, security headers, the refusal count and one log line per request (no client address, no
+        file names)."""
         t0 = time.perf_counter()
         path = request.url.path
         if token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), token.encode()):
+                if path.startswith("/predict"):
+                    refused[401] += 1
                 return error_response(401, "this server needs its token: send 'Authorization: Bearer <token>'")
         response = await call_next(request)
+        if path.startswith("/predict") and response.status_code >= 400:
+            refused[response.status_code] += 1
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
