@@ -165,6 +165,20 @@ def test_classifier_routes_and_bad_requests(
         r = client.post("/predict?frame=1", files={"file": ("x.jpg", jpeg.getvalue())})
         assert r.status_code == 422 and "single JPEG image: frame 1 does not exist" in r.json()["detail"]
         assert client.get("/jobs/nope").status_code == 404
+        # a parameter of the wrong type names itself and what it takes (a raw pydantic list had come back)
+        r = client.post("/predict?overlay=maybe&frame=-1", **wide)
+        assert r.status_code == 422 and r.json()["detail"] == (
+            "query parameter overlay='maybe': give true or false; query parameter frame='-1': give a whole number "
+            "from 0 on"
+        )
+        two = [("file", ("a.png", image)), ("file", ("b.png", image))]
+        r = client.post("/predict", files=two)
+        assert r.status_code == 400 and "one file per request" in r.json()["detail"]  # not 'malformed form'
+        spec = client.get("/openapi.json").json()["paths"]  # both upload routes declare their body and errors
+        for path, ok in (("/predict", "200"), ("/predict/video", "202")):
+            assert "multipart/form-data" in spec[path]["post"]["requestBody"]["content"], path
+            assert {ok, "400", "413", "415", "503"} <= set(spec[path]["post"]["responses"]), path
+        assert {"422", "504"} <= set(spec["/predict"]["post"]["responses"])
     assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
     assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log
     assert not app.state.workdir.exists()  # the temporary folder is gone at shutdown

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -94,6 +96,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.batcher, app.state.jobs, app.state.workdir = state.batcher, state.jobs, state.workdir
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(BodyLimit, max_bytes=opts.limits.max_image_bytes, video_bytes=opts.limits.max_video_bytes)
     _add_guard(app, opts.token, state.refused)  # outside BodyLimit: its 413s are logged and counted too
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -130,6 +133,24 @@ def _batch_runner(predictor: Predictor, explain: Callable | None, threaded: bool
         return out
 
     return run_batch
+
+
+ALLOWED = {  # what a query parameter of each type takes, for the 422 of a value pydantic refuses
+    "bool_parsing": "true or false",
+    "int_parsing": "a whole number",
+    "greater_than_equal": "a whole number from {ge} on",
+}
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request parameter of the wrong type: a 422 naming the parameter, the value and what it takes (pydantic's
+    list of error objects had been answered as it is)."""
+    said = []
+    for e in exc.errors():
+        where, name = (e["loc"][0], e["loc"][-1]) if len(e["loc"]) > 1 else ("request", e["loc"][0])
+        allowed = ALLOWED.get(e["type"], e["msg"]).format(**e.get("ctx", {}))
+        said.append(f"{where} parameter {name}={e.get('input')!r}: give {allowed}")
+    return error_response(422, "; ".join(said))
 
 
 def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None:
