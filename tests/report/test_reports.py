@@ -178,3 +178,20 @@ def test_study_bars_start_at_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plots, "figure_png", lambda fig: seen.append(fig.axes[0].get_ylim()) or b"")
     plots.bars_png({"a": (0.6, 0.5, 0.7), "b": (0.8, 0.72, 0.86)}, "macro AUC per run", "macro AUC")
     assert seen == [(0.0, 1.0)]
+
+
+def test_negative_intervals_and_tiny_p_values_read_plainly() -> None:
+    """A CI with a negative bound reads '(-0.024 to -0.001)' (it had been '(-0.024–-0.001)'), a p-value below 0.0001
+    '< 0.0001' (it had been '0.0000')."""
+    from medcad.report.html import _env
+
+    macros = _env().from_string(
+        '{% from "macros.html.j2" import ci, p %}{{ ci(a) }}|{{ ci(b) }}|{{ p(0.00001) }}|{{ p(0.0123) }}'
+    )
+    out = macros.render(a={"value": -0.01, "ci95": [-0.024, -0.001]}, b={"value": 0.5, "ci95": [0.4, 0.6]})
+    assert out.split("|") == [
+        '-0.010 <span class="small">(-0.024 to -0.001)</span>',
+        '0.500 <span class="small">(0.400–0.600)</span>',
+        "&lt; 0.0001",
+        "0.0123",
+    ]
