@@ -141,3 +141,25 @@ class RunFolder:
     def export(self, fold: int | None = None) -> Path:
         """The ONNX export folder of the fold ensemble (or of one fold)."""
         return self.root / ("export" if fold is None else f"export_fold{int(fold)}")
+
+
+def study_path(study: Path, stored: str | Path) -> Path:
+    """A path a study's results.json holds (a run folder, the splits), as one to read, so a study folder can be moved
+    or copied: a relative one is under `study`; an absolute one (studies written before paths were relative) is
+    the study's own copy where `study` holds its tail (runs/<name>, splits.json), else the path itself.
+
+    Raises:
+        FileNotFoundError: neither exists, naming both.
+    """
+    p = Path(stored)
+    if not p.is_absolute():
+        if not (study / p).exists():
+            raise FileNotFoundError(f"{study / p} (from {study / 'results.json'}) is gone")
+        return study / p
+    for k in (2, 1):  # runs/<name>, then splits.json
+        own = study / Path(*p.parts[-k:])
+        if own.exists():
+            return own
+    if p.exists():
+        return p
+    raise FileNotFoundError(f"{p} (from {study / 'results.json'}) is gone and {study} has no copy of it")

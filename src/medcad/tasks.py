@@ -40,6 +40,7 @@ class Task:
         label_kind: "single" (one class per image: softmax, argmax) or "multi" (any subset of the labels: one
             sigmoid per label, each present when its probability reaches the threshold; the manifest's label
             column lists them separated by '|', ';' or ',', empty for none).
+        val_score: what the validation score logged each epoch (val_score / val_auc, the training figure's) is.
     """
 
     name: str
@@ -52,6 +53,7 @@ class Task:
     data_config: Callable[[nn.Module], dict]
     label_kind: str = "single"
     mask_kind: str = "binary"
+    val_score: str = "macro AUC, one class against the rest (accuracy when the part holds one class)"
 
 
 def _classifier(cfg: TrainConfig, n: int, _: dict | None) -> nn.Module:
@@ -118,6 +120,7 @@ TASKS: dict[str, Task] = {
             ("dice", "iou"),
             _segmenter,
             _segmenter_data_config,
+            val_score="Dice, mean per image (lesion probability >= 0.5)",
         ),
         Task(
             "multitask",
@@ -128,6 +131,7 @@ TASKS: dict[str, Task] = {
             ("dice", "iou", *CLASS_HEADLINE),
             partial(_segmenter, with_class=True),
             _segmenter_data_config,
+            val_score="mean of Dice (per image, lesion probability >= 0.5) and macro AUC",
         ),
         Task(
             "segment-multiclass",
@@ -139,6 +143,7 @@ TASKS: dict[str, Task] = {
             partial(_segmenter, label_maps=True),
             _segmenter_data_config,
             mask_kind="classes",
+            val_score="Dice, mean per image of the mean over lesion classes",
         ),
         Task(
             "detect",
@@ -149,6 +154,7 @@ TASKS: dict[str, Task] = {
             ("ap50", "map"),
             _detector,
             _detector_data_config,
+            val_score="AP at IoU 0.5",
         ),
         Task(
             "multilabel",
@@ -160,6 +166,7 @@ TASKS: dict[str, Task] = {
             _classifier,
             _classifier_data_config,
             label_kind="multi",
+            val_score="mean AUC over the labels with both outcomes (1 - Hamming loss when none has)",
         ),
     )
 }

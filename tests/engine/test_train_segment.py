@@ -178,6 +178,16 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
 
     html = write_report(tmp_path / "mt").read_text()
     assert "Lesion masks" in html and "Classification" in html
+    # figures without a frame decision sit under their own heading, before the decisions' (they had followed them)
+    after = html.index("After the frame-level decision (maximum mean Dice)")
+    assert html.index("before any frame-level decision") < html.index('class="seg-folds"') < after
+    # what the predictor applies: the ensemble at the mean threshold, not scored by the out-of-fold figures
+    assert f"from the mean of these thresholds, {np.mean(fd['thresholds']):.4f}, on" in html
+    assert "they do not score the ensemble's rule" in html and "the predictor does not apply it" in html
+    assert "ECE, as trained (before temperature scaling" in html  # the headline's ECE is the unscaled one
+    assert "thresholds\nare on the folds' probabilities as trained, before temperature scaling" in html
+    seg = m["segmentation"]  # the per-label table scored in the headline's resamples
+    assert sum(v["n_images"] for v in seg["by_label"].values()) == seg["n_images"]
     saved = json.loads((tmp_path / "mt" / "metrics.json").read_text())  # a fold whose rule no threshold met (inf)
     saved["segmentation"]["frame_decision_specificity"]["thresholds"][0] = None
     (tmp_path / "mt" / "metrics.json").write_text(json.dumps(saved))
@@ -207,6 +217,19 @@ def test_frame_decision_of_a_prediction() -> None:
     assert row["frame_decision"] == "no lesion" and row["frame_score"] == pytest.approx(0.7)
     assert row["lesion_fraction"] == 0 and gated.summary()["frame_decision"] == "no lesion"
     assert kept.row()["frame_decision"] == "lesion" and kept.row()["frame_score"] == pytest.approx(0.04)
+    # each answer says why: a score below the frame threshold, or (above it) no pixel at the pixel threshold - the
+    # page had said 'frame score 0.43, mask not shown' for a score above the threshold
+    assert gated.summary()["frame_reason"] == "no lesion: P(not 'normal') 0.700 is below the frame threshold 0.75"
+    assert gated.summary()["frame_threshold"] == 0.75 and gated.summary()["frame_score_kind"] == "p_lesion"
+    faint = Prediction.of("a", labels, min_frame_score=0.5, **(kw | {"mask": mask * 0.5}))
+    assert faint.summary()["frame_reason"] == (
+        "no lesion: no pixel's lesion probability reaches 0.5 (highest 0.45); P(not 'normal') 0.700 reaches the frame "
+        "threshold 0.5"
+    )
+    assert kept.summary()["frame_reason"] == (
+        "lesion: lesion area 0.040 reaches the frame threshold 0.04 and 4 pixels (4.00% of the image) reach lesion "
+        "probability 0.5"
+    )
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

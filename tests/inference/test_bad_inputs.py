@@ -4,8 +4,6 @@ the command says so and exits 1; oversized images name the file and MEDCAD_MAX_P
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import png_header
 from medcad.cli import app
 from medcad.data.io import MAX_PIXELS_ENV, image_size, read_image
 from medcad.errors import DataError
@@ -34,19 +33,6 @@ def _truncated_jpeg(path: Path) -> None:
     Image.fromarray(img).save(path, quality=90)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-
-
-def _png_header(path: Path, width: int, height: int) -> None:
-    """A PNG that declares width x height pixels but holds none: a decompression bomb's header, without the memory."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
 
 
 def _predict(run: Path, folder: Path, out: Path, *extra: str):
@@ -105,9 +91,9 @@ def test_a_truncated_jpeg_fails_alone_and_an_oversized_image_names_the_limit(
 
 def test_a_decompression_bomb_is_a_data_error_naming_the_file_and_the_variable(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
-    _png_header(bomb, 15000, 12000)  # 180 megapixels: beyond Pillow's own error threshold
+    png_header(bomb, 15000, 12000)  # 180 megapixels: beyond Pillow's own error threshold
     mid = tmp_path / "mid.png"
-    _png_header(mid, 10000, 10000)  # 100 megapixels: Pillow would only warn
+    png_header(mid, 10000, 10000)  # 100 megapixels: Pillow would only warn
     for path, mp in ((bomb, "180"), (mid, "100")):
         for read in (read_image, image_size):
             with pytest.raises(DataError, match=rf"{path.name}: image .*has {mp} megapixels.*{MAX_PIXELS_ENV}"):
@@ -117,7 +103,7 @@ def test_a_decompression_bomb_is_a_data_error_naming_the_file_and_the_variable(t
 def test_data_inspect_and_audit_report_an_oversized_image_without_a_traceback(
     easy_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _png_header(easy_set / "normal" / "bomb.png", 15000, 12000)
+    png_header(easy_set / "normal" / "bomb.png", 15000, 12000)
     res = runner.invoke(app, ["data", "inspect", str(easy_set), "--out", str(tmp_path / "m.csv"), "--json"])
     assert res.exit_code == 0, res.output
     problems = {p[0]: p[-1] for p in json.loads(res.stdout)["problems"]}

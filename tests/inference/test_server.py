@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import write_dicom
+from conftest import png_header, write_dicom
 from medcad.inference.batcher import Batcher, QueueFull
 from medcad.inference.registry import load_predictor
 from medcad.inference.responses import rle_decode, rle_encode
@@ -147,6 +147,8 @@ def test_classifier_routes_and_bad_requests(
         assert client.post("/predict", content=image).json()["label"] in ("lesion", "normal")  # raw body works
         wide = dict(files={"file": ("x.png", png(np.zeros((8, 8, 3), np.uint8)))})
         check_refusals(client, bad_requests(image, tmp_path), good)
+        refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
+        assert refused == {"400": 3, "413": 3, "415": 2, "422": 2}, refused
         assert client.post("/predict?mask=jpeg", **wide).status_code == 400
         r = client.post("/predict?format=dicom", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
@@ -163,6 +165,20 @@ def test_classifier_routes_and_bad_requests(
         r = client.post("/predict?frame=1", files={"file": ("x.jpg", jpeg.getvalue())})
         assert r.status_code == 422 and "single JPEG image: frame 1 does not exist" in r.json()["detail"]
         assert client.get("/jobs/nope").status_code == 404
+        # a parameter of the wrong type names itself and what it takes (a raw pydantic list had come back)
+        r = client.post("/predict?overlay=maybe&frame=-1", **wide)
+        assert r.status_code == 422 and r.json()["detail"] == (
+            "query parameter overlay='maybe': give true or false; query parameter frame='-1': give a whole number "
+            "from 0 on"
+        )
+        two = [("file", ("a.png", image)), ("file", ("b.png", image))]
+        r = client.post("/predict", files=two)
+        assert r.status_code == 400 and "one file per request" in r.json()["detail"]  # not 'malformed form'
+        spec = client.get("/openapi.json").json()["paths"]  # both upload routes declare their body and errors
+        for path, ok in (("/predict", "200"), ("/predict/video", "202")):
+            assert "multipart/form-data" in spec[path]["post"]["requestBody"]["content"], path
+            assert {ok, "400", "413", "415", "503"} <= set(spec[path]["post"]["responses"]), path
+        assert {"422", "504"} <= set(spec["/predict"]["post"]["responses"])
     assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
     assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log
     assert not app.state.workdir.exists()  # the temporary folder is gone at shutdown
@@ -183,6 +199,8 @@ def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: P
             assert client.post("/predict", files={"file": ("x.png", image)}).status_code == 200
 
         check_refusals(client, bad_requests(image, tmp_path), good)
+        refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
+        assert refused == {"400": 3, "413": 3, "415": 2, "422": 2}, refused
 
 
 def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:
@@ -211,7 +229,8 @@ def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:
                 break
             time.sleep(0.1)
         assert client.post("/predict", content=image).status_code == 200
-        assert client.get("/health").json()["refused"] == 1
+        health = client.get("/health").json()  # every refusal counts (it had counted the 503s alone)
+        assert health["refused"] == 3 and health["refused_by_status"] == {"503": 1, "504": 2}
 
 
 def test_token_and_bind(tiny_run: Path, easy_set: Path) -> None:
@@ -290,11 +309,18 @@ def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> None:
-    app = create_app(load_predictor(tiny_segmenter, threshold=0.0))  # every pixel is lesion: a non-empty mask
+    predictor = load_predictor(tiny_segmenter, threshold=0.0)  # every pixel is lesion: a non-empty mask
+    app = create_app(predictor)
     rgb = np.random.default_rng(1).integers(0, 255, (30, 50, 3), np.uint8)
     with TestClient(app) as client:
         card = client.get("/model").json()
         assert card["task"] == "segment" and set(card["metrics"]) == {"dice", "iou"}
+        # the frame decision and its threshold (the folds' mean), and what the Dice is over (it had said neither)
+        fd = card["frame_decision"]
+        assert fd["score"] == "lesion_area" and fd["threshold"] == pytest.approx(predictor.min_frame_score)
+        assert fd["threshold_of"] == "the mean of the fold models' thresholds" and "out_of_fold" in fd
+        assert "before the frame decision" in card["metrics_note"] and card["decision"].startswith("the frame decision")
+        assert "area averaging when shrinking" in card["preprocessing"]["interpolation"]  # it had been null
         body = client.post("/predict", content=png(rgb)).json()
         m = body["mask"]
         mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(m["data"]))))
@@ -342,6 +368,19 @@ def test_a_cine_is_limited_by_the_pixels_of_the_frame_decoded(tmp_path: Path) ->
     cine = write_dicom(tmp_path / "cine.dcm", np.zeros((5, 1000, 1000), np.uint16)).read_bytes()
     upload = decode_upload(cine, tmp_path, Limits(max_pixels=4_000_000), frame=3)  # 5 MP in all, 1 MP a frame
     assert upload.rgb.shape == (1000, 1000, 3) and (upload.frame, upload.frames) == (3, 5)
+
+
+def test_a_decompression_bomb_upload_is_refused_with_its_real_size(tmp_path: Path) -> None:
+    """A 20000 x 20000 PNG (beyond twice Pillow's limit, where Pillow refuses before giving the size) is 400 megapixels
+    in the 413's message (it had said 1600000000.0: the limit squared)."""
+    from medcad.inference.uploads import UploadError, check_pixels
+
+    png_header(tmp_path / "bomb.png", 20_000, 20_000)
+    with pytest.raises(UploadError) as refused:
+        check_pixels((tmp_path / "bomb.png").read_bytes(), "png", Limits(max_pixels=40_000_000))
+    assert refused.value.status == 413 and "has 400.0 megapixels, more than this server's limit of 40" in str(
+        refused.value
+    )
 
 
 def test_dicom_seg_of_a_source_without_type_2_attributes(tmp_path: Path) -> None:

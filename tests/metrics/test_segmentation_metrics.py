@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table, segmentation_metrics
 
@@ -153,3 +155,26 @@ def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
     m = segmentation_metrics(decided)
     assert m["lesion_images_found"]["n"] == 35 and m["empty_images"]["n"] == 25
     assert m["lesion_images_found"]["rate"] == pytest.approx(float((decided["pred_area"][25:] > 0).mean()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 30), seed=st.integers(0, 10_000), n_groups=st.integers(1, 8))
+def test_a_subset_is_scored_in_the_headline_resamples(n: int, seed: int, n_groups: int) -> None:
+    """The lesion images' Dice has one CI: as the headline's dice_lesion and as the subset of the same images (a run's
+    per-label table for the lesion label had come from a second bootstrap: 0.514 (0.436-0.588) beside (0.434-0.587));
+    the subset of every image is the headline itself."""
+    pred, true = _random_masks(n, seed)
+    true[np.random.default_rng(seed).random(n) < 0.4] = False  # some lesion-free images
+    counts = mask_counts(pred, true)
+    groups = np.random.default_rng(seed + 1).integers(0, n_groups, n)
+    lesion = counts["true_area"] > 0
+    m = segmentation_metrics(
+        counts, groups=groups, subsets={"lesion": lesion, "all": np.ones(n, bool), "none": np.zeros(n, bool)}, n_boot=50
+    )
+    assert set(m["subsets"]) == ({"lesion", "all"} if lesion.any() else {"all"})
+    if lesion.any():
+        assert m["subsets"]["lesion"]["dice"] == m["dice_lesion"] and m["subsets"]["lesion"]["iou"] == m["iou_lesion"]
+        assert m["subsets"]["lesion"]["n_images"] == int(lesion.sum())
+    whole = m["subsets"]["all"]
+    assert all(repr(whole[k]) == repr(m[k]) for k in ("dice", "iou", "dice_lesion", "precision", "per_image_quantiles"))
+    assert whole.get("empty_images") == m.get("empty_images")

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from medcad.cli import app
 from medcad.data.synthetic import generate_synthetic
+from medcad.errors import DataError
 
 runner = CliRunner()
 CHECK = """
@@ -39,6 +40,9 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reports_are_written_and_self_contained(study_dir: Path) -> None:
     study_html = (study_dir / "report.html").read_text()
     assert "Cross-domain matrix" in study_html and "data:image/png;base64," in study_html
+    # what the comparison and the matrix are computed over (it had not been said)
+    assert "pooled over its\n2 fold(s): all 32 images" in study_html
+    assert "restricted to the test images of that domain" in study_html
     runs = sorted((study_dir / "runs").iterdir())
     assert len(runs) == 3
     run_html = (runs[0] / "report.html").read_text()
@@ -105,3 +109,89 @@ def test_frame_accuracy_without_background_frames_says_so(capsys) -> None:
     }
     print_metrics(m)
     assert "no background frame here" in capsys.readouterr().out
+
+
+def test_figures_say_what_their_numbers_are_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training figure names the task's validation score (a multitask run's is the mean of Dice and AUC; it had
+    said 'macro AUC; Dice for masks') under a title that does not overlap it; the Dice histogram says it is over the
+    images with a lesion (its median had been read as the run's, 0.646 beside 0.811 over all images)."""
+    import pandas as pd
+
+    from medcad.report import plots
+    from medcad.report.seg_report import collect_segmentation
+    from medcad.tasks import get_task
+
+    figures = []
+
+    def keep(fig) -> bytes:
+        fig.canvas.draw()
+        figures.append(fig)
+        return b""
+
+    monkeypatch.setattr(plots, "figure_png", keep)
+    history = {"fold 0": {"train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "val_score": [0.5, 0.6]}}
+    plots.curves_png(history, get_task("multitask").val_score, "Training")
+    fig = figures[-1]
+    assert "mean of Dice" in fig.axes[1].get_title() and "macro AUC" in fig.axes[1].get_title()
+    above = fig._suptitle.get_window_extent()
+    assert all(not above.overlaps(ax.title.get_window_extent()) for ax in fig.axes)
+
+    pred = pd.DataFrame({"dice": [0.2, 0.4, 1.0], "true_area": [5, 9, 0]})
+    collect_segmentation(Path("."), None, None, pred, gallery=False)
+    assert figures[-1].axes[0].get_title() == "Dice of the 2 of 3 images with a lesion, median 0.300"
+
+
+def test_a_moved_or_copied_study_reports_its_own_files(study_dir: Path, tmp_path: Path) -> None:
+    """results.json holds paths relative to the study folder, so a copy reports its own runs and a moved study still
+    reports (a copy had read the original's files, a moved one failed: 'splits file not found'); a results.json of
+    before, with absolute paths, is read the same way."""
+    import json
+    import shutil
+
+    from medcad.report.study_report import collect_study
+
+    saved = json.loads((study_dir / "results.json").read_text())
+    assert saved["splits"] == "splits.json" and all(r["run"].startswith("runs/") for r in saved["runs"])
+    copy = tmp_path / "copy"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("*.pt", "*.ckpt", "*.npz", "logs"))
+    first = copy / saved["runs"][0]["run"] / "metrics.json"
+    first.write_text(json.dumps(json.loads(first.read_text()) | {"evaluation": "the copy's own"}))
+    assert collect_study(copy)["runs"][0]["evaluation"] == "the copy's own"
+    old = saved | {"splits": str(study_dir / "splits.json")}  # as written before: absolute, the original's
+    old["runs"] = [r | {"run": str(study_dir / r["run"])} for r in saved["runs"]]
+    (copy / "results.json").write_text(json.dumps(old))
+    assert collect_study(copy)["runs"][0]["evaluation"] == "the copy's own"  # its own files, not the original's
+    moved = copy.rename(tmp_path / "moved")
+    s = collect_study(moved)
+    assert s["splits"] == str(moved / "splits.json") and s["runs"][0]["run"].startswith(str(moved))
+    (moved / "results.json").write_text(json.dumps(saved))
+    shutil.rmtree(moved / saved["runs"][1]["run"])
+    with pytest.raises(DataError, match=r"results.json: a path it holds cannot be read: .*runs.* is gone"):
+        collect_study(moved)
+
+
+def test_study_bars_start_at_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bars of the study's headline start at 0 (the axis had been cut at 0.4, making 0.6 look like half of 0.8)."""
+    from medcad.report import plots
+
+    seen = []
+    monkeypatch.setattr(plots, "figure_png", lambda fig: seen.append(fig.axes[0].get_ylim()) or b"")
+    plots.bars_png({"a": (0.6, 0.5, 0.7), "b": (0.8, 0.72, 0.86)}, "macro AUC per run", "macro AUC")
+    assert seen == [(0.0, 1.0)]
+
+
+def test_negative_intervals_and_tiny_p_values_read_plainly() -> None:
+    """A CI with a negative bound reads '(-0.024 to -0.001)' (it had been '(-0.024–-0.001)'), a p-value below 0.0001
+    '< 0.0001' (it had been '0.0000')."""
+    from medcad.report.html import _env
+
+    macros = _env().from_string(
+        '{% from "macros.html.j2" import ci, p %}{{ ci(a) }}|{{ ci(b) }}|{{ p(0.00001) }}|{{ p(0.0123) }}'
+    )
+    out = macros.render(a={"value": -0.01, "ci95": [-0.024, -0.001]}, b={"value": 0.5, "ci95": [0.4, 0.6]})
+    assert out.split("|") == [
+        '-0.010 <span class="small">(-0.024 to -0.001)</span>',
+        '0.500 <span class="small">(0.400–0.600)</span>',
+        "&lt; 0.0001",
+        "0.0123",
+    ]

@@ -73,6 +73,13 @@ def _megapixels(pixels: int) -> str:
     return f"{round(mp, 1):g}" if mp >= 1 else f"{mp:.2g}"
 
 
+def bomb_pixels(error: Image.DecompressionBombError) -> int | None:
+    """The pixel count (width x height) an image declares, from the message of the DecompressionBombError Pillow's
+    `Image.open` raises beyond twice its own limit, before it gives the size; None when the message does not hold it."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return int(found.group(1)) if found else None
+
+
 def _too_large(path: Path, pixels: int, limit: int, size: str = "") -> DataError:
     wanted = max(math.ceil(pixels / 1e6), math.floor(limit / 1e6) + 1)
     return DataError(
@@ -94,8 +101,7 @@ def _open_checked(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # medcad's own check follows
             im = Image.open(path)
     except Image.DecompressionBombError as e:  # beyond twice Pillow's limit: the size is only in its message
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        raise _too_large(path, int(found.group(1)) if found else 2 * limit + 1, limit) from e
+        raise _too_large(path, bomb_pixels(e) or 2 * limit + 1, limit) from e
     w, h = im.size
     if w * h > limit:
         im.close()

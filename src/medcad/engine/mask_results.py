@@ -103,7 +103,9 @@ def segmentation_results(
     counts, counts_small = _joined([p[1] for p in parts]), _joined(small)
     dist = np.concatenate(dists)
     groups = np.array([groups_of.get(keys[i], i) for i in rows])
-    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]))
+    label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
+    by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
+    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label)
     not_normal = f"the class head's probability that the frame is not {reference_label(labels)!r}"
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
@@ -115,15 +117,6 @@ def segmentation_results(
         rule += f"as the lowest that leaves at least {FRAME_SPECIFICITY:.0%} of the lesion-free validation frames "
         rule += "without lesion pixels"
         m["frame_decision_specificity"] = _decided(spec_decided, groups, ["p_lesion"], rule, spec_thresholds)
-    label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
-    if len(set(label_of)) > 1:
-        m["by_label"] = {
-            lab: segmentation_metrics(
-                {k: v[label_of == lab] for k, v in counts.items()}, groups=groups[label_of == lab]
-            )
-            for lab in labels
-            if (label_of == lab).any()
-        }
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("dice", "iou")}
     table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
@@ -205,12 +198,18 @@ def external_mask_results(
     return m, table
 
 
-def _native_size_metrics(counts: dict, small: dict, dist: np.ndarray, groups: np.ndarray, size: int) -> dict:
+def _native_size_metrics(
+    counts: dict, small: dict, dist: np.ndarray, groups: np.ndarray, size: int, by_label: dict | None = None
+) -> dict:
     """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
-    "training_size", at the S x S training size: the same for a run's test images and an external set's."""
+    "training_size", at the S x S training size: the same for a run's test images and an external set's. With
+    `by_label` ({label: bool (N,)}), "by_label" scores each label's images in the headline's bootstrap resamples (so
+    the lesion images' Dice has one CI, whether as the headline's dice_lesion or the lesion label's dice)."""
     from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
 
-    m = segmentation_metrics(counts, groups=groups)
+    m = segmentation_metrics(counts, groups=groups, subsets=by_label)
+    if by_label is not None:
+        m["by_label"] = m.pop("subsets")
     m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
     m["hd95"] = hd95_summary(dist, groups=groups)
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}

@@ -39,7 +39,7 @@ class Batcher:
         self.run_batch, self.max_batch = run_batch, max(1, max_batch)
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, max_queue))
         self.seconds_per_item = 0.05  # running mean, for Retry-After
-        self.served = self.refused = 0
+        self.served = 0
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._work, name=f"medcad-infer-{i}", daemon=True) for i in range(max(1, workers))
@@ -57,7 +57,6 @@ class Batcher:
         try:
             self.queue.put_nowait((item, fut))
         except queue.Full:
-            self.refused += 1
             wait = self.queue.qsize() * self.seconds_per_item / len(self._threads)
             raise QueueFull(max(1, math.ceil(wait))) from None
         return fut

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from medcad import __version__
+from medcad.inference.outputs import frame_rule
 from medcad.inference.predictor import Predictor
 from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
@@ -13,8 +14,9 @@ from medcad.tasks import get_task
 DECISIONS = {
     "probabilities": "the most probable class",
     "boxes": "the class of the top box scoring at least the threshold, else 'background'",
-    "mask": "'lesion' when any pixel's lesion probability reaches the threshold, else 'no lesion'",
+    "mask": "the frame decision (frame_decision)",
 }
+RESIZE = "area averaging when shrinking, bicubic when enlarging (OpenCV; medcad.data.datasets.resize_square)"
 
 
 ENSEMBLE = {  # how the predictor combines the fold models (medcad.inference.predictor)
@@ -45,6 +47,8 @@ def model_card(predictor: Predictor) -> dict:
     decision = DECISIONS["probabilities" if "probabilities" in task.outputs else task.outputs[0]]
     if task.label_kind == "multi":
         decision = "every label whose probability reaches the threshold (joined by '+'), else 'none'"
+    if "mask" in task.outputs and "probabilities" in task.outputs:
+        decision = "label: the most probable class (temperature-scaled); the mask's frame_decision is made apart"
     card: dict = {
         "task": task.name,
         "summary": task.summary,
@@ -68,16 +72,28 @@ def model_card(predictor: Predictor) -> dict:
             "resize": f"{cfg.image_size} x {cfg.image_size} pixels",
             "mean": predictor.data_config.get("mean"),
             "std": predictor.data_config.get("std"),
-            "interpolation": predictor.data_config.get("interpolation"),
+            "interpolation": RESIZE,
             "bilateral_filter": bool(cfg.bilateral),
         },
         "medcad": __version__,
         "intended_use": "research use only; not a medical device",
     }
+    if "mask" in task.outputs:
+        card["frame_decision"] = _frame_decision(predictor)
     folder = _run_folder(predictor.run if predictor.run.is_dir() else predictor.run.parent)
     if folder is not None:
         m = json.loads(RunFolder(folder).metrics.read_text())
         card["metrics"] = {k: m[k] for k in task.headline if isinstance(m.get(k), dict) and "value" in m[k]}
+        if "mask" in task.outputs:
+            card["metrics_note"] = "dice, iou: every predicted mask, before the frame decision (out of fold)"
+            decided = (m.get("segmentation") or {}).get("frame_decision")
+            if decided and len(predictor.files) > 1:
+                card["frame_decision"]["out_of_fold"] = {
+                    "dice": decided["dice"],
+                    "thresholds": decided["thresholds"],
+                    "note": "each fold's test images decided by that fold's model at its own threshold (the "
+                    "ensemble's threshold is their mean; medcad evaluate RUN --data SET scores the ensemble)",
+                }
         card["evaluation"] = {
             "images": _n_images(m),
             "how": m.get("evaluation"),
@@ -88,3 +104,17 @@ def model_card(predictor: Predictor) -> dict:
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = {"dataset": Path(data).name if data else None, "images": _n_images(m)}
     return card
+
+
+def _frame_decision(predictor: Predictor) -> dict:
+    """A mask model's frame decision: its score, threshold (the mean of the folds' for an ensemble), the pixels'
+    lesion-probability threshold and the rule in words."""
+    labels = list(predictor.labels)
+    kind, t = predictor.frame_score_kind, float(predictor.min_frame_score)
+    return {
+        "score": kind,
+        "threshold": t,
+        "pixel_threshold": predictor.threshold,
+        "threshold_of": "the mean of the fold models' thresholds" if len(predictor.files) > 1 else "the model's",
+        "rule": frame_rule(kind, t, predictor.threshold, labels),
+    }

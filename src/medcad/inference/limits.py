@@ -90,7 +90,11 @@ async def read_upload(request: Request, field: str = "file", video: bool = False
         except (UploadError, ClientDisconnect):
             raise
         except Exception as e:  # starlette raises MultiPartException / HTTPException for malformed forms
-            raise UploadError(400, f"malformed multipart form ({getattr(e, 'detail', e)})") from e
+            why = str(getattr(e, "detail", e))
+            if why.startswith("Too many files"):
+                one = f"one file per request (field '{field}'); send each {kind} in a request of its own"
+                raise UploadError(400, one) from e
+            raise UploadError(400, f"malformed multipart form ({why})") from e
         try:
             item = form.get(field)
             if item is None:

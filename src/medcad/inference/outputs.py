@@ -97,6 +97,20 @@ class ClassProbabilities(Output):
         return self.labels[int(mean.argmax())], float(mean.max())
 
 
+def frame_rule(kind: str, min_frame_score: float, threshold: float, labels: list[str]) -> str:
+    """A mask's frame-level decision in words, with its thresholds: `kind` "p_lesion" or "lesion_area" (see
+    `LesionMask`), the frame score's threshold, the lesion-probability threshold of pixels, the model's labels."""
+    what = (
+        f"the class head's probability that the frame is not {reference_label(labels)!r} (temperature-scaled)"
+        if kind == "p_lesion"
+        else f"the fraction of the image at lesion probability >= {threshold:g}"
+    )
+    return (
+        f"'lesion' (and its mask shown) when {what} reaches {min_frame_score:.4g} and some pixel's lesion probability "
+        f"reaches {threshold:g}; else 'no lesion' and no mask"
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class LesionMask(Output):
     """(H, W) float32 lesion probability in [0, 1] at the image's own size, with the frame-level decision.
@@ -196,6 +210,39 @@ class LesionMask(Output):
         label = "+".join(lab for _, lab in reversed(shown)) if shown else None
         score = float(self.prob.max()) if self.prob.size else 0.0
         return label or (LESION if self.frame_has_lesion else NO_LESION), score
+
+    @property
+    def frame_score_name(self) -> str:
+        """What the frame score is, in words: "P(not 'normal')" or "lesion area"."""
+        if self.frame_score_kind == "p_lesion":
+            return f"P(not {reference_label(self.labels)!r})"
+        return "lesion area"
+
+    def frame_reason(self) -> str:
+        """Why this frame's decision is what it is, with the numbers compared."""
+        score = f"{self.frame_score_name} {self.frame_score:.3f}"
+        if self.frame_score < self.min_frame_score:
+            return f"no lesion: {score} is below the frame threshold {self.min_frame_score:.4g}"
+        if not self.above.any():
+            top = float(self.prob.max()) if self.prob.size else 0.0
+            return (
+                f"no lesion: no pixel's lesion probability reaches {self.threshold:g} (highest {top:.2f}); "
+                f"{score} reaches the frame threshold {self.min_frame_score:.4g}"
+            )
+        return (
+            f"lesion: {score} reaches the frame threshold {self.min_frame_score:.4g} and "
+            f"{int(self.above.sum())} pixels ({self.above.mean():.2%} of the image) reach lesion probability "
+            f"{self.threshold:g}"
+        )
+
+    def summary(self) -> dict:
+        """`fields`, with the frame decision's threshold (`frame_threshold`, on `frame_score_kind`) and
+        `frame_reason`: why the decision is what it is, in words."""
+        return self.fields() | {
+            "frame_score_kind": self.frame_score_kind,
+            "frame_threshold": round(self.min_frame_score, 4),
+            "frame_reason": self.frame_reason(),
+        }
 
     def fields(self) -> dict:
         """`frame_decision` ("lesion" / "no lesion"; under a multitask model's class label it can differ from it),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,24 +55,46 @@ class ServeOptions:
     max_jobs: int = 2
 
 
-PREDICT_OPENAPI = {  # /predict takes a multipart file or the raw bytes, and answers JSON or a DICOM SEG
-    "responses": {200: {"content": {"application/json": {}, "application/dicom": {}}}},
-    "openapi_extra": {
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                        "required": ["file"],
-                    }
+def _openapi(ok: dict, errors: dict[int, str]) -> dict:
+    """The OpenAPI of an upload route: the body (a multipart field `file`, or the raw bytes), its success answer
+    and its error answers ({"detail": message})."""
+    binary = {"type": "string", "format": "binary"}
+    detail = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}
+    return {
+        "responses": ok | {status: {"description": why, "content": detail} for status, why in errors.items()},
+        "openapi_extra": {
+            "requestBody": {
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "properties": {"file": binary}, "required": ["file"]}
+                    },
+                    "application/octet-stream": {"schema": binary},
                 },
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-            "required": True,
-        }
-    },
+                "required": True,
+            }
+        },
+    }
+
+
+UPLOAD_ERRORS = {
+    400: "no file, an empty one, more than one, or a bad option",
+    401: "the server's token is missing or wrong",
+    413: "larger than the server's limit (bytes, or an image's pixels)",
+    415: "not a kind of file this route reads",
 }
+PREDICT_OPENAPI = _openapi(  # /predict answers JSON or a DICOM SEG
+    {200: {"content": {"application/json": {}, "application/dicom": {}}}},
+    UPLOAD_ERRORS
+    | {
+        422: "a corrupt or truncated image, a frame it lacks, or a query parameter of the wrong type",
+        503: "the queue is full (Retry-After)",
+        504: "no result within the server's timeout",
+    },
+)
+VIDEO_OPENAPI = _openapi(
+    {202: {"description": "the job: {job, status_url}"}},
+    UPLOAD_ERRORS | {503: "too many video jobs (Retry-After)"},
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,8 @@ class ServeState:
         jobs: the video jobs.
         workdir: the temporary folder of uploads, removed by `close`.
         explain: the Grad-CAM function, or None when the server runs without it.
+        refused: requests to /predict and /predict/video answered with an error, by HTTP status (counted by the
+            server's guard middleware).
     """
 
     options: ServeOptions
@@ -93,6 +118,7 @@ class ServeState:
     jobs: VideoJobs
     workdir: Path
     explain: Callable | None = None
+    refused: Counter = field(default_factory=Counter)
 
     def close(self) -> None:
         """Stop the queue and the video jobs and remove the temporary folder (at shutdown)."""
@@ -116,13 +142,16 @@ def page_router(state: ServeState) -> APIRouter:
 
     @router.get("/health")
     async def health() -> dict:
-        """Liveness and load: queue length, images served and refused."""
+        """Liveness and load: `queued` images, `served` (images answered), `refused` (requests to /predict and
+        /predict/video answered with an error: 4xx for the upload or the request, 503 busy, 504 too slow) and
+        `refused_by_status` ({"413": n, ...}), `jobs` (video jobs waiting or running)."""
         return {
             "status": "ok",
             "task": state.card["task"],
             "queued": state.batcher.queue.qsize(),
             "served": state.batcher.served,
-            "refused": state.batcher.refused,
+            "refused": sum(state.refused.values()),
+            "refused_by_status": {str(k): n for k, n in sorted(state.refused.items())},
             "jobs": state.jobs.active(),
         }
 
@@ -185,7 +214,7 @@ def video_router(state: ServeState) -> APIRouter:
     router = APIRouter()
     jobs = state.jobs
 
-    @router.post("/predict/video", status_code=202)
+    @router.post("/predict/video", status_code=202, **VIDEO_OPENAPI)
     async def predict_video(request: Request) -> JSONResponse:
         """A clip (multipart field `file`, or the raw bytes) -> 202 and a job; poll `GET /jobs/{id}`."""
         try:

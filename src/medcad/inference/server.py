@@ -21,12 +21,15 @@ import logging
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -93,8 +96,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.batcher, app.state.jobs, app.state.workdir = state.batcher, state.jobs, state.workdir
-    _add_guard(app, opts.token)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(BodyLimit, max_bytes=opts.limits.max_image_bytes, video_bytes=opts.limits.max_video_bytes)
+    _add_guard(app, opts.token, state.refused)  # outside BodyLimit: its 413s are logged and counted too
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in (page_router(state), predict_router(state), video_router(state)):
         app.include_router(router)
@@ -131,19 +135,43 @@ def _batch_runner(predictor: Predictor, explain: Callable | None, threaded: bool
     return run_batch
 
 
-def _add_guard(app: FastAPIOffline, token: str | None) -> None:
-    """Add the `guard` middleware to `app`; `token`: the one the API needs, or None for none."""
+ALLOWED = {  # what a query parameter of each type takes, for the 422 of a value pydantic refuses
+    "bool_parsing": "true or false",
+    "int_parsing": "a whole number",
+    "greater_than_equal": "a whole number from {ge} on",
+}
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request parameter of the wrong type: a 422 naming the parameter, the value and what it takes (pydantic's
+    list of error objects had been answered as it is)."""
+    said = []
+    for e in exc.errors():
+        where, name = (e["loc"][0], e["loc"][-1]) if len(e["loc"]) > 1 else ("request", e["loc"][0])
+        allowed = ALLOWED.get(e["type"], e["msg"]).format(**e.get("ctx", {}))
+        said.append(f"{where} parameter {name}={e.get('input')!r}: give {allowed}")
+    return error_response(422, "; ".join(said))
+
+
+def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None:
+    """Add the `guard` middleware to `app`; `token`: the one the API needs, or None for none; `refused` counts the
+    error answers to /predict and /predict/video by status."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Token check, security headers and one log line per request (no client address, no file names)."""
+        """Token check, security headers, the refusal count and one log line per request (no client address, no
+        file names)."""
         t0 = time.perf_counter()
         path = request.url.path
         if token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), token.encode()):
+                if path.startswith("/predict"):
+                    refused[401] += 1
                 return error_response(401, "this server needs its token: send 'Authorization: Bearer <token>'")
         response = await call_next(request)
+        if path.startswith("/predict") and response.status_code >= 400:
+            refused[response.status_code] += 1
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medcad.data.io import image_pages, read_image
+from medcad.data.io import bomb_pixels, image_pages, read_image
 from medcad.errors import DataError, MedcadError
 
 # first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
@@ -105,6 +105,13 @@ def _dicom_header(data: bytes):
         raise UploadError(422, f"the upload is not a readable DICOM file ({type(e).__name__})") from e
 
 
+def _too_many_pixels(megapixels: str, limits: Limits) -> str:
+    return (
+        f"the upload has {megapixels} megapixels, more than this server's limit of {limits.max_pixels / 1e6:.0f}"
+        " (medcad serve --max-pixels); send a smaller image"
+    )
+
+
 def check_pixels(data: bytes, kind: str, limits: Limits):
     """Refuse an image whose header declares more than `limits.max_pixels` pixels, before decoding it.
 
@@ -125,18 +132,15 @@ def check_pixels(data: bytes, kind: str, limits: Limits):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                    w, h = im.size
-        except Image.DecompressionBombError:
-            w = h = limits.max_pixels  # far beyond any limit
+                    n = im.size[0] * im.size[1]
+        except Image.DecompressionBombError as e:  # beyond twice Pillow's limit: the size is only in its message
+            n = bomb_pixels(e)
+            size = f"{n / 1e6:.1f}" if n is not None else f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}"
+            raise UploadError(413, _too_many_pixels(size, limits)) from e
         except Exception as e:
             raise UploadError(422, f"the upload's {kind.upper()} header cannot be read ({type(e).__name__})") from e
-        n = w * h
     if n > limits.max_pixels:
-        raise UploadError(
-            413,
-            f"the upload has {n / 1e6:.1f} megapixels, more than this server's limit of {limits.max_pixels / 1e6:.0f}"
-            " (medcad serve --max-pixels); send a smaller image",
-        )
+        raise UploadError(413, _too_many_pixels(f"{n / 1e6:.1f}", limits))
     return header
 
 

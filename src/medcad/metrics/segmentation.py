@@ -58,6 +58,7 @@ def segmentation_metrics(
     *,
     groups: Sequence[Any] | np.ndarray | None = None,
     lesion: np.ndarray | None = None,
+    subsets: dict[str, np.ndarray] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
@@ -67,6 +68,9 @@ def segmentation_metrics(
         counts: `mask_counts` output for N images.
         groups: group id per image (patient, or duplicate group); whole groups are resampled.
         lesion: bool (N,) marking the images that show a lesion; default: those whose true mask is non-empty.
+        subsets: {name: bool (N,)} parts of the images (e.g. one per class label) scored in the same bootstrap
+            resamples as the whole set (each resample restricted to the part), so one statistic over the same
+            images has one CI wherever it is reported.
         n_boot: bootstrap resamples.
         seed: random seed.
 
@@ -78,6 +82,10 @@ def segmentation_metrics(
         "lesion_images_found": {"n", "rate" (fraction of images with a true lesion and any predicted pixel), "ci95"}
         — the frame-level sensitivity beside the false-positive rate.
         "per_image_quantiles": {min, q25, median, q75, max} of the per-image Dice; "n_images", "n_lesion_images".
+        With `subsets`, "subsets": {name: the same figures over that part} for each non-empty part.
+
+    Raises:
+        ValueError: no images, or `lesion` / a subset without one flag per image.
     """
     c = {k: np.asarray(counts[k], dtype=float) for k in COUNT_KEYS}
     n = len(c["tp"])
@@ -85,12 +93,18 @@ def segmentation_metrics(
         raise ValueError("no images to score")
     dice, iou = dice_iou(counts)
     has_lesion = c["true_area"] > 0 if lesion is None else np.asarray(lesion, dtype=bool)
-    if has_lesion.shape != (n,):
-        raise ValueError(f"lesion has shape {has_lesion.shape}; pass one flag per image, shape ({n},)")
+    parts = {"": np.ones(n, dtype=bool)}
+    for name, part in {"lesion": has_lesion, **{f"subset {k}": v for k, v in (subsets or {}).items()}}.items():
+        part = np.asarray(part, dtype=bool)
+        if part.shape != (n,):
+            raise ValueError(f"{name} has shape {part.shape}; pass one flag per image, shape ({n},)")
+        if name != "lesion" and part.any():
+            parts[name] = part
     empty = c["true_area"] == 0
     predicted = (c["pred_area"] > 0).astype(float)
 
-    def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N) image weights -> {name: (B,)}
+    def one(w: np.ndarray, part: np.ndarray) -> dict[str, np.ndarray]:  # (B, N) image weights -> {name: (B,)}
+        w = w * part
         tp, fp, fn = w @ c["tp"], w @ c["fp"], w @ c["fn"]
         total = w.sum(axis=1)
         out = {
@@ -101,31 +115,43 @@ def segmentation_metrics(
             "precision": _ratio(tp, tp + fp, np.nan),
             "recall": _ratio(tp, tp + fn, np.nan),
         }
-        if has_lesion.any():
+        if (has_lesion & part).any():
             wl = w * has_lesion
             out["dice_lesion"] = _ratio(wl @ dice, wl.sum(axis=1), np.nan)
             out["iou_lesion"] = _ratio(wl @ iou, wl.sum(axis=1), np.nan)
-        if empty.any():
+        if (empty & part).any():
             we = w * empty
             out["empty_fpr"] = _ratio(we @ predicted, we.sum(axis=1), np.nan)
             wl = w * ~empty
             out["lesion_found"] = _ratio(wl @ predicted, wl.sum(axis=1), np.nan)
         return out
 
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"{name}/{k}": v for name, part in parts.items() for k, v in one(w, part).items()}
+
     stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
-    result = {k: stats[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall")}
-    result["dice_lesion"] = stats.get("dice_lesion")
-    result["iou_lesion"] = stats.get("iou_lesion")
-    if empty.any():
-        fpr = stats["empty_fpr"]
-        result["empty_images"] = {"n": int(empty.sum()), "false_positive_rate": fpr["value"], "ci95": fpr["ci95"]}
-        if (~empty).any():
-            found = stats["lesion_found"]
-            result["lesion_images_found"] = {"n": int((~empty).sum()), "rate": found["value"], "ci95": found["ci95"]}
-    quantiles = np.quantile(dice, [0, 0.25, 0.5, 0.75, 1]).tolist()
-    result["per_image_quantiles"] = dict(zip(("min", "q25", "median", "q75", "max"), quantiles, strict=True))
-    result["n_images"] = n
-    result["n_lesion_images"] = int(has_lesion.sum())
+
+    def summary(name: str, part: np.ndarray) -> dict:
+        st = {k.split("/", 1)[1]: v for k, v in stats.items() if k.split("/", 1)[0] == name}
+        out = {k: st[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall")}
+        out["dice_lesion"], out["iou_lesion"] = st.get("dice_lesion"), st.get("iou_lesion")
+        if (empty & part).any():
+            fpr = st["empty_fpr"]
+            out["empty_images"] = {"n": int((empty & part).sum()), "false_positive_rate": fpr["value"]}
+            out["empty_images"]["ci95"] = fpr["ci95"]
+            if (~empty & part).any():
+                found = st["lesion_found"]
+                out["lesion_images_found"] = {"n": int((~empty & part).sum()), "rate": found["value"]}
+                out["lesion_images_found"]["ci95"] = found["ci95"]
+        quantiles = np.quantile(dice[part], [0, 0.25, 0.5, 0.75, 1]).tolist()
+        out["per_image_quantiles"] = dict(zip(("min", "q25", "median", "q75", "max"), quantiles, strict=True))
+        out["n_images"] = int(part.sum())
+        out["n_lesion_images"] = int((has_lesion & part).sum())
+        return out
+
+    result = summary("", parts[""])
+    if subsets is not None:
+        result["subsets"] = {k: summary(f"subset {k}", parts[f"subset {k}"]) for k in subsets if f"subset {k}" in parts}
     return result
 
 

@@ -81,15 +81,16 @@ def reliability_png(rel: dict, ece: float | None = None, note: str = "") -> byte
     return figure_png(fig)
 
 
-def curves_png(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> bytes:
-    """`histories`: {fold: {"train_loss": [...], "val_loss": [...], "val_score": [...]}} per epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+def curves_png(histories: dict[str, dict[str, list[float]]], score: str, title: str = "Training curves") -> bytes:
+    """`histories`: {fold: {"train_loss": [...], "val_loss": [...], "val_score": [...]}} per epoch; `score` names
+    the validation score (the task's `val_score`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")  # room for the title above the panels'
     for name, h in histories.items():
         line = axes[0].plot(h.get("train_loss", []), lw=1.2, label=f"{name} train")[0]
         axes[0].plot(h.get("val_loss", []), lw=1.2, ls="--", c=line.get_color(), label=f"{name} val")
         axes[1].plot(h.get("val_score", []), lw=1.2, c=line.get_color(), label=name)
     axes[0].set_title("loss")
-    axes[1].set_title("validation score (macro AUC; Dice for masks)")
+    axes[1].set_title(f"validation score:\n{score}", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7, ncol=2)
@@ -107,7 +108,7 @@ def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: 
     err = np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0)
     ax.bar(range(len(names)), v, yerr=err, capsize=4, color="#4C72B0")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylim(max(0, np.nanmin(lo) - 0.1) if len(names) else 0, 1.0)
+    ax.set_ylim(0, 1.0)  # from 0: a bar's height is its value (a cut axis had made small differences look large)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return figure_png(fig)

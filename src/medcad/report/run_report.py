@@ -142,7 +142,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     if histories:
         stage = next(s for s in stages.values() if s)
         title = {"train": "Training", "stage2": "Stage 2 (fine-tuning)"}.get(stage, f"Stage {stage[5:]}")
-        figures["curves"] = png_data_uri(plots.curves_png(histories, title))
+        figures["curves"] = png_data_uri(plots.curves_png(histories, get_task(cfg.task).val_score, title))
     card = _card(run, cfg, labels, shared)
     shortcut = _shortcut(run)
     external = [

@@ -96,7 +96,9 @@ def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: 
     lesion = pred[pred["true_area"] > 0]["dice"]
     figures: dict[str, bytes] = {
         "dice_hist": plots.histogram_png(
-            lesion.to_numpy(), f"Dice per image, median {lesion.median():.3f}", "Dice (images with a lesion)"
+            lesion.to_numpy(),
+            f"Dice of the {len(lesion)} of {len(pred)} images with a lesion, median {lesion.median():.3f}",
+            "Dice per image (images with a lesion; every predicted mask)",
         )
     }
     if gallery:

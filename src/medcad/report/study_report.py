@@ -11,18 +11,35 @@ from medcad.engine.results import positive_label
 from medcad.errors import DataError
 from medcad.report import plots
 from medcad.report.run_report import png_data_uri
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, study_path
 
 
 def collect_study(study: Path) -> dict:
+    """results.json of a study folder with its paths resolved (`study_path`), each run's report link, test images
+    (n, per domain) and evaluation, and the figures.
+
+    Raises:
+        DataError: no results.json, or a run folder or the splits it names is gone.
+    """
     path = study / "results.json"
     if not path.is_file():
         raise DataError(study, "no results.json: the study has not finished (rerun `medcad study` to resume it)")
     s = json.loads(path.read_text())
+    try:
+        s["splits"] = str(study_path(study, s["splits"]))
+        for r in s["runs"]:
+            r["run"] = str(study_path(study, r["run"]))
+    except FileNotFoundError as e:
+        raise DataError(path, f"a path it holds cannot be read: {e}") from e
     splits = load_splits(s["splits"])
     s["split_info"] = {k: splits.get(k) for k in ("n_folds", "method", "group_by")}
     for r in s["runs"]:
         r["href"] = os.path.relpath(RunFolder(Path(r["run"])).report, study)
+        m = json.loads(RunFolder(Path(r["run"])).metrics.read_text())
+        r["n"] = m.get("n") or m.get("n_images") or (m.get("segmentation") or {}).get("n_images")
+        r["evaluation"] = m.get("evaluation")
+        r["n_by_domain"] = {d: v.get("n") for d, v in (m.get("by_domain") or {}).items()}
+    s["n_images"] = sorted({r["n"] for r in s["runs"]})
     key, title = next(
         ((k, t) for k, t in (("ap50", "AP50"), ("dice", "Dice")) if all(r.get(k) for r in s["runs"])),
         ("macro_auc", "macro AUC"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
 from medcad.run import saved_settings, settled_settings
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, study_path
 from medcad.study.executors import RunJob
 from medcad.study.spec import ModelSpec, StudySpec, load_study
 
@@ -311,7 +312,8 @@ def run_study(
     jobs: int = 1,
     also: Callable[[PreparedStudy], list[RunJob]] | None = None,
 ) -> dict:
-    """Run (or resume) the study described by a YAML file; returns results.json's content.
+    """Run (or resume) the study described by a YAML file; returns results.json's content, its paths (run folders,
+    splits) absolute (results.json holds them relative to the study folder).
 
     Every run of the study uses one splits.json, so models and protocols are compared on the same folds; a run
     whose metrics.json exists is skipped.
@@ -339,6 +341,10 @@ def run_study(
     metrics = study.metrics | runner.run(extra + study.jobs, progress)  # the other task first: its folds are longer
     results = _study_results(study, metrics, time.perf_counter() - t0)
     write_json(study.study_dir / "results.json", results)
+    results = results | {  # the caller's paths: absolute
+        "splits": str(study_path(study.study_dir, results["splits"])),
+        "runs": [r | {"run": str(study_path(study.study_dir, r["run"]))} for r in results["runs"]],
+    }
     return results | ({"also": {j.name: metrics[j.name] for j in extra}} if extra else {})
 
 
@@ -356,7 +362,7 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
                 "step": e.step,
                 "train_domains": list(e.train_domains or []),
                 "init": e.init,
-                "run": str(study.study_dir / "runs" / _slug(e.name)),
+                "run": f"runs/{_slug(e.name)}",  # relative to the study folder: it can be moved or copied
                 **_headline(metrics[e.name]),
             }
         )
@@ -368,7 +374,7 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
         "data": str(spec.data),
         "labels": labels,
         "domains": domains,
-        "splits": str(splits_path),
+        "splits": os.path.relpath(splits_path, study.study_dir),
         "runs": rows,
         "paired_tests": _paired_tests(study.study_dir, study.exps, labels, groups),
         "multiplicity": "Holm over every paired test of the study (p_holm beside each raw p_value)",

@@ -33,9 +33,13 @@ async function loadCard() {
     row(dl, "task", `${c.task}: ${c.summary}`);
     row(dl, "labels", c.labels.join(", "));
     row(dl, "decision", c.decision);
+    if (c.frame_decision) row(dl, "frame decision", `${c.frame_decision.rule} (threshold ${c.frame_decision.threshold.toFixed(4)}: ${c.frame_decision.threshold_of})`);
     row(dl, "model", `${c.model.backbone}${c.model.arch ? " / " + c.model.arch : ""}, ${c.model.ensemble}`);
     row(dl, "input", `${c.preprocessing.resize}${c.preprocessing.bilateral_filter ? ", bilateral filter" : ""}`);
     for (const [k, m] of Object.entries(c.metrics || {})) row(dl, k, m.value.toFixed(3) + ci(m));
+    row(dl, "metrics", c.metrics_note);
+    const oof = (c.frame_decision || {}).out_of_fold;
+    if (oof) row(dl, "dice after the frame decision", oof.dice.value.toFixed(3) + ci(oof.dice) + "; " + oof.note);
     if (c.evaluation) row(dl, "evaluated", `${c.evaluation.how} on ${c.evaluation.images} images` +
       (c.evaluation.splits ? `, ${c.evaluation.splits.n_folds || ""} folds grouped by ${c.evaluation.splits.group_by}` : ""));
     if (c.trained_on) row(dl, "trained on", c.trained_on.dataset);
@@ -68,11 +72,14 @@ function newCard(name) {
 function showImage(li, r) {
   $("img", li).src = r.overlay;
   $("img", li).alt = `overlay: ${r.label} ${pct(r.score)}`;
-  $(".decision", li).textContent = `${r.label} — ${pct(r.score)}`;
+  // a multitask answer has two decisions: the class head's most probable class (the label) and the mask's own
+  // frame decision; each is named, so a class 'normal' beside a mask decided 'lesion' is not left unexplained
+  const both = r.probabilities && r.frame_decision !== undefined;
+  $(".decision", li).textContent = (both ? "class (most probable): " : "") + `${r.label} — ${pct(r.score)}`;
   if (r.probabilities) probTable($("tbody", li), r.probabilities); else $(".probs", li).remove();
   const extra = [];
-  if (r.lesion_fraction !== undefined) extra.push(`lesion: ${pct(r.lesion_fraction)} of the image (threshold ${r.threshold})`);
-  if (r.frame_decision === "no lesion" && r.label !== "no lesion") extra.push(`frame decision: no lesion (frame score ${r.frame_score.toFixed(2)}), mask not shown`);
+  if (r.frame_reason) extra.push(`${both ? "lesion mask (decided apart from the class)" : "frame decision"} — ${r.frame_reason}`);
+  if (r.lesion_fraction !== undefined) extra.push(`lesion shown: ${pct(r.lesion_fraction)} of the image`);
   if (r.boxes) extra.push(`${r.boxes.length} box(es) ≥ ${r.threshold}: ` + r.boxes.map((b) => `${b[5]} ${b[4].toFixed(2)}`).join(", "));
   $(".extra", li).textContent = extra.join(" · ");
   if (r.heatmap) {
