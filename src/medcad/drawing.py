@@ -74,13 +74,16 @@ def draw_boxes(
     return out
 
 
-def draw_label(rgb: np.ndarray, label: str, p: float) -> np.ndarray:
-    """The decision and its score written on a black band at the top (a copy; RGB or BGR alike)."""
+def draw_label(rgb: np.ndarray, label: str, p: float, note: str = "") -> np.ndarray:
+    """The decision and its score (and `note`: what else decides what is drawn) written on a black band at the top
+    (a copy; RGB or BGR alike)."""
     out = rgb.copy()
     h, w = out.shape[:2]
     bar = max(18, h // 14)
+    text = f"{label} {p:.2f}" + (f" | {note}" if note else "")
+    scale = bar / 32
+    width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    scale *= min(1.0, (w - 12) / max(width, 1))  # the whole text on the band, smaller where it is long
     cv2.rectangle(out, (0, 0), (w, bar), (0, 0, 0), -1)
-    cv2.putText(
-        out, f"{label} {p:.2f}", (6, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, bar / 32, (255, 255, 255), 1, cv2.LINE_AA
-    )
+    cv2.putText(out, text, (6, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out

@@ -232,6 +232,24 @@ def test_frame_decision_of_a_prediction() -> None:
     )
 
 
+def test_a_multitask_overlay_says_the_masks_own_decision_beside_the_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'normal 0.54' had been written over a drawn lesion outline (the class and the mask decide apart): the band
+    says the mask's decision too, and a video frame's smoothed caption says it is a mean."""
+    import medcad.inference.prediction as prediction
+
+    said = []
+    monkeypatch.setattr(prediction, "draw_label", lambda rgb, label, p, note="": said.append((label, note)) or rgb)
+    mask = np.zeros((10, 10), np.float32)
+    mask[:2, :2] = 0.9
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    kw = {"mask": mask, "probabilities": np.array([0.46, 0.54]), "frame_score_kind": "p_lesion"}
+    pred = prediction.Prediction.of("a", ["lesion", "normal"], min_frame_score=0.25, **kw)
+    pred.draw(rgb)
+    pred.draw(rgb, caption=("normal", 0.6), note="5-frame mean")
+    prediction.Prediction.of("a", ["lesion"], mask=mask).draw(rgb)  # a mask alone decides the label: nothing beside
+    assert said == [("normal", "mask: lesion"), ("normal", "5-frame mean; mask: lesion"), ("lesion", "")]
+
+
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "ds"

@@ -224,3 +224,30 @@ def test_serve_takes_what_predict_takes(tmp_path: Path) -> None:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
         out.mux(stream.encode())
     assert sniff_video(clip.read_bytes()) and not sniff_video(buf.getvalue())
+
+
+def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tiny_run: Path, tmp_path: Path) -> None:
+    """`predict RUN folder -o folder` had replaced the dataset's own `x_mask.png` with its prediction (the name a
+    dataset keeps its masks under), and the next predict of the folder predicted the overlays as images."""
+    folder = tmp_path / "benign"
+    _images(folder, 2, 0)
+    truth = np.zeros((40, 40), np.uint8)
+    truth[5:20, 5:20] = 255
+    Image.fromarray(truth).save(folder / "g0_overlay.png")  # a file of the dataset named as predict names its own
+    before = (folder / "g0_overlay.png").read_bytes()
+    res = _predict(tiny_run, folder, folder)
+    assert res.exit_code == 2 and "inside the input folder" in res.output
+    res = _predict(tiny_run, folder, folder / "predictions")
+    assert res.exit_code == 2 and "inside the input folder" in res.output
+    files = [str(folder / "g0.png"), str(folder / "g1.png")]  # the images given one by one, out = their folder
+    args = ["predict", str(tiny_run), *files, "--backend", "torch-fp32", "--device", "cpu", "--out", str(folder)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "g0_overlay.png: exists and was not written by an earlier predict" in res.output
+    assert (folder / "g0_overlay.png").read_bytes() == before and not (folder / "predictions.csv").exists()
+    out = tmp_path / "out"  # an earlier predict's own files are replaced by the next
+    for _ in range(2):
+        res = runner.invoke(app, [*args[:-1], str(out), "--json"])
+        assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["overlay_file"] == "g0_overlay.png"
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["overlay_file"].tolist() == ["g0_overlay.png", "g1_overlay.png"]

@@ -156,7 +156,9 @@ def test_videos_in_a_folder_are_predicted_as_videos(tiny_run: Path, easy_set: Pa
     (tmp_path / "only").mkdir()
     make_video(tmp_path / "only" / "a.mp4", frames)
     for folder, n in ((mixed, 2), (tmp_path / "only", 1)):
-        res = runner.invoke(app, ["predict", str(tiny_run), str(folder), "--json", "-o", str(tmp_path / folder.name)])
+        res = runner.invoke(
+            app, ["predict", str(tiny_run), str(folder), "--json", "-o", str(tmp_path / "out" / folder.name)]
+        )
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout)
         assert len(out) == n and any(o.get("frames_predicted") == 4 for o in out), out

@@ -218,7 +218,7 @@ def predict(
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
         from medcad.errors import DataError
-        from medcad.inference.files import output_names, predict_image_files
+        from medcad.inference.files import check_output_folder, output_names, predict_image_files
         from medcad.inference.predictor import expand_inputs
         from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
@@ -229,6 +229,8 @@ def predict(
             if not Path(v).is_file():
                 raise DataError(v, "file not found")
         _say_notes(_decoding_notes(images))
+        names = output_names([*images, *videos])
+        check_output_folder(out, [*image_inputs, *videos], names)
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
         table, records = (
@@ -236,7 +238,6 @@ def predict(
             if images
             else (None, [])
         )
-        names = output_names([*images, *videos])
         summaries, video_errors = [], []
         for v in videos:  # a video that fails is named; the others are still predicted
             try:
@@ -251,10 +252,10 @@ def predict(
         typer.echo(json.dumps(records + summaries + video_errors, indent=1, default=str))
     else:
         if table is not None:
-            masks = ", <image>_mask.png" if "lesion_fraction" in table else ""
+            written = ["<image>_overlay.png"] * overlays + ["<image>_mask.png"] * ("lesion_fraction" in table)
             shown = table.drop(columns="error")  # the reasons follow on stderr, whole
             shown = shown.astype(object).where(shown.notna(), "")
-            _print_table(shown, False, f"{out}/predictions.csv; <image>_overlay.png{masks} in {out}/")
+            _print_table(shown, False, f"{out}/predictions.csv" + "".join(f"; {w}" for w in written) + f" in {out}/")
         for v in summaries:
             _echo_video(v)
     for v in video_errors:

@@ -47,6 +47,45 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
     return out
 
 
+OUTPUT_SUFFIXES = ("_overlay.png", "_mask.png", "_annotated.mp4", "_frames.csv")  # what predict writes per input
+
+
+def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: dict[str, str]) -> None:
+    """Refuse an output folder where predict's files would be read as inputs or replace files it did not write.
+
+    Args:
+        out: the output folder.
+        inputs: the paths given (files, folders, videos).
+        names: `output_names` of the items to predict.
+
+    Raises:
+        DataError: `out` is (inside) an input folder - its overlays and masks would be predicted as images by the
+            next predict of that folder -, or a file predict would write there exists and is not listed as an
+            earlier predict's output (`<stem>_mask.png` beside the images is how datasets keep their masks).
+    """
+    where = Path(out).resolve()
+    for p in map(Path, inputs):
+        if p.is_dir() and (where == p.resolve() or p.resolve() in where.parents):
+            raise DataError(
+                Path(out),
+                f"the output folder is inside the input folder {p}: the overlays and masks written there would be "
+                f"read as images by the next predict of {p}; choose --out outside it",
+            )
+    earlier = RunFolder(where).predictions
+    done = set()
+    if earlier.is_file():
+        done = {split_frame(i)[0].name for i in pd.read_csv(earlier, usecols=["image"], dtype=str)["image"]}
+    for item, stem in names.items():
+        for suffix in OUTPUT_SUFFIXES:
+            target = where / f"{stem}{suffix}"
+            if target.exists() and split_frame(item)[0].name not in done:
+                raise DataError(
+                    target,
+                    "exists and was not written by an earlier predict into this folder (its predictions.csv does not "
+                    "list the image): predict would replace it; choose another --out",
+                )
+
+
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     """Write an RGB or grey uint8 image as PNG atomically; DataError when the folder is not writable."""
     arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
@@ -70,7 +109,8 @@ def predict_image_files(
     prediction has, drawn on the
     image), `<stem>_mask.png` (0/255 at the image's size; label-map models: the class map in the run's mask
     values) for mask tasks, and predictions.csv (one `Prediction.row`
-    per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed)). Rows are appended to
+    per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed), then `overlay_file` and
+    `mask_file`: the names of the files written for it in `out`). Rows are appended to
     predictions.csv.partial batch by batch, so an interrupted run keeps what it wrote; the finished table replaces
     predictions.csv at the end. Files are decoded in `workers` DataLoader processes (see `Predictor.predict_files`).
 
@@ -99,12 +139,15 @@ def predict_image_files(
             summaries.append({"image": pred.path, "error": pred.problem})
         else:
             stem = names.get(pred.image) or Path(pred.image).stem
+            files = {}
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
+                files["overlay_file"] = f"{stem}_overlay.png"
             if pred.mask is not None:
                 write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
-            rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row())
-            summaries.append(pred.summary())
+                files["mask_file"] = f"{stem}_mask.png"
+            rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files)
+            summaries.append(pred.summary() | files)
             columns = columns or list(rows[-1])
         if (columns is not None and (k + 1) % batch == 0) or k + 1 == len(paths):
             chunk = pd.DataFrame(rows[written:])

@@ -118,7 +118,8 @@ def predict_video(
                 }
                 rows.append(record)
                 if writer is not None:
-                    writer.write(pred.draw(f.rgb, caption=(label, score)), f.time_s)
+                    said = f"{len(window)}-frame mean" if len(window) > 1 else ""
+                    writer.write(pred.draw(f.rgb, caption=(label, score), note=said), f.time_s)
             if progress is not None:
                 progress(len(rows), n_frames)
     finally:
