@@ -63,6 +63,13 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
 
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
+    assert "results_note" not in json.loads(res.stdout)
+    # fold results of an older medcad (bf16 predictions on CPUs with native bf16) are said to be so
+    older = json.loads((run / "fold_1" / "result.json").read_text())
+    assert older.pop("version") == 2
+    (run / "fold_1" / "result.json").write_text(json.dumps(older))
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert "fold(s) 1 were scored by an older medcad" in json.loads(res.stdout)["results_note"]
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(easy_set), "--json"])
     assert res.exit_code == 0, res.output
     ext = json.loads(res.stdout)

@@ -27,7 +27,7 @@ from medcad.checkpoint import load_init_model, save_model
 from medcad.data.transforms import Normalize
 from medcad.devices import is_primary
 from medcad.engine.common import quiet_lightning, train_stage
-from medcad.engine.results import write_json
+from medcad.engine.results import RESULT_VERSION, write_json
 from medcad.errors import ConfigError
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
@@ -209,6 +209,7 @@ def train_fold(
     result |= hooks.result(test_out, val_out, data, parts, fold)
     if precision is not None:
         result["train_precision"] = precision  # of the fold's fit (engine.precision); predictions: fp32
+    result["version"] = RESULT_VERSION
     write_json(fold.result, result)
     return result
 

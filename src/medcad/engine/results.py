@@ -15,6 +15,10 @@ from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder
 from medcad.tasks import reference_label
 
+# what a fold result's predictions are: 2 = validation and test predictions (and stage 1's cached features) in fp32
+# whatever the fold trained in, as predict computes them; results without it may hold bf16 predictions
+RESULT_VERSION = 2
+
 
 def positive_label(labels: list[str]) -> str:
     """The class shown as 'positive' in ROC curves and binary metrics: for {X, normal} it is X (the finding),
@@ -202,6 +206,13 @@ def evaluate_results(
         pred = table if pred is None else pred.merge(table.drop(columns=["fold", "label"]), on="image", how="left")
         if "per_fold" not in m:
             m["per_fold"], m["fold_summary"] = seg["per_fold"], seg["fold_summary"]
+    older = [r["fold"] for r in results if r.get("version", 1) < RESULT_VERSION]
+    if older:  # said wherever the metrics are shown: predict computes in fp32 what these folds may have in bf16
+        m["results_note"] = (
+            f"fold(s) {', '.join(map(str, older))} were scored by an older medcad, which predicted in bf16 on CPUs "
+            "with native bf16: these figures can differ from what predict and evaluate --data compute now (in fp32); "
+            "train the run again to refresh them"
+        )
     m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
     m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
     return m, pred

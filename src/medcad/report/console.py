@@ -156,6 +156,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
     c = console or Console()
     n = m.get("n") or m.get("n_images") or (m.get("segmentation") or {}).get("n_images")
     c.print(f"[bold]{m.get('evaluation', 'evaluation')}[/] on {n} images" + (f" — {run}" if run else ""))
+    if m.get("results_note"):
+        c.print(f"[red]note:[/] {m['results_note']}")
     head = Table("metric", "value (95 % CI)")
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
         if name in m:
