@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.data.dicom import read_dicom_frame, read_header
-from medcad.data.video import DecodeReport, DroppedFrame, Frame
+from medcad.data.frames import DecodeReport, DroppedFrame, Frame
 from medcad.errors import DataError
 
 ASSUMED_FPS = 25.0  # when the header times no frame

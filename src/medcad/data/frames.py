@@ -1,0 +1,78 @@
+"""What decoding a video or a DICOM cine gives: frames (index, presentation time, RGB), the frames dropped as
+undecodable, and the report of one file's decoding (`medcad.data.video`, `medcad.data.cine`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Frame(NamedTuple):
+    """One decoded frame: its position in the video (dropped frames count), presentation time, upright RGB."""
+
+    index: int
+    time_s: float
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class DroppedFrame:
+    index: int
+    time_s: float | None
+    reason: str
+
+
+@dataclass
+class DecodeReport:
+    """What decoding one video found; complete once `VideoReader.frames` has run to the end."""
+
+    video: str
+    frames_decoded: int = 0
+    dropped: list[DroppedFrame] = field(default_factory=list)
+    truncated: str | None = None  # why the file is taken to end early, or None
+    rotation: int = 0  # degrees counter-clockwise applied to make frames upright
+    mirrored: bool = False  # the display matrix mirrors left-right (applied before the rotation)
+    times_from: str = "timestamps"  # or "frame rate" when the stream has no presentation timestamps
+
+    @property
+    def frames_dropped(self) -> int:
+        return len(self.dropped)
+
+    def as_dict(self) -> dict:
+        """JSON-ready: frames_decoded, frames_dropped, dropped_frames [{frame, time_s, reason}], truncated, ..."""
+        return {
+            "frames_decoded": self.frames_decoded,
+            "frames_dropped": self.frames_dropped,
+            "dropped_frames": [{"frame": d.index, "time_s": d.time_s, "reason": d.reason} for d in self.dropped],
+            "truncated": self.truncated is not None,
+            "truncation": self.truncated,
+            "rotation": self.rotation,
+            "mirrored": self.mirrored,
+            "times_from": self.times_from,
+        }
+
+    def notes(self) -> list[str]:
+        """One line per problem, for the console."""
+        return decode_notes({"video": self.video, **self.as_dict()})
+
+
+def decode_notes(decoded: dict) -> list[str]:
+    """One console line per problem in a `DecodeReport.as_dict` (with `video`), e.g. a frame folder's decode.json."""
+    video, dropped, out = decoded["video"], decoded["dropped_frames"], []
+    if dropped:
+        shown = ", ".join(
+            f"{d['frame']}" + (f" ({d['time_s']:.3f} s)" if d["time_s"] is not None else "") for d in dropped[:10]
+        )
+        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+        out.append(f"{video}: {len(dropped)} frame(s) not decodable, skipped: {shown}{more}")
+    if decoded["truncation"]:
+        out.append(f"{video}: truncated ({decoded['truncation']}); the frames before the cut were read")
+    if decoded["rotation"] or decoded.get("mirrored"):
+        how = ["mirrored left-right"] * bool(decoded.get("mirrored"))
+        how += [f"{decoded['rotation']} degrees counter-clockwise"] * bool(decoded["rotation"])
+        out.append(f"{video}: rotation metadata applied ({', then '.join(how)})")
+    if decoded["times_from"] != "timestamps":
+        out.append(f"{video}: frame times from the {decoded['times_from']}")
+    return out
