@@ -23,7 +23,7 @@ def system_report() -> dict:
     """{"machine", "versions", "uses"}: the reading of `medcad.devices.machine` and the defaults that follow it."""
     import torch
 
-    from medcad.devices import auto_precision, machine
+    from medcad.devices import auto_precision, machine, thread_choice
     from medcad.inference.backends import generic_candidates, missing_runtimes, static_choice
 
     m = machine()
@@ -57,7 +57,9 @@ def system_report() -> dict:
                 f"(without a run folder or its images: {static_choice(device)})"
                 + "".join(f"; {pkg} not installed: its backends left out" for pkg in missing_runtimes())
             ),
-            "threads": m.cores,
+            "threads": "{} for torch, ONNX Runtime and OpenVINO alike ({}; --threads overrides)".format(
+                *thread_choice()
+            ),
             "allocator": (
                 "glibc, freed memory kept for the next step (mallopt; MEDCAD_MALLOC=system leaves it as it is)"
                 if keep_freed_memory()

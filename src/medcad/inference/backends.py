@@ -26,7 +26,7 @@ import torch
 
 from medcad.checkpoint import fold_model_files
 from medcad.data.manifest import atomic_write_text
-from medcad.devices import machine, torch_device
+from medcad.devices import machine, runtime_threads, torch_device
 from medcad.errors import MedcadError
 from medcad.inference.export import ensure_export, fold0_images
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
@@ -81,7 +81,7 @@ def _cache_key(run: Path, fold: int | None, threads: int | None, device: str = "
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} [cuda] fold={fold} models={digest}"
     m = machine()
-    return f"{m.cpu} [{m.kind}] threads={threads or m.cores} fold={fold} models={digest}"
+    return f"{m.cpu} [{m.kind}] threads={runtime_threads(threads)} fold={fold} models={digest}"
 
 
 def _speed(p: Predictor, x: np.ndarray) -> float:
