@@ -173,6 +173,7 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)[0]
     assert row["label"] in m["labels"] and "lesion_fraction" in row and set(row["probabilities"]) == set(m["labels"])
+    check_onnx_reproduces_predict(tmp_path / "mt", image, tmp_path)
     check_multitask_explain(tmp_path / "mt", image, tmp_path, m["labels"])
     # as an external set: scored with the frame-level decision the deployed models apply (it had been left out)
     res = runner.invoke(app, ["evaluate", str(tmp_path / "mt"), "--data", str(synth), "--json"])
@@ -288,3 +289,36 @@ def check_multitask_explain(run: Path, image: Path, tmp_path: Path, labels: list
     assert np.asarray(Image.open(out)).shape == (bar + 2 * (40 + bar), 3 * 128, 3)  # outline, lesion, class
     res = runner.invoke(app, ["explain", str(run), str(wide), "--class", "nosuch"])
     assert res.exit_code == 2 and "'nosuch' is not one of the model's labels" in res.output
+
+
+def check_onnx_reproduces_predict(run: Path, image: Path, tmp_path: Path) -> None:
+    """model.json of a multitask export says enough to reproduce predict from the ONNX file alone: the resize rule,
+    what `mask` is (mirror-averaged lesion probability at S x S), its bilinear resize and threshold, and the frame
+    decision with its threshold (it had said "area (shrink) / cubic (enlarge)" and nothing of the mask)."""
+    import cv2
+    import onnxruntime as ort
+
+    meta = json.loads((run / "export" / "model.json").read_text())
+    assert meta["members"] == ["fold_0/model.pt", "fold_1/model.pt"] and meta["members_relative_to"] == "source_run"
+    m = meta["mask"]
+    assert "mean over the 2 fold models" in m["what"] and "horizontal mirror" in m["what"]
+    assert "bilinear" in m["to_image"] and ">= 0.5" in m["to_image"]
+    fd = m["frame_decision"]
+    assert fd["score"] == "p_lesion" and fd["threshold_of"] == "the mean of the fold models' thresholds"
+
+    rgb = np.asarray(Image.open(image).convert("RGB").resize((90, 50)))  # one side shrinks, the other grows
+    Image.fromarray(rgb).save(tmp_path / "odd.png")
+    h, w, s = 50, 90, meta["image_size"]
+    x = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_AREA if s < min(h, w) else cv2.INTER_CUBIC)
+    session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    raw = session.run(None, {"images": x.transpose(2, 0, 1)[None].astype(np.float32)})
+    got = dict(zip(meta["outputs"], raw, strict=True))
+    above = cv2.resize(got["mask"][0], (w, h), interpolation=cv2.INTER_LINEAR) >= fd["pixel_threshold"]
+    p_lesion = 1 - got["probabilities"][0][meta["labels"].index("normal")]
+    fraction = float(above.mean()) if p_lesion >= fd["threshold"] and above.any() else 0.0
+    args = ["predict", str(run), str(tmp_path / "odd.png"), "--json", "--backend", "onnx-fp32"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "po")])
+    assert res.exit_code == 0, res.output
+    said = json.loads(res.stdout)[0]
+    assert said["lesion_fraction"] == pytest.approx(fraction, abs=1e-4)
+    assert said["frame_decision"] == ("lesion" if fraction > 0 else "no lesion")

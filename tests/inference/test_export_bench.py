@@ -22,6 +22,11 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     assert 0 <= out["agreement"]["model.int8.onnx"]["top1_agreement"] <= 1
     meta = json.loads((run / "export_fold0" / "model.json").read_text())  # where predict --fold 0 looks
     assert meta["labels"] == ["lesion", "normal"] and meta["image_size"] == 32
+    # the members relative to the run, whatever the working folder (they had been cwd-relative for one run,
+    # absolute for another); the resize rule exact where one side shrinks and the other grows
+    assert meta["members"] == ["fold_0/model.pt"] and meta["members_relative_to"] == "source_run"
+    assert "INTER_AREA (area averaging) when S < min(h, w)" in meta["interpolation"]
+    assert "also when one side shrinks and the other grows" in meta["interpolation"]
 
     image = str(easy_set / "lesion" / "3.png")
     probs = {}

@@ -1,9 +1,11 @@
-"""Export a run of any task to ONNX (fp32, and int8 by static quantisation calibrated on training images).
+"""Export a run of any task to ONNX (fp32, and int8 by static quantisation calibrated on validation images).
 
 The graph takes float32 RGB images (N, 3, S, S) in 0..255, with normalisation inside, and returns what the task's
 predictor names in `graph_outputs`: class probabilities (softmax and temperatures inside), the mean lesion
 probability (N, S, S), or each detector's raw head outputs (box decoding runs in PyTorch after ONNX Runtime: see
-medcad.inference.detections). `<name>.json` beside it records task, size, interpolation, labels and the source run.
+medcad.inference.detections). `<name>.json` beside it records task, size, the exact resize rule, labels, the source
+run and its fold models (paths relative to the run), and for mask outputs how predict turns them into its answer
+(`mask_metadata`).
 The export is checked against PyTorch fp32 with the task's agreement measure on fold k's test images (held out) for
 fold k's model, on fold 0's test images (not held out: the ensemble's other models trained on them) for the ensemble.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcad.data.datasets import RESIZE_RULE
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
@@ -81,8 +84,8 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     if predictor.fold is None:
         others = [int(f.get("fold", i)) for i, f in enumerate(folds) if int(f.get("fold", i)) != 0]
         described = (
-            f"fold 0's test images, not held out from the ensemble (seen in training by the model"
-            f"{'s' * (len(others) != 1)} of fold{'s' * (len(others) != 1)} {', '.join(map(str, others))})"
+            f"fold 0's test images, not held out from the ensemble: seen in training by the model"
+            f"{'s' * (len(others) != 1)} of fold{'s' * (len(others) != 1)} {', '.join(map(str, others))}"
         )
     else:
         described = f"fold {k}'s test images (held out from its training)"
@@ -163,17 +166,21 @@ def export_onnx(
         "outputs": names,
         "labels": predictor.labels,
         "image_size": size,
-        "input": "float32 RGB (N, 3, S, S), 0..255, resized with area/cubic interpolation",
-        "interpolation": "area (shrink) / cubic (enlarge)",
+        "input": "float32 RGB (N, 3, S, S), 0..255, each image resized to S x S by `interpolation`",
+        "interpolation": RESIZE_RULE,
         "bilateral": predictor.config.bilateral,
+        "interface": predictor.config.interface,
         "mean": predictor.data_config["mean"],
         "std": predictor.data_config["std"],
         "normalisation": "inside the graph",
         "source_run": str(run.resolve()),
         "fold": fold,
         "reference_device": device,
-        "members": [str(f) for f in predictor.files],
+        "members": [f.resolve().relative_to(run.resolve()).as_posix() for f in predictor.files],
+        "members_relative_to": "source_run",
     }
+    if "mask" in names:
+        meta["mask"] = mask_metadata(predictor)
     if "boxes" in get_task(predictor.task).outputs:
         meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
     if device != "cpu":
@@ -194,6 +201,38 @@ def export_onnx(
     if int8_choice is not None:
         result["int8"] = int8_choice
     return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
+
+
+def mask_metadata(predictor: Predictor) -> dict:
+    """How predict turns the graph's `mask` output (and `lesion_classes` of label-map models) into its answer, so
+    that a user of the ONNX file can reproduce it (medcad.inference.outputs.LesionMask)."""
+    from medcad.inference.card import frame_decision
+
+    n = len(predictor.files)
+    flip = "each model's mean over the image and its horizontal mirror (test-time flip, inside the graph)"
+    what = (
+        "lesion probability per pixel, float32 (N, S, S) in [0, 1] at the model's input size S x S: "
+        + (f"the mean over the {n} fold models of " if n > 1 else "")
+        + (flip if predictor.hflip else "the model's probability (no test-time flip)")
+    )
+    out = {
+        "what": what,
+        "to_image": (
+            "predict resizes it to the image's (h, w) with bilinear interpolation (OpenCV INTER_LINEAR) and calls a "
+            f"pixel lesion where the resized probability >= {predictor.threshold:g} (predict's --threshold)"
+        ),
+        "frame_decision": frame_decision(predictor),
+        "frame_decision_applied": (
+            "the frame is 'lesion' and its mask is shown only when frame_decision's rule holds; else 'no lesion' and "
+            "an empty mask"
+        ),
+    }
+    if "lesion_classes" in predictor.graph_outputs:
+        out["lesion_classes"] = (
+            "float32 (N, K, S, S): the mean probability of each lesion class (`labels`); predict resizes each "
+            "bilinearly to the image and gives a shown lesion pixel the class of highest probability"
+        )
+    return out
 
 
 def ensure_export(cls: type[Predictor], run: Path, fold: int | None, backend: str, threads: int | None = None) -> None:
