@@ -317,6 +317,9 @@ def test_a_bad_thread_count_is_refused(monkeypatch, value: str) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", value)
     with pytest.raises(ConfigError, match="OMP_NUM_THREADS"):
         devices.thread_choice()
+    from medcad.cli.system import system_report
+
+    assert system_report()["uses"]["threads"].startswith("none: OMP_NUM_THREADS=")  # checks says so, no traceback
     monkeypatch.delenv("OMP_NUM_THREADS")
     with pytest.raises(ConfigError, match="threads 0"):
         devices.thread_choice(0)

@@ -165,7 +165,7 @@ def thread_choice(threads: int | None = None) -> tuple[int, str]:
     m = machine()
     if m.quota_limited:
         return m.cores, f"a CPU quota leaves {m.cores} of the {m.affinity_cores} cores of the affinity mask"
-    return m.cores, f"one per core this process may use ({m.cores})"
+    return m.cores, "one per core this process may use"
 
 
 def runtime_threads(threads: int | None = None) -> int:
