@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medcad import devices
 from medcad.config import TrainConfig
@@ -240,7 +242,7 @@ def test_a_cpu_quota_sets_the_threads(tmp_path) -> None:
     """In a container whose CPU quota is one CPU while its affinity mask shows every core (`docker run --cpus 1`),
     medcad counts one core and torch (and the graph runtimes) get one thread, not one per core of the mask (which
     oversubscribes the quota: lite0 predicted up to 1.45x slower so on a 2-core machine, benchmarks/cpu_quota.py);
-    OMP_NUM_THREADS stays the user's choice."""
+    OMP_NUM_THREADS stays the user's choice, for every runtime."""
     if devices.machine().affinity_cores < 2:
         pytest.skip("needs 2 cores or more")
     prefix = _one_cpu_container(tmp_path)
@@ -249,9 +251,9 @@ def test_a_cpu_quota_sets_the_threads(tmp_path) -> None:
     assert (m["cores"], m["affinity_cores"]) == (1, devices.machine().affinity_cores)
     assert got["runtime_threads"] == 1 and got["torch_before"] > 1 and got["torch_after"] == 1
     mine = _probe(prefix, {"OMP_NUM_THREADS": "2"})
-    assert mine["runtime_threads"] is None and mine["torch_after"] == 2
-    free = _probe([], {})  # outside the quota: every core, the runtimes' own default
-    assert free["machine"]["cores"] == free["machine"]["affinity_cores"] and free["runtime_threads"] is None
+    assert mine["runtime_threads"] == 2 and mine["torch_after"] == 2
+    free = _probe([], {})  # outside the quota: every core
+    assert free["machine"]["cores"] == free["machine"]["affinity_cores"] == free["runtime_threads"]
     import os
 
     os.rmdir("/sys/fs/cgroup/cpu/medcad-test")  # empty again: its processes have ended
@@ -263,3 +265,61 @@ def test_joblibs_cpu_limit_counts_too() -> None:
         pytest.skip("needs 2 cores or more")
     got = _probe([], {"LOKY_MAX_CPU_COUNT": "1"})
     assert got["machine"]["cores"] == 1 and got["runtime_threads"] == 1 and got["torch_after"] == 1
+
+
+def _tiny_onnx(path) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    torch.onnx.export(net.eval(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["images"], dynamo=False)
+
+
+def test_every_runtime_gets_the_same_threads(tmp_path, monkeypatch) -> None:
+    """OMP_NUM_THREADS (or medcad's own count) is the thread count of torch, ONNX Runtime and OpenVINO alike, the
+    key of `auto`'s cached choice and what `medcad checks` prints: under OMP_NUM_THREADS=1 the graph runtimes had
+    used every core (their default) while torch used 1, and the cache and `checks` said threads=2."""
+    from medcad.cli.system import system_report
+    from medcad.inference.onnx import GraphSession
+
+    _tiny_onnx(tmp_path / "m.onnx")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ort = GraphSession(tmp_path / "m.onnx", "onnx-fp32")
+    assert ort._ort.get_session_options().intra_op_num_threads == 1
+    if importlib.util.find_spec("openvino") is not None:
+        ov = GraphSession(tmp_path / "m.onnx", "openvino-fp32")
+        assert int(ov._ov.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert system_report()["uses"]["threads"].startswith("1 for torch, ONNX Runtime and OpenVINO alike")
+    assert "OMP_NUM_THREADS=1" in system_report()["uses"]["threads"]
+    two = GraphSession(tmp_path / "m.onnx", "onnx-fp32", threads=2)
+    assert two._ort.get_session_options().intra_op_num_threads == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    n = devices.machine().cores
+    assert GraphSession(tmp_path / "m.onnx", "onnx-fp32")._ort.get_session_options().intra_op_num_threads == n
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 512), st.sampled_from(["", ",2", ",1,1"]))
+def test_omp_num_threads_is_read_as_the_user_wrote_it(n: int, nested: str) -> None:
+    import os
+
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = f"{n}{nested}"
+    try:
+        count, why = devices.thread_choice()
+        assert count == n and why == f"OMP_NUM_THREADS={n}{nested}"
+        assert devices.thread_choice(3) == (3, "asked for (--threads)")
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if old is None else os.environ.__setitem__("OMP_NUM_THREADS", old)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "", "1.5"])
+def test_a_bad_thread_count_is_refused(monkeypatch, value: str) -> None:
+    from medcad.errors import ConfigError
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS"):
+        devices.thread_choice()
+    from medcad.cli.system import system_report
+
+    assert system_report()["uses"]["threads"].startswith("none: OMP_NUM_THREADS=")  # checks says so, no traceback
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with pytest.raises(ConfigError, match="threads 0"):
+        devices.thread_choice(0)

@@ -103,18 +103,33 @@ def fold_model_files(run: Path, fold: int | None) -> list[Path]:
     """The model files of a run, ordered by fold (one fold's when `fold` is given), or a model file itself.
 
     Raises:
-        DataError: no trained model there.
+        DataError: no trained model there; or no trained model of `fold` (naming the folds the run has).
     """
     run = Path(run)
     if run.is_file():
         return [run]
-    if fold is not None:
-        files = [RunFolder(run).fold(fold).model]
-    else:
-        files = RunFolder(run).fold_models()
-    if not files or not files[0].is_file():
-        raise DataError(files[0] if files else run, "no trained model found (fold_*/model.pt): train it first")
-    return files
+    folder = RunFolder(run)
+    files = folder.fold_models()
+    if not files:
+        raise DataError(run, "no trained model found (fold_*/model.pt): train it first")
+    if fold is None:
+        return files
+    trained = [int(f.parent.name.split("_")[1]) for f in files]
+    if fold not in trained:
+        has = _fold_list(trained)
+        if fold in folder.folds():
+            raise DataError(folder.fold(fold).model, f"fold {fold} has no trained model: this run has {has}")
+        raise DataError(run, f"fold {fold} does not exist: this run has {has}")
+    return [folder.fold(fold).model]
+
+
+def _fold_list(folds: list[int]) -> str:
+    """ "fold 0", "folds 0-4" or "folds 0, 2, 3" (sorted numbers)."""
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    if folds == list(range(folds[0], folds[-1] + 1)):
+        return f"folds {folds[0]}-{folds[-1]}"
+    return "folds " + ", ".join(map(str, folds))
 
 
 def load_models(run: Path, fold: int | None, *tasks: str) -> tuple[list[Path], list[tuple[nn.Module, dict]]]:

@@ -142,23 +142,43 @@ def machine() -> Machine:
     return Machine(cpu, frozenset(flags & set(KNOWN_FLAGS)), source, cores, gpu_count(), affinity_cores())
 
 
-def runtime_threads(threads: int | None = None) -> int | None:
-    """The CPU threads to give a runtime (torch, ONNX Runtime, OpenVINO): `threads` when asked for, the quota's
-    cores where a CPU quota leaves fewer than the affinity mask (the runtimes' own default, one thread per core of
-    the mask, oversubscribes it: under a 1-CPU quota on a 2-core machine lite0 predicted 32.1 images/s in torch fp32
-    with 2 threads, 46.4 with 1; benchmarks/cpu_quota.py), else None: the runtime's default. OMP_NUM_THREADS, when
-    set, is the user's choice."""
-    if threads or "OMP_NUM_THREADS" in os.environ:
-        return threads or None
+def thread_choice(threads: int | None = None) -> tuple[int, str]:
+    """The CPU threads every runtime (torch, ONNX Runtime, OpenVINO) gets, and why: `threads` when asked for; else
+    OMP_NUM_THREADS when set (its first number: "4,2" means 4), the user's choice for every runtime, not torch's
+    alone; else medcad's: the usable cores (`Machine.cores`: a CPU quota's cores where it leaves fewer than the
+    affinity mask, whose one thread per core oversubscribes it: under a 1-CPU quota on a 2-core machine lite0
+    predicted 32.1 images/s in torch fp32 with 2 threads, 46.4 with 1; benchmarks/cpu_quota.py).
+
+    Raises:
+        ConfigError: `threads` or OMP_NUM_THREADS is not a whole number >= 1.
+    """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads {threads!r}: give a whole number of CPU threads >= 1")
+        return threads, "asked for (--threads)"
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env is not None:
+        first = env.split(",")[0].strip()
+        if not first.isdigit() or int(first) < 1:
+            raise ConfigError(f"OMP_NUM_THREADS={env!r}: give a whole number of CPU threads >= 1, or unset it")
+        return int(first), f"OMP_NUM_THREADS={env}"
     m = machine()
-    return m.cores if m.quota_limited else None
+    if m.quota_limited:
+        return m.cores, f"a CPU quota leaves {m.cores} of the {m.affinity_cores} cores of the affinity mask"
+    return m.cores, "one per core this process may use"
+
+
+def runtime_threads(threads: int | None = None) -> int:
+    """The CPU threads every runtime gets (`thread_choice` says why); the same number for torch, ONNX Runtime and
+    OpenVINO, so that backends compare evenly and `--backend auto`'s choice is kept per thread count."""
+    return thread_choice(threads)[0]
 
 
 def fit_torch_threads(threads: int | None = None) -> None:
-    """Set torch's intra-op threads to `threads` when asked for; else lower them to a CPU quota's cores where
-    `runtime_threads` says so (never raised: a `--jobs` worker keeps its share of the cores)."""
+    """Set torch's intra-op threads to `runtime_threads(threads)` when asked for; else lower them to it, never
+    raise them (a `--jobs` worker keeps its share of the cores)."""
     n = runtime_threads(threads)
-    if n and (threads or n < torch.get_num_threads()):
+    if threads or n < torch.get_num_threads():
         torch.set_num_threads(n)
 
 

@@ -84,12 +84,18 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
 
     res = runner.invoke(app, ["explain", str(run), str(image), "-o", str(tmp_path / "explain.png")])
     assert res.exit_code == 0, res.output
-    assert "Grad-CAM of the predicted lesion" in res.output
-    # outline + Grad-CAM (no CBAM), one row per fold model of the ensemble; one row with --fold
-    assert np.asarray(Image.open(tmp_path / "explain.png")).shape == (2 * 64, 128, 3)
+    assert "Grad-CAM lesion" in res.output and "one row per model (fold_0, fold_1)" in res.output
+    # outline + Grad-CAM (no CBAM), each under its caption, one row per fold model of the ensemble, under a header
+    # with what predict says; one row with --fold
+    bar = 14  # a caption bar (max(14, 64 // 12))
+    assert np.asarray(Image.open(tmp_path / "explain.png")).shape == (bar + 2 * (64 + bar), 128, 3)
     res = runner.invoke(app, ["explain", str(run), str(image), "--fold", "1", "-o", str(tmp_path / "one.png")])
     assert res.exit_code == 0 and "fold_1" in res.output
-    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (64, 128, 3)
+    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (bar + 64 + bar, 128, 3)
+    # a segmenter has no class head: --class is refused, not ignored; an unknown class always
+    for label, why in (("benign", "has no class head"), ("nosuch", "is not one of the model's labels")):
+        res = runner.invoke(app, ["explain", str(run), str(image), "--class", label])
+        assert res.exit_code == 2 and why in res.output, res.output
 
     # every command for this task: ONNX export with the Dice agreement, bench, and a video through the predictor
     res = runner.invoke(app, ["export", str(run), "--int8", "--fold", "0", "--json"])  # one fold: half the graph
@@ -167,6 +173,8 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)[0]
     assert row["label"] in m["labels"] and "lesion_fraction" in row and set(row["probabilities"]) == set(m["labels"])
+    check_onnx_reproduces_predict(tmp_path / "mt", image, tmp_path)
+    check_multitask_explain(tmp_path / "mt", image, tmp_path, m["labels"])
     # as an external set: scored with the frame-level decision the deployed models apply (it had been left out)
     res = runner.invoke(app, ["evaluate", str(tmp_path / "mt"), "--data", str(synth), "--json"])
     assert res.exit_code == 0, res.output
@@ -275,3 +283,60 @@ def test_stages_are_refused_for_a_one_stage_task_before_anything_is_written(tmp_
     with pytest.raises(ConfigError, match="stages apply to"):
         train_run(tmp_path / "no-data", tmp_path / "run", cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def check_multitask_explain(run: Path, image: Path, tmp_path: Path, labels: list[str]) -> None:
+    """explain on a multitask run: the header and caption say what predict says (the ensemble's lesion share, not
+    the last fold's), each row is labelled with its fold, the tiles keep the image's aspect (a 128 x 40 image came
+    out as 64 x 64 tiles), and --class adds the Grad-CAM of that class of the class head (it had been ignored, and
+    an unknown class too)."""
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.asarray(Image.open(image).convert("RGB").resize((128, 40)))).save(wide)
+    args = ["predict", str(run), str(wide), "--json", "--out", str(tmp_path / "pw"), "--backend", "torch-fp32"]
+    res = runner.invoke(app, args)  # explain's backend (Grad-CAM needs the torch models)
+    assert res.exit_code == 0, res.output
+    said = json.loads(res.stdout)[0]
+    out = tmp_path / "ex.png"
+    res = runner.invoke(app, ["explain", str(run), str(wide), "-o", str(out), "--class", labels[-1]])
+    assert res.exit_code == 0, res.output
+    assert f"ensemble of 2: {said['label']} ({said['score']:.2f}); predicted lesion {said['lesion_fraction']:.1%}" in (
+        res.output
+    )
+    assert said["frame_reason"] in res.output and f"Grad-CAM lesion, Grad-CAM {labels[-1]}" in res.output
+    bar = 14
+    assert np.asarray(Image.open(out)).shape == (bar + 2 * (40 + bar), 3 * 128, 3)  # outline, lesion, class
+    res = runner.invoke(app, ["explain", str(run), str(wide), "--class", "nosuch"])
+    assert res.exit_code == 2 and "'nosuch' is not one of the model's labels" in res.output
+
+
+def check_onnx_reproduces_predict(run: Path, image: Path, tmp_path: Path) -> None:
+    """model.json of a multitask export says enough to reproduce predict from the ONNX file alone: the resize rule,
+    what `mask` is (mirror-averaged lesion probability at S x S), its bilinear resize and threshold, and the frame
+    decision with its threshold (it had said "area (shrink) / cubic (enlarge)" and nothing of the mask)."""
+    import cv2
+    import onnxruntime as ort
+
+    meta = json.loads((run / "export" / "model.json").read_text())
+    assert meta["members"] == ["fold_0/model.pt", "fold_1/model.pt"] and meta["members_relative_to"] == "source_run"
+    m = meta["mask"]
+    assert "mean over the 2 fold models" in m["what"] and "horizontal mirror" in m["what"]
+    assert "bilinear" in m["to_image"] and ">= 0.5" in m["to_image"]
+    fd = m["frame_decision"]
+    assert fd["score"] == "p_lesion" and fd["threshold_of"] == "the mean of the fold models' thresholds"
+
+    rgb = np.asarray(Image.open(image).convert("RGB").resize((90, 50)))  # one side shrinks, the other grows
+    Image.fromarray(rgb).save(tmp_path / "odd.png")
+    h, w, s = 50, 90, meta["image_size"]
+    x = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_AREA if s < min(h, w) else cv2.INTER_CUBIC)
+    session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    raw = session.run(None, {"images": x.transpose(2, 0, 1)[None].astype(np.float32)})
+    got = dict(zip(meta["outputs"], raw, strict=True))
+    above = cv2.resize(got["mask"][0], (w, h), interpolation=cv2.INTER_LINEAR) >= fd["pixel_threshold"]
+    p_lesion = 1 - got["probabilities"][0][meta["labels"].index("normal")]
+    fraction = float(above.mean()) if p_lesion >= fd["threshold"] and above.any() else 0.0
+    args = ["predict", str(run), str(tmp_path / "odd.png"), "--json", "--backend", "onnx-fp32"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "po")])
+    assert res.exit_code == 0, res.output
+    said = json.loads(res.stdout)[0]
+    assert said["lesion_fraction"] == pytest.approx(fraction, abs=1e-4)
+    assert said["frame_decision"] == ("lesion" if fraction > 0 else "no lesion")

@@ -22,6 +22,11 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     assert 0 <= out["agreement"]["model.int8.onnx"]["top1_agreement"] <= 1
     meta = json.loads((run / "export_fold0" / "model.json").read_text())  # where predict --fold 0 looks
     assert meta["labels"] == ["lesion", "normal"] and meta["image_size"] == 32
+    # the members relative to the run, whatever the working folder (they had been cwd-relative for one run,
+    # absolute for another); the resize rule exact where one side shrinks and the other grows
+    assert meta["members"] == ["fold_0/model.pt"] and meta["members_relative_to"] == "source_run"
+    assert "INTER_AREA (area averaging) when S < min(h, w)" in meta["interpolation"]
+    assert "also when one side shrinks and the other grows" in meta["interpolation"]
 
     image = str(easy_set / "lesion" / "3.png")
     probs = {}
@@ -122,7 +127,7 @@ def test_int8_keeps_the_noisiest_layers_in_float_until_it_agrees(tiny_run: Path,
 
     p = load_predictor(tiny_run, 0, backend="torch-fp32")
     export.export_onnx(p, tmp_path / "exp")
-    calib, _, _ = export.fold0_images(tiny_run, p)
+    calib = export.check_images(tiny_run, p).calibration
     seen = []
 
     def agreement(path: Path) -> float:  # the first two QDQ models "disagree", the second less
@@ -141,7 +146,70 @@ def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path
 
     p = load_predictor(tiny_run, 0, backend="torch-fp32")
     export.export_onnx(p, tmp_path / "exp")
-    calib, _, _ = export.fold0_images(tiny_run, p)
+    calib = export.check_images(tiny_run, p).calibration
     out = export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, lambda path: 0.82)
     assert [t["float_layers"] for t in out["tried"] if t["format"] == "QDQ"] == [0, 2]  # +0 with 2: no 4, 8, ...
     assert out["agreement_calibration"] == 0.82
+
+
+def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path) -> None:
+    """`bench --fold 1` and `export --fold 1` measure on fold 1's test images (bench's accuracy is fold 1's test
+    accuracy of metrics.json), int8 calibrates on fold 1's validation images; the ensemble (the default, as predict
+    loads) reports no accuracy and says its images are not held out. Before, every fold was checked on fold 0's test
+    images, which fold 1 trained on ("held_out": "fold 0 test images"; BUSI fold 2: accuracy 0.808 against 0.642)."""
+    import numpy as np
+
+    from medcad.inference.export import check_images
+    from medcad.inference.registry import load_predictor
+
+    per_fold = json.loads((tiny_run / "metrics.json").read_text())["per_fold"]
+    p = load_predictor(tiny_run, 1, backend="torch-fp32")
+    check = check_images(tiny_run, p)
+    assert check.held_out and check.described.startswith("fold 1's test images")
+    assert len(check.images) == per_fold[1]["n_test"]
+    flat = {bytes(x) for x in check.images}
+    assert not any(bytes(x) in flat for x in check.calibration)  # nothing tuned on what is measured
+
+    args = ["bench", str(tiny_run), "--fold", "1", "--backends", "torch-fp32", "--batch", "4", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["fold"] == 1 and out["held_out"] and out["images"].startswith("fold 1's test images")
+    assert np.isclose(out["backends"]["torch-fp32"]["accuracy"], per_fold[1]["accuracy"])
+
+    res = runner.invoke(app, ["bench", str(tiny_run), "--backends", "torch-fp32", "--batch", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["fold"] is None and not out["held_out"] and "not held out" in out["images"]
+    assert "accuracy" not in out["backends"]["torch-fp32"]
+    res = runner.invoke(app, ["bench", str(tiny_run), "--backends", "torch-fp32", "--batch", "4"])
+    assert res.exit_code == 0 and "fold ensemble" in res.output and "not held out" in res.output
+
+    res = runner.invoke(app, ["export", str(tiny_run), "--fold", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["held_out"] and out["images"].startswith("fold 1's test images")
+    assert out["agreement"]["model.onnx"]["n"] == per_fold[1]["n_test"]
+    res = runner.invoke(app, ["export", str(tiny_run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["held_out"] is False
+
+
+def test_a_fold_out_of_range_names_the_folds(tiny_run: Path, easy_set: Path) -> None:
+    """`--fold 5` (or -1) of a two-fold run: 'fold 5 does not exist: this run has folds 0-1', in every command that
+    takes --fold; it had said 'no trained model found ... train it first'."""
+    image = str(easy_set / "lesion" / "3.png")
+    for fold in ("5", "-1"):
+        for args in (
+            ["predict", str(tiny_run), image],
+            ["explain", str(tiny_run), image],
+            ["bench", str(tiny_run), "--backends", "torch-fp32"],
+            ["export", str(tiny_run)],
+        ):
+            res = runner.invoke(app, [*args, "--fold", fold])
+            assert res.exit_code == 2, (args, res.output)
+            assert f"fold {fold} does not exist: this run has folds 0-1" in res.output, (args, res.output)
+            assert "train it first" not in res.output
+    (tiny_run / "fold_1" / "model.pt").rename(tiny_run / "fold_1" / "model.bak")
+    res = runner.invoke(app, ["predict", str(tiny_run), image, "--fold", "1"])
+    assert res.exit_code == 2 and "fold 1 has no trained model: this run has fold 0" in res.output

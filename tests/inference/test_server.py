@@ -320,7 +320,7 @@ def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> 
         assert fd["score"] == "lesion_area" and fd["threshold"] == pytest.approx(predictor.min_frame_score)
         assert fd["threshold_of"] == "the mean of the fold models' thresholds" and "out_of_fold" in fd
         assert "before the frame decision" in card["metrics_note"] and card["decision"].startswith("the frame decision")
-        assert "area averaging when shrinking" in card["preprocessing"]["interpolation"]  # it had been null
+        assert "INTER_AREA (area averaging) when S < min(h, w)" in card["preprocessing"]["interpolation"]  # was null
         body = client.post("/predict", content=png(rgb)).json()
         m = body["mask"]
         mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(m["data"]))))

@@ -25,7 +25,8 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
     int8: Annotated[
-        bool, typer.Option("--int8", help="Also write a static int8 model calibrated on training images.")
+        bool,
+        typer.Option("--int8", help="Also write a static int8 model calibrated on validation images (fold k's)."),
     ] = False,
     fold: Annotated[int | None, typer.Option(help="Export one fold's model (default: the fold ensemble).")] = None,
     out: Annotated[
@@ -52,7 +53,7 @@ def export(
         return
     for name, a in result["agreement"].items():
         measures = ", ".join(f"{k} {v:.4f}" for k, v in a.items() if k not in ("n", "agrees"))
-        typer.echo(f"{name}: agreement with PyTorch fp32 on {a['n']} held-out images: {measures}")
+        typer.echo(f"{name}: agreement with PyTorch fp32 on {a['n']} images ({result['images']}): {measures}")
         if not a["agrees"]:
             typer.echo(
                 f"warning: {name} agrees less than 0.99 with PyTorch fp32: predict, serve and evaluate "
@@ -75,14 +76,18 @@ def export(
 def bench(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     batch: Annotated[int, typer.Option(help="Batch size for the throughput figure.")] = 32,
-    fold: Annotated[int | None, typer.Option(help="Fold model to time (default 0; none = ensemble).")] = 0,
+    fold: Annotated[
+        int | None, typer.Option(help="Time one fold's model (default: the fold ensemble, as predict and serve load).")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     backends: Annotated[str, typer.Option(help="Comma-separated backends (default: every one).")] = ",".join(BACKENDS),
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Images/s and latency (p50/p95) of each prediction backend for a run of any task, side by side, with agreement
-    to torch-fp32 by the task's measure."""
+    to torch-fp32 by the task's measure: on fold k's held-out test images with --fold k (with its test accuracy for
+    classifiers), on fold 0's test images for the ensemble (agreement only: its other folds' models trained on
+    them)."""
     try:
         from medcad.inference.bench import bench as run_bench
 
@@ -103,7 +108,10 @@ def bench(
     from rich.table import Table
 
     measure = result["agreement_measure"].replace("_", " ")
-    t = Table("backend", "images/s", "× fp32", "p50 ms", "p95 ms", measure, title=f"{run} (batch {batch})")
+    which = "fold ensemble" if result["fold"] is None else f"fold {result['fold']}"
+    columns = ["backend", "images/s", "× fp32", "p50 ms", "p95 ms", measure]
+    accuracy = any("accuracy" in b for b in result["backends"].values())
+    t = Table(*columns, *(["held-out accuracy"] if accuracy else []), title=f"{run}, {which} (batch {batch})")
     for name, b in result["backends"].items():
         t.add_row(
             name + (" (default)" if name == result["default_backend"] else "") + ("" if b["agrees"] else " ✗"),
@@ -112,8 +120,10 @@ def bench(
             f"{b['p50_ms']:.1f}",
             f"{b['p95_ms']:.1f}",
             f"{b['agreement']:.4f}",
+            *([f"{b['accuracy']:.3f}" if "accuracy" in b else ""] if accuracy else []),
         )
     Console().print(t)
+    typer.echo(f"images: {result['n_agreement_images']} of {result['images']}; threads: {result['threads']}")
     cpu = result["cpu"]
     typer.echo(
         f"CPU: {cpu['cpu']} ({cpu['kind']}; native bf16: {cpu['native_bf16']}; VNNI: {cpu['vnni']}); "

@@ -376,7 +376,12 @@ def explain(
         str | None, typer.Option(help="Target layer name (default: the backbone's last feature map).")
     ] = None,
     label: Annotated[
-        str | None, typer.Option("--class", help="Explain this class instead of the predicted one.")
+        str | None,
+        typer.Option(
+            "--class",
+            help="Explain this class instead of the predicted one (multitask: a Grad-CAM of this class of the class "
+            "head added to each row; segment models have no class to explain).",
+        ),
     ] = None,
 ) -> None:
     """Where the model looked: Grad-CAM of the predicted class (classify; averaged over the folds' models), the

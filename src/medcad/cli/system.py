@@ -19,6 +19,18 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _threads() -> str:
+    """The CPU threads of every runtime and why (`medcad.devices.thread_choice`), or why none can be chosen."""
+    from medcad.devices import thread_choice
+    from medcad.errors import ConfigError
+
+    try:
+        n, why = thread_choice()
+    except ConfigError as e:
+        return f"none: {e}"
+    return f"{n} for torch, ONNX Runtime and OpenVINO alike ({why}; --threads overrides)"
+
+
 def system_report() -> dict:
     """{"machine", "versions", "uses"}: the reading of `medcad.devices.machine` and the defaults that follow it."""
     import torch
@@ -57,7 +69,7 @@ def system_report() -> dict:
                 f"(without a run folder or its images: {static_choice(device)})"
                 + "".join(f"; {pkg} not installed: its backends left out" for pkg in missing_runtimes())
             ),
-            "threads": m.cores,
+            "threads": _threads(),
             "allocator": (
                 "glibc, freed memory kept for the next step (mallopt; MEDCAD_MALLOC=system leaves it as it is)"
                 if keep_freed_memory()

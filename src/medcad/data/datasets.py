@@ -31,8 +31,16 @@ CACHE_VERSION = 4  # 2: orientation tags applied, masks decoded from their own v
 # JPEGs decoded in full, as predict and serve decode them (a reduced-scale DCT decode had made their inputs differ)
 
 
+# how `resize_square` interpolates, in words (model cards, ONNX metadata)
+RESIZE_RULE = (
+    "to S x S without keeping the aspect ratio; OpenCV INTER_AREA (area averaging) when S < min(h, w), i.e. when "
+    "both sides shrink; INTER_CUBIC (bicubic) otherwise, also when one side shrinks and the other grows"
+)
+
+
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize to (size, size, 3): area averaging when shrinking, cubic when enlarging."""
+    """Resize an (h, w, 3) image to (size, size, 3) by `RESIZE_RULE`: area averaging when size < min(h, w) (both
+    sides shrink), bicubic otherwise (also when one side shrinks and the other grows)."""
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_CUBIC
     return cv2.resize(rgb, (size, size), interpolation=interp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 
 from medcad.errors import ConfigError
@@ -24,19 +25,71 @@ def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label:
     return overlay(rgb, heat[0], f"{predictor.labels[c]} p={probs[0, c]:.2f}"), caption
 
 
+MAX_SIDE = 512  # explain tiles: the image's size, shrunk (aspect kept) so that its longer side is at most this
+
+
 def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):
-    """Per fold model: the predicted outline, the CBAM spatial attention maps (if any) and the Grad-CAM of the
-    predicted lesion, side by side; one row per model."""
+    """One row per fold model (labelled with its fold) of tiles at the image's aspect and size (shrunk so that the
+    longer side is at most MAX_SIDE px): the fold's predicted outline and lesion share, its CBAM spatial attention
+    maps (if any), the Grad-CAM of its predicted lesion and, with `label` on a model with a class head (multitask),
+    the Grad-CAM of that class; under a header with what predict says of the image (the ensemble's, or the one
+    fold's, decision and lesion share, with its frame-level decision), as `predictor` computes it (explain loads
+    torch-fp32: Grad-CAM needs the torch models; predict's default backend agrees with it >= 0.99).
+
+    Returns:
+        (RGB uint8 picture, caption: predict's decision and lesion share, then what the rows and tiles are).
+
+    Raises:
+        ConfigError: `label` is not one of the model's labels, or the model has no class head (segment,
+            segment-multiclass: only the lesion is explained).
+    """
+    from medcad.explain.gradcam import with_caption
     from medcad.explain.segmentation import explain_mask
 
+    class_index = None
+    if label is not None:
+        if label not in predictor.labels:
+            raise ConfigError(f"--class {label!r} is not one of the model's labels {predictor.labels}")
+        if not predictor.with_class:
+            raise ConfigError(
+                f"--class {label!r}: this {predictor.task} model has no class head to explain; its Grad-CAM is of the "
+                "predicted lesion (drop --class)"
+            )
+        class_index = (predictor.labels.index(label), label)
     x = predictor.prepare(rgb)
-    rows, caption = [], ""
-    for model in predictor.models:
-        tiles = explain_mask(model, predictor.normalize, x, layer)
-        rows.append(np.concatenate([t for t, _ in tiles], axis=1))
-        caption = " | ".join(c for _, c in tiles)
-    where = ", ".join(p.parent.name for p in predictor.files)
-    return np.concatenate(rows, axis=0), f"{caption} (one row per model: {where})"
+    pred = predictor.postprocess(predictor.infer(x[None]), 0, "image", rgb.shape[:2])
+    h, w = rgb.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    shown = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    rows: list[np.ndarray] = []
+    names: tuple[list[str], list[str]] = ([], [])  # the rows' models, the tiles after the outline
+    for model, file in zip(predictor.models, predictor.files, strict=True):
+        tiles = explain_mask(
+            model,
+            predictor.normalize,
+            x,
+            shown,
+            hflip=predictor.hflip,
+            threshold=predictor.threshold,
+            layer=layer,
+            class_index=class_index,
+        )
+        where = file.parent.name if file.name == "model.pt" else file.name
+        tiles[0] = (tiles[0][0], f"{where}: {tiles[0][1]}")
+        rows.append(np.concatenate([with_caption(t, c) for t, c in tiles], axis=1))
+        names[0].append(where)
+        names[1][:] = [c for _, c in tiles[1:]]
+    lesion = pred.mask
+    said = f"{pred.label} ({pred.score:.2f}); predicted lesion {lesion.lesion_fraction:.1%} of the image"
+    who = f"ensemble of {len(names[0])}" if len(names[0]) > 1 else names[0][0]
+    picture = np.concatenate(rows, axis=0)
+    header = with_caption(picture[:0], f"{who}: {said}", max(14, shown.shape[0] // 12))
+    caption = (
+        f"{who}: {said} ({lesion.frame_reason()}); one row per model ({', '.join(names[0])}): its "
+        f"outline and lesion share at probability {predictor.threshold:g}, {', '.join(names[1])}"
+    )
+    return np.concatenate([header, picture], axis=0), caption
 
 
 def explain_boxes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):

@@ -69,10 +69,18 @@ def overlay(image: np.ndarray, heat: np.ndarray, caption: str | None = None, alp
     heat = cv2.resize(heat.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
     out = (image.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
-    if caption:
-        bar = max(14, h // 12)
-        out = np.concatenate([np.zeros((bar, w, 3), np.uint8), out])
-        cv2.putText(out, caption, (3, bar - 4), cv2.FONT_HERSHEY_SIMPLEX, bar / 30, (255, 255, 255), 1, cv2.LINE_AA)
+    return with_caption(out, caption) if caption else out
+
+
+def with_caption(image: np.ndarray, caption: str, bar: int | None = None) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3) under a black bar of `bar` px (default max(14, H // 12)) with `caption` in
+    white, (H + bar, W, 3); text wider than the image is cut at its right edge."""
+    import cv2
+
+    h, w = image.shape[:2]
+    bar = bar or max(14, h // 12)
+    out = np.concatenate([np.zeros((bar, w, 3), np.uint8), image])
+    cv2.putText(out, caption, (3, bar - 4), cv2.FONT_HERSHEY_SIMPLEX, bar / 30, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

@@ -1,8 +1,10 @@
-"""Where a segmentation model looked: CBAM spatial attention maps (AttentionNestedUNet) and Grad-CAM of the
-predicted lesion (pytorch-grad-cam's SemanticSegmentationTarget)."""
+"""Where a segmentation model looked: CBAM spatial attention maps (AttentionNestedUNet), Grad-CAM of the predicted
+lesion (pytorch-grad-cam's SemanticSegmentationTarget) and, for a model with a class head (multitask), Grad-CAM of
+one class of that head."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -24,32 +26,75 @@ class _MaskLogits(nn.Module):
         return lesion_logits(self.net(x)["mask"])
 
 
+class _ClassLogits(nn.Module):
+    """The class head's logits (B, K) of a multitask model, for pytorch-grad-cam."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["class"]
+
+
 def explain_mask(
-    model: nn.Module, normalize: Normalize, image: np.ndarray, layer: str | None = None, n_attention: int = 3
+    model: nn.Module,
+    normalize: Normalize,
+    image: np.ndarray,
+    shown: np.ndarray,
+    *,
+    hflip: bool = False,
+    threshold: float = 0.5,
+    layer: str | None = None,
+    class_index: tuple[int, str] | None = None,
+    n_attention: int = 3,
 ) -> list[tuple[np.ndarray, str]]:
-    """Tiles (RGB uint8 at the image's size) with captions for one prepared uint8 image (S, S, 3): the image with
-    the predicted outline, the last `n_attention` CBAM spatial attention maps (if the model has CBAM), and the
-    Grad-CAM of the predicted lesion at `layer` (default: the last decoder stage)."""
+    """Tiles with short captions for one model on one image: the predicted outline, the last `n_attention` CBAM
+    spatial attention maps (if the model has CBAM), the Grad-CAM of the predicted lesion at `layer` (default: the
+    last decoder stage) and, with `class_index` (index, name), the Grad-CAM of that class of the class head at its
+    deepest feature map.
+
+    Args:
+        image: the prepared model input, uint8 (S, S, 3).
+        shown: the picture to draw on, uint8 (H, W, 3): the image at its own aspect; every map (S x S) is resized
+            to it bilinearly, as predict resizes the mask, and the outline is the resized lesion probability at
+            `threshold`.
+        hflip: average the lesion probability over the image and its mirror, as the predictor does (TTA).
+
+    Returns:
+        [(tile uint8 (H, W, 3), caption)]; the first caption gives the lesion's share of the image at `threshold`.
+    """
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
     from medcad.drawing import mask_overlay
     from medcad.explain.gradcam import overlay
     from medcad.models.attention_unet import attention_maps
+    from medcad.models.predict import mask_outputs
     from medcad.models.segmentation import cam_target_name
 
+    h, w = shown.shape[:2]
     model = model.eval().float()
     x = normalize(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float())
     with torch.no_grad():
-        lesion = (_MaskLogits(model)(x)[0, 0] > 0).float().numpy()
-    tiles = [(mask_overlay(image, lesion > 0), f"predicted lesion ({lesion.mean():.1%} of the image)")]
+        prob = mask_outputs(model, x, hflip)["mask"][0].numpy()
+        _MaskLogits(model)(x)  # the attention maps of the image itself (not its mirror)
     maps = attention_maps(model)[-n_attention:]
+    above = cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= threshold
+    tiles = [(mask_overlay(shown, above), f"lesion {above.mean():.1%}")]
     for j, amap in enumerate(maps):
         a = amap[0, 0].float().numpy()
         a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)  # the maps sit near 1: show their contrast
-        tiles.append((overlay(image, a), f"CBAM spatial attention {j - len(maps)} (min-max)"))
+        tiles.append((overlay(shown, a), f"attention {j - len(maps)}"))
     target = model.get_submodule(layer or cam_target_name(model, "mask"))
     with GradCAM(model=_MaskLogits(model), target_layers=[target]) as cam:
+        lesion = (prob >= threshold).astype(np.float32)
         heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(0, lesion)])[0]
-    tiles.append((overlay(image, heat), "Grad-CAM of the predicted lesion"))
+    tiles.append((overlay(shown, heat), "Grad-CAM lesion"))
+    if class_index is not None:
+        c, name = class_index
+        target = model.get_submodule(cam_target_name(model, "class"))
+        with GradCAM(model=_ClassLogits(model), target_layers=[target]) as cam:
+            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(c)])[0]
+        tiles.append((overlay(shown, heat), f"Grad-CAM {name}"))
     return tiles

@@ -1,16 +1,17 @@
 """`--backend auto`: the fastest prediction backend that agrees with PyTorch fp32 for this model on this machine.
 
-Measured once per model files, CPU kind and thread count on the run's own held-out images (up to N_IMAGES of fold 0's
-test images), then cached in RUN/backends.json; later calls read the choice. A backend is eligible when its agreement
-with torch-fp32, by the task's measure (top-1 for classes, Dice for masks, matched-box IoU for boxes), is at least
-`MIN_AGREEMENT`: on 128 images top-1 may differ on one (with 32, as before 2026-12-04, one difference in 32 failed and
-none passed a backend that differs on 1.3 % of images two times in three). Speeds come first (a few batches); agreement
-is then checked fastest first and stops at the first that agrees, so the slower ones cost nothing. Candidates follow the
-machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16 only where the CPU has bf16 in hardware (elsewhere bf16
-is emulated, ~10x slower than fp32), int8 only where the user exported it (`medcad export --int8`: calibration is a step
-of its own) and the CPU has int8 dot products (VNNI). On a GPU (`device` cuda), torch fp32 and torch with
-reduced-precision autocast are measured there, keyed by the GPU: on an H200, lite0's bf16 autocast ran at 0.83x fp32 at
-batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not assumed faster.
+Measured once per model files, CPU kind and thread count on the run's own images (up to N_IMAGES of fold k's test images
+for fold k's model, held out; of fold 0's for the ensemble: `medcad.inference.export.check_images`), then cached in
+RUN/backends.json; later calls read the choice. A backend is eligible when its agreement with torch-fp32, by the task's
+measure (top-1 for classes, Dice for masks, matched-box IoU for boxes), is at least `MIN_AGREEMENT`: on 128 images top-1
+may differ on one (with 32, as before 2026-12-04, one difference in 32 failed and none passed a backend that differs on
+1.3 % of images two times in three). Speeds come first (a few batches); agreement is then checked fastest first and
+stops at the first that agrees, so the slower ones cost nothing. Candidates follow the machine
+(`medcad.devices.machine`): torch-bf16 and openvino-bf16 only where the CPU has bf16 in hardware (elsewhere bf16 is
+emulated, ~10x slower than fp32), int8 only where the user exported it (`medcad export --int8`: calibration is a step of
+its own) and the CPU has int8 dot products (VNNI). On a GPU (`device` cuda), torch fp32 and torch with reduced-precision
+autocast are measured there, keyed by the GPU: on an H200, lite0's bf16 autocast ran at 0.83x fp32 at batch 32 and
+agreed on 31 of 32 images (docs/results.md), so it is not assumed faster.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch
 
 from medcad.checkpoint import fold_model_files
 from medcad.data.manifest import atomic_write_text
-from medcad.devices import machine, torch_device
+from medcad.devices import machine, runtime_threads, torch_device
 from medcad.errors import MedcadError
-from medcad.inference.export import ensure_export, fold0_images
+from medcad.inference.export import check_images, ensure_export
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.runfolder import RunFolder
 
@@ -81,7 +82,7 @@ def _cache_key(run: Path, fold: int | None, threads: int | None, device: str = "
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} [cuda] fold={fold} models={digest}"
     m = machine()
-    return f"{m.cpu} [{m.kind}] threads={threads or m.cores} fold={fold} models={digest}"
+    return f"{m.cpu} [{m.kind}] threads={runtime_threads(threads)} fold={fold} models={digest}"
 
 
 def _speed(p: Predictor, x: np.ndarray) -> float:
@@ -146,17 +147,18 @@ def known_choice(run: Path, fold: int | None, device: str = "cpu", threads: int 
 
 
 def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Predictor | None]:
-    """Measure the `auto` choice for the run of `ref` (a torch-fp32 predictor on the CPU or a GPU) on its held-out
-    images, keep it in RUN/backends.json, and return it with the chosen predictor (None when not measured: the run's
-    images not found, then `static_choice`)."""
+    """Measure the `auto` choice for the run of `ref` (a torch-fp32 predictor on the CPU or a GPU) on its test
+    images (`check_images`), keep it in RUN/backends.json, and return it with the chosen predictor (None when not
+    measured: the run's images not found, then `static_choice`)."""
     run, device = ref.run, str(ref.device)
     try:
-        _, held, _ = fold0_images(run, ref)
+        check = check_images(run, ref)
+        held = check.images
     except (MedcadError, OSError, KeyError, ValueError) as e:
         reason = f"the run's images could not be read ({e}); not measured"
         return {"backend": static_choice(device), "reason": reason}, None
     if len(held) == 0:
-        return {"backend": static_choice(device), "reason": "the run has no held-out images to measure on"}, None
+        return {"backend": static_choice(device), "reason": "the run has no test images to measure on"}, None
     held = np.asarray(held[:N_IMAGES])
     if len(held) < BATCH:
         held = np.concatenate([held] * (BATCH // len(held) + 1))
@@ -168,13 +170,14 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         "device": device,
         "cpu": machine().to_dict(),
         "n_images": int(len(held)),
+        "images": check.described,
         "min_agreement": MIN_AGREEMENT,
     }
     cache = RunFolder(run).backends
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads, device): choice}, indent=1))
     reason = (
-        f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {len(held)} held-out "
-        f"images is >= {MIN_AGREEMENT} (measured now)"
+        f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {len(held)} images "
+        f"({check.described}) is >= {MIN_AGREEMENT} (measured now)"
     )
     return {**choice, "reason": reason}, loaded[best]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.devices import machine
+from medcad.devices import machine, runtime_threads
 from medcad.inference.onnx import GRAPH_BACKENDS
 from medcad.inference.predictor import MIN_AGREEMENT, TORCH_BACKENDS
 from medcad.inference.registry import load_predictor
@@ -32,25 +32,33 @@ def bench(
     backends: tuple[str, ...] = BACKENDS,
     batch: int = 32,
     repeats: int = 20,
-    fold: int | None = 0,
+    fold: int | None = None,
     threads: int | None = None,
     n_agree: int = 200,
     device: str = "auto",
 ) -> dict:
     """Latency at batch 1 (p50/p95 over `repeats`), images/s at batch `batch`, and agreement with torch-fp32 by the
-    task's measure (top-1 for classes, Dice between masks, matched-box IoU for detections) on the fold-0 test images
-    of a run of any task (held out from that fold's training); speed-ups are ratios to torch-fp32 in this process.
-    `device` is where the torch backends run ("auto": the GPU if any, as predict and serve; "cpu", "cuda[:N]");
-    ONNX Runtime and OpenVINO run on the CPU.
+    task's measure (top-1 for classes, Dice between masks, matched-box IoU for detections) of a run of any task;
+    speed-ups are ratios to torch-fp32 in this process. `fold` None (the default) times the fold ensemble, what
+    predict and serve load; `fold` k that fold's model alone. The images (`images` says which; up to `n_agree`):
+    fold k's test images, held out from its training, where `accuracy` (single-label classes) is that fold's test
+    accuracy; for the ensemble fold 0's test images, which the other folds' models trained on: agreement only, no
+    accuracy (`held_out` False). `device` is where the torch backends run ("auto": the GPU if any, as predict and
+    serve; "cpu", "cuda[:N]"); ONNX Runtime and OpenVINO run on the CPU. `threads`: CPU threads of every runtime
+    (None: `medcad.devices.runtime_threads`, reported as `threads`).
     The result also says what this machine is (`cpu`) and which backend predict, serve and evaluate use here by
     default (`default_backend`: `--backend auto` for the fold ensemble, as they load it, with the figures it chose by,
-    `default_backend_measured`: agreement there is the ensemble's, so it can differ from this fold's table)."""
-    from medcad.inference.export import fold0_images
+    `default_backend_measured`: with `fold` k, agreement there is the ensemble's, so it can differ from the table).
+
+    Raises:
+        DataError: no trained model of `fold` (naming the folds the run has), or the run's images are unreadable.
+    """
+    from medcad.inference.export import check_images
 
     run = Path(run)
     first = load_predictor(run, fold, backend="torch-fp32", threads=threads, device=device)
-    _, held, y = fold0_images(run, first)
-    held, y = held[:n_agree], y[:n_agree]
+    check = check_images(run, first)
+    held, y = check.images[:n_agree], check.labels[:n_agree]
     n_real = len(held)
     if len(held) < batch:  # tiny test sets: repeat images so that one full batch can be timed
         held = np.concatenate([held] * (batch // max(len(held), 1) + 1))[: max(batch, len(held))]
@@ -63,7 +71,9 @@ def bench(
         "image_size": first.config.image_size,
         "batch": batch,
         "n_agreement_images": int(len(held)),
-        "threads": threads,
+        "images": check.described,
+        "held_out": check.held_out,
+        "threads": runtime_threads(threads),
         "device": str(first.device),
         "cpu": machine().to_dict(),
         "backends": {},
@@ -83,7 +93,8 @@ def bench(
         }
         row["agreement"] = row[first.agreement_measure]
         row["agrees"] = bool(row["agreement"] >= MIN_AGREEMENT)
-        if got.get("probabilities") is not None and get_task(first.task).label_kind == "single":
+        single = get_task(first.task).label_kind == "single"
+        if check.held_out and got.get("probabilities") is not None and single:
             row["accuracy"] = float((got["probabilities"][:n_real].argmax(1) == y).mean())
         out["backends"][name] = row
     auto = load_predictor(run, None, threads=threads, device=device).backend_choice

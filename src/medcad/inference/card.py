@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from medcad import __version__
+from medcad.data.datasets import RESIZE_RULE
 from medcad.inference.outputs import frame_rule
 from medcad.inference.predictor import Predictor
 from medcad.runfolder import RunFolder
@@ -16,7 +17,6 @@ DECISIONS = {
     "boxes": "the class of the top box scoring at least the threshold, else 'background'",
     "mask": "the frame decision (frame_decision)",
 }
-RESIZE = "area averaging when shrinking, bicubic when enlarging (OpenCV; medcad.data.datasets.resize_square)"
 
 
 ENSEMBLE = {  # how the predictor combines the fold models (medcad.inference.predictor)
@@ -72,14 +72,14 @@ def model_card(predictor: Predictor) -> dict:
             "resize": f"{cfg.image_size} x {cfg.image_size} pixels",
             "mean": predictor.data_config.get("mean"),
             "std": predictor.data_config.get("std"),
-            "interpolation": RESIZE,
+            "interpolation": RESIZE_RULE,
             "bilateral_filter": bool(cfg.bilateral),
         },
         "medcad": __version__,
         "intended_use": "research use only; not a medical device",
     }
     if "mask" in task.outputs:
-        card["frame_decision"] = _frame_decision(predictor)
+        card["frame_decision"] = frame_decision(predictor)
     folder = _run_folder(predictor.run if predictor.run.is_dir() else predictor.run.parent)
     if folder is not None:
         m = json.loads(RunFolder(folder).metrics.read_text())
@@ -106,7 +106,7 @@ def model_card(predictor: Predictor) -> dict:
     return card
 
 
-def _frame_decision(predictor: Predictor) -> dict:
+def frame_decision(predictor: Predictor) -> dict:
     """A mask model's frame decision: its score, threshold (the mean of the folds' for an ensemble), the pixels'
     lesion-probability threshold and the rule in words."""
     labels = list(predictor.labels)

@@ -1,10 +1,13 @@
-"""Export a run of any task to ONNX (fp32, and int8 by static quantisation calibrated on training images).
+"""Export a run of any task to ONNX (fp32, and int8 by static quantisation calibrated on validation images).
 
 The graph takes float32 RGB images (N, 3, S, S) in 0..255, with normalisation inside, and returns what the task's
 predictor names in `graph_outputs`: class probabilities (softmax and temperatures inside), the mean lesion
 probability (N, S, S), or each detector's raw head outputs (box decoding runs in PyTorch after ONNX Runtime: see
-medcad.inference.detections). `<name>.json` beside it records task, size, interpolation, labels and the source run.
-The export is checked against PyTorch fp32 on fold 0's test images with the task's agreement measure.
+medcad.inference.detections). `<name>.json` beside it records task, size, the exact resize rule, labels, the source
+run and its fold models (paths relative to the run), and for mask outputs how predict turns them into its answer
+(`mask_metadata`).
+The export is checked against PyTorch fp32 with the task's agreement measure on fold k's test images (held out) for
+fold k's model, on fold 0's test images (not held out: the ensemble's other models trained on them) for the ensemble.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medcad.data.datasets import RESIZE_RULE
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
@@ -25,10 +30,36 @@ from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
 
 
-def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fold 0's validation images (int8 calibration and layer choice; topped up with its training images to `n`
-    when the validation part is smaller), its test images (held out: the agreement reported) and their label
-    indices (0 for rows without one of the model's labels). Test images never tune anything."""
+@dataclass(frozen=True)
+class CheckImages:
+    """The run's images an export or a benchmark is checked on, as the model's prepared uint8 input (N, S, S, 3).
+
+    Attributes:
+        calibration: images that may tune something (int8 calibration, the noisiest-layer choice).
+        images: the images agreement (and, when `held_out`, accuracy) is measured on; never tuned on.
+        labels: each of `images`' label index among the model's labels (0 for rows without one of them).
+        held_out: True when no model of the predictor trained on `images` (one fold's model: its test images).
+        described: which images these are, in words, for reports.
+    """
+
+    calibration: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    held_out: bool
+    described: str
+
+
+def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
+    """The images to check `predictor` (one fold's model or the fold ensemble of run folder `run`) on.
+
+    One fold k's model: its validation images (calibration; topped up with its training images to `n` when fewer),
+    its test images (held out from its training). The ensemble has no held-out image (each image trained all folds'
+    models but one saw it in training): fold 0's parts are used the same way, with `held_out` False, so agreement
+    between backends can be measured there but accuracy is not a held-out figure. Test images never tune anything.
+
+    Raises:
+        DataError: the run's data or splits cannot be read, or the splits have no fold k.
+    """
     from medcad.data.datasets import cached_images
     from medcad.data.layouts import load_manifest
     from medcad.data.splits import fold_indices, load_splits
@@ -36,7 +67,12 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
     meta = json.loads(RunFolder(run).config.read_text())
     cfg = predictor.config
     manifest = load_manifest(meta["data"], cfg.data_options())
-    parts = fold_indices(manifest, load_splits(RunFolder(run).splits, manifest)["folds"][0])
+    k = 0 if predictor.fold is None else int(predictor.fold)
+    folds = load_splits(RunFolder(run).splits, manifest)["folds"]
+    split = next((f for i, f in enumerate(folds) if int(f.get("fold", i)) == k), None)
+    if split is None:
+        raise DataError(RunFolder(run).splits, f"no fold {k} in the splits (folds: {len(folds)})")
+    parts = fold_indices(manifest, split)
     images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
     rng = np.random.default_rng(0)
     calib = rng.permutation(parts["val"])[:n]
@@ -45,7 +81,17 @@ def fold0_images(run: Path, predictor: Predictor, n: int = 128) -> tuple[np.ndar
     y = np.array(
         [predictor.labels.index(v) if v in predictor.labels else 0 for v in manifest.table["label"].iloc[parts["test"]]]
     )
-    return np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y
+    if predictor.fold is None:
+        others = [int(f.get("fold", i)) for i, f in enumerate(folds) if int(f.get("fold", i)) != 0]
+        described = (
+            f"fold 0's test images, not held out from the ensemble: seen in training by the model"
+            f"{'s' * (len(others) != 1)} of fold{'s' * (len(others) != 1)} {', '.join(map(str, others))}"
+        )
+    else:
+        described = f"fold {k}'s test images (held out from its training)"
+    return CheckImages(
+        np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y, predictor.fold is not None, described
+    )
 
 
 def export_onnx(
@@ -63,7 +109,9 @@ def export_onnx(
     Returns:
         {"files": [...], "agreement": {variant: {"n", the task's measures (top1_agreement / mask_dice /
         box_iou_agreement, max_prob_diff), "agrees": the task's measure >= MIN_AGREEMENT (else `--backend auto`
-        never picks it)}}, "box_decoding" (detect)}.
+        never picks it)}}, "images": which images the agreement is on (`CheckImages.described`), "held_out": whether
+        they are held out from the model's training (one fold's model: yes; the ensemble: no), "int8" (with `int8`:
+        `quantize_int8`'s record), "box_decoding" (detect)}.
 
     Raises:
         DataError: the predictor's run is a model file, not a run folder.
@@ -99,7 +147,8 @@ def export_onnx(
                 "the torch backends still work"
             ) from e
     os.replace(tmp, fp32)
-    calib, held_out, _ = fold0_images(run, predictor)
+    check = check_images(run, predictor)
+    calib, held_out = check.calibration, check.images
     files = [fp32]
     int8_choice = None
     if int8:
@@ -117,17 +166,21 @@ def export_onnx(
         "outputs": names,
         "labels": predictor.labels,
         "image_size": size,
-        "input": "float32 RGB (N, 3, S, S), 0..255, resized with area/cubic interpolation",
-        "interpolation": "area (shrink) / cubic (enlarge)",
+        "input": "float32 RGB (N, 3, S, S), 0..255, each image resized to S x S by `interpolation`",
+        "interpolation": RESIZE_RULE,
         "bilateral": predictor.config.bilateral,
+        "interface": predictor.config.interface,
         "mean": predictor.data_config["mean"],
         "std": predictor.data_config["std"],
         "normalisation": "inside the graph",
         "source_run": str(run.resolve()),
         "fold": fold,
         "reference_device": device,
-        "members": [str(f) for f in predictor.files],
+        "members": [f.resolve().relative_to(run.resolve()).as_posix() for f in predictor.files],
+        "members_relative_to": "source_run",
     }
+    if "mask" in names:
+        meta["mask"] = mask_metadata(predictor)
     if "boxes" in get_task(predictor.task).outputs:
         meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
     if device != "cpu":
@@ -143,10 +196,43 @@ def export_onnx(
         measures = predictor.agreement(ref, got)
         agrees = measures[predictor.agreement_measure] >= MIN_AGREEMENT
         agreement[f.name] = {"n": len(held_out), **measures, "agrees": bool(agrees)}
-    result = {"files": [str(f) for f in files], "agreement": agreement, "held_out": "fold 0 test images"}
+    result = {"files": [str(f) for f in files], "agreement": agreement, "images": check.described}
+    result["held_out"] = check.held_out
     if int8_choice is not None:
         result["int8"] = int8_choice
     return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
+
+
+def mask_metadata(predictor: Predictor) -> dict:
+    """How predict turns the graph's `mask` output (and `lesion_classes` of label-map models) into its answer, so
+    that a user of the ONNX file can reproduce it (medcad.inference.outputs.LesionMask)."""
+    from medcad.inference.card import frame_decision
+
+    n = len(predictor.files)
+    flip = "each model's mean over the image and its horizontal mirror (test-time flip, inside the graph)"
+    what = (
+        "lesion probability per pixel, float32 (N, S, S) in [0, 1] at the model's input size S x S: "
+        + (f"the mean over the {n} fold models of " if n > 1 else "")
+        + (flip if predictor.hflip else "the model's probability (no test-time flip)")
+    )
+    out = {
+        "what": what,
+        "to_image": (
+            "predict resizes it to the image's (h, w) with bilinear interpolation (OpenCV INTER_LINEAR) and calls a "
+            f"pixel lesion where the resized probability >= {predictor.threshold:g} (predict's --threshold)"
+        ),
+        "frame_decision": frame_decision(predictor),
+        "frame_decision_applied": (
+            "the frame is 'lesion' and its mask is shown only when frame_decision's rule holds; else 'no lesion' and "
+            "an empty mask"
+        ),
+    }
+    if "lesion_classes" in predictor.graph_outputs:
+        out["lesion_classes"] = (
+            "float32 (N, K, S, S): the mean probability of each lesion class (`labels`); predict resizes each "
+            "bilinearly to the image and gives a shown lesion pixel the class of highest probability"
+        )
+    return out
 
 
 def ensure_export(cls: type[Predictor], run: Path, fold: int | None, backend: str, threads: int | None = None) -> None:

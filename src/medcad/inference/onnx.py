@@ -29,7 +29,8 @@ class GraphSession:
     Args:
         path: the .onnx file.
         backend: one of GRAPH_BACKENDS (the runtime and, for OpenVINO, the inference precision).
-        threads: CPU threads (None: the runtime's default, all cores; a CPU quota's cores under one).
+        threads: CPU threads (None: `medcad.devices.runtime_threads`, the count torch gets too: OMP_NUM_THREADS when
+            set, else the usable cores).
     """
 
     def __init__(self, path: str | Path, backend: str, threads: int | None = None) -> None:
@@ -43,8 +44,7 @@ class GraphSession:
 
             precision = "bf16" if backend == "openvino-bf16" else "f32"  # int8 runs its QDQ graph's int8 layers
             config: dict = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
+            config["INFERENCE_NUM_THREADS"] = threads
             self._ov = ov.Core().compile_model(str(self.path), "CPU", config)
             # each output under the name the graph declares (OpenVINO's first name for a tensor may be another)
             import onnx
@@ -56,8 +56,7 @@ class GraphSession:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
+            opts.intra_op_num_threads = threads
             self._ort = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
             self.output_names = [o.name for o in self._ort.get_outputs()]
 

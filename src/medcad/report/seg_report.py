@@ -69,11 +69,14 @@ def case_tiles(
 
 
 def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame) -> bytes | None:
-    """For the median case: predicted outline, CBAM attention maps and Grad-CAM of the predicted lesion, from the
-    model of the fold that tested the image."""
+    """For the median case: predicted outline (the fold's lesion probability at 0.5, with the run's test-time
+    augmentation), CBAM attention maps and Grad-CAM of the predicted lesion, from the model of the fold that tested
+    the image, at the model's input size."""
     from medcad.checkpoint import load_model_file
+    from medcad.config import TrainConfig
     from medcad.data.transforms import Normalize
     from medcad.explain.segmentation import explain_mask
+    from medcad.tasks import flip_tta
 
     cases = [row for kind, row in pick_cases(pred, per_kind=1) if kind == "median"]
     if not cases:
@@ -81,7 +84,9 @@ def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame)
     row = cases[0]
     model, meta = load_model_file(RunFolder(run).fold(int(row["fold"])).model)
     normalize = Normalize(meta["data_config"]["mean"], meta["data_config"]["std"])
-    tiles = explain_mask(model, normalize, np.asarray(images[manifest.keys.index(row["image"])]))
+    image = np.asarray(images[manifest.keys.index(row["image"])])
+    cfg = TrainConfig.from_saved(meta["config"])
+    tiles = explain_mask(model, normalize, image, image, hflip=flip_tta(cfg.tta, cfg.task))
     return plots.image_grid_png(
         [t for t, _ in tiles], [c for _, c in tiles], cols=len(tiles), title=f"Where the network looked: {row['image']}"
     )
