@@ -242,7 +242,7 @@ def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tin
     files = [str(folder / "g0.png"), str(folder / "g1.png")]  # the images given one by one, out = their folder
     args = ["predict", str(tiny_run), *files, "--backend", "torch-fp32", "--device", "cpu", "--out", str(folder)]
     res = runner.invoke(app, args)
-    assert res.exit_code == 2 and "g0_overlay.png: exists and was not written by an earlier predict" in res.output
+    assert res.exit_code == 2 and "g0_overlay.png: exists and was not written by predict into this folder" in res.output
     assert (folder / "g0_overlay.png").read_bytes() == before and not (folder / "predictions.csv").exists()
     out = tmp_path / "out"  # an earlier predict's own files are replaced by the next
     for _ in range(2):
@@ -251,3 +251,10 @@ def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tin
     assert json.loads(res.stdout)[0]["overlay_file"] == "g0_overlay.png"
     table = pd.read_csv(out / "predictions.csv")
     assert table["overlay_file"].tolist() == ["g0_overlay.png", "g1_overlay.png"]
+    # another image into the same folder, then the first again (predictions.csv then lists only the other), and a
+    # run interrupted after its first overlay: each may replace what predict wrote (the review had found them refused)
+    res = runner.invoke(app, [*args[:2], files[1], *args[4:-1], str(out)])
+    assert res.exit_code == 0, res.output
+    (out / "predictions.csv").unlink()
+    res = runner.invoke(app, [*args[:-1], str(out)])
+    assert res.exit_code == 0, res.output

@@ -193,6 +193,11 @@ def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path)
     res = runner.invoke(app, ["export", str(tiny_run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["held_out"] is False
+    # an ensemble of one member (a holdout run, or one fold trained) is checked on that fold's held-out images (it
+    # had said "not held out ... seen in training by the models of folds " and dropped the accuracy)
+    (tiny_run / "fold_0" / "model.pt").unlink()
+    check = check_images(tiny_run, load_predictor(tiny_run, backend="torch-fp32"))
+    assert check.held_out and check.described == "fold 1's test images (held out from its training)"
 
 
 def test_a_fold_out_of_range_names_the_folds(tiny_run: Path, easy_set: Path) -> None:

@@ -155,7 +155,7 @@ def test_videos_in_a_folder_are_predicted_as_videos(tiny_run: Path, easy_set: Pa
     cv2.imwrite(str(mixed / "still.png"), frames[0][:, :, ::-1])
     (tmp_path / "only").mkdir()
     make_video(tmp_path / "only" / "a.mp4", frames)
-    for folder, n in ((mixed, 2), (tmp_path / "only", 1)):
+    for folder, n in ((mixed, 2), (tmp_path / "only", 1), (tmp_path / "only", 1)):  # again: its own files replaced
         res = runner.invoke(
             app, ["predict", str(tiny_run), str(folder), "--json", "-o", str(tmp_path / "out" / folder.name)]
         )

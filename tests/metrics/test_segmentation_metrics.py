@@ -162,19 +162,22 @@ def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
 def test_a_subset_is_scored_in_the_headline_resamples(n: int, seed: int, n_groups: int) -> None:
     """The lesion images' Dice has one CI: as the headline's dice_lesion and as the subset of the same images (a run's
     per-label table for the lesion label had come from a second bootstrap: 0.514 (0.436-0.588) beside (0.434-0.587));
-    the subset of every image is the headline itself."""
+    the subset of every image is the headline itself, whatever its name ('CIN 1/2': a '/' had crashed the run's end)."""
     pred, true = _random_masks(n, seed)
     true[np.random.default_rng(seed).random(n) < 0.4] = False  # some lesion-free images
     counts = mask_counts(pred, true)
     groups = np.random.default_rng(seed + 1).integers(0, n_groups, n)
     lesion = counts["true_area"] > 0
     m = segmentation_metrics(
-        counts, groups=groups, subsets={"lesion": lesion, "all": np.ones(n, bool), "none": np.zeros(n, bool)}, n_boot=50
+        counts,
+        groups=groups,
+        subsets={"lesion": lesion, "CIN 1/2": np.ones(n, bool), "none": np.zeros(n, bool)},
+        n_boot=50,
     )
-    assert set(m["subsets"]) == ({"lesion", "all"} if lesion.any() else {"all"})
+    assert set(m["subsets"]) == ({"lesion", "CIN 1/2"} if lesion.any() else {"CIN 1/2"})
     if lesion.any():
         assert m["subsets"]["lesion"]["dice"] == m["dice_lesion"] and m["subsets"]["lesion"]["iou"] == m["iou_lesion"]
         assert m["subsets"]["lesion"]["n_images"] == int(lesion.sum())
-    whole = m["subsets"]["all"]
+    whole = m["subsets"]["CIN 1/2"]
     assert all(repr(whole[k]) == repr(m[k]) for k in ("dice", "iou", "dice_lesion", "precision", "per_image_quantiles"))
     assert whole.get("empty_images") == m.get("empty_images")

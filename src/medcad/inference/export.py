@@ -67,7 +67,11 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     meta = json.loads(RunFolder(run).config.read_text())
     cfg = predictor.config
     manifest = load_manifest(meta["data"], cfg.data_options())
-    k = 0 if predictor.fold is None else int(predictor.fold)
+    # the folds of the ensemble's members (fold_<k>/model.pt): with one member (a holdout run, or one fold trained),
+    # its own test images are held out from it
+    members = sorted({int(Path(f).parent.name.rpartition("_")[2]) for f in predictor.files})
+    k = int(predictor.fold) if predictor.fold is not None else members[0]
+    held_out = predictor.fold is not None or len(members) == 1
     folds = load_splits(RunFolder(run).splits, manifest)["folds"]
     split = next((f for i, f in enumerate(folds) if int(f.get("fold", i)) == k), None)
     if split is None:
@@ -81,17 +85,15 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     y = np.array(
         [predictor.labels.index(v) if v in predictor.labels else 0 for v in manifest.table["label"].iloc[parts["test"]]]
     )
-    if predictor.fold is None:
-        others = [int(f.get("fold", i)) for i, f in enumerate(folds) if int(f.get("fold", i)) != 0]
+    if held_out:
+        described = f"fold {k}'s test images (held out from its training)"
+    else:
+        others = [m for m in members if m != k]
         described = (
-            f"fold 0's test images, not held out from the ensemble: seen in training by the model"
+            f"fold {k}'s test images, not held out from the ensemble: seen in training by the model"
             f"{'s' * (len(others) != 1)} of fold{'s' * (len(others) != 1)} {', '.join(map(str, others))}"
         )
-    else:
-        described = f"fold {k}'s test images (held out from its training)"
-    return CheckImages(
-        np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y, predictor.fold is not None, described
-    )
+    return CheckImages(np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y, held_out, described)
 
 
 def export_onnx(

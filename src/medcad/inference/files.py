@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
 from medcad.inference.predictor import Predictor, split_frame
 from medcad.runfolder import RunFolder
@@ -50,8 +51,13 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
 OUTPUT_SUFFIXES = ("_overlay.png", "_mask.png", "_annotated.mp4", "_frames.csv")  # what predict writes per input
 
 
+OUTPUTS_LEDGER = ".medcad_outputs"  # in an output folder: the names of the files predict claimed there, one a line
+
+
 def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: dict[str, str]) -> None:
-    """Refuse an output folder where predict's files would be read as inputs or replace files it did not write.
+    """Refuse an output folder where predict's files would be read as inputs or replace files it did not write, then
+    claim the files it will write (OUTPUTS_LEDGER), so that a later predict into the folder - of the same images, a
+    video, or after an interruption - may replace them.
 
     Args:
         out: the output folder.
@@ -60,8 +66,8 @@ def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: di
 
     Raises:
         DataError: `out` is (inside) an input folder - its overlays and masks would be predicted as images by the
-            next predict of that folder -, or a file predict would write there exists and is not listed as an
-            earlier predict's output (`<stem>_mask.png` beside the images is how datasets keep their masks).
+            next predict of that folder -, or a file predict would write there exists and was not claimed by an
+            earlier predict (`<stem>_mask.png` beside the images is how datasets keep their masks).
     """
     where = Path(out).resolve()
     for p in map(Path, inputs):
@@ -71,19 +77,18 @@ def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: di
                 f"the output folder is inside the input folder {p}: the overlays and masks written there would be "
                 f"read as images by the next predict of {p}; choose --out outside it",
             )
-    earlier = RunFolder(where).predictions
-    done = set()
-    if earlier.is_file():
-        done = {split_frame(i)[0].name for i in pd.read_csv(earlier, usecols=["image"], dtype=str)["image"]}
-    for item, stem in names.items():
-        for suffix in OUTPUT_SUFFIXES:
-            target = where / f"{stem}{suffix}"
-            if target.exists() and split_frame(item)[0].name not in done:
-                raise DataError(
-                    target,
-                    "exists and was not written by an earlier predict into this folder (its predictions.csv does not "
-                    "list the image): predict would replace it; choose another --out",
-                )
+    ledger = where / OUTPUTS_LEDGER
+    claimed = set(ledger.read_text(encoding="utf-8").splitlines()) if ledger.is_file() else set()
+    targets = [f"{stem}{suffix}" for stem in names.values() for suffix in OUTPUT_SUFFIXES]
+    for name in targets:
+        if (where / name).exists() and name not in claimed:
+            raise DataError(
+                where / name,
+                "exists and was not written by predict into this folder: predict would replace it; choose another "
+                "--out",
+            )
+    where.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ledger, "\n".join(sorted(claimed | set(targets))) + "\n")
 
 
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:

@@ -132,7 +132,8 @@ def segmentation_metrics(
     stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
 
     def summary(name: str, part: np.ndarray) -> dict:
-        st = {k.split("/", 1)[1]: v for k, v in stats.items() if k.split("/", 1)[0] == name}
+        # keys are '<subset>/<statistic>': a subset (a label) may hold '/' ('CIN 1/2'), a statistic's name never does
+        st = {k.rpartition("/")[2]: v for k, v in stats.items() if k.rpartition("/")[0] == name}
         out = {k: st[k] for k in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall")}
         out["dice_lesion"], out["iou_lesion"] = st.get("dice_lesion"), st.get("iou_lesion")
         if (empty & part).any():
