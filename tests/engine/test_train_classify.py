@@ -86,6 +86,12 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     pred = pd.read_csv(run / "evaluations" / "ds" / "predictions.csv")
     lesion = pred["label"] == "lesion"
     assert youden["sensitivity"]["value"] == pytest.approx((pred["p_lesion"][lesion] >= np.mean(fold_t)).mean())
+    # RUN/manifest.csv rewritten in another order (a resumed run's dataset changed): the labels follow the images'
+    # keys, not the results' row positions (which would pair them with other images' scores)
+    table = pd.read_csv(run / "manifest.csv", dtype=str, keep_default_na=False)
+    table.iloc[::-1].to_csv(run / "manifest.csv", index=False)
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(easy_set), "--json"])
+    assert json.loads(res.stdout)["validated_operating_points"]["youden"]["threshold"] == youden["threshold"]
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(easy_set)])
     said = " ".join(res.output.split())
     assert "applied to this set" in said and "before this set was seen" in said, said

@@ -280,7 +280,6 @@ def validated_metrics(
     and temperature scaling fitted on validation ("calibration"). Empty (with a
     note) for runs whose fold results predate validation predictions."""
     from medcad.metrics.calibration import temperature_scaled
-    from medcad.metrics.operating import validated_operating_points
 
     if not all("val_probs" in r for r in results):
         return {
@@ -297,24 +296,45 @@ def validated_metrics(
     fitted = {r["fold"]: r.get("temperature") for r in results}  # each fold's own, kept in its model.pt
     out["calibration"], _ = temperature_scaled(yt, probs, fold_of, val, groups=groups, temperatures=fitted)
 
-    def points(c: int, one_vs_rest: bool) -> dict:
-        return {
-            "positive": labels[c],
-            "one_vs_rest": one_vs_rest,
-            "note": "thresholds chosen per fold on its validation part, applied to its test images",
-            **validated_operating_points(
-                yt == c, probs[:, c], fold_of, {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}, groups=groups
-            ),
-        }
+    note = "thresholds chosen per fold on its validation part, applied to its test images"
+    return out | class_operating_points(labels, yt, probs, fold_of, val, groups, note=note)
 
-    if k == 2:
-        out["validated_operating_points"] = points(labels.index(positive_label(labels)), False)
-    else:  # each finding against every other class (the reference class 'normal' is no finding)
-        ref = reference_label(labels)
-        out["validated_operating_points_by_class"] = {
-            lab: points(c, True) for c, lab in enumerate(labels) if lab != ref and (yt == c).any()
-        }
-    return out
+
+def class_operating_points(
+    labels: list[str],
+    y: np.ndarray,
+    probs: np.ndarray,
+    fold: np.ndarray | None,
+    val: dict,
+    groups: np.ndarray,
+    **about: str,
+) -> dict:
+    """Validation-chosen operating points of class probabilities (`medcad.metrics.operating.
+    validated_operating_points`): for two classes, the positive one (`validated_operating_points`); for more, each
+    finding present among `y` against every other class, the reference class ('normal') being no finding
+    (`validated_operating_points_by_class`).
+
+    Args:
+        labels: the run's labels (K).
+        y: true class index per row (N,).
+        probs: (N, K) probabilities.
+        fold: fold id per row (each row at its fold's threshold), or None (every row at the folds' mean: an ensemble).
+        val: {fold: (class index (n_val,), probabilities (n_val, K))} of each fold's validation part.
+        groups: group id per row (cluster bootstrap).
+        about: fields written beside each block (note, applied_to).
+    """
+    from medcad.metrics.operating import validated_operating_points
+
+    def points(c: int, one_vs_rest: bool) -> dict:
+        fold_val = {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}
+        found = validated_operating_points(y == c, probs[:, c], fold, fold_val, groups=groups)
+        return {"positive": labels[c], "one_vs_rest": one_vs_rest, **about, **found}
+
+    if len(labels) == 2:
+        return {"validated_operating_points": points(labels.index(positive_label(labels)), False)}
+    ref = reference_label(labels)
+    by_class = {lab: points(c, True) for c, lab in enumerate(labels) if lab != ref and (y == c).any()}
+    return {"validated_operating_points_by_class": by_class}
 
 
 def _classification_results(

@@ -11,14 +11,14 @@ import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.layouts import load_manifest
-from medcad.data.manifest import atomic_write_text
+from medcad.data.manifest import FRAME_SEP, atomic_write_text
 from medcad.data.splits import sample_groups
 from medcad.engine.evaluate import load_run_config
 from medcad.engine.mask_results import external_mask_results
 from medcad.engine.results import (
+    class_operating_points,
     multilabel_table,
     pooled_metrics,
-    positive_label,
     prediction_table,
     write_json,
 )
@@ -162,33 +162,20 @@ def prespecified_points(predictor, y: np.ndarray, probs: np.ndarray, groups: np.
     on), the ensemble at the mean threshold, scored on the new images' probabilities `probs` (N, K) with labels
     `y` (N,). Binary runs: the positive class; more classes: each finding against the rest. Empty, with a
     `validation_note`, for runs without validation predictions or whose validation labels RUN/manifest.csv lacks."""
-    from medcad.metrics.operating import validated_operating_points
-    from medcad.tasks import reference_label
-
     val, why = _validation_parts(predictor)
     if val is None:
         return {"validation_note": f"no operating point carried from the run's validation: {why}"}
-    labels = predictor.labels
     note = (
         "thresholds chosen on each fold's validation part by the rule, before this set was seen; the ensemble of "
         f"the {len(val)} fold(s) uses their mean"
     )
 
-    def points(c: int, one_vs_rest: bool) -> dict:
-        fold_val = {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}
-        found = validated_operating_points(y == c, probs[:, c], None, fold_val, groups=groups)
-        return {"positive": labels[c], "one_vs_rest": one_vs_rest, "note": note, "applied_to": "this set", **found}
-
-    if len(labels) == 2:
-        return {"validated_operating_points": points(labels.index(positive_label(labels)), False)}
-    ref = reference_label(labels)
-    by_class = {lab: points(c, True) for c, lab in enumerate(labels) if lab != ref and (y == c).any()}
-    return {"validated_operating_points_by_class": by_class}
+    return class_operating_points(predictor.labels, y, probs, None, val, groups, note=note, applied_to="this set")
 
 
 def _validation_parts(predictor) -> tuple[dict | None, str]:
     """({fold: (class index (n_val,), temperature-scaled probabilities (n_val, K))} of each ensemble member's
-    validation part, ""), or (None, why not): labels from RUN/manifest.csv by the fold result's rows."""
+    validation part, ""), or (None, why not): labels from RUN/manifest.csv, the rows found by the images' keys."""
     from medcad.metrics.calibration import apply_temperature
 
     manifest = RunFolder(predictor.run).manifest
@@ -198,16 +185,44 @@ def _validation_parts(predictor) -> tuple[dict | None, str]:
         return None, "a fold result holds no validation predictions (an older run, or a model file alone)"
     if not manifest.is_file():
         return None, f"{manifest} is missing"
-    cells = pd.read_csv(manifest, dtype=str, keep_default_na=False).get("label", pd.Series(dtype=str)).to_numpy()
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    if "label" not in table:
+        return None, f"{manifest} has no label column"
+    frames = table["frame"] if "frame" in table else pd.Series([""] * len(table))
+    pairs = zip(table["image"], frames, strict=True)
+    written = [img + (f"{FRAME_SEP}{int(float(fr))}" if fr else "") for img, fr in pairs]
     index = {lab: c for c, lab in enumerate(predictor.labels)}
     val = {}
     for r, t in zip(results, predictor.temperatures, strict=True):
-        rows = np.array(r["val_rows"], dtype=int)
-        if len(rows) and (rows.max() >= len(cells) or any(c not in index for c in cells[rows])):
-            return None, f"the validation labels of fold {r['fold']} are not in {manifest}"
+        rows = _rows_of(r.get("val_keys"), r["val_rows"], written)
+        if rows is None or any(table["label"].iat[i] not in index for i in rows):
+            return None, f"the validation images of fold {r['fold']} are not all in {manifest} with a label of the run"
         p = np.array(r["val_probs"], dtype=np.float64).reshape(-1, len(index))
-        val[r["fold"]] = (np.array([index[c] for c in cells[rows]], dtype=int), apply_temperature(p, t))
+        val[r["fold"]] = (np.array([index[table["label"].iat[i]] for i in rows], dtype=int), apply_temperature(p, t))
     return val, ""
+
+
+def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> list[int] | None:
+    """The rows of RUN/manifest.csv (its paths `written` relative to the run folder) holding a fold's images: the
+    result's row positions where each row's path ends with the image's key (positions drift when a resumed run's
+    dataset changed), else each key's one row by its path; None when a key has no row or several."""
+    if keys is None:  # results from before keys were kept: positions alone
+        return list(rows) if all(0 <= i < len(written) for i in rows) else None
+
+    def holds(path: str, key: str) -> bool:
+        return path == key or path.endswith("/" + key)
+
+    if len(keys) == len(rows) and all(
+        0 <= i < len(written) and holds(written[i], k) for k, i in zip(keys, rows, strict=True)
+    ):
+        return list(rows)
+    found = []
+    for key in keys:
+        matches = [i for i, path in enumerate(written) if holds(path, key)]
+        if len(matches) != 1:
+            return None
+        found.append(matches[0])
+    return found
 
 
 def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], list[tuple[str, str]], str]:
