@@ -323,3 +323,17 @@ def test_a_bad_thread_count_is_refused(monkeypatch, value: str) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS")
     with pytest.raises(ConfigError, match="threads 0"):
         devices.thread_choice(0)
+
+
+def test_hyper_threads_get_one_thread_per_physical_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with two logical CPUs per core torch keeps one thread per physical core; ONNX Runtime and OpenVINO
+    had been given every logical CPU (16 against torch's 8), so backends compared unevenly."""
+    import medcad.devices as devices
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "TORCH_DEFAULT_THREADS", max(1, devices.machine().cores // 2))
+    n, why = devices.thread_choice()
+    if devices.machine().cores > 1 and not devices.machine().quota_limited:
+        assert n == devices.machine().cores // 2 and "physical core" in why
+    monkeypatch.setattr(devices, "TORCH_DEFAULT_THREADS", None)  # OMP_NUM_THREADS had set torch's at import
+    assert devices.thread_choice()[0] == devices.machine().cores

@@ -142,6 +142,10 @@ def machine() -> Machine:
     return Machine(cpu, frozenset(flags & set(KNOWN_FLAGS)), source, cores, gpu_count(), affinity_cores())
 
 
+# torch's own thread count at import, one per physical core (None when OMP_NUM_THREADS had set it)
+TORCH_DEFAULT_THREADS = None if "OMP_NUM_THREADS" in os.environ else torch.get_num_threads()
+
+
 def thread_choice(threads: int | None = None) -> tuple[int, str]:
     """The CPU threads every runtime (torch, ONNX Runtime, OpenVINO) gets, and why: `threads` when asked for; else
     OMP_NUM_THREADS when set (its first number: "4,2" means 4), the user's choice for every runtime, not torch's
@@ -165,6 +169,8 @@ def thread_choice(threads: int | None = None) -> tuple[int, str]:
     m = machine()
     if m.quota_limited:
         return m.cores, f"a CPU quota leaves {m.cores} of the {m.affinity_cores} cores of the affinity mask"
+    if TORCH_DEFAULT_THREADS and TORCH_DEFAULT_THREADS < m.cores:  # hyper-threads: one per physical core, as torch
+        return TORCH_DEFAULT_THREADS, f"one per physical core (torch's default; {m.cores} logical CPUs)"
     return m.cores, "one per core this process may use"
 
 

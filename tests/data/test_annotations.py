@@ -244,6 +244,13 @@ def test_xlsx_with_a_readme_sheet_first_reads_the_sheet_with_the_images(tmp_path
     got = load_manifest(tmp_path / "labels.xlsx")
     assert got.table["label"].tolist() == ["benign"]
     assert any("sheet 'labels' read; sheets 'README', 'empty' not" in n for n in got.notes)
+    from openpyxl.chart import BarChart
+
+    wb.create_chartsheet("chart", 1).add_chart(BarChart())  # a chart sheet between them holds no table
+    wb.save(tmp_path / "labels.xlsx")
+    got = load_manifest(tmp_path / "labels.xlsx")
+    assert got.table["label"].tolist() == ["benign"]
+    assert any("sheet 'labels' read; sheets 'README', 'empty' not" in n for n in got.notes), got.notes
     wb["labels"]["A1"] = "what"
     wb.save(tmp_path / "labels.xlsx")
     with pytest.raises(DataError, match=r"no sheet has an image column .*sheet 'README': .*sheet 'labels': 'what'"):

@@ -143,6 +143,11 @@ def test_the_datasets_own_split_column_is_named_kept_on_request_and_its_leaks_sa
     assert len(fold["train"]) + len(fold["val"]) == 9 and fold["val"]
     # lesion HAM_4 has ISIC_8 (train) and ISIC_9 (test): the publisher's split leaks, and says so
     assert any("LEAKS: 1 group(s)" in n and "imgs/ISIC_9.png" in n for n in s["notes"]), s["notes"]
+    rows = [f"imgs/ISIC_{k}.png,x,{k % 3},{k * 10}" for k in range(12)]  # fold numbers; a lesion size, no id
+    (tmp_path / "folds.csv").write_text("image,label,fold,lesion_size\n" + "\n".join(rows) + "\n")
+    notes = " ".join(load_manifest(tmp_path / "folds.csv").notes)
+    assert "looks like the dataset's own fold numbers: not used" in notes and "--split-column" not in notes
+    assert "lesion_size" not in notes
     m.table.loc[0, "split"] = "later"
     with pytest.raises(DataError, match=r"holds \['later'\], not split names"):
         make_splits(m, split_column="split")

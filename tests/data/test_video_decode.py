@@ -231,7 +231,7 @@ def test_a_dicom_cine_is_read_as_a_video_timed_by_its_header(tmp_path: Path) -> 
         ({"FrameTimeVector": [0, 30, 30, 40, 40]}, [0, 0.03, 0.06, 0.1, 0.14], "Frame Time Vector"),
         ({"FrameTime": 50}, [0, 0.05, 0.1, 0.15, 0.2], "FrameTime"),
         ({"CineRate": 10}, [0, 0.1, 0.2, 0.3, 0.4], "CineRate"),
-        ({}, [0, 0.04, 0.08, 0.12, 0.16], "assumed 25 frames/s"),
+        ({}, [0, 0.04, 0.08, 0.12, 0.16], "assumed rate of 25 frames/s"),
     ):
         cine = write_dicom(tmp_path / "IM00001", frames, **attrs)
         with open_video(cine) as video:

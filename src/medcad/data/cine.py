@@ -48,11 +48,15 @@ class DicomCine:
 
     def frames(self, every: int = 1) -> Iterator[Frame]:
         """Every `every`-th frame as an RGB `Frame`; fills `report` as it goes."""
+        cut = None  # why the file ends early: every frame from there on is missing, not decoded again and again
         for index in range(self.n_frames):
             try:
+                if cut is not None:
+                    raise DataError(self.path, cut)
                 rgb = read_dicom_frame(self.path, index)
             except DataError as e:
                 self.report.dropped.append(DroppedFrame(index, float(self.times[index]), e.problem))
+                cut = e.problem if "truncated" in e.problem else None
                 continue
             self.report.frames_decoded += 1
             if index % every == 0:
@@ -76,8 +80,9 @@ class DicomCine:
 def _frame_times(ds, n: int) -> tuple[np.ndarray, str]:
     """Each frame's time from the first, in seconds (n,), and the attribute they come from."""
     vector = ds.get("FrameTimeVector")
-    if vector is not None and len(vector) == n:  # ms since the previous frame, the first 0
-        return np.cumsum(np.asarray([float(v) for v in vector])) / 1000, "DICOM Frame Time Vector"
+    values = [] if vector is None else [vector] if isinstance(vector, str | int | float) else list(vector)
+    if len(values) == n:  # ms since the previous frame, the first 0 (one value: pydicom gives it bare)
+        return np.cumsum(np.asarray([float(v) for v in values])) / 1000, "DICOM Frame Time Vector"
     for keyword, per_s in (("FrameTime", False), ("CineRate", True), ("RecommendedDisplayFrameRate", True)):
         value = ds.get(keyword)
         try:
@@ -87,4 +92,4 @@ def _frame_times(ds, n: int) -> tuple[np.ndarray, str]:
         if value > 0:
             step = 1 / value if per_s else value / 1000
             return np.arange(n) * step, f"DICOM {keyword}"
-    return np.arange(n) / ASSUMED_FPS, f"an assumed {ASSUMED_FPS:g} frames/s (the header times no frame)"
+    return np.arange(n) / ASSUMED_FPS, f"assumed rate of {ASSUMED_FPS:g} frames/s (the header times no frame)"

@@ -180,7 +180,7 @@ def make_splits(
     if given is None and not _stratifiable(labels, groups, n_splits):
         raise _split_error(manifest, labels, groups, how, n_splits, holdout)
     y = labels
-    if manifest.has("domain"):  # stratify by label x domain where the data allow, so each domain is in every part
+    if manifest.has("domain") and given is None:  # by label x domain where the data allow: each domain in each part
         both = np.char.add(np.char.add(labels, "|"), manifest.table["domain"].to_numpy(dtype=str))
         if _stratifiable(both, groups, n_splits):
             y = both

@@ -55,7 +55,7 @@ COLUMN_ALIASES = {
     "boxes": ("boxes", "bbox", "bboxes"),
     "frame": ("frame", "frameindex"),
 }
-ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid", "lesion")
+ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid", "lesionid")
 SPLIT_COLUMNS = ("split", "subset", "partition", "fold", "set", "datasplit", "traintest")  # a dataset's own split
 
 
@@ -105,10 +105,14 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
                 + ": rename it to 'patient' to group the splits by it"
             )
         elif c not in COLUMN_ALIASES and _norm(c) in SPLIT_COLUMNS:
-            counts = df[c].astype(str).str.strip().replace("", "(empty)").value_counts().head(4)
+            cells = df[c].astype(str).str.strip()
+            counts = cells.replace("", "(empty)").value_counts().head(4)
+            said = f"column {str(c).strip()!r} ({', '.join(f'{v} {n}' for v, n in counts.items())})"
+            if cells.str.fullmatch(r"\d+").all():  # fold numbers: medcad keeps a split, not a fold assignment
+                notes.append(f"{said} looks like the dataset's own fold numbers: not used (medcad makes grouped folds)")
+                continue
             notes.append(
-                f"column {str(c).strip()!r} ({', '.join(f'{v} {n}' for v, n in counts.items())})"
-                " looks like the dataset's own split: not used (medcad makes grouped splits); keep it with "
+                f"{said} looks like the dataset's own split: not used (medcad makes grouped splits); keep it with "
                 f"`medcad data split DATA --split-column '{str(c).strip()}'`, then train with --splits splits.json"
             )
     return df, notes
@@ -136,6 +140,11 @@ def _one_hot_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         f"labels from the one-hot columns {', '.join(names)} (no label column): "
         f"{int((per_row == 1).sum())} image(s) with one, {int((per_row > 1).sum())} with several (read as a "
         f"finding list 'a|b'), {int((per_row == 0).sum())} with none"
+        + (
+            " (no label: a class implied by zeros, as ISIC 2017's nevus, needs its own column, or train multilabel)"
+            if (per_row == 0).any()
+            else ""
+        )
     )
 
 
@@ -154,7 +163,7 @@ def _text_encodings(path: Path) -> list[tuple[str, str]]:
 
 def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """A CSV/TSV as strings: delimiter sniffed, quoting honoured, encoding by `_text_encodings`, said in a note
-    unless UTF-8. An .xlsx file: its first sheet, as strings."""
+    unless UTF-8. An .xlsx file: the sheet `read_sheet` chooses, as strings."""
     if path.suffix.lower() == ".xlsx":
         return read_sheet(path)
     for encoding, note in _text_encodings(path):
@@ -289,7 +298,7 @@ class _PathResolver:
             here = here / found[0]
         if not here.is_file():
             return None
-        for kind in kinds:
+        for kind in set(kinds):  # once per path, however many of its folders were spelled otherwise
             self.respelled[kind] += 1
         return Path(os.path.relpath(here, self.root)).as_posix()
 
@@ -347,7 +356,7 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, list[str]]:
     except Exception as e:  # openpyxl raises zipfile, KeyError, InvalidFileException ... for files it cannot open
         raise DataError(path, f"cannot open as an Excel .xlsx workbook ({type(e).__name__}: {e})") from e
     try:
-        names = wb.sheetnames
+        names = [ws.title for ws in wb.worksheets]  # worksheets only: a chart sheet holds no table
         tables = {}
         for name, sheet in zip(names, wb.worksheets, strict=True):
             tables[name] = _sheet_table([[_cell_text(v) for v in r] for r in sheet.iter_rows(values_only=True)])

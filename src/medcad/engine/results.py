@@ -209,9 +209,9 @@ def evaluate_results(
     older = [r["fold"] for r in results if r.get("version", 1) < RESULT_VERSION]
     if older:  # said wherever the metrics are shown: predict computes in fp32 what these folds may have in bf16
         m["results_note"] = (
-            f"fold(s) {', '.join(map(str, older))} were scored by an older medcad, which predicted in bf16 on CPUs "
-            "with native bf16: these figures can differ from what predict and evaluate --data compute now (in fp32); "
-            "train the run again to refresh them"
+            f"fold(s) {', '.join(map(str, older))} were scored by an older medcad, which predicted in bf16 where "
+            "the CPU computes bf16 natively (whatever the run trained in): on such a machine these figures may "
+            "differ from what predict and evaluate --data compute now (in fp32); train the run again to refresh them"
         )
     m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
     m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
