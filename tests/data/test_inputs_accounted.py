@@ -112,17 +112,24 @@ def test_release_with_two_image_mask_pairs_is_read_together(tmp_path: Path) -> N
     assert (m.table["mask"] != "").all() and m.ledger.line() == "used 7 of 7"
 
 
+def _sibling_pairs(root: Path, parts: dict[str, int], suffix: str, number: str, mask_word: str) -> Path:
+    """Image folders with a mask folder each (`<name><suffix>/`), images `<name><number>.png`, masks of those
+    stems with `mask_word`."""
+    for name, n in parts.items():
+        for k in range(n):
+            stem = f"{name}{number.format(k)}"
+            save(root / name / f"{stem}.png", noise_image(k + 10 * n))
+            mask = noise_image(0, gray=True) * 0
+            mask[8:20, 8 : 12 + k] = 255
+            save(root / f"{name}{suffix}" / f"{stem}{mask_word}.png", mask)
+    return root
+
+
 @pytest.mark.parametrize("suffix", ["_masks", " masks", "_gt"])
 def test_sibling_image_and_mask_folders_per_class_are_pairs_not_classes(tmp_path: Path, suffix: str) -> None:
     """`benign/` + `benign_masks/`, `malignant/` + `malignant_masks/` (masks named `<stem>_mask`): had been read as
     four classes, masks among them, with no mask and no word."""
-    root = tmp_path / "busi"
-    for label, n in (("benign", 3), ("malignant", 4)):
-        for k in range(n):
-            save(root / label / f"{label} ({k}).png", noise_image(k + 10 * n))
-            mask = noise_image(0, gray=True) * 0
-            mask[8:20, 8 : 12 + k] = 255
-            save(root / f"{label}{suffix}" / f"{label} ({k})_mask.png", mask)
+    root = _sibling_pairs(tmp_path / "busi", {"benign": 3, "malignant": 4}, suffix, " ({})", "_mask")
     m = load_manifest(root)
     assert m.layout == "images-masks" and m.labels == ["benign", "malignant"] and len(m) == 7
     assert (m.table["mask"] != "").all() and m.ledger.line() == "used 7 of 7"
@@ -363,3 +370,18 @@ def test_label_columns_as_people_head_them(tmp_path: Path, header: str) -> None:
         tmp_path / "manifest.csv", index=False
     )
     assert list(load_manifest(tmp_path).table["label"]) == ["stone|cyst", "cyst"]
+
+
+def test_sibling_split_folders_with_their_masks_are_a_split_not_classes(tmp_path: Path) -> None:
+    """`train/` + `train_masks/`, `test/` + `test_masks/`: the split's folders had become the labels 'train' and
+    'test' (a multitask run would have learned the split as a class); no label now, the split in a column that
+    `data split --split-column split` keeps."""
+    from medcad.data.splits import make_splits
+
+    m = load_manifest(_sibling_pairs(tmp_path / "release", {"train": 6, "test": 3}, "_masks", "{}", ""))
+    assert m.layout == "images-masks" and m.labels == [] and len(m) == 9 and (m.table["mask"] != "").all()
+    assert sorted(m.table["split"]) == ["test"] * 3 + ["train"] * 6
+    assert any("in the 'split' column" in n for n in m.notes)
+    m.table["label"] = "lesion"
+    s = make_splits(m, split_column="split", group_by="none")
+    assert sorted(s["folds"][0]["test"]) == [f"test/test{k}.png" for k in range(3)]

@@ -39,6 +39,7 @@ from medcad.data.manifest import (
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
+from medcad.data.splits import is_split_name
 from medcad.data.tables import read_csv, read_xlsx
 from medcad.errors import DataError
 
@@ -321,6 +322,11 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
         if label:
             notes[-1] += f" (label {label!r}, from the folder's name)"
             pair_rows = [dict(r, label=label) for r in pair_rows]
+        elif is_split_name(image_dir.name) and image_dir.parent == path:  # a split's folder: kept as a column
+            notes[-1] += (
+                f" (split {image_dir.name!r} in the 'split' column: `data split --split-column split` keeps it)"
+            )
+            pair_rows = [dict(r, split=image_dir.name) for r in pair_rows]
         rows += pair_rows
     stems = {Path(r["image"]).stem for r in rows}
     boxes, sources = _kvasir_boxes(path, stems)

@@ -17,6 +17,7 @@ import numpy as np
 from medcad.data.io import decode_pil, is_dicom
 from medcad.data.masks import MAX_LABEL_VALUES
 from medcad.data.media import MEDIA_SUFFIXES
+from medcad.data.splits import is_split_name
 from medcad.errors import DataError
 
 MASK_STEM = re.compile(
@@ -149,6 +150,8 @@ def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> tuple[list[tuple
         return [("", pairs[0])], pairs[0].reason
     if pairs:
         names = ", ".join(f"'{p.images.name}/' + '{p.masks.name}/'" for p in pairs)
+        if all(is_split_name(p.images.name) for p in pairs):  # train/ + train_masks/, test/ + test_masks/
+            return [("", p) for p in pairs], f"image and mask folder pairs {names} (a split each: no label)"
         return [(p.images.name, p) for p in pairs], f"image and mask folder pairs {names} (label = the image folder)"
     subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
     if len(subs) > 12:

@@ -266,6 +266,11 @@ def _given_split(
     return train, val, test
 
 
+def is_split_name(text: str) -> bool:
+    """A folder or cell naming a part of a split (train, val, test and their spellings in SPLIT_VALUES)."""
+    return any(_split_key(text) == _split_key(v) for values in SPLIT_VALUES.values() for v in values)
+
+
 def _split_key(text: str) -> str:
     return "".join(ch for ch in str(text).lower() if ch.isalnum())
 
