@@ -191,6 +191,11 @@ def reference_label(labels: list[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def p_lesion_words(labels: list[str]) -> str:
+    """What a frame score of kind "p_lesion" is, in words: the class head's probability of no reference class."""
+    return f"the class head's probability that the frame is not {reference_label(labels)!r}"
+
+
 def split_labels(value: str) -> list[str]:
     """The findings of one multi-label cell ('stone|cyst', 'stone; cyst', '' and 'No Finding': none), without
     empties; a label that names the absence of findings (`says_no_finding`, as ChestX-ray14's 'No Finding') is none."""

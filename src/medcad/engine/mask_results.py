@@ -12,7 +12,7 @@ import pandas as pd
 from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.tasks import reference_label
+from medcad.tasks import p_lesion_words, reference_label
 
 
 def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +106,7 @@ def segmentation_results(
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
     m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label)
-    not_normal = f"the class head's probability that the frame is not {reference_label(labels)!r}"
+    not_normal = p_lesion_words(labels)
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
         rule = f"a frame shows a lesion when {what} reaches the fold's threshold, chosen on its validation part to "

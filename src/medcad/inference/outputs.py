@@ -21,7 +21,7 @@ import numpy as np
 from medcad.drawing import class_overlay, draw_boxes, mask_overlay
 from medcad.metrics.detection import BACKGROUND  # the frame label of "no box" (the design's background row)
 from medcad.metrics.segmentation import frame_scores
-from medcad.tasks import reference_label
+from medcad.tasks import p_lesion_words, reference_label
 
 NO_LESION, LESION = "no lesion", "lesion"
 NO_FINDING = "none"  # a multi-label image with no label at or above the threshold
@@ -101,7 +101,7 @@ def frame_rule(kind: str, min_frame_score: float, threshold: float, labels: list
     """A mask's frame-level decision in words, with its thresholds: `kind` "p_lesion" or "lesion_area" (see
     `LesionMask`), the frame score's threshold, the lesion-probability threshold of pixels, the model's labels."""
     what = (
-        f"the class head's probability that the frame is not {reference_label(labels)!r} (temperature-scaled)"
+        f"{p_lesion_words(labels)} (temperature-scaled)"
         if kind == "p_lesion"
         else f"the fraction of the image at lesion probability >= {threshold:g}"
     )
