@@ -45,7 +45,8 @@ def cpu_model() -> str:
 
 def measure(manifest, fps, region: str, linkage: str) -> tuple[dict, list[list[int]], list]:
     from medcad.data.audit import cross_label
-    from medcad.data.duplicates import ImageFingerprint, content_features, duplicate_links, link_groups
+    from medcad.data.duplicates import content_features, duplicate_links, link_groups
+    from medcad.data.fingerprints import ImageFingerprint
 
     t0 = time.perf_counter()
     feats = content_features([f if isinstance(f, ImageFingerprint) else None for f in fps], region)
@@ -93,7 +94,7 @@ def measure(manifest, fps, region: str, linkage: str) -> tuple[dict, list[list[i
 
 
 def run_set(name: str, path: Path, owner_unit: str) -> dict:
-    from medcad.data.duplicates import fingerprints
+    from medcad.data.fingerprints import fingerprints
     from medcad.data.layouts import load_manifest
 
     m = load_manifest(path)

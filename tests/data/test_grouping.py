@@ -13,14 +13,8 @@ from PIL import Image
 
 from conftest import save
 from medcad.data.audit import audit, cross_label
-from medcad.data.duplicates import (
-    ImageFingerprint,
-    Link,
-    content_features,
-    duplicate_groups,
-    fingerprints,
-    link_groups,
-)
+from medcad.data.duplicates import Link, content_features, duplicate_groups, link_groups
+from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.layouts import load_manifest
 from medcad.data.splits import make_splits
 from medcad.data.synthetic import generate_ultrasound_sweeps
@@ -268,3 +262,32 @@ def test_a_dicom_file_set_is_read_without_folder_labels(tmp_path: Path, monkeypa
     assert len(m) == 8 and set(m.table["label"]) == {""} and sorted(set(m.table["patient"])) == ["PAT0", "PAT1"]
     assert any("a DICOM file set (DICOMDIR)" in n for n in m.notes)
     assert dict(m.ledger.unread)["DICOMDIR"].startswith("a DICOMDIR")
+
+
+def test_links_between_two_sets_are_those_across_of_the_whole(tmp_path: Path) -> None:
+    """An external set against a run's images: the links across the two, without comparing the pairs within each
+    (it had compared all (n + m)^2 / 2 pairs at every evaluate --data)."""
+    from PIL import Image
+
+    from conftest import noise_image
+    from medcad.data.duplicates import content_features, duplicate_links, near_duplicate_links
+    from medcad.data.fingerprints import fingerprint
+
+    paths = []
+    for k in range(8):
+        img = Image.fromarray(noise_image(k, 48))
+        paths.append(tmp_path / f"a{k}.png")
+        img.save(paths[-1])
+        if k % 2 == 0:  # a re-encoded, resized copy and an exact one in the other set
+            paths.append(tmp_path / f"b{k}.jpg")
+            img.resize((40, 40)).save(paths[-1], quality=90)
+    fps = [fingerprint(p) for p in paths]
+    feats = content_features(fps)
+    whole = near_duplicate_links(fps, feats)
+    for n in range(1, len(fps)):
+        across = {(x.i, x.j) for x in whole if x.i < n <= x.j}
+        assert {(x.i, x.j) for x in near_duplicate_links(fps, feats, between=n)} == across
+    n = 6
+    fps2 = fps[:n] + [fps[0]] + fps[n:]  # an exact copy of image 0 in the second set
+    pairs = {(x.i, x.j) for x in duplicate_links(fps2, near=False, between=n)}
+    assert pairs == {(0, n)}

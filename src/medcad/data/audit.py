@@ -9,17 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from medcad.data.duplicates import (
-    ImageFingerprint,
     Link,
     connected_groups,
     content_features,
     duplicate_groups,
     duplicate_links,
-    fingerprints,
     large_groups,
     largest_group,
     link_groups,
 )
+from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.interface import before_after, find_interface
 from medcad.data.io import read_image
 from medcad.data.manifest import Manifest, shown_path

@@ -1,7 +1,7 @@
-"""Exact and near-duplicate images: fingerprints (cached), what the tests compare, the links and the groups.
+"""Exact and near-duplicate images from their fingerprints (`medcad.data.fingerprints`): what the tests compare,
+the links and the groups, and the links between two sets (an external test set and a run's images).
 
-Fingerprints are cached per file (path, size, mtime) so that audits and duplicate-aware splits of the same
-dataset decode each image once. Near duplicates are judged on what a frame shows, not on its frame: pixels that
+Near duplicates are judged on what a frame shows, not on its frame: pixels that
 stay the same across many images of one size (a scanner's interface, black surround, burned-in text, colour
 bars) are masked out and the hash is taken of the varying content only. Groups are cut so that every pair in
 a group is a near-duplicate pair (complete linkage): a chain of look-alike pairs never joins two videos.
@@ -9,20 +9,13 @@ a group is a near-duplicate pair (complete linkage): a chain of look-alike pairs
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from medcad.data.cache import cache_dir
-from medcad.data.io import read_image
-from medcad.data.manifest import Manifest, atomic_write_text
-from medcad.errors import DataError
+from medcad.data.fingerprints import STATIC_GRID, THUMB, ImageFingerprint
+from medcad.data.manifest import Manifest
 
 # Near duplicates: perceptual hashes (64 bits) within PHASH_SURE bits, or within PHASH_MAX bits and a 32x32
 # thumbnail that correlates >= CORR_MIN with the other once the mean thumbnail of its kind is subtracted.
@@ -31,14 +24,11 @@ PHASH_SURE = 4
 PHASH_MAX = 14
 CORR_MIN = 0.9
 CORR_SURE_CONTENT = 0.7  # content crops hash more coarsely: a pair within PHASH_SURE bits also needs this
-THUMB = 32
 LOW_CONTENT_STD = 4.0  # grey levels (of 255) in the 32x32 thumbnail
-HASH_VERSION = 4  # 3: images decoded with their orientation tag applied; 4: a 64x64 thumbnail for static regions
 # Static regions: among at least STATIC_MIN_IMAGES images of one size, a pixel of the STATIC_GRID thumbnail is
 # static when >= STATIC_SHARE of them are within STATIC_TOL grey levels of its median. Varying blobs smaller
 # than CONTENT_MIN_PART of the frame (a clock, a frame counter) are masked too. A mask that hides less than
 # STATIC_MIN_FRACTION of the frame, or leaves less than CONTENT_MIN_FRACTION, is not used.
-STATIC_GRID = 64
 STATIC_MIN_IMAGES = 20
 STATIC_TOL = 12
 STATIC_SHARE = 0.9
@@ -50,103 +40,6 @@ BLANK_SHARE = 0.25  # masked content whose grey values vary < this share of its 
 NOT_LINKED = 64.0  # the linkage distance of a pair that is not a near duplicate (> any link's hash distance)
 REGIONS = ("content", "frame")
 LINKAGES = ("average", "complete", "single")
-
-
-@dataclass(frozen=True)
-class ImageFingerprint:
-    """What the audit needs of one image: its size, a digest of its pixels, a 64-bit perceptual hash and two
-    grey thumbnails."""
-
-    width: int
-    height: int
-    digest: str
-    phash: int
-    thumb: bytes  # (THUMB, THUMB) uint8 grey thumbnail
-    grid: bytes = b""  # (STATIC_GRID, STATIC_GRID) uint8 grey thumbnail (box filter), for static regions
-
-
-def fingerprint(path: Path, frame: int | None = None) -> ImageFingerprint:
-    """Decode one image fully (which finds corrupt files) and hash it. Raises DataError."""
-    import imagehash
-    from PIL import Image
-
-    rgb = read_image(path, frame=frame)
-    gray = Image.fromarray(rgb).convert("L")
-    digest = hashlib.sha1(rgb.tobytes() + bytes(str(rgb.shape), "ascii")).hexdigest()
-    ph = int(str(imagehash.phash(gray)), 16)
-    thumb = np.asarray(gray.resize((THUMB, THUMB), Image.BILINEAR), np.uint8).tobytes()
-    grid = np.asarray(gray.resize((STATIC_GRID, STATIC_GRID), Image.BOX), np.uint8).tobytes()
-    return ImageFingerprint(rgb.shape[1], rgb.shape[0], digest, ph, thumb, grid)
-
-
-class FingerprintCache:
-    """JSON cache of fingerprints for the files of one dataset root, keyed by relative path + size + mtime."""
-
-    def __init__(self, root: Path) -> None:
-        tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-        self.path = cache_dir() / "fingerprints" / f"{tag}-v{HASH_VERSION}.json"
-        try:
-            self.data: dict[str, list] = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            self.data = {}
-        self.dirty = False
-
-    @staticmethod
-    def _key(path: Path, key: str) -> str:
-        st = path.stat()
-        return f"{key}|{st.st_size}|{st.st_mtime_ns}"
-
-    def get(self, path: Path, key: str) -> ImageFingerprint | None:
-        v = self.data.get(self._key(path, key))
-        if not v:
-            return None
-        return ImageFingerprint(v[0], v[1], v[2], v[3], base64.b64decode(v[4]), base64.b64decode(v[5]))
-
-    def put(self, path: Path, key: str, fp: ImageFingerprint) -> None:
-        self.data[self._key(path, key)] = [
-            fp.width,
-            fp.height,
-            fp.digest,
-            fp.phash,
-            base64.b64encode(fp.thumb).decode(),
-            base64.b64encode(fp.grid).decode(),
-        ]
-        self.dirty = True
-
-    def save(self) -> None:
-        if self.dirty:
-            try:
-                atomic_write_text(self.path, json.dumps(self.data))
-            except OSError:  # a read-only home must not stop an audit
-                pass
-
-
-def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -> list[ImageFingerprint | str]:
-    """Fingerprint every sample (cached); an unreadable one gives its problem as a string instead."""
-    cache = FingerprintCache(manifest.root)
-    keys = manifest.keys
-
-    def one(i: int) -> ImageFingerprint | str:
-        path = manifest.image_path(i)
-        try:
-            hit = cache.get(path, keys[i])
-            if hit is not None:
-                return hit
-            fp = fingerprint(path, manifest.frame(i))
-        except (DataError, OSError) as e:
-            return getattr(e, "problem", str(e))
-        cache.put(path, keys[i], fp)
-        return fp
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
-        it = pool.map(one, range(len(manifest)))
-        if progress:
-            from rich.progress import track
-
-            it = track(it, total=len(manifest), description="Hashing images", transient=True)
-        out = list(it)
-    cache.save()
-    return out
 
 
 def connected_groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
@@ -331,38 +224,52 @@ def _pairwise(
     return dist, c, same
 
 
-def near_duplicate_links(fps: list[ImageFingerprint | None], feats: Features | None = None) -> list[Link]:
+def near_duplicate_links(
+    fps: list[ImageFingerprint | None], feats: Features | None = None, between: int | None = None
+) -> list[Link]:
     """Links (i < j) between near-duplicate images (see PHASH_SURE / PHASH_MAX / CORR_MIN) on their content
-    features (`content_features`); blank images are left out; blockwise, small memory."""
+    features (`content_features`); blank images are left out; blockwise, small memory. With `between` = n, only
+    the links of an image before n with one from n on (one set against another: n x m comparisons, not
+    (n + m)^2 / 2)."""
     feats = content_features(fps) if feats is None else feats
     idx = np.flatnonzero(~feats.blank)
+    firsts, cols = (idx, idx) if between is None else (idx[idx < between], idx[idx >= between])
     links = []
     block = 2048
-    for start in range(0, len(idx), block):
-        rows = idx[start : start + block]
-        dist, corr, on_content = _pairwise(feats, rows, idx)
+    for start in range(0, len(firsts), block):
+        rows = firsts[start : start + block]
+        dist, corr, on_content = _pairwise(feats, rows, cols)
         ii, jj = np.nonzero(_linked(dist, corr, on_content))
         for a, b in zip(ii, jj, strict=True):
-            if a + start < b:
-                links.append(Link(int(rows[a]), int(idx[b]), int(dist[a, b]), round(float(corr[a, b]), 3)))
+            if rows[a] < cols[b]:
+                links.append(Link(int(rows[a]), int(cols[b]), int(dist[a, b]), round(float(corr[a, b]), 3)))
     return links
 
 
 def duplicate_links(
-    fps: list[ImageFingerprint | str], near: bool = True, feats: Features | None = None, region: str = "content"
+    fps: list[ImageFingerprint | str],
+    near: bool = True,
+    feats: Features | None = None,
+    region: str = "content",
+    between: int | None = None,
 ) -> list[Link]:
     """Links between exact duplicates (identical pixels) and, with `near`, near duplicates; nearly uniform frames
-    (`low_content`, or blank content) are linked to nothing: a black frame says nothing about whose it is."""
+    (`low_content`, or blank content) are linked to nothing: a black frame says nothing about whose it is. With
+    `between` = n, only links of an image before n with one from n on (see `near_duplicate_links`)."""
     clean = [f if isinstance(f, ImageFingerprint) else None for f in fps]
     by_digest: dict[str, list[int]] = defaultdict(list)
     for i, f in enumerate(clean):
         if f is not None and not low_content(f):
             by_digest[f.digest].append(i)
-    links = [Link(g[0], j, 0, 1.0) for g in by_digest.values() for j in g[1:]]
+    if between is None:  # within one set: each image linked to its group's first
+        links = [Link(g[0], j, 0, 1.0) for g in by_digest.values() for j in g[1:]]
+    else:  # one set against another: every pair across
+        groups = by_digest.values()
+        links = [Link(i, j, 0, 1.0) for g in groups for i in g if i < between for j in g if j >= between]
     if near:
-        near_links = near_duplicate_links(clean, content_features(clean, region) if feats is None else feats)
+        found = near_duplicate_links(clean, content_features(clean, region) if feats is None else feats, between)
         exact = {(x.i, x.j) for x in links}
-        links += [x for x in near_links if (x.i, x.j) not in exact]
+        links += [x for x in found if (x.i, x.j) not in exact]
     return links
 
 

@@ -33,7 +33,8 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
     whatever its patient ids say); `none` makes every sample its own group. The frames of one file (a multi-frame
     DICOM: one acquisition) are always one group, whatever `group_by` says ("+file" in the description).
     """
-    from medcad.data.duplicates import connected_groups, duplicate_groups, fingerprints
+    from medcad.data.duplicates import connected_groups, duplicate_groups
+    from medcad.data.fingerprints import fingerprints
 
     if group_by not in GROUP_BY:
         raise ConfigError(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")

@@ -230,7 +230,8 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], l
     (set key, run key) pairs of near duplicates - the same picture re-encoded, resized or cropped a little -, found
     when the run's dataset is still where it was read; a note when that check could not be made). Scored as an
     external test set they give figures better than the run's own held-out ones."""
-    from medcad.data.duplicates import duplicate_links, fingerprints
+    from medcad.data.duplicates import duplicate_links
+    from medcad.data.fingerprints import fingerprints
     from medcad.data.identity import run_samples, sample_fingerprints
 
     own = {fp for fp in (run_samples(run) or {}).values() if fp}
@@ -246,8 +247,8 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], l
     near = sorted(
         {
             (manifest.keys[link.j - n], ran_on.keys[link.i])
-            for link in duplicate_links(fps, near=True)
-            if link.i < n <= link.j and manifest.keys[link.j - n] not in said
+            for link in duplicate_links(fps, near=True, between=n)  # the set's images against the run's alone
+            if manifest.keys[link.j - n] not in said
         }
     )
     first: dict[str, str] = {}

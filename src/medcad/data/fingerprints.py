@@ -1,0 +1,120 @@
+"""Image fingerprints for duplicate checks: size, a digest of the pixels, a 64-bit perceptual hash and two grey
+thumbnails of each image, cached per file (path, size, mtime) so that audits, duplicate-aware splits and external
+evaluations of the same dataset decode each image once (`medcad.data.duplicates` compares them)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcad.data.cache import cache_dir
+from medcad.data.io import read_image
+from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.errors import DataError
+
+THUMB = 32
+STATIC_GRID = 64
+HASH_VERSION = 4  # 3: images decoded with their orientation tag applied; 4: a 64x64 thumbnail for static regions
+
+
+@dataclass(frozen=True)
+class ImageFingerprint:
+    """What the audit needs of one image: its size, a digest of its pixels, a 64-bit perceptual hash and two
+    grey thumbnails."""
+
+    width: int
+    height: int
+    digest: str
+    phash: int
+    thumb: bytes  # (THUMB, THUMB) uint8 grey thumbnail
+    grid: bytes = b""  # (STATIC_GRID, STATIC_GRID) uint8 grey thumbnail (box filter), for static regions
+
+
+def fingerprint(path: Path, frame: int | None = None) -> ImageFingerprint:
+    """Decode one image fully (which finds corrupt files) and hash it. Raises DataError."""
+    import imagehash
+    from PIL import Image
+
+    rgb = read_image(path, frame=frame)
+    gray = Image.fromarray(rgb).convert("L")
+    digest = hashlib.sha1(rgb.tobytes() + bytes(str(rgb.shape), "ascii")).hexdigest()
+    ph = int(str(imagehash.phash(gray)), 16)
+    thumb = np.asarray(gray.resize((THUMB, THUMB), Image.BILINEAR), np.uint8).tobytes()
+    grid = np.asarray(gray.resize((STATIC_GRID, STATIC_GRID), Image.BOX), np.uint8).tobytes()
+    return ImageFingerprint(rgb.shape[1], rgb.shape[0], digest, ph, thumb, grid)
+
+
+class FingerprintCache:
+    """JSON cache of fingerprints for the files of one dataset root, keyed by relative path + size + mtime."""
+
+    def __init__(self, root: Path) -> None:
+        tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+        self.path = cache_dir() / "fingerprints" / f"{tag}-v{HASH_VERSION}.json"
+        try:
+            self.data: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.data = {}
+        self.dirty = False
+
+    @staticmethod
+    def _key(path: Path, key: str) -> str:
+        st = path.stat()
+        return f"{key}|{st.st_size}|{st.st_mtime_ns}"
+
+    def get(self, path: Path, key: str) -> ImageFingerprint | None:
+        v = self.data.get(self._key(path, key))
+        if not v:
+            return None
+        return ImageFingerprint(v[0], v[1], v[2], v[3], base64.b64decode(v[4]), base64.b64decode(v[5]))
+
+    def put(self, path: Path, key: str, fp: ImageFingerprint) -> None:
+        self.data[self._key(path, key)] = [
+            fp.width,
+            fp.height,
+            fp.digest,
+            fp.phash,
+            base64.b64encode(fp.thumb).decode(),
+            base64.b64encode(fp.grid).decode(),
+        ]
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty:
+            try:
+                atomic_write_text(self.path, json.dumps(self.data))
+            except OSError:  # a read-only home must not stop an audit
+                pass
+
+
+def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -> list[ImageFingerprint | str]:
+    """Fingerprint every sample (cached); an unreadable one gives its problem as a string instead."""
+    cache = FingerprintCache(manifest.root)
+    keys = manifest.keys
+
+    def one(i: int) -> ImageFingerprint | str:
+        path = manifest.image_path(i)
+        try:
+            hit = cache.get(path, keys[i])
+            if hit is not None:
+                return hit
+            fp = fingerprint(path, manifest.frame(i))
+        except (DataError, OSError) as e:
+            return getattr(e, "problem", str(e))
+        cache.put(path, keys[i], fp)
+        return fp
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
+        it = pool.map(one, range(len(manifest)))
+        if progress:
+            from rich.progress import track
+
+            it = track(it, total=len(manifest), description="Hashing images", transient=True)
+        out = list(it)
+    cache.save()
+    return out
