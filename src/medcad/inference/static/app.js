@@ -97,7 +97,7 @@ function showImage(li, r) {
     cine.type = "button"; cine.className = "toggle cine";
     cine.textContent = `Predict all ${r.frames} frames as a cine`;
     cine.addEventListener("click", () => { cine.disabled = true; predictVideo(li.file); });
-    $(".extra", li).prepend(`frame ${r.frame + 1} of ${r.frames} of this DICOM cine. `);
+    $(".extra", li).prepend(`a DICOM cine of ${r.frames} frames; shown: frame ${r.frame} (frames count from 0). `);
     $(".details", li).append(cine);
   }
   if (r.heatmap) {
