@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
 from browser import CHROMEDRIVER, CHROMIUM, _call, chromium_page  # noqa: E402
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "drive", "running"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "call", "chromium_page", "drive", "running", "upload"]
+call = _call  # a WebDriver command: call(page.base, method, path, body)
 
 
 def free_port() -> int:

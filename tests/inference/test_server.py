@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import png_header, write_dicom
 from medcad.inference.batcher import Batcher, QueueFull
+from medcad.inference.outputs import no_finding_decisions
 from medcad.inference.registry import load_predictor
 from medcad.inference.responses import rle_decode, rle_encode
 from medcad.inference.server import ServeOptions, check_bind, create_app
@@ -82,6 +83,16 @@ def check_refusals(client, bad: dict, good) -> None:
         good()
 
 
+def test_the_decisions_that_say_no_finding() -> None:
+    """What the page's video timeline greys out and leaves out of its intervals, for each kind of task."""
+    assert no_finding_decisions(("probabilities",), "single", ["benign", "Normal", "malignant"]) == ["Normal"]
+    assert no_finding_decisions(("probabilities",), "single", ["benign", "malignant"]) == []  # each is a finding
+    assert no_finding_decisions(("probabilities",), "multi", ["stone", "cyst"]) == ["none"]
+    assert no_finding_decisions(("mask",), "single", ["lesion"]) == ["no lesion"]
+    assert no_finding_decisions(("probabilities", "mask"), "single", ["lesion", "normal"]) == ["normal", "no lesion"]
+    assert no_finding_decisions(("boxes",), "single", ["polyp"]) == ["background"]
+
+
 def test_rle_round_trip() -> None:
     m = np.array([[0, 1, 1], [1, 0, 0]], bool)
     assert rle_encode(m) == [1, 3, 2] and rle_encode(~m) == [0, 1, 3, 2]
@@ -128,6 +139,13 @@ def test_classifier_routes_and_bad_requests(
         assert len(card["metrics"]["accuracy"]["ci95"]) == 2 and card["evaluation"]["how"] == "out-of-fold"
         page = client.get("/")
         assert page.status_code == 200 and "/static/app.js" in page.text and "https://" not in page.text
+        assert card["no_finding"] == ["normal"]  # the page's video timeline lists the intervals of the rest
+        # the page links its icon, and /favicon.ico (which browsers ask for elsewhere) answers it: it had been a 404
+        assert '<link rel="icon" href="/static/favicon.svg"' in page.text
+        for icon in ("/favicon.ico", "/static/favicon.svg"):
+            r = client.get(icon)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml"), icon
+            assert r.text.startswith("<svg") and "http://www.w3.org/2000/svg" in r.text  # its namespace, not a link
         for asset in ("app.js", "style.css"):
             body = client.get(f"/static/{asset}").text
             assert "http://" not in body and "https://" not in body  # works offline
@@ -271,6 +289,7 @@ def test_video_job(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
         assert state["status"] == "done", state
         assert len(state["frames"]) == 6 and state["frames"][0]["label"] in ("lesion", "normal")
         assert {"smoothed", "p_lesion"} <= set(state["frames"][0])
+        assert state["summary"]["smooth"] == 5  # the frames a smoothed decision averages over, for the page to say
         assert client.post("/predict/video", content=good_image(easy_set)).status_code == 415
         assert not list(app.state.workdir.iterdir())  # the clip is gone
 

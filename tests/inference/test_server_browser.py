@@ -1,13 +1,19 @@
 """The real server on loopback, its page driven in headless Chromium: upload an image, see the overlay, the
-probabilities, the decision and the model card; keyboard focus reaches the file picker."""
+probabilities, the decision and the model card; keyboard focus reaches the file picker; on a narrow window, a
+clip's timeline, a DICOM cine sent as a clip, a heat-map at a readable size."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
-from serving import CHROMEDRIVER, CHROMIUM, drive, running
+from serving import CHROMEDRIVER, CHROMIUM, call, chromium_page, drive, running, upload
 
+from conftest import write_dicom
 from medcad.inference.registry import load_predictor
 from medcad.inference.server import create_app
 
@@ -26,3 +32,129 @@ def test_page_in_chromium(tiny_run: Path, easy_set: Path, tmp_path: Path) -> Non
     assert abs(sum(state["bars"]) - 100) < 1 and not state["toggle"], state  # bars as wide as the probabilities
     assert "macro_auc" in state["card"] and "95 % CI" in state["card"], state
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+TIMELINE = """
+const li = [...document.querySelectorAll('#results li.video')].find((x) => x.querySelector('.strip'));
+if (!li) return null;
+return {
+  heading: li.querySelector('.decision').textContent,
+  cells: [...li.querySelectorAll('.strip .cell')].map((c) => [+c.dataset.frame, c.dataset.decision]),
+  hatched: [...li.querySelectorAll('.strip .cell.dropped')].map((c) => +c.dataset.frame),
+  intervals: [...li.querySelectorAll('.intervals li')].map((x) => x.textContent),
+  legend: [...li.querySelectorAll('.legend li')].map((x) => x.textContent),
+  extra: li.querySelector('.extra').textContent,
+  info: li.querySelector('.frameinfo').textContent,
+  strip: li.querySelector('.strip').getBoundingClientRect().width,
+  page: document.documentElement.scrollWidth,
+};
+"""
+
+
+def _wait(page, script: str, tries: int = 300):
+    for _ in range(tries):
+        got = page.js(script)
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"the page never showed: {script}")
+
+
+def _click(page, css: str) -> None:
+    """A real click (chromedriver moves the pointer to the element's centre and presses)."""
+    el = call(page.base, "POST", f"/session/{page.session}/element", {"using": "css selector", "value": css})
+    call(page.base, "POST", f"/session/{page.session}/element/{next(iter(el['value'].values()))}/click", {})
+
+
+def _expected_intervals(frames: list[dict], fps: float, finding: str = "normal") -> list[str]:
+    """The page's list: runs of a finding (any smoothed decision but `finding`) from the first frame's time to the
+    next predicted frame's (the last frame: one source frame later), in s with 2 decimals (a clip under 10 s)."""
+    out, i = [], 0
+    while i < len(frames):
+        j = i
+        while j + 1 < len(frames) and frames[j + 1]["smoothed"] == frames[i]["smoothed"]:
+            j += 1
+        if frames[i]["smoothed"] != finding:
+            end = frames[j + 1]["time_s"] if j + 1 < len(frames) else frames[j]["time_s"] + 1 / fps
+            which = f"frame {frames[i]['frame']}" if i == j else f"frames {frames[i]['frame']}–{frames[j]['frame']}"
+            out.append(f"{frames[i]['smoothed']} {frames[i]['time_s']:.2f}–{end:.2f} s ({which})")
+        i = j + 1
+    return out
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver not installed")
+def test_video_timeline_heatmap_and_a_narrow_screen(
+    tiny_run: Path, easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a 420 px wide window: a clip with an undecodable frame gets a timeline (a cell per frame, coloured by the
+    smoothed decision, the dropped one hatched), the intervals of findings and a word per frame on click; a DICOM
+    cine is offered as a clip; a heat-map is shown at the figure's width; percentages stay on one line; the icon is
+    served (no 404)."""
+    import httpx
+    from test_video import make_damaged_vfr_video
+
+    caplog.set_level(logging.INFO, logger="medcad.serve")
+    read = lambda p: cv2.imread(str(p))[:, :, ::-1]  # noqa: E731
+    normal = [read(p) for p in sorted((easy_set / "normal").glob("*.png"))[:6]]
+    lesion = [read(p) for p in sorted((easy_set / "lesion").glob("*.png"))[:6]]
+    times = [0, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200]
+    clip = make_damaged_vfr_video(tmp_path / "clip.mp4", normal[:4] + lesion + normal[4:6], times, damaged=5)
+    app = create_app(load_predictor(tiny_run), explain=lambda rgb: (rgb, "identity"))
+    with running(app) as base, chromium_page(tmp_path) as page:
+        # what the API says of the clip, for the page to show
+        job = httpx.post(base + "/predict/video", files={"file": ("c.mp4", clip.read_bytes())}).json()
+        for _ in range(300):
+            said = httpx.get(base + job["status_url"]).json()
+            if said["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert said["status"] == "done" and said["summary"]["dropped_frames"][0]["frame"] == 5, said
+        assert said["summary"]["smooth"] == 5
+
+        call(page.base, "POST", f"/session/{page.session}/window/rect", {"width": 420, "height": 900})
+        page.open(base + "/")
+        _wait(page, "return !/loading/.test(document.querySelector('#cardbody').textContent);")
+        upload(page, clip)
+        got = _wait(page, TIMELINE)
+        expected = sorted([(f["frame"], f["smoothed"]) for f in said["frames"]] + [(5, "not decoded")])
+        assert [tuple(c) for c in got["cells"]] == expected and got["hatched"] == [5], got
+        assert got["intervals"] == _expected_intervals(said["frames"], said["summary"]["source_fps"]), (got, said)
+        assert "1 frame could not be decoded (frame 5)" in got["extra"], got
+        assert any(t.startswith("not decoded: 1 frame") for t in got["legend"]), got
+        assert got["page"] <= 420 and got["strip"] > 300, got  # the strip spans the card, nothing scrolls sideways
+        _click(page, ".strip .cell:nth-child(3)")
+        third = said["frames"][2]
+        assert page.js(TIMELINE)["info"].startswith(f"frame 2 at 0.40 s: {third['smoothed']}"), page.js(TIMELINE)
+        _click(page, ".strip .cell.dropped")
+        assert page.js(TIMELINE)["info"] == "frame 5 at 1.00 s: not decoded (could not be decoded)"
+
+        # a multi-frame DICOM goes to /predict (its first frame), which offers the whole loop as a clip
+        grey = np.stack([f.mean(axis=2) for f in lesion[:3]]).astype(np.uint16) * 16
+        upload(page, write_dicom(tmp_path / "loop.dcm", grey, FrameTime=100))
+        _wait(page, "return document.querySelector('#results li button.cine');")
+        _click(page, "#results li button.cine")
+        _wait(page, "return document.querySelectorAll('#results li.video .strip').length === 2;")
+        cine = page.js(TIMELINE)  # the newest timeline
+        assert [c[0] for c in cine["cells"]] == [0, 1, 2] and cine["heading"].startswith("loop.dcm"), cine
+
+        # a heat-map as wide as its figure (a 40 px picture scaled up, its pixels kept sharp); "51.7 %" on one line
+        page.js("document.querySelector('#heat').checked = true; return null;")
+        upload(page, easy_set / "lesion" / "0.png")
+        _wait(page, "const b = document.querySelector('#results li .toggle'); return b && !b.hidden;")
+        _click(page, "#results li .toggle")
+        heat = _wait(
+            page,
+            """const img = document.querySelector('#results li img');
+            if (!img.classList.contains('heat') || !img.complete) return null;
+            const lines = [...document.querySelectorAll('#results li .probs td:last-child')].map((td) => {
+              const r = document.createRange(); r.selectNodeContents(td); return r.getClientRects().length; });
+            return {natural: img.naturalWidth, shown: img.clientWidth, figure: img.parentElement.clientWidth,
+                    sharp: img.classList.contains('pixelated'), lines, page: document.documentElement.scrollWidth};""",
+        )
+        assert heat["natural"] == 40 and heat["shown"] >= 0.95 * heat["figure"] > 300 and heat["sharp"], heat
+        assert len(heat["lines"]) >= 2 and set(heat["lines"]) == {1} and heat["page"] <= 420, heat
+        page.screenshot(tmp_path / "narrow.png")
+        icon = page.js("return document.querySelector('link[rel=icon]').href;")
+    assert icon == base + "/static/favicon.svg"
+    served = [r.getMessage() for r in caplog.records if r.name == "medcad.serve"]
+    assert not [s for s in served if " 404 " in s], served  # the page asks for nothing the server lacks

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medcad import __version__
 from medcad.data.datasets import RESIZE_RULE
-from medcad.inference.outputs import frame_rule
+from medcad.inference.outputs import frame_rule, no_finding_decisions
 from medcad.inference.predictor import Predictor
 from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
@@ -39,9 +39,10 @@ def _n_images(m: dict) -> int | None:
 
 
 def model_card(predictor: Predictor) -> dict:
-    """A JSON-ready card: task, labels, decision rule, threshold, models (files, ensemble), preprocessing, the
-    run's headline metrics with 95 % CIs (from its metrics.json, out-of-fold or holdout), how they were
-    estimated, and what data trained it (the dataset folder's name, not its path)."""
+    """A JSON-ready card: task, labels, decision rule, the decisions that say no finding (`no_finding`), threshold,
+    models (files, ensemble), preprocessing, the run's headline metrics with 95 % CIs (from its metrics.json,
+    out-of-fold or holdout), how they were estimated, and what data trained it (the dataset folder's name, not its
+    path)."""
     task = get_task(predictor.task)
     cfg = predictor.config
     decision = DECISIONS["probabilities" if "probabilities" in task.outputs else task.outputs[0]]
@@ -55,6 +56,8 @@ def model_card(predictor: Predictor) -> dict:
         "labels": list(predictor.labels),
         "outputs": list(task.outputs),
         "decision": decision,
+        # what the page's video timeline treats as no finding (its other decisions are listed as intervals)
+        "no_finding": no_finding_decisions(task.outputs, task.label_kind, list(predictor.labels)),
         "threshold": predictor.threshold,
         "model": {
             "backbone": cfg.model,

@@ -97,6 +97,20 @@ class ClassProbabilities(Output):
         return self.labels[int(mean.argmax())], float(mean.max())
 
 
+def no_finding_decisions(outputs: tuple[str, ...], label_kind: str, labels: list[str]) -> list[str]:
+    """The decisions (a frame's label, its frame_decision) that say "no finding" for a task of these `outputs` and
+    `label_kind` with these `labels`: the reference class (`reference_label`; none when no label reads as one), "none"
+    of a multi-label model, "no lesion" of a mask, "background" of boxes. Every other decision is a finding."""
+    said = []
+    if "probabilities" in outputs:
+        said.append(NO_FINDING if label_kind == "multi" else reference_label(labels))
+    if "mask" in outputs:
+        said.append(NO_LESION)
+    if "boxes" in outputs:
+        said.append(BACKGROUND)
+    return [s for s in said if s]
+
+
 def frame_rule(kind: str, min_frame_score: float, threshold: float, labels: list[str]) -> str:
     """A mask's frame-level decision in words, with its thresholds: `kind` "p_lesion" or "lesion_area" (see
     `LesionMask`), the frame score's threshold, the lesion-probability threshold of pixels, the model's labels."""

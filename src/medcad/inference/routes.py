@@ -1,8 +1,9 @@
 """The routes of `medcad serve` (`medcad.inference.server.create_app`), as FastAPI routers over one shared state.
 
-`page_router`: `GET /` (the page), `GET /health`, `GET /model` (the model card). `predict_router`: `POST /predict`
-(one image -> JSON, or a DICOM SEG with `?format=dicom`). `video_router`: `POST /predict/video` (a clip -> a job)
-and `GET /jobs/{id}` (its progress and per-frame results). The `/static` assets are mounted by `create_app`.
+`page_router`: `GET /` (the page), `GET /favicon.ico` (its icon), `GET /health`, `GET /model` (the model card).
+`predict_router`: `POST /predict` (one image -> JSON, or a DICOM SEG with `?format=dicom`). `video_router`:
+`POST /predict/video` (a clip -> a job) and `GET /jobs/{id}` (its progress and per-frame results). The `/static`
+assets are mounted by `create_app`.
 
 Errors are answered as `{"detail": message}` with their status; nothing of an upload (name, DICOM header) is echoed.
 """
@@ -133,12 +134,16 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
 
 
 def page_router(state: ServeState) -> APIRouter:
-    """`GET /` (the page), `GET /health` and `GET /model`."""
+    """`GET /` (the page), `GET /favicon.ico`, `GET /health` and `GET /model`."""
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @router.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:  # the page links it; browsers ask for /favicon.ico elsewhere (/docs)
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     @router.get("/health")
     async def health() -> dict:

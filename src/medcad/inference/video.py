@@ -77,7 +77,8 @@ def predict_video(
     Returns:
         A summary: frames predicted; `frames_dropped` and `dropped_frames` ({frame, time_s, reason}) for frames that
         could not be decoded; `frames_skipped` by `realtime` and their indices (`skipped_frames`);
-        `truncated`/`truncation`; `rotation` applied; frames/s end to end and per-frame latency.
+        `truncated`/`truncation`; `rotation` applied; frames/s end to end and per-frame latency; `smooth`, the
+        frames the smoothed decision averages over.
         `progress(frames done, frames in video)` is called after each batch.
 
     Raises:
@@ -151,6 +152,7 @@ def predict_video(
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,
+        "smooth": max(1, smooth),
         "latency_ms_per_frame": 1000 * float(np.median(latencies)) if latencies else None,
         "csv": str(out_dir / f"{stem}_frames.csv"),
         "annotated": str(out_dir / f"{stem}_annotated.mp4") if write_video else None,

@@ -4,7 +4,9 @@
 const $ = (sel, root = document) => root.querySelector(sel);
 const token = () => $("#token").value || new URLSearchParams(location.hash.slice(1)).get("token") || "";
 const headers = () => (token() ? { Authorization: "Bearer " + token() } : {});
-const pct = (p) => (100 * p).toFixed(1) + " %";
+const pct = (p) => (100 * p).toFixed(1) + "\u00a0%"; // a no-break space: "51.7 %" never splits at a line end
+
+let card = null; // the model card (/model), once loaded: its labels and the decisions that say no finding
 
 function status(text) { $("#status").textContent = text; }
 
@@ -29,6 +31,7 @@ function row(dl, key, value) {
 async function loadCard() {
   try {
     const c = await api("/model");
+    card = c;
     const dl = document.createElement("dl");
     row(dl, "task", `${c.task}: ${c.summary}`);
     row(dl, "labels", c.labels.join(", "));
@@ -70,6 +73,12 @@ function newCard(name) {
 }
 
 function showImage(li, r) {
+  // a small heat-map picture (one row of tiles per fold model) is shown at the figure's width: scaled up, its pixels
+  // and its burnt-in fold labels stay sharp rather than blurred
+  $("img", li).addEventListener("load", (e) => {
+    const img = e.target;
+    img.classList.toggle("pixelated", img.classList.contains("heat") && img.naturalWidth * 1.5 <= img.clientWidth);
+  });
   $("img", li).src = r.overlay;
   $("img", li).alt = `overlay: ${r.label} ${pct(r.score)}`;
   // a multitask answer has two decisions: the class head's most probable class (the label) and the mask's own
@@ -82,6 +91,15 @@ function showImage(li, r) {
   if (r.lesion_fraction !== undefined) extra.push(`lesion shown: ${pct(r.lesion_fraction)} of the image`);
   if (r.boxes) extra.push(`${r.boxes.length} box(es) ≥ ${r.threshold}: ` + r.boxes.map((b) => `${b[5]} ${b[4].toFixed(2)}`).join(", "));
   $(".extra", li).textContent = extra.join(" · ");
+  if (r.frames > 1 && li.file) {
+    // /predict answered for one frame of a multi-frame DICOM (a cine loop): offer all its frames as a clip
+    const cine = document.createElement("button");
+    cine.type = "button"; cine.className = "toggle cine";
+    cine.textContent = `Predict all ${r.frames} frames as a cine`;
+    cine.addEventListener("click", () => { cine.disabled = true; predictVideo(li.file); });
+    $(".extra", li).prepend(`a DICOM cine of ${r.frames} frames; shown: frame ${r.frame} (frames count from 0). `);
+    $(".details", li).append(cine);
+  }
   if (r.heatmap) {
     const button = $(".toggle", li);
     button.hidden = false;
@@ -89,7 +107,10 @@ function showImage(li, r) {
       const on = button.getAttribute("aria-pressed") !== "true";
       button.setAttribute("aria-pressed", String(on));
       button.textContent = on ? "Show overlay" : "Show heat-map";
-      $("img", li).src = on ? r.heatmap.image : r.overlay;
+      const img = $("img", li);
+      img.classList.toggle("heat", on);
+      img.src = on ? r.heatmap.image : r.overlay;
+      img.alt = on ? "heat-map: " + r.heatmap.caption : `overlay: ${r.label} ${pct(r.score)}`;
       $("figcaption", li).textContent = on ? r.heatmap.caption : li.dataset.name;
     });
   }
@@ -98,6 +119,7 @@ function showImage(li, r) {
 async function predictImage(file) {
   const li = newCard(file.name);
   li.dataset.name = file.name;
+  li.file = file;
   const form = new FormData();
   form.append("file", file);
   const q = "/predict?overlay=true&mask=none" + ($("#heat").checked ? "&gradcam=true" : "");
@@ -110,8 +132,167 @@ async function predictImage(file) {
   }
 }
 
+// The colours of decisions: no finding in grey; findings in the Okabe-Ito colours (told apart with colour blindness)
+const FINDING_COLOURS = ["#d55e00", "#0072b2", "#cc79a7", "#e69f00", "#009e73", "#56b4e9", "#7a4b00", "#332288"];
+const NO_FINDING_COLOUR = "#c3ccd5";
+
+function noFinding(decision) { return ((card && card.no_finding) || []).includes(decision); }
+
+function decisionColours(decisions) {
+  // findings keep one colour per label whatever the clip (the model's labels first, in their order)
+  const order = [...((card && card.labels) || []), ...[...decisions].sort()];
+  const findings = [...new Set(order)].filter((d) => !noFinding(d));
+  return Object.fromEntries([...decisions].map((d) =>
+    [d, noFinding(d) ? NO_FINDING_COLOUR : FINDING_COLOURS[findings.indexOf(d) % FINDING_COLOURS.length]]));
+}
+
+function secs(t, digits) { return t.toFixed(digits); }
+
+// Runs of frames with one (smoothed) decision that is a finding: [{decision, start, end, first, last, frames}];
+// a run ends where the next predicted frame starts (the last one: one source frame later)
+function findingIntervals(frames, frameTime) {
+  const runs = [];
+  frames.forEach((f, i) => {
+    const last = runs[runs.length - 1];
+    if (last && last.decision === f.smoothed && last.next === i) {
+      last.last = f.frame; last.frames += 1; last.next = i + 1;
+    } else if (!noFinding(f.smoothed)) {
+      runs.push({ decision: f.smoothed, start: f.time_s, first: f.frame, last: f.frame, frames: 1, next: i + 1 });
+    }
+  });
+  for (const r of runs) r.end = r.next < frames.length ? frames[r.next].time_s : frames[r.next - 1].time_s + frameTime;
+  return runs;
+}
+
+function frameWords(cell) {
+  const f = cell.record;
+  if (!f) return `frame ${cell.frame} at ${cell.time_s.toFixed(2)} s: not decoded (${cell.reason})`;
+  const said = [`frame ${f.frame} at ${f.time_s.toFixed(2)} s: ${f.smoothed} ${pct(f.smoothed_score)} (smoothed)`,
+    `this frame alone: ${f.label} ${pct(f.score)}`];
+  if (f.frame_decision !== undefined && f.frame_decision !== null) said.push(`lesion mask: ${f.frame_decision}`);
+  if (f.lesion_fraction !== undefined && f.lesion_fraction !== null && f.frame_decision !== "no lesion") {
+    said.push(`lesion ${pct(f.lesion_fraction)} of the frame`);
+  }
+  return said.join(" · ");
+}
+
+function timeline(s) {
+  // one cell per frame, in frame order, undecodable frames included (hatched)
+  const frames = [...s.frames].sort((a, b) => a.frame - b.frame);
+  const cells = [
+    ...frames.map((f) => ({ frame: f.frame, time_s: f.time_s, record: f })),
+    ...(s.summary.dropped_frames || []).map((d) => ({ frame: d.frame, time_s: d.time_s ?? 0, reason: d.reason })),
+  ].sort((a, b) => a.frame - b.frame);
+  const fps = s.summary.source_fps;
+  const frameTime = fps > 0 ? 1 / fps : 0;
+  const duration = Math.max(...cells.map((c) => c.time_s)) + frameTime;
+  const digits = duration < 10 ? 2 : 1;
+  const decisions = new Set(frames.map((f) => f.smoothed));
+  const colours = decisionColours(decisions);
+
+  const box = document.createElement("div");
+  box.className = "timeline";
+  const strip = document.createElement("div");
+  strip.className = cells.length <= 120 ? "strip few" : "strip"; // few: cells wide enough for a separator
+  strip.tabIndex = 0; strip.setAttribute("role", "group");
+  strip.setAttribute("aria-label", `timeline of ${cells.length} frames, one cell per frame coloured by its smoothed ` +
+    "decision; arrow keys step through the frames");
+  for (const c of cells) {
+    const cell = document.createElement("span");
+    cell.className = "cell" + (c.record ? "" : " dropped");
+    cell.dataset.frame = c.frame;
+    cell.dataset.decision = c.record ? c.record.smoothed : "not decoded";
+    if (c.record) cell.style.background = colours[c.record.smoothed];
+    strip.append(cell);
+  }
+  const axis = document.createElement("div");
+  axis.className = "axis";
+  axis.append(...[0, duration / 2, duration].map((t) => Object.assign(document.createElement("span"),
+    { textContent: secs(t, digits) + " s" })));
+  const info = document.createElement("p");
+  info.className = "frameinfo"; info.setAttribute("aria-live", "polite");
+  info.textContent = "Point at or click a cell (or focus the strip and use the arrow keys) to see its frame.";
+
+  const legend = document.createElement("ul");
+  legend.className = "legend";
+  const counts = {};
+  for (const f of frames) counts[f.smoothed] = (counts[f.smoothed] || 0) + 1;
+  const named = [...decisions].sort((a, b) => noFinding(a) - noFinding(b) || counts[b] - counts[a]);
+  for (const d of named) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch"; swatch.style.background = colours[d];
+    item.append(swatch, `${d}: ${counts[d]} frame${counts[d] === 1 ? "" : "s"}` + (noFinding(d) ? " (no finding)" : ""));
+    legend.append(item);
+  }
+  if (s.summary.frames_dropped) {
+    const item = document.createElement("li");
+    item.append(Object.assign(document.createElement("span"), { className: "swatch dropped" }),
+      `not decoded: ${s.summary.frames_dropped} frame${s.summary.frames_dropped === 1 ? "" : "s"}`);
+    legend.append(item);
+  }
+
+  let selected = -1;
+  const show = (i, keep) => {
+    if (i < 0 || i >= cells.length) return;
+    info.textContent = frameWords(cells[i]);
+    if (keep) {
+      if (selected >= 0) strip.children[selected].classList.remove("sel");
+      selected = i; strip.children[i].classList.add("sel");
+    }
+  };
+  const at = (e) => {
+    const r = strip.getBoundingClientRect();
+    return Math.min(cells.length - 1, Math.max(0, Math.floor(((e.clientX - r.left) / r.width) * cells.length)));
+  };
+  strip.addEventListener("mousemove", (e) => show(at(e), false));
+  strip.addEventListener("mouseleave", () => { if (selected >= 0) show(selected, false); });
+  strip.addEventListener("click", (e) => show(at(e), true));
+  strip.addEventListener("keydown", (e) => {
+    const step = { ArrowRight: 1, ArrowLeft: -1, Home: -cells.length, End: cells.length }[e.key];
+    if (step === undefined) return;
+    e.preventDefault();
+    show(Math.min(cells.length - 1, Math.max(0, (selected < 0 ? 0 : selected + step))), true);
+  });
+  box.append(strip, axis, info, legend);
+
+  const runs = findingIntervals(frames, frameTime);
+  return { box, runs, digits, duration };
+}
+
+function showVideo(li, name, s) {
+  const { box, runs, digits, duration } = timeline(s);
+  $("figure", li).remove(); // the timeline goes under the heading, as wide as the card
+  $(".decision", li).after(box);
+  const found = [...new Set(runs.map((r) => r.decision))];
+  $(".decision", li).textContent = found.length
+    ? `${name}: ${found.join(", ")} in ${runs.length} interval${runs.length === 1 ? "" : "s"}`
+    : `${name}: no finding in ${s.frames.length} frames`;
+  const list = document.createElement("ul");
+  list.className = "intervals";
+  list.setAttribute("aria-label", "intervals of findings (smoothed decisions)");
+  for (const r of runs) {
+    const item = document.createElement("li");
+    item.textContent = `${r.decision} ${secs(r.start, digits)}–${secs(r.end, digits)} s ` +
+      (r.first === r.last ? `(frame ${r.first})` : `(frames ${r.first}–${r.last})`);
+    list.append(item);
+  }
+  const notes = [`${s.summary.frames_predicted} frames (${secs(duration, digits)} s) predicted at ` +
+    `${s.summary.frames_per_s.toFixed(1)} frames/s; colours and intervals: each frame's decision smoothed over ` +
+    `up to ${s.summary.smooth} frames (it and those before it)`];
+  if (s.summary.frames_dropped) {
+    notes.push(`${s.summary.frames_dropped} frame${s.summary.frames_dropped === 1 ? "" : "s"} could not be decoded ` +
+      `(frame ${s.summary.dropped_frames.map((d) => d.frame).join(", ")}): no decision, hatched on the timeline`);
+  }
+  if (s.summary.truncated) notes.push(`the file is truncated: ${s.summary.truncation}`);
+  $(".extra", li).textContent = notes.join(" · ");
+  const head = Object.assign(document.createElement("p"), { className: "subhead", textContent: "Findings by time" });
+  if (runs.length) box.after(head, list);
+}
+
 async function predictVideo(file) {
   const li = newCard(file.name);
+  li.classList.add("video");
   $("figure", li).replaceChildren(Object.assign(document.createElement("progress"), { max: 1, value: 0 }));
   $(".probs", li).remove();
   const form = new FormData();
@@ -123,13 +304,7 @@ async function predictVideo(file) {
       $("progress", li).max = s.frames_total || 1; $("progress", li).value = s.frames_done;
       $(".decision", li).textContent = `${file.name}: ${s.status}, frame ${s.frames_done} of ${s.frames_total}`;
       if (s.status === "failed") throw new Error(s.error);
-      if (s.status === "done") {
-        const counts = {};
-        for (const f of s.frames) counts[f.smoothed] = (counts[f.smoothed] || 0) + 1;
-        $(".extra", li).textContent = `${s.summary.frames_predicted} frames at ${s.summary.frames_per_s.toFixed(1)} frames/s; ` +
-          "smoothed decisions: " + Object.entries(counts).map(([k, n]) => `${k} ${n}`).join(", ");
-        return;
-      }
+      if (s.status === "done") return showVideo(li, file.name, s);
       await new Promise((ok) => setTimeout(ok, 500));
     }
   } catch (e) {
@@ -149,7 +324,10 @@ async function handle(files) {
 
 document.addEventListener("DOMContentLoaded", () => {
   if (token()) $("#token").value = token();
-  $("#files").addEventListener("change", (e) => handle(e.target.files));
+  $("#files").addEventListener("change", (e) => {
+    handle(e.target.files); // copies the list before its first await
+    e.target.value = ""; // picking the same file again is a change too
+  });
   const drop = $("#drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
