@@ -146,6 +146,14 @@ def test_classifier_routes_and_bad_requests(
             r = client.get(icon)
             assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml"), icon
             assert r.text.startswith("<svg") and "http://www.w3.org/2000/svg" in r.text  # its namespace, not a link
+        # a mask sent as an image, and a tiny image: predicted, with what makes the answer doubtful (had said nothing)
+        mask = np.zeros((40, 40), np.uint8)
+        mask[10:20, 10:20] = 255
+        for arr, said in ((mask, "two grey values only"), (np.full((1, 1, 3), 120, np.uint8), "1x1 pixels")):
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            r = client.post("/predict", files={"file": ("x.png", buf.getvalue(), "image/png")})
+            assert r.status_code == 200 and any(said in w for w in r.json()["warnings"]), r.text
         for asset in ("app.js", "style.css"):
             body = client.get(f"/static/{asset}").text
             assert "http://" not in body and "https://" not in body  # works offline
@@ -158,6 +166,7 @@ def test_classifier_routes_and_bad_requests(
             body = r.json()
             assert body["label"] in ("lesion", "normal") and abs(sum(body["probabilities"].values()) - 1) < 1e-4
             assert body["overlay"].startswith("data:image/png;base64,") and body["heatmap"]["caption"] == "identity"
+            assert "warnings" not in body
             assert "scan" not in r.text  # the upload's name is never echoed
             assert (body["width"], body["height"]) == (40, 40)
 

@@ -73,6 +73,7 @@ def model_card(predictor: Predictor) -> dict:
         "preprocessing": {
             "input": "RGB, 8 bit (16-bit and DICOM data scaled as medcad reads training images)",
             "resize": f"{cfg.image_size} x {cfg.image_size} pixels",
+            "size": cfg.image_size,
             "mean": predictor.data_config.get("mean"),
             "std": predictor.data_config.get("std"),
             "interpolation": RESIZE_RULE,

@@ -72,6 +72,23 @@ class Upload:
     frames: int = 1
 
 
+TINY_SIDE = 32  # pixels: an image smaller than this on a side holds little for any model
+
+
+def input_warnings(rgb: np.ndarray, input_size: int) -> list[str]:
+    """What about a decoded upload (H, W, 3) uint8 makes its prediction doubtful, in words (it is still predicted):
+    a side below TINY_SIDE pixels (enlarged to the model's `input_size`), or two grey values only (a mask, not an
+    image: a BUSI `_mask.png` had been classified without a word)."""
+    h, w = rgb.shape[:2]
+    out = []
+    if min(h, w) < TINY_SIDE:
+        out.append(f"the image is {w}x{h} pixels, enlarged to the model's {input_size} x {input_size}: it shows little")
+    grey = rgb[..., 0]
+    if (rgb == grey[..., None]).all() and len(np.unique(grey[:: max(1, h // 256), :: max(1, w // 256)])) <= 2:
+        out.append("the image holds two grey values only: a mask or a blank frame, not a picture to predict?")
+    return out
+
+
 def sniff(data: bytes) -> str | None:
     """The image kind from the first bytes ("png", "jpeg", "tiff", "bmp", "gif", "webp", "dicom"), or None: the
     images `medcad predict` reads."""

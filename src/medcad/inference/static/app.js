@@ -100,6 +100,12 @@ function showImage(li, r) {
     $(".extra", li).prepend(`a DICOM cine of ${r.frames} frames; shown: frame ${r.frame} (frames count from 0). `);
     $(".details", li).append(cine);
   }
+  for (const w of r.warnings || []) {  // what makes the prediction doubtful (a tiny image, a mask sent as an image)
+    const p = document.createElement("p");
+    p.className = "warning";
+    p.textContent = "note: " + w;
+    $(".details", li).append(p);
+  }
   if (r.heatmap) {
     const button = $(".toggle", li);
     button.hidden = false;
