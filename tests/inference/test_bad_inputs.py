@@ -258,3 +258,33 @@ def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tin
     (out / "predictions.csv").unlink()
     res = runner.invoke(app, [*args[:-1], str(out)])
     assert res.exit_code == 0, res.output
+
+
+def test_predict_says_which_images_make_their_prediction_doubtful(tiny_run: Path, tmp_path: Path) -> None:
+    """A mask given as an image and a 1x1 image are predicted, each with a warning in predictions.csv, --json and
+    on stderr, as serve answers them (they had been classified without a word)."""
+    folder = tmp_path / "in"
+    _images(folder, 1, 0)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 255
+    Image.fromarray(mask).save(folder / "m.png")
+    Image.fromarray(np.full((1, 1, 3), 90, np.uint8)).save(folder / "t.png")
+    files = [str(folder / n) for n in ("g0.png", "m.png", "t.png")]
+    args = [
+        "predict",
+        str(tiny_run),
+        *files,
+        "--backend",
+        "torch-fp32",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    said = {Path(r["image"]).name: r.get("warnings", "") for r in json.loads(res.stdout)}
+    assert said["g0.png"] == "" and "two grey values" in said["m.png"] and "1x1 pixels" in said["t.png"]
+    assert "note: m.png: the image holds two grey values only" in res.stderr
+    table = pd.read_csv(tmp_path / "o" / "predictions.csv", keep_default_na=False)
+    assert table["warnings"].tolist() == [said["g0.png"], said["m.png"], said["t.png"]]

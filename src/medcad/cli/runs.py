@@ -263,6 +263,7 @@ def predict(
     if video_errors:
         typer.echo(f"predicted {len(summaries)} of {len(videos)} videos; {len(video_errors)} failed", err=True)
     if images:
+        _say_notes([f"{Path(r['image']).name}: {r['warnings']}" for r in records if r.get("warnings")])
         _say_failures(images, [r for r in records if "error" in r], out)
     if video_errors:
         raise typer.Exit(1)

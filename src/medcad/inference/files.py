@@ -14,6 +14,7 @@ import pandas as pd
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
 from medcad.inference.predictor import Predictor, split_frame
+from medcad.inference.uploads import input_warnings
 from medcad.runfolder import RunFolder
 
 OK, FAILED = "ok", "failed"  # predictions.csv `status`
@@ -115,7 +116,8 @@ def predict_image_files(
     image), `<stem>_mask.png` (0/255 at the image's size; label-map models: the class map in the run's mask
     values) for mask tasks, and predictions.csv (one `Prediction.row`
     per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed), then `overlay_file` and
-    `mask_file`: the names of the files written for it in `out`). Rows are appended to
+    `mask_file`: the names of the files written for it in `out`, and `warnings` where the image makes its prediction
+    doubtful, `medcad.inference.uploads.input_warnings`). Rows are appended to
     predictions.csv.partial batch by batch, so an interrupted run keeps what it wrote; the finished table replaces
     predictions.csv at the end. Files are decoded in `workers` DataLoader processes (see `Predictor.predict_files`).
 
@@ -151,8 +153,9 @@ def predict_image_files(
             if pred.mask is not None:
                 write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
                 files["mask_file"] = f"{stem}_mask.png"
-            rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files)
-            summaries.append(pred.summary() | files)
+            doubts = "; ".join(input_warnings(image, predictor.config.image_size))  # a tiny image, a mask as one
+            rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
+            summaries.append(pred.summary() | files | ({"warnings": doubts} if doubts else {}))
             columns = columns or list(rows[-1])
         if (columns is not None and (k + 1) % batch == 0) or k + 1 == len(paths):
             chunk = pd.DataFrame(rows[written:])
