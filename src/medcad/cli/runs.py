@@ -229,12 +229,15 @@ def predict(
             if not Path(v).is_file():
                 raise DataError(v, "file not found")
         _say_notes(_decoding_notes(images))
-        names = output_names([*images, *videos])
+        # the stems of the files written: images' among the images, videos' among everything (computed once, so
+        # that the files claimed in the output folder are the files written)
+        clips = {str(v) for v in videos}
+        names = output_names(images) | {v: n for v, n in output_names([*images, *videos]).items() if v in clips}
         check_output_folder(out, [*image_inputs, *videos], names)
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
         table, records = (
-            predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers)
+            predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers, names=names)
             if images
             else (None, [])
         )

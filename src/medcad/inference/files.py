@@ -110,6 +110,7 @@ def predict_image_files(
     overlays: bool = True,
     workers: int | None = None,
     errors: str = "row",
+    names: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every image file (`output_names` gives `<stem>`); write into `out`: `<stem>_overlay.png` (what the
     prediction has, drawn on the
@@ -124,6 +125,7 @@ def predict_image_files(
     Args:
         errors: "row": an unreadable file (corrupt, truncated, over the pixel limit) gets a failed row and an
             {"image", "error"} record, and the other files go on; "raise": it stops the run with its DataError.
+        names: each path's output stem, as `check_output_folder` claimed them (default: `output_names(paths)`).
 
     Returns:
         the table, and `Prediction.summary`s (an {"image", "error"} record for a failed file), in input order.
@@ -139,7 +141,7 @@ def predict_image_files(
     columns: list[str] | None = None  # from the first prediction; failed rows wait for it in the partial file
     written = 0
     items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
-    names = output_names(paths)
+    names = output_names(paths) if names is None else names
     for k, (pred, image) in enumerate(items):
         if isinstance(pred, DataError):
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
