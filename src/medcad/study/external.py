@@ -216,13 +216,13 @@ def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> lis
         0 <= i < len(written) and holds(written[i], k) for k, i in zip(keys, rows, strict=True)
     ):
         return list(rows)
-    found = []
-    for key in keys:
-        matches = [i for i, path in enumerate(written) if holds(path, key)]
-        if len(matches) != 1:
-            return None
-        found.append(matches[0])
-    return found
+    tails: dict[str, list[int]] = {}  # each row under every tail of its path (a key is one of them)
+    for i, path in enumerate(written):
+        parts = path.split("/")
+        for k in range(len(parts)):
+            tails.setdefault("/".join(parts[k:]), []).append(i)
+    found = [tails.get(key, []) for key in keys]
+    return [m[0] for m in found] if all(len(m) == 1 for m in found) else None
 
 
 def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], list[tuple[str, str]], str]:
