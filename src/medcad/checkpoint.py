@@ -15,7 +15,7 @@ from torch import nn
 
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError, DataError
-from medcad.runfolder import RunFolder
+from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import TASKS, get_task
 
 
@@ -114,7 +114,7 @@ def fold_model_files(run: Path, fold: int | None) -> list[Path]:
         raise DataError(run, "no trained model found (fold_*/model.pt): train it first")
     if fold is None:
         return files
-    trained = [int(f.parent.name.split("_")[1]) for f in files]
+    trained = [FoldFolder(f.parent).number for f in files]
     if fold not in trained:
         has = _fold_list(trained)
         if fold in folder.folds():

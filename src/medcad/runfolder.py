@@ -28,6 +28,11 @@ class FoldFolder:
     path: Path
 
     @property
+    def number(self) -> int:
+        """k of RUN/fold_<k>."""
+        return int(self.path.name.rpartition("_")[2])
+
+    @property
     def model(self) -> Path:
         return self.path / "model.pt"
 
@@ -136,7 +141,7 @@ class RunFolder:
 
     def fold_models(self) -> list[Path]:
         """Every fold's model file that exists, by fold number."""
-        return sorted(self.root.glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+        return sorted(self.root.glob("fold_*/model.pt"), key=lambda p: FoldFolder(p.parent).number)
 
     def export(self, fold: int | None = None) -> Path:
         """The ONNX export folder of the fold ensemble (or of one fold)."""

@@ -229,7 +229,7 @@ class _PathResolver:
         self.root, self.windows, self.tails = root, 0, Counter()
         self.absolute = 0
         self.respelled: Counter = Counter()  # paths matched to a file spelled otherwise, by kind
-        self.listings: dict[Path, list[str]] = {}
+        self.listings: dict[Path, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
 
     def _under_root(self, path: Path) -> str | None:
         """`path` (absolute) relative to the folder, by its spelling or else by where both lead; None outside."""
@@ -282,15 +282,11 @@ class _PathResolver:
             if not here.is_dir():
                 return None
             key = _spelling_key(part)
-            entries = self._listing(here)
-            found = [e for e in entries if _spelling_key(e) == key]
+            by_name, by_stem = self._listing(here)
+            found = by_name.get(key, [])
             kind = "differs in letter case or Unicode form"
             if not found and i == len(parts) - 1 and not Path(part).suffix:
-                found = [
-                    e
-                    for e in entries
-                    if _spelling_key(Path(e).stem) == key and Path(e).suffix.lower() in MEDIA_SUFFIXES
-                ]
+                found = by_stem.get(key, [])
                 kind = "is written without its extension"
             if len(found) != 1:
                 return None
@@ -302,9 +298,17 @@ class _PathResolver:
             self.respelled[kind] += 1
         return Path(os.path.relpath(here, self.root)).as_posix()
 
-    def _listing(self, folder: Path) -> list[str]:
+    def _listing(self, folder: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """A folder's entries by `_spelling_key` of their name, and its media files by that of their stem (built
+        once per folder: a table of thousands of paths looks each up in a dict)."""
         if folder not in self.listings:
-            self.listings[folder] = sorted(os.listdir(folder))
+            by_name: dict[str, list[str]] = {}
+            by_stem: dict[str, list[str]] = {}
+            for e in sorted(os.listdir(folder)):
+                by_name.setdefault(_spelling_key(e), []).append(e)
+                if Path(e).suffix.lower() in MEDIA_SUFFIXES:
+                    by_stem.setdefault(_spelling_key(Path(e).stem), []).append(e)
+            self.listings[folder] = by_name, by_stem
         return self.listings[folder]
 
     def notes(self, name: str) -> list[str]:

@@ -26,7 +26,7 @@ from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
-from medcad.runfolder import RunFolder
+from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import get_task
 
 
@@ -69,7 +69,7 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     manifest = load_manifest(meta["data"], cfg.data_options())
     # the folds of the ensemble's members (fold_<k>/model.pt): with one member (a holdout run, or one fold trained),
     # its own test images are held out from it
-    members = sorted({int(Path(f).parent.name.rpartition("_")[2]) for f in predictor.files})
+    members = sorted({FoldFolder(Path(f).parent).number for f in predictor.files})
     k = int(predictor.fold) if predictor.fold is not None else members[0]
     held_out = predictor.fold is not None or len(members) == 1
     folds = load_splits(RunFolder(run).splits, manifest)["folds"]

@@ -126,7 +126,8 @@ def evaluate_external(
         if "class_dice" in seg:
             metrics["class_dice"], metrics["class_iou"] = seg["class_dice"], seg["class_iou"]
         pred = pred.merge(table, on="image", how="left")
-    metrics["evaluation"] = f"external test set {Path(data).resolve()}"
+    evaluation = f"external test set {Path(data).resolve()}"  # the set's identity; a mark may follow
+    metrics["evaluation"] = evaluation
     metrics["ci_clusters"] = f"{len(np.unique(groups))} groups of its images by {grouped_by}"
     notes = list(manifest.notes)
     if overlap or near:  # said, counted and marked, not refused (a check of the model on its own data is a choice)
@@ -149,7 +150,7 @@ def evaluate_external(
     if left_out:
         metrics["left_out_unseen_labels"] = left_out  # images per label the model never saw, not scored
     metrics["backend"] = predictor.backend
-    where = evaluation_folder(run, data, metrics["evaluation"].split(NOT_INDEPENDENT)[0])
+    where = evaluation_folder(run, data, evaluation)
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
@@ -267,7 +268,7 @@ def _frame_decision(predictor, out: dict, labels: list[str]) -> tuple[str, float
     if kind is None or not threshold or threshold <= 0:  # no decision, or one that keeps every frame
         return None
     ref = reference_label(labels)
-    masks = np.clip(np.rint(out["mask"] * 255), 0, 255).astype(np.uint8)
+    masks = np.clip(np.rint(out["mask"] * 255), 0, 255).astype(np.uint8) if kind == "lesion_area" else None
     score = frame_scores(kind, masks, out.get("probabilities"), labels.index(ref) if ref is not None else None)
     return kind, float(threshold), score
 
