@@ -250,6 +250,35 @@ def test_a_dicom_cine_is_read_as_a_video_timed_by_its_header(tmp_path: Path) -> 
         open_video(write_dicom(tmp_path / "one.dcm", frames[:1]))
 
 
+def test_a_compressed_cine_is_read_in_one_pass_and_a_bad_frame_costs_only_itself(tmp_path: Path) -> None:
+    """An RLE cine without an offset table, its frame 2 undecodable: the others are read in order and equal what
+    reading each frame alone gives; frame 2 is named with pydicom's reason (the cine had been read frame by frame,
+    each found from the file's start again)."""
+    import pydicom
+    from conftest import write_dicom
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+    from pydicom.uid import RLELossless
+
+    from medcad.data.dicom import read_dicom_frame
+    from medcad.data.video import open_video
+
+    frames = (np.arange(6)[:, None, None] * 9000 + np.arange(16 * 16).reshape(16, 16) * 7).astype(np.uint16)
+    cine = write_dicom(tmp_path / "loop.dcm", frames, FrameTime=40)
+    ds = pydicom.dcmread(cine)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    parts = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=6)]
+    parts[2] = (99).to_bytes(4, "little") + parts[2][4:]  # an RLE header of 99 segments
+    ds.PixelData = encapsulate(parts, has_bot=False)
+    ds.save_as(cine)
+    with open_video(cine) as video:
+        got = list(video.frames())
+    assert [f.index for f in got] == [0, 1, 3, 4, 5]
+    for f in got:
+        assert np.array_equal(f.rgb, read_dicom_frame(cine, f.index))
+    assert [d.index for d in video.report.dropped] == [2] and "cannot decode" in video.report.dropped[0].reason
+    assert video.report.frames_decoded == 5
+
+
 def _picture_of(rgb: np.ndarray) -> int:
     """Which `picture` a decoded frame shows (its red level, read away from the white quadrant)."""
     return int(round(float(rgb[H // 2 + 4 :, W // 2 + 4 :, 0].mean()) / 8))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.dicom import read_dicom_frame, read_header
+from medcad.data.dicom import iter_dicom_frames, read_header
 from medcad.data.frames import DecodeReport, DroppedFrame, Frame
 from medcad.errors import DataError
 
@@ -48,15 +48,9 @@ class DicomCine:
 
     def frames(self, every: int = 1) -> Iterator[Frame]:
         """Every `every`-th frame as an RGB `Frame`; fills `report` as it goes."""
-        cut = None  # why the file ends early: every frame from there on is missing, not decoded again and again
-        for index in range(self.n_frames):
-            try:
-                if cut is not None:
-                    raise DataError(self.path, cut)
-                rgb = read_dicom_frame(self.path, index)
-            except DataError as e:
-                self.report.dropped.append(DroppedFrame(index, float(self.times[index]), e.problem))
-                cut = e.problem if "truncated" in e.problem else None
+        for index, rgb in iter_dicom_frames(self.path):
+            if isinstance(rgb, DataError):
+                self.report.dropped.append(DroppedFrame(index, float(self.times[index]), rgb.problem))
                 continue
             self.report.frames_decoded += 1
             if index % every == 0:

@@ -12,6 +12,7 @@ decoded 300 times to read each frame.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -142,14 +143,53 @@ def read_dicom_frame(path: str | Path, index: int = 0) -> np.ndarray:
     Raises:
         DataError: an unreadable file, no pixel data, truncated or undecodable pixel data, or no such frame.
     """
-    from pydicom.pixels import apply_color_lut
-
     p = Path(path)
     ds = read_header(p)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if not 0 <= index < frames:
         raise DataError(p, f"has {frames} frame(s); frame {index} does not exist")
-    arr = _decoded(p, ds, index)
+    return _displayed(_decoded(p, ds, index), ds)
+
+
+def iter_dicom_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray | DataError]]:
+    """Every frame of a multi-frame DICOM file in order, as (index, RGB uint8 (H, W, 3)) or (index, the DataError
+    that frame raises). The file is read in one pass (`pydicom.pixels.iter_pixels`): reading frame by frame finds
+    each frame of compressed data without an offset table from the file's start again, which grows with the square
+    of the frame count (1,200 RLE frames: 8.7 ms a frame against 4.9 ms for 100). After a frame fails, the rest are
+    read one by one, so that one bad frame costs only itself (a truncated file's remaining frames all take the
+    truncation's error).
+
+    Raises:
+        DataError: the file's header is unreadable.
+    """
+    from pydicom.pixels import iter_pixels
+
+    p = Path(path)
+    ds = read_header(p)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    done = 0
+    try:
+        for arr in iter_pixels(p):
+            if done == frames:
+                break
+            yield done, _displayed(arr, ds)
+            done += 1
+    except Exception:  # the frame `done` failed: its own error, from reading it alone, then frame by frame
+        pass
+    cut = None  # a truncated file's error: every frame from there on is missing, not decoded again and again
+    for index in range(done, frames):
+        try:
+            yield index, cut or read_dicom_frame(p, index)
+        except DataError as e:
+            cut = e if "truncated" in e.problem else None
+            yield index, e
+
+
+def _displayed(arr: np.ndarray, ds) -> np.ndarray:
+    """A decoded frame as displayed, RGB uint8 (H, W, 3): colour scaled from its stored bits, PALETTE COLOR through
+    its palette, monochrome through the grey-scale pipeline (`_grey`)."""
+    from pydicom.pixels import apply_color_lut
+
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
