@@ -255,10 +255,10 @@ def test_a_compressed_cine_is_read_in_one_pass_and_a_bad_frame_costs_only_itself
     reading each frame alone gives; frame 2 is named with pydicom's reason (the cine had been read frame by frame,
     each found from the file's start again)."""
     import pydicom
-    from conftest import write_dicom
     from pydicom.encaps import encapsulate, generate_fragmented_frames
     from pydicom.uid import RLELossless
 
+    from conftest import write_dicom
     from medcad.data.dicom import read_dicom_frame
     from medcad.data.video import open_video
 
