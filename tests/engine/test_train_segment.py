@@ -307,6 +307,22 @@ def check_multitask_explain(run: Path, image: Path, tmp_path: Path, labels: list
     assert np.asarray(Image.open(out)).shape == (bar + 2 * (40 + bar), 3 * 128, 3)  # outline, lesion, class
     res = runner.invoke(app, ["explain", str(run), str(wide), "--class", "nosuch"])
     assert res.exit_code == 2 and "'nosuch' is not one of the model's labels" in res.output
+    # serve's Grad-CAM explains the prediction it answers with: the ensemble runs once per upload (it had run
+    # twice: the explainer predicted again for its header)
+    from fastapi.testclient import TestClient
+
+    from medcad.explain.explainers import bound_explainer
+    from medcad.inference.registry import load_predictor
+    from medcad.inference.server import create_app
+
+    predictor = load_predictor(run, backend="torch-fp32")
+    calls, infer = [], predictor.infer
+    predictor.infer = lambda *a, **k: calls.append(1) or infer(*a, **k)
+    with TestClient(create_app(predictor, explain=bound_explainer(predictor))) as client:
+        r = client.post("/predict?gradcam=true", files={"file": ("w.png", wide.read_bytes(), "image/png")})
+    assert r.status_code == 200 and len(calls) == 1, r.text
+    body = r.json()
+    assert body["heatmap"]["caption"].startswith(f"ensemble of 2: {body['label']} ({body['score']:.2f})")
 
 
 def check_onnx_reproduces_predict(run: Path, image: Path, tmp_path: Path) -> None:

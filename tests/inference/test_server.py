@@ -129,7 +129,7 @@ def test_classifier_routes_and_bad_requests(
     caplog.set_level(logging.INFO, logger="medcad.serve")
     predictor = load_predictor(tiny_run)
     limits = Limits(max_image_bytes=2**20, max_pixels=4_000_000)
-    app = create_app(predictor, ServeOptions(limits=limits), explain=lambda rgb: (rgb, "identity"))
+    app = create_app(predictor, ServeOptions(limits=limits), explain=lambda rgb, prediction: (rgb, "identity"))
     image = good_image(easy_set)
     with TestClient(app) as client:
         assert client.get("/health").json()["status"] == "ok"

@@ -99,7 +99,7 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
     lesion = [read(p) for p in sorted((easy_set / "lesion").glob("*.png"))[:6]]
     times = [0, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200]
     clip = make_damaged_vfr_video(tmp_path / "clip.mp4", normal[:4] + lesion + normal[4:6], times, damaged=5)
-    app = create_app(load_predictor(tiny_run), explain=lambda rgb: (rgb, "identity"))
+    app = create_app(load_predictor(tiny_run), explain=lambda rgb, prediction: (rgb, "identity"))
     with running(app) as base, chromium_page(tmp_path) as page:
         # what the API says of the clip, for the page to show
         job = httpx.post(base + "/predict/video", files={"file": ("c.mp4", clip.read_bytes())}).json()

@@ -170,13 +170,9 @@ def serve(
         _say_backend(predictor)
         explain = None
         if gradcam:
-            from medcad.explain.explainers import EXPLAINERS
+            from medcad.explain.explainers import bound_explainer
 
-            explainer = EXPLAINERS[predictor.task]
-
-            def explain(rgb):
-                return explainer(predictor, rgb)
-
+            explain = bound_explainer(predictor)
         server_app = create_app(predictor, opts, explain)
     except MedcadError as e:
         _fail(e)

@@ -14,12 +14,14 @@ from medcad.explain.gradcam import explain_predictor, overlay
 from medcad.tasks import TASKS
 
 
-def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):
-    """Grad-CAM of the predicted class (or `label`), averaged over the ensemble, over the original image."""
+def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None, prediction=None):
+    """Grad-CAM of the predicted class (or `label`), averaged over the ensemble, over the original image;
+    `prediction`: the predictor's `Prediction` of `rgb` when it has one already (not made again)."""
     if label is not None and label not in predictor.labels:
         raise ConfigError(f"--class {label!r} is not one of the model's labels {predictor.labels}")
     classes = None if label is None else [predictor.labels.index(label)]
-    heat, probs = explain_predictor(predictor, predictor.prepare(rgb)[None], classes, layer)
+    probs = None if prediction is None else prediction.probabilities[None]
+    heat, probs = explain_predictor(predictor, predictor.prepare(rgb)[None], classes, layer, probs)
     c = int(probs[0].argmax()) if classes is None else classes[0]
     caption = f"Grad-CAM for {predictor.labels[c]} (p={probs[0, c]:.3f})"
     return overlay(rgb, heat[0], f"{predictor.labels[c]} p={probs[0, c]:.2f}"), caption
@@ -28,13 +30,14 @@ def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label:
 MAX_SIDE = 512  # explain tiles: the image's size, shrunk (aspect kept) so that its longer side is at most this
 
 
-def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):
+def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None, prediction=None):
     """One row per fold model (labelled with its fold) of tiles at the image's aspect and size (shrunk so that the
     longer side is at most MAX_SIDE px): the fold's predicted outline and lesion share, its CBAM spatial attention
     maps (if any), the Grad-CAM of its predicted lesion and, with `label` on a model with a class head (multitask),
     the Grad-CAM of that class; under a header with what predict says of the image (the ensemble's, or the one
     fold's, decision and lesion share, with its frame-level decision), as `predictor` computes it (explain loads
-    torch-fp32: Grad-CAM needs the torch models; predict's default backend agrees with it >= 0.99).
+    torch-fp32: Grad-CAM needs the torch models; predict's default backend agrees with it >= 0.99); `prediction`:
+    the predictor's `Prediction` of `rgb` when it has one already (serve's: not made again).
 
     Returns:
         (RGB uint8 picture, caption: predict's decision and lesion share, then what the rows and tiles are).
@@ -57,11 +60,8 @@ def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: s
             )
         class_index = (predictor.labels.index(label), label)
     x = predictor.prepare(rgb)
-    pred = predictor.postprocess(predictor.infer(x[None]), 0, "image", rgb.shape[:2])
-    h, w = rgb.shape[:2]
-    scale = min(1.0, MAX_SIDE / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    shown = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    pred = prediction or predictor.postprocess(predictor.infer(x[None]), 0, "image", rgb.shape[:2])
+    shown, _ = _shown(rgb)
     rows: list[np.ndarray] = []
     names: tuple[list[str], list[str]] = ([], [])  # the rows' models, the tiles after the outline
     for model, file in zip(predictor.models, predictor.files, strict=True):
@@ -92,19 +92,43 @@ def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: s
     return np.concatenate([header, picture], axis=0), caption
 
 
-def explain_boxes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None):
-    """Per fold model: EigenCAM of the backbone under the ensemble's boxes."""
+def explain_boxes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None, prediction=None):
+    """Per fold model: EigenCAM of the backbone under the ensemble's boxes, over the image (shrunk so that its
+    longer side is at most MAX_SIDE px); `prediction`: the predictor's `Prediction` of `rgb` when it has one."""
     from medcad.drawing import draw_boxes
     from medcad.explain.detection import eigencam
 
     x = predictor.prepare(rgb)
-    pred = predictor.postprocess(predictor.infer(x[None]), 0, "image", x.shape[:2])
+    pred = prediction or predictor.postprocess(predictor.infer(x[None]), 0, "image", rgb.shape[:2])
+    shown, scale = _shown(rgb)
+    boxes = pred.boxes.boxes.copy()
+    boxes[:, :4] *= scale
     rows = [
-        draw_boxes(overlay(x, eigencam(m, x), alpha=0.3), pred.boxes.boxes, predictor.labels, predictor.threshold)
+        draw_boxes(overlay(shown, eigencam(m, x), alpha=0.3), boxes, predictor.labels, predictor.threshold)
         for m in predictor.models
     ]
     where = ", ".join(p.parent.name for p in predictor.files)
     return np.concatenate(rows, axis=0), f"EigenCAM with boxes >= {predictor.threshold} ({pred.label}; rows: {where})"
+
+
+def _shown(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image as explain shows it: shrunk (aspect kept) so that its longer side is at most MAX_SIDE px; and the
+    scale applied (<= 1)."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
+
+
+def bound_explainer(predictor) -> Callable:
+    """The task's explainer bound to `predictor` for serve: (rgb (H, W, 3) uint8, the predictor's `Prediction` of
+    it) -> (RGB picture, caption), the prediction not made again."""
+    explainer = EXPLAINERS[predictor.task]
+
+    def explain(rgb: np.ndarray, prediction) -> tuple[np.ndarray, str]:
+        return explainer(predictor, rgb, prediction=prediction)
+
+    return explain
 
 
 # The CAM follows what a task's predictions carry (medcad.tasks: `Task.outputs`): boxes, else a mask, else classes.

@@ -85,14 +85,19 @@ def with_caption(image: np.ndarray, caption: str, bar: int | None = None) -> np.
 
 
 def explain_predictor(
-    predictor, images: np.ndarray, classes: list[int] | None = None, layer: str | None = None
+    predictor,
+    images: np.ndarray,
+    classes: list[int] | None = None,
+    layer: str | None = None,
+    probs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM of a Predictor's models (averaged over an ensemble's members) for prepared uint8 images.
+    """Grad-CAM of a Predictor's models (averaged over an ensemble's members) for prepared uint8 images, of
+    `classes` (default: the most probable); `probs` (N, n_labels): the predictor's probabilities when known.
 
     Returns:
         heat-maps (N, S, S) and the probabilities (N, n_labels) of the predictor.
     """
-    probs = predictor.infer(images)["probabilities"]
+    probs = predictor.infer(images)["probabilities"] if probs is None else probs
     classes = probs.argmax(1).tolist() if classes is None else classes
     members = list(predictor.net.members)
     heat = sum(gradcam(m, predictor.normalize, images, classes, target_layer(m.backbone, layer)) for m in members)

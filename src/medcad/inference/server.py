@@ -77,8 +77,8 @@ def create_app(
     Args:
         predictor: any task's predictor (`medcad.inference.registry.load_predictor`).
         options: limits, queue and token.
-        explain: rgb (H, W, 3) uint8 -> (RGB picture, caption), e.g. the task's entry of
-            `medcad.explain.explainers.EXPLAINERS` bound to the predictor; None turns `?gradcam=true` into a 400.
+        explain: (rgb (H, W, 3) uint8, its `Prediction`) -> (RGB picture, caption), e.g.
+            `medcad.explain.explainers.bound_explainer(predictor)`; None turns `?gradcam=true` into a 400.
     """
     opts = options or ServeOptions()
     state = _start(predictor, opts, explain)
@@ -125,10 +125,10 @@ def _batch_runner(predictor: Predictor, explain: Callable | None, threaded: bool
         for (rgb, cam), o in zip(items, out, strict=True):
             if cam:
                 if lock is None:
-                    picture, caption = explain(rgb)
+                    picture, caption = explain(rgb, o["prediction"])
                 else:
                     with lock:
-                        picture, caption = explain(rgb)
+                        picture, caption = explain(rgb, o["prediction"])
                 o["heatmap"] = {"image": data_url(picture), "caption": caption}
         return out
 
