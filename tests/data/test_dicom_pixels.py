@@ -80,3 +80,49 @@ def test_each_frame_of_a_cine_and_a_truncated_one(tmp_path: Path) -> None:
     assert read_image(cut, frame=2)[0, 0, 0] == read_image(path, frame=2)[0, 0, 0]
     with pytest.raises(DataError, match=r"truncated DICOM: .* frames 0-2 are whole, frame 3 is not"):
         read_image(cut, frame=3)
+
+
+@pytest.mark.parametrize("said", ["RGB", "MONOCHROME2"])
+def test_a_jpeg_whose_header_says_another_colour_space_is_read_as_its_data_say_and_said(
+    tmp_path: Path, said: str
+) -> None:
+    """A JPEG Baseline DICOM in YCbCr (a JFIF marker) whose header says RGB or MONOCHROME2, as some exporters write:
+    read as YCbCr, as pydicom decides from the data; `data inspect` says so (pydicom's warning had reached stderr
+    raw on every frame read, and inspect said nothing)."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    import medcad
+
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[8:24, 8:24, 2] = 150
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95)
+    ds = pydicom.dcmread(write_dicom(tmp_path / "x.dcm", np.zeros((1, 32, 32), np.uint16)))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, said, 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.save_as(tmp_path / "x.dcm")
+    got = read_image(tmp_path / "x.dcm")
+    read = f"from medcad.data.io import read_image; read_image({str(tmp_path / 'x.dcm')!r})"
+    env = {**os.environ, "PYTHONPATH": str(Path(medcad.__file__).parents[1])}  # this tree's medcad, from any cwd
+    done = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
+    assert "Photometric" not in done.stderr  # a user's stderr, as a command leaves it
+    for y, x in ((2, 2), (16, 16)):  # the colours away from the square's edge (chroma is subsampled), not YCbCr
+        assert np.abs(got[y, x].astype(int) - rgb[y, x]).max() <= 8, (y, x, got[y, x])
+    (note,) = [n for n in describe_image(tmp_path / "x.dcm") if "contradicts" in n]
+    assert note == (
+        f"DICOM Photometric Interpretation '{said}' contradicts its JPEG data (a JFIF marker: YCbCr): decoded as "
+        "YBR_FULL_422, as they say"
+    )

@@ -12,6 +12,7 @@ decoded 300 times to read each frame.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from medcad.data.pixels import scale_to_uint8
 from medcad.errors import DataError
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little-endian bytes
+# pydicom's warning when a header's Photometric Interpretation contradicts a JPEG / JPEG-LS codestream, which it
+# then follows: said once by `describe_dicom` (data inspect / audit), not on stderr for every frame decoded
+warnings.filterwarnings("ignore", message=r".*'Photometric Interpretation' value is .* however the encoded image")
 
 
 def read_header(path: Path):
@@ -200,11 +204,16 @@ def _displayed(arr: np.ndarray, ds) -> np.ndarray:
 
 
 def describe_dicom(path: Path) -> list[str]:
-    """The decoding decisions that apply to a DICOM file, from its header."""
+    """The decoding decisions that apply to a DICOM file, from its header and from decoding its first frame (where
+    pydicom finds that the compressed data contradict the header's Photometric Interpretation, and follows the
+    data)."""
     ds = read_header(path)
     notes = []
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in ("MONOCHROME2", "RGB"):
+    followed = _photometric_of_data(Path(path))
+    if followed:
+        notes.append(f"DICOM {followed}")
+    elif photometric not in ("MONOCHROME2", "RGB"):
         notes.append(f"DICOM {photometric} converted to {'grey' if 'MONO' in photometric else 'RGB'}")
     if int(getattr(ds, "SamplesPerPixel", 1)) == 1:
         if ds.get("ModalityLUTSequence"):
@@ -219,3 +228,49 @@ def describe_dicom(path: Path) -> list[str]:
     if bits != 8 and not any("window" in n or "VOI LUT" in n for n in notes):
         notes.append(f"DICOM {bits}-bit scaled from its stored range")
     return notes
+
+
+def _photometric_of_data(path: Path) -> str | None:
+    """What pydicom decides when a JPEG / JPEG-LS frame's codestream contradicts the header's Photometric
+    Interpretation (`pydicom.pixels.decoders.base.DecodeRunner._conform_jpg_colorspace`: component ids 'R','G','B'
+    make it RGB; a JFIF APP0 marker, YCbCr), in words; None when they agree or the data are not JPEG."""
+    import pydicom
+    from pydicom.encaps import get_frame
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    ds = read_header(path)
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if int(getattr(ds, "SamplesPerPixel", 1)) != 3 or syntax not in (*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes):
+        return None
+    header = str(getattr(ds, "PhotometricInterpretation", ""))
+    try:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        ids, app = _jpeg_markers(get_frame(pydicom.dcmread(path).PixelData, 0, number_of_frames=frames))
+    except Exception:  # unreadable data: the reader names it when it decodes
+        return None
+    if ids in ([82, 71, 66], [114, 103, 98]) and header != "RGB":
+        data, why = "RGB", "its component ids are 'R', 'G', 'B'"
+    elif any(a.startswith(b"JFIF") for a in app) and "YBR" not in header:
+        data, why = ("YBR_FULL_422" if syntax == JPEGBaseline8Bit else "YBR_FULL"), "a JFIF marker: YCbCr"
+    else:
+        return None
+    return f"Photometric Interpretation '{header}' contradicts its JPEG data ({why}): decoded as {data}, as they say"
+
+
+def _jpeg_markers(code: bytes) -> tuple[list[int], list[bytes]]:
+    """A JPEG / JPEG-LS codestream's frame component ids and APPn payloads (ITU T.81 B.1.1), read up to its first
+    scan."""
+    ids: list[int] = []
+    app: list[bytes] = []
+    i = 2  # after SOI
+    while i + 4 <= len(code) and code[i] == 0xFF:
+        marker, length = code[i + 1], int.from_bytes(code[i + 2 : i + 4], "big")
+        body = code[i + 4 : i + 2 + length]
+        if 0xE0 <= marker <= 0xEF:
+            app.append(bytes(body))
+        elif (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # SOFn, JPEG-LS SOF55
+            ids = [body[6 + 3 * k] for k in range(body[5])]
+        elif marker == 0xDA:  # start of scan
+            break
+        i += 2 + length
+    return ids, app
