@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -256,6 +258,39 @@ def test_a_multitask_overlay_says_the_masks_own_decision_beside_the_class(monkey
     pred.draw(rgb, caption=("normal", 0.6), note="5-frame mean")
     prediction.Prediction.of("a", ["lesion"], mask=mask).draw(rgb)  # a mask alone decides the label: nothing beside
     assert said == [("normal", "mask: lesion"), ("normal", "5-frame mean; mask: lesion"), ("lesion", "")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p_normal=st.floats(0, 1),
+    min_frame_score=st.floats(0, 1),
+    peak=st.floats(0, 1),
+    labels=st.sampled_from([["lesion", "normal"], ["benign", "malignant", "normal"], ["benign", "malignant"]]),
+)
+def test_a_class_label_its_mask_contradicts_is_said(p_normal, min_frame_score, peak, labels) -> None:
+    """A multitask prediction whose class label and mask decide apart either agree (a lesion class with a mask, the
+    lesion-free class without) or say that they do not, with both decisions (the demo run had 50 of 360 images
+    labelled one way and drawn the other, without a word); a mask model's prediction, or labels with no lesion-free
+    class, never."""
+    from medcad.inference.prediction import Prediction
+
+    mask = np.zeros((8, 8), np.float32)
+    mask[:3, :3] = peak
+    rest = (1 - p_normal) if "normal" in labels else 1.0
+    probs = np.array(
+        [rest * 0.7, rest * 0.3, p_normal][: len(labels)] if len(labels) == 3 else [1 - p_normal, p_normal]
+    )
+    kind = "p_lesion" if "normal" in labels else "lesion_area"  # P(not normal) needs a lesion-free class
+    pred = Prediction.of(
+        "a", labels, mask=mask, probabilities=probs, frame_score_kind=kind, min_frame_score=min_frame_score
+    )
+    doubts = pred.doubts()
+    agree = (pred.label != "normal") == pred.mask.frame_has_lesion
+    assert (not doubts) == (agree or "normal" not in labels)
+    if doubts:
+        (said,) = doubts
+        assert f"the class says {pred.label!r}" in said and f"the mask says {pred.mask.frame_reason()}" in said
+    assert Prediction.of("a", ["lesion"], mask=mask, min_frame_score=min_frame_score).doubts() == []
 
 
 def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

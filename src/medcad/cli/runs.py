@@ -104,6 +104,8 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
     "threads": _Setting(int, "Torch CPU threads."),
     "val_fraction": _Setting(float, "Validation fraction carved (grouped) from each training part."),
 }
+SHOWN_WARNINGS = 5  # predict: the doubtful images named on stderr; the rest counted (all are in predictions.csv)
+
 _FIELD = {s.option or field: field for field, s in TRAIN_SETTINGS.items()}
 TRAIN_OPTIONS = {
     s.option or field: (
@@ -266,7 +268,11 @@ def predict(
     if video_errors:
         typer.echo(f"predicted {len(summaries)} of {len(videos)} videos; {len(video_errors)} failed", err=True)
     if images:
-        _say_notes([f"{Path(r['image']).name}: {r['warnings']}" for r in records if r.get("warnings")])
+        doubtful = [f"{Path(r['image']).name}: {r['warnings']}" for r in records if r.get("warnings")]
+        more = len(doubtful) - SHOWN_WARNINGS
+        _say_notes(
+            doubtful[:SHOWN_WARNINGS] + [f"... and {more} more (the warnings column of predictions.csv)"] * (more > 0)
+        )
         _say_failures(images, [r for r in records if "error" in r], out)
     if video_errors:
         raise typer.Exit(1)

@@ -155,7 +155,8 @@ def predict_image_files(
             if pred.mask is not None:
                 write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
                 files["mask_file"] = f"{stem}_mask.png"
-            doubts = "; ".join(input_warnings(image, predictor.config.image_size))  # a tiny image, a mask as one
+            # a tiny image, a mask sent as one; a class label its mask contradicts
+            doubts = "; ".join(input_warnings(image, predictor.config.image_size) + pred.doubts())
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
             summaries.append(pred.summary() | files | ({"warnings": doubts} if doubts else {}))
             columns = columns or list(rows[-1])

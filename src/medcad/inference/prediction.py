@@ -15,6 +15,7 @@ import numpy as np
 
 from medcad.drawing import draw_boxes, draw_label, mask_overlay
 from medcad.inference.outputs import OUTPUT_TYPES, Boxes, ClassProbabilities, LesionMask, Output
+from medcad.tasks import reference_label
 
 T = TypeVar("T", bound=Output)
 
@@ -112,6 +113,16 @@ class Prediction:
     def score(self) -> float:
         """The decision's probability, the top box score, or the highest lesion probability."""
         return self.decider.decision()[1]
+
+    def doubts(self) -> list[str]:
+        """What makes this prediction doubtful by itself: under a class label (multitask), a mask whose own frame
+        decision contradicts it (a lesion class over no mask, or the lesion-free class over a drawn lesion). The
+        two are decided apart (the class by its most probable class, the mask at a frame threshold chosen on
+        validation data for Dice) and can disagree: the demo's 360 images, 50 times."""
+        mask, ref = self.mask, reference_label(self.labels)
+        if mask is None or self.decider is mask or ref is None or (self.label != ref) == mask.frame_has_lesion:
+            return []
+        return [f"the class says {self.label!r} ({self.score:.2f}) but the mask says {mask.frame_reason()}: review"]
 
     def row(self) -> dict:
         """A flat table row: image, label (the decision), score, then every output's fields (p_<label>;

@@ -207,7 +207,7 @@ def predict_router(state: ServeState) -> APIRouter:
         body = prediction_json(pred, upload.rgb, state.card["task"], mask, overlay)
         if upload.frames > 1:  # which of a cine's frames (a TIFF's pages) this answers for: frame= picks another
             body |= {"frame": upload.frame, "frames": upload.frames}
-        doubts = input_warnings(upload.rgb, state.card["preprocessing"]["size"])
+        doubts = input_warnings(upload.rgb, state.card["preprocessing"]["size"]) + pred.doubts()
         if doubts:
             body["warnings"] = doubts
         if "heatmap" in result:
