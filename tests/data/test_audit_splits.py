@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import noise_image, save
 from medcad.data.audit import audit
@@ -165,3 +167,55 @@ def test_the_datasets_own_split_column_is_named_kept_on_request_and_its_leaks_sa
     )
     assert res.exit_code == 0, res.output
     assert "given, 1 fold(s)" in res.output and load_splits(out)["split_column"] == "split"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    groups=st.lists(st.tuples(st.integers(1, 40), st.sampled_from("abc")), min_size=1, max_size=12),
+    fraction=st.floats(0.05, 0.5),
+    seed=st.integers(0, 10),
+    by_label=st.booleans(),
+)
+def test_a_validation_part_drawn_by_group_never_takes_every_group(groups, fraction, seed, by_label) -> None:
+    """group_holdout holds out whole groups, never every group and nothing of a lone group, within the fraction of
+    rows (else the smallest group alone) beyond the smallest group of each label found in two groups or more, and
+    with labels every such label: it had drawn a fraction of the groups, so a training part of one group gave it
+    all to validation and left the fold with no training image (a raw crash), and a validation part could hold one
+    class (model selection on an undefined AUC)."""
+    from medcad.data.splits import group_holdout
+
+    sizes = [n for n, _ in groups]
+    group_of = np.repeat(np.arange(len(groups)) * 7, sizes)
+    label_of = np.repeat([lab for _, lab in groups], sizes)
+    kept, held = group_holdout(group_of, fraction, seed, label_of if by_label else None)
+    assert sorted([*kept, *held]) == list(range(len(group_of)))
+    assert not set(group_of[kept]) & set(group_of[held])  # whole groups
+    if len(groups) == 1:
+        assert len(held) == 0
+        return
+    assert len(held) and len(kept)
+    shared = {lab for _, lab in groups if sum(g_lab == lab for _, g_lab in groups) >= 2}
+    covering = sum(min(n for n, g_lab in groups if g_lab == lab) for lab in shared) if by_label else 0
+    if by_label and len(groups) > len(shared):  # room to hold one group of each without holding them all
+        assert shared <= set(label_of[held])
+    assert len(held) <= max(fraction * len(group_of), min(sizes)) + covering
+
+
+def test_a_fold_one_group_fills_is_refused_with_the_group_named(tmp_path: Path) -> None:
+    """A training part that is one group (here a publisher's split whose train rows are one patient's) leaves
+    nothing to validate on beside it: refused before training, naming the group (a grouped k-fold split of BUSI
+    images with patients joined by near duplicates had given a fold 0 training images, and training crashed in it
+    with "num_samples=0"); and a group holding more than a fold's share is said."""
+    rows = ["image,label,patient,part"]
+    for i in range(36):
+        save(tmp_path / f"{i}.png", noise_image(i))
+        patient = "big" if i < 24 else f"p{i}"
+        rows.append(f"{i}.png,{'x' if i % 2 else 'y'},{patient},{'train' if i < 24 else 'test'}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path)
+    with pytest.raises(DataError, match=r"fold 0 would have 24 training, 0 validation and 12 test .* holds 24 of 36"):
+        make_splits(m, split_column="part", group_by="patient")
+    s = make_splits(m, folds=3, group_by="patient")
+    assert any("one group holds 24 of 36 images (67%: 1 patient (big))" in n for n in s["notes"]), s["notes"]
+    for fold in s["folds"]:
+        assert fold["train"] and fold["val"]

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    csv = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=2)
+    csv = generate_synthetic(tmp_path / "synth", n_patients=10, frames_per_patient=3, size=64, seed=2)
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     with_box = [i for i, b in enumerate(table["boxes"]) if b not in ("", "[]")]
     label = table.at[with_box[0], "label"]
@@ -48,14 +48,14 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert m["frame_level"]["labels"] == ["benign", "malignant", "background"]
     assert len(m["per_fold"]) == 2 and m["evaluation"] == "out-of-fold"
     pred = pd.read_csv(run / "predictions.csv")
-    assert len(pred) == 24 and {"true_frame", "predicted_frame", "top_score", "detections"} <= set(pred)
+    assert len(pred) == 30 and {"true_frame", "predicted_frame", "top_score", "detections"} <= set(pred)
 
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["ap50"]["value"] == pytest.approx(m["ap50"]["value"])
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv.parent), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["n_images"] == 24
+    assert json.loads(res.stdout)["n_images"] == 30
 
     image = csv.parent / table.at[with_box[2], "image"]
     out = tmp_path / "pred"
@@ -96,7 +96,7 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_repeats_summarise_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    csv = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=2)
+    csv = generate_synthetic(tmp_path / "synth", n_patients=10, frames_per_patient=3, size=64, seed=2)
     args = ["train", str(csv.parent), "--task", "detect", "--image-size", "64", "--epochs", "1", "--folds", "2"]
     res = runner.invoke(app, [*args, "--batch-size", "8", "--repeats", "2", "--no-report", "-o", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output

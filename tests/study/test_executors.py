@@ -82,8 +82,8 @@ def test_ray_and_local_workers_write_the_same_results_as_one_process(study_file:
             assert _comparable(results) == _comparable(one)
         else:  # Ray's workers run torch with thread pools of their own: fp32 sums in another order change the last
             # bits of the cached features and folds (bf16 had rounded them away), which 8-image folds amplify to a
-            # swapped rank (AUC steps of 1/16)
-            assert _close(_comparable(results), _comparable(one), 0.13)
+            # swapped rank (a rate over 6 images, or an AUC over 16 pairs, moves by 1/6 or 1/16)
+            assert _close(_comparable(results), _comparable(one), 0.17)
         for r in results["runs"]:
             assert sorted(p.name for p in Path(r["run"]).glob("fold_*/model.pt")) == ["model.pt", "model.pt"]
     with pytest.raises(ConfigError, match="--jobs must be at least 1"):

@@ -120,12 +120,34 @@ def _split_error(
     return DataError(manifest.root, " ".join(lines))
 
 
-def group_holdout(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (kept, held out) that hold out about `fraction` of the groups (at least one), at random."""
+def group_holdout(
+    groups: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (kept, held out) holding out whole groups, never every group (a lone group is kept, nothing held
+    out). With `labels`, first the smallest group of each label found in two groups or more (in random order), so
+    that the held-out part has every label the kept part keeps too: a model is not selected on one class. Then
+    groups in random order while the held-out rows stay within `fraction` of all; at least the smallest group.
+    (Drawing a fraction of the groups, as before, held out every row of a part of one group, and a part of one
+    label as often as chance gave it.)"""
     rng = np.random.default_rng(seed)
-    ug = rng.permutation(np.unique(groups))
-    held = set(ug[: max(1, round(len(ug) * fraction))].tolist())
-    out = np.array([i for i, g in enumerate(groups) if g in held], dtype=int)
+    ug, index, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(ug))
+    held: list[int] = []
+    if labels is not None:
+        labels = np.asarray(labels, dtype=str)
+        for lab in rng.permutation(np.unique(labels)):
+            having = np.unique(index[labels == lab])
+            if len(having) < 2 or np.isin(having, held).any() or len(held) + 1 >= len(ug):
+                continue
+            held.append(int(min(having, key=lambda i: (sizes[i], int(np.flatnonzero(order == i)[0])))))
+    n, target = int(sizes[held].sum()), fraction * len(groups)
+    for i in order:
+        if i not in held and n + sizes[i] <= target and len(held) + 1 < len(ug):
+            held.append(int(i))
+            n += sizes[i]
+    if not held and len(ug) > 1:
+        held = [int(rng.choice(np.flatnonzero(sizes == sizes.min())))]
+    out = np.flatnonzero(np.isin(index, held))
     return np.setdiff1d(np.arange(len(groups)), out), out
 
 
@@ -190,6 +212,7 @@ def make_splits(
     outer = [given[::2]] if given is not None else _grouped_split(y, groups, n_splits, seed)
     if holdout is not None:
         outer = outer[:1]
+    notes += _largest_group_note(manifest, groups, how, n_splits)
     out_folds = []
     for k, (train, test) in enumerate(outer):
         val = np.array([], dtype=int)
@@ -200,9 +223,11 @@ def make_splits(
             if _stratifiable(y[train], groups[train], inner_k):
                 tr, va = _grouped_split(y[train], groups[train], inner_k, seed + 1 + k)[0]
             else:  # too small to stratify the validation part: split by group only
-                tr, va = group_holdout(groups[train], 1 / inner_k, seed + 1 + k)
+                tr, va = group_holdout(groups[train], 1 / inner_k, seed + 1 + k, y[train])
                 notes.append(f"fold {k}: validation part drawn by group, not stratified (too few groups per label)")
             train, val = train[tr], train[va]
+        if not len(train) or (val_fraction > 0 and not len(val)):
+            raise _fold_error(manifest, groups, how, k, train, val, test)
         out_folds.append(
             {
                 "fold": k,
@@ -226,6 +251,50 @@ def make_splits(
         "folds": out_folds,
         "notes": notes,
     }
+
+
+def _largest_group(manifest: Manifest, groups: np.ndarray, how: str) -> tuple[int, str]:
+    """The largest group's number of rows, and what it is made of in words (its patients, joined by near-duplicate
+    images, when grouping is by patient and duplicates)."""
+    ug, sizes = np.unique(groups, return_counts=True)
+    rows = np.flatnonzero(groups == ug[sizes.argmax()])
+    patients = (
+        sorted({p for p in manifest.table["patient"].to_numpy(dtype=str)[rows] if p}) if manifest.has("patient") else []
+    )
+    shown = ", ".join(patients[:4]) + ", ..." * (len(patients) > 4)
+    made = f"{len(patients)} patient{'s' * (len(patients) != 1)} ({shown})"
+    if len(patients) > 1 and "duplicates" in how:
+        made += " joined by near-duplicate images"
+    elif not patients:
+        made = "images joined as near duplicates" if "duplicates" in how else "one file's frames"
+    return len(rows), made
+
+
+def _largest_group_note(manifest: Manifest, groups: np.ndarray, how: str, n_splits: int) -> list[str]:
+    """A note when one group holds more than a fold's share of the rows: the folds cannot be balanced."""
+    n, made = _largest_group(manifest, groups, how)
+    if n <= len(groups) / n_splits or n < 2:
+        return []
+    return [
+        f"one group holds {n} of {len(groups)} images ({n / len(groups):.0%}: {made}), more than a fold's share "
+        f"(1/{n_splits}): the folds cannot be balanced, and the fold that tests it trains on the rest alone"
+    ]
+
+
+def _fold_error(manifest, groups, how, k, train, val, test) -> DataError:
+    """The error for a fold left without training or validation images, with the group that causes it."""
+    n, made = _largest_group(manifest, groups, how)
+    fix = (
+        "--group patient to group by patient ids alone (near duplicates of two patients may then lie on both sides)"
+        if "duplicates" in how and manifest.has("patient")
+        else "medcad data audit to see which images are joined"
+    )
+    return DataError(
+        manifest.root,
+        f"fold {k} would have {len(train)} training, {len(val)} validation and {len(test)} test images: grouped by "
+        f"{how} the data make {len(np.unique(groups))} groups, and one holds {n} of {len(groups)} images ({made}); "
+        f"a fold's training part that is this one group leaves no group to validate on. Use {fix}",
+    )
 
 
 def _given_split(

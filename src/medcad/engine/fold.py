@@ -143,7 +143,12 @@ def train_fold(
     train, val, test = (np.asarray(parts[p], dtype=int) for p in ("train", "val", "test"))
     parts = {"train": train, "val": val, "test": test}
     if len(val) == 0:
-        raise ConfigError("each fold needs a validation part for early stopping: set --val-fraction > 0")
+        raise ConfigError(
+            f"fold {k} has no validation images (each fold needs some for early stopping): set --val-fraction > 0, "
+            "and give its training part more than one group (patient, or near-duplicate images)"
+        )
+    if len(train) == 0:
+        raise ConfigError(f"fold {k} has no training images (its splits leave every image to validation or test)")
     hooks.check(k, parts, data)
     primary, device = is_primary(), run.device
     if primary:

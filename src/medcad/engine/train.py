@@ -204,7 +204,8 @@ def train_run(
             if len(parts["val"]) == 0 and len(parts["train"]) > 1:  # no validation image of these domains
                 gmap = splits.get("groups") or {}
                 g = np.array([gmap.get(keys[i], i) for i in parts["train"]])
-                tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k)
+                single = y is not None and np.ndim(y) == 1  # one label per row (not multi-label): every label validated
+                tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k, y[parts["train"]] if single else None)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]
         init = RunFolder(init_run).fold(k).model if init_run else None
         results.append(train_fold(k, parts, fold_data, hooks, progress, init))
