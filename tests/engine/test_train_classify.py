@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import assert_predict_reproduces_fold
+from conftest import assert_predict_reproduces_fold, float32_softmax
 from medcad.cli import app
 from medcad.config import TrainConfig
+from medcad.engine.modules import val_score
 from medcad.engine.train import _check_resume, train_run
 from medcad.errors import ConfigError
 from medcad.metrics.calibration import apply_temperature
+from medcad.metrics.classification import classification_metrics
 from medcad.metrics.operating import choose_threshold
 from medcad.run import Run, settled_settings
 from medcad.tasks import freeze_stride
@@ -396,3 +398,25 @@ def test_a_randomly_initialised_backbone_trains_its_batchnorm_statistics(easy_se
     assert not learned_bn_statistics(model) and learned_bn_statistics(torch.nn.Linear(2, 2))
     model[0].running_mean += 0.5
     assert learned_bn_statistics(model)
+
+
+def test_val_score_is_the_runs_auc() -> None:
+    """Model selection scores a validation part by the AUC the run's metrics report: for two classes the binary
+    AUC, also where a float32 softmax saturates; for more, sklearn's one-vs-rest macro AUC over the classes
+    present (probabilities renormalised over them); accuracy for one class."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = float32_softmax(np.column_stack([np.zeros(60), rng.normal(size=60) * 25 + 3 * (2 * y - 1)]))
+    assert (p == 1.0).sum() > 10
+    m = classification_metrics(y, p, ["a", "b"], n_boot=0)
+    assert val_score(y, p) == m["macro_auc"]["value"] == m["binary"]["auc"]["value"]
+    y3 = rng.integers(0, 3, 60)
+    p3 = rng.dirichlet([1, 1, 1], 60) + 0.5 * np.eye(3)[y3]
+    p3 /= p3.sum(axis=1, keepdims=True)
+    assert val_score(y3, p3) == pytest.approx(roc_auc_score(y3, p3, multi_class="ovr"))
+    two = y3 != 1  # classes 0 and 2 present: their AUC on p renormalised over them
+    renormalised = p3[two, 2] / p3[two][:, [0, 2]].sum(1)
+    assert val_score(y3[two], p3[two]) == pytest.approx(roc_auc_score(y3[two] == 2, renormalised))
+    assert val_score(np.zeros(5, int), p3[:5]) == (p3[:5].argmax(1) == 0).mean()

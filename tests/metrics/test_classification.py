@@ -4,6 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -13,8 +16,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from conftest import float32_softmax
 from medcad.metrics.classification import classification_metrics, subset_metrics, subtype_vs_reference
-from medcad.metrics.stats import expected_calibration_error
+from medcad.metrics.stats import class_score, expected_calibration_error
 
 LABELS = ["normal", "polyp", "ulcer", "blur"]
 
@@ -193,3 +197,54 @@ def test_subtype_vs_reference():
     json.dumps(out, allow_nan=True)
     with pytest.raises(ValueError, match="reference_label"):
         subtype_vs_reference(y, p, labels, subtypes, "healthy")
+
+
+def rank_auc(yb: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC from midranks (ties count 1/2); infinite scores rank too."""
+    r, m = rankdata(score), int(yb.sum())
+    return float((r[yb].sum() - m * (m + 1) / 2) / (m * (len(yb) - m)))
+
+
+# logit of class 1 minus class 0: moderate, or saturating either column in float32
+LEADS = st.one_of(st.floats(-6, 6), st.floats(17, 120), st.floats(-120, -17))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), LEADS), min_size=2, max_size=60), st.booleans())
+def test_two_class_aucs_are_one_number_when_float32_saturates(rows: list, by_group: bool) -> None:
+    """Class 0's AUC, class 1's, the macro AUC and the binary AUC are one number (and so are their bootstrap CIs),
+    equal to the AUC of the float64 log-odds log p1 - log p0, also where p1 or p0 is exactly 1.0 on many rows
+    and the other column holds distinct tiny values (which p1 alone would tie)."""
+    y = np.array([0, 1] + [int(b) for b, _ in rows[2:]])  # both classes present
+    lead = np.array([d for _, d in rows])
+    p = float32_softmax(np.column_stack([np.zeros_like(lead), lead]))
+    groups = np.arange(len(y)) // 2 if by_group else None
+    m = classification_metrics(y, p, ["benign", "malignant"], groups=groups, n_boot=20)
+    pc, binary = m["per_class"], m["binary"]["auc"]
+    values = [pc["benign"]["auc"], pc["malignant"]["auc"], m["macro_auc"]["value"], binary["value"]]
+    assert values == [values[0]] * 4
+    cis = [pc["benign"]["auc_ci95"], pc["malignant"]["auc_ci95"], m["macro_auc"]["ci95"], binary["ci95"]]
+    np.testing.assert_array_equal(np.array(cis), np.array([cis[0]] * 4))
+    with np.errstate(divide="ignore"):
+        log_odds = np.log(p[:, 1].astype(np.float64)) - np.log(p[:, 0].astype(np.float64))
+    yb = y == 1
+    expected = roc_auc_score(yb, log_odds) if np.isfinite(log_odds).all() else rank_auc(yb, log_odds)
+    assert values[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_more_classes_rank_saturated_rows_by_the_rest() -> None:
+    """With three classes a class's one-vs-rest AUC is that of its log-odds against the rest: sklearn's on p_c
+    where p_c does not saturate (test_multiclass_matches_sklearn), and rows tied at p_c = 1.0 ordered by the rest."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    p = float32_softmax(rng.normal(size=(90, 3)) * 25 + 10 * np.eye(3)[y])
+    assert (p == 1.0).sum() > 20  # saturated rows
+    m = classification_metrics(y, p, ["a", "b", "c"], n_boot=0)
+    for c, lab in enumerate("abc"):
+        p64 = p.astype(np.float64)
+        rest = np.delete(p64, c, axis=1).sum(axis=1)
+        with np.errstate(divide="ignore"):
+            log_odds = np.log(p64[:, c]) - np.log(rest)
+        assert m["per_class"][lab]["auc"] == pytest.approx(rank_auc(y == c, log_odds), abs=1e-12)
+        finite = np.isfinite(log_odds)
+        np.testing.assert_array_equal(class_score(p, c)[finite], log_odds[finite])

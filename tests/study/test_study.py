@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import float32_softmax
 from medcad.cli import app
 from medcad.data.synthetic import generate_synthetic
 from medcad.errors import ConfigError
-from medcad.study.runner import expand, run_study
+from medcad.study.runner import Experiment, _paired_tests, _slug, expand, run_study
 from medcad.study.spec import load_study
 
 runner = CliRunner()
@@ -143,3 +146,29 @@ def test_plan_shows_each_run_as_the_study_folder_holds_it(tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     assert "begun  [all data; trains on all] -> runs/begun (begun: resumes with its saved settings)" in res.output
     assert "(finished: skipped)" in res.output and f"study folder: {out.resolve()}" in res.output
+
+
+def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
+    """A two-class study's paired AUC test reports each run's AUC as its metrics do (the summary table's macro AUC
+    and the binary AUC), also where the float32 probabilities saturate at exactly 1.0 on many rows."""
+    from medcad.metrics.classification import classification_metrics
+    from medcad.runfolder import RunFolder
+
+    rng = np.random.default_rng(0)
+    labels, n = ["benign", "malignant"], 80
+    y = rng.integers(0, 2, n)
+    exps = [Experiment(name, None, None, None, "all data") for name in ("a", "b")]  # type: ignore[arg-type]
+    probs = {}
+    for e in exps:
+        probs[e.name] = p = float32_softmax(np.column_stack([np.zeros(n), rng.normal(size=n) * 20 + 8 * (2 * y - 1)]))
+        folder = RunFolder(tmp_path / "runs" / _slug(e.name))
+        folder.root.mkdir(parents=True)
+        table = {"image": [f"{i}.png" for i in range(n)], "label": [labels[c] for c in y]}
+        table |= {f"p_{lab}": p[:, c].astype(np.float64) for c, lab in enumerate(labels)}
+        pd.DataFrame(table).to_csv(folder.predictions, index=False)
+    assert (probs["a"] == 1.0).sum() > 10
+    (pair,) = _paired_tests(tmp_path, exps, labels, {})
+    (test,) = pair["by_class"].values()
+    for name, key in (("a", "auc_a"), ("b", "auc_b")):
+        m = classification_metrics(y, probs[name], labels, n_boot=0)
+        assert test[key] == m["macro_auc"]["value"] == m["binary"]["auc"]["value"]

@@ -45,20 +45,19 @@ def optimizer_and_schedule(
 
 
 def val_score(y: np.ndarray, probs: np.ndarray) -> float:
-    """Model-selection score on a validation part: macro one-vs-rest AUC over the classes present, or accuracy
-    when AUC is undefined (a single class)."""
-    from sklearn.metrics import roc_auc_score
+    """Model-selection score on a validation part: macro one-vs-rest AUC over the classes present, each class's on
+    its `class_score` among the present classes (as the run's metrics; for two classes the binary AUC; for more,
+    scikit-learn's roc_auc_score(multi_class="ovr") on the probabilities renormalised over the present classes,
+    saturated ties apart), or accuracy when AUC is undefined (a single class, or probabilities with nan)."""
+    from medcad.metrics.stats import class_score, weighted_auc
 
+    y = np.asarray(y)
+    p = np.asarray(probs, dtype=np.float64)
     present = np.unique(y)
-    try:
-        if len(present) > 1:
-            if probs.shape[1] == 2:
-                return float(roc_auc_score(y, probs[:, 1]))
-            p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-            return float(roc_auc_score(y, p, multi_class="ovr", labels=present))
-    except ValueError:
-        pass
-    return float((probs.argmax(1) == y).mean())
+    if len(present) > 1 and not np.isnan(p).any():
+        sub = p[:, present]  # the log-odds against the present rest: renormalising would not change them
+        return float(np.mean([weighted_auc(y == c, class_score(sub, i))[0] for i, c in enumerate(present)]))
+    return float((p.argmax(1) == y).mean())
 
 
 def multilabel_val_score(y: np.ndarray, probs: np.ndarray) -> float:

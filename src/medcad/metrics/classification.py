@@ -1,5 +1,11 @@
 """Classification metrics with bootstrap CIs: per class, averaged, binary operating points, subsets.
 
+Every ROC curve and AUC of a class is computed on its `medcad.metrics.stats.class_score` (the log-odds of the class
+against the rest, float64), not on its probability column: for two classes both classes' AUCs, the macro AUC and
+the binary AUC are then one number even where a float32 softmax saturates; for more classes it is the usual
+one-vs-rest AUC of p_c (see `class_score`). Thresholds that a decision applies (at_0.5, Youden, validated operating
+points) stay on the probability.
+
 Undefined quantities (0/0, e.g. the recall of a class absent from y_true) are nan and left out of macro and
 weighted averages, as scikit-learn does with ``zero_division=np.nan``. Every function returns plain Python
 floats, ints and lists, so the result goes straight into ``json.dumps(..., allow_nan=True)``.
@@ -16,6 +22,7 @@ from sklearn.metrics import roc_curve
 from medcad.metrics.stats import (
     as_probs,
     calibration_bins,
+    class_score,
     delong_ci,
     reliability_curve,
     weighted_auc,
@@ -95,7 +102,8 @@ def sens_spec_batch(yb: np.ndarray, pred_pos: np.ndarray, w: np.ndarray) -> tupl
 
 
 def _roc(yb: np.ndarray, score: np.ndarray, max_points: int = MAX_ROC_POINTS) -> dict[str, list[float]]:
-    """One-vs-rest ROC curve, at most `max_points` points (ends kept); empty lists if undefined."""
+    """One-vs-rest ROC curve of a `class_score`, at most `max_points` points (ends kept; thresholds on the score,
+    the log-odds); empty lists if undefined."""
     if yb.all() or not yb.any():
         return {"fpr": [], "tpr": [], "thresholds": []}
     fpr, tpr, thr = roc_curve(yb, score)
@@ -106,11 +114,16 @@ def _roc(yb: np.ndarray, score: np.ndarray, max_points: int = MAX_ROC_POINTS) ->
 
 
 def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | None) -> tuple[dict, Batch]:
-    """Binary-only results and a batch function for the CIs of their sensitivities and specificities."""
+    """Binary-only results and a batch function for the CIs of their sensitivities and specificities.
+
+    The AUC, its DeLong interval and the sensitivity / specificity at 90 % (read off the ROC curve) are on the
+    positive class's `class_score`, as every class AUC is; the thresholded points (at_0.5, Youden) are on its
+    probability, the number a decision thresholds."""
     pos_label = labels[1] if positive is None else str(positive)
     if pos_label not in labels:
         raise ValueError(f"positive={positive!r} is not one of the labels {labels}")
-    yb, s = y == labels.index(pos_label), p[:, labels.index(pos_label)]
+    c = labels.index(pos_label)
+    yb, s, score = y == c, p[:, c], class_score(p, c)
     nan = float("nan")
     youden = {"threshold": nan, "sensitivity": nan, "specificity": nan, "ppv": nan, "npv": nan}
     sens_at_spec = spec_at_sens = nan
@@ -118,6 +131,7 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
         fpr, tpr, thr = roc_curve(yb, s, drop_intermediate=False)
         best = 1 + int(np.argmax((tpr - fpr)[1:]))  # skip the infinite "predict nothing" threshold
         youden = operating_point(yb, s, thr[best])
+        fpr, tpr, _ = roc_curve(yb, score, drop_intermediate=False)
         sens_at_spec = float(tpr[fpr <= 0.1].max())
         spec_at_sens = float((1 - fpr[tpr >= 0.9]).max())
     points = {"at_0.5": operating_point(yb, s, 0.5), "youden": youden}
@@ -132,7 +146,10 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
     result = {
         "positive": pos_label,
         # ci95 is filled in from the (cluster) bootstrap; DeLong's interval treats images as independent
-        "auc": {"value": float(weighted_auc(yb, s)[0]), "ci95_delong_image_level": list(delong_ci(yb.astype(int), s))},
+        "auc": {
+            "value": float(weighted_auc(yb, score)[0]),
+            "ci95_delong_image_level": list(delong_ci(yb.astype(int), score)),
+        },
         **points,
         "sensitivity_at_90_specificity": sens_at_spec,
         "specificity_at_90_sensitivity": spec_at_sens,
@@ -168,10 +185,13 @@ def classification_metrics(
     Returns:
         JSON-ready dict: n, labels, accuracy, balanced_accuracy, macro_f1, weighted_f1, macro_auc, ece (each
         {value, ci95}), macro, weighted, per_class, confusion_matrix, roc, reliability, bootstrap, and for
-        two labels `binary`. AUC CIs (binary, per class, macro) come from the bootstrap (over `groups` when given);
-        DeLong's image-level interval is kept beside the binary AUC as `ci95_delong_image_level`. The Youden
-        point and the sensitivity/specificity at 90 % here are chosen on the same rows they are scored on
-        (in-sample, optimistic); runs report validation-chosen operating points separately.
+        two labels `binary`. Every AUC and ROC curve of a class is on its `class_score` (log-odds against the
+        rest): for two labels both classes' AUCs, the macro AUC and the binary AUC are one number; for more it
+        is the usual one-vs-rest AUC of p_c. AUC CIs (binary, per class, macro) come from the bootstrap (over
+        `groups` when given); DeLong's image-level interval is kept beside the binary AUC as
+        `ci95_delong_image_level`. The Youden point and the sensitivity/specificity at 90 % here are chosen on
+        the same rows they are scored on (in-sample, optimistic); runs report validation-chosen operating points
+        separately.
     """
     y, p, labels = _validate(y_true, probs, labels)
     n, k = p.shape
@@ -179,6 +199,7 @@ def classification_metrics(
         raise ValueError("classification_metrics got no rows; check the split or subset that produced them")
     pred = p.argmax(axis=1)
     onehot = y[:, None] == np.arange(k)  # (N, K)
+    scores = np.column_stack([class_score(p, c) for c in range(k)])  # (N, K): what each class's AUC ranks
     auc_classes = [c for c in range(k) if 0 < onehot[:, c].sum() < n]
     bins, conf, correct = calibration_bins(y, p)
     binary, binary_batch = _binary(y, p, labels, positive) if k == 2 else ({}, None)
@@ -188,7 +209,7 @@ def classification_metrics(
         rates = _per_class(cm)
         aucs = np.full((w.shape[0], k), np.nan)
         for c in auc_classes:
-            aucs[:, c] = weighted_auc(onehot[:, c], p[:, c], w)
+            aucs[:, c] = weighted_auc(onehot[:, c], scores[:, c], w)
         out = {
             "accuracy": _div(np.trace(cm, axis1=1, axis2=2), cm.sum(axis=(1, 2))),
             "balanced_accuracy": _nanmean(rates["recall"]),
@@ -203,7 +224,7 @@ def classification_metrics(
     stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     cm = _confusion(y, pred, k, np.ones((1, n)))[0]
     rates = _per_class(cm)
-    aucs = [float(weighted_auc(onehot[:, c], p[:, c])[0]) if c in auc_classes else float("nan") for c in range(k)]
+    aucs = [float(weighted_auc(onehot[:, c], scores[:, c])[0]) if c in auc_classes else float("nan") for c in range(k)]
     names = ("precision", "recall", "specificity", "f1")
     result: dict[str, Any] = {
         "n": int(n),
@@ -221,7 +242,7 @@ def classification_metrics(
             for c, label in enumerate(labels)
         },
         "confusion_matrix": {"labels": labels, "matrix": cm.astype(int).tolist()},
-        "roc": {label: _roc(onehot[:, c], p[:, c]) for c, label in enumerate(labels)},
+        "roc": {label: _roc(onehot[:, c], scores[:, c]) for c, label in enumerate(labels)},
         "reliability": reliability_curve(y, p),
         "bootstrap": {
             "n_boot": int(n_boot),
@@ -293,7 +314,8 @@ def subtype_vs_reference(
     """Each subtype (e.g. stone, cyst) against the reference class (e.g. normal), as in renal ultrasound.
 
     For subtype s the rows are those whose subtype is s (and label is not the reference) plus every row
-    labelled `reference_label`. The score is 1 - p(reference); predictions are argmax.
+    labelled `reference_label`. The score is minus the reference's `class_score` (the log-odds of "not reference",
+    which ranks as 1 - p(reference) does, saturated rows apart); predictions are argmax.
 
     Args:
         y_true, probs, labels: as for `classification_metrics`.
@@ -320,7 +342,7 @@ def subtype_vs_reference(
         yb = ~ref_rows[rows]  # True = subtype (abnormal) row
         pred_pos = pred[rows] != ref
         correct = (pred[rows] == y[rows]).astype(float)
-        score = 1.0 - p[rows, ref]
+        score = -class_score(p[rows], ref)
 
         def batch(w: np.ndarray, yb=yb, pred_pos=pred_pos, correct=correct, score=score) -> dict[str, np.ndarray]:
             sens, spec = sens_spec_batch(yb, pred_pos, w)

@@ -48,7 +48,8 @@ def paired_auc_bootstrap(
 
     Args:
         y_true: binary labels (N,), 1 = positive.
-        score_a: scores of model A (N,), higher means positive.
+        score_a: scores of model A (N,), higher means positive (a class's: its `medcad.metrics.stats.class_score`,
+            as the runs' own AUCs).
         score_b: scores of model B (N,).
         groups: group id per row (patient / duplicate group); None resamples rows (image level).
         n_boot: number of resamples.

@@ -2,7 +2,8 @@
 
 Bootstrap resamples are drawn either as row indices (`bootstrap_ci`, any metric) or as row-count weights
 (`bootstrap_weights`, for metrics written to take a batch of weights at once, e.g. `weighted_auc`), so
-thousands of rows times 1000 resamples stay fast.
+thousands of rows times 1000 resamples stay fast. The ROC curve and AUC of a class (weighted_auc, DeLong) are
+taken on its `class_score`, the log-odds of the class against the rest, so that two classes' AUCs are one number.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def bootstrap_ci(
 
 
 def weighted_auc(y_true: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """ROC AUC (Mann-Whitney; ties count 1/2) under each row of a batch of row weights.
+    """ROC AUC (Mann-Whitney; ties count 1/2) under each row of a batch of row weights. A class's AUC is taken on
+    its `class_score`, not on its probability column.
 
     Args:
         y_true: binary labels (N,).
@@ -248,6 +250,38 @@ def as_probs(probs: np.ndarray) -> np.ndarray:
     if p.ndim != 2:
         raise ValueError(f"probs has shape {p.shape}; expected (N, K) class probabilities")
     return p
+
+
+_SMALLEST = float(np.finfo(np.float64).smallest_subnormal)  # a zero probability counts as this (finite log)
+
+
+def class_score(probs: np.ndarray, c: int) -> np.ndarray:
+    """The score every ROC curve and AUC of class `c` is computed on (metrics, bootstrap CIs, DeLong, ROC curves,
+    paired tests, model selection): the log-odds of `c` against the other classes, log p_c - log(sum_{j != c} p_j),
+    in float64.
+
+    Why not p_c itself: a float32 softmax saturates, p_c rounding to exactly 1.0 on every confident row while the
+    other classes keep distinct tiny probabilities. p_c ties those rows and the rest's probabilities do not, so two
+    classes' one-vs-rest AUCs differed (and their macro mean differed from the binary AUC), where for two classes
+    they are one number. The log-odds rank rows by p_c and the rest's mass together: for two classes class 0's
+    score is exactly minus class 1's (log p0 - log p1), so both AUCs, their mean and the binary AUC are equal, and
+    the tiny values keep their order (1 - p_c or p_c - p_other in float64 tie them again below ~1e-16).
+
+    For more classes the AUC stays the usual one-vs-rest AUC on p_c (scikit-learn's roc_auc_score(multi_class=
+    "ovr")): on rows that sum to 1 the score is logit(p_c), strictly increasing in p_c, so the ranking is that of
+    p_c except on rows p_c ties only by rounding (saturated rows), which the rest's mass then orders.
+
+    Args:
+        probs: class probabilities (N, K), or p(class 1) (N,) of a binary problem (see `as_probs`).
+        c: the class index.
+
+    Returns:
+        (N,) float64 scores, higher means class `c`; finite, a zero probability counting as the smallest float64
+        (|score| <= 745); nan where a row holds nan.
+    """
+    p = as_probs(probs)
+    rest = np.delete(p, c, axis=1).sum(axis=1)
+    return np.log(np.maximum(p[:, c], _SMALLEST)) - np.log(np.maximum(rest, _SMALLEST))
 
 
 def calibration_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, ...]:

@@ -90,10 +90,11 @@ def _headline(m: dict) -> dict:
 def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict) -> list[dict]:
     """Paired tests between models trained the same way (same domains, same step), on the same test images, with
     the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
-    predict classes (DeLong's image-level test beside it), and a Wilcoxon signed-rank test of per-group mean Dice
-    where they predict masks. p-values are Holm-adjusted over the study's family of tests by `adjust_family`."""
+    predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the runs'
+    own AUCs are on), and a Wilcoxon signed-rank test of per-group mean Dice where they predict masks. p-values are
+    Holm-adjusted over the study's family of tests by `adjust_family`."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
-    from medcad.metrics.stats import delong_test
+    from medcad.metrics.stats import class_score, delong_test
 
     preds = {
         e.name: pd.read_csv(RunFolder(study_dir / "runs" / _slug(e.name)).predictions, dtype={"image": str})
@@ -113,10 +114,12 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
             pair: dict = {"a": ea.name, "b": eb.name, "n": len(y), "n_groups": len(set(g))}
             if all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
                 tests = {}
+                cols = [f"p_{lab}" for lab in labels]
+                pa, pb = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
                 for lab in [positive] if positive else labels:
                     yb = (y == lab).astype(int)
                     if 0 < yb.sum() < len(yb):
-                        sa, sb = a[f"p_{lab}"].to_numpy(), b[f"p_{lab}"].to_numpy()
+                        sa, sb = class_score(pa, labels.index(lab)), class_score(pb, labels.index(lab))
                         tests[lab] = paired_auc_bootstrap(yb, sa, sb, groups=g)
                         dl = delong_test(yb, sa, sb)
                         tests[lab]["delong_image_level"] = {"z": dl["z"], "p_value": dl["p_value"]}
