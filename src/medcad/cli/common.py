@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from medcad.config import DataOptions
+from medcad.runfolder import RunFolder
 
 # Prediction backends (medcad.inference.predictor, .onnx), named here so that `--help` imports no torch
 BACKENDS = (
@@ -206,6 +209,56 @@ def _fail(err: Exception) -> None:
 
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _stoppable(folder: Callable[[], Path]):
+    """A command that trains stops on SIGTERM (what schedulers send) or SIGINT (Ctrl-C): at once, or at a fit's next
+    step (medcad.stopping), saying on stderr what it keeps (`folder()`: the run, repeats or study folder) and that the
+    same command resumes, with the status a shell gives a process the signal ended (128 + its number: 143, 130)."""
+    from medcad.stopping import Stopped, stoppable
+
+    try:
+        with stoppable():
+            yield
+    except Stopped as stop:
+        typer.echo(
+            f"stopped by {stop.name}: {_kept(folder())}. The same command resumes: finished folds are kept, an "
+            "unfinished fold continues from its last saved epoch",
+            err=True,
+        )
+        raise typer.Exit(stop.code) from None
+
+
+def _kept(folder: Path) -> str:
+    """What a stopped run keeps: its finished folds and those not finished; for a folder of runs (`--repeats`'
+    seed_<s>, a study's runs/<name>), how many runs are finished and the folds of the others. (Read from the folder
+    alone, without importing the engine: a scheduler's grace period after SIGTERM is short.)"""
+    if RunFolder(folder).config.is_file():
+        return _run_kept(RunFolder(folder))
+    runs = sorted(p.parent for pattern in ("*/config.json", "runs/*/config.json") for p in folder.glob(pattern))
+    if not runs:
+        return f"{folder} holds no run yet"
+    finished = [r for r in runs if RunFolder(r).metrics.is_file()]
+    others = [_run_kept(RunFolder(r)) for r in runs if r not in finished]
+    return "; ".join([f"{folder}: {len(finished)} of {len(runs)} run(s) begun finished", *others])
+
+
+def _run_kept(run: RunFolder) -> str:
+    """A run folder's finished folds (those with a result.json) and those of its splits.json not finished."""
+    every = [f["fold"] for f in json.loads(run.splits.read_text())["folds"]] if run.splits.is_file() else []
+    finished = [k for k in every if run.fold(k).result.is_file()]
+    todo = [k for k in every if k not in finished]
+    if not every:
+        return f"{run.root} has no fold yet"
+    if not todo:
+        return f"{run.root} keeps all its {len(every)} folds (finished)"
+    kept = f"keeps {_folds(finished)} (finished)" if finished else "has no finished fold yet"
+    return f"{run.root} {kept}; {_folds(todo)} not finished"
+
+
+def _folds(numbers: list[int]) -> str:
+    return f"fold{'s' * (len(numbers) != 1)} {', '.join(map(str, numbers))}"
 
 
 def _emit(obj: dict, as_json: bool, printer: str) -> None:

@@ -19,6 +19,7 @@ from medcad.cli.common import (
     _report,
     _say_backend,
     _say_notes,
+    _stoppable,
     app,
     with_data_options,
     with_options,
@@ -149,45 +150,46 @@ def train(
     options: DataOptions,
 ) -> None:
     """Train and evaluate a model with grouped cross-validation or a holdout split; writes a run folder."""
-    try:
-        from medcad.config import TrainConfig
-        from medcad.engine.train import train_run
-        from medcad.models.backbones import check_model_name
+    with _stoppable(lambda: out):
+        try:
+            from medcad.config import TrainConfig
+            from medcad.engine.train import train_run
+            from medcad.models.backbones import check_model_name
 
-        check_model_name(settings["model"])
-        overrides = {**settings, **options.given()}
-        if holdout is not None:
-            overrides["holdout"] = holdout
-        elif folds is not None:
-            overrides["folds"] = folds
-        cfg = TrainConfig().replace(**overrides)  # a holdout split has no folds (TrainConfig.__post_init__)
-        from medcad.engine.modules import schedule_note
-        from medcad.report.console import print_metrics
+            check_model_name(settings["model"])
+            overrides = {**settings, **options.given()}
+            if holdout is not None:
+                overrides["holdout"] = holdout
+            elif folds is not None:
+                overrides["folds"] = folds
+            cfg = TrainConfig().replace(**overrides)  # a holdout split has no folds (TrainConfig.__post_init__)
+            from medcad.engine.modules import schedule_note
+            from medcad.report.console import print_metrics
 
-        _say_notes([schedule_note(cfg)])  # optimiser, learning rate per parameter group, schedule (or stages)
-        if repeats > 1 and jobs != 1:
-            raise ConfigError("--jobs trains the folds of one run: leave it out with --repeats")
-        if repeats > 1:
-            from medcad.engine.train import train_repeats
+            _say_notes([schedule_note(cfg)])  # optimiser, learning rate per parameter group, schedule (or stages)
+            if repeats > 1 and jobs != 1:
+                raise ConfigError("--jobs trains the folds of one run: leave it out with --repeats")
+            if repeats > 1:
+                from medcad.engine.train import train_repeats
 
-            summary = train_repeats(path, out, cfg, repeats, splits_path=splits)
-            for run_dir in summary["runs"]:
-                _report(Path(run_dir), make_report)
-            typer.echo(json.dumps(summary["summary"], indent=1))
-            typer.echo(f"{out / 'repeats.json'}: mean ± sd over {repeats} seeds on the same splits")
-            return
-        if jobs != 1:
-            from medcad.study.executors import train_in_workers
+                summary = train_repeats(path, out, cfg, repeats, splits_path=splits)
+                for run_dir in summary["runs"]:
+                    _report(Path(run_dir), make_report)
+                typer.echo(json.dumps(summary["summary"], indent=1))
+                typer.echo(f"{out / 'repeats.json'}: mean ± sd over {repeats} seeds on the same splits")
+                return
+            if jobs != 1:
+                from medcad.study.executors import train_in_workers
 
-            metrics = train_in_workers(path, out, cfg, jobs, splits)
-        else:
-            metrics = train_run(path, out, cfg, splits_path=splits)
-        if not metrics:  # a DDP process other than rank 0: rank 0 reports
-            return
-        print_metrics(metrics, out)
-        _report(out, make_report)
-    except MedcadError as e:
-        _fail(e)
+                metrics = train_in_workers(path, out, cfg, jobs, splits)
+            else:
+                metrics = train_run(path, out, cfg, splits_path=splits)
+            if not metrics:  # a DDP process other than rank 0: rank 0 reports
+                return
+            print_metrics(metrics, out)
+            _report(out, make_report)
+        except MedcadError as e:
+            _fail(e)
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medcad.cli.common import JsonOpt, _fail, _report, app, with_data_options
+from medcad.cli.common import JsonOpt, _fail, _report, _stoppable, app, with_data_options
 from medcad.config import DataOptions
 from medcad.errors import MedcadError
 
@@ -59,15 +59,27 @@ def study(
         else:
             _print_plan(planned)
         return
-    try:
-        from medcad.report.console import print_study
-        from medcad.study.runner import run_study
+    with _stoppable(lambda: _study_folder(study_file, out)):
+        try:
+            from medcad.report.console import print_study
+            from medcad.study.runner import run_study
 
-        results = run_study(study_file, out, data_options=options, executor=executor, address=address, jobs=jobs)
-        print_study(results)
-        _report(Path(results["splits"]).parent, make_report)
-    except MedcadError as e:
-        _fail(e)
+            results = run_study(study_file, out, data_options=options, executor=executor, address=address, jobs=jobs)
+            print_study(results)
+            _report(Path(results["splits"]).parent, make_report)
+        except MedcadError as e:
+            _fail(e)
+
+
+def _study_folder(study_file: Path, out: Path | None) -> Path:
+    """The folder a study trains in (`--out`, or its default beside the study file)."""
+    from medcad.study.runner import study_folder
+    from medcad.study.spec import load_study
+
+    try:
+        return study_folder(load_study(study_file, check_data=False), out)
+    except MedcadError:
+        return out or study_file.parent
 
 
 def _settings_text(settings: dict) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +22,9 @@ from medcad.models.bnfold import fold_eval_batchnorm
 from medcad.models.depthwise import fast_depthwise_grads
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
+from medcad.stopping import Stopped, deferred, raise_if_stopped, requested
+
+log = logging.getLogger(__name__)
 
 
 def quiet_lightning() -> None:
@@ -39,6 +44,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # validation scores: gathered, equal on every rank
+    # a fit that resumes keeps its checkpoints on purpose; one that starts afresh finds them cleared (`make_trainer`)
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def logger_names(cfg: TrainConfig) -> list[str]:
@@ -59,12 +66,13 @@ def logger_names(cfg: TrainConfig) -> list[str]:
     return names
 
 
-def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig) -> list:
+def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig, resumed: _Resume | None = None) -> list:
     """Lightning loggers named by `cfg.logger` (comma-separated tensorboard, csv, mlflow; or none): TensorBoard and
     CSV logs in the fold's logs folder; MLflow runs in cfg.tracking_uri (a server or store), else
     $MLFLOW_TRACKING_URI, else a local SQLite store `mlflow.db` beside the run folder (for a study: one store for all
     its runs), in the experiment "medcad". Runs spread over a cluster belong on a tracking server (`mlflow server`,
-    then its http:// address).
+    then its http:// address). A fit `resumed` from its last checkpoint continues the TensorBoard and CSV logs of the
+    fit it resumes (what was logged after that checkpoint is dropped).
 
     Raises:
         ConfigError: see `logger_names`.
@@ -76,9 +84,14 @@ def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig) -> list:
     names = logger_names(cfg)
     out = []
     if "tensorboard" in names:
-        out.append(TensorBoardLogger(fold.logs / "tensorboard", name=stage, version=""))
+        # TensorBoard hides the events of earlier files from purge_step on: the resumed steps are logged again
+        purge = {"purge_step": resumed.global_step} if resumed else {}
+        out.append(TensorBoardLogger(fold.logs / "tensorboard", name=stage, version="", **purge))
     if "csv" in names:
-        out.append(CSVLogger(fold.logs / "csv", name=stage, version=""))
+        csv = CSVLogger(fold.logs / "csv", name=stage, version="")
+        if resumed and is_primary():
+            _continue_csv(csv, resumed.epoch)
+        out.append(csv)
     if "mlflow" in names:
         run_dir = fold.path.resolve().parent
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.parent / 'mlflow.db'}"
@@ -88,6 +101,90 @@ def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig) -> list:
             )
         )
     return out
+
+
+def _continue_csv(logger, epoch: int) -> None:
+    """A resumed fit's CSV log (metrics.csv) keeps its rows of epochs up to `epoch` (the resumed checkpoint's; those
+    of the epoch that was stopped are logged again) and the fit appends its own to them. Lightning would otherwise
+    delete the file, with a warning, when its writer finds it."""
+    import csv
+    import io
+
+    from medcad.data.manifest import atomic_write_text
+
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = [r for r in reader if _number(r.get("epoch")) is not None and _number(r["epoch"]) <= epoch]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with deferred():  # not stopped between removing the file and writing it back
+        path.unlink()
+        log_writer = logger.experiment  # made now, in an empty folder: nothing to warn of or delete
+        atomic_write_text(path, text.getvalue())
+        log_writer.metrics_keys = header  # appends under this header (Lightning rewrites it for new columns)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where a fit resumes: after `epoch` (0-based, the last one its last.ckpt holds), at `global_step`."""
+
+    epoch: int
+    global_step: int
+
+    @classmethod
+    def read(cls, last: Path) -> _Resume | None:
+        if not last.is_file():
+            return None
+        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        return cls(int(ckpt["epoch"]), int(ckpt["global_step"]))
+
+
+def _clear_fit(fold: FoldFolder, stage: str) -> bool:
+    """Remove what an earlier, unfinished fit of the stage left (checkpoints, TensorBoard and CSV logs), so that this
+    fit starts afresh in empty folders. Returns whether there was anything."""
+    import shutil
+
+    found = False
+    for folder in (fold.checkpoints(stage), fold.logs / "tensorboard" / stage, fold.logs / "csv" / stage):
+        if folder.is_dir():
+            found = found or any(folder.iterdir())
+            shutil.rmtree(folder)
+    return found
+
+
+class StopAtStep(L.Callback):
+    """A signal that arrives during a fit (`medcad.stopping`) stops it at its next training or validation step, never
+    in the middle of writing a checkpoint or a log. With several processes, all must stop at the same step (one that
+    left would leave the others waiting in a collective): Lightning's SIGTERM flag, which rank 0 broadcasts at every
+    step, stops them together instead (a SIGINT included; `fit` says which signal it was)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._stop(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    @staticmethod
+    def _stop(trainer) -> None:
+        if requested() is None:
+            return
+        if trainer.world_size > 1:
+            trainer._signal_connector.received_sigterm = True  # what Lightning's own SIGTERM handler sets
+            return
+        raise_if_stopped()
 
 
 class RankSeeds(L.Callback):
@@ -117,7 +214,11 @@ def make_trainer(
     checkpoints in the fold's checkpoints/<stage> (best only when not `resumable`: a fit of seconds, such as a head
     on cached features, is fitted again rather than resumed), early stopping on `monitor`, and the run's loggers.
     Returns (trainer, checkpoint callback). With several processes, Lightning shards the training data with a
-    distributed sampler and writes checkpoints and logs from rank 0 only."""
+    distributed sampler and writes checkpoints and logs from rank 0 only.
+
+    A resumable fit with a last.ckpt resumes (see `train_stage`) and continues its logs; any other fit starts in empty
+    folders: what an unfinished earlier fit of the stage left is removed first. Either is said (a `note:`).
+    """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     keep_freed_memory()  # a step's activations are not unmapped and page-faulted in again every step
@@ -126,6 +227,15 @@ def make_trainer(
     # interrupted fit resumes from (optimizer, scheduler, both callbacks' records). Weights only: a third of the
     # bytes per improvement. (Lightning's own save_last writes only when a top-k file is written in the same step.)
     folder = fold.checkpoints(stage)
+    resumed = _Resume.read(folder / "last.ckpt") if resumable else None
+    if is_primary():
+        where = f"{fold.path.name} {stage}"  # fold_<k> stage2
+        if resumed:
+            log.warning(
+                "note: %s continues after epoch %d of %d (its last checkpoint)", where, resumed.epoch + 1, max_epochs
+            )
+        elif _clear_fit(fold, stage):
+            log.warning("note: %s starts again (what its unfinished earlier fit left is cleared)", where)
     ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
     last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
@@ -136,8 +246,8 @@ def make_trainer(
         strategy=compute.strategy,
         max_epochs=max_epochs,
         precision=precision or compute.precision,
-        callbacks=[ckpt, *([last] if resumable else []), early, RankSeeds()],
-        logger=make_loggers(fold, stage, run.cfg) or False,
+        callbacks=[ckpt, *([last] if resumable else []), early, RankSeeds(), StopAtStep()],
+        logger=make_loggers(fold, stage, run.cfg, resumed) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),
         num_sanity_val_steps=0,
@@ -150,8 +260,17 @@ def make_trainer(
 def fit(trainer, module, train_loader, val_loader, ckpt_path: Path | None = None) -> None:
     """`trainer.fit` with the loaders handed over when Lightning asks for them, after the processes have joined:
     with several processes, each validates a disjoint share of the validation part (no sample repeated, none
-    dropped) and the modules gather the shares (`gather_lists`), so every process scores the whole part once."""
-    trainer.fit(module, datamodule=_FoldLoaders(train_loader, val_loader), ckpt_path=ckpt_path)
+    dropped) and the modules gather the shares (`gather_lists`), so every process scores the whole part once.
+
+    A SIGTERM or SIGINT stops the fit at its next step (`StopAtStep`, or Lightning's own SIGTERMException, a
+    SystemExit of status 0) with `medcad.stopping.Stopped` (status 128 + the signal)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    with deferred():
+        try:
+            trainer.fit(module, datamodule=_FoldLoaders(train_loader, val_loader), ckpt_path=ckpt_path)
+        except SIGTERMException:
+            raise Stopped(requested() or signal.SIGTERM) from None
 
 
 def train_stage(

@@ -1,7 +1,7 @@
 """A run of any task: splits, decoded-image cache, training per fold (the task's hooks), out-of-fold evaluation.
 
 The run folder's files are named in medcad.runfolder. A fold with a result.json is finished and skipped on resume;
-an interrupted stage resumes from its last.ckpt.
+an interrupted stage resumes from its last.ckpt (a stop by signal: medcad.stopping).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.run import Run
 from medcad.runfolder import RunFolder
+from medcad.stopping import raise_if_stopped
 from medcad.targets import load_targets
 from medcad.tasks import Task, get_task, split_labels
 
@@ -162,6 +163,7 @@ def train_run(
             built otherwise (`ARCHITECTURE_KEYS`), before anything is written.
     """
 
+    raise_if_stopped()  # a worker process of `--jobs` that was told to stop trains nothing more
     quiet_lightning()
     run = Run.resolve(cfg, out, init_run)  # bad settings fail here, before anything is written (task, compute, ...)
     logger_names(cfg)  # ... and an unknown logger
@@ -187,6 +189,8 @@ def train_run(
     )
     domains = manifest.table["domain"].to_numpy(dtype=str)
     keys = manifest.keys
+    if primary and notes:
+        _say_resumed(folder, [f["fold"] for f in splits["folds"]], folds)
     results = []
     for fold in splits["folds"]:
         k = fold["fold"]
@@ -196,6 +200,7 @@ def train_run(
         if done.is_file():
             results.append(json.loads(done.read_text()))
             continue
+        raise_if_stopped()
         log.info("fold %d", k)
         parts = fold_indices(manifest, fold)
         if train_domains:
@@ -218,6 +223,21 @@ def train_run(
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
     write_json(folder.metrics, metrics)
     return metrics
+
+
+def _folds_text(folds: Sequence[int]) -> str:
+    return f"fold{'s' * (len(folds) != 1)} {', '.join(map(str, folds))}"
+
+
+def _say_resumed(folder: RunFolder, every: list[int], folds: Sequence[int] | None) -> None:
+    """Say which folds a resumed run keeps (finished) and which it trains now (those among `folds`; None or []: all
+    that are not finished); nothing for a run without a finished fold."""
+    finished = [k for k in every if folder.fold(k).result.is_file()]
+    if not finished:
+        return
+    todo = [k for k in every if k not in finished and (not folds or k in folds)]
+    training = f"; training {_folds_text(todo)}" if todo else ""
+    log.warning("note: resuming %s: %s finished, kept%s", folder.root, _folds_text(finished), training)
 
 
 def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool, say: bool) -> tuple:

@@ -10,12 +10,14 @@ sequential-transfer step 2 waits for fold k of its step 1; a run's evaluation wa
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError, MedcadError
+from medcad.stopping import Stopped, handle_signals
 
 EXECUTORS = ("local", "ray")
 
@@ -146,25 +148,31 @@ class LocalExecutor:
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_start_worker, initargs=(threads,)) as pool:
             for _ in range(self.workers):  # every worker started now, each importing the engine while others work
                 pool.submit(_ready)
-            while waiting or running:
-                for t in [t for t in waiting if set(t.after) <= done]:
-                    waiting.remove(t)
-                    running[pool.submit(train_job, t.job, t.folds, said=t.folds != [])] = t
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    t = running.pop(f)
-                    try:
-                        result = f.result()  # a task's error stops here (running tasks finish first)
-                    except BrokenProcessPool as e:
-                        raise MedcadError(
-                            f"a worker process died while training {t.name} (out of memory? try fewer --jobs or a "
-                            "smaller batch); the folds finished are kept: the same command resumes"
-                        ) from e
-                    done.add(t.name)
-                    if t.folds is None:
-                        out[t.job.name] = result
-                    if progress:
-                        print(f"== {t.name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+            try:
+                while waiting or running:
+                    for t in [t for t in waiting if set(t.after) <= done]:
+                        waiting.remove(t)
+                        running[pool.submit(train_job, t.job, t.folds, said=t.folds != [])] = t
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        t = running.pop(f)
+                        try:
+                            result = f.result()  # a task's error stops here (running tasks finish first)
+                        except BrokenProcessPool as e:
+                            raise MedcadError(
+                                f"a worker process died while training {t.name} (out of memory? try fewer --jobs or "
+                                "a smaller batch); the folds finished are kept: the same command resumes"
+                            ) from e
+                        done.add(t.name)
+                        if t.folds is None:
+                            out[t.job.name] = result
+                        if progress:
+                            print(f"== {t.name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+            except Stopped as stop:  # here (a signal) or in a worker (its fold stopped): every worker stops too
+                for p in multiprocessing.active_children():
+                    os.kill(p.pid, stop.signum)  # a fold stops at its next step; an idle worker takes no more
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return out
 
 
@@ -198,6 +206,7 @@ def _one_process_per_fit(cfgs: list[TrainConfig]) -> None:
 def _start_worker(threads: int) -> None:
     """A worker process's torch threads; and the training engine imported (~10 s on 2 cores: torch, torchvision,
     Lightning) as the process starts, so that a worker started beside a busy one is ready for its first task."""
+    handle_signals()  # first: a SIGTERM or SIGINT stops the worker's fold at its next step (see _run_in_processes)
     import torch
 
     torch.set_num_threads(threads)
