@@ -128,3 +128,7 @@ def test_seed_runs_end_to_end_at_tiny_size(
             n = len(parse_stages(config["stages"]))
             for fold in run.glob("fold_*"):
                 assert sorted(p.name for p in (fold / "checkpoints").iterdir()) == [f"stage{i + 1}" for i in range(n)]
+                # the kept model is named by the stage that trained it: a second step's had been called "init" (as
+                # if the first step's model were kept unchanged)
+                result = json.loads((fold / "result.json").read_text())
+                assert result["selected_stage"] in {f"stage{i + 1}" for i in range(n)}, result["selected_stage"]

@@ -74,6 +74,11 @@ class FoldHooks:
     def check(self, k: int, parts: dict[str, np.ndarray], data: FoldData) -> None:
         """Raise ConfigError when this fold cannot be trained."""
 
+    def before_name(self, continued: bool) -> str:
+        """What the model before the fit is called in result.json: "init" (the model continued from, as loaded)
+        when continuing, else `before_stage`."""
+        return "init" if continued else self.before_stage
+
     def build(self, data: FoldData, parts: dict, init: nn.Module | None, meta: dict | None):
         """(model, data_config) for this fold; `init` is the model continued from (sequential transfer)."""
         raise NotImplementedError
@@ -159,7 +164,7 @@ def train_fold(
     normalize = Normalize(dc["mean"], dc["std"])
     speed: dict[str, float | None] = {}  # train_seconds, train_images_per_s, predict_images_per_s, seconds, ...
     t0 = time.perf_counter()
-    before_name = hooks.before_stage if init is None else "init"
+    before_name = hooks.before_name(init is not None)
     scores: dict[str, float] = {}
     before_state = val_out = None
     scored_before = hooks.before_fit(model, normalize, data, parts, fold, speed, init is not None)
