@@ -420,3 +420,13 @@ def test_val_score_is_the_runs_auc() -> None:
     renormalised = p3[two, 2] / p3[two][:, [0, 2]].sum(1)
     assert val_score(y3[two], p3[two]) == pytest.approx(roc_auc_score(y3[two] == 2, renormalised))
     assert val_score(np.zeros(5, int), p3[:5]) == (p3[:5].argmax(1) == 0).mean()
+
+
+def test_a_validation_part_of_one_class_is_said() -> None:
+    """A fold whose validation part holds one class selects its model by accuracy on it (the AUC is undefined):
+    said, naming the class (a sequential study's fold had selected on 2 benign images, val_auc 0.000, silently)."""
+    from medcad.engine.classify import one_class_validation
+
+    said = one_class_validation(3, np.array([0, 0]), ["benign", "malignant"])
+    assert said and said.startswith("fold 3: its validation part (2 image(s)) holds one class ('benign')")
+    assert one_class_validation(0, np.array([0, 1]), ["benign", "malignant"]) is None

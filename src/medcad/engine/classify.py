@@ -12,6 +12,8 @@ then has no fit of its own.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -77,6 +79,19 @@ def train_layers(model: torch.nn.Module, stage: Stage) -> int:
     return len(params)
 
 
+def one_class_validation(k: int, y_val: np.ndarray, labels: list[str]) -> str | None:
+    """What to say of fold k whose validation part (its labels `y_val`, indices into `labels`) holds one class: the
+    AUC that selects stages and epochs is undefined there, and accuracy on it selects them; None otherwise."""
+    present = np.unique(np.asarray(y_val))
+    if len(y_val) == 0 or len(present) > 1:
+        return None
+    return (
+        f"fold {k}: its validation part ({len(y_val)} image(s)) holds one class ({labels[int(present[0])]!r}): the "
+        "AUC that selects the model is undefined there, so its stages and epochs are chosen by accuracy on that "
+        "class alone; a larger --val-fraction, or more patients per class, gives it both"
+    )
+
+
 class ClassifyHooks(FoldHooks):
     stage = "stage2"
     before_stage = "stage1"
@@ -124,6 +139,17 @@ class ClassifyHooks(FoldHooks):
         head = self._head_module(model, data, parts, cfg.head_lr, cfg.optimizer, "constant", cfg.head_epochs)
         self._fit_head(head, model, normalize, data, parts, fold, speed, "stage1", ("val_loss", "min", 10))
         return True
+
+    def check(self, k: int, parts: dict, data: FoldData) -> None:
+        said = one_class_validation(k, data.y[parts["val"]], list(data.labels))
+        if said:
+            warnings.warn(said, stacklevel=2)
+
+    def before_name(self, continued: bool) -> str:
+        """A stage list's stages before the fit train the continued model too: it is then the last of them (a
+        sequential step 2's fold had said "stage kept: init" of a model its stage 1 had trained on the new domain)."""
+        plan = self._plan()
+        return self.before_stage if plan is not None and plan[0] else super().before_name(continued)
 
     def _head_module(self, model, data, parts, lr: float, optimizer: str, schedule: str, epochs: int):
         cfg, w = self.cfg, self._weights(data, parts)
