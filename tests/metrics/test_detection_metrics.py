@@ -99,7 +99,8 @@ def test_frame_level_with_background_row_and_column() -> None:
     assert f["accuracy"]["value"] == pytest.approx(3 / 5)
     bg = f["per_class"]["background"]
     assert bg["precision"] == pytest.approx(0.5) and bg["recall"] == pytest.approx(0.5) and bg["support"] == 2
-    assert f["macro_f1"]["value"] == pytest.approx(np.mean([2 / 3, 2 / 3]))
+    assert f["macro_f1"]["value"] == pytest.approx(np.mean([2 / 3, 2 / 3]))  # the classes, background left out
+    assert f["macro_f1_with_background"]["value"] == pytest.approx(np.mean([2 / 3, 2 / 3, 0.5]))
 
 
 def test_empty_frames_and_no_predictions() -> None:

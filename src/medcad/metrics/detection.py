@@ -284,7 +284,8 @@ def detection_metrics(
         tp = np.diagonal(cm, axis1=1, axis2=2)
         rates = _prf(tp, cm.sum(1) - tp, cm.sum(2) - tp)
         out["frame/accuracy"] = _div(tp.sum(1), cm.sum((1, 2)))
-        out["frame/macro_f1"] = _nanmean(rates["f1"][:, :k])
+        out["frame/macro_f1"] = _nanmean(rates["f1"][:, :k])  # the classes' (the design's average)
+        out["frame/macro_f1_with_background"] = _nanmean(rates["f1"])  # and saying "no lesion" right
         out |= {f"frame/{m}": v for m, v in rates.items()}
         out["frame/cm"] = cm
         for name, correct in frame_correct.items():
@@ -353,8 +354,9 @@ def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> 
 
 
 def _frame_section(stats: _Stats, labels: list[str], iou_names: list[str], counts_only: tuple) -> dict[str, Any]:
-    """The frame decision: confusion matrix with the background row and column, accuracy, macro F1, per class, and
-    the design's table at each IoU threshold."""
+    """The frame decision: confusion matrix with the background row and column, accuracy, macro F1 over the classes
+    (background left out, as the design averages) and with background (a model that calls every frame a lesion
+    scores 0 on it), per class, and the design's table at each IoU threshold."""
     point = stats.point
     cm = point["frame/cm"][0]
     frame_labels = [*labels, BACKGROUND]
@@ -382,6 +384,7 @@ def _frame_section(stats: _Stats, labels: list[str], iou_names: list[str], count
         "confusion_matrix": {"labels": frame_labels, "matrix": cm.astype(int).tolist()},
         "accuracy": stats.stat("frame/accuracy"),
         "macro_f1": stats.stat("frame/macro_f1"),
+        "macro_f1_with_background": stats.stat("frame/macro_f1_with_background"),
         "per_class": {
             lab: {
                 **{m: float(point[f"frame/{m}"][0, j]) for m in prf},
