@@ -39,6 +39,7 @@ def problem_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     gray_mask[10:20, 10:20] = 200
     gray_mask[12:14, 12:14] = 90
     save(root / "b" / "1_mask.png", gray_mask)
+    (root / "b" / "readme.txt").write_text("scanned 2019")
     return root
 
 
@@ -53,6 +54,7 @@ def test_audit_finds_planted_problems(problem_set: Path) -> None:
     assert ["a/0.png", "b/dup_of_a0.png"] in r["cross_label_duplicates"]
     assert ["a/1.png", "a/near1.png"] in r["near_duplicates"]
     assert not any("a/2.png" in g for g in r["near_duplicates"])
+    assert r["not_read"] == [["b/readme.txt", "not an image or an annotation file"]]  # named, not only counted
 
 
 def test_splits_keep_duplicates_together_and_are_reproducible(problem_set: Path, tmp_path: Path) -> None:

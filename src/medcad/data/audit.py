@@ -87,6 +87,10 @@ def audit(
     result = {
         "n_images": len(manifest),
         "manifest_problems": [list(p) for p in manifest.problems],
+        # every file under the root that no reader used, named (the ledger's; it had been a count only)
+        "not_read": [
+            [x["path"], x["reason"]] for x in (manifest.ledger.to_dict() if manifest.ledger else {}).get("not_read", [])
+        ],
         "unreadable": unreadable,
         "unreadable_masks": masks["unreadable"],
         "mask_size_mismatch": masks["size"],

@@ -55,12 +55,14 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     c = console or Console()
     c.print(f"[bold]Audit[/] of {r['n_images']} images")
     _print_problems(c, r["manifest_problems"], "Manifest rows left out")
+    _print_problems(c, r.get("not_read", []), "Files under the dataset folder that no reader used")
     _print_problems(c, r["unreadable"], "Unreadable or corrupt images")
     _print_problems(c, r["unreadable_masks"], "Unreadable masks")
     _print_problems(c, r["mask_size_mismatch"], "Masks whose size differs from the image")
     if r.get("mask_decoding"):
         rules = "; ".join(f"{n} masks: {rule}" for rule, n in r["mask_decoding"].items())
         c.print(f"masks read as: {rules} ({len(r['non_binary_masks'])} not strictly binary)")
+        _print_problems(c, r["non_binary_masks"], "Masks not strictly binary (read as the rule above says)")
     if r.get("all_masks_empty"):
         c.print("[bold red]Every mask decodes as empty: a segmentation run would learn nothing.[/]")
         _print_problems(c, r["empty_masks"][:5], "Empty masks, with the values found")
