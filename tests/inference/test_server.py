@@ -431,7 +431,7 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     from medcad.engine.train import train_run
 
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    data = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=2).parent
+    data = generate_synthetic(tmp_path / "synth", n_patients=10, frames_per_patient=3, size=64, seed=2).parent
     cfg = TrainConfig(task="detect", image_size=64, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
     train_run(data, tmp_path / "det", cfg, progress=False)
     app = create_app(load_predictor(tmp_path / "det", threshold=0.0))  # every box kept

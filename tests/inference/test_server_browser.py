@@ -145,7 +145,9 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
         heat = _wait(
             page,
             """const img = document.querySelector('#results li img');
-            if (!img.classList.contains('heat') || !img.complete) return null;
+            // its sharpness is set by its load event, which can follow img.complete: wait for it (a race had failed
+            // this under load)
+            if (!img.classList.contains('heat') || !img.complete || !img.classList.contains('pixelated')) return null;
             const lines = [...document.querySelectorAll('#results li .probs td:last-child')].map((td) => {
               const r = document.createRange(); r.selectNodeContents(td); return r.getClientRects().length; });
             return {natural: img.naturalWidth, shown: img.clientWidth, figure: img.parentElement.clientWidth,
