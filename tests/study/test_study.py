@@ -85,6 +85,12 @@ settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fracti
     assert set(res["cross_domain_matrix"]["tf_efficientnet_lite0 | ultrasound"]) == {"endoscopy", "ultrasound"}
     tests = res["paired_tests"]
     assert tests and all(0 <= d["p_value"] <= 1 for t in tests for d in t["by_class"].values())
+    # the design's question, per model and target domain, on the target's test images alone (only runs of one
+    # setting had been compared: lite0 against lite0-mlp)
+    n_target = len(pd.read_csv(Path(step2["run"]) / "predictions.csv").query("domain == 'ultrasound'"))
+    asked = {(t["a"], t["b"], t.get("domain")): t["n"] for t in tests}
+    for other in ("lite0-mlp | ultrasound", "lite0-mlp | endoscopy + ultrasound"):
+        assert asked[("lite0-mlp | endoscopy -> ultrasound", other, "ultrasound")] == n_target
     # every run used the study's single splits.json
     splits = json.loads((out / "splits.json").read_text())
     for r in res["runs"]:
@@ -172,3 +178,25 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
     for name, key in (("a", "auc_a"), ("b", "auc_b")):
         m = classification_metrics(y, probs[name], labels, n_boot=0)
         assert test[key] == m["macro_auc"]["value"] == m["binary"]["auc"]["value"]
+
+
+def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_images(
+    tmp_path: Path, two_domain_set: Path
+) -> None:
+    """cross_domain / combined: each model's combined run against each single domain's run, on that domain's test
+    images; models trained the same way against each other, on all."""
+    from medcad.study.runner import _compared_pairs
+
+    yaml = "data: data\nprotocol: cross_domain\nmodels: [tf_efficientnet_lite0, {name: n, model: resnet18}]\n"
+    spec = load_study(write(tmp_path / "s.yaml", yaml))
+    pairs = {(a.name, b.name, d) for a, b, d in _compared_pairs(expand(spec, ["cysto", "uretero"]))}
+    m = "tf_efficientnet_lite0"
+    assert pairs == {
+        (f"{m} | cysto", "n | cysto", None),
+        (f"{m} | uretero", "n | uretero", None),
+        (f"{m} | cysto + uretero", "n | cysto + uretero", None),
+        (f"{m} | cysto + uretero", f"{m} | cysto", "cysto"),
+        (f"{m} | cysto + uretero", f"{m} | uretero", "uretero"),
+        ("n | cysto + uretero", "n | cysto", "cysto"),
+        ("n | cysto + uretero", "n | uretero", "uretero"),
+    }

@@ -354,7 +354,8 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     for p, lab, d in rows:
         if (p["a"], p["b"]) != pair:  # one heading row per pair of runs: long run names stay readable
             pair = (p["a"], p["b"])
-            t.add_row(f"[bold]{p['a']} vs {p['b']}[/bold]", "", "", "", end_section=False)
+            on = f" (on {p['domain']}'s test images)" if p.get("domain") else ""
+            t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
         t.add_row(f"  {lab}" if lab == "Dice" else f"  AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm")))
     c.print(t)

@@ -87,12 +87,35 @@ def _headline(m: dict) -> dict:
     return out
 
 
+def _compared_pairs(exps: list[Experiment]) -> list[tuple[Experiment, Experiment, str | None]]:
+    """The pairs of runs a study compares, each with the domain whose test images it compares them on (None: all):
+    models trained the same way (same domains, same step); and the protocol's own question for each model: on the
+    target domain, a sequential transfer against that domain alone and against both domains at once; on each domain,
+    the combined run against that domain's own run (cross-domain and combined protocols)."""
+    by_setting: dict[tuple, list[Experiment]] = {}
+    for e in exps:
+        by_setting.setdefault((e.train_domains, e.step, e.init is not None), []).append(e)
+    pairs: list[tuple[Experiment, Experiment, str | None]] = [
+        (a, b, None) for group in by_setting.values() for a, b in itertools.combinations(group, 2)
+    ]
+    for e in exps:
+        same_model = [x for x in exps if x.model.name == e.model.name and x is not e]
+        combined = [x for x in same_model if x.step == "combined"]
+        if e.init is not None and e.train_domains and len(e.train_domains) == 1:  # a transfer's second step
+            (target,) = e.train_domains
+            alone = [x for x in same_model if x.init is None and x.train_domains == (target,)]
+            pairs += [(e, other, target) for other in alone + combined]
+        elif e.step == "single domain" and e.train_domains:
+            pairs += [(other, e, e.train_domains[0]) for other in combined]
+    return pairs
+
+
 def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict) -> list[dict]:
-    """Paired tests between models trained the same way (same domains, same step), on the same test images, with
-    the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
-    predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the runs'
-    own AUCs are on), and a Wilcoxon signed-rank test of per-group mean Dice where they predict masks. p-values are
-    Holm-adjusted over the study's family of tests by `adjust_family`."""
+    """Paired tests between the runs `_compared_pairs` names, on the same test images (of its domain, when it names
+    one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
+    runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
+    runs' own AUCs are on), and a Wilcoxon signed-rank test of per-group mean Dice where they predict masks. p-values
+    are Holm-adjusted over the study's family of tests by `adjust_family`."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
@@ -100,38 +123,38 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
         e.name: pd.read_csv(RunFolder(study_dir / "runs" / _slug(e.name)).predictions, dtype={"image": str})
         for e in exps
     }
-    by_setting: dict[tuple, list[Experiment]] = {}
-    for e in exps:
-        by_setting.setdefault((e.train_domains, e.step, e.init is not None), []).append(e)
     out = []
     positive = positive_label(labels) if len(labels) == 2 else None
-    for group in by_setting.values():
-        for ea, eb in itertools.combinations(group, 2):
-            a = preds[ea.name].set_index("image")
-            b = preds[eb.name].set_index("image").loc[a.index]
-            y = a["label"].to_numpy(dtype=str)
-            g = np.array([str(groups_of.get(k, k)) for k in a.index])
-            pair: dict = {"a": ea.name, "b": eb.name, "n": len(y), "n_groups": len(set(g))}
-            if all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
-                tests = {}
-                cols = [f"p_{lab}" for lab in labels]
-                pa, pb = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
-                for lab in [positive] if positive else labels:
-                    yb = (y == lab).astype(int)
-                    if 0 < yb.sum() < len(yb):
-                        sa, sb = class_score(pa, labels.index(lab)), class_score(pb, labels.index(lab))
-                        tests[lab] = paired_auc_bootstrap(yb, sa, sb, groups=g)
-                        dl = delong_test(yb, sa, sb)
-                        tests[lab]["delong_image_level"] = {"z": dl["z"], "p_value": dl["p_value"]}
-                pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
-                pair["by_class"] = tests
-            if "dice" in a and "dice" in b:
-                da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
-                pair["dice"] = paired_dice_test(da, db, g)
-                lesion = a["true_area"].to_numpy(float) > 0 if "true_area" in a else np.ones(len(da), bool)
-                if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
-                    pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
-            out.append(pair)
+    for ea, eb, domain in _compared_pairs(exps):
+        a = preds[ea.name].set_index("image")
+        if domain is not None:
+            a = a[a["domain"].astype(str) == domain]
+        b = preds[eb.name].set_index("image").loc[a.index]
+        y = a["label"].to_numpy(dtype=str)
+        g = np.array([str(groups_of.get(k, k)) for k in a.index])
+        pair: dict = {"a": ea.name, "b": eb.name, "n": len(y), "n_groups": len(set(g))}
+        if domain is not None:
+            pair["domain"] = domain  # compared on this domain's test images alone
+        if all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
+            tests = {}
+            cols = [f"p_{lab}" for lab in labels]
+            pa, pb = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
+            for lab in [positive] if positive else labels:
+                yb = (y == lab).astype(int)
+                if 0 < yb.sum() < len(yb):
+                    sa, sb = class_score(pa, labels.index(lab)), class_score(pb, labels.index(lab))
+                    tests[lab] = paired_auc_bootstrap(yb, sa, sb, groups=g)
+                    dl = delong_test(yb, sa, sb)
+                    tests[lab]["delong_image_level"] = {"z": dl["z"], "p_value": dl["p_value"]}
+            pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
+            pair["by_class"] = tests
+        if "dice" in a and "dice" in b:
+            da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
+            pair["dice"] = paired_dice_test(da, db, g)
+            lesion = a["true_area"].to_numpy(float) > 0 if "true_area" in a else np.ones(len(da), bool)
+            if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
+                pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
+        out.append(pair)
     return adjust_family(out)
 
 
