@@ -163,7 +163,9 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     labels, n = ["benign", "malignant"], 80
     y = rng.integers(0, 2, n)
-    exps = [Experiment(name, None, None, None, "all data") for name in ("a", "b")]  # type: ignore[arg-type]
+    from medcad.study.spec import ModelSpec
+
+    exps = [Experiment(name, ModelSpec(name), None, None, "all data") for name in ("a", "b")]
     probs = {}
     for e in exps:
         probs[e.name] = p = float32_softmax(np.column_stack([np.zeros(n), rng.normal(size=n) * 20 + 8 * (2 * y - 1)]))
