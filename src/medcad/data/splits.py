@@ -124,29 +124,39 @@ def group_holdout(
     groups: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (kept, held out) holding out whole groups, never every group (a lone group is kept, nothing held
-    out). With `labels`, first the smallest group of each label found in two groups or more (in random order), so
-    that the held-out part has every label the kept part keeps too: a model is not selected on one class. Then
-    groups in random order while the held-out rows stay within `fraction` of all; at least the smallest group.
+    out), and with `labels` never a group whose rows are the last kept of a label (training keeps every label).
+    With `labels`, first the smallest group holding each label (in random order) that can be held, so that the
+    held-out part has every label it can: a model is not selected on one class. Then groups in random order while
+    the held-out rows stay within `fraction` of all; at least the smallest group (that can be held, if one can).
     (Drawing a fraction of the groups, as before, held out every row of a part of one group, and a part of one
     label as often as chance gave it.)"""
     rng = np.random.default_rng(seed)
     ug, index, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     order = rng.permutation(len(ug))
+    lab_of = (
+        np.zeros(len(groups), int) if labels is None else np.unique(np.asarray(labels, str), return_inverse=True)[1]
+    )
+    counts = np.zeros((len(ug), lab_of.max() + 1 if len(lab_of) else 1), int)  # rows of each label in each group
+    np.add.at(counts, (index, lab_of), 1)
     held: list[int] = []
+
+    def can_hold(i: int) -> bool:  # not every group, and every label of group i still has kept rows without it
+        kept = counts.sum(0) - counts[held].sum(0) - counts[i]
+        return i not in held and len(held) + 1 < len(ug) and (labels is None or bool((kept[counts[i] > 0] > 0).all()))
+
     if labels is not None:
-        labels = np.asarray(labels, dtype=str)
-        for lab in rng.permutation(np.unique(labels)):
-            having = np.unique(index[labels == lab])
-            if len(having) < 2 or np.isin(having, held).any() or len(held) + 1 >= len(ug):
-                continue
-            held.append(int(min(having, key=lambda i: (sizes[i], int(np.flatnonzero(order == i)[0])))))
+        for lab in rng.permutation(counts.shape[1]):
+            having = [i for i in order if counts[i, lab] and can_hold(int(i))]
+            if having and not counts[held, lab].any():
+                held.append(int(min(having, key=lambda i: sizes[i])))  # the smallest; ties in random order
     n, target = int(sizes[held].sum()), fraction * len(groups)
     for i in order:
-        if i not in held and n + sizes[i] <= target and len(held) + 1 < len(ug):
+        if n + sizes[i] <= target and can_hold(int(i)):
             held.append(int(i))
             n += sizes[i]
     if not held and len(ug) > 1:
-        held = [int(rng.choice(np.flatnonzero(sizes == sizes.min())))]
+        allowed = [int(i) for i in order if can_hold(int(i))] or [int(i) for i in order]
+        held = [min(allowed, key=lambda i: sizes[i])]
     out = np.flatnonzero(np.isin(index, held))
     return np.setdiff1d(np.arange(len(groups)), out), out
 
@@ -216,6 +226,7 @@ def make_splits(
     out_folds = []
     for k, (train, test) in enumerate(outer):
         val = np.array([], dtype=int)
+        train_before_val = train
         if given is not None and len(given[1]):
             val = given[1]
         elif val_fraction > 0:
@@ -224,10 +235,13 @@ def make_splits(
                 tr, va = _grouped_split(y[train], groups[train], inner_k, seed + 1 + k)[0]
             else:  # too small to stratify the validation part: split by group only
                 tr, va = group_holdout(groups[train], 1 / inner_k, seed + 1 + k, y[train])
-                notes.append(f"fold {k}: validation part drawn by group, not stratified (too few groups per label)")
+                notes.append(
+                    f"fold {k}: validation part drawn by group, not stratified (too few groups per label): {len(va)} "
+                    f"of {len(train)} images ({len(va) / len(train):.0%})"
+                )
             train, val = train[tr], train[va]
         if not len(train) or (val_fraction > 0 and not len(val)):
-            raise _fold_error(manifest, groups, how, k, train, val, test)
+            raise _fold_error(manifest, groups, how, k, train_before_val, (len(train), len(val), len(test)))
         out_folds.append(
             {
                 "fold": k,
@@ -253,11 +267,12 @@ def make_splits(
     }
 
 
-def _largest_group(manifest: Manifest, groups: np.ndarray, how: str) -> tuple[int, str]:
-    """The largest group's number of rows, and what it is made of in words (its patients, joined by near-duplicate
-    images, when grouping is by patient and duplicates)."""
-    ug, sizes = np.unique(groups, return_counts=True)
-    rows = np.flatnonzero(groups == ug[sizes.argmax()])
+def _largest_group(manifest: Manifest, groups: np.ndarray, how: str, rows: np.ndarray | None = None) -> tuple[int, str]:
+    """The largest group's number of rows (among `rows`, default all), and what it is made of in words (its
+    patients, joined by near-duplicate images, when grouping is by patient and duplicates)."""
+    rows = np.arange(len(groups)) if rows is None else np.asarray(rows)
+    ug, sizes = np.unique(groups[rows], return_counts=True)
+    rows = rows[groups[rows] == ug[sizes.argmax()]]
     patients = (
         sorted({p for p in manifest.table["patient"].to_numpy(dtype=str)[rows] if p}) if manifest.has("patient") else []
     )
@@ -281,19 +296,23 @@ def _largest_group_note(manifest: Manifest, groups: np.ndarray, how: str, n_spli
     ]
 
 
-def _fold_error(manifest, groups, how, k, train, val, test) -> DataError:
-    """The error for a fold left without training or validation images, with the group that causes it."""
-    n, made = _largest_group(manifest, groups, how)
-    fix = (
-        "--group patient to group by patient ids alone (near duplicates of two patients may then lie on both sides)"
-        if "duplicates" in how and manifest.has("patient")
-        else "medcad data audit to see which images are joined"
-    )
+def _fold_error(manifest, groups, how, k, outside_test: np.ndarray, sizes: tuple[int, int, int]) -> DataError:
+    """The error for a fold left without training or validation images (`sizes`: its training, validation and test
+    images): its images outside the test part are one group, named."""
+    n, made = _largest_group(manifest, groups, how, outside_test)
+    if "duplicates" in how and manifest.has("patient"):
+        fix = (
+            "--group patient to group by patient ids alone (near duplicates of two patients may then lie on both sides)"
+        )
+    elif "duplicates" in how:
+        fix = "medcad data audit to see which images are joined"
+    else:
+        fix = "a split with more than one group outside its test part"
     return DataError(
         manifest.root,
-        f"fold {k} would have {len(train)} training, {len(val)} validation and {len(test)} test images: grouped by "
-        f"{how} the data make {len(np.unique(groups))} groups, and one holds {n} of {len(groups)} images ({made}); "
-        f"a fold's training part that is this one group leaves no group to validate on. Use {fix}",
+        f"fold {k} would have {sizes[0]} training, {sizes[1]} validation and {sizes[2]} test images: grouped by "
+        f"{how}, the largest group of its {len(outside_test)} images outside the test part holds {n} ({made}), and "
+        f"a validation part of whole groups cannot be drawn beside it. Use {fix}",
     )
 
 
