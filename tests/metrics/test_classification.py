@@ -248,3 +248,16 @@ def test_more_classes_rank_saturated_rows_by_the_rest() -> None:
         assert m["per_class"][lab]["auc"] == pytest.approx(rank_auc(y == c, log_odds), abs=1e-12)
         finite = np.isfinite(log_odds)
         np.testing.assert_array_equal(class_score(p, c)[finite], log_odds[finite])
+
+
+def test_roc_thresholds_are_the_class_probabilities() -> None:
+    """The ROC curve's thresholds in metrics.json are cut-offs on the class's probability, as the tables give it
+    (the curve is computed on the log-odds: their thresholds had been log-odds under the same key)."""
+    from medcad.metrics.classification import classification_metrics
+
+    p1 = np.array([0.1, 0.3, 0.6, 0.8, 0.9, 0.2])
+    y = np.array([0, 0, 1, 1, 1, 0])
+    roc = classification_metrics(y, np.column_stack([1 - p1, p1]), ["benign", "malignant"], n_boot=0)["roc"]
+    thresholds = np.array(roc["malignant"]["thresholds"])
+    assert thresholds[0] == 1.0 and np.all((thresholds >= 0) & (thresholds <= 1))
+    assert all(np.isclose(p1, t, rtol=1e-9).any() for t in thresholds[1:]), thresholds  # p values themselves

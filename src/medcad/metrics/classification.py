@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import roc_curve
 
 from medcad.metrics.stats import (
@@ -102,15 +103,16 @@ def sens_spec_batch(yb: np.ndarray, pred_pos: np.ndarray, w: np.ndarray) -> tupl
 
 
 def _roc(yb: np.ndarray, score: np.ndarray, max_points: int = MAX_ROC_POINTS) -> dict[str, list[float]]:
-    """One-vs-rest ROC curve of a `class_score`, at most `max_points` points (ends kept; thresholds on the score,
-    the log-odds); empty lists if undefined."""
+    """One-vs-rest ROC curve of a `class_score`, at most `max_points` points (ends kept); empty lists if undefined.
+    Its thresholds are probabilities of the class, as the runs' tables give them: the log-odds' sigmoid (the class's
+    probability where a row sums to 1; the first, above every score, is 1)."""
     if yb.all() or not yb.any():
         return {"fpr": [], "tpr": [], "thresholds": []}
     fpr, tpr, thr = roc_curve(yb, score)
     if len(fpr) > max_points:
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
         fpr, tpr, thr = fpr[keep], tpr[keep], thr[keep]
-    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": expit(thr).tolist()}
 
 
 def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | None) -> tuple[dict, Batch]:
