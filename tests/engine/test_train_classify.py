@@ -420,6 +420,8 @@ def test_val_score_is_the_runs_auc() -> None:
     renormalised = p3[two, 2] / p3[two][:, [0, 2]].sum(1)
     assert val_score(y3[two], p3[two]) == pytest.approx(roc_auc_score(y3[two] == 2, renormalised))
     assert val_score(np.zeros(5, int), p3[:5]) == (p3[:5].argmax(1) == 0).mean()
+    # a diverged epoch (nan probabilities) scores 0: argmax of nan rows is class 0, whose accuracy had scored 0.75
+    assert val_score(np.array([0, 0, 0, 1]), np.full((4, 2), np.nan)) == 0.0
 
 
 def test_a_validation_part_of_one_class_is_said() -> None:

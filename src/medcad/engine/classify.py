@@ -12,7 +12,7 @@ then has no fit of its own.
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
 from medcad.runfolder import FoldFolder
 from medcad.tasks import freeze_stride
+
+log = logging.getLogger(__name__)
 
 
 class _Probabilities(torch.nn.Module):
@@ -142,14 +144,15 @@ class ClassifyHooks(FoldHooks):
 
     def check(self, k: int, parts: dict, data: FoldData) -> None:
         said = one_class_validation(k, data.y[parts["val"]], list(data.labels))
-        if said:
-            warnings.warn(said, stacklevel=2)
+        if said and is_primary():
+            log.warning("note: %s", said)  # as the run's other notes: one line on stderr
 
     def before_name(self, continued: bool) -> str:
         """A stage list's stages before the fit train the continued model too: it is then the last of them (a
         sequential step 2's fold had said "stage kept: init" of a model its stage 1 had trained on the new domain)."""
         plan = self._plan()
-        return self.before_stage if plan is not None and plan[0] else super().before_name(continued)
+        trained = plan is not None and any(stage.epochs > 0 for stage in plan[0])  # a stage of 0 epochs is skipped
+        return self.before_stage if trained else super().before_name(continued)
 
     def _head_module(self, model, data, parts, lr: float, optimizer: str, schedule: str, epochs: int):
         cfg, w = self.cfg, self._weights(data, parts)

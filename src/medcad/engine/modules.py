@@ -48,13 +48,16 @@ def val_score(y: np.ndarray, probs: np.ndarray) -> float:
     """Model-selection score on a validation part: macro one-vs-rest AUC over the classes present, each class's on
     its `class_score` among the present classes (as the run's metrics; for two classes the binary AUC; for more,
     scikit-learn's roc_auc_score(multi_class="ovr") on the probabilities renormalised over the present classes,
-    saturated ties apart), or accuracy when AUC is undefined (a single class, or probabilities with nan)."""
+    saturated ties apart), or accuracy when AUC is undefined (a single class); 0 for probabilities with nan (a
+    diverged epoch is never selected: argmax of nan rows is class 0, whose accuracy could have won)."""
     from medcad.metrics.stats import class_score, weighted_auc
 
     y = np.asarray(y)
     p = np.asarray(probs, dtype=np.float64)
     present = np.unique(y)
-    if len(present) > 1 and not np.isnan(p).any():
+    if np.isnan(p).any():
+        return 0.0
+    if len(present) > 1:
         sub = p[:, present]  # the log-odds against the present rest: renormalising would not change them
         return float(np.mean([weighted_auc(y == c, class_score(sub, i))[0] for i, c in enumerate(present)]))
     return float((p.argmax(1) == y).mean())
