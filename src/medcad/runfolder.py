@@ -139,6 +139,10 @@ class RunFolder:
         """The numbers of the fold folders there, in order."""
         return sorted(int(d.name[5:]) for d in self.root.glob("fold_*") if d.name[5:].isdigit())
 
+    def finished(self, folds: list[int]) -> list[int]:
+        """Those of `folds` whose result.json is written (a resumed run keeps them)."""
+        return [k for k in folds if self.fold(k).result.is_file()]
+
     def fold_models(self) -> list[Path]:
         """Every fold's model file that exists, by fold number."""
         return sorted(self.root.glob("fold_*/model.pt"), key=lambda p: FoldFolder(p.parent).number)
@@ -168,3 +172,8 @@ def study_path(study: Path, stored: str | Path) -> Path:
     if p.exists():
         return p
     raise FileNotFoundError(f"{p} (from {study / 'results.json'}) is gone and {study} has no copy of it")
+
+
+def fold_words(folds) -> str:
+    """ "fold 2", "folds 0, 1": fold numbers in words."""
+    return f"fold{'s' * (len(folds) != 1)} {', '.join(map(str, folds))}"

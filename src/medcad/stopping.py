@@ -10,7 +10,8 @@ Where it is raised:
 - in processes that `handle_signals()` without `stoppable()` (the workers of `--jobs`), at the next fit step or the
   next fold (`raise_if_stopped`), never while idle: such a process ends when its pool is shut down.
 
-A second signal during a stop changes nothing: the first one is being handled.
+A second SIGINT (Ctrl-C pressed again) while a stop waits for the fit's next step stops at once, whatever is being
+written; any other second signal changes nothing: the first one is being handled.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ _state = _State()
 
 def _on_signal(signum: int, frame) -> None:
     if _state.signum is not None:
+        if signum == signal.SIGINT and _state.immediate:  # Ctrl-C again: the user will not wait for the next step
+            raise Stopped(signum)
         return  # the stop is under way
     _state.signum = signum
     if _state.immediate and not _state.fitting:

@@ -107,3 +107,19 @@ def test_a_signal_stops_a_fit_at_its_next_step_and_the_resumed_fit_continues_its
     epochs = pd.read_csv(history)["epoch"]
     assert list(epochs) == [0, 0, 1, 1, 2, 2, 3, 3]  # one training and one validation row an epoch, none lost
     assert json.loads((fold / "result.json").read_text())["fold"] == 1
+
+
+def test_a_second_ctrl_c_stops_at_once() -> None:
+    """During a fit a signal waits for the next step; Ctrl-C pressed again stops at once (it had been ignored, so a
+    long step could only be ended by SIGKILL); a second SIGTERM changes nothing."""
+    import signal
+
+    from medcad import stopping
+
+    with pytest.raises(stopping.Stopped) as stop, stopping.stoppable(), stopping.deferred():
+        signal.raise_signal(signal.SIGTERM)  # waits for the next step
+        signal.raise_signal(signal.SIGTERM)  # changes nothing
+        assert stopping.requested() == signal.SIGTERM
+        signal.raise_signal(signal.SIGINT)  # at once
+        raise AssertionError("not stopped by the second Ctrl-C")
+    assert stop.value.signum == signal.SIGINT and stop.value.code == 130

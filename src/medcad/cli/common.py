@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from medcad.config import DataOptions
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, fold_words
 
 # Prediction backends (medcad.inference.predictor, .onnx), named here so that `--help` imports no torch
 BACKENDS = (
@@ -247,18 +247,14 @@ def _kept(folder: Path) -> str:
 def _run_kept(run: RunFolder) -> str:
     """A run folder's finished folds (those with a result.json) and those of its splits.json not finished."""
     every = [f["fold"] for f in json.loads(run.splits.read_text())["folds"]] if run.splits.is_file() else []
-    finished = [k for k in every if run.fold(k).result.is_file()]
+    finished = run.finished(every)
     todo = [k for k in every if k not in finished]
     if not every:
         return f"{run.root} has no fold yet"
     if not todo:
         return f"{run.root} keeps all its {len(every)} folds (finished)"
-    kept = f"keeps {_folds(finished)} (finished)" if finished else "has no finished fold yet"
-    return f"{run.root} {kept}; {_folds(todo)} not finished"
-
-
-def _folds(numbers: list[int]) -> str:
-    return f"fold{'s' * (len(numbers) != 1)} {', '.join(map(str, numbers))}"
+    kept = f"keeps {fold_words(finished)} (finished)" if finished else "has no finished fold yet"
+    return f"{run.root} {kept}; {fold_words(todo)} not finished"
 
 
 def _emit(obj: dict, as_json: bool, printer: str) -> None:

@@ -27,7 +27,7 @@ from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.run import Run
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
 from medcad.targets import load_targets
 from medcad.tasks import Task, get_task, split_labels
@@ -225,19 +225,15 @@ def train_run(
     return metrics
 
 
-def _folds_text(folds: Sequence[int]) -> str:
-    return f"fold{'s' * (len(folds) != 1)} {', '.join(map(str, folds))}"
-
-
 def _say_resumed(folder: RunFolder, every: list[int], folds: Sequence[int] | None) -> None:
     """Say which folds a resumed run keeps (finished) and which it trains now (those among `folds`; None or []: all
     that are not finished); nothing for a run without a finished fold."""
-    finished = [k for k in every if folder.fold(k).result.is_file()]
+    finished = folder.finished(every)
     if not finished:
         return
     todo = [k for k in every if k not in finished and (not folds or k in folds)]
-    training = f"; training {_folds_text(todo)}" if todo else ""
-    log.warning("note: resuming %s: %s finished, kept%s", folder.root, _folds_text(finished), training)
+    training = f"; training {fold_words(todo)}" if todo else ""
+    log.warning("note: resuming %s: %s finished, kept%s", folder.root, fold_words(finished), training)
 
 
 def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool, say: bool) -> tuple:

@@ -10,6 +10,7 @@ sequential-transfer step 2 waits for fold k of its step 1; a run's evaluation wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ class LocalExecutor:
                             print(f"== {t.name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
             except Stopped as stop:  # here (a signal) or in a worker (its fold stopped): every worker stops too
                 for p in multiprocessing.active_children():
-                    os.kill(p.pid, stop.signum)  # a fold stops at its next step; an idle worker takes no more
+                    with contextlib.suppress(ProcessLookupError):  # a worker that has just ended
+                        os.kill(p.pid, stop.signum)  # a fold stops at its next step; an idle worker takes no more
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return out
