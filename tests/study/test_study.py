@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,9 @@ def test_sequential_expands_to_both_directions_and_combined(tmp_path: Path, two_
         expand(spec, ["endoscopy"])
 
 
-def test_sequential_study_runs_resumes_and_compares(tmp_path: Path, two_domain_set: Path) -> None:
+def test_sequential_study_runs_resumes_and_compares(
+    tmp_path: Path, two_domain_set: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     yaml = write(
         tmp_path / "study.yaml",
         """
@@ -98,7 +101,9 @@ settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fracti
     # resume: a finished study trains nothing again
     stamp = (Path(res["runs"][0]["run"]) / "fold_0" / "model.pt").stat().st_mtime_ns
     (out / "results.json").unlink()
-    run_study(yaml, out, progress=False)
+    with caplog.at_level(logging.WARNING):
+        run_study(yaml, out, progress=False)
+    assert "note: 10 of 10 run(s) finished before, kept: tf_efficientnet_lite0 | endoscopy, " in caplog.text  # said
     assert (Path(res["runs"][0]["run"]) / "fold_0" / "model.pt").stat().st_mtime_ns == stamp
     assert (out / "results.json").is_file()
 

@@ -324,6 +324,8 @@ def prepare_study(
     exps = expand(spec, domains)
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
     jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1)
+    if metrics:  # a resumed study: its finished runs are kept, not trained again
+        log.warning("note: %d of %d run(s) finished before, kept: %s", len(metrics), len(exps), ", ".join(metrics))
     _say_training(jobs)
     return PreparedStudy(spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics)
 
