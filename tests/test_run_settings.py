@@ -44,6 +44,7 @@ def test_a_run_resumes_with_the_settings_it_was_made_with(task, arch, stride, wi
         assert made.freeze_stride is not None and made.decoder_channels != "auto"
         assert Run.resolve(made, out / "again").cfg == made
         (out / "config.json").write_text(json.dumps(made.to_dict()))
+        (out / "splits.json").write_text("{}")  # a run that split its data: its settings are checked on resume
         for repeat in (cfg, cfg.replace(freeze_stride=None, decoder_channels="auto")):
             resumed = Run.resolve(repeat, out)
             assert (resumed.cfg.freeze_stride, resumed.cfg.decoder_channels) == (

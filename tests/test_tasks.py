@@ -165,6 +165,7 @@ def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -
     assert Run.resolve(cfg, tmp_path).cfg.decoder_channels == "64,32,16,16,8"
     other_arch = Run.resolve(cfg.replace(arch="unetpp"), tmp_path / "new", init_run=tmp_path)  # not its models
     assert other_arch.cfg.decoder_channels is None
+    (tmp_path / "splits.json").write_text("{}")  # a run that split its data: resumed, not started anew
     with pytest.raises(ConfigError, match="holds a run with other settings"):  # given widths are checked on resume
         train_run(tmp_path, tmp_path, cfg.replace(decoder_channels="32,32,16,16,8"), progress=False)
 

@@ -159,6 +159,7 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     old = TrainConfig.load(tmp_path / "config.json")
     assert old.freeze_stride == 0 and old.tta == "none"  # ... and was predicted without test-time augmentation
     assert Run.resolve(new, tmp_path).cfg.freeze_stride == 0  # resumed as it started, not at today's 8
+    (tmp_path / "splits.json").write_text("{}")  # a run that split its data: resumed, its settings checked
     for saved, trained in ((2, 2), (None, 4)):
         (tmp_path / "config.json").write_text(json.dumps(settled_settings(new).replace(freeze_stride=saved).to_dict()))
         assert TrainConfig.load(tmp_path / "config.json").freeze_stride == saved
@@ -432,3 +433,16 @@ def test_a_validation_part_of_one_class_is_said() -> None:
     said = one_class_validation(3, np.array([0, 0]), ["benign", "malignant"])
     assert said and said.startswith("fold 3: its validation part (2 image(s)) holds one class ('benign')")
     assert one_class_validation(0, np.array([0, 1]), ["benign", "malignant"]) is None
+
+
+def test_a_folder_whose_split_was_refused_starts_anew_with_other_settings(easy_set: Path, tmp_path: Path) -> None:
+    """A refused split leaves config.json (no splits.json): the command its error advises, with other settings
+    (--group patient), starts the run anew (it had been refused as "a run with other settings"); a run that split
+    its data is still resumed only with its own settings."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(FAST.replace(group_by="duplicates").to_dict()))
+    train_run(easy_set, run, FAST, progress=False)
+    assert json.loads((run / "config.json").read_text())["group_by"] == "auto" and (run / "metrics.json").is_file()
+    with pytest.raises(ConfigError, match="holds a run with other settings"):
+        train_run(easy_set, run, FAST.replace(group_by="duplicates"), progress=False)

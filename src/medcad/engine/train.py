@@ -94,8 +94,11 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
 
 
 def _check_resume(run: Run) -> None:
+    """Refuse to resume a run with other settings. A folder whose data were never split (its split was refused:
+    config.json and manifest.csv written, no splits.json) holds nothing to resume: the command its error advised, with
+    other settings, starts it anew (it had been refused as "a run with other settings")."""
     cfg = run.cfg
-    if run.saved is None:
+    if run.saved is None or not run.folder.splits.is_file():
         return
     old = run.saved.to_dict()
     if old.get("precision") == run.compute.precision:
