@@ -260,23 +260,17 @@ def _photometric_of_data(path: Path) -> str | None:
     return f"Photometric Interpretation '{header}' contradicts its JPEG data ({why}): decoded as {data}, as they say"
 
 
-def _first_fragment(path: Path, most: int = 1 << 16) -> bytes:
-    """The start (at most `most` bytes) of the first fragment of a file's encapsulated Pixel Data (PS3.5 A.4: after
-    the element's 12-byte header, items (FFFE,E000) with 4-byte lengths, the first the Basic Offset Table), read
+def _first_fragment(path: Path) -> bytes:
+    """The first fragment of a file's encapsulated Pixel Data (past its Basic Offset Table; pydicom.encaps), read
     without loading the rest of the pixel data (a long cine's)."""
     import pydicom
+    from pydicom.encaps import generate_fragments, parse_basic_offsets
 
     with open(path, "rb") as f:
         pydicom.dcmread(f, stop_before_pixels=True)  # leaves the file at the Pixel Data element
-        f.read(12)
-        for item in range(2):  # the offset table, then the first fragment
-            head = f.read(8)
-            if head[:4] != b"\xfe\xff\x00\xe0":
-                raise ValueError("no encapsulated pixel data item")
-            length = int.from_bytes(head[4:], "little")
-            if item == 0:
-                f.seek(length, 1)
-        return f.read(min(length, most))
+        f.seek(12, 1)  # its tag, VR, reserved bytes and undefined length
+        parse_basic_offsets(f)
+        return next(generate_fragments(f))
 
 
 def _jpeg_markers(code: bytes) -> tuple[list[int], list[bytes]]:
