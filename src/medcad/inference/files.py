@@ -14,7 +14,7 @@ import pandas as pd
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
 from medcad.inference.predictor import Predictor, split_frame
-from medcad.inference.uploads import input_warnings
+from medcad.inference.uploads import prediction_warnings
 from medcad.runfolder import RunFolder
 
 OK, FAILED = "ok", "failed"  # predictions.csv `status`
@@ -81,8 +81,9 @@ def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: di
     ledger = where / OUTPUTS_LEDGER
     claimed = set(ledger.read_text(encoding="utf-8").splitlines()) if ledger.is_file() else set()
     targets = [f"{stem}{suffix}" for stem in names.values() for suffix in OUTPUT_SUFFIXES]
+    there = set(os.listdir(where)) if where.is_dir() else set()  # one listing, not a stat per possible output
     for name in targets:
-        if (where / name).exists() and name not in claimed:
+        if name in there and name not in claimed:
             raise DataError(
                 where / name,
                 "exists and was not written by predict into this folder: predict would replace it; choose another "
@@ -118,7 +119,7 @@ def predict_image_files(
     values) for mask tasks, and predictions.csv (one `Prediction.row`
     per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed), then `overlay_file` and
     `mask_file`: the names of the files written for it in `out`, and `warnings` where the image makes its prediction
-    doubtful, `medcad.inference.uploads.input_warnings`). Rows are appended to
+    doubtful, `medcad.inference.uploads.prediction_warnings`). Rows are appended to
     predictions.csv.partial batch by batch, so an interrupted run keeps what it wrote; the finished table replaces
     predictions.csv at the end. Files are decoded in `workers` DataLoader processes (see `Predictor.predict_files`).
 
@@ -155,8 +156,7 @@ def predict_image_files(
             if pred.mask is not None:
                 write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
                 files["mask_file"] = f"{stem}_mask.png"
-            # a tiny image, a mask sent as one; a class label its mask contradicts
-            doubts = "; ".join(input_warnings(image, predictor.config.image_size) + pred.doubts())
+            doubts = "; ".join(prediction_warnings(pred, image, predictor.config.image_size))
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
             summaries.append(pred.summary() | files | ({"warnings": doubts} if doubts else {}))
             columns = columns or list(rows[-1])

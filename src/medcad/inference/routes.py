@@ -28,7 +28,7 @@ from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import read_upload
 from medcad.inference.prediction import Prediction
 from medcad.inference.responses import MASK_FORMATS, prediction_json, segmentation_dicom
-from medcad.inference.uploads import Limits, Upload, UploadError, decode_upload, input_warnings
+from medcad.inference.uploads import Limits, Upload, UploadError, decode_upload, prediction_warnings
 
 STATIC = Path(__file__).parent / "static"
 
@@ -207,7 +207,7 @@ def predict_router(state: ServeState) -> APIRouter:
         body = prediction_json(pred, upload.rgb, state.card["task"], mask, overlay)
         if upload.frames > 1:  # which of a cine's frames (a TIFF's pages) this answers for: frame= picks another
             body |= {"frame": upload.frame, "frames": upload.frames}
-        doubts = input_warnings(upload.rgb, state.card["preprocessing"]["size"]) + pred.doubts()
+        doubts = prediction_warnings(pred, upload.rgb, state.card["preprocessing"]["size"])
         if doubts:
             body["warnings"] = doubts
         if "heatmap" in result:

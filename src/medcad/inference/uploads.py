@@ -75,6 +75,12 @@ class Upload:
 TINY_SIDE = 32  # pixels: an image smaller than this on a side holds little for any model
 
 
+def prediction_warnings(prediction, rgb: np.ndarray, input_size: int) -> list[str]:
+    """What makes a prediction of `rgb` doubtful, as predict and serve say it: the input's (`input_warnings`: a tiny
+    image, a mask sent as one) and the prediction's own (`Prediction.doubts`: a class label its mask contradicts)."""
+    return input_warnings(rgb, input_size) + prediction.doubts()
+
+
 def input_warnings(rgb: np.ndarray, input_size: int) -> list[str]:
     """What about a decoded upload (H, W, 3) uint8 makes its prediction doubtful, in words (it is still predicted):
     a side below TINY_SIDE pixels (enlarged to the model's `input_size`), or two grey values only (a mask, not an
