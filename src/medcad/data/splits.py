@@ -26,8 +26,11 @@ SPLIT_VALUES = {
 }
 
 
-def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = False) -> tuple[np.ndarray, str]:
-    """One group id per sample and a description of how groups were formed.
+def sample_groups(
+    manifest: Manifest, group_by: str = "auto", progress: bool = False, fps: list | None = None
+) -> tuple[np.ndarray, str]:
+    """One group id per sample and a description of how groups were formed (`fps`: the manifest's `fingerprints`
+    when the caller has them).
 
     `auto` groups by patient and near duplicates together (a duplicate pair never straddles train and test,
     whatever its patient ids say); `none` makes every sample its own group. The frames of one file (a multi-frame
@@ -50,7 +53,7 @@ def sample_groups(manifest: Manifest, group_by: str = "auto", progress: bool = F
     elif group_by == "patient":
         raise ConfigError("group_by 'patient' needs a patient column, but the manifest has no patient ids")
     if group_by in ("auto", "duplicates", "patient+duplicates"):
-        for g in duplicate_groups(fingerprints(manifest, progress=progress), near=True):
+        for g in duplicate_groups(fps if fps is not None else fingerprints(manifest, progress=progress), near=True):
             pairs += [(g[0], j) for j in g[1:]]
         used.append("duplicates")
     frames = manifest.frame_pairs()

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.config import DataOptions
+from medcad.data.fingerprints import fingerprints
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import FRAME_SEP, atomic_write_text
 from medcad.data.splits import sample_groups
@@ -84,10 +85,11 @@ def evaluate_external(
                 f"left out {sum(bool(u) for u in unseen)} image(s) of label(s) the model never saw (--unseen-labels "
                 "leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
             ]
-    overlap, near, near_note = _runs_own_images(run, manifest, meta, cfg)
+    fps = fingerprints(manifest)  # the set's: for its near duplicates of the run's images, and its CI groups
+    overlap, near, near_note = _runs_own_images(run, manifest, meta, cfg, fps)
     images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
     # clusters for the CIs, as a run's splits group: patient, near-duplicate group, the frames of one file
-    groups, grouped_by = sample_groups(manifest, "auto")
+    groups, grouped_by = sample_groups(manifest, "auto", fps=fps)
     rows = np.arange(len(manifest))
     targets = load_targets(manifest, cfg, labels)
     y = targets.y
@@ -226,13 +228,12 @@ def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> lis
     return [m[0] for m in found] if all(len(m) == 1 for m in found) else None
 
 
-def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], list[tuple[str, str]], str]:
+def _runs_own_images(run: Path, manifest, meta: dict, cfg, fps: list) -> tuple[list[str], list[tuple[str, str]], str]:
     """The set's images that the run was made on: (keys of files with the same content, wherever they lie now;
     (set key, run key) pairs of near duplicates - the same picture re-encoded, resized or cropped a little -, found
     when the run's dataset is still where it was read; a note when that check could not be made). Scored as an
     external test set they give figures better than the run's own held-out ones."""
     from medcad.data.duplicates import duplicate_links
-    from medcad.data.fingerprints import fingerprints
     from medcad.data.identity import run_samples, sample_fingerprints
 
     own = {fp for fp in (run_samples(run) or {}).values() if fp}
@@ -242,8 +243,8 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg) -> tuple[list[str], l
     except (DataError, OSError, KeyError) as e:
         why = getattr(e, "problem", str(e))
         return exact, [], f"near duplicates of the run's images not looked for: its dataset cannot be read ({why})"
-    fps = fingerprints(ran_on) + fingerprints(manifest)
     n = len(ran_on)
+    fps = fingerprints(ran_on) + fps
     said = set(exact)
     near = sorted(
         {
