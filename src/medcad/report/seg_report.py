@@ -68,12 +68,11 @@ def case_tiles(
     }
 
 
-def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame) -> bytes | None:
+def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame, cfg) -> bytes | None:
     """For the median case: predicted outline (the fold's lesion probability at 0.5, with the run's test-time
-    augmentation), CBAM attention maps and Grad-CAM of the predicted lesion, from the model of the fold that tested
-    the image, at the model's input size."""
+    augmentation, from its settings `cfg`), CBAM attention maps and Grad-CAM of the predicted lesion, from the model
+    of the fold that tested the image, at the model's input size."""
     from medcad.checkpoint import load_model_file
-    from medcad.config import TrainConfig
     from medcad.data.transforms import Normalize
     from medcad.explain.segmentation import explain_mask
     from medcad.tasks import flip_tta
@@ -85,7 +84,6 @@ def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame)
     model, meta = load_model_file(RunFolder(run).fold(int(row["fold"])).model)
     normalize = Normalize(meta["data_config"]["mean"], meta["data_config"]["std"])
     image = np.asarray(images[manifest.keys.index(row["image"])])
-    cfg = TrainConfig.from_saved(meta["config"])
     tiles = explain_mask(model, normalize, image, image, hflip=flip_tta(cfg.tta, cfg.task))
     return plots.image_grid_png(
         [t for t, _ in tiles], [c for _, c in tiles], cols=len(tiles), title=f"Where the network looked: {row['image']}"
@@ -112,7 +110,7 @@ def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: 
         classes = list(parse_mask_labels(cfg.mask_labels).names) if cfg.mask_labels else None
         for kind, png in case_tiles(run, manifest, images, masks, pred, classes).items():
             figures[f"cases_{kind}"] = png
-        att = attention_tiles(run, manifest, images, pred)
+        att = attention_tiles(run, manifest, images, pred, cfg)
         if att is not None:
             figures["attention"] = att
     return figures
