@@ -385,3 +385,11 @@ def test_sibling_split_folders_with_their_masks_are_a_split_not_classes(tmp_path
     m.table["label"] = "lesion"
     s = make_splits(m, split_column="split", group_by="none")
     assert sorted(s["folds"][0]["test"]) == [f"test/test{k}.png" for k in range(3)]
+    # a pair in each split's folder (`train/{images,masks}`, as Kaggle releases are): a split too, not classes (the
+    # folders had become the labels 'train' and 'test' here)
+    for part, n in {"train": 4, "test": 2}.items():
+        _sibling_pairs(tmp_path / "nested" / part, {"images": n}, "_masks", "{}", "")
+        (tmp_path / "nested" / part / "images_masks").rename(tmp_path / "nested" / part / "masks")
+    m = load_manifest(tmp_path / "nested")
+    assert m.labels == [] and len(m) == 6 and (m.table["mask"] != "").all(), (m.notes, m.table)
+    assert sorted(m.table["split"]) == ["test"] * 2 + ["train"] * 4

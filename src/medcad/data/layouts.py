@@ -39,7 +39,6 @@ from medcad.data.manifest import (
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
-from medcad.data.splits import is_split_name
 from medcad.data.tables import read_csv, read_xlsx
 from medcad.errors import DataError
 
@@ -248,8 +247,8 @@ def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], l
     return {}, []
 
 
-def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, Path, Path]]:
-    """(label, image folder, mask folder) of each pair: from --images/--masks (no label), else those
+def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, str, Path, Path]]:
+    """(label, split, image folder, mask folder) of each pair: from --images/--masks (neither), else those
     `find_pair_groups` finds."""
     from medcad.data.pairing import find_pair_groups
 
@@ -260,11 +259,11 @@ def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, Path, Path
         for d in dirs:
             if not d.is_dir():
                 raise DataError(d, "folder not found (--images and --masks are relative to the dataset folder)")
-        return [("", dirs[0], dirs[1])]
+        return [("", "", dirs[0], dirs[1])]
     groups, _ = find_pair_groups(path, options.mask_suffix)
     if not groups:
         raise DataError(path, "no image and mask folders with matching file names; name them with --images/--masks")
-    return [(label, p.images, p.masks) for label, p in groups]
+    return [(label, split, p.images, p.masks) for label, split, p in groups]
 
 
 def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions, problems: list) -> list[dict]:
@@ -314,7 +313,7 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
     """
     problems: list[tuple[str, str]] = []
     rows, notes = [], []
-    for label, image_dir, mask_dir in _paired_dirs(path, options):
+    for label, split, image_dir, mask_dir in _paired_dirs(path, options):
         pair_rows = _read_pair(path, image_dir, mask_dir, options, problems)
         n_masked = sum(1 for r in pair_rows if "mask" in r)
         where = f"{image_dir.relative_to(path).as_posix()}/"
@@ -322,11 +321,9 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
         if label:
             notes[-1] += f" (label {label!r}, from the folder's name)"
             pair_rows = [dict(r, label=label) for r in pair_rows]
-        elif is_split_name(image_dir.name) and image_dir.parent == path:  # a split's folder: kept as a column
-            notes[-1] += (
-                f" (split {image_dir.name!r} in the 'split' column: `data split --split-column split` keeps it)"
-            )
-            pair_rows = [dict(r, split=image_dir.name) for r in pair_rows]
+        elif split:  # a split's folder: kept as a column
+            notes[-1] += f" (split {split!r} in the 'split' column: `data split --split-column split` keeps it)"
+            pair_rows = [dict(r, split=split) for r in pair_rows]
         rows += pair_rows
     stems = {Path(r["image"]).stem for r in rows}
     boxes, sources = _kvasir_boxes(path, stems)

@@ -140,27 +140,40 @@ def _root_pairs(root: Path, mask_suffix: str) -> list[FolderPair]:
     return found if len(set(folders)) == len(folders) else []  # a folder in two pairs: no reading is sure
 
 
-def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> tuple[list[tuple[str, FolderPair]], str]:
-    """Every (images, masks) folder pair of a dataset folder with the label its images take, and why: the one pair
-    of `find_paired_folders` (label ''), several sibling pairs (`benign/` + `benign_masks/`, ...: label = the
-    image folder's name), or one pair in each of several sub-folders (a release that keeps its polyp frames and its
-    lesion-free frames in two such pairs: label = the sub-folder's name). ([], '') when there are none."""
+def find_pair_groups(root: Path, mask_suffix: str = "_mask") -> tuple[list[tuple[str, str, FolderPair]], str]:
+    """Every (images, masks) folder pair of a dataset folder with the label its images take, the split they belong
+    to, and why: the one pair of `find_paired_folders` (no label, no split), several sibling pairs (`benign/` +
+    `benign_masks/`, ...: label = the image folder's name; `train/` + `train_masks/`, ...: split = its name), or
+    one pair in each of several sub-folders (a release that keeps its polyp frames and its lesion-free frames in two
+    such pairs: label = the sub-folder's name; `train/{images,masks}`, `test/{images,masks}`: split = its name).
+    Folders whose names are all split names (`is_split_name`) give splits, never labels. ([], '') when there are
+    none."""
     pairs = _root_pairs(root, mask_suffix)
     if len(pairs) == 1:
-        return [("", pairs[0])], pairs[0].reason
+        return [("", "", pairs[0])], pairs[0].reason
     if pairs:
         names = ", ".join(f"'{p.images.name}/' + '{p.masks.name}/'" for p in pairs)
         if all(is_split_name(p.images.name) for p in pairs):  # train/ + train_masks/, test/ + test_masks/
-            return [("", p) for p in pairs], f"image and mask folder pairs {names} (a split each: no label)"
-        return [(p.images.name, p) for p in pairs], f"image and mask folder pairs {names} (label = the image folder)"
+            return [
+                ("", p.images.name, p) for p in pairs
+            ], f"image and mask folder pairs {names} (a split each: no label)"
+        return [
+            (p.images.name, "", p) for p in pairs
+        ], f"image and mask folder pairs {names} (label = the image folder)"
     subs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
     if len(subs) > 12:
         return [], ""
-    groups = [(d.name, pair) for d in subs if (pair := find_paired_folders(d, mask_suffix)) is not None]
-    if len(groups) < 2:
+    found = [(d.name, pair) for d in subs if (pair := find_paired_folders(d, mask_suffix)) is not None]
+    if len(found) < 2:
         return [], ""
-    names = ", ".join(f"{label}/" for label, _ in groups)
-    return groups, f"an image/mask folder pair in each of {names} (read together; label = the folder)"
+    names = ", ".join(f"{name}/" for name, _ in found)
+    if all(is_split_name(name) for name, _ in found):  # train/{images,masks}, test/{images,masks}
+        return [
+            ("", name, pair) for name, pair in found
+        ], f"an image/mask folder pair in each of {names} (a split each: no label)"
+    return [(name, "", pair) for name, pair in found], (
+        f"an image/mask folder pair in each of {names} (read together; label = the folder)"
+    )
 
 
 def several_images_of_one_name(
