@@ -446,3 +446,19 @@ def test_a_folder_whose_split_was_refused_starts_anew_with_other_settings(easy_s
     assert json.loads((run / "config.json").read_text())["group_by"] == "auto" and (run / "metrics.json").is_file()
     with pytest.raises(ConfigError, match="holds a run with other settings"):
         train_run(easy_set, run, FAST.replace(group_by="duplicates"), progress=False)
+
+
+def test_a_refused_split_leaves_no_run_folder(tmp_path: Path) -> None:
+    """Two patients cannot fill two folds' training and validation parts: the split is refused before anything of
+    the run is written (config.json and manifest.csv had been left in the folder)."""
+    from conftest import noise_image, save
+    from medcad.errors import DataError
+
+    rows = ["image,label,patient"]
+    for i in range(12):
+        save(tmp_path / "data" / f"{i}.png", noise_image(i))
+        rows.append(f"{i}.png,{'x' if i % 2 else 'y'},p{i % 4 // 2}")
+    (tmp_path / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="fold 0 would have"):
+        train_run(tmp_path / "data", tmp_path / "run", FAST.replace(group_by="patient"), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -70,17 +70,15 @@ def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> d
     )
 
 
-def _prepare_splits(manifest: Manifest, run: Run, splits_path: Path | None, write: bool) -> dict:
+def _prepare_splits(manifest: Manifest, run: Run, splits_path: Path | None) -> dict:
+    """The run's folds: those of `splits_path`, else of its own splits.json (resuming), else new ones (which may
+    be refused, before anything of the run is written)."""
     target = run.folder.splits
     if splits_path is not None:
-        splits = load_splits(splits_path, manifest)
-    elif target.is_file():
-        splits = load_splits(target, manifest)  # resume, or the same folds as an earlier model
-    else:
-        splits = splits_for(manifest, run.cfg)
-    if write and (splits_path is None or not target.is_file()):
-        save_splits(splits, target)
-    return splits
+        return load_splits(splits_path, manifest)
+    if target.is_file():
+        return load_splits(target, manifest)  # resume, or the same folds as an earlier model
+    return splits_for(manifest, run.cfg)
 
 
 def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_images: str) -> Manifest:
@@ -94,9 +92,9 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
 
 
 def _check_resume(run: Run) -> None:
-    """Refuse to resume a run with other settings. A folder whose data were never split (its split was refused:
-    config.json and manifest.csv written, no splits.json) holds nothing to resume: the command its error advised, with
-    other settings, starts it anew (it had been refused as "a run with other settings")."""
+    """Refuse to resume a run with other settings. A folder whose data were never split (no splits.json: an
+    earlier medcad refused its split after writing config.json and manifest.csv) holds nothing to resume: the
+    command its error advised, with other settings, starts it anew."""
     cfg = run.cfg
     if run.saved is None or not run.folder.splits.is_file():
         return
@@ -259,20 +257,20 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         log.warning("note: %s", note)
     if targets.mask_classes is not None and say:
         log.warning("note: lesion classes %s (from %s)", targets.mask_classes.describe(), targets.mask_classes.source)
-    if targets.box_problems and write:
-        problems = targets.box_problems
-        if say:
-            log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder.box_problems, "\n".join(problems) + "\n")
+    problems = targets.box_problems
+    if problems and write and say:
+        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
     labels = targets.labels
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
         missing = sorted(set(train_domains) - set(domains))
         if missing:
             raise DataError(data, f"no images of domain(s) {missing}; domains here: {sorted(set(domains) - {''})}")
+    splits = _prepare_splits(manifest, run, splits_path)  # a refused split leaves no run folder behind
     if write:
         out.mkdir(parents=True, exist_ok=True)
+        if problems:
+            atomic_write_text(folder.box_problems, "\n".join(problems) + "\n")
         write_json(
             folder.config,
             {
@@ -289,7 +287,8 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         atomic_write_text(folder.ledger, manifest.ledger.table().to_csv(index=False))
         if not folder.samples.is_file():
             save_samples(manifest, folder.samples)
-    splits = _prepare_splits(manifest, run, splits_path, write)
+        if splits_path is None or not folder.splits.is_file():
+            save_splits(splits, folder.splits)
     t0 = time.perf_counter()
     images = cached_images(
         manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=progress and write
