@@ -145,3 +145,29 @@ def test_temperature_at_the_search_bound_is_not_used() -> None:
     probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
     with pytest.warns(UserWarning, match="search bound"):
         assert fit_temperature(y, probs) == 1.0
+
+
+_names = st.sampled_from(["a.png", "b.jpg", "c.png", "a.jpg"])
+_folders = st.lists(st.sampled_from(["sub", "x", "benign", "a.png"]), max_size=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(_folders, _names), min_size=1, max_size=12, unique_by=lambda t: "/".join([*t[0], t[1]])),
+    st.sampled_from(["", "../data/", "../../elsewhere/set/", "data/"]),
+    st.data(),
+)
+def test_a_folds_validation_rows_are_found_by_exact_path_whatever_the_names(files, prefix, data) -> None:
+    """RUN/manifest.csv paths are the dataset's keys behind one prefix (`Manifest.save`); each key's row is the one
+    whose path it is, even where a root file shares its name with a nested one (`a.png`, `sub/a.png`: a lookup by
+    path tails had found two rows and given no operating point)."""
+    import posixpath
+
+    from medcad.study.external import _rows_of
+
+    keys = ["/".join([*folders, name]) for folders, name in files]
+    written = [posixpath.normpath(prefix + k) for k in keys]
+    chosen = data.draw(st.lists(st.sampled_from(range(len(keys))), min_size=1, unique=True))
+    stale = data.draw(st.lists(st.integers(0, len(keys) - 1), min_size=len(chosen), max_size=len(chosen)))
+    assert _rows_of([keys[i] for i in chosen], stale, written) == chosen
+    assert _rows_of([*[keys[i] for i in chosen], "gone.png"], stale, written) is None

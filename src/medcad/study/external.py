@@ -4,6 +4,7 @@ folds) and score it against the set's labels, masks or boxes; written to RUN/eva
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -206,26 +207,34 @@ def _validation_parts(predictor) -> tuple[dict | None, str]:
 
 
 def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> list[int] | None:
-    """The rows of RUN/manifest.csv (its paths `written` relative to the run folder) holding a fold's images: the
-    result's row positions where each row's path ends with the image's key (positions drift when a resumed run's
-    dataset changed), else each key's one row by its path; None when a key has no row or several."""
-    if keys is None:  # results from before keys were kept: positions alone
+    """The rows of RUN/manifest.csv (its paths `written`, each the dataset's key behind one prefix: the dataset's
+    folder relative to the run folder) holding a fold's images: each key's row where the prefix and the key give
+    its path exactly; None when a key has no such row or the prefix is not one (`manifest_prefix`). Results from
+    before keys were kept: their row positions."""
+    if keys is None:
         return list(rows) if all(0 <= i < len(written) for i in rows) else None
+    prefix = manifest_prefix(written, keys)
+    if prefix is None:
+        return None
+    index = {path: i for i, path in enumerate(written)}
+    found = [index.get(posixpath.normpath(prefix + key)) for key in keys]
+    return None if None in found else found
 
-    def holds(path: str, key: str) -> bool:
-        return path == key or path.endswith("/" + key)
 
-    if len(keys) == len(rows) and all(
-        0 <= i < len(written) and holds(written[i], k) for k, i in zip(keys, rows, strict=True)
-    ):
-        return list(rows)
-    tails: dict[str, list[int]] = {}  # each row under every tail of its path (a key is one of them)
-    for i, path in enumerate(written):
-        parts = path.split("/")
-        for k in range(len(parts)):
-            tails.setdefault("/".join(parts[k:]), []).append(i)
-    found = [tails.get(key, []) for key in keys]
-    return [m[0] for m in found] if all(len(m) == 1 for m in found) else None
+def manifest_prefix(written: list[str], keys: list[str]) -> str | None:
+    """The one prefix P (`""`, or a folder ending in "/") with which every key in `keys` is a path in `written`
+    (`normpath(P + key)`, as `Manifest.save` wrote it), found among the prefixes the first key gives. Where two
+    prefixes find every key (`a.png` and `sub/a.png` at once), the one that begins every written path; None when
+    no prefix, or no single one, does."""
+    if not keys:
+        return ""
+    present = set(written)
+    first = keys[0]
+    candidates = {path[: len(path) - len(first)] for path in written if path == first or path.endswith("/" + first)}
+    fits = sorted(p for p in candidates if all(posixpath.normpath(p + k) in present for k in keys))
+    if len(fits) > 1:
+        fits = [p for p in fits if all(path.startswith(p) for path in written)]
+    return fits[0] if len(fits) == 1 else None
 
 
 def _runs_own_images(run: Path, manifest, meta: dict, cfg, fps: list) -> tuple[list[str], list[tuple[str, str]], str]:
