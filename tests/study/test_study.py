@@ -50,6 +50,19 @@ def test_unknown_key_and_missing_data_name_the_line(tmp_path: Path, two_domain_s
     assert res.exit_code == 2 and "line 4" in res.output and "Traceback" not in res.output
 
 
+def test_a_study_refused_for_its_domains_writes_nothing(tmp_path: Path, two_domain_set: Path) -> None:
+    """Domains the data lack are refused by --plan and by the study itself, before the study folder is made (a
+    refused study had left its study.yaml behind)."""
+    from medcad.study.runner import plan_study
+
+    study = write(tmp_path / "s.yaml", "data: data\nprotocol: sequential\ndomains: [endoscopy, cystoscopy]\n")
+    with pytest.raises(ConfigError, match=r"domains \['cystoscopy'\] are not in the data"):
+        plan_study(study, out=tmp_path / "study")
+    res = runner.invoke(app, ["study", str(study), "-o", str(tmp_path / "study")])
+    assert res.exit_code == 2 and "cystoscopy" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "study").exists()
+
+
 def test_sequential_expands_to_both_directions_and_combined(tmp_path: Path, two_domain_set: Path) -> None:
     spec = load_study(write(tmp_path / "s.yaml", "data: data\nprotocol: sequential\nmodels: [tf_efficientnet_lite0]\n"))
     names = [e.name for e in expand(spec, ["endoscopy", "ultrasound"])]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from medcad.config import STAGED_TASKS, DataOptions, TrainConfig
 from medcad.data.layouts import load_manifest
+from medcad.data.manifest import atomic_write_text
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError
@@ -207,8 +208,8 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     base = spec.base.replace(**data_options.given()) if data_options is not None else spec.base
     found = spec.data.exists()
     domains = list(spec.domains or [])
-    if not domains and found and spec.protocol not in ("holdout", "kfold", "compare"):
-        domains = sorted(set(load_manifest(spec.data, base.data_options()).table["domain"]) - {""})
+    if found and (domains or spec.protocol not in ("holdout", "kfold", "compare")):
+        domains = _study_domains(spec, load_manifest(spec.data, base.data_options()))
     study_dir = study_folder(spec, out)
     runs = []
     for e in expand(spec, domains):
@@ -293,6 +294,19 @@ class PreparedStudy:
     metrics: dict[str, dict]
 
 
+def _study_domains(spec: StudySpec, manifest) -> list[str]:
+    """The study file's domains, else every domain of the data.
+
+    Raises:
+        ConfigError: a domain the study file names is not in the data."""
+    present = sorted(set(manifest.table["domain"]) - {""})
+    domains = list(spec.domains or present)
+    unknown = sorted(set(domains) - set(present))
+    if unknown:
+        raise ConfigError(f"{spec.path}: domains {unknown} are not in the data (it has {present})")
+    return domains
+
+
 def prepare_study(
     path: str | Path, out: str | Path | None = None, progress: bool = True, data_options: DataOptions | None = None
 ) -> PreparedStudy:
@@ -305,22 +319,21 @@ def prepare_study(
 
     spec = load_study(path)
     study_dir = study_folder(spec, out)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(spec.path.read_text())
     base = spec.base
     if data_options is not None:
         base = base.replace(**data_options.given())
     manifest = load_manifest(spec.data, base.data_options())
-    present = sorted(set(manifest.table["domain"]) - {""})
-    domains = list(spec.domains or present)
-    unknown = sorted(set(domains) - set(present))
-    if unknown:
-        raise ConfigError(f"{spec.path}: domains {unknown} are not in the data (it has {present})")
+    domains = _study_domains(spec, manifest)
     splits_path = RunFolder(study_dir).splits
+    splits = None  # the study's own, when it has them from before
     if spec.splits is not None:
-        save_splits(load_splits(spec.splits, manifest), splits_path)
+        splits = load_splits(spec.splits, manifest)
     elif not splits_path.is_file():
-        save_splits(splits_for(manifest, base, progress), splits_path)
+        splits = splits_for(manifest, base, progress)  # refused before the study folder is written
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study_dir / "study.yaml", spec.path.read_text())
+    if splits is not None:
+        save_splits(splits, splits_path)
     exps = expand(spec, domains)
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
     jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1)
