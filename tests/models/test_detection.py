@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medcad.errors import ConfigError
 from medcad.models.backbones import offline_weights_path
@@ -88,3 +90,21 @@ def test_cam_target_layers_are_the_two_backbone_stages() -> None:
     for h in hooks:
         h.remove()
     assert seen == [4, 2]  # strides 16 and 32
+
+
+@given(st.lists(st.tuples(*[st.integers(0, 8)] * 4, st.floats(0.01, 1), st.integers(1, 3)), max_size=12))
+def test_predicted_boxes_without_area_are_dropped_like_true_ones(rows) -> None:
+    """SSD clips boxes to the image, so a box beyond an edge comes out as a line; it is no lesion (true boxes
+    without area were dropped, predicted ones had been kept and counted as false positives)."""
+    from medcad.models.predict import detections_to_array
+
+    det = {
+        "boxes": torch.tensor([r[:4] for r in rows], dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor([r[4] for r in rows], dtype=torch.float32),
+        "labels": torch.tensor([r[5] for r in rows], dtype=torch.int64),
+    }
+    out = detections_to_array(det)
+    kept = [r for r in rows if r[2] > r[0] and r[3] > r[1]]
+    assert out.shape == (len(kept), 6)
+    assert out[:, :4].tolist() == [list(map(float, r[:4])) for r in kept]
+    assert out[:, 5].tolist() == [r[5] - 1 for r in kept]

@@ -127,12 +127,13 @@ def predict_masks(
 
 
 def detections_to_array(det: dict[str, torch.Tensor]) -> np.ndarray:
-    """torchvision detections -> (m, 6) [x0, y0, x1, y1, score, class_index] float32, class_index 0-based."""
-    return (
-        torch.cat([det["boxes"].float(), det["scores"].float()[:, None], (det["labels"] - 1).float()[:, None]], dim=1)
-        .cpu()
-        .numpy()
-    )
+    """torchvision detections -> (m, 6) [x0, y0, x1, y1, score, class_index] float32, class_index 0-based. A box
+    with no area (SSD clips boxes to the image: one beyond an edge becomes a line) is no lesion and is dropped, as a
+    true box with no area is (`medcad.data.boxes`)."""
+    boxes = det["boxes"].float()
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    rows = torch.cat([boxes, det["scores"].float()[:, None], (det["labels"] - 1).float()[:, None]], dim=1)
+    return rows[keep].cpu().numpy()
 
 
 @torch.no_grad()
