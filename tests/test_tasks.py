@@ -183,3 +183,42 @@ def test_a_multi_label_cell_gives_its_findings_and_no_finding_names_none(finding
     parts = list(findings)
     parts.insert(min(where, len(parts)), none)
     assert split_labels(sep.join(parts)) == findings
+
+
+_ALTERED = {  # a value other than the default for each setting some tasks do not read
+    "arch": "unetpp",
+    "decoder_channels": "64,32,16,8,8",
+    "missing_masks": "empty",
+    "tta": "hflip",
+    "mask_labels": "1=cyst",
+    "class_loss_weight": 2.0,
+    "frame_classes": "normal",
+    "head": "mlp",
+    "head_epochs": 3,
+    "head_lr": 0.01,
+    "unfreeze": 2,
+    "stages": "1:all:1e-4",
+    "label_smoothing": 0.1,
+    "class_weights": False,
+    "dropout": 0.5,
+    "oversample": True,
+}
+
+
+@given(st.sampled_from(list(TASKS)), st.sets(st.sampled_from(list(_ALTERED))))
+def test_a_setting_the_task_does_not_read_is_named_and_left_out_of_its_table(task: str, changed: set[str]) -> None:
+    """`--tta hflip` on a classifier, `--unfreeze 2` on a mask model, `--dropout` on a detector: given, read by
+    nothing, and the run had said nothing. Each is named with the tasks that read it; the settings table keeps
+    those the task reads."""
+    from medcad.tasks import TASK_SETTINGS, settings_read, unread_settings
+
+    assert set(_ALTERED) == set(TASK_SETTINGS) and set().union(*TASK_SETTINGS.values()) <= set(TASKS)
+    cfg = TrainConfig(task=task).replace(**{k: _ALTERED[k] for k in changed})
+    named = {s.split("=")[0] for s in unread_settings(cfg)}
+    unread_head = task == "detect" and "head" in changed  # mlp: a classifier's head, the detector builds SSDlite
+    assert named == {k for k in changed if task not in TASK_SETTINGS[k]} | ({"head"} if unread_head else set())
+    if task == "detect":
+        ssd = cfg.replace(head="ssd")
+        assert settings_read(cfg)["head"] == "ssdlite" and not any(s.startswith("head=") for s in unread_settings(ssd))
+    assert not (named - {"head"}) & set(settings_read(cfg))
+    assert {"task", "epochs", "lr", "image_size"} <= set(settings_read(cfg))

@@ -210,6 +210,54 @@ def get_task(name: str) -> Task:
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
 
 
+_MASK_TASKS = ("segment", "segment-multiclass", "multitask")
+_STAGED = ("classify", "multilabel")
+# The settings that only some tasks read (every other setting applies to every task), and those tasks. Read from
+# the engines: the classifier's two stages, a mask model's architecture and flip, the multitask class loss, the
+# detector's frame classes; a detector has no dropout, class weights or oversampling.
+TASK_SETTINGS: dict[str, tuple[str, ...]] = {
+    "arch": _MASK_TASKS,
+    "decoder_channels": _MASK_TASKS,
+    "missing_masks": _MASK_TASKS,
+    "tta": _MASK_TASKS,
+    "mask_labels": ("segment-multiclass",),
+    "class_loss_weight": ("multitask",),
+    "frame_classes": ("detect",),
+    "head": (*_STAGED, "detect"),
+    "head_epochs": _STAGED,
+    "head_lr": _STAGED,
+    "unfreeze": _STAGED,
+    "stages": _STAGED,
+    "label_smoothing": _STAGED,
+    "class_weights": (*_STAGED, "multitask"),
+    "dropout": (*_STAGED, *_MASK_TASKS),
+    "oversample": (*_STAGED, *_MASK_TASKS),
+}
+
+
+def settings_read(cfg: TrainConfig) -> dict:
+    """The run's settings that its task reads (`TASK_SETTINGS`), as `cfg.to_dict()` gives them: what a settings
+    table shows. A detector's head is the detection head it builds (a classifier's head name builds SSDlite)."""
+    from medcad.models.detection import HEADS
+
+    read = {k: v for k, v in cfg.to_dict().items() if cfg.task in TASK_SETTINGS.get(k, (cfg.task,))}
+    if cfg.task == "detect" and cfg.head not in HEADS:
+        read["head"] = HEADS[0]
+    return read
+
+
+def unread_settings(cfg: TrainConfig) -> list[str]:
+    """Settings given a value other than medcad's default that the run's task never reads, each as
+    "name=value (read by task, ...)": they change nothing, and a run says so. A classifier's head given to a
+    detector is among them."""
+    default, read = TrainConfig().to_dict(), settings_read(cfg)
+    return [
+        f"{k}={v} (read by {', '.join(TASK_SETTINGS[k])}{'; a detector reads ssd or ssdlite' if k == 'head' else ''})"
+        for k, v in cfg.to_dict().items()
+        if (k not in read or read[k] != v) and v != default[k]
+    ]
+
+
 TTA_CHOICES = ("auto", "none", "hflip")
 
 

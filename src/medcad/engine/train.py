@@ -30,7 +30,7 @@ from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
 from medcad.targets import load_targets
-from medcad.tasks import Task, get_task, split_labels
+from medcad.tasks import Task, get_task, split_labels, unread_settings
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,9 @@ def train_run(
     join_launched_processes(run.compute)
     primary = is_primary()
     _check_resume(run)
+    unread = unread_settings(cfg)
+    if unread and primary and notes:
+        log.warning("note: a %s run does not read %s: no effect", cfg.task, "; ".join(unread))
     if init_run is not None:
         _check_init(run, Path(init_run))
     with rank_zero_first():  # rank 0 writes the run folder's files and the caches; the others read them

@@ -14,6 +14,7 @@ import pandas as pd
 from medcad.engine.results import positive_label
 from medcad.report import plots
 from medcad.runfolder import FoldFolder, RunFolder
+from medcad.tasks import settings_read
 
 
 def png_data_uri(png: bytes) -> str:
@@ -155,6 +156,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "run": str(run),
         "meta": meta,
         "config": cfg.to_dict(),
+        "settings": settings_read(cfg),  # the table: the settings its task reads
         "metrics": metrics,
         "labels": labels,
         "summary": data_summary,
