@@ -288,3 +288,17 @@ def test_predict_says_which_images_make_their_prediction_doubtful(tiny_run: Path
     assert "note: m.png: the image holds two grey values only" in res.stderr
     table = pd.read_csv(tmp_path / "o" / "predictions.csv", keep_default_na=False)
     assert table["warnings"].tolist() == [said["g0.png"], said["m.png"], said["t.png"]]
+
+
+def test_predict_claims_only_the_files_each_input_gives(tmp_path: Path) -> None:
+    """A video's outputs are its annotated video and frame table, an image's its overlay and mask: predict had
+    claimed all four names for every input (refusing a folder holding a video's `v_mask.png`, and later free to
+    replace one)."""
+    from medcad.inference.files import OUTPUTS_LEDGER, check_output_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "v_mask.png").write_bytes(b"not predict's")
+    check_output_folder(out, [tmp_path / "v.mp4", tmp_path / "a.png"], {"v.mp4": "v", "a.png": "a"}, ["v.mp4"])
+    claimed = (out / OUTPUTS_LEDGER).read_text().split()
+    assert claimed == ["a_mask.png", "a_overlay.png", "v_annotated.mp4", "v_frames.csv"]

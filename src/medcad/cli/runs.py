@@ -237,7 +237,7 @@ def predict(
         # that the files claimed in the output folder are the files written)
         clips = {str(v) for v in videos}
         names = output_names(images) | {v: n for v, n in output_names([*images, *videos]).items() if v in clips}
-        check_output_folder(out, [*image_inputs, *videos], names)
+        check_output_folder(out, [*image_inputs, *videos], names, videos)
         predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
         _say_backend(predictor)
         table, records = (

@@ -49,13 +49,16 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
     return out
 
 
-OUTPUT_SUFFIXES = ("_overlay.png", "_mask.png", "_annotated.mp4", "_frames.csv")  # what predict writes per input
+IMAGE_OUTPUTS = ("_overlay.png", "_mask.png")  # what predict writes per image (`predict_image_files`)
+VIDEO_OUTPUTS = ("_annotated.mp4", "_frames.csv")  # ... and per video (`medcad.inference.video.predict_video`)
 
 
 OUTPUTS_LEDGER = ".medcad_outputs"  # in an output folder: the names of the files predict claimed there, one a line
 
 
-def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: dict[str, str]) -> None:
+def check_output_folder(
+    out: str | Path, inputs: Sequence[str | Path], names: dict[str, str], videos: Sequence[str | Path] = ()
+) -> None:
     """Refuse an output folder where predict's files would be read as inputs or replace files it did not write, then
     claim the files it will write (OUTPUTS_LEDGER), so that a later predict into the folder - of the same images, a
     video, or after an interruption - may replace them.
@@ -64,6 +67,7 @@ def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: di
         out: the output folder.
         inputs: the paths given (files, folders, videos).
         names: `output_names` of the items to predict.
+        videos: those of the items that are videos (their outputs are VIDEO_OUTPUTS, the others' IMAGE_OUTPUTS).
 
     Raises:
         DataError: `out` is (inside) an input folder - its overlays and masks would be predicted as images by the
@@ -80,7 +84,12 @@ def check_output_folder(out: str | Path, inputs: Sequence[str | Path], names: di
             )
     ledger = where / OUTPUTS_LEDGER
     claimed = set(ledger.read_text(encoding="utf-8").splitlines()) if ledger.is_file() else set()
-    targets = [f"{stem}{suffix}" for stem in names.values() for suffix in OUTPUT_SUFFIXES]
+    clips = {str(v) for v in videos}
+    targets = [
+        f"{stem}{suffix}"
+        for item, stem in names.items()
+        for suffix in (VIDEO_OUTPUTS if str(item) in clips else IMAGE_OUTPUTS)
+    ]
     there = set(os.listdir(where)) if where.is_dir() else set()  # one listing, not a stat per possible output
     for name in targets:
         if name in there and name not in claimed:
