@@ -393,3 +393,42 @@ def test_sibling_split_folders_with_their_masks_are_a_split_not_classes(tmp_path
     m = load_manifest(tmp_path / "nested")
     assert m.labels == [] and len(m) == 6 and (m.table["mask"] != "").all(), (m.notes, m.table)
     assert sorted(m.table["split"]) == ["test"] * 2 + ["train"] * 4
+
+
+def _binary(seed: int) -> np.ndarray:
+    m = np.zeros((32, 32), np.uint8)
+    m[seed % 16 : seed % 16 + 10, 4:20] = 255
+    return m
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["benign", "malignant"]), st.sampled_from(["pair", "image", "orphan"]))),
+    st.booleans(),
+)
+def test_a_mask_without_its_image_is_named_never_read_as_an_image(files, picture_named_mask) -> None:
+    """Class folders with masks beside images (`x.png` + `x_mask.png`): a mask whose image is missing is named
+    and left out (a BUSI `benign (13)_mask.png` without its image had been read, and trained on, as a benign
+    image); a picture whose name merely ends in `_mask`, in a dataset that pairs nothing by that suffix, is still
+    an image."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        for i, (label, kind) in enumerate(files):
+            if kind != "orphan":
+                save(root / label / f"img{i}.png", noise_image(i))
+            if kind != "image":
+                save(root / label / f"img{i}_mask.png", _binary(i))
+        picture = picture_named_mask and not any(kind == "pair" for _, kind in files)
+        if picture:
+            save(root / "benign" / "face_mask.png", noise_image(77))
+        if not any(kind != "orphan" for _, kind in files) and not picture:
+            return  # no image at all: refused as such elsewhere
+        m = load_manifest(root)
+        images = set(m.table["image"])
+        assert images == {f"{lab}/img{i}.png" for i, (lab, k) in enumerate(files) if k != "orphan"} | (
+            {"benign/face_mask.png"} if picture else set()
+        )
+        masked = {img for img, mask in zip(m.table["image"], m.table["mask"], strict=True) if mask}
+        assert masked == {f"{lab}/img{i}.png" for i, (lab, k) in enumerate(files) if k == "pair"}
+        left_out = {p for p, why in m.problems if "a mask" in why}
+        assert left_out == {f"{lab}/img{i}_mask.png" for i, (lab, k) in enumerate(files) if k == "orphan"}

@@ -111,17 +111,20 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         pattern, why = _detect_pattern(path, files, depth)
     regex = pattern_regex(pattern) if pattern else None
     rows, problems, by_word = [], [], []
+    stems_in = {folder: {f.stem for f in group} for folder, group in by_dir.items()}
+    paired_by_suffix = any(_suffix_base(f, mask_rx, stems_in[f.parent]) for f in files)
     for folder, group in by_dir.items():
-        stems = {f.stem for f in group}
+        stems = stems_in[folder]
         masks: dict[str, list[str]] = defaultdict(list)
         images = []
         for f in group:
-            m = mask_rx.match(f.stem) if mask_rx else None
-            if m and m.group("base") in stems and m.group("base") != f.stem:
-                masks[m.group("base")].append(f.relative_to(path).as_posix())
+            if (base := _suffix_base(f, mask_rx, stems)) is not None:
+                masks[base].append(f.relative_to(path).as_posix())
             elif (base := _mask_by_word(f, stems)) is not None:
                 masks[base].append(f.relative_to(path).as_posix())
                 by_word.append(f.relative_to(path).as_posix())
+            elif why_mask := _orphan_mask(f, mask_rx, paired_by_suffix):
+                problems.append((f.relative_to(path).as_posix(), why_mask))
             else:
                 images.append(f)
         rel_dir = folder.relative_to(path).as_posix()
@@ -196,6 +199,28 @@ def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str,
                 "patients or cases within class folders, give --pattern '{label}/{patient}'"
             )
     return "*/" * (max(depth) - 1) + "{label}", ""
+
+
+def _suffix_base(f: Path, mask_rx: re.Pattern | None, stems: set[str]) -> str | None:
+    """The stem of the image beside `f` (`stems`: those of its folder's files) whose mask `f` is by the mask suffix
+    (`x_mask.png`, `x_mask_2.png` beside `x.jpg`), else None."""
+    m = mask_rx.match(f.stem) if mask_rx else None
+    return m.group("base") if m and m.group("base") != f.stem and m.group("base") in stems else None
+
+
+def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) -> str:
+    """Why `f`, beside no image of its base name, is a mask without its image rather than an image ("" when it is an
+    image): named with the mask suffix in a dataset whose masks are so named, or named with the suffix or a mask
+    word and holding a mask's content (`pairing.mask_likeness`). A BUSI `benign (13)_mask.png` whose image was
+    missing had been read, and trained on, as an image of its class."""
+    from medcad.data.pairing import MASK_STEM, mask_likeness
+
+    by_suffix = bool(mask_rx and mask_rx.match(f.stem))
+    if by_suffix and paired_by_suffix:
+        return "a mask (by its name, as the other masks here) without an image of the same name beside it: not read"
+    if (by_suffix or MASK_STEM.match(f.stem)) and mask_likeness(f) >= 0.95:
+        return "a mask (by its name and content) without an image of the same name beside it: not read"
+    return ""
 
 
 def _mask_by_word(f: Path, stems: set[str]) -> str | None:
