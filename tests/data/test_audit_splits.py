@@ -40,6 +40,9 @@ def problem_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     gray_mask[12:14, 12:14] = 90
     save(root / "b" / "1_mask.png", gray_mask)
     (root / "b" / "readme.txt").write_text("scanned 2019")
+    lesion = np.zeros((48, 48), np.uint8)
+    lesion[8:30, 10:40] = 255
+    save(root / "b" / "scan7.png", lesion)  # a mask under an image's name: two grey values
     return root
 
 
@@ -55,6 +58,7 @@ def test_audit_finds_planted_problems(problem_set: Path) -> None:
     assert ["a/1.png", "a/near1.png"] in r["near_duplicates"]
     assert not any("a/2.png" in g for g in r["near_duplicates"])
     assert r["not_read"] == [["b/readme.txt", "not an image or an annotation file"]]  # named, not only counted
+    assert r["mask_like_images"] == ["b/scan7.png"]  # named; a picture never is (BUSI, Kvasir: at most 0.34 of 0.9)
 
 
 def test_splits_keep_duplicates_together_and_are_reproducible(problem_set: Path, tmp_path: Path) -> None:

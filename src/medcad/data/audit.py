@@ -17,6 +17,7 @@ from medcad.data.duplicates import (
     large_groups,
     largest_group,
     link_groups,
+    mask_like,
 )
 from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.interface import before_after, find_interface
@@ -115,6 +116,7 @@ def audit(
             "n_links_between_groups": len(links) - sum(gid.get(x.i, -1) == gid.get(x.j, -2) for x in links),
         },
         "low_content_images": [keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and feats.blank[i]],
+        "mask_like_images": [keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and mask_like(f)],
     }
     if interface != "none":
         result["interface"] = interface_audit(manifest, interface, thumbnails)

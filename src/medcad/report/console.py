@@ -85,6 +85,12 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         for g, labels in zip(r["cross_label_duplicates"], r["cross_label_duplicate_labels"], strict=True):
             t.add_row(" / ".join(labels), ", ".join(g))
         c.print(t)
+    if r.get("mask_like_images"):
+        shown = ", ".join(r["mask_like_images"][:5]) + (", ..." if len(r["mask_like_images"]) > 5 else "")
+        c.print(
+            f"[bold yellow]{len(r['mask_like_images'])} image(s) hold two grey values, as masks do[/] (read as "
+            f"images: a mask misnamed, or without its image?): {shown}"
+        )
     if r.get("low_content_images"):
         c.print(f"{len(r['low_content_images'])} nearly uniform frames (blank or black): not grouped as duplicates")
     for g in r.get("large_duplicate_groups", []):
