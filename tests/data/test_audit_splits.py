@@ -241,3 +241,33 @@ def test_a_fold_one_group_fills_is_refused_with_the_group_named(tmp_path: Path) 
     assert any("one group holds 24 of 36 images (67%: 1 patient (big))" in n for n in s["notes"]), s["notes"]
     for fold in s["folds"]:
         assert fold["train"] and fold["val"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["train", "valid", "test"])), min_size=6, max_size=14),
+    st.integers(0, 99),
+)
+def test_exported_copies_of_one_source_image_are_never_split(sources, seed) -> None:
+    """Roboflow exports each source image as `<stem>_<ext>.rf.<hash>.jpg`, augmented copies (a flip, a brightness
+    change) beside it under other hashes, in any split folder: one image, never on both sides of a test part (a
+    3-fold split had put a flip in training and its source in test, for 4 of 10 sources)."""
+    import hashlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = ["image,label"]
+        for s, (n_copies, folder) in enumerate(sources):
+            for c in range(n_copies):
+                digest = hashlib.md5(f"{s}-{c}".encode()).hexdigest()
+                name = f"{folder}/case{s}_png.rf.{digest}.jpg"
+                save(root / name, np.fliplr(noise_image(s)) if c % 2 else noise_image(s, 32) // (c + 1))
+                rows.append(f"{name},{'a' if s % 2 else 'b'}")
+        (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+        m = load_manifest(root)
+        split = make_splits(m, folds=3, seed=seed, group_by="none", val_fraction=0.0)
+        assert ("export source" in split["group_by"]) == any(n > 1 for n, _ in sources)
+        for fold in split["folds"]:
+            source = lambda key: key.split("/")[-1].split(".rf.")[0]  # noqa: E731
+            assert not {source(k) for k in fold["test"]} & {source(k) for k in fold["train"] + fold["val"]}

@@ -194,11 +194,11 @@ def interface_audit(manifest: Manifest, interface: str, thumbnails: Path | None 
 
 def split_units(manifest: Manifest, groups: list[list[int]]) -> list[list[int]]:
     """The units a default split keeps together: near-duplicate groups joined with patient ids where there are
-    some (a group that spans two patients puts both patients on one side), and the frames of one file together, as
-    `splits.sample_groups` does."""
+    some (a group that spans two patients puts both patients on one side), the frames of one file and the exported
+    copies of one source image together, as `splits.sample_groups` does."""
     first: dict[str, int] = {}
     pairs = [(first.setdefault(p, i), i) for i, p in enumerate(manifest.table["patient"]) if p]
-    pairs += manifest.frame_pairs()
+    pairs += manifest.frame_pairs() + manifest.export_pairs()
     if not pairs:
         return groups
     return connected_groups(len(manifest), pairs + [(g[0], j) for g in groups for j in g[1:]])

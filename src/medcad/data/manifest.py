@@ -34,6 +34,10 @@ def shown_path(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
+# Roboflow's export name: `<source stem>_<source extension>.rf.<32 hex digits>.<extension>`
+ROBOFLOW_COPY = re.compile(r"^(?P<source>.+_[A-Za-z0-9]{2,5})\.rf\.[0-9a-fA-F]{16,}\.[A-Za-z0-9]+$")
+
+
 @dataclass
 class Manifest:
     """A table of samples and the folder its relative paths start from.
@@ -103,6 +107,20 @@ class Manifest:
             for i, (img, fr) in enumerate(zip(self.table["image"], self.table["frame"], strict=True))
             if not pd.isna(fr)
         ]
+
+    def export_pairs(self) -> list[tuple[int, int]]:
+        """(first row of its source, row) for every image that an annotation tool exported as one of several copies
+        of one source image: Roboflow names each copy `<source>_<ext>.rf.<hash>.<ext>` (its augmented copies, a
+        flip or a brightness change, with the same `<source>_<ext>`), in whichever split folder it put them. They
+        are one image, kept together wherever samples are grouped (a flipped copy is no near duplicate by hash,
+        and 4 of 10 source images of a 3-fold split had had a copy on each side)."""
+        first: dict[str, int] = {}
+        out = []
+        for i, image in enumerate(self.table["image"]):
+            m = ROBOFLOW_COPY.match(image.rsplit("/", 1)[-1])
+            if m:
+                out.append((first.setdefault(m.group("source").lower(), i), i))
+        return out if len(first) < len(out) else []  # none shares a source: nothing to keep together
 
     def used_files(self) -> set[str]:
         """The image and mask files of the rows, relative to `root`."""

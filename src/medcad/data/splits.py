@@ -34,7 +34,8 @@ def sample_groups(
 
     `auto` groups by patient and near duplicates together (a duplicate pair never straddles train and test,
     whatever its patient ids say); `none` makes every sample its own group. The frames of one file (a multi-frame
-    DICOM: one acquisition) are always one group, whatever `group_by` says ("+file" in the description).
+    DICOM: one acquisition) are always one group, whatever `group_by` says ("+file" in the description), and so are
+    the copies an annotation tool exported of one source image (`Manifest.export_pairs`: "+export source").
     """
     from medcad.data.duplicates import connected_groups, duplicate_groups
     from medcad.data.fingerprints import fingerprints
@@ -60,6 +61,10 @@ def sample_groups(
     pairs += frames
     if any(a != b for a, b in frames):
         used.append("file")
+    copies = manifest.export_pairs()
+    pairs += copies
+    if copies:
+        used.append("export source")
     groups = np.arange(n)
     for comp in connected_groups(n, pairs):
         groups[comp] = comp[0]
@@ -211,7 +216,7 @@ def make_splits(
     labels = manifest.table["label"].to_numpy(dtype=str) if strata is None else np.asarray(strata, dtype=str)
     groups, how = sample_groups(manifest, group_by, progress=progress)
     n_splits = max(2, round(1 / holdout)) if holdout is not None else int(folds)
-    notes: list[str] = []
+    notes: list[str] = _export_note(manifest)
     given = _given_split(manifest, split_column, groups, notes) if split_column is not None else None
     if given is None and not _stratifiable(labels, groups, n_splits):
         raise _split_error(manifest, labels, groups, how, n_splits, holdout)
@@ -286,6 +291,18 @@ def _largest_group(manifest: Manifest, groups: np.ndarray, how: str, rows: np.nd
     elif not patients:
         made = "images joined as near duplicates" if "duplicates" in how else "one file's frames"
     return len(rows), made
+
+
+def _export_note(manifest: Manifest) -> list[str]:
+    """What the split says of the exported copies of one source image it keeps together (`Manifest.export_pairs`)."""
+    copies = manifest.export_pairs()
+    if not copies:
+        return []
+    return [
+        f"{len(copies)} images are copies an annotation tool exported of {len({a for a, _ in copies})} source images "
+        f"(Roboflow's '<source>_<ext>.rf.<hash>' names, e.g. {manifest.keys[copies[0][1]]}): each source's copies "
+        "are kept in one group, whatever their folders"
+    ]
 
 
 def _largest_group_note(manifest: Manifest, groups: np.ndarray, how: str, n_splits: int) -> list[str]:
