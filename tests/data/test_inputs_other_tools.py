@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from medcad.data.io import read_image
@@ -212,9 +214,9 @@ def test_coco_exports_as_roboflow_and_cvat_write_them(tmp_path: Path) -> None:
         save(cvat / "images" / f"f{i}.jpg", noise_image(i, size=40))
     (cvat / "annotations").mkdir()
     (cvat / "annotations" / "instances_default.json").write_text(json.dumps(_coco([f"f{i}.jpg" for i in range(3)])))
-    for given in (cvat, cvat / "annotations" / "instances_default.json"):
-        m = load_manifest(given)
-        assert m.layout == "coco" and sorted(m.table["image"]) == [f"images/f{i}.jpg" for i in range(3)], given
+    for path in (cvat, cvat / "annotations" / "instances_default.json"):
+        m = load_manifest(path)
+        assert m.layout == "coco" and sorted(m.table["image"]) == [f"images/f{i}.jpg" for i in range(3)], path
         assert m.root == cvat and m.ledger.line() == "used 3 of 3"
 
 
@@ -282,3 +284,37 @@ def test_two_versions_of_one_coco_annotation_are_not_merged(tmp_path: Path) -> N
     with pytest.raises(DataError, match="instances_default_v2.json: lists 3 image.*give the COCO file"):
         load_manifest(tmp_path)
     assert len(load_manifest(tmp_path / "instances_default_v2.json")) == 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([";", ",", "\t"]),
+    st.booleans(),
+    st.integers(0, 3),
+    st.sampled_from(["utf-8", "utf-8-sig", "cp1252"]),
+    st.integers(0, 2),
+)
+def test_a_csv_as_spreadsheets_save_it(sep: str, hint: bool, trailing: int, encoding: str, missing: int) -> None:
+    """Excel's `sep=;` first line is its separator hint, not a header (it had been read as one: "no image column...
+    found 'sep='"); rows with every cell empty (its trailing `;;;` lines) are skipped with a note, not left out as
+    images without a path; problems still name their line in the file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lines = [f"sep={sep}"] if hint else []
+        lines.append(sep.join(["Image", "Label", "Patient ID", "Bemerkung"]))
+        for i in range(4):
+            Image.fromarray(_displayed()).save(root / f"{i}.png")
+            lines.append(sep.join([f"{i}.png", "benign" if i % 2 else "malignant", f"P{i}", "Läsion größer"]))
+        for i in range(missing):
+            lines.append(sep.join([f"gone{i}.png", "benign", "P9", ""]))
+        lines += [sep * 3] * trailing
+        (root / "manifest.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
+        m = load_manifest(root)
+        assert sorted(m.table["image"]) == [f"{i}.png" for i in range(4)]
+        assert [why for _, why in m.problems] == [
+            f"file not found (manifest.csv line {i + 6 + hint})" for i in range(missing)
+        ]
+        assert any("separator hint" in n for n in m.notes) == hint
+        assert any("every cell empty" in n for n in m.notes) == bool(trailing)

@@ -162,19 +162,58 @@ def _text_encodings(path: Path) -> list[tuple[str, str]]:
 
 
 def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """A CSV/TSV as strings: delimiter sniffed, quoting honoured, encoding by `_text_encodings`, said in a note
-    unless UTF-8. An .xlsx file: the sheet `read_sheet` chooses, as strings."""
+    """A CSV/TSV as strings: delimiter sniffed (or given by Excel's `sep=;` first line), quoting honoured, encoding
+    by `_text_encodings`, said in a note unless UTF-8; rows with every cell empty (a spreadsheet's trailing `;;;`
+    lines) dropped, with a note. The index is each row's line number in the file. An .xlsx file: the sheet
+    `read_sheet` chooses, as strings."""
     if path.suffix.lower() == ".xlsx":
-        return read_sheet(path)
+        df, notes = read_sheet(path)
+        return df.set_axis(range(2, len(df) + 2)), notes
     for encoding, note in _text_encodings(path):
         try:
-            df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
-            return df, [note] if note else []
+            with open(path, encoding=encoding) as f:
+                first = f.readline().rstrip("\r\n").strip('"')
+            hint = re.fullmatch(r"sep=(.)", first)
+            sep = hint.group(1) if hint else None
+            df = pd.read_csv(
+                path,
+                sep=sep,
+                engine="python",
+                dtype=str,
+                keep_default_na=False,
+                encoding=encoding,
+                skiprows=int(bool(hint)),
+            )
         except UnicodeError:
             continue
         except Exception as e:
             raise DataError(path, f"cannot parse as CSV/TSV ({e})") from e
+        notes = [note] if note else []
+        if hint:
+            notes.append(
+                f"{path.name}: its first line {first!r} (Excel's separator hint) read as such, not as a header"
+            )
+        df = df.set_axis(range(2 + bool(hint), len(df) + 2 + bool(hint)))
+        empty = (df == "").all(axis=1) if len(df.columns) else pd.Series(False, index=df.index)
+        if empty.any():
+            notes.append(
+                f"{path.name}: {int(empty.sum())} row(s) with every cell empty skipped (lines "
+                f"{_lines(df.index[empty])})"
+            )
+            df = df[~empty]
+        return df, notes
     raise DataError(path, "cannot decode the text (neither UTF-16/32 by its byte-order mark, UTF-8 nor Windows-1252)")
+
+
+def _lines(numbers) -> str:
+    """Line numbers as ranges: 12-14, 20."""
+    out, numbers = [], list(numbers)
+    for k, n in enumerate(numbers):
+        if k == 0 or n != numbers[k - 1] + 1:
+            out.append([n, n])
+        else:
+            out[-1][1] = n
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
 
 
 def read_csv(path: Path, options: DataOptions) -> Manifest:
@@ -190,7 +229,7 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
     root = path.parent
     rows, problems = [], []
     paths = _PathResolver(root)
-    for line, row in enumerate(df.to_dict("records"), start=2):
+    for line, row in zip(df.index, df.to_dict("records"), strict=True):
         img = paths.resolve(str(row["image"]))
         where = f"{path.name} line {line}"
         if not img:
