@@ -32,6 +32,9 @@ def test_dataset_with_problems_can_still_be_inspected_and_audited(tmp_path: Path
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["n_images"] == 5 and s["problems"] == [["lesion/zero.png", "file is empty (0 bytes)"]]
+    assert s["n_unreadable"] == 1  # said beside the count (it had read "used 5 of 5" alone above the table)
+    res = runner.invoke(app, ["data", "inspect", str(root)])
+    assert "5 images, 1 of them unreadable" in " ".join(res.output.split())
     res = runner.invoke(app, ["data", "audit", str(root)])
     assert res.exit_code == 0, res.output
     assert "zero.png" in res.output and "empty" in res.output

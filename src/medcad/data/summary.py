@@ -42,6 +42,7 @@ def summarize(manifest: Manifest) -> dict:
         "root": str(manifest.root),
         "layout": manifest.layout,
         "n_images": len(t),
+        "n_unreadable": len(bad),  # of those, images whose header cannot be read (named among "problems")
         "labels": {k: int(v) for k, v in t["label"].replace("", "(none)").value_counts().sort_index().items()},
         "domains": {k: int(v) for k, v in t["domain"].value_counts().sort_index().items() if k} or None,
         "subgroups": {k: int(v) for k, v in t["subgroup"].value_counts().sort_index().items() if k} or None,

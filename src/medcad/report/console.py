@@ -10,7 +10,9 @@ from rich.table import Table
 def print_summary(s: dict, console: Console | None = None) -> None:
     """Print the output of `medcad.data.summary.summarize`."""
     c = console or Console()
-    c.print(f"[bold]{s['root']}[/] — layout [cyan]{s['layout']}[/], {s['n_images']} images")
+    bad = s.get("n_unreadable")
+    unreadable = f", [bold red]{bad} of them unreadable[/] (below: train stops on them)" if bad else ""
+    c.print(f"[bold]{s['root']}[/] — layout [cyan]{s['layout']}[/], {s['n_images']} images{unreadable}")
     for note in s.get("notes", []):
         c.print(f"  • {note}", highlight=False)
     for note, n in (s.get("decoding") or {}).items():
