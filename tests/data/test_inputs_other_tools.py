@@ -318,3 +318,40 @@ def test_a_csv_as_spreadsheets_save_it(sep: str, hint: bool, trailing: int, enco
         ]
         assert any("separator hint" in n for n in m.notes) == hint
         assert any("every cell empty" in n for n in m.notes) == bool(trailing)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.sampled_from([(250, 50, 83), (51, 221, 255), (36, 179, 83)]), min_size=2, max_size=3, unique=True),
+    st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=3), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_cvat_colour_masks_read_through_labelmap_txt(colours, images, given_setting) -> None:
+    """CVAT's "Segmentation mask 1.1" keeps classes as colours with labelmap.txt beside them: each colour is its
+    class (by name: from --mask-labels when given, else labelmap.txt's order). segment-multiclass had stopped with
+    "holds classes as RGB colours" while labelmap.txt lay there unread."""
+    import tempfile
+
+    from medcad.data.labelmaps import read_label_map, resolve_mask_labels
+
+    names = [f"class{k}" for k in range(len(colours))]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lines = ["# label:color_rgb:parts:actions", "background:0,0,0::"]
+        lines += [f"{n}:{','.join(map(str, c))}::" for n, c in zip(names, colours, strict=True)]
+        (root / "labelmap.txt").write_text("\n".join(lines) + "\n")
+        paths, truth = [], []
+        for i, classes in enumerate(images):
+            rgb, index = np.zeros((24, 30, 3), np.uint8), np.zeros((24, 30), np.uint8)
+            for j, k in enumerate(classes):
+                if k < len(colours):
+                    rgb[j * 8 : j * 8 + 6, 3 * k : 3 * k + 20] = colours[k]
+                    index[j * 8 : j * 8 + 6, 3 * k : 3 * k + 20] = k + 1
+            Image.fromarray(rgb).save(root / f"m{i}.png")
+            paths.append(root / f"m{i}.png")
+            truth.append(index)
+        setting = ",".join(f"{k + 1}={n}" for k, n in enumerate(names)) if given_setting else None
+        classes = resolve_mask_labels(setting, root, paths)
+        assert list(classes.names) == names
+        for p, index in zip(paths, truth, strict=True):
+            assert (read_label_map([p], classes) == index).all()

@@ -181,7 +181,11 @@ def cached_masks(
     if missing not in MISSING_MASKS:
         raise ValueError(f"missing must be one of {MISSING_MASKS}, not {missing!r}")
     crops = check_interface(interface) != "none"
-    kind = "" if classes is None else f"|classes {classes.describe()}"
+    kind = (
+        ""
+        if classes is None
+        else f"|classes {classes.describe()}" + (f" colours {classes.colours}" if classes.colours else "")
+    )
     h = hashlib.sha1(f"{image_cache_key(manifest, size, False, 'crop' if crops else 'none')}|{missing}{kind}".encode())
     for i in range(len(manifest)):
         for mp in manifest.mask_paths(i):

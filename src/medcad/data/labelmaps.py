@@ -5,10 +5,15 @@ beside the masks as nnU-Net keeps it (dataset.json, `"labels": {"background": 0,
 Medical Segmentation Decathlon's `{"0": "background", "1": "cyst"}` is read too). A mask is read as the index of
 its value's class, 1..K in the order the classes are listed, 0 for background; a value that no class names stops the
 read with the file and the values found, since a guessed class would be scored as truth.
+
+Masks that hold classes as RGB colours (CVAT's and Pascal VOC's "Segmentation mask" exports) are read through the
+colour table beside them, CVAT's labelmap.txt (`name:r,g,b:parts:actions`): each colour is its class's value (the
+classes by name, from the setting or dataset.json, else labelmap.txt's own in its order, from 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ from medcad.data.masks import mask_plane
 from medcad.errors import ConfigError, DataError
 
 LABELS_FILE = "dataset.json"  # nnU-Net's name for a dataset's labels (and more)
+COLOUR_FILE = "labelmap.txt"  # CVAT's (Pascal VOC style) class colours: `name:r,g,b:parts:actions`
 BACKGROUND_NAMES = ("background", "bg", "0")
 
 
@@ -38,6 +44,7 @@ class MaskLabels:
     values: tuple[int, ...]
     names: tuple[str, ...]
     source: str
+    colours: tuple[tuple[int, int, int, int], ...] = ()  # (r, g, b, value) of coloured masks (COLOUR_FILE)
 
     def describe(self) -> str:
         """The classes as `--mask-labels` takes them: "1=cyst,2=stone"."""
@@ -99,16 +106,56 @@ def read_labels_file(path: Path) -> MaskLabels:
     return parse_mask_labels(lesions, str(path))
 
 
-def find_labels_file(root: Path, mask_paths: Sequence[Path]) -> Path | None:
-    """A dataset.json in the dataset's folder, or beside the masks or one folder above them (nnU-Net keeps it beside
-    labelsTr/)."""
+def find_labels_file(root: Path, mask_paths: Sequence[Path], name: str = LABELS_FILE) -> Path | None:
+    """A labels file (`name`: dataset.json, labelmap.txt) in the dataset's folder, or beside the masks or one folder
+    above them (nnU-Net keeps dataset.json beside labelsTr/, CVAT labelmap.txt beside SegmentationClass/)."""
     places = [root]
     for p in mask_paths[:1]:
         places += [p.parent, p.parent.parent]
     for place in dict.fromkeys(places):
-        if (place / LABELS_FILE).is_file():
-            return place / LABELS_FILE
+        if (place / name).is_file():
+            return place / name
     return None
+
+
+def read_colour_file(path: Path) -> dict[str, tuple[int, int, int]]:
+    """{class name: (r, g, b)} of a CVAT / Pascal VOC labelmap.txt, background included, in the file's order.
+
+    Raises:
+        DataError: a line that is not `name:r,g,b:...`, or a colour given to two classes.
+    """
+    out: dict[str, tuple[int, int, int]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeError) as e:
+        raise DataError(path, f"cannot read its class colours ({e})") from e
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(":")
+        rgb = parts[1].split(",") if len(parts) > 1 else []
+        if len(rgb) != 3 or not all(c.strip().isdigit() and int(c) < 256 for c in rgb) or not parts[0].strip():
+            raise DataError(path, f"line {n} {line!r} is not NAME:R,G,B (CVAT's label:color_rgb:parts:actions)")
+        colour = tuple(int(c) for c in rgb)
+        if colour in out.values():
+            raise DataError(path, f"line {n}: colour {colour} is given to two classes")
+        out[parts[0].strip()] = colour  # type: ignore[assignment]
+    return out
+
+
+def _with_colours(classes: MaskLabels, path: Path) -> MaskLabels:
+    """`classes` with the colours `path` (a labelmap.txt) gives their names; background is value 0.
+
+    Raises:
+        DataError: a class of `classes` that the file gives no colour."""
+    colours = read_colour_file(path)
+    value = {n: v for v, n in zip(classes.values, classes.names, strict=True)}
+    value |= {n: 0 for n in colours if n.lower() in BACKGROUND_NAMES}
+    missing = [n for n in classes.names if n not in colours]
+    if missing:
+        raise DataError(path, f"gives no colour to class(es) {', '.join(missing)} (classes from {classes.source})")
+    table = tuple((*rgb, value[n]) for n, rgb in colours.items() if n in value)
+    return dataclasses.replace(classes, colours=table)  # a colour of another class stops the read that meets it
 
 
 def resolve_mask_labels(
@@ -120,11 +167,19 @@ def resolve_mask_labels(
     Raises:
         ConfigError: neither given (the message names the values the first masks hold).
     """
-    if setting:
-        return parse_mask_labels(setting, source)
+    colour_file = find_labels_file(root, mask_paths, COLOUR_FILE)
     found = find_labels_file(root, mask_paths)
-    if found is not None:
-        return read_labels_file(found)
+    if setting:
+        classes = parse_mask_labels(setting, source)
+    elif found is not None:
+        classes = read_labels_file(found)
+    elif colour_file is not None:  # its own classes, in its order, from 1
+        named = [n for n in read_colour_file(colour_file) if n.lower() not in BACKGROUND_NAMES]
+        classes = parse_mask_labels({i: n for i, n in enumerate(named, 1)}, str(colour_file))
+    else:
+        classes = None
+    if classes is not None:
+        return _with_colours(classes, colour_file) if colour_file is not None else classes
     seen = sorted({int(v) for p in mask_paths[:20] for v in np.unique(_label_plane(p)) if v != 0})
     raise ConfigError(
         f"{root}: segment-multiclass needs the class of each mask value: give --mask-labels "
@@ -133,26 +188,40 @@ def resolve_mask_labels(
     )
 
 
-def _label_plane(path: Path) -> np.ndarray:
+def _label_plane(path: Path, classes: MaskLabels | None = None) -> np.ndarray:
     """One mask file's values as an integer (H, W) plane, oriented as displayed: grey values, 16-bit and float
-    values, a palette image's indices (Pascal VOC, CVAT and labelme write classes so), a grey image saved as RGB.
+    values, a palette image's indices (Pascal VOC, CVAT and labelme write classes so), a grey image saved as RGB,
+    RGB colours through `classes.colours` (each colour its class's value).
 
     Raises:
         DataError: missing, unreadable, lossy (JPEG values are not classes), or coloured (classes as RGB colours:
-            their channels would merge, e.g. red and green into one value).
+            their channels would merge, e.g. red and green into one value) without a colour table, or with a colour
+            the table does not hold.
     """
     check_file(path)
     arr, fmt, _ = decode_pil(path, None, keep_alpha=True, palette_indices=True)
     if fmt in LOSSY_FORMATS:
         raise DataError(path, f"a label map must be lossless (PNG, TIFF, ...); {fmt} changes the values of classes")
     if arr.ndim == 3 and arr.shape[2] >= 3 and (np.ptp(arr[..., :3], axis=2) > 0).any():
-        colours = np.unique(arr[..., :3].reshape(-1, 3), axis=0)
+        colours, index = np.unique(arr[..., :3].reshape(-1, 3), axis=0, return_inverse=True)
         shown = ", ".join(str(tuple(int(c) for c in rgb)) for rgb in colours[:6])
-        raise DataError(
-            path,
-            f"holds classes as RGB colours ({len(colours)}: {shown}{' ...' if len(colours) > 6 else ''}); save one "
-            "value (or palette index) per class, e.g. 0 background, 1 cyst, 2 stone",
-        )
+        if classes is None or not classes.colours:
+            raise DataError(
+                path,
+                f"holds classes as RGB colours ({len(colours)}: {shown}{' ...' if len(colours) > 6 else ''}); save "
+                f"one value (or palette index) per class, e.g. 0 background, 1 cyst, 2 stone, or put a {COLOUR_FILE} "
+                "(CVAT's name:r,g,b lines) beside the masks",
+            )
+        table = {(0, 0, 0): 0} | {(r, g, b): v for r, g, b, v in classes.colours}  # black: background, unless named
+        unknown = [tuple(int(c) for c in rgb) for rgb in colours if tuple(int(c) for c in rgb) not in table]
+        if unknown:
+            raise DataError(
+                path,
+                f"holds colour(s) {', '.join(map(str, unknown[:6]))} that no class of {classes.source} has "
+                f"(classes: {classes.describe()})",
+            )
+        values = np.array([table[tuple(int(c) for c in rgb)] for rgb in colours], np.int64)
+        return values[index.reshape(-1)].reshape(arr.shape[:2])
     plane, _ = mask_plane(arr)
     if np.issubdtype(plane.dtype, np.floating):
         if not np.array_equal(plane, np.round(plane)):
@@ -172,7 +241,7 @@ def read_label_map(paths: Sequence[Path], classes: MaskLabels) -> np.ndarray:
     out: np.ndarray | None = None
     lut = {0: 0} | {v: i + 1 for i, v in enumerate(classes.values)}
     for path in paths:
-        plane = _label_plane(Path(path))
+        plane = _label_plane(Path(path), classes)
         values = np.unique(plane)
         unknown = [int(v) for v in values if int(v) not in lut]
         if unknown:
