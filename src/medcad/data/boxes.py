@@ -100,6 +100,26 @@ def scale_boxes(boxes: list[list], from_wh: tuple[int, int], to_size: int | tupl
     return [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy, *b[4:]] for b in boxes]
 
 
+COORD_DECIMALS = 1  # a listed box's coordinates: to 0.1 pixel
+SCORE_DECIMALS = 4  # its score: as a frame's score is shown (boxes scored 0.51 and 0.55 stay apart)
+
+
+def listed_boxes(boxes: np.ndarray, labels: Sequence[str]) -> list[list]:
+    """Detections as the rows every output lists them in (predict's CSV and --json, serve, a run's predictions.csv).
+
+    Args:
+        boxes: (m, 6) [x0, y0, x1, y1, score, class_index] in pixels, score in [0, 1], class_index 0-based.
+        labels: the detection classes that class_index indexes.
+
+    Returns:
+        [[x0, y0, x1, y1, score, class name], ...] in the order given: coordinates rounded to `COORD_DECIMALS`,
+        the score to `SCORE_DECIMALS`.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 6)
+    xy, score = np.round(b[:, :4], COORD_DECIMALS), np.round(b[:, 4], SCORE_DECIMALS)
+    return [[*xy[j].tolist(), float(score[j]), labels[int(b[j, 5])]] for j in range(len(b))]
+
+
 def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str) -> np.ndarray:
     """Boxes as the (m, 5) float array [x0, y0, x1, y1, class_index] that training and metrics take.
 

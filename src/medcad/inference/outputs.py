@@ -18,6 +18,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from medcad.data.boxes import listed_boxes
 from medcad.drawing import class_overlay, draw_boxes, mask_overlay
 from medcad.metrics.detection import BACKGROUND  # the frame label of "no box" (the design's background row)
 from medcad.metrics.segmentation import frame_scores
@@ -281,7 +282,8 @@ class LesionMask(Output):
 
 @dataclass(frozen=True, eq=False)
 class Boxes(Output):
-    """(m, 6) [x0, y0, x1, y1, score, class_index] in the image's pixels, best first; kept from `threshold` on."""
+    """(m, 6) [x0, y0, x1, y1, score, class_index] in the image's pixels, best first; kept from `threshold` on.
+    Listed (CSV, JSON) as [x0, y0, x1, y1, score, class name] by `medcad.data.boxes.listed_boxes`."""
 
     labels: list[str]
     boxes: np.ndarray
@@ -306,7 +308,7 @@ class Boxes(Output):
         return (self.labels[int(kept[0, 5])] if len(kept) else BACKGROUND), score
 
     def _listed(self) -> list:
-        return [[*np.round(b[:5], 1).tolist(), self.labels[int(b[5])]] for b in self.kept]
+        return listed_boxes(self.kept, self.labels)
 
     def fields(self) -> dict:
         return {"n_boxes": len(self.kept), "boxes": json.dumps(self._listed())}
