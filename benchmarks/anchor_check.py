@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--data-scales", action="store_true", help="scales from the boxes (what training uses)")
     args = ap.parse_args()
     manifest = load_manifest(args.data)
-    labels, boxes, _ = manifest_boxes(manifest, args.size)
+    labels, boxes, _, _ = manifest_boxes(manifest, args.size)
     scales = anchor_scales(boxes, args.size) if args.data_scales else None
     model = detector_from_config(
         TrainConfig(task="detect", image_size=args.size, weights="none"), len(labels), scales

@@ -47,7 +47,7 @@ def main() -> None:
     meta = json.loads((args.run / "config.json").read_text())
     manifest = load_manifest(meta["data"])
     size = meta["image_size"]
-    labels, boxes, _ = manifest_boxes(manifest, size)
+    labels, boxes, _, _ = manifest_boxes(manifest, size)
     splits = load_splits(args.run / "splits.json", manifest)
     keys = manifest.keys
     groups_of = splits.get("groups") or {}

@@ -34,6 +34,8 @@ class Targets:
         boxes: per row an (m, 5) [x0, y0, x1, y1, class index] array at the training size, for detection; else None.
         box_problems: boxes clipped or dropped, one message each (detection).
         mask_classes: the mask values of `labels` (label maps), else None.
+        image_sizes: (N, 2) int (width, height) in pixels of each row's image as decoded, the frame its `boxes`
+            were scaled from (detection; `medcad.data.boxes.scale_boxes` maps boxes back to it); else None.
     """
 
     labels: list[str]
@@ -42,6 +44,7 @@ class Targets:
     boxes: list[np.ndarray] | None = None
     box_problems: list[str] = field(default_factory=list)
     mask_classes: MaskLabels | None = None
+    image_sizes: np.ndarray | None = None
 
 
 def load_targets(
@@ -67,11 +70,12 @@ def load_targets(
             class that no image carries.
     """
     task = get_task(cfg.task)
-    boxes, problems, classes = None, [], None
+    boxes, problems, classes, sizes = None, [], None, None
     if "boxes" in task.targets:
         from medcad.data.boxes import manifest_boxes
 
-        labels, boxes, problems = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
+        labels, boxes, problems, wh = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
+        sizes = np.array(wh, dtype=int).reshape(-1, 2)
     elif task.mask_kind == "classes":
         mask_paths = [p for i in range(len(manifest)) for p in manifest.mask_paths(i)]
         given = "--mask-labels" if labels is None else "the run's classes (its --mask-labels)"
@@ -99,7 +103,8 @@ def load_targets(
                 stacklevel=2,
             )
         return Targets(list(labels), _largest_class(masks, len(labels)), masks, None, [], classes)
-    return Targets(list(labels), label_targets(manifest, cfg.task, list(labels)), masks, boxes, problems)
+    y = label_targets(manifest, cfg.task, list(labels))
+    return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes)
 
 
 def _largest_class(masks: np.ndarray, n: int) -> np.ndarray:

@@ -28,7 +28,7 @@ def _masks_only_set(root: Path, label: str) -> Path:
 
 def test_boxes_from_masks_take_the_detectors_only_class(tmp_path: Path) -> None:
     m = load_manifest(_masks_only_set(tmp_path / "ext", "lesion"))
-    labels, boxes, problems = manifest_boxes(m, 32, ["polyp"])
+    labels, boxes, problems, _ = manifest_boxes(m, 32, ["polyp"])
     assert labels == ["polyp"] and not problems
     assert [b.tolist() for b in boxes[0]] == [[8.0, 4.0, 20.0, 12.0, 0.0]]
 

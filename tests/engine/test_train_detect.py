@@ -94,6 +94,62 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert needle in html, needle
 
 
+def test_run_lists_boxes_as_predict_gives_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's predictions.csv lists each test image's boxes as `predict` gives them for that image: in the image's
+    own pixels (not the model's S x S input), the class by name, the score to 4 decimals; the report (which draws
+    them at S x S) reads them back there, and reads a file written before (S x S, class as an index) as it was."""
+    from medcad.report.det_report import model_space_detections
+    from medcad.report.html import write_report
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    csv = generate_synthetic(tmp_path / "synth", n_patients=12, frames_per_patient=2, size=48, seed=1)
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    w, h = 80, 40  # wider than high, neither side the training size
+    for i, row in table.iterrows():
+        path = str(csv.parent / row["image"])
+        cv2.imwrite(path, cv2.resize(cv2.imread(path), (w, h)))
+        old = json.loads(row["boxes"] or "[]")
+        table.at[i, "boxes"] = json.dumps(
+            [[b[0] * w / 48, b[1] * h / 48, b[2] * w / 48, b[3] * h / 48, b[4]] for b in old]
+        )
+    table["mask"] = ""  # boxes from the column alone
+    table.to_csv(csv, index=False)
+    run = tmp_path / "det"
+    m = train_run(csv.parent, run, FAST.replace(image_size=32, epochs=1, folds=None, holdout=0.3), progress=False)
+    pred = pd.read_csv(run / "predictions.csv", dtype={"image": str})
+    row = pred.sort_values("top_score").iloc[-1]
+    listed = json.loads(row["detections"])
+    assert listed and all(b[5] in m["labels"] for b in listed)
+    assert max(b[2] for b in listed) > 32 and max(b[2] for b in listed) <= w and max(b[3] for b in listed) <= h
+
+    out = tmp_path / "pred"
+    args = ["predict", str(run), str(csv.parent / row["image"]), "--out", str(out), "--json"]
+    res = runner.invoke(app, [*args, "--threshold", "0.05", "--backend", "torch-fp32"])
+    assert res.exit_code == 0, res.output
+    given = json.loads(res.stdout)[0]["boxes"]
+    assert [b[5] for b in listed] == [b[5] for b in given]
+    np.testing.assert_allclose([b[:4] for b in listed], [b[:4] for b in given], atol=0.11)
+    np.testing.assert_allclose([b[4] for b in listed], [b[4] for b in given], atol=2e-4)
+    assert row["top_score"] == pytest.approx(listed[0][4], abs=1e-4)
+
+    # the report draws them at S x S: back where the fold predicted them
+    fold = json.loads((run / "fold_0" / "result.json").read_text())
+    k = fold["test_keys"].index(row["image"])
+    at_s = np.array(fold["test_detections"][k]).reshape(-1, 6)
+    at_s = at_s[at_s[:, 4] >= 0.05]
+    back = model_space_detections(listed, m["labels"], (w, h), 32)
+    np.testing.assert_allclose(back[:, :4], at_s[:, :4], atol=0.05 * 32 / h + 1e-6)
+    assert (back[:, 5] == at_s[:, 5]).all()
+    old_style = np.round(at_s, 2).tolist()  # a run's file before: S x S, class as a float index
+    assert np.array_equal(model_space_detections(old_style, m["labels"], (w, h), 32), np.array(old_style))
+    pred["detections"] = [
+        json.dumps(np.round(model_space_detections(json.loads(d), m["labels"], (w, h), 32), 2).tolist())
+        for d in pred["detections"]
+    ]
+    pred.to_csv(run / "predictions.csv", index=False)
+    assert 'alt="detections"' in write_report(run).read_text()
+
+
 def test_repeats_summarise_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     csv = generate_synthetic(tmp_path / "synth", n_patients=10, frames_per_patient=3, size=64, seed=2)
@@ -176,7 +232,7 @@ def test_frame_classes_three_class_run(tmp_path: Path, monkeypatch: pytest.Monke
     csv = _three_class_frames(tmp_path / "colon")
     labels = ["normal", "tumour", "unclear"]
     cfg = FAST.replace(frame_classes="normal,unclear", batch_size=4)  # 2 steps per epoch: enough to decide
-    _, boxes, _ = boxes_module.manifest_boxes(_manifest(csv), 64, frame_classes=cfg.frame_classes)
+    _, boxes, _, _ = boxes_module.manifest_boxes(_manifest(csv), 64, frame_classes=cfg.frame_classes)
     table = pd.read_csv(csv)
     for b, label in zip(boxes, table["label"], strict=True):
         want = [[0, 0, 64, 64, labels.index(label)]] if label != "tumour" else [[*b[0, :4], 1]]

@@ -120,6 +120,16 @@ def listed_boxes(boxes: np.ndarray, labels: Sequence[str]) -> list[list]:
     return [[*xy[j].tolist(), float(score[j]), labels[int(b[j, 5])]] for j in range(len(b))]
 
 
+def listed_to_array(listed: Sequence[Sequence], labels: Sequence[str]) -> np.ndarray:
+    """Listed detections back as the (m, 6) [x0, y0, x1, y1, score, class_index] float64 array, in the listing's
+    coordinates. The class may be a name among `labels` (`listed_boxes`) or an index (a run's predictions.csv written
+    before its boxes were listed so)."""
+    out = np.zeros((len(listed), 6), np.float64)
+    for j, b in enumerate(listed):
+        out[j] = [*b[:5], labels.index(b[5]) if isinstance(b[5], str) else b[5]]
+    return out
+
+
 def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str) -> np.ndarray:
     """Boxes as the (m, 5) float array [x0, y0, x1, y1, class_index] that training and metrics take.
 
@@ -147,7 +157,7 @@ def parse_frame_classes(value: str | Sequence[str] | None) -> list[str]:
 
 def manifest_boxes(
     manifest, size: int, labels: Sequence[str] | None = None, frame_classes: str | Sequence[str] | None = None
-) -> tuple[list[str], list[np.ndarray], list[str]]:
+) -> tuple[list[str], list[np.ndarray], list[str], list[tuple[int, int]]]:
     """Every image's boxes at the square training size, for detection.
 
     A row's boxes come from its `boxes` column, else from its mask's connected components, labelled with the
@@ -165,7 +175,9 @@ def manifest_boxes(
             `frame_classes`).
 
     Returns:
-        (labels, per image (m, 5) [x0, y0, x1, y1, class_index] arrays, problems).
+        (labels, per image (m, 5) [x0, y0, x1, y1, class_index] arrays at the training size, problems, per image
+        (width, height) in pixels as decoded (orientation applied): the frame its boxes are scaled from, which
+        `scale_boxes` maps them back to).
 
     Raises:
         DataError: a frame class is no image's label (reading for training), or not among the given `labels`.
@@ -208,4 +220,4 @@ def manifest_boxes(
         boxes_to_array([[*b[:4], str(b[4])] for b in scale_boxes(kept, wh, size)], labels, key)
         for kept, wh, key in zip(raw, sizes, manifest.keys, strict=True)
     ]
-    return list(labels), arrays, problems
+    return list(labels), arrays, problems, sizes

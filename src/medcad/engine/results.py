@@ -87,11 +87,27 @@ def prediction_table(
     return pred
 
 
+LISTED_MIN_SCORE = 0.05  # a run's predictions.csv lists each test image's detections from this score on
+
+
 def detection_results(
-    manifest: Manifest, boxes: list[np.ndarray], results: list[dict], groups_of: dict, labels: list[str]
+    manifest: Manifest,
+    boxes: list[np.ndarray],
+    results: list[dict],
+    groups_of: dict,
+    labels: list[str],
+    image_sizes: np.ndarray,
+    size: int,
 ) -> tuple[dict, pd.DataFrame]:
     """AP50, mAP, P/R/F1 at the IoU thresholds and the frame-level decision of the folds' test detections, pooled
-    out-of-fold with cluster-bootstrap CIs, per fold; with the per-image table (top detection, frame decision)."""
+    out-of-fold with cluster-bootstrap CIs, per fold; with the per-image table (top detection, frame decision).
+
+    Metrics are computed where the folds predicted, in the model's S x S input (`size`), against `boxes` there;
+    the table's `detections` are listed as predict lists them: in the image's own pixels (scaled back by
+    `image_sizes`, (N, 2) width and height per manifest row), [x0, y0, x1, y1, score, class name], best first,
+    from `LISTED_MIN_SCORE` on.
+    """
+    from medcad.data.boxes import listed_boxes, scale_boxes
     from medcad.metrics.detection import detection_metrics
     from medcad.metrics.stats import mean_sd
 
@@ -130,7 +146,10 @@ def detection_results(
             ],
             "predicted_frame": [labels[int(d[5])] if d is not None and d[4] >= thr else "background" for d in top],
             "top_score": [float(d[4]) if d is not None else 0.0 for d in top],
-            "detections": [json.dumps(np.round(d[d[:, 4] >= 0.05], 2).tolist()) for d in dets],
+            "detections": [
+                json.dumps(listed_boxes(scale_boxes(d[d[:, 4] >= LISTED_MIN_SCORE], (size, size), wh), labels))
+                for d, wh in zip(dets, (tuple(int(v) for v in image_sizes[i]) for i in rows), strict=True)
+            ],
         }
     )
     return m, table
@@ -180,20 +199,25 @@ def evaluate_results(
     run: Path | None = None,
     boxes: list[np.ndarray] | None = None,
     mask_classes: MaskLabels | None = None,
+    image_sizes: np.ndarray | None = None,
+    size: int | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures.
 
     Class probabilities (classify, multitask) give the classification metrics, and with multi-hot targets `y`
     (N, K) the multi-label metrics; predicted masks (segment,
     multitask; read from the run's fold folders, compared with `masks`) give "segmentation", with "dice" and
-    "iou" also at the top level; detections (detect, against `boxes`) give the detection metrics.
+    "iou" also at the top level; detections (detect, against `boxes` at the training size `size`; listed in the
+    table in each image's pixels, `image_sizes` (N, 2) width and height) give the detection metrics.
     """
     group_map = splits.get("groups") or {}
     results = rows_by_key(results, splits, manifest)
     m: dict = {}
     pred = None
     if boxes is not None:
-        m, pred = detection_results(manifest, boxes, results, group_map, labels)
+        if image_sizes is None or size is None:
+            raise ValueError("detections need the images' sizes and the training size to be listed in image pixels")
+        m, pred = detection_results(manifest, boxes, results, group_map, labels, image_sizes, size)
     if all("test_probs" in r for r in results):
         pooled = _multilabel_results if y.ndim == 2 else _classification_results
         m, pred = pooled(manifest, labels, y, results, group_map)

@@ -221,7 +221,17 @@ def train_run(
     if not primary or folds is not None:
         return {}
     metrics, pred = evaluate_results(
-        manifest, labels, y, results, splits, targets.masks, out, targets.boxes, mask_classes=targets.mask_classes
+        manifest,
+        labels,
+        y,
+        results,
+        splits,
+        targets.masks,
+        out,
+        targets.boxes,
+        mask_classes=targets.mask_classes,
+        image_sizes=targets.image_sizes,
+        size=run.cfg.image_size,
     )
     atomic_write_text(folder.predictions, pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}

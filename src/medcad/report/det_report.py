@@ -17,6 +17,25 @@ from medcad.report import plots
 from medcad.runfolder import RunFolder
 
 
+def model_space_detections(listed: list, labels: list[str], wh, size: int) -> np.ndarray:
+    """One image's detections as a run's predictions.csv lists them, back in the model's S x S input: (m, 6)
+    [x0, y0, x1, y1, score, class_index].
+
+    Args:
+        listed: [[x0, y0, x1, y1, score, class name], ...] in the image's pixels; or, in a file written before they
+            were listed so, [[x0, y0, x1, y1, score, class_index], ...] already at S x S (kept as they are).
+        labels: the run's detection classes.
+        wh: (width, height) of the image in pixels.
+        size: S, the run's training size.
+    """
+    from medcad.data.boxes import listed_to_array, scale_boxes
+
+    dets = listed_to_array(listed, labels)
+    if not any(isinstance(b[5], str) for b in listed):
+        return dets
+    return np.array(scale_boxes(dets.tolist(), (int(wh[0]), int(wh[1])), size), np.float64).reshape(-1, 6)
+
+
 def sample_tiles(
     run: Path,
     manifest,
@@ -25,9 +44,13 @@ def sample_tiles(
     pred: pd.DataFrame,
     labels: list[str],
     threshold: float,
+    image_sizes: np.ndarray,
     n: int = 8,
 ) -> bytes:
-    """Test frames (highest-scoring misses and hits first) with true boxes (green), predicted boxes and EigenCAM."""
+    """Test frames (highest-scoring misses and hits first) with true boxes (green), predicted boxes and EigenCAM,
+    drawn on `images` (N, S, S, 3) at the training size: the predictions.csv boxes, in each image's own pixels
+    (`image_sizes` (N, 2) width and height), are scaled to it (a run's file written before they were listed so
+    holds them at S x S with the class as an index, and is drawn as it is)."""
     from medcad.checkpoint import load_model_file
     from medcad.drawing import draw_boxes
     from medcad.explain.gradcam import overlay
@@ -42,8 +65,8 @@ def sample_tiles(
         i, fold = index[row["image"]], int(row["fold"])
         if fold not in models:
             models[fold] = load_model_file(RunFolder(run).fold(fold).model)[0]
-        dets = np.array(json.loads(row["detections"]), dtype=float).reshape(-1, 6)
         image = np.asarray(images[i])
+        dets = model_space_detections(json.loads(row["detections"]), labels, image_sizes[i], image.shape[0])
         shown = draw_boxes(overlay(image, eigencam(models[fold], image), alpha=0.3), dets, labels, threshold, boxes[i])
         tiles.append(shown)
         captions.append(
@@ -109,8 +132,15 @@ def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFram
         from medcad.targets import load_targets
 
         images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
-        boxes = load_targets(manifest, cfg, metrics["labels"]).boxes
+        targets = load_targets(manifest, cfg, metrics["labels"])
         figures["detections"] = sample_tiles(
-            run, manifest, images, boxes, pred, metrics["labels"], metrics["score_threshold"]
+            run,
+            manifest,
+            images,
+            targets.boxes,
+            pred,
+            metrics["labels"],
+            metrics["score_threshold"],
+            targets.image_sizes,
         )
     return figures
