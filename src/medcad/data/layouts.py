@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from medcad.config import DataOptions
 from medcad.data.annotations import (
+    add_box_json,
     find_cvat,
     find_dicom_seg,
     find_labelme,
@@ -254,24 +254,6 @@ def _shared_stem_note(root: Path, by_dir: dict[Path, list[Path]]) -> list[str]:
     return []
 
 
-def _kvasir_boxes(root: Path, stems: set[str]) -> tuple[dict[str, list[list]], list[str]]:
-    """Boxes from a `{id: {"bbox": [{label, xmin, ...}]}}` JSON (Kvasir-SEG) in the dataset folder, and the file
-    read ([] when none)."""
-    for js in sorted(root.glob("*.json")):
-        try:
-            data = json.loads(js.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(js, f"cannot parse box JSON ({e})") from e
-        if not isinstance(data, dict) or not stems & set(data):
-            continue
-        boxes = {
-            k: [[b["xmin"], b["ymin"], b["xmax"], b["ymax"], b.get("label", "lesion")] for b in v.get("bbox", [])]
-            for k, v in data.items()
-        }
-        return boxes, [js.name]
-    return {}, []
-
-
 def _paired_dirs(path: Path, options: DataOptions) -> list[tuple[str, str, Path, Path]]:
     """(label, split, image folder, mask folder) of each pair: from --images/--masks (neither), else those
     `find_pair_groups` finds."""
@@ -350,25 +332,8 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             notes[-1] += f" (split {split!r} in the 'split' column: `data split --split-column split` keeps it)"
             pair_rows = [dict(r, split=split) for r in pair_rows]
         rows += pair_rows
-    stems = {Path(r["image"]).stem for r in rows}
-    boxes, sources = _kvasir_boxes(path, stems)
-    labelled = Counter()
-    for row in rows:
-        b = boxes.get(Path(row["image"]).stem)
-        if b is not None:
-            row["boxes"] = json.dumps(b)
-            names = {x[4] for x in b}
-            if "label" not in row:
-                row["label"] = names.pop() if len(names) == 1 else ""
-                labelled[row["label"]] += 1
-    if sources:
-        unused = len(set(boxes) - stems)
-        shown = ", ".join(f"{lab!r} {n}" for lab, n in labelled.most_common())
-        notes.append(
-            f"boxes from {sources[0]}: {sum(s in boxes for s in stems)} of {len(rows)} images"
-            + (f"; its {unused} entries naming no image here are not used" if unused else "")
-            + (f"; labels from the boxes' labels ({shown})" if labelled else "")
-        )
+    rows, box_notes, sources = add_box_json(path, rows, problems)
+    notes += box_notes
     table = make_table(expand_frames(rows, path, problems))
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
 

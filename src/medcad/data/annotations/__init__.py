@@ -19,11 +19,13 @@ never given an invented class.
 from medcad.data.annotations.coco import read_coco
 from medcad.data.annotations.cvat import find_cvat, read_cvat
 from medcad.data.annotations.dicom_seg import find_dicom_seg, read_dicom_seg
+from medcad.data.annotations.kvasir import add_box_json
 from medcad.data.annotations.labelme import find_labelme, is_labelme, read_labelme
 from medcad.data.annotations.voc import find_voc, is_voc_xml, read_voc
 from medcad.data.annotations.yolo import find_yolo, read_yolo
 
 __all__ = [
+    "add_box_json",
     "find_cvat",
     "find_dicom_seg",
     "find_labelme",
