@@ -56,3 +56,40 @@ def test_box_json_for_resized_images_is_refused(tmp_path: Path) -> None:
     (tmp_path / "kavsir_bboxes.json").write_text(json.dumps({s: _entry(622, 529) for s in stems}))
     with pytest.raises(DataError, match="is for a 622x529 image but the image is 40x30"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["stem", "name", "both"])
+def test_box_json_keyed_by_file_name_or_stem(tmp_path: Path, key: str) -> None:
+    stems = _pair_set(tmp_path, n=3)
+    named = {"stem": stems, "name": [f"{s}.png" for s in stems], "both": [stems[0], *(f"{s}.png" for s in stems[1:])]}
+    (tmp_path / "bboxes.json").write_text(json.dumps({k: _entry(40, 30) for k in named[key]}))
+    m = load_manifest(tmp_path)
+    assert m.sources == ["bboxes.json"] and not m.ledger.unread
+    assert [m.boxes(i) for i in range(3)] == [[[2, 3, 20, 25, "polyp"]]] * 3
+    assert any(n.startswith("boxes from bboxes.json: 3 of 3 images") for n in m.notes), m.notes
+
+
+def test_json_keyed_by_stem_without_boxes_is_not_a_box_json(tmp_path: Path) -> None:
+    """A JSON of other facts per image (the tester's info.json: w, h, area) is no box source; a detection read of the
+    set makes boxes from the masks and says that the JSON went unread."""
+    from medcad.data.boxes import manifest_boxes
+
+    stems = _pair_set(tmp_path, n=3)
+    (tmp_path / "info.json").write_text(json.dumps({s: {"w": 40, "h": 30, "area": 150} for s in stems}))
+    m = load_manifest(tmp_path)
+    assert m.sources == [] and (m.table["boxes"] == "").all()
+    assert not any("boxes from" in n for n in m.notes), m.notes
+    assert [p for p, _ in m.ledger.unread] == ["info.json"]
+    _, boxes, _ = manifest_boxes(m, 32)
+    assert all(len(b) == 1 for b in boxes)  # from the masks
+    said = "boxes of 3 image(s) made from their masks (one per connected component), while info.json"
+    assert any(n.startswith(said) for n in m.notes), m.notes
+
+
+def test_box_json_entry_without_corners_is_named(tmp_path: Path) -> None:
+    stems = _pair_set(tmp_path, n=2)
+    bad = {"height": 30, "width": 40, "bbox": [{"label": "polyp", "x": 2, "y": 3}]}
+    (tmp_path / "bboxes.json").write_text(json.dumps({stems[0]: _entry(40, 30), stems[1]: bad}))
+    m = load_manifest(tmp_path)
+    assert list(m.table["image"]) == ["images/id0.png"]
+    assert "bboxes.json entry 'id1' is not {bbox: [{label, xmin, ...}]} (KeyError" in dict(m.problems)["images/id1.png"]

@@ -163,6 +163,7 @@ def manifest_boxes(
     A row's boxes come from its `boxes` column, else from its mask's connected components, labelled with the
     row's label; when that is not one of `labels` and there is a single detection class, with that class (a
     lesion mask of a one-class detector is that class); else "lesion". A row with neither is a background frame.
+    A note says so when boxes were made from masks while a JSON file under the dataset folder went unread.
     A row whose label is a frame class gets the whole-frame box [0, 0, W, H] of that label (after the boxes its
     `boxes` column lists, if any; its mask is not read: a frame class is not a lesion). Boxes are clipped or
     dropped by `clean_boxes` (the messages are returned, nothing raises for a bad box).
@@ -197,7 +198,7 @@ def manifest_boxes(
             )
     elif any(c not in labels for c in frames):
         raise DataError(manifest.root, f"frame classes {frames} are not all among the run's detection classes {labels}")
-    raw, sizes, problems = [], [], []
+    raw, sizes, problems, from_masks = [], [], [], 0
     for i, key in enumerate(manifest.keys):
         w, h = image_size(manifest.image_path(i), manifest.frame(i))
         boxes = manifest.boxes(i)
@@ -208,10 +209,12 @@ def manifest_boxes(
             if labels is not None and label not in labels and len(labels) == 1:
                 label = labels[0]
             boxes = boxes_from_mask(read_mask(manifest.mask_paths(i)), label or "lesion")
+            from_masks += 1
         kept, found = clean_boxes(boxes or [], w, h, key)
         raw.append(kept)
         sizes.append((w, h))
         problems += found
+    _unread_json_note(manifest, from_masks)
     if labels is None:
         labels = sorted({str(b[4]) for boxes in raw for b in boxes})
     if not labels:
@@ -221,3 +224,16 @@ def manifest_boxes(
         for kept, wh, key in zip(raw, sizes, manifest.keys, strict=True)
     ]
     return list(labels), arrays, problems, sizes
+
+
+def _unread_json_note(manifest, from_masks: int) -> None:
+    """A note when boxes were made from masks while a JSON file under the dataset folder went unread: it may hold
+    the boxes in a form no reader recognised."""
+    ledger = getattr(manifest, "ledger", None)
+    unread = [p for p, _ in ledger.unread if p.lower().endswith(".json")] if ledger is not None else []
+    if from_masks and unread:
+        manifest.notes.append(
+            f"boxes of {from_masks} image(s) made from their masks (one per connected component), while "
+            f"{', '.join(unread[:3])} under the dataset folder went unread: if it holds the boxes, its form is not "
+            'one medcad reads (COCO, or Kvasir-SEG\'s {"<image>": {"bbox": [{"xmin", ...}]}})'
+        )

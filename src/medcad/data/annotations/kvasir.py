@@ -13,44 +13,67 @@ from medcad.errors import DataError
 
 def _entry_boxes(entry: dict) -> list[list]:
     """An entry's boxes as [x0, y0, x1, y1, label] (label 'lesion' when none is given)."""
-    return [[b["xmin"], b["ymin"], b["xmax"], b["ymax"], b.get("label", "lesion")] for b in entry.get("bbox", [])]
+    return [[b["xmin"], b["ymin"], b["xmax"], b["ymax"], b.get("label", "lesion")] for b in entry["bbox"]]
+
+
+def _holds_boxes(entry: object) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("bbox"), list)
+
+
+def _keys(data: object, rows: list[dict]) -> dict[int, str] | None:
+    """Row index -> its entry's key (the image's file name or stem) when `data` is a box JSON of these images (an
+    object with an entry, holding a `bbox` list, for one of them at least); else None."""
+    if not isinstance(data, dict):
+        return None
+    keys = {}
+    for i, row in enumerate(rows):
+        name = Path(row["image"]).name
+        key = next((k for k in (name, Path(name).stem) if k in data), None)
+        if key is not None:
+            keys[i] = key
+    return keys if any(_holds_boxes(data[k]) for k in keys.values()) else None
 
 
 def add_box_json(root: Path, rows: list[dict], problems: list) -> tuple[list[dict], list[str], list[str]]:
     """`rows` (images relative to `root`) with the boxes of the box JSON in `root`, if there is one: (rows, notes,
-    sources). A row without a label gets its boxes' label when they agree. An entry that declares another image size
-    than its image's (boxes for a resized copy) leaves its image out, named in `problems`, as COCO and VOC files do:
-    its boxes would be clipped or dropped where they do not fit."""
-    stems = {Path(r["image"]).stem for r in rows}
+    sources). A JSON is one by what it holds, entries with a `bbox` list, keyed by an image's stem or file name (a
+    JSON of other facts keyed alike is not). A row without a label gets its boxes' label when they agree. An entry
+    that declares another image size than its image's (boxes for a resized copy) leaves its image out, named in
+    `problems`, as COCO and VOC files do: its boxes would be clipped or dropped where they do not fit; so does an
+    entry without a `bbox` list of {label, xmin, ymin, xmax, ymax}."""
     for js in sorted(root.glob("*.json")):
         try:
             data = _load_json(js)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(js, f"cannot parse box JSON ({e})") from e
-        if not isinstance(data, dict) or not stems & set(data):
+        keys = _keys(data, rows)
+        if keys is None:
             continue
-        kept, labelled, sized = [], Counter(), 0
-        for row in rows:
-            key = Path(row["image"]).stem
-            entry = data.get(key)
-            if entry is not None:
-                where = f"{js.name} entry {key!r}"
+        kept, labelled = [], Counter()
+        for i, row in enumerate(rows):
+            key = keys.get(i)
+            if key is not None:
+                entry, where = data[key], f"{js.name} entry {key!r}"
+                try:
+                    boxes = _entry_boxes(entry)
+                except (KeyError, TypeError, AttributeError) as e:
+                    what = f"{type(e).__name__}: {e}"
+                    problems.append((row["image"], f"{where} is not {{bbox: [{{label, xmin, ...}}]}} ({what})"))
+                    continue
                 dims = _image_dims(root / row["image"], entry.get("width"), entry.get("height"), where)
                 if isinstance(dims, str):
                     problems.append((row["image"], dims))
                     continue
-                sized += 1
-                boxes = _entry_boxes(entry)
                 row["boxes"] = json.dumps(boxes)
                 names = {b[4] for b in boxes}
                 if "label" not in row:
                     row["label"] = names.pop() if len(names) == 1 else ""
                     labelled[row["label"]] += 1
             kept.append(row)
-        unused = len(set(data) - stems)
+        unused = len(set(data) - set(keys.values()))
         shown = ", ".join(f"{lab!r} {n}" for lab, n in labelled.most_common())
         note = (
-            f"boxes from {js.name}: {sized} of {len(rows)} images"
+            f"boxes from {js.name}: {sum(bool(r.get('boxes')) for r in kept)} of {len(rows)} images"
             + (f"; its {unused} entries naming no image here are not used" if unused else "")
             + (f"; labels from the boxes' labels ({shown})" if labelled else "")
         )
