@@ -14,6 +14,8 @@ from medcad.data.annotations.shapes import (
     ShapeTally,
     _image_dims,
     _load_json,
+    boxed_note,
+    boxes_only,
     image_places,
     locate_image,
     mask_folder,
@@ -62,8 +64,11 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
     `images/` there, in the dataset folder and in its `images/` (beside an `annotations/` folder), with a note when
     not beside the JSON.
 
-    Refused with a reason (left out, counted): annotations whose category_id is not in `categories`, annotations
-    of images not listed in `images`, and in a segmentation file annotations with a box but no segmentation.
+    In a file with segmentation, an image with an annotation that has a box but no segmentation (Label Studio's
+    rectangles beside its polygons) gets no mask, its boxes kept (`shapes.boxes_only`, as YOLO and VOC sets do).
+
+    Refused with a reason (left out, counted): annotations whose category_id is not in `categories`, and
+    annotations of images not listed in `images`.
     """
     files = [path] if path.is_file() else find_coco_jsons(path)
     if not files:
@@ -117,7 +122,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     known = ", ".join(f"{k} {v!r}" for k, v in cats.items()) or "none"
     segmented = any(a.get("segmentation") for a in anns)
     folder = mask_folder(js, tally.drawn_labels) if segmented else None
-    rows, no_ann, mixed = [], [], 0
+    rows, no_ann, mixed, boxed = [], [], 0, []
     n_clipped = 0
     for k, (iid, name, width, height) in enumerate(images):
         hit = locate_image(places, name)
@@ -159,13 +164,16 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
             "label": counts.most_common(1)[0][0] if counts else "background",
             "boxes": json.dumps(boxes),
         }
-        if folder is not None:
+        unoutlined = [cats[a["category_id"]] for a, m in zip(mine, masks, strict=True) if m is None]
+        if folder is not None and boxes_only(unoutlined, tally):
+            boxed.append(rel)
+        elif folder is not None:
             drawn = []
             for a, m in zip(mine, masks, strict=True):
-                if tally.draws(cats[a["category_id"]]):
-                    drawn.append(m)
-                else:
+                if not tally.draws(cats[a["category_id"]]):
                     tally.not_drawn.append(f"{name_js} annotation {a.get('id', '?')}")
+                elif m is not None:
+                    drawn.append(m)
             mask = np.logical_or.reduce(drawn) if drawn else np.zeros((height, width), bool)
             row["mask"] = write_mask(folder / f"{k:06d}.png", mask, root)
         rows.append(row)
@@ -187,6 +195,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
         )
     if segmented:
         notes.append("COCO segmentation (polygons / RLE) read as masks: the union of each image's annotations")
+    notes += boxed_note(boxed, f"annotations without segmentation in {name_js}, whose others have one")
     if unknown:
         shown = ", ".join(f"{c} ({n} annotation(s))" for c, n in unknown.most_common())
         notes.append(f"category ids not in the categories of {name_js} ({known}): {shown}; their images are left out")
@@ -204,20 +213,18 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
 
 
 def _image_masks(anns: list[dict], image: Path, width, height, where: str) -> tuple[list, int, int, int] | str:
-    """One image's annotation masks (bool (H, W) each), its width and height, and how many polygons extend past its
-    border; or why they cannot be made (an annotation without segmentation, no size, an undecodable one)."""
-    no_seg = [str(a.get("id", "?")) for a in anns if not a.get("segmentation")]
-    if no_seg:
-        return f"annotation {', '.join(no_seg)} has no segmentation: its mask would miss it"
+    """One image's annotation masks (bool (H, W) each; None for an annotation without segmentation, a box only),
+    its width and height, and how many polygons extend past its border; or why they cannot be made (no size, the
+    size of another image, an undecodable one)."""
     dims = _image_dims(image, width, height, where)
     if isinstance(dims, str):
         return dims
     width, height = dims
     try:
-        masks = [_coco_mask(a["segmentation"], height, width) for a in anns]
+        masks = [_coco_mask(a["segmentation"], height, width) if a.get("segmentation") else None for a in anns]
     except (ValueError, TypeError, KeyError) as e:
         return f"a segmentation in {where} cannot be decoded ({e})"
-    return masks, width, height, sum(_poly_outside(a["segmentation"], width, height) for a in anns)
+    return masks, width, height, sum(_poly_outside(a.get("segmentation"), width, height) for a in anns)
 
 
 def _ann_box(ann: dict, label: str, mask: np.ndarray | None) -> list | None:

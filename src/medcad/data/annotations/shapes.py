@@ -269,6 +269,26 @@ class ImageShapes:
     extra: dict | None = None  # more columns of the row (labelme's flags)
 
 
+def boxes_only(box_labels: list[str], tally: ShapeTally) -> bool:
+    """Whether an image of a set whose masks are drawn from outlines gets no mask: one of its objects drawn into
+    masks is a box only (`box_labels`: the labels of its objects that are boxes without an outline). A filled box is
+    not its object's outline, and the outlines alone would miss that object (Ultralytics too keeps a mixed set's
+    boxes, not its outlines). Its boxes are kept for detection; mask tasks read it as an image without a mask
+    (`boxed_note`)."""
+    return any(tally.draws(label) for label in box_labels)
+
+
+def boxed_note(boxed: list[str], what: str = "boxes in a set of outlined shapes") -> list[str]:
+    """The note on the images `boxes_only` leaves without a mask ([] for none)."""
+    if not boxed:
+        return []
+    return [
+        f"{len(boxed)} image(s) have {what}: no mask (a filled box is not an outline, and the outlines alone would "
+        "miss the boxed objects; --missing-masks empty would wrongly count them as lesion-free), boxes kept for "
+        f"detection (e.g. {', '.join(boxed[:3])})"
+    ]
+
+
 def per_image_rows(
     root: Path,
     images: list[Path],
@@ -320,7 +340,7 @@ def per_image_rows(
             problems.append((row["image"], drawn))
             continue
         mask, w, h = drawn
-        if drawn_masks and masks is None and any(s.kind == "rectangle" and tally.draws(s.label) for s in got.shapes):
+        if drawn_masks and masks is None and boxes_only([s.label for s in got.shapes if s.kind == "rectangle"], tally):
             boxed.append(row["image"])
         elif drawn_masks:
             row["mask"] = write_mask(mask_folder(src, tally.drawn_labels) / "mask.png", mask, root)
@@ -339,12 +359,7 @@ def per_image_rows(
     if missing:
         hint = ", no mask; --missing-masks empty would count them as lesion-free" if drawn_masks else ""
         notes.append(f"{len(missing)} image(s) have no {what} file: no label, no boxes{hint} (e.g. {missing[0]})")
-    if boxed:
-        notes.append(
-            f"{len(boxed)} image(s) have boxes in a set of outlined shapes: no mask (a filled box is not an outline, "
-            "and the outlines alone would miss the boxed objects; --missing-masks empty would wrongly count them as "
-            f"lesion-free), boxes kept for detection (e.g. {', '.join(boxed[:3])})"
-        )
+    notes += boxed_note(boxed)
     if folder_wins:
         notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
     return rows, notes + tally.notes()
