@@ -39,7 +39,7 @@ from medcad.data.manifest import (
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
-from medcad.data.tables import read_csv, read_xlsx
+from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx
 from medcad.errors import DataError
 
 ANNOTATION_FINDERS = (
@@ -72,7 +72,7 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         )
     if options.images or options.masks:
         return "images-masks", "--images/--masks given"
-    manifest = next((n for n in ("manifest.csv", "manifest.tsv") if (path / n).is_file()), None)
+    manifest = next((n for n in MANIFEST_NAMES if (path / n).is_file()), None)
     if manifest:
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
     if (path / "manifest.xlsx").is_file():

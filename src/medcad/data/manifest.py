@@ -324,6 +324,7 @@ def one_row_per_image(manifest: Manifest) -> None:
     - with the same fields: read once, with a note;
     - differing only in mask and boxes (a manifest with one row per lesion): one row whose mask is the union of
       theirs and whose boxes are all of theirs, with a note naming other columns kept from the first row;
+    - differing only in other columns (metadata): the first row, with a note naming the columns that differ;
     - differing in label, patient, domain or subgroup: all left out as problems naming what differs, since which
       one is right cannot be told (a run would otherwise score both rows with one row's label).
     """
@@ -334,7 +335,7 @@ def one_row_per_image(manifest: Manifest) -> None:
     repeated = [rows for rows in same_image.values() if len(rows) > 1]
     if not repeated:
         return
-    keep, merged, lesions, kept_first = np.ones(len(table), bool), [], [], set()
+    keep, merged, lesions, others, kept_first = np.ones(len(table), bool), [], [], [], set()
     fields = [c for c in table.columns if c != "image"]
     for rows in repeated:
         part = table.iloc[rows][fields].astype(str)
@@ -356,6 +357,8 @@ def one_row_per_image(manifest: Manifest) -> None:
             table.loc[table.index[rows[0]], "boxes"] = json.dumps(boxes) if boxes else ""
             lesions.append((table["image"].iat[rows[0]], len(rows)))
             kept_first |= set(differs) - {"mask", "boxes"}
+        elif differs:  # other columns (metadata) differ: the first row's are kept, said
+            others.append((table["image"].iat[rows[0]], len(rows), differs))
         else:
             merged.append((table["image"].iat[rows[0]], len(rows)))
     manifest.table = table[keep].reset_index(drop=True)
@@ -371,6 +374,12 @@ def one_row_per_image(manifest: Manifest) -> None:
             f"{len(lesions)} image(s) listed once per lesion (e.g. {image!r}, {n} rows): one row each, its mask the "
             "union of the rows' masks and its boxes all of theirs"
             + (f"; {', '.join(sorted(kept_first))} kept from the first row" if kept_first else "")
+        )
+    if others:
+        image, n, differs = others[0]
+        manifest.notes.append(
+            f"{len(others)} image(s) listed more than once with different {', '.join(differs)} (e.g. {image!r}, {n} "
+            "rows): each read once, the first row's values kept"
         )
 
 

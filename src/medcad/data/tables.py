@@ -56,6 +56,8 @@ COLUMN_ALIASES = {
     "frame": ("frame", "frameindex"),
 }
 ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid", "lesionid")
+MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", "_annotations.csv")  # the last: Roboflow's TensorFlow box CSV
+BOX_CORNERS = ("xmin", "ymin", "xmax", "ymax")  # one row per box (TensorFlow Object Detection CSV)
 SPLIT_COLUMNS = ("split", "subset", "partition", "fold", "set", "datasplit", "traintest")  # a dataset's own split
 
 
@@ -217,15 +219,17 @@ def _lines(numbers) -> str:
 
 
 def read_csv(path: Path, options: DataOptions) -> Manifest:
-    """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name."""
+    """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name. A table with box corner
+    columns (`xmin, ymin, xmax, ymax`: TensorFlow Object Detection's CSV) has one row per box (`_row_box`)."""
     if path.is_dir():
-        found = [p for p in (path / "manifest.csv", path / "manifest.tsv") if p.is_file()]
+        found = [path / n for n in MANIFEST_NAMES if (path / n).is_file()]
         if not found:
             raise DataError(path, "no manifest.csv or manifest.tsv in this folder (--layout csv); give the file's path")
         path = found[0]
     df, notes = _read_table(path)
     df, more = _rename_columns(df, path)
     notes += more
+    corners = _corner_columns(df)
     root = path.parent
     rows, problems = [], []
     paths = _PathResolver(root)
@@ -245,6 +249,8 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
             problems.append((img, f"mask file not found: {missing[0]} ({where})"))
             continue
         row["mask"] = MASK_SEP.join(masks)
+        if corners and not _row_box(row, corners, root, where, problems):
+            continue
         boxes = str(row.get("boxes", "")).strip()
         if boxes:
             try:
@@ -253,8 +259,63 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
                 problems.append((img, f"boxes column is not valid JSON ({where})"))
                 continue
         rows.append(row)
+    if corners:
+        notes += _box_rows_notes(rows, corners)
     rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "csv", problems, notes + paths.notes(path.name), sources=[path.name])
+
+
+def _corner_columns(df: pd.DataFrame) -> dict[str, str] | None:
+    """The columns of box corners (`xmin, ymin, xmax, ymax`, and the image's `width, height` when given) of a table
+    with one row per box (TensorFlow Object Detection's CSV, Roboflow's `_annotations.csv`), by name; None for a
+    table without them or with a `boxes` column."""
+    by_norm = {_norm(c): c for c in df.columns}
+    if "boxes" in df or not all(k in by_norm for k in BOX_CORNERS):
+        return None
+    return {k: by_norm[k] for k in (*BOX_CORNERS, "width", "height") if k in by_norm}
+
+
+def _row_box(row: dict, corners: dict[str, str], root: Path, where: str, problems: list) -> bool:
+    """A box row's corners as its `boxes` ([] when they are empty: an image without objects), checked against the
+    image's size when the row gives it; False (a problem named) when they are not numbers or the size differs."""
+    from medcad.data.annotations.shapes import _image_dims
+
+    cells = {k: str(row.pop(c, "")).strip() for k, c in corners.items()}
+    if not any(cells[k] for k in BOX_CORNERS):
+        row["boxes"] = "[]"
+        return True
+    try:
+        x0, y0, x1, y1 = (float(cells[k]) for k in BOX_CORNERS)
+    except ValueError:
+        problems.append((row["image"], f"box corners {[cells[k] for k in BOX_CORNERS]} are not numbers ({where})"))
+        return False
+    dims = _image_dims(root / row["image"], cells.get("width"), cells.get("height"), where)
+    if isinstance(dims, str):
+        problems.append((row["image"], dims))
+        return False
+    row["boxes"] = json.dumps([[x0, y0, x1, y1, str(row.get("label", "")).strip() or "lesion"]])
+    return True
+
+
+def _box_rows_notes(rows: list[dict], corners: dict[str, str]) -> list[str]:
+    """What a table of one row per box was read as; an image whose boxes have several labels gets no image label
+    (its rows would otherwise disagree and all be left out)."""
+    labels: dict[str, set[str]] = {}
+    for row in rows:
+        labels.setdefault(os.path.normpath(row["image"]), set()).add(str(row.get("label", "")).strip())
+    mixed = {k for k, v in labels.items() if len(v) > 1}
+    for row in rows:
+        if os.path.normpath(row["image"]) in mixed:
+            row["label"] = ""
+    sized = ", ".join(corners[k] for k in ("width", "height") if k in corners)
+    notes = [
+        f"one row per box: corners from columns {', '.join(corners[k] for k in BOX_CORNERS)}, the row's label as the "
+        f"box's; the rows of one image are its boxes ({sum(r['boxes'] != '[]' for r in rows)} boxes on "
+        f"{len(labels)} images)" + (f"; each image's size checked against {sized}" if sized else "")
+    ]
+    if mixed:
+        notes.append(f"{len(mixed)} image(s) have boxes of several labels: image label left empty (e.g. {min(mixed)})")
+    return notes
 
 
 class _PathResolver:

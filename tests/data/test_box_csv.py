@@ -1,0 +1,73 @@
+"""A table with one row per box (TensorFlow Object Detection CSV, Roboflow's `_annotations.csv`): the rows of one
+image are its boxes (they had been merged into one row, the second row's corners lost, as 'the same fields')."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import noise_image, save
+from medcad.data.layouts import load_manifest
+from medcad.errors import DataError
+
+HEADER = "filename,width,height,class,xmin,ymin,xmax,ymax\n"
+BOXES = st.lists(
+    st.tuples(st.sampled_from(["polyp", "adenoma"]), st.integers(0, 20), st.integers(0, 20), st.integers(1, 12)),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(BOXES, min_size=1, max_size=4))
+def test_rows_of_one_image_are_its_boxes(images: list[list[tuple[str, int, int, int]]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root, lines, want = Path(tmp), [], {}
+        for k, boxes in enumerate(images):
+            save(root / f"f{k}.png", noise_image(k, 32))
+            want[f"f{k}.png"] = sorted([x, y, x + s, y + s, c] for c, x, y, s in boxes)
+            lines += [f"f{k}.png,32,32,{c},{x},{y},{x + s},{y + s}\n" for c, x, y, s in boxes]
+        (root / "_annotations.csv").write_text(HEADER + "".join(lines))
+        m = load_manifest(root)
+        assert m.layout == "csv" and not m.problems
+        got = {m.table["image"].iat[i]: sorted(m.boxes(i)) for i in range(len(m))}
+        assert got == want
+        for i in range(len(m)):
+            labels = {b[4] for b in m.boxes(i)}
+            assert m.table["label"].iat[i] == (labels.pop() if len(labels) == 1 else "")
+
+
+def test_box_row_for_another_image_size_is_named(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", noise_image(0, 32))
+    save(tmp_path / "b.png", noise_image(1, 32))
+    rows = "a.png,32,32,polyp,1,2,10,12\nb.png,640,640,polyp,100,100,300,300\n"
+    (tmp_path / "boxes.csv").write_text(HEADER + rows)
+    m = load_manifest(tmp_path / "boxes.csv")
+    assert list(m.table["image"]) == ["a.png"]
+    assert "is for a 640x640 image but the image is 32x32" in dict(m.problems)["b.png"]
+
+
+def test_rows_differing_in_other_columns_are_not_called_the_same(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", noise_image(0, 32))
+    (tmp_path / "m.csv").write_text("image,label,reader\na.png,polyp,R1\na.png,polyp,R2\n")
+    m = load_manifest(tmp_path / "m.csv")
+    assert len(m) == 1 and m.table["reader"].iat[0] == "R1"
+    assert not any("with the same fields" in n for n in m.notes), m.notes
+    assert any("listed more than once with different reader" in n for n in m.notes), m.notes
+
+
+@pytest.mark.parametrize("corner", ["", "x"])
+def test_box_row_without_corners(tmp_path: Path, corner: str) -> None:
+    """Empty corners: an image without objects (no box); corners that are not numbers: the row is named."""
+    save(tmp_path / "a.png", noise_image(0, 32))
+    (tmp_path / "boxes.csv").write_text(HEADER + f"a.png,32,32,normal,{corner},{corner},{corner},{corner}\n")
+    if corner:
+        with pytest.raises(DataError, match=r"a.png: box corners \[.*\] are not numbers \(boxes.csv line 2"):
+            load_manifest(tmp_path / "boxes.csv")
+    else:
+        m = load_manifest(tmp_path / "boxes.csv")
+        assert m.boxes(0) == [] and m.table["label"].iat[0] == "normal"
