@@ -16,7 +16,9 @@ written; any other second signal changes nothing: the first one is being handled
 
 from __future__ import annotations
 
+import ctypes
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -114,3 +116,26 @@ def raise_if_stopped() -> None:
     a fold)."""
     if _state.signum is not None:
         raise Stopped(_state.signum)
+
+
+class _SignalStack(ctypes.Structure):  # POSIX stack_t (Linux)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def own_signal_stack():
+    """Keep the calling thread's alternate signal stack (`sigaltstack`) across a call into a library that replaces
+    it. OpenVINO's `compile_model` installs an 11.5 KB stack of its own on the calling thread and leaves it there
+    once the model is freed; CPython runs Python signal handlers with SA_ONSTACK, so the next SIGTERM or SIGINT was
+    delivered onto freed memory and the process died of SIGSEGV (exit 139) instead of stopping (143, 130). Linux
+    only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)

@@ -218,3 +218,56 @@ def test_a_fold_out_of_range_names_the_folds(tiny_run: Path, easy_set: Path) -> 
     (tiny_run / "fold_1" / "model.pt").rename(tiny_run / "fold_1" / "model.bak")
     res = runner.invoke(app, ["predict", str(tiny_run), image, "--fold", "1"])
     assert res.exit_code == 2 and "fold 1 has no trained model: this run has fold 0" in res.output
+
+
+_SIGNAL_AFTER_OPENVINO = """
+import ctypes, faulthandler, gc, os, signal, sys, threading
+import numpy as np, torch
+from medcad.inference.onnx import GraphSession
+from medcad.stopping import _SignalStack
+
+faulthandler.enable()  # an alternate signal stack of its own, as pytest and `python -X faulthandler` set one
+libc = ctypes.CDLL(None)
+
+def stack():
+    s = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(s))
+    return s.ss_sp, s.ss_flags, s.ss_size
+
+path = sys.argv[1]
+torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), path, input_names=["images"], dynamo=False)
+before = stack()
+sessions = [GraphSession(path, "openvino-fp32", threads=2)]
+sessions[0].run(np.zeros((1, 16, 16, 3), np.uint8), 1)
+alive = stack()
+threading.Thread(target=sessions.clear).start()  # freed in another thread, as a pool's worker may
+gc.collect()
+junk = [bytearray(20000) for _ in range(500)]  # what freed memory is reused for
+got = []
+signal.signal(signal.SIGINT, lambda *a: got.append(a[0]))
+os.kill(os.getpid(), signal.SIGINT)
+print(before == alive, before == stack(), got == [signal.SIGINT])
+"""
+
+
+def test_a_signal_after_openvino_runs_on_the_threads_own_signal_stack(tmp_path: Path) -> None:
+    """OpenVINO's compile_model puts an alternate signal stack of its own (11.5 KB) on the calling thread, left
+    there dangling when the model is freed in another thread; Python handlers run on it (SA_ONSTACK), so a SIGINT
+    in a process that had run OpenVINO died of SIGSEGV (the single-process pytest crash of the external-set and
+    stop/resume tests). The thread keeps its own stack."""
+    import os
+    import subprocess
+    import sys
+
+    import medcad
+
+    env = {**os.environ, "PYTHONPATH": str(Path(medcad.__file__).parents[1])}  # this checkout's medcad
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AFTER_OPENVINO, str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr[-2000:]

@@ -14,6 +14,7 @@ import numpy as np
 from medcad.devices import runtime_threads
 from medcad.errors import ConfigError
 from medcad.runfolder import RunFolder
+from medcad.stopping import own_signal_stack
 
 GRAPH_BACKENDS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
@@ -45,7 +46,8 @@ class GraphSession:
             precision = "bf16" if backend == "openvino-bf16" else "f32"  # int8 runs its QDQ graph's int8 layers
             config: dict = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
             config["INFERENCE_NUM_THREADS"] = threads
-            self._ov = ov.Core().compile_model(str(self.path), "CPU", config)
+            with own_signal_stack():  # OpenVINO's would be left dangling on this thread (see own_signal_stack)
+                self._ov = ov.Core().compile_model(str(self.path), "CPU", config)
             # each output under the name the graph declares (OpenVINO's first name for a tensor may be another)
             import onnx
 
