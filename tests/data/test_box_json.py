@@ -80,7 +80,7 @@ def test_json_keyed_by_stem_without_boxes_is_not_a_box_json(tmp_path: Path) -> N
     assert m.sources == [] and (m.table["boxes"] == "").all()
     assert not any("boxes from" in n for n in m.notes), m.notes
     assert [p for p, _ in m.ledger.unread] == ["info.json"]
-    _, boxes, _ = manifest_boxes(m, 32)
+    _, boxes, _, _ = manifest_boxes(m, 32)
     assert all(len(b) == 1 for b in boxes)  # from the masks
     said = "boxes of 3 image(s) made from their masks (one per connected component), while info.json"
     assert any(n.startswith(said) for n in m.notes), m.notes
