@@ -355,3 +355,29 @@ def test_cvat_colour_masks_read_through_labelmap_txt(colours, images, given_sett
         assert list(classes.names) == names
         for p, index in zip(paths, truth, strict=True):
             assert (read_label_map([p], classes) == index).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.sampled_from(["", "images/", "sub/"]), min_size=1, max_size=5),
+    st.sampled_from(["C:\\Users\\ann\\label-studio\\media\\upload\\3\\", "/home/annotator/projects/polyps/", ""]),
+)
+def test_coco_file_names_written_on_another_machine_are_found_by_their_tail(folders, machine) -> None:
+    """Label Studio and CVAT write `file_name` as the annotating machine's absolute path; the images lie under the
+    dataset folder by their remaining path: found there, with a note naming the prefix (they had been 'file not
+    found', while a CSV manifest resolved the same paths)."""
+    import tempfile
+
+    from conftest import noise_image, save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "set"
+        names = []
+        for i, folder in enumerate(folders):
+            save(root / folder / f"f{i}.jpg", noise_image(i, size=40))
+            written = machine + folder + f"f{i}.jpg"
+            names.append(written.replace("/", "\\") if machine.startswith("C:") else written)
+        (root / "result.json").write_text(json.dumps(_coco(names)))
+        m = load_manifest(root)
+        assert sorted(m.table["image"]) == sorted(f"{folder}f{i}.jpg" for i, folder in enumerate(folders))
+        assert any("found by their remaining path" in n for n in m.notes) == bool(machine), m.notes

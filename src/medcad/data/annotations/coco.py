@@ -112,6 +112,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     name_js = js.relative_to(root).as_posix() if js.is_relative_to(root) else js.name
     places = image_places(root, js.parent)
     found_in: Counter = Counter()  # where the images were found, when not beside the JSON
+    elsewhere: Counter = Counter()  # prefixes of file_names written as paths on another machine, dropped
     backslashed: list[str] = []
     listed = {iid for iid, *_ in images}
     by_image: dict = defaultdict(list)
@@ -130,10 +131,11 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
             where = ", ".join(f"{Path(os.path.relpath(d, root)).as_posix()}/" for d in places)
             problems.append((name, f"file not found in {where} (looked up for {name_js})"))
             continue
-        found, place = hit
+        found, place, dropped = hit
         rel = Path(os.path.relpath(found, root)).as_posix()
         if place != js.parent:
             found_in[Path(os.path.relpath(place, root)).as_posix()] += 1
+        elsewhere[dropped] += 1 if dropped else 0
         backslashed += [f"{name} as {rel}"] if "\\" in name else []
         mine = by_image.get(iid, [])
         bad = sorted({str(a.get("category_id")) for a in mine if a.get("category_id") not in cats})
@@ -188,6 +190,12 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     if found_in:
         where = ", ".join(f"{'the dataset folder' if d == '.' else d + '/'} ({n})" for d, n in found_in.most_common())
         notes.append(f"{name_js}: file_name(s) read relative to {where}, not to the JSON's folder")
+    for prefix, n in elsewhere.most_common():
+        if n:
+            notes.append(
+                f"{name_js}: {n} file_name(s) start with {prefix!r}, not here (the annotating machine's folder?): "
+                "found by their remaining path"
+            )
     if backslashed:
         notes.append(
             f"{name_js}: {len(backslashed)} file_name(s) with Windows separators ('\\') read with '/' "

@@ -16,6 +16,7 @@ from medcad.config import DataOptions
 from medcad.data.cache import cache_dir
 from medcad.data.io import image_size
 from medcad.data.media import pattern_regex
+from medcad.data.paths import existing_tail
 from medcad.errors import DataError
 
 MASK_VERSION = 1  # part of the cache key: raise it when rasterising changes
@@ -221,13 +222,21 @@ def image_places(root: Path, base: Path) -> list[Path]:
     return list(dict.fromkeys((base, base / "images", root, root / "images")))
 
 
-def locate_image(places: list[Path], name: str) -> tuple[Path, Path] | None:
-    """(the image file, the folder of `places` it was found under) of an annotated image `name` (Windows separators
-    read as '/'), None when under none of them."""
+def locate_image(places: list[Path], name: str) -> tuple[Path, Path, str] | None:
+    """(the image file, the folder of `places` it was found under, the prefix of `name` dropped to find it) of an
+    annotated image `name` (Windows separators read as '/'), None when under none of them. A name found under no
+    place as written is looked up by its tail (`data.paths.existing_tail`: another machine's absolute path, as
+    Label Studio and CVAT write `file_name`), the prefix then returned."""
     name = name.replace("\\", "/").strip()
+    if not name:
+        return None
     for place in places:
-        if name and (place / name).is_file():
-            return Path(os.path.normpath(place / name)), place  # `a/../b.png` as `b.png`, the path the walk gives
+        if (place / name).is_file():
+            return Path(os.path.normpath(place / name)), place, ""  # `a/../b.png` as `b.png`, as the walk gives it
+    for place in places:
+        found = existing_tail(place, name)
+        if found is not None:
+            return place / found[0], place, found[1]
     return None
 
 
