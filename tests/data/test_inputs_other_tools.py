@@ -381,3 +381,30 @@ def test_coco_file_names_written_on_another_machine_are_found_by_their_tail(fold
         m = load_manifest(root)
         assert sorted(m.table["image"]) == sorted(f"{folder}f{i}.jpg" for i, folder in enumerate(folders))
         assert any("found by their remaining path" in n for n in m.notes) == bool(machine), m.notes
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(20, 60), st.integers(20, 60), st.integers(20, 60), st.integers(20, 60))
+def test_a_box_only_coco_declaring_another_image_size_leaves_the_image_out(w: int, h: int, dw: int, dh: int) -> None:
+    """A COCO file of boxes alone (no segmentation anywhere) is checked against its images' sizes as one with
+    segmentation is: boxes for a 622x529 frame on a 160x136 image had been kept, clipped or dropped later."""
+    import tempfile
+
+    from conftest import noise_image, save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for i in range(2):
+            save(root / f"f{i}.png", noise_image(i, size=max(w, h))[:h, :w])
+        coco = _coco(["f0.png", "f1.png"])
+        for im, (iw, ih) in zip(coco["images"], [(dw, dh), (w, h)], strict=True):
+            im["width"], im["height"] = iw, ih
+        for a in coco["annotations"]:
+            del a["segmentation"]
+        (root / "result.json").write_text(json.dumps(coco))
+        m = load_manifest(root)
+        if (dw, dh) == (w, h):
+            assert len(m) == 2 and not m.problems
+        else:
+            assert list(m.table["image"]) == ["f1.png"]
+            assert f"is for a {dw}x{dh} image but the image is {w}x{h}" in dict(m.problems)["f0.png"]

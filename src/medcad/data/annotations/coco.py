@@ -152,6 +152,11 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
                 continue
             masks, width, height, clipped = decoded
             n_clipped += clipped
+        elif mine and width and height:  # boxes only: at the size the file declares, which must be the image's
+            dims = _image_dims(found, width, height, f"{name_js} (image id {iid})")
+            if isinstance(dims, str):
+                problems.append((rel, dims))
+                continue
         try:
             boxes = [_ann_box(a, cats[a["category_id"]], m) for a, m in zip(mine, masks, strict=True)]
         except (ValueError, TypeError) as e:
