@@ -93,3 +93,12 @@ def test_box_json_entry_without_corners_is_named(tmp_path: Path) -> None:
     m = load_manifest(tmp_path)
     assert list(m.table["image"]) == ["images/id0.png"]
     assert "bboxes.json entry 'id1' is not {bbox: [{label, xmin, ...}]} (KeyError" in dict(m.problems)["images/id1.png"]
+
+
+def test_images_without_an_entry_are_said_to_take_their_boxes_from_their_masks(tmp_path: Path) -> None:
+    """8 of 30 images without an entry had silently had their boxes drawn from their masks."""
+    stems = _pair_set(tmp_path, n=3)
+    (tmp_path / "kavsir_bboxes.json").write_text(json.dumps({stems[0]: _entry(40, 30)}))
+    m = load_manifest(tmp_path)
+    note = next(n for n in m.notes if n.startswith("boxes from kavsir_bboxes.json"))
+    assert "1 of 3 images; 2 have no entry there (e.g. images/id1.png): detection draws their boxes" in note

@@ -72,8 +72,16 @@ def add_box_json(root: Path, rows: list[dict], problems: list) -> tuple[list[dic
             kept.append(row)
         unused = len(set(data) - set(keys.values()))
         shown = ", ".join(f"{lab!r} {n}" for lab, n in labelled.most_common())
+        boxed = sum(bool(r.get("boxes")) for r in kept)
+        without = [r["image"] for r in kept if not r.get("boxes")]
         note = (
-            f"boxes from {js.name}: {sum(bool(r.get('boxes')) for r in kept)} of {len(rows)} images"
+            f"boxes from {js.name}: {boxed} of {len(rows)} images"
+            + (
+                f"; {len(without)} have no entry there (e.g. {without[0]}): detection draws their boxes from their "
+                "masks, one per lesion, or none"
+                if without
+                else ""
+            )
             + (f"; its {unused} entries naming no image here are not used" if unused else "")
             + (f"; labels from the boxes' labels ({shown})" if labelled else "")
         )
