@@ -136,26 +136,23 @@ def read_colour_file(path: Path) -> dict[str, tuple[int, int, int]]:
         rgb = parts[1].split(",") if len(parts) > 1 else []
         if len(rgb) != 3 or not all(c.strip().isdigit() and int(c) < 256 for c in rgb) or not parts[0].strip():
             raise DataError(path, f"line {n} {line!r} is not NAME:R,G,B (CVAT's label:color_rgb:parts:actions)")
-        colour = tuple(int(c) for c in rgb)
-        if colour in out.values():
-            raise DataError(path, f"line {n}: colour {colour} is given to two classes")
-        out[parts[0].strip()] = colour  # type: ignore[assignment]
+        colour, name = tuple(int(c) for c in rgb), parts[0].strip()
+        if colour in out.values() or name in out:
+            twice = f"colour {colour}" if colour in out.values() else f"class {name!r}"
+            raise DataError(path, f"line {n}: {twice} is given twice")
+        out[name] = colour  # type: ignore[assignment]
     return out
 
 
 def _with_colours(classes: MaskLabels, path: Path) -> MaskLabels:
-    """`classes` with the colours `path` (a labelmap.txt) gives their names; background is value 0.
-
-    Raises:
-        DataError: a class of `classes` that the file gives no colour."""
+    """`classes` with the colours `path` (a labelmap.txt) gives their names (letter case aside); background is value
+    0. A class the file gives no colour has none: only a coloured mask that holds a colour no class has stops a
+    read (`_label_plane`), so grey or palette masks read as before whatever the file holds."""
     colours = read_colour_file(path)
-    value = {n: v for v, n in zip(classes.values, classes.names, strict=True)}
-    value |= {n: 0 for n in colours if n.lower() in BACKGROUND_NAMES}
-    missing = [n for n in classes.names if n not in colours]
-    if missing:
-        raise DataError(path, f"gives no colour to class(es) {', '.join(missing)} (classes from {classes.source})")
-    table = tuple((*rgb, value[n]) for n, rgb in colours.items() if n in value)
-    return dataclasses.replace(classes, colours=table)  # a colour of another class stops the read that meets it
+    value = {n.casefold(): v for v, n in zip(classes.values, classes.names, strict=True)}
+    value |= {n.casefold(): 0 for n in colours if n.lower() in BACKGROUND_NAMES}
+    table = tuple((*rgb, value[n.casefold()]) for n, rgb in colours.items() if n.casefold() in value)
+    return dataclasses.replace(classes, colours=table)
 
 
 def resolve_mask_labels(
@@ -213,14 +210,15 @@ def _label_plane(path: Path, classes: MaskLabels | None = None) -> np.ndarray:
                 "(CVAT's name:r,g,b lines) beside the masks",
             )
         table = {(0, 0, 0): 0} | {(r, g, b): v for r, g, b, v in classes.colours}  # black: background, unless named
-        unknown = [tuple(int(c) for c in rgb) for rgb in colours if tuple(int(c) for c in rgb) not in table]
+        found = [tuple(int(c) for c in rgb) for rgb in colours]
+        unknown = [rgb for rgb in found if rgb not in table]
         if unknown:
             raise DataError(
                 path,
-                f"holds colour(s) {', '.join(map(str, unknown[:6]))} that no class of {classes.source} has "
-                f"(classes: {classes.describe()})",
+                f"holds colour(s) {', '.join(map(str, unknown[:6]))} that no class of {classes.source} has in "
+                f"{COLOUR_FILE} (classes: {classes.describe()})",
             )
-        values = np.array([table[tuple(int(c) for c in rgb)] for rgb in colours], np.int64)
+        values = np.array([table[rgb] for rgb in found], np.int64)
         return values[index.reshape(-1)].reshape(arr.shape[:2])
     plane, _ = mask_plane(arr)
     if np.issubdtype(plane.dtype, np.floating):
