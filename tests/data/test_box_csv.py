@@ -66,8 +66,33 @@ def test_box_row_without_corners(tmp_path: Path, corner: str) -> None:
     save(tmp_path / "a.png", noise_image(0, 32))
     (tmp_path / "boxes.csv").write_text(HEADER + f"a.png,32,32,normal,{corner},{corner},{corner},{corner}\n")
     if corner:
-        with pytest.raises(DataError, match=r"a.png: box corners \[.*\] are not numbers \(boxes.csv line 2"):
+        with pytest.raises(
+            DataError, match=r"a.png: box corners or image size \[.*\] are not numbers \(boxes.csv line 2"
+        ):
             load_manifest(tmp_path / "boxes.csv")
     else:
         m = load_manifest(tmp_path / "boxes.csv")
         assert m.boxes(0) == [] and m.table["label"].iat[0] == "normal"
+
+
+def test_a_box_table_as_pandas_and_spreadsheets_write_it(tmp_path: Path) -> None:
+    """Sizes written as 50.0 (pandas, once a column held a gap) are sizes; blank lines and rows of spaces are
+    skipped and later problems name their own line; an image one of whose box rows is refused is left out whole
+    (its other box alone had been kept: the refused lesion would have scored as background)."""
+    for name, size in (("a.png", 32), ("b.png", 32), ("c.png", 32)):
+        save(tmp_path / name, noise_image(len(name) + size, size))
+    lines = [
+        HEADER.strip(),
+        "a.png,32.0,32.0,polyp,1,2,10,12",
+        "",
+        " , , , , , , , ",
+        "b.png,32,32,polyp,1,2,10,12",
+        "b.png,32,32,polyp,x,2,10,12",
+        "c.png,32,32,polyp,3,4,20,22",
+    ]
+    (tmp_path / "boxes.csv").write_text("\n".join(lines) + "\n")
+    m = load_manifest(tmp_path / "boxes.csv", allow_missing=True)
+    assert sorted(m.table["image"]) == ["a.png", "c.png"]
+    assert dict(m.problems)["b.png"].endswith("(boxes.csv line 6)")
+    assert any("2 row(s) with every cell empty skipped (lines 3-4)" in n for n in m.notes), m.notes
+    assert any("1 box row(s) of images with a refused row left out" in n for n in m.notes), m.notes

@@ -408,3 +408,17 @@ def test_a_box_only_coco_declaring_another_image_size_leaves_the_image_out(w: in
         else:
             assert list(m.table["image"]) == ["f1.png"]
             assert f"is for a {dw}x{dh} image but the image is {w}x{h}" in dict(m.problems)["f0.png"]
+
+
+def test_a_labelmap_txt_beside_grey_label_maps_changes_nothing(tmp_path: Path) -> None:
+    """Grey label maps read with --mask-labels beside a labelmap.txt naming the classes otherwise (`Cyst`) or not
+    at all: read as before (the colour file had stopped them: "gives no colour to class(es) cyst, stone")."""
+    from medcad.data.labelmaps import read_label_map, resolve_mask_labels
+
+    index = np.zeros((20, 30), np.uint8)
+    index[2:8, 3:20], index[10:18, 5:9] = 1, 2
+    Image.fromarray(index).save(tmp_path / "m.png")
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\nCyst:250,50,83::\npolyp:51,221,255::\n")
+    classes = resolve_mask_labels("1=cyst,2=stone", tmp_path, [tmp_path / "m.png"])
+    assert (read_label_map([tmp_path / "m.png"], classes) == index).all()
+    assert classes.colours == ((0, 0, 0, 0), (250, 50, 83, 1))  # Cyst is cyst; polyp is no class of the run

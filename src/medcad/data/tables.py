@@ -8,13 +8,13 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
 from medcad.config import DataOptions
+from medcad.data.annotations.boxcsv import box_rows, corner_columns, row_box
 from medcad.data.manifest import MASK_SEP, Manifest, make_table
 from medcad.data.media import expand_frames
 from medcad.data.paths import PathResolver
@@ -56,7 +56,6 @@ COLUMN_ALIASES = {
 }
 ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid", "lesionid")
 MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", "_annotations.csv")  # the last: Roboflow's TensorFlow box CSV
-BOX_CORNERS = ("xmin", "ymin", "xmax", "ymax")  # one row per box (TensorFlow Object Detection CSV)
 SPLIT_COLUMNS = ("split", "subset", "partition", "fold", "set", "datasplit", "traintest")  # a dataset's own split
 
 
@@ -165,8 +164,9 @@ def _text_encodings(path: Path) -> list[tuple[str, str]]:
 def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """A CSV/TSV as strings: delimiter sniffed (or given by Excel's `sep=;` first line), quoting honoured, encoding
     by `_text_encodings`, said in a note unless UTF-8; rows with every cell empty (a spreadsheet's trailing `;;;`
-    lines) dropped, with a note. The index is each row's line number in the file. An .xlsx file: the sheet
-    `read_sheet` chooses, as strings."""
+    lines, blank lines, cells of spaces) dropped, with a note. The index is each row's line number in the file (a
+    quoted cell that spans lines shifts the later ones). An .xlsx file: the sheet `read_sheet` chooses, as strings,
+    indexed from 2 among its rows as read."""
     if path.suffix.lower() == ".xlsx":
         df, notes = read_sheet(path)
         return df.set_axis(range(2, len(df) + 2)), notes
@@ -184,6 +184,7 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
                 keep_default_na=False,
                 encoding=encoding,
                 skiprows=int(bool(hint)),
+                skip_blank_lines=False,  # kept, so that a row's index gives its line in the file
             )
         except UnicodeError:
             continue
@@ -194,12 +195,12 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
             notes.append(
                 f"{path.name}: its first line {first!r} (Excel's separator hint) read as such, not as a header"
             )
-        df = df.set_axis(range(2 + bool(hint), len(df) + 2 + bool(hint)))
-        empty = (df == "").all(axis=1) if len(df.columns) else pd.Series(False, index=df.index)
+        df = df.fillna("").set_axis(range(2 + bool(hint), len(df) + 2 + bool(hint)))  # short rows: "" cells
+        empty = df.apply(lambda c: c.str.strip()).eq("").all(axis=1) if len(df.columns) else df.index < 0
         if empty.any():
+            n = int(empty.sum())
             notes.append(
-                f"{path.name}: {int(empty.sum())} row(s) with every cell empty skipped (lines "
-                f"{_lines(df.index[empty])})"
+                f"{path.name}: {n} row(s) with every cell empty skipped (line{'s' * (n > 1)} {_lines(df.index[empty])})"
             )
             df = df[~empty]
         return df, notes
@@ -219,19 +220,22 @@ def _lines(numbers) -> str:
 
 def read_csv(path: Path, options: DataOptions) -> Manifest:
     """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name. A table with box corner
-    columns (`xmin, ymin, xmax, ymax`: TensorFlow Object Detection's CSV) has one row per box (`_row_box`)."""
+    columns (`xmin, ymin, xmax, ymax`: TensorFlow Object Detection's CSV) has one row per box (`annotations.boxcsv`)."""
     if path.is_dir():
         found = [path / n for n in MANIFEST_NAMES if (path / n).is_file()]
         if not found:
-            raise DataError(path, "no manifest.csv or manifest.tsv in this folder (--layout csv); give the file's path")
+            raise DataError(
+                path, f"no {' or '.join(MANIFEST_NAMES)} in this folder (--layout csv); give the file's path"
+            )
         path = found[0]
     df, notes = _read_table(path)
     df, more = _rename_columns(df, path)
     notes += more
-    corners = _corner_columns(df)
+    corners = corner_columns(df, _norm)
     root = path.parent
     rows, problems = [], []
     paths = PathResolver(root)
+    sizes: dict = {}  # each image's size check, once per image (a box table has a row per box)
     for line, row in zip(df.index, df.to_dict("records"), strict=True):
         img = paths.resolve(str(row["image"]))
         where = f"{path.name} line {line}"
@@ -248,7 +252,7 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
             problems.append((img, f"mask file not found: {missing[0]} ({where})"))
             continue
         row["mask"] = MASK_SEP.join(masks)
-        if corners and not _row_box(row, corners, root, where, problems):
+        if corners and not row_box(row, corners, root, where, problems, sizes):
             continue
         boxes = str(row.get("boxes", "")).strip()
         if boxes:
@@ -259,62 +263,10 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
                 continue
         rows.append(row)
     if corners:
-        notes += _box_rows_notes(rows, corners)
+        rows, said = box_rows(rows, corners, problems)
+        notes += said
     rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "csv", problems, notes + paths.notes(path.name), sources=[path.name])
-
-
-def _corner_columns(df: pd.DataFrame) -> dict[str, str] | None:
-    """The columns of box corners (`xmin, ymin, xmax, ymax`, and the image's `width, height` when given) of a table
-    with one row per box (TensorFlow Object Detection's CSV, Roboflow's `_annotations.csv`), by name; None for a
-    table without them or with a `boxes` column."""
-    by_norm = {_norm(c): c for c in df.columns}
-    if "boxes" in df or not all(k in by_norm for k in BOX_CORNERS):
-        return None
-    return {k: by_norm[k] for k in (*BOX_CORNERS, "width", "height") if k in by_norm}
-
-
-def _row_box(row: dict, corners: dict[str, str], root: Path, where: str, problems: list) -> bool:
-    """A box row's corners as its `boxes` ([] when they are empty: an image without objects), checked against the
-    image's size when the row gives it; False (a problem named) when they are not numbers or the size differs."""
-    from medcad.data.annotations.shapes import _image_dims
-
-    cells = {k: str(row.pop(c, "")).strip() for k, c in corners.items()}
-    if not any(cells[k] for k in BOX_CORNERS):
-        row["boxes"] = "[]"
-        return True
-    try:
-        x0, y0, x1, y1 = (float(cells[k]) for k in BOX_CORNERS)
-    except ValueError:
-        problems.append((row["image"], f"box corners {[cells[k] for k in BOX_CORNERS]} are not numbers ({where})"))
-        return False
-    dims = _image_dims(root / row["image"], cells.get("width"), cells.get("height"), where)
-    if isinstance(dims, str):
-        problems.append((row["image"], dims))
-        return False
-    row["boxes"] = json.dumps([[x0, y0, x1, y1, str(row.get("label", "")).strip() or "lesion"]])
-    return True
-
-
-def _box_rows_notes(rows: list[dict], corners: dict[str, str]) -> list[str]:
-    """What a table of one row per box was read as; an image whose boxes have several labels gets no image label
-    (its rows would otherwise disagree and all be left out)."""
-    labels: dict[str, set[str]] = {}
-    for row in rows:
-        labels.setdefault(os.path.normpath(row["image"]), set()).add(str(row.get("label", "")).strip())
-    mixed = {k for k, v in labels.items() if len(v) > 1}
-    for row in rows:
-        if os.path.normpath(row["image"]) in mixed:
-            row["label"] = ""
-    sized = ", ".join(corners[k] for k in ("width", "height") if k in corners)
-    notes = [
-        f"one row per box: corners from columns {', '.join(corners[k] for k in BOX_CORNERS)}, the row's label as the "
-        f"box's; the rows of one image are its boxes ({sum(r['boxes'] != '[]' for r in rows)} boxes on "
-        f"{len(labels)} images)" + (f"; each image's size checked against {sized}" if sized else "")
-    ]
-    if mixed:
-        notes.append(f"{len(mixed)} image(s) have boxes of several labels: image label left empty (e.g. {min(mixed)})")
-    return notes
 
 
 def _cell_text(v: object) -> str:

@@ -4,6 +4,7 @@ that any reader accepts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,6 @@ def detection_results(
     `image_sizes`, (N, 2) width and height per manifest row), [x0, y0, x1, y1, score, class name], best first,
     from `LISTED_MIN_SCORE` on.
     """
-    from medcad.data.boxes import listed_boxes, scale_boxes
     from medcad.metrics.detection import detection_metrics
     from medcad.metrics.stats import mean_sd
 
@@ -133,26 +133,48 @@ def detection_results(
         start += n
     m["per_fold"] = per_fold
     m["fold_summary"] = {k: mean_sd([f[k] for f in per_fold]) for k in ("ap50", "map", "f1_iou50")}
-    thr = m["score_threshold"]
+    table = detection_table(
+        np.array(keys, dtype=object)[rows], dets, truths, labels, m["score_threshold"], image_sizes[rows], size
+    )
+    table.insert(1, "fold", np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results]))
+    return m, table
+
+
+def detection_table(
+    keys: Sequence[str],
+    dets: list[np.ndarray],
+    truths: list[np.ndarray],
+    labels: list[str],
+    threshold: float,
+    image_sizes: np.ndarray,
+    size: int,
+) -> pd.DataFrame:
+    """One row per image of detections `dets` ((m, 6) [x0, y0, x1, y1, score, class_index] each, in the model's
+    S x S input, `size`) against its true boxes `truths` ((t, 5) [x0, y0, x1, y1, class_index], there too): the
+    true frame class (its largest box's), the frame decision at `threshold`, the top score, and the detections
+    listed as predict lists them (`LISTED_MIN_SCORE` on, in the image's own pixels: `image_sizes` (N, 2) width and
+    height; class by name)."""
+    from medcad.data.boxes import listed_boxes, scale_boxes
+
     top = [d[d[:, 4].argmax()] if len(d) else None for d in dets]
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "image": np.array(keys, dtype=object)[rows],
-            "fold": np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results]),
+            "image": list(keys),
             "n_true_boxes": [len(t) for t in truths],
             "true_frame": [
                 labels[int(t[np.argmax((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])), 4])] if len(t) else "background"
                 for t in truths
             ],
-            "predicted_frame": [labels[int(d[5])] if d is not None and d[4] >= thr else "background" for d in top],
+            "predicted_frame": [
+                labels[int(d[5])] if d is not None and d[4] >= threshold else "background" for d in top
+            ],
             "top_score": [float(d[4]) if d is not None else 0.0 for d in top],
             "detections": [
                 json.dumps(listed_boxes(scale_boxes(d[d[:, 4] >= LISTED_MIN_SCORE], (size, size), wh), labels))
-                for d, wh in zip(dets, (tuple(int(v) for v in image_sizes[i]) for i in rows), strict=True)
+                for d, wh in zip(dets, (tuple(int(v) for v in x) for x in image_sizes), strict=True)
             ],
         }
     )
-    return m, table
 
 
 def rows_by_key(results: list[dict], splits: dict, manifest: Manifest) -> list[dict]:

@@ -19,6 +19,7 @@ from medcad.engine.evaluate import load_run_config
 from medcad.engine.mask_results import external_mask_results
 from medcad.engine.results import (
     class_operating_points,
+    detection_table,
     multilabel_table,
     pooled_metrics,
     prediction_table,
@@ -102,6 +103,10 @@ def evaluate_external(
         from medcad.metrics.detection import detection_metrics
 
         metrics = detection_metrics(out["boxes"], targets.boxes, labels, groups=groups)
+        pred = detection_table(  # each image's detections as a run's predictions.csv lists them
+            manifest.keys, out["boxes"], targets.boxes, labels, metrics["score_threshold"], targets.image_sizes,
+            cfg.image_size,
+        )  # fmt: skip
     if out.get("probabilities") is not None and multi:
         from medcad.metrics.multilabel import multilabel_metrics
 

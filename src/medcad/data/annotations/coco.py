@@ -12,10 +12,10 @@ import numpy as np
 from medcad.config import DataOptions
 from medcad.data.annotations.shapes import (
     ShapeTally,
-    _image_dims,
     _load_json,
     boxed_note,
     boxes_only,
+    image_dims,
     image_places,
     locate_image,
     mask_folder,
@@ -153,7 +153,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
             masks, width, height, clipped = decoded
             n_clipped += clipped
         elif mine and width and height:  # boxes only: at the size the file declares, which must be the image's
-            dims = _image_dims(found, width, height, f"{name_js} (image id {iid})")
+            dims = image_dims(found, width, height, f"{name_js} (image id {iid})")
             if isinstance(dims, str):
                 problems.append((rel, dims))
                 continue
@@ -229,7 +229,7 @@ def _image_masks(anns: list[dict], image: Path, width, height, where: str) -> tu
     """One image's annotation masks (bool (H, W) each; None for an annotation without segmentation, a box only),
     its width and height, and how many polygons extend past its border; or why they cannot be made (no size, the
     size of another image, an undecodable one)."""
-    dims = _image_dims(image, width, height, where)
+    dims = image_dims(image, width, height, where)
     if isinstance(dims, str):
         return dims
     width, height = dims

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from medcad.data.annotations.shapes import _image_dims, _load_json
+from medcad.data.annotations.shapes import _load_json, image_dims
 from medcad.errors import DataError
 
 
@@ -60,7 +60,7 @@ def add_box_json(root: Path, rows: list[dict], problems: list) -> tuple[list[dic
                     what = f"{type(e).__name__}: {e}"
                     problems.append((row["image"], f"{where} is not {{bbox: [{{label, xmin, ...}}]}} ({what})"))
                     continue
-                dims = _image_dims(root / row["image"], entry.get("width"), entry.get("height"), where)
+                dims = image_dims(root / row["image"], entry.get("width"), entry.get("height"), where)
                 if isinstance(dims, str):
                     problems.append((row["image"], dims))
                     continue

@@ -191,7 +191,7 @@ def _label_notes(mixed: list[tuple[str, list[str]]], empty: list[str], what: str
     return out
 
 
-def _image_dims(image: Path, width, height, source: str) -> tuple[int, int] | str:
+def image_dims(image: Path, width, height, source: str) -> tuple[int, int] | str:
     """(width, height) to draw an image's shapes at: the size the annotation declares, which must be the image's
     (the image's own when it declares none); else why its shapes cannot be drawn on the image."""
     try:
@@ -206,9 +206,9 @@ def _image_dims(image: Path, width, height, source: str) -> tuple[int, int] | st
 def draw_shapes(
     image: Path, width, height, source: str, shapes: list[Shape], no_area: list[str], tally: ShapeTally
 ) -> tuple[np.ndarray, int, int] | str:
-    """(mask, width, height) of an image's area shapes drawn at the size the annotation declares (`_image_dims`),
+    """(mask, width, height) of an image's area shapes drawn at the size the annotation declares (`image_dims`),
     counting its shapes without area in `tally`; else why they cannot be drawn on the image."""
-    dims = _image_dims(image, width, height, source)
+    dims = image_dims(image, width, height, source)
     if isinstance(dims, str):
         return dims
     w, h = dims
