@@ -113,7 +113,7 @@ def detection_results(
 
     keys = manifest.keys
     rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
-    dets = [np.array(d, dtype=np.float64).reshape(-1, 6) for r in results for d in r["test_detections"]]
+    dets = [_with_area(np.array(d, dtype=np.float64).reshape(-1, 6)) for r in results for d in r["test_detections"]]
     truths = [boxes[i] for i in rows]
     groups = np.array([groups_of.get(keys[i], i) for i in rows])
     m = detection_metrics(dets, truths, labels, groups=groups)
@@ -138,6 +138,11 @@ def detection_results(
     )
     table.insert(1, "fold", np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results]))
     return m, table
+
+
+def _with_area(dets: np.ndarray) -> np.ndarray:
+    """Detections (m, 6) less those without area: runs made before `detections_to_array` dropped them kept them."""
+    return dets[(dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])]
 
 
 def detection_table(
