@@ -43,6 +43,9 @@ def problem_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     lesion = np.zeros((48, 48), np.uint8)
     lesion[8:30, 10:40] = 255
     save(root / "b" / "scan7.png", lesion)  # a mask under an image's name: two grey values
+    black = np.zeros((48, 48), np.uint8)
+    black[::9, ::9] = 3
+    save(root / "b" / "lead_in.png", black)  # a nearly black frame: low content, not a mask
     return root
 
 
@@ -271,3 +274,16 @@ def test_exported_copies_of_one_source_image_are_never_split(sources, seed) -> N
         for fold in split["folds"]:
             source = lambda key: key.split("/")[-1].split(".rf.")[0]  # noqa: E731
             assert not {source(k) for k in fold["test"]} & {source(k) for k in fold["train"] + fold["val"]}
+
+
+def test_two_sources_of_one_upload_name_under_two_labels_are_two_images(tmp_path: Path) -> None:
+    """`benign/1.png` and `malignant/1.png` both exported as `1_png.rf.<hash>.jpg` are not one source image; a
+    source exported once is no copy."""
+    rows = ["image,label"]
+    for k, (folder, label) in enumerate([("b", "benign"), ("b", "benign"), ("m", "malignant"), ("s", "benign")]):
+        name = f"{folder}/{'one' if folder != 's' else 'single'}_png.rf.{k:032x}.jpg"
+        save(tmp_path / name, noise_image(k))
+        rows.append(f"{name},{label}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path)
+    assert m.export_pairs() == [(0, 0), (0, 1)]  # the two benign copies; not the malignant one, not the single

@@ -98,7 +98,7 @@ def test_holm_matches_statsmodels_and_hand_values():
 @settings(max_examples=30, deadline=None)
 @given(st.integers(4, 12), st.integers(1, 4), st.floats(0, 1.5), st.integers(0, 10_000))
 def test_paired_auc_p_agrees_with_the_interval_beside_it(n_groups: int, per: int, effect: float, seed: int) -> None:
-    """p < 0.05 exactly when the 95 % interval of the difference leaves 0 out (up to one bootstrap sample): on few
+    """p < 0.05 when the 95 % interval of the difference leaves 0 out and not otherwise (up to one resample): on few
     groups pROC's normal p had said 0.12 beside an interval of -0.220 to -0.003."""
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(n_groups), per)
@@ -114,4 +114,4 @@ def test_paired_auc_p_agrees_with_the_interval_beside_it(n_groups: int, per: int
     if r["p_value"] < 0.05:
         assert excludes
     if excludes:
-        assert r["p_value"] < 0.05 + 4 / (n_boot + 1)
+        assert r["p_value"] <= 0.05 + 2 / n_boot  # up to one resample

@@ -116,7 +116,9 @@ def audit(
             "n_links_between_groups": len(links) - sum(gid.get(x.i, -1) == gid.get(x.j, -2) for x in links),
         },
         "low_content_images": [keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and feats.blank[i]],
-        "mask_like_images": [keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and mask_like(f)],
+        "mask_like_images": [
+            keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and not feats.blank[i] and mask_like(f)
+        ],  # a nearly black frame is low content, not a mask
     }
     if interface != "none":
         result["interface"] = interface_audit(manifest, interface, thumbnails)

@@ -268,9 +268,15 @@ def near_duplicate_links(
         rows = firsts[start : start + block]
         dist, corr, on_content = _pairwise(feats, rows, cols)
         linked = _linked(dist, corr, on_content)
-        if feats.mirror_bits is not None:  # a copy mirrored left to right (an augmented export): whole frames
-            m_dist = _hamming(feats.thumb_bits[rows], feats.mirror_bits[cols])
-            m_corr = feats.frame_res[rows] @ feats.mirror_res[cols].T
+        if feats.mirror_bits is not None:  # a copy mirrored left to right (an augmented export): whole frames,
+            # each side mirrored in turn (hash medians and mean thumbnails make the test not quite symmetric)
+            m_dist = np.minimum(
+                _hamming(feats.thumb_bits[rows], feats.mirror_bits[cols]),
+                _hamming(feats.mirror_bits[rows], feats.thumb_bits[cols]),
+            )
+            m_corr = np.maximum(
+                feats.frame_res[rows] @ feats.mirror_res[cols].T, feats.mirror_res[rows] @ feats.frame_res[cols].T
+            )
             mirrored = ~linked & (m_dist <= PHASH_MAX) & (m_corr >= CORR_MIN)
             dist, corr, linked = np.where(mirrored, m_dist, dist), np.where(mirrored, m_corr, corr), linked | mirrored
         ii, jj = np.nonzero(linked)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,16 +112,18 @@ class Manifest:
     def export_pairs(self) -> list[tuple[int, int]]:
         """(first row of its source, row) for every image that an annotation tool exported as one of several copies
         of one source image: Roboflow names each copy `<source>_<ext>.rf.<hash>.<ext>` (its augmented copies, a
-        flip or a brightness change, with the same `<source>_<ext>`), in whichever split folder it put them. They
-        are one image, kept together wherever samples are grouped (a flipped copy is no near duplicate by hash,
-        and 4 of 10 source images of a 3-fold split had had a copy on each side)."""
-        first: dict[str, int] = {}
+        flip or a brightness change, with the same `<source>_<ext>`), in whichever split folder it put them, under
+        one label; only sources with two copies or more. They are one image, kept together wherever samples are
+        grouped (a flipped copy was no near duplicate by hash, and 4 of 10 source images of a 3-fold split had had
+        a copy on each side)."""
+        first: dict[tuple[str, str], int] = {}
         out = []
-        for i, image in enumerate(self.table["image"]):
+        for i, (image, label) in enumerate(zip(self.table["image"], self.table["label"], strict=True)):
             m = ROBOFLOW_COPY.match(image.rsplit("/", 1)[-1])
-            if m:
-                out.append((first.setdefault(m.group("source").lower(), i), i))
-        return out if len(first) < len(out) else []  # none shares a source: nothing to keep together
+            if m:  # by name and label: two sources uploaded as `1.png` of two classes are two images
+                out.append((first.setdefault((m.group("source").lower(), label), i), i))
+        copies = Counter(a for a, _ in out)
+        return [(a, i) for a, i in out if copies[a] > 1]
 
     def used_files(self) -> set[str]:
         """The image and mask files of the rows, relative to `root`."""

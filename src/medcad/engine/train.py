@@ -271,8 +271,6 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     if targets.mask_classes is not None and say:
         log.warning("note: lesion classes %s (from %s)", targets.mask_classes.describe(), targets.mask_classes.source)
     problems = targets.box_problems
-    if problems and write and say:
-        log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
     labels = targets.labels
     domains = manifest.table["domain"].to_numpy(dtype=str)
     if train_domains:
@@ -284,6 +282,8 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         out.mkdir(parents=True, exist_ok=True)
         if problems:
             atomic_write_text(folder.box_problems, "\n".join(problems) + "\n")
+            if say:
+                log.warning("%d box problem(s), e.g. %s; all in %s", len(problems), problems[0], folder.box_problems)
         write_json(
             folder.config,
             {

@@ -4,8 +4,8 @@ Two models scored on the same test images are compared on the same cluster-boots
 draws whole groups (patients, or near-duplicate groups) and both models' AUCs are computed under the same row
 weights, so the difference keeps the pairing and the within-group correlation. The p-value inverts the percentile
 interval of the bootstrap differences D* that the table shows beside it (Efron & Tibshirani, An Introduction to the
-Bootstrap, 1993, ch. 16; with Davison & Hinkley's (r + 1) / (B + 1), Bootstrap Methods, 1997, eq. 4.11):
-p = 2 min(#{D* <= 0} + 1, #{D* >= 0} + 1) / (B + 1), so p < 0.05 exactly when that 95 % interval leaves 0 out. The
+Bootstrap, 1993, ch. 16): p = 2 min(#{D* <= 0}, #{D* >= 0}) / B over the B finite D*, at least 1 / B, so p < 0.05
+when that 95 % interval leaves 0 out and not otherwise, up to one resample where np.percentile interpolates. The
 normal statistic z = (AUC_a - AUC_b) / sd(D*) of pROC's bootstrap test (Robin et al., BMC Bioinformatics 12:77,
 2011) is kept beside it; its p had disagreed with the interval on few groups (difference -0.088, interval -0.220 to
 -0.003, normal p 0.12). Per-image Dice is first averaged per group, then the
@@ -29,10 +29,10 @@ def _groups_or_rows(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.nda
 
 def _bootstrap_p(diff: float, samples: np.ndarray) -> tuple[float, float]:
     """(z, two-sided p) of a difference from its bootstrap samples (B,): z = diff / sd (pROC's statistic), p by
-    inverting the samples' percentile interval (see the module's docstring); nan for a nan difference or fewer
-    than two finite samples."""
+    inverting the samples' percentile interval (see the module's docstring); nan for a nan difference, or where
+    `percentile_ci` gives no interval (fewer than half the samples finite)."""
     s = samples[np.isfinite(samples)]
-    if not np.isfinite(diff) or s.size < 2:
+    if not np.isfinite(diff) or s.size < 2 or s.size < 0.5 * samples.size:
         return float("nan"), float("nan")
     sd = float(s.std(ddof=1))
     if sd <= 1e-15:
@@ -40,7 +40,7 @@ def _bootstrap_p(diff: float, samples: np.ndarray) -> tuple[float, float]:
     else:
         z = diff / sd
     tail = min(int((s <= 0).sum()), int((s >= 0).sum()))
-    return float(z), min(1.0, 2 * (tail + 1) / (s.size + 1))
+    return float(z), min(1.0, max(2 * tail, 1) / s.size)
 
 
 def paired_auc_bootstrap(
