@@ -307,7 +307,7 @@ class TrainConfig(DataOptions):
     tta: str = "auto"  # test-time augmentation: auto (horizontal flip for mask models) | none | hflip
     seed: int = 0
     # segment / multitask
-    missing_masks: str = "error"  # error | empty (images without a mask are lesion-free)
+    missing_masks: str = "error"  # error | empty (images without a mask are lesion-free) | leave-out (named)
     # segment-multiclass: the lesion class of each label-map value, "1=cyst,2=stone"; None: the dataset.json beside
     # the masks (nnU-Net). A run stores the classes it read.
     mask_labels: str | None = None

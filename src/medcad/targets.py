@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.config import TrainConfig
+from medcad.data.datasets import MISSING_MASKS as READ_MISSING
 from medcad.data.datasets import cached_masks, check_mask_content
 from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
 from medcad.data.manifest import LABEL_SEPARATORS, Manifest
@@ -45,6 +46,59 @@ class Targets:
     box_problems: list[str] = field(default_factory=list)
     mask_classes: MaskLabels | None = None
     image_sizes: np.ndarray | None = None
+
+
+# what a mask task does with an image that has no mask: the reads' choices, or leave it out before reading
+MISSING_MASKS = (*READ_MISSING, "leave-out")
+
+
+def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
+    """`manifest` as a mask task of `--missing-masks leave-out` uses it: its rows without a mask left out, each
+    named in the ledger and counted in a note (how many had boxes: annotated with boxes alone, as Label Studio's
+    rectangles beside its polygons). Unchanged for other tasks and settings ("error": `load_targets` stops at such
+    an image; "empty": it is lesion-free).
+
+    Raises:
+        ConfigError: an unknown `missing_masks`.
+    """
+    import dataclasses
+
+    from medcad.errors import ConfigError
+
+    if cfg.missing_masks not in MISSING_MASKS:
+        raise ConfigError(f"--missing-masks {cfg.missing_masks!r}: use one of {', '.join(MISSING_MASKS)}")
+    if cfg.missing_masks != "leave-out" or "masks" not in get_task(cfg.task).targets:
+        return manifest
+    has_mask = (manifest.table["mask"] != "").to_numpy()
+    if has_mask.all():
+        return manifest
+    keys = manifest.keys
+    out_rows = np.flatnonzero(~has_mask)
+    boxed = sum(1 for i in out_rows if manifest.boxes(int(i)))
+    kept = manifest.subset(np.flatnonzero(has_mask))
+    kept.problems, kept.sources = list(manifest.problems), list(manifest.sources)
+    reason = "no mask (--missing-masks leave-out)"
+    if manifest.ledger is not None:
+        kept.ledger = dataclasses.replace(
+            manifest.ledger,
+            used=len(kept),
+            left_out=(*manifest.ledger.left_out, *((keys[i], reason) for i in out_rows)),
+        )
+    kept.notes = [
+        *manifest.notes,
+        f"{len(out_rows)} image(s) without a mask left out (--missing-masks leave-out), e.g. {keys[out_rows[0]]}"
+        + (f"; {boxed} of them have boxes: annotated with boxes alone" if boxed else ""),
+    ]
+    return kept
+
+
+def run_dataset(data: str | Path, cfg: TrainConfig) -> Manifest:
+    """The dataset at `data` as a run of settings `cfg` read it: with its data options, and without the images it
+    left out for having no mask (`with_masks_only`). What evaluate, export, the report and the shortcut check
+    read again."""
+    from medcad.data.layouts import load_manifest
+
+    return with_masks_only(load_manifest(data, cfg.data_options()), cfg)
 
 
 def load_targets(
@@ -90,7 +144,8 @@ def load_targets(
         labels = run_labels(manifest, cfg.task, source or manifest.root)
     masks = None
     if "masks" in task.targets:
-        masks = cached_masks(manifest, cfg.image_size, missing=cfg.missing_masks, progress=progress, classes=classes)
+        missing = cfg.missing_masks if cfg.missing_masks in READ_MISSING else "error"  # leave-out: none is left
+        masks = cached_masks(manifest, cfg.image_size, missing=missing, progress=progress, classes=classes)
         check_mask_content(manifest, masks)
     if classes is not None:  # what splits stratify by: each image's largest lesion class (0: none or the first)
         absent = [f"{v}={name}" for c, (v, name) in enumerate(zip(classes.values, labels, strict=True), 1)

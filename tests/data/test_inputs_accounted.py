@@ -432,3 +432,41 @@ def test_a_mask_without_its_image_is_named_never_read_as_an_image(files, picture
         assert masked == {f"{lab}/img{i}.png" for i, (lab, k) in enumerate(files) if k == "pair"}
         left_out = {p for p, why in m.problems if "a mask" in why}
         assert left_out == {f"{lab}/img{i}_mask.png" for i, (lab, k) in enumerate(files) if k == "orphan"}
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(st.sampled_from(["mask", "boxes", "none"]), min_size=1, max_size=8),
+    st.sampled_from(["segment", "multitask", "classify", "detect"]),
+    st.sampled_from(["error", "empty", "leave-out"]),
+)
+def test_images_without_a_mask_are_left_out_by_name_when_asked(kinds, task, missing) -> None:
+    """`--missing-masks leave-out`: a mask task leaves out, by name in the ledger, the images that have no mask (a
+    COCO file's box-only annotations beside its polygons had stopped a segmentation run with no right choice: empty
+    would call boxed lesions lesion-free); every other task and setting keeps every row."""
+    from medcad.config import TrainConfig
+    from medcad.targets import with_masks_only
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = []
+        for i, kind in enumerate(kinds):
+            save(root / f"{i}.png", noise_image(i))
+            mask = ""
+            if kind == "mask":
+                save(root / f"{i}_m.png", np.where(noise_image(i)[..., 0] > 128, 255, 0).astype(np.uint8))
+                mask = f"{i}_m.png"
+            boxes = '"[[1, 2, 10, 12, ""lesion""]]"' if kind == "boxes" else ""
+            rows.append(f"{i}.png,lesion,{mask},{boxes}")
+        (root / "manifest.csv").write_text("image,label,mask,boxes\n" + "\n".join(rows) + "\n")
+        m = load_manifest(root)
+        kept = with_masks_only(m, TrainConfig(task=task, missing_masks=missing))
+        leaves = missing == "leave-out" and task in ("segment", "multitask")
+        want = [f"{i}.png" for i, k in enumerate(kinds) if k == "mask" or not leaves]
+        assert list(kept.table["image"]) == want and kept.ledger.used == len(want)
+        named = {p for p, why in kept.ledger.left_out if "no mask" in why}
+        assert named == {f"{i}.png" for i, k in enumerate(kinds) if k != "mask" and leaves}
+        if named:
+            boxed = sum(k == "boxes" for k in kinds)
+            assert any(f"{len(named)} image(s) without a mask left out" in n for n in kept.notes)
+            assert any(f"{boxed} of them have boxes" in n for n in kept.notes) == bool(boxed)

@@ -52,7 +52,9 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
         "unet, unetpp, unet-vgg11: widths of the five decoder blocks, deepest first; auto: 128,64,32,16,16 for unet, "
         "smp's 256,128,64,32,16 for the others.",
     ),
-    "missing_masks": _Setting(str, "segment/multitask: images without a mask are an error, or empty (lesion-free)."),
+    "missing_masks": _Setting(
+        str, "segment/multitask: images without a mask are an error, empty (lesion-free), or leave-out (named)."
+    ),
     "mask_labels": _Setting(
         str, "segment-multiclass: the class of each mask value, e.g. 1=cyst,2=stone (default: dataset.json)."
     ),

@@ -151,7 +151,9 @@ def read_sample_mask(
         if missing == "empty":
             return np.zeros((h, w), np.uint8 if classes else bool)
         raise DataError(
-            image, "has no mask; add one, remove the image, or use --missing-masks empty to treat it as lesion-free"
+            image,
+            "has no mask; add one, or use --missing-masks empty to treat such images as lesion-free, or leave-out "
+            "to leave them out (named)",
         )
     mask = read_mask(paths) if classes is None else read_label_map(paths, classes)
     if mask.shape != (h, w):

@@ -8,13 +8,12 @@ from pathlib import Path
 
 from medcad.config import TrainConfig
 from medcad.data.identity import reconcile, run_samples
-from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import DataError
 from medcad.runfolder import RunFolder
-from medcad.targets import load_targets
+from medcad.targets import load_targets, run_dataset
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
 
     run = Path(run)
     cfg, meta = load_run_config(run)
-    manifest = load_manifest(meta["data"], cfg.data_options())
+    manifest = run_dataset(meta["data"], cfg)
     samples = run_samples(run)
     if samples is not None:  # removed or changed images stop; added ones are in no fold, so not evaluated
         why = "not evaluated: score them with `medcad evaluate RUN --data FOLDER`"

@@ -61,12 +61,12 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
         DataError: the run's data or splits cannot be read, or the splits have no fold k.
     """
     from medcad.data.datasets import cached_images
-    from medcad.data.layouts import load_manifest
     from medcad.data.splits import fold_indices, load_splits
+    from medcad.targets import run_dataset
 
     meta = json.loads(RunFolder(run).config.read_text())
     cfg = predictor.config
-    manifest = load_manifest(meta["data"], cfg.data_options())
+    manifest = run_dataset(meta["data"], cfg)
     # the folds of the ensemble's members (fold_<k>/model.pt): with one member (a holdout run, or one fold trained),
     # its own test images are held out from it
     members = sorted({FoldFolder(Path(f).parent).number for f in predictor.files})

@@ -104,9 +104,9 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     """
     from medcad.config import TrainConfig
     from medcad.data.audit import audit
-    from medcad.data.layouts import load_manifest
     from medcad.data.splits import load_splits
     from medcad.data.summary import summarize
+    from medcad.targets import run_dataset
     from medcad.tasks import get_task
 
     folder = RunFolder(run)
@@ -117,7 +117,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     shared = {} if shared is None else shared
     data_key = ("data", str(meta["data"]), cfg.data_options(), folder.splits.read_text())
     if data_key not in shared:
-        manifest = load_manifest(meta["data"], cfg.data_options())
+        manifest = run_dataset(meta["data"], cfg)
         splits = load_splits(folder.splits, manifest)
         shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]

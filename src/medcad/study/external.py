@@ -28,7 +28,7 @@ from medcad.engine.results import (
 from medcad.errors import ConfigError, DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.targets import load_targets
+from medcad.targets import load_targets, with_masks_only
 from medcad.tasks import get_task, split_labels
 
 NOT_INDEPENDENT = " (NOT independent: "  # how an evaluation holding the run's own images is marked
@@ -57,6 +57,7 @@ def evaluate_external(
     cfg, meta = load_run_config(run)
     manifest = load_manifest(data, options or DataOptions())
     manifest.check_complete((options or DataOptions()).allow_missing)
+    manifest = with_masks_only(manifest, cfg)  # the run's own choice, made at training: not a read's gap
     labels = meta["labels"]
     task = get_task(cfg.task)
     multi = task.label_kind == "multi"  # a row's label lists its findings: 'stone|cyst', '' for none

@@ -18,12 +18,12 @@ import numpy as np
 
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_images, cached_masks
-from medcad.data.layouts import load_manifest
 from medcad.data.splits import fold_indices, load_splits
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.metrics.calibration import apply_temperature
 from medcad.runfolder import RunFolder
+from medcad.targets import run_dataset
 
 VARIANTS = ("original", "lesion_blanked", "lesion_only")
 
@@ -71,7 +71,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     cfg, meta = TrainConfig.load(path), json.loads(path.read_text())
     if cfg.task not in ("classify", "multitask"):
         raise ConfigError(f"{run}: the shortcut check needs a classify or multitask run, not {cfg.task}")
-    manifest = load_manifest(meta["data"], layout=cfg.layout, pattern=cfg.pattern, mask_suffix=cfg.mask_suffix)
+    manifest = run_dataset(meta["data"], cfg)
     if not any(manifest.mask_paths(i) for i in range(len(manifest))):
         raise DataError(meta["data"], "has no lesion masks: the shortcut check blanks the lesion, so it needs them")
     labels = meta["labels"]

@@ -294,7 +294,7 @@ def boxed_note(boxed: list[str], what: str = "boxes in a set of outlined shapes"
     return [
         f"{len(boxed)} image(s) have {what}: no mask (a filled box is not an outline, and the outlines alone would "
         "miss the boxed objects; --missing-masks empty would wrongly count them as lesion-free), boxes kept for "
-        f"detection (e.g. {', '.join(boxed[:3])})"
+        f"detection; a mask task leaves them out with --missing-masks leave-out (e.g. {', '.join(boxed[:3])})"
     ]
 
 
