@@ -96,3 +96,23 @@ def test_a_box_table_as_pandas_and_spreadsheets_write_it(tmp_path: Path) -> None
     assert dict(m.problems)["b.png"].endswith("(boxes.csv line 6)")
     assert any("2 row(s) with every cell empty skipped (lines 3-4)" in n for n in m.notes), m.notes
     assert any("1 box row(s) of images with a refused row left out" in n for n in m.notes), m.notes
+
+
+def test_a_roboflow_csv_export_split_into_folders_is_read_together(tmp_path: Path) -> None:
+    """Roboflow's TensorFlow CSV export keeps an `_annotations.csv` in each of train/ valid/ test/: one set, read
+    together (it had been read as class folders 'train' and 'valid', the tables unread)."""
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        lines = [HEADER.strip()]
+        for k in range(n):
+            save(tmp_path / split / f"{split}{k}.png", noise_image(k + 10 * n, 32))
+            lines += [f"{split}{k}.png,32,32,polyp,1,2,{10 + k},12", f"{split}{k}.png,32,32,adenoma,15,15,30,30"]
+        (tmp_path / split / "_annotations.csv").write_text("\n".join(lines) + "\n")
+    m = load_manifest(tmp_path)
+    assert (
+        m.layout == "csv"
+        and len(m) == 6
+        and sorted(m.sources) == [f"{s}/_annotations.csv" for s in ("test", "train", "valid")]
+    )
+    i = list(m.table["image"]).index("train/train2.png")
+    assert m.boxes(i) == [[1.0, 2.0, 12.0, 12.0, "polyp"], [15.0, 15.0, 30.0, 30.0, "adenoma"]]
+    assert m.ledger.line() == "used 6 of 6"

@@ -39,7 +39,7 @@ from medcad.data.manifest import (
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
-from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx
+from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx, split_tables
 from medcad.errors import DataError
 
 ANNOTATION_FINDERS = (
@@ -77,6 +77,10 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
     if (path / "manifest.xlsx").is_file():
         return "xlsx", "manifest.xlsx in the folder (an explicit manifest wins over what the folders suggest)"
+    tables = split_tables(path)
+    if tables:
+        where = ", ".join(f"{t.parent.name}/" for t in tables)
+        return "csv", f"{tables[0].name} in each of {where} (Roboflow's TensorFlow CSV export, split into folders)"
     from medcad.data.pairing import find_pair_groups
 
     groups, why = find_pair_groups(path, options.mask_suffix)

@@ -55,7 +55,8 @@ COLUMN_ALIASES = {
     "frame": ("frame", "frameindex"),
 }
 ID_WORDS = ("patient", "subject", "case", "study", "mrn", "participant", "person", "exam", "series", "pid", "lesionid")
-MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", "_annotations.csv")  # the last: Roboflow's TensorFlow box CSV
+SPLIT_TABLE = "_annotations.csv"  # Roboflow's TensorFlow box CSV, in the export's folder or in each split folder
+MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", SPLIT_TABLE)
 SPLIT_COLUMNS = ("split", "subset", "partition", "fold", "set", "datasplit", "traintest")  # a dataset's own split
 
 
@@ -218,11 +219,42 @@ def _lines(numbers) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
 
 
+def split_tables(path: Path) -> list[Path]:
+    """Roboflow's TensorFlow CSV export: an `_annotations.csv` in each split folder (`train/`, `valid/`, `test/`)
+    beside its images; [] when the folder's sub-folders hold none."""
+    subs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [d / SPLIT_TABLE for d in subs if (d / SPLIT_TABLE).is_file()]
+
+
+def _read_split_tables(path: Path, files: list[Path], options: DataOptions) -> Manifest:
+    """The tables of `split_tables` read together as one set, paths relative to `path`; the export's split into
+    them is not kept (as COCO files of one export are read), said in a note."""
+    tables, problems, notes = [], [], []
+    for file in files:
+        part = read_csv(file, options)
+        prefix = file.parent.relative_to(path).as_posix()
+
+        def rebase(p: str, prefix: str = prefix) -> str:
+            return MASK_SEP.join(f"{prefix}/{x}" for x in p.split(MASK_SEP)) if p else ""
+
+        table = part.table.copy()
+        table["image"], table["mask"] = table["image"].map(rebase), table["mask"].map(rebase)
+        tables.append(table)
+        problems += [(f"{prefix}/{p}", why) for p, why in part.problems]
+        notes += [f"{prefix}/{file.name}: {n}" for n in part.notes]
+    names = ", ".join(f.relative_to(path).as_posix() for f in files)
+    notes.insert(0, f"{len(files)} tables read together as one set ({names}); the export's split into them is not kept")
+    sources = [f.relative_to(path).as_posix() for f in files]
+    return Manifest(path, pd.concat(tables, ignore_index=True), "csv", problems, notes, sources=sources)
+
+
 def read_csv(path: Path, options: DataOptions) -> Manifest:
     """A CSV/TSV manifest: one row per image, paths relative to the file; columns by name. A table with box corner
     columns (`xmin, ymin, xmax, ymax`: TensorFlow Object Detection's CSV) has one row per box (`annotations.boxcsv`)."""
     if path.is_dir():
         found = [path / n for n in MANIFEST_NAMES if (path / n).is_file()]
+        if not found and split_tables(path):
+            return _read_split_tables(path, split_tables(path), options)
         if not found:
             raise DataError(
                 path, f"no {' or '.join(MANIFEST_NAMES)} in this folder (--layout csv); give the file's path"
