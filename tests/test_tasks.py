@@ -215,10 +215,16 @@ def test_a_setting_the_task_does_not_read_is_named_and_left_out_of_its_table(tas
     assert set(_ALTERED) == set(TASK_SETTINGS) and set().union(*TASK_SETTINGS.values()) <= set(TASKS)
     cfg = TrainConfig(task=task).replace(**{k: _ALTERED[k] for k in changed})
     named = {s.split("=")[0] for s in unread_settings(cfg)}
-    unread_head = task == "detect" and "head" in changed  # mlp: a classifier's head, the detector builds SSDlite
-    assert named == {k for k in changed if task not in TASK_SETTINGS[k]} | ({"head"} if unread_head else set())
+    by_model = set()
+    if task == "detect" and "head" in changed:  # mlp: a classifier's head, the detector builds SSDlite
+        by_model.add("head")
+    if task in ("segment", "segment-multiclass") and "dropout" in changed:  # unet / unetpp: smp nets, no dropout
+        by_model.add("dropout")
+    assert named == {k for k in changed if task not in TASK_SETTINGS[k]} | by_model
     if task == "detect":
         ssd = cfg.replace(head="ssd")
         assert settings_read(cfg)["head"] == "ssdlite" and not any(s.startswith("head=") for s in unread_settings(ssd))
     assert not (named - {"head"}) & set(settings_read(cfg))
+    if task == "segment":  # attention-unetpp has dropout of its own
+        assert "dropout" in settings_read(cfg.replace(arch="attention-unetpp"))
     assert {"task", "epochs", "lr", "image_size"} <= set(settings_read(cfg))

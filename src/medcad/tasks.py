@@ -235,24 +235,38 @@ TASK_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def settings_read(cfg: TrainConfig) -> dict:
-    """The run's settings that its task reads (`TASK_SETTINGS`), as `cfg.to_dict()` gives them: what a settings
-    table shows. A detector's head is the detection head it builds (a classifier's head name builds SSDlite)."""
+SMP_ARCHS = ("unet", "unetpp", "unet-vgg11")  # segmentation-models-pytorch's nets: no dropout of their own
+
+
+def _model_reads(cfg: TrainConfig) -> dict[str, str]:
+    """Settings the task reads that this run's model does not: {name: why}. A detector builds SSD or SSDlite (a
+    classifier's head name builds SSDlite); an smp U-Net without a class head has no dropout."""
     from medcad.models.detection import HEADS
 
-    read = {k: v for k, v in cfg.to_dict().items() if cfg.task in TASK_SETTINGS.get(k, (cfg.task,))}
+    out = {}
     if cfg.task == "detect" and cfg.head not in HEADS:
-        read["head"] = HEADS[0]
-    return read
+        out["head"] = f"a detector reads {' or '.join(HEADS)}"
+    if cfg.task in ("segment", "segment-multiclass") and cfg.arch in SMP_ARCHS:
+        out["dropout"] = f"{cfg.arch} without a class head has no dropout"
+    return out
+
+
+def settings_read(cfg: TrainConfig) -> dict:
+    """The run's settings that its task and model read (`TASK_SETTINGS`, `_model_reads`), as `cfg.to_dict()` gives
+    them: what a settings table shows. A detector's head is the detection head it builds."""
+    read = {k: v for k, v in cfg.to_dict().items() if cfg.task in TASK_SETTINGS.get(k, (cfg.task,))}
+    unread = _model_reads(cfg)
+    if "head" in unread:
+        read["head"] = "ssdlite"
+    return {k: v for k, v in read.items() if k not in unread or k == "head"}
 
 
 def unread_settings(cfg: TrainConfig) -> list[str]:
-    """Settings given a value other than medcad's default that the run's task never reads, each as
-    "name=value (read by task, ...)": they change nothing, and a run says so. A classifier's head given to a
-    detector is among them."""
-    default, read = TrainConfig().to_dict(), settings_read(cfg)
+    """Settings given a value other than medcad's default that the run never reads, each as "name=value (read by
+    task, ...[; why not by this model])": they change nothing, and a run says so."""
+    default, read, why = TrainConfig().to_dict(), settings_read(cfg), _model_reads(cfg)
     return [
-        f"{k}={v} (read by {', '.join(TASK_SETTINGS[k])}{'; a detector reads ssd or ssdlite' if k == 'head' else ''})"
+        f"{k}={v} (read by {', '.join(TASK_SETTINGS[k])}{'; ' + why[k] if k in why else ''})"
         for k, v in cfg.to_dict().items()
         if (k not in read or read[k] != v) and v != default[k]
     ]
