@@ -63,18 +63,20 @@ class FingerprintCache:
         self.dirty = False
 
     @staticmethod
-    def _key(path: Path, key: str) -> str:
+    def key(path: Path, key: str) -> str:
+        """The cache key of sample `key` in file `path` as it is now (size and modification time): taken once,
+        before the file is read, so a fingerprint is never filed under a later version of its file."""
         st = path.stat()
         return f"{key}|{st.st_size}|{st.st_mtime_ns}"
 
-    def get(self, path: Path, key: str) -> ImageFingerprint | None:
-        v = self.data.get(self._key(path, key))
+    def get(self, cache_key: str) -> ImageFingerprint | None:
+        v = self.data.get(cache_key)
         if not v:
             return None
         return ImageFingerprint(v[0], v[1], v[2], v[3], base64.b64decode(v[4]), base64.b64decode(v[5]))
 
-    def put(self, path: Path, key: str, fp: ImageFingerprint) -> None:
-        self.data[self._key(path, key)] = [
+    def put(self, cache_key: str, fp: ImageFingerprint) -> None:
+        self.data[cache_key] = [
             fp.width,
             fp.height,
             fp.digest,
@@ -100,13 +102,14 @@ def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -
     def one(i: int) -> ImageFingerprint | str:
         path = manifest.image_path(i)
         try:
-            hit = cache.get(path, keys[i])
+            cache_key = cache.key(path, keys[i])  # one stat, before the read
+            hit = cache.get(cache_key)
             if hit is not None:
                 return hit
             fp = fingerprint(path, manifest.frame(i))
         except (DataError, OSError) as e:
             return getattr(e, "problem", str(e))
-        cache.put(path, keys[i], fp)
+        cache.put(cache_key, fp)
         return fp
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
