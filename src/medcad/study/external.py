@@ -229,13 +229,15 @@ def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> lis
 
 def manifest_prefix(written: list[str], keys: list[str]) -> str | None:
     """The one prefix P (`""`, or a folder ending in "/") with which every key in `keys` is a path in `written`
-    (`normpath(P + key)`, as `Manifest.save` wrote it), found among the prefixes the first key gives. Where two
+    (`normpath(P + key)`, as `Manifest.save` wrote it), found among the prefixes the first key without `..` gives
+    (None when every key has one: `../a.png` is written collapsed). Where two
     prefixes find every key (`a.png` and `sub/a.png` at once), the one that begins every written path; None when
     no prefix, or no single one, does."""
     if not keys:
         return ""
     present = set(written)
-    first = keys[0]
+    plain = [k for k in keys if ".." not in k.split("/")]  # `../x.png` (a manifest naming files beside its folder)
+    first = plain[0] if plain else keys[0]  # is written collapsed: the prefix is found from a key without `..`
     candidates = {path[: len(path) - len(first)] for path in written if path == first or path.endswith("/" + first)}
     fits = sorted(p for p in candidates if all(posixpath.normpath(p + k) in present for k in keys))
     if len(fits) > 1:
