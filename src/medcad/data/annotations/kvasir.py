@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from medcad.data.annotations.shapes import _load_json, image_dims
+from medcad.data.pairing import several_images_of_one_name
 from medcad.errors import DataError
 
 
@@ -40,7 +41,9 @@ def add_box_json(root: Path, rows: list[dict], problems: list) -> tuple[list[dic
     JSON of other facts keyed alike is not). A row without a label gets its boxes' label when they agree. An entry
     that declares another image size than its image's (boxes for a resized copy) leaves its image out, named in
     `problems`, as COCO and VOC files do: its boxes would be clipped or dropped where they do not fit; so does an
-    entry without a `bbox` list of {label, xmin, ymin, xmax, ymax}."""
+    entry without a `bbox` list of {label, xmin, ymin, xmax, ymax}. An entry whose key names several images
+    (`images/sub/x.png` beside `images/x.png`, or `x.jpg` beside `x.png`, for the key `x`) is whose cannot be told:
+    those images are left out, named with the entry (each had been given its boxes)."""
     for js in sorted(root.glob("*.json")):
         try:
             data = _load_json(js)
@@ -49,9 +52,16 @@ def add_box_json(root: Path, rows: list[dict], problems: list) -> tuple[list[dic
         keys = _keys(data, rows)
         if keys is None:
             continue
+        by_key: dict[str, list[str]] = defaultdict(list)
+        for i, key in keys.items():
+            by_key[key].append(rows[i]["image"])
+        entries = {key: [f"{js.name}#{key}"] for key in by_key}
+        shared = several_images_of_one_name(by_key, entries, problems, f"{js.name} entry")
         kept, labelled = [], Counter()
         for i, row in enumerate(rows):
             key = keys.get(i)
+            if key in shared:
+                continue
             if key is not None:
                 entry, where = data[key], f"{js.name} entry {key!r}"
                 try:
