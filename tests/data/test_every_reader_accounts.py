@@ -1,5 +1,5 @@
-"""Every reader accounts for every input: a tiny set laid out as each tool exports it (images + masks folders, YOLO,
-Pascal VOC, labelme), with strays chosen by hypothesis (annotations without their image, images
+"""Every reader accounts for every input: a tiny set laid out as each tool exports it (images + masks folders, COCO,
+YOLO, Pascal VOC, labelme, CVAT XML), with strays chosen by hypothesis (annotations without their image, images
 without annotation, a mask without its image, an annotation naming an image twice or naming a missing file, files
 nobody reads, nested folders). Every file under the folder is used, read as a source or named in the ledger; every
 row's boxes and mask are its own image's (image k's are drawn from column k, so a row carrying another image's
@@ -159,6 +159,99 @@ def test_images_and_masks_folders_account_for_every_file(n, ext, mask_name, stra
             named = {f"images/f0.{ext}", f"images/sub/f0.{ext}", "kavsir_bboxes.json#f0"}
             assert named <= dict(m.ledger.left_out).keys(), m.ledger.left_out
         _check(m, root, boxes, masks)
+
+
+# --- COCO (a JSON beside the images, the release's annotations/ + images/, Roboflow's split folders) -------------
+
+
+@EXAMPLES
+@given(
+    style=st.sampled_from(["flat", "release", "roboflow"]),
+    n=st.integers(1, 4),
+    polygons=st.booleans(),
+    strays=st.lists(
+        st.sampled_from(
+            [
+                "missing-file",
+                "unlisted-image",
+                "dangling",
+                "twice",
+                "nested",
+                "unknown-category",
+                "no-annotation",
+                "tail-clash",
+                "other-json",
+                *UNRELATED,
+            ]
+        ),
+        unique=True,
+    ),
+)
+def test_coco_accounts_for_every_file(style, n, polygons, strays) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root, boxes = Path(tmp) / "coco", {}
+        parts = {"flat": [""], "release": ["images/"], "roboflow": ["train/", "valid/"]}[style]
+        files: dict[str, dict] = {p: {"images": [], "annotations": []} for p in parts}
+        ids = iter(range(1, 1000))
+
+        def entry(part: str, name: str, k: int | None, image: bool = True, category: int = 1) -> None:
+            """An image entry (its file under `part` when `image`), with image k's object when k is given."""
+            iid = next(ids)
+            files[part]["images"].append({"id": iid, "file_name": name, "width": SIZE, "height": SIZE})
+            if image and not (root / part / name).is_file():
+                save(root / part / name, noise_image(k if k is not None else iid))
+            if k is not None:
+                x0, y0, x1, y1 = _box(k)
+                ann = {"id": next(ids), "image_id": iid, "category_id": category, "bbox": [x0, y0, x1 - x0, y1 - y0]}
+                if polygons:
+                    ann["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+                files[part]["annotations"].append(ann)
+                if image and category == 1:
+                    boxes[f"{part}{name}"] = k
+
+        for k in range(n):
+            entry(parts[k % len(parts)], f"f{k}.jpg", k)
+        first = parts[0]
+        if "missing-file" in strays:
+            entry(first, "f20.jpg", 20, image=False)
+        if "unlisted-image" in strays:
+            save(root / first / "f21.jpg", noise_image(21))
+        if "dangling" in strays:
+            files[first]["annotations"].append({"id": 999, "image_id": 998, "category_id": 1, "bbox": [1, 1, 4, 4]})
+        if "twice" in strays:  # f0 listed again, a second object of it
+            entry(first, "f0.jpg", 0)
+        if "nested" in strays:
+            entry(first, "sub/f22.jpg", 22)
+        if "unknown-category" in strays:
+            entry(first, "f23.jpg", 23, category=7)
+        if "no-annotation" in strays:
+            entry(first, "f24.jpg", None)
+        if "tail-clash" in strays:  # another f0, once in old/, not there: not f0's
+            entry(first, "old/f0.jpg", 15, image=False)
+        if "other-json" in strays:
+            (root / first).mkdir(parents=True, exist_ok=True)
+            (root / first / "meta.json").write_text(json.dumps({"info": "not COCO"}))
+        for part, coco in files.items():
+            coco["categories"] = [{"id": 1, "name": "polyp"}]
+            where = {"flat": "_annotations.coco.json", "release": "../annotations/instances_default.json"}.get(
+                style, "_annotations.coco.json"
+            )
+            (root / part / where).parent.mkdir(parents=True, exist_ok=True)
+            (root / part / where).write_text(json.dumps(coco))
+        _unrelated(root, strays)
+        m = load_manifest(root)
+        assert m.layout == "coco", m.notes
+        if "missing-file" in strays:
+            assert _named(m, "f20.jpg")
+        if "unlisted-image" in strays:
+            assert _named(m, f"{first}f21.jpg")
+        if "dangling" in strays:
+            assert _named(m, "image_id=998")
+        if "unknown-category" in strays:
+            assert _named(m, f"{first}f23.jpg")
+        if "tail-clash" in strays:
+            assert "which the file lists as another image" in dict(m.ledger.left_out)["old/f0.jpg"]
+        _check(m, root, boxes, boxes if polygons else None)
 
 
 # --- YOLO (Ultralytics / Roboflow split folders, Ultralytics' COCO-style folders, CVAT's YOLO 1.1) ---------------
@@ -351,4 +444,75 @@ def test_labelme_accounts_for_every_file(style, n, strays) -> None:
             assert _named(m, "f20")
         if "second-json" in strays:
             assert _named(m, "f0_copy.json")
+        _check(m, root, boxes, boxes)
+
+
+# --- CVAT for images 1.1 (annotations.xml beside images/) -------------------------------------------------------
+
+
+@EXAMPLES
+@given(
+    n=st.integers(1, 4),
+    shape=st.sampled_from(["box", "polygon"]),
+    strays=st.lists(
+        st.sampled_from(
+            ["missing-file", "unlisted-image", "twice", "nested", "tail-clash", "undeclared", "empty", *UNRELATED]
+        ),
+        unique=True,
+    ),
+)
+def test_cvat_accounts_for_every_file(n, shape, strays) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root, boxes, elements = Path(tmp) / "cvat", {}, []
+
+        def image(name: str, k: int | None, file: bool = True, label: str = "polyp") -> None:
+            if file and not (root / "images" / name).is_file():
+                save(root / "images" / name, noise_image(k or 0))
+            objects = ""
+            if k is not None:
+                x0, y0, x1, y1 = _box(k)
+                objects = (
+                    f'<box label="{label}" occluded="0" xtl="{x0}" ytl="{y0}" xbr="{x1}" ybr="{y1}" z_order="0"/>'
+                    if shape == "box"
+                    else f'<polygon label="{label}" occluded="0" points="{x0},{y0};{x1},{y0};{x1},{y1};{x0},{y1}"/>'
+                )
+                if file and label == "polyp":
+                    boxes[f"images/{name}"] = k
+            elements.append(
+                f'<image id="{len(elements)}" name="{name}" width="{SIZE}" height="{SIZE}">{objects}</image>'
+            )
+
+        for k in range(n):
+            image(f"f{k}.jpg", k)
+        if "missing-file" in strays:
+            image("f20.jpg", 20, file=False)
+        if "unlisted-image" in strays:
+            save(root / "images" / "f21.jpg", noise_image(21))
+        if "twice" in strays:
+            image("f0.jpg", 0)
+        if "nested" in strays:
+            image("sub/f22.jpg", 22)
+        if "tail-clash" in strays:  # another f0, once in old/, not there: not f0's
+            image("old/f0.jpg", 15, file=False)
+        if "undeclared" in strays:
+            image("f23.jpg", 23, label="cyst")
+        if "empty" in strays:
+            image("f24.jpg", None)
+        meta = "<meta><task><labels><label><name>polyp</name></label></labels></task></meta>"
+        (root / "annotations.xml").write_text(
+            f"<?xml version='1.0' encoding='utf-8'?>\n<annotations><version>1.1</version>{meta}"
+            + "".join(elements)
+            + "</annotations>"
+        )
+        _unrelated(root, strays)
+        m = load_manifest(root)
+        assert m.layout == "cvat", m.notes
+        if "missing-file" in strays:
+            assert _named(m, "f20.jpg")
+        if "unlisted-image" in strays:
+            assert _named(m, "images/f21.jpg")
+        if "undeclared" in strays:
+            assert _named(m, "images/f23.jpg")
+        if "tail-clash" in strays:
+            assert "which the file lists as another image" in dict(m.ledger.left_out)["old/f0.jpg"]
         _check(m, root, boxes, boxes)

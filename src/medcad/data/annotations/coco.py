@@ -15,10 +15,12 @@ from medcad.data.annotations.shapes import (
     _load_json,
     boxed_note,
     boxes_only,
+    exact_images,
     image_dims,
     image_places,
     locate_image,
     mask_folder,
+    tail_taken,
     write_mask,
 )
 from medcad.data.manifest import Manifest, make_table
@@ -125,11 +127,13 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     folder = mask_folder(js, tally.drawn_labels) if segmented else None
     rows, no_ann, mixed, boxed = [], [], 0, []
     n_clipped = 0
+    exact = exact_images(places, [name for _, name, *_ in images])
     for k, (iid, name, width, height) in enumerate(images):
-        hit = locate_image(places, name)
+        hit = locate_image(places, name, exact)
         if hit is None:
             where = ", ".join(f"{Path(os.path.relpath(d, root)).as_posix()}/" for d in places)
-            problems.append((name, f"file not found in {where} (looked up for {name_js})"))
+            taken = tail_taken(places, name, root)
+            problems.append((name, f"file not found in {where} (looked up for {name_js}){taken}"))
             continue
         found, place, dropped = hit
         rel = Path(os.path.relpath(found, root)).as_posix()

@@ -18,7 +18,10 @@ from medcad.data.annotations.shapes import (
     _label_notes,
     clipped_box,
     draw_shapes,
+    exact_images,
+    image_places,
     mask_folder,
+    tail_taken,
     write_mask,
 )
 from medcad.data.manifest import Manifest, make_table
@@ -97,11 +100,16 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
     tally = ShapeTally.of(options)
     root, folder = xml.parent, mask_folder(xml, tally.drawn_labels)
     rows, problems, empty, mixed, tagged = [], [], [], [], 0
+    places = image_places(root, root)
+    exact = exact_images(places, [el.get("name", "") for el in top.iterfind("image")])
     for k, el in enumerate(top.iterfind("image")):
         name = el.get("name", "")
-        img = _find_image(root, root, name)
+        img = _find_image(root, root, name, exact)
         if img is None:
-            problems.append((name or f"{xml.name} image {k}", f"file not found next to {xml.name} or in images/"))
+            taken = tail_taken(places, name, root)
+            problems.append(
+                (name or f"{xml.name} image {k}", f"file not found next to {xml.name} or in images/{taken}")
+            )
             continue
         rel = img.relative_to(root).as_posix()
         shapes, labels, tags, no_area = [], [], [], []

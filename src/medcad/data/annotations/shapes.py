@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,11 +223,13 @@ def image_places(root: Path, base: Path) -> list[Path]:
     return list(dict.fromkeys((base, base / "images", root, root / "images")))
 
 
-def locate_image(places: list[Path], name: str) -> tuple[Path, Path, str] | None:
+def locate_image(places: list[Path], name: str, taken: Collection[Path] = ()) -> tuple[Path, Path, str] | None:
     """(the image file, the folder of `places` it was found under, the prefix of `name` dropped to find it) of an
     annotated image `name` (Windows separators read as '/'), None when under none of them. A name found under no
     place as written is looked up by its tail (`data.paths.existing_tail`: another machine's absolute path, as
-    Label Studio and CVAT write `file_name`), the prefix then returned."""
+    Label Studio and CVAT write `file_name`), the prefix then returned; a tail that leads to a file in `taken`
+    (`exact_images`: one that another image of the same annotation file names as written) is not taken, for it is
+    another image of that name (`old/f0.jpg`, not there, beside `f0.jpg`)."""
     name = name.replace("\\", "/").strip()
     if not name:
         return None
@@ -235,14 +238,30 @@ def locate_image(places: list[Path], name: str) -> tuple[Path, Path, str] | None
             return Path(os.path.normpath(place / name)), place, ""  # `a/../b.png` as `b.png`, as the walk gives it
     for place in places:
         found = existing_tail(place, name)
-        if found is not None:
+        if found is not None and Path(os.path.normpath(place / found[0])) not in taken:
             return place / found[0], place, found[1]
     return None
 
 
-def _find_image(root: Path, base: Path, name: str) -> Path | None:
-    """An annotated image file: `name` looked up under `image_places(root, base)`."""
-    found = locate_image(image_places(root, base), name)
+def exact_images(places: list[Path], names: Iterable[str]) -> set[Path]:
+    """The files that an annotation file's image `names` find as written (not by a tail): `locate_image`'s `taken`
+    for each of its names. `old/f0.jpg`, not there, had been read by its tail as `f0.jpg`, which the file lists too,
+    and its objects merged into f0.jpg's."""
+    return {hit[0] for name in names if (hit := locate_image(places, name)) is not None and not hit[2]}
+
+
+def tail_taken(places: list[Path], name: str, root: Path) -> str:
+    """Why `name`, not found, is not the file its tail finds (that file is another image of the annotation file),
+    or "" when its tail finds none."""
+    hit = locate_image(places, name)
+    if hit is None:
+        return ""
+    return f"; not {Path(os.path.relpath(hit[0], root)).as_posix()}, which the file lists as another image"
+
+
+def _find_image(root: Path, base: Path, name: str, taken: Collection[Path] = ()) -> Path | None:
+    """An annotated image file: `name` looked up under `image_places(root, base)` (`taken`: see `locate_image`)."""
+    found = locate_image(image_places(root, base), name, taken)
     return found[0] if found else None
 
 
