@@ -167,7 +167,7 @@ def test_images_and_masks_folders_account_for_every_file(n, ext, mask_name, stra
 @EXAMPLES
 @given(
     style=st.sampled_from(["flat", "release", "roboflow"]),
-    n=st.integers(1, 4),
+    n=st.integers(2, 4),  # f1 at least, whose name no stray takes
     polygons=st.booleans(),
     strays=st.lists(
         st.sampled_from(
@@ -176,6 +176,7 @@ def test_images_and_masks_folders_account_for_every_file(n, ext, mask_name, stra
                 "unlisted-image",
                 "dangling",
                 "twice",
+                "twice-unknown",
                 "nested",
                 "unknown-category",
                 "no-annotation",
@@ -220,6 +221,8 @@ def test_coco_accounts_for_every_file(style, n, polygons, strays) -> None:
             files[first]["annotations"].append({"id": 999, "image_id": 998, "category_id": 1, "bbox": [1, 1, 4, 4]})
         if "twice" in strays:  # f0 listed again, a second object of it
             entry(first, "f0.jpg", 0)
+        if "twice-unknown" in strays:  # f0 listed again, an object of a category not declared
+            entry(first, "f0.jpg", 0, category=7)
         if "nested" in strays:
             entry(first, "sub/f22.jpg", 22)
         if "unknown-category" in strays:
@@ -251,6 +254,8 @@ def test_coco_accounts_for_every_file(style, n, polygons, strays) -> None:
             assert _named(m, f"{first}f23.jpg")
         if "tail-clash" in strays:
             assert "which the file lists as another image" in dict(m.ledger.left_out)["old/f0.jpg"]
+        if "twice-unknown" in strays:  # one listing refused: the image is left out whole
+            assert f"{parts[0]}f0.jpg" not in set(m.table["image"]) and _named(m, f"{parts[0]}f0.jpg")
         _check(m, root, boxes, boxes if polygons else None)
 
 
@@ -452,11 +457,21 @@ def test_labelme_accounts_for_every_file(style, n, strays) -> None:
 
 @EXAMPLES
 @given(
-    n=st.integers(1, 4),
+    n=st.integers(2, 4),  # f1 at least, whose name no stray takes
     shape=st.sampled_from(["box", "polygon"]),
     strays=st.lists(
         st.sampled_from(
-            ["missing-file", "unlisted-image", "twice", "nested", "tail-clash", "undeclared", "empty", *UNRELATED]
+            [
+                "missing-file",
+                "unlisted-image",
+                "twice",
+                "twice-undeclared",
+                "nested",
+                "tail-clash",
+                "undeclared",
+                "empty",
+                *UNRELATED,
+            ]
         ),
         unique=True,
     ),
@@ -490,6 +505,8 @@ def test_cvat_accounts_for_every_file(n, shape, strays) -> None:
             save(root / "images" / "f21.jpg", noise_image(21))
         if "twice" in strays:
             image("f0.jpg", 0)
+        if "twice-undeclared" in strays:  # f0 listed again, an object of a label not declared
+            image("f0.jpg", 0, label="cyst")
         if "nested" in strays:
             image("sub/f22.jpg", 22)
         if "tail-clash" in strays:  # another f0, once in old/, not there: not f0's
@@ -515,4 +532,6 @@ def test_cvat_accounts_for_every_file(n, shape, strays) -> None:
             assert _named(m, "images/f23.jpg")
         if "tail-clash" in strays:
             assert "which the file lists as another image" in dict(m.ledger.left_out)["old/f0.jpg"]
+        if "twice-undeclared" in strays:  # one listing refused: the image is left out whole
+            assert "images/f0.jpg" not in set(m.table["image"]) and _named(m, "images/f0.jpg")
         _check(m, root, boxes, boxes)

@@ -20,6 +20,7 @@ from medcad.data.annotations.shapes import (
     image_places,
     locate_image,
     mask_folder,
+    read_whole,
     tail_taken,
     write_mask,
 )
@@ -95,7 +96,8 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         rows += file_rows
     if len(files) > 1:
         notes.insert(0, f"{len(files)} COCO files read together as one set; the export's split into them is not kept")
-    notes += tally.notes()
+    rows, whole = read_whole(rows, problems, "a COCO file")
+    notes += tally.notes() + whole
     rows = expand_frames(rows, root, problems)
     sources = [js.relative_to(root).as_posix() for js in files]
     return Manifest(root, make_table(rows), "coco", problems, list(dict.fromkeys(notes)), sources=sources)

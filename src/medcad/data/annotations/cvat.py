@@ -21,6 +21,7 @@ from medcad.data.annotations.shapes import (
     exact_images,
     image_places,
     mask_folder,
+    read_whole,
     tail_taken,
     write_mask,
 )
@@ -149,7 +150,8 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
             row["mask"] = write_mask(folder / f"{k:06d}.png", mask, root)
             row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in shapes])
             rows.append(row)
-    notes = [f"CVAT: {len(rows)} image(s); each mask is the union of its polygons, boxes, ellipses and masks"]
+    rows, whole = read_whole(rows, problems, xml.name)
+    notes = [f"CVAT: {len(rows)} image(s); each mask is the union of its polygons, boxes, ellipses and masks", *whole]
     if tagged:
         notes.append(f"{tagged} image(s) have an image-level <tag>: it is their label")
     if not declared:

@@ -259,6 +259,22 @@ def tail_taken(places: list[Path], name: str, root: Path) -> str:
     return f"; not {Path(os.path.relpath(hit[0], root)).as_posix()}, which the file lists as another image"
 
 
+def read_whole(rows: list[dict], problems: list, source: str) -> tuple[list[dict], list[str]]:
+    """`rows` less those of an image that `problems` names too (another listing of it in the same annotation file
+    refused: an object of a class not declared, a shape that cannot be read), and the note saying so ([] for none):
+    its other listing's objects alone would score the refused one's as background, so the image is left out whole,
+    as a box table's refused row leaves out its image (it had been used, and named as left out, at once)."""
+    refused = {p for p, _ in problems}
+    kept = [r for r in rows if r["image"] not in refused]
+    dropped = sorted({r["image"] for r in rows} - {r["image"] for r in kept})
+    if not dropped:
+        return kept, []
+    return kept, [
+        f"{len(dropped)} image(s) listed more than once in {source}, one listing refused: left out whole, not read "
+        f"from the other listing alone (e.g. {dropped[0]})"
+    ]
+
+
 def _find_image(root: Path, base: Path, name: str, taken: Collection[Path] = ()) -> Path | None:
     """An annotated image file: `name` looked up under `image_places(root, base)` (`taken`: see `locate_image`)."""
     found = locate_image(image_places(root, base), name, taken)
