@@ -176,6 +176,11 @@ def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path)
     out = json.loads(res.stdout)
     assert out["fold"] == 1 and out["held_out"] and out["images"].startswith("fold 1's test images")
     assert np.isclose(out["backends"]["torch-fp32"]["accuracy"], per_fold[1]["accuracy"])
+    # agreement on each test image once, with a batch larger than the test part (it had counted the images repeated
+    # to fill one timed batch: "32 of fold 0's test images" of 13, some counted three times)
+    res = runner.invoke(app, [*args[:-3], "--batch", str(4 * per_fold[1]["n_test"]), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_agreement_images"] == per_fold[1]["n_test"]
 
     res = runner.invoke(app, ["bench", str(tiny_run), "--backends", "torch-fp32", "--batch", "4", "--json"])
     assert res.exit_code == 0, res.output

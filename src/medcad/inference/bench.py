@@ -59,9 +59,9 @@ def bench(
     first = load_predictor(run, fold, backend="torch-fp32", threads=threads, device=device)
     check = check_images(run, first)
     held, y = check.images[:n_agree], check.labels[:n_agree]
-    n_real = len(held)
-    if len(held) < batch:  # tiny test sets: repeat images so that one full batch can be timed
-        held = np.concatenate([held] * (batch // max(len(held), 1) + 1))[: max(batch, len(held))]
+    timed = held  # tiny test sets: images repeated so that one full batch can be timed (agreement: each image once)
+    if len(held) < batch:
+        timed = np.concatenate([held] * (batch // max(len(held), 1) + 1))[:batch]
     reference = first.infer(held, batch)
     out = {
         "run": str(run),
@@ -83,7 +83,7 @@ def bench(
         p = first if name == "torch-fp32" else load_predictor(run, fold, backend=name, threads=threads, device=where)
         one = held[:1]
         lat = np.array(_time(lambda p=p, one=one: p.infer(one, 1), repeats)) * 1000
-        tput = _time(lambda p=p: p.infer(held[:batch], batch), max(3, repeats // 4))
+        tput = _time(lambda p=p: p.infer(timed[:batch], batch), max(3, repeats // 4))
         got = p.infer(held, batch)
         row = {
             "images_per_s": batch / float(np.median(tput)),
@@ -95,7 +95,7 @@ def bench(
         row["agrees"] = bool(row["agreement"] >= MIN_AGREEMENT)
         single = get_task(first.task).label_kind == "single"
         if check.held_out and got.get("probabilities") is not None and single:
-            row["accuracy"] = float((got["probabilities"][:n_real].argmax(1) == y).mean())
+            row["accuracy"] = float((got["probabilities"].argmax(1) == y).mean())
         out["backends"][name] = row
     auto = load_predictor(run, None, threads=threads, device=device).backend_choice
     out["default_backend"] = auto["backend"]
