@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -443,3 +444,20 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         for x0, y0, x1, y1, score, label in body["boxes"]:
             assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and 0 <= score <= 1 and label in ("benign", "malignant")
         assert body["label"] in ("benign", "malignant", "background") and body["overlay"].startswith("data:")
+
+
+def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path: Path) -> None:
+    """`trained_on.images` is the run's data (its folds' training, validation and test parts), not the count its
+    metrics were evaluated on: a holdout run's card had said 13 (its test part) of 33."""
+    import json
+    import shutil
+
+    from medcad.inference.card import model_card
+
+    run = tmp_path / "card_run"
+    shutil.copytree(tiny_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"n": 3}))  # as a holdout run's test part
+    card = model_card(load_predictor(run, backend="torch-fp32"))
+    assert card["trained_on"]["images"] == len(pd.read_csv(run / "manifest.csv")) > 3
+    assert card["evaluation"]["images"] == 3

@@ -38,6 +38,13 @@ def _n_images(m: dict) -> int | None:
     return m.get("n") or m.get("n_images") or m.get("segmentation", {}).get("n_images")
 
 
+def _rows(table: Path) -> int:
+    """The data rows of a CSV (a run's manifest.csv: one per image, or per DICOM frame)."""
+    import pandas as pd
+
+    return len(pd.read_csv(table, usecols=[0], dtype=str, keep_default_na=False))
+
+
 def model_card(predictor: Predictor) -> dict:
     """A JSON-ready card: task, labels, decision rule, the decisions that say no finding (`no_finding`), threshold,
     models (files, ensemble), preprocessing, the run's headline metrics with 95 % CIs (from its metrics.json,
@@ -104,9 +111,12 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        config = RunFolder(folder).config
+        config, manifest = RunFolder(folder).config, RunFolder(folder).manifest
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
-        card["trained_on"] = {"dataset": Path(data).name if data else None, "images": _n_images(m)}
+        card["trained_on"] = {  # the run's dataset: its training, validation and test parts together
+            "dataset": Path(data).name if data else None,
+            "images": _rows(manifest) if manifest.is_file() else None,
+        }
     return card
 
 
