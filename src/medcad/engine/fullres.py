@@ -43,13 +43,16 @@ def native_mask_scores(
     for j, r in enumerate(rows):
         true = read_sample_mask(manifest, int(r), missing, classes)  # bool (H, W), or class indices (label maps)
         h, w = true.shape
-        lesion = cv2.resize(probs[j], (w, h), interpolation=cv2.INTER_LINEAR)
-        pred = lesion >= 128  # (H, W), as p >= 0.5
+        # resized in float, as predict resizes its probabilities (a uint8 resize rounds: masks 0.3-0.5 % smaller)
+        lesion = cv2.resize(probs[j].astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_LINEAR)
+        pred = lesion >= 0.5  # (H, W)
         parts.append(mask_counts(pred[None], true[None] > 0))
         dist[j] = hd95(pred, true > 0)
         if classes is not None:
-            per_class = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in lesion_classes[j]])
-            found = class_index_map(lesion, per_class, 128)
+            per_class = np.stack(
+                [cv2.resize(c.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for c in lesion_classes[j]]
+            )
+            found = class_index_map(lesion, per_class, 0.5)
             by_class.append(class_counts(found[None], true[None], k))
             class_dist[j] = class_hd95(found, true, k)
     counts = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
