@@ -20,6 +20,11 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     assert out["agreement"]["model.onnx"]["top1_agreement"] == 1.0
     assert out["agreement"]["model.onnx"]["max_prob_diff"] < 1e-4
     assert 0 <= out["agreement"]["model.int8.onnx"]["top1_agreement"] <= 1
+    splits = json.loads((run / "splits.json").read_text())["folds"][0]
+    n_val = len(splits["val"])
+    calibrated = out["int8"]["calibration"]  # the training images that top up a small validation part are said
+    assert calibrated.startswith(f"{n_val} validation") and calibrated.endswith("images of fold 0")
+    assert (" training" in calibrated) == (out["int8"]["calibration_images"] > n_val)
     meta = json.loads((run / "export_fold0" / "model.json").read_text())  # where predict --fold 0 looks
     assert meta["labels"] == ["lesion", "normal"] and meta["image_size"] == 32
     # the members relative to the run, whatever the working folder (they had been cwd-relative for one run,

@@ -63,7 +63,7 @@ def export(
     if "int8" in result:
         q = result["int8"]
         typer.echo(
-            f"int8: {q['format']}, calibrated on {q['calibration_images']} validation images; depthwise convolutions "
+            f"int8: {q['format']}, calibrated on {q['calibration']}; depthwise convolutions "
             f"({q['depthwise_in_float']}) and {len(q['float_layers'])} noisiest layer(s) kept in float; agreement on "
             f"them {q['agreement_calibration']:.4f}" + ("; 7-bit weights (no VNNI)" if q["reduce_range"] else "")
         )

@@ -40,6 +40,8 @@ class CheckImages:
         labels: each of `images`' label index among the model's labels (0 for rows without one of them).
         held_out: True when no model of the predictor trained on `images` (one fold's model: its test images).
         described: which images these are, in words, for reports.
+        calibration_described: which the calibration images are, in words ("3 validation and 17 training images
+            of fold 0": a small validation part is topped up with training images).
     """
 
     calibration: np.ndarray
@@ -47,6 +49,7 @@ class CheckImages:
     labels: np.ndarray
     held_out: bool
     described: str
+    calibration_described: str = ""
 
 
 def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
@@ -93,7 +96,12 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
             f"fold {k}'s test images, not held out from the ensemble: seen in training by the model"
             f"{'s' * (len(others) != 1)} of fold{'s' * (len(others) != 1)} {', '.join(map(str, others))}"
         )
-    return CheckImages(np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y, held_out, described)
+    n_val = min(len(parts["val"]), n)
+    topped = f" and {len(calib) - n_val} training" if len(calib) > n_val else ""
+    calibration = f"{n_val} validation{topped} images of fold {k}"
+    return CheckImages(
+        np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y, held_out, described, calibration
+    )
 
 
 def export_onnx(
@@ -161,6 +169,7 @@ def export_onnx(
             return float(predictor.agreement(reference, got)[predictor.agreement_measure])
 
         int8_choice = quantize_int8(fp32, out / "model.int8.onnx", calib, agreement_on_calibration)
+        int8_choice["calibration"] = check.calibration_described
         files.append(out / "model.int8.onnx")
     meta = {
         "format": "medcad-onnx-1",
