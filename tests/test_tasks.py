@@ -103,6 +103,15 @@ def test_prediction_decisions_rows_and_drawing() -> None:
     for pred in (p, m, d):
         shown = pred.draw(rgb)
         assert shown.shape == rgb.shape and shown.any() and not rgb.any()
+    # what each number is, where it is not a class's probability (a frame's overlay said "lesion 0.93", its video
+    # "lesion 0.09": the top lesion probability, then the smoothed lesion area, both unnamed); no threshold takes
+    # part in a one-class-per-image decision (serve had said 0.5)
+    assert (p.decider.score_means, m.decider.score_means, m.decider.evidence_means) == (
+        "",
+        "top lesion probability",
+        "lesion area",
+    )
+    assert p.threshold is None and m.threshold == 0.5 and d.threshold == 0.5
 
 
 def test_detector_ensemble_merges_overlapping_boxes() -> None:

@@ -65,7 +65,8 @@ def model_card(predictor: Predictor) -> dict:
         "decision": decision,
         # what the page's video timeline treats as no finding (its other decisions are listed as intervals)
         "no_finding": no_finding_decisions(task.outputs, task.label_kind, list(predictor.labels)),
-        "threshold": predictor.threshold,
+        # none for one class per image: the most probable decides (a threshold there would say nothing)
+        "threshold": None if (task.outputs, task.label_kind) == (("probabilities",), "single") else predictor.threshold,
         "model": {
             "backbone": cfg.model,
             "arch": cfg.arch if "mask" in task.outputs else None,

@@ -33,6 +33,8 @@ class Output:
     `from_infer`, `decision`, `fields`, and where they have them `draw` and the video hooks."""
 
     key = ""
+    score_means = ""  # what the decision's score is, where a caption must say (a class's probability: nothing)
+    evidence_means = ""  # what `evidence` is, where a video's smoothed caption must say
 
     @classmethod
     def from_infer(cls, outputs: dict, i: int, size: tuple[int, int], s: int, settings: dict) -> Output:
@@ -147,6 +149,8 @@ class LesionMask(Output):
     lesion_class: np.ndarray | None = None
     class_values: tuple[int, ...] | None = None
     key = "mask"
+    score_means = "top lesion probability"
+    evidence_means = "lesion area"
 
     @classmethod
     def from_infer(cls, outputs, i, size, s, settings) -> LesionMask:
@@ -289,6 +293,7 @@ class Boxes(Output):
     boxes: np.ndarray
     threshold: float = 0.5
     key = "boxes"
+    score_means = evidence_means = "top box score"
 
     @classmethod
     def from_infer(cls, outputs, i, size, s, settings) -> Boxes:

@@ -100,9 +100,11 @@ class Prediction:
         return self.get(Boxes)
 
     @property
-    def threshold(self) -> float:
-        """The deciding output's threshold (the predictor's: lesion probability, box score or label probability)."""
-        return self.decider.threshold
+    def threshold(self) -> float | None:
+        """The deciding output's threshold (the predictor's: lesion probability, box score or a multi-label model's
+        label probability); None for one class per image, decided by the most probable (no threshold takes part)."""
+        d = self.decider
+        return None if isinstance(d, ClassProbabilities) and not d.multilabel else d.threshold
 
     @property
     def label(self) -> str:
@@ -155,6 +157,8 @@ class Prediction:
             out = mask_overlay(out, None, truth_mask)
         if truth_boxes is not None and self.boxes is None:
             out = draw_boxes(out, np.zeros((0, 6)), self.labels, 1.0, truth_boxes)
+        if caption is None:  # what the number is, where it is not the label's probability
+            note = "; ".join(x for x in (self.decider.score_means, note) if x)
         if self.mask is not None and self.decider is not self.mask:  # the mask decides apart from the class
             note = "; ".join(x for x in (note, f"mask: {self.mask.fields()['frame_decision']}") if x)
         return draw_label(out, *(caption or (self.label, self.score)), note)

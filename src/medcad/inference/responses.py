@@ -57,7 +57,8 @@ def mask_json(pred: Prediction, fmt: str) -> dict | None:
     if pred.mask is None or fmt == "none":
         return None
     lesion = pred.mask.lesion
-    out = {"format": fmt, "height": int(lesion.shape[0]), "width": int(lesion.shape[1]), "threshold": pred.threshold}
+    height, width = lesion.shape
+    out = {"format": fmt, "height": int(height), "width": int(width), "threshold": pred.mask.threshold}
     if fmt == "rle":  # label-map models: the lesion of any class (the PNG holds the classes)
         out["counts"] = rle_encode(lesion)
     else:

@@ -90,8 +90,13 @@ def input_warnings(rgb: np.ndarray, input_size: int) -> list[str]:
     if min(h, w) < TINY_SIDE:
         out.append(f"the image is {w}x{h} pixels, enlarged to the model's {input_size} x {input_size}: it shows little")
     grey = rgb[..., 0]
-    if len(np.unique(grey[:: max(1, h // 256), :: max(1, w // 256)])) <= 2 and (rgb == grey[..., None]).all():
-        out.append("the image holds two grey values only: a mask or a blank frame, not a picture to predict?")
+    values = len(np.unique(grey[:: max(1, h // 256), :: max(1, w // 256)]))
+    if values <= 2 and (rgb == grey[..., None]).all():
+        out.append(
+            "the image is one grey value: a blank frame, not a picture to predict?"
+            if values == 1
+            else "the image holds two grey values only: a mask, not a picture to predict?"
+        )
     return out
 
 

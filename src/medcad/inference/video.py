@@ -119,7 +119,8 @@ def predict_video(
                 }
                 rows.append(record)
                 if writer is not None:
-                    said = f"{len(window)}-frame mean" if len(window) > 1 else ""
+                    mean = f"{len(window)}-frame mean" if len(window) > 1 else ""
+                    said = ", ".join(x for x in (pred.decider.evidence_means, mean) if x)  # the area, not its peak
                     writer.write(pred.draw(f.rgb, caption=(label, score), note=said), f.time_s)
             if progress is not None:
                 progress(len(rows), n_frames)

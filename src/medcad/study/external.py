@@ -140,9 +140,9 @@ def evaluate_external(
     metrics["ci_clusters"] = f"{len(np.unique(groups))} groups of its images by {grouped_by}"
     notes = list(manifest.notes)
     if overlap or near:  # said, counted and marked, not refused (a check of the model on its own data is a choice)
-        said = [f"{len(overlap)} are files the run was made on (the same content)"] if overlap else []
-        said += [f"{len(near)} are near duplicates of its images (the same picture re-encoded, resized...)"] * bool(
-            near
+        said = [f"{len(overlap)} file(s) the run was made on (the same content)"] if overlap else []
+        said += [f"{len(near)} near duplicate(s) of the run's images (the same picture re-encoded, resized...)"] * (
+            bool(near)
         )
         examples = [*overlap[:3], *(f"{a} ~ {b}" for a, b in near[:3])]
         notes.append(

@@ -8,6 +8,10 @@ const pct = (p) => (100 * p).toFixed(1) + "\u00a0%"; // a no-break space: "51.7 
 
 let card = null; // the model card (/model), once loaded: its labels and the decisions that say no finding
 
+function folds(n) {  // "5 folds", "1 fold" (a holdout split), "folds" when unknown
+  return n ? `${n} fold${n === 1 ? "" : "s"}` : "folds";
+}
+
 function status(text) { $("#status").textContent = text; }
 
 async function api(path, options = {}) {
@@ -44,7 +48,7 @@ async function loadCard() {
     const oof = (c.frame_decision || {}).out_of_fold;
     if (oof) row(dl, "dice after the frame decision", oof.dice.value.toFixed(3) + ci(oof.dice) + "; " + oof.note);
     if (c.evaluation) row(dl, "evaluated", `${c.evaluation.how} on ${c.evaluation.images} images` +
-      (c.evaluation.splits ? `, ${c.evaluation.splits.n_folds || ""} folds grouped by ${c.evaluation.splits.group_by}` : ""));
+      (c.evaluation.splits ? `, ${folds(c.evaluation.splits.n_folds)} grouped by ${c.evaluation.splits.group_by}` : ""));
     if (c.trained_on) row(dl, "trained on", c.trained_on.dataset);
     row(dl, "use", c.intended_use);
     $("#cardbody").replaceChildren(dl);
