@@ -351,12 +351,15 @@ def evaluate(
             help="--data: images of labels the model never saw: stop (name them), or leave-out (score the rest)."
         ),
     ] = "stop",
+    make_report: Annotated[
+        bool, typer.Option("--report/--no-report", help="--data: rewrite the run's report.html with this set.")
+    ] = True,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
 ) -> None:
     """Recompute a run's metrics from its fold results, or score its models on another dataset (read with the
-    data options given here, not the run's)."""
+    data options given here, not the run's) and rewrite the run's report with it."""
     try:
         from medcad.engine.evaluate import evaluate_run
         from medcad.study.external import evaluate_external
@@ -372,6 +375,10 @@ def evaluate(
             metrics["shortcut_check"] = check(run)
     except MedcadError as e:
         _fail(e)
+    if data is not None and make_report:  # the report shows every external set: it had kept saying "add it yourself"
+        from medcad.report.html import write_report
+
+        typer.echo(f"report: {write_report(run)}", err=as_json)
     if as_json:
         typer.echo(json.dumps(metrics, indent=1, default=str))
         return
