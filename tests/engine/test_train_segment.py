@@ -256,8 +256,12 @@ def test_a_multitask_overlay_says_the_masks_own_decision_beside_the_class(monkey
     pred = prediction.Prediction.of("a", ["lesion", "normal"], min_frame_score=0.25, **kw)
     pred.draw(rgb)
     pred.draw(rgb, caption=("normal", 0.6), note="5-frame mean")
-    prediction.Prediction.of("a", ["lesion"], mask=mask).draw(rgb)  # a mask alone decides the label: nothing beside
-    assert said == [("normal", "mask: lesion"), ("normal", "5-frame mean; mask: lesion"), ("lesion", "")]
+    prediction.Prediction.of("a", ["lesion"], mask=mask).draw(rgb)  # a mask alone decides: what its number is
+    assert said == [
+        ("normal", "mask: lesion"),
+        ("normal", "5-frame mean; mask: lesion"),
+        ("lesion", "top lesion probability"),
+    ]
 
 
 @settings(max_examples=60, deadline=None)

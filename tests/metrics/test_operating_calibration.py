@@ -172,7 +172,7 @@ def test_a_folds_validation_rows_are_found_by_exact_path_whatever_the_names(file
     assume(len(set(written)) == len(written))  # distinct files are written apart
     chosen = data.draw(st.lists(st.sampled_from(range(len(keys))), min_size=1, unique=True))
     stale = data.draw(st.lists(st.integers(0, len(keys) - 1), min_size=len(chosen), max_size=len(chosen)))
-    found = _rows_of([keys[i] for i in chosen], stale, written)
+    found = _rows_of([keys[i] for i in chosen], stale, written, keys)  # keys: the run's samples (samples.json)
     if all(".." in keys[i].split("/") for i in chosen):  # `../a.png` alone: written collapsed, no prefix to find
         assert found in (chosen, None)
     else:

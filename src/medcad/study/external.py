@@ -203,8 +203,11 @@ def _validation_parts(predictor) -> tuple[dict | None, str]:
     written = [img + (f"{FRAME_SEP}{int(float(fr))}" if fr else "") for img, fr in pairs]
     index = {lab: c for c, lab in enumerate(predictor.labels)}
     val = {}
+    from medcad.data.identity import run_samples
+
+    samples = list(run_samples(predictor.run) or {})
     for r, t in zip(results, predictor.temperatures, strict=True):
-        rows = _rows_of(r.get("val_keys"), r["val_rows"], written)
+        rows = _rows_of(r.get("val_keys"), r["val_rows"], written, samples)
         if rows is None or any(table["label"].iat[i] not in index for i in rows):
             return None, f"the validation images of fold {r['fold']} are not all in {manifest} with a label of the run"
         p = np.array(r["val_probs"], dtype=np.float64).reshape(-1, len(index))
@@ -212,14 +215,17 @@ def _validation_parts(predictor) -> tuple[dict | None, str]:
     return val, ""
 
 
-def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> list[int] | None:
+def _rows_of(
+    keys: list[str] | None, rows: list[int], written: list[str], all_keys: list[str] | None = None
+) -> list[int] | None:
     """The rows of RUN/manifest.csv (its paths `written`, each the dataset's key behind one prefix: the dataset's
     folder relative to the run folder) holding a fold's images: each key's row where the prefix and the key give
-    its path exactly; None when a key has no such row or the prefix is not one (`manifest_prefix`). Results from
-    before keys were kept: their row positions."""
+    its path exactly; None when a key has no such row or the prefix is not one (`manifest_prefix`; `all_keys`, the
+    run's samples, decide between prefixes that fit the fold's keys alike). Results from before keys were kept:
+    their row positions."""
     if keys is None:
         return list(rows) if all(0 <= i < len(written) for i in rows) else None
-    prefix = manifest_prefix(written, keys)
+    prefix = manifest_prefix(written, keys, all_keys)
     if prefix is None:
         return None
     index = {path: i for i, path in enumerate(written)}
@@ -227,12 +233,12 @@ def _rows_of(keys: list[str] | None, rows: list[int], written: list[str]) -> lis
     return None if None in found else found
 
 
-def manifest_prefix(written: list[str], keys: list[str]) -> str | None:
+def manifest_prefix(written: list[str], keys: list[str], all_keys: list[str] | None = None) -> str | None:
     """The one prefix P (`""`, or a folder ending in "/") with which every key in `keys` is a path in `written`
     (`normpath(P + key)`, as `Manifest.save` wrote it), found among the prefixes the first key without `..` gives
-    (None when every key has one: `../a.png` is written collapsed). Where two
-    prefixes find every key (`a.png` and `sub/a.png` at once), the one that begins every written path; None when
-    no prefix, or no single one, does."""
+    (None when every key has one: `../a.png` is written collapsed). Where several prefixes find every key (`a.png`
+    beside `sub/a.png`, or beside `../a.png`), the one that finds most of `all_keys` (the run's samples), then the
+    one that begins every written path; None when no prefix, or no single one, does."""
     if not keys:
         return ""
     present = set(written)
@@ -240,6 +246,9 @@ def manifest_prefix(written: list[str], keys: list[str]) -> str | None:
     first = plain[0] if plain else keys[0]  # is written collapsed: the prefix is found from a key without `..`
     candidates = {path[: len(path) - len(first)] for path in written if path == first or path.endswith("/" + first)}
     fits = sorted(p for p in candidates if all(posixpath.normpath(p + k) in present for k in keys))
+    if len(fits) > 1 and all_keys:
+        found = {p: sum(posixpath.normpath(p + k) in present for k in all_keys) for p in fits}
+        fits = [p for p in fits if found[p] == max(found.values())]
     if len(fits) > 1:
         fits = [p for p in fits if all(path.startswith(p) for path in written)]
     return fits[0] if len(fits) == 1 else None
