@@ -178,3 +178,30 @@ def test_a_folds_validation_rows_are_found_by_exact_path_whatever_the_names(file
     else:
         assert found == chosen
     assert _rows_of([*[keys[i] for i in chosen], "gone.png"], stale, written) is None
+
+
+def test_a_runs_operating_points_are_on_the_scale_its_models_predict() -> None:
+    """Thresholds chosen on each fold's temperature-scaled validation probabilities, and the test probabilities
+    returned scaled: a threshold read in the report is the one to apply to predict's output (the run had chosen
+    them on the raw scale: Youden 0.834 against 0.825 for the same rule on predict's scale)."""
+    from medcad.engine.results import validated_metrics
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(240, 2)) * 2
+    y = np.array([rng.choice(2, p=p) for p in softmax(logits, axis=1)])
+    probs = softmax(logits * 3, axis=1)  # over-confident: each fold fits a temperature well above 1
+    rows = np.arange(120, 240)
+    results = [
+        {"fold": f, "val_rows": list(range(60 * f, 60 * f + 60)), "val_probs": probs[60 * f : 60 * f + 60].tolist()}
+        for f in (0, 1)
+    ]
+    fold_of = np.repeat([0, 1], 60)
+    m, scaled = validated_metrics(y, results, rows, probs[rows], fold_of, ["benign", "malignant"], rows)
+    temps = m["calibration"]["temperatures"]
+    assert min(temps.values()) > 1.5
+    for f in (0, 1):
+        sel = fold_of == f
+        np.testing.assert_allclose(scaled[sel], apply_temperature(probs[rows][sel], temps[str(f)]))
+        val = apply_temperature(probs[60 * f : 60 * f + 60], temps[str(f)])
+        want = choose_threshold(y[60 * f : 60 * f + 60] == 1, val[:, 1], "youden")
+        assert m["validated_operating_points"]["youden"]["thresholds"][str(f)] == pytest.approx(want)

@@ -325,18 +325,21 @@ def validated_metrics(
     fold_of: np.ndarray,
     labels: list[str],
     groups: np.ndarray,
-) -> dict:
-    """What needs each fold's validation predictions: operating points chosen on validation and applied to the
-    fold's test images (binary runs: the positive class; more classes: each class but 'normal' against the rest),
-    and temperature scaling fitted on validation ("calibration"). Empty (with a
-    note) for runs whose fold results predate validation predictions."""
-    from medcad.metrics.calibration import temperature_scaled
+) -> tuple[dict, np.ndarray]:
+    """What needs each fold's validation predictions: temperature scaling fitted on validation ("calibration"), and
+    operating points chosen on validation and applied to the fold's test images (binary runs: the positive class;
+    more classes: each class but 'normal' against the rest), both on the temperature-scaled probabilities: the scale
+    the fold's model file predicts on, so a threshold read in the report is the one to apply to predict's output
+    (they had been chosen on the raw scale: a Youden threshold of 0.834 where predict's scale needed 0.825). Returns
+    (those metrics, the test probabilities (N, K) as the models predict them). For runs whose fold results predate
+    validation predictions: ({validation_note}, `probs` unchanged)."""
+    from medcad.metrics.calibration import apply_temperature, temperature_scaled
 
     if not all("val_probs" in r for r in results):
         return {
             "validation_note": "fold results hold no validation predictions (older run): retrain to get "
             "validation-chosen operating points and temperature scaling"
-        }
+        }, probs
     k = len(labels)
     val = {
         r["fold"]: (y[np.array(r["val_rows"], dtype=int)], np.array(r["val_probs"], dtype=np.float64).reshape(-1, k))
@@ -345,10 +348,14 @@ def validated_metrics(
     yt = y[rows]
     out: dict = {}
     fitted = {r["fold"]: r.get("temperature") for r in results}  # each fold's own, kept in its model.pt
-    out["calibration"], _ = temperature_scaled(yt, probs, fold_of, val, groups=groups, temperatures=fitted)
-
-    note = "thresholds chosen per fold on its validation part, applied to its test images"
-    return out | class_operating_points(labels, yt, probs, fold_of, val, groups, note=note)
+    out["calibration"], scaled = temperature_scaled(yt, probs, fold_of, val, groups=groups, temperatures=fitted)
+    temps = out["calibration"]["temperatures"]
+    val = {f: (v[0], apply_temperature(v[1], temps[str(f)])) for f, v in val.items() if str(f) in temps}
+    note = (
+        "thresholds chosen per fold on its validation part, applied to its test images; both on the "
+        "temperature-scaled probabilities each fold's model predicts"
+    )
+    return out | class_operating_points(labels, yt, scaled, fold_of, val, groups, note=note), scaled
 
 
 def class_operating_points(
@@ -400,7 +407,8 @@ def _classification_results(
     keys = manifest.keys
     groups = np.array([group_map.get(keys[i], i) for i in rows])
     m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
-    m.update(validated_metrics(y, results, rows, probs, fold_of, labels, groups))
+    validated, scaled = validated_metrics(y, results, rows, probs, fold_of, labels, groups)
+    m.update(validated)
     per_fold = []
     for r in results:
         sel = fold_of == r["fold"]
@@ -416,6 +424,6 @@ def _classification_results(
         )
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("accuracy", "macro_f1", "macro_auc")}
-    pred = prediction_table(manifest, rows, y[rows], probs, labels)
+    pred = prediction_table(manifest, rows, y[rows], scaled, labels)  # as the fold's model file predicts (predict)
     pred.insert(1, "fold", fold_of)
     return m, pred
