@@ -347,3 +347,23 @@ def test_mask_shapes_draws_only_the_lesion_classes(tmp_path: Path) -> None:
         renamed = load_manifest(root, mask_shapes="lesion", label_map="polyp=lesion")  # the name --label-map gives
         assert (read_mask(renamed.mask_paths(0)) == only).all(), kind  # had drawn nothing: shapes matched by old name
         assert not any("no shape is labelled" in n for n in renamed.notes), (kind, renamed.notes)
+
+
+def test_an_annotation_naming_an_absent_image_paired_by_its_own_name_is_said(tmp_path: Path) -> None:
+    """labelme's imagePath and VOC's <filename> naming an image that is not there (a converted x.png for x.jpg): the
+    annotation is read with the image of its own name, as before, and now said (it had been silent)."""
+    from conftest import noise_image, save
+
+    save(tmp_path / "lm" / "f1.jpg", noise_image(1, 64))
+    labelme(tmp_path / "lm" / "f1.json", "other.png", [shape("polyp", [[5, 5], [30, 5], [30, 30]])])
+    m = load_manifest(tmp_path / "lm")
+    assert list(m.table["image"]) == ["f1.jpg"]
+    assert any("name an image that is not there" in n and "'other.png', read as f1.jpg" in n for n in m.notes)
+    save(tmp_path / "voc" / "x.jpg", noise_image(2, 40))
+    (tmp_path / "voc" / "x.xml").write_text(
+        "<annotation><filename>x.png</filename><size><width>40</width><height>40</height></size><object><name>polyp"
+        "</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>25</ymax></bndbox></object></annotation>"
+    )
+    m = load_manifest(tmp_path / "voc")
+    assert list(m.table["image"]) == ["x.jpg"] and m.boxes(0) == [[2, 3, 20, 25, "polyp"]]
+    assert any("name an image that is not there" in n and "'x.png', read as x.jpg" in n for n in m.notes), m.notes

@@ -93,6 +93,7 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
     by_image: dict[Path, tuple[Path, dict]] = {}
     problems: list[tuple[str, str]] = []
     sources: list[str] = []
+    by_own_name: list[str] = []  # JSONs whose imagePath is not there, paired with the image of their own name
     for js in (f for f in files if f.suffix.lower() == ".json"):
         rel = js.relative_to(root).as_posix()
         try:
@@ -103,9 +104,12 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
         if not is_labelme(data):
             continue  # another JSON: the ledger lists it as not read
         sources.append(rel)
-        image = _find_image(root, js.parent, str(data.get("imagePath") or ""))
+        named = str(data.get("imagePath") or "")
+        image = _find_image(root, js.parent, named)
         if image is None:
             image = next((f for f in images if f.parent == js.parent and f.stem == js.stem), None)
+            if image is not None and named:
+                by_own_name.append(f"{rel} names {named!r}, read as {image.name}")
         if image is None:
             problems.append((rel, f"its image {data.get('imagePath')!r} (imagePath) is not found beside it"))
         elif image not in media:
@@ -128,6 +132,11 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
         f"labelme: {len(sources)} JSON file(s) annotate {len(by_image)} of {len(images)} images; each mask is the "
         "union of its polygon/rectangle/circle/mask shapes, drawn at the image's size (imageWidth x imageHeight)"
     )
+    if by_own_name:
+        notes.append(
+            f"{len(by_own_name)} JSON file(s) name an image that is not there (imagePath): each paired with the "
+            f"image of its own name beside it, e.g. {by_own_name[0]}"
+        )
     flagged = sum(1 for r in rows if r.get("flags"))
     if flagged:
         notes.append(f"{flagged} image(s) have labelme flags set: kept in column 'flags', not used as labels")

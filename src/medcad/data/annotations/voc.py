@@ -86,6 +86,7 @@ def read_voc(path: Path, options: DataOptions) -> Manifest:
     sources: dict[Path, Path] = {}
     problems: list[tuple[str, str]] = []
     difficult = 0
+    by_own_name: list[str] = []  # XMLs whose <filename> is not there, paired with the image of their own name
     for xml in (f for f in files if f.suffix.lower() == ".xml" and is_voc_xml(f)):
         rel = xml.relative_to(root).as_posix()
         try:
@@ -101,7 +102,15 @@ def read_voc(path: Path, options: DataOptions) -> Manifest:
         else:
             sources[image] = xml
             difficult += sum((o.findtext("difficult") or "0").strip() == "1" for o in tree.iter("object"))
+            named = (tree.findtext("filename") or "").strip()
+            if named and Path(named.replace("\\", "/")).name != image.name:
+                by_own_name.append(f"{rel} names {named!r}, read as {image.name}")
     rows, notes = per_image_rows(root, images, sources, _parse, options, problems, "Pascal VOC XML")
+    if by_own_name:
+        notes.append(
+            f"{len(by_own_name)} XML file(s) name an image that is not there (<filename>): each paired with the "
+            f"image of its own name, e.g. {by_own_name[0]}"
+        )
     if difficult:
         notes.append(f"{difficult} object(s) marked difficult: kept as boxes like the others")
     rows = expand_frames(rows, root, problems)
