@@ -355,7 +355,8 @@ def validated_metrics(
         "thresholds chosen per fold on its validation part, applied to its test images; both on the "
         "temperature-scaled probabilities each fold's model predicts"
     )
-    return out | class_operating_points(labels, yt, scaled, fold_of, val, groups, note=note), scaled
+    points = class_operating_points(labels, yt, scaled, fold_of, val, groups, note=note, scale="temperature-scaled")
+    return out | points, scaled
 
 
 def class_operating_points(
@@ -407,7 +408,7 @@ def _classification_results(
     keys = manifest.keys
     groups = np.array([group_map.get(keys[i], i) for i in rows])
     m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
-    validated, scaled = validated_metrics(y, results, rows, probs, fold_of, labels, groups)
+    validated, _ = validated_metrics(y, results, rows, probs, fold_of, labels, groups)
     m.update(validated)
     per_fold = []
     for r in results:
@@ -424,6 +425,6 @@ def _classification_results(
         )
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("accuracy", "macro_f1", "macro_auc")}
-    pred = prediction_table(manifest, rows, y[rows], scaled, labels)  # as the fold's model file predicts (predict)
+    pred = prediction_table(manifest, rows, y[rows], probs, labels)  # raw: what the run's AUCs and studies read
     pred.insert(1, "fold", fold_of)
     return m, pred
