@@ -72,6 +72,8 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     has_mask = (manifest.table["mask"] != "").to_numpy()
     if has_mask.all():
         return manifest
+    if not has_mask.any():
+        raise DataError(manifest.root, "no image has a mask: --missing-masks leave-out leaves nothing to use")
     keys = manifest.keys
     out_rows = np.flatnonzero(~has_mask)
     boxed = sum(1 for i in out_rows if manifest.boxes(int(i)))

@@ -116,3 +116,13 @@ def test_a_roboflow_csv_export_split_into_folders_is_read_together(tmp_path: Pat
     i = list(m.table["image"]).index("train/train2.png")
     assert m.boxes(i) == [[1.0, 2.0, 12.0, 12.0, "polyp"], [15.0, 15.0, 30.0, 30.0, "adenoma"]]
     assert m.ledger.line() == "used 6 of 6"
+
+
+@pytest.mark.parametrize("cells", ["inf,32,polyp,1,2,10,12", "40.9,32,polyp,1,2,10,12", "32,32,polyp,nan,2,10,12"])
+def test_box_rows_with_sizes_or_corners_that_are_no_numbers_are_named(tmp_path: Path, cells: str) -> None:
+    """A width 'inf' had raised a traceback, 40.9 been read as 40, a corner 'nan' been written into the boxes."""
+    save(tmp_path / "a.png", noise_image(0, 32))
+    save(tmp_path / "b.png", noise_image(1, 32))
+    (tmp_path / "boxes.csv").write_text(HEADER + f"a.png,{cells}\nb.png,32,32,polyp,1,2,10,12\n")
+    m = load_manifest(tmp_path / "boxes.csv", allow_missing=True)
+    assert list(m.table["image"]) == ["b.png"] and "are not numbers (boxes.csv line 2)" in dict(m.problems)["a.png"]

@@ -375,16 +375,19 @@ def evaluate(
             metrics["shortcut_check"] = check(run)
     except MedcadError as e:
         _fail(e)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=1, default=str))
+    else:
+        from medcad.report.console import print_metrics
+
+        print_metrics(metrics, where)
     if data is not None and make_report:  # the report shows every external set: it had kept saying "add it yourself"
         from medcad.report.html import write_report
 
-        typer.echo(f"report: {write_report(run)}", err=as_json)
-    if as_json:
-        typer.echo(json.dumps(metrics, indent=1, default=str))
-        return
-    from medcad.report.console import print_metrics
-
-    print_metrics(metrics, where)
+        try:  # after the set's results are written and shown: a report that cannot be made loses nothing
+            typer.echo(f"report: {write_report(run)}", err=as_json)
+        except MedcadError as e:
+            typer.echo(f"warning: report not rewritten: {e}", err=True)
 
 
 @app.command()

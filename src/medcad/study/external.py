@@ -12,6 +12,7 @@ import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.fingerprints import fingerprints
+from medcad.data.identity import run_samples
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import FRAME_SEP, atomic_write_text
 from medcad.data.splits import sample_groups
@@ -28,7 +29,7 @@ from medcad.engine.results import (
 from medcad.errors import ConfigError, DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.targets import load_targets, with_masks_only
+from medcad.targets import load_targets, run_dataset, with_masks_only
 from medcad.tasks import get_task, split_labels
 
 NOT_INDEPENDENT = " (NOT independent: "  # how an evaluation holding the run's own images is marked
@@ -203,8 +204,6 @@ def _validation_parts(predictor) -> tuple[dict | None, str]:
     written = [img + (f"{FRAME_SEP}{int(float(fr))}" if fr else "") for img, fr in pairs]
     index = {lab: c for c, lab in enumerate(predictor.labels)}
     val = {}
-    from medcad.data.identity import run_samples
-
     samples = list(run_samples(predictor.run) or {})
     for r, t in zip(results, predictor.temperatures, strict=True):
         rows = _rows_of(r.get("val_keys"), r["val_rows"], written, samples)
@@ -260,12 +259,12 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg, fps: list) -> tuple[l
     when the run's dataset is still where it was read; a note when that check could not be made). Scored as an
     external test set they give figures better than the run's own held-out ones."""
     from medcad.data.duplicates import duplicate_links
-    from medcad.data.identity import run_samples, sample_fingerprints
+    from medcad.data.identity import sample_fingerprints
 
     own = {fp for fp in (run_samples(run) or {}).values() if fp}
     exact = [key for key, fp in sample_fingerprints(manifest).items() if fp in own] if own else []
     try:
-        ran_on = load_manifest(meta["data"], cfg.data_options())
+        ran_on = run_dataset(meta["data"], cfg)  # the images the run used
     except (DataError, OSError, KeyError) as e:
         why = getattr(e, "problem", str(e))
         return exact, [], f"near duplicates of the run's images not looked for: its dataset cannot be read ({why})"

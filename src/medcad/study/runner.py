@@ -25,6 +25,7 @@ from medcad.run import saved_settings, settled_settings
 from medcad.runfolder import RunFolder, study_path
 from medcad.study.executors import RunJob
 from medcad.study.spec import ModelSpec, StudySpec, load_study
+from medcad.targets import run_dataset
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def prepare_study(
     base = spec.base
     if data_options is not None:
         base = base.replace(**data_options.given())
-    manifest = load_manifest(spec.data, base.data_options())
+    manifest = run_dataset(spec.data, base)  # as its runs read it (--missing-masks leave-out: without those images)
     domains = _study_domains(spec, manifest)
     splits_path = RunFolder(study_dir).splits
     splits = None  # the study's own, when it has them from before

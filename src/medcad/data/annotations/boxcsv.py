@@ -5,6 +5,7 @@ boxes, the row's class the box's label, the image's size checked against the row
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,12 @@ def row_box(row: dict, corners: dict[str, str], root: Path, where: str, problems
         return True
     try:
         x0, y0, x1, y1 = (float(cells[k]) for k in BOX_CORNERS)
-        declared = tuple(int(float(cells[k])) if cells.get(k) else None for k in ("width", "height"))
+        sizes_given = [float(cells[k]) if cells.get(k) else None for k in ("width", "height")]
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or any(
+            v is not None and (not math.isfinite(v) or v != int(v)) for v in sizes_given
+        ):
+            raise ValueError("not finite, or a size that is not a whole number")
+        declared = tuple(int(v) if v is not None else None for v in sizes_given)
     except ValueError:
         shown = [cells.get(k, "") for k in (*BOX_CORNERS, "width", "height") if k in cells]
         problems.append((row["image"], f"box corners or image size {shown} are not numbers ({where})"))

@@ -56,7 +56,10 @@ def add_box_json(root: Path, rows: list[dict], problems: list) -> tuple[list[dic
         for i, key in keys.items():
             by_key[key].append(rows[i]["image"])
         entries = {key: [f"{js.name}#{key}"] for key in by_key}
-        shared = several_images_of_one_name(by_key, entries, problems, f"{js.name} entry")
+        said: list = []
+        shared = several_images_of_one_name(by_key, entries, said, f"{js.name} entry")
+        problems += [(p, why) for p, why in said if not p.startswith(f"{js.name}#")]  # the images, not the entry:
+        # an entry is no file or row (it had been counted in the ledger as one)
         kept, labelled = [], Counter()
         for i, row in enumerate(rows):
             key = keys.get(i)
