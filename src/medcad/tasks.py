@@ -235,18 +235,16 @@ TASK_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-SMP_ARCHS = ("unet", "unetpp", "unet-vgg11")  # segmentation-models-pytorch's nets: no dropout of their own
-
-
 def _model_reads(cfg: TrainConfig) -> dict[str, str]:
     """Settings the task reads that this run's model does not: {name: why}. A detector builds SSD or SSDlite (a
     classifier's head name builds SSDlite); an smp U-Net without a class head has no dropout."""
     from medcad.models.detection import HEADS
+    from medcad.models.segmentation import DECODER_ARCHS  # segmentation-models-pytorch's nets: no dropout of their own
 
     out = {}
     if cfg.task == "detect" and cfg.head not in HEADS:
         out["head"] = f"a detector reads {' or '.join(HEADS)}"
-    if cfg.task in ("segment", "segment-multiclass") and cfg.arch in SMP_ARCHS:
+    if cfg.task in ("segment", "segment-multiclass") and cfg.arch in DECODER_ARCHS:
         out["dropout"] = f"{cfg.arch} without a class head has no dropout"
     return out
 
@@ -257,7 +255,9 @@ def settings_read(cfg: TrainConfig) -> dict:
     read = {k: v for k, v in cfg.to_dict().items() if cfg.task in TASK_SETTINGS.get(k, (cfg.task,))}
     unread = _model_reads(cfg)
     if "head" in unread:
-        read["head"] = "ssdlite"
+        from medcad.models.detection import HEADS
+
+        read["head"] = HEADS[0]  # the detection head it builds
     return {k: v for k, v in read.items() if k not in unread or k == "head"}
 
 

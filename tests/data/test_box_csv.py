@@ -95,7 +95,7 @@ def test_a_box_table_as_pandas_and_spreadsheets_write_it(tmp_path: Path) -> None
     assert sorted(m.table["image"]) == ["a.png", "c.png"]
     assert dict(m.problems)["b.png"].endswith("(boxes.csv line 6)")
     assert any("2 row(s) with every cell empty skipped (lines 3-4)" in n for n in m.notes), m.notes
-    assert any("1 box row(s) of images with a refused row left out" in n for n in m.notes), m.notes
+    assert any("1 image(s) listed more than once in the box table, one listing refused" in n for n in m.notes), m.notes
 
 
 def test_a_roboflow_csv_export_split_into_folders_is_read_together(tmp_path: Path) -> None:

@@ -253,8 +253,9 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
     columns (`xmin, ymin, xmax, ymax`: TensorFlow Object Detection's CSV) has one row per box (`annotations.boxcsv`)."""
     if path.is_dir():
         found = [path / n for n in MANIFEST_NAMES if (path / n).is_file()]
-        if not found and split_tables(path):
-            return _read_split_tables(path, split_tables(path), options)
+        tables = [] if found else split_tables(path)
+        if tables:
+            return _read_split_tables(path, tables, options)
         if not found:
             raise DataError(
                 path, f"no {' or '.join(MANIFEST_NAMES)} in this folder (--layout csv); give the file's path"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcad.data.annotations.shapes import image_dims
+from medcad.data.annotations.shapes import image_dims, read_whole
 
 BOX_CORNERS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -61,9 +61,7 @@ def box_rows(rows: list[dict], corners: dict[str, str], problems: list) -> tuple
     """The read box rows less every row of an image one of whose rows was refused (in `problems`: its other boxes
     alone would score its missing lesion as background), and what the table was read as. An image whose boxes have
     several labels gets no image label (its rows would otherwise disagree and all be left out)."""
-    refused = {os.path.normpath(p) for p, _ in problems}
-    kept = [r for r in rows if os.path.normpath(r["image"]) not in refused]
-    dropped = len(rows) - len(kept)
+    kept, whole = read_whole(rows, problems, "the box table")
     labels: dict[str, set[str]] = {}
     for row in kept:
         labels.setdefault(os.path.normpath(row["image"]), set()).add(str(row.get("label", "")).strip())
@@ -77,8 +75,7 @@ def box_rows(rows: list[dict], corners: dict[str, str], problems: list) -> tuple
         f"box's; the rows of one image are its boxes ({sum(r['boxes'] != '[]' for r in kept)} boxes on "
         f"{len(labels)} images)" + (f"; each image's size checked against {sized}" if sized else "")
     ]
-    if dropped:
-        notes.append(f"{dropped} box row(s) of images with a refused row left out with them: an image is read whole")
+    notes += whole
     if mixed:
         notes.append(f"{len(mixed)} image(s) have boxes of several labels: image label left empty (e.g. {min(mixed)})")
     return kept, notes
