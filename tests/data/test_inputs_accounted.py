@@ -460,8 +460,12 @@ def test_images_without_a_mask_are_left_out_by_name_when_asked(kinds, task, miss
             rows.append(f"{i}.png,lesion,{mask},{boxes}")
         (root / "manifest.csv").write_text("image,label,mask,boxes\n" + "\n".join(rows) + "\n")
         m = load_manifest(root)
-        kept = with_masks_only(m, TrainConfig(task=task, missing_masks=missing))
         leaves = missing == "leave-out" and task in ("segment", "multitask")
+        if leaves and "mask" not in kinds:  # nothing would be left: said, not a crash later
+            with pytest.raises(DataError, match="no image has a mask"):
+                with_masks_only(m, TrainConfig(task=task, missing_masks=missing))
+            return
+        kept = with_masks_only(m, TrainConfig(task=task, missing_masks=missing))
         want = [f"{i}.png" for i, k in enumerate(kinds) if k == "mask" or not leaves]
         assert list(kept.table["image"]) == want and kept.ledger.used == len(want)
         named = {p for p, why in kept.ledger.left_out if "no mask" in why}

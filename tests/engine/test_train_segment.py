@@ -195,7 +195,7 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     assert f"from the mean of these thresholds, {np.mean(fd['thresholds']):.4f}, on" in html
     assert "they do not score the ensemble's rule" in html and "the predictor does not apply it" in html
     assert "ECE, as trained (before temperature scaling" in html  # the headline's ECE is the unscaled one
-    assert "thresholds\nare on the folds' probabilities as trained, before temperature scaling" in html
+    assert "thresholds\nare on the temperature-scaled probabilities each fold's model predicts" in html
     seg = m["segmentation"]  # the per-label table scored in the headline's resamples
     assert sum(v["n_images"] for v in seg["by_label"].values()) == seg["n_images"]
     saved = json.loads((tmp_path / "mt" / "metrics.json").read_text())  # a fold whose rule no threshold met (inf)
