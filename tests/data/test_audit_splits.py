@@ -287,3 +287,13 @@ def test_two_sources_of_one_upload_name_under_two_labels_are_two_images(tmp_path
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     m = load_manifest(tmp_path)
     assert m.export_pairs() == [(0, 0), (0, 1)]  # the two benign copies; not the malignant one, not the single
+
+
+def test_copies_whose_labels_come_from_their_boxes_stay_one_source(tmp_path: Path) -> None:
+    """In a COCO export an image's label is its boxes': a cropped copy that lost its box reads 'background', yet is
+    a copy of its source (grouping by label there had split it off)."""
+    from medcad.data.manifest import Manifest, make_table
+
+    rows = [{"image": f"train/one_png.rf.{k:032x}.jpg", "label": lab} for k, lab in enumerate(["polyp", "background"])]
+    assert Manifest(tmp_path, make_table(rows), "coco").export_pairs() == [(0, 0), (0, 1)]
+    assert Manifest(tmp_path, make_table(rows), "folders").export_pairs() == []  # a person's labels: two images

@@ -35,6 +35,7 @@ def shown_path(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
+LABELS_GIVEN = ("folders", "csv", "xlsx")  # layouts whose labels a person gave (not read from boxes or shapes)
 # Roboflow's export name: `<source stem>_<source extension>.rf.<32 hex digits>.<extension>`
 ROBOFLOW_COPY = re.compile(r"^(?P<source>.+_[A-Za-z0-9]{2,5})\.rf\.[0-9a-fA-F]{16,}\.[A-Za-z0-9]+$")
 
@@ -113,15 +114,16 @@ class Manifest:
         """(first row of its source, row) for every image that an annotation tool exported as one of several copies
         of one source image: Roboflow names each copy `<source>_<ext>.rf.<hash>.<ext>` (its augmented copies, a
         flip or a brightness change, with the same `<source>_<ext>`), in whichever split folder it put them, under
-        one label; only sources with two copies or more. They are one image, kept together wherever samples are
-        grouped (a flipped copy was no near duplicate by hash, and 4 of 10 source images of a 3-fold split had had
-        a copy on each side)."""
+        one label where a person gave the labels (`LABELS_GIVEN`); only sources with two copies or more. They are one
+        image, kept together wherever samples are grouped (a flipped copy was no near duplicate by hash, and 4 of 10
+        source images of a 3-fold split had had a copy on each side)."""
         first: dict[tuple[str, str], int] = {}
         out = []
+        given = self.layout in LABELS_GIVEN  # else labels come from the boxes: a crop that lost its box is 'background'
         for i, (image, label) in enumerate(zip(self.table["image"], self.table["label"], strict=True)):
             m = ROBOFLOW_COPY.match(image.rsplit("/", 1)[-1])
-            if m:  # by name and label: two sources uploaded as `1.png` of two classes are two images
-                out.append((first.setdefault((m.group("source").lower(), label), i), i))
+            if m:  # by name and a given label: two sources uploaded as `1.png` of two classes are two images
+                out.append((first.setdefault((m.group("source").lower(), label if given else ""), i), i))
         copies = Counter(a for a, _ in out)
         return [(a, i) for a, i in out if copies[a] > 1]
 
