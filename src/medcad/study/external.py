@@ -244,9 +244,13 @@ def manifest_prefix(written: list[str], keys: list[str], all_keys: list[str] | N
     plain = [k for k in keys if ".." not in k.split("/")]  # `../x.png` (a manifest naming files beside its folder)
     first = plain[0] if plain else keys[0]  # is written collapsed: the prefix is found from a key without `..`
     candidates = {path[: len(path) - len(first)] for path in written if path == first or path.endswith("/" + first)}
-    fits = sorted(p for p in candidates if all(posixpath.normpath(p + k) in present for k in keys))
+
+    def rows_of(p: str, some: list[str]) -> set[str]:
+        return {posixpath.normpath(p + k) for k in some} & present  # distinct rows found
+
+    fits = sorted(p for p in candidates if len(rows_of(p, keys)) == len(set(keys)))  # every key, each its own row
     if len(fits) > 1 and all_keys:
-        found = {p: sum(posixpath.normpath(p + k) in present for k in all_keys) for p in fits}
+        found = {p: len(rows_of(p, all_keys)) for p in fits}
         fits = [p for p in fits if found[p] == max(found.values())]
     if len(fits) > 1:
         fits = [p for p in fits if all(path.startswith(p) for path in written)]
