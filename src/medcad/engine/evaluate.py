@@ -54,19 +54,7 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
     t = load_targets(manifest, cfg, labels)
-    metrics, pred = evaluate_results(
-        manifest,
-        labels,
-        t.y,
-        results,
-        splits,
-        t.masks,
-        run,
-        t.boxes,
-        mask_classes=t.mask_classes,
-        image_sizes=t.image_sizes,
-        size=cfg.image_size,
-    )
+    metrics, pred = evaluate_results(manifest, t, results, splits, run, cfg.image_size)
     atomic_write_text(RunFolder(run).predictions, pred.to_csv(index=False))
     write_json(RunFolder(run).metrics, metrics)
     return metrics, run

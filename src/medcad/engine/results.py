@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder
 from medcad.tasks import reference_label
+
+if TYPE_CHECKING:
+    from medcad.targets import Targets
 
 # what a fold result's predictions are: 2 = validation and test predictions (and stage 1's cached features) in fp32
 # whatever the fold trained in, as predict computes them; results without it may hold bf16 predictions
@@ -217,39 +220,29 @@ def rows_by_key(results: list[dict], splits: dict, manifest: Manifest) -> list[d
 
 
 def evaluate_results(
-    manifest: Manifest,
-    labels: list[str],
-    y: np.ndarray,
-    results: list[dict],
-    splits: dict,
-    masks: np.ndarray | None = None,
-    run: Path | None = None,
-    boxes: list[np.ndarray] | None = None,
-    mask_classes: MaskLabels | None = None,
-    image_sizes: np.ndarray | None = None,
-    size: int | None = None,
+    manifest: Manifest, targets: Targets, results: list[dict], splits: dict, run: Path | None, size: int
 ) -> tuple[dict, pd.DataFrame]:
-    """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures.
+    """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures,
+    against the run's `targets` (`medcad.targets.load_targets`) at its training size `size`.
 
-    Class probabilities (classify, multitask) give the classification metrics, and with multi-hot targets `y`
-    (N, K) the multi-label metrics; predicted masks (segment,
-    multitask; read from the run's fold folders, compared with `masks`) give "segmentation", with "dice" and
-    "iou" also at the top level; detections (detect, against `boxes` at the training size `size`; listed in the
-    table in each image's pixels, `image_sizes` (N, 2) width and height) give the detection metrics.
+    Class probabilities (classify, multitask) give the classification metrics, and with multi-hot targets (N, K)
+    the multi-label metrics; predicted masks (segment, multitask; read from the run's fold folders, compared with
+    the target masks) give "segmentation", with "dice" and "iou" also at the top level; detections (detect, against
+    the target boxes at the training size; listed in the table in each image's pixels, by the targets' image sizes)
+    give the detection metrics.
     """
+    labels, y, masks, boxes = targets.labels, targets.y, targets.masks, targets.boxes
     group_map = splits.get("groups") or {}
     results = rows_by_key(results, splits, manifest)
     m: dict = {}
     pred = None
     if boxes is not None:
-        if image_sizes is None or size is None:
-            raise ValueError("detections need the images' sizes and the training size to be listed in image pixels")
-        m, pred = detection_results(manifest, boxes, results, group_map, labels, image_sizes, size)
+        m, pred = detection_results(manifest, boxes, results, group_map, labels, targets.image_sizes, size)
     if all("test_probs" in r for r in results):
         pooled = _multilabel_results if y.ndim == 2 else _classification_results
         m, pred = pooled(manifest, labels, y, results, group_map)
     if masks is not None and run is not None and all((RunFolder(run).fold(r["fold"]).masks).is_file() for r in results):
-        seg, table = segmentation_results(manifest, masks, run, results, group_map, labels, mask_classes)
+        seg, table = segmentation_results(manifest, masks, run, results, group_map, labels, targets.mask_classes)
         m["segmentation"] = seg
         m["dice"], m["iou"] = seg["dice"], seg["iou"]
         if "class_dice" in seg:

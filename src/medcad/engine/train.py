@@ -220,19 +220,7 @@ def train_run(
         results.append(train_fold(k, parts, fold_data, hooks, progress, init))
     if not primary or folds is not None:
         return {}
-    metrics, pred = evaluate_results(
-        manifest,
-        labels,
-        y,
-        results,
-        splits,
-        targets.masks,
-        out,
-        targets.boxes,
-        mask_classes=targets.mask_classes,
-        image_sizes=targets.image_sizes,
-        size=run.cfg.image_size,
-    )
+    metrics, pred = evaluate_results(manifest, targets, results, splits, out, run.cfg.image_size)
     atomic_write_text(folder.predictions, pred.to_csv(index=False))
     metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
     write_json(folder.metrics, metrics)
