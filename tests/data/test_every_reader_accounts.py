@@ -327,6 +327,39 @@ def test_yolo_accounts_for_every_file(style, n, strays) -> None:
         _check(m, root, boxes)
 
 
+def _sidecar_set(root: Path, n: int, strays: list[str], images: str, notes: str, kind: str, write) -> dict:
+    """A set of one annotation file per image (`write(path, image file name, k)`; the files in `notes`, the images
+    in `images`, '' for beside them) with the strays both VOC and labelme sets get: `orphan-<kind>` (no image),
+    `lone-image` (no annotation), `second-<kind>` (a copy naming f0: named, not used), `nested` (a sub-folder laid
+    out as the top one), `moved` (the annotation in a folder of its own, its image at the top). Returns {image: k}
+    of the images whose box k is to be read."""
+    boxes: dict[str, int] = {}
+
+    def item(k: int, name: str, image: bool = True, note: str | None = "", sub: str = "") -> None:
+        if image:
+            save(root / sub / images / f"{name}.jpg", noise_image(k))
+        if note is not None:
+            write(root / sub / notes / f"{note or name}.{kind}", f"{name}.jpg", k)
+        if image and note == "":
+            boxes[f"{sub}{images}{name}.jpg"] = k
+
+    for k in range(n):
+        item(k, f"f{k}")
+    if f"orphan-{kind}" in strays:
+        item(20, "f20", image=False)
+    if "lone-image" in strays:
+        item(21, "f21", note=None)
+    if f"second-{kind}" in strays:
+        item(0, "f0", image=False, note="f0_copy")
+    if "nested" in strays:
+        item(22, "f22", sub="site2/")
+    if "moved" in strays:
+        write(root / "saved" / f"f19.{kind}", "f19.jpg", 19)
+        item(19, "f19", note=None)
+        boxes[f"{images}f19.jpg"] = 19
+    return boxes
+
+
 # --- Pascal VOC (the release's and CVAT's Annotations/ + JPEGImages/, LabelImg's XML beside each image) ----------
 
 
@@ -351,31 +384,10 @@ def _voc_xml(path: Path, filename: str, k: int) -> None:
 )
 def test_voc_accounts_for_every_file(style, n, strays) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root, boxes = Path(tmp) / "voc", {}
+        root = Path(tmp) / "voc"
         images, xmls = ("JPEGImages/", "Annotations/") if style == "voc" else ("", "")
-
-        def item(k: int, name: str, image: bool = True, xml: str | None = "", sub: str = "") -> None:
-            if image:
-                save(root / sub / images / f"{name}.jpg", noise_image(k))
-            if xml is not None:
-                _voc_xml(root / sub / xmls / f"{xml or name}.xml", f"{name}.jpg", k)
-            if image and xml == "":
-                boxes[f"{sub}{images}{name}.jpg"] = k
-
-        for k in range(n):
-            item(k, f"f{k}")
-        if "orphan-xml" in strays:
-            item(20, "f20", image=False)
-        if "lone-image" in strays:
-            item(21, "f21", xml=None)
-        if "second-xml" in strays:  # a second XML naming f0 (a copy): named, not used
-            item(0, "f0", image=False, xml="f0_copy")
-        if "nested" in strays:  # a sub-folder laid out as the top one
-            item(22, "f22", sub="site2/")
-        if "moved" in strays:  # LabelImg's "Change Save Dir": the XML in a folder of its own, its image at the top
-            _voc_xml(root / "saved" / "f19.xml", "f19.jpg", 19)
-            item(19, "f19", xml=None)
-            boxes[f"{images}f19.jpg"] = 19
+        # "moved": LabelImg's "Change Save Dir", the XML in a folder of its own, its image at the top
+        boxes = _sidecar_set(root, n, strays, images, xmls, "xml", _voc_xml)
         if "other-xml" in strays:
             (root / "config.xml").write_text("<config><tool>x</tool></config>")
         _unrelated(root, strays)
@@ -412,31 +424,10 @@ def _labelme(path: Path, image_path: str, k: int) -> None:
 )
 def test_labelme_accounts_for_every_file(style, n, strays) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root, boxes = Path(tmp) / "labelme", {}
+        root = Path(tmp) / "labelme"
         images, jsons, up = ("", "", "") if style == "beside" else ("images/", "annotations/", "../images/")
-
-        def item(k: int, name: str, image: bool = True, js: str | None = "", sub: str = "") -> None:
-            if image:
-                save(root / sub / images / f"{name}.jpg", noise_image(k))
-            if js is not None:
-                _labelme(root / sub / jsons / f"{js or name}.json", f"{up}{name}.jpg", k)
-            if image and js == "":
-                boxes[f"{sub}{images}{name}.jpg"] = k
-
-        for k in range(n):
-            item(k, f"f{k}")
-        if "orphan-json" in strays:
-            item(20, "f20", image=False)
-        if "lone-image" in strays:
-            item(21, "f21", js=None)
-        if "second-json" in strays:
-            item(0, "f0", image=False, js="f0_copy")
-        if "nested" in strays:
-            item(22, "f22", sub="site2/")
-        if "moved" in strays:  # labelme's --output folder: the JSON in a folder of its own, its image at the top
-            _labelme(root / "saved" / "f19.json", f"{up}f19.jpg", 19)
-            item(19, "f19", js=None)
-            boxes[f"{images}f19.jpg"] = 19
+        # "moved": labelme's --output folder, the JSON in a folder of its own, its image at the top
+        boxes = _sidecar_set(root, n, strays, images, jsons, "json", lambda path, name, k: _labelme(path, up + name, k))
         if "other-json" in strays:
             (root / "meta.json").write_text(json.dumps({"tool": "labelme", "classes": ["polyp"]}))
         if "broken-json" in strays:
