@@ -231,11 +231,9 @@ def locate_image(places: list[Path], name: str, taken: Collection[Path] = ()) ->
     (`exact_images`: one that another image of the same annotation file names as written) is not taken, for it is
     another image of that name (`old/f0.jpg`, not there, beside `f0.jpg`)."""
     name = name.replace("\\", "/").strip()
-    if not name:
-        return None
-    for place in places:
-        if (place / name).is_file():
-            return Path(os.path.normpath(place / name)), place, ""  # `a/../b.png` as `b.png`, as the walk gives it
+    hit = _as_written(places, name)
+    if hit is not None or not name:
+        return hit
     for place in places:
         found = existing_tail(place, name)
         if found is not None and Path(os.path.normpath(place / found[0])) not in taken:
@@ -243,11 +241,20 @@ def locate_image(places: list[Path], name: str, taken: Collection[Path] = ()) ->
     return None
 
 
+def _as_written(places: list[Path], name: str) -> tuple[Path, Path, str] | None:
+    """`locate_image` of `name` ('/' separators) as written, not by a tail."""
+    for place in places:
+        if name and (place / name).is_file():
+            return Path(os.path.normpath(place / name)), place, ""  # `a/../b.png` as `b.png`, as the walk gives it
+    return None
+
+
 def exact_images(places: list[Path], names: Iterable[str]) -> set[Path]:
-    """The files that an annotation file's image `names` find as written (not by a tail): `locate_image`'s `taken`
-    for each of its names. `old/f0.jpg`, not there, had been read by its tail as `f0.jpg`, which the file lists too,
-    and its objects merged into f0.jpg's."""
-    return {hit[0] for name in names if (hit := locate_image(places, name)) is not None and not hit[2]}
+    """The files that an annotation file's image `names` find as written (not by a tail; no tail is looked up):
+    `locate_image`'s `taken` for each of its names. `old/f0.jpg`, not there, had been read by its tail as `f0.jpg`,
+    which the file lists too, and its objects merged into f0.jpg's."""
+    found = (_as_written(places, n.replace("\\", "/").strip()) for n in names)
+    return {hit[0] for hit in found if hit is not None}
 
 
 def tail_taken(places: list[Path], name: str, root: Path) -> str:
