@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from medcad.metrics.stats import bootstrap_weights, percentile_ci, weighted_auc
+from medcad.metrics.stats import bootstrap_weights, percentile_ci, usable_samples, weighted_auc
 
 
 def _groups_or_rows(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
@@ -31,8 +31,8 @@ def _bootstrap_p(diff: float, samples: np.ndarray) -> tuple[float, float]:
     """(z, two-sided p) of a difference from its bootstrap samples (B,): z = diff / sd (pROC's statistic), p by
     inverting the samples' percentile interval (see the module's docstring); nan for a nan difference, or where
     `percentile_ci` gives no interval (fewer than half the samples finite)."""
-    s = samples[np.isfinite(samples)]
-    if not np.isfinite(diff) or s.size < 2 or s.size < 0.5 * samples.size:
+    s = usable_samples(samples)
+    if not np.isfinite(diff) or s is None or s.size < 2:
         return float("nan"), float("nan")
     sd = float(s.std(ddof=1))
     if sd <= 1e-15:

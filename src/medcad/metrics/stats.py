@@ -27,11 +27,18 @@ def _group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray
     return inv.ravel(), int(inv.max()) + 1 if n else 0
 
 
-def percentile_ci(samples: Sequence[float] | np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of bootstrap samples; (nan, nan) unless at least half of them are finite."""
+def usable_samples(samples: Sequence[float] | np.ndarray) -> np.ndarray | None:
+    """The finite bootstrap samples, or None unless at least half of them are (too few resamples defined the
+    statistic to read an interval or a p-value from them)."""
     s = np.asarray(samples, dtype=float).ravel()
     valid = s[np.isfinite(s)]
-    if s.size == 0 or valid.size < 0.5 * s.size:
+    return None if s.size == 0 or valid.size < 0.5 * s.size else valid
+
+
+def percentile_ci(samples: Sequence[float] | np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples; (nan, nan) unless at least half of them are finite."""
+    valid = usable_samples(samples)
+    if valid is None:
         return float("nan"), float("nan")
     lo, hi = np.percentile(valid, [50 * alpha, 100 - 50 * alpha])
     return float(lo), float(hi)
