@@ -267,12 +267,20 @@ def _emit(obj: dict, as_json: bool, printer: str) -> None:
     getattr(console, printer)(obj)
 
 
-def _report(folder: Path, wanted: bool) -> None:
-    """Write a run's or study's report.html and say where it is."""
-    if wanted:
-        from medcad.report.html import write_report
+def _report(folder: Path, wanted: bool, err: bool = False, warn: bool = False) -> None:
+    """Write a run's or study's report.html and say where it is (on stderr with `err`: --json output stays clean).
+    With `warn`, a report that cannot be made is a warning, not an error (what was shown before it stands)."""
+    if not wanted:
+        return
+    from medcad.errors import MedcadError
+    from medcad.report.html import write_report
 
-        typer.echo(f"report: {write_report(folder)}")
+    try:
+        typer.echo(f"report: {write_report(folder)}", err=err)
+    except MedcadError as e:
+        if not warn:
+            raise
+        typer.echo(f"warning: report not rewritten: {e}", err=True)
 
 
 def _load(path: Path, options: DataOptions, labels: str | None = None, quiet: bool = False):

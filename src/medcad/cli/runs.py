@@ -381,13 +381,7 @@ def evaluate(
         from medcad.report.console import print_metrics
 
         print_metrics(metrics, where)
-    if data is not None and make_report:  # the report shows every external set: it had kept saying "add it yourself"
-        from medcad.report.html import write_report
-
-        try:  # after the set's results are written and shown: a report that cannot be made loses nothing
-            typer.echo(f"report: {write_report(run)}", err=as_json)
-        except MedcadError as e:
-            typer.echo(f"warning: report not rewritten: {e}", err=True)
+    _report(run, data is not None and make_report, err=as_json, warn=True)  # with the external set
 
 
 @app.command()
