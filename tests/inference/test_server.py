@@ -448,7 +448,8 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path: Path) -> None:
     """`trained_on.images` is the run's data (its folds' training, validation and test parts), not the count its
-    metrics were evaluated on: a holdout run's card had said 13 (its test part) of 33."""
+    metrics were evaluated on: a holdout run's card had said 13 (its test part) of 33; beside it, how many images the
+    models learned from, were tuned on and never saw (the card had counted a holdout's test part as trained on)."""
     import json
     import shutil
 
@@ -461,3 +462,11 @@ def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path:
     card = model_card(load_predictor(run, backend="torch-fp32"))
     assert card["trained_on"]["images"] == len(pd.read_csv(run / "manifest.csv")) > 3
     assert card["evaluation"]["images"] == 3
+    folds = json.loads((run / "splits.json").read_text())["folds"]
+    assert card["trained_on"]["unseen_images"] == 0  # cross-validation: every image is in some fold's training part
+    # as a holdout run: one fold whose test part no model saw
+    (run / "splits.json").write_text(json.dumps({"folds": folds[:1]}))
+    trained = model_card(load_predictor(run, backend="torch-fp32"))["trained_on"]
+    f = folds[0]
+    assert trained["training_images"] == len(f["train"]) and trained["validation_images"] == len(f["val"])
+    assert trained["unseen_images"] == len(f["test"]) > 0

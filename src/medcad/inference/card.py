@@ -45,6 +45,23 @@ def _rows(table: Path) -> int:
     return len(pd.read_csv(table, usecols=[0], dtype=str, keep_default_na=False))
 
 
+def _trained_on(data: str | None, manifest: Path, splits: Path) -> dict:
+    """What data made a run's models: the dataset folder's name (not its path), its images (manifest rows: the
+    training, validation and test parts together), how many the models learned their weights from (the folds'
+    training parts together), were tuned on only (early stopping, temperature, thresholds: the validation parts,
+    less those) and no model saw (a holdout's test part, domains a transfer run left out); counts are of
+    RUN/splits.json's keys, one per image (or DICOM frame)."""
+    out = {"dataset": Path(data).name if data else None, "images": _rows(manifest) if manifest.is_file() else None}
+    if splits.is_file():
+        folds = json.loads(splits.read_text())["folds"]
+        train = set().union(*(f["train"] for f in folds))
+        val = set().union(*(f.get("val", []) for f in folds)) - train
+        out |= {"training_images": len(train), "validation_images": len(val)}
+        if out["images"] is not None:
+            out["unseen_images"] = out["images"] - len(train) - len(val)
+    return out
+
+
 def model_card(predictor: Predictor) -> dict:
     """A JSON-ready card: task, labels, decision rule, the decisions that say no finding (`no_finding`), threshold,
     models (files, ensemble), preprocessing, the run's headline metrics with 95 % CIs (from its metrics.json,
@@ -112,12 +129,9 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        config, manifest = RunFolder(folder).config, RunFolder(folder).manifest
+        config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
-        card["trained_on"] = {  # the run's dataset: its training, validation and test parts together
-            "dataset": Path(data).name if data else None,
-            "images": _rows(manifest) if manifest.is_file() else None,
-        }
+        card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
     return card
 
 

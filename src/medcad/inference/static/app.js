@@ -49,7 +49,9 @@ async function loadCard() {
     if (oof) row(dl, "dice after the frame decision", oof.dice.value.toFixed(3) + ci(oof.dice) + "; " + oof.note);
     if (c.evaluation) row(dl, "evaluated", `${c.evaluation.how} on ${c.evaluation.images} images` +
       (c.evaluation.splits ? `, ${folds(c.evaluation.splits.n_folds)} grouped by ${c.evaluation.splits.group_by}` : ""));
-    if (c.trained_on) row(dl, "trained on", c.trained_on.dataset);
+    if (c.trained_on) row(dl, "trained on", c.trained_on.dataset + (c.trained_on.training_images == null ? "" :
+      `: ${c.trained_on.training_images} training and ${c.trained_on.validation_images} validation images of ` +
+      `${c.trained_on.images}`));
     row(dl, "use", c.intended_use);
     $("#cardbody").replaceChildren(dl);
   } catch (e) {
