@@ -74,6 +74,7 @@ def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: s
             threshold=predictor.threshold,
             layer=layer,
             class_index=class_index,
+            size=rgb.shape[:2],
         )
         where = file.parent.name if file.name == "model.pt" else file.name
         tiles[0] = (tiles[0][0], f"{where}: {tiles[0][1]}")

@@ -48,6 +48,7 @@ def explain_mask(
     layer: str | None = None,
     class_index: tuple[int, str] | None = None,
     n_attention: int = 3,
+    size: tuple[int, int] | None = None,
 ) -> list[tuple[np.ndarray, str]]:
     """Tiles with short captions for one model on one image: the predicted outline, the last `n_attention` CBAM
     spatial attention maps (if the model has CBAM), the Grad-CAM of the predicted lesion at `layer` (default: the
@@ -60,6 +61,8 @@ def explain_mask(
             to it bilinearly, as predict resizes the mask, and the outline is the resized lesion probability at
             `threshold`.
         hflip: average the lesion probability over the image and its mirror, as the predictor does (TTA).
+        size: the image's own (H, W), at which the lesion's share is measured, as predict measures it (default:
+            `shown`'s; a picture shrunk for showing gave a share 0.1 % off predict's).
 
     Returns:
         [(tile uint8 (H, W, 3), caption)]; the first caption gives the lesion's share of the image at `threshold`.
@@ -80,8 +83,13 @@ def explain_mask(
         prob = mask_outputs(model, x, hflip)["mask"][0].numpy()
         _MaskLogits(model)(x)  # the attention maps of the image itself (not its mirror)
     maps = attention_maps(model)[-n_attention:]
-    above = cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= threshold
-    tiles = [(mask_overlay(shown, above), f"lesion {above.mean():.1%}")]
+
+    def above_at(hw: tuple[int, int]) -> np.ndarray:  # lesion pixels at (H, W), as predict resizes the mask
+        return cv2.resize(prob.astype(np.float32), hw[::-1], interpolation=cv2.INTER_LINEAR) >= threshold
+
+    above = above_at((h, w))
+    share = above if size in (None, (h, w)) else above_at(size)
+    tiles = [(mask_overlay(shown, above), f"lesion {share.mean():.1%}")]
     for j, amap in enumerate(maps):
         a = amap[0, 0].float().numpy()
         a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)  # the maps sit near 1: show their contrast
