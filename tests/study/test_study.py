@@ -200,6 +200,38 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
         assert test[key] == m["macro_auc"]["value"] == m["binary"]["auc"]["value"]
 
 
+def test_a_detection_study_compares_without_stopping(tmp_path: Path) -> None:
+    """Detectors' predictions (boxes, as a detect run writes them) have no per-image score to pair: the pair says so
+    and the study's console table prints it (a Kvasir-SEG detection study had stopped with KeyError 'label' after
+    its three runs had trained, 29 min)."""
+    from medcad.report.console import _print_paired_tests
+    from medcad.runfolder import RunFolder
+    from medcad.study.runner import NO_BOX_TEST
+    from medcad.study.spec import ModelSpec
+
+    exps = [Experiment(name, ModelSpec(name), None, None, "all data") for name in ("all-layers", "stride4")]
+    for e in exps:
+        folder = RunFolder(tmp_path / "runs" / _slug(e.name))
+        folder.root.mkdir(parents=True)
+        table = {
+            "image": ["a.jpg", "b.jpg"],
+            "fold": [0, 0],
+            "n_true_boxes": [1, 1],
+            "true_frame": ["polyp", "polyp"],
+            "predicted_frame": ["polyp", "background"],
+            "top_score": [0.93, 0.2],
+            "detections": ['[[85.2, 33.3, 445.9, 338.2, 0.93, "polyp"]]', "[]"],
+        }
+        pd.DataFrame(table).to_csv(folder.predictions, index=False)
+    (pair,) = _paired_tests(tmp_path, exps, ["polyp"], {})
+    assert pair["note"] == NO_BOX_TEST and pair["n"] == 2 and "by_class" not in pair and "dice" not in pair
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    _print_paired_tests(console, [pair])
+    assert f"all-layers vs stride4: {NO_BOX_TEST}" in console.export_text()
+
+
 def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_images(
     tmp_path: Path, two_domain_set: Path
 ) -> None:

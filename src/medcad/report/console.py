@@ -353,6 +353,9 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
             *([("Dice, lesion images", p["dice_lesion"])] if "dice_lesion" in p else []),
         ]
     ]
+    for p in pairs:
+        if p.get("note"):
+            c.print(f"{p['a']} vs {p['b']}: {p['note']}")
     if not rows:
         return
     t = Table(title="Paired tests (groups as unit; p Holm-adjusted over all of them)")

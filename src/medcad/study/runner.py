@@ -112,12 +112,18 @@ def _compared_pairs(exps: list[Experiment]) -> list[tuple[Experiment, Experiment
     return pairs
 
 
+NO_BOX_TEST = (
+    "detectors: no paired test of AP yet; compare the runs' AP50 and mAP with their 95 % cluster-bootstrap intervals"
+)
+
+
 def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict) -> list[dict]:
     """Paired tests between the runs `_compared_pairs` names, on the same test images (of its domain, when it names
     one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
     runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
-    runs' own AUCs are on), and a Wilcoxon signed-rank test of per-group mean Dice where they predict masks. p-values
-    are Holm-adjusted over the study's family of tests by `adjust_family`."""
+    runs' own AUCs are on), and a Wilcoxon signed-rank test of per-group mean Dice where they predict masks; a pair of
+    detectors gets `note` (NO_BOX_TEST) instead. p-values are Holm-adjusted over the study's family of tests by
+    `adjust_family`."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
@@ -132,12 +138,14 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
         if domain is not None:
             a = a[a["domain"].astype(str) == domain]
         b = preds[eb.name].set_index("image").loc[a.index]
-        y = a["label"].to_numpy(dtype=str)
         g = np.array([str(groups_of.get(k, k)) for k in a.index])
-        pair: dict = {"a": ea.name, "b": eb.name, "n": len(y), "n_groups": len(set(g))}
+        pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
         if domain is not None:
             pair["domain"] = domain  # compared on this domain's test images alone
-        if all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
+        if "detections" in a:  # boxes: no per-image score to pair (the study had stopped here with a KeyError)
+            pair["note"] = NO_BOX_TEST
+        elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
+            y = a["label"].to_numpy(dtype=str)
             tests = {}
             cols = [f"p_{lab}" for lab in labels]
             pa, pb = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
