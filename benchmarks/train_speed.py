@@ -2,6 +2,7 @@
 with a plain PyTorch + timm loop (eager fp32, the same model, data, augmentation and batch).
 
     .venv/bin/python benchmarks/train_speed.py [--tasks classify,segment,detect] [--steps 20] [--warmup 3]
+        [--freeze-stride N]
 
 medcad's step is measured through its own code: the task's fold hooks build the model (offline ImageNet weights), make
 the training loader and the Lightning module (engine.classify / segment / detect), and engine.common's `train_stage`
@@ -196,6 +197,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per loop (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--freeze-stride",
+        type=int,
+        default=None,
+        help="medcad's freeze stride for every task measured (default: each task's; the plain loop trains all layers)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_speed.json")
     args = ap.parse_args()
     quiet_lightning()
@@ -211,7 +218,14 @@ def main() -> None:
     setups = {}
     for task in args.tasks.split(","):
         size = SIZES[task]
-        cfg = TrainConfig(task=task, image_size=size, batch_size=args.batch_size, epochs=1, logger="tensorboard,csv")
+        cfg = TrainConfig(
+            task=task,
+            image_size=size,
+            batch_size=args.batch_size,
+            epochs=1,
+            logger="tensorboard,csv",
+            freeze_stride=args.freeze_stride,
+        )
         n_train = (args.steps + args.warmup) * args.batch_size
         data = synthetic(n_train + 16, size)
         parts = {"train": np.arange(n_train), "val": np.arange(n_train, n_train + 16), "test": np.arange(0)}
