@@ -18,7 +18,7 @@ from sklearn.metrics import (
 
 from conftest import float32_softmax
 from medcad.metrics.classification import classification_metrics, subset_metrics, subtype_vs_reference
-from medcad.metrics.stats import class_score, expected_calibration_error
+from medcad.metrics.stats import bootstrap_weights, class_score, expected_calibration_error
 
 LABELS = ["normal", "polyp", "ulcer", "blur"]
 
@@ -128,6 +128,31 @@ def test_binary_positive_label_override():
     assert m["binary"]["youden"]["sensitivity"]["value"] == pytest.approx(0.8)
     with pytest.raises(ValueError, match="positive"):
         classification_metrics(y, p, ["a", "b"], positive="c")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(6, 25), st.integers(1, 3), st.integers(1, 4), st.integers(0, 10_000))
+def test_macro_figures_average_every_class_in_each_resample(n_groups: int, rare: int, per: int, seed: int) -> None:
+    """The macro figures' intervals come from the resamples that hold every class the point estimate averages: a
+    resample without the rare class is left out (and counted), not scored as the mean of the classes it has. The rare
+    class is always missed (AUC 0, recall 0) and the others are perfect, so every resample with all three classes
+    gives macro AUC and balanced accuracy 2/3, as the point estimate does (the mean of the other two gave 1)."""
+    groups = np.repeat(np.arange(n_groups), per)
+    y = np.r_[0, 1, np.random.default_rng(seed).integers(0, 2, n_groups - 2)][groups]
+    y[groups >= n_groups - rare] = 2  # the rare class: the last `rare` patients
+    p = np.full((len(y), 3), 0.1)
+    p[np.arange(len(y)), y] = 0.8
+    p[y == 2] = [0.5, 0.49, 0.01]
+    m = classification_metrics(y, p, ["a", "b", "c"], groups=groups, n_boot=200)
+    truth, decided = y[:, None] == np.arange(3), p.argmax(axis=1)[:, None] == np.arange(3)
+    draws = np.concatenate(list(bootstrap_weights(len(y), 200, 0, groups)))  # the resamples' row weights (200, N)
+    every = int((draws @ truth > 0).all(axis=1).sum())  # resamples holding all three classes
+    for name in ("macro_auc", "balanced_accuracy"):
+        assert m[name]["value"] == pytest.approx(2 / 3)
+        expected = [2 / 3] * 2 if every >= 100 else [np.nan] * 2
+        np.testing.assert_allclose(m[name]["ci95"], expected)
+    f1_defined = int((draws @ (truth | decided) > 0).all(axis=1).sum())  # each class drawn as truth or decision
+    assert m["bootstrap"]["resamples_used"] == {"balanced_accuracy": every, "macro_f1": f1_defined, "macro_auc": every}
 
 
 def test_absent_class_does_not_crash():

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medcad.metrics.detection import average_precision, box_iou, detection_metrics, seeds_summary
+from medcad.metrics.stats import bootstrap_weights
 
 A, B = [0, 0, 10, 10], [20, 20, 40, 40]  # two disjoint truths
 FAR = [60, 60, 70, 70]  # overlaps nothing
@@ -141,6 +144,32 @@ def test_bootstrap_brackets_the_value_with_groups() -> None:
     # the weighted AP with unit weights equals the direct computation
     direct = np.nanmean(average_precision(preds, truths, 3, 0.5))
     assert m["ap50"]["value"] == pytest.approx(direct)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(6, 25), st.sets(st.integers(0, 24), min_size=1, max_size=3))
+def test_macro_figures_average_every_class_in_each_resample(n: int, rare: set) -> None:
+    """AP50, mAP and the frame tables' macro F1 average the classes the point estimate does in every resample they
+    are read from: a resample without the rare class is left out (and counted), not scored on the other class alone.
+    Class a is found in every image; class b, the frame's class where it is (its box is the larger), is always missed:
+    AP50 and mAP are 0.5 in every resample holding b (1 without it), and the frames' macro F1 stays below 1."""
+    with_b = sorted(r % n for r in rare)
+    truths = [gt([*A, 0], *([[*W, 1]] if i in with_b else [])) for i in range(n)]
+    preds = [pr([*A, 0.9, 0]) for _ in range(n)]
+    m = detection_metrics(preds, truths, ["a", "b"], n_boot=200)
+    draws = np.concatenate(list(bootstrap_weights(n, 200, 0)))  # the resamples' image weights (200, n)
+    every = int((draws[:, with_b].sum(axis=1) > 0).sum())  # resamples holding b
+    usable = every >= 100
+    for key in ("ap50", "map"):
+        assert m[key]["value"] == 0.5
+        np.testing.assert_array_equal(m[key]["ci95"], [0.5, 0.5] if usable else [np.nan, np.nan])
+    frame = m["frame_level"]
+    used = m["bootstrap"]["resamples_used"]
+    assert used["ap50"] == used["map"] == used["frame_level.macro_f1"] == every
+    for table in frame["iou_thresholds"].values():
+        hi = table["macro"]["ci95"]["f1"][1]
+        assert hi < 1 if usable else np.isnan(hi)
+    assert frame["macro_f1"]["ci95"][1] < 1 if usable else np.isnan(frame["macro_f1"]["ci95"][1])
 
 
 def test_seeds_summary() -> None:

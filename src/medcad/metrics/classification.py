@@ -7,8 +7,11 @@ one-vs-rest AUC of p_c (see `class_score`). Thresholds that a decision applies (
 points) stay on the probability.
 
 Undefined quantities (0/0, e.g. the recall of a class absent from y_true) are nan and left out of macro and
-weighted averages, as scikit-learn does with ``zero_division=np.nan``. Every function returns plain Python
-floats, ints and lists, so the result goes straight into ``json.dumps(..., allow_nan=True)``.
+weighted averages, as scikit-learn does with ``zero_division=np.nan``. A bootstrap resample averages the same
+classes as the point estimate: where one of them is undefined in it (a rare class not drawn), the resample gives
+no macro figure and its interval is read from the other resamples (`medcad.metrics.stats.macro_mean`). Every
+function returns plain Python floats, ints and lists, so the result goes straight into
+``json.dumps(..., allow_nan=True)``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from sklearn.metrics import roc_curve
 
 from medcad.metrics.stats import (
     as_probs,
+    bootstrap_samples,
     calibration_bins,
     class_score,
     delong_ci,
+    macro_mean,
+    point_and_ci,
     reliability_curve,
     weighted_auc,
     weighted_bootstrap,
@@ -33,6 +39,7 @@ from medcad.metrics.stats import (
 
 Batch = Callable[[np.ndarray], dict[str, np.ndarray]]  # (B, N) row weights -> {name: (B,) values}
 MAX_ROC_POINTS = 200
+MACRO = ("balanced_accuracy", "macro_f1", "macro_auc")  # means over classes (`macro_mean` in the resamples)
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -186,12 +193,14 @@ def classification_metrics(
 
     Returns:
         JSON-ready dict: n, labels, accuracy, balanced_accuracy, macro_f1, weighted_f1, macro_auc, ece (each
-        {value, ci95}), macro, weighted, per_class, confusion_matrix, roc, reliability, bootstrap, and for
-        two labels `binary`. Every AUC and ROC curve of a class is on its `class_score` (log-odds against the
-        rest): for two labels both classes' AUCs, the macro AUC and the binary AUC are one number; for more it
-        is the usual one-vs-rest AUC of p_c. AUC CIs (binary, per class, macro) come from the bootstrap (over
-        `groups` when given); DeLong's image-level interval is kept beside the binary AUC as
-        `ci95_delong_image_level`. The Youden point and the sensitivity/specificity at 90 % here are chosen on
+        {value, ci95}), macro, weighted, per_class, confusion_matrix, roc, reliability, bootstrap (n_boot, seed,
+        by_group, n_groups, and resamples_used: {balanced_accuracy, macro_f1, macro_auc: how many resamples defined
+        the figure for every class the point estimate averages, the ones its interval is read from; the interval is
+        nan when fewer than half did}), and for two labels `binary`. Every AUC and ROC curve of a class is on its
+        `class_score` (log-odds against the rest): for two labels both classes' AUCs, the macro AUC and the binary
+        AUC are one number; for more it is the usual one-vs-rest AUC of p_c. AUC CIs (binary, per class, macro)
+        come from the bootstrap (over `groups` when given); DeLong's image-level interval is kept beside the binary
+        AUC as `ci95_delong_image_level`. The Youden point and the sensitivity/specificity at 90 % here are chosen on
         the same rows they are scored on (in-sample, optimistic); runs report validation-chosen operating points
         separately.
     """
@@ -205,28 +214,29 @@ def classification_metrics(
     auc_classes = [c for c in range(k) if 0 < onehot[:, c].sum() < n]
     bins, conf, correct = calibration_bins(y, p)
     binary, binary_batch = _binary(y, p, labels, positive) if k == 2 else ({}, None)
-
-    def batch(w: np.ndarray) -> dict[str, np.ndarray]:
-        cm = _confusion(y, pred, k, w)
-        rates = _per_class(cm)
-        aucs = np.full((w.shape[0], k), np.nan)
-        for c in auc_classes:
-            aucs[:, c] = weighted_auc(onehot[:, c], scores[:, c], w)
-        out = {
-            "accuracy": _div(np.trace(cm, axis1=1, axis2=2), cm.sum(axis=(1, 2))),
-            "balanced_accuracy": _nanmean(rates["recall"]),
-            "macro_f1": _nanmean(rates["f1"]),
-            "weighted_f1": _nanmean(rates["f1"], rates["support"]),
-            "macro_auc": _nanmean(aucs),
-            "ece": weighted_ece(bins, conf, correct, w),
-            **{f"auc/{labels[c]}": aucs[:, c] for c in auc_classes},
-        }
-        return out | (binary_batch(w) if binary_batch else {})
-
-    stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     cm = _confusion(y, pred, k, np.ones((1, n)))[0]
     rates = _per_class(cm)
     aucs = [float(weighted_auc(onehot[:, c], scores[:, c])[0]) if c in auc_classes else float("nan") for c in range(k)]
+
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:
+        cms = _confusion(y, pred, k, w)
+        per = _per_class(cms)
+        class_aucs = np.full((w.shape[0], k), np.nan)
+        for c in auc_classes:
+            class_aucs[:, c] = weighted_auc(onehot[:, c], scores[:, c], w)
+        out = {
+            "accuracy": _div(np.trace(cms, axis1=1, axis2=2), cms.sum(axis=(1, 2))),
+            "balanced_accuracy": macro_mean(per["recall"], np.isfinite(rates["recall"])),
+            "macro_f1": macro_mean(per["f1"], np.isfinite(rates["f1"])),
+            "weighted_f1": _nanmean(per["f1"], per["support"]),
+            "macro_auc": macro_mean(class_aucs, np.isfinite(aucs)),
+            "ece": weighted_ece(bins, conf, correct, w),
+            **{f"auc/{labels[c]}": class_aucs[:, c] for c in auc_classes},
+        }
+        return out | (binary_batch(w) if binary_batch else {})
+
+    point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    stats = point_and_ci(point, samples)
     names = ("precision", "recall", "specificity", "f1")
     result: dict[str, Any] = {
         "n": int(n),
@@ -251,6 +261,7 @@ def classification_metrics(
             "seed": int(seed),
             "by_group": groups is not None,
             "n_groups": int(len(np.unique(np.asarray(groups).astype(str)))) if groups is not None else int(n),
+            "resamples_used": {m: int(np.isfinite(samples[m]).sum()) for m in MACRO},
         },
     }
     if binary:

@@ -19,7 +19,9 @@ rule: their detection must cover at least that share of the frame, which the det
 make the usual case; one rule for every class, with no list of frame classes to pass around.
 
 Undefined values (0/0, e.g. the precision of a class never predicted) are nan, left out of averages; except in
-the frame table's macro and weighted averages, where they count 0 for a class that has frames (`_averages`).
+the frame table's macro and weighted averages, where they count 0 for a class that has frames (`_averages`). A
+bootstrap resample averages the same classes as the point estimate: where one of them is undefined in it (a rare
+class's truths or frames not drawn), the resample gives no macro figure (`medcad.metrics.stats.macro_mean`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from medcad.metrics.stats import bootstrap_weights, mean_sd, percentile_ci
+from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percentile_ci
 
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -207,22 +209,19 @@ def _frame_rates(w: np.ndarray, y: np.ndarray, pred: np.ndarray, correct: np.nda
     return out
 
 
-def _averages(rates: dict, k: int) -> dict[str, np.ndarray]:
-    """Macro (mean) and support-weighted averages (B,) of each rate over the k classes that have frames (background
-    left out). A rate undefined for such a class (the precision of a class never decided) counts 0, as
-    scikit-learn's zero_division=0: leaving it out would credit a detector that never names a class."""
+def _averages(rates: dict, framed: np.ndarray) -> dict[str, np.ndarray]:
+    """Macro (mean) and support-weighted averages (B,) of each rate over the classes that have frames (background
+    left out; `framed` (k,) marks those of the full data, which every resample's macro average takes). A rate
+    undefined for such a class (the precision of a class never decided) counts 0, as scikit-learn's zero_division=0:
+    leaving it out would credit a detector that never names a class."""
     out = {}
-    support = rates["support"][:, :k]
+    support = rates["support"][:, : len(framed)]
     has = support > 0
     for m in ("accuracy", "precision", "recall", "f1"):
-        v = np.where(has, np.nan_to_num(rates[m][:, :k], nan=0.0), np.nan)
-        out[f"macro_{m}"] = _nanmean(v)
+        v = np.where(has, np.nan_to_num(rates[m][:, : len(framed)], nan=0.0), np.nan)
+        out[f"macro_{m}"] = macro_mean(v, framed)
         out[f"weighted_{m}"] = _div(np.where(has, v * support, 0).sum(1), support.sum(1))
     return out
-
-
-def _ci(samples: list[np.ndarray]) -> list[float]:
-    return list(percentile_ci(np.concatenate(samples) if samples else np.array([])))
 
 
 def detection_metrics(
@@ -255,7 +254,10 @@ def detection_metrics(
         (the frame decision: confusion matrix of classes with the background row and column, accuracy, macro_f1
         over `labels`, per_class; and its table at each IoU threshold, iou_thresholds {"0.45": {accuracy,
         macro, weighted (averages over the `labels` with frames), per_class (background row included:
-        accuracy, precision, recall, f1, support, tp, fp, fn, mislocated, ci95)}}), bootstrap.
+        accuracy, precision, recall, f1, support, tp, fp, fn, mislocated, ci95)}}), bootstrap (n_boot, seed,
+        by_group, and resamples_used: {"ap50", "map", "frame_level.macro_f1", ...: how many resamples defined the
+        macro figure at that place of the result for every class the point estimate averages, the ones its
+        interval is read from; the interval is nan when fewer than half did}).
     """
     labels = [str(v) for v in labels]
     k = len(labels)
@@ -269,11 +271,15 @@ def detection_metrics(
     frame_correct = {
         f"{thr:g}": (y == pred) & ((pred == k) | (top_iou >= thr)) for thr in iou_thresholds
     }  # (N,) per IoU threshold
+    # the classes each macro figure averages (as on the full data, in every resample): with truths; with frames or
+    # decisions (the frame F1's are defined), background last; with frames
+    boxed, seen, framed = tables[0].gt.sum(0) > 0, np.isin(np.arange(kb), np.r_[y, pred]), np.isin(np.arange(k), y)
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         ap = np.stack([tab.ap(w) for tab in tables])  # (10, B, K)
-        out = {"ap50": _nanmean(ap[0]), "map": _nanmean(_nanmean(ap, axis=0)), "ap50_per_class": ap[0]}
-        out["map_per_class"] = _nanmean(ap, axis=0)
+        map_per_class = _nanmean(ap, axis=0)  # (B, K) over the IoU thresholds
+        out = {"ap50": macro_mean(ap[0], boxed), "map": macro_mean(map_per_class, boxed), "ap50_per_class": ap[0]}
+        out["map_per_class"] = map_per_class
         for name, c in counts.items():
             tp, fp, fn = (w @ c[j] for j in range(3))  # (B, K) each
             for m, v in _prf(tp.sum(1), fp.sum(1), fn.sum(1)).items():
@@ -284,28 +290,27 @@ def detection_metrics(
         tp = np.diagonal(cm, axis1=1, axis2=2)
         rates = _prf(tp, cm.sum(1) - tp, cm.sum(2) - tp)
         out["frame/accuracy"] = _div(tp.sum(1), cm.sum((1, 2)))
-        out["frame/macro_f1"] = _nanmean(rates["f1"][:, :k])  # the classes' (the design's average)
-        out["frame/macro_f1_with_background"] = _nanmean(rates["f1"])  # and saying "no lesion" right
+        out["frame/macro_f1"] = macro_mean(rates["f1"][:, :k], seen[:k])  # the classes' (the design's average)
+        out["frame/macro_f1_with_background"] = macro_mean(rates["f1"], seen)  # and saying "no lesion" right
         out |= {f"frame/{m}": v for m, v in rates.items()}
         out["frame/cm"] = cm
         for name, correct in frame_correct.items():
             r = _frame_rates(w, y, pred, correct, kb)
-            out |= {f"frame@{name}/{m}": v for m, v in (r | _averages(r, k)).items()}
+            out |= {f"frame@{name}/{m}": v for m, v in (r | _averages(r, framed)).items()}
             out[f"frame@{name}/overall_accuracy"] = _div(r["tp"].sum(1), w.sum(1))
         return out
 
-    point = batch(np.ones((1, n)))
-    counts_only = ("support", "tp", "fp", "fn", "mislocated")
-    samples: dict[str, list[np.ndarray]] = {
-        key: [] for key in point if key != "frame/cm" and key.rpartition("/")[2] not in counts_only
-    }
-    for w in bootstrap_weights(n, n_boot, seed, groups):
-        for key, v in batch(w).items():
-            if key in samples:
-                samples[key].append(v)
-
+    point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     stats = _Stats(point, samples)
+    counts_only = ("support", "tp", "fp", "fn", "mislocated")
     frame = _frame_section(stats, labels, list(frame_correct), counts_only)
+    macro = {  # where each macro figure stands in the result: its samples
+        "ap50": "ap50",
+        "map": "map",
+        "frame_level.macro_f1": "frame/macro_f1",
+        "frame_level.macro_f1_with_background": "frame/macro_f1_with_background",
+        **{f"frame_level.iou_thresholds.{name}.macro.f1": f"frame@{name}/macro_f1" for name in frame_correct},
+    }
     return {
         "n_images": n,
         "n_boxes": int(sum(len(a) for a in t)),
@@ -317,21 +322,26 @@ def detection_metrics(
         "map_per_class": {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)},
         "iou_thresholds": {name: _box_section(c, stats, name, labels) for name, c in counts.items()},
         "frame_level": frame,
-        "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None},
+        "bootstrap": {
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "by_group": groups is not None,
+            "resamples_used": {at: int(np.isfinite(samples[key]).sum()) for at, key in macro.items()},
+        },
     }
 
 
 class _Stats:
     """The point values and bootstrap samples of `detection_metrics`' batch function, read by key."""
 
-    def __init__(self, point: dict[str, np.ndarray], samples: dict[str, list[np.ndarray]]) -> None:
+    def __init__(self, point: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> None:
         self.point, self.samples = point, samples
 
     def stat(self, key: str) -> dict[str, Any]:
-        return {"value": float(self.point[key][0]), "ci95": _ci(self.samples[key])}
+        return {"value": float(self.point[key][0]), "ci95": self.ci(key)}
 
     def ci(self, key: str, c: int | None = None) -> list[float]:
-        return _ci(self.samples[key] if c is None else [s[:, c] for s in self.samples[key]])
+        return list(percentile_ci(self.samples[key] if c is None else self.samples[key][:, c]))
 
 
 def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Multi-label classification metrics (several findings per image, each present or absent), with CIs.
 
 Per label: ROC AUC (Mann-Whitney), and at the decision threshold sensitivity, specificity, precision, F1 and
-prevalence. Over labels: macro AUC and macro F1 (means over the labels with both outcomes present), micro F1,
+prevalence. Over labels: macro AUC and macro F1 (means over the labels with both outcomes present; a bootstrap
+resample where one of those labels lacks an outcome gives none, see `medcad.metrics.stats.macro_mean`), micro F1,
 exact-match ratio (every label right) and Hamming loss (the fraction of wrong label decisions). Every figure with a
 percentile bootstrap 95 % CI that resamples the run's groups (patients / duplicate groups) when given.
 Definitions: Tsoumakas & Katakis, "Multi-label classification: an overview", IJDWM 3(3), 2007.
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.stats import weighted_auc, weighted_bootstrap
+from medcad.metrics.stats import bootstrap_samples, macro_mean, point_and_ci, weighted_auc
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -45,7 +46,9 @@ def multilabel_metrics(
     Returns:
         {"n", "labels", "threshold", "macro_auc", "macro_f1", "micro_f1", "exact_match", "hamming_loss" (each
         {"value", "ci95"}), "per_label": {label: {"auc", "f1", "sensitivity", "specificity", "precision" (each
-        {"value", "ci95"}), "n_positive", "prevalence"}}}.
+        {"value", "ci95"}), "n_positive", "prevalence"}}, "bootstrap": {"n_boot", "seed", "by_group",
+        "resamples_used": {"macro_auc", "macro_f1"}: how many resamples defined the figure for every label the point
+        estimate averages, the ones its interval is read from (nan when fewer than half did)}}.
     """
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probs, np.float64)
@@ -54,6 +57,7 @@ def multilabel_metrics(
     n, k = y.shape
     pred = p >= threshold
     both = [j for j in range(k) if 0 < y[:, j].sum() < n]
+    in_both = np.isin(np.arange(k), both)  # the labels the macro figures average, in every resample
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # w: (B, N) row weights
         out: dict[str, np.ndarray] = {}
@@ -68,16 +72,15 @@ def multilabel_metrics(
         for j, lab in enumerate(labels):
             out |= {f"{lab}|auc": aucs[:, j], f"{lab}|f1": f1[:, j], f"{lab}|sensitivity": sens[:, j]}
             out |= {f"{lab}|specificity": spec[:, j], f"{lab}|precision": prec[:, j]}
-        with np.errstate(invalid="ignore"):
-            out["macro_auc"] = np.nanmean(aucs[:, both], axis=1) if both else np.full(len(w), np.nan)
-            out["macro_f1"] = np.nanmean(f1[:, both], axis=1) if both else np.full(len(w), np.nan)
+        out["macro_auc"], out["macro_f1"] = macro_mean(aucs, in_both), macro_mean(f1, in_both)
         out["micro_f1"] = _f1(tp.sum(1), fp.sum(1), fn.sum(1))
         total = w.sum(1)
         out["exact_match"] = (w @ (pred == y).all(1)) / total
         out["hamming_loss"] = (w @ (pred != y).mean(1)) / total
         return out
 
-    res = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    res = point_and_ci(point, samples)
     per_label = {
         lab: {
             **{m: res[f"{lab}|{m}"] for m in ("auc", "f1", "sensitivity", "specificity", "precision")},
@@ -87,4 +90,13 @@ def multilabel_metrics(
         for j, lab in enumerate(labels)
     }
     headline = {m: res[m] for m in ("macro_auc", "macro_f1", "micro_f1", "exact_match", "hamming_loss")}
-    return {"n": n, "labels": list(labels), "threshold": threshold, **headline, "per_label": per_label}
+    used = {m: int(np.isfinite(samples[m]).sum()) for m in ("macro_auc", "macro_f1")}
+    bootstrap = {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None, "resamples_used": used}
+    return {
+        "n": n,
+        "labels": list(labels),
+        "threshold": threshold,
+        **headline,
+        "per_label": per_label,
+        "bootstrap": bootstrap,
+    }

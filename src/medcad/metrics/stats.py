@@ -70,6 +70,31 @@ def bootstrap_weights(
         yield counts[:, inv].astype(float)  # (b, n)
 
 
+def bootstrap_samples(
+    batch: Callable[[np.ndarray], dict[str, np.ndarray]],
+    n: int,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Point values and bootstrap samples of every quantity a batch function returns.
+
+    `batch(w)` takes row weights (B, n) and returns {name: values (B, ...)}; the point values are under all weights
+    1, the samples under `n_boot` resamples (of `groups` when given) drawn by `bootstrap_weights`.
+
+    Returns:
+        (point, samples): {name: (1, ...)} and {name: (n_boot, ...)} (no rows when n_boot is 0).
+    """
+    point = batch(np.ones((1, n)))
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in point}
+    for w in bootstrap_weights(n, n_boot, seed, groups):
+        for k, v in batch(w).items():
+            chunks[k].append(v)
+    samples = {k: np.concatenate(v) if v else np.empty((0, *np.shape(point[k])[1:])) for k, v in chunks.items()}
+    return point, samples
+
+
 def weighted_bootstrap(
     batch: Callable[[np.ndarray], dict[str, np.ndarray]],
     n: int,
@@ -78,23 +103,35 @@ def weighted_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, dict]:
-    """Point value and percentile bootstrap CI of every quantity a batch function returns.
-
-    `batch(w)` takes row weights (B, n) and returns {name: values (B,)}; the point value uses all weights 1 and
-    the CI uses `n_boot` resamples (of `groups` when given) drawn by `bootstrap_weights`.
+    """Point value and percentile bootstrap CI of every quantity a batch function returns (see `bootstrap_samples`).
 
     Returns:
         {name: {"value": float, "ci95": [lo, hi]}}.
     """
-    point = batch(np.ones((1, n)))
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in point}
-    for w in bootstrap_weights(n, n_boot, seed, groups):
-        for k, v in batch(w).items():
-            samples[k].append(v)
-    return {
-        k: {"value": float(point[k][0]), "ci95": list(percentile_ci(np.concatenate(v) if v else np.array([])))}
-        for k, v in samples.items()
-    }
+    return point_and_ci(*bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed))
+
+
+def point_and_ci(point: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> dict[str, dict]:
+    """{name: {"value": float, "ci95": [lo, hi]}} from `bootstrap_samples` output: the point value and the
+    `percentile_ci` of the samples."""
+    return {k: {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k]))} for k in point}
+
+
+def macro_mean(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """Macro average of per-class values under each resample, over the classes the point estimate averages.
+
+    Args:
+        values: (B, K) a per-class figure (AUC, recall, F1, AP) under each of B resamples; nan where undefined.
+        defined: (K,) bool, the classes where the figure is defined on the full data.
+
+    Returns:
+        (B,) the mean over the `defined` classes; nan in a resample where one of them is undefined (e.g. a class
+        absent from it), which `percentile_ci` then leaves out, so that every resample averages the same classes
+        as the point estimate (a resample averaging the others alone would widen the interval towards their mean);
+        nan everywhere when no class is defined.
+    """
+    v = np.asarray(values, dtype=float)[:, np.asarray(defined, dtype=bool)]
+    return v.mean(axis=1) if v.shape[1] else np.full(len(v), np.nan)
 
 
 def bootstrap_ci(
