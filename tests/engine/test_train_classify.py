@@ -420,6 +420,10 @@ def test_val_score_is_the_runs_auc() -> None:
     two = y3 != 1  # classes 0 and 2 present: their AUC on p renormalised over them
     renormalised = p3[two, 2] / p3[two][:, [0, 2]].sum(1)
     assert val_score(y3[two], p3[two]) == pytest.approx(roc_auc_score(y3[two] == 2, renormalised))
+    y4 = np.r_[0, 1, 2, rng.integers(0, 3, 57)]  # three classes present of four
+    p4 = rng.dirichlet([1, 1, 1, 1], 60)
+    present = p4[:, :3] / p4[:, :3].sum(axis=1, keepdims=True)
+    assert val_score(y4, p4) == pytest.approx(roc_auc_score(y4, present, multi_class="ovr"))
     assert val_score(np.zeros(5, int), p3[:5]) == (p3[:5].argmax(1) == 0).mean()
     # a diverged epoch (nan probabilities) scores 0: argmax of nan rows is class 0, whose accuracy had scored 0.75
     assert val_score(np.array([0, 0, 0, 1]), np.full((4, 2), np.nan)) == 0.0

@@ -58,7 +58,9 @@ def val_score(y: np.ndarray, probs: np.ndarray) -> float:
     if np.isnan(p).any():
         return 0.0
     if len(present) > 1:
-        sub = p[:, present]  # the log-odds against the present rest: renormalising would not change them
+        sub = p[:, present]
+        total = sub.sum(axis=1, keepdims=True)
+        sub = np.divide(sub, total, out=np.zeros_like(sub), where=total > 0)  # class_score ranks p_c as given
         return float(np.mean([weighted_auc(y == c, class_score(sub, i))[0] for i, c in enumerate(present)]))
     return float((p.argmax(1) == y).mean())
 

@@ -301,8 +301,9 @@ _SMALLEST = float(np.finfo(np.float64).smallest_subnormal)  # a zero probability
 
 def class_score(probs: np.ndarray, c: int) -> np.ndarray:
     """The score every ROC curve and AUC of class `c` is computed on (metrics, bootstrap CIs, DeLong, ROC curves,
-    paired tests, model selection): the log-odds of `c` against the other classes, log p_c - log(sum_{j != c} p_j),
-    in float64.
+    paired tests, model selection): the log-odds of `c` against the other classes, log p_c - log(rest), in float64.
+    The rest's mass is the other column for two classes; for more it is 1 - p_c, and the sum of the other columns
+    where p_c saturates (p_c >= 1).
 
     Why not p_c itself: a float32 softmax saturates, p_c rounding to exactly 1.0 on every confident row while the
     other classes keep distinct tiny probabilities. p_c ties those rows and the rest's probabilities do not, so two
@@ -312,8 +313,12 @@ def class_score(probs: np.ndarray, c: int) -> np.ndarray:
     the tiny values keep their order (1 - p_c or p_c - p_other in float64 tie them again below ~1e-16).
 
     For more classes the AUC stays the usual one-vs-rest AUC on p_c (scikit-learn's roc_auc_score(multi_class=
-    "ovr")): on rows that sum to 1 the score is logit(p_c), strictly increasing in p_c, so the ranking is that of
-    p_c except on rows p_c ties only by rounding (saturated rows), which the rest's mass then orders.
+    "ovr")): below saturation the score is logit(p_c), strictly increasing in p_c, so the ranking is that of p_c
+    (rows tied on p_c stay tied; the sum of the other columns would break such ties by its rounding, 0.1 + 0.5 being
+    0.6 and 0.2 + 0.4 0.6000000000000001); rows where p_c saturates, tied only by rounding, are ordered by the sum
+    of the others, and on rows that sum to 1 rank above every row with p_c < 1 (their rest is below the spacing of
+    the floats under 1, which bounds 1 - p_c there). The score ranks p_c as given: for the classes of a
+    sub-matrix, renormalise its rows first.
 
     Args:
         probs: class probabilities (N, K), or p(class 1) (N,) of a binary problem (see `as_probs`).
@@ -324,7 +329,9 @@ def class_score(probs: np.ndarray, c: int) -> np.ndarray:
         (|score| <= 745); nan where a row holds nan.
     """
     p = as_probs(probs)
-    rest = np.delete(p, c, axis=1).sum(axis=1)
+    others = np.delete(p, c, axis=1).sum(axis=1)  # nan where the row holds nan
+    below = (p[:, c] < 1) & ~np.isnan(others)
+    rest = np.where(below, 1 - p[:, c], others) if p.shape[1] > 2 else others
     return np.log(np.maximum(p[:, c], _SMALLEST)) - np.log(np.maximum(rest, _SMALLEST))
 
 
