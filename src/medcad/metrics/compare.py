@@ -119,34 +119,42 @@ def paired_dice_test(
     """Wilcoxon signed-rank test of per-group mean Dice of two models on the same images, with a paired
     cluster-bootstrap CI of the mean per-image Dice difference.
 
+    Every figure is over the complete pairs, the images where both models have a Dice (not nan): the two means,
+    their difference, its interval and the test are of the same images, as if the others had not been passed.
+
     Args:
-        dice_a: per-image Dice of model A (N,).
-        dice_b: per-image Dice of model B (N,).
+        dice_a: per-image Dice of model A (N,), nan where missing.
+        dice_b: per-image Dice of model B (N,), nan where missing.
         groups: group id per image; None treats every image as its own group.
         n_boot: bootstrap resamples for the CI of the difference.
         seed: random seed.
 
     Returns:
-        {mean_a, mean_b, difference, ci95, p_value, n, n_groups, test}.
+        {mean_a, mean_b, difference (mean_a - mean_b), ci95, p_value, n (the complete pairs), n_left_out (images
+        where either Dice is missing), n_groups (groups with a complete pair), test}; nan figures when no pair is
+        complete.
     """
     da, db = np.asarray(dice_a, dtype=float), np.asarray(dice_b, dtype=float)
+    complete = np.isfinite(da) & np.isfinite(db)
+    g = _groups_or_rows(groups, len(da))[complete]
+    da, db = da[complete], db[complete]
     n = len(da)
-    g = _groups_or_rows(groups, n)
     _, ma = group_means(da, g)
     _, mb = group_means(db, g)
-    ok = np.isfinite(ma) & np.isfinite(mb)
-    d = ma[ok] - mb[ok]
-    p = float(sps.wilcoxon(ma[ok], mb[ok]).pvalue) if np.any(d != 0) else 1.0
-    diff = np.nan_to_num(da - db, nan=0.0)
+    nan = float("nan")
+    p = float(sps.wilcoxon(ma, mb).pvalue) if np.any(ma != mb) else 1.0  # identical Dice: no difference
+    diff = da - db
     samples = [(w @ diff) / w.sum(axis=1) for w in bootstrap_weights(n, n_boot, seed, g)]
+    mean_a, mean_b = (float(da.mean()), float(db.mean())) if n else (nan, nan)
     return {
-        "mean_a": float(np.nanmean(da)),
-        "mean_b": float(np.nanmean(db)),
-        "difference": float(np.nanmean(da - db)),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "difference": mean_a - mean_b,
         "ci95": list(percentile_ci(np.concatenate(samples) if samples else np.array([]))),
-        "p_value": p,
+        "p_value": p if n else nan,
         "n": int(n),
-        "n_groups": int(ok.sum()),
+        "n_left_out": int((~complete).sum()),
+        "n_groups": len(ma),
         "test": "Wilcoxon signed-rank on per-group mean Dice" if groups is not None else "Wilcoxon, per image",
     }
 
