@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import float32_softmax
 from medcad.cli import app
 from medcad.data.synthetic import generate_synthetic
 from medcad.errors import ConfigError
-from medcad.study.runner import Experiment, _paired_tests, _slug, expand, run_study
+from medcad.study.runner import Experiment, _paired_tests, _slug, adjust_family, expand, run_study
 from medcad.study.spec import load_study
 
 runner = CliRunner()
@@ -230,6 +232,26 @@ def test_a_detection_study_compares_without_stopping(tmp_path: Path) -> None:
     console = Console(record=True, width=200)
     _print_paired_tests(console, [pair])
     assert f"all-layers vs stride4: {NO_BOX_TEST}" in console.export_text()
+
+
+P_VALUES = st.one_of(st.floats(0, 1), st.just(float("nan")), st.none())
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(P_VALUES, max_size=3), min_size=1, max_size=4), st.lists(P_VALUES, max_size=4))
+def test_family_size_is_the_number_of_tests_holm_counted(by_class: list, dice: list) -> None:
+    """family_size beside each p_holm is the m Holm adjusted over: the tests with a p-value (a nan or missing one is
+    left out of the family), so p [0.01, nan, 0.03] has family size 2, not 3 (p_holm 0.02 and 0.03)."""
+    from statsmodels.stats.multitest import multipletests
+
+    pairs = [{"by_class": {f"class {j}": {"p_value": v} for j, v in enumerate(ps)}} for ps in by_class]
+    pairs += [{"dice": {"p_value": v}} for v in dice]
+    tests = [t for pair in adjust_family(pairs) for t in [*pair.get("by_class", {}).values(), pair.get("dice")] if t]
+    finite = [t for t in tests if t["p_value"] is not None and np.isfinite(t["p_value"])]
+    if finite:
+        expected = multipletests([t["p_value"] for t in finite], method="holm")[1]
+        assert [t["p_holm"] for t in finite] == pytest.approx(expected.tolist())
+    assert {t["family_size"] for t in tests} <= {len(finite)}
 
 
 def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_images(

@@ -170,15 +170,18 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
     """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each
-    pair) and every Dice test gets `p_holm` beside its raw `p_value`; DeLong's image-level p-values form their own
-    family. Returns `pairs`."""
+    pair) and every Dice test gets `p_holm` beside its raw `p_value`, and `family_size`, the number of tests Holm
+    adjusted over (those with a p-value; a nan one is left out of the family and its p_holm is nan); DeLong's
+    image-level p-values form their own family. Returns `pairs`."""
     from medcad.metrics.compare import holm
 
     tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
     tests += [p[k] for p in pairs for k in ("dice", "dice_lesion") if k in p]
-    for d, adj in zip(tests, holm([d["p_value"] for d in tests]), strict=True):
+    adjusted = holm([d["p_value"] for d in tests])
+    family_size = int(np.isfinite(adjusted).sum())  # holm's m: the finite p-values, adjusted to finite ones
+    for d, adj in zip(tests, adjusted, strict=True):
         d["p_holm"] = adj
-        d["family_size"] = len(tests)
+        d["family_size"] = family_size
     secondary = [d["delong_image_level"] for d in tests if "delong_image_level" in d]
     for d, adj in zip(secondary, holm([d["p_value"] for d in secondary]), strict=True):
         d["p_holm"] = adj
