@@ -29,6 +29,7 @@ from medcad.metrics.stats import (
     calibration_bins,
     class_score,
     delong_ci,
+    group_index,
     macro_mean,
     point_and_ci,
     reliability_curve,
@@ -186,7 +187,8 @@ def classification_metrics(
         y_true: true class index per row (N,), indexing `labels`.
         probs: class probabilities (N, K) (rows sum to 1), or p(labels[1]) (N,) for two labels.
         labels: class names (K).
-        groups: optional group (patient) per row: CIs then come from a cluster bootstrap over groups.
+        groups: optional group (patient) per row: CIs then come from a cluster bootstrap over groups (a row without
+            an id is a group of its own, see `medcad.metrics.stats.group_index`).
         positive: positive label of a binary problem (default labels[1]).
         n_boot: bootstrap resamples (0 skips CIs: they are nan).
         seed: bootstrap seed.
@@ -260,7 +262,7 @@ def classification_metrics(
             "n_boot": int(n_boot),
             "seed": int(seed),
             "by_group": groups is not None,
-            "n_groups": int(len(np.unique(np.asarray(groups).astype(str)))) if groups is not None else int(n),
+            "n_groups": group_index(groups, n)[1] if groups is not None else int(n),
             "resamples_used": {m: int(np.isfinite(samples[m]).sum()) for m in MACRO},
         },
     }

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from medcad.metrics.stats import bootstrap_weights, percentile_ci, usable_samples, weighted_auc
+from medcad.metrics.stats import bootstrap_weights, group_index, percentile_ci, usable_samples, weighted_auc
 
 
 def _groups_or_rows(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
-    return np.arange(n).astype(str) if groups is None else np.asarray(groups).astype(str)
+    """The group ids as given (a missing one stays missing: a group of its own, see `group_index`), or the rows."""
+    return np.arange(n) if groups is None else np.asarray(groups, dtype=object)
 
 
 def _bootstrap_p(diff: float, samples: np.ndarray) -> tuple[float, float]:
@@ -92,20 +93,22 @@ def paired_auc_bootstrap(
         "z": z,
         "p_value": p,
         "n": int(n),
-        "n_groups": int(len(np.unique(g))),
+        "n_groups": group_index(g, n)[1],
         "n_boot": int(n_boot),
         "method": "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)",
     }
 
 
 def group_means(values: np.ndarray, groups: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(group ids, mean of `values` per group), groups sorted as `np.unique` sorts them; nan values are left out."""
+    """(group ids, mean of `values` per group), groups in `group_index`'s order (a missing id is a group of its own);
+    nan values are left out."""
     v = np.asarray(values, dtype=float)
-    ids, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    inv, g = group_index(groups, len(v))
     ok = np.isfinite(v)
-    sums = np.bincount(inv[ok], v[ok], minlength=len(ids))
-    counts = np.bincount(inv[ok], minlength=len(ids))
-    return ids, np.divide(sums, counts, out=np.full(len(ids), np.nan), where=counts > 0)
+    sums = np.bincount(inv[ok], v[ok], minlength=g)
+    counts = np.bincount(inv[ok], minlength=g)
+    ids = np.asarray(groups, dtype=object)[np.unique(inv, return_index=True)[1]]  # each group's first row's id
+    return ids, np.divide(sums, counts, out=np.full(g, np.nan), where=counts > 0)
 
 
 def paired_dice_test(

@@ -13,18 +13,39 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
 _MAX_CELLS = 4_000_000  # largest (resamples x rows) weight block held in memory at once
 
 
-def _group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray, int]:
-    """Map group ids (any type) to integers 0..G-1."""
-    g = np.asarray(groups)
+def group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """The group of each row as an integer, for a cluster bootstrap that draws whole groups.
+
+    Ids of any type are compared as text (1 and "1" are one group), numbered in `np.unique`'s order. A missing id
+    (None, NaN, pd.NA, NaT; not the text "nan") is a group of its own, numbered after the others in row order: a
+    row without a patient id is its own cluster, as `medcad.data.splits.sample_groups` makes it, not drawn together
+    with every other row that lacks one.
+
+    Args:
+        groups: one group id per row (n,).
+        n: the number of rows.
+
+    Returns:
+        (group per row (n,) in 0..G-1, G).
+
+    Raises:
+        ValueError: `groups` does not hold one id per row.
+    """
+    g = np.asarray(groups, dtype=object)
     if g.shape != (n,):
         raise ValueError(f"groups has shape {g.shape}; pass one group id (e.g. patient) per row, shape ({n},)")
-    _, inv = np.unique(g.astype(str), return_inverse=True)
-    return inv.ravel(), int(inv.max()) + 1 if n else 0
+    missing = pd.isna(g)
+    _, named = np.unique(g[~missing].astype(str), return_inverse=True)
+    inv = np.empty(n, dtype=int)
+    inv[~missing] = named.ravel()
+    inv[missing] = (named.max() + 1 if named.size else 0) + np.arange(missing.sum())
+    return inv, int(inv.max()) + 1 if n else 0
 
 
 def usable_samples(samples: Sequence[float] | np.ndarray) -> np.ndarray | None:
@@ -53,7 +74,8 @@ def bootstrap_weights(
         n: number of rows.
         n_boot: total number of resamples over all chunks.
         seed: random seed.
-        groups: optional group id per row; whole groups are resampled (cluster bootstrap by patient).
+        groups: optional group id per row; whole groups are resampled (cluster bootstrap by patient; a missing id
+            is a group of its own, see `group_index`).
 
     Yields:
         Float arrays (b, n): how many times each row is drawn in each of b resamples.
@@ -61,7 +83,7 @@ def bootstrap_weights(
     if n == 0 or n_boot <= 0:
         return
     rng = np.random.default_rng(seed)
-    inv, g = (np.arange(n), n) if groups is None else _group_index(groups, n)
+    inv, g = (np.arange(n), n) if groups is None else group_index(groups, n)
     step = max(1, _MAX_CELLS // max(n, g))
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
@@ -153,7 +175,7 @@ def bootstrap_ci(
         n_boot: number of resamples.
         seed: random seed.
         alpha: 1 - coverage (0.05 gives a 95 % CI).
-        groups: optional group id per row (e.g. patient) for a cluster bootstrap.
+        groups: optional group id per row (e.g. patient) for a cluster bootstrap (see `group_index`).
 
     Returns:
         (lower, upper).
@@ -168,7 +190,7 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     if groups is not None:
-        inv, g = _group_index(groups, n)
+        inv, g = group_index(groups, n)
         order = np.argsort(inv, kind="stable")
         sizes = np.bincount(inv, minlength=g)
         starts = np.cumsum(sizes) - sizes
