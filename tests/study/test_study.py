@@ -274,3 +274,27 @@ def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_
         ("n | cysto + uretero", "n | cysto", "cysto"),
         ("n | cysto + uretero", "n | uretero", "uretero"),
     }
+
+
+def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
+    """A macro figure whose interval fewer than half of the resamples define (two rare classes, each in one patient:
+    `stats.macro_mean`) is printed with a reason, in the console and the HTML reports, not as "(nan–nan)" (console)
+    or as a bare value (HTML, where JSON had turned nan into null); a paired Dice row on lesion images is not labelled
+    "AUC"."""
+    from rich.console import Console
+
+    from medcad.report.console import NO_CI, _fmt, _print_paired_tests
+    from medcad.report.html import _env
+
+    assert _fmt({"value": 0.83, "ci95": [float("nan"), float("nan")]}) == f"0.830 ({NO_CI})"
+    assert _fmt({"value": 0.83, "ci95": [None, None]}) == f"0.830 ({NO_CI})"
+    assert _fmt({"value": 0.83, "ci95": [0.7, 0.9]}) == "0.830 (0.700–0.900)" and _fmt({"value": 0.83}) == "0.830"
+    ci = _env().from_string('{% from "macros.html.j2" import ci %}{{ ci(m) }}')
+    assert NO_CI in ci.render(m={"value": 0.83, "ci95": [None, None]})
+    assert NO_CI in ci.render(m={"value": 0.83, "ci95": [float("nan"), float("nan")]})
+    assert "0.700–0.900" in ci.render(m={"value": 0.83, "ci95": [0.7, 0.9]}) and "CI" not in ci.render(m={"value": 1.0})
+    console = Console(record=True, width=200)
+    test = {"difference": 0.1, "ci95": [0.05, 0.15], "p_value": 0.01, "p_holm": 0.02}
+    _print_paired_tests(console, [{"a": "a", "b": "b", "dice": test, "dice_lesion": test}])
+    text = console.export_text()
+    assert "  Dice, lesion images" in text and "AUC Dice" not in text

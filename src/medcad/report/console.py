@@ -148,11 +148,17 @@ def _print_interface(c: Console, f: dict | None, limit: int = 8) -> None:
     c.print(f"before/after thumbnails (box green, marks red): {f['thumbnails']}")
 
 
+NO_CI = "no CI: fewer than half of the resamples define it"
+
+
 def _fmt(m: dict | None) -> str:
     if not m or m.get("value") is None:
         return "—"
     lo, hi = (m.get("ci95") or [None, None])[:2]
-    ci = f" ({lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else ""
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        ci = f" ({lo:.3f}–{hi:.3f})"
+    else:  # an interval no resample gave (None once written to JSON), or too few: stats.usable_samples
+        ci = f" ({NO_CI})" if "ci95" in m else ""
     return f"{m['value']:.3f}{ci}"
 
 
@@ -368,5 +374,5 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
             on = f" (on {p['domain']}'s test images)" if p.get("domain") else ""
             t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
-        t.add_row(f"  {lab}" if lab == "Dice" else f"  AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm")))
+        t.add_row(f"  {lab}" if lab.startswith("Dice") else f"  AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm")))
     c.print(t)

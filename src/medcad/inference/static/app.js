@@ -50,8 +50,8 @@ async function loadCard() {
     if (c.evaluation) row(dl, "evaluated", `${c.evaluation.how} on ${c.evaluation.images} images` +
       (c.evaluation.splits ? `, ${folds(c.evaluation.splits.n_folds)} grouped by ${c.evaluation.splits.group_by}` : ""));
     if (c.trained_on) row(dl, "trained on", c.trained_on.dataset + (c.trained_on.training_images == null ? "" :
-      `: ${c.trained_on.training_images} training and ${c.trained_on.validation_images} validation images of ` +
-      `${c.trained_on.images}`));
+      `: ${c.trained_on.training_images} training and ${c.trained_on.validation_images} validation images` +
+      (c.trained_on.images == null ? "" : ` of ${c.trained_on.images}`)));
     row(dl, "use", c.intended_use);
     $("#cardbody").replaceChildren(dl);
   } catch (e) {
