@@ -33,6 +33,7 @@ from medcad.metrics.stats import (
     macro_mean,
     point_and_ci,
     reliability_curve,
+    resamples_used,
     weighted_auc,
     weighted_bootstrap,
     weighted_ece,
@@ -263,7 +264,7 @@ def classification_metrics(
             "seed": int(seed),
             "by_group": groups is not None,
             "n_groups": group_index(groups, n)[1] if groups is not None else int(n),
-            "resamples_used": {m: int(np.isfinite(samples[m]).sum()) for m in MACRO},
+            "resamples_used": resamples_used(samples, {m: m for m in MACRO}),
         },
     }
     if binary:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percentile_ci
+from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percentile_ci, resamples_used
 
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -326,7 +326,7 @@ def detection_metrics(
             "n_boot": int(n_boot),
             "seed": int(seed),
             "by_group": groups is not None,
-            "resamples_used": {at: int(np.isfinite(samples[key]).sum()) for at, key in macro.items()},
+            "resamples_used": resamples_used(samples, macro),
         },
     }
 

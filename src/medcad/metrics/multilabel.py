@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.stats import bootstrap_samples, macro_mean, point_and_ci, weighted_auc
+from medcad.metrics.stats import bootstrap_samples, macro_mean, point_and_ci, resamples_used, weighted_auc
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -90,7 +90,7 @@ def multilabel_metrics(
         for j, lab in enumerate(labels)
     }
     headline = {m: res[m] for m in ("macro_auc", "macro_f1", "micro_f1", "exact_match", "hamming_loss")}
-    used = {m: int(np.isfinite(samples[m]).sum()) for m in ("macro_auc", "macro_f1")}
+    used = resamples_used(samples, {m: m for m in ("macro_auc", "macro_f1")})
     bootstrap = {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None, "resamples_used": used}
     return {
         "n": n,

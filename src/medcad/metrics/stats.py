@@ -139,6 +139,13 @@ def point_and_ci(point: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -
     return {k: {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k]))} for k in point}
 
 
+def resamples_used(samples: dict[str, np.ndarray], keys: dict[str, str]) -> dict[str, int]:
+    """{where: how many resamples define samples[key]} for each `where: key` of `keys`: for a macro figure
+    (`macro_mean`), the resamples that drew every class its point estimate averages, the ones its interval is read
+    from (the interval is nan when fewer than half did: `usable_samples`)."""
+    return {where: int(np.isfinite(samples[key]).sum()) for where, key in keys.items()}
+
+
 def macro_mean(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
     """Macro average of per-class values under each resample, over the classes the point estimate averages.
 
