@@ -202,36 +202,39 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
         assert test[key] == m["macro_auc"]["value"] == m["binary"]["auc"]["value"]
 
 
-def test_a_detection_study_compares_without_stopping(tmp_path: Path) -> None:
-    """Detectors' predictions (boxes, as a detect run writes them) have no per-image score to pair: the pair says so
-    and the study's console table prints it (a Kvasir-SEG detection study had stopped with KeyError 'label' after
-    its three runs had trained, 29 min)."""
-    from medcad.report.console import _print_paired_tests
-    from medcad.runfolder import RunFolder
-    from medcad.study.runner import NO_BOX_TEST
-    from medcad.study.spec import ModelSpec
-
-    exps = [Experiment(name, ModelSpec(name), None, None, "all data") for name in ("all-layers", "stride4")]
-    for e in exps:
-        folder = RunFolder(tmp_path / "runs" / _slug(e.name))
-        folder.root.mkdir(parents=True)
-        table = {
-            "image": ["a.jpg", "b.jpg"],
-            "fold": [0, 0],
-            "n_true_boxes": [1, 1],
-            "true_frame": ["polyp", "polyp"],
-            "predicted_frame": ["polyp", "background"],
-            "top_score": [0.93, 0.2],
-            "detections": ['[[85.2, 33.3, 445.9, 338.2, 0.93, "polyp"]]', "[]"],
-        }
-        pd.DataFrame(table).to_csv(folder.predictions, index=False)
-    (pair,) = _paired_tests(tmp_path, exps, ["polyp"], {})
-    assert pair["note"] == NO_BOX_TEST and pair["n"] == 2 and "by_class" not in pair and "dice" not in pair
+def test_a_detection_study_tests_ap_paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+    """Two detectors (trained at 64 and 96 px) on the same folds: the pair gets a paired cluster bootstrap of AP50
+    and mAP whose values are each run's own, in the Holm family, the console and study.html (a Kvasir-SEG detection
+    study had stopped with KeyError 'label' after training; then it only noted that no paired test existed)."""
     from rich.console import Console
 
+    from medcad.report.console import _print_paired_tests
+    from medcad.report.html import write_study_report
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate_synthetic(tmp_path / "data", n_patients=16, frames_per_patient=2, size=48, seed=5)
+    study = write(
+        tmp_path / "det.yaml",
+        f"name: det\ndata: {data}\ntask: detect\nprotocol: compare\nfolds: 2\n"
+        "models:\n  - {name: at64, image_size: 64}\n  - {name: at96, image_size: 96}\n"
+        "settings: {model: test_efficientnet, epochs: 1, batch_size: 8, patience: 1, threads: 1,\n"
+        "  frame_classes: normal}\n",
+    )
+    results = run_study(study, tmp_path / "out", progress=False)
+    (pair,) = results["paired_tests"]
+    assert pair["test"] == "paired cluster bootstrap of AP50 and mAP" and "note" not in pair
+    for r in results["runs"]:
+        own = json.loads((Path(r["run"]) / "metrics.json").read_text())
+        which = "a" if r["name"] == pair["a"] else "b"
+        for m in ("ap50", "map"):  # each run's own figure, the 96 px run's boxes scaled to 64 px
+            assert pair[m][f"value_{which}"] == pytest.approx(own[m]["value"], abs=1e-9)
+    assert pair["ap50"]["family_size"] == 2 and pair["ap50"]["p_holm"] >= pair["ap50"]["p_value"]
     console = Console(record=True, width=200)
     _print_paired_tests(console, [pair])
-    assert f"all-layers vs stride4: {NO_BOX_TEST}" in console.export_text()
+    text = console.export_text()
+    assert "AP50" in text and "mAP@[.5:.95]" in text and "at64 vs at96" in text
+    html = write_study_report(tmp_path / "out").read_text()
+    assert 'id="paired-ap"' in html and html.count("<td>at64</td><td>at96</td>") == 2
 
 
 P_VALUES = st.one_of(st.floats(0, 1), st.just(float("nan")), st.none())

@@ -6,14 +6,16 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from medcad.config import TrainConfig
 from medcad.data.identity import reconcile, run_samples
-from medcad.data.manifest import atomic_write_text
+from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.data.splits import load_splits
-from medcad.engine.results import evaluate_results, write_json
+from medcad.engine.results import evaluate_results, pooled_detections, rows_by_key, write_json
 from medcad.errors import DataError
 from medcad.runfolder import RunFolder
-from medcad.targets import load_targets, run_dataset
+from medcad.targets import Targets, load_targets, run_dataset
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +33,21 @@ def load_run_config(run: Path) -> tuple[TrainConfig, dict]:
     return TrainConfig.load(path), json.loads(path.read_text())
 
 
-def evaluate_run(run: str | Path) -> tuple[dict, Path]:
-    """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code), each
-    prediction paired with its image by key. Today's dataset is compared with the run's samples first: removed or
-    changed images stop (DataError), added ones are named in a note and left out (they are in no fold)."""
+def _run_results(run: Path, say_notes: bool = True) -> tuple[TrainConfig, Manifest, dict, list[dict], Targets]:
+    """A finished run's configuration, today's dataset reconciled with the run's samples, its splits, fold results
+    and targets (see `evaluate_run`); the dataset's notes logged unless `say_notes` is False (a caller that has
+    said them).
 
-    run = Path(run)
+    Raises:
+        DataError: not a run folder, an unfinished fold, or removed or changed images.
+    """
     cfg, meta = load_run_config(run)
     manifest = run_dataset(meta["data"], cfg)
     samples = run_samples(run)
     if samples is not None:  # removed or changed images stop; added ones are in no fold, so not evaluated
         why = "not evaluated: score them with `medcad evaluate RUN --data FOLDER`"
         manifest = reconcile(manifest, samples, run, new_images="ignore", why=why)
-    for note in manifest.notes:
+    for note in manifest.notes if say_notes else []:
         log.warning("note: %s", note)
     splits = load_splits(RunFolder(run).splits, manifest)
     labels = meta["labels"]
@@ -53,8 +57,35 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
         if not path.is_file():
             raise DataError(path, "fold not finished: rerun the same `medcad train` command to resume the run")
         results.append(json.loads(path.read_text()))
-    t = load_targets(manifest, cfg, labels)
+    return cfg, manifest, splits, results, load_targets(manifest, cfg, labels)
+
+
+def evaluate_run(run: str | Path) -> tuple[dict, Path]:
+    """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code), each
+    prediction paired with its image by key. Today's dataset is compared with the run's samples first: removed or
+    changed images stop (DataError), added ones are named in a note and left out (they are in no fold)."""
+    run = Path(run)
+    cfg, manifest, splits, results, t = _run_results(run)
     metrics, pred = evaluate_results(manifest, t, results, splits, run, cfg.image_size)
     atomic_write_text(RunFolder(run).predictions, pred.to_csv(index=False))
     write_json(RunFolder(run).metrics, metrics)
     return metrics, run
+
+
+def run_detections(
+    run: str | Path, say_notes: bool = True
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], int]:
+    """A detection run's out-of-fold test detections and true boxes, as its metrics score them: (image keys (N,),
+    detections per image (m, 6) [x0, y0, x1, y1, score, class_index], the full ranking, true boxes (t, 5), both in
+    the model's S x S input, and S, the run's image size in pixels). The dataset's notes are logged unless
+    `say_notes` is False.
+
+    Raises:
+        DataError: not a finished run of boxes, or its images removed or changed since.
+    """
+    run = Path(run)
+    cfg, manifest, splits, results, t = _run_results(run, say_notes)
+    if t.boxes is None:
+        raise DataError(run, "not a detection run (its targets have no boxes)")
+    rows, dets, truths = pooled_detections(t.boxes, rows_by_key(results, splits, manifest))
+    return [manifest.keys[i] for i in rows], dets, truths, cfg.image_size

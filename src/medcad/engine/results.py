@@ -115,9 +115,7 @@ def detection_results(
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
-    dets = [_with_area(np.array(d, dtype=np.float64).reshape(-1, 6)) for r in results for d in r["test_detections"]]
-    truths = [boxes[i] for i in rows]
+    rows, dets, truths = pooled_detections(boxes, results)
     groups = np.array([groups_of.get(keys[i], i) for i in rows])
     m = detection_metrics(dets, truths, labels, groups=groups)
     per_fold, start = [], 0
@@ -141,6 +139,17 @@ def detection_results(
     )
     table.insert(1, "fold", np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results]))
     return m, table
+
+
+def pooled_detections(
+    boxes: list[np.ndarray], results: list[dict]
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The folds' test detections pooled out-of-fold: (manifest rows (N,), detections per image (m, 6) [x0, y0, x1,
+    y1, score, class_index] in the model's S x S input, the full ranking, and the true `boxes` of those rows (t, 5)
+    there too), from fold `results` whose test_rows are today's manifest rows (`rows_by_key`)."""
+    rows = np.concatenate([np.array(r["test_rows"], dtype=int) for r in results])
+    dets = [_with_area(np.array(d, dtype=np.float64).reshape(-1, 6)) for r in results for d in r["test_detections"]]
+    return rows, dets, [boxes[i] for i in rows]
 
 
 def _with_area(dets: np.ndarray) -> np.ndarray:

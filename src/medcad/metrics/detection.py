@@ -154,6 +154,39 @@ def average_precision(
     return _APTable(p, t, n_classes, iou).ap(np.ones((1, len(p))))[0]
 
 
+class APScores:
+    """One detector's AP50 and mAP@[.5:.95] on N images, under any image weights: the point estimate (weights 1)
+    and every bootstrap resample of `detection_metrics` and of the paired test
+    (`medcad.metrics.compare.paired_ap_bootstrap`) come from here.
+
+    Args:
+        preds: per image (m, 6) [x0, y0, x1, y1, score, class_index], the full ranking.
+        truths: per image (t, 5) [x0, y0, x1, y1, class_index].
+        n_classes: number of classes (no background).
+
+    Raises:
+        ValueError: preds and truths of different lengths, or a class index out of range.
+    """
+
+    def __init__(self, preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], n_classes: int) -> None:
+        p, t = _arrays(preds, truths, n_classes)
+        self.n_images = len(p)
+        self.tables = [_APTable(p, t, n_classes, thr) for thr in COCO_IOUS]
+        self.boxed = self.tables[0].gt.sum(0) > 0  # the classes with truths, which every resample's macro averages
+
+    def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Under image weights w (B, N): ap50 and map (B,), the macro means over the classes with truths in the
+        full data (nan in a resample where one of them has none); ap50_per_class and map_per_class (B, K)."""
+        ap = np.stack([tab.ap(w) for tab in self.tables])  # (10, B, K)
+        map_per_class = _nanmean(ap, axis=0)  # (B, K) over the IoU thresholds
+        return {
+            "ap50": macro_mean(ap[0], self.boxed),
+            "map": macro_mean(map_per_class, self.boxed),
+            "ap50_per_class": ap[0],
+            "map_per_class": map_per_class,
+        }
+
+
 def _counts(p: list[np.ndarray], t: list[np.ndarray], k: int, thr: float, score: float) -> np.ndarray:
     """TP, FP, FN per image and class (3, N, K) for predictions with score >= `score`."""
     out = np.zeros((3, len(p), k))
@@ -263,7 +296,7 @@ def detection_metrics(
     k = len(labels)
     p, t = _arrays(preds, truths, k)
     n = len(p)
-    tables = [_APTable(p, t, k, thr) for thr in COCO_IOUS]
+    ap_scores = APScores(p, t, k)
     counts = {f"{thr:g}": _counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
     y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
@@ -271,15 +304,12 @@ def detection_metrics(
     frame_correct = {
         f"{thr:g}": (y == pred) & ((pred == k) | (top_iou >= thr)) for thr in iou_thresholds
     }  # (N,) per IoU threshold
-    # the classes each macro figure averages (as on the full data, in every resample): with truths; with frames or
-    # decisions (the frame F1's are defined), background last; with frames
-    boxed, seen, framed = tables[0].gt.sum(0) > 0, np.isin(np.arange(kb), np.r_[y, pred]), np.isin(np.arange(k), y)
+    # the classes each frame macro figure averages (as on the full data, in every resample; AP's: `APScores`): with
+    # frames or decisions (the frame F1's are defined), background last; with frames
+    seen, framed = np.isin(np.arange(kb), np.r_[y, pred]), np.isin(np.arange(k), y)
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
-        ap = np.stack([tab.ap(w) for tab in tables])  # (10, B, K)
-        map_per_class = _nanmean(ap, axis=0)  # (B, K) over the IoU thresholds
-        out = {"ap50": macro_mean(ap[0], boxed), "map": macro_mean(map_per_class, boxed), "ap50_per_class": ap[0]}
-        out["map_per_class"] = map_per_class
+        out = ap_scores(w)
         for name, c in counts.items():
             tp, fp, fn = (w @ c[j] for j in range(3))  # (B, K) each
             for m, v in _prf(tp.sum(1), fp.sum(1), fn.sum(1)).items():

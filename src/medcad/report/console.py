@@ -350,13 +350,13 @@ def _p(v: float | None) -> str:
 
 def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     """Paired comparisons: difference with its 95 % CI, raw p and Holm-adjusted p (over the study's family)."""
+    named = (("dice", "Dice"), ("dice_lesion", "Dice, lesion images"), ("ap50", "AP50"), ("map", "mAP@[.5:.95]"))
     rows = [
-        (p, lab, d)
+        (p, what, d)
         for p in pairs
-        for lab, d in [
-            *(p.get("by_class") or {}).items(),
-            *([("Dice", p["dice"])] if "dice" in p else []),
-            *([("Dice, lesion images", p["dice_lesion"])] if "dice_lesion" in p else []),
+        for what, d in [
+            *((f"AUC {lab}", d) for lab, d in (p.get("by_class") or {}).items()),
+            *((what, p[key]) for key, what in named if key in p),
         ]
     ]
     for p in pairs:
@@ -368,11 +368,11 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     for name in ("what", "difference (95 % CI)", "p", "p Holm"):
         t.add_column(name, overflow="fold")
     pair = None
-    for p, lab, d in rows:
+    for p, what, d in rows:
         if (p["a"], p["b"]) != pair:  # one heading row per pair of runs: long run names stay readable
             pair = (p["a"], p["b"])
             on = f" (on {p['domain']}'s test images)" if p.get("domain") else ""
             t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
-        t.add_row(f"  {lab}" if lab.startswith("Dice") else f"  AUC {lab}", diff, _p(d["p_value"]), _p(d.get("p_holm")))
+        t.add_row(f"  {what}", diff, _p(d["p_value"]), _p(d.get("p_holm")))
     c.print(t)

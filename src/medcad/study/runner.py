@@ -112,18 +112,13 @@ def _compared_pairs(exps: list[Experiment]) -> list[tuple[Experiment, Experiment
     return pairs
 
 
-NO_BOX_TEST = (
-    "detectors: no paired test of AP yet; compare the runs' AP50 and mAP with their 95 % cluster-bootstrap intervals"
-)
-
-
 def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict) -> list[dict]:
     """Paired tests between the runs `_compared_pairs` names, on the same test images (of its domain, when it names
     one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
     runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
-    runs' own AUCs are on), and a Wilcoxon signed-rank test of per-group mean Dice where they predict masks; a pair of
-    detectors gets `note` (NO_BOX_TEST) instead. p-values are Holm-adjusted over the study's family of tests by
-    `adjust_family`."""
+    runs' own AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired
+    cluster bootstrap of AP50 and mAP where they detect boxes (`_paired_ap`). p-values are Holm-adjusted over the
+    study's family of tests by `adjust_family`."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
@@ -142,8 +137,8 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
         pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
         if domain is not None:
             pair["domain"] = domain  # compared on this domain's test images alone
-        if "detections" in a:  # boxes: no per-image score to pair (the study had stopped here with a KeyError)
-            pair["note"] = NO_BOX_TEST
+        if "detections" in a:  # boxes: AP pairs whole rankings, not a per-image score
+            pair |= _paired_ap(study_dir, ea.name, eb.name, list(a.index), g, len(labels))
         elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
             y = a["label"].to_numpy(dtype=str)
             tests = {}
@@ -168,15 +163,33 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
     return adjust_family(out)
 
 
+def _paired_ap(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, n_classes: int) -> dict:
+    """AP50 and mAP of detector runs `a` and `b` on the test images `keys`, compared by a paired cluster bootstrap
+    (`medcad.metrics.compare.paired_ap_bootstrap`) on their out-of-fold detections and truths as their metrics score
+    them; B's boxes scaled to A's input size where the runs trained at different sizes (IoU, and so AP, is the same
+    at any scale)."""
+    from medcad.engine.evaluate import run_detections
+    from medcad.metrics.compare import paired_ap_bootstrap
+
+    (ka, da, ta, sa), (kb, db, _, sb) = (
+        run_detections(study_dir / "runs" / _slug(name), say_notes=False) for name in (a, b)
+    )
+    at_a, at_b = dict(zip(ka, zip(da, ta, strict=True), strict=True)), dict(zip(kb, db, strict=True))
+    preds_b = [at_b[k] * np.array([sa / sb] * 4 + [1, 1]) for k in keys]
+    out = paired_ap_bootstrap([at_a[k][0] for k in keys], preds_b, [at_a[k][1] for k in keys], n_classes, groups=groups)
+    return {"test": "paired cluster bootstrap of AP50 and mAP", "ap50": out["ap50"], "map": out["map"]}
+
+
 def adjust_family(pairs: list[dict]) -> list[dict]:
     """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each
-    pair) and every Dice test gets `p_holm` beside its raw `p_value`, and `family_size`, the number of tests Holm
-    adjusted over (those with a p-value; a nan one is left out of the family and its p_holm is nan); DeLong's
-    image-level p-values form their own family. Returns `pairs`."""
+    pair), every Dice test and every AP test (AP50 and mAP of each pair of detectors) gets `p_holm` beside its raw
+    `p_value`, and `family_size`, the number of tests Holm adjusted over (those with a p-value; a nan one is left
+    out of the family and its p_holm is nan); DeLong's image-level p-values form their own family. Returns
+    `pairs`."""
     from medcad.metrics.compare import holm
 
     tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
-    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion") if k in p]
+    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion", "ap50", "map") if k in p]
     adjusted = holm([d["p_value"] for d in tests])
     family_size = int(np.isfinite(adjusted).sum())  # holm's m: the finite p-values, adjusted to finite ones
     for d, adj in zip(tests, adjusted, strict=True):
