@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from medcad.cli import app
@@ -82,6 +85,36 @@ def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkey
     res = runner.invoke(app, ["predict", str(tiny_run), str(easy_set / "lesion" / "3.png"), "--fold", "0"])
     assert res.exit_code == 0, res.output
     assert "note: backend " in res.output
+
+
+def test_auto_does_not_keep_a_choice_timed_on_shared_cores(tiny_run: Path, monkeypatch) -> None:
+    """Timings whose repeats vary as when another job shares the cores are used once and not kept: the next call
+    measures again (a choice made while a helper's tests ran had timed torch-fp32 at 3 images/s, not 54, and would
+    have stayed in RUN/backends.json). With the thresholds at zero every real timing counts as unsteady."""
+    from medcad.inference import backends
+    from medcad.inference.registry import load_predictor
+
+    (tiny_run / "backends.json").unlink(missing_ok=True)
+    monkeypatch.setattr(backends, "UNSTEADY_RATIO", 1.0)
+    monkeypatch.setattr(backends, "UNSTEADY_S", 0.0)
+    for _ in range(2):
+        choice = load_predictor(tiny_run, 0).backend_choice
+        assert "measured now" in choice["reason"] and "not kept: repeats of one timing varied" in choice["reason"]
+        assert all(len(v["unsteady"]) == backends.REPEATS for v in choice["measured"].values() if "error" not in v)
+    assert not (tiny_run / "backends.json").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(1e-4, 10), min_size=1, max_size=8), st.floats(0.5, 100))
+def test_a_timing_is_unsteady_by_ratio_and_seconds(times: list[float], scale: float) -> None:
+    """Unsteady exactly when the slowest repeat is over 2x the fastest and over 50 ms slower; a steady model's
+    repeats (within 2x) never are, however slow, and a tiny model's never, however noisy."""
+    from medcad.inference.backends import unsteady
+
+    t = np.array(times)
+    assert unsteady(t) == bool(t.max() > 2 * t.min() and t.max() - t.min() > 0.05)
+    assert not unsteady(np.linspace(1, 1.99, len(t)) * scale)
+    assert not unsteady(t / t.max() * 0.049)
 
 
 def test_export_errors(tmp_path: Path) -> None:

@@ -123,6 +123,12 @@ def bench(
             *([f"{b['accuracy']:.3f}" if "accuracy" in b else ""] if accuracy else []),
         )
     Console().print(t)
+    shaky = [name for name, b in result["backends"].items() if "unsteady" in b]
+    if shaky:
+        typer.echo(
+            f"warning: the timings of {', '.join(shaky)} varied between repeats, as when another job shares the "
+            "cores: bench again on an idle machine before comparing them"
+        )
     typer.echo(f"images: {result['n_agreement_images']} of {result['images']}; threads: {result['threads']}")
     cpu = result["cpu"]
     typer.echo(

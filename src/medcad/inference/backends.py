@@ -2,7 +2,8 @@
 
 Measured once per model files, CPU kind and thread count on the run's own images (up to N_IMAGES of fold k's test images
 for fold k's model, held out; of fold 0's for the ensemble: `medcad.inference.export.check_images`), then cached in
-RUN/backends.json; later calls read the choice. A backend is eligible when its agreement with torch-fp32, by the task's
+RUN/backends.json; later calls read the choice (not kept when the timings were unsteady, as when another job shares
+the cores: `unsteady`). A backend is eligible when its agreement with torch-fp32, by the task's
 measure (top-1 for classes, Dice for masks, matched-box IoU for boxes), is at least `MIN_AGREEMENT`: on 128 images top-1
 may differ on one (with 32, as before 2026-12-04, one difference in 32 failed and none passed a backend that differs on
 1.3 % of images two times in three). Speeds come first (a few batches); agreement is then checked fastest first and
@@ -34,6 +35,10 @@ from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.runfolder import RunFolder
 
 N_IMAGES, BATCH, REPEATS = 128, 8, 3
+# a timing is unsteady when its slowest repeat is UNSTEADY_RATIO x its fastest and UNSTEADY_S seconds slower (below
+# that, scheduler noise on a tiny model): another job on the cores. torch's OpenMP threads stall then (2026-12-05, a
+# helper's tests on the 2 cores: batches of 8 at 2.3 s, then one at 0.3 s; torch-fp32 timed at 3 images/s, not 54)
+UNSTEADY_RATIO, UNSTEADY_S = 2.0, 0.05
 
 
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend prefix -> the package that runs it
@@ -85,15 +90,24 @@ def _cache_key(run: Path, fold: int | None, threads: int | None, device: str = "
     return f"{m.cpu} [{m.kind}] threads={runtime_threads(threads)} fold={fold} models={digest}"
 
 
-def _speed(p: Predictor, x: np.ndarray) -> float:
-    """Images per second at batch BATCH (median of REPEATS after one warm-up)."""
+def unsteady(times: list[float] | np.ndarray) -> bool:
+    """Whether repeats of one timing (seconds) vary as they do when another job shares the cores (`UNSTEADY_RATIO`,
+    `UNSTEADY_S`)."""
+    t = np.asarray(times, dtype=float)
+    return bool(len(t) > 1 and t.max() > UNSTEADY_RATIO * t.min() and t.max() - t.min() > UNSTEADY_S)
+
+
+def _speed(p: Predictor, x: np.ndarray) -> dict:
+    """{images_per_s at batch BATCH (median of REPEATS after one warm-up), and "unsteady": its repeats' seconds
+    where they vary as on shared cores (`unsteady`)}."""
     p.infer(x[:BATCH], BATCH)
     times = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         p.infer(x[:BATCH], BATCH)
         times.append(time.perf_counter() - t0)
-    return len(x[:BATCH]) / float(np.median(times))
+    out = {"images_per_s": round(len(x[:BATCH]) / float(np.median(times)), 2)}
+    return out | ({"unsteady": [round(t, 3) for t in times]} if unsteady(times) else {})
 
 
 def measure(
@@ -111,7 +125,7 @@ def measure(
                 ensure_export(type(ref), ref.run, ref.fold, name, threads)
             where = str(ref.device) if name.startswith("torch") else "cpu"
             p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, where)
-            out[name] = {"images_per_s": round(_speed(p, images), 2)}
+            out[name] = _speed(p, images)
             loaded[name] = p
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -173,11 +187,20 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         "images": check.described,
         "min_agreement": MIN_AGREEMENT,
     }
-    cache = RunFolder(run).backends
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads, device): choice}, indent=1))
     reason = (
         f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {len(held)} images "
-        f"({check.described}) is >= {MIN_AGREEMENT} (measured now)"
+        f"({check.described}) is >= {MIN_AGREEMENT} (measured now"
     )
+    shaky = {k: v["unsteady"] for k, v in measured.items() if "unsteady" in v}
+    if shaky:  # a choice made while another job used the cores is used this once, not kept
+        said = "; ".join(f"{k} {min(t):.2f}-{max(t):.2f} s" for k, t in shaky.items())
+        reason += (
+            f"; not kept: repeats of one timing varied ({said} per batch of {BATCH}), as when another job shares "
+            "the cores, so the next call measures again)"
+        )
+    else:
+        cache = RunFolder(run).backends
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+        atomic_write_text(cache, json.dumps({**known, _cache_key(run, ref.fold, threads, device): choice}, indent=1))
+        reason += ")"
     return {**choice, "reason": reason}, loaded[best]

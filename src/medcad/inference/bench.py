@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.devices import machine, runtime_threads
+from medcad.inference.backends import unsteady
 from medcad.inference.onnx import GRAPH_BACKENDS
 from medcad.inference.predictor import MIN_AGREEMENT, TORCH_BACKENDS
 from medcad.inference.registry import load_predictor
@@ -45,7 +46,8 @@ def bench(
     accuracy; for the ensemble fold 0's test images, which the other folds' models trained on: agreement only, no
     accuracy (`held_out` False). `device` is where the torch backends run ("auto": the GPU if any, as predict and
     serve; "cpu", "cuda[:N]"); ONNX Runtime and OpenVINO run on the CPU. `threads`: CPU threads of every runtime
-    (None: `medcad.devices.runtime_threads`, reported as `threads`).
+    (None: `medcad.devices.runtime_threads`, reported as `threads`). A backend whose throughput repeats vary as when
+    another job shares the cores has them (seconds per batch) as `unsteady`.
     The result also says what this machine is (`cpu`) and which backend predict, serve and evaluate use here by
     default (`default_backend`: `--backend auto` for the fold ensemble, as they load it, with the figures it chose by,
     `default_backend_measured`: with `fold` k, agreement there is the ensemble's, so it can differ from the table).
@@ -87,6 +89,7 @@ def bench(
         got = p.infer(held, batch)
         row = {
             "images_per_s": batch / float(np.median(tput)),
+            **({"unsteady": [round(t, 3) for t in tput]} if unsteady(tput) else {}),
             "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)),
             **first.agreement(reference, got),
