@@ -202,6 +202,18 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
         assert test[key] == m["macro_auc"]["value"] == m["binary"]["auc"]["value"]
 
 
+def _tiny_detection_study(tmp_path: Path, protocol: str, models: str) -> tuple[Path, Path]:
+    """(manifest, study file) of a 2-fold detection study of tiny detectors (64 px unless `models` say) on a
+    two-domain synthetic set, every frame boxed (frame class normal)."""
+    data = generate_synthetic(tmp_path / "data", n_patients=16, frames_per_patient=2, size=48, seed=5)
+    text = (
+        f"name: det\ndata: {data}\ntask: detect\nprotocol: {protocol}\nfolds: 2\n{models}"
+        "settings: {model: test_efficientnet, image_size: 64, epochs: 1, batch_size: 8, patience: 1, threads: 1,\n"
+        "  frame_classes: normal}\n"
+    )
+    return data, write(tmp_path / "det.yaml", text)
+
+
 def test_a_detection_study_tests_ap_paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     """Two detectors (trained at 64 and 96 px) on the same folds: the pair gets a paired cluster bootstrap of AP50
     and mAP whose values are each run's own, in the Holm family, the console and study.html (a Kvasir-SEG detection
@@ -212,15 +224,8 @@ def test_a_detection_study_tests_ap_paired(tmp_path: Path, monkeypatch: pytest.M
     from medcad.report.html import write_study_report
 
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    data = generate_synthetic(tmp_path / "data", n_patients=16, frames_per_patient=2, size=48, seed=5)
-    study = write(
-        tmp_path / "det.yaml",
-        f"name: det\ndata: {data}\ntask: detect\nprotocol: compare\nfolds: 2\n"
-        "models:\n  - {name: at64, image_size: 64}\n  - {name: at96, image_size: 96}\n"
-        "settings: {model: test_efficientnet, epochs: 1, batch_size: 8, patience: 1, threads: 1,\n"
-        "  frame_classes: normal}\n",
-    )
-    results = run_study(study, tmp_path / "out", progress=False)
+    models = "models:\n  - {name: at64, image_size: 64}\n  - {name: at96, image_size: 96}\n"
+    results = run_study(_tiny_detection_study(tmp_path, "compare", models)[1], tmp_path / "out", progress=False)
     (pair,) = results["paired_tests"]
     assert pair["test"] == "paired cluster bootstrap of AP50 and mAP" and "note" not in pair
     for r in results["runs"]:
@@ -235,6 +240,54 @@ def test_a_detection_study_tests_ap_paired(tmp_path: Path, monkeypatch: pytest.M
     assert "AP50" in text and "mAP@[.5:.95]" in text and "at64 vs at96" in text
     html = write_study_report(tmp_path / "out").read_text()
     assert 'id="paired-ap"' in html and html.count("<td>at64</td><td>at96</td>") == 2
+
+
+def test_detectors_on_one_domain_are_paired_on_its_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread
+) -> None:
+    """A combined detection study: each domain's run against the run on both, on that domain's test images (read
+    from the dataset: a detection table had no domain column and the study stopped with KeyError 'domain'); every
+    run's predictions.csv names each image's patient and domain."""
+    from medcad.engine.evaluate import run_detections
+    from medcad.metrics.detection import detection_metrics
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data, study = _tiny_detection_study(tmp_path, "combined", "")
+    results = run_study(study, tmp_path / "out", progress=False)
+    table = pd.read_csv(data, dtype=str)
+    n_of = table["domain"].value_counts().to_dict()
+    pairs = results["paired_tests"]
+    assert sorted(p["domain"] for p in pairs) == sorted(n_of)
+    domain_of = dict(zip(table["image"], table["domain"], strict=True))
+    for p in pairs:
+        assert p["n"] == n_of[p["domain"]] and np.isfinite(p["ap50"]["value_a"]) and "p_holm" in p["map"]
+        for name, which in ((p["a"], "a"), (p["b"], "b")):  # each run's AP on that domain's images alone
+            d = run_detections(tmp_path / "out" / "runs" / _slug(name))
+            on = [i for i, k in enumerate(d.keys) if domain_of[k] == p["domain"]]
+            m = detection_metrics([d.detections[i] for i in on], [d.truths[i] for i in on], d.labels, n_boot=0)
+            assert p["ap50"][f"value_{which}"] == pytest.approx(m["ap50"]["value"], abs=1e-9)
+    for r in results["runs"]:
+        pred = pd.read_csv(Path(r["run"]) / "predictions.csv", dtype=str)
+        assert {"patient", "domain"} <= set(pred.columns) and pred["domain"].notna().all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.permutations(["polyp", "adenoma", "normal"]), st.integers(1, 3), st.integers(0, 10_000))
+def test_box_classes_pair_by_name(labels: list[str], n_common: int, seed: int) -> None:
+    """Two runs' box classes are matched by name: each kept box keeps its class name, boxes of a class outside the
+    shared ones are dropped."""
+    from medcad.study.runner import _on_classes
+
+    rng = np.random.default_rng(seed)
+    common = sorted(labels[:n_common])
+    boxes = np.c_[rng.uniform(0, 50, (12, 4)), rng.integers(0, 3, 12)]
+    out = _on_classes(boxes, labels, common)
+    kept = [labels[int(c)] in common for c in boxes[:, -1]]
+    assert len(out) == sum(kept)
+    assert [common[int(c)] for c in out[:, -1]] == [
+        labels[int(c)] for c, k in zip(boxes[:, -1], kept, strict=True) if k
+    ]
+    assert np.array_equal(out[:, :4], boxes[kept, :4])
 
 
 P_VALUES = st.one_of(st.floats(0, 1), st.just(float("nan")), st.none())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,20 @@ def evaluate_run(run: str | Path) -> tuple[dict, Path]:
     return metrics, run
 
 
-def run_detections(
-    run: str | Path, say_notes: bool = True
-) -> tuple[list[str], list[np.ndarray], list[np.ndarray], int]:
-    """A detection run's out-of-fold test detections and true boxes, as its metrics score them: (image keys (N,),
-    detections per image (m, 6) [x0, y0, x1, y1, score, class_index], the full ranking, true boxes (t, 5), both in
-    the model's S x S input, and S, the run's image size in pixels). The dataset's notes are logged unless
-    `say_notes` is False.
+@dataclass(frozen=True)
+class RunDetections:
+    """A detection run's out-of-fold test detections and true boxes, as its metrics score them."""
+
+    keys: list[str]  # (N,) image keys
+    detections: list[np.ndarray]  # per image (m, 6) [x0, y0, x1, y1, score, class_index], the full ranking
+    truths: list[np.ndarray]  # per image (t, 5) [x0, y0, x1, y1, class_index]
+    labels: list[str]  # the box classes class_index points into
+    image_size: int  # S: both are in the model's S x S input, in pixels
+
+
+def run_detections(run: str | Path, say_notes: bool = True) -> RunDetections:
+    """A detection run's out-of-fold test detections and true boxes (`RunDetections`); the dataset's notes are
+    logged unless `say_notes` is False.
 
     Raises:
         DataError: not a finished run of boxes, or its images removed or changed since.
@@ -88,4 +96,4 @@ def run_detections(
     if t.boxes is None:
         raise DataError(run, "not a detection run (its targets have no boxes)")
     rows, dets, truths = pooled_detections(t.boxes, rows_by_key(results, splits, manifest))
-    return [manifest.keys[i] for i in rows], dets, truths, cfg.image_size
+    return RunDetections([manifest.keys[i] for i in rows], dets, truths, list(t.labels), cfg.image_size)

@@ -75,7 +75,8 @@ def pooled_metrics(
 def prediction_table(
     manifest: Manifest, rows: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str]
 ) -> pd.DataFrame:
-    """predictions.csv: image, label, predicted, p_<label>..., and patient/domain/subgroup when present."""
+    """predictions.csv of classes: image, label, predicted, p_<label>... (`with_identity` adds patient / domain /
+    subgroup)."""
     pred = pd.DataFrame(
         {
             "image": np.array(manifest.keys, dtype=object)[rows],
@@ -85,10 +86,21 @@ def prediction_table(
     )
     for j, lab in enumerate(labels):
         pred[f"p_{lab}"] = probs[:, j]
-    for col in ("patient", "domain", "subgroup"):
-        if manifest.has(col):
-            pred[col] = manifest.table[col].to_numpy(dtype=str)[rows]
     return pred
+
+
+IDENTITY_COLUMNS = ("patient", "domain", "subgroup")
+
+
+def with_identity(pred: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+    """A predictions table with each image's patient, domain and subgroup (those the dataset has), looked up by its
+    `image` key, whatever the task: a study's paired tests on one domain read them (a detection or mask table had
+    none: the study stopped with KeyError 'domain')."""
+    out = pred.copy()
+    for col in IDENTITY_COLUMNS:
+        if manifest.has(col) and col not in out:
+            out[col] = out["image"].map(dict(zip(manifest.keys, manifest.table[col].astype(str), strict=True)))
+    return out
 
 
 LISTED_MIN_SCORE = 0.05  # a run's predictions.csv lists each test image's detections from this score on
@@ -268,7 +280,7 @@ def evaluate_results(
         )
     m["evaluation"] = "out-of-fold" if splits["method"] == "kfold" else "holdout test set"
     m["splits"] = {k: splits[k] for k in ("method", "n_folds", "group_by", "n_groups", "seed")}
-    return m, pred
+    return m, with_identity(pred, manifest)
 
 
 def _multilabel_results(

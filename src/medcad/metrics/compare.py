@@ -9,7 +9,8 @@ when that 95 % interval leaves 0 out and not otherwise, up to one resample where
 normal statistic z = (AUC_a - AUC_b) / sd(D*) of pROC's bootstrap test (Robin et al., BMC Bioinformatics 12:77,
 2011) is kept beside it; its p had disagreed with the interval on few groups (difference -0.088, interval -0.220 to
 -0.003, normal p 0.12). Two detectors' AP50 and mAP are compared the same way, both scored under each resample's
-image weights. Per-image Dice is first averaged per group, then the group means are compared with the Wilcoxon
+image weights (the PASCAL VOC challenge judged differences between methods' AP by resampling images, Everingham et
+al., IJCV 111:98-136, 2015; here whole groups). Per-image Dice is first averaged per group, then the group means are compared with the Wilcoxon
 signed-rank test (SciPy).
 """
 

@@ -24,6 +24,7 @@ from medcad.engine.results import (
     multilabel_table,
     pooled_metrics,
     prediction_table,
+    with_identity,
     write_json,
 )
 from medcad.errors import ConfigError, DataError
@@ -162,7 +163,7 @@ def evaluate_external(
     metrics["backend"] = predictor.backend
     where = evaluation_folder(run, data, evaluation)
     where.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RunFolder(where).predictions, pred.to_csv(index=False))
+    atomic_write_text(RunFolder(where).predictions, with_identity(pred, manifest).to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
     return metrics, where, [*notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
 

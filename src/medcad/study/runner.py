@@ -112,13 +112,16 @@ def _compared_pairs(exps: list[Experiment]) -> list[tuple[Experiment, Experiment
     return pairs
 
 
-def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict) -> list[dict]:
+def _paired_tests(
+    study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict | None = None
+) -> list[dict]:
     """Paired tests between the runs `_compared_pairs` names, on the same test images (of its domain, when it names
     one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
     runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
     runs' own AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired
     cluster bootstrap of AP50 and mAP where they detect boxes (`_paired_ap`). p-values are Holm-adjusted over the
-    study's family of tests by `adjust_family`."""
+    study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's dataset), for the
+    pairs compared on one domain's test images."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
@@ -128,17 +131,18 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
     }
     out = []
     positive = positive_label(labels) if len(labels) == 2 else None
+    detections: dict = {}  # each detector run's, read once
     for ea, eb, domain in _compared_pairs(exps):
         a = preds[ea.name].set_index("image")
         if domain is not None:
-            a = a[a["domain"].astype(str) == domain]
+            a = a[np.array([(domain_of or {}).get(k) == domain for k in a.index], dtype=bool)]
         b = preds[eb.name].set_index("image").loc[a.index]
         g = np.array([str(groups_of.get(k, k)) for k in a.index])
         pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
         if domain is not None:
             pair["domain"] = domain  # compared on this domain's test images alone
         if "detections" in a:  # boxes: AP pairs whole rankings, not a per-image score
-            pair |= _paired_ap(study_dir, ea.name, eb.name, list(a.index), g, len(labels))
+            pair |= _paired_ap(study_dir, ea.name, eb.name, list(a.index), g, detections)
         elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
             y = a["label"].to_numpy(dtype=str)
             tests = {}
@@ -163,21 +167,46 @@ def _paired_tests(study_dir: Path, exps: list[Experiment], labels: list[str], gr
     return adjust_family(out)
 
 
-def _paired_ap(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, n_classes: int) -> dict:
+def _on_classes(boxes: np.ndarray, labels: list[str], common: list[str]) -> np.ndarray:
+    """Boxes (m, >=5) whose last column indexes `labels`, kept where their class is in `common` and re-indexed so."""
+    index = np.array([common.index(n) if n in common else -1 for n in labels] or [-1])
+    cls = index[boxes[:, -1].astype(int)] if len(boxes) else np.zeros(0, int)
+    out = boxes[cls >= 0].copy()
+    out[:, -1] = cls[cls >= 0]
+    return out
+
+
+def _paired_ap(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, read: dict) -> dict:
     """AP50 and mAP of detector runs `a` and `b` on the test images `keys`, compared by a paired cluster bootstrap
-    (`medcad.metrics.compare.paired_ap_bootstrap`) on their out-of-fold detections and truths as their metrics score
-    them; B's boxes scaled to A's input size where the runs trained at different sizes (IoU, and so AP, is the same
-    at any scale)."""
+    (`medcad.metrics.compare.paired_ap_bootstrap`) on their out-of-fold detections and A's truths as their metrics
+    score them (`read`: the runs' `RunDetections` read so far, by name). B's boxes are scaled to A's input size where
+    the runs trained at different sizes (each axis is stretched to S, so IoU, and AP, is the same at any S). Classes
+    pair by name; where the runs' box classes differ (one with frame classes, a domain without a class) both are
+    scored on the classes they share, which `note` names."""
     from medcad.engine.evaluate import run_detections
     from medcad.metrics.compare import paired_ap_bootstrap
 
-    (ka, da, ta, sa), (kb, db, _, sb) = (
-        run_detections(study_dir / "runs" / _slug(name), say_notes=False) for name in (a, b)
+    for name in (a, b):
+        if name not in read:
+            read[name] = run_detections(study_dir / "runs" / _slug(name), say_notes=False)
+    ra, rb = read[a], read[b]
+    common = [n for n in ra.labels if n in rb.labels]
+    at_a = dict(zip(ra.keys, zip(ra.detections, ra.truths, strict=True), strict=True))
+    at_b = dict(zip(rb.keys, rb.detections, strict=True))
+    scale = np.array([ra.image_size / rb.image_size] * 4 + [1, 1])
+    out = paired_ap_bootstrap(
+        [_on_classes(at_a[k][0], ra.labels, common) for k in keys],
+        [_on_classes(at_b[k] * scale, rb.labels, common) for k in keys],
+        [_on_classes(at_a[k][1], ra.labels, common) for k in keys],
+        len(common),
+        groups=groups,
     )
-    at_a, at_b = dict(zip(ka, zip(da, ta, strict=True), strict=True)), dict(zip(kb, db, strict=True))
-    preds_b = [at_b[k] * np.array([sa / sb] * 4 + [1, 1]) for k in keys]
-    out = paired_ap_bootstrap([at_a[k][0] for k in keys], preds_b, [at_a[k][1] for k in keys], n_classes, groups=groups)
-    return {"test": "paired cluster bootstrap of AP50 and mAP", "ap50": out["ap50"], "map": out["map"]}
+    pair = {"test": "paired cluster bootstrap of AP50 and mAP", "ap50": out["ap50"], "map": out["map"]}
+    if common != ra.labels or common != rb.labels:
+        extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
+        said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
+        pair["note"] = f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
+    return pair
 
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
@@ -317,6 +346,7 @@ class PreparedStudy:
     exps: list[Experiment]
     jobs: list[RunJob]
     metrics: dict[str, dict]
+    domain_of: dict[str, str]  # each image key's domain ("" without)
 
 
 def _study_domains(spec: StudySpec, manifest) -> list[str]:
@@ -365,7 +395,10 @@ def prepare_study(
     if metrics:  # a resumed study: its finished runs are kept, not trained again
         log.warning("note: %d of %d run(s) finished before, kept: %s", len(metrics), len(exps), ", ".join(metrics))
     _say_training(jobs)
-    return PreparedStudy(spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics)
+    domain_of = dict(zip(manifest.keys, manifest.table["domain"].astype(str), strict=True))
+    return PreparedStudy(
+        spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics, domain_of
+    )
 
 
 def run_study(
@@ -442,7 +475,7 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
         "domains": domains,
         "splits": os.path.relpath(splits_path, study.study_dir),
         "runs": rows,
-        "paired_tests": _paired_tests(study.study_dir, study.exps, labels, groups),
+        "paired_tests": _paired_tests(study.study_dir, study.exps, labels, groups, study.domain_of),
         "multiplicity": "Holm over every paired test of the study (p_holm beside each raw p_value)",
         "seconds_this_session": seconds,
     }
