@@ -1,17 +1,17 @@
 """Paired model comparisons that respect the run's groups, and the Holm correction of a family of tests.
 
-Two models scored on the same test images are compared on the same cluster-bootstrap resamples: each resample
-draws whole groups (patients, or near-duplicate groups) and both models' AUCs are computed under the same row
-weights, so the difference keeps the pairing and the within-group correlation. The p-value inverts the percentile
-interval of the bootstrap differences D* that the table shows beside it (Efron & Tibshirani, An Introduction to the
-Bootstrap, 1993, ch. 16): p = 2 min(#{D* <= 0}, #{D* >= 0}) / B over the B finite D*, at least 1 / B, so p < 0.05
-when that 95 % interval leaves 0 out and not otherwise, up to one resample where np.percentile interpolates. The
-normal statistic z = (AUC_a - AUC_b) / sd(D*) of pROC's bootstrap test (Robin et al., BMC Bioinformatics 12:77,
-2011) is kept beside it; its p had disagreed with the interval on few groups (difference -0.088, interval -0.220 to
--0.003, normal p 0.12). Two detectors' AP50 and mAP are compared the same way, both scored under each resample's
-image weights (the PASCAL VOC challenge judged differences between methods' AP by resampling images, Everingham et
-al., IJCV 111:98-136, 2015; here whole groups). Per-image Dice is first averaged per group, then the group means are compared with the Wilcoxon
-signed-rank test (SciPy).
+Two models scored on the same test images are compared on the same cluster-bootstrap resamples: each resample draws
+whole groups (patients, or near-duplicate groups) and both models' AUCs are computed under the same row weights, so the
+difference keeps the pairing and the within-group correlation. The p-value inverts the percentile interval of the
+bootstrap differences D* that the table shows beside it (Efron & Tibshirani, An Introduction to the Bootstrap, 1993, ch.
+16): p = 2 min(#{D* <= 0}, #{D* >= 0}) / B over the B finite D*, at least 1 / B, so p < 0.05 when that 95 % interval
+leaves 0 out and not otherwise, up to one resample where np.percentile interpolates. The normal statistic z = (AUC_a -
+AUC_b) / sd(D*) of pROC's bootstrap test (Robin et al., BMC Bioinformatics 12:77, 2011) is kept beside it; its p had
+disagreed with the interval on few groups (difference -0.088, interval -0.220 to -0.003, normal p 0.12). Two detectors'
+AP50 and mAP are compared the same way, both scored under each resample's image weights (the PASCAL VOC challenge judged
+differences between methods' AP by resampling images, Everingham et al., IJCV 111:98-136, 2015; here whole groups).
+Per-image Dice is first averaged per group, then the group means are compared with the Wilcoxon signed-rank test
+(SciPy).
 """
 
 from __future__ import annotations
