@@ -201,7 +201,8 @@ def _paired_ap(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndar
         len(common),
         groups=groups,
     )
-    pair = {"test": "paired cluster bootstrap of AP50 and mAP", "ap50": out["ap50"], "map": out["map"]}
+    pair = {"test": "paired cluster bootstrap of AP50 and mAP", "n_boot": out["n_boot"]}
+    pair |= {"ap50": out["ap50"], "map": out["map"]}
     if common != ra.labels or common != rb.labels:
         extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
         said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
