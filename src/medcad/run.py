@@ -19,7 +19,7 @@ from medcad.data.interface import check_interface
 from medcad.data.transforms import augmentation
 from medcad.devices import Compute, resolve_compute
 from medcad.runfolder import RunFolder
-from medcad.tasks import Task, decoder_setting, flip_tta, freeze_stride, get_task
+from medcad.tasks import FREEZE_DEFAULTS_BEFORE, Task, decoder_setting, flip_tta, freeze_stride, get_task
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def settled_settings(
 def saved_settings(run: str | Path | None) -> TrainConfig | None:
     """The settings saved in the run folder `run` (its config.json) as the run trained with them, if there is one:
     a freeze stride saved as None (runs made from 2026-11-30 to 2026-12-04, before strides were written out) is the
-    default of then, 4 for classifiers (`tasks.freeze_stride`).
+    default of then, 4 for classifiers and 0 for the others (`tasks.FREEZE_DEFAULTS_BEFORE`).
 
     Raises:
         ConfigError: an unreadable config.json.
@@ -115,4 +115,6 @@ def saved_settings(run: str | Path | None) -> TrainConfig | None:
     if path is None or not path.is_file():
         return None
     saved = TrainConfig.load(path)
-    return saved if saved.freeze_stride is not None else replace(saved, freeze_stride=freeze_stride(saved, 4))
+    if saved.freeze_stride is not None:
+        return saved
+    return replace(saved, freeze_stride=freeze_stride(saved, FREEZE_DEFAULTS_BEFORE))

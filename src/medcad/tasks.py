@@ -291,17 +291,25 @@ def flip_tta(setting: str, task: str) -> bool:
     return setting == "hflip" or (setting == "auto" and "mask" in get_task(task).outputs)
 
 
-def freeze_stride(cfg: TrainConfig, classifier_default: int = 8) -> int:
+FREEZE_DEFAULTS = {("probabilities",): 8, ("boxes",): 8}  # by a task's outputs; mask models (and the rest) 0
+FREEZE_DEFAULTS_BEFORE = {("probabilities",): 4}  # runs saved without a stride, 2026-11-30 to 2026-12-04
+
+
+def freeze_stride(cfg: TrainConfig, defaults: dict[tuple[str, ...], int] = FREEZE_DEFAULTS) -> int:
     """The output stride up to which a run's pretrained encoder stays frozen in fine-tuning (see
     `medcad.models.backbones.freeze_early_stages`): `cfg.freeze_stride`, or when it is None the default, 0 with a
-    stage list (its "all" means every layer) and else the task's: `classifier_default` for classifiers (4 in runs
-    saved before 2026-12-04, see `medcad.run.saved_settings`), 0 for mask models and detectors.
+    stage list (its "all" means every layer) and else the task's by its outputs (`defaults`): 8 for classifiers
+    (stage 2) and detectors, 0 for mask models (`FREEZE_DEFAULTS_BEFORE`: classifiers 4 and detectors 0 in runs saved
+    before 2026-12-04 without a stride, see `medcad.run.saved_settings`).
 
-    Default, measured (docs/results.md): 8 for classifiers (stage 2). BUSI lite0, 5 grouped folds, every layer / stride
-    4 / stride 8: at 160 px, 8 epochs accuracy 0.801 / 0.817 / 0.808, macro AUC 0.928 / 0.931 / 0.936 (2026-11-30); at
-    224 px, 12 epochs, stride 4 / 8: accuracy 0.809 / 0.836, macro AUC 0.930 / 0.935, no class AUC lower at stride 8
-    by the paired cluster bootstrap (2026-12-04); stage 2 trains 1.2-1.3x faster at 8 than at 4. 0 for mask models and
-    detectors, since a U-Net on Kvasir-SEG lost Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon
+    Defaults, measured (docs/results.md). Classifiers, BUSI lite0, 5 grouped folds, every layer / stride 4 / stride 8:
+    at 160 px, 8 epochs accuracy 0.801 / 0.817 / 0.808, macro AUC 0.928 / 0.931 / 0.936 (2026-11-30); at 224 px, 12
+    epochs, stride 4 / 8: accuracy 0.809 / 0.836, macro AUC 0.930 / 0.935, no class AUC lower at stride 8 by the
+    paired cluster bootstrap (2026-12-04); stage 2 trains 1.2-1.3x faster at 8 than at 4. Detectors (SSD heads read
+    only the encoder's last two maps, at strides 16 and 32), SSDlite / lite0 on Kvasir-SEG, 256 px, 5 grouped folds,
+    every layer / stride 8: AP50 0.865 / 0.862, paired difference 0.003 (95 % CI -0.011 to 0.019, p 0.59); mAP 0.508
+    / 0.500, 0.008 (-0.005 to 0.020, p 0.26), training 1.9x faster there and 1.55x at 320 px (2026-12-05). 0 for mask
+    models, since a U-Net on Kvasir-SEG lost Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon
     p < 0.001). `Run.resolve` saves the stride a run uses, so a later change of default does not change how a saved
     run resumes.
 
@@ -310,7 +318,7 @@ def freeze_stride(cfg: TrainConfig, classifier_default: int = 8) -> int:
     """
     setting = cfg.freeze_stride
     if setting is None:
-        return 0 if cfg.stages is not None or get_task(cfg.task).outputs != ("probabilities",) else classifier_default
+        return 0 if cfg.stages is not None else defaults.get(get_task(cfg.task).outputs, 0)
     if setting < 0:
         raise ConfigError(
             f"freeze_stride must be 0 (fine-tune every layer) or an output stride such as 4, not {setting}"

@@ -144,9 +144,9 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     uses; a resumed run whose stride is unset keeps its own, and one saved as None (before strides were written out)
     the default of then, 4, not today's 8."""
     new = TrainConfig()
-    assert new.freeze_stride is None  # the task's default: 8 for classifiers, 0 for mask models, detectors, stages
+    assert new.freeze_stride is None  # the task's default: 8 for classifiers and detectors, 0 for masks and stages
     assert freeze_stride(new) == 8 and freeze_stride(new.replace(stages="1:head:1e-3,2:all:1e-4")) == 0
-    assert freeze_stride(new.replace(task="segment")) == freeze_stride(new.replace(task="detect")) == 0
+    assert freeze_stride(new.replace(task="segment")) == 0 and freeze_stride(new.replace(task="detect")) == 8
     with pytest.raises(ConfigError, match="freeze_stride"):
         freeze_stride(new.replace(freeze_stride=-1))
     assert [Run.resolve(new.replace(task=t), tmp_path / "new").cfg.freeze_stride for t in ("classify", "segment")] == [
@@ -169,6 +169,9 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
         with pytest.raises(ConfigError, match=f"freeze_stride: {trained} -> 16"):
             _check_resume(Run.resolve(new.replace(freeze_stride=16), tmp_path))
         assert Run.resolve(new, tmp_path / "new", init_run=tmp_path).cfg.freeze_stride == 8  # a recipe, not a model
+    detector = settled_settings(new.replace(task="detect")).replace(freeze_stride=None)
+    (tmp_path / "config.json").write_text(json.dumps(detector.to_dict()))  # a detector saved so trained every layer
+    assert Run.resolve(new.replace(task="detect"), tmp_path).cfg.freeze_stride == 0
 
 
 def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: Path) -> None:
