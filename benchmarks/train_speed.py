@@ -13,9 +13,9 @@ validation and checkpointing, once per epoch, are left out. The plain loop train
 same loader: normalise, forward, loss, backward, AdamW, with the C library's allocator as it comes (every plain loop
 runs before medcad's first fit, which keeps freed memory in the process: `medcad.allocator`).
 
-medcad's recipes differ from the plain loop's model in two ways: the classifier keeps the pretrained backbone's stem
-and stages up to output stride 8 at their ImageNet weights in stage 2 (`tasks.freeze_stride`; no backward pass
-through them), and the U-Net's decoder is narrower than smp's (`models.segmentation.decoder_widths`). The plain loop
+medcad's recipes differ from the plain loop's model in two ways: the classifier (in stage 2) and the detector keep the
+pretrained backbone's stem and stages up to output stride 8 at their ImageNet weights (`tasks.freeze_stride`; no
+backward pass through them), and the U-Net's decoder is narrower than smp's (`models.segmentation.decoder_widths`). The plain loop
 trains the model a user writes by hand: every layer, smp's decoder widths. So medcad's step is also measured on that
 model (`images_per_s_plain_model`): that separates what the engine gains from what the recipe gains.
 

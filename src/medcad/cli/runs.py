@@ -70,7 +70,7 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
     "freeze_stride": _Setting(
         int,
         "A pretrained encoder's stem and stages up to this output stride keep ImageNet weights "
-        "(default 8 for classifiers, 0 for mask models, detectors and stage lists; 0: fine-tune all; "
+        "(default 8 for classifiers and detectors, 0 for mask models and stage lists; 0: fine-tune all; "
         "a resumed run keeps its own).",
     ),
     "lr": _Setting(float, "Stage-2 backbone learning rate."),
