@@ -15,9 +15,9 @@ runs before medcad's first fit, which keeps freed memory in the process: `medcad
 
 medcad's recipes differ from the plain loop's model in two ways: the classifier (in stage 2) and the detector keep the
 pretrained backbone's stem and stages up to output stride 8 at their ImageNet weights (`tasks.freeze_stride`; no
-backward pass through them), and the U-Net's decoder is narrower than smp's (`models.segmentation.decoder_widths`). The plain loop
-trains the model a user writes by hand: every layer, smp's decoder widths. So medcad's step is also measured on that
-model (`images_per_s_plain_model`): that separates what the engine gains from what the recipe gains.
+backward pass through them), and the U-Net's decoder is narrower than smp's (`models.segmentation.decoder_widths`).
+The plain loop trains the model a user writes by hand: every layer, smp's decoder widths. So medcad's step is also
+measured on that model (`images_per_s_plain_model`): that separates what the engine gains from what the recipe gains.
 
 - classify: stage 2 (BatchNorm of the backbone frozen, as medcad does) at 224 px.
 - segment: U-Net with the tf_efficientnet_lite0 encoder at 256 px, BCE + Dice.
