@@ -63,8 +63,10 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
 def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkeypatch) -> None:
     """`auto` measures once per model and CPU kind, picks a backend that agrees, and never emulated bf16."""
     from medcad import devices
+    from medcad.inference import backends
     from medcad.inference.registry import load_predictor
 
+    monkeypatch.setattr(backends, "UNSTEADY_RATIO", float("inf"))  # kept at once, whatever else runs beside
     for flags, bf16_allowed in (("avx2,fma", False), ("avx2,fma,avx512f,avx512_bf16,avx512_vnni", True)):
         monkeypatch.setenv(devices.CPU_FLAGS_ENV, flags)
         devices.machine.cache_clear()
@@ -111,6 +113,22 @@ def test_auto_measures_again_when_its_choice_was_timed_on_shared_cores(tiny_run:
     times = kept["measured"][p.backend]["unsteady"]  # seconds, kept to the ms
     seconds = backends.BATCH / kept["measured"][p.backend]["images_per_s"]
     assert len(times) == backends.REPEATS and abs(seconds - min(times)) <= 0.0005 + 1e-6  # the fastest repeat's
+
+
+def test_a_pick_is_doubtful_only_where_an_unsteady_timing_could_have_decided_it() -> None:
+    """The pick itself unsteady, or an eligible backend close enough behind it (within UNSTEADY_RATIO: another job
+    only slows a backend, so it may be the faster); not one far behind, nor one that does not agree."""
+    from medcad.inference.backends import doubtful
+
+    shaky = [0.1, 0.5, 0.1]
+    base = {"openvino-fp32": {"images_per_s": 100.0, "agreement": 1.0}, "torch-fp32": {"images_per_s": 30.0}}
+    assert doubtful(base, "openvino-fp32") is None
+    assert doubtful(base | {"openvino-fp32": base["openvino-fp32"] | {"unsteady": shaky}}, "openvino-fp32")
+    assert doubtful(base | {"torch-fp32": {"images_per_s": 30.0, "unsteady": shaky}}, "openvino-fp32") is None
+    close = {"onnx-fp32": {"images_per_s": 60.0, "not_checked": "slower", "unsteady": shaky}}
+    assert doubtful(base | close, "openvino-fp32") == "onnx-fp32"
+    disagrees = {"torch-bf16": {"images_per_s": 90.0, "agreement": 0.95, "unsteady": shaky}}
+    assert doubtful(base | disagrees, "openvino-fp32") is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -195,7 +195,7 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
         table |= {f"p_{lab}": p[:, c].astype(np.float64) for c, lab in enumerate(labels)}
         pd.DataFrame(table).to_csv(folder.predictions, index=False)
     assert (probs["a"] == 1.0).sum() > 10
-    (pair,) = _paired_tests(tmp_path, exps, labels, {})
+    (pair,) = _paired_tests(tmp_path, exps, labels, {}, {})
     (test,) = pair["by_class"].values()
     for name, key in (("a", "auc_a"), ("b", "auc_b")):
         m = classification_metrics(y, probs[name], labels, n_boot=0)
@@ -269,6 +269,31 @@ def test_detectors_on_one_domain_are_paired_on_its_images(
     for r in results["runs"]:
         pred = pd.read_csv(Path(r["run"]) / "predictions.csv", dtype=str)
         assert {"patient", "domain"} <= set(pred.columns) and pred["domain"].notna().all()
+
+
+def test_a_study_resumed_across_a_default_change_says_its_runs_freeze_differently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A detector study begun when detectors trained every layer, resumed after the stride-8 default: its finished
+    run keeps stride 0, a new one would take 8, and the study says so (the paired AP test would measure the recipe)."""
+    from medcad.config import TrainConfig
+    from medcad.run import settled_settings
+    from medcad.study.runner import prepare_study
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data, study = _tiny_detection_study(tmp_path, "compare", "models:\n  - {name: old}\n  - {name: new, lr: 0.002}\n")
+    old = tmp_path / "out" / "runs" / "old"
+    old.mkdir(parents=True)
+    saved = settled_settings(TrainConfig(task="detect", model="test_efficientnet", image_size=64)).replace(
+        freeze_stride=0
+    )
+    (old / "config.json").write_text(json.dumps(saved.to_dict()))
+    (old / "metrics.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare_study(study, tmp_path / "out", progress=False)
+    assert [j.name for j in prepared.jobs] == ["new"]
+    said = [r.getMessage() for r in caplog.records if "freeze their encoders to different strides" in r.getMessage()]
+    assert said and "old at 0, new at 8" in said[0]
 
 
 @settings(max_examples=100, deadline=None)

@@ -167,8 +167,11 @@ def train(
             cfg = TrainConfig().replace(**overrides)  # a holdout split has no folds (TrainConfig.__post_init__)
             from medcad.engine.modules import schedule_note
             from medcad.report.console import print_metrics
+            from medcad.run import saved_settings, settled_settings
 
-            _say_notes([schedule_note(cfg)])  # optimiser, learning rate per parameter group, schedule (or stages)
+            # optimiser, learning rate per parameter group, schedule (or stages): as the run trains, a resumed one
+            # with its own saved settings (a detector begun before the stride-8 default resumes at 0)
+            _say_notes([schedule_note(settled_settings(cfg, saved_settings(out)))])
             if repeats > 1 and jobs != 1:
                 raise ConfigError("--jobs trains the folds of one run: leave it out with --repeats")
             if repeats > 1:

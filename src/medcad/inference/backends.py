@@ -3,17 +3,18 @@
 Measured once per model files, CPU kind and thread count on the run's own images (up to N_IMAGES of fold k's test images
 for fold k's model, held out; of fold 0's for the ensemble: `medcad.inference.export.check_images`), then cached in
 RUN/backends.json; later calls read the choice. Each backend's speed is its fastest repeat (timeit's advice: what it
-does with the cores to itself); where the chosen backend's repeats varied as when another job shares the cores
-(`unsteady`), the next call measures again, up to MAX_ATTEMPTS times in all. A backend is eligible when its agreement
-with torch-fp32, by the task's measure (top-1 for classes, Dice for masks, matched-box IoU for boxes), is at least
-`MIN_AGREEMENT`: on 128 images top-1 may differ on one (with 32, as before 2026-12-04, one difference in 32 failed and
-none passed a backend that differs on 1.3 % of images two times in three). Speeds come first (a few batches); agreement
-is then checked fastest first and stops at the first that agrees, so the slower ones cost nothing. Candidates follow the
-machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16 only where the CPU has bf16 in hardware (elsewhere bf16
-is emulated, ~10x slower than fp32), int8 only where the user exported it (`medcad export --int8`: calibration is a step
-of its own) and the CPU has int8 dot products (VNNI). On a GPU (`device` cuda), torch fp32 and torch with
-reduced-precision autocast are measured there, keyed by the GPU: on an H200, lite0's bf16 autocast ran at 0.83x fp32 at
-batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not assumed faster.
+does with the cores to itself); where the repeats of the chosen backend, or of one close enough to it to have been the
+faster, varied as when another job shares the cores (`unsteady`), the next call measures again, up to MAX_ATTEMPTS times
+in all. A backend is eligible when its agreement with torch-fp32, by the task's measure (top-1 for classes, Dice for
+masks, matched-box IoU for boxes), is at least `MIN_AGREEMENT`: on 128 images top-1 may differ on one (with 32, as
+before 2026-12-04, one difference in 32 failed and none passed a backend that differs on 1.3 % of images two times in
+three). Speeds come first (a few batches); agreement is then checked fastest first and stops at the first that agrees,
+so the slower ones cost nothing. Candidates follow the machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16
+only where the CPU has bf16 in hardware (elsewhere bf16 is emulated, ~10x slower than fp32), int8 only where the user
+exported it (`medcad export --int8`: calibration is a step of its own) and the CPU has int8 dot products (VNNI). On a
+GPU (`device` cuda), torch fp32 and torch with reduced-precision autocast are measured there, keyed by the GPU: on an
+H200, lite0's bf16 autocast ran at 0.83x fp32 at batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not
+assumed faster.
 """
 
 from __future__ import annotations
@@ -143,6 +144,18 @@ def measure(
     return out, loaded
 
 
+def doubtful(measured: dict[str, dict], best: str) -> str | None:
+    """The first backend whose unsteady timing could have decided the pick `best`, or None: `best` itself, or one
+    that may be picked (not failing agreement) whose speed, though lower, is within UNSTEADY_RATIO of it (another
+    job only slows a backend down, so one slowed in every repeat may be the faster)."""
+    speed = measured[best]["images_per_s"]
+    for name, m in measured.items():
+        eligible = "error" not in m and m.get("agreement", 1.0) >= MIN_AGREEMENT  # unchecked ones may agree
+        if "unsteady" in m and eligible and (name == best or m["images_per_s"] * UNSTEADY_RATIO >= speed):
+            return name
+    return None
+
+
 def pick(measured: dict[str, dict]) -> str:
     """The fastest backend whose agreement is at least MIN_AGREEMENT (torch-fp32 agrees with itself)."""
     ok = {k: v for k, v in measured.items() if v.get("agreement", 0) >= MIN_AGREEMENT}
@@ -208,11 +221,12 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
     )
     cache, key = RunFolder(run).backends, _cache_key(run, ref.fold, threads, device)
     known = _read_cache(cache)
-    if "unsteady" in measured[best]:  # the pick may be another job's doing: measured again, MAX_ATTEMPTS at most
+    shaky = doubtful(measured, best)
+    if shaky:  # the pick may be another job's doing: measured again, MAX_ATTEMPTS at most
         choice["unsteady_attempts"] = (known.get(key) or {}).get("unsteady_attempts", 0) + 1
-        t = measured[best]["unsteady"]
+        t = measured[shaky]["unsteady"]
         reason += (
-            f"; {best}'s repeats took {min(t):.2f}-{max(t):.2f} s per batch of {BATCH}, as when another job shares "
+            f"; {shaky}'s repeats took {min(t):.2f}-{max(t):.2f} s per batch of {BATCH}, as when another job shares "
             + (
                 "the cores: the next call measures again"
                 if choice["unsteady_attempts"] < MAX_ATTEMPTS

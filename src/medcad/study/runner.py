@@ -113,7 +113,7 @@ def _compared_pairs(exps: list[Experiment]) -> list[tuple[Experiment, Experiment
 
 
 def _paired_tests(
-    study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict | None = None
+    study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict
 ) -> list[dict]:
     """Paired tests between the runs `_compared_pairs` names, on the same test images (of its domain, when it names
     one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
@@ -135,7 +135,7 @@ def _paired_tests(
     for ea, eb, domain in _compared_pairs(exps):
         a = preds[ea.name].set_index("image")
         if domain is not None:
-            a = a[np.array([(domain_of or {}).get(k) == domain for k in a.index], dtype=bool)]
+            a = a[np.array([domain_of.get(k) == domain for k in a.index], dtype=bool)]
         b = preds[eb.name].set_index("image").loc[a.index]
         g = np.array([str(groups_of.get(k, k)) for k in a.index])
         pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
@@ -203,7 +203,7 @@ def _paired_ap(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndar
     )
     pair = {"test": "paired cluster bootstrap of AP50 and mAP", "n_boot": out["n_boot"]}
     pair |= {"ap50": out["ap50"], "map": out["map"]}
-    if common != ra.labels or common != rb.labels:
+    if set(ra.labels) != set(rb.labels):
         extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
         said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
         pair["note"] = f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
@@ -304,15 +304,38 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
 
 
 def _say_training(jobs: list) -> None:
-    """One `note:` per distinct way the study's runs train (optimiser, learning rates, schedule, stages)."""
+    """One `note:` per distinct way the study's runs train (optimiser, learning rates, schedule, stages), as each
+    trains: a resumed run with its own saved settings."""
     from medcad.engine.modules import schedule_note
 
     notes: dict[str, list[str]] = {}
     for job in jobs:
-        notes.setdefault(schedule_note(job.cfg), []).append(job.name)
+        settled = settled_settings(job.cfg, saved_settings(job.run_dir), job.init_dir)
+        notes.setdefault(schedule_note(settled), []).append(job.name)
     for note, names in notes.items():
         who = "every run" if len(notes) == 1 else ", ".join(names)
         log.warning("note: %s: %s", who, note)
+
+
+def _say_mixed_strides(exps: list[Experiment], study_dir: Path, base: TrainConfig) -> None:
+    """A `note:` where the study's runs freeze their encoders to different strides though the study file sets none:
+    a study begun before a default changed (detectors: every layer until 2026-12-05, stride 8 since) and resumed
+    would compare the recipes, not the models."""
+    strides = {}
+    for e in exps:
+        if base.freeze_stride is None and "freeze_stride" not in e.model.settings:
+            run_dir = study_dir / "runs" / _slug(e.name)
+            init = study_dir / "runs" / _slug(e.init) if e.init else None
+            cfg = base.replace(**e.model.settings)
+            strides[e.name] = settled_settings(cfg, saved_settings(run_dir), init).freeze_stride
+    if len(set(strides.values())) > 1:
+        said = ", ".join(f"{name} at {s}" for name, s in strides.items())
+        log.warning(
+            "note: the study file sets no freeze_stride and its runs freeze their encoders to different strides "
+            "(%s; runs begun before a default changed keep theirs): set freeze_stride in the study file to compare "
+            "like with like",
+            said,
+        )
 
 
 def _jobs(exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, several_domains: bool) -> tuple:
@@ -396,6 +419,7 @@ def prepare_study(
     if metrics:  # a resumed study: its finished runs are kept, not trained again
         log.warning("note: %d of %d run(s) finished before, kept: %s", len(metrics), len(exps), ", ".join(metrics))
     _say_training(jobs)
+    _say_mixed_strides(exps, study_dir, base)
     domain_of = dict(zip(manifest.keys, manifest.table["domain"].astype(str), strict=True))
     return PreparedStudy(
         spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics, domain_of
