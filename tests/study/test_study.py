@@ -294,6 +294,15 @@ def test_a_study_resumed_across_a_default_change_says_its_runs_freeze_differentl
     assert [j.name for j in prepared.jobs] == ["new"]
     said = [r.getMessage() for r in caplog.records if "freeze their encoders to different strides" in r.getMessage()]
     assert said and "old at 0, new at 8" in said[0]
+    (old / "metrics.json").unlink()  # begun, not finished: it resumes, and its training note says how it trains
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare_study(study, tmp_path / "out", progress=False)
+    assert [j.name for j in prepared.jobs] == ["old", "new"]
+    notes = {
+        r.getMessage().split(": training")[0]: r.getMessage() for r in caplog.records if ": training" in r.getMessage()
+    }
+    assert "stride 8" in notes["note: new"] and "stride" not in notes["note: old"]  # had said 8 for both
 
 
 @settings(max_examples=100, deadline=None)
