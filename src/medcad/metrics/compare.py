@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from medcad.metrics.stats import bootstrap_weights, group_index, percentile_ci, usable_samples, weighted_auc
+from medcad.metrics.stats import (
+    bootstrap_samples,
+    bootstrap_weights,
+    group_index,
+    percentile_ci,
+    usable_samples,
+    weighted_auc,
+)
 
 
 def _groups_or_rows(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
@@ -76,13 +83,13 @@ def paired_auc_bootstrap(
     if a.shape != (n,) or b.shape != (n,):
         raise ValueError(f"scores of shapes {a.shape} and {b.shape} do not match y_true ({n},)")
     g = _groups_or_rows(groups, n)
-    da, db = [], []
-    for w in bootstrap_weights(n, n_boot, seed, g):  # (B, N): the same draws for both models
-        da.append(weighted_auc(y, a, w))
-        db.append(weighted_auc(y, b, w))
-    sa = np.concatenate(da) if da else np.array([])
-    sb = np.concatenate(db) if db else np.array([])
-    auc_a, auc_b = float(weighted_auc(y, a)[0]), float(weighted_auc(y, b)[0])
+
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N): the same draws for both models
+        return {"a": weighted_auc(y, a, w), "b": weighted_auc(y, b, w)}
+
+    point, samples = bootstrap_samples(batch, n, groups=g, n_boot=n_boot, seed=seed)
+    sa, sb = samples["a"], samples["b"]
+    auc_a, auc_b = float(point["a"][0]), float(point["b"][0])
     diff = auc_a - auc_b
     z, p = _bootstrap_p(diff, sa - sb)
     return {
@@ -142,18 +149,16 @@ def paired_ap_bootstrap(
     n = sa.n_images
     g = _groups_or_rows(groups, n)
     names = ("ap50", "map")
-    ones = np.ones((1, n))
-    point_a, point_b = sa(ones), sb(ones)
-    draws: dict[str, list] = {f"{m}{x}": [] for m in names for x in "ab"}
-    for w in bootstrap_weights(n, n_boot, seed, g):  # (B, N): the same draws for both detectors
+
+    def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N): the same draws for both detectors
         ra, rb = sa(w), sb(w)
-        for m in names:
-            draws[f"{m}a"].append(ra[m])
-            draws[f"{m}b"].append(rb[m])
+        return {f"{m}{x}": r[m] for m in names for x, r in (("a", ra), ("b", rb))}
+
+    point, samples = bootstrap_samples(batch, n, groups=g, n_boot=n_boot, seed=seed)
     out: dict[str, Any] = {}
     for m in names:
-        a, b = (np.concatenate(draws[f"{m}{x}"]) if draws[f"{m}{x}"] else np.array([]) for x in "ab")
-        va, vb = float(point_a[m][0]), float(point_b[m][0])
+        a, b = samples[f"{m}a"], samples[f"{m}b"]
+        va, vb = float(point[f"{m}a"][0]), float(point[f"{m}b"][0])
         z, p = _bootstrap_p(va - vb, a - b)
         out[m] = {
             "value_a": va,

@@ -270,7 +270,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     for e in expand(spec, domains):
         cfg = base.replace(**e.model.settings)
         run_dir = study_dir / "runs" / _slug(e.name)
-        settled = settled_settings(cfg, saved_settings(run_dir), study_dir / "runs" / _slug(e.init) if e.init else None)
+        settled = _settled(e, study_dir, base)
         training = schedule_lines(settled)
         if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
             training[0] = f"stage 1: none (the head continues from {e.init}'s fold models)"
@@ -303,6 +303,13 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     }
 
 
+def _settled(e: Experiment, study_dir: Path, base: TrainConfig) -> TrainConfig:
+    """The settings experiment `e` of a study trains with (`medcad.run.settled_settings`): the study's, its model's
+    own, and those its run folder keeps when it resumes."""
+    init = study_dir / "runs" / _slug(e.init) if e.init else None
+    return settled_settings(base.replace(**e.model.settings), saved_settings(study_dir / "runs" / _slug(e.name)), init)
+
+
 def _say_training(jobs: list) -> None:
     """One `note:` per distinct way the study's runs train (optimiser, learning rates, schedule, stages), as each
     trains: a resumed run with its own saved settings."""
@@ -321,13 +328,11 @@ def _say_mixed_strides(exps: list[Experiment], study_dir: Path, base: TrainConfi
     """A `note:` where the study's runs freeze their encoders to different strides though the study file sets none:
     a study begun before a default changed (detectors: every layer until 2026-12-05, stride 8 since) and resumed
     would compare the recipes, not the models."""
-    strides = {}
-    for e in exps:
-        if base.freeze_stride is None and "freeze_stride" not in e.model.settings:
-            run_dir = study_dir / "runs" / _slug(e.name)
-            init = study_dir / "runs" / _slug(e.init) if e.init else None
-            cfg = base.replace(**e.model.settings)
-            strides[e.name] = settled_settings(cfg, saved_settings(run_dir), init).freeze_stride
+    strides = {
+        e.name: _settled(e, study_dir, base).freeze_stride
+        for e in exps
+        if base.freeze_stride is None and "freeze_stride" not in e.model.settings
+    }
     if len(set(strides.values())) > 1:
         said = ", ".join(f"{name} at {s}" for name, s in strides.items())
         log.warning(
