@@ -17,7 +17,9 @@ from conftest import float32_softmax
 from medcad.cli import app
 from medcad.data.synthetic import generate_synthetic
 from medcad.errors import ConfigError
-from medcad.study.runner import Experiment, _paired_tests, _slug, adjust_family, expand, run_study
+from medcad.study.paired import adjust_family, paired_tests
+from medcad.study.protocol import Experiment, expand, slug
+from medcad.study.runner import run_study
 from medcad.study.spec import load_study
 
 runner = CliRunner()
@@ -189,13 +191,13 @@ def test_paired_auc_test_shows_the_runs_own_auc(tmp_path: Path) -> None:
     probs = {}
     for e in exps:
         probs[e.name] = p = float32_softmax(np.column_stack([np.zeros(n), rng.normal(size=n) * 20 + 8 * (2 * y - 1)]))
-        folder = RunFolder(tmp_path / "runs" / _slug(e.name))
+        folder = RunFolder(tmp_path / "runs" / slug(e.name))
         folder.root.mkdir(parents=True)
         table = {"image": [f"{i}.png" for i in range(n)], "label": [labels[c] for c in y]}
         table |= {f"p_{lab}": p[:, c].astype(np.float64) for c, lab in enumerate(labels)}
         pd.DataFrame(table).to_csv(folder.predictions, index=False)
     assert (probs["a"] == 1.0).sum() > 10
-    (pair,) = _paired_tests(tmp_path, exps, labels, {}, {})
+    (pair,) = paired_tests(tmp_path, exps, labels, {}, {})
     (test,) = pair["by_class"].values()
     for name, key in (("a", "auc_a"), ("b", "auc_b")):
         m = classification_metrics(y, probs[name], labels, n_boot=0)
@@ -262,7 +264,7 @@ def test_detectors_on_one_domain_are_paired_on_its_images(
     for p in pairs:
         assert p["n"] == n_of[p["domain"]] and np.isfinite(p["ap50"]["value_a"]) and "p_holm" in p["map"]
         for name, which in ((p["a"], "a"), (p["b"], "b")):  # each run's AP on that domain's images alone
-            d = run_detections(tmp_path / "out" / "runs" / _slug(name))
+            d = run_detections(tmp_path / "out" / "runs" / slug(name))
             on = [i for i, k in enumerate(d.keys) if domain_of[k] == p["domain"]]
             m = detection_metrics([d.detections[i] for i in on], [d.truths[i] for i in on], d.labels, n_boot=0)
             assert p["ap50"][f"value_{which}"] == pytest.approx(m["ap50"]["value"], abs=1e-9)
@@ -310,12 +312,12 @@ def test_a_study_resumed_across_a_default_change_says_its_runs_freeze_differentl
 def test_box_classes_pair_by_name(labels: list[str], n_common: int, seed: int) -> None:
     """Two runs' box classes are matched by name: each kept box keeps its class name, boxes of a class outside the
     shared ones are dropped."""
-    from medcad.study.runner import _on_classes
+    from medcad.study.paired import on_classes
 
     rng = np.random.default_rng(seed)
     common = sorted(labels[:n_common])
     boxes = np.c_[rng.uniform(0, 50, (12, 4)), rng.integers(0, 3, 12)]
-    out = _on_classes(boxes, labels, common)
+    out = on_classes(boxes, labels, common)
     kept = [labels[int(c)] in common for c in boxes[:, -1]]
     assert len(out) == sum(kept)
     assert [common[int(c)] for c in out[:, -1]] == [
@@ -349,11 +351,11 @@ def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_
 ) -> None:
     """cross_domain / combined: each model's combined run against each single domain's run, on that domain's test
     images; models trained the same way against each other, on all."""
-    from medcad.study.runner import _compared_pairs
+    from medcad.study.protocol import compared_pairs
 
     yaml = "data: data\nprotocol: cross_domain\nmodels: [tf_efficientnet_lite0, {name: n, model: resnet18}]\n"
     spec = load_study(write(tmp_path / "s.yaml", yaml))
-    pairs = {(a.name, b.name, d) for a, b, d in _compared_pairs(expand(spec, ["cysto", "uretero"]))}
+    pairs = {(a.name, b.name, d) for a, b, d in compared_pairs(expand(spec, ["cysto", "uretero"]))}
     m = "tf_efficientnet_lite0"
     assert pairs == {
         (f"{m} | cysto", "n | cysto", None),

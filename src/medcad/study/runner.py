@@ -2,75 +2,29 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from medcad.config import STAGED_TASKS, DataOptions, TrainConfig
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import atomic_write_text
 from medcad.data.splits import load_splits, save_splits
-from medcad.engine.results import positive_label, write_json
+from medcad.engine.results import write_json
 from medcad.errors import ConfigError
 from medcad.run import saved_settings, settled_settings
 from medcad.runfolder import RunFolder, study_path
 from medcad.study.executors import RunJob
-from medcad.study.spec import ModelSpec, StudySpec, load_study
+from medcad.study.paired import paired_tests
+from medcad.study.protocol import Experiment, expand, slug
+from medcad.study.spec import StudySpec, load_study
 from medcad.targets import run_dataset
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One run of a study: a model trained on some domains, possibly continuing from another experiment."""
-
-    name: str
-    model: ModelSpec
-    train_domains: tuple[str, ...] | None = None
-    init: str | None = None  # name of the experiment whose fold models it continues from
-    step: str = ""  # "step 1" / "step 2" of a sequential transfer, "combined", "single domain", ...
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_")
-
-
-def expand(spec: StudySpec, domains: list[str]) -> list[Experiment]:
-    """The runs a protocol asks for, in an order where every `init` comes before its user."""
-    if spec.protocol in ("holdout", "kfold", "compare"):
-        return [Experiment(m.name, m, None, None, "all data") for m in spec.models]
-    if len(domains) < 2:
-        raise ConfigError(
-            f"{spec.path}: protocol {spec.protocol!r} needs two or more domains; the data has "
-            f"{domains or 'no domain column'} (set 'domains:' or add a domain column)"
-        )
-    out: list[Experiment] = []
-    for m in spec.models:
-        if spec.protocol == "sequential":
-            if len(domains) != 2:
-                raise ConfigError(f"{spec.path}: sequential transfer needs exactly two domains, got {domains}")
-            a, b = domains
-            out += [
-                Experiment(f"{m.name} | {a}", m, (a,), None, "step 1"),
-                Experiment(f"{m.name} | {a} -> {b}", m, (b,), f"{m.name} | {a}", "step 2"),
-                Experiment(f"{m.name} | {b}", m, (b,), None, "step 1"),
-                Experiment(f"{m.name} | {b} -> {a}", m, (a,), f"{m.name} | {b}", "step 2"),
-                Experiment(f"{m.name} | {a} + {b}", m, (a, b), None, "combined"),
-            ]
-        else:  # combined, cross_domain: each domain alone and all together
-            out += [Experiment(f"{m.name} | {d}", m, (d,), None, "single domain") for d in domains]
-            out.append(Experiment(f"{m.name} | {' + '.join(domains)}", m, tuple(domains), None, "combined"))
-    return out
 
 
 def _headline(m: dict) -> dict:
@@ -89,148 +43,6 @@ def _headline(m: dict) -> dict:
     return out
 
 
-def _compared_pairs(exps: list[Experiment]) -> list[tuple[Experiment, Experiment, str | None]]:
-    """The pairs of runs a study compares, each with the domain whose test images it compares them on (None: all):
-    models trained the same way (same domains, same step); and the protocol's own question for each model: on the
-    target domain, a sequential transfer against that domain alone and against both domains at once; on each domain,
-    the combined run against that domain's own run (cross-domain and combined protocols)."""
-    by_setting: dict[tuple, list[Experiment]] = {}
-    for e in exps:
-        by_setting.setdefault((e.train_domains, e.step, e.init is not None), []).append(e)
-    pairs: list[tuple[Experiment, Experiment, str | None]] = [
-        (a, b, None) for group in by_setting.values() for a, b in itertools.combinations(group, 2)
-    ]
-    for e in exps:
-        same_model = [x for x in exps if x.model.name == e.model.name and x is not e]
-        combined = [x for x in same_model if x.step == "combined"]
-        if e.init is not None and e.train_domains and len(e.train_domains) == 1:  # a transfer's second step
-            (target,) = e.train_domains
-            alone = [x for x in same_model if x.init is None and x.train_domains == (target,)]
-            pairs += [(e, other, target) for other in alone + combined]
-        elif e.step == "single domain" and e.train_domains:
-            pairs += [(other, e, e.train_domains[0]) for other in combined]
-    return pairs
-
-
-def _paired_tests(
-    study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict
-) -> list[dict]:
-    """Paired tests between the runs `_compared_pairs` names, on the same test images (of its domain, when it names
-    one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
-    runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
-    runs' own AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired
-    cluster bootstrap of AP50 and mAP where they detect boxes (`_paired_ap`). p-values are Holm-adjusted over the
-    study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's dataset), for the
-    pairs compared on one domain's test images."""
-    from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
-    from medcad.metrics.stats import class_score, delong_test
-
-    preds = {
-        e.name: pd.read_csv(RunFolder(study_dir / "runs" / _slug(e.name)).predictions, dtype={"image": str})
-        for e in exps
-    }
-    out = []
-    positive = positive_label(labels) if len(labels) == 2 else None
-    detections: dict = {}  # each detector run's, read once
-    for ea, eb, domain in _compared_pairs(exps):
-        a = preds[ea.name].set_index("image")
-        if domain is not None:
-            a = a[np.array([domain_of.get(k) == domain for k in a.index], dtype=bool)]
-        b = preds[eb.name].set_index("image").loc[a.index]
-        g = np.array([str(groups_of.get(k, k)) for k in a.index])
-        pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
-        if domain is not None:
-            pair["domain"] = domain  # compared on this domain's test images alone
-        if "detections" in a:  # boxes: AP pairs whole rankings, not a per-image score
-            pair |= _paired_ap(study_dir, ea.name, eb.name, list(a.index), g, detections)
-        elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
-            y = a["label"].to_numpy(dtype=str)
-            tests = {}
-            cols = [f"p_{lab}" for lab in labels]
-            pa, pb = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
-            for lab in [positive] if positive else labels:
-                yb = (y == lab).astype(int)
-                if 0 < yb.sum() < len(yb):
-                    sa, sb = class_score(pa, labels.index(lab)), class_score(pb, labels.index(lab))
-                    tests[lab] = paired_auc_bootstrap(yb, sa, sb, groups=g)
-                    dl = delong_test(yb, sa, sb)
-                    tests[lab]["delong_image_level"] = {"z": dl["z"], "p_value": dl["p_value"]}
-            pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
-            pair["by_class"] = tests
-        if "dice" in a and "dice" in b:
-            da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
-            pair["dice"] = paired_dice_test(da, db, g)
-            lesion = a["true_area"].to_numpy(float) > 0 if "true_area" in a else np.ones(len(da), bool)
-            if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
-                pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
-        out.append(pair)
-    return adjust_family(out)
-
-
-def _on_classes(boxes: np.ndarray, labels: list[str], common: list[str]) -> np.ndarray:
-    """Boxes (m, >=5) whose last column indexes `labels`, kept where their class is in `common` and re-indexed so."""
-    index = np.array([common.index(n) if n in common else -1 for n in labels] or [-1])
-    cls = index[boxes[:, -1].astype(int)] if len(boxes) else np.zeros(0, int)
-    out = boxes[cls >= 0].copy()
-    out[:, -1] = cls[cls >= 0]
-    return out
-
-
-def _paired_ap(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, read: dict) -> dict:
-    """AP50 and mAP of detector runs `a` and `b` on the test images `keys`, compared by a paired cluster bootstrap
-    (`medcad.metrics.compare.paired_ap_bootstrap`) on their out-of-fold detections and A's truths as their metrics
-    score them (`read`: the runs' `RunDetections` read so far, by name). B's boxes are scaled to A's input size where
-    the runs trained at different sizes (each axis is stretched to S, so IoU, and AP, is the same at any S). Classes
-    pair by name; where the runs' box classes differ (one with frame classes, a domain without a class) both are
-    scored on the classes they share, which `note` names."""
-    from medcad.engine.evaluate import run_detections
-    from medcad.metrics.compare import paired_ap_bootstrap
-
-    for name in (a, b):
-        if name not in read:
-            read[name] = run_detections(study_dir / "runs" / _slug(name), say_notes=False)
-    ra, rb = read[a], read[b]
-    common = [n for n in ra.labels if n in rb.labels]
-    at_a = dict(zip(ra.keys, zip(ra.detections, ra.truths, strict=True), strict=True))
-    at_b = dict(zip(rb.keys, rb.detections, strict=True))
-    scale = np.array([ra.image_size / rb.image_size] * 4 + [1, 1])
-    out = paired_ap_bootstrap(
-        [_on_classes(at_a[k][0], ra.labels, common) for k in keys],
-        [_on_classes(at_b[k] * scale, rb.labels, common) for k in keys],
-        [_on_classes(at_a[k][1], ra.labels, common) for k in keys],
-        len(common),
-        groups=groups,
-    )
-    pair = {"test": "paired cluster bootstrap of AP50 and mAP", "n_boot": out["n_boot"]}
-    pair |= {"ap50": out["ap50"], "map": out["map"]}
-    if set(ra.labels) != set(rb.labels):
-        extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
-        said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
-        pair["note"] = f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
-    return pair
-
-
-def adjust_family(pairs: list[dict]) -> list[dict]:
-    """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each
-    pair), every Dice test and every AP test (AP50 and mAP of each pair of detectors) gets `p_holm` beside its raw
-    `p_value`, and `family_size`, the number of tests Holm adjusted over (those with a p-value; a nan one is left
-    out of the family and its p_holm is nan); DeLong's image-level p-values form their own family. Returns
-    `pairs`."""
-    from medcad.metrics.compare import holm
-
-    tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
-    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion", "ap50", "map") if k in p]
-    adjusted = holm([d["p_value"] for d in tests])
-    family_size = int(np.isfinite(adjusted).sum())  # holm's m: the finite p-values, adjusted to finite ones
-    for d, adj in zip(tests, adjusted, strict=True):
-        d["p_holm"] = adj
-        d["family_size"] = family_size
-    secondary = [d["delong_image_level"] for d in tests if "delong_image_level" in d]
-    for d, adj in zip(secondary, holm([d["p_value"] for d in secondary]), strict=True):
-        d["p_holm"] = adj
-    return pairs
-
-
 def _state(run: RunFolder) -> str:
     """A study's run as the next `medcad study` finds it: "finished" (skipped), "resumes" or "new"."""
     return "finished" if run.metrics.is_file() else "resumes" if run.config.is_file() else "new"
@@ -244,7 +56,7 @@ def _given(cfg: TrainConfig, than: TrainConfig) -> dict:
 
 def study_folder(spec: StudySpec, out: str | Path | None = None) -> Path:
     """A study's folder: `out`, or studies/<its name> beside the study file (absolute)."""
-    return (Path(out) if out else spec.path.parent / "studies" / _slug(spec.name)).resolve()
+    return (Path(out) if out else spec.path.parent / "studies" / slug(spec.name)).resolve()
 
 
 def plan_study(path: str | Path, data_options: DataOptions | None = None, out: str | Path | None = None) -> dict:
@@ -269,7 +81,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     runs = []
     for e in expand(spec, domains):
         cfg = base.replace(**e.model.settings)
-        run_dir = study_dir / "runs" / _slug(e.name)
+        run_dir = study_dir / "runs" / slug(e.name)
         settled = _settled(e, study_dir, base)
         training = schedule_lines(settled)
         if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
@@ -280,7 +92,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
                 "step": e.step,
                 "train_domains": list(e.train_domains or []) or "all",
                 "init": e.init,
-                "run": f"runs/{_slug(e.name)}",
+                "run": f"runs/{slug(e.name)}",
                 "state": _state(RunFolder(run_dir)),
                 "settings": _given(cfg, base),
                 "training": training,
@@ -306,8 +118,8 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
 def _settled(e: Experiment, study_dir: Path, base: TrainConfig) -> TrainConfig:
     """The settings experiment `e` of a study trains with (`medcad.run.settled_settings`): the study's, its model's
     own, and those its run folder keeps when it resumes."""
-    init = study_dir / "runs" / _slug(e.init) if e.init else None
-    return settled_settings(base.replace(**e.model.settings), saved_settings(study_dir / "runs" / _slug(e.name)), init)
+    init = study_dir / "runs" / slug(e.init) if e.init else None
+    return settled_settings(base.replace(**e.model.settings), saved_settings(study_dir / "runs" / slug(e.name)), init)
 
 
 def _say_training(jobs: list) -> None:
@@ -347,12 +159,12 @@ def _jobs(exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, se
     """The study's runs still to train, as executor jobs, and the metrics of those finished (skipped on resume)."""
     jobs, metrics = [], {}
     for e in exps:
-        run_dir = study_dir / "runs" / _slug(e.name)
+        run_dir = study_dir / "runs" / slug(e.name)
         if RunFolder(run_dir).metrics.is_file():
             metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
             continue
         train_domains = e.train_domains if several_domains and e.train_domains else None
-        init_dir = study_dir / "runs" / _slug(e.init) if e.init else None
+        init_dir = study_dir / "runs" / slug(e.init) if e.init else None
         cfg = base.replace(**e.model.settings)
         jobs.append(
             RunJob(e.name, run_dir, cfg, Path(spec.data).resolve(), splits_path, folds, train_domains, e.init, init_dir)
@@ -491,7 +303,7 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
                 "step": e.step,
                 "train_domains": list(e.train_domains or []),
                 "init": e.init,
-                "run": f"runs/{_slug(e.name)}",  # relative to the study folder: it can be moved or copied
+                "run": f"runs/{slug(e.name)}",  # relative to the study folder: it can be moved or copied
                 **_headline(metrics[e.name]),
             }
         )
@@ -505,7 +317,7 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
         "domains": domains,
         "splits": os.path.relpath(splits_path, study.study_dir),
         "runs": rows,
-        "paired_tests": _paired_tests(study.study_dir, study.exps, labels, groups, study.domain_of),
+        "paired_tests": paired_tests(study.study_dir, study.exps, labels, groups, study.domain_of),
         "multiplicity": "Holm over every paired test of the study (p_holm beside each raw p_value)",
         "seconds_this_session": seconds,
     }

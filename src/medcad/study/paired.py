@@ -1,0 +1,131 @@
+"""Paired tests between a study's runs on the same test images: AUCs, Dice and AP, Holm-adjusted as one family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcad.engine.results import positive_label
+from medcad.runfolder import RunFolder
+from medcad.study.protocol import Experiment, compared_pairs, slug
+
+
+def paired_tests(
+    study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict
+) -> list[dict]:
+    """Paired tests between the runs `compared_pairs` names, on the same test images (of its domain, when it names
+    one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
+    runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
+    runs' own AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired
+    cluster bootstrap of AP50 and mAP where they detect boxes (`paired_detections`). p-values are Holm-adjusted over the
+    study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's dataset), for the
+    pairs compared on one domain's test images."""
+    from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
+    from medcad.metrics.stats import class_score, delong_test
+
+    preds = {
+        e.name: pd.read_csv(RunFolder(study_dir / "runs" / slug(e.name)).predictions, dtype={"image": str})
+        for e in exps
+    }
+    out = []
+    positive = positive_label(labels) if len(labels) == 2 else None
+    detections: dict = {}  # each detector run's, read once
+    for ea, eb, domain in compared_pairs(exps):
+        a = preds[ea.name].set_index("image")
+        if domain is not None:
+            a = a[np.array([domain_of.get(k) == domain for k in a.index], dtype=bool)]
+        b = preds[eb.name].set_index("image").loc[a.index]
+        g = np.array([str(groups_of.get(k, k)) for k in a.index])
+        pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
+        if domain is not None:
+            pair["domain"] = domain  # compared on this domain's test images alone
+        if "detections" in a:  # boxes: AP pairs whole rankings, not a per-image score
+            pair |= paired_detections(study_dir, ea.name, eb.name, list(a.index), g, detections)
+        elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
+            y = a["label"].to_numpy(dtype=str)
+            tests = {}
+            cols = [f"p_{lab}" for lab in labels]
+            pa, pb = a[cols].to_numpy(dtype=float), b[cols].to_numpy(dtype=float)
+            for lab in [positive] if positive else labels:
+                yb = (y == lab).astype(int)
+                if 0 < yb.sum() < len(yb):
+                    sa, sb = class_score(pa, labels.index(lab)), class_score(pb, labels.index(lab))
+                    tests[lab] = paired_auc_bootstrap(yb, sa, sb, groups=g)
+                    dl = delong_test(yb, sa, sb)
+                    tests[lab]["delong_image_level"] = {"z": dl["z"], "p_value": dl["p_value"]}
+            pair["test"] = "binary AUC" if positive else "one-vs-rest AUC per class"
+            pair["by_class"] = tests
+        if "dice" in a and "dice" in b:
+            da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
+            pair["dice"] = paired_dice_test(da, db, g)
+            lesion = a["true_area"].to_numpy(float) > 0 if "true_area" in a else np.ones(len(da), bool)
+            if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
+                pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
+        out.append(pair)
+    return adjust_family(out)
+
+
+def on_classes(boxes: np.ndarray, labels: list[str], common: list[str]) -> np.ndarray:
+    """Boxes (m, >=5) whose last column indexes `labels`, kept where their class is in `common` and re-indexed so."""
+    index = np.array([common.index(n) if n in common else -1 for n in labels] or [-1])
+    cls = index[boxes[:, -1].astype(int)] if len(boxes) else np.zeros(0, int)
+    out = boxes[cls >= 0].copy()
+    out[:, -1] = cls[cls >= 0]
+    return out
+
+
+def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, read: dict) -> dict:
+    """AP50 and mAP of detector runs `a` and `b` on the test images `keys`, compared by a paired cluster bootstrap
+    (`medcad.metrics.compare.paired_ap_bootstrap`) on their out-of-fold detections and A's truths as their metrics
+    score them (`read`: the runs' `RunDetections` read so far, by name). B's boxes are scaled to A's input size where
+    the runs trained at different sizes (each axis is stretched to S, so IoU, and AP, is the same at any S). Classes
+    pair by name; where the runs' box classes differ (one with frame classes, a domain without a class) both are
+    scored on the classes they share, which `note` names."""
+    from medcad.engine.evaluate import run_detections
+    from medcad.metrics.compare import paired_ap_bootstrap
+
+    for name in (a, b):
+        if name not in read:
+            read[name] = run_detections(study_dir / "runs" / slug(name), say_notes=False)
+    ra, rb = read[a], read[b]
+    common = [n for n in ra.labels if n in rb.labels]
+    at_a = dict(zip(ra.keys, zip(ra.detections, ra.truths, strict=True), strict=True))
+    at_b = dict(zip(rb.keys, rb.detections, strict=True))
+    scale = np.array([ra.image_size / rb.image_size] * 4 + [1, 1])
+    out = paired_ap_bootstrap(
+        [on_classes(at_a[k][0], ra.labels, common) for k in keys],
+        [on_classes(at_b[k] * scale, rb.labels, common) for k in keys],
+        [on_classes(at_a[k][1], ra.labels, common) for k in keys],
+        len(common),
+        groups=groups,
+    )
+    pair = {"test": "paired cluster bootstrap of AP50 and mAP", "n_boot": out["n_boot"]}
+    pair |= {"ap50": out["ap50"], "map": out["map"]}
+    if set(ra.labels) != set(rb.labels):
+        extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
+        said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
+        pair["note"] = f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
+    return pair
+
+
+def adjust_family(pairs: list[dict]) -> list[dict]:
+    """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each
+    pair), every Dice test and every AP test (AP50 and mAP of each pair of detectors) gets `p_holm` beside its raw
+    `p_value`, and `family_size`, the number of tests Holm adjusted over (those with a p-value; a nan one is left
+    out of the family and its p_holm is nan); DeLong's image-level p-values form their own family. Returns
+    `pairs`."""
+    from medcad.metrics.compare import holm
+
+    tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
+    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion", "ap50", "map") if k in p]
+    adjusted = holm([d["p_value"] for d in tests])
+    family_size = int(np.isfinite(adjusted).sum())  # holm's m: the finite p-values, adjusted to finite ones
+    for d, adj in zip(tests, adjusted, strict=True):
+        d["p_holm"] = adj
+        d["family_size"] = family_size
+    secondary = [d["delong_image_level"] for d in tests if "delong_image_level" in d]
+    for d, adj in zip(secondary, holm([d["p_value"] for d in secondary]), strict=True):
+        d["p_holm"] = adj
+    return pairs
