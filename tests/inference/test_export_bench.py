@@ -115,6 +115,26 @@ def test_auto_measures_again_when_its_choice_was_timed_on_shared_cores(tiny_run:
     assert len(times) == backends.REPEATS and abs(seconds - min(times)) <= 0.0005 + 1e-6  # the fastest repeat's
 
 
+def test_choices_kept_side_by_side_are_all_kept(tmp_path: Path, monkeypatch) -> None:
+    """Processes (here threads) predicting with one run's folds side by side each keep their choice in
+    RUN/backends.json, and an unsteady choice counts its attempts; a plain read-modify-write drops some of them. The
+    lock file lies in medcad's cache folder, not in the run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medcad.inference.backends import remember
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    cache = tmp_path / "run" / "backends.json"
+    cache.parent.mkdir()
+    keys = [f"fold{k}|cpu|{i}" for k in range(6) for i in range(15)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda k: remember(cache, k, {"backend": "onnx-fp32"}, unsteady=True), keys))
+    kept = json.loads(cache.read_text())
+    assert sorted(kept) == sorted(keys) and {v["unsteady_attempts"] for v in kept.values()} == {1}
+    assert remember(cache, keys[0], {"backend": "onnx-fp32"}, unsteady=True)["unsteady_attempts"] == 2
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["backends.json"]
+
+
 def test_a_pick_is_doubtful_only_where_an_unsteady_timing_could_have_decided_it() -> None:
     """The pick itself unsteady, or an eligible backend close enough behind it (within UNSTEADY_RATIO: another job
     only slows a backend, so it may be the faster); not one far behind, nor one that does not agree."""

@@ -187,6 +187,32 @@ def _read_cache(cache: Path) -> dict:
     return json.loads(cache.read_text()) if cache.is_file() else {}
 
 
+def remember(cache: Path, key: str, choice: dict, unsteady: bool = False) -> dict:
+    """Keep `choice` under `key` in `cache` (RUN/backends.json), under an inter-process lock so that processes serving
+    or predicting with one run's folds side by side each keep theirs (a plain read-modify-write drops another's). An
+    `unsteady` choice counts its attempts (`unsteady_attempts`: `known_choice` has it measured again, MAX_ATTEMPTS at
+    most). Returns the choice as kept."""
+    with _cache_lock(cache):
+        known = _read_cache(cache)
+        if unsteady:  # the pick may be another job's doing
+            choice = {**choice, "unsteady_attempts": (known.get(key) or {}).get("unsteady_attempts", 0) + 1}
+        atomic_write_text(cache, json.dumps({**known, key: choice}, indent=1))
+    return choice
+
+
+def _cache_lock(cache: Path):
+    """An inter-process lock on `cache`, its lock file in medcad's cache folder, not in the run folder."""
+    import hashlib
+
+    from filelock import FileLock
+
+    from medcad.data.cache import cache_dir
+
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{hashlib.sha1(str(cache.resolve()).encode()).hexdigest()[:16]}.lock")
+
+
 def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Predictor | None]:
     """Measure the `auto` choice for the run of `ref` (a torch-fp32 predictor on the CPU or a GPU) on its test
     images (`check_images`), keep it in RUN/backends.json (with `unsteady_attempts` where the chosen backend's timing
@@ -220,10 +246,9 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         f"({check.described}) is >= {MIN_AGREEMENT} (measured now)"
     )
     cache, key = RunFolder(run).backends, _cache_key(run, ref.fold, threads, device)
-    known = _read_cache(cache)
     shaky = doubtful(measured, best)
-    if shaky:  # the pick may be another job's doing: measured again, MAX_ATTEMPTS at most
-        choice["unsteady_attempts"] = (known.get(key) or {}).get("unsteady_attempts", 0) + 1
+    choice = remember(cache, key, choice, unsteady=bool(shaky))
+    if shaky:
         t = measured[shaky]["unsteady"]
         reason += (
             f"; {shaky}'s repeats took {min(t):.2f}-{max(t):.2f} s per batch of {BATCH}, as when another job shares "
@@ -233,5 +258,4 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
                 else f"the cores, in each of {MAX_ATTEMPTS} measurements: kept"
             )
         )
-    atomic_write_text(cache, json.dumps({**known, key: choice}, indent=1))
     return {**choice, "reason": reason}, loaded[best]
