@@ -189,6 +189,18 @@ def test_input_validation():
         classification_metrics([], np.zeros((0, 2)), ["a", "b"])
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 40), st.integers(2, 4), st.sampled_from([np.nan, np.inf, -0.2, 1.5]), st.data())
+def test_a_row_that_holds_no_probability_is_named(n: int, k: int, bad: float, data) -> None:
+    """A NaN (a diverged model, an empty predictions cell), an infinity or a score outside [0, 1] stops the metrics
+    with the rows named, not sklearn's "Input contains NaN" from deep inside (or an AUC quietly ranked on it)."""
+    y, p = np.arange(n) % k, np.full((n, k), 1 / k)
+    rows = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n)))
+    p[rows, data.draw(st.integers(0, k - 1))] = bad
+    with pytest.raises(ValueError, match=rf"{len(rows)} of {n} rows .*\(row {rows[0]}: "):
+        classification_metrics(y, p, LABELS[:k], n_boot=0)
+
+
 def test_subset_metrics():
     y, p = _data(n=120, k=3, seed=4)
     domain = np.array(["cysto"] * 60 + ["uretero"] * 57 + ["single", None, ""], dtype=object)

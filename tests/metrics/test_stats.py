@@ -106,6 +106,21 @@ def test_a_row_without_a_group_id_is_its_own_cluster(ids: list, as_series: bool)
             assert same == (key[a] == key[b]), (ids[a], ids[b])  # a group is drawn whole, two groups apart
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-5, 5), min_size=1, max_size=30), st.data())
+def test_a_whole_number_id_is_one_group_however_it_was_read(ids: list[int], data) -> None:
+    """Patient 7 is one group whether an id reads as 7, 7.0 (pandas reads an integer column with an empty cell as
+    float), "7" or np.int64(7): pooled tables read in different ways had split one patient into two clusters."""
+    from medcad.metrics.stats import group_index
+
+    forms = [lambda v: v, float, str, np.int64, np.float32]
+    mixed = np.array([forms[data.draw(st.integers(0, len(forms) - 1))](v) for v in ids], dtype=object)
+    inv, g = group_index(mixed, len(ids))
+    assert g == len(set(ids))
+    assert all((inv[a] == inv[b]) == (ids[a] == ids[b]) for a in range(len(ids)) for b in range(a))
+    assert group_index(np.array([1.5, 1, "1.5"], dtype=object), 3)[1] == 2  # a fraction stays itself
+
+
 def test_rows_without_group_ids_are_resampled_as_rows() -> None:
     """Groups all missing are the rows: the same resamples, intervals and group count as no groups at all."""
     rng = np.random.default_rng(3)

@@ -22,7 +22,8 @@ _MAX_CELLS = 4_000_000  # largest (resamples x rows) weight block held in memory
 def group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray, int]:
     """The group of each row as an integer, for a cluster bootstrap that draws whole groups.
 
-    Ids of any type are compared as text (1 and "1" are one group), numbered in `np.unique`'s order. A missing id
+    Ids of any type are compared as text (1 and "1" are one group), a whole-number float as the integer (1.0 is 1: a
+    patient id column that pandas read as float because a cell was empty), numbered in `np.unique`'s order. A missing id
     (None, NaN, pd.NA, NaT; not the text "nan") is a group of its own, numbered after the others in row order: a
     row without a patient id is its own cluster, as `medcad.data.splits.sample_groups` makes it, not drawn together
     with every other row that lacks one.
@@ -41,7 +42,10 @@ def group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray,
     if g.shape != (n,):
         raise ValueError(f"groups has shape {g.shape}; pass one group id (e.g. patient) per row, shape ({n},)")
     missing = pd.isna(g)
-    _, named = np.unique(g[~missing].astype(str), return_inverse=True)
+    text = [
+        str(int(v)) if isinstance(v, float | np.floating) and float(v).is_integer() else str(v) for v in g[~missing]
+    ]
+    _, named = np.unique(np.array(text, dtype=str), return_inverse=True)
     inv = np.empty(n, dtype=int)
     inv[~missing] = named.ravel()
     inv[missing] = (named.max() + 1 if named.size else 0) + np.arange(missing.sum())
@@ -316,12 +320,25 @@ def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) ->
 
 
 def as_probs(probs: np.ndarray) -> np.ndarray:
-    """(N, K) probabilities; a 1-D array is read as p(class 1) of a binary problem."""
+    """(N, K) probabilities; a 1-D array is read as p(class 1) of a binary problem.
+
+    Raises:
+        ValueError: not 1-D or 2-D, or a probability that is not a number in [0, 1] (NaN from a model that diverged
+            or an empty cell of a predictions table; a logit), naming the first rows that hold one.
+    """
     p = np.asarray(probs, dtype=float)
     if p.ndim == 1:
         p = np.column_stack([1 - p, p])
     if p.ndim != 2:
         raise ValueError(f"probs has shape {p.shape}; expected (N, K) class probabilities")
+    bad = np.flatnonzero(~((p >= -1e-6) & (p <= 1 + 1e-6)).all(axis=1))  # NaN fails both comparisons
+    if bad.size:
+        first = ", ".join(f"row {i}: {np.round(p[i], 4).tolist()}" for i in bad[:3])
+        raise ValueError(
+            f"{bad.size} of {len(p)} rows hold a probability that is not a number in [0, 1] ({first}"
+            f"{', ...' if bad.size > 3 else ''}): a model that diverged in training (NaN), an empty cell in a "
+            "predictions table, or scores that are not probabilities"
+        )
     return p
 
 
