@@ -160,11 +160,13 @@ def _truths(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(6, 40), st.integers(1, 3), st.integers(1, 4), st.floats(0.2, 1.0), st.integers(0, 10_000))
-def test_paired_ap_agrees_with_each_detectors_own_ap(n: int, k: int, per: int, skill: float, seed: int) -> None:
-    """AP50 and mAP of each detector are `detection_metrics`' figures; swapping the detectors negates the difference
-    and its interval; p < 0.05 exactly when the interval leaves 0 out (up to one resample); a detector against
-    itself differs by 0 with p 1."""
-    from medcad.metrics.compare import paired_ap_bootstrap
+def test_paired_detection_test_agrees_with_each_detectors_own(
+    n: int, k: int, per: int, skill: float, seed: int
+) -> None:
+    """AP50, mAP, F1 and frame accuracy (IoU 0.5) of each detector are `detection_metrics`' figures; swapping the
+    detectors negates the difference and its interval; p < 0.05 exactly when the interval leaves 0 out (up to one
+    resample); a detector against itself differs by 0 with p 1."""
+    from medcad.metrics.compare import paired_detection_bootstrap
     from medcad.metrics.detection import detection_metrics
 
     rng = np.random.default_rng(seed)
@@ -172,14 +174,22 @@ def test_paired_ap_agrees_with_each_detectors_own_ap(n: int, k: int, per: int, s
     a, b = _detector(truths, rng, skill, k), _detector(truths, rng, 0.6, k)
     groups = np.arange(n) // per
     n_boot = 300
-    ab = paired_ap_bootstrap(a, b, truths, k, groups=groups, n_boot=n_boot, seed=seed)
-    ba = paired_ap_bootstrap(b, a, truths, k, groups=groups, n_boot=n_boot, seed=seed)
+    ab = paired_detection_bootstrap(a, b, truths, k, groups=groups, n_boot=n_boot, seed=seed)
+    ba = paired_detection_bootstrap(b, a, truths, k, groups=groups, n_boot=n_boot, seed=seed)
     labels = [f"c{j}" for j in range(k)]
     ma, mb = (detection_metrics(d, truths, labels, n_boot=0) for d in (a, b))
-    for m in ("ap50", "map"):
+
+    def own(m: dict, key: str) -> float:
+        if key == "f1":
+            return m["iou_thresholds"]["0.5"]["f1"]
+        if key == "frame_accuracy":
+            return m["frame_level"]["iou_thresholds"]["0.5"]["accuracy"]["value"]
+        return m[key]["value"]
+
+    for m in ("ap50", "map", "f1", "frame_accuracy"):
         r = ab[m]
-        assert r["value_a"] == pytest.approx(ma[m]["value"], nan_ok=True)
-        assert r["value_b"] == pytest.approx(mb[m]["value"], nan_ok=True)
+        assert r["value_a"] == pytest.approx(own(ma, m), nan_ok=True)
+        assert r["value_b"] == pytest.approx(own(mb, m), nan_ok=True)
         assert ba[m]["difference"] == pytest.approx(-r["difference"], nan_ok=True)
         assert ba[m]["ci95"] == pytest.approx([-r["ci95"][1], -r["ci95"][0]], nan_ok=True)
         lo, hi = r["ci95"]
@@ -188,8 +198,9 @@ def test_paired_ap_agrees_with_each_detectors_own_ap(n: int, k: int, per: int, s
                 assert lo > 0 or hi < 0
             if lo > 0 or hi < 0:
                 assert r["p_value"] <= 0.05 + 2 / n_boot
-    same = paired_ap_bootstrap(a, a, truths, k, groups=groups, n_boot=50)["ap50"]
-    if np.isfinite(same["value_a"]):
+    for same in paired_detection_bootstrap(a, a, truths, k, groups=groups, n_boot=50).values():
+        if not isinstance(same, dict) or not np.isfinite(same["value_a"]):
+            continue
         assert same["difference"] == 0
         if np.isfinite(same["p_value"]):  # else fewer than half the resamples define the macro AP: no interval
             assert same["ci95"] == [0, 0] and same["p_value"] == 1
@@ -197,10 +208,10 @@ def test_paired_ap_agrees_with_each_detectors_own_ap(n: int, k: int, per: int, s
             assert np.isnan(same["ci95"]).all()
 
 
-def test_paired_ap_resamples_whole_groups() -> None:
+def test_paired_detection_test_resamples_whole_groups() -> None:
     """Images of one patient move together: with a strong patient effect (one detector finds every box of half the
     patients, the other of the other half) the cluster interval is wider than the image-level one."""
-    from medcad.metrics.compare import paired_ap_bootstrap
+    from medcad.metrics.compare import paired_detection_bootstrap
 
     rng = np.random.default_rng(0)
     truths = _truths(200, 1, rng)
@@ -209,8 +220,9 @@ def test_paired_ap_resamples_whole_groups() -> None:
     half = groups % 2 == 0
     a = [_detector([t], rng, 1.0 if h else 0.3, 1)[0] for t, h in zip(truths, half, strict=True)]
     b = [_detector([t], rng, 0.3 if h else 1.0, 1)[0] for t, h in zip(truths, half, strict=True)]
-    clustered = paired_ap_bootstrap(a, b, truths, 1, groups=groups, n_boot=400)
-    images = paired_ap_bootstrap(a, b, truths, 1, n_boot=400)
+    clustered = paired_detection_bootstrap(a, b, truths, 1, groups=groups, n_boot=400)
+    images = paired_detection_bootstrap(a, b, truths, 1, n_boot=400)
     assert clustered["n_groups"] == 20 and images["n_groups"] == 200
-    width = {name: np.diff(r["ap50"]["ci95"])[0] for name, r in (("c", clustered), ("i", images))}
-    assert width["c"] > 1.5 * width["i"]
+    for m in ("ap50", "f1", "frame_accuracy"):
+        width = {name: np.diff(r[m]["ci95"])[0] for name, r in (("c", clustered), ("i", images))}
+        assert width["c"] > 1.5 * width["i"], m

@@ -108,22 +108,26 @@ def paired_auc_bootstrap(
     }
 
 
-def paired_ap_bootstrap(
+def paired_detection_bootstrap(
     preds_a: Sequence[np.ndarray],
     preds_b: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     n_classes: int,
     *,
     groups: Sequence[Any] | np.ndarray | None = None,
+    score_threshold: float | None = None,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Paired cluster-bootstrap comparison of two detectors' AP50 and mAP@[.5:.95] on the same images and truths.
+    """Paired cluster-bootstrap comparison of two detectors on the same images and truths: their rankings (AP50,
+    mAP@[.5:.95]) and their decisions at the score threshold (micro box F1 at IoU 0.5, frame accuracy at IoU 0.5, as
+    `medcad.metrics.detection.detection_metrics` reports them).
 
     Each resample draws whole groups and scores both detectors under the same image weights
-    (`medcad.metrics.detection.APScores`: greedy matching fixes each detection's TP / FP flag, so a resample only
-    reweights images); the difference's interval and p-value are read from those paired differences as for the AUC
-    (module docstring). A resample where a class with truths is left out gives no macro AP and is not used.
+    (`medcad.metrics.detection.APScores` and `DecisionScores`: greedy matching fixes each detection's TP / FP flag,
+    so a resample only reweights images); each difference's interval and p-value are read from those paired
+    differences as for the AUC (module docstring). A resample where a class with truths is left out gives no macro
+    AP and is not used for AP.
 
     Args:
         preds_a: per image (m, 6) [x0, y0, x1, y1, score, class_index] of detector A, the full ranking.
@@ -131,28 +135,38 @@ def paired_ap_bootstrap(
         truths: per image (t, 5) [x0, y0, x1, y1, class_index].
         n_classes: number of classes (no background).
         groups: group id per image (patient / duplicate group); None resamples images.
+        score_threshold: detections at or above it count for F1 and the frame decision (None: the runs' own,
+            `medcad.metrics.detection.SCORE_THRESHOLD`).
         n_boot: number of resamples.
         seed: random seed.
 
     Returns:
-        {"ap50": {...}, "map": {...}, n, n_groups, n_boot, method}; each of ap50 and map: {value_a, value_b,
-        difference (a - b), ci95 (of the difference, percentile), ci95_a, ci95_b, z, p_value, resamples_used}.
+        {"ap50": {...}, "map": {...}, "f1": {...}, "frame_accuracy": {...}, n, n_groups, n_boot, method,
+        score_threshold, iou (of F1 and the frame decision)}; each measure: {value_a, value_b, difference (a - b),
+        ci95 (of the difference, percentile), ci95_a, ci95_b, z, p_value, resamples_used}.
 
     Raises:
         ValueError: the three lists differ in length, or a class index is out of range.
     """
-    from medcad.metrics.detection import APScores
+    from medcad.metrics.detection import SCORE_THRESHOLD, APScores, DecisionScores
 
     if len(preds_a) != len(preds_b):
         raise ValueError(f"detector A has predictions for {len(preds_a)} images, detector B for {len(preds_b)}")
-    sa, sb = APScores(preds_a, truths, n_classes), APScores(preds_b, truths, n_classes)
-    n = sa.n_images
+    score = SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
+    scorers = [
+        (APScores(p, truths, n_classes), DecisionScores(p, truths, n_classes, iou=0.5, score=score))
+        for p in (preds_a, preds_b)
+    ]
+    n = len(preds_a)
     g = _groups_or_rows(groups, n)
-    names = ("ap50", "map")
+    names = ("ap50", "map", "f1", "frame_accuracy")
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N): the same draws for both detectors
-        ra, rb = sa(w), sb(w)
-        return {f"{m}{x}": r[m] for m in names for x, r in (("a", ra), ("b", rb))}
+        out = {}
+        for x, (ap, decided) in zip("ab", scorers, strict=True):
+            r = ap(w) | decided(w)
+            out |= {f"{m}{x}": r[m] for m in names}
+        return out
 
     point, samples = bootstrap_samples(batch, n, groups=g, n_boot=n_boot, seed=seed)
     out: dict[str, Any] = {}
@@ -172,7 +186,8 @@ def paired_ap_bootstrap(
             "resamples_used": int(np.isfinite(a - b).sum()),
         }
     method = "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)"
-    return out | {"n": int(n), "n_groups": group_index(g, n)[1], "n_boot": int(n_boot), "method": method}
+    extra = {"score_threshold": score, "iou": 0.5}
+    return out | {"n": int(n), "n_groups": group_index(g, n)[1], "n_boot": int(n_boot), "method": method} | extra
 
 
 def group_means(values: np.ndarray, groups: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percent
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 BACKGROUND = "background"
+SCORE_THRESHOLD = 0.5  # detections at or above it count for precision / recall / F1 and the frame decision
 
 
 def _div(a: Any, b: Any) -> np.ndarray:
@@ -157,7 +158,7 @@ def average_precision(
 class APScores:
     """One detector's AP50 and mAP@[.5:.95] on N images, under any image weights: the point estimate (weights 1)
     and every bootstrap resample of `detection_metrics` and of the paired test
-    (`medcad.metrics.compare.paired_ap_bootstrap`) come from here.
+    (`medcad.metrics.compare.paired_detection_bootstrap`) come from here.
 
     Args:
         preds: per image (m, 6) [x0, y0, x1, y1, score, class_index], the full ranking.
@@ -221,6 +222,43 @@ def _frame_classes(
     return y, pred, iou
 
 
+def _frame_correct(y: np.ndarray, pred: np.ndarray, top_iou: np.ndarray, k: int, thr: float) -> np.ndarray:
+    """(N,) whether each frame's decision is right at IoU `thr`: its class, and unless both are background, where a
+    true box of that class is (`_frame_classes`' outputs; k is background)."""
+    return (y == pred) & ((pred == k) | (top_iou >= thr))
+
+
+class DecisionScores:
+    """One detector's decisions at a score threshold, under any image weights: micro box F1 at IoU `iou` and the
+    frame decision's accuracy at IoU `iou` (module docstring), as `detection_metrics` reports them; for the paired
+    test (`medcad.metrics.compare.paired_detection_bootstrap`).
+
+    Args:
+        preds: per image (m, 6) [x0, y0, x1, y1, score, class_index].
+        truths: per image (t, 5) [x0, y0, x1, y1, class_index].
+        n_classes: number of classes (no background).
+        iou: the IoU a detection needs to match a truth.
+        score: detections at or above it count.
+    """
+
+    def __init__(
+        self,
+        preds: Sequence[np.ndarray],
+        truths: Sequence[np.ndarray],
+        n_classes: int,
+        iou: float = 0.5,
+        score: float = SCORE_THRESHOLD,
+    ) -> None:
+        p, t = _arrays(preds, truths, n_classes)
+        self.counts = _counts(p, t, n_classes, iou, score)  # (3, N, K)
+        self.correct = _frame_correct(*_frame_classes(p, t, n_classes, score), n_classes, iou).astype(float)
+
+    def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Under image weights w (B, N): f1 and frame_accuracy (B,)."""
+        tp, fp, fn = (w @ self.counts[j] for j in range(3))  # (B, K) each
+        return {"f1": _prf(tp.sum(1), fp.sum(1), fn.sum(1))["f1"], "frame_accuracy": _div(w @ self.correct, w.sum(1))}
+
+
 def _onehot(v: np.ndarray, n: int) -> np.ndarray:
     return np.eye(n)[v] if len(v) else np.zeros((0, n))
 
@@ -262,7 +300,7 @@ def detection_metrics(
     truths: Sequence[np.ndarray],
     labels: Sequence[str],
     *,
-    score_threshold: float = 0.5,
+    score_threshold: float = SCORE_THRESHOLD,
     iou_thresholds: Sequence[float] = (0.45, 0.5, 0.55),
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
@@ -301,9 +339,7 @@ def detection_metrics(
     y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
     cell = y * kb + pred
-    frame_correct = {
-        f"{thr:g}": (y == pred) & ((pred == k) | (top_iou >= thr)) for thr in iou_thresholds
-    }  # (N,) per IoU threshold
+    frame_correct = {f"{thr:g}": _frame_correct(y, pred, top_iou, k, thr) for thr in iou_thresholds}  # (N,) each
     # the classes each frame macro figure averages (as on the full data, in every resample; AP's: `APScores`): with
     # frames or decisions (the frame F1's are defined), background last; with frames
     seen, framed = np.isin(np.arange(kb), np.r_[y, pred]), np.isin(np.arange(k), y)

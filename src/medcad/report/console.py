@@ -350,7 +350,14 @@ def _p(v: float | None) -> str:
 
 def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     """Paired comparisons: difference with its 95 % CI, raw p and Holm-adjusted p (over the study's family)."""
-    named = (("dice", "Dice"), ("dice_lesion", "Dice, lesion images"), ("ap50", "AP50"), ("map", "mAP@[.5:.95]"))
+    named = (
+        ("dice", "Dice"),
+        ("dice_lesion", "Dice, lesion images"),
+        ("ap50", "AP50"),
+        ("map", "mAP@[.5:.95]"),
+        ("f1", "F1 at IoU 0.5"),
+        ("frame_accuracy", "frame accuracy at IoU 0.5"),
+    )
     rows = [
         (p, what, d)
         for p in pairs

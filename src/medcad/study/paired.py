@@ -11,17 +11,19 @@ from medcad.engine.results import positive_label
 from medcad.runfolder import RunFolder
 from medcad.study.protocol import Experiment, compared_pairs, slug
 
+DETECTION_TESTS = ("ap50", "map", "f1", "frame_accuracy")  # a pair of detectors' tests (F1, frames: IoU 0.5)
+
 
 def paired_tests(
     study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict
 ) -> list[dict]:
-    """Paired tests between the runs `compared_pairs` names, on the same test images (of its domain, when it names
-    one), with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the
-    runs predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the
-    runs' own AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired
-    cluster bootstrap of AP50 and mAP where they detect boxes (`paired_detections`). p-values are Holm-adjusted over the
-    study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's dataset), for the
-    pairs compared on one domain's test images."""
+    """Paired tests between the runs `compared_pairs` names, on the same test images (of its domain, when it names one),
+    with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
+    predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the runs' own
+    AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired cluster
+    bootstrap of AP50, mAP, F1 and frame accuracy where they detect boxes (`paired_detections`). p-values are
+    Holm-adjusted over the study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's
+    dataset), for the pairs compared on one domain's test images."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
@@ -77,14 +79,15 @@ def on_classes(boxes: np.ndarray, labels: list[str], common: list[str]) -> np.nd
 
 
 def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, read: dict) -> dict:
-    """AP50 and mAP of detector runs `a` and `b` on the test images `keys`, compared by a paired cluster bootstrap
-    (`medcad.metrics.compare.paired_ap_bootstrap`) on their out-of-fold detections and A's truths as their metrics
-    score them (`read`: the runs' `RunDetections` read so far, by name). B's boxes are scaled to A's input size where
-    the runs trained at different sizes (each axis is stretched to S, so IoU, and AP, is the same at any S). Classes
-    pair by name; where the runs' box classes differ (one with frame classes, a domain without a class) both are
-    scored on the classes they share, which `note` names."""
+    """AP50, mAP, F1 and frame accuracy (IoU 0.5, at the runs' score threshold) of detector runs `a` and `b` on the
+    test images `keys`, compared by a paired cluster bootstrap (`medcad.metrics.compare.paired_detection_bootstrap`)
+    on their out-of-fold detections and A's truths as their metrics score them (`read`: the runs' `RunDetections`
+    read so far, by name). B's boxes are scaled to A's input size where the runs trained at different sizes (each
+    axis is stretched to S, so IoU, and every measure, is the same at any S). Classes pair by name; where the runs'
+    box classes differ (one with frame classes, a domain without a class) both are scored on the classes they share,
+    which `note` names."""
     from medcad.engine.evaluate import run_detections
-    from medcad.metrics.compare import paired_ap_bootstrap
+    from medcad.metrics.compare import paired_detection_bootstrap
 
     for name in (a, b):
         if name not in read:
@@ -94,32 +97,34 @@ def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: 
     at_a = dict(zip(ra.keys, zip(ra.detections, ra.truths, strict=True), strict=True))
     at_b = dict(zip(rb.keys, rb.detections, strict=True))
     scale = np.array([ra.image_size / rb.image_size] * 4 + [1, 1])
-    out = paired_ap_bootstrap(
+    out = paired_detection_bootstrap(
         [on_classes(at_a[k][0], ra.labels, common) for k in keys],
         [on_classes(at_b[k] * scale, rb.labels, common) for k in keys],
         [on_classes(at_a[k][1], ra.labels, common) for k in keys],
         len(common),
         groups=groups,
     )
-    pair = {"test": "paired cluster bootstrap of AP50 and mAP", "n_boot": out["n_boot"]}
-    pair |= {"ap50": out["ap50"], "map": out["map"]}
+    pair = {"test": "paired cluster bootstrap of AP50, mAP, F1 and frame accuracy", "n_boot": out["n_boot"]}
+    pair |= {k: out[k] for k in (*DETECTION_TESTS, "score_threshold", "iou")}
     if set(ra.labels) != set(rb.labels):
         extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
         said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
-        pair["note"] = f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
+        pair["note"] = (
+            f"detections compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
+        )
     return pair
 
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
-    """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each
-    pair), every Dice test and every AP test (AP50 and mAP of each pair of detectors) gets `p_holm` beside its raw
-    `p_value`, and `family_size`, the number of tests Holm adjusted over (those with a p-value; a nan one is left
-    out of the family and its p_holm is nan); DeLong's image-level p-values form their own family. Returns
+    """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each pair),
+    every Dice test and every detection test (AP50, mAP, F1 and frame accuracy of each pair of detectors) gets `p_holm`
+    beside its raw `p_value`, and `family_size`, the number of tests Holm adjusted over (those with a p-value; a nan one
+    is left out of the family and its p_holm is nan); DeLong's image-level p-values form their own family. Returns
     `pairs`."""
     from medcad.metrics.compare import holm
 
     tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
-    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion", "ap50", "map") if k in p]
+    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion", *DETECTION_TESTS) if k in p]
     adjusted = holm([d["p_value"] for d in tests])
     family_size = int(np.isfinite(adjusted).sum())  # holm's m: the finite p-values, adjusted to finite ones
     for d, adj in zip(tests, adjusted, strict=True):
