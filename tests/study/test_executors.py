@@ -21,7 +21,7 @@ name: fan-out
 data: data
 protocol: sequential
 folds: 2
-models: [tf_efficientnet_lite0]
+models: [test_resnet]  # a tiny backbone: the executors are under test, not the model
 settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fraction: 0.3, threads: 1}
 """
 
