@@ -469,3 +469,18 @@ def test_a_refused_split_leaves_no_run_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="fold 0 would have"):
         train_run(tmp_path / "data", tmp_path / "run", FAST.replace(group_by="patient"), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fold_whose_model_predicts_nan_stops_with_the_fold_named(tmp_path: Path) -> None:
+    """A diverged fold (NaN probabilities) stops before its result is written, naming the fold and what to change,
+    instead of a metrics error after every fold has trained."""
+    from medcad.engine.fold import _check_finite
+    from medcad.errors import MedcadError
+
+    ok = {"probs": np.full((4, 2), 0.5)}
+    _check_finite(tmp_path / "fold_1", {"validation": ok, "test": ok, "boxes": {"detections": []}})
+    bad = {"probs": np.array([[0.5, 0.5], [np.nan, np.nan], [0.2, 0.8]])}
+    with pytest.raises(
+        MedcadError, match=r"fold_1: .*\(NaN\) for 1 of 3 test images: its training diverged; train a new run"
+    ):
+        _check_finite(tmp_path / "fold_1", {"validation": ok, "test": bad})

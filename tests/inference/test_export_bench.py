@@ -135,6 +135,26 @@ def test_choices_kept_side_by_side_are_all_kept(tmp_path: Path, monkeypatch) -> 
     assert sorted(p.name for p in cache.parent.iterdir()) == ["backends.json"]
 
 
+def test_a_choice_is_used_where_it_cannot_be_locked_or_kept(tmp_path: Path, monkeypatch, caplog) -> None:
+    """medcad's cache folder not writable (a serving container's read-only home): kept without the lock; the run
+    folder not writable: not kept, measured again next time. Both said; neither stops a prediction."""
+    import logging
+
+    from medcad.inference.backends import remember
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "afile" / "cache"))  # under a file: cannot be made
+    cache = tmp_path / "run" / "backends.json"
+    cache.parent.mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert remember(cache, "k", {"backend": "onnx-fp32"}) == {"backend": "onnx-fp32"}
+        assert json.loads(cache.read_text()) == {"k": {"backend": "onnx-fp32"}}
+        assert "written without a lock" in caplog.text
+        unkept = tmp_path / "afile" / "backends.json"  # a run folder that cannot be written
+        assert remember(unkept, "k", {"backend": "onnx-fp32"}, unsteady=True)["unsteady_attempts"] == 1
+        assert "not kept" in caplog.text and not unkept.exists()
+
+
 def test_a_pick_is_doubtful_only_where_an_unsteady_timing_could_have_decided_it() -> None:
     """The pick itself unsteady, or an eligible backend close enough behind it (within UNSTEADY_RATIO: another job
     only slows a backend, so it may be the faster); not one far behind, nor one that does not agree."""

@@ -208,6 +208,17 @@ def test_paired_detection_test_agrees_with_each_detectors_own(
             assert np.isnan(same["ci95"]).all()
 
 
+def test_detectors_without_a_shared_class_are_not_compared() -> None:
+    """No class to score: every measure is undefined (nan), frame accuracy included, whose frames would all be
+    background and decided right by both; a nan p stays out of the study's Holm family."""
+    from medcad.metrics.compare import paired_detection_bootstrap
+
+    none = [np.zeros((0, 6))] * 5
+    out = paired_detection_bootstrap(none, none, [np.zeros((0, 5))] * 5, 0, n_boot=50)
+    for m in ("ap50", "map", "f1", "frame_accuracy"):
+        assert np.isnan(out[m]["value_a"]) and np.isnan(out[m]["p_value"]), m
+
+
 def test_paired_detection_test_resamples_whole_groups() -> None:
     """Images of one patient move together: with a strong patient effect (one detector finds every box of half the
     patients, the other of the other half) the cluster interval is wider than the image-level one."""

@@ -28,7 +28,7 @@ from medcad.data.transforms import Normalize
 from medcad.devices import is_primary
 from medcad.engine.common import quiet_lightning, train_stage
 from medcad.engine.results import RESULT_VERSION, write_json
-from medcad.errors import ConfigError
+from medcad.errors import ConfigError, MedcadError
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
 
@@ -121,6 +121,26 @@ class FoldHooks:
         return {}
 
 
+def _check_finite(fold_dir: Path, outputs: dict[str, dict]) -> None:
+    """Stop a fold whose kept model predicts non-finite probabilities (NaN: its training diverged in every epoch it
+    could have kept), naming the fold and what to change, before anything is saved as its result.
+
+    Raises:
+        MedcadError: probabilities of some images of a part are not finite.
+    """
+    for part, out in outputs.items():
+        probs = out.get("probs")
+        if probs is None or not len(probs):
+            continue
+        bad = ~np.isfinite(np.asarray(probs, dtype=float).reshape(len(probs), -1)).all(axis=1)
+        if bad.any():
+            raise MedcadError(
+                f"{fold_dir}: the fold's model predicts non-finite probabilities (NaN) for {int(bad.sum())} of "
+                f"{len(bad)} {part} images: its training diverged; train a new run (another --out) with a lower "
+                "learning rate (lr)"
+            )
+
+
 def train_fold(
     k: int,
     parts: dict[str, np.ndarray],
@@ -211,6 +231,7 @@ def train_fold(
     speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
     if val_out is None:
         val_out = hooks.predict(model, normalize, data, val)
+    _check_finite(fold.result.parent, {"validation": val_out, "test": test_out})
     temperature = hooks.temperature(val_out, data, val)
     decision = hooks.decision(val_out, data, val, temperature)
     save_model(fold.model, model.cpu(), cfg, list(data.labels), dc, temperature, decision)

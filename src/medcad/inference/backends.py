@@ -22,7 +22,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,8 @@ from medcad.errors import MedcadError
 from medcad.inference.export import check_images, ensure_export
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.runfolder import RunFolder
+
+log = logging.getLogger(__name__)
 
 N_IMAGES, BATCH, REPEATS = 128, 8, 3
 # a timing is unsteady when its slowest repeat is more than UNSTEADY_RATIO x its fastest and more than UNSTEADY_S
@@ -191,26 +196,44 @@ def remember(cache: Path, key: str, choice: dict, unsteady: bool = False) -> dic
     """Keep `choice` under `key` in `cache` (RUN/backends.json), under an inter-process lock so that processes serving
     or predicting with one run's folds side by side each keep theirs (a plain read-modify-write drops another's). An
     `unsteady` choice counts its attempts (`unsteady_attempts`: `known_choice` has it measured again, MAX_ATTEMPTS at
-    most). Returns the choice as kept."""
+    most). Where the lock cannot be had (medcad's cache folder not writable, or held LOCK_SECONDS by another process)
+    the file is written without it, and where the run folder is read-only the choice is not kept (measured again
+    next time); both are said. Returns the choice as kept."""
     with _cache_lock(cache):
         known = _read_cache(cache)
         if unsteady:  # the pick may be another job's doing
             choice = {**choice, "unsteady_attempts": (known.get(key) or {}).get("unsteady_attempts", 0) + 1}
-        atomic_write_text(cache, json.dumps({**known, key: choice}, indent=1))
+        try:
+            atomic_write_text(cache, json.dumps({**known, key: choice}, indent=1))
+        except OSError as e:
+            log.warning("note: the backend choice is not kept in %s (%s): the next call measures again", cache, e)
     return choice
 
 
-def _cache_lock(cache: Path):
-    """An inter-process lock on `cache`, its lock file in medcad's cache folder, not in the run folder."""
-    import hashlib
+LOCK_SECONDS = 120  # longest wait for another process's write of RUN/backends.json (a write takes milliseconds)
 
-    from filelock import FileLock
+
+@contextmanager
+def _cache_lock(cache: Path) -> Iterator[None]:
+    """An inter-process lock on `cache`, its lock file in medcad's cache folder (not in the run folder); none, said,
+    where that folder cannot be written or the lock is held longer than LOCK_SECONDS."""
+    from filelock import FileLock, Timeout
 
     from medcad.data.cache import cache_dir
 
-    locks = cache_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    return FileLock(locks / f"{hashlib.sha1(str(cache.resolve()).encode()).hexdigest()[:16]}.lock")
+    try:
+        locks = cache_dir() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(locks / f"{hashlib.sha1(str(cache.resolve()).encode()).hexdigest()[:16]}.lock")
+        lock.acquire(timeout=LOCK_SECONDS)
+    except (OSError, Timeout) as e:
+        log.warning("note: %s is written without a lock (%s)", cache, e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Predictor | None]:

@@ -252,11 +252,14 @@ class DecisionScores:
         p, t = _arrays(preds, truths, n_classes)
         self.counts = _counts(p, t, n_classes, iou, score)  # (3, N, K)
         self.correct = _frame_correct(*_frame_classes(p, t, n_classes, score), n_classes, iou).astype(float)
+        self.n_classes = n_classes
 
     def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Under image weights w (B, N): f1 and frame_accuracy (B,)."""
+        """Under image weights w (B, N): f1 and frame_accuracy (B,); nan without classes (every frame would be
+        background, decided right by any detector)."""
         tp, fp, fn = (w @ self.counts[j] for j in range(3))  # (B, K) each
-        return {"f1": _prf(tp.sum(1), fp.sum(1), fn.sum(1))["f1"], "frame_accuracy": _div(w @ self.correct, w.sum(1))}
+        frames = _div(w @ self.correct, w.sum(1)) if self.n_classes else np.full(len(w), np.nan)
+        return {"f1": _prf(tp.sum(1), fp.sum(1), fn.sum(1))["f1"], "frame_accuracy": frames}
 
 
 def _onehot(v: np.ndarray, n: int) -> np.ndarray:

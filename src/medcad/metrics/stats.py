@@ -372,11 +372,14 @@ def class_score(probs: np.ndarray, c: int) -> np.ndarray:
 
     Returns:
         (N,) float64 scores, higher means class `c`; finite, a zero probability counting as the smallest float64
-        (|score| <= 745); nan where a row holds nan.
+        (|score| <= 745).
+
+    Raises:
+        ValueError: a probability that is not a number in [0, 1] (`as_probs`).
     """
     p = as_probs(probs)
-    others = np.delete(p, c, axis=1).sum(axis=1)  # nan where the row holds nan
-    below = (p[:, c] < 1) & ~np.isnan(others)
+    others = np.delete(p, c, axis=1).sum(axis=1)
+    below = p[:, c] < 1
     rest = np.where(below, 1 - p[:, c], others) if p.shape[1] > 2 else others
     return np.log(np.maximum(p[:, c], _SMALLEST)) - np.log(np.maximum(rest, _SMALLEST))
 

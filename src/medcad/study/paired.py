@@ -103,16 +103,43 @@ def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: 
         [on_classes(at_a[k][1], ra.labels, common) for k in keys],
         len(common),
         groups=groups,
+        score_threshold=_score_threshold(study_dir / "runs" / slug(a)),
     )
-    pair = {"test": "paired cluster bootstrap of AP50, mAP, F1 and frame accuracy", "n_boot": out["n_boot"]}
-    pair |= {k: out[k] for k in (*DETECTION_TESTS, "score_threshold", "iou")}
+    thresholds = {_score_threshold(study_dir / "runs" / slug(name)) for name in (a, b)}
+    same_decisions = set(ra.labels) == set(rb.labels) and len(thresholds) == 1
+    pair = {"test": "paired cluster bootstrap of AP50, mAP" + (", F1 and frame accuracy" if same_decisions else "")}
+    pair |= {"n_boot": out["n_boot"], **{k: out[k] for k in ("ap50", "map")}}
+    if same_decisions:  # each run's decisions as its own metrics make them
+        pair |= {k: out[k] for k in ("f1", "frame_accuracy", "score_threshold", "iou")}
+    notes = []
     if set(ra.labels) != set(rb.labels):
         extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
         said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
-        pair["note"] = (
-            f"detections compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}"
+        notes.append(
+            f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}. F1 and frame "
+            "accuracy are not compared: each run decides among its own classes, against its own truths"
         )
+    elif len(thresholds) > 1:
+        notes.append(
+            f"F1 and frame accuracy are not compared: the runs decide at score thresholds {sorted(thresholds)}"
+        )
+    if notes:
+        pair["note"] = "; ".join(notes)
     return pair
+
+
+def _score_threshold(run: Path) -> float:
+    """The score threshold a detector run's metrics decided at (its metrics.json; the default where absent)."""
+    import json
+
+    from medcad.metrics.detection import SCORE_THRESHOLD
+
+    path = RunFolder(run).metrics
+    return (
+        float(json.loads(path.read_text()).get("score_threshold", SCORE_THRESHOLD))
+        if path.is_file()
+        else SCORE_THRESHOLD
+    )
 
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
