@@ -315,3 +315,23 @@ def test_a_mirrored_copy_is_a_near_duplicate(n: int, gain: float, seed: int, fli
         m = load_manifest(root)
         groups = [sorted(Path(m.keys[i]).stem[1:] for i in g) for g in duplicate_groups(fingerprints(m), near=True)]
         assert sorted(groups) == sorted([[str(k), str(k)] for k in range(n)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=25), st.data())
+def test_each_row_keeps_its_split_group_and_an_image_without_one_is_alone(group_of: list[int], data) -> None:
+    """Rows of one split group share it; a row whose image the splits do not hold is a cluster of its own, never
+    drawn with a group whose id equals its row number (the fallback had been the row index)."""
+    from medcad.data.splits import row_groups
+    from medcad.metrics.stats import group_index
+
+    keys = [f"img{i}.png" for i in range(len(group_of))]
+    held = data.draw(st.lists(st.booleans(), min_size=len(keys), max_size=len(keys)))
+    groups = {k: g for k, g, h in zip(keys, group_of, held, strict=True) if h}
+    rows = np.array(data.draw(st.permutations(range(len(keys)))))
+    inv, _ = group_index(row_groups(groups, keys, rows), len(rows))
+    for a in range(len(rows)):
+        for b in range(a):
+            ka, kb = keys[rows[a]], keys[rows[b]]
+            together = ka in groups and kb in groups and groups[ka] == groups[kb]
+            assert (inv[a] == inv[b]) == together

@@ -11,6 +11,7 @@ import pandas as pd
 
 from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest
+from medcad.data.splits import row_groups
 from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import p_lesion_words, reference_label
 
@@ -102,7 +103,7 @@ def segmentation_results(
     rows = np.concatenate([p[0] for p in parts])
     counts, counts_small = _joined([p[1] for p in parts]), _joined(small)
     dist = np.concatenate(dists)
-    groups = np.array([groups_of.get(keys[i], i) for i in rows])
+    groups = row_groups(groups_of, keys, rows)
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
     m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label)

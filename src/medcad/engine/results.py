@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.data.splits import row_groups
 from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder
 from medcad.tasks import reference_label
@@ -128,7 +129,7 @@ def detection_results(
 
     keys = manifest.keys
     rows, dets, truths = pooled_detections(boxes, results)
-    groups = np.array([groups_of.get(keys[i], i) for i in rows])
+    groups = row_groups(groups_of, keys, rows)
     m = detection_metrics(dets, truths, labels, groups=groups)
     per_fold, start = [], 0
     for r in results:
@@ -296,7 +297,7 @@ def _multilabel_results(
     probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, k) for r in results])
     fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
     keys = manifest.keys
-    groups = np.array([group_map.get(keys[i], i) for i in rows])
+    groups = row_groups(group_map, keys, rows)
     m = multilabel_metrics(y[rows], probs, labels, groups=groups)
     per_fold = []
     for r in results:
@@ -420,7 +421,7 @@ def _classification_results(
     probs = np.concatenate([np.array(r["test_probs"], dtype=np.float64).reshape(-1, len(labels)) for r in results])
     fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
     keys = manifest.keys
-    groups = np.array([group_map.get(keys[i], i) for i in rows])
+    groups = row_groups(group_map, keys, rows)
     m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
     validated, _ = validated_metrics(y, results, rows, probs, fold_of, labels, groups)
     m.update(validated)

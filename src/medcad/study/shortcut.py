@@ -18,7 +18,7 @@ import numpy as np
 
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_images, cached_masks
-from medcad.data.splits import fold_indices, load_splits
+from medcad.data.splits import fold_indices, load_splits, row_groups
 from medcad.engine.results import positive_label, write_json
 from medcad.errors import ConfigError, DataError
 from medcad.metrics.calibration import apply_temperature
@@ -96,7 +96,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     rows = np.concatenate(rows_all)
     y = y_all[rows]
     present = sorted(set(y.tolist()))
-    groups = np.array([str(group_map.get(manifest.keys[i], i)) for i in rows])
+    groups = row_groups(group_map, manifest.keys, rows)
     pos = positive_label([labels[c] for c in present]) if len(present) >= 2 else labels[present[0]]
     c_pos = labels.index(pos)
     result: dict = {"labels": labels, "positive": pos, "n_images": int(len(rows)), "margin": margin, "variants": {}}
