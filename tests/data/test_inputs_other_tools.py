@@ -422,3 +422,19 @@ def test_a_labelmap_txt_beside_grey_label_maps_changes_nothing(tmp_path: Path) -
     classes = resolve_mask_labels("1=cyst,2=stone", tmp_path, [tmp_path / "m.png"])
     assert (read_label_map([tmp_path / "m.png"], classes) == index).all()
     assert classes.colours == ((0, 0, 0, 0), (250, 50, 83, 1))  # Cyst is cyst; polyp is no class of the run
+
+
+def test_labelmap_classes_that_match_no_class_are_named(tmp_path: Path, caplog) -> None:
+    """labelmap.txt beside the masks with a class --mask-labels does not name (stone) while --mask-labels names one
+    it gives no colour (Stones, a typo): both are said, not dropped silently."""
+    import logging
+
+    from medcad.data.labelmaps import resolve_mask_labels
+
+    lines = ["background:0,0,0::", "cyst:250,50,83::", "stone:51,221,255::", "Kidney:36,179,83::"]
+    (tmp_path / "labelmap.txt").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        classes = resolve_mask_labels("1=cyst,2=Stones,3=kidney", tmp_path, [])
+    assert sorted(c[3] for c in classes.colours) == [0, 1, 3]  # background, cyst, kidney (letter case aside)
+    assert "class(es) stone are no class of --mask-labels" in caplog.text
+    assert "gives no colour to class(es) Stones of --mask-labels" in caplog.text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from medcad.errors import ConfigError, DataError
 LABELS_FILE = "dataset.json"  # nnU-Net's name for a dataset's labels (and more)
 COLOUR_FILE = "labelmap.txt"  # CVAT's (Pascal VOC style) class colours: `name:r,g,b:parts:actions`
 BACKGROUND_NAMES = ("background", "bg", "0")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,25 @@ def _with_colours(classes: MaskLabels, path: Path) -> MaskLabels:
     value = {n.casefold(): v for v, n in zip(classes.values, classes.names, strict=True)}
     value |= {n.casefold(): 0 for n in colours if n.lower() in BACKGROUND_NAMES}
     table = tuple((*rgb, value[n.casefold()]) for n, rgb in colours.items() if n.casefold() in value)
+    unused = [n for n in colours if n.casefold() not in value]
+    named = {n.casefold() for n in colours}
+    uncoloured = [n for n in classes.names if n.casefold() not in named]
+    if unused:
+        log.warning(
+            "note: %s: class(es) %s are no class of %s (%s); a mask pixel of their colour stops the read",
+            path,
+            ", ".join(unused),
+            classes.source,
+            classes.describe(),
+        )
+    if uncoloured:
+        log.warning(
+            "note: %s gives no colour to class(es) %s of %s: a coloured mask cannot hold them (names match letter "
+            "case aside)",
+            path,
+            ", ".join(uncoloured),
+            classes.source,
+        )
     return dataclasses.replace(classes, colours=table)
 
 
