@@ -431,10 +431,12 @@ def test_labelmap_classes_that_match_no_class_are_named(tmp_path: Path, caplog) 
 
     from medcad.data.labelmaps import resolve_mask_labels
 
-    lines = ["background:0,0,0::", "cyst:250,50,83::", "stone:51,221,255::", "Kidney:36,179,83::"]
+    lines = ["_background_:0,0,0::", "cyst:250,50,83::", "stone:51,221,255::", "Kidney:36,179,83::"]
     (tmp_path / "labelmap.txt").write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING):
         classes = resolve_mask_labels("1=cyst,2=Stones,3=kidney", tmp_path, [])
     assert sorted(c[3] for c in classes.colours) == [0, 1, 3]  # background, cyst, kidney (letter case aside)
     assert "class(es) stone are no class of --mask-labels" in caplog.text
     assert "gives no colour to class(es) Stones of --mask-labels" in caplog.text
+    assert "_background_" not in caplog.text  # labelme's and VOC tools' name for background
+    assert resolve_mask_labels(None, tmp_path, []).names == ("cyst", "stone", "Kidney")  # its own: no background

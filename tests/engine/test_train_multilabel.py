@@ -96,3 +96,13 @@ def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
 
     html = write_report(run).read_text()
     assert "Findings (multi-label)" in html and "exact match" in html
+
+
+def test_a_diverged_multilabel_epoch_scores_zero() -> None:
+    """NaN probabilities (a diverged epoch) score 0 and are never selected, as for one-label classes; sklearn had
+    stopped the fit with "Input contains NaN"."""
+    from medcad.engine.modules import multilabel_val_score
+
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    assert multilabel_val_score(y, np.full((4, 2), np.nan)) == 0.0
+    assert multilabel_val_score(y, y * 0.8 + 0.1) == 1.0

@@ -29,7 +29,7 @@ from medcad.errors import ConfigError, DataError
 
 LABELS_FILE = "dataset.json"  # nnU-Net's name for a dataset's labels (and more)
 COLOUR_FILE = "labelmap.txt"  # CVAT's (Pascal VOC style) class colours: `name:r,g,b:parts:actions`
-BACKGROUND_NAMES = ("background", "bg", "0")
+BACKGROUND_NAMES = ("background", "bg", "0", "_background_")  # labelme and VOC tools write _background_
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def _with_colours(classes: MaskLabels, path: Path) -> MaskLabels:
     value = {n.casefold(): v for v, n in zip(classes.values, classes.names, strict=True)}
     value |= {n.casefold(): 0 for n in colours if n.lower() in BACKGROUND_NAMES}
     table = tuple((*rgb, value[n.casefold()]) for n, rgb in colours.items() if n.casefold() in value)
-    unused = [n for n in colours if n.casefold() not in value]
+    unused = [n for n, rgb in colours.items() if n.casefold() not in value and rgb != (0, 0, 0)]  # black: background
     named = {n.casefold() for n in colours}
     uncoloured = [n for n in classes.names if n.casefold() not in named]
     if unused:

@@ -67,9 +67,12 @@ def val_score(y: np.ndarray, probs: np.ndarray) -> float:
 
 def multilabel_val_score(y: np.ndarray, probs: np.ndarray) -> float:
     """Model-selection score of multi-label predictions (N, K): the mean AUC over the labels with both outcomes in
-    the part, or 1 - Hamming loss when no label has both."""
+    the part, or 1 - Hamming loss when no label has both; 0 for probabilities with nan (a diverged epoch is never
+    selected, as in `val_score`)."""
     from sklearn.metrics import roc_auc_score
 
+    if np.isnan(probs).any():
+        return 0.0
     y = np.asarray(y).astype(bool)
     both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
     if both:

@@ -20,12 +20,13 @@ from medcad.data.datasets import cached_images, image_cache_key
 from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import Manifest, atomic_write_text
-from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, save_splits
+from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, row_groups, save_splits
 from medcad.devices import fit_torch_threads, is_primary, join_launched_processes, rank_zero_first
 from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
 from medcad.errors import ConfigError, DataError
+from medcad.metrics.stats import group_index
 from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
@@ -212,7 +213,7 @@ def train_run(
             parts["train"], parts["val"] = parts["train"][keep[parts["train"]]], parts["val"][keep[parts["val"]]]
             if len(parts["val"]) == 0 and len(parts["train"]) > 1:  # no validation image of these domains
                 gmap = splits.get("groups") or {}
-                g = np.array([gmap.get(keys[i], i) for i in parts["train"]])
+                g = group_index(row_groups(gmap, keys, parts["train"]), len(parts["train"]))[0]
                 single = y is not None and np.ndim(y) == 1  # one label per row (not multi-label): every label validated
                 tr, va = group_holdout(g, cfg.val_fraction or 0.15, cfg.seed + k, y[parts["train"]] if single else None)
                 parts["train"], parts["val"] = parts["train"][tr], parts["train"][va]

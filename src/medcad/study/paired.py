@@ -39,7 +39,7 @@ def paired_tests(
         if domain is not None:
             a = a[np.array([domain_of.get(k) == domain for k in a.index], dtype=bool)]
         b = preds[eb.name].set_index("image").loc[a.index]
-        g = np.array([str(groups_of.get(k, k)) for k in a.index])
+        g = np.array([str(groups_of[k]) if k in groups_of else f"image {k}" for k in a.index])
         pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
         if domain is not None:
             pair["domain"] = domain  # compared on this domain's test images alone
@@ -134,12 +134,10 @@ def _score_threshold(run: Path) -> float:
 
     from medcad.metrics.detection import SCORE_THRESHOLD
 
-    path = RunFolder(run).metrics
-    return (
-        float(json.loads(path.read_text()).get("score_threshold", SCORE_THRESHOLD))
-        if path.is_file()
-        else SCORE_THRESHOLD
-    )
+    try:
+        return float(json.loads(RunFolder(run).metrics.read_text()).get("score_threshold", SCORE_THRESHOLD))
+    except (OSError, ValueError):  # not evaluated yet, or cut off: the runs' default
+        return SCORE_THRESHOLD
 
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
