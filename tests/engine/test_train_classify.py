@@ -484,3 +484,8 @@ def test_a_fold_whose_model_predicts_nan_stops_with_the_fold_named(tmp_path: Pat
         MedcadError, match=r"fold_1: .*\(NaN\) for 1 of 3 test images: its training diverged; train a new run"
     ):
         _check_finite(tmp_path / "fold_1", {"validation": ok, "test": bad})
+    boxes = {"detections": [np.array([[1, 2, 8, 9, 0.9, 0]]), np.zeros((0, 6))]}
+    _check_finite(tmp_path / "fold_1", {"validation": boxes, "test": boxes})
+    nan_box = {"detections": [np.array([[1, 2, 8, 9, np.nan, 0]]), np.zeros((0, 6))]}
+    with pytest.raises(MedcadError, match=r"non-finite boxes or scores \(NaN\) for 1 of 2 validation images"):
+        _check_finite(tmp_path / "fold_1", {"validation": nan_box, "test": boxes})

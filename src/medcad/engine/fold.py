@@ -122,20 +122,24 @@ class FoldHooks:
 
 
 def _check_finite(fold_dir: Path, outputs: dict[str, dict]) -> None:
-    """Stop a fold whose kept model predicts non-finite probabilities (NaN: its training diverged in every epoch it
-    could have kept), naming the fold and what to change, before anything is saved as its result.
+    """Stop a fold whose kept model predicts non-finite values (NaN: its training diverged in every epoch it could
+    have kept) as class probabilities or as detections (boxes, scores), naming the fold and what to change, before
+    anything is saved as its result.
 
     Raises:
-        MedcadError: probabilities of some images of a part are not finite.
+        MedcadError: the probabilities or detections of some images of a part are not finite.
     """
     for part, out in outputs.items():
-        probs = out.get("probs")
-        if probs is None or not len(probs):
+        probs, dets = out.get("probs"), out.get("detections")
+        if probs is not None and len(probs):
+            what, bad = "probabilities", ~np.isfinite(np.asarray(probs, dtype=float).reshape(len(probs), -1)).all(1)
+        elif dets is not None and len(dets):
+            what, bad = "boxes or scores", np.array([not np.isfinite(np.asarray(d, dtype=float)).all() for d in dets])
+        else:
             continue
-        bad = ~np.isfinite(np.asarray(probs, dtype=float).reshape(len(probs), -1)).all(axis=1)
         if bad.any():
             raise MedcadError(
-                f"{fold_dir}: the fold's model predicts non-finite probabilities (NaN) for {int(bad.sum())} of "
+                f"{fold_dir}: the fold's model predicts non-finite {what} (NaN) for {int(bad.sum())} of "
                 f"{len(bad)} {part} images: its training diverged; train a new run (another --out) with a lower "
                 "learning rate (lr)"
             )
