@@ -413,11 +413,13 @@ def load_splits(path: str | Path, manifest: Manifest | None = None) -> dict:
     return splits
 
 
-def row_groups(groups: dict, keys, rows) -> np.ndarray:
+def row_groups(groups: dict, keys, rows=None) -> np.ndarray:
     """The group of each row's image, as splits.json holds them (`groups`: {key: group id}; `keys` the manifest's,
-    `rows` (n,) indices into them), for a cluster bootstrap over the groups the splits kept apart: an object array
-    (n,). An image the splits do not hold is a group of its own, named by its key (never another group's id)."""
-    return np.array([groups[keys[i]] if keys[i] in groups else f"image {keys[i]}" for i in rows], dtype=object)
+    `rows` (n,) indices into them, None for every key), for a cluster bootstrap over the groups the splits kept apart:
+    an object array (n,). An image the splits do not hold is a group of its own, named by its key (never another
+    group's id)."""
+    chosen = keys if rows is None else [keys[i] for i in rows]
+    return np.array([groups[k] if k in groups else f"image {k}" for k in chosen], dtype=object)
 
 
 def fold_indices(manifest: Manifest, fold: dict) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.data.splits import row_groups
 from medcad.engine.results import positive_label
 from medcad.runfolder import RunFolder
 from medcad.study.protocol import Experiment, compared_pairs, slug
@@ -39,7 +40,7 @@ def paired_tests(
         if domain is not None:
             a = a[np.array([domain_of.get(k) == domain for k in a.index], dtype=bool)]
         b = preds[eb.name].set_index("image").loc[a.index]
-        g = np.array([str(groups_of[k]) if k in groups_of else f"image {k}" for k in a.index])
+        g = row_groups(groups_of, list(a.index))
         pair: dict = {"a": ea.name, "b": eb.name, "n": len(a), "n_groups": len(set(g))}
         if domain is not None:
             pair["domain"] = domain  # compared on this domain's test images alone
@@ -97,34 +98,30 @@ def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: 
     at_a = dict(zip(ra.keys, zip(ra.detections, ra.truths, strict=True), strict=True))
     at_b = dict(zip(rb.keys, rb.detections, strict=True))
     scale = np.array([ra.image_size / rb.image_size] * 4 + [1, 1])
+    thresholds = {name: _score_threshold(study_dir / "runs" / slug(name)) for name in (a, b)}
     out = paired_detection_bootstrap(
         [on_classes(at_a[k][0], ra.labels, common) for k in keys],
         [on_classes(at_b[k] * scale, rb.labels, common) for k in keys],
         [on_classes(at_a[k][1], ra.labels, common) for k in keys],
         len(common),
         groups=groups,
-        score_threshold=_score_threshold(study_dir / "runs" / slug(a)),
+        score_threshold=thresholds[a],
     )
-    thresholds = {_score_threshold(study_dir / "runs" / slug(name)) for name in (a, b)}
-    same_decisions = set(ra.labels) == set(rb.labels) and len(thresholds) == 1
+    same_decisions = set(ra.labels) == set(rb.labels) and len(set(thresholds.values())) == 1
     pair = {"test": "paired cluster bootstrap of AP50, mAP" + (", F1 and frame accuracy" if same_decisions else "")}
     pair |= {"n_boot": out["n_boot"], **{k: out[k] for k in ("ap50", "map")}}
     if same_decisions:  # each run's decisions as its own metrics make them
         pair |= {k: out[k] for k in ("f1", "frame_accuracy", "score_threshold", "iou")}
-    notes = []
     if set(ra.labels) != set(rb.labels):
         extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
         said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
-        notes.append(
+        pair["note"] = (
             f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}. F1 and frame "
             "accuracy are not compared: each run decides among its own classes, against its own truths"
         )
-    elif len(thresholds) > 1:
-        notes.append(
-            f"F1 and frame accuracy are not compared: the runs decide at score thresholds {sorted(thresholds)}"
-        )
-    if notes:
-        pair["note"] = "; ".join(notes)
+    elif not same_decisions:  # the same classes, other thresholds
+        levels = sorted(set(thresholds.values()))
+        pair["note"] = f"F1 and frame accuracy are not compared: the runs decide at score thresholds {levels}"
     return pair
 
 
