@@ -308,10 +308,11 @@ def freeze_stride(cfg: TrainConfig, defaults: dict[tuple[str, ...], int] = FREEZ
     paired cluster bootstrap (2026-12-04); stage 2 trains 1.2-1.3x faster at 8 than at 4. Detectors (SSD heads read
     only the encoder's last two maps, at strides 16 and 32), SSDlite / lite0 on Kvasir-SEG, 256 px, 5 grouped folds,
     every layer / stride 8: AP50 0.865 / 0.862, paired difference 0.003 (95 % CI -0.011 to 0.019, p 0.59); mAP 0.508
-    / 0.500, 0.008 (-0.005 to 0.020, p 0.26), training 1.8x faster there and 1.55x at 320 px (2026-12-05). 0 for mask
-    models, since a U-Net on Kvasir-SEG lost Dice with a frozen stem (256 px, 3 epochs: 0.814 -> 0.791, Wilcoxon
-    p < 0.001). `Run.resolve` saves the stride a run uses, so a later change of default does not change how a saved
-    run resumes.
+    / 0.500, 0.008 (-0.005 to 0.020, p 0.26), training 1.8x faster there and 1.55x at 320 px (2026-12-05); on BUSI
+    (benign / malignant boxes, normal frames) AP50 0.403 / 0.488, every paired measure better at stride 8 (p_Holm
+    0.002). 0 for mask models, since a U-Net on Kvasir-SEG lost Dice with a frozen stem (256 px, 3 epochs: 0.814 ->
+    0.791, Wilcoxon p < 0.001). `Run.resolve` saves the stride a run uses, so a later change of default does not
+    change how a saved run resumes.
 
     Raises:
         ConfigError: a negative stride.
