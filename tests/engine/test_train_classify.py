@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import assert_predict_reproduces_fold, float32_softmax
@@ -174,30 +178,41 @@ def test_runs_made_before_freeze_stride_resume_as_they_started(tmp_path: Path) -
     assert Run.resolve(new.replace(task="detect"), tmp_path).cfg.freeze_stride == 0
 
 
-def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: Path) -> None:
-    """last.ckpt (optimizer and scheduler included) is rewritten after every epoch, so a fit killed mid-way resumes
-    where it stopped; best.ckpt holds the best epoch's weights only."""
-    import lightning as L
-    import torch
+class _Tiny(L.LightningModule):
+    """A linear model whose validation score peaks at epoch `best` (and falls after it)."""
 
+    def __init__(self, best: int = 1) -> None:
+        super().__init__()
+        self.net, self.best = torch.nn.Linear(4, 1), best
+
+    def training_step(self, batch, _):
+        return self.net(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, _):
+        self.log("val_score", -abs(float(self.current_epoch - self.best)))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), 1e-3)
+
+
+def _fit_tiny(tmp_path: Path, epochs: int, patience: int, probe=None):
     from medcad.engine.common import make_trainer
+    from medcad.engine.resume import ResumePoint
     from medcad.run import Run
     from medcad.runfolder import FoldFolder
 
-    class Tiny(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(4, 1)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    run = Run.resolve(FAST.replace(logger="none"), tmp_path)
+    trainer, best = make_trainer(run, FoldFolder(tmp_path), "train", epochs, "val_score", "max", patience, False)
+    trainer.callbacks.extend([probe] if probe else [])
+    trainer.fit(_Tiny(), data, data)
+    (resume,) = [c for c in trainer.callbacks if isinstance(c, ResumePoint)]
+    return best, resume.epochs
 
-        def training_step(self, batch, _):
-            return self.net(batch[0]).pow(2).mean()
 
-        def validation_step(self, batch, _):
-            self.log("val_score", float(self.current_epoch == 1))  # epoch 1 is the best
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), 1e-3)
-
+def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: Path) -> None:
+    """last.ckpt (optimizer and scheduler included) is rewritten after every epoch when it is quick to write, so a
+    fit killed mid-way resumes where it stopped; best.ckpt holds the best epoch's weights only."""
     seen: list[int] = []
 
     class Probe(L.Callback):
@@ -207,16 +222,59 @@ def test_every_epoch_leaves_a_full_resume_point_and_the_best_weights(tmp_path: P
                 assert last.is_file(), f"no resume point before epoch {trainer.current_epoch}"
                 seen.append(torch.load(last, weights_only=False)["epoch"])
 
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
-    run = Run.resolve(FAST.replace(logger="none"), tmp_path)
-    trainer, best = make_trainer(run, FoldFolder(tmp_path), "train", 3, "val_score", "max", 5, False)
-    trainer.callbacks.append(Probe())
-    trainer.fit(Tiny(), data, data)
-    assert seen == [0, 1]
+    best, written = _fit_tiny(tmp_path, 3, 5, Probe())
+    assert seen == [0, 1] and written == [0, 1, 2]
     last = torch.load(tmp_path / "checkpoints" / "train" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2 and last["optimizer_states"]
     kept = torch.load(best.best_model_path, weights_only=False)
     assert kept["epoch"] == 1 and "optimizer_states" not in kept
+
+
+@pytest.mark.parametrize(("epochs", "patience", "written"), [(5, 10, [0, 4]), (6, 1, [0, 2])])
+def test_a_costly_resume_point_is_written_first_and_after_the_final_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int, patience: int, written: list[int]
+) -> None:
+    """Where writing a resume point is costly against the fit's epochs, it is written after the first epoch (its cost
+    is not known before) and after the last one: max_epochs reached, or the epoch early stopping ends the fit on
+    (epoch 2 here: the score peaks at epoch 1, patience 1). The last one holds the best checkpoint's record."""
+    from medcad.engine import resume
+
+    monkeypatch.setattr(resume, "CHEAP_WRITE_S", 0.0)
+    monkeypatch.setattr(resume, "WRITE_SHARE", 1e-12)  # no epoch here is long enough to pay for a write
+    best, seen = _fit_tiny(tmp_path, epochs, patience)
+    assert seen == written
+    last = torch.load(tmp_path / "checkpoints" / "train" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == written[-1] and last["optimizer_states"]
+    (record,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert record["best_model_path"] == best.best_model_path and record["best_model_score"] == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    epochs=st.lists(st.floats(0.01, 100.0), min_size=1, max_size=60),
+    write_s=st.floats(0.0, 30.0),
+)
+def test_resume_points_cost_a_bounded_share_of_a_fit_and_lose_a_bounded_stretch(epochs, write_s) -> None:
+    """Over any fit (epoch durations, a write's cost), the writes beyond the first and the final one cost at most
+    WRITE_SHARE of the training time, and the training since the last write never exceeds the stretch that pays
+    for one write plus one epoch: what a stopped fit loses is bounded."""
+    from medcad.engine.resume import CHEAP_WRITE_S, WRITE_SHARE, resume_point_due
+
+    since, cost, writes, lost = 0.0, None, [], 0.0
+    for i, epoch_s in enumerate(epochs):
+        since += epoch_s
+        final = i == len(epochs) - 1
+        if resume_point_due(since, cost, final):
+            writes.append(i)
+            since, cost = 0.0, write_s
+        lost = max(lost, since)
+    assert writes[0] == 0 and writes[-1] == len(epochs) - 1
+    if write_s >= CHEAP_WRITE_S:
+        middle = len(writes) - (2 if len(writes) > 1 else 1)
+        assert middle * write_s <= WRITE_SHARE * sum(epochs) + 1e-9
+        assert lost <= write_s / WRITE_SHARE + max(epochs) + 1e-9
+    else:
+        assert writes == list(range(len(epochs)))
 
 
 STAGES = "1:all:1e-4:adam,2:last4:1e-3:adam"

@@ -6,7 +6,6 @@ import logging
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -16,13 +15,14 @@ import torch
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
+from medcad.engine.resume import Resume, ResumePoint, StopAtStep, clear_fit
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
 from medcad.models.depthwise import fast_depthwise_grads
 from medcad.run import Run
 from medcad.runfolder import FoldFolder
-from medcad.stopping import Stopped, deferred, raise_if_stopped, requested
+from medcad.stopping import Stopped, deferred, requested
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def logger_names(cfg: TrainConfig) -> list[str]:
     return names
 
 
-def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig, resumed: _Resume | None = None) -> list:
+def make_loggers(fold: FoldFolder, stage: str, cfg: TrainConfig, resumed: Resume | None = None) -> list:
     """Lightning loggers named by `cfg.logger` (comma-separated tensorboard, csv, mlflow; or none): TensorBoard and
     CSV logs in the fold's logs folder; MLflow runs in cfg.tracking_uri (a server or store), else
     $MLFLOW_TRACKING_URI, else a local SQLite store `mlflow.db` beside the run folder (for a study: one store for all
@@ -137,56 +137,6 @@ def _number(text: str | None) -> float | None:
         return None
 
 
-@dataclass(frozen=True)
-class _Resume:
-    """Where a fit resumes: after `epoch` (0-based, the last one its last.ckpt holds), at `global_step`."""
-
-    epoch: int
-    global_step: int
-
-    @classmethod
-    def read(cls, last: Path) -> _Resume | None:
-        if not last.is_file():
-            return None
-        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-        return cls(int(ckpt["epoch"]), int(ckpt["global_step"]))
-
-
-def _clear_fit(fold: FoldFolder, stage: str) -> bool:
-    """Remove what an earlier, unfinished fit of the stage left (checkpoints, TensorBoard and CSV logs), so that this
-    fit starts afresh in empty folders. Returns whether there was anything."""
-    import shutil
-
-    found = False
-    for folder in (fold.checkpoints(stage), fold.logs / "tensorboard" / stage, fold.logs / "csv" / stage):
-        if folder.is_dir():
-            found = found or any(folder.iterdir())
-            shutil.rmtree(folder)
-    return found
-
-
-class StopAtStep(L.Callback):
-    """A signal that arrives during a fit (`medcad.stopping`) stops it at its next training or validation step, never
-    in the middle of writing a checkpoint or a log. With several processes, all must stop at the same step (one that
-    left would leave the others waiting in a collective): Lightning's SIGTERM flag, which rank 0 broadcasts at every
-    step, stops them together instead (a SIGINT included; `fit` says which signal it was)."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._stop(trainer)
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._stop(trainer)
-
-    @staticmethod
-    def _stop(trainer) -> None:
-        if requested() is None:
-            return
-        if trainer.world_size > 1:
-            trainer._signal_connector.received_sigterm = True  # what Lightning's own SIGTERM handler sets
-            return
-        raise_if_stopped()
-
-
 class RankSeeds(L.Callback):
     """With several processes, each reseeds torch's generator with its rank added as the fit starts (after the model
     was built alike everywhere), so the ranks draw their own augmentation and dropout instead of the same draws at
@@ -223,21 +173,19 @@ def make_trainer(
 
     keep_freed_memory()  # a step's activations are not unmapped and page-faulted in again every step
     compute = run.compute
-    # best.ckpt: the weights only (what the fold loads); last.ckpt, rewritten every epoch: the full state an
-    # interrupted fit resumes from (optimizer, scheduler, both callbacks' records). Weights only: a third of the
-    # bytes per improvement. (Lightning's own save_last writes only when a top-k file is written in the same step.)
+    # best.ckpt: the weights only (what the fold loads), a third of the bytes per improvement; last.ckpt: the
+    # resume point (`engine.resume`), written after an epoch when it is worth its cost and after the final epoch
     folder = fold.checkpoints(stage)
-    resumed = _Resume.read(folder / "last.ckpt") if resumable else None
+    resumed = Resume.read(folder / "last.ckpt") if resumable else None
     if is_primary():
         where = f"{fold.path.name} {stage}"  # fold_<k> stage2
         if resumed:
             log.warning(
                 "note: %s continues after epoch %d of %d (its last checkpoint)", where, resumed.epoch + 1, max_epochs
             )
-        elif _clear_fit(fold, stage):
+        elif clear_fit(fold, stage):
             log.warning("note: %s starts again (what its unfinished earlier fit left is cleared)", where)
     ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
-    last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
     trainer = L.Trainer(
         accelerator=compute.accelerator,
@@ -246,7 +194,7 @@ def make_trainer(
         strategy=compute.strategy,
         max_epochs=max_epochs,
         precision=precision or compute.precision,
-        callbacks=[ckpt, *([last] if resumable else []), early, RankSeeds(), StopAtStep()],
+        callbacks=[ckpt, *([ResumePoint(folder / "last.ckpt")] if resumable else []), early, RankSeeds(), StopAtStep()],
         logger=make_loggers(fold, stage, run.cfg, resumed) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),
