@@ -547,3 +547,26 @@ def test_a_fold_whose_model_predicts_nan_stops_with_the_fold_named(tmp_path: Pat
     nan_box = {"detections": [np.array([[1, 2, 8, 9, np.nan, 0]]), np.zeros((0, 6))]}
     with pytest.raises(MedcadError, match=r"non-finite boxes or scores \(NaN\) for 1 of 2 validation images"):
         _check_finite(tmp_path / "fold_1", {"validation": nan_box, "test": boxes})
+
+
+def test_a_segmenter_predicting_nan_is_stopped_though_its_masks_are_uint8(tmp_path: Path) -> None:
+    """A diverged segmenter's NaN probabilities become 0 as uint8 masks: empty masks that would score as a poor model.
+    predict_masks flags the images whose outputs were not finite, and the fold stops on them."""
+    from medcad.data.transforms import Normalize
+    from medcad.engine.fold import _check_finite
+    from medcad.errors import MedcadError
+    from medcad.models.predict import predict_masks
+    from medcad.models.segmentation import create_segmenter
+
+    model = create_segmenter("unet", weights="none")  # masks only
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    norm = Normalize([0.5] * 3, [0.25] * 3)
+    out = predict_masks(model, norm, images, np.arange(3), bf16=False)
+    assert not out["nonfinite"].any()
+    _check_finite(tmp_path / "fold_0", {"test": {"masks": out["mask"], "nonfinite": out["nonfinite"]}})
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    out = predict_masks(model, norm, images, np.arange(3), bf16=False)
+    assert out["nonfinite"].all() and out["mask"].dtype == np.uint8 and out["class"] is None
+    with pytest.raises(MedcadError, match=r"fold_0: .*non-finite masks or probabilities \(NaN\) for 3 of 3 test"):
+        _check_finite(tmp_path / "fold_0", {"test": {"masks": out["mask"], "nonfinite": out["nonfinite"]}})

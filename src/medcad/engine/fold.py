@@ -123,15 +123,18 @@ class FoldHooks:
 
 def _check_finite(fold_dir: Path, outputs: dict[str, dict]) -> None:
     """Stop a fold whose kept model predicts non-finite values (NaN: its training diverged in every epoch it could
-    have kept) as class probabilities or as detections (boxes, scores), naming the fold and what to change, before
-    anything is saved as its result.
+    have kept) as class probabilities, as masks (a part's "nonfinite" flags: masks are kept as uint8, which cannot
+    hold a NaN) or as detections (boxes, scores), naming the fold and what to change, before anything is saved as its
+    result.
 
     Raises:
         MedcadError: the probabilities or detections of some images of a part are not finite.
     """
     for part, out in outputs.items():
-        probs, dets = out.get("probs"), out.get("detections")
-        if probs is not None and len(probs):
+        probs, dets, flags = out.get("probs"), out.get("detections"), out.get("nonfinite")
+        if flags is not None and len(flags):
+            what, bad = "masks or probabilities", np.asarray(flags, bool)
+        elif probs is not None and len(probs):
             what, bad = "probabilities", ~np.isfinite(np.asarray(probs, dtype=float).reshape(len(probs), -1)).all(1)
         elif dets is not None and len(dets):
             what, bad = "boxes or scores", np.array([not np.isfinite(np.asarray(d, dtype=float)).all() for d in dets])

@@ -246,7 +246,8 @@ class SegmentHooks(FoldHooks):
     def predict(self, model, normalize, data: FoldData, rows: np.ndarray) -> dict:
         hflip = flip_tta(self.cfg.tta, self.cfg.task)
         out = predict_masks(model, normalize, data.images, rows, bf16=False, hflip=hflip)
-        return {"masks": out["mask"], "probs": out["class"], "lesion_classes": out["lesion_classes"]}
+        keys = {"masks": "mask", "probs": "class", "lesion_classes": "lesion_classes", "nonfinite": "nonfinite"}
+        return {k: out[v] for k, v in keys.items()}
 
     def score(self, outputs: dict, data: FoldData, rows: np.ndarray) -> float:
         scores = []

@@ -109,21 +109,25 @@ def predict_masks(
     """A mask model's outputs for images[rows], averaged over each image and its mirror with `hflip`
     (`mask_outputs`): {"mask": lesion probabilities (n, S, S) uint8 0..255 (None for a class-only model),
     "lesion_classes": (n, K, S, S) uint8 0..255 or None, "class": class probabilities (n, K) float32 or None,
+    "nonfinite": (n,) bool, the images with a NaN or infinite output (uint8 masks cannot show one),
     "images_per_s": float}."""
     model.eval()
     dev = device_of(model)
     normalize = normalize.to(dev)
     parts: dict[str, list[np.ndarray]] = {"mask": [], "lesion_classes": [], "class": []}
+    nonfinite = []
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch]])).to(dev).permute(0, 3, 1, 2)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
         with _autocast(dev, bf16):
             out = mask_outputs(model, x, hflip)
+        nonfinite.append(np.any([~torch.isfinite(v).flatten(1).all(1).cpu().numpy() for v in out.values()], axis=0))
         for k, v in out.items():
             parts[k].append(v.cpu().numpy() if k == "class" else to_uint8(v))
     ips = len(rows) / max(time.perf_counter() - t0, 1e-9)
-    return {k: np.concatenate(v) if v else None for k, v in parts.items()} | {"images_per_s": ips}
+    flags = np.concatenate(nonfinite) if nonfinite else np.zeros(0, bool)
+    return {k: np.concatenate(v) if v else None for k, v in parts.items()} | {"nonfinite": flags, "images_per_s": ips}
 
 
 def detections_to_array(det: dict[str, torch.Tensor]) -> np.ndarray:
