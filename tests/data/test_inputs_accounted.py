@@ -279,37 +279,57 @@ def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None
 @given(
     n_classes=st.integers(2, 3),
     per_class=st.integers(1, 3),
-    nesting=st.sampled_from(["label/patient", "label/named-patient", "split/label", "site/label", "modality/label"]),
+    nesting=st.sampled_from(
+        [
+            "label/patient",
+            "label/shared-patient",
+            "label/patient/visit",
+            "label/named-patient",
+            "split/label",
+            "site/label",
+            "modality/label",
+        ]
+    ),
 )
 def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesting) -> None:
     """Images two folders down: class folders holding patient folders (`benign/P007/1.png`) give labels and
     patients (the patient folder had become the label); `train/benign`, `site1/benign` and modality folders with
     classes of their own (`endoscopy/benign-polyp`, HyperKvasir-like) give the inner classes. Patient folders named
     without a digit (`benign/anna_benign`) cannot be told from such classes: read as classes, and the note says how
-    to read them as patients (it had said nothing)."""
+    to read them as patients (it had said nothing). Patient folders numbered within each class folder
+    (`benign/001`, `malignant/001`) and patient folders holding visit folders (`benign/P01/2019-01-01`) give labels
+    and patients too (the inner folders had become the classes, without a word); an id under two class folders is
+    one patient, said."""
     classes = ["benign", "malignant", "normal"][:n_classes]
     with tempfile.TemporaryDirectory() as tmp:
         root, truth, k = Path(tmp), {}, 0
         for c in classes:
-            for j in range(per_class + nesting.startswith("label/")):
+            shared = nesting == "label/shared-patient"  # ids that outnumber the classes, as patients do
+            for j in range(per_class + nesting.startswith("label/") + shared * n_classes):
                 outer, inner = (c, f"{c[0]}{j:03d}") if nesting == "label/patient" else (f"{nesting[:4]}{j}", c)
+                if nesting == "label/shared-patient":
+                    outer, inner = c, f"{j:03d}"
                 if nesting == "modality/label":  # HyperKvasir-like: each modality its own classes, no ids
                     outer, inner = ("endoscopy", "ultrasound")[k % 2], f"{c}-{('polyp', 'cyst')[k % 2]}"
                 if nesting == "label/named-patient":
                     outer, inner = c, f"{('anna', 'bert', 'carl', 'dora')[j]}_{c}"
+                if nesting == "label/patient/visit":
+                    outer, inner = c, f"{c[0]}{j:02d}/2019-0{k % 9 + 1}-01"
                 rel = f"{outer}/{inner}/img{k}.png"
                 save(root / rel, noise_image(k))
                 as_inner = nesting in ("modality/label", "label/named-patient")
-                truth[rel] = (inner if as_inner else c, inner if nesting == "label/patient" else "")
+                patients = nesting.startswith("label/") and nesting != "label/named-patient"
+                truth[rel] = (inner if as_inner else c, inner.split("/")[0] if patients else "")
                 k += 1
         m = load_manifest(root)
         got = {img: (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
         assert got == truth and m.ledger.line() == f"used {k} of {k}"
-        assert any("folder pattern '{label}/{patient}' (detected:" in n for n in m.notes) == (
-            nesting == "label/patient"
-        )
+        detected = "'{label}/{patient}/*'" if nesting == "label/patient/visit" else "'{label}/{patient}'"
+        assert any(f"folder pattern {detected} (detected:" in n for n in m.notes) == patients, m.notes
         if nesting == "label/named-patient":
             assert any("give --pattern '{label}/{patient}'" in n for n in m.notes), m.notes
+        if shared:
+            assert any("recur under several class folders (e.g. 000 under benign, malignant" in n for n in m.notes)
 
 
 def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:

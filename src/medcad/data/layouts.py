@@ -168,13 +168,19 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     return Manifest(path, make_table(rows), "folders", problems, notes)
 
 
+def _id_like(names) -> bool:
+    """Whether every folder name holds a digit, as ids do (P007, b000, 001; not cecum, polyps)."""
+    return all(any(c.isdigit() for c in name) for name in names)
+
+
 def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str, str]:
     """The folder pattern of a folders layout, and why when it is not the plain one: `{label}` for class folders;
-    with every image two folders down, `{label}/{patient}` when the inner folders' names are ids (each holds a
-    digit: P007, b000), each under one outer folder only (patients or cases within class folders), and outnumber the
-    two or more outer ones, else
-    `*/{label}` (the inner folders are the classes: `site1/benign`, `train/benign`, ...); none in a DICOM file set
-    (a DICOMDIR beside PATIENT/STUDY/SERIES folders, whose names are ids)."""
+    with every image two or more folders down, `{label}/{patient}` (and `/*` for each deeper level: visits, dates,
+    series) when the second level's names are ids (`_id_like`) that outnumber the two or more first-level folders
+    (patients or cases within class folders; an id under several class folders, whose names are then not ids, is one
+    patient, said); else `*/{label}` (the innermost folders are the classes:
+    `site1/benign`, `train/benign`, ...), said with the other reading; none in a DICOM file set (a DICOMDIR beside
+    PATIENT/STUDY/SERIES folders, whose names are ids)."""
     if (root / "DICOMDIR").is_file():
         return "", (
             ": a DICOM file set (DICOMDIR): its folders are patient / study / series ids, not labels; give --pattern "
@@ -182,27 +188,37 @@ def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str,
         )
     if depth.get(1) or depth.get(0):
         return ("{label}" if depth.get(1) else ""), ""
-    if set(depth) == {2}:
-        parents: dict[str, set[str]] = defaultdict(set)
-        for f in files:
-            outer, inner = f.relative_to(root).parts[:2]
-            parents[inner].add(outer)
-        outers = {o for ps in parents.values() for o in ps}
-        id_like = all(any(c.isdigit() for c in name) for name in parents)  # P007, b000; not cecum, polyps
-        if len(outers) >= 2 and len(parents) > len(outers) and all(len(ps) == 1 for ps in parents.values()) and id_like:
-            why = (
-                f": each of the {len(parents)} inner folders is under one of the {len(outers)} outer ones, so the "
-                "outer ones are the classes and the inner ones patients; --pattern '*/{label}' reads the inner "
-                "ones as classes"
+    deepest = "*/" * (max(depth) - 1) + "{label}"
+    if len(depth) > 1:
+        return (
+            deepest,
+            f": images lie {' or '.join(map(str, sorted(depth)))} folders down; the innermost are read as the classes",
+        )
+    parents: dict[str, set[str]] = defaultdict(set)
+    for f in files:
+        outer, inner = f.relative_to(root).parts[:2]
+        parents[inner].add(outer)
+    outers = {o for ps in parents.values() for o in ps}
+    deeper = "/*" * (max(depth) - 2)
+    shared = sorted(name for name, ps in parents.items() if len(ps) > 1)
+    ids = _id_like(parents) and (not shared or not _id_like(outers))
+    if len(outers) >= 2 and len(parents) > len(outers) and ids:
+        why = (
+            f": the {len(parents)} second-level folders are named as ids and outnumber the {len(outers)} first-level "
+            "ones, so the first are the classes and the second patients"
+        )
+        if shared:
+            why += (
+                f"; {len(shared)} patient folder name(s) recur under several class folders (e.g. {shared[0]} under "
+                f"{', '.join(sorted(parents[shared[0]]))}), each read as one patient, whose images stay together in "
+                "every split (if each class folder numbers its own patients, give a manifest with patient ids)"
             )
-            return "{label}/{patient}", why
-        if len(outers) >= 2 and len(parents) > len(outers) and all(len(ps) == 1 for ps in parents.values()):
-            return "*/{label}", (
-                f": each of the {len(parents)} inner folders is under one of the {len(outers)} outer ones, and "
-                "their names hold no digit, so they are read as the classes (as 'lower-gi/polyps'); if they are "
-                "patients or cases within class folders, give --pattern '{label}/{patient}'"
-            )
-    return "*/" * (max(depth) - 1) + "{label}", ""
+        return "{label}/{patient}" + deeper, why + f"; --pattern '{deepest}' reads the innermost as classes"
+    inner = {f.relative_to(root).parts[-2] for f in files}
+    return deepest, (
+        f": the {len(inner)} innermost folders are read as the classes (e.g. {sorted(inner)[0]}); if the classes are "
+        "the outer folders with patients inside, give --pattern '{label}/{patient}" + deeper + "'"
+    )
 
 
 def _suffix_base(f: Path, mask_rx: re.Pattern | None, stems: set[str]) -> str | None:
