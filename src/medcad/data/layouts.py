@@ -29,9 +29,12 @@ from medcad.data.manifest import (
     MASK_SEP,
     Manifest,
     check_label_map,
+    label_counts,
     label_spellings,
     make_table,
+    merge_patient_spellings,
     nfc,
+    note_missing_patients,
     one_row_per_image,
     patients_from_dicom,
     patients_from_paths,
@@ -407,11 +410,13 @@ def load_manifest(
     label_map = {nfc(a): nfc(b) for a, b in options.label_mapping().items()}
     check_label_map(manifest, label_map)
     rename_labels(manifest, label_map)
-    rename_labels(manifest, label_spellings(manifest.table["label"]), "label spellings merged")
-    one_row_per_image(manifest)  # after the renames: `benign` and `Benign` are one label
+    rename_labels(manifest, label_spellings(label_counts(manifest)), "label spellings merged")
+    merge_patient_spellings(manifest)
+    one_row_per_image(manifest)  # after the renames: `benign` and `Benign` are one label, `007` and `7` one patient
     if options.group_from:
         patients_from_paths(manifest, options.group_from)
     patients_from_dicom(manifest)
+    note_missing_patients(manifest)
     if labels is not None:
         allowed = set(labels)
         bad = ~manifest.table["label"].isin(allowed)

@@ -216,13 +216,11 @@ def label_key(label: str) -> str:
     return key
 
 
-def label_spellings(labels: Iterable[str]) -> dict[str, str]:
-    """{variant: spelling} for labels that differ only in case, spaces or Unicode form: each group is read as its
-    most frequent spelling (ties: the lower-case one, else the first in sorted order). Multi-label values ('a|b')
-    are compared whole."""
-    from collections import Counter
-
-    counts = Counter(v for v in labels if v)
+def label_spellings(counts: Counter) -> dict[str, str]:
+    """{variant: spelling} for names (labels, patient ids; `counts`: how often each occurs) that differ only in
+    case, spaces, Unicode or number form (`label_key`): each group is read as its most frequent spelling (ties: the
+    lower-case one, else the first in sorted order). Multi-label values ('a|b') are compared whole."""
+    counts = Counter({v: c for v, c in counts.items() if v})
     groups: dict[str, list[str]] = {}
     for v in sorted(counts):
         groups.setdefault(label_key(v), []).append(v)
@@ -238,15 +236,16 @@ LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")  # between the labels of one multi
 MULTI_LABEL_CELL = re.compile(r"[|;]")  # a cell holding several labels for a label map (a comma may be in a name)
 
 
-def label_names(manifest: Manifest) -> set[str]:
-    """Every label the manifest holds: label cells, the labels of multi-label cells, and box labels."""
+def label_counts(manifest: Manifest) -> Counter:
+    """Every label the manifest holds, with how often: label cells, the labels of multi-label cells, box labels."""
     t = manifest.table
-    names = {str(v) for v in t["label"].unique() if str(v)}
-    cells = [v for v in names if MULTI_LABEL_CELL.search(v)]  # as `rename_labels` splits them
-    names |= {part for v in cells for part in LABEL_SEPARATORS.split(v.strip()) if part}
-    for b in t["boxes"].unique():
-        names |= {str(x[4]) for x in json.loads(b)} if b else set()
-    return names
+    counts = Counter(str(v) for v in t["label"] if str(v))
+    for cell in [v for v in counts if MULTI_LABEL_CELL.search(v)]:  # as `rename_labels` splits them
+        counts.update({part: counts[cell] for part in LABEL_SEPARATORS.split(cell.strip()) if part})
+    for b in t["boxes"]:
+        if b:
+            counts.update(str(x[4]) for x in json.loads(b))
+    return counts
 
 
 def check_label_map(manifest: Manifest, mapping: dict[str, str]) -> None:
@@ -254,7 +253,7 @@ def check_label_map(manifest: Manifest, mapping: dict[str, str]) -> None:
     study into a three-class one, with a note saying the rename was made), with the labels there and close ones."""
     import difflib
 
-    present = label_names(manifest)
+    present = label_counts(manifest)
     unknown = [old for old in mapping if old not in present]
     if not unknown:
         return
@@ -289,6 +288,33 @@ def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labe
     extra = merged if "merged" in what else ""
     extra = " (Unicode composed form: accents as one character)" if "NFC" in what else extra
     manifest.notes.append(f"{what}: " + ", ".join(f"{a} -> {b}" for a, b in mapping.items()) + extra)
+
+
+def merge_patient_spellings(manifest: Manifest) -> None:
+    """Patient ids that differ only in case, spaces or number form (`007`, `7`, `7.0`: a spreadsheet dropped the
+    zeros or wrote a float) name one patient, read as its most frequent spelling (`label_spellings`), with a note:
+    as two patients, the images of one could fall on both sides of a split."""
+    t = manifest.table
+    mapping = label_spellings(Counter(t["patient"]))
+    if mapping:
+        t["patient"] = t["patient"].map(lambda v: mapping.get(v, v))
+        shown = ", ".join(f"{a} -> {b}" for a, b in list(mapping.items())[:5])
+        more = f" and {len(mapping) - 5} more" if len(mapping) > 5 else ""
+        manifest.notes.append(
+            f"patient ids merged: {shown}{more} (they differ only in case, spaces or number form: one patient each)"
+        )
+
+
+def note_missing_patients(manifest: Manifest) -> None:
+    """Images without a patient id beside others with one are said: in grouped splits each is its own group unless
+    it nearly duplicates another (they had been left to chance without a word)."""
+    t = manifest.table
+    missing = t["patient"] == ""
+    if missing.any() and not missing.all():
+        manifest.notes.append(
+            f"{int(missing.sum())} of {len(t)} images have no patient id (e.g. {t.loc[missing, 'image'].iloc[0]}): "
+            "in grouped splits each is its own group unless it nearly duplicates another"
+        )
 
 
 def patients_from_paths(manifest: Manifest, regex: str) -> None:

@@ -208,6 +208,28 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     raise DataError(path, "cannot decode the text (neither UTF-16/32 by its byte-order mark, UTF-8 nor Windows-1252)")
 
 
+# how R (write.csv), pandas (astype(str)), Python (str(None)), SQL exports and spreadsheets write a missing value
+MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "<NA>", "NULL", "null", "None", "#N/A", "#NA", "-"})
+
+
+def _missing_markers(df: pd.DataFrame, path: Path) -> list[str]:
+    """Label, patient, domain and subgroup cells holding a missing-value marker (`MISSING_MARKERS`) are emptied in
+    place, as an empty cell is read; a note names them. (Kept, `nan` had been a class and every image whose patient
+    was `NA` one patient.)"""
+    said = []
+    for col in ("label", "patient", "domain", "subgroup"):
+        if col in df:
+            found = df[col].str.strip().isin(MISSING_MARKERS)
+            if found.any():
+                markers = ", ".join(sorted(set(df.loc[found, col].str.strip())))
+                lines = _lines(df.index[found][:3]) + ("..." if found.sum() > 3 else "")
+                said.append(f"{int(found.sum())} {col} cell(s) ({markers}; line {lines})")
+                df.loc[found, col] = ""
+    if not said:
+        return []
+    return [f"{path.name}: missing-value markers read as empty cells: {'; '.join(said)}"]
+
+
 def _lines(numbers) -> str:
     """Line numbers as ranges: 12-14, 20."""
     out, numbers = [], list(numbers)
@@ -263,7 +285,7 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
         path = found[0]
     df, notes = _read_table(path)
     df, more = _rename_columns(df, path)
-    notes += more
+    notes += more + _missing_markers(df, path)
     corners = corner_columns(df, _norm)
     root = path.parent
     rows, problems = [], []

@@ -19,12 +19,13 @@ from medcad.data.annotations.shapes import (
     image_dims,
     image_places,
     locate_image,
+    majority_label,
     mask_folder,
     read_whole,
     tail_taken,
     write_mask,
 )
-from medcad.data.manifest import Manifest, make_table
+from medcad.data.manifest import Manifest, label_key, make_table
 from medcad.data.media import expand_frames, find_coco_jsons
 from medcad.errors import DataError
 
@@ -127,7 +128,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     known = ", ".join(f"{k} {v!r}" for k, v in cats.items()) or "none"
     segmented = any(a.get("segmentation") for a in anns)
     folder = mask_folder(js, tally.drawn_labels) if segmented else None
-    rows, no_ann, mixed, boxed = [], [], 0, []
+    rows, no_ann, mixed, tied, boxed = [], [], 0, [], []
     n_clipped = 0
     exact = exact_images(places, [name for _, name, *_ in images])
     for k, (iid, name, width, height) in enumerate(images):
@@ -169,14 +170,12 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
             problems.append((rel, f"a bbox in {name_js} is not [x, y, width, height] ({e})"))
             continue
         boxes = [b for b in boxes if b is not None]
-        counts = Counter(b[4] for b in boxes) if boxes else Counter(cats[a["category_id"]] for a in mine)
-        mixed += len(counts) > 1
+        names = [b[4] for b in boxes] if boxes else [cats[a["category_id"]] for a in mine]
+        label = majority_label(names)
+        mixed += len({label_key(v) for v in names}) > 1
+        tied += [rel] if not label else []
         no_ann += [rel] if not mine else []
-        row = {
-            "image": rel,
-            "label": counts.most_common(1)[0][0] if counts else "background",
-            "boxes": json.dumps(boxes),
-        }
+        row = {"image": rel, "label": label, "boxes": json.dumps(boxes)}
         unoutlined = [cats[a["category_id"]] for a, m in zip(mine, masks, strict=True) if m is None]
         if folder is not None and boxes_only(unoutlined, tally):
             boxed.append(rel)
@@ -226,6 +225,8 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
         notes.append(f"{len(no_ann)} image(s) have no annotation: {what} (e.g. {no_ann[0]})")
     if mixed:
         notes.append(f"{mixed} image(s) have annotations of several categories: label = the most frequent one")
+    if tied:
+        notes.append(f"{len(tied)} of them have no most frequent one (e.g. {tied[0]}, a tie): label left empty")
     if n_clipped:
         notes.append(f"{n_clipped} polygon(s) extend past their image's border: clipped to it")
     return rows

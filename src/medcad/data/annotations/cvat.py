@@ -14,11 +14,11 @@ from medcad.data.annotations.shapes import (
     Shape,
     ShapeTally,
     _find_image,
-    _image_label,
     _label_notes,
     clipped_box,
     draw_shapes,
     exact_images,
+    image_label,
     image_places,
     mask_folder,
     read_whole,
@@ -100,7 +100,7 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
     declared = {n.text.strip() for n in top.iterfind("meta//labels/label/name") if n.text}
     tally = ShapeTally.of(options)
     root, folder = xml.parent, mask_folder(xml, tally.drawn_labels)
-    rows, problems, empty, mixed, tagged = [], [], [], [], 0
+    rows, problems, empty, mixed, tagged, mixed_tags = [], [], [], [], 0, []
     places = image_places(root, root)
     exact = exact_images(places, [el.get("name", "") for el in top.iterfind("image")])
     for k, el in enumerate(top.iterfind("image")):
@@ -139,10 +139,11 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
                 problems.append((rel, drawn))
                 continue
             mask, w, h = drawn
-            label = _image_label(labels)
+            label = image_label(labels)
             if tags:
                 tagged += 1
-                label = tags[0] if len(set(tags)) == 1 else ""
+                label = image_label(tags)
+                mixed_tags += [rel] if not label else []
             else:
                 empty += [rel] if not labels else []
                 mixed += [(rel, labels)] if not label else []
@@ -154,6 +155,10 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
     notes = [f"CVAT: {len(rows)} image(s); each mask is the union of its polygons, boxes, ellipses and masks", *whole]
     if tagged:
         notes.append(f"{tagged} image(s) have an image-level <tag>: it is their label")
+    if mixed_tags:
+        notes.append(
+            f"{len(mixed_tags)} image(s) have <tag>s of different labels (e.g. {mixed_tags[0]}): label left empty"
+        )
     if not declared:
         notes.append(f"{xml.name} declares no labels in <meta>: shape labels taken as they are")
     notes += _label_notes(mixed, empty, "an <image>") + tally.notes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw
 from medcad.config import DataOptions
 from medcad.data.cache import cache_dir
 from medcad.data.io import image_size
+from medcad.data.manifest import label_key
 from medcad.data.media import pattern_regex
 from medcad.data.paths import existing_tail
 from medcad.errors import DataError
@@ -171,10 +173,24 @@ def write_mask(path: Path, mask: np.ndarray, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def _image_label(labels: list[str]) -> str:
-    """An image's label from its shapes' labels: 'background' for none, the label when all agree, else ''."""
-    distinct = set(labels)
-    return "background" if not labels else (labels[0] if len(distinct) == 1 else "")
+def image_label(labels: list[str]) -> str:
+    """An image's label from its shapes' (or tags') labels: 'background' for none; the label when all agree, as
+    spelled most often (`Polyp` and `polyp` agree: `manifest.label_key`), else ''."""
+    if not labels:
+        return "background"
+    return Counter(labels).most_common(1)[0][0] if len({label_key(v) for v in labels}) == 1 else ""
+
+
+def majority_label(labels: list[str]) -> str:
+    """An image's label from its annotations' categories by majority (COCO): 'background' for none; the category
+    more frequent than every other (spellings that differ only in case, spaces or number form counted together, as
+    spelled most often), else '' (a tie: which one cannot be told)."""
+    if not labels:
+        return "background"
+    by_key = Counter(label_key(v) for v in labels).most_common(2)
+    if len(by_key) > 1 and by_key[0][1] == by_key[1][1]:
+        return ""
+    return Counter(v for v in labels if label_key(v) == by_key[0][0]).most_common(1)[0][0]
 
 
 def _label_notes(mixed: list[tuple[str, list[str]]], empty: list[str], what: str) -> list[str]:
@@ -398,7 +414,7 @@ def per_image_rows(
         row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in got.shapes])
         row["shape_labels"] = json.dumps(got.labels)
         row.update(got.extra or {})
-        label = _image_label(got.labels)
+        label = image_label(got.labels)
         empty += [row["image"]] if not got.labels else []
         mixed += [(row["image"], got.labels)] if not label else []
         folder_wins += [row["image"]] if row.get("label") and label and row["label"] != label else []

@@ -50,10 +50,11 @@ def _yaml_names(path: Path) -> list | dict | None:
 
 def class_names(path: Path) -> dict[int, str]:
     """Class id -> name from a names file: data.yaml `names` (a list: ids 0, 1, ...; a dict: its keys are the ids,
-    as Ultralytics reads them), or one name per line (obj.names, classes.txt: ids 0, 1, ...)."""
+    as Ultralytics reads them), or one name per line (obj.names, classes.txt: the line's index is the id, blank lines
+    counted as darknet and LabelImg count them; a blank line's id has no name, and a box of it is refused)."""
     if path.suffix != ".yaml":
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-        return dict(enumerate(line.strip() for line in lines if line.strip()))
+        return {i: line.strip() for i, line in enumerate(lines) if line.strip()}
     names = _yaml_names(path) or []
     if isinstance(names, list):
         return dict(enumerate(str(n) for n in names))
