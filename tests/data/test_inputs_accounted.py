@@ -286,6 +286,7 @@ def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None
             "label/patient/visit",
             "label/named-patient",
             "split/label",
+            "release-split/label",
             "site/label",
             "modality/label",
         ]
@@ -299,7 +300,8 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
     to read them as patients (it had said nothing). Patient folders numbered within each class folder
     (`benign/001`, `malignant/001`) and patient folders holding visit folders (`benign/P01/2019-01-01`) give labels
     and patients too (the inner folders had become the classes, without a word); an id under two class folders is
-    one patient, said."""
+    one patient, said. A release's train / val / test folders are kept as its split column (they had been left
+    unsaid), the levels inside read as before."""
     classes = ["benign", "malignant", "normal"][:n_classes]
     with tempfile.TemporaryDirectory() as tmp:
         root, truth, k = Path(tmp), {}, 0
@@ -307,6 +309,8 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
             shared = nesting == "label/shared-patient"  # ids that outnumber the classes, as patients do
             for j in range(per_class + nesting.startswith("label/") + shared * n_classes):
                 outer, inner = (c, f"{c[0]}{j:03d}") if nesting == "label/patient" else (f"{nesting[:4]}{j}", c)
+                if nesting == "release-split/label":  # a release's own train / val / test folders
+                    outer = ("train", "val", "test")[j % 3]
                 if nesting == "label/shared-patient":
                     outer, inner = c, f"{j:03d}"
                 if nesting == "modality/label":  # HyperKvasir-like: each modality its own classes, no ids
@@ -324,6 +328,9 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
         m = load_manifest(root)
         got = {img: (lab, pat) for img, lab, pat in m.table[["image", "label", "patient"]].values}
         assert got == truth and m.ledger.line() == f"used {k} of {k}"
+        if nesting == "release-split/label":
+            assert list(m.table["split"]) == [img.split("/")[0] for img in m.table["image"]]
+            assert any("folder pattern '{split}/{label}' (detected: the outer folders (" in n for n in m.notes)
         detected = "'{label}/{patient}/*'" if nesting == "label/patient/visit" else "'{label}/{patient}'"
         assert any(f"folder pattern {detected} (detected:" in n for n in m.notes) == patients, m.notes
         if nesting == "label/named-patient":

@@ -42,6 +42,7 @@ from medcad.data.manifest import (
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
+from medcad.data.splits import is_split_name
 from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx, split_tables
 from medcad.errors import DataError
 
@@ -112,10 +113,9 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     for f in files:
         by_dir[f.parent].append(f)
     mask_rx = re.compile(r"^(?P<base>.+?)" + re.escape(mask_suffix) + r"(?:_\d+)?$") if mask_suffix else None
-    depth = Counter(len(f.relative_to(path).parts) - 1 for f in files)
     why = ""
     if pattern is None:
-        pattern, why = _detect_pattern(path, files, depth)
+        pattern, why = _detect_pattern(path, files)
     regex = pattern_regex(pattern) if pattern else None
     rows, problems, by_word = [], [], []
     stems_in = {folder: {f.stem for f in group} for folder, group in by_dir.items()}
@@ -176,32 +176,46 @@ def _id_like(names) -> bool:
     return all(any(c.isdigit() for c in name) for name in names)
 
 
-def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str, str]:
-    """The folder pattern of a folders layout, and why when it is not the plain one: `{label}` for class folders;
-    with every image two or more folders down, `{label}/{patient}` (and `/*` for each deeper level: visits, dates,
-    series) when the second level's names are ids (`_id_like`) that outnumber the two or more first-level folders
-    (patients or cases within class folders; an id under several class folders, whose names are then not ids, is one
-    patient, said); else `*/{label}` (the innermost folders are the classes:
-    `site1/benign`, `train/benign`, ...), said with the other reading; none in a DICOM file set (a DICOMDIR beside
-    PATIENT/STUDY/SERIES folders, whose names are ids)."""
+def _detect_pattern(root: Path, files: list[Path]) -> tuple[str, str]:
+    """The folder pattern of a folders layout, and why when it is not the plain one (`_folder_pattern`); none in a
+    DICOM file set (a DICOMDIR beside PATIENT/STUDY/SERIES folders, whose names are ids)."""
     if (root / "DICOMDIR").is_file():
         return "", (
             ": a DICOM file set (DICOMDIR): its folders are patient / study / series ids, not labels; give --pattern "
             "or a manifest for labels"
         )
+    return _folder_pattern([f.relative_to(root).parts[:-1] for f in files])
+
+
+def _folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
+    """The pattern of images in `folders` (each image's folder names, outermost first), and why when it is not the
+    plain one: `{label}` for class folders; a release's split folders first (train / val / test) give the 'split'
+    column, and the levels inside them are read so in turn; with every image two or more folders down,
+    `{label}/{patient}` (and `/*` for each deeper level: visits, dates, series) when the second level's names are ids
+    (`_id_like`) that outnumber the two or more first-level folders (patients or cases within class folders; an id
+    under several class folders, whose names are then not ids, is one patient, said); else `*/{label}` (the
+    innermost folders are the classes: `site1/benign`, ...), said with the other reading."""
+    depth = Counter(len(parts) for parts in folders)
     if depth.get(1) or depth.get(0):
         return ("{label}" if depth.get(1) else ""), ""
+    outers = {parts[0] for parts in folders}
+    if all(is_split_name(o) for o in outers):
+        inner, why = _folder_pattern([parts[1:] for parts in folders])
+        said = (
+            f": the outer folders ({', '.join(sorted(outers))}) are a release's split, kept in the 'split' column "
+            "(`data split --split-column split` keeps it; medcad makes grouped folds otherwise)"
+        )
+        why = why.replace("--pattern '", "--pattern '{split}/")  # the other readings, as whole patterns
+        return "/".join(["{split}", *([inner] if inner else [])]), said + (f"; inside them{why}" if why else "")
     deepest = "*/" * (max(depth) - 1) + "{label}"
     if len(depth) > 1:
         return (
             deepest,
-            f": images lie {' or '.join(map(str, sorted(depth)))} folders down; the innermost are read as the classes",
+            f": images lie {' or '.join(map(str, sorted(depth)))} folders down; the innermost are the classes",
         )
     parents: dict[str, set[str]] = defaultdict(set)
-    for f in files:
-        outer, inner = f.relative_to(root).parts[:2]
-        parents[inner].add(outer)
-    outers = {o for ps in parents.values() for o in ps}
+    for parts in folders:
+        parents[parts[1]].add(parts[0])
     deeper = "/*" * (max(depth) - 2)
     shared = sorted(name for name, ps in parents.items() if len(ps) > 1)
     ids = _id_like(parents) and (not shared or not _id_like(outers))
@@ -217,9 +231,9 @@ def _detect_pattern(root: Path, files: list[Path], depth: Counter) -> tuple[str,
                 "every split (if each class folder numbers its own patients, give a manifest with patient ids)"
             )
         return "{label}/{patient}" + deeper, why + f"; --pattern '{deepest}' reads the innermost as classes"
-    inner = {f.relative_to(root).parts[-2] for f in files}
+    inner = sorted({parts[-1] for parts in folders})
     return deepest, (
-        f": the {len(inner)} innermost folders are read as the classes (e.g. {sorted(inner)[0]}); if the classes are "
+        f": the {len(inner)} innermost folders are read as the classes (e.g. {inner[0]}); if the classes are "
         "the outer folders with patients inside, give --pattern '{label}/{patient}" + deeper + "'"
     )
 

@@ -18,6 +18,7 @@ PATTERN_FIELDS = {
     "subgroup": "subgroup",
     "patient": "patient",
     "group": "patient",
+    "split": "split",  # a release's own split (train / val / test folders): `data split --split-column split`
 }
 
 
@@ -138,7 +139,7 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
             raise DataError(
                 pattern,
                 f"unknown field in pattern part {part!r}; use {{label}}, {{domain}}, "
-                "{subgroup}, {patient} or {group}",
+                "{subgroup}, {patient}, {group} or {split}",
             )
         parts.append(rx)
     return re.compile("^" + "/".join(parts) + "$")
