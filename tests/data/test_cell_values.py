@@ -8,7 +8,9 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -139,3 +141,26 @@ def test_shapes_and_tags_in_two_cases_agree_and_different_tags_are_said(tmp_path
     m = load_manifest(cvat)
     assert list(m.table["label"]) == [""]
     assert any("<tag>s of different labels (e.g. images/a.png): label left empty" in n for n in m.notes)
+
+
+@pytest.mark.parametrize(
+    ("subfolders", "column"),
+    [(["benign", "malignant"], "label"), ([f"P{k:03d}" for k in range(6)], "patient"), (["train", "test"], "split")],
+)
+def test_sub_folders_of_paired_image_and_mask_folders_are_read_and_said(
+    tmp_path: Path, subfolders: list[str], column: str
+) -> None:
+    """`images/benign/1.png` beside `masks/benign/1.png`: the sub-folders give the label (six or more named as ids:
+    the patient; train / test: the split column), with a note; they had been dropped without a word."""
+    from PIL import Image
+
+    for k, sub in enumerate(subfolders):
+        save(tmp_path / "images" / sub / f"{k}.png", noise_image(k))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:12, 4:12] = 255
+        (tmp_path / "masks" / sub).mkdir(parents=True)
+        Image.fromarray(mask).save(tmp_path / "masks" / sub / f"{k}.png")
+    m = load_manifest(tmp_path)
+    assert m.layout == "images-masks" and (m.table["mask"] != "").all()
+    assert sorted(m.table[column]) == sorted(subfolders)
+    assert any(n.startswith("sub-folders of images/ read with the folder pattern") for n in m.notes), m.notes

@@ -196,10 +196,8 @@ def _folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
     under several class folders, whose names are then not ids, is one patient, said); else `*/{label}` (the
     innermost folders are the classes: `site1/benign`, ...), said with the other reading."""
     depth = Counter(len(parts) for parts in folders)
-    if depth.get(1) or depth.get(0):
-        return ("{label}" if depth.get(1) else ""), ""
-    outers = {parts[0] for parts in folders}
-    if all(is_split_name(o) for o in outers):
+    outers = {parts[0] for parts in folders if parts}
+    if outers and not depth.get(0) and all(is_split_name(o) for o in outers):
         inner, why = _folder_pattern([parts[1:] for parts in folders])
         said = (
             f": the outer folders ({', '.join(sorted(outers))}) are a release's split, kept in the 'split' column "
@@ -207,6 +205,8 @@ def _folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
         )
         why = why.replace("--pattern '", "--pattern '{split}/")  # the other readings, as whole patterns
         return "/".join(["{split}", *([inner] if inner else [])]), said + (f"; inside them{why}" if why else "")
+    if depth.get(1) or depth.get(0):
+        return ("{label}" if depth.get(1) else ""), ""
     deepest = "*/" * (max(depth) - 1) + "{label}"
     if len(depth) > 1:
         return (
@@ -368,11 +368,38 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
         elif split:  # a split's folder: kept as a column
             notes[-1] += f" (split {split!r} in the 'split' column: `data split --split-column split` keeps it)"
             pair_rows = [dict(r, split=split) for r in pair_rows]
+        if not label:
+            pair_rows, said = _subfolder_fields(pair_rows, image_dir.relative_to(path))
+            notes += [said] if said else []
         rows += pair_rows
     rows, box_notes, sources = add_box_json(path, rows, problems)
     notes += box_notes
     table = make_table(expand_frames(rows, path, problems))
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
+
+
+def _subfolder_fields(rows: list[dict], image_dir: Path) -> tuple[list[dict], str]:
+    """Rows of an image folder whose images all lie in sub-folders (`images/benign/1.png` beside
+    `masks/benign/1.png`) with the fields the sub-folders give, read as a folders layout's are (`_folder_pattern`),
+    except that one level of six or more sub-folders named as ids is patients (`images/P001/`); and a note saying
+    so ('' when the images lie in the folder itself). The sub-folders had been dropped unsaid."""
+    folders = [Path(r["image"]).relative_to(image_dir).parts[:-1] for r in rows]
+    if not rows or not all(folders):
+        return rows, ""
+    names = {f[0] for f in folders}
+    if all(len(f) == 1 for f in folders) and _id_like(names) and len(names) >= 6:
+        pattern, why = "{patient}", f": the {len(names)} sub-folders are named as ids, so they are patients"
+    else:
+        pattern, why = _folder_pattern(folders)
+    if not pattern:
+        return rows, ""
+    regex = pattern_regex(pattern)
+    out = []
+    for row, parts in zip(rows, folders, strict=True):
+        match = regex.match("/".join(parts))
+        out.append({**row, **{k: v for k, v in match.groupdict().items() if v}} if match else row)
+    why = why or (": their names are the images' labels" if pattern == "{label}" else "")
+    return out, f"sub-folders of {image_dir.as_posix()}/ read with the folder pattern {pattern!r}{why}"
 
 
 READERS = {
