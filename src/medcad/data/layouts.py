@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 from medcad.config import DataOptions
@@ -23,6 +23,7 @@ from medcad.data.annotations import (
     read_voc,
     read_yolo,
 )
+from medcad.data.folder_patterns import detect_pattern, subfolder_fields
 from medcad.data.io import IMAGE_SUFFIXES, is_dicom
 from medcad.data.ledger import make_ledger
 from medcad.data.manifest import (
@@ -42,7 +43,6 @@ from medcad.data.manifest import (
 )
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
-from medcad.data.splits import is_split_name
 from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx, split_tables
 from medcad.errors import DataError
 
@@ -115,7 +115,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     mask_rx = re.compile(r"^(?P<base>.+?)" + re.escape(mask_suffix) + r"(?:_\d+)?$") if mask_suffix else None
     why = ""
     if pattern is None:
-        pattern, why = _detect_pattern(path, files)
+        pattern, why = detect_pattern(path, files)
     regex = pattern_regex(pattern) if pattern else None
     rows, problems, by_word = [], [], []
     stems_in = {folder: {f.stem for f in group} for folder, group in by_dir.items()}
@@ -169,73 +169,6 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         )
     notes += _shared_stem_note(path, by_dir)
     return Manifest(path, make_table(rows), "folders", problems, notes)
-
-
-def _id_like(names) -> bool:
-    """Whether every folder name holds a digit, as ids do (P007, b000, 001; not cecum, polyps)."""
-    return all(any(c.isdigit() for c in name) for name in names)
-
-
-def _detect_pattern(root: Path, files: list[Path]) -> tuple[str, str]:
-    """The folder pattern of a folders layout, and why when it is not the plain one (`_folder_pattern`); none in a
-    DICOM file set (a DICOMDIR beside PATIENT/STUDY/SERIES folders, whose names are ids)."""
-    if (root / "DICOMDIR").is_file():
-        return "", (
-            ": a DICOM file set (DICOMDIR): its folders are patient / study / series ids, not labels; give --pattern "
-            "or a manifest for labels"
-        )
-    return _folder_pattern([f.relative_to(root).parts[:-1] for f in files])
-
-
-def _folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
-    """The pattern of images in `folders` (each image's folder names, outermost first), and why when it is not the
-    plain one: `{label}` for class folders; a release's split folders first (train / val / test) give the 'split'
-    column, and the levels inside them are read so in turn; with every image two or more folders down,
-    `{label}/{patient}` (and `/*` for each deeper level: visits, dates, series) when the second level's names are ids
-    (`_id_like`) that outnumber the two or more first-level folders (patients or cases within class folders; an id
-    under several class folders, whose names are then not ids, is one patient, said); else `*/{label}` (the
-    innermost folders are the classes: `site1/benign`, ...), said with the other reading."""
-    depth = Counter(len(parts) for parts in folders)
-    outers = {parts[0] for parts in folders if parts}
-    if outers and not depth.get(0) and all(is_split_name(o) for o in outers):
-        inner, why = _folder_pattern([parts[1:] for parts in folders])
-        said = (
-            f": the outer folders ({', '.join(sorted(outers))}) are a release's split, kept in the 'split' column "
-            "(`data split --split-column split` keeps it; medcad makes grouped folds otherwise)"
-        )
-        why = why.replace("--pattern '", "--pattern '{split}/")  # the other readings, as whole patterns
-        return "/".join(["{split}", *([inner] if inner else [])]), said + (f"; inside them{why}" if why else "")
-    if depth.get(1) or depth.get(0):
-        return ("{label}" if depth.get(1) else ""), ""
-    deepest = "*/" * (max(depth) - 1) + "{label}"
-    if len(depth) > 1:
-        return (
-            deepest,
-            f": images lie {' or '.join(map(str, sorted(depth)))} folders down; the innermost are the classes",
-        )
-    parents: dict[str, set[str]] = defaultdict(set)
-    for parts in folders:
-        parents[parts[1]].add(parts[0])
-    deeper = "/*" * (max(depth) - 2)
-    shared = sorted(name for name, ps in parents.items() if len(ps) > 1)
-    ids = _id_like(parents) and (not shared or not _id_like(outers))
-    if len(outers) >= 2 and len(parents) > len(outers) and ids:
-        why = (
-            f": the {len(parents)} second-level folders are named as ids and outnumber the {len(outers)} first-level "
-            "ones, so the first are the classes and the second patients"
-        )
-        if shared:
-            why += (
-                f"; {len(shared)} patient folder name(s) recur under several class folders (e.g. {shared[0]} under "
-                f"{', '.join(sorted(parents[shared[0]]))}), each read as one patient, whose images stay together in "
-                "every split (if each class folder numbers its own patients, give a manifest with patient ids)"
-            )
-        return "{label}/{patient}" + deeper, why + f"; --pattern '{deepest}' reads the innermost as classes"
-    inner = sorted({parts[-1] for parts in folders})
-    return deepest, (
-        f": the {len(inner)} innermost folders are read as the classes (e.g. {inner[0]}); if the classes are "
-        "the outer folders with patients inside, give --pattern '{label}/{patient}" + deeper + "'"
-    )
 
 
 def _suffix_base(f: Path, mask_rx: re.Pattern | None, stems: set[str]) -> str | None:
@@ -369,37 +302,13 @@ def read_images_masks(path: Path, options: DataOptions) -> Manifest:
             notes[-1] += f" (split {split!r} in the 'split' column: `data split --split-column split` keeps it)"
             pair_rows = [dict(r, split=split) for r in pair_rows]
         if not label:
-            pair_rows, said = _subfolder_fields(pair_rows, image_dir.relative_to(path))
+            pair_rows, said = subfolder_fields(pair_rows, image_dir.relative_to(path))
             notes += [said] if said else []
         rows += pair_rows
     rows, box_notes, sources = add_box_json(path, rows, problems)
     notes += box_notes
     table = make_table(expand_frames(rows, path, problems))
     return Manifest(path, table, "images-masks", problems, notes, sources=sources)
-
-
-def _subfolder_fields(rows: list[dict], image_dir: Path) -> tuple[list[dict], str]:
-    """Rows of an image folder whose images all lie in sub-folders (`images/benign/1.png` beside
-    `masks/benign/1.png`) with the fields the sub-folders give, read as a folders layout's are (`_folder_pattern`),
-    except that one level of six or more sub-folders named as ids is patients (`images/P001/`); and a note saying
-    so ('' when the images lie in the folder itself). The sub-folders had been dropped unsaid."""
-    folders = [Path(r["image"]).relative_to(image_dir).parts[:-1] for r in rows]
-    if not rows or not all(folders):
-        return rows, ""
-    names = {f[0] for f in folders}
-    if all(len(f) == 1 for f in folders) and _id_like(names) and len(names) >= 6:
-        pattern, why = "{patient}", f": the {len(names)} sub-folders are named as ids, so they are patients"
-    else:
-        pattern, why = _folder_pattern(folders)
-    if not pattern:
-        return rows, ""
-    regex = pattern_regex(pattern)
-    out = []
-    for row, parts in zip(rows, folders, strict=True):
-        match = regex.match("/".join(parts))
-        out.append({**row, **{k: v for k, v in match.groupdict().items() if v}} if match else row)
-    why = why or (": their names are the images' labels" if pattern == "{label}" else "")
-    return out, f"sub-folders of {image_dir.as_posix()}/ read with the folder pattern {pattern!r}{why}"
 
 
 READERS = {
