@@ -122,7 +122,36 @@ def test_full_frame_masks_are_refused_too(tmp_path, monkeypatch) -> None:
         save(root / "x" / f"{k}.png", noise_image(k))
         save(root / "x" / f"{k}_mask.png", np.full((32, 32), 255, np.uint8))  # inverted: background painted
     m = load_manifest(root)
-    with pytest.raises(DataError, match="100% of the masks cover the whole frame"):
+    with pytest.raises(DataError, match=r"100% of the masks paint the background as lesion \(100% cover the whole"):
+        check_mask_content(m, cached_masks(m, 16, progress=False))
+
+
+def test_inverted_masks_are_named_by_the_audit_and_refused_when_they_are_most(tmp_path, monkeypatch) -> None:
+    """A black lesion on white (an export that inverts its masks) reads as a lesion over most of the frame and its
+    whole border: the audit names such masks (it had flagged only masks over 95 % of the frame), and a set of them
+    is refused before training, as a set of full-frame masks is. Real masks with big lesions are not named."""
+    from medcad.data.audit import audit
+    from medcad.data.datasets import cached_masks, check_mask_content
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for k in range(3):
+        save(root / "x" / f"{k}.png", noise_image(k))
+        inverted = np.full((32, 32), 255, np.uint8)
+        inverted[8 : 20 + k, 6:20] = 0  # the lesion, black
+        save(root / "x" / f"{k}_mask.png", inverted)
+    big = np.zeros((32, 32), np.uint8)
+    big[:, 2:30] = 255  # a close-up lesion over 7/8 of the frame, touching two sides
+    save(root / "x" / "3.png", noise_image(3))
+    save(root / "x" / "3_mask.png", big)
+    m = load_manifest(root)
+    named = [found[1] for found in audit(m, interface="none")["inverted_masks"]]
+    assert sorted(named) == [f"x/{k}_mask.png" for k in range(3)]
+    check_mask_content(m, cached_masks(m, 16, progress=False))  # 3 of 4: not most
+    (root / "x" / "3_mask.png").unlink()
+    (root / "x" / "3.png").unlink()
+    m = load_manifest(root)
+    with pytest.raises(DataError, match=r"100% of the masks paint the background as lesion \(most of the frame and"):
         check_mask_content(m, cached_masks(m, 16, progress=False))
 
 

@@ -23,15 +23,13 @@ from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.interface import before_after, find_interface
 from medcad.data.io import read_image
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import decode_mask
+from medcad.data.masks import background_as_lesion, decode_mask
 from medcad.errors import DataError
-
-FULL_FRAME = 0.95  # a mask with at least this lesion fraction covers (nearly) the whole frame
 
 
 def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list[tuple[str, str, str]]:
     """Findings on one sample's masks: (kind, mask path, detail); kinds: size, unreadable, non_binary, empty,
-    full_frame, and decoding (the rule used, for every mask)."""
+    full_frame, inverted (`masks.background_as_lesion`), and decoding (the rule used, for every mask)."""
     out = []
     root = manifest.root
     for mp in manifest.mask_paths(i):
@@ -48,8 +46,8 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
                 out.append(("non_binary", rel, detail))
             if how.lesion_fraction == 0:
                 out.append(("empty", rel, detail))
-            elif how.lesion_fraction >= FULL_FRAME:
-                out.append(("full_frame", rel, detail))
+            elif painted := background_as_lesion(mask):
+                out.append((painted, rel, detail))
         except DataError as e:
             out.append(("unreadable", rel, e.problem))
     return out
@@ -99,6 +97,7 @@ def audit(
         "mask_decoding": dict(rules.most_common()),
         "empty_masks": masks["empty"],
         "full_frame_masks": masks["full_frame"],
+        "inverted_masks": masks["inverted"],
         "all_masks_empty": bool(masks["decoding"]) and len(masks["empty"]) == len(masks["decoding"]),
         "empty_labels": [keys[i] for i, lab in enumerate(labels) if not lab],
         "exact_duplicates": [[keys[i] for i in g] for g in exact],

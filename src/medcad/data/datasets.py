@@ -207,12 +207,12 @@ def cached_masks(
     return _cached_array(path, (len(manifest), size, size), fill, len(manifest), f"Reading masks at {size}px", progress)
 
 
-FULL_FRAME = 0.95  # lesion fraction from which a mask is called full-frame
-MOSTLY = 0.9  # the share of masks that must be full-frame for a dataset to be refused
+MOSTLY = 0.9  # the share of masks that must paint the background as lesion for a dataset to be refused
 
 
 def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
-    """Refuse a set whose masks all decode empty, or nearly all to the whole frame: a run on them would report a
+    """Refuse a set whose masks all decode empty, or nearly all paint the background as lesion (the whole frame, or
+    most of it and its whole border: inverted masks; `masks.background_as_lesion`): a run on them would report a
     Dice that means nothing. The message names mask files and the values found in them.
 
     Args:
@@ -221,7 +221,7 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
     Raises:
         DataError: naming the dataset, example files, their values and how they were read.
     """
-    from medcad.data.masks import decode_mask
+    from medcad.data.masks import background_as_lesion, decode_mask
 
     with_file = np.array([bool(manifest.table["mask"].iat[i]) for i in range(len(manifest))])
     if not with_file.any():
@@ -229,8 +229,12 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
     fractions = masks[with_file].reshape(with_file.sum(), -1).mean(axis=1)
     if fractions.max() == 0:
         what = "every mask decodes as empty (no lesion pixel)"
-    elif (fractions >= FULL_FRAME).mean() >= MOSTLY:
-        what = f"{(fractions >= FULL_FRAME).mean():.0%} of the masks cover the whole frame"
+    elif (painted := np.array([background_as_lesion(m) for m in masks[with_file]])).astype(bool).mean() >= MOSTLY:
+        full = (painted == "full_frame").mean()
+        what = f"{(painted != '').mean():.0%} of the masks paint the background as lesion"
+        what += (
+            f" ({full:.0%} cover the whole frame)" if full else " (most of the frame and its whole border: inverted)"
+        )
     else:
         return
     examples = []

@@ -13,6 +13,25 @@ from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
 from medcad.errors import DataError
 
 MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
+FULL_FRAME = 0.95  # a mask with at least this lesion fraction covers (nearly) the whole frame
+INVERTED_BORDER = 0.9  # with over half of the frame, a lesion on this share of the border is the background
+
+
+def background_as_lesion(mask: np.ndarray) -> str:
+    """Whether a mask paints the background as lesion: 'full_frame' when its lesion covers (nearly) the whole frame
+    (`FULL_FRAME`), 'inverted' when it covers over half of the frame and (nearly) its whole border
+    (`INVERTED_BORDER`), as an export that inverts its masks (a black lesion on white) makes; else ''. Real lesion
+    masks stay far from the border rule: at most 33 % of the border in Kvasir-SEG's 1000 masks, 3 % in BUSI's 798.
+
+    Args:
+        mask: (H, W) lesion mask, any dtype (non-zero is lesion).
+    """
+    m = np.asarray(mask).astype(bool)
+    fraction = float(m.mean()) if m.size else 0.0
+    if fraction >= FULL_FRAME:
+        return "full_frame"
+    border = np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]]) if m.size else m.ravel()
+    return "inverted" if fraction > 0.5 and border.mean() >= INVERTED_BORDER else ""
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     elif r.get("empty_masks"):
         c.print(f"{len(r['empty_masks'])} masks are empty (lesion-free images?)")
     _print_problems(c, r.get("full_frame_masks", []), "Masks covering (nearly) the whole frame")
+    _print_problems(
+        c, r.get("inverted_masks", []), "Masks whose lesion is most of the frame and its whole border (inverted?)"
+    )
     if r["empty_labels"]:
         c.print(f"[yellow]{len(r['empty_labels'])} images have no label[/] (fine for segmentation or detection).")
     c.print(
