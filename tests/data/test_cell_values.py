@@ -164,3 +164,22 @@ def test_sub_folders_of_paired_image_and_mask_folders_are_read_and_said(
     assert m.layout == "images-masks" and (m.table["mask"] != "").all()
     assert sorted(m.table[column]) == sorted(subfolders)
     assert any(n.startswith("sub-folders of images/ read with the folder pattern") for n in m.notes), m.notes
+
+
+def test_a_second_column_a_standard_name_would_read_is_said(tmp_path: Path) -> None:
+    """`class` beside `pathology` (both label names), `patient_id` beside `case`: the first is read and the other
+    said, once, as kept metadata (it had been listed only among the extra columns)."""
+    save(tmp_path / "0.png", noise_image(0))
+    pd.DataFrame(
+        {"image": ["0.png"], "pathology": ["benign"], "class": ["mass"], "patient_id": [1], "case": ["a"]}
+    ).to_csv(tmp_path / "manifest.csv", index=False)
+    m = load_manifest(tmp_path)
+    assert m.labels == ["mass"] and list(m.table["patient"]) == ["1"]
+    said = [n for n in m.notes if "would also be read as" in n]
+    assert said == [
+        "column(s) 'pathology' would also be read as 'label': 'class' is, the others are kept as metadata (rename "
+        "the one meant to 'label')",
+        "column(s) 'case' would also be read as 'patient': 'patient_id' is, the others are kept as metadata (rename "
+        "the one meant to 'patient')",
+    ]
+    assert not any("'case' looks like" in n for n in m.notes)

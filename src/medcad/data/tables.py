@@ -73,14 +73,21 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
     by_norm: dict[str, str] = {}
     for c in df.columns:
         by_norm.setdefault(_norm(c), c)
-    mapping, notes = {}, []
+    mapping, notes, also = {}, [], set()
     for col, aliases in COLUMN_ALIASES.items():
-        for a in aliases:
-            if a in by_norm and by_norm[a] not in mapping:
-                mapping[by_norm[a]] = col
-                if str(by_norm[a]) != col:
-                    notes.append(f"column {str(by_norm[a]).strip()!r} read as {col!r}")
-                break
+        found = [by_norm[a] for a in aliases if a in by_norm and by_norm[a] not in mapping]
+        if not found:
+            continue
+        mapping[found[0]] = col
+        if str(found[0]) != col:
+            notes.append(f"column {str(found[0]).strip()!r} read as {col!r}")
+        if len(found) > 1:  # `class` beside `pathology`: one is read, the others said
+            others = ", ".join(repr(str(c).strip()) for c in found[1:])
+            notes.append(
+                f"column(s) {others} would also be read as {col!r}: {str(found[0]).strip()!r} is, the others are "
+                f"kept as metadata (rename the one meant to '{col}')"
+            )
+            also |= set(found[1:])
     df = df.rename(columns=mapping)
     if "image" not in df:
         found = ", ".join(repr(str(c)) for c in df.columns)
@@ -98,6 +105,8 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
             + (f"; other columns kept as metadata: {', '.join(others)}" if others else "")
         )
     for c in df.columns:
+        if c in also:
+            continue
         if c not in COLUMN_ALIASES and any(w in _norm(c) for w in ID_WORDS):
             used = next((k for k, v in mapping.items() if v == "patient"), None)
             notes.append(
