@@ -93,7 +93,11 @@ def test_box_classes_in_two_cases_are_one_class_and_a_majority_tie_is_no_label(t
     from medcad.data.boxes import manifest_boxes
 
     _coco(tmp_path, [["polyp", "polyp", "Polyp"], ["polyp"], ["Polyp", "adenoma"], ["adenoma", "polyp", "adenoma"]])
+    coco = json.loads((tmp_path / "annotations.json").read_text())
+    coco["annotations"][0]["iscrowd"] = 1  # as CVAT marks its RLE masks: a lesion all the same, said
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
     m = load_manifest(tmp_path)
+    assert any(n.startswith("1 annotation(s) marked iscrowd") for n in m.notes)
     labels = dict(zip(m.table["image"], m.table["label"], strict=True))
     assert labels == {"0.png": "polyp", "1.png": "polyp", "2.png": "", "3.png": "adenoma"}
     assert sorted(manifest_boxes(m, 40)[0]) == ["adenoma", "polyp"]

@@ -229,6 +229,12 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
         notes.append(f"{len(tied)} of them have no most frequent one (e.g. {tied[0]}, a tie): label left empty")
     if n_clipped:
         notes.append(f"{n_clipped} polygon(s) extend past their image's border: clipped to it")
+    crowd = sum(bool(a.get("iscrowd")) for a in anns if a["image_id"] in listed)
+    if crowd:
+        notes.append(
+            f"{crowd} annotation(s) marked iscrowd (as CVAT writes its RLE masks): read as lesions like the others, "
+            "not as regions to ignore"
+        )
     return rows
 
 
