@@ -160,6 +160,14 @@ def load_targets(
                 stacklevel=2,
             )
         return Targets(list(labels), _largest_class(masks, len(labels)), masks, None, [], classes)
+    if "labels" in task.targets and task.label_kind != "multi":  # no image is scored as a class it is not
+        unknown = manifest.table["label"][~manifest.table["label"].isin(list(labels))]
+        if len(unknown):
+            raise DataError(
+                source or manifest.root,
+                f"{len(unknown)} image(s) have no label or one not among {list(labels)} (e.g. "
+                f"{manifest.keys[unknown.index[0]]}: {unknown.iat[0]!r})",
+            )
     y = label_targets(manifest, cfg.task, list(labels))
     return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes)
 

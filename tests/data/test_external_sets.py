@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -138,9 +139,47 @@ def test_an_external_set_with_labels_the_model_never_saw(tiny_run: Path, easy_se
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
     assert metrics["n"] == 24 and metrics["left_out_unseen_labels"] == {"other": 3}
-    assert "left out 3 image(s) of label(s) the model never saw" in res.output
+    assert "left out 3 image(s) without a label or of label(s) the model never saw" in res.output
     res = CliRunner().invoke(app, [*args, "--unseen-labels", "skip"])
     assert res.exit_code == 2 and "use one of stop, leave-out" in res.output
+
+
+def test_an_external_set_with_unlabelled_images_is_not_scored_as_the_first_class(
+    tiny_run: Path, easy_set: Path, tmp_path: Path
+) -> None:
+    """Images without a label (an empty cell, an unlabelled folder) had been scored as the model's first class, with
+    `used N of N` and no word. evaluate --data stops and names them; --unseen-labels leave-out scores the labelled
+    ones and counts the others."""
+    import shutil
+
+    ext = tmp_path / "site"
+    for label in ("lesion", "normal"):
+        shutil.copytree(easy_set / label, ext / label)
+    rows = [{"image": p.relative_to(ext).as_posix(), "label": p.parent.name} for p in sorted(ext.rglob("*.png"))]
+    for row in rows[:2] + rows[-1:]:
+        row["label"] = ""
+    pd.DataFrame(rows).to_csv(ext / "manifest.csv", index=False)
+    args = ["evaluate", str(tiny_run), "--data", str(ext / "manifest.csv")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and f"3 of {len(rows)} image(s) have no label (e.g. {rows[0]['image']})" in res.output
+    res = CliRunner().invoke(app, [*args, "--unseen-labels", "leave-out", "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["n"] == len(rows) - 3 and metrics["left_out_unseen_labels"] == {"(no label)": 3}
+    flat = tmp_path / "flat"
+    shutil.copytree(easy_set / "lesion", flat)
+    res = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--data", str(flat)])
+    assert res.exit_code == 2 and "image(s) have no label" in res.output
+
+
+def test_targets_refuse_a_label_the_run_does_not_have(easy_set: Path) -> None:
+    """The backstop: a labelled task's targets are never built with an unknown or empty label read as class 0."""
+    from medcad.config import TrainConfig
+    from medcad.targets import load_targets
+
+    m = load_manifest(easy_set)
+    with pytest.raises(DataError, match=r"have no label or one not among \['lesion'\]"):
+        load_targets(m, TrainConfig(), ["lesion"])
 
 
 def test_near_duplicates_of_the_runs_images_are_found_in_an_external_set(

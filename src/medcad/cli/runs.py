@@ -351,7 +351,8 @@ def evaluate(
     unseen_labels: Annotated[
         str,
         typer.Option(
-            help="--data: images of labels the model never saw: stop (name them), or leave-out (score the rest)."
+            help="--data: images without a label or of labels the model never saw: stop (name them), or leave-out "
+            "(score the rest)."
         ),
     ] = "stop",
     make_report: Annotated[

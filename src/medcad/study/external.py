@@ -67,9 +67,21 @@ def evaluate_external(
         raise ConfigError(f"--unseen-labels {unseen_labels!r}: use one of {', '.join(UNSEEN_LABELS)}")
     left_out: dict[str, int] = {}
     if "labels" in task.targets or ("probabilities" in task.outputs and manifest.labels):
-        cells = [split_labels(v) if multi else [v] * bool(v) for v in manifest.table["label"]]
+        # an image without a label cannot be scored against one (multi-label: no label is no finding, a label)
+        unlabelled = "(no label)" if "labels" in task.targets and not multi else None
+        cells = [
+            split_labels(v) if multi else [v or unlabelled] * bool(v or unlabelled) for v in manifest.table["label"]
+        ]
         unseen = [sorted(set(c) - set(labels)) for c in cells]
         unknown = sorted({lab for u in unseen for lab in u})
+        if unlabelled in unknown and unseen_labels == "stop":
+            first = manifest.keys[next(i for i, u in enumerate(unseen) if unlabelled in u)]
+            raise DataError(
+                data,
+                f"{sum(unlabelled in u for u in unseen)} of {len(unseen)} image(s) have no label (e.g. {first}), so "
+                "they cannot be scored; label them, score the labelled ones alone with --unseen-labels leave-out, or "
+                "use `medcad predict` for predictions without labels",
+            )
         if unknown and unseen_labels == "stop":
             raise DataError(
                 data,
@@ -83,12 +95,12 @@ def evaluate_external(
                     left_out[lab] = left_out.get(lab, 0) + 1
             keep = [i for i, u in enumerate(unseen) if not u]
             if not keep:
-                raise DataError(data, f"every image has a label the model never saw ({unknown}): nothing to score")
+                raise DataError(data, f"no image has a label the model saw ({unknown}): nothing to score")
             manifest = manifest.subset(keep)
             manifest.notes = [
                 *manifest.notes,
-                f"left out {sum(bool(u) for u in unseen)} image(s) of label(s) the model never saw (--unseen-labels "
-                "leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
+                f"left out {sum(bool(u) for u in unseen)} image(s) without a label or of label(s) the model never "
+                "saw (--unseen-labels leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
             ]
     fps = fingerprints(manifest)  # the set's: for its near duplicates of the run's images, and its CI groups
     overlap, near, near_note = _runs_own_images(run, manifest, meta, cfg, fps)
