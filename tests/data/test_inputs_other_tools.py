@@ -258,15 +258,25 @@ def test_a_json_that_is_not_coco_does_not_take_the_layout(tmp_path: Path) -> Non
 
 
 def test_a_tiff_thumbnail_page_is_not_an_image_of_the_set(tmp_path: Path) -> None:
-    """A TIFF whose second page is a reduced-resolution thumbnail (as scanners and cameras write) is one image; a
-    stack of full-size pages is one image per page."""
+    """A TIFF whose second page is a reduced-resolution thumbnail (as scanners and cameras write) is one image, the
+    thumbnail named as left out; a stack of pages is one image per page, whatever their sizes (a page of another
+    size than the first had been dropped with every page after it, unsaid), pages marked reduced-resolution
+    (NewSubfileType 1) excepted."""
+    import tifffile
+
     from conftest import noise_image
 
     full = [Image.fromarray(noise_image(k, size=40)) for k in range(3)]
     full[0].save(tmp_path / "thumb.tif", save_all=True, append_images=[full[1].resize((10, 10))])
-    full[0].save(tmp_path / "stack.tif", save_all=True, append_images=full[1:])
+    full[0].save(tmp_path / "stack.tif", save_all=True, append_images=[full[1].resize((48, 36)), full[2]])
+    with tifffile.TiffWriter(tmp_path / "tagged.tif") as tif:
+        tif.write(noise_image(5, size=40), photometric="rgb")
+        tif.write(noise_image(6, size=30), photometric="rgb", subfiletype=1)  # reduced resolution, by its tag
+        tif.write(noise_image(7, size=40), photometric="rgb")
     m = load_manifest(tmp_path, pattern="")
-    assert sorted(m.keys) == ["stack.tif#0", "stack.tif#1", "stack.tif#2", "thumb.tif"]
+    assert sorted(m.keys) == ["stack.tif#0", "stack.tif#1", "stack.tif#2", "tagged.tif#0", "tagged.tif#2", "thumb.tif"]
+    left_out = dict(m.problems)
+    assert set(left_out) == {"thumb.tif#1", "tagged.tif#1"} and "thumbnail page" in left_out["thumb.tif#1"]
 
 
 def test_two_versions_of_one_coco_annotation_are_not_merged(tmp_path: Path) -> None:

@@ -304,24 +304,31 @@ def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> Non
         im.seek(page)
 
 
-def image_pages(path: Path) -> int:
-    """Pages of a multi-page TIFF, frames of an animated GIF / WebP / PNG (APNG), counted while they have page 0's
-    size and mode (a scanner's or camera's reduced-resolution thumbnail page is not an image of the set); 1 for
-    other files."""
+REDUCED_RESOLUTION = 1  # TIFF NewSubfileType (tag 254) bit 0: a reduced-resolution copy of another page
+
+
+def image_pages(path: Path) -> tuple[list[int], list[int]]:
+    """(the pages that are images of the set, the thumbnail pages) of a multi-page TIFF, or the frames of an
+    animated GIF / WebP / PNG (APNG); ([0], []) for other files. A TIFF page is a thumbnail (a scanner's or camera's
+    reduced-resolution copy) when its NewSubfileType says so, or when it is at most half page 0's width and height;
+    every other page is an image, of any size or mode (pages of another size than page 0 had been dropped with the
+    pages after them, unsaid)."""
     if path.suffix.lower() not in PAGED_SUFFIXES:
-        return 1
+        return [0], []
     try:
         with _pil_image(path) as im:
-            n, first = int(getattr(im, "n_frames", 1) or 1), (im.size, im.mode)
+            n = int(getattr(im, "n_frames", 1) or 1)
             if path.suffix.lower() not in (".tif", ".tiff"):
-                return n  # animation frames share the canvas
-            for k in range(1, n):
+                return list(range(n)), []  # animation frames share the canvas
+            pages, thumbnails, (w0, h0) = [], [], im.size
+            for k in range(n):
                 im.seek(k)
-                if (im.size, im.mode) != first:
-                    return k
-            return n
+                subfile = int(getattr(im, "tag_v2", {}).get(254, 0) or 0)
+                small = 2 * im.size[0] <= w0 and 2 * im.size[1] <= h0
+                (thumbnails if subfile & REDUCED_RESOLUTION or small else pages).append(k)
+            return pages or [0], thumbnails if pages else []
     except (UnidentifiedImageError, OSError, DataError, EOFError):
-        return 1  # an unreadable file fails as itself when read
+        return [0], []  # an unreadable file fails as itself when read
 
 
 def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, image_pages, is_dicom
 from medcad.data.ledger import walk_files
+from medcad.data.manifest import FRAME_SEP
 from medcad.errors import DataError
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
@@ -103,25 +104,37 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
     frame or page index); unreadable DICOM files become problems. A row that names its frame stays as it is when the
     file has that frame; else it is a problem (a frame number of another kind, e.g. a video's, in a frame column)."""
     out = []
-    counted: dict[Path, tuple[int, str] | DataError] = {}  # a file's frames, read once (a manifest may list each)
+    counted: dict[Path, tuple[list[int], str] | DataError] = {}  # a file's frames, read once (rows may repeat it)
     for row in rows:
         p = root / row["image"]
         named = row.get("frame")
         if p not in counted:
             try:
-                counted[p] = (dicom_frames(p), "frame") if is_dicom(p) else (image_pages(p), "page")
+                if is_dicom(p):
+                    counted[p] = (list(range(dicom_frames(p))), "frame")
+                else:
+                    pages, thumbnails = image_pages(p)
+                    counted[p] = (pages, "page")
+                    problems += [
+                        (
+                            f"{row['image']}{FRAME_SEP}{k}",
+                            "a thumbnail page (reduced resolution): not an image of the set",
+                        )
+                        for k in thumbnails
+                    ]
             except DataError as e:
                 counted[p] = e
         if isinstance(counted[p], DataError):
             problems.append((row["image"], counted[p].problem))
             continue
-        n, what = counted[p]
+        frames, what = counted[p]
+        n = len(frames)
         if named in (None, ""):
-            out += [dict(row, frame=k) for k in range(n)] if n > 1 else [row]
+            out += [dict(row, frame=k) for k in frames] if n > 1 or frames != [0] else [row]
             continue
         text = str(named).strip()
         k = int(float(text)) if text.replace(".", "", 1).isdigit() and float(text).is_integer() else None
-        if k is None or k >= n:
+        if k is None or k not in frames:
             has = f"has {n} {what}(s), numbered from 0" if n > 1 else f"is a single {what}"
             problems.append((row["image"], f"the frame column names {what} {text!r}, but the file {has}"))
             continue
