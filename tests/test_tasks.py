@@ -139,6 +139,30 @@ def test_reference_label_as_datasets_spell_it() -> None:
     assert positive_label(["Normal", "Stone"]) == "Stone" and positive_label(["Polyp", "No lesion"]) == "Polyp"
 
 
+@pytest.mark.parametrize(
+    ("labels", "positive"),
+    [
+        (["cancer", "no cancer"], "cancer"),
+        (["malignant", "non-malignant"], "malignant"),
+        (["Non_Polyp", "Polyp"], "Polyp"),
+        (["tumour", "tumour-free"], "tumour"),
+        (["cancer", "control"], "cancer"),
+        (["Healthy controls", "stone"], "stone"),
+        (["Malignant", "benign"], "Malignant"),
+        (["adenoma", "hyperplastic"], "hyperplastic"),
+        (["nodule", "non-specific"], "non-specific"),
+    ],
+)
+def test_the_positive_class_is_the_finding_however_its_negation_is_written(labels: list[str], positive: str) -> None:
+    """A binary run's positive class (its sensitivity, operating points and ROC) is the finding beside its negation
+    as labels write it (`no X`, `non-X`, `X-free`, control) and malignancy beside benign; else the last label. `no
+    cancer` had been the positive beside `cancer`, and `benign` beside `Malignant`. `non-specific` is a finding,
+    not a negation: two findings keep the last label."""
+    from medcad.engine.results import positive_label
+
+    assert positive_label(sorted(labels)) == positive
+
+
 def test_decoder_widths_of_a_run_and_of_runs_made_before_the_setting(tmp_path) -> None:
     """Bad decoder widths and an unknown architecture fail when a run's settings are resolved, before anything is
     written (an unknown architecture failed at the first fold, after the run folder was made); a saved run from

@@ -179,9 +179,17 @@ REFERENCE_LABEL = "normal"  # the lesion-free class: subtypes are compared with 
 REFERENCE_NAMES = ("normal", "healthy", "nolesion", "nofinding", "nofindings", "negative")
 
 
+# a finding's negation as labels spell it: "no cancer", "non-malignant", "without polyp", "tumour-free", "controls"
+NEGATED_FINDING = re.compile(
+    r"^(?:no|non|not|without)[\s_\-]+(?!specific)[a-z]|[a-z][\s_\-]+free$|^(?:healthy[\s_\-]+)?controls?$"
+)
+
+
 def says_no_finding(label: str) -> bool:
-    """Whether a label names the absence of findings ("normal", "No Finding", "none", "no_lesion", ...)."""
-    return re.sub(r"[^a-z]", "", str(label).lower()) in (*REFERENCE_NAMES, "none")
+    """Whether a label names the absence of findings ("normal", "No Finding", "none", "no_lesion", "no cancer",
+    "non-malignant", "tumour-free", "control", ...)."""
+    text = str(label).strip().lower()
+    return re.sub(r"[^a-z]", "", text) in (*REFERENCE_NAMES, "none") or bool(NEGATED_FINDING.search(text))
 
 
 def reference_label(labels: list[str]) -> str | None:

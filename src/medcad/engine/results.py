@@ -4,6 +4,7 @@ that any reader accepts."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +27,14 @@ RESULT_VERSION = 2
 
 
 def positive_label(labels: list[str]) -> str:
-    """The class shown as 'positive' in ROC curves and binary metrics: for {X, normal} it is X (the finding),
-    otherwise the last label."""
+    """The class shown as 'positive' in ROC curves and binary metrics (its sensitivity, the operating points): for
+    {X, a lesion-free class} it is X, the finding (`tasks.says_no_finding`: normal, no X, non-X, X-free, control);
+    for {X, benign} it is X (malignancy is what is looked for); otherwise the last label. ("no cancer" had been
+    positive beside "cancer", and "benign" beside "Malignant": the last label in sorted order.)"""
     ref = reference_label(labels)
+    if len(labels) == 2 and ref is None:
+        benign = [lab for lab in labels if re.sub(r"[^a-z]", "", lab.lower()) == "benign"]
+        ref = benign[0] if len(benign) == 1 else None
     if len(labels) == 2 and ref is not None:
         return next(lab for lab in labels if lab != ref)
     return labels[-1]
