@@ -171,6 +171,28 @@ def test_absent_class_does_not_crash():
     json.loads(json.dumps(m, allow_nan=True))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    y=st.lists(st.integers(0, 3), min_size=3, max_size=40),
+    pred=st.lists(st.integers(0, 3), min_size=40, max_size=40),
+)
+def test_macro_figures_average_the_classes_held_or_predicted_as_scikit_learn(y, pred) -> None:
+    """The macro block (precision, recall, F1, and specificity too) averages the classes the rows hold or the model
+    predicts, as scikit-learn's macro averages do: a class an external set lacks and the model never predicts had
+    entered the macro specificity at 1."""
+    y = np.array(y)
+    pred = np.array(pred[: len(y)])
+    p = np.full((len(y), 4), 0.1)
+    p[np.arange(len(y)), pred] = 0.7
+    m = classification_metrics(y, p, LABELS, n_boot=0)
+    ref = precision_recall_fscore_support(y, pred, average="macro", zero_division=np.nan)
+    for value, name in zip(ref[:3], ("precision", "recall", "f1"), strict=True):
+        assert m["macro"][name] == pytest.approx(value, nan_ok=True), name
+    seen = np.union1d(y, pred)
+    spec = [((y != c) & (pred != c)).sum() / (y != c).sum() for c in seen if (y != c).any()]
+    assert m["macro"]["specificity"] == pytest.approx(np.mean(spec) if spec else np.nan, nan_ok=True)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("k", [2, 3])
 def test_tiny_inputs(n, k):

@@ -7,9 +7,12 @@ one-vs-rest AUC of p_c (see `class_score`). Thresholds that a decision applies (
 points) stay on the probability.
 
 Undefined quantities (0/0, e.g. the recall of a class absent from y_true) are nan and left out of macro and
-weighted averages, as scikit-learn does with ``zero_division=np.nan``. A bootstrap resample averages the same
-classes as the point estimate: where one of them is undefined in it (a rare class not drawn), the resample gives
-no macro figure and its interval is read from the other resamples (`medcad.metrics.stats.macro_mean`). Every
+weighted averages, as scikit-learn does with ``zero_division=np.nan``. Macro averages are over the classes the rows
+hold or the model predicts, as scikit-learn's (its labels: y_true and y_pred together), specificity too: a class an
+external set lacks and the model never predicts keeps its per-class row, but its specificity of 1 no longer enters
+the macro mean (it had, beside recalls and F1s that left the class out). A bootstrap resample averages the same
+classes as the point estimate: where one of them is undefined in it (a rare class not drawn), the resample
+gives no macro figure and its interval is read from the other resamples (`medcad.metrics.stats.macro_mean`). Every
 function returns plain Python floats, ints and lists, so the result goes straight into
 ``json.dumps(..., allow_nan=True)``.
 """
@@ -219,6 +222,7 @@ def classification_metrics(
     binary, binary_batch = _binary(y, p, labels, positive) if k == 2 else ({}, None)
     cm = _confusion(y, pred, k, np.ones((1, n)))[0]
     rates = _per_class(cm)
+    seen = (rates["support"] > 0) | (cm.sum(axis=0) > 0)  # held or predicted: the classes macro figures average
     aucs = [float(weighted_auc(onehot[:, c], scores[:, c])[0]) if c in auc_classes else float("nan") for c in range(k)]
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
@@ -245,7 +249,7 @@ def classification_metrics(
         "n": int(n),
         "labels": labels,
         **{m: stats[m] for m in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc", "ece")},
-        "macro": {m: float(_nanmean(rates[m])) for m in names},
+        "macro": {m: float(_nanmean(np.where(seen, rates[m], np.nan))) for m in names},
         "weighted": {m: float(_nanmean(rates[m], rates["support"])) for m in names},
         "per_class": {
             label: {
