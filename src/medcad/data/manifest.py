@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 
 from medcad.data.ledger import Ledger
+from medcad.data.media import FRAME_SEP
 from medcad.errors import ConfigError, DataError
 
 _UMASK = os.umask(0)  # read once, at import: setting it back and forth later would race with other threads
 os.umask(_UMASK)
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
 MASK_SEP = "|"
-FRAME_SEP = "#"  # `<path>#<frame>`: the key of a frame of a multi-frame file (a DICOM cine, a TIFF page)
 
 
 def shown_path(path: Path, root: Path) -> str:

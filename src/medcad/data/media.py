@@ -8,8 +8,9 @@ from pathlib import Path
 
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, image_pages, is_dicom
 from medcad.data.ledger import walk_files
-from medcad.data.manifest import FRAME_SEP
 from medcad.errors import DataError
+
+FRAME_SEP = "#"  # `<path>#<frame>`: the key of a frame of a multi-frame file (a DICOM cine, a TIFF page)
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 TEXT_SUFFIXES = frozenset({".csv", ".tsv", ".txt", ".json", ".xml", ".md", ".yaml", ".yml", ".py", ".zip", ".html"})
