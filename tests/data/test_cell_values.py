@@ -91,6 +91,7 @@ def test_box_classes_in_two_cases_are_one_class_and_a_majority_tie_is_no_label(t
     """COCO categories `polyp` and `Polyp` are one detection class (they had been two), and an image whose
     annotations tie between two categories gets no label, said (annotation order had decided it)."""
     from medcad.data.boxes import manifest_boxes
+    from medcad.data.summary import summarize
 
     _coco(tmp_path, [["polyp", "polyp", "Polyp"], ["polyp"], ["Polyp", "adenoma"], ["adenoma", "polyp", "adenoma"]])
     coco = json.loads((tmp_path / "annotations.json").read_text())
@@ -101,6 +102,7 @@ def test_box_classes_in_two_cases_are_one_class_and_a_majority_tie_is_no_label(t
     labels = dict(zip(m.table["image"], m.table["label"], strict=True))
     assert labels == {"0.png": "polyp", "1.png": "polyp", "2.png": "", "3.png": "adenoma"}
     assert sorted(manifest_boxes(m, 40)[0]) == ["adenoma", "polyp"]
+    assert summarize(m)["box_classes"] == {"adenoma": 3, "polyp": 6}  # inspect's per-class box count
     notes = " ".join(m.notes)
     assert "Polyp -> polyp" in notes and "1 of them have no most frequent one (e.g. 2.png, a tie)" in notes
 

@@ -31,7 +31,9 @@ def summarize(manifest: Manifest) -> dict:
     keys = manifest.keys
     bad = [[keys[i], s] for i, s in enumerate(sizes) if isinstance(s, str)]
     wh = np.array([s for s in sizes if not isinstance(s, str)], dtype=int).reshape(-1, 2)
-    n_boxes = [len(json.loads(b)) if b else 0 for b in t["boxes"]]
+    boxes = [json.loads(b) if b else [] for b in t["boxes"]]
+    n_boxes = [len(b) for b in boxes]
+    box_classes = Counter(str(x[4]) for b in boxes for x in b)  # what a detector would learn, per class
     combos = t.groupby(["label", "domain", "subgroup"], dropna=False).size().reset_index(name="n")
     patients = [p for p in t["patient"].unique() if p]
 
@@ -52,6 +54,7 @@ def summarize(manifest: Manifest) -> dict:
         "n_multi_masks": int(t["mask"].str.contains("|", regex=False).sum()),
         "n_images_with_boxes": int(sum(1 for b in n_boxes if b)),
         "n_boxes": int(sum(n_boxes)),
+        "box_classes": dict(sorted(box_classes.items())),
         "n_dicom_frames": int(t["frame"].notna().sum()),
         "width": stats(wh[:, 0]),
         "height": stats(wh[:, 1]),

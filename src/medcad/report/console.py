@@ -25,7 +25,10 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     facts = Table(show_header=False, box=None)
     facts.add_row("patients / groups", str(s["n_groups"]) if s["n_groups"] else "none (duplicates will group)")
     facts.add_row("masks", f"{s['n_masks']} of {s['n_images']} images ({s['n_multi_masks']} made of several files)")
-    facts.add_row("boxes", f"{s['n_boxes']} boxes on {s['n_images_with_boxes']} images")
+    per_class = ", ".join(f"{c} {n}" for c, n in s.get("box_classes", {}).items())
+    facts.add_row(
+        "boxes", f"{s['n_boxes']} boxes on {s['n_images_with_boxes']} images" + (f" ({per_class})" if per_class else "")
+    )
     if w:
         facts.add_row("width px", f"{w['min']}–{w['max']} (median {w['median']})")
         facts.add_row("height px", f"{h['min']}–{h['max']} (median {h['median']})")
