@@ -72,9 +72,11 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
             )
         return "{label}/{patient}" + deeper, why + f"; --pattern '{deepest}' reads the innermost as classes"
     inner = sorted({parts[-1] for parts in folders})
-    return deepest, (
-        f": the {len(inner)} innermost folders are read as the classes (e.g. {inner[0]}); if the classes are "
-        "the outer folders with patients inside, give --pattern '{label}/{patient}" + deeper + "'"
+    why = f": the {len(inner)} innermost folders are read as the classes (e.g. {inner[0]})"
+    if len(outers) == 1:  # a release's one top folder (Dataset_BUSI_with_GT/): no other reading to offer
+        return deepest, why + f", inside {next(iter(outers))}/"
+    return deepest, why + (
+        "; if the classes are the outer folders with patients inside, give --pattern '{label}/{patient}" + deeper + "'"
     )
 
 
