@@ -87,3 +87,15 @@ def test_sixteen_bit_colour_is_oriented_as_displayed(tmp_path: Path, orientation
     shown = read_image(tmp_path / "x8.png")
     assert shown.shape == ((9, 5, 3) if orientation >= 5 else (5, 9, 3))
     np.testing.assert_array_equal(read_image(tmp_path / "x16.png"), shown)
+
+
+def test_signed_32_bit_data_reads_from_its_own_range(tmp_path: Path) -> None:
+    """A signed 32-bit TIFF holding -1000..1000 (a scanner's or a processing tool's signed export) spans 0..255 and
+    says so; it had been shifted to 0..2000 of 65535, nearly black."""
+    arr = np.linspace(-1000, 1000, 64 * 32).reshape(32, 64).astype(np.int32)
+    Image.fromarray(arr, mode="I").save(tmp_path / "signed.tif")
+    got = read_image(tmp_path / "signed.tif")[..., 0]
+    assert got.min() == 0 and got.max() == 255
+    want = np.floor((arr - arr.min()) * (255 / 2000) + 0.5).astype(np.uint8)
+    assert np.array_equal(got, want)
+    assert "negative values scaled from their own min..max" in " ".join(describe_image(tmp_path / "signed.tif"))

@@ -392,7 +392,9 @@ def describe_image(path: str | Path) -> list[str]:
             if im.mode in ("I;16", "I;16B", "I;16L", "I") or _rgb16(im):
                 arr, fmt, _ = decode_pil(p, None)
                 bits = sixteen_bit_range(arr, p, fmt)
-                notes.append(f"16-bit {bits[1]}" if bits else "32-bit integers scaled")
+                signed = bits is None and arr.size and arr.min() < 0
+                said = "32-bit integers with negative values scaled from their own min..max" if signed else ""
+                notes.append(f"16-bit {bits[1]}" if bits else said or "32-bit integers scaled from 0..65535")
             elif im.mode == "F":
                 notes.append("floating-point pixels scaled (0..1, else own range)")
             elif im.mode in ("RGBA", "LA", "PA"):

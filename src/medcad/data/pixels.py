@@ -11,8 +11,9 @@ import numpy as np
 
 
 def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
-    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range); floats in
-    [0, 1] times 255, other floats from their own min..max."""
+    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range; signed data with
+    negative values from its own min..max, as floats outside [0, 1]); floats in [0, 1] times 255, other floats from
+    their own min..max. (Signed values -1000..1000 had been shifted to 0..2000 of 65535: nearly black.)"""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -23,8 +24,10 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarr
             info = np.iinfo(arr.dtype)
             # PIL gives 16-bit PNG/TIFF as uint16 or as int32 ("I" mode) holding 0..65535
             full_scale = 65535.0 if arr.dtype.itemsize >= 2 and info.min <= 0 < 65535 <= info.max else info.max
-            if info.min < 0 and a.min() < 0:  # signed data: shift to start at 0
-                a -= a.min()
+            if info.min < 0 and a.min() < 0:  # signed data below 0: its own range, as floats outside [0, 1]
+                lo, hi = float(a.min()), float(a.max())
+                a -= lo
+                full_scale = max(hi - lo, 1.0)
         else:
             lo, hi = float(a.min()), float(a.max())
             if lo >= 0 and hi <= 1:
