@@ -288,6 +288,7 @@ def test_a_mask_matching_two_images_of_one_name_is_named(tmp_path: Path) -> None
             "split/label",
             "release-split/label",
             "site/label",
+            "site/grade",
             "modality/label",
         ]
     ),
@@ -300,14 +301,16 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
     to read them as patients (it had said nothing). Patient folders numbered within each class folder
     (`benign/001`, `malignant/001`) and patient folders holding visit folders (`benign/P01/2019-01-01`) give labels
     and patients too (the inner folders had become the classes, without a word); an id under two class folders is
-    one patient, said. A release's train / val / test folders are kept as its split column (they had been left
-    unsaid), the levels inside read as before."""
+    one patient, said, when there are more of them than a grading scale has: grades inside site folders
+    (`aptos/3`, `messidor/3`) stay classes, with the patient reading offered. A release's train / val / test
+    folders are kept as its split column (they had been left unsaid), the levels inside read as before."""
     classes = ["benign", "malignant", "normal"][:n_classes]
     with tempfile.TemporaryDirectory() as tmp:
         root, truth, k = Path(tmp), {}, 0
         for c in classes:
-            shared = nesting == "label/shared-patient"  # ids that outnumber the classes, as patients do
-            for j in range(per_class + nesting.startswith("label/") + shared * n_classes):
+            shared = nesting == "label/shared-patient"  # more ids than a grading scale has, as patients are
+            grades = nesting == "site/grade"  # every grade under both sites, as grading releases hold them
+            for j in range(per_class + nesting.startswith("label/") + shared * 10 + grades):
                 outer, inner = (c, f"{c[0]}{j:03d}") if nesting == "label/patient" else (f"{nesting[:4]}{j}", c)
                 if nesting == "release-split/label":  # a release's own train / val / test folders
                     outer = ("train", "val", "test")[j % 3]
@@ -317,11 +320,13 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
                     outer, inner = ("endoscopy", "ultrasound")[k % 2], f"{c}-{('polyp', 'cyst')[k % 2]}"
                 if nesting == "label/named-patient":
                     outer, inner = c, f"{('anna', 'bert', 'carl', 'dora')[j]}_{c}"
+                if nesting == "site/grade":  # grades 0..4 inside sites (aptos/3, messidor/3): classes, not patients
+                    outer, inner = ("aptos", "messidor")[j % 2], str(classes.index(c))
                 if nesting == "label/patient/visit":
                     outer, inner = c, f"{c[0]}{j:02d}/2019-0{k % 9 + 1}-01"
                 rel = f"{outer}/{inner}/img{k}.png"
                 save(root / rel, noise_image(k))
-                as_inner = nesting in ("modality/label", "label/named-patient")
+                as_inner = nesting in ("modality/label", "label/named-patient", "site/grade")
                 patients = nesting.startswith("label/") and nesting != "label/named-patient"
                 truth[rel] = (inner if as_inner else c, inner.split("/")[0] if patients else "")
                 k += 1
@@ -337,6 +342,8 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
             assert any("give --pattern '{label}/{patient}'" in n for n in m.notes), m.notes
         if shared:
             assert any("recur under several class folders (e.g. 000 under benign, malignant" in n for n in m.notes)
+        if grades:
+            assert any("classes (grades) within sites, or patients numbered within each class" in n for n in m.notes)
 
 
 def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:

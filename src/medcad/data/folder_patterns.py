@@ -10,6 +10,8 @@ from pathlib import Path
 from medcad.data.media import pattern_regex
 from medcad.data.splits import is_split_name
 
+MAX_SCALE = 10  # more id-named folders under several outer ones than a grading scale has (BI-RADS 0-6, DR 0-4)
+
 
 def id_like(names) -> bool:
     """Whether every folder name holds a digit, as ids do (P007, b000, 001; not cecum, polyps)."""
@@ -33,7 +35,8 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
     column, and the levels inside them are read so in turn; with every image two or more folders down,
     `{label}/{patient}` (and `/*` for each deeper level: visits, dates, series) when the second level's names are ids
     (`id_like`) that outnumber the two or more first-level folders (patients or cases within class folders; an id
-    under several class folders, whose names are then not ids, is one patient, said); else `*/{label}` (the
+    under several class folders is one patient, said, when the names outnumber a grading scale (`MAX_SCALE`)
+    and the class folders are not named as ids); else `*/{label}` (the
     innermost folders are the classes: `site1/benign`, ...), said with the other reading."""
     depth = Counter(len(parts) for parts in folders)
     outers = {parts[0] for parts in folders if parts}
@@ -58,7 +61,10 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
         parents[parts[1]].add(parts[0])
     deeper = "/*" * (max(depth) - 2)
     shared = sorted(name for name, ps in parents.items() if len(ps) > 1)
-    ids = id_like(parents) and (not shared or not id_like(outers))
+    # names under several outer folders are patients only beyond what a grading scale holds (aptos/0..4 beside
+    # messidor/0..4 are grades inside sites), and only inside folders not named as ids themselves
+    many = len(parents) > MAX_SCALE and not id_like(outers)
+    ids = id_like(parents) and (not shared or many)
     if len(outers) >= 2 and len(parents) > len(outers) and ids:
         why = (
             f": the {len(parents)} second-level folders are named as ids and outnumber the {len(outers)} first-level "
@@ -73,6 +79,13 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
         return "{label}/{patient}" + deeper, why + f"; --pattern '{deepest}' reads the innermost as classes"
     inner = sorted({parts[-1] for parts in folders})
     why = f": the {len(inner)} innermost folders are read as the classes (e.g. {inner[0]})"
+    if shared and id_like(parents) and not deeper:
+        why += (
+            f"; their names recur under several outer folders (e.g. {shared[0]} under "
+            f"{', '.join(sorted(parents[shared[0]]))}): classes (grades) within sites, or patients numbered within "
+            "each class folder? The latter: --pattern '{label}/{patient}'"
+        )
+        return deepest, why
     if len(outers) == 1:  # a release's one top folder (Dataset_BUSI_with_GT/): no other reading to offer
         return deepest, why + f", inside {next(iter(outers))}/"
     return deepest, why + (
