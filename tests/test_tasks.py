@@ -261,3 +261,20 @@ def test_a_setting_the_task_does_not_read_is_named_and_left_out_of_its_table(tas
     if task == "segment":  # attention-unetpp has dropout of its own
         assert "dropout" in settings_read(cfg.replace(arch="attention-unetpp"))
     assert {"task", "epochs", "lr", "image_size"} <= set(settings_read(cfg))
+
+
+@pytest.mark.parametrize(
+    "finding",
+    ["Non-small cell lung cancer", "non-Hodgkin lymphoma", "Non-proliferative DR", "non-invasive carcinoma",
+     "Non-mass enhancement", "non-specific", "nodule"],
+)  # fmt: skip
+def test_findings_named_with_non_are_findings(finding: str) -> None:
+    """A disease named with non- is a finding, not its negation: it stays a label of a multi-label cell, and the
+    lesion-free class beside it is still found (non-X had read as no finding for any X)."""
+    from medcad.targets import split_labels
+    from medcad.tasks import reference_label, says_no_finding
+
+    assert not says_no_finding(finding)
+    assert finding in split_labels(f"{finding}|effusion")
+    assert reference_label(["normal", finding, "other"]) == "normal"
+    assert reference_label(["No_DR", "Non-proliferative DR", "Proliferative DR"]) == "No_DR"

@@ -179,9 +179,16 @@ REFERENCE_LABEL = "normal"  # the lesion-free class: subtypes are compared with 
 REFERENCE_NAMES = ("normal", "healthy", "nolesion", "nofinding", "nofindings", "negative")
 
 
-# a finding's negation as labels spell it: "no cancer", "non-malignant", "without polyp", "tumour-free", "controls"
+# a finding's negation as labels spell it: "no cancer", "No_DR", "non-malignant", "without polyp", "tumour-free",
+# "controls". After non- / not / without, only a finding word itself: "non-small cell lung cancer", "non-Hodgkin
+# lymphoma", "non-proliferative DR" and "non-mass enhancement" are findings.
+FINDING_WORDS = (
+    r"(?:lesions?|polyps?|tumou?rs?|cancers?|cancerous|malignan\w*|neoplas\w*|nodules?|mass(?:es)?|findings?|"
+    r"abnormal\w*|diseased?|stones?|cysts?|patholog\w*)"
+)
 NEGATED_FINDING = re.compile(
-    r"^(?:no|non|not|without)[\s_\-]+(?!specific)[a-z]|[a-z][\s_\-]+free$|^(?:healthy[\s_\-]+)?controls?$"
+    r"^no[\s_\-]+[a-z]|^(?:non|not|without)[\s_\-]*" + FINDING_WORDS + r"$|[a-z][\s_\-]+free$"
+    r"|^(?:healthy[\s_\-]+)?controls?$"
 )
 
 
