@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conftest import noise_image, save
 from medcad.data.layouts import load_manifest
 from medcad.data.splits import sample_groups
-from medcad.data.tables import MISSING_MARKERS
+from medcad.data.tables import AMBIGUOUS_MARKERS, MISSING_MARKERS
 
 FORMS = ("{n}", "{n:03d}", "{n}.0", " {n} ", "P{n}", "p{n}", "P-{n}", "P_{n}")
 
@@ -25,7 +25,11 @@ FORMS = ("{n}", "{n:03d}", "{n}.0", " {n} ", "P{n}", "p{n}", "P-{n}", "P_{n}")
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(
-        st.tuples(st.integers(1, 4), st.sampled_from(FORMS), st.sampled_from([None, *sorted(MISSING_MARKERS), ""])),
+        st.tuples(
+            st.integers(1, 4),
+            st.sampled_from(FORMS),
+            st.sampled_from([None, *sorted(MISSING_MARKERS | AMBIGUOUS_MARKERS), ""]),
+        ),
         min_size=2,
         max_size=10,
     ),
@@ -189,3 +193,19 @@ def test_a_second_column_a_standard_name_would_read_is_said(tmp_path: Path) -> N
         "the one meant to 'patient')",
     ]
     assert not any("'case' looks like" in n for n in m.notes)
+
+
+def test_markers_that_are_also_names_are_kept_in_labels_and_said(tmp_path: Path) -> None:
+    """`None` in a severity scale (None, Mild, Moderate, Severe), `NA` as a site: values, kept, with a note saying
+    how to mark them missing instead (they had been erased as missing values); in patient ids they are missing."""
+    rows = [("None", "NA", "-"), ("Mild", "site1", "P1"), ("None", "site1", "P2"), ("Severe", "NA", "None")]
+    for i in range(len(rows)):
+        save(tmp_path / f"{i}.png", noise_image(i))
+    pd.DataFrame(
+        {"image": [f"{i}.png" for i in range(4)], "label": [r[0] for r in rows], "domain": [r[1] for r in rows],
+         "patient": [r[2] for r in rows]}
+    ).to_csv(tmp_path / "manifest.csv", index=False)  # fmt: skip
+    m = load_manifest(tmp_path)
+    assert m.labels == ["Mild", "None", "Severe"] and sorted(set(m.table["domain"])) == ["NA", "site1"]
+    assert list(m.table["patient"]) == ["", "P1", "P2", ""]
+    assert any("label 'None', domain 'NA' kept as value(s)" in n for n in m.notes), m.notes

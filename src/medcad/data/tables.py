@@ -217,26 +217,35 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     raise DataError(path, "cannot decode the text (neither UTF-16/32 by its byte-order mark, UTF-8 nor Windows-1252)")
 
 
-# how R (write.csv), pandas (astype(str)), Python (str(None)), SQL exports and spreadsheets write a missing value
-MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "<NA>", "NULL", "null", "None", "#N/A", "#NA", "-"})
+# how pandas (astype(str)), spreadsheets and SQL exports write a missing value: never a name
+MISSING_MARKERS = frozenset({"nan", "NaN", "<NA>", "NULL", "null", "#N/A", "#NA", "N/A", "n/a"})
+# R's NA, Python's None and a dash also mark missing values, but are names too (a severity `None`, a site `NA`):
+# missing only in patient ids, and said where they are kept
+AMBIGUOUS_MARKERS = frozenset({"NA", "None", "-"})
 
 
 def _missing_markers(df: pd.DataFrame, path: Path) -> list[str]:
-    """Label, patient, domain and subgroup cells holding a missing-value marker (`MISSING_MARKERS`) are emptied in
-    place, as an empty cell is read; a note names them. (Kept, `nan` had been a class and every image whose patient
-    was `NA` one patient.)"""
-    said = []
+    """Label, patient, domain and subgroup cells holding a missing-value marker (`MISSING_MARKERS`; in patient ids
+    `AMBIGUOUS_MARKERS` too) are emptied in place, as an empty cell is read; a note names them, and names the
+    ambiguous markers kept as values elsewhere. (Kept, `nan` had been a class and every image whose patient was
+    `NA` one patient.)"""
+    said, kept = [], []
     for col in ("label", "patient", "domain", "subgroup"):
-        if col in df:
-            found = df[col].str.strip().isin(MISSING_MARKERS)
-            if found.any():
-                markers = ", ".join(sorted(set(df.loc[found, col].str.strip())))
-                lines = _lines(df.index[found][:3]) + ("..." if found.sum() > 3 else "")
-                said.append(f"{int(found.sum())} {col} cell(s) ({markers}; line {lines})")
-                df.loc[found, col] = ""
-    if not said:
-        return []
-    return [f"{path.name}: missing-value markers read as empty cells: {'; '.join(said)}"]
+        if col not in df:
+            continue
+        cells = df[col].str.strip()
+        markers = MISSING_MARKERS | (AMBIGUOUS_MARKERS if col == "patient" else frozenset())
+        found = cells.isin(markers)
+        if found.any():
+            lines = _lines(df.index[found][:3]) + ("..." if found.sum() > 3 else "")
+            said.append(f"{int(found.sum())} {col} cell(s) ({', '.join(sorted(set(cells[found])))}; line {lines})")
+            df.loc[found, col] = ""
+        ambiguous = sorted(set(cells[cells.isin(AMBIGUOUS_MARKERS) & ~found]))
+        kept += [f"{col} {v!r}" for v in ambiguous]
+    notes = [f"{path.name}: missing-value markers read as empty cells: {'; '.join(said)}"] if said else []
+    if kept:
+        notes.append(f"{path.name}: {', '.join(kept)} kept as value(s); if they mark missing values, empty those cells")
+    return notes
 
 
 def _lines(numbers) -> str:
