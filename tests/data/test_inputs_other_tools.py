@@ -277,6 +277,11 @@ def test_a_tiff_thumbnail_page_is_not_an_image_of_the_set(tmp_path: Path) -> Non
     assert sorted(m.keys) == ["stack.tif#0", "stack.tif#1", "stack.tif#2", "tagged.tif#0", "tagged.tif#2", "thumb.tif"]
     left_out = dict(m.problems)
     assert set(left_out) == {"thumb.tif#1", "tagged.tif#1"} and "thumbnail page" in left_out["thumb.tif#1"]
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "manifest.csv").write_text("image,frame\n../stack.tif,1\n../thumb.tif,1\n")
+    m = load_manifest(tmp_path / "list" / "manifest.csv")
+    assert m.keys == ["../stack.tif#1"]  # a frame column naming a thumbnail page: said as such
+    assert dict(m.problems)["../thumb.tif"] == "the frame column names page 1, a thumbnail (reduced resolution)"
 
 
 def test_two_versions_of_one_coco_annotation_are_not_merged(tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
     file has that frame; else it is a problem (a frame number of another kind, e.g. a video's, in a frame column)."""
     out = []
     counted: dict[Path, tuple[list[int], str] | DataError] = {}  # a file's frames, read once (rows may repeat it)
+    small: dict[Path, list[int]] = {}  # a TIFF's thumbnail pages
     for row in rows:
         p = root / row["image"]
         named = row.get("frame")
@@ -116,6 +117,7 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
                 else:
                     pages, thumbnails = image_pages(p)
                     counted[p] = (pages, "page")
+                    small[p] = thumbnails
                     problems += [
                         (
                             f"{row['image']}{FRAME_SEP}{k}",
@@ -135,6 +137,9 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
             continue
         text = str(named).strip()
         k = int(float(text)) if text.replace(".", "", 1).isdigit() and float(text).is_integer() else None
+        if k is not None and k in small.get(p, []):
+            problems.append((row["image"], f"the frame column names page {k}, a thumbnail (reduced resolution)"))
+            continue
         if k is None or k not in frames:
             has = f"has {n} {what}(s), numbered from 0" if n > 1 else f"is a single {what}"
             problems.append((row["image"], f"the frame column names {what} {text!r}, but the file {has}"))

@@ -215,7 +215,8 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             if kind == "dicom":
                 frames = int(header.get("NumberOfFrames", 1) or 1)
             else:
-                frames = len(image_pages(Path(f.name))[0]) if paged else 1
+                pages = image_pages(Path(f.name)) if paged else ([0], [])
+                frames = max(pages[0] + pages[1]) + 1  # frame= numbers the file's pages, thumbnails included
         except DataError as e:
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
     return Upload(rgb, kind, header, frame, frames)
