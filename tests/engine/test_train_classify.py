@@ -205,7 +205,8 @@ def _fit_tiny(tmp_path: Path, epochs: int, patience: int, probe=None):
     run = Run.resolve(FAST.replace(logger="none"), tmp_path)
     trainer, best = make_trainer(run, FoldFolder(tmp_path), "train", epochs, "val_score", "max", patience, False)
     trainer.callbacks.extend([probe] if probe else [])
-    trainer.fit(_Tiny(), data, data)
+    last = tmp_path / "checkpoints" / "train" / "last.ckpt"
+    trainer.fit(_Tiny(), data, data, ckpt_path=last if last.is_file() else None)
     (resume,) = [c for c in trainer.callbacks if isinstance(c, ResumePoint)]
     return best, resume.epochs
 
@@ -247,6 +248,56 @@ def test_a_costly_resume_point_is_written_first_and_after_the_final_epoch(
     assert last["epoch"] == written[-1] and last["optimizer_states"]
     (record,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert record["best_model_path"] == best.best_model_path and record["best_model_score"] == 0.0
+
+
+def test_a_fit_resumed_before_its_best_epoch_keeps_the_best_weights_of_that_resume_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after a better epoch than its last resume point, a fit resumes with best.ckpt as it was at that
+    resume point: the weights it keeps are never those of epochs it then trains again, whose scores its records
+    do not hold. (With resume points written less often than best.ckpt, the gap can be many epochs.)"""
+    from medcad.engine import resume
+
+    monkeypatch.setattr(resume, "CHEAP_WRITE_S", 0.0)
+    monkeypatch.setattr(resume, "WRITE_SHARE", 1e-12)
+
+    class Killed(Exception):
+        pass
+
+    class KillAt3(L.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            if trainer.current_epoch == 3:
+                raise Killed
+
+    folder = tmp_path / "checkpoints" / "train"
+    with pytest.raises(Killed):
+        _fit_tiny(tmp_path, 5, 10, KillAt3())
+    epoch_of = lambda name: torch.load(folder / name, weights_only=False)["epoch"]  # noqa: E731
+    assert epoch_of("last.ckpt") == 0 and epoch_of("best.ckpt") == 1  # the best epoch came after the resume point
+    seen = []
+
+    class AtStart(L.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            seen.append(epoch_of("best.ckpt"))
+
+    best, written = _fit_tiny(tmp_path, 5, 10, AtStart())  # resumes after epoch 0: epochs 1-4 trained again
+    assert seen == [0]  # best.ckpt as at the resume point, not the killed fit's epoch 1
+    assert written == [1, 4] and epoch_of("best.ckpt") == 1 and best.best_model_score == 0.0
+    last = torch.load(folder / "last.ckpt", weights_only=False)
+    (record,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert record["best_model_score"] == 0.0  # the record and the weights agree
+
+
+def test_resume_restores_the_best_weights_of_its_resume_point(tmp_path: Path) -> None:
+    """restore_best puts back the hard-linked best.ckpt of the resume point; nothing to do without one."""
+    from medcad.engine.resume import BEST, BEST_AT_RESUME, _link_best, restore_best
+
+    (tmp_path / BEST).write_bytes(b"epoch 0")
+    _link_best(tmp_path)
+    (tmp_path / ".new").write_bytes(b"epoch 3")
+    (tmp_path / ".new").replace(tmp_path / BEST)  # as Lightning replaces best.ckpt
+    assert restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
+    assert not (tmp_path / BEST_AT_RESUME).exists() and not restore_best(tmp_path)
 
 
 @settings(max_examples=200, deadline=None)

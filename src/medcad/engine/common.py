@@ -15,7 +15,7 @@ import torch
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
-from medcad.engine.resume import Resume, ResumePoint, StopAtStep, clear_fit
+from medcad.engine.resume import Resume, ResumePoint, StopAtStep, clear_fit, restore_best
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
@@ -180,6 +180,7 @@ def make_trainer(
     if is_primary():
         where = f"{fold.path.name} {stage}"  # fold_<k> stage2
         if resumed:
+            restore_best(folder)  # the best weights as of that epoch, not those of epochs trained again
             log.warning(
                 "note: %s continues after epoch %d of %d (its last checkpoint)", where, resumed.epoch + 1, max_epochs
             )

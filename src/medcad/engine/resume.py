@@ -11,6 +11,7 @@ write takes less than `CHEAP_WRITE_S`, and always after the fit's final epoch.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,11 @@ class ResumePoint(Checkpoint):
     """Writes a fit's resume point (`path`, last.ckpt) at the end of a training epoch when `resume_point_due` says
     so, with Lightning's atomic `trainer.save_checkpoint`. A `Checkpoint`, so Lightning runs it after the other
     callbacks: the best-checkpoint and early-stopping records it holds are this epoch's. With several processes,
-    all follow the first one's decision (each write waits for every process)."""
+    all follow the first one's decision (each write waits for every process).
+
+    Beside it, the best weights as of the resume point (`BEST_AT_RESUME`, a hard link to best.ckpt: no bytes
+    copied): a fit resumed from an earlier epoch than best.ckpt's gets them back (`restore_best`), so that the
+    weights it keeps are never those of the epochs it trains again (its records would name another score)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -59,9 +64,39 @@ class ResumePoint(Checkpoint):
             return
         start = time.monotonic()
         trainer.save_checkpoint(self.path)
+        if trainer.is_global_zero:
+            _link_best(self.path.parent)
         self.written = time.monotonic()
         self.write_s = self.written - start
         self.epochs.append(trainer.current_epoch)
+
+
+BEST, BEST_AT_RESUME = "best.ckpt", "best.at-resume.ckpt"
+
+
+def _link_best(folder: Path) -> None:
+    """Keep best.ckpt as it is at this resume point under `BEST_AT_RESUME` (a hard link; best.ckpt is replaced, not
+    rewritten, when a better epoch comes). Where links cannot be made, no snapshot is kept (a stale one is removed)."""
+    best, kept = folder / BEST, folder / BEST_AT_RESUME
+    tmp = folder / f".{BEST_AT_RESUME}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        if best.is_file():
+            os.link(best, tmp)
+            os.replace(tmp, kept)
+        else:
+            kept.unlink(missing_ok=True)
+    except OSError:
+        kept.unlink(missing_ok=True)
+
+
+def restore_best(folder: Path) -> bool:
+    """Put back the best weights as of the resume point a fit resumes from (`ResumePoint`); whether there were any."""
+    kept = folder / BEST_AT_RESUME
+    if not kept.is_file():
+        return False
+    os.replace(kept, folder / BEST)
+    return True
 
 
 @dataclass(frozen=True)
