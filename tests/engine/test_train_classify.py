@@ -289,7 +289,8 @@ def test_a_fit_resumed_before_its_best_epoch_keeps_the_best_weights_of_that_resu
 
 
 def test_resume_restores_the_best_weights_of_its_resume_point(tmp_path: Path) -> None:
-    """restore_best puts back the hard-linked best.ckpt of the resume point; nothing to do without one."""
+    """restore_best puts back the hard-linked best.ckpt of the resume point, as often as a fit is stopped before its
+    next one; nothing to do without one."""
     from medcad.engine.resume import BEST, BEST_AT_RESUME, _link_best, restore_best
 
     (tmp_path / BEST).write_bytes(b"epoch 0")
@@ -297,7 +298,11 @@ def test_resume_restores_the_best_weights_of_its_resume_point(tmp_path: Path) ->
     (tmp_path / ".new").write_bytes(b"epoch 3")
     (tmp_path / ".new").replace(tmp_path / BEST)  # as Lightning replaces best.ckpt
     assert restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
-    assert not (tmp_path / BEST_AT_RESUME).exists() and not restore_best(tmp_path)
+    (tmp_path / ".new").write_bytes(b"epoch 2")
+    (tmp_path / ".new").replace(tmp_path / BEST)  # stopped again before the next resume point: restored alike
+    assert restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
+    (tmp_path / BEST_AT_RESUME).unlink()
+    assert not restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
 
 
 @settings(max_examples=200, deadline=None)

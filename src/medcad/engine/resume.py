@@ -91,11 +91,14 @@ def _link_best(folder: Path) -> None:
 
 
 def restore_best(folder: Path) -> bool:
-    """Put back the best weights as of the resume point a fit resumes from (`ResumePoint`); whether there were any."""
-    kept = folder / BEST_AT_RESUME
+    """Put back the best weights as of the resume point a fit resumes from (`ResumePoint`); whether there were any.
+    The snapshot stays (linked again), so a fit stopped again before its next resume point is restored alike."""
+    kept, tmp = folder / BEST_AT_RESUME, folder / f".{BEST}.tmp"
     if not kept.is_file():
         return False
-    os.replace(kept, folder / BEST)
+    tmp.unlink(missing_ok=True)
+    os.link(kept, tmp)
+    os.replace(tmp, folder / BEST)
     return True
 
 
