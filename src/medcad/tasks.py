@@ -196,7 +196,17 @@ def says_no_finding(label: str) -> bool:
     """Whether a label names the absence of findings ("normal", "No Finding", "none", "no_lesion", "no cancer",
     "non-malignant", "tumour-free", "control", ...)."""
     text = str(label).strip().lower()
-    return re.sub(r"[^a-z]", "", text) in (*REFERENCE_NAMES, "none") or bool(NEGATED_FINDING.search(text))
+    return _letters(text) in (*REFERENCE_NAMES, "none") or bool(NEGATED_FINDING.search(text))
+
+
+def says_benign(label: str) -> bool:
+    """Whether a label names benign findings ("benign", "Benign", "BENIGN_"): a finding, not its absence."""
+    return _letters(label) == "benign"
+
+
+def _letters(label: str) -> str:
+    """A label's letters alone, lower case: how `says_no_finding` and `says_benign` compare names."""
+    return re.sub(r"[^a-z]", "", str(label).lower())
 
 
 def reference_label(labels: list[str]) -> str | None:

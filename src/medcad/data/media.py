@@ -105,19 +105,18 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
     frame or page index); unreadable DICOM files become problems. A row that names its frame stays as it is when the
     file has that frame; else it is a problem (a frame number of another kind, e.g. a video's, in a frame column)."""
     out = []
-    counted: dict[Path, tuple[list[int], str] | DataError] = {}  # a file's frames, read once (rows may repeat it)
-    small: dict[Path, list[int]] = {}  # a TIFF's thumbnail pages
+    # a file's frames, what they are called and its thumbnail pages, read once (rows may repeat a file)
+    counted: dict[Path, tuple[list[int], str, list[int]] | DataError] = {}
     for row in rows:
         p = root / row["image"]
         named = row.get("frame")
         if p not in counted:
             try:
                 if is_dicom(p):
-                    counted[p] = (list(range(dicom_frames(p))), "frame")
+                    counted[p] = (list(range(dicom_frames(p))), "frame", [])
                 else:
                     pages, thumbnails = image_pages(p)
-                    counted[p] = (pages, "page")
-                    small[p] = thumbnails
+                    counted[p] = (pages, "page", thumbnails)
                     problems += [
                         (
                             f"{row['image']}{FRAME_SEP}{k}",
@@ -130,14 +129,14 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
         if isinstance(counted[p], DataError):
             problems.append((row["image"], counted[p].problem))
             continue
-        frames, what = counted[p]
+        frames, what, thumbnails = counted[p]
         n = len(frames)
         if named in (None, ""):
             out += [dict(row, frame=k) for k in frames] if n > 1 or frames != [0] else [row]
             continue
         text = str(named).strip()
         k = int(float(text)) if text.replace(".", "", 1).isdigit() and float(text).is_integer() else None
-        if k is not None and k in small.get(p, []):
+        if k is not None and k in thumbnails:
             problems.append((row["image"], f"the frame column names page {k}, a thumbnail (reduced resolution)"))
             continue
         if k is None or k not in frames:

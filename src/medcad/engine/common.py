@@ -15,7 +15,7 @@ import torch
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
-from medcad.engine.resume import Resume, ResumePoint, StopAtStep, clear_fit, restore_best
+from medcad.engine.resume import BEST, Resume, ResumePoint, StopAtStep, clear_fit, restore_best
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
@@ -186,7 +186,7 @@ def make_trainer(
             )
         elif clear_fit(fold, stage):
             log.warning("note: %s starts again (what its unfinished earlier fit left is cleared)", where)
-    ckpt = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_weights_only=True)
+    ckpt = ModelCheckpoint(dirpath=folder, filename=Path(BEST).stem, monitor=monitor, mode=mode, save_weights_only=True)
     early = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
     trainer = L.Trainer(
         accelerator=compute.accelerator,

@@ -4,7 +4,6 @@ that any reader accepts."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.data.splits import row_groups
 from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder
-from medcad.tasks import reference_label
+from medcad.tasks import reference_label, says_benign
 
 if TYPE_CHECKING:
     from medcad.targets import Targets
@@ -33,7 +32,7 @@ def positive_label(labels: list[str]) -> str:
     positive beside "cancer", and "benign" beside "Malignant": the last label in sorted order.)"""
     ref = reference_label(labels)
     if len(labels) == 2 and ref is None:
-        benign = [lab for lab in labels if re.sub(r"[^a-z]", "", lab.lower()) == "benign"]
+        benign = [lab for lab in labels if says_benign(lab)]
         ref = benign[0] if len(benign) == 1 else None
     if len(labels) == 2 and ref is not None:
         return next(lab for lab in labels if lab != ref)

@@ -3,7 +3,8 @@ unfinished fit left; a signal that stops a fit at its next step.
 
 A resume point holds the whole state of a fit (weights, optimizer, scheduler, the other callbacks' records, the
 loops' progress). For a large model it costs seconds to write: the 31 M-parameter scratch U-Net's, with Adam's two
-moments, is 372 MB, 11 of the 27 s of a demo fold when written after every epoch. So it is written after an epoch
+moments, is 372 MB, 3-5 s a write on 2026-12-05's machine, a quarter of a 64 px fit written after every epoch
+(`benchmarks/resume_points.py`). So it is written after an epoch
 only when the fit has run at least `1 / WRITE_SHARE` times as long as the last write took since that write (writing
 then costs at most `WRITE_SHARE` of the fit, and a stopped fit loses at most that long plus an epoch), always when a
 write takes less than `CHEAP_WRITE_S`, and always after the fit's final epoch.
@@ -78,12 +79,9 @@ def _link_best(folder: Path) -> None:
     """Keep best.ckpt as it is at this resume point under `BEST_AT_RESUME` (a hard link; best.ckpt is replaced, not
     rewritten, when a better epoch comes). Where links cannot be made, no snapshot is kept (a stale one is removed)."""
     best, kept = folder / BEST, folder / BEST_AT_RESUME
-    tmp = folder / f".{BEST_AT_RESUME}.tmp"
     try:
-        tmp.unlink(missing_ok=True)
         if best.is_file():
-            os.link(best, tmp)
-            os.replace(tmp, kept)
+            _link(best, kept)
         else:
             kept.unlink(missing_ok=True)
     except OSError:
@@ -93,13 +91,19 @@ def _link_best(folder: Path) -> None:
 def restore_best(folder: Path) -> bool:
     """Put back the best weights as of the resume point a fit resumes from (`ResumePoint`); whether there were any.
     The snapshot stays (linked again), so a fit stopped again before its next resume point is restored alike."""
-    kept, tmp = folder / BEST_AT_RESUME, folder / f".{BEST}.tmp"
+    kept = folder / BEST_AT_RESUME
     if not kept.is_file():
         return False
-    tmp.unlink(missing_ok=True)
-    os.link(kept, tmp)
-    os.replace(tmp, folder / BEST)
+    _link(kept, folder / BEST)
     return True
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (the same bytes, none copied), replacing it atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    os.replace(tmp, target)
 
 
 @dataclass(frozen=True)

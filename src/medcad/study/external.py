@@ -70,7 +70,7 @@ def evaluate_external(
         # an image without a label cannot be scored against one (multi-label: no label is no finding, a label)
         unlabelled = "(no label)" if "labels" in task.targets and not multi else None
         cells = [
-            split_labels(v) if multi else [v or unlabelled] * bool(v or unlabelled) for v in manifest.table["label"]
+            split_labels(v) if multi else [lab] if (lab := v or unlabelled) else [] for v in manifest.table["label"]
         ]
         unseen = [sorted(set(c) - set(labels)) for c in cells]
         unknown = sorted({lab for u in unseen for lab in u})

@@ -176,9 +176,7 @@ def write_mask(path: Path, mask: np.ndarray, root: Path) -> str:
 def image_label(labels: list[str]) -> str:
     """An image's label from its shapes' (or tags') labels: 'background' for none; the label when all agree, as
     spelled most often (`Polyp` and `polyp` agree: `manifest.label_key`), else ''."""
-    if not labels:
-        return "background"
-    return Counter(labels).most_common(1)[0][0] if len({label_key(v) for v in labels}) == 1 else ""
+    return majority_label(labels) if len({label_key(v) for v in labels}) <= 1 else ""
 
 
 def majority_label(labels: list[str]) -> str:
