@@ -125,9 +125,8 @@ def test_detector_ensemble_merges_overlapping_boxes() -> None:
 
 def test_reference_label_as_datasets_spell_it() -> None:
     """The lesion-free class is found however a dataset writes it; the frame decision then scores its class head."""
-    from medcad.engine.results import positive_label
     from medcad.engine.segment import frame_score_kind
-    from medcad.tasks import reference_label
+    from medcad.tasks import positive_label, reference_label
 
     assert reference_label(["benign", "malignant", "normal"]) == "normal"
     assert reference_label(["Cyst", "Normal", "Stone", "Tumor"]) == "Normal"  # CT-KIDNEY's folders
@@ -158,7 +157,7 @@ def test_the_positive_class_is_the_finding_however_its_negation_is_written(label
     as labels write it (`no X`, `non-X`, `X-free`, control) and malignancy beside benign; else the last label. `no
     cancer` had been the positive beside `cancer`, and `benign` beside `Malignant`. `non-specific` is a finding,
     not a negation: two findings keep the last label."""
-    from medcad.engine.results import positive_label
+    from medcad.tasks import positive_label
 
     assert positive_label(sorted(labels)) == positive
 
@@ -235,6 +234,7 @@ _ALTERED = {  # a value other than the default for each setting some tasks do no
     "class_weights": False,
     "dropout": 0.5,
     "oversample": True,
+    "positive": "lesion",
 }
 
 

@@ -241,9 +241,9 @@ def run_stages(cfg: TrainConfig) -> tuple[Stage, ...] | None:
     return parse_stages(cfg.stages)
 
 
-# Settings that say where a run computes, not what it computes, or how a rerun treats changed data: a run resumes
-# with other values of these.
-COMPUTE_KEYS = (
+# Settings that say where a run computes, not what it computes, how a rerun treats changed data, or which class its
+# pooled figures call positive: a run resumes with other values of these (a finished one is pooled again).
+RESUMABLE_KEYS = (
     "threads",
     "accelerator",
     "devices",
@@ -253,6 +253,7 @@ COMPUTE_KEYS = (
     "tracking_uri",
     "allow_missing",
     "new_images",
+    "positive",
 )
 
 
@@ -313,6 +314,9 @@ class TrainConfig(DataOptions):
     mask_labels: str | None = None
     class_loss_weight: float = 1.0  # multitask loss = BCE + Dice (mask) + this x cross-entropy (class)
     frame_classes: str | None = None  # detect: labels whose frames are whole-frame boxes, e.g. "normal,unclear"
+    # classify / multitask with two classes: the positive one (its sensitivity, ROC and operating points); None: the
+    # finding beside its negation, malignant beside benign, else the last label (`tasks.positive_label`)
+    positive: str | None = None
     # splits
     folds: int | None = 5
     holdout: float | None = None

@@ -20,7 +20,7 @@ from medcad.data.datasets import cached_masks, check_mask_content
 from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
 from medcad.data.manifest import LABEL_SEPARATORS, Manifest
 from medcad.errors import DataError
-from medcad.tasks import get_task, says_no_finding, split_labels
+from medcad.tasks import get_task, positive_from_names, positive_label, says_no_finding, split_labels
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Targets:
         mask_classes: the mask values of `labels` (label maps), else None.
         image_sizes: (N, 2) int (width, height) in pixels of each row's image as decoded, the frame its `boxes`
             were scaled from (detection; `medcad.data.boxes.scale_boxes` maps boxes back to it); else None.
+        positive: the positive class of two class labels (its sensitivity, ROC and operating points), as the run's
+            `positive` setting names it or `tasks.positive_label` chooses; None for other targets.
     """
 
     labels: list[str]
@@ -46,6 +48,7 @@ class Targets:
     box_problems: list[str] = field(default_factory=list)
     mask_classes: MaskLabels | None = None
     image_sizes: np.ndarray | None = None
+    positive: str | None = None
 
 
 # what a mask task does with an image that has no mask: the reads' choices, or leave it out before reading
@@ -124,6 +127,7 @@ def load_targets(
     Raises:
         DataError: too few labels or unlabelled images for a labelled task, masks missing or unusable, a frame
             class that no image carries.
+        ConfigError: a `positive` class for other than two class labels, or not one of them.
     """
     task = get_task(cfg.task)
     boxes, problems, classes, sizes = None, [], None, None
@@ -169,7 +173,15 @@ def load_targets(
                 f"{manifest.keys[unknown.index[0]]}: {unknown.iat[0]!r})",
             )
     y = label_targets(manifest, cfg.task, list(labels))
-    return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes)
+    positive = None
+    if "labels" in task.targets and task.label_kind != "multi" and (len(labels) == 2 or cfg.positive is not None):
+        positive = positive_label(list(labels), cfg.positive)
+        if cfg.positive is None and positive_from_names(list(labels)) is None:
+            manifest.notes.append(
+                f"positive class {positive!r} (its sensitivity, ROC and operating points): neither class reads as no "
+                f"finding or benign, so the last label; the positive setting (--positive) names the other"
+            )
+    return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes, positive=positive)
 
 
 def _largest_class(masks: np.ndarray, n: int) -> np.ndarray:

@@ -216,6 +216,51 @@ def reference_label(labels: list[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def positive_label(labels: list[str], chosen: str | None = None) -> str:
+    """The class shown as 'positive' in ROC curves and binary metrics (its sensitivity, the operating points).
+
+    Args:
+        labels: the run's class labels.
+        chosen: the user's choice (a run's `positive` setting), matched exactly or, failing that, without case.
+            None: for {X, a lesion-free class} it is X, the finding (`says_no_finding`: normal, no X, non-X,
+            X-free, control); for {X, benign} it is X (malignancy is what is looked for); otherwise the last label.
+            ("no cancer" had been positive beside "cancer", and "benign" beside "Malignant": the last label in sorted
+            order.)
+
+    Raises:
+        ConfigError: `chosen` for other than two labels, or not one of them.
+    """
+    if chosen is not None:
+        found = [lab for lab in labels if lab == chosen] or [lab for lab in labels if lab.lower() == chosen.lower()]
+        if len(labels) != 2:
+            raise ConfigError(
+                f"positive: {chosen!r} names the positive class of a two-class run; this one has {len(labels)} "
+                f"({', '.join(labels)}), each scored against the rest: drop the setting"
+            )
+        if len(found) != 1:
+            raise ConfigError(f"positive: {chosen!r} is not one of the run's classes ({', '.join(labels)})")
+        return found[0]
+    return positive_from_names(labels) or labels[-1]
+
+
+def positive_from_names(labels: list[str]) -> str | None:
+    """Of two labels, the finding beside its negation (`reference_label`) or beside benign; None when the names do
+    not say (two findings, e.g. adenoma and hyperplastic) or for other than two labels."""
+    if len(labels) != 2:
+        return None
+    ref = reference_label(labels)
+    if ref is None:
+        benign = [lab for lab in labels if says_benign(lab)]
+        ref = benign[0] if len(benign) == 1 else None
+    return None if ref is None else next(lab for lab in labels if lab != ref)
+
+
+def metrics_positive(metrics: dict, labels: list[str]) -> str:
+    """The positive class a run's metrics (metrics.json) were pooled with: that of their binary block, else as
+    `positive_label` chooses for `labels` (metrics without one)."""
+    return (metrics.get("binary") or {}).get("positive") or positive_label(labels)
+
+
 def p_lesion_words(labels: list[str]) -> str:
     """What a frame score of kind "p_lesion" is, in words: the class head's probability of no reference class."""
     return f"the class head's probability that the frame is not {reference_label(labels)!r}"
@@ -248,6 +293,7 @@ TASK_SETTINGS: dict[str, tuple[str, ...]] = {
     "mask_labels": ("segment-multiclass",),
     "class_loss_weight": ("multitask",),
     "frame_classes": ("detect",),
+    "positive": ("classify", "multitask"),
     "head": (*_STAGED, "detect"),
     "head_epochs": _STAGED,
     "head_lr": _STAGED,

@@ -135,7 +135,7 @@ def test_cli_train_errors(easy_set: Path, tmp_path: Path) -> None:
 
 
 def test_positive_label_is_the_finding() -> None:
-    from medcad.engine.results import positive_label
+    from medcad.tasks import positive_label
 
     assert positive_label(["lesion", "normal"]) == "lesion"
     assert positive_label(["abnormal", "normal"]) == "abnormal"
@@ -626,3 +626,52 @@ def test_a_segmenter_predicting_nan_is_stopped_though_its_masks_are_uint8(tmp_pa
     assert out["nonfinite"].all() and out["mask"].dtype == np.uint8 and out["class"] is None
     with pytest.raises(MedcadError, match=r"fold_0: .*non-finite masks or probabilities \(NaN\) for 3 of 3 test"):
         _check_finite(tmp_path / "fold_0", {"test": {"masks": out["mask"], "nonfinite": out["nonfinite"]}})
+
+
+def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_again(
+    easy_set: Path, tmp_path: Path
+) -> None:
+    """Two findings, neither a negation (adenoma vs hyperplastic), had the last label as positive class, with no way
+    to choose: `positive` names it for every binary figure (sensitivity, operating points, ROC, evaluate --data),
+    and a finished run given another is pooled again, not trained again. A class the run lacks, or a run of more
+    than two classes, is refused before anything is written."""
+    renamed = TrainConfig(**{**FAST.to_dict(), "label_map": "lesion=adenoma,normal=hyperplastic"})
+    run = tmp_path / "run"
+    m = train_run(easy_set, run, renamed.replace(positive="Adenoma"), progress=False)  # matched without case
+    assert m["binary"]["positive"] == "adenoma"
+    assert m["validated_operating_points"]["positive"] == "adenoma"
+    c = m["confusion_matrix"]["labels"].index("adenoma")
+    n_adenoma = sum(m["confusion_matrix"]["matrix"][c])
+    at = m["binary"]["at_0.5"]
+    assert at["sensitivity"]["value"] == pytest.approx(m["confusion_matrix"]["matrix"][c][c] / n_adenoma)
+    notes = json.loads((run / "config.json").read_text())["data_notes"]
+    assert not any("positive class" in n for n in notes)  # chosen, so not said
+    model = (run / "fold_0" / "model.pt").stat().st_mtime_ns
+    again = train_run(easy_set, run, renamed.replace(positive="hyperplastic"), progress=False)
+    assert (run / "fold_0" / "model.pt").stat().st_mtime_ns == model  # pooled again, not trained again
+    assert again["binary"]["positive"] == "hyperplastic"
+    assert again["binary"]["at_0.5"]["sensitivity"]["value"] == pytest.approx(at["specificity"]["value"])
+    assert again["binary"]["auc"]["value"] == pytest.approx(m["binary"]["auc"]["value"])
+    assert json.loads((run / "config.json").read_text())["positive"] == "hyperplastic"
+    ev = runner.invoke(
+        app, ["evaluate", str(run), "--data", str(easy_set), "--label-map", "lesion=adenoma,normal=hyperplastic"]
+    )
+    assert ev.exit_code == 0, ev.output
+    assert (
+        json.loads((run / "evaluations" / easy_set.name / "metrics.json").read_text())["binary"]["positive"]
+        == "hyperplastic"
+    )
+
+    default = train_run(easy_set, tmp_path / "default", renamed, progress=False)
+    assert default["binary"]["positive"] == "hyperplastic"  # the last label, and said
+    notes = json.loads((tmp_path / "default" / "config.json").read_text())["data_notes"]
+    assert any("positive class 'hyperplastic'" in n and "--positive" in n for n in notes)
+    res = runner.invoke(app, ["train", str(easy_set), "--out", str(tmp_path / "b"), "--positive", "polyp"])
+    assert res.exit_code == 2 and "'polyp' is not one of the run's classes (lesion, normal)" in res.output
+    assert not (tmp_path / "b").exists()
+    three = tmp_path / "three"
+    for i, lab in enumerate(["a", "b", "c"] * 2):
+        (three / lab).mkdir(parents=True, exist_ok=True)
+        (three / lab / f"{i}.png").write_bytes((easy_set / "lesion" / "0.png").read_bytes())
+    res = runner.invoke(app, ["train", str(three), "--out", str(tmp_path / "c"), "--positive", "a"])
+    assert res.exit_code == 2 and "names the positive class of a two-class run; this one has 3" in res.output

@@ -60,6 +60,11 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
     ),
     "class_loss_weight": _Setting(float, "multitask: weight of the class loss."),
     "frame_classes": _Setting(str, "detect: labels whose frames are whole-frame boxes, e.g. normal,unclear."),
+    "positive": _Setting(
+        str,
+        "classify/multitask with two classes: the positive one (sensitivity, ROC, operating points); default the "
+        "finding beside its negation (normal, no X, non-X), malignant beside benign, else the last label.",
+    ),
     "dropout": _Setting(float, "Dropout before the class layer."),
     "weights": _Setting(str, "auto (offline ImageNet if shipped), hub, none, or a file.", "auto"),
     "head": _Setting(str, "linear, or mlp (features-2048-1024-n).", "linear"),

@@ -15,7 +15,7 @@ from medcad.data.manifest import Manifest, atomic_write_text
 from medcad.data.splits import row_groups
 from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder
-from medcad.tasks import reference_label, says_benign
+from medcad.tasks import positive_label, reference_label
 
 if TYPE_CHECKING:
     from medcad.targets import Targets
@@ -23,20 +23,6 @@ if TYPE_CHECKING:
 # what a fold result's predictions are: 2 = validation and test predictions (and stage 1's cached features) in fp32
 # whatever the fold trained in, as predict computes them; results without it may hold bf16 predictions
 RESULT_VERSION = 2
-
-
-def positive_label(labels: list[str]) -> str:
-    """The class shown as 'positive' in ROC curves and binary metrics (its sensitivity, the operating points): for
-    {X, a lesion-free class} it is X, the finding (`tasks.says_no_finding`: normal, no X, non-X, X-free, control);
-    for {X, benign} it is X (malignancy is what is looked for); otherwise the last label. ("no cancer" had been
-    positive beside "cancer", and "benign" beside "Malignant": the last label in sorted order.)"""
-    ref = reference_label(labels)
-    if len(labels) == 2 and ref is None:
-        benign = [lab for lab in labels if says_benign(lab)]
-        ref = benign[0] if len(benign) == 1 else None
-    if len(labels) == 2 and ref is not None:
-        return next(lab for lab in labels if lab != ref)
-    return labels[-1]
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -57,13 +43,20 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def pooled_metrics(
-    manifest: Manifest, rows: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str], groups: np.ndarray
+    manifest: Manifest,
+    rows: np.ndarray,
+    y: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    groups: np.ndarray,
+    positive: str | None = None,
 ) -> dict:
     """Metrics of predictions `probs` for manifest rows `rows` (true label indices `y`), with cluster-bootstrap
-    CIs by `groups`, per domain and subgroup, and each abnormality subtype against normal where that applies."""
+    CIs by `groups`, per domain and subgroup, and each abnormality subtype against normal where that applies.
+    `positive`: a two-class run's positive class (`Targets.positive`; None: `positive_label`'s choice)."""
     from medcad.metrics.classification import classification_metrics, subset_metrics, subtype_vs_reference
 
-    positive = positive_label(labels) if len(labels) == 2 else None
+    positive = positive_label(labels, positive) if len(labels) == 2 else None
     m = classification_metrics(y, probs, labels, groups=groups, positive=positive)
     for col in ("domain", "subgroup"):
         vals = manifest.table[col].to_numpy(dtype=str)[rows]
@@ -266,8 +259,10 @@ def evaluate_results(
     if boxes is not None:
         m, pred = detection_results(manifest, boxes, results, group_map, labels, targets.image_sizes, size)
     if all("test_probs" in r for r in results):
-        pooled = _multilabel_results if y.ndim == 2 else _classification_results
-        m, pred = pooled(manifest, labels, y, results, group_map)
+        if y.ndim == 2:
+            m, pred = _multilabel_results(manifest, labels, y, results, group_map)
+        else:
+            m, pred = _classification_results(manifest, labels, y, results, group_map, targets.positive)
     if masks is not None and run is not None and all((RunFolder(run).fold(r["fold"]).masks).is_file() for r in results):
         seg, table = segmentation_results(manifest, masks, run, results, group_map, labels, targets.mask_classes)
         m["segmentation"] = seg
@@ -345,6 +340,7 @@ def validated_metrics(
     fold_of: np.ndarray,
     labels: list[str],
     groups: np.ndarray,
+    positive: str | None = None,
 ) -> tuple[dict, np.ndarray]:
     """What needs each fold's validation predictions: temperature scaling fitted on validation ("calibration"), and
     operating points chosen on validation and applied to the fold's test images (binary runs: the positive class;
@@ -375,7 +371,9 @@ def validated_metrics(
         "thresholds chosen per fold on its validation part, applied to its test images; both on the "
         "temperature-scaled probabilities each fold's model predicts"
     )
-    points = class_operating_points(labels, yt, scaled, fold_of, val, groups, note=note, scale="temperature-scaled")
+    points = class_operating_points(
+        labels, yt, scaled, fold_of, val, groups, positive, note=note, scale="temperature-scaled"
+    )
     return out | points, scaled
 
 
@@ -386,6 +384,7 @@ def class_operating_points(
     fold: np.ndarray | None,
     val: dict,
     groups: np.ndarray,
+    positive: str | None = None,
     **about: str,
 ) -> dict:
     """Validation-chosen operating points of class probabilities (`medcad.metrics.operating.
@@ -400,6 +399,7 @@ def class_operating_points(
         fold: fold id per row (each row at its fold's threshold), or None (every row at the folds' mean: an ensemble).
         val: {fold: (class index (n_val,), probabilities (n_val, K))} of each fold's validation part.
         groups: group id per row (cluster bootstrap).
+        positive: a two-class run's positive class (None: `positive_label`'s choice).
         about: fields written beside each block (note, applied_to).
     """
     from medcad.metrics.operating import validated_operating_points
@@ -410,14 +410,14 @@ def class_operating_points(
         return {"positive": labels[c], "one_vs_rest": one_vs_rest, **about, **found}
 
     if len(labels) == 2:
-        return {"validated_operating_points": points(labels.index(positive_label(labels)), False)}
+        return {"validated_operating_points": points(labels.index(positive_label(labels, positive)), False)}
     ref = reference_label(labels)
     by_class = {lab: points(c, True) for c, lab in enumerate(labels) if lab != ref and (y == c).any()}
     return {"validated_operating_points_by_class": by_class}
 
 
 def _classification_results(
-    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], group_map: dict
+    manifest: Manifest, labels: list[str], y: np.ndarray, results: list[dict], group_map: dict, positive: str | None
 ) -> tuple[dict, pd.DataFrame]:
     from medcad.metrics.classification import classification_metrics
     from medcad.metrics.stats import mean_sd
@@ -427,8 +427,8 @@ def _classification_results(
     fold_of = np.concatenate([[r["fold"]] * len(r["test_rows"]) for r in results])
     keys = manifest.keys
     groups = row_groups(group_map, keys, rows)
-    m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups)
-    validated, _ = validated_metrics(y, results, rows, probs, fold_of, labels, groups)
+    m = pooled_metrics(manifest, rows, y[rows], probs, labels, groups, positive)
+    validated, _ = validated_metrics(y, results, rows, probs, fold_of, labels, groups, positive)
     m.update(validated)
     per_fold = []
     for r in results:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.config import COMPUTE_KEYS, TrainConfig
+from medcad.config import RESUMABLE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, image_cache_key
 from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.layouts import load_manifest
@@ -104,7 +104,7 @@ def _check_resume(run: Run) -> None:
         old["precision"] = cfg.precision  # a run from before precision "auto", resumed with what auto gives here
     if cfg.mask_labels is None:
         old["mask_labels"] = None  # the classes the run read from its dataset.json (checked against the masks later)
-    changed = _differences(old, cfg.to_dict(), [k for k in cfg.to_dict() if k not in COMPUTE_KEYS])
+    changed = _differences(old, cfg.to_dict(), [k for k in cfg.to_dict() if k not in RESUMABLE_KEYS])
     if changed:
         raise ConfigError(
             f"{run.folder.root} holds a run with other settings ({changed}); choose another --out to start a new "

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcad.engine.results import positive_label
 from medcad.report import plots
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.tasks import settings_read
+from medcad.tasks import metrics_positive, settings_read
 
 
 def png_data_uri(png: bytes) -> str:
@@ -213,7 +212,7 @@ def _classification_figures(
         )
     for col in ("domain", "subgroup"):
         sub = metrics.get(f"by_{col}") or {}
-        pos = positive_label(labels)
+        pos = metrics_positive(metrics, labels)
         curves = {name: (m.get("roc") or {}).get(pos, {}) for name, m in sub.items() if isinstance(m, dict)}
         if curves:
             figures[f"roc_{col}"] = png_data_uri(

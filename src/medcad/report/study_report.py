@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 from medcad.data.splits import load_splits
-from medcad.engine.results import positive_label
 from medcad.errors import DataError
 from medcad.report import plots
 from medcad.report.run_report import png_data_uri
 from medcad.runfolder import RunFolder, study_path
+from medcad.tasks import metrics_positive
 
 
 def collect_study(study: Path) -> dict:
@@ -46,11 +46,12 @@ def collect_study(study: Path) -> dict:
     )
     bars = {r["name"]: (r[key]["value"], *(r[key].get("ci95") or [None, None])) for r in s["runs"] if r.get(key)}
     figures = {"bars": png_data_uri(plots.bars_png(bars, f"{title} per run (95 % CI)", title)), "roc_domains": {}}
-    positive = positive_label(s["labels"])
+    metrics = {r["name"]: json.loads(RunFolder(Path(r["run"])).metrics.read_text()) for r in s["runs"]}
+    positive = metrics_positive(next(iter(metrics.values()), {}), s["labels"])  # the study's runs share settings
     for d in s.get("domains") or []:
         curves, aucs = {}, {}
         for r in s["runs"]:
-            m = json.loads(RunFolder(Path(r["run"])).metrics.read_text())
+            m = metrics[r["name"]]
             sub = (m.get("by_domain") or {}).get(d) or {}
             if sub.get("roc", {}).get(positive):
                 curves[r["name"]] = sub["roc"][positive]

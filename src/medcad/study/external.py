@@ -130,8 +130,8 @@ def evaluate_external(
             np.array(manifest.keys, dtype=object), y, out["probabilities"], labels, metrics["threshold"]
         )
     elif out.get("probabilities") is not None:
-        metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups)
-        metrics.update(prespecified_points(predictor, y, out["probabilities"], groups))
+        metrics = pooled_metrics(manifest, rows, y, out["probabilities"], labels, groups, targets.positive)
+        metrics.update(prespecified_points(predictor, y, out["probabilities"], groups, targets.positive))
         pred = prediction_table(manifest, rows, y, out["probabilities"], labels)
     if out.get("mask") is not None:  # scored as a run's masks are: at each image's own size
         seg, table = external_mask_results(
@@ -180,12 +180,15 @@ def evaluate_external(
     return metrics, where, [*notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
 
 
-def prespecified_points(predictor, y: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict:
+def prespecified_points(
+    predictor, y: np.ndarray, probs: np.ndarray, groups: np.ndarray, positive: str | None = None
+) -> dict:
     """The run's validated operating points carried to new data: each ensemble member's threshold chosen by each
     rule on its fold's validation part (on its temperature-scaled probabilities, the scale the ensemble predicts
     on), the ensemble at the mean threshold, scored on the new images' probabilities `probs` (N, K) with labels
-    `y` (N,). Binary runs: the positive class; more classes: each finding against the rest. Empty, with a
-    `validation_note`, for runs without validation predictions or whose validation labels RUN/manifest.csv lacks."""
+    `y` (N,). Binary runs: the positive class (`positive`, the run's); more classes: each finding against the
+    rest. Empty, with a `validation_note`, for runs without validation predictions or whose validation labels
+    RUN/manifest.csv lacks."""
     val, why = _validation_parts(predictor)
     if val is None:
         return {"validation_note": f"no operating point carried from the run's validation: {why}"}
@@ -194,7 +197,9 @@ def prespecified_points(predictor, y: np.ndarray, probs: np.ndarray, groups: np.
         f"the {len(val)} fold(s) uses their mean"
     )
 
-    return class_operating_points(predictor.labels, y, probs, None, val, groups, note=note, applied_to="this set")
+    return class_operating_points(
+        predictor.labels, y, probs, None, val, groups, positive, note=note, applied_to="this set"
+    )
 
 
 def _validation_parts(predictor) -> tuple[dict | None, str]:

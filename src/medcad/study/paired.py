@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medcad.data.splits import row_groups
-from medcad.engine.results import positive_label
 from medcad.runfolder import RunFolder
 from medcad.study.protocol import Experiment, compared_pairs, slug
+from medcad.tasks import metrics_positive
 
 DETECTION_TESTS = ("ap50", "map", "f1", "frame_accuracy")  # a pair of detectors' tests (F1, frames: IoU 0.5)
 
@@ -33,7 +34,9 @@ def paired_tests(
         for e in exps
     }
     out = []
-    positive = positive_label(labels) if len(labels) == 2 else None
+    first = RunFolder(study_dir / "runs" / slug(exps[0].name)).metrics if exps else None
+    metrics = json.loads(first.read_text()) if first is not None and first.is_file() else {}
+    positive = metrics_positive(metrics, labels) if len(labels) == 2 else None  # the runs share the study's settings
     detections: dict = {}  # each detector run's, read once
     for ea, eb, domain in compared_pairs(exps):
         a = preds[ea.name].set_index("image")

@@ -19,11 +19,12 @@ import numpy as np
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_images, cached_masks
 from medcad.data.splits import fold_indices, load_splits, row_groups
-from medcad.engine.results import positive_label, write_json
+from medcad.engine.results import write_json
 from medcad.errors import ConfigError, DataError
 from medcad.metrics.calibration import apply_temperature
 from medcad.runfolder import RunFolder
 from medcad.targets import run_dataset
+from medcad.tasks import positive_label
 
 VARIANTS = ("original", "lesion_blanked", "lesion_only")
 
@@ -97,7 +98,8 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     y = y_all[rows]
     present = sorted(set(y.tolist()))
     groups = row_groups(group_map, manifest.keys, rows)
-    pos = positive_label([labels[c] for c in present]) if len(present) >= 2 else labels[present[0]]
+    held = [labels[c] for c in present]
+    pos = positive_label(held, cfg.positive if len(held) == len(labels) == 2 else None) if len(held) >= 2 else held[0]
     c_pos = labels.index(pos)
     result: dict = {"labels": labels, "positive": pos, "n_images": int(len(rows)), "margin": margin, "variants": {}}
     for name in VARIANTS:
