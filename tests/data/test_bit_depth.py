@@ -89,13 +89,32 @@ def test_sixteen_bit_colour_is_oriented_as_displayed(tmp_path: Path, orientation
     np.testing.assert_array_equal(read_image(tmp_path / "x16.png"), shown)
 
 
-def test_signed_32_bit_data_reads_from_its_own_range(tmp_path: Path) -> None:
-    """A signed 32-bit TIFF holding -1000..1000 (a scanner's or a processing tool's signed export) spans 0..255 and
-    says so; it had been shifted to 0..2000 of 65535, nearly black."""
-    arr = np.linspace(-1000, 1000, 64 * 32).reshape(32, 64).astype(np.int32)
-    Image.fromarray(arr, mode="I").save(tmp_path / "signed.tif")
-    got = read_image(tmp_path / "signed.tif")[..., 0]
-    assert got.min() == 0 and got.max() == 255
-    want = np.floor((arr - arr.min()) * (255 / 2000) + 0.5).astype(np.uint8)
-    assert np.array_equal(got, want)
-    assert "negative values scaled from their own min..max" in " ".join(describe_image(tmp_path / "signed.tif"))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    dtype=st.sampled_from([np.int16, np.int32, np.uint32]),
+    lo=st.integers(-(2**31), 2**32 - 1),
+    span=st.integers(1, 2**32 - 1),
+)
+def test_wide_integer_data_reads_from_its_own_range(tmp_path: Path, dtype, lo: int, span: int) -> None:
+    """A signed or 32-bit TIFF (a scanner's, a processing tool's export) whose values leave 0..65535 spans 0..255
+    in the order of its values, and says so. Signed -1000..1000 had been shifted to 0..2000 of 65535 (nearly
+    black), values above 65535 had all been white, and Pillow had read unsigned 32-bit values from 2**31 on as
+    negative (a gradient wrapped around)."""
+    import tifffile
+
+    info = np.iinfo(dtype)
+    lo = min(max(lo, int(info.min)), int(info.max) - 1)
+    hi = min(lo + span, int(info.max))
+    if 0 <= lo and hi <= 65535:  # 16-bit data: its own policy (test_sixteen_bit_*)
+        hi = 65536 if info.max >= 65536 else hi
+        lo = -1 if hi <= 65535 else lo
+    arr = np.linspace(lo, hi, 32 * 64).round().astype(np.int64).clip(info.min, info.max).astype(dtype).reshape(32, 64)
+    tifffile.imwrite(tmp_path / "wide.tif", arr)
+    got = read_image(tmp_path / "wide.tif")[..., 0]
+    a = arr.astype(np.float64)
+    want = np.floor((a - a.min()) * (255 / (a.max() - a.min())) + 0.5).clip(0, 255)
+    assert np.abs(got.astype(int) - want).max() <= 1  # float32 arithmetic on values up to 2**32
+    assert (np.diff(got.ravel().astype(int)) >= 0).all()
+    assert f"integers {arr.min()}..{arr.max()} (beyond 0..65535) scaled from their own min..max" in describe_image(
+        tmp_path / "wide.tif"
+    )

@@ -9,7 +9,8 @@ One decoding policy for the whole package (train, predict, explain, audit, sizes
   bits, as OpenCV and scanner exports write 8-, 10- or 12-bit data: a PNG's sBIT chunk says how many bits are
   significant, else values that all fit 8, 10 or 12 bits are read as such (`stored_bits`; `describe_image` says
   which); 16-bit RGB is read in full (Pillow keeps the high byte);
-  floating-point data in [0, 1] is scaled by 255, other float data by its own min..max;
+  integer data below 0 or above 65535 (signed or 32-bit TIFFs; unsigned 32-bit read as such, not as Pillow's signed
+  "I") is scaled from its own min..max; floating-point data in [0, 1] by 255, other float data by its own min..max;
 - masks: see `medcad.data.masks.decode_mask` (decided from each mask's own values);
 - size: a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels (Pillow's own decompression-bomb
   threshold, about 89.5 megapixels, unless `MEDCAD_MAX_PIXELS` gives another number of megapixels) is refused with
@@ -273,7 +274,7 @@ def decode_pil(
                 im = ImageOps.exif_transpose(im)
             plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
             if plain or (keep_alpha and im.mode in ("LA", "RGBA")) or (palette_indices and im.mode == "P"):
-                arr = np.asarray(im)
+                arr = _unsigned_32(im, np.asarray(im))
             elif im.mode == "P" and keep_alpha:
                 arr = np.asarray(im.convert("RGBA"))
             elif im.mode in ("LA", "1"):
@@ -291,6 +292,17 @@ def decode_pil(
     except Exception as e:  # Pillow's decoders raise other types for some broken files (ValueError, EOFError ...)
         raise DataError(path, f"cannot decode the image data ({type(e).__name__}: {e})") from e
     return arr, fmt, orientation
+
+
+def _unsigned_32(im: Image.Image, arr: np.ndarray) -> np.ndarray:
+    """A 32-bit unsigned TIFF's samples as uint32: Pillow decodes them into its signed mode "I", so values from
+    2**31 on came out negative (a gradient wrapped around). TIFF's SampleFormat 1, the default, is unsigned."""
+    tags = getattr(im, "tag_v2", None)
+    if im.mode != "I" or arr.dtype != np.int32 or tags is None:
+        return arr
+    bits, sample_format = tags.get(258, (0,)), tags.get(339, (1,))
+    first = lambda v: v[0] if isinstance(v, tuple | list) else v  # noqa: E731
+    return arr.view(np.uint32) if first(bits) == 32 and first(sample_format) == 1 else arr
 
 
 def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> None:
@@ -392,9 +404,8 @@ def describe_image(path: str | Path) -> list[str]:
             if im.mode in ("I;16", "I;16B", "I;16L", "I") or _rgb16(im):
                 arr, fmt, _ = decode_pil(p, None)
                 bits = sixteen_bit_range(arr, p, fmt)
-                signed = bits is None and arr.size and arr.min() < 0
-                said = "32-bit integers with negative values scaled from their own min..max" if signed else ""
-                notes.append(f"16-bit {bits[1]}" if bits else said or "32-bit integers scaled from 0..65535")
+                beyond = f"integers {arr.min()}..{arr.max()} (beyond 0..65535) scaled from their own min..max"
+                notes.append(f"16-bit {bits[1]}" if bits else beyond)
             elif im.mode == "F":
                 notes.append("floating-point pixels scaled (0..1, else own range)")
             elif im.mode in ("RGBA", "LA", "PA"):

@@ -11,9 +11,10 @@ import numpy as np
 
 
 def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
-    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range; signed data with
-    negative values from its own min..max, as floats outside [0, 1]); floats in [0, 1] times 255, other floats from
-    their own min..max. (Signed values -1000..1000 had been shifted to 0..2000 of 65535: nearly black.)"""
+    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range, 0..65535 for
+    wider types; data with values below 0 or above 65535 from its own min..max, as floats outside [0, 1]); floats in
+    [0, 1] times 255, other floats from their own min..max. (Signed values -1000..1000 had been shifted to 0..2000 of
+    65535: nearly black; 32-bit values above 65535 had all been white.)"""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -24,10 +25,10 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarr
             info = np.iinfo(arr.dtype)
             # PIL gives 16-bit PNG/TIFF as uint16 or as int32 ("I" mode) holding 0..65535
             full_scale = 65535.0 if arr.dtype.itemsize >= 2 and info.min <= 0 < 65535 <= info.max else info.max
-            if info.min < 0 and a.min() < 0:  # signed data below 0: its own range, as floats outside [0, 1]
-                lo, hi = float(a.min()), float(a.max())
-                a -= lo
-                full_scale = max(hi - lo, 1.0)
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):  # beyond 16 bits: its own range, as floats are
+                lo = int(arr.min())  # subtracted exactly: float32 holds 24 bits, these values up to 32
+                a = (arr.astype(np.int64) - lo).astype(np.float32)
+                full_scale = max(float(int(arr.max()) - lo), 1.0)
         else:
             lo, hi = float(a.min()), float(a.max())
             if lo >= 0 and hi <= 1:
@@ -81,8 +82,10 @@ def png_significant_bits(path: str | Path) -> int | None:
 
 
 def sixteen_bit_range(arr: np.ndarray, path: Path, fmt: str) -> tuple[int, str] | None:
-    """`stored_bits` of a 16-bit decoded array (None for other data)."""
-    if arr.dtype != np.uint16 and not (arr.dtype == np.int32 and arr.size and 0 <= arr.min() <= arr.max() < 65536):
+    """`stored_bits` of a 16-bit decoded array: integers of 16 bits or more, all in 0..65535 (PIL gives 16-bit
+    TIFFs as int32); None for other data."""
+    wide = np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize >= 2
+    if not (wide and arr.size and 0 <= arr.min() and arr.max() < 65536):
         return None
     return stored_bits(arr, png_significant_bits(path) if fmt == "PNG" else None)
 
