@@ -255,3 +255,85 @@ def test_frame_table_without_bootstrap_and_undefined_rates() -> None:
     r = m["frame_level"]["iou_thresholds"]["0.5"]
     assert np.isnan(r["per_class"]["rare"]["precision"]) and r["per_class"]["rare"]["recall"] == 0
     assert r["macro"]["precision"] == 0.5 and r["weighted"]["precision"] == 0.5 and r["macro"]["f1"] == 0.5
+
+
+def _cocoeval_per_class(preds: list[np.ndarray], truths: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """AP50 and mAP@[.5:.95] per class as pycocotools' COCOeval computes them (bbox, area 'all', 100 detections)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def xywh(b) -> list[float]:
+        return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
+    boxes = [(i + 1, b) for i, t in enumerate(truths) for b in t]
+    anns = [
+        {"id": j + 1, "image_id": i, "category_id": int(b[4]) + 1, "bbox": xywh(b), "iscrowd": 0,
+         "area": float((b[2] - b[0]) * (b[3] - b[1]))}
+        for j, (i, b) in enumerate(boxes)
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt_coco = COCO()
+        gt_coco.dataset = {
+            "images": [{"id": i + 1, "width": 100, "height": 100} for i in range(len(truths))],
+            "annotations": anns,
+            "categories": [{"id": c + 1, "name": str(c)} for c in range(k)],
+        }
+        gt_coco.createIndex()
+        dets = [
+            {"image_id": i + 1, "category_id": int(d[5]) + 1, "bbox": xywh(d), "score": float(d[4])}
+            for i, p in enumerate(preds)
+            for d in p
+        ]
+        ev = COCOeval(gt_coco, gt_coco.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall points, classes), area all, 100 dets
+
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean()) if (x > -1).all() else float("nan")
+
+    return np.array([mean(prec[0, :, c]) for c in range(k)]), np.array([mean(prec[:, :, c]) for c in range(k)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_ap_and_map_per_class_are_cocoevals(data) -> None:
+    """AP50 and mAP@[.5:.95] per class, and their macro means, equal pycocotools' COCOeval (the field's reference
+    implementation) on generated images: truths of several classes, detections that are jittered copies of them
+    (some of the wrong class) and strays, with distinct scores (COCOeval breaks score ties by its own order)."""
+    from medcad.metrics.detection import APScores
+
+    k = data.draw(st.integers(1, 3))
+    n = data.draw(st.integers(1, 5))
+    coord = st.floats(0, 80, allow_nan=False).map(lambda v: round(v, 1))
+    side = st.floats(2, 40, allow_nan=False).map(lambda v: round(v, 1))
+    truths, preds = [], []
+    for _ in range(n):
+        box = st.tuples(coord, coord, side, side, st.integers(0, k - 1))
+        boxes = data.draw(st.lists(box, max_size=4))
+        truths.append(np.array([[x, y, x + w, y + h, c] for x, y, w, h, c in boxes], float).reshape(-1, 5))
+        dets = []
+        for x0, y0, x1, y1, c in truths[-1]:
+            for _ in range(data.draw(st.integers(0, 2))):
+                dx, dy = data.draw(st.tuples(st.floats(-6, 6), st.floats(-6, 6)))
+                cls = data.draw(st.sampled_from([int(c), int(c), data.draw(st.integers(0, k - 1))]))
+                dets.append([x0 + dx, y0 + dy, x1 + dx, y1 + dy, 0.0, cls])
+        for x, y, w, h, c in data.draw(st.lists(box, max_size=3)):  # strays
+            dets.append([x, y, x + w, y + h, 0.0, c])
+        preds.append(np.array(dets, float).reshape(-1, 6))
+    total = sum(len(p) for p in preds)
+    if total == 0:
+        return  # COCOeval cannot load an empty result list
+    scores = iter(data.draw(st.permutations(range(1, total + 1))))
+    for p in preds:
+        for d in p:
+            d[4] = next(scores) / (total + 1)
+    ap50, map_ = _cocoeval_per_class(preds, truths, k)
+    ours = APScores(preds, truths, k)(np.ones((1, n)))
+    np.testing.assert_allclose(ours["ap50_per_class"][0], ap50, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(ours["map_per_class"][0], map_, atol=1e-9, equal_nan=True)
+    if np.isfinite(ap50).any():
+        assert ours["ap50"][0] == pytest.approx(np.nanmean(ap50)) and ours["map"][0] == pytest.approx(np.nanmean(map_))
