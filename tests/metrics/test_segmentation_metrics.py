@@ -210,3 +210,20 @@ def test_a_runs_masks_at_full_size_are_the_masks_predict_gives(w: int, h: int, s
     settings_ = {"threshold": 0.5, "labels": ["lesion"], "frame_score_kind": "lesion_area", "min_frame_score": 0.0}
     predicted = LesionMask.from_infer({"mask": stored / 255.0}, 0, (h, w), 32, settings_)
     assert counts["pred_area"][0] == int(predicted.lesion.sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**16), st.floats(0.0, 0.6), st.floats(0.0, 0.6))
+def test_dice_and_iou_per_image_are_monais(n: int, seed: int, p_true: float, p_pred: float) -> None:
+    """Dice and IoU per image equal MONAI's `compute_dice` / `compute_iou` (ignore_empty=False: both masks empty
+    score 1), on masks from empty to dense, correlated and not."""
+    import torch
+    from monai.metrics import compute_dice, compute_iou
+
+    rng = np.random.default_rng(seed)
+    true = rng.random((n, 12, 16)) < p_true
+    pred = np.where(rng.random((n, 12, 16)) < 0.5, true, rng.random((n, 12, 16)) < p_pred)
+    dice, iou = dice_iou(mask_counts(pred, true))
+    p, t = (torch.from_numpy(a[:, None].astype(np.float32)) for a in (pred, true))
+    np.testing.assert_allclose(dice, compute_dice(p, t, ignore_empty=False).numpy()[:, 0], atol=1e-6)
+    np.testing.assert_allclose(iou, compute_iou(p, t, ignore_empty=False).numpy()[:, 0], atol=1e-6)
