@@ -91,30 +91,62 @@ def test_sixteen_bit_colour_is_oriented_as_displayed(tmp_path: Path, orientation
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    dtype=st.sampled_from([np.int16, np.int32, np.uint32]),
+    dtype=st.sampled_from([np.int8, np.int16, np.int32, np.uint32]),
     lo=st.integers(-(2**31), 2**32 - 1),
     span=st.integers(1, 2**32 - 1),
+    orientation=st.sampled_from([1, 6]),
 )
-def test_wide_integer_data_reads_from_its_own_range(tmp_path: Path, dtype, lo: int, span: int) -> None:
-    """A signed or 32-bit TIFF (a scanner's, a processing tool's export) whose values leave 0..65535 spans 0..255
-    in the order of its values, and says so. Signed -1000..1000 had been shifted to 0..2000 of 65535 (nearly
-    black), values above 65535 had all been white, and Pillow had read unsigned 32-bit values from 2**31 on as
-    negative (a gradient wrapped around)."""
+def test_wide_integer_data_keeps_the_order_of_its_values(
+    tmp_path: Path, dtype, lo: int, span: int, orientation
+) -> None:
+    """Signed, 8-bit signed and 32-bit TIFFs (a scanner's, a processing tool's export), with or without an
+    orientation tag: the 8-bit image keeps the order of the values, and data that leaves 0..65535 by more than a few
+    outliers spans 0..255 from its own min..max and says so. Signed -1000..1000 had been shifted to 0..2000 of 65535
+    (nearly black), values above 65535 had all been white, and Pillow had read unsigned 32-bit values from 2**31 on
+    as negative and signed 8-bit ones below 0 as above 127 (a gradient wrapped around)."""
     import tifffile
 
     info = np.iinfo(dtype)
     lo = min(max(lo, int(info.min)), int(info.max) - 1)
     hi = min(lo + span, int(info.max))
-    if 0 <= lo and hi <= 65535:  # 16-bit data: its own policy (test_sixteen_bit_*)
-        hi = 65536 if info.max >= 65536 else hi
-        lo = -1 if hi <= 65535 else lo
-    arr = np.linspace(lo, hi, 32 * 64).round().astype(np.int64).clip(info.min, info.max).astype(dtype).reshape(32, 64)
-    tifffile.imwrite(tmp_path / "wide.tif", arr)
+    ramp = np.linspace(lo, hi, 32 * 64).round().astype(np.int64).clip(info.min, info.max).astype(dtype)
+    arr = ramp.reshape(32, 64)
+    tifffile.imwrite(tmp_path / "wide.tif", arr, extratags=[(274, "H", 1, orientation, True)])
     got = read_image(tmp_path / "wide.tif")[..., 0]
-    a = arr.astype(np.float64)
-    want = np.floor((a - a.min()) * (255 / (a.max() - a.min())) + 0.5).clip(0, 255)
-    assert np.abs(got.astype(int) - want).max() <= 1  # float32 arithmetic on values up to 2**32
+    if orientation == 6:  # shown turned 90 degrees clockwise
+        got = np.rot90(got, 1)
     assert (np.diff(got.ravel().astype(int)) >= 0).all()
-    assert f"integers {arr.min()}..{arr.max()} (beyond 0..65535) scaled from their own min..max" in describe_image(
-        tmp_path / "wide.tif"
-    )
+    notes = " ".join(describe_image(tmp_path / "wide.tif"))
+    a = arr.astype(np.float64)
+    if "scaled from their own min..max" in notes and dtype is not np.int8:  # the ends are not the type's limits
+        limit = ((a == info.min) | (a == info.max)) & ((a < 0) | (a > 65535))  # no-data markers: clipped
+        ends = a[~limit]
+        want = np.floor((a - ends.min()) * (255 / max(ends.max() - ends.min(), 1)) + 0.5).clip(0, 255)
+        assert np.abs(got.astype(int) - want).max() <= 1
+        assert f"integers {int(ends.min())}..{int(ends.max())} (beyond 0..65535)" in notes
+    if dtype is np.int8:
+        assert "signed 8-bit" in notes
+
+
+@pytest.mark.parametrize(
+    ("dtype", "top", "odd", "said"),
+    [
+        (np.int32, 65535, 1_000_000, "1 outlier pixel(s) beyond 0..65535 clipped"),  # 16-bit data, one stray value
+        (np.uint32, 4095, 0xFFFFFFFF, "read as 12-bit data; 1 pixel(s) at the type's limit (no-data) clipped"),
+        (np.uint32, 65535, 0xFFFFFFFF, "1 pixel(s) at the type's limit (no-data) clipped"),
+        (np.int32, 65535, -(2**31), "1 pixel(s) at the type's limit (no-data) clipped"),
+    ],
+)
+def test_a_no_data_value_or_outlier_does_not_decide_the_range(tmp_path: Path, dtype, top, odd, said) -> None:
+    """16-bit (or 12-bit) data with one no-data marker or stray value beyond 0..65535 reads as that data, the odd
+    pixel clipped and counted; it had been scaled by the odd value (the image black)."""
+    import tifffile
+
+    arr = np.linspace(0, top, 32 * 64).round().astype(dtype).reshape(32, 64)
+    arr[0, 0] = odd
+    tifffile.imwrite(tmp_path / "odd.tif", arr)
+    got = read_image(tmp_path / "odd.tif")[..., 0]
+    bits = 12 if top == 4095 else 16
+    want = np.floor(arr.ravel()[1:].astype(np.float64) * (255 / (2**bits - 1)) + 0.5)
+    np.testing.assert_array_equal(got.ravel()[1:], want)
+    assert said in " ".join(describe_image(tmp_path / "odd.tif"))

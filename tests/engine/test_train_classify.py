@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -629,11 +630,12 @@ def test_a_segmenter_predicting_nan_is_stopped_though_its_masks_are_uint8(tmp_pa
 
 
 def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_again(
-    easy_set: Path, tmp_path: Path
+    easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two findings, neither a negation (adenoma vs hyperplastic), had the last label as positive class, with no way
     to choose: `positive` names it for every binary figure (sensitivity, operating points, ROC, evaluate --data),
-    and a finished run given another is pooled again, not trained again. A class the run lacks, or a run of more
+    and a finished run given another is pooled again, not trained again; what it made before with the old one
+    (evaluate --data) is said, and marked in the report until made again. A class the run lacks, or a run of more
     than two classes, is refused before anything is written."""
     renamed = TrainConfig(**{**FAST.to_dict(), "label_map": "lesion=adenoma,normal=hyperplastic"})
     run = tmp_path / "run"
@@ -644,23 +646,31 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     n_adenoma = sum(m["confusion_matrix"]["matrix"][c])
     at = m["binary"]["at_0.5"]
     assert at["sensitivity"]["value"] == pytest.approx(m["confusion_matrix"]["matrix"][c][c] / n_adenoma)
-    notes = json.loads((run / "config.json").read_text())["data_notes"]
-    assert not any("positive class" in n for n in notes)  # chosen, so not said
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["positive"] == "adenoma"  # as the labels spell it
+    assert not any("positive class" in n for n in saved["data_notes"])  # chosen, so not said
+    evaluate = ["evaluate", str(run), "--data", str(easy_set), "--label-map", "lesion=adenoma,normal=hyperplastic"]
+    ev = runner.invoke(app, evaluate)
+    assert ev.exit_code == 0, ev.output
+    external = run / "evaluations" / easy_set.name / "metrics.json"
+    assert json.loads(external.read_text())["binary"]["positive"] == "adenoma"  # the run's
     model = (run / "fold_0" / "model.pt").stat().st_mtime_ns
-    again = train_run(easy_set, run, renamed.replace(positive="hyperplastic"), progress=False)
+    with caplog.at_level(logging.WARNING):
+        again = train_run(easy_set, run, renamed.replace(positive="hyperplastic"), progress=False)
     assert (run / "fold_0" / "model.pt").stat().st_mtime_ns == model  # pooled again, not trained again
+    said = [r.getMessage() for r in caplog.records if "was 'adenoma'" in r.getMessage()]
+    assert said and f"evaluations/{easy_set.name} keep 'adenoma'" in said[0]
     assert again["binary"]["positive"] == "hyperplastic"
     assert again["binary"]["at_0.5"]["sensitivity"]["value"] == pytest.approx(at["specificity"]["value"])
     assert again["binary"]["auc"]["value"] == pytest.approx(m["binary"]["auc"]["value"])
     assert json.loads((run / "config.json").read_text())["positive"] == "hyperplastic"
-    ev = runner.invoke(
-        app, ["evaluate", str(run), "--data", str(easy_set), "--label-map", "lesion=adenoma,normal=hyperplastic"]
-    )
-    assert ev.exit_code == 0, ev.output
-    assert (
-        json.loads((run / "evaluations" / easy_set.name / "metrics.json").read_text())["binary"]["positive"]
-        == "hyperplastic"
-    )
+    from medcad.report.html import write_report
+
+    html = write_report(run, gallery=False).read_text().replace("&#39;", "'")
+    assert "Made with positive class 'adenoma'; the run's figures are now pooled with 'hyperplastic'" in html
+    assert runner.invoke(app, evaluate).exit_code == 0  # made again: the run's positive class
+    assert json.loads(external.read_text())["binary"]["positive"] == "hyperplastic"
+    assert "Made with positive class" not in write_report(run, gallery=False).read_text()
 
     default = train_run(easy_set, tmp_path / "default", renamed, progress=False)
     assert default["binary"]["positive"] == "hyperplastic"  # the last label, and said

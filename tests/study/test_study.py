@@ -400,3 +400,35 @@ def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
     _print_paired_tests(console, [{"a": "a", "b": "b", "dice": test, "dice_lesion": test}])
     text = console.export_text()
     assert "  Dice, lesion images" in text and "AUC Dice" not in text
+
+
+def test_a_studys_positive_class_is_checked_before_anything_is_written_and_a_new_one_pools_again(
+    tmp_path: Path, two_domain_set: Path
+) -> None:
+    """A study's `positive:` is checked against the data's labels by --plan and before the study folder is made
+    (a class the labels lack, or models naming different ones); a finished run pooled with another positive class
+    than the study's now is trained again as a job, which resumes its folds and pools them again (it had been kept
+    as it was, with its old positive class)."""
+    from medcad.study.runner import plan_study, prepare_study
+
+    two = "settings: {label_map: 'benign=lesion,malignant=lesion'"
+    bad = write(tmp_path / "bad.yaml", f"data: data\nprotocol: kfold\n{two}, positive: polyp}}\n")
+    with pytest.raises(ConfigError, match=r"'polyp' is not one of the run's classes \(lesion, normal\)"):
+        plan_study(bad)
+    res = runner.invoke(app, ["study", str(bad), "-o", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "polyp" in res.output and not (tmp_path / "bad").exists()
+    mixed = write(
+        tmp_path / "mixed.yaml",
+        f"data: data\nprotocol: compare\n{two}}}\nmodels:\n  - {{name: a, positive: Lesion}}\n"
+        "  - {name: b, positive: normal}\n",
+    )
+    with pytest.raises(ConfigError, match=r"different positive classes \(a: lesion, b: normal\)"):
+        prepare_study(mixed, tmp_path / "mixed", progress=False)
+    assert not (tmp_path / "mixed").exists()
+
+    study = write(tmp_path / "s.yaml", f"data: data\nprotocol: kfold\n{two}, positive: normal}}\nmodels: [{{name: m}}]")
+    run = tmp_path / "out" / "runs" / "m"
+    run.mkdir(parents=True)
+    for before, job in (("lesion", ["m"]), ("normal", [])):
+        (run / "metrics.json").write_text(json.dumps({"binary": {"positive": before}}))
+        assert [j.name for j in prepare_study(study, tmp_path / "out", progress=False).jobs] == job

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medcad.data.pixels import sixteen_bit_range, to_rgb
+from medcad.data.pixels import integer_scale, to_rgb
 from medcad.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
@@ -270,11 +270,14 @@ def decode_pil(
             if _rgb16(im) and not page:
                 arr = _read_rgb16(path, keep_alpha)
                 return _oriented(arr, orientation), fmt, orientation
+            samples = _tiff_samples(im)  # from the file's tags, which a transposed copy no longer has
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
             if plain or (keep_alpha and im.mode in ("LA", "RGBA")) or (palette_indices and im.mode == "P"):
-                arr = _unsigned_32(im, np.asarray(im))
+                arr = np.asarray(im)
+                if samples is not None:  # exact either way: the same bits, or int16 values held in int32
+                    arr = arr.view(samples) if arr.dtype.itemsize == np.dtype(samples).itemsize else arr.astype(samples)
             elif im.mode == "P" and keep_alpha:
                 arr = np.asarray(im.convert("RGBA"))
             elif im.mode in ("LA", "1"):
@@ -294,15 +297,23 @@ def decode_pil(
     return arr, fmt, orientation
 
 
-def _unsigned_32(im: Image.Image, arr: np.ndarray) -> np.ndarray:
-    """A 32-bit unsigned TIFF's samples as uint32: Pillow decodes them into its signed mode "I", so values from
-    2**31 on came out negative (a gradient wrapped around). TIFF's SampleFormat 1, the default, is unsigned."""
-    tags = getattr(im, "tag_v2", None)
-    if im.mode != "I" or arr.dtype != np.int32 or tags is None:
-        return arr
-    bits, sample_format = tags.get(258, (0,)), tags.get(339, (1,))
+def _tiff_samples(im: Image.Image) -> type | None:
+    """The type a grey TIFF's samples have where Pillow decodes them into another: unsigned 32-bit (Pillow's signed
+    mode "I": values from 2**31 on came out negative, a gradient wrapped around), signed 8-bit (its unsigned "L": -1
+    came out as 255) and signed 16-bit (held in "I": so that the type's limit, a no-data marker, is known). None for
+    every other image. TIFF's SampleFormat: 1 (the default) unsigned, 2 signed."""
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    if tags is None:
+        return None
     first = lambda v: v[0] if isinstance(v, tuple | list) else v  # noqa: E731
-    return arr.view(np.uint32) if first(bits) == 32 and first(sample_format) == 1 else arr
+    bits, sample_format = first(tags.get(258, 0)), first(tags.get(339, 1))
+    if im.mode == "I" and bits == 32 and sample_format == 1:
+        return np.uint32
+    if im.mode == "L" and bits == 8 and sample_format == 2:
+        return np.int8
+    if im.mode == "I" and bits == 16 and sample_format == 2:
+        return np.int16
+    return None
 
 
 def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> None:
@@ -360,8 +371,8 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
 
         return read_dicom_frame(p, 0 if frame is None else int(frame))
     arr, fmt, _ = decode_pil(p, None, page=frame)  # in full: every command's model input decodes alike
-    bits = sixteen_bit_range(arr, p, fmt)
-    return to_rgb(arr, None if bits is None else 2.0 ** bits[0] - 1)
+    scale = integer_scale(arr, p, fmt)
+    return to_rgb(arr) if scale is None else to_rgb(arr, scale[1], scale[0])
 
 
 def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
@@ -403,9 +414,11 @@ def describe_image(path: str | Path) -> list[str]:
                 notes.append(f"EXIF orientation {o} applied")
             if im.mode in ("I;16", "I;16B", "I;16L", "I") or _rgb16(im):
                 arr, fmt, _ = decode_pil(p, None)
-                bits = sixteen_bit_range(arr, p, fmt)
-                beyond = f"integers {arr.min()}..{arr.max()} (beyond 0..65535) scaled from their own min..max"
-                notes.append(f"16-bit {bits[1]}" if bits else beyond)
+                scale = integer_scale(arr, p, fmt)
+                if scale is not None:
+                    notes.append(scale[2])
+            elif _tiff_samples(im) is np.int8:
+                notes.append("signed 8-bit values scaled from 0..127, or from their own min..max where below 0")
             elif im.mode == "F":
                 notes.append("floating-point pixels scaled (0..1, else own range)")
             elif im.mode in ("RGBA", "LA", "PA"):

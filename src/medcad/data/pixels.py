@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 
 
-def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
-    """uint8 from any array: 8-bit as is; integers from 0..full_scale (default: the dtype's range, 0..65535 for
-    wider types; data with values below 0 or above 65535 from its own min..max, as floats outside [0, 1]); floats in
-    [0, 1] times 255, other floats from their own min..max. (Signed values -1000..1000 had been shifted to 0..2000 of
-    65535: nearly black; 32-bit values above 65535 had all been white.)"""
+def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float = 0.0) -> np.ndarray:
+    """uint8 from any array: 8-bit as is; integers from low..low + full_scale (default: the dtype's range, 0..65535
+    for wider types; data with values below 0 or above 65535 from its own min..max, as floats outside [0, 1];
+    `integer_scale` gives a range that outliers do not decide), values outside it clipped; floats in [0, 1] times
+    255, other floats from their own min..max."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float32)
+    if low and np.issubdtype(arr.dtype, np.integer):
+        a = (arr.astype(np.int64) - int(low)).astype(np.float32)  # exact: float32 holds 24 bits, these values 32
+    else:
+        a = arr.astype(np.float32) - np.float32(low)
     if full_scale is None:
         if np.issubdtype(arr.dtype, np.integer):
             info = np.iinfo(arr.dtype)
@@ -81,17 +84,42 @@ def png_significant_bits(path: str | Path) -> int | None:
     return None
 
 
-def sixteen_bit_range(arr: np.ndarray, path: Path, fmt: str) -> tuple[int, str] | None:
-    """`stored_bits` of a 16-bit decoded array: integers of 16 bits or more, all in 0..65535 (PIL gives 16-bit
-    TIFFs as int32); None for other data."""
-    wide = np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize >= 2
-    if not (wide and arr.size and 0 <= arr.min() and arr.max() < 65536):
+OUTLIER_SHARE = 0.001  # integer data this sparse beyond 0..65535 is outliers (clipped), not the data's range
+
+
+def integer_scale(arr: np.ndarray, path: Path, fmt: str) -> tuple[float, float, str] | None:
+    """How integer data of 16 bits or more (PIL gives 16-bit TIFFs as int32) scales to 8 bits: (low, full scale,
+    what was decided), for `scale_to_uint8(arr, full, low)`; None for other data.
+
+    - values all in 0..65535: `stored_bits` (16-bit data, or 8/10/12-bit data written unscaled);
+    - beyond it, values at the type's limits (no-data markers such as 0xFFFFFFFF) and up to `OUTLIER_SHARE` of the
+      pixels outside 0..65535 are outliers, clipped: the rest decides as above (one stray value had made the image
+      black);
+    - else the data's own min..max (signed data, 32-bit data), without the type's-limit values.
+    """
+    if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize >= 2 and arr.size):
         return None
-    return stored_bits(arr, png_significant_bits(path) if fmt == "PNG" else None)
+    significant = png_significant_bits(path) if fmt == "PNG" else None
+    inside = (arr >= 0) & (arr <= 65535)
+    if inside.all():
+        bits, why = stored_bits(arr, significant)
+        return 0.0, 2.0**bits - 1, f"16-bit {why}"
+    info = np.iinfo(arr.dtype)
+    limit = ((arr == info.min) | (arr == info.max)) & ~inside
+    rest = arr[~limit]
+    clipped = f"{int(limit.sum())} pixel(s) at the type's limit (no-data) clipped" if limit.any() else ""
+    outside = int((~inside & ~limit).sum())
+    if rest.size and outside <= OUTLIER_SHARE * arr.size:
+        bits, why = stored_bits(arr[inside], significant)
+        extra = [clipped] + ([f"{outside} outlier pixel(s) beyond 0..65535 clipped"] if outside else [])
+        return 0.0, 2.0**bits - 1, "; ".join([f"16-bit {why}", *filter(None, extra)])
+    lo, hi = (int(rest.min()), int(rest.max())) if rest.size else (int(arr.min()), int(arr.max()))
+    said = f"integers {lo}..{hi} (beyond 0..65535) scaled from their own min..max"
+    return float(lo), float(max(hi - lo, 1)), "; ".join(filter(None, [said, clipped]))
 
 
-def to_rgb(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
-    arr = scale_to_uint8(arr, full_scale)
+def to_rgb(arr: np.ndarray, full_scale: float | None = None, low: float = 0.0) -> np.ndarray:
+    arr = scale_to_uint8(arr, full_scale, low)
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
     if arr.shape[2] == 1:

@@ -239,6 +239,25 @@ def _say_resumed(folder: RunFolder, every: list[int], folds: Sequence[int] | Non
     log.warning("note: resuming %s: %s finished, kept%s", folder.root, fold_words(finished), training)
 
 
+def _say_positive_changed(folder: RunFolder, positive: str | None) -> None:
+    """Say when a finished run is pooled again with another positive class than its metrics.json's, and which of
+    its outputs keep the one they were made with (external evaluations, the shortcut check: made again by their own
+    commands)."""
+    if positive is None or not folder.metrics.is_file():
+        return
+    before = (json.loads(folder.metrics.read_text()).get("binary") or {}).get("positive")
+    if before is None or before == positive:
+        return
+    kept = [str(p.parent.relative_to(folder.root)) for p in sorted(folder.root.glob("evaluations/*/metrics.json"))]
+    kept += [folder.shortcut_check.name] if folder.shortcut_check.is_file() else []
+    log.warning(
+        "note: positive class %r, was %r: the run's figures are pooled again%s",
+        positive,
+        before,
+        f"; {', '.join(kept)} keep {before!r} until made again (medcad evaluate)" if kept else "",
+    )
+
+
 def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool, say: bool) -> tuple:
     """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), say how the data was
     read (when `say`), and load (or make) the decoded-image and mask caches. Returns (manifest, targets, splits,
@@ -256,6 +275,10 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         log.warning("note: %s", note)
     said = len(manifest.notes)
     targets = load_targets(manifest, cfg, source=data, progress=progress and say)  # before anything is written
+    if cfg.positive is not None:
+        cfg = cfg.replace(positive=targets.positive)  # as the labels spell it
+    if say:
+        _say_positive_changed(folder, targets.positive)
     for note in manifest.notes[said:] if say else []:  # how the labels were read
         log.warning("note: %s", note)
     if targets.mask_classes is not None and say:

@@ -151,6 +151,14 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     ]
     if shortcut and shortcut.get("gallery"):
         figures["shortcut_gallery"] = shortcut.pop("gallery")
+    if (metrics.get("binary") or {}).get("positive"):  # made before the run was pooled with another positive class
+        now = metrics["binary"]["positive"]
+        for e in external:
+            was = (e["metrics"].get("binary") or {}).get("positive")
+            if was not in (None, now):
+                e["stale"] = _stale(was, now, "medcad evaluate RUN --data on this set")
+        if shortcut and shortcut.get("positive") not in (None, now):
+            shortcut["stale"] = _stale(shortcut["positive"], now, "medcad evaluate RUN --shortcut-check")
     out = {
         "run": str(run),
         "meta": meta,
@@ -172,6 +180,11 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
 
     out["checklist"] = checklist(out, run)
     return out
+
+
+def _stale(was: str, now: str, command: str) -> str:
+    """What a report says of an output made with another positive class than the run's figures now have."""
+    return f"Made with positive class {was!r}; the run's figures are now pooled with {now!r}: {command} makes it again."
 
 
 def _shortcut(run: Path) -> dict | None:

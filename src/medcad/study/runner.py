@@ -23,6 +23,7 @@ from medcad.study.paired import paired_tests
 from medcad.study.protocol import Experiment, expand, slug
 from medcad.study.spec import StudySpec, load_study
 from medcad.targets import run_dataset
+from medcad.tasks import TASK_SETTINGS, positive_label
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,12 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
 
     spec = load_study(path, check_data=False)
     base = spec.base.replace(**data_options.given()) if data_options is not None else spec.base
-    found = spec.data.exists()
+    manifest = load_manifest(spec.data, base.data_options()) if spec.data.exists() else None
     domains = list(spec.domains or [])
-    if found and (domains or spec.protocol not in ("holdout", "kfold", "compare")):
-        domains = _study_domains(spec, load_manifest(spec.data, base.data_options()))
+    if manifest is not None and (domains or spec.protocol not in ("holdout", "kfold", "compare")):
+        domains = _study_domains(spec, manifest)
+    if manifest is not None:
+        _study_positive(spec, base, manifest.labels)
     study_dir = study_folder(spec, out)
     runs = []
     for e in expand(spec, domains):
@@ -105,7 +108,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
         "file": str(spec.path),
         "folder": str(study_dir),
         "data": str(spec.data),
-        "data_found": found,
+        "data_found": manifest is not None,
         "task": spec.task,
         "protocol": spec.protocol,
         "splits": str(spec.splits) if spec.splits else f"{split}, grouped by {base.group_by}, seed {base.seed}",
@@ -155,14 +158,19 @@ def _say_mixed_strides(exps: list[Experiment], study_dir: Path, base: TrainConfi
         )
 
 
-def _jobs(exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, several_domains: bool) -> tuple:
-    """The study's runs still to train, as executor jobs, and the metrics of those finished (skipped on resume)."""
+def _jobs(
+    exps, study_dir: Path, base, spec, splits_path: Path, folds: tuple, several_domains: bool, positive: str | None
+) -> tuple:
+    """The study's runs still to train, as executor jobs, and the metrics of those finished (skipped on resume; a
+    finished run pooled with another positive class than the study's `positive` is a job: pooled again)."""
     jobs, metrics = [], {}
     for e in exps:
         run_dir = study_dir / "runs" / slug(e.name)
         if RunFolder(run_dir).metrics.is_file():
-            metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
-            continue
+            m = json.loads(RunFolder(run_dir).metrics.read_text())
+            if (m.get("binary") or {}).get("positive") in (None, positive):
+                metrics[e.name] = m
+                continue
         train_domains = e.train_domains if several_domains and e.train_domains else None
         init_dir = study_dir / "runs" / slug(e.init) if e.init else None
         cfg = base.replace(**e.model.settings)
@@ -203,6 +211,25 @@ def _study_domains(spec: StudySpec, manifest) -> list[str]:
     return domains
 
 
+def _study_positive(spec: StudySpec, base: TrainConfig, labels: list[str]) -> str | None:
+    """The positive class of the study's two-class classify / multitask runs (`tasks.positive_label`: each model's
+    `positive` setting, else the default), checked against the data's labels before anything is written.
+
+    Raises:
+        ConfigError: a positive class the labels lack, one named for other than two classes, or models that name
+            different ones (their pairs are compared on one positive class).
+    """
+    found = {}
+    for m in spec.models:
+        cfg = base.replace(**m.settings)
+        if cfg.task in TASK_SETTINGS["positive"] and (len(labels) == 2 or cfg.positive is not None):
+            found[m.name] = positive_label(labels, cfg.positive)
+    if len(set(found.values())) > 1:
+        named = ", ".join(f"{name}: {p}" for name, p in found.items())
+        raise ConfigError(f"positive: the study's models name different positive classes ({named}); give one")
+    return next(iter(found.values()), None)
+
+
 def prepare_study(
     path: str | Path, out: str | Path | None = None, progress: bool = True, data_options: DataOptions | None = None
 ) -> PreparedStudy:
@@ -220,6 +247,7 @@ def prepare_study(
         base = base.replace(**data_options.given())
     manifest = run_dataset(spec.data, base)  # as its runs read it (--missing-masks leave-out: without those images)
     domains = _study_domains(spec, manifest)
+    positive = _study_positive(spec, base, manifest.labels)
     splits_path = RunFolder(study_dir).splits
     splits = None  # the study's own, when it has them from before
     if spec.splits is not None:
@@ -232,7 +260,7 @@ def prepare_study(
         save_splits(splits, splits_path)
     exps = expand(spec, domains)
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
-    jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1)
+    jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1, positive)
     if metrics:  # a resumed study: its finished runs are kept, not trained again
         log.warning("note: %d of %d run(s) finished before, kept: %s", len(metrics), len(exps), ", ".join(metrics))
     _say_training(jobs)
