@@ -130,6 +130,7 @@ def load_targets(
         ConfigError: a `positive` class for other than two class labels, or not one of them.
     """
     task = get_task(cfg.task)
+    training = labels is None
     boxes, problems, classes, sizes = None, [], None, None
     if "boxes" in task.targets:
         from medcad.data.boxes import manifest_boxes
@@ -152,7 +153,7 @@ def load_targets(
     if "masks" in task.targets:
         missing = cfg.missing_masks if cfg.missing_masks in READ_MISSING else "error"  # leave-out: none is left
         masks = cached_masks(manifest, cfg.image_size, missing=missing, progress=progress, classes=classes)
-        check_mask_content(manifest, masks)
+        check_mask_content(manifest, masks, training)
     if classes is not None:  # what splits stratify by: each image's largest lesion class (0: none or the first)
         absent = [f"{v}={name}" for c, (v, name) in enumerate(zip(classes.values, labels, strict=True), 1)
                   if not (masks == c).any()]  # fmt: skip

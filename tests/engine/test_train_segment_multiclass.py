@@ -232,3 +232,57 @@ def test_a_mask_class_that_no_mask_holds_is_named(tmp_path: Path, monkeypatch: p
     cfg = FAST.replace(mask_labels="1=cyst,2=stone,3=polyp")
     with pytest.warns(UserWarning, match=r"mask class\(es\) 3=polyp occur in none of the 4 masks"):
         load_targets(load_manifest(data), cfg)
+
+
+def test_an_nnunet_dataset_is_read_as_nnunet_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnU-Net's raw layout (imagesTr/<case>_0000.png, labelsTr/<case>.png, dataset.json, imagesTs/ without labels)
+    is read as image/mask pairs with the classes of dataset.json; further channel files and the test images are
+    named as not read. It had been read as two class folders ('imagesTr', 'labelsTr') without a mask, and the
+    `_0000` suffix kept any image from pairing with its label."""
+    from medcad.data.layouts import load_manifest
+    from medcad.targets import load_targets
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    flat = kidney_label_maps(tmp_path / "flat", n=8)
+    root = tmp_path / "Dataset001_Kidney"
+    for f in sorted((flat / "images").iterdir()):
+        save(root / "imagesTr" / f"{f.stem}_0000.png", np.asarray(Image.open(f)))
+        save(root / "labelsTr" / f.name, np.asarray(Image.open(flat / "masks" / f.name)))
+    save(root / "imagesTr" / "case_000_0001.png", np.zeros((64, 64), np.uint8))  # a second channel of case_000
+    save(root / "imagesTs" / "case_100_0000.png", np.zeros((64, 64, 3), np.uint8))
+    (root / "dataset.json").write_text((flat / "dataset.json").read_text())
+    m = load_manifest(root)
+    assert m.layout == "images-masks" and len(m) == 8 and (m.table["mask"] != "").all()
+    assert all(Path(i).stem.endswith("_0000") and Path(k).stem == Path(i).stem[:-5] for i, k in
+               zip(m.table["image"], m.table["mask"], strict=True))  # fmt: skip
+    unread = dict(m.ledger.unread)
+    assert "channel 0001 of nnU-Net case 'case_000'" in unread["imagesTr/case_000_0001.png"]
+    assert "nnU-Net test image" in unread["imagesTs/case_100_0000.png"]
+    targets = load_targets(m, FAST)
+    assert targets.labels == ["cyst", "stone"] and targets.masks.max() == 2
+
+
+def test_a_set_without_any_lesion_trains_nothing_and_evaluates_false_positives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images read as lesion-free because none has a mask file (e.g. label maps read as images) are refused for
+    training before anything is written (it had trained, then crashed writing its frame decision); a lesion-free
+    set is a fair test of a trained run's false positives: `evaluate --data` scores it with a note (it had been
+    refused as if it were to train; and a set of blank frames had crashed its duplicate check)."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    lesion_free = tmp_path / "normal"
+    for i in range(6):
+        save(lesion_free / "images" / f"n{i}.png", np.full((64, 64, 3), 120 + i, np.uint8))
+    cfg = TrainConfig(task="segment", image_size=32, epochs=1, batch_size=4, folds=2, missing_masks="empty")
+    with pytest.raises(DataError, match="none of the 6 images has a mask file"):
+        train_run(lesion_free, tmp_path / "refused", cfg, progress=False)
+    assert not (tmp_path / "refused").exists()
+    run = tmp_path / "run"
+    train_run(kidney_label_maps(tmp_path / "kidney", n=8), run, FAST.replace(epochs=1), progress=False)
+    for i in range(6):
+        save(lesion_free / "masks" / f"n{i}.png", np.zeros((64, 64), np.uint8))
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(lesion_free)])
+    assert res.exit_code == 0, res.output
+    assert "no image has a lesion pixel" in res.output and "false positives alone" in res.output
+    m = json.loads((run / "evaluations" / "normal" / "metrics.json").read_text())
+    assert m["segmentation"]["n_images"] == 6

@@ -211,13 +211,16 @@ def cached_masks(
 MOSTLY = 0.9  # the share of masks that must paint the background as lesion for a dataset to be refused
 
 
-def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
-    """Refuse a set whose masks all decode empty, or nearly all paint the background as lesion (the whole frame, or
-    most of it and its whole border: inverted masks; `masks.background_as_lesion`): a run on them would report a
-    Dice that means nothing. The message names mask files and the values found in them.
+def check_mask_content(manifest: Manifest, masks: np.ndarray, training: bool = True) -> None:
+    """Refuse a set whose masks nearly all paint the background as lesion (the whole frame, or most of it and its
+    whole border: inverted masks; `masks.background_as_lesion`), and a training set without a lesion pixel in any
+    mask (mask files that all decode empty, or images whose missing masks were read as empty): a run on them would
+    report a Dice that means nothing. A lesion-free set is a fair evaluation of a trained run (its false positives):
+    with `training` False it is said in a note instead. The message names mask files and the values found in them.
 
     Args:
-        masks: (N, S, S) {0, 1} masks of the manifest's rows (rows without a mask file are ignored).
+        masks: (N, S, S) {0, 1} masks of the manifest's rows.
+        training: the set trains a new run (else a trained run is evaluated on it).
 
     Raises:
         DataError: naming the dataset, example files, their values and how they were read.
@@ -225,6 +228,20 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray) -> None:
     from medcad.data.masks import background_as_lesion, decode_mask
 
     with_file = np.array([bool(manifest.table["mask"].iat[i]) for i in range(len(manifest))])
+    if not masks.any():
+        if not training:
+            manifest.notes.append(
+                f"no image has a lesion pixel ({len(manifest)} images, {int(with_file.sum())} with a mask file): "
+                "Dice and IoU score the run's false positives alone (1 where it marks nothing)"
+            )
+            return
+        if not with_file.any():
+            raise DataError(
+                manifest.root,
+                f"none of the {len(manifest)} images has a mask file (each read as lesion-free), so a segmentation "
+                "run would learn nothing: pair images with their masks (--images/--masks, --mask-suffix; `medcad "
+                "data inspect` shows how the folder was read)",
+            )
     if not with_file.any():
         return
     fractions = masks[with_file].reshape(with_file.sum(), -1).mean(axis=1)

@@ -262,6 +262,8 @@ def near_duplicate_links(
     feats = content_features(fps) if feats is None else feats
     idx = np.flatnonzero(~feats.blank)
     firsts, cols = (idx, idx) if between is None else (idx[idx < between], idx[idx >= between])
+    if not len(firsts) or not len(cols):  # nothing to compare (a set of blank frames): no pair had a distance
+        return []
     links = []
     block = 2048
     for start in range(0, len(firsts), block):

@@ -247,7 +247,7 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
     """Rows of one image/mask folder pair (paths relative to `path`); masks without an image become problems."""
     from medcad.data.pairing import mask_base
 
-    images = walk_media(image_dir)
+    images = _first_channels(walk_media(image_dir))
     stems_in: dict[Path, set[str]] = defaultdict(set)  # image stems per sub-folder of the image folder
     for f in images:
         rel = f.relative_to(image_dir).with_suffix("")
@@ -278,6 +278,14 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
             row["mask"] = MASK_SEP.join(sorted(files, key=lambda s: (len(s), s)))
         rows.append(row)
     return rows
+
+
+def _first_channels(images: list[Path]) -> list[Path]:
+    """Images without nnU-Net's further channel files (`<case>_0001`, `_0002`... beside `<case>_0000`: another
+    modality or colour plane of the case; a PNG's colour is in its one file). The ledger names them as not read."""
+    from medcad.data.pairing import further_channel
+
+    return [f for f in images if not further_channel(f)]
 
 
 def read_images_masks(path: Path, options: DataOptions) -> Manifest:

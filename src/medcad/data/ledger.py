@@ -46,6 +46,12 @@ def reason_kind(reason: str) -> str:
 
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
+    from medcad.data.pairing import further_channel
+
+    if further_channel(path):
+        return further_channel(path)
+    if (suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
+        return "an nnU-Net test image (imagesTs/: no label): `medcad predict` or `evaluate --data` with labels"
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
         return f"an image the {layout!r} layout did not read"
     if path.name.upper() == "DICOMDIR":

@@ -8,6 +8,7 @@ extremes) with the folder names as a tie-breaker. It returns its reason, so `dat
 
 from __future__ import annotations
 
+import glob
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,25 @@ class FolderPair:
     reason: str
 
 
+NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
+
+
+def further_channel(path: Path) -> str | None:
+    """For nnU-Net's `<case>_0001`, `_0002`... beside `<case>_0000` in one folder: why the file is not read (medcad
+    reads one image per case, channel 0000); else None."""
+    m = NNUNET_CHANNEL.match(path.stem)
+    if not m or m["channel"] == "0000" or not any(path.parent.glob(f"{glob.escape(m['case'])}_0000.*")):
+        return None
+    return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
+
+
 def mask_base(stem: str, image_stems: set[str], mask_suffix: str = "_mask") -> str | None:
-    """The image stem a mask stem belongs to: the same stem, `<stem><mask_suffix>[_n]`, or a known mask word."""
+    """The image stem a mask stem belongs to: the same stem, `<stem><mask_suffix>[_n]`, a known mask word, or
+    nnU-Net's `<stem>_0000` (its images carry a channel number, its labels none)."""
     if stem in image_stems:
         return stem
+    if f"{stem}_0000" in image_stems:
+        return f"{stem}_0000"
     if mask_suffix:
         m = re.match(r"^(?P<base>.+?)" + re.escape(mask_suffix) + r"(?:_\d+)?$", stem)
         if m and m.group("base") in image_stems:
@@ -127,6 +143,9 @@ def _root_pairs(root: Path, mask_suffix: str) -> list[FolderPair]:
         return []
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return [FolderPair(root / "images", root / "masks", "folders named 'images/' and 'masks/'")]
+    if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        why = "nnU-Net's imagesTr/ and labelsTr/ (an image <case>_0000 per label <case>; imagesTs/ has no labels)"
+        return [FolderPair(root / "imagesTr", root / "labelsTr", why)]
     found = [p for i, a in enumerate(subs) for b in subs[i + 1 :] if (p := judge_pair(a, b, mask_suffix))]
     if len(found) > 1 and len({p.images for p in found}) == 1:
         # one image folder, several mask folders: Pascal VOC's and CVAT's SegmentationClass/ (a colour per class)

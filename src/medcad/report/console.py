@@ -203,7 +203,7 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         if seg.get(name):
             head.add_row(text, _fmt(seg[name]))
     if seg.get("per_class"):  # label maps: each lesion class
-        head.add_row("Dice, mean over lesion classes", _fmt(seg["class_dice"]))
+        head.add_row("Dice, mean over lesion classes (every image; 1 where neither has it)", _fmt(seg["class_dice"]))
         for lab, cm in seg["per_class"].items():
             hd = f"; HD95 {cm['hd95']['mean']['value']:.1f} px" if cm.get("hd95") else ""
             shown = _fmt(cm["dice_lesion"]) if cm.get("dice_lesion") else "—"
@@ -226,10 +226,11 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         if fd.get("dice_lesion"):
             head.add_row("  Dice, lesion images", _fmt(fd["dice_lesion"]))
         if fd.get("empty_images"):
-            e, f = fd["empty_images"], fd["lesion_images_found"]
+            e, f = fd["empty_images"], fd.get("lesion_images_found")  # none without lesion images
             fp = {"value": e["false_positive_rate"], "ci95": e["ci95"]}
             head.add_row("  lesion-free images with lesion pixels", _fmt(fp))
-            head.add_row("  lesion images with lesion pixels", _fmt({"value": f["rate"], "ci95": f["ci95"]}))
+            if f:
+                head.add_row("  lesion images with lesion pixels", _fmt({"value": f["rate"], "ci95": f["ci95"]}))
     c.print(head)
     _print_frame_table(c, m)
     if "per_class" not in m:
