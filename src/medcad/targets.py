@@ -222,6 +222,18 @@ def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
             manifest.notes.append(f"multi-label cells {named} read as no finding, not as a label")
         if len(labels) < 2:
             raise DataError(source, f"{task} needs at least two labels over the images, found {labels or 'none'}")
+        cells = manifest.table["label"].astype(str).str.strip()
+        if (cells == "").any():
+            manifest.notes.append(
+                f"{int((cells == '').sum())} image(s) with an empty label cell read as no finding (e.g. "
+                f"{manifest.keys[int(np.flatnonzero(cells.to_numpy() == '')[0])]})"
+            )
+        everywhere = [lab for lab in labels if all(lab in split_labels(v) for v in manifest.table["label"])]
+        if everywhere:
+            manifest.notes.append(
+                f"label(s) {', '.join(everywhere)} in every image: nothing to tell apart, no AUC (left out of the "
+                "macro AUC; kept in the macro F1)"
+            )
         return labels
     blank = list(manifest.table.loc[manifest.table["label"] == "", "image"])
     if len(labels) < 2:

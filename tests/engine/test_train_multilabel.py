@@ -67,6 +67,7 @@ def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
     assert m["labels"] == ["disc", "square"] and m["n"] == 32  # 'No Finding' is none, not a third label
     notes = json.loads((run / "config.json").read_text())["data_notes"]
     assert "multi-label cells 'No Finding' (4 images) read as no finding, not as a label" in notes
+    assert any(n.startswith("4 image(s) with an empty label cell read as no finding") for n in notes)  # said too
     assert set(m["per_label"]) == {"disc", "square"} and m["per_label"]["disc"]["n_positive"] == 16
     assert m["macro_auc"]["value"] > 0.6  # learnable even in one epoch
     pred = (run / "predictions.csv").read_text().splitlines()
@@ -106,3 +107,19 @@ def test_a_diverged_multilabel_epoch_scores_zero() -> None:
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     assert multilabel_val_score(y, np.full((4, 2), np.nan)) == 0.0
     assert multilabel_val_score(y, y * 0.8 + 0.1) == 1.0
+
+
+def test_a_label_in_every_image_is_said(tmp_path: Path) -> None:
+    """A finding present in every image has nothing to tell apart (no AUC): said when the labels are read, with
+    where its figures go (it had been left out of the macro F1 without a word)."""
+    from medcad.data.layouts import load_manifest
+    from medcad.targets import run_labels
+
+    lines = ["image,label"]
+    for k in range(6):
+        save(tmp_path / "ds" / f"{k}.png", np.full((8, 8, 3), 40 * k, np.uint8))
+        lines.append(f"{k}.png,polyp{'|ink' * (k % 2)}")
+    (tmp_path / "ds" / "manifest.csv").write_text("\n".join(lines) + "\n")
+    m = load_manifest(tmp_path / "ds")
+    assert run_labels(m, "multilabel", tmp_path) == ["ink", "polyp"]
+    assert any(n.startswith("label(s) polyp in every image: nothing to tell apart") for n in m.notes)

@@ -4,6 +4,7 @@ tests/engine/test_train_multilabel.py)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,3 +28,34 @@ def test_macro_auc_averages_every_label_in_each_resample(n: int, rare: set) -> N
     assert m["macro_auc"]["value"] == 0.5
     np.testing.assert_array_equal(m["macro_auc"]["ci95"], [0.5, 0.5] if every >= 100 else [np.nan, np.nan])
     assert m["bootstrap"]["resamples_used"]["macro_auc"] == every
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 30), st.integers(2, 4), st.integers(0, 2**16), st.sampled_from([0.0, 0.3, 1.0]))
+def test_the_figures_over_labels_are_scikit_learns(n: int, k: int, seed: int, always: float) -> None:
+    """Macro F1 and micro F1, exact match and Hamming loss equal scikit-learn's on the same decisions, and the macro
+    AUC its roc_auc_score averaged over the labels with both outcomes. Macro F1 averages every label present or
+    predicted, as scikit-learn does (a label in every image had been left out of it); it leaves out only a label
+    neither present nor predicted, which scikit-learn counts as 0. `averaged_over` names each mean's labels."""
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.random((n, k)) < 0.4
+    y[:, 0] = rng.random(n) < always if always != 0.3 else y[:, 0]  # a label absent, sometimes or always present
+    p = np.clip(y * 0.4 + rng.random((n, k)) * 0.7, 0, 1)
+    m = multilabel_metrics(y, p, [f"l{j}" for j in range(k)], n_boot=0)
+    pred = p >= 0.5
+    f1_labels = [j for j in range(k) if y[:, j].any() or pred[:, j].any()]
+    assert m["averaged_over"]["macro_f1"] == [f"l{j}" for j in f1_labels]
+    if f1_labels:
+        want = f1_score(y[:, f1_labels], pred[:, f1_labels], average="macro", zero_division=0)
+        assert m["macro_f1"]["value"] == pytest.approx(want)
+    micro = f1_score(y, pred, average="micro", zero_division=np.nan)
+    assert m["micro_f1"]["value"] == pytest.approx(micro, nan_ok=True)
+    assert m["exact_match"]["value"] == pytest.approx(accuracy_score(y, pred))
+    assert m["hamming_loss"]["value"] == pytest.approx(hamming_loss(y, pred))
+    both = [j for j in range(k) if 0 < y[:, j].sum() < n]
+    assert m["averaged_over"]["macro_auc"] == [f"l{j}" for j in both]
+    if both:
+        want = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in both])
+        assert m["macro_auc"]["value"] == pytest.approx(want)

@@ -1,8 +1,10 @@
 """Multi-label classification metrics (several findings per image, each present or absent), with CIs.
 
 Per label: ROC AUC (Mann-Whitney), and at the decision threshold sensitivity, specificity, precision, F1 and
-prevalence. Over labels: macro AUC and macro F1 (means over the labels with both outcomes present; a bootstrap
-resample where one of those labels lacks an outcome gives none, see `medcad.metrics.stats.macro_mean`), micro F1,
+prevalence. Over labels: macro AUC (the mean over the labels with both outcomes present) and macro F1 (over the
+labels present or predicted, as scikit-learn's, which also counts a label neither present nor predicted, as 0; a
+label present in every image had been left out); a bootstrap resample where one of those labels is undefined gives
+none, see `medcad.metrics.stats.macro_mean`; `averaged_over` names the labels of each), micro F1,
 exact-match ratio (every label right) and Hamming loss (the fraction of wrong label decisions). Every figure with a
 percentile bootstrap 95 % CI that resamples the run's groups (patients / duplicate groups) when given.
 Definitions: Tsoumakas & Katakis, "Multi-label classification: an overview", IJDWM 3(3), 2007.
@@ -45,7 +47,8 @@ def multilabel_metrics(
 
     Returns:
         {"n", "labels", "threshold", "macro_auc", "macro_f1", "micro_f1", "exact_match", "hamming_loss" (each
-        {"value", "ci95"}), "per_label": {label: {"auc", "f1", "sensitivity", "specificity", "precision" (each
+        {"value", "ci95"}), "averaged_over": {"macro_auc", "macro_f1"}: the labels each mean is over,
+        "per_label": {label: {"auc", "f1", "sensitivity", "specificity", "precision" (each
         {"value", "ci95"}), "n_positive", "prevalence"}}, "bootstrap": {"n_boot", "seed", "by_group",
         "resamples_used": {"macro_auc", "macro_f1"}: how many resamples defined the figure for every label the point
         estimate averages, the ones its interval is read from (nan when fewer than half did)}}.
@@ -57,7 +60,8 @@ def multilabel_metrics(
     n, k = y.shape
     pred = p >= threshold
     both = [j for j in range(k) if 0 < y[:, j].sum() < n]
-    in_both = np.isin(np.arange(k), both)  # the labels the macro figures average, in every resample
+    in_both = np.isin(np.arange(k), both)  # the labels macro AUC averages, in every resample
+    in_f1 = y.any(0) | pred.any(0)  # the labels macro F1 averages: its F1 is defined
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # w: (B, N) row weights
         out: dict[str, np.ndarray] = {}
@@ -72,7 +76,7 @@ def multilabel_metrics(
         for j, lab in enumerate(labels):
             out |= {f"{lab}|auc": aucs[:, j], f"{lab}|f1": f1[:, j], f"{lab}|sensitivity": sens[:, j]}
             out |= {f"{lab}|specificity": spec[:, j], f"{lab}|precision": prec[:, j]}
-        out["macro_auc"], out["macro_f1"] = macro_mean(aucs, in_both), macro_mean(f1, in_both)
+        out["macro_auc"], out["macro_f1"] = macro_mean(aucs, in_both), macro_mean(f1, in_f1)
         out["micro_f1"] = _f1(tp.sum(1), fp.sum(1), fn.sum(1))
         total = w.sum(1)
         out["exact_match"] = (w @ (pred == y).all(1)) / total
@@ -92,11 +96,13 @@ def multilabel_metrics(
     headline = {m: res[m] for m in ("macro_auc", "macro_f1", "micro_f1", "exact_match", "hamming_loss")}
     used = resamples_used(samples, {m: m for m in ("macro_auc", "macro_f1")})
     bootstrap = {"n_boot": int(n_boot), "seed": int(seed), "by_group": groups is not None, "resamples_used": used}
+    averaged = {"macro_auc": [labels[j] for j in both], "macro_f1": [lab for j, lab in enumerate(labels) if in_f1[j]]}
     return {
         "n": n,
         "labels": list(labels),
         "threshold": threshold,
         **headline,
+        "averaged_over": averaged,
         "per_label": per_label,
         "bootstrap": bootstrap,
     }
