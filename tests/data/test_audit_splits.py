@@ -297,3 +297,16 @@ def test_copies_whose_labels_come_from_their_boxes_stay_one_source(tmp_path: Pat
     rows = [{"image": f"train/one_png.rf.{k:032x}.jpg", "label": lab} for k, lab in enumerate(["polyp", "background"])]
     assert Manifest(tmp_path, make_table(rows), "coco").export_pairs() == [(0, 0), (0, 1)]
     assert Manifest(tmp_path, make_table(rows), "folders").export_pairs() == []  # a person's labels: two images
+
+
+def test_a_label_with_fewer_images_than_folds_is_not_offered_a_grouping(tmp_path: Path) -> None:
+    """A label with fewer images than folds cannot be split by any grouping: the error says to add images of it or
+    merge it, not to group by a regular expression (which had been the one setting offered)."""
+    rows = ["image,label"]
+    for k in range(9):
+        save(tmp_path / f"{k}.png", noise_image(k, 16))
+        rows.append(f"{k}.png,{'rare' if k == 0 else 'x' if k % 2 else 'y'}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="'rare': fewer images than 2, which no grouping changes") as e:
+        make_splits(load_manifest(tmp_path), folds=2)
+    assert "--group-from" not in str(e.value) and "--label-map" in str(e.value)

@@ -96,7 +96,8 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
             pass
     if errors:
         first = errors[0]
-        more = f" (and {len(errors) - 1} more; run `medcad data audit` for the whole list)" if len(errors) > 1 else ""
+        others = [os.path.basename(str(e.path)) for e in errors[1:4]] + (["..."] if len(errors) > 4 else [])
+        more = f" (and {len(errors) - 1} more: {', '.join(others)})" if len(errors) > 1 else ""
         raise DataError(first.path, f"{first.problem}{more}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")

@@ -177,6 +177,9 @@ def _with_colours(classes: MaskLabels, path: Path) -> MaskLabels:
     return dataclasses.replace(classes, colours=table)
 
 
+SCANNED = 500  # masks read for the values an error names (20 had missed a class the first masks lack)
+
+
 def resolve_mask_labels(
     setting: str | None, root: Path, mask_paths: Sequence[Path], source: str = "--mask-labels"
 ) -> MaskLabels:
@@ -199,11 +202,13 @@ def resolve_mask_labels(
         classes = None
     if classes is not None:
         return _with_colours(classes, colour_file) if colour_file is not None else classes
-    seen = sorted({int(v) for p in mask_paths[:20] for v in np.unique(_label_plane(p)) if v != 0})
+    read = mask_paths[:SCANNED]
+    seen = sorted({int(v) for p in read for v in np.unique(_label_plane(p)) if v != 0})
+    where = f"the first {len(read)} of {len(mask_paths)} masks" if len(read) < len(mask_paths) else "the masks"
     raise ConfigError(
         f"{root}: segment-multiclass needs the class of each mask value: give --mask-labels "
         f"(e.g. {','.join(f'{v}=NAME' for v in seen[:4]) or '1=cyst,2=stone'}) or put an nnU-Net {LABELS_FILE} "
-        f"beside the masks; values found in the first masks: {', '.join(map(str, seen)) or 'none but 0'}"
+        f"beside the masks; values found in {where}: {', '.join(map(str, seen)) or 'none but 0'}"
     )
 
 

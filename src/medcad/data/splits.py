@@ -117,13 +117,20 @@ def _split_error(
         pg = np.where(manifest.table["patient"].to_numpy(dtype=str) != "", pg, -1 - np.arange(len(pg)))
         if _stratifiable(y, pg, n_splits):
             options.append("--group patient (patient ids only: near duplicates across patients are not grouped)")
-    if not manifest.has("patient"):
+    few = sorted(lab for lab in thin if n_img[lab] < n_splits)  # too few images: no grouping gives them groups
+    if not manifest.has("patient") and not few:
         options.append(
             "--group-from REGEX, when file or folder names carry the patient or study (e.g. '(P\\d+)_' "
             "for 'P012_frame3.png')"
         )
     if "duplicates" in how and _stratifiable(y, np.arange(len(y)), n_splits):
         options.append("--group none (every image its own group: duplicates may then leak between train and test)")
+    if few:
+        named = ", ".join(repr(lab or "(no label)") for lab in few)
+        lines.append(
+            f"{named}: fewer images than {n_splits}, which no grouping changes: add images of it, or merge it into "
+            "another label (--label-map OLD=NEW) or leave its images out."
+        )
     lines.append(("Settings that would work: " + "; ".join(options) + ".") if options else "Add data for these labels.")
     return DataError(manifest.root, " ".join(lines))
 
