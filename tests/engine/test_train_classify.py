@@ -71,6 +71,7 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert "results_note" not in json.loads(res.stdout)
+    assert "timing" in json.loads((run / "metrics.json").read_text())  # recomputed, the training's time kept
     # fold results of an older medcad (bf16 predictions on CPUs with native bf16) are said to be so
     older = json.loads((run / "fold_1" / "result.json").read_text())
     assert older.pop("version") == 2
