@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -48,6 +49,34 @@ def save(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path
+
+
+def kidney_label_maps(
+    root: Path, n: int = 24, size: int = 64, seed: int = 0, labels_file: bool = True, values: tuple[int, int] = (1, 2)
+) -> Path:
+    """images/ and masks/ (PNG label maps: 0 background, `values` a cyst (dark disc) and a stone (bright square);
+    16-bit PNGs where a value exceeds 255, as ITK exports them) and an nnU-Net dataset.json."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cyst, stone = values
+    for i in range(n):
+        img = rng.normal(120, 12, (size, size)).clip(0, 255)
+        mask = np.zeros((size, size), np.uint8 if max(values) <= 255 else np.uint16)
+        if i % 4 != 3:  # a cyst: dark disc
+            cx, cy, r = rng.integers(14, 50), rng.integers(14, 50), rng.integers(6, 11)
+            disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+            img[disc], mask[disc] = 30, cyst
+        if i % 2 == 0:  # a stone: bright square, where no cyst is
+            x0, y0 = rng.integers(4, 50), rng.integers(4, 50)
+            sq = np.zeros_like(mask, bool)
+            sq[y0 : y0 + 9, x0 : x0 + 9] = True
+            sq &= mask == 0
+            img[sq], mask[sq] = 240, stone
+        save(root / "images" / f"case_{i:03d}.png", np.repeat(img.astype(np.uint8)[..., None], 3, 2))
+        save(root / "masks" / f"case_{i:03d}.png", mask)
+    if labels_file:
+        (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "cyst": cyst, "stone": stone}}))
+    return root
 
 
 def png_header(path: Path, width: int, height: int) -> None:

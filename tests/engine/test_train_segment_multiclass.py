@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import save
+from conftest import kidney_label_maps
 from medcad.checkpoint import fold_model_files, load_model_file
 from medcad.cli import app
 from medcad.config import TrainConfig
@@ -26,30 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = TrainConfig(
     task="segment-multiclass", arch="unet", image_size=64, epochs=4, batch_size=4, lr=2e-3, folds=2, val_fraction=0.25
 )
-
-
-def kidney_label_maps(root: Path, n: int = 24, size: int = 64, seed: int = 0, labels_file: bool = True) -> Path:
-    """images/ and masks/ (PNG label maps: 0 background, 1 cyst, 2 stone) and an nnU-Net dataset.json."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        img = rng.normal(120, 12, (size, size)).clip(0, 255)
-        mask = np.zeros((size, size), np.uint8)
-        if i % 4 != 3:  # a cyst: dark disc
-            cx, cy, r = rng.integers(14, 50), rng.integers(14, 50), rng.integers(6, 11)
-            disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
-            img[disc], mask[disc] = 30, 1
-        if i % 2 == 0:  # a stone: bright square, where no cyst is
-            x0, y0 = rng.integers(4, 50), rng.integers(4, 50)
-            sq = np.zeros_like(mask, bool)
-            sq[y0 : y0 + 9, x0 : x0 + 9] = True
-            sq &= mask == 0
-            img[sq], mask[sq] = 240, 2
-        save(root / "images" / f"case_{i:03d}.png", np.repeat(img.astype(np.uint8)[..., None], 3, 2))
-        save(root / "masks" / f"case_{i:03d}.png", mask)
-    if labels_file:
-        (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "cyst": 1, "stone": 2}}))
-    return root
 
 
 def test_mask_labels_read_as_users_write_them(tmp_path: Path) -> None:

@@ -356,6 +356,7 @@ def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> 
         assert mask.shape == (30, 50) and m["format"] == "png" and body["label"] == "lesion"
         rle = client.post("/predict?mask=rle", content=png(rgb)).json()["mask"]
         assert (rle_decode(rle["counts"], (rle["height"], rle["width"])) == (mask > 0)).all()
+        assert set(rle) == {"format", "height", "width", "threshold", "counts"}  # label maps' per_class: not here
 
         source = dicom_bytes(tmp_path)
         r = client.post("/predict?format=dicom", files={"file": ("x.dcm", source)})

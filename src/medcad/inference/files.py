@@ -103,7 +103,8 @@ def check_output_folder(
 
 
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
-    """Write an RGB or grey uint8 image as PNG atomically; DataError when the folder is not writable."""
+    """Write an (H, W, 3) RGB uint8 image or an (H, W) grey one, uint8 or uint16 (a 16-bit PNG), as PNG atomically;
+    DataError when the folder is not writable."""
     arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
     tmp = path.with_name(path.stem + ".tmp.png")
     if not cv2.imwrite(str(tmp), arr):
@@ -123,12 +124,12 @@ def predict_image_files(
     names: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every image file (`output_names` gives `<stem>`); write into `out`: `<stem>_overlay.png` (what the
-    prediction has, drawn on the
-    image), `<stem>_mask.png` (0/255 at the image's size; label-map models: the class map in the run's mask
-    values) for mask tasks, and predictions.csv (one `Prediction.row`
-    per image, after `image`, `status` ("ok" / "failed") and `error` (why a file failed), then `overlay_file` and
-    `mask_file`: the names of the files written for it in `out`, and `warnings` where the image makes its prediction
-    doubtful, `medcad.inference.uploads.prediction_warnings`). Rows are appended to
+    prediction has, drawn on the image), `<stem>_mask.png` for mask tasks (at the image's size: 0/255; label-map
+    models: the class map in the run's mask values, a 16-bit PNG where a value exceeds 255, see
+    `LesionMask.mask_image`), and predictions.csv (one `Prediction.row` per image, after `image`, `status` ("ok" /
+    "failed") and `error` (why a file failed), then `overlay_file` and `mask_file`: the names of the files written
+    for it in `out`, and `warnings` where the image makes its prediction doubtful,
+    `medcad.inference.uploads.prediction_warnings`). Rows are appended to
     predictions.csv.partial batch by batch, so an interrupted run keeps what it wrote; the finished table replaces
     predictions.csv at the end. Files are decoded in `workers` DataLoader processes (see `Predictor.predict_files`).
 

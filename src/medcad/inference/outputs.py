@@ -20,12 +20,14 @@ import numpy as np
 
 from medcad.data.boxes import listed_boxes
 from medcad.drawing import class_overlay, draw_boxes, mask_overlay
+from medcad.errors import MedcadError
 from medcad.metrics.detection import BACKGROUND  # the frame label of "no box" (the design's background row)
 from medcad.metrics.segmentation import frame_scores
 from medcad.tasks import p_lesion_words, reference_label
 
 NO_LESION, LESION = "no lesion", "lesion"
 NO_FINDING = "none"  # a multi-label image with no label at or above the threshold
+PNG_MAX = 65535  # the largest value a (16-bit) PNG mask holds
 
 
 class Output:
@@ -216,13 +218,29 @@ class LesionMask(Output):
         counts = np.bincount(self.class_map.ravel(), minlength=len(self.labels) + 1)[1:] / self.class_map.size
         return {lab: float(f) for lab, f in zip(self.labels, counts, strict=True)}
 
+    @property
+    def mask_values(self) -> tuple[int, ...]:
+        """The mask value of each lesion class (K,) of a label-map model, in `labels` order: the run's
+        (`class_values`, as its training masks hold them), else 1..K."""
+        return tuple(self.class_values or range(1, len(self.labels) + 1))
+
     def mask_image(self) -> np.ndarray:
-        """The mask to save, uint8 (H, W): 0 / 255 for lesion; for label-map models the class map in the run's mask
-        values (e.g. 1 cyst, 2 stone), as its training masks were written."""
+        """The mask to save at the image's size (H, W): uint8 0 / 255 for lesion; for label-map models the class map
+        in the run's mask values (0 where no lesion is shown), as its training masks were written: uint8 where every
+        value fits (e.g. 1 cyst, 2 stone), else uint16, a 16-bit PNG (e.g. 1000 benign, 2000 malignant).
+
+        Raises:
+            MedcadError: a class value that no PNG holds (below 0 or above 65535: a signed or 32-bit TIFF label map).
+        """
         if self.class_map is None:
             return self.lesion.astype(np.uint8) * 255
-        values = np.array((0, *(self.class_values or range(1, len(self.labels) + 1))), np.uint8)
-        return values[self.class_map]
+        values = self.mask_values
+        if min(values) < 0 or max(values) > PNG_MAX:
+            raise MedcadError(
+                f"the run's mask values {', '.join(map(str, values))} cannot all be written in a PNG mask, which holds "
+                f"0..{PNG_MAX}"
+            )
+        return np.array((0, *values), np.uint8 if max(values) <= 255 else np.uint16)[self.class_map]
 
     def decision(self) -> tuple[str, float]:
         shown = sorted((f, lab) for lab, f in self.class_fractions.items() if f > 0)

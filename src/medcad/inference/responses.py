@@ -17,7 +17,7 @@ MASK_FORMATS = ("png", "rle", "none")
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
-    """PNG of an (H, W) or (H, W, 3) RGB uint8 array."""
+    """PNG of an (H, W, 3) RGB uint8 array or an (H, W) grey one, uint8 or uint16 (a 16-bit PNG)."""
     bgr = arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:  # only for empty arrays
@@ -50,22 +50,50 @@ def rle_decode(counts: list[int], size: tuple[int, int]) -> np.ndarray:
     return np.repeat(values, counts).reshape(size)
 
 
+def coco_rle(mask: np.ndarray) -> dict:
+    """COCO's compressed RLE of a bool (H, W) mask, as COCO results and pycocotools keep masks: {"size": [H, W],
+    "counts": str}, the run lengths in column-major order, packed; `pycocotools.mask.decode` gives the (H, W) uint8
+    0 / 1 mask back."""
+    from pycocotools import mask as mu
+
+    rle = mu.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(n) for n in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def mask_json(pred: Prediction, fmt: str) -> dict | None:
-    """The thresholded lesion mask at the image's size: {"format": "png", "data": base64 PNG 0/255} or
-    {"format": "rle", "counts": run lengths (see `rle_encode`)}, with "height", "width", "threshold"; label-map
-    models: the PNG holds each pixel's class value and "classes" maps the values to class names."""
-    if pred.mask is None or fmt == "none":
+    """The thresholded lesion mask at the image's size, with "height", "width", "threshold":
+
+    - `fmt` "png": {"format": "png", "data": base64 PNG}: 0 / 255 for lesion; label-map models: each pixel's class
+      value in the run's values (0 none), a 16-bit PNG where a value exceeds 255, and "classes" maps the values to
+      class names ({"1": "cyst", "2": "stone"}).
+    - `fmt` "rle", one-lesion models: {"format": "rle", "counts": run lengths of the lesion (see `rle_encode`)}.
+      Label-map models: "classes" as for PNG, "lesion_counts": run lengths (as `rle_encode`) of the lesion of any
+      class, and "per_class": {class name: {"value": its mask value, "coco_rle": COCO's compressed RLE of its pixels
+      (see `coco_rle`)}} for every lesion class, an empty one included. There is no "counts": the lesion is not one
+      of the classes.
+    - `fmt` "none": None (as for a model without a mask).
+
+    Raises:
+        MedcadError: a PNG of a label map whose values no PNG holds (see `LesionMask.mask_image`).
+    """
+    m = pred.mask
+    if m is None or fmt == "none":
         return None
-    lesion = pred.mask.lesion
+    lesion = m.lesion
     height, width = lesion.shape
-    out = {"format": fmt, "height": int(height), "width": int(width), "threshold": pred.mask.threshold}
-    if fmt == "rle":  # label-map models: the lesion of any class (the PNG holds the classes)
+    out = {"format": fmt, "height": int(height), "width": int(width), "threshold": m.threshold}
+    if m.class_map is not None:
+        out["classes"] = {str(v): lab for v, lab in zip(m.mask_values, m.labels, strict=True)}
+    if fmt == "png":
+        out["data"] = base64.b64encode(png_bytes(m.mask_image())).decode()
+    elif m.class_map is None:
         out["counts"] = rle_encode(lesion)
     else:
-        out["data"] = base64.b64encode(png_bytes(pred.mask.mask_image())).decode()
-    if pred.mask.class_map is not None:
-        values = pred.mask.class_values or range(1, len(pred.labels) + 1)
-        out["classes"] = {str(v): lab for v, lab in zip(values, pred.labels, strict=True)}
+        out["lesion_counts"] = rle_encode(lesion)
+        out["per_class"] = {
+            lab: {"value": v, "coco_rle": coco_rle(m.class_map == k)}
+            for k, (v, lab) in enumerate(zip(m.mask_values, m.labels, strict=True), 1)
+        }
     return out
 
 

@@ -92,6 +92,12 @@ PREDICT_OPENAPI = _openapi(  # /predict answers JSON or a DICOM SEG
         504: "no result within the server's timeout",
     },
 )
+MASK_QUERY = (
+    "Mask encoding: png (0 / 255; label-map models: each pixel's class value in the run's values, a 16-bit PNG where "
+    "a value exceeds 255, with `classes` {value: name}), rle (one-lesion models: `counts`, row-major run lengths "
+    "starting with background; label-map models: `lesion_counts`, those run lengths of the lesion of any class, and "
+    "`per_class` {name: {value, coco_rle}}, one COCO compressed RLE per class) or none."
+)
 VIDEO_OPENAPI = _openapi(
     {202: {"description": "the job: {job, status_url}"}},
     UPLOAD_ERRORS | {503: "too many video jobs (Retry-After)"},
@@ -177,13 +183,19 @@ def predict_router(state: ServeState) -> APIRouter:
     @router.post("/predict", **PREDICT_OPENAPI)
     async def predict(
         request: Request,
-        mask: str = Query("png", description="Mask encoding: png, rle (row-major run lengths) or none."),
+        mask: str = Query("png", description=MASK_QUERY),
         overlay: bool = Query(False, description="Add the drawn overlay as a PNG data URL."),
         gradcam: bool = Query(False, description="Add the Grad-CAM picture (slower)."),
         format: str = Query("json", description="json, or dicom for a DICOM SEG (mask tasks, DICOM input)."),
         frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM, page of a TIFF or animated GIF / WebP."),
     ) -> Response:
-        """One image (multipart field `file`, or the raw bytes as the body) -> the task's result."""
+        """One image (multipart field `file`, or the raw bytes as the body) -> the task's result.
+
+        A mask model's `mask` (see `?mask=`): `png`, base64 `data`; `rle`, one-lesion models: `counts`, row-major
+        run lengths starting with background; label-map models (segment-multiclass): `classes` ({mask value: class
+        name}), `lesion_counts` (those run lengths of the lesion of any class) and `per_class` ({class name:
+        {"value": its mask value, "coco_rle": COCO's compressed RLE of its pixels, for `pycocotools.mask.decode`}}).
+        """
         try:
             _check_query(mask, format, gradcam, state.explain is not None)
             upload = await _read_image(request, state, frame, format == "dicom")
