@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import kidney_label_maps
+from conftest import kidney_label_maps, save
 from medcad.checkpoint import fold_model_files, load_model_file
 from medcad.cli import app
 from medcad.config import TrainConfig
@@ -45,7 +45,7 @@ def test_mask_labels_read_as_users_write_them(tmp_path: Path) -> None:
 
     root = kidney_label_maps(tmp_path / "set", n=4, labels_file=False)
     masks = sorted((root / "masks").glob("*.png"))
-    with pytest.raises(ConfigError, match="values found in the first masks: 1, 2"):
+    with pytest.raises(ConfigError, match="values found in the masks: 1, 2"):
         resolve_mask_labels(None, root, masks)
     classes = parse_mask_labels("2=stone,1=cyst")
     index = read_label_map([masks[0]], classes)  # class order decides the index: stone 1, cyst 2
