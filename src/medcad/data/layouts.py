@@ -283,7 +283,7 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
 def _first_channels(images: list[Path]) -> list[Path]:
     """Images without nnU-Net's further channel files (`<case>_0001`, `_0002`... beside `<case>_0000`: another
     modality or colour plane of the case; a PNG's colour is in its one file). The ledger names them as not read."""
-    from medcad.data.pairing import further_channel
+    from medcad.data.ledger import further_channel
 
     return [f for f in images if not further_channel(f)]
 

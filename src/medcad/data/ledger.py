@@ -10,6 +10,7 @@ not listed, as every reader skips them.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections import Counter
@@ -44,10 +45,20 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"\s*\([^)]*\)\s*$", "", reason).split(":")[0].strip()
 
 
+NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
+
+
+def further_channel(path: Path) -> str | None:
+    """For nnU-Net's `<case>_0001`, `_0002`... beside `<case>_0000` in one folder: why the file is not read (medcad
+    reads one image per case, channel 0000); else None."""
+    m = NNUNET_CHANNEL.match(path.stem)
+    if not m or m["channel"] == "0000" or not any(path.parent.glob(f"{glob.escape(m['case'])}_0000.*")):
+        return None
+    return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
+
+
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
-    from medcad.data.pairing import further_channel
-
     if further_channel(path):
         return further_channel(path)
     if (suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":

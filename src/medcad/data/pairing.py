@@ -8,7 +8,6 @@ extremes) with the folder names as a tie-breaker. It returns its reason, so `dat
 
 from __future__ import annotations
 
-import glob
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +35,6 @@ class FolderPair:
     images: Path
     masks: Path
     reason: str
-
-
-NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
-
-
-def further_channel(path: Path) -> str | None:
-    """For nnU-Net's `<case>_0001`, `_0002`... beside `<case>_0000` in one folder: why the file is not read (medcad
-    reads one image per case, channel 0000); else None."""
-    m = NNUNET_CHANNEL.match(path.stem)
-    if not m or m["channel"] == "0000" or not any(path.parent.glob(f"{glob.escape(m['case'])}_0000.*")):
-        return None
-    return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
 
 
 def mask_base(stem: str, image_stems: set[str], mask_suffix: str = "_mask") -> str | None:
