@@ -12,6 +12,8 @@ import numpy as np
 TRUE_COLOUR = (40, 220, 40)  # RGB: ground truth contour / boxes
 PRED_COLOUR = (255, 40, 40)  # RGB: predicted contour
 BOX_COLOURS = [(255, 60, 60), (60, 160, 255), (255, 200, 40), (180, 90, 255), (40, 220, 120)]  # RGB per class
+BOX_COLOUR_NAMES = ["red", "blue", "yellow", "purple", "teal"]  # the same, in words (figure titles)
+LEGEND_MIN_SIDE = 200  # a legend written on a smaller image would cover it (and be cut off): said in a title instead
 
 
 def mask_overlay(image: np.ndarray, pred: np.ndarray | None, true: np.ndarray | None = None, alpha=0.3) -> np.ndarray:
@@ -34,7 +36,8 @@ def class_overlay(
 ) -> np.ndarray:
     """RGB image with each lesion class of a class map (uint8 (H, W), 0 none, c for class c - 1) tinted and outlined
     in its colour (`BOX_COLOURS`, as boxes of that class), the true lesion (any class) outlined in green, and with
-    `names` a legend of the classes shown, each in its colour, at the bottom left."""
+    `names` a legend of the classes shown, each in its colour, at the bottom left (on images of at least
+    `LEGEND_MIN_SIDE` pixels a side: `colour_legend` words it for smaller ones)."""
     out = mask_overlay(image, None, None if true is None else np.asarray(true) > 0)
     shown = [int(c) for c in np.unique(classes) if c]
     t = max(1, round(max(out.shape[:2]) / 250))
@@ -44,11 +47,16 @@ def class_overlay(
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, colour, t)
     line = max(14, out.shape[0] // 20)
-    for j, c in enumerate(shown[::-1] if names else []):
+    for j, c in enumerate(shown[::-1] if names and min(out.shape[:2]) >= LEGEND_MIN_SIDE else []):
         y = out.shape[0] - 6 - j * line
         colour = BOX_COLOURS[(c - 1) % len(BOX_COLOURS)]
         cv2.putText(out, names[c - 1], (6, y), cv2.FONT_HERSHEY_SIMPLEX, line / 30, colour, t, cv2.LINE_AA)
     return out
+
+
+def colour_legend(names: Sequence[str]) -> str:
+    """The classes' colours in words, as `class_overlay` and `draw_boxes` draw them: "benign red, malignant blue"."""
+    return ", ".join(f"{n} {BOX_COLOUR_NAMES[i % len(BOX_COLOUR_NAMES)]}" for i, n in enumerate(names))
 
 
 def draw_boxes(

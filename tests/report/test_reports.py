@@ -195,3 +195,18 @@ def test_negative_intervals_and_tiny_p_values_read_plainly() -> None:
         "&lt; 0.0001",
         "0.0123",
     ]
+
+
+def test_a_class_legend_is_written_on_images_it_fits_and_worded_beside_small_ones() -> None:
+    """A gallery thumbnail of a label-map run (64 px) had its class legend drawn over 40 % of it, cut off
+    ("malignan"); thumbnails below `LEGEND_MIN_SIDE` get none, and the grid's title words the colours instead."""
+    import numpy as np
+
+    from medcad.drawing import LEGEND_MIN_SIDE, class_overlay, colour_legend
+
+    for side, drawn in ((64, False), (LEGEND_MIN_SIDE, True)):
+        img, classes = np.zeros((side, side, 3), np.uint8), np.zeros((side, side), np.uint8)
+        classes[4:20, 4:20] = 1
+        with_names = class_overlay(img, classes, None, ["benign", "malignant"])
+        assert (not np.array_equal(with_names, class_overlay(img, classes, None, None))) == drawn
+    assert colour_legend(["benign", "malignant"]) == "benign red, malignant blue"

@@ -47,10 +47,10 @@ def case_tiles(
 ) -> dict[str, bytes]:
     """One PNG grid per kind (best / median / worst): image, true outline (green), predicted lesion (red); with
     the lesion `classes` of a label-map run, each predicted class in its colour with a legend."""
-    from medcad.drawing import class_overlay, mask_overlay
+    from medcad.drawing import class_overlay, colour_legend, mask_overlay
 
     index = {k: i for i, k in enumerate(manifest.keys)}
-    shown = "colours: predicted classes, Dice of lesion vs background" if classes else "red: prediction"
+    shown = f"predicted {colour_legend(classes)}; Dice of lesion vs background" if classes else "red: prediction"
     by_fold: dict[int, dict[int, np.ndarray]] = {}
     grids: dict[str, tuple[list, list]] = {}
     for kind, row in pick_cases(pred):
