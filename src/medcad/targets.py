@@ -220,6 +220,12 @@ def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
         if said:
             named = ", ".join(f"{x!r} ({n} image{'s' * (n > 1)})" for x, n in sorted(said.items()))
             manifest.notes.append(f"multi-label cells {named} read as no finding, not as a label")
+        both = [v for v in manifest.table["label"] if split_labels(v) and any(
+            says_no_finding(x) for x in LABEL_SEPARATORS.split(str(v)))]  # fmt: skip
+        if both:
+            manifest.notes.append(
+                f"{len(both)} cell(s) name findings beside no finding (e.g. {both[0]!r}): read as their findings"
+            )
         if len(labels) < 2:
             raise DataError(source, f"{task} needs at least two labels over the images, found {labels or 'none'}")
         cells = manifest.table["label"].astype(str).str.strip()

@@ -111,15 +111,17 @@ def test_a_diverged_multilabel_epoch_scores_zero() -> None:
 
 def test_a_label_in_every_image_is_said(tmp_path: Path) -> None:
     """A finding present in every image has nothing to tell apart (no AUC): said when the labels are read, with
-    where its figures go (it had been left out of the macro F1 without a word)."""
+    where its figures go (it had been left out of the macro F1 without a word); so is a cell naming findings beside
+    'No Finding' (read as its findings, without a word)."""
     from medcad.data.layouts import load_manifest
     from medcad.targets import run_labels
 
     lines = ["image,label"]
     for k in range(6):
         save(tmp_path / "ds" / f"{k}.png", np.full((8, 8, 3), 40 * k, np.uint8))
-        lines.append(f"{k}.png,polyp{'|ink' * (k % 2)}")
+        lines.append(f"{k}.png,polyp{'|ink' * (k % 2)}{'|No Finding' * (k == 2)}")
     (tmp_path / "ds" / "manifest.csv").write_text("\n".join(lines) + "\n")
     m = load_manifest(tmp_path / "ds")
     assert run_labels(m, "multilabel", tmp_path) == ["ink", "polyp"]
     assert any(n.startswith("label(s) polyp in every image: nothing to tell apart") for n in m.notes)
+    assert "1 cell(s) name findings beside no finding (e.g. 'polyp|No Finding'): read as their findings" in m.notes
