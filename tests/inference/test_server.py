@@ -450,7 +450,8 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path: Path) -> None:
     """`trained_on.images` is the run's data (its folds' training, validation and test parts), not the count its
     metrics were evaluated on: a holdout run's card had said 13 (its test part) of 33; beside it, how many images the
-    models learned from, were tuned on and never saw (the card had counted a holdout's test part as trained on)."""
+    models learned from, were tuned on and never saw (the card had counted a holdout's test part as trained on). A
+    card of one fold's model says its headline metrics are the run's, beside the fold's own (they had read as its)."""
     import json
     import shutil
 
@@ -463,6 +464,11 @@ def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path:
     card = model_card(load_predictor(run, backend="torch-fp32"))
     assert card["trained_on"]["images"] == len(pd.read_csv(run / "manifest.csv")) > 3
     assert card["evaluation"]["images"] == 3
+    assert "fold_metrics" not in card  # the ensemble of the folds: the run's pooled figures are its own
+    one = model_card(load_predictor(run, fold=1, backend="torch-fp32"))  # serve --fold 1: one fold's model
+    assert "fold 1's model alone" in one["metrics_of"]
+    own = {k: v for k, v in metrics["per_fold"][1].items() if k not in ("speed", "selected_stage")}
+    assert one["fold_metrics"] == own
     folds = json.loads((run / "splits.json").read_text())["folds"]
     assert card["trained_on"]["unseen_images"] == 0  # cross-validation: every image is in some fold's training part
     # as a holdout run: one fold whose test part no model saw

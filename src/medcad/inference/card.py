@@ -129,10 +129,27 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
+        card |= _one_fold(predictor, m)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
     return card
+
+
+def _one_fold(predictor: Predictor, m: dict) -> dict:
+    """For one fold's model of a run of several (`--fold k`): that the headline metrics are the run's (every fold
+    model on its own test images, pooled), and the fold's own test figures (no CI) from metrics.json's per_fold."""
+    folds = m.get("per_fold") or []
+    parent = Path(predictor.files[0]).parent.name if len(predictor.files) == 1 else ""
+    if len(folds) < 2 or not parent.startswith("fold_"):
+        return {}
+    k = int(parent.removeprefix("fold_"))
+    own = next((f for f in folds if f.get("fold") == k), None)
+    return {
+        "metrics_of": f"the run's {len(folds)} fold models, each on its own test images, pooled; this server "
+        f"predicts with fold {k}'s model alone, whose test images score as fold_metrics says",
+        "fold_metrics": {name: v for name, v in (own or {}).items() if name not in ("speed", "selected_stage")},
+    }
 
 
 def frame_decision(predictor: Predictor) -> dict:
