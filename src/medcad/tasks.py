@@ -258,7 +258,12 @@ def positive_from_names(labels: list[str]) -> str | None:
 def metrics_positive(metrics: dict, labels: list[str]) -> str:
     """The positive class a run's metrics (metrics.json) were pooled with: that of their binary block, else as
     `positive_label` chooses for `labels` (metrics without one)."""
-    return (metrics.get("binary") or {}).get("positive") or positive_label(labels)
+    return pooled_positive(metrics) or positive_label(labels)
+
+
+def pooled_positive(metrics: dict) -> str | None:
+    """The positive class of a metrics.json's binary block (a two-class run's pooled figures), else None."""
+    return (metrics.get("binary") or {}).get("positive")
 
 
 def p_lesion_words(labels: list[str]) -> str:

@@ -150,3 +150,17 @@ def test_a_no_data_value_or_outlier_does_not_decide_the_range(tmp_path: Path, dt
     want = np.floor(arr.ravel()[1:].astype(np.float64) * (255 / (2**bits - 1)) + 0.5)
     np.testing.assert_array_equal(got.ravel()[1:], want)
     assert said in " ".join(describe_image(tmp_path / "odd.tif"))
+
+
+def test_a_signed_mask_marks_its_lesion_with_any_non_zero_value(tmp_path: Path) -> None:
+    """A signed 8-bit TIFF mask holding -1 on the lesion (read as such since TIFFs keep their sample type) is a
+    label map whose non-zero values are lesion, as its rule says (-1 had fallen below `> 0`: an empty mask)."""
+    import tifffile
+
+    from medcad.data.masks import decode_mask
+
+    mask = np.zeros((16, 16), np.int8)
+    mask[4:8, 4:8] = -1
+    tifffile.imwrite(tmp_path / "m8.tif", mask)
+    lesion, how = decode_mask(tmp_path / "m8.tif")
+    assert lesion.sum() == 16 and lesion[4:8, 4:8].all() and "non-zero is lesion" in how.rule

@@ -659,6 +659,7 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     with caplog.at_level(logging.WARNING):
         again = train_run(easy_set, run, renamed.replace(positive="hyperplastic"), progress=False)
     assert (run / "fold_0" / "model.pt").stat().st_mtime_ns == model  # pooled again, not trained again
+    assert again["timing"] == m["timing"]  # how long it trained: a re-pool does not change it
     said = [r.getMessage() for r in caplog.records if "was 'adenoma'" in r.getMessage()]
     assert said and f"evaluations/{easy_set.name} keep 'adenoma'" in said[0]
     assert again["binary"]["positive"] == "hyperplastic"

@@ -236,6 +236,11 @@ def test_an_nnunet_dataset_is_read_as_nnunet_keeps_it(tmp_path: Path, monkeypatc
     assert "nnU-Net test image" in unread["imagesTs/case_100_0000.png"]
     targets = load_targets(m, FAST)
     assert targets.labels == ["cyst", "stone"] and targets.masks.max() == 2
+    frames = tmp_path / "frames"  # frames numbered from 0000 outside nnU-Net's folders are frames, not channels
+    for i in range(4):
+        save(frames / "images" / f"clip_{i:04d}.png", np.full((16, 16, 3), 40 * i, np.uint8))
+        save(frames / "masks" / f"clip_{i:04d}.png", np.eye(16, dtype=np.uint8) * 255)
+    assert len(load_manifest(frames)) == 4
 
 
 def test_a_set_without_any_lesion_trains_nothing_and_evaluates_false_positives(

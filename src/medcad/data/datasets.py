@@ -97,7 +97,8 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
     if errors:
         first = errors[0]
         others = [os.path.basename(str(e.path)) for e in errors[1:4]] + (["..."] if len(errors) > 4 else [])
-        more = f" (and {len(errors) - 1} more: {', '.join(others)})" if len(errors) > 1 else ""
+        more = f" (and {len(errors) - 1} more: {', '.join(others)}; `medcad data audit` lists unreadable images)"
+        more = more if len(errors) > 1 else ""
         raise DataError(first.path, f"{first.problem}{more}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")

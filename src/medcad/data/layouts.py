@@ -283,9 +283,10 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
 def _first_channels(images: list[Path]) -> list[Path]:
     """Images without nnU-Net's further channel files (`<case>_0001`, `_0002`... beside `<case>_0000`: another
     modality or colour plane of the case; a PNG's colour is in its one file). The ledger names them as not read."""
-    from medcad.data.ledger import further_channel
+    from medcad.data.ledger import NNUNET_CHANNEL, further_channel
 
-    return [f for f in images if not further_channel(f)]
+    firsts = {(f.parent, m["case"]) for f in images if (m := NNUNET_CHANNEL.match(f.stem)) and m["channel"] == "0000"}
+    return [f for f in images if not further_channel(f, firsts)]
 
 
 def read_images_masks(path: Path, options: DataOptions) -> Manifest:

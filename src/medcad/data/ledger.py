@@ -48,11 +48,22 @@ def reason_kind(reason: str) -> str:
 NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
 
 
-def further_channel(path: Path) -> str | None:
-    """For nnU-Net's `<case>_0001`, `_0002`... beside `<case>_0000` in one folder: why the file is not read (medcad
-    reads one image per case, channel 0000); else None."""
+NNUNET_IMAGE_FOLDERS = ("imagesTr", "imagesTs", "imagesVal")  # nnU-Net's raw image folders
+
+
+def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> str | None:
+    """For nnU-Net's `<case>_0001`, `_0002`... beside `<case>_0000` in one of its image folders
+    (`NNUNET_IMAGE_FOLDERS`): why the file is not read (medcad reads one image per case, channel 0000); else None
+    (frames numbered `clip_0000`, `clip_0001` elsewhere are frames). `firsts`: the (folder, case) pairs that have a
+    channel 0000, when the caller has listed them (else the folder is looked in)."""
     m = NNUNET_CHANNEL.match(path.stem)
-    if not m or m["channel"] == "0000" or not any(path.parent.glob(f"{glob.escape(m['case'])}_0000.*")):
+    if not m or m["channel"] == "0000" or path.parent.name not in NNUNET_IMAGE_FOLDERS:
+        return None
+    if firsts is None:
+        has_first = any(path.parent.glob(f"{glob.escape(m['case'])}_0000.*"))
+    else:
+        has_first = (path.parent, m["case"]) in firsts
+    if not has_first:
         return None
     return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
 

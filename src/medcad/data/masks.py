@@ -95,7 +95,7 @@ def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDec
     else:
         full = 255.0 if hi <= 255 else 65535.0
     if len(values) <= MAX_LABEL_VALUES and not lossy:
-        mask, rule = plane > 0, how + "label map: non-zero is lesion"
+        mask, rule = plane != 0, how + "label map: non-zero is lesion"  # signed masks: -1 is lesion too
     elif hi - lo >= full / 4:
         t = (lo + hi) / 2
         mask, rule = plane > t, how + f"halfway threshold {t:g}"

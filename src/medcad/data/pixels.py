@@ -109,7 +109,7 @@ def integer_scale(arr: np.ndarray, path: Path, fmt: str) -> tuple[float, float, 
     rest = arr[~limit]
     clipped = f"{int(limit.sum())} pixel(s) at the type's limit (no-data) clipped" if limit.any() else ""
     outside = int((~inside & ~limit).sum())
-    if rest.size and outside <= OUTLIER_SHARE * arr.size:
+    if inside.any() and outside <= OUTLIER_SHARE * arr.size:
         bits, why = stored_bits(arr[inside], significant)
         extra = [clipped] + ([f"{outside} outlier pixel(s) beyond 0..65535 clipped"] if outside else [])
         return 0.0, 2.0**bits - 1, "; ".join([f"16-bit {why}", *filter(None, extra)])

@@ -118,7 +118,7 @@ def _split_error(
         if _stratifiable(y, pg, n_splits):
             options.append("--group patient (patient ids only: near duplicates across patients are not grouped)")
     few = sorted(lab for lab in thin if n_img[lab] < n_splits)  # too few images: no grouping gives them groups
-    if not manifest.has("patient") and not few:
+    if not manifest.has("patient") and any(n_img[lab] >= n_splits for lab in thin):  # grouping could give groups
         options.append(
             "--group-from REGEX, when file or folder names carry the patient or study (e.g. '(P\\d+)_' "
             "for 'P012_frame3.png')"

@@ -31,7 +31,7 @@ from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
 from medcad.targets import load_targets, with_masks_only
-from medcad.tasks import Task, get_task, split_labels, unread_settings
+from medcad.tasks import Task, get_task, pooled_positive, split_labels, unread_settings
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def train_run(
     keys = manifest.keys
     if primary and notes:
         _say_resumed(folder, [f["fold"] for f in splits["folds"]], folds)
-    results = []
+    results, finished = [], []  # finished: the folds done before this session
     for fold in splits["folds"]:
         k = fold["fold"]
         if folds is not None and k not in folds:
@@ -204,6 +204,7 @@ def train_run(
         done = folder.fold(k).result
         if done.is_file():
             results.append(json.loads(done.read_text()))
+            finished.append(k)
             continue
         raise_if_stopped()
         log.info("fold %d", k)
@@ -223,7 +224,12 @@ def train_run(
         return {}
     metrics, pred = evaluate_results(manifest, targets, results, splits, out, run.cfg.image_size)
     atomic_write_text(folder.predictions, pred.to_csv(index=False))
-    metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": time.perf_counter() - t0 + decode_s}
+    before = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else {}
+    if len(finished) == len(results) and "timing" in before:  # pooled again, nothing trained: the training's time
+        metrics["timing"] = before["timing"]
+    else:
+        total = time.perf_counter() - t0 + decode_s
+        metrics["timing"] = {"decode_seconds": decode_s, "total_seconds_this_session": total}
     write_json(folder.metrics, metrics)
     return metrics
 
@@ -245,7 +251,7 @@ def _say_positive_changed(folder: RunFolder, positive: str | None) -> None:
     commands)."""
     if positive is None or not folder.metrics.is_file():
         return
-    before = (json.loads(folder.metrics.read_text()).get("binary") or {}).get("positive")
+    before = pooled_positive(json.loads(folder.metrics.read_text()))
     if before is None or before == positive:
         return
     kept = [str(p.parent.relative_to(folder.root)) for p in sorted(folder.root.glob("evaluations/*/metrics.json"))]

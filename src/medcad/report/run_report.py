@@ -13,7 +13,7 @@ import pandas as pd
 
 from medcad.report import plots
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.tasks import metrics_positive, settings_read
+from medcad.tasks import metrics_positive, pooled_positive, settings_read
 
 
 def png_data_uri(png: bytes) -> str:
@@ -151,10 +151,10 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     ]
     if shortcut and shortcut.get("gallery"):
         figures["shortcut_gallery"] = shortcut.pop("gallery")
-    if (metrics.get("binary") or {}).get("positive"):  # made before the run was pooled with another positive class
-        now = metrics["binary"]["positive"]
+    now = pooled_positive(metrics)
+    if now:  # outputs made before the run was pooled with another positive class
         for e in external:
-            was = (e["metrics"].get("binary") or {}).get("positive")
+            was = pooled_positive(e["metrics"])
             if was not in (None, now):
                 e["stale"] = _stale(was, now, "medcad evaluate RUN --data on this set")
         if shortcut and shortcut.get("positive") not in (None, now):

@@ -23,7 +23,7 @@ from medcad.study.paired import paired_tests
 from medcad.study.protocol import Experiment, expand, slug
 from medcad.study.spec import StudySpec, load_study
 from medcad.targets import run_dataset
-from medcad.tasks import TASK_SETTINGS, positive_label
+from medcad.tasks import TASK_SETTINGS, pooled_positive, positive_label
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _jobs(
         run_dir = study_dir / "runs" / slug(e.name)
         if RunFolder(run_dir).metrics.is_file():
             m = json.loads(RunFolder(run_dir).metrics.read_text())
-            if (m.get("binary") or {}).get("positive") in (None, positive):
+            if pooled_positive(m) in (None, positive):
                 metrics[e.name] = m
                 continue
         train_domains = e.train_domains if several_domains and e.train_domains else None
