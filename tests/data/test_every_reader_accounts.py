@@ -526,3 +526,46 @@ def test_cvat_accounts_for_every_file(n, shape, strays) -> None:
         if "twice-undeclared" in strays:  # one listing refused: the image is left out whole
             assert "images/f0.jpg" not in set(m.table["image"]) and _named(m, "images/f0.jpg")
         _check(m, root, boxes, boxes)
+
+
+# --- nnU-Net's raw dataset (imagesTr/<case>_0000 + labelsTr/<case>, dataset.json, imagesTs/) ---------------------
+
+
+@EXAMPLES
+@given(
+    n=st.integers(2, 4),
+    cases=st.sampled_from(["case_{:03d}", "kidney_{}", "P{}_0001"]),  # a case name may itself end in digits
+    strays=st.lists(
+        st.sampled_from(["channel", "test-images", "label-without-image", "image-without-label", *UNRELATED]),
+        unique=True,
+    ),
+)
+def test_an_nnunet_dataset_accounts_for_every_file(n, cases, strays) -> None:
+    """Every file of an nnU-Net raw dataset is used or named: each case's image with its label, further channels
+    and imagesTs/ as not read, a label without an image as a problem; dataset.json is a source of the read."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root, masks = Path(tmp) / "Dataset001_Polyp", {}
+        for k in range(n):
+            case = cases.format(k)
+            save(root / "imagesTr" / f"{case}_0000.png", noise_image(k))
+            save(root / "labelsTr" / f"{case}.png", _mask(k))
+            masks[f"imagesTr/{case}_0000.png"] = k
+        if "channel" in strays:
+            save(root / "imagesTr" / f"{cases.format(0)}_0001.png", noise_image(20))
+        if "test-images" in strays:
+            save(root / "imagesTs" / f"{cases.format(9)}_0000.png", noise_image(21))
+        if "label-without-image" in strays:
+            save(root / "labelsTr" / f"{cases.format(7)}.png", _mask(7))
+        if "image-without-label" in strays:
+            save(root / "imagesTr" / f"{cases.format(8)}_0000.png", noise_image(8))
+        (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "polyp": 1}, "file_ending": ".png"}))
+        _unrelated(root, strays)
+        m = load_manifest(root)
+        assert m.layout == "images-masks", m.notes
+        if "channel" in strays:
+            assert _named(m, f"channel 0001 of nnU-Net case {cases.format(0)!r}")
+        if "test-images" in strays:
+            assert _named(m, "nnU-Net test image")
+        if "label-without-image" in strays:
+            assert _named(m, f"labelsTr/{cases.format(7)}.png")
+        _check(m, root, {}, masks)
