@@ -562,10 +562,10 @@ def test_an_nnunet_dataset_accounts_for_every_file(n, cases, strays) -> None:
         _unrelated(root, strays)
         m = load_manifest(root)
         assert m.layout == "images-masks", m.notes
-        if "channel" in strays:
-            assert _named(m, f"channel 0001 of nnU-Net case {cases.format(0)!r}")
-        if "test-images" in strays:
-            assert _named(m, "nnU-Net test image")
-        if "label-without-image" in strays:
-            assert _named(m, f"labelsTr/{cases.format(7)}.png")
+        said = {
+            "channel": f"channel 0001 of nnU-Net case {cases.format(0)!r}",
+            "test-images": "nnU-Net test image",
+            "label-without-image": f"labelsTr/{cases.format(7)}.png",
+        }
+        assert all(_named(m, text) for stray, text in said.items() if stray in strays), m.ledger
         _check(m, root, {}, masks)
