@@ -97,6 +97,7 @@ def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
 
     html = write_report(run).read_text()
     assert "Findings (multi-label)" in html and "exact match" in html
+    assert "images with each finding:\ndisc 16, square 16." in html  # beside the cells as written ('disc|square')
 
 
 def test_a_diverged_multilabel_epoch_scores_zero() -> None:
