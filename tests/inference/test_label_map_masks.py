@@ -136,3 +136,18 @@ def test_serve_rle_gives_each_lesion_class_its_coco_rle(sixteen_bit_run: tuple[P
         assert decoded.shape == mask.shape and np.array_equal(decoded == 1, mask == value), name
     lesion = rle_decode(rle["lesion_counts"], (rle["height"], rle["width"]))
     assert np.array_equal(lesion, mask > 0)
+
+
+def test_mask_values_no_png_holds_are_refused_before_any_file_is_written(
+    sixteen_bit_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A run whose mask values leave 0..65535 stops predict before its first file (it had stopped at the first
+    mask, after that image's overlay was written)."""
+    from medcad.inference.files import predict_image_files
+
+    run, data = sixteen_bit_run
+    predictor = load_predictor(run, fold=0, backend="torch-fp32")
+    predictor.class_values = (7, 70000)  # as a 32-bit TIFF label map's run would hold
+    with pytest.raises(MedcadError, match="mask values 7, 70000 cannot all be written"):
+        predict_image_files(predictor, [data / "images" / "case_000.png"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

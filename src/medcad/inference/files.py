@@ -13,6 +13,7 @@ import pandas as pd
 
 from medcad.data.manifest import atomic_write_text
 from medcad.errors import DataError
+from medcad.inference.outputs import check_png_values
 from medcad.inference.predictor import Predictor, split_frame
 from medcad.inference.uploads import prediction_warnings
 from medcad.runfolder import RunFolder
@@ -143,6 +144,7 @@ def predict_image_files(
     """
     if errors not in ("row", "raise"):
         raise ValueError(f"errors={errors!r}: use 'row' or 'raise'")
+    check_png_values(tuple(predictor.class_values or ()))  # before any file is written, not at the first mask
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "predictions.csv.partial"

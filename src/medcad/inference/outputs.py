@@ -30,6 +30,20 @@ NO_FINDING = "none"  # a multi-label image with no label at or above the thresho
 PNG_MAX = 65535  # the largest value a (16-bit) PNG mask holds
 
 
+def check_png_values(values: tuple[int, ...]) -> tuple[int, ...]:
+    """A label-map run's mask values, checked to fit a PNG mask (0..65535).
+
+    Raises:
+        MedcadError: a value below 0 or above 65535 (a signed or 32-bit TIFF label map).
+    """
+    if values and (min(values) < 0 or max(values) > PNG_MAX):
+        raise MedcadError(
+            f"the run's mask values {', '.join(map(str, values))} cannot all be written in a PNG mask, which holds "
+            f"0..{PNG_MAX}"
+        )
+    return values
+
+
 class Output:
     """One output of a model for one image. Subclasses set `key` (the `infer` dict's key) and implement
     `from_infer`, `decision`, `fields`, and where they have them `draw` and the video hooks."""
@@ -234,12 +248,7 @@ class LesionMask(Output):
         """
         if self.class_map is None:
             return self.lesion.astype(np.uint8) * 255
-        values = self.mask_values
-        if min(values) < 0 or max(values) > PNG_MAX:
-            raise MedcadError(
-                f"the run's mask values {', '.join(map(str, values))} cannot all be written in a PNG mask, which holds "
-                f"0..{PNG_MAX}"
-            )
+        values = check_png_values(self.mask_values)
         return np.array((0, *values), np.uint8 if max(values) <= 255 else np.uint16)[self.class_map]
 
     def decision(self) -> tuple[str, float]:
