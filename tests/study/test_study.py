@@ -429,6 +429,7 @@ def test_a_studys_positive_class_is_checked_before_anything_is_written_and_a_new
     study = write(tmp_path / "s.yaml", f"data: data\nprotocol: kfold\n{two}, positive: normal}}\nmodels: [{{name: m}}]")
     run = tmp_path / "out" / "runs" / "m"
     run.mkdir(parents=True)
-    for before, job in (("lesion", ["m"]), ("normal", [])):
+    for before, job, state in (("lesion", ["m"], "pools again"), ("normal", [], "finished")):
         (run / "metrics.json").write_text(json.dumps({"binary": {"positive": before}}))
         assert [j.name for j in prepare_study(study, tmp_path / "out", progress=False).jobs] == job
+        assert plan_study(study, out=tmp_path / "out")["runs"][0]["state"] == state  # --plan says it alike

@@ -104,7 +104,12 @@ def _print_plan(plan: dict) -> None:
     for i, r in enumerate(plan["runs"], 1):
         trains = r["train_domains"] if r["train_domains"] == "all" else " + ".join(r["train_domains"])
         init = f"; continues from {r['init']}" if r["init"] else ""
-        state = {"new": "", "resumes": " (begun: resumes with its saved settings)", "finished": " (finished: skipped)"}
+        state = {
+            "new": "",
+            "resumes": " (begun: resumes with its saved settings)",
+            "finished": " (finished: skipped)",
+            "pools again": " (finished: pooled again with the study's positive class, not trained)",
+        }
         typer.echo(f"{i:3d}. {r['name']}  [{r['step']}; trains on {trains}{init}] -> {r['run']}{state[r['state']]}")
         if r["settings"]:
             typer.echo(f"       own settings: {_settings_text(r['settings'])}")

@@ -260,7 +260,7 @@ def _say_positive_changed(folder: RunFolder, positive: str | None) -> None:
         "note: positive class %r, was %r: the run's figures are pooled again%s",
         positive,
         before,
-        f"; {', '.join(kept)} keep {before!r} until made again (medcad evaluate)" if kept else "",
+        f"; made with {before!r} before, until made again (medcad evaluate): {', '.join(kept)}" if kept else "",
     )
 
 

@@ -44,9 +44,13 @@ def _headline(m: dict) -> dict:
     return out
 
 
-def _state(run: RunFolder) -> str:
-    """A study's run as the next `medcad study` finds it: "finished" (skipped), "resumes" or "new"."""
-    return "finished" if run.metrics.is_file() else "resumes" if run.config.is_file() else "new"
+def _state(run: RunFolder, positive: str | None = None) -> str:
+    """A study's run as the next `medcad study` finds it: "finished" (skipped), "pools again" (finished, with its
+    figures pooled with another positive class than the study's `positive`: its folds are kept, its figures pooled
+    again), "resumes" or "new"."""
+    if run.metrics.is_file():
+        return "finished" if pooled_positive(json.loads(run.metrics.read_text())) in (None, positive) else "pools again"
+    return "resumes" if run.config.is_file() else "new"
 
 
 def _given(cfg: TrainConfig, than: TrainConfig) -> dict:
@@ -78,8 +82,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     domains = list(spec.domains or [])
     if manifest is not None and (domains or spec.protocol not in ("holdout", "kfold", "compare")):
         domains = _study_domains(spec, manifest)
-    if manifest is not None:
-        _study_positive(spec, base, manifest.labels)
+    positive = _study_positive(spec, base, manifest.labels) if manifest is not None else None
     study_dir = study_folder(spec, out)
     runs = []
     for e in expand(spec, domains):
@@ -96,7 +99,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
                 "train_domains": list(e.train_domains or []) or "all",
                 "init": e.init,
                 "run": f"runs/{slug(e.name)}",
-                "state": _state(RunFolder(run_dir)),
+                "state": _state(RunFolder(run_dir), positive),
                 "settings": _given(cfg, base),
                 "training": training,
                 "config": settled.to_dict(),  # as the run saves it, or saved it when it resumes
@@ -131,7 +134,12 @@ def _say_training(jobs: list) -> None:
     from medcad.engine.modules import schedule_note
 
     notes: dict[str, list[str]] = {}
+    again = [job.name for job in jobs if RunFolder(job.run_dir).metrics.is_file()]  # finished: a job to pool again
+    if again:
+        log.warning("note: %s: finished; pooled again with the study's positive class, not trained", ", ".join(again))
     for job in jobs:
+        if job.name in again:
+            continue
         settled = settled_settings(job.cfg, saved_settings(job.run_dir), job.init_dir)
         notes.setdefault(schedule_note(settled), []).append(job.name)
     for note, names in notes.items():
@@ -166,11 +174,9 @@ def _jobs(
     jobs, metrics = [], {}
     for e in exps:
         run_dir = study_dir / "runs" / slug(e.name)
-        if RunFolder(run_dir).metrics.is_file():
-            m = json.loads(RunFolder(run_dir).metrics.read_text())
-            if pooled_positive(m) in (None, positive):
-                metrics[e.name] = m
-                continue
+        if _state(RunFolder(run_dir), positive) == "finished":
+            metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
+            continue
         train_domains = e.train_domains if several_domains and e.train_domains else None
         init_dir = study_dir / "runs" / slug(e.init) if e.init else None
         cfg = base.replace(**e.model.settings)
