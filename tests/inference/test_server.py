@@ -469,6 +469,10 @@ def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path:
     assert "fold 1's model alone" in one["metrics_of"]
     own = {k: v for k, v in metrics["per_fold"][1].items() if k not in ("speed", "selected_stage")}
     assert one["fold_metrics"] == own
+    points = metrics["validated_operating_points"]  # the thresholds to cut predict's p_<positive> at, in the card
+    assert card["positive"] == one["positive"] == points["positive"] == "lesion"
+    assert card["operating_points"]["youden"] == pytest.approx(points["youden"]["ensemble_threshold"], nan_ok=True)
+    assert one["operating_points"]["youden"] == pytest.approx(points["youden"]["thresholds"]["1"], nan_ok=True)
     folds = json.loads((run / "splits.json").read_text())["folds"]
     assert card["trained_on"]["unseen_images"] == 0  # cross-validation: every image is in some fold's training part
     # as a holdout run: one fold whose test part no model saw

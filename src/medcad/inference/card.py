@@ -129,21 +129,44 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        card |= _one_fold(predictor, m)
+        card |= _one_fold(predictor, m) | _operating_points(predictor, m)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
     return card
 
 
+def _fold_of(predictor: Predictor) -> int | None:
+    """The fold whose model alone the predictor runs (`--fold k`, or a run of one fold), else None (an ensemble)."""
+    parent = Path(predictor.files[0]).parent.name if len(predictor.files) == 1 else ""
+    return int(parent.removeprefix("fold_")) if parent.startswith("fold_") else None
+
+
+def _operating_points(predictor: Predictor, m: dict) -> dict:
+    """A two-class run's positive class and the thresholds of its validated operating points on the scale predict
+    and serve answer on (temperature-scaled p_<positive>): the folds' mean for their ensemble, the fold's own for
+    one fold's model (they had been in the report alone)."""
+    v = m.get("validated_operating_points") or {}
+    if not v.get("scale"):  # older runs: thresholds on the probabilities before temperature scaling
+        return {}
+    k = _fold_of(predictor)
+    rules = {rule: o for rule, o in v.items() if isinstance(o, dict) and "thresholds" in o}
+    cut = {r: o["thresholds"].get(str(k)) if k is not None else o.get("ensemble_threshold") for r, o in rules.items()}
+    return {
+        "positive": v["positive"],
+        "operating_points": cut,
+        "operating_points_note": f"thresholds on p_{v['positive']} as predict and serve give it, each chosen by its "
+        "rule on validation data" + (f" by fold {k}'s model" if k is not None else "; the fold models' mean"),
+    }
+
+
 def _one_fold(predictor: Predictor, m: dict) -> dict:
     """For one fold's model of a run of several (`--fold k`): that the headline metrics are the run's (every fold
     model on its own test images, pooled), and the fold's own test figures (no CI) from metrics.json's per_fold."""
     folds = m.get("per_fold") or []
-    parent = Path(predictor.files[0]).parent.name if len(predictor.files) == 1 else ""
-    if len(folds) < 2 or not parent.startswith("fold_"):
+    k = _fold_of(predictor)
+    if len(folds) < 2 or k is None:
         return {}
-    k = int(parent.removeprefix("fold_"))
     own = next((f for f in folds if f.get("fold") == k), None)
     return {
         "metrics_of": f"the run's {len(folds)} fold models, each on its own test images, pooled; this server "

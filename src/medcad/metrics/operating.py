@@ -83,11 +83,12 @@ def validated_operating_points(
         seed: random seed.
 
     Returns:
-        {rule: {thresholds: {fold: t}, (ensemble) threshold, sensitivity: {value, ci95}, specificity: {value, ci95},
-        ppv, npv}}; a fold whose validation part holds one class has no threshold (nan) and is listed
-        (`folds_without_threshold`): its test rows are left out of the figures (they had been scored as all
-        negative: sensitivity 0, specificity 1, with CIs of width 0), or it is left out of the ensemble's mean;
-        with no fold left, every figure is None. CIs hold the thresholds fixed.
+        {rule: {thresholds: {fold: t}, the ensemble's threshold (the folds' mean: `threshold` for new data,
+        `ensemble_threshold` beside the folds' own; what predict and serve cut the ensemble's score at),
+        sensitivity: {value, ci95}, specificity: {value, ci95}, ppv, npv}}; a fold whose validation part holds one
+        class has no threshold (nan) and is listed (`folds_without_threshold`): its test rows are left out of the
+        figures (they had been scored as all negative: sensitivity 0, specificity 1, with CIs of width 0), or it is
+        left out of the ensemble's mean; with no fold left, every figure is None. CIs hold the thresholds fixed.
 
     Raises:
         ValueError: a row's fold has no validation predictions.
@@ -105,9 +106,9 @@ def validated_operating_points(
     for rule, thr in thresholds.items():
         if without:
             out[rule]["folds_without_threshold"] = without
-        if folds is None:
-            chosen = [t for t in thr.values() if not np.isnan(t)]
-            out[rule]["threshold"] = float(np.mean(chosen)) if chosen else float("nan")
+        chosen = [t for t in thr.values() if not np.isnan(t)]
+        mean = float(np.mean(chosen)) if chosen else float("nan")  # where the ensemble of the folds cuts
+        out[rule]["threshold" if folds is None else "ensemble_threshold"] = mean
     if folds is None:
         cuts = {rule: np.full(len(s), o["threshold"]) for rule, o in out.items() if not np.isnan(o["threshold"])}
     else:
