@@ -93,8 +93,12 @@ def settled_settings(
       smp's widths).
     - `freeze_stride` None: the stride of the run it resumes, else the task's default (`tasks.freeze_stride`). A run
       continuing from another run's models takes today's default: the freeze is a recipe, not part of the model.
+    - `positive` None: the positive class of the run it resumes, if it was given one (a resume without
+      `--positive` had pooled a run made with `--positive benign` again with the default class).
     """
     unset_widths = cfg.decoder_channels == "auto"
+    if cfg.positive is None and resumed is not None and resumed.positive is not None:
+        cfg = replace(cfg, positive=resumed.positive)
     if cfg.freeze_stride is None:
         cfg = replace(cfg, freeze_stride=freeze_stride(cfg) if resumed is None else resumed.freeze_stride)
     made = resumed or (saved_settings(init_run) if unset_widths else None)

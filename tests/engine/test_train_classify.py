@@ -667,6 +667,8 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     assert again["binary"]["at_0.5"]["sensitivity"]["value"] == pytest.approx(at["specificity"]["value"])
     assert again["binary"]["auc"]["value"] == pytest.approx(m["binary"]["auc"]["value"])
     assert json.loads((run / "config.json").read_text())["positive"] == "hyperplastic"
+    resumed = train_run(easy_set, run, renamed, progress=False)  # the same command without --positive: kept
+    assert resumed["binary"]["positive"] == "hyperplastic"
     from medcad.report.html import write_report
 
     html = write_report(run, gallery=False).read_text().replace("&#39;", "'")

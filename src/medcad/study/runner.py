@@ -180,6 +180,8 @@ def _jobs(
         train_domains = e.train_domains if several_domains and e.train_domains else None
         init_dir = study_dir / "runs" / slug(e.init) if e.init else None
         cfg = base.replace(**e.model.settings)
+        if positive is not None and cfg.task in TASK_SETTINGS["positive"]:
+            cfg = cfg.replace(positive=positive)  # the study's, named: a run it resumes keeps no other
         jobs.append(
             RunJob(e.name, run_dir, cfg, Path(spec.data).resolve(), splits_path, folds, train_domains, e.init, init_dir)
         )
