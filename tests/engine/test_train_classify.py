@@ -643,6 +643,9 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     m = train_run(easy_set, run, renamed.replace(positive="Adenoma"), progress=False)  # matched without case
     assert m["binary"]["positive"] == "adenoma"
     assert m["validated_operating_points"]["positive"] == "adenoma"
+    sizes = m["validated_operating_points"]["validation_images"]  # adenoma / the rest in each fold's validation part
+    assert set(sizes) == {"0", "1"} and all(a + b >= 2 for a, b in sizes.values())
+    assert "fewer than 10 validation images" in m["validated_operating_points"]["few_validation"]  # 24 images
     c = m["confusion_matrix"]["labels"].index("adenoma")
     n_adenoma = sum(m["confusion_matrix"]["matrix"][c])
     at = m["binary"]["at_0.5"]

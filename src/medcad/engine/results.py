@@ -102,6 +102,7 @@ def with_identity(pred: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     return out
 
 
+FEW_VALIDATION = 10  # validated thresholds chosen on fewer positive (or negative) validation images are said
 LISTED_MIN_SCORE = 0.05  # a run's predictions.csv lists each test image's detections from this score on
 
 
@@ -407,7 +408,14 @@ def class_operating_points(
     def points(c: int, one_vs_rest: bool) -> dict:
         fold_val = {f: (v[0] == c, v[1][:, c]) for f, v in val.items()}
         found = validated_operating_points(y == c, probs[:, c], fold, fold_val, groups=groups)
-        return {"positive": labels[c], "one_vs_rest": one_vs_rest, **about, **found}
+        # how many images of each side chose each fold's thresholds (a few had chosen them without a word)
+        sizes = {str(f): [int(yv.sum()), int((~yv).sum())] for f, (yv, _) in fold_val.items()}
+        few = min((min(n) for n in sizes.values()), default=0) < FEW_VALIDATION
+        return {"positive": labels[c], "one_vs_rest": one_vs_rest, **about, **found, "validation_images": sizes} | (
+            {"few_validation": f"a fold's thresholds were chosen on fewer than {FEW_VALIDATION} validation images of "
+             "a side: they may move with one image (more folds' data, or --val-fraction, gives them more)"}
+            if few else {}
+        )  # fmt: skip
 
     if len(labels) == 2:
         return {"validated_operating_points": points(labels.index(positive_label(labels, positive)), False)}

@@ -305,6 +305,8 @@ def _print_validated(c: Console, m: dict) -> None:
         c.print(t)
         if fixed:
             c.print(v["note"])
+        if v.get("few_validation"):
+            c.print(f"note: {v['few_validation']}")
         without = (v.get("youden") or {}).get("folds_without_threshold")
         if without:
             c.print(

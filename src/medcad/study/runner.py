@@ -88,7 +88,7 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     for e in expand(spec, domains):
         cfg = base.replace(**e.model.settings)
         run_dir = study_dir / "runs" / slug(e.name)
-        settled = _settled(e, study_dir, base)
+        settled = _settled(e, study_dir, base, positive)
         training = schedule_lines(settled)
         if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
             training[0] = f"stage 1: none (the head continues from {e.init}'s fold models)"
@@ -121,11 +121,18 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     }
 
 
-def _settled(e: Experiment, study_dir: Path, base: TrainConfig) -> TrainConfig:
-    """The settings experiment `e` of a study trains with (`medcad.run.settled_settings`): the study's, its model's
-    own, and those its run folder keeps when it resumes."""
+def _run_settings(e: Experiment, base: TrainConfig, positive: str | None) -> TrainConfig:
+    """The settings a study gives experiment `e`'s run: the study's, its model's own, and the study's positive class
+    by name (`_study_positive`: a run it resumes keeps no other)."""
+    cfg = base.replace(**e.model.settings)
+    return cfg.replace(positive=positive) if positive is not None and cfg.task in TASK_SETTINGS["positive"] else cfg
+
+
+def _settled(e: Experiment, study_dir: Path, base: TrainConfig, positive: str | None = None) -> TrainConfig:
+    """The settings experiment `e` of a study trains with (`medcad.run.settled_settings`): `_run_settings`, and
+    those its run folder keeps when it resumes."""
     init = study_dir / "runs" / slug(e.init) if e.init else None
-    return settled_settings(base.replace(**e.model.settings), saved_settings(study_dir / "runs" / slug(e.name)), init)
+    return settled_settings(_run_settings(e, base, positive), saved_settings(study_dir / "runs" / slug(e.name)), init)
 
 
 def _say_training(jobs: list) -> None:
@@ -179,9 +186,7 @@ def _jobs(
             continue
         train_domains = e.train_domains if several_domains and e.train_domains else None
         init_dir = study_dir / "runs" / slug(e.init) if e.init else None
-        cfg = base.replace(**e.model.settings)
-        if positive is not None and cfg.task in TASK_SETTINGS["positive"]:
-            cfg = cfg.replace(positive=positive)  # the study's, named: a run it resumes keeps no other
+        cfg = _run_settings(e, base, positive)
         jobs.append(
             RunJob(e.name, run_dir, cfg, Path(spec.data).resolve(), splits_path, folds, train_domains, e.init, init_dir)
         )
