@@ -151,3 +151,20 @@ def test_mask_values_no_png_holds_are_refused_before_any_file_is_written(
     with pytest.raises(MedcadError, match="mask values 7, 70000 cannot all be written"):
         predict_image_files(predictor, [data / "images" / "case_000.png"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_refuses_a_png_mask_its_values_do_not_fit_and_answers_rle(
+    sixteen_bit_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A run whose mask values leave 0..65535 (a signed or 32-bit TIFF label map): serve's PNG mask is refused with
+    422 and the way that works (it had been a 500 after the prediction), ?mask=rle answers, the card says why."""
+    run, data = sixteen_bit_run
+    predictor = load_predictor(run, fold=0, backend="torch-fp32")
+    predictor.class_values = (7, 70000)
+    image = (data / "images" / "case_000.png").read_bytes()
+    with TestClient(create_app(predictor)) as client:
+        assert "cannot all be written in a PNG mask" in client.get("/model").json()["mask_png_refused"]
+        res = client.post("/predict", files={"file": ("a.png", image, "image/png")})
+        assert res.status_code == 422 and "ask ?mask=rle" in res.text
+        res = client.post("/predict?mask=rle", files={"file": ("a.png", image, "image/png")})
+        assert res.status_code == 200 and set(res.json()["mask"]["per_class"]) == {"benign", "malignant"}

@@ -197,7 +197,7 @@ def predict_router(state: ServeState) -> APIRouter:
         {"value": its mask value, "coco_rle": COCO's compressed RLE of its pixels, for `pycocotools.mask.decode`}}).
         """
         try:
-            _check_query(mask, format, gradcam, state.explain is not None)
+            _check_query(mask, format, gradcam, state.explain is not None, state.card.get("mask_png_refused"))
             upload = await _read_image(request, state, frame, format == "dicom")
             fut = state.batcher.submit((upload.rgb, gradcam))
         except UploadError as e:
@@ -258,10 +258,13 @@ def video_router(state: ServeState) -> APIRouter:
     return router
 
 
-def _check_query(mask: str, format: str, gradcam: bool, can_explain: bool) -> None:
-    """Refuse /predict's unknown options (400) before reading the upload."""
+def _check_query(mask: str, format: str, gradcam: bool, can_explain: bool, png_refused: str | None = None) -> None:
+    """Refuse /predict's unknown options (400) before reading the upload, and a PNG mask a model's mask values do
+    not fit (`png_refused`, the model card's reason: 422; it had been a 500 after the prediction)."""
     if mask not in MASK_FORMATS:
         raise UploadError(400, f"mask={mask!r}: use one of {', '.join(MASK_FORMATS)}")
+    if mask == "png" and format == "json" and png_refused:
+        raise UploadError(422, f"{png_refused}: ask ?mask=rle")
     if format not in ("json", "dicom"):
         raise UploadError(400, f"format={format!r}: use json or dicom")
     if gradcam and not can_explain:

@@ -39,6 +39,7 @@ from medcad.inference.batcher import Batcher
 from medcad.inference.card import model_card
 from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import BodyLimit
+from medcad.inference.outputs import check_png_values
 from medcad.inference.predictor import Predictor
 from medcad.inference.responses import data_url
 from medcad.inference.routes import (
@@ -109,6 +110,10 @@ def _start(predictor: Predictor, opts: ServeOptions, explain: Callable | None) -
     """The temporary folder, the model card, the image queue and the video jobs of a new app."""
     workdir = Path(tempfile.mkdtemp(prefix="medcad-serve-"))
     card = model_card(predictor)
+    try:
+        check_png_values(tuple(predictor.class_values or ()))
+    except MedcadError as e:  # a signed or 32-bit label map's values: ?mask=rle still answers
+        card["mask_png_refused"] = str(e)
     run_batch = _batch_runner(predictor, explain, opts.workers > 1)
     batcher = Batcher(run_batch, opts.max_queue, opts.max_batch, opts.workers)
     jobs = VideoJobs(predictor, workdir, opts.limits, opts.max_jobs)
