@@ -20,7 +20,7 @@ from medcad.data.datasets import cached_masks, check_mask_content
 from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
 from medcad.data.manifest import LABEL_SEPARATORS, Manifest
 from medcad.errors import DataError
-from medcad.tasks import get_task, positive_from_names, positive_label, says_no_finding, split_labels
+from medcad.tasks import get_task, positive_from_names, run_positive, says_no_finding, split_labels
 
 
 @dataclass(frozen=True)
@@ -174,14 +174,12 @@ def load_targets(
                 f"{manifest.keys[unknown.index[0]]}: {unknown.iat[0]!r})",
             )
     y = label_targets(manifest, cfg.task, list(labels))
-    positive = None
-    if "labels" in task.targets and task.label_kind != "multi" and (len(labels) == 2 or cfg.positive is not None):
-        positive = positive_label(list(labels), cfg.positive)
-        if cfg.positive is None and positive_from_names(list(labels)) is None:
-            manifest.notes.append(
-                f"positive class {positive!r} (its sensitivity, ROC and operating points): neither class reads as no "
-                f"finding or benign, so the last label; the positive setting (--positive) names the other"
-            )
+    positive = run_positive(cfg.task, list(labels), cfg.positive)
+    if positive is not None and cfg.positive is None and positive_from_names(list(labels)) is None:
+        manifest.notes.append(
+            f"positive class {positive!r} (its sensitivity, ROC and operating points): neither class reads as no "
+            f"finding or benign, so the last label; the positive setting (--positive) names the other"
+        )
     return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes, positive=positive)
 
 
@@ -215,26 +213,27 @@ def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
     if "labels" not in kind.targets:
         return labels or ["lesion"]
     if kind.label_kind == "multi":
-        labels = sorted({lab for v in manifest.table["label"] for lab in split_labels(v)})
-        said = Counter(x for v in manifest.table["label"] for x in LABEL_SEPARATORS.split(str(v)) if says_no_finding(x))
+        cells = [str(v) for v in manifest.table["label"]]
+        parts = [LABEL_SEPARATORS.split(v) for v in cells]  # each cell split once (112 k cells in ChestX-ray14)
+        found = [split_labels(v) for v in cells]
+        labels = sorted({lab for f in found for lab in f})
+        said = Counter(x for p in parts for x in p if says_no_finding(x))
         if said:
             named = ", ".join(f"{x!r} ({n} image{'s' * (n > 1)})" for x, n in sorted(said.items()))
             manifest.notes.append(f"multi-label cells {named} read as no finding, not as a label")
-        both = [v for v in manifest.table["label"] if split_labels(v) and any(
-            says_no_finding(x) for x in LABEL_SEPARATORS.split(str(v)))]  # fmt: skip
+        both = [v for v, f, p in zip(cells, found, parts, strict=True) if f and any(says_no_finding(x) for x in p)]
         if both:
             manifest.notes.append(
                 f"{len(both)} cell(s) name findings beside no finding (e.g. {both[0]!r}): read as their findings"
             )
         if len(labels) < 2:
             raise DataError(source, f"{task} needs at least two labels over the images, found {labels or 'none'}")
-        cells = manifest.table["label"].astype(str).str.strip()
-        if (cells == "").any():
+        empty = [i for i, v in enumerate(cells) if not v.strip()]
+        if empty:
             manifest.notes.append(
-                f"{int((cells == '').sum())} image(s) with an empty label cell read as no finding (e.g. "
-                f"{manifest.keys[int(np.flatnonzero(cells.to_numpy() == '')[0])]})"
+                f"{len(empty)} image(s) with an empty label cell read as no finding (e.g. {manifest.keys[empty[0]]})"
             )
-        everywhere = [lab for lab in labels if all(lab in split_labels(v) for v in manifest.table["label"])]
+        everywhere = sorted(set.intersection(*(set(f) for f in found))) if found else []
         if everywhere:
             manifest.notes.append(
                 f"label(s) {', '.join(everywhere)} in every image: nothing to tell apart, no AUC (left out of the "

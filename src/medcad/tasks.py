@@ -243,6 +243,18 @@ def positive_label(labels: list[str], chosen: str | None = None) -> str:
     return positive_from_names(labels) or labels[-1]
 
 
+def run_positive(task: str, labels: list[str], chosen: str | None = None) -> str | None:
+    """The positive class of a run of `task` with class `labels` (`positive_label`): for the tasks that read the
+    `positive` setting (`TASK_SETTINGS`) with two labels or a chosen class; else None.
+
+    Raises:
+        ConfigError: as `positive_label`.
+    """
+    if task not in TASK_SETTINGS["positive"] or (len(labels) != 2 and chosen is None):
+        return None
+    return positive_label(labels, chosen)
+
+
 def positive_from_names(labels: list[str]) -> str | None:
     """Of two labels, the finding beside its negation (`reference_label`) or beside benign; None when the names do
     not say (two findings, e.g. adenoma and hyperplastic) or for other than two labels."""

@@ -70,8 +70,8 @@ def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> 
 
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
-    if further_channel(path):
-        return further_channel(path)
+    if channel := further_channel(path):
+        return channel
     if (suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
         return "an nnU-Net test image (imagesTs/: no label): `medcad predict` or `evaluate --data` with labels"
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:

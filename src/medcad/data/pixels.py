@@ -11,10 +11,9 @@ import numpy as np
 
 
 def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float = 0.0) -> np.ndarray:
-    """uint8 from any array: 8-bit as is; integers from low..low + full_scale (default: the dtype's range, 0..65535
-    for wider types; data with values below 0 or above 65535 from its own min..max, as floats outside [0, 1];
-    `integer_scale` gives a range that outliers do not decide), values outside it clipped; floats in [0, 1] times
-    255, other floats from their own min..max."""
+    """uint8 from any array: 8-bit as is; integers from low..low + full_scale (`integer_scale` gives the range of
+    16-bit and wider data; default: the dtype's range, 0..65535 for wider types; signed data below 0 from its own
+    min..max), values outside it clipped; floats in [0, 1] times 255, other floats from their own min..max."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -28,10 +27,10 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float 
             info = np.iinfo(arr.dtype)
             # PIL gives 16-bit PNG/TIFF as uint16 or as int32 ("I" mode) holding 0..65535
             full_scale = 65535.0 if arr.dtype.itemsize >= 2 and info.min <= 0 < 65535 <= info.max else info.max
-            if arr.size and (arr.min() < 0 or arr.max() > 65535):  # beyond 16 bits: its own range, as floats are
-                lo = int(arr.min())  # subtracted exactly: float32 holds 24 bits, these values up to 32
-                a = (arr.astype(np.int64) - lo).astype(np.float32)
-                full_scale = max(float(int(arr.max()) - lo), 1.0)
+            if arr.size and arr.min() < 0:  # signed data below 0 (int8: wider types go through `integer_scale`)
+                lo = float(a.min())
+                a -= lo
+                full_scale = max(float(a.max()), 1.0)
         else:
             lo, hi = float(a.min()), float(a.max())
             if lo >= 0 and hi <= 1:

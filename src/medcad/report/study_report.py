@@ -33,9 +33,10 @@ def collect_study(study: Path) -> dict:
         raise DataError(path, f"a path it holds cannot be read: {e}") from e
     splits = load_splits(s["splits"])
     s["split_info"] = {k: splits.get(k) for k in ("n_folds", "method", "group_by")}
+    metrics = {r["name"]: json.loads(RunFolder(Path(r["run"])).metrics.read_text()) for r in s["runs"]}  # read once
     for r in s["runs"]:
         r["href"] = os.path.relpath(RunFolder(Path(r["run"])).report, study)
-        m = json.loads(RunFolder(Path(r["run"])).metrics.read_text())
+        m = metrics[r["name"]]
         r["n"] = m.get("n") or m.get("n_images") or (m.get("segmentation") or {}).get("n_images")
         r["evaluation"] = m.get("evaluation")
         r["n_by_domain"] = {d: v.get("n") for d, v in (m.get("by_domain") or {}).items()}
@@ -46,7 +47,6 @@ def collect_study(study: Path) -> dict:
     )
     bars = {r["name"]: (r[key]["value"], *(r[key].get("ci95") or [None, None])) for r in s["runs"] if r.get(key)}
     figures = {"bars": png_data_uri(plots.bars_png(bars, f"{title} per run (95 % CI)", title)), "roc_domains": {}}
-    metrics = {r["name"]: json.loads(RunFolder(Path(r["run"])).metrics.read_text()) for r in s["runs"]}
     positive = metrics_positive(next(iter(metrics.values()), {}), s["labels"])  # the study's runs share settings
     for d in s.get("domains") or []:
         curves, aucs = {}, {}

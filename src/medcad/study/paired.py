@@ -11,13 +11,18 @@ import pandas as pd
 from medcad.data.splits import row_groups
 from medcad.runfolder import RunFolder
 from medcad.study.protocol import Experiment, compared_pairs, slug
-from medcad.tasks import metrics_positive
+from medcad.tasks import positive_label
 
 DETECTION_TESTS = ("ap50", "map", "f1", "frame_accuracy")  # a pair of detectors' tests (F1, frames: IoU 0.5)
 
 
 def paired_tests(
-    study_dir: Path, exps: list[Experiment], labels: list[str], groups_of: dict, domain_of: dict
+    study_dir: Path,
+    exps: list[Experiment],
+    labels: list[str],
+    groups_of: dict,
+    domain_of: dict,
+    positive: str | None = None,
 ) -> list[dict]:
     """Paired tests between the runs `compared_pairs` names, on the same test images (of its domain, when it names one),
     with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
@@ -25,7 +30,8 @@ def paired_tests(
     AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired cluster
     bootstrap of AP50, mAP, F1 and frame accuracy where they detect boxes (`paired_detections`). p-values are
     Holm-adjusted over the study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's
-    dataset), for the pairs compared on one domain's test images."""
+    dataset), for the pairs compared on one domain's test images. `positive`: the study's positive class of two
+    labels (`runner._study_positive`; None: `positive_label`'s choice)."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
@@ -34,9 +40,7 @@ def paired_tests(
         for e in exps
     }
     out = []
-    first = RunFolder(study_dir / "runs" / slug(exps[0].name)).metrics if exps else None
-    metrics = json.loads(first.read_text()) if first is not None and first.is_file() else {}
-    positive = metrics_positive(metrics, labels) if len(labels) == 2 else None  # the runs share the study's settings
+    positive = (positive or positive_label(labels)) if len(labels) == 2 else None  # the study's, its runs' too
     detections: dict = {}  # each detector run's, read once
     for ea, eb, domain in compared_pairs(exps):
         a = preds[ea.name].set_index("image")
@@ -130,7 +134,6 @@ def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: 
 
 def _score_threshold(run: Path) -> float:
     """The score threshold a detector run's metrics decided at (its metrics.json; the default where absent)."""
-    import json
 
     from medcad.metrics.detection import SCORE_THRESHOLD
 

@@ -23,7 +23,7 @@ from medcad.study.paired import paired_tests
 from medcad.study.protocol import Experiment, expand, slug
 from medcad.study.spec import StudySpec, load_study
 from medcad.targets import run_dataset
-from medcad.tasks import TASK_SETTINGS, pooled_positive, positive_label
+from medcad.tasks import TASK_SETTINGS, pooled_positive, run_positive
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ class PreparedStudy:
     jobs: list[RunJob]
     metrics: dict[str, dict]
     domain_of: dict[str, str]  # each image key's domain ("" without)
+    positive: str | None = None  # the positive class its two-class runs pool with (`_study_positive`)
 
 
 def _study_domains(spec: StudySpec, manifest) -> list[str]:
@@ -235,8 +236,8 @@ def _study_positive(spec: StudySpec, base: TrainConfig, labels: list[str]) -> st
     found = {}
     for m in spec.models:
         cfg = base.replace(**m.settings)
-        if cfg.task in TASK_SETTINGS["positive"] and (len(labels) == 2 or cfg.positive is not None):
-            found[m.name] = positive_label(labels, cfg.positive)
+        if (positive := run_positive(cfg.task, labels, cfg.positive)) is not None:
+            found[m.name] = positive
     if len(set(found.values())) > 1:
         named = ", ".join(f"{name}: {p}" for name, p in found.items())
         raise ConfigError(f"positive: the study's models name different positive classes ({named}); give one")
@@ -280,7 +281,7 @@ def prepare_study(
     _say_mixed_strides(exps, study_dir, base)
     domain_of = dict(zip(manifest.keys, manifest.table["domain"].astype(str), strict=True))
     return PreparedStudy(
-        spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics, domain_of
+        spec, study_dir, base, manifest.labels, domains, splits_path, folds, exps, jobs, metrics, domain_of, positive
     )
 
 
@@ -358,7 +359,7 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
         "domains": domains,
         "splits": os.path.relpath(splits_path, study.study_dir),
         "runs": rows,
-        "paired_tests": paired_tests(study.study_dir, study.exps, labels, groups, study.domain_of),
+        "paired_tests": paired_tests(study.study_dir, study.exps, labels, groups, study.domain_of, study.positive),
         "multiplicity": "Holm over every paired test of the study (p_holm beside each raw p_value)",
         "seconds_this_session": seconds,
     }
