@@ -113,7 +113,7 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
         if p not in counted:
             try:
                 if is_dicom(p):
-                    counted[p] = (list(range(dicom_frames(p))), "frame", [])
+                    counted[p] = (range(dicom_frames(p)), "frame", [])  # `in` a range: no scan per row
                 else:
                     pages, thumbnails = image_pages(p)
                     counted[p] = (pages, "page", thumbnails)
@@ -132,7 +132,7 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
         frames, what, thumbnails = counted[p]
         n = len(frames)
         if named in (None, ""):
-            out += [dict(row, frame=k) for k in frames] if n > 1 or frames != [0] else [row]
+            out += [dict(row, frame=k) for k in frames] if n != 1 or frames[0] != 0 else [row]
             continue
         text = str(named).strip()
         k = int(float(text)) if text.replace(".", "", 1).isdigit() and float(text).is_integer() else None

@@ -37,6 +37,7 @@ from medcad.engine.modules import (
     multilabel_val_score,
     val_score,
 )
+from medcad.engine.resume import BEST
 from medcad.errors import ConfigError
 from medcad.models.classifier import freeze_backbone
 from medcad.models.predict import run_batched
@@ -200,7 +201,7 @@ class ClassifyHooks(FoldHooks):
         else:
             model.train()
             module = self._stage_module(stage, model, normalize, data, parts)
-        best = folder / "best.ckpt"
+        best = folder / BEST
         if (folder / "done").is_file() and best.is_file():
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
             return

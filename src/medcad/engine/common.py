@@ -15,7 +15,7 @@ import torch
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
-from medcad.engine.resume import BEST, Resume, ResumePoint, StopAtStep, clear_fit, restore_best
+from medcad.engine.resume import BEST, LAST, Resume, ResumePoint, StopAtStep, clear_fit, restore_best
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
@@ -176,7 +176,7 @@ def make_trainer(
     # best.ckpt: the weights only (what the fold loads), a third of the bytes per improvement; last.ckpt: the
     # resume point (`engine.resume`), written after an epoch when it is worth its cost and after the final epoch
     folder = fold.checkpoints(stage)
-    resumed = Resume.read(folder / "last.ckpt") if resumable else None
+    resumed = Resume.read(folder / LAST) if resumable else None
     if is_primary():
         where = f"{fold.path.name} {stage}"  # fold_<k> stage2
         if resumed:
@@ -195,7 +195,7 @@ def make_trainer(
         strategy=compute.strategy,
         max_epochs=max_epochs,
         precision=precision or compute.precision,
-        callbacks=[ckpt, *([ResumePoint(folder / "last.ckpt")] if resumable else []), early, RankSeeds(), StopAtStep()],
+        callbacks=[ckpt, *([ResumePoint(folder / LAST)] if resumable else []), early, RankSeeds(), StopAtStep()],
         logger=make_loggers(fold, stage, run.cfg, resumed) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),
@@ -246,7 +246,7 @@ def train_stage(
         precision = fit_precision(run, module, loaders[0])
         trainer, ckpt = make_trainer(run, fold, stage, max_epochs, monitor, "max", patience, progress, precision)
         trainer.callbacks.extend(callbacks)
-        last = fold.checkpoints(stage) / "last.ckpt"
+        last = fold.checkpoints(stage) / LAST
         fit(trainer, module, *loaders, ckpt_path=last if last.is_file() else None)
     best = ckpt.best_model_path or (str(last) if last.is_file() else "")
     if load_best and best:

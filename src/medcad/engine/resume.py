@@ -72,7 +72,7 @@ class ResumePoint(Checkpoint):
         self.epochs.append(trainer.current_epoch)
 
 
-BEST, BEST_AT_RESUME = "best.ckpt", "best.at-resume.ckpt"
+BEST, BEST_AT_RESUME, LAST = "best.ckpt", "best.at-resume.ckpt", "last.ckpt"  # a fit's checkpoint files
 
 
 def _link_best(folder: Path) -> None:
