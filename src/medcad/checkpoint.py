@@ -7,12 +7,12 @@ A model file holds {"format", "config" (the run's TrainConfig), "labels", "data_
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from medcad.atomic import atomic_path
 from medcad.config import TrainConfig
 from medcad.errors import ConfigError, DataError
 from medcad.runfolder import FoldFolder, RunFolder
@@ -32,20 +32,19 @@ def save_model(
 
     `temperature` (fitted on the fold's validation part) divides the class logits of predictors and exports;
     `decision` holds the frame-level decision fitted on the same part (masks: "frame_score", "min_frame_score")."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(
-        {
-            "format": get_task(cfg.task).model_format,
-            "config": cfg.to_dict(),
-            "labels": labels,
-            "data_config": data_config,
-            "state_dict": model.state_dict(),
-            **({"temperature": float(temperature)} if temperature is not None else {}),
-            **({"decision": dict(decision)} if decision else {}),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "format": get_task(cfg.task).model_format,
+                "config": cfg.to_dict(),
+                "labels": labels,
+                "data_config": data_config,
+                "state_dict": model.state_dict(),
+                **({"temperature": float(temperature)} if temperature is not None else {}),
+                **({"decision": dict(decision)} if decision else {}),
+            },
+            tmp,
+        )
 
 
 def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:

@@ -46,7 +46,7 @@ def _lesion_vs_normal(manifest_csv: Path) -> None:
     """The urinary design is lesion vs no lesion: merge benign and malignant into `lesion` (atomically)."""
     import pandas as pd
 
-    from medcad.data.manifest import atomic_write_text
+    from medcad.atomic import atomic_write_text
 
     table = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     table["label"] = table["label"].where(table["label"] == "normal", "lesion")

@@ -424,7 +424,7 @@ def test_results_are_written_readable_as_other_files(tmp_path: Path) -> None:
     """CSV and JSON results had mkstemp's owner-only 0600 while the images beside them were 0644."""
     import os
 
-    from medcad.data.manifest import atomic_write_text
+    from medcad.atomic import atomic_write_text
 
     atomic_write_text(tmp_path / "predictions.csv", "image\n")
     (tmp_path / "plain.csv").write_text("image\n")

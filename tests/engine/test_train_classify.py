@@ -258,10 +258,15 @@ def test_a_fit_resumed_before_its_best_epoch_keeps_the_best_weights_of_that_resu
     """Killed after a better epoch than its last resume point, a fit resumes with best.ckpt as it was at that
     resume point: the weights it keeps are never those of epochs it then trains again, whose scores its records
     do not hold. (With resume points written less often than best.ckpt, the gap can be many epochs.)"""
+    import tempfile
+
     from medcad.engine import resume
 
     monkeypatch.setattr(resume, "CHEAP_WRITE_S", 0.0)
     monkeypatch.setattr(resume, "WRITE_SHARE", 1e-12)
+    # no checkpoint goes through $TMPDIR: Lightning's own writer staged them there and, where that was another
+    # filesystem than the run folder (/dev/shm here), copied best.ckpt over its hard-linked snapshot in place
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
 
     class Killed(Exception):
         pass

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medcad import usable_cores
+from medcad.atomic import atomic_path
 from medcad.data.cache import cache_dir
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image
@@ -100,10 +101,8 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
         more = f" (and {len(errors) - 1} more: {', '.join(others)}; `medcad data audit` lists unreadable images)"
         more = more if len(errors) > 1 else ""
         raise DataError(first.path, f"{first.problem}{more}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, out)
     return np.load(path, mmap_mode="r")
 
 

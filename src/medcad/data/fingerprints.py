@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medcad.atomic import atomic_write_text
 from medcad.data.cache import cache_dir
 from medcad.data.io import read_image
-from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 
 THUMB = 32

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.atomic import atomic_write_text
+from medcad.data.manifest import Manifest
 from medcad.errors import DataError
 from medcad.runfolder import RunFolder
 

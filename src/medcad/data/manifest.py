@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.atomic import atomic_write_text
 from medcad.data.ledger import Ledger
 from medcad.data.media import FRAME_SEP
 from medcad.errors import ConfigError, DataError
 
-_UMASK = os.umask(0)  # read once, at import: setting it back and forth later would race with other threads
-os.umask(_UMASK)
 COLUMNS = ("image", "frame", "label", "patient", "domain", "subgroup", "mask", "boxes")
 MASK_SEP = "|"
 
@@ -161,23 +159,6 @@ class Manifest:
         out["mask"] = out["mask"].map(lambda m: MASK_SEP.join(rebase(p) for p in m.split(MASK_SEP)) if m else "")
         atomic_write_text(path, out.to_csv(index=False))
         return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to a temp file in the same folder, then rename it over `path`; the file gets the permissions any
-    new file gets (0666 less the umask, as `open` gives), not mkstemp's owner-only 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, 0o666 & ~_UMASK)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_table(rows: list[dict]) -> pd.DataFrame:

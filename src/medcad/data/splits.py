@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.atomic import atomic_write_text
+from medcad.data.manifest import Manifest
 from medcad.errors import ConfigError, DataError
 
 SPLITS_VERSION = 1

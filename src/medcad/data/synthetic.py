@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medcad.data.manifest import atomic_write_text
+from medcad.atomic import atomic_write_text
 
 LABELS = ("normal", "benign", "malignant")
 LABEL_SHARES = (0.40, 0.35, 0.25)

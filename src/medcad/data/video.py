@@ -22,9 +22,9 @@ import av
 import cv2
 import numpy as np
 
+from medcad.atomic import atomic_write_text
 from medcad.data.frames import DecodeReport, DroppedFrame, Frame
 from medcad.data.io import is_dicom
-from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

@@ -15,7 +15,16 @@ import torch
 from medcad.allocator import keep_freed_memory
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
-from medcad.engine.resume import BEST, LAST, Resume, ResumePoint, StopAtStep, clear_fit, restore_best
+from medcad.engine.resume import (
+    BEST,
+    LAST,
+    CheckpointFiles,
+    Resume,
+    ResumePoint,
+    StopAtStep,
+    clear_fit,
+    restore_best,
+)
 from medcad.errors import ConfigError
 from medcad.models.backbones import set_bn_eval
 from medcad.models.bnfold import fold_eval_batchnorm
@@ -110,7 +119,7 @@ def _continue_csv(logger, epoch: int) -> None:
     import csv
     import io
 
-    from medcad.data.manifest import atomic_write_text
+    from medcad.atomic import atomic_write_text
 
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
@@ -196,6 +205,7 @@ def make_trainer(
         max_epochs=max_epochs,
         precision=precision or compute.precision,
         callbacks=[ckpt, *([ResumePoint(folder / LAST)] if resumable else []), early, RankSeeds(), StopAtStep()],
+        plugins=[CheckpointFiles()],
         logger=make_loggers(fold, stage, run.cfg, resumed) or False,
         enable_model_summary=False,
         enable_progress_bar=progress and is_primary(),

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medcad.atomic import atomic_write_text
 from medcad.config import TrainConfig
 from medcad.data.identity import reconcile, run_samples
-from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.data.manifest import Manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, pooled_detections, rows_by_key, write_json
 from medcad.errors import DataError

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 from torch import nn
 
+from medcad.atomic import atomic_path
 from medcad.data.cache import cache_dir
 from medcad.data.transforms import Normalize
 from medcad.models.predict import run_batched
@@ -30,8 +30,6 @@ def backbone_features(
         if len(feats) == len(images):
             return feats, None
     feats, ips = run_batched(backbone, normalize, images, bf16=False, fold_batchnorm=True)  # every image: pays
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, feats)
     return feats, ips

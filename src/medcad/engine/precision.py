@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from medcad.allocator import keep_freed_memory
+from medcad.atomic import atomic_write_text
 from medcad.data.cache import cache_dir
-from medcad.data.manifest import atomic_write_text
 from medcad.devices import machine
 from medcad.run import Run
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.atomic import atomic_write_text
+from medcad.data.manifest import Manifest
 from medcad.data.splits import row_groups
 from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder

@@ -20,7 +20,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from medcad.atomic import atomic_path
 from medcad.runfolder import FoldFolder
 from medcad.stopping import raise_if_stopped, requested
 
@@ -73,6 +75,19 @@ class ResumePoint(Checkpoint):
 
 
 BEST, BEST_AT_RESUME, LAST = "best.ckpt", "best.at-resume.ckpt", "last.ckpt"  # a fit's checkpoint files
+
+
+class CheckpointFiles(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each checkpoint beside its path and renaming it into place
+    (`medcad.atomic`). Lightning's own stages it in $TMPDIR and, where that is another filesystem than the run
+    folder, copies it over the old file in place: a kill mid-copy left a truncated last.ckpt, and best.ckpt's
+    hard-linked snapshot (`BEST_AT_RESUME`) was overwritten with the newer weights it is there to keep apart."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("medcad's checkpoint files take no storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def _link_best(folder: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcad.atomic import atomic_path
 from medcad.data.datasets import MaskedImageDataset
 from medcad.data.transforms import Normalize, augmentation
 from medcad.engine.common import (
@@ -274,8 +275,7 @@ class SegmentHooks(FoldHooks):
 
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold: FoldFolder) -> dict:
         if test["masks"] is not None:
-            tmp = fold.path / "test_masks.tmp.npz"
             classes = {} if test.get("lesion_classes") is None else {"lesion_classes": test["lesion_classes"]}
-            np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"], **classes)
-            tmp.replace(fold.masks)
+            with atomic_path(fold.masks) as tmp:
+                np.savez_compressed(tmp, rows=parts["test"], probs=test["masks"], **classes)
         return {}

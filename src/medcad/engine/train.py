@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medcad.atomic import atomic_write_text
 from medcad.config import RESUMABLE_KEYS, TrainConfig
 from medcad.data.datasets import cached_images, image_cache_key
 from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.layouts import load_manifest
-from medcad.data.manifest import Manifest, atomic_write_text
+from medcad.data.manifest import Manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, row_groups, save_splits
 from medcad.devices import fit_torch_threads, is_primary, join_launched_processes, rank_zero_first
 from medcad.engine.common import logger_names, quiet_lightning

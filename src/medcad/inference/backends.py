@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcad.atomic import atomic_write_text
 from medcad.checkpoint import fold_model_files
-from medcad.data.manifest import atomic_write_text
 from medcad.devices import machine, runtime_threads, torch_device
 from medcad.errors import MedcadError
 from medcad.inference.export import check_images, ensure_export

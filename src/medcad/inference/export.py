@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcad.atomic import atomic_path, atomic_write_text
 from medcad.data.datasets import RESIZE_RULE
-from medcad.data.manifest import atomic_write_text
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
@@ -136,8 +136,7 @@ def export_onnx(
     graph = predictor.graph()
     names = list(predictor.graph_outputs)
     fp32 = out / "model.onnx"
-    tmp = fp32.with_suffix(f".tmp{os.getpid()}.onnx")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(fp32) as tmp:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
@@ -151,12 +150,10 @@ def export_onnx(
                 dynamo=False,
             )
         except Exception as e:  # the exporter raises many types; the user needs the model and the reason
-            tmp.unlink(missing_ok=True)
             raise ConfigError(
                 f"{run}: cannot export this {predictor.task} model to ONNX ({type(e).__name__}: {str(e)[:300]}); "
                 "the torch backends still work"
             ) from e
-    os.replace(tmp, fp32)
     check = check_images(run, predictor)
     calib, held_out = check.calibration, check.images
     files = [fp32]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from medcad.data.manifest import atomic_write_text
+from medcad.atomic import atomic_path, atomic_write_text
 from medcad.errors import DataError
 from medcad.inference.outputs import check_png_values
 from medcad.inference.predictor import Predictor, split_frame
@@ -107,10 +107,12 @@ def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     """Write an (H, W, 3) RGB uint8 image or an (H, W) grey one, uint8 or uint16 (a 16-bit PNG), as PNG atomically;
     DataError when the folder is not writable."""
     arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), arr):
-        raise DataError(path, "cannot write the image (is the folder writable?)")
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            if not cv2.imwrite(str(tmp), arr):
+                raise DataError(path, "cannot write the image")
+    except OSError as e:  # the folder is not writable (atomic_path's temporary file)
+        raise DataError(path, f"cannot write the image ({e.strerror})") from e
 
 
 def predict_image_files(

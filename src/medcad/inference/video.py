@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from medcad.data.manifest import atomic_write_text
+from medcad.atomic import atomic_write_text
 from medcad.data.video import Frame, VideoReader, open_video
 from medcad.inference.predictor import Predictor
 

@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from medcad import __version__, usable_cores
-from medcad.data.manifest import atomic_write_text
+from medcad.atomic import atomic_write_text
 from medcad.errors import DataError
 from medcad.runfolder import RunFolder
 

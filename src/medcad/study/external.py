@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.atomic import atomic_write_text
 from medcad.config import DataOptions
 from medcad.data.fingerprints import fingerprints
 from medcad.data.identity import run_samples
 from medcad.data.layouts import load_manifest
-from medcad.data.manifest import FRAME_SEP, atomic_write_text
+from medcad.data.manifest import FRAME_SEP
 from medcad.data.splits import sample_groups
 from medcad.engine.evaluate import load_run_config
 from medcad.engine.mask_results import external_mask_results

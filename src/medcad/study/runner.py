@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcad.atomic import atomic_write_text
 from medcad.config import STAGED_TASKS, DataOptions, TrainConfig
 from medcad.data.layouts import load_manifest
-from medcad.data.manifest import atomic_write_text
 from medcad.data.splits import load_splits, save_splits
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from medcad.atomic import atomic_path
 from medcad.config import TrainConfig
 from medcad.data.datasets import cached_images, cached_masks
 from medcad.data.splits import fold_indices, load_splits, row_groups
@@ -127,8 +128,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     }
     x = np.asarray(images[rows[order]])
     blanked, _ = remove_lesion(x, np.asarray(masks[rows[order]]), margin)
-    tmp = run / "shortcut_gallery.tmp.npz"
-    np.savez_compressed(tmp, original=x, blanked=blanked, p=probs["lesion_blanked"][order, c_pos])
-    tmp.replace(RunFolder(run).shortcut_gallery)
+    with atomic_path(RunFolder(run).shortcut_gallery) as tmp:
+        np.savez_compressed(tmp, original=x, blanked=blanked, p=probs["lesion_blanked"][order, c_pos])
     write_json(RunFolder(run).shortcut_check, result)
     return result

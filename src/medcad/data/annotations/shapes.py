@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from medcad.atomic import atomic_path
 from medcad.config import DataOptions
 from medcad.data.cache import cache_dir
 from medcad.data.io import image_size
@@ -163,10 +164,8 @@ def write_mask(path: Path, mask: np.ndarray, root: Path) -> str:
     """Save a bool mask as a 0/255 PNG (unless that file is already there) and return its path for the manifest:
     relative to `root` (with `..`; absolute on another drive)."""
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
     try:
         return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
     except ValueError:
