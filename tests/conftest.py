@@ -20,10 +20,11 @@ if os.environ.get("MEDCAD_TEST_GPU") != "1":
 
 
 def _memory_backed_temp_root(min_free: int = 8 << 30) -> None:
-    """Tests' tmp folders in /dev/shm (memory) where it has room: the suite writes ~10 GB of checkpoints and caches in
-    minutes, which a disk writes back at its own speed (188 MB/s here: the kernel then stalls the writers; the
-    suite's longest tests took 1.5-1.7x as long on disk). pytest's own numbered folders and their pruning stay
-    (PYTEST_DEBUG_TEMPROOT is where pytest puts them); a folder the user named (--basetemp, the variable) wins."""
+    """Tests' tmp folders in /dev/shm (memory) where it has room: the suite writes gigabytes of checkpoints and caches
+    in minutes (up to 2.9 GB held at once), which a disk writes back at its own speed (188 MB/s here: the kernel then
+    stalls the writers; two of the longest tests took 1.5-1.7x as long on disk). pytest's own numbered folders and
+    their pruning stay (PYTEST_DEBUG_TEMPROOT is where pytest puts them); a folder the user named (--basetemp, the
+    variable) wins."""
     import shutil
 
     shm = Path("/dev/shm")
