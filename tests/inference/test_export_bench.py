@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -381,3 +382,43 @@ def test_a_signal_after_openvino_runs_on_the_threads_own_signal_stack(tmp_path: 
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr[-2000:]
+
+
+def test_openvino_compiles_a_graph_once_and_again_when_its_file_changes(tmp_path: Path, monkeypatch) -> None:
+    """OpenVINO's compiled graphs are cached in medcad's cache folder, keyed by the graph's content: a re-exported
+    model.onnx at the same path (another fold's weights, the same size) is compiled again, never run from the old
+    one's cache."""
+    from medcad.inference.onnx import GraphSession
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "export" / "model.onnx"
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+
+    def export(seed: int) -> None:
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        path.parent.mkdir(exist_ok=True)
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(1, 3, 16, 16),),
+            str(path),
+            input_names=["images"],
+            output_names=["p"],
+            dynamic_axes={"images": {0: "n"}, "p": {0: "n"}},
+            dynamo=False,
+        )
+
+    def outputs(backend: str) -> np.ndarray:
+        (out,) = GraphSession(path, backend, threads=1).run(x, 2).values()
+        return out
+
+    export(0)
+    first = outputs("openvino-fp32")
+    blobs = lambda: sorted((tmp_path / "cache" / "openvino").glob("*.blob"))  # noqa: E731
+    assert len(blobs()) == 1
+    np.testing.assert_allclose(outputs("openvino-fp32"), first)  # from the cache
+    assert len(blobs()) == 1
+    export(1)
+    again = outputs("openvino-fp32")
+    np.testing.assert_allclose(again, outputs("onnx-fp32"), rtol=1e-4, atol=1e-3)  # the new weights
+    assert not np.allclose(again, first) and len(blobs()) == 2

@@ -46,8 +46,10 @@ class GraphSession:
             precision = "bf16" if backend == "openvino-bf16" else "f32"  # int8 runs its QDQ graph's int8 layers
             config: dict = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
             config["INFERENCE_NUM_THREADS"] = threads
+            config |= _openvino_cache()
             with own_signal_stack():  # OpenVINO's would be left dangling on this thread (see own_signal_stack)
-                self._ov = ov.Core().compile_model(str(self.path), "CPU", config)
+                core = ov.Core()
+                self._ov = core.compile_model(core.read_model(str(self.path)), "CPU", config)
             # each output under the name the graph declares (OpenVINO's first name for a tensor may be another)
             import onnx
 
@@ -72,6 +74,23 @@ class GraphSession:
         """Every named output for prepared uint8 images (N, S, S, 3), batch by batch, concatenated."""
         parts = [self._run(nchw(x[i : i + batch])) for i in range(0, len(x), batch)]
         return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(self.output_names)} if parts else {}
+
+
+def _openvino_cache() -> dict:
+    """OpenVINO's compiled-model cache in medcad's cache folder (`cache_dir()/openvino`), where it can be written: a
+    predictor's graph compiles once per model, machine and settings, not at every start (a 64 px U-Net: 0.38 s a
+    compile, 0.17 s read and taken from the cache, 2026-12-05). The model is given to OpenVINO read, not by path,
+    so that the cache key is its content (a re-exported model.onnx at the same path is compiled again)."""
+    import os
+
+    from medcad.data.cache import cache_dir
+
+    folder = cache_dir() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return {}
+    return {"CACHE_DIR": str(folder)} if os.access(folder, os.W_OK) else {}
 
 
 def graph_session(run: Path, fold: int | None, backend: str, threads: int | None = None) -> GraphSession:
