@@ -63,13 +63,25 @@ def test_model_file_round_trip(name: str, tmp_path, one_thread) -> None:
         load_model_file(tmp_path / "model.pt", other)
 
 
+def test_several_labels_are_written_as_a_manifest_reads_them() -> None:
+    """A multi-label decision and a label map's classes are joined with '|', as manifests' cells are and as the run's
+    predictions.csv writes them: predict's table reads back as the same labels ('disc+square' had read as one)."""
+    from medcad.inference.outputs import ClassProbabilities
+    from medcad.tasks import split_labels
+
+    both = ClassProbabilities(["disc", "square"], np.array([0.9, 0.7]), multilabel=True)
+    assert both.decision()[0] == "disc|square" and split_labels(both.decision()[0]) == ["disc", "square"]
+    none = ClassProbabilities(["disc", "square"], np.array([0.2, 0.1]), multilabel=True)
+    assert none.decision()[0] == "none" and split_labels("none") == []
+
+
 def test_label_map_prediction_classes_rows_and_mask_file() -> None:
     lesion = np.zeros((60, 60), np.float32)
     lesion[25:30, 5:10], lesion[40:50, 20:40] = 0.9, 0.8  # a small cyst and a larger stone (below the label band)
     lesion_class = np.ones((60, 60), np.uint8)
     lesion_class[35:, :] = 2
     p = Prediction.of("k.png", ["cyst", "stone"], mask=lesion, lesion_class=lesion_class, class_values=(3, 7))
-    assert p.label == "stone+cyst"  # largest first
+    assert p.label == "stone|cyst"  # largest first, joined as a manifest's multi-label cells are
     row = p.row()
     assert row["fraction_cyst"] == pytest.approx(25 / 3600) and row["fraction_stone"] == pytest.approx(200 / 3600)
     assert (

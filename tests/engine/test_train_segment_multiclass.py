@@ -165,7 +165,7 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
 
     row = pd.read_csv(out / "predictions.csv").iloc[0]
     assert {"fraction_cyst", "fraction_stone"} <= set(row.index)
-    assert set(str(row["label"]).split("+")) <= {"cyst", "stone", "no lesion"}
+    assert set(str(row["label"]).split("|")) <= {"cyst", "stone", "no lesion"}
 
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--json"])  # as an external set
     assert res.exit_code == 0, res.output

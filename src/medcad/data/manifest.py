@@ -214,6 +214,7 @@ def label_spellings(counts: Counter) -> dict[str, str]:
 
 
 LABEL_SEPARATORS = re.compile(r"\s*[|;,]\s*")  # between the labels of one multi-label cell: 'stone|cyst'
+LABEL_JOIN = "|"  # how medcad writes several labels of one image (predictions, predict, serve): read back as written
 MULTI_LABEL_CELL = re.compile(r"[|;]")  # a cell holding several labels for a label map (a comma may be in a name)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.atomic import atomic_write_text
-from medcad.data.manifest import Manifest
+from medcad.data.manifest import LABEL_JOIN, Manifest
 from medcad.data.splits import row_groups
 from medcad.engine.mask_results import segmentation_results
 from medcad.runfolder import RunFolder
@@ -324,7 +324,7 @@ def multilabel_table(
     """
 
     def names(bits: np.ndarray) -> str:
-        return "|".join(lab for lab, b in zip(labels, bits, strict=True) if b)
+        return LABEL_JOIN.join(lab for lab, b in zip(labels, bits, strict=True) if b)
 
     pred = pd.DataFrame({"image": keys})
     pred["labels"] = [names(t) for t in y > 0]

@@ -71,7 +71,7 @@ def model_card(predictor: Predictor) -> dict:
     cfg = predictor.config
     decision = DECISIONS["probabilities" if "probabilities" in task.outputs else task.outputs[0]]
     if task.label_kind == "multi":
-        decision = "every label whose probability reaches the threshold (joined by '+'), else 'none'"
+        decision = "every label whose probability reaches the threshold (joined by '|'), else 'none'"
     if "mask" in task.outputs and "probabilities" in task.outputs:
         decision = "label: the most probable class (temperature-scaled); the mask's frame_decision is made apart"
     card: dict = {

@@ -3,10 +3,10 @@ table fields, drawing and what a video averages over frames: class probabilities
 several lesion classes), boxes. A `Prediction` holds the outputs its task has.
 
 Decisions: class probabilities name the most probable class (multi-label: every label at or above the threshold,
-joined by '+', or "none"); boxes name the top kept box's class, or "background" when no box reaches the threshold;
-a mask says "lesion" when a pixel reaches the threshold and the frame passes the frame-level decision fitted on
-validation data (its `frame_score` reaches `min_frame_score`), else "no lesion" — and then no lesion pixel is shown
-either; a mask of several lesion classes names the classes shown, largest first ("stone+cyst").
+joined by '|' as in a manifest's cells, or "none"); boxes name the top kept box's class, or "background" when no box
+reaches the threshold; a mask says "lesion" when a pixel reaches the threshold and the frame passes the frame-level
+decision fitted on validation data (its `frame_score` reaches `min_frame_score`), else "no lesion" — and then no
+lesion pixel is shown either; a mask of several lesion classes names the classes shown, largest first ("stone|cyst").
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from medcad.data.boxes import listed_boxes
+from medcad.data.manifest import LABEL_JOIN
 from medcad.drawing import class_overlay, draw_boxes, mask_overlay
 from medcad.errors import MedcadError
 from medcad.metrics.detection import BACKGROUND  # the frame label of "no box" (the design's background row)
@@ -100,7 +101,7 @@ class ClassProbabilities(Output):
     def decision(self) -> tuple[str, float]:
         if self.multilabel:
             present = [lab for lab, p in zip(self.labels, self.p, strict=True) if p >= self.threshold]
-            return "+".join(present) or NO_FINDING, float(np.max(self.p))
+            return LABEL_JOIN.join(present) or NO_FINDING, float(np.max(self.p))
         return self.labels[int(np.argmax(self.p))], float(np.max(self.p))
 
     def fields(self) -> dict:
@@ -253,7 +254,7 @@ class LesionMask(Output):
 
     def decision(self) -> tuple[str, float]:
         shown = sorted((f, lab) for lab, f in self.class_fractions.items() if f > 0)
-        label = "+".join(lab for _, lab in reversed(shown)) if shown else None
+        label = LABEL_JOIN.join(lab for _, lab in reversed(shown)) if shown else None
         score = float(self.prob.max()) if self.prob.size else 0.0
         return label or (LESION if self.frame_has_lesion else NO_LESION), score
 
