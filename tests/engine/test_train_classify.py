@@ -685,6 +685,29 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     assert json.loads(external.read_text())["binary"]["positive"] == "hyperplastic"
     assert "Made with positive class" not in write_report(run, gallery=False).read_text()
 
+    # predict and serve decide at a validated operating point when asked: the positive class from its threshold
+    # (the folds' mean for the ensemble, the fold's own for --fold), said, and carried by each row
+    points = json.loads((run / "metrics.json").read_text())["validated_operating_points"]
+    images = sorted(str(p) for p in easy_set.rglob("*.png"))
+    for fold, cut in ((None, points["sens>=0.90"]["ensemble_threshold"]), (1, points["sens>=0.90"]["thresholds"]["1"])):
+        args = ["predict", str(run), *images, "--out", str(tmp_path / f"op{fold}"), "--backend", "torch-fp32"]
+        res = runner.invoke(app, [*args, *(["--fold", str(fold)] if fold is not None else []), "--json",
+                                  "--operating-point", "sens>=0.90"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        rows = json.loads(res.stdout)
+        assert all(r["decided_at"] == {"positive": "hyperplastic", "threshold": cut} for r in rows)
+        assert [r["label"] for r in rows] == [
+            "hyperplastic" if r["probabilities"]["hyperplastic"] >= cut else "adenoma" for r in rows
+        ]
+        assert f"'hyperplastic' when p_hyperplastic >= {cut:.4g} (operating point 'sens>=0.90'" in res.stderr
+    from medcad.inference.card import model_card
+    from medcad.inference.registry import load_predictor
+
+    card = model_card(load_predictor(run, backend="torch-fp32", operating_point="youden"))
+    assert card["decision"].startswith("'hyperplastic' when p_hyperplastic >= ") and card["positive"] == "hyperplastic"
+    res = runner.invoke(app, ["predict", str(run), images[0], "--operating-point", "sens>=0.85"])
+    assert res.exit_code == 2 and "not one of this run's (youden, spec>=0.90" in res.output
+
     default = train_run(easy_set, tmp_path / "default", renamed, progress=False)
     assert default["binary"]["positive"] == "hyperplastic"  # the last label, and said
     notes = json.loads((tmp_path / "default" / "config.json").read_text())["data_notes"]

@@ -200,6 +200,14 @@ DeviceOpt = Annotated[
     str, typer.Option(help="Where torch models run: auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+OperatingPointOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Two-class classify / multitask runs: name the positive class at this validated operating point "
+        "(youden, sens>=0.90, spec>=0.95, ...: the report's and `medcad serve`'s /model), its threshold chosen on "
+        "validation data; default: the most probable class."
+    ),
+]
 LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]
 
 
@@ -302,8 +310,11 @@ def _say_notes(notes: list[str]) -> None:
 
 def _say_backend(predictor) -> None:
     """Which backend a predictor runs on and why (`--backend auto` decides per model and machine), on stderr."""
+    from medcad.inference.card import class_decision
+
     choice = predictor.backend_choice
-    _say_notes([f"backend {predictor.backend}: {choice['reason']}"])
+    decision = [f"decision: {class_decision(predictor)}"] if predictor.cut else []
+    _say_notes([f"backend {predictor.backend}: {choice['reason']}", *decision])
 
 
 def _echo_video(v: dict) -> None:

@@ -13,6 +13,7 @@ from medcad.cli.common import (
     BackendOpt,
     DeviceOpt,
     JsonOpt,
+    OperatingPointOpt,
     _fail,
     _say_backend,
     app,
@@ -147,6 +148,7 @@ def serve(
     backend: BackendOpt = "auto",
     fold: Annotated[int | None, typer.Option(help="Serve one fold's model (default: the fold ensemble).")] = None,
     threshold: Annotated[float, typer.Option(help="Lesion-probability / box-score threshold.")] = 0.5,
+    operating_point: OperatingPointOpt = None,
     workers: Annotated[int, typer.Option(help="Inference threads taking batches from the queue.")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch threads per inference.")] = None,
     token: Annotated[
@@ -172,7 +174,15 @@ def serve(
         check_bind(host, token)
         limits = Limits(int(max_upload_mb * 2**20), int(max_video_mb * 2**20), int(max_pixels * 1e6))
         opts = ServeOptions(token, limits, timeout, queue, batch, workers)
-        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
+        predictor = load_predictor(
+            run,
+            fold,
+            backend=backend,
+            threads=threads,
+            threshold=threshold,
+            device=device,
+            operating_point=operating_point,
+        )
         _say_backend(predictor)
         explain = None
         if gradcam:

@@ -13,6 +13,7 @@ from medcad.cli.common import (
     BackendOpt,
     DeviceOpt,
     JsonOpt,
+    OperatingPointOpt,
     _echo_video,
     _fail,
     _print_table,
@@ -224,6 +225,7 @@ def predict(
     batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,
     overlays: Annotated[bool, typer.Option(help="Write <image>_overlay.png for every image.")] = True,
+    operating_point: OperatingPointOpt = None,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -248,7 +250,15 @@ def predict(
         clips = {str(v) for v in videos}
         names = output_names(images) | {v: n for v, n in output_names([*images, *videos]).items() if v in clips}
         check_output_folder(out, [*image_inputs, *videos], names, videos)
-        predictor = load_predictor(run, fold, backend=backend, threads=threads, threshold=threshold, device=device)
+        predictor = load_predictor(
+            run,
+            fold,
+            backend=backend,
+            threads=threads,
+            threshold=threshold,
+            device=device,
+            operating_point=operating_point,
+        )
         _say_backend(predictor)
         table, records = (
             predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers, names=names)

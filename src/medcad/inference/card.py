@@ -8,7 +8,7 @@ from pathlib import Path
 from medcad import __version__
 from medcad.data.datasets import RESIZE_RULE
 from medcad.inference.outputs import frame_rule, no_finding_decisions
-from medcad.inference.predictor import Predictor
+from medcad.inference.predictor import Predictor, validated_rules
 from medcad.runfolder import RunFolder
 from medcad.tasks import get_task
 
@@ -74,6 +74,8 @@ def model_card(predictor: Predictor) -> dict:
         decision = "every label whose probability reaches the threshold (joined by '|'), else 'none'"
     if "mask" in task.outputs and "probabilities" in task.outputs:
         decision = "label: the most probable class (temperature-scaled); the mask's frame_decision is made apart"
+    if predictor.cut:
+        decision = class_decision(predictor) + ("; the mask's frame_decision is made apart" * ("mask" in task.outputs))
     card: dict = {
         "task": task.name,
         "summary": task.summary,
@@ -129,7 +131,7 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        card |= _one_fold(predictor, m) | _operating_points(predictor, m)
+        card |= _one_fold(predictor, m) | _operating_points(predictor, folder)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
@@ -142,22 +144,32 @@ def _fold_of(predictor: Predictor) -> int | None:
     return int(parent.removeprefix("fold_")) if parent.startswith("fold_") else None
 
 
-def _operating_points(predictor: Predictor, m: dict) -> dict:
+def _operating_points(predictor: Predictor, folder: Path) -> dict:
     """A two-class run's positive class and the thresholds of its validated operating points on the scale predict
     and serve answer on (temperature-scaled p_<positive>): the folds' mean for their ensemble, the fold's own for
     one fold's model (they had been in the report alone)."""
-    v = m.get("validated_operating_points") or {}
-    if not v.get("scale"):  # older runs: thresholds on the probabilities before temperature scaling
+    found = validated_rules(folder)
+    if not found:
         return {}
+    positive, rules = found
     k = _fold_of(predictor)
-    rules = {rule: o for rule, o in v.items() if isinstance(o, dict) and "thresholds" in o}
     cut = {r: o["thresholds"].get(str(k)) if k is not None else o.get("ensemble_threshold") for r, o in rules.items()}
     return {
-        "positive": v["positive"],
+        "positive": positive,
         "operating_points": cut,
-        "operating_points_note": f"thresholds on p_{v['positive']} as predict and serve give it, each chosen by its "
+        "operating_points_note": f"thresholds on p_{positive} as predict and serve give it, each chosen by its "
         "rule on validation data" + (f" by fold {k}'s model" if k is not None else "; the fold models' mean"),
     }
+
+
+def class_decision(predictor: Predictor) -> str:
+    """How a two-class predictor given an operating point (`predictor.cut`) names an image's class, in words."""
+    positive, threshold = predictor.cut
+    other = next(lab for lab in predictor.labels if lab != positive)
+    return (
+        f"{positive!r} when p_{positive} >= {threshold:.4g} (operating point {predictor.operating_point!r}, "
+        f"validated), else {other!r}"
+    )
 
 
 def _one_fold(predictor: Predictor, m: dict) -> dict:

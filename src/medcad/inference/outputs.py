@@ -85,36 +85,50 @@ class Output:
 
 @dataclass(frozen=True, eq=False)
 class ClassProbabilities(Output):
-    """(K,) class probabilities; `multilabel`: independent per label, each present from `threshold` on."""
+    """(K,) class probabilities; `multilabel`: independent per label, each present from `threshold` on; `cut`
+    (positive class, threshold): a two-class decision at a validated operating point (`Predictor`'s
+    `operating_point`), else the most probable class."""
 
     labels: list[str]
     p: np.ndarray
     multilabel: bool = False
     threshold: float = 0.5
+    cut: tuple[str, float] | None = None
     key = "probabilities"
 
     @classmethod
     def from_infer(cls, outputs, i, size, s, settings) -> ClassProbabilities:
         p = np.asarray(outputs["probabilities"][i], np.float64)
-        return cls(settings["labels"], p, settings.get("multilabel", False), settings.get("threshold", 0.5))
+        multilabel, threshold = settings.get("multilabel", False), settings.get("threshold", 0.5)
+        return cls(settings["labels"], p, multilabel, threshold, settings.get("cut"))
 
     def decision(self) -> tuple[str, float]:
+        return self._decide(self.p)
+
+    def _decide(self, p: np.ndarray) -> tuple[str, float]:
+        """The label and its probability (multi-label: the labels present, and the top probability)."""
         if self.multilabel:
-            present = [lab for lab, p in zip(self.labels, self.p, strict=True) if p >= self.threshold]
-            return LABEL_JOIN.join(present) or NO_FINDING, float(np.max(self.p))
-        return self.labels[int(np.argmax(self.p))], float(np.max(self.p))
+            present = [lab for lab, q in zip(self.labels, p, strict=True) if q >= self.threshold]
+            return LABEL_JOIN.join(present) or NO_FINDING, float(np.max(p))
+        if self.cut is not None:
+            positive, threshold = self.cut
+            c = self.labels.index(positive)
+            c = c if p[c] >= threshold else 1 - c
+            return self.labels[c], float(p[c])
+        return self.labels[int(np.argmax(p))], float(np.max(p))
 
     def fields(self) -> dict:
         return {f"p_{lab}": float(p) for lab, p in zip(self.labels, self.p, strict=True)}
 
     def summary(self) -> dict:
-        return {"probabilities": {lab: float(p) for lab, p in zip(self.labels, self.p, strict=True)}}
+        at = {"decided_at": {"positive": self.cut[0], "threshold": self.cut[1]}} if self.cut else {}
+        return {"probabilities": {lab: float(p) for lab, p in zip(self.labels, self.p, strict=True)}, **at}
 
     def evidence(self) -> np.ndarray:
         return self.p
 
     def smoothed(self, mean: np.ndarray) -> tuple[str, float]:
-        return self.labels[int(mean.argmax())], float(mean.max())
+        return self._decide(mean)
 
 
 def no_finding_decisions(outputs: tuple[str, ...], label_kind: str, labels: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -36,9 +37,47 @@ from medcad.devices import fit_torch_threads, torch_device
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, graph_session
 from medcad.inference.prediction import Prediction
+from medcad.runfolder import RunFolder
 
 TORCH_BACKENDS = ("torch-bf16", "torch-fp32")
 MIN_AGREEMENT = 0.99  # a backend agrees with torch-fp32 when the task's agreement measure reaches this
+
+
+def validated_rules(run: Path) -> tuple[str, dict[str, dict]] | None:
+    """A two-class run's positive class and its validated operating points ({rule: its metrics.json block, with
+    "thresholds" per fold and "ensemble_threshold"}), on the temperature-scaled probabilities predict and serve give;
+    None for a model file, another task, more classes, or a run from before thresholds were on that scale."""
+    metrics = RunFolder(run).metrics if Path(run).is_dir() else None
+    if metrics is None or not metrics.is_file():
+        return None
+    v = json.loads(metrics.read_text()).get("validated_operating_points") or {}
+    if not v.get("scale"):  # older runs: thresholds on the probabilities before temperature scaling
+        return None
+    return v["positive"], {rule: o for rule, o in v.items() if isinstance(o, dict) and "thresholds" in o}
+
+
+def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
+    """(positive class, threshold on its temperature-scaled probability) of a two-class run's validated operating
+    point `rule`: the fold models' mean threshold for their ensemble, fold k's own for `fold` k.
+
+    Raises:
+        ConfigError: the run has no validated operating points (a model file, another task or more than two
+            classes), or none of that name (its rules are named).
+    """
+    found = validated_rules(run)
+    if not found or not found[1]:
+        raise ConfigError(
+            f"{run}: no validated operating points to decide at (two-class classify and multitask run folders "
+            "have them, in metrics.json); drop --operating-point to name the most probable class"
+        )
+    positive, rules = found
+    if rule not in rules:
+        raise ConfigError(f"operating point {rule!r}: not one of this run's ({', '.join(rules)})")
+    o = rules[rule]
+    threshold = o["ensemble_threshold"] if fold is None else o["thresholds"].get(str(fold))
+    if threshold is None:
+        raise ConfigError(f"operating point {rule!r}: fold {fold} has no threshold of its own in {run}")
+    return positive, float(threshold)
 
 
 class Predictor:
@@ -56,6 +95,10 @@ class Predictor:
             load_predictor` also takes "auto" (the fastest that agrees here: medcad.inference.backends).
         threads: CPU threads for torch / ONNX Runtime.
         threshold: lesion-probability threshold of masks, score threshold of boxes.
+        operating_point: a two-class run's validated operating point ("youden", "sens>=0.90", ...: its
+            metrics.json's `validated_operating_points`): the class decision is the positive class when its
+            temperature-scaled probability reaches that rule's threshold (the folds' mean for their ensemble, fold
+            k's own with `fold`), else the other class. None: the most probable class (a threshold of 0.5).
         device: where the torch backends run: "cpu", "auto" (the first GPU if any, else the CPU), "cuda", "cuda:N";
             "torch-bf16" autocasts to bf16 there (fp16 on GPUs without bf16).
 
@@ -78,6 +121,7 @@ class Predictor:
         threads: int | None = None,
         threshold: float = 0.5,
         device: str = "cpu",
+        operating_point: str | None = None,
     ) -> None:
         if backend not in self.backends:
             raise ConfigError(
@@ -101,6 +145,8 @@ class Predictor:
         self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
         # label-map models: the mask value of each class, as the run read its masks
         self.class_values = parse_mask_labels(self.config.mask_labels).values if self.config.mask_labels else None
+        self.operating_point = operating_point
+        self.cut = validated_cut(self.run, fold, operating_point) if operating_point else None
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (S, S, 3) uint8 model input."""
@@ -136,6 +182,7 @@ class Predictor:
             "frame_score_kind": self.frame_score_kind,
             "min_frame_score": self.min_frame_score,
             "class_values": self.class_values,
+            "cut": self.cut,
         }
         return Prediction.from_infer(outputs, i, name, self.labels, size, self.config.image_size, settings)
 
