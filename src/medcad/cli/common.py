@@ -308,13 +308,18 @@ def _say_notes(notes: list[str]) -> None:
         typer.echo(f"note: {note}", err=True)
 
 
-def _say_backend(predictor) -> None:
-    """Which backend a predictor runs on and why (`--backend auto` decides per model and machine), on stderr."""
+def _serving_predictor(run, fold, backend, threads, threshold, device, operating_point):
+    """The predictor of `medcad predict` and `medcad serve` (`load_predictor`), with which backend it runs on and
+    why (`--backend auto` decides per model and machine) and, at an operating point, its decision, on stderr."""
     from medcad.inference.card import class_decision
+    from medcad.inference.registry import load_predictor
 
-    choice = predictor.backend_choice
+    predictor = load_predictor(
+        run, fold, backend=backend, threads=threads, threshold=threshold, device=device, operating_point=operating_point
+    )
     decision = [f"decision: {class_decision(predictor)}"] if predictor.cut else []
-    _say_notes([f"backend {predictor.backend}: {choice['reason']}", *decision])
+    _say_notes([f"backend {predictor.backend}: {predictor.backend_choice['reason']}", *decision])
+    return predictor
 
 
 def _echo_video(v: dict) -> None:

@@ -15,7 +15,7 @@ from medcad.cli.common import (
     JsonOpt,
     OperatingPointOpt,
     _fail,
-    _say_backend,
+    _serving_predictor,
     app,
 )
 from medcad.errors import MedcadError
@@ -167,23 +167,13 @@ def serve(
     try:
         import uvicorn
 
-        from medcad.inference.registry import load_predictor
         from medcad.inference.server import ServeOptions, check_bind, create_app
         from medcad.inference.uploads import Limits
 
         check_bind(host, token)
         limits = Limits(int(max_upload_mb * 2**20), int(max_video_mb * 2**20), int(max_pixels * 1e6))
         opts = ServeOptions(token, limits, timeout, queue, batch, workers)
-        predictor = load_predictor(
-            run,
-            fold,
-            backend=backend,
-            threads=threads,
-            threshold=threshold,
-            device=device,
-            operating_point=operating_point,
-        )
-        _say_backend(predictor)
+        predictor = _serving_predictor(run, fold, backend, threads, threshold, device, operating_point)
         explain = None
         if gradcam:
             from medcad.explain.explainers import bound_explainer

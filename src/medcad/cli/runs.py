@@ -18,8 +18,8 @@ from medcad.cli.common import (
     _fail,
     _print_table,
     _report,
-    _say_backend,
     _say_notes,
+    _serving_predictor,
     _stoppable,
     app,
     with_data_options,
@@ -236,7 +236,6 @@ def predict(
         from medcad.errors import DataError
         from medcad.inference.files import check_output_folder, output_names, predict_image_files
         from medcad.inference.predictor import expand_inputs
-        from medcad.inference.registry import load_predictor
         from medcad.inference.video import predict_video
 
         image_inputs, videos = _images_and_videos(inputs)
@@ -250,16 +249,7 @@ def predict(
         clips = {str(v) for v in videos}
         names = output_names(images) | {v: n for v, n in output_names([*images, *videos]).items() if v in clips}
         check_output_folder(out, [*image_inputs, *videos], names, videos)
-        predictor = load_predictor(
-            run,
-            fold,
-            backend=backend,
-            threads=threads,
-            threshold=threshold,
-            device=device,
-            operating_point=operating_point,
-        )
-        _say_backend(predictor)
+        predictor = _serving_predictor(run, fold, backend, threads, threshold, device, operating_point)
         table, records = (
             predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers, names=names)
             if images
