@@ -37,8 +37,9 @@ def encode(
     time_base: Fraction | None = None,
     rotation: int | None = None,
     options: dict | None = None,
+    first: int = 0,
 ) -> Path:
-    """A real clip of `n` frames of `picture`, at 25 frames/s or at the given timestamps."""
+    """A real clip of `n` frames of `picture` (from picture `first` on), at 25 frames/s or at the given timestamps."""
     with av.open(str(path), "w", options=options or {}) as out:
         stream = out.add_stream(codec, rate=25)
         stream.width, stream.height = W, H
@@ -49,7 +50,7 @@ def encode(
         if rotation is not None:
             stream.set_display_rotation(rotation)
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(picture(first + i), format="rgb24")
             if pts is not None:
                 frame.pts, frame.time_base = pts[i], time_base
             for packet in stream.encode(frame):
@@ -338,3 +339,37 @@ def test_the_display_matrix_turns_and_mirrors_as_players_show(tmp_path: Path, a,
     want[dy, dx] = source
     np.testing.assert_array_equal(frames[0].rgb, want)
     assert video.report.mirrored is (a * d - b * c < 0)
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_recordings_joined_in_one_file_follow_each_other(tmp_path: Path, codec: str) -> None:
+    """Two MPEG-TS recordings joined byte for byte (as recorders' parts are): the second's timestamps start again.
+    Its frames follow the first's in number and time, and where it starts is said; frames had been matched across
+    the parts by timestamp, numbered among the first part's and good frames reported undecodable."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {codec} encoder")
+    a = encode(tmp_path / "a.ts", n=15, codec=codec)
+    b = encode(tmp_path / "b.ts", n=15, codec=codec, first=15)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    frames, video = read_all(joined)
+    report = video.report.as_dict()
+    assert report["time_restarts"] == [15] and "timestamps start again at frame(s) 15" in " ".join(video.report.notes())
+    assert all(_picture_of(f.rgb) == f.index for f in frames)  # frame k is picture k: no part's frames interleaved
+    times = [f.time_s for f in frames]
+    assert times == sorted(times) and len(set(times)) == len(times)  # on from the first part, never back
+    assert not any(d["reason"] == "could not be decoded" for d in report["dropped_frames"])
+    # the transport stream's continuity break at the join can mark one packet of the first part damaged: said
+    assert len(frames) + report["frames_dropped"] == 30 and report["frames_dropped"] <= 1
+
+
+def test_a_matroska_clip_whose_frames_start_late_is_whole(tmp_path: Path) -> None:
+    """Matroska's duration counts from the segment's time 0: a clip whose frames start at 5 s announces its end, not
+    its length (it had been reported truncated, and 155 frames estimated of 30, which a server's limit refused)."""
+    pts = [5000 + 40 * i for i in range(N)]  # milliseconds
+    clip = encode(tmp_path / "late.mkv", pts=pts, time_base=Fraction(1, 1000))
+    with VideoReader(clip) as video:
+        frames = list(video.frames())
+        assert video.estimated_frames == N
+    assert len(frames) == N and not video.report.truncated
+    assert [f.time_s for f in frames] == pytest.approx([i * 0.04 for i in range(N)])

@@ -163,3 +163,27 @@ def test_videos_in_a_folder_are_predicted_as_videos(tiny_run: Path, easy_set: Pa
         out = json.loads(res.stdout)
         assert len(out) == n and any(o.get("frames_predicted") == 4 for o in out), out
         assert "1 video(s) under" in res.output and "predicted as videos" in res.output
+
+
+def test_the_annotated_video_is_tagged_with_the_colours_it_was_encoded_in(tmp_path: Path) -> None:
+    """An HD annotated video is converted and tagged as BT.709, limited range: untagged, its BT.601 conversion had
+    been shown with BT.709 (what players assume for untagged HD), colours off by 3-5 levels; read back as tagged, a
+    saturated colour comes back within a few levels."""
+    from medcad.data.video import VideoReader
+    from medcad.inference.video import _AnnotatedVideo
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[:, :640] = (200, 40, 60)  # a saturated red-magenta: where BT.601 and BT.709 differ most
+    frame[:, 640:] = (30, 170, 90)
+    writer = _AnnotatedVideo(tmp_path / "hd.mp4", 25.0)
+    for k in range(3):
+        writer.write(frame, k / 25)
+    writer.close()
+    with av.open(str(tmp_path / "hd.mp4")) as clip:
+        cc = clip.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (1, 1, 1, 1)  # BT.709, "tv"
+    with VideoReader(tmp_path / "hd.mp4") as video:
+        got = [f.rgb for f in video.frames()]
+    assert len(got) == 3
+    assert np.abs(got[1][100:600, 100:500].astype(int) - frame[100:600, 100:500]).mean(axis=(0, 1)).max() <= 4
+    assert np.abs(got[1][100:600, 800:1200].astype(int) - frame[100:600, 800:1200]).mean(axis=(0, 1)).max() <= 4

@@ -35,6 +35,7 @@ class DecodeReport:
     rotation: int = 0  # degrees counter-clockwise applied to make frames upright
     mirrored: bool = False  # the display matrix mirrors left-right (applied before the rotation)
     times_from: str = "timestamps"  # or "frame rate" when the stream has no presentation timestamps
+    restarts: list[int] = field(default_factory=list)  # frames where the timestamps start again (joined recordings)
 
     @property
     def frames_dropped(self) -> int:
@@ -51,6 +52,7 @@ class DecodeReport:
             "rotation": self.rotation,
             "mirrored": self.mirrored,
             "times_from": self.times_from,
+            "time_restarts": list(self.restarts),
         }
 
     def notes(self) -> list[str]:
@@ -75,4 +77,10 @@ def decode_notes(decoded: dict) -> list[str]:
         out.append(f"{video}: rotation metadata applied ({', then '.join(how)})")
     if decoded["times_from"] != "timestamps":
         out.append(f"{video}: frame times from the {decoded['times_from']}")
+    if decoded.get("time_restarts"):
+        at = ", ".join(str(i) for i in decoded["time_restarts"])
+        out.append(
+            f"{video}: its timestamps start again at frame(s) {at} (recordings joined in one file): each part's frames "
+            "follow the part before in number and time"
+        )
     return out

@@ -100,11 +100,17 @@ class VideoReader:
         return round(duration * self.fps) if duration else 0
 
     def _duration_s(self) -> float | None:
+        """The video's length as its header announces it (the stream's, else the container's), in seconds."""
         if self._stream.duration:
             return self._stream.duration * self._tb
-        if self._container.duration:
-            return self._container.duration / av.time_base
-        return None
+        if not self._container.duration:
+            return None
+        duration = self._container.duration / av.time_base
+        if "matroska" in self._container.format.name and self._container.start_time:
+            # Matroska's segment duration runs from the segment's time 0, not from its first frame: a 1.2 s clip
+            # whose frames start at 5 s announces 6.2 s (it had been reported truncated, 155 frames estimated of 30)
+            duration -= self._container.start_time / av.time_base
+        return duration
 
     def _time(self, pts: int | None) -> float | None:
         if pts is None:
@@ -112,50 +118,76 @@ class VideoReader:
         return (pts - (self._start or 0)) * self._tb
 
     def frames(self, every: int = 1) -> Iterator[Frame]:
-        """Every `every`-th frame (by index) as an upright RGB `Frame`; fills `report` as it goes."""
+        """Every `every`-th frame (by index) as an upright RGB `Frame`; fills `report` as it goes.
+
+        A file that joins recordings (MPEG-TS parts concatenated, a recorder's timestamp reset) restarts its
+        timestamps: its decode timestamps go back. Each such part is a timeline of its own (frames are matched to
+        their packets within it), its frames follow the part before in index and time, and where it starts is in
+        `report.restarts`. (Matched by timestamp across parts, a part's frames had been numbered among the part
+        before's and good frames reported undecodable.)"""
         if self._output_order:
             yield from self._frames_in_output_order(every)
             return
         report = self.report
-        pending: list[int] = []  # timestamps of packets whose frame has not come out yet (a heap)
-        damaged: set[int] = set()
-        lost: dict[int, DroppedFrame] = {}  # frames given up on, by timestamp, in case one comes out after all
-        index, packets, last_end = 0, 0, None
+        parts: list[list[int]] = [[]]  # per timeline: timestamps of packets whose frame has not come out yet (heaps)
+        damaged: set[tuple[int, int]] = set()  # (part, timestamp)
+        lost: dict[tuple[int, int], DroppedFrame] = {}  # frames given up on, in case one comes out after all
+        index, packets, last_end, last_dts = 0, 0, None, None
+        part, last_pts, offset, last_time = 0, None, 0.0, None  # the timeline frames come out of, and its shift
+
+        def time(pts: int | None) -> float | None:  # seconds from the first part's start, parts one after another
+            return None if pts is None else self._time(pts) + offset
+
         for packet, decoded in self._decoded_packets():
             if packet is not None and (packet.size or packet.pts is not None):  # not the final flush packet
                 packets += 1
+                if packet.size and packet.dts is not None:
+                    if last_dts is not None and packet.dts < last_dts:  # decode order goes back: a new timeline
+                        parts.append([])
+                    last_dts = packet.dts
                 if packet.size and packet.pts is not None:
-                    heapq.heappush(pending, packet.pts)
+                    heapq.heappush(parts[-1], packet.pts)
                     last_end = packet.pts + (packet.duration or 0)
                     if packet.is_corrupt:
-                        damaged.add(packet.pts)
+                        damaged.add((len(parts) - 1, packet.pts))
             for frame in decoded:  # a packet that failed to decode gave none: found missing below, by timestamp
                 pts = frame.pts
+                if pts is not None and last_pts is not None and pts < last_pts and part + 1 < len(parts):
+                    for gone_pts in sorted(parts[part]):  # the next timeline's frames begin: these never came out
+                        self._drop(index, time(gone_pts), "could not be decoded")
+                        index += 1
+                    part, last_pts = part + 1, None
+                    offset = (last_time or 0.0) + 1.0 / self.fps - self._time(pts)  # on from the part before
+                    report.restarts.append(index)
+                pending = parts[part]
                 while pending and pts is not None and pending[0] < pts:  # output is in pts order: these are lost
                     gone_pts = heapq.heappop(pending)
-                    lost[gone_pts] = self._drop(index, self._time(gone_pts), "could not be decoded")
+                    lost[part, gone_pts] = self._drop(index, time(gone_pts), "could not be decoded")
                     index += 1
-                if pts is not None and pts in lost:  # late after all (a decoder's reorder delay grew): not lost
-                    gone = lost.pop(pts)
+                if pts is not None and (part, pts) in lost:  # late after all (a decoder's reorder delay grew)
+                    gone = lost.pop((part, pts))
                     report.dropped.remove(gone)
                     at = gone.index
                 else:
                     if pending and pending[0] == pts:
                         heapq.heappop(pending)
                     at, index = index, index + 1
-                if pts is not None and pts in damaged:
-                    self._drop(at, self._time(pts), "damaged in the file (incomplete or corrupt packet)")
+                if pts is not None:
+                    last_pts, last_time = max(pts, last_pts or pts), time(pts)
+                if pts is not None and (part, pts) in damaged:
+                    self._drop(at, time(pts), "damaged in the file (incomplete or corrupt packet)")
                 elif frame.is_corrupt:
-                    self._drop(at, self._time(pts), "decoded with errors (corrupt frame)")
+                    self._drop(at, time(pts), "decoded with errors (corrupt frame)")
                 else:
                     report.frames_decoded += 1
                     if at % every == 0:
-                        yield self._frame(frame, at)
-        for pts in sorted(pending):  # packets after the last frame that came out
-            self._drop(index, self._time(pts), "could not be decoded")
-            index += 1
+                        yield self._frame(frame, at, time(pts))
+        for k in range(part, len(parts)):  # packets after the last frame that came out
+            for pts in sorted(parts[k]):
+                self._drop(index, None if k > part else time(pts), "could not be decoded")
+                index += 1
         if report.truncated is None:
-            report.truncated = self._truncation(packets, last_end)
+            report.truncated = self._truncation(packets, None if report.restarts else last_end)
 
     def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame]]]:
         """(packet, the frames its decoding gave) in file order, ending with (None, the frames the decoder still

@@ -212,9 +212,15 @@ class _AnnotatedVideo:
             if codec == "mpeg4":
                 self.stream.bit_rate = max(2_000_000, int(w * h * self.fps * 0.2))
             self.stream.time_base = self.stream.codec_context.time_base = Fraction(1, 1000)
+            # BT.709 limited range, converted so and tagged so (untagged, the BT.601 conversion had been shown with
+            # HD's BT.709 by players that assume it for untagged HD: colours off by 3-5 levels of 255)
+            cc = self.stream.codec_context
+            cc.colorspace = cc.color_primaries = cc.color_trc = 1  # ITU-R BT.709
+            cc.color_range = 1  # limited ("tv", MPEG)
         if w % 2 or h % 2:
             rgb = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG")
         pts = round(time_s * 1000) if time_s is not None else self.last + round(1000 / self.fps)
         self.last = frame.pts = max(pts, self.last + 1)
         frame.time_base = Fraction(1, 1000)
