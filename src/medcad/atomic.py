@@ -1,7 +1,7 @@
-"""Atomic writes: every file medcad writes (results, manifests, model files, checkpoints, caches, masks) is written
-to a temporary file beside it, in the same folder, and renamed over it only once complete. A run stopped or killed
-mid-write leaves the file as it was, never a truncated one; and a rewritten file is a new file (a new inode), so a
-hard link to the old one (`engine.resume`'s snapshot of best.ckpt) keeps the old bytes.
+"""Atomic writes: the files medcad writes whole (results, manifests, model files, checkpoints, caches, masks,
+exports) are written to a temporary file beside each, in the same folder, and renamed over it only once complete.
+A run stopped or killed mid-write leaves the file as it was, never a truncated one; and a rewritten file is a new
+file (a new inode), so a hard link to the old one (`engine.resume`'s snapshot of best.ckpt) keeps the old bytes.
 
 The same folder matters: a temporary file in $TMPDIR (fsspec's, which Lightning's checkpoint writer uses: Lightning
 issue #21253) is copied into place when $TMPDIR is on another filesystem than the run folder (a mounted data disk,
@@ -34,6 +34,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o666 & ~_UMASK)
+    except OSError:  # a file system that refuses chmod (some network and FUSE mounts): mkstemp's 0600 stays
+        pass
     finally:
         os.close(fd)
     try:

@@ -373,3 +373,22 @@ def test_a_matroska_clip_whose_frames_start_late_is_whole(tmp_path: Path) -> Non
         assert video.estimated_frames == N
     assert len(frames) == N and not video.report.truncated
     assert [f.time_s for f in frames] == pytest.approx([i * 0.04 for i in range(N)])
+
+
+def test_a_decode_timestamp_glitch_is_no_new_recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One packet's decode timestamp a frame back (as damaged or captured files have) is a glitch within one
+    timeline, not a joined recording: it had made 20 of 30 frames 'could not be decoded'."""
+    if "libx264" not in av.codecs_available:
+        pytest.skip("this PyAV build has no libx264 encoder")
+    clip = encode(tmp_path / "glitch.ts", n=N, codec="libx264")
+    packets = VideoReader._decoded_packets
+
+    def glitch(self):
+        for i, (packet, decoded) in enumerate(packets(self)):
+            if i == 10 and packet is not None and packet.dts is not None:
+                packet.dts -= 3700  # a frame and a tick back, at 90 kHz
+            yield packet, decoded
+
+    monkeypatch.setattr(VideoReader, "_decoded_packets", glitch)
+    frames, video = read_all(clip)
+    assert [f.index for f in frames] == list(range(N)) and not video.report.dropped and not video.report.restarts

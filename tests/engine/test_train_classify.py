@@ -287,7 +287,9 @@ def test_a_fit_resumed_before_its_best_epoch_keeps_the_best_weights_of_that_resu
         def on_train_start(self, trainer, module) -> None:
             seen.append(epoch_of("best.ckpt"))
 
+    (folder / ".last.k1ll3d.ckpt").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves (medcad.atomic)
     best, written = _fit_tiny(tmp_path, 5, 10, AtStart())  # resumes after epoch 0: epochs 1-4 trained again
+    assert not (folder / ".last.k1ll3d.ckpt").exists()  # removed when the fit resumes
     assert seen == [0]  # best.ckpt as at the resume point, not the killed fit's epoch 1
     assert written == [1, 4] and epoch_of("best.ckpt") == 1 and best.best_model_score == 0.0
     last = torch.load(folder / "last.ckpt", weights_only=False)
@@ -636,7 +638,7 @@ def test_a_segmenter_predicting_nan_is_stopped_though_its_masks_are_uint8(tmp_pa
 
 
 def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_again(
-    easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two findings, neither a negation (adenoma vs hyperplastic), had the last label as positive class, with no way
     to choose: `positive` names it for every binary figure (sensitivity, operating points, ROC, evaluate --data),
@@ -700,11 +702,21 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
             "hyperplastic" if r["probabilities"]["hyperplastic"] >= cut else "adenoma" for r in rows
         ]
         assert f"'hyperplastic' when p_hyperplastic >= {cut:.4g} (operating point 'sens>=0.90'" in res.stderr
+    from medcad.inference import backends
     from medcad.inference.card import model_card
     from medcad.inference.registry import load_predictor
 
-    card = model_card(load_predictor(run, backend="torch-fp32", operating_point="youden"))
+    def measured(ref, threads):  # as `auto` measures: the chosen backend's predictor made apart from the reference
+        made = type(ref)(ref.run, ref.fold, "torch-fp32", threads, ref.threshold, "cpu")
+        return {"backend": "torch-fp32", "reason": "measured"}, made
+
+    monkeypatch.setattr(backends, "measure_choice", measured)
+    chosen = load_predictor(run, operating_point="youden")  # `auto`'s measured predictor had decided by argmax
+    assert chosen.cut == ("hyperplastic", points["youden"]["ensemble_threshold"])  # on whichever backend it chose
+    card = model_card(chosen)
     assert card["decision"].startswith("'hyperplastic' when p_hyperplastic >= ") and card["positive"] == "hyperplastic"
+    table = pd.read_csv(tmp_path / "opNone" / "predictions.csv")  # the table says where it cut, too
+    assert set(table["decided_at"]) == {f"p_hyperplastic >= {points['sens>=0.90']['ensemble_threshold']:.6g}"}
     res = runner.invoke(app, ["predict", str(run), images[0], "--operating-point", "sens>=0.85"])
     assert res.exit_code == 2 and "not one of this run's (youden, spec>=0.90" in res.output
 

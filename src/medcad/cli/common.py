@@ -340,6 +340,12 @@ def _echo_video(v: dict) -> None:
         typer.echo(f"note: {v['video']}: {len(skipped)} frame(s) skipped by --realtime to keep pace: {shown}{more}")
     if v.get("truncated"):
         typer.echo(f"warning: {v['video']}: truncated ({v.get('truncation')}); the frames before the cut were read")
+    if v.get("time_restarts"):
+        at = ", ".join(map(str, v["time_restarts"]))
+        typer.echo(
+            f"note: {v['video']}: its timestamps start again at frame(s) {at} (recordings joined in one file): each "
+            "part's frames follow the part before in number and time"
+        )
 
 
 def _distinct_tails(paths: list[str]) -> list[str]:

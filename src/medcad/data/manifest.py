@@ -258,7 +258,7 @@ def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labe
     def label(v: str) -> str:  # a whole cell, else each label of a multi-label cell ('stone|cyst')
         if v in mapping or not MULTI_LABEL_CELL.search(str(v)):
             return mapping.get(v, v)
-        return "|".join(mapping.get(x, x) for x in LABEL_SEPARATORS.split(str(v).strip()) if x)
+        return LABEL_JOIN.join(mapping.get(x, x) for x in LABEL_SEPARATORS.split(str(v).strip()) if x)
 
     t["label"] = t["label"].map(label)
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.annotations.boxcsv import box_rows, corner_columns, row_box
-from medcad.data.manifest import MASK_SEP, Manifest, make_table
+from medcad.data.manifest import LABEL_JOIN, MASK_SEP, Manifest, make_table
 from medcad.data.media import expand_frames
 from medcad.data.paths import PathResolver
 from medcad.errors import DataError
@@ -144,7 +144,9 @@ def _one_hot_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return df, ""
     ones = df[binary].astype(str).apply(lambda col: col.str.strip().astype(float) == 1)
     names = [str(c).strip() for c in binary]
-    df = df.assign(label=["|".join(n for n, on in zip(names, row, strict=True) if on) for row in ones.to_numpy()])
+    df = df.assign(
+        label=[LABEL_JOIN.join(n for n, on in zip(names, row, strict=True) if on) for row in ones.to_numpy()]
+    )
     per_row = ones.sum(axis=1)
     return df, (
         f"labels from the one-hot columns {', '.join(names)} (no label column): "

@@ -142,7 +142,7 @@ class VideoReader:
             if packet is not None and (packet.size or packet.pts is not None):  # not the final flush packet
                 packets += 1
                 if packet.size and packet.dts is not None:
-                    if last_dts is not None and packet.dts < last_dts:  # decode order goes back: a new timeline
+                    if last_dts is not None and self._restarts(packet, last_dts):  # a new timeline
                         parts.append([])
                     last_dts = packet.dts
                 if packet.size and packet.pts is not None:
@@ -173,7 +173,7 @@ class VideoReader:
                         heapq.heappop(pending)
                     at, index = index, index + 1
                 if pts is not None:
-                    last_pts, last_time = max(pts, last_pts or pts), time(pts)
+                    last_pts, last_time = pts if last_pts is None else max(pts, last_pts), time(pts)
                 if pts is not None and (part, pts) in damaged:
                     self._drop(at, time(pts), "damaged in the file (incomplete or corrupt packet)")
                 elif frame.is_corrupt:
@@ -188,6 +188,12 @@ class VideoReader:
                 index += 1
         if report.truncated is None:
             report.truncated = self._truncation(packets, None if report.restarts else last_end)
+
+    def _restarts(self, packet: av.Packet, last_dts: int) -> bool:
+        """Whether a packet starts a new timeline: its decode timestamp goes back by more than two frames, at a key
+        frame (where a joined recording starts; a non-monotonic timestamp of a damaged or captured file is a glitch
+        within one timeline, not a new one: one packet a tick back had made 51 frames 'undecodable')."""
+        return packet.is_keyframe and (last_dts - packet.dts) * self._tb > 2.0 / self.fps
 
     def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame]]]:
         """(packet, the frames its decoding gave) in file order, ending with (None, the frames the decoder still

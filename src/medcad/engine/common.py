@@ -189,6 +189,8 @@ def make_trainer(
     if is_primary():
         where = f"{fold.path.name} {stage}"  # fold_<k> stage2
         if resumed:
+            for stale in folder.glob(".*.ckpt"):  # a checkpoint a kill stopped mid-write (medcad.atomic's temp file)
+                stale.unlink(missing_ok=True)
             restore_best(folder)  # the best weights as of that epoch, not those of epochs trained again
             log.warning(
                 "note: %s continues after epoch %d of %d (its last checkpoint)", where, resumed.epoch + 1, max_epochs

@@ -19,6 +19,8 @@ def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label:
     `prediction`: the predictor's `Prediction` of `rgb` when it has one already (not made again)."""
     if label is not None and label not in predictor.labels:
         raise ConfigError(f"--class {label!r} is not one of the model's labels {predictor.labels}")
+    if label is None and prediction is not None and predictor.cut is not None:
+        label = prediction.label  # the class decided at the operating point (serve's), not the most probable
     classes = None if label is None else [predictor.labels.index(label)]
     probs = None if prediction is None else prediction.probabilities[None]
     heat, probs = explain_predictor(predictor, predictor.prepare(rgb)[None], classes, layer, probs)

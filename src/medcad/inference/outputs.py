@@ -2,7 +2,8 @@
 table fields, drawing and what a video averages over frames: class probabilities, a lesion mask (one lesion, or
 several lesion classes), boxes. A `Prediction` holds the outputs its task has.
 
-Decisions: class probabilities name the most probable class (multi-label: every label at or above the threshold,
+Decisions: class probabilities name the most probable class (at a validated operating point: the positive class
+from its threshold on, else the other; multi-label: every label at or above the threshold,
 joined by '|' as in a manifest's cells, or "none"); boxes name the top kept box's class, or "background" when no box
 reaches the threshold; a mask says "lesion" when a pixel reaches the threshold and the frame passes the frame-level
 decision fitted on validation data (its `frame_score` reaches `min_frame_score`), else "no lesion" — and then no
@@ -118,7 +119,8 @@ class ClassProbabilities(Output):
         return self.labels[int(np.argmax(p))], float(np.max(p))
 
     def fields(self) -> dict:
-        return {f"p_{lab}": float(p) for lab, p in zip(self.labels, self.p, strict=True)}
+        at = {"decided_at": f"p_{self.cut[0]} >= {self.cut[1]:.6g}"} if self.cut else {}
+        return {f"p_{lab}": float(p) for lab, p in zip(self.labels, self.p, strict=True)} | at
 
     def summary(self) -> dict:
         at = {"decided_at": {"positive": self.cut[0], "threshold": self.cut[1]}} if self.cut else {}

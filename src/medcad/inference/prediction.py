@@ -102,9 +102,12 @@ class Prediction:
     @property
     def threshold(self) -> float | None:
         """The deciding output's threshold (the predictor's: lesion probability, box score or a multi-label model's
-        label probability); None for one class per image, decided by the most probable (no threshold takes part)."""
+        label probability; the positive class's at an operating point); None for one class per image decided by the
+        most probable (no threshold takes part)."""
         d = self.decider
-        return None if isinstance(d, ClassProbabilities) and not d.multilabel else d.threshold
+        if isinstance(d, ClassProbabilities) and not d.multilabel:
+            return d.cut[1] if d.cut else None
+        return d.threshold
 
     @property
     def label(self) -> str:
@@ -119,8 +122,8 @@ class Prediction:
     def doubts(self) -> list[str]:
         """What makes this prediction doubtful by itself: under a class label (multitask), a mask whose own frame
         decision contradicts it (a lesion class over no mask, or the lesion-free class over a drawn lesion). The
-        two are decided apart (the class by its most probable class, the mask at a frame threshold chosen on
-        validation data for Dice) and can disagree: the demo's 360 images, 50 times."""
+        two are decided apart (the class by its most probable class or at an operating point, the mask at a frame
+        threshold chosen on validation data for Dice) and can disagree: the demo's 360 images, 50 times."""
         mask, ref = self.mask, reference_label(self.labels)
         if mask is None or self.decider is mask or ref is None or (self.label != ref) == mask.frame_has_lesion:
             return []

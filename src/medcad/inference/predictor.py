@@ -74,9 +74,13 @@ def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
     if rule not in rules:
         raise ConfigError(f"operating point {rule!r}: not one of this run's ({', '.join(rules)})")
     o = rules[rule]
-    threshold = o["ensemble_threshold"] if fold is None else o["thresholds"].get(str(fold))
+    threshold = o.get("ensemble_threshold") if fold is None else o["thresholds"].get(str(fold))
     if threshold is None:
-        raise ConfigError(f"operating point {rule!r}: fold {fold} has no threshold of its own in {run}")
+        whose = "the fold models' mean threshold" if fold is None else f"fold {fold}'s threshold"
+        raise ConfigError(
+            f"operating point {rule!r}: {run} has no {whose} (a validation part of one class, or a run from before "
+            "ensemble thresholds: `medcad evaluate RUN` records them)"
+        )
     return positive, float(threshold)
 
 
@@ -95,10 +99,6 @@ class Predictor:
             load_predictor` also takes "auto" (the fastest that agrees here: medcad.inference.backends).
         threads: CPU threads for torch / ONNX Runtime.
         threshold: lesion-probability threshold of masks, score threshold of boxes.
-        operating_point: a two-class run's validated operating point ("youden", "sens>=0.90", ...: its
-            metrics.json's `validated_operating_points`): the class decision is the positive class when its
-            temperature-scaled probability reaches that rule's threshold (the folds' mean for their ensemble, fold
-            k's own with `fold`), else the other class. None: the most probable class (a threshold of 0.5).
         device: where the torch backends run: "cpu", "auto" (the first GPU if any, else the CPU), "cuda", "cuda:N";
             "torch-bf16" autocasts to bf16 there (fp16 on GPUs without bf16).
 
@@ -111,6 +111,9 @@ class Predictor:
     graph_outputs: tuple[str, ...] = ()
     agreement_measure = ""  # the key of `agreement` that says, in one number, how well two backends agree
     multilabel = False  # probabilities are per label (sigmoid), not over classes
+    # a two-class run's decision at a validated operating point (`decide_at`): its rule, (positive class, threshold)
+    operating_point: str | None = None
+    cut: tuple[str, float] | None = None
     frame_score_kind, min_frame_score = "lesion_area", 0.0  # masks: the frame-level decision (see Prediction)
 
     def __init__(
@@ -121,7 +124,6 @@ class Predictor:
         threads: int | None = None,
         threshold: float = 0.5,
         device: str = "cpu",
-        operating_point: str | None = None,
     ) -> None:
         if backend not in self.backends:
             raise ConfigError(
@@ -145,8 +147,13 @@ class Predictor:
         self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
         # label-map models: the mask value of each class, as the run read its masks
         self.class_values = parse_mask_labels(self.config.mask_labels).values if self.config.mask_labels else None
-        self.operating_point = operating_point
-        self.cut = validated_cut(self.run, fold, operating_point) if operating_point else None
+
+    def decide_at(self, operating_point: str | None, cut: tuple[str, float] | None) -> Predictor:
+        """Name the class at a validated operating point (`validated_cut`: the positive class when its
+        temperature-scaled probability reaches the rule's threshold, else the other class), or, with None, the most
+        probable class. Returns the predictor."""
+        self.operating_point, self.cut = operating_point, cut
+        return self
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 image -> (S, S, 3) uint8 model input."""

@@ -9,7 +9,7 @@ from medcad.inference.classes import ClassPredictor, MultilabelPredictor
 from medcad.inference.detections import BoxPredictor
 from medcad.inference.export import ensure_export, export_onnx
 from medcad.inference.masks import MaskPredictor
-from medcad.inference.predictor import Predictor
+from medcad.inference.predictor import Predictor, validated_cut
 
 # Each predictor class declares the tasks it serves (`Predictor.tasks`); this is the list of them.
 PREDICTORS: dict[str, type[Predictor]] = {
@@ -18,13 +18,28 @@ PREDICTORS: dict[str, type[Predictor]] = {
 
 
 def load_predictor(
-    run: str | Path, fold: int | None = None, backend: str = "auto", device: str = "auto", **kwargs
+    run: str | Path,
+    fold: int | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    operating_point: str | None = None,
+    **kwargs,
 ) -> Predictor:
     """The predictor of a run folder's (or model file's) task; `backend` "auto" (the default: the fastest backend
     that agrees with torch-fp32 on this machine, see medcad.inference.backends; why it chose is in
     `predictor.backend_choice`) or a name of `Predictor`; `device` "auto" (the default: the first GPU if any, as
-    predict and serve; evaluate --data, explain and the shortcut check follow it), "cpu" or "cuda[:N]"; other kwargs
-    as for `Predictor`."""
+    predict and serve; evaluate --data, explain and the shortcut check follow it), "cpu" or "cuda[:N]";
+    `operating_point`: a two-class run's validated operating point to decide the class at (`Predictor.decide_at`),
+    checked before anything loads; other kwargs as for `Predictor`.
+
+    Raises:
+        ConfigError: the run has no such operating point (see `validated_cut`).
+    """
+    cut = validated_cut(Path(run), fold, operating_point) if operating_point else None
+    return _load(run, fold, backend, device, **kwargs).decide_at(operating_point, cut)
+
+
+def _load(run: str | Path, fold: int | None, backend: str, device: str, **kwargs) -> Predictor:
     cls = PREDICTORS[run_task(Path(run))]
     if backend != "auto":
         ensure_export(cls, Path(run), fold, backend, kwargs.get("threads"))

@@ -149,7 +149,7 @@ def predict_video(
         **{k: decode[k] for k in ("frames_dropped", "dropped_frames")},
         "frames_skipped": len(state["skipped"]),
         "skipped_frames": state["skipped"],
-        **{k: decode[k] for k in ("truncated", "truncation", "rotation", "mirrored", "times_from")},
+        **{k: decode[k] for k in ("truncated", "truncation", "rotation", "mirrored", "times_from", "time_restarts")},
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,

@@ -87,10 +87,13 @@ function showImage(li, r) {
   });
   $("img", li).src = r.overlay;
   $("img", li).alt = `overlay: ${r.label} ${pct(r.score)}`;
-  // a multitask answer has two decisions: the class head's most probable class (the label) and the mask's own
-  // frame decision; each is named, so a class 'normal' beside a mask decided 'lesion' is not left unexplained
+  // a multitask answer has two decisions: the class head's (the label: the most probable class, or the positive
+  // class from a validated threshold on, `decided_at`) and the mask's own frame decision; each is named, so a class
+  // 'normal' beside a mask decided 'lesion' is not left unexplained
   const both = r.probabilities && r.frame_decision !== undefined;
-  $(".decision", li).textContent = (both ? "class (most probable): " : "") + `${r.label} — ${pct(r.score)}`;
+  const at = r.decided_at ? ` (p ${r.decided_at.positive} ≥ ${r.decided_at.threshold.toFixed(3)})` : "";
+  const how = r.decided_at ? `class${at}: ` : "class (most probable): ";
+  $(".decision", li).textContent = (both ? how : "") + `${r.label} — ${pct(r.score)}` + (both ? "" : at);
   if (r.probabilities) probTable($("tbody", li), r.probabilities); else $(".probs", li).remove();
   const extra = [];
   if (r.frame_reason) extra.push(`${both ? "lesion mask (decided apart from the class)" : "frame decision"} — ${r.frame_reason}`);
