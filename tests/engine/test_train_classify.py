@@ -691,9 +691,10 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     # (the folds' mean for the ensemble, the fold's own for --fold), said, and carried by each row
     points = json.loads((run / "metrics.json").read_text())["validated_operating_points"]
     images = sorted(str(p) for p in easy_set.rglob("*.png"))
-    for fold, cut in ((None, points["sens>=0.90"]["ensemble_threshold"]), (1, points["sens>=0.90"]["thresholds"]["1"])):
-        args = ["predict", str(run), *images, "--out", str(tmp_path / f"op{fold}"), "--backend", "torch-fp32"]
-        res = runner.invoke(app, [*args, *(["--fold", str(fold)] if fold is not None else []), "--json",
+    ensemble, own = points["sens>=0.90"]["ensemble_threshold"], points["sens>=0.90"]["thresholds"]["1"]
+    for fold, cut, model in ((None, ensemble, run), (1, own, run), (None, own, run / "fold_1" / "model.pt")):
+        args = ["predict", str(model), *images, "--out", str(tmp_path / f"op{fold}{model.name}"), "--backend"]
+        res = runner.invoke(app, [*args, "torch-fp32", *(["--fold", str(fold)] if fold is not None else []), "--json",
                                   "--operating-point", "sens>=0.90"])  # fmt: skip
         assert res.exit_code == 0, res.output
         rows = json.loads(res.stdout)
@@ -715,7 +716,7 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     assert chosen.cut == ("hyperplastic", points["youden"]["ensemble_threshold"])  # on whichever backend it chose
     card = model_card(chosen)
     assert card["decision"].startswith("'hyperplastic' when p_hyperplastic >= ") and card["positive"] == "hyperplastic"
-    table = pd.read_csv(tmp_path / "opNone" / "predictions.csv")  # the table says where it cut, too
+    table = pd.read_csv(tmp_path / f"opNone{run.name}" / "predictions.csv")  # the table says where it cut, too
     assert set(table["decided_at"]) == {f"p_hyperplastic >= {points['sens>=0.90']['ensemble_threshold']:.6g}"}
     res = runner.invoke(app, ["predict", str(run), images[0], "--operating-point", "sens>=0.85"])
     assert res.exit_code == 2 and "not one of this run's (youden, spec>=0.90" in res.output

@@ -58,12 +58,16 @@ def validated_rules(run: Path) -> tuple[str, dict[str, dict]] | None:
 
 def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
     """(positive class, threshold on its temperature-scaled probability) of a two-class run's validated operating
-    point `rule`: the fold models' mean threshold for their ensemble, fold k's own for `fold` k.
+    point `rule`: the fold models' mean threshold for their ensemble, fold k's own for `fold` k or for a fold's model
+    file given as `run` (RUN/fold_k/model.pt).
 
     Raises:
         ConfigError: the run has no validated operating points (a model file, another task or more than two
             classes), or none of that name (its rules are named).
     """
+    run = Path(run)
+    if run.is_file() and run.parent.name.removeprefix("fold_").isdigit():  # a fold's model file: that fold's own
+        fold, run = int(run.parent.name.removeprefix("fold_")), run.parent.parent
     found = validated_rules(run)
     if not found or not found[1]:
         raise ConfigError(
