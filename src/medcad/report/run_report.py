@@ -169,6 +169,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "summary": data_summary,
         "audit": findings,
         "splits": splits,
+        "fold_sizes": _fold_sizes(folder, splits),
         "figures": figures,
         "gallery": gallery_items,
         "card": card,
@@ -179,6 +180,19 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     from medcad.report.checklist import checklist
 
     out["checklist"] = checklist(out, run)
+    return out
+
+
+def _fold_sizes(folder: RunFolder, splits: dict) -> list[dict]:
+    """Images each fold's model trained, validated and was tested on: its result.json's (a run on some domains
+    trains and validates on their share of the study's splits: the splits' own sizes had been shown, twice the
+    images for a one-domain run), else, for a fold not finished, the splits'; `of_splits` the splits' sizes."""
+    out = []
+    for f in splits["folds"]:
+        result = folder.fold(f["fold"]).result
+        n = json.loads(result.read_text()) if result.is_file() else {}
+        sizes = {part: n.get(f"n_{part}", len(f[part])) for part in ("train", "val", "test")}
+        out.append({"fold": f["fold"], **sizes, "of_splits": [len(f[part]) for part in ("train", "val", "test")]})
     return out
 
 
