@@ -248,6 +248,10 @@ def test_a_detection_study_tests_detectors_paired(tmp_path: Path, monkeypatch: p
     )
     html = write_study_report(tmp_path / "out").read_text()
     assert 'id="paired-ap"' in html and html.count("<td>at64</td><td>at96</td>") == 4
+    # a compare study of detectors: no AUC column to explain, no transfer or combined run to describe (both had been
+    # printed for every study)
+    assert "AUC per fold" not in html and "sequential transfer" not in html and "combined run" not in html
+    assert "same way are compared on every test image." in html
 
 
 def test_detectors_on_one_domain_are_paired_on_its_images(
