@@ -118,11 +118,39 @@ def test_hd95_matches_scipy_reference_and_conventions():
     t[14:44, 8:60] = True
     assert hd95(p, t) == pytest.approx(_hd95_scipy(p, t), abs=1e-6)
     assert hd95(p, p) == 0.0
-    assert hd95(np.zeros_like(p), np.zeros_like(p)) == 0.0
-    assert np.isnan(hd95(np.zeros_like(p), t))
-    s = hd95_summary(np.array([1.0, 3.0, np.nan, 5.0]), n_boot=50)
-    assert s["n_defined"] == 3 and s["n_undefined"] == 1 and s["mean"]["value"] == pytest.approx(3.0)
-    assert s["median"] == 3.0
+    assert np.isnan(hd95(np.zeros_like(p), np.zeros_like(p)))  # no boundary: not scored (it had scored 0.0)
+    assert np.isinf(hd95(np.zeros_like(p), t))  # a missed lesion: counted, never averaged
+    s = hd95_summary(np.array([1.0, 3.0, np.inf, 5.0, np.nan, np.nan]), n_boot=50)
+    assert (s["n_defined"], s["n_undefined"], s["n_both_empty"]) == (3, 1, 2)
+    assert s["mean"]["value"] == pytest.approx(3.0) and s["median"] == 3.0
+
+
+def test_hd95_mean_is_monais_over_images_with_and_without_lesions():
+    """The mean HD95 of a set holding lesion-free images (both masks empty), a missed lesion and lesions drawn
+    is MONAI's HausdorffDistanceMetric(percentile=95, reduction="mean"): both leave out what has no boundary."""
+    import torch
+    from monai.metrics import HausdorffDistanceMetric
+
+    from medcad.metrics.segmentation import hd95, hd95_summary
+
+    rng = np.random.default_rng(3)
+    pairs = []
+    for i in range(12):
+        t = np.zeros((40, 40), bool)
+        p = np.zeros((40, 40), bool)
+        if i % 3:  # a lesion in the truth; predicted shifted, or missed (i == 4)
+            y, x = rng.integers(5, 25, 2)
+            t[y : y + 10, x : x + 8] = True
+            if i != 4:
+                dy, dx = rng.integers(-3, 4, 2)
+                p[y + dy : y + dy + 9, x + dx : x + dx + 8] = True
+        pairs.append((p, t))
+    ours = hd95_summary(np.array([hd95(p, t) for p, t in pairs]), n_boot=20)
+    metric = HausdorffDistanceMetric(percentile=95, reduction="mean")
+    metric(torch.tensor(np.array([p for p, _ in pairs]))[:, None].float(),
+           torch.tensor(np.array([t for _, t in pairs]))[:, None].float())  # fmt: skip
+    assert ours["mean"]["value"] == pytest.approx(float(metric.aggregate()), rel=1e-6)
+    assert (ours["n_defined"], ours["n_undefined"], ours["n_both_empty"]) == (7, 1, 4)
 
 
 def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:

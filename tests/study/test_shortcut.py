@@ -45,7 +45,7 @@ def test_multitask_run_statistics_and_shortcut_check(tmp_path: Path, monkeypatch
     assert set(cal["temperatures"]) == {"0", "1"} and {"ece", "brier", "reliability"} <= set(cal["after"])
     seg = m["segmentation"]
     assert "own size" in seg["resolution"] and seg["training_size"]["resolution"] == "64x64 px"
-    assert seg["hd95"]["n_defined"] + seg["hd95"]["n_undefined"] == seg["n_images"]
+    assert seg["hd95"]["n_defined"] + seg["hd95"]["n_undefined"] + seg["hd95"]["n_both_empty"] == seg["n_images"]
     for lab, pc in m["per_class"].items():
         assert len(pc["auc_ci95"]) == 2, lab
 

@@ -48,8 +48,8 @@ def class_counts(pred: np.ndarray, true: np.ndarray, n_classes: int) -> list[dic
 
 
 def class_hd95(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
-    """HD95 in pixels of each lesion class between two class-index maps (H, W): (n_classes,), nan where one of the
-    two has the class and the other not (see `medcad.metrics.segmentation.hd95`)."""
+    """HD95 in pixels of each lesion class between two class-index maps (H, W): (n_classes,), inf where one of the
+    two has the class and the other not, nan where neither has it (see `medcad.metrics.segmentation.hd95`)."""
     return np.array([hd95(pred == c, true == c) for c in range(1, n_classes + 1)])
 
 
