@@ -39,6 +39,7 @@ class Targets:
             were scaled from (detection; `medcad.data.boxes.scale_boxes` maps boxes back to it); else None.
         positive: the positive class of two class labels (its sensitivity, ROC and operating points), as the run's
             `positive` setting names it or `tasks.positive_label` chooses; None for other targets.
+        frame_classes: detection classes boxed as whole frames (`frame_classes`, e.g. normal): not lesions.
     """
 
     labels: list[str]
@@ -49,6 +50,7 @@ class Targets:
     mask_classes: MaskLabels | None = None
     image_sizes: np.ndarray | None = None
     positive: str | None = None
+    frame_classes: tuple[str, ...] = ()
 
 
 # what a mask task does with an image that has no mask: the reads' choices, or leave it out before reading
@@ -133,7 +135,7 @@ def load_targets(
     training = labels is None
     boxes, problems, classes, sizes = None, [], None, None
     if "boxes" in task.targets:
-        from medcad.data.boxes import manifest_boxes
+        from medcad.data.boxes import manifest_boxes, parse_frame_classes
 
         labels, boxes, problems, wh = manifest_boxes(manifest, cfg.image_size, labels, frame_classes=cfg.frame_classes)
         sizes = np.array(wh, dtype=int).reshape(-1, 2)
@@ -180,7 +182,8 @@ def load_targets(
             f"positive class {positive!r} (its sensitivity, ROC and operating points): neither class reads as no "
             f"finding or benign, so the last label; the positive setting (--positive) names the other"
         )
-    return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes, positive=positive)
+    frames = tuple(parse_frame_classes(cfg.frame_classes)) if boxes is not None else ()
+    return Targets(list(labels), y, masks, boxes, problems, image_sizes=sizes, positive=positive, frame_classes=frames)
 
 
 def _largest_class(masks: np.ndarray, n: int) -> np.ndarray:

@@ -248,6 +248,15 @@ def test_frame_classes_three_class_run(tmp_path: Path, monkeypatch: pytest.Monke
     run = tmp_path / "det3"
     m = train_run(csv.parent, run, cfg, progress=False)
     assert m["labels"] == labels
+    # the headline AP averages the frame classes too (the design's); the lesion classes' own mean is beside it
+    lesions = [lab for lab in labels if lab not in ("normal", "unclear")]
+    assert m["lesion_classes"] == lesions
+    assert m["ap50_lesions"]["value"] == pytest.approx(np.mean([m["ap50_per_class"][lab] for lab in lesions]))
+    assert m["map_lesions"]["value"] == pytest.approx(np.mean([m["map_per_class"][lab] for lab in lesions]))
+    assert m["ap50"]["value"] == pytest.approx(np.mean(list(m["ap50_per_class"].values())))
+
+    html = write_report(run, gallery=False).read_text()
+    assert "AP50, lesion classes alone (tumour; the rows above also average the frame classes normal,unclear)" in html
     f = m["frame_level"]
     assert f["labels"] == [*labels, "background"]
     assert set(f["iou_thresholds"]) == {"0.45", "0.5", "0.55"}

@@ -115,9 +115,11 @@ def detection_results(
     labels: list[str],
     image_sizes: np.ndarray,
     size: int,
+    frame_classes: tuple[str, ...] = (),
 ) -> tuple[dict, pd.DataFrame]:
-    """AP50, mAP, P/R/F1 at the IoU thresholds and the frame-level decision of the folds' test detections, pooled
-    out-of-fold with cluster-bootstrap CIs, per fold; with the per-image table (top detection, frame decision).
+    """AP50, mAP (and over the lesion classes alone, beside `frame_classes`), P/R/F1 at the IoU thresholds and the
+    frame-level decision of the folds' test detections, pooled out-of-fold with cluster-bootstrap CIs, per fold; with
+    the per-image table (top detection, frame decision).
 
     Metrics are computed where the folds predicted, in the model's S x S input (`size`), against `boxes` there;
     the table's `detections` are listed as predict lists them: in the image's own pixels (scaled back by
@@ -130,7 +132,7 @@ def detection_results(
     keys = manifest.keys
     rows, dets, truths = pooled_detections(boxes, results)
     groups = row_groups(groups_of, keys, rows)
-    m = detection_metrics(dets, truths, labels, groups=groups)
+    m = detection_metrics(dets, truths, labels, groups=groups, frame_classes=frame_classes)
     per_fold, start = [], 0
     for r in results:
         n = len(r["test_rows"])
@@ -259,7 +261,9 @@ def evaluate_results(
     m: dict = {}
     pred = None
     if boxes is not None:
-        m, pred = detection_results(manifest, boxes, results, group_map, labels, targets.image_sizes, size)
+        m, pred = detection_results(
+            manifest, boxes, results, group_map, labels, targets.image_sizes, size, targets.frame_classes
+        )
     if all("test_probs" in r for r in results):
         if y.ndim == 2:
             m, pred = _multilabel_results(manifest, labels, y, results, group_map)

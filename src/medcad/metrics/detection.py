@@ -169,22 +169,36 @@ class APScores:
         ValueError: preds and truths of different lengths, or a class index out of range.
     """
 
-    def __init__(self, preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], n_classes: int) -> None:
+    def __init__(
+        self,
+        preds: Sequence[np.ndarray],
+        truths: Sequence[np.ndarray],
+        n_classes: int,
+        lesions: np.ndarray | None = None,
+    ) -> None:
         p, t = _arrays(preds, truths, n_classes)
         self.n_images = len(p)
         self.tables = [_APTable(p, t, n_classes, thr) for thr in COCO_IOUS]
         self.boxed = self.tables[0].gt.sum(0) > 0  # the classes with truths, which every resample's macro averages
+        # with frame classes (whole-frame boxes: normal, unclear) among them, the lesion classes' own means too
+        self.lesions = None if lesions is None or (self.boxed & ~lesions).sum() == 0 else self.boxed & lesions
 
     def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
         """Under image weights w (B, N): ap50 and map (B,), the macro means over the classes with truths in the
-        full data (nan in a resample where one of them has none); ap50_per_class and map_per_class (B, K)."""
+        full data (nan in a resample where one of them has none); ap50_per_class and map_per_class (B, K); with
+        `lesions` (K,) given and a frame class among those with truths, ap50_lesions and map_lesions over the lesion
+        classes alone."""
         ap = np.stack([tab.ap(w) for tab in self.tables])  # (10, B, K)
         map_per_class = _nanmean(ap, axis=0)  # (B, K) over the IoU thresholds
+        lesions = {} if self.lesions is None else {
+            "ap50_lesions": macro_mean(ap[0], self.lesions), "map_lesions": macro_mean(map_per_class, self.lesions)
+        }  # fmt: skip
         return {
             "ap50": macro_mean(ap[0], self.boxed),
             "map": macro_mean(map_per_class, self.boxed),
             "ap50_per_class": ap[0],
             "map_per_class": map_per_class,
+            **lesions,
         }
 
 
@@ -308,6 +322,7 @@ def detection_metrics(
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    frame_classes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Everything a detection study reports, headline numbers with bootstrap 95 % CIs over images (or groups).
 
@@ -320,10 +335,14 @@ def detection_metrics(
         groups: optional group (patient) per image for a cluster bootstrap.
         n_boot: bootstrap resamples (0: CIs are nan).
         seed: bootstrap seed.
+        frame_classes: classes boxed as whole frames (normal, unclear), not lesions: with one among the classes with
+            truths, ap50_lesions and map_lesions average the other classes alone (beside ap50 and map over all, the
+            design's; BUSI's normal frames had raised a lesion detector's headline AP50 from 0.283 to 0.403).
 
     Returns:
         JSON-ready dict: n_images, n_boxes, labels, score_threshold, ap50 and map ({value, ci95}; mean over
-        the classes with truths; map over IoU 0.50:0.95), ap50_per_class, map_per_class, iou_thresholds
+        the classes with truths; map over IoU 0.50:0.95), (ap50_lesions, map_lesions, lesion_classes: the same over
+        the classes not in `frame_classes`, when one of those has truths), ap50_per_class, map_per_class, iou_thresholds
         ({"0.45": {precision, recall, f1 (micro), ci95, macro, tp, fp, fn, per_class}}: box counts), frame_level
         (the frame decision: confusion matrix of classes with the background row and column, accuracy, macro_f1
         over `labels`, per_class; and its table at each IoU threshold, iou_thresholds {"0.45": {accuracy,
@@ -337,7 +356,7 @@ def detection_metrics(
     k = len(labels)
     p, t = _arrays(preds, truths, k)
     n = len(p)
-    ap_scores = APScores(p, t, k)
+    ap_scores = APScores(p, t, k, ~np.isin(labels, list(frame_classes)))
     counts = {f"{thr:g}": _counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
     y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
@@ -373,9 +392,11 @@ def detection_metrics(
     stats = _Stats(point, samples)
     counts_only = ("support", "tp", "fp", "fn", "mislocated")
     frame = _frame_section(stats, labels, list(frame_correct), counts_only)
+    lesion_means = ap_scores.lesions is not None
     macro = {  # where each macro figure stands in the result: its samples
         "ap50": "ap50",
         "map": "map",
+        **({"ap50_lesions": "ap50_lesions", "map_lesions": "map_lesions"} if lesion_means else {}),
         "frame_level.macro_f1": "frame/macro_f1",
         "frame_level.macro_f1_with_background": "frame/macro_f1_with_background",
         **{f"frame_level.iou_thresholds.{name}.macro.f1": f"frame@{name}/macro_f1" for name in frame_correct},
@@ -387,6 +408,15 @@ def detection_metrics(
         "score_threshold": float(score_threshold),
         "ap50": stats.stat("ap50"),
         "map": stats.stat("map"),
+        **(
+            {
+                "lesion_classes": [lab for lab, on in zip(labels, ap_scores.lesions, strict=True) if on],
+                "ap50_lesions": stats.stat("ap50_lesions"),
+                "map_lesions": stats.stat("map_lesions"),
+            }
+            if lesion_means
+            else {}
+        ),
         "ap50_per_class": {lab: float(point["ap50_per_class"][0, j]) for j, lab in enumerate(labels)},
         "map_per_class": {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)},
         "iou_thresholds": {name: _box_section(c, stats, name, labels) for name, c in counts.items()},

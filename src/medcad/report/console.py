@@ -184,7 +184,9 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
         if name in m:
             head.add_row(name, _fmt(m[name]))
-    for name, text in (("ap50", "AP50"), ("map", "mAP@[.5:.95]")):
+    lesions = f", lesion classes alone ({', '.join(m.get('lesion_classes', []))})"
+    for name, text in (("ap50", "AP50"), ("map", "mAP@[.5:.95]"), ("ap50_lesions", f"AP50{lesions}"),
+                       ("map_lesions", f"mAP{lesions}")):  # fmt: skip
         if name in m:
             head.add_row(text, _fmt(m[name]))
     if "frame_level" in m:

@@ -118,7 +118,9 @@ def evaluate_external(
     if out.get("boxes") is not None:
         from medcad.metrics.detection import detection_metrics
 
-        metrics = detection_metrics(out["boxes"], targets.boxes, labels, groups=groups)
+        metrics = detection_metrics(
+            out["boxes"], targets.boxes, labels, groups=groups, frame_classes=targets.frame_classes
+        )
         pred = detection_table(  # each image's detections as a run's predictions.csv lists them
             manifest.keys, out["boxes"], targets.boxes, labels, metrics["score_threshold"], targets.image_sizes,
             cfg.image_size,
