@@ -382,6 +382,17 @@ def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_
     }
 
 
+def test_a_bootstrap_p_at_its_resolution_is_written_as_a_bound() -> None:
+    """A paired bootstrap's p where no resample crossed 0 is its resolution, 1/B: written "< 0.0005" for 2000
+    resamples (it had read "0.0005", as if measured); an analytic p (DeLong, Wilcoxon) keeps its digits."""
+    from medcad.report.html import _env
+
+    p = _env().from_string('{% from "macros.html.j2" import p %}{{ p(v, b) }}')
+    assert p.render(v=1 / 2000, b=2000) == "&lt; 0.0005" and p.render(v=0.49, b=2000) == "0.4900"
+    assert p.render(v=0.0005, b=None) == "0.0005" and p.render(v=0.00001, b=None) == "&lt; 0.0001"
+    assert p.render(v=None, b=2000) == "—"
+
+
 def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
     """A macro figure whose interval fewer than half of the resamples define (two rare classes, each in one patient:
     `stats.macro_mean`) is printed with a reason, in the console and the HTML reports, not as "(nan–nan)" (console)
