@@ -10,6 +10,7 @@ a container's volume), which truncates and rewrites the existing file in place: 
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -44,6 +45,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def leftovers(path: str | Path) -> list[Path]:
+    """The temporary files `atomic_path` left beside `path` when a kill stopped it mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -152,6 +152,12 @@ class RunFolder:
         return self.root / ("export" if fold is None else f"export_fold{int(fold)}")
 
 
+def fold_of(model_file: str | Path) -> int | None:
+    """k of a fold's model file (RUN/fold_k/model.pt), else None."""
+    name = Path(model_file).parent.name
+    return int(name[5:]) if name.startswith("fold_") and name[5:].isdigit() else None
+
+
 def study_path(study: Path, stored: str | Path) -> Path:
     """A path a study's results.json holds (a run folder, the splits), as one to read, so a study folder can be moved
     or copied: a relative one is under `study`; an absolute one (studies written before paths were relative) is

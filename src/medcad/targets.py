@@ -18,9 +18,17 @@ from medcad.config import TrainConfig
 from medcad.data.datasets import MISSING_MASKS as READ_MISSING
 from medcad.data.datasets import cached_masks, check_mask_content
 from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
-from medcad.data.manifest import LABEL_SEPARATORS, Manifest
+from medcad.data.manifest import Manifest
 from medcad.errors import DataError
-from medcad.tasks import get_task, positive_from_names, run_positive, says_no_finding, split_labels
+from medcad.tasks import (
+    cell_parts,
+    findings,
+    get_task,
+    positive_from_names,
+    run_positive,
+    says_no_finding,
+    split_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -217,8 +225,8 @@ def run_labels(manifest: Manifest, task: str, source: str | Path) -> list[str]:
         return labels or ["lesion"]
     if kind.label_kind == "multi":
         cells = [str(v) for v in manifest.table["label"]]
-        parts = [LABEL_SEPARATORS.split(v) for v in cells]  # each cell split once (112 k cells in ChestX-ray14)
-        found = [split_labels(v) for v in cells]
+        parts = [cell_parts(v) for v in cells]  # each cell split once (112 k cells in ChestX-ray14)
+        found = [findings(p) for p in parts]
         labels = sorted({lab for f in found for lab in f})
         said = Counter(x for p in parts for x in p if says_no_finding(x))
         if said:

@@ -286,7 +286,17 @@ def p_lesion_words(labels: list[str]) -> str:
 def split_labels(value: str) -> list[str]:
     """The findings of one multi-label cell ('stone|cyst', 'stone; cyst', '' and 'No Finding': none), without
     empties; a label that names the absence of findings (`says_no_finding`, as ChestX-ray14's 'No Finding') is none."""
-    return [v for v in LABEL_SEPARATORS.split(str(value).strip()) if v and not says_no_finding(v)]
+    return findings(cell_parts(value))
+
+
+def cell_parts(value: str) -> list[str]:
+    """A multi-label cell split at its separators ('stone|cyst' -> ['stone', 'cyst']), 'No Finding' included."""
+    return LABEL_SEPARATORS.split(str(value).strip())
+
+
+def findings(parts: list[str]) -> list[str]:
+    """The findings among a cell's parts (`cell_parts`): not empty, not naming the absence of findings."""
+    return [v for v in parts if v and not says_no_finding(v)]
 
 
 def get_task(name: str) -> Task:

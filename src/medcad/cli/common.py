@@ -341,11 +341,9 @@ def _echo_video(v: dict) -> None:
     if v.get("truncated"):
         typer.echo(f"warning: {v['video']}: truncated ({v.get('truncation')}); the frames before the cut were read")
     if v.get("time_restarts"):
-        at = ", ".join(map(str, v["time_restarts"]))
-        typer.echo(
-            f"note: {v['video']}: its timestamps start again at frame(s) {at} (recordings joined in one file): each "
-            "part's frames follow the part before in number and time"
-        )
+        from medcad.data.frames import restart_note
+
+        typer.echo(f"note: {restart_note(v['video'], v['time_restarts'])}")
 
 
 def _distinct_tails(paths: list[str]) -> list[str]:

@@ -78,9 +78,14 @@ def decode_notes(decoded: dict) -> list[str]:
     if decoded["times_from"] != "timestamps":
         out.append(f"{video}: frame times from the {decoded['times_from']}")
     if decoded.get("time_restarts"):
-        at = ", ".join(str(i) for i in decoded["time_restarts"])
-        out.append(
-            f"{video}: its timestamps start again at frame(s) {at} (recordings joined in one file): each part's frames "
-            "follow the part before in number and time"
-        )
+        out.append(restart_note(video, decoded["time_restarts"]))
     return out
+
+
+def restart_note(video: str, restarts: list[int]) -> str:
+    """What a video whose timestamps start again at these frames (`DecodeReport.restarts`) is read as."""
+    at = ", ".join(map(str, restarts))
+    return (
+        f"{video}: its timestamps start again at frame(s) {at} (recordings joined in one file): each part's frames "
+        "follow the part before in number and time"
+    )

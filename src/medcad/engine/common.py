@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from medcad.allocator import keep_freed_memory
+from medcad.atomic import leftovers
 from medcad.config import TrainConfig
 from medcad.devices import is_primary
 from medcad.engine.resume import (
@@ -189,7 +190,7 @@ def make_trainer(
     if is_primary():
         where = f"{fold.path.name} {stage}"  # fold_<k> stage2
         if resumed:
-            for stale in folder.glob(".*.ckpt"):  # a checkpoint a kill stopped mid-write (medcad.atomic's temp file)
+            for stale in (*leftovers(folder / LAST), *leftovers(folder / BEST)):  # a kill stopped them mid-write
                 stale.unlink(missing_ok=True)
             restore_best(folder)  # the best weights as of that epoch, not those of epochs trained again
             log.warning(

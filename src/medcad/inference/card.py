@@ -9,7 +9,7 @@ from medcad import __version__
 from medcad.data.datasets import RESIZE_RULE
 from medcad.inference.outputs import frame_rule, no_finding_decisions
 from medcad.inference.predictor import Predictor, validated_rules
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, fold_of
 from medcad.tasks import get_task
 
 DECISIONS = {
@@ -140,8 +140,7 @@ def model_card(predictor: Predictor) -> dict:
 
 def _fold_of(predictor: Predictor) -> int | None:
     """The fold whose model alone the predictor runs (`--fold k`, or a run of one fold), else None (an ensemble)."""
-    parent = Path(predictor.files[0]).parent.name if len(predictor.files) == 1 else ""
-    return int(parent.removeprefix("fold_")) if parent.startswith("fold_") else None
+    return fold_of(predictor.files[0]) if len(predictor.files) == 1 else None
 
 
 def _operating_points(predictor: Predictor, folder: Path) -> dict:

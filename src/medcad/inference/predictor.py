@@ -37,7 +37,7 @@ from medcad.devices import fit_torch_threads, torch_device
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, graph_session
 from medcad.inference.prediction import Prediction
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, fold_of
 
 TORCH_BACKENDS = ("torch-bf16", "torch-fp32")
 MIN_AGREEMENT = 0.99  # a backend agrees with torch-fp32 when the task's agreement measure reaches this
@@ -66,8 +66,8 @@ def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
             classes), or none of that name (its rules are named).
     """
     run = Path(run)
-    if run.is_file() and run.parent.name.removeprefix("fold_").isdigit():  # a fold's model file: that fold's own
-        fold, run = int(run.parent.name.removeprefix("fold_")), run.parent.parent
+    if run.is_file() and fold_of(run) is not None:  # a fold's model file: that fold's own threshold
+        fold, run = fold_of(run), run.parent.parent
     found = validated_rules(run)
     if not found or not found[1]:
         raise ConfigError(
