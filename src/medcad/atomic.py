@@ -31,7 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix, dir=path.parent)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -50,7 +50,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def leftovers(path: str | Path) -> list[Path]:
     """The temporary files `atomic_path` left beside `path` when a kill stopped it mid-write."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"))
+    return sorted(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*{glob.escape(path.suffix)}"))
+
+
+_NAME_MAX = 255  # bytes in a file name: ext4, XFS, Btrfs, NTFS (in UTF-16 units), APFS
+
+
+def _temp_prefix(path: Path) -> str:
+    """'.<stem>.' with the stem cut so that the temporary name (prefix, mkstemp's 8 characters, suffix) fits in a
+    file name wherever `path`'s own does: a 250-byte name must not fail for its temporary one."""
+    room, stem = _NAME_MAX - len(os.fsencode(path.suffix)) - 8 - 2, path.stem
+    while len(os.fsencode(stem)) > room and stem:
+        stem = stem[:-1]  # whole characters: a name stays valid UTF-8
+    return f".{stem}."
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -304,12 +304,14 @@ def test_resume_restores_the_best_weights_of_its_resume_point(tmp_path: Path) ->
 
     (tmp_path / BEST).write_bytes(b"epoch 0")
     _link_best(tmp_path)
+    _link_best(tmp_path)  # a resume point with no better epoch since the last: linked to the same file again
     (tmp_path / ".new").write_bytes(b"epoch 3")
     (tmp_path / ".new").replace(tmp_path / BEST)  # as Lightning replaces best.ckpt
     assert restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
     (tmp_path / ".new").write_bytes(b"epoch 2")
     (tmp_path / ".new").replace(tmp_path / BEST)  # stopped again before the next resume point: restored alike
     assert restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BEST_AT_RESUME, BEST]  # no temporary link left
     (tmp_path / BEST_AT_RESUME).unlink()
     assert not restore_best(tmp_path) and (tmp_path / BEST).read_bytes() == b"epoch 0"
 

@@ -119,6 +119,7 @@ def _link(source: Path, target: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.link(source, tmp)
     os.replace(tmp, target)
+    tmp.unlink(missing_ok=True)  # renaming over a link to the same file does nothing (rename(2)): tmp stayed
 
 
 @dataclass(frozen=True)
