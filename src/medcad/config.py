@@ -241,9 +241,11 @@ def run_stages(cfg: TrainConfig) -> tuple[Stage, ...] | None:
     return parse_stages(cfg.stages)
 
 
-# Settings that say where a run computes, not what it computes, how a rerun treats changed data, or which class its
-# pooled figures call positive: a run resumes with other values of these (a finished one is pooled again).
+# Settings that say where a run computes, not what it computes, how a rerun treats changed data, which class its
+# pooled figures call positive, or what it keeps on disk: a run resumes with other values of these (a finished one is
+# pooled again).
 RESUMABLE_KEYS = (
+    "keep_checkpoints",
     "threads",
     "accelerator",
     "devices",
@@ -304,6 +306,9 @@ class TrainConfig(DataOptions):
     class_weights: bool = True
     oversample: bool = False
     patience: int = 5
+    # a finished fold's training checkpoints (checkpoints/<stage>: best, last with the optimizer's state) are removed
+    # once its model.pt and result.json are written (model.pt holds the weights it kept); True keeps them
+    keep_checkpoints: bool = False
     precision: str = "auto"  # auto (follows the device) | bf16-mixed | 16-mixed | 32-true
     tta: str = "auto"  # test-time augmentation: auto (horizontal flip for mask models) | none | hflip
     seed: int = 0

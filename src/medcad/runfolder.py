@@ -9,7 +9,8 @@
     RUN/report.html          the run's report;  RUN/box_problems.txt  boxes clipped or dropped (detection)
     RUN/evaluations/<set>/   `evaluate --data`;  RUN/shortcut_check.json, shortcut_gallery.npz  `--shortcut-check`
     RUN/fold_<k>/model.pt    fold k's model;  result.json  its test predictions by key;  test_masks.npz  its masks
-    RUN/fold_<k>/logs/{csv,tensorboard}/<stage>/   its training logs;  checkpoints/<stage>/{best,last}.ckpt
+    RUN/fold_<k>/logs/{csv,tensorboard}/<stage>/   its training logs
+    RUN/fold_<k>/checkpoints/<stage>/{best,last}.ckpt   while it trains (kept once finished: --keep-checkpoints)
     RUN/export[_fold<k>]/    the ONNX export of the ensemble (or of fold k)
 A study keeps the same names for its own files (STUDY/splits.json, STUDY/report.html) and one run folder per
 experiment under STUDY/runs/.
@@ -50,9 +51,14 @@ class FoldFolder:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    @property
+    def all_checkpoints(self) -> Path:
+        """The folder of every training stage's checkpoints."""
+        return self.path / "checkpoints"
+
     def checkpoints(self, stage: str) -> Path:
         """The Lightning checkpoints (best.ckpt, last.ckpt) of a training stage."""
-        return self.path / "checkpoints" / stage
+        return self.all_checkpoints / stage
 
     def history(self, stage: str) -> Path:
         """The CSV log (one row per epoch) of a training stage."""

@@ -69,7 +69,7 @@ def test_dataset_augments_image_and_boxes_together() -> None:
 def test_train_detect_fold_reload_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     images, boxes = _frames()
-    run = Run.resolve(FAST, tmp_path)
+    run = Run.resolve(FAST.replace(keep_checkpoints=True), tmp_path)  # kept: as a kill before result.json left them
     fold = tmp_path / "fold_0"
     r = train_fold(0, PARTS, _data(images, boxes), DetectHooks(run), progress=False)
     saved = json.loads((fold / "result.json").read_text())

@@ -109,6 +109,9 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
     "logger": _Setting(str, "Comma-separated: tensorboard, csv, mlflow (default tensorboard,csv), or none."),
     "tracking_uri": _Setting(str, "MLflow tracking server or store (default: sqlite mlflow.db beside the run)."),
     "patience": _Setting(int, "Early stopping: epochs without a better validation score."),
+    "keep_checkpoints": _Setting(
+        bool, "Keep each finished fold's training checkpoints (best and last .ckpt); model.pt holds its weights."
+    ),
     "seed": _Setting(int, None),
     "threads": _Setting(int, "Torch CPU threads."),
     "val_fraction": _Setting(float, "Validation fraction carved (grouped) from each training part."),

@@ -6,7 +6,8 @@ fit with Lightning (best and last checkpoints, early stopping on the task's vali
 last.ckpt); load the best checkpoint (the last one when no best was recorded); keep whichever of before-fit and
 fitted scores better on validation; fit a temperature on validation class probabilities and the frame-level decision
 (masks: the smallest frame score that makes a frame 'lesion') on the validation predictions; predict the validation
-and test parts; save model.pt and result.json (atomically). A fold with a result.json is finished.
+and test parts; save model.pt and result.json (atomically). A fold with a result.json is finished: its checkpoints
+are removed then, unless `keep_checkpoints`.
 
 With several processes (DDP), every process takes part in each fit; rank 0 alone scores, predicts (on its device)
 and writes the fold folder, so the validation and test parts are predicted whole, once.
@@ -14,6 +15,7 @@ and writes the fold folder, so the validation and test parts are predicted whole
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +251,8 @@ def train_fold(
         result["train_precision"] = precision  # of the fold's fit (engine.precision); predictions: fp32
     result["version"] = RESULT_VERSION
     write_json(fold.result, result)
+    if not cfg.keep_checkpoints:  # finished: what resuming it needed is dead weight (a study's were gigabytes)
+        shutil.rmtree(fold.all_checkpoints, ignore_errors=True)
     return result
 
 
