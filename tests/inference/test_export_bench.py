@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -397,16 +398,7 @@ def test_openvino_compiles_a_graph_once_and_again_when_its_file_changes(tmp_path
     def export(seed: int) -> None:
         torch.manual_seed(seed)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        path.parent.mkdir(exist_ok=True)
-        torch.onnx.export(
-            net.eval(),
-            (torch.zeros(1, 3, 16, 16),),
-            str(path),
-            input_names=["images"],
-            output_names=["p"],
-            dynamic_axes={"images": {0: "n"}, "p": {0: "n"}},
-            dynamo=False,
-        )
+        _export_graph(net.eval(), path, 16, ["p"])
 
     def outputs(backend: str) -> np.ndarray:
         (out,) = GraphSession(path, backend, threads=1).run(x, 2).values()
@@ -422,3 +414,32 @@ def test_openvino_compiles_a_graph_once_and_again_when_its_file_changes(tmp_path
     again = outputs("openvino-fp32")
     np.testing.assert_allclose(again, outputs("onnx-fp32"), rtol=1e-4, atol=1e-3)  # the new weights
     assert not np.allclose(again, first) and len(blobs()) == 2
+
+
+def test_openvino_names_each_output_as_the_export_describes_it(tmp_path: Path) -> None:
+    """OpenVINO gets its output names from the export's description beside the graph (model.json), not by loading
+    the graph with onnx; a graph without one is refused, naming the file."""
+    from medcad.errors import ConfigError
+    from medcad.inference.onnx import GraphSession
+
+    class Two(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3)).softmax(1), x[:, 0].sigmoid()
+
+    path = tmp_path / "model.onnx"
+    _export_graph(Two(), path, 8, ["probs", "mask"])
+    out = GraphSession(path, "openvino-fp32", threads=1).run(np.full((2, 8, 8, 3), 255, np.uint8), 2)
+    assert list(out) == ["probs", "mask"] and out["probs"].shape == (2, 3) and out["mask"].shape == (2, 8, 8)
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(ConfigError, match=r"model\.json: the export's description is missing"):
+        GraphSession(path, "openvino-fp32", threads=1)
+
+
+def _export_graph(net: torch.nn.Module, path: Path, size: int, outputs: list[str]) -> None:
+    """`net` as medcad's export writes a graph: float32 (N, 3, S, S) "images" in, named outputs, with the
+    description beside it (model.json) that the graph sessions read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {n: {0: "n"} for n in ["images", *outputs]}
+    x = torch.zeros(1, 3, size, size)
+    torch.onnx.export(net, x, str(path), input_names=["images"], output_names=outputs, dynamic_axes=axes, dynamo=False)
+    path.with_suffix(".json").write_text(json.dumps({"outputs": outputs}))
