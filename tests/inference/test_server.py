@@ -368,6 +368,11 @@ def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> 
         assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and (seg.Rows, seg.Columns) == (40, 40)
         r = client.post("/predict?format=dicom", content=png(rgb))
         assert r.status_code == 400 and "needs a DICOM upload" in r.json()["detail"]
+        src.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6"  # US Image Storage (retired), as older scanners send
+        retired = io.BytesIO()
+        src.save_as(retired)
+        r = client.post("/predict?format=dicom", files={"file": ("x.dcm", retired.getvalue())})
+        assert r.status_code == 422 and "is not one highdicom builds SEGs on" in r.json()["detail"]  # had been a 500
 
 
 def test_dicom_seg_of_a_class_map_has_a_segment_per_class(tmp_path: Path) -> None:

@@ -146,10 +146,20 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
     from pydicom.sr.codedict import codes
 
     needed = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
-    missing = [k for k in needed if k not in source]
+    missing = [k for k in needed if k not in source or source[k].value in (None, "")]  # Type 1: present, not empty
     if missing:
         raise MedcadError(f"the DICOM upload lacks {', '.join(missing)}, which a DICOM SEG must reference")
+    spatial = "ImageOrientationPatient" in source
+    if spatial and "PixelSpacing" in source and "SliceThickness" not in source:
+        raise MedcadError(
+            "the DICOM upload has Image Orientation (Patient) and Pixel Spacing but no Slice Thickness, which the "
+            "pixel measures of a SEG on it must carry"
+        )
     source = copy.deepcopy(source)  # the header alone (no pixel data)
+    if not spatial and "SliceThickness" not in source and "PixelSpacing" in source:
+        # highdicom 0.28 writes pixel measures without a slice thickness then, which its own reader refuses; a SEG
+        # of a 2-D image may go without them: viewers measure on the source it references
+        del source.PixelSpacing
     for keyword in TYPE2_FROM_SOURCE:  # may be empty in a SEG, but present: a source without them is still filed
         if keyword not in source:
             setattr(source, keyword, None)
@@ -183,8 +193,15 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
             software_versions=version,
             device_serial_number="none",
         )
+    except KeyError as e:  # highdicom's table of image IODs
+        raise MedcadError(
+            f"a DICOM SEG cannot be built on this DICOM upload: its SOP Class UID {source.SOPClassUID} is not one "
+            "highdicom builds SEGs on (a retired or private storage class)"
+        ) from e
     except (AttributeError, ValueError, TypeError) as e:
         raise MedcadError(f"a DICOM SEG cannot be built on this DICOM upload ({type(e).__name__}: {e})") from e
+    if not spatial:  # General Image: Type 2C where the plane is not given by Image Orientation (Patient)
+        seg.PatientOrientation = source.get("PatientOrientation", "")
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
