@@ -486,3 +486,54 @@ def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path:
     f = folds[0]
     assert trained["training_images"] == len(f["train"]) and trained["validation_images"] == len(f["val"])
     assert trained["unseen_images"] == len(f["test"]) > 0
+
+
+def test_the_server_logs_each_request_and_takes_the_bearer_scheme_in_any_case(
+    tiny_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`medcad serve` writes its line per request (none had been written: its logger had no handler); the token's
+    scheme is case-insensitive (RFC 7235) and a 401 names the scheme it wants (WWW-Authenticate)."""
+    from medcad.cli.deploy import _log_requests
+
+    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret"))
+    _log_requests()
+    try:
+        with TestClient(app) as client:
+            refused = client.get("/model")
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Bearer realm="medcad"'
+            assert client.get("/model", headers={"Authorization": "bearer s3cret"}).status_code == 200
+            assert client.get("/model", headers={"Authorization": "Basic s3cret"}).status_code == 401
+    finally:
+        served = logging.getLogger("medcad.serve")
+        served.handlers.clear()
+        served.setLevel(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert "GET /model 401" in err and "GET /model 200" in err
+
+
+def test_a_page_of_a_tiff_is_held_to_the_pixel_limit(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TIFF's pages have sizes of their own: an 8 x 8 page 0 before a 3000 x 3000 page 1 had passed the limit (page
+    0's size) and been decoded. The server's own limit above the decoder's default applies to decoding too."""
+    from medcad.data.io import DataError, max_pixels, read_image
+    from medcad.inference.uploads import UploadError, check_pixels
+
+    path = tmp_path / "pages.tif"
+    Image.new("L", (8, 8)).save(
+        path, save_all=True, append_images=[Image.new("L", (3000, 3000))], compression="tiff_lzw"
+    )
+    data = path.read_bytes()
+    check_pixels(data, "tiff", Limits(max_pixels=4_000_000), frame=0)
+    with pytest.raises(UploadError) as refused:
+        check_pixels(data, "tiff", Limits(max_pixels=4_000_000), frame=1)
+    assert refused.value.status == 413 and "9.0 megapixels" in str(refused.value)
+    monkeypatch.setenv("MEDCAD_MAX_PIXELS", "4")
+    with pytest.raises(DataError, match=r"3000x3000 \(page 1\) has 9 megapixels"):
+        read_image(path, frame=1)
+    create_app(load_predictor(tiny_run), ServeOptions(limits=Limits(max_pixels=120_000_000)))
+    assert max_pixels() == 120_000_000  # the server's limit (its decoder had stayed at MEDCAD_MAX_PIXELS's)
+    from medcad.data.io import allow_pixels
+
+    allow_pixels(1_000_000)  # never lowered
+    assert max_pixels() == 120_000_000

@@ -183,4 +183,17 @@ def serve(
     except MedcadError as e:
         _fail(e)
     typer.echo(f"medcad serve: {run} ({predictor.task}) on http://{host}:{port}/  (API docs at /docs; Ctrl-C stops)")
+    _log_requests()
     uvicorn.run(server_app, host=host, port=port, access_log=False, log_level="warning")
+
+
+def _log_requests() -> None:
+    """The server's one line per request (method, path, status, time: no client address, no file names; uvicorn's
+    access log, which has the address, stays off) on stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    served = logging.getLogger("medcad.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.INFO)

@@ -69,6 +69,14 @@ def max_pixels() -> int:
     return int(mp * 1e6)
 
 
+def allow_pixels(pixels: int) -> None:
+    """Let medcad's decoder (`max_pixels`) take images of up to `pixels`, in this process: a server's own limit above
+    the default applies to its decoding too (`medcad serve --max-pixels 120` had still refused 100 megapixels, telling
+    the client of an environment variable only the server's operator can set). Never lowers it."""
+    if pixels > max_pixels():
+        os.environ[MAX_PIXELS_ENV] = f"{pixels / 1e6:.6f}"
+
+
 def _megapixels(pixels: int) -> str:
     mp = pixels / 1e6
     return f"{round(mp, 1):g}" if mp >= 1 else f"{mp:.2g}"
@@ -325,6 +333,9 @@ def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> Non
         raise DataError(path, f"has {n} page(s); page {page} does not exist")
     if decode or path.suffix.lower() not in ANIMATED_SUFFIXES:
         im.seek(page)
+        w, h = im.size  # a TIFF's pages have sizes of their own: page 0's, checked at open, says nothing of this one
+        if w * h > (limit := max_pixels()):
+            raise _too_large(path, w * h, limit, f"{w}x{h} (page {page}) ")
 
 
 REDUCED_RESOLUTION = 1  # TIFF NewSubfileType (tag 254) bit 0: a reduced-resolution copy of another page
@@ -421,6 +432,9 @@ def describe_image(path: str | Path) -> list[str]:
                 notes.append("signed 8-bit values scaled from 0..127, or from their own min..max where below 0")
             elif im.mode == "F":
                 notes.append("floating-point pixels scaled (0..1, else own range)")
+                bad = int((~np.isfinite(np.asarray(im))).sum())
+                if bad:
+                    notes.append(f"{bad} pixels NaN or infinite: NaN read as the lowest value, -inf/+inf as the ends")
             elif im.mode in ("RGBA", "LA", "PA"):
                 notes.append("alpha channel dropped")
             elif im.mode == "CMYK":

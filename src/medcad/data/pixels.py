@@ -13,7 +13,9 @@ import numpy as np
 def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float = 0.0) -> np.ndarray:
     """uint8 from any array: 8-bit as is; integers from low..low + full_scale (`integer_scale` gives the range of
     16-bit and wider data; default: the dtype's range, 0..65535 for wider types; signed data below 0 from its own
-    min..max), values outside it clipped; floats in [0, 1] times 255, other floats from their own min..max."""
+    min..max), values outside it clipped; floats in [0, 1] times 255, other floats from their own min..max, both over
+    the finite values (NaN is taken as the lowest, -inf and +inf as the ends: a few no-data pixels had made the whole
+    image one grey value)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -32,6 +34,13 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float 
                 a -= lo
                 full_scale = max(float(a.max()), 1.0)
         else:
+            finite = np.isfinite(a)
+            if not finite.all():  # no-data markers: NaN at the lowest value, +-inf at the ends of the range
+                if not finite.any():
+                    return np.zeros(arr.shape, np.uint8)
+                lo = float(a[finite].min())
+                a = np.where(np.isnan(a), lo, a)
+                a = np.clip(a, lo, float(a[finite].max()))
             lo, hi = float(a.min()), float(a.max())
             if lo >= 0 and hi <= 1:
                 full_scale = 1.0

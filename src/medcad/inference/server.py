@@ -34,6 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from medcad import __version__
+from medcad.data.io import allow_pixels
 from medcad.errors import MedcadError
 from medcad.inference.batcher import Batcher
 from medcad.inference.card import model_card
@@ -82,6 +83,7 @@ def create_app(
             `medcad.explain.explainers.bound_explainer(predictor)`; None turns `?gradcam=true` into a 400.
     """
     opts = options or ServeOptions()
+    allow_pixels(opts.limits.max_pixels)
     state = _start(predictor, opts, explain)
 
     @asynccontextmanager
@@ -168,13 +170,17 @@ def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None
         file names)."""
         t0 = time.perf_counter()
         path = request.url.path
+        response = None
         if token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                if path.startswith("/predict"):
-                    refused[401] += 1
-                return error_response(401, "this server needs its token: send 'Authorization: Bearer <token>'")
-        response = await call_next(request)
+            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                response = error_response(  # the scheme's name is case-insensitive (RFC 7235); the challenge names it
+                    401,
+                    "this server needs its token: send 'Authorization: Bearer <token>'",
+                    {"WWW-Authenticate": 'Bearer realm="medcad"'},
+                )
+        if response is None:
+            response = await call_next(request)
         if path.startswith("/predict") and response.status_code >= 400:
             refused[response.status_code] += 1
         response.headers["X-Content-Type-Options"] = "nosniff"

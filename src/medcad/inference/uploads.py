@@ -140,8 +140,9 @@ def _too_many_pixels(megapixels: str, limits: Limits) -> str:
     )
 
 
-def check_pixels(data: bytes, kind: str, limits: Limits):
-    """Refuse an image whose header declares more than `limits.max_pixels` pixels, before decoding it.
+def check_pixels(data: bytes, kind: str, limits: Limits, frame: int = 0):
+    """Refuse an image whose header declares more than `limits.max_pixels` pixels (in `frame`, the page of a
+    multi-page TIFF, whose pages each have their own size), before decoding it.
 
     A DICOM without pixel data passes here and is refused by `read_image`, with its message.
 
@@ -160,6 +161,8 @@ def check_pixels(data: bytes, kind: str, limits: Limits):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                    if frame and im.format == "TIFF" and frame < getattr(im, "n_frames", 1):
+                        im.seek(frame)  # the page's header (IFD), not its pixels
                     n = im.size[0] * im.size[1]
         except Image.DecompressionBombError as e:  # beyond twice Pillow's limit: the size is only in its message
             n = bomb_pixels(e)
@@ -206,7 +209,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             f"the upload is a single {kind.upper()} image: frame {frame} does not exist (frame= picks a frame of a "
             "multi-frame DICOM or a page of a TIFF, GIF, WebP or animated PNG)",
         )
-    header = check_pixels(data, kind, limits)
+    header = check_pixels(data, kind, limits, frame)
     with tempfile.NamedTemporaryFile(dir=workdir, suffix=SUFFIX[kind]) as f:
         f.write(data)
         f.flush()
