@@ -207,6 +207,9 @@ def test_classifier_routes_and_bad_requests(
             assert "multipart/form-data" in spec[path]["post"]["requestBody"]["content"], path
             assert {ok, "400", "413", "415", "503"} <= set(spec[path]["post"]["responses"]), path
         assert {"422", "504"} <= set(spec["/predict"]["post"]["responses"])
+        query = {q["name"]: q["schema"] for q in spec["/predict"]["post"]["parameters"]}  # the values it takes, listed
+        assert query["mask"]["enum"] == ["png", "rle", "none"] and query["format"]["enum"] == ["json", "dicom"]
+        assert "404" in spec["/jobs/{job}"]["get"]["responses"]  # an unknown or forgotten job (undeclared before)
     assert "POST /predict 200" in caplog.text and "POST /predict 413" in caplog.text
     assert "scan" not in caplog.text and "Doe" not in caplog.text  # no upload names, no DICOM headers in the log
     assert not app.state.workdir.exists()  # the temporary folder is gone at shutdown

@@ -183,10 +183,14 @@ def predict_router(state: ServeState) -> APIRouter:
     @router.post("/predict", **PREDICT_OPENAPI)
     async def predict(
         request: Request,
-        mask: str = Query("png", description=MASK_QUERY),
+        mask: str = Query("png", description=MASK_QUERY, json_schema_extra={"enum": list(MASK_FORMATS)}),
         overlay: bool = Query(False, description="Add the drawn overlay as a PNG data URL."),
         gradcam: bool = Query(False, description="Add the Grad-CAM picture (slower)."),
-        format: str = Query("json", description="json, or dicom for a DICOM SEG (mask tasks, DICOM input)."),
+        format: str = Query(
+            "json",
+            description="json, or dicom for a DICOM SEG (mask tasks, DICOM input).",
+            json_schema_extra={"enum": ["json", "dicom"]},
+        ),
         frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM, page of a TIFF or animated GIF / WebP."),
     ) -> Response:
         """One image (multipart field `file`, or the raw bytes as the body) -> the task's result.
@@ -246,7 +250,7 @@ def video_router(state: ServeState) -> APIRouter:
             return error_response(503, f"{e} (video jobs running)", {"Retry-After": str(e.retry_after)})
         return JSONResponse({"job": job, "status_url": f"/jobs/{job}"}, status_code=202)
 
-    @router.get("/jobs/{job}")
+    @router.get("/jobs/{job}", responses={404: {"description": "No such job (only the last clips' are kept)."}})
     async def job_status(job: str) -> JSONResponse:
         """A video job: status (queued, running, done, failed), frames done of total, and when done the summary
         and one record per frame (decision, probabilities / lesion fraction / boxes, smoothed decision)."""
