@@ -491,14 +491,15 @@ def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path:
     assert trained["unseen_images"] == len(f["test"]) > 0
 
 
-def test_the_server_logs_each_request_and_takes_the_bearer_scheme_in_any_case(
-    tiny_run: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_the_server_as_integrators_call_it(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     """`medcad serve` writes its line per request (none had been written: its logger had no handler); the token's
-    scheme is case-insensitive (RFC 7235) and a 401 names the scheme it wants (WWW-Authenticate)."""
+    scheme is case-insensitive (RFC 7235) and a 401 names the scheme it wants (WWW-Authenticate); a viewer on
+    another origin named by --cors-origin gets its browser's preflight answered without the token, others not;
+    HEAD /health answers (uptime checks send it; it had been a 405)."""
     from medcad.cli.deploy import _log_requests
 
-    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret"))
+    viewer, other = "https://viewer.example", "https://elsewhere.example"
+    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret", cors_origins=(viewer,)))
     _log_requests()
     try:
         with TestClient(app) as client:
@@ -506,6 +507,14 @@ def test_the_server_logs_each_request_and_takes_the_bearer_scheme_in_any_case(
             assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Bearer realm="medcad"'
             assert client.get("/model", headers={"Authorization": "bearer s3cret"}).status_code == 200
             assert client.get("/model", headers={"Authorization": "Basic s3cret"}).status_code == 401
+            ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+            preflight = client.options("/predict", headers={"Origin": viewer, **ask})
+            assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == viewer
+            called = client.get("/model", headers={"Origin": viewer, "Authorization": "Bearer s3cret"})
+            assert called.status_code == 200 and called.headers["access-control-allow-origin"] == viewer
+            foreign = client.options("/predict", headers={"Origin": other, **ask})
+            assert foreign.status_code == 400 and "access-control-allow-origin" not in foreign.headers
+            assert client.head("/health").status_code == 200
     finally:
         served = logging.getLogger("medcad.serve")
         served.handlers.clear()

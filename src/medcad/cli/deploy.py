@@ -161,6 +161,10 @@ def serve(
     queue: Annotated[int, typer.Option(help="Images that may wait; more get 503 + Retry-After.")] = 64,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     gradcam: Annotated[bool, typer.Option(help="Offer Grad-CAM (?gradcam=true, the page's heat-map).")] = True,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="A web origin (https://viewer.example) whose pages may call the API (CORS); repeatable."),
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve a run: REST API (/predict, /predict/video, /model, /health, /docs) and a web page at /."""
@@ -172,7 +176,7 @@ def serve(
 
         check_bind(host, token)
         limits = Limits(int(max_upload_mb * 2**20), int(max_video_mb * 2**20), int(max_pixels * 1e6))
-        opts = ServeOptions(token, limits, timeout, queue, batch, workers)
+        opts = ServeOptions(token, limits, timeout, queue, batch, workers, cors_origins=tuple(cors_origin or ()))
         predictor = _serving_predictor(run, fold, backend, threads, threshold, device, operating_point)
         explain = None
         if gradcam:

@@ -45,6 +45,8 @@ class ServeOptions:
         max_batch: images per forward pass.
         workers: inference threads.
         max_jobs: video jobs waiting or running; more are refused with 503.
+        cors_origins: web origins (scheme://host[:port]) whose pages may call the API from a browser (CORS), e.g. a
+            viewer served elsewhere; none by default (the server's own page is same-origin).
     """
 
     token: str | None = None
@@ -54,6 +56,7 @@ class ServeOptions:
     max_batch: int = 8
     workers: int = 1
     max_jobs: int = 2
+    cors_origins: tuple[str, ...] = ()
 
 
 def _openapi(ok: dict, errors: dict[int, str]) -> dict:
@@ -151,7 +154,7 @@ def page_router(state: ServeState) -> APIRouter:
     async def favicon() -> FileResponse:  # the page links it; browsers ask for /favicon.ico elsewhere (/docs)
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    @router.get("/health")
+    @router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what load balancers and uptime checks send
     async def health() -> dict:
         """Liveness and load: `queued` images, `served` (images answered), `refused` (requests to /predict and
         /predict/video answered with an error: 4xx for the upload or the request, 503 busy, 504 too slow) and

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -105,6 +106,13 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in (page_router(state), predict_router(state), video_router(state)):
         app.include_router(router)
+    if opts.cors_origins:  # outermost: a browser's preflight (no token) is answered before the guard asks for one
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(opts.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app
 
 
