@@ -7,10 +7,14 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 # The suite is the CPU's, as CI runs it: on a machine with a GPU, `accelerator auto` and `--device auto` would train and
 # predict there, under thresholds and tolerances set for the CPU (seen on an H200: 6 of 39 engine tests failed so).
@@ -251,3 +255,16 @@ def assert_predict_reproduces_fold(run: Path, images: Path, device: str, atol: f
     expected = apply_temperature(np.array(result["test_probs"]), result["temperature"])
     np.testing.assert_allclose(got, expected, atol=atol)
     assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def export_graph(net: torch.nn.Module, path: Path, size: int, outputs: list[str]) -> None:
+    """`net` as medcad's export writes a graph: float32 (N, 3, S, S) "images" in, named outputs, with the
+    description beside it (model.json) that the graph sessions read."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {n: {0: "n"} for n in ["images", *outputs]}
+    x = torch.zeros(1, 3, size, size)
+    torch.onnx.export(net, x, str(path), input_names=["images"], output_names=outputs, dynamic_axes=axes, dynamo=False)
+    path.with_suffix(".json").write_text(json.dumps({"outputs": outputs}))

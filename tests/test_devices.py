@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import export_graph
 from medcad import devices
 from medcad.config import TrainConfig
 from medcad.data.transforms import Normalize
@@ -172,6 +173,7 @@ with torch.no_grad():
     want = net(x.contiguous(memory_format=torch.channels_last)).numpy()
 torch.onnx.export(net, (x,), {str(tmp_path / "net.onnx")!r}, input_names=["images"], output_names=["out"],
                   dynamo=False)
+open({str(tmp_path / "net.json")!r}, "w").write('{{"outputs": ["out"]}}')  # the export's description
 got = GraphSession({str(tmp_path / "net.onnx")!r}, {backend!r}).run(x.permute(0, 2, 3, 1).numpy(), 2)["out"]
 print(torch.backends.cpu.get_cpu_capability(), float(np.abs(got - want).max() / np.abs(want).max()))
 """
@@ -269,7 +271,7 @@ def test_joblibs_cpu_limit_counts_too() -> None:
 
 def _tiny_onnx(path) -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    torch.onnx.export(net.eval(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["images"], dynamo=False)
+    export_graph(net.eval(), path, 8, ["p"])
 
 
 def test_every_runtime_gets_the_same_threads(tmp_path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import export_graph
 from medcad.cli import app
 
 runner = CliRunner()
@@ -347,7 +348,9 @@ def stack():
     return s.ss_sp, s.ss_flags, s.ss_size
 
 path = sys.argv[1]
-torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), path, input_names=["images"], dynamo=False)
+torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), path, input_names=["images"], output_names=["p"],
+                  dynamo=False)
+open(path[: -len(".onnx")] + ".json", "w").write('{"outputs": ["p"]}')  # the export's description
 before = stack()
 sessions = [GraphSession(path, "openvino-fp32", threads=2)]
 sessions[0].run(np.zeros((1, 16, 16, 3), np.uint8), 1)
@@ -398,7 +401,7 @@ def test_openvino_compiles_a_graph_once_and_again_when_its_file_changes(tmp_path
     def export(seed: int) -> None:
         torch.manual_seed(seed)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        _export_graph(net.eval(), path, 16, ["p"])
+        export_graph(net.eval(), path, 16, ["p"])
 
     def outputs(backend: str) -> np.ndarray:
         (out,) = GraphSession(path, backend, threads=1).run(x, 2).values()
@@ -427,19 +430,9 @@ def test_openvino_names_each_output_as_the_export_describes_it(tmp_path: Path) -
             return x.mean((2, 3)).softmax(1), x[:, 0].sigmoid()
 
     path = tmp_path / "model.onnx"
-    _export_graph(Two(), path, 8, ["probs", "mask"])
+    export_graph(Two(), path, 8, ["probs", "mask"])
     out = GraphSession(path, "openvino-fp32", threads=1).run(np.full((2, 8, 8, 3), 255, np.uint8), 2)
     assert list(out) == ["probs", "mask"] and out["probs"].shape == (2, 3) and out["mask"].shape == (2, 8, 8)
     (tmp_path / "model.json").unlink()
     with pytest.raises(ConfigError, match=r"model\.json: the export's description is missing"):
         GraphSession(path, "openvino-fp32", threads=1)
-
-
-def _export_graph(net: torch.nn.Module, path: Path, size: int, outputs: list[str]) -> None:
-    """`net` as medcad's export writes a graph: float32 (N, 3, S, S) "images" in, named outputs, with the
-    description beside it (model.json) that the graph sessions read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {n: {0: "n"} for n in ["images", *outputs]}
-    x = torch.zeros(1, 3, size, size)
-    torch.onnx.export(net, x, str(path), input_names=["images"], output_names=outputs, dynamic_axes=axes, dynamo=False)
-    path.with_suffix(".json").write_text(json.dumps({"outputs": outputs}))
