@@ -178,9 +178,10 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
         for k, name in enumerate(labels, 1)
     ]
     pixels = np.asarray(lesion, bool if len(labels) == 1 else np.uint8)[None]
-    try:
-        seg = hd.seg.Segmentation(
-            source_images=[source],
+
+    def build(on):
+        return hd.seg.Segmentation(
+            source_images=[on],
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
@@ -193,11 +194,12 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
             software_versions=version,
             device_serial_number="none",
         )
-    except KeyError as e:  # highdicom's table of image IODs
-        raise MedcadError(
-            f"a DICOM SEG cannot be built on this DICOM upload: its SOP Class UID {source.SOPClassUID} is not one "
-            "highdicom builds SEGs on (a retired or private storage class)"
-        ) from e
+
+    try:
+        try:
+            seg = build(source)
+        except KeyError:  # a storage class highdicom has no IOD for: the retired US Image Storage, a private one
+            seg = _on_unlisted_class(build, source)
     except (AttributeError, ValueError, TypeError) as e:
         raise MedcadError(f"a DICOM SEG cannot be built on this DICOM upload ({type(e).__name__}: {e})") from e
     if not spatial:  # General Image: Type 2C where the plane is not given by Image Orientation (Patient)
@@ -205,3 +207,23 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def _on_unlisted_class(build, source):
+    """The SEG `build` makes on a source of a storage class highdicom lists no IOD for (US Image Storage, retired
+    but still sent by older ultrasound scanners; a vendor's private class), which it needs only to know which
+    attributes form the patient and study modules to copy: those are the same in every image IOD. So the SEG is
+    built as on a Secondary Capture image, and its references then name the source's own class."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    own = source.SOPClassUID
+    stand_in = copy.deepcopy(source)  # a Dataset's copy.copy shares its elements
+    stand_in.SOPClassUID = SecondaryCaptureImageStorage
+    seg = build(stand_in)
+
+    def own_class(_, element) -> None:
+        if element.keyword == "ReferencedSOPClassUID" and element.value == SecondaryCaptureImageStorage:
+            element.value = own
+
+    seg.walk(own_class)
+    return seg
