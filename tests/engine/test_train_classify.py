@@ -104,6 +104,9 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     html = (run / "report.html").read_text()
     assert 'id="external"' in html and "Thresholds fixed before this set was seen" in html
+    cal = json.loads((run / "metrics.json").read_text())["calibration"]  # ECE's interval can exclude its estimate
+    above = any(cal[k]["ece"]["ci95"][0] > cal[k]["ece"]["value"] for k in ("before", "after"))
+    assert "plug-in ECE is biased upward" in html and ("lie above the estimate, as here" in html) == above
     assert f"{youden['threshold']:.3f}" in html
 
 
