@@ -23,5 +23,9 @@ class DataError(MedcadError):
         super().__init__(f"{path}: {problem}")
 
 
+class NoSuchFrame(DataError):
+    """A frame (DICOM) or page (TIFF, GIF, WebP, APNG) asked for beyond the file's own."""
+
+
 class ConfigError(MedcadError):
     """A setting, option or study-file key that cannot be used."""

@@ -187,7 +187,10 @@ def test_classifier_routes_and_bad_requests(
         body = client.post("/predict?frame=2", files={"file": ("c.dcm", cine)}).json()
         assert (body["frame"], body["frames"]) == (2, 3)  # it says which frame of how many it answers for
         r = client.post("/predict?frame=1", **wide)
-        assert r.status_code == 422 and "page 1 does not exist" in r.json()["detail"]  # a PNG may be animated
+        said = r.json()["detail"]  # a PNG may be animated; the request's frame at fault, not the file's decoding
+        assert r.status_code == 422 and "frame=1 is beyond the upload's frames: it has 1 page(s)" in said, said
+        r = client.post("/predict?frame=5", files={"file": ("c.dcm", cine)})
+        assert r.status_code == 422 and "beyond the upload's frames: it has 3 frame(s)" in r.json()["detail"]
         jpeg = io.BytesIO()
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg, "JPEG")
         r = client.post("/predict?frame=1", files={"file": ("x.jpg", jpeg.getvalue())})

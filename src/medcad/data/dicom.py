@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.data.pixels import scale_to_uint8
-from medcad.errors import DataError
+from medcad.errors import DataError, NoSuchFrame
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little-endian bytes
 # pydicom's warning when a header's Photometric Interpretation contradicts a JPEG / JPEG-LS codestream, which it
@@ -151,7 +151,7 @@ def read_dicom_frame(path: str | Path, index: int = 0) -> np.ndarray:
     ds = read_header(p)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if not 0 <= index < frames:
-        raise DataError(p, f"has {frames} frame(s); frame {index} does not exist")
+        raise NoSuchFrame(p, f"has {frames} frame(s); frame {index} does not exist")
     return _displayed(_decoded(p, ds, index), ds)
 
 

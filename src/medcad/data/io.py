@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medcad.data.pixels import integer_scale, to_rgb
-from medcad.errors import ConfigError, DataError
+from medcad.errors import ConfigError, DataError, NoSuchFrame
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
@@ -330,7 +330,7 @@ def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> Non
     GIF decodes the k before it, which made `data inspect` of a 200-frame GIF take 23 s)."""
     n = getattr(im, "n_frames", 1)
     if not 0 <= page < n:
-        raise DataError(path, f"has {n} page(s); page {page} does not exist")
+        raise NoSuchFrame(path, f"has {n} page(s); page {page} does not exist")
     if decode or path.suffix.lower() not in ANIMATED_SUFFIXES:
         im.seek(page)
         w, h = im.size  # a TIFF's pages have sizes of their own: page 0's, checked at open, says nothing of this one

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from medcad.data.io import bomb_pixels, image_pages, read_image
-from medcad.errors import DataError, MedcadError
+from medcad.errors import DataError, MedcadError, NoSuchFrame
 
 # first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
 IMAGE_MAGIC = (
@@ -220,6 +220,8 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             else:
                 pages = image_pages(Path(f.name)) if paged else ([0], [])
                 frames = max(pages[0] + pages[1]) + 1  # frame= numbers the file's pages, thumbnails included
+        except NoSuchFrame as e:  # the request's, not the file's, fault
+            raise UploadError(422, f"frame={frame} is beyond the upload's frames: it {e.problem}") from e
         except DataError as e:
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
     return Upload(rgb, kind, header, frame, frames)
