@@ -37,6 +37,13 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     # absolute for another); the resize rule exact where one side shrinks and the other grows
     assert meta["members"] == ["fold_0/model.pt"] and meta["members_relative_to"] == "source_run"
     assert "INTER_AREA (area averaging) when S < min(h, w)" in meta["interpolation"]
+    # what a user outside medcad needs to reproduce it: how files are decoded, what comes before the resize, and
+    # for each file how well it agrees with torch-fp32 (model.int8.json had said nothing of its disagreement)
+    assert "orientation applied; alpha dropped" in meta["decoding"] and meta["before_resize"] == "nothing"
+    assert meta["agreement"]["agrees"] and meta["agreement"]["measure"] == "top1_agreement"
+    meta8 = json.loads((run / "export_fold0" / "model.int8.json").read_text())
+    assert meta8["agreement"]["agrees"] == out["agreement"]["model.int8.onnx"]["agrees"]
+    assert meta8["int8"]["format"] in ("QDQ", "QOperator") and meta8["int8"]["tried"]
     assert "also when one side shrinks and the other grows" in meta["interpolation"]
 
     image = str(easy_set / "lesion" / "3.png")
@@ -258,6 +265,12 @@ def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path
     out = export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, lambda path: 0.82)
     assert [t["float_layers"] for t in out["tried"] if t["format"] == "QDQ"] == [0, 2]  # +0 with 2: no 4, 8, ...
     assert out["agreement_calibration"] == 0.82
+    # layers kept in float that agree less than none: the better model is kept (the worse one had replaced it)
+    values = iter([0.867, 0.859, 0.5])  # QDQ all int8, QDQ with 2 layers in float, then QOperator
+    out = export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, lambda path: next(values))
+    assert (out["agreement_calibration"], out["format"], out["float_layers"]) == (0.867, "QDQ", [])
+    assert [(t["float_layers"], t["format"]) for t in out["tried"]] == [(0, "QDQ"), (2, "QDQ"), (0, "QOperator")]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("q.")) == ["q.onnx"]  # no candidate left
 
 
 def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path) -> None:

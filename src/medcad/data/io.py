@@ -36,6 +36,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from medcad.data.pixels import integer_scale, to_rgb
 from medcad.errors import ConfigError, DataError, NoSuchFrame
 
+# The policy above in a sentence, for descriptions a user outside medcad reproduces it from (an export's model.json)
+DECODING = (
+    "image files decoded as displayed: the EXIF/TIFF orientation applied; alpha dropped (not composited); grey and "
+    "palette images to three equal channels; 16-bit data scaled to 8 bits from 0..2^b - 1, b the PNG's sBIT, else "
+    "the fewest of 8, 10, 12 bits that hold every value, else 16 (16-bit RGB from 0..65535); signed or 32-bit "
+    "integers from their own min..max; floats in [0, 1] times 255, else from their finite min..max (NaN at the "
+    "lowest); DICOM: colour converted to RGB, monochrome through rescale, then window or VOI LUT, MONOCHROME1 "
+    "inverted (PS3.3); values rounded to uint8 (medcad.data.io.read_image)"
+)
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
 ANIMATED_SUFFIXES = frozenset({".gif", ".webp", ".png"})  # frames decoded from the ones before (APNG: a PNG's)

@@ -23,6 +23,7 @@ import torch
 
 from medcad.atomic import atomic_path, atomic_write_text
 from medcad.data.datasets import RESIZE_RULE
+from medcad.data.io import DECODING
 from medcad.errors import ConfigError, DataError
 from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
@@ -174,7 +175,10 @@ def export_onnx(
         "outputs": names,
         "labels": predictor.labels,
         "image_size": size,
-        "input": "float32 RGB (N, 3, S, S), 0..255, each image resized to S x S by `interpolation`",
+        "input": "float32 RGB (N, 3, S, S), 0..255, each image decoded by `decoding`, prepared by `before_resize` "
+        "and resized to S x S by `interpolation`",
+        "decoding": DECODING,
+        "before_resize": _before_resize(predictor.config.bilateral, predictor.config.interface),
         "interpolation": RESIZE_RULE,
         "bilateral": predictor.config.bilateral,
         "interface": predictor.config.interface,
@@ -187,28 +191,69 @@ def export_onnx(
         "members": [f.resolve().relative_to(run.resolve()).as_posix() for f in predictor.files],
         "members_relative_to": "source_run",
     }
+    if "probabilities" in names:
+        multilabel = predictor.task == "multilabel"
+        meta["probabilities"] = (
+            f"float32 (N, {len(predictor.labels)}) in `labels` order: "
+            + (f"the mean over the {len(predictor.files)} fold models of " if len(predictor.files) > 1 else "")
+            + (
+                "each label's sigmoid; predict names every label at or above the threshold"
+                if multilabel
+                else "the softmax of the logits divided by the temperature fitted on validation (inside the graph: "
+                "apply none again); predict names the most probable class, or at `--operating-point` the positive "
+                "class where its probability reaches that rule's threshold (in the model card)"
+            )
+        )
     if "mask" in names:
         meta["mask"] = mask_metadata(predictor)
     if "boxes" in get_task(predictor.task).outputs:
-        meta["box_decoding"] = "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs"
+        meta["box_decoding"] = (
+            "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs: boxes_k are box-regression "
+            "offsets of fold model k against its own default boxes (learned from the training data, kept in its "
+            "model.pt, not in this file), logits_k its class scores (column 0 the background); then per model score "
+            "threshold, top-k, NMS, and the fold models' boxes merged by class-wise NMS. Not reproducible from this "
+            "description alone: decode with medcad (`medcad predict --backend onnx-fp32`)"
+        )
     if device != "cpu":
         ref = type(predictor)(run, fold, "torch-fp32", device=device).infer(held_out, 16)
     else:
         ref = predictor.infer(held_out, 16)
     agreement = {}
     for f in files:
-        atomic_write_text(f.with_suffix(".json"), json.dumps({**meta, "file": f.name}, indent=1))
-        got = predictor.decode(
-            GraphSession(f, "onnx-int8" if f.name.endswith("int8.onnx") else "onnx-fp32").run(held_out, 16)
-        )
+        int8_file = f.name.endswith("int8.onnx")
+        described = {**meta, "file": f.name} | ({"int8": int8_choice} if int8_file else {})
+        atomic_write_text(f.with_suffix(".json"), json.dumps(described, indent=1))
+        got = predictor.decode(GraphSession(f, "onnx-int8" if int8_file else "onnx-fp32").run(held_out, 16))
         measures = predictor.agreement(ref, got)
         agrees = measures[predictor.agreement_measure] >= MIN_AGREEMENT
         agreement[f.name] = {"n": len(held_out), **measures, "agrees": bool(agrees)}
+        described["agreement"] = {  # with torch-fp32, as the export measured it: a file that does not agree is never
+            **agreement[f.name],  # `auto`'s choice
+            "measure": predictor.agreement_measure,
+            "needed": MIN_AGREEMENT,
+            "images": check.described,
+        }
+        atomic_write_text(f.with_suffix(".json"), json.dumps(described, indent=1))
     result = {"files": [str(f) for f in files], "agreement": agreement, "images": check.described}
     result["held_out"] = check.held_out
     if int8_choice is not None:
         result["int8"] = int8_choice
     return result | ({"box_decoding": meta["box_decoding"]} if "box_decoding" in meta else {})
+
+
+def _before_resize(bilateral: bool, interface: str) -> str:
+    """What a run does to a decoded image before resizing it (`medcad.data.datasets.preprocess`), in words."""
+    steps = []
+    if interface != "none":
+        steps.append(
+            f"ultrasound interface removal '{interface}' (medcad.data.interface.remove_interface: crop to the imaging "
+            "area"
+            + (", then burned-in marks inpainted with OpenCV's Telea" if interface == "crop+marks" else "")
+            + "; found from each image's own pixels, not reproducible from this description alone)"
+        )
+    if bilateral:
+        steps.append("bilateral filter, cv2.bilateralFilter(rgb, d=7, sigmaColor=40, sigmaSpace=7)")
+    return "; then ".join(steps) if steps else "nothing"
 
 
 def mask_metadata(predictor: Predictor) -> dict:
@@ -293,28 +338,35 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, agreement) -> dict:
     reduce_range = not machine().vnni
     tried: list[dict] = []
 
+    def candidate_path(extra: list[str], fmt) -> Path:
+        return dst.with_suffix(f".tmp{os.getpid()}.{fmt.name}{len(extra)}.onnx")
+
     def build(extra: list[str], fmt) -> tuple[Path, float]:
-        tmp = dst.with_suffix(f".tmp{os.getpid()}.{fmt.name}.onnx")
+        tmp = candidate_path(extra, fmt)
         _quantize_static(pre, tmp, calib, depthwise + extra, fmt, reduce_range)
         value = agreement(tmp)
         tried.append({"float_layers": len(extra), "format": fmt.name, "agreement": round(value, 4)})
         return tmp, value
 
     extra: list[str] = []
-    path, value = build(extra, QuantFormat.QDQ)
+    path, value = build(extra, QuantFormat.QDQ)  # the best QDQ model so far, its agreement and float layers
     ranked: list[str] | None = None
     k, gain = 2, 1.0
     while value < MIN_AGREEMENT and k <= len(quantisable) // 2 and gain >= MIN_GAIN:
         ranked = ranked or _noisiest_layers(pre, path, calib, quantisable)
-        path.unlink(missing_ok=True)
-        extra, before = ranked[:k], value
-        path, value = build(extra, QuantFormat.QDQ)
-        gain, k = value - before, k * 2
+        more = ranked[:k]
+        candidate, candidate_value = build(more, QuantFormat.QDQ)
+        gain, k = candidate_value - value, k * 2
+        if gain > 0:  # keep the better of the two (more float layers had once agreed less: 0.859 after 0.867)
+            path.unlink(missing_ok=True)
+            path, value, extra = candidate, candidate_value, more
+        else:
+            candidate.unlink(missing_ok=True)
     try:
         other, other_value = build(extra, QuantFormat.QOperator)
     except Exception as e:  # the quantiser fails on some graphs ("Graph is not a DAG"): QDQ stays
         tried.append({"float_layers": len(extra), "format": "QOperator", "error": f"{type(e).__name__}: {e}"})
-        other, other_value = dst.with_suffix(f".tmp{os.getpid()}.QOperator.onnx"), -1.0
+        other, other_value = candidate_path(extra, QuantFormat.QOperator), -1.0
     best, best_value, fmt = (other, other_value, "QOperator") if other_value > value else (path, value, "QDQ")
     os.replace(best, dst)
     for p in (path, other, pre):
