@@ -84,7 +84,8 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     res = runner.invoke(app, ["export", str(run), "--json"])
     assert res.exit_code == 0, res.output
     exported = json.loads(res.stdout)
-    assert exported["agreement"]["model.onnx"]["box_iou_agreement"] >= 0.99 and "PyTorch" in exported["box_decoding"]
+    assert exported["agreement"]["model.onnx"]["box_iou_agreement"] >= 0.99
+    _decode_as_described(run / "export")
     res = runner.invoke(app, ["bench", str(run), "--backends", "torch-fp32,onnx-fp32", "--batch", "4", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["backends"]["onnx-fp32"]["agreement"] >= 0.99
@@ -306,3 +307,48 @@ def _manifest(csv: Path):
     from medcad.data.layouts import load_manifest
 
     return load_manifest(csv)
+
+
+def _decode_as_described(export: Path) -> None:
+    """A user's decoding of the exported graph's outputs from model.json and default_boxes.npz alone (numpy and
+    torchvision's public NMS): the boxes medcad's own decoding gives (it had said "PyTorch post-processing" and kept
+    the default boxes, learned from each run's training boxes, inside the model files)."""
+    from torchvision.ops import batched_nms
+
+    from medcad.inference.onnx import GraphSession
+    from medcad.inference.registry import load_predictor
+
+    meta = json.loads((export / "model.json").read_text())
+    s, c = meta["image_size"], meta["box_decoding"]["constants"]
+    anchors = np.load(export / "default_boxes.npz")
+    images = np.random.default_rng(0).integers(0, 256, (4, s, s, 3), dtype=np.uint8)
+    outputs = GraphSession(export / "model.onnx", "onnx-fp32", threads=1).run(images, 4)
+    medcad = load_predictor(export.parent, backend="torch-fp32").decode(outputs)["boxes"]
+    assert sum(len(b) for b in medcad) > 0  # boxes to compare (scores above 0.01 on noise)
+    for i, want in enumerate(medcad):
+        found = []
+        for k in range(len(anchors.files)):
+            a, d = anchors[f"anchors_{k}"], outputs[f"boxes_{k}"][i] / np.asarray(c["box_coder_weights"], np.float32)
+            w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+            cx, cy = a[:, 0] + 0.5 * w, a[:, 1] + 0.5 * h
+            pcx, pcy = cx + d[:, 0] * w, cy + d[:, 1] * h
+            pw, ph = (
+                w * np.exp(np.minimum(d[:, 2], c["log_size_clip"])),
+                h * np.exp(np.minimum(d[:, 3], c["log_size_clip"])),
+            )
+            box = np.clip(np.stack([pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2], 1), 0, s)
+            logits = outputs[f"logits_{k}"][i]
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            rows = []
+            for label in range(1, p.shape[1]):
+                ok = np.flatnonzero(p[:, label] > c["score_threshold"])
+                best = ok[np.argsort(-p[ok, label], kind="stable")][: c["top_k_per_class"]]
+                rows += [[*box[j], p[j, label], label - 1] for j in best]
+            t = torch.tensor(np.asarray(rows, np.float32).reshape(-1, 6))
+            t = t[batched_nms(t[:, :4], t[:, 4], t[:, 5].long(), c["nms_iou"])[: c["boxes_per_model"]]]
+            found.append(t[(t[:, 2] > t[:, 0]) & (t[:, 3] > t[:, 1])])
+        t = torch.cat(found)
+        if len(found) > 1:
+            t = t[batched_nms(t[:, :4], t[:, 4], t[:, 5].long(), c["ensemble_nms_iou"])[: c["ensemble_boxes"]]]
+        np.testing.assert_allclose(t.numpy(), np.asarray(want, np.float32).reshape(-1, 6), atol=1e-3)

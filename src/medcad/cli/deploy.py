@@ -69,7 +69,7 @@ def export(
             f"them {q['agreement_calibration']:.4f}" + ("; 7-bit weights (no VNNI)" if q["reduce_range"] else "")
         )
     if "box_decoding" in result:
-        typer.echo(f"box decoding: {result['box_decoding']}")
+        typer.echo("box decoding: model.json's box_decoding, each fold model's default boxes in default_boxes.npz")
     typer.echo("files: " + ", ".join(result["files"]))
 
 

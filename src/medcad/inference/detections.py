@@ -18,6 +18,7 @@ from medcad.models.predict import detections_to_array, predict_detections
 
 ENSEMBLE_IOU = 0.5  # boxes of the same class from several folds' models overlapping more than this are one lesion
 MAX_BOXES = 50
+DEFAULT_BOXES = "default_boxes.npz"  # an export's default boxes of each fold model, beside its graph
 
 
 def merge_detections(per_model: list[np.ndarray], iou: float = ENSEMBLE_IOU) -> np.ndarray:
@@ -104,6 +105,49 @@ class BoxPredictor(Predictor):
             per_model.append([detections_to_array(d) for d in dets])
         n = len(per_model[0]) if per_model else 0
         return {"boxes": [merge_detections([p[i] for p in per_model]) for i in range(n)]}
+
+    def default_boxes(self) -> dict[str, np.ndarray]:
+        """{"anchors_k": (A, 4) float32 [x0, y0, x1, y1] in S x S input pixels} of each fold model k: the default
+        boxes its graph outputs boxes_k are offsets against (learned from the training boxes: `anchor_scales`)."""
+        s = self.config.image_size
+        return {f"anchors_{k}": self._anchors(m, s).numpy().astype(np.float32) for k, m in enumerate(self.models)}
+
+    def decoding(self) -> dict:
+        """How `decode` turns the graph's outputs into boxes, step by step, with each model's own constants, so that
+        it can be done without medcad (torchvision's SSD post-processing, then `merge_detections`)."""
+        m = self.models[0]
+        weights = [float(v) for v in m.box_coder.weights]
+        constants = {
+            "box_coder_weights": weights,
+            "log_size_clip": float(m.box_coder.bbox_xform_clip),
+            "score_threshold": float(m.score_thresh),
+            "top_k_per_class": int(m.topk_candidates),
+            "nms_iou": float(m.nms_thresh),
+            "boxes_per_model": int(m.detections_per_img),
+            "ensemble_nms_iou": ENSEMBLE_IOU,
+            "ensemble_boxes": MAX_BOXES,
+        }
+        return {
+            "constants": constants,
+            "default_boxes": f"{DEFAULT_BOXES} beside the graph: anchors_k (A, 4) [x0, y0, x1, y1] in S x S input "
+            "pixels, fold model k's",
+            "boxes": f"boxes_k (N, A, 4) are offsets (dx, dy, dw, dh) against anchors_k, weights {weights}: with an "
+            "anchor's width w, height h and centre (cx, cy), the box's centre is (cx + dx / wx * w, cy + dy / wy * h), "
+            f"its size (w * exp(min(dw / ww, {m.box_coder.bbox_xform_clip:.6f})), h * exp(min(dh / wh, same))); "
+            "corners centre -/+ half the size, then clipped to [0, S]",
+            "scores": "softmax over each row of logits_k (N, A, K + 1); column 0 the background, column c the class "
+            "labels[c - 1]",
+            "per_model": f"for each class: the boxes whose score > {m.score_thresh:g}, the best {m.topk_candidates} "
+            f"of them by score; all classes' together: NMS within each class at IoU {m.nms_thresh:g} "
+            f"(torchvision.ops.batched_nms), the {m.detections_per_img} best kept; boxes with no area dropped",
+            "ensemble": f"the fold models' boxes of an image together: NMS within each class at IoU {ENSEMBLE_IOU:g}, "
+            f"the {MAX_BOXES} best kept"
+            if len(self.models) > 1
+            else "one model: its boxes",
+            "to_image": "x times w / S, y times h / S for an image of width w and height h",
+            "frame_decision": "the class of the best box whose score reaches predict's --threshold (0.5 by default); "
+            "'background' when none does",
+        }
 
     @staticmethod
     def _anchors(model, size: int) -> torch.Tensor:

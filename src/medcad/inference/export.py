@@ -25,6 +25,7 @@ from medcad.atomic import atomic_path, atomic_write_text
 from medcad.data.datasets import RESIZE_RULE
 from medcad.data.io import DECODING
 from medcad.errors import ConfigError, DataError
+from medcad.inference.detections import DEFAULT_BOXES
 from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.runfolder import FoldFolder, RunFolder
@@ -207,13 +208,9 @@ def export_onnx(
     if "mask" in names:
         meta["mask"] = mask_metadata(predictor)
     if "boxes" in get_task(predictor.task).outputs:
-        meta["box_decoding"] = (
-            "PyTorch (torchvision SSD post-processing) on the graph's raw head outputs: boxes_k are box-regression "
-            "offsets of fold model k against its own default boxes (learned from the training data, kept in its "
-            "model.pt, not in this file), logits_k its class scores (column 0 the background); then per model score "
-            "threshold, top-k, NMS, and the fold models' boxes merged by class-wise NMS. Not reproducible from this "
-            "description alone: decode with medcad (`medcad predict --backend onnx-fp32`)"
-        )
+        meta["box_decoding"] = predictor.decoding()
+        with atomic_path(out / DEFAULT_BOXES) as tmp:  # what decoding the graph's offsets needs, beside it
+            np.savez(tmp, **predictor.default_boxes())
     if device != "cpu":
         ref = type(predictor)(run, fold, "torch-fp32", device=device).infer(held_out, 16)
     else:
