@@ -446,6 +446,13 @@ def test_openvino_names_each_output_as_the_export_describes_it(tmp_path: Path) -
     export_graph(Two(), path, 8, ["probs", "mask"])
     out = GraphSession(path, "openvino-fp32", threads=1).run(np.full((2, 8, 8, 3), 255, np.uint8), 2)
     assert list(out) == ["probs", "mask"] and out["probs"].shape == (2, 3) and out["mask"].shape == (2, 8, 8)
+    (tmp_path / "model.json").write_text(json.dumps({"outputs": ["mask", "probs"]}))  # the names it declares
+    assert GraphSession(path, "openvino-fp32", threads=1).output_names == ["probs", "mask"]  # each by its own name
+    (tmp_path / "model.json").write_text(json.dumps({"format": "medcad-onnx-1"}))  # older exports listed none
+    assert GraphSession(path, "openvino-fp32", threads=1).output_names == ["probs", "mask"]
+    (tmp_path / "model.json").write_text(json.dumps({"outputs": ["probabilities"]}))
+    with pytest.raises(ConfigError, match=r"model\.onnx: its description \(model\.json\) names outputs the graph"):
+        GraphSession(path, "openvino-fp32", threads=1)
     (tmp_path / "model.json").unlink()
     with pytest.raises(ConfigError, match=r"model\.json: the export's description is missing"):
         GraphSession(path, "openvino-fp32", threads=1)

@@ -502,9 +502,13 @@ def test_the_server_as_integrators_call_it(tiny_run: Path, capsys: pytest.Captur
     another origin named by --cors-origin gets its browser's preflight answered without the token, others not;
     HEAD /health answers (uptime checks send it; it had been a 405)."""
     from medcad.cli.deploy import _log_requests
+    from medcad.errors import ConfigError
+    from medcad.inference.server import web_origin
 
     viewer, other = "https://viewer.example", "https://elsewhere.example"
-    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret", cors_origins=(viewer,)))
+    with pytest.raises(ConfigError, match="give a web origin, scheme://host"):
+        web_origin("viewer.example")
+    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret", cors_origins=(viewer + "/",)))
     _log_requests()
     try:
         with TestClient(app) as client:
@@ -517,9 +521,12 @@ def test_the_server_as_integrators_call_it(tiny_run: Path, capsys: pytest.Captur
             assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == viewer
             called = client.get("/model", headers={"Origin": viewer, "Authorization": "Bearer s3cret"})
             assert called.status_code == 200 and called.headers["access-control-allow-origin"] == viewer
+            assert called.headers["access-control-expose-headers"] == "Retry-After"  # a 503's, readable by the page
             foreign = client.options("/predict", headers={"Origin": other, **ask})
             assert foreign.status_code == 400 and "access-control-allow-origin" not in foreign.headers
             assert client.head("/health").status_code == 200
+            spec = client.get("/openapi.json").json()["paths"]  # one operation per route, its id fixed (not HEAD's)
+            assert list(spec["/health"]) == ["get"]
     finally:
         served = logging.getLogger("medcad.serve")
         served.handlers.clear()
@@ -545,12 +552,29 @@ def test_a_page_of_a_tiff_is_held_to_the_pixel_limit(
     with pytest.raises(UploadError) as refused:
         check_pixels(data, "tiff", Limits(max_pixels=4_000_000), frame=1)
     assert refused.value.status == 413 and "9.0 megapixels" in str(refused.value)
+    with pytest.raises(UploadError) as refused:  # a GIF's canvas grows to a later frame placed beyond it
+        check_pixels(_moved_gif_frame(3000), "gif", Limits(max_pixels=4_000_000), frame=1)
+    assert refused.value.status == 413 and "9.0 megapixels" in str(refused.value)
     monkeypatch.setenv("MEDCAD_MAX_PIXELS", "4")
     with pytest.raises(DataError, match=r"3000x3000 \(page 1\) has 9 megapixels"):
         read_image(path, frame=1)
-    create_app(load_predictor(tiny_run), ServeOptions(limits=Limits(max_pixels=120_000_000)))
-    assert max_pixels() == 120_000_000  # the server's limit (its decoder had stayed at MEDCAD_MAX_PIXELS's)
+    with TestClient(create_app(load_predictor(tiny_run), ServeOptions(limits=Limits(max_pixels=120_000_000)))):
+        assert max_pixels() == 120_000_000  # the server's limit (its decoder had stayed at MEDCAD_MAX_PIXELS's)
     from medcad.data.io import allow_pixels
 
     allow_pixels(1_000_000)  # never lowered
     assert max_pixels() == 120_000_000
+
+
+def _moved_gif_frame(offset: int) -> bytes:
+    """An 8 x 8 GIF whose second 8 x 8 frame sits at (offset, offset): Pillow grows the canvas to hold it."""
+    import struct
+
+    frame = Image.new("P", (8, 8))
+    frame.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    buf = io.BytesIO()
+    frame.save(buf, "GIF")
+    data = buf.getvalue()
+    image = bytearray(data[data.index(b"\x2c") : -1])  # image descriptor and data, before the trailer
+    image[1:5] = struct.pack("<HH", offset, offset)
+    return data[:-1] + b"\x21\xf9\x04\x00\x00\x00\x00\x00" + bytes(image) + b"\x3b"

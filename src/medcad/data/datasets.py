@@ -48,12 +48,15 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
+BILATERAL = {"d": 7, "sigmaColor": 40, "sigmaSpace": 7}  # speckle-reducing bilateral filter (`bilateral`)
+
+
 def preprocess(rgb: np.ndarray, size: int, bilateral: bool = False, interface: str = "none") -> np.ndarray:
     """The deterministic part of preprocessing: optional removal of the scanner interface (crop to the imaging area,
     inpaint burned-in marks: `medcad.data.interface`), optional bilateral denoising (speckle), then resize."""
     rgb = remove_interface(rgb, interface)
     if bilateral:
-        rgb = cv2.bilateralFilter(rgb, d=7, sigmaColor=40, sigmaSpace=7)
+        rgb = cv2.bilateralFilter(rgb, **BILATERAL)
     return resize_square(rgb, size)
 
 

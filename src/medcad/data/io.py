@@ -39,11 +39,12 @@ from medcad.errors import ConfigError, DataError, NoSuchFrame
 # The policy above in a sentence, for descriptions a user outside medcad reproduces it from (an export's model.json)
 DECODING = (
     "image files decoded as displayed: the EXIF/TIFF orientation applied; alpha dropped (not composited); grey and "
-    "palette images to three equal channels; 16-bit data scaled to 8 bits from 0..2^b - 1, b the PNG's sBIT, else "
-    "the fewest of 8, 10, 12 bits that hold every value, else 16 (16-bit RGB from 0..65535); signed or 32-bit "
-    "integers from their own min..max; floats in [0, 1] times 255, else from their finite min..max (NaN at the "
-    "lowest); DICOM: colour converted to RGB, monochrome through rescale, then window or VOI LUT, MONOCHROME1 "
-    "inverted (PS3.3); values rounded to uint8 (medcad.data.io.read_image)"
+    "palette images to three equal channels; integer data wider than 8 bits (16-bit grey or RGB, signed or 32-bit "
+    "values within 0..65535) scaled to 8 bits from 0..2^b - 1, b the PNG's sBIT, else the fewest of 8, 10, 12 bits "
+    "that hold every value, else 16; integer data below 0 or above 65535 from its own min..max; floats in [0, 1] "
+    "times 255, else from their finite min..max (NaN at the lowest); DICOM: colour converted to RGB, monochrome "
+    "through rescale, then window or VOI LUT, MONOCHROME1 inverted (PS3.3); values rounded to uint8 "
+    "(medcad.data.io.read_image)"
 )
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})

@@ -5,8 +5,8 @@ mode: `losses_and_detections`) and val_ap50. With frame classes (`frame_classes`
 frames carry one whole-frame box each (`medcad.data.boxes.manifest_boxes`) and are learnt like lesions.
 
 Fold folder:
-    model.pt (format "medcad-detector-1"), result.json, checkpoints/detect/{best,last}.ckpt,
-    logs/tensorboard/detect, logs/csv/detect
+    model.pt (format "medcad-detector-1"), result.json, logs/tensorboard/detect, logs/csv/detect; while it trains,
+    checkpoints/detect/{best,last}.ckpt (removed once it is finished, unless keep_checkpoints)
 An interrupted fold resumes from last.ckpt. Boxes here are (m, 5) float arrays [x0, y0, x1, y1, class_index]
 in pixels of the S x S cached image, class_index 0-based into `labels` (no background).
 """

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medcad.atomic import atomic_path, atomic_write_text
-from medcad.data.datasets import RESIZE_RULE
+from medcad.data.datasets import BILATERAL, RESIZE_RULE
 from medcad.data.io import DECODING
 from medcad.errors import ConfigError, DataError
 from medcad.inference.detections import DEFAULT_BOXES
@@ -198,7 +198,7 @@ def export_onnx(
             f"float32 (N, {len(predictor.labels)}) in `labels` order: "
             + (f"the mean over the {len(predictor.files)} fold models of " if len(predictor.files) > 1 else "")
             + (
-                "each label's sigmoid; predict names every label at or above the threshold"
+                f"each label's sigmoid; predict names every label at or above {predictor.threshold:g} (its --threshold)"
                 if multilabel
                 else "the softmax of the logits divided by the temperature fitted on validation (inside the graph: "
                 "apply none again); predict names the most probable class, or at `--operating-point` the positive "
@@ -249,7 +249,9 @@ def _before_resize(bilateral: bool, interface: str) -> str:
             + "; found from each image's own pixels, not reproducible from this description alone)"
         )
     if bilateral:
-        steps.append("bilateral filter, cv2.bilateralFilter(rgb, d=7, sigmaColor=40, sigmaSpace=7)")
+        steps.append(
+            f"bilateral filter, cv2.bilateralFilter(rgb, {', '.join(f'{k}={v}' for k, v in BILATERAL.items())})"
+        )
     return "; then ".join(steps) if steps else "nothing"
 
 

@@ -44,6 +44,9 @@ class GraphSession:
             release_onednn_cap()
             import openvino as ov
 
+            # each output under the name the graph declares (OpenVINO's first name for a tensor may be another), as
+            # the export's description beside the graph lists them (loading the graph with onnx took 0.56 s of import)
+            declared = _declared_outputs(self.path)
             precision = "bf16" if backend == "openvino-bf16" else "f32"  # int8 runs its QDQ graph's int8 layers
             config: dict = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
             config["INFERENCE_NUM_THREADS"] = threads
@@ -51,11 +54,10 @@ class GraphSession:
             with own_signal_stack():  # OpenVINO's would be left dangling on this thread (see own_signal_stack)
                 core = ov.Core()
                 self._ov = core.compile_model(core.read_model(str(self.path)), "CPU", config)
-            # each output under the name the graph declares (OpenVINO's first name for a tensor may be another), as
-            # the export's description beside the graph lists them (loading the graph with onnx took 0.56 s of import)
-            declared = _declared_outputs(self.path)
-            names = [o.get_names() for o in self._ov.outputs]
-            self.output_names = [next(d for d in declared if d in ns) for ns in names]
+            names = [[d for d in declared if d in o.get_names()] for o in self._ov.outputs]
+            if not all(names):
+                raise ConfigError(f"{self.path}: its description (model.json) names outputs the graph lacks")
+            self.output_names = [found[0] for found in names]
         else:
             import onnxruntime as ort
 
@@ -77,19 +79,25 @@ class GraphSession:
 
 
 def _declared_outputs(path: Path) -> list[str]:
-    """The output names of an exported graph, from the description `export_onnx` writes beside it (model.json).
+    """The output names of an exported graph, from the description `export_onnx` writes beside it (model.json); an
+    export from before 2026-11-30, whose description lists none, has them read from the graph (with onnx).
 
     Raises:
         ConfigError: no readable description (a graph not exported by medcad), naming the file.
     """
     described = path.with_suffix(".json")
     try:
-        return list(json.loads(described.read_text())["outputs"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        meta = json.loads(described.read_text())
+    except (OSError, ValueError) as e:
         raise ConfigError(
             f"{described}: the export's description is missing or unreadable ({type(e).__name__}: {e}); export the "
-            "run again (`medcad export RUN`)"
+            "run again (`medcad export RUN`, with the --fold and --int8 it was exported with)"
         ) from e
+    if isinstance(meta, dict) and isinstance(meta.get("outputs"), list):
+        return [str(n) for n in meta["outputs"]]
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def _openvino_cache() -> dict:

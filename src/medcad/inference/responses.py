@@ -14,6 +14,7 @@ from medcad.errors import MedcadError
 from medcad.inference.prediction import Prediction
 
 MASK_FORMATS = ("png", "rle", "none")
+RESPONSE_FORMATS = ("json", "dicom")  # /predict's answer: JSON, or a DICOM SEG
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -146,19 +147,21 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
     from pydicom.sr.codedict import codes
 
     needed = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
-    missing = [k for k in needed if k not in source or source[k].value in (None, "")]  # Type 1: present, not empty
+    missing = [k for k in needed if not _has(source, k)]  # Type 1: present and not empty
     if missing:
         raise MedcadError(f"the DICOM upload lacks {', '.join(missing)}, which a DICOM SEG must reference")
-    spatial = "ImageOrientationPatient" in source
-    if spatial and "PixelSpacing" in source and "SliceThickness" not in source:
+    # highdicom places the SEG's planes in the patient's frame of reference when the source has one
+    spatial = _has(source, "FrameOfReferenceUID") and _has(source, "ImageOrientationPatient")
+    lacking = [k for k in ("PixelSpacing", "SliceThickness") if not _has(source, k)] if spatial else []
+    if lacking:
         raise MedcadError(
-            "the DICOM upload has Image Orientation (Patient) and Pixel Spacing but no Slice Thickness, which the "
-            "pixel measures of a SEG on it must carry"
+            f"the DICOM upload has a Frame of Reference and Image Orientation (Patient) but no {' or '.join(lacking)}, "
+            "which the pixel measures of a SEG placed in it must carry"
         )
     source = copy.deepcopy(source)  # the header alone (no pixel data)
-    if not spatial and "SliceThickness" not in source and "PixelSpacing" in source:
-        # highdicom 0.28 writes pixel measures without a slice thickness then, which its own reader refuses; a SEG
-        # of a 2-D image may go without them: viewers measure on the source it references
+    if not spatial and not _has(source, "SliceThickness") and "PixelSpacing" in source:
+        # highdicom 0.28 writes pixel measures without a slice thickness then (absent or empty), which its own reader
+        # refuses; a SEG of a 2-D image may go without them: viewers measure on the source it references
         del source.PixelSpacing
     for keyword in TYPE2_FROM_SOURCE:  # may be empty in a SEG, but present: a source without them is still filed
         if keyword not in source:
@@ -198,15 +201,23 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
     try:
         try:
             seg = build(source)
-        except KeyError:  # a storage class highdicom has no IOD for: the retired US Image Storage, a private one
+        except KeyError as e:  # a storage class highdicom has no IOD for: the retired US Image Storage, a private one
+            if e.args != (source.SOPClassUID,):
+                raise
             seg = _on_unlisted_class(build, source)
-    except (AttributeError, ValueError, TypeError) as e:
+    except (AttributeError, ValueError, TypeError, KeyError) as e:
         raise MedcadError(f"a DICOM SEG cannot be built on this DICOM upload ({type(e).__name__}: {e})") from e
-    if not spatial:  # General Image: Type 2C where the plane is not given by Image Orientation (Patient)
+    shared = seg.get("SharedFunctionalGroupsSequence") or [{}]
+    if "PlaneOrientationSequence" not in shared[0]:  # General Image: Type 2C where no plane orientation is given
         seg.PatientOrientation = source.get("PatientOrientation", "")
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def _has(ds, keyword: str) -> bool:
+    """Whether a DICOM header has the attribute with a value (Type 2 attributes may be present and empty)."""
+    return keyword in ds and ds[keyword].value not in (None, "", b"", [])
 
 
 def _on_unlisted_class(build, source):

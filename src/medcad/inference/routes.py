@@ -27,7 +27,7 @@ from medcad.inference.batcher import Batcher, QueueFull
 from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import read_upload
 from medcad.inference.prediction import Prediction
-from medcad.inference.responses import MASK_FORMATS, prediction_json, segmentation_dicom
+from medcad.inference.responses import MASK_FORMATS, RESPONSE_FORMATS, prediction_json, segmentation_dicom
 from medcad.inference.uploads import Limits, Upload, UploadError, decode_upload, prediction_warnings
 
 STATIC = Path(__file__).parent / "static"
@@ -154,7 +154,11 @@ def page_router(state: ServeState) -> APIRouter:
     async def favicon() -> FileResponse:  # the page links it; browsers ask for /favicon.ico elsewhere (/docs)
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    @router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what load balancers and uptime checks send
+    @router.head("/health", include_in_schema=False)  # what load balancers and uptime checks send
+    async def health_head() -> Response:
+        return Response(status_code=200)
+
+    @router.get("/health")
     async def health() -> dict:
         """Liveness and load: `queued` images, `served` (images answered), `refused` (requests to /predict and
         /predict/video answered with an error: 4xx for the upload or the request, 503 busy, 504 too slow) and
@@ -192,7 +196,7 @@ def predict_router(state: ServeState) -> APIRouter:
         format: str = Query(
             "json",
             description="json, or dicom for a DICOM SEG (mask tasks, DICOM input).",
-            json_schema_extra={"enum": ["json", "dicom"]},
+            json_schema_extra={"enum": list(RESPONSE_FORMATS)},
         ),
         frame: int = Query(0, ge=0, description="Frame of a multi-frame DICOM, page of a TIFF or animated GIF / WebP."),
     ) -> Response:
@@ -272,8 +276,8 @@ def _check_query(mask: str, format: str, gradcam: bool, can_explain: bool, png_r
         raise UploadError(400, f"mask={mask!r}: use one of {', '.join(MASK_FORMATS)}")
     if mask == "png" and format == "json" and png_refused:
         raise UploadError(422, f"{png_refused}: ask ?mask=rle")
-    if format not in ("json", "dicom"):
-        raise UploadError(400, f"format={format!r}: use json or dicom")
+    if format not in RESPONSE_FORMATS:
+        raise UploadError(400, f"format={format!r}: use {' or '.join(RESPONSE_FORMATS)}")
     if gradcam and not can_explain:
         raise UploadError(400, "this server runs without Grad-CAM; start it with medcad serve")
 

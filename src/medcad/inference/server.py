@@ -36,7 +36,7 @@ from fastapi_offline import FastAPIOffline
 
 from medcad import __version__
 from medcad.data.io import allow_pixels
-from medcad.errors import MedcadError
+from medcad.errors import ConfigError, MedcadError
 from medcad.inference.batcher import Batcher
 from medcad.inference.card import model_card
 from medcad.inference.jobs import VideoJobs
@@ -109,11 +109,28 @@ def create_app(
     if opts.cors_origins:  # outermost: a browser's preflight (no token) is answered before the guard asks for one
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(opts.cors_origins),
+            allow_origins=[web_origin(o) for o in opts.cors_origins],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],  # what a 503 tells a client to wait for
         )
     return app
+
+
+def web_origin(text: str) -> str:
+    """A web origin as browsers send it (scheme://host[:port], no path, no trailing slash).
+
+    Raises:
+        ConfigError: not an http(s) origin, naming it.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
+        raise ConfigError(
+            f"--cors-origin {text!r}: give a web origin, scheme://host[:port], e.g. https://viewer.example"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _start(predictor: Predictor, opts: ServeOptions, explain: Callable | None) -> ServeState:

@@ -142,7 +142,8 @@ def _too_many_pixels(megapixels: str, limits: Limits) -> str:
 
 def check_pixels(data: bytes, kind: str, limits: Limits, frame: int = 0):
     """Refuse an image whose header declares more than `limits.max_pixels` pixels (in `frame`, the page of a
-    multi-page TIFF, whose pages each have their own size), before decoding it.
+    multi-page TIFF, whose pages each have their own size, or of a GIF, whose canvas grows with its frames), before
+    decoding it.
 
     A DICOM without pixel data passes here and is refused by `read_image`, with its message.
 
@@ -161,8 +162,10 @@ def check_pixels(data: bytes, kind: str, limits: Limits, frame: int = 0):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                    if frame and im.format == "TIFF" and frame < getattr(im, "n_frames", 1):
-                        im.seek(frame)  # the page's header (IFD), not its pixels
+                    if frame and frame < getattr(im, "n_frames", 1):
+                        # a TIFF page has its own size (its header, IFD, is read); a GIF's canvas grows to hold a
+                        # later frame placed beyond it (Pillow decodes the frames up to it, each within the limit)
+                        im.seek(frame)
                     n = im.size[0] * im.size[1]
         except Image.DecompressionBombError as e:  # beyond twice Pillow's limit: the size is only in its message
             n = bomb_pixels(e)
