@@ -193,18 +193,7 @@ def export_onnx(
         "members_relative_to": "source_run",
     }
     if "probabilities" in names:
-        multilabel = predictor.task == "multilabel"
-        meta["probabilities"] = (
-            f"float32 (N, {len(predictor.labels)}) in `labels` order: "
-            + (f"the mean over the {len(predictor.files)} fold models of " if len(predictor.files) > 1 else "")
-            + (
-                f"each label's sigmoid; predict names every label at or above {predictor.threshold:g} (its --threshold)"
-                if multilabel
-                else "the softmax of the logits divided by the temperature fitted on validation (inside the graph: "
-                "apply none again); predict names the most probable class, or at `--operating-point` the positive "
-                "class where its probability reaches that rule's threshold (in the model card)"
-            )
-        )
+        meta["probabilities"] = probabilities_metadata(predictor)
     if "mask" in names:
         meta["mask"] = mask_metadata(predictor)
     if "boxes" in get_task(predictor.task).outputs:
@@ -253,6 +242,21 @@ def _before_resize(bilateral: bool, interface: str) -> str:
             f"bilateral filter, cv2.bilateralFilter(rgb, {', '.join(f'{k}={v}' for k, v in BILATERAL.items())})"
         )
     return "; then ".join(steps) if steps else "nothing"
+
+
+def probabilities_metadata(predictor: Predictor) -> str:
+    """What the graph's `probabilities` output is and how predict decides from it, in words."""
+    per_model = (
+        f"each label's sigmoid; predict names every label at or above {predictor.threshold:g} (its --threshold)"
+        if predictor.task == "multilabel"
+        else "the softmax of the logits divided by the temperature fitted on validation (inside the graph: apply "
+        "none again); predict names the most probable class, or at `--operating-point` the positive class where its "
+        "probability reaches that rule's threshold (in the model card)"
+    )
+    n = len(predictor.files)
+    return f"float32 (N, {len(predictor.labels)}) in `labels` order: " + (
+        f"the mean over the {n} fold models of {per_model}" if n > 1 else per_model
+    )
 
 
 def mask_metadata(predictor: Predictor) -> dict:

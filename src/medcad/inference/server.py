@@ -82,6 +82,11 @@ def create_app(
         options: limits, queue and token.
         explain: (rgb (H, W, 3) uint8, its `Prediction`) -> (RGB picture, caption), e.g.
             `medcad.explain.explainers.bound_explainer(predictor)`; None turns `?gradcam=true` into a 400.
+
+    A pixel limit above medcad's decoding default raises it for this process (`medcad.data.io.allow_pixels`).
+
+    Raises:
+        ConfigError: a CORS origin that is not scheme://host[:port].
     """
     opts = options or ServeOptions()
     allow_pixels(opts.limits.max_pixels)
