@@ -8,7 +8,7 @@ from pathlib import Path
 from medcad import __version__
 from medcad.data.datasets import RESIZE_RULE
 from medcad.inference.outputs import frame_rule, no_finding_decisions
-from medcad.inference.predictor import Predictor, validated_rules
+from medcad.inference.predictor import Predictor, operating_rules, rule_threshold
 from medcad.runfolder import RunFolder, fold_of
 from medcad.tasks import get_task
 
@@ -131,7 +131,7 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        card |= _one_fold(predictor, m) | _operating_points(predictor, folder)
+        card |= _one_fold(predictor, m) | _operating_points(predictor, m)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
@@ -143,16 +143,16 @@ def _fold_of(predictor: Predictor) -> int | None:
     return fold_of(predictor.files[0]) if len(predictor.files) == 1 else None
 
 
-def _operating_points(predictor: Predictor, folder: Path) -> dict:
+def _operating_points(predictor: Predictor, m: dict) -> dict:
     """A two-class run's positive class and the thresholds of its validated operating points on the scale predict
     and serve answer on (temperature-scaled p_<positive>): the folds' mean for their ensemble, the fold's own for
     one fold's model (they had been in the report alone)."""
-    found = validated_rules(folder)
+    found = operating_rules(m)  # metrics.json, as the card read it
     if not found:
         return {}
     positive, rules = found
     k = _fold_of(predictor)
-    cut = {r: o["thresholds"].get(str(k)) if k is not None else o.get("ensemble_threshold") for r, o in rules.items()}
+    cut = {r: rule_threshold(o, k) for r, o in rules.items()}
     return {
         "positive": positive,
         "operating_points": cut,

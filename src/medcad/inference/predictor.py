@@ -44,16 +44,27 @@ MIN_AGREEMENT = 0.99  # a backend agrees with torch-fp32 when the task's agreeme
 
 
 def validated_rules(run: Path) -> tuple[str, dict[str, dict]] | None:
-    """A two-class run's positive class and its validated operating points ({rule: its metrics.json block, with
-    "thresholds" per fold and "ensemble_threshold"}), on the temperature-scaled probabilities predict and serve give;
-    None for a model file, another task, more classes, or a run from before thresholds were on that scale."""
+    """`operating_rules` of a run folder's metrics.json; None for a model file or a run without one."""
     metrics = RunFolder(run).metrics if Path(run).is_dir() else None
     if metrics is None or not metrics.is_file():
         return None
-    v = json.loads(metrics.read_text()).get("validated_operating_points") or {}
+    return operating_rules(json.loads(metrics.read_text()))
+
+
+def operating_rules(metrics: dict) -> tuple[str, dict[str, dict]] | None:
+    """A two-class run's positive class and its validated operating points ({rule: its metrics.json block, with
+    "thresholds" per fold and "ensemble_threshold"}), on the temperature-scaled probabilities predict and serve give;
+    None for another task, more classes, or a run from before thresholds were on that scale."""
+    v = metrics.get("validated_operating_points") or {}
     if not v.get("scale"):  # older runs: thresholds on the probabilities before temperature scaling
         return None
     return v["positive"], {rule: o for rule, o in v.items() if isinstance(o, dict) and "thresholds" in o}
+
+
+def rule_threshold(rule: dict, fold: int | None) -> float | None:
+    """An operating point's threshold (its `operating_rules` block) for fold k's model, or for the fold models'
+    ensemble (their mean) with None; None where the run has none."""
+    return rule.get("ensemble_threshold") if fold is None else rule["thresholds"].get(str(fold))
 
 
 def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
@@ -77,8 +88,7 @@ def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
     positive, rules = found
     if rule not in rules:
         raise ConfigError(f"operating point {rule!r}: not one of this run's ({', '.join(rules)})")
-    o = rules[rule]
-    threshold = o.get("ensemble_threshold") if fold is None else o["thresholds"].get(str(fold))
+    threshold = rule_threshold(rules[rule], fold)
     if threshold is None:
         whose = "the fold models' mean threshold" if fold is None else f"fold {fold}'s threshold"
         raise ConfigError(
