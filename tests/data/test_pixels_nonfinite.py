@@ -27,3 +27,35 @@ def test_no_data_pixels_leave_the_others_scaled_as_without_them(values, holes, f
     finite = values[~holes]
     reference = scale_to_uint8(np.where(holes, finite.min() if fill != np.inf else finite.max(), values))
     assert np.array_equal(got, reference)
+
+
+def test_float_tiffs_as_scientific_tools_write_them(tmp_path) -> None:
+    """float32 TIFFs written by tifffile and by Pillow, with NaN and +-inf no-data pixels, read to the values the
+    finite pixels give; a float64 TIFF, which Pillow cannot decode, is named as such (it had been 'unknown or
+    corrupt')."""
+    import pytest
+    import tifffile
+    from PIL import Image
+
+    from medcad.data.io import describe_image, read_image
+    from medcad.errors import DataError
+
+    base = np.linspace(100.0, 1043.5, 40 * 50, dtype=np.float32).reshape(40, 50)
+    image = base.copy()
+    image[5:10, 5:10], image[0:2, 0:2], image[20, 30] = np.nan, np.inf, -np.inf
+    finite = image[np.isfinite(image)]
+    lo, hi = float(finite.min()), float(finite.max())  # the range of the finite pixels alone
+    filled = np.nan_to_num(image, nan=lo, posinf=hi, neginf=lo)  # float32, scaled as the reader does, in float32
+    expect = np.clip((filled - np.float32(lo)) * np.float32(255.0 / (hi - lo)) + np.float32(0.5), 0, 255)
+    tifffile.imwrite(tmp_path / "tifffile.tif", image)
+    tifffile.imwrite(tmp_path / "deflate.tif", image, compression="zlib")
+    Image.fromarray(image, mode="F").save(tmp_path / "pillow.tif")
+    for name in ("tifffile.tif", "deflate.tif", "pillow.tif"):
+        got = read_image(tmp_path / name)
+        assert np.array_equal(got[..., 0], expect.astype(np.uint8)) and (got[..., 0] == got[..., 2]).all(), name
+        assert "30 pixels NaN or infinite" in " ".join(describe_image(tmp_path / name))
+    tifffile.imwrite(tmp_path / "float64.tif", image.astype(np.float64))
+    with pytest.raises(
+        DataError, match="a TIFF that medcad's decoder \\(Pillow\\) cannot read: samples such as 64-bit"
+    ):
+        read_image(tmp_path / "float64.tif")

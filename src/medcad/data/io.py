@@ -304,7 +304,7 @@ def decode_pil(
             else:
                 arr = np.asarray(im.convert("RGB"))
     except UnidentifiedImageError as e:
-        raise DataError(path, "not a readable image (unknown or corrupt format)") from e
+        raise _unreadable(path) from e
     except (DataError, ConfigError):
         raise
     except OSError as e:  # truncated or corrupt data
@@ -415,7 +415,27 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             w, h = im.size
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError, EOFError) as e:
-        raise DataError(p, "not a readable image (unknown or corrupt format)") from e
+        raise _unreadable(p) from e
+
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little / big endian; classic, BigTIFF
+
+
+def _unreadable(path: Path) -> DataError:
+    """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one whose samples or
+    compression Pillow lacks (a float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
+    try:
+        with open(path, "rb") as f:
+            tiff = f.read(4) in TIFF_MAGIC
+    except OSError:
+        tiff = False
+    if tiff:
+        return DataError(
+            path,
+            "a TIFF that medcad's decoder (Pillow) cannot read: samples such as 64-bit floating point, or a "
+            "compression Pillow lacks; saved as 8- or 16-bit integers or 32-bit float, it is read",
+        )
+    return DataError(path, "not a readable image (unknown or corrupt format)")
 
 
 def describe_image(path: str | Path) -> list[str]:
