@@ -390,7 +390,17 @@ def test_a_bootstrap_p_at_its_resolution_is_written_as_a_bound() -> None:
     p = _env().from_string('{% from "macros.html.j2" import p %}{{ p(v, b) }}')
     assert p.render(v=1 / 2000, b=2000) == "&lt; 0.0005" and p.render(v=0.49, b=2000) == "0.4900"
     assert p.render(v=0.0005, b=None) == "0.0005" and p.render(v=0.00001, b=None) == "&lt; 0.0001"
-    assert p.render(v=None, b=2000) == "—"
+    assert p.render(v=None, b=2000) == "—" and p.render(v=float("nan"), b=None) == "—"
+    # the terminal's paired-test table by the same rule (it had printed "0.0000" where the report said "< 0.0001")
+    from rich.console import Console
+
+    from medcad.report.console import _print_paired_tests
+
+    console = Console(record=True, width=200)
+    test = {"difference": 0.1, "ci95": [0.05, 0.15], "p_value": 1 / 2000, "p_holm": 0.00001, "n_boot": 2000}
+    _print_paired_tests(console, [{"a": "a", "b": "b", "dice": test}])
+    text = console.export_text()
+    assert "< 0.0001" in text and "< 0.0005" in text
 
 
 def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:

@@ -355,11 +355,14 @@ def print_study(results: dict, console: Console | None = None) -> None:
     _print_paired_tests(c, results.get("paired_tests") or [])
 
 
-def _p(v: float | None, n_boot: int | None = None) -> str:
-    """A p-value to 4 decimals; a bootstrap's at its resolution (no resample of `n_boot` crossed 0) as "< 1/B"."""
+def p_value_text(v: float | None, n_boot: int | None = None) -> str:
+    """A p-value as the console and the HTML reports show it: 4 decimals, "< 0.0001" below them; a bootstrap's at
+    its resolution (no resample of `n_boot` crossed 0) as "< 1/B"; "—" where there is none (None, nan)."""
     if v is None or v != v:
         return "—"
-    return f"< {1 / n_boot:.4f}" if n_boot and v <= 1 / n_boot + 1e-12 else f"{v:.4f}"
+    if n_boot and v <= 1 / n_boot + 1e-12:
+        return f"< {1 / n_boot:.4f}"
+    return "< 0.0001" if v < 0.0001 else f"{v:.4f}"
 
 
 def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
@@ -395,5 +398,6 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
             on = f" (on {p['domain']}'s test images)" if p.get("domain") else ""
             t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
-        t.add_row(f"  {what}", diff, _p(d["p_value"], d.get("n_boot") or p.get("n_boot")), _p(d.get("p_holm")))
+        raw = p_value_text(d["p_value"], d.get("n_boot") or p.get("n_boot"))
+        t.add_row(f"  {what}", diff, raw, p_value_text(d.get("p_holm")))
     c.print(t)
