@@ -48,9 +48,10 @@ def _errors(path: Path) -> list[str]:
     ),
     plane=st.sampled_from(["none", "placed", "without a frame of reference"]),
     orientation=st.sampled_from([None, ["A", "F"]]),
+    label=st.sampled_from(["lesion", "cyst", "tumour", "Blood clot", "polyp"]),  # coded by CID 7159, else Lesion
 )
 def test_a_seg_on_any_single_frame_source_is_valid_dicom_and_reads_back(
-    tmp_path: Path, sop, spatial, plane, orientation
+    tmp_path: Path, sop, spatial, plane, orientation, label
 ) -> None:
     """Every SEG passes dciodvfy without an error, references its source's own SOP class, and highdicom reads its
     mask back: a 2-D source's SEG had missed Patient Orientation (dciodvfy: every one), one with Pixel Spacing but no
@@ -67,7 +68,7 @@ def test_a_seg_on_any_single_frame_source_is_valid_dicom_and_reads_back(
     mask[10:20, 5:30] = True
     source = _source(tmp_path, **elements)
     path = tmp_path / f"{generate_uid()}_seg.dcm"
-    path.write_bytes(segmentation_dicom(source, mask, "lesion", "1"))
+    path.write_bytes(segmentation_dicom(source, mask, label, "1"))
     if not shutil.which("dciodvfy"):
         pytest.skip("DICOM's validator, dciodvfy (Debian's dicom3tools, installed by .ci/run), is not installed")
     assert _errors(path) == []

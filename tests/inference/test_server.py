@@ -394,6 +394,12 @@ def test_dicom_seg_of_a_class_map_has_a_segment_per_class(tmp_path: Path) -> Non
         io.BytesIO(segmentation_dicom(pydicom.dcmread(io.BytesIO(dicom_bytes(tmp_path))), classes, ["cyst", "stone"]))
     )
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["cyst", "stone"]
+    # each coded as the lesion type of DICOM's CID 7159 its name is, else as a lesion (every class had been "Lesion")
+    coded = [d.SegmentedPropertyTypeCodeSequence[0] for d in seg.SegmentSequence]
+    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in coded] == [
+        ("367643001", "SCT", "Cyst"),
+        ("52988006", "SCT", "Lesion"),
+    ]
     for number in (1, 2):
         frame = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[

@@ -172,7 +172,7 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
             segment_number=k,
             segment_label=name,
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Lesion,
+            segmented_property_type=lesion_type(name),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
                 name="medcad", version=version, family=codes.cid7162.ArtificialIntelligence
@@ -213,6 +213,25 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def lesion_type(label: str):
+    """The coded Segmented Property Type of a lesion class: the concept of DICOM's Lesion Segmentation Types
+    (CID 7159: cyst, mass, nodule, neoplasm, abscess, ...) the class name is, ignoring case, spaces, hyphens and
+    underscores ("tumor" and "tumour" are SNOMED CT's Neoplasm, 108369006, the code that names both); any other name
+    (polyp, stone, lesion, benign, ...) is coded SCT Lesion (52988006). The segment's label keeps the class name.
+
+    Returns:
+        a pydicom `Code` (its value, scheme and meaning).
+    """
+    from pydicom.sr.codedict import codes
+
+    types = codes.cid7159
+    key = "".join(ch for ch in label.casefold() if ch.isalnum())
+    keyword = {"tumor": "Neoplasm", "tumour": "Neoplasm"}.get(key) or next(
+        (k for k in types.dir() if k.casefold() == key and k not in ("Background", "Normal")), "Lesion"
+    )
+    return getattr(types, keyword)
 
 
 def _has(ds, keyword: str) -> bool:
