@@ -17,7 +17,7 @@ from medcad.errors import ConfigError
 from medcad.explain.explainers import EXPLAINERS
 from medcad.inference.outputs import BACKGROUND, LESION, NO_LESION
 from medcad.inference.prediction import Prediction
-from medcad.inference.registry import PREDICTORS
+from medcad.inference.registry import PREDICTORS, predictor_class
 from medcad.run import Run
 from medcad.tasks import TASKS, get_task
 
@@ -35,7 +35,7 @@ SETTINGS = {
 def test_every_task_has_every_hook(name: str) -> None:
     task = get_task(name)
     assert issubclass(fold_hooks(name), FoldHooks) and name in fold_hooks(name).tasks
-    assert name in PREDICTORS[name].tasks
+    assert name in predictor_class(name).tasks and set(PREDICTORS) == set(TASKS)
     assert name in EXPLAINERS
     assert task.targets and task.outputs and task.headline
 

@@ -53,6 +53,25 @@ def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
     Raises:
         DataError: the file is missing, unreadable, not a medcad model, or of another task.
     """
+    blob = read_model_file(path, *tasks)
+    return build_model(blob), blob
+
+
+def build_model(blob: dict) -> nn.Module:
+    """The network (in eval mode, on the CPU) of a model file's contents (`read_model_file`), its weights loaded."""
+    cfg = TrainConfig.from_saved(blob["config"])
+    model = get_task(cfg.task).build(cfg.replace(weights="none"), len(blob["labels"]), blob["data_config"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def read_model_file(path: Path, *tasks: str) -> dict:
+    """A model file's contents (settings, labels, preprocessing, weights as tensors), checked, without building the
+    network (a predictor on an exported graph needs no more); with `tasks`, it must be of one of them.
+
+    Raises:
+        DataError: the file is missing, unreadable, not a medcad model, or of another task.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "model file not found")
@@ -76,9 +95,7 @@ def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
         raise DataError(path, f"format {fmt!r} does not match its task {cfg.task!r}")
     if tasks and cfg.task not in tasks:
         raise DataError(path, f"is a {cfg.task} model; this needs a {' or '.join(tasks)} model")
-    model = task.build(cfg.replace(weights="none"), len(blob["labels"]), blob["data_config"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), blob
+    return blob
 
 
 def run_task(run: Path) -> str:
@@ -131,17 +148,18 @@ def _fold_list(folds: list[int]) -> str:
     return "folds " + ", ".join(map(str, folds))
 
 
-def load_models(run: Path, fold: int | None, *tasks: str) -> tuple[list[Path], list[tuple[nn.Module, dict]]]:
-    """The model files of a run (every fold, or one), or a single model file, loaded; each must be of `tasks`.
+def read_models(run: Path, fold: int | None, *tasks: str) -> tuple[list[Path], list[dict]]:
+    """The model files of a run (every fold, or one), or a single model file, and their contents (`read_model_file`;
+    networks not built); each must be of `tasks`.
 
     Raises:
         DataError: no model, or one of another task; ConfigError: the folds' models disagree on the labels.
     """
     files = fold_model_files(run, fold)
-    loaded = [load_model_file(f, *tasks) for f in files]
-    if any(m["labels"] != loaded[0][1]["labels"] for _, m in loaded):
+    blobs = [read_model_file(f, *tasks) for f in files]
+    if any(b["labels"] != blobs[0]["labels"] for b in blobs):
         raise ConfigError(f"{run}: its fold models disagree on the labels")
-    return files, loaded
+    return files, blobs
 
 
 def load_init_model(path: Path, labels: list[str], *tasks: str) -> tuple[nn.Module, dict]:

@@ -70,6 +70,42 @@ def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     assert result["default_backend"] in b  # what predict / serve use here, measured for the fold ensemble
 
 
+def test_a_predictor_on_a_graph_builds_no_network_and_imports_no_trainer(tiny_run: Path, easy_set: Path) -> None:
+    """`medcad predict` on an exported graph (what `auto` picks on CPUs) neither builds the folds' torch networks nor
+    imports what only training, detection or statistics need: a one-image predict had spent ~4 s of its 6.7 s on
+    them (torchvision pulls torch._dynamo; scipy.stats, scipy.optimize, segmentation_models_pytorch, timm). The
+    predictions are those of the predictor with its networks built."""
+    import os
+    import subprocess
+    import sys
+
+    image = str(easy_set / "lesion" / "3.png")
+    runner.invoke(app, ["export", str(tiny_run), "--fold", "0"])
+    probe = (
+        "import json, sys\n"
+        "import medcad.inference.files  # noqa: F401  (what `medcad predict` imports)\n"
+        "from medcad.inference.registry import load_predictor\n"
+        f"p = load_predictor({str(tiny_run)!r}, 0, backend='onnx-fp32', device='cpu')\n"
+        f"pred = p.predict_files([{image!r}])\n"
+        "probs = next(pred)[0].summary()['probabilities']\n"
+        "heavy = ('torchvision', 'scipy.stats', 'scipy.optimize', 'segmentation_models_pytorch', 'timm')\n"
+        "print(json.dumps({'probs': probs, 'built': 'models' in vars(p), 'imported': [m for m in heavy if m in "
+        "sys.modules]}))\n"
+    )
+    import medcad
+
+    env = {**os.environ, "PYTHONPATH": str(Path(medcad.__file__).parents[1])}  # this medcad, from any folder
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["imported"] == [] and not got["built"]
+    from medcad.inference.registry import load_predictor
+
+    built = load_predictor(tiny_run, 0, backend="onnx-fp32", device="cpu")
+    assert len(built.models) == 1  # built when asked for (export, boxes, explanations)
+    expected = next(built.predict_files([image]))[0].summary()["probabilities"]
+    assert got["probs"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkeypatch) -> None:
     """`auto` measures once per model and CPU kind, picks a backend that agrees, and never emulated bf16."""
     from medcad import devices

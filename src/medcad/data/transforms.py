@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from medcad.errors import ConfigError
+
+if TYPE_CHECKING:  # torchvision is imported where boxes are augmented: its import takes ~1 s (torch._dynamo)
+    from torchvision.transforms import v2
 
 PRESETS = ("kvasir", "light", "none")
 
@@ -54,6 +57,8 @@ def box_augmentation(preset: str) -> v2.Transform:
     "kvasir" needed many more epochs than a CPU budget allows (validation AP50 0.05 after 9 epochs), "light" is
     the default for detection.
     """
+    from torchvision.transforms import v2
+
     clean = [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0)]
     if preset == "none":
         return v2.Compose(clean)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,7 +53,11 @@ class ClassPredictor(Predictor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperatures = [float(m.get("temperature", 1.0)) for m in self.metas]
-        self.net = _Ensemble(self.models, self.temperatures, self.multilabel).eval()
+
+    @functools.cached_property
+    def net(self) -> _Ensemble:
+        """The folds' classifiers as one ensemble (built on first use, as `models`)."""
+        return _Ensemble(self.models, self.temperatures, self.multilabel).eval()
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         eager = self.backend == "torch-fp32"

@@ -13,12 +13,12 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, box_iou
 
+from medcad.inference.onnx import DEFAULT_BOXES
 from medcad.inference.predictor import Predictor
 from medcad.models.predict import detections_to_array, predict_detections
 
 ENSEMBLE_IOU = 0.5  # boxes of the same class from several folds' models overlapping more than this are one lesion
 MAX_BOXES = 50
-DEFAULT_BOXES = "default_boxes.npz"  # an export's default boxes of each fold model, beside its graph
 
 
 def merge_detections(per_model: list[np.ndarray], iou: float = ENSEMBLE_IOU) -> np.ndarray:
@@ -79,7 +79,7 @@ class BoxPredictor(Predictor):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.graph_outputs = tuple(f"{kind}_{k}" for k in range(len(self.models)) for kind in ("boxes", "logits"))
+        self.graph_outputs = tuple(f"{kind}_{k}" for k in range(len(self.files)) for kind in ("boxes", "logits"))
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         """{"boxes": per image (m, 6) in S x S pixels} for prepared uint8 images (N, S, S, 3)."""

@@ -25,8 +25,7 @@ from medcad.atomic import atomic_path, atomic_write_text
 from medcad.data.datasets import BILATERAL, RESIZE_RULE
 from medcad.data.io import DECODING
 from medcad.errors import ConfigError, DataError
-from medcad.inference.detections import DEFAULT_BOXES
-from medcad.inference.onnx import GRAPH_BACKENDS, GraphSession, nchw
+from medcad.inference.onnx import DEFAULT_BOXES, GRAPH_BACKENDS, GraphSession, nchw
 from medcad.inference.predictor import MIN_AGREEMENT, Predictor
 from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import get_task

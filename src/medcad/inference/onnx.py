@@ -18,6 +18,7 @@ from medcad.runfolder import RunFolder
 from medcad.stopping import own_signal_stack
 
 GRAPH_BACKENDS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
+DEFAULT_BOXES = "default_boxes.npz"  # a detector export's default boxes of each fold model, beside its graph
 
 
 def nchw(images: np.ndarray) -> np.ndarray:

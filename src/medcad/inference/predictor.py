@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medcad import usable_cores
-from medcad.checkpoint import load_models
+from medcad.checkpoint import build_model, read_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
 from medcad.data.io import MAX_PIXELS_ENV, max_pixels, read_image
@@ -146,10 +146,8 @@ class Predictor:
             )
         fit_torch_threads(threads)
         self.run, self.fold, self.backend, self.threads, self.threshold = Path(run), fold, backend, threads, threshold
-        self.files, loaded = load_models(self.run, fold, *self.tasks)
+        self.files, self.metas = read_models(self.run, fold, *self.tasks)
         self.device = torch_device(device)
-        self.models = [m.to(self.device) for m, _ in loaded]
-        self.metas = [meta for _, meta in loaded]
         meta = self.metas[0]
         self.labels: list[str] = meta["labels"]
         self.config = TrainConfig.from_saved(meta["config"])
@@ -161,6 +159,13 @@ class Predictor:
         self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
         # label-map models: the mask value of each class, as the run read its masks
         self.class_values = parse_mask_labels(self.config.mask_labels).values if self.config.mask_labels else None
+
+    @functools.cached_property
+    def models(self) -> list[torch.nn.Module]:
+        """The folds' networks on the predictor's device, built on first use: a predictor on an exported graph needs
+        them only to export it, to decode boxes or to explain, and building them takes longer than the graph's start
+        (three U-Nets: ~1 s, and segmentation_models_pytorch's import)."""
+        return [build_model(meta).to(self.device) for meta in self.metas]
 
     def decide_at(self, operating_point: str | None, cut: tuple[str, float] | None) -> Predictor:
         """Name the class at a validated operating point (`validated_cut`: the positive class when its

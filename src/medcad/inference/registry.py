@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from medcad.checkpoint import run_task
-from medcad.inference.classes import ClassPredictor, MultilabelPredictor
-from medcad.inference.detections import BoxPredictor
 from medcad.inference.export import ensure_export, export_onnx
-from medcad.inference.masks import MaskPredictor
 from medcad.inference.predictor import Predictor, validated_cut
 
-# Each predictor class declares the tasks it serves (`Predictor.tasks`); this is the list of them.
-PREDICTORS: dict[str, type[Predictor]] = {
-    task: cls for cls in (ClassPredictor, MultilabelPredictor, MaskPredictor, BoxPredictor) for task in cls.tasks
+# The predictor class of each task, imported when a run of that task is loaded (the detector's imports torchvision,
+# ~1 s of a one-image predict); each class declares the tasks it serves (`Predictor.tasks`), a test holds them equal.
+PREDICTORS: dict[str, str] = {
+    "classify": "medcad.inference.classes:ClassPredictor",
+    "multilabel": "medcad.inference.classes:MultilabelPredictor",
+    "segment": "medcad.inference.masks:MaskPredictor",
+    "segment-multiclass": "medcad.inference.masks:MaskPredictor",
+    "multitask": "medcad.inference.masks:MaskPredictor",
+    "detect": "medcad.inference.detections:BoxPredictor",
 }
+
+
+def predictor_class(task: str) -> type[Predictor]:
+    """The predictor class of a task (a key of medcad.tasks.TASKS)."""
+    module, name = PREDICTORS[task].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def load_predictor(
@@ -40,7 +50,7 @@ def load_predictor(
 
 
 def _load(run: str | Path, fold: int | None, backend: str, device: str, **kwargs) -> Predictor:
-    cls = PREDICTORS[run_task(Path(run))]
+    cls = predictor_class(run_task(Path(run)))
     if backend != "auto":
         ensure_export(cls, Path(run), fold, backend, kwargs.get("threads"))
         return cls(run, fold, backend=backend, device=device, **kwargs)

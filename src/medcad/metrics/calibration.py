@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from medcad.metrics.stats import (
@@ -56,6 +55,8 @@ def fit_temperature(
         return float(-log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
 
     lo, hi = np.log(bounds)
+    from scipy.optimize import minimize_scalar  # here: scipy.optimize takes ~0.3 s to import, predictors need none
+
     res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
     if min(res.x - lo, hi - res.x) < 0.01 * (hi - lo):
         why = (
