@@ -130,7 +130,7 @@ def measure(
     for name in backends:
         try:
             if name != ref.backend:
-                ensure_export(type(ref), ref.run, ref.fold, name, threads)
+                ensure_export(type(ref), ref.run, ref.fold, name, threads, reference=ref)
             where = str(ref.device) if name.startswith("torch") else "cpu"
             p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, where)
             out[name] = _speed(p, images)

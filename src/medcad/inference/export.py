@@ -290,16 +290,25 @@ def mask_metadata(predictor: Predictor) -> dict:
     return out
 
 
-def ensure_export(cls: type[Predictor], run: Path, fold: int | None, backend: str, threads: int | None = None) -> None:
-    """Export the run (with int8 for an int8 backend) when `backend` runs a graph that is not written yet; the
-    reference is a torch-fp32 `cls` on the CPU. Nothing for torch backends or model files."""
+def ensure_export(
+    cls: type[Predictor],
+    run: Path,
+    fold: int | None,
+    backend: str,
+    threads: int | None = None,
+    reference: Predictor | None = None,
+) -> None:
+    """Export the run (with int8 for an int8 backend) when `backend` runs a graph that is not written yet, from
+    `reference` (a torch-fp32 predictor of the run's `fold` on the CPU, whose networks are then not built again), else
+    from a new torch-fp32 `cls` on the CPU. Nothing for torch backends or model files."""
     run = Path(run)
     if backend not in GRAPH_BACKENDS or not run.is_dir():
         return
     folder = RunFolder(run).export(fold)
     int8 = backend.endswith("int8")
     if not (folder / ("model.int8.onnx" if int8 else "model.onnx")).is_file():
-        export_onnx(cls(run, fold, "torch-fp32", threads), folder, int8=int8)
+        usable = reference is not None and reference.backend == "torch-fp32" and reference.device.type == "cpu"
+        export_onnx(reference if usable else cls(run, fold, "torch-fp32", threads), folder, int8=int8)
 
 
 MIN_GAIN = 0.005  # agreement a doubling of the float layers must add for the next one to be tried
