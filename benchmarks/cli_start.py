@@ -6,12 +6,14 @@ round so that both see the same machine.
         [--src OLD/src --src NEW/src] [--rounds 5] [--out benchmarks/results/cli_start.json]
 
 The run's backend choice (`auto`, RUN/backends.json) is made once before timing, so every call reads it. Seconds are
-wall-clock from the process start to its exit (predict) or to the first 200 of /health (serve).
+wall-clock from the process start to its exit (predict) or to the first 200 of /health (serve; a predictor on a
+graph builds no torch networks, one on a torch backend builds them before /health answers).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -81,8 +83,10 @@ def main() -> None:
         for tree in trees:
             seconds[tree]["predict"].append(round(time_predict(tree, args.run, args.image), 3))
             seconds[tree]["serve"].append(round(time_serve(tree, args.run), 3))
+    chosen = json.loads((args.run / "backends.json").read_text()) if (args.run / "backends.json").is_file() else {}
     result = {
         "run": str(args.run),
+        "auto_backend": {key: c["backend"] for key, c in chosen.items()},  # what predict and serve ran here
         "image": str(args.image),
         "rounds": args.rounds,
         "seconds": seconds,

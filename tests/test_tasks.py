@@ -63,6 +63,27 @@ def test_model_file_round_trip(name: str, tmp_path, one_thread) -> None:
         load_model_file(tmp_path / "model.pt", other)
 
 
+@pytest.mark.parametrize("name", ["classify", "segment", "detect"])
+def test_a_model_file_whose_weights_do_not_fit_fails_as_its_predictor_starts(name: str, tmp_path, one_thread) -> None:
+    """A model file missing a tensor of its network is named when a predictor that runs the networks starts (torch
+    backends; detectors also on a graph, whose boxes they decode): with the networks built on first use it had
+    started, `/health` said ok, and every request failed with a RuntimeError."""
+    from medcad.errors import DataError
+    from medcad.inference.registry import predictor_class
+
+    cfg = TrainConfig(task=name, weights="none", image_size=64, **SETTINGS[name])
+    task = get_task(name)
+    model = task.build(cfg, 2, None).eval()
+    save_model(tmp_path / "model.pt", model, cfg, ["a", "b"], task.data_config(model))
+    blob = torch.load(tmp_path / "model.pt", weights_only=False)
+    blob["state_dict"].pop(next(reversed(blob["state_dict"])))  # the network's last tensor
+    torch.save(blob, tmp_path / "model.pt")
+    with pytest.raises(DataError, match=f"its weights do not fit the {name} network") as e:
+        predictor_class(name)(tmp_path / "model.pt", backend="torch-fp32")
+    assert "model.pt" in str(e.value) and "retrain that fold" in str(e.value)
+    assert predictor_class(name).networks_at_start == (name == "detect")
+
+
 def test_several_labels_are_written_as_a_manifest_reads_them() -> None:
     """A multi-label decision and a label map's classes are joined with '|', as manifests' cells are and as the run's
     predictions.csv writes them: predict's table reads back as the same labels ('disc+square' had read as one)."""

@@ -54,14 +54,28 @@ def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
         DataError: the file is missing, unreadable, not a medcad model, or of another task.
     """
     blob = read_model_file(path, *tasks)
-    return build_model(blob), blob
+    return build_model(blob, path), blob
 
 
-def build_model(blob: dict) -> nn.Module:
-    """The network (in eval mode, on the CPU) of a model file's contents (`read_model_file`), its weights loaded."""
+def build_model(blob: dict, path: Path) -> nn.Module:
+    """The network (in eval mode, on the CPU) of a model file's contents (`read_model_file` of `path`), its weights
+    loaded.
+
+    Raises:
+        DataError: the weights do not fit the network its settings describe (missing, unexpected or differently
+            shaped tensors), naming the file.
+    """
     cfg = TrainConfig.from_saved(blob["config"])
     model = get_task(cfg.task).build(cfg.replace(weights="none"), len(blob["labels"]), blob["data_config"])
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()
+        raise DataError(
+            path,
+            f"its weights do not fit the {cfg.task} network its settings describe ({' '.join(reason[:3])[:300]}); "
+            "retrain that fold (delete its folder and run the same train command)",
+        ) from e
     return model.eval()
 
 
@@ -106,12 +120,12 @@ def run_task(run: Path) -> str:
     """
     run = Path(run)
     if run.is_file():
-        return load_model_file(run)[1]["config"].get("task", "classify")
+        return read_model_file(run)["config"].get("task", "classify")
     path = RunFolder(run).config
     if path.is_file():
         return TrainConfig.load(path).task
     if run.is_dir() and RunFolder(run).fold_models():
-        return load_model_file(fold_model_files(run, None)[0])[1]["config"].get("task", "classify")
+        return read_model_file(fold_model_files(run, None)[0])["config"].get("task", "classify")
     raise DataError(run, "not a run folder (no config.json) nor a model.pt file")
 
 

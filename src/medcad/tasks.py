@@ -1,10 +1,11 @@
 """THE task table: what each task is, its model builder, model-file format, targets, outputs and headline metrics.
 
 Every layer above looks a task up here instead of branching on its name. A task's classes in the upper layers
-declare the tasks they serve (`tasks = (...)`), and each layer's table is built from its list of classes (a test
-checks that every task has every piece):
+declare the tasks they serve (`tasks = (...)`), and each layer has its table of them (a test checks that every task
+has every piece and that each class serves the tasks its table gives it):
     engine.train.fold_hooks     FoldHooks, made per `medcad.run.Run`: one fold's training and test predictions
-    inference.PREDICTORS        Predictor: prepare -> infer -> postprocess into `inference.Prediction`
+    inference.registry.PREDICTORS   Predictor: prepare -> infer -> postprocess into `inference.Prediction` (each
+                                class named "module:Class", imported when a run of its task is loaded)
     explain.EXPLAINERS          the CAM of a prediction, chosen by the task's `outputs`
     report.run_report           the task's sections of report.html follow the metrics its run wrote
 Adding a task is an entry here plus its own modules, each named in its layer's list.

@@ -410,6 +410,29 @@ def test_dicom_seg_of_a_class_map_has_a_segment_per_class(tmp_path: Path) -> Non
         assert np.array_equal(frame[0, ..., 0] > 0, classes == number)
 
 
+@pytest.mark.parametrize(
+    ("label", "code"),
+    [
+        ("Cysts", "367643001"),
+        ("masses", "4147007"),
+        ("tumour", "108369006"),
+        ("Tumors", "108369006"),
+        ("haemorrhage", "50960005"),
+        ("blood_clot", "75753009"),
+        ("abscesses", "44132006"),
+        ("polyp", "52988006"),
+        ("normal", "52988006"),
+        ("stones", "52988006"),
+    ],
+)
+def test_a_segments_coded_type_follows_its_class_name(label: str, code: str) -> None:
+    """A class named as people name them (plural, British spelling, underscores) is coded as the CID 7159 lesion type
+    it names; a name that is none of them ("normal" and "background" included) is coded Lesion."""
+    from medcad.inference.responses import lesion_type
+
+    assert (lesion_type(label).value, lesion_type(label).scheme_designator) == (code, "SCT")
+
+
 def test_a_cine_is_limited_by_the_pixels_of_the_frame_decoded(tmp_path: Path) -> None:
     """A DICOM cine whose frames together pass the pixel limit, each frame within it, is decoded (one frame)."""
     from medcad.inference.uploads import decode_upload

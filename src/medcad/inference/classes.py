@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,11 +52,15 @@ class ClassPredictor(Predictor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperatures = [float(m.get("temperature", 1.0)) for m in self.metas]
+        self._net: _Ensemble | None = None
 
-    @functools.cached_property
+    @property
     def net(self) -> _Ensemble:
-        """The folds' classifiers as one ensemble (built on first use, as `models`)."""
-        return _Ensemble(self.models, self.temperatures, self.multilabel).eval()
+        """The folds' classifiers as one ensemble (built with `models`)."""
+        with self.build_lock:
+            if self._net is None:
+                self._net = _Ensemble(self.models, self.temperatures, self.multilabel).eval()
+            return self._net
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         eager = self.backend == "torch-fp32"

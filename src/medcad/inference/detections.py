@@ -76,6 +76,7 @@ class BoxPredictor(Predictor):
 
     tasks = ("detect",)
     agreement_measure = "box_iou_agreement"
+    networks_at_start = True  # `decode` runs torchvision's SSD post-processing of each model on every batch
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

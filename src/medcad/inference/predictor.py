@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -129,6 +130,7 @@ class Predictor:
     operating_point: str | None = None
     cut: tuple[str, float] | None = None
     frame_score_kind, min_frame_score = "lesion_area", 0.0  # masks: the frame-level decision (see Prediction)
+    networks_at_start = False  # build the torch networks as the predictor starts on a graph backend too
 
     def __init__(
         self,
@@ -159,13 +161,26 @@ class Predictor:
         self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
         # label-map models: the mask value of each class, as the run read its masks
         self.class_values = parse_mask_labels(self.config.mask_labels).values if self.config.mask_labels else None
+        self._built: list[torch.nn.Module] | None = None
+        self.build_lock = threading.RLock()  # one build, whichever threads ask first (serve's batchers, video jobs)
+        if self.session is None or self.networks_at_start:
+            self.models  # noqa: B018  (built now: a model file that does not fit fails here, not at the first image)
 
-    @functools.cached_property
+    @property
     def models(self) -> list[torch.nn.Module]:
-        """The folds' networks on the predictor's device, built on first use: a predictor on an exported graph needs
-        them only to export it, to decode boxes or to explain, and building them takes longer than the graph's start
-        (three U-Nets: ~1 s, and segmentation_models_pytorch's import)."""
-        return [build_model(meta).to(self.device) for meta in self.metas]
+        """The folds' networks on the predictor's device. Built as the predictor starts where it runs them (torch
+        backends; detectors, which decode boxes with them); on an exported graph only when asked for (export,
+        Grad-CAM), since building them takes longer than the graph's start (three U-Nets: ~1 s, and
+        segmentation_models_pytorch's import).
+
+        Raises:
+            DataError: a model file's weights do not fit its network (`checkpoint.build_model`).
+        """
+        with self.build_lock:
+            if self._built is None:
+                built = [build_model(meta, f) for meta, f in zip(self.metas, self.files, strict=True)]
+                self._built = [m.to(self.device) for m in built]
+            return self._built
 
     def decide_at(self, operating_point: str | None, cut: tuple[str, float] | None) -> Predictor:
         """Name the class at a validated operating point (`validated_cut`: the positive class when its

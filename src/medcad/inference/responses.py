@@ -217,9 +217,10 @@ def segmentation_dicom(source, lesion: np.ndarray, label: str | list[str] = "les
 
 def lesion_type(label: str):
     """The coded Segmented Property Type of a lesion class: the concept of DICOM's Lesion Segmentation Types
-    (CID 7159: cyst, mass, nodule, neoplasm, abscess, ...) the class name is, ignoring case, spaces, hyphens and
-    underscores ("tumor" and "tumour" are SNOMED CT's Neoplasm, 108369006, the code that names both); any other name
-    (polyp, stone, lesion, benign, ...) is coded SCT Lesion (52988006). The segment's label keeps the class name.
+    (CID 7159: cyst, mass, nodule, neoplasm, abscess, ...) the class name is, in the singular or plural, ignoring
+    case, spaces, hyphens and underscores, British spellings included ("tumor" and "tumour" are SNOMED CT's Neoplasm,
+    108369006, the code that names both); any other name (polyp, stone, lesion, benign, ...) is coded SCT Lesion
+    (52988006). The segment's label keeps the class name.
 
     Returns:
         a pydicom `Code` (its value, scheme and meaning).
@@ -227,11 +228,11 @@ def lesion_type(label: str):
     from pydicom.sr.codedict import codes
 
     types = codes.cid7159
+    known = {k.casefold(): k for k in types.dir() if k not in ("Background", "Normal")}
+    known |= {"tumor": "Neoplasm", "tumour": "Neoplasm", "haemorrhage": "Hemorrhage", "oedema": "Edema"}
     key = "".join(ch for ch in label.casefold() if ch.isalnum())
-    keyword = {"tumor": "Neoplasm", "tumour": "Neoplasm"}.get(key) or next(
-        (k for k in types.dir() if k.casefold() == key and k not in ("Background", "Normal")), "Lesion"
-    )
-    return getattr(types, keyword)
+    singular = [key, key[:-2] if key.endswith("es") else key, key[:-1] if key.endswith("s") else key]
+    return getattr(types, next((known[k] for k in singular if k in known), "Lesion"))
 
 
 def _has(ds, keyword: str) -> bool:

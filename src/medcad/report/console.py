@@ -361,7 +361,7 @@ def p_value_text(v: float | None, n_boot: int | None = None) -> str:
     if v is None or v != v:
         return "—"
     if n_boot and v <= 1 / n_boot + 1e-12:
-        return f"< {1 / n_boot:.4f}"
+        return f"< {max(1 / n_boot, 0.0001):.4f}"  # beyond 10,000 resamples the bound is below 4 decimals
     return "< 0.0001" if v < 0.0001 else f"{v:.4f}"
 
 
