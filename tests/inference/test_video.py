@@ -28,11 +28,9 @@ def make_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
 
 
 def make_damaged_vfr_video(path: Path, frames: list[np.ndarray], times_ms: list[int], damaged: int) -> Path:
-    """An MPEG-4 clip with the given frame times, every frame a key frame (none decoded from another), whose frame
-    `damaged` holds random bytes."""
+    """An MPEG-4 clip with the given frame times whose frame `damaged` holds random bytes."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=25)
-        stream.gop_size = 1
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt, stream.bit_rate = "yuv420p", 2_000_000
         stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)

@@ -60,29 +60,15 @@ class DecodeReport:
         return decode_notes({"video": self.video, **self.as_dict()})
 
 
-# the reason of a frame dropped because it was decoded from a lost or damaged one (`video._ReferenceChain`)
-CONCEALED = "decoded from a lost or damaged frame (the decoder conceals it until the next key frame)"
-
-
-def _shown(dropped: list[dict]) -> str:
-    shown = ", ".join(
-        f"{d['frame']}" + (f" ({d['time_s']:.3f} s)" if d["time_s"] is not None else "") for d in dropped[:10]
-    )
-    return shown + (f" and {len(dropped) - 10} more" if len(dropped) > 10 else "")
-
-
 def decode_notes(decoded: dict) -> list[str]:
     """One console line per problem in a `DecodeReport.as_dict` (with `video`), e.g. a frame folder's decode.json."""
     video, dropped, out = decoded["video"], decoded["dropped_frames"], []
-    lost = [d for d in dropped if d["reason"] != CONCEALED]
-    if lost:
-        out.append(f"{video}: {len(lost)} frame(s) not decodable, skipped: {_shown(lost)}")
-    if len(lost) < len(dropped):
-        concealed = [d for d in dropped if d["reason"] == CONCEALED]
-        out.append(
-            f"{video}: {len(concealed)} frame(s) decoded from a lost or damaged one, skipped (the decoder conceals a "
-            f"lost frame until the next key frame, with no error): {_shown(concealed)}"
+    if dropped:
+        shown = ", ".join(
+            f"{d['frame']}" + (f" ({d['time_s']:.3f} s)" if d["time_s"] is not None else "") for d in dropped[:10]
         )
+        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+        out.append(f"{video}: {len(dropped)} frame(s) not decodable, skipped: {shown}{more}")
     if decoded["truncation"]:
         out.append(f"{video}: truncated ({decoded['truncation']}); the frames before the cut were read")
     if decoded["rotation"] or decoded.get("mirrored"):

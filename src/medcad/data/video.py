@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from medcad.atomic import atomic_write_text
-from medcad.data.frames import CONCEALED, DecodeReport, DroppedFrame, Frame
+from medcad.data.frames import DecodeReport, DroppedFrame, Frame
 from medcad.data.io import is_dicom
 from medcad.errors import ConfigError, DataError
 
@@ -35,74 +35,6 @@ def sharpness(rgb: np.ndarray) -> float:
     """Variance of the Laplacian of the grey image: low values mean blur (label such frames 'unclear')."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
-
-
-class _ReferenceChain:
-    """Which frames of an inter-coded stream (H.264, HEVC, MPEG-4) were decoded from a frame that was lost or damaged:
-    the decoder conceals the missing reference and every frame after it up to the next key frame comes out smeared,
-    with no error (an H.264 clip with a third of one P frame's bytes flipped: the 19 frames after it until the key
-    frame came out 47-54 grey levels of 255 from the clean clip's on average, and were predicted like any other).
-    So are B-frames shown before it but decoded after it, which come out of the decoder first: frames are held back
-    as many as the decoder reorders (`hold`), and those read after a frame found lost are dropped with it.
-    Positions are (timeline, presentation timestamp); a joined recording's next timeline starts at a key frame."""
-
-    def __init__(self) -> None:
-        self.keys: list[tuple[int, int]] = []  # the key frames' packets read so far
-        self.order: dict[tuple[int, int], int] = {}  # each packet's place in decoding order
-        self.damage: tuple[int, int | None] | None = None  # the latest loss not yet recovered from (None: unknown pts)
-        self.recovery: tuple[int, int] | None = None  # the first key frame after it
-        self.held: list[tuple[tuple[int, int], object]] = []  # frames out of the decoder, not passed on yet
-
-    def read(self, part: int, pts: int, key: bool) -> None:
-        """A packet has been read (in decoding order)."""
-        self.order[part, pts] = len(self.order)
-        if key:
-            self.keys.append((part, pts))
-            if self.damage is not None and self.recovery is None and self._after((part, pts)):
-                self.recovery = (part, pts)
-
-    def _after(self, at: tuple[int, int]) -> bool:
-        part, pts = self.damage
-        return pts is None or at[0] > part or (at[0] == part and at[1] > pts)
-
-    def lost(self, part: int, pts: int | None) -> list:
-        """The frame at (part, pts) was lost or damaged (pts None: a packet without one, just read). Returns the
-        frames held back that were read after it (they may be decoded from it)."""
-        later = self._decoded_after(part, pts)
-        if self.damage is not None and None not in (pts, self.damage[1]) and (part, pts) <= self.damage:
-            return later  # an earlier loss than the latest: recovery waits for a key frame after the latest
-        self.damage = (part, pts)
-        self.recovery = None if pts is None else next((k for k in self.keys if self._after(k)), None)
-        return later
-
-    def _decoded_after(self, part: int, pts: int | None) -> list:
-        read = self.order.get((part, pts), len(self.order))
-        later = [item for at, item in self.held if self.order.get(at, -1) > read]
-        self.held = [(at, item) for at, item in self.held if self.order.get(at, -1) <= read]
-        return later
-
-    def concealed(self, part: int, pts: int | None) -> bool:
-        """Whether the frame coming out at (part, pts) was decoded from a lost or damaged one."""
-        if self.damage is None:
-            return False
-        if part > self.damage[0] or (self.recovery is not None and pts is not None and (part, pts) >= self.recovery):
-            self.damage = self.recovery = None
-            return False
-        return True
-
-    def hold(self, part: int, pts: int | None, item: object, depth: int) -> list:
-        """Hold a frame that came out clean back until `depth` more have (the decoder's reordering: a lost frame is
-        found when it should have come out, after the B-frames shown before it); returns the frames passed on now."""
-        self.held.append(((part, pts), item))
-        out = []
-        while len(self.held) > depth:
-            out.append(self.held.pop(0)[1])
-        return out
-
-    def release(self) -> list:
-        """The frames still held back, at the end."""
-        out, self.held = [item for _, item in self.held], []
-        return out
 
 
 class VideoReader:
@@ -141,9 +73,8 @@ class VideoReader:
         if self._stream.codec_context.codec.intra_only:
             # a damaged frame of an intra-only codec (MJPEG: each frame a JPEG) is an error, not a picture: one with
             # 100 bytes zeroed decoded as a smear, predicted like any other (FFmpeg only logged it); now it is
-            # dropped and named. Not for inter codecs (H.264, MPEG-4): it found no more damage there (4 bytes flipped
-            # in a P frame decode silently either way) and made a clip with B-frames fail for 71 frames, not 21;
-            # their frames decoded from a lost one are dropped by `_ReferenceChain`.
+            # dropped and named. Not for inter codecs (H.264, MPEG-4): there every frame up to the next key frame
+            # that refers to a damaged one would fail too, where concealment keeps them.
             self._stream.codec_context.options = {"err_detect": "bitstream+buffer+explode"}
         if threads:
             self._stream.thread_type = "AUTO"  # frame threads: errors surface late, but drops are found by timestamp
@@ -198,7 +129,6 @@ class VideoReader:
             yield from self._frames_in_output_order(every)
             return
         report = self.report
-        chain = _ReferenceChain()
         parts: list[list[int]] = [[]]  # per timeline: timestamps of packets whose frame has not come out yet (heaps)
         damaged: set[tuple[int, int]] = set()  # (part, timestamp)
         lost: dict[tuple[int, int], DroppedFrame] = {}  # frames given up on, in case one comes out after all
@@ -208,17 +138,7 @@ class VideoReader:
         def time(pts: int | None) -> float | None:  # seconds from the first part's start, parts one after another
             return None if pts is None else self._time(pts) + offset
 
-        def concealed(held: list) -> None:  # frames held back, found decoded from a lost one
-            for _, at, time_s in held:
-                self._drop(at, time_s, CONCEALED)
-
-        def passed_on(ready: list) -> Iterator[Frame]:
-            for frame, at, time_s in ready:
-                report.frames_decoded += 1
-                if at % every == 0:
-                    yield self._frame(frame, at, time_s)
-
-        for packet, decoded, failed in self._decoded_packets():
+        for packet, decoded in self._decoded_packets():
             if packet is not None and (packet.size or packet.pts is not None):  # not the final flush packet
                 packets += 1
                 if packet.size and packet.dts is not None:
@@ -228,12 +148,8 @@ class VideoReader:
                 if packet.size and packet.pts is not None:
                     heapq.heappush(parts[-1], packet.pts)
                     last_end = packet.pts + (packet.duration or 0)
-                    chain.read(len(parts) - 1, packet.pts, packet.is_keyframe)
                     if packet.is_corrupt:
                         damaged.add((len(parts) - 1, packet.pts))
-                if failed:  # (a packet the demuxer flags damaged, at a recording's join, may still decode whole)
-                    # with frame threads an error surfaces packets late: the lost frame is one of those not out yet
-                    concealed(chain.lost(len(parts) - 1, parts[-1][0] if parts[-1] else packet.pts))
             for frame in decoded:  # a packet that failed to decode gave none: found missing below, by timestamp
                 pts = frame.pts
                 if pts is not None and last_pts is not None and pts < last_pts and part + 1 < len(parts):
@@ -247,7 +163,6 @@ class VideoReader:
                 while pending and pts is not None and pending[0] < pts:  # output is in pts order: these are lost
                     gone_pts = heapq.heappop(pending)
                     lost[part, gone_pts] = self._drop(index, time(gone_pts), "could not be decoded")
-                    concealed(chain.lost(part, gone_pts))
                     index += 1
                 if pts is not None and (part, pts) in lost:  # late after all (a decoder's reorder delay grew)
                     gone = lost.pop((part, pts))
@@ -263,18 +178,14 @@ class VideoReader:
                     self._drop(at, time(pts), "damaged in the file (incomplete or corrupt packet)")
                 elif frame.is_corrupt:
                     self._drop(at, time(pts), "decoded with errors (corrupt frame)")
-                    concealed(chain.lost(part, pts))
-                elif chain.concealed(part, pts):
-                    self._drop(at, time(pts), CONCEALED)
                 else:
-                    depth = self._stream.codec_context.reorder_depth  # frames the decoder holds to reorder
-                    yield from passed_on(chain.hold(part, pts, (frame, at, time(pts)), depth))
-        yield from passed_on(chain.release())
+                    report.frames_decoded += 1
+                    if at % every == 0:
+                        yield self._frame(frame, at, time(pts))
         for k in range(part, len(parts)):  # packets after the last frame that came out
             for pts in sorted(parts[k]):
                 self._drop(index, None if k > part else time(pts), "could not be decoded")
                 index += 1
-        report.dropped.sort(key=lambda d: d.index)  # frames held back may be found decoded from a later-found loss
         if report.truncated is None:
             report.truncated = self._truncation(packets, None if report.restarts else last_end)
 
@@ -284,10 +195,10 @@ class VideoReader:
         within one timeline, not a new one: one packet a tick back had made 51 frames 'undecodable')."""
         return packet.is_keyframe and (last_dts - packet.dts) * self._tb > 2.0 / self.fps
 
-    def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame], bool]]:
-        """(packet, the frames its decoding gave, whether decoding it failed) in file order, ending with (None, the
-        frames the decoder still held, False) when the container cannot be read on (`report.truncated` says where).
-        A packet that fails to decode gives no frames: the callers find them missing."""
+    def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame]]]:
+        """(packet, the frames its decoding gave) in file order, ending with (None, the frames the decoder still
+        held) when the container cannot be read on (`report.truncated` says where). A packet that fails to decode
+        gives no frames: the callers find them missing."""
         demux = self._container.demux(self._stream)
         read = 0
         while True:
@@ -301,10 +212,10 @@ class VideoReader:
             if packet is not None and (packet.size or packet.pts is not None):
                 read += 1
             try:
-                decoded, failed = self._stream.decode(packet), False
+                decoded = self._stream.decode(packet)
             except av.error.FFmpegError:
-                decoded, failed = [], packet is not None
-            yield packet, decoded, failed
+                decoded = []
+            yield packet, decoded
             if packet is None:
                 return
 
@@ -319,7 +230,7 @@ class VideoReader:
         report = self.report
         report.times_from = "frame rate (AVI holds no presentation times)"
         index, packets, last_end, waiting = 0, 0, None, 0
-        for packet, decoded, _ in self._decoded_packets():
+        for packet, decoded in self._decoded_packets():
             if packet is not None and packet.size:
                 packets, waiting = packets + 1, waiting + 1
                 last_end = None if packet.pts is None else packet.pts + (packet.duration or 0)
