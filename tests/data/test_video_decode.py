@@ -38,8 +38,10 @@ def encode(
     rotation: int | None = None,
     options: dict | None = None,
     first: int = 0,
+    gop: int | None = None,
 ) -> Path:
-    """A real clip of `n` frames of `picture` (from picture `first` on), at 25 frames/s or at the given timestamps."""
+    """A real clip of `n` frames of `picture` (from picture `first` on), at 25 frames/s or at the given timestamps;
+    `gop`: a key frame every `gop` frames (the encoder's default otherwise)."""
     with av.open(str(path), "w", options=options or {}) as out:
         stream = out.add_stream(codec, rate=25)
         stream.width, stream.height = W, H
@@ -49,6 +51,8 @@ def encode(
             stream.time_base = stream.codec_context.time_base = time_base
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        if gop is not None:
+            stream.gop_size = gop
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(picture(first + i), format="rgb24")
             if pts is not None:
@@ -392,3 +396,28 @@ def test_a_decode_timestamp_glitch_is_no_new_recording(tmp_path: Path, monkeypat
     monkeypatch.setattr(VideoReader, "_decoded_packets", glitch)
     frames, video = read_all(clip)
     assert [f.index for f in frames] == list(range(N)) and not video.report.dropped and not video.report.restarts
+
+
+def test_a_clip_cut_by_stream_copy_between_key_frames_is_read_whole(tmp_path: Path) -> None:
+    """A clip cut at a frame that is not a key frame by stream copy (as `ffmpeg -ss T -c copy` does) starts from the
+    key frame before the cut, its packets up to the cut marked to decode as references and not to show: the frames
+    shown are read, none named lost (the 10 hidden ones had been listed "could not be decoded")."""
+    source = encode(tmp_path / "source.mp4", n=N, codec="mpeg4", gop=10)  # key frames 0, 10, 20
+    cut = tmp_path / "cut.mp4"
+    with av.open(str(source)) as src, av.open(str(cut), "w") as out:
+        stream = src.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        per_frame = round(1 / (25 * stream.time_base))
+        for packet in src.demux(stream):
+            if packet.size and packet.pts is not None and packet.pts >= 10 * per_frame:  # from key frame 10 on
+                packet.pts -= 14 * per_frame  # shown from frame 14 on: 10-13 before time 0
+                packet.dts -= 14 * per_frame
+                packet.stream = copy
+                out.mux(packet)
+    with av.open(str(cut)) as clip:
+        assert sum(p.is_discard for p in clip.demux(video=0) if p.size) == 4  # what the cut made of frames 10-13
+    frames, video = read_all(cut)
+    assert [f.index for f in frames] == list(range(N - 14)) and not video.report.dropped
+    for f in frames:
+        assert abs(float(f.rgb[H // 2 :, :, 0].mean()) - 8 * (14 + f.index)) < 6  # frame k is picture 14 + k
+    assert [f.time_s for f in frames] == pytest.approx([k / 25 for k in range(N - 14)])

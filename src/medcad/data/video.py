@@ -145,7 +145,9 @@ class VideoReader:
                     if last_dts is not None and self._restarts(packet, last_dts):  # a new timeline
                         parts.append([])
                     last_dts = packet.dts
-                if packet.size and packet.pts is not None:
+                if packet.size and packet.pts is not None and not packet.is_discard:
+                    # (a discarded packet is decoded only as a reference of frames shown after it: a clip cut by
+                    # stream copy at a frame that is not a key frame starts from the key frame before the cut)
                     heapq.heappush(parts[-1], packet.pts)
                     last_end = packet.pts + (packet.duration or 0)
                     if packet.is_corrupt:
