@@ -51,7 +51,8 @@ def load_model_file(path: Path, *tasks: str) -> tuple[nn.Module, dict]:
     """A model (in eval mode) and its metadata from a model file; with `tasks`, it must be of one of them.
 
     Raises:
-        DataError: the file is missing, unreadable, not a medcad model, or of another task.
+        DataError: the file is missing, unreadable, not a medcad model, of another task, or its weights do not fit
+            its network (`build_model`).
     """
     blob = read_model_file(path, *tasks)
     return build_model(blob, path), blob
