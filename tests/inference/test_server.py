@@ -562,6 +562,7 @@ def test_the_server_as_integrators_call_it(tiny_run: Path, capsys: pytest.Captur
         served.setLevel(logging.NOTSET)
     err = capsys.readouterr().err
     assert "GET /model 401" in err and "GET /model 200" in err
+    assert "OPTIONS /predict 200" in err and "OPTIONS /predict 400" in err  # preflights too (they had no line)
 
 
 def test_a_page_of_a_tiff_is_held_to_the_pixel_limit(

@@ -111,7 +111,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in (page_router(state), predict_router(state), video_router(state)):
         app.include_router(router)
-    if opts.cors_origins:  # outermost: a browser's preflight (no token) is answered before the guard asks for one
+    if opts.cors_origins:  # outside the guard: a browser's preflight (no token) is answered before it asks for one
         app.add_middleware(
             CORSMiddleware,
             allow_origins=[web_origin(o) for o in opts.cors_origins],
@@ -119,7 +119,21 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["Retry-After"],  # what a 503 tells a client to wait for
         )
+    _add_request_log(app)  # outermost: every request has its line, a preflight the CORS middleware answers included
     return app
+
+
+def _add_request_log(app: FastAPIOffline) -> None:
+    """One log line per request on the `medcad.serve` logger: method, path, status, milliseconds (no client address,
+    no file names)."""
+
+    @app.middleware("http")
+    async def request_log(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        ms = 1000 * (time.perf_counter() - t0)
+        log.info("%s %s %d %.0f ms", request.method, request.url.path, response.status_code, ms)
+        return response
 
 
 def web_origin(text: str) -> str:
@@ -196,9 +210,7 @@ def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Token check, security headers, the refusal count and one log line per request (no client address, no
-        file names)."""
-        t0 = time.perf_counter()
+        """Token check, security headers and the refusal count."""
         path = request.url.path
         response = None
         if token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
@@ -221,5 +233,4 @@ def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None
                 "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                 "frame-ancestors 'none'"
             )
-        log.info("%s %s %d %.0f ms", request.method, path, response.status_code, 1000 * (time.perf_counter() - t0))
         return response
