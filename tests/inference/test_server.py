@@ -608,3 +608,27 @@ def _moved_gif_frame(offset: int) -> bytes:
     image = bytearray(data[data.index(b"\x2c") : -1])  # image descriptor and data, before the trailer
     image[1:5] = struct.pack("<HH", offset, offset)
     return data[:-1] + b"\x21\xf9\x04\x00\x00\x00\x00\x00" + bytes(image) + b"\x3b"
+
+
+def test_a_bigtiff_upload_is_read_as_a_tiff(tmp_path: Path) -> None:
+    """A BigTIFF (as tifffile and scanners' software write files near or past 4 GB, and any file with bigtiff=True)
+    is decoded pixel for pixel, as `predict` reads it from disk; the server had refused it as no TIFF by its content
+    (its signature, II+ / MM+, was not among the upload's)."""
+    tifffile = pytest.importorskip("tifffile")
+    from medcad.data.io import DataError, read_image
+    from medcad.inference.uploads import UploadError, decode_upload
+
+    rgb = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    data = io.BytesIO()
+    tifffile.imwrite(data, rgb, bigtiff=True)
+    upload = decode_upload(data.getvalue(), tmp_path, Limits())
+    assert upload.kind == "tiff" and np.array_equal(upload.rgb, rgb)
+    (tmp_path / "little.tif").write_bytes(data.getvalue())
+    assert np.array_equal(read_image(tmp_path / "little.tif"), rgb)
+    # big-endian (Pillow reads no big-endian BigTIFF): named as such, by the server and by predict's reader
+    tifffile.imwrite(tmp_path / "big.tif", rgb, bigtiff=True, byteorder=">")
+    with pytest.raises(UploadError) as refused:
+        decode_upload((tmp_path / "big.tif").read_bytes(), tmp_path, Limits())
+    assert refused.value.status == 422 and "a big-endian BigTIFF" in str(refused.value)
+    with pytest.raises(DataError, match="a big-endian BigTIFF"):
+        read_image(tmp_path / "big.tif")

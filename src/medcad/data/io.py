@@ -421,21 +421,27 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little / big endian; classic, BigTIFF
 
 
+def unreadable_tiff(first_bytes: bytes) -> str | None:
+    """Why Pillow cannot read a file that begins as a TIFF (`TIFF_MAGIC`), or None for one that does not."""
+    if first_bytes[:4] == b"MM\x00+":
+        return "a big-endian BigTIFF, which medcad's decoder (Pillow) cannot read; saved little-endian, it is read"
+    if first_bytes[:4] in TIFF_MAGIC:
+        return (
+            "a TIFF that medcad's decoder (Pillow) cannot read: samples such as 64-bit floating point, or a "
+            "compression Pillow lacks; saved as 8- or 16-bit integers or 32-bit float, it is read"
+        )
+    return None
+
+
 def _unreadable(path: Path) -> DataError:
-    """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one whose samples or
-    compression Pillow lacks (a float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
+    """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one (a float64 TIFF, as
+    scientific tools write, had been called unknown or corrupt)."""
     try:
         with open(path, "rb") as f:
-            tiff = f.read(4) in TIFF_MAGIC
+            why = unreadable_tiff(f.read(4))
     except OSError:
-        tiff = False
-    if tiff:
-        return DataError(
-            path,
-            "a TIFF that medcad's decoder (Pillow) cannot read: samples such as 64-bit floating point, or a "
-            "compression Pillow lacks; saved as 8- or 16-bit integers or 32-bit float, it is read",
-        )
-    return DataError(path, "not a readable image (unknown or corrupt format)")
+        why = None
+    return DataError(path, why or "not a readable image (unknown or corrupt format)")
 
 
 def describe_image(path: str | Path) -> list[str]:

@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medcad.data.io import bomb_pixels, image_pages, read_image
+from medcad.data.io import TIFF_MAGIC, bomb_pixels, image_pages, read_image, unreadable_tiff
 from medcad.errors import DataError, MedcadError, NoSuchFrame
 
 # first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
 IMAGE_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
+    *((magic, "tiff") for magic in TIFF_MAGIC),  # classic and BigTIFF, as the decoder knows them
     (b"BM", "bmp"),
     (b"GIF87a", "gif"),
     (b"GIF89a", "gif"),
@@ -172,7 +171,9 @@ def check_pixels(data: bytes, kind: str, limits: Limits, frame: int = 0):
             size = f"{n / 1e6:.1f}" if n is not None else f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}"
             raise UploadError(413, _too_many_pixels(size, limits)) from e
         except Exception as e:
-            raise UploadError(422, f"the upload's {kind.upper()} header cannot be read ({type(e).__name__})") from e
+            why = unreadable_tiff(data[:4]) if kind == "tiff" else None
+            why = why or f"the upload's {kind.upper()} header cannot be read ({type(e).__name__})"
+            raise UploadError(422, why) from e
     if n > limits.max_pixels:
         raise UploadError(413, _too_many_pixels(f"{n / 1e6:.1f}", limits))
     return header
