@@ -38,9 +38,9 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float 
             if not finite.all():  # no-data markers: NaN at the lowest value, +-inf at the ends of the range
                 if not finite.any():
                     return np.zeros(arr.shape, np.uint8)
-                lo = float(a[finite].min())
-                a = np.where(np.isnan(a), lo, a)
-                a = np.clip(a, lo, float(a[finite].max()))
+                values = a[finite]
+                lo, hi = float(values.min()), float(values.max())
+                a = np.clip(np.where(np.isnan(a), lo, a), lo, hi)
             lo, hi = float(a.min()), float(a.max())
             if lo >= 0 and hi <= 1:
                 full_scale = 1.0

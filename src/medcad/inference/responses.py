@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import io
 
 import cv2
@@ -227,12 +228,19 @@ def lesion_type(label: str):
     """
     from pydicom.sr.codedict import codes
 
-    types = codes.cid7159
-    known = {k.casefold(): k for k in types.dir() if k not in ("Background", "Normal")}
-    known |= {"tumor": "Neoplasm", "tumour": "Neoplasm", "haemorrhage": "Hemorrhage", "oedema": "Edema"}
+    known = _lesion_types()
     key = "".join(ch for ch in label.casefold() if ch.isalnum())
     singular = [key, key[:-2] if key.endswith("es") else key, key[:-1] if key.endswith("s") else key]
-    return getattr(types, next((known[k] for k in singular if k in known), "Lesion"))
+    return getattr(codes.cid7159, next((known[k] for k in singular if k in known), "Lesion"))
+
+
+@functools.cache
+def _lesion_types() -> dict[str, str]:
+    """CID 7159's concepts by their keyword in lower case, and the spellings that name them too."""
+    from pydicom.sr.codedict import codes
+
+    known = {k.casefold(): k for k in codes.cid7159.dir() if k not in ("Background", "Normal")}
+    return known | {"tumor": "Neoplasm", "tumour": "Neoplasm", "haemorrhage": "Hemorrhage", "oedema": "Edema"}
 
 
 def _has(ds, keyword: str) -> bool:
