@@ -7,7 +7,9 @@ round so that both see the same machine.
 
 The run's backend choice (`auto`, RUN/backends.json) is made once before timing, so every call reads it. Seconds are
 wall-clock from the process start to its exit (predict) or to the first 200 of /health (serve; a predictor on a
-graph builds no torch networks, one on a torch backend builds them before /health answers).
+graph builds no torch networks, one on a torch backend builds them before /health answers). With `--first`, also a
+run's first predict (`first_predict`): `auto`'s measurement, with the ONNX export it needs, RUN/backends.json and
+RUN/export* deleted before each (give it a copy of a run).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -39,6 +42,13 @@ def time_predict(src: str, run: Path, image: Path) -> float:
         cmd = [sys.executable, "-m", "medcad", "predict", str(run), str(image), "--out", out]
         subprocess.run(cmd, env=_env(src), check=True, capture_output=True)
         return time.perf_counter() - t0
+
+
+def time_first_predict(src: str, run: Path, image: Path) -> float:
+    (run / "backends.json").unlink(missing_ok=True)
+    for folder in run.glob("export*"):
+        shutil.rmtree(folder)
+    return time_predict(src, run, image)
 
 
 def _free_port() -> int:
@@ -75,12 +85,16 @@ def main() -> None:
     ap.add_argument("--src", action="append", help="a source tree's src folder (default: this checkout's)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "cli_start.json")
+    ap.add_argument("--first", action="store_true", help="also time the first predict (deletes RUN's exports)")
     args = ap.parse_args()
     trees = args.src or [str(HERE.parent / "src")]
     time_predict(trees[-1], args.run, args.image)  # the backend choice made (and exports built) before timing
-    seconds: dict[str, dict[str, list[float]]] = {t: {"predict": [], "serve": []} for t in trees}
+    kinds = ["predict", "serve"] + ["first_predict"] * args.first
+    seconds: dict[str, dict[str, list[float]]] = {t: {k: [] for k in kinds} for t in trees}
     for _ in range(args.rounds):
         for tree in trees:
+            if args.first:  # first: the choice it makes is what the round's other calls read
+                seconds[tree]["first_predict"].append(round(time_first_predict(tree, args.run, args.image), 3))
             seconds[tree]["predict"].append(round(time_predict(tree, args.run, args.image), 3))
             seconds[tree]["serve"].append(round(time_serve(tree, args.run), 3))
     chosen = json.loads((args.run / "backends.json").read_text()) if (args.run / "backends.json").is_file() else {}

@@ -135,6 +135,34 @@ def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkey
     assert "note: backend " in res.output
 
 
+def test_autos_first_measurement_builds_each_network_and_reference_once(tiny_run: Path, monkeypatch) -> None:
+    """`auto`'s first call builds the fold's network once (torch-bf16 is measured on torch-fp32's) and runs
+    torch-fp32 on the check images once (the ONNX export's check and the agreement measurement share the outputs);
+    it had built two networks and computed the reference twice."""
+    from medcad import devices
+    from medcad.inference import backends, predictor
+    from medcad.inference.classes import ClassPredictor
+    from medcad.inference.registry import load_predictor
+
+    monkeypatch.setattr(backends, "UNSTEADY_RATIO", float("inf"))
+    monkeypatch.setenv(devices.CPU_FLAGS_ENV, "avx2,fma,avx512f,avx512_bf16,avx512_vnni")  # torch-bf16 a candidate
+    devices.machine.cache_clear()
+    built, runs = [], []
+    real_build, real_infer = predictor.build_model, ClassPredictor.infer_torch
+    monkeypatch.setattr(predictor, "build_model", lambda *a: built.append(a) or real_build(*a))
+
+    def infer_torch(self, x, batch):
+        runs.append((self.backend, x.shape, x.tobytes()))
+        return real_infer(self, x, batch)
+
+    monkeypatch.setattr(ClassPredictor, "infer_torch", infer_torch)
+    p = load_predictor(tiny_run, 0)
+    measured = p.backend_choice["measured"]
+    assert "torch-bf16" in measured and "onnx-fp32" in measured and len(built) == 1
+    whole = [r for r in runs if r[0] == "torch-fp32" and r[1][0] > backends.BATCH]  # not the timed batches
+    assert len(whole) == 1 and whole[0][1][0] == p.backend_choice["n_images"] == 12
+
+
 def test_auto_measures_again_when_its_choice_was_timed_on_shared_cores(tiny_run: Path, monkeypatch) -> None:
     """A choice whose backend's repeats varied as when another job shares the cores is measured again on the next
     calls, MAX_ATTEMPTS times in all, then kept and said (a choice made while a helper's tests ran had timed

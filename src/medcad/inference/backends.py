@@ -118,26 +118,33 @@ def _speed(p: Predictor, x: np.ndarray) -> dict:
     return out | ({"unsteady": [round(t, 3) for t in times]} if unsteady(times) else {})
 
 
+def _sibling(ref: Predictor, backend: str, threads: int | None) -> Predictor:
+    """A predictor of `ref`'s run and fold on `backend`: a torch one on `ref`'s device and networks (not built
+    again), a graph one on the CPU."""
+    if backend.startswith("torch"):
+        return type(ref)(ref.run, ref.fold, backend, threads, ref.threshold, str(ref.device), networks=ref.models)
+    return type(ref)(ref.run, ref.fold, backend, threads, ref.threshold, "cpu")
+
+
 def measure(
     ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None
 ) -> tuple[dict[str, dict], dict[str, Predictor]]:
     """images/s of each backend (at batch BATCH) and, fastest first until one agrees, its agreement with `ref`
-    (torch-fp32, which agrees with itself) on `images` (N, S, S, 3) uint8; and the predictors that loaded. A backend
-    that cannot load (an export that fails, a runtime missing) gets its error; one slower than a backend that agrees
-    is not checked (`not_checked`)."""
+    (torch-fp32, which agrees with itself) on `images` (N, S, S, 3) uint8; and the predictors that loaded (the torch
+    ones on `ref`'s networks). A backend that cannot load (an export that fails, a runtime missing) gets its error;
+    one slower than a backend that agrees is not checked (`not_checked`)."""
     out: dict[str, dict] = {}
     loaded: dict[str, Predictor] = {}
     for name in backends:
         try:
             if name != ref.backend:
                 ensure_export(type(ref), ref.run, ref.fold, name, threads, reference=ref)
-            where = str(ref.device) if name.startswith("torch") else "cpu"
-            p = ref if name == ref.backend else type(ref)(ref.run, ref.fold, name, threads, ref.threshold, where)
+            p = ref if name == ref.backend else _sibling(ref, name, threads)
             out[name] = _speed(p, images)
             loaded[name] = p
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    reference = ref.infer(images, BATCH)
+    reference = ref.infer_once(images, BATCH)  # within `measure_choice`, the export's check computed it
     for name in sorted(loaded, key=lambda k: -out[k]["images_per_s"]):
         p = loaded[name]
         agreement = 1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
@@ -253,7 +260,8 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
     held = np.asarray(held[:N_IMAGES])
     if len(held) < BATCH:
         held = np.concatenate([held] * (BATCH // len(held) + 1))
-    measured, loaded = measure(ref, candidates(run, ref.fold, type(ref).backends, device), held, threads)
+    with ref.remembering():  # the torch-fp32 outputs an export's check and the measurement compare with: once
+        measured, loaded = measure(ref, candidates(run, ref.fold, type(ref).backends, device), held, threads)
     best = pick(measured)
     choice = {
         "backend": best,

@@ -15,12 +15,14 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,8 @@ class Predictor:
         threshold: lesion-probability threshold of masks, score threshold of boxes.
         device: where the torch backends run: "cpu", "auto" (the first GPU if any, else the CPU), "cuda", "cuda:N";
             "torch-bf16" autocasts to bf16 there (fp16 on GPUs without bf16).
+        networks: the folds' networks as another predictor of the same run, fold and device has them built (its
+            `models`): used, not built again (`auto` measures torch-bf16 on torch-fp32's networks).
 
     Raises:
         DataError: no model, or a model of another task; ConfigError: an unknown backend or device.
@@ -140,6 +144,8 @@ class Predictor:
         threads: int | None = None,
         threshold: float = 0.5,
         device: str = "cpu",
+        *,
+        networks: list[torch.nn.Module] | None = None,
     ) -> None:
         if backend not in self.backends:
             raise ConfigError(
@@ -161,7 +167,8 @@ class Predictor:
         self.backend_choice: dict = {"backend": backend, "reason": "asked for"}  # `auto` says why it chose
         # label-map models: the mask value of each class, as the run read its masks
         self.class_values = parse_mask_labels(self.config.mask_labels).values if self.config.mask_labels else None
-        self._built: list[torch.nn.Module] | None = None
+        self._built: list[torch.nn.Module] | None = networks
+        self._remembered: dict[str, dict] | None = None  # `infer_once`'s outputs by the images' digest
         self.build_lock = threading.RLock()  # one build, whichever threads ask first (serve's batchers, video jobs)
         if self.session is None or self.networks_at_start:
             self.models  # noqa: B018  (built now: a model file that does not fit fails here, not at the first image)
@@ -198,6 +205,27 @@ class Predictor:
         if self.session is None:
             return self.infer_torch(x, batch)
         return self.decode(self.session.run(x, batch))
+
+    @contextmanager
+    def remembering(self) -> Iterator[None]:
+        """Within, `infer_once` computes each set of images' outputs once (forgotten on leaving: they can be large)."""
+        self._remembered = {}
+        try:
+            yield
+        finally:
+            self._remembered = None
+
+    def infer_once(self, x: np.ndarray, batch: int = 16) -> dict:
+        """`infer(x, batch)`, remembered by the images' content within `remembering()`: an export's check and
+        `auto`'s measurement compare the backends with the same torch-fp32 outputs, computed once (on a hit, `batch`
+        is not looked at). Not for timing."""
+        if self._remembered is None:
+            return self.infer(x, batch)
+        x = np.ascontiguousarray(x)
+        key = f"{x.shape} {x.dtype} {hashlib.blake2b(x.data, digest_size=16).hexdigest()}"
+        if key not in self._remembered:
+            self._remembered[key] = self.infer(x, batch)
+        return self._remembered[key]
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         raise NotImplementedError
