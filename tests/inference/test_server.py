@@ -612,8 +612,8 @@ def _moved_gif_frame(offset: int) -> bytes:
 
 def test_a_bigtiff_upload_is_read_as_a_tiff(tmp_path: Path) -> None:
     """A BigTIFF (as tifffile and scanners' software write files near or past 4 GB, and any file with bigtiff=True)
-    is decoded pixel for pixel, as `predict` reads it from disk; the server had refused it as no TIFF by its content
-    (its signature, II+ / MM+, was not among the upload's)."""
+    is decoded pixel for pixel, as `predict` reads it from disk, big-endian too; the server had refused it as no
+    TIFF by its content (its signature, II+ / MM+, was not among the upload's)."""
     tifffile = pytest.importorskip("tifffile")
     from medcad.data.io import DataError, read_image
     from medcad.inference.uploads import UploadError, decode_upload
@@ -625,10 +625,21 @@ def test_a_bigtiff_upload_is_read_as_a_tiff(tmp_path: Path) -> None:
     assert upload.kind == "tiff" and np.array_equal(upload.rgb, rgb)
     (tmp_path / "little.tif").write_bytes(data.getvalue())
     assert np.array_equal(read_image(tmp_path / "little.tif"), rgb)
-    # big-endian (Pillow reads no big-endian BigTIFF): named as such, by the server and by predict's reader
+    # big-endian (Pillow reads no big-endian BigTIFF; tifffile does): read, by the server and by predict's reader
     tifffile.imwrite(tmp_path / "big.tif", rgb, bigtiff=True, byteorder=">")
+    assert np.array_equal(decode_upload((tmp_path / "big.tif").read_bytes(), tmp_path, Limits()).rgb, rgb)
+    assert np.array_equal(read_image(tmp_path / "big.tif"), rgb)
+    # one neither reader decodes (LZW, which tifffile decodes only with imagecodecs, of 64-bit floats, which Pillow
+    # lacks): named so, by both
+    data = io.BytesIO()
+    tifffile.imwrite(data, rgb[..., 0].astype(np.float64), compression="zlib")
+    broken = bytearray(data.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(broken))) as tif:
+        offset = tif.pages[0].tags[259].valueoffset  # Compression: Deflate -> LZW
+    broken[offset : offset + 2] = (5).to_bytes(2, "little")
     with pytest.raises(UploadError) as refused:
-        decode_upload((tmp_path / "big.tif").read_bytes(), tmp_path, Limits())
-    assert refused.value.status == 422 and "a big-endian BigTIFF" in str(refused.value)
-    with pytest.raises(DataError, match="a big-endian BigTIFF"):
-        read_image(tmp_path / "big.tif")
+        decode_upload(bytes(broken), tmp_path, Limits())
+    assert refused.value.status == 422 and "neither of medcad's TIFF readers decodes" in str(refused.value)
+    (tmp_path / "lzw64.tif").write_bytes(bytes(broken))
+    with pytest.raises(DataError, match="neither of medcad's TIFF readers decodes"):
+        read_image(tmp_path / "lzw64.tif")

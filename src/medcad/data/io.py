@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medcad.data.pixels import integer_scale, to_rgb
+from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
+from medcad.data.tiff import (
+    TIFF_MAGIC,
+    PageTooLarge,
+    PillowReads,
+    is_tiff,
+    page_size,
+    pages,
+    read_page,
+    unreadable_tiff,
+)
 from medcad.errors import ConfigError, DataError, NoSuchFrame
 
 # The policy above in a sentence, for descriptions a user outside medcad reproduces it from (an export's model.json)
@@ -276,7 +286,28 @@ def decode_pil(
 ) -> tuple[np.ndarray, str, int]:
     """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied); with
     `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours;
-    `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`)."""
+    `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`). A TIFF is read by tifffile
+    (`medcad.data.tiff`) unless it is Pillow's to read."""
+    if not is_tiff(path):
+        return _pillow_decode(path, draft, keep_alpha, palette_indices, page)
+    try:
+        arr, orientation, _ = read_page(path, page, max_pixels(), keep_alpha, palette_indices)
+        return _oriented(arr, orientation), "TIFF", orientation
+    except PageTooLarge as e:
+        raise _too_large(path, e.pixels, max_pixels(), e.size) from e
+    except PillowReads as why:
+        try:
+            return _pillow_decode(path, draft, keep_alpha, palette_indices, page)
+        except NoSuchFrame:
+            raise
+        except DataError as e:  # both readers' reasons
+            raise DataError(path, f"{unreadable_tiff(TIFF_MAGIC[0])} (tifffile: {why}; Pillow: {e.problem})") from e
+
+
+def _pillow_decode(
+    path: Path, draft: int | None, keep_alpha: bool, palette_indices: bool, page: int | None
+) -> tuple[np.ndarray, str, int]:
+    """`decode_pil` by Pillow."""
     fmt = ""
     try:
         with _opened(path, page) as im:
@@ -349,29 +380,22 @@ def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> Non
             raise _too_large(path, w * h, limit, f"{w}x{h} (page {page}) ")
 
 
-REDUCED_RESOLUTION = 1  # TIFF NewSubfileType (tag 254) bit 0: a reduced-resolution copy of another page
-
-
 def image_pages(path: Path) -> tuple[list[int], list[int]]:
-    """(the pages that are images of the set, the thumbnail pages) of a multi-page TIFF, or the frames of an
-    animated GIF / WebP / PNG (APNG); ([0], []) for other files. A TIFF page is a thumbnail (a scanner's or camera's
-    reduced-resolution copy) when its NewSubfileType says so, or when it is at most half page 0's width and height;
-    every other page is an image, of any size or mode (pages of another size than page 0 had been dropped with the
-    pages after them, unsaid)."""
-    if path.suffix.lower() not in PAGED_SUFFIXES:
+    """(the pages that are images of the set, the thumbnail pages) of a multi-page TIFF (`medcad.data.tiff.pages`:
+    a scanner's or camera's reduced-resolution copies are thumbnails; pages of another size than page 0 had been
+    dropped with the pages after them, unsaid), or the frames of an animated GIF / WebP / PNG (APNG); ([0], []) for
+    other files."""
+    suffix = path.suffix.lower()
+    if suffix not in PAGED_SUFFIXES:
         return [0], []
     try:
+        if suffix in (".tif", ".tiff"):
+            try:
+                return pages(path)
+            except PillowReads:
+                return [0], []  # an unreadable file fails as itself when read
         with _pil_image(path) as im:
-            n = int(getattr(im, "n_frames", 1) or 1)
-            if path.suffix.lower() not in (".tif", ".tiff"):
-                return list(range(n)), []  # animation frames share the canvas
-            pages, thumbnails, (w0, h0) = [], [], im.size
-            for k in range(n):
-                im.seek(k)
-                subfile = int(getattr(im, "tag_v2", {}).get(254, 0) or 0)
-                small = 2 * im.size[0] <= w0 and 2 * im.size[1] <= h0
-                (thumbnails if subfile & REDUCED_RESOLUTION or small else pages).append(k)
-            return pages or [0], thumbnails if pages else []
+            return list(range(int(getattr(im, "n_frames", 1) or 1))), []  # animation frames share the canvas
     except (UnidentifiedImageError, OSError, DataError, EOFError):
         return [0], []  # an unreadable file fails as itself when read
 
@@ -408,6 +432,14 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
         if "Rows" not in ds or "Columns" not in ds:
             raise DataError(p, "DICOM file holds no image (no Rows/Columns)")
         return int(ds.Columns), int(ds.Rows)
+    if is_tiff(p):
+        try:
+            w, h, orientation = page_size(p, frame, max_pixels())
+            return (h, w) if orientation in TRANSPOSED_ORIENTATIONS else (w, h)
+        except PageTooLarge as e:
+            raise _too_large(p, e.pixels, max_pixels(), e.size) from e
+        except PillowReads:
+            pass
     try:
         with _opened(p, frame) as im:
             if frame:
@@ -416,21 +448,6 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError, EOFError) as e:
         raise _unreadable(p) from e
-
-
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little / big endian; classic, BigTIFF
-
-
-def unreadable_tiff(first_bytes: bytes) -> str | None:
-    """Why Pillow cannot read a file that begins as a TIFF (`TIFF_MAGIC`), or None for one that does not."""
-    if first_bytes[:4] == b"MM\x00+":
-        return "a big-endian BigTIFF, which medcad's decoder (Pillow) cannot read; saved little-endian, it is read"
-    if first_bytes[:4] in TIFF_MAGIC:
-        return (
-            "a TIFF that medcad's decoder (Pillow) cannot read: samples such as 64-bit floating point, or a "
-            "compression Pillow lacks; saved as 8- or 16-bit integers or 32-bit float, it is read"
-        )
-    return None
 
 
 def _unreadable(path: Path) -> DataError:
@@ -456,22 +473,19 @@ def describe_image(path: str | Path) -> list[str]:
             from medcad.data.dicom import describe_dicom
 
             return describe_dicom(p)
+        if is_tiff(p):
+            try:
+                arr, o, notes = read_page(p, None, max_pixels())
+                return ([f"TIFF orientation {o} applied"] if o != 1 else []) + notes + scaling_notes(arr, p, "TIFF")
+            except PillowReads:
+                pass
         with _pil_image(p) as im:
             o = _orientation(im)
             if o != 1:
                 notes.append(f"EXIF orientation {o} applied")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I") or _rgb16(im):
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") or _rgb16(im) or _tiff_samples(im) is np.int8:
                 arr, fmt, _ = decode_pil(p, None)
-                scale = integer_scale(arr, p, fmt)
-                if scale is not None:
-                    notes.append(scale[2])
-            elif _tiff_samples(im) is np.int8:
-                notes.append("signed 8-bit values scaled from 0..127, or from their own min..max where below 0")
-            elif im.mode == "F":
-                notes.append("floating-point pixels scaled (0..1, else own range)")
-                bad = int((~np.isfinite(np.asarray(im))).sum())
-                if bad:
-                    notes.append(f"{bad} pixels NaN or infinite: NaN read as the lowest value, -inf/+inf as the ends")
+                notes += scaling_notes(arr, p, fmt)
             elif im.mode in ("RGBA", "LA", "PA"):
                 notes.append("alpha channel dropped")
             elif im.mode == "CMYK":

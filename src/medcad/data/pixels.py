@@ -133,3 +133,19 @@ def to_rgb(arr: np.ndarray, full_scale: float | None = None, low: float = 0.0) -
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
     return np.ascontiguousarray(arr[:, :, :3])  # drop alpha
+
+
+def scaling_notes(arr: np.ndarray, path: Path, fmt: str) -> list[str]:
+    """How decoded samples other than 8-bit unsigned ones scale to 8 bits, in words (`io.describe_image`)."""
+    scale = integer_scale(arr, path, fmt)
+    if scale is not None:
+        return [scale[2]]
+    if arr.dtype == np.int8:
+        return ["signed 8-bit values scaled from 0..127, or from their own min..max where below 0"]
+    if not np.issubdtype(arr.dtype, np.floating):
+        return []
+    notes = [f"floating-point ({arr.dtype.itemsize * 8}-bit) pixels scaled (0..1, else own range)"]
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        notes.append(f"{bad} pixels NaN or infinite: NaN read as the lowest value, -inf/+inf as the ends")
+    return notes

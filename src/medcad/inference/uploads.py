@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medcad.data.io import TIFF_MAGIC, bomb_pixels, image_pages, read_image, unreadable_tiff
+from medcad.data.io import bomb_pixels, image_pages, read_image
+from medcad.data.tiff import TIFF_MAGIC, page_pixels, unreadable_tiff
 from medcad.errors import DataError, MedcadError, NoSuchFrame
 
 # first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
@@ -156,6 +157,8 @@ def check_pixels(data: bytes, kind: str, limits: Limits, frame: int = 0):
     if kind == "dicom":
         header = _dicom_header(data)
         n = int(header.get("Columns", 0) or 0) * int(header.get("Rows", 0) or 0)  # one frame is decoded
+    elif kind == "tiff" and (pixels := page_pixels(data, frame)) is not None:
+        n = pixels  # the page's own header (tifffile: every TIFF medcad reads, big-endian BigTIFF included)
     else:
         try:
             with warnings.catch_warnings():

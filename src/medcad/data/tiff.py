@@ -1,0 +1,204 @@
+"""TIFF pages read by tifffile, the reference TIFF library: every sample type (8- to 64-bit integers, 16-, 32- and
+64-bit floats, signed or not), grey, grey + alpha, RGB(A), palette, planar or interleaved, either byte order, classic
+or BigTIFF, uncompressed or Deflate, LZMA or PackBits compressed.
+
+Pillow, medcad's decoder for other files, cannot read most of these (float64, float RGB, 32-bit RGB, grey + alpha
+beyond 8 bits, big-endian BigTIFF) and misread some without a word: 16-bit planar RGB came out as noise, and
+big-endian Deflate-compressed 16- and 32-bit grey as wrong values (a generated test, tests/data/test_tiff.py, holds
+every kind of that matrix to the samples tifffile reads). A TIFF whose compression tifffile decodes only with the
+imagecodecs package (LZW, JPEG, CCITT: the common 8-bit ones), or whose colour space is not grey, RGB or palette
+(YCbCr, CMYK, CIELab), is left to Pillow (`PillowReads`), which converts those as viewers do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from medcad.errors import DataError, NoSuchFrame
+
+MINISWHITE, MINISBLACK, RGB, PALETTE = 0, 1, 2, 3  # TIFF PhotometricInterpretation (tag 262)
+SEPARATE = 2  # PlanarConfiguration (tag 284): one plane per sample
+ORIENTATION, NEW_SUBFILE_TYPE = 274, 254
+REDUCED_RESOLUTION = 1  # NewSubfileType bit 0: a reduced-resolution copy of another page
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little / big endian; classic, BigTIFF
+
+
+def is_tiff(path: Path) -> bool:
+    """Whether a file begins as a TIFF does (`TIFF_MAGIC`), whatever its name."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def unreadable_tiff(first_bytes: bytes) -> str | None:
+    """Why neither TIFF reader could read a file that begins as a TIFF (`TIFF_MAGIC`), or None for one that does not
+    (tifffile reads every sample type and layout uncompressed or Deflate, LZMA or PackBits compressed; Pillow the
+    common compressions, LZW and JPEG among them, but not big-endian BigTIFF)."""
+    if first_bytes[:4] in TIFF_MAGIC:
+        return (
+            "a TIFF that neither of medcad's TIFF readers decodes: a compression only the imagecodecs package "
+            "decodes here (JPEG 2000, Zstandard, WebP; or LZW, JPEG in a big-endian BigTIFF or with samples Pillow "
+            "lacks), or corrupt data; saved uncompressed or Deflate-compressed, it is read"
+        )
+    return None
+
+
+class PillowReads(Exception):
+    """A TIFF page left to Pillow: a compression tifffile decodes only with imagecodecs, or another colour space."""
+
+
+class PageTooLarge(Exception):
+    """A TIFF page with more pixels than medcad decodes: `pixels`, and its size in words ("WxH (page k) ")."""
+
+    def __init__(self, pixels: int, size: str) -> None:
+        super().__init__(f"{size}{pixels} pixels")
+        self.pixels, self.size = pixels, size
+
+
+def _open(source: Path | BinaryIO):
+    import tifffile
+
+    try:
+        return tifffile.TiffFile(source)
+    except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error ... for broken headers
+        raise PillowReads(f"tifffile cannot parse it ({type(e).__name__}: {e})") from e
+
+
+def _page(tif, path: Path, page: int | None, max_pixels: int):
+    """Page `page` (0 for None) of an open TiffFile, its size held to `max_pixels`.
+
+    Raises:
+        NoSuchFrame: the file has no such page; PageTooLarge: the page has more pixels than `max_pixels`.
+    """
+    k, n = page or 0, len(tif.pages)
+    if not 0 <= k < n:
+        raise NoSuchFrame(path, f"has {n} page(s); page {k} does not exist")
+    p = tif.pages[k]
+    w, h = int(p.imagewidth), int(p.imagelength)
+    if w * h > max_pixels:
+        raise PageTooLarge(w * h, f"{w}x{h} " + (f"(page {k}) " if k else ""))
+    return p
+
+
+def orientation(p) -> int:
+    """A page's Orientation tag (1, top-left, without one)."""
+    value = p.tags.valueof(ORIENTATION)
+    return int(value) if value and 1 <= int(value) <= 8 else 1
+
+
+def page_size(path: Path, page: int | None, max_pixels: int) -> tuple[int, int, int]:
+    """(width, height, orientation tag) of a TIFF page as stored, from its header.
+
+    Raises:
+        PillowReads: tifffile cannot parse the file; NoSuchFrame, PageTooLarge: as `_page`.
+    """
+    with _open(path) as tif:
+        p = _page(tif, path, page, max_pixels)
+        return int(p.imagewidth), int(p.imagelength), orientation(p)
+
+
+def page_pixels(data: bytes, page: int) -> int | None:
+    """The pixels of page `page` of a TIFF held in memory (page 0's where it has no such page: its read names
+    that), from its header; None where tifffile cannot parse it."""
+    import io
+
+    try:
+        with _open(io.BytesIO(data)) as tif:
+            p = tif.pages[page if 0 <= page < len(tif.pages) else 0]
+            return int(p.imagewidth) * int(p.imagelength)
+    except (PillowReads, IndexError):
+        return None
+
+
+def pages(path: Path) -> tuple[list[int], list[int]]:
+    """(the pages that are images, the thumbnail pages): a page is a thumbnail when its NewSubfileType says it is a
+    reduced-resolution copy, or when it is at most half page 0's width and height.
+
+    Raises:
+        PillowReads: tifffile cannot parse the file.
+    """
+    with _open(path) as tif:
+        images, thumbnails, first = [], [], tif.pages[0]
+        for k, p in enumerate(tif.pages):
+            small = 2 * p.imagewidth <= first.imagewidth and 2 * p.imagelength <= first.imagelength
+            subfile = int(p.tags.valueof(NEW_SUBFILE_TYPE) or 0)
+            (thumbnails if subfile & REDUCED_RESOLUTION or small else images).append(k)
+        return images or [0], thumbnails if images else []
+
+
+def read_page(
+    path: Path, page: int | None, max_pixels: int, keep_alpha: bool = False, palette_indices: bool = False
+) -> tuple[np.ndarray, int, list[str]]:
+    """A TIFF page's samples as a viewer shows them, in their stored type, before orientation: (array (H, W) grey,
+    (H, W, 2) grey + alpha or (H, W, 3|4) RGB(A), the page's orientation tag, what was decided in words).
+
+    MINISWHITE samples are inverted (0 is white: stored maximum - value; floats 1 - value in [0, 1], else negated);
+    a palette page gives its colours (the colour map's high bytes, as Pillow gives them) or, with `palette_indices`,
+    its indices (label maps); extra samples after the colours are dropped, except the first (alpha) with
+    `keep_alpha`.
+
+    Raises:
+        PillowReads: a compression tifffile decodes only with imagecodecs, or a colour space other than grey, RGB or
+            palette; NoSuchFrame, PageTooLarge: as `_page`; DataError: the page's data cannot be decoded.
+    """
+    from tifffile import TIFF
+
+    with _open(path) as tif:
+        p = _page(tif, path, page, max_pixels)
+        photometric = int(p.photometric)
+        if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE):
+            raise PillowReads(f"photometric interpretation {photometric}")
+        try:
+            TIFF.DECOMPRESSORS[p.compression]  # KeyError: a codec of imagecodecs', or unknown
+            arr = p.asarray()
+        except (KeyError, ImportError) as e:  # ImportError: Zstandard's module, Python 3.14's
+            raise PillowReads(f"compression {p.compression!r}: {e}") from e
+        except Exception as e:  # truncated strips, corrupt compressed data
+            if "imagecodecs" in str(e):
+                raise PillowReads(str(e)) from e
+            raise DataError(path, f"cannot decode its TIFF data ({type(e).__name__}: {e})") from e
+        arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)  # big-endian samples in the machine's order
+        samples = int(p.samplesperpixel)
+        if samples > 1 and int(p.planarconfig) == SEPARATE:
+            arr = np.moveaxis(arr, 0, -1)  # (C, H, W) planes -> (H, W, C)
+        if arr.ndim not in (2, 3) or arr.shape[:2] != (int(p.imagelength), int(p.imagewidth)):
+            raise DataError(path, f"TIFF page of shape {arr.shape}: not one image (a volume or a tiled depth)")
+        notes = []
+        colours = 3 if photometric == RGB else 1
+        if arr.ndim == 3 and arr.shape[2] > colours:
+            extra = arr.shape[2] - colours
+            arr = arr[..., : colours + 1] if keep_alpha else arr[..., :colours]
+            notes.append(f"{extra} extra sample(s) (alpha) " + ("kept" if keep_alpha else "dropped"))
+        if colours == 1 and arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if photometric == MINISWHITE:
+            grey = _inverted(arr if arr.ndim == 2 else arr[..., 0], int(p.bitspersample))
+            arr = grey if arr.ndim == 2 else np.stack([grey, arr[..., 1]], -1)  # a kept alpha as it is
+            notes.append("MINISWHITE: values inverted (0 is white)")
+        elif photometric == PALETTE and not palette_indices:
+            index = arr if arr.ndim == 2 else arr[..., 0]
+            if p.colormap is None or index.max(initial=0) >= p.colormap.shape[1]:
+                raise DataError(path, "palette TIFF whose indices go beyond its colour map (or without one)")
+            arr = np.ascontiguousarray((p.colormap[:, index] >> 8).astype(np.uint8).transpose(1, 2, 0))
+            notes.append("palette colours")
+        return arr, orientation(p), notes
+
+
+def _inverted(arr: np.ndarray, bits: int) -> np.ndarray:
+    """MINISWHITE grey samples as MINISBLACK: the stored maximum minus the value (bool: not; signed: bitwise not, which
+    swaps the type's range end for end; floats in [0, 1]: 1 - value, else the negative)."""
+    if arr.dtype == bool:
+        return ~arr
+    if np.issubdtype(arr.dtype, np.unsignedinteger):
+        top = (1 << bits) - 1 if bits < 8 * arr.dtype.itemsize else np.iinfo(arr.dtype).max
+        return (top - arr).astype(arr.dtype)
+    if np.issubdtype(arr.dtype, np.signedinteger):
+        return ~arr
+    finite = arr[np.isfinite(arr)]
+    unit = finite.size and finite.min() >= 0 and finite.max() <= 1
+    return (1 - arr) if unit else -arr
