@@ -150,3 +150,31 @@ def read_image_bytes(folder: Path, data: bytes) -> np.ndarray:
     from medcad.inference.uploads import Limits, decode_upload
 
     return decode_upload(data, folder, Limits()).rgb
+
+
+def test_a_miniswhite_mask_is_read_by_its_stored_values(tmp_path: Path) -> None:
+    """ImageJ writes a binary mask with its default inverting LUT as WhiteIsZero (the foreground 255, shown black),
+    and tifffile a bool mask as bilevel WhiteIsZero: read as displayed, either mask's lesion was its background (a
+    set of them refused as inverted). Masks and label maps are read by their stored values, said in the mask's rule,
+    whichever reader decodes the file (Pillow for LZW); the same file as an image is shown as viewers show it."""
+    from medcad.data.labelmaps import parse_mask_labels, read_label_map
+    from medcad.data.masks import decode_mask
+
+    lesion = np.zeros((H, W), bool)
+    lesion[3:7, 2:6] = True
+    tifffile.imwrite(tmp_path / "tifffile_bool.tif", lesion)  # bilevel, WhiteIsZero
+    tifffile.imwrite(tmp_path / "imagej.tif", lesion.astype(np.uint8) * 255, photometric="miniswhite")
+    Image.fromarray(lesion.astype(np.uint8) * 255).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    with tifffile.TiffFile(tmp_path / "lzw.tif") as tif:
+        offset = tif.pages[0].tags[262].valueoffset  # PhotometricInterpretation: BlackIsZero -> WhiteIsZero
+    data = bytearray((tmp_path / "lzw.tif").read_bytes())
+    data[offset : offset + 2] = struct.pack("<H", 0)
+    (tmp_path / "lzw.tif").write_bytes(bytes(data))
+    for name in ("tifffile_bool.tif", "imagej.tif", "lzw.tif"):
+        mask, how = decode_mask(tmp_path / name)
+        assert np.array_equal(mask, lesion) and how.rule.startswith("MINISWHITE TIFF read by its stored values"), name
+        assert (read_image(tmp_path / name)[lesion] == 0).all(), name  # shown black, as ImageJ shows it
+    labels = np.zeros((H, W), np.uint8)
+    labels[lesion], labels[8:10, 6:9] = 2, 1
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="miniswhite")
+    assert np.array_equal(read_label_map([tmp_path / "labels.tif"], parse_mask_labels("1=cyst,2=stone")), labels)

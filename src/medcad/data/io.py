@@ -35,12 +35,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
 from medcad.data.tiff import (
+    MINISWHITE,
     TIFF_MAGIC,
     PageTooLarge,
     PillowReads,
     is_tiff,
     page_size,
     pages,
+    photometric,
     read_page,
     unreadable_tiff,
 )
@@ -282,22 +284,31 @@ def _oriented(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def decode_pil(
-    path: Path, draft: int | None, keep_alpha: bool = False, palette_indices: bool = False, page: int | None = None
+    path: Path,
+    draft: int | None,
+    keep_alpha: bool = False,
+    palette_indices: bool = False,
+    page: int | None = None,
+    as_stored: bool = False,
 ) -> tuple[np.ndarray, str, int]:
     """Decode a PIL-readable file as displayed: (array, PIL format, orientation tag that was applied); with
     `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours;
-    `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`). A TIFF is read by tifffile
+    `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`); with `as_stored`, a MINISWHITE TIFF
+    by its stored values (masks: `medcad.data.tiff.STORED_MINISWHITE`). A TIFF is read by tifffile
     (`medcad.data.tiff`) unless it is Pillow's to read."""
     if not is_tiff(path):
         return _pillow_decode(path, draft, keep_alpha, palette_indices, page)
     try:
-        arr, orientation, _ = read_page(path, page, max_pixels(), keep_alpha, palette_indices)
+        arr, orientation, _ = read_page(path, page, max_pixels(), keep_alpha, palette_indices, as_stored)
         return _oriented(arr, orientation), "TIFF", orientation
     except PageTooLarge as e:
         raise _too_large(path, e.pixels, max_pixels(), e.size) from e
     except PillowReads as why:
         try:
-            return _pillow_decode(path, draft, keep_alpha, palette_indices, page)
+            arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page)
+            if as_stored and arr.dtype == np.uint8 and photometric(path) == MINISWHITE:
+                arr = 255 - arr  # Pillow shows 8- and 1-bit MINISWHITE inverted: back to the stored values
+            return arr, fmt, orientation
         except NoSuchFrame:
             raise
         except DataError as e:  # both readers' reasons

@@ -223,7 +223,7 @@ def _label_plane(path: Path, classes: MaskLabels | None = None) -> np.ndarray:
             the table does not hold.
     """
     check_file(path)
-    arr, fmt, _ = decode_pil(path, None, keep_alpha=True, palette_indices=True)
+    arr, fmt, _ = decode_pil(path, None, keep_alpha=True, palette_indices=True, as_stored=True)
     if fmt in LOSSY_FORMATS:
         raise DataError(path, f"a label map must be lossless (PNG, TIFF, ...); {fmt} changes the values of classes")
     if arr.ndim == 3 and arr.shape[2] >= 3 and (np.ptp(arr[..., :3], axis=2) > 0).any():

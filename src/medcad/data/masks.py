@@ -4,12 +4,13 @@ the images are (`medcad.data.io.decode_pil`: orientation applied, errors naming 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, photometric
 from medcad.errors import DataError
 
 MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
@@ -115,8 +116,11 @@ def decode_mask(path: str | Path) -> tuple[np.ndarray, MaskDecoding]:
     """
     p = Path(path)
     check_file(p)
-    arr, fmt, _ = decode_pil(p, None, keep_alpha=True)
-    return decode_mask_array(arr, fmt in LOSSY_FORMATS)
+    arr, fmt, _ = decode_pil(p, None, keep_alpha=True, as_stored=True)
+    mask, how = decode_mask_array(arr, fmt in LOSSY_FORMATS)
+    if fmt == "TIFF" and photometric(p) == MINISWHITE:
+        how = replace(how, rule=f"{STORED_MINISWHITE}; {how.rule}")
+    return mask, how
 
 
 def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:

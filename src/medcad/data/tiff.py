@@ -48,6 +48,21 @@ def unreadable_tiff(first_bytes: bytes) -> str | None:
     return None
 
 
+# A mask's or label map's MINISWHITE TIFF is read by its stored values, not as displayed: ImageJ writes a binary mask
+# with an inverting LUT (its default: the foreground 255 shown black) as WhiteIsZero, and tifffile writes a bool
+# array as bilevel WhiteIsZero; as displayed, either mask's lesion was its background.
+STORED_MINISWHITE = "MINISWHITE TIFF read by its stored values (ImageJ's inverted-LUT masks, tifffile's bilevel ones)"
+
+
+def photometric(path: Path) -> int | None:
+    """Page 0's PhotometricInterpretation of a TIFF, or None where tifffile cannot parse it."""
+    try:
+        with _open(path) as tif:
+            return int(tif.pages[0].photometric)
+    except (PillowReads, IndexError):
+        return None
+
+
 class PillowReads(Exception):
     """A TIFF page left to Pillow: a compression tifffile decodes only with imagecodecs, or another colour space."""
 
@@ -132,12 +147,18 @@ def pages(path: Path) -> tuple[list[int], list[int]]:
 
 
 def read_page(
-    path: Path, page: int | None, max_pixels: int, keep_alpha: bool = False, palette_indices: bool = False
+    path: Path,
+    page: int | None,
+    max_pixels: int,
+    keep_alpha: bool = False,
+    palette_indices: bool = False,
+    as_stored: bool = False,
 ) -> tuple[np.ndarray, int, list[str]]:
     """A TIFF page's samples as a viewer shows them, in their stored type, before orientation: (array (H, W) grey,
     (H, W, 2) grey + alpha or (H, W, 3|4) RGB(A), the page's orientation tag, what was decided in words).
 
-    MINISWHITE samples are inverted (0 is white: stored maximum - value; floats 1 - value in [0, 1], else negated);
+    MINISWHITE samples are inverted (0 is white: stored maximum - value; floats 1 - value in [0, 1], else negated),
+    unless `as_stored` (masks and label maps: `STORED_MINISWHITE`);
     a palette page gives its colours (the colour map's high bytes, as Pillow gives them) or, with `palette_indices`,
     its indices (label maps); extra samples after the colours are dropped, except the first (alpha) with
     `keep_alpha`.
@@ -176,7 +197,9 @@ def read_page(
             notes.append(f"{extra} extra sample(s) (alpha) " + ("kept" if keep_alpha else "dropped"))
         if colours == 1 and arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]
-        if photometric == MINISWHITE:
+        if photometric == MINISWHITE and as_stored:
+            notes.append(STORED_MINISWHITE)
+        elif photometric == MINISWHITE:
             grey = _inverted(arr if arr.ndim == 2 else arr[..., 0], int(p.bitspersample))
             arr = grey if arr.ndim == 2 else np.stack([grey, arr[..., 1]], -1)  # a kept alpha as it is
             notes.append("MINISWHITE: values inverted (0 is white)")
