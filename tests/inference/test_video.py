@@ -187,3 +187,36 @@ def test_the_annotated_video_is_tagged_with_the_colours_it_was_encoded_in(tmp_pa
     assert len(got) == 3
     assert np.abs(got[1][100:600, 100:500].astype(int) - frame[100:600, 100:500]).mean(axis=(0, 1)).max() <= 4
     assert np.abs(got[1][100:600, 800:1200].astype(int) - frame[100:600, 800:1200]).mean(axis=(0, 1)).max() <= 4
+
+
+def test_an_sd_recording_with_non_square_pixels_is_read_as_stored_and_annotated_as_shown(
+    tiny_run: Path, easy_set: Path, tmp_path: Path
+) -> None:
+    """A PAL recording's 720x576 frames shown at 4:3 (sample aspect ratio 16:15, as SD endoscopy towers and DVD
+    recorders store them): frames read at their stored size, as ffmpeg and OpenCV extract them, and said; the
+    annotated video carries the ratio, so it is shown as the source (it had been shown at 5:4, squeezed); a video
+    turned a quarter by its display matrix carries the inverse. As `medcad predict` prints it, and in its JSON."""
+    from medcad.data.frames import DecodeReport
+    from medcad.data.video import VideoReader
+
+    rgb = cv2.resize(cv2.imread(str(sorted((easy_set / "lesion").glob("*.png"))[0]))[:, :, ::-1], (72, 58))
+    with av.open(str(tmp_path / "pal.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 72, 58, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(16, 15)
+        for _ in range(4):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    with VideoReader(tmp_path / "pal.mp4") as video:
+        assert [f.rgb.shape for f in video.frames()] == [(58, 72, 3)] * 4
+        assert video.report.sample_aspect_ratio == "16:15" and video.report.upright_aspect() == Fraction(16, 15)
+    res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "pal.mp4"), "--json", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)[0]
+    assert summary["sample_aspect_ratio"] == "16:15"
+    res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "pal.mp4"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0 and "its pixels are not square (sample aspect ratio 16:15" in res.output, res.output
+    with av.open(summary["annotated"]) as clip:
+        assert clip.streams.video[0].sample_aspect_ratio == Fraction(16, 15)
+    turned = DecodeReport("v", rotation=90, sample_aspect_ratio="16:15")
+    assert turned.upright_aspect() == Fraction(15, 16) and DecodeReport("v").upright_aspect() is None

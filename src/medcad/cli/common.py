@@ -344,6 +344,10 @@ def _echo_video(v: dict) -> None:
         from medcad.data.frames import restart_note
 
         typer.echo(f"note: {restart_note(v['video'], v['time_restarts'])}")
+    if v.get("sample_aspect_ratio"):
+        from medcad.data.frames import aspect_note
+
+        typer.echo(f"note: {aspect_note(v['video'], v['sample_aspect_ratio'])}")
 
 
 def _distinct_tails(paths: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ undecodable, and the report of one file's decoding (`medcad.data.video`, `medcad
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +37,17 @@ class DecodeReport:
     mirrored: bool = False  # the display matrix mirrors left-right (applied before the rotation)
     times_from: str = "timestamps"  # or "frame rate" when the stream has no presentation timestamps
     restarts: list[int] = field(default_factory=list)  # frames where the timestamps start again (joined recordings)
+    # "W:H" where the stored pixels are not square (an SD recording's 720x576 shown 4:3: 16:15), else None; frames are
+    # read at their stored size, as ffmpeg and OpenCV extract them (`decode_notes` says so)
+    sample_aspect_ratio: str | None = None
+
+    def upright_aspect(self) -> Fraction | None:
+        """The sample aspect ratio of the frames as read (upright): the stored one, inverted where a rotation of 90
+        or 270 degrees turned them; None for square pixels."""
+        if not self.sample_aspect_ratio:
+            return None
+        w, h = map(int, self.sample_aspect_ratio.split(":"))
+        return Fraction(h, w) if self.rotation % 180 else Fraction(w, h)
 
     @property
     def frames_dropped(self) -> int:
@@ -53,6 +65,7 @@ class DecodeReport:
             "mirrored": self.mirrored,
             "times_from": self.times_from,
             "time_restarts": list(self.restarts),
+            "sample_aspect_ratio": self.sample_aspect_ratio,
         }
 
     def notes(self) -> list[str]:
@@ -79,7 +92,18 @@ def decode_notes(decoded: dict) -> list[str]:
         out.append(f"{video}: frame times from the {decoded['times_from']}")
     if decoded.get("time_restarts"):
         out.append(restart_note(video, decoded["time_restarts"]))
+    if decoded.get("sample_aspect_ratio"):
+        out.append(aspect_note(video, decoded["sample_aspect_ratio"]))
     return out
+
+
+def aspect_note(video: str, sample_aspect_ratio: str) -> str:
+    """What a video whose pixels are not square (`DecodeReport.sample_aspect_ratio`) is read as."""
+    return (
+        f"{video}: its pixels are not square (sample aspect ratio {sample_aspect_ratio}, as SD and anamorphic "
+        "recordings store them): frames read at their stored size, as ffmpeg and OpenCV extract them, not stretched "
+        "as players show them; an annotated video keeps the ratio"
+    )
 
 
 def restart_note(video: str, restarts: list[int]) -> str:

@@ -90,6 +90,9 @@ class VideoReader:
         self._tb = float(tb) if tb else 1.0 / self.fps
         self._start = self._stream.start_time
         self.report = DecodeReport(str(self.path))
+        sar = self._stream.sample_aspect_ratio  # the container's, else the bitstream's (FFmpeg's choice)
+        if sar and sar > 0 and sar != 1:
+            self.report.sample_aspect_ratio = f"{sar.numerator}:{sar.denominator}"
 
     @property
     def estimated_frames(self) -> int:

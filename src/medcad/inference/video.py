@@ -19,11 +19,16 @@ import numpy as np
 import pandas as pd
 
 from medcad.atomic import atomic_write_text
+from medcad.data.frames import DecodeReport
 from medcad.data.video import Frame, VideoReader, open_video
 from medcad.inference.predictor import Predictor
 
 if TYPE_CHECKING:
     from medcad.data.cine import DicomCine
+
+
+# what a video's decoding found, as `predict_video`'s summary gives it (`medcad.data.frames.DecodeReport.as_dict`)
+DECODE_KEYS = ("truncated", "truncation", "rotation", "mirrored", "times_from", "time_restarts", "sample_aspect_ratio")
 
 
 def _decoder(
@@ -93,7 +98,7 @@ def predict_video(
     stop = threading.Event()
     state: dict = {"skipped": [], "error": None}
     thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
-    writer = _AnnotatedVideo(out_dir / f"{stem}_annotated.mp4", fps) if write_video else None
+    writer = _AnnotatedVideo(out_dir / f"{stem}_annotated.mp4", fps, reader.report) if write_video else None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
     t0 = time.perf_counter()
@@ -149,7 +154,7 @@ def predict_video(
         **{k: decode[k] for k in ("frames_dropped", "dropped_frames")},
         "frames_skipped": len(state["skipped"]),
         "skipped_frames": state["skipped"],
-        **{k: decode[k] for k in ("truncated", "truncation", "rotation", "mirrored", "times_from", "time_restarts")},
+        **{k: decode[k] for k in DECODE_KEYS},
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,
@@ -192,10 +197,12 @@ class _AnnotatedVideo:
     before the whole file has arrived) of drawn RGB frames, each shown at its source time, so that a
     variable-frame-rate recording keeps its timing (at a constant `fps`, 2.3 s of source played in 0.8 s); opened
     at the first frame's size, an odd side padded by one pixel (the encoder needs even sides; a 721x577 input had
-    been cropped to 720x576)."""
+    been cropped to 720x576), with the source's sample aspect ratio (`report`'s, of the upright frames), so that it
+    is shown as the source is (an SD recording's 720x576 frames at 4:3, not 5:4)."""
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, report: DecodeReport | None = None) -> None:
         self.path, self.fps, self.out, self.stream, self.last = path, fps, None, None, -1
+        self.report = report
 
     def write(self, rgb: np.ndarray, time_s: float | None = None) -> None:
         import av
@@ -217,6 +224,8 @@ class _AnnotatedVideo:
             cc = self.stream.codec_context
             cc.colorspace = cc.color_primaries = cc.color_trc = 1  # ITU-R BT.709
             cc.color_range = 1  # limited ("tv", MPEG)
+            if self.report is not None and (sar := self.report.upright_aspect()):
+                cc.sample_aspect_ratio = sar
         if w % 2 or h % 2:
             rgb = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
