@@ -104,7 +104,7 @@ def test_miniswhite_palette_and_alpha_as_viewers_show_them(tmp_path: Path) -> No
     assert decode_pil(tmp_path / "la.tif", None, keep_alpha=True)[0].shape == (H, W, 2)
     assert decode_pil(tmp_path / "la.tif", None)[0].shape == (H, W)
     notes = describe_image(tmp_path / "la.tif")
-    assert "1 extra sample(s) (alpha) dropped" in notes and any("16-bit" in n for n in notes)
+    assert "alpha channel dropped" in notes and any("16-bit" in n for n in notes)
 
 
 def test_compressions_only_pillow_decodes_here_stay_pillows(tmp_path: Path) -> None:
@@ -178,3 +178,64 @@ def test_a_miniswhite_mask_is_read_by_its_stored_values(tmp_path: Path) -> None:
     labels[lesion], labels[8:10, 6:9] = 2, 1
     tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="miniswhite")
     assert np.array_equal(read_label_map([tmp_path / "labels.tif"], parse_mask_labels("1=cyst,2=stone")), labels)
+
+
+def _set_tag(path: Path, tag: int, value: int) -> None:
+    """Rewrite a short tag of page 0 in place (how a file another tool wrote is made here)."""
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags[tag].valueoffset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 2] = struct.pack("<H", value)
+    path.write_bytes(bytes(data))
+
+
+def test_either_reader_gives_the_same_pixels_and_notes(tmp_path: Path) -> None:
+    """Files a reviewer found read differently by the two readers, or not as before: 16-bit MINISWHITE inverted
+    whether LZW (Pillow, which does not invert 16-bit) or not; premultiplied alpha divided out, as Pillow did; a
+    bilevel label map as 0 / 255 whatever its compression; the same notes (orientation, MINISWHITE) from either."""
+    from medcad.data.labelmaps import _label_plane, parse_mask_labels
+
+    grey = (np.arange(H * W) * 517 % 65536).astype(np.uint16).reshape(H, W)
+    tifffile.imwrite(tmp_path / "white16.tif", grey, photometric="miniswhite", extratags=[(274, "H", 1, 6, True)])
+    Image.fromarray(grey).save(tmp_path / "white16_lzw.tif", compression="tiff_lzw")
+    _set_tag(tmp_path / "white16_lzw.tif", 262, 0)
+    a, b = read_image(tmp_path / "white16.tif"), read_image(tmp_path / "white16_lzw.tif")
+    assert np.array_equal(np.rot90(b, -1), a) and a.mean() > 0  # inverted both; the first turned by its tag
+    assert "MINISWHITE: values inverted (0 is white)" in describe_image(tmp_path / "white16_lzw.tif")
+    assert describe_image(tmp_path / "white16.tif")[0] == "TIFF orientation 6 applied"
+
+    rgb = np.random.default_rng(2).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    alpha = np.full((H, W), 128, np.uint8)
+    alpha[:, :3] = 255
+    premultiplied = (rgb.astype(int) * alpha[..., None] // 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "assoc.tif", np.dstack([premultiplied, alpha]), extrasamples=["assocalpha"])
+    got = read_image(tmp_path / "assoc.tif").astype(int)
+    assert np.abs(got - rgb).max() <= 2 and "colours divided by their premultiplied alpha" in describe_image(
+        tmp_path / "assoc.tif"
+    )
+
+    bilevel = np.zeros((H, W), bool)
+    bilevel[2:6, 3:8] = True
+    classes = parse_mask_labels("255=lesion")
+    for compression in (None, "group4"):
+        path = tmp_path / f"labels_{compression}.tif"
+        Image.fromarray(bilevel).save(path, compression=compression)
+        assert np.array_equal(np.unique(_label_plane(path, classes)), [0, 255]), compression
+
+
+def test_a_tiff_without_a_page_or_with_its_data_cut_is_named(tmp_path: Path) -> None:
+    """A write cut off before the first page (a TIFF header alone) is named as unreadable by every reader of the
+    package, not a traceback nor 'page 0 does not exist'; a page whose data is cut still gets its header's notes
+    (`describe_image` reads no pixels of an 8-bit page) and is named truncated when read."""
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"II*\x00\x00\x00\x00\x00")
+    assert image_pages(empty) == ([0], [])
+    for read in (read_image, image_size):
+        with pytest.raises(DataError, match="neither of medcad's TIFF readers|TIFF"):
+            read(empty)
+    cut = tmp_path / "cut.tif"
+    tifffile.imwrite(cut, np.zeros((200, 300), np.uint8), extratags=[(274, "H", 1, 3, True)])
+    cut.write_bytes(cut.read_bytes()[:20000])
+    assert describe_image(cut) == ["TIFF orientation 3 applied"]
+    with pytest.raises(DataError, match="truncated TIFF"):
+        read_image(cut)

@@ -40,9 +40,11 @@ from medcad.data.tiff import (
     PageTooLarge,
     PillowReads,
     is_tiff,
+    page_notes,
     page_size,
     pages,
     photometric,
+    pillow_miniswhite,
     read_page,
     unreadable_tiff,
 )
@@ -299,15 +301,15 @@ def decode_pil(
     if not is_tiff(path):
         return _pillow_decode(path, draft, keep_alpha, palette_indices, page)
     try:
-        arr, orientation, _ = read_page(path, page, max_pixels(), keep_alpha, palette_indices, as_stored)
+        arr, orientation = read_page(path, page, max_pixels(), keep_alpha, palette_indices, as_stored)
         return _oriented(arr, orientation), "TIFF", orientation
     except PageTooLarge as e:
         raise _too_large(path, e.pixels, max_pixels(), e.size) from e
     except PillowReads as why:
         try:
             arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page)
-            if as_stored and arr.dtype == np.uint8 and photometric(path) == MINISWHITE:
-                arr = 255 - arr  # Pillow shows 8- and 1-bit MINISWHITE inverted: back to the stored values
+            if photometric(path) == MINISWHITE:
+                arr = pillow_miniswhite(arr, as_stored)  # as tifffile's reading gives it
             return arr, fmt, orientation
         except NoSuchFrame:
             raise
@@ -473,7 +475,8 @@ def _unreadable(path: Path) -> DataError:
 
 
 def describe_image(path: str | Path) -> list[str]:
-    """The decoding decisions that apply to one image file, from its header (empty for plain 8-bit files).
+    """The decoding decisions that apply to one image file, from its header (empty for plain 8-bit files); its pixels
+    are decoded only where their values decide the scaling (integers wider than 8 bits, floats).
 
     E.g. "EXIF orientation 6 applied", "16-bit scaled from 0..65535", "DICOM YBR_FULL_422 converted to RGB".
     """
@@ -486,14 +489,16 @@ def describe_image(path: str | Path) -> list[str]:
             return describe_dicom(p)
         if is_tiff(p):
             try:
-                arr, o, notes = read_page(p, None, max_pixels())
-                return ([f"TIFF orientation {o} applied"] if o != 1 else []) + notes + scaling_notes(arr, p, "TIFF")
+                notes, dtype = page_notes(p)
+                if dtype not in (np.uint8, bool):  # values decide the scaling: decoded, as for 16-bit PNGs
+                    notes += scaling_notes(decode_pil(p, None)[0], p, "TIFF")
+                return notes
             except PillowReads:
                 pass
         with _pil_image(p) as im:
             o = _orientation(im)
             if o != 1:
-                notes.append(f"EXIF orientation {o} applied")
+                notes.append(f"{'TIFF' if im.format == 'TIFF' else 'EXIF'} orientation {o} applied")
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") or _rgb16(im) or _tiff_samples(im) is np.int8:
                 arr, fmt, _ = decode_pil(p, None)
                 notes += scaling_notes(arr, p, fmt)

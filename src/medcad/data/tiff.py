@@ -21,6 +21,7 @@ from medcad.errors import DataError, NoSuchFrame
 
 MINISWHITE, MINISBLACK, RGB, PALETTE = 0, 1, 2, 3  # TIFF PhotometricInterpretation (tag 262)
 SEPARATE = 2  # PlanarConfiguration (tag 284): one plane per sample
+ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA = 1, 2  # ExtraSamples (tag 338)
 ORIENTATION, NEW_SUBFILE_TYPE = 274, 254
 REDUCED_RESOLUTION = 1  # NewSubfileType bit 0: a reduced-resolution copy of another page
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little / big endian; classic, BigTIFF
@@ -76,12 +77,24 @@ class PageTooLarge(Exception):
 
 
 def _open(source: Path | BinaryIO):
+    """The file open in tifffile, with at least one page.
+
+    Raises:
+        PillowReads: tifffile cannot parse it, or it has no page (a write cut off before its first IFD).
+    """
+    import logging
+
     import tifffile
 
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on damaged files: medcad names the file
     try:
-        return tifffile.TiffFile(source)
+        tif = tifffile.TiffFile(source)
     except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error ... for broken headers
         raise PillowReads(f"tifffile cannot parse it ({type(e).__name__}: {e})") from e
+    if not len(tif.pages):
+        tif.close()
+        raise PillowReads("tifffile finds no page in it (a write cut off before its first page?)")
+    return tif
 
 
 def _page(tif, path: Path, page: int | None, max_pixels: int):
@@ -146,6 +159,42 @@ def pages(path: Path) -> tuple[list[int], list[int]]:
         return images or [0], thumbnails if images else []
 
 
+def page_notes(path: Path) -> tuple[list[str], np.dtype]:
+    """What reading page 0 of a TIFF decides, from its header (`medcad.data.io.describe_image`), and its samples' type
+    (whether their scaling to 8 bits needs saying).
+
+    Raises:
+        PillowReads: tifffile cannot parse the file.
+    """
+    with _open(path) as tif:
+        p = tif.pages[0]
+        notes = [f"TIFF orientation {orientation(p)} applied"] if orientation(p) != 1 else []
+        photometric = int(p.photometric)
+        if photometric == MINISWHITE:
+            notes.append("MINISWHITE: values inverted (0 is white)")
+        if photometric == PALETTE:
+            notes.append("palette colours")
+        colours = 3 if photometric == RGB else 1
+        notes += _extra_notes(int(p.samplesperpixel) - colours, _extra_kinds(p), keep_alpha=False)
+        return notes, np.dtype(p.dtype) if p.dtype is not None else np.dtype(np.uint8)
+
+
+def _extra_kinds(p) -> tuple[int, ...]:
+    """A page's ExtraSamples (tag 338): 0 unspecified, 1 associated (premultiplied) alpha, 2 unassociated alpha."""
+    return tuple(int(k) for k in (p.extrasamples or ()))
+
+
+def _extra_notes(extra: int, kinds: tuple[int, ...], keep_alpha: bool) -> list[str]:
+    if extra <= 0:
+        return []
+    alpha = bool(kinds) and kinds[0] in (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA)
+    notes = ["colours divided by their premultiplied alpha"] if alpha and kinds[0] == ASSOCIATED_ALPHA else []
+    if alpha:
+        notes.append("alpha channel " + ("kept" if keep_alpha else "dropped"))
+    others = extra - alpha
+    return notes + ([f"{others} extra sample(s) dropped"] if others > 0 else [])
+
+
 def read_page(
     path: Path,
     page: int | None,
@@ -153,15 +202,16 @@ def read_page(
     keep_alpha: bool = False,
     palette_indices: bool = False,
     as_stored: bool = False,
-) -> tuple[np.ndarray, int, list[str]]:
-    """A TIFF page's samples as a viewer shows them, in their stored type, before orientation: (array (H, W) grey,
-    (H, W, 2) grey + alpha or (H, W, 3|4) RGB(A), the page's orientation tag, what was decided in words).
+) -> tuple[np.ndarray, int]:
+    """A TIFF page's samples as a viewer shows them, in their stored type (bilevel as 0 / 255, as Pillow gives it),
+    before orientation: (array (H, W) grey, (H, W, 2) grey + alpha or (H, W, 3|4) RGB(A), the page's orientation
+    tag); `page_notes` says what was decided.
 
     MINISWHITE samples are inverted (0 is white: stored maximum - value; floats 1 - value in [0, 1], else negated),
-    unless `as_stored` (masks and label maps: `STORED_MINISWHITE`);
-    a palette page gives its colours (the colour map's high bytes, as Pillow gives them) or, with `palette_indices`,
-    its indices (label maps); extra samples after the colours are dropped, except the first (alpha) with
-    `keep_alpha`.
+    unless `as_stored` (masks and label maps: `STORED_MINISWHITE`); a palette page gives its colours (the colour
+    map's high bytes, as Pillow gives them) or, with `palette_indices`, its indices (label maps); premultiplied
+    (associated) alpha is divided out of the colours, as Pillow does; extra samples after the colours are dropped,
+    except alpha with `keep_alpha`.
 
     Raises:
         PillowReads: a compression tifffile decodes only with imagecodecs, or a colour space other than grey, RGB or
@@ -182,34 +232,54 @@ def read_page(
         except Exception as e:  # truncated strips, corrupt compressed data
             if "imagecodecs" in str(e):
                 raise PillowReads(str(e)) from e
+            if "failed to read" in str(e):
+                raise DataError(path, f"truncated TIFF: the file ends before its image data does ({e})") from e
             raise DataError(path, f"cannot decode its TIFF data ({type(e).__name__}: {e})") from e
         arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)  # big-endian samples in the machine's order
-        samples = int(p.samplesperpixel)
-        if samples > 1 and int(p.planarconfig) == SEPARATE:
+        if int(p.samplesperpixel) > 1 and int(p.planarconfig) == SEPARATE:
             arr = np.moveaxis(arr, 0, -1)  # (C, H, W) planes -> (H, W, C)
         if arr.ndim not in (2, 3) or arr.shape[:2] != (int(p.imagelength), int(p.imagewidth)):
             raise DataError(path, f"TIFF page of shape {arr.shape}: not one image (a volume or a tiled depth)")
-        notes = []
         colours = 3 if photometric == RGB else 1
         if arr.ndim == 3 and arr.shape[2] > colours:
-            extra = arr.shape[2] - colours
-            arr = arr[..., : colours + 1] if keep_alpha else arr[..., :colours]
-            notes.append(f"{extra} extra sample(s) (alpha) " + ("kept" if keep_alpha else "dropped"))
+            kinds = _extra_kinds(p)
+            alpha = bool(kinds) and kinds[0] in (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA)
+            if alpha and kinds[0] == ASSOCIATED_ALPHA:
+                arr = np.concatenate([_unpremultiplied(arr[..., :colours], arr[..., colours]), arr[..., colours:]], -1)
+            arr = arr[..., : colours + 1] if keep_alpha and alpha else arr[..., :colours]
         if colours == 1 and arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]
-        if photometric == MINISWHITE and as_stored:
-            notes.append(STORED_MINISWHITE)
-        elif photometric == MINISWHITE:
+        if photometric == MINISWHITE and not as_stored:
             grey = _inverted(arr if arr.ndim == 2 else arr[..., 0], int(p.bitspersample))
             arr = grey if arr.ndim == 2 else np.stack([grey, arr[..., 1]], -1)  # a kept alpha as it is
-            notes.append("MINISWHITE: values inverted (0 is white)")
         elif photometric == PALETTE and not palette_indices:
             index = arr if arr.ndim == 2 else arr[..., 0]
             if p.colormap is None or index.max(initial=0) >= p.colormap.shape[1]:
                 raise DataError(path, "palette TIFF whose indices go beyond its colour map (or without one)")
             arr = np.ascontiguousarray((p.colormap[:, index] >> 8).astype(np.uint8).transpose(1, 2, 0))
-            notes.append("palette colours")
-        return arr, orientation(p), notes
+        if arr.dtype == bool:  # bilevel: 0 / 255, as Pillow's mode "1" gives it (label maps keep their values)
+            arr = arr.astype(np.uint8) * 255
+        return arr, orientation(p)
+
+
+def pillow_miniswhite(arr: np.ndarray, as_stored: bool) -> np.ndarray:
+    """A MINISWHITE page as Pillow decoded it, made what `read_page` gives: Pillow inverts 8- and 1-bit samples but
+    not 16-bit ones (checked: Pillow 13, LZW)."""
+    if arr.dtype == np.uint8:
+        return 255 - arr if as_stored else arr
+    return arr if as_stored else _inverted(arr, 16)
+
+
+def _unpremultiplied(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colours (H, W, C) premultiplied by `alpha` (H, W), divided out (0 where alpha is 0), in their own type."""
+    if not (np.issubdtype(colour.dtype, np.unsignedinteger) or np.issubdtype(colour.dtype, np.floating)):
+        return colour
+    top = 1.0 if np.issubdtype(colour.dtype, np.floating) else float(np.iinfo(colour.dtype).max)
+    a = alpha.astype(np.float64)[..., None]
+    out = np.where(a > 0, colour.astype(np.float64) * top / np.where(a > 0, a, 1.0), 0.0)
+    if np.issubdtype(colour.dtype, np.floating):
+        return out.astype(colour.dtype)
+    return np.clip(np.rint(out), 0, top).astype(colour.dtype)
 
 
 def _inverted(arr: np.ndarray, bits: int) -> np.ndarray:
