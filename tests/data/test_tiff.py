@@ -202,6 +202,10 @@ def test_either_reader_gives_the_same_pixels_and_notes(tmp_path: Path) -> None:
     a, b = read_image(tmp_path / "white16.tif"), read_image(tmp_path / "white16_lzw.tif")
     assert np.array_equal(np.rot90(b, -1), a) and a.mean() > 0  # inverted both; the first turned by its tag
     assert "MINISWHITE: values inverted (0 is white)" in describe_image(tmp_path / "white16_lzw.tif")
+    pages = tmp_path / "pages_lzw.tif"  # page 0 MINISWHITE, page 1 not: each page by its own interpretation
+    Image.fromarray(grey).save(pages, compression="tiff_lzw", save_all=True, append_images=[Image.fromarray(grey)])
+    _set_tag(pages, 262, 0)
+    assert np.array_equal(read_image(pages, 0), b) and np.array_equal(read_image(pages, 1), 255 - b)
     assert describe_image(tmp_path / "white16.tif")[0] == "TIFF orientation 6 applied"
 
     rgb = np.random.default_rng(2).integers(0, 256, (H, W, 3), dtype=np.uint8)

@@ -308,7 +308,7 @@ def decode_pil(
     except PillowReads as why:
         try:
             arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page)
-            if photometric(path) == MINISWHITE:
+            if photometric(path, page) == MINISWHITE:
                 arr = pillow_miniswhite(arr, as_stored)  # as tifffile's reading gives it
             return arr, fmt, orientation
         except NoSuchFrame:

@@ -55,11 +55,12 @@ def unreadable_tiff(first_bytes: bytes) -> str | None:
 STORED_MINISWHITE = "MINISWHITE TIFF read by its stored values (ImageJ's inverted-LUT masks, tifffile's bilevel ones)"
 
 
-def photometric(path: Path) -> int | None:
-    """Page 0's PhotometricInterpretation of a TIFF, or None where tifffile cannot parse it."""
+def photometric(path: Path, page: int | None = None) -> int | None:
+    """A TIFF page's PhotometricInterpretation (page 0 for None), or None where tifffile cannot parse it or it has
+    no such page."""
     try:
         with _open(path) as tif:
-            return int(tif.pages[0].photometric)
+            return int(tif.pages[page or 0].photometric)
     except (PillowReads, IndexError):
         return None
 
