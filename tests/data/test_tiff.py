@@ -235,11 +235,33 @@ def test_a_tiff_without_a_page_or_with_its_data_cut_is_named(tmp_path: Path) -> 
     empty.write_bytes(b"II*\x00\x00\x00\x00\x00")
     assert image_pages(empty) == ([0], [])
     for read in (read_image, image_size):
-        with pytest.raises(DataError, match="neither of medcad's TIFF readers|TIFF"):
+        with pytest.raises(DataError, match=r"neither of medcad's TIFF readers decodes \(tifffile: tifffile finds no"):
             read(empty)
-    cut = tmp_path / "cut.tif"
-    tifffile.imwrite(cut, np.zeros((200, 300), np.uint8), extratags=[(274, "H", 1, 3, True)])
-    cut.write_bytes(cut.read_bytes()[:20000])
-    assert describe_image(cut) == ["TIFF orientation 3 applied"]
-    with pytest.raises(DataError, match="truncated TIFF"):
-        read_image(cut)
+    for compression in (None, "zlib"):
+        cut = tmp_path / f"cut_{compression}.tif"
+        turned = [(274, "H", 1, 3, True)]
+        tifffile.imwrite(cut, np.full((200, 300), 7, np.uint8), compression=compression, extratags=turned)
+        cut.write_bytes(cut.read_bytes()[: 20000 if compression is None else 300])
+        assert describe_image(cut) == ["TIFF orientation 3 applied"]
+        with pytest.raises(DataError, match="truncated TIFF"):
+            read_image(cut)
+
+
+def test_an_rgba_mask_without_its_extra_samples_tag_and_a_cmyk_tiff(tmp_path: Path) -> None:
+    """An RGBA mask whose file lacks the ExtraSamples tag has its fourth sample as alpha, as Pillow reads it (one
+    colour, the lesion in alpha: it had read as all lesion); a CMYK TIFF is described as Pillow converts it."""
+    from medcad.data.masks import decode_mask
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0], rgba[8:24, 8:24, 3] = 255, 255
+    path = tmp_path / "rgba.tif"
+    tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["unassalpha"])
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[0].tags[338].offset  # the ExtraSamples entry, renamed Software (305): the file has none
+    data = bytearray(path.read_bytes())
+    data[entry : entry + 2] = struct.pack("<H", 305)
+    path.write_bytes(bytes(data))
+    mask, how = decode_mask(path)
+    assert mask.mean() == 0.25 and how.rule.startswith("alpha channel")
+    Image.new("CMYK", (20, 20), (10, 20, 30, 40)).save(tmp_path / "cmyk.tif")
+    assert describe_image(tmp_path / "cmyk.tif") == ["CMYK converted to RGB"]

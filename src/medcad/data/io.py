@@ -314,7 +314,8 @@ def decode_pil(
         except NoSuchFrame:
             raise
         except DataError as e:  # both readers' reasons
-            raise DataError(path, f"{unreadable_tiff(TIFF_MAGIC[0])} (tifffile: {why}; Pillow: {e.problem})") from e
+            pillow = "does not recognise it" if e.problem.startswith("a TIFF that") else e.problem
+            raise DataError(path, unreadable_tiff(TIFF_MAGIC[0], f"tifffile: {why}; Pillow: {pillow}")) from e
 
 
 def _pillow_decode(
@@ -445,14 +446,15 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
         if "Rows" not in ds or "Columns" not in ds:
             raise DataError(p, "DICOM file holds no image (no Rows/Columns)")
         return int(ds.Columns), int(ds.Rows)
+    tiff_why = ""
     if is_tiff(p):
         try:
             w, h, orientation = page_size(p, frame, max_pixels())
             return (h, w) if orientation in TRANSPOSED_ORIENTATIONS else (w, h)
         except PageTooLarge as e:
             raise _too_large(p, e.pixels, max_pixels(), e.size) from e
-        except PillowReads:
-            pass
+        except PillowReads as why:
+            tiff_why = f"tifffile: {why}"
     try:
         with _opened(p, frame) as im:
             if frame:
@@ -460,15 +462,15 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             w, h = im.size
             return (h, w) if _orientation(im) in TRANSPOSED_ORIENTATIONS else (w, h)
     except (UnidentifiedImageError, OSError, EOFError) as e:
-        raise _unreadable(p) from e
+        raise _unreadable(p, tiff_why) from e
 
 
-def _unreadable(path: Path) -> DataError:
-    """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one (a float64 TIFF, as
-    scientific tools write, had been called unknown or corrupt)."""
+def _unreadable(path: Path, reasons: str = "") -> DataError:
+    """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one, with `reasons` (a
+    float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
     try:
         with open(path, "rb") as f:
-            why = unreadable_tiff(f.read(4))
+            why = unreadable_tiff(f.read(4), reasons)
     except OSError:
         why = None
     return DataError(path, why or "not a readable image (unknown or corrupt format)")

@@ -36,15 +36,17 @@ def is_tiff(path: Path) -> bool:
         return False
 
 
-def unreadable_tiff(first_bytes: bytes) -> str | None:
-    """Why neither TIFF reader could read a file that begins as a TIFF (`TIFF_MAGIC`), or None for one that does not
-    (tifffile reads every sample type and layout uncompressed or Deflate, LZMA or PackBits compressed; Pillow the
-    common compressions, LZW and JPEG among them, but not big-endian BigTIFF)."""
+def unreadable_tiff(first_bytes: bytes, reasons: str = "") -> str | None:
+    """Why neither TIFF reader could read a file that begins as a TIFF (`TIFF_MAGIC`), with each reader's `reasons`
+    where known, or None for a file that does not (tifffile reads every sample type and layout uncompressed or
+    Deflate, LZMA or PackBits compressed; Pillow the common compressions, LZW and JPEG among them, but not big-endian
+    BigTIFF)."""
     if first_bytes[:4] in TIFF_MAGIC:
         return (
-            "a TIFF that neither of medcad's TIFF readers decodes: a compression only the imagecodecs package "
-            "decodes here (JPEG 2000, Zstandard, WebP; or LZW, JPEG in a big-endian BigTIFF or with samples Pillow "
-            "lacks), or corrupt data; saved uncompressed or Deflate-compressed, it is read"
+            f"a TIFF that neither of medcad's TIFF readers decodes{f' ({reasons})' if reasons else ''}: a "
+            "compression only the imagecodecs package decodes here (JPEG 2000, Zstandard, WebP; or LZW, JPEG in a "
+            "big-endian BigTIFF or with samples Pillow lacks), or corrupt data; saved uncompressed or "
+            "Deflate-compressed, it is read"
         )
     return None
 
@@ -169,8 +171,10 @@ def page_notes(path: Path) -> tuple[list[str], np.dtype]:
     """
     with _open(path) as tif:
         p = tif.pages[0]
-        notes = [f"TIFF orientation {orientation(p)} applied"] if orientation(p) != 1 else []
         photometric = int(p.photometric)
+        if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE):
+            raise PillowReads(f"photometric interpretation {photometric}")  # CMYK, YCbCr, CIELab: Pillow's notes
+        notes = [f"TIFF orientation {orientation(p)} applied"] if orientation(p) != 1 else []
         if photometric == MINISWHITE:
             notes.append("MINISWHITE: values inverted (0 is white)")
         if photometric == PALETTE:
@@ -181,8 +185,11 @@ def page_notes(path: Path) -> tuple[list[str], np.dtype]:
 
 
 def _extra_kinds(p) -> tuple[int, ...]:
-    """A page's ExtraSamples (tag 338): 0 unspecified, 1 associated (premultiplied) alpha, 2 unassociated alpha."""
-    return tuple(int(k) for k in (p.extrasamples or ()))
+    """A page's ExtraSamples (tag 338): 0 unspecified, 1 associated (premultiplied) alpha, 2 unassociated alpha; a
+    page with samples beyond its colours and no such tag has its first extra one as alpha, as Pillow reads it (RGBA
+    masks written without the tag)."""
+    kinds = tuple(int(k) for k in (p.extrasamples or ()))
+    return kinds or (UNASSOCIATED_ALPHA,)
 
 
 def _extra_notes(extra: int, kinds: tuple[int, ...], keep_alpha: bool) -> list[str]:
@@ -233,7 +240,7 @@ def read_page(
         except Exception as e:  # truncated strips, corrupt compressed data
             if "imagecodecs" in str(e):
                 raise PillowReads(str(e)) from e
-            if "failed to read" in str(e):
+            if "failed to read" in str(e) or "truncated" in str(e):
                 raise DataError(path, f"truncated TIFF: the file ends before its image data does ({e})") from e
             raise DataError(path, f"cannot decode its TIFF data ({type(e).__name__}: {e})") from e
         arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)  # big-endian samples in the machine's order
