@@ -421,3 +421,33 @@ def test_a_clip_cut_by_stream_copy_between_key_frames_is_read_whole(tmp_path: Pa
     for f in frames:
         assert abs(float(f.rgb[H // 2 :, :, 0].mean()) - 8 * (14 + f.index)) < 6  # frame k is picture 14 + k
     assert [f.time_s for f in frames] == pytest.approx([k / 25 for k in range(N - 14)])
+
+
+def test_dicom_pixels_that_are_not_square_are_said(tmp_path: Path) -> None:
+    """A DICOM cine or image whose pixels are not square (Pixel Aspect Ratio, Pixel Spacing, or an ultrasound
+    region's Physical Delta X / Y): read at its stored size and said, as for videos (`sample_aspect_ratio`: a pixel's
+    width to its height); square within 1 % is square."""
+    from pydicom.dataset import Dataset
+
+    from conftest import write_dicom
+    from medcad.data.io import describe_image
+    from medcad.data.video import open_video
+
+    frames = np.zeros((3, 16, 16), np.uint16)
+    region = Dataset()
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.02, 0.01
+    for attrs, aspect in (
+        ({"PixelAspectRatio": [15, 16]}, "16:15"),  # vertical \ horizontal size
+        ({"PixelSpacing": [0.3, 0.32]}, "16:15"),  # row spacing \ column spacing
+        ({"SequenceOfUltrasoundRegions": [region]}, "2:1"),
+        ({"PixelSpacing": [0.3, 0.302]}, None),
+        ({}, None),
+    ):
+        cine = write_dicom(tmp_path / "cine.dcm", frames, **attrs)
+        with open_video(cine) as video:
+            assert len(list(video.frames())) == 3 and video.report.sample_aspect_ratio == aspect, attrs
+        still = write_dicom(tmp_path / "still.dcm", frames[:1], **attrs)
+        said = [n for n in describe_image(still) if "not square" in n]
+        assert said == (
+            [f"pixels not square (sample aspect ratio {aspect}): read at their stored size"] if aspect else []
+        )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.dicom import iter_dicom_frames, read_header
+from medcad.data.dicom import iter_dicom_frames, pixel_aspect, read_header
 from medcad.data.frames import DecodeReport, DroppedFrame, Frame
 from medcad.errors import DataError
 
@@ -39,7 +39,7 @@ class DicomCine:
         self.times, how = _frame_times(ds, self.n_frames)
         steps = np.diff(self.times)
         self.fps = float(1 / np.median(steps)) if len(steps) and np.median(steps) > 0 else ASSUMED_FPS
-        self.report = DecodeReport(str(self.path), times_from=how)
+        self.report = DecodeReport(str(self.path), times_from=how, sample_aspect_ratio=pixel_aspect(ds))
 
     @property
     def estimated_frames(self) -> int:

@@ -209,6 +209,33 @@ def _displayed(arr: np.ndarray, ds) -> np.ndarray:
     return np.repeat(_grey(arr, ds)[..., None], 3, axis=-1)
 
 
+def pixel_aspect(ds) -> str | None:
+    """A DICOM image's sample aspect ratio ("W:H", a pixel's width to its height) where its pixels are not square,
+    else None: from Pixel Aspect Ratio (0028,0034; vertical \\ horizontal size), else Pixel Spacing (0028,0030; row
+    spacing \\ column spacing), else the first ultrasound region's Physical Delta X / Y (PS3.3 C.8.5.5); square
+    within 1 %."""
+    from fractions import Fraction
+
+    def ratio(vertical, horizontal) -> Fraction | None:
+        try:
+            v, h = float(vertical), float(horizontal)
+        except (TypeError, ValueError):
+            return None
+        return Fraction(h / v) if v > 0 and h > 0 else None
+
+    found = None
+    if len(values := list(ds.get("PixelAspectRatio") or [])) == 2:
+        found = ratio(*values)
+    elif len(values := list(ds.get("PixelSpacing") or [])) == 2:
+        found = ratio(*values)
+    elif regions := ds.get("SequenceOfUltrasoundRegions"):
+        found = ratio(regions[0].get("PhysicalDeltaY"), regions[0].get("PhysicalDeltaX"))
+    if found is None or abs(float(found) - 1) <= 0.01:
+        return None
+    found = found.limit_denominator(100)
+    return f"{found.numerator}:{found.denominator}"
+
+
 def describe_dicom(path: Path) -> list[str]:
     """The decoding decisions that apply to a DICOM file, from its header and from decoding its first frame (where
     pydicom finds that the compressed data contradict the header's Photometric Interpretation, and follows the
@@ -233,6 +260,8 @@ def describe_dicom(path: Path) -> list[str]:
     bits = int(getattr(ds, "BitsStored", 8))
     if bits != 8 and not any("window" in n or "VOI LUT" in n for n in notes):
         notes.append(f"DICOM {bits}-bit scaled from its stored range")
+    if aspect := pixel_aspect(ds):
+        notes.append(f"pixels not square (sample aspect ratio {aspect}): read at their stored size")
     return notes
 
 
