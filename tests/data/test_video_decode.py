@@ -434,12 +434,16 @@ def test_dicom_pixels_that_are_not_square_are_said(tmp_path: Path) -> None:
     from medcad.data.video import open_video
 
     frames = np.zeros((3, 16, 16), np.uint16)
-    region = Dataset()
-    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.02, 0.01
+    doppler, tissue = Dataset(), Dataset()  # a spectral Doppler region (s against cm/s), then a B-mode one (cm)
+    doppler.PhysicalUnitsXDirection, doppler.PhysicalUnitsYDirection, doppler.PhysicalDeltaX = 4, 7, 0.01
+    doppler.PhysicalDeltaY = 2.5
+    tissue.PhysicalUnitsXDirection = tissue.PhysicalUnitsYDirection = 3
+    tissue.PhysicalDeltaX, tissue.PhysicalDeltaY = 0.02, 0.01
     for attrs, aspect in (
         ({"PixelAspectRatio": [15, 16]}, "16:15"),  # vertical \ horizontal size
         ({"PixelSpacing": [0.3, 0.32]}, "16:15"),  # row spacing \ column spacing
-        ({"SequenceOfUltrasoundRegions": [region]}, "2:1"),
+        ({"SequenceOfUltrasoundRegions": [doppler, tissue]}, "2:1"),
+        ({"SequenceOfUltrasoundRegions": [doppler]}, None),
         ({"PixelSpacing": [0.3, 0.302]}, None),
         ({}, None),
     ):

@@ -212,7 +212,7 @@ def _displayed(arr: np.ndarray, ds) -> np.ndarray:
 def pixel_aspect(ds) -> str | None:
     """A DICOM image's sample aspect ratio ("W:H", a pixel's width to its height) where its pixels are not square,
     else None: from Pixel Aspect Ratio (0028,0034; vertical \\ horizontal size), else Pixel Spacing (0028,0030; row
-    spacing \\ column spacing), else the first ultrasound region's Physical Delta X / Y (PS3.3 C.8.5.5); square
+    spacing \\ column spacing), else the first ultrasound region in cm's Physical Delta X / Y (PS3.3 C.8.5.5); square
     within 1 %."""
     from fractions import Fraction
 
@@ -228,12 +228,18 @@ def pixel_aspect(ds) -> str | None:
         found = ratio(*values)
     elif len(values := list(ds.get("PixelSpacing") or [])) == 2:
         found = ratio(*values)
-    elif regions := ds.get("SequenceOfUltrasoundRegions"):
-        found = ratio(regions[0].get("PhysicalDeltaY"), regions[0].get("PhysicalDeltaX"))
+    elif spatial := [r for r in ds.get("SequenceOfUltrasoundRegions") or [] if _in_cm(r)]:
+        found = ratio(spatial[0].get("PhysicalDeltaY"), spatial[0].get("PhysicalDeltaX"))
     if found is None or abs(float(found) - 1) <= 0.01:
         return None
     found = found.limit_denominator(100)
     return f"{found.numerator}:{found.denominator}"
+
+
+def _in_cm(region) -> bool:
+    """An ultrasound region measured in cm both ways (Physical Units X / Y Direction 3): a picture of tissue, not a
+    Doppler or M-mode trace (seconds against cm/s or cm), whose deltas are no aspect ratio."""
+    return region.get("PhysicalUnitsXDirection") == 3 and region.get("PhysicalUnitsYDirection") == 3
 
 
 def describe_dicom(path: Path) -> list[str]:
