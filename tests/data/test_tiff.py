@@ -4,6 +4,7 @@ or named; as Pillow alone read them, 188 of 252 kinds of this matrix were refuse
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -265,3 +266,37 @@ def test_an_rgba_mask_without_its_extra_samples_tag_and_a_cmyk_tiff(tmp_path: Pa
     assert mask.mean() == 0.25 and how.rule.startswith("alpha channel")
     Image.new("CMYK", (20, 20), (10, 20, 30, 40)).save(tmp_path / "cmyk.tif")
     assert describe_image(tmp_path / "cmyk.tif") == ["CMYK converted to RGB"]
+
+
+def test_a_stack_of_masks_beside_a_stack_of_frames_pairs_page_for_page(tmp_path: Path) -> None:
+    """An ImageJ / tifffile stack of frames with its stack of masks (one mask page per frame page): each frame gets
+    its own page's mask (every frame had been given page 0's: trained on the wrong masks without a word); a one-page
+    mask is every page's, said; a stack of another length is named, as the audit does."""
+    from medcad.data.audit import audit
+    from medcad.data.datasets import read_sample_mask
+    from medcad.data.layouts import load_manifest
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 200, (5, 48, 40, 3), dtype=np.uint8)
+    masks = np.zeros((5, 48, 40), np.uint8)
+    for k in range(5):
+        masks[k, 2 + 9 * k : 8 + 9 * k, 5:20] = 255
+    root = tmp_path / "seq"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    tifffile.imwrite(root / "images" / "clip.tif", frames, photometric="rgb")
+    tifffile.imwrite(root / "masks" / "clip.tif", masks, photometric="minisblack")
+    manifest = load_manifest(root)
+    assert [manifest.frame(i) for i in range(len(manifest))] == [0, 1, 2, 3, 4]
+    for i in range(5):
+        assert np.array_equal(read_sample_mask(manifest, i), masks[manifest.frame(i)] > 0), i
+    tifffile.imwrite(root / "masks" / "clip.tif", masks[0])  # one page: every frame's mask, said
+    manifest = load_manifest(root)
+    assert all(np.array_equal(read_sample_mask(manifest, i), masks[0] > 0) for i in range(5))
+    assert any("one mask page for the 5 pages of clip.tif" in n for n in manifest.notes)
+    tifffile.imwrite(root / "masks" / "clip.tif", masks[:3], photometric="minisblack")  # 3 pages for 5 frames
+    manifest = load_manifest(root)
+    with pytest.raises(DataError, match="has 3 mask pages for the 5 pages of its image"):
+        read_sample_mask(manifest, 1)
+    found = audit(manifest)
+    assert "3 mask pages for the 5 pages" in json.dumps(found, default=str)

@@ -23,7 +23,7 @@ from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.interface import before_after, find_interface
 from medcad.data.io import read_image
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import background_as_lesion, decode_mask
+from medcad.data.masks import background_as_lesion, decode_mask, sample_mask_pages
 from medcad.errors import DataError
 
 
@@ -32,10 +32,14 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
     full_frame, inverted (`masks.background_as_lesion`), and decoding (the rule used, for every mask)."""
     out = []
     root = manifest.root
-    for mp in manifest.mask_paths(i):
+    try:
+        pages = sample_mask_pages(manifest, i)
+    except DataError as e:
+        return [("unreadable", shown_path(Path(e.path), root), e.problem)]
+    for mp, page in zip(manifest.mask_paths(i), pages, strict=True):
         rel = shown_path(mp, root)
         try:
-            mask, how = decode_mask(mp)
+            mask, how = decode_mask(mp, page)
             h, w = mask.shape
             if isinstance(fp, ImageFingerprint) and (w, h) != (fp.width, fp.height):
                 out.append(("size", rel, f"mask {w}x{h} but image {fp.width}x{fp.height}"))

@@ -184,7 +184,7 @@ def manifest_boxes(
         DataError: a frame class is no image's label (reading for training), or not among the given `labels`.
     """
     from medcad.data.io import image_size
-    from medcad.data.masks import read_mask
+    from medcad.data.masks import read_mask, sample_mask_pages
 
     frames = parse_frame_classes(frame_classes)
     row_labels = manifest.table["label"].astype(str).tolist()
@@ -208,7 +208,8 @@ def manifest_boxes(
             label = row_labels[i]
             if labels is not None and label not in labels and len(labels) == 1:
                 label = labels[0]
-            boxes = boxes_from_mask(read_mask(manifest.mask_paths(i)), label or "lesion")
+            mask = read_mask(manifest.mask_paths(i), sample_mask_pages(manifest, i))
+            boxes = boxes_from_mask(mask, label or "lesion")
             from_masks += 1
         kept, found = clean_boxes(boxes or [], w, h, key)
         raw.append(kept)

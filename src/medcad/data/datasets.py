@@ -21,7 +21,7 @@ from medcad.data.interface import check_interface, crop_relative, imaging_box, r
 from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import read_mask
+from medcad.data.masks import read_mask, sample_mask_pages
 from medcad.errors import DataError
 
 if TYPE_CHECKING:
@@ -162,7 +162,8 @@ def read_sample_mask(
             "has no mask; add one, or use --missing-masks empty to treat such images as lesion-free, or leave-out "
             "to leave them out (named)",
         )
-    mask = read_mask(paths) if classes is None else read_label_map(paths, classes)
+    pages = sample_mask_pages(manifest, i)  # a stack of masks beside a stack of frames: page for page
+    mask = read_mask(paths, pages) if classes is None else read_label_map(paths, classes, pages)
     if mask.shape != (h, w):
         raise DataError(
             paths[0], f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is {w}x{h}; masks must match"

@@ -212,7 +212,7 @@ def resolve_mask_labels(
     )
 
 
-def _label_plane(path: Path, classes: MaskLabels | None = None) -> np.ndarray:
+def _label_plane(path: Path, classes: MaskLabels | None = None, page: int | None = None) -> np.ndarray:
     """One mask file's values as an integer (H, W) plane, oriented as displayed: grey values, 16-bit and float
     values, a palette image's indices (Pascal VOC, CVAT and labelme write classes so), a grey image saved as RGB,
     RGB colours through `classes.colours` (each colour its class's value).
@@ -223,7 +223,7 @@ def _label_plane(path: Path, classes: MaskLabels | None = None) -> np.ndarray:
             the table does not hold.
     """
     check_file(path)
-    arr, fmt, _ = decode_pil(path, None, keep_alpha=True, palette_indices=True, as_stored=True)
+    arr, fmt, _ = decode_pil(path, None, keep_alpha=True, palette_indices=True, page=page, as_stored=True)
     if fmt in LOSSY_FORMATS:
         raise DataError(path, f"a label map must be lossless (PNG, TIFF, ...); {fmt} changes the values of classes")
     if arr.ndim == 3 and arr.shape[2] >= 3 and (np.ptp(arr[..., :3], axis=2) > 0).any():
@@ -255,9 +255,10 @@ def _label_plane(path: Path, classes: MaskLabels | None = None) -> np.ndarray:
     return plane
 
 
-def read_label_map(paths: Sequence[Path], classes: MaskLabels) -> np.ndarray:
+def read_label_map(paths: Sequence[Path], classes: MaskLabels, pages: Sequence[int | None] | None = None) -> np.ndarray:
     """The class index per pixel, uint8 (H, W): 0 background, i + 1 for `classes.values[i]`; several files of one
-    image are overlaid in order (a later file's classes win where both name one).
+    image are overlaid in order (a later file's classes win where both name one); each file at its page of `pages`
+    (`medcad.data.masks.sample_mask_pages`), page 0 without.
 
     Raises:
         DataError: a value no class names (with the values found and where the classes came from), files of one
@@ -265,8 +266,8 @@ def read_label_map(paths: Sequence[Path], classes: MaskLabels) -> np.ndarray:
     """
     out: np.ndarray | None = None
     lut = {0: 0} | {v: i + 1 for i, v in enumerate(classes.values)}
-    for path in paths:
-        plane = _label_plane(Path(path), classes)
+    for path, page in zip(paths, pages or [None] * len(paths), strict=True):
+        plane = _label_plane(Path(path), classes, page)
         values = np.unique(plane)
         unknown = [int(v) for v in values if int(v) not in lut]
         if unknown:

@@ -3,13 +3,14 @@ the images are (`medcad.data.io.decode_pil`: orientation applied, errors naming 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, image_pages
 from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, photometric
 from medcad.errors import DataError
 
@@ -108,23 +109,25 @@ def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDec
     return mask, MaskDecoding(rule, shown, len(values), float(mask.mean()))
 
 
-def decode_mask(path: str | Path) -> tuple[np.ndarray, MaskDecoding]:
-    """One mask file as bool (H, W) lesion pixels, oriented as displayed, and how it was decided.
+def decode_mask(path: str | Path, page: int | None = None) -> tuple[np.ndarray, MaskDecoding]:
+    """One mask file (its page `page` of a multi-page one: `sample_mask_pages`) as bool (H, W) lesion pixels,
+    oriented as displayed, and how it was decided.
 
     Raises:
         DataError: the file is missing, empty or unreadable.
     """
     p = Path(path)
     check_file(p)
-    arr, fmt, _ = decode_pil(p, None, keep_alpha=True, as_stored=True)
+    arr, fmt, _ = decode_pil(p, None, keep_alpha=True, page=page, as_stored=True)
     mask, how = decode_mask_array(arr, fmt in LOSSY_FORMATS)
-    if fmt == "TIFF" and photometric(p) == MINISWHITE:
+    if fmt == "TIFF" and photometric(p, page) == MINISWHITE:
         how = replace(how, rule=f"{STORED_MINISWHITE}; {how.rule}")
     return mask, how
 
 
-def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
-    """Read one or more mask files (see `decode_mask`) and return their union as bool (H, W).
+def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | None] | None = None) -> np.ndarray:
+    """Read one or more mask files (see `decode_mask`; each at its page of `pages`, page 0 without) and return their
+    union as bool (H, W).
 
     Raises:
         DataError: a file is unreadable, or the masks of one image differ in size.
@@ -132,8 +135,8 @@ def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
     if isinstance(paths, str | Path):
         paths = [paths]
     union: np.ndarray | None = None
-    for path in paths:
-        m, _ = decode_mask(path)
+    for path, page in zip(paths, pages or [None] * len(paths), strict=True):
+        m, _ = decode_mask(path, page)
         if union is None:
             union = m
         elif union.shape != m.shape:
@@ -146,3 +149,47 @@ def read_mask(paths: str | Path | Sequence[str | Path]) -> np.ndarray:
     if union is None:
         raise ValueError("read_mask needs at least one path")
     return union
+
+
+@functools.lru_cache(maxsize=4096)
+def _pages(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
+    return tuple(image_pages(Path(path))[0])
+
+
+def _image_pages_of(path: Path) -> tuple[int, ...]:
+    """The image pages of a file (`medcad.data.io.image_pages`, thumbnails left out), read once per file version."""
+    st = path.stat()
+    return _pages(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def sample_mask_pages(manifest, i: int) -> list[int | None]:
+    """The page of each of sample i's mask files that is the mask of its image's page (`manifest.frame(i)`): a mask
+    file with a page per image page gives the same page (an ImageJ or tifffile stack of masks beside its stack of
+    frames; every page had been given page 0's mask); a one-page mask file is the mask of every page, said once in
+    `manifest.notes`; None (its only page) for an image of one page.
+
+    Raises:
+        DataError: a multi-page mask file whose image pages do not match its image's in number (naming both).
+    """
+    frame, image = manifest.frame(i), Path(manifest.image_path(i))
+    paths = [Path(p) for p in manifest.mask_paths(i)]
+    if frame is None or not paths:
+        return [None] * len(paths)
+    image_pages_ = _image_pages_of(image)
+    out: list[int | None] = []
+    for path in paths:
+        mask_pages = _image_pages_of(path) if path.is_file() else (0,)
+        if len(mask_pages) == 1:
+            note = f"{path.name}: one mask page for the {len(image_pages_)} pages of {image.name}, the mask of each"
+            if len(image_pages_) > 1 and note not in manifest.notes:
+                manifest.notes.append(note)
+            out.append(None)
+        elif len(mask_pages) != len(image_pages_) or frame not in image_pages_:
+            raise DataError(
+                path,
+                f"has {len(mask_pages)} mask pages for the {len(image_pages_)} pages of its image {image}: which page "
+                "is whose mask cannot be told (give each page's mask its own file, or one page per image page)",
+            )
+        else:
+            out.append(mask_pages[image_pages_.index(frame)])
+    return out
