@@ -300,3 +300,25 @@ def test_a_stack_of_masks_beside_a_stack_of_frames_pairs_page_for_page(tmp_path:
         read_sample_mask(manifest, 1)
     found = audit(manifest)
     assert "3 mask pages for the 5 pages" in json.dumps(found, default=str)
+
+
+def test_a_page_with_its_own_mask_file_is_not_said_to_share_one(tmp_path: Path) -> None:
+    """A table naming each page of a stack with its own one-page mask file: each page its file, and no note that
+    one mask serves every page."""
+    from medcad.data.datasets import read_sample_mask
+    from medcad.data.layouts import load_manifest
+
+    frames = np.random.default_rng(4).integers(0, 200, (3, 24, 20, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "clip.tif", frames, photometric="rgb")
+    rows = []
+    for k in range(3):
+        mask = np.zeros((24, 20), np.uint8)
+        mask[k * 6 : k * 6 + 4, 2:9] = 255
+        Image.fromarray(mask).save(tmp_path / f"mask_{k}.png")
+        rows.append(f"clip.tif,{k},mask_{k}.png")
+    (tmp_path / "frames.csv").write_text("image,frame,mask\n" + "\n".join(rows) + "\n")
+    manifest = load_manifest(tmp_path / "frames.csv")
+    for i in range(3):
+        k = manifest.frame(i)
+        assert np.flatnonzero(read_sample_mask(manifest, i).any(1)).min() == k * 6
+    assert not any("one mask page" in n for n in manifest.notes)

@@ -165,8 +165,8 @@ def _image_pages_of(path: Path) -> tuple[int, ...]:
 def sample_mask_pages(manifest, i: int) -> list[int | None]:
     """The page of each of sample i's mask files that is the mask of its image's page (`manifest.frame(i)`): a mask
     file with a page per image page gives the same page (an ImageJ or tifffile stack of masks beside its stack of
-    frames; every page had been given page 0's mask); a one-page mask file is the mask of every page, said once in
-    `manifest.notes`; None (its only page) for an image of one page.
+    frames; every page had been given page 0's mask); a one-page mask file is its page's mask (None: its only page),
+    said once in `manifest.notes` where several pages share it; None for an image of one page.
 
     Raises:
         DataError: a multi-page mask file whose image pages do not match its image's in number (naming both).
@@ -181,7 +181,8 @@ def sample_mask_pages(manifest, i: int) -> list[int | None]:
         mask_pages = _image_pages_of(path) if path.is_file() else (0,)
         if len(mask_pages) == 1:
             note = f"{path.name}: one mask page for the {len(image_pages_)} pages of {image.name}, the mask of each"
-            if len(image_pages_) > 1 and note not in manifest.notes:
+            shared = len(image_pages_) > 1 and note not in manifest.notes  # by several rows, not one page's own file
+            if shared and int((manifest.table["mask"] == manifest.table["mask"].iat[i]).sum()) > 1:
                 manifest.notes.append(note)
             out.append(None)
         elif len(mask_pages) != len(image_pages_) or frame not in image_pages_:
