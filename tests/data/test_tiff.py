@@ -293,7 +293,7 @@ def test_a_stack_of_masks_beside_a_stack_of_frames_pairs_page_for_page(tmp_path:
     tifffile.imwrite(root / "masks" / "clip.tif", masks[0])  # one page: every frame's mask, said
     manifest = load_manifest(root)
     assert all(np.array_equal(read_sample_mask(manifest, i), masks[0] > 0) for i in range(5))
-    assert any("one mask page for the 5 pages of clip.tif" in n for n in manifest.notes)
+    assert any("one mask page for 5 pages of clip.tif" in n for n in manifest.notes)
     tifffile.imwrite(root / "masks" / "clip.tif", masks[:3], photometric="minisblack")  # 3 pages for 5 frames
     manifest = load_manifest(root)
     with pytest.raises(DataError, match="has 3 mask pages for the 5 pages of its image"):
@@ -322,3 +322,26 @@ def test_a_page_with_its_own_mask_file_is_not_said_to_share_one(tmp_path: Path) 
         k = manifest.frame(i)
         assert np.flatnonzero(read_sample_mask(manifest, i).any(1)).min() == k * 6
     assert not any("one mask page" in n for n in manifest.notes)
+
+
+def test_a_dicom_cine_with_a_stack_of_masks_or_one_mask_for_every_frame(tmp_path: Path) -> None:
+    """A multi-frame DICOM's frames pair with a mask stack frame for frame (it had been refused: a DICOM counted as
+    one page), and one PNG mask named for every frame in a table is each frame's, said."""
+    from conftest import write_dicom
+    from medcad.data.datasets import read_sample_mask
+    from medcad.data.layouts import load_manifest
+
+    masks = np.zeros((4, 16, 16), np.uint8)
+    for k in range(4):
+        masks[k, 3 * k : 3 * k + 2, 2:9] = 255
+    cine = write_dicom(tmp_path / "cine.dcm", np.zeros((4, 16, 16), np.uint16))
+    tifffile.imwrite(tmp_path / "stack.tif", masks, photometric="minisblack")
+    Image.fromarray(masks[0]).save(tmp_path / "one.png")
+    for mask, expected in (("stack.tif", masks), ("one.png", [masks[0]] * 4)):
+        rows = "\n".join(f"{cine.name},{k},{mask}" for k in range(4))
+        (tmp_path / "t.csv").write_text(f"image,frame,mask\n{rows}\n")
+        manifest = load_manifest(tmp_path / "t.csv")
+        for i in range(4):
+            assert np.array_equal(read_sample_mask(manifest, i), expected[manifest.frame(i)] > 0), (mask, i)
+        shared = [n for n in manifest.notes if "one mask page for 4 pages of cine.dcm" in n]
+        assert len(shared) == (mask == "one.png")

@@ -41,6 +41,7 @@ from medcad.data.manifest import (
     patients_from_paths,
     rename_labels,
 )
+from medcad.data.masks import shared_mask_notes
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
 from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx, split_tables
@@ -388,6 +389,7 @@ def load_manifest(
     used, sources = manifest.used_files(), manifest.sources
     manifest.ledger = make_ledger(manifest.root, layout, used, sources, len(manifest), manifest.problems, whole)
     manifest.notes.append(manifest.ledger.line())
+    manifest.notes += shared_mask_notes(manifest)
     if len(manifest.table) == 0:
         found = "; ".join(list(dict.fromkeys(f"{a}: {b}" for a, b in manifest.problems))[:5])
         raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))

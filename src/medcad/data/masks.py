@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, image_pages
+from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, image_pages, is_dicom
 from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, photometric
 from medcad.errors import DataError
 
@@ -153,23 +153,33 @@ def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | No
 
 @functools.lru_cache(maxsize=4096)
 def _pages(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
-    return tuple(image_pages(Path(path))[0])
+    p = Path(path)
+    if is_dicom(p):  # a multi-frame DICOM's frames are its pages
+        from medcad.data.dicom import read_header
+
+        return tuple(range(int(getattr(read_header(p), "NumberOfFrames", 1) or 1)))
+    return tuple(image_pages(p)[0])
 
 
 def _image_pages_of(path: Path) -> tuple[int, ...]:
-    """The image pages of a file (`medcad.data.io.image_pages`, thumbnails left out), read once per file version."""
-    st = path.stat()
-    return _pages(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    """The image pages of a file (`medcad.data.io.image_pages`, thumbnails left out; a DICOM's frames), read once per
+    file version; (0,) for a file that is not there (named where it is read)."""
+    try:
+        st = path.stat()
+        return _pages(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except (OSError, DataError):
+        return (0,)
 
 
 def sample_mask_pages(manifest, i: int) -> list[int | None]:
-    """The page of each of sample i's mask files that is the mask of its image's page (`manifest.frame(i)`): a mask
-    file with a page per image page gives the same page (an ImageJ or tifffile stack of masks beside its stack of
-    frames; every page had been given page 0's mask); a one-page mask file is its page's mask (None: its only page),
-    said once in `manifest.notes` where several pages share it; None for an image of one page.
+    """The page of each of sample i's mask files that is the mask of its image's page or frame (`manifest.frame(i)`:
+    a multi-page TIFF, an animation, a multi-frame DICOM): a mask file with a page per image page gives the same
+    page (an ImageJ or tifffile stack of masks beside its stack of frames; every page had been given page 0's mask);
+    a one-page mask file is that page's mask (None: its only page; `shared_mask_notes` says where several pages
+    share one); None for an image of one page.
 
     Raises:
-        DataError: a multi-page mask file whose image pages do not match its image's in number (naming both).
+        DataError: a multi-page mask file whose pages do not match its image's in number (naming both).
     """
     frame, image = manifest.frame(i), Path(manifest.image_path(i))
     paths = [Path(p) for p in manifest.mask_paths(i)]
@@ -178,12 +188,8 @@ def sample_mask_pages(manifest, i: int) -> list[int | None]:
     image_pages_ = _image_pages_of(image)
     out: list[int | None] = []
     for path in paths:
-        mask_pages = _image_pages_of(path) if path.is_file() else (0,)
+        mask_pages = _image_pages_of(path)
         if len(mask_pages) == 1:
-            note = f"{path.name}: one mask page for the {len(image_pages_)} pages of {image.name}, the mask of each"
-            shared = len(image_pages_) > 1 and note not in manifest.notes  # by several rows, not one page's own file
-            if shared and int((manifest.table["mask"] == manifest.table["mask"].iat[i]).sum()) > 1:
-                manifest.notes.append(note)
             out.append(None)
         elif len(mask_pages) != len(image_pages_) or frame not in image_pages_:
             raise DataError(
@@ -194,3 +200,18 @@ def sample_mask_pages(manifest, i: int) -> list[int | None]:
         else:
             out.append(mask_pages[image_pages_.index(frame)])
     return out
+
+
+def shared_mask_notes(manifest) -> list[str]:
+    """One line per one-page mask file that several pages (or frames) of one image share: `sample_mask_pages` gives
+    it to each, and the reader says so (`medcad.data.layouts.load_manifest`)."""
+    frames: dict[tuple[Path, Path], set[int]] = {}
+    for i in range(len(manifest)):
+        if (frame := manifest.frame(i)) is not None:
+            for mp in manifest.mask_paths(i):
+                frames.setdefault((Path(mp), Path(manifest.image_path(i))), set()).add(frame)
+    return [
+        f"{mask.name}: one mask page for {len(pages)} pages of {image.name}, the mask of each"
+        for (mask, image), pages in frames.items()
+        if len(pages) > 1 and len(_image_pages_of(mask)) == 1
+    ]
