@@ -268,6 +268,21 @@ def test_an_rgba_mask_without_its_extra_samples_tag_and_a_cmyk_tiff(tmp_path: Pa
     assert describe_image(tmp_path / "cmyk.tif") == ["CMYK converted to RGB"]
 
 
+def _stacks(tmp_path: Path, **written) -> tuple[Path, np.ndarray, np.ndarray]:
+    """images/clip.tif, a stack of 5 RGB frames, and masks/clip.tif, its stack of 5 masks (each lesion lower than the
+    last), written by tifffile with `written` (ImageJ's truncated form, ...): (the folder, frames, masks)."""
+    frames = np.random.default_rng(3).integers(0, 200, (5, 48, 40, 3), dtype=np.uint8)
+    masks = np.zeros((5, 48, 40), np.uint8)
+    for k in range(5):
+        masks[k, 2 + 9 * k : 8 + 9 * k, 5:20] = 255
+    root = tmp_path / "seq"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    tifffile.imwrite(root / "images" / "clip.tif", frames, photometric="rgb", **written)
+    tifffile.imwrite(root / "masks" / "clip.tif", masks, photometric="minisblack", **written)
+    return root, frames, masks
+
+
 def test_a_stack_of_masks_beside_a_stack_of_frames_pairs_page_for_page(tmp_path: Path) -> None:
     """An ImageJ / tifffile stack of frames with its stack of masks (one mask page per frame page): each frame gets
     its own page's mask (every frame had been given page 0's: trained on the wrong masks without a word); a one-page
@@ -276,16 +291,7 @@ def test_a_stack_of_masks_beside_a_stack_of_frames_pairs_page_for_page(tmp_path:
     from medcad.data.datasets import read_sample_mask
     from medcad.data.layouts import load_manifest
 
-    rng = np.random.default_rng(3)
-    frames = rng.integers(0, 200, (5, 48, 40, 3), dtype=np.uint8)
-    masks = np.zeros((5, 48, 40), np.uint8)
-    for k in range(5):
-        masks[k, 2 + 9 * k : 8 + 9 * k, 5:20] = 255
-    root = tmp_path / "seq"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    tifffile.imwrite(root / "images" / "clip.tif", frames, photometric="rgb")
-    tifffile.imwrite(root / "masks" / "clip.tif", masks, photometric="minisblack")
+    root, frames, masks = _stacks(tmp_path)
     manifest = load_manifest(root)
     assert [manifest.frame(i) for i in range(len(manifest))] == [0, 1, 2, 3, 4]
     for i in range(5):
@@ -345,3 +351,22 @@ def test_a_dicom_cine_with_a_stack_of_masks_or_one_mask_for_every_frame(tmp_path
             assert np.array_equal(read_sample_mask(manifest, i), expected[manifest.frame(i)] > 0), (mask, i)
         shared = [n for n in manifest.notes if "one mask page for 4 pages of cine.dcm" in n]
         assert len(shared) == (mask == "one.png")
+
+
+def test_an_imagej_truncated_stack_is_read_frame_by_frame(tmp_path: Path) -> None:
+    """ImageJ writes a stack past 4 GiB with one IFD for every frame (tifffile with `truncate=True` too): read as
+    one page, all frames but the first had been left out without a word; now every frame is a row, and a truncated
+    mask stack beside it pairs frame for frame."""
+    from medcad.data.datasets import read_sample_mask
+    from medcad.data.layouts import load_manifest
+
+    root, frames, masks = _stacks(tmp_path, imagej=True, truncate=True)
+    assert image_pages(root / "images" / "clip.tif") == ([0, 1, 2, 3, 4], [])
+    manifest = load_manifest(root)
+    assert sorted(manifest.frame(i) for i in range(len(manifest))) == [0, 1, 2, 3, 4]
+    for i in range(5):
+        k = manifest.frame(i)
+        assert np.array_equal(read_image(manifest.image_path(i), k), frames[k])
+        assert np.array_equal(read_sample_mask(manifest, i), masks[k] > 0), k
+    with pytest.raises(DataError, match="has 5 page\\(s\\); page 5 does not exist"):
+        read_image(root / "images" / "clip.tif", 5)

@@ -62,7 +62,7 @@ def photometric(path: Path, page: int | None = None) -> int | None:
     no such page."""
     try:
         with _open(path) as tif:
-            return int(tif.pages[page or 0].photometric)
+            return int(tif.pages[min(page or 0, len(tif.pages) - 1)].photometric)
     except (PillowReads, IndexError):
         return None
 
@@ -100,16 +100,28 @@ def _open(source: Path | BinaryIO):
     return tif
 
 
+def _frames(tif) -> int:
+    """The images a TIFF holds: its pages, or an ImageJ "truncated" stack's frames (one IFD for every frame, as
+    ImageJ writes stacks past 4 GiB and tifffile with `truncate=True`: its metadata's `images`; read as one page, all
+    but the first frame had been left out without a word)."""
+    if tif.is_imagej and len(tif.pages) == 1 and tif.series:
+        n = int((tif.imagej_metadata or {}).get("images", 1) or 1)
+        if n > 1 and tif.series[0].shape[0] == n:
+            return n
+    return len(tif.pages)
+
+
 def _page(tif, path: Path, page: int | None, max_pixels: int):
-    """Page `page` (0 for None) of an open TiffFile, its size held to `max_pixels`.
+    """Page `page` (0 for None) of an open TiffFile (an ImageJ truncated stack's frames share its one page), its size
+    held to `max_pixels`.
 
     Raises:
         NoSuchFrame: the file has no such page; PageTooLarge: the page has more pixels than `max_pixels`.
     """
-    k, n = page or 0, len(tif.pages)
+    k, n = page or 0, _frames(tif)
     if not 0 <= k < n:
         raise NoSuchFrame(path, f"has {n} page(s); page {k} does not exist")
-    p = tif.pages[k]
+    p = tif.pages[min(k, len(tif.pages) - 1)]
     w, h = int(p.imagewidth), int(p.imagelength)
     if w * h > max_pixels:
         raise PageTooLarge(w * h, f"{w}x{h} " + (f"(page {k}) " if k else ""))
@@ -154,6 +166,8 @@ def pages(path: Path) -> tuple[list[int], list[int]]:
         PillowReads: tifffile cannot parse the file.
     """
     with _open(path) as tif:
+        if (n := _frames(tif)) > len(tif.pages):
+            return list(range(n)), []  # an ImageJ truncated stack
         images, thumbnails, first = [], [], tif.pages[0]
         for k, p in enumerate(tif.pages):
             small = 2 * p.imagewidth <= first.imagewidth and 2 * p.imagelength <= first.imagelength
@@ -234,7 +248,8 @@ def read_page(
             raise PillowReads(f"photometric interpretation {photometric}")
         try:
             TIFF.DECOMPRESSORS[p.compression]  # KeyError: a codec of imagecodecs', or unknown
-            arr = p.asarray()
+            k = page or 0
+            arr = p.asarray() if k < len(tif.pages) else np.array(tif.series[0].asarray(out="memmap")[k])
         except (KeyError, ImportError) as e:  # ImportError: Zstandard's module, Python 3.14's
             raise PillowReads(f"compression {p.compression!r}: {e}") from e
         except Exception as e:  # truncated strips, corrupt compressed data
