@@ -370,3 +370,21 @@ def test_an_imagej_truncated_stack_is_read_frame_by_frame(tmp_path: Path) -> Non
         assert np.array_equal(read_sample_mask(manifest, i), masks[k] > 0), k
     with pytest.raises(DataError, match="has 5 page\\(s\\); page 5 does not exist"):
         read_image(root / "images" / "clip.tif", 5)
+
+
+def test_a_hyperstacks_channels_beside_a_mask_per_time_point_are_named(tmp_path: Path) -> None:
+    """An ImageJ hyperstack of 5 time points x 2 channels (10 pages) beside 5 mask pages: refused (which channel
+    the masks belong to cannot be told), the message naming the channels."""
+    from medcad.data.datasets import read_sample_mask
+    from medcad.data.layouts import load_manifest
+
+    root = tmp_path / "hyper"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    frames = np.random.default_rng(6).integers(0, 255, (5, 2, 32, 24), dtype=np.uint8)
+    tifffile.imwrite(root / "images" / "clip.tif", frames, imagej=True, metadata={"axes": "TCYX"})
+    masks = np.zeros((5, 32, 24), np.uint8)
+    tifffile.imwrite(root / "masks" / "clip.tif", masks, imagej=True, metadata={"axes": "TYX"})
+    manifest = load_manifest(root)
+    with pytest.raises(DataError, match="an ImageJ hyperstack's 2 channels x 5 time points"):
+        read_sample_mask(manifest, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, image_pages, is_dicom
-from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, photometric
+from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, imagej_channels, is_tiff, photometric
 from medcad.errors import DataError
 
 MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
@@ -192,10 +192,18 @@ def sample_mask_pages(manifest, i: int) -> list[int | None]:
         if len(mask_pages) == 1:
             out.append(None)
         elif len(mask_pages) != len(image_pages_) or frame not in image_pages_:
+            channels = imagej_channels(image) if is_tiff(image) else 1
+            hyper = (
+                f" (its pages are an ImageJ hyperstack's {channels} channels x {len(image_pages_) // channels} "
+                "time points: save the channel the masks were drawn on as a stack of its own)"
+                if channels > 1 and len(image_pages_) == channels * len(mask_pages)
+                else ""
+            )
             raise DataError(
                 path,
-                f"has {len(mask_pages)} mask pages for the {len(image_pages_)} pages of its image {image}: which page "
-                "is whose mask cannot be told (give each page's mask its own file, or one page per image page)",
+                f"has {len(mask_pages)} mask pages for the {len(image_pages_)} pages of its image {image}{hyper}: "
+                "which page is whose mask cannot be told (give each page's mask its own file, or one page per image "
+                "page)",
             )
         else:
             out.append(mask_pages[image_pages_.index(frame)])

@@ -145,6 +145,16 @@ def page_size(path: Path, page: int | None, max_pixels: int) -> tuple[int, int, 
         return int(p.imagewidth), int(p.imagelength), orientation(p)
 
 
+def imagej_channels(path: Path) -> int:
+    """The channels of an ImageJ hyperstack (its metadata's `channels`: each time point's pages), 1 for any other
+    file."""
+    try:
+        with _open(path) as tif:
+            return int((tif.imagej_metadata or {}).get("channels", 1) or 1) if tif.is_imagej else 1
+    except PillowReads:
+        return 1
+
+
 def page_pixels(data: bytes, page: int) -> int | None:
     """The pixels of page `page` of a TIFF held in memory (page 0's where it has no such page: its read names
     that), from its header; None where tifffile cannot parse it."""
