@@ -370,6 +370,14 @@ def test_an_imagej_truncated_stack_is_read_frame_by_frame(tmp_path: Path) -> Non
         assert np.array_equal(read_sample_mask(manifest, i), masks[k] > 0), k
     with pytest.raises(DataError, match="has 5 page\\(s\\); page 5 does not exist"):
         read_image(root / "images" / "clip.tif", 5)
+    planes = np.random.default_rng(7).integers(0, 255, (4, 3, 16, 12), dtype=np.uint8)  # a truncated hyperstack
+    tifffile.imwrite(tmp_path / "tz.tif", planes, imagej=True, truncate=True, metadata={"axes": "TZYX"})
+    assert image_pages(tmp_path / "tz.tif") == (list(range(12)), [])
+    flat = planes.reshape(12, 16, 12)
+    assert all(np.array_equal(read_image(tmp_path / "tz.tif", k)[..., 0], flat[k]) for k in range(12))
+    one = np.random.default_rng(8).integers(0, 255, (48, 40, 3), dtype=np.uint8)  # a copied stack description
+    tifffile.imwrite(tmp_path / "one.tif", one, photometric="rgb", description="ImageJ=1.11a\nimages=48\n")
+    assert image_pages(tmp_path / "one.tif") == ([0], []) and np.array_equal(read_image(tmp_path / "one.tif"), one)
 
 
 def test_a_hyperstacks_channels_beside_a_mask_per_time_point_are_named(tmp_path: Path) -> None:
@@ -386,5 +394,5 @@ def test_a_hyperstacks_channels_beside_a_mask_per_time_point_are_named(tmp_path:
     masks = np.zeros((5, 32, 24), np.uint8)
     tifffile.imwrite(root / "masks" / "clip.tif", masks, imagej=True, metadata={"axes": "TYX"})
     manifest = load_manifest(root)
-    with pytest.raises(DataError, match="an ImageJ hyperstack's 2 channels x 5 time points"):
+    with pytest.raises(DataError, match="an ImageJ hyperstack's 2 channels x 5 frames"):
         read_sample_mask(manifest, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, image_pages, is_dicom
-from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, imagej_channels, is_tiff, photometric
+from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, imagej_hyperstack, is_tiff, photometric
 from medcad.errors import DataError
 
 MAX_LABEL_VALUES = 16  # a lossless mask with at most this many values is a label map: every non-zero value is lesion
@@ -192,11 +192,11 @@ def sample_mask_pages(manifest, i: int) -> list[int | None]:
         if len(mask_pages) == 1:
             out.append(None)
         elif len(mask_pages) != len(image_pages_) or frame not in image_pages_:
-            channels = imagej_channels(image) if is_tiff(image) else 1
+            planes = imagej_hyperstack(image) if is_tiff(image) else ""
             hyper = (
-                f" (its pages are an ImageJ hyperstack's {channels} channels x {len(image_pages_) // channels} "
-                "time points: save the channel the masks were drawn on as a stack of its own)"
-                if channels > 1 and len(image_pages_) == channels * len(mask_pages)
+                f" (its pages are an ImageJ hyperstack's {planes}: save the channel or slice the masks were drawn on "
+                "as a stack of its own)"
+                if planes
                 else ""
             )
             raise DataError(

@@ -58,8 +58,8 @@ STORED_MINISWHITE = "MINISWHITE TIFF read by its stored values (ImageJ's inverte
 
 
 def photometric(path: Path, page: int | None = None) -> int | None:
-    """A TIFF page's PhotometricInterpretation (page 0 for None), or None where tifffile cannot parse it or it has
-    no such page."""
+    """A TIFF page's PhotometricInterpretation (page 0 for None; the last page's beyond it, as an ImageJ truncated
+    stack's frames share its one page), or None where tifffile cannot parse it."""
     try:
         with _open(path) as tif:
             return int(tif.pages[min(page or 0, len(tif.pages) - 1)].photometric)
@@ -104,10 +104,9 @@ def _frames(tif) -> int:
     """The images a TIFF holds: its pages, or an ImageJ "truncated" stack's frames (one IFD for every frame, as
     ImageJ writes stacks past 4 GiB and tifffile with `truncate=True`: its metadata's `images`; read as one page, all
     but the first frame had been left out without a word)."""
-    if tif.is_imagej and len(tif.pages) == 1 and tif.series:
-        n = int((tif.imagej_metadata or {}).get("images", 1) or 1)
-        if n > 1 and tif.series[0].shape[0] == n:
-            return n
+    series = tif.series[0] if tif.is_imagej and len(tif.pages) == 1 and tif.series else None
+    if series is not None and series.kind == "imagej" and getattr(series, "is_truncated", False):
+        return int((tif.imagej_metadata or {}).get("images", 1) or 1)  # hyperstacks too: every plane a frame
     return len(tif.pages)
 
 
@@ -145,14 +144,18 @@ def page_size(path: Path, page: int | None, max_pixels: int) -> tuple[int, int, 
         return int(p.imagewidth), int(p.imagelength), orientation(p)
 
 
-def imagej_channels(path: Path) -> int:
-    """The channels of an ImageJ hyperstack (its metadata's `channels`: each time point's pages), 1 for any other
-    file."""
+def imagej_hyperstack(path: Path) -> str:
+    """An ImageJ hyperstack's planes in words ("2 channels x 5 frames"), where it has channels or slices beside its
+    frames; "" for any other file."""
     try:
         with _open(path) as tif:
-            return int((tif.imagej_metadata or {}).get("channels", 1) or 1) if tif.is_imagej else 1
+            meta = (tif.imagej_metadata or {}) if tif.is_imagej else {}
     except PillowReads:
-        return 1
+        return ""
+    axes = {k: int(meta.get(k, 1) or 1) for k in ("channels", "slices", "frames")}
+    if axes["channels"] == 1 and axes["slices"] == 1:
+        return ""
+    return " x ".join(f"{n} {k}" for k, n in axes.items() if n > 1)
 
 
 def page_pixels(data: bytes, page: int) -> int | None:
@@ -259,7 +262,10 @@ def read_page(
         try:
             TIFF.DECOMPRESSORS[p.compression]  # KeyError: a codec of imagecodecs', or unknown
             k = page or 0
-            arr = p.asarray() if k < len(tif.pages) else np.array(tif.series[0].asarray(out="memmap")[k])
+            if k < len(tif.pages):
+                arr = p.asarray()
+            else:  # a truncated ImageJ stack: its planes (channels, slices, frames in ImageJ's order) one after another
+                arr = np.array(tif.series[0].asarray(out="memmap").reshape(-1, *p.shape)[k])
         except (KeyError, ImportError) as e:  # ImportError: Zstandard's module, Python 3.14's
             raise PillowReads(f"compression {p.compression!r}: {e}") from e
         except Exception as e:  # truncated strips, corrupt compressed data
