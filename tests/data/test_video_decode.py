@@ -439,11 +439,15 @@ def test_dicom_pixels_that_are_not_square_are_said(tmp_path: Path) -> None:
     doppler.PhysicalDeltaY = 2.5
     tissue.PhysicalUnitsXDirection = tissue.PhysicalUnitsYDirection = 3
     tissue.PhysicalDeltaX, tissue.PhysicalDeltaY = 0.02, 0.01
+    spacing, measures = Dataset(), Dataset()
+    spacing.PixelSpacing = [0.3, 0.32]
+    measures.PixelMeasuresSequence = [spacing]
     for attrs, aspect in (
         ({"PixelAspectRatio": [15, 16]}, "16:15"),  # vertical \ horizontal size
         ({"PixelSpacing": [0.3, 0.32]}, "16:15"),  # row spacing \ column spacing
         ({"SequenceOfUltrasoundRegions": [doppler, tissue]}, "2:1"),
         ({"SequenceOfUltrasoundRegions": [doppler]}, None),
+        ({"SharedFunctionalGroupsSequence": [measures]}, "16:15"),  # an enhanced multi-frame object's
         ({"PixelSpacing": [0.3, 0.302]}, None),
         ({}, None),
     ):

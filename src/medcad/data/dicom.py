@@ -212,8 +212,8 @@ def _displayed(arr: np.ndarray, ds) -> np.ndarray:
 def pixel_aspect(ds) -> str | None:
     """A DICOM image's sample aspect ratio ("W:H", a pixel's width to its height) where its pixels are not square,
     else None: from Pixel Aspect Ratio (0028,0034; vertical \\ horizontal size), else Pixel Spacing (0028,0030; row
-    spacing \\ column spacing), else the first ultrasound region in cm's Physical Delta X / Y (PS3.3 C.8.5.5); square
-    within 1 %."""
+    spacing \\ column spacing; an enhanced multi-frame object's in its shared Pixel Measures), else the first
+    ultrasound region in cm's Physical Delta X / Y (PS3.3 C.8.5.5); square within 1 %."""
     from fractions import Fraction
 
     def ratio(vertical, horizontal) -> Fraction | None:
@@ -224,9 +224,11 @@ def pixel_aspect(ds) -> str | None:
         return Fraction(h / v) if v > 0 and h > 0 else None
 
     found = None
+    shared = ds.get("SharedFunctionalGroupsSequence") or [{}]  # enhanced multi-frame objects keep it there
+    measures = (shared[0].get("PixelMeasuresSequence") or [{}])[0]
     if len(values := list(ds.get("PixelAspectRatio") or [])) == 2:
         found = ratio(*values)
-    elif len(values := list(ds.get("PixelSpacing") or [])) == 2:
+    elif len(values := list(ds.get("PixelSpacing") or measures.get("PixelSpacing") or [])) == 2:
         found = ratio(*values)
     elif spatial := [r for r in ds.get("SequenceOfUltrasoundRegions") or [] if _in_cm(r)]:
         found = ratio(spatial[0].get("PhysicalDeltaY"), spatial[0].get("PhysicalDeltaX"))
