@@ -43,7 +43,6 @@ from medcad.data.tiff import (
     page_notes,
     page_size,
     pages,
-    photometric,
     pillow_miniswhite,
     read_page,
     unreadable_tiff,
@@ -308,8 +307,8 @@ def decode_pil(
     except PillowReads as why:
         try:
             arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page)
-            if photometric(path, page) == MINISWHITE:
-                arr = pillow_miniswhite(arr, as_stored)  # as tifffile's reading gives it
+            if why.photometric == MINISWHITE:  # as tifffile's reading gives it
+                arr = pillow_miniswhite(arr, as_stored)
             return arr, fmt, orientation
         except NoSuchFrame:
             raise

@@ -68,7 +68,12 @@ def photometric(path: Path, page: int | None = None) -> int | None:
 
 
 class PillowReads(Exception):
-    """A TIFF page left to Pillow: a compression tifffile decodes only with imagecodecs, or another colour space."""
+    """A TIFF page left to Pillow: a compression tifffile decodes only with imagecodecs, or another colour space;
+    `photometric`: the page's PhotometricInterpretation where its header was read (None where tifffile could not)."""
+
+    def __init__(self, why: str, photometric: int | None = None) -> None:
+        super().__init__(why)
+        self.photometric = photometric
 
 
 class PageTooLarge(Exception):
@@ -198,36 +203,38 @@ def page_notes(path: Path) -> tuple[list[str], np.dtype]:
     """
     with _open(path) as tif:
         p = tif.pages[0]
-        photometric = int(p.photometric)
-        if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE):
-            raise PillowReads(f"photometric interpretation {photometric}")  # CMYK, YCbCr, CIELab: Pillow's notes
+        photometric, colours = _colour_space(p)
         notes = [f"TIFF orientation {orientation(p)} applied"] if orientation(p) != 1 else []
         if photometric == MINISWHITE:
             notes.append("MINISWHITE: values inverted (0 is white)")
         if photometric == PALETTE:
             notes.append("palette colours")
-        colours = 3 if photometric == RGB else 1
-        notes += _extra_notes(int(p.samplesperpixel) - colours, _extra_kinds(p), keep_alpha=False)
+        if (extra := int(p.samplesperpixel) - colours) > 0:
+            alpha = _alpha_kind(p)
+            notes += ["colours divided by their premultiplied alpha"] if alpha == ASSOCIATED_ALPHA else []
+            notes += ["alpha channel dropped"] if alpha else []
+            notes += [f"{extra - bool(alpha)} extra sample(s) dropped"] if extra > bool(alpha) else []
         return notes, np.dtype(p.dtype) if p.dtype is not None else np.dtype(np.uint8)
 
 
-def _extra_kinds(p) -> tuple[int, ...]:
-    """A page's ExtraSamples (tag 338): 0 unspecified, 1 associated (premultiplied) alpha, 2 unassociated alpha; a
-    page with samples beyond its colours and no such tag has its first extra one as alpha, as Pillow reads it (RGBA
-    masks written without the tag)."""
-    kinds = tuple(int(k) for k in (p.extrasamples or ()))
-    return kinds or (UNASSOCIATED_ALPHA,)
+def _colour_space(p) -> tuple[int, int]:
+    """(PhotometricInterpretation, colour samples) of a page tifffile's reading here handles: grey, RGB or palette.
+
+    Raises:
+        PillowReads: another colour space (CMYK, YCbCr, CIELab: Pillow converts them as viewers do).
+    """
+    photometric = int(p.photometric)
+    if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE):
+        raise PillowReads(f"photometric interpretation {photometric}", photometric)
+    return photometric, 3 if photometric == RGB else 1
 
 
-def _extra_notes(extra: int, kinds: tuple[int, ...], keep_alpha: bool) -> list[str]:
-    if extra <= 0:
-        return []
-    alpha = bool(kinds) and kinds[0] in (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA)
-    notes = ["colours divided by their premultiplied alpha"] if alpha and kinds[0] == ASSOCIATED_ALPHA else []
-    if alpha:
-        notes.append("alpha channel " + ("kept" if keep_alpha else "dropped"))
-    others = extra - alpha
-    return notes + ([f"{others} extra sample(s) dropped"] if others > 0 else [])
+def _alpha_kind(p) -> int | None:
+    """The kind of a page's first extra sample where it is alpha (ExtraSamples, tag 338: ASSOCIATED_ALPHA,
+    premultiplied, or UNASSOCIATED_ALPHA; a page with samples beyond its colours and no such tag has it as alpha, as
+    Pillow reads it: RGBA masks written without the tag), None where it is something else (0, unspecified)."""
+    kind = int(p.extrasamples[0]) if p.extrasamples else UNASSOCIATED_ALPHA
+    return kind if kind in (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA) else None
 
 
 def read_page(
@@ -256,9 +263,7 @@ def read_page(
 
     with _open(path) as tif:
         p = _page(tif, path, page, max_pixels)
-        photometric = int(p.photometric)
-        if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE):
-            raise PillowReads(f"photometric interpretation {photometric}")
+        photometric, colours = _colour_space(p)
         try:
             TIFF.DECOMPRESSORS[p.compression]  # KeyError: a codec of imagecodecs', or unknown
             k = page or 0
@@ -267,10 +272,10 @@ def read_page(
             else:  # a truncated ImageJ stack: its planes (channels, slices, frames in ImageJ's order) one after another
                 arr = np.array(tif.series[0].asarray(out="memmap").reshape(-1, *p.shape)[k])
         except (KeyError, ImportError) as e:  # ImportError: Zstandard's module, Python 3.14's
-            raise PillowReads(f"compression {p.compression!r}: {e}") from e
+            raise PillowReads(f"compression {p.compression!r}: {e}", photometric) from e
         except Exception as e:  # truncated strips, corrupt compressed data
             if "imagecodecs" in str(e):
-                raise PillowReads(str(e)) from e
+                raise PillowReads(str(e), photometric) from e
             if "failed to read" in str(e) or "truncated" in str(e):
                 raise DataError(path, f"truncated TIFF: the file ends before its image data does ({e})") from e
             raise DataError(path, f"cannot decode its TIFF data ({type(e).__name__}: {e})") from e
@@ -279,11 +284,9 @@ def read_page(
             arr = np.moveaxis(arr, 0, -1)  # (C, H, W) planes -> (H, W, C)
         if arr.ndim not in (2, 3) or arr.shape[:2] != (int(p.imagelength), int(p.imagewidth)):
             raise DataError(path, f"TIFF page of shape {arr.shape}: not one image (a volume or a tiled depth)")
-        colours = 3 if photometric == RGB else 1
         if arr.ndim == 3 and arr.shape[2] > colours:
-            kinds = _extra_kinds(p)
-            alpha = bool(kinds) and kinds[0] in (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA)
-            if alpha and kinds[0] == ASSOCIATED_ALPHA:
+            alpha = _alpha_kind(p)
+            if alpha == ASSOCIATED_ALPHA:
                 arr = np.concatenate([_unpremultiplied(arr[..., :colours], arr[..., colours]), arr[..., colours:]], -1)
             arr = arr[..., : colours + 1] if keep_alpha and alpha else arr[..., :colours]
         if colours == 1 and arr.ndim == 3 and arr.shape[2] == 1:
@@ -302,8 +305,8 @@ def read_page(
 
 
 def pillow_miniswhite(arr: np.ndarray, as_stored: bool) -> np.ndarray:
-    """A MINISWHITE page as Pillow decoded it, made what `read_page` gives: Pillow inverts 8- and 1-bit samples but
-    not 16-bit ones (checked: Pillow 13, LZW)."""
+    """A MINISWHITE page as Pillow decoded it (`PillowReads.photometric`), made what `read_page` gives: Pillow
+    inverts 8- and 1-bit samples but not 16-bit ones (checked: Pillow 13, LZW)."""
     if arr.dtype == np.uint8:
         return 255 - arr if as_stored else arr
     return arr if as_stored else _inverted(arr, 16)
