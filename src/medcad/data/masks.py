@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil, image_pages, is_dicom
+from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.data.media import file_frames
 from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, imagej_hyperstack, is_tiff, photometric
 from medcad.errors import DataError
 
@@ -153,17 +154,12 @@ def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | No
 
 @functools.lru_cache(maxsize=4096)
 def _pages(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
-    p = Path(path)
-    if is_dicom(p):  # a multi-frame DICOM's frames are its pages
-        from medcad.data.dicom import read_header
-
-        return tuple(range(int(getattr(read_header(p), "NumberOfFrames", 1) or 1)))
-    return tuple(image_pages(p)[0])
+    return tuple(file_frames(Path(path))[0])
 
 
 def _image_pages_of(path: Path) -> tuple[int, ...]:
-    """The image pages of a file (`medcad.data.io.image_pages`, thumbnails left out; a DICOM's frames), read once per
-    file version; (0,) for a file that is not there (named where it is read)."""
+    """The image pages of a file (`medcad.data.media.file_frames`: thumbnails left out; a DICOM's frames), read once
+    per file version; (0,) for a file that is not there or holds no image (named where it is read)."""
     try:
         st = path.stat()
         return _pages(str(path.resolve()), st.st_size, st.st_mtime_ns)

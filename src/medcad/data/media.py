@@ -4,6 +4,7 @@ files, and the path patterns (`--pattern`) the folder readers and annotation rea
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, image_pages, is_dicom
@@ -82,6 +83,16 @@ def dicom_frames(path: Path) -> int:
     return int(getattr(ds, "NumberOfFrames", 1) or 1)
 
 
+def file_frames(path: Path) -> tuple[Sequence[int], list[int]]:
+    """(the frames or pages of a file that are images, its thumbnail pages): a multi-frame DICOM's frames, a TIFF's
+    pages (`medcad.data.io.image_pages`), an animation's frames; ([0], []) for a file of one image.
+
+    Raises:
+        DataError: a DICOM file that holds no image.
+    """
+    return (range(dicom_frames(path)), []) if is_dicom(path) else image_pages(path)
+
+
 def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
     """The PatientID (0010,0020) of each DICOM file among `images` (relative to `root`) that has one."""
     from medcad.data.dicom import read_header
@@ -112,18 +123,12 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
         named = row.get("frame")
         if p not in counted:
             try:
-                if is_dicom(p):
-                    counted[p] = (range(dicom_frames(p)), "frame", [])  # `in` a range: no scan per row
-                else:
-                    pages, thumbnails = image_pages(p)
-                    counted[p] = (pages, "page", thumbnails)
-                    problems += [
-                        (
-                            f"{row['image']}{FRAME_SEP}{k}",
-                            "a thumbnail page (reduced resolution): not an image of the set",
-                        )
-                        for k in thumbnails
-                    ]
+                frames, thumbnails = file_frames(p)  # a DICOM's in a range: `in` without a scan per row
+                counted[p] = (frames, "frame" if is_dicom(p) else "page", thumbnails)
+                problems += [
+                    (f"{row['image']}{FRAME_SEP}{k}", "a thumbnail page (reduced resolution): not an image of the set")
+                    for k in thumbnails
+                ]
             except DataError as e:
                 counted[p] = e
         if isinstance(counted[p], DataError):
