@@ -109,6 +109,10 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
                 break
             time.sleep(0.1)
         assert said["status"] == "done" and said["summary"]["dropped_frames"][0]["frame"] == 5, said
+        # the frames decoded from frame 5 up to the next key frame are dropped too (concealed by the decoder)
+        dropped = [d["frame"] for d in said["summary"]["dropped_frames"]]
+        concealed = [d["frame"] for d in said["summary"]["dropped_frames"] if d["concealed"]]
+        assert dropped == [5, *concealed] and concealed == list(range(6, 6 + len(concealed))), said
         assert said["summary"]["smooth"] == 5
 
         call(page.base, "POST", f"/session/{page.session}/window/rect", {"width": 420, "height": 900})
@@ -116,11 +120,14 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
         _wait(page, "return !/loading/.test(document.querySelector('#cardbody').textContent);")
         upload(page, clip)
         got = _wait(page, TIMELINE)
-        expected = sorted([(f["frame"], f["smoothed"]) for f in said["frames"]] + [(5, "not decoded")])
-        assert [tuple(c) for c in got["cells"]] == expected and got["hatched"] == [5], got
+        expected = sorted([(f["frame"], f["smoothed"]) for f in said["frames"]] + [(d, "not decoded") for d in dropped])
+        assert [tuple(c) for c in got["cells"]] == expected and got["hatched"] == dropped, got
         assert got["intervals"] == _expected_intervals(said["frames"], said["summary"]["source_fps"]), (got, said)
         assert "1 frame could not be decoded (frame 5)" in got["extra"], got
-        assert any(t.startswith("not decoded: 1 frame") for t in got["legend"]), got
+        if concealed:
+            n = len(concealed)
+            assert f"{n} frame{'s' * (n > 1)} decoded from a lost or damaged frame (concealed" in got["extra"], got
+        assert any(t.startswith(f"not decoded: {len(dropped)} frame") for t in got["legend"]), got
         assert got["page"] <= 420 and got["strip"] > 300, got  # the strip spans the card, nothing scrolls sideways
         _click(page, ".strip .cell:nth-child(3)")
         third = said["frames"][2]

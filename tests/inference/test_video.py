@@ -28,12 +28,14 @@ def make_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
 
 
 def make_damaged_vfr_video(path: Path, frames: list[np.ndarray], times_ms: list[int], damaged: int) -> Path:
-    """An MPEG-4 clip with the given frame times whose frame `damaged` holds random bytes."""
+    """An MPEG-4 clip with the given frame times, a key frame at least every 6 (and where the picture changes),
+    whose frame `damaged` holds random bytes."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=25)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt, stream.bit_rate = "yuv420p", 2_000_000
         stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        stream.gop_size = 6
         for rgb, t in zip(frames, times_ms, strict=True):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = t, Fraction(1, 1000)
@@ -72,27 +74,43 @@ def test_frames_and_video_prediction(tiny_run: Path, easy_set: Path, tmp_path: P
     cap = cv2.VideoCapture(summary["annotated"])
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 32
 
-    # one damaged frame of a variable-frame-rate clip: skipped and listed, every frame after it predicted
+    # one damaged frame of a variable-frame-rate clip: skipped and listed, and so are the frames decoded from it up
+    # to the next key frame (the decoder conceals the loss); every frame from the key frame on predicted
     times = [0, 40, 100, 120, 300, 333, 400, 700, 720, 1000, 1010, 1500]
     damaged = make_damaged_vfr_video(tmp_path / "damaged.mp4", images[: len(times)], times, damaged=4)
+    with av.open(str(damaged)) as clip:  # no B frames: packets in frame order
+        key = next(i for i, p in enumerate(p for p in clip.demux(video=0) if p.size) if i > 4 and p.is_keyframe)
+    gone = [4, *range(5, key)]
+    assert len(gone) > 1
     res = runner.invoke(app, ["data", "frames", str(damaged), "--every", "1", "--out", str(tmp_path / "dframes")])
     assert res.exit_code == 0, res.output
     assert "1 frame(s) not decodable, skipped: 4 (0.300 s)" in res.output
+    assert f"{len(gone) - 1} frame(s) decoded from a lost or damaged frame (concealed by the decoder" in res.output
     rows = list(csv.DictReader(open(tmp_path / "dframes" / "manifest.csv")))
-    assert [float(r["time_s"]) for r in rows] == [t / 1000 for i, t in enumerate(times) if i != 4]
+    assert [float(r["time_s"]) for r in rows] == [t / 1000 for i, t in enumerate(times) if i not in gone]
     res = runner.invoke(app, ["predict", str(tiny_run), str(damaged), "--out", str(tmp_path / "dpred"), "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)[0]
-    assert summary["frames_predicted"] == len(times) - 1 and summary["frames_in_video"] == len(times)
-    assert summary["frames_dropped"] == 1
-    assert summary["dropped_frames"] == [{"frame": 4, "time_s": 0.3, "reason": "could not be decoded"}]
+    assert summary["frames_predicted"] == len(times) - len(gone) and summary["frames_in_video"] == len(times)
+    assert summary["frames_dropped"] == len(gone)
+    assert summary["dropped_frames"][0] == {
+        "frame": 4,
+        "time_s": 0.3,
+        "reason": "could not be decoded",
+        "concealed": False,
+    }
+    assert [d["frame"] for d in summary["dropped_frames"][1:]] == gone[1:]
+    assert all(
+        d["concealed"] and d["reason"].startswith("decoded from frame 4, lost or damaged")
+        for d in summary["dropped_frames"][1:]
+    )
     per_frame = list(csv.DictReader(open(summary["csv"])))
-    assert [int(r["frame"]) for r in per_frame] == [i for i in range(len(times)) if i != 4]
-    assert [float(r["time_s"]) for r in per_frame] == [t / 1000 for i, t in enumerate(times) if i != 4]
+    assert [int(r["frame"]) for r in per_frame] == [i for i in range(len(times)) if i not in gone]
+    assert [float(r["time_s"]) for r in per_frame] == [t / 1000 for i, t in enumerate(times) if i not in gone]
     with av.open(summary["annotated"]) as annotated:  # each frame at its source time (it had been a constant rate)
         assert annotated.streams.video[0].codec_context.name == "h264"  # browsers play it (tests/report)
         shown = [round(float(f.time) * 1000) for f in annotated.decode(video=0)]
-    assert shown == [t for i, t in enumerate(times) if i != 4]
+    assert shown == [t for i, t in enumerate(times) if i not in gone]
 
 
 def test_undecodable_video_is_named(tiny_run: Path, tmp_path: Path) -> None:

@@ -327,12 +327,10 @@ def _echo_video(v: dict) -> None:
         f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
         f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
     )
-    lost = v.get("dropped_frames") or []
-    if lost:
-        at = [f" ({d['time_s']:.2f} s)" if d.get("time_s") is not None else "" for d in lost[:10]]
-        shown = ", ".join(f"{d['frame']}{t}" for d, t in zip(lost[:10], at, strict=True))
-        more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
-        typer.echo(f"warning: {v['video']}: {len(lost)} frame(s) could not be decoded and were skipped: {shown}{more}")
+    from medcad.data.frames import dropped_notes
+
+    for line in dropped_notes(v["video"], v.get("dropped_frames") or []):
+        typer.echo(f"warning: {line}")
     skipped = v.get("skipped_frames") or []
     if skipped:
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""

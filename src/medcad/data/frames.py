@@ -23,6 +23,25 @@ class DroppedFrame:
     index: int
     time_s: float | None
     reason: str
+    concealed: bool = False  # decoded, but from a lost or damaged frame (`medcad.data.references`)
+
+
+def concealed_reason(source: tuple[int, int | None]) -> str:
+    """Why a frame decoded from a lost or damaged one is dropped; `source`: the damage's (decode index, frame index)
+    from `medcad.data.references.ReferenceChain.source` (decode index -1: the recording's start)."""
+    decoded, frame = source
+    if decoded < 0:
+        return "decoded before its recording's first key frame: it refers to frames not in the file"
+    if frame is None:
+        return (
+            "decoded after a frame the decoder reported an error for (the decoder conceals it: not the recorded "
+            "picture; clean again from the next key frame)"
+        )
+    source = frame
+    return (
+        f"decoded from frame {source}, lost or damaged (the decoder conceals it: not the recorded picture; clean "
+        "again from the next key frame)"
+    )
 
 
 @dataclass
@@ -58,7 +77,10 @@ class DecodeReport:
         return {
             "frames_decoded": self.frames_decoded,
             "frames_dropped": self.frames_dropped,
-            "dropped_frames": [{"frame": d.index, "time_s": d.time_s, "reason": d.reason} for d in self.dropped],
+            "dropped_frames": [
+                {"frame": d.index, "time_s": d.time_s, "reason": d.reason, "concealed": d.concealed}
+                for d in self.dropped
+            ],
             "truncated": self.truncated is not None,
             "truncation": self.truncated,
             "rotation": self.rotation,
@@ -75,13 +97,8 @@ class DecodeReport:
 
 def decode_notes(decoded: dict) -> list[str]:
     """One console line per problem in a `DecodeReport.as_dict` (with `video`), e.g. a frame folder's decode.json."""
-    video, dropped, out = decoded["video"], decoded["dropped_frames"], []
-    if dropped:
-        shown = ", ".join(
-            f"{d['frame']}" + (f" ({d['time_s']:.3f} s)" if d["time_s"] is not None else "") for d in dropped[:10]
-        )
-        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
-        out.append(f"{video}: {len(dropped)} frame(s) not decodable, skipped: {shown}{more}")
+    video = decoded["video"]
+    out = dropped_notes(video, decoded["dropped_frames"])
     if decoded["truncation"]:
         out.append(f"{video}: truncated ({decoded['truncation']}); the frames before the cut were read")
     if decoded["rotation"] or decoded.get("mirrored"):
@@ -94,6 +111,24 @@ def decode_notes(decoded: dict) -> list[str]:
         out.append(restart_note(video, decoded["time_restarts"]))
     if decoded.get("sample_aspect_ratio"):
         out.append(aspect_note(video, decoded["sample_aspect_ratio"]))
+    return out
+
+
+def dropped_notes(video: str, dropped: list[dict]) -> list[str]:
+    """A line for the frames not decodable and one for those decoded from a lost or damaged frame, among a video's
+    `dropped_frames` ({frame, time_s, reason, concealed}); the first ten of each named with their times."""
+    out = []
+    concealed = [d for d in dropped if d.get("concealed")]
+    for group, what in (
+        ([d for d in dropped if not d.get("concealed")], "not decodable"),
+        (concealed, "decoded from a lost or damaged frame (concealed by the decoder, not the recorded picture)"),
+    ):
+        if group:
+            shown = ", ".join(
+                f"{d['frame']}" + (f" ({d['time_s']:.3f} s)" if d.get("time_s") is not None else "") for d in group[:10]
+            )
+            more = f" and {len(group) - 10} more" if len(group) > 10 else ""
+            out.append(f"{video}: {len(group)} frame(s) {what}, skipped: {shown}{more}")
     return out
 
 

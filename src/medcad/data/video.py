@@ -1,5 +1,6 @@
-"""Video frames through a real demuxer (PyAV): damaged frames skipped and reported, presentation times, rotation
-applied, truncated files read up to the cut; sharpness (variance of the Laplacian); frame extraction for labelling.
+"""Video frames through a real demuxer (PyAV): damaged frames, and frames decoded from them, skipped and reported;
+presentation times, rotation applied, truncated files read up to the cut; sharpness (variance of the Laplacian);
+frame extraction for labelling.
 
     with VideoReader("clip.mp4") as video:
         for f in video.frames(every=10):  # f.index, f.time_s, f.rgb (H, W, 3), upright
@@ -9,6 +10,7 @@ applied, truncated files read up to the cut; sharpness (variance of the Laplacia
 
 from __future__ import annotations
 
+import bisect
 import csv
 import heapq
 import io
@@ -16,19 +18,35 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 
 from medcad.atomic import atomic_write_text
-from medcad.data.frames import DecodeReport, DroppedFrame, Frame
+from medcad.data.frames import DecodeReport, DroppedFrame, Frame, concealed_reason
 from medcad.data.io import is_dicom
+from medcad.data.references import ReferenceChain
 from medcad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from medcad.data.cine import DicomCine
+
+
+HOLD = 32  # frames held at most for the packets decoded before them (H.264 / HEVC reorder at most 16)
+
+
+class _Held(NamedTuple):
+    """A frame that came out, waiting to be judged (`ReferenceChain.source`)."""
+
+    part: int  # its timeline
+    decoded: int | None  # its packet's decode index (None: not known)
+    pts: int | None
+    index: int
+    time_s: float | None
+    frame: av.VideoFrame
 
 
 def sharpness(rgb: np.ndarray) -> float:
@@ -41,9 +59,11 @@ class VideoReader:
     """Decode the first video stream of a file, frame by frame, in presentation order.
 
     A frame whose packet the demuxer marks damaged, that the decoder rejects or flags corrupt, or that never comes
-    out of the decoder is skipped and listed in `report.dropped` (with its index and time): the frames after it are
-    still read. A file that ends before its header says (recording cut off, copy interrupted) is read up to the cut
-    and `report.truncated` says why it is taken to be truncated.
+    out of the decoder is skipped and listed in `report.dropped` (with its index and time), and so are the frames
+    decoded from it up to the next key frame (decoders conceal a lost reference without a word:
+    `medcad.data.references`): the frames after those are still read. A file that ends before its header says
+    (recording cut off, copy interrupted) is read up to the cut and `report.truncated` says why it is taken to be
+    truncated.
 
     Raises:
         DataError: the file is missing, is not a video, or has no video stream.
@@ -70,14 +90,18 @@ class VideoReader:
             self._container.close()
             raise DataError(self.path, "cannot decode this video: it has no video stream")
         self._stream = self._container.streams.video[0]
-        if self._stream.codec_context.codec.intra_only:
+        self._intra = self._stream.codec_context.codec.intra_only  # every frame a key frame (MJPEG, ProRes, ...)
+        if self._intra:
             # a damaged frame of an intra-only codec (MJPEG: each frame a JPEG) is an error, not a picture: one with
             # 100 bytes zeroed decoded as a smear, predicted like any other (FFmpeg only logged it); now it is
             # dropped and named. Not for inter codecs (H.264, MPEG-4): there every frame up to the next key frame
             # that refers to a damaged one would fail too, where concealment keeps them.
             self._stream.codec_context.options = {"err_detect": "bitstream+buffer+explode"}
         if threads:
-            self._stream.thread_type = "AUTO"  # frame threads: errors surface late, but drops are found by timestamp
+            # slice threads, not frame threads: with frame threads an error surfaces packets later, FFmpeg's H.264
+            # decoder flags a damaged frame corrupt or not by chance, and drops the good frames before an error at
+            # the end; no faster on two cores (720p H.264: 886 frames/s slice, 698 frame, 680 one thread)
+            self._stream.thread_type = "SLICE"
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else 25.0
         # AVI holds no presentation times: FFmpeg makes packet timestamps up in decoding order, so where a codec
@@ -133,66 +157,102 @@ class VideoReader:
             return
         report = self.report
         parts: list[list[int]] = [[]]  # per timeline: timestamps of packets whose frame has not come out yet (heaps)
-        damaged: set[tuple[int, int]] = set()  # (part, timestamp)
-        lost: dict[tuple[int, int], DroppedFrame] = {}  # frames given up on, in case one comes out after all
+        chains = [ReferenceChain()]  # per timeline: its frames in decode order, the damage and key frames among them
+        damaged: dict[tuple[int, int], str] = {}  # (part, timestamp) -> why the frame is damaged
+        lost: dict[
+            tuple[int, int], tuple[DroppedFrame, int | None]
+        ] = {}  # given up on, in case one comes out after all
+        held: list[_Held] = []  # frames waiting for the packets decoded before them, in frame order
         index, packets, last_end, last_dts = 0, 0, None, None
         part, last_pts, offset, last_time = 0, None, 0.0, None  # the timeline frames come out of, and its shift
 
         def time(pts: int | None) -> float | None:  # seconds from the first part's start, parts one after another
             return None if pts is None else self._time(pts) + offset
 
-        for packet, decoded in self._decoded_packets():
+        def declare_lost(k: int, pts: int, time_s: float | None) -> None:
+            d = chains[k].lose(pts, index)
+            lost[k, pts] = self._drop(index, time_s, "could not be decoded"), d
+
+        for packet, decoded, failed in self._decoded_packets():
             if packet is not None and (packet.size or packet.pts is not None):  # not the final flush packet
                 packets += 1
                 if packet.size and packet.dts is not None:
                     if last_dts is not None and self._restarts(packet, last_dts):  # a new timeline
                         parts.append([])
+                        chains.append(ReferenceChain())
                     last_dts = packet.dts
-                if packet.size and packet.pts is not None and not packet.is_discard:
-                    # (a discarded packet is decoded only as a reference of frames shown after it: a clip cut by
-                    # stream copy at a frame that is not a key frame starts from the key frame before the cut)
+                # (a discarded packet is decoded only as a reference of frames shown after it: a clip cut by stream
+                # copy at a frame that is not a key frame starts from the key frame before the cut)
+                shown = packet.pts is not None and not packet.is_discard
+                if packet.size:
+                    chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown)
+                if packet.size and shown:
                     heapq.heappush(parts[-1], packet.pts)
                     last_end = packet.pts + (packet.duration or 0)
                     if packet.is_corrupt:
-                        damaged.add((len(parts) - 1, packet.pts))
+                        damaged[len(parts) - 1, packet.pts] = "damaged in the file (incomplete or corrupt packet)"
+                    elif failed:  # its frame may still come out (reordered), concealed and not flagged
+                        damaged[len(parts) - 1, packet.pts] = "decoded with errors (the decoder reported one)"
             for frame in decoded:  # a packet that failed to decode gave none: found missing below, by timestamp
                 pts = frame.pts
                 if pts is not None and last_pts is not None and pts < last_pts and part + 1 < len(parts):
                     for gone_pts in sorted(parts[part]):  # the next timeline's frames begin: these never came out
-                        self._drop(index, time(gone_pts), "could not be decoded")
+                        declare_lost(part, gone_pts, time(gone_pts))
                         index += 1
+                    chains[part].finish()
                     part, last_pts = part + 1, None
                     offset = (last_time or 0.0) + 1.0 / self.fps - self._time(pts)  # on from the part before
                     report.restarts.append(index)
-                pending = parts[part]
+                pending, chain = parts[part], chains[part]
                 while pending and pts is not None and pending[0] < pts:  # output is in pts order: these are lost
                     gone_pts = heapq.heappop(pending)
-                    lost[part, gone_pts] = self._drop(index, time(gone_pts), "could not be decoded")
+                    declare_lost(part, gone_pts, time(gone_pts))
                     index += 1
                 if pts is not None and (part, pts) in lost:  # late after all (a decoder's reorder delay grew)
-                    gone = lost.pop((part, pts))
+                    gone, d = lost.pop((part, pts))
                     report.dropped.remove(gone)
+                    chain.withdraw(d)
                     at = gone.index
                 else:
                     if pending and pending[0] == pts:
                         heapq.heappop(pending)
+                    d = chain.settle(pts)
                     at, index = index, index + 1
                 if pts is not None:
                     last_pts, last_time = pts if last_pts is None else max(pts, last_pts), time(pts)
                 if pts is not None and (part, pts) in damaged:
-                    self._drop(at, time(pts), "damaged in the file (incomplete or corrupt packet)")
+                    chain.damaged(d, at)
+                    self._drop(at, time(pts), damaged[part, pts])
                 elif frame.is_corrupt:
+                    chain.damaged(d, at)
                     self._drop(at, time(pts), "decoded with errors (corrupt frame)")
                 else:
-                    report.frames_decoded += 1
-                    if at % every == 0:
-                        yield self._frame(frame, at, time(pts))
+                    if self._intra or (frame.key_frame and frame.pict_type == PictureType.I):
+                        chain.recovered(d, pts)
+                    bisect.insort(held, _Held(part, d, pts, at, time(pts), frame), key=lambda f: f.index)
+                yield from self._release(held, chains, every)
         for k in range(part, len(parts)):  # packets after the last frame that came out
             for pts in sorted(parts[k]):
-                self._drop(index, None if k > part else time(pts), "could not be decoded")
+                declare_lost(k, pts, None if k > part else time(pts))
                 index += 1
+            chains[k].finish()
+        yield from self._release(held, chains, every, final=True)
         if report.truncated is None:
             report.truncated = self._truncation(packets, None if report.restarts else last_end)
+
+    def _release(self, held: list[_Held], chains: list[ReferenceChain], every: int, final: bool = False):
+        """Pass on (every `every`-th) or drop the frames held, in the order they came out, as far as they can be
+        judged: once every packet decoded before a frame has come out or been declared lost (`final`: all), or when
+        more than `HOLD` wait (a timestamp far off that never comes out: judged on the damage known)."""
+        while held and (final or len(held) > HOLD or chains[held[0].part].settled_before(held[0].decoded)):
+            f = held.pop(0)
+            source = chains[f.part].source(f.decoded, f.pts)
+            if source is None:
+                self.report.frames_decoded += 1
+                if f.index % every == 0:
+                    yield self._frame(f.frame, f.index, f.time_s)
+            else:
+                self._drop(f.index, f.time_s, concealed_reason(source), concealed=True)
 
     def _restarts(self, packet: av.Packet, last_dts: int) -> bool:
         """Whether a packet starts a new timeline: its decode timestamp goes back by more than two frames, at a key
@@ -200,10 +260,11 @@ class VideoReader:
         within one timeline, not a new one: one packet a tick back had made 51 frames 'undecodable')."""
         return packet.is_keyframe and (last_dts - packet.dts) * self._tb > 2.0 / self.fps
 
-    def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame]]]:
-        """(packet, the frames its decoding gave) in file order, ending with (None, the frames the decoder still
-        held) when the container cannot be read on (`report.truncated` says where). A packet that fails to decode
-        gives no frames: the callers find them missing."""
+    def _decoded_packets(self) -> Iterator[tuple[av.Packet | None, list[av.VideoFrame], bool]]:
+        """(packet, the frames its decoding gave, whether the decoder reported an error decoding it) in file order,
+        ending with (None, the frames the decoder still held, False) when the container cannot be read on
+        (`report.truncated` says where). A packet that fails to decode gives no frames: the callers find them
+        missing; its frame may still come out later (reordered), concealed and not flagged."""
         demux = self._container.demux(self._stream)
         read = 0
         while True:
@@ -217,16 +278,16 @@ class VideoReader:
             if packet is not None and (packet.size or packet.pts is not None):
                 read += 1
             try:
-                decoded = self._stream.decode(packet)
+                decoded, failed = self._stream.decode(packet), False
             except av.error.FFmpegError:
-                decoded = []
-            yield packet, decoded
+                decoded, failed = [], True
+            yield packet, decoded, failed
             if packet is None:
                 return
 
-    def _drop(self, index: int, time_s: float | None, reason: str) -> DroppedFrame:
-        dropped = DroppedFrame(index, None if time_s is None else round(time_s, 6), reason)
-        self.report.dropped.append(dropped)
+    def _drop(self, index: int, time_s: float | None, reason: str, concealed: bool = False) -> DroppedFrame:
+        dropped = DroppedFrame(index, None if time_s is None else round(time_s, 6), reason, concealed)
+        bisect.insort(self.report.dropped, dropped, key=lambda f: f.index)  # in frame order, as judged or not
         return dropped
 
     def _frames_in_output_order(self, every: int) -> Iterator[Frame]:
@@ -235,14 +296,26 @@ class VideoReader:
         report = self.report
         report.times_from = "frame rate (AVI holds no presentation times)"
         index, packets, last_end, waiting = 0, 0, None, 0
-        for packet, decoded in self._decoded_packets():
+        chain = ReferenceChain()  # in output order: a frame shown before a damaged one it was decoded from is missed
+        for packet, decoded, failed in self._decoded_packets():
+            if failed:  # a frame not out yet is damaged: those after it, in output order, up to a key frame too
+                chain.damaged(chain.decoded - 1, None)
             if packet is not None and packet.size:
                 packets, waiting = packets + 1, waiting + 1
                 last_end = None if packet.pts is None else packet.pts + (packet.duration or 0)
             for frame in decoded:
                 at, index, waiting = index, index + 1, waiting - 1
+                d = chain.packet(at)
+                chain.settle(at)
                 if frame.is_corrupt:
+                    chain.damaged(d, at)
                     self._drop(at, at / self.fps, "decoded with errors (corrupt frame)")
+                    continue
+                if self._intra or (frame.key_frame and frame.pict_type == PictureType.I):
+                    chain.recovered(d, at)
+                source = chain.source(d, at)
+                if source is not None:
+                    self._drop(at, at / self.fps, concealed_reason(source), concealed=True)
                     continue
                 report.frames_decoded += 1
                 if at % every == 0:

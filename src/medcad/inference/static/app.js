@@ -295,9 +295,15 @@ function showVideo(li, name, s) {
   const notes = [`${s.summary.frames_predicted} frames (${secs(duration, digits)} s) predicted at ` +
     `${s.summary.frames_per_s.toFixed(1)} frames/s; colours and intervals: each frame's decision smoothed over ` +
     `up to ${s.summary.smooth} frames (it and those before it)`];
-  if (s.summary.frames_dropped) {
-    notes.push(`${s.summary.frames_dropped} frame${s.summary.frames_dropped === 1 ? "" : "s"} could not be decoded ` +
-      `(frame ${s.summary.dropped_frames.map((d) => d.frame).join(", ")}): no decision, hatched on the timeline`);
+  const dropped = s.summary.dropped_frames || [];
+  for (const [group, what] of [
+    [dropped.filter((d) => !d.concealed), "could not be decoded"],
+    [dropped.filter((d) => d.concealed), "decoded from a lost or damaged frame (concealed by the decoder)"],
+  ]) {
+    if (group.length) {
+      notes.push(`${group.length} frame${group.length === 1 ? "" : "s"} ${what} ` +
+        `(frame ${group.map((d) => d.frame).join(", ")}): no decision, hatched on the timeline`);
+    }
   }
   if (s.summary.truncated) notes.push(`the file is truncated: ${s.summary.truncation}`);
   $(".extra", li).textContent = notes.join(" · ");
