@@ -2,7 +2,8 @@
 word): a generated test over codecs that reorder frames (H.264 with x264's 3 B frames and pyramid, MPEG-2 and MPEG-4
 I-B-B-P), containers, key frame intervals, frame threads, which packet is cut short and by how much. Every frame
 passed on must be the picture the undamaged file decodes to, bit for bit; every frame is passed on or named; none
-decoded before the damage is dropped, nor any shown from the key frame after the last frame named lost or damaged."""
+decoded before the damage is dropped, nor any shown from the key frame after the last frame named lost or damaged,
+nor any but itself for a damaged MPEG-2 / MPEG-4 B frame (no frame refers to it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +108,26 @@ def test_no_frame_decoded_from_a_lost_one_passes(
         assert after <= passed.keys(), f"frames from the key frame on dropped: {sorted(after - passed.keys())}"
     concealed = [d for d in video.report.dropped if d.concealed]
     assert all(d.reason.startswith(("decoded from frame", "decoded before")) for d in concealed)
+    with av.open(str(clean)) as clip:
+        kind = {f.pts: f.pict_type for f in clip.decode(video=0)}[packets[lost][0]]
+    if codec != "libx264" and kind == PictureType.B:  # no MPEG-2 / MPEG-4 frame refers to a B frame: it costs itself
+        assert not concealed and named == [shown_at[packets[lost][0]]], video.report.dropped
+
+
+@pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV build has no libx264 encoder")
+def test_an_h264_frame_no_frame_refers_to_costs_only_itself(tmp_path: Path) -> None:
+    """x264's B frames with nal_ref_idc 0 (its pyramid keeps the middle one as a reference): cut short, each costs
+    only itself; a referenced one costs the frames decoded after it up to the key frame."""
+    clean = encode(tmp_path / "clean.mp4", "libx264", 50)
+    with av.open(str(clean)) as clip:
+        stream = clip.streams.video[0]
+        first = [bytes(p)[4] for p in clip.demux(stream) if p.size]  # x264's MP4: a frame's first NAL unit header
+    slices = [i for i, h in enumerate(first) if h & 0x1F == 1]  # non-IDR slices
+    unreferenced = next(i for i in slices if not first[i] & 0x60)  # nal_ref_idc 0
+    referenced = next(i for i in slices if first[i] & 0x60)
+    for k, refers in ((unreferenced, False), (referenced, True)):
+        cut_packet(clean, tmp_path / "damaged.mp4", k, 0.3)
+        with VideoReader(tmp_path / "damaged.mp4") as video:
+            list(video.frames())
+        concealed = [d.index for d in video.report.dropped if d.concealed]
+        assert bool(concealed) == refers and len(video.report.dropped) > 0, (k, video.report.dropped)

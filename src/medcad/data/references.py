@@ -20,9 +20,10 @@ came out 47-54 of 255 grey levels off the recorded pictures). `ReferenceChain` t
   after it have gone to the decoder, or the timeline has ended.
 
 The start of a timeline counts as damage until its first key frame (a recording started between key frames refers
-to frames that are not in the file). Which frames a frame really refers to is in the bitstream, not here: a lost
-frame that nothing refers to (a disposable B frame) still costs the frames after it, named; no frame decoded from
-a lost one is passed on as clean.
+to frames that are not in the file). A lost or damaged frame that no frame refers to, as its bitstream says
+(`disposable`: an H.264 frame with nal_ref_idc 0, an MPEG-2 or MPEG-4 B frame), costs only itself; which frames
+the others refer to is not read (HEVC, VP9, AV1: every frame counts as referenced): such a loss costs the frames
+after it up to the key frame, named, and no frame decoded from a lost one is passed on as clean.
 """
 
 from __future__ import annotations
@@ -74,12 +75,16 @@ class ReferenceChain:
             self._done(d)
         return d
 
-    def lose(self, pts: int, frame: int) -> int | None:
+    def lose(self, pts: int, frame: int, referenced: bool = True) -> int | None:
         """The frame of `pts` (video frame `frame`) is declared lost: its decode index. Frames decoded after it wait
-        until `CONFIRM` more packets have gone to the decoder (or `finish`), in case it comes out late."""
+        until `CONFIRM` more packets have gone to the decoder (or `finish`), in case it comes out late; with
+        `referenced` False (no frame refers to it: `disposable`) they are not decoded from it."""
         d = self._take(pts)
         if d is None:
             return None
+        if not referenced:
+            self._done(d)
+            return d
         self.damaged(d, frame)
         if d + CONFIRM <= self._count - 1:
             self._done(d)
@@ -151,3 +156,52 @@ class ReferenceChain:
             if pts is None or shown is None or shown <= pts:
                 return None
         return self._damage[i - 1]
+
+
+def disposable(codec: str, data: bytes | memoryview, extradata: bytes | None = None) -> bool:
+    """Whether no other frame refers to the frame coded in `data` (a packet of `codec`, FFmpeg's name), as its
+    bitstream says: an H.264 access unit whose slices all have nal_ref_idc 0 (ITU-T H.264 7.4.1: not used for
+    inter prediction), an MPEG-2 B picture (ISO/IEC 13818-2 6.3.9, picture_coding_type 3) or an MPEG-4 Part 2
+    B-VOP (ISO/IEC 14496-2 6.3.5, vop_coding_type 2), never references. The loss of such a frame costs only itself.
+    False where it cannot be told (other codecs; no slice or picture header found; headers that do not parse).
+    `extradata`: the stream's (H.264 in MP4 / Matroska: avcC, giving the NAL length size; else Annex B)."""
+    view = memoryview(data).cast("B")
+    if codec == "h264":
+        return _h264_unreferenced(view, extradata)
+    if codec in ("mpeg2video", "mpeg1video"):
+        types = [(view[i + 5] >> 3) & 7 for i in _start_codes(view, 0x00) if i + 5 < len(view)]
+        return bool(types) and all(t == 3 for t in types)
+    if codec == "mpeg4":
+        types = [view[i + 4] >> 6 for i in _start_codes(view, 0xB6) if i + 4 < len(view)]
+        return bool(types) and all(t == 2 for t in types)
+    return False
+
+
+def _start_codes(view: memoryview, code: int) -> list[int]:
+    """Offsets of the start codes 00 00 01 `code` in `view`."""
+    data, found, at = bytes(view), [], 0
+    pattern = b"\x00\x00\x01" + bytes([code])
+    while (at := data.find(pattern, at)) >= 0:
+        found.append(at)
+        at += 4
+    return found
+
+
+def _h264_unreferenced(view: memoryview, extradata: bytes | None) -> bool:
+    """All slice NAL units (types 1 and 5) of an H.264 access unit have nal_ref_idc 0 (and at least one is there)."""
+    headers = []
+    if extradata and extradata[0] == 1 and len(extradata) > 4:  # avcC: NAL units prefixed by their length
+        size, at = (extradata[4] & 3) + 1, 0
+        while at + size < len(view):
+            length = int.from_bytes(view[at : at + size], "big")
+            headers.append(view[at + size])
+            at += size + length
+    else:  # Annex B: NAL units after start codes 00 00 01
+        data, at = bytes(view[: 1 << 16]), 0
+        while (at := data.find(b"\x00\x00\x01", at)) >= 0 and at + 3 < len(data):
+            headers.append(data[at + 3])
+            at += 3
+    slices = [h for h in headers if h & 0x1F in (1, 5)]
+    if not slices or any(h & 0x80 for h in headers):  # forbidden_zero_bit set: not a header to trust
+        return False
+    return all(h & 0x60 == 0 for h in slices)

@@ -28,7 +28,7 @@ from av.video.frame import PictureType
 from medcad.atomic import atomic_write_text
 from medcad.data.frames import DecodeReport, DroppedFrame, Frame, concealed_reason
 from medcad.data.io import is_dicom
-from medcad.data.references import ReferenceChain
+from medcad.data.references import ReferenceChain, disposable
 from medcad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -159,6 +159,8 @@ class VideoReader:
         parts: list[list[int]] = [[]]  # per timeline: timestamps of packets whose frame has not come out yet (heaps)
         chains = [ReferenceChain()]  # per timeline: its frames in decode order, the damage and key frames among them
         damaged: dict[tuple[int, int], str] = {}  # (part, timestamp) -> why the frame is damaged
+        spare: set[tuple[int, int]] = set()  # (part, timestamp) of frames no other frame refers to
+        codec, extradata = self._stream.codec_context.name, self._stream.codec_context.extradata
         lost: dict[
             tuple[int, int], tuple[DroppedFrame, int | None]
         ] = {}  # given up on, in case one comes out after all
@@ -170,7 +172,7 @@ class VideoReader:
             return None if pts is None else self._time(pts) + offset
 
         def declare_lost(k: int, pts: int, time_s: float | None) -> None:
-            d = chains[k].lose(pts, index)
+            d = chains[k].lose(pts, index, referenced=(k, pts) not in spare)
             lost[k, pts] = self._drop(index, time_s, "could not be decoded"), d
 
         for packet, decoded, failed in self._decoded_packets():
@@ -188,6 +190,8 @@ class VideoReader:
                     chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown)
                 if packet.size and shown:
                     heapq.heappush(parts[-1], packet.pts)
+                    if disposable(codec, packet, extradata):
+                        spare.add((len(parts) - 1, packet.pts))
                     last_end = packet.pts + (packet.duration or 0)
                     if packet.is_corrupt:
                         damaged[len(parts) - 1, packet.pts] = "damaged in the file (incomplete or corrupt packet)"
@@ -220,12 +224,11 @@ class VideoReader:
                     at, index = index, index + 1
                 if pts is not None:
                     last_pts, last_time = pts if last_pts is None else max(pts, last_pts), time(pts)
-                if pts is not None and (part, pts) in damaged:
-                    chain.damaged(d, at)
-                    self._drop(at, time(pts), damaged[part, pts])
-                elif frame.is_corrupt:
-                    chain.damaged(d, at)
-                    self._drop(at, time(pts), "decoded with errors (corrupt frame)")
+                if pts is not None and (part, pts) in damaged or frame.is_corrupt:
+                    if (part, pts) not in spare:
+                        chain.damaged(d, at)
+                    why = damaged.get((part, pts), "decoded with errors (corrupt frame)")
+                    self._drop(at, time(pts), why)
                 else:
                     if self._intra or (frame.key_frame and frame.pict_type == PictureType.I):
                         chain.recovered(d, pts)
