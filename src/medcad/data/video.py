@@ -161,9 +161,8 @@ class VideoReader:
         damaged: dict[tuple[int, int], str] = {}  # (part, timestamp) -> why the frame is damaged
         spare: set[tuple[int, int]] = set()  # (part, timestamp) of frames no other frame refers to
         codec, extradata = self._stream.codec_context.name, self._stream.codec_context.extradata
-        lost: dict[
-            tuple[int, int], tuple[DroppedFrame, int | None]
-        ] = {}  # given up on, in case one comes out after all
+        # frames given up on (part, timestamp) -> (their entry, decode index), in case one comes out after all
+        lost: dict[tuple[int, int], tuple[DroppedFrame, int | None]] = {}
         held: list[_Held] = []  # frames waiting for the packets decoded before them, in frame order
         index, packets, last_end, last_dts = 0, 0, None, None
         part, last_pts, offset, last_time = 0, None, 0.0, None  # the timeline frames come out of, and its shift
@@ -187,7 +186,9 @@ class VideoReader:
                 # copy at a frame that is not a key frame starts from the key frame before the cut)
                 shown = packet.pts is not None and not packet.is_discard
                 if packet.size:
-                    chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown)
+                    d = chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown)
+                    if failed and not shown:  # a reference only, or no timestamp: the frames after it are its
+                        chains[-1].damaged(d, None)
                 if packet.size and shown:
                     heapq.heappush(parts[-1], packet.pts)
                     if disposable(codec, packet, extradata):
