@@ -37,9 +37,8 @@ def concealed_reason(source: tuple[int, int | None]) -> str:
             "decoded after a frame the decoder reported an error for (the decoder conceals it: not the recorded "
             "picture; clean again from the next key frame)"
         )
-    source = frame
     return (
-        f"decoded from frame {source}, lost or damaged (the decoder conceals it: not the recorded picture; clean "
+        f"decoded from frame {frame}, lost or damaged (the decoder conceals it: not the recorded picture; clean "
         "again from the next key frame)"
     )
 

@@ -40,27 +40,34 @@ class ReferenceChain:
     """One timeline's frames in decode order, and the damage and key frames among them.
 
     Call `packet` for every packet in file order (discarded ones too: they are decoded as references), `settle` when
-    a packet's frame comes out, `lose` when it is declared lost (`withdraw` if it comes out after all), `damaged` /
-    `recovered` as frames turn out damaged / key frames decoded intra, `finish` when the timeline has ended, and
-    `source` to judge a frame once `settled_before` its decode index.
+    a packet's frame comes out, `lose` when it is declared lost (the frames `overdue` once a later one came out, those
+    still `awaited` when the timeline ends; `withdraw` if one comes out after all), `damaged` / `recovered` as frames
+    turn out damaged / key frames decoded intra, `finish` when the timeline has ended, and `source` to judge a frame
+    once `settled_before` its decode index.
     """
 
     def __init__(self) -> None:
         self._count = 0
         self._unsettled: dict[int, deque[int]] = defaultdict(deque)  # pts -> decode indices whose frame is awaited
         self._waiting: list[int] = []  # heap of those decode indices
+        self._shown: list[int] = []  # heap of those timestamps (frames come out in timestamp order)
+        self._unreferenced: set[int] = set()  # decode indices of frames no other frame refers to
         self._settled: set[int] = set()  # settled but still in the heap (removed lazily)
         self._damage: list[tuple[int, int | None]] = [(START, None)]  # (decode index, frame index), sorted
         self._recoveries: list[tuple[int, int | None]] = []  # (decode index, pts) of key frames decoded intra, sorted
         self._declared: set[int] = set()  # decode indices declared lost, not yet confirmed (`CONFIRM`)
 
-    def packet(self, pts: int | None, key: bool = False, shown: bool = True) -> int:
+    def packet(self, pts: int | None, key: bool = False, shown: bool = True, referenced: bool = True) -> int:
         """A packet in file order: its decode index. `shown`: its frame will come out (not a packet the demuxer
-        marks to decode as a reference only; a key frame among those is where the frames after it recover)."""
+        marks to decode as a reference only; a key frame among those is where the frames after it recover);
+        `referenced` False: no frame refers to it (`disposable`), so its loss or damage costs only itself."""
         d, self._count = self._count, self._count + 1
         if shown and pts is not None:
             self._unsettled[pts].append(d)
             heapq.heappush(self._waiting, d)
+            heapq.heappush(self._shown, pts)
+            if not referenced:
+                self._unreferenced.add(d)
         elif key:
             self.recovered(d, pts)
         for k in [k for k in self._declared if k + CONFIRM <= d]:
@@ -69,20 +76,35 @@ class ReferenceChain:
         return d
 
     def settle(self, pts: int | None) -> int | None:
-        """The frame of `pts` came out or was declared lost: its packet's decode index (None: no packet had it)."""
+        """The frame of `pts` came out: its packet's decode index (None: no packet had it)."""
+        if self._shown and self._shown[0] == pts:
+            heapq.heappop(self._shown)
         d = self._take(pts)
         if d is not None:
             self._done(d)
         return d
 
-    def lose(self, pts: int, frame: int, referenced: bool = True) -> int | None:
-        """The frame of `pts` (video frame `frame`) is declared lost: its decode index. Frames decoded after it wait
-        until `CONFIRM` more packets have gone to the decoder (or `finish`), in case it comes out late; with
-        `referenced` False (no frame refers to it: `disposable`) they are not decoded from it."""
+    def overdue(self, pts: int | None) -> list[int]:
+        """The timestamps of the awaited frames shown before `pts`, which just came out: decoders give frames in
+        timestamp order, so these are to be declared lost (`lose`)."""
+        gone = []
+        while self._shown and pts is not None and self._shown[0] < pts:
+            gone.append(heapq.heappop(self._shown))
+        return gone
+
+    def awaited(self) -> list[int]:
+        """The timestamps of every frame still awaited, in order (at the timeline's end: to be declared lost)."""
+        gone, self._shown = sorted(self._shown), []
+        return gone
+
+    def lose(self, pts: int, frame: int) -> int | None:
+        """The frame of `pts` (video frame `frame`), from `overdue` or `awaited`, is declared lost: its decode index.
+        Frames decoded after it wait until `CONFIRM` more packets have gone to the decoder (or `finish`), in case it
+        comes out late."""
         d = self._take(pts)
         if d is None:
             return None
-        if not referenced:
+        if d in self._unreferenced:
             self._done(d)
             return d
         self.damaged(d, frame)
@@ -133,7 +155,10 @@ class ReferenceChain:
         return self._count
 
     def damaged(self, d: int | None, frame: int | None) -> None:
-        """The frame of decode index `d` (video frame `frame`) is lost or damaged; None: not known which packet."""
+        """The frame of decode index `d` (video frame `frame`) is lost or damaged; None: not known which packet. A
+        frame no other frame refers to costs only itself."""
+        if d in self._unreferenced:
+            return
         bisect.insort(self._damage, (self._count if d is None else d, frame), key=lambda e: e[0])
 
     def recovered(self, d: int | None, pts: int | None) -> None:
@@ -165,6 +190,8 @@ def disposable(codec: str, data: bytes | memoryview, extradata: bytes | None = N
     B-VOP (ISO/IEC 14496-2 6.3.5, vop_coding_type 2), never references. The loss of such a frame costs only itself.
     False where it cannot be told (other codecs; no slice or picture header found; headers that do not parse).
     `extradata`: the stream's (H.264 in MP4 / Matroska: avcC, giving the NAL length size; else Annex B)."""
+    if codec not in ("h264", "mpeg2video", "mpeg1video", "mpeg4"):
+        return False
     view = memoryview(data).cast("B")
     if codec == "h264":
         return _h264_unreferenced(view, extradata)

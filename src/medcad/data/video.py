@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import csv
-import heapq
 import io
 import json
 from collections.abc import Iterator
@@ -156,10 +155,8 @@ class VideoReader:
             yield from self._frames_in_output_order(every)
             return
         report = self.report
-        parts: list[list[int]] = [[]]  # per timeline: timestamps of packets whose frame has not come out yet (heaps)
         chains = [ReferenceChain()]  # per timeline: its frames in decode order, the damage and key frames among them
         damaged: dict[tuple[int, int], str] = {}  # (part, timestamp) -> why the frame is damaged
-        spare: set[tuple[int, int]] = set()  # (part, timestamp) of frames no other frame refers to
         codec, extradata = self._stream.codec_context.name, self._stream.codec_context.extradata
         # frames given up on (part, timestamp) -> (their entry, decode index), in case one comes out after all
         lost: dict[tuple[int, int], tuple[DroppedFrame, int | None]] = {}
@@ -171,7 +168,7 @@ class VideoReader:
             return None if pts is None else self._time(pts) + offset
 
         def declare_lost(k: int, pts: int, time_s: float | None) -> None:
-            d = chains[k].lose(pts, index, referenced=(k, pts) not in spare)
+            d = chains[k].lose(pts, index)
             lost[k, pts] = self._drop(index, time_s, "could not be decoded"), d
 
         for packet, decoded, failed in self._decoded_packets():
@@ -179,38 +176,34 @@ class VideoReader:
                 packets += 1
                 if packet.size and packet.dts is not None:
                     if last_dts is not None and self._restarts(packet, last_dts):  # a new timeline
-                        parts.append([])
                         chains.append(ReferenceChain())
                     last_dts = packet.dts
                 # (a discarded packet is decoded only as a reference of frames shown after it: a clip cut by stream
                 # copy at a frame that is not a key frame starts from the key frame before the cut)
                 shown = packet.pts is not None and not packet.is_discard
                 if packet.size:
-                    d = chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown)
+                    referenced = not (shown and disposable(codec, packet, extradata))
+                    d = chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown, referenced=referenced)
                     if failed and not shown:  # a reference only, or no timestamp: the frames after it are its
                         chains[-1].damaged(d, None)
                 if packet.size and shown:
-                    heapq.heappush(parts[-1], packet.pts)
-                    if disposable(codec, packet, extradata):
-                        spare.add((len(parts) - 1, packet.pts))
                     last_end = packet.pts + (packet.duration or 0)
                     if packet.is_corrupt:
-                        damaged[len(parts) - 1, packet.pts] = "damaged in the file (incomplete or corrupt packet)"
+                        damaged[len(chains) - 1, packet.pts] = "damaged in the file (incomplete or corrupt packet)"
                     elif failed:  # its frame may still come out (reordered), concealed and not flagged
-                        damaged[len(parts) - 1, packet.pts] = "decoded with errors (the decoder reported one)"
+                        damaged[len(chains) - 1, packet.pts] = "decoded with errors (the decoder reported one)"
             for frame in decoded:  # a packet that failed to decode gave none: found missing below, by timestamp
                 pts = frame.pts
-                if pts is not None and last_pts is not None and pts < last_pts and part + 1 < len(parts):
-                    for gone_pts in sorted(parts[part]):  # the next timeline's frames begin: these never came out
+                if pts is not None and last_pts is not None and pts < last_pts and part + 1 < len(chains):
+                    for gone_pts in chains[part].awaited():  # the next timeline's frames begin: these never came out
                         declare_lost(part, gone_pts, time(gone_pts))
                         index += 1
                     chains[part].finish()
                     part, last_pts = part + 1, None
                     offset = (last_time or 0.0) + 1.0 / self.fps - self._time(pts)  # on from the part before
                     report.restarts.append(index)
-                pending, chain = parts[part], chains[part]
-                while pending and pts is not None and pending[0] < pts:  # output is in pts order: these are lost
-                    gone_pts = heapq.heappop(pending)
+                chain = chains[part]
+                for gone_pts in chain.overdue(pts):  # output is in pts order: these are lost
                     declare_lost(part, gone_pts, time(gone_pts))
                     index += 1
                 if pts is not None and (part, pts) in lost:  # late after all (a decoder's reorder delay grew)
@@ -219,15 +212,12 @@ class VideoReader:
                     chain.withdraw(d)
                     at = gone.index
                 else:
-                    if pending and pending[0] == pts:
-                        heapq.heappop(pending)
                     d = chain.settle(pts)
                     at, index = index, index + 1
                 if pts is not None:
                     last_pts, last_time = pts if last_pts is None else max(pts, last_pts), time(pts)
                 if pts is not None and (part, pts) in damaged or frame.is_corrupt:
-                    if (part, pts) not in spare:
-                        chain.damaged(d, at)
+                    chain.damaged(d, at)
                     why = damaged.get((part, pts), "decoded with errors (corrupt frame)")
                     self._drop(at, time(pts), why)
                 else:
@@ -235,8 +225,8 @@ class VideoReader:
                         chain.recovered(d, pts)
                     bisect.insort(held, _Held(part, d, pts, at, time(pts), frame), key=lambda f: f.index)
                 yield from self._release(held, chains, every)
-        for k in range(part, len(parts)):  # packets after the last frame that came out
-            for pts in sorted(parts[k]):
+        for k in range(part, len(chains)):  # packets after the last frame that came out
+            for pts in chains[k].awaited():
                 declare_lost(k, pts, None if k > part else time(pts))
                 index += 1
             chains[k].finish()
