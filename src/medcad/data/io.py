@@ -36,7 +36,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
 from medcad.data.tiff import (
     MINISWHITE,
-    TIFF_MAGIC,
     PageTooLarge,
     PillowReads,
     is_tiff,
@@ -306,21 +305,20 @@ def decode_pil(
         raise _too_large(path, e.pixels, max_pixels(), e.size) from e
     except PillowReads as why:
         try:
-            arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page)
+            arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page, f"tifffile: {why}")
             if why.photometric == MINISWHITE:  # as tifffile's reading gives it
                 arr = pillow_miniswhite(arr, as_stored)
             return arr, fmt, orientation
-        except NoSuchFrame:
+        except (NoSuchFrame, _Unrecognised):
             raise
         except DataError as e:  # both readers' reasons
-            pillow = "does not recognise it" if e.problem.startswith("a TIFF that") else e.problem
-            raise DataError(path, unreadable_tiff(TIFF_MAGIC[0], f"tifffile: {why}; Pillow: {pillow}")) from e
+            raise DataError(path, unreadable_tiff(f"tifffile: {why}; Pillow: {e.problem}")) from e
 
 
 def _pillow_decode(
-    path: Path, draft: int | None, keep_alpha: bool, palette_indices: bool, page: int | None
+    path: Path, draft: int | None, keep_alpha: bool, palette_indices: bool, page: int | None, tiff_why: str = ""
 ) -> tuple[np.ndarray, str, int]:
-    """`decode_pil` by Pillow."""
+    """`decode_pil` by Pillow; `tiff_why`: why tifffile left it to Pillow (said if Pillow does not know it either)."""
     fmt = ""
     try:
         with _opened(path, page) as im:
@@ -348,7 +346,7 @@ def _pillow_decode(
             else:
                 arr = np.asarray(im.convert("RGB"))
     except UnidentifiedImageError as e:
-        raise _unreadable(path) from e
+        raise _unreadable(path, f"{tiff_why}; Pillow: does not recognise it" if tiff_why else "") from e
     except (DataError, ConfigError):
         raise
     except OSError as e:  # truncated or corrupt data
@@ -464,15 +462,15 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
         raise _unreadable(p, tiff_why) from e
 
 
+class _Unrecognised(DataError):
+    """A file Pillow does not recognise (`_unreadable`): its message already says all there is."""
+
+
 def _unreadable(path: Path, reasons: str = "") -> DataError:
     """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one, with `reasons` (a
     float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
-    try:
-        with open(path, "rb") as f:
-            why = unreadable_tiff(f.read(4), reasons)
-    except OSError:
-        why = None
-    return DataError(path, why or "not a readable image (unknown or corrupt format)")
+    why = unreadable_tiff(reasons) if is_tiff(path) else "not a readable image (unknown or corrupt format)"
+    return _Unrecognised(path, why)
 
 
 def describe_image(path: str | Path) -> list[str]:

@@ -118,12 +118,17 @@ def decode_mask(path: str | Path, page: int | None = None) -> tuple[np.ndarray, 
         DataError: the file is missing, empty or unreadable.
     """
     p = Path(path)
-    check_file(p)
-    arr, fmt, _ = decode_pil(p, None, keep_alpha=True, page=page, as_stored=True)
-    mask, how = decode_mask_array(arr, fmt in LOSSY_FORMATS)
-    if fmt == "TIFF" and photometric(p, page) == MINISWHITE:
+    mask, how, fmt = _decoded(p, page)
+    if fmt == "TIFF" and photometric(p, page) == MINISWHITE:  # said, for the audit and the messages only
         how = replace(how, rule=f"{STORED_MINISWHITE}; {how.rule}")
     return mask, how
+
+
+def _decoded(p: Path, page: int | None) -> tuple[np.ndarray, MaskDecoding, str]:
+    """`decode_mask` without saying how a MINISWHITE TIFF was read (that opens its header once more), and the format."""
+    check_file(p)
+    arr, fmt, _ = decode_pil(p, None, keep_alpha=True, page=page, as_stored=True)
+    return *decode_mask_array(arr, fmt in LOSSY_FORMATS), fmt
 
 
 def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | None] | None = None) -> np.ndarray:
@@ -137,7 +142,7 @@ def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | No
         paths = [paths]
     union: np.ndarray | None = None
     for path, page in zip(paths, pages or [None] * len(paths), strict=True):
-        m, _ = decode_mask(path, page)
+        m, _, _ = _decoded(Path(path), page)
         if union is None:
             union = m
         elif union.shape != m.shape:

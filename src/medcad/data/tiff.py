@@ -36,19 +36,16 @@ def is_tiff(path: Path) -> bool:
         return False
 
 
-def unreadable_tiff(first_bytes: bytes, reasons: str = "") -> str | None:
+def unreadable_tiff(reasons: str = "") -> str:
     """Why neither TIFF reader could read a file that begins as a TIFF (`TIFF_MAGIC`), with each reader's `reasons`
-    where known, or None for a file that does not (tifffile reads every sample type and layout uncompressed or
-    Deflate, LZMA or PackBits compressed; Pillow the common compressions, LZW and JPEG among them, but not big-endian
-    BigTIFF)."""
-    if first_bytes[:4] in TIFF_MAGIC:
-        return (
-            f"a TIFF that neither of medcad's TIFF readers decodes{f' ({reasons})' if reasons else ''}: a "
-            "compression only the imagecodecs package decodes here (JPEG 2000, Zstandard, WebP; or LZW, JPEG in a "
-            "big-endian BigTIFF or with samples Pillow lacks), or corrupt data; saved uncompressed or "
-            "Deflate-compressed, it is read"
-        )
-    return None
+    where known (tifffile reads every sample type and layout uncompressed or Deflate, LZMA or PackBits compressed;
+    Pillow the common compressions, LZW and JPEG among them, but not big-endian BigTIFF)."""
+    return (
+        f"a TIFF that neither of medcad's TIFF readers decodes{f' ({reasons})' if reasons else ''}: a "
+        "compression only the imagecodecs package decodes here (JPEG 2000, Zstandard, WebP; or LZW, JPEG in a "
+        "big-endian BigTIFF or with samples Pillow lacks), or corrupt data; saved uncompressed or "
+        "Deflate-compressed, it is read"
+    )
 
 
 # A mask's or label map's MINISWHITE TIFF is read by its stored values, not as displayed: ImageJ writes a binary mask

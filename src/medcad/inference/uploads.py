@@ -174,8 +174,8 @@ def check_pixels(data: bytes, kind: str, limits: Limits, frame: int = 0):
             size = f"{n / 1e6:.1f}" if n is not None else f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}"
             raise UploadError(413, _too_many_pixels(size, limits)) from e
         except Exception as e:
-            why = unreadable_tiff(data[:4]) if kind == "tiff" else None
-            why = why or f"the upload's {kind.upper()} header cannot be read ({type(e).__name__})"
+            why = f"the upload's {kind.upper()} header cannot be read ({type(e).__name__})"
+            why = unreadable_tiff() if kind == "tiff" else why
             raise UploadError(422, why) from e
     if n > limits.max_pixels:
         raise UploadError(413, _too_many_pixels(f"{n / 1e6:.1f}", limits))
