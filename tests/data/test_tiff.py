@@ -308,6 +308,26 @@ def test_a_stack_of_masks_beside_a_stack_of_frames_pairs_page_for_page(tmp_path:
     assert "3 mask pages for the 5 pages" in json.dumps(found, default=str)
 
 
+def test_a_refused_stack_of_masks_shows_each_pages_own_values(tmp_path: Path) -> None:
+    """Masks painting the background as lesion, in a stack: the refusal's examples show each sample's own page (they
+    had all shown page 0's values and rule)."""
+    from medcad.data.datasets import check_mask_content, read_sample_mask
+    from medcad.data.layouts import load_manifest
+
+    root, _, _ = _stacks(tmp_path)
+    inverted = np.zeros((5, 48, 40), np.uint8)
+    for k in range(5):
+        inverted[k] = 250 - 40 * k  # each page's background value its own
+        inverted[k, 2:8, 5:20] = 0
+    tifffile.imwrite(root / "masks" / "clip.tif", inverted, photometric="minisblack")
+    manifest = load_manifest(root)
+    masks = np.stack([read_sample_mask(manifest, i) for i in range(5)])
+    with pytest.raises(DataError, match="paint the background as lesion") as refused:
+        check_mask_content(manifest, masks)
+    examples = str(refused.value).split("; ")
+    assert [e.split(" values (")[1].split(")")[0] for e in examples[:3]] == ["0, 250", "0, 210", "0, 170"], examples
+
+
 def test_a_page_with_its_own_mask_file_is_not_said_to_share_one(tmp_path: Path) -> None:
     """A table naming each page of a stack with its own one-page mask file: each page its file, and no note that
     one mask serves every page."""

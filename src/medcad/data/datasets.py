@@ -266,7 +266,7 @@ def check_mask_content(manifest: Manifest, masks: np.ndarray, training: bool = T
     examples = []
     for i in np.flatnonzero(with_file)[:3]:
         path = manifest.mask_paths(int(i))[0]
-        _, how = decode_mask(path)
+        _, how = decode_mask(path, sample_mask_pages(manifest, int(i))[0])  # its own page of a stack of masks
         values = ", ".join(f"{v:g}" for v in how.values[:6])
         examples.append(f"{shown_path(path, manifest.root)}: {how.n_values} values ({values}), read as {how.rule}")
     raise DataError(
