@@ -22,12 +22,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from common import write_result
+from common import scratch, write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,7 +36,7 @@ def _env(src: str) -> dict:
 
 
 def time_predict(src: str, run: Path, image: Path) -> float:
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as out:
+    with scratch() as out:
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "medcad", "predict", str(run), str(image), "--out", out]
         subprocess.run(cmd, env=_env(src), check=True, capture_output=True)

@@ -4,6 +4,7 @@ versions) and the date, beside the figures."""
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import date
 from importlib import metadata
 from pathlib import Path
@@ -26,3 +27,9 @@ def write_result(path: str | Path, result: dict) -> Path:
     tmp.write_text(json.dumps(out, indent=1, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A temporary folder in memory (/dev/shm) where the machine has one, so that file writes time the code, not
+    the disk; removed on exit."""
+    return tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None)

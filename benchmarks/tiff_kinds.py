@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import tifffile
-from common import write_result
+from common import scratch, write_result
 
 from medcad.data.io import image_pages, read_image
 from medcad.data.pixels import integer_scale, to_rgb
@@ -45,7 +44,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     rng = np.random.default_rng(0)
     kinds: dict[str, list[str]] = {"right": [], "named": [], "misread": [], "crashed": []}
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+    with scratch() as tmp:
         grid = itertools.product(DTYPES, SAMPLES.items(), ["contig", "planar"], "<>", [None, "zlib"])
         for dt, (name, c), layout, order, compression in grid:
             if c == 1 and layout == "planar":
@@ -85,7 +84,7 @@ def main() -> None:
 def time_stack(pages: int = 500) -> dict:
     """Seconds to list the pages of a `pages`-page 64x64 grey stack (as ImageJ and tifffile write sequences) and to
     read every page of it, one `read_image` call per page as a run's decoding does."""
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+    with scratch() as tmp:
         path = Path(tmp) / "stack.tif"
         tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (pages, 64, 64), dtype=np.uint8))
         t0 = time.perf_counter()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
-from common import write_result
+from common import scratch, write_result
 
 from medcad.data.video import VideoReader
 
@@ -75,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(HERE / "results" / "video_concealment.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+    with scratch() as tmp:
         clean = pan(Path(tmp) / "clean.mp4")
         pictures, _ = read(clean)
         speeds = []

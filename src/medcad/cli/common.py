@@ -327,7 +327,7 @@ def _echo_video(v: dict) -> None:
         f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
         f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
     )
-    from medcad.data.frames import dropped_notes
+    from medcad.data.frames import aspect_note, dropped_notes, restart_note, truncation_note
 
     for line in dropped_notes(v["video"], v.get("dropped_frames") or []):
         typer.echo(f"warning: {line}")
@@ -337,14 +337,10 @@ def _echo_video(v: dict) -> None:
         shown = ", ".join(map(str, skipped[:10]))
         typer.echo(f"note: {v['video']}: {len(skipped)} frame(s) skipped by --realtime to keep pace: {shown}{more}")
     if v.get("truncated"):
-        typer.echo(f"warning: {v['video']}: truncated ({v.get('truncation')}); the frames before the cut were read")
+        typer.echo(f"warning: {truncation_note(v['video'], v.get('truncation'))}")
     if v.get("time_restarts"):
-        from medcad.data.frames import restart_note
-
         typer.echo(f"note: {restart_note(v['video'], v['time_restarts'])}")
     if v.get("sample_aspect_ratio"):
-        from medcad.data.frames import aspect_note
-
         typer.echo(f"note: {aspect_note(v['video'], v['sample_aspect_ratio'])}")
 
 

@@ -99,7 +99,7 @@ def decode_notes(decoded: dict) -> list[str]:
     video = decoded["video"]
     out = dropped_notes(video, decoded["dropped_frames"])
     if decoded["truncation"]:
-        out.append(f"{video}: truncated ({decoded['truncation']}); the frames before the cut were read")
+        out.append(truncation_note(video, decoded["truncation"]))
     if decoded["rotation"] or decoded.get("mirrored"):
         how = ["mirrored left-right"] * bool(decoded.get("mirrored"))
         how += [f"{decoded['rotation']} degrees counter-clockwise"] * bool(decoded["rotation"])
@@ -129,6 +129,11 @@ def dropped_notes(video: str, dropped: list[dict]) -> list[str]:
             more = f" and {len(group) - 10} more" if len(group) > 10 else ""
             out.append(f"{video}: {len(group)} frame(s) {what}, skipped: {shown}{more}")
     return out
+
+
+def truncation_note(video: str, truncation: str) -> str:
+    """What a video taken to be truncated (`DecodeReport.truncated`: why) is read as."""
+    return f"{video}: truncated ({truncation}); the frames before the cut were read"
 
 
 def aspect_note(video: str, sample_aspect_ratio: str) -> str:

@@ -160,7 +160,7 @@ def export_onnx(
     files = [fp32]
     int8_choice = None
     if int8:
-        reference = predictor.infer_once(calib, 16)
+        reference = predictor.infer(calib, 16)
 
         def agreement_on_calibration(path: Path) -> float:
             got = predictor.decode(GraphSession(path, "onnx-int8").run(calib, 16))

@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from medcad.data.cine import DicomCine
 
 
-# what a video's decoding found, as `predict_video`'s summary gives it (`medcad.data.frames.DecodeReport.as_dict`)
-DECODE_KEYS = ("truncated", "truncation", "rotation", "mirrored", "times_from", "time_restarts", "sample_aspect_ratio")
-
-
 def _decoder(
     reader: VideoReader | DicomCine, q: queue.Queue, stop: threading.Event, realtime: bool, state: dict
 ) -> None:
@@ -146,15 +142,14 @@ def predict_video(
         raise reader.nothing_decoded()
     elapsed = time.perf_counter() - t0
     atomic_write_text(out_dir / f"{stem}_frames.csv", pd.DataFrame(rows).to_csv(index=False))
-    decode = report.as_dict()
+    decode = report.as_dict()  # what its decoding found (frames_decoded: frames_in_video - frames_dropped)
     return {
         "video": str(video),
         "frames_in_video": report.frames_decoded + report.frames_dropped,
         "frames_predicted": len(rows),
-        **{k: decode[k] for k in ("frames_dropped", "dropped_frames")},
         "frames_skipped": len(state["skipped"]),
         "skipped_frames": state["skipped"],
-        **{k: decode[k] for k in DECODE_KEYS},
+        **{k: v for k, v in decode.items() if k != "frames_decoded"},
         "seconds": elapsed,
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,
