@@ -120,20 +120,20 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
         _wait(page, "return !/loading/.test(document.querySelector('#cardbody').textContent);")
         upload(page, clip)
         got = _wait(page, TIMELINE)
-        expected = sorted([(f["frame"], f["smoothed"]) for f in said["frames"]] + [(d, "not decoded") for d in dropped])
+        expected = sorted([(f["frame"], f["smoothed"]) for f in said["frames"]] + [(d, "no decision") for d in dropped])
         assert [tuple(c) for c in got["cells"]] == expected and got["hatched"] == dropped, got
         assert got["intervals"] == _expected_intervals(said["frames"], said["summary"]["source_fps"]), (got, said)
         assert "1 frame could not be decoded (frame 5)" in got["extra"], got
         if concealed:
             n = len(concealed)
             assert f"{n} frame{'s' * (n > 1)} decoded from a lost or damaged frame (concealed" in got["extra"], got
-        assert any(t.startswith(f"not decoded: {len(dropped)} frame") for t in got["legend"]), got
+        assert any(t.startswith(f"no decision: {len(dropped)} frame") for t in got["legend"]), got
         assert got["page"] <= 420 and got["strip"] > 300, got  # the strip spans the card, nothing scrolls sideways
         _click(page, ".strip .cell:nth-child(3)")
         third = said["frames"][2]
         assert page.js(TIMELINE)["info"].startswith(f"frame 2 at 0.40 s: {third['smoothed']}"), page.js(TIMELINE)
         _click(page, ".strip .cell.dropped")
-        assert page.js(TIMELINE)["info"] == "frame 5 at 1.00 s: not decoded (could not be decoded)"
+        assert page.js(TIMELINE)["info"] == "frame 5 at 1.00 s: no decision (could not be decoded)"
 
         # a multi-frame DICOM goes to /predict (its first frame), which offers the whole loop as a clip
         grey = np.stack([f.mean(axis=2) for f in lesion[:3]]).astype(np.uint16) * 16

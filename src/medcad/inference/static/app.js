@@ -181,7 +181,7 @@ function findingIntervals(frames, frameTime) {
 
 function frameWords(cell) {
   const f = cell.record;
-  if (!f) return `frame ${cell.frame} at ${cell.time_s.toFixed(2)} s: not decoded (${cell.reason})`;
+  if (!f) return `frame ${cell.frame} at ${cell.time_s.toFixed(2)} s: no decision (${cell.reason})`;
   const said = [`frame ${f.frame} at ${f.time_s.toFixed(2)} s: ${f.smoothed} ${pct(f.smoothed_score)} (smoothed)`,
     `this frame alone: ${f.label} ${pct(f.score)}`];
   if (f.frame_decision !== undefined && f.frame_decision !== null) said.push(`lesion mask: ${f.frame_decision}`);
@@ -216,7 +216,7 @@ function timeline(s) {
     const cell = document.createElement("span");
     cell.className = "cell" + (c.record ? "" : " dropped");
     cell.dataset.frame = c.frame;
-    cell.dataset.decision = c.record ? c.record.smoothed : "not decoded";
+    cell.dataset.decision = c.record ? c.record.smoothed : "no decision";
     if (c.record) cell.style.background = colours[c.record.smoothed];
     strip.append(cell);
   }
@@ -243,7 +243,7 @@ function timeline(s) {
   if (s.summary.frames_dropped) {
     const item = document.createElement("li");
     item.append(Object.assign(document.createElement("span"), { className: "swatch dropped" }),
-      `not decoded: ${s.summary.frames_dropped} frame${s.summary.frames_dropped === 1 ? "" : "s"}`);
+      `no decision: ${s.summary.frames_dropped} frame${s.summary.frames_dropped === 1 ? "" : "s"}`);
     legend.append(item);
   }
 
