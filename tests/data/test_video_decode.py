@@ -109,7 +109,7 @@ def test_a_corrupt_frame_is_skipped_and_reported(tmp_path: Path, name: str, code
     assert not report["truncated"]
     assert "1 frame(s) not decodable, skipped: 12 (0.480 s)" in video.report.notes()[0]
     if concealed:
-        assert "3 frame(s) decoded from a lost or damaged frame" in video.report.notes()[1]
+        assert "3 frame(s) decoded from a lost, damaged or missing frame" in video.report.notes()[1]
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,8 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
         assert "1 frame could not be decoded (frame 5)" in got["extra"], got
         if concealed:
             n = len(concealed)
-            assert f"{n} frame{'s' * (n > 1)} decoded from a lost or damaged frame (concealed" in got["extra"], got
+            what = "decoded from a lost, damaged or missing frame (concealed"
+            assert f"{n} frame{'s' * (n > 1)} {what}" in got["extra"], got
         assert any(t.startswith(f"no decision: {len(dropped)} frame") for t in got["legend"]), got
         assert got["page"] <= 420 and got["strip"] > 300, got  # the strip spans the card, nothing scrolls sideways
         _click(page, ".strip .cell:nth-child(3)")

@@ -85,7 +85,8 @@ def test_frames_and_video_prediction(tiny_run: Path, easy_set: Path, tmp_path: P
     res = runner.invoke(app, ["data", "frames", str(damaged), "--every", "1", "--out", str(tmp_path / "dframes")])
     assert res.exit_code == 0, res.output
     assert "1 frame(s) not decodable, skipped: 4 (0.300 s)" in res.output
-    assert f"{len(gone) - 1} frame(s) decoded from a lost or damaged frame (concealed by the decoder" in res.output
+    what = "decoded from a lost, damaged or missing frame (concealed by the decoder"
+    assert f"{len(gone) - 1} frame(s) {what}" in res.output
     rows = list(csv.DictReader(open(tmp_path / "dframes" / "manifest.csv")))
     assert [float(r["time_s"]) for r in rows] == [t / 1000 for i, t in enumerate(times) if i not in gone]
     res = runner.invoke(app, ["predict", str(tiny_run), str(damaged), "--out", str(tmp_path / "dpred"), "--json"])
@@ -111,6 +112,35 @@ def test_frames_and_video_prediction(tiny_run: Path, easy_set: Path, tmp_path: P
         assert annotated.streams.video[0].codec_context.name == "h264"  # browsers play it (tests/report)
         shown = [round(float(f.time) * 1000) for f in annotated.decode(video=0)]
     assert shown == [t for i, t in enumerate(times) if i not in gone]
+
+
+def test_a_frame_missing_from_the_file_is_named_and_so_are_those_decoded_from_it(
+    tiny_run: Path, easy_set: Path, tmp_path: Path
+) -> None:
+    """A packet left out of the file whole (a recorder or remux that lost it): no error anywhere, yet the frames
+    decoded after it come out concealed. predict names the time gap and those frames, and predicts the rest."""
+    images = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))]
+    clip = make_video(tmp_path / "clip.mp4", (images * 4)[:16])  # MPEG-4 Part 2 in MP4, no B frames
+    with av.open(str(clip)) as src, av.open(str(tmp_path / "lost.mp4"), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        packets = [p for p in src.demux(video=0) if p.size]
+        keys = [i for i, p in enumerate(packets) if p.is_keyframe]
+        for i, packet in enumerate(packets):
+            if i != 3:
+                packet.stream = stream
+                out.mux(packet)
+    res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "lost.mp4"), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "1 frame(s)' time with no frame in the file (1 before frame 3 (0.120 s))" in res.output, res.output
+    res = runner.invoke(
+        app, ["predict", str(tiny_run), str(tmp_path / "lost.mp4"), "--out", str(tmp_path / "p"), "--json"]
+    )
+    summary = json.loads(res.stdout)[0]
+    assert summary["time_gaps"] == [{"before_frame": 3, "time_s": 0.12, "frames": 1}]
+    key = next((k for k in keys if k > 3), 16)  # frames from the next key frame on are the recorded pictures
+    named = [d["frame"] for d in summary["dropped_frames"]]
+    assert named == list(range(3, key - 1)) and all(d["concealed"] for d in summary["dropped_frames"])
+    assert summary["frames_predicted"] == 15 - len(named)
 
 
 def test_undecodable_video_is_named(tiny_run: Path, tmp_path: Path) -> None:

@@ -327,7 +327,7 @@ def _echo_video(v: dict) -> None:
         f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
         f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
     )
-    from medcad.data.frames import aspect_note, dropped_notes, restart_note, truncation_note
+    from medcad.data.frames import aspect_note, dropped_notes, gap_note, restart_note, truncation_note
 
     for line in dropped_notes(v["video"], v.get("dropped_frames") or []):
         typer.echo(f"warning: {line}")
@@ -342,6 +342,8 @@ def _echo_video(v: dict) -> None:
         typer.echo(f"note: {restart_note(v['video'], v['time_restarts'])}")
     if v.get("sample_aspect_ratio"):
         typer.echo(f"note: {aspect_note(v['video'], v['sample_aspect_ratio'])}")
+    if v.get("time_gaps"):
+        typer.echo(f"warning: {gap_note(v['video'], v['time_gaps'])}")
 
 
 def _distinct_tails(paths: list[str]) -> list[str]:

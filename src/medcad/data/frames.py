@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from medcad.data.references import GAP, MISSING
+
 
 class Frame(NamedTuple):
     """One decoded frame: its position in the video (dropped frames count), presentation time, upright RGB."""
@@ -32,6 +34,17 @@ def concealed_reason(source: tuple[int, int | None]) -> str:
     decoded, frame = source
     if decoded < 0:
         return "decoded before its recording's first key frame: it refers to frames not in the file"
+    if frame == MISSING:
+        return (
+            "decoded after a reference frame missing from the file (the bitstream's reference numbering skips it; "
+            "the decoder conceals it: not the recorded picture; clean again from the next key frame)"
+        )
+    if frame == GAP:
+        return (
+            "decoded after a gap in the decode timestamps: a frame it may refer to is missing from the file (the "
+            "bitstream's reference numbering, read for H.264 and MPEG-2 only, does not tell; clean again from the "
+            "next key frame)"
+        )
     if frame is None:
         return (
             "decoded after a frame the decoder reported an error for (the decoder conceals it: not the recorded "
@@ -41,6 +54,46 @@ def concealed_reason(source: tuple[int, int | None]) -> str:
         f"decoded from frame {frame}, lost or damaged (the decoder conceals it: not the recorded picture; clean "
         "again from the next key frame)"
     )
+
+
+@dataclass(frozen=True)
+class TimeGap:
+    """Frames' time with no frame in the file, before frame `before` (at `time_s`, the first missing frame's time):
+    lost from the file, or never recorded (a camera or capture card that dropped them)."""
+
+    before: int
+    time_s: float | None
+    frames: int
+
+
+class Cadence:
+    """Timestamps at a constant frame rate, one after another (ticks of `step` each, within `tol`): how many frames'
+    time a timestamp skips (0: none, or the timestamps are not at a constant rate). A timeline whose steps are not
+    whole multiples of `step` (variable frame rate) is not judged from then on, nor before `SETTLE` regular steps."""
+
+    SETTLE = 0
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.tol = max(1.0, 0.01 * step)  # a tick of rounding (29.97 frames/s in milliseconds: 33 and 34)
+        self.regular = step > 0
+        self._last: int | None = None
+        self._steps = 0
+
+    def skipped(self, t: int | None) -> int:
+        """Frames' time between the last timestamp and `t` with no timestamp (0 where `t` is None or not later)."""
+        if t is None or not self.regular:
+            return 0
+        last, self._last = self._last, t if self._last is None else max(t, self._last)
+        if last is None or t <= last:
+            return 0
+        k = round((t - last) / self.step)
+        if k < 1 or abs(t - last - k * self.step) > self.tol:
+            self.regular = False  # a variable frame rate: its steps tell nothing
+            return 0
+        if k == 1:
+            self._steps += 1
+        return k - 1 if self._steps >= self.SETTLE else 0
 
 
 @dataclass
@@ -58,6 +111,7 @@ class DecodeReport:
     # "W:H" where the stored pixels are not square (an SD recording's 720x576 shown 4:3: 16:15), else None; frames are
     # read at their stored size, as ffmpeg and OpenCV extract them (`decode_notes` says so)
     sample_aspect_ratio: str | None = None
+    gaps: list[TimeGap] = field(default_factory=list)  # frames' time with no frame in the file (constant rate only)
 
     def upright_aspect(self) -> Fraction | None:
         """The sample aspect ratio of the frames as read (upright): the stored one, inverted where a rotation of 90
@@ -87,6 +141,7 @@ class DecodeReport:
             "times_from": self.times_from,
             "time_restarts": list(self.restarts),
             "sample_aspect_ratio": self.sample_aspect_ratio,
+            "time_gaps": [{"before_frame": g.before, "time_s": g.time_s, "frames": g.frames} for g in self.gaps],
         }
 
     def notes(self) -> list[str]:
@@ -110,6 +165,8 @@ def decode_notes(decoded: dict) -> list[str]:
         out.append(restart_note(video, decoded["time_restarts"]))
     if decoded.get("sample_aspect_ratio"):
         out.append(aspect_note(video, decoded["sample_aspect_ratio"]))
+    if decoded.get("time_gaps"):
+        out.append(gap_note(video, decoded["time_gaps"]))
     return out
 
 
@@ -120,7 +177,10 @@ def dropped_notes(video: str, dropped: list[dict]) -> list[str]:
     concealed = [d for d in dropped if d.get("concealed")]
     for group, what in (
         ([d for d in dropped if not d.get("concealed")], "not decodable"),
-        (concealed, "decoded from a lost or damaged frame (concealed by the decoder, not the recorded picture)"),
+        (
+            concealed,
+            "decoded from a lost, damaged or missing frame (concealed by the decoder, not the recorded picture)",
+        ),
     ):
         if group:
             shown = ", ".join(
@@ -151,4 +211,17 @@ def restart_note(video: str, restarts: list[int]) -> str:
     return (
         f"{video}: its timestamps start again at frame(s) {at} (recordings joined in one file): each part's frames "
         "follow the part before in number and time"
+    )
+
+
+def gap_note(video: str, gaps: list[dict]) -> str:
+    """What a video whose timestamps skip frames' time (`DecodeReport.gaps` as dicts) is read as."""
+    shown = ", ".join(
+        f"{g['frames']} before frame {g['before_frame']}" + ("" if g["time_s"] is None else f" ({g['time_s']:.3f} s)")
+        for g in gaps[:10]
+    )
+    more = f" and {len(gaps) - 10} more gaps" if len(gaps) > 10 else ""
+    return (
+        f"{video}: {sum(g['frames'] for g in gaps)} frame(s)' time with no frame in the file ({shown}{more}): lost "
+        "from the file or never recorded; frames are numbered as they are in the file, their times kept"
     )

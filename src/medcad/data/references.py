@@ -21,9 +21,11 @@ came out 47-54 of 255 grey levels off the recorded pictures). `ReferenceChain` t
 
 The start of a timeline counts as damage until its first key frame (a recording started between key frames refers
 to frames that are not in the file). A lost or damaged frame that no frame refers to, as its bitstream says
-(`disposable`: an H.264 frame with nal_ref_idc 0, an MPEG-2 or MPEG-4 B frame), costs only itself; which frames
-the others refer to is not read (HEVC, VP9, AV1: every frame counts as referenced): such a loss costs the frames
-after it up to the key frame, named, and no frame decoded from a lost one is passed on as clean.
+(`medcad.data.bitstreams.disposable`: an H.264 frame with nal_ref_idc 0, an HEVC sub-layer non-reference picture, an
+MPEG-2 or MPEG-4 B frame), costs only itself; which frames the others refer to is not read (VP9, AV1: every frame
+counts as referenced): such a loss
+costs the frames after it up to the key frame, named, and no frame decoded from a lost one is passed on as clean.
+A frame missing from the file altogether (no packet: `missing`) is damage before the packet after it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import heapq
 from collections import defaultdict, deque
 
 START = -1  # decode index of the damage a timeline starts with, until its first key frame
+MISSING = -2  # frame index of a damage that is a reference frame missing from the file (its bitstream says so)
+GAP = -3  # frame index of a damage that is a gap in the decode timestamps (a codec whose references are not read)
 CONFIRM = 32  # packets after a frame's own by which it has come out: 16 reordered (H.264, HEVC) + 16 frame threads
 
 
@@ -56,12 +60,29 @@ class ReferenceChain:
         self._damage: list[tuple[int, int | None]] = [(START, None)]  # (decode index, frame index), sorted
         self._recoveries: list[tuple[int, int | None]] = []  # (decode index, pts) of key frames decoded intra, sorted
         self._declared: set[int] = set()  # decode indices declared lost, not yet confirmed (`CONFIRM`)
+        self._unsure: int | None = None  # decode index of a packet that may follow a missing frame (`decide`)
+        self._leading: dict[int, int] = {}  # decode index of a leading picture -> its key frame's pts
 
-    def packet(self, pts: int | None, key: bool = False, shown: bool = True, referenced: bool = True) -> int:
+    def packet(
+        self,
+        pts: int | None,
+        key: bool = False,
+        shown: bool = True,
+        referenced: bool = True,
+        unsure: bool = False,
+        leading: int | None = None,
+    ) -> int:
         """A packet in file order: its decode index. `shown`: its frame will come out (not a packet the demuxer
         marks to decode as a reference only; a key frame among those is where the frames after it recover);
-        `referenced` False: no frame refers to it (`disposable`), so its loss or damage costs only itself."""
+        `referenced` False: no frame refers to it (`disposable`), so its loss or damage costs only itself;
+        `unsure`: whether a frame is missing before it is told later (`decide`): no frame from it on is judged
+        until then; `leading`: the pts of the key frame it is a leading picture of (HEVC RASL / RADL: no frame
+        shown from that key frame on refers to it), so its loss or damage costs only frames shown before that."""
         d, self._count = self._count, self._count + 1
+        if leading is not None:
+            self._leading[d] = leading
+        if unsure:
+            self._unsure = d
         if shown and pts is not None:
             self._unsettled[pts].append(d)
             heapq.heappush(self._waiting, d)
@@ -123,8 +144,16 @@ class ReferenceChain:
             self._declared.discard(d)
             self._done(d)
 
+    def decide(self, missing: bool, frame: int) -> None:
+        """Whether a frame (`MISSING`) is missing before the `unsure` packet, as the packets after it told."""
+        if self._unsure is not None and missing:
+            bisect.insort(self._damage, (self._unsure - 0.5, frame), key=lambda e: e[0])
+        self._unsure = None
+
     def finish(self) -> None:
-        """The timeline has ended: every frame declared lost is lost."""
+        """The timeline has ended: every frame declared lost is lost (an `unsure` packet is taken to follow its
+        references)."""
+        self._unsure = None
         for d in self._declared:
             self._done(d)
         self._declared.clear()
@@ -147,6 +176,8 @@ class ReferenceChain:
     def settled_before(self, d: int | None) -> bool:
         """Whether every packet decoded before decode index `d` has come out or been declared lost (None: a frame
         with no known packet, judged against what came before it)."""
+        if self._unsure is not None and (d is None or d >= self._unsure):
+            return False
         return d is None or not self._waiting or self._waiting[0] > d
 
     @property
@@ -161,6 +192,11 @@ class ReferenceChain:
             return
         bisect.insort(self._damage, (self._count if d is None else d, frame), key=lambda e: e[0])
 
+    def missing(self, frame: int) -> None:
+        """A frame decoded before the next packet is missing from the file (`MISSING`: its bitstream's reference
+        numbering skips one; `GAP`: the decode timestamps do): the frames from that packet on are decoded from it."""
+        bisect.insort(self._damage, (self._count - 0.5, frame), key=lambda e: e[0])
+
     def recovered(self, d: int | None, pts: int | None) -> None:
         """The frame of decode index `d` is a key frame decoded intra and clean."""
         bisect.insort(self._recoveries, (self._count if d is None else d, pts), key=lambda e: e[0])
@@ -171,6 +207,8 @@ class ReferenceChain:
         before its first key frame), or None when the frame is clean."""
         at = self._count if d is None else d
         i = bisect.bisect_left(self._damage, at, key=lambda e: e[0])
+        while i > 0 and pts is not None and self._leading.get(self._damage[i - 1][0], pts + 1) <= pts:
+            i -= 1  # a leading picture's damage: not referred to by frames shown from its key frame on
         if i == 0:
             return None
         k = self._damage[i - 1][0]
@@ -181,54 +219,3 @@ class ReferenceChain:
             if pts is None or shown is None or shown <= pts:
                 return None
         return self._damage[i - 1]
-
-
-def disposable(codec: str, data: bytes | memoryview, extradata: bytes | None = None) -> bool:
-    """Whether no other frame refers to the frame coded in `data` (a packet of `codec`, FFmpeg's name), as its
-    bitstream says: an H.264 access unit whose slices all have nal_ref_idc 0 (ITU-T H.264 7.4.1: not used for
-    inter prediction), an MPEG-2 B picture (ISO/IEC 13818-2 6.3.9, picture_coding_type 3) or an MPEG-4 Part 2
-    B-VOP (ISO/IEC 14496-2 6.3.5, vop_coding_type 2), never references. The loss of such a frame costs only itself.
-    False where it cannot be told (other codecs; no slice or picture header found; headers that do not parse).
-    `extradata`: the stream's (H.264 in MP4 / Matroska: avcC, giving the NAL length size; else Annex B)."""
-    if codec not in ("h264", "mpeg2video", "mpeg1video", "mpeg4"):
-        return False
-    view = memoryview(data).cast("B")
-    if codec == "h264":
-        return _h264_unreferenced(view, extradata)
-    if codec in ("mpeg2video", "mpeg1video"):
-        types = [(view[i + 5] >> 3) & 7 for i in _start_codes(view, 0x00) if i + 5 < len(view)]
-        return bool(types) and all(t == 3 for t in types)
-    if codec == "mpeg4":
-        types = [view[i + 4] >> 6 for i in _start_codes(view, 0xB6) if i + 4 < len(view)]
-        return bool(types) and all(t == 2 for t in types)
-    return False
-
-
-def _start_codes(view: memoryview, code: int) -> list[int]:
-    """Offsets of the start codes 00 00 01 `code` in `view`."""
-    data, found, at = bytes(view), [], 0
-    pattern = b"\x00\x00\x01" + bytes([code])
-    while (at := data.find(pattern, at)) >= 0:
-        found.append(at)
-        at += 4
-    return found
-
-
-def _h264_unreferenced(view: memoryview, extradata: bytes | None) -> bool:
-    """All slice NAL units (types 1 and 5) of an H.264 access unit have nal_ref_idc 0 (and at least one is there)."""
-    headers = []
-    if extradata and extradata[0] == 1 and len(extradata) > 4:  # avcC: NAL units prefixed by their length
-        size, at = (extradata[4] & 3) + 1, 0
-        while at + size < len(view):
-            length = int.from_bytes(view[at : at + size], "big")
-            headers.append(view[at + size])
-            at += size + length
-    else:  # Annex B: NAL units after start codes 00 00 01
-        data, at = bytes(view[: 1 << 16]), 0
-        while (at := data.find(b"\x00\x00\x01", at)) >= 0 and at + 3 < len(data):
-            headers.append(data[at + 3])
-            at += 3
-    slices = [h for h in headers if h & 0x1F in (1, 5)]
-    if not slices or any(h & 0x80 for h in headers):  # forbidden_zero_bit set: not a header to trust
-        return False
-    return all(h & 0x60 == 0 for h in slices)

@@ -25,9 +25,10 @@ import numpy as np
 from av.video.frame import PictureType
 
 from medcad.atomic import atomic_write_text
-from medcad.data.frames import DecodeReport, DroppedFrame, Frame, concealed_reason
+from medcad.data.bitstreams import UNSURE, Continuity, disposable, hevc_leading
+from medcad.data.frames import Cadence, DecodeReport, DroppedFrame, Frame, TimeGap, concealed_reason
 from medcad.data.io import is_dicom
-from medcad.data.references import ReferenceChain, disposable
+from medcad.data.references import GAP, MISSING, ReferenceChain
 from medcad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 
 HOLD = 32  # frames held at most for the packets decoded before them (H.264 / HEVC reorder at most 16)
+# containers that store decode timestamps (Matroska, WebM and Ogg store presentation times only: FFmpeg makes decode
+# times up from them for codecs that reorder frames, and a frame missing shifts them out of place)
+DECODE_TIMES = {"mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "mpeg", "flv"}
 
 
 class _Held(NamedTuple):
@@ -111,6 +115,8 @@ class VideoReader:
         self._orient: tuple[bool, bool, bool] | None = None  # transpose, flip rows, flip columns
         tb = self._stream.time_base
         self._tb = float(tb) if tb else 1.0 / self.fps
+        nominal = self._stream.guessed_rate or rate  # FFmpeg's guess of the constant rate the timestamps follow
+        self._step = 1.0 / (float(nominal) * self._tb) if nominal else 0.0  # a frame's time in timestamp ticks
         self._start = self._stream.start_time
         self.report = DecodeReport(str(self.path))
         sar = self._stream.sample_aspect_ratio  # the container's, else the bitstream's (FFmpeg's choice)
@@ -150,7 +156,14 @@ class VideoReader:
         timestamps: its decode timestamps go back. Each such part is a timeline of its own (frames are matched to
         their packets within it), its frames follow the part before in index and time, and where it starts is in
         `report.restarts`. (Matched by timestamp across parts, a part's frames had been numbered among the part
-        before's and good frames reported undecodable.)"""
+        before's and good frames reported undecodable.)
+
+        A frame missing from the file altogether (no packet) is found by the reference numbering of the frames
+        after it (`medcad.data.bitstreams.Continuity`: H.264, MPEG-1 / MPEG-2), or, for codecs whose numbering is
+        not read, by a gap in the decode timestamps of a constant-rate stream (where the container stores them, or
+        the codec does not reorder frames: not HEVC or MPEG-4 Part 2 in Matroska): the frames decoded after it up to
+        the next key frame are named, not passed on. Timestamps at a constant rate that skip frames' time are listed in
+        `report.gaps` (frames missing from the file or never recorded); frames keep their numbers in the file."""
         if self._output_order:
             yield from self._frames_in_output_order(every)
             return
@@ -161,13 +174,25 @@ class VideoReader:
         # frames given up on (part, timestamp) -> (their entry, decode index), in case one comes out after all
         lost: dict[tuple[int, int], tuple[DroppedFrame, int | None]] = {}
         held: list[_Held] = []  # frames waiting for the packets decoded before them, in frame order
+        continuity = Continuity(codec, extradata)  # reference frames missing from the file, by their numbering
+        # decode times as the file stores them, or a codec that does not reorder (VP8, VP9, AV1): its presentation
+        # times are its decode times; else FFmpeg's guess
+        stored = self._container.format.name in DECODE_TIMES or not self._stream.codec_context.codec.reorder
+        key_pts = None  # the last key frame's, in decode order (HEVC leading pictures are shown before it)
+        decode_times, shown_times = [Cadence(self._step)], [Cadence(self._step)]  # per timeline
         index, packets, last_end, last_dts = 0, 0, None, None
         part, last_pts, offset, last_time = 0, None, 0.0, None  # the timeline frames come out of, and its shift
 
         def time(pts: int | None) -> float | None:  # seconds from the first part's start, parts one after another
             return None if pts is None else self._time(pts) + offset
 
+        def account(k: int, pts: int | None) -> None:  # frame `index` of timeline k, at pts: a gap before it?
+            if skipped := shown_times[k].skipped(pts):
+                first = time(pts - round(skipped * self._step)) if k == part else None
+                report.gaps.append(TimeGap(index, None if first is None else round(first, 6), skipped))
+
         def declare_lost(k: int, pts: int, time_s: float | None) -> None:
+            account(k, pts)
             d = chains[k].lose(pts, index)
             lost[k, pts] = self._drop(index, time_s, "could not be decoded"), d
 
@@ -177,13 +202,28 @@ class VideoReader:
                 if packet.size and packet.dts is not None:
                     if last_dts is not None and self._restarts(packet, last_dts):  # a new timeline
                         chains.append(ReferenceChain())
+                        decode_times.append(Cadence(self._step))
+                        shown_times.append(Cadence(self._step))
                     last_dts = packet.dts
                 # (a discarded packet is decoded only as a reference of frames shown after it: a clip cut by stream
                 # copy at a frame that is not a key frame starts from the key frame before the cut)
                 shown = packet.pts is not None and not packet.is_discard
                 if packet.size:
+                    missing = continuity.missing_before(packet)
+                    skipped = decode_times[-1].skipped(packet.dts)
+                    if continuity.earlier is not None:  # the verdict on the packet before, left unsure
+                        chains[-1].decide(continuity.earlier, MISSING)
+                    if missing is True:
+                        chains[-1].missing(MISSING)
+                    elif missing is None and skipped and stored and not self._intra:  # the numbering cannot tell
+                        chains[-1].missing(GAP)
                     referenced = not (shown and disposable(codec, packet, extradata))
-                    d = chains[-1].packet(packet.pts, key=packet.is_keyframe, shown=shown, referenced=referenced)
+                    if packet.is_keyframe:
+                        key_pts = packet.pts
+                    leading = key_pts if codec == "hevc" and hevc_leading(packet, extradata) else None
+                    d = chains[-1].packet(
+                        packet.pts, packet.is_keyframe, shown, referenced, missing == UNSURE, leading=leading
+                    )
                     if failed and not shown:  # a reference only, or no timestamp: the frames after it are its
                         chains[-1].damaged(d, None)
                 if packet.size and shown:
@@ -212,6 +252,7 @@ class VideoReader:
                     chain.withdraw(d)
                     at = gone.index
                 else:
+                    account(part, pts)
                     d = chain.settle(pts)
                     at, index = index, index + 1
                 if pts is not None:

@@ -118,6 +118,7 @@ class VideoJobs:
                 "rotation",
                 "mirrored",
                 "sample_aspect_ratio",
+                "time_gaps",
             )
             keep += ("seconds", "frames_per_s", "source_fps", "latency_ms_per_frame", "smooth")
             self._update(job, status="done", summary={k: summary[k] for k in keep}, frames=frames)

@@ -298,7 +298,7 @@ function showVideo(li, name, s) {
   const dropped = s.summary.dropped_frames || [];
   for (const [group, what] of [
     [dropped.filter((d) => !d.concealed), "could not be decoded"],
-    [dropped.filter((d) => d.concealed), "decoded from a lost or damaged frame (concealed by the decoder)"],
+    [dropped.filter((d) => d.concealed), "decoded from a lost, damaged or missing frame (concealed by the decoder)"],
   ]) {
     if (group.length) {
       notes.push(`${group.length} frame${group.length === 1 ? "" : "s"} ${what} ` +
@@ -306,6 +306,12 @@ function showVideo(li, name, s) {
     }
   }
   if (s.summary.truncated) notes.push(`the file is truncated: ${s.summary.truncation}`);
+  const gaps = s.summary.time_gaps || [];
+  if (gaps.length) {
+    const n = gaps.reduce((sum, g) => sum + g.frames, 0);
+    notes.push(`${n} frame${n === 1 ? "" : "s"}' time with no frame in the file (before frame ` +
+      `${gaps.map((g) => g.before_frame).join(", ")}): lost from the file or never recorded`);
+  }
   $(".extra", li).textContent = notes.join(" · ");
   const head = Object.assign(document.createElement("p"), { className: "subhead", textContent: "Findings by time" });
   if (runs.length) box.after(head, list);
