@@ -97,6 +97,8 @@ def test_no_frame_decoded_from_a_missing_one_passes(
     # Matroska does not store (FFmpeg makes them up there for codecs that reorder): frames decoded from one may pass
     assume(not (name in ("mpeg4", "libx265") and container == "matroska"))
     assume(not (name == "libvpx-vp9" and container == "mpegts"))  # MPEG-TS carries no VP9
+    # nor, for them, before the decode timestamps have shown their constant rate (`Cadence.SETTLE` single steps)
+    assume(name in READ or first > Cadence.SETTLE)
     suffix = SUFFIXES[container]
     clean = encode(tmp_path / f"clean{suffix}", name, b_frames, gop)
     packets = drop_packets(clean, tmp_path / f"dropped{suffix}", first, count)
@@ -129,20 +131,26 @@ def test_no_frame_decoded_from_a_missing_one_passes(
 
 
 def test_a_constant_rate_names_its_gaps_and_a_variable_one_none() -> None:
+    """Online, once the rate has shown itself; at the end, over the whole timeline. A variable rate, or frames every
+    other tick of the rate FFmpeg guessed, has no gaps."""
+    ticks = [0, 3600, 10800, 14400, 18000, 21600, 28800] + [28800 + 3600 * i for i in range(1, 30)]
     cadence = Cadence(3600.0)  # 25 frames/s in MPEG-TS ticks
-    assert [cadence.skipped(t) for t in (0, 3600, 7200, 14400, 18000, 28800)] == [0, 0, 0, 1, 0, 2]
+    assert [cadence.skipped(t, i) for i, t in enumerate(ticks)][:7] == [0, 0, 0, 0, 0, 0, 1]  # the first: too soon
+    assert cadence.gaps() == [(2, 1), (6, 1)] and cadence.regular  # at the end, both
     assert cadence.skipped(None) == 0 and cadence.skipped(100) == 0  # no time, or earlier: nothing skipped
     ms = Cadence(1000 / 29.97)  # 29.97 frames/s in Matroska's milliseconds: steps of 33 and 34
-    assert [ms.skipped(t) for t in (0, 33, 67, 100, 167)] == [0, 0, 0, 0, 1]
+    assert [ms.skipped(t) for t in (0, 33, 67, 100, 133, 167, 234)] == [0, 0, 0, 0, 0, 0, 1]
     variable = Cadence(3000.0)  # a phone's variable rate: steps that are no multiple of the nominal one
-    assert [variable.skipped(t) for t in (0, 3000, 4700, 10700)] == [0, 0, 0, 0]
-    assert not variable.regular
+    assert [variable.skipped(t) for t in (0, 3000, 6000, 9000, 10700, 16700)] == [0] * 6 and not variable.gaps()
+    every_other = Cadence(1500.0)  # 30 frames/s timed on a 60 frames/s guess: every step a double one
+    assert [every_other.skipped(3000 * i) for i in range(40)] == [0] * 40 and not every_other.gaps()
 
 
-@pytest.mark.parametrize("codec", [c for c in ("libx264", "mpeg2video") if c in av.codecs_available])
+@pytest.mark.parametrize("codec", [c for c in ("libx264", "mpeg2video", "libx265") if c in av.codecs_available])
 def test_a_frame_never_recorded_is_a_time_gap_and_costs_no_frame(tmp_path: Path, codec: str) -> None:
     """A capture card or camera that dropped frames before encoding: the timestamps skip, the bitstream's reference
-    numbering does not (the encoder never had them). The gap is noted; every frame is the recorded picture."""
+    numbering (HEVC: its picture order count) does not (the encoder never had them). The gap is noted; every frame
+    is the recorded picture."""
     base = np.random.default_rng(7).integers(0, 256, (H + N, W + N, 3), np.uint8)
     never = {7, 20, 21}  # frame times with no frame
     path = tmp_path / "capture.mp4"
@@ -164,3 +172,40 @@ def test_a_frame_never_recorded_is_a_time_gap_and_costs_no_frame(tmp_path: Path,
     assert [(g.before, g.time_s, g.frames) for g in video.report.gaps] == [(7, 0.28, 1), (19, 0.8, 2)]
     assert passed.keys() == pictures.keys() and all(np.array_equal(passed[t], pictures[t]) for t in passed)
     assert "3 frame(s)' time with no frame in the file" in video.report.notes()[0]
+
+
+def mpeg2_picture(kind: str, tr: int, gop: bool = False) -> bytes:
+    """An MPEG-2 packet's headers: a GOP header where `gop`, then a picture header (temporal_reference `tr`)."""
+    header = b"\x00\x00\x01\xb8\x00\x08\x00\x00" if gop else b""
+    code = " IPB".index(kind)
+    return header + b"\x00\x00\x01\x00" + bytes([tr >> 2, ((tr & 3) << 6) | (code << 3), 0xFF, 0xF8])
+
+
+OPEN_GOP = [("I", 2, True), ("B", 0, False), ("B", 1, False), ("P", 5, False), ("B", 3, False), ("B", 4, False)]
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [  # (kind, temporal_reference, GOP header) in decode order -> verdict per packet (the next packet's on UNSURE)
+        ([("I", 0, True)] + [("P", n % 1024, False) for n in range(1, 1100)], [False] * 1100),  # wraps, one GOP
+        ([("I", 0, True), ("P", 1, False), ("P", 4, False), ("B", 2, False), ("B", 3, False)], [False] * 5),
+        (
+            [("I", 0, True), ("P", 1, False), ("P", 2, False), ("P", 4, False), ("P", 5, False)],
+            [False] * 3 + [True, False],
+        ),
+        (OPEN_GOP + [("P", 11, False), ("B", 9, False)], [False] * 6 + [None, False]),  # an anchor and its Bs: None
+        (OPEN_GOP + [("B", 0, False)], [False] * 6 + [True]),  # a GOP header and its I picture
+        ([("I", 0, True), ("P", 3, False), ("B", 1, False), ("B", 2, False), ("B", 4, False)], [False] * 4 + [True]),
+    ],
+    ids=["wrap", "adaptive-b", "lost-p", "lost-anchor-and-bs", "lost-gop-start", "lost-p-before-bs"],
+)
+def test_mpeg2_reference_numbering(stream: list[tuple[str, int, bool]], expected: list) -> None:
+    from medcad.data.bitstreams import UNSURE, Bitstream
+
+    bitstream, verdicts = Bitstream("mpeg2video"), []
+    for kind, tr, gop in stream:
+        missing = bitstream.read(mpeg2_picture(kind, tr, gop)).missing
+        if bitstream.earlier is not None:
+            verdicts[-1] = bitstream.earlier  # the UNSURE packet before, told by this one
+        verdicts.append(missing)
+    assert UNSURE not in verdicts[:-1] and verdicts == expected, verdicts

@@ -131,7 +131,7 @@ def test_a_frame_missing_from_the_file_is_named_and_so_are_those_decoded_from_it
                 out.mux(packet)
     res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "lost.mp4"), "--out", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
-    assert "1 frame(s)' time with no frame in the file (1 before frame 3 (0.120 s))" in res.output, res.output
+    assert "1 frame(s)' time with no frame in the file (1 at 0.120 s, before frame 3)" in res.output, res.output
     res = runner.invoke(
         app, ["predict", str(tiny_run), str(tmp_path / "lost.mp4"), "--out", str(tmp_path / "p"), "--json"]
     )

@@ -1,46 +1,52 @@
-"""What a video packet's bitstream says about the frames it refers to: whether no frame refers to it
-(`disposable`), and whether a frame it may refer to is missing from the file (`Continuity`).
+"""What a video packet's bitstream says about the frames it refers to (`Bitstream.read`): whether no frame refers to
+it, whether it is an HEVC leading picture, and whether a frame it may refer to is missing from the file.
 
 A packet dropped from a file whole (a recorder or capture card that lost it, a remux that skipped it, a transport
 stream that lost its PES) leaves no error behind: the decoder conceals the missing reference and the frames after
 it come out smeared, with no flag. Codecs number their reference pictures, so a missing one shows as a skip in the
 numbering: H.264's frame_num (ITU-T H.264 7.4.3), MPEG-1 / MPEG-2's temporal_reference between anchor pictures
 (ISO/IEC 13818-2 6.3.9). A frame the encoder never had (a camera or capture card that dropped it before encoding)
-leaves the numbering whole: only the timestamps skip, and nothing refers to a missing frame.
+leaves the numbering whole: only the timestamps skip, and nothing refers to a missing frame. Other codecs' numbering
+is not read (HEVC's reference picture sets, VP9's and AV1's reference slots): `missing` is None for them.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 INTRA, PREDICTED, BIDIRECTIONAL = 1, 2, 3  # MPEG-1 / MPEG-2 picture_coding_type (I, P, B)
-UNSURE = "unsure"  # `Continuity.missing_before`: the next packet tells (`Continuity.earlier`)
+UNSURE = "unsure"  # `Facts.missing`: the next packet tells (`Bitstream.earlier`)
+WRAP = 1024  # MPEG-2 temporal_reference counts modulo 1024
 
 
-def disposable(codec: str, data: bytes | memoryview, extradata: bytes | None = None) -> bool:
-    """Whether no other frame refers to the frame coded in `data` (a packet of `codec`, FFmpeg's name), as its
-    bitstream says: an H.264 access unit whose slices all have nal_ref_idc 0 (ITU-T H.264 7.4.1: not used for
-    inter prediction), an HEVC picture of a stream with one temporal sub-layer whose slices are all sub-layer
-    non-reference (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N; ITU-T H.265 7.4.2.2), an MPEG-2 B picture (ISO/IEC
-    13818-2 6.3.9, picture_coding_type 3) or an MPEG-4 Part 2 B-VOP (ISO/IEC 14496-2 6.3.5, vop_coding_type 2), never
-    references. The loss of such a frame costs only itself. False where it cannot be told (other codecs; no slice or
-    picture header found; headers that do not parse; HEVC with temporal sub-layers or no parameter sets in
-    `extradata`). `extradata`: the stream's (H.264 / HEVC in MP4 / Matroska: avcC / hvcC, giving the NAL length
-    size; else Annex B)."""
-    if codec not in ("h264", "hevc", "mpeg2video", "mpeg1video", "mpeg4"):
-        return False
-    view = memoryview(data).cast("B")
-    if codec == "hevc":
-        return _hevc_unreferenced(view, extradata)
-    if codec == "h264":
-        units = h264_nal_units(view, extradata)
-        slices = [u[0] for u in units if u and u[0] & 0x1F in (1, 5)]
-        if not slices or any(u[0] & 0x80 for u in units if u):  # forbidden_zero_bit set: not a header to trust
-            return False
-        return all(h & 0x60 == 0 for h in slices)
-    if codec in ("mpeg2video", "mpeg1video"):
-        types = [t for t, _ in _mpeg2_pictures(bytes(view))]
-        return bool(types) and all(t == BIDIRECTIONAL for t in types)
-    types = [view[i + 4] >> 6 for i in _start_codes(bytes(view), 0xB6) if i + 4 < len(view)]
-    return bool(types) and all(t == 2 for t in types)
+class Facts(NamedTuple):
+    """What one packet's bitstream says (`Bitstream.read`)."""
+
+    missing: bool | str | None  # a reference picture decoded before it is missing from the file: True, False,
+    # UNSURE (the next packet tells), None (cannot be told: another codec, no header found, headers that do not parse)
+    disposable: bool  # no frame refers to it: its loss or damage costs only itself
+    leading: bool = False  # an HEVC leading picture (RASL / RADL): no picture shown from its IRAP on refers to it
+    irap: bool = False  # an HEVC IRAP picture (the leading pictures after it in decode order are its)
+
+
+def nal_units(data: bytes, size: int | None) -> list[bytes]:
+    """The NAL units of an H.264 / HEVC packet (header first): prefixed by their length in `size` bytes (avcC / hvcC
+    streams: MP4, Matroska), or after Annex B start codes 00 00 01 (`size` None: MPEG-TS, raw .h264 / .hevc)."""
+    units = []
+    if size:
+        at = 0
+        while at + size < len(data):
+            length = int.from_bytes(data[at : at + size], "big")
+            units.append(data[at + size : at + size + length])
+            at += size + length
+        return units
+    starts, at = [], 0
+    while (at := data.find(b"\x00\x00\x01", at)) >= 0 and at + 3 < len(data):
+        starts.append(at + 3)
+        at += 3
+    for k, s in enumerate(starts):
+        units.append(data[s : starts[k + 1] - 3].rstrip(b"\x00") if k + 1 < len(starts) else data[s:])
+    return units
 
 
 def _start_codes(data: bytes, code: int) -> list[int]:
@@ -53,87 +59,28 @@ def _start_codes(data: bytes, code: int) -> list[int]:
     return found
 
 
-def _mpeg2_pictures(data: bytes) -> list[tuple[int, int]]:
-    """(picture_coding_type, temporal_reference) of each picture header (00 00 01 00) in an MPEG-1 / MPEG-2 packet."""
-    return [
-        ((data[i + 5] >> 3) & 7, (data[i + 4] << 2) | (data[i + 5] >> 6))
-        for i in _start_codes(data, 0x00)
-        if i + 5 < len(data)
-    ]
-
-
-def hevc_leading(data: bytes | memoryview, extradata: bytes | None) -> bool:
-    """Whether an HEVC packet is a leading picture (RADL or RASL: NAL unit types 6-9, ITU-T H.265 7.4.2.2):
-    shown before the IRAP picture it follows in decode order, and no picture shown from that IRAP on refers to it."""
-    size_at = 21 if extradata and extradata[0] == 1 and len(extradata) > 22 else 4
-    units = h264_nal_units(memoryview(data).cast("B"), extradata if size_at == 21 else None, size_at=size_at)
-    kinds = [(u[0] >> 1) & 0x3F for u in units if len(u) > 1 and not u[0] & 0x80]
-    slices = [k for k in kinds if k < 32]
-    return bool(slices) and all(6 <= k <= 9 for k in slices)
-
-
-def _hevc_unreferenced(view: memoryview, extradata: bytes | None) -> bool:
-    """All VCL NAL units (types 0-31) of an HEVC access unit are sub-layer non-reference (even types below 16), in
-    a stream of one temporal sub-layer (hvcC numTemporalLayers, or the SPS's sps_max_sub_layers_minus1 0): no
-    picture refers to them."""
-    if not extradata:
-        return False
-    if extradata[0] == 1 and len(extradata) > 22:  # hvcC (ISO/IEC 14496-15 8.3.3.1)
-        layers, units = (extradata[21] >> 3) & 7, h264_nal_units(view, extradata, size_at=21)
-    else:
-        sps = next((u for u in h264_nal_units(extradata, None) if len(u) > 2 and (u[0] >> 1) & 0x3F == 33), None)
-        layers, units = (None if sps is None else ((sps[2] >> 1) & 7) + 1), h264_nal_units(view, None)
-    if layers != 1:
-        return False
-    kinds = [(u[0] >> 1) & 0x3F for u in units if len(u) > 1 and not u[0] & 0x80]
-    slices = [k for k in kinds if k < 32]
-    return bool(slices) and all(k < 16 and k % 2 == 0 for k in slices)
-
-
-def h264_nal_units(view: memoryview | bytes, extradata: bytes | None, size_at: int = 4) -> list[bytes]:
-    """The NAL units of an H.264 (or HEVC: `size_at` 21) packet (header first): length-prefixed where `extradata` is
-    an avcC (hvcC) record (MP4, Matroska), else after Annex B start codes 00 00 01 (MPEG-TS, raw .h264 / .hevc)."""
-    data = bytes(view)
-    units = []
-    if extradata and extradata[0] == 1 and len(extradata) > size_at:  # avcC / hvcC: NAL units prefixed by length
-        size, at = (extradata[size_at] & 3) + 1, 0
-        while at + size < len(data):
-            length = int.from_bytes(data[at : at + size], "big")
-            units.append(data[at + size : at + size + length])
-            at += size + length
-        return units
-    starts = []
-    at = 0
-    while (at := data.find(b"\x00\x00\x01", at)) >= 0 and at + 3 < len(data):
-        starts.append(at + 3)
-        at += 3
-    for k, s in enumerate(starts):
-        end = starts[k + 1] - 3 if k + 1 < len(starts) else len(data)
-        units.append(data[s:end].rstrip(b"\x00") if k + 1 < len(starts) else data[s:end])
-    return units
-
-
 class _Bits:
-    """An RBSP's bits (emulation prevention bytes 00 00 03 removed): u(n), ue(v), se(v) of ITU-T H.264 7.2."""
+    """An RBSP's bits (emulation prevention bytes 00 00 03 removed): u(n), ue(v), se(v) of ITU-T H.264 7.2. Reading
+    past the end raises IndexError (the header does not parse)."""
 
     def __init__(self, nal: bytes) -> None:
-        self.data = nal.replace(b"\x00\x00\x03", b"\x00\x00")
-        self.at = 0
+        data = nal.replace(b"\x00\x00\x03", b"\x00\x00")
+        self.value, self.size, self.at = int.from_bytes(data, "big"), 8 * len(data), 0
 
     def u(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            byte = self.data[self.at >> 3]  # IndexError past the end: the header does not parse
-            value = (value << 1) | ((byte >> (7 - (self.at & 7))) & 1)
-            self.at += 1
-        return value
+        if self.at + n > self.size:
+            raise IndexError("read past the end of the header")
+        self.at += n
+        return (self.value >> (self.size - self.at)) & ((1 << n) - 1)
 
     def ue(self) -> int:
-        zeros = 0
-        while not self.u(1):
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("exp-Golomb code longer than 32 bits")
+        left = self.size - self.at
+        zeros = left - (self.value & ((1 << left) - 1)).bit_length()  # leading zero bits
+        if zeros >= left:
+            raise IndexError("read past the end of the header")
+        if zeros > 31:
+            raise ValueError("exp-Golomb code longer than 32 bits")
+        self.at += zeros + 1
         return (1 << zeros) - 1 + self.u(zeros)
 
     def se(self) -> int:
@@ -153,11 +100,12 @@ class _H264Sps:
         self.id = bits.ue()
         self.separate_colour_plane = False
         if profile in self.HIGH:
-            if bits.ue() == 3:  # chroma_format_idc
+            chroma_format_idc = bits.ue()
+            if chroma_format_idc == 3:
                 self.separate_colour_plane = bool(bits.u(1))
             bits.ue(), bits.ue(), bits.u(1)  # bit depths, qpprime_y_zero_transform_bypass_flag
             if bits.u(1):  # seq_scaling_matrix_present_flag
-                for i in range(12 if self.separate_colour_plane or profile == 244 else 8):
+                for i in range(12 if chroma_format_idc == 3 else 8):
                     if bits.u(1):
                         last = next_ = 8
                         for _ in range(16 if i < 6 else 64):
@@ -176,42 +124,92 @@ class _H264Sps:
         self.gaps_allowed = bool(bits.u(1))
 
 
-class Continuity:
-    """Per video stream, packet by packet in decode order: whether a frame a packet's frame may refer to is missing
-    from the file (`missing_before`), read from the reference numbering of H.264 and MPEG-1 / MPEG-2 bitstreams.
-    Other codecs: not known (None)."""
+class _HevcSps(NamedTuple):
+    layers: int  # temporal sub-layers
+    separate_colour_plane: bool
+    log2_max_poc_lsb: int
+
+
+def _hevc_sps(rbsp: bytes) -> tuple[int, _HevcSps]:
+    """(sps_seq_parameter_set_id, the fields a slice header's picture order count needs) of an HEVC sequence
+    parameter set (ITU-T H.265 7.3.2.2.1, profile_tier_level 7.3.3)."""
+    bits = _Bits(rbsp)
+    bits.u(4)  # sps_video_parameter_set_id
+    sub_layers = bits.u(3)  # sps_max_sub_layers_minus1
+    bits.u(1)
+    bits.u(8), bits.u(32), bits.u(48), bits.u(8)  # general profile, compatibility flags, constraints, level
+    present = [(bits.u(1), bits.u(1)) for _ in range(sub_layers)]
+    if sub_layers:
+        bits.u(2 * (8 - sub_layers))
+    for profile, level in present:
+        bits.u(88 * profile + 8 * level)
+    sps_id = bits.ue()
+    separate = bits.ue() == 3 and bool(bits.u(1))  # chroma_format_idc, separate_colour_plane_flag
+    bits.ue(), bits.ue()  # pic_width_in_luma_samples, pic_height_in_luma_samples
+    if bits.u(1):  # conformance_window_flag
+        for _ in range(4):
+            bits.ue()
+    bits.ue(), bits.ue()  # bit depths
+    return sps_id, _HevcSps(sub_layers + 1, separate, bits.ue() + 4)
+
+
+class Bitstream:
+    """One video stream's packets read in decode order (`read`, for every packet with data, damaged ones too:
+    their headers usually survive): which frames no frame refers to, which reference pictures are missing from the
+    file (H.264 frame_num, MPEG-1 / MPEG-2 temporal_reference), HEVC's leading pictures."""
 
     def __init__(self, codec: str, extradata: bytes | None = None) -> None:
         self.codec = codec
-        self.extradata = extradata
+        self._size: int | None = None  # NAL length size (avcC / hvcC); None: Annex B
+        self._layers: int | None = None  # HEVC temporal sub-layers (hvcC numTemporalLayers, or its SPS)
+        self._hevc_sps: dict[int, _HevcSps] = {}
+        self._hevc_pps: dict[int, tuple[int, bool, bool, int]] = {}  # id -> SPS id, dependent slices, output flag,
+        # extra slice header bits
+        self._offsets: list[int] = []  # HEVC: presentation time in frames - picture order count (mod MaxPocLsb)
+        self._watch: tuple[int, int] | None = None  # HEVC: after a timestamp gap, (offset before it, packets left)
         self._sps: dict[int, _H264Sps] = {}
         self._pps: dict[int, int] = {}  # pic_parameter_set_id -> seq_parameter_set_id
         self._prev_ref: int | None = None  # H.264 PrevRefFrameNum
         self._anchors: list[int] = []  # MPEG-2: temporal_reference of the last two anchor (I, P) pictures
         self._seen: set[int] = set()  # MPEG-2: temporal_reference of the GOP's pictures so far
         self._last: int | None = None  # MPEG-2: the last packet's temporal_reference
-        self._b_frames = False  # MPEG-2: B pictures seen (anchors are then not consecutive)
-        self._adjacent = False  # MPEG-2: an anchor seen right after the one before it (no B pictures between)
-        self._anchor_last = False  # MPEG-2: the last packet was an anchor picture
+        self._b_frames = False  # MPEG-2: B pictures seen (anchors are then not next to each other)
+        self._spacing = 1  # MPEG-2: the widest room between two anchors seen with B pictures in it
+        self._doubtful: tuple[int, int] | None = None  # MPEG-2: a room wider than that (not learnt from)
         self._pending: tuple[int, int] | None = None  # MPEG-2: an UNSURE P picture's room (last anchor, its number)
         self.earlier: bool | None = None  # the verdict on the last UNSURE packet, told by the one after it
-        if codec == "h264" and extradata and extradata[0] == 1 and len(extradata) > 6:
+        extradata = bytes(extradata or b"")
+        if codec == "h264" and extradata[:1] == b"\x01" and len(extradata) > 6:  # avcC (ISO/IEC 14496-15 5.3.3.1)
+            self._size = (extradata[4] & 3) + 1
             self._h264_parameter_sets(_avcc_parameter_sets(extradata))
+        elif codec == "hevc" and extradata[:1] == b"\x01" and len(extradata) > 22:  # hvcC (ISO/IEC 14496-15 8.3.3.1)
+            self._size, self._layers = (extradata[21] & 3) + 1, (extradata[21] >> 3) & 7
+            self._hevc_parameter_sets(_hvcc_parameter_sets(extradata))
+        elif codec == "hevc":
+            self._hevc_parameter_sets(nal_units(extradata, None))
 
-    def missing_before(self, data: bytes | memoryview) -> bool | str | None:
-        """Whether a reference picture decoded before this packet's is missing from the file (True), none is
-        (False), the next packet tells (`UNSURE`: then `earlier` holds the verdict, True or False, after the next
-        call), or it cannot be told (None: another codec, no picture header in the packet, headers that do not
-        parse). Call for every packet with data, in file order (damaged ones too: their headers usually survive)."""
+    def read(self, data: bytes | memoryview, position: int | None = None, gap: bool = False) -> Facts:
+        """What the packet `data` says (`Facts`); sets `earlier` where the last UNSURE packet is told about.
+        `position`: its presentation time in frames; `gap`: the decode timestamps skip frames' time before it (HEVC:
+        told apart from frames never recorded by the picture order count, `_hevc_order`)."""
         self.earlier = None
-        try:
-            if self.codec == "h264":
-                return self._h264(data)
-            if self.codec in ("mpeg2video", "mpeg1video"):
-                return self._mpeg2(bytes(data))
-        except (IndexError, ValueError):
-            return None
-        return None
+        data = bytes(data)
+        if self.codec == "h264":
+            return self._h264(nal_units(data, self._size))
+        if self.codec == "hevc":
+            return self._hevc(nal_units(data, self._size), position, gap)
+        if self.codec in ("mpeg2video", "mpeg1video"):
+            pictures = [
+                ((data[i + 5] >> 3) & 7, (data[i + 4] << 2) | (data[i + 5] >> 6))
+                for i in _start_codes(data, 0x00)
+                if i + 5 < len(data)
+            ]
+            disposable = bool(pictures) and all(kind == BIDIRECTIONAL for kind, _ in pictures)
+            return Facts(self._mpeg2(pictures, bool(_start_codes(data, 0xB8))) if pictures else None, disposable)
+        if self.codec == "mpeg4":  # MPEG-4 Part 2 B-VOPs (ISO/IEC 14496-2 6.3.5, vop_coding_type 2)
+            types = [data[i + 4] >> 6 for i in _start_codes(data, 0xB6) if i + 4 < len(data)]
+            return Facts(None, bool(types) and all(t == 2 for t in types))
+        return Facts(None, False)
 
     def _h264_parameter_sets(self, units: list[bytes]) -> None:
         for unit in units:
@@ -227,74 +225,180 @@ class Continuity:
             except (IndexError, ValueError):
                 continue
 
-    def _h264(self, data: bytes | memoryview) -> bool | None:
-        """ITU-T H.264 7.4.3: without gaps_in_frame_num_value_allowed_flag, a picture's frame_num is
-        PrevRefFrameNum (a second field, or pictures after a non-reference one) or PrevRefFrameNum + 1 modulo
-        MaxFrameNum; any other value means reference pictures are missing. An IDR picture starts again at 0.
-        (A memory_management_control_operation 5 also resets frame_num; it is not read: such a stream would be
-        taken to have lost a frame there.)"""
-        units = h264_nal_units(memoryview(data).cast("B"), self.extradata)
+    def _h264(self, units: list[bytes]) -> Facts:
+        """Disposable: every slice has nal_ref_idc 0 (ITU-T H.264 7.4.1). Missing (7.4.3): without
+        gaps_in_frame_num_value_allowed_flag, a picture's frame_num is PrevRefFrameNum (a second field, or pictures
+        after a non-reference one) or PrevRefFrameNum + 1 modulo MaxFrameNum; any other value means reference
+        pictures are missing. An IDR picture starts again at 0. (A memory_management_control_operation 5 also
+        resets frame_num; it is not read: such a stream is taken to have lost a frame there.)"""
         self._h264_parameter_sets([u for u in units if u and u[0] & 0x1F in (7, 8)])
-        first = next((u for u in units if u and u[0] & 0x1F in (1, 5)), None)
-        if first is None:
-            return None
-        ref, idr = first[0] & 0x60, first[0] & 0x1F == 5
-        bits = _Bits(first[1:64])  # the slice header's first fields: a few bytes
-        bits.ue(), bits.ue()  # first_mb_in_slice, slice_type
-        sps = self._sps.get(self._pps.get(bits.ue(), -1))
-        if sps is None:
-            return None
-        if sps.separate_colour_plane:
-            bits.u(2)
-        frame_num = bits.u(sps.log2_max_frame_num)
-        prev, gap = self._prev_ref, False
+        slices = [u for u in units if u and u[0] & 0x1F in (1, 5)]
+        if not slices or any(u[0] & 0x80 for u in units if u):  # forbidden_zero_bit set: not a header to trust
+            return Facts(None, False)
+        disposable = all(u[0] & 0x60 == 0 for u in slices)
+        first = slices[0]
+        try:
+            bits = _Bits(first[1:64])  # the slice header's first fields: a few bytes
+            bits.ue(), bits.ue()  # first_mb_in_slice, slice_type
+            sps = self._sps.get(self._pps.get(bits.ue(), -1))
+            if sps is None:
+                return Facts(None, disposable)
+            if sps.separate_colour_plane:
+                bits.u(2)
+            frame_num = bits.u(sps.log2_max_frame_num)
+        except (IndexError, ValueError):
+            return Facts(None, disposable)
+        idr, prev, gap = first[0] & 0x1F == 5, self._prev_ref, False
         if not idr and prev is not None and not sps.gaps_allowed:
             gap = frame_num not in (prev, (prev + 1) % (1 << sps.log2_max_frame_num))
         if idr:
             self._prev_ref = 0
-        elif ref or gap:
+        elif first[0] & 0x60 or gap:
             self._prev_ref = frame_num
-        return gap
+        return Facts(gap, disposable)
 
-    def _mpeg2(self, data: bytes) -> bool | None:
-        """ISO/IEC 13818-2 6.3.9: temporal_reference numbers a GOP's pictures in display order, each once. A B
-        picture lies between the last two anchor (I, P) pictures decoded (an open GOP's first B pictures after the
-        anchor of the GOP before); a P picture follows the last anchor (next to it where the stream has no B
-        pictures, once two have been seen next to each other; until then or the first B picture, a P picture that
-        leaves room before it is `UNSURE`: B pictures next fill the room, or an anchor is missing). A number seen
-        before in the GOP means a GOP header (and its I picture) is missing; a picture out of place, an anchor. (A
-        missing B picture leaves the others in place: no picture refers to it. A GOP longer than 1,024 pictures,
-        whose numbering wraps, is not read.)"""
-        pictures = _mpeg2_pictures(data)
-        if not pictures:
+    def _hevc_parameter_sets(self, units: list[bytes]) -> None:
+        for unit in units:
+            kind = (unit[0] >> 1) & 0x3F if len(unit) > 2 else -1
+            try:
+                if kind == 33:
+                    sps_id, sps = _hevc_sps(unit[2:])
+                    self._hevc_sps[sps_id] = sps
+                    self._layers = sps.layers if self._layers is None else self._layers
+                elif kind == 34:
+                    bits = _Bits(unit[2:])
+                    pps_id, sps_id = bits.ue(), bits.ue()
+                    self._hevc_pps[pps_id] = (sps_id, bool(bits.u(1)), bool(bits.u(1)), bits.u(3))
+            except (IndexError, ValueError):
+                continue
+
+    def _hevc(self, units: list[bytes], position: int | None, gap: bool) -> Facts:
+        """ITU-T H.265 7.4.2.2: a picture whose slices are all sub-layer non-reference (TRAIL_N, TSA_N, STSA_N,
+        RADL_N, RASL_N: even types below 16) is referred to by no picture of a stream with one temporal sub-layer;
+        RASL / RADL pictures (types 6-9) lead their IRAP picture (types 16-23). Missing: `_hevc_order`."""
+        self._hevc_parameter_sets([u for u in units if len(u) > 2 and (u[0] >> 1) & 0x3F in (33, 34)])
+        kinds = [(u[0] >> 1) & 0x3F for u in units if len(u) > 1 and not u[0] & 0x80]
+        slices = [k for k in kinds if k < 32]
+        if not slices:
+            return Facts(None, False)
+        disposable = self._layers == 1 and all(k < 16 and k % 2 == 0 for k in slices)
+        leading, irap = all(6 <= k <= 9 for k in slices), all(16 <= k <= 23 for k in slices)
+        return Facts(self._hevc_order(units, position, gap), disposable, leading, irap)
+
+    WATCH = 16  # packets after a timestamp gap within which a frame shown after it has been decoded
+
+    def _hevc_order(self, units: list[bytes], position: int | None, gap: bool) -> bool | str | None:
+        """Encoders count pictures in order (slice_pic_order_cnt_lsb, ITU-T H.265 7.3.6.1): a frame the encoder
+        never had shifts the presentation times against the count from where it is missing on, a frame lost from
+        the file does not. At a gap in the decode timestamps, the frames decoded in the `WATCH` packets before it
+        (frames shown after the gap may be decoded before it) and after it tell: any shifted, none is missing;
+        none, a picture is (UNSURE until the packets after it are read). None: no count."""
+        offset = self._hevc_offset(units, position)
+        if self._watch is not None:
+            before, left = self._watch
+            if offset is not None and offset != before:
+                self.earlier, self._watch = False, None
+            elif left <= 1 or gap:  # no shift seen (or a second gap before one): a picture is missing
+                self.earlier, self._watch = True, None
+            else:
+                self._watch = (before, left - 1)
+        if offset is None:
             return None
+        recent, self._offsets = set(self._offsets), [*self._offsets[-self.WATCH + 1 :], offset]
+        if not gap:
+            return False
+        if not recent:
+            return None
+        if len(recent) > 1 or offset not in recent:
+            return False
+        self._watch = (offset, self.WATCH)
+        return UNSURE
+
+    def _hevc_offset(self, units: list[bytes], position: int | None) -> int | None:
+        """`position` - the first slice's picture order count LSB, modulo MaxPocLsb (IDR: a new count, 0)."""
+        first = next((u for u in units if len(u) > 2 and (u[0] >> 1) & 0x3F < 32 and u[2] & 0x80), None)
+        if first is None or position is None:
+            return None
+        kind = (first[0] >> 1) & 0x3F
+        try:
+            bits = _Bits(first[2:64])
+            bits.u(1 + (16 <= kind <= 23))  # first_slice_segment_in_pic_flag, no_output_of_prior_pics_flag
+            pps = self._hevc_pps.get(bits.ue())
+            sps = self._hevc_sps.get(pps[0]) if pps else None
+            if sps is None:
+                return None
+            bits.u(pps[3])  # slice_reserved_flag
+            bits.ue()  # slice_type
+            bits.u(pps[2] + 2 * sps.separate_colour_plane)  # pic_output_flag, colour_plane_id
+            poc = 0 if kind in (19, 20) else bits.u(sps.log2_max_poc_lsb)  # IDR: 0
+        except (IndexError, ValueError):
+            return None
+        if kind in (19, 20):
+            self._offsets = []
+        return (position - poc) % (1 << sps.log2_max_poc_lsb)
+
+    def _mpeg2(self, pictures: list[tuple[int, int]], gop_header: bool) -> bool | str:
+        """ISO/IEC 13818-2 6.3.9: temporal_reference numbers a GOP's pictures in display order, each once (modulo
+        1024). A B picture lies between the last two anchor (I, P) pictures decoded (an open GOP's first B
+        pictures after the anchor of the GOP before); a P picture follows the last anchor. A number seen before in
+        the GOP means a GOP header (and its I picture) is missing; a B picture out of place, an anchor. A P picture
+        that leaves room before it, in a stream with no B pictures yet, is `UNSURE`: B pictures next fill the room,
+        or an anchor is missing; where B pictures were seen, a room wider than any seen with B pictures in it cannot
+        be told (None: an anchor and its B pictures missing, or more B pictures than before). A missing B picture
+        leaves the others in place: no picture refers to it."""
         kind, tr = pictures[0]
-        if self._pending is not None:  # B pictures shown before the UNSURE P picture fill the room it left, or not
+        if self._pending is not None:  # the pictures after an UNSURE P picture fill the room it left, or not
             low, high = self._pending
             self.earlier, self._pending = not (kind == BIDIRECTIONAL and low < tr < high), None
-        if _start_codes(data, 0xB8):  # group_of_pictures header: temporal_reference starts again
+        low, high = [-2, -2, *self._anchors][-2:]
+        filled = any(t in self._seen for t in range(low + 1, high))  # B pictures in the room between the anchors
+        if kind in (INTRA, PREDICTED) and filled and (low, high) != self._doubtful:
+            self._spacing = max(self._spacing, high - low)
+        if gop_header:  # temporal_reference starts again
             self._anchors, self._seen = [-1], set()  # -1: the GOP before's last anchor, shown before this GOP's 0
         elif tr == self._last:  # a field picture's second field, in a packet of its own
             return False
+        elif self._anchors and tr < self._anchors[-1] - WRAP // 2:  # the numbering wrapped (no GOP header since)
+            self._anchors, self._seen = [a - WRAP for a in self._anchors], set()
         self._last = tr
         anchors, gap = self._anchors, tr in self._seen
         self._seen.add(tr)
         if kind == BIDIRECTIONAL:
             self._b_frames = True
-            gap = gap or bool(anchors) and (tr > anchors[-1] or len(anchors) == 2 and tr < anchors[0])
-        elif kind in (INTRA, PREDICTED):
-            skips = False
-            if kind == PREDICTED and anchors:
-                self._adjacent |= self._anchor_last and tr == anchors[-1] + 1
-                skips = tr > anchors[-1] + 1  # room for B pictures after it, or an anchor missing before it
-                gap = gap or tr <= anchors[-1] or (skips and self._adjacent and not self._b_frames)
-            self._anchors = [*anchors[-1:], tr]
-            self._anchor_last = True
-            if skips and not gap and not self._adjacent and not self._b_frames:
-                self._pending = (anchors[-1], tr)  # the stream's structure not known yet: the next picture tells
-                return UNSURE
-        self._anchor_last = kind in (INTRA, PREDICTED)
-        return gap
+            return gap or bool(anchors) and (tr > anchors[-1] or len(anchors) == 2 and tr < anchors[0])
+        if kind not in (INTRA, PREDICTED):
+            return gap
+        self._anchors = [*anchors[-1:], tr]
+        if kind == INTRA or not anchors or gap or tr <= anchors[-1]:
+            return gap or (kind == PREDICTED and bool(anchors) and tr <= anchors[-1])
+        room = tr - anchors[-1]
+        if room > 1 and not self._b_frames:
+            self._pending = (anchors[-1], tr)
+            return UNSURE
+        if room > self._spacing and self._b_frames:
+            self._doubtful = (anchors[-1], tr)
+            return None
+        return False
+
+
+def disposable(codec: str, data: bytes | memoryview, extradata: bytes | None = None) -> bool:
+    """Whether no other frame refers to the frame coded in `data` (a packet of `codec`, FFmpeg's name), as its
+    bitstream says: an H.264 access unit whose slices all have nal_ref_idc 0, an HEVC picture of sub-layer
+    non-reference slices in a stream of one temporal sub-layer, an MPEG-2 B picture or an MPEG-4 Part 2 B-VOP
+    (`Bitstream.read`). False where it cannot be told. `extradata`: the stream's (avcC / hvcC in MP4 and Matroska)."""
+    return Bitstream(codec, extradata).read(data).disposable
+
+
+def _hvcc_parameter_sets(extradata: bytes) -> list[bytes]:
+    """The NAL units of an hvcC record's arrays (ISO/IEC 14496-15 8.3.3.1: VPS, SPS, PPS, SEI)."""
+    units, at = [], 23
+    for _ in range(extradata[22]):
+        count, at = int.from_bytes(extradata[at + 1 : at + 3], "big"), at + 3
+        for _ in range(count):
+            length = int.from_bytes(extradata[at : at + 2], "big")
+            units.append(extradata[at + 2 : at + 2 + length])
+            at += 2 + length
+    return units
 
 
 def _avcc_parameter_sets(extradata: bytes) -> list[bytes]:
@@ -306,6 +410,7 @@ def _avcc_parameter_sets(extradata: bytes) -> list[bytes]:
             length = int.from_bytes(extradata[at : at + 2], "big")
             units.append(extradata[at + 2 : at + 2 + length])
             at += 2 + length
-        if table == 0 and at < len(extradata):
-            count, at = extradata[at], at + 1
+        if table == 1 or at >= len(extradata):
+            break
+        count, at = extradata[at], at + 1
     return units

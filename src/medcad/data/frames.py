@@ -32,8 +32,6 @@ def concealed_reason(source: tuple[int, int | None]) -> str:
     """Why a frame decoded from a lost or damaged one is dropped; `source`: the damage's (decode index, frame index)
     from `medcad.data.references.ReferenceChain.source` (decode index -1: the recording's start)."""
     decoded, frame = source
-    if decoded < 0:
-        return "decoded before its recording's first key frame: it refers to frames not in the file"
     if frame == MISSING:
         return (
             "decoded after a reference frame missing from the file (the bitstream's reference numbering skips it; "
@@ -41,10 +39,12 @@ def concealed_reason(source: tuple[int, int | None]) -> str:
         )
     if frame == GAP:
         return (
-            "decoded after a gap in the decode timestamps: a frame it may refer to is missing from the file (the "
-            "bitstream's reference numbering, read for H.264 and MPEG-2 only, does not tell; clean again from the "
-            "next key frame)"
+            "decoded after a gap in the decode timestamps: a frame it may refer to is missing from the file, or was "
+            "never recorded (this codec's reference numbering is not read, so it is named, not predicted; clean "
+            "again from the next key frame)"
         )
+    if decoded < 0:
+        return "decoded before its recording's first key frame: it refers to frames not in the file"
     if frame is None:
         return (
             "decoded after a frame the decoder reported an error for (the decoder conceals it: not the recorded "
@@ -67,33 +67,51 @@ class TimeGap:
 
 
 class Cadence:
-    """Timestamps at a constant frame rate, one after another (ticks of `step` each, within `tol`): how many frames'
-    time a timestamp skips (0: none, or the timestamps are not at a constant rate). A timeline whose steps are not
-    whole multiples of `step` (variable frame rate) is not judged from then on, nor before `SETTLE` regular steps."""
+    """Timestamps at a constant frame rate that skip frames' time. `step`: a frame's time in ticks, as FFmpeg
+    guesses the rate; every step must be a whole multiple of it (within a tick of rounding: 29.97 frames/s in
+    milliseconds steps 33 and 34) and at least `UNIT` of the steps single ones, after `SETTLE` of them: else the rate
+    is variable, or the frames come every other tick of the guessed rate, and a step tells nothing.
 
-    SETTLE = 0
+    `skipped(t)` judges online, on the steps so far; `gaps()` at the end, on the whole timeline (the first frames'
+    skips included)."""
+
+    SETTLE, UNIT = 2, 0.75
 
     def __init__(self, step: float) -> None:
         self.step = step
-        self.tol = max(1.0, 0.01 * step)  # a tick of rounding (29.97 frames/s in milliseconds: 33 and 34)
-        self.regular = step > 0
+        self.tol = max(1.0, 0.01 * step)
+        self.multiples = step > 0
         self._last: int | None = None
-        self._steps = 0
+        self._single = self._steps = 0
+        self._skips: list[tuple[object, int]] = []  # (the note given with the timestamp after, frames skipped)
 
-    def skipped(self, t: int | None) -> int:
-        """Frames' time between the last timestamp and `t` with no timestamp (0 where `t` is None or not later)."""
-        if t is None or not self.regular:
+    @property
+    def regular(self) -> bool:
+        """Whether the steps so far are a constant rate's."""
+        return self.multiples and self._single >= self.SETTLE and self._single >= self.UNIT * self._steps
+
+    def skipped(self, t: int | None, note: object = None) -> int:
+        """Frames' time between the last timestamp and `t` with no timestamp, judged on the steps so far (0 where
+        `t` is None or not later, or the rate is not constant); `note` is kept with it for `gaps`."""
+        if t is None or not self.multiples:
             return 0
         last, self._last = self._last, t if self._last is None else max(t, self._last)
         if last is None or t <= last:
             return 0
         k = round((t - last) / self.step)
         if k < 1 or abs(t - last - k * self.step) > self.tol:
-            self.regular = False  # a variable frame rate: its steps tell nothing
+            self.multiples = False  # a variable frame rate: its steps tell nothing
             return 0
-        if k == 1:
-            self._steps += 1
-        return k - 1 if self._steps >= self.SETTLE else 0
+        regular = self.regular  # on the steps before this one
+        self._steps += 1
+        self._single += k == 1
+        if k > 1:
+            self._skips.append((note, k - 1))
+        return k - 1 if regular else 0
+
+    def gaps(self) -> list[tuple[object, int]]:
+        """(note, frames' time skipped) of every skip, where the whole timeline's steps are a constant rate's."""
+        return list(self._skips) if self.regular else []
 
 
 @dataclass
@@ -217,7 +235,9 @@ def restart_note(video: str, restarts: list[int]) -> str:
 def gap_note(video: str, gaps: list[dict]) -> str:
     """What a video whose timestamps skip frames' time (`DecodeReport.gaps` as dicts) is read as."""
     shown = ", ".join(
-        f"{g['frames']} before frame {g['before_frame']}" + ("" if g["time_s"] is None else f" ({g['time_s']:.3f} s)")
+        f"{g['frames']}"
+        + ("" if g["time_s"] is None else f" at {g['time_s']:.3f} s")
+        + f", before frame {g['before_frame']}"
         for g in gaps[:10]
     )
     more = f" and {len(gaps) - 10} more gaps" if len(gaps) > 10 else ""

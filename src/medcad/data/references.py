@@ -151,9 +151,9 @@ class ReferenceChain:
         self._unsure = None
 
     def finish(self) -> None:
-        """The timeline has ended: every frame declared lost is lost (an `unsure` packet is taken to follow its
-        references)."""
-        self._unsure = None
+        """The timeline has ended: every frame declared lost is lost; an `unsure` packet nothing told about is taken
+        to follow a missing frame (the safe side: the frames from it on are named)."""
+        self.decide(True, MISSING)
         for d in self._declared:
             self._done(d)
         self._declared.clear()

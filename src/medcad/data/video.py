@@ -25,7 +25,7 @@ import numpy as np
 from av.video.frame import PictureType
 
 from medcad.atomic import atomic_write_text
-from medcad.data.bitstreams import UNSURE, Continuity, disposable, hevc_leading
+from medcad.data.bitstreams import UNSURE, Bitstream
 from medcad.data.frames import Cadence, DecodeReport, DroppedFrame, Frame, TimeGap, concealed_reason
 from medcad.data.io import is_dicom
 from medcad.data.references import GAP, MISSING, ReferenceChain
@@ -159,7 +159,7 @@ class VideoReader:
         before's and good frames reported undecodable.)
 
         A frame missing from the file altogether (no packet) is found by the reference numbering of the frames
-        after it (`medcad.data.bitstreams.Continuity`: H.264, MPEG-1 / MPEG-2), or, for codecs whose numbering is
+        after it (`medcad.data.bitstreams.Bitstream`: H.264, MPEG-1 / MPEG-2), or, for codecs whose numbering is
         not read, by a gap in the decode timestamps of a constant-rate stream (where the container stores them, or
         the codec does not reorder frames: not HEVC or MPEG-4 Part 2 in Matroska): the frames decoded after it up to
         the next key frame are named, not passed on. Timestamps at a constant rate that skip frames' time are listed in
@@ -174,11 +174,11 @@ class VideoReader:
         # frames given up on (part, timestamp) -> (their entry, decode index), in case one comes out after all
         lost: dict[tuple[int, int], tuple[DroppedFrame, int | None]] = {}
         held: list[_Held] = []  # frames waiting for the packets decoded before them, in frame order
-        continuity = Continuity(codec, extradata)  # reference frames missing from the file, by their numbering
+        bitstream = Bitstream(codec, extradata)  # frames no frame refers to; references missing from the file
         # decode times as the file stores them, or a codec that does not reorder (VP8, VP9, AV1): its presentation
         # times are its decode times; else FFmpeg's guess
         stored = self._container.format.name in DECODE_TIMES or not self._stream.codec_context.codec.reorder
-        key_pts = None  # the last key frame's, in decode order (HEVC leading pictures are shown before it)
+        irap_pts = None  # the last HEVC IRAP picture's, in decode order (its leading pictures are shown before it)
         decode_times, shown_times = [Cadence(self._step)], [Cadence(self._step)]  # per timeline
         index, packets, last_end, last_dts = 0, 0, None, None
         part, last_pts, offset, last_time = 0, None, 0.0, None  # the timeline frames come out of, and its shift
@@ -186,10 +186,8 @@ class VideoReader:
         def time(pts: int | None) -> float | None:  # seconds from the first part's start, parts one after another
             return None if pts is None else self._time(pts) + offset
 
-        def account(k: int, pts: int | None) -> None:  # frame `index` of timeline k, at pts: a gap before it?
-            if skipped := shown_times[k].skipped(pts):
-                first = time(pts - round(skipped * self._step)) if k == part else None
-                report.gaps.append(TimeGap(index, None if first is None else round(first, 6), skipped))
+        def account(k: int, pts: int | None) -> None:  # frame `index` of timeline k, at pts: its times' cadence
+            shown_times[k].skipped(pts, (index, time(pts) if k == part else None))
 
         def declare_lost(k: int, pts: int, time_s: float | None) -> None:
             account(k, pts)
@@ -209,20 +207,24 @@ class VideoReader:
                 # copy at a frame that is not a key frame starts from the key frame before the cut)
                 shown = packet.pts is not None and not packet.is_discard
                 if packet.size:
-                    missing = continuity.missing_before(packet)
                     skipped = decode_times[-1].skipped(packet.dts)
-                    if continuity.earlier is not None:  # the verdict on the packet before, left unsure
-                        chains[-1].decide(continuity.earlier, MISSING)
-                    if missing is True:
+                    position = round(packet.pts / self._step) if packet.pts is not None and self._step else None
+                    facts = bitstream.read(packet, position, gap=skipped > 0 and stored)
+                    if bitstream.earlier is not None:  # the verdict on the packet before, left unsure
+                        chains[-1].decide(bitstream.earlier, MISSING)
+                    if facts.missing is True:
                         chains[-1].missing(MISSING)
-                    elif missing is None and skipped and stored and not self._intra:  # the numbering cannot tell
+                    elif facts.missing is None and skipped and stored and not self._intra:  # numbering cannot tell
                         chains[-1].missing(GAP)
-                    referenced = not (shown and disposable(codec, packet, extradata))
-                    if packet.is_keyframe:
-                        key_pts = packet.pts
-                    leading = key_pts if codec == "hevc" and hevc_leading(packet, extradata) else None
+                    if facts.irap:
+                        irap_pts = packet.pts
                     d = chains[-1].packet(
-                        packet.pts, packet.is_keyframe, shown, referenced, missing == UNSURE, leading=leading
+                        packet.pts,
+                        packet.is_keyframe,
+                        shown,
+                        referenced=not (shown and facts.disposable),
+                        unsure=facts.missing == UNSURE,
+                        leading=irap_pts if facts.leading else None,
                     )
                     if failed and not shown:  # a reference only, or no timestamp: the frames after it are its
                         chains[-1].damaged(d, None)
@@ -272,6 +274,10 @@ class VideoReader:
                 index += 1
             chains[k].finish()
         yield from self._release(held, chains, every, final=True)
+        for cadence in shown_times:  # frames' time with no frame: at the end, on each timeline's whole cadence
+            for (before, after_s), frames in cadence.gaps():
+                first = None if after_s is None else round(after_s - frames * self._step * self._tb, 6)
+                report.gaps.append(TimeGap(before, first, frames))
         if report.truncated is None:
             report.truncated = self._truncation(packets, None if report.restarts else last_end)
 

@@ -309,8 +309,9 @@ function showVideo(li, name, s) {
   const gaps = s.summary.time_gaps || [];
   if (gaps.length) {
     const n = gaps.reduce((sum, g) => sum + g.frames, 0);
+    const more = gaps.length > 10 ? ` and ${gaps.length - 10} more` : "";
     notes.push(`${n} frame${n === 1 ? "" : "s"}' time with no frame in the file (before frame ` +
-      `${gaps.map((g) => g.before_frame).join(", ")}): lost from the file or never recorded`);
+      `${gaps.slice(0, 10).map((g) => g.before_frame).join(", ")}${more}): lost from the file or never recorded`);
   }
   $(".extra", li).textContent = notes.join(" · ");
   const head = Object.assign(document.createElement("p"), { className: "subhead", textContent: "Findings by time" });
