@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from common import write_result
 
+from medcad.data.frame_extraction import extract_frames
 from medcad.data.io import read_image
 from medcad.data.layouts import load_manifest
 from medcad.data.splits import load_splits
-from medcad.data.video import extract_frames
 from medcad.inference.outputs import BACKGROUND, NO_LESION
 from medcad.inference.registry import load_predictor
 from medcad.inference.video import predict_video

@@ -14,8 +14,9 @@ import av
 import numpy as np
 import pytest
 
+from medcad.data.frame_extraction import extract_frames
 from medcad.data.layouts import load_manifest
-from medcad.data.video import VideoReader, extract_frames, probe_video
+from medcad.data.video import VideoReader, probe_video
 from medcad.errors import ConfigError, DataError
 
 H, W, N = 48, 64, 30
@@ -234,7 +235,8 @@ def test_a_dicom_cine_is_read_as_a_video_timed_by_its_header(tmp_path: Path) -> 
     that a DICOM is no video; a cine is now read as one: its frames in order, timed by Frame Time Vector, Frame Time
     or Cine Rate (said), a truncated file's whole frames read and the rest named."""
     from conftest import write_dicom
-    from medcad.data.video import extract_frames, open_video, probe_video
+    from medcad.data.frame_extraction import extract_frames
+    from medcad.data.video import open_video, probe_video
 
     frames = (np.arange(5)[:, None, None] * 10000 + np.zeros((5, 16, 16))).astype(np.uint16)
     for attrs, times, said in (

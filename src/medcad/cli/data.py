@@ -122,8 +122,8 @@ def data_frames(
     try:
         import json
 
+        from medcad.data.frame_extraction import extract_frames
         from medcad.data.frames import decode_notes
-        from medcad.data.video import extract_frames
 
         manifest = extract_frames(video, out, every=every, blur_threshold=blur_threshold)
         decoded = json.loads((manifest.parent / "decode.json").read_text())

@@ -1,6 +1,6 @@
 """Video frames through a real demuxer (PyAV): damaged frames, and frames decoded from them, skipped and reported;
-presentation times, rotation applied, truncated files read up to the cut; sharpness (variance of the Laplacian);
-frame extraction for labelling.
+presentation times, rotation applied, truncated files read up to the cut (frame extraction for labelling:
+`medcad.data.frame_extraction`).
 
     with VideoReader("clip.mp4") as video:
         for f in video.frames(every=10):  # f.index, f.time_s, f.rgb (H, W, 3), upright
@@ -11,25 +11,20 @@ frame extraction for labelling.
 from __future__ import annotations
 
 import bisect
-import csv
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import av
-import cv2
 import numpy as np
 from av.video.frame import PictureType
 
-from medcad.atomic import atomic_write_text
 from medcad.data.bitstreams import UNSURE, Bitstream
 from medcad.data.frames import Cadence, DecodeReport, DroppedFrame, Frame, TimeGap, concealed_reason
 from medcad.data.io import is_dicom
 from medcad.data.references import GAP, MISSING, ReferenceChain
-from medcad.errors import ConfigError, DataError
+from medcad.errors import DataError
 
 if TYPE_CHECKING:
     from medcad.data.cine import DicomCine
@@ -50,12 +45,6 @@ class _Held(NamedTuple):
     index: int
     time_s: float | None
     frame: av.VideoFrame
-
-
-def sharpness(rgb: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey image: low values mean blur (label such frames 'unclear')."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
 class VideoReader:
@@ -466,50 +455,3 @@ def probe_video(path: str | Path) -> VideoInfo:
             raise video.nothing_decoded()
         h, w = first.rgb.shape[:2]
         return VideoInfo(video.fps, video.estimated_frames, w, h)
-
-
-def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_threshold: float | None = None) -> Path:
-    """Write every N-th frame as PNG, a manifest.csv (image, video_frame, time_s, sharpness, patient, label) and
-    decode.json (frames dropped as undecodable, truncation, rotation: `DecodeReport.as_dict`).
-
-    With `blur_threshold`, frames whose sharpness is below it get the label `unclear` (others stay unlabelled).
-    Returns the manifest path.
-
-    Raises:
-        ConfigError: `every` below 1.
-    """
-    from PIL import Image
-
-    if every < 1:
-        raise ConfigError(f"every {every}: keep every N-th frame with N >= 1 (1: every frame)")
-    out = Path(out)
-    (out / "frames").mkdir(parents=True, exist_ok=True)
-    stem = Path(video).stem
-    rows = []
-    with open_video(video) as reader:
-        for f in reader.frames(every):
-            name = f"frames/{stem}_{f.index:06d}.png"
-            Image.fromarray(f.rgb).save(out / name)
-            s = sharpness(f.rgb)
-            label = "unclear" if blur_threshold is not None and s < blur_threshold else ""
-            rows.append(
-                {
-                    "image": name,
-                    "video_frame": f.index,  # not "frame" (a page of a multi-page file), nor an alias of it
-                    "time_s": f.time_s,
-                    "sharpness": round(s, 2),
-                    "patient": stem,
-                    "label": label,
-                }
-            )
-        if not rows:
-            raise reader.nothing_decoded()
-        report = reader.report
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    path = out / "manifest.csv"
-    atomic_write_text(path, buf.getvalue())
-    atomic_write_text(out / "decode.json", json.dumps({"video": str(video), **report.as_dict()}, indent=1))
-    return path
