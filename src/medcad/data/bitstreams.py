@@ -6,8 +6,10 @@ stream that lost its PES) leaves no error behind: the decoder conceals the missi
 it come out smeared, with no flag. Codecs number their reference pictures, so a missing one shows as a skip in the
 numbering: H.264's frame_num (ITU-T H.264 7.4.3), MPEG-1 / MPEG-2's temporal_reference between anchor pictures
 (ISO/IEC 13818-2 6.3.9). A frame the encoder never had (a camera or capture card that dropped it before encoding)
-leaves the numbering whole: only the timestamps skip, and nothing refers to a missing frame. Other codecs' numbering
-is not read (HEVC's reference picture sets, VP9's and AV1's reference slots): `missing` is None for them.
+leaves the numbering whole: only the timestamps skip, and nothing refers to a missing frame. HEVC: its picture order
+count against the presentation times tells the two apart at a gap in the decode timestamps. Other codecs' numbering
+is not read (VP9's and AV1's reference slots, MPEG-4 Part 2): `missing` is None for them, and the timestamps alone
+decide (`medcad.data.video`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class Facts(NamedTuple):
     """What one packet's bitstream says (`Bitstream.read`)."""
 
     missing: bool | str | None  # a reference picture decoded before it is missing from the file: True, False,
-    # UNSURE (the next packet tells), None (cannot be told: another codec, no header found, headers that do not parse)
+    # UNSURE (packets after it tell), None (cannot be told: another codec, no header found, headers that do not
+    # parse, an MPEG-2 room between anchors wider than any seen: the timestamps decide)
     disposable: bool  # no frame refers to it: its loss or damage costs only itself
     leading: bool = False  # an HEVC leading picture (RASL / RADL): no picture shown from its IRAP on refers to it
     irap: bool = False  # an HEVC IRAP picture (the leading pictures after it in decode order are its)
@@ -156,17 +159,19 @@ def _hevc_sps(rbsp: bytes) -> tuple[int, _HevcSps]:
 class Bitstream:
     """One video stream's packets read in decode order (`read`, for every packet with data, damaged ones too:
     their headers usually survive): which frames no frame refers to, which reference pictures are missing from the
-    file (H.264 frame_num, MPEG-1 / MPEG-2 temporal_reference), HEVC's leading pictures."""
+    file (H.264 frame_num, MPEG-1 / MPEG-2 temporal_reference; HEVC at a timestamp gap, its picture order count),
+    HEVC's leading pictures."""
 
     def __init__(self, codec: str, extradata: bytes | None = None) -> None:
         self.codec = codec
         self._size: int | None = None  # NAL length size (avcC / hvcC); None: Annex B
         self._layers: int | None = None  # HEVC temporal sub-layers (hvcC numTemporalLayers, or its SPS)
         self._hevc_sps: dict[int, _HevcSps] = {}
-        self._hevc_pps: dict[int, tuple[int, bool, bool, int]] = {}  # id -> SPS id, dependent slices, output flag,
-        # extra slice header bits
+        self._hevc_pps: dict[int, tuple[int, bool, int]] = {}  # id -> SPS id, output_flag_present_flag,
+        # num_extra_slice_header_bits
         self._offsets: list[int] = []  # HEVC: presentation time in frames - picture order count (mod MaxPocLsb)
-        self._watch: tuple[int, int] | None = None  # HEVC: after a timestamp gap, (offset before it, packets left)
+        self._watch: tuple[int, int, int] | None = None  # HEVC: after a timestamp gap, (offset before it, frames
+        # skipped, packets left)
         self._sps: dict[int, _H264Sps] = {}
         self._pps: dict[int, int] = {}  # pic_parameter_set_id -> seq_parameter_set_id
         self._prev_ref: int | None = None  # H.264 PrevRefFrameNum
@@ -183,21 +188,23 @@ class Bitstream:
             self._size = (extradata[4] & 3) + 1
             self._h264_parameter_sets(_avcc_parameter_sets(extradata))
         elif codec == "hevc" and extradata[:1] == b"\x01" and len(extradata) > 22:  # hvcC (ISO/IEC 14496-15 8.3.3.1)
-            self._size, self._layers = (extradata[21] & 3) + 1, (extradata[21] >> 3) & 7
+            self._size, self._layers = (extradata[21] & 3) + 1, ((extradata[21] >> 3) & 7) or None  # 0: unknown
             self._hevc_parameter_sets(_hvcc_parameter_sets(extradata))
         elif codec == "hevc":
             self._hevc_parameter_sets(nal_units(extradata, None))
 
-    def read(self, data: bytes | memoryview, position: int | None = None, gap: bool = False) -> Facts:
+    def read(self, data: bytes | memoryview, position: int | None = None, skipped: int = 0) -> Facts:
         """What the packet `data` says (`Facts`); sets `earlier` where the last UNSURE packet is told about.
-        `position`: its presentation time in frames; `gap`: the decode timestamps skip frames' time before it (HEVC:
-        told apart from frames never recorded by the picture order count, `_hevc_order`)."""
+        `position`: its presentation time in frames; `skipped`: frames' time the decode timestamps skip before it
+        (HEVC: told apart from frames never recorded by the picture order count, `_hevc_order`)."""
         self.earlier = None
+        if self.codec not in ("h264", "hevc", "mpeg2video", "mpeg1video", "mpeg4"):
+            return Facts(None, False)
         data = bytes(data)
         if self.codec == "h264":
             return self._h264(nal_units(data, self._size))
         if self.codec == "hevc":
-            return self._hevc(nal_units(data, self._size), position, gap)
+            return self._hevc(nal_units(data, self._size), position, skipped)
         if self.codec in ("mpeg2video", "mpeg1video"):
             pictures = [
                 ((data[i + 5] >> 3) & 7, (data[i + 4] << 2) | (data[i + 5] >> 6))
@@ -268,54 +275,67 @@ class Bitstream:
                 elif kind == 34:
                     bits = _Bits(unit[2:])
                     pps_id, sps_id = bits.ue(), bits.ue()
-                    self._hevc_pps[pps_id] = (sps_id, bool(bits.u(1)), bool(bits.u(1)), bits.u(3))
+                    bits.u(1)  # dependent_slice_segments_enabled_flag
+                    self._hevc_pps[pps_id] = (sps_id, bool(bits.u(1)), bits.u(3))
             except (IndexError, ValueError):
                 continue
 
-    def _hevc(self, units: list[bytes], position: int | None, gap: bool) -> Facts:
+    def _hevc(self, units: list[bytes], position: int | None, skipped: int) -> Facts:
         """ITU-T H.265 7.4.2.2: a picture whose slices are all sub-layer non-reference (TRAIL_N, TSA_N, STSA_N,
         RADL_N, RASL_N: even types below 16) is referred to by no picture of a stream with one temporal sub-layer;
         RASL / RADL pictures (types 6-9) lead their IRAP picture (types 16-23). Missing: `_hevc_order`."""
+        units = [u for u in units if len(u) > 1 and not u[0] & 0x81 and not u[1] & 0xF8]  # nuh_layer_id 0 (the base)
         self._hevc_parameter_sets([u for u in units if len(u) > 2 and (u[0] >> 1) & 0x3F in (33, 34)])
-        kinds = [(u[0] >> 1) & 0x3F for u in units if len(u) > 1 and not u[0] & 0x80]
+        kinds = [(u[0] >> 1) & 0x3F for u in units]
         slices = [k for k in kinds if k < 32]
         if not slices:
             return Facts(None, False)
         disposable = self._layers == 1 and all(k < 16 and k % 2 == 0 for k in slices)
         leading, irap = all(6 <= k <= 9 for k in slices), all(16 <= k <= 23 for k in slices)
-        return Facts(self._hevc_order(units, position, gap), disposable, leading, irap)
+        return Facts(self._hevc_order(units, position, skipped), disposable, leading, irap)
 
     WATCH = 16  # packets after a timestamp gap within which a frame shown after it has been decoded
 
-    def _hevc_order(self, units: list[bytes], position: int | None, gap: bool) -> bool | str | None:
-        """Encoders count pictures in order (slice_pic_order_cnt_lsb, ITU-T H.265 7.3.6.1): a frame the encoder
-        never had shifts the presentation times against the count from where it is missing on, a frame lost from
-        the file does not. At a gap in the decode timestamps, the frames decoded in the `WATCH` packets before it
-        (frames shown after the gap may be decoded before it) and after it tell: any shifted, none is missing;
-        none, a picture is (UNSURE until the packets after it are read). None: no count."""
-        offset = self._hevc_offset(units, position)
+    def _hevc_order(self, units: list[bytes], position: int | None, skipped: int) -> bool | str | None:
+        """Encoders count pictures in order (slice_pic_order_cnt_lsb, ITU-T H.265 7.3.6.1): n frames the encoder
+        never had shift the presentation times against the count by n from where they are missing on; a frame lost
+        from the file shifts nothing. At a gap of n frames' time in the decode timestamps, the frames decoded in the
+        `WATCH` packets before it (frames shown after the gap may be decoded before it) and after it tell: shifted
+        by n, none is missing (False); not, a picture is (True; UNSURE until the packets after it are read, an IDR
+        picture ending the wait). None: no count to read, or counts that do not follow the times one by one (an
+        encoder counting by two): the timestamps alone decide."""
+        found = self._hevc_offset(units, position)
+        offset, modulus, idr = found if found is not None else (None, 1, False)
         if self._watch is not None:
-            before, left = self._watch
-            if offset is not None and offset != before:
+            before, need, left = self._watch
+            if offset is not None and not idr and (offset - before) % modulus == need:
                 self.earlier, self._watch = False, None
-            elif left <= 1 or gap:  # no shift seen (or a second gap before one): a picture is missing
+            elif left <= 1 or skipped or idr:  # no shift seen (or another gap, a new count): a picture is missing
                 self.earlier, self._watch = True, None
             else:
-                self._watch = (before, left - 1)
+                self._watch = (before, need, left - 1)
         if offset is None:
             return None
-        recent, self._offsets = set(self._offsets), [*self._offsets[-self.WATCH + 1 :], offset]
-        if not gap:
+        recent = self._offsets
+        self._offsets = [*recent[-self.WATCH + 1 :], offset]
+        if not skipped:
             return False
-        if not recent:
+        self._offsets = [offset]  # a shift before this gap explains this gap only
+        values = list(dict.fromkeys(recent))  # in order of appearance
+        if idr or not values or len(values) > 2:
             return None
-        if len(recent) > 1 or offset not in recent:
+        if len(values) == 2:  # a shift just before the gap: by n, and this frame after it, frames never recorded
+            return False if (values[1] - values[0]) % modulus == skipped and offset == values[1] else None
+        if (offset - values[0]) % modulus == skipped:
             return False
-        self._watch = (offset, self.WATCH)
+        if offset != values[0]:
+            return None
+        self._watch = (offset, skipped, self.WATCH)
         return UNSURE
 
-    def _hevc_offset(self, units: list[bytes], position: int | None) -> int | None:
-        """`position` - the first slice's picture order count LSB, modulo MaxPocLsb (IDR: a new count, 0)."""
+    def _hevc_offset(self, units: list[bytes], position: int | None) -> tuple[int, int, bool] | None:
+        """(`position` - the first slice's picture order count LSB modulo MaxPocLsb, MaxPocLsb, an IDR picture:
+        a new count from 0), or None where there is no count to read."""
         first = next((u for u in units if len(u) > 2 and (u[0] >> 1) & 0x3F < 32 and u[2] & 0x80), None)
         if first is None or position is None:
             return None
@@ -327,15 +347,16 @@ class Bitstream:
             sps = self._hevc_sps.get(pps[0]) if pps else None
             if sps is None:
                 return None
-            bits.u(pps[3])  # slice_reserved_flag
+            bits.u(pps[2])  # slice_reserved_flag
             bits.ue()  # slice_type
-            bits.u(pps[2] + 2 * sps.separate_colour_plane)  # pic_output_flag, colour_plane_id
+            bits.u(pps[1] + 2 * sps.separate_colour_plane)  # pic_output_flag, colour_plane_id
             poc = 0 if kind in (19, 20) else bits.u(sps.log2_max_poc_lsb)  # IDR: 0
         except (IndexError, ValueError):
             return None
         if kind in (19, 20):
             self._offsets = []
-        return (position - poc) % (1 << sps.log2_max_poc_lsb)
+        modulus = 1 << sps.log2_max_poc_lsb
+        return (position - poc) % modulus, modulus, kind in (19, 20)
 
     def _mpeg2(self, pictures: list[tuple[int, int]], gop_header: bool) -> bool | str:
         """ISO/IEC 13818-2 6.3.9: temporal_reference numbers a GOP's pictures in display order, each once (modulo
@@ -347,6 +368,11 @@ class Bitstream:
         be told (None: an anchor and its B pictures missing, or more B pictures than before). A missing B picture
         leaves the others in place: no picture refers to it."""
         kind, tr = pictures[0]
+        if not gop_header and tr == self._last:  # a field picture's second field, in a packet of its own
+            return False
+        self._last = tr
+        if self._anchors and tr > self._anchors[-1] + WRAP // 2:  # shown before an anchor whose number wrapped
+            tr -= WRAP
         if self._pending is not None:  # the pictures after an UNSURE P picture fill the room it left, or not
             low, high = self._pending
             self.earlier, self._pending = not (kind == BIDIRECTIONAL and low < tr < high), None
@@ -356,11 +382,8 @@ class Bitstream:
             self._spacing = max(self._spacing, high - low)
         if gop_header:  # temporal_reference starts again
             self._anchors, self._seen = [-1], set()  # -1: the GOP before's last anchor, shown before this GOP's 0
-        elif tr == self._last:  # a field picture's second field, in a packet of its own
-            return False
         elif self._anchors and tr < self._anchors[-1] - WRAP // 2:  # the numbering wrapped (no GOP header since)
             self._anchors, self._seen = [a - WRAP for a in self._anchors], set()
-        self._last = tr
         anchors, gap = self._anchors, tr in self._seen
         self._seen.add(tr)
         if kind == BIDIRECTIONAL:
@@ -395,6 +418,8 @@ def _hvcc_parameter_sets(extradata: bytes) -> list[bytes]:
     for _ in range(extradata[22]):
         count, at = int.from_bytes(extradata[at + 1 : at + 3], "big"), at + 3
         for _ in range(count):
+            if at + 2 > len(extradata):  # a record cut short
+                return units
             length = int.from_bytes(extradata[at : at + 2], "big")
             units.append(extradata[at + 2 : at + 2 + length])
             at += 2 + length

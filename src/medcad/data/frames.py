@@ -69,11 +69,12 @@ class TimeGap:
 class Cadence:
     """Timestamps at a constant frame rate that skip frames' time. `step`: a frame's time in ticks, as FFmpeg
     guesses the rate; every step must be a whole multiple of it (within a tick of rounding: 29.97 frames/s in
-    milliseconds steps 33 and 34) and at least `UNIT` of the steps single ones, after `SETTLE` of them: else the rate
-    is variable, or the frames come every other tick of the guessed rate, and a step tells nothing.
+    milliseconds steps 33 and 34), else the rate is variable and a step tells nothing.
 
-    `skipped(t)` judges online, on the steps so far; `gaps()` at the end, on the whole timeline (the first frames'
-    skips included)."""
+    `skipped(t)` judges online, for the damage a missing frame does: from the first step on, unless single steps
+    have fallen below `UNIT` of them after `SETTLE` (frames every other tick of the guessed rate: no constant rate;
+    the first such steps are taken as skips, the safe side). `gaps()` lists the skips at the end, where the whole
+    timeline's steps are a constant rate's (at least `SETTLE` single steps, and `UNIT` of them single)."""
 
     SETTLE, UNIT = 2, 0.75
 
@@ -91,8 +92,8 @@ class Cadence:
         return self.multiples and self._single >= self.SETTLE and self._single >= self.UNIT * self._steps
 
     def skipped(self, t: int | None, note: object = None) -> int:
-        """Frames' time between the last timestamp and `t` with no timestamp, judged on the steps so far (0 where
-        `t` is None or not later, or the rate is not constant); `note` is kept with it for `gaps`."""
+        """Frames' time between the last timestamp and `t` with no timestamp, judged on the steps before it (0
+        where `t` is None or not later, or the rate is not constant); `note` is kept with it for `gaps`."""
         if t is None or not self.multiples:
             return 0
         last, self._last = self._last, t if self._last is None else max(t, self._last)
@@ -102,12 +103,12 @@ class Cadence:
         if k < 1 or abs(t - last - k * self.step) > self.tol:
             self.multiples = False  # a variable frame rate: its steps tell nothing
             return 0
-        regular = self.regular  # on the steps before this one
+        constant = self._steps < self.SETTLE or self._single >= self.UNIT * self._steps  # on the steps before
         self._steps += 1
         self._single += k == 1
         if k > 1:
             self._skips.append((note, k - 1))
-        return k - 1 if regular else 0
+        return k - 1 if constant else 0
 
     def gaps(self) -> list[tuple[object, int]]:
         """(note, frames' time skipped) of every skip, where the whole timeline's steps are a constant rate's."""

@@ -148,11 +148,12 @@ class VideoReader:
         before's and good frames reported undecodable.)
 
         A frame missing from the file altogether (no packet) is found by the reference numbering of the frames
-        after it (`medcad.data.bitstreams.Bitstream`: H.264, MPEG-1 / MPEG-2), or, for codecs whose numbering is
-        not read, by a gap in the decode timestamps of a constant-rate stream (where the container stores them, or
-        the codec does not reorder frames: not HEVC or MPEG-4 Part 2 in Matroska): the frames decoded after it up to
-        the next key frame are named, not passed on. Timestamps at a constant rate that skip frames' time are listed in
-        `report.gaps` (frames missing from the file or never recorded); frames keep their numbers in the file."""
+        after it (`medcad.data.bitstreams.Bitstream`: H.264, MPEG-1 / MPEG-2), or by a gap in the decode timestamps
+        of a constant-rate stream (where the container stores them, or the codec does not reorder frames: not HEVC
+        or MPEG-4 Part 2 in Matroska), for HEVC told apart from frames never recorded by its picture order count:
+        the frames decoded after it up to the next key frame are named, not passed on. Timestamps at a constant
+        rate that skip frames' time are listed in `report.gaps` (frames missing from the file or never recorded);
+        frames keep their numbers in the file."""
         if self._output_order:
             yield from self._frames_in_output_order(every)
             return
@@ -197,8 +198,9 @@ class VideoReader:
                 shown = packet.pts is not None and not packet.is_discard
                 if packet.size:
                     skipped = decode_times[-1].skipped(packet.dts)
-                    position = round(packet.pts / self._step) if packet.pts is not None and self._step else None
-                    facts = bitstream.read(packet, position, gap=skipped > 0 and stored)
+                    at_s = None if packet.pts is None or not self._step else packet.pts - (self._start or 0)
+                    position = None if at_s is None else round(at_s / self._step)  # its time in frames
+                    facts = bitstream.read(packet, position, skipped if stored else 0)
                     if bitstream.earlier is not None:  # the verdict on the packet before, left unsure
                         chains[-1].decide(bitstream.earlier, MISSING)
                     if facts.missing is True:
