@@ -455,3 +455,23 @@ def test_labelmap_classes_that_match_no_class_are_named(tmp_path: Path, caplog) 
     assert "gives no colour to class(es) Stones of --mask-labels" in caplog.text
     assert "_background_" not in caplog.text  # labelme's and VOC tools' name for background
     assert resolve_mask_labels(None, tmp_path, []).names == ("cyst", "stone", "Kidney")  # its own: no background
+
+
+def test_an_animated_gif_label_map_is_read_by_its_indices_on_every_frame(tmp_path: Path) -> None:
+    """Pillow composites a GIF's frames after the first into RGB: a label map's classes had come back as colours
+    there (page 0 as indices). Every frame now gives the indices it was stored in, as read_label_map reads them."""
+    from medcad.data.labelmaps import parse_mask_labels, read_label_map
+
+    palette = [0, 0, 0, 255, 0, 0, 0, 255, 0] + [0, 0, 0] * 253  # padded with black, as palettes are
+    expected, frames = [], []
+    for k in range(3):
+        index = np.zeros((40, 50), np.uint8)
+        index[5 + 5 * k : 15 + 5 * k, 5:20], index[20:30, 25 + 5 * k : 35 + 5 * k] = 1, 2
+        frame = Image.fromarray(index, "P")
+        frame.putpalette(palette)
+        expected.append(index)
+        frames.append(frame)
+    frames[0].save(tmp_path / "labels.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    classes = parse_mask_labels("1=cyst,2=stone", "--mask-labels")
+    for page, index in enumerate(expected):
+        assert (read_label_map([tmp_path / "labels.gif"], classes, [page]) == index).all(), page

@@ -335,7 +335,10 @@ def _pillow_decode(
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
-            if plain or (keep_alpha and im.mode in ("LA", "RGBA")) or (palette_indices and im.mode == "P"):
+            indices = _gif_indices(im) if palette_indices and page and fmt == "GIF" else None
+            if indices is not None:
+                arr = indices
+            elif plain or (keep_alpha and im.mode in ("LA", "RGBA")) or (palette_indices and im.mode == "P"):
                 arr = np.asarray(im)
                 if samples is not None:  # exact either way: the same bits, or int16 values held in int32
                     arr = arr.view(samples) if arr.dtype.itemsize == np.dtype(samples).itemsize else arr.astype(samples)
@@ -356,6 +359,27 @@ def _pillow_decode(
     except Exception as e:  # Pillow's decoders raise other types for some broken files (ValueError, EOFError ...)
         raise DataError(path, f"cannot decode the image data ({type(e).__name__}: {e})") from e
     return arr, fmt, orientation
+
+
+def _gif_indices(im: Image.Image) -> np.ndarray | None:
+    """A GIF frame after the first as the palette indices it was stored in, (H, W) uint8: Pillow composites such
+    frames into RGB colours (a label map's classes would be read as colours), so each colour goes back to its index in
+    the GIF's global palette (a colour listed twice, as palettes padded with black list it: its first index). None
+    where the frame is not RGB or holds a colour the palette does not."""
+    palette = getattr(im, "global_palette", None)
+    if palette is None or im.mode != "RGB" or palette.mode != "RGB":
+        return None
+    table = np.frombuffer(bytes(palette.palette), np.uint8)
+    table = table[: len(table) // 3 * 3].reshape(-1, 3)
+    rgb = np.asarray(im)
+    colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    index = []
+    for colour in colours:
+        hits = np.flatnonzero((table == colour).all(axis=1))
+        if not len(hits):
+            return None
+        index.append(hits[0])
+    return np.asarray(index, np.uint8)[inverse.reshape(-1)].reshape(rgb.shape[:2])
 
 
 def _tiff_samples(im: Image.Image) -> type | None:
