@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
     cine is offered as a clip; a heat-map is shown at the figure's width; percentages stay on one line; the icon is
     served (no 404)."""
     import httpx
-    from test_video import make_damaged_vfr_video
+    from test_video import make_damaged_vfr_video, make_video
 
     caplog.set_level(logging.INFO, logger="medcad.serve")
     read = lambda p: cv2.imread(str(p))[:, :, ::-1]  # noqa: E731
@@ -144,6 +145,20 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
         _wait(page, "return document.querySelectorAll('#results li.video .strip').length === 2;")
         cine = page.js(TIMELINE)  # the newest timeline
         assert [c[0] for c in cine["cells"]] == [0, 1, 2] and cine["heading"].startswith("loop.dcm"), cine
+
+        # a clip with a packet left out of the file (no error anywhere): its time gap is told beside the timeline
+        made = make_video(tmp_path / "whole.mp4", (lesion + normal)[:10])
+        with av.open(str(made)) as src, av.open(str(tmp_path / "lost.mp4"), "w") as out:
+            stream = out.add_stream_from_template(src.streams.video[0])
+            for i, packet in enumerate(p for p in src.demux(video=0) if p.size):
+                if i != 3:
+                    packet.stream = stream
+                    out.mux(packet)
+        upload(page, tmp_path / "lost.mp4")
+        _wait(page, "return document.querySelectorAll('#results li.video .strip').length === 3;")
+        lost = page.js(TIMELINE)
+        assert lost["heading"].startswith("lost.mp4"), lost
+        assert "1 frame's time with no frame in the file (before frame 3): lost from the file" in lost["extra"], lost
 
         # a heat-map as wide as its figure (a 40 px picture scaled up, its pixels kept sharp); "51.7 %" on one line
         page.js("document.querySelector('#heat').checked = true; return null;")

@@ -310,7 +310,7 @@ function showVideo(li, name, s) {
   if (gaps.length) {
     const n = gaps.reduce((sum, g) => sum + g.frames, 0);
     const more = gaps.length > 10 ? ` and ${gaps.length - 10} more` : "";
-    notes.push(`${n} frame${n === 1 ? "" : "s"}' time with no frame in the file (before frame ` +
+    notes.push(`${n} ${n === 1 ? "frame's" : "frames'"} time with no frame in the file (before frame ` +
       `${gaps.slice(0, 10).map((g) => g.before_frame).join(", ")}${more}): lost from the file or never recorded`);
   }
   $(".extra", li).textContent = notes.join(" · ");
