@@ -3,7 +3,8 @@
 Routes: `POST /predict` (one image -> JSON, or a DICOM SEG with `?format=dicom`), `POST /predict/video` (a clip ->
 a job; `GET /jobs/{id}` its progress and per-frame results), `GET /model` (the model card), `GET /health`,
 `/docs` (OpenAPI, served offline), `/` (the page, every asset served from `static/`). The routes are FastAPI
-routers in `medcad.inference.routes`, sharing one `ServeState`; this module builds it, the app and its guard.
+routers in `medcad.inference.routes`, sharing one `ServeState`; this module builds it and the app, with the guard
+and request log of `medcad.inference.middleware`.
 
 Safe by default: request bodies are limited by size (counted as they arrive, whatever Content-Length says), images
 by pixel count before decoding, kinds by content; each request waits at most `timeout_s`; a bounded queue answers
@@ -16,12 +17,9 @@ Grad-CAM sits in `medcad.explain`, a layer above this one: the caller (the CLI) 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import tempfile
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +39,7 @@ from medcad.inference.batcher import Batcher
 from medcad.inference.card import model_card
 from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import BodyLimit
+from medcad.inference.middleware import Guard, RequestLog
 from medcad.inference.outputs import check_png_values
 from medcad.inference.predictor import Predictor
 from medcad.inference.responses import data_url
@@ -55,7 +54,6 @@ from medcad.inference.routes import (
 )
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json", "/favicon.ico")  # no token needed: nothing of the model
 log = logging.getLogger("medcad.serve")
 
 
@@ -107,7 +105,7 @@ def create_app(
     app.state.batcher, app.state.jobs, app.state.workdir = state.batcher, state.jobs, state.workdir
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(BodyLimit, max_bytes=opts.limits.max_image_bytes, video_bytes=opts.limits.max_video_bytes)
-    _add_guard(app, opts.token, state.refused)  # outside BodyLimit: its 413s are logged and counted too
+    app.add_middleware(Guard, token=opts.token, refused=state.refused)  # outside BodyLimit: its 413s counted too
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in (page_router(state), predict_router(state), video_router(state)):
         app.include_router(router)
@@ -119,21 +117,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["Retry-After"],  # what a 503 tells a client to wait for
         )
-    _add_request_log(app)  # outermost: every request has its line, a preflight the CORS middleware answers included
+    app.add_middleware(RequestLog)  # outermost: every request has its line, a preflight CORS answers included
     return app
-
-
-def _add_request_log(app: FastAPIOffline) -> None:
-    """One log line per request on the `medcad.serve` logger: method, path, status, milliseconds (no client address,
-    no file names)."""
-
-    @app.middleware("http")
-    async def request_log(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        ms = 1000 * (time.perf_counter() - t0)
-        log.info("%s %s %d %.0f ms", request.method, request.url.path, response.status_code, ms)
-        return response
 
 
 def web_origin(text: str) -> str:
@@ -202,35 +187,3 @@ async def _invalid_request(_request: Request, exc: RequestValidationError) -> JS
         allowed = ALLOWED.get(e["type"], e["msg"]).format(**e.get("ctx", {}))
         said.append(f"{where} parameter {name}={e.get('input')!r}: give {allowed}")
     return error_response(422, "; ".join(said))
-
-
-def _add_guard(app: FastAPIOffline, token: str | None, refused: Counter) -> None:
-    """Add the `guard` middleware to `app`; `token`: the one the API needs, or None for none; `refused` counts the
-    error answers to /predict and /predict/video by status."""
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Token check, security headers and the refusal count."""
-        path = request.url.path
-        response = None
-        if token and path not in OPEN_PATHS and not path.startswith(("/static", "/static-offline-docs")):
-            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                response = error_response(  # the scheme's name is case-insensitive (RFC 7235); the challenge names it
-                    401,
-                    "this server needs its token: send 'Authorization: Bearer <token>'",
-                    {"WWW-Authenticate": 'Bearer realm="medcad"'},
-                )
-        if response is None:
-            response = await call_next(request)
-        if path.startswith("/predict") and response.status_code >= 400:
-            refused[response.status_code] += 1
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
-        if not path.startswith(("/docs", "/static-offline-docs")):
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-                "frame-ancestors 'none'"
-            )
-        return response
