@@ -460,7 +460,10 @@ def test_labelmap_classes_that_match_no_class_are_named(tmp_path: Path, caplog) 
 def test_an_animated_gif_label_map_is_read_by_its_indices_on_every_frame(tmp_path: Path) -> None:
     """Pillow composites a GIF's frames after the first into RGB: a label map's classes had come back as colours
     there (page 0 as indices). Every frame now gives the indices it was stored in, as read_label_map reads them."""
+    import pytest
+
     from medcad.data.labelmaps import parse_mask_labels, read_label_map
+    from medcad.errors import DataError
 
     palette = [0, 0, 0, 255, 0, 0, 0, 255, 0] + [0, 0, 0] * 253  # padded with black, as palettes are
     expected, frames = [], []
@@ -475,3 +478,15 @@ def test_an_animated_gif_label_map_is_read_by_its_indices_on_every_frame(tmp_pat
     classes = parse_mask_labels("1=cyst,2=stone", "--mask-labels")
     for page, index in enumerate(expected):
         assert (read_label_map([tmp_path / "labels.gif"], classes, [page]) == index).all(), page
+    # a later frame stored with a palette of its own in another order, or a palette giving one colour to two
+    # classes: its indices cannot be told from its colours, so it is refused as colours, never read by a guess
+    swapped = frames[1].copy()
+    swapped.putpalette([0, 0, 0, 0, 255, 0, 255, 0, 0] + [0, 0, 0] * 253)
+    frames[0].save(tmp_path / "swapped.gif", save_all=True, append_images=[swapped], duration=40, loop=0)
+    shared = [frame.copy() for frame in frames[:2]]
+    for frame in shared:
+        frame.putpalette([0, 0, 0, 255, 255, 255, 255, 255, 255] + [0, 0, 0] * 253)
+    shared[0].save(tmp_path / "shared.gif", save_all=True, append_images=shared[1:], duration=40, loop=0)
+    for name in ("swapped.gif", "shared.gif"):
+        with pytest.raises(DataError, match="RGB colours|no class names"):  # as colours, or as grey levels
+            read_label_map([tmp_path / name], classes, [1])

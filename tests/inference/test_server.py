@@ -643,3 +643,20 @@ def test_a_bigtiff_upload_is_read_as_a_tiff(tmp_path: Path) -> None:
     (tmp_path / "lzw64.tif").write_bytes(bytes(broken))
     with pytest.raises(DataError, match="neither of medcad's TIFF readers decodes"):
         read_image(tmp_path / "lzw64.tif")
+
+
+def test_the_request_log_writes_one_line_per_request_whatever_its_path(caplog: pytest.LogCaptureFixture) -> None:
+    """A path with an encoded line feed (%0A) cannot write a log line of its own: control characters are escaped."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from medcad.inference.middleware import RequestLog
+
+    caplog.set_level(logging.INFO, logger="medcad.serve")
+    app = FastAPI()
+    app.add_middleware(RequestLog)
+    with TestClient(app) as client:
+        assert client.get("/health%0AGET%20/predict%20200%201%20ms").status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "medcad.serve"]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith("GET /health\\nGET /predict 200 1 ms 404 "), lines

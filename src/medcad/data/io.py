@@ -325,6 +325,7 @@ def _pillow_decode(
             fmt = im.format or ""
             if page:
                 _to_page(im, path, page)
+            frame_palette = getattr(im, "_frame_palette", None)  # a GIF frame's own palette, until it is loaded
             orientation = _orientation(im)
             if draft and fmt == "JPEG":
                 im.draft("RGB" if im.mode != "L" else "L", (draft, draft))  # fast DCT-domain downscale
@@ -335,7 +336,7 @@ def _pillow_decode(
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             plain = im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB")
-            indices = _gif_indices(im) if palette_indices and page and fmt == "GIF" else None
+            indices = _gif_indices(im, frame_palette) if palette_indices and page and fmt == "GIF" else None
             if indices is not None:
                 arr = indices
             elif plain or (keep_alpha and im.mode in ("LA", "RGBA")) or (palette_indices and im.mode == "P"):
@@ -361,25 +362,36 @@ def _pillow_decode(
     return arr, fmt, orientation
 
 
-def _gif_indices(im: Image.Image) -> np.ndarray | None:
+def _gif_indices(im: Image.Image, frame_palette) -> np.ndarray | None:
     """A GIF frame after the first as the palette indices it was stored in, (H, W) uint8: Pillow composites such
-    frames into RGB colours (a label map's classes would be read as colours), so each colour goes back to its index in
-    the GIF's global palette (a colour listed twice, as palettes padded with black list it: its first index). None
-    where the frame is not RGB or holds a colour the palette does not."""
+    frames into RGB colours (a label map's classes would be read as colours), so each colour goes back to its index
+    in the palette the frame was stored with (`frame_palette`, read before the frame was loaded). Only where that is
+    the GIF's global palette (or the same colours in the same order), as the first frame's indices are read, and
+    every colour the frame holds stands for one index (entries at the palette's end that repeat a colour listed
+    before them, as GIF writers pad to a power of two, are padding). None otherwise: the frame is left as it was
+    (its colours, which a label map refuses), never read by a guess."""
     palette = getattr(im, "global_palette", None)
-    if palette is None or im.mode != "RGB" or palette.mode != "RGB":
+    if palette is None or frame_palette is None or im.mode != "RGB" or palette.mode != "RGB":
         return None
     table = np.frombuffer(bytes(palette.palette), np.uint8)
-    table = table[: len(table) // 3 * 3].reshape(-1, 3)
-    rgb = np.asarray(im)
-    colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    if frame_palette is not palette and bytes(frame_palette.palette) != bytes(palette.palette):
+        return None  # a palette of its own, ordered otherwise: its indices are not the first frame's
+    packed = table[: len(table) // 3 * 3].reshape(-1, 3).astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+    start = len(packed)
+    while start > 0 and packed[start - 1] == packed[-1]:  # the run of the last colour at the end
+        start -= 1
+    if packed[-1] in packed[:start]:  # padding that repeats a colour listed before it (black, as writers pad)
+        packed = packed[:start]
+    rgb = np.asarray(im).astype(np.uint32)
+    pixels = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    colours, inverse = np.unique(pixels, return_inverse=True)
     index = []
     for colour in colours:
-        hits = np.flatnonzero((table == colour).all(axis=1))
-        if not len(hits):
+        hits = np.flatnonzero(packed == colour)
+        if len(hits) != 1:  # not in the palette, or standing for two indices
             return None
         index.append(hits[0])
-    return np.asarray(index, np.uint8)[inverse.reshape(-1)].reshape(rgb.shape[:2])
+    return np.asarray(index, np.uint8)[inverse.reshape(pixels.shape)]
 
 
 def _tiff_samples(im: Image.Image) -> type | None:

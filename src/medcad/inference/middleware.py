@@ -39,6 +39,7 @@ class Guard:
             if message["type"] == "http.response.start":
                 if path.startswith("/predict") and message["status"] >= 400:
                     self.refused[message["status"]] += 1
+                message.setdefault("headers", [])  # optional in ASGI
                 headers = MutableHeaders(scope=message)
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
@@ -82,4 +83,6 @@ class RequestLog:
         try:
             await self.app(scope, receive, logged)
         finally:
-            log.info("%s %s %d %.0f ms", scope["method"], scope["path"], status, 1000 * (time.perf_counter() - t0))
+            # the path as decoded, control characters escaped: a client's %0A cannot write a line of its own
+            path = scope["path"].encode("unicode_escape").decode("ascii")
+            log.info("%s %s %d %.0f ms", scope["method"], path, status, 1000 * (time.perf_counter() - t0))
