@@ -660,3 +660,26 @@ def test_the_request_log_writes_one_line_per_request_whatever_its_path(caplog: p
     lines = [r.getMessage() for r in caplog.records if r.name == "medcad.serve"]
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert lines[0].startswith("GET /health\\nGET /predict 200 1 ms 404 "), lines
+
+
+def test_a_request_the_app_fails_on_is_answered_500_with_the_security_headers() -> None:
+    """An exception in a route: the 500 had been the server's own, outside the guard, without its headers."""
+    from collections import Counter
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from medcad.inference.middleware import Guard
+
+    app, refused = FastAPI(), Counter()
+
+    @app.post("/predict")
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_middleware(Guard, token=None, refused=refused)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/predict")
+    assert answer.status_code == 500 and answer.json()["detail"].startswith("internal error"), answer.text
+    assert answer.headers["X-Content-Type-Options"] == "nosniff" and answer.headers["Cache-Control"] == "no-store"
+    assert "default-src 'self'" in answer.headers["Content-Security-Policy"] and refused == Counter({500: 1})

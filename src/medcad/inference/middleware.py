@@ -23,8 +23,9 @@ log = logging.getLogger("medcad.serve")
 class Guard:
     """The token check (`token`: the one the API needs, None for none; RFC 6750 bearer, the scheme's name in any
     letter case as RFC 7235 has it), security headers on every answer (no sniffing, no referrer, no caching, a
-    content security policy but on the API docs) and the count of error answers to /predict and /predict/video by
-    status (`refused`)."""
+    content security policy but on the API docs; a request the app fails on is answered 500 here, with them, before
+    the error goes on to the server's log) and the count of error answers to /predict and /predict/video by status
+    (`refused`)."""
 
     def __init__(self, app: ASGIApp, token: str | None, refused: Counter) -> None:
         self.app, self.token, self.refused = app, token, refused
@@ -58,7 +59,19 @@ class Guard:
                 )
                 await refusal(scope, receive, guarded)
                 return
-        await self.app(scope, receive, guarded)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await guarded(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if not started:  # answered here, with the headers, rather than by the server's bare 500 outside
+                await error_response(500, "internal error (the server's log says more)")(scope, receive, guarded)
+            raise
 
 
 class RequestLog:
