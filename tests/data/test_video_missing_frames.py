@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from medcad.data.bitstreams import disposable
+from medcad.data.bitstreams import Bitstream
 from medcad.data.frames import Cadence
 from medcad.data.video import VideoReader
 
@@ -74,7 +74,7 @@ def drop_packets(src: Path, dst: Path, first: int, count: int) -> list[tuple[flo
             if not packet.size:
                 continue
             time_s = round(float((packet.pts - start) * video.time_base), 6)
-            packets.append((time_s, packet.is_keyframe, not disposable(codec, packet, extradata)))
+            packets.append((time_s, packet.is_keyframe, not Bitstream(codec, extradata).read(packet).disposable))
             if first <= len(packets) - 1 < first + count:
                 continue
             packet.stream = stream

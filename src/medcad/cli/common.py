@@ -327,23 +327,15 @@ def _echo_video(v: dict) -> None:
         f"{v['video']}: {v['frames_predicted']} frames at {v['frames_per_s']:.1f} frames/s end to end "
         f"({v['latency_ms_per_frame']:.1f} ms/frame model time); {v['csv']}; {v['annotated']}"
     )
-    from medcad.data.frames import aspect_note, dropped_notes, gap_note, restart_note, truncation_note
+    from medcad.data.frames import decode_lines
 
-    for line in dropped_notes(v["video"], v.get("dropped_frames") or []):
-        typer.echo(f"warning: {line}")
+    for level, line in decode_lines(v):
+        typer.echo(f"{level}: {line}")
     skipped = v.get("skipped_frames") or []
     if skipped:
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         shown = ", ".join(map(str, skipped[:10]))
         typer.echo(f"note: {v['video']}: {len(skipped)} frame(s) skipped by --realtime to keep pace: {shown}{more}")
-    if v.get("truncated"):
-        typer.echo(f"warning: {truncation_note(v['video'], v.get('truncation'))}")
-    if v.get("time_restarts"):
-        typer.echo(f"note: {restart_note(v['video'], v['time_restarts'])}")
-    if v.get("sample_aspect_ratio"):
-        typer.echo(f"note: {aspect_note(v['video'], v['sample_aspect_ratio'])}")
-    if v.get("time_gaps"):
-        typer.echo(f"warning: {gap_note(v['video'], v['time_gaps'])}")
 
 
 def _distinct_tails(paths: list[str]) -> list[str]:

@@ -1,5 +1,6 @@
 """What a video packet's bitstream says about the frames it refers to (`Bitstream.read`): whether no frame refers to
-it, whether it is an HEVC leading picture, and whether a frame it may refer to is missing from the file.
+it (`Facts.disposable`), whether it is an HEVC leading picture, and whether a frame it may refer to is missing from
+the file.
 
 A packet dropped from a file whole (a recorder or capture card that lost it, a remux that skipped it, a transport
 stream that lost its PES) leaves no error behind: the decoder conceals the missing reference and the frames after
@@ -402,14 +403,6 @@ class Bitstream:
             self._doubtful = (anchors[-1], tr)
             return None
         return False
-
-
-def disposable(codec: str, data: bytes | memoryview, extradata: bytes | None = None) -> bool:
-    """Whether no other frame refers to the frame coded in `data` (a packet of `codec`, FFmpeg's name), as its
-    bitstream says: an H.264 access unit whose slices all have nal_ref_idc 0, an HEVC picture of sub-layer
-    non-reference slices in a stream of one temporal sub-layer, an MPEG-2 B picture or an MPEG-4 Part 2 B-VOP
-    (`Bitstream.read`). False where it cannot be told. `extradata`: the stream's (avcC / hvcC in MP4 and Matroska)."""
-    return Bitstream(codec, extradata).read(data).disposable
 
 
 def _hvcc_parameter_sets(extradata: bytes) -> list[bytes]:

@@ -170,22 +170,28 @@ class DecodeReport:
 
 def decode_notes(decoded: dict) -> list[str]:
     """One console line per problem in a `DecodeReport.as_dict` (with `video`), e.g. a frame folder's decode.json."""
+    return [line for _, line in decode_lines(decoded)]
+
+
+def decode_lines(decoded: dict) -> list[tuple[str, str]]:
+    """(level, line) of each note on a `DecodeReport.as_dict` (with `video`; a video prediction's summary holds its
+    keys): "warning" where frames were not read as recorded (dropped, concealed, cut off, missing), else "note"."""
     video = decoded["video"]
-    out = dropped_notes(video, decoded["dropped_frames"])
-    if decoded["truncation"]:
-        out.append(truncation_note(video, decoded["truncation"]))
-    if decoded["rotation"] or decoded.get("mirrored"):
+    out = [("warning", line) for line in dropped_notes(video, decoded.get("dropped_frames") or [])]
+    if decoded.get("truncation"):
+        out.append(("warning", truncation_note(video, decoded["truncation"])))
+    if decoded.get("rotation") or decoded.get("mirrored"):
         how = ["mirrored left-right"] * bool(decoded.get("mirrored"))
-        how += [f"{decoded['rotation']} degrees counter-clockwise"] * bool(decoded["rotation"])
-        out.append(f"{video}: rotation metadata applied ({', then '.join(how)})")
-    if decoded["times_from"] != "timestamps":
-        out.append(f"{video}: frame times from the {decoded['times_from']}")
+        how += [f"{decoded['rotation']} degrees counter-clockwise"] * bool(decoded.get("rotation"))
+        out.append(("note", f"{video}: rotation metadata applied ({', then '.join(how)})"))
+    if decoded.get("times_from", "timestamps") != "timestamps":
+        out.append(("note", f"{video}: frame times from the {decoded['times_from']}"))
     if decoded.get("time_restarts"):
-        out.append(restart_note(video, decoded["time_restarts"]))
+        out.append(("note", restart_note(video, decoded["time_restarts"])))
     if decoded.get("sample_aspect_ratio"):
-        out.append(aspect_note(video, decoded["sample_aspect_ratio"]))
+        out.append(("note", aspect_note(video, decoded["sample_aspect_ratio"])))
     if decoded.get("time_gaps"):
-        out.append(gap_note(video, decoded["time_gaps"]))
+        out.append(("warning", gap_note(video, decoded["time_gaps"])))
     return out
 
 

@@ -21,9 +21,9 @@ came out 47-54 of 255 grey levels off the recorded pictures). `ReferenceChain` t
 
 The start of a timeline counts as damage until its first key frame (a recording started between key frames refers
 to frames that are not in the file). A lost or damaged frame that no frame refers to, as its bitstream says
-(`medcad.data.bitstreams.disposable`: an H.264 frame with nal_ref_idc 0, an HEVC sub-layer non-reference picture, an
-MPEG-2 or MPEG-4 B frame), costs only itself; which frames the others refer to is not read (VP9, AV1: every frame
-counts as referenced): such a loss
+(`medcad.data.bitstreams.Facts.disposable`: an H.264 frame with nal_ref_idc 0, an HEVC sub-layer non-reference
+picture, an MPEG-2 or MPEG-4 B frame), costs only itself; which frames the others refer to is not read (VP9, AV1:
+every frame counts as referenced): such a loss
 costs the frames after it up to the key frame, named, and no frame decoded from a lost one is passed on as clean.
 A frame missing from the file altogether (no packet: `missing`) is damage before the packet after it.
 """
@@ -74,7 +74,7 @@ class ReferenceChain:
     ) -> int:
         """A packet in file order: its decode index. `shown`: its frame will come out (not a packet the demuxer
         marks to decode as a reference only; a key frame among those is where the frames after it recover);
-        `referenced` False: no frame refers to it (`disposable`), so its loss or damage costs only itself;
+        `referenced` False: no frame refers to it (`Facts.disposable`), so its loss or damage costs only itself;
         `unsure`: whether a frame is missing before it is told later (`decide`): no frame from it on is judged
         until then; `leading`: the pts of the key frame it is a leading picture of (HEVC RASL / RADL: no frame
         shown from that key frame on refers to it), so its loss or damage costs only frames shown before that."""
@@ -147,7 +147,7 @@ class ReferenceChain:
     def decide(self, missing: bool, frame: int) -> None:
         """Whether a frame (`MISSING`) is missing before the `unsure` packet, as the packets after it told."""
         if self._unsure is not None and missing:
-            bisect.insort(self._damage, (self._unsure - 0.5, frame), key=lambda e: e[0])
+            self._damage_at(self._unsure - 0.5, frame)
         self._unsure = None
 
     def finish(self) -> None:
@@ -190,12 +190,16 @@ class ReferenceChain:
         frame no other frame refers to costs only itself."""
         if d in self._unreferenced:
             return
-        bisect.insort(self._damage, (self._count if d is None else d, frame), key=lambda e: e[0])
+        self._damage_at(self._count if d is None else d, frame)
 
     def missing(self, frame: int) -> None:
         """A frame decoded before the next packet is missing from the file (`MISSING`: its bitstream's reference
         numbering skips one; `GAP`: the decode timestamps do): the frames from that packet on are decoded from it."""
-        bisect.insort(self._damage, (self._count - 0.5, frame), key=lambda e: e[0])
+        self._damage_at(self._count - 0.5, frame)
+
+    def _damage_at(self, at: float, frame: int | None) -> None:
+        """Damage at decode position `at` (a missing frame's: between two packets, x.5), kept in decode order."""
+        bisect.insort(self._damage, (at, frame), key=lambda e: e[0])
 
     def recovered(self, d: int | None, pts: int | None) -> None:
         """The frame of decode index `d` is a key frame decoded intra and clean."""

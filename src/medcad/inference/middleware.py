@@ -34,10 +34,12 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path, started = scope["path"], False
 
         async def guarded(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 if path.startswith("/predict") and message["status"] >= 400:
                     self.refused[message["status"]] += 1
                 message.setdefault("headers", [])  # optional in ASGI
@@ -59,15 +61,8 @@ class Guard:
                 )
                 await refusal(scope, receive, guarded)
                 return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await guarded(message)
-
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, guarded)
         except Exception:
             if not started:  # answered here, with the headers, rather than by the server's bare 500 outside
                 await error_response(500, "internal error (the server's log says more)")(scope, receive, guarded)
