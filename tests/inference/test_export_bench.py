@@ -373,7 +373,8 @@ def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path)
     assert out["fold"] is None and not out["held_out"] and "not held out" in out["images"]
     assert "accuracy" not in out["backends"]["torch-fp32"]
     res = runner.invoke(app, ["bench", str(tiny_run), "--backends", "torch-fp32", "--batch", "4"])
-    assert res.exit_code == 0 and "fold ensemble" in res.output and "not held out" in res.output
+    said = " ".join(res.output.split())  # the table's title wraps at the table's width, which follows the CPU's backends
+    assert res.exit_code == 0 and "fold ensemble" in said and "not held out" in said, res.output
 
     res = runner.invoke(app, ["export", str(tiny_run), "--fold", "1", "--json"])
     assert res.exit_code == 0, res.output
