@@ -270,6 +270,53 @@ def test_export_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2
 
 
+def test_auto_measures_only_where_it_can_pay(tiny_run: Path, easy_set: Path, tmp_path: Path, monkeypatch) -> None:
+    """A predict of fewer than MEASURE_FROM images runs on torch-fp32 unmeasured, says so, keeps and exports nothing
+    (a first one-image predict on the demo's multitask run had taken 16 s, 12 of them measuring, to save ~10 ms);
+    a choice measured before is used whatever the job; a job of MEASURE_FROM images, serve (size unknown) and a
+    video of unknown length measure; a video counts its frames."""
+    from test_video import make_video
+
+    from medcad.cli.runs import _job_size
+    from medcad.inference import backends
+    from medcad.inference.registry import load_predictor
+    from medcad.runfolder import RunFolder
+
+    image = str(easy_set / "lesion" / "3.png")
+    res = runner.invoke(app, ["predict", str(tiny_run), image, "--out", str(tmp_path / "p1")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stderr.split())
+    assert f"backend torch-fp32: 1 image(s) to predict, fewer than {backends.MEASURE_FROM}" in said, said
+    assert not (tiny_run / "backends.json").exists() and not list(tiny_run.rglob("*.onnx"))
+    from medcad.cli.common import BackendOpt  # the help's figure is written out (no torch import for --help)
+
+    assert f"fewer than {backends.MEASURE_FROM} images" in " ".join(BackendOpt.__metadata__[0].help.split())
+
+    calls = []
+
+    def measured(ref, threads):
+        calls.append(ref.fold)
+        return {"backend": "torch-fp32", "reason": "measured"}, ref
+
+    monkeypatch.setattr(backends, "measure_choice", measured)
+    assert load_predictor(tiny_run, images=backends.MEASURE_FROM - 1).backend_choice["backend"] == "torch-fp32"
+    assert calls == []
+    load_predictor(tiny_run, images=backends.MEASURE_FROM)
+    load_predictor(tiny_run)  # serve: the job's size unknown
+    assert calls == [None, None]
+
+    key = backends._cache_key(tiny_run, None, None)
+    backends.remember(RunFolder(tiny_run).backends, key, {"backend": "onnx-fp32", "measured": {}})
+    res = runner.invoke(app, ["predict", str(tiny_run), image, "--out", str(tmp_path / "p2")])
+    assert res.exit_code == 0 and "backend onnx-fp32: measured before" in res.stderr, res.output
+
+    frames = [np.full((32, 32, 3), k * 20, np.uint8) for k in range(12)]
+    clip = make_video(tmp_path / "clip.mp4", frames)
+    assert _job_size([image, image], [clip]) == 14
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    assert _job_size([image], [tmp_path / "broken.mp4"]) is None  # measured as for many; predict names it later
+
+
 def test_model_file_of_another_kind_and_odd_images(tiny_run: Path, tmp_path: Path) -> None:
     import numpy as np
     import torch
@@ -373,7 +420,7 @@ def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path)
     assert out["fold"] is None and not out["held_out"] and "not held out" in out["images"]
     assert "accuracy" not in out["backends"]["torch-fp32"]
     res = runner.invoke(app, ["bench", str(tiny_run), "--backends", "torch-fp32", "--batch", "4"])
-    said = " ".join(res.output.split())  # the table's title wraps at the table's width, which follows the CPU's backends
+    said = " ".join(res.output.split())  # the table's title wraps at the table's width (it follows the CPU)
     assert res.exit_code == 0 and "fold ensemble" in said and "not held out" in said, res.output
 
     res = runner.invoke(app, ["export", str(tiny_run), "--fold", "1", "--json"])

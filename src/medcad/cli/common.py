@@ -30,7 +30,10 @@ BackendOpt = Annotated[
     str,
     typer.Option(
         help="auto (the fastest backend that agrees >= 0.99 with torch-fp32 for this model on this machine, measured "
-        "once on the run's held-out images and kept in RUN/backends.json), or one of " + ", ".join(BACKENDS) + "."
+        "once on the run's held-out images and kept in RUN/backends.json; a predict of fewer than 256 images with "
+        "nothing measured before runs on torch-fp32, where measuring cannot pay), or one of "
+        + ", ".join(BACKENDS)
+        + "."
     ),
 ]
 
@@ -308,14 +311,15 @@ def _say_notes(notes: list[str]) -> None:
         typer.echo(f"note: {note}", err=True)
 
 
-def _serving_predictor(run, fold, backend, threads, threshold, device, operating_point):
-    """The predictor of `medcad predict` and `medcad serve` (`load_predictor`), with which backend it runs on and
-    why (`--backend auto` decides per model and machine) and, at an operating point, its decision, on stderr."""
+def _serving_predictor(run, fold, backend, threads, threshold, device, operating_point, images=None):
+    """The predictor of `medcad predict` and `medcad serve` (`load_predictor`; `images`: how many predict will
+    predict, None for serve), with which backend it runs on and why (`--backend auto` decides per model, machine and
+    job size) and, at an operating point, its decision, on stderr."""
     from medcad.inference.card import class_decision
     from medcad.inference.registry import load_predictor
 
     predictor = load_predictor(
-        run, fold, backend=backend, threads=threads, threshold=threshold, device=device, operating_point=operating_point
+        run, fold, backend, device, operating_point, images, threads=threads, threshold=threshold
     )
     decision = [f"decision: {class_decision(predictor)}"] if predictor.cut else []
     _say_notes([f"backend {predictor.backend}: {predictor.backend_choice['reason']}", *decision])

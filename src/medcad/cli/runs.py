@@ -252,7 +252,8 @@ def predict(
         clips = {str(v) for v in videos}
         names = output_names(images) | {v: n for v, n in output_names([*images, *videos]).items() if v in clips}
         check_output_folder(out, [*image_inputs, *videos], names, videos)
-        predictor = _serving_predictor(run, fold, backend, threads, threshold, device, operating_point)
+        size = _job_size(images, videos)
+        predictor = _serving_predictor(run, fold, backend, threads, threshold, device, operating_point, size)
         table, records = (
             predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers, names=names)
             if images
@@ -311,6 +312,24 @@ def _images_and_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
         if not found or any(f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or is_dicom(f) for f in still):
             images.append(p)
     return images, videos
+
+
+def _job_size(images: list[str], videos: list[Path]) -> int | None:
+    """The images and video frames a predict will run on (each video's frames as its header announces them), None
+    where a video's count is unknown (`auto` then measures, as for many)."""
+    from medcad.data.video import open_video
+
+    frames = 0
+    for v in videos:
+        try:
+            with open_video(v) as video:
+                n = video.estimated_frames
+        except MedcadError:
+            return None  # predict names the video when it reads it
+        if not n:
+            return None
+        frames += n
+    return len(images) + frames
 
 
 def _decoding_notes(items: list[str]) -> list[str]:

@@ -9,7 +9,9 @@ in all. A backend is eligible when its agreement with torch-fp32, by the task's 
 masks, matched-box IoU for boxes), is at least `MIN_AGREEMENT`: on 128 images top-1 may differ on one (with 32, as
 before 2026-12-04, one difference in 32 failed and none passed a backend that differs on 1.3 % of images two times in
 three). Speeds come first (a few batches); agreement is then checked fastest first and stops at the first that agrees,
-so the slower ones cost nothing. Candidates follow the machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16
+so the slower ones cost nothing. A job too small for measuring to pay (fewer than MEASURE_FROM images, the caller's
+count: `registry.load_predictor(images=...)`) with nothing measured before runs on torch-fp32 unmeasured (and keeps
+nothing). Candidates follow the machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16
 only where the CPU has bf16 in hardware (elsewhere bf16 is emulated, ~10x slower than fp32), int8 only where the user
 exported it (`medcad export --int8`: calibration is a step of its own) and the CPU has int8 dot products (VNNI). On a
 GPU (`device` cuda), torch fp32 and torch with reduced-precision autocast are measured there, keyed by the GPU: on an
@@ -80,6 +82,26 @@ def candidates(run: Path, fold: int | None, allowed: tuple[str, ...], device: st
         if (b.startswith("torch") or run.is_dir()) and (has_int8 or "int8" not in b)
     ]
     return [b for b in out if b in allowed]
+
+
+# Measuring runs torch-fp32 on N_IMAGES images for its reference alone, and the fastest backend can at best save
+# torch-fp32's time on each image predicted: for fewer than MEASURE_FROM images it cannot pay (a backend 3x faster
+# breaks even at N_IMAGES x (1 + 1/3) / (1 - 1/3) = 256 images, before the ONNX export and the timings; the demo's
+# U-Nets: 12 s measuring against 10 ms saved per image by the fastest, ~1,200 images). Such a job runs on torch-fp32.
+MEASURE_FROM = 2 * N_IMAGES
+
+
+def unmeasured_choice(images: int) -> dict:
+    """The `auto` choice of a job of `images` images (fewer than MEASURE_FROM) where nothing was measured before:
+    torch-fp32, the reference every backend is compared with; nothing is kept, so a larger job measures."""
+    return {
+        "backend": "torch-fp32",
+        "reason": (
+            f"{images} image(s) to predict, fewer than {MEASURE_FROM}: measuring the backends would cost more than "
+            f"the fastest could save, so the reference, torch-fp32, runs them (nothing measured before for this "
+            f"model here; serve, or a job of {MEASURE_FROM} images or more, measures once)"
+        ),
+    }
 
 
 def static_choice(device: str = "cpu") -> str:

@@ -33,6 +33,7 @@ def load_predictor(
     backend: str = "auto",
     device: str = "auto",
     operating_point: str | None = None,
+    images: int | None = None,
     **kwargs,
 ) -> Predictor:
     """The predictor of a run folder's (or model file's) task; `backend` "auto" (the default: the fastest backend
@@ -40,23 +41,27 @@ def load_predictor(
     `predictor.backend_choice`) or a name of `Predictor`; `device` "auto" (the default: the first GPU if any, as
     predict and serve; evaluate --data, explain and the shortcut check follow it), "cpu" or "cuda[:N]";
     `operating_point`: a two-class run's validated operating point to decide the class at (`Predictor.decide_at`),
-    checked before anything loads; other kwargs as for `Predictor`.
+    checked before anything loads; `images`: how many images the caller will predict (video frames count; None:
+    unknown or many, as serve), with "auto" and nothing measured before, fewer than `backends.MEASURE_FROM` run on
+    torch-fp32 unmeasured (`backends.unmeasured_choice`); other kwargs as for `Predictor`.
 
     Raises:
         ConfigError: the run has no such operating point (see `validated_cut`).
     """
     cut = validated_cut(Path(run), fold, operating_point) if operating_point else None
-    return _load(run, fold, backend, device, **kwargs).decide_at(operating_point, cut)
+    return _load(run, fold, backend, device, images, **kwargs).decide_at(operating_point, cut)
 
 
-def _load(run: str | Path, fold: int | None, backend: str, device: str, **kwargs) -> Predictor:
+def _load(run: str | Path, fold: int | None, backend: str, device: str, images: int | None, **kwargs) -> Predictor:
     cls = predictor_class(run_task(Path(run)))
     if backend != "auto":
         ensure_export(cls, Path(run), fold, backend, kwargs.get("threads"))
         return cls(run, fold, backend=backend, device=device, **kwargs)
-    from medcad.inference.backends import known_choice, measure_choice
+    from medcad.inference.backends import MEASURE_FROM, known_choice, measure_choice, unmeasured_choice
 
     choice = known_choice(Path(run), fold, device, kwargs.get("threads"))
+    if choice is None and images is not None and images < MEASURE_FROM:
+        choice = unmeasured_choice(images)
     if choice is not None:  # no model loaded to know it: load the chosen backend's alone
         ensure_export(cls, Path(run), fold, choice["backend"], kwargs.get("threads"))
         predictor = cls(run, fold, backend=choice["backend"], device=device, **kwargs)

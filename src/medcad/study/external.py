@@ -111,7 +111,7 @@ def evaluate_external(
     rows = np.arange(len(manifest))
     targets = load_targets(manifest, cfg, labels)
     y = targets.y
-    predictor = load_predictor(run)
+    predictor = load_predictor(run, images=len(images))
     out = predictor.infer(images)
     metrics: dict = {}
     pred = pd.DataFrame({"image": manifest.keys})
