@@ -11,7 +11,6 @@ decoded 300 times to read each frame.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.data.pixels import scale_to_uint8
+from medcad.data.versions import per_file_version
 from medcad.errors import DataError, NoSuchFrame
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little-endian bytes
@@ -31,14 +31,14 @@ def read_header(path: Path):
     """The dataset of a DICOM file without its pixel data (not to be changed: the last few are kept, by file state,
     for the frames and steps that read one file again). DataError when pydicom cannot parse it."""
     try:
-        st = Path(path).stat()
+        Path(path).stat()
     except OSError as e:
         raise DataError(Path(path), f"cannot be read ({e.strerror})") from e
-    return _header(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return _header(path)
 
 
-@functools.lru_cache(maxsize=64)
-def _header(path: str, size: int, mtime_ns: int):
+@per_file_version(maxsize=64)
+def _header(path: Path):
     import pydicom
 
     try:

@@ -46,6 +46,7 @@ from medcad.data.tiff import (
     read_page,
     unreadable_tiff,
 )
+from medcad.data.versions import file_version
 from medcad.errors import ConfigError, DataError, NoSuchFrame
 
 # The policy above in a sentence, for descriptions a user outside medcad reproduces it from (an export's model.json)
@@ -161,8 +162,7 @@ class _Animations:
 
     @contextmanager
     def frame(self, path: Path, page: int) -> Iterator[Image.Image]:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, os.getpid())
+        key = (*file_version(path), os.getpid())
         with self.lock:
             im = self.open.pop(key, None)
             if im is not None and im.tell() > page:  # going back: opened anew (Pillow's APNG rewind fails)

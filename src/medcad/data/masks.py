@@ -3,7 +3,6 @@ the images are (`medcad.data.io.decode_pil`: orientation applied, errors naming 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -157,17 +156,11 @@ def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | No
     return union
 
 
-@functools.lru_cache(maxsize=4096)
-def _pages(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
-    return tuple(file_frames(Path(path))[0])
-
-
 def _image_pages_of(path: Path) -> tuple[int, ...]:
     """The image pages of a file (`medcad.data.media.file_frames`: thumbnails left out; a DICOM's frames), read once
     per file version; (0,) for a file that is not there or holds no image (named where it is read)."""
     try:
-        st = path.stat()
-        return _pages(str(path.resolve()), st.st_size, st.st_mtime_ns)
+        return tuple(file_frames(path)[0])
     except (OSError, DataError):
         return (0,)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, image_pages, is_dicom
 from medcad.data.ledger import walk_files
+from medcad.data.versions import per_file_version
 from medcad.errors import DataError
 
 FRAME_SEP = "#"  # `<path>#<frame>`: the key of a frame of a multi-frame file (a DICOM cine, a TIFF page)
@@ -83,14 +84,19 @@ def dicom_frames(path: Path) -> int:
     return int(getattr(ds, "NumberOfFrames", 1) or 1)
 
 
-def file_frames(path: Path) -> tuple[Sequence[int], list[int]]:
+@per_file_version(maxsize=4096)
+def file_frames(path: Path) -> tuple[Sequence[int], tuple[int, ...]]:
     """(the frames or pages of a file that are images, its thumbnail pages): a multi-frame DICOM's frames, a TIFF's
-    pages (`medcad.data.io.image_pages`), an animation's frames; ([0], []) for a file of one image.
+    pages (`medcad.data.io.image_pages`), an animation's frames; ((0,), ()) for a file of one image. Counted once per
+    file version in a process (loading a manifest and pairing its mask pages ask alike).
 
     Raises:
         DataError: a DICOM file that holds no image.
     """
-    return (range(dicom_frames(path)), []) if is_dicom(path) else image_pages(path)
+    if is_dicom(path):
+        return range(dicom_frames(path)), ()
+    frames, thumbnails = image_pages(path)
+    return tuple(frames), tuple(thumbnails)
 
 
 def dicom_patient_ids(root: Path, images: list[str]) -> dict[str, str]:
@@ -117,7 +123,7 @@ def expand_frames(rows: list[dict], root: Path, problems: list[tuple[str, str]])
     file has that frame; else it is a problem (a frame number of another kind, e.g. a video's, in a frame column)."""
     out = []
     # a file's frames, what they are called and its thumbnail pages, read once (rows may repeat a file)
-    counted: dict[Path, tuple[list[int], str, list[int]] | DataError] = {}
+    counted: dict[Path, tuple[Sequence[int], str, tuple[int, ...]] | DataError] = {}
     for row in rows:
         p = root / row["image"]
         named = row.get("frame")
