@@ -107,6 +107,14 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     cal = json.loads((run / "metrics.json").read_text())["calibration"]  # ECE's interval can exclude its estimate
     above = any(cal[k]["ece"]["ci95"][0] > cal[k]["ece"]["value"] for k in ("before", "after"))
     assert "plug-in ECE is biased upward" in html and ("lie above the estimate, as here" in html) == above
+    # two classes: the positive class's calibration line, and what class weights (the default) do to its intercept
+    metrics = json.loads((run / "metrics.json").read_text())
+    positive = metrics["binary"]["positive"]
+    assert metrics["labels"][cal["before"]["line_positive"]] == positive
+    said = " ".join(html.split())
+    assert f"calibration intercept, p_{positive}" in said and "This run trained with class weights" in said
+    share = cal["before"]["prevalence"]
+    assert f"logit({share:.3f}), the test share of {positive}" in said
     assert f"{youden['threshold']:.3f}" in html
 
 

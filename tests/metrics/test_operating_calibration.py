@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from scipy.special import softmax
 from sklearn.metrics import brier_score_loss, log_loss
 
-from medcad.metrics.calibration import apply_temperature, brier_rows, fit_temperature, temperature_scaled
+from medcad.metrics.calibration import (
+    apply_temperature,
+    brier_rows,
+    calibration_line,
+    calibration_summary,
+    fit_temperature,
+    temperature_scaled,
+)
 from medcad.metrics.operating import choose_threshold, validated_operating_points
 
 
@@ -133,10 +140,67 @@ def test_temperature_scaled_improves_ece_of_overconfident_folds():
     assert res["after"]["ece"]["value"] < res["before"]["ece"]["value"]
     assert res["after"]["brier"]["value"] < res["before"]["brier"]["value"]
     assert cal.shape == probs[test].shape
+    # probabilities 3x too sharp on the logit scale: a calibration slope near 1/3, near 1 once scaled
+    assert 0.2 < res["before"]["calibration_slope"]["value"] < 0.5 and res["before"]["line_positive"] == 1
+    lo, hi = res["after"]["calibration_slope"]["ci95"]
+    assert lo < 1 < hi and abs(res["after"]["calibration_slope"]["value"] - 1) < 0.2
     # the temperatures the folds stored with their models are used as they are (not fitted a second time)
     kept = {0: res["temperatures"]["0"], 1: None, 2: 1.25}
     again, _ = temperature_scaled(y[test], probs[test], fold[test], val, n_boot=10, temperatures=kept)
     assert again["temperatures"] == {"0": kept[0], "1": res["temperatures"]["1"], "2": 1.25}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(20, 400),
+    spread=st.floats(0.2, 4),
+    slope=st.floats(0.3, 2.5),
+    shift=st.floats(-1.5, 1.5),
+    seed=st.integers(0, 2**16),
+)
+def test_the_calibration_line_is_statsmodels_logistic_fit(n, spread, slope, shift, seed) -> None:
+    """Intercept (logit as offset) and slope equal statsmodels' binomial GLM, under bootstrap-like weights too; a fit
+    that does not converge (classes separated by p, or one class) is nan, never a number from a diverging fit."""
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, spread, n)
+    p = 1 / (1 + np.exp(-z))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(shift + slope * z)))).astype(int)
+    w = np.vstack([np.ones(n), rng.poisson(1.0, (3, n))]).astype(float)
+    got = calibration_line(y, p, w)
+    for b in range(len(w)):
+        yb, wb = y[w[b] > 0], w[b][w[b] > 0]
+        xb = z[w[b] > 0]
+        separated = (
+            yb.min() == yb.max() or xb[yb == 1].min() > xb[yb == 0].max() or xb[yb == 0].min() > xb[yb == 1].max()
+        )
+        if separated:
+            assert np.isnan(got["calibration_slope"][b])
+            continue
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PerfectSeparationWarning)
+            fam = sm.families.Binomial()
+            slope_fit = sm.GLM(yb, sm.add_constant(xb, has_constant="add"), family=fam, freq_weights=wb).fit()
+            offset_fit = sm.GLM(yb, np.ones(len(yb)), offset=xb, family=fam, freq_weights=wb).fit()
+        assert got["calibration_slope"][b] == pytest.approx(slope_fit.params[1], rel=1e-6, abs=1e-6)
+        assert got["calibration_intercept"][b] == pytest.approx(offset_fit.params[0], rel=1e-6, abs=1e-6)
+
+
+def test_the_calibration_line_is_of_the_positive_class_and_of_two_classes_only() -> None:
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 2, 300)
+    y = (rng.random(300) < 1 / (1 + np.exp(-(0.5 + 0.7 * z)))).astype(int)
+    p = np.column_stack([1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))])
+    one, zero = (calibration_summary(y, p, n_boot=50, positive=c) for c in (1, 0))
+    assert one["line_positive"] == 1 and zero["line_positive"] == 0
+    assert one["calibration_slope"]["value"] == pytest.approx(zero["calibration_slope"]["value"])
+    assert one["calibration_intercept"]["value"] == pytest.approx(-zero["calibration_intercept"]["value"])
+    three = calibration_summary(np.array([0, 1, 2] * 10), np.full((30, 3), 1 / 3), n_boot=10)
+    assert "calibration_slope" not in three and "line_positive" not in three
 
 
 def test_temperature_at_the_search_bound_is_not_used() -> None:

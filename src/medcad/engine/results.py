@@ -370,7 +370,10 @@ def validated_metrics(
     yt = y[rows]
     out: dict = {}
     fitted = {r["fold"]: r.get("temperature") for r in results}  # each fold's own, kept in its model.pt
-    out["calibration"], scaled = temperature_scaled(yt, probs, fold_of, val, groups=groups, temperatures=fitted)
+    line = labels.index(positive) if positive in labels else 1  # two classes: the calibration line's class
+    out["calibration"], scaled = temperature_scaled(
+        yt, probs, fold_of, val, groups=groups, temperatures=fitted, positive=line
+    )
     temps = out["calibration"]["temperatures"]
     val = {f: (v[0], apply_temperature(v[1], temps[str(f)])) for f, v in val.items() if str(f) in temps}
     note = (

@@ -1,4 +1,5 @@
-"""Calibration: temperature scaling fitted on validation predictions, Brier score, ECE before and after.
+"""Calibration: temperature scaling fitted on validation predictions; Brier score, ECE and, for two classes, the
+calibration intercept and slope, before and after.
 
 Temperature scaling (Guo et al., ICML 2017) divides the logits by one scalar T > 0 fitted by minimising the
 negative log-likelihood on held-out (validation) rows; it leaves the ranking, hence AUC and argmax, unchanged.
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import expit, log_softmax
 
 from medcad.metrics.stats import (
     as_probs,
@@ -22,7 +23,8 @@ from medcad.metrics.stats import (
     weighted_ece,
 )
 
-EPS = 1e-12  # probabilities are clipped here before their log (temperature scaling)
+EPS = 1e-12  # probabilities are clipped here before their log (temperature scaling, the calibration line)
+NEWTON_STEPS, NEWTON_TOL = 50, 1e-8  # the calibration line's logistic fits: at most this many steps, to this step size
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
@@ -88,6 +90,78 @@ def brier_rows(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> np.ndar
     return ((p - (y[:, None] == np.arange(p.shape[1]))) ** 2).sum(axis=1)
 
 
+def calibration_line(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The weak calibration of one class's probability (Cox 1958; Van Calster et al., BMC Medicine 2019, "Calibration:
+    the Achilles heel of predictive analytics"), a weighted logistic fit under each row of `weights`:
+    - calibration_intercept: a in logit P(y = 1) = a + logit(p), the logit fixed as an offset (calibration-in-the-
+      large): 0 when the predictions' mean is right, < 0 when they are too high;
+    - calibration_slope: b in logit P(y = 1) = c + b logit(p): 1 ideal, < 1 when the predictions are too extreme (as an
+      overfit model's), > 1 when too moderate.
+    Each fit is Newton-Raphson on the weighted log-likelihood, all rows of `weights` at once (the same estimates as
+    statsmodels' GLM with a binomial family; a test holds them equal).
+
+    Args:
+        y: 1 where the row is of the class, else 0 (N,).
+        p: the class's probability (N,), clipped to [EPS, 1 - EPS] before its logit.
+        weights: row weights (B, N) (bootstrap resamples; ones for the point estimate).
+
+    Returns:
+        {calibration_intercept: (B,), calibration_slope: (B,)}: nan where the fit does not converge in NEWTON_STEPS
+        (the classes separated by p, or a resample holding one class).
+    """
+    y = np.asarray(y, dtype=float)
+    x = np.log(np.clip(p, EPS, 1 - EPS)) - np.log(np.clip(1 - p, EPS, 1 - EPS))
+    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    intercept = _logistic_fit(y, np.ones((1, len(y))), x, w, start=[0.0])[:, 0]
+    slope = _logistic_fit(y, np.stack([np.ones_like(x), x]), 0.0, w, start=[0.0, 1.0])[:, 1]
+    return {"calibration_intercept": intercept, "calibration_slope": slope}
+
+
+def _logistic_fit(y: np.ndarray, x: np.ndarray, offset, w: np.ndarray, start: list[float]) -> np.ndarray:
+    """Coefficients (B, P) of logit P(y = 1) = coef . x + offset, maximising sum_n w[b, n] log-likelihood_n for each b;
+    x (P, N) with P of 1 or 2 (the 2 x 2 solve written out). Newton steps, each halved until the likelihood does not
+    fall (a full step from far off overshoots on probabilities near 0 or 1); nan where the steps do not shrink below
+    NEWTON_TOL in NEWTON_STEPS, or where the fit puts every weighted row on its class (separation: no finite
+    maximum)."""
+
+    def loglik(coef: np.ndarray) -> np.ndarray:
+        eta = coef @ x + offset
+        return (w * (y * eta - np.logaddexp(0.0, eta))).sum(axis=1)
+
+    beta = np.tile(np.asarray(start, dtype=float), (len(w), 1))  # (B, P)
+    ll, done = loglik(beta), np.zeros(len(w), dtype=bool)
+    for _ in range(NEWTON_STEPS):
+        mu = expit(beta @ x + offset)  # (B, N)
+        g = (w * (y - mu)) @ x.T  # the score (B, P)
+        h = np.einsum("bn,pn,qn->bpq", w * mu * (1 - mu), x, x)  # the information (B, P, P)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if x.shape[0] == 1:
+                step = g / h[:, 0]
+            else:
+                det = h[:, 0, 0] * h[:, 1, 1] - h[:, 0, 1] ** 2
+                step = np.stack(
+                    [h[:, 1, 1] * g[:, 0] - h[:, 0, 1] * g[:, 1], h[:, 0, 0] * g[:, 1] - h[:, 0, 1] * g[:, 0]], 1
+                )
+                step = step / det[:, None]
+        finite = np.isfinite(step).all(axis=1)
+        step[done | ~finite] = 0.0
+        t = np.ones((len(w), 1))
+        for _ in range(30):  # halve where the likelihood fell
+            new_ll = loglik(beta + t * step)
+            worse = ~(new_ll >= ll - 1e-9 * np.abs(ll))
+            if not worse.any():
+                break
+            t[worse] /= 2
+        beta, ll = beta + t * step, np.where(worse, ll, new_ll)
+        done |= np.all(np.abs(t * step) < NEWTON_TOL, axis=1) & finite & (t[:, 0] > 1e-6)
+        if done.all():
+            break
+    with np.errstate(invalid="ignore"):  # separated: every weighted row fitted to its class, the coefficients unbounded
+        fitted = np.where(w > 0, np.abs(y - expit(beta @ x + offset)), 0.0).max(axis=1) < 1e-6
+    beta[~(done & np.isfinite(beta).all(axis=1)) | fitted] = np.nan
+    return beta
+
+
 def calibration_summary(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
@@ -96,21 +170,33 @@ def calibration_summary(
     n_boot: int = 1000,
     seed: int = 0,
     n_bins: int = 15,
+    positive: int = 1,
 ) -> dict[str, Any]:
-    """ECE and Brier score with (cluster) bootstrap CIs, and the reliability curve.
+    """ECE and Brier score with (cluster) bootstrap CIs, and the reliability curve; for two classes also the
+    calibration intercept and slope of class `positive`'s probability (`calibration_line`).
 
     Returns:
-        {ece: {value, ci95}, brier: {value, ci95}, reliability: {...}}.
+        {ece: {value, ci95}, brier: {value, ci95}, reliability: {...}}, and for two classes calibration_intercept,
+        calibration_slope ({value, ci95}; nan where the fit does not converge, an interval nan when fewer than half
+        the resamples' fits did), line_positive (the class index they describe), prevalence (its share of the rows)
+        and balanced_training_intercept (logit(prevalence): the intercept a model trained as if the classes were
+        equally common, with class weights or oversampling, has from that alone, Bayes' rule on the prior odds).
     """
     y = np.asarray(y_true, dtype=int)
     p = as_probs(probs)
     bins, conf, correct = calibration_bins(y, p, n_bins)
     rows = brier_rows(y, p)
+    two = p.shape[1] == 2
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
-        return {"ece": weighted_ece(bins, conf, correct, w, n_bins), "brier": (w @ rows) / w.sum(axis=1)}
+        out = {"ece": weighted_ece(bins, conf, correct, w, n_bins), "brier": (w @ rows) / w.sum(axis=1)}
+        return out | (calibration_line(y == positive, p[:, positive], w) if two else {})
 
     stats = weighted_bootstrap(batch, len(y), groups=groups, n_boot=n_boot, seed=seed)
+    if two:
+        share = float(np.mean(y == positive))  # a model trained class-balanced is off by logit(share) from that alone
+        balanced = float(np.log(share / (1 - share))) if 0 < share < 1 else float("nan")
+        stats |= {"line_positive": positive, "prevalence": share, "balanced_training_intercept": balanced}
     return {**stats, "reliability": reliability_curve(y, p, n_bins)}
 
 
@@ -124,6 +210,7 @@ def temperature_scaled(
     n_boot: int = 1000,
     seed: int = 0,
     temperatures: Mapping[Any, float | None] | None = None,
+    positive: int = 1,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Calibration of pooled test predictions before and after each fold's temperature (fitted on its validation
     part).
@@ -136,6 +223,7 @@ def temperature_scaled(
         groups, n_boot, seed: bootstrap settings.
         temperatures: {fold: T} the folds already fitted on the same validation parts (and stored with their
             models); a fold missing here, or with None, is fitted now.
+        positive: for two classes, the class whose calibration line is given (`calibration_summary`).
 
     Returns:
         ({temperatures: {fold: T}, before: summary, after: summary}, calibrated test probabilities (N, K)).
@@ -149,7 +237,7 @@ def temperature_scaled(
     for f, t in temps.items():
         sel = folds.astype(str) == f
         calibrated[sel] = apply_temperature(p[sel], t)
-    kw = {"groups": groups, "n_boot": n_boot, "seed": seed}
+    kw = {"groups": groups, "n_boot": n_boot, "seed": seed, "positive": positive}
     result = {
         "temperatures": temps,
         "method": "temperature scaling fitted per fold on its validation part (Guo et al. 2017)",

@@ -323,7 +323,14 @@ def _print_validated(c: Console, m: dict) -> None:
     if cal:
         c.print(
             f"calibration: ECE {_fmt(cal['before']['ece'])} -> {_fmt(cal['after']['ece'])}, Brier "
-            f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])} after temperature scaling on validation"
+            f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])}"
+            + (
+                f", calibration slope {_fmt(cal['before']['calibration_slope'])} -> "
+                f"{_fmt(cal['after']['calibration_slope'])}"
+                if "calibration_slope" in cal["before"]
+                else ""
+            )
+            + " after temperature scaling on validation"
         )
 
 
