@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -10,35 +13,46 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def file_version(path: str | Path) -> tuple[str, int, int]:
-    """(resolved path, size in bytes, modification time in ns) of a file: its identity for a cache.
+def file_version(path: str | Path) -> tuple[str, int, int, int, int, int]:
+    """(absolute path as given, size in bytes, modification and change times in ns, device, inode) of a file: its
+    identity for a cache. The path is not resolved: two links to one file with other suffixes are read by their own
+    names (a `.tif` link to a blob without one). The change time and inode catch a file replaced by one of the same
+    size with its modification time kept (`cp -p`, `rsync -t`, `tar x`).
 
     Raises:
         OSError: the file cannot be stat'ed (not there, no permission).
     """
     st = Path(path).stat()
-    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
 
 
 def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[str | Path], T]]:
-    """Memoise `fn(path)` by `file_version(path)`, keeping the last `maxsize` versions; a file that cannot be stat'ed
-    is read uncached (`fn` names its problem). Exceptions are not kept. What `fn` returns is shared: return values not
-    to be changed (tuples, ranges)."""
+    """Memoise `fn(path)` by `file_version(path)`, keeping the last `maxsize` versions (`fn` is called with the path
+    as given, so its messages name it so); a file that cannot be stat'ed is read uncached (`fn` names its problem).
+    Exceptions are not kept. What `fn` returns is shared: return values not to be changed (tuples, ranges)."""
 
     def wrap(fn: Callable[[Path], T]) -> Callable[[str | Path], T]:
-        @functools.lru_cache(maxsize=maxsize)
-        def cached(path: str, size: int, mtime_ns: int) -> T:
-            return fn(Path(path))
+        kept: OrderedDict[tuple, T] = OrderedDict()
+        lock = threading.Lock()
 
         @functools.wraps(fn)
         def call(path: str | Path) -> T:
             try:
-                version = file_version(path)
+                key = file_version(path)
             except OSError:
                 return fn(Path(path))
-            return cached(*version)
+            with lock:
+                if key in kept:
+                    kept.move_to_end(key)
+                    return kept[key]
+            value = fn(Path(path))
+            with lock:
+                kept[key] = value
+                while len(kept) > maxsize:
+                    kept.popitem(last=False)
+            return value
 
-        call.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        call.cache_clear = kept.clear  # type: ignore[attr-defined]
         return call
 
     return wrap
