@@ -110,11 +110,11 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     # two classes: the positive class's calibration line, and what class weights (the default) do to its intercept
     metrics = json.loads((run / "metrics.json").read_text())
     positive = metrics["binary"]["positive"]
-    assert metrics["labels"][cal["before"]["line_positive"]] == positive
+    (line,) = cal["before"]["lines"]
+    assert metrics["labels"][line["class"]] == positive
     said = " ".join(html.split())
-    assert f"calibration intercept, p_{positive}" in said and "This run trained with class weights" in said
-    share = cal["before"]["prevalence"]
-    assert f"logit({share:.3f}), the test share of {positive}" in said
+    assert f"<td>p_{positive}</td><td>{line['prevalence']:.3f}</td>" in said
+    assert "This run trained with class weights" in said and "intercept from class balancing alone" in said
     assert f"{youden['threshold']:.3f}" in html
 
 

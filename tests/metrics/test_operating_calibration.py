@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from scipy.special import softmax
+from scipy.special import expit, softmax
 from sklearn.metrics import brier_score_loss, log_loss
 
 from medcad.metrics.calibration import (
@@ -14,6 +14,7 @@ from medcad.metrics.calibration import (
     brier_rows,
     calibration_line,
     calibration_summary,
+    class_logit,
     fit_temperature,
     temperature_scaled,
 )
@@ -141,9 +142,10 @@ def test_temperature_scaled_improves_ece_of_overconfident_folds():
     assert res["after"]["brier"]["value"] < res["before"]["brier"]["value"]
     assert cal.shape == probs[test].shape
     # probabilities 3x too sharp on the logit scale: a calibration slope near 1/3, near 1 once scaled
-    assert 0.2 < res["before"]["calibration_slope"]["value"] < 0.5 and res["before"]["line_positive"] == 1
-    lo, hi = res["after"]["calibration_slope"]["ci95"]
-    assert lo < 1 < hi and abs(res["after"]["calibration_slope"]["value"] - 1) < 0.2
+    (before,), (after,) = res["before"]["lines"], res["after"]["lines"]
+    assert 0.2 < before["calibration_slope"]["value"] < 0.5 and before["class"] == 1
+    lo, hi = after["calibration_slope"]["ci95"]
+    assert lo < 1 < hi and abs(after["calibration_slope"]["value"] - 1) < 0.2
     # the temperatures the folds stored with their models are used as they are (not fitted a second time)
     kept = {0: res["temperatures"]["0"], 1: None, 2: 1.25}
     again, _ = temperature_scaled(y[test], probs[test], fold[test], val, n_boot=10, temperatures=kept)
@@ -169,7 +171,8 @@ def test_the_calibration_line_is_statsmodels_logistic_fit(n, spread, slope, shif
     p = 1 / (1 + np.exp(-z))
     y = (rng.random(n) < 1 / (1 + np.exp(-(shift + slope * z)))).astype(int)
     w = np.vstack([np.ones(n), rng.poisson(1.0, (3, n))]).astype(float)
-    got = calibration_line(y, p, w)
+    got = calibration_line(y, z, w)
+    assert np.allclose(class_logit(np.column_stack([1 - p, p]), 1), z)
     for b in range(len(w)):
         yb, wb = y[w[b] > 0], w[b][w[b] > 0]
         xb = z[w[b] > 0]
@@ -190,17 +193,37 @@ def test_the_calibration_line_is_statsmodels_logistic_fit(n, spread, slope, shif
         assert got["calibration_intercept"][b] == pytest.approx(offset_fit.params[0], rel=1e-6, abs=1e-6)
 
 
-def test_the_calibration_line_is_of_the_positive_class_and_of_two_classes_only() -> None:
+def test_the_calibration_line_is_of_the_positive_class_or_of_each_class_against_the_rest() -> None:
     rng = np.random.default_rng(5)
     z = rng.normal(0, 2, 300)
     y = (rng.random(300) < 1 / (1 + np.exp(-(0.5 + 0.7 * z)))).astype(int)
     p = np.column_stack([1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))])
-    one, zero = (calibration_summary(y, p, n_boot=50, positive=c) for c in (1, 0))
-    assert one["line_positive"] == 1 and zero["line_positive"] == 0
+    (one,), (zero,) = (calibration_summary(y, p, n_boot=50, positive=c)["lines"] for c in (1, 0))
+    assert one["class"] == 1 and zero["class"] == 0
     assert one["calibration_slope"]["value"] == pytest.approx(zero["calibration_slope"]["value"])
     assert one["calibration_intercept"]["value"] == pytest.approx(-zero["calibration_intercept"]["value"])
-    three = calibration_summary(np.array([0, 1, 2] * 10), np.full((30, 3), 1 / 3), n_boot=10)
-    assert "calibration_slope" not in three and "line_positive" not in three
+    assert one["balanced_training_intercept"] == pytest.approx(np.log(y.mean() / (1 - y.mean())))
+    # classes separated by p: no slope, but the intercept (the logit as offset) has its maximum (a reviewer found it
+    # nan: every resample leaving out the one row that was not separated had been dropped from its interval)
+    sep = np.r_[np.zeros(100), np.ones(100)]
+    x = np.r_[np.full(100, -20.7), np.full(100, 20.7)]
+    fit = calibration_line(sep, x, np.ones((1, 200)))
+    assert np.isnan(fit["calibration_slope"][0]) and fit["calibration_intercept"][0] == pytest.approx(0, abs=1e-6)
+    x[0] = 2.2  # one negative at p = 0.9: the intercept is finite, and so are the resamples that leave it out
+    lo, hi = calibration_summary(sep.astype(int), np.column_stack([1 - expit(x), expit(x)]), n_boot=200)["lines"][0][
+        "calibration_intercept"
+    ]["ci95"]
+    assert lo < -5 and hi > -1e-3
+    # more classes: each against the rest, its line that of the two-class problem it makes
+    y3 = rng.choice(3, 400, p=[0.5, 0.3, 0.2])
+    p3 = softmax(rng.normal(size=(400, 3)) + 2 * np.eye(3)[y3], axis=1)
+    lines = calibration_summary(y3, p3, n_boot=20)["lines"]
+    assert [x["class"] for x in lines] == [0, 1, 2]
+    for c, x in enumerate(lines):
+        alone = calibration_line(y3 == c, class_logit(p3, c), np.ones((1, 400)))
+        assert x["calibration_slope"]["value"] == pytest.approx(alone["calibration_slope"][0])
+        share = np.mean(y3 == c)
+        assert x["balanced_training_intercept"] == pytest.approx(np.log(share / (1 - share)) - np.log(1 / 2))
 
 
 def test_temperature_at_the_search_bound_is_not_used() -> None:

@@ -370,7 +370,7 @@ def validated_metrics(
     yt = y[rows]
     out: dict = {}
     fitted = {r["fold"]: r.get("temperature") for r in results}  # each fold's own, kept in its model.pt
-    line = labels.index(positive) if positive in labels else 1  # two classes: the calibration line's class
+    line = labels.index(positive_label(labels, positive)) if k == 2 else 1  # two classes: the calibration line's
     out["calibration"], scaled = temperature_scaled(
         yt, probs, fold_of, val, groups=groups, temperatures=fitted, positive=line
     )

@@ -97,9 +97,9 @@ def unmeasured_choice(images: int) -> dict:
     return {
         "backend": "torch-fp32",
         "reason": (
-            f"{images} image(s) to predict, fewer than {MEASURE_FROM}: measuring the backends would cost more than "
-            f"the fastest could save, so the reference, torch-fp32, runs them (nothing measured before for this "
-            f"model here; serve, or a job of {MEASURE_FROM} images or more, measures once)"
+            f"{images} image(s) to predict, fewer than {MEASURE_FROM}: measuring the backends would likely cost more "
+            f"than the fastest could save, so the reference, torch-fp32, runs them (no steady measurement kept for "
+            f"this model here; serve, or a job of {MEASURE_FROM} images or more, measures once)"
         ),
     }
 

@@ -25,6 +25,7 @@ from medcad.metrics.stats import (
 
 EPS = 1e-12  # probabilities are clipped here before their log (temperature scaling, the calibration line)
 NEWTON_STEPS, NEWTON_TOL = 50, 1e-8  # the calibration line's logistic fits: at most this many steps, to this step size
+LINE_SEARCH_FROM = 0.5  # a Newton step longer than this (in any coefficient) is checked against the likelihood
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
@@ -90,7 +91,9 @@ def brier_rows(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> np.ndar
     return ((p - (y[:, None] == np.arange(p.shape[1]))) ** 2).sum(axis=1)
 
 
-def calibration_line(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def calibration_line(
+    y: np.ndarray, logit: np.ndarray, weights: np.ndarray, start: dict[str, float] | None = None
+) -> dict[str, np.ndarray]:
     """The weak calibration of one class's probability (Cox 1958; Van Calster et al., BMC Medicine 2019, "Calibration:
     the Achilles heel of predictive analytics"), a weighted logistic fit under each row of `weights`:
     - calibration_intercept: a in logit P(y = 1) = a + logit(p), the logit fixed as an offset (calibration-in-the-
@@ -102,38 +105,56 @@ def calibration_line(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict[
 
     Args:
         y: 1 where the row is of the class, else 0 (N,).
-        p: the class's probability (N,), clipped to [EPS, 1 - EPS] before its logit.
+        logit: log(p / (1 - p)) of the class's probability (N,) (`class_logit`).
         weights: row weights (B, N) (bootstrap resamples; ones for the point estimate).
+        start: where the fits start ({calibration_intercept, calibration_slope}: the point estimates, for resamples;
+            default 0 and 1, the identity).
 
     Returns:
         {calibration_intercept: (B,), calibration_slope: (B,)}: nan where the fit does not converge in NEWTON_STEPS
-        (the classes separated by p, or a resample holding one class).
+        (a resample holding one class) or, for the slope, where the class is separated by p (no finite maximum).
     """
     y = np.asarray(y, dtype=float)
-    x = np.log(np.clip(p, EPS, 1 - EPS)) - np.log(np.clip(1 - p, EPS, 1 - EPS))
+    x = np.asarray(logit, dtype=float)
     w = np.atleast_2d(np.asarray(weights, dtype=float))
-    intercept = _logistic_fit(y, np.ones((1, len(y))), x, w, start=[0.0])[:, 0]
-    slope = _logistic_fit(y, np.stack([np.ones_like(x), x]), 0.0, w, start=[0.0, 1.0])[:, 1]
+    a0, b0 = (start or {}).get("calibration_intercept", 0.0), (start or {}).get("calibration_slope", 1.0)
+    a0, b0 = (a0 if np.isfinite(a0) else 0.0), (b0 if np.isfinite(b0) else 1.0)
+    intercept = _logistic_fit(y, np.ones((1, len(y))), x, w, start=[a0])[:, 0]
+    slope = _logistic_fit(y, np.stack([np.ones_like(x), x]), 0.0, w, start=[a0 * b0, b0])[:, 1]
     return {"calibration_intercept": intercept, "calibration_slope": slope}
+
+
+def class_logit(probs: np.ndarray, c: int) -> np.ndarray:
+    """log(p_c) - log(sum of the other classes' p) (N,) from probabilities (N, K), each clipped to [EPS, 1]: taken
+    from the other columns, not from 1 - p_c, which float32 rounds to 0 once p_c is within ~6e-8 of 1."""
+    p = np.asarray(probs, dtype=float)
+    rest = np.delete(p, c, axis=1).sum(axis=1)
+    return np.log(np.clip(p[:, c], EPS, 1.0)) - np.log(np.clip(rest, EPS, 1.0))
 
 
 def _logistic_fit(y: np.ndarray, x: np.ndarray, offset, w: np.ndarray, start: list[float]) -> np.ndarray:
     """Coefficients (B, P) of logit P(y = 1) = coef . x + offset, maximising sum_n w[b, n] log-likelihood_n for each b;
-    x (P, N) with P of 1 or 2 (the 2 x 2 solve written out). Newton steps, each halved until the likelihood does not
-    fall (a full step from far off overshoots on probabilities near 0 or 1); nan where the steps do not shrink below
-    NEWTON_TOL in NEWTON_STEPS, or where the fit puts every weighted row on its class (separation: no finite
-    maximum)."""
+    x (P, N) with P of 1 or 2 (the 2 x 2 solve written out); offset a scalar or (N,). Newton steps on the rows not yet
+    converged, a step longer than LINE_SEARCH_FROM halved until the likelihood does not fall (a full step from far off
+    overshoots on probabilities near 0 or 1); the log-likelihood is concave, so the point where the steps vanish is its
+    maximum. nan where a step is not finite, where halving finds no better point, where the steps do not shrink below
+    NEWTON_TOL in NEWTON_STEPS, or, for P = 2, where the fit puts every weighted row on its class (separation: no
+    finite maximum; the offset fit has one whenever both classes weigh)."""
 
-    def loglik(coef: np.ndarray) -> np.ndarray:
+    def loglik(coef: np.ndarray, rows: np.ndarray) -> np.ndarray:
         eta = coef @ x + offset
-        return (w * (y * eta - np.logaddexp(0.0, eta))).sum(axis=1)
+        return (w[rows] * (y * eta - np.logaddexp(0.0, eta))).sum(axis=1)
 
     beta = np.tile(np.asarray(start, dtype=float), (len(w), 1))  # (B, P)
-    ll, done = loglik(beta), np.zeros(len(w), dtype=bool)
+    done, failed = np.zeros(len(w), dtype=bool), np.zeros(len(w), dtype=bool)
     for _ in range(NEWTON_STEPS):
-        mu = expit(beta @ x + offset)  # (B, N)
-        g = (w * (y - mu)) @ x.T  # the score (B, P)
-        h = np.einsum("bn,pn,qn->bpq", w * mu * (1 - mu), x, x)  # the information (B, P, P)
+        rows = np.flatnonzero(~done)
+        if not rows.size:
+            break
+        b, wr = beta[rows], w[rows]
+        mu = expit(b @ x + offset)  # (R, N)
+        g = (wr * (y - mu)) @ x.T  # the score (R, P)
+        h = np.einsum("rn,pn,qn->rpq", wr * mu * (1 - mu), x, x)  # the information (R, P, P)
         with np.errstate(divide="ignore", invalid="ignore"):
             if x.shape[0] == 1:
                 step = g / h[:, 0]
@@ -143,22 +164,30 @@ def _logistic_fit(y: np.ndarray, x: np.ndarray, offset, w: np.ndarray, start: li
                     [h[:, 1, 1] * g[:, 0] - h[:, 0, 1] * g[:, 1], h[:, 0, 0] * g[:, 1] - h[:, 0, 1] * g[:, 0]], 1
                 )
                 step = step / det[:, None]
-        finite = np.isfinite(step).all(axis=1)
-        step[done | ~finite] = 0.0
-        t = np.ones((len(w), 1))
-        for _ in range(30):  # halve where the likelihood fell
-            new_ll = loglik(beta + t * step)
-            worse = ~(new_ll >= ll - 1e-9 * np.abs(ll))
-            if not worse.any():
-                break
-            t[worse] /= 2
-        beta, ll = beta + t * step, np.where(worse, ll, new_ll)
-        done |= np.all(np.abs(t * step) < NEWTON_TOL, axis=1) & finite & (t[:, 0] > 1e-6)
-        if done.all():
-            break
-    with np.errstate(invalid="ignore"):  # separated: every weighted row fitted to its class, the coefficients unbounded
-        fitted = np.where(w > 0, np.abs(y - expit(beta @ x + offset)), 0.0).max(axis=1) < 1e-6
-    beta[~(done & np.isfinite(beta).all(axis=1)) | fitted] = np.nan
+        bad = ~np.isfinite(step).all(axis=1)
+        step[bad] = 0.0
+        # a long step may overshoot (probabilities near 0 or 1): halved until the likelihood does not fall; a short
+        # one is Newton's near the maximum (resamples start at the point estimate: no likelihood computed at all)
+        stuck = bad.copy()
+        far = np.flatnonzero(np.abs(step).max(axis=1) > LINE_SEARCH_FROM)
+        if far.size:
+            old = loglik(b[far], rows[far])
+            t = np.ones((far.size, 1))
+            for _ in range(30):
+                worse = ~(loglik(b[far] + t * step[far], rows[far]) >= old - 1e-9 * np.abs(old))
+                if not worse.any():
+                    break
+                t[worse] /= 2
+            step[far] *= t
+            stuck[far] |= worse
+        beta[rows] = b + step
+        failed[rows[stuck]] = True
+        done[rows[stuck | np.all(np.abs(step) < NEWTON_TOL, axis=1)]] = True
+    failed |= ~done | ~np.isfinite(beta).all(axis=1)
+    if x.shape[0] == 2:
+        with np.errstate(invalid="ignore"):
+            failed |= np.where(w > 0, np.abs(y - expit(beta @ x + offset)), 0.0).max(axis=1) < 1e-6
+    beta[failed] = np.nan
     return beta
 
 
@@ -172,32 +201,44 @@ def calibration_summary(
     n_bins: int = 15,
     positive: int = 1,
 ) -> dict[str, Any]:
-    """ECE and Brier score with (cluster) bootstrap CIs, and the reliability curve; for two classes also the
-    calibration intercept and slope of class `positive`'s probability (`calibration_line`).
+    """ECE and Brier score with (cluster) bootstrap CIs, the reliability curve, and calibration lines
+    (`calibration_line`): of class `positive`'s probability for two classes, of each class against the rest for more.
 
     Returns:
-        {ece: {value, ci95}, brier: {value, ci95}, reliability: {...}}, and for two classes calibration_intercept,
-        calibration_slope ({value, ci95}; nan where the fit does not converge, an interval nan when fewer than half
-        the resamples' fits did), line_positive (the class index they describe), prevalence (its share of the rows)
-        and balanced_training_intercept (logit(prevalence): the intercept a model trained as if the classes were
-        equally common, with class weights or oversampling, has from that alone, Bayes' rule on the prior odds).
+        {ece: {value, ci95}, brier: {value, ci95}, reliability: {...}, lines: [one per class described: {class
+        (index), prevalence (its share of the rows), calibration_intercept, calibration_slope ({value, ci95}; nan
+        where the fit does not converge, an interval nan when fewer than half the resamples' fits did),
+        balanced_training_intercept}]}. balanced_training_intercept is logit(prevalence) - logit(1 / K): the
+        intercept a model trained as if the K classes were equally common (class weights, oversampling) has from
+        that alone, by Bayes' rule on the prior odds (exact for two classes; for more, one class against the rest,
+        approximate).
     """
     y = np.asarray(y_true, dtype=int)
     p = as_probs(probs)
+    k = p.shape[1]
     bins, conf, correct = calibration_bins(y, p, n_bins)
     rows = brier_rows(y, p)
-    two = p.shape[1] == 2
+    described = [positive] if k == 2 else list(range(k))
+    logits = {c: class_logit(p, c) for c in described}
+    point = {
+        c: {m: float(v[0]) for m, v in calibration_line(y == c, logits[c], np.ones((1, len(y)))).items()}
+        for c in described
+    }
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         out = {"ece": weighted_ece(bins, conf, correct, w, n_bins), "brier": (w @ rows) / w.sum(axis=1)}
-        return out | (calibration_line(y == positive, p[:, positive], w) if two else {})
+        for c in described:  # resamples start at the point estimate: a few steps each
+            out |= {f"{name}/{c}": v for name, v in calibration_line(y == c, logits[c], w, point[c]).items()}
+        return out
 
     stats = weighted_bootstrap(batch, len(y), groups=groups, n_boot=n_boot, seed=seed)
-    if two:
-        share = float(np.mean(y == positive))  # a model trained class-balanced is off by logit(share) from that alone
-        balanced = float(np.log(share / (1 - share))) if 0 < share < 1 else float("nan")
-        stats |= {"line_positive": positive, "prevalence": share, "balanced_training_intercept": balanced}
-    return {**stats, "reliability": reliability_curve(y, p, n_bins)}
+    lines = []
+    for c in described:
+        share = float(np.mean(y == c))
+        balanced = float(np.log(share / (1 - share)) - np.log(1 / (k - 1))) if 0 < share < 1 else float("nan")
+        fits = {name: stats.pop(f"{name}/{c}") for name in ("calibration_intercept", "calibration_slope")}
+        lines.append({"class": c, "prevalence": share, **fits, "balanced_training_intercept": balanced})
+    return {**stats, "lines": lines, "reliability": reliability_curve(y, p, n_bins)}
 
 
 def temperature_scaled(

@@ -168,6 +168,12 @@ def _fmt(m: dict | None) -> str:
     return f"{m['value']:.3f}{ci}"
 
 
+def _label(m: dict, c: int) -> str:
+    """Class c's name from the metrics' labels (its index where they are not there)."""
+    labels = m.get("labels") or []
+    return str(labels[c]) if c < len(labels) else str(c)
+
+
 def _fmt_threshold(t: float | None) -> str:
     """A threshold; — where none met the rule (None, nan, or inf once written to JSON)."""
     return "—" if t is None or not np.isfinite(t) else f"{t:.3f}"
@@ -324,11 +330,10 @@ def _print_validated(c: Console, m: dict) -> None:
         c.print(
             f"calibration: ECE {_fmt(cal['before']['ece'])} -> {_fmt(cal['after']['ece'])}, Brier "
             f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])}"
-            + (
-                f", calibration slope {_fmt(cal['before']['calibration_slope'])} -> "
-                f"{_fmt(cal['after']['calibration_slope'])}"
-                if "calibration_slope" in cal["before"]
-                else ""
+            + "".join(
+                f", calibration slope of p_{_label(m, a['class'])} {_fmt(a['calibration_slope'])} -> "
+                f"{_fmt(b['calibration_slope'])}"
+                for a, b in zip(cal["before"].get("lines", []), cal["after"].get("lines", []), strict=True)
             )
             + " after temperature scaling on validation"
         )

@@ -48,7 +48,7 @@ def _fold_probs(run: Path, fold: int, images: np.ndarray) -> np.ndarray:
     changed: 'original' AUC 0.665 against the run's 0.604 on the same images)."""
     from medcad.inference.registry import load_predictor
 
-    predictor = load_predictor(run, fold, images=len(images))
+    predictor = load_predictor(run, fold, images=len(VARIANTS) * len(images))  # the fold's model sees every variant
     probs = predictor.infer(images).get("probabilities")
     if probs is None:
         raise ConfigError(f"{run}: a segment-only model gives no class probabilities; the check needs a classifier")
