@@ -430,6 +430,9 @@ def test_layers_optimiser_groups_and_schedule_are_the_settings() -> None:
     note = schedule_note(TrainConfig(task="segment", lr=1e-3, optimizer="adam", schedule="constant"))
     assert "adam (weight decay 0.0001), decoder, heads and from-scratch models lr 0.005 (5 x 0.001" in note
     assert "constant schedule" in note
+    twice = "class weights and oversampling both balance the classes, so the rare ones count twice over"
+    assert twice in schedule_note(TrainConfig(oversample=True)) and twice not in schedule_note(TrainConfig())
+    assert twice not in schedule_note(TrainConfig(task="segment", oversample=True))  # no class loss to weigh there
 
 
 def test_mask_and_box_modules_take_the_factor_and_schedule() -> None:

@@ -284,7 +284,14 @@ def schedule_lines(cfg: TrainConfig) -> list[str]:
 
 
 def schedule_note(cfg: TrainConfig) -> str:
-    """`schedule_lines` as the one `note:` line printed at the start of a run."""
+    """`schedule_lines` as the one `note:` line printed at the start of a run; it says where class weights and
+    oversampling both balance the classes (each alone makes the training set count as balanced; together they favour
+    the rare classes twice over, and the calibration intercept shows it: the report's calibration section)."""
     lines = schedule_lines(cfg)
     extra = " (the stage list replaces head_epochs, head_lr, epochs, lr and unfreeze)" if run_stages(cfg) else ""
+    if cfg.class_weights and cfg.oversample and cfg.task in ("classify", "multitask"):
+        lines.append(
+            "class weights and oversampling both balance the classes, so the rare ones count twice over "
+            "(--no-class-weights or --no-oversample keeps one)"
+        )
     return f"training{extra}: " + "; ".join(lines)
