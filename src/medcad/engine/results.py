@@ -370,7 +370,8 @@ def validated_metrics(
     yt = y[rows]
     out: dict = {}
     fitted = {r["fold"]: r.get("temperature") for r in results}  # each fold's own, kept in its model.pt
-    line = labels.index(positive_label(labels, positive)) if k == 2 else 1  # two classes: the calibration line's
+    # the class of the calibration line for two classes (for more, each class has its own)
+    line = labels.index(positive_label(labels, positive)) if k == 2 else 0
     out["calibration"], scaled = temperature_scaled(
         yt, probs, fold_of, val, groups=groups, temperatures=fitted, positive=line
     )
