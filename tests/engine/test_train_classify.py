@@ -729,6 +729,8 @@ def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_aga
     assert chosen.cut == ("hyperplastic", points["youden"]["ensemble_threshold"])  # on whichever backend it chose
     card = model_card(chosen)
     assert card["decision"].startswith("'hyperplastic' when p_hyperplastic >= ") and card["positive"] == "hyperplastic"
+    (line,) = card["calibration"]  # the positive class's, on the scale predict answers on
+    assert line["class"] == "hyperplastic" and "not the risk at the data's prevalence" in card["calibration_note"]
     table = pd.read_csv(tmp_path / f"opNone{run.name}" / "predictions.csv")  # the table says where it cut, too
     assert set(table["decided_at"]) == {f"p_hyperplastic >= {points['sens>=0.90']['ensemble_threshold']:.6g}"}
     res = runner.invoke(app, ["predict", str(run), images[0], "--operating-point", "sens>=0.85"])

@@ -32,6 +32,7 @@ def test_page_in_chromium(tiny_run: Path, easy_set: Path, tmp_path: Path) -> Non
     assert state["decision"].split(" — ")[0] in ("lesion", "normal") and state["probs"] == 2, state
     assert abs(sum(state["bars"]) - 100) < 1 and not state["toggle"], state  # bars as wide as the probabilities
     assert "macro_auc" in state["card"] and "95 % CI" in state["card"], state
+    assert "calibration" in state["card"] and "p_lesion: intercept" in state["card"], state  # nulls drawn as —
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 

@@ -131,7 +131,7 @@ def model_card(predictor: Predictor) -> dict:
             "splits": m.get("splits"),
             "ci": "95 % cluster bootstrap over the run's groups" if m.get("bootstrap", {}).get("by_group") else None,
         }
-        card |= _one_fold(predictor, m) | _operating_points(predictor, m)
+        card |= _one_fold(predictor, m) | _operating_points(predictor, m) | _calibration(predictor, m)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
         card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
@@ -159,6 +159,34 @@ def _operating_points(predictor: Predictor, m: dict) -> dict:
         "operating_points_note": f"thresholds on p_{positive} as predict and serve give it, each chosen by its "
         "rule on validation data" + (f" by fold {k}'s model" if k is not None else "; the fold models' mean"),
     }
+
+
+def _calibration(predictor: Predictor, m: dict) -> dict:
+    """The run's calibration lines on the scale predict and serve answer on (temperature-scaled; out of fold, from
+    metrics.json): each described class's intercept and slope with 95 % CIs, and, for a run trained class-balanced,
+    what that does to its probabilities."""
+    cal = m.get("calibration") or {}
+    lines = (cal.get("after") or {}).get("lines")
+    if not lines:
+        return {}
+    cfg = predictor.config
+    out: dict = {
+        "calibration": [
+            {
+                "class": predictor.labels[x["class"]],
+                "calibration_intercept": x["calibration_intercept"],
+                "calibration_slope": x["calibration_slope"],
+            }
+            for x in lines
+        ],
+        "calibration_note": "of the probabilities predict gives, out of fold (ideal: intercept 0, slope 1)",
+    }
+    if cfg.class_weights or cfg.oversample:
+        out["calibration_note"] += (
+            "; trained class-balanced, so a probability is not the risk at the data's prevalence (the intercept "
+            "shows the shift)"
+        )
+    return out
 
 
 def class_decision(predictor: Predictor) -> str:

@@ -22,8 +22,13 @@ async function api(path, options = {}) {
   return body;
 }
 
-function ci(m) {
-  return m.ci95 ? ` (95 % CI ${m.ci95.map((x) => x.toFixed(3)).join("–")})` : "";
+function ci(m) {  // none where a bound is missing (null in JSON: fewer than half the resamples defined it)
+  if (!m.ci95 || m.ci95.some((x) => x === null)) return "";
+  return ` (95 % CI ${m.ci95.map((x) => x.toFixed(3)).join(m.ci95.some((x) => x < 0) ? " to " : "–")})`;
+}
+
+function num(m) {  // a figure with its interval; — where a fit gave none (null in JSON)
+  return m && m.value !== null && m.value !== undefined ? m.value.toFixed(2) + ci(m) : "—";
 }
 
 function row(dl, key, value) {
@@ -45,6 +50,8 @@ async function loadCard() {
     row(dl, "input", `${c.preprocessing.resize}${c.preprocessing.bilateral_filter ? ", bilateral filter" : ""}`);
     for (const [k, m] of Object.entries(c.metrics || {})) row(dl, k, m.value.toFixed(3) + ci(m));
     row(dl, "metrics", c.metrics_note);
+    if (c.calibration) row(dl, "calibration", c.calibration.map((x) => `p_${x.class}: intercept ` +
+      num(x.calibration_intercept) + ", slope " + num(x.calibration_slope)).join("; ") + "; " + c.calibration_note);
     const oof = (c.frame_decision || {}).out_of_fold;
     if (oof) row(dl, "dice after the frame decision", oof.dice.value.toFixed(3) + ci(oof.dice) + "; " + oof.note);
     if (c.evaluation) row(dl, "evaluated", `${c.evaluation.how} on ${c.evaluation.images} images` +
