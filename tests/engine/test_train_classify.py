@@ -115,6 +115,13 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     said = " ".join(html.split())
     assert f"<td>p_{positive}</td><td>{line['prevalence']:.3f}</td>" in said
     assert "This run trained with class weights" in said and "intercept from class balancing alone" in said
+    config = json.loads((run / "config.json").read_text())  # with --oversample too: twice the offset, said so
+    (run / "config.json").write_text(json.dumps({**config, "oversample": True}))
+    res = runner.invoke(app, ["report", str(run)])
+    said = " ".join((run / "report.html").read_text().split())
+    assert res.exit_code == 0 and "sits near 2 × (logit(share) − logit(1/2))" in said, res.output
+    assert f"<td>{2 * line['balanced_training_intercept']:.2f}</td></tr>" in said
+    (run / "config.json").write_text(json.dumps(config))
     assert f"{youden['threshold']:.3f}" in html
 
 
