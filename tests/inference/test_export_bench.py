@@ -128,6 +128,9 @@ def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkey
         )
         again = load_predictor(tiny_run, 0)  # read from RUN/backends.json, not measured again
         assert again.backend == p.backend and "measured before" in again.backend_choice["reason"]
+        # 12 test images cannot show a reduced-precision backend agrees >= 0.99: never a candidate here
+        assert choice["n_images"] == 12 and "bf16" not in p.backend
+        assert not any("agreement" in v for k, v in measured.items() if "bf16" in k)
     monkeypatch.delenv(devices.CPU_FLAGS_ENV)
     devices.machine.cache_clear()
     res = runner.invoke(app, ["predict", str(tiny_run), str(easy_set / "lesion" / "3.png"), "--fold", "0"])
@@ -568,3 +571,25 @@ def test_openvino_names_each_output_as_the_export_describes_it(tmp_path: Path) -
     (tmp_path / "model.json").unlink()
     with pytest.raises(ConfigError, match=r"model\.json: the export's description is missing"):
         GraphSession(path, "openvino-fp32", threads=1)
+
+
+def test_a_reduced_precision_backend_needs_enough_images_to_show_it_agrees(tiny_run: Path, monkeypatch) -> None:
+    """On fewer than MIN_INEXACT_IMAGES images a bf16 backend is `ineligible` (one disagreement in 100 is 0.99: 26
+    images all agreeing had passed an openvino-bf16 that changed 9 of 321 labels); fp32 graphs stay candidates; with
+    the bound lowered the same bf16 backend is checked as before."""
+    from medcad import devices
+    from medcad.inference import backends
+    from medcad.inference.classes import ClassPredictor
+
+    monkeypatch.setenv(devices.CPU_FLAGS_ENV, "avx2,fma,avx512f,avx512_bf16,avx512_vnni")
+    devices.machine.cache_clear()
+    ref = ClassPredictor(tiny_run, 0, backend="torch-fp32", device="cpu")
+    x = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), np.uint8)
+    monkeypatch.setattr(backends, "_speed", lambda p, x: {"images_per_s": {"torch-bf16": 3.0}.get(p.backend, 1.0)})
+    measured, _ = backends.measure(ref, ["torch-fp32", "torch-bf16", "onnx-fp32"], x, None)
+    assert "12 images cannot show agreement >= 0.99" in measured["torch-bf16"]["ineligible"]
+    assert "agreement" not in measured["torch-bf16"] and backends.pick(measured) in ("torch-fp32", "onnx-fp32")
+    monkeypatch.setattr(backends, "MIN_INEXACT_IMAGES", 10)
+    measured, _ = backends.measure(ref, ["torch-fp32", "torch-bf16", "onnx-fp32"], x, None)
+    assert "ineligible" not in measured["torch-bf16"] and "agreement" in measured["torch-bf16"]
+    devices.machine.cache_clear()

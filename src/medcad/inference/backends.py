@@ -44,6 +44,11 @@ from medcad.runfolder import RunFolder
 log = logging.getLogger(__name__)
 
 N_IMAGES, BATCH, REPEATS = 128, 8, 3
+# One disagreement in 100 images is agreement 0.99: on fewer, a reduced-precision backend (bf16, int8) cannot be shown
+# to agree (26 images all agreeing passed an openvino-bf16 that changed 9 of 321 labels of a small BUSI run; a new
+# user's check, 2026-12-06), so it is not a candidate there; fp32 graphs agree with torch-fp32 to ~1e-6 on any number.
+MIN_INEXACT_IMAGES = 100
+INEXACT = ("bf16", "int8")
 # a timing is unsteady when its slowest repeat is more than UNSTEADY_RATIO x its fastest and more than UNSTEADY_S
 # seconds slower (below that, scheduler noise on a tiny model): another job on the cores. torch's OpenMP threads stall
 # then (2026-12-05, a helper's tests on the 2 cores: batches of 8 at 2.3 s, then one at 0.3 s; torch-fp32 timed at 3
@@ -149,12 +154,13 @@ def _sibling(ref: Predictor, backend: str, threads: int | None) -> Predictor:
 
 
 def measure(
-    ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None
+    ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None, distinct: int | None = None
 ) -> tuple[dict[str, dict], dict[str, Predictor]]:
     """images/s of each backend (at batch BATCH) and, fastest first until one agrees, its agreement with `ref`
-    (torch-fp32, which agrees with itself) on `images` (N, S, S, 3) uint8; and the predictors that loaded (the torch
-    ones on `ref`'s networks). A backend that cannot load (an export that fails, a runtime missing) gets its error;
-    one slower than a backend that agrees is not checked (`not_checked`)."""
+    (torch-fp32, which agrees with itself) on `images` (N, S, S, 3) uint8, `distinct` of them different (default N);
+    and the predictors that loaded (the torch ones on `ref`'s networks). A backend that cannot load (an export that
+    fails, a runtime missing) gets its error; one slower than a backend that agrees is not checked (`not_checked`),
+    nor a reduced-precision one on fewer than MIN_INEXACT_IMAGES distinct images (`ineligible`: not a candidate)."""
     out: dict[str, dict] = {}
     loaded: dict[str, Predictor] = {}
     for name in backends:
@@ -167,12 +173,19 @@ def measure(
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     reference = ref.infer_once(images, BATCH)  # within `measure_choice`, the export's check computed it
+    distinct = len(images) if distinct is None else distinct
     for name in sorted(loaded, key=lambda k: -out[k]["images_per_s"]):
         p = loaded[name]
+        if p is not ref and any(t in name for t in INEXACT) and distinct < MIN_INEXACT_IMAGES:
+            out[name]["ineligible"] = (
+                f"reduced precision, and {distinct} images cannot show agreement >= {MIN_AGREEMENT} "
+                f"({MIN_INEXACT_IMAGES} needed: one disagreement in {MIN_INEXACT_IMAGES} is {MIN_AGREEMENT})"
+            )
+            continue
         agreement = 1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
         out[name]["agreement"] = round(agreement, 4)
         if agreement >= MIN_AGREEMENT:
-            for slower in (k for k in loaded if "agreement" not in out[k]):
+            for slower in (k for k in loaded if "agreement" not in out[k] and "ineligible" not in out[k]):
                 out[slower]["not_checked"] = f"slower than {name}, which agrees"
             break
     return out, loaded
@@ -184,7 +197,7 @@ def doubtful(measured: dict[str, dict], best: str) -> str | None:
     job only slows a backend down, so one slowed in every repeat may be the faster)."""
     speed = measured[best]["images_per_s"]
     for name, m in measured.items():
-        eligible = "error" not in m and m.get("agreement", 1.0) >= MIN_AGREEMENT  # unchecked ones may agree
+        eligible = "error" not in m and "ineligible" not in m and m.get("agreement", 1.0) >= MIN_AGREEMENT
         if "unsteady" in m and eligible and (name == best or m["images_per_s"] * UNSTEADY_RATIO >= speed):
             return name
     return None
@@ -280,24 +293,28 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
     if len(held) == 0:
         return {"backend": static_choice(device), "reason": "the run has no test images to measure on"}, None
     held = np.asarray(held[:N_IMAGES])
+    distinct = len(held)
     if len(held) < BATCH:
         held = np.concatenate([held] * (BATCH // len(held) + 1))
     with ref.remembering():  # the torch-fp32 outputs an export's check and the measurement compare with: once
-        measured, loaded = measure(ref, candidates(run, ref.fold, type(ref).backends, device), held, threads)
+        backends = candidates(run, ref.fold, type(ref).backends, device)
+        measured, loaded = measure(ref, backends, held, threads, distinct)
     best = pick(measured)
     choice = {
         "backend": best,
         "measured": measured,
         "device": device,
         "cpu": machine().to_dict(),
-        "n_images": int(len(held)),
+        "n_images": distinct,
         "images": check.described,
         "min_agreement": MIN_AGREEMENT,
     }
     reason = (
-        f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {len(held)} images "
+        f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {distinct} images "
         f"({check.described}) is >= {MIN_AGREEMENT} (measured now)"
     )
+    if any("ineligible" in m for m in measured.values()):
+        reason += f"; reduced-precision backends not candidates: {distinct} images cannot show they agree"
     cache, key = RunFolder(run).backends, _cache_key(run, ref.fold, threads, device)
     shaky = doubtful(measured, best)
     choice = remember(cache, key, choice, unsteady=bool(shaky))
