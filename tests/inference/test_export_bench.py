@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,10 @@ def test_auto_measures_only_where_it_can_pay(tiny_run: Path, easy_set: Path, tmp
     key = backends._cache_key(tiny_run, None, None)
     backends.remember(RunFolder(tiny_run).backends, key, {"backend": "onnx-fp32", "measured": {}})
     res = runner.invoke(app, ["predict", str(tiny_run), image, "--out", str(tmp_path / "p2")])
+    assert res.exit_code == 0 and "backend onnx-fp32: measured before" in res.stderr, res.output
+    moved = tmp_path / "elsewhere" / "run"  # a run moved or copied with its times keeps its choices
+    shutil.copytree(tiny_run, moved, copy_function=shutil.copy2)
+    res = runner.invoke(app, ["predict", str(moved), image, "--out", str(tmp_path / "p3")])
     assert res.exit_code == 0 and "backend onnx-fp32: measured before" in res.stderr, res.output
 
     frames = [np.full((32, 32, 3), k * 20, np.uint8) for k in range(12)]

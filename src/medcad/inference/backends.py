@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,7 +117,12 @@ def static_choice(device: str = "cpu") -> str:
 
 
 def _cache_key(run: Path, fold: int | None, threads: int | None, device: str = "cpu") -> str:
-    files = "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in fold_model_files(run, fold))
+    """The key of a choice in RUN/backends.json: the device (GPU name, or CPU model, kind and threads), the fold and
+    the model files by their paths within the run, sizes and modification times, so that a run moved or copied with
+    its times (`mv`, `cp -a`, `rsync -a`) keeps its choices (keyed by absolute paths, they had been measured again)."""
+    files = "|".join(
+        f"{os.path.relpath(f, run)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in fold_model_files(run, fold)
+    )
     digest = hashlib.sha1(files.encode()).hexdigest()[:12]
     dev = torch_device(device)
     if dev.type == "cuda":
