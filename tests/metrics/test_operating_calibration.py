@@ -49,6 +49,29 @@ def test_validated_points_use_each_folds_validation_threshold():
         validated_operating_points(y_test, s_test, np.array([0, 0, 2, 2]), val)
 
 
+def test_a_fold_that_met_a_rule_only_by_calling_nothing_keeps_it_but_leaves_the_ensembles_mean() -> None:
+    """Fold 0's validation has two negatives, the top-scored one among them: spec >= 0.90 is met only at +inf (call
+    nothing positive). Its own test rows keep that cut; the ensemble's threshold is fold 1's (the mean had been +inf:
+    predict at that operating point called nothing positive); with every fold so, +inf."""
+    val = {
+        0: (np.array([0, 1, 0, 1]), np.array([0.9, 0.8, 0.2, 0.7])),
+        1: (np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.6, 0.9])),
+    }
+    y, s = np.array([0, 1, 0, 1]), np.array([0.2, 0.95, 0.1, 0.7])
+    assert choose_threshold(*val[0], "spec>=0.90") == np.inf
+    pooled = validated_operating_points(y, s, np.array([0, 0, 1, 1]), val, rules=["spec>=0.90"], n_boot=20)
+    o = pooled["spec>=0.90"]
+    assert o["folds_calling_nothing"] == ["0"] and o["ensemble_threshold"] == pytest.approx(0.6)
+    assert o["sensitivity"]["value"] == pytest.approx(0.0 + 0.5)  # fold 0's positive uncalled, fold 1's called
+    new = validated_operating_points(y, s, None, val, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"]
+    assert new["threshold"] == pytest.approx(0.6) and new["sensitivity"]["value"] == pytest.approx(1.0)
+    both = {f: val[0] for f in (0, 1)}
+    assert (
+        validated_operating_points(y, s, None, both, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"]["threshold"]
+        == np.inf
+    )
+
+
 def test_a_fold_whose_validation_holds_one_class_is_left_out_not_scored_negative():
     """A validation part of one class chooses no threshold: that fold's test rows had been called negative (a run
     with 1-image validation parts showed sensitivity 0.000 (0.000-0.000), specificity 1.000 (1.000-1.000))."""

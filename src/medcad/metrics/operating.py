@@ -88,7 +88,12 @@ def validated_operating_points(
         sensitivity: {value, ci95}, specificity: {value, ci95}, ppv, npv}}; a fold whose validation part holds one
         class has no threshold (nan) and is listed (`folds_without_threshold`): its test rows are left out of the
         figures (they had been scored as all negative: sensitivity 0, specificity 1, with CIs of width 0), or it is
-        left out of the ensemble's mean; with no fold left, every figure is None. CIs hold the thresholds fixed.
+        left out of the ensemble's mean; with no fold left, every figure is None. A fold whose validation part met a
+        specificity rule only by calling nothing positive (+inf: too few negatives there to reach it otherwise) keeps
+        that threshold for its own test rows but is left out of the ensemble's mean and listed
+        (`folds_calling_nothing`): one such fold had made the mean +inf, so the ensemble, and predict or serve at that
+        operating point, called nothing positive at all; the mean is +inf only when every fold is so. CIs hold the
+        thresholds fixed.
 
     Raises:
         ValueError: a row's fold has no validation predictions.
@@ -106,8 +111,12 @@ def validated_operating_points(
     for rule, thr in thresholds.items():
         if without:
             out[rule]["folds_without_threshold"] = without
-        chosen = [t for t in thr.values() if not np.isnan(t)]
-        mean = float(np.mean(chosen)) if chosen else float("nan")  # where the ensemble of the folds cuts
+        nothing = sorted(f for f, t in thr.items() if np.isposinf(t))
+        if nothing:
+            out[rule]["folds_calling_nothing"] = nothing
+        chosen = [t for t in thr.values() if np.isfinite(t)]
+        # where the ensemble of the folds cuts: the mean of the folds' finite thresholds
+        mean = float(np.mean(chosen)) if chosen else (float("inf") if nothing else float("nan"))
         out[rule]["threshold" if folds is None else "ensemble_threshold"] = mean
     if folds is None:
         cuts = {rule: np.full(len(s), o["threshold"]) for rule, o in out.items() if not np.isnan(o["threshold"])}

@@ -325,6 +325,16 @@ def _print_validated(c: Console, m: dict) -> None:
                     else "their test images are left out of these figures (— when no fold is left)"
                 )
             )
+        nothing = [
+            f"{r}: fold(s) {', '.join(v[r]['folds_calling_nothing'])}"
+            for r in ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95")
+            if "folds_calling_nothing" in (v.get(r) or {})
+        ]
+        if nothing:
+            c.print(
+                "; ".join(nothing) + ": the validation part met the rule only by calling nothing positive; left out "
+                "of the ensemble's mean threshold"
+            )
     cal = m.get("calibration")
     if cal:
         c.print(
