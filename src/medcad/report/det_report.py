@@ -101,21 +101,14 @@ def loss_history(csv_path: Path) -> dict[str, list[float]]:
 
 def loss_curves_png(histories: dict[str, dict[str, list[float]]]) -> bytes:
     """Training (solid) and validation (dashed) loss per epoch and fold, and validation AP50."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name, h in histories.items():
-        epochs = np.arange(1, len(h["train_loss"]) + 1)
-        line = axes[0].plot(epochs, h["train_loss"], lw=1.2, marker=".", label=f"{name} train")[0]
-        axes[0].plot(epochs, h["val_loss"], lw=1.2, ls="--", marker=".", c=line.get_color(), label=f"{name} val")
-        axes[1].plot(epochs, h["val_ap50"], lw=1.2, marker=".", c=line.get_color(), label=name)
-    axes[0].set_title("SSD loss (box regression + classification)")
-    axes[1].set_title("validation AP50 (model selection)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle("Detector training", y=1.03)
-    return plots.figure_png(fig)
+    scored = {name: {**h, "val_score": h.get("val_ap50", [])} for name, h in histories.items()}
+    return plots.curves_png(
+        scored,
+        "AP50",
+        "Detector training",
+        loss_title="SSD loss (box regression + classification)",
+        score_title="validation AP50 (model selection)",
+    )
 
 
 def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFrame, gallery: bool = True) -> dict:

@@ -81,18 +81,34 @@ def reliability_png(rel: dict, ece: float | None = None, note: str = "") -> byte
     return figure_png(fig)
 
 
-def curves_png(histories: dict[str, dict[str, list[float]]], score: str, title: str = "Training curves") -> bytes:
+def curves_png(
+    histories: dict[str, dict[str, list[float]]],
+    score: str,
+    title: str = "Training curves",
+    loss_title: str = "loss",
+    score_title: str | None = None,
+) -> bytes:
     """`histories`: {fold: {"train_loss": [...], "val_loss": [...], "val_score": [...]}} per epoch; `score` names
-    the validation score (the task's `val_score`)."""
+    the validation score (the task's `val_score`; the right panel's title unless `score_title`)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")  # room for the title above the panels'
+
+    def epochs(values: list[float]) -> tuple[range, list[float]]:  # epochs from 1; a marker each, so one shows
+        return range(1, len(values) + 1), values
+
+    style = {"lw": 1.2, "marker": "o", "ms": 3}
     for name, h in histories.items():
-        line = axes[0].plot(h.get("train_loss", []), lw=1.2, label=f"{name} train")[0]
-        axes[0].plot(h.get("val_loss", []), lw=1.2, ls="--", c=line.get_color(), label=f"{name} val")
-        axes[1].plot(h.get("val_score", []), lw=1.2, c=line.get_color(), label=name)
-    axes[0].set_title("loss")
-    axes[1].set_title(f"validation score:\n{score}", fontsize=9)
+        line = axes[0].plot(*epochs(h.get("train_loss", [])), **style, label=f"{name} train")[0]
+        axes[0].plot(*epochs(h.get("val_loss", [])), **style, ls="--", c=line.get_color(), label=f"{name} val")
+        axes[1].plot(*epochs(h.get("val_score", [])), **style, c=line.get_color(), label=name)
+    axes[0].set_title(loss_title)
+    axes[1].set_title(score_title or f"validation score:\n{score}", fontsize=9)
+    last = max((len(v) for h in histories.values() for v in h.values()), default=1)
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, last + 0.5)  # whole epochs, a single one too
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     return figure_png(fig)
