@@ -115,6 +115,8 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     said = " ".join(html.split())
     assert f"<td>p_{positive}</td><td>{line['prevalence']:.3f}</td>" in said
     assert "This run trained with class weights" in said and "intercept from class balancing alone" in said
+    worse = cal["after"]["brier"]["value"] > cal["before"]["brier"]["value"]  # said where scaling made it worse
+    assert ("Here temperature scaling made the pooled test Brier score worse" in said) == worse
     config = json.loads((run / "config.json").read_text())  # with --oversample too: twice the offset, said so
     (run / "config.json").write_text(json.dumps({**config, "oversample": True}))
     res = runner.invoke(app, ["report", str(run)])

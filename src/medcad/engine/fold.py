@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,7 +242,11 @@ def train_fold(
     if val_out is None:
         val_out = hooks.predict(model, normalize, data, val)
     _check_finite(fold.result.parent, {"validation": val_out, "test": test_out})
-    temperature = hooks.temperature(val_out, data, val)
+    with warnings.catch_warnings(record=True) as said:  # a temperature left at 1 is said with its fold
+        warnings.simplefilter("always")
+        temperature = hooks.temperature(val_out, data, val)
+    for w in said:
+        warnings.warn(f"fold {k}: {w.message}", w.category, stacklevel=1)
     decision = hooks.decision(val_out, data, val, temperature)
     save_model(fold.model, model.cpu(), cfg, list(data.labels), dc, temperature, decision)
     speed["seconds"] = time.perf_counter() - t0

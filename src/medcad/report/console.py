@@ -346,6 +346,11 @@ def _print_validated(c: Console, m: dict) -> None:
                 for a, b in zip(cal["before"].get("lines", []), cal["after"].get("lines", []), strict=True)
             )
             + " after temperature scaling on validation"
+            + (
+                " (the Brier score worse after it)"
+                if (cal["after"]["brier"].get("value") or 0) > (cal["before"]["brier"].get("value") or 0)
+                else ""
+            )
         )
 
 
