@@ -249,6 +249,33 @@ def test_the_calibration_line_is_of_the_positive_class_or_of_each_class_against_
         assert x["balanced_training_intercept"] == pytest.approx(np.log(share / (1 - share)) - np.log(1 / 2))
 
 
+def test_a_temperature_is_kept_only_where_validation_shows_evidence_against_one() -> None:
+    """Probabilities 2x too sharp on the logit scale: 400 rows show it (T near 2 kept); 12 rows of the same kind fit a
+    T far from 1 that they cannot support (likelihood ratio below 3.84): T = 1. The statistic is twice the summed NLL
+    difference (checked against a direct sum)."""
+    from medcad.metrics.calibration import EVIDENCE, temperature_evidence
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(400, 2)) * 1.5
+    y = np.array([rng.choice(2, p=p) for p in softmax(logits, axis=1)])
+    probs = softmax(logits * 2, axis=1)
+    t, lr = temperature_evidence(y, probs)
+    assert lr >= EVIDENCE and fit_temperature(y, probs) == pytest.approx(t) and 1.6 < t < 2.6
+    nll = lambda T: -np.log(apply_temperature(probs, T)[np.arange(len(y)), y]).sum()  # noqa: E731
+    assert lr == pytest.approx(2 * (nll(1.0) - nll(t)), rel=1e-6)
+    few = next(
+        (y[i : i + 12], probs[i : i + 12])
+        for i in range(0, 388, 4)
+        if abs(np.log(temperature_evidence(y[i : i + 12], probs[i : i + 12])[0])) > 0.3
+        and temperature_evidence(y[i : i + 12], probs[i : i + 12])[1] < EVIDENCE
+    )
+    assert fit_temperature(*few) == 1.0
+    res, _ = temperature_scaled(y[:12], probs[:12], np.zeros(12, int), {0: few}, n_boot=10)
+    assert res["temperatures"] == {"0": 1.0} and res["evidence"]["0"] < EVIDENCE and "kept where" in res["method"]
+    old, _ = temperature_scaled(y[:12], probs[:12], np.zeros(12, int), {0: few}, n_boot=10, temperatures={0: 1.7})
+    assert "made before 2026-12-06 keep a temperature" in old["method"]  # a model file's own, from before
+
+
 def test_temperature_at_the_search_bound_is_not_used() -> None:
     """Separable validation rows drive T to the bound: no temperature is identified, T = 1 with a warning."""
     y = np.array([0, 1, 0, 1, 0, 1])
