@@ -49,7 +49,7 @@ def test_validated_points_use_each_folds_validation_threshold():
         validated_operating_points(y_test, s_test, np.array([0, 0, 2, 2]), val)
 
 
-def test_a_fold_that_met_a_rule_only_by_calling_nothing_keeps_it_but_leaves_the_ensembles_mean() -> None:
+def test_a_fold_that_met_a_rule_only_by_calling_nothing_keeps_it_but_leaves_the_ensembles_mean(tmp_path) -> None:
     """Fold 0's validation has two negatives, the top-scored one among them: spec >= 0.90 is met only at +inf (call
     nothing positive). Its own test rows keep that cut; the ensemble's threshold is fold 1's (the mean had been +inf:
     predict at that operating point called nothing positive); with every fold so, +inf."""
@@ -65,6 +65,18 @@ def test_a_fold_that_met_a_rule_only_by_calling_nothing_keeps_it_but_leaves_the_
     assert o["sensitivity"]["value"] == pytest.approx(0.0 + 0.5)  # fold 0's positive uncalled, fold 1's called
     new = validated_operating_points(y, s, None, val, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"]
     assert new["threshold"] == pytest.approx(0.6) and new["sensitivity"]["value"] == pytest.approx(1.0)
+    # as metrics.json keeps it (+inf written as null): predict names why a fold has no threshold there
+    import json
+
+    from medcad.errors import ConfigError
+    from medcad.inference.predictor import validated_cut
+
+    block = {"positive": "lesion", "scale": "temperature-scaled", "spec>=0.90": json.loads(json.dumps(o, default=str))}
+    block["spec>=0.90"]["thresholds"] = {"0": None, "1": 0.6}
+    (tmp_path / "metrics.json").write_text(json.dumps({"validated_operating_points": block}))
+    assert validated_cut(tmp_path, None, "spec>=0.90") == ("lesion", pytest.approx(0.6))
+    with pytest.raises(ConfigError, match="fold 0's validation part met it only by calling nothing positive"):
+        validated_cut(tmp_path, 0, "spec>=0.90")
     both = {f: val[0] for f in (0, 1)}
     assert (
         validated_operating_points(y, s, None, both, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"]["threshold"]
@@ -270,10 +282,20 @@ def test_a_temperature_is_kept_only_where_validation_shows_evidence_against_one(
         and temperature_evidence(y[i : i + 12], probs[i : i + 12])[1] < EVIDENCE
     )
     assert fit_temperature(*few) == 1.0
-    res, _ = temperature_scaled(y[:12], probs[:12], np.zeros(12, int), {0: few}, n_boot=10)
-    assert res["temperatures"] == {"0": 1.0} and res["evidence"]["0"] < EVIDENCE and "kept where" in res["method"]
+    res, scaled = temperature_scaled(y[:12], probs[:12], np.zeros(12, int), {0: few}, n_boot=10)
+    assert res["temperatures"] == {"0": 1.0} and res["evidence"]["0"] < EVIDENCE and res["guarded"]
+    # T = 1 leaves the probabilities exactly as they are (a round trip through logits had made the Brier score
+    # differ by 1e-9, and the report called scaling that scaled nothing "worse")
+    assert np.array_equal(scaled, probs[:12]) and res["after"]["brier"] == res["before"]["brier"]
     old, _ = temperature_scaled(y[:12], probs[:12], np.zeros(12, int), {0: few}, n_boot=10, temperatures={0: 1.7})
-    assert "made before 2026-12-06 keep a temperature" in old["method"]  # a model file's own, from before
+    assert not old["guarded"]  # a model file's own temperature, from before the rule
+    # evidence, but the fit runs to a bound of its search (separable rows): T = 1, the fold listed
+    sep_y, sep_p = np.r_[np.zeros(20, int), np.ones(20, int)], np.r_[np.full(20, 0.3), np.full(20, 0.7)]
+    sep_p = np.column_stack([1 - sep_p, sep_p])
+    with pytest.warns(UserWarning, match="search bound"):
+        assert fit_temperature(sep_y, sep_p) == 1.0
+    res, _ = temperature_scaled(sep_y, sep_p, np.zeros(40, int), {0: (sep_y, sep_p)}, n_boot=10)
+    assert res["at_search_bound"] == ["0"] and res["evidence"]["0"] >= EVIDENCE and res["temperatures"]["0"] == 1.0
 
 
 def test_temperature_at_the_search_bound_is_not_used() -> None:

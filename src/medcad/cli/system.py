@@ -66,7 +66,7 @@ def system_report() -> dict:
                 f"--device auto: the {'GPU' if m.gpus else 'CPU'}; --backend auto: the fastest of "
                 + ", ".join(generic_candidates(device))
                 + " that agrees >= 0.99 with torch-fp32, measured once per model on its held-out images "
-                f"(without a run folder or its images: {static_choice(device)})"
+                f"(without a run folder or its images: {static_choice()})"
                 + "".join(f"; {pkg} not installed: its backends left out" for pkg in missing_runtimes())
             ),
             "threads": _threads(),

@@ -110,10 +110,11 @@ def unmeasured_choice(images: int) -> dict:
     }
 
 
-def static_choice(device: str = "cpu") -> str:
-    """The backend when nothing can be measured: bf16 autocast where the CPU has it, else plain fp32 (also on a
-    GPU, where bf16 was not always faster and need not agree)."""
-    return "torch-bf16" if machine().native_bf16 and torch_device(device).type == "cpu" else "torch-fp32"
+def static_choice() -> str:
+    """The backend when nothing can be measured (a model file outside a run folder, a run whose images cannot be
+    read): torch-fp32, the reference every other backend must be shown to agree with (bf16 autocast had been chosen
+    there on CPUs with bf16, unchecked, while a measured run needs 100 images to take it)."""
+    return "torch-fp32"
 
 
 def _cache_key(run: Path, fold: int | None, threads: int | None, device: str = "cpu") -> str:
@@ -169,7 +170,14 @@ def measure(
     nor a reduced-precision one on fewer than MIN_INEXACT_IMAGES distinct images (`ineligible`: not a candidate)."""
     out: dict[str, dict] = {}
     loaded: dict[str, Predictor] = {}
+    distinct = len(images) if distinct is None else distinct
     for name in backends:
+        if name != ref.backend and any(t in name for t in INEXACT) and distinct < MIN_INEXACT_IMAGES:
+            out[name] = {  # known before anything loads: not exported, compiled or timed
+                "ineligible": f"reduced precision, and {distinct} images cannot show agreement >= {MIN_AGREEMENT} "
+                f"(at least {MIN_INEXACT_IMAGES} needed: one disagreement in {MIN_INEXACT_IMAGES} is {MIN_AGREEMENT})"
+            }
+            continue
         try:
             if name != ref.backend:
                 ensure_export(type(ref), ref.run, ref.fold, name, threads, reference=ref)
@@ -179,19 +187,12 @@ def measure(
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     reference = ref.infer_once(images, BATCH)  # within `measure_choice`, the export's check computed it
-    distinct = len(images) if distinct is None else distinct
     for name in sorted(loaded, key=lambda k: -out[k]["images_per_s"]):
         p = loaded[name]
-        if p is not ref and any(t in name for t in INEXACT) and distinct < MIN_INEXACT_IMAGES:
-            out[name]["ineligible"] = (
-                f"reduced precision, and {distinct} images cannot show agreement >= {MIN_AGREEMENT} "
-                f"({MIN_INEXACT_IMAGES} needed: one disagreement in {MIN_INEXACT_IMAGES} is {MIN_AGREEMENT})"
-            )
-            continue
         agreement = 1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
         out[name]["agreement"] = round(agreement, 4)
         if agreement >= MIN_AGREEMENT:
-            for slower in (k for k in loaded if "agreement" not in out[k] and "ineligible" not in out[k]):
+            for slower in (k for k in loaded if "agreement" not in out[k]):
                 out[slower]["not_checked"] = f"slower than {name}, which agrees"
             break
     return out, loaded
@@ -217,11 +218,11 @@ def pick(measured: dict[str, dict]) -> str:
 
 def known_choice(run: Path, fold: int | None, device: str = "cpu", threads: int | None = None) -> dict | None:
     """The `auto` choice where no model needs loading to know it: for a model file outside a run folder (torch, by
-    the device: `static_choice`), or as measured before for these model files on this GPU, or this CPU kind and
+    torch-fp32: `static_choice`), or as measured before for these model files on this GPU, or this CPU kind and
     thread count (RUN/backends.json); None when it has to be measured (`measure_choice`): never before, or before
     with the chosen backend's timing unsteady fewer than MAX_ATTEMPTS times."""
     if not run.is_dir():
-        return {"backend": static_choice(device), "reason": "a model file, not a run folder: torch only, not measured"}
+        return {"backend": static_choice(), "reason": "a model file, not a run folder: torch only, not measured"}
     cache = RunFolder(run).backends
     known = _read_cache(cache).get(_cache_key(run, fold, threads, device))
     if known is None or 0 < known.get("unsteady_attempts", 0) < MAX_ATTEMPTS:
@@ -295,9 +296,9 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         held = check.images
     except (MedcadError, OSError, KeyError, ValueError) as e:
         reason = f"the run's images could not be read ({e}); not measured"
-        return {"backend": static_choice(device), "reason": reason}, None
+        return {"backend": static_choice(), "reason": reason}, None
     if len(held) == 0:
-        return {"backend": static_choice(device), "reason": "the run has no test images to measure on"}, None
+        return {"backend": static_choice(), "reason": "the run has no test images to measure on"}, None
     held = np.asarray(held[:N_IMAGES])
     distinct = len(held)
     if len(held) < BATCH:
@@ -316,7 +317,8 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         "min_agreement": MIN_AGREEMENT,
     }
     reason = (
-        f"the fastest of {len(measured)} backends measured whose agreement with torch-fp32 on {distinct} images "
+        f"the fastest of {sum('images_per_s' in m for m in measured.values())} backends measured whose agreement "
+        f"with torch-fp32 on {distinct} images "
         f"({check.described}) is >= {MIN_AGREEMENT} (measured now)"
     )
     if any("ineligible" in m for m in measured.values()):

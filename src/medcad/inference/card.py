@@ -179,7 +179,8 @@ def _calibration(predictor: Predictor, m: dict) -> dict:
             }
             for x in lines
         ],
-        "calibration_note": "of the probabilities predict gives, out of fold (ideal: intercept 0, slope 1)",
+        "calibration_note": "each fold model's temperature-scaled probabilities on its own test images, pooled "
+        "(ideal: intercept 0, slope 1)",
     }
     if cfg.class_weights or cfg.oversample:
         out["calibration_note"] += (

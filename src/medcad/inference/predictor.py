@@ -92,6 +92,14 @@ def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
     if rule not in rules:
         raise ConfigError(f"operating point {rule!r}: not one of this run's ({', '.join(rules)})")
     threshold = rule_threshold(rules[rule], fold)
+    nothing = rules[rule].get("folds_calling_nothing") or []
+    calls_nothing = str(fold) in nothing if fold is not None else len(nothing) == len(rules[rule]["thresholds"])
+    if threshold is None and calls_nothing:
+        whose = "every fold's validation part" if fold is None else f"fold {fold}'s validation part"
+        raise ConfigError(
+            f"operating point {rule!r}: {whose} met it only by calling nothing positive (too few of the rest there "
+            "to reach it otherwise), so it has no threshold to decide at; choose another operating point"
+        )
     if threshold is None:
         whose = "the fold models' mean threshold" if fold is None else f"fold {fold}'s threshold"
         raise ConfigError(

@@ -168,6 +168,11 @@ def _fmt(m: dict | None) -> str:
     return f"{m['value']:.3f}{ci}"
 
 
+def _rounded(m: dict) -> float:
+    """A figure as shown (3 decimals; 0 where there is none): compared as the reader sees it."""
+    return round(m.get("value") or 0.0, 3)
+
+
 def _label(m: dict, c: int) -> str:
     """Class c's name from the metrics' labels (its index where they are not there)."""
     labels = m.get("labels") or []
@@ -348,7 +353,7 @@ def _print_validated(c: Console, m: dict) -> None:
             + " after temperature scaling on validation"
             + (
                 " (the Brier score worse after it)"
-                if (cal["after"]["brier"].get("value") or 0) > (cal["before"]["brier"].get("value") or 0)
+                if _rounded(cal["after"]["brier"]) > _rounded(cal["before"]["brier"])
                 else ""
             )
         )

@@ -104,7 +104,7 @@ def curves_png(
         axes[1].plot(*epochs(h.get("val_score", [])), **style, c=line.get_color(), label=name)
     axes[0].set_title(loss_title)
     axes[1].set_title(score_title or f"validation score:\n{score}", fontsize=9)
-    last = max((len(v) for h in histories.values() for v in h.values()), default=1)
+    last = max(1, max((len(v) for h in histories.values() for v in h.values()), default=1))  # an empty log too
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.set_xlim(0.5, last + 0.5)  # whole epochs, a single one too

@@ -27,8 +27,8 @@ function ci(m) {  // none where a bound is missing (null in JSON: fewer than hal
   return ` (95 % CI ${m.ci95.map((x) => x.toFixed(3)).join(m.ci95.some((x) => x < 0) ? " to " : "–")})`;
 }
 
-function num(m) {  // a figure with its interval; — where a fit gave none (null in JSON)
-  return m && m.value !== null && m.value !== undefined ? m.value.toFixed(2) + ci(m) : "—";
+function num(m, digits = 3) {  // a figure with its interval; — where there is none (null in JSON)
+  return m && m.value !== null && m.value !== undefined ? m.value.toFixed(digits) + ci(m) : "—";
 }
 
 function row(dl, key, value) {
@@ -45,15 +45,15 @@ async function loadCard() {
     row(dl, "task", `${c.task}: ${c.summary}`);
     row(dl, "labels", c.labels.join(", "));
     row(dl, "decision", c.decision);
-    if (c.frame_decision) row(dl, "frame decision", `${c.frame_decision.rule} (threshold ${c.frame_decision.threshold.toFixed(4)}: ${c.frame_decision.threshold_of})`);
+    if (c.frame_decision) row(dl, "frame decision", `${c.frame_decision.rule} (threshold ${num({value: c.frame_decision.threshold}, 4)}: ${c.frame_decision.threshold_of})`);
     row(dl, "model", `${c.model.backbone}${c.model.arch ? " / " + c.model.arch : ""}, ${c.model.ensemble}`);
     row(dl, "input", `${c.preprocessing.resize}${c.preprocessing.bilateral_filter ? ", bilateral filter" : ""}`);
-    for (const [k, m] of Object.entries(c.metrics || {})) row(dl, k, m.value.toFixed(3) + ci(m));
+    for (const [k, m] of Object.entries(c.metrics || {})) row(dl, k, num(m));
     row(dl, "metrics", c.metrics_note);
     if (c.calibration) row(dl, "calibration", c.calibration.map((x) => `p_${x.class}: intercept ` +
       num(x.calibration_intercept) + ", slope " + num(x.calibration_slope)).join("; ") + "; " + c.calibration_note);
     const oof = (c.frame_decision || {}).out_of_fold;
-    if (oof) row(dl, "dice after the frame decision", oof.dice.value.toFixed(3) + ci(oof.dice) + "; " + oof.note);
+    if (oof) row(dl, "dice after the frame decision", num(oof.dice) + "; " + oof.note);
     if (c.evaluation) row(dl, "evaluated", `${c.evaluation.how} on ${c.evaluation.images} images` +
       (c.evaluation.splits ? `, ${folds(c.evaluation.splits.n_folds)} grouped by ${c.evaluation.splits.group_by}` : ""));
     if (c.trained_on) row(dl, "trained on", c.trained_on.dataset + (c.trained_on.training_images == null ? "" :
