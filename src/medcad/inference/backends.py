@@ -222,7 +222,7 @@ def known_choice(run: Path, fold: int | None, device: str = "cpu", threads: int 
     thread count (RUN/backends.json); None when it has to be measured (`measure_choice`): never before, or before
     with the chosen backend's timing unsteady fewer than MAX_ATTEMPTS times."""
     if not run.is_dir():
-        return {"backend": static_choice(), "reason": "a model file, not a run folder: torch only, not measured"}
+        return {"backend": static_choice(), "reason": "a model file, not a run folder: torch-fp32, not measured"}
     cache = RunFolder(run).backends
     known = _read_cache(cache).get(_cache_key(run, fold, threads, device))
     if known is None or 0 < known.get("unsteady_attempts", 0) < MAX_ATTEMPTS:
