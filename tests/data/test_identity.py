@@ -122,3 +122,31 @@ def test_ledger_and_allow_missing(tmp_path: Path) -> None:
     assert sorted(ledger["status"]) == ["left out", "left out", "not read"]
     assert set(ledger["path"]) >= {"images/benign/10.png", "extra/stray.png"}
     assert np.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"]["value"])
+
+
+def test_folders_medcad_wrote_are_one_entry_of_the_ledger(tmp_path: Path, monkeypatch) -> None:
+    """A run folder (and medcad's cache) inside the folder of a manifest: named once each, not file by file (a new
+    user's working folder listed 572 files of runs and cache as not read); other stray files still file by file."""
+    root = tmp_path / "work"
+    rows = [{"image": f"images/{i}.png", "label": ("a", "b")[i % 2]} for i in range(4)]
+    for r in rows:
+        save(root / r["image"], noise_image(len(r["image"])))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    run = root / "runs" / "first"
+    for name in ("config.json", "splits.json", "report.html", "fold_0/model.pt", "fold_0/overlay.png"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}")
+    (root / "cache" / "features").mkdir(parents=True)
+    (root / "cache" / "features" / "x.npy").write_bytes(b"0")
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(root / "cache"))
+    save(root / "notes" / "stray.png", noise_image(9))
+    res = runner.invoke(app, ["data", "inspect", str(root / "manifest.csv"), "--json"])
+    assert res.exit_code == 0, res.output
+    ledger = json.loads(res.stdout)["ledger"]
+    assert "1 file(s) and 2 folder(s) under work/ not read" in ledger["summary"]
+    not_read = {x["path"]: x["reason"] for x in ledger["not_read"]}
+    assert not_read == {
+        "notes/stray.png": "an image the 'csv' layout did not read",
+        "runs/first/": "a medcad run folder (its outputs, not data)",
+        "cache/": "medcad's cache folder",
+    }

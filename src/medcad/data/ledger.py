@@ -24,9 +24,10 @@ from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
 
 
-def walk_files(root: Path) -> list[Path]:
+def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Every non-hidden file under `root`, sorted by folder then name, following symbolic links to folders (a link
-    back to a folder already walked is not followed again, so link loops end)."""
+    back to a folder already walked is not followed again, so link loops end). With `outputs`, folders medcad wrote
+    (`medcad_output`) are not walked into but added there with what they are."""
     files: list[Path] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -36,8 +37,24 @@ def walk_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if outputs is not None:
+            found = [(d, medcad_output(Path(dirpath) / d)) for d in dirnames]
+            outputs += [(Path(dirpath) / d, why) for d, why in found if why]
+            dirnames[:] = [d for d, why in found if not why]
         files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return files
+
+
+def medcad_output(folder: Path) -> str | None:
+    """What a folder medcad wrote is (a run folder: config.json beside splits.json or data_ledger.csv; medcad's
+    cache folder), or None for any other folder."""
+    from medcad.data.cache import cache_dir
+
+    if (folder / "config.json").is_file() and any((folder / f).is_file() for f in ("splits.json", "data_ledger.csv")):
+        return "a medcad run folder (its outputs, not data)"
+    if os.path.realpath(folder) == os.path.realpath(cache_dir()):
+        return "medcad's cache folder"
+    return None
 
 
 def reason_kind(reason: str) -> str:
@@ -126,7 +143,9 @@ class Ledger:
         if self.unread:
             kinds = Counter(reason_kind(r) for _, r in self.unread)
             shown = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-            out += f"; {len(self.unread)} file(s) under {self.root.resolve().name}/ not read ({shown})"
+            folders = sum(p.endswith("/") for p, _ in self.unread)  # folders medcad wrote, one entry each
+            what = f"{len(self.unread) - folders} file(s)" + (f" and {folders} folder(s)" if folders else "")
+            out += f"; {what} under {self.root.resolve().name}/ not read ({shown})"
         return out
 
     def table(self) -> pd.DataFrame:
@@ -149,12 +168,15 @@ def make_ledger(
 ) -> Ledger:
     """The ledger of one read: `used_files` (images and masks of the rows, relative to `root`), `sources` (files
     read for their content), `used` rows, and the reader's `problems`; with `walk` (a dataset folder or manifest,
-    not a single image) every other file under `root` is unread."""
+    not a single image) every other file under `root` is unread, a folder medcad wrote (a run folder, its cache
+    folder: `medcad_output`) as one entry, not file by file."""
     claimed = used_files | set(sources) | {p for p, _ in problems}
     unread = []
     if walk and root.is_dir():
-        for f in walk_files(root):
+        outputs: list[tuple[Path, str]] = []  # medcad's run and cache folders: one line each, not every file
+        for f in walk_files(root, outputs):
             rel = f.relative_to(root).as_posix()
             if rel not in claimed:
                 unread.append((rel, _unread_reason(f, layout)))
+        unread += [(f"{folder.relative_to(root).as_posix()}/", why) for folder, why in outputs]
     return Ledger(root, used, tuple((str(p), str(r)) for p, r in problems), tuple(unread))
