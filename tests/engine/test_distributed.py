@@ -114,6 +114,7 @@ def test_ranks_draw_their_own_augmentation(tmp_path: Path) -> None:
     """medcad's trainer reseeds each rank (its rank added) as a fit starts: two processes seeded alike draw
     different numbers in their training steps; one process draws what it drew before."""
     import lightning as L
+    from torch.multiprocessing import ProcessExitedException
     from torch.utils.data import DataLoader, TensorDataset
 
     from medcad.engine.common import RankSeeds, make_trainer
@@ -122,9 +123,20 @@ def test_ranks_draw_their_own_augmentation(tmp_path: Path) -> None:
     data = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=2)
     cfg = TrainConfig(accelerator="cpu", logger="none")
     run = Run.resolve(cfg.replace(devices=2, strategy="ddp_spawn"), tmp_path)
-    trainer, _ = make_trainer(run, run.folder.fold(0), "stage", 1, "val_loss", "min", 1, False)
-    L.seed_everything(7, verbose=False)
-    trainer.fit(Draws(tmp_path), data, data)
+    for attempt in range(3):
+        # a spawned rank can abort as it exits, after its fit ("terminate called without an active exception": gloo's
+        # threads torn down at interpreter exit, one in ~8 suite runs with another worker beside it, 2026-12-06);
+        # what this test checks is written before that, so such an exit is run again, not taken as a failure
+        for r in (0, 1):
+            (tmp_path / f"rank{r}.txt").unlink(missing_ok=True)
+        trainer, _ = make_trainer(run, run.folder.fold(0), "stage", 1, "val_loss", "min", 1, False)
+        L.seed_everything(7, verbose=False)
+        try:
+            trainer.fit(Draws(tmp_path), data, data)
+            break
+        except ProcessExitedException as e:
+            if e.signal_name != "SIGABRT" or attempt == 2:
+                raise
     ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2 and not set(ranks[0]) & set(ranks[1])  # 4 batches, 2 ranks
     # one process: the stream stays as it was seeded
