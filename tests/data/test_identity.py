@@ -133,9 +133,14 @@ def test_folders_medcad_wrote_are_one_entry_of_the_ledger(tmp_path: Path, monkey
         save(root / r["image"], noise_image(len(r["image"])))
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     run = root / "runs" / "first"
-    for name in ("config.json", "splits.json", "report.html", "fold_0/model.pt", "fold_0/overlay.png"):
+    for name in ("config.json", "data_ledger.csv", "report.html", "fold_0/model.pt", "fold_0/overlay.png"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("{}")
+    other = root / "other_tool"  # config.json beside splits.json, as other tools leave a dataset: file by file
+    for name in ("config.json", "splits.json"):
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_text("{}")
+    save(other / "scan.png", noise_image(3))
     (root / "cache" / "features").mkdir(parents=True)
     (root / "cache" / "features" / "x.npy").write_bytes(b"0")
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(root / "cache"))
@@ -143,10 +148,13 @@ def test_folders_medcad_wrote_are_one_entry_of_the_ledger(tmp_path: Path, monkey
     res = runner.invoke(app, ["data", "inspect", str(root / "manifest.csv"), "--json"])
     assert res.exit_code == 0, res.output
     ledger = json.loads(res.stdout)["ledger"]
-    assert "1 file(s) and 2 folder(s) under work/ not read" in ledger["summary"]
+    assert "4 file(s) and 2 folder(s) under work/ not read" in ledger["summary"]
     not_read = {x["path"]: x["reason"] for x in ledger["not_read"]}
     assert not_read == {
         "notes/stray.png": "an image the 'csv' layout did not read",
+        "other_tool/scan.png": "an image the 'csv' layout did not read",
+        "other_tool/config.json": "a JSON file no reader used",
+        "other_tool/splits.json": "a JSON file no reader used",
         "runs/first/": "a medcad run folder (its outputs, not data)",
         "cache/": "medcad's cache folder",
     }

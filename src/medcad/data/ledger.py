@@ -46,11 +46,14 @@ def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> lis
 
 
 def medcad_output(folder: Path) -> str | None:
-    """What a folder medcad wrote is (a run folder: config.json beside splits.json or data_ledger.csv; medcad's
-    cache folder), or None for any other folder."""
+    """What a folder medcad wrote is (a run folder: its config.json beside its data_ledger.csv, both written as a run
+    starts; medcad's cache folder), or None for any other folder (config.json beside splits.json is also how other
+    tools leave a dataset's folder: such a folder is listed file by file)."""
     from medcad.data.cache import cache_dir
+    from medcad.runfolder import RunFolder
 
-    if (folder / "config.json").is_file() and any((folder / f).is_file() for f in ("splits.json", "data_ledger.csv")):
+    run = RunFolder(folder)
+    if run.config.is_file() and run.ledger.is_file():
         return "a medcad run folder (its outputs, not data)"
     if os.path.realpath(folder) == os.path.realpath(cache_dir()):
         return "medcad's cache folder"
