@@ -58,9 +58,16 @@ def fit_temperature(
         when the optimum lies at a bound of the search: the rows are (nearly) separable, so the likelihood keeps
         improving as T shrinks (or grows) without limit, and no temperature is identified by so few or so easy rows.
     """
+    return kept_temperature(*temperature_evidence(y_true, probs, bounds), len(np.asarray(y_true)), bounds)
+
+
+def kept_temperature(
+    t: float, evidence: float, rows: int, bounds: tuple[float, float] = (0.05, 20), stacklevel: int = 3
+) -> float:
+    """The temperature `fit_temperature` keeps from a fit `temperature_evidence` gave (`rows` validation rows): t,
+    or 1.0 without evidence against T = 1 or, with a warning, at a bound of the search."""
     import warnings
 
-    t, evidence = temperature_evidence(y_true, probs, bounds)
     if evidence < EVIDENCE:
         return 1.0
     if at_search_bound(t, bounds):
@@ -70,9 +77,9 @@ def fit_temperature(
             else "its probabilities score worse than uniform ones there: flattening has no end"
         )
         warnings.warn(
-            f"temperature scaling: the best temperature lies at the search bound {t:.3g} on {len(np.asarray(y_true))} "
+            f"temperature scaling: the best temperature lies at the search bound {t:.3g} on {rows} "
             f"validation rows ({why}); kept T = 1 (no scaling)",
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
         return 1.0
     return t
@@ -306,10 +313,10 @@ def temperature_scaled(
     folds = np.asarray(fold_test)
     by_str = {str(f): v for f, v in validation.items()}
     known = {str(f): t for f, t in (temperatures or {}).items() if t is not None}
-    temps = {str(f): known.get(str(f)) or fit_temperature(*by_str[str(f)]) for f in np.unique(folds)}
-    # each fold's evidence against T = 1 on its validation part: where it is short of EVIDENCE, T stays 1; where the
-    # fit ran to a bound of its search, too (no temperature identified)
+    # each fold's fit and evidence against T = 1 on its validation part (one fit each): where the evidence is short of
+    # EVIDENCE, T stays 1; where the fit ran to a bound of its search, too (no temperature identified)
     fits = {str(f): temperature_evidence(*by_str[str(f)]) for f in np.unique(folds)}
+    temps = {f: known.get(f) or kept_temperature(t, e, len(by_str[f][0])) for f, (t, e) in fits.items()}
     evidence = {f: round(e, 3) for f, (_, e) in fits.items()}
     bound = sorted(f for f, (t, e) in fits.items() if e >= EVIDENCE and at_search_bound(t))
     calibrated = p.copy()
