@@ -252,7 +252,7 @@ def predict(
         clips = {str(v) for v in videos}
         names = output_names(images) | {v: n for v, n in output_names([*images, *videos]).items() if v in clips}
         check_output_folder(out, [*image_inputs, *videos], names, videos)
-        size = _job_size(images, videos)
+        size = _job_size(images, videos) if backend == "auto" else None  # only `auto` asks
         predictor = _serving_predictor(run, fold, backend, threads, threshold, device, operating_point, size)
         table, records = (
             predict_image_files(predictor, images, out, batch=batch, overlays=overlays, workers=workers, names=names)
@@ -316,11 +316,15 @@ def _images_and_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
 
 def _job_size(images: list[str], videos: list[Path]) -> int | None:
     """The images and video frames a predict will run on (each video's frames as its header announces them), None
-    where a video's count is unknown (`auto` then measures, as for many)."""
+    where a video's count is unknown (`auto` then measures, as for many); videos are opened only until the count
+    reaches `backends.MEASURE_FROM`, all `auto` asks."""
     from medcad.data.video import open_video
+    from medcad.inference.backends import MEASURE_FROM
 
     frames = 0
     for v in videos:
+        if len(images) + frames >= MEASURE_FROM:
+            break
         try:
             with open_video(v) as video:
                 n = video.estimated_frames

@@ -213,11 +213,11 @@ class Bitstream:
                 if i + 5 < len(data)
             ]
             disposable = bool(pictures) and all(kind == BIDIRECTIONAL for kind, _ in pictures)
-            return Facts(self._mpeg2(pictures, bool(_start_codes(data, 0xB8))) if pictures else None, disposable)
-        if self.codec == "mpeg4":  # MPEG-4 Part 2 B-VOPs (ISO/IEC 14496-2 6.3.5, vop_coding_type 2)
-            types = [data[i + 4] >> 6 for i in _start_codes(data, 0xB6) if i + 4 < len(data)]
-            return Facts(None, bool(types) and all(t == 2 for t in types))
-        return Facts(None, False)
+            gop_header = b"\x00\x00\x01\xb8" in data
+            return Facts(self._mpeg2(pictures, gop_header) if pictures else None, disposable)
+        # mpeg4: MPEG-4 Part 2 B-VOPs (ISO/IEC 14496-2 6.3.5, vop_coding_type 2)
+        types = [data[i + 4] >> 6 for i in _start_codes(data, 0xB6) if i + 4 < len(data)]
+        return Facts(None, bool(types) and all(t == 2 for t in types))
 
     def _h264_parameter_sets(self, units: list[bytes]) -> None:
         for unit in units:

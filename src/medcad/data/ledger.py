@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medcad.data.cache import cache_dir
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
@@ -30,6 +31,7 @@ def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> lis
     (`medcad_output`) are not walked into but added there with what they are."""
     files: list[Path] = []
     seen: set[str] = set()
+    cache = os.path.realpath(cache_dir()) if outputs is not None else ""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -38,24 +40,23 @@ def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> lis
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if outputs is not None:
-            found = [(d, medcad_output(Path(dirpath) / d)) for d in dirnames]
+            found = [(d, medcad_output(Path(dirpath) / d, cache)) for d in dirnames]
             outputs += [(Path(dirpath) / d, why) for d, why in found if why]
             dirnames[:] = [d for d, why in found if not why]
         files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return files
 
 
-def medcad_output(folder: Path) -> str | None:
+def medcad_output(folder: Path, cache: str) -> str | None:
     """What a folder medcad wrote is (a run folder: its config.json beside its data_ledger.csv, both written as a run
     starts; medcad's cache folder), or None for any other folder (config.json beside splits.json is also how other
-    tools leave a dataset's folder: such a folder is listed file by file)."""
-    from medcad.data.cache import cache_dir
+    tools leave a dataset's folder: such a folder is listed file by file); `cache`: medcad's cache folder, resolved."""
     from medcad.runfolder import RunFolder
 
     run = RunFolder(folder)
     if run.config.is_file() and run.ledger.is_file():
         return "a medcad run folder (its outputs, not data)"
-    if os.path.realpath(folder) == os.path.realpath(cache_dir()):
+    if os.path.realpath(folder) == cache:
         return "medcad's cache folder"
     return None
 

@@ -18,6 +18,7 @@ from scipy.special import expit, log_softmax
 from medcad.metrics.stats import (
     as_probs,
     calibration_bins,
+    class_score,
     reliability_curve,
     weighted_bootstrap,
     weighted_ece,
@@ -162,11 +163,10 @@ def calibration_line(
 
 
 def class_logit(probs: np.ndarray, c: int) -> np.ndarray:
-    """log(p_c) - log(sum of the other classes' p) (N,) from probabilities (N, K), each clipped to [EPS, 1]: taken
-    from the other columns, not from 1 - p_c, which float32 rounds to 0 once p_c is within ~6e-8 of 1."""
-    p = np.asarray(probs, dtype=float)
-    rest = np.delete(p, c, axis=1).sum(axis=1)
-    return np.log(np.clip(p[:, c], EPS, 1.0)) - np.log(np.clip(rest, EPS, 1.0))
+    """The log-odds of class c against the rest (N,) from probabilities (N, K): `stats.class_score` (the rest's mass
+    from the other columns where 1 - p_c would round to 0), clipped to +-log(1 / EPS) so that a probability of exactly
+    0 or 1 gives a finite logit to fit on."""
+    return np.clip(class_score(probs, c), np.log(EPS), -np.log(EPS))
 
 
 def _logistic_fit(y: np.ndarray, x: np.ndarray, offset, w: np.ndarray, start: list[float]) -> np.ndarray:

@@ -297,6 +297,8 @@ def _print_frame_table(c: Console, m: dict) -> None:
 
 def _print_validated(c: Console, m: dict) -> None:
     """Operating points chosen on validation and temperature scaling, when the run has them."""
+    from medcad.metrics.operating import DEFAULT_RULES  # here: it imports scikit-learn (~0.9 s of a CLI start)
+
     for v in [m.get("validated_operating_points"), *(m.get("validated_operating_points_by_class") or {}).values()]:
         if not v:
             continue
@@ -307,7 +309,7 @@ def _print_validated(c: Console, m: dict) -> None:
         rest = " against the rest" if v.get("one_vs_rest") else ""
         where = v.get("applied_to", "test")
         t.title = f"Operating points from validation, applied to {where} (positive: {v['positive']}{rest})"
-        for rule in ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95"):
+        for rule in DEFAULT_RULES:
             if rule in v:
                 t.add_row(
                     rule,
@@ -332,7 +334,7 @@ def _print_validated(c: Console, m: dict) -> None:
             )
         nothing = [
             f"{r}: fold(s) {', '.join(v[r]['folds_calling_nothing'])}"
-            for r in ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95")
+            for r in DEFAULT_RULES
             if "folds_calling_nothing" in (v.get(r) or {})
         ]
         if nothing:
