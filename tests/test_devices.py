@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,3 +341,23 @@ def test_hyper_threads_get_one_thread_per_physical_core(monkeypatch: pytest.Monk
         assert n == devices.machine().cores // 2 and "physical core" in why
     monkeypatch.setattr(devices, "TORCH_DEFAULT_THREADS", None)  # OMP_NUM_THREADS had set torch's at import
     assert devices.thread_choice()[0] == devices.machine().cores
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_process_group_left_after_success_only(tmp_path: Path, fails: bool) -> None:
+    """A process group is destroyed once the block finished (gloo's threads are not left to the interpreter's exit);
+    after an error it is kept (another rank may still wait in a collective)."""
+    import torch.distributed as dist
+
+    from medcad.devices import process_group_left
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with contextlib.suppress(RuntimeError), process_group_left():
+            dist.barrier()
+            if fails:
+                raise RuntimeError("a rank failed")
+        assert dist.is_initialized() is fails
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

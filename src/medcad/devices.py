@@ -317,6 +317,17 @@ def join_launched_processes(compute: Compute) -> None:
 
 
 @contextlib.contextmanager
+def process_group_left() -> Iterator[None]:
+    """Destroy this process's process group once the block has finished without an error (PyTorch's advice, "call
+    destroy_process_group near the end of main"): left to the interpreter's exit, gloo's threads can be torn down
+    with it and the process abort ("terminate called without an active exception") after its results are written.
+    Not after an error: another rank may still wait in a collective (torchtitan's pull request 1342)."""
+    yield
+    if _dist_ready():
+        torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
 def rank_zero_first() -> Iterator[None]:
     """Rank 0 runs the block first (it writes caches); the other ranks wait for it, then run the block (they read
     what rank 0 wrote). A plain block where one process runs or the processes have not joined a group yet."""

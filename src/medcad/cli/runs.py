@@ -161,7 +161,9 @@ def train(
     options: DataOptions,
 ) -> None:
     """Train and evaluate a model with grouped cross-validation or a holdout split; writes a run folder."""
-    with _stoppable(lambda: out):
+    from medcad.devices import process_group_left
+
+    with _stoppable(lambda: out), process_group_left():
         try:
             from medcad.config import TrainConfig
             from medcad.engine.train import train_run

@@ -59,7 +59,9 @@ def study(
         else:
             _print_plan(planned)
         return
-    with _stoppable(lambda: _study_folder(study_file, out)):
+    from medcad.devices import process_group_left
+
+    with _stoppable(lambda: _study_folder(study_file, out)), process_group_left():
         try:
             from medcad.report.console import print_study
             from medcad.study.runner import run_study
