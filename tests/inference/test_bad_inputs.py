@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import png_header
 from medcad.cli import app
-from medcad.data.io import MAX_PIXELS_ENV, image_size, read_image
+from medcad.data.io import image_size, read_image
+from medcad.data.pixel_limit import MAX_PIXELS_ENV
 from medcad.errors import DataError
 
 runner = CliRunner()

@@ -570,7 +570,8 @@ def test_a_page_of_a_tiff_is_held_to_the_pixel_limit(
 ) -> None:
     """A TIFF's pages have sizes of their own: an 8 x 8 page 0 before a 3000 x 3000 page 1 had passed the limit (page
     0's size) and been decoded. The server's own limit above the decoder's default applies to decoding too."""
-    from medcad.data.io import DataError, max_pixels, read_image
+    from medcad.data.io import DataError, read_image
+    from medcad.data.pixel_limit import max_pixels
     from medcad.inference.uploads import UploadError, check_pixels
 
     path = tmp_path / "pages.tif"
@@ -590,7 +591,7 @@ def test_a_page_of_a_tiff_is_held_to_the_pixel_limit(
         read_image(path, frame=1)
     with TestClient(create_app(load_predictor(tiny_run), ServeOptions(limits=Limits(max_pixels=120_000_000)))):
         assert max_pixels() == 120_000_000  # the server's limit (its decoder had stayed at MEDCAD_MAX_PIXELS's)
-    from medcad.data.io import allow_pixels
+    from medcad.data.pixel_limit import allow_pixels
 
     allow_pixels(1_000_000)  # never lowered
     assert max_pixels() == 120_000_000

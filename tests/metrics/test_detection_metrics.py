@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medcad.metrics.detection import average_precision, box_iou, detection_metrics, seeds_summary
+from medcad.metrics.box_matching import box_iou
+from medcad.metrics.detection import average_precision, detection_metrics, seeds_summary
 from medcad.metrics.stats import bootstrap_weights
 
 A, B = [0, 0, 10, 10], [20, 20, 40, 40]  # two disjoint truths

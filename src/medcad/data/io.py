@@ -12,19 +12,16 @@ One decoding policy for the whole package (train, predict, explain, audit, sizes
   integer data below 0 or above 65535 (signed or 32-bit TIFFs; unsigned 32-bit read as such, not as Pillow's signed
   "I") is scaled from its own min..max; floating-point data in [0, 1] by 255, other float data by its own min..max;
 - masks: see `medcad.data.masks.decode_mask` (decided from each mask's own values);
-- size: a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels (Pillow's own decompression-bomb
-  threshold, about 89.5 megapixels, unless `MEDCAD_MAX_PIXELS` gives another number of megapixels) is refused with
-  a DataError naming the file and the variable, before its pixels are decoded.
+- size (`medcad.data.pixel_limit`): a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels
+  (Pillow's own decompression-bomb threshold, about 89.5 megapixels, unless `MEDCAD_MAX_PIXELS` gives another number
+  of megapixels) is refused with a DataError naming the file and the variable, before its pixels are decoded.
 `describe_image` says which of these decisions applied to a file, for `data inspect` and `data audit`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import struct
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -33,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medcad.data.pixel_limit import max_pixels, open_checked, pil_image, too_large
 from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
 from medcad.data.tiff import (
     MINISWHITE,
@@ -71,82 +69,6 @@ VIDEO_SUFFIXES = frozenset(
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
 ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
 TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap when these are applied
-MAX_PIXELS_ENV = "MEDCAD_MAX_PIXELS"  # megapixels, like `medcad serve --max-pixels`
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS), ~89.5 MP
-
-
-def max_pixels() -> int:
-    """The largest image (width x height) medcad decodes: `MEDCAD_MAX_PIXELS` megapixels, else DEFAULT_MAX_PIXELS.
-
-    Raises:
-        ConfigError: the variable is not a positive number.
-    """
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        mp = float(raw)
-    except ValueError:
-        mp = math.nan
-    if not (math.isfinite(mp) and mp > 0):
-        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r}: give the largest image to decode in megapixels, e.g. 250")
-    return int(mp * 1e6)
-
-
-def allow_pixels(pixels: int) -> None:
-    """Let medcad's decoder (`max_pixels`) take images of up to `pixels`, in this process: a server's own limit above
-    the default applies to its decoding too (`medcad serve --max-pixels 120` had still refused 100 megapixels, telling
-    the client of an environment variable only the server's operator can set). Never lowers it."""
-    if pixels > max_pixels():
-        os.environ[MAX_PIXELS_ENV] = f"{pixels / 1e6:.6f}"
-
-
-def _megapixels(pixels: int) -> str:
-    mp = pixels / 1e6
-    return f"{round(mp, 1):g}" if mp >= 1 else f"{mp:.2g}"
-
-
-def bomb_pixels(error: Image.DecompressionBombError) -> int | None:
-    """The pixel count (width x height) an image declares, from the message of the DecompressionBombError Pillow's
-    `Image.open` raises beyond twice its own limit, before it gives the size; None when the message does not hold it."""
-    found = re.search(r"\((\d+) pixels\)", str(error))
-    return int(found.group(1)) if found else None
-
-
-def _too_large(path: Path, pixels: int, limit: int, size: str = "") -> DataError:
-    wanted = max(math.ceil(pixels / 1e6), math.floor(limit / 1e6) + 1)
-    return DataError(
-        path,
-        f"image {size}has {_megapixels(pixels)} megapixels, more than medcad decodes ({_megapixels(limit)} "
-        f"megapixels, a guard against decompression bombs); if the image is genuine, raise the limit with the "
-        f"environment variable {MAX_PIXELS_ENV} (in megapixels), e.g. {MAX_PIXELS_ENV}={wanted}",
-    )
-
-
-def _open_checked(path: Path) -> Image.Image:
-    """`Image.open` (header only) with medcad's pixel limit in place of Pillow's decompression-bomb warning and
-    error: an image over `max_pixels()` is a DataError naming the file and `MEDCAD_MAX_PIXELS`."""
-    limit = max_pixels()
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
-        Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so Pillow never refuses what the limit allows
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # medcad's own check follows
-            im = Image.open(path)
-    except Image.DecompressionBombError as e:  # beyond twice Pillow's limit: the size is only in its message
-        raise _too_large(path, bomb_pixels(e) or 2 * limit + 1, limit) from e
-    w, h = im.size
-    if w * h > limit:
-        im.close()
-        raise _too_large(path, w * h, limit, f"{w}x{h} ")
-    return im
-
-
-@contextmanager
-def _pil_image(path: Path) -> Iterator[Image.Image]:
-    """`_open_checked`, closed when the block ends."""
-    with _open_checked(path) as im:
-        yield im
 
 
 class _Animations:
@@ -168,7 +90,7 @@ class _Animations:
             if im is not None and im.tell() > page:  # going back: opened anew (Pillow's APNG rewind fails)
                 im.close()
                 im = None
-            im = im or _open_checked(path)
+            im = im or open_checked(path)
             try:
                 yield im
             except BaseException:
@@ -185,7 +107,7 @@ _ANIMATIONS = _Animations()
 def _opened(path: Path, page: int | None):
     """The open image for reading `page` of `path`: a frame after the first of an animation from `_ANIMATIONS`
     (kept open: its frame count and decoded frames carry over), else the file opened for this read."""
-    return _ANIMATIONS.frame(path, page) if page and path.suffix.lower() in ANIMATED_SUFFIXES else _pil_image(path)
+    return _ANIMATIONS.frame(path, page) if page and path.suffix.lower() in ANIMATED_SUFFIXES else pil_image(path)
 
 
 def is_video(path: str | Path) -> bool:
@@ -302,7 +224,7 @@ def decode_pil(
         arr, orientation = read_page(path, page, max_pixels(), keep_alpha, palette_indices, as_stored)
         return _oriented(arr, orientation), "TIFF", orientation
     except PageTooLarge as e:
-        raise _too_large(path, e.pixels, max_pixels(), e.size) from e
+        raise too_large(path, e.pixels, max_pixels(), e.size) from e
     except PillowReads as why:
         try:
             arr, fmt, orientation = _pillow_decode(path, draft, keep_alpha, palette_indices, page, f"tifffile: {why}")
@@ -424,7 +346,7 @@ def _to_page(im: Image.Image, path: Path, page: int, decode: bool = True) -> Non
         im.seek(page)
         w, h = im.size  # a TIFF's pages have sizes of their own: page 0's, checked at open, says nothing of this one
         if w * h > (limit := max_pixels()):
-            raise _too_large(path, w * h, limit, f"{w}x{h} (page {page}) ")
+            raise too_large(path, w * h, limit, f"{w}x{h} (page {page}) ")
 
 
 def image_pages(path: Path) -> tuple[list[int], list[int]]:
@@ -441,7 +363,7 @@ def image_pages(path: Path) -> tuple[list[int], list[int]]:
                 return pages(path)
             except PillowReads:
                 return [0], []  # an unreadable file fails as itself when read
-        with _pil_image(path) as im:
+        with pil_image(path) as im:
             return list(range(int(getattr(im, "n_frames", 1) or 1))), []  # animation frames share the canvas
     except (UnidentifiedImageError, OSError, DataError, EOFError):
         return [0], []  # an unreadable file fails as itself when read
@@ -485,7 +407,7 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             w, h, orientation = page_size(p, frame, max_pixels())
             return (h, w) if orientation in TRANSPOSED_ORIENTATIONS else (w, h)
         except PageTooLarge as e:
-            raise _too_large(p, e.pixels, max_pixels(), e.size) from e
+            raise too_large(p, e.pixels, max_pixels(), e.size) from e
         except PillowReads as why:
             tiff_why = f"tifffile: {why}"
     try:
@@ -530,7 +452,7 @@ def describe_image(path: str | Path) -> list[str]:
                 return notes
             except PillowReads:
                 pass
-        with _pil_image(p) as im:
+        with pil_image(p) as im:
             o = _orientation(im)
             if o != 1:
                 notes.append(f"{'TIFF' if im.format == 'TIFF' else 'EXIF'} orientation {o} applied")

@@ -32,9 +32,10 @@ from medcad import usable_cores
 from medcad.checkpoint import build_model, read_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import MAX_PIXELS_ENV, max_pixels, read_image
+from medcad.data.io import read_image
 from medcad.data.labelmaps import parse_mask_labels
 from medcad.data.manifest import FRAME_SEP
+from medcad.data.pixel_limit import MAX_PIXELS_ENV, max_pixels
 from medcad.data.transforms import Normalize
 from medcad.devices import fit_torch_threads, torch_device
 from medcad.errors import ConfigError, DataError

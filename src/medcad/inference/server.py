@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from medcad import __version__
-from medcad.data.io import allow_pixels
+from medcad.data.pixel_limit import allow_pixels
 from medcad.errors import ConfigError, MedcadError
 from medcad.inference.batcher import Batcher
 from medcad.inference.card import model_card
@@ -81,7 +81,7 @@ def create_app(
         explain: (rgb (H, W, 3) uint8, its `Prediction`) -> (RGB picture, caption), e.g.
             `medcad.explain.explainers.bound_explainer(predictor)`; None turns `?gradcam=true` into a 400.
 
-    A pixel limit above medcad's decoding default raises it for this process (`medcad.data.io.allow_pixels`).
+    A pixel limit above medcad's decoding default raises it for this process (`medcad.data.pixel_limit.allow_pixels`).
 
     Raises:
         ConfigError: a CORS origin that is not scheme://host[:port].

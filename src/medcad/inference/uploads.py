@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medcad.data.io import bomb_pixels, image_pages, read_image
+from medcad.data.io import image_pages, read_image
+from medcad.data.pixel_limit import bomb_pixels
 from medcad.data.tiff import TIFF_MAGIC, page_pixels, unreadable_tiff
 from medcad.errors import DataError, MedcadError, NoSuchFrame
 

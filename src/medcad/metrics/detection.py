@@ -32,63 +32,22 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from medcad.metrics.box_matching import (
+    box_area,
+    box_counts,
+    box_iou,
+    checked_arrays,
+    greedy_match,
+    nanmean,
+    precision_recall_f1,
+    safe_div,
+)
 from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percentile_ci, resamples_used
 
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 BACKGROUND = "background"
 SCORE_THRESHOLD = 0.5  # detections at or above it count for precision / recall / F1 and the frame decision
-
-
-def _div(a: Any, b: Any) -> np.ndarray:
-    a, b = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
-    return np.divide(a, b, out=np.full(a.shape, np.nan), where=b > 0)
-
-
-def _nanmean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    ok = np.isfinite(x)
-    return _div(np.where(ok, x, 0).sum(axis=axis), ok.sum(axis=axis))
-
-
-def _arrays(preds: Sequence, truths: Sequence, n_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    if len(preds) != len(truths):
-        raise ValueError(f"got predictions for {len(preds)} images but truths for {len(truths)}")
-    p = [np.asarray(a, dtype=float).reshape(-1, 6) for a in preds]
-    t = [np.asarray(a, dtype=float).reshape(-1, 5) for a in truths]
-    for name, arrs, col in (("prediction", p, 5), ("truth", t, 4)):
-        for i, a in enumerate(arrs):
-            if len(a) and (a[:, col].min() < 0 or a[:, col].max() >= n_classes):
-                raise ValueError(f"{name} class index out of 0..{n_classes - 1} in image {i}")
-    return p, t
-
-
-def _area(x: np.ndarray) -> np.ndarray:
-    return (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes (n, >=4) and (m, >=4) given as [x0, y0, x1, y1, ...]; returns (n, m)."""
-    a, b = np.asarray(a, dtype=float)[:, None, :4], np.asarray(b, dtype=float)[None, :, :4]
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    return _div(inter, _area(a) + _area(b) - inter).clip(0, 1) if inter.size else inter
-
-
-def _match(pred: np.ndarray, truth: np.ndarray, iou: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy matching in one image. Returns (TP flag per prediction, matched flag per truth)."""
-    tp, matched = np.zeros(len(pred), bool), np.zeros(len(truth), bool)
-    if not len(pred) or not len(truth):
-        return tp, matched
-    ok = (iou >= thr) & (pred[:, 5, None] == truth[None, :, 4])  # (m, t)
-    for d in np.argsort(-pred[:, 4], kind="stable"):
-        if not ok[d].any():
-            continue
-        cand = np.where(ok[d] & ~matched, iou[d], -1.0)
-        g = int(cand.argmax())
-        if cand[g] >= 0:
-            tp[d], matched[g] = True, True
-    return tp, matched
 
 
 class _APTable:
@@ -101,7 +60,7 @@ class _APTable:
 
     def __init__(self, preds: list[np.ndarray], truths: list[np.ndarray], n_classes: int, thr: float) -> None:
         n = len(preds)
-        flags = [_match(p, t, box_iou(p, t), thr)[0] for p, t in zip(preds, truths, strict=True)]
+        flags = [greedy_match(p, t, box_iou(p, t), thr)[0] for p, t in zip(preds, truths, strict=True)]
         img = np.concatenate([np.full(len(p), i) for i, p in enumerate(preds)]) if n else np.zeros(0, int)
         allp = np.concatenate(preds) if n else np.zeros((0, 6))
         tp_all = np.concatenate(flags) if n else np.zeros(0, bool)
@@ -134,9 +93,9 @@ class _APTable:
             tp_img, fp_counts = entry
             tp_cum = np.cumsum(w[:, tp_img], axis=1)  # (B, T)
             fp_cum = np.cumsum(np.asarray(fp_counts.T @ w.T).T, axis=1)  # (B, T)
-            prec = np.nan_to_num(_div(tp_cum, tp_cum + fp_cum))
+            prec = np.nan_to_num(safe_div(tp_cum, tp_cum + fp_cum))
             env = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
-            rec = _div(tp_cum, n_gt[:, c : c + 1])
+            rec = safe_div(tp_cum, n_gt[:, c : c + 1])
             env = np.concatenate([env, np.zeros((b, 1))], axis=1)  # recall never reached -> precision 0
             for r in np.flatnonzero(n_gt[:, c] > 0):
                 out[r, c] = env[r, np.searchsorted(rec[r], RECALL_POINTS, side="left")].mean()
@@ -151,7 +110,7 @@ def average_precision(
     Returns:
         (n_classes,) AP; nan for a class without truths, 0 for one with truths but no correct detection.
     """
-    p, t = _arrays(preds, truths, n_classes)
+    p, t = checked_arrays(preds, truths, n_classes)
     return _APTable(p, t, n_classes, iou).ap(np.ones((1, len(p))))[0]
 
 
@@ -176,7 +135,7 @@ class APScores:
         n_classes: int,
         lesions: np.ndarray | None = None,
     ) -> None:
-        p, t = _arrays(preds, truths, n_classes)
+        p, t = checked_arrays(preds, truths, n_classes)
         self.n_images = len(p)
         self.tables = [_APTable(p, t, n_classes, thr) for thr in COCO_IOUS]
         self.boxed = self.tables[0].gt.sum(0) > 0  # the classes with truths, which every resample's macro averages
@@ -189,7 +148,7 @@ class APScores:
         `lesions` (K,) given and a frame class among those with truths, ap50_lesions and map_lesions over the lesion
         classes alone."""
         ap = np.stack([tab.ap(w) for tab in self.tables])  # (10, B, K)
-        map_per_class = _nanmean(ap, axis=0)  # (B, K) over the IoU thresholds
+        map_per_class = nanmean(ap, axis=0)  # (B, K) over the IoU thresholds
         lesions = {} if self.lesions is None else {
             "ap50_lesions": macro_mean(ap[0], self.lesions), "map_lesions": macro_mean(map_per_class, self.lesions)
         }  # fmt: skip
@@ -202,23 +161,6 @@ class APScores:
         }
 
 
-def _counts(p: list[np.ndarray], t: list[np.ndarray], k: int, thr: float, score: float) -> np.ndarray:
-    """TP, FP, FN per image and class (3, N, K) for predictions with score >= `score`."""
-    out = np.zeros((3, len(p), k))
-    for i, (pi, ti) in enumerate(zip(p, t, strict=True)):
-        pi = pi[pi[:, 4] >= score]
-        tp, matched = _match(pi, ti, box_iou(pi, ti), thr)
-        cls_p, cls_t = pi[:, 5].astype(int), ti[:, 4].astype(int)
-        out[0, i] = np.bincount(cls_p[tp], minlength=k)
-        out[1, i] = np.bincount(cls_p[~tp], minlength=k)
-        out[2, i] = np.bincount(cls_t[~matched], minlength=k)
-    return out
-
-
-def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
-    return {"precision": _div(tp, tp + fp), "recall": _div(tp, tp + fn), "f1": _div(2 * tp, 2 * tp + fp + fn)}
-
-
 def _frame_classes(
     p: list[np.ndarray], t: list[np.ndarray], k: int, score: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,7 +169,7 @@ def _frame_classes(
     y, pred, iou = np.full(len(p), k), np.full(len(p), k), np.zeros(len(p))
     for i, (pi, ti) in enumerate(zip(p, t, strict=True)):
         if len(ti):
-            y[i] = int(ti[np.argmax(_area(ti)), 4])
+            y[i] = int(ti[np.argmax(box_area(ti)), 4])
         if len(pi) and pi[:, 4].max() >= score:
             top = pi[np.argmax(pi[:, 4])]
             pred[i] = int(top[5])
@@ -263,8 +205,8 @@ class DecisionScores:
         iou: float = 0.5,
         score: float = SCORE_THRESHOLD,
     ) -> None:
-        p, t = _arrays(preds, truths, n_classes)
-        self.counts = _counts(p, t, n_classes, iou, score)  # (3, N, K)
+        p, t = checked_arrays(preds, truths, n_classes)
+        self.counts = box_counts(p, t, n_classes, iou, score)  # (3, N, K)
         self.correct = _frame_correct(*_frame_classes(p, t, n_classes, score), n_classes, iou).astype(float)
         self.n_classes = n_classes
 
@@ -272,8 +214,8 @@ class DecisionScores:
         """Under image weights w (B, N): f1 and frame_accuracy (B,); nan without classes (every frame would be
         background, decided right by any detector)."""
         tp, fp, fn = (w @ self.counts[j] for j in range(3))  # (B, K) each
-        frames = _div(w @ self.correct, w.sum(1)) if self.n_classes else np.full(len(w), np.nan)
-        return {"f1": _prf(tp.sum(1), fp.sum(1), fn.sum(1))["f1"], "frame_accuracy": frames}
+        frames = safe_div(w @ self.correct, w.sum(1)) if self.n_classes else np.full(len(w), np.nan)
+        return {"f1": precision_recall_f1(tp.sum(1), fp.sum(1), fn.sum(1))["f1"], "frame_accuracy": frames}
 
 
 def _onehot(v: np.ndarray, n: int) -> np.ndarray:
@@ -291,8 +233,8 @@ def _frame_rates(w: np.ndarray, y: np.ndarray, pred: np.ndarray, correct: np.nda
     true, dec = w @ truth, w @ decided  # (B, kb)
     tp, both = w @ (truth * correct[:, None]), w @ (truth * decided)
     n = w.sum(1, keepdims=True)
-    out = _prf(tp, dec - tp, true - tp)
-    out["accuracy"] = 1 - _div(true + dec - both - tp, n)
+    out = precision_recall_f1(tp, dec - tp, true - tp)
+    out["accuracy"] = 1 - safe_div(true + dec - both - tp, n)
     out |= {"support": true, "tp": tp, "fp": dec - tp, "fn": true - tp, "mislocated": both - tp}
     return out
 
@@ -308,7 +250,7 @@ def _averages(rates: dict, framed: np.ndarray) -> dict[str, np.ndarray]:
     for m in ("accuracy", "precision", "recall", "f1"):
         v = np.where(has, np.nan_to_num(rates[m][:, : len(framed)], nan=0.0), np.nan)
         out[f"macro_{m}"] = macro_mean(v, framed)
-        out[f"weighted_{m}"] = _div(np.where(has, v * support, 0).sum(1), support.sum(1))
+        out[f"weighted_{m}"] = safe_div(np.where(has, v * support, 0).sum(1), support.sum(1))
     return out
 
 
@@ -354,10 +296,10 @@ def detection_metrics(
     """
     labels = [str(v) for v in labels]
     k = len(labels)
-    p, t = _arrays(preds, truths, k)
+    p, t = checked_arrays(preds, truths, k)
     n = len(p)
     ap_scores = APScores(p, t, k, ~np.isin(labels, list(frame_classes)))
-    counts = {f"{thr:g}": _counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
+    counts = {f"{thr:g}": box_counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
     y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
     cell = y * kb + pred
@@ -370,14 +312,14 @@ def detection_metrics(
         out = ap_scores(w)
         for name, c in counts.items():
             tp, fp, fn = (w @ c[j] for j in range(3))  # (B, K) each
-            for m, v in _prf(tp.sum(1), fp.sum(1), fn.sum(1)).items():
+            for m, v in precision_recall_f1(tp.sum(1), fp.sum(1), fn.sum(1)).items():
                 out[f"{name}/{m}"] = v
         b = w.shape[0]
         idx = (cell[None, :] + kb * kb * np.arange(b)[:, None]).ravel()
         cm = np.bincount(idx, w.ravel(), minlength=b * kb * kb).reshape(b, kb, kb)
         tp = np.diagonal(cm, axis1=1, axis2=2)
-        rates = _prf(tp, cm.sum(1) - tp, cm.sum(2) - tp)
-        out["frame/accuracy"] = _div(tp.sum(1), cm.sum((1, 2)))
+        rates = precision_recall_f1(tp, cm.sum(1) - tp, cm.sum(2) - tp)
+        out["frame/accuracy"] = safe_div(tp.sum(1), cm.sum((1, 2)))
         out["frame/macro_f1"] = macro_mean(rates["f1"][:, :k], seen[:k])  # the classes' (the design's average)
         out["frame/macro_f1_with_background"] = macro_mean(rates["f1"], seen)  # and saying "no lesion" right
         out |= {f"frame/{m}": v for m, v in rates.items()}
@@ -385,7 +327,7 @@ def detection_metrics(
         for name, correct in frame_correct.items():
             r = _frame_rates(w, y, pred, correct, kb)
             out |= {f"frame@{name}/{m}": v for m, v in (r | _averages(r, framed)).items()}
-            out[f"frame@{name}/overall_accuracy"] = _div(r["tp"].sum(1), w.sum(1))
+            out[f"frame@{name}/overall_accuracy"] = safe_div(r["tp"].sum(1), w.sum(1))
         return out
 
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
@@ -446,12 +388,12 @@ class _Stats:
 def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> dict[str, Any]:
     """Box counts at one IoU threshold: micro precision / recall / F1 with CIs, macro, counts, per class."""
     tp, fp, fn = c.sum(1)  # (K,) each
-    rates = _prf(tp, fp, fn)
+    rates = precision_recall_f1(tp, fp, fn)
     prf = ("precision", "recall", "f1")
     return {
         **{m: float(stats.point[f"{name}/{m}"][0]) for m in prf},
         "ci95": {m: stats.ci(f"{name}/{m}") for m in prf},
-        "macro": {m: float(_nanmean(v)) for m, v in rates.items()},
+        "macro": {m: float(nanmean(v)) for m, v in rates.items()},
         "tp": int(tp.sum()),
         "fp": int(fp.sum()),
         "fn": int(fn.sum()),
