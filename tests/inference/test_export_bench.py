@@ -129,8 +129,9 @@ def test_auto_backend_follows_the_machine(tiny_run: Path, easy_set: Path, monkey
         )
         again = load_predictor(tiny_run, 0)  # read from RUN/backends.json, not measured again
         assert again.backend == p.backend and "measured before" in again.backend_choice["reason"]
-        # 12 test images cannot show a reduced-precision backend agrees >= 0.99: never a candidate here
-        assert choice["n_images"] == 12 and "bf16" not in p.backend
+        # 12 test images and fold 0's 3 validation images cannot show a reduced-precision backend agrees >= 0.99
+        assert choice["n_images"] == 15 and "bf16" not in p.backend
+        assert "test images" in choice["images"] and "3 of its validation images" in choice["images"]
         assert not any("agreement" in v for k, v in measured.items() if "bf16" in k)
     monkeypatch.delenv(devices.CPU_FLAGS_ENV)
     devices.machine.cache_clear()
@@ -164,7 +165,9 @@ def test_autos_first_measurement_builds_each_network_and_reference_once(tiny_run
     measured = p.backend_choice["measured"]
     assert "torch-bf16" in measured and "onnx-fp32" in measured and len(built) == 1
     whole = [r for r in runs if r[0] == "torch-fp32" and r[1][0] > backends.BATCH]  # not the timed batches
-    assert len(whole) == 1 and whole[0][1][0] == p.backend_choice["n_images"] == 12
+    assert len(whole) == 1 and whole[0][1][0] == 12  # the 12 test images, once
+    # topped up with fold 0's 3 validation images, which the export's check does not take: run once more, alone
+    assert p.backend_choice["n_images"] == 15 and [r[1][0] for r in runs if r[0] == "torch-fp32"].count(3) == 1
 
 
 def test_auto_measures_again_when_its_choice_was_timed_on_shared_cores(tiny_run: Path, monkeypatch) -> None:
@@ -597,4 +600,8 @@ def test_a_reduced_precision_backend_needs_enough_images_to_show_it_agrees(tiny_
     monkeypatch.setattr(backends, "MIN_INEXACT_IMAGES", 10)
     measured, _ = backends.measure(ref, ["torch-fp32", "torch-bf16", "onnx-fp32"], x, None)
     assert "ineligible" not in measured["torch-bf16"] and "agreement" in measured["torch-bf16"]
+    # the last 4 images are validation images an int8 export may have been calibrated on: not int8's evidence
+    measured, _ = backends.measure(ref, ["torch-fp32", "torch-bf16", "onnx-int8"], x, None, tuned=4)
+    assert "8 images outside its calibration cannot show" in measured["onnx-int8"]["ineligible"]
+    assert "ineligible" not in measured["torch-bf16"]
     devices.machine.cache_clear()

@@ -1,22 +1,22 @@
 """`--backend auto`: the fastest prediction backend that agrees with PyTorch fp32 for this model on this machine.
 
 Measured once per model files, CPU kind and thread count on the run's own images (up to N_IMAGES of fold k's test images
-for fold k's model, held out; of fold 0's for the ensemble: `medcad.inference.export.check_images`), then cached in
-RUN/backends.json; later calls read the choice. Each backend's speed is its fastest repeat (timeit's advice: what it
-does with the cores to itself); where the repeats of the chosen backend, or of one close enough to it to have been the
-faster, varied as when another job shares the cores (`unsteady`), the next call measures again, up to MAX_ATTEMPTS times
-in all. A backend is eligible when its agreement with torch-fp32, by the task's measure (top-1 for classes, Dice for
-masks, matched-box IoU for boxes), is at least `MIN_AGREEMENT`: on 128 images top-1 may differ on one (with 32, as
-before 2026-12-04, one difference in 32 failed and none passed a backend that differs on 1.3 % of images two times in
-three). Speeds come first (a few batches); agreement is then checked fastest first and stops at the first that agrees,
-so the slower ones cost nothing. A job too small for measuring to pay (fewer than MEASURE_FROM images, the caller's
-count: `registry.load_predictor(images=...)`) with nothing measured before runs on torch-fp32 unmeasured (and keeps
-nothing). Candidates follow the machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16
-only where the CPU has bf16 in hardware (elsewhere bf16 is emulated, ~10x slower than fp32), int8 only where the user
-exported it (`medcad export --int8`: calibration is a step of its own) and the CPU has int8 dot products (VNNI). On a
-GPU (`device` cuda), torch fp32 and torch with reduced-precision autocast are measured there, keyed by the GPU: on an
-H200, lite0's bf16 autocast ran at 0.83x fp32 at batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not
-assumed faster.
+for fold k's model, held out; of fold 0's for the ensemble: `medcad.inference.export.check_images`; a fold's few test
+images topped up with its validation images, which no model of the fold trained on), then cached in RUN/backends.json;
+later calls read the choice. Each backend's speed is its fastest repeat (timeit's advice: what it does with the cores to
+itself); where the repeats of the chosen backend, or of one close enough to it to have been the faster, varied as when
+another job shares the cores (`unsteady`), the next call measures again, up to MAX_ATTEMPTS times in all. A backend is
+eligible when its agreement with torch-fp32, by the task's measure (top-1 for classes, Dice for masks, matched-box IoU
+for boxes), is at least `MIN_AGREEMENT`: on 128 images top-1 may differ on one (with 32, as before 2026-12-04, one
+difference in 32 failed and none passed a backend that differs on 1.3 % of images two times in three). Speeds come first
+(a few batches); agreement is then checked fastest first and stops at the first that agrees, so the slower ones cost
+nothing. A job too small for measuring to pay (fewer than MEASURE_FROM images, the caller's count:
+`registry.load_predictor(images=...)`) with nothing measured before runs on torch-fp32 unmeasured (and keeps nothing).
+Candidates follow the machine (`medcad.devices.machine`): torch-bf16 and openvino-bf16 only where the CPU has bf16 in
+hardware (elsewhere bf16 is emulated, ~10x slower than fp32), int8 only where the user exported it (`medcad export
+--int8`: calibration is a step of its own) and the CPU has int8 dot products (VNNI). On a GPU (`device` cuda), torch
+fp32 and torch with reduced-precision autocast are measured there, keyed by the GPU: on an H200, lite0's bf16 autocast
+ran at 0.83x fp32 at batch 32 and agreed on 31 of 32 images (docs/results.md), so it is not assumed faster.
 """
 
 from __future__ import annotations
@@ -161,21 +161,31 @@ def _sibling(ref: Predictor, backend: str, threads: int | None) -> Predictor:
 
 
 def measure(
-    ref: Predictor, backends: list[str], images: np.ndarray, threads: int | None, distinct: int | None = None
+    ref: Predictor,
+    backends: list[str],
+    images: np.ndarray,
+    threads: int | None,
+    distinct: int | None = None,
+    tuned: int = 0,
 ) -> tuple[dict[str, dict], dict[str, Predictor]]:
     """images/s of each backend (at batch BATCH) and, fastest first until one agrees, its agreement with `ref`
-    (torch-fp32, which agrees with itself) on `images` (N, S, S, 3) uint8, `distinct` of them different (default N);
-    and the predictors that loaded (the torch ones on `ref`'s networks). A backend that cannot load (an export that
-    fails, a runtime missing) gets its error; one slower than a backend that agrees is not checked (`not_checked`),
-    nor a reduced-precision one on fewer than MIN_INEXACT_IMAGES distinct images (`ineligible`: not a candidate)."""
+    (torch-fp32, which agrees with itself) on `images` (N, S, S, 3) uint8, `distinct` of them different (default N),
+    the last `tuned` of them images an int8 export may have been calibrated on (a fold's validation images): an int8
+    backend's agreement is measured without them; and the predictors that loaded (the torch ones on `ref`'s
+    networks). A backend that cannot load (an export that fails, a runtime missing) gets its error; one slower than a
+    backend that agrees is not checked (`not_checked`), nor a reduced-precision one on fewer than MIN_INEXACT_IMAGES
+    distinct images (`ineligible`: not a candidate)."""
     out: dict[str, dict] = {}
     loaded: dict[str, Predictor] = {}
     distinct = len(images) if distinct is None else distinct
     for name in backends:
-        if name != ref.backend and any(t in name for t in INEXACT) and distinct < MIN_INEXACT_IMAGES:
+        usable = distinct - tuned if "int8" in name else distinct
+        if name != ref.backend and any(t in name for t in INEXACT) and usable < MIN_INEXACT_IMAGES:
+            outside = " outside its calibration" if usable < distinct else ""
             out[name] = {  # known before anything loads: not exported, compiled or timed
-                "ineligible": f"reduced precision, and {distinct} images cannot show agreement >= {MIN_AGREEMENT} "
-                f"(at least {MIN_INEXACT_IMAGES} needed: one disagreement in {MIN_INEXACT_IMAGES} is {MIN_AGREEMENT})"
+                "ineligible": f"reduced precision, and {usable} images{outside} cannot show agreement >= "
+                f"{MIN_AGREEMENT} (at least {MIN_INEXACT_IMAGES} needed: one disagreement in {MIN_INEXACT_IMAGES} is "
+                f"{MIN_AGREEMENT})"
             }
             continue
         try:
@@ -186,10 +196,14 @@ def measure(
             loaded[name] = p
         except (MedcadError, RuntimeError, ImportError, OSError) as e:
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    reference = ref.infer_once(images, BATCH)  # within `measure_choice`, the export's check computed it
+    cut = len(images) - tuned
+    # the test images' outputs within `measure_choice` are those the export's check computed (remembered)
+    untuned = ref.infer_once(images[:cut], BATCH)
+    reference = _joined([untuned, ref.infer_once(images[cut:], BATCH)]) if tuned else untuned
     for name in sorted(loaded, key=lambda k: -out[k]["images_per_s"]):
         p = loaded[name]
-        agreement = 1.0 if p is ref else float(ref.agreement(reference, p.infer(images, BATCH))[ref.agreement_measure])
+        own, expected = (images[:cut], untuned) if "int8" in name else (images, reference)
+        agreement = 1.0 if p is ref else float(ref.agreement(expected, p.infer(own, BATCH))[ref.agreement_measure])
         out[name]["agreement"] = round(agreement, 4)
         if agreement >= MIN_AGREEMENT:
             for slower in (k for k in loaded if "agreement" not in out[k]):
@@ -208,6 +222,17 @@ def doubtful(measured: dict[str, dict], best: str) -> str | None:
         if "unsteady" in m and eligible and (name == best or m["images_per_s"] * UNSTEADY_RATIO >= speed):
             return name
     return None
+
+
+def _joined(outputs: list[dict]) -> dict:
+    """A predictor's outputs (`Predictor.infer`) on consecutive image sets, as one: arrays (N, ...) concatenated,
+    per-image lists (boxes) chained; None stays None."""
+    first = outputs[0]
+    return {
+        k: None if v is None else sum((o[k] for o in outputs), []) if isinstance(v, list)
+        else np.concatenate([o[k] for o in outputs])
+        for k, v in first.items()
+    }  # fmt: skip
 
 
 def pick(measured: dict[str, dict]) -> str:
@@ -293,19 +318,23 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
     run, device = ref.run, str(ref.device)
     try:
         check = check_images(run, ref)
-        held = check.images
+        held = check.images[:N_IMAGES]
     except (MedcadError, OSError, KeyError, ValueError) as e:
         reason = f"the run's images could not be read ({e}); not measured"
         return {"backend": static_choice(), "reason": reason}, None
     if len(held) == 0:
         return {"backend": static_choice(), "reason": "the run has no test images to measure on"}, None
-    held = np.asarray(held[:N_IMAGES])
+    # a fold's few test images topped up with its validation images (not trained on): 60 test images had kept
+    # bf16 out of every small study's choice (MIN_INEXACT_IMAGES)
+    extra = check.validation[: N_IMAGES - len(held)] if check.validation is not None else held[:0]
+    held = np.concatenate([held, extra])
     distinct = len(held)
+    described = check.described + f", and {len(extra)} of its validation images (chose its epoch)" * bool(len(extra))
     if len(held) < BATCH:
         held = np.concatenate([held] * (BATCH // len(held) + 1))
     with ref.remembering():  # the torch-fp32 outputs an export's check and the measurement compare with: once
         backends = candidates(run, ref.fold, type(ref).backends, device)
-        measured, loaded = measure(ref, backends, held, threads, distinct)
+        measured, loaded = measure(ref, backends, held, threads, distinct, tuned=len(extra))
     best = pick(measured)
     choice = {
         "backend": best,
@@ -313,13 +342,13 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         "device": device,
         "cpu": machine().to_dict(),
         "n_images": distinct,
-        "images": check.described,
+        "images": described,
         "min_agreement": MIN_AGREEMENT,
     }
     reason = (
         f"the fastest of {sum('images_per_s' in m for m in measured.values())} backends measured whose agreement "
         f"with torch-fp32 on {distinct} images "
-        f"({check.described}) is >= {MIN_AGREEMENT} (measured now)"
+        f"({described}) is >= {MIN_AGREEMENT} (measured now)"
     )
     if any("ineligible" in m for m in measured.values()):
         reason += f"; reduced-precision backends not candidates: {distinct} images cannot show they agree"

@@ -43,6 +43,8 @@ class CheckImages:
         described: which images these are, in words, for reports.
         calibration_described: which the calibration images are, in words ("3 validation and 17 training images
             of fold 0": a small validation part is topped up with training images).
+        validation: the fold's validation images among `calibration` (no model of the fold trained on them; they
+            chose its epoch): `auto` adds them to a fold's few test images to check agreement on (not int8's).
     """
 
     calibration: np.ndarray
@@ -51,6 +53,7 @@ class CheckImages:
     held_out: bool
     described: str
     calibration_described: str = ""
+    validation: np.ndarray | None = None
 
 
 def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
@@ -100,8 +103,15 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     n_val = min(len(parts["val"]), n)
     topped = f" and {len(calib) - n_val} training" if len(calib) > n_val else ""
     calibration = f"{n_val} validation{topped} images of fold {k}"
+    validation = np.asarray(images[np.sort(calib[:n_val])])
     return CheckImages(
-        np.asarray(images[np.sort(calib)]), np.asarray(images[parts["test"]]), y, held_out, described, calibration
+        np.asarray(images[np.sort(calib)]),
+        np.asarray(images[parts["test"]]),
+        y,
+        held_out,
+        described,
+        calibration,
+        validation,
     )
 
 
