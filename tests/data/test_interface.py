@@ -192,3 +192,16 @@ def test_a_run_records_the_option_and_its_predictor_applies_it(scans: Path, tmp_
     assert np.array_equal(predictor.prepare(img), cached[0])
     with pytest.raises(ConfigError, match="segment"):
         train_run(scans, tmp_path / "seg", TrainConfig(task="segment", interface="crop"), progress=False)
+
+
+def test_filling_caches_writes_nothing_where_output_is_not_a_terminal(
+    scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Progress bars show on a terminal only: in a log file, Rich's transient bar had left an empty line for each cache
+    filled (two between a run's notes)."""
+    from medcad.data.fingerprints import fingerprints
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "fresh"))
+    m = load_manifest(scans)
+    assert len(cached_images(m, 48, progress=True)) == len(fingerprints(m, progress=True)) == len(m)
+    assert capsys.readouterr().out == ""

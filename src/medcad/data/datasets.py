@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from medcad import usable_cores
 from medcad.atomic import atomic_path
-from medcad.data.cache import cache_dir
+from medcad.data.cache import cache_dir, filling
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
@@ -96,9 +96,7 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
     with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         it = pool.map(one, range(n))
         if progress:
-            from rich.progress import track
-
-            it = track(it, total=n, description=description, transient=True)
+            it = filling(it, n, description)
         for _ in it:
             pass
     if errors:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.atomic import atomic_write_text
-from medcad.data.cache import cache_dir
+from medcad.data.cache import cache_dir, filling
 from medcad.data.io import read_image
 from medcad.data.manifest import Manifest
 from medcad.errors import DataError
@@ -117,9 +117,7 @@ def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
         it = pool.map(one, range(len(manifest)))
         if progress:
-            from rich.progress import track
-
-            it = track(it, total=len(manifest), description="Hashing images", transient=True)
+            it = filling(it, len(manifest), "Hashing images")
         out = list(it)
     cache.save()
     return out
