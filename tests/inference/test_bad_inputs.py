@@ -303,3 +303,21 @@ def test_predict_claims_only_the_files_each_input_gives(tmp_path: Path) -> None:
     check_output_folder(out, [tmp_path / "v.mp4", tmp_path / "a.png"], {"v.mp4": "v", "a.png": "a"}, ["v.mp4"])
     claimed = (out / OUTPUTS_LEDGER).read_text().split()
     assert claimed == ["a_mask.png", "a_overlay.png", "v_annotated.mp4", "v_frames.csv"]
+
+
+def test_a_folder_to_predict_is_read_without_labels_at_any_depth(tmp_path: Path) -> None:
+    """Images beside one sub-folder are all predicted (they had been left out as not fitting the class folders'
+    pattern `{label}`, and with --allow-missing only the sub-folder's image was predicted); masks stay masks; a
+    pattern the user gives is kept."""
+    from medcad.config import DataOptions
+    from medcad.inference.predictor import expand_inputs
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for rel in ("a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(tmp_path / "in" / rel)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "a_mask.png")
+    got = sorted(Path(p).relative_to(tmp_path / "in").as_posix() for p in expand_inputs([tmp_path / "in"]))
+    assert got == ["a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png"]
+    with pytest.raises(DataError, match="does not fit the pattern"):
+        expand_inputs([tmp_path / "in"], DataOptions(pattern="{label}"))

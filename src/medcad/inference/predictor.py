@@ -14,6 +14,7 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -359,7 +360,9 @@ class _ImageFiles(torch.utils.data.Dataset):
 def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[str]:
     """What to predict, one item per image: files as given; a folder read as a dataset (any layout, `options` as
     for training) and expanded to its images, so that masks beside or paired with the images are not predicted as
-    images; every frame of a multi-frame DICOM as `<path>#<frame>` (`split_frame` reads it back).
+    images; every frame of a multi-frame DICOM as `<path>#<frame>` (`split_frame` reads it back). A folder of folders
+    is read without labels unless `options.pattern` gives them: every image at any depth is predicted (images beside
+    one sub-folder had been left out as not fitting the class folders' pattern `{label}`).
 
     Raises:
         DataError: a path does not exist, or a folder holds no images.
@@ -368,13 +371,15 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
     from medcad.data.media import expand_frames
 
     out: list[str] = []
+    options = options or DataOptions()
+    unlabelled = options if options.pattern is not None else dataclasses.replace(options, pattern="")
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            m = load_manifest(p, options)
+            m = load_manifest(p, unlabelled)
             for note in m.notes:  # how the folder was read, with its ledger line
                 logging.getLogger(__name__).warning("note: %s", note)
-            m.check_complete((options or DataOptions()).allow_missing)
+            m.check_complete(options.allow_missing)
             out += [str(m.root / key) for key in m.keys]
         elif p.exists():
             rows = expand_frames([{"image": p.name}], p.parent, [])  # an unreadable DICOM fails as itself, later
