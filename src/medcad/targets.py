@@ -107,13 +107,71 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     return kept
 
 
+def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig) -> Manifest:
+    """`manifest` as a detection run uses it: an image whose every box is unusable (outside the image, no area,
+    not a box) is not lesion-free, and had been scored as a negative ("background") with its boxes dropped. Such
+    images stop the run, named, unless `allow_missing`: then they are left out, each named in the ledger with its
+    boxes' problems, and counted in a note. Unchanged for tasks without box targets and for frame-class images
+    (whose whole-frame box stands).
+
+    Raises:
+        DataError: such images without `allow_missing` (the first few named, with why).
+    """
+    import dataclasses
+
+    from medcad.data.boxes import clean_boxes, parse_frame_classes
+    from medcad.data.io import image_size
+
+    if "boxes" not in get_task(cfg.task).targets:
+        return manifest
+    frames, labels = set(parse_frame_classes(cfg.frame_classes)), manifest.table["label"].astype(str).tolist()
+    keys, unusable = manifest.keys, []
+    for i in range(len(manifest)):
+        boxes = manifest.boxes(i)
+        if not boxes or labels[i] in frames:
+            continue
+        w, h = image_size(manifest.image_path(i), manifest.frame(i))
+        kept, problems = clean_boxes(boxes, w, h, keys[i])
+        if not kept:
+            unusable.append((i, "; ".join(p.removeprefix(f"{keys[i]}: ").removesuffix("; dropped") for p in problems)))
+    if not unusable:
+        return manifest
+    named = "; ".join(f"{keys[i]}: {why}" for i, why in unusable[:3]) + (" ..." if len(unusable) > 3 else "")
+    if not cfg.allow_missing:
+        raise DataError(
+            manifest.root,
+            f"{len(unusable)} image(s) have boxes but none usable, and would count as lesion-free: {named}. Fix their "
+            "annotations, or rerun with --allow-missing to leave these images out",
+        )
+    out_rows = {i for i, _ in unusable}
+    kept_rows = manifest.subset(np.array([i for i in range(len(manifest)) if i not in out_rows], dtype=int))
+    kept_rows.problems, kept_rows.sources = list(manifest.problems), list(manifest.sources)
+    if manifest.ledger is not None:
+        kept_rows.ledger = dataclasses.replace(
+            manifest.ledger,
+            used=len(kept_rows),
+            left_out=(*manifest.ledger.left_out, *((keys[i], f"no usable box: {why}") for i, why in unusable)),
+        )
+    kept_rows.notes = [
+        *manifest.notes,
+        f"{len(unusable)} image(s) whose every box is unusable left out (--allow-missing), not scored as lesion-free: "
+        f"{named}",
+    ]
+    return kept_rows
+
+
+def run_rows(manifest: Manifest, cfg: TrainConfig) -> Manifest:
+    """The rows of `manifest` a run of settings `cfg` uses: without the images it leaves out for having no mask
+    (`with_masks_only`) or no usable box (`without_unusable_boxes`)."""
+    return without_unusable_boxes(with_masks_only(manifest, cfg), cfg)
+
+
 def run_dataset(data: str | Path, cfg: TrainConfig) -> Manifest:
     """The dataset at `data` as a run of settings `cfg` read it: with its data options, and without the images it
-    left out for having no mask (`with_masks_only`). What evaluate, export, the report and the shortcut check
-    read again."""
+    left out (`run_rows`). What evaluate, export, the report and the shortcut check read again."""
     from medcad.data.layouts import load_manifest
 
-    return with_masks_only(load_manifest(data, cfg.data_options()), cfg)
+    return run_rows(load_manifest(data, cfg.data_options()), cfg)
 
 
 def load_targets(

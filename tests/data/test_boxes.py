@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from conftest import noise_image, save
+from medcad.config import TrainConfig
 from medcad.data.boxes import boxes_from_mask, boxes_to_array, clean_boxes, scale_boxes
+from medcad.data.layouts import load_manifest
 from medcad.errors import DataError
+from medcad.targets import run_rows
 
 
 def test_boxes_from_mask_one_per_component_and_specks_dropped() -> None:
@@ -52,3 +58,23 @@ def test_scale_and_array_form() -> None:
     assert boxes_to_array([], ["normal"], "a.png").shape == (0, 5)
     with pytest.raises(DataError, match=r"a\.png: box label 'cyst' is not one of"):
         boxes_to_array([[1, 2, 3, 4, "cyst"]], ["normal"], "a.png")
+
+
+def test_an_image_whose_every_box_is_unusable_is_not_a_negative(tmp_path: Path) -> None:
+    """A detection run stops at an image whose boxes all fall outside it (it had been scored as lesion-free, its box
+    dropped, with nothing said but the dropped box); with --allow-missing it is left out and named in the ledger. An
+    image that keeps one usable box is kept; other tasks read every row."""
+    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    boxes_of = {"a.png": [(2, 2, 9, 9)], "b.png": [(40, 2, 60, 9)], "c.png": [(1, 1, 5, 5), (0, 50, 9, 70)]}
+    for name, boxes in boxes_of.items():
+        save(tmp_path / name, noise_image(0, 32))
+        lines += [f"{name},32,32,polyp,{x0},{y0},{x1},{y1}" for x0, y0, x1, y1 in boxes]
+    (tmp_path / "_annotations.csv").write_text("\n".join(lines) + "\n")
+    m = load_manifest(tmp_path)
+    with pytest.raises(DataError, match=r"1 image\(s\) have boxes but none usable.*b\.png: box \[40\.0, 2\.0"):
+        run_rows(m, TrainConfig(task="detect"))
+    kept = run_rows(m, TrainConfig(task="detect", allow_missing=True))
+    assert sorted(kept.keys) == ["a.png", "c.png"] and kept.ledger.used == 2
+    assert [(p, r.split(":")[0]) for p, r in kept.ledger.left_out] == [("b.png", "no usable box")]
+    assert "outside the 32x32 image" in kept.ledger.left_out[0][1] and "b.png" in kept.notes[-1]
+    assert len(run_rows(m, TrainConfig(task="classify"))) == 3

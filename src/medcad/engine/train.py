@@ -31,7 +31,7 @@ from medcad.metrics.stats import group_index
 from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
-from medcad.targets import load_targets, with_masks_only
+from medcad.targets import load_targets, run_rows
 from medcad.tasks import Task, get_task, pooled_positive, split_labels, unread_settings
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     for note in manifest.notes if say else []:  # how the data was read, before any refusal
         log.warning("note: %s", note)
     manifest.check_complete(cfg.allow_missing)
-    manifest = with_masks_only(manifest, cfg)  # before the run's samples are compared: they are those it kept
+    manifest = run_rows(manifest, cfg)  # before the run's samples are compared: they are those it kept
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
     for note in manifest.notes[said:] if say else []:  # what changed since the run was made
         log.warning("note: %s", note)

@@ -31,7 +31,7 @@ from medcad.engine.results import (
 from medcad.errors import ConfigError, DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.targets import load_targets, run_dataset, with_masks_only
+from medcad.targets import load_targets, run_dataset, run_rows
 from medcad.tasks import get_task, split_labels
 
 NOT_INDEPENDENT = " (NOT independent: "  # how an evaluation holding the run's own images is marked
@@ -58,9 +58,11 @@ def evaluate_external(
 
     run = Path(run)
     cfg, meta = load_run_config(run)
-    manifest = load_manifest(data, options or DataOptions())
-    manifest.check_complete((options or DataOptions()).allow_missing)
-    manifest = with_masks_only(manifest, cfg)  # the run's own choice, made at training: not a read's gap
+    options = options or DataOptions()
+    manifest = load_manifest(data, options)
+    manifest.check_complete(options.allow_missing)
+    # the run's own choices (images without masks), made at training; images without a usable box as this read allows
+    manifest = run_rows(manifest, cfg.replace(allow_missing=options.allow_missing))
     labels = meta["labels"]
     task = get_task(cfg.task)
     multi = task.label_kind == "multi"  # a row's label lists its findings: 'stone|cyst', '' for none
