@@ -138,7 +138,7 @@ def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_se
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["dice"]["value"] is not None for r in results["runs"]] == [True, True]
     (pair,) = results["paired_tests"]
-    assert pair["dice"]["test"].startswith("Wilcoxon") and 0 <= pair["dice"]["p_value"] <= 1
+    assert pair["dice"]["test"].startswith("paired cluster bootstrap") and 0 < pair["dice"]["p_value"] <= 1
     # the lesion images alone too (an empty mask scores 1 on a lesion-free frame), in the Holm family
     assert pair["dice_lesion"]["n_groups"] <= pair["dice"]["n_groups"] and "p_holm" in pair["dice_lesion"]
     html = (tmp_path / "out" / "report.html").read_text()

@@ -27,7 +27,7 @@ def paired_tests(
     """Paired tests between the runs `compared_pairs` names, on the same test images (of its domain, when it names one),
     with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
     predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the runs' own
-    AUCs are on), a Wilcoxon signed-rank test of per-group mean Dice where they predict masks, and a paired cluster
+    AUCs are on), a paired cluster bootstrap of the mean per-image Dice where they predict masks, and a paired cluster
     bootstrap of AP50, mAP, F1 and frame accuracy where they detect boxes (`paired_detections`). p-values are
     Holm-adjusted over the study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's
     dataset), for the pairs compared on one domain's test images. `positive`: the study's positive class of two
