@@ -183,6 +183,11 @@ def test_delong_undefined_cases():
     assert np.isnan(delong_ci(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]))).all()
     with pytest.raises(ValueError, match="binary"):
         delong_roc_variance(np.array([0, 2]), np.array([0.1, 0.2]))
+    # no variance at the boundary: no interval and no test (they had read [1, 1] and z = inf, p = 0 on 6 images)
+    y, a, b = np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), np.full(6, 0.5)
+    assert np.isnan(delong_ci(y, a)).all()
+    t = delong_test(y, a, b)
+    assert t["difference"] == 0.5 and np.isnan(t["z"]) and np.isnan(t["p_value"])
 
 
 def test_ece_zero_for_perfectly_calibrated_construction():

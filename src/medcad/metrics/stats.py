@@ -290,11 +290,13 @@ def delong_roc_variance(y_true: np.ndarray, score: np.ndarray) -> tuple[float, f
 
 
 def delong_ci(y_true: np.ndarray, score: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    """Normal-approximation CI of the ROC AUC from DeLong's variance, clipped to [0, 1]."""
+    """Normal-approximation CI of the ROC AUC from DeLong's variance, clipped to [0, 1]; (nan, nan) where the
+    variance is 0 (an AUC of 0 or 1, or one score for every sample: the estimate is degenerate at the boundary, and
+    [1, 1] had been given for 3 positives and 3 negatives perfectly separated)."""
     from scipy import stats as sps
 
     auc, var = delong_roc_variance(y_true, score)
-    half = sps.norm.ppf(1 - alpha / 2) * np.sqrt(var) if var >= 0 else np.nan
+    half = sps.norm.ppf(1 - alpha / 2) * np.sqrt(var) if var > 1e-15 else np.nan
     return float(np.clip(auc - half, 0, 1)), float(np.clip(auc + half, 0, 1))
 
 
@@ -307,15 +309,17 @@ def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) ->
         score_b: scores of model B (N,).
 
     Returns:
-        {auc_a, auc_b, difference (a - b), z, p_value}; identical scores give z = 0, p = 1.
+        {auc_a, auc_b, difference (a - b), z, p_value}; identical scores give z = 0, p = 1; a difference without
+        variance (both AUCs at 0 or 1, or a constant score beside a perfect one) gives nan: DeLong's estimate is
+        degenerate there (it had given z = inf, p = 0 for 3 positives and 3 negatives).
     """
     auc, cov = _delong(y_true, np.vstack([score_a, score_b]))
     diff = float(auc[0] - auc[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     if not np.isfinite(var) or not np.isfinite(diff):
         z = p = float("nan")
-    elif var <= 1e-15:  # no variance of the difference: the two scores rank the samples alike
-        z, p = (0.0, 1.0) if abs(diff) <= 1e-12 else (float(np.copysign(np.inf, diff)), 0.0)
+    elif var <= 1e-15:  # no variance of the difference: alike rankings, or the estimate degenerate at a boundary
+        z, p = (0.0, 1.0) if abs(diff) <= 1e-12 else (float("nan"), float("nan"))
     else:
         from scipy import stats as sps
 
