@@ -214,3 +214,25 @@ def test_mean_sd():
     one = mean_sd([0.5])
     assert one["mean"] == 0.5 and np.isnan(one["sd"]) and one["n"] == 1
     assert mean_sd([])["n"] == 0
+
+
+def test_auc_inputs_that_would_mislead_are_refused() -> None:
+    """A NaN score had ranked above every other (AUC 0.787 read 0.607, unsaid) and labels 1 / 2 had all been
+    positive: the AUC, the paired comparison and the multi-label metrics refuse them, naming the rows."""
+    from medcad.metrics.compare import paired_auc_bootstrap
+    from medcad.metrics.multilabel import multilabel_metrics
+
+    y, s = _binary_data(60, seed=3)
+    bad = s.copy()
+    bad[[4, 9]] = np.nan
+    with pytest.raises(ValueError, match=r"2 of 60 scores are NaN \(rows \[4, 9\]\)"):
+        weighted_auc(y, bad)
+    with pytest.raises(ValueError, match="NaN"):
+        paired_auc_bootstrap(y, s, bad, n_boot=10)
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        weighted_auc(y + 1, s)
+    probs = np.column_stack([np.clip(s / s.max(), 0, 1), np.full(60, 0.3)])
+    probs[5, 0] = np.nan
+    with pytest.raises(ValueError, match="not a number in"):
+        multilabel_metrics(np.column_stack([y, 1 - y]), probs, ["a", "b"], n_boot=0)
+    assert weighted_auc(y.astype(bool), s)[0] == pytest.approx(roc_auc_score(y, s))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medcad.metrics.stats import (
+    binary_scores,
     bootstrap_samples,
     bootstrap_weights,
     group_index,
@@ -76,11 +77,12 @@ def paired_auc_bootstrap(
         {auc_a, auc_b, difference (a - b), ci95 (of the difference, percentile), auc_a_ci95, auc_b_ci95, z,
         p_value, n, n_groups, n_boot, method}.
     """
-    y = np.asarray(y_true).astype(bool)
+    y = np.asarray(y_true)
     a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
     n = len(y)
     if a.shape != (n,) or b.shape != (n,):
         raise ValueError(f"scores of shapes {a.shape} and {b.shape} do not match y_true ({n},)")
+    (y, a), (_, b) = binary_scores(y, a), binary_scores(y, b)  # NaN scores and labels other than 0 / 1 raise
     g = _groups_or_rows(groups, n)
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N): the same draws for both models

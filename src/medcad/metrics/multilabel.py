@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.stats import bootstrap_samples, macro_mean, point_and_ci, resamples_used, weighted_auc
+from medcad.metrics.stats import as_probs, bootstrap_samples, macro_mean, point_and_ci, resamples_used, weighted_auc
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -55,6 +55,8 @@ def multilabel_metrics(
     """
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probs, np.float64)
+    if p.ndim == 2:
+        as_probs(p)  # NaN or values outside [0, 1] raise (a NaN had been read as absent and ranked above every score)
     if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(labels):
         raise ValueError(f"y_true {y.shape} and probs {p.shape} must both be (N, {len(labels)})")
     n, k = y.shape
