@@ -25,7 +25,14 @@ from common import write_result
 from scipy.stats import norm
 
 from medcad.metrics.compare import paired_auc_bootstrap
-from medcad.metrics.stats import bootstrap_weights, delong_ci, delong_test, percentile_ci, weighted_auc
+from medcad.metrics.stats import (
+    bootstrap_weights,
+    delong_ci,
+    delong_test,
+    percentile_ci,
+    resampled_units,
+    weighted_auc,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,8 +53,9 @@ def simulate(rng: np.random.Generator, args: argparse.Namespace) -> tuple[np.nda
 
 
 def bootstrap_auc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int):
+    """As medcad's metrics give it: the percentile interval expanded for the units resampled (`percentile_ci`)."""
     samples = [weighted_auc(y, s, w) for w in bootstrap_weights(len(y), n_boot, seed, groups)]
-    return percentile_ci(np.concatenate(samples))
+    return percentile_ci(np.concatenate(samples), units=resampled_units(groups, len(y)))
 
 
 def main() -> None:

@@ -231,7 +231,7 @@ def test_subset_metrics():
     assert set(out) == {"cysto", "uretero", "single"}
     assert out["single"] == {"n": 1}
     direct = classification_metrics(y[:60], p[:60], LABELS[:3], groups=patients[:60], n_boot=50)
-    assert out["cysto"]["accuracy"] == direct["accuracy"]
+    assert repr(out["cysto"]["accuracy"]) == repr(direct["accuracy"])
     assert out["uretero"]["n"] == 57
 
 
@@ -241,7 +241,7 @@ def test_subtype_vs_reference():
     p_normal = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.6, 0.1, 0.4, 0.95])
     p = np.column_stack([1 - p_normal, p_normal])
     subtypes = np.array([None, "", "nan", None, "stone", "stone", "cyst", "cyst", "hydro"], dtype=object)
-    out = subtype_vs_reference(y, p, labels, subtypes, "normal", n_boot=100)
+    out = subtype_vs_reference(y, p, labels, subtypes, "normal", n_boot=1000)  # 6 rows: an interval needs ~1000
     assert set(out) == {"stone", "cyst", "hydro"}
     stone = out["stone"]
     assert (stone["n"], stone["n_subtype"], stone["n_reference"]) == (6, 2, 4)

@@ -204,11 +204,12 @@ def test_a_subset_is_scored_in_the_headline_resamples(n: int, seed: int, n_group
     )
     assert set(m["subsets"]) == ({"lesion", "CIN 1/2"} if lesion.any() else {"CIN 1/2"})
     if lesion.any():
-        assert m["subsets"]["lesion"]["dice"] == m["dice_lesion"] and m["subsets"]["lesion"]["iou"] == m["iou_lesion"]
+        same = repr(m["subsets"]["lesion"]["dice"]) == repr(m["dice_lesion"])  # repr: nan intervals (few groups) alike
+        assert same and repr(m["subsets"]["lesion"]["iou"]) == repr(m["iou_lesion"])
         assert m["subsets"]["lesion"]["n_images"] == int(lesion.sum())
     whole = m["subsets"]["CIN 1/2"]
     assert all(repr(whole[k]) == repr(m[k]) for k in ("dice", "iou", "dice_lesion", "precision", "per_image_quantiles"))
-    assert whole.get("empty_images") == m.get("empty_images")
+    assert repr(whole.get("empty_images")) == repr(m.get("empty_images"))
 
 
 @settings(max_examples=15, deadline=None)

@@ -98,8 +98,12 @@ def test_a_row_without_a_group_id_is_its_own_cluster(ids: list, as_series: bool)
     missing id as the one group 'nan', drawing all such rows together (60 % of rows without a patient id: 81 groups
     instead of 200, an AUC interval of [0.799, 0.914] where rows as units give [0.836, 0.921])."""
     groups = pd.Series(ids, dtype=object) if as_series else ids
-    w = np.concatenate(list(bootstrap_weights(len(ids), n_boot=200, seed=0, groups=groups)))  # (200, N)
     key = [i if isinstance(i, str) else f"missing, row {r}" for r, i in enumerate(ids)]
+    drawn = list(bootstrap_weights(len(ids), n_boot=200, seed=0, groups=groups))
+    if len(set(key)) < 2:  # one group: every resample would be the data itself, so none is drawn
+        assert drawn == []
+        return
+    w = np.concatenate(drawn)  # (200, N)
     for a in range(len(ids)):
         for b in range(a):
             same = np.array_equal(w[:, a], w[:, b])
@@ -236,3 +240,30 @@ def test_auc_inputs_that_would_mislead_are_refused() -> None:
     with pytest.raises(ValueError, match="not a number in"):
         multilabel_metrics(np.column_stack([y, 1 - y]), probs, ["a", "b"], n_boot=0)
     assert weighted_auc(y.astype(bool), s)[0] == pytest.approx(roc_auc_score(y, s))
+
+
+def test_intervals_widen_for_few_groups_as_hesterberg_expands_them() -> None:
+    """The percentile interval is Hesterberg's expanded one (alpha'/2 = Phi(-sqrt(n/(n-1)) t_{n-1}(0.975)), n the
+    groups drawn): wider for few groups, the plain one for many; none for one group (it had been zero-width, and a
+    paired test's p 1/B); a p read from the interval agrees with it after the same expansion."""
+    from scipy import stats as sps
+
+    from medcad.metrics.classification import classification_metrics
+    from medcad.metrics.compare import paired_auc_bootstrap
+    from medcad.metrics.stats import expanded_alpha, expanded_p
+
+    for n in (2, 5, 20, 100):
+        want = 2 * sps.norm.cdf(-np.sqrt(n / (n - 1)) * sps.t.ppf(0.975, n - 1))
+        assert expanded_alpha(0.05, n) == pytest.approx(want, rel=1e-12)
+        assert expanded_p(expanded_alpha(0.05, n), n) == pytest.approx(0.05, rel=1e-9)
+    assert expanded_alpha(0.05, 5) < 0.002 and 0.045 < expanded_alpha(0.05, 100) < 0.05
+    assert expanded_alpha(0.05, None) == 0.05 and np.isnan(expanded_alpha(0.05, 1))
+    samples = np.random.default_rng(0).normal(size=2000)
+    few, many = percentile_ci(samples, units=5), percentile_ci(samples, units=500)
+    assert few[1] - few[0] > 1.5 * (many[1] - many[0]) and many == pytest.approx(percentile_ci(samples), abs=0.02)
+    y, s = _binary_data(40, seed=1)
+    one = classification_metrics(y, np.column_stack([1 - 1 / (1 + np.exp(-s)), 1 / (1 + np.exp(-s))]), ["a", "b"],
+                                 groups=np.zeros(40), n_boot=200)  # fmt: skip
+    assert np.isnan(one["accuracy"]["ci95"]).all() and np.isfinite(one["accuracy"]["value"])
+    test = paired_auc_bootstrap(y, s, -s, groups=np.zeros(40), n_boot=200)
+    assert np.isnan(test["p_value"]) and np.isnan(test["ci95"]).all()

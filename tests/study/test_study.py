@@ -383,14 +383,17 @@ def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_
 
 
 def test_a_bootstrap_p_at_its_resolution_is_written_as_a_bound() -> None:
-    """A paired bootstrap's p where no resample crossed 0 is its resolution, 1/B: written "< 0.0005" for 2000
-    resamples (it had read "0.0005", as if measured); an analytic p (DeLong, Wilcoxon) keeps its digits."""
+    """A paired bootstrap's p where no resample crossed 0 is its resolution, its p_floor (1/B expanded for few
+    groups; 1/B for a test written before p_floor): written "< 0.0005" for 2000 resamples (it had read "0.0005", as
+    if measured); an analytic p (DeLong) keeps its digits."""
     from medcad.report.html import _env
 
-    p = _env().from_string('{% from "macros.html.j2" import p %}{{ p(v, b) }}')
-    assert p.render(v=1 / 2000, b=2000) == "&lt; 0.0005" and p.render(v=0.49, b=2000) == "0.4900"
-    assert p.render(v=0.0005, b=None) == "0.0005" and p.render(v=0.00001, b=None) == "&lt; 0.0001"
-    assert p.render(v=None, b=2000) == "—" and p.render(v=float("nan"), b=None) == "—"
+    p = _env().from_string('{% from "macros.html.j2" import p %}{{ p(v, p_floor(t)) }}')
+    old, floored = {"n_boot": 2000}, {"n_boot": 2000, "p_floor": 0.0078}
+    assert p.render(v=1 / 2000, t=old) == "&lt; 0.0005" and p.render(v=0.49, t=old) == "0.4900"
+    assert p.render(v=0.0078, t=floored) == "&lt; 0.0078" and p.render(v=0.0079, t=floored) == "0.0079"
+    assert p.render(v=0.0005, t={}) == "0.0005" and p.render(v=0.00001, t={}) == "&lt; 0.0001"
+    assert p.render(v=None, t=old) == "—" and p.render(v=float("nan"), t={}) == "—"
     # the terminal's paired-test table by the same rule (it had printed "0.0000" where the report said "< 0.0001")
     from rich.console import Console
 

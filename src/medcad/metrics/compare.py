@@ -4,8 +4,9 @@ Two models scored on the same test images are compared on the same cluster-boots
 whole groups (patients, or near-duplicate groups) and both models' AUCs are computed under the same row weights, so the
 difference keeps the pairing and the within-group correlation. The p-value inverts the percentile interval of the
 bootstrap differences D* that the table shows beside it (Efron & Tibshirani, An Introduction to the Bootstrap, 1993, ch.
-16): p = 2 min(#{D* <= 0}, #{D* >= 0}) / B over the B finite D*, at least 1 / B, so p < 0.05 when that 95 % interval
-leaves 0 out and not otherwise, up to one resample where np.percentile interpolates. The normal statistic z = (AUC_a -
+16): p = 2 min(#{D* <= 0}, #{D* >= 0}) / B over the B finite D*, at least 1 / B, then mapped as the interval is
+expanded for the number of groups (`medcad.metrics.stats.expanded_p`), so p < 0.05 when that 95 % interval leaves 0
+out and not otherwise, up to one resample where np.percentile interpolates. The normal statistic z = (AUC_a -
 AUC_b) / sd(D*) of pROC's bootstrap test (Robin et al., BMC Bioinformatics 12:77, 2011) is kept beside it; its p had
 disagreed with the interval on few groups (difference -0.088, interval -0.220 to -0.003, normal p 0.12). Two detectors'
 AP50 and mAP are compared the same way, both scored under each resample's image weights (the PASCAL VOC challenge judged
@@ -25,8 +26,9 @@ from medcad.metrics.stats import (
     binary_scores,
     bootstrap_samples,
     bootstrap_weights,
-    group_index,
+    expanded_p,
     percentile_ci,
+    resampled_units,
     usable_samples,
     weighted_auc,
 )
@@ -37,20 +39,24 @@ def _groups_or_rows(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.nda
     return np.arange(n) if groups is None else np.asarray(groups, dtype=object)
 
 
-def _bootstrap_p(diff: float, samples: np.ndarray) -> tuple[float, float]:
-    """(z, two-sided p) of a difference from its bootstrap samples (B,): z = diff / sd (pROC's statistic), p by
-    inverting the samples' percentile interval (see the module's docstring); nan for a nan difference, or where
-    `percentile_ci` gives no interval (fewer than half the samples finite)."""
+def _bootstrap_p(diff: float, samples: np.ndarray, units: int | None) -> dict[str, float]:
+    """{z, p_value, p_floor} of a difference from its bootstrap samples (B,) over `units` groups (or rows): z = diff /
+    sd (pROC's statistic); p by inverting the samples' expanded percentile interval (see the module's docstring and
+    `medcad.metrics.stats.expanded_p`: p < 0.05 exactly where the 95 % interval shown leaves 0 out); p_floor, the p
+    where no resample crossed 0 (a bound, not a measurement: shown as "< p_floor"). nan for a nan difference, where
+    `percentile_ci` gives no interval (fewer than half the samples finite), or for fewer than 2 units."""
     s = usable_samples(samples)
+    nan = float("nan")
     if not np.isfinite(diff) or s is None or s.size < 2:
-        return float("nan"), float("nan")
+        return {"z": nan, "p_value": nan, "p_floor": nan}
     sd = float(s.std(ddof=1))
     if sd <= 1e-15:
         z = 0.0 if abs(diff) <= 1e-12 else float(np.copysign(np.inf, diff))
     else:
         z = diff / sd
     tail = min(int((s <= 0).sum()), int((s >= 0).sum()))
-    return float(z), min(1.0, max(2 * tail, 1) / s.size)
+    p = min(1.0, max(2 * tail, 1) / s.size)
+    return {"z": float(z), "p_value": expanded_p(p, units), "p_floor": expanded_p(1 / s.size, units)}
 
 
 def paired_auc_bootstrap(
@@ -89,21 +95,19 @@ def paired_auc_bootstrap(
         return {"a": weighted_auc(y, a, w), "b": weighted_auc(y, b, w)}
 
     point, samples = bootstrap_samples(batch, n, groups=g, n_boot=n_boot, seed=seed)
-    sa, sb = samples["a"], samples["b"]
+    sa, sb, units = samples["a"], samples["b"], samples.units
     auc_a, auc_b = float(point["a"][0]), float(point["b"][0])
     diff = auc_a - auc_b
-    z, p = _bootstrap_p(diff, sa - sb)
     return {
         "auc_a": auc_a,
         "auc_b": auc_b,
         "difference": diff,
-        "ci95": list(percentile_ci(sa - sb)),
-        "auc_a_ci95": list(percentile_ci(sa)),
-        "auc_b_ci95": list(percentile_ci(sb)),
-        "z": z,
-        "p_value": p,
+        "ci95": list(percentile_ci(sa - sb, units=units)),
+        "auc_a_ci95": list(percentile_ci(sa, units=units)),
+        "auc_b_ci95": list(percentile_ci(sb, units=units)),
+        **_bootstrap_p(diff, sa - sb, units),
         "n": int(n),
-        "n_groups": group_index(g, n)[1],
+        "n_groups": units,
         "n_boot": int(n_boot),
         "method": "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)",
     }
@@ -174,21 +178,19 @@ def paired_detection_bootstrap(
     for m in names:
         a, b = samples[f"{m}a"], samples[f"{m}b"]
         va, vb = float(point[f"{m}a"][0]), float(point[f"{m}b"][0])
-        z, p = _bootstrap_p(va - vb, a - b)
         out[m] = {
             "value_a": va,
             "value_b": vb,
             "difference": va - vb,
-            "ci95": list(percentile_ci(a - b)),
-            "ci95_a": list(percentile_ci(a)),
-            "ci95_b": list(percentile_ci(b)),
-            "z": z,
-            "p_value": p,
+            "ci95": list(percentile_ci(a - b, units=samples.units)),
+            "ci95_a": list(percentile_ci(a, units=samples.units)),
+            "ci95_b": list(percentile_ci(b, units=samples.units)),
+            **_bootstrap_p(va - vb, a - b, samples.units),
             "resamples_used": int(np.isfinite(a - b).sum()),
         }
     method = "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)"
     extra = {"score_threshold": score, "iou": 0.5}
-    return out | {"n": int(n), "n_groups": group_index(g, n)[1], "n_boot": int(n_boot), "method": method} | extra
+    return out | {"n": int(n), "n_groups": samples.units, "n_boot": int(n_boot), "method": method} | extra
 
 
 def paired_dice_test(
@@ -230,17 +232,20 @@ def paired_dice_test(
     samples = np.concatenate(samples) if samples else np.array([])
     mean_a, mean_b = (float(da.mean()), float(db.mean())) if n else (nan, nan)
     difference = mean_a - mean_b
-    identical = n > 0 and not np.any(diff)  # no image differs: no difference to test
-    p = 1.0 if identical else _bootstrap_p(difference, samples)[1]
+    units = resampled_units(g, n)
+    tested = _bootstrap_p(difference, samples, units)
+    if n > 0 and not np.any(diff):  # no image differs: no difference to test
+        tested = {**tested, "p_value": 1.0}
     return {
         "mean_a": mean_a,
         "mean_b": mean_b,
         "difference": difference,
-        "ci95": list(percentile_ci(samples)),
-        "p_value": p,
+        "ci95": list(percentile_ci(samples, units=units)),
+        "p_value": tested["p_value"],
+        "p_floor": tested["p_floor"],
         "n": int(n),
         "n_left_out": int((~complete).sum()),
-        "n_groups": group_index(g, n)[1] if n else 0,
+        "n_groups": units,
         "n_boot": int(n_boot),
         "test": "paired cluster bootstrap of the mean per-image Dice difference"
         if groups is not None

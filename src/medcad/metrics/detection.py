@@ -382,7 +382,8 @@ class _Stats:
         return {"value": float(self.point[key][0]), "ci95": self.ci(key)}
 
     def ci(self, key: str, c: int | None = None) -> list[float]:
-        return list(percentile_ci(self.samples[key] if c is None else self.samples[key][:, c]))
+        values = self.samples[key] if c is None else self.samples[key][:, c]
+        return list(percentile_ci(values, units=getattr(self.samples, "units", None)))
 
 
 def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """Statistics for study metrics: bootstrap CIs, DeLong's test for ROC AUCs, calibration error.
 
 Bootstrap resamples are drawn either as row indices (`bootstrap_ci`, any metric) or as row-count weights
-(`bootstrap_weights`, for metrics written to take a batch of weights at once, e.g. `weighted_auc`), so
-thousands of rows times 1000 resamples stay fast. The ROC curve and AUC of a class (weighted_auc, DeLong) are
-taken on its `class_score`, the log-odds of the class against the rest, so that two classes' AUCs are one number.
+(`bootstrap_weights`, for metrics written to take a batch of weights at once, e.g. `weighted_auc`), so thousands of rows
+times 1000 resamples stay fast. Intervals are percentile intervals expanded for the number of units resampled (groups,
+or rows): Hesterberg's expanded percentile interval (`expanded_alpha`), the same as the plain one for hundreds of
+groups, wider for few (a reviewer's null simulation of the paired AUC test had rejected 11 % at 5 groups, 9 % at 10, 7 %
+at 20 with plain percentiles; a single group had given a zero-width interval and p = 1/B). The ROC curve and AUC of a
+class (weighted_auc, DeLong) are taken on its `class_score`, the log-odds of the class against the rest, so that two
+classes' AUCs are one number.
 """
 
 from __future__ import annotations
@@ -51,6 +55,45 @@ def group_index(groups: Sequence[Any] | np.ndarray, n: int) -> tuple[np.ndarray,
     return inv, int(inv.max()) + 1 if n else 0
 
 
+class Resamples(dict):
+    """Bootstrap samples by name ({name: (B, ...)}), with `units`: how many groups (or rows) each resample drew, for
+    the interval's expansion (`expanded_alpha`)."""
+
+    def __init__(self, samples: dict[str, np.ndarray], units: int | None) -> None:
+        super().__init__(samples)
+        self.units = units
+
+
+def expanded_alpha(alpha: float, units: int | None) -> float:
+    """The tail share for a bootstrap percentile interval over `units` independent units (groups, or rows): Hesterberg's
+    expanded percentile interval, alpha'/2 = Phi(-sqrt(n/(n-1)) t_{n-1}(1 - alpha/2)) with n = `units` (T. Hesterberg,
+    What teachers should know about the bootstrap, The American Statistician 69:371-386, 2015, section 4.4): the
+    sqrt(n/(n-1)) the bootstrap's variance lacks and the t distribution's tails. `alpha` for None (not known); nan for
+    fewer than 2 units (every resample is the data itself: no interval). 5 groups: 0.0019 for 0.05; 20: 0.033; 100:
+    0.046."""
+    from scipy import stats as sps
+
+    if units is None:
+        return alpha
+    if units < 2:
+        return float("nan")
+    c = np.sqrt(units / (units - 1)) * sps.t.ppf(1 - alpha / 2, units - 1)
+    return float(2 * sps.norm.sf(c))
+
+
+def expanded_p(p: float, units: int | None) -> float:
+    """A two-sided p read from a bootstrap's percentile interval (the share alpha at which it reaches 0), mapped as
+    `expanded_alpha` maps alpha: p < alpha exactly where the expanded (1 - alpha) interval leaves 0 out. p for None."""
+    from scipy import stats as sps
+
+    if units is None or not np.isfinite(p):
+        return p
+    if units < 2:
+        return float("nan")
+    z = sps.norm.isf(p / 2)
+    return float(min(1.0, 2 * sps.t.sf(z / np.sqrt(units / (units - 1)), units - 1)))
+
+
 def usable_samples(samples: Sequence[float] | np.ndarray) -> np.ndarray | None:
     """The finite bootstrap samples, or None unless at least half of them are (too few resamples defined the
     statistic to read an interval or a p-value from them)."""
@@ -59,12 +102,21 @@ def usable_samples(samples: Sequence[float] | np.ndarray) -> np.ndarray | None:
     return None if s.size == 0 or valid.size < 0.5 * s.size else valid
 
 
-def percentile_ci(samples: Sequence[float] | np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of bootstrap samples; (nan, nan) unless at least half of them are finite."""
+def percentile_ci(
+    samples: Sequence[float] | np.ndarray, alpha: float = 0.05, units: int | None = None
+) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples, expanded for the `units` (groups or rows) each resample drew
+    (`expanded_alpha`; plain where None); (nan, nan) unless at least half of the samples are finite, for fewer than
+    2 units, or where the expanded tails hold less than half a sample each (4 groups: 0.012 % each, beyond 1,000
+    resamples' resolution: the interval would be the samples' range, and a p read from it could not agree with it);
+    samples all alike give that value."""
     valid = usable_samples(samples)
-    if valid is None:
+    a = expanded_alpha(alpha, units)
+    if valid is not None and valid.size and valid.min() == valid.max():
+        return float(valid[0]), float(valid[0])
+    if valid is None or not np.isfinite(a) or a / 2 * valid.size < 0.5:
         return float("nan"), float("nan")
-    lo, hi = np.percentile(valid, [50 * alpha, 100 - 50 * alpha])
+    lo, hi = np.percentile(valid, [50 * a, 100 - 50 * a])
     return float(lo), float(hi)
 
 
@@ -81,12 +133,15 @@ def bootstrap_weights(
             is a group of its own, see `group_index`).
 
     Yields:
-        Float arrays (b, n): how many times each row is drawn in each of b resamples.
+        Float arrays (b, n): how many times each row is drawn in each of b resamples; none for fewer than 2 groups
+        (or rows): every resample would be the data itself.
     """
     if n == 0 or n_boot <= 0:
         return
     rng = np.random.default_rng(seed)
     inv, g = (np.arange(n), n) if groups is None else group_index(groups, n)
+    if g < 2:
+        return
     step = max(1, _MAX_CELLS // max(n, g))
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
@@ -109,7 +164,8 @@ def bootstrap_samples(
     1, the samples under `n_boot` resamples (of `groups` when given) drawn by `bootstrap_weights`.
 
     Returns:
-        (point, samples): {name: (1, ...)} and {name: (n_boot, ...)} (no rows when n_boot is 0).
+        (point, samples): {name: (1, ...)} and `Resamples` {name: (n_boot, ...)} with the units drawn (no rows when
+        n_boot is 0 or there are fewer than 2 units).
     """
     point = batch(np.ones((1, n)))
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in point}
@@ -117,7 +173,12 @@ def bootstrap_samples(
         for k, v in batch(w).items():
             chunks[k].append(v)
     samples = {k: np.concatenate(v) if v else np.empty((0, *np.shape(point[k])[1:])) for k, v in chunks.items()}
-    return point, samples
+    return point, Resamples(samples, resampled_units(groups, n))
+
+
+def resampled_units(groups: Sequence[Any] | np.ndarray | None, n: int) -> int:
+    """How many units a bootstrap of `n` rows draws: the groups (`group_index`), or the rows."""
+    return n if groups is None else group_index(groups, n)[1]
 
 
 def weighted_bootstrap(
@@ -138,8 +199,9 @@ def weighted_bootstrap(
 
 def point_and_ci(point: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> dict[str, dict]:
     """{name: {"value": float, "ci95": [lo, hi]}} from `bootstrap_samples` output: the point value and the
-    `percentile_ci` of the samples."""
-    return {k: {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k]))} for k in point}
+    `percentile_ci` of the samples (expanded for their units, when `samples` says them)."""
+    units = getattr(samples, "units", None)
+    return {k: {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k], units=units))} for k in point}
 
 
 def resamples_used(samples: dict[str, np.ndarray], keys: dict[str, str]) -> dict[str, int]:
@@ -205,6 +267,7 @@ def bootstrap_ci(
         sizes = np.bincount(inv, minlength=g)
         starts = np.cumsum(sizes) - sizes
     values = np.full(n_boot, np.nan)
+    units = resampled_units(groups, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for b in range(n_boot):
@@ -219,7 +282,7 @@ def bootstrap_ci(
                 values[b] = float(metric(*(a[idx] for a in arrs)))
             except (ValueError, ZeroDivisionError):
                 continue
-    return percentile_ci(values, alpha)
+    return percentile_ci(values, alpha, units)
 
 
 def binary_scores(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -389,14 +389,22 @@ def print_study(results: dict, console: Console | None = None) -> None:
     _print_paired_tests(c, results.get("paired_tests") or [])
 
 
-def p_value_text(v: float | None, n_boot: int | None = None) -> str:
+def p_value_text(v: float | None, floor: float | None = None) -> str:
     """A p-value as the console and the HTML reports show it: 4 decimals, "< 0.0001" below them; a bootstrap's at
-    its resolution (no resample of `n_boot` crossed 0) as "< 1/B"; "—" where there is none (None, nan)."""
+    its resolution (no resample crossed 0: `floor`, a test's p_floor) as "< floor"; "—" where there is none (None,
+    nan)."""
     if v is None or v != v:
         return "—"
-    if n_boot and v <= 1 / n_boot + 1e-12:
-        return f"< {max(1 / n_boot, 0.0001):.4f}"  # beyond 10,000 resamples the bound is below 4 decimals
+    if floor and v <= floor + 1e-12:
+        return f"< {max(floor, 0.0001):.4f}"  # beyond 10,000 resamples the bound is below 4 decimals
     return "< 0.0001" if v < 0.0001 else f"{v:.4f}"
+
+
+def p_floor(test: dict, n_boot: int | None = None) -> float | None:
+    """The p a bootstrap test gives where no resample crossed 0: its p_floor, or 1 / B for a test written before
+    p_floor (its p was not expanded for few groups); None for an analytic test."""
+    n_boot = test.get("n_boot") or n_boot
+    return test.get("p_floor") or (1 / n_boot if n_boot else None)
 
 
 def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
@@ -432,6 +440,6 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
             on = f" (on {p['domain']}'s test images)" if p.get("domain") else ""
             t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
-        raw = p_value_text(d["p_value"], d.get("n_boot") or p.get("n_boot"))
+        raw = p_value_text(d["p_value"], p_floor(d, p.get("n_boot")))
         t.add_row(f"  {what}", diff, raw, p_value_text(d.get("p_holm")))
     c.print(t)
