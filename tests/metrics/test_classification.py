@@ -340,3 +340,21 @@ def test_roc_thresholds_are_the_class_probabilities() -> None:
     thresholds = np.array(roc["malignant"]["thresholds"])
     assert thresholds[0] == 1.0 and np.all((thresholds >= 0) & (thresholds <= 1))
     assert all(np.isclose(p1, t, rtol=1e-9).any() for t in thresholds[1:]), thresholds  # p values themselves
+
+
+def test_macro_figures_say_which_classes_they_average() -> None:
+    """A subset without a class averages its macro AUC over the others, and says so (a domain's macro AUC over two of
+    three classes had stood in the study's matrix beside cells over all three); the study's cell carries the list."""
+    from medcad.study.runner import _matrix_cell
+
+    y, p = _data(n=120, k=3, seed=4)
+    keep = y != 2
+    whole = classification_metrics(y, p, LABELS[:3], n_boot=20)
+    part = classification_metrics(y[keep], p[keep], LABELS[:3], n_boot=20)
+    assert whole["averaged_over"]["macro_auc"] == LABELS[:3]
+    assert part["averaged_over"]["macro_auc"] == LABELS[:2] and part["averaged_over"]["balanced_accuracy"] == LABELS[:2]
+    aucs = [part["per_class"][lab]["auc"] for lab in LABELS[:2]]
+    assert part["macro_auc"]["value"] == pytest.approx(np.mean(aucs))
+    row = {"by_domain": {"d": {"macro_auc": part["macro_auc"], "auc_classes": LABELS[:2]}}}
+    assert _matrix_cell(row, "d", LABELS[:3])["averaged_over"] == LABELS[:2]
+    assert _matrix_cell(row, "d", LABELS[:2]) == part["macro_auc"]

@@ -260,6 +260,13 @@ def classification_metrics(
             }
             for c, label in enumerate(labels)
         },
+        # the classes each macro figure averages: fewer than `labels` in a subset that lacks a class (a domain's
+        # macro AUC over two of three classes had stood in one matrix beside others over all three, unsaid)
+        "averaged_over": {
+            "macro_auc": [labels[c] for c in auc_classes],
+            "balanced_accuracy": [lab for c, lab in enumerate(labels) if np.isfinite(rates["recall"][c])],
+            "macro_f1": [lab for c, lab in enumerate(labels) if np.isfinite(rates["f1"][c])],
+        },
         "confusion_matrix": {"labels": labels, "matrix": cm.astype(int).tolist()},
         "roc": {label: _roc(onehot[:, c], scores[:, c]) for c, label in enumerate(labels)},
         "reliability": reliability_curve(y, p),

@@ -41,6 +41,9 @@ def collect_study(study: Path) -> dict:
         r["evaluation"] = m.get("evaluation")
         r["n_by_domain"] = {d: v.get("n") for d, v in (m.get("by_domain") or {}).items()}
     s["n_images"] = sorted({r["n"] for r in s["runs"]})
+    cells = [(d, c) for row in (s.get("cross_domain_matrix") or {}).values() for d, c in row.items()]
+    partial = {f"{d}: {', '.join(c['averaged_over'])}" for d, c in cells if (c or {}).get("averaged_over")}
+    s["matrix_partial"] = sorted(partial)  # cells whose macro AUC is over fewer classes than the study's
     key, title = next(
         ((k, t) for k, t in (("ap50", "AP50"), ("dice", "Dice")) if all(r.get(k) for r in s["runs"])),
         ("macro_auc", "macro AUC"),

@@ -40,8 +40,21 @@ def _headline(m: dict) -> dict:
             out[f"{key}dice_lesion"] = block.get("dice_lesion")
             e = block.get("empty_images")  # lesion-free images with any lesion pixel
             out[f"{key}lesion_free_fp"] = {"value": e["false_positive_rate"], "ci95": e["ci95"]} if e else None
-    out["by_domain"] = {d: {k: v.get(k) for k in keep} for d, v in (m.get("by_domain") or {}).items()}
+    out["by_domain"] = {
+        d: {k: v.get(k) for k in keep} | {"auc_classes": (v.get("averaged_over") or {}).get("macro_auc")}
+        for d, v in (m.get("by_domain") or {}).items()
+    }
     return out
+
+
+def _matrix_cell(row: dict, domain: str, labels: list[str]) -> dict | None:
+    """A run's macro AUC on one test domain, with `averaged_over` where that domain lacks some of the study's classes
+    (the mean is then over fewer classes than its neighbours in the matrix)."""
+    cell = (row["by_domain"].get(domain) or {}).get("macro_auc")
+    over = (row["by_domain"].get(domain) or {}).get("auc_classes")
+    if cell is None or over is None or len(over) == len(labels):
+        return cell
+    return {**cell, "averaged_over": over}
 
 
 def _state(run: RunFolder, positive: str | None = None) -> str:
@@ -364,7 +377,5 @@ def _study_results(study: PreparedStudy, metrics: dict, seconds: float) -> dict:
         "seconds_this_session": seconds,
     }
     if len(domains) > 1 and spec.protocol in ("sequential", "combined", "cross_domain"):
-        results["cross_domain_matrix"] = {
-            r["name"]: {d: (r["by_domain"].get(d) or {}).get("macro_auc") for d in domains} for r in rows
-        }
+        results["cross_domain_matrix"] = {r["name"]: {d: _matrix_cell(r, d, labels) for d in domains} for r in rows}
     return results
