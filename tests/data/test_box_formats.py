@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import noise_image, save
 from medcad.data.layouts import load_manifest
+from medcad.errors import DataError
 
 NAMES = ["polyp", "adenoma", "instrument"]
 BOX = st.tuples(st.integers(0, 2), st.floats(0.0, 0.7), st.floats(0.0, 0.7), st.floats(0.05, 0.3), st.floats(0.05, 0.3))
@@ -335,3 +336,23 @@ def test_every_annotation_file_image_and_box_is_used_or_named(layout, n, orphans
             assert any(f"f{i}" in p or f"f{i}" in r for p, r in ledger.left_out + ledger.unread), ledger.left_out
         for i in unannotated:  # an image without annotation is a row (no label) or named
             assert f"f{i}" in got or any(f"f{i}.jpg" in p for p, _ in ledger.left_out + ledger.unread)
+
+
+def test_a_yolo_image_without_a_labels_file_is_a_background_image(tmp_path: Path) -> None:
+    """As Ultralytics reads it: label 'background', no boxes, said in a note (it had been '(no label)', a class of its
+    own that stopped the split, whose advice, a --label-map of '(no label)', could not be followed). A Pascal VOC image
+    without its XML stays unlabelled (unannotated is not lesion-free there)."""
+    from medcad.data.splits import make_splits
+
+    _write_annotations(tmp_path / "yolo", "yolo", [0, 1, 2, 3], [], {i: [(0.1, 0.3)] for i in range(4)})
+    _image(tmp_path / "yolo", "images/f9.jpg", 9, 32, 24)
+    m = load_manifest(tmp_path / "yolo")
+    row = m.table.set_index("image").loc["images/f9.jpg"]
+    assert row["label"] == "background" and json.loads(row["boxes"]) == []
+    assert any("1 image(s) have no YOLO labels file: label 'background'" in n for n in m.notes)
+    _write_annotations(tmp_path / "voc", "voc", [0, 1], [], {0: [(0.1, 0.3)]})
+    _image(tmp_path / "voc", "JPEGImages/f9.jpg", 9, 32, 24)
+    unlabelled = load_manifest(tmp_path / "voc")
+    assert unlabelled.table.set_index("image").loc["JPEGImages/f9.jpg", "label"] == ""
+    with pytest.raises(DataError, match=r"'\(no label\)': 1 image\(s\) without a label.*give them one"):
+        make_splits(unlabelled, folds=2, group_by="none")

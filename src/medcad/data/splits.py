@@ -126,11 +126,16 @@ def _split_error(
         )
     if "duplicates" in how and _stratifiable(y, np.arange(len(y)), n_splits):
         options.append("--group none (every image its own group: duplicates may then leak between train and test)")
-    if few:
-        named = ", ".join(repr(lab or "(no label)") for lab in few)
+    if any(few):
+        named = ", ".join(repr(lab) for lab in few if lab)
         lines.append(
             f"{named}: fewer images than {n_splits}, which no grouping changes: add images of it, or merge it into "
             "another label (--label-map OLD=NEW) or leave its images out."
+        )
+    if "" in few:  # a label map cannot name "no label" (a new user's --label-map '(no label)=background' was refused)
+        lines.append(
+            f"'(no label)': {n_img['']} image(s) without a label, fewer than {n_splits}: give them one (a manifest's "
+            "label column, their annotation file) or leave them out."
         )
     lines.append(("Settings that would work: " + "; ".join(options) + ".") if options else "Add data for these labels.")
     return DataError(manifest.root, " ".join(lines))

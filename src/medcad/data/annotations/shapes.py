@@ -362,6 +362,7 @@ def per_image_rows(
     problems: list,
     what: str,
     masks: bool | None = None,
+    unannotated: str = "",
 ) -> tuple[list[dict], list[str]]:
     """Rows of images annotated one file each (`sources`: image -> its annotation file), and the notes.
 
@@ -371,8 +372,9 @@ def per_image_rows(
     column `shape_labels`; a folder's label by --pattern wins, with a note) and a mask drawn from its shapes at the
     image's size: always with `masks` True, never with False, and with None when any file of the set has a shape
     other than a box - then an image with a box gets no mask (a filled box is not its object's outline; Ultralytics
-    too keeps a mixed set's boxes, not its outlines), its boxes are kept. An image without a file gets no label
-    (unannotated is not lesion-free).
+    too keeps a mixed set's boxes, not its outlines), its boxes are kept. An image without a file gets the label
+    `unannotated`: none by default (unannotated is not lesion-free), 'background' and no boxes where the format's
+    tools read it so (YOLO: Ultralytics reads an image without a labels file as a background image).
     """
     parsed: list[tuple[Path, dict, Path | None, ImageShapes | None]] = []
     for img in images:
@@ -397,7 +399,7 @@ def per_image_rows(
     for img, row, src, got in parsed:
         if src is None or got is None:
             missing.append(row["image"])
-            rows.append(row)
+            rows.append(row | ({"label": unannotated, "boxes": "[]"} if unannotated else {}))
             continue
         drawn = draw_shapes(img, got.width, got.height, src.name, got.shapes, got.no_area, tally)
         if isinstance(drawn, str):
@@ -422,7 +424,8 @@ def per_image_rows(
     notes += _label_notes(mixed, empty, f"a {what} file")
     if missing:
         hint = ", no mask; --missing-masks empty would count them as lesion-free" if drawn_masks else ""
-        notes.append(f"{len(missing)} image(s) have no {what} file: no label, no boxes{hint} (e.g. {missing[0]})")
+        read = f"label {unannotated!r}, as the format's tools read them" if unannotated else "no label"
+        notes.append(f"{len(missing)} image(s) have no {what} file: {read}, no boxes{hint} (e.g. {missing[0]})")
     notes += boxed_note(boxed)
     if folder_wins:
         notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")

@@ -3,7 +3,8 @@
 
 Where the tools put them: Ultralytics and Roboflow (`data.yaml` with `names`; `<split>/images/x.jpg` with
 `<split>/labels/x.txt`), CVAT's "YOLO 1.1" (`obj.names`, `obj_train_data/` with each `.txt` beside its image),
-LabelImg (`classes.txt` beside the label files). A label file is found as Ultralytics finds it: the image's path
+LabelImg (`classes.txt` beside the label files). An image without a label file is a background image (label
+'background', no boxes), as Ultralytics reads it. A label file is found as Ultralytics finds it: the image's path
 with its last `images` folder below the dataset folder replaced by `labels`, else beside the image; two images of
 one name (`x.jpg`, `x.png`) would share it, so both are left out, named. A class id is a line number of the names
 file, or a key of data.yaml's `names` dict (which may start at 1).
@@ -158,7 +159,9 @@ def read_yolo(path: Path, options: DataOptions) -> Manifest:
     ambiguous = {img for img, lf in labelled.items() if lf.relative_to(path).as_posix() in shared}
     images = [img for img in images if img not in ambiguous]
     sources = {img: lf for img, lf in labelled.items() if img not in ambiguous}
-    rows, notes = per_image_rows(path, images, sources, _parse(names, rel), options, problems, "YOLO labels")
+    rows, notes = per_image_rows(
+        path, images, sources, _parse(names, rel), options, problems, "YOLO labels", unannotated="background"
+    )  # an image without a labels file is a background image, as Ultralytics reads it
     notes.insert(0, f"classes from {rel}: {', '.join(f'{i} {n!r}' for i, n in names.items())}")
     if list(names) != list(range(len(names))):
         notes[0] += f" (its class ids, not 0..{len(names) - 1}: a label line's class is looked up by id)"
