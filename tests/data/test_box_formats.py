@@ -356,3 +356,17 @@ def test_a_yolo_image_without_a_labels_file_is_a_background_image(tmp_path: Path
     assert unlabelled.table.set_index("image").loc["JPEGImages/f9.jpg", "label"] == ""
     with pytest.raises(DataError, match=r"'\(no label\)': 1 image\(s\) without a label.*give them one"):
         make_splits(unlabelled, folds=2, group_by="none")
+
+
+@pytest.mark.parametrize("layout", ["coco", "voc"])
+def test_a_file_name_that_differs_in_case_alone_is_that_file(tmp_path: Path, layout: str) -> None:
+    """`f0.jpg` in the annotations, `f0.JPG` on disk (a set annotated on Windows or macOS): read as that file, with a
+    note, in COCO as in Pascal VOC (COCO had left it out as not found); its box where it was drawn."""
+    _write_annotations(tmp_path, layout, [0, 1], [], {0: [(0.1, 0.3)], 1: [(0.5, 0.3)]})
+    folder = {"coco": "images", "voc": "JPEGImages"}[layout]
+    (tmp_path / folder / "f0.jpg").rename(tmp_path / folder / "f0.JPG")
+    m = load_manifest(tmp_path)
+    assert m.ledger.line() == "used 2 of 2", m.ledger.left_out
+    boxes = json.loads(m.table.set_index("image").loc[f"{folder}/f0.JPG", "boxes"])
+    assert np.allclose(boxes[0][:4], [3.2, 7.2, 9.6, 12.0], atol=0.02)
+    assert any("f0.JPG" in n for n in m.notes)

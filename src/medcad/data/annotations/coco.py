@@ -119,6 +119,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
     found_in: Counter = Counter()  # where the images were found, when not beside the JSON
     elsewhere: Counter = Counter()  # prefixes of file_names written as paths on another machine, dropped
     backslashed: list[str] = []
+    recased: list[str] = []  # file names that differ from the file's in case alone (annotated on Windows or macOS)
     listed = {iid for iid, *_ in images}
     by_image: dict = defaultdict(list)
     dangling: dict = defaultdict(list)
@@ -144,6 +145,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
             found_in[Path(os.path.relpath(place, root)).as_posix()] += 1
         elsewhere[dropped] += 1 if dropped else 0
         backslashed += [f"{name} as {rel}"] if "\\" in name else []
+        recased += [f"{name} as {found.name}"] if found.name != Path(name.replace("\\", "/")).name else []
         mine = by_image.get(iid, [])
         bad = sorted({str(a.get("category_id")) for a in mine if a.get("category_id") not in cats})
         if bad:
@@ -210,6 +212,11 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
         notes.append(
             f"{name_js}: {len(backslashed)} file_name(s) with Windows separators ('\\') read with '/' "
             f"(e.g. {backslashed[0]})"
+        )
+    if recased:
+        notes.append(
+            f"{name_js}: {len(recased)} file_name(s) differ from their file's name in case alone (annotated where "
+            f"file systems ignore case?): read as that file (e.g. {recased[0]})"
         )
     if segmented:
         notes.append("COCO segmentation (polygons / RLE) read as masks: the union of each image's annotations")

@@ -242,11 +242,19 @@ def locate_image(places: list[Path], name: str, taken: Collection[Path] = ()) ->
     place as written is looked up by its tail (`data.paths.existing_tail`: another machine's absolute path, as
     Label Studio and CVAT write `file_name`), the prefix then returned; a tail that leads to a file in `taken`
     (`exact_images`: one that another image of the same annotation file names as written) is not taken, for it is
-    another image of that name (`old/f0.jpg`, not there, beside `f0.jpg`)."""
+    another image of that name (`old/f0.jpg`, not there, beside `f0.jpg`). A file name that differs only in case
+    from the one file there is that file (`x.jpg` for `x.JPG`: a set annotated on Windows or macOS, whose file
+    systems ignore case; Pascal VOC's reader paired it, COCO's had not), unless it is in `taken`."""
     name = name.replace("\\", "/").strip()
     hit = _as_written(places, name)
     if hit is not None or not name:
         return hit
+    for place in places:
+        folder = (place / name).parent
+        if folder.is_dir():
+            alike = [f for f in folder.iterdir() if f.name.lower() == Path(name).name.lower() and f.is_file()]
+            if len(alike) == 1 and Path(os.path.normpath(alike[0])) not in taken:
+                return Path(os.path.normpath(alike[0])), place, ""
     for place in places:
         found = existing_tail(place, name)
         if found is not None and Path(os.path.normpath(place / found[0])) not in taken:
