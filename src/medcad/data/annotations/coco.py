@@ -196,7 +196,7 @@ def _read_coco_file(js: Path, root: Path, problems: list, notes: list, tally: Sh
         problems.append(
             (
                 f"{name_js}#image_id={iid}",
-                f"{len(those)} annotation(s) ({ids}) of image id {iid}, which is not in 'images'",
+                f"annotations of an image id not in 'images' (image id {iid}: {len(those)} of them, ids {ids})",
             )
         )
     if found_in:
