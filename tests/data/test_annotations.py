@@ -143,7 +143,10 @@ def test_coco_unknown_category_and_dangling_annotations(tmp_path: Path) -> None:
     assert set(m.table["image"]) == {"f0.png", "f2.png"}
     problems = dict(m.problems)
     assert "category_id 3 not in the categories of train.json (1 'tumour'): refused" in problems["f1.png"]
-    assert problems["train.json#image_id=17"].startswith("2 annotation(s) (4, 5) of image id 17")
+    assert (
+        problems["train.json#image_id=17"]
+        == "annotations of an image id not in 'images' (image id 17: 2 of them, ids 4, 5)"
+    )
     text = " | ".join(m.notes)
     assert "3 (2 annotation(s))" in text and "2 annotation(s) name 1 image id(s) not in 'images' (17)" in text
     assert m.ledger.used == 2 and len(m.ledger.left_out) == 2
