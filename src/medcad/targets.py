@@ -74,8 +74,6 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     Raises:
         ConfigError: an unknown `missing_masks`.
     """
-    import dataclasses
-
     from medcad.errors import ConfigError
 
     if cfg.missing_masks not in MISSING_MASKS:
@@ -90,20 +88,26 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     keys = manifest.keys
     out_rows = np.flatnonzero(~has_mask)
     boxed = sum(1 for i in out_rows if manifest.boxes(int(i)))
-    kept = manifest.subset(np.flatnonzero(has_mask))
+    note = f"{len(out_rows)} image(s) without a mask left out (--missing-masks leave-out), e.g. {keys[out_rows[0]]}"
+    note += f"; {boxed} of them have boxes: annotated with boxes alone" if boxed else ""
+    return _without_rows(manifest, [(int(i), "no mask (--missing-masks leave-out)") for i in out_rows], note)
+
+
+def _without_rows(manifest: Manifest, out: list[tuple[int, str]], note: str) -> Manifest:
+    """`manifest` without the rows `out` ((row, reason) each), which the ledger names as left out, its line (among
+    the notes) counting them ("used 46 of 46" had been said before the note that one was left out), and `note`."""
+    import dataclasses
+
+    gone = {i for i, _ in out}
+    kept = manifest.subset(np.array([i for i in range(len(manifest)) if i not in gone], dtype=int))
     kept.problems, kept.sources = list(manifest.problems), list(manifest.sources)
-    reason = "no mask (--missing-masks leave-out)"
+    kept.notes = [*manifest.notes, note]
     if manifest.ledger is not None:
+        keys = manifest.keys
         kept.ledger = dataclasses.replace(
-            manifest.ledger,
-            used=len(kept),
-            left_out=(*manifest.ledger.left_out, *((keys[i], reason) for i in out_rows)),
+            manifest.ledger, used=len(kept), left_out=(*manifest.ledger.left_out, *((keys[i], r) for i, r in out))
         )
-    kept.notes = [
-        *manifest.notes,
-        f"{len(out_rows)} image(s) without a mask left out (--missing-masks leave-out), e.g. {keys[out_rows[0]]}"
-        + (f"; {boxed} of them have boxes: annotated with boxes alone" if boxed else ""),
-    ]
+        kept.notes = [kept.ledger.line() if n == manifest.ledger.line() else n for n in kept.notes]
     return kept
 
 
@@ -117,8 +121,6 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     Raises:
         DataError: such images without `allow_missing` (the first few named, with why).
     """
-    import dataclasses
-
     from medcad.data.boxes import clean_boxes, parse_frame_classes
     from medcad.data.io import image_size
 
@@ -143,21 +145,9 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig) -> Manifest:
             f"{len(unusable)} image(s) have boxes but none usable, and would count as lesion-free: {named}. Fix their "
             "annotations, or rerun with --allow-missing to leave these images out",
         )
-    out_rows = {i for i, _ in unusable}
-    kept_rows = manifest.subset(np.array([i for i in range(len(manifest)) if i not in out_rows], dtype=int))
-    kept_rows.problems, kept_rows.sources = list(manifest.problems), list(manifest.sources)
-    if manifest.ledger is not None:
-        kept_rows.ledger = dataclasses.replace(
-            manifest.ledger,
-            used=len(kept_rows),
-            left_out=(*manifest.ledger.left_out, *((keys[i], f"no usable box: {why}") for i, why in unusable)),
-        )
-    kept_rows.notes = [
-        *manifest.notes,
-        f"{len(unusable)} image(s) whose every box is unusable left out (--allow-missing), not scored as lesion-free: "
-        f"{named}",
-    ]
-    return kept_rows
+    note = f"{len(unusable)} image(s) whose every box is unusable left out (--allow-missing), not scored as "
+    note += f"lesion-free: {named}"
+    return _without_rows(manifest, [(i, f"no usable box: {why}") for i, why in unusable], note)
 
 
 def run_rows(manifest: Manifest, cfg: TrainConfig) -> Manifest:

@@ -508,3 +508,5 @@ def test_images_without_a_mask_are_left_out_by_name_when_asked(kinds, task, miss
             boxed = sum(k == "boxes" for k in kinds)
             assert any(f"{len(named)} image(s) without a mask left out" in n for n in kept.notes)
             assert any(f"{boxed} of them have boxes" in n for n in kept.notes) == bool(boxed)
+        # the ledger's line among the notes counts what the run uses ("used 46 of 46" beside "1 left out" had been said)
+        assert kept.ledger.line() in kept.notes and f"used {len(want)} of {len(kinds)}" in kept.ledger.line()

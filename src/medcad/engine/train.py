@@ -272,11 +272,13 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     folder, cfg = run.folder, run.cfg
     out = folder.root
     manifest = load_manifest(data, cfg.data_options())
+    try:
+        manifest.check_complete(cfg.allow_missing)
+        manifest = run_rows(manifest, cfg)  # before the run's samples are compared: they are those it kept
+    finally:  # how the data was read, before any refusal; its ledger's line counting the rows the run leaves out
+        for note in manifest.notes if say else []:
+            log.warning("note: %s", note)
     said = len(manifest.notes)
-    for note in manifest.notes if say else []:  # how the data was read, before any refusal
-        log.warning("note: %s", note)
-    manifest.check_complete(cfg.allow_missing)
-    manifest = run_rows(manifest, cfg)  # before the run's samples are compared: they are those it kept
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
     for note in manifest.notes[said:] if say else []:  # what changed since the run was made
         log.warning("note: %s", note)
