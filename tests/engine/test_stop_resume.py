@@ -123,3 +123,35 @@ def test_a_second_ctrl_c_stops_at_once() -> None:
         signal.raise_signal(signal.SIGINT)  # at once
         raise AssertionError("not stopped by the second Ctrl-C")
     assert stop.value.signum == signal.SIGINT and stop.value.code == 130
+
+
+def test_the_progress_bar_counts_epochs_from_one_and_names_the_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A fit of 2 epochs shows "fold_0 stage2: epoch 2/2" at its end (Lightning's "Epoch 1/1" had read as one epoch of
+    one, and a log did not say which fold)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from medcad.engine.common import make_trainer
+    from medcad.run import Run
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, _):
+            return (self.w * batch[0]).sum()
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", (self.w * batch[0]).sum())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    run = Run.resolve(TrainConfig(accelerator="cpu", logger="none"), tmp_path)
+    data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=2)
+    trainer, _ = make_trainer(run, run.folder.fold(0), "stage2", 2, "val_loss", "min", 5, True)
+    trainer.fit(Tiny(), data, data)
+    assert "fold_0 stage2: epoch 2/2" in capsys.readouterr().out

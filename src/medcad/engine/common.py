@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 from medcad.allocator import keep_freed_memory
 from medcad.atomic import leftovers
@@ -157,6 +158,19 @@ class RankSeeds(L.Callback):
             torch.manual_seed(torch.initial_seed() + trainer.global_rank)
 
 
+class FitBar(RichProgressBar):
+    """Lightning's progress bar, its epochs counted from 1 and the fit named ("fold_0 stage2: epoch 1/2"): "Epoch
+    1/1" had been shown for --epochs 2 (Lightning counts from 0), and a log did not say which fold it was."""
+
+    def __init__(self, fit: str) -> None:
+        super().__init__()
+        self.fit = fit
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning 2.x's own, overridden
+        of = f"/{self.trainer.max_epochs}" if self.trainer.max_epochs is not None else ""
+        return f"{self.fit}: epoch {current_epoch + 1}{of}"
+
+
 def make_trainer(
     run: Run,
     fold: FoldFolder,
@@ -207,7 +221,14 @@ def make_trainer(
         strategy=compute.strategy,
         max_epochs=max_epochs,
         precision=precision or compute.precision,
-        callbacks=[ckpt, *([ResumePoint(folder / LAST)] if resumable else []), early, RankSeeds(), StopAtStep()],
+        callbacks=[
+            ckpt,
+            *([ResumePoint(folder / LAST)] if resumable else []),
+            early,
+            RankSeeds(),
+            StopAtStep(),
+            *([FitBar(f"{fold.path.name} {stage}")] if progress and is_primary() else []),
+        ],
         plugins=[CheckpointFiles()],
         logger=make_loggers(fold, stage, run.cfg, resumed) or False,
         enable_model_summary=False,
