@@ -340,3 +340,13 @@ def test_ap_and_map_per_class_are_cocoevals(data) -> None:
     np.testing.assert_allclose(ours["map_per_class"][0], map_, atol=1e-9, equal_nan=True)
     if np.isfinite(ap50).any():
         assert ours["ap50"][0] == pytest.approx(np.nanmean(ap50)) and ours["map"][0] == pytest.approx(np.nanmean(map_))
+
+
+def test_frame_accuracy_comes_with_naming_every_frame_its_most_frequent_class() -> None:
+    """Beside the frame decision's accuracy, that of naming every frame its most frequent class: a detector of AP50
+    0.001 had shown a frame accuracy of 0.870 alone, every frame called 'polyp' (40 of 46)."""
+    truths = [np.array([[2, 2, 10, 10, 0]], float)] * 3 + [np.zeros((0, 5))]
+    preds = [np.array([[0, 0, 30, 30, 0.9, 0]], float)] * 4  # 'a' everywhere, in the wrong place
+    m = detection_metrics(preds, truths, ["a"], n_boot=0)
+    assert m["frame_level"]["accuracy"]["value"] == 0.75
+    assert m["frame_level"]["majority_accuracy"] == {"value": 0.75, "class": "a"}

@@ -287,7 +287,8 @@ def detection_metrics(
         the classes not in `frame_classes`, when one of those has truths), ap50_per_class, map_per_class, iou_thresholds
         ({"0.45": {precision, recall, f1 (micro), ci95, macro, tp, fp, fn, per_class}}: box counts), frame_level
         (the frame decision: confusion matrix of classes with the background row and column, accuracy, macro_f1
-        over `labels`, per_class; and its table at each IoU threshold, iou_thresholds {"0.45": {accuracy,
+        over `labels`, per_class, majority_accuracy: {value, class} of naming every frame its most frequent class;
+        and its table at each IoU threshold, iou_thresholds {"0.45": {accuracy,
         macro, weighted (averages over the `labels` with frames), per_class (background row included:
         accuracy, precision, recall, f1, support, tp, fp, fn, mislocated, ci95)}}), bootstrap (n_boot, seed,
         by_group, and resamples_used: {"ap50", "map", "frame_level.macro_f1", ...: how many resamples defined the
@@ -435,6 +436,12 @@ def _frame_section(stats: _Stats, labels: list[str], iou_names: list[str], count
         "labels": frame_labels,
         "confusion_matrix": {"labels": frame_labels, "matrix": cm.astype(int).tolist()},
         "accuracy": stats.stat("frame/accuracy"),
+        # the accuracy of naming every frame its most frequent class, beside which the accuracy is read (a
+        # detector of AP50 0.001 had shown 0.870: every frame called 'polyp', 40 of 46)
+        "majority_accuracy": {
+            "value": float(cm.sum(1).max() / cm.sum()) if cm.sum() else float("nan"),
+            "class": frame_labels[int(cm.sum(1).argmax())],
+        },
         "macro_f1": stats.stat("frame/macro_f1"),
         "macro_f1_with_background": stats.stat("frame/macro_f1_with_background"),
         "per_class": {

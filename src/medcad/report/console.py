@@ -204,6 +204,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         no_background = sum(m["frame_level"]["confusion_matrix"]["matrix"][-1]) == 0
         name = "frame accuracy (no background frame here)" if no_background else "frame accuracy (with background)"
         head.add_row(name, _fmt(m["frame_level"]["accuracy"]))
+        if majority := m["frame_level"].get("majority_accuracy"):
+            head.add_row(f"  naming every frame {majority['class']!r} would score", f"{majority['value']:.3f}")
         for thr, r in m["iou_thresholds"].items():
             head.add_row(f"boxes: P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
     seg = m.get("segmentation") or {}
