@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,12 +112,13 @@ def _without_rows(manifest: Manifest, out: list[tuple[int, str]], note: str) -> 
     return kept
 
 
-def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig) -> Manifest:
+def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig, used: Collection[str] = ()) -> Manifest:
     """`manifest` as a detection run uses it: an image whose every box is unusable (outside the image, no area,
     not a box) is not lesion-free, and had been scored as a negative ("background") with its boxes dropped. Such
     images stop the run, named, unless `allow_missing`: then they are left out, each named in the ledger with its
     boxes' problems, and counted in a note. Unchanged for tasks without box targets and for frame-class images
-    (whose whole-frame box stands).
+    (whose whole-frame box stands). Images among `used` (the samples of an existing run, read again: one made before
+    such images were refused) stay as that run scored them, said in a note.
 
     Raises:
         DataError: such images without `allow_missing` (the first few named, with why).
@@ -136,6 +138,13 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig) -> Manifest:
         kept, problems = clean_boxes(boxes, w, h, keys[i])
         if not kept:
             unusable.append((i, "; ".join(p.removeprefix(f"{keys[i]}: ").removesuffix("; dropped") for p in problems)))
+    kept_as_used = [keys[i] for i, _ in unusable if keys[i] in used]
+    if kept_as_used:
+        manifest.notes.append(
+            f"{len(kept_as_used)} image(s) whose every box is unusable kept as this run used them, lesion-free (it was "
+            f"made before such images were refused), e.g. {kept_as_used[0]}"
+        )
+    unusable = [(i, why) for i, why in unusable if keys[i] not in used]
     if not unusable:
         return manifest
     named = "; ".join(f"{keys[i]}: {why}" for i, why in unusable[:3]) + (" ..." if len(unusable) > 3 else "")
@@ -150,18 +159,21 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     return _without_rows(manifest, [(i, f"no usable box: {why}") for i, why in unusable], note)
 
 
-def run_rows(manifest: Manifest, cfg: TrainConfig) -> Manifest:
+def run_rows(manifest: Manifest, cfg: TrainConfig, used: Collection[str] = ()) -> Manifest:
     """The rows of `manifest` a run of settings `cfg` uses: without the images it leaves out for having no mask
-    (`with_masks_only`) or no usable box (`without_unusable_boxes`)."""
-    return without_unusable_boxes(with_masks_only(manifest, cfg), cfg)
+    (`with_masks_only`) or no usable box (`without_unusable_boxes`; `used`: an existing run's samples)."""
+    return without_unusable_boxes(with_masks_only(manifest, cfg), cfg, used)
 
 
-def run_dataset(data: str | Path, cfg: TrainConfig) -> Manifest:
+def run_dataset(data: str | Path, cfg: TrainConfig, run: str | Path | None = None) -> Manifest:
     """The dataset at `data` as a run of settings `cfg` read it: with its data options, and without the images it
-    left out (`run_rows`). What evaluate, export, the report and the shortcut check read again."""
+    left out (`run_rows`). What evaluate, export, the report and the shortcut check read again: with `run`, the
+    images that run was made on are kept as it used them (`medcad.data.identity.run_samples`)."""
+    from medcad.data.identity import run_samples
     from medcad.data.layouts import load_manifest
 
-    return run_rows(load_manifest(data, cfg.data_options()), cfg)
+    used = set(run_samples(Path(run)) or {}) if run is not None else set()
+    return run_rows(load_manifest(data, cfg.data_options()), cfg, used)
 
 
 def load_targets(

@@ -78,3 +78,26 @@ def test_an_image_whose_every_box_is_unusable_is_not_a_negative(tmp_path: Path) 
     assert [(p, r.split(":")[0]) for p, r in kept.ledger.left_out] == [("b.png", "no usable box")]
     assert "outside the 32x32 image" in kept.ledger.left_out[0][1] and "b.png" in kept.notes[-1]
     assert len(run_rows(m, TrainConfig(task="classify"))) == 3
+
+
+def test_a_run_made_before_keeps_its_images_without_a_usable_box(tmp_path: Path) -> None:
+    """Read again for an existing run (evaluate, report, export), an image the run used stays as it was scored (it
+    had been refused, or left out and then called removed from the dataset), said in a note; a new run stops."""
+    import json as _json
+
+    from medcad.targets import run_dataset
+
+    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    for name, (x0, y0, x1, y1) in {"a.png": (2, 2, 9, 9), "b.png": (40, 2, 60, 9), "c.png": (1, 1, 5, 5)}.items():
+        save(tmp_path / "data" / name, noise_image(0, 32))
+        lines.append(f"{name},32,32,polyp,{x0},{y0},{x1},{y1}")
+    (tmp_path / "data" / "_annotations.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "samples.json").write_text(_json.dumps({"samples": {k: None for k in ("a.png", "b.png", "c.png")}}))
+    cfg = TrainConfig(task="detect")
+    kept = run_dataset(tmp_path / "data", cfg, run)
+    assert sorted(kept.keys) == ["a.png", "b.png", "c.png"]
+    assert any("kept as this run used them" in n and "b.png" in n for n in kept.notes)
+    with pytest.raises(DataError, match="none usable"):
+        run_dataset(tmp_path / "data", cfg)

@@ -256,3 +256,17 @@ def test_dice_and_iou_per_image_are_monais(n: int, seed: int, p_true: float, p_p
     p, t = (torch.from_numpy(a[:, None].astype(np.float32)) for a in (pred, true))
     np.testing.assert_allclose(dice, compute_dice(p, t, ignore_empty=False).numpy()[:, 0], atol=1e-6)
     np.testing.assert_allclose(iou, compute_iou(p, t, ignore_empty=False).numpy()[:, 0], atol=1e-6)
+
+
+def test_a_part_of_the_images_is_widened_for_its_own_groups() -> None:
+    """The lesion images' Dice over 3 patients of 40 is not widened as for 40: too few groups for an interval at
+    1,000 resamples, said (`no_ci`); the Dice over every image keeps its interval."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 5)
+    true = np.zeros((200, 16, 16), bool)
+    true[:15, 4:12, 4:12] = True  # lesions in patients 0-2 alone
+    pred = true.copy()
+    pred[rng.random(200) < 0.3] = False
+    m = segmentation_metrics(mask_counts(pred, true), groups=groups, n_boot=1000)
+    assert np.isfinite(m["dice"]["ci95"]).all()
+    assert np.isnan(m["dice_lesion"]["ci95"]).all() and "too few groups (3)" in m["dice_lesion"]["no_ci"]

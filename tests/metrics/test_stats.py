@@ -267,3 +267,5 @@ def test_intervals_widen_for_few_groups_as_hesterberg_expands_them() -> None:
     assert np.isnan(one["accuracy"]["ci95"]).all() and np.isfinite(one["accuracy"]["value"])
     test = paired_auc_bootstrap(y, s, -s, groups=np.zeros(40), n_boot=200)
     assert np.isnan(test["p_value"]) and np.isnan(test["ci95"]).all()
+    # a statistic alike in every resample has no interval on one group either (it had been [4.5, 4.5])
+    assert np.isnan(bootstrap_ci(np.mean, np.arange(10.0), groups=["p"] * 10, n_boot=100)).all()

@@ -416,12 +416,16 @@ def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
     from medcad.report.console import NO_CI, _fmt, _print_paired_tests
     from medcad.report.html import _env
 
-    assert _fmt({"value": 0.83, "ci95": [float("nan"), float("nan")]}) == f"0.830 ({NO_CI})"
-    assert _fmt({"value": 0.83, "ci95": [None, None]}) == f"0.830 ({NO_CI})"
+    assert _fmt({"value": 0.83, "ci95": [float("nan"), float("nan")]}) == f"0.830 (no CI: {NO_CI})"
+    assert _fmt({"value": 0.83, "ci95": [None, None]}) == f"0.830 (no CI: {NO_CI})"
+    # an interval that says why it is missing (`stats.no_interval`: too few groups) is shown with its own reason
+    few = {"value": 0.83, "ci95": [None, None], "no_ci": "too few groups (4) for a 95 % interval from 1000 resamples"}
+    assert _fmt(few) == f"0.830 (no CI: {few['no_ci']})"
     assert _fmt({"value": 0.83, "ci95": [0.7, 0.9]}) == "0.830 (0.700–0.900)" and _fmt({"value": 0.83}) == "0.830"
     ci = _env().from_string('{% from "macros.html.j2" import ci %}{{ ci(m) }}')
     assert NO_CI in ci.render(m={"value": 0.83, "ci95": [None, None]})
     assert NO_CI in ci.render(m={"value": 0.83, "ci95": [float("nan"), float("nan")]})
+    assert "too few groups (4)" in ci.render(m=few) and NO_CI not in ci.render(m=few)
     assert "0.700–0.900" in ci.render(m={"value": 0.83, "ci95": [0.7, 0.9]}) and "CI" not in ci.render(m={"value": 1.0})
     console = Console(record=True, width=200)
     test = {"difference": 0.1, "ci95": [0.05, 0.15], "p_value": 0.01, "p_holm": 0.02}

@@ -44,7 +44,7 @@ def _run_results(run: Path, say_notes: bool = True) -> tuple[TrainConfig, Manife
         DataError: not a run folder, an unfinished fold, or removed or changed images.
     """
     cfg, meta = load_run_config(run)
-    manifest = run_dataset(meta["data"], cfg)
+    manifest = run_dataset(meta["data"], cfg, run)
     samples = run_samples(run)
     if samples is not None:  # removed or changed images stop; added ones are in no fold, so not evaluated
         why = "not evaluated: score them with `medcad evaluate RUN --data FOLDER`"

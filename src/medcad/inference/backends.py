@@ -2,7 +2,7 @@
 
 Measured once per model files, CPU kind and thread count on the run's own images (up to N_IMAGES of fold k's test images
 for fold k's model, held out; of fold 0's for the ensemble: `medcad.inference.export.check_images`; a fold's few test
-images topped up with its validation images, which no model of the fold trained on), then cached in RUN/backends.json;
+images topped up with its validation images, which its own model did not train on), then cached in RUN/backends.json;
 later calls read the choice. Each backend's speed is its fastest repeat (timeit's advice: what it does with the cores to
 itself); where the repeats of the chosen backend, or of one close enough to it to have been the faster, varied as when
 another job shares the cores (`unsteady`), the next call measures again, up to MAX_ATTEMPTS times in all. A backend is
@@ -205,6 +205,8 @@ def measure(
         own, expected = (images[:cut], untuned) if "int8" in name else (images, reference)
         agreement = 1.0 if p is ref else float(ref.agreement(expected, p.infer(own, BATCH))[ref.agreement_measure])
         out[name]["agreement"] = round(agreement, 4)
+        if len(own) < len(images):  # int8: without the images its calibration may have used
+            out[name]["agreement_images"] = len(own)
         if agreement >= MIN_AGREEMENT:
             for slower in (k for k in loaded if "agreement" not in out[k]):
                 out[slower]["not_checked"] = f"slower than {name}, which agrees"
@@ -324,8 +326,8 @@ def measure_choice(ref: Predictor, threads: int | None = None) -> tuple[dict, Pr
         return {"backend": static_choice(), "reason": reason}, None
     if len(held) == 0:
         return {"backend": static_choice(), "reason": "the run has no test images to measure on"}, None
-    # a fold's few test images topped up with its validation images (not trained on): 60 test images had kept
-    # bf16 out of every small study's choice (MIN_INEXACT_IMAGES)
+    # a fold's few test images topped up with its validation images (its own model did not train on them): 60 test
+    # images had kept bf16 out of every small study's choice (MIN_INEXACT_IMAGES)
     extra = check.validation[: N_IMAGES - len(held)] if check.validation is not None else held[:0]
     held = np.concatenate([held, extra])
     distinct = len(held)

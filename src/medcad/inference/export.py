@@ -43,8 +43,9 @@ class CheckImages:
         described: which images these are, in words, for reports.
         calibration_described: which the calibration images are, in words ("3 validation and 17 training images
             of fold 0": a small validation part is topped up with training images).
-        validation: the fold's validation images among `calibration` (no model of the fold trained on them; they
-            chose its epoch): `auto` adds them to a fold's few test images to check agreement on (not int8's).
+        validation: the fold's validation images among `calibration` (the fold's model did not train on them; they
+            chose its epoch; the ensemble's other members may have): `auto` adds them to a fold's few test images to
+            check agreement on (not int8's).
     """
 
     calibration: np.ndarray
@@ -73,7 +74,7 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
 
     meta = json.loads(RunFolder(run).config.read_text())
     cfg = predictor.config
-    manifest = run_dataset(meta["data"], cfg)
+    manifest = run_dataset(meta["data"], cfg, run)
     # the folds of the ensemble's members (fold_<k>/model.pt): with one member (a holdout run, or one fold trained),
     # its own test images are held out from it
     members = sorted({FoldFolder(Path(f).parent).number for f in predictor.files})

@@ -106,18 +106,32 @@ def percentile_ci(
     samples: Sequence[float] | np.ndarray, alpha: float = 0.05, units: int | None = None
 ) -> tuple[float, float]:
     """Percentile interval of bootstrap samples, expanded for the `units` (groups or rows) each resample drew
-    (`expanded_alpha`; plain where None); (nan, nan) unless at least half of the samples are finite, for fewer than
-    2 units, or where the expanded tails hold less than half a sample each (4 groups: 0.012 % each, beyond 1,000
-    resamples' resolution: the interval would be the samples' range, and a p read from it could not agree with it);
-    samples all alike give that value."""
+    (`expanded_alpha`; plain where None); (nan, nan) where `no_interval` gives a reason; samples all alike give that
+    value."""
+    if no_interval(samples, alpha, units):
+        return float("nan"), float("nan")
     valid = usable_samples(samples)
     a = expanded_alpha(alpha, units)
-    if valid is not None and valid.size and valid.min() == valid.max():
+    if valid.min() == valid.max():
         return float(valid[0]), float(valid[0])
-    if valid is None or not np.isfinite(a) or a / 2 * valid.size < 0.5:
-        return float("nan"), float("nan")
     lo, hi = np.percentile(valid, [50 * a, 100 - 50 * a])
     return float(lo), float(hi)
+
+
+def no_interval(samples: Sequence[float] | np.ndarray, alpha: float = 0.05, units: int | None = None) -> str:
+    """Why `percentile_ci` gives no interval ('' where it gives one): fewer than half of the samples finite; fewer than
+    2 units (every resample is the data itself); or, with `units` given, tails that hold less than half a sample each
+    (4 groups at 1,000 resamples: 0.012 % each, beyond their resolution: the interval would be the samples' range,
+    and a p read from it could not agree with it). Worded for the reports."""
+    valid = usable_samples(samples)
+    if valid is None:
+        return "fewer than half of the resamples define it"
+    a = expanded_alpha(alpha, units)
+    if not np.isfinite(a):
+        return f"{units} group(s): every resample is the data itself"
+    if units is not None and a / 2 * valid.size < 0.5:
+        return f"too few groups ({units}) for a {100 * (1 - alpha):g} % interval from {valid.size} resamples"
+    return ""
 
 
 def bootstrap_weights(
@@ -188,20 +202,37 @@ def weighted_bootstrap(
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    rows: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict]:
     """Point value and percentile bootstrap CI of every quantity a batch function returns (see `bootstrap_samples`).
 
+    Args:
+        rows: {name: bool (n,)}: the rows a quantity is over, where fewer than all (a subset, the lesion images): its
+            interval is expanded for the groups among them, not all the set's.
+
     Returns:
-        {name: {"value": float, "ci95": [lo, hi]}}.
+        {name: {"value": float, "ci95": [lo, hi]}, and "no_ci" (why, `no_interval`) where there is no interval}.
     """
-    return point_and_ci(*bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed))
+    point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    g = None if groups is None else np.asarray(groups, dtype=object)
+    units = {k: resampled_units(None if g is None else g[r], int(r.sum())) for k, r in (rows or {}).items()}
+    return point_and_ci(point, samples, units)
 
 
-def point_and_ci(point: dict[str, np.ndarray], samples: dict[str, np.ndarray]) -> dict[str, dict]:
-    """{name: {"value": float, "ci95": [lo, hi]}} from `bootstrap_samples` output: the point value and the
-    `percentile_ci` of the samples (expanded for their units, when `samples` says them)."""
-    units = getattr(samples, "units", None)
-    return {k: {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k], units=units))} for k in point}
+def point_and_ci(
+    point: dict[str, np.ndarray], samples: dict[str, np.ndarray], units: dict[str, int] | None = None
+) -> dict[str, dict]:
+    """{name: {"value": float, "ci95": [lo, hi]}, with "no_ci" (why) where there is none} from `bootstrap_samples`
+    output: the point value and the `percentile_ci` of the samples, expanded for `units[name]` where given, else for
+    the units `samples` says."""
+    default = getattr(samples, "units", None)
+    out = {}
+    for k in point:
+        u = (units or {}).get(k, default)
+        out[k] = {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k], units=u))}
+        if why := no_interval(samples[k], units=u):
+            out[k]["no_ci"] = why
+    return out
 
 
 def resamples_used(samples: dict[str, np.ndarray], keys: dict[str, str]) -> dict[str, int]:

@@ -154,7 +154,7 @@ def _print_interface(c: Console, f: dict | None, limit: int = 8) -> None:
     c.print(f"before/after thumbnails (box green, marks red): {f['thumbnails']}")
 
 
-NO_CI = "no CI: fewer than half of the resamples define it"
+NO_CI = "fewer than half of the resamples define it"  # the reason, where an interval does not say its own
 
 
 def _fmt(m: dict | None) -> str:
@@ -163,8 +163,8 @@ def _fmt(m: dict | None) -> str:
     lo, hi = (m.get("ci95") or [None, None])[:2]
     if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
         ci = f" ({lo:.3f}–{hi:.3f})"
-    else:  # an interval no resample gave (None once written to JSON), or too few: stats.usable_samples
-        ci = f" ({NO_CI})" if "ci95" in m else ""
+    else:  # an interval no resample gave (None once written to JSON), or too few: stats.no_interval says why
+        ci = f" (no CI: {m.get('no_ci') or NO_CI})" if "ci95" in m else ""
     return f"{m['value']:.3f}{ci}"
 
 
@@ -204,7 +204,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         no_background = sum(m["frame_level"]["confusion_matrix"]["matrix"][-1]) == 0
         name = "frame accuracy (no background frame here)" if no_background else "frame accuracy (with background)"
         head.add_row(name, _fmt(m["frame_level"]["accuracy"]))
-        if majority := m["frame_level"].get("majority_accuracy"):
+        majority = m["frame_level"].get("majority_accuracy") or {}
+        if majority.get("value") is not None:
             head.add_row(f"  naming every frame {majority['class']!r} would score", f"{majority['value']:.3f}")
         for thr, r in m["iou_thresholds"].items():
             head.add_row(f"boxes: P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
@@ -441,7 +442,7 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
             pair = (p["a"], p["b"])
             on = f" (on {p['domain']}'s test images)" if p.get("domain") else ""
             t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
-        diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95")})
+        diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95"), "no_ci": d.get("no_ci")})
         raw = p_value_text(d["p_value"], p_floor(d, p.get("n_boot")))
         t.add_row(f"  {what}", diff, raw, p_value_text(d.get("p_holm")))
     c.print(t)

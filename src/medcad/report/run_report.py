@@ -116,7 +116,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     shared = {} if shared is None else shared
     data_key = ("data", str(meta["data"]), cfg.data_options(), folder.splits.read_text())
     if data_key not in shared:
-        manifest = run_dataset(meta["data"], cfg)
+        manifest = run_dataset(meta["data"], cfg, folder.root)
         splits = load_splits(folder.splits, manifest)
         shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]

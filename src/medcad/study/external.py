@@ -291,7 +291,7 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg, fps: list) -> tuple[l
     own = {fp for fp in (run_samples(run) or {}).values() if fp}
     exact = [key for key, fp in sample_fingerprints(manifest).items() if fp in own] if own else []
     try:
-        ran_on = run_dataset(meta["data"], cfg)  # the images the run used
+        ran_on = run_dataset(meta["data"], cfg, run)  # the images the run used
     except (DataError, OSError, KeyError) as e:
         why = getattr(e, "problem", str(e))
         return exact, [], f"near duplicates of the run's images not looked for: its dataset cannot be read ({why})"

@@ -73,7 +73,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     cfg, meta = TrainConfig.load(path), json.loads(path.read_text())
     if cfg.task not in ("classify", "multitask"):
         raise ConfigError(f"{run}: the shortcut check needs a classify or multitask run, not {cfg.task}")
-    manifest = run_dataset(meta["data"], cfg)
+    manifest = run_dataset(meta["data"], cfg, run)
     if not any(manifest.mask_paths(i) for i in range(len(manifest))):
         raise DataError(meta["data"], "has no lesion masks: the shortcut check blanks the lesion, so it needs them")
     labels = meta["labels"]
