@@ -158,7 +158,7 @@ NO_CI = "fewer than half of the resamples define it"  # the reason, where an int
 
 
 def _fmt(m: dict | None) -> str:
-    if not m or m.get("value") is None:
+    if not m or m.get("value") is None or m["value"] != m["value"]:  # none, or nan (a slope of separated classes)
         return "—"
     lo, hi = (m.get("ci95") or [None, None])[:2]
     if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
