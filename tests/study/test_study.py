@@ -123,6 +123,17 @@ settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fracti
     assert "note: 10 of 10 run(s) finished before, kept: tf_efficientnet_lite0 | endoscopy, " in caplog.text  # said
     assert (Path(res["runs"][0]["run"]) / "fold_0" / "model.pt").stat().st_mtime_ns == stamp
     assert (out / "results.json").is_file()
+    # the study file changed: its finished runs are not kept unsaid (a new user's image_size 64 -> 96 and folds 3 -> 5
+    # had kept them, and rewritten the folder's study.yaml to say the new settings)
+    before = (out / "study.yaml").read_text()
+    for old, new, said in (
+        ("image_size: 32", "image_size: 48", "image_size: 32 -> 48"),
+        ("folds: 2", "folds: 3", "3 folds"),
+    ):
+        changed = write(tmp_path / "changed.yaml", yaml.read_text().replace(old, new))
+        with pytest.raises(ConfigError, match=said):
+            run_study(changed, out, progress=False)
+        assert (out / "study.yaml").read_text() == before
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -93,6 +93,12 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
     return manifest if samples is None else reconcile(manifest, samples, where, new_images)
 
 
+def check_resumable(cfg: TrainConfig, out: str | Path) -> None:
+    """`_check_resume` of the run of settings `cfg` in folder `out`, before anything is written (a study checks its
+    runs so, finished ones too: they had been kept unsaid when the study file's settings had changed)."""
+    _check_resume(Run.resolve(cfg, out))
+
+
 def _check_resume(run: Run) -> None:
     """Refuse to resume a run with other settings. A folder whose data were never split (no splits.json: an
     earlier medcad refused its split after writing config.json and manifest.csv) holds nothing to resume: the

@@ -191,15 +191,18 @@ def _jobs(
 ) -> tuple:
     """The study's runs still to train, as executor jobs, and the metrics of those finished (skipped on resume; a
     finished run pooled with another positive class than the study's `positive` is a job: pooled again)."""
+    from medcad.engine.train import check_resumable
+
     jobs, metrics = [], {}
     for e in exps:
         run_dir = study_dir / "runs" / slug(e.name)
+        cfg = _run_settings(e, base, positive)
+        check_resumable(cfg, run_dir)  # a run made with other settings than the study file's now is not kept unsaid
         if _state(RunFolder(run_dir), positive) == "finished":
             metrics[e.name] = json.loads(RunFolder(run_dir).metrics.read_text())
             continue
         train_domains = e.train_domains if several_domains and e.train_domains else None
         init_dir = study_dir / "runs" / slug(e.init) if e.init else None
-        cfg = _run_settings(e, base, positive)
         jobs.append(
             RunJob(e.name, run_dir, cfg, Path(spec.data).resolve(), splits_path, folds, train_domains, e.init, init_dir)
         )
@@ -223,6 +226,34 @@ class PreparedStudy:
     metrics: dict[str, dict]
     domain_of: dict[str, str]  # each image key's domain ("" without)
     positive: str | None = None  # the positive class its two-class runs pool with (`_study_positive`)
+
+
+def _check_same_split(splits_path: Path, base: TrainConfig) -> None:
+    """A resumed study's folds are those its file asks for: a study folder split in 3 folds, rerun with a file that
+    says 5, had kept its 3 folds and its finished runs, unsaid (its study.yaml rewritten to say 5).
+
+    Raises:
+        ConfigError: the folder's splits are of another number of folds, holdout fraction, validation fraction or
+            seed.
+    """
+    saved = json.loads(splits_path.read_text())
+    if saved.get("method") not in ("kfold", "holdout"):
+        return  # the dataset's own split column ("given"): nothing to compare
+
+    def said(method, folds, holdout, val_fraction, seed) -> str:
+        split = f"{folds} folds" if method == "kfold" else f"a holdout of {holdout:g}"
+        return f"{split}, validation fraction {val_fraction:g}, seed {seed}"
+
+    had = said(
+        saved["method"], saved.get("n_folds"), saved.get("holdout"), saved.get("val_fraction"), saved.get("seed")
+    )
+    method = "holdout" if base.holdout is not None else "kfold"
+    asked = said(method, base.folds, base.holdout, base.val_fraction, base.seed)
+    if had != asked:
+        raise ConfigError(
+            f"{splits_path.parent} was split with {had} (its splits.json); the study file asks for {asked}: give "
+            "another --out for a new study, or the settings it was made with to resume it"
+        )
 
 
 def _study_domains(spec: StudySpec, manifest) -> list[str]:
@@ -281,13 +312,15 @@ def prepare_study(
         splits = load_splits(spec.splits, manifest)
     elif not splits_path.is_file():
         splits = splits_for(manifest, base, progress)  # refused before the study folder is written
+    else:
+        _check_same_split(splits_path, base)
     study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(study_dir / "study.yaml", spec.path.read_text())
     if splits is not None:
         save_splits(splits, splits_path)
     exps = expand(spec, domains)
     folds = tuple(f["fold"] for f in load_splits(splits_path)["folds"])
     jobs, metrics = _jobs(exps, study_dir, base, spec, splits_path, folds, len(domains) > 1, positive)
+    atomic_write_text(study_dir / "study.yaml", spec.path.read_text())  # after its runs' settings are checked
     if metrics:  # a resumed study: its finished runs are kept, not trained again
         log.warning("note: %d of %d run(s) finished before, kept: %s", len(metrics), len(exps), ", ".join(metrics))
     _say_training(jobs)
