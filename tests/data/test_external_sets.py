@@ -50,8 +50,11 @@ def test_label_map_renames_rows_and_boxes(tmp_path: Path) -> None:
 
 def test_two_class_detector_still_names_an_unknown_box_label(tmp_path: Path) -> None:
     m = load_manifest(_masks_only_set(tmp_path / "ext", "lesion"))
-    with pytest.raises(DataError, match="--label-map 'lesion=polyp'"):
+    # no guess at which class it means ('lesion=polyp' had been offered: the first class)
+    with pytest.raises(DataError, match="'lesion' is none of them: map it to the label it means"):
         manifest_boxes(m, 32, ["polyp", "adenoma"])
+    with pytest.raises(DataError, match="--label-map 'lesion=Lesion'"):  # the same label spelled otherwise
+        manifest_boxes(m, 32, ["polyp", "Lesion"])
 
 
 def test_every_dataset_command_takes_the_same_data_options() -> None:
@@ -132,9 +135,7 @@ def test_an_external_set_with_labels_the_model_never_saw(tiny_run: Path, easy_se
         save(ext / "other" / f"{k}.png", noise_image(40 + k))
     args = ["evaluate", str(tiny_run), "--data", str(ext)]
     res = CliRunner().invoke(app, args)
-    assert (
-        res.exit_code == 2 and "--label-map 'other=lesion'" in res.output and "--unseen-labels leave-out" in res.output
-    )
+    assert res.exit_code == 2 and "'other' is none of them" in res.output and "--unseen-labels leave-out" in res.output
     res = CliRunner().invoke(app, [*args, "--unseen-labels", "leave-out", "--json"])
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
@@ -206,3 +207,15 @@ def test_near_duplicates_of_the_runs_images_are_found_in_an_external_set(
     first = sorted((easy_set / "lesion").glob("*.png"))[0]
     assert pairs["lesion/scan0.jpg"] == f"lesion/{first.name}"
     assert "new.png" not in " ".join(pairs)
+
+
+def test_a_label_map_is_offered_only_for_the_same_label_spelled_otherwise() -> None:
+    """A new user's 'Benign' and 'MALIGNANT' were offered --label-map 'MALIGNANT=benign' (the first unknown label as
+    the model's first): the advice maps spellings of the model's labels and leaves the others to the user."""
+    from medcad.data.manifest import label_map_advice
+
+    assert "--label-map 'Benign=benign,MALIGNANT=malignant'" in label_map_advice(
+        ["Benign", "MALIGNANT"], ["benign", "malignant"]
+    )
+    said = label_map_advice(["MALIGNANT", "Normal"], ["benign", "malignant"])
+    assert "--label-map 'MALIGNANT=malignant'" in said and "'Normal' is none of them" in said and "=benign" not in said

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from medcad.data.manifest import label_map_advice
 from medcad.errors import DataError
 
 
@@ -142,8 +143,8 @@ def boxes_to_array(boxes: Sequence[Sequence], labels: Sequence[str], source: str
         if b[4] not in index:
             raise DataError(
                 source,
-                f"box label {b[4]!r} is not one of the detection classes {list(labels)}; rename labels with "
-                f"--label-map '{b[4]}={labels[0] if labels else 'CLASS'}'",
+                f"box label {b[4]!r} is not one of the detection classes {list(labels)}; "
+                + label_map_advice([str(b[4])], list(labels)),
             )
         out[j] = [*b[:4], index[b[4]]]
     return out

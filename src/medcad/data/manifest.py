@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -418,3 +418,24 @@ def patients_from_dicom(manifest: Manifest) -> None:
         f"patient ids from the DICOM PatientID of {len(found)} file(s) ({len(ids)} patients; a study's splits and "
         "confidence intervals group by them)"
     )
+
+
+def label_map_advice(unknown: Sequence[str], labels: Sequence[str]) -> str:
+    """What to do about `unknown` labels, not among `labels` (a model's, a run's): a --label-map for those that are
+    one of `labels` spelled otherwise (case, spaces, '-' or '_'), and for the others the choice, not a guess (the
+    first unknown label had been offered as the first of `labels`: 'MALIGNANT=benign')."""
+
+    def plain(label: str) -> str:
+        return "".join(ch for ch in label.casefold() if ch.isalnum())
+
+    same = {u: next((lab for lab in labels if plain(lab) == plain(u)), None) for u in unknown}
+    said = []
+    if matched := {u: lab for u, lab in same.items() if lab is not None}:
+        said.append(f"rename them with --label-map '{','.join(f'{u}={lab}' for u, lab in matched.items())}'")
+    if others := [u for u, lab in same.items() if lab is None]:
+        said.append(
+            f"{', '.join(map(repr, others))} {'is' if len(others) == 1 else 'are'} none of them: map "
+            f"{'it' if len(others) == 1 else 'each'} to the label it means (--label-map OLD=NEW, "
+            "comma-separated)"
+        )
+    return "; ".join(said)

@@ -15,7 +15,7 @@ from medcad.config import DataOptions
 from medcad.data.fingerprints import fingerprints
 from medcad.data.identity import run_samples
 from medcad.data.layouts import load_manifest
-from medcad.data.manifest import FRAME_SEP
+from medcad.data.manifest import FRAME_SEP, label_map_advice
 from medcad.data.splits import sample_groups
 from medcad.engine.evaluate import load_run_config
 from medcad.engine.mask_results import external_mask_results
@@ -86,12 +86,11 @@ def evaluate_external(
                 "use `medcad predict` for predictions without labels",
             )
         if unknown and unseen_labels == "stop":
-            raise DataError(
-                data,
-                f"labels {unknown} are not among the model's labels {labels}; rename them with --label-map "
-                f"'{unknown[0]}={labels[0]}' (old=new, comma-separated), or score the images of the model's labels "
-                "alone with --unseen-labels leave-out",
+            said = (
+                label_map_advice(unknown, labels)
+                + ", or score the images of the model's labels alone with --unseen-labels leave-out"
             )
+            raise DataError(data, f"labels {unknown} are not among the model's labels {labels}; {said}")
         if unknown:
             for u in unseen:
                 for lab in u:
