@@ -219,3 +219,22 @@ def test_a_label_map_is_offered_only_for_the_same_label_spelled_otherwise() -> N
     )
     said = label_map_advice(["MALIGNANT", "Normal"], ["benign", "malignant"])
     assert "--label-map 'MALIGNANT=malignant'" in said and "'Normal' is none of them" in said and "=benign" not in said
+
+
+def test_rows_an_external_read_left_out_are_kept_with_its_evaluation(
+    tiny_run: Path, easy_set: Path, tmp_path: Path
+) -> None:
+    """`evaluate --data SET --allow-missing`: the rows the read left out (a listed file not there) are counted in the
+    evaluation's metrics.json and listed in its data_ledger.csv (the console had said so, the saved results not)."""
+    import pandas as pd
+
+    rows = [f"{p},{p.parent.name}" for p in sorted(easy_set.rglob("*.png"))[:10]] + [f"{easy_set}/gone.png,lesion"]
+    (tmp_path / "site.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    args = ["evaluate", str(tiny_run), "--data", str(tmp_path / "site.csv"), "--allow-missing", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["n"] == 10 and metrics["left_out_by_the_read"]["n"] == 1
+    (ledger,) = tiny_run.glob("evaluations/*/data_ledger.csv")
+    left = pd.read_csv(ledger).query("status == 'left out'")
+    assert list(left["path"].str.endswith("gone.png")) == [True] and "not found" in left["reason"].iat[0]

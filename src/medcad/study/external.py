@@ -60,6 +60,7 @@ def evaluate_external(
     cfg, meta = load_run_config(run)
     options = options or DataOptions()
     manifest = load_manifest(data, options)
+    read = manifest.ledger  # what the read used and left out (--allow-missing), kept with the evaluation
     manifest.check_complete(options.allow_missing)
     # the run's own choices (images without masks), made at training; images without a usable box as this read allows
     manifest = run_rows(manifest, cfg.replace(allow_missing=options.allow_missing))
@@ -176,9 +177,13 @@ def evaluate_external(
         notes.append(near_note)
     if left_out:
         metrics["left_out_unseen_labels"] = left_out  # images per label the model never saw, not scored
+    if read is not None and read.left_out:  # rows the read left out (--allow-missing): counted and said, not lost
+        metrics["left_out_by_the_read"] = {"n": len(read.left_out), "ledger": read.line()}
     metrics["backend"] = predictor.backend
     where = evaluation_folder(run, data, evaluation)
     where.mkdir(parents=True, exist_ok=True)
+    if read is not None:  # every file and row of the set, used or not with why, as a run's data_ledger.csv
+        atomic_write_text(RunFolder(where).ledger, read.table().to_csv(index=False))
     atomic_write_text(RunFolder(where).predictions, with_identity(pred, manifest).to_csv(index=False))
     write_json(RunFolder(where).metrics, metrics)
     return metrics, where, [*notes, f"backend {predictor.backend}: {predictor.backend_choice['reason']}"]
