@@ -510,3 +510,19 @@ def test_images_without_a_mask_are_left_out_by_name_when_asked(kinds, task, miss
             assert any(f"{boxed} of them have boxes" in n for n in kept.notes) == bool(boxed)
         # the ledger's line among the notes counts what the run uses ("used 46 of 46" beside "1 left out" had been said)
         assert kept.ledger.line() in kept.notes and f"used {len(want)} of {len(kinds)}" in kept.ledger.line()
+
+
+def test_one_file_listed_under_two_paths_is_one_image(tmp_path: Path) -> None:
+    """A manifest row and another naming the same file through a link (an alias a new user added to an external set
+    had been scored twice): read once with a note when the rows agree; both left out, named, when their labels
+    differ."""
+    save(tmp_path / "a.png", noise_image(1))
+    save(tmp_path / "b.png", noise_image(2))
+    (tmp_path / "alias").mkdir()
+    (tmp_path / "alias" / "x.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("image,label\na.png,benign\nb.png,benign\nalias/x.png,benign\n")
+    m = load_manifest(tmp_path / "m.csv")
+    assert len(m) == 2 and any("listed under two or more paths" in n for n in m.notes)
+    (tmp_path / "m.csv").write_text("image,label\na.png,benign\nb.png,benign\nalias/x.png,malignant\n")
+    m = load_manifest(tmp_path / "m.csv")
+    assert list(m.keys) == ["b.png"] and {p for p, _ in m.ledger.left_out} == {"a.png", "alias/x.png"}

@@ -332,7 +332,7 @@ def patients_from_paths(manifest: Manifest, regex: str) -> None:
 
 def one_row_per_image(manifest: Manifest) -> None:
     """Each image (each DICOM frame) in one row, as sample identity by key needs. Rows naming the same file (`a.jpg`
-    and `./a.jpg` alike):
+    and `./a.jpg` alike, and two paths to one file through a link: a new user's alias had been scored twice):
 
     - with the same fields: read once, with a note;
     - differing only in mask and boxes (a manifest with one row per lesion): one row whose mask is the union of
@@ -342,12 +342,17 @@ def one_row_per_image(manifest: Manifest) -> None:
       one is right cannot be told (a run would otherwise score both rows with one row's label).
     """
     table = manifest.table
-    same_image: dict[str, list[int]] = {}
-    for i, key in enumerate(manifest.keys):
-        same_image.setdefault(os.path.normpath(key), []).append(i)
+    same_image: dict[tuple[str, int | None], list[int]] = {}
+    for i in range(len(table)):
+        same_image.setdefault((os.path.realpath(manifest.image_path(i)), manifest.frame(i)), []).append(i)
     repeated = [rows for rows in same_image.values() if len(rows) > 1]
     if not repeated:
         return
+    keys = manifest.keys
+    aliases = [rows for rows in repeated if len({os.path.normpath(keys[i]) for i in rows}) > 1]
+    if aliases:  # one file under several paths: said, with the rows' other fields as below
+        shown = " and ".join(keys[i] for i in aliases[0][:2])
+        manifest.notes.append(f"{len(aliases)} file(s) listed under two or more paths, one file each (e.g. {shown})")
     keep, merged, lesions, others, kept_first = np.ones(len(table), bool), [], [], [], set()
     fields = [c for c in table.columns if c != "image"]
     for rows in repeated:
