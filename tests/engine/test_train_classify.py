@@ -127,6 +127,7 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert f"{youden['threshold']:.3f}" in html
     groups = json.loads((run / "splits.json").read_text()).get("n_groups") or len(set(table["image"]))
     assert ("Only " in html and "widened for so few" in html) == (groups < 30)  # 24 images: few groups, said
+    assert "here no patient ids were given" in html  # folders of images: grouped by near duplicates alone, said
 
 
 def test_train_jobs_trains_the_folds_in_workers_as_one_process_does(easy_set: Path, tmp_path: Path, one_thread) -> None:
