@@ -55,9 +55,11 @@ def sample_groups(
     elif group_by == "patient":
         raise ConfigError("group_by 'patient' needs a patient column, but the manifest has no patient ids")
     if group_by in ("auto", "duplicates", "patient+duplicates"):
-        for g in duplicate_groups(fps if fps is not None else fingerprints(manifest, progress=progress), near=True):
+        near = duplicate_groups(fps if fps is not None else fingerprints(manifest, progress=progress), near=True)
+        for g in near:
             pairs += [(g[0], j) for j in g[1:]]
         used.append("duplicates")
+        _say_duplicates_under_two_labels(manifest, near)
     frames = manifest.frame_pairs()
     pairs += frames
     if any(a != b for a, b in frames):
@@ -70,6 +72,19 @@ def sample_groups(
     for comp in connected_groups(n, pairs):
         groups[comp] = comp[0]
     return groups, "+".join(used) or "none"
+
+
+def _say_duplicates_under_two_labels(manifest: Manifest, near: list[list[int]]) -> None:
+    """A note when near-duplicate groups hold images of different labels: one picture labelled two ways (a new user's
+    BUSI subset trained on benign (131) / malignant (51) with the report's audit the only place that said so)."""
+    labels, keys = manifest.table["label"].astype(str).tolist(), manifest.keys
+    mixed = [g for g in near if len({labels[i] for i in g if labels[i]}) > 1]
+    if mixed:
+        shown = " / ".join(f"{keys[i]} ({labels[i]})" for i in mixed[0][:3])
+        manifest.notes.append(
+            f"{len(mixed)} near-duplicate group(s) hold images of different labels, one picture labelled two ways "
+            f"(e.g. {shown}); they stay on one side of every split; `medcad data audit` lists them"
+        )
 
 
 def _groups_per_label(y: np.ndarray, groups: np.ndarray) -> dict[str, int]:

@@ -296,6 +296,7 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         _say_positive_changed(folder, targets.positive)
     for note in manifest.notes[said:] if say else []:  # how the labels were read
         log.warning("note: %s", note)
+    said = len(manifest.notes)
     if targets.mask_classes is not None and say:
         log.warning("note: lesion classes %s (from %s)", targets.mask_classes.describe(), targets.mask_classes.source)
     problems = targets.box_problems
@@ -306,6 +307,8 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         if missing:
             raise DataError(data, f"no images of domain(s) {missing}; domains here: {sorted(set(domains) - {''})}")
     splits = _prepare_splits(manifest, run, splits_path)  # a refused split leaves no run folder behind
+    for note in manifest.notes[said:] if say else []:  # what grouping the samples found (duplicates under two labels)
+        log.warning("note: %s", note)
     if write:
         out.mkdir(parents=True, exist_ok=True)
         if problems:
