@@ -46,6 +46,11 @@ def test_split_command_writes_splits(class_folders: Path, tmp_path: Path, monkey
     res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert len(json.loads(out.read_text())["folds"]) == 3
+    monkeypatch.chdir(
+        tmp_path
+    )  # the default --out in the working folder: said by its whole path (it had read "splits.json:")
+    res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "3"])
+    assert res.exit_code == 0 and f"{(tmp_path / 'splits.json').resolve()}: kfold" in " ".join(res.output.split())
     res = runner.invoke(app, ["data", "split", str(class_folders), "--folds", "9", "--out", str(out)])
     assert res.exit_code == 2 and "9-fold cross-validation needs" in res.output and "--folds 6" in res.output
 

@@ -235,6 +235,8 @@ def test_rows_an_external_read_left_out_are_kept_with_its_evaluation(
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
     assert metrics["n"] == 10 and metrics["left_out_by_the_read"]["n"] == 1
+    again = CliRunner().invoke(app, args[:-1])  # the same set again: its evaluation replaced, said
+    assert again.exit_code == 0 and "earlier evaluation" in again.output and "is replaced" in again.output
     (ledger,) = tiny_run.glob("evaluations/*/data_ledger.csv")
     left = pd.read_csv(ledger).query("status == 'left out'")
     assert list(left["path"].str.endswith("gone.png")) == [True] and "not found" in left["reason"].iat[0]

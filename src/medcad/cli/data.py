@@ -104,7 +104,7 @@ def data_split(
         typer.echo(f"note: {note}", err=True)
     sizes = ", ".join(f"{len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for f in splits["folds"])
     typer.echo(
-        f"{out}: {splits['method']}, {splits['n_folds']} fold(s), grouped by {splits['group_by']} "
+        f"{Path(out).resolve()}: {splits['method']}, {splits['n_folds']} fold(s), grouped by {splits['group_by']} "
         f"({splits['n_groups']} groups); train/val/test per fold: {sizes}"
     )
 

@@ -181,6 +181,8 @@ def evaluate_external(
         metrics["left_out_by_the_read"] = {"n": len(read.left_out), "ledger": read.line()}
     metrics["backend"] = predictor.backend
     where = evaluation_folder(run, data, evaluation)
+    if RunFolder(where).metrics.is_file():  # the same set evaluated again (other options): its evaluation replaced
+        notes.append(f"this set's earlier evaluation in {where} is replaced (to keep both, evaluate a copy of the set)")
     where.mkdir(parents=True, exist_ok=True)
     if read is not None:  # every file and row of the set, used or not with why, as a run's data_ledger.csv
         atomic_write_text(RunFolder(where).ledger, read.table().to_csv(index=False))
