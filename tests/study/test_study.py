@@ -429,7 +429,7 @@ def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
 
     assert _fmt({"value": 0.83, "ci95": [float("nan"), float("nan")]}) == f"0.830 (no CI: {NO_CI})"
     assert _fmt({"value": 0.83, "ci95": [None, None]}) == f"0.830 (no CI: {NO_CI})"
-    # an interval that says why it is missing (`stats.no_interval`: too few groups) is shown with its own reason
+    # an interval that says why it is missing (`stats.ci_entry`: too few groups) is shown with its own reason
     few = {"value": 0.83, "ci95": [None, None], "no_ci": "too few groups (4) for a 95 % interval from 1000 resamples"}
     assert _fmt(few) == f"0.830 (no CI: {few['no_ci']})"
     assert _fmt({"value": float("nan"), "ci95": [None, None]}) == "—"  # a separated slope had printed "nan (no CI...)"

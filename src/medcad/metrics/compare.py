@@ -26,8 +26,8 @@ from medcad.metrics.stats import (
     binary_scores,
     bootstrap_samples,
     bootstrap_weights,
+    ci_entry,
     expanded_p,
-    no_interval,
     percentile_ci,
     resampled_units,
     usable_samples,
@@ -58,12 +58,6 @@ def _bootstrap_p(diff: float, samples: np.ndarray, units: int | None) -> dict[st
     tail = min(int((s <= 0).sum()), int((s >= 0).sum()))
     p = min(1.0, max(2 * tail, 1) / s.size)
     return {"z": float(z), "p_value": expanded_p(p, units), "p_floor": expanded_p(1 / s.size, units)}
-
-
-def _difference_ci(samples: np.ndarray, units: int | None) -> dict[str, Any]:
-    """{"ci95": the difference's interval, and "no_ci": why, where there is none (`no_interval`)}."""
-    why = no_interval(samples, units=units)
-    return {"ci95": list(percentile_ci(samples, units=units)), **({"no_ci": why} if why else {})}
 
 
 def paired_auc_bootstrap(
@@ -109,7 +103,7 @@ def paired_auc_bootstrap(
         "auc_a": auc_a,
         "auc_b": auc_b,
         "difference": diff,
-        **_difference_ci(sa - sb, units),
+        **ci_entry(sa - sb, units),
         "auc_a_ci95": list(percentile_ci(sa, units=units)),
         "auc_b_ci95": list(percentile_ci(sb, units=units)),
         **_bootstrap_p(diff, sa - sb, units),
@@ -189,7 +183,7 @@ def paired_detection_bootstrap(
             "value_a": va,
             "value_b": vb,
             "difference": va - vb,
-            **_difference_ci(a - b, samples.units),
+            **ci_entry(a - b, samples.units),
             "ci95_a": list(percentile_ci(a, units=samples.units)),
             "ci95_b": list(percentile_ci(b, units=samples.units)),
             **_bootstrap_p(va - vb, a - b, samples.units),
@@ -247,7 +241,7 @@ def paired_dice_test(
         "mean_a": mean_a,
         "mean_b": mean_b,
         "difference": difference,
-        **_difference_ci(samples, units),
+        **ci_entry(samples, units),
         "p_value": tested["p_value"],
         "p_floor": tested["p_floor"],
         "n": int(n),

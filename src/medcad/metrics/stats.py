@@ -106,32 +106,35 @@ def percentile_ci(
     samples: Sequence[float] | np.ndarray, alpha: float = 0.05, units: int | None = None
 ) -> tuple[float, float]:
     """Percentile interval of bootstrap samples, expanded for the `units` (groups or rows) each resample drew
-    (`expanded_alpha`; plain where None); (nan, nan) where `no_interval` gives a reason; samples all alike give that
-    value."""
-    if no_interval(samples, alpha, units):
-        return float("nan"), float("nan")
-    valid = usable_samples(samples)
-    a = expanded_alpha(alpha, units)
-    if valid.min() == valid.max():
-        return float(valid[0]), float(valid[0])
-    lo, hi = np.percentile(valid, [50 * a, 100 - 50 * a])
-    return float(lo), float(hi)
+    (`expanded_alpha`; plain where None); (nan, nan) where there is none (`ci_entry` says why); samples all alike give
+    that value."""
+    return _interval(samples, alpha, units)[:2]
 
 
-def no_interval(samples: Sequence[float] | np.ndarray, alpha: float = 0.05, units: int | None = None) -> str:
-    """Why `percentile_ci` gives no interval ('' where it gives one): fewer than half of the samples finite; fewer than
-    2 units (every resample is the data itself); or, with `units` given, tails that hold less than half a sample each
-    (4 groups at 1,000 resamples: 0.012 % each, beyond their resolution: the interval would be the samples' range,
-    and a p read from it could not agree with it). Worded for the reports."""
+def ci_entry(samples: Sequence[float] | np.ndarray, units: int | None = None, alpha: float = 0.05) -> dict[str, Any]:
+    """{"ci95": `percentile_ci`, and "no_ci": why, worded for the reports, where there is no interval}."""
+    lo, hi, why = _interval(samples, alpha, units)
+    return {"ci95": [lo, hi], **({"no_ci": why} if why else {})}
+
+
+def _interval(samples: Sequence[float] | np.ndarray, alpha: float, units: int | None) -> tuple[float, float, str]:
+    """(lo, hi, why there is none: '' where there is one). None where fewer than half of the samples are finite; for
+    fewer than 2 units (every resample is the data itself); or, with `units` given, where the tails hold less than
+    half a sample each (4 groups at 1,000 resamples: 0.012 % each, beyond their resolution: the interval would be the
+    samples' range, and a p read from it could not agree with it)."""
+    nan = float("nan")
     valid = usable_samples(samples)
     if valid is None:
-        return "fewer than half of the resamples define it"
+        return nan, nan, "fewer than half of the resamples define it"
     a = expanded_alpha(alpha, units)
     if not np.isfinite(a):
-        return f"{units} group(s): every resample is the data itself"
+        return nan, nan, f"{units} group(s): every resample is the data itself"
     if units is not None and a / 2 * valid.size < 0.5:
-        return f"too few groups ({units}) for a {100 * (1 - alpha):g} % interval from {valid.size} resamples"
-    return ""
+        return nan, nan, f"too few groups ({units}) for a {100 * (1 - alpha):g} % interval from {valid.size} resamples"
+    if valid.min() == valid.max():
+        return float(valid[0]), float(valid[0]), ""
+    lo, hi = np.percentile(valid, [50 * a, 100 - 50 * a])
+    return float(lo), float(hi), ""
 
 
 def bootstrap_weights(
@@ -211,7 +214,7 @@ def weighted_bootstrap(
             interval is expanded for the groups among them, not all the set's.
 
     Returns:
-        {name: {"value": float, "ci95": [lo, hi]}, and "no_ci" (why, `no_interval`) where there is no interval}.
+        {name: {"value": float, "ci95": [lo, hi]}, and "no_ci" (why, `ci_entry`) where there is no interval}.
     """
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     g = None if groups is None else np.asarray(groups, dtype=object)
@@ -226,13 +229,7 @@ def point_and_ci(
     output: the point value and the `percentile_ci` of the samples, expanded for `units[name]` where given, else for
     the units `samples` says."""
     default = getattr(samples, "units", None)
-    out = {}
-    for k in point:
-        u = (units or {}).get(k, default)
-        out[k] = {"value": float(point[k][0]), "ci95": list(percentile_ci(samples[k], units=u))}
-        if why := no_interval(samples[k], units=u):
-            out[k]["no_ci"] = why
-    return out
+    return {k: {"value": float(point[k][0]), **ci_entry(samples[k], (units or {}).get(k, default))} for k in point}
 
 
 def resamples_used(samples: dict[str, np.ndarray], keys: dict[str, str]) -> dict[str, int]:

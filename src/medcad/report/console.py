@@ -163,7 +163,7 @@ def _fmt(m: dict | None) -> str:
     lo, hi = (m.get("ci95") or [None, None])[:2]
     if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
         ci = f" ({lo:.3f}–{hi:.3f})"
-    else:  # an interval no resample gave (None once written to JSON), or too few: stats.no_interval says why
+    else:  # an interval no resample gave (None once written to JSON), or too few: stats.ci_entry says why
         ci = f" (no CI: {m.get('no_ci') or NO_CI})" if "ci95" in m else ""
     return f"{m['value']:.3f}{ci}"
 
