@@ -427,13 +427,10 @@ def patients_from_dicom(manifest: Manifest) -> None:
 
 def label_map_advice(unknown: Sequence[str], labels: Sequence[str]) -> str:
     """What to do about `unknown` labels, not among `labels` (a model's, a run's): a --label-map for those that are
-    one of `labels` spelled otherwise (case, spaces, '-' or '_'), and for the others the choice, not a guess (the
-    first unknown label had been offered as the first of `labels`: 'MALIGNANT=benign')."""
-
-    def plain(label: str) -> str:
-        return "".join(ch for ch in label.casefold() if ch.isalnum())
-
-    same = {u: next((lab for lab in labels if plain(lab) == plain(u)), None) for u in unknown}
+    one of `labels` spelled otherwise (as `label_key` compares labels: case, spaces, '-' or '_', Unicode form), and
+    for the others the choice, not a guess (the first unknown label had been offered as the first of `labels`:
+    'MALIGNANT=benign')."""
+    same = {u: next((lab for lab in labels if label_key(lab) == label_key(u)), None) for u in unknown}
     said = []
     if matched := {u: lab for u, lab in same.items() if lab is not None}:
         said.append(f"rename them with --label-map '{','.join(f'{u}={lab}' for u, lab in matched.items())}'")
