@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from medcad.data.duplicates import (
-    Link,
     connected_groups,
     content_features,
+    cross_label,
     duplicate_groups,
     duplicate_links,
     large_groups,
@@ -207,15 +207,6 @@ def split_units(manifest: Manifest, groups: list[list[int]]) -> list[list[int]]:
     if not pairs:
         return groups
     return connected_groups(len(manifest), pairs + [(g[0], j) for g in groups for j in g[1:]])
-
-
-def cross_label(groups: list[list[int]], links: list[Link], labels: list[str]) -> list[list[int]]:
-    """Near duplicates under different labels: the groups that hold several labels, then each link between two
-    differently labelled images that the grouping put in different groups (so none is missed)."""
-    out = [g for g in groups if len({labels[i] for i in g}) > 1]
-    gid = {i: k for k, g in enumerate(groups) for i in g}
-    out += [[x.i, x.j] for x in links if labels[x.i] != labels[x.j] and gid.get(x.i, -1) != gid.get(x.j, -2)]
-    return out
 
 
 def split_leakage(manifest: Manifest, splits: dict, dup_groups: list[list[str]]) -> list[dict]:

@@ -443,3 +443,12 @@ def largest_group(manifest: Manifest, groups: list[list[int]], links: list[Link]
         "weakest_links": _link_rows(manifest, inside[:shown]),
         "links_to_other_images": sum((x.i in members) != (x.j in members) for x in links),
     }
+
+
+def cross_label(groups: list[list[int]], links: list[Link], labels: list[str]) -> list[list[int]]:
+    """Near duplicates under different labels: the groups that hold several labels, then each link between two
+    differently labelled images that the grouping put in different groups (so none is missed)."""
+    out = [g for g in groups if len({labels[i] for i in g}) > 1]
+    gid = {i: k for k, g in enumerate(groups) for i in g}
+    out += [[x.i, x.j] for x in links if labels[x.i] != labels[x.j] and gid.get(x.i, -1) != gid.get(x.j, -2)]
+    return out

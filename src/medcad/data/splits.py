@@ -77,8 +77,10 @@ def sample_groups(
 def _say_duplicates_under_two_labels(manifest: Manifest, near: list[list[int]]) -> None:
     """A note when near-duplicate groups hold images of different labels: one picture labelled two ways (a new user's
     BUSI subset trained on benign (131) / malignant (51) with the report's audit the only place that said so)."""
+    from medcad.data.duplicates import cross_label
+
     labels, keys = manifest.table["label"].astype(str).tolist(), manifest.keys
-    mixed = [g for g in near if len({labels[i] for i in g if labels[i]}) > 1]
+    mixed = cross_label([[i for i in g if labels[i]] for g in near], [], labels)  # the audit's rule, labelled images
     if mixed:
         shown = " / ".join(f"{keys[i]} ({labels[i]})" for i in mixed[0][:3])
         manifest.notes.append(
