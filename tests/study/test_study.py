@@ -371,6 +371,48 @@ def test_family_size_is_the_number_of_tests_holm_counted(by_class: list, dice: l
     assert {t["family_size"] for t in tests} <= {len(finite)}
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=6), st.randoms(use_true_random=False))
+def test_a_holm_p_that_follows_from_a_p_at_its_floor_is_a_bound(tests: list, rnd) -> None:
+    """A raw bootstrap p at its resolution is a bound (p < floor); a Holm-adjusted p that any raw p below its floor
+    would lower is a bound too (`p_holm_bound`, written "< ..."), and one that none would lower is exact: drawing the
+    floored p anywhere below their floors leaves every exact Holm p unchanged and never raises a bound (a raw
+    "< 0.0005" had given a Holm p of "0.0020", as if measured)."""
+    from medcad.metrics.compare import holm
+
+    floor = 1 / 2000
+    raw = [floor if floored else max(v, 2 * floor) for v, floored in tests]
+    pairs = [{"n_boot": 2000, "dice": {"p_value": v, "p_floor": floor}} for v in raw]
+    got = [pair["dice"] for pair in adjust_family(pairs)]
+    for _ in range(5):
+        drawn = holm([rnd.uniform(0, floor) if v == floor else v for v in raw])
+        for d, h in zip(got, drawn, strict=True):
+            assert h <= d["p_holm"] + 1e-12
+            if not d["p_holm_bound"]:
+                assert h == pytest.approx(d["p_holm"], abs=1e-12)
+    lowered = holm([0.0 if v == floor else v for v in raw])
+    assert [d["p_holm_bound"] for d in got] == [low < d["p_holm"] - 1e-12 for low, d in zip(lowered, got, strict=True)]
+
+
+def test_a_holm_p_that_is_a_bound_is_written_as_one() -> None:
+    """The console's and the study report's Holm column write a bound as "< ..." (as the raw p beside it)."""
+    from rich.console import Console
+
+    from medcad.report.console import _print_paired_tests
+    from medcad.report.html import _env
+
+    floored = {"difference": 0.1, "ci95": [0.05, 0.15], "p_value": 0.0005, "p_floor": 0.0005}
+    exact = {"difference": 0.1, "ci95": [0.05, 0.15], "p_value": 0.03, "p_floor": 0.0005}
+    pairs = adjust_family([{"a": "a", "b": "b", "n_boot": 2000, "dice": floored, "dice_lesion": exact}])
+    assert floored["p_holm"] == pytest.approx(0.001) and floored["p_holm_bound"] and not exact["p_holm_bound"]
+    console = Console(record=True, width=200)
+    _print_paired_tests(console, pairs)
+    dice_row = next(line for line in console.export_text().splitlines() if "Dice " in line and "lesion" not in line)
+    assert dice_row.count("< 0.0005") == 1 and "< 0.0010" in dice_row
+    p = _env().from_string('{% from "macros.html.j2" import p %}{{ p(d.p_holm, holm_floor(d)) }}')
+    assert p.render(d=floored) == "&lt; 0.0010" and p.render(d=exact) == "0.0300"
+
+
 def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_images(
     tmp_path: Path, two_domain_set: Path
 ) -> None:

@@ -254,6 +254,32 @@ def paired_dice_test(
     }
 
 
+def p_floor(test: dict, n_boot: int | None = None) -> float | None:
+    """The p a bootstrap test gives where no resample crossed 0: its p_floor, or 1 / B for a test written before
+    p_floor (its p was not expanded for few groups); None for an analytic test."""
+    n_boot = test.get("n_boot") or n_boot
+    return test.get("p_floor") or (1 / n_boot if n_boot else None)
+
+
+def at_floor(p: float | None, floor: float | None) -> bool:
+    """Whether a bootstrap p is its resolution `floor` (no resample crossed 0): a bound, p < floor, not a value."""
+    return bool(floor) and p is not None and p <= floor + 1e-12
+
+
+def holm_bounds(p_values: Sequence[float | None], floors: Sequence[bool]) -> tuple[list[float], list[bool]]:
+    """`holm` of a family where some raw p are bounds (`floors`: True where p < that value, `at_floor`), and whether
+    each adjusted p is a bound too: Holm's adjusted p rises with every raw p, so the family adjusted with those p at 0
+    gives each adjusted p's least value; where it is lower, the adjusted p shown is an upper bound (a raw "< 0.0005"
+    had given a Holm p of "0.0020", as if measured).
+
+    Returns:
+        (adjusted p-values (m,), is a bound (m,)), in the input order.
+    """
+    adjusted = holm(p_values)
+    least = holm([0.0 if f and v is not None and np.isfinite(v) else v for v, f in zip(p_values, floors, strict=True)])
+    return adjusted, [bool(a - lo > 1e-12) for a, lo in zip(adjusted, least, strict=True)]
+
+
 def holm(p_values: Sequence[float | None]) -> list[float]:
     """Holm step-down adjusted p-values (statsmodels `multipletests`); nan/None entries stay nan and are not
     counted in the family.

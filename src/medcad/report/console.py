@@ -6,6 +6,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from medcad.metrics.compare import at_floor, p_floor
+
 
 def print_summary(s: dict, console: Console | None = None) -> None:
     """Print the output of `medcad.data.summary.summarize`."""
@@ -398,16 +400,14 @@ def p_value_text(v: float | None, floor: float | None = None) -> str:
     nan)."""
     if v is None or v != v:
         return "—"
-    if floor and v <= floor + 1e-12:
+    if at_floor(v, floor):
         return f"< {max(floor, 0.0001):.4f}"  # beyond 10,000 resamples the bound is below 4 decimals
     return "< 0.0001" if v < 0.0001 else f"{v:.4f}"
 
 
-def p_floor(test: dict, n_boot: int | None = None) -> float | None:
-    """The p a bootstrap test gives where no resample crossed 0: its p_floor, or 1 / B for a test written before
-    p_floor (its p was not expanded for few groups); None for an analytic test."""
-    n_boot = test.get("n_boot") or n_boot
-    return test.get("p_floor") or (1 / n_boot if n_boot else None)
+def holm_floor(test: dict) -> float | None:
+    """A test's Holm-adjusted p as the bound `p_value_text` writes "< ..." of, where it is one (`p_holm_bound`)."""
+    return test.get("p_holm") if test.get("p_holm_bound") else None
 
 
 def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
@@ -444,5 +444,5 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
             t.add_row(f"[bold]{p['a']} vs {p['b']}{on}[/bold]", "", "", "", end_section=False)
         diff = _fmt({"value": d.get("difference"), "ci95": d.get("ci95"), "no_ci": d.get("no_ci")})
         raw = p_value_text(d["p_value"], p_floor(d, p.get("n_boot")))
-        t.add_row(f"  {what}", diff, raw, p_value_text(d.get("p_holm")))
+        t.add_row(f"  {what}", diff, raw, p_value_text(d.get("p_holm"), holm_floor(d)))
     c.print(t)

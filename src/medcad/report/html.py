@@ -16,11 +16,13 @@ from medcad.runfolder import RunFolder
 def _env():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from medcad.report.console import NO_CI, p_floor, p_value_text
+    from medcad.metrics.compare import p_floor
+    from medcad.report.console import NO_CI, holm_floor, p_value_text
 
     env = Environment(loader=PackageLoader("medcad.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
     env.globals["p_value_text"] = p_value_text  # one rule for p-values in the terminal and the reports
     env.globals["p_floor"] = p_floor
+    env.globals["holm_floor"] = holm_floor
     env.globals["NO_CI"] = NO_CI  # the console's words where an interval does not say why it is missing
     return env
 

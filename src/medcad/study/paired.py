@@ -146,17 +146,21 @@ def _score_threshold(run: Path) -> float:
 def adjust_family(pairs: list[dict]) -> list[dict]:
     """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each pair),
     every Dice test and every detection test (AP50, mAP, F1 and frame accuracy of each pair of detectors) gets `p_holm`
-    beside its raw `p_value`, and `family_size`, the number of tests Holm adjusted over (those with a p-value; a nan one
-    is left out of the family and its p_holm is nan); DeLong's image-level p-values form their own family. Returns
-    `pairs`."""
-    from medcad.metrics.compare import holm
+    beside its raw `p_value`, `p_holm_bound` (True where p_holm is an upper bound: it follows from a raw p at its
+    bootstrap's resolution, `medcad.metrics.compare.holm_bounds`), and `family_size`, the number of tests Holm
+    adjusted over (those with a p-value; a nan one is left out of the family and its p_holm is nan); DeLong's
+    image-level p-values form their own family. Returns `pairs`."""
+    from medcad.metrics.compare import at_floor, holm, holm_bounds, p_floor
 
-    tests = [d for p in pairs for d in (p.get("by_class") or {}).values()]
-    tests += [p[k] for p in pairs for k in ("dice", "dice_lesion", *DETECTION_TESTS) if k in p]
-    adjusted = holm([d["p_value"] for d in tests])
+    tested = [(p, d) for p in pairs for d in (p.get("by_class") or {}).values()]
+    tested += [(p, p[k]) for p in pairs for k in ("dice", "dice_lesion", *DETECTION_TESTS) if k in p]
+    tests = [d for _, d in tested]
+    floors = [at_floor(d["p_value"], p_floor(d, p.get("n_boot"))) for p, d in tested]
+    adjusted, bounds = holm_bounds([d["p_value"] for d in tests], floors)
     family_size = int(np.isfinite(adjusted).sum())  # holm's m: the finite p-values, adjusted to finite ones
-    for d, adj in zip(tests, adjusted, strict=True):
+    for d, adj, bound in zip(tests, adjusted, bounds, strict=True):
         d["p_holm"] = adj
+        d["p_holm_bound"] = bound
         d["family_size"] = family_size
     secondary = [d["delong_image_level"] for d in tests if "delong_image_level" in d]
     for d, adj in zip(secondary, holm([d["p_value"] for d in secondary]), strict=True):
