@@ -8,6 +8,7 @@ import io
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,81 @@ def test_token_and_bind(tiny_run: Path, easy_set: Path) -> None:
         assert client.post("/predict", content=good_image(easy_set)).status_code == 401
         auth = {"Authorization": "Bearer s3cret"}
         assert client.post("/predict", content=good_image(easy_set), headers=auth).status_code == 200
+
+
+def _finished(jobs, job: str) -> dict:
+    for _ in range(300):
+        state = jobs.get(job)
+        if state["status"] in ("done", "failed"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} did not finish: {state}")
+
+
+def test_a_video_jobs_frames_keep_labels_that_read_as_missing_or_as_numbers(easy_set: Path, tmp_path: Path) -> None:
+    """A video job's frames carry the model's labels as they are spelled: classes named "None" and "0" (a CSV's
+    0 / 1 labels) had come back as null and 0 (the frames were read back from their CSV), and the page then listed
+    "null" as a finding."""
+    import cv2
+    from test_video import make_video
+
+    from medcad.config import TrainConfig
+    from medcad.engine.train import train_run
+    from medcad.inference.jobs import VideoJobs
+
+    data = tmp_path / "spelled"
+    for source, label in (("lesion", "None"), ("normal", "0")):
+        (data / label).mkdir(parents=True)
+        for f in (easy_set / source).glob("*.png"):
+            (data / label / f.name).symlink_to(f)
+    cfg = TrainConfig(image_size=32, epochs=1, head_epochs=1, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+    train_run(data, tmp_path / "run", cfg, progress=False)
+    predictor = load_predictor(tmp_path / "run", backend="torch-fp32")
+    assert sorted(predictor.labels) == ["0", "None"]
+    frames = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))[:4]]
+    clip = make_video(tmp_path / "clip.mp4", frames).read_bytes()
+    jobs = VideoJobs(predictor, tmp_path / "work", Limits())
+    (tmp_path / "work").mkdir()
+    state = _finished(jobs, jobs.submit(clip))
+    assert state["status"] == "done", state
+    assert {f["label"] for f in state["frames"]} <= {"0", "None"}
+    assert {f["smoothed"] for f in state["frames"]} <= {"0", "None"}
+    assert all(isinstance(f["p_None"], float) for f in state["frames"])
+    jobs.close()
+
+
+def test_video_jobs_arriving_together_get_the_slots_there_are(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
+    """Clips uploaded at the same moment take the `max_jobs` slots there are and no more (each had been checked
+    against the count before any was registered: 6 of 6 accepted with 2 slots), and no waiting job is forgotten."""
+    import cv2
+    from test_video import make_video
+
+    from medcad.inference.jobs import VideoJobs
+
+    predictor = load_predictor(tiny_run, backend="torch-fp32")
+    gate, predict = threading.Event(), predictor.predict
+    predictor.predict = lambda *a, **k: (gate.wait(), predict(*a, **k))[1]  # jobs wait until the uploads are in
+    frames = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))[:3]]
+    clip = make_video(tmp_path / "clip.mp4", frames).read_bytes()
+    (tmp_path / "work").mkdir()
+    jobs = VideoJobs(predictor, tmp_path / "work", Limits(), max_jobs=2, keep=1)
+    together = threading.Barrier(6)
+
+    def upload() -> str | None:
+        together.wait()
+        try:
+            return jobs.submit(clip)
+        except QueueFull:
+            return None
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            accepted = [j for j in pool.map(lambda _: upload(), range(6)) if j]
+        assert len(accepted) == 2 and jobs.active() == 2
+    finally:
+        gate.set()
+    assert [_finished(jobs, j)["status"] for j in accepted] == ["done", "done"]
+    jobs.close()
 
 
 def test_video_job(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:

@@ -272,7 +272,8 @@ def predict(
     except MedcadError as e:
         _fail(e)
     if as_json:
-        typer.echo(json.dumps(records + summaries + video_errors, indent=1, default=str))
+        said = [{k: v for k, v in s.items() if k != "rows"} for s in summaries]  # the frames are in their CSVs
+        typer.echo(json.dumps(records + said + video_errors, indent=1, default=str))
     else:
         if table is not None:
             written = ["<image>_overlay.png"] * overlays + ["<image>_mask.png"] * ("lesion_fraction" in table)

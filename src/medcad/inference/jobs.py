@@ -23,10 +23,12 @@ from medcad.inference.uploads import Limits, UploadError, sniff, sniff_video
 from medcad.inference.video import predict_video
 
 CLIPS = "MP4, MOV, AVI, MKV, WebM, MPEG-TS, MPEG-PS, Ogg, FLV"  # what sniff_video recognises
+WAITING = ("checking", "queued", "running")  # a job's states before it is done or failed
 
 
 class VideoJobs:
-    """At most `max_jobs` clips waiting or running (one at a time); the states of the last `keep` are kept.
+    """At most `max_jobs` clips being checked, waiting or running (one at a time); the states of the last `keep`
+    finished ones are kept beside them.
 
     Args:
         predictor: the server's predictor.
@@ -44,9 +46,12 @@ class VideoJobs:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medcad-video")
 
     def active(self) -> int:
-        """Jobs waiting or running."""
+        """Jobs being checked, waiting or running."""
         with self._lock:
-            return sum(s["status"] in ("queued", "running") for s in self.states.values())
+            return self._active()
+
+    def _active(self) -> int:
+        return sum(s["status"] in WAITING for s in self.states.values())
 
     def get(self, job: str) -> dict | None:
         """A copy of a job's state, or None."""
@@ -67,30 +72,43 @@ class VideoJobs:
         if not sniff_video(data) and kind != "dicom":  # a multi-frame DICOM is a cine: predicted as a clip
             hint = " (it is an image: POST it to /predict)" if kind else ""
             raise UploadError(415, f"the upload is not a video clip ({CLIPS}) or a DICOM cine by its content{hint}")
-        if self.active() >= self.max_jobs:
-            raise QueueFull(max(5, math.ceil(30 * self.active())))
         job = uuid.uuid4().hex[:16]
+        with self._lock:  # the slot is taken before the (slow) check: uploads arriving together cannot all pass
+            active = self._active()
+            if active >= self.max_jobs:
+                raise QueueFull(max(5, math.ceil(30 * active)))
+            self.states[job] = {"job": job, "status": "checking", "frames_done": 0, "frames_total": 0}
         folder = self.workdir / f"job-{job}"
-        folder.mkdir()
-        clip = folder / ("clip.dcm" if kind == "dicom" else "clip.video")
-        clip.write_bytes(data)
+        try:
+            folder.mkdir()
+            clip = folder / ("clip.dcm" if kind == "dicom" else "clip.video")
+            clip.write_bytes(data)
+            frames = self._checked_frames(clip, kind)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            with self._lock:
+                self.states.pop(job, None)
+            raise
+        with self._lock:
+            self.states[job].update(status="queued", frames_total=frames)
+            finished = [k for k, s in self.states.items() if s["status"] not in WAITING]
+            for k in finished[: max(0, len(finished) - self.keep)]:  # the oldest finished ones; never a waiting one
+                del self.states[k]
+        self._pool.submit(self._run, job, clip)
+        return job
+
+    def _checked_frames(self, clip: Path, kind: str | None) -> int:
+        """The clip's estimated frame count. Raises UploadError 422 undecodable, 413 too many frames."""
         try:
             frames = probe_video(clip).estimated_frames
         except DataError as e:
-            shutil.rmtree(folder, ignore_errors=True)
             hint = " (POST a single image to /predict)" if kind == "dicom" and "single-frame" in e.problem else ""
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}{hint}") from e
         if frames > self.limits.max_video_frames:
-            shutil.rmtree(folder, ignore_errors=True)
             raise UploadError(
                 413, f"the clip has {frames} frames, more than this server's limit of {self.limits.max_video_frames}"
             )
-        with self._lock:
-            self.states[job] = {"job": job, "status": "queued", "frames_done": 0, "frames_total": frames}
-            while len(self.states) > self.keep + self.max_jobs:
-                self.states.popitem(last=False)
-        self._pool.submit(self._run, job, clip)
-        return job
+        return frames
 
     def _update(self, job: str, **fields) -> None:
         with self._lock:
@@ -107,8 +125,10 @@ class VideoJobs:
                 write_video=False,
                 progress=lambda done, total: self._update(job, frames_done=done, frames_total=max(done, total)),
             )
-            table = pd.read_csv(summary["csv"])
-            frames = json.loads(table.to_json(orient="records"))  # NaN -> null
+            frames = json.loads(pd.DataFrame(summary["rows"]).to_json(orient="records"))  # NaN -> null
+            for f in frames:  # a detector's boxes: a list, not the CSV's JSON text
+                if isinstance(f.get("boxes"), str):
+                    f["boxes"] = json.loads(f["boxes"])
             keep = (
                 "frames_predicted",
                 "frames_dropped",

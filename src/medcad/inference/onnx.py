@@ -8,6 +8,7 @@ on model.int8.onnx). Both runtimes run the same file, so the graph's outputs and
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ class GraphSession:
             if not all(names):
                 raise ConfigError(f"{self.path}: its description (model.json) names outputs the graph lacks")
             self.output_names = [found[0] for found in names]
+            self._requests = threading.local()  # one infer request per thread (see `_run`)
         else:
             import onnxruntime as ort
 
@@ -68,8 +70,14 @@ class GraphSession:
             self.output_names = [o.name for o in self._ort.get_outputs()]
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for one batch, safe to call from several threads at once: ONNX Runtime's session
+        runs are; OpenVINO's compiled model called as a function reuses one infer request, so each thread has its
+        own (two threads had been handed each other's outputs: serve's batcher beside a video job)."""
         if hasattr(self, "_ov"):
-            result = self._ov({"images": x})
+            request = getattr(self._requests, "request", None)
+            if request is None:
+                request = self._requests.request = self._ov.create_infer_request()
+            result = request.infer({"images": x})  # copies of the outputs (share_outputs=False)
             return [np.asarray(result[out]) for out in self._ov.outputs]
         return self._ort.run(None, {"images": x})
 

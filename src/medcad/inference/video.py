@@ -79,7 +79,8 @@ def predict_video(
         A summary: frames predicted; `frames_dropped` and `dropped_frames` ({frame, time_s, reason}) for frames that
         could not be decoded; `frames_skipped` by `realtime` and their indices (`skipped_frames`);
         `truncated`/`truncation`; `rotation` applied; frames/s end to end and per-frame latency; `smooth`, the
-        frames the smoothed decision averages over.
+        frames the smoothed decision averages over; `rows`, the frames' rows as the CSV has them (before CSV
+        reading could take a class named "None" for a missing value or "0" for a number).
         `progress(frames done, frames in video)` is called after each batch.
 
     Raises:
@@ -156,6 +157,7 @@ def predict_video(
         "smooth": max(1, smooth),
         "latency_ms_per_frame": 1000 * float(np.median(latencies)) if latencies else None,
         "csv": str(out_dir / f"{stem}_frames.csv"),
+        "rows": rows,
         "annotated": str(out_dir / f"{stem}_annotated.mp4") if write_video else None,
     }
 
