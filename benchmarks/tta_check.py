@@ -19,7 +19,7 @@ import torch
 from common import write_result
 
 from medcad.checkpoint import load_model_file
-from medcad.data.datasets import cached_images
+from medcad.data.datasets import run_images
 from medcad.data.layouts import load_manifest
 from medcad.data.transforms import Normalize
 from medcad.engine.evaluate import load_run_config
@@ -35,7 +35,7 @@ def fold_predictions(run: Path, hflip: bool) -> dict[str, np.ndarray]:
     """Out-of-fold test rows, class probabilities and (mask runs) lesion probabilities of every fold model."""
     cfg, meta = load_run_config(run)
     manifest = load_manifest(meta["data"], cfg.data_options())
-    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
+    images = run_images(manifest, cfg, progress=False)
     rows, probs, masks = [], [], []
     for fold in sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
         test = np.array(json.loads((fold / "result.json").read_text())["test_rows"], dtype=int)

@@ -110,6 +110,13 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
     return np.load(path, mmap_mode="r")
 
 
+def run_images(manifest: Manifest, cfg, *, progress: bool = True) -> np.ndarray:
+    """`cached_images` as a run's training prepared them (its TrainConfig's image size, bilateral filter and
+    interface option): what every later reader of a run's images (export checks, reports, evaluation) must see; an
+    export's checks had seen uncropped images where the run cropped to the imaging area."""
+    return cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=progress)
+
+
 def cached_images(
     manifest: Manifest, size: int, *, bilateral: bool = False, interface: str = "none", progress: bool = True
 ) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from medcad.atomic import atomic_write_text
 from medcad.config import RESUMABLE_KEYS, TrainConfig
-from medcad.data.datasets import cached_images, image_cache_key
+from medcad.data.datasets import image_cache_key, run_images
 from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import Manifest
@@ -334,9 +334,7 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         if splits_path is None or not folder.splits.is_file():
             save_splits(splits, folder.splits)
     t0 = time.perf_counter()
-    images = cached_images(
-        manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=progress and write
-    )
+    images = run_images(manifest, cfg, progress=progress and write)
     return manifest, targets, splits, images, time.perf_counter() - t0
 
 

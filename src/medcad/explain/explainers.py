@@ -4,11 +4,13 @@ segmenter's or detector's maps are shown one row per fold model (their maps are 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 
+from medcad.data.interface import find_interface
 from medcad.errors import ConfigError
 from medcad.explain.gradcam import explain_predictor, overlay
 from medcad.tasks import TASKS
@@ -26,7 +28,8 @@ def explain_classes(predictor, rgb: np.ndarray, layer: str | None = None, label:
     heat, probs = explain_predictor(predictor, predictor.prepare(rgb)[None], classes, layer, probs)
     c = int(probs[0].argmax()) if classes is None else classes[0]
     caption = f"Grad-CAM for {predictor.labels[c]} (p={probs[0, c]:.3f})"
-    return overlay(rgb, heat[0], f"{predictor.labels[c]} p={probs[0, c]:.2f}"), caption
+    seen = find_interface(rgb, predictor.config.interface).box  # the imaging area a crop kept: the model saw that
+    return overlay(rgb, heat[0], f"{predictor.labels[c]} p={probs[0, c]:.2f}", box=seen), caption
 
 
 MAX_SIDE = 512  # explain tiles: the image's size, shrunk (aspect kept) so that its longer side is at most this
@@ -125,11 +128,18 @@ def _shown(rgb: np.ndarray) -> tuple[np.ndarray, float]:
 
 def bound_explainer(predictor) -> Callable:
     """The task's explainer bound to `predictor` for serve: (rgb (H, W, 3) uint8, the predictor's `Prediction` of
-    it) -> (RGB picture, caption), the prediction not made again."""
+    it) -> (RGB picture, caption), the prediction not made again. Safe to call from several threads, beside
+    predictions: it explains on networks of its own (`Predictor.with_own_networks`, made at the first call), one
+    image at a time (the CAM hooks them)."""
     explainer = EXPLAINERS[predictor.task]
+    lock = threading.Lock()
+    own: list = []
 
     def explain(rgb: np.ndarray, prediction) -> tuple[np.ndarray, str]:
-        return explainer(predictor, rgb, prediction=prediction)
+        with lock:
+            if not own:
+                own.append(predictor.with_own_networks())
+            return explainer(own[0], rgb, prediction=prediction)
 
     return explain
 

@@ -61,14 +61,25 @@ def gradcam(
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, caption: str | None = None, alpha: float = 0.45) -> np.ndarray:
-    """Blend a heat-map (jet colours) over an RGB uint8 image; optional caption bar at the top."""
+def overlay(
+    image: np.ndarray,
+    heat: np.ndarray,
+    caption: str | None = None,
+    alpha: float = 0.45,
+    box: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """Blend a heat-map (jet colours, 0..1, any size) over an RGB uint8 image (H, W, 3), stretched over the whole
+    image or over `box` (x0, y0, x1, y1, end-exclusive: the part of the image the model saw, e.g. the imaging area an
+    interface option cropped to; the rest is left as it is); optional caption bar at the top."""
     import cv2
 
     h, w = image.shape[:2]
-    heat = cv2.resize(heat.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    x0, y0, x1, y1 = box or (0, 0, w, h)
+    heat = cv2.resize(heat.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
-    out = (image.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
+    out = image.copy()
+    part = image[y0:y1, x0:x1].astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha
+    out[y0:y1, x0:x1] = part.astype(np.uint8)
     return with_caption(out, caption) if caption else out
 
 

@@ -105,6 +105,7 @@ def model_card(predictor: Predictor) -> dict:
             "std": predictor.data_config.get("std"),
             "interpolation": RESIZE_RULE,
             "bilateral_filter": bool(cfg.bilateral),
+            "interface": cfg.interface,  # "crop": each frame cut to its imaging area first (medcad.data.interface)
         },
         "medcad": __version__,
         "intended_use": "research use only; not a medical device",

@@ -48,6 +48,7 @@ class ClassPredictor(Predictor):
     tasks = ("classify",)
     graph_outputs = ("probabilities",)
     agreement_measure = "top1_agreement"
+    built_from_networks = ("_net",)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -14,6 +14,7 @@ non-maximum suppression); with `fold=k` that fold's model alone; or a single mod
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -145,6 +146,7 @@ class Predictor:
     cut: tuple[str, float] | None = None
     frame_score_kind, min_frame_score = "lesion_area", 0.0  # masks: the frame-level decision (see Prediction)
     networks_at_start = False  # build the torch networks as the predictor starts on a graph backend too
+    built_from_networks: tuple[str, ...] = ()  # attributes a subclass builds from `models` (None until then)
 
     def __init__(
         self,
@@ -198,6 +200,18 @@ class Predictor:
                 built = [build_model(meta, f) for meta, f in zip(self.metas, self.files, strict=True)]
                 self._built = [m.to(self.device) for m in built]
             return self._built
+
+    def with_own_networks(self) -> Predictor:
+        """A copy of this predictor, the same in every setting, whose torch networks are its own (copies of
+        `models`, built first if not yet): hooks and gradients on them (Grad-CAM, in serve) see nothing of what other
+        threads predict with this one at the same time (a CAM had taken in a video frame's activations). Its graph
+        session, if any, is this one's (sessions answer each thread for its own images)."""
+        networks = [copy.deepcopy(m) for m in self.models]  # under no lock: inference does not change the weights
+        twin = copy.copy(self)
+        twin._built, twin.build_lock, twin._remembered = networks, threading.RLock(), None
+        for name in self.built_from_networks:
+            setattr(twin, name, None)
+        return twin
 
     def decide_at(self, operating_point: str | None, cut: tuple[str, float] | None) -> Predictor:
         """Name the class at a validated operating point (`validated_cut`: the positive class when its

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,8 +77,9 @@ def create_app(
     Args:
         predictor: any task's predictor (`medcad.inference.registry.load_predictor`).
         options: limits, queue and token.
-        explain: (rgb (H, W, 3) uint8, its `Prediction`) -> (RGB picture, caption), e.g.
-            `medcad.explain.explainers.bound_explainer(predictor)`; None turns `?gradcam=true` into a 400.
+        explain: (rgb (H, W, 3) uint8, its `Prediction`) -> (RGB picture, caption), called from the batcher's
+            threads beside predictions, e.g. `medcad.explain.explainers.bound_explainer(predictor)` (safe there);
+            None turns `?gradcam=true` into a 400.
 
     A pixel limit above medcad's decoding default raises it for this process (`medcad.data.pixel_limit.allow_pixels`).
 
@@ -145,26 +145,21 @@ def _start(predictor: Predictor, opts: ServeOptions, explain: Callable | None) -
         check_png_values(tuple(predictor.class_values or ()))
     except MedcadError as e:  # a signed or 32-bit label map's values: ?mask=rle still answers
         card["mask_png_refused"] = str(e)
-    run_batch = _batch_runner(predictor, explain, opts.workers > 1)
+    run_batch = _batch_runner(predictor, explain)
     batcher = Batcher(run_batch, opts.max_queue, opts.max_batch, opts.workers)
     jobs = VideoJobs(predictor, workdir, opts.limits, opts.max_jobs)
     return ServeState(opts, card, batcher, jobs, workdir, explain)
 
 
-def _batch_runner(predictor: Predictor, explain: Callable | None, threaded: bool) -> Callable:
+def _batch_runner(predictor: Predictor, explain: Callable | None) -> Callable:
     """The batcher's function: [(rgb, gradcam)] -> [{"prediction", "heatmap" when gradcam}]."""
-    lock = threading.Lock() if threaded else None  # explainers hook the model: one at a time
 
     def run_batch(items: list[tuple[np.ndarray, bool]]) -> list[dict]:
         preds = predictor.predict([rgb for rgb, _ in items], [f"image-{i}" for i in range(len(items))])
         out = [{"prediction": p} for p in preds]
         for (rgb, cam), o in zip(items, out, strict=True):
             if cam:
-                if lock is None:
-                    picture, caption = explain(rgb, o["prediction"])
-                else:
-                    with lock:
-                        picture, caption = explain(rgb, o["prediction"])
+                picture, caption = explain(rgb, o["prediction"])
                 o["heatmap"] = {"image": data_url(picture), "caption": caption}
         return out
 

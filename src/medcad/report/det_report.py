@@ -121,10 +121,10 @@ def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFram
     if histories:
         figures["det_curves"] = loss_curves_png(histories)
     if gallery:
-        from medcad.data.datasets import cached_images
+        from medcad.data.datasets import run_images
         from medcad.targets import load_targets
 
-        images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
+        images = run_images(manifest, cfg, progress=False)
         targets = load_targets(manifest, cfg, metrics["labels"])
         figures["detections"] = sample_tiles(
             run,

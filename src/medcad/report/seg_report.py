@@ -92,7 +92,7 @@ def attention_tiles(run: Path, manifest, images: np.ndarray, pred: pd.DataFrame,
 
 def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: bool = True) -> dict:
     """Figures (as PNG bytes) of a segmentation or multitask run."""
-    from medcad.data.datasets import cached_images
+    from medcad.data.datasets import run_images
     from medcad.data.labelmaps import parse_mask_labels
     from medcad.targets import load_targets
 
@@ -105,7 +105,7 @@ def collect_segmentation(run: Path, manifest, cfg, pred: pd.DataFrame, gallery: 
         )
     }
     if gallery:
-        images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
+        images = run_images(manifest, cfg, progress=False)
         masks = load_targets(manifest, cfg).masks
         classes = list(parse_mask_labels(cfg.mask_labels).names) if cfg.mask_labels else None
         for kind, png in case_tiles(run, manifest, images, masks, pred, classes).items():

@@ -54,7 +54,7 @@ def evaluate_external(
     Returns:
         (metrics, folder written, notes on how the dataset was read).
     """
-    from medcad.data.datasets import cached_images
+    from medcad.data.datasets import run_images
 
     run = Path(run)
     cfg, meta = load_run_config(run)
@@ -107,7 +107,7 @@ def evaluate_external(
             ]
     fps = fingerprints(manifest)  # the set's: for its near duplicates of the run's images, and its CI groups
     overlap, near, near_note = _runs_own_images(run, manifest, meta, cfg, fps)
-    images = np.asarray(cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface))
+    images = np.asarray(run_images(manifest, cfg))
     # clusters for the CIs, as a run's splits group: patient, near-duplicate group, the frames of one file
     groups, grouped_by = sample_groups(manifest, "auto", fps=fps)
     rows = np.arange(len(manifest))

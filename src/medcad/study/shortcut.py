@@ -18,7 +18,7 @@ import numpy as np
 
 from medcad.atomic import atomic_path
 from medcad.config import TrainConfig
-from medcad.data.datasets import cached_images, cached_masks
+from medcad.data.datasets import cached_masks, run_images
 from medcad.data.splits import fold_indices, load_splits, row_groups
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError, DataError
@@ -78,7 +78,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
         raise DataError(meta["data"], "has no lesion masks: the shortcut check blanks the lesion, so it needs them")
     labels = meta["labels"]
     splits = load_splits(RunFolder(run).splits, manifest)
-    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, interface=cfg.interface, progress=False)
+    images = run_images(manifest, cfg, progress=False)
     masks = cached_masks(manifest, cfg.image_size, missing="empty", interface=cfg.interface, progress=False)
     y_all = np.array([labels.index(v) if v in labels else -1 for v in manifest.table["label"]])
     group_map = splits.get("groups") or {}
