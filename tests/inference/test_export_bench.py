@@ -394,6 +394,16 @@ def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path
     assert [(t["float_layers"], t["format"]) for t in out["tried"]] == [(0, "QDQ"), (2, "QDQ"), (0, "QOperator")]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("q.")) == ["q.onnx"]  # no candidate left
 
+    def failing(path: Path) -> float:  # a measurement that fails after two candidates were built
+        if len(list(tmp_path.glob("q.tmp*"))) > 1:
+            raise RuntimeError("cut off")
+        return 0.5
+
+    (tmp_path / "q.onnx").unlink()
+    with pytest.raises(RuntimeError, match="cut off"):
+        export.quantize_int8(tmp_path / "exp" / "model.onnx", tmp_path / "q.onnx", calib, failing)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("q.")]  # no prepared graph, no candidate
+
 
 def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path) -> None:
     """`bench --fold 1` and `export --fold 1` measure on fold 1's test images (bench's accuracy is fold 1's test
@@ -579,6 +589,32 @@ def test_openvino_names_each_output_as_the_export_describes_it(tmp_path: Path) -
     (tmp_path / "model.json").unlink()
     with pytest.raises(ConfigError, match=r"model\.json: the export's description is missing"):
         GraphSession(path, "openvino-fp32", threads=1)
+
+
+@pytest.mark.parametrize("backend", ["onnx-fp32", "openvino-fp32"])
+def test_a_graph_answers_each_thread_for_its_own_images(tmp_path: Path, backend: str) -> None:
+    """Threads running one graph session at once (serve's batcher beside a video job) each get their own images'
+    outputs: OpenVINO's compiled model, called as a function, had shared one infer request between them (243 of 600
+    answers were another thread's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medcad.inference.onnx import GraphSession
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return (x.mean((1, 2, 3)),)
+
+    path = tmp_path / "model.onnx"
+    export_graph(Mean(), path, 16, ["mean"])
+    session = GraphSession(path, backend, threads=1)
+    batches = [np.full((4, 16, 16, 3), v, np.uint8) for v in (10, 200)]
+
+    def wrong(k: int) -> int:
+        value = float(batches[k][0, 0, 0, 0])
+        return sum(not np.allclose(session.run(batches[k], 4)["mean"], value) for _ in range(150))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(wrong, [0, 1])) == [0, 0]
 
 
 def test_a_reduced_precision_backend_needs_enough_images_to_show_it_agrees(tiny_run: Path, monkeypatch) -> None:

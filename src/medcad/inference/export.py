@@ -68,7 +68,7 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     Raises:
         DataError: the run's data or splits cannot be read, or the splits have no fold k.
     """
-    from medcad.data.datasets import cached_images
+    from medcad.data.datasets import run_images
     from medcad.data.splits import fold_indices, load_splits
     from medcad.targets import run_dataset
 
@@ -85,7 +85,7 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     if split is None:
         raise DataError(RunFolder(run).splits, f"no fold {k} in the splits (folds: {len(folds)})")
     parts = fold_indices(manifest, split)
-    images = cached_images(manifest, cfg.image_size, bilateral=cfg.bilateral, progress=False)
+    images = run_images(manifest, cfg, progress=False)
     rng = np.random.default_rng(0)
     calib = rng.permutation(parts["val"])[:n]
     if len(calib) < n:
@@ -340,17 +340,27 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, agreement) -> dict:
 
     Returns:
         {"agreement_calibration", "format", "float_layers" (names kept in float beyond the depthwise ones),
-        "reduce_range", "tried": [{"float_layers": n, "format", "agreement"}]}.
+        "reduce_range", "tried": [{"float_layers": n, "format", "agreement"}]}. The files it makes on the way are
+        removed, also where it fails.
     """
+    if len(calib) == 0:
+        raise ConfigError("no images to calibrate int8 quantisation")
+    pre = dst.with_suffix(".pre.onnx")
+    try:
+        return _quantize_best(src, dst, pre, calib, agreement)
+    finally:
+        for p in (pre, *dst.parent.glob(f"{dst.stem}.tmp{os.getpid()}.*.onnx")):
+            p.unlink(missing_ok=True)
+
+
+def _quantize_best(src: Path, dst: Path, pre: Path, calib: np.ndarray, agreement) -> dict:
+    """`quantize_int8`'s search, its files beside `dst` (`pre`, the graph prepared for quantisation; candidates)."""
     import onnx
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from medcad.devices import machine
 
-    if len(calib) == 0:
-        raise ConfigError("no images to calibrate int8 quantisation")
-    pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     nodes = onnx.load(str(pre)).graph.node
     depthwise = [
@@ -391,8 +401,6 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, agreement) -> dict:
         other, other_value = candidate_path(extra, QuantFormat.QOperator), -1.0
     best, best_value, fmt = (other, other_value, "QOperator") if other_value > value else (path, value, "QDQ")
     os.replace(best, dst)
-    for p in (path, other, pre):
-        p.unlink(missing_ok=True)
     return {
         "agreement_calibration": round(best_value, 4),
         "format": fmt,
