@@ -153,6 +153,41 @@ def test_undecodable_video_is_named(tiny_run: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "cannot decode" in res.output
 
 
+def test_a_video_prediction_cut_off_keeps_its_frames_as_partial(tiny_run: Path, tmp_path: Path) -> None:
+    """A video's prediction that fails part-way (a model error, an interruption) keeps the frames it predicted, in
+    `<stem>_frames.partial.csv` beside `<stem>_annotated.partial.mp4` (nothing had been kept, and the annotated video
+    was left under its final name, cut short); a whole prediction into the same folder later writes the final files
+    and leaves no partial one."""
+    import pytest
+
+    from medcad.inference.registry import load_predictor
+    from medcad.inference.video import predict_video
+
+    rng = np.random.default_rng(5)
+    clip = make_video(tmp_path / "clip.mp4", [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(12)])
+    predictor = load_predictor(tiny_run, backend="torch-fp32")
+    predict, calls = predictor.predict, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return predict(*args, **kwargs)
+
+    predictor.predict = failing
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        predict_video(predictor, clip, out, batch=4)
+    assert sorted(p.name for p in out.iterdir()) == ["clip_annotated.partial.mp4", "clip_frames.partial.csv"]
+    with open(out / "clip_frames.partial.csv") as f:
+        assert [int(r["frame"]) for r in csv.DictReader(f)] == list(range(8))
+    assert av.open(str(out / "clip_annotated.partial.mp4")).streams.video[0].frames == 8
+    predictor.predict = predict
+    summary = predict_video(predictor, clip, out, batch=4)
+    assert sorted(p.name for p in out.iterdir()) == ["clip_annotated.mp4", "clip_frames.csv"]
+    assert summary["frames_predicted"] == 12 and av.open(summary["annotated"]).streams.video[0].frames == 12
+
+
 def test_realtime_names_the_frames_it_skips(tiny_run: Path, tmp_path: Path) -> None:
     """--realtime on a clip faster than the model: the skipped frames are listed by index (they were only counted,
     and the console said nothing), and predicted + skipped frames are every frame."""

@@ -51,7 +51,8 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
 
 
 IMAGE_OUTPUTS = ("_overlay.png", "_mask.png")  # what predict writes per image (`predict_image_files`)
-VIDEO_OUTPUTS = ("_annotated.mp4", "_frames.csv")  # ... and per video (`medcad.inference.video.predict_video`)
+VIDEO_OUTPUTS = ("_annotated.mp4", "_frames.csv", "_annotated.partial.mp4", "_frames.partial.csv")  # ... per video
+# (`medcad.inference.video.predict_video`; the partial ones where it fails or is interrupted)
 
 
 OUTPUTS_LEDGER = ".medcad_outputs"  # in an output folder: the names of the files predict claimed there, one a line

@@ -5,6 +5,7 @@ behind."""
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 import time
@@ -69,11 +70,12 @@ def predict_video(
 ) -> dict:
     """Predict every frame (or, with `realtime`, every frame the model keeps up with) of a video.
 
-    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir` (`name`, else the video's stem):
-    one `Prediction.row` per frame (its index
-    in the video, presentation time `time_s`, the frame decision, probabilities, lesion fraction or boxes, as the
-    task has) plus the decision smoothed over `smooth` frames (mean class probabilities; mean top-box score; mean
-    lesion fraction), drawn on the frame. Frames that cannot be decoded are skipped and listed.
+    Writes `<stem>_annotated.mp4` and `<stem>_frames.csv` into `out_dir` (`name`, else the video's stem; where the
+    prediction fails or is interrupted, what was done as `<stem>_annotated.partial.mp4` and
+    `<stem>_frames.partial.csv`): one `Prediction.row` per frame (its index in the video, presentation time `time_s`,
+    the frame decision, probabilities, lesion fraction or boxes, as the task has) plus the decision smoothed over
+    `smooth` frames (mean class probabilities; mean top-box score; mean lesion fraction), drawn on the frame. Frames
+    that cannot be decoded are skipped and listed.
 
     Returns:
         A summary: frames predicted; `frames_dropped` and `dropped_frames` ({frame, time_s, reason}) for frames that
@@ -95,7 +97,8 @@ def predict_video(
     stop = threading.Event()
     state: dict = {"skipped": [], "error": None}
     thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
-    writer = _AnnotatedVideo(out_dir / f"{stem}_annotated.mp4", fps, reader.report) if write_video else None
+    partial = {"video": out_dir / f"{stem}_annotated.partial.mp4", "csv": out_dir / f"{stem}_frames.partial.csv"}
+    writer = _AnnotatedVideo(partial["video"], fps, reader.report) if write_video else None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
     t0 = time.perf_counter()
@@ -126,6 +129,9 @@ def predict_video(
                     writer.write(pred.draw(f.rgb, caption=(label, score), note=said), f.time_s)
             if progress is not None:
                 progress(len(rows), n_frames)
+    except BaseException:  # what was predicted is kept, named as partial (an interruption, a failing model)
+        _keep_partial(rows, partial["csv"])
+        raise
     finally:
         stop.set()
         if writer is not None:
@@ -137,12 +143,16 @@ def predict_video(
                 thread.join(timeout=0.05)
         reader.close()
     if state["error"] is not None:
+        _keep_partial(rows, partial["csv"])
         raise state["error"]
     report = reader.report
     if not rows:
         raise reader.nothing_decoded()
     elapsed = time.perf_counter() - t0
     atomic_write_text(out_dir / f"{stem}_frames.csv", pd.DataFrame(rows).to_csv(index=False))
+    if writer is not None:
+        os.replace(partial["video"], out_dir / f"{stem}_annotated.mp4")  # whole now
+    partial["csv"].unlink(missing_ok=True)  # an earlier, interrupted run's
     decode = report.as_dict()  # what its decoding found (frames_decoded: frames_in_video - frames_dropped)
     return {
         "video": str(video),
@@ -160,6 +170,13 @@ def predict_video(
         "rows": rows,
         "annotated": str(out_dir / f"{stem}_annotated.mp4") if write_video else None,
     }
+
+
+def _keep_partial(rows: list[dict], path: Path) -> None:
+    """The frames predicted before a video's prediction failed, written to `path` (`<stem>_frames.partial.csv`,
+    beside `<stem>_annotated.partial.mp4`): the failure loses none of them, and no file is named as if whole."""
+    if rows:
+        atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 def _next_batch(q: queue.Queue, batch: int, realtime: bool) -> tuple[list[Frame], bool]:
