@@ -259,6 +259,13 @@ def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tin
     (out / "predictions.csv").unlink()
     res = runner.invoke(app, [*args[:-1], str(out)])
     assert res.exit_code == 0, res.output
+    # a user's own predictions.csv in a folder predict never wrote into is not replaced (it had been, without a word)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "predictions.csv").write_text("keep\n")
+    res = runner.invoke(app, [*args[:-1], str(own)])
+    assert res.exit_code == 2 and "predictions.csv: exists and was not written by predict" in res.output
+    assert (own / "predictions.csv").read_text() == "keep\n"
 
 
 def test_predict_says_which_images_make_their_prediction_doubtful(tiny_run: Path, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ VIDEO_OUTPUTS = ("_annotated.mp4", "_frames.csv", "_annotated.partial.mp4", "_fr
 # (`medcad.inference.video.predict_video`; the partial ones where it fails or is interrupted)
 
 
+TABLE = "predictions.csv"  # the images' table predict writes into its output folder (and TABLE.partial as it goes)
 OUTPUTS_LEDGER = ".medcad_outputs"  # in an output folder: the names of the files predict claimed there, one a line
 
 
@@ -86,12 +87,16 @@ def check_output_folder(
             )
     ledger = where / OUTPUTS_LEDGER
     claimed = set(ledger.read_text(encoding="utf-8").splitlines()) if ledger.is_file() else set()
+    if claimed:  # a folder predict wrote into: its table is predict's (ledgers before 2026-12-06 did not list it)
+        claimed |= {TABLE, f"{TABLE}.partial"}
     clips = {str(v) for v in videos}
     targets = [
         f"{stem}{suffix}"
         for item, stem in names.items()
         for suffix in (VIDEO_OUTPUTS if str(item) in clips else IMAGE_OUTPUTS)
     ]
+    if any(str(item) not in clips for item in names):  # images: their table too (a user's own had been replaced)
+        targets += [TABLE, f"{TABLE}.partial"]
     there = set(os.listdir(where)) if where.is_dir() else set()  # one listing, not a stat per possible output
     for name in targets:
         if name in there and name not in claimed:
@@ -150,7 +155,7 @@ def predict_image_files(
     check_png_values(tuple(predictor.class_values or ()))  # before any file is written, not at the first mask
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    partial = out / "predictions.csv.partial"
+    partial = out / f"{TABLE}.partial"
     partial.unlink(missing_ok=True)
     rows: list[dict] = []
     summaries: list[dict] = []
