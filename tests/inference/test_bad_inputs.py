@@ -309,7 +309,8 @@ def test_predict_claims_only_the_files_each_input_gives(tmp_path: Path) -> None:
     (out / "v_mask.png").write_bytes(b"not predict's")
     check_output_folder(out, [tmp_path / "v.mp4", tmp_path / "a.png"], {"v.mp4": "v", "a.png": "a"}, ["v.mp4"])
     claimed = (out / OUTPUTS_LEDGER).read_text().split()
-    assert claimed == ["a_mask.png", "a_overlay.png", "v_annotated.mp4", "v_frames.csv"]
+    video = ["v_annotated.mp4", "v_annotated.partial.mp4", "v_frames.csv", "v_frames.partial.csv"]
+    assert claimed == ["a_mask.png", "a_overlay.png", "predictions.csv", "predictions.csv.partial", *video]
 
 
 def test_a_folder_to_predict_is_read_without_labels_at_any_depth(tmp_path: Path) -> None:
