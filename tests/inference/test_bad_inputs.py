@@ -227,6 +227,45 @@ def test_serve_takes_what_predict_takes(tmp_path: Path) -> None:
     assert sniff_video(clip.read_bytes()) and not sniff_video(buf.getvalue())
 
 
+def test_an_avif_a_manifest_and_a_page_are_predicted_as_given(tiny_run: Path, tmp_path: Path) -> None:
+    """An AVIF image is an image everywhere (predict had read it alone but skipped it in a folder, and serve had
+    called it a video); a CSV manifest given to predict is read as the dataset it lists (it had been read as an
+    image: "not a readable image"); `FILE#k`, the name predict gives a page, is that page for predict and explain
+    (both had said "file not found")."""
+    from medcad.inference.uploads import Limits, decode_upload, sniff, sniff_video
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    pages = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    pages[0].save(folder / "a.avif")
+    pages[0].save(folder / "b.png")
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    data = (folder / "a.avif").read_bytes()
+    assert sniff(data) == "avif" and not sniff_video(data)
+    upload = decode_upload(data, tmp_path, Limits())
+    np.testing.assert_array_equal(upload.rgb, read_image(folder / "a.avif"))
+    args = ["--backend", "torch-fp32", "--device", "cpu", "--json"]
+    res = runner.invoke(app, ["predict", str(tiny_run), str(folder), "-o", str(tmp_path / "o1"), *args])
+    assert res.exit_code == 0, res.output
+    assert sorted(Path(r["image"]).name for r in json.loads(res.stdout)) == ["a.avif", "b.png"]
+    pd.DataFrame({"Image Path": ["a.avif", "b.png"], "Diagnosis": ["x", "y"]}).to_csv(folder / "list.csv", index=False)
+    res = runner.invoke(app, ["predict", str(tiny_run), str(folder / "list.csv"), "-o", str(tmp_path / "o2"), *args])
+    assert res.exit_code == 0, res.output
+    assert sorted(Path(r["image"]).name for r in json.loads(res.stdout)) == ["a.avif", "b.png"]
+    page = f"{tmp_path / 'stack.tif'}#1"
+    res = runner.invoke(app, ["predict", str(tiny_run), page, "-o", str(tmp_path / "o3"), *args])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)
+    res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "stack.tif"), "-o", str(tmp_path / "o4"), *args])
+    whole = json.loads(res.stdout)[1]["probabilities"]
+    assert whole == pytest.approx(row["probabilities"], abs=1e-5)  # page 1 as the whole file's page 1
+    res = runner.invoke(app, ["explain", str(tiny_run), page, "-o", str(tmp_path / "cam.png")])
+    assert res.exit_code == 0 and (tmp_path / "cam.png").is_file(), res.output
+    res = runner.invoke(app, ["explain", str(tiny_run), str(tmp_path / "stack.tif"), "-o", str(tmp_path / "c0.png")])
+    assert res.exit_code == 0 and "has 2 pages or frames; explained page 0" in res.output, res.output
+
+
 def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tiny_run: Path, tmp_path: Path) -> None:
     """`predict RUN folder -o folder` had replaced the dataset's own `x_mask.png` with its prediction (the name a
     dataset keeps its masks under), and the next predict of the folder predicted the overlays as images."""

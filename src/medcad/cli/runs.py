@@ -425,7 +425,9 @@ def evaluate(
 @app.command()
 def explain(
     run: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
-    image: Annotated[Path, typer.Argument(help="Image to explain.")],
+    image: Annotated[
+        Path, typer.Argument(help="Image to explain; FILE#k: frame or page k of a multi-frame DICOM, TIFF or GIF.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Overlay PNG to write.")] = Path("gradcam.png"),
     fold: Annotated[int | None, typer.Option(help="One fold's model instead of the ensemble.")] = None,
     layer: Annotated[
@@ -446,14 +448,23 @@ def explain(
     try:
         from PIL import Image
 
-        from medcad.data.io import read_image
+        from medcad.data.io import VIDEO_SUFFIXES, image_pages, read_image
+        from medcad.errors import DataError
         from medcad.explain.explainers import EXPLAINERS
+        from medcad.inference.predictor import split_frame
         from medcad.inference.registry import load_predictor
 
+        path, frame = split_frame(image)
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise DataError(path, "a video: explain takes one image (`medcad data frames VIDEO` writes its frames)")
+        rgb = read_image(path, frame)  # a file that cannot be read fails before the models load
+        pages = image_pages(path)[0] if frame is None else [frame]
         predictor = load_predictor(run, fold, backend="torch-fp32")  # Grad-CAM needs the torch models
-        shown, caption = EXPLAINERS[predictor.task](predictor, read_image(image), layer, label)
+        shown, caption = EXPLAINERS[predictor.task](predictor, rgb, layer, label)
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(shown).save(out)
     except MedcadError as e:
         _fail(e)
+    if len(pages) > 1:
+        typer.echo(f"note: {path} has {len(pages)} pages or frames; explained page {pages[0]} ({path}#k for page k)")
     typer.echo(f"{out}: {caption}")

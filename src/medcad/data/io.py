@@ -58,7 +58,7 @@ DECODING = (
     "(medcad.data.io.read_image)"
 )
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".avif"})
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
 ANIMATED_SUFFIXES = frozenset({".gif", ".webp", ".png"})  # frames decoded from the ones before (APNG: a PNG's)
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -66,7 +66,7 @@ VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
     | {".flv", ".vob"}
 )
-LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "AVIF"})
 ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
 TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap when these are applied
 

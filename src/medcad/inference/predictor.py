@@ -372,16 +372,19 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = None) -> list[str]:
-    """What to predict, one item per image: files as given; a folder read as a dataset (any layout, `options` as
-    for training) and expanded to its images, so that masks beside or paired with the images are not predicted as
-    images; every frame of a multi-frame DICOM as `<path>#<frame>` (`split_frame` reads it back). A folder of folders
-    is read without labels unless `options.pattern` gives them: every image at any depth is predicted (images beside
-    one sub-folder had been left out as not fitting the class folders' pattern `{label}`).
+    """What to predict, one item per image: files as given (`FILE#k`: frame or page k of a multi-frame file, as predict
+    names it); a folder or a manifest file (CSV / TSV / Excel / COCO JSON / CVAT XML, or any file with --layout csv)
+    read as a dataset (any layout, `options` as for training) and expanded to its images, so that masks beside or paired
+    with the images are not predicted as images; every frame of a multi-frame DICOM as `<path>#<frame>` (`split_frame`
+    reads it back). A folder of folders is read without labels unless `options.pattern` gives them: every image at any
+    depth is predicted (images beside one sub-folder had been left out as not fitting the class folders' pattern
+    `{label}`).
 
     Raises:
         DataError: a path does not exist, or a folder holds no images.
     """
     from medcad.data.layouts import load_manifest
+    from medcad.data.ledger import TABLE_SUFFIXES
     from medcad.data.media import expand_frames
 
     out: list[str] = []
@@ -389,7 +392,8 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
     unlabelled = options if options.pattern is not None else dataclasses.replace(options, pattern="")
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        listed = p.is_file() and (p.suffix.lower() in TABLE_SUFFIXES or options.layout == "csv")
+        if p.is_dir() or listed:  # a folder, or a manifest (CSV, Excel, COCO, CVAT) naming the images
             m = load_manifest(p, unlabelled)
             for note in m.notes:  # how the folder was read, with its ledger line
                 logging.getLogger(__name__).warning("note: %s", note)
@@ -398,6 +402,8 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
         elif p.exists():
             rows = expand_frames([{"image": p.name}], p.parent, [])  # an unreadable DICOM fails as itself, later
             out += [str(p) if r.get("frame") is None else f"{p}{FRAME_SEP}{r['frame']}" for r in rows] or [str(p)]
+        elif split_frame(p)[1] is not None:  # one frame or page, named as predict names it (`a.tif#1`)
+            out.append(str(p))
         else:
             raise DataError(p, "file not found")
     return out

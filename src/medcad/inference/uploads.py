@@ -33,6 +33,9 @@ IMAGE_MAGIC = (
     (b"GIF89a", "gif"),
 )
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm", "webp": ".webp", "gif": ".gif"}
+SUFFIX["avif"] = ".avif"
+KINDS = "PNG, JPEG, TIFF, BMP, GIF, WebP, AVIF or DICOM"  # the images an upload may be, in words
+AVIF_BRANDS = (b"avif", b"avis")  # an ISO-BMFF file (ftyp, as MP4) holding an AVIF image or image sequence
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,12 @@ def input_warnings(rgb: np.ndarray, input_size: int) -> list[str]:
 
 
 def sniff(data: bytes) -> str | None:
-    """The image kind from the first bytes ("png", "jpeg", "tiff", "bmp", "gif", "webp", "dicom"), or None: the
-    images `medcad predict` reads."""
+    """The image kind from the first bytes ("png", "jpeg", "tiff", "bmp", "gif", "webp", "avif", "dicom"), or None:
+    the images `medcad predict` reads."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
+    if _is_avif(data):  # before videos: an AVIF file starts as an MP4 does
+        return "avif"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     for magic, kind in IMAGE_MAGIC:
@@ -114,10 +119,21 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def _is_avif(data: bytes) -> bool:
+    """An AVIF image by its file-type box: an AVIF brand as major brand or among the compatible ones."""
+    if data[4:8] != b"ftyp":
+        return False
+    size = int.from_bytes(data[:4], "big")
+    brands = data[8 : min(max(size, 16), 64)]
+    return any(brands[k : k + 4] in AVIF_BRANDS for k in range(0, len(brands) - 3, 4))
+
+
 def sniff_video(data: bytes) -> bool:
-    """True for the video containers `medcad predict` reads: MP4/MOV/3GP (ftyp), AVI (RIFF...AVI), Matroska/WebM,
-    MPEG transport streams (a sync byte every 188 bytes; .ts, .m2ts with 4 more), MPEG program streams (VOB, .mpg),
-    Ogg, FLV."""
+    """True for the video containers `medcad predict` reads: MP4/MOV/3GP (ftyp, an AVIF image excepted), AVI
+    (RIFF...AVI), Matroska/WebM, MPEG transport streams (a sync byte every 188 bytes; .ts, .m2ts with 4 more), MPEG
+    program streams (VOB, .mpg), Ogg, FLV."""
+    if _is_avif(data):
+        return False
     if data[4:8] == b"ftyp" or (data[:4] == b"RIFF" and data[8:11] == b"AVI") or data[:4] == b"\x1a\x45\xdf\xa3":
         return True
     if data[:4] in (b"\x00\x00\x01\xba", b"OggS") or data[:3] == b"FLV":
@@ -199,7 +215,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
         UploadError: 400 empty, 413 too large, 415 not an image kind medcad reads, 422 corrupt or truncated.
     """
     if not data:
-        raise UploadError(400, "the upload is empty (0 bytes); send a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM image")
+        raise UploadError(400, f"the upload is empty (0 bytes); send a {KINDS} image")
     if len(data) > limits.max_image_bytes:
         raise UploadError(413, f"the upload is larger than this server's image limit of {limits.max_image_bytes} bytes")
     kind = sniff(data)
@@ -207,7 +223,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
         hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else ""
         raise UploadError(
             415,
-            f"the upload is not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM image by its content{hint}; medcad decides "
+            f"the upload is not a {KINDS} image by its content{hint}; medcad decides "
             "by the bytes, not the file name or content type",
         )
     paged = kind in ("dicom", "tiff", "gif", "webp", "png")  # a PNG may be animated (APNG)
