@@ -82,13 +82,42 @@ def draw_boxes(
     return out
 
 
-def draw_label(rgb: np.ndarray, label: str, p: float, note: str = "") -> np.ndarray:
+MIN_TEXT_SCALE = 0.35  # OpenCV's font scale below which a caption is not legible: wrapped onto more lines instead
+
+
+def text_band(text: str, width: int, line: int) -> np.ndarray:
+    """`text` in white on a black band `width` px wide, wrapped at spaces onto as many lines of `line` px as it needs
+    (font scale line / 32, at least MIN_TEXT_SCALE; a word wider than the band alone is shrunk to fit), (n * line,
+    width, 3) uint8."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(MIN_TEXT_SCALE, line / 32)
+    line = max(line, round(32 * scale))
+
+    def fits(t: str) -> bool:
+        return cv2.getTextSize(t, font, scale, 1)[0][0] <= width - 6
+
+    lines: list[str] = []
+    for word in text.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    band = np.zeros((line * max(1, len(lines)), width, 3), np.uint8)
+    for i, t in enumerate(lines):
+        s = scale * min(1.0, (width - 6) / max(cv2.getTextSize(t, font, scale, 1)[0][0], 1))
+        cv2.putText(band, t, (3, (i + 1) * line - max(3, line // 6)), font, s, (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def draw_label(rgb: np.ndarray, label: str, p: float, note: str = "", above: bool = False) -> np.ndarray:
     """The decision and its score (and `note`: what else decides what is drawn) written on a black band at the top
-    (a copy; RGB or BGR alike)."""
-    out = rgb.copy()
-    h, w = out.shape[:2]
-    bar = max(18, h // 14)
+    of the image (a copy; RGB or BGR alike), or, with `above`, on a band above it (wrapped onto more lines where it
+    is long: (H + band, W, 3)), so that nothing of the image is hidden."""
+    h, w = rgb.shape[:2]
     text = f"{label} {p:.2f}" + (f" | {note}" if note else "")
+    if above:
+        return np.concatenate([text_band(text, w, max(18, h // 14)), rgb])
+    out = rgb.copy()
+    bar = max(18, h // 14)
     scale = bar / 32
     width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
     scale *= min(1.0, (w - 12) / max(width, 1))  # the whole text on the band, smaller where it is long

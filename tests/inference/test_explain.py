@@ -111,3 +111,23 @@ def test_serves_grad_cam_is_the_same_beside_predictions_in_other_threads(tiny_ru
         thread.join()
     assert all(np.array_equal(picture, alone) and said == caption for picture, said in beside)
     assert not set(map(id, predictor.models)) & set(map(id, predictor.with_own_networks().models))
+
+
+def test_an_overlay_writes_the_decision_above_the_image_and_hides_none_of_it(tiny_run: Path, easy_set: Path) -> None:
+    """predict's and serve's overlay: the decision on a band above the image, wrapped where long, the image whole
+    below it (the band had covered the top rows: half of a 40 px high image and its mask); an annotated video frame
+    keeps its size; explain's caption is wrapped, not cut at the image's edge."""
+    from medcad.drawing import draw_label
+    from medcad.explain.gradcam import with_caption
+
+    predictor = load_predictor(tiny_run, backend="torch-fp32")
+    rgb = read_image(easy_set / "lesion" / "0.png")  # 40 x 40
+    picture = predictor.predict([rgb], ["a"])[0].draw(rgb)
+    band = picture.shape[0] - rgb.shape[0]
+    assert band >= 18 and picture.shape[1:] == rgb.shape[1:]
+    np.testing.assert_array_equal(picture[band:], rgb)  # a classifier draws nothing on the image itself
+    assert picture[:band].max() == 255  # the text
+    assert draw_label(rgb, "lesion", 0.5, above=False).shape == rgb.shape  # a video frame
+    long = "a caption " * 40
+    assert with_caption(rgb, long, 14).shape[0] > 40 + 14 * 5  # several lines
+    assert with_caption(rgb, long, 14, wrap=False).shape[0] == 40 + 14  # tiles side by side keep one height

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from browser import CHROMEDRIVER, CHROMIUM, chromium_page
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from medcad.cli import app
@@ -220,3 +222,19 @@ def test_a_class_legend_is_written_on_images_it_fits_and_worded_beside_small_one
         with_names = class_overlay(img, classes, None, ["benign", "malignant"])
         assert (not np.array_equal(with_names, class_overlay(img, classes, None, None))) == drawn
     assert colour_legend(["benign", "malignant"]) == "benign red, malignant blue"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=120))
+def test_a_gallery_tile_names_its_image_whole_or_says_where_it_is_cut(key: str) -> None:
+    """A case tile's caption holds its image's name whole, broken onto lines (it had shown the last 26 characters,
+    "lignant/malignant (23).jpg"); a name longer than three lines keeps its start and its end, with "…" between."""
+    from medcad.report.plots import tile_name
+
+    lines = tile_name(key).split("\n")
+    assert len(lines) <= 3 and all(len(line) <= 28 for line in lines)
+    if "…" not in lines[-1] or "…" in key:
+        assert "".join(lines).replace(" ", "") == key.replace(" ", "")
+    else:
+        assert key.replace(" ", "").startswith("".join(lines[:-1]).replace(" ", ""))
+        assert key.endswith(lines[-1][1:])

@@ -83,7 +83,7 @@ def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: s
         )
         where = file.parent.name if file.name == "model.pt" else file.name
         tiles[0] = (tiles[0][0], f"{where}: {tiles[0][1]}")
-        rows.append(np.concatenate([with_caption(t, c) for t, c in tiles], axis=1))
+        rows.append(np.concatenate([with_caption(t, c, wrap=False) for t, c in tiles], axis=1))
         names[0].append(where)
         names[1][:] = [c for _, c in tiles[1:]]
     lesion = pred.mask

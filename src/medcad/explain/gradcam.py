@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from medcad.data.transforms import Normalize
+from medcad.drawing import text_band
 from medcad.errors import ConfigError
 
 
@@ -83,13 +84,16 @@ def overlay(
     return with_caption(out, caption) if caption else out
 
 
-def with_caption(image: np.ndarray, caption: str, bar: int | None = None) -> np.ndarray:
-    """An RGB uint8 image (H, W, 3) under a black bar of `bar` px (default max(14, H // 12)) with `caption` in
-    white, (H + bar, W, 3); text wider than the image is cut at its right edge."""
+def with_caption(image: np.ndarray, caption: str, bar: int | None = None, wrap: bool = True) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3) under a black band with `caption` in white, lines of `bar` px (default max(14,
+    H // 12)): wrapped onto as many as it needs (`medcad.drawing.text_band`; it had been cut at the image's right
+    edge), or, without `wrap`, one line of `bar` px, its text cut there (tiles set side by side keep one height)."""
     import cv2
 
     h, w = image.shape[:2]
     bar = bar or max(14, h // 12)
+    if wrap:
+        return np.concatenate([text_band(caption, w, bar), image])
     out = np.concatenate([np.zeros((bar, w, 3), np.uint8), image])
     cv2.putText(out, caption, (3, bar - 4), cv2.FONT_HERSHEY_SIMPLEX, bar / 30, (255, 255, 255), 1, cv2.LINE_AA)
     return out

@@ -146,11 +146,19 @@ class Prediction:
         return r | self.extra
 
     def draw(
-        self, rgb: np.ndarray, truth_mask: np.ndarray | None = None, truth_boxes=None, caption=None, note: str = ""
+        self,
+        rgb: np.ndarray,
+        truth_mask: np.ndarray | None = None,
+        truth_boxes=None,
+        caption=None,
+        note: str = "",
+        above: bool = True,
     ) -> np.ndarray:
         """The image with what the prediction has: the lesion tinted and outlined (each class in its colour),
-        boxes with class and score, and the decision written in the corner (or `caption`, a (label, score) pair,
-        e.g. a decision smoothed over video frames, said in `note`); true outlines/boxes in green when given. Under
+        boxes with class and score, and the decision written on a band above the image ((H + band, W, 3): it had
+        covered the image's top rows, half of a 40 px high image and its mask), or, without `above`, on the image's
+        top rows (video frames keep their size) (or `caption`, a (label, score) pair, e.g. a decision smoothed over
+        video frames, said in `note`); true outlines/boxes in green when given. Under
         a class label (multitask), the mask's own decision is written beside it: the outline follows that one, so
         "normal 0.54" over a drawn lesion says "mask: lesion"."""
         out = rgb
@@ -164,4 +172,4 @@ class Prediction:
             note = "; ".join(x for x in (self.decider.score_means, note) if x)
         if self.mask is not None and self.decider is not self.mask:  # the mask decides apart from the class
             note = "; ".join(x for x in (note, f"mask: {self.mask.fields()['frame_decision']}") if x)
-        return draw_label(out, *(caption or (self.label, self.score)), note)
+        return draw_label(out, *(caption or (self.label, self.score)), note, above=above)

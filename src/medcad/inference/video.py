@@ -126,7 +126,7 @@ def predict_video(
                 if writer is not None:
                     mean = f"{len(window)}-frame mean" if len(window) > 1 else ""
                     said = ", ".join(x for x in (pred.decider.evidence_means, mean) if x)  # the area, not its peak
-                    writer.write(pred.draw(f.rgb, caption=(label, score), note=said), f.time_s)
+                    writer.write(pred.draw(f.rgb, caption=(label, score), note=said, above=False), f.time_s)
             if progress is not None:
                 progress(len(rows), n_frames)
     except BaseException:  # what was predicted is kept, named as partial (an interruption, a failing model)

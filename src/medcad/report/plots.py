@@ -130,6 +130,18 @@ def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: 
     return figure_png(fig)
 
 
+def tile_name(key: str, width: int = 28, lines: int = 3) -> str:
+    """An image's name (its key in the dataset) as a gallery tile's caption shows it: whole, broken onto lines of
+    `width` characters; past `lines` lines, its start and its end with "…" between (the tiles had shown only the last
+    26 characters, "lignant/malignant (23).jpg", without saying so)."""
+    import textwrap
+
+    parts = textwrap.wrap(key, width, break_long_words=True, break_on_hyphens=False) or [key]
+    if len(parts) > lines:
+        parts = [*parts[: lines - 1], "…" + key[-(width - 1) :]]
+    return "\n".join(parts)
+
+
 def image_grid_png(tiles: list[np.ndarray], captions: list[str], cols: int = 4, title: str = "") -> bytes:
     rows = max(1, int(np.ceil(len(tiles) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)

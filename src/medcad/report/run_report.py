@@ -88,7 +88,7 @@ def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_cla
                 "kind": kind,
                 "label": row["label"],
                 "tile": tile,
-                "caption": f"{row['image'][-28:]}\ntrue {row['label']} / pred {labels[c]} {probs[c]:.2f}",
+                "caption": f"{plots.tile_name(row['image'])}\ntrue {row['label']} / pred {labels[c]} {probs[c]:.2f}",
             }
         )
     return out

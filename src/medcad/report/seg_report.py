@@ -61,7 +61,7 @@ def case_tiles(
         tile = class_overlay(image, found, true, classes) if classes else mask_overlay(image, found >= 128, true)
         tiles, captions = grids.setdefault(kind, ([], []))
         tiles.append(tile)
-        captions.append(f"{row['image'][-26:]}\nDice {row['dice']:.2f}  IoU {row['iou']:.2f}")
+        captions.append(f"{plots.tile_name(row['image'])}\nDice {row['dice']:.2f}  IoU {row['iou']:.2f}")
     return {
         kind: plots.image_grid_png(tiles, captions, cols=4, title=f"{kind} cases (green: truth, {shown})")
         for kind, (tiles, captions) in grids.items()
