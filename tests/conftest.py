@@ -231,6 +231,20 @@ def tiny_run(easy_set: Path, tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.fixture
+def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real two-fold U-Net segmenter on synthetic frames (32 px, one epoch; frames without a mask count empty)."""
+    from medcad.config import TrainConfig
+    from medcad.data.synthetic import generate_synthetic
+    from medcad.engine.train import train_run
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate_synthetic(tmp_path / "synth", n_patients=6, frames_per_patient=2, size=48, seed=1).parent
+    cfg = TrainConfig(task="segment", arch="unet", image_size=32, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
+    train_run(data, tmp_path / "seg", cfg.replace(missing_masks="empty"), progress=False)
+    return tmp_path / "seg"
+
+
 def assert_predict_reproduces_fold(run: Path, images: Path, device: str, atol: float) -> None:
     """`medcad predict` of fold 0's model file with torch-fp32 on `device` gives the fold's scored test
     probabilities (result.json, with its validation temperature) within `atol`, the same class on every image; the

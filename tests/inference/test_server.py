@@ -406,19 +406,6 @@ def test_video_job(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
         assert r.status_code == 422 and "single-frame DICOM" in r.text and "/predict" in r.text
 
 
-@pytest.fixture
-def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from medcad.config import TrainConfig
-    from medcad.data.synthetic import generate_synthetic
-    from medcad.engine.train import train_run
-
-    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    data = generate_synthetic(tmp_path / "synth", n_patients=6, frames_per_patient=2, size=48, seed=1).parent
-    cfg = TrainConfig(task="segment", arch="unet", image_size=32, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
-    train_run(data, tmp_path / "seg", cfg.replace(missing_masks="empty"), progress=False)
-    return tmp_path / "seg"
-
-
 def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> None:
     predictor = load_predictor(tiny_segmenter, threshold=0.0)  # every pixel is lesion: a non-empty mask
     app = create_app(predictor)

@@ -147,6 +147,29 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
         cine = page.js(TIMELINE)  # the newest timeline
         assert [c[0] for c in cine["cells"]] == [0, 1, 2] and cine["heading"].startswith("loop.dcm"), cine
 
+        # a 2-page TIFF is a multi-page image, not a cine (it had been offered as one, and the clip was refused):
+        # its other page is predicted as an image of its own, named as predict names it
+        from PIL import Image
+
+        first, second = (Image.fromarray(f) for f in (lesion[0], normal[0]))
+        first.save(tmp_path / "stack.tif", save_all=True, append_images=[second])
+        upload(page, tmp_path / "stack.tif")
+        pages = "document.querySelector('#results li button.pages')"
+        _wait(page, f"return {pages};")
+        assert page.js(f"return {pages}.closest('li').querySelector('.extra').textContent;").startswith(
+            "a TIFF of 2 pages; shown: page 0"
+        )
+        assert not page.js("return document.querySelector('#results li button.cine:not([disabled])');")
+        _click(page, "#results li button.pages")
+        other = _wait(
+            page,
+            """const li = [...document.querySelectorAll('#results li')].find(
+                (x) => x.querySelector('figcaption').textContent === 'stack.tif#1');
+            const said = li && li.querySelector('.decision').textContent;
+            return said && said !== 'predicting…' ? said : null;""",
+        )
+        assert other.split(" — ")[0] in ("lesion", "normal"), other
+
         # a clip with a packet left out of the file (no error anywhere): its time gap is told beside the timeline
         made = make_video(tmp_path / "whole.mp4", (lesion + normal)[:10])
         with av.open(str(made)) as src, av.open(str(tmp_path / "lost.mp4"), "w") as out:
@@ -184,3 +207,33 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
     assert icon == base + "/static/favicon.svg"
     served = [r.getMessage() for r in caplog.records if r.name == "medcad.serve"]
     assert not [s for s in served if " 404 " in s], served  # the page asks for nothing the server lacks
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver not installed")
+def test_a_segmenters_timeline_says_the_same_figure_smoothed_and_alone(
+    tiny_segmenter: Path, easy_set: Path, tmp_path: Path
+) -> None:
+    """A mask model's frame is told by its lesion area, smoothed and alone (the frame alone had shown its top pixel
+    probability beside the smoothed area: "lesion 0.1 % (smoothed) · this frame alone: lesion 72.9 %")."""
+    import httpx
+    from test_video import make_video
+
+    frames = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))[:4]]
+    clip = make_video(tmp_path / "clip.mp4", frames)
+    app = create_app(load_predictor(tiny_segmenter, threshold=0.3))
+    with running(app) as base, chromium_page(tmp_path) as page:
+        job = httpx.post(base + "/predict/video", files={"file": ("c.mp4", clip.read_bytes())}).json()
+        for _ in range(300):
+            said = httpx.get(base + job["status_url"]).json()
+            if said["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert said["summary"]["smoothed_score_means"] == "lesion area", said
+        page.open(base + "/")
+        upload(page, clip)
+        _wait(page, "return document.querySelector('#results li.video .strip .cell');")
+        _click(page, ".strip .cell")
+        info = page.js(TIMELINE)["info"]
+        first = said["frames"][0]
+        alone = f"{100 * first['lesion_fraction']:.1f}\u00a0%"  # as the page's pct writes it
+        assert "lesion area" in info and f"this frame alone: {first['label']} lesion area {alone}" in info, info

@@ -141,6 +141,7 @@ class VideoJobs:
                 "time_gaps",
             )
             keep += ("seconds", "frames_per_s", "source_fps", "latency_ms_per_frame", "smooth")
+            keep += ("smoothed_score_means",)
             self._update(job, status="done", summary={k: summary[k] for k in keep}, frames=frames)
         except Exception as e:  # reported to the client polling the job; the server goes on
             self._update(job, status="failed", error=f"{type(e).__name__}: {getattr(e, 'problem', e)}")

@@ -114,6 +114,7 @@ def predict_video(
             latencies.append((time.perf_counter() - t1) / len(items))
             for f, pred in zip(items, preds, strict=True):
                 window.append(pred.decider.evidence())  # class probabilities, top box score or lesion fraction
+                state["evidence_means"] = pred.decider.evidence_means
                 label, score = pred.decider.smoothed(np.mean(window, axis=0))
                 record = {
                     "frame": f.index,
@@ -165,6 +166,9 @@ def predict_video(
         "frames_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
         "source_fps": fps,
         "smooth": max(1, smooth),
+        # what smoothed_score is where it is not the label's probability ("lesion area": a mask's mean lesion share,
+        # while a frame's own score is its top lesion probability)
+        "smoothed_score_means": state.get("evidence_means", ""),
         "latency_ms_per_frame": 1000 * float(np.median(latencies)) if latencies else None,
         "csv": str(out_dir / f"{stem}_frames.csv"),
         "rows": rows,

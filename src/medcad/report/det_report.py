@@ -70,7 +70,8 @@ def sample_tiles(
         shown = draw_boxes(overlay(image, eigencam(models[fold], image), alpha=0.3), dets, labels, threshold, boxes[i])
         tiles.append(shown)
         captions.append(
-            f"{plots.tile_name(row['image'])}\ntrue {row['true_frame']} / pred {row['predicted_frame']} {row['top_score']:.2f}"
+            f"{plots.tile_name(row['image'])}\n"
+            f"true {row['true_frame']} / pred {row['predicted_frame']} {row['top_score']:.2f}"
         )
     return plots.image_grid_png(
         tiles, captions, cols=4, title="Test frames: true boxes green, predicted coloured; EigenCAM"

@@ -107,7 +107,7 @@ function showImage(li, r) {
   if (r.lesion_fraction !== undefined) extra.push(`lesion shown: ${pct(r.lesion_fraction)} of the image`);
   if (r.boxes) extra.push(`${r.boxes.length} box(es) ≥ ${r.threshold}: ` + r.boxes.map((b) => `${b[5]} ${b[4].toFixed(2)}`).join(", "));
   $(".extra", li).textContent = extra.join(" · ");
-  if (r.frames > 1 && li.file) {
+  if (r.frames > 1 && li.file && r.kind === "dicom") {
     // /predict answered for one frame of a multi-frame DICOM (a cine loop): offer all its frames as a clip
     const cine = document.createElement("button");
     cine.type = "button"; cine.className = "toggle cine";
@@ -115,6 +115,19 @@ function showImage(li, r) {
     cine.addEventListener("click", () => { cine.disabled = true; predictVideo(li.file); });
     $(".extra", li).prepend(`a DICOM cine of ${r.frames} frames; shown: frame ${r.frame} (frames count from 0). `);
     $(".details", li).append(cine);
+  } else if (r.frames > 1 && li.file) {
+    // a multi-page TIFF, an animated GIF / WebP / PNG: each page is an image of its own (not a clip)
+    $(".extra", li).prepend(`a ${r.kind.toUpperCase()} of ${r.frames} pages; shown: page ${r.frame} (pages count from 0). `);
+    if (r.frame === 0) {
+      const rest = document.createElement("button");
+      rest.type = "button"; rest.className = "toggle pages";
+      rest.textContent = `Predict the other ${r.frames - 1} page${r.frames > 2 ? "s" : ""}`;
+      rest.addEventListener("click", () => {
+        rest.disabled = true;
+        for (let k = 1; k < r.frames; k++) predictImage(li.file, k);
+      });
+      $(".details", li).append(rest);
+    }
   }
   for (const w of r.warnings || []) {  // what makes the prediction doubtful (a tiny image, a mask sent as an image)
     const p = document.createElement("p");
@@ -138,13 +151,14 @@ function showImage(li, r) {
   }
 }
 
-async function predictImage(file) {
-  const li = newCard(file.name);
-  li.dataset.name = file.name;
+async function predictImage(file, frame = 0) {
+  const name = frame ? `${file.name}#${frame}` : file.name;  // a page of a multi-page file, as predict names it
+  const li = newCard(name);
+  li.dataset.name = name;
   li.file = file;
   const form = new FormData();
   form.append("file", file);
-  const q = "/predict?overlay=true&mask=none" + ($("#heat").checked ? "&gradcam=true" : "");
+  const q = "/predict?overlay=true&mask=none" + (frame ? `&frame=${frame}` : "") + ($("#heat").checked ? "&gradcam=true" : "");
   try {
     showImage(li, await api(q, { method: "POST", body: form }));
   } catch (e) {
@@ -186,13 +200,17 @@ function findingIntervals(frames, frameTime) {
   return runs;
 }
 
-function frameWords(cell) {
+function frameWords(cell, means) {
+  // `means`: what the smoothed score is where it is not the label's probability ("lesion area": a mask's lesion
+  // share; the frame's own figure beside it is then its lesion share too, not its top pixel probability)
   const f = cell.record;
   if (!f) return `frame ${cell.frame} at ${cell.time_s.toFixed(2)} s: no decision (${cell.reason})`;
-  const said = [`frame ${f.frame} at ${f.time_s.toFixed(2)} s: ${f.smoothed} ${pct(f.smoothed_score)} (smoothed)`,
-    `this frame alone: ${f.label} ${pct(f.score)}`];
+  const area = means === "lesion area" && f.lesion_fraction !== undefined && f.lesion_fraction !== null;
+  const what = means ? ` ${means}` : "";
+  const said = [`frame ${f.frame} at ${f.time_s.toFixed(2)} s: ${f.smoothed}${what} ${pct(f.smoothed_score)} (smoothed)`,
+    `this frame alone: ${f.label}${what} ${pct(area ? f.lesion_fraction : f.score)}`];
   if (f.frame_decision !== undefined && f.frame_decision !== null) said.push(`lesion mask: ${f.frame_decision}`);
-  if (f.lesion_fraction !== undefined && f.lesion_fraction !== null && f.frame_decision !== "no lesion") {
+  if (!area && f.lesion_fraction !== undefined && f.lesion_fraction !== null && f.frame_decision !== "no lesion") {
     said.push(`lesion ${pct(f.lesion_fraction)} of the frame`);
   }
   return said.join(" · ");
@@ -233,7 +251,7 @@ function timeline(s) {
     { textContent: secs(t, digits) + " s" })));
   const info = document.createElement("p");
   info.className = "frameinfo"; info.setAttribute("aria-live", "polite");
-  info.textContent = "Point at or click a cell (or focus the strip and use the arrow keys) to see its frame.";
+  info.textContent = "Point at or click a cell (or focus the strip and use the arrow keys) to read what was decided at its frame.";
 
   const legend = document.createElement("ul");
   legend.className = "legend";
@@ -257,7 +275,7 @@ function timeline(s) {
   let selected = -1;
   const show = (i, keep) => {
     if (i < 0 || i >= cells.length) return;
-    info.textContent = frameWords(cells[i]);
+    info.textContent = frameWords(cells[i], s.summary.smoothed_score_means);
     if (keep) {
       if (selected >= 0) strip.children[selected].classList.remove("sel");
       selected = i; strip.children[i].classList.add("sel");
