@@ -238,3 +238,23 @@ def test_a_gallery_tile_names_its_image_whole_or_says_where_it_is_cut(key: str) 
     else:
         assert key.replace(" ", "").startswith("".join(lines[:-1]).replace(" ", ""))
         assert key.endswith(lines[-1][1:])
+
+
+def test_calibration_kept_at_t_1_is_not_said_to_have_changed() -> None:
+    """Where every fold kept T = 1 (no evidence against it), the console gives the calibration once and says it was
+    not scaled (it had read "ECE 0.174 -> 0.174 ... after temperature scaling"); where some folds scaled, it names
+    them and the folds kept at 1."""
+    from rich.console import Console
+
+    from medcad.report.console import _print_validated
+
+    figures = {"ece": {"value": 0.174, "ci95": [0.1, 0.2]}, "brier": {"value": 0.2, "ci95": [0.1, 0.3]}}
+    cal = {"before": figures, "after": figures, "temperatures": {"0": 1.0, "1": 1.0}}
+    console = Console(record=True, width=300)
+    _print_validated(console, {"labels": ["a", "b"], "calibration": cal})
+    text = console.export_text()
+    assert "ECE 0.174 (0.100–0.200)" in text and "->" not in text and "no temperature scaling" in text, text
+    console = Console(record=True, width=300)
+    _print_validated(console, {"labels": ["a", "b"], "calibration": cal | {"temperatures": {"0": 1.5, "1": 1.0}}})
+    text = console.export_text()
+    assert "->" in text and "(fold 0 T = 1.50; 1 fold(s) kept at T = 1 for lack of evidence)" in text, text

@@ -348,7 +348,19 @@ def _print_validated(c: Console, m: dict) -> None:
                 "of the ensemble's mean threshold"
             )
     cal = m.get("calibration")
-    if cal:
+    temperatures = {f: t for f, t in ((cal or {}).get("temperatures") or {}).items() if t is not None}
+    if cal and temperatures and all(t == 1 for t in temperatures.values()):  # nothing scaled: one set of figures
+        c.print(
+            f"calibration: ECE {_fmt(cal['before']['ece'])}, Brier {_fmt(cal['before']['brier'])}"
+            + "".join(
+                f", calibration slope of p_{_label(m, a['class'])} {_fmt(a['calibration_slope'])}"
+                for a in cal["before"].get("lines", [])
+            )
+            + "; no temperature scaling: no fold's validation part showed evidence against T = 1"
+        )
+    elif cal:
+        kept = [f"fold {f} T = {t:.2f}" for f, t in sorted(temperatures.items()) if t != 1]
+        unscaled = len(temperatures) - len(kept)
         c.print(
             f"calibration: ECE {_fmt(cal['before']['ece'])} -> {_fmt(cal['after']['ece'])}, Brier "
             f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])}"
@@ -358,6 +370,7 @@ def _print_validated(c: Console, m: dict) -> None:
                 for a, b in zip(cal["before"].get("lines", []), cal["after"].get("lines", []), strict=True)
             )
             + " after temperature scaling on validation"
+            + (f" ({', '.join(kept)}; {unscaled} fold(s) kept at T = 1 for lack of evidence)" if unscaled else "")
             + (
                 " (the Brier score worse after it)"
                 if _rounded(cal["after"]["brier"]) > _rounded(cal["before"]["brier"])

@@ -231,7 +231,8 @@ def _classification_figures(
         plots.reliability_png(metrics.get("reliability", {}), (metrics.get("ece") or {}).get("value"))
     )
     cal = metrics.get("calibration")
-    if cal:
+    scaled = any(t not in (None, 1) for t in ((cal or {}).get("temperatures") or {}).values())
+    if cal and scaled:  # every T = 1: the diagram after scaling would repeat the one before it
         figures["reliability_after"] = png_data_uri(
             plots.reliability_png(
                 cal["after"]["reliability"], cal["after"]["ece"]["value"], "after temperature scaling"
