@@ -368,3 +368,21 @@ def test_a_folder_to_predict_is_read_without_labels_at_any_depth(tmp_path: Path)
     assert got == ["a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png"]
     with pytest.raises(DataError, match="does not fit the pattern"):
         expand_inputs([tmp_path / "in"], DataOptions(pattern="{label}"))
+
+
+def test_an_image_given_twice_is_predicted_once_and_an_empty_video_is_said_empty(
+    tiny_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same file given twice, or given and inside a folder given, is one row, with a note (it had been two
+    rows, "predicted 2 of 2"); a 0-byte video is "file is empty" as an empty image is (not "cannot decode")."""
+    folder = tmp_path / "in"
+    _images(folder, 2, 0)
+    one = str(folder / "g0.png")
+    args = ["--backend", "torch-fp32", "--device", "cpu", "--json", "-o", str(tmp_path / "out")]
+    res = runner.invoke(app, ["predict", str(tiny_run), one, one, str(folder), *args])
+    assert res.exit_code == 0, res.output
+    assert sorted(Path(r["image"]).name for r in json.loads(res.stdout)) == ["g0.png", "g1.png"]
+    assert "2 input(s) given more than once (or also in a folder given) predicted once" in caplog.text
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "empty.mp4"), "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "empty.mp4: file is empty (0 bytes)" in res.output, res.output

@@ -202,7 +202,7 @@ def with_data_options(fn):
 DeviceOpt = Annotated[
     str, typer.Option(help="Where torch models run: auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 OperatingPointOpt = Annotated[
     str | None,
     typer.Option(

@@ -438,6 +438,8 @@ def open_video(path: str | Path) -> VideoReader | DicomCine:
     Raises:
         DataError: naming the file, when it cannot be opened (a single-frame DICOM is an image, not a video).
     """
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise DataError(path, "file is empty (0 bytes)")  # as an empty image is said (not "cannot decode this video")
     if Path(path).is_file() and is_dicom(path):
         from medcad.data.cine import DicomCine
 

@@ -406,7 +406,25 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
             out.append(str(p))
         else:
             raise DataError(p, "file not found")
-    return out
+    return _once_each(out)
+
+
+def _once_each(items: list[str]) -> list[str]:
+    """`items` with each image (file and frame, the file by its real path) once, in first-given order; the repeats
+    said in a note (the same file given twice, or given and in a folder given, had been predicted twice: two rows)."""
+    seen: set[tuple[str, int | None]] = set()
+    once, repeats = [], []
+    for item in items:
+        base, frame = split_frame(item)
+        key = (os.path.realpath(base), frame)
+        (repeats if key in seen else once).append(item)
+        seen.add(key)
+    if repeats:
+        shown = ", ".join(repeats[:3]) + (f" and {len(repeats) - 3} more" if len(repeats) > 3 else "")
+        logging.getLogger(__name__).warning(
+            "note: %d input(s) given more than once (or also in a folder given) predicted once: %s", len(repeats), shown
+        )
+    return once
 
 
 def split_frame(item: str | Path) -> tuple[Path, int | None]:

@@ -217,7 +217,11 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
     if not data:
         raise UploadError(400, f"the upload is empty (0 bytes); send a {KINDS} image")
     if len(data) > limits.max_image_bytes:
-        raise UploadError(413, f"the upload is larger than this server's image limit of {limits.max_image_bytes} bytes")
+        raise UploadError(
+            413,
+            f"the upload is {len(data)} bytes, larger than this server's image limit of {limits.max_image_bytes} bytes "
+            "(medcad serve --max-upload-mb); send a smaller image",
+        )
     kind = sniff(data)
     if kind is None:
         hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else ""
