@@ -100,6 +100,7 @@ def test_evaluate_data_reads_a_nested_layout(tiny_run: Path, tmp_path: Path) -> 
     assert pred.count("\n") == 13 and "siteA/Lesion/0.png" in pred
     # the run's report is rewritten with the set (its checklist had kept saying "add it yourself"); said on stderr
     assert "external test set" in (tiny_run / "report.html").read_text() and "report: " in res.stderr
+    assert "<td>ECE (15 bins, the predictor&#39;s probabilities)</td>" in (tiny_run / "report.html").read_text()
 
 
 def test_two_external_sets_of_one_name_keep_their_own_results(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
