@@ -237,3 +237,29 @@ def test_a_segmenters_timeline_says_the_same_figure_smoothed_and_alone(
         first = said["frames"][0]
         alone = f"{100 * first['lesion_fraction']:.1f}\u00a0%"  # as the page's pct writes it
         assert "lesion area" in info and f"this frame alone: {first['label']} lesion area {alone}" in info, info
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver not installed")
+def test_a_token_typed_into_the_page_loads_the_model_card(tiny_run: Path, tmp_path: Path) -> None:
+    """A server with a token: the page asks for it where the card was refused, and the card loads once it is typed
+    in (it had stayed "model card unavailable" until the page was reloaded)."""
+    from medcad.inference.server import ServeOptions
+
+    app = create_app(load_predictor(tiny_run), ServeOptions(token="s3cret"))
+    card = "return document.querySelector('#cardbody').textContent;"
+    with running(app) as base, chromium_page(tmp_path) as page:
+        page.open(base + "/")
+        refused = _wait(
+            page, "const t = document.querySelector('#cardbody').textContent; return t.includes('unavailable') && t;"
+        )
+        assert "type it in the token box above" in refused and not page.js(
+            "return document.querySelector('#tokenbox').hidden;"
+        )
+        page.js(
+            "const t = document.querySelector('#token'); t.value = 's3cret'; t.dispatchEvent(new Event('change'));"
+            " return null;"
+        )
+        loaded = _wait(
+            page, "const t = document.querySelector('#cardbody').textContent; return t.includes('task') && t;"
+        )
+        assert "classify" in loaded and "unavailable" not in page.js(card)

@@ -18,7 +18,8 @@ async function api(path, options = {}) {
   const r = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
   const body = (r.headers.get("content-type") || "").includes("json") ? await r.json() : {};
   if (r.status === 401) $("#tokenbox").hidden = false;
-  if (!r.ok) throw new Error(body.detail || r.status + " " + r.statusText);
+  const hint = r.status === 401 ? " (type it in the token box above)" : "";
+  if (!r.ok) throw new Error((body.detail || r.status + " " + r.statusText) + hint);
   return body;
 }
 
@@ -47,7 +48,8 @@ async function loadCard() {
     row(dl, "decision", c.decision);
     if (c.frame_decision) row(dl, "frame decision", `${c.frame_decision.rule} (threshold ${num({value: c.frame_decision.threshold}, 4)}: ${c.frame_decision.threshold_of})`);
     row(dl, "model", `${c.model.backbone}${c.model.arch ? " / " + c.model.arch : ""}, ${c.model.ensemble}`);
-    row(dl, "input", `${c.preprocessing.resize}${c.preprocessing.bilateral_filter ? ", bilateral filter" : ""}`);
+    const cut = c.preprocessing.interface && c.preprocessing.interface !== "none" ? `, interface ${c.preprocessing.interface}` : "";
+    row(dl, "input", `${c.preprocessing.resize}${c.preprocessing.bilateral_filter ? ", bilateral filter" : ""}${cut}`);
     for (const [k, m] of Object.entries(c.metrics || {})) row(dl, k, num(m));
     row(dl, "metrics", c.metrics_note);
     if (c.calibration) row(dl, "calibration", c.calibration.map((x) => `p_${x.class}: intercept ` +
@@ -377,6 +379,7 @@ async function handle(files) {
 
 document.addEventListener("DOMContentLoaded", () => {
   if (token()) $("#token").value = token();
+  $("#token").addEventListener("change", () => loadCard()); // a token typed in: the card it had been refused, now
   $("#files").addEventListener("change", (e) => {
     handle(e.target.files); // copies the list before its first await
     e.target.value = ""; // picking the same file again is a change too
