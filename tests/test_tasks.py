@@ -109,6 +109,7 @@ def test_label_map_prediction_classes_rows_and_mask_file() -> None:
         set(np.unique(p.mask.mask_image())) == {0, 3, 7} and (p.mask.mask_image() == 7).sum() == 200
     )  # the run's values
     drawn = p.draw(np.zeros((60, 60, 3), np.uint8))
+    drawn = drawn[drawn.shape[0] - 60 :]  # the image under the decision's band
     assert tuple(drawn[27, 7]) != tuple(drawn[45, 30]) and drawn[27, 7].any() and drawn[45, 30].any()
     assert Prediction.of("e", ["cyst", "stone"], mask=lesion * 0, lesion_class=lesion_class).label == NO_LESION
 
@@ -134,8 +135,9 @@ def test_prediction_decisions_rows_and_drawing() -> None:
     assert Prediction.of("d", labels, boxes=boxes, threshold=0.9).label == BACKGROUND
     rgb = np.zeros((20, 30, 3), np.uint8)
     for pred in (p, m, d):
-        shown = pred.draw(rgb)
-        assert shown.shape == rgb.shape and shown.any() and not rgb.any()
+        shown = pred.draw(rgb)  # the decision on a band above the image
+        assert shown.shape[1:] == rgb.shape[1:] and shown.shape[0] > 20 and shown.any() and not rgb.any()
+        assert pred.draw(rgb, above=False).shape == rgb.shape  # a video frame keeps its size
     # what each number is, where it is not a class's probability (a frame's overlay said "lesion 0.93", its video
     # "lesion 0.09": the top lesion probability, then the smoothed lesion area, both unnamed); no threshold takes
     # part in a one-class-per-image decision (serve had said 0.5)
