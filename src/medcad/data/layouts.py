@@ -95,7 +95,7 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         found = find(path)
         if found is not None:
             return layout, why.format(found.relative_to(path).as_posix())
-    return "folders", "no manifest, paired image/mask folders or COCO JSON: folders of images"
+    return "folders", "folders of images (no manifest, COCO JSON or paired image / mask folders found)"
 
 
 def read_folders(path: Path, options: DataOptions) -> Manifest:
