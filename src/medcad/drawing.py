@@ -85,26 +85,39 @@ def draw_boxes(
 MIN_TEXT_SCALE = 0.35  # OpenCV's font scale below which a caption is not legible: wrapped onto more lines instead
 
 
+MAX_BAND_LINES = 12  # a caption longer than this is cut, its last line ending in "..."
+
+
 def text_band(text: str, width: int, line: int) -> np.ndarray:
     """`text` in white on a black band `width` px wide, wrapped at spaces onto as many lines of `line` px as it needs
-    (font scale line / 32, at least MIN_TEXT_SCALE; a word wider than the band alone is shrunk to fit), (n * line,
-    width, 3) uint8."""
+    (font scale line / 32, at least MIN_TEXT_SCALE; a word wider than the band is broken where it reaches the edge;
+    at most MAX_BAND_LINES lines, the last ending in "..." where text is left out), (n * line, width, 3) uint8."""
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(MIN_TEXT_SCALE, line / 32)
-    line = max(line, round(32 * scale))
+    line, room = max(line, round(32 * scale)), max(width - 6, 1)
 
     def fits(t: str) -> bool:
-        return cv2.getTextSize(t, font, scale, 1)[0][0] <= width - 6
+        return cv2.getTextSize(t, font, scale, 1)[0][0] <= room
+
+    def pieces(word: str) -> list[str]:  # a word wider than the band, in parts that fit (one character at least)
+        out, part = [], ""
+        for ch in word:
+            if part and not fits(part + ch):
+                out.append(part)
+                part = ""
+            part += ch
+        return [*out, part] if part else out
 
     lines: list[str] = []
     for word in text.split():
         if lines and fits(f"{lines[-1]} {word}"):
             lines[-1] = f"{lines[-1]} {word}"
         else:
-            lines.append(word)
+            lines += [word] if fits(word) else pieces(word)
+    if len(lines) > MAX_BAND_LINES:
+        lines = [*lines[: MAX_BAND_LINES - 1], lines[MAX_BAND_LINES - 1][:-3] + "..."]  # OpenCV's font: ASCII
     band = np.zeros((line * max(1, len(lines)), width, 3), np.uint8)
     for i, t in enumerate(lines):
-        s = scale * min(1.0, (width - 6) / max(cv2.getTextSize(t, font, scale, 1)[0][0], 1))
-        cv2.putText(band, t, (3, (i + 1) * line - max(3, line // 6)), font, s, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(band, t, (3, (i + 1) * line - max(3, line // 6)), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return band
 
 

@@ -189,3 +189,28 @@ def study_path(study: Path, stored: str | Path) -> Path:
 def fold_words(folds) -> str:
     """ "fold 2", "folds 0, 1": fold numbers in words."""
     return f"fold{'s' * (len(folds) != 1)} {', '.join(map(str, folds))}"
+
+
+# predictions.csv columns that are text as written (names, classes, identities, JSON): never read as numbers or NaN
+TEXT_COLUMNS = frozenset(
+    {"image", "label", "predicted", "patient", "domain", "subgroup", "group", "status", "error", "warnings"}
+    | {"frame_decision", "true_frame", "predicted_frame", "boxes", "true_boxes", "overlay_file", "mask_file"}
+)
+
+
+def read_predictions(path: str | Path):
+    """A predictions.csv as it was written (pandas DataFrame): its text columns (TEXT_COLUMNS, and any column that is
+    not all numbers) as spelled, empty cells "", so that a class named "None" or "NA" stays itself and "01" stays "01"
+    (pandas' defaults had read them as NaN and 1: a report failed on "p_nan", a study skipped that class's test);
+    every other column numeric (empty cells NaN; "inf" infinite)."""
+    import numpy as np
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in table.columns:
+        if column not in TEXT_COLUMNS:
+            try:
+                table[column] = pd.to_numeric(table[column].replace("", np.nan))
+            except (ValueError, TypeError):  # text after all: kept as written
+                pass
+    return table

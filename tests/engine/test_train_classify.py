@@ -116,6 +116,9 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert f"<td>p_{positive}</td><td>{line['prevalence']:.3f}</td>" in said
     assert "This run trained with class weights" in said and "intercept from class balancing alone" in said
     worse = cal["after"]["brier"]["value"] > cal["before"]["brier"]["value"]  # said where scaling made it worse
+    scaled = any(t != 1 for t in cal["temperatures"].values())  # every T = 1: the figures once, said unscaled
+    assert ("<td>temperature-scaled</td>" in said) == scaled and ("no temperature scaling)</h3>" in said) != scaled
+    assert ('alt="reliability after temperature scaling"' in said) == scaled
     assert ("Here temperature scaling made the pooled test Brier score worse" in said) == worse
     config = json.loads((run / "config.json").read_text())  # with --oversample too: twice the offset, said so
     (run / "config.json").write_text(json.dumps({**config, "oversample": True}))

@@ -217,6 +217,13 @@ def test_serve_takes_what_predict_takes(tmp_path: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray(pages[0]).save(buf, format="TIFF", save_all=True, append_images=[Image.fromarray(pages[1])])
     assert decode_upload(buf.getvalue(), tmp_path, Limits(), frame=1).rgb.mean() == pytest.approx(200, abs=1)
+    assert decode_upload(buf.getvalue(), tmp_path, Limits()).pages == [0, 1]
+    # a TIFF's reduced-resolution copy is a thumbnail, not a page of the set: not offered to the viewer as one
+    thumb = io.BytesIO()
+    big = Image.fromarray(np.full((200, 200, 3), 90, np.uint8))
+    big.save(thumb, format="TIFF", save_all=True, append_images=[big.resize((50, 50))])
+    upload = decode_upload(thumb.getvalue(), tmp_path, Limits())
+    assert (upload.frames, upload.pages) == (2, [0])
     clip = tmp_path / "c.ts"
     with av.open(str(clip), "w") as out:
         stream = out.add_stream("mpeg4", rate=10)
@@ -350,6 +357,13 @@ def test_predict_claims_only_the_files_each_input_gives(tmp_path: Path) -> None:
     claimed = (out / OUTPUTS_LEDGER).read_text().split()
     video = ["v_annotated.mp4", "v_annotated.partial.mp4", "v_frames.csv", "v_frames.partial.csv"]
     assert claimed == ["a_mask.png", "a_overlay.png", "predictions.csv", "predictions.csv.partial", *video]
+    # a folder a video alone was predicted into: predict wrote no table there, so a user's own is not its to replace
+    only = tmp_path / "only"
+    only.mkdir()
+    check_output_folder(only, [tmp_path / "v.mp4"], {"v.mp4": "v"}, ["v.mp4"])
+    (only / "predictions.csv").write_text("mine\n")
+    with pytest.raises(DataError, match="predictions.csv: exists and was not written by predict"):
+        check_output_folder(only, [tmp_path / "a.png"], {"a.png": "a"})
 
 
 def test_a_folder_to_predict_is_read_without_labels_at_any_depth(tmp_path: Path) -> None:

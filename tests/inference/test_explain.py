@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import save
 from medcad.data.io import read_image
@@ -131,3 +133,22 @@ def test_an_overlay_writes_the_decision_above_the_image_and_hides_none_of_it(tin
     long = "a caption " * 40
     assert with_caption(rgb, long, 14).shape[0] > 40 + 14 * 5  # several lines
     assert with_caption(rgb, long, 14, wrap=False).shape[0] == 40 + 14  # tiles side by side keep one height
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=400),
+    width=st.integers(1, 600),
+    line=st.integers(8, 40),
+)
+def test_a_caption_band_holds_its_text_within_its_width_and_a_bounded_height(text: str, width: int, line: int) -> None:
+    """`text_band`: as wide as asked, whole lines of one height, at most MAX_BAND_LINES of them; text that is there
+    is drawn (a word wider than the band had been shrunk until nothing showed)."""
+    from medcad.drawing import MAX_BAND_LINES, MIN_TEXT_SCALE, text_band
+
+    band = text_band(text, width, line)
+    height = max(line, round(32 * max(MIN_TEXT_SCALE, line / 32)))
+    assert band.shape[1:] == (width, 3) and band.shape[0] % height == 0
+    assert 1 <= band.shape[0] // height <= MAX_BAND_LINES
+    if text.strip() and width >= 24 and any(c.isalnum() for c in text):
+        assert band.max() > 200  # anti-aliased strokes: a thin glyph may not reach full white

@@ -182,6 +182,10 @@ def test_a_video_prediction_cut_off_keeps_its_frames_as_partial(tiny_run: Path, 
     with open(out / "clip_frames.partial.csv") as f:
         assert [int(r["frame"]) for r in csv.DictReader(f)] == list(range(8))
     assert av.open(str(out / "clip_annotated.partial.mp4")).streams.video[0].frames == 8
+    calls[:] = [1, 1]  # a run cut off at its first batch leaves no partial file, nor the earlier run's
+    with pytest.raises(KeyboardInterrupt):
+        predict_video(predictor, clip, out, batch=4)
+    assert not list(out.iterdir())
     predictor.predict = predict
     summary = predict_video(predictor, clip, out, batch=4)
     assert sorted(p.name for p in out.iterdir()) == ["clip_annotated.mp4", "clip_frames.csv"]

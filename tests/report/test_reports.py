@@ -258,3 +258,35 @@ def test_calibration_kept_at_t_1_is_not_said_to_have_changed() -> None:
     _print_validated(console, {"labels": ["a", "b"], "calibration": cal | {"temperatures": {"0": 1.5, "1": 1.0}}})
     text = console.export_text()
     assert "->" in text and "(fold 0 T = 1.50; 1 fold(s) kept at T = 1 for lack of evidence)" in text, text
+
+
+LABELS = st.one_of(
+    st.sampled_from(["None", "NA", "null", "nan", "01", "1.0", "", "N/A", "#N/A", "-1"]),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=8),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(LABELS, LABELS, st.floats(0, 1)), min_size=1, max_size=6))
+def test_predictions_are_read_back_as_written(rows: list, tmp_path_factory) -> None:
+    """A run's predictions.csv read back (`read_predictions`, as the report and a study's paired tests read it):
+    labels spelled as written (a class named "None" had come back NaN and "01" as 1), probabilities as numbers."""
+    import pandas as pd
+
+    from medcad.runfolder import read_predictions
+
+    table = pd.DataFrame(
+        {
+            "image": [f"{k}.png" for k in range(len(rows))],
+            "label": [r[0] for r in rows],
+            "predicted": [r[1] for r in rows],
+        }
+    )
+    table["p_None"] = [r[2] for r in rows]
+    path = tmp_path_factory.mktemp("pred") / "predictions.csv"
+    table.to_csv(path, index=False)
+    back = read_predictions(path)
+    assert (
+        back["label"].tolist() == table["label"].tolist() and back["predicted"].tolist() == table["predicted"].tolist()
+    )
+    assert back["p_None"].dtype.kind == "f" and back["p_None"].tolist() == pytest.approx(table["p_None"].tolist())

@@ -411,6 +411,9 @@ def test_a_holm_p_that_is_a_bound_is_written_as_one() -> None:
     assert dice_row.count("< 0.0005") == 1 and "< 0.0010" in dice_row
     p = _env().from_string('{% from "macros.html.j2" import p %}{{ p(d.p_holm, holm_floor(d)) }}')
     assert p.render(d=floored) == "&lt; 0.0010" and p.render(d=exact) == "0.0300"
+    from medcad.report.console import p_value_text  # a bound rounded up (rounded down it would claim more)
+
+    assert p_value_text(0.00124, 0.00124) == "< 0.0013" and p_value_text(1.0, 1.0) == "1.0000"
 
 
 def test_a_cross_domain_study_compares_the_combined_run_with_each_domain_on_its_images(

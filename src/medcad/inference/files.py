@@ -87,8 +87,9 @@ def check_output_folder(
             )
     ledger = where / OUTPUTS_LEDGER
     claimed = set(ledger.read_text(encoding="utf-8").splitlines()) if ledger.is_file() else set()
-    if claimed:  # a folder predict wrote into: its table is predict's (ledgers before 2026-12-06 did not list it)
-        claimed |= {TABLE, f"{TABLE}.partial"}
+    if any(name.endswith(IMAGE_OUTPUTS) for name in claimed):  # predict wrote images' files here: the table is its
+        claimed |= {TABLE, f"{TABLE}.partial"}  # (ledgers before 2026-12-06 did not list it; one of videos only did not
+        # write it)
     clips = {str(v) for v in videos}
     targets = [
         f"{stem}{suffix}"

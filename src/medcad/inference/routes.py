@@ -229,7 +229,7 @@ def predict_router(state: ServeState) -> APIRouter:
             return await _dicom_response(upload, pred)
         body = prediction_json(pred, upload.rgb, state.card["task"], mask, overlay)
         if upload.frames > 1:  # which of a cine's frames (a TIFF's pages) this answers for: frame= picks another
-            body |= {"frame": upload.frame, "frames": upload.frames, "kind": upload.kind}
+            body |= {"frame": upload.frame, "frames": upload.frames, "pages": upload.pages, "kind": upload.kind}
         doubts = prediction_warnings(pred, upload.rgb, state.card["preprocessing"]["size"])
         if doubts:
             body["warnings"] = doubts

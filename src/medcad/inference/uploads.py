@@ -74,6 +74,7 @@ class Upload:
     dicom: object | None = None  # pydicom Dataset read with stop_before_pixels
     frame: int = 0
     frames: int = 1
+    pages: list[int] | None = None  # the frames that are images of the set (a TIFF's thumbnail pages left out)
 
 
 TINY_SIDE = 32  # pixels: an image smaller than this on a side holds little for any model
@@ -245,6 +246,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             rgb = read_image(f.name, frame=frame if paged else None)
             if kind == "dicom":
                 frames = int(header.get("NumberOfFrames", 1) or 1)
+                pages = (list(range(frames)), [])
             else:
                 pages = image_pages(Path(f.name)) if paged else ([0], [])
                 frames = max(pages[0] + pages[1]) + 1  # frame= numbers the file's pages, thumbnails included
@@ -252,4 +254,4 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             raise UploadError(422, f"frame={frame} is beyond the upload's frames: it {e.problem}") from e
         except DataError as e:
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
-    return Upload(rgb, kind, header, frame, frames)
+    return Upload(rgb, kind, header, frame, frames, pages[0])

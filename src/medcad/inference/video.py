@@ -98,6 +98,8 @@ def predict_video(
     state: dict = {"skipped": [], "error": None}
     thread = threading.Thread(target=_decoder, args=(reader, q, stop, realtime, state), daemon=True)
     partial = {"video": out_dir / f"{stem}_annotated.partial.mp4", "csv": out_dir / f"{stem}_frames.partial.csv"}
+    for left in partial.values():  # an earlier, interrupted run's: not to be taken for this one's
+        left.unlink(missing_ok=True)
     writer = _AnnotatedVideo(partial["video"], fps, reader.report) if write_video else None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
@@ -153,7 +155,6 @@ def predict_video(
     atomic_write_text(out_dir / f"{stem}_frames.csv", pd.DataFrame(rows).to_csv(index=False))
     if writer is not None:
         os.replace(partial["video"], out_dir / f"{stem}_annotated.mp4")  # whole now
-    partial["csv"].unlink(missing_ok=True)  # an earlier, interrupted run's
     decode = report.as_dict()  # what its decoding found (frames_decoded: frames_in_video - frames_dropped)
     return {
         "video": str(video),

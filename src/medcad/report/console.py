@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -413,8 +415,9 @@ def p_value_text(v: float | None, floor: float | None = None) -> str:
     nan)."""
     if v is None or v != v:
         return "—"
-    if at_floor(v, floor):
-        return f"< {max(floor, 0.0001):.4f}"  # beyond 10,000 resamples the bound is below 4 decimals
+    if at_floor(v, floor) and v < 1:  # a bound of 1 says nothing: written as the value
+        # rounded up: a bound written lower than it is would claim more (beyond 10,000 resamples, below 4 decimals)
+        return f"< {math.ceil(max(floor, 0.0001) * 1e4 - 1e-9) / 1e4:.4f}"
     return "< 0.0001" if v < 0.0001 else f"{v:.4f}"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.report import plots
-from medcad.runfolder import FoldFolder, RunFolder
+from medcad.runfolder import FoldFolder, RunFolder, read_predictions
 from medcad.tasks import metrics_positive, pooled_positive, settings_read
 
 
@@ -120,7 +120,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         splits = load_splits(folder.splits, manifest)
         shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]
-    pred = pd.read_csv(folder.predictions, dtype={"image": str, "label": str, "predicted": str})
+    pred = read_predictions(folder.predictions)
     figures: dict[str, str] = {}
     gallery_items: list[dict] = []
     if "confusion_matrix" in metrics:

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medcad.data.splits import row_groups
-from medcad.runfolder import RunFolder
+from medcad.runfolder import RunFolder, read_predictions
 from medcad.study.protocol import Experiment, compared_pairs, slug
 from medcad.tasks import positive_label
 
@@ -35,10 +34,7 @@ def paired_tests(
     from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
     from medcad.metrics.stats import class_score, delong_test
 
-    preds = {
-        e.name: pd.read_csv(RunFolder(study_dir / "runs" / slug(e.name)).predictions, dtype={"image": str})
-        for e in exps
-    }
+    preds = {e.name: read_predictions(RunFolder(study_dir / "runs" / slug(e.name)).predictions) for e in exps}
     out = []
     positive = (positive or positive_label(labels)) if len(labels) == 2 else None  # the study's, its runs' too
     detections: dict = {}  # each detector run's, read once

@@ -118,15 +118,21 @@ function showImage(li, r) {
     $(".extra", li).prepend(`a DICOM cine of ${r.frames} frames; shown: frame ${r.frame} (frames count from 0). `);
     $(".details", li).append(cine);
   } else if (r.frames > 1 && li.file) {
-    // a multi-page TIFF, an animated GIF / WebP / PNG: each page is an image of its own (not a clip)
-    $(".extra", li).prepend(`a ${r.kind.toUpperCase()} of ${r.frames} pages; shown: page ${r.frame} (pages count from 0). `);
-    if (r.frame === 0) {
+    // a multi-page TIFF, an animated GIF / WebP / PNG: each page is an image of its own (not a clip); a TIFF's
+    // thumbnail pages (reduced copies) are not images of the set, as predict reads them
+    const pages = r.pages || [...Array(r.frames).keys()];
+    const thumbs = r.frames - pages.length;
+    $(".extra", li).prepend(`a ${r.kind.toUpperCase()} of ${pages.length} page${pages.length === 1 ? "" : "s"}` +
+      (thumbs ? ` and ${thumbs} thumbnail${thumbs === 1 ? "" : "s"}` : "") +
+      `; shown: page ${r.frame} (pages count from 0). `);
+    const others = pages.filter((k) => k !== r.frame);
+    if (r.frame === pages[0] && others.length) {
       const rest = document.createElement("button");
       rest.type = "button"; rest.className = "toggle pages";
-      rest.textContent = `Predict the other ${r.frames - 1} page${r.frames > 2 ? "s" : ""}`;
+      rest.textContent = `Predict the other ${others.length} page${others.length > 1 ? "s" : ""}`;
       rest.addEventListener("click", () => {
         rest.disabled = true;
-        for (let k = 1; k < r.frames; k++) predictImage(li.file, k);
+        for (const k of others) predictImage(li.file, k);
       });
       $(".details", li).append(rest);
     }
