@@ -225,7 +225,13 @@ def test_a_class_legend_is_written_on_images_it_fits_and_worded_beside_small_one
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=120))
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="…"),
+        min_size=1,
+        max_size=120,
+    )
+)
 def test_a_gallery_tile_names_its_image_whole_or_says_where_it_is_cut(key: str) -> None:
     """A case tile's caption holds its image's name whole, broken onto lines (it had shown the last 26 characters,
     "lignant/malignant (23).jpg"); a name longer than three lines keeps its start and its end, with "…" between."""
@@ -233,7 +239,7 @@ def test_a_gallery_tile_names_its_image_whole_or_says_where_it_is_cut(key: str) 
 
     lines = tile_name(key).split("\n")
     assert len(lines) <= 3 and all(len(line) <= 28 for line in lines)
-    if "…" not in lines[-1] or "…" in key:
+    if "…" not in lines[-1]:
         assert "".join(lines).replace(" ", "") == key.replace(" ", "")
     else:
         assert key.replace(" ", "").startswith("".join(lines[:-1]).replace(" ", ""))
