@@ -448,7 +448,7 @@ def explain(
     try:
         from PIL import Image
 
-        from medcad.data.io import VIDEO_SUFFIXES, image_pages, read_image
+        from medcad.data.io import VIDEO_SUFFIXES, check_file, image_pages, read_image
         from medcad.errors import DataError
         from medcad.explain.explainers import EXPLAINERS
         from medcad.inference.predictor import split_frame
@@ -457,8 +457,11 @@ def explain(
         path, frame = split_frame(image)
         if path.suffix.lower() in VIDEO_SUFFIXES:
             raise DataError(path, "a video: explain takes one image (`medcad data frames VIDEO` writes its frames)")
-        rgb = read_image(path, frame)  # a file that cannot be read fails before the models load
+        check_file(path)  # missing, a folder, empty: said before its pages are looked at
         pages = image_pages(path)[0] if frame is None else [frame]
+        if frame is None and pages and pages[0] != 0:  # page 0 a thumbnail: the first page of the set
+            frame = pages[0]
+        rgb = read_image(path, frame)  # a file that cannot be read fails before the models load
         predictor = load_predictor(run, fold, backend="torch-fp32")  # Grad-CAM needs the torch models
         shown, caption = EXPLAINERS[predictor.task](predictor, rgb, layer, label)
         out.parent.mkdir(parents=True, exist_ok=True)
