@@ -486,6 +486,33 @@ def test_isic_ground_truth_one_hot_columns_and_names_without_extension(tmp_path:
     assert "6 path(s) in GroundTruth.csv name a file that is written without its extension" in notes
 
 
+@pytest.mark.parametrize(
+    "yes,no", [("TRUE", "FALSE"), ("True", "False"), ("yes", "no"), ("Y", "N"), ("x", ""), ("1", ""), ("1", "0")]
+)
+def test_one_hot_findings_as_spreadsheets_write_them(tmp_path: Path, yes: str, no: str) -> None:
+    """One column per finding with Excel's booleans (TRUE/FALSE), yes/no, or a mark beside empty cells reads the
+    same findings as 0/1 (they had read no label at all, and multilabel training stopped: "found none"); an .xlsx of
+    real boolean cells too."""
+    import openpyxl
+
+    flags = [(1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (0, 0, 0), (1, 0, 1)]
+    expected = ["mass", "malignant", "mass|malignant", "large", "", "mass|large"]
+    rows = ["image,patient,mass,malignant,large"]
+    for k, f in enumerate(flags):
+        save(tmp_path / f"{k}.png", noise_image(k))
+        rows.append(f"{k}.png,P{k}," + ",".join(yes if v else no for v in f))
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path / "m.csv")
+    assert m.table["label"].tolist() == expected and "one-hot columns mass, malignant, large" in " ".join(m.notes)
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["image", "patient", "mass", "malignant", "large"])
+    for k, f in enumerate(flags):
+        sheet.append([f"{k}.png", f"P{k}", *(bool(v) for v in f)])
+    book.save(tmp_path / "m.xlsx")
+    assert load_manifest(tmp_path / "m.xlsx").table["label"].tolist() == expected
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     name=st.text(alphabet="abcéèüñ ØK_-", min_size=1, max_size=10).filter(lambda t: t.strip(" ") == t),

@@ -128,28 +128,34 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
     return df, notes
 
 
+# one-hot cells as spreadsheets write them: 0/1, Excel's booleans (TRUE/FALSE), yes/no, a mark or nothing
+ONE_HOT_TRUE = frozenset({"1", "1.0", "true", "yes", "y", "x", "✓", "✔"})
+ONE_HOT_FALSE = frozenset({"0", "0.0", "false", "no", "n", ""})
+
+
 def _one_hot_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """A label column from one-hot columns (ISIC's GroundTruth.csv: `image,MEL,NV,BCC,...` of 0/1 or 0.0/1.0), and
-    what was read; (df, "") when the table has no two such columns. A row with several ones gets each of them
-    ('MEL|NV': a multi-label finding list), a row of zeros none."""
+    """A label column from one-hot columns (ISIC's GroundTruth.csv: `image,MEL,NV,BCC,...` of 0/1 or 0.0/1.0; also
+    TRUE/FALSE as Excel writes booleans, yes/no, or a mark such as x beside empty cells: ONE_HOT_TRUE /
+    ONE_HOT_FALSE, any case), and what was read; (df, "") when the table has no two such columns. A row with several
+    ones gets each of them ('MEL|NV': a multi-label finding list), a row of zeros none."""
+    cells = {c: df[c].astype(str).str.strip().str.lower() for c in df.columns if c not in COLUMN_ALIASES}
     binary = [
         c
-        for c in df.columns
-        if c not in COLUMN_ALIASES
-        and len(df)
-        and df[c].astype(str).str.strip().isin(["0", "1", "0.0", "1.0"]).all()
-        and (df[c].astype(str).str.strip().astype(float) == 1).any()
+        for c, v in cells.items()
+        if len(df) and v.isin(ONE_HOT_TRUE | ONE_HOT_FALSE).all() and v.isin(ONE_HOT_TRUE).any()
     ]
     if len(binary) < 2:
         return df, ""
-    ones = df[binary].astype(str).apply(lambda col: col.str.strip().astype(float) == 1)
+    ones = pd.DataFrame({c: cells[c].isin(ONE_HOT_TRUE) for c in binary})
     names = [str(c).strip() for c in binary]
+    written = sorted({v for c in binary for v in df[c].astype(str).str.strip().unique()}, key=str.lower)
     df = df.assign(
         label=[LABEL_JOIN.join(n for n, on in zip(names, row, strict=True) if on) for row in ones.to_numpy()]
     )
     per_row = ones.sum(axis=1)
     return df, (
-        f"labels from the one-hot columns {', '.join(names)} (no label column): "
+        f"labels from the one-hot columns {', '.join(names)} (no label column; cells "
+        f"{', '.join(repr(v) for v in written)}): "
         f"{int((per_row == 1).sum())} image(s) with one, {int((per_row > 1).sum())} with several (read as a "
         f"finding list 'a|b'), {int((per_row == 0).sum())} with none"
         + (
