@@ -284,6 +284,22 @@ def p_lesion_words(labels: list[str]) -> str:
     return f"the class head's probability that the frame is not {reference_label(labels)!r}"
 
 
+def split_strata(manifest, task: Task):
+    """What a run's splits stratify by (`medcad.data.splits.make_splits`' strata): None (the label column) for
+    single-label tasks; for multi-label ones each row's rarest finding ('' for none), so that every finding is spread
+    over the folds without needing enough groups for every combination (cells as written, 'mass|malignant' beside
+    'malignant|mass' and 'No Finding' beside '', had been strata of their own). `train` and `data split` alike."""
+    from collections import Counter
+
+    import numpy as np
+
+    if task.label_kind != "multi":
+        return None
+    sets = [split_labels(v) for v in manifest.table["label"]]
+    counts = Counter(lab for labs in sets for lab in labs)
+    return np.array([min(labs, key=lambda lab: (counts[lab], lab)) if labs else "" for labs in sets], dtype=object)
+
+
 def split_labels(value: str) -> list[str]:
     """The findings of one multi-label cell ('stone|cyst', 'stone; cyst', '' and 'No Finding': none), without
     empties; a label that names the absence of findings (`says_no_finding`, as ChestX-ray14's 'No Finding') is none."""

@@ -179,6 +179,9 @@ def test_cross_label_pairs_are_reported_even_when_grouping_splits_them() -> None
     groups = link_groups(4, links, "complete")
     assert [0, 1, 3] in groups
     assert cross_label(groups, links, labels) == [[1, 2]]
+    # one set of findings written in another order is one label (a multi-label set's false alarm)
+    findings = ["mass|malignant", "malignant|mass", "malignant; mass", "mass|malignant"]
+    assert cross_label(groups, [], findings) == [] and cross_label([[0, 1, 2]], [], ["a|b", "b|a", "a"]) == [[0, 1, 2]]
 
 
 def test_group_from_takes_patient_ids_from_file_names(tmp_path: Path, monkeypatch) -> None:

@@ -106,6 +106,29 @@ def test_multilabel_run_end_to_end(findings: Path, tmp_path: Path) -> None:
     assert "images with each finding:\ndisc 16, square 16." in html  # beside the cells as written ('disc|square')
 
 
+def test_data_split_for_multilabel_gives_the_folds_train_makes(findings: Path, tmp_path: Path) -> None:
+    """`data split --task multilabel` stratifies as `train --task multilabel` does (each image's rarest finding), so
+    the splits.json a user writes first is the one train would have made (it had stratified by the cells as written:
+    'disc|square' and 'No Finding' strata of their own, other folds, a validation part of 24 % for 15 %)."""
+    import json
+
+    from medcad.config import TrainConfig
+    from medcad.data.layouts import load_manifest
+    from medcad.engine.train import splits_for
+
+    out = tmp_path / "splits.json"
+    res = runner.invoke(
+        app,
+        ["data", "split", str(findings / "manifest.csv"), "--folds", "2", "--task", "multilabel", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    written = json.loads(out.read_text())["folds"]
+    made = splits_for(load_manifest(findings / "manifest.csv"), TrainConfig(task="multilabel", folds=2), False)
+    assert [(f["train"], f["val"], f["test"]) for f in written] == [
+        (f["train"], f["val"], f["test"]) for f in made["folds"]
+    ]
+
+
 def test_a_diverged_multilabel_epoch_scores_zero() -> None:
     """NaN probabilities (a diverged epoch) score 0 and are never selected, as for one-label classes; sklearn had
     stopped the fit with "Input contains NaN"."""

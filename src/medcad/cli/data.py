@@ -79,13 +79,19 @@ def data_split(
             "straddle its test part are named)."
         ),
     ] = None,
+    task: Annotated[
+        str,
+        typer.Option(help="The task the splits are for (multilabel: stratified by each image's rarest finding)."),
+    ] = "classify",
     *,
     options: DataOptions,
 ) -> None:
     """Write grouped, stratified splits (k-fold or holdout) to splits.json, or the dataset's own (--split-column)."""
     try:
         from medcad.data.splits import make_splits, save_splits
+        from medcad.tasks import get_task, split_strata
 
+        strata_of = get_task(task)  # an unknown task fails before the data is read
         manifest = _load(path, options)
         splits = make_splits(
             manifest,
@@ -96,6 +102,7 @@ def data_split(
             group_by=group,
             progress=True,
             split_column=split_column,
+            strata=split_strata(manifest, strata_of),
         )
         save_splits(splits, out)
     except MedcadError as e:

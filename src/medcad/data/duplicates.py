@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medcad.data.fingerprints import STATIC_GRID, THUMB, ImageFingerprint
-from medcad.data.manifest import Manifest
+from medcad.data.manifest import Manifest, label_identity
 
 # Near duplicates: perceptual hashes (64 bits) within PHASH_SURE bits, or within PHASH_MAX bits and a 32x32
 # thumbnail that correlates >= CORR_MIN with the other once the mean thumbnail of its kind is subtracted.
@@ -447,8 +447,10 @@ def largest_group(manifest: Manifest, groups: list[list[int]], links: list[Link]
 
 def cross_label(groups: list[list[int]], links: list[Link], labels: list[str]) -> list[list[int]]:
     """Near duplicates under different labels: the groups that hold several labels, then each link between two
-    differently labelled images that the grouping put in different groups (so none is missed)."""
-    out = [g for g in groups if len({labels[i] for i in g}) > 1]
+    differently labelled images that the grouping put in different groups (so none is missed). Labels compare by
+    `label_identity` (a finding list in another order is the same label)."""
+    same = [label_identity(v) for v in labels]
+    out = [g for g in groups if len({same[i] for i in g}) > 1]
     gid = {i: k for k, g in enumerate(groups) for i in g}
-    out += [[x.i, x.j] for x in links if labels[x.i] != labels[x.j] and gid.get(x.i, -1) != gid.get(x.j, -2)]
+    out += [[x.i, x.j] for x in links if same[x.i] != same[x.j] and gid.get(x.i, -1) != gid.get(x.j, -2)]
     return out

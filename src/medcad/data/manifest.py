@@ -218,6 +218,15 @@ LABEL_JOIN = "|"  # how medcad writes several labels of one image (predictions, 
 MULTI_LABEL_CELL = re.compile(r"[|;]")  # a cell holding several labels for a label map (a comma may be in a name)
 
 
+def label_identity(cell: str) -> str:
+    """One spelling of a label cell for comparing two images' labels: a multi-label cell's labels sorted
+    ('mass|malignant' and 'malignant; mass' are one set of findings: 'malignant|mass'); any other cell as it is."""
+    text = str(cell)
+    if not MULTI_LABEL_CELL.search(text):
+        return text
+    return LABEL_JOIN.join(sorted({part for part in LABEL_SEPARATORS.split(text.strip()) if part}))
+
+
 def label_counts(manifest: Manifest) -> Counter:
     """Every label the manifest holds, with how often: label cells, the labels of multi-label cells, box labels."""
     t = manifest.table

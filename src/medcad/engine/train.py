@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
 from medcad.targets import load_targets, run_rows
-from medcad.tasks import Task, get_task, pooled_positive, split_labels, unread_settings
+from medcad.tasks import get_task, pooled_positive, split_strata, unread_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +45,6 @@ def fold_hooks(task: str) -> type[FoldHooks]:
 
     hooks = {t: h for h in (ClassifyHooks, MultilabelHooks, SegmentHooks, DetectHooks) for t in h.tasks}
     return hooks[get_task(task).name]  # each hooks class declares its tasks (`FoldHooks.tasks`)
-
-
-def split_strata(manifest: Manifest, task: Task) -> np.ndarray | None:
-    """What splits stratify by: the label, or for multi-label tasks each row's rarest label ('' for none), so that
-    every label is spread over the folds without needing enough groups for every combination."""
-    if task.label_kind != "multi":
-        return None
-    sets = [split_labels(v) for v in manifest.table["label"]]
-    counts = Counter(lab for labs in sets for lab in labs)
-    return np.array([min(labs, key=lambda lab: (counts[lab], lab)) if labs else "" for labs in sets], dtype=object)
 
 
 def splits_for(manifest: Manifest, cfg: TrainConfig, progress: bool = True) -> dict:
