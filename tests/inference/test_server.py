@@ -580,6 +580,12 @@ def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path:
     assert one["operating_points"]["youden"] == pytest.approx(points["youden"]["thresholds"]["1"], nan_ok=True)
     folds = json.loads((run / "splits.json").read_text())["folds"]
     assert card["trained_on"]["unseen_images"] == 0  # cross-validation: every image is in some fold's training part
+    assert card["trained_on"]["training_images_each"] == [len(f["train"]) for f in folds]
+    # one fold's model: its own training and validation parts (the card had given the folds' union)
+    assert (one["trained_on"]["training_images"], one["trained_on"]["validation_images"]) == (
+        len(folds[1]["train"]),
+        len(set(folds[1]["val"]) - set(folds[1]["train"])),
+    )
     # as a holdout run: one fold whose test part no model saw
     (run / "splits.json").write_text(json.dumps({"folds": folds[:1]}))
     trained = model_card(load_predictor(run, backend="torch-fp32"))["trained_on"]

@@ -45,18 +45,23 @@ def _rows(table: Path) -> int:
     return len(pd.read_csv(table, usecols=[0], dtype=str, keep_default_na=False))
 
 
-def _trained_on(data: str | None, manifest: Path, splits: Path) -> dict:
+def _trained_on(data: str | None, manifest: Path, splits: Path, fold: int | None = None) -> dict:
     """What data made a run's models: the dataset folder's name (not its path), its images (manifest rows: the
     training, validation and test parts together), how many the models learned their weights from (the folds'
-    training parts together), were tuned on only (early stopping, temperature, thresholds: the validation parts,
-    less those) and no model saw (a holdout's test part, domains a transfer run left out); counts are of
-    RUN/splits.json's keys, one per image (or DICOM frame)."""
+    training parts together; with `fold`, one fold's model alone: that fold's, as it had been given the ensemble's
+    sum), were tuned on only (early stopping, temperature, thresholds: the validation parts, less those) and no model
+    saw (a holdout's test part, domains a transfer run left out); for an ensemble also each fold model's own
+    training part (`training_images_each`); counts are of RUN/splits.json's keys, one per image (or DICOM frame)."""
     out = {"dataset": Path(data).name if data else None, "images": _rows(manifest) if manifest.is_file() else None}
     if splits.is_file():
         folds = json.loads(splits.read_text())["folds"]
+        if fold is not None:
+            folds = [f for i, f in enumerate(folds) if int(f.get("fold", i)) == fold] or folds
         train = set().union(*(f["train"] for f in folds))
         val = set().union(*(f.get("val", []) for f in folds)) - train
         out |= {"training_images": len(train), "validation_images": len(val)}
+        if len(folds) > 1:
+            out["training_images_each"] = [len(f["train"]) for f in folds]
         if out["images"] is not None:
             out["unseen_images"] = out["images"] - len(train) - len(val)
     return out
@@ -135,7 +140,9 @@ def model_card(predictor: Predictor) -> dict:
         card |= _one_fold(predictor, m) | _operating_points(predictor, m) | _calibration(predictor, m)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
-        card["trained_on"] = _trained_on(data, RunFolder(folder).manifest, RunFolder(folder).splits)
+        card["trained_on"] = _trained_on(
+            data, RunFolder(folder).manifest, RunFolder(folder).splits, _fold_of(predictor)
+        )
     return card
 
 
