@@ -102,3 +102,30 @@ def test_images_without_an_entry_are_said_to_take_their_boxes_from_their_masks(t
     m = load_manifest(tmp_path)
     note = next(n for n in m.notes if n.startswith("boxes from kavsir_bboxes.json"))
     assert "1 of 3 images; 2 have no entry there (e.g. images/id1.png): detection draws their boxes" in note
+
+
+def test_the_audit_names_the_boxes_a_detection_run_would_clip_or_drop(tmp_path: Path, monkeypatch) -> None:
+    """`data audit` lists boxes outside their image or of no area, and an image left with no usable box as blocking
+    (it had said "No blocking problems found." of a set `train --task detect` then stopped on)."""
+    from rich.console import Console
+
+    from medcad.data.audit import audit
+    from medcad.report.console import print_audit
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    stems = _pair_set(tmp_path, n=3)
+    boxes = [
+        [{"label": "polyp", "xmin": -10, "ymin": 3, "xmax": 20, "ymax": 25}],  # partly outside: clipped
+        [{"label": "polyp", "xmin": 50, "ymin": 40, "xmax": 60, "ymax": 45}],  # wholly outside the 40x30 image
+        [{"label": "polyp", "xmin": 2, "ymin": 3, "xmax": 20, "ymax": 25}],
+    ]
+    entries = {s: {"height": 30, "width": 40, "bbox": b} for s, b in zip(stems, boxes, strict=True)}
+    (tmp_path / "kavsir_bboxes.json").write_text(json.dumps(entries))
+    r = audit(load_manifest(tmp_path), interface="none")
+    assert [row[0] for row in r["box_problems"]] == ["images/id0.png", "images/id1.png"]
+    assert "clipped" in r["box_problems"][0][1] and "dropped" in r["box_problems"][1][1]
+    assert r["images_without_usable_boxes"] == ["images/id1.png"]
+    console = Console(record=True, width=200)
+    print_audit(r, console)
+    text = console.export_text()
+    assert "1 image(s) have boxes but none usable" in text and "No blocking problems found." not in text

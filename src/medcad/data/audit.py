@@ -4,10 +4,12 @@ the ultrasound interface option would remove from each image (crop box, masked m
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from medcad.data.boxes import clean_boxes
 from medcad.data.duplicates import (
     connected_groups,
     content_features,
@@ -57,6 +59,21 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
     return out
 
 
+def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[str]]:
+    """The boxes a detection run would clip or drop (`clean_boxes` against each image's size: [image, what]), and
+    the images whose boxes would all be dropped (a detection run stops on them: `medcad.targets`)."""
+    problems, unusable = [], []
+    for i, cell in enumerate(manifest.table["boxes"]):
+        if not cell or not isinstance(fps[i], ImageFingerprint):
+            continue
+        boxes = json.loads(cell)
+        kept, said = clean_boxes(boxes, fps[i].width, fps[i].height, manifest.keys[i])
+        problems += [[manifest.keys[i], text.split(": ", 1)[-1]] for text in said]
+        if boxes and not kept:
+            unusable.append(manifest.keys[i])
+    return problems, unusable
+
+
 def audit(
     manifest: Manifest,
     splits: dict | None = None,
@@ -87,6 +104,7 @@ def audit(
     cross = cross_label(near, links, labels)
     gid = {i: k for k, g in enumerate(near) for i in g}
     rules = Counter(detail.split(": ", 1)[1].split(";")[0] for _, _, detail in masks["decoding"])
+    box_problems, unusable_boxes = _check_boxes(manifest, fps)
     result = {
         "n_images": len(manifest),
         "manifest_problems": [list(p) for p in manifest.problems],
@@ -104,6 +122,8 @@ def audit(
         "inverted_masks": masks["inverted"],
         "all_masks_empty": bool(masks["decoding"]) and len(masks["empty"]) == len(masks["decoding"]),
         "empty_labels": [keys[i] for i, lab in enumerate(labels) if not lab],
+        "box_problems": box_problems,  # clipped or dropped, as a detection run would
+        "images_without_usable_boxes": unusable_boxes,  # a detection run stops on these (--allow-missing: left out)
         "exact_duplicates": [[keys[i] for i in g] for g in exact],
         "near_duplicates": [[keys[i] for i in g] for g in near],
         "cross_label_duplicates": [[keys[i] for i in g] for g in cross],

@@ -81,6 +81,13 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     _print_problems(
         c, r.get("inverted_masks", []), "Masks whose lesion is most of the frame and its whole border (inverted?)"
     )
+    _print_problems(c, r.get("box_problems", []), "Boxes a detection run clips or drops")
+    if r.get("images_without_usable_boxes"):
+        shown = ", ".join(r["images_without_usable_boxes"][:5]) + ("..." * (len(r["images_without_usable_boxes"]) > 5))
+        c.print(
+            f"[bold red]{len(r['images_without_usable_boxes'])} image(s) have boxes but none usable[/]: a detection "
+            f"run stops on them (--allow-missing leaves them out): {shown}"
+        )
     if r["empty_labels"]:
         c.print(f"[yellow]{len(r['empty_labels'])} images have no label[/] (fine for segmentation or detection).")
     c.print(
@@ -133,7 +140,8 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         c.print(
             f"[{style}]fold {fold['fold']}: {n_dup} duplicate groups and {n_pat} patients in both train and test[/]"
         )
-    clean = not any(r[k] for k in ("unreadable", "unreadable_masks", "mask_size_mismatch", "cross_label_duplicates"))
+    blocking = ("unreadable", "unreadable_masks", "mask_size_mismatch", "cross_label_duplicates")
+    clean = not any(r.get(k) for k in (*blocking, "images_without_usable_boxes"))
     c.print("[green]No blocking problems found.[/]" if clean else "[yellow]See the findings above.[/]")
 
 
