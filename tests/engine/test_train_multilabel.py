@@ -129,6 +129,26 @@ def test_data_split_for_multilabel_gives_the_folds_train_makes(findings: Path, t
     ]
 
 
+def test_a_finding_missing_from_a_folds_parts_is_said(findings: Path) -> None:
+    """Given splits whose fold 0 tests every image with a square: its training part has none (its model never
+    learns one, yet its square scores are pooled) and fold 1's test part has none; both are said as the run starts
+    (nothing had been said); a class missing from a classifier's part alike; folds that hold every label: nothing."""
+    from medcad.data.layouts import load_manifest
+    from medcad.engine.train import fold_coverage
+    from medcad.tasks import get_task
+
+    m = load_manifest(findings / "manifest.csv")
+    square = [k for k, v in zip(m.keys, m.table["label"], strict=True) if "square" in v]
+    rest = [k for k in m.keys if k not in square]
+    splits = {"folds": [{"fold": 0, "train": rest, "test": square}, {"fold": 1, "train": square, "test": rest}]}
+    said = fold_coverage(m, splits, get_task("multilabel"))
+    assert said[0].startswith("training parts without any image of a finding: fold 0 (square)") and len(said) == 2
+    assert said[1].startswith("test parts without any image of a finding: fold 1 (square)")
+    even = {"folds": [{"fold": 0, "train": m.keys[:16], "test": m.keys[16:]}]}
+    assert fold_coverage(m, even, get_task("multilabel")) == []
+    assert fold_coverage(m, splits, get_task("segment")) == []
+
+
 def test_a_diverged_multilabel_epoch_scores_zero() -> None:
     """NaN probabilities (a diverged epoch) score 0 and are never selected, as for one-label classes; sklearn had
     stopped the fit with "Input contains NaN"."""

@@ -31,7 +31,7 @@ from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
 from medcad.targets import load_targets, run_rows
-from medcad.tasks import get_task, pooled_positive, split_strata, unread_settings
+from medcad.tasks import Task, get_task, pooled_positive, split_labels, split_strata, unread_settings
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,38 @@ def _say_positive_changed(folder: RunFolder, positive: str | None) -> None:
     )
 
 
+def fold_coverage(manifest: Manifest, splits: dict, task: Task) -> list[str]:
+    """What the folds' parts lack of the labels (classes; a multi-label task's findings), in words: a fold whose
+    training part holds no image of one (its model never learns it, yet its test images of it are scored and pooled)
+    and a fold whose test part holds none (its own figures average over the others). Given splits had left both
+    unsaid; empty for tasks without labels."""
+    if "probabilities" not in task.outputs or "labels" not in task.targets:
+        return []
+    cells = manifest.table["label"].tolist()
+    sets = [set(split_labels(v)) if task.label_kind == "multi" else ({v} if v else set()) for v in cells]
+    every = set().union(*sets) if sets else set()
+    lacking: dict[str, list[str]] = {"train": [], "test": []}
+    for i, fold in enumerate(splits["folds"]):
+        parts = fold_indices(manifest, fold)
+        for part, said in lacking.items():
+            held = set().union(*(sets[j] for j in parts[part])) if len(parts[part]) else set()
+            if len(parts[part]) and every - held:
+                said.append(f"fold {fold.get('fold', i)} ({', '.join(sorted(every - held))})")
+    what = "finding" if task.label_kind == "multi" else "class"
+    out = []
+    if lacking["train"]:
+        out.append(
+            f"training parts without any image of a {what}: {'; '.join(lacking['train'])}: that fold's model never "
+            f"learns it, yet its test images of it are scored and pooled with the other folds'"
+        )
+    if lacking["test"]:
+        out.append(
+            f"test parts without any image of a {what}: {'; '.join(lacking['test'])}: those folds' own figures "
+            "average over the others"
+        )
+    return out
+
+
 def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool, say: bool) -> tuple:
     """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), say how the data was
     read (when `say`), and load (or make) the decoded-image and mask caches. Returns (manifest, targets, splits,
@@ -297,6 +329,8 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
             raise DataError(data, f"no images of domain(s) {missing}; domains here: {sorted(set(domains) - {''})}")
     splits = _prepare_splits(manifest, run, splits_path)  # a refused split leaves no run folder behind
     for note in manifest.notes[said:] if say else []:  # what grouping the samples found (duplicates under two labels)
+        log.warning("note: %s", note)
+    for note in fold_coverage(manifest, splits, get_task(cfg.task)) if say else []:
         log.warning("note: %s", note)
     if write:
         out.mkdir(parents=True, exist_ok=True)
