@@ -180,7 +180,7 @@ def test_cross_label_pairs_are_reported_even_when_grouping_splits_them() -> None
     assert [0, 1, 3] in groups
     assert cross_label(groups, links, labels) == [[1, 2]]
     # one set of findings written in another order is one label (a multi-label set's false alarm)
-    findings = ["mass|malignant", "malignant|mass", "malignant; mass", "mass|malignant"]
+    findings = ["mass|malignant", "malignant|mass", "malignant; mass", "malignant, mass"]
     assert cross_label(groups, [], findings) == [] and cross_label([[0, 1, 2]], [], ["a|b", "b|a", "a"]) == [[0, 1, 2]]
 
 

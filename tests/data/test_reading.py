@@ -511,6 +511,14 @@ def test_one_hot_findings_as_spreadsheets_write_them(tmp_path: Path, yes: str, n
         sheet.append([f"{k}.png", f"P{k}", *(bool(v) for v in f)])
     book.save(tmp_path / "m.xlsx")
     assert load_manifest(tmp_path / "m.xlsx").table["label"].tolist() == expected
+    # a column of another vocabulary beside the findings is metadata (a yes/no 'reviewed' beside 0/1 findings)
+    other = "yes" if yes == "1" else "1"  # a true word of another vocabulary than the findings
+    rows = ["image,mass,malignant,reviewed"] + [
+        f"{k}.png,{yes if f[0] else no},{yes if f[1] else no},{other if k % 2 else ''}" for k, f in enumerate(flags)
+    ]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    m = load_manifest(tmp_path / "r.csv")
+    assert m.table["label"].tolist() == ["mass", "malignant", "mass|malignant", "", "", "mass"]
 
 
 @settings(max_examples=25, deadline=None)

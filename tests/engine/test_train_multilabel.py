@@ -147,6 +147,15 @@ def test_a_finding_missing_from_a_folds_parts_is_said(findings: Path) -> None:
     even = {"folds": [{"fold": 0, "train": m.keys[:16], "test": m.keys[16:]}]}
     assert fold_coverage(m, even, get_task("multilabel")) == []
     assert fold_coverage(m, splits, get_task("segment")) == []
+    # a holdout: the class its test part lacks is not scored at all; a transfer run's training part is its domains'
+    holdout = {"folds": [{"fold": 0, "train": square, "test": rest}]}
+    assert fold_coverage(m, holdout, get_task("multilabel")) == [
+        "the test part holds no image of a finding: fold 0 (square): not scored"
+    ]
+    m.table["domain"] = ["A" if k in rest else "B" for k in m.keys]
+    whole = {"folds": [{"fold": 0, "train": m.keys[:16], "test": m.keys[16:]}]}
+    said = fold_coverage(m, whole, get_task("multilabel"), train_domains=["A"])
+    assert said[0].startswith("training parts without any image of a finding: fold 0 (square)")
 
 
 def test_a_diverged_multilabel_epoch_scores_zero() -> None:

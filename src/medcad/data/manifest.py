@@ -219,12 +219,12 @@ MULTI_LABEL_CELL = re.compile(r"[|;]")  # a cell holding several labels for a la
 
 
 def label_identity(cell: str) -> str:
-    """One spelling of a label cell for comparing two images' labels: a multi-label cell's labels sorted
-    ('mass|malignant' and 'malignant; mass' are one set of findings: 'malignant|mass'); any other cell as it is."""
+    """One spelling of a label cell for comparing two images' labels: a cell of several labels (separated by '|',
+    ';' or ',', as multi-label cells are read) as its labels sorted ('mass|malignant', 'malignant; mass' and
+    'malignant, mass' are one set of findings: 'malignant|mass'); any other cell as it is."""
     text = str(cell)
-    if not MULTI_LABEL_CELL.search(text):
-        return text
-    return LABEL_JOIN.join(sorted({part for part in LABEL_SEPARATORS.split(text.strip()) if part}))
+    parts = {part for part in LABEL_SEPARATORS.split(text.strip()) if part}
+    return LABEL_JOIN.join(sorted(parts)) if len(parts) > 1 else text
 
 
 def label_counts(manifest: Manifest) -> Counter:

@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -128,25 +129,41 @@ def _rename_columns(df: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, list[
     return df, notes
 
 
-# one-hot cells as spreadsheets write them: 0/1, Excel's booleans (TRUE/FALSE), yes/no, a mark or nothing
-ONE_HOT_TRUE = frozenset({"1", "1.0", "true", "yes", "y", "x", "✓", "✔"})
-ONE_HOT_FALSE = frozenset({"0", "0.0", "false", "no", "n", ""})
+# one-hot cells as spreadsheets write them, each vocabulary (true words, false words) apart, any case: 0/1 (empty as
+# 0), Excel's booleans, yes/no, a mark beside empty cells; a table's finding columns share one (a yes/no 'reviewed'
+# column beside 0/1 findings is metadata)
+ONE_HOT_VOCABULARIES = (
+    ({"1", "1.0"}, {"0", "0.0", ""}),
+    ({"true"}, {"false", ""}),
+    ({"yes", "y"}, {"no", "n", ""}),
+    ({"x", "✓", "✔"}, {""}),
+)
+
+
+def _vocabulary(cells: pd.Series) -> int | None:
+    """The first ONE_HOT_VOCABULARIES entry a column's cells (stripped, lower case) all belong to, with one true cell
+    at least; None for other columns."""
+    for k, (true, false) in enumerate(ONE_HOT_VOCABULARIES):
+        if cells.isin(true | false).all() and cells.isin(true).any():
+            return k
+    return None
 
 
 def _one_hot_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """A label column from one-hot columns (ISIC's GroundTruth.csv: `image,MEL,NV,BCC,...` of 0/1 or 0.0/1.0; also
-    TRUE/FALSE as Excel writes booleans, yes/no, or a mark such as x beside empty cells: ONE_HOT_TRUE /
-    ONE_HOT_FALSE, any case), and what was read; (df, "") when the table has no two such columns. A row with several
-    ones gets each of them ('MEL|NV': a multi-label finding list), a row of zeros none."""
+    TRUE/FALSE as Excel writes booleans, yes/no, or a mark such as x beside empty cells: ONE_HOT_VOCABULARIES, any
+    case; the columns of the vocabulary most use), and what was read; (df, "") when the table has no two such
+    columns. A row with several ones gets each of them ('MEL|NV': a multi-label finding list), a row of zeros none."""
     cells = {c: df[c].astype(str).str.strip().str.lower() for c in df.columns if c not in COLUMN_ALIASES}
-    binary = [
-        c
-        for c, v in cells.items()
-        if len(df) and v.isin(ONE_HOT_TRUE | ONE_HOT_FALSE).all() and v.isin(ONE_HOT_TRUE).any()
-    ]
+    kinds = {c: _vocabulary(v) for c, v in cells.items()} if len(df) else {}
+    counts = Counter(k for k in kinds.values() if k is not None)
+    # the vocabulary most columns use (0/1 first on a tie): its columns are the findings, any other kept as metadata
+    kind = max(counts, key=lambda k: (counts[k], -k), default=None)
+    binary = [c for c, k in kinds.items() if k is not None and k == kind]
     if len(binary) < 2:
         return df, ""
-    ones = pd.DataFrame({c: cells[c].isin(ONE_HOT_TRUE) for c in binary})
+    true = ONE_HOT_VOCABULARIES[kind][0]
+    ones = pd.DataFrame({c: cells[c].isin(true) for c in binary})
     names = [str(c).strip() for c in binary]
     written = sorted({v for c in binary for v in df[c].astype(str).str.strip().unique()}, key=str.lower)
     df = df.assign(

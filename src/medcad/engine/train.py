@@ -260,19 +260,25 @@ def _say_positive_changed(folder: RunFolder, positive: str | None) -> None:
     )
 
 
-def fold_coverage(manifest: Manifest, splits: dict, task: Task) -> list[str]:
+def fold_coverage(
+    manifest: Manifest, splits: dict, task: Task, train_domains: Sequence[str] | None = None
+) -> list[str]:
     """What the folds' parts lack of the labels (classes; a multi-label task's findings), in words: a fold whose
     training part holds no image of one (its model never learns it, yet its test images of it are scored and pooled)
-    and a fold whose test part holds none (its own figures average over the others). Given splits had left both
-    unsaid; empty for tasks without labels."""
+    and a fold whose test part holds none (its own figures average over the others; a holdout's: not scored). With
+    `train_domains` (a transfer run) a training part is the images of those domains only, as the run trains. Given
+    splits had left both unsaid; empty for tasks without labels."""
     if "probabilities" not in task.outputs or "labels" not in task.targets:
         return []
     cells = manifest.table["label"].tolist()
     sets = [set(split_labels(v)) if task.label_kind == "multi" else ({v} if v else set()) for v in cells]
     every = set().union(*sets) if sets else set()
     lacking: dict[str, list[str]] = {"train": [], "test": []}
+    domains = manifest.table["domain"].to_numpy(dtype=str)
     for i, fold in enumerate(splits["folds"]):
         parts = fold_indices(manifest, fold)
+        if train_domains:
+            parts["train"] = parts["train"][np.isin(domains[parts["train"]], list(train_domains))]
         for part, said in lacking.items():
             held = set().union(*(sets[j] for j in parts[part])) if len(parts[part]) else set()
             if len(parts[part]) and every - held:
@@ -284,7 +290,9 @@ def fold_coverage(manifest: Manifest, splits: dict, task: Task) -> list[str]:
             f"training parts without any image of a {what}: {'; '.join(lacking['train'])}: that fold's model never "
             f"learns it, yet its test images of it are scored and pooled with the other folds'"
         )
-    if lacking["test"]:
+    if lacking["test"] and len(splits["folds"]) == 1:
+        out.append(f"the test part holds no image of a {what}: {lacking['test'][0]}: not scored")
+    elif lacking["test"]:
         out.append(
             f"test parts without any image of a {what}: {'; '.join(lacking['test'])}: those folds' own figures "
             "average over the others"
@@ -330,7 +338,7 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     splits = _prepare_splits(manifest, run, splits_path)  # a refused split leaves no run folder behind
     for note in manifest.notes[said:] if say else []:  # what grouping the samples found (duplicates under two labels)
         log.warning("note: %s", note)
-    for note in fold_coverage(manifest, splits, get_task(cfg.task)) if say else []:
+    for note in fold_coverage(manifest, splits, get_task(cfg.task), train_domains) if say else []:
         log.warning("note: %s", note)
     if write:
         out.mkdir(parents=True, exist_ok=True)
