@@ -452,6 +452,11 @@ def row_groups(groups: dict, keys, rows=None) -> np.ndarray:
     return np.array([groups[k] if k in groups else f"image {k}" for k in chosen], dtype=object)
 
 
+def fold_split(folds: list[dict], k: int) -> dict | None:
+    """Fold k's split among splits.json's folds: the one numbered k (its "fold"), else the k-th; None where none is."""
+    return next((f for i, f in enumerate(folds) if int(f.get("fold", i)) == k), None)
+
+
 def fold_indices(manifest: Manifest, fold: dict) -> dict[str, np.ndarray]:
     """Row indices of the manifest for each part of a fold."""
     index = {k: i for i, k in enumerate(manifest.keys)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medcad import __version__
 from medcad.data.datasets import RESIZE_RULE
+from medcad.data.splits import fold_split
 from medcad.inference.outputs import frame_rule, no_finding_decisions
 from medcad.inference.predictor import Predictor, operating_rules, rule_threshold
 from medcad.runfolder import RunFolder, fold_of
@@ -55,8 +56,8 @@ def _trained_on(data: str | None, manifest: Path, splits: Path, fold: int | None
     out = {"dataset": Path(data).name if data else None, "images": _rows(manifest) if manifest.is_file() else None}
     if splits.is_file():
         folds = json.loads(splits.read_text())["folds"]
-        if fold is not None:
-            folds = [f for i, f in enumerate(folds) if int(f.get("fold", i)) == fold] or folds
+        if fold is not None and (own := fold_split(folds, fold)) is not None:
+            folds = [own]
         train = set().union(*(f["train"] for f in folds))
         val = set().union(*(f.get("val", []) for f in folds)) - train
         out |= {"training_images": len(train), "validation_images": len(val)}

@@ -69,7 +69,7 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
         DataError: the run's data or splits cannot be read, or the splits have no fold k.
     """
     from medcad.data.datasets import run_images
-    from medcad.data.splits import fold_indices, load_splits
+    from medcad.data.splits import fold_indices, fold_split, load_splits
     from medcad.targets import run_dataset
 
     meta = json.loads(RunFolder(run).config.read_text())
@@ -81,7 +81,7 @@ def check_images(run: Path, predictor: Predictor, n: int = 128) -> CheckImages:
     k = int(predictor.fold) if predictor.fold is not None else members[0]
     held_out = predictor.fold is not None or len(members) == 1
     folds = load_splits(RunFolder(run).splits, manifest)["folds"]
-    split = next((f for i, f in enumerate(folds) if int(f.get("fold", i)) == k), None)
+    split = fold_split(folds, k)
     if split is None:
         raise DataError(RunFolder(run).splits, f"no fold {k} in the splits (folds: {len(folds)})")
     parts = fold_indices(manifest, split)
