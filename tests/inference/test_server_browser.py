@@ -68,6 +68,19 @@ def _click(page, css: str) -> None:
     call(page.base, "POST", f"/session/{page.session}/element/{next(iter(el['value'].values()))}/click", {})
 
 
+def _video_job(base: str, clip: Path) -> dict:
+    """The state of a clip's job posted to the server at `base`, once done or failed (30 s at most)."""
+    import httpx
+
+    job = httpx.post(base + "/predict/video", files={"file": ("c.mp4", clip.read_bytes())}).json()
+    for _ in range(300):
+        said = httpx.get(base + job["status_url"]).json()
+        if said["status"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    return said
+
+
 def _expected_intervals(frames: list[dict], fps: float, finding: str = "normal") -> list[str]:
     """The page's list: runs of a finding (any smoothed decision but `finding`) from the first frame's time to the
     next predicted frame's (the last frame: one source frame later), in s with 2 decimals (a clip under 10 s)."""
@@ -92,7 +105,6 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
     smoothed decision, the dropped one hatched), the intervals of findings and a word per frame on click; a DICOM
     cine is offered as a clip; a heat-map is shown at the figure's width; percentages stay on one line; the icon is
     served (no 404)."""
-    import httpx
     from test_video import make_damaged_vfr_video, make_video
 
     caplog.set_level(logging.INFO, logger="medcad.serve")
@@ -104,12 +116,7 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
     app = create_app(load_predictor(tiny_run), explain=lambda rgb, prediction: (rgb, "identity"))
     with running(app) as base, chromium_page(tmp_path) as page:
         # what the API says of the clip, for the page to show
-        job = httpx.post(base + "/predict/video", files={"file": ("c.mp4", clip.read_bytes())}).json()
-        for _ in range(300):
-            said = httpx.get(base + job["status_url"]).json()
-            if said["status"] in ("done", "failed"):
-                break
-            time.sleep(0.1)
+        said = _video_job(base, clip)
         assert said["status"] == "done" and said["summary"]["dropped_frames"][0]["frame"] == 5, said
         # the frames decoded from frame 5 up to the next key frame are dropped too (concealed by the decoder)
         dropped = [d["frame"] for d in said["summary"]["dropped_frames"]]
@@ -215,19 +222,13 @@ def test_a_segmenters_timeline_says_the_same_figure_smoothed_and_alone(
 ) -> None:
     """A mask model's frame is told by its lesion area, smoothed and alone (the frame alone had shown its top pixel
     probability beside the smoothed area: "lesion 0.1 % (smoothed) · this frame alone: lesion 72.9 %")."""
-    import httpx
     from test_video import make_video
 
     frames = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((easy_set / "lesion").glob("*.png"))[:4]]
     clip = make_video(tmp_path / "clip.mp4", frames)
     app = create_app(load_predictor(tiny_segmenter, threshold=0.3))
     with running(app) as base, chromium_page(tmp_path) as page:
-        job = httpx.post(base + "/predict/video", files={"file": ("c.mp4", clip.read_bytes())}).json()
-        for _ in range(300):
-            said = httpx.get(base + job["status_url"]).json()
-            if said["status"] in ("done", "failed"):
-                break
-            time.sleep(0.1)
+        said = _video_job(base, clip)
         assert said["summary"]["smoothed_score_means"] == "lesion area", said
         page.open(base + "/")
         upload(page, clip)
