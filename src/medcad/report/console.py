@@ -358,35 +358,32 @@ def _print_validated(c: Console, m: dict) -> None:
                 "of the ensemble's mean threshold"
             )
     cal = m.get("calibration")
-    temperatures = {f: t for f, t in ((cal or {}).get("temperatures") or {}).items() if t is not None}
-    if cal and temperatures and all(t == 1 for t in temperatures.values()):  # nothing scaled: one set of figures
-        c.print(
-            f"calibration: ECE {_fmt(cal['before']['ece'])}, Brier {_fmt(cal['before']['brier'])}"
-            + "".join(
-                f", calibration slope of p_{_label(m, a['class'])} {_fmt(a['calibration_slope'])}"
-                for a in cal["before"].get("lines", [])
-            )
-            + "; no temperature scaling: no fold's validation part showed evidence against T = 1"
-        )
-    elif cal:
-        kept = [f"fold {f} T = {t:.2f}" for f, t in sorted(temperatures.items()) if t != 1]
-        unscaled = len(temperatures) - len(kept)
-        c.print(
-            f"calibration: ECE {_fmt(cal['before']['ece'])} -> {_fmt(cal['after']['ece'])}, Brier "
-            f"{_fmt(cal['before']['brier'])} -> {_fmt(cal['after']['brier'])}"
-            + "".join(
-                f", calibration slope of p_{_label(m, a['class'])} {_fmt(a['calibration_slope'])} -> "
-                f"{_fmt(b['calibration_slope'])}"
-                for a, b in zip(cal["before"].get("lines", []), cal["after"].get("lines", []), strict=True)
-            )
-            + " after temperature scaling on validation"
-            + (f" ({', '.join(kept)}; {unscaled} fold(s) kept at T = 1 for lack of evidence)" if unscaled else "")
-            + (
-                " (the Brier score worse after it)"
-                if _rounded(cal["after"]["brier"]) > _rounded(cal["before"]["brier"])
-                else ""
-            )
-        )
+    if not cal:
+        return
+    from medcad.metrics.calibration import scaled_by_temperature  # here: SciPy's import (~0.1 s of a CLI start)
+
+    scaled = scaled_by_temperature(cal)  # every T = 1: one set of figures, said unscaled
+
+    def both(before: dict, after: dict) -> str:
+        return f"{_fmt(before)} -> {_fmt(after)}" if scaled else _fmt(before)
+
+    text = f"calibration: ECE {both(cal['before']['ece'], cal['after']['ece'])}, Brier " + both(
+        cal["before"]["brier"], cal["after"]["brier"]
+    )
+    text += "".join(
+        f", calibration slope of p_{_label(m, a['class'])} {both(a['calibration_slope'], b['calibration_slope'])}"
+        for a, b in zip(cal["before"].get("lines", []), cal["after"].get("lines", []), strict=True)
+    )
+    if not scaled:
+        c.print(text + "; no temperature scaling: no fold's validation part showed evidence against T = 1")
+        return
+    temperatures = {f: t for f, t in (cal.get("temperatures") or {}).items() if t is not None}
+    kept = [f"fold {f} T = {t:.2f}" for f, t in sorted(temperatures.items()) if t != 1]
+    unscaled = len(temperatures) - len(kept)
+    text += " after temperature scaling on validation"
+    text += f" ({', '.join(kept)}; {unscaled} fold(s) kept at T = 1 for lack of evidence)" if unscaled else ""
+    worse = _rounded(cal["after"]["brier"]) > _rounded(cal["before"]["brier"])
+    c.print(text + (" (the Brier score worse after it)" if worse else ""))
 
 
 def _print_fold_summary(c: Console, m: dict) -> None:

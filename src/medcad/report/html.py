@@ -16,6 +16,7 @@ from medcad.runfolder import RunFolder
 def _env():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
+    from medcad.metrics.calibration import scaled_by_temperature
     from medcad.metrics.compare import p_floor
     from medcad.report.console import NO_CI, holm_floor, p_value_text
 
@@ -23,6 +24,7 @@ def _env():
     env.globals["p_value_text"] = p_value_text  # one rule for p-values in the terminal and the reports
     env.globals["p_floor"] = p_floor
     env.globals["holm_floor"] = holm_floor
+    env.globals["scaled_by_temperature"] = scaled_by_temperature  # one rule for the console, figures and tables
     env.globals["NO_CI"] = NO_CI  # the console's words where an interval does not say why it is missing
     return env
 

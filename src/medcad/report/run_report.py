@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.metrics.calibration import scaled_by_temperature
 from medcad.report import plots
 from medcad.runfolder import FoldFolder, RunFolder, read_predictions
 from medcad.tasks import metrics_positive, pooled_positive, settings_read
@@ -231,8 +232,7 @@ def _classification_figures(
         plots.reliability_png(metrics.get("reliability", {}), (metrics.get("ece") or {}).get("value"))
     )
     cal = metrics.get("calibration")
-    scaled = any(t not in (None, 1) for t in ((cal or {}).get("temperatures") or {}).values())
-    if cal and scaled:  # every T = 1: the diagram after scaling would repeat the one before it
+    if cal and scaled_by_temperature(cal):  # every T = 1: the diagram after scaling would repeat the one before
         figures["reliability_after"] = png_data_uri(
             plots.reliability_png(
                 cal["after"]["reliability"], cal["after"]["ece"]["value"], "after temperature scaling"
