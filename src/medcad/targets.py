@@ -123,7 +123,7 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig, used: Collectio
     Raises:
         DataError: such images without `allow_missing` (the first few named, with why).
     """
-    from medcad.data.boxes import clean_boxes, parse_frame_classes
+    from medcad.data.boxes import checked_boxes, parse_frame_classes
     from medcad.data.io import image_size
 
     if "boxes" not in get_task(cfg.task).targets:
@@ -135,9 +135,9 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig, used: Collectio
         if not boxes or labels[i] in frames:
             continue
         w, h = image_size(manifest.image_path(i), manifest.frame(i))
-        kept, problems = clean_boxes(boxes, w, h, keys[i])
+        kept, problems = checked_boxes(boxes, w, h)
         if not kept:
-            unusable.append((i, "; ".join(p.removeprefix(f"{keys[i]}: ").removesuffix("; dropped") for p in problems)))
+            unusable.append((i, "; ".join(p.removesuffix("; dropped") for p in problems)))
     kept_as_used = [keys[i] for i, _ in unusable if keys[i] in used]
     if kept_as_used:
         manifest.notes.append(

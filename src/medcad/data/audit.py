@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from medcad.data.boxes import clean_boxes
+from medcad.data.boxes import checked_boxes
 from medcad.data.duplicates import (
     connected_groups,
     content_features,
@@ -67,8 +67,8 @@ def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[s
         if not cell or not isinstance(fps[i], ImageFingerprint):
             continue
         boxes = json.loads(cell)
-        kept, said = clean_boxes(boxes, fps[i].width, fps[i].height, manifest.keys[i])
-        problems += [[manifest.keys[i], text.split(": ", 1)[-1]] for text in said]
+        kept, said = checked_boxes(boxes, fps[i].width, fps[i].height)
+        problems += [[manifest.keys[i], text] for text in said]
         if boxes and not kept:
             unusable.append(manifest.keys[i])
     return problems, unusable

@@ -62,14 +62,22 @@ def clean_boxes(boxes: list[list], width: int, height: int, source: str) -> tupl
         source: the image's name, used in the messages (e.g. "images/a.jpg").
 
     Returns:
-        (kept boxes with float coordinates clipped to [0, width] x [0, height], human-readable problems).
+        (kept boxes with float coordinates clipped to [0, width] x [0, height], human-readable problems, each
+        "<source>: ..." as `checked_boxes` words it).
     """
+    kept, problems = checked_boxes(boxes, width, height)
+    return kept, [f"{source}: {p}" for p in problems]
+
+
+def checked_boxes(boxes: list[list], width: int, height: int) -> tuple[list[list], list[str]]:
+    """`clean_boxes` without the image's name in its problems ("box [...] (polyp) outside the 40x30 image; dropped"):
+    for messages that name the image their own way (the audit's table, the ledger's reasons)."""
     kept: list[list] = []
     problems: list[str] = []
     for box in boxes or []:
         parsed = _coords(box)
         if parsed is None:
-            problems.append(f"{source}: {box!r} is not a box [x0, y0, x1, y1, label] with numbers; dropped")
+            problems.append(f"{box!r} is not a box [x0, y0, x1, y1, label] with numbers; dropped")
             continue
         (x0, y0, x1, y1), label = parsed
         cx0, cx1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
@@ -77,10 +85,10 @@ def clean_boxes(boxes: list[list], width: int, height: int, source: str) -> tupl
         shown, clipped = [x0, y0, x1, y1], (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1)
         if cx1 <= cx0 or cy1 <= cy0 or (cx1 - cx0) * (cy1 - cy0) < 1:
             why = f"outside the {width}x{height} image" if clipped else "has no area (under 1 pixel)"
-            problems.append(f"{source}: box {shown} ({label}) {why}; dropped")
+            problems.append(f"box {shown} ({label}) {why}; dropped")
             continue
         if clipped:
-            problems.append(f"{source}: box {shown} ({label}) outside the {width}x{height} image, clipped")
+            problems.append(f"box {shown} ({label}) outside the {width}x{height} image, clipped")
         kept.append([cx0, cy0, cx1, cy1, label])
     return kept, problems
 
