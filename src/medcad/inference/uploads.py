@@ -32,8 +32,16 @@ IMAGE_MAGIC = (
     (b"GIF87a", "gif"),
     (b"GIF89a", "gif"),
 )
-SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm", "webp": ".webp", "gif": ".gif"}
-SUFFIX["avif"] = ".avif"
+SUFFIX = {  # each upload kind's file suffix, for the decoder
+    "png": ".png",
+    "jpeg": ".jpg",
+    "tiff": ".tif",
+    "bmp": ".bmp",
+    "dicom": ".dcm",
+    "webp": ".webp",
+    "gif": ".gif",
+    "avif": ".avif",
+}
 KINDS = "PNG, JPEG, TIFF, BMP, GIF, WebP, AVIF or DICOM"  # the images an upload may be, in words
 AVIF_BRANDS = (b"avif", b"avis")  # an ISO-BMFF file (ftyp, as MP4) holding an AVIF image or image sequence
 
