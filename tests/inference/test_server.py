@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -550,48 +549,6 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         for x0, y0, x1, y1, score, label in body["boxes"]:
             assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and 0 <= score <= 1 and label in ("benign", "malignant")
         assert body["label"] in ("benign", "malignant", "background") and body["overlay"].startswith("data:")
-
-
-def test_the_model_card_counts_the_images_the_run_used(tiny_run: Path, tmp_path: Path) -> None:
-    """`trained_on.images` is the run's data (its folds' training, validation and test parts), not the count its
-    metrics were evaluated on: a holdout run's card had said 13 (its test part) of 33; beside it, how many images the
-    models learned from, were tuned on and never saw (the card had counted a holdout's test part as trained on). A
-    card of one fold's model says its headline metrics are the run's, beside the fold's own (they had read as its)."""
-    import json
-    import shutil
-
-    from medcad.inference.card import model_card
-
-    run = tmp_path / "card_run"
-    shutil.copytree(tiny_run, run)
-    metrics = json.loads((run / "metrics.json").read_text())
-    (run / "metrics.json").write_text(json.dumps(metrics | {"n": 3}))  # as a holdout run's test part
-    card = model_card(load_predictor(run, backend="torch-fp32"))
-    assert card["trained_on"]["images"] == len(pd.read_csv(run / "manifest.csv")) > 3
-    assert card["evaluation"]["images"] == 3
-    assert "fold_metrics" not in card  # the ensemble of the folds: the run's pooled figures are its own
-    one = model_card(load_predictor(run, fold=1, backend="torch-fp32"))  # serve --fold 1: one fold's model
-    assert "fold 1's model alone" in one["metrics_of"]
-    own = {k: v for k, v in metrics["per_fold"][1].items() if k not in ("speed", "selected_stage")}
-    assert one["fold_metrics"] == own
-    points = metrics["validated_operating_points"]  # the thresholds to cut predict's p_<positive> at, in the card
-    assert card["positive"] == one["positive"] == points["positive"] == "lesion"
-    assert card["operating_points"]["youden"] == pytest.approx(points["youden"]["ensemble_threshold"], nan_ok=True)
-    assert one["operating_points"]["youden"] == pytest.approx(points["youden"]["thresholds"]["1"], nan_ok=True)
-    folds = json.loads((run / "splits.json").read_text())["folds"]
-    assert card["trained_on"]["unseen_images"] == 0  # cross-validation: every image is in some fold's training part
-    assert card["trained_on"]["training_images_each"] == [len(f["train"]) for f in folds]
-    # one fold's model: its own training and validation parts (the card had given the folds' union)
-    assert (one["trained_on"]["training_images"], one["trained_on"]["validation_images"]) == (
-        len(folds[1]["train"]),
-        len(set(folds[1]["val"]) - set(folds[1]["train"])),
-    )
-    # as a holdout run: one fold whose test part no model saw
-    (run / "splits.json").write_text(json.dumps({"folds": folds[:1]}))
-    trained = model_card(load_predictor(run, backend="torch-fp32"))["trained_on"]
-    f = folds[0]
-    assert trained["training_images"] == len(f["train"]) and trained["validation_images"] == len(f["val"])
-    assert trained["unseen_images"] == len(f["test"]) > 0
 
 
 def test_the_server_as_integrators_call_it(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:

@@ -288,7 +288,15 @@ def _fold_result(
         **({"decision": decision} if decision else {}),
         "test_rows": test.tolist(),
         "val_rows": val.tolist(),
-        **({"test_keys": [data.keys[i] for i in test], "val_keys": [data.keys[i] for i in val]} if data.keys else {}),
+        **(
+            {
+                "test_keys": [data.keys[i] for i in test],
+                "val_keys": [data.keys[i] for i in val],
+                "train_keys": [data.keys[i] for i in train],  # as trained: a transfer run's domains, a carved val
+            }
+            if data.keys
+            else {}
+        ),
     }
     if val_out.get("probs") is not None:
         result |= {"test_probs": test_out["probs"].tolist(), "val_probs": val_out["probs"].tolist()}

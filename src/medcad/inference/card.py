@@ -46,26 +46,41 @@ def _rows(table: Path) -> int:
     return len(pd.read_csv(table, usecols=[0], dtype=str, keep_default_na=False))
 
 
-def _trained_on(data: str | None, manifest: Path, splits: Path, fold: int | None = None) -> dict:
+def _trained_on(data: str | None, folder: RunFolder, fold: int | None = None) -> dict:
     """What data made a run's models: the dataset folder's name (not its path), its images (manifest rows: the
     training, validation and test parts together), how many the models learned their weights from (the folds'
     training parts together; with `fold`, one fold's model alone: that fold's, as it had been given the ensemble's
     sum), were tuned on only (early stopping, temperature, thresholds: the validation parts, less those) and no model
     saw (a holdout's test part, domains a transfer run left out); for an ensemble also each fold model's own
-    training part (`training_images_each`); counts are of RUN/splits.json's keys, one per image (or DICOM frame)."""
-    out = {"dataset": Path(data).name if data else None, "images": _rows(manifest) if manifest.is_file() else None}
-    if splits.is_file():
-        folds = json.loads(splits.read_text())["folds"]
+    training part (`training_images_each`). Counts are of image keys (one per image, or DICOM frame), each fold's
+    parts as it was trained (`_parts_as_trained`)."""
+    out = {"dataset": Path(data).name if data else None}
+    out["images"] = _rows(folder.manifest) if folder.manifest.is_file() else None
+    if folder.splits.is_file():
+        folds = json.loads(folder.splits.read_text())["folds"]
+        numbered = [(int(f.get("fold", i)), f) for i, f in enumerate(folds)]
         if fold is not None and (own := fold_split(folds, fold)) is not None:
-            folds = [own]
-        train = set().union(*(f["train"] for f in folds))
-        val = set().union(*(f.get("val", []) for f in folds)) - train
+            numbered = [(fold, own)]
+        parts = [_parts_as_trained(folder, k, f) for k, f in numbered]
+        train = set().union(*(t for t, _ in parts))
+        val = set().union(*(v for _, v in parts)) - train
         out |= {"training_images": len(train), "validation_images": len(val)}
-        if len(folds) > 1:
-            out["training_images_each"] = [len(f["train"]) for f in folds]
+        if len(numbered) > 1:
+            out["training_images_each"] = [len(t) for t, _ in parts]
         if out["images"] is not None:
             out["unseen_images"] = out["images"] - len(train) - len(val)
     return out
+
+
+def _parts_as_trained(folder: RunFolder, k: int, fold: dict) -> tuple[set[str], set[str]]:
+    """A fold's training and validation keys as its model was trained: from its result.json (a transfer run trains
+    on its domains' images only, and carves a validation part from them where splits.json's has none of them), else
+    (a fold trained before result.json kept them, or not trained) as splits.json gives them."""
+    result = folder.fold(k).result
+    done = json.loads(result.read_text()) if result.is_file() else {}
+    if "train_keys" in done and "val_keys" in done:
+        return set(done["train_keys"]), set(done["val_keys"])
+    return set(fold["train"]), set(fold.get("val", []))
 
 
 def model_card(predictor: Predictor) -> dict:
@@ -141,9 +156,7 @@ def model_card(predictor: Predictor) -> dict:
         card |= _one_fold(predictor, m) | _operating_points(predictor, m) | _calibration(predictor, m)
         config = RunFolder(folder).config
         data = json.loads(config.read_text()).get("data") if config.is_file() else None
-        card["trained_on"] = _trained_on(
-            data, RunFolder(folder).manifest, RunFolder(folder).splits, _fold_of(predictor)
-        )
+        card["trained_on"] = _trained_on(data, RunFolder(folder), _fold_of(predictor))
     return card
 
 
