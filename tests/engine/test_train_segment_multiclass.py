@@ -30,7 +30,10 @@ FAST = TrainConfig(
 
 def test_mask_labels_read_as_users_write_them(tmp_path: Path) -> None:
     assert parse_mask_labels("1=cyst, 2=stone").names == ("cyst", "stone")
-    for bad in ("cyst,stone", "0=bg,1=cyst", "1=cyst,1=stone", "1=cyst,2=cyst", ""):
+    # the background named as dataset.json lists it is taken as said (it had been refused)
+    assert parse_mask_labels("0=background,1=cyst,2=stone") == parse_mask_labels("1=cyst,2=stone")
+    assert parse_mask_labels("0=bg,1=cyst").values == (1,)
+    for bad in ("cyst,stone", "0=cyst,1=stone", "0=background", "1=cyst,1=stone", "1=cyst,2=cyst", ""):
         with pytest.raises(ConfigError):
             parse_mask_labels(bad)
     v2 = tmp_path / "v2.json"
@@ -195,6 +198,8 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
 
     html = write_report(run).read_text()
     assert "Lesion classes" in html and "stone" in html
+    # the audit reads the masks as the run did: label maps of its classes, not binary masks thresholded
+    assert "label maps, classes 1=cyst,2=stone" in html and "non-binary masks (thresholded)" not in html
 
 
 def test_a_mask_class_that_no_mask_holds_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,3 +272,32 @@ def test_a_set_without_any_lesion_trains_nothing_and_evaluates_false_positives(
     assert "no image has a lesion pixel" in res.output and "false positives alone" in res.output
     m = json.loads((run / "evaluations" / "normal" / "metrics.json").read_text())
     assert m["segmentation"]["n_images"] == 6
+
+
+def test_the_audit_reads_label_maps_as_a_run_reads_them(tmp_path: Path) -> None:
+    """`data audit` of a label-map set (dataset.json beside the masks, or --mask-labels) reads every mask as
+    segment-multiclass does: a value no class names, a JPEG label map and a class no mask holds are named, the first
+    two as blocking (the audit had said "No blocking problems found" of masks a run stops on)."""
+    root = kidney_label_maps(tmp_path / "set", n=8)
+    raw = np.asarray(Image.open(root / "masks" / "case_001.png")).copy()
+    raw[:3, :3] = 7  # a value dataset.json does not declare
+    save(root / "masks" / "case_001.png", raw)
+    Image.open(root / "masks" / "case_002.png").convert("L").save(root / "masks" / "case_002.jpg", quality=95)
+    (root / "masks" / "case_002.png").unlink()
+    out = runner.invoke(app, ["data", "audit", str(root), "--json"])
+    assert out.exit_code == 0, out.output
+    maps = json.loads(out.stdout)["label_maps"]
+    assert maps["classes"] == "1=cyst,2=stone" and maps["source"].endswith("dataset.json")
+    named = {Path(mask).name: what for _, mask, what in maps["problems"]}
+    assert set(named) == {"case_001.png", "case_002.jpg"}
+    assert "value(s) 7 that no class names" in named["case_001.png"] and "lossless" in named["case_002.jpg"]
+    assert maps["images_with_class"] == {"cyst": 4, "stone": 3} and maps["absent_classes"] == []  # of 6 read
+    said = runner.invoke(app, ["data", "audit", str(root)]).output
+    assert "Label maps a segment-multiclass run stops on: 2" in said and "No blocking problems" not in said
+
+    (root / "dataset.json").unlink()  # the classes given: one no mask holds is named
+    given = ["--mask-labels", "0=background,1=cyst,2=stone,3=tumour,7=x"]
+    assert "class(es) in no mask: tumour" in runner.invoke(app, ["data", "audit", str(root), *given]).output
+    maps = json.loads(runner.invoke(app, ["data", "audit", str(root), "--json", *given]).stdout)["label_maps"]
+    assert maps["absent_classes"] == ["tumour"] and len(maps["problems"]) == 1  # the JPEG
+    assert "label_maps" not in json.loads(runner.invoke(app, ["data", "audit", str(root), "--json"]).stdout)

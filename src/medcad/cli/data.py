@@ -45,6 +45,13 @@ def data_audit(
         Path | None, typer.Option(help="splits.json: report groups that straddle train and test.")
     ] = None,
     labels: LabelsOpt = None,
+    mask_labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Label-map masks: the class of each value, e.g. 1=cyst,2=stone (default: a dataset.json or "
+            "labelmap.txt beside the masks); every mask is then read as segment-multiclass reads it."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -56,7 +63,7 @@ def data_audit(
 
         manifest = _load(path, options, labels)
         split_data = load_splits(splits, manifest) if splits else None
-        result = audit(manifest, split_data, progress=not as_json)
+        result = audit(manifest, split_data, progress=not as_json, mask_labels=mask_labels)
     except MedcadError as e:
         _fail(e)
     _emit(result, as_json, "print_audit")

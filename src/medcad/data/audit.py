@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from medcad.data.boxes import checked_boxes
 from medcad.data.duplicates import (
     connected_groups,
@@ -24,6 +26,7 @@ from medcad.data.duplicates import (
 from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.interface import before_after, find_interface
 from medcad.data.io import read_image
+from medcad.data.labelmaps import COLOUR_FILE, LABELS_FILE, find_labels_file, read_label_map, resolve_mask_labels
 from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import background_as_lesion, decode_mask, sample_mask_pages
 from medcad.errors import DataError
@@ -74,18 +77,67 @@ def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[s
     return problems, unusable
 
 
+def _check_label_maps(manifest: Manifest, mask_labels: str | None, unreadable: set[str]) -> dict | None:
+    """The masks read as label maps, as a segment-multiclass run reads them (`read_label_map`), where the classes are
+    given (`mask_labels`, "1=cyst,2=stone") or a labels file lies beside the masks (nnU-Net's dataset.json, CVAT's
+    labelmap.txt); None otherwise (binary masks). Masks in `unreadable` (found so already) are not read again.
+
+    Returns:
+        {classes: "1=cyst,...", source, images_with_class: {name: images whose masks hold it}, absent_classes,
+        problems: [[image, mask, what]]: values no class names, lossy files, colours without their table (a run
+        stops on each)}; or {problems: [[dataset, labels file, what]]} where the labels file cannot be used.
+
+    Raises:
+        ConfigError: `mask_labels` is not VALUE=NAME pairs.
+    """
+    mask_paths = [p for i in range(len(manifest)) for p in manifest.mask_paths(i)]
+    files = [find_labels_file(manifest.root, mask_paths, name) for name in (LABELS_FILE, COLOUR_FILE)]
+    if not mask_paths or (mask_labels is None and not any(files)):
+        return None
+    try:
+        classes = resolve_mask_labels(mask_labels, manifest.root, mask_paths)
+    except DataError as e:  # a labels file a run cannot use (nnU-Net's ignore label, a broken file)
+        return {"problems": [[".", shown_path(Path(e.path), manifest.root), e.problem]]}
+    held = np.zeros(len(classes.values) + 1, dtype=int)
+    problems = []
+    for i, key in enumerate(manifest.keys):
+        paths = manifest.mask_paths(i)
+        if not paths or any(shown_path(p, manifest.root) in unreadable for p in paths):
+            continue
+        try:
+            index = read_label_map(paths, classes, sample_mask_pages(manifest, i))
+        except DataError as e:
+            problems.append([key, shown_path(Path(e.path), manifest.root), e.problem])
+            continue
+        held += np.bincount(index.ravel(), minlength=len(held)) > 0
+    names = list(classes.names)
+    return {
+        "classes": classes.describe(),
+        "source": classes.source,
+        "images_with_class": {n: int(held[c]) for c, n in enumerate(names, 1)},
+        "absent_classes": [n for c, n in enumerate(names, 1) if not held[c]],
+        "problems": problems,
+    }
+
+
 def audit(
     manifest: Manifest,
     splits: dict | None = None,
     progress: bool = False,
     interface: str = "crop+marks",
     thumbnails: Path | None = None,
+    mask_labels: str | None = None,
 ) -> dict:
     """Audit a dataset; returns a JSON-ready dict of findings (paths relative to the manifest root).
 
     Args:
         interface: the interface option whose effect is shown per image ("none" skips it; see `interface_audit`).
         thumbnails: where its before/after thumbnails go (default: under the cache folder; see `interface_audit`).
+        mask_labels: the classes of label-map masks ("1=cyst,2=stone", as `--mask-labels`); without them a labels
+            file beside the masks gives them, if there is one (`_check_label_maps`: the "label_maps" entry).
+
+    Raises:
+        ConfigError: `mask_labels` is not VALUE=NAME pairs.
     """
     keys = manifest.keys
     fps = fingerprints(manifest, progress=progress)
@@ -143,6 +195,9 @@ def audit(
             keys[i] for i, f in enumerate(fps) if not isinstance(f, str) and not feats.blank[i] and mask_like(f)
         ],  # a nearly black frame is low content, not a mask
     }
+    unreadable_masks = {rel for _, rel, _ in masks["unreadable"]}
+    if (label_maps := _check_label_maps(manifest, mask_labels, unreadable_masks)) is not None:
+        result["label_maps"] = label_maps
     if interface != "none":
         result["interface"] = interface_audit(manifest, interface, thumbnails)
     if splits is not None:

@@ -55,7 +55,8 @@ class MaskLabels:
 
 
 def parse_mask_labels(value: str | dict, source: str = "--mask-labels") -> MaskLabels:
-    """Classes from "1=cyst,2=stone" (or a {value: name} mapping); 0 is background and cannot be a class.
+    """Classes from "1=cyst,2=stone" (or a {value: name} mapping); 0 is background and cannot be a class
+    ("0=background" is taken as said and left out).
 
     Raises:
         ConfigError: a part that is not VALUE=NAME, a value given twice, a name given twice, or value 0.
@@ -66,6 +67,8 @@ def parse_mask_labels(value: str | dict, source: str = "--mask-labels") -> MaskL
         if len(pair) != 2 or not str(pair[0]).strip().lstrip("-").isdigit() or not str(pair[1]).strip():
             raise ConfigError(f"{source}: {'='.join(map(str, pair))!r} is not VALUE=NAME (e.g. 1=cyst,2=stone)")
         v, name = int(str(pair[0]).strip()), str(pair[1]).strip()
+        if v == 0 and name.lower() in BACKGROUND_NAMES:  # "0=background,1=cyst", as dataset.json lists them
+            continue
         if v == 0:
             raise ConfigError(f"{source}: value 0 is the background; name the lesion values from 1 (e.g. 1=cyst)")
         if v in values or name in names:

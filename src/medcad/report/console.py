@@ -71,7 +71,8 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     if r.get("mask_decoding"):
         rules = "; ".join(f"{n} masks: {rule}" for rule, n in r["mask_decoding"].items())
         c.print(f"masks read as: {rules} ({len(r['non_binary_masks'])} not strictly binary)")
-        _print_problems(c, r["non_binary_masks"], "Masks not strictly binary (read as the rule above says)")
+        if not (r.get("label_maps") or {}).get("classes"):  # label maps hold several values: listed below as read
+            _print_problems(c, r["non_binary_masks"], "Masks not strictly binary (read as the rule above says)")
     if r.get("all_masks_empty"):
         c.print("[bold red]Every mask decodes as empty: a segmentation run would learn nothing.[/]")
         _print_problems(c, r["empty_masks"][:5], "Empty masks, with the values found")
@@ -81,6 +82,7 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     _print_problems(
         c, r.get("inverted_masks", []), "Masks whose lesion is most of the frame and its whole border (inverted?)"
     )
+    _print_label_maps(c, r.get("label_maps"))
     _print_problems(c, r.get("box_problems", []), "Boxes a detection run clips or drops")
     if r.get("images_without_usable_boxes"):
         shown = ", ".join(r["images_without_usable_boxes"][:5]) + ("..." * (len(r["images_without_usable_boxes"]) > 5))
@@ -142,7 +144,24 @@ def print_audit(r: dict, console: Console | None = None) -> None:
         )
     blocking = ("unreadable", "unreadable_masks", "mask_size_mismatch", "cross_label_duplicates")
     clean = not any(r.get(k) for k in (*blocking, "images_without_usable_boxes"))
+    clean = clean and not (r.get("label_maps") or {}).get("problems")
     c.print("[green]No blocking problems found.[/]" if clean else "[yellow]See the findings above.[/]")
+
+
+def _print_label_maps(c: Console, f: dict | None) -> None:
+    """The masks read as label maps (audit's "label_maps"): the classes, where they came from, the images holding
+    each, and the masks a segment-multiclass run stops on."""
+    if not f:
+        return
+    if "classes" in f:
+        held = ", ".join(f"{name} {n}" for name, n in f["images_with_class"].items())
+        c.print(f"label maps, classes {f['classes']} (from {f['source']}): images holding each: {held}")
+    if f.get("absent_classes"):
+        c.print(
+            f"[bold yellow]class(es) in no mask: {', '.join(f['absent_classes'])}[/]: not learnable from these "
+            "images, scored only by false positives"
+        )
+    _print_problems(c, f["problems"], "Label maps a segment-multiclass run stops on")
 
 
 def _print_interface(c: Console, f: dict | None, limit: int = 8) -> None:

@@ -119,7 +119,8 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     if data_key not in shared:
         manifest = run_dataset(meta["data"], cfg, folder.root)
         splits = load_splits(folder.splits, manifest)
-        shared[data_key] = manifest, splits, audit(manifest, splits), summarize(manifest)
+        findings = audit(manifest, splits, mask_labels=meta.get("mask_labels"))  # a label-map run's classes
+        shared[data_key] = manifest, splits, findings, summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]
     pred = read_predictions(folder.predictions)
     figures: dict[str, str] = {}
