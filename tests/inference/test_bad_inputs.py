@@ -302,6 +302,11 @@ def test_predict_never_writes_over_a_datasets_files_or_into_its_input_folder(tin
     # run interrupted after its first overlay: each may replace what predict wrote (the review had found them refused)
     res = runner.invoke(app, [*args[:2], files[1], *args[4:-1], str(out)])
     assert res.exit_code == 0, res.output
+    # the earlier predict's overlay of the image this table does not list is removed, and said (it had stayed,
+    # read as this predict's)
+    assert sorted(p.name for p in out.glob("*_overlay.png")) == ["g1_overlay.png"]
+    assert "removed 1 overlay/mask file(s) an earlier predict wrote" in res.output and "g0_overlay.png" in res.output
+    assert "g0_overlay.png" not in (out / ".medcad_outputs").read_text()
     (out / "predictions.csv").unlink()
     res = runner.invoke(app, [*args[:-1], str(out)])
     assert res.exit_code == 0, res.output

@@ -239,7 +239,12 @@ def predict(
     (segment, multitask), or boxes with the frame decision (detect)."""
     try:
         from medcad.errors import DataError
-        from medcad.inference.files import check_output_folder, output_names, predict_image_files
+        from medcad.inference.files import (
+            check_output_folder,
+            drop_earlier_outputs,
+            output_names,
+            predict_image_files,
+        )
         from medcad.inference.predictor import expand_inputs
         from medcad.inference.video import predict_video
 
@@ -261,6 +266,11 @@ def predict(
             if images
             else (None, [])
         )
+        if table is not None and (dropped := drop_earlier_outputs(out, table)):
+            _say_notes(
+                [f"removed {len(dropped)} overlay/mask file(s) an earlier predict wrote into {out} of images this "
+                 f"predictions.csv does not list (or no longer draws), e.g. {dropped[0]}"]
+            )  # fmt: skip
         summaries, video_errors = [], []
         for v in videos:  # a video that fails is named; the others are still predicted
             try:

@@ -110,6 +110,26 @@ def check_output_folder(
     atomic_write_text(ledger, "\n".join(sorted(claimed | set(targets))) + "\n")
 
 
+def drop_earlier_outputs(out: str | Path, table: pd.DataFrame) -> list[str]:
+    """Remove the overlays and masks an earlier predict wrote into `out` (its OUTPUTS_LEDGER) that the images' table
+    just written (`table`: its overlay_file and mask_file columns) does not name, and unclaim them: predictions.csv
+    is one predict's, and files beside it of images it does not list (or drawn by an earlier model) had read as
+    its. Videos' outputs are each their own and kept. Returns the names removed, sorted."""
+    where = Path(out)
+    ledger = where / OUTPUTS_LEDGER
+    if not ledger.is_file():
+        return []
+    claimed = set(ledger.read_text(encoding="utf-8").splitlines())
+    named = {v for c in ("overlay_file", "mask_file") if c in table for v in table[c].dropna().astype(str) if v}
+    stale = {n for n in claimed if n.endswith(IMAGE_OUTPUTS) and n not in named}  # some claimed, never written
+    removed = sorted(n for n in stale if (where / n).is_file())
+    for name in removed:
+        (where / name).unlink()
+    if stale:
+        atomic_write_text(ledger, "\n".join(sorted(claimed - stale)) + "\n")
+    return removed
+
+
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     """Write an (H, W, 3) RGB uint8 image or an (H, W) grey one, uint8 or uint16 (a 16-bit PNG), as PNG atomically;
     DataError when the folder is not writable."""
