@@ -95,10 +95,13 @@ def settled_settings(
       continuing from another run's models takes today's default: the freeze is a recipe, not part of the model.
     - `positive` None: the positive class of the run it resumes, if it was given one (a resume without
       `--positive` had pooled a run made with `--positive benign` again with the default class).
+    - `layout` None: the layout the run it resumes read its data in (a manifest.csv added to a folder of class
+      folders since had been read instead, with its other patients).
     """
     unset_widths = cfg.decoder_channels == "auto"
-    if cfg.positive is None and resumed is not None and resumed.positive is not None:
-        cfg = replace(cfg, positive=resumed.positive)
+    for name in ("positive", "layout"):
+        if getattr(cfg, name) is None and resumed is not None and getattr(resumed, name) is not None:
+            cfg = replace(cfg, **{name: getattr(resumed, name)})
     if cfg.freeze_stride is None:
         cfg = replace(cfg, freeze_stride=freeze_stride(cfg) if resumed is None else resumed.freeze_stride)
     made = resumed or (saved_settings(init_run) if unset_widths else None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from browser import CHROMEDRIVER, CHROMIUM, chromium_page
 from hypothesis import given, settings
@@ -296,3 +298,25 @@ def test_predictions_are_read_back_as_written(rows: list, tmp_path_factory) -> N
         back["label"].tolist() == table["label"].tolist() and back["predicted"].tolist() == table["predicted"].tolist()
     )
     assert back["p_None"].dtype.kind == "f" and back["p_None"].tolist() == pytest.approx(table["p_None"].tolist())
+
+
+def test_a_runs_data_is_read_again_in_the_layout_it_was_read(tiny_run: Path, easy_set: Path) -> None:
+    """A manifest.csv with patient ids added to a folder of class folders after training had been read instead by
+    the report, evaluate and a resume: the report's data section counted 12 patients the run never had, beside
+    splits grouped without them. config.json keeps the layout read, and every later read uses it."""
+    from medcad.config import TrainConfig
+    from medcad.engine.train import train_run
+    from medcad.report.html import write_report
+    from medcad.targets import run_dataset
+
+    assert json.loads((tiny_run / "config.json").read_text())["layout"] == "folders"
+    rows = [{"image": f"{c}/{k}.png", "label": c, "patient": f"p{k}"} for c in ("lesion", "normal") for k in range(12)]
+    pd.DataFrame(rows).to_csv(easy_set / "manifest.csv", index=False)
+    manifest = run_dataset(easy_set, TrainConfig.load(tiny_run / "config.json"), tiny_run)
+    assert manifest.layout == "folders" and not manifest.table["patient"].astype(bool).any()
+    assert "patients/groups: none given" in write_report(tiny_run).read_text()
+    cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+    before = (tiny_run / "metrics.json").read_text()
+    train_run(easy_set, tiny_run, cfg, progress=False)  # resumed as made: read as then, nothing trained again
+    assert json.loads((tiny_run / "config.json").read_text())["layout"] == "folders"
+    assert json.loads((tiny_run / "metrics.json").read_text())["per_fold"] == json.loads(before)["per_fold"]

@@ -307,6 +307,8 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     folder, cfg = run.folder, run.cfg
     out = folder.root
     manifest = load_manifest(data, cfg.data_options())
+    if cfg.layout is None:  # config.json keeps the reader chosen: the run's data read again (evaluate, report,
+        cfg = cfg.replace(layout=manifest.layout)  # export, a resume) as it was, whatever the folder gains since
     try:
         manifest.check_complete(cfg.allow_missing)
         manifest = run_rows(manifest, cfg)  # before the run's samples are compared: they are those it kept

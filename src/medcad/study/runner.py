@@ -92,6 +92,8 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     spec = load_study(path, check_data=False)
     base = spec.base.replace(**data_options.given()) if data_options is not None else spec.base
     manifest = load_manifest(spec.data, base.data_options()) if spec.data.exists() else None
+    if manifest is not None and base.layout is None:  # as each run saves it (the layout read)
+        base = base.replace(layout=manifest.layout)
     domains = list(spec.domains or [])
     if manifest is not None and (domains or spec.protocol not in ("holdout", "kfold", "compare")):
         domains = _study_domains(spec, manifest)
