@@ -207,6 +207,8 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     (tmp_path / "mt" / "metrics.json").write_text(json.dumps(saved))
     assert "no threshold met the rule" in write_report(tmp_path / "mt").read_text()  # it had crashed the report
     assert "Operating points chosen on validation data (positive class: malignant, against every other class)" in html
+    # a three-class run's thresholds are not what predict --operating-point decides at (it had said they were)
+    assert "decides a two-class run's class only" in html and "predict / serve (the folds' ensemble" not in html
 
 
 def test_frame_decision_of_a_prediction() -> None:

@@ -49,39 +49,45 @@ def test_validated_points_use_each_folds_validation_threshold():
         validated_operating_points(y_test, s_test, np.array([0, 0, 2, 2]), val)
 
 
-def test_a_fold_that_met_a_rule_only_by_calling_nothing_keeps_it_but_leaves_the_ensembles_mean(tmp_path) -> None:
-    """Fold 0's validation has two negatives, the top-scored one among them: spec >= 0.90 is met only at +inf (call
-    nothing positive). Its own test rows keep that cut; the ensemble's threshold is fold 1's (the mean had been +inf:
-    predict at that operating point called nothing positive); with every fold so, +inf."""
+def test_a_fold_that_meets_a_rule_only_above_every_validation_score_cuts_there_in_the_mean_too(tmp_path) -> None:
+    """Fold 0's validation has two negatives, the top-scored one among them: spec >= 0.90 is met only above every
+    score there. It cuts just above 0.9, in the ensemble's mean too: it had been +inf and left out of the mean, so
+    the ensemble cut at the other folds' looser threshold (a new user's external set: specificity 0.355 at
+    "spec>=0.90", below Youden's 0.935)."""
     val = {
         0: (np.array([0, 1, 0, 1]), np.array([0.9, 0.8, 0.2, 0.7])),
         1: (np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.6, 0.9])),
     }
     y, s = np.array([0, 1, 0, 1]), np.array([0.2, 0.95, 0.1, 0.7])
-    assert choose_threshold(*val[0], "spec>=0.90") == np.inf
+    cut = choose_threshold(*val[0], "spec>=0.90")
+    assert cut == np.nextafter(0.9, 1) and (val[0][1] < cut).all()
     pooled = validated_operating_points(y, s, np.array([0, 0, 1, 1]), val, rules=["spec>=0.90"], n_boot=20)
     o = pooled["spec>=0.90"]
-    assert o["folds_calling_nothing"] == ["0"] and o["ensemble_threshold"] == pytest.approx(0.6)
-    assert o["sensitivity"]["value"] == pytest.approx(0.0 + 0.5)  # fold 0's positive uncalled, fold 1's called
+    assert "folds_calling_nothing" not in o and o["ensemble_threshold"] == pytest.approx(0.75)
+    assert o["sensitivity"]["value"] == 1.0 and o["specificity"]["value"] == 1.0  # 0.95 > 0.9 called in fold 0
     new = validated_operating_points(y, s, None, val, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"]
-    assert new["threshold"] == pytest.approx(0.6) and new["sensitivity"]["value"] == pytest.approx(1.0)
-    # as metrics.json keeps it (+inf written as null): predict names why a fold has no threshold there
+    assert new["threshold"] == pytest.approx(0.75) and new["sensitivity"]["value"] == pytest.approx(0.5)
+    both = {f: val[0] for f in (0, 1)}
+    assert validated_operating_points(y, s, None, both, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"][
+        "threshold"
+    ] == pytest.approx(0.9)
+    # a run from before kept +inf (written as null) and listed the fold: predict still names why it has no threshold
     import json
 
     from medcad.errors import ConfigError
     from medcad.inference.predictor import validated_cut
 
-    block = {"positive": "lesion", "scale": "temperature-scaled", "spec>=0.90": json.loads(json.dumps(o, default=str))}
-    block["spec>=0.90"]["thresholds"] = {"0": None, "1": 0.6}
+    before = o | {"thresholds": {"0": None, "1": 0.6}, "ensemble_threshold": 0.6, "folds_calling_nothing": ["0"]}
+    block = {"positive": "lesion", "scale": "temperature-scaled", "spec>=0.90": json.loads(json.dumps(before))}
     (tmp_path / "metrics.json").write_text(json.dumps({"validated_operating_points": block}))
     assert validated_cut(tmp_path, None, "spec>=0.90") == ("lesion", pytest.approx(0.6))
     with pytest.raises(ConfigError, match="fold 0's validation part met it only by calling nothing positive"):
         validated_cut(tmp_path, 0, "spec>=0.90")
-    both = {f: val[0] for f in (0, 1)}
-    assert (
-        validated_operating_points(y, s, None, both, rules=["spec>=0.90"], n_boot=20)["spec>=0.90"]["threshold"]
-        == np.inf
-    )
+    # a three-class run's thresholds per class: predict says what they are for (it had said there were none)
+    by_class = {"benign": block | {"positive": "benign", "one_vs_rest": True}}
+    (tmp_path / "metrics.json").write_text(json.dumps({"validated_operating_points_by_class": by_class}))
+    with pytest.raises(ConfigError, match="decides a two-class run's class; this run has more classes"):
+        validated_cut(tmp_path, None, "spec>=0.90")
 
 
 def test_a_fold_whose_validation_holds_one_class_is_left_out_not_scored_negative():

@@ -86,6 +86,13 @@ def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
     if run.is_file() and fold_of(run) is not None:  # a fold's model file: that fold's own threshold
         fold, run = fold_of(run), run.parent.parent
     found = validated_rules(run)
+    metrics = RunFolder(run).metrics
+    if not found and metrics.is_file() and json.loads(metrics.read_text()).get("validated_operating_points_by_class"):
+        raise ConfigError(
+            f"{run}: --operating-point decides a two-class run's class; this run has more classes, so its class "
+            "stays the most probable one. Its validated thresholds per class (validated_operating_points_by_class in "
+            "metrics.json, and the report) are on the p_<class> that predict and serve give: cut those at them"
+        )
     if not found or not found[1]:
         raise ConfigError(
             f"{run}: no validated operating points to decide at (two-class classify and multitask run folders "

@@ -33,8 +33,10 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str) -> float:
         rule: "youden", "spec>=T" or "sens>=T" with T in (0, 1].
 
     Returns:
-        The threshold; nan when the rows hold only one class. Can be +inf ("call nothing positive") when only
-        that reaches a specificity target.
+        The threshold; nan when the rows hold only one class. Where only calling none of these rows positive
+        reaches a specificity target (the top-scored row is negative), the least threshold above every score here
+        (the boundary, as roc_curve's other thresholds are): it had been +inf, which a fold's ensemble left out of
+        its mean threshold, so the mean was the other folds' looser cut.
     """
     yb = np.asarray(y_true).astype(bool)
     s = np.asarray(score, dtype=float)
@@ -51,7 +53,8 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str) -> float:
     if kind not in ("spec", "sens") or not 0 < t <= 1:
         raise ValueError(f"unknown operating-point rule {rule!r}; use 'youden', 'spec>=0.9' or 'sens>=0.9'")
     if kind == "spec":
-        return float(thr[np.flatnonzero(1 - fpr >= t - 1e-12)[-1]])  # index 0 (inf) always qualifies
+        cut = float(thr[np.flatnonzero(1 - fpr >= t - 1e-12)[-1]])  # index 0 (inf) always qualifies
+        return cut if np.isfinite(cut) else float(np.nextafter(s.max(), np.inf))
     return float(thr[np.flatnonzero(tpr >= t - 1e-12)[0]])
 
 
@@ -88,12 +91,10 @@ def validated_operating_points(
         sensitivity: {value, ci95}, specificity: {value, ci95}, ppv, npv}}; a fold whose validation part holds one
         class has no threshold (nan) and is listed (`folds_without_threshold`): its test rows are left out of the
         figures (they had been scored as all negative: sensitivity 0, specificity 1, with CIs of width 0), or it is
-        left out of the ensemble's mean; with no fold left, every figure is None. A fold whose validation part met a
-        specificity rule only by calling nothing positive (+inf: too few negatives there to reach it otherwise) keeps
-        that threshold for its own test rows but is left out of the ensemble's mean and listed
-        (`folds_calling_nothing`): one such fold had made the mean +inf, so the ensemble, and predict or serve at that
-        operating point, called nothing positive at all; the mean is +inf only when every fold is so. CIs hold the
-        thresholds fixed.
+        left out of the ensemble's mean; with no fold left, every figure is None. A fold whose validation part meets
+        a specificity rule only above every score there cuts there (`choose_threshold`), in the mean too. Metrics of
+        runs from before that kept +inf for such a fold, left it out of the mean and listed it
+        (`folds_calling_nothing`, still read by predict and the reports). CIs hold the thresholds fixed.
 
     Raises:
         ValueError: a row's fold has no validation predictions.
@@ -111,13 +112,9 @@ def validated_operating_points(
     for rule, thr in thresholds.items():
         if without:
             out[rule]["folds_without_threshold"] = without
-        nothing = sorted(f for f, t in thr.items() if np.isposinf(t))
-        if nothing:
-            out[rule]["folds_calling_nothing"] = nothing
         chosen = [t for t in thr.values() if np.isfinite(t)]
-        # where the ensemble of the folds cuts: the mean of the folds' finite thresholds
-        mean = float(np.mean(chosen)) if chosen else (float("inf") if nothing else float("nan"))
-        out[rule]["threshold" if folds is None else "ensemble_threshold"] = mean
+        # where the ensemble of the folds cuts: the mean of the folds' thresholds
+        out[rule]["threshold" if folds is None else "ensemble_threshold"] = float(np.mean(chosen)) if chosen else np.nan
     if folds is None:
         cuts = {rule: np.full(len(s), o["threshold"]) for rule, o in out.items() if not np.isnan(o["threshold"])}
     else:
