@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from conftest import assert_predict_reproduces_fold, float32_softmax
@@ -45,6 +46,16 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert saved["confusion_matrix"]["matrix"] == m["confusion_matrix"]["matrix"]
     pred = (run / "predictions.csv").read_text().splitlines()
     assert len(pred) == 25 and pred[0].startswith("image,fold,label,predicted,p_lesion,p_normal")
+    # predictions.csv and the pooled AUC on each fold's probabilities as its model file predicts them (temperature-
+    # scaled): pooled as trained, folds of other temperatures had ranked against each other on other scales
+    table = pd.read_csv(run / "predictions.csv")
+    for k in (0, 1):
+        r = json.loads((run / f"fold_{k}" / "result.json").read_text())
+        want = apply_temperature(np.array(r["test_probs"]), r["temperature"])
+        got = table.set_index("image").loc[r["test_keys"], ["p_lesion", "p_normal"]].to_numpy()
+        assert np.allclose(got, want, atol=1e-6)
+    auc = roc_auc_score(table["label"] == "lesion", table["p_lesion"])
+    assert m["binary"]["auc"]["value"] == pytest.approx(auc) and m["probabilities"] == "temperature-scaled"
     for k in (0, 1):
         assert (run / f"fold_{k}" / "model.pt").is_file()
         assert list((run / f"fold_{k}" / "logs" / "tensorboard").rglob("events.out.tfevents*"))
@@ -559,7 +570,6 @@ def test_val_score_is_the_runs_auc() -> None:
     """Model selection scores a validation part by the AUC the run's metrics report: for two classes the binary
     AUC, also where a float32 softmax saturates; for more, sklearn's one-vs-rest macro AUC over the classes
     present (probabilities renormalised over them); accuracy for one class."""
-    from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)

@@ -198,7 +198,9 @@ def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     # what the predictor applies: the ensemble at the mean threshold, not scored by the out-of-fold figures
     assert f"from the mean of these thresholds, {np.mean(fd['thresholds']):.4f}, on" in html
     assert "they do not score the ensemble's rule" in html and "the predictor does not apply it" in html
-    assert "ECE, as trained (before temperature scaling" in html  # the headline's ECE is the unscaled one
+    # the headline's figures on the probabilities as predict gives them (temperature-scaled), as predictions.csv's
+    assert "ECE, temperature-scaled as predict gives the probabilities" in html
+    assert m["probabilities"] == "temperature-scaled"
     assert "thresholds\nare on the temperature-scaled probabilities each fold's model predicts" in html
     seg = m["segmentation"]  # the per-label table scored in the headline's resamples
     assert sum(v["n_images"] for v in seg["by_label"].values()) == seg["n_images"]

@@ -22,7 +22,6 @@ from medcad.data.datasets import cached_masks, run_images
 from medcad.data.splits import fold_indices, load_splits, row_groups
 from medcad.engine.results import write_json
 from medcad.errors import ConfigError, DataError
-from medcad.metrics.calibration import apply_temperature
 from medcad.runfolder import RunFolder
 from medcad.targets import run_dataset
 from medcad.tasks import positive_label
@@ -43,17 +42,15 @@ def remove_lesion(images: np.ndarray, masks: np.ndarray, margin: float = 0.03) -
 
 
 def _fold_probs(run: Path, fold: int, images: np.ndarray) -> np.ndarray:
-    """The fold model's class probabilities as the run's headline figures take them: without the fold's temperature
-    (predictions.csv holds them so; pooled over folds each scaled by its own temperature, the ranking across folds
-    changed: 'original' AUC 0.665 against the run's 0.604 on the same images)."""
+    """The fold model's class probabilities as predict gives them and the run's headline figures take them: with the
+    fold's temperature (pooled over folds, each fold's scale as trained differs)."""
     from medcad.inference.registry import load_predictor
 
     predictor = load_predictor(run, fold, images=len(VARIANTS) * len(images))  # the fold's model sees every variant
     probs = predictor.infer(images).get("probabilities")
     if probs is None:
         raise ConfigError(f"{run}: a segment-only model gives no class probabilities; the check needs a classifier")
-    t = float((getattr(predictor, "temperatures", None) or [1.0])[0])
-    return apply_temperature(probs, 1 / t) if t != 1.0 else probs  # softmax(z / t) back to softmax(z)
+    return probs
 
 
 def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03, gallery: int = 8) -> dict:
