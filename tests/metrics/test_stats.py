@@ -11,6 +11,7 @@ from medcad.metrics.classification import classification_metrics
 from medcad.metrics.stats import (
     bootstrap_ci,
     bootstrap_weights,
+    ci_entry,
     delong_ci,
     delong_roc_variance,
     delong_test,
@@ -73,7 +74,43 @@ def test_bootstrap_ci_rejects_mismatched_arrays():
 
 def test_percentile_ci_needs_half_valid():
     assert np.isnan(percentile_ci([1.0, np.nan, np.nan])).all()
-    assert percentile_ci([1.0, 1.0, np.nan, np.nan]) == (1.0, 1.0)
+    assert percentile_ci([1.0, 1.0, np.nan, np.nan]) == (1.0, 1.0)  # a figure no resample moves (two models alike)
+    assert ci_entry([1.0] * 50, units=30) == {"ci95": [1.0, 1.0]}  # a share at 1: exact only where said a share
+    assert ci_entry([1.0] * 50, units=30, proportion=True)["ci95"][0] == pytest.approx(0.025 ** (1 / 30))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_groups=st.integers(2, 60),
+    per_group=st.integers(1, 4),
+    all_right=st.booleans(),
+    seed=st.integers(0, 10**6),
+)
+def test_a_share_no_resample_moves_gets_the_exact_interval_of_its_groups(n_groups, per_group, all_right, seed):
+    """Specificity of 40 of 40 negatives had read 1.000 (1.000-1.000): every resample gave 1. It gets the exact
+    (Clopper-Pearson) interval of all (or none) right in as many trials as the negatives' groups, as SciPy gives it;
+    sensitivity, over the positives' groups, likewise; a share that varies keeps its bootstrap interval."""
+    from scipy.stats import binomtest
+
+    from medcad.metrics.operating import score_decisions
+
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    y = np.repeat(np.arange(n_groups) % 2 == 0, per_group)  # half the groups positive
+    called = y.copy() if all_right else np.zeros_like(y)
+    called[y] = rng.random(int(y.sum())) < 0.6 if all_right else called[y]  # sensitivity varies (or is 0)
+    out = score_decisions(y, {"r": called}, ["r"], groups=groups, n_boot=200, seed=seed)["r"]
+    spec, sens = out["specificity"], out["sensitivity"]
+    n_neg = len(set(groups[~y]))
+    want = binomtest(n_neg, n_neg).proportion_ci(0.95, method="exact")
+    assert spec["value"] == 1.0 and spec["ci95"] == pytest.approx([want.low, 1.0])
+    assert str(n_neg) in spec["ci95_method"] and "Clopper-Pearson" in spec["ci95_method"]
+    if not all_right:  # none called: sensitivity 0, exact on the positives' groups
+        n_pos = len(set(groups[y]))
+        zero = binomtest(0, n_pos).proportion_ci(0.95, method="exact")
+        assert sens["value"] == 0.0 and sens["ci95"] == pytest.approx([0.0, zero.high])
+    elif 0 < sens["value"] < 1:
+        assert "ci95_method" not in sens
 
 
 def test_bootstrap_weights_rows_and_groups():

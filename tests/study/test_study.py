@@ -479,6 +479,10 @@ def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
     assert _fmt(few) == f"0.830 (no CI: {few['no_ci']})"
     assert _fmt({"value": float("nan"), "ci95": [None, None]}) == "—"  # a separated slope had printed "nan (no CI...)"
     assert _fmt({"value": 0.83, "ci95": [0.7, 0.9]}) == "0.830 (0.700–0.900)" and _fmt({"value": 0.83}) == "0.830"
+    # a negative bound reads as the report writes it (the study's console had printed "-0.097 (-0.181–-0.030)"),
+    # and an exact interval says so
+    assert _fmt({"value": -0.097, "ci95": [-0.181, -0.03]}) == "-0.097 (-0.181 to -0.030)"
+    assert _fmt({"value": 1.0, "ci95": [0.912, 1.0], "ci95_method": "exact"}) == "1.000 (0.912–1.000, exact)"
     ci = _env().from_string('{% from "macros.html.j2" import ci %}{{ ci(m) }}')
     assert NO_CI in ci.render(m={"value": 0.83, "ci95": [None, None]})
     assert NO_CI in ci.render(m={"value": 0.83, "ci95": [float("nan"), float("nan")]})

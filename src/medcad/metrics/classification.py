@@ -36,6 +36,7 @@ from medcad.metrics.stats import (
     macro_mean,
     point_and_ci,
     reliability_curve,
+    resampled_units,
     resamples_used,
     weighted_auc,
     weighted_bootstrap,
@@ -175,6 +176,20 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
     return result, batch
 
 
+def _share_units(y: np.ndarray, labels: Sequence[str], binary: dict, groups) -> tuple[dict[str, int], set[str]]:
+    """The figures of `classification_metrics` that are shares of images (accuracy; a two-class run's sensitivity
+    and specificity), and for the last two the groups among the positive / negative images their intervals resample
+    (`point_and_ci`: the expanded interval and, where every resample gives 0 or 1, the exact one on those groups)."""
+    units: dict[str, int] = {}
+    if binary:
+        pos = np.asarray(y) == list(labels).index(binary["positive"])
+        g = None if groups is None else np.asarray(groups, dtype=object)
+        for name in ("at_0.5", "youden"):
+            for stat, part in (("sensitivity", pos), ("specificity", ~pos)):
+                units[f"{name}/{stat}"] = resampled_units(None if g is None else g[part], int(part.sum()))
+    return units, {"accuracy", *units}
+
+
 def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
@@ -243,7 +258,7 @@ def classification_metrics(
         return out | (binary_batch(w) if binary_batch else {})
 
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
-    stats = point_and_ci(point, samples)
+    stats = point_and_ci(point, samples, *_share_units(y, labels, binary, groups))
     names = ("precision", "recall", "specificity", "f1")
     result: dict[str, Any] = {
         "n": int(n),

@@ -136,7 +136,8 @@ def segmentation_metrics(
         over = {"dice_lesion": has_lesion, "iou_lesion": has_lesion, "empty_fpr": empty, "lesion_found": ~empty}
         for k in ("dice", "iou", "dice_pooled", "iou_pooled", "precision", "recall", *over):
             rows[f"{name}/{k}"] = part & over.get(k, True)
-    stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed, rows=rows)
+    shares = [k for k in rows if k.rpartition("/")[2] in ("empty_fpr", "lesion_found")]  # shares of images
+    stats = weighted_bootstrap(batch, n, groups=groups, n_boot=n_boot, seed=seed, rows=rows, proportions=shares)
 
     def summary(name: str, part: np.ndarray) -> dict:
         # keys are '<subset>/<statistic>': a subset (a label) may hold '/' ('CIN 1/2'), a statistic's name never does

@@ -13,7 +13,7 @@ classes' AUCs are one number.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,14 +106,28 @@ def percentile_ci(
     samples: Sequence[float] | np.ndarray, alpha: float = 0.05, units: int | None = None
 ) -> tuple[float, float]:
     """Percentile interval of bootstrap samples, expanded for the `units` (groups or rows) each resample drew
-    (`expanded_alpha`; plain where None); (nan, nan) where there is none (`ci_entry` says why); samples all alike give
-    that value."""
+    (`expanded_alpha`; plain where None); (nan, nan) where there is none (`ci_entry` says why); samples all alike
+    give that value (two identical models' difference; a share at 0 or 1: `ci_entry` has an exact interval)."""
     return _interval(samples, alpha, units)[:2]
 
 
-def ci_entry(samples: Sequence[float] | np.ndarray, units: int | None = None, alpha: float = 0.05) -> dict[str, Any]:
-    """{"ci95": `percentile_ci`, and "no_ci": why, worded for the reports, where there is no interval}."""
+def ci_entry(
+    samples: Sequence[float] | np.ndarray, units: int | None = None, alpha: float = 0.05, proportion: bool = False
+) -> dict[str, Any]:
+    """{"ci95": `percentile_ci`, and "no_ci": why, worded for the reports, where there is no interval}. A
+    `proportion` (sensitivity, specificity, a share of images) that every resample gives as 0 or 1 gets the exact
+    (Clopper-Pearson) interval of 0 or all successes in `units` trials instead ("ci95_method" says so): each
+    independent group counted once, so at least as wide as the images would give (40 of 40 negatives, 40 groups:
+    0.912-1; the bootstrap's had been 1.000-1.000)."""
     lo, hi, why = _interval(samples, alpha, units)
+    valid = usable_samples(samples)
+    if proportion and units and valid is not None and valid.min() == valid.max() and valid[0] in (0.0, 1.0):
+        from scipy.stats import binomtest
+
+        k = int(units * valid[0])
+        ci = binomtest(k, units).proportion_ci(1 - alpha, method="exact")
+        how = f"exact (Clopper-Pearson) on the {units} groups: every resample gave {valid[0]:g}"
+        return {"ci95": [float(ci.low), float(ci.high)], "ci95_method": how}
     return {"ci95": [lo, hi], **({"no_ci": why} if why else {})}
 
 
@@ -206,12 +220,15 @@ def weighted_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     rows: dict[str, np.ndarray] | None = None,
+    proportions: Collection[str] = (),
 ) -> dict[str, dict]:
     """Point value and percentile bootstrap CI of every quantity a batch function returns (see `bootstrap_samples`).
 
     Args:
         rows: {name: bool (n,)}: the rows a quantity is over, where fewer than all (a subset, the lesion images): its
             interval is expanded for the groups among them, not all the set's.
+        proportions: the quantities that are shares of their rows (sensitivity, specificity): one every resample
+            gives as 0 or 1 gets an exact interval on its groups (`ci_entry`).
 
     Returns:
         {name: {"value": float, "ci95": [lo, hi]}, and "no_ci" (why, `ci_entry`) where there is no interval}.
@@ -219,17 +236,26 @@ def weighted_bootstrap(
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     g = None if groups is None else np.asarray(groups, dtype=object)
     units = {k: resampled_units(None if g is None else g[r], int(r.sum())) for k, r in (rows or {}).items()}
-    return point_and_ci(point, samples, units)
+    return point_and_ci(point, samples, units, proportions)
 
 
 def point_and_ci(
-    point: dict[str, np.ndarray], samples: dict[str, np.ndarray], units: dict[str, int] | None = None
+    point: dict[str, np.ndarray],
+    samples: dict[str, np.ndarray],
+    units: dict[str, int] | None = None,
+    proportions: Collection[str] = (),
 ) -> dict[str, dict]:
     """{name: {"value": float, "ci95": [lo, hi]}, with "no_ci" (why) where there is none} from `bootstrap_samples`
     output: the point value and the `percentile_ci` of the samples, expanded for `units[name]` where given, else for
-    the units `samples` says."""
+    the units `samples` says; `proportions` as `ci_entry` takes them."""
     default = getattr(samples, "units", None)
-    return {k: {"value": float(point[k][0]), **ci_entry(samples[k], (units or {}).get(k, default))} for k in point}
+    return {
+        k: {
+            "value": float(point[k][0]),
+            **ci_entry(samples[k], (units or {}).get(k, default), proportion=k in proportions),
+        }
+        for k in point
+    }
 
 
 def resamples_used(samples: dict[str, np.ndarray], keys: dict[str, str]) -> dict[str, int]:
