@@ -118,6 +118,47 @@ class Machine:
         }
 
 
+PACKAGES = (
+    "medcad",
+    "torch",
+    "torchvision",
+    "timm",
+    "segmentation-models-pytorch",
+    "lightning",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "opencv-python-headless",
+    "onnxruntime",
+    "openvino",
+)  # what a run's figures rest on
+
+
+def version(package: str) -> str | None:
+    """The installed version of `package`, None where it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    """What a run was made with, for its config.json and report (a paper's software and hardware): Python and the
+    installed `PACKAGES` versions, the CPU (model, medcad's kind, cores) and the GPUs by name."""
+    import platform
+
+    m = machine()
+    return {
+        "python": platform.python_version(),
+        "packages": {p: v for p in PACKAGES if (v := version(p)) is not None},
+        "cpu": f"{m.cpu} ({m.kind}, {m.cores} cores)",
+        "gpus": [torch.cuda.get_device_name(i) for i in range(m.gpus)],
+        "os": platform.platform(terse=True),
+    }
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
     """(model name, flags) of the first CPU in /proc/cpuinfo ("flags" on x86, "Features" on ARM)."""
     import platform

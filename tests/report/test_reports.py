@@ -314,9 +314,26 @@ def test_a_runs_data_is_read_again_in_the_layout_it_was_read(tiny_run: Path, eas
     pd.DataFrame(rows).to_csv(easy_set / "manifest.csv", index=False)
     manifest = run_dataset(easy_set, TrainConfig.load(tiny_run / "config.json"), tiny_run)
     assert manifest.layout == "folders" and not manifest.table["patient"].astype(bool).any()
-    assert "patients/groups: none given" in write_report(tiny_run).read_text()
+    assert "patients given: none" in write_report(tiny_run).read_text()
     cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
     before = (tiny_run / "metrics.json").read_text()
     train_run(easy_set, tiny_run, cfg, progress=False)  # resumed as made: read as then, nothing trained again
     assert json.loads((tiny_run / "config.json").read_text())["layout"] == "folders"
     assert json.loads((tiny_run / "metrics.json").read_text())["per_fold"] == json.loads(before)["per_fold"]
+
+
+def test_the_report_gives_each_parts_classes_and_groups_and_the_software_it_ran_on(tiny_run: Path) -> None:
+    """What CLAIM and STARD ask a paper for and a new user had to dig out of splits.json: each fold part's images
+    per class and the groups they come from; and the library versions and machine (only medcad's had been given)."""
+    from medcad.report.html import write_report
+    from medcad.report.run_report import collect_run
+
+    html = write_report(tiny_run).read_text()
+    assert '<table class="splits-labels">' in html
+    env = json.loads((tiny_run / "config.json").read_text())["environment"]
+    assert {"torch", "timm", "lightning", "medcad"} <= set(env["packages"]) and env["cpu"] and env["python"]
+    assert f"<td>torch</td><td>{env['packages']['torch']}</td>" in html
+    for f in collect_run(tiny_run)["fold_sizes"]:  # as each fold trained, validated and tested
+        result = json.loads((tiny_run / f"fold_{f['fold']}" / "result.json").read_text())
+        for part in ("train", "val", "test"):
+            assert sum(f["labels"][part].values()) == result[f"n_{part}"] == f[part] >= f["groups"][part] > 0

@@ -52,8 +52,26 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"{kind}: {message}\n"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from medcad import __version__
+
+        typer.echo(f"medcad {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print medcad's version (`medcad checks`: the libraries' and the machine's) and exit.",
+        ),
+    ] = False,
+) -> None:
     import warnings
 
     warnings.formatwarning = _warning_line

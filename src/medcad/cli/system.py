@@ -4,19 +4,11 @@ collect_env do), so that a slow or surprising default can be traced to the hardw
 from __future__ import annotations
 
 import json
-from importlib import metadata
 
 import typer
 
 from medcad.allocator import keep_freed_memory
 from medcad.cli.common import JsonOpt, app
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _threads() -> str:
@@ -35,7 +27,7 @@ def system_report() -> dict:
     """{"machine", "versions", "uses"}: the reading of `medcad.devices.machine` and the defaults that follow it."""
     import torch
 
-    from medcad.devices import auto_precision, machine
+    from medcad.devices import auto_precision, machine, version
     from medcad.inference.backends import generic_candidates, missing_runtimes, static_choice
 
     m = machine()
@@ -58,7 +50,7 @@ def system_report() -> dict:
     return {
         "machine": m.to_dict(),
         "gpu_names": [torch.cuda.get_device_name(i) for i in range(m.gpus)],
-        "versions": {p: _version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
+        "versions": {p: version(p) for p in ("medcad", "torch", "onnxruntime", "openvino", "timm", "lightning")},
         "uses": {
             **uses,
             "cached features and fold predictions": "fp32 (the reference predict's backends are checked against)",

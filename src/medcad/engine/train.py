@@ -21,7 +21,7 @@ from medcad.data.identity import reconcile, run_samples, save_samples
 from medcad.data.layouts import load_manifest
 from medcad.data.manifest import Manifest
 from medcad.data.splits import fold_indices, group_holdout, load_splits, make_splits, row_groups, save_splits
-from medcad.devices import fit_torch_threads, is_primary, join_launched_processes, rank_zero_first
+from medcad.devices import environment, fit_torch_threads, is_primary, join_launched_processes, rank_zero_first
 from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
@@ -358,6 +358,7 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
                 "train_domains": list(train_domains or []),
                 "init_run": str(init_run) if init_run else None,
                 "data_notes": manifest.notes,
+                "environment": environment(),  # software and machine of the session that wrote it (a resume: its own)
             },
         )
         manifest.save(folder.manifest)

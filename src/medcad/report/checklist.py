@@ -56,7 +56,13 @@ def checklist(r: dict, run: Path) -> list[dict]:
             "Model description: architecture, inputs, outputs, parameters",
             "Model card; settings table",
         ),
-        _item("Methods: model", "Software and versions", "Settings table (medcad settings); add library versions"),
+        _item(
+            "Methods: model",
+            "Software and versions; hardware",
+            "Training: settings table and software and machine table"
+            if r["meta"].get("environment")
+            else "Settings table (medcad settings); a run made before 2026-12-06 kept no library versions: add them",
+        ),
         _item(
             "Methods: model",
             "Initialisation (pretrained weights, source)",

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.data.manifest import Manifest
 from medcad.metrics.calibration import scaled_by_temperature
 from medcad.report import plots
 from medcad.runfolder import FoldFolder, RunFolder, read_predictions
-from medcad.tasks import metrics_positive, pooled_positive, settings_read
+from medcad.tasks import Task, metrics_positive, pooled_positive, settings_read
 
 
 def png_data_uri(png: bytes) -> str:
@@ -171,7 +172,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "summary": data_summary,
         "audit": findings,
         "splits": splits,
-        "fold_sizes": _fold_sizes(folder, splits),
+        "fold_sizes": _fold_sizes(folder, splits, manifest, get_task(cfg.task)),
         "figures": figures,
         "gallery": gallery_items,
         "card": card,
@@ -185,16 +186,36 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     return out
 
 
-def _fold_sizes(folder: RunFolder, splits: dict) -> list[dict]:
+def _fold_sizes(folder: RunFolder, splits: dict, manifest: Manifest, task: Task) -> list[dict]:
     """Images each fold's model trained, validated and was tested on: its result.json's (a run on some domains
     trains and validates on their share of the study's splits: the splits' own sizes had been shown, twice the
-    images for a one-domain run), else, for a fold not finished, the splits'; `of_splits` the splits' sizes."""
+    images for a one-domain run), else, for a fold not finished, the splits'; `of_splits` the splits' sizes. With
+    the run's `manifest`: each part's groups (patients, or near-duplicate groups) and, for a `task` with labels, its
+    images per label (each finding of a multi-label one), where the part's images are known (result.json's keys, or
+    the splits' of the same size)."""
+    from collections import Counter
+
+    from medcad.tasks import split_labels
+
+    label_of = dict(zip(manifest.keys, manifest.table["label"].astype(str), strict=True))
+    group_of = splits.get("groups") or {}
     out = []
     for f in splits["folds"]:
         result = folder.fold(f["fold"]).result
         n = json.loads(result.read_text()) if result.is_file() else {}
         sizes = {part: n.get(f"n_{part}", len(f[part])) for part in ("train", "val", "test")}
-        out.append({"fold": f["fold"], **sizes, "of_splits": [len(f[part]) for part in ("train", "val", "test")]})
+        row = {"fold": f["fold"], **sizes, "of_splits": [len(f[part]) for part in ("train", "val", "test")]}
+        keys = {p: n.get(f"{p}_keys", f[p] if len(f[p]) == sizes[p] else None) for p in ("train", "val", "test")}
+        if all(k is not None for k in keys.values()):
+            row["groups"] = {p: len({group_of.get(k, k) for k in ks}) for p, ks in keys.items()}
+            multi = task.label_kind == "multi"
+            cells = {p: [label_of.get(k, "") for k in ks] for p, ks in keys.items()}
+            counts = {
+                p: Counter(x for c in cs for x in (split_labels(c) if multi else [c]) if x) for p, cs in cells.items()
+            }
+            if "labels" in task.targets and any(counts.values()):
+                row["labels"] = {p: dict(c) for p, c in counts.items()}
+        out.append(row)
     return out
 
 
