@@ -337,3 +337,20 @@ def test_the_report_gives_each_parts_classes_and_groups_and_the_software_it_ran_
         result = json.loads((tiny_run / f"fold_{f['fold']}" / "result.json").read_text())
         for part in ("train", "val", "test"):
             assert sum(f["labels"][part].values()) == result[f"n_{part}"] == f[part] >= f["groups"][part] > 0
+
+
+def test_the_report_gives_the_flow_of_images_the_run_left_out(easy_set: Path, tmp_path: Path) -> None:
+    """A manifest row whose file is missing, left out with --allow-missing: the report names it and why (it had
+    said "24 images" alone; the left-out rows were in data_ledger.csv only)."""
+    from medcad.config import TrainConfig
+    from medcad.engine.train import train_run
+    from medcad.report.html import write_report
+
+    rows = [{"image": f"{c}/{k}.png", "label": c} for c in ("lesion", "normal") for k in range(12)]
+    rows.append({"image": "lesion/gone.png", "label": "lesion"})
+    pd.DataFrame(rows).to_csv(easy_set / "list.csv", index=False)
+    cfg = TrainConfig(image_size=32, epochs=0, head_epochs=1, batch_size=8, folds=2, val_fraction=0.25)
+    train_run(easy_set / "list.csv", tmp_path / "run", cfg.replace(allow_missing=True), progress=False)
+    html = write_report(tmp_path / "run").read_text()
+    assert "Flow of images (data_ledger.csv lists each): 24 used;\n1 left out by the run's read (1 " in html
+    assert "e.g. lesion/gone.png: " in html

@@ -173,6 +173,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "audit": findings,
         "splits": splits,
         "fold_sizes": _fold_sizes(folder, splits, manifest, get_task(cfg.task)),
+        "flow": _flow(folder),
         "figures": figures,
         "gallery": gallery_items,
         "card": card,
@@ -217,6 +218,25 @@ def _fold_sizes(folder: RunFolder, splits: dict, manifest: Manifest, task: Task)
                 row["labels"] = {p: dict(c) for p, c in counts.items()}
         out.append(row)
     return out
+
+
+def _flow(folder: RunFolder, shown: int = 8) -> dict | None:
+    """The run's data flow from its data_ledger.csv (what the training's read left out and why, what it did not
+    read): {left_out: n, by_reason: {reason: n}, examples: [[path, reason]] (the first `shown`), not_read: n}; None
+    for a run without one. A paper's flow of cases (STARD, CLAIM): it had been in data_ledger.csv alone."""
+    from medcad.data.ledger import reason_kind
+
+    if not folder.ledger.is_file():
+        return None
+    table = pd.read_csv(folder.ledger, dtype=str, keep_default_na=False)
+    out = table[table["status"] == "left out"]
+    kinds = out["reason"].map(reason_kind).value_counts()
+    return {
+        "left_out": len(out),
+        "by_reason": {str(k): int(n) for k, n in kinds.items()},
+        "examples": out[["path", "reason"]].head(shown).values.tolist(),
+        "not_read": int((table["status"] == "not read").sum()),
+    }
 
 
 def _stale(was: str, now: str, command: str) -> str:
