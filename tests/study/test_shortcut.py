@@ -74,5 +74,5 @@ def test_multitask_run_statistics_and_shortcut_check(tmp_path: Path, monkeypatch
     for needle in ("Shortcut check", "Reporting checklist", "temperature-scaled", "at training size"):
         assert needle in html, needle
     kinds = json.loads((run / "metrics.json").read_text())["segmentation"]["frame_decision"]["frame_score"]
-    if "p_lesion" in kinds:  # its thresholds are on the scaled probability, not on predictions.csv's columns
-        assert "p_lesion, on the temperature-scaled probability: predictions.csv&#39;s p_ columns are before" in html
+    if "p_lesion" in kinds:  # its thresholds are on the scaled probability, as predictions.csv's columns are now
+        assert "p_lesion, on the temperature-scaled probability, as predictions.csv&#39;s p_ columns" in html
