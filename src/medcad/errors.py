@@ -23,6 +23,15 @@ class DataError(MedcadError):
         super().__init__(f"{path}: {problem}")
 
 
+class UnreadableSamples(DataError):
+    """The images (or masks) of a dataset that cannot be decoded, all of them (`errors`: each one's DataError), said
+    as the first and how many more."""
+
+    def __init__(self, errors: list[DataError], problem: str) -> None:
+        self.errors = errors
+        super().__init__(errors[0].path, problem)
+
+
 class NoSuchFrame(DataError):
     """A frame (DICOM) or page (TIFF, GIF, WebP, APNG) asked for beyond the file's own."""
 

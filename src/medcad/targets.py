@@ -91,10 +91,10 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     boxed = sum(1 for i in out_rows if manifest.boxes(int(i)))
     note = f"{len(out_rows)} image(s) without a mask left out (--missing-masks leave-out), e.g. {keys[out_rows[0]]}"
     note += f"; {boxed} of them have boxes: annotated with boxes alone" if boxed else ""
-    return _without_rows(manifest, [(int(i), "no mask (--missing-masks leave-out)") for i in out_rows], note)
+    return without_rows(manifest, [(int(i), "no mask (--missing-masks leave-out)") for i in out_rows], note)
 
 
-def _without_rows(manifest: Manifest, out: list[tuple[int, str]], note: str) -> Manifest:
+def without_rows(manifest: Manifest, out: list[tuple[int, str]], note: str) -> Manifest:
     """`manifest` without the rows `out` ((row, reason) each), which the ledger names as left out, its line (among
     the notes) counting them ("used 46 of 46" had been said before the note that one was left out), and `note`."""
     import dataclasses
@@ -156,7 +156,7 @@ def without_unusable_boxes(manifest: Manifest, cfg: TrainConfig, used: Collectio
         )
     note = f"{len(unusable)} image(s) whose every box is unusable left out (--allow-missing), not scored as "
     note += f"lesion-free: {named}"
-    return _without_rows(manifest, [(i, f"no usable box: {why}") for i, why in unusable], note)
+    return without_rows(manifest, [(i, f"no usable box: {why}") for i, why in unusable], note)
 
 
 def run_rows(manifest: Manifest, cfg: TrainConfig, used: Collection[str] = ()) -> Manifest:
@@ -173,7 +173,29 @@ def run_dataset(data: str | Path, cfg: TrainConfig, run: str | Path | None = Non
     from medcad.data.layouts import load_manifest
 
     used = set(run_samples(Path(run)) or {}) if run is not None else set()
-    return run_rows(load_manifest(data, cfg.data_options()), cfg, used)
+    manifest = run_rows(load_manifest(data, cfg.data_options()), cfg, used)
+    return manifest if run is None else _left_out_as_by_run(manifest, Path(run))
+
+
+UNREADABLE = "unreadable: "  # the ledger's reason of an image a run left out undecodable (--allow-missing)
+
+
+def _left_out_as_by_run(manifest: Manifest, run: Path) -> Manifest:
+    """`manifest` without the images the run's training left out as unreadable (its data_ledger.csv), which every
+    later read of its data leaves out alike (they had been read as images added since, or failed a decode)."""
+    import pandas as pd
+
+    from medcad.runfolder import RunFolder
+
+    ledger = RunFolder(run).ledger
+    if not ledger.is_file():
+        return manifest
+    table = pd.read_csv(ledger, dtype=str, keep_default_na=False)
+    gone = dict(zip(table["path"], table["reason"], strict=True))
+    out = [(i, gone[k]) for i, k in enumerate(manifest.keys) if gone.get(k, "").startswith(UNREADABLE)]
+    if not out:
+        return manifest
+    return without_rows(manifest, out, f"{len(out)} image(s) left out as the run left them: unreadable")
 
 
 def load_targets(

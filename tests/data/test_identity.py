@@ -4,6 +4,7 @@ command says what changed instead of re-pairing rows."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -158,3 +159,35 @@ def test_folders_medcad_wrote_are_one_entry_of_the_ledger(tmp_path: Path, monkey
         "runs/first/": "a medcad run folder (its outputs, not data)",
         "cache/": "medcad's cache folder",
     }
+
+
+def test_an_unreadable_image_stops_before_anything_is_written_or_is_left_out_named(
+    easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A truncated JPEG had stopped training on the first decode, after the run folder was written, with no way on
+    (--allow-missing gave the same error). It stops before anything is written and says how to go on; with
+    --allow-missing it is left out and named, and every later read of the run's data (evaluate, report, a resume)
+    leaves it out alike."""
+    from PIL import Image
+
+    from medcad.report.html import write_report
+
+    Image.open(easy_set / "lesion" / "3.png").convert("RGB").save(easy_set / "lesion" / "3.jpg", quality=90)
+    (easy_set / "lesion" / "3.png").unlink()
+    jpeg = (easy_set / "lesion" / "3.jpg").read_bytes()
+    (easy_set / "lesion" / "3.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # cut in the middle, as a copy cut short
+    cfg = TrainConfig(image_size=32, epochs=0, head_epochs=1, batch_size=8, folds=2, val_fraction=0.25)
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match="lesion/3.jpg: .*rerun with --allow-missing to leave them out") as e:
+        train_run(easy_set, run, cfg, progress=False)
+    assert "truncated" in str(e.value).lower() and not run.exists()
+    train_run(easy_set, run, cfg.replace(allow_missing=True), progress=False)
+    ledger = pd.read_csv(run / "data_ledger.csv")
+    assert ledger.loc[ledger["status"] == "left out", "path"].tolist() == ["lesion/3.jpg"]
+    assert ledger["reason"].str.startswith("unreadable: ").sum() == 1
+    assert len(pd.read_csv(run / "predictions.csv")) == 23
+    with caplog.at_level(logging.WARNING):
+        m, _ = evaluate_run(run)  # read again as the run read it: no image "added since", none failing to decode
+    assert m["n"] == 23 and "added since" not in caplog.text and "left out as the run left them" in caplog.text
+    assert "1 left out by the run's read (1 unreadable)" in write_report(run).read_text()
+    train_run(easy_set, run, cfg.replace(allow_missing=True), progress=False)  # resumed: the same samples

@@ -22,7 +22,7 @@ from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import read_mask, sample_mask_pages
-from medcad.errors import DataError
+from medcad.errors import DataError, UnreadableSamples
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
@@ -104,7 +104,7 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
         others = [os.path.basename(str(e.path)) for e in errors[1:4]] + (["..."] if len(errors) > 4 else [])
         more = f" (and {len(errors) - 1} more: {', '.join(others)}; `medcad data audit` lists unreadable images)"
         more = more if len(errors) > 1 else ""
-        raise DataError(first.path, f"{first.problem}{more}")
+        raise UnreadableSamples(errors, f"{first.problem}{more}")
     with atomic_path(path) as tmp:
         np.save(tmp, out)
     return np.load(path, mmap_mode="r")

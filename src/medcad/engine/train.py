@@ -25,12 +25,12 @@ from medcad.devices import environment, fit_torch_threads, is_primary, join_laun
 from medcad.engine.common import logger_names, quiet_lightning
 from medcad.engine.fold import FoldData, FoldHooks, train_fold
 from medcad.engine.results import evaluate_results, write_json
-from medcad.errors import ConfigError, DataError
+from medcad.errors import ConfigError, DataError, UnreadableSamples
 from medcad.metrics.stats import group_index
 from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
-from medcad.targets import load_targets, run_rows
+from medcad.targets import UNREADABLE, load_targets, run_rows, without_rows
 from medcad.tasks import Task, get_task, pooled_positive, split_labels, split_strata, unread_settings
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,37 @@ def fold_coverage(
     return out
 
 
+def _readable(manifest: Manifest, cfg: TrainConfig, progress: bool) -> Manifest:
+    """`manifest` with every image decodable (decoded into the cache the run then reads), before anything is
+    written: an unreadable image (truncated, corrupt, over the pixel limit) stops the run naming all of them and
+    how to go on, or with --allow-missing is left out, named in the ledger with why (a run had stopped on the first,
+    after writing its folder, and --allow-missing had not helped).
+
+    Raises:
+        DataError: unreadable images without --allow-missing, or no readable image left.
+    """
+    try:
+        run_images(manifest, cfg, progress=progress)
+        return manifest
+    except UnreadableSamples as e:
+        if not cfg.allow_missing:
+            raise DataError(
+                e.path,
+                f"{e.problem}. Fix or remove the file(s), or rerun with --allow-missing to leave them out (each named "
+                "in RUN/data_ledger.csv)",
+            ) from e
+        bad = {str(Path(x.path).resolve()): x.problem for x in e.errors}
+        out = [
+            (i, f"{UNREADABLE}{bad[p]}")
+            for i in range(len(manifest))
+            if (p := str(manifest.image_path(i).resolve())) in bad
+        ]
+        if len(out) == len(manifest):
+            raise DataError(manifest.root, f"no image can be read: {e.problem}") from e
+        note = f"{len(out)} unreadable image(s) left out (--allow-missing), e.g. {manifest.keys[out[0][0]]}"
+        return without_rows(manifest, out, note)
+
+
 def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: bool, write: bool, say: bool) -> tuple:
     """Read and check the data, write config.json, manifest.csv and splits.json (when `write`), say how the data was
     read (when `say`), and load (or make) the decoded-image and mask caches. Returns (manifest, targets, splits,
@@ -315,6 +346,12 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
     finally:  # how the data was read, before any refusal; its ledger's line counting the rows the run leaves out
         for note in manifest.notes if say else []:
             log.warning("note: %s", note)
+    said = len(manifest.notes)
+    t0 = time.perf_counter()
+    manifest = _readable(manifest, cfg, progress and write)  # before a resumed run's samples are compared: without
+    decode_s = time.perf_counter() - t0
+    for note in manifest.notes[said:] if say else []:  # the images it left out as unreadable
+        log.warning("note: %s", note)
     said = len(manifest.notes)
     manifest = _same_samples(manifest, out, splits_path, cfg.new_images)
     for note in manifest.notes[said:] if say else []:  # what changed since the run was made
@@ -368,8 +405,8 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
         if splits_path is None or not folder.splits.is_file():
             save_splits(splits, folder.splits)
     t0 = time.perf_counter()
-    images = run_images(manifest, cfg, progress=progress and write)
-    return manifest, targets, splits, images, time.perf_counter() - t0
+    images = run_images(manifest, cfg, progress=progress and write)  # decoded by `_readable`: the cache, read back
+    return manifest, targets, splits, images, decode_s + time.perf_counter() - t0
 
 
 def train_repeats(
