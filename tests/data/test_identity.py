@@ -191,3 +191,14 @@ def test_an_unreadable_image_stops_before_anything_is_written_or_is_left_out_nam
     assert m["n"] == 23 and "added since" not in caplog.text and "left out as the run left them" in caplog.text
     assert "1 left out by the run's read (1 unreadable)" in write_report(run).read_text()
     train_run(easy_set, run, cfg.replace(allow_missing=True), progress=False)  # resumed: the same samples
+
+
+def test_a_mask_no_row_names_is_called_a_mask_in_the_ledger() -> None:
+    """BUSI's second-lesion masks (`benign (4)_mask_1.png`) beside a manifest naming only `_mask.png` had been
+    "an image the 'csv' layout did not read"."""
+    from medcad.data.ledger import _unread_reason
+
+    for name in ("benign (4)_mask_1.png", "case_seg.png", "x-MASK.tif", "y_labels.png"):
+        assert _unread_reason(Path(name), "csv").startswith("a mask by its name that no row of the 'csv' layout"), name
+    for name in ("masked_frame.png", "mask.png", "stray.png"):
+        assert _unread_reason(Path(name), "csv") == "an image the 'csv' layout did not read", name
