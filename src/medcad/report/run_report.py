@@ -166,7 +166,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "run": str(run),
         "meta": meta,
         "config": cfg.to_dict(),
-        "settings": settings_read(cfg),  # the table: the settings its task reads
+        "settings": _settings_as_used(settings_read(cfg), folder, splits),  # the table: the settings its task reads
         "metrics": metrics,
         "labels": labels,
         "summary": data_summary,
@@ -217,6 +217,26 @@ def _fold_sizes(folder: RunFolder, splits: dict, manifest: Manifest, task: Task)
             if "labels" in task.targets and any(counts.values()):
                 row["labels"] = {p: dict(c) for p, c in counts.items()}
         out.append(row)
+    return out
+
+
+def _settings_as_used(settings: dict, folder: RunFolder, splits: dict) -> dict:
+    """The settings table with what an "auto" became in this run: the training precision of each fold (its
+    result.json) and the grouping of its splits (a new user had read "precision auto" of a run trained in fp32)."""
+    out = dict(settings)
+    if out.get("group_by") == "auto" and splits.get("group_by"):
+        out["group_by"] = f"auto: {splits['group_by']}"
+    if out.get("precision") == "auto":
+        used = {}
+        for f in splits["folds"]:
+            result = folder.fold(f["fold"]).result
+            if result.is_file() and (p := json.loads(result.read_text()).get("train_precision")):
+                used[f["fold"]] = p
+        if used:
+            same = len(set(used.values())) == 1
+            out["precision"] = "auto: " + (
+                next(iter(used.values())) if same else ", ".join(f"fold {k} {v}" for k, v in used.items())
+            )
     return out
 
 
