@@ -336,6 +336,8 @@ def test_the_report_gives_each_parts_classes_and_groups_and_the_software_it_ran_
     result = json.loads((tiny_run / "fold_0" / "result.json").read_text())  # what "auto" became (it had said "auto")
     assert f"<td>precision</td><td>auto: {result['train_precision']}</td>" in html
     assert "<td>group_by</td><td>auto: duplicates</td>" in html
+    card = collect_run(tiny_run)["card"]  # the latency's precision as measured (the table had said bf16 always)
+    assert f"latency (PyTorch, batch 1, {card['latency_precision']}, " in html
     for f in collect_run(tiny_run)["fold_sizes"]:  # as each fold trained, validated and tested
         result = json.loads((tiny_run / f"fold_{f['fold']}" / "result.json").read_text())
         for part in ("train", "val", "test"):
