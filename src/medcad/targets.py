@@ -174,13 +174,13 @@ def run_dataset(data: str | Path, cfg: TrainConfig, run: str | Path | None = Non
 
     used = set(run_samples(Path(run)) or {}) if run is not None else set()
     manifest = run_rows(load_manifest(data, cfg.data_options()), cfg, used)
-    return manifest if run is None else _left_out_as_by_run(manifest, Path(run))
+    return manifest if run is None else left_out_as_by_run(manifest, Path(run))
 
 
 UNREADABLE = "unreadable: "  # the ledger's reason of an image a run left out undecodable (--allow-missing)
 
 
-def _left_out_as_by_run(manifest: Manifest, run: Path) -> Manifest:
+def left_out_as_by_run(manifest: Manifest, run: Path) -> Manifest:
     """`manifest` without the images the run's training left out as unreadable (its data_ledger.csv), which every
     later read of its data leaves out alike (they had been read as images added since, or failed a decode)."""
     import pandas as pd
@@ -196,6 +196,13 @@ def _left_out_as_by_run(manifest: Manifest, run: Path) -> Manifest:
     if not out:
         return manifest
     return without_rows(manifest, out, f"{len(out)} image(s) left out as the run left them: unreadable")
+
+
+def unreadable_keys(manifest: Manifest) -> set[str]:
+    """The images this read of the data left out as unreadable (its ledger's UNREADABLE reasons): given splits that
+    name them are this run's without them."""
+    ledger = manifest.ledger
+    return {k for k, why in (ledger.left_out if ledger else ()) if why.startswith(UNREADABLE)}
 
 
 def load_targets(

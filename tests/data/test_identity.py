@@ -190,7 +190,19 @@ def test_an_unreadable_image_stops_before_anything_is_written_or_is_left_out_nam
         m, _ = evaluate_run(run)  # read again as the run read it: no image "added since", none failing to decode
     assert m["n"] == 23 and "added since" not in caplog.text and "left out as the run left them" in caplog.text
     assert "1 left out by the run's read (1 unreadable)" in write_report(run).read_text()
-    train_run(easy_set, run, cfg.replace(allow_missing=True), progress=False)  # resumed: the same samples
+    (run / "fold_1" / "result.json").unlink()  # resumed, even without the flag: the same samples, left out alike
+    train_run(easy_set, run, cfg, progress=False)
+    assert len(pd.read_csv(run / "predictions.csv")) == 23
+    # given splits that name it (a study's, made without decoding): this run's are without it
+    other = tmp_path / "other"
+    train_run(easy_set, other, cfg.replace(allow_missing=True, seed=1), splits_path=run / "splits.json", progress=False)
+    assert len(pd.read_csv(other / "predictions.csv")) == 23
+    whole = json.loads((run / "splits.json").read_text())
+    whole["folds"][0]["test"].append("lesion/3.jpg")  # as a study's splits hold it
+    (tmp_path / "given.json").write_text(json.dumps(whole))
+    third = tmp_path / "third"
+    train_run(easy_set, third, cfg.replace(allow_missing=True), splits_path=tmp_path / "given.json", progress=False)
+    assert "lesion/3.jpg" not in (third / "splits.json").read_text()
 
 
 def test_a_mask_no_row_names_is_called_a_mask_in_the_ledger() -> None:

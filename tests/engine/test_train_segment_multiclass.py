@@ -301,3 +301,10 @@ def test_the_audit_reads_label_maps_as_a_run_reads_them(tmp_path: Path) -> None:
     maps = json.loads(runner.invoke(app, ["data", "audit", str(root), "--json", *given]).stdout)["label_maps"]
     assert maps["absent_classes"] == ["tumour"] and len(maps["problems"]) == 1  # the JPEG
     assert "label_maps" not in json.loads(runner.invoke(app, ["data", "audit", str(root), "--json"]).stdout)
+    (root / "dataset.json").write_text(json.dumps({"name": "a dataset.json of another tool"}))  # no "labels"
+    assert "label_maps" not in json.loads(runner.invoke(app, ["data", "audit", str(root), "--json"]).stdout)
+    from medcad.data.audit import audit
+    from medcad.data.layouts import load_manifest
+
+    kept = audit(load_manifest(root), interface="none", mask_labels="1=cyst", label_maps=False)  # a binary run's
+    assert "label_maps" not in kept

@@ -483,6 +483,7 @@ def test_an_interval_no_resample_defines_is_said_not_printed_as_nan() -> None:
     # and an exact interval says so
     assert _fmt({"value": -0.097, "ci95": [-0.181, -0.03]}) == "-0.097 (-0.181 to -0.030)"
     assert _fmt({"value": 1.0, "ci95": [0.912, 1.0], "ci95_method": "exact"}) == "1.000 (0.912–1.000, exact)"
+    assert _fmt({"value": 0.8, "ci95": [0.7, 0.9], "ci95_method": "bootstrap of images"}) == "0.800 (0.700–0.900)"
     ci = _env().from_string('{% from "macros.html.j2" import ci %}{{ ci(m) }}')
     assert NO_CI in ci.render(m={"value": 0.83, "ci95": [None, None]})
     assert NO_CI in ci.render(m={"value": 0.83, "ci95": [float("nan"), float("nan")]})

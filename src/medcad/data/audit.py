@@ -29,7 +29,7 @@ from medcad.data.io import read_image
 from medcad.data.labelmaps import COLOUR_FILE, LABELS_FILE, find_labels_file, read_label_map, resolve_mask_labels
 from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import background_as_lesion, decode_mask, sample_mask_pages
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 
 
 def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list[tuple[str, str, str]]:
@@ -96,8 +96,14 @@ def _check_label_maps(manifest: Manifest, mask_labels: str | None, unreadable: s
         return None
     try:
         classes = resolve_mask_labels(mask_labels, manifest.root, mask_paths)
-    except DataError as e:  # a labels file a run cannot use (nnU-Net's ignore label, a broken file)
+    except DataError as e:  # a labels file a run cannot use (nnU-Net's ignore label, a broken file); a
+        if mask_labels is None and 'has no "labels" mapping' in e.problem:  # dataset.json of something else
+            return None
         return {"problems": [[".", shown_path(Path(e.path), manifest.root), e.problem]]}
+    except ConfigError as e:  # the file's classes as --mask-labels refuses them (a name given twice)
+        if mask_labels is not None:
+            raise
+        return {"problems": [[".", shown_path(files[0] or files[1], manifest.root), str(e)]]}
     held = np.zeros(len(classes.values) + 1, dtype=int)
     problems = []
     for i, key in enumerate(manifest.keys):
@@ -127,6 +133,7 @@ def audit(
     interface: str = "crop+marks",
     thumbnails: Path | None = None,
     mask_labels: str | None = None,
+    label_maps: bool = True,
 ) -> dict:
     """Audit a dataset; returns a JSON-ready dict of findings (paths relative to the manifest root).
 
@@ -135,6 +142,7 @@ def audit(
         thumbnails: where its before/after thumbnails go (default: under the cache folder; see `interface_audit`).
         mask_labels: the classes of label-map masks ("1=cyst,2=stone", as `--mask-labels`); without them a labels
             file beside the masks gives them, if there is one (`_check_label_maps`: the "label_maps" entry).
+        label_maps: False: the masks are not read as label maps at all (a run of a binary mask task's report).
 
     Raises:
         ConfigError: `mask_labels` is not VALUE=NAME pairs.
@@ -196,8 +204,8 @@ def audit(
         ],  # a nearly black frame is low content, not a mask
     }
     unreadable_masks = {rel for _, rel, _ in masks["unreadable"]}
-    if (label_maps := _check_label_maps(manifest, mask_labels, unreadable_masks)) is not None:
-        result["label_maps"] = label_maps
+    if label_maps and (found := _check_label_maps(manifest, mask_labels, unreadable_masks)) is not None:
+        result["label_maps"] = found
     if interface != "none":
         result["interface"] = interface_audit(manifest, interface, thumbnails)
     if splits is not None:

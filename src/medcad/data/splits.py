@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -420,8 +421,9 @@ def save_splits(splits: dict, path: str | Path) -> Path:
     return path
 
 
-def load_splits(path: str | Path, manifest: Manifest | None = None) -> dict:
-    """Read splits.json; with a manifest, check that every key in it is a sample of that manifest."""
+def load_splits(path: str | Path, manifest: Manifest | None = None, leave_out: Collection[str] = ()) -> dict:
+    """Read splits.json; with a manifest, check that every key in it is a sample of that manifest. `leave_out`: keys
+    taken out of every fold's parts first (images a run's read left out as unreadable)."""
     path = Path(path)
     try:
         splits = json.loads(path.read_text(encoding="utf-8"))
@@ -430,6 +432,12 @@ def load_splits(path: str | Path, manifest: Manifest | None = None) -> dict:
         raise DataError(path, "splits file not found") from e
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(path, f"not a medcad splits.json ({e})") from e
+    if leave_out:
+        gone = set(leave_out)
+        for fold in folds:
+            for part in ("train", "val", "test"):
+                if part in fold:
+                    fold[part] = [k for k in fold[part] if k not in gone]
     if manifest is not None:
         known = set(manifest.keys)
         for fold in folds:

@@ -30,7 +30,7 @@ from medcad.metrics.stats import group_index
 from medcad.run import Run
 from medcad.runfolder import RunFolder, fold_words
 from medcad.stopping import raise_if_stopped
-from medcad.targets import UNREADABLE, load_targets, run_rows, without_rows
+from medcad.targets import UNREADABLE, left_out_as_by_run, load_targets, run_rows, unreadable_keys, without_rows
 from medcad.tasks import Task, get_task, pooled_positive, split_labels, split_strata, unread_settings
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def _prepare_splits(manifest: Manifest, run: Run, splits_path: Path | None) -> d
     """The run's folds: those of `splits_path`, else of its own splits.json (resuming), else new ones (which may
     be refused, before anything of the run is written)."""
     target = run.folder.splits
-    if splits_path is not None:
-        return load_splits(splits_path, manifest)
+    if splits_path is not None:  # without the images this run's read left out as unreadable (--allow-missing)
+        return load_splits(splits_path, manifest, leave_out=unreadable_keys(manifest))
     if target.is_file():
         return load_splits(target, manifest)  # resume, or the same folds as an earlier model
     return splits_for(manifest, run.cfg)
@@ -77,7 +77,7 @@ def _same_samples(manifest: Manifest, out: Path, splits_path: Path | None, new_i
     run on given folds): what changed is said, never re-paired (`medcad.data.identity.reconcile`)."""
     samples, where = run_samples(out), out
     if samples is None and splits_path is not None:
-        folds = load_splits(splits_path)["folds"]
+        folds = load_splits(splits_path, leave_out=unreadable_keys(manifest))["folds"]
         samples, where = {k: None for f in folds for p in ("train", "val", "test") for k in f.get(p, [])}, splits_path
     return manifest if samples is None else reconcile(manifest, samples, where, new_images)
 
@@ -348,6 +348,7 @@ def _prepare(data, run: Run, splits_path, train_domains, init_run, progress: boo
             log.warning("note: %s", note)
     said = len(manifest.notes)
     t0 = time.perf_counter()
+    manifest = left_out_as_by_run(manifest, out)  # a resume leaves out what the run did, with or without the flag
     manifest = _readable(manifest, cfg, progress and write)  # before a resumed run's samples are compared: without
     decode_s = time.perf_counter() - t0
     for note in manifest.notes[said:] if say else []:  # the images it left out as unreadable

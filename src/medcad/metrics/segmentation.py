@@ -147,11 +147,11 @@ def segmentation_metrics(
         if (empty & part).any():
             fpr = st["empty_fpr"]
             out["empty_images"] = {"n": int((empty & part).sum()), "false_positive_rate": fpr["value"]}
-            out["empty_images"]["ci95"] = fpr["ci95"]
+            out["empty_images"] |= {k: fpr[k] for k in ("ci95", "ci95_method", "no_ci") if k in fpr}
             if (~empty & part).any():
                 found = st["lesion_found"]
                 out["lesion_images_found"] = {"n": int((~empty & part).sum()), "rate": found["value"]}
-                out["lesion_images_found"]["ci95"] = found["ci95"]
+                out["lesion_images_found"] |= {k: found[k] for k in ("ci95", "ci95_method", "no_ci") if k in found}
         quantiles = np.quantile(dice[part], [0, 0.25, 0.5, 0.75, 1]).tolist()
         out["per_image_quantiles"] = dict(zip(("min", "q25", "median", "q75", "max"), quantiles, strict=True))
         out["n_images"] = int(part.sum())

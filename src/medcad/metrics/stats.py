@@ -126,7 +126,10 @@ def ci_entry(
 
         k = int(units * valid[0])
         ci = binomtest(k, units).proportion_ci(1 - alpha, method="exact")
-        how = f"exact (Clopper-Pearson) on the {units} groups: every resample gave {valid[0]:g}"
+        how = (
+            f"exact (Clopper-Pearson) on {units} independent units (groups; images where none are given): every "
+            f"resample gave {valid[0]:g}"
+        )
         return {"ci95": [float(ci.low), float(ci.high)], "ci95_method": how}
     return {"ci95": [lo, hi], **({"no_ci": why} if why else {})}
 

@@ -194,7 +194,7 @@ def _fmt(m: dict | None) -> str:
     lo, hi = (m.get("ci95") or [None, None])[:2]
     if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
         dash = " to " if lo < 0 or hi < 0 else "–"  # as the report writes it: "-0.181–-0.030" read as a range of signs
-        ci = f" ({lo:.3f}{dash}{hi:.3f}{', exact' if m.get('ci95_method') else ''})"
+        ci = f" ({lo:.3f}{dash}{hi:.3f}{', exact' if str(m.get('ci95_method', '')).startswith('exact') else ''})"
     else:  # an interval no resample gave (None once written to JSON), or too few: stats.ci_entry says why
         ci = f" (no CI: {m.get('no_ci') or NO_CI})" if "ci95" in m else ""
     return f"{m['value']:.3f}{ci}"

@@ -116,11 +116,12 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
     metrics = json.loads(folder.metrics.read_text())
     labels = meta["labels"]
     shared = {} if shared is None else shared
-    data_key = ("data", str(meta["data"]), cfg.data_options(), folder.splits.read_text())
+    label_maps = get_task(cfg.task).mask_kind == "classes"  # masks read as a segment-multiclass run reads them
+    data_key = ("data", str(meta["data"]), cfg.data_options(), folder.splits.read_text(), label_maps)
     if data_key not in shared:
         manifest = run_dataset(meta["data"], cfg, folder.root)
         splits = load_splits(folder.splits, manifest)
-        findings = audit(manifest, splits, mask_labels=meta.get("mask_labels"))  # a label-map run's classes
+        findings = audit(manifest, splits, mask_labels=meta.get("mask_labels"), label_maps=label_maps)
         shared[data_key] = manifest, splits, findings, summarize(manifest)
     manifest, splits, findings, data_summary = shared[data_key]
     pred = read_predictions(folder.predictions)
@@ -290,10 +291,15 @@ def _classification_figures(
     figures["confusion"] = png_data_uri(plots.confusion_matrix_png(cm["labels"], cm["matrix"]))
     aucs = {lab: metrics["per_class"][lab].get("auc") for lab in labels}
     figures["roc"] = png_data_uri(plots.roc_png(metrics.get("roc", {}), "ROC, one class vs rest", aucs))
-    figures["reliability"] = png_data_uri(
-        plots.reliability_png(metrics.get("reliability", {}), (metrics.get("ece") or {}).get("value"))
-    )
     cal = metrics.get("calibration")
+    # as trained (the calibration section's "before"; metrics' own is on the pooled, now scaled, probabilities)
+    before = bool(cal) and metrics.get("probabilities") == "temperature-scaled" and scaled_by_temperature(cal)
+    shown = cal["before"] if before else metrics
+    figures["reliability"] = png_data_uri(
+        plots.reliability_png(
+            shown.get("reliability", {}), (shown.get("ece") or {}).get("value"), "as trained" if before else ""
+        )
+    )
     if cal and scaled_by_temperature(cal):  # every T = 1: the diagram after scaling would repeat the one before
         figures["reliability_after"] = png_data_uri(
             plots.reliability_png(

@@ -39,7 +39,11 @@ def _headline(m: dict) -> dict:
             out[f"{key}dice"] = block.get("dice") if key else out["dice"]
             out[f"{key}dice_lesion"] = block.get("dice_lesion")
             e = block.get("empty_images")  # lesion-free images with any lesion pixel
-            out[f"{key}lesion_free_fp"] = {"value": e["false_positive_rate"], "ci95": e["ci95"]} if e else None
+            out[f"{key}lesion_free_fp"] = (
+                {"value": e["false_positive_rate"]} | {k: e[k] for k in ("ci95", "ci95_method", "no_ci") if k in e}
+                if e
+                else None
+            )
     out["by_domain"] = {
         d: {k: v.get(k) for k in keep} | {"auc_classes": (v.get("averaged_over") or {}).get("macro_auc")}
         for d, v in (m.get("by_domain") or {}).items()
@@ -92,8 +96,6 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
     spec = load_study(path, check_data=False)
     base = spec.base.replace(**data_options.given()) if data_options is not None else spec.base
     manifest = load_manifest(spec.data, base.data_options()) if spec.data.exists() else None
-    if manifest is not None and base.layout is None:  # as each run saves it (the layout read)
-        base = base.replace(layout=manifest.layout)
     domains = list(spec.domains or [])
     if manifest is not None and (domains or spec.protocol not in ("holdout", "kfold", "compare")):
         domains = _study_domains(spec, manifest)
@@ -104,6 +106,10 @@ def plan_study(path: str | Path, data_options: DataOptions | None = None, out: s
         cfg = base.replace(**e.model.settings)
         run_dir = study_dir / "runs" / slug(e.name)
         settled = _settled(e, study_dir, base, positive)
+        if (
+            settled.layout is None and manifest is not None
+        ):  # a new run saves the layout it reads (a resumed one: its own)
+            settled = settled.replace(layout=manifest.layout)
         training = schedule_lines(settled)
         if e.init and cfg.task in STAGED_TASKS and cfg.stages is None:  # the built-in order continues at stage 2
             training[0] = f"stage 1: none (the head continues from {e.init}'s fold models)"
