@@ -61,3 +61,22 @@ def test_the_figures_over_labels_are_scikit_learns(n: int, k: int, seed: int, al
     if both:
         want = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in both])
         assert m["macro_auc"]["value"] == pytest.approx(want)
+
+
+def test_a_findings_sensitivity_of_all_its_images_gets_the_exact_interval_of_their_groups() -> None:
+    """Every image with the finding called, over 12 patients holding it: sensitivity 1 with the exact interval on
+    those 12 (it had read 1.000 (1.000-1.000)); its specificity, varying, keeps the bootstrap's."""
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 2)
+    y = np.zeros((60, 2), bool)
+    y[:24, 0] = True  # 12 patients with finding a
+    y[rng.random(60) < 0.4, 1] = True
+    p = np.where(y, 0.9, 0.1).astype(float)
+    p[30:40, 0] = 0.8  # some false positives of a: its specificity varies
+    m = multilabel_metrics(y, p, ["a", "b"], groups=groups, n_boot=300)
+    sens = m["per_label"]["a"]["sensitivity"]
+    want = binomtest(12, 12).proportion_ci(0.95, method="exact")
+    assert sens["value"] == 1.0 and sens["ci95"] == pytest.approx([want.low, 1.0]) and "12" in sens["ci95_method"]
+    assert "ci95_method" not in m["per_label"]["a"]["specificity"]

@@ -392,7 +392,11 @@ def subtype_vs_reference(
             return {"accuracy": acc, "sensitivity": sens, "specificity": spec, "auc": weighted_auc(yb, score, w)}
 
         sub_groups = None if groups is None else np.asarray(groups)[rows]
-        stats = weighted_bootstrap(batch, int(rows.sum()), groups=sub_groups, n_boot=n_boot, seed=seed)
+        over = {"sensitivity": yb, "specificity": ~yb}  # shares of the subtype's / the reference's images
+        shares = [*over, "accuracy"]
+        stats = weighted_bootstrap(
+            batch, int(rows.sum()), groups=sub_groups, n_boot=n_boot, seed=seed, rows=over, proportions=shares
+        )
         out[key] = {
             "n": int(rows.sum()),
             "n_subtype": int(sub_rows.sum()),

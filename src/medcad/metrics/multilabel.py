@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.stats import as_probs, bootstrap_samples, macro_mean, point_and_ci, resamples_used, weighted_auc
+from medcad.metrics.stats import (
+    as_probs,
+    bootstrap_samples,
+    macro_mean,
+    point_and_ci,
+    resampled_units,
+    resamples_used,
+    weighted_auc,
+)
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -86,7 +94,15 @@ def multilabel_metrics(
         return out
 
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
-    res = point_and_ci(point, samples)
+    # a finding's sensitivity is a share of its positive images, its specificity of the rest: each interval expanded
+    # for (and, at 0 or 1, exact on) the groups among them
+    g = None if groups is None else np.asarray(groups, dtype=object)
+    units = {
+        f"{lab}|{m}": resampled_units(None if g is None else g[part], int(part.sum()))
+        for j, lab in enumerate(labels)
+        for m, part in (("sensitivity", y[:, j]), ("specificity", ~y[:, j]))
+    }
+    res = point_and_ci(point, samples, units, {*units, "exact_match"})
     per_label = {
         lab: {
             **{m: res[f"{lab}|{m}"] for m in ("auc", "f1", "sensitivity", "specificity", "precision")},
