@@ -101,7 +101,7 @@ def test_a_fold_whose_validation_holds_one_class_is_left_out_not_scored_negative
     assert r["sensitivity"]["value"] == 1.0 and r["specificity"]["value"] == 1.0  # fold 0's two rows alone
     val[0] = (np.array([0]), np.array([0.1]))
     r = validated_operating_points(y_test, s_test, fold, val, rules=["youden"], n_boot=50)["youden"]
-    assert r["sensitivity"] == {"value": None, "ci95": [None, None]} and r["ppv"] is None
+    assert r["sensitivity"] == {"value": None, "ci95": [None, None]} == r["ppv"]
     assert r["folds_without_threshold"] == ["0", "1"]
 
 
@@ -119,7 +119,8 @@ def test_prespecified_points_threshold_new_data_at_the_mean_of_the_folds_thresho
     assert r["thresholds"]["0"] == pytest.approx(0.3) and r["threshold"] == pytest.approx(0.5)
     assert r["folds_without_threshold"] == ["2"]  # one class on validation: left out of the mean
     assert r["sensitivity"]["value"] == pytest.approx(2 / 3) and r["specificity"]["value"] == pytest.approx(0.5)
-    assert r["ppv"] == pytest.approx(2 / 3) and r["npv"] == pytest.approx(0.5)
+    assert r["ppv"]["value"] == pytest.approx(2 / 3) and r["npv"]["value"] == pytest.approx(0.5)
+    assert len(r["ppv"]["ci95"]) == len(r["npv"]["ci95"]) == 2  # PPV and NPV with their intervals too
     r = validated_operating_points(y_new, s_new, None, {2: val[2]}, rules=["youden"], n_boot=50)["youden"]
     assert np.isnan(r["threshold"]) and r["sensitivity"]["value"] is None
 

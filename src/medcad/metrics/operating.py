@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from medcad.metrics.classification import operating_point, sens_spec_batch
+from medcad.metrics.classification import sens_spec_batch
 from medcad.metrics.stats import weighted_bootstrap
 
 DEFAULT_RULES = ("youden", "spec>=0.90", "spec>=0.95", "sens>=0.90", "sens>=0.95")
@@ -138,30 +138,29 @@ def score_decisions(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """{rule: {sensitivity: {value, ci95}, specificity, ppv, npv}} of binary decisions (N,) against binary labels
-    `y` (N,), with (cluster) bootstrap CIs of sensitivity and specificity; a rule without decisions gets None
-    everywhere."""
+    `y` (N,), each with its (cluster) bootstrap CI (PPV and NPV had been points alone); a rule without decisions gets
+    None everywhere."""
     none = {"value": None, "ci95": [None, None]}
-    out: dict[str, dict[str, Any]] = {
-        rule: {"sensitivity": none, "specificity": none, "ppv": None, "npv": None} for rule in rules
-    }
+    figures = ("sensitivity", "specificity", "ppv", "npv")
+    out: dict[str, dict[str, Any]] = {rule: dict.fromkeys(figures, none) for rule in rules}
     if not decisions or not len(y):
         return out
     yb = np.asarray(y).astype(bool)
-    for rule, pred in decisions.items():
-        point = operating_point(yb, np.where(pred, 1.0, 0.0), 0.5)
-        out[rule].update({k: point[k] for k in ("ppv", "npv")})
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
         res = {}
         for rule, pred in decisions.items():
             res[f"{rule}/sensitivity"], res[f"{rule}/specificity"] = sens_spec_batch(yb, pred, w)
+            res[f"{rule}/ppv"], res[f"{rule}/npv"] = sens_spec_batch(pred, yb, w)  # the roles swapped
         return res
 
-    # each figure over its own images (sensitivity the positives'): intervals expanded for their groups, exact on
-    # them where every resample gives 0 or 1 (a specificity of 40 of 40 had read 1.000 (1.000-1.000))
-    rows = {f"{r}/{stat}": part for r in decisions for stat, part in (("sensitivity", yb), ("specificity", ~yb))}
+    # each figure over its own images (sensitivity the positives', PPV the ones called positive): intervals expanded
+    # for their groups, exact on them where every resample gives 0 or 1 (40 of 40 had read 1.000 (1.000-1.000))
+    rows = {}
+    for r, pred in decisions.items():
+        pred = np.asarray(pred, dtype=bool)
+        rows |= {f"{r}/sensitivity": yb, f"{r}/specificity": ~yb, f"{r}/ppv": pred, f"{r}/npv": ~pred}
     stats = weighted_bootstrap(batch, len(yb), groups=groups, n_boot=n_boot, seed=seed, rows=rows, proportions=rows)
     for rule in decisions:
-        out[rule]["sensitivity"] = stats[f"{rule}/sensitivity"]
-        out[rule]["specificity"] = stats[f"{rule}/specificity"]
+        out[rule] = {name: stats[f"{rule}/{name}"] for name in figures}
     return out
