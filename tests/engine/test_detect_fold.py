@@ -104,3 +104,14 @@ def test_validation_without_boxes_is_refused(tmp_path: Path) -> None:
     parts = {"train": np.arange(2, 16), "val": np.arange(0, 2), "test": np.arange(0, 0)}
     with pytest.raises(ConfigError, match=r"validation part \(\d+ images\) has no boxes.*--val-fraction"):
         train_fold(0, parts, _data(images, boxes), DetectHooks(Run.resolve(FAST, tmp_path)), progress=False)
+
+
+@pytest.mark.parametrize(("n_train", "batches"), [(10, 2), (9, 1), (17, 2), (16, 2), (8, 1)])
+def test_every_training_image_is_in_an_epoch_but_a_lone_last_one(n_train: int, batches: int, tmp_path: Path) -> None:
+    """41 images at batch 32 had left 9 out of every epoch (drop_last for any remainder); only a last batch of one
+    image is left out (BatchNorm), as the other tasks' loaders do."""
+    images, boxes = _frames(20)
+    parts = {"train": np.arange(n_train), "val": np.arange(18, 20), "test": np.arange(0, 0)}
+    train_dl, _ = DetectHooks(Run.resolve(FAST, tmp_path)).loaders(_data(images, boxes), parts)
+    assert len(train_dl) == batches
+    assert sum(len(b[0]) for b in train_dl) == n_train - (n_train > 8 and n_train % 8 == 1)
