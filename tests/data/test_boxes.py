@@ -101,3 +101,25 @@ def test_a_run_made_before_keeps_its_images_without_a_usable_box(tmp_path: Path)
     assert any("kept as this run used them" in n and "b.png" in n for n in kept.notes)
     with pytest.raises(DataError, match="none usable"):
         run_dataset(tmp_path / "data", cfg)
+
+
+def test_a_mask_of_another_label_is_not_made_a_one_class_detectors_class(tmp_path: Path) -> None:
+    """A polyp detector evaluated on BUSI (benign / malignant masks) had scored them as polyps without a word; an
+    unlabelled lesion mask is still the one class's."""
+    import pandas as pd
+
+    from medcad.data.boxes import manifest_boxes
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 10:30] = 255
+    for name in ("a", "b"):
+        save(tmp_path / f"{name}.png", noise_image(40))
+        save(tmp_path / f"{name}_m.png", mask)
+    rows = [{"image": f"{n}.png", "mask": f"{n}_m.png", "label": lab} for n, lab in (("a", ""), ("b", "benign"))]
+    pd.DataFrame(rows).to_csv(tmp_path / "set.csv", index=False)
+    manifest = load_manifest(tmp_path / "set.csv")
+    unlabelled = manifest.subset([0])
+    labels, arrays, _, _ = manifest_boxes(unlabelled, 32, ["polyp"])
+    assert labels == ["polyp"] and arrays[0][:, 4].tolist() == [0]
+    with pytest.raises(DataError, match="box label 'benign' is not one of the detection classes"):
+        manifest_boxes(manifest, 32, ["polyp"])

@@ -170,8 +170,9 @@ def manifest_boxes(
     """Every image's boxes at the square training size, for detection.
 
     A row's boxes come from its `boxes` column, else from its mask's connected components, labelled with the
-    row's label; when that is not one of `labels` and there is a single detection class, with that class (a
-    lesion mask of a one-class detector is that class); else "lesion". A row with neither is a background frame.
+    row's label; a row without a label or labelled "lesion", with the single detection class where there is one (an
+    unnamed lesion mask of a one-class detector is that class), else "lesion"; another label that is not a
+    detection class stops (`boxes_to_array`). A row with neither is a background frame.
     A note says so when boxes were made from masks while a JSON file under the dataset folder went unread.
     A row whose label is a frame class gets the whole-frame box [0, 0, W, H] of that label (after the boxes its
     `boxes` column lists, if any; its mask is not read: a frame class is not a lesion). Boxes are clipped or
@@ -215,8 +216,8 @@ def manifest_boxes(
             boxes = [*(boxes or []), [0, 0, w, h, row_labels[i]]]
         elif boxes is None and manifest.mask_paths(i):
             label = row_labels[i]
-            if labels is not None and label not in labels and len(labels) == 1:
-                label = labels[0]
+            if labels is not None and label in ("", "lesion") and len(labels) == 1:  # an unnamed lesion mask: the
+                label = labels[0]  # one class; a label of its own stays (BUSI's benign had become a detector's polyp)
             mask = read_mask(manifest.mask_paths(i), sample_mask_pages(manifest, i))
             boxes = boxes_from_mask(mask, label or "lesion")
             from_masks += 1
