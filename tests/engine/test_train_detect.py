@@ -68,6 +68,9 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     rows = json.loads(res.stdout)
     assert rows[0]["label"] in ("benign", "malignant", "background") and (out / f"{image.stem}_overlay.png").is_file()
     assert all(b[5] in ("benign", "malignant") and b[4] >= 0.2 for b in rows[0]["boxes"])
+    res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out), "--threshold", "0.0"])
+    assert res.exit_code == 0 and "n_boxes" in res.output and "[[" not in res.output  # the boxes: predictions.csv's
+    assert pd.read_csv(out / "predictions.csv")["boxes"].str.startswith("[[").all()
 
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))

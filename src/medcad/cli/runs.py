@@ -287,7 +287,8 @@ def predict(
     else:
         if table is not None:
             written = ["<image>_overlay.png"] * overlays + ["<image>_mask.png"] * ("lesion_fraction" in table)
-            shown = table.drop(columns="error")  # the reasons follow on stderr, whole
+            # the reasons follow on stderr, whole; a detector's boxes (JSON, up to 50 an image) are in predictions.csv
+            shown = table.drop(columns=[c for c in ("error", "boxes") if c in table])
             shown = shown.astype(object).where(shown.notna(), "")
             _print_table(shown, False, f"{out}/predictions.csv" + "".join(f"; {w}" for w in written) + f" in {out}/")
         for v in summaries:
