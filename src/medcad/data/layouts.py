@@ -358,7 +358,7 @@ def load_manifest(
     if not p.exists():
         raise DataError(p, "dataset path not found")
     if options.layout:
-        layout, why = options.layout, "--layout given"
+        layout, why = options.layout, "given (--layout, or the layout a run read its data in: its config.json)"
     else:
         layout, why = detect_layout(p, options)
     reader = READERS.get(layout)
