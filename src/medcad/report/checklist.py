@@ -143,6 +143,9 @@ def _evaluation_items(m: dict, r: dict, run: Path, has_ci: bool) -> list[dict]:
         _item(
             "Methods: evaluation",
             "Validation on external data",
-            f"evaluations/{', '.join(external)} (medcad evaluate --data)" if external else None,
+            f"evaluations/{', '.join(external)} (medcad evaluate --data): external only if another site, device or "
+            "period; say which"
+            if external
+            else None,
         ),
     ]
