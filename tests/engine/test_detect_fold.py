@@ -115,3 +115,17 @@ def test_every_training_image_is_in_an_epoch_but_a_lone_last_one(n_train: int, b
     train_dl, _ = DetectHooks(Run.resolve(FAST, tmp_path)).loaders(_data(images, boxes), parts)
     assert len(train_dl) == batches
     assert sum(len(b[0]) for b in train_dl) == n_train - (n_train > 8 and n_train % 8 == 1)
+
+
+def test_a_fold_whose_kept_model_scores_0_on_validation_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detector fold whose validation AP50 stayed 0 at every epoch had been kept and pooled without a word (a new
+    user's Kvasir run: fold 2 at AP50 0.0 throughout). Validation boxes where no object is: nothing found there."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    images, boxes = _frames()
+    for i in PARTS["val"]:
+        boxes[i] = np.array([[0, 0, 3, 3, 0]], np.float32)
+    with pytest.warns(UserWarning, match=r"fold 0: the model kept scores 0 on its validation part \(val_ap50 of 3"):
+        result = train_fold(0, PARTS, _data(images, boxes), DetectHooks(Run.resolve(FAST.replace(epochs=1), tmp_path)))
+    assert result["val_score"] == 0.0

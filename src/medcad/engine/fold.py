@@ -236,6 +236,14 @@ def train_fold(
     del before_state
     if not primary:
         return {}
+    if scores and scores.get(selected) == 0:  # kept, but it learned nothing its validation part can see
+        warnings.warn(
+            f"fold {k}: the model kept scores 0 on its validation part ({hooks.monitor} of {len(val)} images, "
+            f"'{selected}'): it found nothing there, and its test figures are those of a model that learned nothing; "
+            "more epochs, a larger --image-size or another --lr may help",
+            UserWarning,
+            stacklevel=1,
+        )
     t2 = time.perf_counter()
     test_out = hooks.predict(model, normalize, data, test)
     speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
