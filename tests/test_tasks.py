@@ -313,3 +313,15 @@ def test_findings_named_with_non_are_findings(finding: str) -> None:
     assert finding in split_labels(f"{finding}|effusion")
     assert reference_label(["normal", finding, "other"]) == "normal"
     assert reference_label(["No_DR", "Non-proliferative DR", "Proliferative DR"]) == "No_DR"
+
+
+@given(n=st.integers(0, 60))
+def test_a_detector_at_its_box_cap_is_said_doubtful(n: int) -> None:
+    """A detector returning its most boxes (50) on an image had been listed without a word (a new user's run: 50 on
+    every image, each scoring 0.5 or more)."""
+    from medcad.models.detection import DETECTIONS_PER_IMAGE
+
+    boxes = np.array([[1, 1, 9, 9, 0.9 - i / 100, 0] for i in range(n)], np.float64).reshape(-1, 6)
+    said = Prediction.of("d.png", ["polyp"], boxes=boxes).doubts()
+    assert bool(said) == (n >= DETECTIONS_PER_IMAGE)
+    assert not said or "returned its most, 50 boxes" in said[0]

@@ -123,7 +123,22 @@ class Prediction:
         """What makes this prediction doubtful by itself: under a class label (multitask), a mask whose own frame
         decision contradicts it (a lesion class over no mask, or the lesion-free class over a drawn lesion). The
         two are decided apart (the class by its most probable class or at an operating point, the mask at a frame
-        threshold chosen on validation data for Dice) and can disagree: the demo's 360 images, 50 times."""
+        threshold chosen on validation data for Dice) and can disagree: the demo's 360 images, 50 times. Boxes as
+        many as the detector returns at most (`DETECTIONS_PER_IMAGE`): more may be there (a new user's detector had
+        returned 50 on every image, each scoring 0.5 or more, without a word)."""
+        boxes = [o for o in self.outputs if o.key == "boxes"]
+        if not boxes:
+            return self._class_against_mask()
+        from medcad.models.detection import DETECTIONS_PER_IMAGE
+
+        return [
+            f"the detector returned its most, {DETECTIONS_PER_IMAGE} boxes: more may be there, and so many suggest a "
+            "model that learned little"
+            for o in boxes
+            if len(o.boxes) >= DETECTIONS_PER_IMAGE
+        ]
+
+    def _class_against_mask(self) -> list[str]:
         mask, ref = self.mask, reference_label(self.labels)
         if mask is None or self.decider is mask or ref is None or (self.label != ref) == mask.frame_has_lesion:
             return []
