@@ -110,6 +110,18 @@ class RunFolder:
     def repeats(self) -> Path:
         return self.root / "repeats.json"
 
+    def not_a_run(self) -> str:
+        """Why this folder is not a run folder (no config.json), with what it is where medcad can tell: a folder of
+        `--repeats` runs names its seeds' (evaluate and predict had said "not a run folder" alone)."""
+        if self.repeats.is_file():
+            seeds = sorted(p.name for p in self.root.glob("seed_*") if (p / "config.json").is_file())
+            first = self.root / (seeds[0] if seeds else "seed_0")
+            return (
+                f"a folder of --repeats runs, not a run: give one of them ({', '.join(seeds[:4]) or 'seed_<s>'}, e.g. "
+                f"{first}); `medcad report` of this folder shows them side by side"
+            )
+        return "not a run folder (no config.json)"
+
     @property
     def backends(self) -> Path:
         return self.root / "backends.json"

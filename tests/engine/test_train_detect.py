@@ -169,6 +169,20 @@ def test_repeats_summarise_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (tmp_path / "r" / "seed_1" / "splits.json").read_text() == (
         tmp_path / "r" / "seed_0" / "splits.json"
     ).read_text()
+    # the folder of seeds has a report (`medcad report` had said it had not finished): each seed's, side by side
+    res = runner.invoke(app, ["report", str(tmp_path / "r"), "--no-gallery"])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Repeated runs: 2 seeds on the same splits" in page and 'href="seed_1/report.html"' in page
+    assert (tmp_path / "r" / "seed_0" / "report.html").is_file() and "<th>ap50</th>" in page
+    mean = rep["summary"]["ap50"]["mean"]
+    assert f"{mean:.3f} ± " in page
+    for command in (["evaluate", str(tmp_path / "r")], ["predict", str(tmp_path / "r"), str(csv), "-o", "x"]):
+        res = runner.invoke(app, command)  # they had said "not a run folder" alone
+        assert (
+            res.exit_code == 2
+            and "a folder of --repeats runs, not a run: give one of them (seed_0, seed_1" in res.output
+        )
 
 
 def test_undecodable_video(tmp_path: Path) -> None:

@@ -189,8 +189,7 @@ def train(
                 from medcad.engine.train import train_repeats
 
                 summary = train_repeats(path, out, cfg, repeats, splits_path=splits)
-                for run_dir in summary["runs"]:
-                    _report(Path(run_dir), make_report)
+                _report(out, make_report)  # each seed's report, and the seeds side by side
                 typer.echo(json.dumps(summary["summary"], indent=1))
                 typer.echo(f"{out / 'repeats.json'}: mean ± sd over {repeats} seeds on the same splits")
                 return

@@ -31,7 +31,7 @@ def load_run_config(run: Path) -> tuple[TrainConfig, dict]:
     """
     path = RunFolder(run).config
     if not path.is_file():
-        raise DataError(run, "not a run folder (no config.json)")
+        raise DataError(run, RunFolder(run).not_a_run())
     return TrainConfig.load(path), json.loads(path.read_text())
 
 

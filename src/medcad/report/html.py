@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -82,9 +83,33 @@ def _write_run_reports(runs: list[str], gallery: bool) -> None:
         list(pool.map(_write_runs, [runs[i::workers] for i in range(workers)], [gallery] * workers))
 
 
+def write_repeats_report(folder: str | Path, gallery: bool = True) -> Path:
+    """Write the report.html of a folder of `--repeats` runs (its repeats.json): each seed's own report, and beside
+    them a page of each seed's headline figures with their CIs and the mean ± sd over the seeds (the folder had no
+    report: `medcad report` said the run had not finished)."""
+    folder = Path(folder)
+    repeated = json.loads(RunFolder(folder).repeats.read_text())
+    runs = [Path(r) if Path(r).is_absolute() else folder / Path(r).name for r in repeated["runs"]]
+    _write_run_reports([str(r) for r in runs], gallery)
+    keys = list(repeated["summary"])
+    seeds = []
+    for seed, run in zip(repeated["seeds"], runs, strict=True):
+        m = json.loads(RunFolder(run).metrics.read_text())
+        link = f"{run.name}/{RunFolder(run).report.name}"
+        seeds.append({"seed": seed, "metrics": {k: m.get(k) for k in keys}, "link": link})
+    shown = [k for k in keys if all(isinstance(s["metrics"][k], dict) for s in seeds)]  # headline figures with CIs
+    r = {"folder": str(folder), "runs": seeds, "figures": shown, "summary": repeated["summary"]}
+    out = RunFolder(folder).report
+    atomic_write_text(out, render("repeats.html.j2", r=r))
+    return out
+
+
 def write_report(path: str | Path, gallery: bool = True) -> Path:
-    """report.html for a run folder (metrics.json) or a study folder (results.json)."""
+    """report.html for a run folder (metrics.json), a study folder (results.json) or a folder of `--repeats` runs
+    (repeats.json)."""
     path = Path(path)
     if (path / "results.json").is_file():
         return write_study_report(path, gallery=gallery)
+    if RunFolder(path).repeats.is_file() and not RunFolder(path).metrics.is_file():
+        return write_repeats_report(path, gallery=gallery)
     return write_run_report(path, gallery=gallery)
