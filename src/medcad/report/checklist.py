@@ -71,7 +71,7 @@ def checklist(r: dict, run: Path) -> list[dict]:
         _item(
             "Methods: training",
             "Training details: augmentation, optimiser, learning rate, epochs, stopping",
-            "Settings table; Training curves",
+            "Settings table; Training curves (with the epochs each fold ran and kept)",
         ),
         _item(
             "Methods: training",

@@ -34,8 +34,8 @@ def _fit_stage(fold: FoldFolder) -> str | None:
 
 
 def _history(csv_path: Path) -> dict[str, list[float]]:
-    """Per-epoch train_loss, val_loss and the validation score (val_score, or val_auc of classification's stage 2)
-    from a Lightning CSV log."""
+    """Per-epoch train_loss, val_loss and the validation score (val_score, val_auc of classification's stage 2, or a
+    detector's val_ap50) from a Lightning CSV log."""
     if not csv_path.is_file():
         return {}
     by_epoch: dict[int, dict[str, float]] = {}
@@ -46,12 +46,22 @@ def _history(csv_path: Path) -> dict[str, list[float]]:
                 ("train_loss", "train_loss"),
                 ("val_loss", "val_loss"),
                 ("val_auc", "val_score"),
+                ("val_ap50", "val_score"),
                 ("val_score", "val_score"),
             ):
                 if row.get(k):
                     by_epoch.setdefault(e, {})[key] = float(row[k])
     epochs = sorted(by_epoch)
     return {k: [by_epoch[e].get(k, np.nan) for e in epochs] for k in ("train_loss", "val_loss", "val_score")}
+
+
+def _epochs(history: dict[str, list[float]]) -> dict | None:
+    """{ran, kept}: the epochs a fold's logged stage ran and the one (from 1) whose weights it kept, the best
+    validation score's (as the checkpoint chose it; the first of ties); None without a logged score."""
+    scores = np.asarray(history.get("val_score", []), dtype=float)
+    if not len(scores) or np.isnan(scores).all():
+        return None
+    return {"ran": len(scores), "kept": int(np.nanargmax(scores)) + 1, "score": float(np.nanmax(scores))}
 
 
 def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_class: int = 2) -> list[dict]:
@@ -147,6 +157,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         stage = next(s for s in stages.values() if s)
         title = {"train": "Training", "stage2": "Stage 2 (fine-tuning)"}.get(stage, f"Stage {stage[5:]}")
         figures["curves"] = png_data_uri(plots.curves_png(histories, get_task(cfg.task).val_score, title))
+    epochs = {name: _epochs(h) for name, h in histories.items() if _epochs(h)}
     card = _card(run, cfg, labels, shared)
     shortcut = _shortcut(run)
     external = [
@@ -175,6 +186,7 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "splits": splits,
         "fold_sizes": _fold_sizes(folder, splits, manifest, get_task(cfg.task)),
         "flow": _flow(folder),
+        "epochs": epochs if histories else {},  # per fold: epochs its last stage ran, and the one whose weights it kept
         "figures": figures,
         "gallery": gallery_items,
         "card": card,
