@@ -321,7 +321,10 @@ def test_a_detector_at_its_box_cap_is_said_doubtful(n: int) -> None:
     every image, each scoring 0.5 or more)."""
     from medcad.models.detection import DETECTIONS_PER_IMAGE
 
-    boxes = np.array([[1, 1, 9, 9, 0.9 - i / 100, 0] for i in range(n)], np.float64).reshape(-1, 6)
+    boxes = np.array([[1, 1, 9, 9, 0.99 - i / 200, 0] for i in range(n)], np.float64).reshape(-1, 6)  # all >= 0.5
     said = Prediction.of("d.png", ["polyp"], boxes=boxes).doubts()
     assert bool(said) == (n >= DETECTIONS_PER_IMAGE)
+    # 50 candidates of which one is listed (score >= 0.5): a detector's usual answer, not doubtful
+    boxes[1:, 4] = np.minimum(boxes[1:, 4], 0.3)
+    assert Prediction.of("d.png", ["polyp"], boxes=boxes).doubts() == []
     assert not said or "returned its most, 50 boxes" in said[0]

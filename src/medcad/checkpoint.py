@@ -127,7 +127,10 @@ def run_task(run: Path) -> str:
         return TrainConfig.load(path).task
     if run.is_dir() and RunFolder(run).fold_models():
         return read_model_file(fold_model_files(run, None)[0])["config"].get("task", "classify")
-    raise DataError(run, f"{RunFolder(run).not_a_run()}, nor a model.pt file")
+    folder = RunFolder(run)
+    raise DataError(
+        run, folder.not_a_run() if folder.repeats.is_file() else "not a run folder (no config.json) nor a model.pt file"
+    )
 
 
 def fold_model_files(run: Path, fold: int | None) -> list[Path]:

@@ -99,7 +99,7 @@ def test_evaluate_data_reads_a_nested_layout(tiny_run: Path, tmp_path: Path) -> 
     pred = (tiny_run / "evaluations" / "ext" / "predictions.csv").read_text()
     assert pred.count("\n") == 13 and "siteA/Lesion/0.png" in pred
     # the run's report is rewritten with the set (its checklist had kept saying "add it yourself"); said on stderr
-    assert "external test set" in (tiny_run / "report.html").read_text() and "report: " in res.stderr
+    assert "(evaluate --data)" in (tiny_run / "report.html").read_text() and "report: " in res.stderr
     assert "<td>ECE (15 bins, the predictor&#39;s probabilities)</td>" in (tiny_run / "report.html").read_text()
 
 

@@ -236,6 +236,12 @@ def train_fold(
     del before_state
     if not primary:
         return {}
+    t2 = time.perf_counter()
+    test_out = hooks.predict(model, normalize, data, test)
+    speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
+    if val_out is None:
+        val_out = hooks.predict(model, normalize, data, val)
+    _check_finite(fold.result.parent, {"validation": val_out, "test": test_out})
     if scores and scores.get(selected) == 0:  # kept, but it learned nothing its validation part can see
         warnings.warn(
             f"fold {k}: the model kept scores 0 on its validation part ({hooks.monitor} of {len(val)} images, "
@@ -244,12 +250,6 @@ def train_fold(
             UserWarning,
             stacklevel=1,
         )
-    t2 = time.perf_counter()
-    test_out = hooks.predict(model, normalize, data, test)
-    speed["predict_images_per_s"] = len(test) / max(time.perf_counter() - t2, 1e-9) if len(test) else None
-    if val_out is None:
-        val_out = hooks.predict(model, normalize, data, val)
-    _check_finite(fold.result.parent, {"validation": val_out, "test": test_out})
     with warnings.catch_warnings(record=True) as said:  # a temperature left at 1 is said with its fold
         warnings.simplefilter("always")
         temperature = hooks.temperature(val_out, data, val)

@@ -135,7 +135,7 @@ class Prediction:
             f"the detector returned its most, {DETECTIONS_PER_IMAGE} boxes: more may be there, and so many suggest a "
             "model that learned little"
             for o in boxes
-            if len(o.boxes) >= DETECTIONS_PER_IMAGE
+            if len(o.kept) >= DETECTIONS_PER_IMAGE  # the listed ones (score >= threshold), not every candidate
         ]
 
     def _class_against_mask(self) -> list[str]:

@@ -89,7 +89,10 @@ def write_repeats_report(folder: str | Path, gallery: bool = True) -> Path:
     report: `medcad report` said the run had not finished)."""
     folder = Path(folder)
     repeated = json.loads(RunFolder(folder).repeats.read_text())
-    runs = [Path(r) if Path(r).is_absolute() else folder / Path(r).name for r in repeated["runs"]]
+    runs = [folder / Path(r).name for r in repeated["runs"]]  # each seed's folder inside it, wherever it moved
+    for run in runs:
+        if not RunFolder(run).metrics.is_file():
+            raise DataError(run, "a seed of this --repeats folder without metrics.json: rerun its train command")
     _write_run_reports([str(r) for r in runs], gallery)
     keys = list(repeated["summary"])
     seeds = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medcad.config import STAGED_TASKS
 from medcad.data.manifest import Manifest
 from medcad.metrics.calibration import scaled_by_temperature
 from medcad.report import plots
@@ -55,13 +56,17 @@ def _history(csv_path: Path) -> dict[str, list[float]]:
     return {k: [by_epoch[e].get(k, np.nan) for e in epochs] for k in ("train_loss", "val_loss", "val_score")}
 
 
-def _epochs(history: dict[str, list[float]]) -> dict | None:
-    """{ran, kept}: the epochs a fold's logged stage ran and the one (from 1) whose weights it kept, the best
-    validation score's (as the checkpoint chose it; the first of ties); None without a logged score."""
+def _epochs(history: dict[str, list[float]], scored: bool) -> dict | None:
+    """{ran, and where `scored` (the fold kept this stage's model, chosen by its validation score) kept, score}: the
+    epochs a fold's logged stage ran and the one (from 1) whose weights it kept, the best validation score's (as the
+    checkpoint chose it; the first of ties); None without a logged epoch."""
     scores = np.asarray(history.get("val_score", []), dtype=float)
-    if not len(scores) or np.isnan(scores).all():
+    ran = max(len(scores), len(history.get("train_loss", [])))
+    if not ran:
         return None
-    return {"ran": len(scores), "kept": int(np.nanargmax(scores)) + 1, "score": float(np.nanmax(scores))}
+    if not scored or not len(scores) or np.isnan(scores).all():
+        return {"ran": ran}
+    return {"ran": ran, "kept": int(np.nanargmax(scores)) + 1, "score": float(np.nanmax(scores))}
 
 
 def _gallery(run: Path, manifest, pred: pd.DataFrame, labels: list[str], per_class: int = 2) -> list[dict]:
@@ -157,7 +162,16 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         stage = next(s for s in stages.values() if s)
         title = {"train": "Training", "stage2": "Stage 2 (fine-tuning)"}.get(stage, f"Stage {stage[5:]}")
         figures["curves"] = png_data_uri(plots.curves_png(histories, get_task(cfg.task).val_score, title))
-    epochs = {name: _epochs(h) for name, h in histories.items() if _epochs(h)}
+    epochs = {}
+    for k, stage in stages.items():
+        if f"fold {k}" in histories:
+            result = folder.fold(k).result
+            selected = json.loads(result.read_text()).get("selected_stage") if result.is_file() else None
+            # the best score's epoch is the kept one where the fold kept this stage's model, fitted on that score (a
+            # classifier's head stage picks by validation loss)
+            scored = selected == stage and not (stage == "stage1" and cfg.task in STAGED_TASKS)
+            if e := _epochs(histories[f"fold {k}"], scored):
+                epochs[f"fold {k}"] = e | ({} if scored else {"selected": selected})
     card = _card(run, cfg, labels, shared)
     shortcut = _shortcut(run)
     external = [

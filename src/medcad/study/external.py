@@ -154,7 +154,7 @@ def evaluate_external(
         if "class_dice" in seg:
             metrics["class_dice"], metrics["class_iou"] = seg["class_dice"], seg["class_iou"]
         pred = pred.merge(table, on="image", how="left")
-    evaluation = f"external test set {Path(data).resolve()}"  # the set's identity; a mark may follow
+    evaluation = f"test set {Path(data).resolve()} (evaluate --data)"  # the set's identity; a mark may follow
     metrics["evaluation"] = evaluation
     metrics["ci_clusters"] = f"{len(np.unique(groups))} groups of its images by {grouped_by}"
     notes = list(manifest.notes)
