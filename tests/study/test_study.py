@@ -527,3 +527,17 @@ def test_a_studys_positive_class_is_checked_before_anything_is_written_and_a_new
         (run / "metrics.json").write_text(json.dumps({"binary": {"positive": before}}))
         assert [j.name for j in prepare_study(study, tmp_path / "out", progress=False).jobs] == job
         assert plan_study(study, out=tmp_path / "out")["runs"][0]["state"] == state  # --plan says it alike
+
+
+def test_runs_whose_probabilities_are_on_different_scales_are_said(tmp_path: Path) -> None:
+    """A study resumed across 2026-12-06 pairs a run pooled as trained with one pooled on temperature-scaled
+    probabilities: its AUC test compares two scales, which is said with the command that re-pools the older."""
+    from medcad.study.paired import _scales_note
+
+    for name, m in (("a", {"probabilities": "temperature-scaled"}), ("b", {"calibration": {}}), ("c", {})):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match=r"a and b hold their probabilities on different scales .*evaluate .*runs/b"):
+        said = _scales_note(tmp_path, "a", "b")
+    assert "b: as trained" in said["note"]
+    assert _scales_note(tmp_path, "b", "c") == {}  # both as trained

@@ -50,6 +50,7 @@ def paired_tests(
         if "detections" in a:  # boxes: AP pairs whole rankings, not a per-image score
             pair |= paired_detections(study_dir, ea.name, eb.name, list(a.index), g, detections)
         elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
+            pair |= _scales_note(study_dir, ea.name, eb.name)
             y = a["label"].to_numpy(dtype=str)
             tests = {}
             cols = [f"p_{lab}" for lab in labels]
@@ -71,6 +72,33 @@ def paired_tests(
                 pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
         out.append(pair)
     return adjust_family(out)
+
+
+def probability_scale(metrics: dict) -> str:
+    """The scale of a run's predictions.csv probabilities: its metrics.json's "probabilities"; a run pooled before
+    2026-12-06 kept them as trained."""
+    return metrics.get("probabilities", "as trained")
+
+
+def _scales_note(study_dir: Path, a: str, b: str) -> dict:
+    """{"note": ...} where runs `a` and `b` hold their probabilities on different scales (one pooled before
+    2026-12-06, as trained), said as a warning too: their AUCs are then paired on different scales; else {}."""
+    import warnings
+
+    scales = {}
+    for name in (a, b):
+        path = RunFolder(study_dir / "runs" / slug(name)).metrics
+        scales[name] = probability_scale(json.loads(path.read_text())) if path.is_file() else None
+    if len(set(scales.values())) < 2 or None in scales.values():
+        return {}
+    older = next(n for n, s in scales.items() if s == "as trained")
+    said = ", ".join(f"{n}: {s}" for n, s in scales.items())
+    note = (
+        f"{a} and {b} hold their probabilities on different scales ({said}): "
+        f"`medcad evaluate {study_dir / 'runs' / slug(older)}` pools {older} again on the temperature-scaled ones"
+    )
+    warnings.warn(note, UserWarning, stacklevel=2)
+    return {"note": note}
 
 
 def on_classes(boxes: np.ndarray, labels: list[str], common: list[str]) -> np.ndarray:
