@@ -76,3 +76,11 @@ def test_multitask_run_statistics_and_shortcut_check(tmp_path: Path, monkeypatch
     kinds = json.loads((run / "metrics.json").read_text())["segmentation"]["frame_decision"]["frame_score"]
     if "p_lesion" in kinds:  # its thresholds are on the scaled probability, as predictions.csv's columns are now
         assert "p_lesion, on the temperature-scaled probability, as predictions.csv&#39;s p_ columns" in html
+    assert "Made on the probabilities as trained" not in html
+    made_before = json.loads((run / "shortcut_check.json").read_text())
+    del made_before["probabilities"]  # a check made before 2026-12-06, on the probabilities as trained
+    (run / "shortcut_check.json").write_text(json.dumps(made_before))
+    assert (
+        "Made on the probabilities as trained; the run&#39;s figures are now"
+        in write_report(run, gallery=False).read_text()
+    )

@@ -188,6 +188,12 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
                 e["stale"] = _stale(was, now, "medcad evaluate RUN --data on this set")
         if shortcut and shortcut.get("positive") not in (None, now):
             shortcut["stale"] = _stale(shortcut["positive"], now, "medcad evaluate RUN --shortcut-check")
+    scale = metrics.get("probabilities")
+    if shortcut and "stale" not in shortcut and scale and shortcut.get("probabilities", "as trained") != scale:
+        shortcut["stale"] = (
+            f"Made on the probabilities as trained; the run's figures are now on the {scale} ones: medcad evaluate "
+            "RUN --shortcut-check makes it again."
+        )
     out = {
         "run": str(run),
         "meta": meta,

@@ -100,6 +100,7 @@ def shortcut_check(run: str | Path, *, n_boot: int = 1000, margin: float = 0.03,
     pos = positive_label(held, cfg.positive if len(held) == len(labels) == 2 else None) if len(held) >= 2 else held[0]
     c_pos = labels.index(pos)
     result: dict = {"labels": labels, "positive": pos, "n_images": int(len(rows)), "margin": margin, "variants": {}}
+    result["probabilities"] = "temperature-scaled"  # as predict gives them (checks made before: as trained)
     for name in VARIANTS:
         p = np.concatenate(probs[name])
         m = classification_metrics(y, p, labels, groups=groups, n_boot=n_boot) if len(present) >= 2 else {}
