@@ -364,3 +364,24 @@ def test_macro_figures_say_which_classes_they_average() -> None:
     row = {"by_domain": {"d": {"macro_auc": part["macro_auc"], "auc_classes": LABELS[:2]}}}
     assert _matrix_cell(row, "d", LABELS[:3])["averaged_over"] == LABELS[:2]
     assert _matrix_cell(row, "d", LABELS[:2]) == part["macro_auc"]
+
+
+def test_each_class_precision_recall_specificity_and_f1_have_intervals() -> None:
+    """What a journal's per-class table asks for had been points alone: each class's precision, recall,
+    specificity and F1 now carry the bootstrap's 95 % interval (recall over the class's images' groups, precision
+    over those called the class), exact where every resample gives 0 or 1; the interval holds its point."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 40)
+    groups = np.repeat(np.arange(60), 2)
+    p = rng.dirichlet([1, 1, 1], len(y))
+    p[np.arange(len(y)), y] += 1.5 * (rng.random(len(y)) < 0.7)  # mostly right
+    p[y == 2] = [0.05, 0.05, 0.9]  # class 2 always right: recall 1, exact on its 20 groups
+    p /= p.sum(1, keepdims=True)
+    m = classification_metrics(y, p, ["a", "b", "c"], groups=groups, n_boot=400)
+    for lab, r in m["per_class"].items():
+        for k in ("precision", "recall", "specificity", "f1"):
+            lo, hi = r[f"{k}_ci95"]
+            assert lo <= r[k] + 1e-12 and r[k] <= hi + 1e-12, (lab, k)
+    c = m["per_class"]["c"]
+    assert c["recall"] == 1.0 and c["recall_ci95"][0] == pytest.approx(0.025 ** (1 / 20))
+    assert "20 independent units" in c["recall_ci95_method"]

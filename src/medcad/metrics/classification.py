@@ -176,14 +176,24 @@ def _binary(y: np.ndarray, p: np.ndarray, labels: list[str], positive: str | Non
     return result, batch
 
 
-def _share_units(y: np.ndarray, labels: Sequence[str], binary: dict, groups) -> tuple[dict[str, int], set[str]]:
-    """The figures of `classification_metrics` that are shares of images (accuracy; a two-class run's sensitivity
-    and specificity), and for the last two the groups among the positive / negative images their intervals resample
-    (`point_and_ci`: the expanded interval and, where every resample gives 0 or 1, the exact one on those groups)."""
+CLASS_RATES = ("precision", "recall", "specificity", "f1")  # per class, each with its interval
+
+
+def _share_units(
+    y: np.ndarray, pred: np.ndarray, labels: Sequence[str], binary: dict, groups
+) -> tuple[dict[str, int], set[str]]:
+    """The figures of `classification_metrics` that are shares of images (accuracy; each class's recall,
+    specificity and precision; a two-class run's sensitivity and specificity), and for those of some images the
+    groups among them their intervals resample (recall: the class's images; specificity: the others; precision: the
+    images called that class), for `point_and_ci`: the expanded interval and, where every resample gives 0 or 1, the
+    exact one on those groups."""
+    g = None if groups is None else np.asarray(groups, dtype=object)
     units: dict[str, int] = {}
+    for c, lab in enumerate(labels):
+        for m, part in (("recall", y == c), ("specificity", y != c), ("precision", pred == c)):
+            units[f"{m}/{lab}"] = resampled_units(None if g is None else g[part], int(part.sum()))
     if binary:
         pos = np.asarray(y) == list(labels).index(binary["positive"])
-        g = None if groups is None else np.asarray(groups, dtype=object)
         for name in ("at_0.5", "youden"):
             for stat, part in (("sensitivity", pos), ("specificity", ~pos)):
                 units[f"{name}/{stat}"] = resampled_units(None if g is None else g[part], int(part.sum()))
@@ -254,11 +264,12 @@ def classification_metrics(
             "macro_auc": macro_mean(class_aucs, np.isfinite(aucs)),
             "ece": weighted_ece(bins, conf, correct, w),
             **{f"auc/{labels[c]}": class_aucs[:, c] for c in auc_classes},
+            **{f"{m}/{labels[c]}": per[m][:, c] for m in CLASS_RATES for c in range(k)},
         }
         return out | (binary_batch(w) if binary_batch else {})
 
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
-    stats = point_and_ci(point, samples, *_share_units(y, labels, binary, groups))
+    stats = point_and_ci(point, samples, *_share_units(y, pred, labels, binary, groups))
     names = ("precision", "recall", "specificity", "f1")
     result: dict[str, Any] = {
         "n": int(n),
@@ -272,6 +283,12 @@ def classification_metrics(
                 "support": int(rates["support"][c]),
                 "auc": aucs[c],
                 "auc_ci95": stats[f"auc/{label}"]["ci95"] if c in auc_classes else [float("nan")] * 2,
+                **{f"{m}_ci95": stats[f"{m}/{label}"]["ci95"] for m in CLASS_RATES},
+                **{
+                    f"{m}_ci95_method": stats[f"{m}/{label}"]["ci95_method"]
+                    for m in CLASS_RATES
+                    if "ci95_method" in stats[f"{m}/{label}"]
+                },
             }
             for c, label in enumerate(labels)
         },
