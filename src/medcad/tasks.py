@@ -356,10 +356,10 @@ def _model_reads(cfg: TrainConfig) -> dict[str, str]:
     from medcad.models.detection import HEADS
     from medcad.models.segmentation import DECODER_ARCHS  # segmentation-models-pytorch's nets: no dropout of their own
 
-    out = {}
-    if cfg.task == "detect" and cfg.head not in HEADS:
+    out, task = {}, get_task(cfg.task)
+    if "boxes" in task.outputs and cfg.head not in HEADS:
         out["head"] = f"a detector reads {' or '.join(HEADS)}"
-    if cfg.task in ("segment", "segment-multiclass") and cfg.arch in DECODER_ARCHS:
+    if task.outputs == ("mask",) and cfg.arch in DECODER_ARCHS:  # a mask alone: no class head
         out["dropout"] = f"{cfg.arch} without a class head has no dropout"
     return out
 

@@ -260,7 +260,7 @@ def schedule_lines(cfg: TrainConfig) -> list[str]:
     if "mask" in get_task(cfg.task).outputs:
         groups = _new_and_pretrained(cfg, cfg.lr, "decoder, heads and from-scratch models", "pretrained encoder")
         return [f"{_epochs(cfg.epochs)} of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
-    if cfg.task == "detect":
+    if "boxes" in get_task(cfg.task).outputs:
         groups = _new_and_pretrained(cfg, cfg.lr, "SSD heads and extra layers", "backbone")
         return [f"{_epochs(cfg.epochs)} of every layer: {cfg.optimizer} ({wd}), {groups}, {sched}"]
     if stages is None:
@@ -289,7 +289,8 @@ def schedule_note(cfg: TrainConfig) -> str:
     the rare classes twice over, and the calibration intercept shows it: the report's calibration section)."""
     lines = schedule_lines(cfg)
     extra = " (the stage list replaces head_epochs, head_lr, epochs, lr and unfreeze)" if run_stages(cfg) else ""
-    if cfg.class_weights and cfg.oversample and cfg.task in ("classify", "multitask"):
+    task = get_task(cfg.task)  # tasks of one class per image, whose classes both settings balance
+    if cfg.class_weights and cfg.oversample and "labels" in task.targets and task.label_kind == "single":
         lines.append(
             "class weights and oversampling both balance the classes, so the rare ones count twice over "
             "(--no-class-weights or --no-oversample keeps one)"

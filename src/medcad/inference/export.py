@@ -258,7 +258,7 @@ def probabilities_metadata(predictor: Predictor) -> str:
     """What the graph's `probabilities` output is and how predict decides from it, in words."""
     per_model = (
         f"each label's sigmoid; predict names every label at or above {predictor.threshold:g} (its --threshold)"
-        if predictor.task == "multilabel"
+        if get_task(predictor.task).label_kind == "multi"
         else "the softmax of the logits divided by the temperature fitted on validation (inside the graph: apply "
         "none again); predict names the most probable class, or at `--operating-point` the positive class where its "
         "probability reaches that rule's threshold (in the model card)"
