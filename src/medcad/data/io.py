@@ -21,6 +21,7 @@ One decoding policy for the whole package (train, predict, explain, audit, sizes
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,12 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
 ANIMATED_SUFFIXES = frozenset({".gif", ".webp", ".png"})  # frames decoded from the ones before (APNG: a PNG's)
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# a mask's file stem: an image's stem, then a mask word (x_mask, x_mask_1, x-seg, x_gt): pairing, layouts, ledger
+MASK_STEM = re.compile(
+    r"^(?P<base>.+?)[ _\-.]?(?:mask|masks|seg|segmentation|label|labels|gt|groundtruth|annotation|anno)"
+    r"(?:[_\-]?\d+)?$",
+    re.IGNORECASE,
+)
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
     | {".flv", ".vob"}

@@ -184,7 +184,8 @@ def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) ->
     image): named with the mask suffix in a dataset whose masks are so named, or named with the suffix or a mask
     word and holding a mask's content (`pairing.mask_likeness`). A BUSI `benign (13)_mask.png` whose image was
     missing had been read, and trained on, as an image of its class."""
-    from medcad.data.pairing import MASK_STEM, mask_likeness
+    from medcad.data.io import MASK_STEM
+    from medcad.data.pairing import mask_likeness
 
     by_suffix = bool(mask_rx and mask_rx.match(f.stem))
     if by_suffix and paired_by_suffix:
@@ -196,8 +197,9 @@ def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) ->
 
 def _mask_by_word(f: Path, stems: set[str]) -> str | None:
     """The stem of the image beside `f` whose mask `f` is by a mask word (`x_gt.png`, `x_segmentation.png` beside
-    `x.jpg`, as `pairing.MASK_STEM` knows them) and by its content (mask-like, `pairing.mask_likeness`), else None."""
-    from medcad.data.pairing import MASK_STEM, mask_likeness
+    `x.jpg`, as `io.MASK_STEM` knows them) and by its content (mask-like, `pairing.mask_likeness`), else None."""
+    from medcad.data.io import MASK_STEM
+    from medcad.data.pairing import mask_likeness
 
     m = MASK_STEM.match(f.stem)
     if m is None or m.group("base") not in stems or m.group("base") == f.stem:

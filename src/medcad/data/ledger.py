@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.data.cache import cache_dir
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES
 
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
 
@@ -89,16 +89,13 @@ def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> 
     return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
 
 
-MASK_NAME = re.compile(r"[_\- ](mask|seg|label)s?(_\d+)?$", re.IGNORECASE)  # x_mask, x_mask_1, x-seg: a mask's name
-
-
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
     if channel := further_channel(path):
         return channel
     if (suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
         return "an nnU-Net test image (imagesTs/: no label): `medcad predict` or `evaluate --data` with labels"
-    if suffix in IMAGE_SUFFIXES and MASK_NAME.search(path.stem):  # BUSI's second lesion: x_mask_1.png
+    if suffix in IMAGE_SUFFIXES and MASK_STEM.match(path.stem):  # BUSI's second lesion: x_mask_1.png
         return (
             f"a mask by its name that no row of the {layout!r} layout names: an image's masks are joined by '|' in its "
             "mask cell"

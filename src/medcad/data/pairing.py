@@ -14,17 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import decode_pil, is_dicom
+from medcad.data.io import MASK_STEM, decode_pil, is_dicom
 from medcad.data.masks import MAX_LABEL_VALUES
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.data.splits import is_split_name
 from medcad.errors import DataError
 
-MASK_STEM = re.compile(
-    r"^(?P<base>.+?)[ _\-.]?(?:mask|masks|seg|segmentation|label|labels|gt|groundtruth|annotation|anno)"
-    r"(?:[_\-]?\d+)?$",
-    re.IGNORECASE,
-)
 MASK_FOLDER_WORDS = ("mask", "label", "gt", "ground", "truth", "seg", "annot", "anno")
 MIN_MATCH = 0.5  # at least this fraction of the smaller folder's stems must match
 SAMPLE = 6  # files decoded per folder to judge its content
