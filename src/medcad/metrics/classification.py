@@ -34,9 +34,9 @@ from medcad.metrics.stats import (
     delong_ci,
     group_index,
     macro_mean,
+    part_units,
     point_and_ci,
     reliability_curve,
-    resampled_units,
     resamples_used,
     weighted_auc,
     weighted_bootstrap,
@@ -187,17 +187,14 @@ def _share_units(
     groups among them their intervals resample (recall: the class's images; specificity: the others; precision: the
     images called that class), for `point_and_ci`: the expanded interval and, where every resample gives 0 or 1, the
     exact one on those groups."""
-    g = None if groups is None else np.asarray(groups, dtype=object)
-    units: dict[str, int] = {}
+    rows: dict[str, np.ndarray] = {}
     for c, lab in enumerate(labels):
-        for m, part in (("recall", y == c), ("specificity", y != c), ("precision", pred == c)):
-            units[f"{m}/{lab}"] = resampled_units(None if g is None else g[part], int(part.sum()))
+        rows |= {f"recall/{lab}": y == c, f"specificity/{lab}": y != c, f"precision/{lab}": pred == c}
     if binary:
         pos = np.asarray(y) == list(labels).index(binary["positive"])
         for name in ("at_0.5", "youden"):
-            for stat, part in (("sensitivity", pos), ("specificity", ~pos)):
-                units[f"{name}/{stat}"] = resampled_units(None if g is None else g[part], int(part.sum()))
-    return units, {"accuracy", *units}
+            rows |= {f"{name}/sensitivity": pos, f"{name}/specificity": ~pos}
+    return part_units(groups, rows), {"accuracy", *rows}
 
 
 def classification_metrics(

@@ -21,8 +21,8 @@ from medcad.metrics.stats import (
     as_probs,
     bootstrap_samples,
     macro_mean,
+    part_units,
     point_and_ci,
-    resampled_units,
     resamples_used,
     weighted_auc,
 )
@@ -96,13 +96,12 @@ def multilabel_metrics(
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
     # a finding's sensitivity is a share of its positive images, its specificity of the rest: each interval expanded
     # for (and, at 0 or 1, exact on) the groups among them
-    g = None if groups is None else np.asarray(groups, dtype=object)
-    units = {
-        f"{lab}|{m}": resampled_units(None if g is None else g[part], int(part.sum()))
+    rows = {
+        f"{lab}|{m}": part
         for j, lab in enumerate(labels)
         for m, part in (("sensitivity", y[:, j]), ("specificity", ~y[:, j]))
     }
-    res = point_and_ci(point, samples, units, {*units, "exact_match"})
+    res = point_and_ci(point, samples, part_units(groups, rows), {*rows, "exact_match"})
     per_label = {
         lab: {
             **{m: res[f"{lab}|{m}"] for m in ("auc", "f1", "sensitivity", "specificity", "precision")},

@@ -237,9 +237,14 @@ def weighted_bootstrap(
         {name: {"value": float, "ci95": [lo, hi]}, and "no_ci" (why, `ci_entry`) where there is no interval}.
     """
     point, samples = bootstrap_samples(batch, n, groups=groups, n_boot=n_boot, seed=seed)
+    return point_and_ci(point, samples, part_units(groups, rows or {}), proportions)
+
+
+def part_units(groups: Sequence[Any] | np.ndarray | None, rows: dict[str, np.ndarray]) -> dict[str, int]:
+    """{name: the units (groups, or rows without groups) a bootstrap draws among rows[name] (bool (n,))}: what the
+    interval of a quantity over some rows (a class's images, those called positive) is expanded for."""
     g = None if groups is None else np.asarray(groups, dtype=object)
-    units = {k: resampled_units(None if g is None else g[r], int(r.sum())) for k, r in (rows or {}).items()}
-    return point_and_ci(point, samples, units, proportions)
+    return {k: resampled_units(None if g is None else g[r], int(np.sum(r))) for k, r in rows.items()}
 
 
 def point_and_ci(
