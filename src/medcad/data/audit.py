@@ -26,7 +26,14 @@ from medcad.data.duplicates import (
 from medcad.data.fingerprints import ImageFingerprint, fingerprints
 from medcad.data.interface import before_after, find_interface
 from medcad.data.io import read_image
-from medcad.data.labelmaps import COLOUR_FILE, LABELS_FILE, find_labels_file, read_label_map, resolve_mask_labels
+from medcad.data.labelmaps import (
+    COLOUR_FILE,
+    LABELS_FILE,
+    NoLabelsMapping,
+    find_labels_file,
+    read_label_map,
+    resolve_mask_labels,
+)
 from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import background_as_lesion, decode_mask, sample_mask_pages
 from medcad.errors import ConfigError, DataError
@@ -96,9 +103,9 @@ def _check_label_maps(manifest: Manifest, mask_labels: str | None, unreadable: s
         return None
     try:
         classes = resolve_mask_labels(mask_labels, manifest.root, mask_paths)
-    except DataError as e:  # a labels file a run cannot use (nnU-Net's ignore label, a broken file); a
-        if mask_labels is None and 'has no "labels" mapping' in e.problem:  # dataset.json of something else
-            return None
+    except NoLabelsMapping:  # a dataset.json of another tool: not label maps
+        return None
+    except DataError as e:  # a labels file a run cannot use (nnU-Net's ignore label, a broken file)
         return {"problems": [[".", shown_path(Path(e.path), manifest.root), e.problem]]}
     except ConfigError as e:  # the file's classes as --mask-labels refuses them (a name given twice)
         if mask_labels is not None:

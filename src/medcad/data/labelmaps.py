@@ -54,6 +54,10 @@ class MaskLabels:
         return ",".join(f"{v}={n}" for v, n in zip(self.values, self.names, strict=True))
 
 
+class NoLabelsMapping(DataError):
+    """A dataset.json without a "labels" mapping: another tool's file of that name, not a labels file."""
+
+
 def parse_mask_labels(value: str | dict, source: str = "--mask-labels") -> MaskLabels:
     """Classes from "1=cyst,2=stone" (or a {value: name} mapping); 0 is background and cannot be a class
     ("0=background" is taken as said and left out).
@@ -94,7 +98,7 @@ def read_labels_file(path: Path) -> MaskLabels:
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(path, f"cannot read its labels ({e})") from e
     if not isinstance(labels, dict) or not labels:
-        raise DataError(path, 'has no "labels" mapping (nnU-Net: "labels": {"background": 0, "cyst": 1})')
+        raise NoLabelsMapping(path, 'has no "labels" mapping (nnU-Net: "labels": {"background": 0, "cyst": 1})')
     if all(str(k).strip().lstrip("-").isdigit() for k in labels):  # MSD: {"0": "background", "1": "cyst"}
         mapping = {int(k): str(v) for k, v in labels.items()}
     else:
