@@ -34,7 +34,7 @@ from medcad import usable_cores
 from medcad.checkpoint import build_model, read_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
+from medcad.data.io import read_image
 from medcad.data.labelmaps import parse_mask_labels
 from medcad.data.manifest import FRAME_SEP
 from medcad.data.pixel_limit import MAX_PIXELS_ENV, max_pixels
@@ -392,16 +392,17 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
     """
     from medcad.data.layouts import load_manifest
     from medcad.data.ledger import TABLE_SUFFIXES
-    from medcad.data.media import expand_frames
+    from medcad.data.media import MEDIA_SUFFIXES, expand_frames
 
     out: list[str] = []
-    images = IMAGE_SUFFIXES | DICOM_SUFFIXES  # a file of these is an image, even with --layout csv
     options = options or DataOptions()
     unlabelled = options if options.pattern is not None else dataclasses.replace(options, pattern="")
     for item in inputs:
         p = Path(item)
         suffix = p.suffix.lower()
-        listed = p.is_file() and (suffix in TABLE_SUFFIXES or (options.layout == "csv" and suffix not in images))
+        listed = p.is_file() and (
+            suffix in TABLE_SUFFIXES or (options.layout == "csv" and suffix not in MEDIA_SUFFIXES)
+        )  # an image stays one
         if p.is_dir() or listed:  # a folder, or a manifest (CSV, Excel, COCO, CVAT) naming the images
             m = load_manifest(p, unlabelled)
             for note in m.notes:  # how the folder was read, with its ledger line
