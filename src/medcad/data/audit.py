@@ -4,7 +4,6 @@ the ultrasound interface option would remove from each image (crop box, masked m
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,10 +72,10 @@ def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[s
     """The boxes a detection run would clip or drop (`clean_boxes` against each image's size: [image, what]), and
     the images whose boxes would all be dropped (a detection run stops on them: `medcad.targets`)."""
     problems, unusable = [], []
-    for i, cell in enumerate(manifest.table["boxes"]):
-        if not cell or not isinstance(fps[i], ImageFingerprint):
+    for i in range(len(manifest)):
+        boxes = manifest.boxes(i)
+        if boxes is None or not isinstance(fps[i], ImageFingerprint):
             continue
-        boxes = json.loads(cell)
         kept, said = checked_boxes(boxes, fps[i].width, fps[i].height)
         problems += [[manifest.keys[i], text] for text in said]
         if boxes and not kept:
