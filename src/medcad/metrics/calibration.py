@@ -278,11 +278,16 @@ def calibration_summary(
     return {**stats, "lines": lines, "reliability": reliability_curve(y, p, n_bins)}
 
 
+def fold_temperatures(calibration: dict) -> dict[str, float]:
+    """{fold: temperature} a run's calibration block records (folds without one left out)."""
+    return {f: t for f, t in (calibration.get("temperatures") or {}).items() if t is not None}
+
+
 def scaled_by_temperature(calibration: dict) -> bool:
     """Whether a run's calibration block (metrics.json "calibration", `temperature_scaled`'s) has a fold whose
     temperature is not 1, so that its figures after temperature scaling differ from those before (every T = 1: they
     repeat them, and the console and report give them once); True where it records no temperatures."""
-    temperatures = [t for t in (calibration.get("temperatures") or {}).values() if t is not None]
+    temperatures = fold_temperatures(calibration).values()
     return not temperatures or any(t != 1 for t in temperatures)
 
 

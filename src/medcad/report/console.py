@@ -380,7 +380,10 @@ def _print_validated(c: Console, m: dict) -> None:
     cal = m.get("calibration")
     if not cal:
         return
-    from medcad.metrics.calibration import scaled_by_temperature  # here: SciPy's import (~0.1 s of a CLI start)
+    from medcad.metrics.calibration import (
+        fold_temperatures,
+        scaled_by_temperature,
+    )  # here: SciPy's import (~0.1 s of a CLI start)
 
     scaled = scaled_by_temperature(cal)  # every T = 1: one set of figures, said unscaled
 
@@ -397,7 +400,7 @@ def _print_validated(c: Console, m: dict) -> None:
     if not scaled:
         c.print(text + "; no temperature scaling: no fold's validation part showed evidence against T = 1")
         return
-    temperatures = {f: t for f, t in (cal.get("temperatures") or {}).items() if t is not None}
+    temperatures = fold_temperatures(cal)
     kept = [f"fold {f} T = {t:.2f}" for f, t in sorted(temperatures.items()) if t != 1]
     unscaled = len(temperatures) - len(kept)
     text += " after temperature scaling on validation"
