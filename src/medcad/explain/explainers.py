@@ -89,13 +89,12 @@ def explain_masks(predictor, rgb: np.ndarray, layer: str | None = None, label: s
     lesion = pred.mask
     said = f"{pred.label} ({pred.score:.2f}); predicted lesion {lesion.lesion_fraction:.1%} of the image"
     who = f"ensemble of {len(names[0])}" if len(names[0]) > 1 else names[0][0]
-    picture = np.concatenate(rows, axis=0)
-    header = with_caption(picture[:0], f"{who}: {said}", max(14, shown.shape[0] // 12))
+    picture = with_caption(np.concatenate(rows, axis=0), f"{who}: {said}", max(14, shown.shape[0] // 12))
     caption = (
         f"{who}: {said} ({lesion.frame_reason()}); one row per model ({', '.join(names[0])}): its "
         f"outline and lesion share at probability {predictor.threshold:g}, {', '.join(names[1])}"
     )
-    return np.concatenate([header, picture], axis=0), caption
+    return picture, caption
 
 
 def explain_boxes(predictor, rgb: np.ndarray, layer: str | None = None, label: str | None = None, prediction=None):
