@@ -19,10 +19,9 @@ from medcad.config import TrainConfig
 from medcad.data.datasets import MISSING_MASKS as READ_MISSING
 from medcad.data.datasets import cached_masks, check_mask_content
 from medcad.data.labelmaps import MaskLabels, resolve_mask_labels
-from medcad.data.manifest import Manifest
+from medcad.data.manifest import Manifest, cell_parts
 from medcad.errors import DataError
 from medcad.tasks import (
-    cell_parts,
     findings,
     get_task,
     positive_from_names,

@@ -21,7 +21,7 @@ from functools import partial
 from torch import nn
 
 from medcad.config import TrainConfig
-from medcad.data.manifest import LABEL_SEPARATORS
+from medcad.data.manifest import cell_parts
 from medcad.errors import ConfigError
 
 
@@ -304,11 +304,6 @@ def split_labels(value: str) -> list[str]:
     """The findings of one multi-label cell ('stone|cyst', 'stone; cyst', '' and 'No Finding': none), without
     empties; a label that names the absence of findings (`says_no_finding`, as ChestX-ray14's 'No Finding') is none."""
     return findings(cell_parts(value))
-
-
-def cell_parts(value: str) -> list[str]:
-    """A multi-label cell split at its separators ('stone|cyst' -> ['stone', 'cyst']), 'No Finding' included."""
-    return LABEL_SEPARATORS.split(str(value).strip())
 
 
 def findings(parts: list[str]) -> list[str]:

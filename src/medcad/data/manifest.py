@@ -218,12 +218,17 @@ LABEL_JOIN = "|"  # how medcad writes several labels of one image (predictions, 
 MULTI_LABEL_CELL = re.compile(r"[|;]")  # a cell holding several labels for a label map (a comma may be in a name)
 
 
+def cell_parts(value: str) -> list[str]:
+    """A multi-label cell split at its separators ('stone|cyst' -> ['stone', 'cyst']), 'No Finding' included."""
+    return LABEL_SEPARATORS.split(str(value).strip())
+
+
 def label_identity(cell: str) -> str:
     """One spelling of a label cell for comparing two images' labels: a cell of several labels (separated by '|',
     ';' or ',', as multi-label cells are read) as its labels sorted ('mass|malignant', 'malignant; mass' and
     'malignant, mass' are one set of findings: 'malignant|mass'); any other cell as it is."""
     text = str(cell)
-    parts = {part for part in LABEL_SEPARATORS.split(text.strip()) if part}
+    parts = {part for part in cell_parts(text) if part}
     return LABEL_JOIN.join(sorted(parts)) if len(parts) > 1 else text
 
 
@@ -232,7 +237,7 @@ def label_counts(manifest: Manifest) -> Counter:
     t = manifest.table
     counts = Counter(str(v) for v in t["label"] if str(v))
     for cell in [v for v in counts if MULTI_LABEL_CELL.search(v)]:  # as `rename_labels` splits them
-        counts.update({part: counts[cell] for part in LABEL_SEPARATORS.split(cell.strip()) if part})
+        counts.update({part: counts[cell] for part in cell_parts(cell) if part})
     for b in t["boxes"]:
         if b:
             counts.update(str(x[4]) for x in json.loads(b))
@@ -267,7 +272,7 @@ def rename_labels(manifest: Manifest, mapping: dict[str, str], what: str = "labe
     def label(v: str) -> str:  # a whole cell, else each label of a multi-label cell ('stone|cyst')
         if v in mapping or not MULTI_LABEL_CELL.search(str(v)):
             return mapping.get(v, v)
-        return LABEL_JOIN.join(mapping.get(x, x) for x in LABEL_SEPARATORS.split(str(v).strip()) if x)
+        return LABEL_JOIN.join(mapping.get(x, x) for x in cell_parts(v) if x)
 
     t["label"] = t["label"].map(label)
 
