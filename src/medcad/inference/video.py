@@ -103,6 +103,7 @@ def predict_video(
     writer = _AnnotatedVideo(partial["video"], fps, reader.report) if write_video else None
     rows, latencies = [], []
     window: deque[np.ndarray] = deque(maxlen=max(1, smooth))
+    means = ""  # what a smoothed score is where not the label's probability (the decider's, one per predictor)
     t0 = time.perf_counter()
     thread.start()
     done = False
@@ -114,9 +115,9 @@ def predict_video(
             t1 = time.perf_counter()
             preds = predictor.predict([f.rgb for f in items], [f"{video.name}#{f.index}" for f in items], batch)
             latencies.append((time.perf_counter() - t1) / len(items))
+            means = preds[0].decider.evidence_means if preds else means
             for f, pred in zip(items, preds, strict=True):
                 window.append(pred.decider.evidence())  # class probabilities, top box score or lesion fraction
-                state["evidence_means"] = pred.decider.evidence_means
                 label, score = pred.decider.smoothed(np.mean(window, axis=0))
                 record = {
                     "frame": f.index,
@@ -128,7 +129,7 @@ def predict_video(
                 rows.append(record)
                 if writer is not None:
                     mean = f"{len(window)}-frame mean" if len(window) > 1 else ""
-                    said = ", ".join(x for x in (pred.decider.evidence_means, mean) if x)  # the area, not its peak
+                    said = ", ".join(x for x in (means, mean) if x)  # the area, not its peak
                     writer.write(pred.draw(f.rgb, caption=(label, score), note=said, above=False), f.time_s)
             if progress is not None:
                 progress(len(rows), n_frames)
@@ -169,7 +170,7 @@ def predict_video(
         "smooth": max(1, smooth),
         # what smoothed_score is where it is not the label's probability ("lesion area": a mask's mean lesion share,
         # while a frame's own score is its top lesion probability)
-        "smoothed_score_means": state.get("evidence_means", ""),
+        "smoothed_score_means": means,
         "latency_ms_per_frame": 1000 * float(np.median(latencies)) if latencies else None,
         "csv": str(out_dir / f"{stem}_frames.csv"),
         "rows": rows,
