@@ -148,7 +148,7 @@ LABELS = st.lists(st.sampled_from(["benign", "Benign", "MALIGNANT", "malignant",
     use_csv=st.booleans(),
     style=st.sampled_from(["posix", "windows", "foreign-absolute", "release-prefix"]),
     missing=st.integers(0, 3),
-    strays=st.lists(st.sampled_from(["notes.txt", "extra/x.png", "more.csv", "README.md"]), unique=True),
+    strays=st.lists(st.sampled_from(["notes.txt", "extra/x.png", "more.csv", "README.md", "broken-link"]), unique=True),
 )
 def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +168,10 @@ def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) 
             pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
         for s in strays:
             path = root / s
+            if s == "broken-link":  # a link to a file since moved: no image (it had stopped training with a traceback)
+                path = root / Path(rows[0]["image"].replace("\\", "/")).parent.name / "moved.png"
+                path.symlink_to(Path(tmp) / "elsewhere" / "moved.png")
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             if s.endswith(".png"):
                 save(path, noise_image(99))
@@ -180,9 +184,11 @@ def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) 
         assert ledger.used == len(m) == len(labels) + stray_class
         assert ledger.total == ledger.used + (missing if use_csv else 0)
         assert all(reason for _, reason in ledger.left_out + ledger.unread)
-        files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+        files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
         accounted = m.used_files() | set(m.sources) | {p for p, _ in ledger.left_out + ledger.unread}
         assert files <= accounted
+        if "broken-link" in strays:
+            assert any(p.endswith("moved.png") and "a link to a missing file" in r for p, r in ledger.unread)
         # every row names an image that exists, and labels that differ only in spelling are one class
         assert all((root / img).is_file() for img in m.table["image"])
         assert len(m.labels) == len({label_key(v) for v in labels}) + stray_class
@@ -526,3 +532,20 @@ def test_one_file_listed_under_two_paths_is_one_image(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("image,label\na.png,benign\nb.png,benign\nalias/x.png,malignant\n")
     m = load_manifest(tmp_path / "m.csv")
     assert list(m.keys) == ["b.png"] and {p for p, _ in m.ledger.left_out} == {"a.png", "alias/x.png"}
+
+
+def test_a_folder_of_masks_alone_says_so(tmp_path: Path) -> None:
+    """Masks copied without their images: the error names a mask and why it was set aside (it had advised a folder
+    pattern), and links to moved files are counted where no image is left."""
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 4:12] = 255
+    for k in range(3):
+        save(tmp_path / "benign" / f"b{k}_mask.png", mask)
+    with pytest.raises(DataError, match=r"no image to read: the 3 media file\(s\) found were all set aside, e\.g\. "
+                       r"benign/b0_mask\.png: a mask .* without an image"):  # fmt: skip
+        load_manifest(tmp_path)
+    links = tmp_path.parent / "links"
+    links.mkdir()
+    (links / "b0.png").symlink_to(tmp_path / "moved" / "b0.png")
+    with pytest.raises(DataError, match=r"no images found .*; 1 link\(s\) to missing files, e\.g\. b0\.png"):
+        load_manifest(links)

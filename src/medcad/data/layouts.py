@@ -25,7 +25,7 @@ from medcad.data.annotations import (
 )
 from medcad.data.folder_patterns import detect_pattern, subfolder_fields
 from medcad.data.io import IMAGE_SUFFIXES, is_dicom
-from medcad.data.ledger import make_ledger
+from medcad.data.ledger import BROKEN_LINK, make_ledger, walk_files
 from medcad.data.manifest import (
     MASK_SEP,
     Manifest,
@@ -109,7 +109,11 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         return Manifest(path.parent, make_table(expand_frames(rows, path.parent, problems)), "folders", problems)
     files = walk_media(path)
     if not files:
-        raise DataError(path, f"no images found (looked for {', '.join(sorted(MEDIA_SUFFIXES))})")
+        broken: list[tuple[Path, str]] = []
+        walk_files(path, broken)
+        broken = [(p, why) for p, why in broken if why.startswith(BROKEN_LINK)]
+        said = f"; {len(broken)} link(s) to missing files, e.g. {broken[0][0].name}: {broken[0][1]}" if broken else ""
+        raise DataError(path, f"no images found (looked for {', '.join(sorted(MEDIA_SUFFIXES))}){said}")
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for f in files:
         by_dir[f.parent].append(f)
@@ -158,6 +162,13 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             rows.append(row)
     rows = expand_frames(rows, path, problems)
     if not rows:
+        other = [(p, why) for p, why in problems if "does not fit the pattern" not in why]
+        if other:  # e.g. masks alone, without their images: the pattern is not what went wrong
+            raise DataError(
+                path,
+                f"no image to read: the {len(problems)} media file(s) found were all set aside, e.g. {other[0][0]}: "
+                f"{other[0][1]}",
+            )
         raise DataError(
             path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
         )

@@ -22,13 +22,15 @@ import pandas as pd
 from medcad.data.cache import cache_dir
 from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES
 
+BROKEN_LINK = "a link to a missing file"  # what the ledger says of one
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
 
 
 def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Every non-hidden file under `root`, sorted by folder then name, following symbolic links to folders (a link
-    back to a folder already walked is not followed again, so link loops end). With `outputs`, folders medcad wrote
-    (`medcad_output`) are not walked into but added there with what they are."""
+    back to a folder already walked is not followed again, so link loops end). A link to a missing file is no file:
+    left out (a reader had listed it as an image and stopped with a traceback on reading it). With `outputs`, folders
+    medcad wrote (`medcad_output`) are not walked into but added there with what they are, and so are such links."""
     files: list[Path] = []
     seen: set[str] = set()
     cache = os.path.realpath(cache_dir()) if outputs is not None else ""
@@ -43,7 +45,15 @@ def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> lis
             found = [(d, medcad_output(Path(dirpath) / d, cache)) for d in dirnames]
             outputs += [(Path(dirpath) / d, why) for d, why in found if why]
             dirnames[:] = [d for d, why in found if not why]
-        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+        for f in sorted(filenames):
+            path = Path(dirpath) / f
+            if f.startswith("."):
+                continue
+            if os.path.exists(path):
+                files.append(path)
+            elif outputs is not None:
+                target = os.readlink(path) if os.path.islink(path) else "gone"
+                outputs.append((path, f"{BROKEN_LINK} ({target}): nothing to read"))
     return files
 
 
@@ -187,5 +197,5 @@ def make_ledger(
             rel = f.relative_to(root).as_posix()
             if rel not in claimed:
                 unread.append((rel, _unread_reason(f, layout)))
-        unread += [(f"{folder.relative_to(root).as_posix()}/", why) for folder, why in outputs]
+        unread += [(folder.relative_to(root).as_posix() + "/" * folder.is_dir(), why) for folder, why in outputs]
     return Ledger(root, used, tuple((str(p), str(r)) for p, r in problems), tuple(unread))
