@@ -119,11 +119,13 @@ def test_the_audit_names_the_boxes_a_detection_run_would_clip_or_drop(tmp_path: 
         [{"label": "polyp", "xmin": 50, "ymin": 40, "xmax": 60, "ymax": 45}],  # wholly outside the 40x30 image
         [{"label": "polyp", "xmin": 2, "ymin": 3, "xmax": 20, "ymax": 25}],
     ]
+    boxes[2].append({"label": "polyp", "xmin": 5, "ymin": 0, "xmax": 30, "ymax": 1})  # a line, as Kvasir-SEG has two
     entries = {s: {"height": 30, "width": 40, "bbox": b} for s, b in zip(stems, boxes, strict=True)}
     (tmp_path / "kavsir_bboxes.json").write_text(json.dumps(entries))
     r = audit(load_manifest(tmp_path), interface="none")
-    assert [row[0] for row in r["box_problems"]] == ["images/id0.png", "images/id1.png"]
+    assert [row[0] for row in r["box_problems"]] == ["images/id0.png", "images/id1.png", "images/id2.png"]
     assert "clipped" in r["box_problems"][0][1] and "dropped" in r["box_problems"][1][1]
+    assert r["box_problems"][2][1] == "box [5.0, 0.0, 30.0, 1.0] (polyp) is 25x1 px, under 2 px across: a line? kept"
     assert r["images_without_usable_boxes"] == ["images/id1.png"]
     console = Console(record=True, width=200)
     print_audit(r, console)

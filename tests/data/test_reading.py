@@ -155,6 +155,42 @@ def test_inverted_masks_are_named_by_the_audit_and_refused_when_they_are_most(tm
         check_mask_content(m, cached_masks(m, 16, progress=False))
 
 
+def test_the_audit_names_masks_of_specks_alone_and_specks_beside_a_lesion(tmp_path, monkeypatch) -> None:
+    """A mask whose only lesion is a stray pixel (a detection run draws no box from it) and one with a stray pixel
+    beside its lesion (it raises HD95) are named apart; a mask of one clean lesion is not named."""
+    from medcad.data.audit import audit
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    clean = np.zeros((32, 32), np.uint8)
+    clean[8:20, 6:20] = 255
+    stray = clean.copy()
+    stray[28, 28] = 255
+    alone = np.zeros((32, 32), np.uint8)
+    alone[3, 4] = alone[20, 25:27] = 255
+    for k, mask in enumerate((clean, stray, alone)):
+        save(root / "x" / f"{k}.png", noise_image(k))
+        save(root / "x" / f"{k}_mask.png", mask)
+    r = audit(load_manifest(root), interface="none")
+    assert r["speck_only_masks"] == [
+        ["x/2.png", "x/2_mask.png", "its whole lesion is 2 region(s) of under 16 px (3 px)"]
+    ]
+    assert r["speck_masks"] == [["x/1.png", "x/1_mask.png", "1 of its 2 lesion regions are under 16 px (1 px)"]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), p=st.floats(0.01, 0.6))
+def test_lesion_regions_are_scipys_eight_connected_components(seed: int, p: float) -> None:
+    from scipy import ndimage
+
+    from medcad.data.masks import SPECK_AREA, lesion_regions
+
+    mask = np.random.default_rng(seed).random((24, 30)) < p
+    labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    areas = np.bincount(labelled.ravel())[1:]
+    assert lesion_regions(mask) == (n, int((areas < SPECK_AREA).sum()), int(areas[areas < SPECK_AREA].sum()))
+
+
 # 2. orientation tags -----------------------------------------------------------------------------------------------
 def _exif_jpeg(path: Path, stored: np.ndarray, orientation: int) -> Path:
     im = Image.fromarray(stored)

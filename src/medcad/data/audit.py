@@ -34,13 +34,14 @@ from medcad.data.labelmaps import (
     resolve_mask_labels,
 )
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import background_as_lesion, decode_mask, sample_mask_pages
+from medcad.data.masks import SPECK_AREA, background_as_lesion, decode_mask, lesion_regions, sample_mask_pages
 from medcad.errors import ConfigError, DataError
 
 
 def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list[tuple[str, str, str]]:
     """Findings on one sample's masks: (kind, mask path, detail); kinds: size, unreadable, non_binary, empty,
-    full_frame, inverted (`masks.background_as_lesion`), and decoding (the rule used, for every mask)."""
+    full_frame, inverted (`masks.background_as_lesion`), speck_only, specks (`_specks`), and decoding (the rule
+    used, for every mask)."""
     out = []
     root = manifest.root
     try:
@@ -63,14 +64,31 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
                 out.append(("empty", rel, detail))
             elif painted := background_as_lesion(mask):
                 out.append((painted, rel, detail))
+            else:
+                out += _specks(mask, rel)
         except DataError as e:
             out.append(("unreadable", rel, e.problem))
     return out
 
 
+def _specks(mask: np.ndarray, rel: str) -> list[tuple[str, str, str]]:
+    """A mask's specks (lesion regions under `SPECK_AREA` px): "speck_only" when they are its whole lesion (a slip
+    of the pen, or a lesion drawn a pixel wide?), "specks" beside a larger lesion (stray marks)."""
+    regions, specks, pixels = lesion_regions(mask)
+    if not specks:
+        return []
+    if specks == regions:
+        return [("speck_only", rel, f"its whole lesion is {specks} region(s) of under {SPECK_AREA} px ({pixels} px)")]
+    return [("specks", rel, f"{specks} of its {regions} lesion regions are under {SPECK_AREA} px ({pixels} px)")]
+
+
+THIN_BOX = 2.0  # px: a box narrower or lower than this is a line, not a lesion's extent
+
+
 def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[str]]:
-    """The boxes a detection run would clip or drop (`clean_boxes` against each image's size: [image, what]), and
-    the images whose boxes would all be dropped (a detection run stops on them: `medcad.targets`)."""
+    """The boxes a detection run would clip or drop (`clean_boxes` against each image's size: [image, what]) or
+    keep as lines (under `THIN_BOX` px across), and the images whose boxes would all be dropped (a detection run
+    stops on them: `medcad.targets`)."""
     problems, unusable = [], []
     for i in range(len(manifest)):
         boxes = manifest.boxes(i)
@@ -78,6 +96,11 @@ def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[s
             continue
         kept, said = checked_boxes(boxes, fps[i].width, fps[i].height)
         problems += [[manifest.keys[i], text] for text in said]
+        for x0, y0, x1, y1, label in kept:
+            if min(x1 - x0, y1 - y0) < THIN_BOX:
+                box = [round(v, 1) for v in (x0, y0, x1, y1)]
+                text = f"box {box} ({label}) is {x1 - x0:g}x{y1 - y0:g} px, under {THIN_BOX:g} px across: a line? kept"
+                problems.append([manifest.keys[i], text])
         if boxes and not kept:
             unusable.append(manifest.keys[i])
     return problems, unusable
@@ -186,6 +209,9 @@ def audit(
         "empty_masks": masks["empty"],
         "full_frame_masks": masks["full_frame"],
         "inverted_masks": masks["inverted"],
+        "speck_only_masks": masks["speck_only"],  # the whole lesion under SPECK_AREA px: no box, a doubtful mask
+        "speck_masks": masks["specks"],  # stray specks beside a lesion
+        "speck_area": SPECK_AREA,
         "all_masks_empty": bool(masks["decoding"]) and len(masks["empty"]) == len(masks["decoding"]),
         "empty_labels": [keys[i] for i, lab in enumerate(labels) if not lab],
         "box_problems": box_problems,  # clipped or dropped, as a detection run would

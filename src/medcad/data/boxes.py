@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 
 from medcad.data.manifest import label_map_advice
+from medcad.data.masks import SPECK_AREA
 from medcad.errors import DataError
 
 
-def boxes_from_mask(mask: np.ndarray, label: str, min_area: int = 16) -> list[list]:
+def boxes_from_mask(mask: np.ndarray, label: str, min_area: int = SPECK_AREA) -> list[list]:
     """One box per connected component (8-connectivity) of a mask.
 
     Args:

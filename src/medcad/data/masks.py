@@ -19,6 +19,20 @@ FULL_FRAME = 0.95  # a mask with at least this lesion fraction covers (nearly) t
 INVERTED_BORDER = 0.9  # with over half of the frame, a lesion on this share of the border is the background
 
 
+SPECK_AREA = 16  # a lesion region of fewer pixels is a speck: a stray mark, no lesion (and no box: `boxes_from_mask`)
+
+
+def lesion_regions(mask: np.ndarray) -> tuple[int, int, int]:
+    """(regions, specks, speck pixels) of a lesion mask (H, W): its connected lesion regions (8-connectivity), how
+    many of them are specks (under `SPECK_AREA` pixels), and their pixels."""
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats((np.asarray(mask) != 0).astype(np.uint8), connectivity=8)
+    areas = stats[1:n, cv2.CC_STAT_AREA]
+    small = areas < SPECK_AREA
+    return int(n - 1), int(small.sum()), int(areas[small].sum())
+
+
 def background_as_lesion(mask: np.ndarray) -> str:
     """Whether a mask paints the background as lesion: 'full_frame' when its lesion covers (nearly) the whole frame
     (`FULL_FRAME`), 'inverted' when it covers over half of the frame and (nearly) its whole border

@@ -42,6 +42,7 @@ from medcad.metrics.box_matching import (
     precision_recall_f1,
     safe_div,
 )
+from medcad.metrics.froc import FP_RATES, FROCTable
 from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percentile_ci, resamples_used
 
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
@@ -284,7 +285,9 @@ def detection_metrics(
     Returns:
         JSON-ready dict: n_images, n_boxes, labels, score_threshold, ap50 and map ({value, ci95}; mean over
         the classes with truths; map over IoU 0.50:0.95), (ap50_lesions, map_lesions, lesion_classes: the same over
-        the classes not in `frame_classes`, when one of those has truths), ap50_per_class, map_per_class, iou_thresholds
+        the classes not in `frame_classes`, when one of those has truths), ap50_per_class, map_per_class, froc (where
+        a lesion class has truths: {iou, classes, n_lesions, fp_per_image, sensitivity [{value, ci95}] at each
+        rate, cpm, curve}, `medcad.metrics.froc`), iou_thresholds
         ({"0.45": {precision, recall, f1 (micro), ci95, macro, tp, fp, fn, per_class}}: box counts), frame_level
         (the frame decision: confusion matrix of classes with the background row and column, accuracy, macro_f1
         over `labels`, per_class, majority_accuracy: {value, class} of naming every frame its most frequent class;
@@ -300,6 +303,7 @@ def detection_metrics(
     p, t = checked_arrays(preds, truths, k)
     n = len(p)
     ap_scores = APScores(p, t, k, ~np.isin(labels, list(frame_classes)))
+    froc = FROCTable(p, t, ~np.isin(labels, list(frame_classes)))
     counts = {f"{thr:g}": box_counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
     y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
@@ -310,7 +314,7 @@ def detection_metrics(
     seen, framed = np.isin(np.arange(kb), np.r_[y, pred]), np.isin(np.arange(k), y)
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
-        out = ap_scores(w)
+        out = ap_scores(w) | (froc(w) if froc.has_lesions else {})
         for name, c in counts.items():
             tp, fp, fn = (w @ c[j] for j in range(3))  # (B, K) each
             for m, v in precision_recall_f1(tp.sum(1), fp.sum(1), fn.sum(1)).items():
@@ -363,6 +367,7 @@ def detection_metrics(
         "ap50_per_class": {lab: float(point["ap50_per_class"][0, j]) for j, lab in enumerate(labels)},
         "map_per_class": {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)},
         "iou_thresholds": {name: _box_section(c, stats, name, labels) for name, c in counts.items()},
+        **({"froc": _froc_section(froc, stats, labels, frame_classes)} if froc.has_lesions else {}),
         "frame_level": frame,
         "bootstrap": {
             "n_boot": int(n_boot),
@@ -403,6 +408,22 @@ def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> 
             lab: {**{m: float(v[j]) for m, v in rates.items()}, "tp": int(tp[j]), "fp": int(fp[j]), "fn": int(fn[j])}
             for j, lab in enumerate(labels)
         },
+    }
+
+
+def _froc_section(froc: FROCTable, stats: _Stats, labels: list[str], frame_classes: Sequence[str]) -> dict[str, Any]:
+    """The FROC (`medcad.metrics.froc`): sensitivity at each false-positive rate with CIs, the CPM, the curve."""
+    return {
+        "iou": 0.5,
+        "classes": [lab for lab in labels if lab not in frame_classes],
+        "n_lesions": int(froc.truths_per_image.sum()),
+        "fp_per_image": list(FP_RATES),
+        "sensitivity": [
+            {"value": float(stats.point["froc_sensitivity"][0, j]), "ci95": stats.ci("froc_sensitivity", j)}
+            for j in range(len(FP_RATES))
+        ],
+        "cpm": stats.stat("froc_cpm"),
+        "curve": froc.point_curve(),
     }
 
 

@@ -10,6 +10,11 @@ from rich.table import Table
 
 from medcad.metrics.compare import at_floor, p_floor
 
+_FRAME_DECISIONS = (
+    ("frame_decision", "max mean Dice"),
+    ("frame_decision_specificity", "lesion-free frames kept"),
+)  # a segmentation run's frame-level decisions, as titled
+
 
 def print_summary(s: dict, console: Console | None = None) -> None:
     """Print the output of `medcad.data.summary.summarize`."""
@@ -82,8 +87,13 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     _print_problems(
         c, r.get("inverted_masks", []), "Masks whose lesion is most of the frame and its whole border (inverted?)"
     )
+    _print_problems(
+        c, r.get("speck_only_masks", []), "Masks whose whole lesion is specks (a detection run draws no box from them)"
+    )
+    if r.get("speck_masks"):
+        c.print(f"{len(r['speck_masks'])} masks hold specks beside their lesion (stray marks? they raise HD95)")
     _print_label_maps(c, r.get("label_maps"))
-    _print_problems(c, r.get("box_problems", []), "Boxes a detection run clips or drops")
+    _print_problems(c, r.get("box_problems", []), "Boxes a detection run clips, drops or keeps as lines")
     if r.get("images_without_usable_boxes"):
         shown = ", ".join(r["images_without_usable_boxes"][:5]) + ("..." * (len(r["images_without_usable_boxes"]) > 5))
         c.print(
@@ -241,6 +251,14 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             head.add_row(f"  naming every frame {majority['class']!r} would score", f"{majority['value']:.3f}")
         for thr, r in m["iou_thresholds"].items():
             head.add_row(f"boxes: P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
+    if m.get("froc"):
+        f = m["froc"]
+        at = dict(zip(f["fp_per_image"], f["sensitivity"], strict=True))
+        for rate in (0.5, 1.0, 2.0):
+            head.add_row(f"lesion sensitivity at {rate:g} FP/image (FROC)", _fmt(at[rate]))
+        head.add_row(
+            f"FROC CPM (mean sensitivity at {', '.join(f'{x:g}' for x in f['fp_per_image'])} FP/image)", _fmt(f["cpm"])
+        )
     seg = m.get("segmentation") or {}
     for name, text in (
         ("dice", "Dice (per image)"),
@@ -266,7 +284,7 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             f"lesion-free images with lesion pixels (n={e['n']})",
             _fmt({"value": e["false_positive_rate"], "ci95": e["ci95"]}),
         )
-    for key, title in (("frame_decision", "max mean Dice"), ("frame_decision_specificity", "lesion-free frames kept")):
+    for key, title in _FRAME_DECISIONS:
         fd = seg.get(key)
         if not fd:
             continue
@@ -280,6 +298,9 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             if f:
                 head.add_row("  lesion images with lesion pixels", _fmt({"value": f["rate"], "ci95": f["ci95"]}))
     c.print(head)
+    for key, title in _FRAME_DECISIONS:
+        if (seg.get(key) or {}).get("note"):
+            c.print(f"[yellow]Frame-level decision ({title}):[/] {seg[key]['note']}")
     _print_frame_table(c, m)
     if "per_class" not in m:
         _print_fold_summary(c, m)

@@ -116,6 +116,8 @@ def collect_detection(run: Path, manifest, cfg, metrics: dict, pred: pd.DataFram
     """Figures (PNG bytes) of a detection run."""
     cm = metrics["frame_level"]["confusion_matrix"]
     figures = {"frame_confusion": plots.confusion_matrix_png(cm["labels"], cm["matrix"], "Frame decision")}
+    if metrics.get("froc"):
+        figures["froc"] = plots.froc_png(metrics["froc"])
     folds = RunFolder(run).folds()
     histories = {f"fold {k}": loss_history(RunFolder(run).fold(k).history(LOG_STAGE)) for k in folds}
     histories = {k: h for k, h in histories.items() if h}

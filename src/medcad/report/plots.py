@@ -114,6 +114,38 @@ def curves_png(
     return figure_png(fig)
 
 
+def froc_png(froc: dict) -> bytes:
+    """The FROC (lesion sensitivity against false positives per image, log axis, its CPM points marked with their
+    95 % CIs) beside the precision-recall curve of the same ranking (lesion classes pooled, IoU 0.5)."""
+    c = froc["curve"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
+    fpi = np.asarray(c["fp_per_image"], float)
+    shown = fpi > 0
+    sens = np.asarray(c["sensitivity"], float)
+    start = sens[~shown].max() if (~shown).any() else 0.0  # lesions found before the first false positive
+    a.step(np.r_[min(froc["fp_per_image"]) / 2, fpi[shown]], np.r_[start, sens[shown]], where="post", lw=1.4)
+    rates = np.asarray(froc["fp_per_image"])
+    value = np.array([s["value"] for s in froc["sensitivity"]], float)
+    lo, hi = (np.array([s["ci95"][j] for s in froc["sensitivity"]], float) for j in (0, 1))  # None (no CI): nan
+    err = [np.nan_to_num(np.clip(d, 0, None)) for d in (value - lo, hi - value)]
+    a.errorbar(rates, value, yerr=err, fmt="o", ms=3,
+               capsize=2, c="k", lw=0.8, label=f"CPM {froc['cpm']['value']:.3f}")  # fmt: skip
+    a.set_xscale("log")
+    a.set_xlim(rates.min() / 2, rates.max() * 2)
+    a.set_ylim(0, 1.01)
+    a.set_xlabel("false positives per image")
+    a.set_ylabel("lesion sensitivity")
+    a.set_title(f"FROC (IoU {froc['iou']:g}; {froc['n_lesions']} lesions)", fontsize=10)
+    a.legend(fontsize=8, loc="lower right")
+    b.plot(c["sensitivity"], c["precision"], lw=1.4)
+    b.set_xlim(0, 1)
+    b.set_ylim(0, 1.01)
+    b.set_xlabel("recall (lesion sensitivity)")
+    b.set_ylabel("precision")
+    b.set_title(f"precision-recall ({', '.join(froc['classes'])}; IoU {froc['iou']:g})", fontsize=10)
+    return figure_png(fig)
+
+
 def bars_png(values: dict[str, tuple[float, float, float]], title: str, ylabel: str) -> bytes:
     """Bar chart with CI whiskers; `values`: {name: (value, lo, hi)}."""
     names = list(values)
