@@ -306,6 +306,19 @@ def split_labels(value: str) -> list[str]:
     return findings(cell_parts(value))
 
 
+def images_per_finding(cells) -> dict[str, int] | None:
+    """Where some label cell names several findings ('stone|cyst'), how many images hold each finding, as a
+    multilabel run reads them (`split_labels`: 'No Finding' is none); else None (one label per image)."""
+    sets = [set(split_labels(c)) for c in cells]
+    if not any(len(s) > 1 for s in sets):
+        return None
+    counts: dict[str, int] = {}
+    for s in sets:
+        for f in s:
+            counts[f] = counts.get(f, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def findings(parts: list[str]) -> list[str]:
     """The findings among a cell's parts (`cell_parts`): not empty, not naming the absence of findings."""
     return [v for v in parts if v and not says_no_finding(v)]

@@ -184,3 +184,15 @@ def test_a_label_in_every_image_is_said(tmp_path: Path) -> None:
     assert run_labels(m, "multilabel", tmp_path) == ["ink", "polyp"]
     assert any(n.startswith("label(s) polyp in every image: nothing to tell apart") for n in m.notes)
     assert "1 cell(s) name findings beside no finding (e.g. 'polyp|No Finding'): read as their findings" in m.notes
+
+
+def test_data_inspect_counts_images_per_finding(findings: Path) -> None:
+    """`data inspect` on multi-label cells counts the images of each finding (8 each of 'disc|square', 'disc' and
+    'square': 16 with each; 'No Finding' is none), as a multilabel run reads them, beside the cells as written."""
+    res = CliRunner().invoke(app, ["data", "inspect", str(findings), "--json"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert s["findings"] == {"disc": 16, "square": 16}
+    assert s["labels"]["disc|square"] == 8
+    text = CliRunner().invoke(app, ["data", "inspect", str(findings)], env={"COLUMNS": "200"}).stdout
+    assert "images per finding  disc 16, square 16" in text

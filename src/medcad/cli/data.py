@@ -28,9 +28,11 @@ def data_inspect(
     """Summarise a dataset (any supported layout); with --out, write it as read to a manifest CSV."""
     try:
         from medcad.data.summary import summarize
+        from medcad.tasks import images_per_finding
 
         manifest = _load(path, options, labels, quiet=True)  # the summary shows the notes
         summary = summarize(manifest)
+        summary["findings"] = images_per_finding(manifest.table["label"])  # multi-label cells, as a run reads them
         summary["manifest_csv"] = str(manifest.save(out)) if out else "not written (--out FILE writes it)"
     except MedcadError as e:
         _fail(e)

@@ -32,6 +32,11 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     c.print(t)
     w, h = s["width"], s["height"]
     facts = Table(show_header=False, box=None)
+    if s.get("findings"):
+        shown = ", ".join(f"{k} {n}" for k, n in s["findings"].items())
+        facts.add_row(
+            "images per finding", f"{shown} (label cells of several findings split, as --task multilabel reads)"
+        )
     facts.add_row("patients / groups", str(s["n_groups"]) if s["n_groups"] else "none (duplicates will group)")
     facts.add_row("masks", f"{s['n_masks']} of {s['n_images']} images ({s['n_multi_masks']} made of several files)")
     per_class = ", ".join(f"{c} {n}" for c, n in s.get("box_classes", {}).items())
