@@ -47,6 +47,10 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert set(m["iou_thresholds"]) == {"0.45", "0.5", "0.55"}
     assert m["frame_level"]["labels"] == ["benign", "malignant", "background"]
     assert len(m["per_fold"]) == 2 and m["evaluation"] == "out-of-fold"
+    vo = m["validated_operating_point"]  # each fold's test boxes from the F1-best score on its validation part
+    assert len(vo["thresholds"]) == 2 and set(vo["iou_thresholds"]) == {"0.45", "0.5", "0.55"}
+    saved = [json.loads((run / f"fold_{k}" / "result.json").read_text())["val_score_threshold"] for k in (0, 1)]
+    assert vo["thresholds"] == saved
     pred = pd.read_csv(run / "predictions.csv")
     assert len(pred) == 30 and {"true_frame", "predicted_frame", "top_score", "detections"} <= set(pred)
 
@@ -98,7 +102,7 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()
-    for needle in ("Lesion boxes", "AP50", "frame confusion matrix", 'alt="detections"'):
+    for needle in ("Lesion boxes", "AP50", "frame confusion matrix", 'alt="detections"', "validated score threshold"):
         assert needle in html, needle
 
 

@@ -84,3 +84,38 @@ def test_detection_metrics_report_the_froc_of_lesion_classes_alone() -> None:
     # no lesion box anywhere: no FROC
     only_normal = [t[t[:, 4] == 1] for t in truths]
     assert "froc" not in detection_metrics(preds, only_normal, ["polyp", "normal"], frame_classes=["normal"], n_boot=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 10), k=st.integers(1, 3))
+def test_the_f1_threshold_is_the_brute_force_best(seed: int, n: int, k: int) -> None:
+    """`f1_threshold` keeps the boxes whose score reaches the threshold of the highest micro F1 (every class, IoU
+    0.5), the highest such threshold, as counting the boxes anew at every score gives it."""
+    from medcad.metrics.box_matching import box_counts, precision_recall_f1
+    from medcad.metrics.detection_operating import f1_threshold
+
+    preds, truths = _scene(seed, n, k)
+    got = f1_threshold(preds, truths, k)
+    scores = sorted({float(s) for p in preds for s in p[:, 4]})
+    f1 = {}
+    for s in scores:
+        tp, fp, fn = box_counts(preds, truths, k, 0.5, s).sum(axis=(1, 2))
+        f1[s] = float(precision_recall_f1(np.array(tp), np.array(fp), np.array(fn))["f1"]) if tp else 0.0
+    if not any(f1.values()):
+        assert got is None
+        return
+    best = max(f1.values())
+    assert got == max(s for s, v in f1.items() if v == pytest.approx(best))
+
+
+def test_the_validated_operating_point_keeps_each_folds_boxes_from_its_threshold() -> None:
+    from medcad.metrics.detection import SCORE_THRESHOLD
+    from medcad.metrics.detection_operating import validated_operating_point
+
+    preds, truths = _scene(11, 30, 2)
+    vo = validated_operating_point(preds, truths, ["a", "b"], [0.3, None], [12, 18], n_boot=0)
+    kept = [p[p[:, 4] >= (0.3 if i < 12 else SCORE_THRESHOLD)] for i, p in enumerate(preds)]
+    by_hand = detection_metrics(kept, truths, ["a", "b"], score_threshold=0.0, n_boot=0)
+    assert vo["iou_thresholds"]["0.5"]["f1"] == by_hand["iou_thresholds"]["0.5"]["f1"]
+    assert vo["iou_thresholds"]["0.5"]["tp"] == by_hand["iou_thresholds"]["0.5"]["tp"]
+    assert vo["folds_without_threshold"] == [1] and vo["mean_threshold"] == pytest.approx((0.3 + SCORE_THRESHOLD) / 2)

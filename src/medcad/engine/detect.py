@@ -26,6 +26,7 @@ from medcad.engine.common import FrozenBatchNormFit, TrainingThroughput, freeze_
 from medcad.engine.fold import FoldData, FoldHooks
 from medcad.errors import ConfigError
 from medcad.metrics.detection import average_precision
+from medcad.metrics.detection_operating import f1_threshold
 from medcad.models.backbones import learned_bn_statistics
 from medcad.models.detection import (
     anchor_scales,
@@ -211,7 +212,10 @@ class DetectHooks(FoldHooks):
         return mean_ap(average_precision(outputs["detections"], truths, len(data.labels), 0.5))
 
     def result(self, test: dict, val: dict, data: FoldData, parts: dict, fold: FoldFolder) -> dict:
+        truths = [data.boxes[i] for i in parts["val"]]
         return {
             "test_detections": [d.tolist() for d in test["detections"]],
             "val_ap50": self.score(val, data, parts["val"]),
+            # the validated operating point: the score of the highest box F1 on the validation part
+            "val_score_threshold": f1_threshold(val["detections"], truths, len(data.labels)),
         }

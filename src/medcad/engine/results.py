@@ -149,6 +149,14 @@ def detection_results(
         start += n
     m["per_fold"] = per_fold
     m["fold_summary"] = {k: mean_sd([f[k] for f in per_fold]) for k in ("ap50", "map", "f1_iou50")}
+    if all("val_score_threshold" in r for r in results):  # runs made before it have none
+        from medcad.metrics.detection_operating import validated_operating_point
+
+        thresholds = [r["val_score_threshold"] for r in results]
+        n_per_fold = [len(r["test_rows"]) for r in results]
+        m["validated_operating_point"] = validated_operating_point(
+            dets, truths, labels, thresholds, n_per_fold, groups=groups, frame_classes=frame_classes
+        )
     table = detection_table(
         np.array(keys, dtype=object)[rows], dets, truths, labels, m["score_threshold"], image_sizes[rows], size
     )

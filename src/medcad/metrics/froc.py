@@ -1,6 +1,7 @@
-"""Free-response ROC (FROC) of a lesion detector: lesion-level sensitivity against false positives per image, as
-the score threshold falls; its sensitivities at fixed false-positive rates, their mean (the CPM), and the pooled
-precision-recall curve of the same ranking.
+"""A detector's ranking of its boxes as the score threshold falls: the free-response ROC (FROC: lesion-level
+sensitivity against false positives per image), its sensitivities at fixed false-positive rates, their mean (the
+CPM), and the pooled precision-recall curve (the threshold of the highest F1 is
+`medcad.metrics.detection_operating`'s).
 
 Boxes match as for AP (`medcad.metrics.box_matching.greedy_match`: class-aware, by decreasing score, each true box
 once) at IoU 0.5, over the lesion classes pooled (whole-frame classes such as normal left out). Because greedy

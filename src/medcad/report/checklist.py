@@ -121,6 +121,8 @@ def _evaluation_items(m: dict, r: dict, run: Path, has_ci: bool) -> list[dict]:
             "Operating point / decision threshold and how it was chosen (TRIPOD+AI)",
             "Results → Operating points chosen on validation data"
             if m.get("validated_operating_points") or m.get("validated_operating_points_by_class")
+            else "Results → Lesion boxes: at each fold's validated score threshold"
+            if m.get("validated_operating_point")
             else None,
         ),
         _item(

@@ -256,6 +256,14 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             head.add_row(f"  naming every frame {majority['class']!r} would score", f"{majority['value']:.3f}")
         for thr, r in m["iou_thresholds"].items():
             head.add_row(f"boxes: P / R / F1 at IoU {thr}", f"{r['precision']:.3f} / {r['recall']:.3f} / {r['f1']:.3f}")
+    if vo := m.get("validated_operating_point"):
+        r = vo["iou_thresholds"].get("0.5")
+        if r:
+            at = ", ".join("—" if t is None else f"{t:.3f}" for t in vo["thresholds"])
+            head.add_row(
+                f"boxes: P / R / F1 at IoU 0.5, each fold's validated threshold ({at})",
+                f"{r['precision']:.3f} / {r['recall']:.3f} / {_fmt({'value': r['f1'], 'ci95': r['ci95']['f1']})}",
+            )
     if m.get("froc"):
         f = m["froc"]
         at = dict(zip(f["fp_per_image"], f["sensitivity"], strict=True))
