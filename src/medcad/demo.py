@@ -64,7 +64,8 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     from medcad.data.summary import summarize
     from medcad.data.synthetic import generate_synthetic
     from medcad.devices import machine
-    from medcad.report.console import print_audit, print_metrics, print_study, print_summary
+    from medcad.report.console import print_metrics, print_study
+    from medcad.report.console_data import print_audit, print_summary
     from medcad.report.html import write_report
     from medcad.study.executors import RunJob
     from medcad.study.runner import run_study

@@ -110,7 +110,7 @@ def test_the_audit_names_the_boxes_a_detection_run_would_clip_or_drop(tmp_path: 
     from rich.console import Console
 
     from medcad.data.audit import audit
-    from medcad.report.console import print_audit
+    from medcad.report.console_data import print_audit
 
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     stems = _pair_set(tmp_path, n=3)

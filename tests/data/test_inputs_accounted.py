@@ -189,6 +189,9 @@ def test_every_input_is_used_or_listed(labels, use_csv, style, missing, strays) 
         assert files <= accounted
         if "broken-link" in strays:
             assert any(p.endswith("moved.png") and "a link to a missing file" in r for p, r in ledger.unread)
+            assert "1 a link to a missing file" in ledger.line()  # one kind, whatever its target
+        named = [p for p, _ in ledger.left_out + ledger.unread]
+        assert len(named) == len(set(named)), named  # each file named once
         # every row names an image that exists, and labels that differ only in spelling are one class
         assert all((root / img).is_file() for img in m.table["image"])
         assert len(m.labels) == len({label_key(v) for v in labels}) + stray_class
@@ -544,8 +547,25 @@ def test_a_folder_of_masks_alone_says_so(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"no image to read: the 3 media file\(s\) found were all set aside, e\.g\. "
                        r"benign/b0_mask\.png: a mask .* without an image"):  # fmt: skip
         load_manifest(tmp_path)
+    for k in range(3):  # with images that do not fit a pattern given, the pattern is what to mend
+        save(tmp_path / "benign" / f"b{k}.png", noise_image(k))
+    save(tmp_path / "benign" / "stray_mask.png", mask)
+    with pytest.raises(DataError, match=r"no images fit the folder pattern '\{domain\}/\{label\}'.*\(1 more set aside"):
+        load_manifest(tmp_path, pattern="{domain}/{label}")
     links = tmp_path.parent / "links"
     links.mkdir()
     (links / "b0.png").symlink_to(tmp_path / "moved" / "b0.png")
     with pytest.raises(DataError, match=r"no images found .*; 1 link\(s\) to missing files, e\.g\. b0\.png"):
         load_manifest(links)
+
+
+def test_a_row_naming_a_link_to_a_missing_file_is_named_once(tmp_path: Path) -> None:
+    """A manifest row naming a link whose file has moved is left out as missing (--allow-missing) and named once in
+    the ledger, as that row (the walk had named it a second time as a link to a missing file)."""
+    save(tmp_path / "img" / "a.png", noise_image(0))
+    save(tmp_path / "img" / "b.png", noise_image(1))
+    (tmp_path / "img" / "gone.png").symlink_to(tmp_path / "moved" / "gone.png")
+    (tmp_path / "m.csv").write_text("image,label\nimg/a.png,x\nimg/b.png,y\nimg/gone.png,x\n")
+    m = load_manifest(tmp_path / "m.csv", allow_missing=True)
+    named = [p for p, _ in m.ledger.left_out + m.ledger.unread if p.endswith("gone.png")]
+    assert named == ["img/gone.png"] and len(m) == 2

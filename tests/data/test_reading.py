@@ -171,11 +171,17 @@ def test_the_audit_names_masks_of_specks_alone_and_specks_beside_a_lesion(tmp_pa
     for k, mask in enumerate((clean, stray, alone)):
         save(root / "x" / f"{k}.png", noise_image(k))
         save(root / "x" / f"{k}_mask.png", mask)
+    save(root / "x" / "3.png", noise_image(3))  # a lesion in one file, a speck in its second: specks beside it
+    save(root / "x" / "3_mask.png", clean)
+    save(root / "x" / "3_mask_1.png", alone)
     r = audit(load_manifest(root), interface="none")
     assert r["speck_only_masks"] == [
         ["x/2.png", "x/2_mask.png", "its whole lesion is 2 region(s) of under 16 px (3 px)"]
     ]
-    assert r["speck_masks"] == [["x/1.png", "x/1_mask.png", "1 of its 2 lesion regions are under 16 px (1 px)"]]
+    assert r["speck_masks"] == [
+        ["x/1.png", "x/1_mask.png", "1 of its 2 lesion regions are under 16 px (1 px)"],
+        ["x/3.png", "x/3_mask.png + x/3_mask_1.png", "2 of its 3 lesion regions are under 16 px (3 px)"],
+    ]
 
 
 @settings(max_examples=40, deadline=None)

@@ -25,15 +25,49 @@ def test_the_decision_names_the_lesion_images_it_hides(n: int, seed: int, thresh
     lesion, found = true.any(axis=(1, 2)), pred.any(axis=(1, 2))
     hidden = lesion & found & (score < threshold)
     kept = lesion & found & (score >= threshold)
-    if not hidden.any():
-        assert "note" not in out and "lesion_images_hidden" not in out
-        return
-    assert out["lesion_images_hidden"] == {
-        "n": hidden.sum(),
-        "of": (lesion & found).sum(),
-        "n_lesion_images": lesion.sum(),
-    }
-    assert f"empties the masks of {hidden.sum()} of the {(lesion & found).sum()} lesion images" in out["note"]
-    assert ("No lesion image keeps a mask" in out["note"]) == (not kept.any())
-    if not kept.any():  # every lesion image scores 0: the mean Dice is the lesion-free images' Dice over all
+    none_kept = lesion.any() and not kept.any()
+    assert ("No lesion image keeps a mask" in out.get("note", "")) == none_kept
+    assert out.get("no_lesion_image_kept", False) == none_kept
+    if none_kept:  # every lesion image scores 0: the mean Dice is the lesion-free images' Dice summed over all
         assert out["dice"]["value"] * n == pytest.approx(dice_iou(after)[0][~lesion].sum())
+    if not hidden.any():
+        assert "lesion_images_hidden" not in out and ("note" in out) == none_kept
+        return
+    want = {"n": hidden.sum(), "of": (lesion & found).sum(), "n_lesion_images": lesion.sum()}
+    assert out["lesion_images_hidden"] == want
+    assert f"empties the masks of {hidden.sum()} of the {(lesion & found).sum()} lesion images" in out["note"]
+
+
+def test_a_segmenter_that_marks_only_lesion_free_frames_is_said_to_keep_no_lesion() -> None:
+    """The reviewer's case: pixels only on the 6 lesion-free frames, which the decision empties; the mean Dice goes
+    from 0 to 0.6 and no mask was hidden, yet no lesion image keeps one: said."""
+    true = np.zeros((10, 8, 8), bool)
+    true[:4, 2:5, 2:5] = True
+    pred = np.zeros_like(true)
+    pred[4:, 1:3, 1:3] = True
+    before = mask_counts(pred, true)
+    after = apply_frame_decision(before, np.r_[np.ones(4), np.zeros(6)], 0.5)
+    out = _decided([after], before, np.arange(10), ["lesion_area"], "rule", [0.5])
+    assert out["dice"]["value"] == pytest.approx(0.6) and "lesion_images_hidden" not in out
+    assert out["no_lesion_image_kept"] and "comes from the lesion-free images alone" in out["note"]
+
+
+def test_the_note_reaches_the_console() -> None:
+    from rich.console import Console
+
+    from medcad.metrics.segmentation import segmentation_metrics
+    from medcad.report.console import print_metrics
+
+    true = np.zeros((10, 8, 8), bool)
+    true[:4, 2:5, 2:5] = True
+    pred = true.copy()
+    pred[4:, 1:3, 1:3] = True
+    before = mask_counts(pred, true)
+    after = apply_frame_decision(before, np.r_[np.zeros(4), np.ones(6)], 0.5)  # the lesion frames emptied
+    seg = segmentation_metrics(before, n_boot=0)
+    seg["frame_decision"] = _decided([after], before, np.arange(10), ["lesion_area"], "rule", [0.5])
+    c = Console(record=True, width=300)
+    print_metrics({"segmentation": seg, "n_images": 10}, console=c)
+    text = c.export_text()
+    assert "Frame-level decision (max mean Dice): The decision empties the masks of 4 of the 4 lesion images" in text
+    assert "No lesion image keeps a mask" in text

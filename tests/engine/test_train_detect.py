@@ -102,7 +102,8 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     from medcad.report.html import write_report
 
     html = write_report(run).read_text()
-    for needle in ("Lesion boxes", "AP50", "frame confusion matrix", 'alt="detections"', "validated score threshold"):
+    needles = ("Lesion boxes", "AP50", "frame confusion matrix", 'alt="detections"', "validated score threshold")
+    for needle in (*needles, "FROC: lesions found", 'alt="FROC and precision-recall curves"'):
         assert needle in html, needle
 
 

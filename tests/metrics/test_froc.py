@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medcad.metrics.box_matching import box_iou, greedy_match
+from medcad.metrics.box_matching import box_iou
 from medcad.metrics.detection import detection_metrics
 from medcad.metrics.froc import FP_RATES, FROCTable
 
@@ -32,6 +32,21 @@ def _scene(seed: int, n: int, k: int) -> tuple[list[np.ndarray], list[np.ndarray
     return preds, truths
 
 
+def _found(p: np.ndarray, t: np.ndarray) -> tuple[int, int]:
+    """(lesions found, false positives) of one image's boxes, by the rule written out anew: by decreasing score a box
+    finds the unfound lesion it overlaps most at IoU >= 0.5, whatever its class; a box overlapping only lesions
+    already found is a double detection (no FP); any other box is an FP."""
+    found, fp = set(), 0
+    for d in np.argsort(-p[:, 4], kind="stable"):
+        iou = box_iou(p[d : d + 1], t)[0] if len(t) else np.zeros(0)
+        free = [(v, j) for j, v in enumerate(iou) if v >= 0.5 and j not in found]
+        if free:
+            found.add(max(free)[1])
+        elif not (iou >= 0.5).any():
+            fp += 1
+    return len(found), fp
+
+
 def _brute_force(preds, truths, lesions: np.ndarray, rate: float) -> float:
     keep = np.flatnonzero(lesions)
     n_lesions = sum(int(np.isin(t[:, 4], keep).sum()) for t in truths)
@@ -39,10 +54,8 @@ def _brute_force(preds, truths, lesions: np.ndarray, rate: float) -> float:
     for thr in sorted({float(s) for p in preds for s in p[:, 4]}):
         tp = fp = 0
         for p, t in zip(preds, truths, strict=True):
-            p = p[(p[:, 4] >= thr) & np.isin(p[:, 5], keep)]
-            t = t[np.isin(t[:, 4], keep)]
-            hit = greedy_match(p, t, box_iou(p, t), 0.5)[0]
-            tp, fp = tp + int(hit.sum()), fp + int((~hit).sum())
+            hit, miss = _found(p[(p[:, 4] >= thr) & np.isin(p[:, 5], keep)], t[np.isin(t[:, 4], keep)])
+            tp, fp = tp + hit, fp + miss
         if fp / len(preds) <= rate:
             best = max(best, tp / n_lesions)
     return best
@@ -65,6 +78,34 @@ def test_sensitivity_at_each_rate_is_the_brute_force_reading(seed: int, n: int, 
     w[0, 0] = 2
     twice = FROCTable([preds[0], *preds], [truths[0], *truths], lesions)(np.ones((1, n + 1)))
     assert table(w)["froc_sensitivity"] == pytest.approx(twice["froc_sensitivity"])
+
+
+def test_a_lesion_found_twice_or_under_another_class_is_found_once_and_no_false_positive() -> None:
+    """LUNA16's reading: a second box on a found lesion is ignored, and a box on a lesion naming another lesion
+    class finds it (the COCO matching of AP had counted both as false positives: sensitivity 0.5 at every rate)."""
+    a, b = [10, 10, 40, 40], [60, 60, 90, 90]
+    truths = [np.array([[*a, 0], [*b, 1]], float)]
+    preds = [np.array([[*a, 0.9, 0], [11, 10, 41, 40, 0.85, 0], [*b, 0.8, 0]], float)]  # the last names class 0
+    got = FROCTable(preds, truths, np.ones(2, bool))(np.ones((1, 1)))
+    assert got["froc_sensitivity"][0].tolist() == [1.0] * len(FP_RATES)
+    boxes = FROCTable(preds, truths, np.ones(2, bool), lesion_level=False)  # as box F1 counts them
+    assert boxes.tp.tolist() == [True, False, False] and boxes.fp.tolist() == [False, True, True]
+
+
+def test_no_box_or_no_lesion_in_a_resample_gives_no_false_certainty() -> None:
+    """No predicted box: sensitivity 0 at every rate. One lesion among ten images: resamples without it leave the
+    FROC undefined (nan), counted in resamples_used, and the interval of an all-1 sensitivity is the exact one."""
+    truths = [np.zeros((0, 5))] * 9 + [np.array([[10, 10, 40, 40, 0]], float)]
+    none = [np.zeros((0, 6))] * 10
+    m = detection_metrics(none, truths, ["polyp"], n_boot=200)
+    assert [s["value"] for s in m["froc"]["sensitivity"]] == [0.0] * len(FP_RATES)
+    assert m["froc"]["curve"]["score"] == []
+    hit = none[:9] + [np.array([[10, 10, 40, 40, 0.9, 0]], float)]
+    m = detection_metrics(hit, truths, ["polyp"], n_boot=200)
+    assert m["froc"]["cpm"]["value"] == 1.0 and m["froc"]["cpm"]["ci95"][0] < 0.5  # exact on 1 unit, not 1.0-1.0
+    assert "exact" in m["froc"]["cpm"]["ci95_method"]
+    assert 0 < m["bootstrap"]["resamples_used"]["froc.cpm"] < 200
+    assert np.isnan(FROCTable(hit, truths, np.ones(1, bool))(np.eye(10)[:1])["froc_cpm"][0])  # image 0 alone
 
 
 def test_detection_metrics_report_the_froc_of_lesion_classes_alone() -> None:
@@ -119,3 +160,26 @@ def test_the_validated_operating_point_keeps_each_folds_boxes_from_its_threshold
     assert vo["iou_thresholds"]["0.5"]["f1"] == by_hand["iou_thresholds"]["0.5"]["f1"]
     assert vo["iou_thresholds"]["0.5"]["tp"] == by_hand["iou_thresholds"]["0.5"]["tp"]
     assert vo["folds_without_threshold"] == [1] and vo["mean_threshold"] == pytest.approx((0.3 + SCORE_THRESHOLD) / 2)
+
+
+def test_the_console_and_figure_show_the_froc_after_a_json_round_trip() -> None:
+    """As `evaluate` prints a saved metrics.json: the FROC rows with their CIs, and the figure drawn, with no CI
+    (None once written) and with no box at all."""
+    import json
+
+    from rich.console import Console
+
+    from medcad.report.console import print_metrics
+    from medcad.report.plots import froc_png
+
+    preds, truths = _scene(5, 40, 1)
+    m = json.loads(json.dumps(detection_metrics(preds, truths, ["polyp"], n_boot=100)))
+    c = Console(record=True, width=200)
+    print_metrics(m, console=c)
+    text = c.export_text()
+    cpm = m["froc"]["cpm"]
+    assert f"FROC CPM (mean sensitivity at 0.125, 0.25, 0.5, 1, 2, 4, 8 FP/image) │ {cpm['value']:.3f} (" in text
+    assert "lesion sensitivity at 1 FP/image (FROC)" in text
+    assert froc_png(m["froc"])[:4] == b"\x89PNG"
+    empty = json.loads(json.dumps(detection_metrics([np.zeros((0, 6))] * 40, truths, ["polyp"], n_boot=0)))
+    assert froc_png(empty["froc"])[:4] == b"\x89PNG"

@@ -287,13 +287,13 @@ def _run_kept(run: RunFolder) -> str:
 
 
 def _emit(obj: dict, as_json: bool, printer: str) -> None:
-    """Print a result as one JSON object, or as tables with the named function of medcad.report.console."""
+    """Print a result as one JSON object, or as tables with the named function of medcad.report.console_data."""
     if as_json:
         typer.echo(json.dumps(obj, indent=1))
         return
-    from medcad.report import console
+    from medcad.report import console_data
 
-    getattr(console, printer)(obj)
+    getattr(console_data, printer)(obj)
 
 
 def _report(folder: Path, wanted: bool, err: bool = False, warn: bool = False) -> None:

@@ -48,6 +48,7 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
         pages = sample_mask_pages(manifest, i)
     except DataError as e:
         return [("unreadable", shown_path(Path(e.path), root), e.problem)]
+    decoded, rels = [], []
     for mp, page in zip(manifest.mask_paths(i), pages, strict=True):
         rel = shown_path(mp, root)
         try:
@@ -65,9 +66,12 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
             elif painted := background_as_lesion(mask):
                 out.append((painted, rel, detail))
             else:
-                out += _specks(mask, rel)
+                decoded.append(mask)
+                rels.append(rel)
         except DataError as e:
             out.append(("unreadable", rel, e.problem))
+    if decoded and len({m.shape for m in decoded}) == 1:  # the image's lesion: its mask files together
+        out += _specks(np.logical_or.reduce(decoded), " + ".join(rels))
     return out
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from medcad.data.manifest import label_map_advice
-from medcad.data.masks import SPECK_AREA
+from medcad.data.masks import SPECK_AREA, lesion_components
 from medcad.errors import DataError
 
 
@@ -33,11 +32,8 @@ def boxes_from_mask(mask: np.ndarray, label: str, min_area: int = SPECK_AREA) ->
     Returns:
         [[x0, y0, x1, y1, label], ...] with int coordinates, x1/y1 exclusive, in component order.
     """
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask has shape {m.shape}; expected (H, W)")
-    n, _, stats, _ = cv2.connectedComponentsWithStats((m != 0).astype(np.uint8), connectivity=8)
-    return [[int(x), int(y), int(x + w), int(y + h), label] for x, y, w, h, area in stats[1:n] if area >= min_area]
+    regions = lesion_components(mask)
+    return [[int(x), int(y), int(x + w), int(y + h), label] for x, y, w, h, area in regions if area >= min_area]
 
 
 def _coords(box: object) -> tuple[list[float], object] | None:

@@ -162,15 +162,19 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             rows.append(row)
     rows = expand_frames(rows, path, problems)
     if not rows:
+        unfit = sum("does not fit the pattern" in why for _, why in problems)
         other = [(p, why) for p, why in problems if "does not fit the pattern" not in why]
-        if other:  # e.g. masks alone, without their images: the pattern is not what went wrong
+        if other and not unfit:  # e.g. masks alone, without their images: the pattern is not what went wrong
             raise DataError(
                 path,
-                f"no image to read: the {len(problems)} media file(s) found were all set aside, e.g. {other[0][0]}: "
+                f"no image to read: the {len(other)} media file(s) found were all set aside, e.g. {other[0][0]}: "
                 f"{other[0][1]}",
             )
+        besides = (
+            f" ({len(other)} more set aside for other reasons, e.g. {other[0][0]}: {other[0][1]})" if other else ""
+        )
         raise DataError(
-            path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'"
+            path, f"no images fit the folder pattern {pattern!r}; set --pattern, e.g. '{{domain}}/{{label}}'{besides}"
         )
     detected = f" (detected{why})" if options.pattern is None else ""
     notes = [f"folder pattern {pattern!r}{detected}"] if pattern or why else []

@@ -53,7 +53,7 @@ def walk_files(root: Path, outputs: list[tuple[Path, str]] | None = None) -> lis
                 files.append(path)
             elif outputs is not None:
                 target = os.readlink(path) if os.path.islink(path) else "gone"
-                outputs.append((path, f"{BROKEN_LINK} ({target}): nothing to read"))
+                outputs.append((path, f"{BROKEN_LINK}: nothing to read ({target})"))
     return files
 
 
@@ -197,5 +197,8 @@ def make_ledger(
             rel = f.relative_to(root).as_posix()
             if rel not in claimed:
                 unread.append((rel, _unread_reason(f, layout)))
-        unread += [(folder.relative_to(root).as_posix() + "/" * folder.is_dir(), why) for folder, why in outputs]
+        for found, why in outputs:  # a link a row names (and left out as missing) is named once, as that row
+            rel = found.relative_to(root).as_posix() + "/" * found.is_dir()
+            if rel not in claimed:
+                unread.append((rel, why))
     return Ledger(root, used, tuple((str(p), str(r)) for p, r in problems), tuple(unread))

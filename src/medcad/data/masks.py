@@ -22,15 +22,24 @@ INVERTED_BORDER = 0.9  # with over half of the frame, a lesion on this share of 
 SPECK_AREA = 16  # a lesion region of fewer pixels is a speck: a stray mark, no lesion (and no box: `boxes_from_mask`)
 
 
-def lesion_regions(mask: np.ndarray) -> tuple[int, int, int]:
-    """(regions, specks, speck pixels) of a lesion mask (H, W): its connected lesion regions (8-connectivity), how
-    many of them are specks (under `SPECK_AREA` pixels), and their pixels."""
+def lesion_components(mask: np.ndarray) -> np.ndarray:
+    """The connected lesion regions (8-connectivity) of a mask (H, W), nonzero being lesion: (n, 5) int
+    [x, y, width, height, area in pixels] each, in OpenCV's order."""
     import cv2
 
-    n, _, stats, _ = cv2.connectedComponentsWithStats((np.asarray(mask) != 0).astype(np.uint8), connectivity=8)
-    areas = stats[1:n, cv2.CC_STAT_AREA]
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask has shape {m.shape}; expected (H, W)")
+    n, _, stats, _ = cv2.connectedComponentsWithStats((m != 0).astype(np.uint8), connectivity=8)
+    return stats[1:n]
+
+
+def lesion_regions(mask: np.ndarray) -> tuple[int, int, int]:
+    """(regions, specks, speck pixels) of a lesion mask (H, W): its connected lesion regions (`lesion_components`),
+    how many of them are specks (under `SPECK_AREA` pixels), and their pixels."""
+    areas = lesion_components(mask)[:, 4]
     small = areas < SPECK_AREA
-    return int(n - 1), int(small.sum()), int(areas[small].sum())
+    return len(areas), int(small.sum()), int(areas[small].sum())
 
 
 def background_as_lesion(mask: np.ndarray) -> str:

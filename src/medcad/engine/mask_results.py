@@ -140,10 +140,11 @@ def _joined(per_fold: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _decided(
     per_fold: list[dict], before: dict, groups: np.ndarray, frame_score: list[str], rule: str, thresholds: list
 ) -> dict:
-    """Segmentation metrics after a frame-level decision (the folds' counts with emptied masks), with its rule and,
-    where it empties the masks of lesion images the masks alone found, "lesion_images_hidden" and a "note" (a mean
-    Dice that rose because every lesion-free frame scores 1 once emptied must not read as a better segmenter:
-    helper's run, 0.131 -> 0.333 with 0 of 16 lesion images shown). `before`: the same images' counts undecided."""
+    """Segmentation metrics after a frame-level decision (the folds' counts with emptied masks), with its rule;
+    "lesion_images_hidden" where it empties the masks of lesion images the masks alone found, "no_lesion_image_kept"
+    where no lesion image keeps a mask, and a "note" saying either (a mean Dice that rose because every lesion-free
+    frame scores 1 once emptied must not read as a better segmenter: helper's run, 0.131 -> 0.333 with 0 of 16 lesion
+    images shown). `before`: the same images' counts undecided."""
     from medcad.metrics.segmentation import segmentation_metrics
 
     after = _joined(per_fold)
@@ -153,17 +154,22 @@ def _decided(
     found_before = lesion & (np.asarray(before["pred_area"]) > 0)
     found_after = lesion & (np.asarray(after["pred_area"]) > 0)
     hidden = int((found_before & ~found_after).sum())
+    said = []
     if hidden:
         out["lesion_images_hidden"] = {"n": hidden, "of": int(found_before.sum()), "n_lesion_images": int(lesion.sum())}
-        said = f"The decision empties the masks of {hidden} of the {int(found_before.sum())} lesion images the "
-        said += f"masks alone found ({int(found_after.sum())} of {int(lesion.sum())} lesion images keep a mask)"
-        if not found_after.any():
-            said += (
-                f". No lesion image keeps a mask: the mean Dice ({metrics['dice']['value']:.3f}) is the lesion-free "
-                "images' alone (an emptied lesion-free frame scores 1); read the Dice over lesion images and the "
-                "lesion images found"
-            )
-        out["note"] = said + "."
+        said.append(
+            f"The decision empties the masks of {hidden} of the {int(found_before.sum())} lesion images the masks "
+            f"alone found ({int(found_after.sum())} of {int(lesion.sum())} lesion images keep a mask)"
+        )
+    if lesion.any() and not found_after.any():
+        out["no_lesion_image_kept"] = True
+        said.append(
+            f"No lesion image keeps a mask: the mean Dice ({metrics['dice']['value']:.3f}) comes from the lesion-free "
+            "images alone (an emptied lesion-free frame scores 1, every lesion image 0); read the Dice over lesion "
+            "images and the lesion images found"
+        )
+    if said:
+        out["note"] = ". ".join(said) + "."
     return out
 
 

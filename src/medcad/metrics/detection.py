@@ -42,7 +42,7 @@ from medcad.metrics.box_matching import (
     precision_recall_f1,
     safe_div,
 )
-from medcad.metrics.froc import FP_RATES, FROCTable
+from medcad.metrics.froc import FROCTable
 from medcad.metrics.stats import bootstrap_samples, macro_mean, mean_sd, percentile_ci, resamples_used
 
 COCO_IOUS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
@@ -344,6 +344,7 @@ def detection_metrics(
         "ap50": "ap50",
         "map": "map",
         **({"ap50_lesions": "ap50_lesions", "map_lesions": "map_lesions"} if lesion_means else {}),
+        **({"froc.cpm": "froc_cpm"} if froc.has_lesions else {}),
         "frame_level.macro_f1": "frame/macro_f1",
         "frame_level.macro_f1_with_background": "frame/macro_f1_with_background",
         **{f"frame_level.iou_thresholds.{name}.macro.f1": f"frame@{name}/macro_f1" for name in frame_correct},
@@ -367,7 +368,11 @@ def detection_metrics(
         "ap50_per_class": {lab: float(point["ap50_per_class"][0, j]) for j, lab in enumerate(labels)},
         "map_per_class": {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)},
         "iou_thresholds": {name: _box_section(c, stats, name, labels) for name, c in counts.items()},
-        **({"froc": _froc_section(froc, stats, labels, frame_classes)} if froc.has_lesions else {}),
+        **(
+            {"froc": froc.section(stats.point, stats.samples, labels, frame_classes, groups)}
+            if froc.has_lesions
+            else {}
+        ),
         "frame_level": frame,
         "bootstrap": {
             "n_boot": int(n_boot),
@@ -408,22 +413,6 @@ def _box_section(c: np.ndarray, stats: _Stats, name: str, labels: list[str]) -> 
             lab: {**{m: float(v[j]) for m, v in rates.items()}, "tp": int(tp[j]), "fp": int(fp[j]), "fn": int(fn[j])}
             for j, lab in enumerate(labels)
         },
-    }
-
-
-def _froc_section(froc: FROCTable, stats: _Stats, labels: list[str], frame_classes: Sequence[str]) -> dict[str, Any]:
-    """The FROC (`medcad.metrics.froc`): sensitivity at each false-positive rate with CIs, the CPM, the curve."""
-    return {
-        "iou": 0.5,
-        "classes": [lab for lab in labels if lab not in frame_classes],
-        "n_lesions": int(froc.truths_per_image.sum()),
-        "fp_per_image": list(FP_RATES),
-        "sensitivity": [
-            {"value": float(stats.point["froc_sensitivity"][0, j]), "ci95": stats.ci("froc_sensitivity", j)}
-            for j in range(len(FP_RATES))
-        ],
-        "cpm": stats.stat("froc_cpm"),
-        "curve": froc.point_curve(),
     }
 
 

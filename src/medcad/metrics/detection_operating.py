@@ -24,11 +24,11 @@ def f1_threshold(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], n_cl
         truths: per image (t, 5) [x0, y0, x1, y1, class_index].
         n_classes: number of classes (no background).
     """
-    table = FROCTable(preds, truths, np.ones(n_classes, bool))
+    table = FROCTable(preds, truths, np.ones(n_classes, bool), lesion_level=False)  # the boxes as F1 counts them
     if not table.has_lesions or not table.tp.any():
         return None
     tp = np.cumsum(table.tp)[table.ends]
-    fp = np.cumsum(~table.tp)[table.ends]
+    fp = np.cumsum(table.fp)[table.ends]
     f1 = 2 * tp / (2 * tp + fp + (table.truths_per_image.sum() - tp))
     return float(table.score[table.ends][int(np.argmax(f1))])
 

@@ -3,13 +3,16 @@ sensitivity against false positives per image), its sensitivities at fixed false
 CPM), and the pooled precision-recall curve (the threshold of the highest F1 is
 `medcad.metrics.detection_operating`'s).
 
-Boxes match as for AP (`medcad.metrics.box_matching.greedy_match`: class-aware, by decreasing score, each true box
-once) at IoU 0.5, over the lesion classes pooled (whole-frame classes such as normal left out). Because greedy
-matching never crosses images and a prediction's match depends only on higher-scored ones, each prediction's TP / FP
-flag is fixed at every threshold, and a bootstrap resample only reweights images.
+Boxes find lesions as LUNA16's evaluation counts them: by decreasing score, each true lesion box once
+(`medcad.metrics.box_matching.greedy_match`) at IoU 0.5, whatever lesion class a box names (the lesion classes
+pooled; whole-frame classes such as normal left out); a further box on a lesion already found is a double detection,
+neither a TP nor an FP. Because matching never crosses images and a prediction's match depends only on higher-scored
+ones, each prediction's flag is fixed at every threshold, and a bootstrap resample only reweights images.
 
-The sensitivity at a rate r is the highest the detector reaches at no more than r false positives per image (a step
-reading, no interpolation between operating points; 0 where even its best box is a false positive too often).
+The sensitivity at a rate r is the highest the detector reaches at no more than r false positives per image: a step
+reading, where LUNA16's script interpolates linearly between operating points (so this reading is never above it;
+0 where even its best box is a false positive too often). A box is found at IoU 0.5, where LUNA16 asks a candidate
+point to lie within the nodule's radius: the figures are read as LUNA16's are, not comparable to its.
 Sources: Bunch et al., "A free-response approach to the measurement and characterization of radiographic-observer
 performance", J Appl Photogr Eng 1978 (FROC); Setio et al., "Validation, comparison, and combination of algorithms
 for automatic detection of pulmonary nodules in CT images: the LUNA16 challenge", Med Image Anal 2017 (the CPM: mean
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medcad.metrics.box_matching import box_iou, greedy_match, safe_div
+from medcad.metrics.stats import ci_entry, part_units
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # false positives per image (LUNA16's CPM points)
 _MAX_CELLS = 4_000_000  # largest (resamples x predictions) block held at once
@@ -30,31 +34,49 @@ _MAX_CELLS = 4_000_000  # largest (resamples x predictions) block held at once
 
 class FROCTable:
     """One detector's ranking over N images reduced to what its FROC depends on: per prediction (lesion classes,
-    by decreasing score) its image and TP flag, the ends of tied-score runs, and the true lesion boxes per image.
+    by decreasing score) its image and whether it is a TP or an FP, the ends of tied-score runs, and the true lesion
+    boxes per image.
 
     Args:
         preds: per image (m, 6) [x0, y0, x1, y1, score, class_index], the full ranking.
         truths: per image (t, 5) [x0, y0, x1, y1, class_index].
         lesions: (K,) bool, the classes that are lesions (others, e.g. whole-frame normal boxes, are left out).
         iou: the IoU a prediction needs to find a true box.
+        lesion_level: the FROC's reading (LUNA16's evaluation): a box finds a lesion whatever lesion class it names,
+            and a further box on a lesion already found is a double detection, neither TP nor FP. False: the boxes'
+            own reading, as AP and box F1 count them (the class must agree; a second box on a lesion is an FP).
     """
 
     def __init__(
-        self, preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], lesions: np.ndarray, iou: float = 0.5
+        self,
+        preds: Sequence[np.ndarray],
+        truths: Sequence[np.ndarray],
+        lesions: np.ndarray,
+        iou: float = 0.5,
+        lesion_level: bool = True,
     ) -> None:
         lesion_classes = np.flatnonzero(np.asarray(lesions, dtype=bool))
-        flags, images, scores = [], [], []
+        hits, misses, images, scores = [], [], [], []
+        self.iou = iou
         self.truths_per_image = np.zeros(len(preds))
         for i, (p, t) in enumerate(zip(preds, truths, strict=True)):
             p, t = p[np.isin(p[:, 5], lesion_classes)], t[np.isin(t[:, 4], lesion_classes)]
-            flags.append(greedy_match(p, t, box_iou(p, t), iou)[0])
+            overlap = box_iou(p, t)
+            if lesion_level:  # one class: where the lesions are
+                tp = greedy_match(np.c_[p[:, :5], np.zeros(len(p))], np.c_[t[:, :4], np.zeros(len(t))], overlap, iou)[0]
+                double = ~tp & (overlap.max(axis=1, initial=0.0) >= iou)  # on a lesion a better box found
+            else:
+                tp, double = greedy_match(p, t, overlap, iou)[0], np.zeros(len(p), bool)
+            hits.append(tp)
+            misses.append(~tp & ~double)
             images.append(np.full(len(p), i))
             scores.append(p[:, 4])
             self.truths_per_image[i] = len(t)
         score = np.concatenate(scores) if scores else np.zeros(0)
         order = np.argsort(-score, kind="stable")
         self.score = score[order]
-        self.tp = np.concatenate(flags)[order] if flags else np.zeros(0, bool)
+        self.tp = np.concatenate(hits)[order] if hits else np.zeros(0, bool)
+        self.fp = np.concatenate(misses)[order] if misses else np.zeros(0, bool)
         self.image = np.concatenate(images)[order].astype(int) if images else np.zeros(0, int)
         # a threshold keeps a whole run of tied scores: the curve's points are at each run's last prediction
         self.ends = (
@@ -70,7 +92,7 @@ class FROCTable:
         """Under image weights w (B, N): (false positives per image, sensitivity, precision), each (B, P) at the P
         distinct score thresholds, highest first (the curve from its origin outwards)."""
         tp = w[:, self.image] * self.tp
-        fp = w[:, self.image] * ~self.tp
+        fp = w[:, self.image] * self.fp
         cum_tp, cum_fp = np.cumsum(tp, axis=1)[:, self.ends], np.cumsum(fp, axis=1)[:, self.ends]
         fpi = safe_div(cum_fp, w.sum(axis=1, keepdims=True))
         sens = safe_div(cum_tp, (w @ self.truths_per_image)[:, None])
@@ -89,6 +111,26 @@ class FROCTable:
                 sens_at[s : s + step, j] = np.where(reached > 0, last, 0.0)
         sens_at[(w @ self.truths_per_image) == 0] = np.nan
         return {"froc_sensitivity": sens_at, "froc_cpm": sens_at.mean(axis=1)}
+
+    def section(self, point: dict, samples: dict, labels: list[str], frame_classes: Sequence[str], groups) -> dict:
+        """The FROC as `medcad.metrics.detection.detection_metrics` reports it, from its bootstrap's `point` and
+        `samples` of this table's keys: sensitivity at each false-positive rate with CIs (expanded for the groups
+        holding lesions; exact where every resample gives 0 or 1, as `ci_entry` takes shares), the CPM, the curve."""
+        units = part_units(groups, {"lesions": self.truths_per_image > 0})["lesions"]
+
+        def entry(value: float, s: np.ndarray) -> dict:
+            return {"value": float(value), **ci_entry(s, units=units, proportion=True)}
+
+        sens = samples["froc_sensitivity"]
+        return {
+            "iou": self.iou,
+            "classes": [lab for lab in labels if lab not in frame_classes],
+            "n_lesions": int(self.truths_per_image.sum()),
+            "fp_per_image": list(FP_RATES),
+            "sensitivity": [entry(point["froc_sensitivity"][0, j], sens[:, j]) for j in range(len(FP_RATES))],
+            "cpm": entry(point["froc_cpm"][0], samples["froc_cpm"]),
+            "curve": self.point_curve(),
+        }
 
     def point_curve(self, max_points: int = 400) -> dict[str, list[float]]:
         """The curve on all images, for a figure: fp_per_image, sensitivity, precision and score at up to
