@@ -131,6 +131,11 @@ class RunFolder:
         return self.root / "report.html"
 
     @property
+    def model_card(self) -> Path:
+        """The model card's figures as measured (latency included), kept with what they were measured on."""
+        return self.root / "model_card.json"
+
+    @property
     def box_problems(self) -> Path:
         """Boxes clipped or dropped while reading a detection set, one per line."""
         return self.root / "box_problems.txt"
