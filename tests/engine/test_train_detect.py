@@ -72,6 +72,13 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     rows = json.loads(res.stdout)
     assert rows[0]["label"] in ("benign", "malignant", "background") and (out / f"{image.stem}_overlay.png").is_file()
     assert all(b[5] in ("benign", "malignant") and b[4] >= 0.2 for b in rows[0]["boxes"])
+    # at the run's validated operating point: boxes from the folds' mean threshold, said on stderr
+    res = runner.invoke(app, ["predict", str(run), str(image), "--operating-point", "f1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert f"boxes kept from score {vo['mean_threshold']:.3f}: the run's validated operating point 'f1'" in res.stderr
+    assert all(b[4] >= vo["mean_threshold"] for b in json.loads(res.stdout)[0]["boxes"])
+    res = runner.invoke(app, ["predict", str(run), str(image), "--operating-point", "youden"])
+    assert res.exit_code != 0 and "a detection run's is 'f1'" in res.output
     res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out), "--threshold", "0.0"])
     assert res.exit_code == 0 and "n_boxes" in res.output and "[[" not in res.output  # the boxes: predictions.csv's
     assert pd.read_csv(out / "predictions.csv")["boxes"].str.startswith("[[").all()

@@ -226,7 +226,8 @@ OperatingPointOpt = Annotated[
     typer.Option(
         help="Two-class classify / multitask runs: name the positive class at this validated operating point "
         "(youden, sens>=0.90, spec>=0.95, ...: the report's and `medcad serve`'s /model), its threshold chosen on "
-        "validation data; default: the most probable class."
+        "validation data; default: the most probable class. Detection runs: f1 keeps boxes from the score of the "
+        "highest box F1 on validation, in place of --threshold."
     ),
 ]
 LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]
@@ -340,6 +341,9 @@ def _serving_predictor(run, fold, backend, threads, threshold, device, operating
         run, fold, backend, device, operating_point, images, threads=threads, threshold=threshold
     )
     decision = [f"decision: {class_decision(predictor)}"] if predictor.cut else []
+    if predictor.operating_point and not predictor.cut:  # a detector at its validated box-score threshold
+        decision = [f"boxes kept from score {predictor.threshold:.3f}: the run's validated operating point "
+                    f"{predictor.operating_point!r} (in place of --threshold)"]  # fmt: skip
     _say_notes([f"backend {predictor.backend}: {predictor.backend_choice['reason']}", *decision])
     return predictor
 

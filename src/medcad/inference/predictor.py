@@ -119,6 +119,42 @@ def validated_cut(run: Path, fold: int | None, rule: str) -> tuple[str, float]:
     return positive, float(threshold)
 
 
+DETECTION_RULE = "f1"  # a detector's validated operating point: the box score of the highest F1 on validation
+
+
+def validated_score_threshold(run: Path, fold: int | None, rule: str) -> float:
+    """A detection run's validated box-score threshold (`rule` "f1": the score of the highest box F1 at IoU 0.5 on the
+    validation part, metrics.json's `validated_operating_point`): the fold models' mean for their ensemble, fold k's
+    own for `fold` k or for a fold's model file given as `run`.
+
+    Raises:
+        ConfigError: another rule, a model file outside its run folder, a run trained before detectors chose one, or
+            a fold whose validation part gave none.
+    """
+    run = Path(run)
+    if rule != DETECTION_RULE:
+        raise ConfigError(f"operating point {rule!r}: a detection run's is {DETECTION_RULE!r} (its box-score threshold "
+                          "of the highest F1 on validation)")  # fmt: skip
+    if run.is_file() and fold_of(run) is not None:
+        fold, run = fold_of(run), run.parent.parent
+    metrics = RunFolder(run).metrics if run.is_dir() else None
+    found = json.loads(metrics.read_text()).get("validated_operating_point") if metrics and metrics.is_file() else None
+    if not found:
+        raise ConfigError(
+            f"{run}: no validated box-score threshold (detection runs choose one on validation since 2026-12-06; a "
+            "run trained before has none: train it again, or set --threshold)"
+        )
+    if fold is None:
+        return float(found["mean_threshold"])
+    threshold = found["thresholds"][fold] if 0 <= fold < len(found["thresholds"]) else None
+    if threshold is None:
+        raise ConfigError(
+            f"operating point {rule!r}: fold {fold}'s validation part gave no threshold (no box found a true one "
+            "there); set --threshold"
+        )
+    return float(threshold)
+
+
 class Predictor:
     """Base of every task's predictor (see the module docstring). Subclasses set `tasks` and implement
     `infer_torch`, `graph` (the exportable network, float32 (N, 3, S, S) 0..255 -> the tensors `graph_outputs`
@@ -223,7 +259,8 @@ class Predictor:
     def decide_at(self, operating_point: str | None, cut: tuple[str, float] | None) -> Predictor:
         """Name the class at a validated operating point (`validated_cut`: the positive class when its
         temperature-scaled probability reaches the rule's threshold, else the other class), or, with None, the most
-        probable class. Returns the predictor."""
+        probable class; a detector's operating point (`validated_score_threshold`, set as its threshold at load) is
+        recorded with `cut` None. Returns the predictor."""
         self.operating_point, self.cut = operating_point, cut
         return self
 

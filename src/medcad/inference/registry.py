@@ -7,7 +7,8 @@ from pathlib import Path
 
 from medcad.checkpoint import run_task
 from medcad.inference.export import ensure_export, export_onnx
-from medcad.inference.predictor import Predictor, validated_cut
+from medcad.inference.predictor import Predictor, validated_cut, validated_score_threshold
+from medcad.tasks import get_task
 
 # The predictor class of each task, imported when a run of that task is loaded (the detector's imports torchvision,
 # ~1 s of a one-image predict); each class declares the tasks it serves (`Predictor.tasks`), a test holds them equal.
@@ -41,13 +42,17 @@ def load_predictor(
     `predictor.backend_choice`) or a name of `Predictor`; `device` "auto" (the default: the first GPU if any, as
     predict and serve; evaluate --data, explain and the shortcut check follow it), "cpu" or "cuda[:N]";
     `operating_point`: a two-class run's validated operating point to decide the class at (`Predictor.decide_at`),
-    checked before anything loads; `images`: how many images the caller will predict (video frames count; None:
+    or a detection run's ("f1": its validated box-score threshold in place of `threshold`), checked before anything
+    loads; `images`: how many images the caller will predict (video frames count; None:
     unknown or many, as serve), with "auto" and nothing measured before, fewer than `backends.MEASURE_FROM` run on
     torch-fp32 unmeasured (`backends.unmeasured_choice`); other kwargs as for `Predictor`.
 
     Raises:
         ConfigError: the run has no such operating point (see `validated_cut`).
     """
+    if operating_point and "boxes" in get_task(run_task(Path(run))).outputs:  # a detector: its box-score threshold
+        kwargs["threshold"] = validated_score_threshold(Path(run), fold, operating_point)
+        return _load(run, fold, backend, device, images, **kwargs).decide_at(operating_point, None)
     cut = validated_cut(Path(run), fold, operating_point) if operating_point else None
     return _load(run, fold, backend, device, images, **kwargs).decide_at(operating_point, cut)
 
