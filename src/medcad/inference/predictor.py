@@ -137,8 +137,13 @@ def validated_score_threshold(run: Path, fold: int | None, rule: str) -> float:
                           "of the highest F1 on validation)")  # fmt: skip
     if run.is_file() and fold_of(run) is not None:
         fold, run = fold_of(run), run.parent.parent
-    metrics = RunFolder(run).metrics if run.is_dir() else None
-    found = json.loads(metrics.read_text()).get("validated_operating_point") if metrics and metrics.is_file() else None
+    if run.is_file():
+        raise ConfigError(
+            f"{run}: a model file on its own holds no validation figures; give its run folder (or RUN/fold_k/model.pt "
+            "inside it), or set --threshold"
+        )
+    metrics = RunFolder(run).metrics
+    found = json.loads(metrics.read_text()).get("validated_operating_point") if metrics.is_file() else None
     if not found:
         raise ConfigError(
             f"{run}: no validated box-score threshold (detection runs choose one on validation since 2026-12-06; a "

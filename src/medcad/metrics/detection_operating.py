@@ -55,9 +55,9 @@ def validated_operating_point(
         groups, frame_classes, n_boot: as `detection_metrics`.
 
     Returns:
-        {rule, thresholds, folds_without_threshold, mean_threshold (what `medcad predict --threshold` would take),
-        iou_thresholds (P / R / F1 with CIs at each IoU, as `detection_metrics`), frame_level ({accuracy,
-        macro_f1})}.
+        {rule, thresholds, folds_without_threshold, mean_threshold (what `medcad predict --operating-point f1`
+        applies to the ensemble), iou_thresholds (P / R / F1 with CIs at each IoU, as `detection_metrics`),
+        frame_level ({accuracy, macro_f1})}.
     """
     used = [SCORE_THRESHOLD if t is None else float(t) for t in thresholds]
     per_image = np.repeat(used, n_per_fold)
