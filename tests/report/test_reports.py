@@ -378,3 +378,44 @@ def test_the_report_gives_the_flow_of_images_the_run_left_out(easy_set: Path, tm
     html = write_report(tmp_path / "run").read_text()
     assert "Flow of images (data_ledger.csv lists each): 24 used;\n1 left out by the run's read (1 " in html
     assert "e.g. lesion/gone.png: " in html
+
+
+def test_the_report_scores_the_run_again_without_images_under_two_labels(easy_set: Path, tmp_path: Path) -> None:
+    """An image copied under both labels (as BUSI holds 8 such groups) stays in the run, named by the audit; the
+    report adds the headline figures without those images, recomputed here from predictions.csv."""
+    import shutil
+
+    import numpy as np
+
+    from medcad.config import TrainConfig
+    from medcad.engine.train import train_run
+    from medcad.metrics.classification import classification_metrics
+    from medcad.report.html import write_report
+    from medcad.report.run_report import collect_run
+
+    for k in (0, 1):
+        shutil.copy(easy_set / "lesion" / f"{k}.png", easy_set / "normal" / f"copy{k}.png")
+    cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+    train_run(easy_set, tmp_path / "run", cfg, progress=False)
+    r = collect_run(tmp_path / "run")
+    wl = r["without_cross_label"]
+    groups = r["audit"]["cross_label_duplicates"]
+    doubtful = {k for g in groups for k in g}
+    assert {"lesion/0.png", "lesion/1.png", "normal/copy0.png", "normal/copy1.png"} <= doubtful
+    pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    kept = pred[~pred["image"].isin(doubtful)]
+    assert (
+        wl["n_left_out"] == len(doubtful)
+        and wl["n_groups"] == len(groups)
+        and wl["n"] == len(kept) == 26 - len(doubtful)
+    )
+    by_hand = classification_metrics(
+        kept["label"].map(r["labels"].index).to_numpy(),
+        kept[["p_lesion", "p_normal"]].to_numpy(),
+        r["labels"],
+        n_boot=0,
+    )
+    assert wl["accuracy"]["value"] == pytest.approx(by_hand["accuracy"]["value"])
+    assert wl["macro_auc"]["value"] == pytest.approx(by_hand["macro_auc"]["value"])
+    assert np.isfinite(wl["accuracy"]["ci95"]).all()
+    assert f"a sensitivity analysis on {wl['n']} images" in write_report(tmp_path / "run").read_text()

@@ -213,11 +213,44 @@ def collect_run(run: Path, gallery: bool = True, shared: dict | None = None) -> 
         "outputs": list(get_task(cfg.task).outputs),  # what the task predicts: probabilities, mask, boxes
         "shortcut": shortcut,
         "external": external,  # evaluate --data: the run's models on other sets
+        "without_cross_label": _without_cross_label(pred, findings, labels, splits, metrics),
     }
     from medcad.report.checklist import checklist
 
     out["checklist"] = checklist(out, run)
     return out
+
+
+def _without_cross_label(pred, findings: dict, labels: list[str], splits: dict, metrics: dict) -> dict | None:
+    """The headline classification figures again without the images of near-duplicate groups under two labels (the
+    audit's `cross_label_duplicates`): a sensitivity analysis, since one label of each such pair is wrong or the
+    images differ where the duplicate test cannot tell (BUSI has 8 groups). None for other tasks or where there are
+    none among the scored images."""
+    from medcad.metrics.classification import classification_metrics
+
+    names = [f"p_{lab}" for lab in labels]
+    if "confusion_matrix" not in metrics or pred is None or not set(names) <= set(pred.columns):
+        return None
+    doubtful = {k for g in findings.get("cross_label_duplicates") or [] for k in g}
+    left_out = pred["image"].isin(doubtful).to_numpy()
+    kept = pred[~left_out]
+    if not left_out.any() or kept["label"].nunique() < 2:
+        return None
+    groups = splits.get("groups") or {}
+    m = classification_metrics(
+        kept["label"].map(labels.index).to_numpy(),
+        kept[names].to_numpy(dtype=float),
+        labels,
+        groups=[groups.get(k) for k in kept["image"]] if groups else None,
+        positive=pooled_positive(metrics),
+    )
+    n_groups = sum(1 for g in findings["cross_label_duplicates"] if set(g) & set(pred["image"]))
+    return {
+        "n_left_out": int(left_out.sum()),
+        "n_groups": n_groups,
+        "n": int(len(kept)),
+        **{k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
+    }
 
 
 def _fold_sizes(folder: RunFolder, splits: dict, manifest: Manifest, task: Task) -> list[dict]:
