@@ -123,3 +123,18 @@ def test_a_mask_of_another_label_is_not_made_a_one_class_detectors_class(tmp_pat
     assert labels == ["polyp"] and arrays[0][:, 4].tolist() == [0]
     with pytest.raises(DataError, match="box label 'benign' is not one of the detection classes"):
         manifest_boxes(manifest, 32, ["polyp"])
+
+
+def test_boxes_that_are_lines_or_specks_are_kept_and_named_with_the_box_they_lie_in() -> None:
+    """Kvasir-SEG's JSON holds 129x1, 61x1, 3x134 and 2x2 px boxes inside real ones: a run keeps them (they are the
+    annotator's) but names each, and the box it lies inside; a box of 16 px or more and 2 px across is not named."""
+    from medcad.data.boxes import checked_boxes
+
+    boxes = [[0, 0, 50, 50, "polyp"], [10, 10, 12, 12, "polyp"], [60, 5, 60.5, 40, "polyp"], [70, 70, 74, 74, "polyp"]]
+    kept, said = checked_boxes(boxes, 100, 100)
+    assert len(kept) == 4
+    assert said == [
+        "box [10.0, 10.0, 12.0, 12.0] (polyp) is 2x2 px: a line or a speck, not a lesion's extent?, inside box "
+        "[0.0, 0.0, 50.0, 50.0]; kept",
+        "box [60.0, 5.0, 60.5, 40.0] (polyp) is 0.5x35 px: a line or a speck, not a lesion's extent?; kept",
+    ]

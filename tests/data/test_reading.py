@@ -176,25 +176,33 @@ def test_the_audit_names_masks_of_specks_alone_and_specks_beside_a_lesion(tmp_pa
     save(root / "x" / "3_mask_1.png", alone)
     r = audit(load_manifest(root), interface="none")
     assert r["speck_only_masks"] == [
-        ["x/2.png", "x/2_mask.png", "its whole lesion is 2 region(s) of under 16 px (3 px)"]
+        ["x/2.png", "x/2_mask.png", "its whole lesion is 2 region(s) of under 16 px (3 px; the first at x 4, y 3)"]
     ]
     assert r["speck_masks"] == [
-        ["x/1.png", "x/1_mask.png", "1 of its 2 lesion regions are under 16 px (1 px)"],
-        ["x/3.png", "x/3_mask.png + x/3_mask_1.png", "2 of its 3 lesion regions are under 16 px (3 px)"],
+        ["x/1.png", "x/1_mask.png", "1 of its 2 lesion regions is under 16 px (1 px; the first at x 28, y 28)"],
+        [
+            "x/3.png",
+            "x/3_mask.png + x/3_mask_1.png",
+            "2 of its 3 lesion regions are under 16 px (3 px; the first at x 4, y 3)",
+        ],
     ]
 
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), p=st.floats(0.01, 0.6))
-def test_lesion_regions_are_scipys_eight_connected_components(seed: int, p: float) -> None:
+def test_lesion_components_are_scipys_eight_connected_components(seed: int, p: float) -> None:
     from scipy import ndimage
 
-    from medcad.data.masks import SPECK_AREA, lesion_regions
+    from medcad.data.masks import lesion_components
 
     mask = np.random.default_rng(seed).random((24, 30)) < p
     labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    areas = np.bincount(labelled.ravel())[1:]
-    assert lesion_regions(mask) == (n, int((areas < SPECK_AREA).sum()), int(areas[areas < SPECK_AREA].sum()))
+    boxes = ndimage.find_objects(labelled)
+    want = sorted(
+        (b[1].start, b[0].start, b[1].stop - b[1].start, b[0].stop - b[0].start, int((labelled == k + 1).sum()))
+        for k, b in enumerate(boxes)
+    )
+    assert sorted(map(tuple, lesion_components(mask).tolist())) == want
 
 
 # 2. orientation tags -----------------------------------------------------------------------------------------------

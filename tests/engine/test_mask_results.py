@@ -35,7 +35,7 @@ def test_the_decision_names_the_lesion_images_it_hides(n: int, seed: int, thresh
         return
     want = {"n": hidden.sum(), "of": (lesion & found).sum(), "n_lesion_images": lesion.sum()}
     assert out["lesion_images_hidden"] == want
-    assert f"empties the masks of {hidden.sum()} of the {(lesion & found).sum()} lesion images" in out["note"]
+    assert f"empties the masks of {hidden.sum()} of the {(lesion & found).sum()} lesion images given" in out["note"]
 
 
 def test_a_segmenter_that_marks_only_lesion_free_frames_is_said_to_keep_no_lesion() -> None:
@@ -70,4 +70,5 @@ def test_the_note_reaches_the_console() -> None:
     print_metrics({"segmentation": seg, "n_images": 10}, console=c)
     text = c.export_text()
     assert "Frame-level decision (max mean Dice): The decision empties the masks of 4 of the 4 lesion images" in text
+    assert "given lesion pixels by the masks alone (0 of 4 lesion images keep a mask)" in text
     assert "No lesion image keeps a mask" in text

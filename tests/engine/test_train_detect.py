@@ -77,6 +77,8 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert res.exit_code == 0, res.output
     assert f"boxes kept from score {vo['mean_threshold']:.3f}: the run's validated operating point 'f1'" in res.stderr
     assert all(b[4] >= vo["mean_threshold"] for b in json.loads(res.stdout)[0]["boxes"])
+    res = runner.invoke(app, ["predict", str(run), str(image), "--operating-point", "f1", "--fold", "5"])
+    assert res.exit_code != 0 and "fold 5 does not exist: this run has folds 0" in res.output
     res = runner.invoke(app, ["predict", str(run), str(image), "--operating-point", "youden"])
     assert res.exit_code != 0 and "a detection run's is 'f1'" in res.output
     res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out), "--threshold", "0.0"])

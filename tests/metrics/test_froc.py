@@ -122,6 +122,9 @@ def test_detection_metrics_report_the_froc_of_lesion_classes_alone() -> None:
     c = f["curve"]
     assert c["fp_per_image"] == sorted(c["fp_per_image"]) and c["sensitivity"] == sorted(c["sensitivity"])
     assert c["score"] == sorted(c["score"], reverse=True)
+    for rate, s in zip(f["fp_per_image"], f["sensitivity"], strict=True):  # the drawn step reads as the table
+        on_curve = [v for x, v in zip(c["fp_per_image"], c["sensitivity"], strict=True) if x <= rate]
+        assert (on_curve[-1] if on_curve else 0.0) == pytest.approx(s["value"], abs=1e-5)
     # no lesion box anywhere: no FROC
     only_normal = [t[t[:, 4] == 1] for t in truths]
     assert "froc" not in detection_metrics(preds, only_normal, ["polyp", "normal"], frame_classes=["normal"], n_boot=0)
@@ -183,3 +186,19 @@ def test_the_console_and_figure_show_the_froc_after_a_json_round_trip() -> None:
     assert froc_png(m["froc"])[:4] == b"\x89PNG"
     empty = json.loads(json.dumps(detection_metrics([np.zeros((0, 6))] * 40, truths, ["polyp"], n_boot=0)))
     assert froc_png(empty["froc"])[:4] == b"\x89PNG"
+
+
+def test_a_long_curve_keeps_the_corners_the_table_reads() -> None:
+    """With thousands of thresholds the stored curve is thinned to the points where the sensitivity rises (400
+    evenly spaced points had drawn it below the table: 0.050 at 1/4 FP per image against 0.071)."""
+    preds, truths = _scene(8, 300, 1)
+    rng = np.random.default_rng(1)
+    preds = [np.c_[p[:, :4], rng.random(len(p)), p[:, 5]] for p in preds]  # distinct scores: one threshold each
+    table = FROCTable(preds, truths, np.ones(1, bool))
+    c, got = table.point_curve(), table(np.ones((1, 300)))["froc_sensitivity"][0]
+    assert len(table.ends) > 400 and len(c["score"]) < len(table.ends)
+    steps = np.unique(np.round(table.curve(np.ones((1, 300)))[1][0], 5))
+    assert set(steps) <= set(c["sensitivity"]) | {0.0}  # every level the step reaches is drawn
+    for rate, value in zip(FP_RATES, got, strict=True):
+        on_curve = [v for x, v in zip(c["fp_per_image"], c["sensitivity"], strict=True) if x <= rate]
+        assert (on_curve[-1] if on_curve else 0.0) == pytest.approx(value, abs=1e-5)

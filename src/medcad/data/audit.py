@@ -34,7 +34,7 @@ from medcad.data.labelmaps import (
     resolve_mask_labels,
 )
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import SPECK_AREA, background_as_lesion, decode_mask, lesion_regions, sample_mask_pages
+from medcad.data.masks import SPECK_AREA, background_as_lesion, decode_mask, lesion_components, sample_mask_pages
 from medcad.errors import ConfigError, DataError
 
 
@@ -77,22 +77,23 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
 
 def _specks(mask: np.ndarray, rel: str) -> list[tuple[str, str, str]]:
     """A mask's specks (lesion regions under `SPECK_AREA` px): "speck_only" when they are its whole lesion (a slip
-    of the pen, or a lesion drawn a pixel wide?), "specks" beside a larger lesion (stray marks)."""
-    regions, specks, pixels = lesion_regions(mask)
-    if not specks:
+    of the pen, or a lesion drawn a pixel wide?), "specks" beside a larger lesion (stray marks, e.g. Kvasir-SEG's
+    lone corner pixel), with where the first lies."""
+    regions = lesion_components(mask)
+    small = regions[regions[:, 4] < SPECK_AREA]
+    if not len(small):
         return []
-    if specks == regions:
-        return [("speck_only", rel, f"its whole lesion is {specks} region(s) of under {SPECK_AREA} px ({pixels} px)")]
-    return [("specks", rel, f"{specks} of its {regions} lesion regions are under {SPECK_AREA} px ({pixels} px)")]
-
-
-THIN_BOX = 2.0  # px: a box narrower or lower than this is a line, not a lesion's extent
+    at = f"{int(small[:, 4].sum())} px; the first at x {small[0, 0]}, y {small[0, 1]}"
+    if len(small) == len(regions):
+        return [("speck_only", rel, f"its whole lesion is {len(small)} region(s) of under {SPECK_AREA} px ({at})")]
+    verb = "is" if len(small) == 1 else "are"
+    return [("specks", rel, f"{len(small)} of its {len(regions)} lesion regions {verb} under {SPECK_AREA} px ({at})")]
 
 
 def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[str]]:
     """The boxes a detection run would clip or drop (`clean_boxes` against each image's size: [image, what]) or
-    keep as lines (under `THIN_BOX` px across), and the images whose boxes would all be dropped (a detection run
-    stops on them: `medcad.targets`)."""
+    keep though they are lines or specks (`medcad.data.boxes.THIN_BOX`, `SPECK_AREA`), and the images whose boxes
+    would all be dropped (a detection run stops on them: `medcad.targets`)."""
     problems, unusable = [], []
     for i in range(len(manifest)):
         boxes = manifest.boxes(i)
@@ -100,11 +101,6 @@ def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[s
             continue
         kept, said = checked_boxes(boxes, fps[i].width, fps[i].height)
         problems += [[manifest.keys[i], text] for text in said]
-        for x0, y0, x1, y1, label in kept:
-            if min(x1 - x0, y1 - y0) < THIN_BOX:
-                box = [round(v, 1) for v in (x0, y0, x1, y1)]
-                text = f"box {box} ({label}) is {x1 - x0:g}x{y1 - y0:g} px, under {THIN_BOX:g} px across: a line? kept"
-                problems.append([manifest.keys[i], text])
         if boxes and not kept:
             unusable.append(manifest.keys[i])
     return problems, unusable

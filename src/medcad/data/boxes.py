@@ -87,7 +87,29 @@ def checked_boxes(boxes: list[list], width: int, height: int) -> tuple[list[list
         if clipped:
             problems.append(f"box {shown} ({label}) outside the {width}x{height} image, clipped")
         kept.append([cx0, cy0, cx1, cy1, label])
-    return kept, problems
+    return kept, problems + _doubtful(kept)
+
+
+THIN_BOX = 2.0  # px: a box narrower or lower than this is a line, not a lesion's extent
+
+
+def _doubtful(kept: list[list]) -> list[str]:
+    """Kept boxes under `THIN_BOX` px across or `SPECK_AREA` px in area (Kvasir-SEG's JSON has 129x1, 61x1, 3x134,
+    2x2 px boxes, each inside a real one): kept, but named, with the box they lie inside where there is one (they
+    count as lesions nobody can find, and cap a detector's sensitivity)."""
+    said = []
+    for box in kept:
+        x0, y0, x1, y1, label = box
+        w, h = x1 - x0, y1 - y0
+        if min(w, h) >= THIN_BOX and w * h >= SPECK_AREA:
+            continue
+        inside = next(
+            (o for o in kept if o is not box and o[0] <= x0 and o[1] <= y0 and o[2] >= x1 and o[3] >= y1), None
+        )
+        within = f", inside box {[round(v, 1) for v in inside[:4]]}" if inside else ""
+        shown = [round(v, 1) for v in (x0, y0, x1, y1)]
+        said.append(f"box {shown} ({label}) is {w:g}x{h:g} px: a line or a speck, not a lesion's extent?{within}; kept")
+    return said
 
 
 def scale_boxes(boxes: list[list], from_wh: tuple[int, int], to_size: int | tuple[int, int]) -> list[list]:

@@ -34,14 +34,6 @@ def lesion_components(mask: np.ndarray) -> np.ndarray:
     return stats[1:n]
 
 
-def lesion_regions(mask: np.ndarray) -> tuple[int, int, int]:
-    """(regions, specks, speck pixels) of a lesion mask (H, W): its connected lesion regions (`lesion_components`),
-    how many of them are specks (under `SPECK_AREA` pixels), and their pixels."""
-    areas = lesion_components(mask)[:, 4]
-    small = areas < SPECK_AREA
-    return len(areas), int(small.sum()), int(areas[small].sum())
-
-
 def background_as_lesion(mask: np.ndarray) -> str:
     """Whether a mask paints the background as lesion: 'full_frame' when its lesion covers (nearly) the whole frame
     (`FULL_FRAME`), 'inverted' when it covers over half of the frame and (nearly) its whole border

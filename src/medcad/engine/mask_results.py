@@ -158,8 +158,8 @@ def _decided(
     if hidden:
         out["lesion_images_hidden"] = {"n": hidden, "of": int(found_before.sum()), "n_lesion_images": int(lesion.sum())}
         said.append(
-            f"The decision empties the masks of {hidden} of the {int(found_before.sum())} lesion images the masks "
-            f"alone found ({int(found_after.sum())} of {int(lesion.sum())} lesion images keep a mask)"
+            f"The decision empties the masks of {hidden} of the {int(found_before.sum())} lesion images given lesion "
+            f"pixels by the masks alone ({int(found_after.sum())} of {int(lesion.sum())} lesion images keep a mask)"
         )
     if lesion.any() and not found_after.any():
         out["no_lesion_image_kept"] = True

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medcad import usable_cores
-from medcad.checkpoint import build_model, read_models
+from medcad.checkpoint import build_model, fold_model_files, read_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
 from medcad.data.io import read_image
@@ -151,6 +151,7 @@ def validated_score_threshold(run: Path, fold: int | None, rule: str) -> float:
         )
     if fold is None:
         return float(found["mean_threshold"])
+    fold_model_files(run, fold)  # a fold the run does not have is named as predict names it
     threshold = found["thresholds"][fold] if 0 <= fold < len(found["thresholds"]) else None
     if threshold is None:
         raise ConfigError(

@@ -12,7 +12,7 @@ from medcad.metrics.compare import at_floor, p_floor
 
 _FRAME_DECISIONS = (
     ("frame_decision", "max mean Dice"),
-    ("frame_decision_specificity", "lesion-free frames kept"),
+    ("frame_decision_specificity", "specificity target"),
 )  # a segmentation run's frame-level decisions, as titled
 
 
