@@ -60,6 +60,8 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(csv.parent), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["n_images"] == 30
+    ext = json.loads(res.stdout)["validated_operating_point"]  # at the threshold --operating-point f1 deploys
+    assert ext["thresholds"] == [pytest.approx(m["validated_operating_point"]["mean_threshold"])]
     external = pd.read_csv(run / "evaluations" / csv.parent.name / "predictions.csv", keep_default_na=False)
     assert len(external) == 30 and {"true_frame", "predicted_frame", "top_score", "detections"} <= set(external)
     listed = [b for d in external["detections"] for b in json.loads(d)]  # it had held the image column alone

@@ -82,7 +82,7 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         if r:
             at = ", ".join("—" if t is None else f"{t:.3f}" for t in vo["thresholds"])
             head.add_row(
-                f"boxes: P / R / F1 at IoU 0.5, each fold's validated threshold ({at})",
+                f"boxes: P / R / F1 at IoU 0.5, validated score threshold ({at})",
                 f"{r['precision']:.3f} / {r['recall']:.3f} / {_fmt({'value': r['f1'], 'ci95': r['ci95']['f1']})}",
             )
     if m.get("froc"):

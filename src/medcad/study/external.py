@@ -127,6 +127,7 @@ def evaluate_external(
             manifest.keys, out["boxes"], targets.boxes, labels, metrics["score_threshold"], targets.image_sizes,
             cfg.image_size,
         )  # fmt: skip
+        metrics |= _validated_boxes(run, out["boxes"], targets, labels, groups)
     if out.get("probabilities") is not None and multi:
         from medcad.metrics.multilabel import multilabel_metrics
 
@@ -315,6 +316,25 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg, fps: list) -> tuple[l
     for key, other in near:  # one pair per image of the set
         first.setdefault(key, other)
     return exact, sorted(first.items()), ""
+
+
+def _validated_boxes(run: Path, boxes: list, targets, labels: list[str], groups: np.ndarray) -> dict:
+    """A detection run's boxes on this set also at its validated operating point, as `predict --operating-point
+    f1` deploys them (the folds' mean score threshold; TRIPOD+AI asks for external figures at the prespecified
+    threshold): {"validated_operating_point": ...}, or {} for a run without one."""
+    from medcad.errors import ConfigError
+    from medcad.inference.predictor import DETECTION_RULE, validated_score_threshold
+    from medcad.metrics.detection_operating import validated_operating_point
+
+    try:
+        threshold = validated_score_threshold(Path(run), None, DETECTION_RULE)
+    except ConfigError:
+        return {}
+    found = validated_operating_point(
+        boxes, targets.boxes, labels, [threshold], [len(boxes)], groups=groups, frame_classes=targets.frame_classes
+    )
+    rule = f"the run's validated operating point {DETECTION_RULE!r}: the folds' mean threshold, as predict applies it"
+    return {"validated_operating_point": found | {"rule": rule}}
 
 
 def _frame_decision(predictor, out: dict, labels: list[str]) -> tuple[str, float, np.ndarray] | None:
