@@ -569,3 +569,27 @@ def test_a_row_naming_a_link_to_a_missing_file_is_named_once(tmp_path: Path) -> 
     m = load_manifest(tmp_path / "m.csv", allow_missing=True)
     named = [p for p, _ in m.ledger.left_out + m.ledger.unread if p.endswith("gone.png")]
     assert named == ["img/gone.png"] and len(m) == 2
+
+
+def test_a_mask_moved_away_or_a_boxed_image_without_a_mask_is_no_lesion_free_frame(tmp_path: Path) -> None:
+    """A mask that is a link to a moved file leaves its image maskless: the read says so, even with --missing-masks
+    empty (which had trained such a polyp as lesion-free); an image with boxes and no mask is refused alike."""
+    from medcad.data.datasets import read_sample_mask
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 4:12] = 255
+    for k in range(3):
+        save(tmp_path / "images" / f"p{k}.png", noise_image(k))
+        if k:
+            save(tmp_path / "masks" / f"p{k}.png", mask)
+    (tmp_path / "masks" / "p0.png").symlink_to(tmp_path / "moved" / "p0.png")
+    m = load_manifest(tmp_path)
+    i = m.keys.index("images/p0.png")
+    for missing in ("error", "empty"):
+        with pytest.raises(DataError, match=r"has no mask: its mask masks/p0.png is a link to a missing file"):
+            read_sample_mask(m, i, missing)
+    (tmp_path / "masks" / "p0.png").unlink()
+    m = load_manifest(tmp_path)
+    m.table.loc[m.table["image"] == "images/p0.png", "boxes"] = '[[2, 2, 20, 20, "polyp"]]'
+    with pytest.raises(DataError, match=r"has boxes \(a lesion\) but no mask: --missing-masks empty would train"):
+        read_sample_mask(m, m.keys.index("images/p0.png"), "empty")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -20,6 +21,7 @@ from medcad.data.cache import cache_dir, filling
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
 from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
+from medcad.data.ledger import BROKEN_LINK
 from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import read_mask, sample_mask_pages
 from medcad.errors import DataError, UnreadableSamples
@@ -161,6 +163,15 @@ def read_sample_mask(
     w, h = image_size(image, manifest.frame(i))
     paths = manifest.mask_paths(i)
     if not paths:
+        gone = _moved_mask(manifest, image)
+        if gone:  # its mask is there as a link to a file since moved: the image is no lesion-free one
+            raise DataError(image, f"has no mask: its mask {gone} is a link to a missing file; restore the file")
+        if missing == "empty" and manifest.boxes(i):
+            raise DataError(
+                image,
+                "has boxes (a lesion) but no mask: --missing-masks empty would train it as lesion-free; add its "
+                "mask, or use --missing-masks leave-out to leave it out (named)",
+            )
         if missing == "empty":
             return np.zeros((h, w), np.uint8 if classes else bool)
         raise DataError(
@@ -175,6 +186,17 @@ def read_sample_mask(
             paths[0], f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is {w}x{h}; masks must match"
         )
     return mask
+
+
+def _moved_mask(manifest: Manifest, image: Path) -> str | None:
+    """A link to a missing file the read named (the ledger's) that is named as `image`'s mask would be (its stem,
+    or its stem and a mask word: 'x.png' for images/x.jpg, 'x_mask.png'), or None."""
+    unread = manifest.ledger.unread if manifest.ledger else ()
+    for path, why in unread:
+        stem = Path(path).stem
+        if why.startswith(BROKEN_LINK) and (stem == image.stem or stem.startswith(f"{image.stem}_")):
+            return path
+    return None
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
