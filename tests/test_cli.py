@@ -151,3 +151,12 @@ def test_data_inspect_writes_no_file_unless_asked(class_folders: Path, tmp_path:
     assert sorted(p.name for p in class_folders.iterdir()) == before and "not written" in res.output
     res = runner.invoke(app, ["data", "inspect", ".", "--out", str(tmp_path / "m.csv")])
     assert res.exit_code == 0 and (tmp_path / "m.csv").is_file()
+
+
+def test_folds_and_holdout_together_are_refused_before_anything_is_written(class_folders: Path, tmp_path: Path) -> None:
+    """--folds 2 --holdout 0.2 had trained a holdout split with --folds unsaid (config.json: folds None)."""
+    res = runner.invoke(
+        app, ["train", str(class_folders), "--folds", "2", "--holdout", "0.2", "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code != 0 and "--folds 2 and --holdout 0.2 ask for two kinds of split" in res.output
+    assert not (tmp_path / "r").exists()

@@ -171,6 +171,11 @@ def train(
 
             check_model_name(settings["model"])
             overrides = {**settings, **options.given()}
+            if holdout is not None and folds is not None:  # it had trained a holdout split, --folds unsaid
+                raise ConfigError(
+                    f"--folds {folds} and --holdout {holdout:g} ask for two kinds of split: give one (--folds k for "
+                    "k-fold cross-validation, --holdout f for one test part of that share)"
+                )
             if holdout is not None:
                 overrides["holdout"] = holdout
             elif folds is not None:
