@@ -405,3 +405,12 @@ def test_an_image_given_twice_is_predicted_once_and_an_empty_video_is_said_empty
     (tmp_path / "empty.mp4").write_bytes(b"")
     res = runner.invoke(app, ["predict", str(tiny_run), str(tmp_path / "empty.mp4"), "-o", str(tmp_path / "o2")])
     assert res.exit_code == 1 and "empty.mp4: file is empty (0 bytes)" in res.output, res.output
+
+
+def test_predict_names_a_link_to_a_moved_file(tmp_path: Path) -> None:
+    """A link whose file has moved is said as such (it had read "file not found" of a file that is there)."""
+    from medcad.inference.predictor import expand_inputs
+
+    (tmp_path / "x.png").symlink_to(tmp_path / "moved" / "x.png")
+    with pytest.raises(DataError, match=r"x\.png: a link to a missing file \(.*moved/x\.png\)"):
+        expand_inputs([str(tmp_path / "x.png")])

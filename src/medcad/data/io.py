@@ -143,9 +143,14 @@ def is_dicom(path: str | Path) -> bool:
     return has_dicom_preamble(p)
 
 
+def not_found(path: Path) -> str:
+    """Why `path` cannot be read when it does not exist: "file not found", or a link whose target has gone."""
+    return f"a link to a missing file ({os.readlink(path)})" if os.path.islink(path) else "file not found"
+
+
 def check_file(path: Path) -> None:
     if not path.exists():
-        raise DataError(path, "file not found")
+        raise DataError(path, not_found(path))
     if path.is_dir():
         raise DataError(path, "is a folder, not an image file")
     if path.stat().st_size == 0:

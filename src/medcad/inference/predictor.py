@@ -34,7 +34,7 @@ from medcad import usable_cores
 from medcad.checkpoint import build_model, fold_model_files, read_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import read_image
+from medcad.data.io import not_found, read_image
 from medcad.data.labelmaps import parse_mask_labels
 from medcad.data.manifest import FRAME_SEP
 from medcad.data.pixel_limit import MAX_PIXELS_ENV, max_pixels
@@ -458,7 +458,7 @@ def expand_inputs(inputs: Sequence[str | Path], options: DataOptions | None = No
         elif split_frame(p)[1] is not None:  # one frame or page, named as predict names it (`a.tif#1`)
             out.append(str(p))
         else:
-            raise DataError(p, "file not found")
+            raise DataError(p, not_found(p))
     return _once_each(out)
 
 
