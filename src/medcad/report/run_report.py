@@ -233,7 +233,7 @@ def _without_cross_label(pred, findings: dict, labels: list[str], splits: dict, 
         return None
     doubtful = {k for g in findings.get("cross_label_duplicates") or [] for k in g}
     left_out = pred["image"].isin(doubtful).to_numpy()
-    kept = pred[~left_out]
+    kept = pred[~left_out & pred["label"].isin(labels).to_numpy()]  # scored rows: each of the run's labels
     if not left_out.any() or kept["label"].nunique() < 2:
         return None
     groups = splits.get("groups") or {}
