@@ -72,3 +72,23 @@ def test_the_note_reaches_the_console() -> None:
     assert "Frame-level decision (max mean Dice): The decision empties the masks of 4 of the 4 lesion images" in text
     assert "given lesion pixels by the masks alone (0 of 4 lesion images keep a mask)" in text
     assert "No lesion image keeps a mask" in text
+
+
+def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_resamples() -> None:
+    """The lesion images in thirds by lesion size, each third's Dice the mean over its images, as the headline's."""
+    from medcad.engine.mask_results import _native_size_metrics
+
+    rng = np.random.default_rng(0)
+    n, s = 30, 32
+    true = np.zeros((n, s, s), bool)
+    for k in range(24):  # 24 lesion images of growing size, 6 lesion-free
+        true[k, 4:7, 4 : 5 + k] = True
+    pred = true ^ (rng.random((n, s, s)) < 0.02)
+    counts = mask_counts(pred, true)
+    m = _native_size_metrics(counts, counts, np.full(n, np.nan), np.arange(n), s)
+    parts = m["by_lesion_size"]
+    assert [p["n_images"] for p in parts.values()] == [8, 8, 8] and len(m["lesion_size_edges"]) == 2
+    dice = dice_iou(counts)[0]
+    for part, rows in zip(parts.values(), (range(0, 8), range(8, 16), range(16, 24)), strict=True):
+        assert part["dice"]["value"] == pytest.approx(dice[list(rows)].mean())
+    assert list(parts)[0].startswith("small (< ") and list(parts)[2].startswith("large (>= ")

@@ -233,16 +233,40 @@ def _native_size_metrics(
     """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
     "training_size", at the S x S training size: the same for a run's test images and an external set's. With
     `by_label` ({label: bool (N,)}), "by_label" scores each label's images in the headline's bootstrap resamples (so
-    the lesion images' Dice has one CI, whether as the headline's dice_lesion or the lesion label's dice)."""
+    the lesion images' Dice has one CI, whether as the headline's dice_lesion or the lesion label's dice);
+    "by_lesion_size" scores the lesion images in thirds by lesion size (`_by_lesion_size`) alike."""
     from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
 
-    m = segmentation_metrics(counts, groups=groups, subsets=by_label)
+    sizes, edges = _by_lesion_size(small, size)
+    m = segmentation_metrics(counts, groups=groups, subsets={**(by_label or {}), **sizes})
+    parts = m.pop("subsets", {})
     if by_label is not None:
-        m["by_label"] = m.pop("subsets")
+        m["by_label"] = {k: v for k, v in parts.items() if k in by_label}
+    if sizes:
+        m["by_lesion_size"] = {k: parts[k] for k in sizes if k in parts}
+        m["lesion_size_edges"] = edges  # the thirds' edges, as shares of the frame
     m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
     m["hd95"] = hd95_summary(dist, groups=groups)
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
     return m
+
+
+def _by_lesion_size(small: dict, size: int) -> tuple[dict[str, np.ndarray], list[float]]:
+    """The lesion images in thirds by the true lesion's share of the frame (at the S x S training size, where every
+    image is one size): ({"small (< a %)": bool (N,), "medium": ..., "large (>= b %)": ...}, [a, b] as fractions), or
+    ({}, []) under 6 lesion images. Dice by lesion size, as polyp and ultrasound papers report it (small lesions are
+    the hard ones); the thirds are the data's own, given with their edges."""
+    share = np.asarray(small["true_area"], dtype=float) / float(size * size)
+    lesion = share > 0
+    if lesion.sum() < 6:
+        return {}, []
+    a, b = (float(v) for v in np.quantile(share[lesion], [1 / 3, 2 / 3]))
+    parts = {
+        f"small (< {a:.1%} of the frame)": lesion & (share < a),
+        f"medium ({a:.1%} to {b:.1%})": lesion & (share >= a) & (share < b),
+        f"large (>= {b:.1%})": lesion & (share >= b),
+    }
+    return {k: v for k, v in parts.items() if v.any()}, [a, b]
 
 
 def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:

@@ -108,6 +108,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             hd = f"; HD95 {cm['hd95']['mean']['value']:.1f} px" if cm.get("hd95") else ""
             shown = _fmt(cm["dice_lesion"]) if cm.get("dice_lesion") else "—"
             head.add_row(f"  {lab}: Dice (images with it, n={cm['n_lesion_images']})", shown + hd)
+    for name, part in (seg.get("by_lesion_size") or {}).items():
+        head.add_row(f"  Dice, lesions {name}, n={part['n_images']}", _fmt(part["dice"]))
     if seg.get("training_size"):
         head.add_row(f"Dice at training size {seg['training_size']['resolution']}", _fmt(seg["training_size"]["dice"]))
     if seg.get("hd95"):
