@@ -204,6 +204,22 @@ def unreadable_keys(manifest: Manifest) -> set[str]:
     return {k for k, why in (ledger.left_out if ledger else ()) if why.startswith(UNREADABLE)}
 
 
+def _no_boxed_as_empty(manifest: Manifest, source) -> None:
+    """A new run under --missing-masks empty: an image with boxes (a lesion) but no mask would train as lesion-free.
+
+    Raises:
+        DataError: such images, the first few named.
+    """
+    boxed = [manifest.keys[i] for i in range(len(manifest)) if not manifest.mask_paths(i) and manifest.boxes(i)]
+    if boxed:
+        shown = ", ".join(boxed[:3]) + (" ..." if len(boxed) > 3 else "")
+        raise DataError(
+            source or manifest.root,
+            f"{len(boxed)} image(s) have boxes (a lesion) but no mask: --missing-masks empty would train them as "
+            f"lesion-free ({shown}); add their masks, or use --missing-masks leave-out to leave them out (named)",
+        )
+
+
 def load_targets(
     manifest: Manifest,
     cfg: TrainConfig,
@@ -250,6 +266,8 @@ def load_targets(
     masks = None
     if "masks" in task.targets:
         missing = cfg.missing_masks if cfg.missing_masks in READ_MISSING else "error"  # leave-out: none is left
+        if training and missing == "empty":
+            _no_boxed_as_empty(manifest, source)
         masks = cached_masks(manifest, cfg.image_size, missing=missing, progress=progress, classes=classes)
         check_mask_content(manifest, masks, training)
     if classes is not None:  # what splits stratify by: each image's largest lesion class (0: none or the first)

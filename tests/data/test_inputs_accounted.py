@@ -573,23 +573,40 @@ def test_a_row_naming_a_link_to_a_missing_file_is_named_once(tmp_path: Path) -> 
 
 def test_a_mask_moved_away_or_a_boxed_image_without_a_mask_is_no_lesion_free_frame(tmp_path: Path) -> None:
     """A mask that is a link to a moved file leaves its image maskless: the read says so, even with --missing-masks
-    empty (which had trained such a polyp as lesion-free); an image with boxes and no mask is refused alike."""
+    empty (which had trained such a polyp as lesion-free); a broken link that is no mask of it (another class
+    folder's image of its name, an old copy beside it) is not blamed; a new run refuses images with boxes and no
+    mask under --missing-masks empty."""
+    from medcad.config import TrainConfig
     from medcad.data.datasets import read_sample_mask
+    from medcad.targets import load_targets
 
     mask = np.zeros((32, 32), np.uint8)
     mask[4:12, 4:12] = 255
     for k in range(3):
         save(tmp_path / "images" / f"p{k}.png", noise_image(k))
-        if k:
+        if k == 1:
             save(tmp_path / "masks" / f"p{k}.png", mask)
     (tmp_path / "masks" / "p0.png").symlink_to(tmp_path / "moved" / "p0.png")
+    (tmp_path / "images" / "p2_old.png").symlink_to(tmp_path / "moved" / "p2_old.png")  # no mask of p2
     m = load_manifest(tmp_path)
-    i = m.keys.index("images/p0.png")
     for missing in ("error", "empty"):
         with pytest.raises(DataError, match=r"has no mask: its mask masks/p0.png is a link to a missing file"):
-            read_sample_mask(m, i, missing)
+            read_sample_mask(m, m.keys.index("images/p0.png"), missing)
+    assert not read_sample_mask(m, m.keys.index("images/p2.png"), "empty").any()  # lesion-free, as asked
     (tmp_path / "masks" / "p0.png").unlink()
     m = load_manifest(tmp_path)
+    assert not read_sample_mask(m, m.keys.index("images/p0.png"), "empty").any()  # a lesion-free frame, as asked
     m.table.loc[m.table["image"] == "images/p0.png", "boxes"] = '[[2, 2, 20, 20, "polyp"]]'
-    with pytest.raises(DataError, match=r"has boxes \(a lesion\) but no mask: --missing-masks empty would train"):
-        read_sample_mask(m, m.keys.index("images/p0.png"), "empty")
+    cfg = TrainConfig(task="segment", missing_masks="empty", image_size=16)
+    with pytest.raises(DataError, match=r"1 image\(s\) have boxes \(a lesion\) but no mask: --missing-masks empty"):
+        load_targets(m, cfg)
+
+
+def test_a_broken_link_in_another_class_folder_is_not_an_images_mask(tmp_path: Path) -> None:
+    from medcad.data.datasets import read_sample_mask
+
+    save(tmp_path / "normal" / "1.png", noise_image(1))
+    save(tmp_path / "benign" / "2.png", noise_image(2))
+    (tmp_path / "benign" / "1.png").symlink_to(tmp_path / "moved" / "1.png")
+    m = load_manifest(tmp_path)
+    assert not read_sample_mask(m, m.keys.index("normal/1.png"), "empty").any()

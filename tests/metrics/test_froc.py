@@ -162,7 +162,36 @@ def test_the_validated_operating_point_keeps_each_folds_boxes_from_its_threshold
     by_hand = detection_metrics(kept, truths, ["a", "b"], score_threshold=0.0, n_boot=0)
     assert vo["iou_thresholds"]["0.5"]["f1"] == by_hand["iou_thresholds"]["0.5"]["f1"]
     assert vo["iou_thresholds"]["0.5"]["tp"] == by_hand["iou_thresholds"]["0.5"]["tp"]
-    assert vo["folds_without_threshold"] == [1] and vo["mean_threshold"] == pytest.approx((0.3 + SCORE_THRESHOLD) / 2)
+    assert vo["folds_without_threshold"] == [1] and vo["mean_threshold"] == pytest.approx(0.3)  # 0.5 unvalidated
+    assert (
+        validated_operating_point(preds, truths, ["a", "b"], [None, None], [12, 18], n_boot=0)["mean_threshold"] is None
+    )
+
+
+def test_predict_takes_the_validated_folds_mean_or_refuses(tmp_path) -> None:
+    """--operating-point f1 deploys the mean of the folds that chose a threshold, saying which did not; with none it
+    is refused (it had deployed the fixed 0.5 as 'validated')."""
+    import json
+
+    from medcad.errors import ConfigError
+    from medcad.inference.predictor import validated_score_threshold
+
+    def run_with(thresholds: list) -> None:
+        missing = [k for k, t in enumerate(thresholds) if t is None]
+        valid = [t for t in thresholds if t is not None]
+        vo = {
+            "thresholds": thresholds,
+            "folds_without_threshold": missing,
+            "mean_threshold": valid and np.mean(valid) or None,
+        }
+        (tmp_path / "metrics.json").write_text(json.dumps({"validated_operating_point": vo}))
+
+    run_with([0.2, None])
+    with pytest.warns(UserWarning, match=r"fold\(s\) 1 gave no threshold on validation"):
+        assert validated_score_threshold(tmp_path, None, "f1") == pytest.approx(0.2)
+    run_with([None, None])
+    with pytest.raises(ConfigError, match="no fold's validation part gave a threshold"):
+        validated_score_threshold(tmp_path, None, "f1")
 
 
 def test_the_console_and_figure_show_the_froc_after_a_json_round_trip() -> None:
@@ -197,8 +226,12 @@ def test_a_long_curve_keeps_the_corners_the_table_reads() -> None:
     table = FROCTable(preds, truths, np.ones(1, bool))
     c, got = table.point_curve(), table(np.ones((1, 300)))["froc_sensitivity"][0]
     assert len(table.ends) > 400 and len(c["score"]) < len(table.ends)
-    steps = np.unique(np.round(table.curve(np.ones((1, 300)))[1][0], 5))
+    full = table.curve(np.ones((1, 300)))
+    steps = np.unique(np.round(full[1][0], 5))
     assert set(steps) <= set(c["sensitivity"]) | {0.0}  # every level the step reaches is drawn
+    rises = np.flatnonzero(np.diff(np.r_[0.0, full[1][0]]) > 0)
+    troughs = {round(float(v), 5) for v in full[2][0][rises[rises > 0] - 1]}
+    assert troughs <= set(c["precision"])  # and precision's troughs before each rise (the PR panel's line)
     for rate, value in zip(FP_RATES, got, strict=True):
         on_curve = [v for x, v in zip(c["fp_per_image"], c["sensitivity"], strict=True) if x <= rate]
         assert (on_curve[-1] if on_curve else 0.0) == pytest.approx(value, abs=1e-5)

@@ -350,6 +350,9 @@ def test_the_report_gives_each_parts_classes_and_groups_and_the_software_it_ran_
     assert again["card"]["ms_per_image"] == card["ms_per_image"]
     kept = json.loads((tiny_run / "model_card.json").read_text())
     assert kept["card"]["ms_per_image"] == card["ms_per_image"]
+    kept["card"]["ms_per_image"] = 123.0  # the run's own kept card is what its report shows (a study's too)
+    (tiny_run / "model_card.json").write_text(json.dumps(kept))
+    assert collect_run(tiny_run, shared={})["card"]["ms_per_image"] == 123.0
     model = tiny_run / "fold_0" / "model.pt"
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # another model file: again
     collect_run(tiny_run)

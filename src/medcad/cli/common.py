@@ -342,8 +342,17 @@ def _serving_predictor(run, fold, backend, threads, threshold, device, operating
     )
     decision = [f"decision: {class_decision(predictor)}"] if predictor.cut else []
     if predictor.operating_point and not predictor.cut:  # a detector at its validated box-score threshold
+        ensemble = len(predictor.files) > 1
+        merged = (
+            (
+                "; chosen per fold model, while the ensemble merges their boxes, so it may keep more false "
+                "positives at it: `medcad evaluate RUN --data SET` scores what it deploys"
+            )
+            if ensemble
+            else ""
+        )
         decision = [f"boxes kept from score {predictor.threshold:.3f}: the run's validated operating point "
-                    f"{predictor.operating_point!r} (in place of --threshold)"]  # fmt: skip
+                    f"{predictor.operating_point!r} (in place of --threshold){merged}"]  # fmt: skip
     _say_notes([f"backend {predictor.backend}: {predictor.backend_choice['reason']}", *decision])
     return predictor
 

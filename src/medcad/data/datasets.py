@@ -19,11 +19,12 @@ from medcad import usable_cores
 from medcad.atomic import atomic_path
 from medcad.data.cache import cache_dir, filling
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
-from medcad.data.io import image_size, read_image
+from medcad.data.io import MASK_STEM, image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.ledger import BROKEN_LINK
-from medcad.data.manifest import Manifest, shown_path
+from medcad.data.manifest import FRAME_SEP, Manifest, shown_path
 from medcad.data.masks import read_mask, sample_mask_pages
+from medcad.data.pairing import MASK_FOLDER_WORDS
 from medcad.errors import DataError, UnreadableSamples
 
 if TYPE_CHECKING:
@@ -163,15 +164,9 @@ def read_sample_mask(
     w, h = image_size(image, manifest.frame(i))
     paths = manifest.mask_paths(i)
     if not paths:
-        gone = _moved_mask(manifest, image)
+        gone = _moved_mask(manifest, i)
         if gone:  # its mask is there as a link to a file since moved: the image is no lesion-free one
             raise DataError(image, f"has no mask: its mask {gone} is a link to a missing file; restore the file")
-        if missing == "empty" and manifest.boxes(i):
-            raise DataError(
-                image,
-                "has boxes (a lesion) but no mask: --missing-masks empty would train it as lesion-free; add its "
-                "mask, or use --missing-masks leave-out to leave it out (named)",
-            )
         if missing == "empty":
             return np.zeros((h, w), np.uint8 if classes else bool)
         raise DataError(
@@ -188,13 +183,21 @@ def read_sample_mask(
     return mask
 
 
-def _moved_mask(manifest: Manifest, image: Path) -> str | None:
-    """A link to a missing file the read named (the ledger's) that is named as `image`'s mask would be (its stem,
-    or its stem and a mask word: 'x.png' for images/x.jpg, 'x_mask.png'), or None."""
-    unread = manifest.ledger.unread if manifest.ledger else ()
-    for path, why in unread:
-        stem = Path(path).stem
-        if why.startswith(BROKEN_LINK) and (stem == image.stem or stem.startswith(f"{image.stem}_")):
+def _moved_mask(manifest: Manifest, i: int) -> str | None:
+    """A link to a missing file the read named (the ledger's) where row i's mask would be paired from: beside its
+    image under a mask name of its stem (`MASK_STEM`: 'x_mask.png', 'x_mask_1.png'), or under its stem in a mask
+    folder at the image's depth (images/x.jpg, masks/x.png: `MASK_FOLDER_WORDS`); else None (a broken link of
+    another class folder, benign/1.png beside normal/1.png, is not its mask)."""
+    image = Path(manifest.keys[i].split(FRAME_SEP)[0])
+    for path, why in manifest.ledger.unread if manifest.ledger else ():
+        link = Path(path)
+        if not why.startswith(BROKEN_LINK):
+            continue
+        named = MASK_STEM.match(link.stem)
+        beside = link.parent == image.parent and named is not None and named.group("base") == image.stem
+        in_masks = any(w in link.parent.name.lower() for w in MASK_FOLDER_WORDS)  # masks/, labels/, gt/ ...
+        elsewhere = in_masks and len(link.parts) == len(image.parts) and link.stem == image.stem
+        if beside or elsewhere:
             return path
     return None
 

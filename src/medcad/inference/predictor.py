@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,6 +151,18 @@ def validated_score_threshold(run: Path, fold: int | None, rule: str) -> float:
             "run trained before has none: train it again, or set --threshold)"
         )
     if fold is None:
+        missing = found.get("folds_without_threshold") or []
+        if found.get("mean_threshold") is None or len(missing) == len(found["thresholds"]):
+            raise ConfigError(
+                f"operating point {rule!r}: no fold's validation part gave a threshold (no box found a true one "
+                "there); set --threshold"
+            )
+        if missing:
+            warnings.warn(
+                f"operating point {rule!r}: fold(s) {', '.join(map(str, missing))} gave no threshold on validation; "
+                "the ensemble's is the mean of the other folds' alone",
+                stacklevel=2,
+            )
         return float(found["mean_threshold"])
     fold_model_files(run, fold)  # a fold the run does not have is named as predict names it
     threshold = found["thresholds"][fold] if 0 <= fold < len(found["thresholds"]) else None

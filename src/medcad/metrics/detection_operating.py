@@ -55,9 +55,9 @@ def validated_operating_point(
         groups, frame_classes, n_boot: as `detection_metrics`.
 
     Returns:
-        {rule, thresholds, folds_without_threshold, mean_threshold (what `medcad predict --operating-point f1`
-        applies to the ensemble), iou_thresholds (P / R / F1 with CIs at each IoU, as `detection_metrics`),
-        frame_level ({accuracy, macro_f1})}.
+        {rule, thresholds, folds_without_threshold, mean_threshold (of the folds that have one: what `medcad
+        predict --operating-point f1` applies to the ensemble; None where none has), iou_thresholds (P / R / F1
+        with CIs at each IoU, as `detection_metrics`), frame_level ({accuracy, macro_f1})}.
     """
     used = [SCORE_THRESHOLD if t is None else float(t) for t in thresholds]
     per_image = np.repeat(used, n_per_fold)
@@ -69,7 +69,9 @@ def validated_operating_point(
         "rule": "each fold's score threshold of the highest box F1 (every class, IoU 0.5) on its validation part",
         "thresholds": [None if t is None else float(t) for t in thresholds],
         "folds_without_threshold": [k for k, t in enumerate(thresholds) if t is None],
-        "mean_threshold": float(np.mean(used)),
+        # the folds' own thresholds alone (a fold without one keeps 0.5 for its test images, but 0.5 was never
+        # validated: it does not enter what --operating-point f1 deploys); None where no fold has one
+        "mean_threshold": float(np.mean(valid)) if (valid := [t for t in thresholds if t is not None]) else None,
         "iou_thresholds": m["iou_thresholds"],
         "frame_level": {"accuracy": m["frame_level"]["accuracy"], "macro_f1": m["frame_level"]["macro_f1"]},
     }

@@ -135,12 +135,14 @@ class FROCTable:
     def point_curve(self, max_points: int = 2000) -> dict[str, list[float]]:
         """The curve on all images, for a figure: fp_per_image, sensitivity, precision and score at the thresholds
         where the sensitivity rises (the step's corners: between them it holds, so a step drawn through them is the
-        curve the table reads) and the last; at most `max_points` of them, evenly spaced, where there are more."""
+        curve the table reads), those just before (precision's troughs), and the last; at most `max_points` of them,
+        evenly spaced, where there are more."""
         if not len(self.ends):  # no lesion box predicted
             return {"fp_per_image": [], "sensitivity": [], "precision": [], "score": []}
         fpi, sens, prec = self.curve(np.ones((1, self.n_images)))
         rises = np.flatnonzero(np.diff(np.r_[0.0, sens[0]]) > 0)
-        keep = np.unique(np.r_[rises, len(self.ends) - 1])
+        # and the point before each rise: the precision-recall panel's trough before its next peak
+        keep = np.unique(np.r_[rises, rises[rises > 0] - 1, len(self.ends) - 1])
         if len(keep) > max_points:
             keep = np.unique(np.r_[keep[np.linspace(0, len(keep) - 1, max_points).round().astype(int)], keep[-1]])
         rounded = lambda a: [round(float(v), 5) for v in a]  # noqa: E731

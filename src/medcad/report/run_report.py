@@ -412,7 +412,7 @@ def _card(run: Path, cfg, labels: list[str], shared: dict) -> dict:
 
     from medcad.atomic import atomic_write_text
     from medcad.checkpoint import load_model_file
-    from medcad.devices import machine
+    from medcad.devices import cpu_has_bf16, machine
     from medcad.models.card import model_card
 
     folder = RunFolder(run)
@@ -424,22 +424,25 @@ def _card(run: Path, cfg, labels: list[str], shared: dict) -> dict:
     stamp = {
         "model_file": [st.st_size, st.st_mtime_ns] if st else None,
         "cpu": machine().cpu,
+        "bf16": cpu_has_bf16(),  # the latency's precision (MEDCAD_CPU_FLAGS can change it)
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
     try:
         kept = json.loads(folder.model_card.read_text())
     except (OSError, ValueError):
         kept = {}
     if kept.get("measured_on") == stamp and isinstance(kept.get("card"), dict):
-        shared.setdefault(key, kept["card"])
-    elif key not in shared:
-        shared[key] = model_card(load_model_file(path)[0], cfg.image_size)
-    if kept.get("measured_on") != stamp:
+        found = kept["card"]  # this run's own, before another run's of the architecture (a study's report)
+    else:
+        if key not in shared:
+            shared[key] = model_card(load_model_file(path)[0], cfg.image_size)
+        found = shared[key]
         try:
-            atomic_write_text(folder.model_card, json.dumps({"measured_on": stamp, "card": shared[key]}, indent=1))
+            atomic_write_text(folder.model_card, json.dumps({"measured_on": stamp, "card": found}, indent=1))
         except OSError:  # a run folder read-only here: measured again next time
             pass
-    card = dict(shared[key])
+    card = dict(found)
     if path.is_file():
         card["file_mb"] = path.stat().st_size / 1e6
     card["model"] = cfg.model
