@@ -92,3 +92,18 @@ def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_
     for part, rows in zip(parts.values(), (range(0, 8), range(8, 16), range(16, 24)), strict=True):
         assert part["dice"]["value"] == pytest.approx(dice[list(rows)].mean())
     assert list(parts)[0].startswith("small (< ") and list(parts)[2].startswith("large (>= ")
+
+
+def test_hd95_is_normalised_by_each_images_diagonal_where_sizes_differ() -> None:
+    from medcad.engine.mask_results import _native_size_metrics
+
+    true = np.zeros((4, 16, 16), bool)
+    true[:, 4:8, 4:8] = True
+    counts = mask_counts(true, true)
+    dist, diagonal = np.array([10.0, 20.0, np.nan, np.inf]), np.array([100.0, 400.0, 50.0, 50.0])
+    m = _native_size_metrics(counts, counts, dist, np.arange(4), 16, diagonal=diagonal)
+    assert m["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 5) / 2)  # 10 % and 5 % of the diagonal
+    assert m["hd95_normalised"]["unit"] == "% of the image diagonal" and m["hd95_normalised"]["n_undefined"] == 1
+    assert "hd95_normalised" not in _native_size_metrics(
+        counts, counts, dist, np.arange(4), 16, diagonal=np.full(4, 50.0)
+    )

@@ -235,7 +235,7 @@ def test_a_runs_masks_at_full_size_are_the_masks_predict_gives(w: int, h: int, s
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(root / "x.png")
         Image.fromarray(np.zeros((h, w), np.uint8)).save(root / "x_mask.png")
         m = load_manifest(root)
-        counts, _, _ = native_mask_scores(m, np.array([0]), stored)
+        counts, _, _, _ = native_mask_scores(m, np.array([0]), stored)
     settings_ = {"threshold": 0.5, "labels": ["lesion"], "frame_score_kind": "lesion_area", "min_frame_score": 0.0}
     predicted = LesionMask.from_infer({"mask": stored / 255.0}, 0, (h, w), 32, settings_)
     assert counts["pred_area"][0] == int(predicted.lesion.sum())

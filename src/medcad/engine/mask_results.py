@@ -73,7 +73,7 @@ def segmentation_results(
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    parts, small, dists, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], set()
+    parts, small, dists, diagonals, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], [], set()
     spec_decided, spec_thresholds = [], []
     ref = reference_label(labels)
     normal = labels.index(ref) if ref is not None else None
@@ -82,7 +82,7 @@ def segmentation_results(
         rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path) if mask_classes else None
-        c, d, classes_scored = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
+        c, d, classes_scored, diag = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
         if classes_scored is not None:
             by_class.append(classes_scored)
         parts.append((rows, c))
@@ -98,6 +98,7 @@ def segmentation_results(
                 spec_thresholds.append(t)
         thresholds.append(decision.get("min_frame_score"))
         dists.append(d)
+        diagonals.append(diag)
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
     rows = np.concatenate([p[0] for p in parts])
@@ -106,7 +107,8 @@ def segmentation_results(
     groups = row_groups(groups_of, keys, rows)
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
-    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label)
+    diagonal = np.concatenate(diagonals)
+    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label, diagonal)
     not_normal = p_lesion_words(labels)
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
@@ -207,9 +209,11 @@ def external_mask_results(
     rows = np.arange(len(manifest))
     as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
     probs = as_u8(probs)
-    counts, dist, classes_scored = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes)
+    counts, dist, classes_scored, diagonal = native_mask_scores(
+        manifest, rows, probs, missing, as_u8(lesion_classes), classes
+    )
     small = mask_counts(probs >= 128, true_small > 0)
-    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]))
+    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]), diagonal=diagonal)
     table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
     if classes_scored is not None:
         m |= _class_results([classes_scored], classes, groups, table)
@@ -228,13 +232,21 @@ def external_mask_results(
 
 
 def _native_size_metrics(
-    counts: dict, small: dict, dist: np.ndarray, groups: np.ndarray, size: int, by_label: dict | None = None
+    counts: dict,
+    small: dict,
+    dist: np.ndarray,
+    groups: np.ndarray,
+    size: int,
+    by_label: dict | None = None,
+    diagonal: np.ndarray | None = None,
 ) -> dict:
     """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
     "training_size", at the S x S training size: the same for a run's test images and an external set's. With
     `by_label` ({label: bool (N,)}), "by_label" scores each label's images in the headline's bootstrap resamples (so
     the lesion images' Dice has one CI, whether as the headline's dice_lesion or the lesion label's dice);
-    "by_lesion_size" scores the lesion images in thirds by lesion size (`_by_lesion_size`) alike."""
+    "by_lesion_size" scores the lesion images in thirds by lesion size (`_by_lesion_size`) alike. With each image's
+    `diagonal` (pixels) where images differ in size, "hd95_normalised" gives HD95 as a share of it (a 10 px error
+    on a 1920 px frame and on a 332 px one are not alike: Kvasir-SEG holds both)."""
     from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
 
     sizes, edges = _by_lesion_size(small, size)
@@ -247,6 +259,8 @@ def _native_size_metrics(
         m["lesion_size_edges"] = edges  # the thirds' edges, as shares of the frame
     m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
     m["hd95"] = hd95_summary(dist, groups=groups)
+    if diagonal is not None and len(np.unique(diagonal)) > 1:  # images of several sizes: pixels do not compare
+        m["hd95_normalised"] = hd95_summary(100 * dist / diagonal, groups=groups) | {"unit": "% of the image diagonal"}
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
     return m
 

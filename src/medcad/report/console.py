@@ -114,6 +114,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         head.add_row(f"Dice at training size {seg['training_size']['resolution']}", _fmt(seg["training_size"]["dice"]))
     if seg.get("hd95"):
         head.add_row("HD95 px (original size), mean", _fmt(seg["hd95"]["mean"]))
+    if (seg.get("hd95_normalised") or {}).get("n_defined"):
+        head.add_row("HD95, % of the image diagonal, mean", _fmt(seg["hd95_normalised"]["mean"]))
     if seg.get("empty_images"):
         e = seg["empty_images"]
         head.add_row(
