@@ -172,7 +172,7 @@ def _truths(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
 def test_paired_detection_test_agrees_with_each_detectors_own(
     n: int, k: int, per: int, skill: float, seed: int
 ) -> None:
-    """AP50, mAP, F1 and frame accuracy (IoU 0.5) of each detector are `detection_metrics`' figures; swapping the
+    """AP50, mAP, CPM, F1 and frame accuracy (IoU 0.5) of each detector are `detection_metrics`' figures; swapping the
     detectors negates the difference and its interval; p < 0.05 exactly when the interval leaves 0 out (up to one
     resample); a detector against itself differs by 0 with p 1."""
     from medcad.metrics.compare import paired_detection_bootstrap
@@ -193,9 +193,11 @@ def test_paired_detection_test_agrees_with_each_detectors_own(
             return m["iou_thresholds"]["0.5"]["f1"]
         if key == "frame_accuracy":
             return m["frame_level"]["iou_thresholds"]["0.5"]["accuracy"]["value"]
+        if key == "cpm":
+            return m["froc"]["cpm"]["value"]
         return m[key]["value"]
 
-    for m in ("ap50", "map", "f1", "frame_accuracy"):
+    for m in ("ap50", "map", "cpm", "f1", "frame_accuracy"):
         r = ab[m]
         assert r["value_a"] == pytest.approx(own(ma, m), nan_ok=True)
         assert r["value_b"] == pytest.approx(own(mb, m), nan_ok=True)

@@ -229,8 +229,8 @@ def _tiny_detection_study(tmp_path: Path, protocol: str, models: str) -> tuple[P
 
 def test_a_detection_study_tests_detectors_paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     """Two detectors (trained at 64 and 96 px) on the same folds: the pair gets a paired cluster bootstrap of AP50, mAP,
-    F1 and frame accuracy whose values are each run's own, in the Holm family, the console and study.html (a Kvasir-SEG
-    detection study had stopped with KeyError 'label' after training; then it only noted that no paired test
+    CPM, F1 and frame accuracy whose values are each run's own, in the Holm family, the console and study.html (a
+    Kvasir-SEG detection study had stopped with KeyError 'label' after training; then it only noted that no paired test
     existed)."""
     from rich.console import Console
 
@@ -241,24 +241,26 @@ def test_a_detection_study_tests_detectors_paired(tmp_path: Path, monkeypatch: p
     models = "models:\n  - {name: at64, image_size: 64}\n  - {name: at96, image_size: 96}\n"
     results = run_study(_tiny_detection_study(tmp_path, "compare", models)[1], tmp_path / "out", progress=False)
     (pair,) = results["paired_tests"]
-    assert pair["test"] == "paired cluster bootstrap of AP50, mAP, F1 and frame accuracy" and "note" not in pair
+    assert pair["test"] == "paired cluster bootstrap of AP50, mAP, CPM, F1 and frame accuracy" and "note" not in pair
     for r in results["runs"]:
         own = json.loads((Path(r["run"]) / "metrics.json").read_text())
         which = "a" if r["name"] == pair["a"] else "b"
         for m in ("ap50", "map"):  # each run's own figure, the 96 px run's boxes scaled to 64 px
             assert pair[m][f"value_{which}"] == pytest.approx(own[m]["value"], abs=1e-9)
+        assert pair["cpm"][f"value_{which}"] == pytest.approx(own["froc"]["cpm"]["value"], abs=1e-9)
         assert pair["f1"][f"value_{which}"] == pytest.approx(own["iou_thresholds"]["0.5"]["f1"], abs=1e-9)
         frames = own["frame_level"]["iou_thresholds"]["0.5"]["accuracy"]["value"]
         assert pair["frame_accuracy"][f"value_{which}"] == pytest.approx(frames, abs=1e-9)
-    assert pair["ap50"]["family_size"] == 4 and pair["ap50"]["p_holm"] >= pair["ap50"]["p_value"]
+    assert pair["ap50"]["family_size"] == 5 and pair["ap50"]["p_holm"] >= pair["ap50"]["p_value"]
     console = Console(record=True, width=200)
     _print_paired_tests(console, [pair])
     text = console.export_text()
     assert all(
-        w in text for w in ("AP50", "mAP@[.5:.95]", "F1 at IoU 0.5", "frame accuracy at IoU 0.5", "at64 vs at96")
+        w in text
+        for w in ("AP50", "mAP@[.5:.95]", "FROC CPM", "F1 at IoU 0.5", "frame accuracy at IoU 0.5", "at64 vs at96")
     )
     html = write_study_report(tmp_path / "out").read_text()
-    assert 'id="paired-ap"' in html and html.count("<td>at64</td><td>at96</td>") == 4
+    assert 'id="paired-ap"' in html and html.count("<td>at64</td><td>at96</td>") == 5
     # a compare study of detectors: no AUC column to explain, no transfer or combined run to describe (both had been
     # printed for every study)
     assert "AUC per fold" not in html and "sequential transfer" not in html and "combined run" not in html

@@ -86,6 +86,7 @@ class RunDetections:
     truths: list[np.ndarray]  # per image (t, 5) [x0, y0, x1, y1, class_index]
     labels: list[str]  # the box classes class_index points into
     image_size: int  # S: both are in the model's S x S input, in pixels
+    frame_classes: tuple[str, ...] = ()  # whole-frame classes (normal, unclear): no lesions, left out of the FROC
 
 
 def run_detections(run: str | Path, say_notes: bool = True) -> RunDetections:
@@ -100,4 +101,5 @@ def run_detections(run: str | Path, say_notes: bool = True) -> RunDetections:
     if t.boxes is None:
         raise DataError(run, "not a detection run (its targets have no boxes)")
     rows, dets, truths = pooled_detections(t.boxes, rows_by_key(results, splits, manifest))
-    return RunDetections([manifest.keys[i] for i in rows], dets, truths, list(t.labels), cfg.image_size)
+    keys = [manifest.keys[i] for i in rows]
+    return RunDetections(keys, dets, truths, list(t.labels), cfg.image_size, tuple(t.frame_classes))

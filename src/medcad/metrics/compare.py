@@ -122,12 +122,14 @@ def paired_detection_bootstrap(
     *,
     groups: Sequence[Any] | np.ndarray | None = None,
     score_threshold: float | None = None,
+    lesions: np.ndarray | None = None,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Paired cluster-bootstrap comparison of two detectors on the same images and truths: their rankings (AP50,
-    mAP@[.5:.95]) and their decisions at the score threshold (micro box F1 at IoU 0.5, frame accuracy at IoU 0.5, as
-    `medcad.metrics.detection.detection_metrics` reports them).
+    mAP@[.5:.95], and the FROC's CPM over the `lesions` classes, `medcad.metrics.froc`) and their decisions at the
+    score threshold (micro box F1 at IoU 0.5, frame accuracy at IoU 0.5), as
+    `medcad.metrics.detection.detection_metrics` reports them.
 
     Each resample draws whole groups and scores both detectors under the same image weights
     (`medcad.metrics.detection.APScores` and `DecisionScores`: greedy matching fixes each detection's TP / FP flag,
@@ -143,11 +145,14 @@ def paired_detection_bootstrap(
         groups: group id per image (patient / duplicate group); None resamples images.
         score_threshold: detections at or above it count for F1 and the frame decision (None: the runs' own,
             `medcad.metrics.detection.SCORE_THRESHOLD`).
+        lesions: (n_classes,) bool, the lesion classes of the CPM (default every class; whole-frame classes such as
+            normal are no lesions).
         n_boot: number of resamples.
         seed: random seed.
 
     Returns:
-        {"ap50": {...}, "map": {...}, "f1": {...}, "frame_accuracy": {...}, n, n_groups, n_boot, method,
+        {"ap50": {...}, "map": {...}, "cpm": {...} (where a lesion class has truths), "f1": {...},
+        "frame_accuracy": {...}, n, n_groups, n_boot, method,
         score_threshold, iou (of F1 and the frame decision)}; each measure: {value_a, value_b, difference (a - b),
         ci95 (of the difference, percentile), ci95_a, ci95_b, z, p_value, resamples_used}.
 
@@ -155,22 +160,29 @@ def paired_detection_bootstrap(
         ValueError: the three lists differ in length, or a class index is out of range.
     """
     from medcad.metrics.detection import SCORE_THRESHOLD, APScores, DecisionScores
+    from medcad.metrics.froc import FROCTable
 
     if len(preds_a) != len(preds_b):
         raise ValueError(f"detector A has predictions for {len(preds_a)} images, detector B for {len(preds_b)}")
     score = SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
+    lesions = np.ones(n_classes, bool) if lesions is None else np.asarray(lesions, dtype=bool)
     scorers = [
-        (APScores(p, truths, n_classes), DecisionScores(p, truths, n_classes, iou=0.5, score=score))
+        (
+            APScores(p, truths, n_classes),
+            DecisionScores(p, truths, n_classes, iou=0.5, score=score),
+            FROCTable(p, truths, lesions),
+        )
         for p in (preds_a, preds_b)
     ]
     n = len(preds_a)
     g = _groups_or_rows(groups, n)
-    names = ("ap50", "map", "f1", "frame_accuracy")
+    froc = scorers[0][2].has_lesions
+    names = ("ap50", "map", *(("cpm",) if froc else ()), "f1", "frame_accuracy")
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:  # (B, N): the same draws for both detectors
         out = {}
-        for x, (ap, decided) in zip("ab", scorers, strict=True):
-            r = ap(w) | decided(w)
+        for x, (ap, decided, table) in zip("ab", scorers, strict=True):
+            r = ap(w) | decided(w) | ({"cpm": table(w)["froc_cpm"]} if froc else {})
             out |= {f"{m}{x}": r[m] for m in names}
         return out
 

@@ -320,6 +320,7 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
         ("dice_lesion", "Dice, lesion images"),
         ("ap50", "AP50"),
         ("map", "mAP@[.5:.95]"),
+        ("cpm", "FROC CPM"),
         ("f1", "F1 at IoU 0.5"),
         ("frame_accuracy", "frame accuracy at IoU 0.5"),
     )

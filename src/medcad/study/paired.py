@@ -12,7 +12,7 @@ from medcad.runfolder import RunFolder, read_predictions
 from medcad.study.protocol import Experiment, compared_pairs, slug
 from medcad.tasks import positive_label
 
-DETECTION_TESTS = ("ap50", "map", "f1", "frame_accuracy")  # a pair of detectors' tests (F1, frames: IoU 0.5)
+DETECTION_TESTS = ("ap50", "map", "cpm", "f1", "frame_accuracy")  # a pair of detectors' tests (F1, frames: IoU 0.5)
 
 
 def paired_tests(
@@ -111,7 +111,8 @@ def on_classes(boxes: np.ndarray, labels: list[str], common: list[str]) -> np.nd
 
 
 def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: np.ndarray, read: dict) -> dict:
-    """AP50, mAP, F1 and frame accuracy (IoU 0.5, at the runs' score threshold) of detector runs `a` and `b` on the
+    """AP50, mAP, the FROC's CPM (A's lesion classes among those shared), F1 and frame accuracy (IoU 0.5, at the runs'
+    score threshold) of detector runs `a` and `b` on the
     test images `keys`, compared by a paired cluster bootstrap (`medcad.metrics.compare.paired_detection_bootstrap`)
     on their out-of-fold detections and A's truths as their metrics score them (`read`: the runs' `RunDetections`
     read so far, by name). B's boxes are scaled to A's input size where the runs trained at different sizes (each
@@ -137,10 +138,13 @@ def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: 
         len(common),
         groups=groups,
         score_threshold=thresholds[a],
+        lesions=np.array([c not in ra.frame_classes for c in common], bool),
     )
     same_decisions = set(ra.labels) == set(rb.labels) and len(set(thresholds.values())) == 1
-    pair = {"test": "paired cluster bootstrap of AP50, mAP" + (", F1 and frame accuracy" if same_decisions else "")}
-    pair |= {"n_boot": out["n_boot"], **{k: out[k] for k in ("ap50", "map")}}
+    ranked = ("ap50", "map", "cpm") if "cpm" in out else ("ap50", "map")
+    pair = {"test": f"paired cluster bootstrap of AP50, mAP{', CPM' if 'cpm' in out else ''}"}
+    pair["test"] += ", F1 and frame accuracy" if same_decisions else ""
+    pair |= {"n_boot": out["n_boot"], **{k: out[k] for k in ranked}}
     if same_decisions:  # each run's decisions as its own metrics make them
         pair |= {k: out[k] for k in ("f1", "frame_accuracy", "score_threshold", "iou")}
     if set(ra.labels) != set(rb.labels):
@@ -169,7 +173,8 @@ def _score_threshold(run: Path) -> float:
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
     """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each pair),
-    every Dice test and every detection test (AP50, mAP, F1 and frame accuracy of each pair of detectors) gets `p_holm`
+    every Dice test and every detection test (AP50, mAP, CPM, F1 and frame accuracy of each pair of detectors) gets
+    `p_holm`
     beside its raw `p_value`, `p_holm_bound` (True where p_holm is an upper bound: it follows from a raw p at its
     bootstrap's resolution, `medcad.metrics.compare.holm_bounds`), and `family_size`, the number of tests Holm
     adjusted over (those with a p-value; a nan one is left out of the family and its p_holm is nan); DeLong's
