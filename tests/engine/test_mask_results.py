@@ -75,7 +75,9 @@ def test_the_note_reaches_the_console() -> None:
 
 
 def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_resamples() -> None:
-    """The lesion images in thirds by lesion size, each third's Dice the mean over its images, as the headline's."""
+    """The lesion images in thirds by rank of the lesion's share of each image's own frame, each third's Dice the
+    mean over its images, as the headline's; ties split by rank (8 of 12 lesions of one size had emptied the small
+    third); a lesion too small to survive the training size stays in the small third."""
     from medcad.engine.mask_results import _native_size_metrics
 
     rng = np.random.default_rng(0)
@@ -85,13 +87,20 @@ def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_
         true[k, 4:7, 4 : 5 + k] = True
     pred = true ^ (rng.random((n, s, s)) < 0.02)
     counts = mask_counts(pred, true)
-    m = _native_size_metrics(counts, counts, np.full(n, np.nan), np.arange(n), s)
+    small = {**counts, "true_area": np.where(np.arange(n) < 2, 0, counts["true_area"])}  # vanished at S x S
+    hw = np.full((n, 2), s)
+    m = _native_size_metrics(counts, small, np.full(n, np.nan), np.arange(n), s, hw=hw)
     parts = m["by_lesion_size"]
-    assert [p["n_images"] for p in parts.values()] == [8, 8, 8] and len(m["lesion_size_edges"]) == 2
+    assert [p["n_images"] for p in parts.values()] == [8, 8, 8] and len(m["lesion_size_ranges"]) == 3
     dice = dice_iou(counts)[0]
     for part, rows in zip(parts.values(), (range(0, 8), range(8, 16), range(16, 24)), strict=True):
         assert part["dice"]["value"] == pytest.approx(dice[list(rows)].mean())
-    assert list(parts)[0].startswith("small (< ") and list(parts)[2].startswith("large (>= ")
+    assert list(parts)[0] == "small (0.3% to 2.3% of the frame)" and list(parts)[2].startswith("large (")
+    tied = np.zeros((12, s, s), bool)
+    for k in range(12):
+        tied[k, 2:10, 2 : (12 if k < 8 else 14 + k)] = True  # 8 of one size
+    m = _native_size_metrics(*[mask_counts(tied, tied)] * 2, np.full(12, np.nan), np.arange(12), s, hw=hw[:12])
+    assert [p["n_images"] for p in m["by_lesion_size"].values()] == [4, 4, 4]
 
 
 def test_hd95_is_normalised_by_each_images_diagonal_where_sizes_differ() -> None:
@@ -100,10 +109,9 @@ def test_hd95_is_normalised_by_each_images_diagonal_where_sizes_differ() -> None
     true = np.zeros((4, 16, 16), bool)
     true[:, 4:8, 4:8] = True
     counts = mask_counts(true, true)
-    dist, diagonal = np.array([10.0, 20.0, np.nan, np.inf]), np.array([100.0, 400.0, 50.0, 50.0])
-    m = _native_size_metrics(counts, counts, dist, np.arange(4), 16, diagonal=diagonal)
+    dist = np.array([10.0, 20.0, np.nan, np.inf])
+    hw = np.array([[60, 80], [240, 320], [30, 40], [30, 40]])  # diagonals 100, 400, 50, 50
+    m = _native_size_metrics(counts, counts, dist, np.arange(4), 16, hw=hw)
     assert m["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 5) / 2)  # 10 % and 5 % of the diagonal
     assert m["hd95_normalised"]["unit"] == "% of the image diagonal" and m["hd95_normalised"]["n_undefined"] == 1
-    assert "hd95_normalised" not in _native_size_metrics(
-        counts, counts, dist, np.arange(4), 16, diagonal=np.full(4, 50.0)
-    )
+    assert "hd95_normalised" not in _native_size_metrics(counts, counts, dist, np.arange(4), 16, hw=np.full((4, 2), 40))

@@ -250,3 +250,20 @@ def test_paired_detection_test_resamples_whole_groups() -> None:
     for m in ("ap50", "f1", "frame_accuracy"):
         width = {name: np.diff(r[m]["ci95"])[0] for name, r in (("c", clustered), ("i", images))}
         assert width["c"] > 1.5 * width["i"], m
+
+
+def test_the_paired_cpm_interval_is_expanded_for_the_groups_holding_lesions() -> None:
+    """Each detector's CPM interval in the paired test is its own run's (expanded for the 6 groups holding lesions,
+    not all 20: it had read [0.057, 0.609] beside the run's [0.000, 0.833])."""
+    from medcad.metrics.compare import paired_detection_bootstrap
+    from medcad.metrics.detection import detection_metrics
+
+    rng = np.random.default_rng(3)
+    truths = [np.array([[10, 10, 40, 40, 0]], float) if i < 12 else np.zeros((0, 5)) for i in range(40)]
+    a = [np.array([[10 + rng.normal(0, 6), 10, 40, 40, rng.random(), 0]]) for _ in range(40)]
+    b = [np.array([[10 + rng.normal(0, 3), 10, 40, 40, rng.random(), 0]]) for _ in range(40)]
+    groups = np.arange(40) // 2  # 20 groups, the 12 lesion images in 6 of them
+    out = paired_detection_bootstrap(a, b, truths, 1, groups=groups, n_boot=400, seed=1)
+    own = detection_metrics(a, truths, ["polyp"], groups=groups, n_boot=400, seed=1)
+    assert out["cpm"]["value_a"] == pytest.approx(own["froc"]["cpm"]["value"])
+    assert out["cpm"]["ci95_a"] == pytest.approx(own["froc"]["cpm"]["ci95"], abs=1e-9)

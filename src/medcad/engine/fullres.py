@@ -36,16 +36,17 @@ def native_mask_scores(
 
     Returns:
         (`mask_counts` output with arrays (n,), HD95 in pixels (n,), nan where both masks are empty and inf where one
-        is; for label maps (one `mask_counts` output per class, HD95 (n, K)), else None; each image's diagonal in
-        pixels (n,), which HD95 is normalised by where images differ in size).
+        is; for label maps (one `mask_counts` output per class, HD95 (n, K)), else None; each image's (height,
+        width) in pixels (n, 2): HD95 is normalised by its diagonal where images differ in size, and a lesion's share
+        of the frame is its area over their product).
     """
     k = len(classes.values) if classes is not None else 0
     parts, by_class, dist, class_dist = [], [], np.full(len(rows), np.nan), np.full((len(rows), k), np.nan)
-    diagonal = np.zeros(len(rows))
+    hw = np.zeros((len(rows), 2))
     for j, r in enumerate(rows):
         true = read_sample_mask(manifest, int(r), missing, classes)  # bool (H, W), or class indices (label maps)
         h, w = true.shape
-        diagonal[j] = float(np.hypot(h, w))
+        hw[j] = h, w
         # resized in float, as predict resizes its probabilities (a uint8 resize rounds: masks 0.3-0.5 % smaller)
         lesion = cv2.resize(probs[j].astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_LINEAR)
         pred = lesion >= 0.5  # (H, W)
@@ -60,6 +61,6 @@ def native_mask_scores(
             class_dist[j] = class_hd95(found, true, k)
     counts = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
     if classes is None:
-        return counts, dist, None, diagonal
+        return counts, dist, None, hw
     joined = [{key: np.concatenate([p[c][key] for p in by_class]) for key in by_class[0][c]} for c in range(k)]
-    return counts, dist, (joined, class_dist), diagonal
+    return counts, dist, (joined, class_dist), hw

@@ -73,7 +73,7 @@ def segmentation_results(
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    parts, small, dists, diagonals, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], [], set()
+    parts, small, dists, sizes, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], [], set()
     spec_decided, spec_thresholds = [], []
     ref = reference_label(labels)
     normal = labels.index(ref) if ref is not None else None
@@ -82,7 +82,7 @@ def segmentation_results(
         rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path) if mask_classes else None
-        c, d, classes_scored, diag = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
+        c, d, classes_scored, hw = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
         if classes_scored is not None:
             by_class.append(classes_scored)
         parts.append((rows, c))
@@ -98,7 +98,7 @@ def segmentation_results(
                 spec_thresholds.append(t)
         thresholds.append(decision.get("min_frame_score"))
         dists.append(d)
-        diagonals.append(diag)
+        sizes.append(hw)
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
     rows = np.concatenate([p[0] for p in parts])
@@ -107,8 +107,7 @@ def segmentation_results(
     groups = row_groups(groups_of, keys, rows)
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
-    diagonal = np.concatenate(diagonals)
-    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label, diagonal)
+    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label, np.concatenate(sizes))
     not_normal = p_lesion_words(labels)
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
@@ -209,11 +208,11 @@ def external_mask_results(
     rows = np.arange(len(manifest))
     as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
     probs = as_u8(probs)
-    counts, dist, classes_scored, diagonal = native_mask_scores(
+    counts, dist, classes_scored, hw = native_mask_scores(
         manifest, rows, probs, missing, as_u8(lesion_classes), classes
     )
     small = mask_counts(probs >= 128, true_small > 0)
-    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]), diagonal=diagonal)
+    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]), hw=hw)
     table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
     if classes_scored is not None:
         m |= _class_results([classes_scored], classes, groups, table)
@@ -238,49 +237,56 @@ def _native_size_metrics(
     groups: np.ndarray,
     size: int,
     by_label: dict | None = None,
-    diagonal: np.ndarray | None = None,
+    hw: np.ndarray | None = None,
 ) -> dict:
     """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
     "training_size", at the S x S training size: the same for a run's test images and an external set's. With
     `by_label` ({label: bool (N,)}), "by_label" scores each label's images in the headline's bootstrap resamples (so
     the lesion images' Dice has one CI, whether as the headline's dice_lesion or the lesion label's dice);
     "by_lesion_size" scores the lesion images in thirds by lesion size (`_by_lesion_size`) alike. With each image's
-    `diagonal` (pixels) where images differ in size, "hd95_normalised" gives HD95 as a share of it (a 10 px error
-    on a 1920 px frame and on a 332 px one are not alike: Kvasir-SEG holds both)."""
+    (height, width) `hw` in pixels: the lesion sizes at each image's own size, and where images differ in size,
+    "hd95_normalised" gives HD95 as a share of each image's diagonal (a 10 px error on a 1920 px frame and on a
+    332 px one are not alike: Kvasir-SEG holds both)."""
     from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
 
-    sizes, edges = _by_lesion_size(small, size)
-    m = segmentation_metrics(counts, groups=groups, subsets={**(by_label or {}), **sizes})
+    area = hw.prod(axis=1) if hw is not None else np.full(len(dist), float(size * size))
+    lesion_sizes, ranges = _by_lesion_size(counts if hw is not None else small, area)
+    subsets = {f"label:{k}": v for k, v in (by_label or {}).items()} | {f"size:{k}": v for k, v in lesion_sizes.items()}
+    m = segmentation_metrics(counts, groups=groups, subsets=subsets)
     parts = m.pop("subsets", {})
     if by_label is not None:
-        m["by_label"] = {k: v for k, v in parts.items() if k in by_label}
-    if sizes:
-        m["by_lesion_size"] = {k: parts[k] for k in sizes if k in parts}
-        m["lesion_size_edges"] = edges  # the thirds' edges, as shares of the frame
+        m["by_label"] = {k: parts[f"label:{k}"] for k in by_label if f"label:{k}" in parts}
+    if lesion_sizes:
+        m["by_lesion_size"] = {k: parts[f"size:{k}"] for k in lesion_sizes}
+        m["lesion_size_ranges"] = ranges  # each third's smallest and largest share of the frame
     m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
     m["hd95"] = hd95_summary(dist, groups=groups)
-    if diagonal is not None and len(np.unique(diagonal)) > 1:  # images of several sizes: pixels do not compare
+    if hw is not None and len(np.unique(hw, axis=0)) > 1:  # images of several sizes: pixels do not compare
+        diagonal = np.hypot(hw[:, 0], hw[:, 1])
         m["hd95_normalised"] = hd95_summary(100 * dist / diagonal, groups=groups) | {"unit": "% of the image diagonal"}
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
     return m
 
 
-def _by_lesion_size(small: dict, size: int) -> tuple[dict[str, np.ndarray], list[float]]:
-    """The lesion images in thirds by the true lesion's share of the frame (at the S x S training size, where every
-    image is one size): ({"small (< a %)": bool (N,), "medium": ..., "large (>= b %)": ...}, [a, b] as fractions), or
-    ({}, []) under 6 lesion images. Dice by lesion size, as polyp and ultrasound papers report it (small lesions are
-    the hard ones); the thirds are the data's own, given with their edges."""
-    share = np.asarray(small["true_area"], dtype=float) / float(size * size)
-    lesion = share > 0
-    if lesion.sum() < 6:
+def _by_lesion_size(counts: dict, area: np.ndarray) -> tuple[dict[str, np.ndarray], list[list[float]]]:
+    """The lesion images in thirds by rank of the true lesion's share of the frame (`counts`' true area over each
+    image's `area` in pixels: at each image's own size, where a lesion image is decided; ties split by rank, so each
+    third holds a third): ({"small (a-b % of the frame)": bool (N,), "medium (...)": ..., "large (...)": ...},
+    [[lo, hi] share of each third]), or ({}, []) under 6 lesion images. Dice by lesion size, as polyp and
+    ultrasound papers report it (small lesions are the hard ones); the thirds are the data's own, named by range."""
+    share = np.asarray(counts["true_area"], dtype=float) / np.asarray(area, dtype=float)
+    lesion = np.flatnonzero(share > 0)
+    if len(lesion) < 6:
         return {}, []
-    a, b = (float(v) for v in np.quantile(share[lesion], [1 / 3, 2 / 3]))
-    parts = {
-        f"small (< {a:.1%} of the frame)": lesion & (share < a),
-        f"medium ({a:.1%} to {b:.1%})": lesion & (share >= a) & (share < b),
-        f"large (>= {b:.1%})": lesion & (share >= b),
-    }
-    return {k: v for k, v in parts.items() if v.any()}, [a, b]
+    thirds = np.array_split(lesion[np.argsort(share[lesion], kind="stable")], 3)
+    parts, ranges = {}, []
+    for name, rows in zip(("small", "medium", "large"), thirds, strict=True):
+        lo, hi = float(share[rows].min()), float(share[rows].max())
+        part = np.zeros(len(share), bool)
+        part[rows] = True
+        parts[f"{name} ({lo:.1%} to {hi:.1%} of the frame)"] = part
+        ranges.append([lo, hi])
+    return parts, ranges
 
 
 def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:

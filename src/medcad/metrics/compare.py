@@ -28,6 +28,7 @@ from medcad.metrics.stats import (
     bootstrap_weights,
     ci_entry,
     expanded_p,
+    part_units,
     percentile_ci,
     resampled_units,
     usable_samples,
@@ -187,18 +188,21 @@ def paired_detection_bootstrap(
         return out
 
     point, samples = bootstrap_samples(batch, n, groups=g, n_boot=n_boot, seed=seed)
+    # the CPM is over the groups holding lesions, its interval expanded for them, as each run's own (`FROCTable`)
+    lesion_units = part_units(g, {"cpm": scorers[0][2].truths_per_image > 0}) if froc else {}
     out: dict[str, Any] = {}
     for m in names:
         a, b = samples[f"{m}a"], samples[f"{m}b"]
         va, vb = float(point[f"{m}a"][0]), float(point[f"{m}b"][0])
+        units = lesion_units.get(m, samples.units)
         out[m] = {
             "value_a": va,
             "value_b": vb,
             "difference": va - vb,
-            **ci_entry(a - b, samples.units),
-            "ci95_a": list(percentile_ci(a, units=samples.units)),
-            "ci95_b": list(percentile_ci(b, units=samples.units)),
-            **_bootstrap_p(va - vb, a - b, samples.units),
+            **ci_entry(a - b, units),
+            "ci95_a": list(percentile_ci(a, units=units)),
+            "ci95_b": list(percentile_ci(b, units=units)),
+            **_bootstrap_p(va - vb, a - b, units),
             "resamples_used": int(np.isfinite(a - b).sum()),
         }
     method = "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)"

@@ -151,8 +151,8 @@ def paired_detections(study_dir: Path, a: str, b: str, keys: list[str], groups: 
         extra = {name: [n for n in x.labels if n not in common] for name, x in ((a, ra), (b, rb))}
         said = "; ".join(f"{name} also detects {', '.join(v)}" for name, v in extra.items() if v)
         pair["note"] = (
-            f"AP compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}. F1 and frame "
-            "accuracy are not compared: each run decides among its own classes, against its own truths"
+            f"AP and CPM compared on the box classes both runs detect ({', '.join(common) or 'none'}); {said}. F1 "
+            "and frame accuracy are not compared: each run decides among its own classes, against its own truths"
         )
     elif not same_decisions:  # the same classes, other thresholds
         levels = sorted(set(thresholds.values()))
