@@ -138,3 +138,16 @@ def test_boxes_that_are_lines_or_specks_are_kept_and_named_with_the_box_they_lie
         "[0.0, 0.0, 50.0, 50.0]; kept",
         "box [60.0, 5.0, 60.5, 40.0] (polyp) is 0.5x35 px: a line or a speck, not a lesion's extent?; kept",
     ]
+
+
+def test_a_listed_score_reaches_a_threshold_exactly_where_the_box_did() -> None:
+    """Listed scores are cut to 4 decimals, not rounded: a box at 0.49996 reads 0.4999, below a 0.5 threshold that
+    drops it (rounded, it had read 0.5000 and 17 boxes of a run could not be told apart so)."""
+    from medcad.data.boxes import listed_boxes
+
+    scores = np.array([0.49996, 0.5, 0.50004, 0.3, 0.05, 0.99999])
+    boxes = np.c_[np.zeros((6, 4)), scores, np.zeros(6)]
+    listed = [b[4] for b in listed_boxes(boxes, ["polyp"])]
+    assert listed == [0.4999, 0.5, 0.5, 0.3, 0.05, 0.9999]
+    for t in (0.05, 0.3, 0.5):
+        assert [v >= t for v in listed] == [v >= t for v in scores]

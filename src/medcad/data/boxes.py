@@ -141,10 +141,12 @@ def listed_boxes(boxes: np.ndarray, labels: Sequence[str]) -> list[list]:
 
     Returns:
         [[x0, y0, x1, y1, score, class name], ...] in the order given: coordinates rounded to `COORD_DECIMALS`,
-        the score to `SCORE_DECIMALS`.
+        the score cut (rounded down) to `SCORE_DECIMALS`, so that a listed score reaches a threshold of as many
+        decimals exactly where the box did (0.49996 had been listed 0.5000, though a 0.5 threshold drops it).
     """
     b = np.asarray(boxes, np.float64).reshape(-1, 6)
-    xy, score = np.round(b[:, :4], COORD_DECIMALS), np.round(b[:, 4], SCORE_DECIMALS)
+    step = 10.0**SCORE_DECIMALS
+    xy, score = np.round(b[:, :4], COORD_DECIMALS), np.floor(b[:, 4] * step + 1e-9) / step
     return [[*xy[j].tolist(), float(score[j]), labels[int(b[j, 5])]] for j in range(len(b))]
 
 
