@@ -14,6 +14,7 @@ Adding a task is an entry here plus its own modules, each named in its layer's l
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -312,11 +313,7 @@ def images_per_finding(cells) -> dict[str, int] | None:
     sets = [set(split_labels(c)) for c in cells]
     if not any(len(s) > 1 for s in sets):
         return None
-    counts: dict[str, int] = {}
-    for s in sets:
-        for f in s:
-            counts[f] = counts.get(f, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(f for s in sets for f in s).items()))
 
 
 def findings(parts: list[str]) -> list[str]:

@@ -19,12 +19,12 @@ from medcad import usable_cores
 from medcad.atomic import atomic_path
 from medcad.data.cache import cache_dir, filling
 from medcad.data.interface import check_interface, crop_relative, imaging_box, remove_interface
-from medcad.data.io import MASK_STEM, image_size, read_image
+from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.ledger import BROKEN_LINK
 from medcad.data.manifest import FRAME_SEP, Manifest, shown_path
 from medcad.data.masks import read_mask, sample_mask_pages
-from medcad.data.pairing import MASK_FOLDER_WORDS
+from medcad.data.pairing import MASK_FOLDER_WORDS, mask_base
 from medcad.errors import DataError, UnreadableSamples
 
 if TYPE_CHECKING:
@@ -185,19 +185,18 @@ def read_sample_mask(
 
 def _moved_mask(manifest: Manifest, i: int) -> str | None:
     """A link to a missing file the read named (the ledger's) where row i's mask would be paired from: beside its
-    image under a mask name of its stem (`MASK_STEM`: 'x_mask.png', 'x_mask_1.png'), or under its stem in a mask
-    folder at the image's depth (images/x.jpg, masks/x.png: `MASK_FOLDER_WORDS`); else None (a broken link of
+    image under a mask name of its stem ('x_mask.png', 'x_mask_1.png'), or under its stem or a mask name of it in a
+    mask folder at the image's depth (images/x.jpg, masks/x.png: `MASK_FOLDER_WORDS`), named as the readers pair
+    them (`medcad.data.pairing.mask_base`); else None (a broken link of
     another class folder, benign/1.png beside normal/1.png, is not its mask)."""
     image = Path(manifest.keys[i].split(FRAME_SEP)[0])
     for path, why in manifest.ledger.unread if manifest.ledger else ():
         link = Path(path)
-        if not why.startswith(BROKEN_LINK):
-            continue
-        named = MASK_STEM.match(link.stem)
-        beside = link.parent == image.parent and named is not None and named.group("base") == image.stem
+        if not why.startswith(BROKEN_LINK) or mask_base(link.stem, {image.stem}) != image.stem:
+            continue  # named as its mask would be, as the readers pair them (`mask_base`)
+        beside = link.parent == image.parent and link.stem != image.stem
         in_masks = any(w in link.parent.name.lower() for w in MASK_FOLDER_WORDS)  # masks/, labels/, gt/ ...
-        elsewhere = in_masks and len(link.parts) == len(image.parts) and link.stem == image.stem
-        if beside or elsewhere:
+        if beside or (in_masks and len(link.parts) == len(image.parts)):
             return path
     return None
 
