@@ -74,6 +74,12 @@ def test_the_note_reaches_the_console() -> None:
     assert "No lesion image keeps a mask" in text
 
 
+def _native(counts: dict, hd95: np.ndarray, hw: np.ndarray):
+    from medcad.engine.fullres import NativeScores
+
+    return NativeScores(counts, hd95, np.where(np.isnan(hd95), np.nan, 0.5), np.asarray(hw, float), None)
+
+
 def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_resamples() -> None:
     """The lesion images in thirds by rank of the lesion's share of each image's own frame, each third's Dice the
     mean over its images, as the headline's; ties split by rank (8 of 12 lesions of one size had emptied the small
@@ -89,7 +95,7 @@ def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_
     counts = mask_counts(pred, true)
     small = {**counts, "true_area": np.where(np.arange(n) < 2, 0, counts["true_area"])}  # vanished at S x S
     hw = np.full((n, 2), s)
-    m = _native_size_metrics(counts, small, np.full(n, np.nan), np.arange(n), s, hw=hw)
+    m = _native_size_metrics(_native(counts, np.full(n, np.nan), hw), small, np.arange(n), s)
     parts = m["by_lesion_size"]
     assert [p["n_images"] for p in parts.values()] == [8, 8, 8] and len(m["lesion_size_ranges"]) == 3
     dice = dice_iou(counts)[0]
@@ -99,7 +105,8 @@ def test_dice_by_lesion_size_scores_thirds_of_the_lesion_images_in_the_headline_
     tied = np.zeros((12, s, s), bool)
     for k in range(12):
         tied[k, 2:10, 2 : (12 if k < 8 else 14 + k)] = True  # 8 of one size
-    m = _native_size_metrics(*[mask_counts(tied, tied)] * 2, np.full(12, np.nan), np.arange(12), s, hw=hw[:12])
+    tied_counts = mask_counts(tied, tied)
+    m = _native_size_metrics(_native(tied_counts, np.full(12, np.nan), hw[:12]), tied_counts, np.arange(12), s)
     assert [p["n_images"] for p in m["by_lesion_size"].values()] == [4, 4, 4]
 
 
@@ -111,7 +118,44 @@ def test_hd95_is_normalised_by_each_images_diagonal_where_sizes_differ() -> None
     counts = mask_counts(true, true)
     dist = np.array([10.0, 20.0, np.nan, np.inf])
     hw = np.array([[60, 80], [240, 320], [30, 40], [30, 40]])  # diagonals 100, 400, 50, 50
-    m = _native_size_metrics(counts, counts, dist, np.arange(4), 16, hw=hw)
+    m = _native_size_metrics(_native(counts, dist, hw), counts, np.arange(4), 16)
     assert m["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 5) / 2)  # 10 % and 5 % of the diagonal
     assert m["hd95_normalised"]["unit"] == "% of the image diagonal" and m["hd95_normalised"]["n_undefined"] == 1
-    assert "hd95_normalised" not in _native_size_metrics(counts, counts, dist, np.arange(4), 16, hw=np.full((4, 2), 40))
+    same = _native_size_metrics(_native(counts, dist, np.full((4, 2), 40)), counts, np.arange(4), 16)
+    assert "hd95_normalised" not in same
+    # NSD's tolerance is the same share of each diagonal: 1 % of 100 to 400 px, said in pixels
+    assert (
+        m["nsd"]["tolerance_px"] == [0.5, 4.0]
+        and m["nsd"]["tolerance"] == "1 % of each image's diagonal (0.5 to 4.0 px)"
+    )
+    assert same["nsd"]["tolerance"] == "1 % of each image's diagonal (0.6 px)"
+
+
+def test_each_lesion_class_has_its_hd95_as_a_share_of_the_diagonal_and_its_nsd_where_sizes_differ() -> None:
+    """Label maps: each class's HD95 is normalised by each image's diagonal as the headline's is (it had stayed in
+    pixels alone), and each class has its NSD."""
+    import pandas as pd
+
+    from medcad.data.labelmaps import parse_mask_labels
+    from medcad.engine.fullres import NativeScores
+    from medcad.engine.mask_results import _class_results
+
+    true = np.zeros((3, 16, 16), bool)
+    true[:, 4:8, 4:8] = True
+    counts = mask_counts(true, true)
+    hw = np.array([[60, 80], [240, 320], [30, 40]], float)  # diagonals 100, 400, 50
+    hd = np.array([[10.0, np.nan], [20.0, 40.0], [np.inf, 5.0]])  # (n, K): px
+    nsd = np.array([[0.5, np.nan], [1.0, 0.25], [0.0, 1.0]])
+    native = NativeScores(counts, hd[:, 0], nsd[:, 0], hw, ([counts, counts], hd, nsd))
+    table = pd.DataFrame({"image": ["a", "b", "c"]})
+    out = _class_results(native, parse_mask_labels("1=cyst,2=stone"), np.arange(3), table)
+    cyst, stone = out["per_class"]["cyst"], out["per_class"]["stone"]
+    assert cyst["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 5) / 2)  # 10 % and 5 %; inf left out
+    assert stone["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 10) / 2)
+    assert cyst["nsd"]["mean"]["value"] == pytest.approx(0.5) and stone["nsd"]["n_scored"] == 2
+    assert {"dice_cyst", "dice_stone"} <= set(table.columns)
+    same = NativeScores(counts, hd[:, 0], nsd[:, 0], np.full((3, 2), 40.0), ([counts, counts], hd, nsd))
+    assert (
+        "hd95_normalised"
+        not in _class_results(same, parse_mask_labels("1=cyst,2=stone"), np.arange(3), table)["per_class"]["cyst"]
+    )

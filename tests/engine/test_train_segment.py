@@ -71,7 +71,12 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert ext["n_images"] == 24 and ext["resolution"].startswith("each image's own size")  # scored as runs are
     assert ext["training_size"]["n_images"] == 24 and ext["hd95"]["n_defined"] + ext["hd95"]["n_undefined"] <= 24
     table = pd.read_csv(run / "evaluations" / synth.name / "predictions.csv")
-    assert {"dice", "hd95_px", "dice_training_size"} <= set(table.columns) and len(table) == 24
+    assert {"dice", "hd95_px", "nsd", "dice_training_size"} <= set(table.columns) and len(table) == 24
+    # NSD beside HD95: scored where either mask holds a lesion, its tolerance 1 % of the 64 px frames' diagonal
+    assert ext["nsd"]["n_scored"] == table["nsd"].notna().sum() == (table["hd95_px"].notna()).sum()
+    assert (
+        ext["nsd"]["mean"]["value"] == pytest.approx(table["nsd"].mean()) and ext["nsd"]["tolerance_px"] == [0.91] * 2
+    )
     # the frames are 64 px as the training size: scored at their own size, each image's Dice is the training-size one
     np.testing.assert_allclose(table["dice"], table["dice_training_size"])
     assert ext["dice"]["value"] == pytest.approx(ext["training_size"]["dice"]["value"])

@@ -149,7 +149,7 @@ def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     for name in ("cyst", "stone"):
         c = m["segmentation"]["per_class"][name]
         assert 0 <= c["dice"]["value"] <= 1 and c["dice"]["ci95"][0] <= c["dice"]["value"] <= c["dice"]["ci95"][1]
-        assert "hd95" in c
+        assert "hd95" in c and "nsd" in c
     mean = np.mean([m["segmentation"]["per_class"][n]["dice"]["value"] for n in ("cyst", "stone")])
     assert m["class_dice"]["value"] == pytest.approx(mean)
     assert m["class_dice"]["value"] > 0.4  # the two classes are easy to tell apart: learnt, not chance

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table, segmentation_metrics
@@ -109,8 +109,14 @@ def _hd95_scipy(p: np.ndarray, t: np.ndarray) -> float:
     return max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
 
 
+def hd95(p: np.ndarray, t: np.ndarray) -> float:
+    from medcad.metrics.boundary import boundary_scores
+
+    return boundary_scores(p, t, 1.0)[0]
+
+
 def test_hd95_matches_scipy_reference_and_conventions():
-    from medcad.metrics.segmentation import hd95, hd95_summary
+    from medcad.metrics.boundary import hd95_summary
 
     p = np.zeros((64, 80), bool)
     t = p.copy()
@@ -131,7 +137,7 @@ def test_hd95_mean_is_monais_over_images_with_and_without_lesions():
     import torch
     from monai.metrics import HausdorffDistanceMetric
 
-    from medcad.metrics.segmentation import hd95, hd95_summary
+    from medcad.metrics.boundary import hd95_summary
 
     rng = np.random.default_rng(3)
     pairs = []
@@ -151,6 +157,81 @@ def test_hd95_mean_is_monais_over_images_with_and_without_lesions():
            torch.tensor(np.array([t for _, t in pairs]))[:, None].float())  # fmt: skip
     assert ours["mean"]["value"] == pytest.approx(float(metric.aggregate()), rel=1e-6)
     assert (ours["n_defined"], ours["n_undefined"], ours["n_both_empty"]) == (7, 1, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**16),
+    st.sampled_from(["empty", "speck", "blob", "two"]),
+    st.sampled_from(["empty", "speck", "blob", "two"]),
+    st.one_of(st.sampled_from([1.0, 2**0.5, 2.0, 5**0.5, 3.0, 5.0]), st.floats(0.5, 12.0)),  # distances hit exactly
+)
+@example(seed=128, pred_kind="speck", true_kind="blob", tolerance=5**0.5)  # a distance of exactly the tolerance
+def test_hd95_and_nsd_from_one_pass_are_monais_own(seed: int, pred_kind: str, true_kind: str, tolerance: float):
+    """HD95 and NSD from one pass of edge distances equal MONAI's public compute_hausdorff_distance(percentile=95)
+    and compute_surface_dice on masks of every kind (empty, one pixel, a blob, two blobs), with the conventions
+    where a mask is empty: both empty (nan, nan), one empty (inf, 0)."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    from medcad.metrics.boundary import boundary_scores
+
+    rng = np.random.default_rng(seed)
+
+    def mask(kind: str) -> np.ndarray:
+        m = np.zeros((36, 44), bool)
+        for _ in range({"empty": 0, "speck": 1, "blob": 1, "two": 2}[kind]):
+            y, x = rng.integers(0, 30), rng.integers(0, 38)
+            h, w = (1, 1) if kind == "speck" else rng.integers(2, 14, 2)
+            m[y : y + h, x : x + w] = True
+        return m
+
+    p, t = mask(pred_kind), mask(true_kind)
+    hd, nsd = boundary_scores(p, t, tolerance)
+    if not p.any() or not t.any():
+        assert (
+            (np.isnan(hd), np.isnan(nsd)) == (True, True) if not p.any() and not t.any() else (hd, nsd) == (np.inf, 0)
+        )
+        return
+    pt, tt = torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_hd = float(compute_hausdorff_distance(pt, tt, percentile=95))
+        ref_nsd = float(compute_surface_dice(pt.float(), tt.float(), [tolerance], include_background=True))
+    assert hd == pytest.approx(ref_hd, rel=1e-6, abs=1e-6)
+    assert nsd == pytest.approx(ref_nsd, rel=1e-6, abs=1e-9)
+    assert 0 <= nsd <= 1
+
+
+def test_nsd_summary_leaves_out_pairs_without_a_lesion_and_says_its_tolerance():
+    """The mean NSD is MONAI's SurfaceDiceMetric(reduction="mean") over the images with a lesion in either mask (a
+    missed lesion scores 0, lesion-free pairs are left out); the summary names its tolerance."""
+    import torch
+    from monai.metrics import SurfaceDiceMetric
+
+    from medcad.metrics.boundary import boundary_scores, nsd_summary
+
+    rng = np.random.default_rng(5)
+    pairs = []
+    for i in range(12):
+        t, p = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+        if i % 3:
+            y, x = rng.integers(5, 25, 2)
+            t[y : y + 10, x : x + 8] = True
+            if i != 4:  # i == 4: missed
+                dy, dx = rng.integers(-3, 4, 2)
+                p[y + dy : y + dy + 9, x + dx : x + dx + 8] = True
+        pairs.append((p, t))
+    values = np.array([boundary_scores(p, t, 2.0)[1] for p, t in pairs])
+    ours = nsd_summary(values, tolerance=0.5, tolerance_px=(2.0, 2.0), n_boot=20)
+    metric = SurfaceDiceMetric([2.0], include_background=True, reduction="mean")
+    metric(torch.tensor(np.array([p for p, _ in pairs]))[:, None].float(),
+           torch.tensor(np.array([t for _, t in pairs]))[:, None].float())  # fmt: skip
+    assert ours["mean"]["value"] == pytest.approx(float(metric.aggregate()), rel=1e-6)
+    assert (ours["n_scored"], ours["n_both_empty"]) == (8, 4) and values[4] == 0.0
+    assert ours["tolerance_pct_diagonal"] == 0.5 and ours["tolerance_px"] == [2.0, 2.0]
 
 
 def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:
@@ -235,7 +316,7 @@ def test_a_runs_masks_at_full_size_are_the_masks_predict_gives(w: int, h: int, s
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(root / "x.png")
         Image.fromarray(np.zeros((h, w), np.uint8)).save(root / "x_mask.png")
         m = load_manifest(root)
-        counts, _, _, _ = native_mask_scores(m, np.array([0]), stored)
+        counts = native_mask_scores(m, np.array([0]), stored).counts
     settings_ = {"threshold": 0.5, "labels": ["lesion"], "frame_score_kind": "lesion_area", "min_frame_score": 0.0}
     predicted = LesionMask.from_infer({"mask": stored / 255.0}, 0, (h, w), 32, settings_)
     assert counts["pred_area"][0] == int(predicted.lesion.sum())

@@ -1,9 +1,11 @@
 """Masks scored at each image's own resolution: the predicted lesion probabilities (stored at the training size)
 are resized back to the image's height and width (bilinear) before the 0.5 threshold, as published Dice is measured
-on the original masks; HD95 (pixels of the original image) comes with it. Label maps are scored per lesion class the
-same way."""
+on the original masks; HD95 (pixels of the original image) and NSD (tolerance a share of the image's diagonal) come
+with it. Label maps are scored per lesion class the same way."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -11,8 +13,45 @@ import numpy as np
 from medcad.data.datasets import read_sample_mask
 from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest
-from medcad.metrics.label_maps import class_counts, class_hd95, class_index_map
-from medcad.metrics.segmentation import hd95, mask_counts
+from medcad.metrics.boundary import boundary_scores, nsd_tolerance_px
+from medcad.metrics.label_maps import class_boundary_scores, class_counts, class_index_map
+from medcad.metrics.segmentation import mask_counts
+
+
+class NativeScores(NamedTuple):
+    """Masks scored at each image's own size, one entry per predicted image (n of them).
+
+    counts: `mask_counts` output, arrays (n,). hd95: (n,) pixels, nan where both masks are empty and inf where one
+    is. nsd: (n,) in [0, 1] at `NSD_TOLERANCE` % of each image's diagonal, nan where both are empty, 0 where one is.
+    hw: (n, 2) each image's (height, width) in pixels (HD95 is normalised by its diagonal where images differ in size;
+    a lesion's share of the frame is its area over their product). by_class: label maps only, else None: (one
+    `mask_counts` output per lesion class, HD95 (n, K), NSD (n, K))."""
+
+    counts: dict[str, np.ndarray]
+    hd95: np.ndarray
+    nsd: np.ndarray
+    hw: np.ndarray
+    by_class: tuple[list[dict[str, np.ndarray]], np.ndarray, np.ndarray] | None
+
+    @staticmethod
+    def joined(parts: list[NativeScores]) -> NativeScores:
+        """Several sets' scores (e.g. the folds' test images) joined in order."""
+        counts = {k: np.concatenate([p.counts[k] for p in parts]) for k in parts[0].counts}
+        by_class = None
+        if parts[0].by_class is not None:
+            k = len(parts[0].by_class[0])
+            per = [
+                {key: np.concatenate([p.by_class[0][c][key] for p in parts]) for key in parts[0].by_class[0][c]}
+                for c in range(k)
+            ]
+            by_class = (per, *(np.concatenate([p.by_class[i] for p in parts]) for i in (1, 2)))
+        arrays = (np.concatenate([getattr(p, name) for p in parts]) for name in ("hd95", "nsd", "hw"))
+        return NativeScores(counts, *arrays, by_class)
+
+    def tolerance_px(self) -> tuple[float, float]:
+        """The smallest and largest NSD tolerance in pixels over the images."""
+        t = [nsd_tolerance_px(h, w) for h, w in self.hw] or [float("nan")]
+        return min(t), max(t)
 
 
 def native_mask_scores(
@@ -22,8 +61,8 @@ def native_mask_scores(
     missing: str = "empty",
     lesion_classes: np.ndarray | None = None,
     classes: MaskLabels | None = None,
-) -> tuple[dict[str, np.ndarray], np.ndarray, tuple | None]:
-    """Pixel counts and HD95 per image at the original resolution; each true mask is read once.
+) -> NativeScores:
+    """Pixel counts, HD95 and NSD per image at the original resolution; each true mask is read once.
 
     Args:
         manifest: the run's samples.
@@ -33,34 +72,31 @@ def native_mask_scores(
         lesion_classes, classes: for label maps, the classes' predicted probabilities (n, K, S, S) uint8 and the
             run's classes: each lesion class is scored too, after the pixel decision of
             `medcad.metrics.label_maps.class_index_map` on the resized probabilities.
-
-    Returns:
-        (`mask_counts` output with arrays (n,), HD95 in pixels (n,), nan where both masks are empty and inf where one
-        is; for label maps (one `mask_counts` output per class, HD95 (n, K)), else None; each image's (height,
-        width) in pixels (n, 2): HD95 is normalised by its diagonal where images differ in size, and a lesion's share
-        of the frame is its area over their product).
     """
     k = len(classes.values) if classes is not None else 0
-    parts, by_class, dist, class_dist = [], [], np.full(len(rows), np.nan), np.full((len(rows), k), np.nan)
+    parts, by_class = [], []
+    boundary, class_boundary = np.full((len(rows), 2), np.nan), np.full((len(rows), k, 2), np.nan)
     hw = np.zeros((len(rows), 2))
     for j, r in enumerate(rows):
         true = read_sample_mask(manifest, int(r), missing, classes)  # bool (H, W), or class indices (label maps)
         h, w = true.shape
         hw[j] = h, w
+        tolerance = nsd_tolerance_px(h, w)
         # resized in float, as predict resizes its probabilities (a uint8 resize rounds: masks 0.3-0.5 % smaller)
         lesion = cv2.resize(probs[j].astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_LINEAR)
         pred = lesion >= 0.5  # (H, W)
         parts.append(mask_counts(pred[None], true[None] > 0))
-        dist[j] = hd95(pred, true > 0)
+        boundary[j] = boundary_scores(pred, true > 0, tolerance)
         if classes is not None:
             per_class = np.stack(
                 [cv2.resize(c.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for c in lesion_classes[j]]
             )
             found = class_index_map(lesion, per_class, 0.5)
             by_class.append(class_counts(found[None], true[None], k))
-            class_dist[j] = class_hd95(found, true, k)
+            class_boundary[j] = class_boundary_scores(found, true, k, tolerance)
     counts = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
-    if classes is None:
-        return counts, dist, None, hw
-    joined = [{key: np.concatenate([p[c][key] for p in by_class]) for key in by_class[0][c]} for c in range(k)]
-    return counts, dist, (joined, class_dist), hw
+    joined = None
+    if classes is not None:
+        per = [{key: np.concatenate([p[c][key] for p in by_class]) for key in by_class[0][c]} for c in range(k)]
+        joined = (per, class_boundary[..., 0], class_boundary[..., 1])
+    return NativeScores(counts, boundary[:, 0], boundary[:, 1], hw, joined)

@@ -5,6 +5,7 @@ masks scored the same way."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,9 @@ from medcad.data.manifest import Manifest
 from medcad.data.splits import row_groups
 from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import p_lesion_words, reference_label
+
+if TYPE_CHECKING:
+    from medcad.engine.fullres import NativeScores
 
 
 def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +65,7 @@ def segmentation_results(
     "training_size" and the table's dice_training_size column. With `mask_classes` (label maps) the headline is
     lesion against background and "per_class", "class_dice", "class_iou" score each lesion class
     (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
-    from medcad.engine.fullres import native_mask_scores
+    from medcad.engine.fullres import NativeScores, native_mask_scores
     from medcad.metrics.segmentation import (
         apply_frame_decision,
         dice_iou,
@@ -73,18 +77,17 @@ def segmentation_results(
     from medcad.metrics.stats import mean_sd
 
     keys = manifest.keys
-    parts, small, dists, sizes, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], [], set()
+    parts, small, natives, per_fold, decided, thresholds, kinds = [], [], [], [], [], [], set()
     spec_decided, spec_thresholds = [], []
     ref = reference_label(labels)
     normal = labels.index(ref) if ref is not None else None
-    by_class: list[tuple] = []
     for r in results:
         rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path) if mask_classes else None
-        c, d, classes_scored, hw = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
-        if classes_scored is not None:
-            by_class.append(classes_scored)
+        scores = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
+        c = scores.counts
+        natives.append(scores)
         parts.append((rows, c))
         decision = r.get("decision") or {}
         if decision:  # the fold's frame-level decision on its test frames
@@ -97,17 +100,15 @@ def segmentation_results(
                 spec_decided.append(apply_frame_decision(c, score, t))
                 spec_thresholds.append(t)
         thresholds.append(decision.get("min_frame_score"))
-        dists.append(d)
-        sizes.append(hw)
         fm = segmentation_metrics(c, n_boot=0)
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
     rows = np.concatenate([p[0] for p in parts])
-    counts, counts_small = _joined([p[1] for p in parts]), _joined(small)
-    dist = np.concatenate(dists)
+    native = NativeScores.joined(natives)
+    counts, counts_small = native.counts, _joined(small)
     groups = row_groups(groups_of, keys, rows)
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
-    m = _native_size_metrics(counts, counts_small, dist, groups, int(masks.shape[-1]), by_label, np.concatenate(sizes))
+    m = _native_size_metrics(native, counts_small, groups, int(masks.shape[-1]), by_label)
     not_normal = p_lesion_words(labels)
     if len(decided) == len(results):  # runs from before the frame-level decision have none
         what = not_normal if kinds == {"p_lesion"} else "the predicted lesion area (fraction of the frame)"
@@ -122,11 +123,12 @@ def segmentation_results(
     m["per_fold"] = per_fold
     m["fold_summary"] = {name: mean_sd([f[name] for f in per_fold]) for name in ("dice", "iou")}
     table = per_image_table(counts, [keys[i] for i in rows]).rename(columns={"key": "image"})
-    if by_class:
-        m |= _class_results(by_class, mask_classes, groups, table)
+    if native.by_class is not None:
+        m |= _class_results(native, mask_classes, groups, table)
     table.insert(1, "fold", np.concatenate([[r["fold"]] * len(p[0]) for r, p in zip(results, parts, strict=True)]))
     table.insert(2, "label", label_of)
-    table["hd95_px"] = dist
+    table["hd95_px"] = native.hd95
+    table["nsd"] = native.nsd
     table["dice_training_size"] = dice_iou(counts_small)[0]
     if "frame_decision" in m:
         table["dice_frame_decision"] = dice_iou(_joined(decided))[0]
@@ -199,7 +201,7 @@ def external_mask_results(
             decision: masks of frames scoring below the threshold are emptied, as predict and serve show them.
 
     Returns:
-        (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, dice_training_size and
+        (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, nsd, dice_training_size and
         dice_<class> columns).
     """
     from medcad.engine.fullres import native_mask_scores
@@ -208,15 +210,15 @@ def external_mask_results(
     rows = np.arange(len(manifest))
     as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
     probs = as_u8(probs)
-    counts, dist, classes_scored, hw = native_mask_scores(
-        manifest, rows, probs, missing, as_u8(lesion_classes), classes
-    )
+    native = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes)
+    counts = native.counts
     small = mask_counts(probs >= 128, true_small > 0)
-    m = _native_size_metrics(counts, small, dist, groups, int(true_small.shape[-1]), hw=hw)
+    m = _native_size_metrics(native, small, groups, int(true_small.shape[-1]))
     table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
-    if classes_scored is not None:
-        m |= _class_results([classes_scored], classes, groups, table)
-    table["hd95_px"] = dist
+    if native.by_class is not None:
+        m |= _class_results(native, classes, groups, table)
+    table["hd95_px"] = native.hd95
+    table["nsd"] = native.nsd
     table["dice_training_size"] = dice_iou(small)[0]
     if decision is not None:
         from medcad.metrics.segmentation import apply_frame_decision
@@ -231,26 +233,20 @@ def external_mask_results(
 
 
 def _native_size_metrics(
-    counts: dict,
-    small: dict,
-    dist: np.ndarray,
-    groups: np.ndarray,
-    size: int,
-    by_label: dict | None = None,
-    hw: np.ndarray | None = None,
+    native: NativeScores, small: dict, groups: np.ndarray, size: int, by_label: dict | None = None
 ) -> dict:
-    """Masks' metrics at each image's own size (Dice, IoU, HD95 with cluster-bootstrap CIs) and, under
+    """Masks' metrics at each image's own size (`native`: Dice, IoU, HD95, NSD with cluster-bootstrap CIs) and, under
     "training_size", at the S x S training size: the same for a run's test images and an external set's. With
     `by_label` ({label: bool (N,)}), "by_label" scores each label's images in the headline's bootstrap resamples (so
     the lesion images' Dice has one CI, whether as the headline's dice_lesion or the lesion label's dice);
-    "by_lesion_size" scores the lesion images in thirds by lesion size (`_by_lesion_size`) alike. With each image's
-    (height, width) `hw` in pixels: the lesion sizes at each image's own size, and where images differ in size,
-    "hd95_normalised" gives HD95 as a share of each image's diagonal (a 10 px error on a 1920 px frame and on a
-    332 px one are not alike: Kvasir-SEG holds both)."""
-    from medcad.metrics.segmentation import hd95_summary, segmentation_metrics
+    "by_lesion_size" scores the lesion images in thirds by lesion size at each image's own size (`_by_lesion_size`)
+    alike. Where images differ in size, "hd95_normalised" gives HD95 as a share of each image's diagonal (a 10 px
+    error on a 1920 px frame and on a 332 px one are not alike: Kvasir-SEG holds both), as NSD's tolerance is."""
+    from medcad.metrics.boundary import hd95_normalised_summary, hd95_summary, nsd_summary
+    from medcad.metrics.segmentation import segmentation_metrics
 
-    area = hw.prod(axis=1) if hw is not None else np.full(len(dist), float(size * size))
-    lesion_sizes, ranges = _by_lesion_size(counts if hw is not None else small, area)
+    counts, dist, hw = native.counts, native.hd95, native.hw
+    lesion_sizes, ranges = _by_lesion_size(counts, hw.prod(axis=1))
     subsets = {f"label:{k}": v for k, v in (by_label or {}).items()} | {f"size:{k}": v for k, v in lesion_sizes.items()}
     m = segmentation_metrics(counts, groups=groups, subsets=subsets)
     parts = m.pop("subsets", {})
@@ -261,9 +257,9 @@ def _native_size_metrics(
         m["lesion_size_ranges"] = ranges  # each third's smallest and largest share of the frame
     m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
     m["hd95"] = hd95_summary(dist, groups=groups)
-    if hw is not None and len(np.unique(hw, axis=0)) > 1:  # images of several sizes: pixels do not compare
-        diagonal = np.hypot(hw[:, 0], hw[:, 1])
-        m["hd95_normalised"] = hd95_summary(100 * dist / diagonal, groups=groups) | {"unit": "% of the image diagonal"}
+    m["nsd"] = nsd_summary(native.nsd, groups=groups, tolerance_px=native.tolerance_px())
+    if (share := hd95_normalised_summary(dist, hw, groups=groups)) is not None:  # images of several sizes
+        m["hd95_normalised"] = share
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
     return m
 
@@ -289,15 +285,20 @@ def _by_lesion_size(counts: dict, area: np.ndarray) -> tuple[dict[str, np.ndarra
     return parts, ranges
 
 
-def _class_results(by_class: list[tuple], classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
-    """Label maps: per-class metrics of the folds' (counts per class, HD95 (n, K)) pairs, and a dice_<class> column
-    per class in `table`."""
+def _class_results(native: NativeScores, classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
+    """Label maps: per-class metrics of `native`'s lesion classes, and a dice_<class> column per class in `table`."""
     from medcad.metrics.label_maps import class_metrics
     from medcad.metrics.segmentation import dice_iou
 
     names = list(classes.names)
-    counts = [_joined([f[0][c] for f in by_class]) for c in range(len(names))]
+    counts, hd95_px, nsd = native.by_class
     for name, c in zip(names, counts, strict=True):
         table[f"dice_{name}"] = dice_iou(c)[0]
-    out = class_metrics(counts, names, hd95_px=np.concatenate([f[1] for f in by_class]), groups=groups)
+    tolerance = native.tolerance_px()
+    out = class_metrics(counts, names, hd95_px=hd95_px, nsd=nsd, nsd_tolerance_px=tolerance, groups=groups)
+    from medcad.metrics.boundary import hd95_normalised_summary
+
+    for k, name in enumerate(names):  # images of several sizes: each class's HD95 as % of the diagonal too
+        if (share := hd95_normalised_summary(hd95_px[:, k], native.hw, groups=groups)) is not None:
+            out["per_class"][name]["hd95_normalised"] = share
     return out | {"lesion_classes": classes.describe()}

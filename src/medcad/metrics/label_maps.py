@@ -1,4 +1,4 @@
-"""Masks of several lesion classes (label maps): the pixel decision, and Dice / IoU / HD95 per class with CIs.
+"""Masks of several lesion classes (label maps): the pixel decision, and Dice / IoU / HD95 / NSD per class with CIs.
 
 The pixel decision is hierarchical, so that it agrees with the lesion / no-lesion figures beside it: a pixel is
 lesion when P(lesion) = 1 - P(background) reaches the threshold, and then of its most probable lesion class.
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.segmentation import dice_iou, hd95, hd95_summary, mask_counts, segmentation_metrics
+from medcad.metrics.boundary import boundary_scores, hd95_summary, nsd_summary
+from medcad.metrics.segmentation import dice_iou, mask_counts, segmentation_metrics
 from medcad.metrics.stats import weighted_bootstrap
 
 
@@ -47,10 +48,11 @@ def class_counts(pred: np.ndarray, true: np.ndarray, n_classes: int) -> list[dic
     return [mask_counts(pred == c, true == c) for c in range(1, n_classes + 1)]
 
 
-def class_hd95(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
-    """HD95 in pixels of each lesion class between two class-index maps (H, W): (n_classes,), inf where one of the
-    two has the class and the other not, nan where neither has it (see `medcad.metrics.segmentation.hd95`)."""
-    return np.array([hd95(pred == c, true == c) for c in range(1, n_classes + 1)])
+def class_boundary_scores(pred: np.ndarray, true: np.ndarray, n_classes: int, tolerance_px: float) -> np.ndarray:
+    """HD95 in pixels and NSD of each lesion class between two class-index maps (H, W): (n_classes, 2), (inf, 0)
+    where one of the two has the class and the other not, (nan, nan) where neither has it
+    (`medcad.metrics.boundary.boundary_scores`)."""
+    return np.array([boundary_scores(pred == c, true == c, tolerance_px) for c in range(1, n_classes + 1)])
 
 
 def class_metrics(
@@ -58,6 +60,8 @@ def class_metrics(
     names: Sequence[str],
     *,
     hd95_px: np.ndarray | None = None,
+    nsd: np.ndarray | None = None,
+    nsd_tolerance_px: tuple[float, float] | None = None,
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
 ) -> dict:
@@ -67,17 +71,20 @@ def class_metrics(
         counts: one `mask_counts` output per class, each over the same N images.
         names: the classes' names.
         hd95_px: (N, K) HD95 per image and class, or None.
+        nsd, nsd_tolerance_px: (N, K) NSD per image and class, or None; the tolerance's range in pixels.
         groups: group per image for the cluster bootstrap.
 
     Returns:
-        {"per_class": {name: `segmentation_metrics` (+ "hd95": `hd95_summary`)}, "class_dice", "class_iou":
-        {"value", "ci95"} means over classes}.
+        {"per_class": {name: `segmentation_metrics` (+ "hd95": `hd95_summary`, "nsd": `nsd_summary`)},
+        "class_dice", "class_iou": {"value", "ci95"} means over classes}.
     """
     per_class = {}
     for k, (name, c) in enumerate(zip(names, counts, strict=True)):
         per_class[name] = segmentation_metrics(c, groups=groups, n_boot=n_boot)
         if hd95_px is not None:
             per_class[name]["hd95"] = hd95_summary(hd95_px[:, k], groups=groups, n_boot=n_boot)
+        if nsd is not None:
+            per_class[name]["nsd"] = nsd_summary(nsd[:, k], groups=groups, tolerance_px=nsd_tolerance_px, n_boot=n_boot)
     dice = np.mean([dice_iou(c)[0] for c in counts], axis=0)  # (N,) each image's mean over classes
     iou = np.mean([dice_iou(c)[1] for c in counts], axis=0)
     stats = weighted_bootstrap(

@@ -180,59 +180,6 @@ def per_image_table(counts: dict[str, np.ndarray], keys: Sequence[Any]) -> pd.Da
     )
 
 
-def hd95(pred: np.ndarray, true: np.ndarray) -> float:
-    """95th-percentile symmetric Hausdorff distance between two binary masks (H, W), in pixels (MONAI's
-    `compute_hausdorff_distance`, edge points): nan when both masks are empty (no boundary: not scored, as MONAI's
-    `HausdorffDistanceMetric` leaves such a pair out of its mean), inf when only one is (a lesion missed or drawn
-    where there is none: no distance measures it; it is counted, never averaged). Scored 0.0, a pair of empty masks
-    had pulled the mean down by every lesion-free image."""
-    import warnings
-
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-
-    p, t = np.asarray(pred, dtype=bool), np.asarray(true, dtype=bool)
-    if p.shape != t.shape or p.ndim != 2:
-        raise ValueError(f"pred {p.shape} and true {t.shape} must be (H, W) masks of one size")
-    if not p.any() or not t.any():
-        return float("nan") if not p.any() and not t.any() else float("inf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        d = compute_hausdorff_distance(torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None], percentile=95)
-    return float(d.item())
-
-
-def hd95_summary(
-    values: np.ndarray, *, groups: Sequence[Any] | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0
-) -> dict[str, Any]:
-    """Mean HD95 with a (cluster) bootstrap CI and the median, over the images where it is defined (a lesion in both
-    masks), as MONAI's `HausdorffDistanceMetric(reduction="mean")` averages.
-
-    Args:
-        values: `hd95` per image: finite, inf (one mask empty) or nan (both empty).
-
-    Returns:
-        {mean: {value, ci95}, median, n_defined, n_undefined (one mask empty, the other not), n_both_empty (no
-        lesion in either: not scored), unit}.
-    """
-    v = np.asarray(values, dtype=float)
-    ok = np.isfinite(v)
-    g = None if groups is None else np.asarray(groups)[ok]
-    out: dict[str, Any] = {
-        "n_defined": int(ok.sum()),
-        "n_undefined": int(np.isinf(v).sum()),
-        "n_both_empty": int(np.isnan(v).sum()),
-        "unit": "pixels",
-    }
-    if not ok.any():
-        return out | {"mean": {"value": float("nan"), "ci95": [float("nan")] * 2}, "median": float("nan")}
-    vals = v[ok]
-    stats = weighted_bootstrap(
-        lambda w: {"mean": (w @ vals) / w.sum(axis=1)}, len(vals), groups=g, n_boot=n_boot, seed=seed
-    )
-    return out | {"mean": stats["mean"], "median": float(np.median(vals))}
-
-
 def lesion_area(probs: np.ndarray, threshold: float = 128) -> np.ndarray:
     """Fraction of each image's pixels predicted as lesion: probs (N, S, S) uint8 0..255 (threshold 128, i.e.
     p >= 0.5) or float in [0, 1] (give threshold=0.5) -> (N,) float in [0, 1]."""

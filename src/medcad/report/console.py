@@ -106,6 +106,9 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         head.add_row("Dice, mean over lesion classes (every image; 1 where neither has it)", _fmt(seg["class_dice"]))
         for lab, cm in seg["per_class"].items():
             hd = f"; HD95 {cm['hd95']['mean']['value']:.1f} px" if cm.get("hd95") else ""
+            if (cm.get("hd95_normalised") or {}).get("n_defined"):
+                hd += f" ({cm['hd95_normalised']['mean']['value']:.1f} % of the diagonal)"
+            hd += f"; NSD {cm['nsd']['mean']['value']:.3f}" if (cm.get("nsd") or {}).get("n_scored") else ""
             shown = _fmt(cm["dice_lesion"]) if cm.get("dice_lesion") else "—"
             head.add_row(f"  {lab}: Dice (images with it, n={cm['n_lesion_images']})", shown + hd)
     for name, part in (seg.get("by_lesion_size") or {}).items():
@@ -116,6 +119,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         head.add_row("HD95 px (original size), mean", _fmt(seg["hd95"]["mean"]))
     if (seg.get("hd95_normalised") or {}).get("n_defined"):
         head.add_row("HD95, % of the image diagonal, mean", _fmt(seg["hd95_normalised"]["mean"]))
+    if (seg.get("nsd") or {}).get("n_scored"):
+        head.add_row(f"NSD (surface Dice) within {seg['nsd']['tolerance']}, mean", _fmt(seg["nsd"]["mean"]))
     if seg.get("empty_images"):
         e = seg["empty_images"]
         head.add_row(
