@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -145,6 +147,20 @@ def test_bootstrap_brackets_the_value_with_groups() -> None:
     # the weighted AP with unit weights equals the direct computation
     direct = np.nanmean(average_precision(preds, truths, 3, 0.5))
     assert m["ap50"]["value"] == pytest.approx(direct)
+
+
+def test_figures_of_kept_boxes_alone_are_the_full_results_own() -> None:
+    """ranking=False (the validated operating point's boxes, already cut) gives the full result's box counts, frame
+    decision and their intervals, value for value, without AP, mAP and FROC."""
+    preds, truths = _random_study(60, seed=2)
+    args = (preds, truths, ["a", "b", "c"])
+    kw = {"groups": np.arange(60) // 3, "n_boot": 200, "frame_classes": ["c"], "score_threshold": 0.4}
+    full, kept = detection_metrics(*args, **kw), detection_metrics(*args, **kw, ranking=False)
+    assert not {"ap50", "map", "froc", "ap50_lesions", "map_per_class"} & set(kept)
+    for key in ("iou_thresholds", "frame_level", "n_images", "n_boxes", "score_threshold"):
+        assert json.dumps(kept[key], sort_keys=True) == json.dumps(full[key], sort_keys=True), key  # nan as nan
+    used = kept["bootstrap"]["resamples_used"]
+    assert used == {k: v for k, v in full["bootstrap"]["resamples_used"].items() if k in used} and "ap50" not in used
 
 
 @settings(max_examples=15, deadline=None)

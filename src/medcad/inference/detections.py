@@ -8,13 +8,15 @@ SSD post-processing, on ONNX Runtime's outputs, so both backends decode boxes wi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, box_iou
 
 from medcad.inference.onnx import DEFAULT_BOXES
-from medcad.inference.predictor import Predictor
+from medcad.inference.predictor import Predictor, validated_score_threshold
 from medcad.models.predict import detections_to_array, predict_detections
 
 ENSEMBLE_IOU = 0.5  # boxes of the same class from several folds' models overlapping more than this are one lesion
@@ -81,6 +83,11 @@ class BoxPredictor(Predictor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.graph_outputs = tuple(f"{kind}_{k}" for k in range(len(self.files)) for kind in ("boxes", "logits"))
+
+    @classmethod
+    def operating_point_settings(cls, run: Path, fold: int | None, rule: str) -> tuple[dict, None]:
+        """A detector's operating point is its box-score threshold (`validated_score_threshold`), set at load."""
+        return {"threshold": validated_score_threshold(run, fold, rule)}, None
 
     def infer_torch(self, x: np.ndarray, batch: int) -> dict:
         """{"boxes": per image (m, 6) in S x S pixels} for prepared uint8 images (N, S, S, 3)."""

@@ -275,11 +275,21 @@ class Predictor:
             setattr(twin, name, None)
         return twin
 
+    @classmethod
+    def operating_point_settings(cls, run: Path, fold: int | None, rule: str) -> tuple[dict, tuple[str, float] | None]:
+        """What a validated operating point `rule` of `run` (fold `fold`, or the ensemble with None) changes, read
+        from its metrics before any model loads: (settings for `__init__`, the cut for `decide_at`). A class
+        decision's: ({}, `validated_cut`).
+
+        Raises:
+            ConfigError: the run has no such operating point."""
+        return {}, validated_cut(run, fold, rule)
+
     def decide_at(self, operating_point: str | None, cut: tuple[str, float] | None) -> Predictor:
         """Name the class at a validated operating point (`validated_cut`: the positive class when its
         temperature-scaled probability reaches the rule's threshold, else the other class), or, with None, the most
-        probable class; a detector's operating point (`validated_score_threshold`, set as its threshold at load) is
-        recorded with `cut` None. Returns the predictor."""
+        probable class; an operating point set at load (a detector's box-score threshold,
+        `operating_point_settings`) is recorded with `cut` None. Returns the predictor."""
         self.operating_point, self.cut = operating_point, cut
         return self
 

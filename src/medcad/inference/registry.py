@@ -7,8 +7,7 @@ from pathlib import Path
 
 from medcad.checkpoint import run_task
 from medcad.inference.export import ensure_export, export_onnx
-from medcad.inference.predictor import Predictor, validated_cut, validated_score_threshold
-from medcad.tasks import get_task
+from medcad.inference.predictor import Predictor
 
 # The predictor class of each task, imported when a run of that task is loaded (the detector's imports torchvision,
 # ~1 s of a one-image predict); each class declares the tasks it serves (`Predictor.tasks`), a test holds them equal.
@@ -48,13 +47,12 @@ def load_predictor(
     torch-fp32 unmeasured (`backends.unmeasured_choice`); other kwargs as for `Predictor`.
 
     Raises:
-        ConfigError: the run has no such operating point (see `validated_cut`).
+        ConfigError: the run has no such operating point (`Predictor.operating_point_settings`).
     """
-    if operating_point and "boxes" in get_task(run_task(Path(run))).outputs:  # a detector: its box-score threshold
-        kwargs["threshold"] = validated_score_threshold(Path(run), fold, operating_point)
-        return _load(run, fold, backend, device, images, **kwargs).decide_at(operating_point, None)
-    cut = validated_cut(Path(run), fold, operating_point) if operating_point else None
-    return _load(run, fold, backend, device, images, **kwargs).decide_at(operating_point, cut)
+    settings, cut = {}, None
+    if operating_point:
+        settings, cut = predictor_class(run_task(Path(run))).operating_point_settings(Path(run), fold, operating_point)
+    return _load(run, fold, backend, device, images, **(kwargs | settings)).decide_at(operating_point, cut)
 
 
 def _load(run: str | Path, fold: int | None, backend: str, device: str, images: int | None, **kwargs) -> Predictor:

@@ -266,6 +266,7 @@ def detection_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     frame_classes: Sequence[str] = (),
+    ranking: bool = True,
 ) -> dict[str, Any]:
     """Everything a detection study reports, headline numbers with bootstrap 95 % CIs over images (or groups).
 
@@ -281,6 +282,8 @@ def detection_metrics(
         frame_classes: classes boxed as whole frames (normal, unclear), not lesions: with one among the classes with
             truths, ap50_lesions and map_lesions average the other classes alone (beside ap50 and map over all, the
             design's; BUSI's normal frames had raised a lesion detector's headline AP50 from 0.283 to 0.403).
+        ranking: False: the figures of the boxes at `score_threshold` alone (box counts, the frame decision), without
+            those of the full ranking (AP, mAP, FROC), for boxes already cut at an operating point.
 
     Returns:
         JSON-ready dict: n_images, n_boxes, labels, score_threshold, ap50 and map ({value, ci95}; mean over
@@ -302,8 +305,9 @@ def detection_metrics(
     k = len(labels)
     p, t = checked_arrays(preds, truths, k)
     n = len(p)
-    ap_scores = APScores(p, t, k, ~np.isin(labels, list(frame_classes)))
-    froc = FROCTable(p, t, ~np.isin(labels, list(frame_classes)))
+    lesions = ~np.isin(labels, list(frame_classes))
+    ap_scores = APScores(p, t, k, lesions) if ranking else None
+    froc = FROCTable(p, t, lesions) if ranking else None
     counts = {f"{thr:g}": box_counts(p, t, k, thr, score_threshold) for thr in iou_thresholds}
     y, pred, top_iou = _frame_classes(p, t, k, score_threshold)
     kb = k + 1
@@ -314,7 +318,7 @@ def detection_metrics(
     seen, framed = np.isin(np.arange(kb), np.r_[y, pred]), np.isin(np.arange(k), y)
 
     def batch(w: np.ndarray) -> dict[str, np.ndarray]:
-        out = ap_scores(w) | (froc(w) if froc.has_lesions else {})
+        out = {} if ap_scores is None else ap_scores(w) | (froc(w) if froc.has_lesions else {})
         for name, c in counts.items():
             tp, fp, fn = (w @ c[j] for j in range(3))  # (B, K) each
             for m, v in precision_recall_f1(tp.sum(1), fp.sum(1), fn.sum(1)).items():
@@ -339,48 +343,42 @@ def detection_metrics(
     stats = _Stats(point, samples)
     counts_only = ("support", "tp", "fp", "fn", "mislocated")
     frame = _frame_section(stats, labels, list(frame_correct), counts_only)
-    lesion_means = ap_scores.lesions is not None
     macro = {  # where each macro figure stands in the result: its samples
-        "ap50": "ap50",
-        "map": "map",
-        **({"ap50_lesions": "ap50_lesions", "map_lesions": "map_lesions"} if lesion_means else {}),
-        **({"froc.cpm": "froc_cpm"} if froc.has_lesions else {}),
+        **({"ap50": "ap50", "map": "map"} if ranking else {}),
+        **(
+            {"ap50_lesions": "ap50_lesions", "map_lesions": "map_lesions"}
+            if ranking and ap_scores.lesions is not None
+            else {}
+        ),
+        **({"froc.cpm": "froc_cpm"} if ranking and froc.has_lesions else {}),
         "frame_level.macro_f1": "frame/macro_f1",
         "frame_level.macro_f1_with_background": "frame/macro_f1_with_background",
         **{f"frame_level.iou_thresholds.{name}.macro.f1": f"frame@{name}/macro_f1" for name in frame_correct},
     }
-    return {
+    out: dict[str, Any] = {
         "n_images": n,
         "n_boxes": int(sum(len(a) for a in t)),
         "labels": labels,
         "score_threshold": float(score_threshold),
-        "ap50": stats.stat("ap50"),
-        "map": stats.stat("map"),
-        **(
-            {
-                "lesion_classes": [lab for lab, on in zip(labels, ap_scores.lesions, strict=True) if on],
-                "ap50_lesions": stats.stat("ap50_lesions"),
-                "map_lesions": stats.stat("map_lesions"),
-            }
-            if lesion_means
-            else {}
-        ),
-        "ap50_per_class": {lab: float(point["ap50_per_class"][0, j]) for j, lab in enumerate(labels)},
-        "map_per_class": {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)},
-        "iou_thresholds": {name: _box_section(c, stats, name, labels) for name, c in counts.items()},
-        **(
-            {"froc": froc.section(stats.point, stats.samples, labels, frame_classes, groups)}
-            if froc.has_lesions
-            else {}
-        ),
-        "frame_level": frame,
-        "bootstrap": {
-            "n_boot": int(n_boot),
-            "seed": int(seed),
-            "by_group": groups is not None,
-            "resamples_used": resamples_used(samples, macro),
-        },
     }
+    if ranking:
+        out |= {"ap50": stats.stat("ap50"), "map": stats.stat("map")}
+        if ap_scores.lesions is not None:
+            out["lesion_classes"] = [lab for lab, on in zip(labels, ap_scores.lesions, strict=True) if on]
+            out |= {"ap50_lesions": stats.stat("ap50_lesions"), "map_lesions": stats.stat("map_lesions")}
+        out["ap50_per_class"] = {lab: float(point["ap50_per_class"][0, j]) for j, lab in enumerate(labels)}
+        out["map_per_class"] = {lab: float(point["map_per_class"][0, j]) for j, lab in enumerate(labels)}
+    out["iou_thresholds"] = {name: _box_section(c, stats, name, labels) for name, c in counts.items()}
+    if ranking and froc.has_lesions:
+        out["froc"] = froc.section(stats.point, stats.samples, labels, frame_classes, groups)
+    out["frame_level"] = frame
+    out["bootstrap"] = {
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "by_group": groups is not None,
+        "resamples_used": resamples_used(samples, macro),
+    }
+    return out
 
 
 class _Stats:

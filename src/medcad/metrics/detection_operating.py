@@ -63,7 +63,14 @@ def validated_operating_point(
     per_image = np.repeat(used, n_per_fold)
     kept = [d[d[:, 4] >= t] for d, t in zip(dets, per_image, strict=True)]
     m = detection_metrics(
-        kept, truths, labels, score_threshold=0.0, groups=groups, frame_classes=frame_classes, n_boot=n_boot
+        kept,
+        truths,
+        labels,
+        score_threshold=0.0,
+        groups=groups,
+        frame_classes=frame_classes,
+        n_boot=n_boot,
+        ranking=False,
     )
     return {
         "rule": "each fold's score threshold of the highest box F1 (every class, IoU 0.5) on its validation part",
