@@ -169,6 +169,7 @@ def _truths(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
 @settings(max_examples=25, deadline=None)
 @given(st.integers(6, 40), st.integers(1, 3), st.integers(1, 4), st.floats(0.2, 1.0), st.integers(0, 10_000))
 @example(14, 3, 3, 0.625, 756)  # 204 resamples define a measure, 6 at or below 0: p 12/204, the interval just above 0
+@example(19, 2, 2, 1.0, 383)  # the CPM's interval leaves 0 out at p 0.0618: expanded for its 7 groups with lesions
 def test_paired_detection_test_agrees_with_each_detectors_own(
     n: int, k: int, per: int, skill: float, seed: int
 ) -> None:
@@ -208,7 +209,8 @@ def test_paired_detection_test_agrees_with_each_detectors_own(
             if r["p_value"] < 0.05:
                 assert lo > 0 or hi < 0
             if lo > 0 or hi < 0:  # to the p's resolution over the resamples that define the measure
-                units = ab["n_groups"]
+                units = r["n_units"]  # the CPM's: the groups holding lesions (p 0.0618 had met the bound of all)
+                assert units == (ab["n_groups"] if m != "cpm" else len(set(groups[[len(t) > 0 for t in truths]])))
                 assert r["p_value"] <= expanded_p(expanded_alpha(0.05, units) + 2 / r["resamples_used"], units)
     for same in paired_detection_bootstrap(a, a, truths, k, groups=groups, n_boot=50).values():
         if not isinstance(same, dict) or not np.isfinite(same["value_a"]):

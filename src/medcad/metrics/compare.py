@@ -155,7 +155,8 @@ def paired_detection_bootstrap(
         {"ap50": {...}, "map": {...}, "cpm": {...} (where a lesion class has truths), "f1": {...},
         "frame_accuracy": {...}, n, n_groups, n_boot, method,
         score_threshold, iou (of F1 and the frame decision)}; each measure: {value_a, value_b, difference (a - b),
-        ci95 (of the difference, percentile), ci95_a, ci95_b, z, p_value, resamples_used}.
+        ci95 (of the difference, percentile), ci95_a, ci95_b, z, p_value, resamples_used,
+        n_units: the independent units its interval and p are expanded for, the groups holding lesions for the CPM}.
 
     Raises:
         ValueError: the three lists differ in length, or a class index is out of range.
@@ -204,6 +205,7 @@ def paired_detection_bootstrap(
             "ci95_b": list(percentile_ci(b, units=units)),
             **_bootstrap_p(va - vb, a - b, units),
             "resamples_used": int(np.isfinite(a - b).sum()),
+            "n_units": int(units),  # the independent units its interval and p are expanded for
         }
     method = "paired cluster bootstrap" if groups is not None else "paired bootstrap (image level)"
     extra = {"score_threshold": score, "iou": 0.5}
