@@ -225,13 +225,13 @@ def test_nsd_summary_leaves_out_pairs_without_a_lesion_and_says_its_tolerance():
                 p[y + dy : y + dy + 9, x + dx : x + dx + 8] = True
         pairs.append((p, t))
     values = np.array([boundary_scores(p, t, 2.0)[1] for p, t in pairs])
-    ours = nsd_summary(values, tolerance=0.5, tolerance_px=(2.0, 2.0), n_boot=20)
+    ours = nsd_summary(values, tolerance=2.5, tolerance_px=(2.0, 2.0), n_boot=20)  # 2.5 % of these 56.6 px diagonals
     metric = SurfaceDiceMetric([2.0], include_background=True, reduction="mean")
     metric(torch.tensor(np.array([p for p, _ in pairs]))[:, None].float(),
            torch.tensor(np.array([t for _, t in pairs]))[:, None].float())  # fmt: skip
     assert ours["mean"]["value"] == pytest.approx(float(metric.aggregate()), rel=1e-6)
     assert (ours["n_scored"], ours["n_both_empty"]) == (8, 4) and values[4] == 0.0
-    assert ours["tolerance_pct_diagonal"] == 0.5 and ours["tolerance_px"] == [2.0, 2.0]
+    assert ours["tolerance_pct_diagonal"] == 2.5 and ours["tolerance_px"] == [2.0, 2.0]
 
 
 def test_frame_decision_threshold_maximises_mean_dice_by_brute_force() -> None:

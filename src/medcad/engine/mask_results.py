@@ -5,7 +5,6 @@ masks scored the same way."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,11 +12,9 @@ import pandas as pd
 from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest
 from medcad.data.splits import row_groups
+from medcad.engine.fullres import NativeScores, joined_counts, native_mask_scores
 from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import p_lesion_words, reference_label
-
-if TYPE_CHECKING:
-    from medcad.engine.fullres import NativeScores
 
 
 def fold_test_masks(fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -61,11 +58,10 @@ def segmentation_results(
     label; with the per-image table.
 
     The headline figures are scored at each image's own resolution (predicted probabilities resized back before
-    thresholding) with HD95; the figures at the training size (against `masks`) stay beside them in
-    "training_size" and the table's dice_training_size column. With `mask_classes` (label maps) the headline is
-    lesion against background and "per_class", "class_dice", "class_iou" score each lesion class
-    (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
-    from medcad.engine.fullres import NativeScores, native_mask_scores
+    thresholding) with HD95 and NSD (`NativeScores`; the table's hd95_px and nsd columns); the figures at the training
+    size (against `masks`) stay beside them in "training_size" and the table's dice_training_size column. With
+    `mask_classes` (label maps) the headline is lesion against background and "per_class", "class_dice", "class_iou"
+    score each lesion class (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
     from medcad.metrics.segmentation import (
         apply_frame_decision,
         dice_iou,
@@ -104,7 +100,7 @@ def segmentation_results(
         per_fold.append({"fold": r["fold"], "dice": fm["dice"]["value"], "iou": fm["iou"]["value"]})
     rows = np.concatenate([p[0] for p in parts])
     native = NativeScores.joined(natives)
-    counts, counts_small = native.counts, _joined(small)
+    counts, counts_small = native.counts, joined_counts(small)
     groups = row_groups(groups_of, keys, rows)
     label_of = manifest.table["label"].to_numpy(dtype=str)[rows]
     by_label = {lab: label_of == lab for lab in labels} if len(set(label_of)) > 1 else None
@@ -131,13 +127,8 @@ def segmentation_results(
     table["nsd"] = native.nsd
     table["dice_training_size"] = dice_iou(counts_small)[0]
     if "frame_decision" in m:
-        table["dice_frame_decision"] = dice_iou(_joined(decided))[0]
+        table["dice_frame_decision"] = dice_iou(joined_counts(decided))[0]
     return m, table
-
-
-def _joined(per_fold: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-image count arrays of several folds, joined in fold order."""
-    return {k: np.concatenate([c[k] for c in per_fold]) for k in per_fold[0]}
 
 
 def _decided(
@@ -150,7 +141,7 @@ def _decided(
     images shown). `before`: the same images' counts undecided."""
     from medcad.metrics.segmentation import segmentation_metrics
 
-    after = _joined(per_fold)
+    after = joined_counts(per_fold)
     metrics = segmentation_metrics(after, groups=groups)
     out = {**metrics, "frame_score": frame_score, "rule": rule, "thresholds": thresholds}
     lesion = np.asarray(before["true_area"]) > 0
@@ -187,7 +178,7 @@ def external_mask_results(
     decision: tuple[str, float, np.ndarray] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """An external set's masks scored as a run's are: at each image's own size (Dice, IoU with cluster-bootstrap CIs,
-    HD95), with the training-size figures beside them, for label maps each lesion class, and with `decision` the
+    HD95, NSD), with the training-size figures beside them, for label maps each lesion class, and with `decision` the
     deployed predictor's frame-level decision ("frame_decision", as a run's is scored).
 
     Args:
@@ -204,7 +195,6 @@ def external_mask_results(
         (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, nsd, dice_training_size and
         dice_<class> columns).
     """
-    from medcad.engine.fullres import native_mask_scores
     from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table
 
     rows = np.arange(len(manifest))
@@ -257,9 +247,17 @@ def _native_size_metrics(
         m["lesion_size_ranges"] = ranges  # each third's smallest and largest share of the frame
     m["resolution"] = "each image's own size (predicted probabilities resized back before the 0.5 threshold)"
     m["hd95"] = hd95_summary(dist, groups=groups)
-    m["nsd"] = nsd_summary(native.nsd, groups=groups, tolerance_px=native.tolerance_px())
     if (share := hd95_normalised_summary(dist, hw, groups=groups)) is not None:  # images of several sizes
         m["hd95_normalised"] = share
+    m["nsd"] = nsd_summary(native.nsd, groups=groups, tolerance=native.tolerance, tolerance_px=native.tolerance_px())
+    lesion = np.asarray(counts["true_area"]) > 0  # and over the lesion images alone, as dice_lesion beside dice
+    if lesion.any() and not lesion.all():
+        m["nsd_lesion"] = nsd_summary(
+            native.nsd[lesion],
+            groups=np.asarray(groups)[lesion],
+            tolerance=native.tolerance,
+            tolerance_px=native.tolerance_px(lesion),
+        )
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
     return m
 
@@ -287,6 +285,7 @@ def _by_lesion_size(counts: dict, area: np.ndarray) -> tuple[dict[str, np.ndarra
 
 def _class_results(native: NativeScores, classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
     """Label maps: per-class metrics of `native`'s lesion classes, and a dice_<class> column per class in `table`."""
+    from medcad.metrics.boundary import hd95_normalised_summary
     from medcad.metrics.label_maps import class_metrics
     from medcad.metrics.segmentation import dice_iou
 
@@ -294,10 +293,8 @@ def _class_results(native: NativeScores, classes: MaskLabels, groups: np.ndarray
     counts, hd95_px, nsd = native.by_class
     for name, c in zip(names, counts, strict=True):
         table[f"dice_{name}"] = dice_iou(c)[0]
-    tolerance = native.tolerance_px()
-    out = class_metrics(counts, names, hd95_px=hd95_px, nsd=nsd, nsd_tolerance_px=tolerance, groups=groups)
-    from medcad.metrics.boundary import hd95_normalised_summary
-
+    tolerance = (native.tolerance, native.tolerance_px())
+    out = class_metrics(counts, names, hd95_px=hd95_px, nsd=nsd, nsd_tolerance=tolerance, groups=groups)
     for k, name in enumerate(names):  # images of several sizes: each class's HD95 as % of the diagonal too
         if (share := hd95_normalised_summary(hd95_px[:, k], native.hw, groups=groups)) is not None:
             out["per_class"][name]["hd95_normalised"] = share

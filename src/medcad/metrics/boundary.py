@@ -99,7 +99,12 @@ def hd95_summary(
 
 
 def hd95_normalised_summary(
-    values: np.ndarray, hw: np.ndarray, *, groups: Sequence[Any] | np.ndarray | None = None
+    values: np.ndarray,
+    hw: np.ndarray,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any] | None:
     """`hd95_summary` of HD95 as % of each image's diagonal (`hw`: (N, 2) height and width in pixels), or None where
     every image has one size (pixels compare then; a 10 px error on a 1920 px frame and on a 332 px one do not)."""
@@ -107,7 +112,7 @@ def hd95_normalised_summary(
     if len(np.unique(hw, axis=0)) < 2:
         return None
     share = 100 * np.asarray(values, dtype=float) / np.hypot(hw[:, 0], hw[:, 1])
-    return hd95_summary(share, groups=groups) | {"unit": "% of the image diagonal"}
+    return hd95_summary(share, groups=groups, n_boot=n_boot, seed=seed) | {"unit": "% of the image diagonal"}
 
 
 def nsd_summary(

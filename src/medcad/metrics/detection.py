@@ -286,11 +286,11 @@ def detection_metrics(
             those of the full ranking (AP, mAP, FROC), for boxes already cut at an operating point.
 
     Returns:
-        JSON-ready dict: n_images, n_boxes, labels, score_threshold, ap50 and map ({value, ci95}; mean over
-        the classes with truths; map over IoU 0.50:0.95), (ap50_lesions, map_lesions, lesion_classes: the same over
-        the classes not in `frame_classes`, when one of those has truths), ap50_per_class, map_per_class, froc (where
-        a lesion class has truths: {iou, classes, n_lesions, fp_per_image, sensitivity [{value, ci95}] at each
-        rate, cpm, curve}, `medcad.metrics.froc`), iou_thresholds
+        JSON-ready dict: n_images, n_boxes, labels, score_threshold; with `ranking`: ap50 and map ({value, ci95};
+        mean over the classes with truths; map over IoU 0.50:0.95), (ap50_lesions, map_lesions, lesion_classes: the
+        same over the classes not in `frame_classes`, when one of those has truths), ap50_per_class, map_per_class,
+        froc (where a lesion class has truths: {iou, classes, n_lesions, fp_per_image, sensitivity [{value, ci95}] at
+        each rate, cpm, curve}, `medcad.metrics.froc`); iou_thresholds
         ({"0.45": {precision, recall, f1 (micro), ci95, macro, tp, fp, fn, per_class}}: box counts), frame_level
         (the frame decision: confusion matrix of classes with the background row and column, accuracy, macro_f1
         over `labels`, per_class, majority_accuracy: {value, class} of naming every frame its most frequent class;

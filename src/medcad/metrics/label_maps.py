@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.boundary import boundary_scores, hd95_summary, nsd_summary
+from medcad.metrics.boundary import NSD_TOLERANCE, boundary_scores, hd95_summary, nsd_summary
 from medcad.metrics.segmentation import dice_iou, mask_counts, segmentation_metrics
 from medcad.metrics.stats import weighted_bootstrap
 
@@ -61,7 +61,7 @@ def class_metrics(
     *,
     hd95_px: np.ndarray | None = None,
     nsd: np.ndarray | None = None,
-    nsd_tolerance_px: tuple[float, float] | None = None,
+    nsd_tolerance: tuple[float, tuple[float, float]] | None = None,
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
 ) -> dict:
@@ -71,7 +71,8 @@ def class_metrics(
         counts: one `mask_counts` output per class, each over the same N images.
         names: the classes' names.
         hd95_px: (N, K) HD95 per image and class, or None.
-        nsd, nsd_tolerance_px: (N, K) NSD per image and class, or None; the tolerance's range in pixels.
+        nsd, nsd_tolerance: (N, K) NSD per image and class, or None; its tolerance (% of each image's diagonal,
+            and the range in pixels).
         groups: group per image for the cluster bootstrap.
 
     Returns:
@@ -84,7 +85,10 @@ def class_metrics(
         if hd95_px is not None:
             per_class[name]["hd95"] = hd95_summary(hd95_px[:, k], groups=groups, n_boot=n_boot)
         if nsd is not None:
-            per_class[name]["nsd"] = nsd_summary(nsd[:, k], groups=groups, tolerance_px=nsd_tolerance_px, n_boot=n_boot)
+            pct, px = nsd_tolerance or (NSD_TOLERANCE, None)
+            per_class[name]["nsd"] = nsd_summary(
+                nsd[:, k], groups=groups, tolerance=pct, tolerance_px=px, n_boot=n_boot
+            )
     dice = np.mean([dice_iou(c)[0] for c in counts], axis=0)  # (N,) each image's mean over classes
     iou = np.mean([dice_iou(c)[1] for c in counts], axis=0)
     stats = weighted_bootstrap(

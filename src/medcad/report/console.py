@@ -121,6 +121,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         head.add_row("HD95, % of the image diagonal, mean", _fmt(seg["hd95_normalised"]["mean"]))
     if (seg.get("nsd") or {}).get("n_scored"):
         head.add_row(f"NSD (surface Dice) within {seg['nsd']['tolerance']}, mean", _fmt(seg["nsd"]["mean"]))
+    if (seg.get("nsd_lesion") or {}).get("n_scored"):
+        head.add_row(f"  NSD, lesion images (n={seg['nsd_lesion']['n_scored']})", _fmt(seg["nsd_lesion"]["mean"]))
     if seg.get("empty_images"):
         e = seg["empty_images"]
         head.add_row(
