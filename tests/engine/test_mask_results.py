@@ -133,7 +133,7 @@ def test_hd95_is_normalised_by_each_images_diagonal_where_sizes_differ() -> None
     empty = {**counts, "true_area": np.r_[counts["true_area"][:3], 0]}
     alone = _native_size_metrics(_native(empty, dist, hw), empty, np.arange(4), 16)
     assert alone["nsd_lesion"]["n_scored"] == 2 and alone["nsd_lesion"]["tolerance_px"] == [0.5, 4.0]
-    assert "nsd_lesion" not in m  # every image holds a lesion: the headline is it
+    assert m["nsd_lesion"]["n_scored"] == m["nsd"]["n_scored"] == 3  # every image holds a lesion: the same images
 
 
 def test_each_lesion_class_has_its_hd95_as_a_share_of_the_diagonal_and_its_nsd_where_sizes_differ() -> None:

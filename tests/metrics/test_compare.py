@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from medcad.metrics.compare import holm, paired_auc_bootstrap, paired_dice_test
+from medcad.metrics.compare import holm, paired_auc_bootstrap, paired_mean_test
 from medcad.metrics.stats import delong_roc_variance, delong_test, expanded_alpha, expanded_p
 
 
@@ -79,16 +79,16 @@ def test_paired_dice_p_is_of_the_difference_it_shows():
     da = db.copy()
     da[:40] += 0.04
     da[40:] -= 0.05
-    r = paired_dice_test(da, db, g, n_boot=2000)
+    r = paired_mean_test(da, db, g, n_boot=2000)
     assert r["difference"] == pytest.approx((da - db).mean()) and r["n_groups"] == 11 and r["n_boot"] == 2000
     lo, hi = r["ci95"]
     assert lo < 0 < hi and r["p_value"] > 0.05
     assert r["test"].startswith("paired cluster bootstrap")
-    clear = paired_dice_test(db + 0.05 + rng.normal(0, 0.01, 50), db, g, n_boot=2000)  # A better on every image
+    clear = paired_mean_test(db + 0.05 + rng.normal(0, 0.01, 50), db, g, n_boot=2000)  # A better on every image
     # no resample crossed 0: p at its floor, 1/B expanded for 11 groups (a bound: shown "< 0.0078")
     assert clear["ci95"][0] > 0 and clear["p_value"] == clear["p_floor"] == pytest.approx(expanded_p(1 / 2000, 11))
     assert 1 / 2000 < clear["p_floor"] < 0.05
-    assert paired_dice_test(da, da, g, n_boot=50)["p_value"] == 1.0
+    assert paired_mean_test(da, da, g, n_boot=50)["p_value"] == 1.0
 
 
 @settings(max_examples=30, deadline=None)
@@ -102,8 +102,8 @@ def test_paired_dice_is_over_complete_pairs(n: int, n_groups: int, missing: floa
     da[rng.random(n) < missing] = np.nan
     db[rng.random(n) < missing] = np.nan
     ok = np.isfinite(da) & np.isfinite(db)
-    r = paired_dice_test(da, db, g, n_boot=200)
-    complete = paired_dice_test(da[ok], db[ok], g[ok], n_boot=200)
+    r = paired_mean_test(da, db, g, n_boot=200)
+    complete = paired_mean_test(da[ok], db[ok], g[ok], n_boot=200)
     counts = ("n_left_out",)
     np.testing.assert_equal(*({k: v for k, v in d.items() if k not in counts} for d in (r, complete)))
     assert r["n_left_out"] == (~ok).sum() and complete["n_left_out"] == 0 and r["n"] == ok.sum()

@@ -152,8 +152,14 @@ def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_se
     assert pair["dice"]["test"].startswith("paired cluster bootstrap") and 0 < pair["dice"]["p_value"] <= 1
     # the lesion images alone too (an empty mask scores 1 on a lesion-free frame), in the Holm family
     assert pair["dice_lesion"]["n_groups"] <= pair["dice"]["n_groups"] and "p_holm" in pair["dice_lesion"]
+    # the boundaries too: each run's NSD over the lesion images, paired on them, in the same Holm family
+    nsd = pair["nsd_lesion"]
+    assert nsd["n"] == pair["dice_lesion"]["n"] and nsd["family_size"] == pair["dice"]["family_size"] == 3
+    for r, mean in zip(results["runs"], (nsd["mean_a"], nsd["mean_b"]), strict=True):
+        assert r["nsd_lesion"]["value"] == pytest.approx(mean)  # the runs' own figure, as in their metrics.json
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "Paired Dice comparisons" in html and "<th>Dice</th>" in html and "images with a lesion" in html
+    assert "Paired Dice and NSD comparisons" in html and "<th>Dice</th>" in html and "images with a lesion" in html
+    assert "NSD, images with a lesion" in html and "<th>NSD, lesion images</th>" in html
 
 
 def test_plan_shows_each_run_as_the_study_folder_holds_it(tmp_path: Path) -> None:

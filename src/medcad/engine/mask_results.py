@@ -251,7 +251,7 @@ def _native_size_metrics(
         m["hd95_normalised"] = share
     m["nsd"] = nsd_summary(native.nsd, groups=groups, tolerance=native.tolerance, tolerance_px=native.tolerance_px())
     lesion = np.asarray(counts["true_area"]) > 0  # and over the lesion images alone, as dice_lesion beside dice
-    if lesion.any() and not lesion.all():
+    if lesion.any():
         m["nsd_lesion"] = nsd_summary(
             native.nsd[lesion],
             groups=np.asarray(groups)[lesion],

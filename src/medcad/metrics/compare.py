@@ -212,7 +212,7 @@ def paired_detection_bootstrap(
     return out | {"n": int(n), "n_groups": samples.units, "n_boot": int(n_boot), "method": method} | extra
 
 
-def paired_dice_test(
+def paired_mean_test(
     dice_a: np.ndarray,
     dice_b: np.ndarray,
     groups: Sequence[Any] | np.ndarray | None = None,
@@ -220,10 +220,11 @@ def paired_dice_test(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Paired cluster-bootstrap comparison of the mean per-image Dice of two models on the same images: the
-    difference, its percentile CI and the p that inverts that interval (`_bootstrap_p`, as for AUC and AP), all of
-    one quantity. (A Wilcoxon signed-rank test of per-group means had stood beside the per-image difference: with one
-    patient's many frames the two can point opposite ways, "+0.022, p 0.002" where 10 of 11 patients favoured B.)
+    """Paired cluster-bootstrap comparison of the mean per-image Dice (or another per-image score in [0, 1], as NSD)
+    of two models on the same images: the difference, its percentile CI and the p that inverts that interval
+    (`_bootstrap_p`, as for AUC and AP), all of one quantity. (A Wilcoxon signed-rank test of per-group means had
+    stood beside the per-image difference: with one patient's many frames the two can point opposite ways, "+0.022,
+    p 0.002" where 10 of 11 patients favoured B.)
 
     Every figure is over the complete pairs, the images where both models have a Dice (not nan): the two means,
     their difference, its interval and the test are of the same images, as if the others had not been passed.

@@ -121,7 +121,7 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
         head.add_row("HD95, % of the image diagonal, mean", _fmt(seg["hd95_normalised"]["mean"]))
     if (seg.get("nsd") or {}).get("n_scored"):
         head.add_row(f"NSD (surface Dice) within {seg['nsd']['tolerance']}, mean", _fmt(seg["nsd"]["mean"]))
-    if (seg.get("nsd_lesion") or {}).get("n_scored"):
+    if (seg.get("nsd_lesion") or {}).get("n_scored", 0) != (seg.get("nsd") or {}).get("n_scored", 0):
         head.add_row(f"  NSD, lesion images (n={seg['nsd_lesion']['n_scored']})", _fmt(seg["nsd_lesion"]["mean"]))
     if seg.get("empty_images"):
         e = seg["empty_images"]
@@ -325,6 +325,7 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
     named = (
         ("dice", "Dice"),
         ("dice_lesion", "Dice, lesion images"),
+        ("nsd_lesion", "NSD, lesion images"),
         ("ap50", "AP50"),
         ("map", "mAP@[.5:.95]"),
         ("cpm", "FROC CPM"),

@@ -26,12 +26,13 @@ def paired_tests(
     """Paired tests between the runs `compared_pairs` names, on the same test images (of its domain, when it names one),
     with the study's patient / duplicate groups as the unit: a paired cluster bootstrap of the AUCs where the runs
     predict classes (DeLong's image-level test beside it; both on each class's `class_score`, the score the runs' own
-    AUCs are on), a paired cluster bootstrap of the mean per-image Dice where they predict masks, and a paired cluster
+    AUCs are on), a paired cluster bootstrap of the mean per-image Dice where they predict masks (and of the mean NSD
+    over the lesion images, where both runs score it), and a paired cluster
     bootstrap of AP50, mAP, F1 and frame accuracy where they detect boxes (`paired_detections`). p-values are
     Holm-adjusted over the study's family of tests by `adjust_family`. `domain_of`: each image key's domain (the study's
     dataset), for the pairs compared on one domain's test images. `positive`: the study's positive class of two
     labels (`runner._study_positive`; None: `positive_label`'s choice)."""
-    from medcad.metrics.compare import paired_auc_bootstrap, paired_dice_test
+    from medcad.metrics.compare import paired_auc_bootstrap, paired_mean_test
     from medcad.metrics.stats import class_score, delong_test
 
     preds = {e.name: read_predictions(RunFolder(study_dir / "runs" / slug(e.name)).predictions) for e in exps}
@@ -66,10 +67,13 @@ def paired_tests(
             pair["by_class"] = tests
         if "dice" in a and "dice" in b:
             da, db = a["dice"].to_numpy(float), b["dice"].to_numpy(float)
-            pair["dice"] = paired_dice_test(da, db, g)
+            pair["dice"] = paired_mean_test(da, db, g)
             lesion = a["true_area"].to_numpy(float) > 0 if "true_area" in a else np.ones(len(da), bool)
             if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
-                pair["dice_lesion"] = paired_dice_test(da[lesion], db[lesion], g[lesion])
+                pair["dice_lesion"] = paired_mean_test(da[lesion], db[lesion], g[lesion])
+            if "nsd" in a and "nsd" in b and lesion.any():  # boundaries, on the lesion images (NSD defined on each)
+                na, nb = a["nsd"].to_numpy(float), b["nsd"].to_numpy(float)
+                pair["nsd_lesion"] = paired_mean_test(na[lesion], nb[lesion], g[lesion])
         out.append(pair)
     return adjust_family(out)
 
@@ -173,16 +177,15 @@ def _score_threshold(run: Path) -> float:
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
     """Holm-adjust (statsmodels) the study's family of paired tests in place: every AUC test (each class of each pair),
-    every Dice test and every detection test (AP50, mAP, CPM, F1 and frame accuracy of each pair of detectors) gets
-    `p_holm`
-    beside its raw `p_value`, `p_holm_bound` (True where p_holm is an upper bound: it follows from a raw p at its
-    bootstrap's resolution, `medcad.metrics.compare.holm_bounds`), and `family_size`, the number of tests Holm
-    adjusted over (those with a p-value; a nan one is left out of the family and its p_holm is nan); DeLong's
-    image-level p-values form their own family. Returns `pairs`."""
+    every Dice and NSD test and every detection test (AP50, mAP, CPM, F1 and frame accuracy of each pair of
+    detectors) gets `p_holm` beside its raw `p_value`, `p_holm_bound` (True where p_holm is an upper bound: it
+    follows from a raw p at its bootstrap's resolution, `medcad.metrics.compare.holm_bounds`), and `family_size`, the
+    number of tests Holm adjusted over (those with a p-value; a nan one is left out of the family and its p_holm is
+    nan); DeLong's image-level p-values form their own family. Returns `pairs`."""
     from medcad.metrics.compare import at_floor, holm, holm_bounds, p_floor
 
     tested = [(p, d) for p in pairs for d in (p.get("by_class") or {}).values()]
-    tested += [(p, p[k]) for p in pairs for k in ("dice", "dice_lesion", *DETECTION_TESTS) if k in p]
+    tested += [(p, p[k]) for p in pairs for k in ("dice", "dice_lesion", "nsd_lesion", *DETECTION_TESTS) if k in p]
     tests = [d for _, d in tested]
     floors = [at_floor(d["p_value"], p_floor(d, p.get("n_boot"))) for p, d in tested]
     adjusted, bounds = holm_bounds([d["p_value"] for d in tests], floors)
