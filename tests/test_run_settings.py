@@ -52,3 +52,19 @@ def test_a_run_resumes_with_the_settings_it_was_made_with(task, arch, stride, wi
                 made.decoder_channels,
             )
             _check_resume(resumed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True), st.sampled_from([0.0, -1.0, 100.0, 100.5, 1e-9])))
+def test_nsd_tolerance_is_a_share_of_the_diagonal_above_0_and_at_most_100(value: float) -> None:
+    """NSD's tolerance (% of each image's diagonal) is refused where it cannot be one, when the settings are made
+    (before anything trains or predicts), naming the setting."""
+    import pytest
+
+    from medcad.errors import ConfigError
+
+    if 0 < value <= 100:
+        assert TrainConfig(nsd_tolerance=value).nsd_tolerance == value
+    else:
+        with pytest.raises(ConfigError, match="nsd_tolerance"):
+            TrainConfig(nsd_tolerance=value)

@@ -242,8 +242,8 @@ def run_stages(cfg: TrainConfig) -> tuple[Stage, ...] | None:
 
 
 # Settings that say where a run computes, not what it computes, how a rerun treats changed data, which class its
-# pooled figures call positive, or what it keeps on disk: a run resumes with other values of these (a finished one is
-# pooled again).
+# pooled figures call positive or at what tolerance they score NSD, or what it keeps on disk: a run resumes with other
+# values of these (a finished one is pooled again).
 RESUMABLE_KEYS = (
     "keep_checkpoints",
     "threads",
@@ -256,12 +256,20 @@ RESUMABLE_KEYS = (
     "allow_missing",
     "new_images",
     "positive",
+    "nsd_tolerance",
 )
 
 
 # Settings added after runs were made with a different behaviour: a config.json without them loads these values
 # (what those runs trained with), so an older run resumes as it started.
 OLDER_RUNS = {"freeze_stride": 0, "tta": "none", "decoder_channels": None}
+
+
+def check_nsd_tolerance(value: float) -> float:
+    """`value` as NSD's tolerance (% of each image's diagonal); ConfigError unless above 0 and at most 100."""
+    if not 0 < value <= 100:  # nan fails too
+        raise ConfigError(f"nsd_tolerance {value!r}: give a share of each image's diagonal above 0 and at most 100 (%)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -314,6 +322,7 @@ class TrainConfig(DataOptions):
     seed: int = 0
     # segment / multitask
     missing_masks: str = "error"  # error | empty (images without a mask are lesion-free) | leave-out (named)
+    nsd_tolerance: float = 1.0  # NSD's tolerance, % of each image's diagonal (`medcad.metrics.boundary`)
     # segment-multiclass: the lesion class of each label-map value, "1=cyst,2=stone"; None: the dataset.json beside
     # the masks (nnU-Net). A run stores the classes it read.
     mask_labels: str | None = None
@@ -340,6 +349,7 @@ class TrainConfig(DataOptions):
         # a holdout split has no folds: config.json says so instead of the default 5 (which the split ignores)
         if self.holdout is not None and self.folds is not None:
             object.__setattr__(self, "folds", None)
+        check_nsd_tolerance(self.nsd_tolerance)
 
     def data_options(self) -> DataOptions:
         """The dataset-reading options of this run."""

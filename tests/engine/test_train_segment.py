@@ -60,6 +60,14 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["dice"]["value"] == pytest.approx(m["dice"]["value"])
+    # NSD at another tolerance for one scoring: a wider one lets as much of each boundary in, or more
+    res = runner.invoke(app, ["evaluate", str(run), "--nsd-tolerance", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    wide, narrow = json.loads(res.stdout)["segmentation"]["nsd"], seg["nsd"]
+    assert (wide["tolerance_pct_diagonal"], narrow["tolerance_pct_diagonal"]) == (20, 1.0)
+    assert wide["mean"]["value"] >= narrow["mean"]["value"] and wide["n_scored"] == narrow["n_scored"]
+    res = runner.invoke(app, ["evaluate", str(run), "--nsd-tolerance", "0"])
+    assert res.exit_code == 2 and "nsd_tolerance 0.0" in res.output
     # continuing from this run's models needs the same architecture: refused before anything is written
     narrow = FAST.replace(missing_masks="empty", decoder_channels="64,32,16,16,8")
     with pytest.raises(ConfigError, match="decoder_channels: '128,64,32,16,16' -> '64,32,16,16,8'"):

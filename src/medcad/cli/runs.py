@@ -25,7 +25,7 @@ from medcad.cli.common import (
     with_data_options,
     with_options,
 )
-from medcad.config import DataOptions
+from medcad.config import DataOptions, check_nsd_tolerance
 from medcad.errors import ConfigError, MedcadError
 
 
@@ -55,6 +55,9 @@ TRAIN_SETTINGS: dict[str, _Setting] = {
     ),
     "missing_masks": _Setting(
         str, "segment/multitask: images without a mask are an error, empty (lesion-free), or leave-out (named)."
+    ),
+    "nsd_tolerance": _Setting(
+        float, "segment/multitask: NSD's tolerance, % of each image's diagonal (frames carry no mm spacing)."
     ),
     "mask_labels": _Setting(
         str, "segment-multiclass: the class of each mask value, e.g. 1=cyst,2=stone (default: dataset.json)."
@@ -407,6 +410,10 @@ def evaluate(
     make_report: Annotated[
         bool, typer.Option("--report/--no-report", help="--data: rewrite the run's report.html with this set.")
     ] = True,
+    nsd_tolerance: Annotated[
+        float | None,
+        typer.Option(help="Masks: NSD's tolerance, % of each image's diagonal, for this scoring (default: the run's)."),
+    ] = None,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -417,11 +424,13 @@ def evaluate(
         from medcad.engine.evaluate import evaluate_run
         from medcad.study.external import evaluate_external
 
+        if nsd_tolerance is not None:  # before anything is predicted
+            check_nsd_tolerance(nsd_tolerance)
         if data is not None:
-            metrics, where, notes = evaluate_external(run, data, options, unseen_labels)
+            metrics, where, notes = evaluate_external(run, data, options, unseen_labels, nsd_tolerance)
             _say_notes(notes)
         else:
-            metrics, where = evaluate_run(run)
+            metrics, where = evaluate_run(run, nsd_tolerance)
         if shortcut_check:
             from medcad.study.shortcut import shortcut_check as check
 

@@ -62,13 +62,15 @@ def _run_results(run: Path, say_notes: bool = True) -> tuple[TrainConfig, Manife
     return cfg, manifest, splits, results, load_targets(manifest, cfg, labels)
 
 
-def evaluate_run(run: str | Path) -> tuple[dict, Path]:
+def evaluate_run(run: str | Path, nsd_tolerance: float | None = None) -> tuple[dict, Path]:
     """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code), each
     prediction paired with its image by key. Today's dataset is compared with the run's samples first: removed or
-    changed images stop (DataError), added ones are named in a note and left out (they are in no fold)."""
+    changed images stop (DataError), added ones are named in a note and left out (they are in no fold). Masks' NSD
+    at `nsd_tolerance` % of each image's diagonal (None: the run's)."""
     run = Path(run)
     cfg, manifest, splits, results, t = _run_results(run)
-    metrics, pred = evaluate_results(manifest, t, results, splits, run, cfg.image_size)
+    tolerance = cfg.nsd_tolerance if nsd_tolerance is None else nsd_tolerance
+    metrics, pred = evaluate_results(manifest, t, results, splits, run, cfg.image_size, nsd_tolerance=tolerance)
     before = RunFolder(run).metrics
     if before.is_file() and "timing" in (kept := json.loads(before.read_text())):
         metrics["timing"] = kept["timing"]  # how long the run took to train: this recomputation does not change it

@@ -13,6 +13,7 @@ from medcad.data.labelmaps import MaskLabels
 from medcad.data.manifest import Manifest
 from medcad.data.splits import row_groups
 from medcad.engine.fullres import NativeScores, joined_counts, native_mask_scores
+from medcad.metrics.boundary import NSD_TOLERANCE
 from medcad.runfolder import FoldFolder, RunFolder
 from medcad.tasks import p_lesion_words, reference_label
 
@@ -53,6 +54,7 @@ def segmentation_results(
     groups_of: dict,
     labels: list[str],
     mask_classes: MaskLabels | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE,
 ) -> tuple[dict, pd.DataFrame]:
     """Dice/IoU of the folds' predicted test masks, pooled over folds with cluster-bootstrap CIs, per fold, and per
     label; with the per-image table.
@@ -81,7 +83,7 @@ def segmentation_results(
         rows, probs = fold_test_masks(RunFolder(run).fold(r["fold"]).path)
         small.append(mask_counts(probs >= 128, masks[rows].astype(bool)))
         lesion_classes = fold_test_lesion_classes(RunFolder(run).fold(r["fold"]).path) if mask_classes else None
-        scores = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes)
+        scores = native_mask_scores(manifest, rows, probs, "empty", lesion_classes, mask_classes, nsd_tolerance)
         c = scores.counts
         natives.append(scores)
         parts.append((rows, c))
@@ -176,6 +178,7 @@ def external_mask_results(
     lesion_classes: np.ndarray | None = None,
     classes: MaskLabels | None = None,
     decision: tuple[str, float, np.ndarray] | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE,
 ) -> tuple[dict, pd.DataFrame]:
     """An external set's masks scored as a run's are: at each image's own size (Dice, IoU with cluster-bootstrap CIs,
     HD95, NSD), with the training-size figures beside them, for label maps each lesion class, and with `decision` the
@@ -190,6 +193,7 @@ def external_mask_results(
         lesion_classes, classes: label maps: (N, K, S, S) the classes' probabilities 0..1, and the run's classes.
         decision: (frame score kind, the predictor's threshold, (N,) frame scores) of a model with a frame-level
             decision: masks of frames scoring below the threshold are emptied, as predict and serve show them.
+        nsd_tolerance: NSD's tolerance, % of each image's diagonal.
 
     Returns:
         (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, nsd, dice_training_size and
@@ -200,7 +204,7 @@ def external_mask_results(
     rows = np.arange(len(manifest))
     as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
     probs = as_u8(probs)
-    native = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes)
+    native = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes, nsd_tolerance)
     counts = native.counts
     small = mask_counts(probs >= 128, true_small > 0)
     m = _native_size_metrics(native, small, groups, int(true_small.shape[-1]))

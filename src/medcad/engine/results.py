@@ -15,6 +15,7 @@ from medcad.atomic import atomic_write_text
 from medcad.data.manifest import LABEL_JOIN, Manifest
 from medcad.data.splits import row_groups
 from medcad.engine.mask_results import segmentation_results
+from medcad.metrics.boundary import NSD_TOLERANCE
 from medcad.runfolder import RunFolder
 from medcad.tasks import positive_label, reference_label
 
@@ -252,7 +253,14 @@ def rows_by_key(results: list[dict], splits: dict, manifest: Manifest) -> list[d
 
 
 def evaluate_results(
-    manifest: Manifest, targets: Targets, results: list[dict], splits: dict, run: Path | None, size: int
+    manifest: Manifest,
+    targets: Targets,
+    results: list[dict],
+    splits: dict,
+    run: Path | None,
+    size: int,
+    *,
+    nsd_tolerance: float = NSD_TOLERANCE,
 ) -> tuple[dict, pd.DataFrame]:
     """Pool the folds' test predictions (out-of-fold), compute metrics with CIs, per-fold and per-subset figures,
     against the run's `targets` (`medcad.targets.load_targets`) at its training size `size`.
@@ -261,7 +269,7 @@ def evaluate_results(
     the multi-label metrics; predicted masks (segment, multitask; read from the run's fold folders, compared with
     the target masks) give "segmentation", with "dice" and "iou" also at the top level; detections (detect, against
     the target boxes at the training size; listed in the table in each image's pixels, by the targets' image sizes)
-    give the detection metrics.
+    give the detection metrics. Masks' NSD is at `nsd_tolerance` % of each image's diagonal.
     """
     labels, y, masks, boxes = targets.labels, targets.y, targets.masks, targets.boxes
     group_map = splits.get("groups") or {}
@@ -278,7 +286,9 @@ def evaluate_results(
         else:
             m, pred = _classification_results(manifest, labels, y, results, group_map, targets.positive)
     if masks is not None and run is not None and all((RunFolder(run).fold(r["fold"]).masks).is_file() for r in results):
-        seg, table = segmentation_results(manifest, masks, run, results, group_map, labels, targets.mask_classes)
+        seg, table = segmentation_results(
+            manifest, masks, run, results, group_map, labels, targets.mask_classes, nsd_tolerance
+        )
         m["segmentation"] = seg
         m["dice"], m["iou"] = seg["dice"], seg["iou"]
         if "class_dice" in seg:

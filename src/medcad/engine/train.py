@@ -218,7 +218,9 @@ def train_run(
         results.append(train_fold(k, parts, fold_data, hooks, progress, init))
     if not primary or folds is not None:
         return {}
-    metrics, pred = evaluate_results(manifest, targets, results, splits, out, run.cfg.image_size)
+    metrics, pred = evaluate_results(
+        manifest, targets, results, splits, out, run.cfg.image_size, nsd_tolerance=run.cfg.nsd_tolerance
+    )
     atomic_write_text(folder.predictions, pred.to_csv(index=False))
     before = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else {}
     if len(finished) == len(results) and "timing" in before:  # pooled again, nothing trained: the training's time

@@ -21,7 +21,12 @@ NSD_TOLERANCE = 1.0  # NSD's tolerance, % of the image's diagonal (about 7 px on
 
 
 def nsd_tolerance_px(height: int, width: int, tolerance: float = NSD_TOLERANCE) -> float:
-    """NSD's tolerance in pixels of an image of `height` x `width` px: `tolerance` % of its diagonal."""
+    """NSD's tolerance in pixels of an image of `height` x `width` px: `tolerance` % of its diagonal.
+
+    Raises:
+        ValueError: `tolerance` is not a number above 0 and at most 100."""
+    if not 0 < tolerance <= 100:  # nan fails too
+        raise ValueError(f"NSD tolerance {tolerance!r}: give a share of the image's diagonal above 0 and at most 100 %")
     return tolerance / 100 * float(np.hypot(height, width))
 
 

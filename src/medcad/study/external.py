@@ -39,7 +39,11 @@ UNSEEN_LABELS = ("stop", "leave-out")  # what evaluate --data does with images o
 
 
 def evaluate_external(
-    run: str | Path, data: str | Path, options: DataOptions | None = None, unseen_labels: str = "stop"
+    run: str | Path,
+    data: str | Path,
+    options: DataOptions | None = None,
+    unseen_labels: str = "stop",
+    nsd_tolerance: float | None = None,
 ) -> tuple[dict, Path, list[str]]:
     """Predict every image of another dataset with the run's models and score it against its labels, masks or
     boxes (by the run's task); written to RUN/evaluations/<dataset>/.
@@ -50,6 +54,7 @@ def evaluate_external(
         options: how to read it (its own layout, pattern, label map, ...), not the training set's.
         unseen_labels: "stop" (a DataError naming them) or "leave-out" (score the images of the run's labels alone;
             the others are counted in the metrics and named in the notes).
+        nsd_tolerance: masks: NSD's tolerance, % of each image's diagonal (None: the run's).
 
     Returns:
         (metrics, folder written, notes on how the dataset was read).
@@ -149,6 +154,7 @@ def evaluate_external(
             out.get("lesion_classes"),
             targets.mask_classes,
             _frame_decision(predictor, out, labels),
+            cfg.nsd_tolerance if nsd_tolerance is None else nsd_tolerance,
         )
         metrics["segmentation"] = seg
         metrics["dice"], metrics["iou"] = seg["dice"], seg["iou"]
