@@ -25,6 +25,7 @@ from medcad.tasks import (
     findings,
     get_task,
     positive_from_names,
+    reference_label,
     run_positive,
     says_no_finding,
     split_labels,
@@ -78,6 +79,8 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
 
     if cfg.missing_masks not in MISSING_MASKS:
         raise ConfigError(f"--missing-masks {cfg.missing_masks!r}: use one of {', '.join(MISSING_MASKS)}")
+    if cfg.missing_masks == "empty" and "masks" in get_task(cfg.task).targets:
+        return _read_as_lesion_free(manifest)
     if cfg.missing_masks != "leave-out" or "masks" not in get_task(cfg.task).targets:
         return manifest
     has_mask = (manifest.table["mask"] != "").to_numpy()
@@ -91,6 +94,32 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     note = f"{len(out_rows)} image(s) without a mask left out (--missing-masks leave-out), e.g. {keys[out_rows[0]]}"
     note += f"; {boxed} of them have boxes: annotated with boxes alone" if boxed else ""
     return without_rows(manifest, [(int(i), "no mask (--missing-masks leave-out)") for i in out_rows], note)
+
+
+def _read_as_lesion_free(manifest: Manifest) -> Manifest:
+    """`manifest` with a note counting its images without a mask, read as lesion-free (`--missing-masks empty`), and
+    naming those under a label other than the lesion-free one: a lesion image without its mask is trained and scored
+    as if it showed none (an external set's benign image without its mask had been scored a false lesion, unsaid)."""
+    import copy
+
+    no_mask = (manifest.table["mask"] == "").to_numpy()
+    if not no_mask.any():
+        return manifest
+    labels = manifest.table["label"].to_numpy(dtype=str)
+    normal = reference_label(sorted(set(labels)))
+    note = f"{int(no_mask.sum())} image(s) without a mask read as lesion-free (--missing-masks empty)"
+    lesion = np.flatnonzero(no_mask & (labels != normal) & (labels != ""))  # unlabelled frames: lesion-free as said
+    if len(lesion):
+        counts = ", ".join(f"{lab} {n}" for lab, n in sorted(Counter(labels[lesion]).items()))
+        other = f"not {normal!r}" if normal is not None else "none of which reads as lesion-free"
+        note += (
+            f"; {len(lesion)} of them under a label that names a finding ({counts}; {other}), e.g. "
+            f"{manifest.keys[lesion[0]]}: each is trained and scored as if it showed no lesion. Give their masks, or "
+            "--missing-masks leave-out"
+        )
+    out = copy.copy(manifest)
+    out.notes = [*manifest.notes, note]
+    return out
 
 
 def without_rows(manifest: Manifest, out: list[tuple[int, str]], note: str) -> Manifest:

@@ -500,7 +500,7 @@ def test_images_without_a_mask_are_left_out_by_name_when_asked(kinds, task, miss
                 save(root / f"{i}_m.png", np.where(noise_image(i)[..., 0] > 128, 255, 0).astype(np.uint8))
                 mask = f"{i}_m.png"
             boxes = '"[[1, 2, 10, 12, ""lesion""]]"' if kind == "boxes" else ""
-            rows.append(f"{i}.png,lesion,{mask},{boxes}")
+            rows.append(f"{i}.png,{('lesion', 'normal', '')[i % 3]},{mask},{boxes}")
         (root / "manifest.csv").write_text("image,label,mask,boxes\n" + "\n".join(rows) + "\n")
         m = load_manifest(root)
         leaves = missing == "leave-out" and task in ("segment", "multitask")
@@ -517,6 +517,20 @@ def test_images_without_a_mask_are_left_out_by_name_when_asked(kinds, task, miss
             boxed = sum(k == "boxes" for k in kinds)
             assert any(f"{len(named)} image(s) without a mask left out" in n for n in kept.notes)
             assert any(f"{boxed} of them have boxes" in n for n in kept.notes) == bool(boxed)
+        # --missing-masks empty says how many it reads as lesion-free, and names those under a finding's label (an
+        # external set's benign image without its mask had been scored a false lesion, unsaid); unlabelled frames and
+        # the lesion-free label's are what the flag says
+        said = [n for n in kept.notes if "read as lesion-free" in n]
+        maskless = [i for i, k in enumerate(kinds) if k != "mask"]
+        if missing == "empty" and task in ("segment", "multitask") and maskless:
+            (note,) = said
+            assert note.startswith(f"{len(maskless)} image(s) without a mask read as lesion-free")
+            finding = [i for i in maskless if i % 3 == 0]
+            assert (f"{len(finding)} of them under a label that names a finding (lesion {len(finding)}; " in note) == (
+                bool(finding)
+            )
+        else:
+            assert not said
         # the ledger's line among the notes counts what the run uses ("used 46 of 46" beside "1 left out" had been said)
         assert kept.ledger.line() in kept.notes and f"used {len(want)} of {len(kinds)}" in kept.ledger.line()
 

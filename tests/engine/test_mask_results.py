@@ -151,15 +151,21 @@ def test_each_lesion_class_has_its_hd95_as_a_share_of_the_diagonal_and_its_nsd_w
     hw = np.array([[60, 80], [240, 320], [30, 40]], float)  # diagonals 100, 400, 50
     hd = np.array([[10.0, np.nan], [20.0, 40.0], [np.inf, 5.0]])  # (n, K): px
     nsd = np.array([[0.5, np.nan], [1.0, 0.25], [0.0, 1.0]])
-    native = NativeScores(counts, hd[:, 0], nsd[:, 0], hw, ([counts, counts], hd, nsd))
+    stones = mask_counts(true & (np.arange(3) == 1)[:, None, None], true & (np.arange(3) == 2)[:, None, None])
+    native = NativeScores(counts, hd[:, 0], nsd[:, 0], hw, ([counts, stones], hd, nsd))
     table = pd.DataFrame({"image": ["a", "b", "c"]})
     out = _class_results(native, parse_mask_labels("1=cyst,2=stone"), np.arange(3), table)
     cyst, stone = out["per_class"]["cyst"], out["per_class"]["stone"]
     assert cyst["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 5) / 2)  # 10 % and 5 %; inf left out
     assert stone["hd95_normalised"]["mean"]["value"] == pytest.approx((10 + 10) / 2)
     assert cyst["nsd"]["mean"]["value"] == pytest.approx(0.5) and stone["nsd"]["n_scored"] == 2
-    assert {"dice_cyst", "dice_stone"} <= set(table.columns)
-    same = NativeScores(counts, hd[:, 0], nsd[:, 0], np.full((3, 2), 40.0), ([counts, counts], hd, nsd))
+    # and over the images with the class in the truth, as the Dice beside it in the console and the class table (a
+    # stone falsely drawn on image b enters the NSD of either mask, not this one)
+    assert stone["nsd_lesion"]["n_scored"] == 1 and stone["nsd_lesion"]["mean"]["value"] == pytest.approx(1.0)
+    assert cyst["nsd_lesion"]["n_scored"] == 3 and cyst["nsd_lesion"]["mean"]["value"] == pytest.approx(0.5)
+    assert {"dice_cyst", "dice_stone", "hd95_px_stone", "nsd_cyst"} <= set(table.columns)
+    assert list(table["nsd_stone"].fillna(-1)) == [-1, 0.25, 1.0]
+    same = NativeScores(counts, hd[:, 0], nsd[:, 0], np.full((3, 2), 40.0), ([counts, stones], hd, nsd))
     assert (
         "hd95_normalised"
         not in _class_results(same, parse_mask_labels("1=cyst,2=stone"), np.arange(3), table)["per_class"]["cyst"]

@@ -83,6 +83,9 @@ def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert res.exit_code != 0 and "fold 5 does not exist: this run has folds 0" in res.output
     res = runner.invoke(app, ["predict", str(run), str(image), "--operating-point", "youden"])
     assert res.exit_code != 0 and "a detection run's is 'f1'" in res.output
+    # both set the box-score threshold: refused, not one of them silently dropped (--threshold 0.3 had been)
+    res = runner.invoke(app, ["predict", str(run), str(image), "--operating-point", "f1", "--threshold", "0.3"])
+    assert res.exit_code == 2 and "give it or --threshold (0.3), not both" in res.output
     res = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out), "--threshold", "0.0"])
     assert res.exit_code == 0 and "n_boxes" in res.output and "[[" not in res.output  # the boxes: predictions.csv's
     assert pd.read_csv(out / "predictions.csv")["boxes"].str.startswith("[[").all()

@@ -337,9 +337,8 @@ def _serving_predictor(run, fold, backend, threads, threshold, device, operating
     from medcad.inference.card import class_decision
     from medcad.inference.registry import load_predictor
 
-    predictor = load_predictor(
-        run, fold, backend, device, operating_point, images, threads=threads, threshold=threshold
-    )
+    given = {} if threshold is None else {"threshold": threshold}  # else the predictor's default, 0.5
+    predictor = load_predictor(run, fold, backend, device, operating_point, images, threads=threads, **given)
     decision = [f"decision: {class_decision(predictor)}"] if predictor.cut else []
     if predictor.operating_point and not predictor.cut:  # a detector at its validated box-score threshold
         ensemble = len(predictor.files) > 1
@@ -352,7 +351,7 @@ def _serving_predictor(run, fold, backend, threads, threshold, device, operating
             else ""
         )
         decision = [f"boxes kept from score {predictor.threshold:.3f}: the run's validated operating point "
-                    f"{predictor.operating_point!r} (in place of --threshold){merged}"]  # fmt: skip
+                    f"{predictor.operating_point!r}{merged}"]  # fmt: skip
     _say_notes([f"backend {predictor.backend}: {predictor.backend_choice['reason']}", *decision])
     return predictor
 

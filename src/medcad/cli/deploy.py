@@ -147,7 +147,9 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     backend: BackendOpt = "auto",
     fold: Annotated[int | None, typer.Option(help="Serve one fold's model (default: the fold ensemble).")] = None,
-    threshold: Annotated[float, typer.Option(help="Lesion-probability / box-score threshold.")] = 0.5,
+    threshold: Annotated[
+        float | None, typer.Option(help="Lesion-probability / box-score threshold (default 0.5).", show_default=False)
+    ] = None,
     operating_point: OperatingPointOpt = None,
     workers: Annotated[int, typer.Option(help="Inference threads taking batches from the queue.")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch threads per inference.")] = None,

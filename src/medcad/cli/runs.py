@@ -231,8 +231,12 @@ def predict(
         "predictions"
     ),
     threshold: Annotated[
-        float, typer.Option(help="segment: lesion probability threshold; detect: detection score threshold.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help="segment: lesion probability threshold; detect: detection score threshold (default 0.5).",
+            show_default=False,
+        ),
+    ] = None,
     smooth: Annotated[int, typer.Option(help="Videos: average probabilities over this many frames.")] = 5,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
     realtime: Annotated[bool, typer.Option(help="Videos: keep pace with the source, dropping frames.")] = False,

@@ -63,7 +63,8 @@ def segmentation_results(
     thresholding) with HD95 and NSD (`NativeScores`; the table's hd95_px and nsd columns); the figures at the training
     size (against `masks`) stay beside them in "training_size" and the table's dice_training_size column. With
     `mask_classes` (label maps) the headline is lesion against background and "per_class", "class_dice", "class_iou"
-    score each lesion class (`medcad.metrics.label_maps`), with per-image dice_<class> columns."""
+    score each lesion class (`medcad.metrics.label_maps`), with per-image dice_<class>, hd95_px_<class> and
+    nsd_<class> columns."""
     from medcad.metrics.segmentation import (
         apply_frame_decision,
         dice_iou,
@@ -197,16 +198,15 @@ def external_mask_results(
 
     Returns:
         (the "segmentation" metrics, the per-image table with image, dice, iou, hd95_px, nsd, dice_training_size and
-        dice_<class> columns).
+        dice_<class>, hd95_px_<class>, nsd_<class> columns).
     """
     from medcad.metrics.segmentation import dice_iou, mask_counts, per_image_table
 
     rows = np.arange(len(manifest))
-    as_u8 = lambda p: None if p is None else np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)  # noqa: E731
-    probs = as_u8(probs)
-    native = native_mask_scores(manifest, rows, probs, missing, as_u8(lesion_classes), classes, nsd_tolerance)
+    # at each image's size from the float probabilities, as predict shows the masks
+    native = native_mask_scores(manifest, rows, probs, missing, lesion_classes, classes, nsd_tolerance)
     counts = native.counts
-    small = mask_counts(probs >= 128, true_small > 0)
+    small = mask_counts(np.asarray(probs) >= 0.5, true_small > 0)
     m = _native_size_metrics(native, small, groups, int(true_small.shape[-1]))
     table = per_image_table(counts, manifest.keys).rename(columns={"key": "image"})
     if native.by_class is not None:
@@ -288,15 +288,17 @@ def _by_lesion_size(counts: dict, area: np.ndarray) -> tuple[dict[str, np.ndarra
 
 
 def _class_results(native: NativeScores, classes: MaskLabels, groups: np.ndarray, table: pd.DataFrame) -> dict:
-    """Label maps: per-class metrics of `native`'s lesion classes, and a dice_<class> column per class in `table`."""
+    """Label maps: per-class metrics of `native`'s lesion classes, and dice_<class>, hd95_px_<class> and nsd_<class>
+    columns in `table`."""
     from medcad.metrics.boundary import hd95_normalised_summary
     from medcad.metrics.label_maps import class_metrics
     from medcad.metrics.segmentation import dice_iou
 
     names = list(classes.names)
     counts, hd95_px, nsd = native.by_class
-    for name, c in zip(names, counts, strict=True):
+    for k, (name, c) in enumerate(zip(names, counts, strict=True)):  # each image's figures of each class
         table[f"dice_{name}"] = dice_iou(c)[0]
+        table[f"hd95_px_{name}"], table[f"nsd_{name}"] = hd95_px[:, k], nsd[:, k]
     tolerance = (native.tolerance, native.tolerance_px())
     out = class_metrics(counts, names, hd95_px=hd95_px, nsd=nsd, nsd_tolerance=tolerance, groups=groups)
     for k, name in enumerate(names):  # images of several sizes: each class's HD95 as % of the diagonal too

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from medcad.checkpoint import run_task
+from medcad.errors import ConfigError
 from medcad.inference.export import ensure_export, export_onnx
 from medcad.inference.predictor import Predictor
 
@@ -52,6 +53,11 @@ def load_predictor(
     settings, cut = {}, None
     if operating_point:
         settings, cut = predictor_class(run_task(Path(run))).operating_point_settings(Path(run), fold, operating_point)
+    if clash := sorted(set(settings) & set(kwargs)):  # a detector's threshold, given and validated: say which wins
+        raise ConfigError(
+            f"operating point {operating_point!r} sets the {', '.join(clash)} itself ({settings[clash[0]]:.4g}, chosen "
+            f"on validation): give it or --{clash[0]} ({kwargs[clash[0]]:g}), not both"
+        )
     return _load(run, fold, backend, device, images, **(kwargs | settings)).decide_at(operating_point, cut)
 
 

@@ -76,7 +76,8 @@ def class_metrics(
         groups: group per image for the cluster bootstrap.
 
     Returns:
-        {"per_class": {name: `segmentation_metrics` (+ "hd95": `hd95_summary`, "nsd": `nsd_summary`)},
+        {"per_class": {name: `segmentation_metrics` (+ "hd95": `hd95_summary`, "nsd": `nsd_summary` over the images
+        with the class in either mask, "nsd_lesion" over those with it in the truth)},
         "class_dice", "class_iou": {"value", "ci95"} means over classes}.
     """
     per_class = {}
@@ -84,11 +85,17 @@ def class_metrics(
         per_class[name] = segmentation_metrics(c, groups=groups, n_boot=n_boot)
         if hd95_px is not None:
             per_class[name]["hd95"] = hd95_summary(hd95_px[:, k], groups=groups, n_boot=n_boot)
-        if nsd is not None:
+        if nsd is not None:  # over the images with the class in either mask, and in the truth (as dice_lesion)
             pct, px = nsd_tolerance or (NSD_TOLERANCE, None)
             per_class[name]["nsd"] = nsd_summary(
                 nsd[:, k], groups=groups, tolerance=pct, tolerance_px=px, n_boot=n_boot
             )
+            has = np.asarray(c["true_area"]) > 0
+            if has.any():
+                g = None if groups is None else np.asarray(groups)[has]
+                per_class[name]["nsd_lesion"] = nsd_summary(
+                    nsd[has, k], groups=g, tolerance=pct, tolerance_px=px, n_boot=n_boot
+                )
     dice = np.mean([dice_iou(c)[0] for c in counts], axis=0)  # (N,) each image's mean over classes
     iou = np.mean([dice_iou(c)[1] for c in counts], axis=0)
     stats = weighted_bootstrap(

@@ -108,7 +108,8 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
             hd = f"; HD95 {cm['hd95']['mean']['value']:.1f} px" if cm.get("hd95") else ""
             if (cm.get("hd95_normalised") or {}).get("n_defined"):
                 hd += f" ({cm['hd95_normalised']['mean']['value']:.1f} % of the diagonal)"
-            hd += f"; NSD {cm['nsd']['mean']['value']:.3f}" if (cm.get("nsd") or {}).get("n_scored") else ""
+            if (cm.get("nsd_lesion") or {}).get("n_scored"):  # over the same images as the Dice beside it
+                hd += f"; NSD {cm['nsd_lesion']['mean']['value']:.3f}"
             shown = _fmt(cm["dice_lesion"]) if cm.get("dice_lesion") else "—"
             head.add_row(f"  {lab}: Dice (images with it, n={cm['n_lesion_images']})", shown + hd)
     for name, part in (seg.get("by_lesion_size") or {}).items():
@@ -116,12 +117,22 @@ def print_metrics(m: dict, run: object = None, console: Console | None = None) -
     if seg.get("training_size"):
         head.add_row(f"Dice at training size {seg['training_size']['resolution']}", _fmt(seg["training_size"]["dice"]))
     if seg.get("hd95"):
-        head.add_row("HD95 px (original size), mean", _fmt(seg["hd95"]["mean"]))
+        n = seg["hd95"].get("n_defined")
+        head.add_row(
+            f"HD95 px (original size), mean over the n={n} images with a lesion in both masks",
+            _fmt(seg["hd95"]["mean"]),
+        )
     if (seg.get("hd95_normalised") or {}).get("n_defined"):
         head.add_row("HD95, % of the image diagonal, mean", _fmt(seg["hd95_normalised"]["mean"]))
     if (seg.get("nsd") or {}).get("n_scored"):
-        head.add_row(f"NSD (surface Dice) within {seg['nsd']['tolerance']}, mean", _fmt(seg["nsd"]["mean"]))
-    if (seg.get("nsd_lesion") or {}).get("n_scored", 0) != (seg.get("nsd") or {}).get("n_scored", 0):
+        n = seg["nsd"]["n_scored"]
+        head.add_row(
+            f"NSD (surface Dice) within {seg['nsd']['tolerance']}, mean over the n={n} images with a lesion in either "
+            "mask (a missed or false lesion scores 0)",
+            _fmt(seg["nsd"]["mean"]),
+        )
+    lesion_nsd = seg.get("nsd_lesion") or {}
+    if lesion_nsd.get("n_scored") and lesion_nsd["n_scored"] != (seg.get("nsd") or {}).get("n_scored"):
         head.add_row(f"  NSD, lesion images (n={seg['nsd_lesion']['n_scored']})", _fmt(seg["nsd_lesion"]["mean"]))
     if seg.get("empty_images"):
         e = seg["empty_images"]
