@@ -256,6 +256,7 @@ _ALTERED = {  # a value other than the default for each setting some tasks do no
     "arch": "unetpp",
     "decoder_channels": "64,32,16,8,8",
     "missing_masks": "empty",
+    "nsd_tolerance": 2.0,
     "tta": "hflip",
     "mask_labels": "1=cyst",
     "class_loss_weight": 2.0,

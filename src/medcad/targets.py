@@ -25,7 +25,6 @@ from medcad.tasks import (
     findings,
     get_task,
     positive_from_names,
-    reference_label,
     run_positive,
     says_no_finding,
     split_labels,
@@ -70,7 +69,7 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     """`manifest` as a mask task of `--missing-masks leave-out` uses it: its rows without a mask left out, each
     named in the ledger and counted in a note (how many had boxes: annotated with boxes alone, as Label Studio's
     rectangles beside its polygons). Unchanged for other tasks and settings ("error": `load_targets` stops at such
-    an image; "empty": it is lesion-free).
+    an image; "empty": it is lesion-free, counted in a note, `_read_as_lesion_free`).
 
     Raises:
         ConfigError: an unknown `missing_masks`.
@@ -106,15 +105,15 @@ def _read_as_lesion_free(manifest: Manifest) -> Manifest:
     if not no_mask.any():
         return manifest
     labels = manifest.table["label"].to_numpy(dtype=str)
-    normal = reference_label(sorted(set(labels)))
     note = f"{int(no_mask.sum())} image(s) without a mask read as lesion-free (--missing-masks empty)"
-    lesion = np.flatnonzero(no_mask & (labels != normal) & (labels != ""))  # unlabelled frames: lesion-free as said
+    # a finding's label (each part of a multi-label cell); unlabelled frames and 'normal' are lesion-free as said
+    finding = np.array([bool(split_labels(lab)) for lab in labels], dtype=bool)
+    lesion = np.flatnonzero(no_mask & finding)
     if len(lesion):
         counts = ", ".join(f"{lab} {n}" for lab, n in sorted(Counter(labels[lesion]).items()))
-        other = f"not {normal!r}" if normal is not None else "none of which reads as lesion-free"
         note += (
-            f"; {len(lesion)} of them under a label that names a finding ({counts}; {other}), e.g. "
-            f"{manifest.keys[lesion[0]]}: each is trained and scored as if it showed no lesion. Give their masks, or "
+            f"; {len(lesion)} of them under a label that names a finding ({counts}), e.g. {manifest.keys[lesion[0]]}: "
+            "each is read (trained on, or scored) as if it showed no lesion. Give their masks, or train with "
             "--missing-masks leave-out"
         )
     out = copy.copy(manifest)

@@ -338,6 +338,7 @@ TASK_SETTINGS: dict[str, tuple[str, ...]] = {
     "arch": _MASK_TASKS,
     "decoder_channels": _MASK_TASKS,
     "missing_masks": _MASK_TASKS,
+    "nsd_tolerance": _MASK_TASKS,
     "tta": _MASK_TASKS,
     "mask_labels": ("segment-multiclass",),
     "class_loss_weight": ("multitask",),

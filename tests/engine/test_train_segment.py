@@ -66,6 +66,13 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     wide, narrow = json.loads(res.stdout)["segmentation"]["nsd"], seg["nsd"]
     assert (wide["tolerance_pct_diagonal"], narrow["tolerance_pct_diagonal"]) == (20, 1.0)
     assert wide["mean"]["value"] >= narrow["mean"]["value"] and wide["n_scored"] == narrow["n_scored"]
+    # the run's figures and its setting stay one: config.json keeps the tolerance its metrics.json was scored at
+    assert json.loads((run / "config.json").read_text())["nsd_tolerance"] == 20
+    res = runner.invoke(app, ["evaluate", str(run), "--nsd-tolerance", "1", "--json"])
+    assert (
+        json.loads(res.stdout)["segmentation"]["nsd"] == narrow
+        and json.loads((run / "config.json").read_text())["nsd_tolerance"] == 1
+    )
     res = runner.invoke(app, ["evaluate", str(run), "--nsd-tolerance", "0"])
     assert res.exit_code == 2 and "nsd_tolerance 0.0" in res.output
     # continuing from this run's models needs the same architecture: refused before anything is written

@@ -159,7 +159,16 @@ def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_se
         assert r["nsd_lesion"]["value"] == pytest.approx(mean)  # the runs' own figure, as in their metrics.json
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Paired Dice and NSD comparisons" in html and "<th>Dice</th>" in html and "images with a lesion" in html
-    assert "NSD, images with a lesion" in html and "<th>NSD, lesion images</th>" in html
+    assert "NSD, images with a lesion within 1.0 % of the diagonal" in html and "<th>NSD, lesion images</th>" in html
+    assert nsd["tolerance_pct_diagonal"] == 1.0 and "paired cluster bootstrap of the mean per-image NSD" in nsd["test"]
+    # a run scored again at another tolerance: its NSD is another measure, not compared (and said)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "out" / "runs" / "attention"), "--nsd-tolerance", "2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["study", str(study), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    (pair,) = json.loads((tmp_path / "out" / "results.json").read_text())["paired_tests"]
+    assert "nsd_lesion" not in pair and pair["nsd_note"].endswith("(unet: 1.0, attention: 2.0)")
+    assert pair["dice"]["family_size"] == 2  # the Holm family without it
 
 
 def test_plan_shows_each_run_as_the_study_folder_holds_it(tmp_path: Path) -> None:

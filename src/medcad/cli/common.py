@@ -227,7 +227,7 @@ OperatingPointOpt = Annotated[
         help="Two-class classify / multitask runs: name the positive class at this validated operating point "
         "(youden, sens>=0.90, spec>=0.95, ...: the report's and `medcad serve`'s /model), its threshold chosen on "
         "validation data; default: the most probable class. Detection runs: f1 keeps boxes from the score of the "
-        "highest box F1 on validation, in place of --threshold."
+        "highest box F1 on validation (not with --threshold)."
     ),
 ]
 LabelsOpt = Annotated[str | None, typer.Option(help="Allowed labels, comma-separated; other rows are reported.")]

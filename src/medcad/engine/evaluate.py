@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from medcad.atomic import atomic_write_text
-from medcad.config import TrainConfig
+from medcad.config import TrainConfig, check_nsd_tolerance
 from medcad.data.identity import reconcile, run_samples
 from medcad.data.manifest import Manifest
 from medcad.data.splits import load_splits
 from medcad.engine.results import evaluate_results, pooled_detections, rows_by_key, write_json
-from medcad.errors import DataError
+from medcad.errors import ConfigError, DataError
 from medcad.runfolder import RunFolder
 from medcad.targets import Targets, load_targets, run_dataset
 
@@ -66,9 +66,17 @@ def evaluate_run(run: str | Path, nsd_tolerance: float | None = None) -> tuple[d
     """Metrics of a run from its fold results (e.g. after an interruption, or with newer metric code), each
     prediction paired with its image by key. Today's dataset is compared with the run's samples first: removed or
     changed images stop (DataError), added ones are named in a note and left out (they are in no fold). Masks' NSD
-    at `nsd_tolerance` % of each image's diagonal (None: the run's)."""
+    at `nsd_tolerance` % of each image's diagonal (None: the run's), which config.json then keeps: the run's figures
+    and its setting stay one (a resumed or re-pooled run scores at it again).
+
+    Raises:
+        ConfigError: `nsd_tolerance` outside (0, 100], or given for a run without masks."""
     run = Path(run)
+    if nsd_tolerance is not None:
+        check_nsd_tolerance(nsd_tolerance)
     cfg, manifest, splits, results, t = _run_results(run)
+    if nsd_tolerance is not None:
+        _keep_tolerance(run, cfg, nsd_tolerance)
     tolerance = cfg.nsd_tolerance if nsd_tolerance is None else nsd_tolerance
     metrics, pred = evaluate_results(manifest, t, results, splits, run, cfg.image_size, nsd_tolerance=tolerance)
     before = RunFolder(run).metrics
@@ -77,6 +85,19 @@ def evaluate_run(run: str | Path, nsd_tolerance: float | None = None) -> tuple[d
     atomic_write_text(RunFolder(run).predictions, pred.to_csv(index=False))
     write_json(RunFolder(run).metrics, metrics)
     return metrics, run
+
+
+def _keep_tolerance(run: Path, cfg: TrainConfig, tolerance: float) -> None:
+    """Keep NSD's `tolerance` in the run's config.json (a scoring setting: `RESUMABLE_KEYS`); ConfigError for a task
+    without masks, where it scores nothing."""
+    from medcad.tasks import get_task
+
+    if "masks" not in get_task(cfg.task).targets:
+        raise ConfigError(f"--nsd-tolerance scores masks; a {cfg.task} run has none")
+    if tolerance != cfg.nsd_tolerance:
+        path = RunFolder(run).config
+        saved = json.loads(path.read_text())
+        write_json(path, {**saved, "nsd_tolerance": tolerance})
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ def load_predictor(
     torch-fp32 unmeasured (`backends.unmeasured_choice`); other kwargs as for `Predictor`.
 
     Raises:
-        ConfigError: the run has no such operating point (`Predictor.operating_point_settings`).
+        ConfigError: the run has no such operating point (`Predictor.operating_point_settings`), or `kwargs` give a
+            setting it sets too (a detector's threshold).
     """
     settings, cut = {}, None
     if operating_point:

@@ -213,12 +213,13 @@ def paired_detection_bootstrap(
 
 
 def paired_mean_test(
-    dice_a: np.ndarray,
-    dice_b: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
     groups: Sequence[Any] | np.ndarray | None = None,
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    what: str = "Dice",
 ) -> dict[str, Any]:
     """Paired cluster-bootstrap comparison of the mean per-image Dice (or another per-image score in [0, 1], as NSD)
     of two models on the same images: the difference, its percentile CI and the p that inverts that interval
@@ -226,22 +227,23 @@ def paired_mean_test(
     stood beside the per-image difference: with one patient's many frames the two can point opposite ways, "+0.022,
     p 0.002" where 10 of 11 patients favoured B.)
 
-    Every figure is over the complete pairs, the images where both models have a Dice (not nan): the two means,
+    Every figure is over the complete pairs, the images where both models have a score (not nan): the two means,
     their difference, its interval and the test are of the same images, as if the others had not been passed.
 
     Args:
-        dice_a: per-image Dice of model A (N,), nan where missing.
-        dice_b: per-image Dice of model B (N,), nan where missing.
+        score_a: per-image score (`what`: Dice, NSD) of model A (N,), nan where missing.
+        score_b: per-image score of model B (N,), nan where missing.
         groups: group id per image; None treats every image as its own group.
         n_boot: bootstrap resamples.
         seed: random seed.
+        what: the score's name, for the `test` it reports.
 
     Returns:
         {mean_a, mean_b, difference (mean_a - mean_b), ci95, p_value, n (the complete pairs), n_left_out (images
-        where either Dice is missing), n_groups (groups with a complete pair), n_boot, test}; nan figures when no
+        where either score is missing), n_groups (groups with a complete pair), n_boot, test}; nan figures when no
         pair is complete.
     """
-    da, db = np.asarray(dice_a, dtype=float), np.asarray(dice_b, dtype=float)
+    da, db = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
     complete = np.isfinite(da) & np.isfinite(db)
     g = _groups_or_rows(groups, len(da))[complete]
     da, db = da[complete], db[complete]
@@ -267,9 +269,9 @@ def paired_mean_test(
         "n_left_out": int((~complete).sum()),
         "n_groups": units,
         "n_boot": int(n_boot),
-        "test": "paired cluster bootstrap of the mean per-image Dice difference"
+        "test": f"paired cluster bootstrap of the mean per-image {what} difference"
         if groups is not None
-        else "paired bootstrap of the mean per-image Dice difference (image level)",
+        else f"paired bootstrap of the mean per-image {what} difference (image level)",
     }
 
 

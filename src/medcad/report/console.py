@@ -352,8 +352,9 @@ def _print_paired_tests(c: Console, pairs: list[dict]) -> None:
         ]
     ]
     for p in pairs:
-        if p.get("note"):
-            c.print(f"{p['a']} vs {p['b']}: {p['note']}")
+        for key in ("note", "nsd_note"):
+            if p.get(key):
+                c.print(f"{p['a']} vs {p['b']}: {p[key]}")
     if not rows:
         return
     t = Table(title="Paired tests (groups as unit; p Holm-adjusted over all of them)")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.atomic import atomic_write_text
-from medcad.config import DataOptions
+from medcad.config import DataOptions, check_nsd_tolerance
 from medcad.data.fingerprints import fingerprints
 from medcad.data.identity import run_samples
 from medcad.data.layouts import load_manifest
@@ -62,6 +62,8 @@ def evaluate_external(
     from medcad.data.datasets import run_images
 
     run = Path(run)
+    if nsd_tolerance is not None:  # before anything is predicted
+        check_nsd_tolerance(nsd_tolerance)
     cfg, meta = load_run_config(run)
     options = options or DataOptions()
     manifest = load_manifest(data, options)

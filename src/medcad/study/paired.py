@@ -72,10 +72,29 @@ def paired_tests(
             if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
                 pair["dice_lesion"] = paired_mean_test(da[lesion], db[lesion], g[lesion])
             if "nsd" in a and "nsd" in b and lesion.any():  # boundaries, on the lesion images (NSD defined on each)
-                na, nb = a["nsd"].to_numpy(float), b["nsd"].to_numpy(float)
-                pair["nsd_lesion"] = paired_mean_test(na[lesion], nb[lesion], g[lesion])
+                pair |= _paired_nsd(study_dir, ea.name, eb.name, a, b, lesion, g)
         out.append(pair)
     return adjust_family(out)
+
+
+def _paired_nsd(study_dir: Path, a: str, b: str, rows_a, rows_b, lesion: np.ndarray, g: np.ndarray) -> dict:
+    """{"nsd_lesion": the paired test of runs `a` and `b`'s mean NSD over the lesion images, with its tolerance}
+    where both scored NSD at one tolerance (their metrics.json); else {"nsd_note": why not}: NSD at 1 % and at 2 %
+    of the diagonal are two measures (a study's model can set it, and `evaluate --nsd-tolerance` scores a run
+    again)."""
+    from medcad.metrics.compare import paired_mean_test
+
+    tolerance = {}
+    for name in (a, b):
+        path = RunFolder(study_dir / "runs" / slug(name)).metrics
+        seg = (json.loads(path.read_text()).get("segmentation") or {}) if path.is_file() else {}
+        tolerance[name] = (seg.get("nsd") or {}).get("tolerance_pct_diagonal")
+    if tolerance[a] is None or tolerance[a] != tolerance[b]:
+        said = ", ".join(f"{n}: {t if t is not None else 'none'}" for n, t in tolerance.items())
+        return {"nsd_note": f"NSD not compared: scored at different tolerances, % of the diagonal ({said})"}
+    na, nb = rows_a["nsd"].to_numpy(float), rows_b["nsd"].to_numpy(float)
+    test = paired_mean_test(na[lesion], nb[lesion], g[lesion], what="NSD")
+    return {"nsd_lesion": test | {"tolerance_pct_diagonal": tolerance[a]}}
 
 
 def probability_scale(metrics: dict) -> str:

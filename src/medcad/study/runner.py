@@ -33,7 +33,8 @@ def _headline(m: dict) -> dict:
     out = {k: m.get(k) for k in keep}
     out["fold_summary"] = m.get("fold_summary")
     seg = m.get("segmentation") or {}
-    out["nsd_lesion"] = (seg.get("nsd_lesion") or {}).get("mean")  # runs scored before NSD have none
+    # runs scored before NSD have none; where every image holds a lesion, NSD is over them all
+    out["nsd_lesion"] = (seg.get("nsd_lesion") or ({} if seg.get("empty_images") else seg.get("nsd")) or {}).get("mean")
     blocks = (("", seg), ("decided_", seg.get("frame_decision")), ("spec_", seg.get("frame_decision_specificity")))
     for key, block in blocks:
         if block:
