@@ -174,7 +174,7 @@ def test_predict_takes_the_validated_folds_mean_or_refuses(tmp_path) -> None:
     import json
 
     from medcad.errors import ConfigError
-    from medcad.inference.predictor import validated_score_threshold
+    from medcad.inference.operating_points import validated_score_threshold
 
     def run_with(thresholds: list) -> None:
         missing = [k for k, t in enumerate(thresholds) if t is None]

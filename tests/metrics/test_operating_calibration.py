@@ -75,7 +75,7 @@ def test_a_fold_that_meets_a_rule_only_above_every_validation_score_cuts_there_i
     import json
 
     from medcad.errors import ConfigError
-    from medcad.inference.predictor import validated_cut
+    from medcad.inference.operating_points import validated_cut
 
     before = o | {"thresholds": {"0": None, "1": 0.6}, "ensemble_threshold": 0.6, "folds_calling_nothing": ["0"]}
     block = {"positive": "lesion", "scale": "temperature-scaled", "spec>=0.90": json.loads(json.dumps(before))}

@@ -8,8 +8,9 @@ from pathlib import Path
 from medcad import __version__
 from medcad.data.datasets import RESIZE_RULE
 from medcad.data.splits import fold_split
+from medcad.inference.operating_points import operating_rules, rule_threshold
 from medcad.inference.outputs import frame_rule, no_finding_decisions
-from medcad.inference.predictor import Predictor, operating_rules, rule_threshold
+from medcad.inference.predictor import Predictor
 from medcad.runfolder import RunFolder, fold_of
 from medcad.tasks import get_task
 

@@ -16,7 +16,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms, box_iou
 
 from medcad.inference.onnx import DEFAULT_BOXES
-from medcad.inference.predictor import Predictor, validated_score_threshold
+from medcad.inference.operating_points import validated_score_threshold
+from medcad.inference.predictor import Predictor
 from medcad.models.predict import detections_to_array, predict_detections
 
 ENSEMBLE_IOU = 0.5  # boxes of the same class from several folds' models overlapping more than this are one lesion

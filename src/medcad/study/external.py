@@ -331,7 +331,7 @@ def _validated_boxes(run: Path, boxes: list, targets, labels: list[str], groups:
     f1` deploys them (the folds' mean score threshold; TRIPOD+AI asks for external figures at the prespecified
     threshold): {"validated_operating_point": ...}, or {} for a run without one."""
     from medcad.errors import ConfigError
-    from medcad.inference.predictor import DETECTION_RULE, validated_score_threshold
+    from medcad.inference.operating_points import DETECTION_RULE, validated_score_threshold
     from medcad.metrics.detection_operating import validated_operating_point
 
     try:
