@@ -51,11 +51,9 @@ class NativeScores(NamedTuple):
         arrays = (np.concatenate([getattr(p, name) for p in parts]) for name in ("hd95", "nsd", "hw"))
         return NativeScores(joined_counts([p.counts for p in parts]), *arrays, by_class, parts[0].tolerance)
 
-    def tolerance_px(self, rows: np.ndarray | None = None) -> tuple[float, float]:
-        """The smallest and largest NSD tolerance in pixels over the images (those of bool (n,) `rows`)."""
-        hw = self.hw if rows is None else self.hw[rows]
-        t = [nsd_tolerance_px(h, w, self.tolerance) for h, w in hw] or [float("nan")]
-        return min(t), max(t)
+    def tolerances_px(self) -> np.ndarray:
+        """(n,) each image's NSD tolerance in pixels."""
+        return np.array([nsd_tolerance_px(h, w, self.tolerance) for h, w in self.hw], dtype=float)
 
 
 def native_mask_scores(

@@ -236,7 +236,7 @@ def _native_size_metrics(
     "by_lesion_size" scores the lesion images in thirds by lesion size at each image's own size (`_by_lesion_size`)
     alike. Where images differ in size, "hd95_normalised" gives HD95 as a share of each image's diagonal (a 10 px
     error on a 1920 px frame and on a 332 px one are not alike: Kvasir-SEG holds both), as NSD's tolerance is."""
-    from medcad.metrics.boundary import hd95_normalised_summary, hd95_summary, nsd_summary
+    from medcad.metrics.boundary import hd95_normalised_summary, hd95_summary, nsd_summaries
     from medcad.metrics.segmentation import segmentation_metrics
 
     counts, dist, hw = native.counts, native.hd95, native.hw
@@ -253,15 +253,9 @@ def _native_size_metrics(
     m["hd95"] = hd95_summary(dist, groups=groups)
     if (share := hd95_normalised_summary(dist, hw, groups=groups)) is not None:  # images of several sizes
         m["hd95_normalised"] = share
-    m["nsd"] = nsd_summary(native.nsd, groups=groups, tolerance=native.tolerance, tolerance_px=native.tolerance_px())
-    lesion = np.asarray(counts["true_area"]) > 0  # and over the lesion images alone, as dice_lesion beside dice
-    if lesion.any():
-        m["nsd_lesion"] = nsd_summary(
-            native.nsd[lesion],
-            groups=np.asarray(groups)[lesion],
-            tolerance=native.tolerance,
-            tolerance_px=native.tolerance_px(lesion),
-        )
+    lesion = np.asarray(counts["true_area"]) > 0
+    tolerance = {"tolerance": native.tolerance, "tolerance_px": native.tolerances_px()}
+    m |= nsd_summaries(native.nsd, lesion, groups=groups, **tolerance)  # nsd, and nsd_lesion as dice_lesion
     m["training_size"] = {**segmentation_metrics(small, groups=groups), "resolution": f"{size}x{size} px"}
     return m
 
@@ -299,7 +293,7 @@ def _class_results(native: NativeScores, classes: MaskLabels, groups: np.ndarray
     for k, (name, c) in enumerate(zip(names, counts, strict=True)):  # each image's figures of each class
         table[f"dice_{name}"] = dice_iou(c)[0]
         table[f"hd95_px_{name}"], table[f"nsd_{name}"] = hd95_px[:, k], nsd[:, k]
-    tolerance = (native.tolerance, native.tolerance_px())
+    tolerance = (native.tolerance, native.tolerances_px())
     out = class_metrics(counts, names, hd95_px=hd95_px, nsd=nsd, nsd_tolerance=tolerance, groups=groups)
     for k, name in enumerate(names):  # images of several sizes: each class's HD95 as % of the diagonal too
         if (share := hd95_normalised_summary(hd95_px[:, k], native.hw, groups=groups)) is not None:

@@ -153,3 +153,36 @@ def nsd_summary(
     if not ok.any():
         return out | _NO_MEAN
     return out | _mean_ci(v[ok], None if groups is None else np.asarray(groups)[ok], n_boot, seed)
+
+
+def nsd_summaries(
+    values: np.ndarray,
+    lesion: np.ndarray,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    tolerance: float = NSD_TOLERANCE,
+    tolerance_px: np.ndarray | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """`nsd_summary` of a set and of its lesion images: {"nsd": over the images with a lesion in either mask,
+    "nsd_lesion": over those with one in the truth, where there are any (as dice_lesion beside dice)}.
+
+    Args:
+        values: (N,) NSD per image (`boundary_scores`).
+        lesion: (N,) bool, a lesion in the image's true mask.
+        groups, tolerance, n_boot: as `nsd_summary`.
+        tolerance_px: (N,) each image's tolerance in pixels (`nsd_tolerance_px`), said as each part's range.
+    """
+    v, lesion = np.asarray(values, dtype=float), np.asarray(lesion, dtype=bool)
+    g = None if groups is None else np.asarray(groups)
+    px = None if tolerance_px is None else np.asarray(tolerance_px, dtype=float)
+
+    def part(rows: np.ndarray) -> dict[str, Any]:
+        said = None if px is None or not rows.any() else (px[rows].min(), px[rows].max())
+        sub = None if g is None else g[rows]
+        return nsd_summary(v[rows], groups=sub, tolerance=tolerance, tolerance_px=said, n_boot=n_boot)
+
+    out = {"nsd": part(np.ones(len(v), dtype=bool))}
+    if lesion.any():
+        out["nsd_lesion"] = part(lesion)
+    return out

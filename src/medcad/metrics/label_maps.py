@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.boundary import NSD_TOLERANCE, boundary_scores, hd95_summary, nsd_summary
+from medcad.metrics.boundary import NSD_TOLERANCE, boundary_scores, hd95_summary, nsd_summaries
 from medcad.metrics.segmentation import dice_iou, mask_counts, segmentation_metrics
 from medcad.metrics.stats import weighted_bootstrap
 
@@ -61,7 +61,7 @@ def class_metrics(
     *,
     hd95_px: np.ndarray | None = None,
     nsd: np.ndarray | None = None,
-    nsd_tolerance: tuple[float, tuple[float, float]] | None = None,
+    nsd_tolerance: tuple[float, np.ndarray] | None = None,
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
 ) -> dict:
@@ -72,7 +72,7 @@ def class_metrics(
         names: the classes' names.
         hd95_px: (N, K) HD95 per image and class, or None.
         nsd, nsd_tolerance: (N, K) NSD per image and class, or None; its tolerance (% of each image's diagonal,
-            and the range in pixels).
+            and (N,) each image's in pixels).
         groups: group per image for the cluster bootstrap.
 
     Returns:
@@ -87,15 +87,10 @@ def class_metrics(
             per_class[name]["hd95"] = hd95_summary(hd95_px[:, k], groups=groups, n_boot=n_boot)
         if nsd is not None:  # over the images with the class in either mask, and in the truth (as dice_lesion)
             pct, px = nsd_tolerance or (NSD_TOLERANCE, None)
-            per_class[name]["nsd"] = nsd_summary(
-                nsd[:, k], groups=groups, tolerance=pct, tolerance_px=px, n_boot=n_boot
-            )
             has = np.asarray(c["true_area"]) > 0
-            if has.any():
-                g = None if groups is None else np.asarray(groups)[has]
-                per_class[name]["nsd_lesion"] = nsd_summary(
-                    nsd[has, k], groups=g, tolerance=pct, tolerance_px=px, n_boot=n_boot
-                )
+            per_class[name] |= nsd_summaries(
+                nsd[:, k], has, groups=groups, tolerance=pct, tolerance_px=px, n_boot=n_boot
+            )
     dice = np.mean([dice_iou(c)[0] for c in counts], axis=0)  # (N,) each image's mean over classes
     iou = np.mean([dice_iou(c)[1] for c in counts], axis=0)
     stats = weighted_bootstrap(
