@@ -549,12 +549,13 @@ def test_a_studys_positive_class_is_checked_before_anything_is_written_and_a_new
 def test_runs_whose_probabilities_are_on_different_scales_are_said(tmp_path: Path) -> None:
     """A study resumed across 2026-12-06 pairs a run pooled as trained with one pooled on temperature-scaled
     probabilities: its AUC test compares two scales, which is said with the command that re-pools the older."""
-    from medcad.study.paired import _scales_note
+    from medcad.study.paired import _run_metrics, _scales_note
 
     for name, m in (("a", {"probabilities": "temperature-scaled"}), ("b", {"calibration": {}}), ("c", {})):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(m))
+    metrics = {name: _run_metrics(tmp_path / "runs" / name) for name in "abc"}  # as paired_tests reads them, once
     with pytest.warns(UserWarning, match=r"a and b hold their probabilities on different scales .*evaluate .*runs/b"):
-        said = _scales_note(tmp_path, "a", "b")
+        said = _scales_note(tmp_path, "a", "b", metrics)
     assert "b: as trained" in said["note"]
-    assert _scales_note(tmp_path, "b", "c") == {}  # both as trained
+    assert _scales_note(tmp_path, "b", "c", metrics) == {}  # both as trained

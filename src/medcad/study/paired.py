@@ -36,6 +36,7 @@ def paired_tests(
     from medcad.metrics.stats import class_score, delong_test
 
     preds = {e.name: read_predictions(RunFolder(study_dir / "runs" / slug(e.name)).predictions) for e in exps}
+    metrics = {e.name: _run_metrics(study_dir / "runs" / slug(e.name)) for e in exps}  # each read once
     out = []
     positive = (positive or positive_label(labels)) if len(labels) == 2 else None  # the study's, its runs' too
     detections: dict = {}  # each detector run's, read once
@@ -51,7 +52,7 @@ def paired_tests(
         if "detections" in a:  # boxes: AP pairs whole rankings, not a per-image score
             pair |= paired_detections(study_dir, ea.name, eb.name, list(a.index), g, detections)
         elif all(f"p_{lab}" in a and f"p_{lab}" in b for lab in labels):
-            pair |= _scales_note(study_dir, ea.name, eb.name)
+            pair |= _scales_note(study_dir, ea.name, eb.name, metrics)
             y = a["label"].to_numpy(dtype=str)
             tests = {}
             cols = [f"p_{lab}" for lab in labels]
@@ -72,22 +73,29 @@ def paired_tests(
             if 0 < lesion.sum() < len(lesion):  # an empty mask scores 1 on a lesion-free frame: apart too
                 pair["dice_lesion"] = paired_mean_test(da[lesion], db[lesion], g[lesion])
             if "nsd" in a and "nsd" in b and lesion.any():  # boundaries, on the lesion images (NSD defined on each)
-                pair |= _paired_nsd(study_dir, ea.name, eb.name, a, b, lesion, g)
+                pair |= _paired_nsd(ea.name, eb.name, metrics, a, b, lesion, g)
         out.append(pair)
     return adjust_family(out)
 
 
-def _paired_nsd(study_dir: Path, a: str, b: str, rows_a, rows_b, lesion: np.ndarray, g: np.ndarray) -> dict:
+def _run_metrics(run: Path) -> dict | None:
+    """A run's metrics.json, None where it has none yet (or one cut off)."""
+    try:
+        return json.loads(RunFolder(run).metrics.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _paired_nsd(a: str, b: str, metrics: dict, rows_a, rows_b, lesion: np.ndarray, g: np.ndarray) -> dict:
     """{"nsd_lesion": the paired test of runs `a` and `b`'s mean NSD over the lesion images, with its tolerance}
-    where both scored NSD at one tolerance (their metrics.json); else {"nsd_note": why not}: NSD at 1 % and at 2 %
+    where both scored NSD at one tolerance (their `metrics`, by name); else {"nsd_note": why not}: NSD at 1 % and at 2 %
     of the diagonal are two measures (a study's model can set it, and `evaluate --nsd-tolerance` scores a run
     again)."""
     from medcad.metrics.compare import paired_mean_test
 
     tolerance = {}
     for name in (a, b):
-        path = RunFolder(study_dir / "runs" / slug(name)).metrics
-        seg = (json.loads(path.read_text()).get("segmentation") or {}) if path.is_file() else {}
+        seg = (metrics[name] or {}).get("segmentation") or {}
         tolerance[name] = (seg.get("nsd") or {}).get("tolerance_pct_diagonal")
     if tolerance[a] is None or tolerance[a] != tolerance[b]:
         said = ", ".join(f"{n}: {t if t is not None else 'none'}" for n, t in tolerance.items())
@@ -103,15 +111,13 @@ def probability_scale(metrics: dict) -> str:
     return metrics.get("probabilities", "as trained")
 
 
-def _scales_note(study_dir: Path, a: str, b: str) -> dict:
+def _scales_note(study_dir: Path, a: str, b: str, metrics: dict) -> dict:
     """{"note": ...} where runs `a` and `b` hold their probabilities on different scales (one pooled before
-    2026-12-06, as trained), said as a warning too: their AUCs are then paired on different scales; else {}."""
+    2026-12-06, as trained; their `metrics`, by name), said as a warning too: their AUCs are then paired on different
+    scales; else {}."""
     import warnings
 
-    scales = {}
-    for name in (a, b):
-        path = RunFolder(study_dir / "runs" / slug(name)).metrics
-        scales[name] = probability_scale(json.loads(path.read_text())) if path.is_file() else None
+    scales = {name: None if metrics[name] is None else probability_scale(metrics[name]) for name in (a, b)}
     if len(set(scales.values())) < 2 or None in scales.values():
         return {}
     older = next(n for n, s in scales.items() if s == "as trained")
@@ -188,10 +194,8 @@ def _score_threshold(run: Path) -> float:
 
     from medcad.metrics.detection import SCORE_THRESHOLD
 
-    try:
-        return float(json.loads(RunFolder(run).metrics.read_text()).get("score_threshold", SCORE_THRESHOLD))
-    except (OSError, ValueError):  # not evaluated yet, or cut off: the runs' default
-        return SCORE_THRESHOLD
+    # not evaluated yet, or cut off: the runs' default
+    return float((_run_metrics(run) or {}).get("score_threshold", SCORE_THRESHOLD))
 
 
 def adjust_family(pairs: list[dict]) -> list[dict]:
