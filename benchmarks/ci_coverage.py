@@ -25,14 +25,8 @@ from common import write_result
 from scipy.stats import norm
 
 from medcad.metrics.compare import paired_auc_bootstrap
-from medcad.metrics.stats import (
-    bootstrap_weights,
-    delong_ci,
-    delong_test,
-    percentile_ci,
-    resampled_units,
-    weighted_auc,
-)
+from medcad.metrics.roc import delong_ci, delong_test, weighted_auc
+from medcad.metrics.stats import bootstrap_weights, percentile_ci, resampled_units
 
 HERE = Path(__file__).resolve().parent
 

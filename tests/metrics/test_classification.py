@@ -17,8 +17,10 @@ from sklearn.metrics import (
 )
 
 from conftest import float32_softmax
+from medcad.metrics.calibration import expected_calibration_error
 from medcad.metrics.classification import classification_metrics, subset_metrics, subtype_vs_reference
-from medcad.metrics.stats import bootstrap_weights, class_score, expanded_alpha, expected_calibration_error
+from medcad.metrics.roc import class_score
+from medcad.metrics.stats import bootstrap_weights, expanded_alpha
 
 LABELS = ["normal", "polyp", "ulcer", "blur"]
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from medcad.metrics.compare import holm, paired_auc_bootstrap, paired_mean_test
-from medcad.metrics.stats import delong_roc_variance, delong_test, expanded_alpha, expanded_p
+from medcad.metrics.roc import delong_roc_variance, delong_test
+from medcad.metrics.stats import expanded_alpha, expanded_p
 
 
 def _clustered(n_groups: int = 40, per: int = 8, seed: int = 0):

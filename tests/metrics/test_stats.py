@@ -7,20 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
+from medcad.metrics.calibration import expected_calibration_error, reliability_curve
 from medcad.metrics.classification import classification_metrics
-from medcad.metrics.stats import (
-    bootstrap_ci,
-    bootstrap_weights,
-    ci_entry,
-    delong_ci,
-    delong_roc_variance,
-    delong_test,
-    expected_calibration_error,
-    mean_sd,
-    percentile_ci,
-    reliability_curve,
-    weighted_auc,
-)
+from medcad.metrics.roc import delong_ci, delong_roc_variance, delong_test, weighted_auc
+from medcad.metrics.stats import bootstrap_ci, bootstrap_weights, ci_entry, mean_sd, percentile_ci
 
 
 def _binary_data(n: int, seed: int = 0, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

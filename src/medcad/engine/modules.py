@@ -50,7 +50,7 @@ def val_score(y: np.ndarray, probs: np.ndarray) -> float:
     scikit-learn's roc_auc_score(multi_class="ovr") on the probabilities renormalised over the present classes,
     saturated ties apart), or accuracy when AUC is undefined (a single class); 0 for probabilities with nan (a
     diverged epoch is never selected: argmax of nan rows is class 0, whose accuracy could have won)."""
-    from medcad.metrics.stats import class_score, weighted_auc
+    from medcad.metrics.roc import class_score, weighted_auc
 
     y = np.asarray(y)
     p = np.asarray(probs, dtype=np.float64)

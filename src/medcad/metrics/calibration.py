@@ -15,18 +15,66 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, log_softmax
 
-from medcad.metrics.stats import (
-    as_probs,
-    calibration_bins,
-    class_score,
-    reliability_curve,
-    weighted_bootstrap,
-    weighted_ece,
-)
+from medcad.metrics.roc import as_probs, class_score
+from medcad.metrics.stats import weighted_bootstrap
 
 EPS = 1e-12  # probabilities are clipped here before their log (temperature scaling, the calibration line)
 NEWTON_STEPS, NEWTON_TOL = 50, 1e-8  # the calibration line's logistic fits: at most this many steps, to this step size
 LINE_SEARCH_FROM = 0.5  # a Newton step longer than this (in any coefficient) is checked against the likelihood
+
+
+def calibration_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, ...]:
+    """Top-label bin index, confidence and correctness per row; bins are (i/M, (i+1)/M]."""
+    p = as_probs(probs)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == np.asarray(y_true)).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    return bins, conf, correct
+
+
+def weighted_ece(
+    bins: np.ndarray, conf: np.ndarray, correct: np.ndarray, weights: np.ndarray, n_bins: int = 15
+) -> np.ndarray:
+    """ECE under each row of a batch of row weights (B, N), from `calibration_bins` output; returns (B,)."""
+    w = np.atleast_2d(weights)
+    b = w.shape[0]
+    idx = (bins + n_bins * np.arange(b)[:, None]).ravel()
+    conf_sum = np.bincount(idx, (w * conf).ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    acc_sum = np.bincount(idx, (w * correct).ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    total = w.sum(axis=1)
+    return np.divide(np.abs(acc_sum - conf_sum).sum(axis=1), total, out=np.full(b, np.nan), where=total > 0)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    Args:
+        y_true: true class indices (N,).
+        probs: class probabilities (N, K), or p(class 1) (N,) for a binary problem.
+        n_bins: number of bins on [0, 1].
+
+    Returns:
+        sum over bins of |accuracy - mean confidence| weighted by the bin's share of rows (nan if N = 0).
+    """
+    bins, conf, correct = calibration_bins(y_true, probs, n_bins)
+    return float(weighted_ece(bins, conf, correct, np.ones(len(conf)), n_bins)[0])
+
+
+def reliability_curve(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin mean confidence, accuracy and count for a reliability plot (empty bins give nan).
+
+    Returns:
+        {bin_confidence, bin_accuracy, bin_count, bin_edges}; the first three have n_bins entries.
+    """
+    bins, conf, correct = calibration_bins(y_true, probs, n_bins)
+    count = np.bincount(bins, minlength=n_bins).astype(float)
+    nan = np.full(n_bins, np.nan)
+    return {
+        "bin_confidence": np.divide(np.bincount(bins, conf, n_bins), count, out=nan.copy(), where=count > 0).tolist(),
+        "bin_accuracy": np.divide(np.bincount(bins, correct, n_bins), count, out=nan.copy(), where=count > 0).tolist(),
+        "bin_count": count.astype(int).tolist(),
+        "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
+    }
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
@@ -163,7 +211,7 @@ def calibration_line(
 
 
 def class_logit(probs: np.ndarray, c: int) -> np.ndarray:
-    """The log-odds of class c against the rest (N,) from probabilities (N, K): `stats.class_score` (the rest's mass
+    """The log-odds of class c against the rest (N,) from probabilities (N, K): `roc.class_score` (the rest's mass
     from the other columns where 1 - p_c would round to 0), clipped to +-log(1 / EPS) so that a probability of exactly
     0 or 1 gives a finite logit to fit on."""
     return np.clip(class_score(probs, c), np.log(EPS), -np.log(EPS))

@@ -1,6 +1,6 @@
 """Classification metrics with bootstrap CIs: per class, averaged, binary operating points, subsets.
 
-Every ROC curve and AUC of a class is computed on its `medcad.metrics.stats.class_score` (the log-odds of the class
+Every ROC curve and AUC of a class is computed on its `medcad.metrics.roc.class_score` (the log-odds of the class
 against the rest, float64), not on its probability column: for two classes both classes' AUCs, the macro AUC and
 the binary AUC are then one number even where a float32 softmax saturates; for more classes it is the usual
 one-vs-rest AUC of p_c (see `class_score`). Thresholds that a decision applies (at_0.5, Youden, validated operating
@@ -26,21 +26,16 @@ import numpy as np
 from scipy.special import expit
 from sklearn.metrics import roc_curve
 
+from medcad.metrics.calibration import calibration_bins, reliability_curve, weighted_ece
+from medcad.metrics.roc import as_probs, class_score, delong_ci, weighted_auc
 from medcad.metrics.stats import (
-    as_probs,
     bootstrap_samples,
-    calibration_bins,
-    class_score,
-    delong_ci,
     group_index,
     macro_mean,
     part_units,
     point_and_ci,
-    reliability_curve,
     resamples_used,
-    weighted_auc,
     weighted_bootstrap,
-    weighted_ece,
 )
 
 Batch = Callable[[np.ndarray], dict[str, np.ndarray]]  # (B, N) row weights -> {name: (B,) values}

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from medcad.metrics.roc import binary_scores, weighted_auc
 from medcad.metrics.stats import (
-    binary_scores,
     bootstrap_samples,
     bootstrap_weights,
     ci_entry,
@@ -32,7 +32,6 @@ from medcad.metrics.stats import (
     percentile_ci,
     resampled_units,
     usable_samples,
-    weighted_auc,
 )
 
 
@@ -74,7 +73,7 @@ def paired_auc_bootstrap(
 
     Args:
         y_true: binary labels (N,), 1 = positive.
-        score_a: scores of model A (N,), higher means positive (a class's: its `medcad.metrics.stats.class_score`,
+        score_a: scores of model A (N,), higher means positive (a class's: its `medcad.metrics.roc.class_score`,
             as the runs' own AUCs).
         score_b: scores of model B (N,).
         groups: group id per row (patient / duplicate group); None resamples rows (image level).

@@ -17,15 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medcad.metrics.stats import (
-    as_probs,
-    bootstrap_samples,
-    macro_mean,
-    part_units,
-    point_and_ci,
-    resamples_used,
-    weighted_auc,
-)
+from medcad.metrics.roc import as_probs, weighted_auc
+from medcad.metrics.stats import bootstrap_samples, macro_mean, part_units, point_and_ci, resamples_used
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def paired_tests(
     dataset), for the pairs compared on one domain's test images. `positive`: the study's positive class of two
     labels (`runner._study_positive`; None: `positive_label`'s choice)."""
     from medcad.metrics.compare import paired_auc_bootstrap, paired_mean_test
-    from medcad.metrics.stats import class_score, delong_test
+    from medcad.metrics.roc import class_score, delong_test
 
     preds = {e.name: read_predictions(RunFolder(study_dir / "runs" / slug(e.name)).predictions) for e in exps}
     metrics = {e.name: _run_metrics(study_dir / "runs" / slug(e.name)) for e in exps}  # each read once
