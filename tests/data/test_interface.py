@@ -167,6 +167,16 @@ def test_audit_reports_boxes_masked_fractions_and_thumbnails(scans: Path, tmp_pa
     thumbs = sorted((tmp_path / "thumbs").glob("*.jpg"))
     assert 1 <= len(thumbs) <= 6 and f["thumbnails"] == str(tmp_path / "thumbs")
     assert "interface" not in audit(load_manifest(scans), interface="none")
+    # each image's answer is kept per file (a second audit of BUSI: 11.7 -> 3.4 s): the same again, and where a file
+    # changes, its own answer again (a frame without interface now: kept whole, nothing masked)
+    assert audit(load_manifest(scans), thumbnails=tmp_path / "thumbs")["interface"] == f
+    save(scans / "lesion" / "0.png", np.full((H, W, 3), 120, np.uint8))
+    again = audit(load_manifest(scans), thumbnails=tmp_path / "thumbs")["interface"]
+    row = next(x for x in again["images"] if x["image"] == "lesion/0.png")
+    assert (row["box"], row["kept"], row["masked"]) == ([0, 0, W, H], 1.0, 0.0) and again["n_cropped"] == 7
+    assert [x for x in again["images"] if x["image"] != "lesion/0.png"] == [
+        x for x in f["images"] if x["image"] != "lesion/0.png"
+    ]
 
 
 def test_a_run_records_the_option_and_its_predictor_applies_it(scans: Path, tmp_path: Path, one_thread) -> None:

@@ -22,8 +22,8 @@ from medcad.data.duplicates import (
     link_groups,
     mask_like,
 )
-from medcad.data.fingerprints import ImageFingerprint, fingerprints
-from medcad.data.interface import before_after, find_interface
+from medcad.data.fingerprints import HASH_VERSION, FileCache, ImageFingerprint, fingerprints, per_sample
+from medcad.data.interface import INTERFACE_VERSION, before_after, find_interface
 from medcad.data.io import read_image
 from medcad.data.labelmaps import (
     COLOUR_FILE,
@@ -95,14 +95,15 @@ def _check_boxes(manifest: Manifest, fps: list) -> tuple[list[list[str]], list[s
     keep though they are lines or specks (`medcad.data.boxes.THIN_BOX`, `SPECK_AREA`), and the images whose boxes
     would all be dropped (a detection run stops on them: `medcad.targets`)."""
     problems, unusable = [], []
+    keys = manifest.keys
     for i in range(len(manifest)):
         boxes = manifest.boxes(i)
         if boxes is None or not isinstance(fps[i], ImageFingerprint):
             continue
         kept, said = checked_boxes(boxes, fps[i].width, fps[i].height)
-        problems += [[manifest.keys[i], text] for text in said]
+        problems += [[keys[i], text] for text in said]
         if boxes and not kept:
-            unusable.append(manifest.keys[i])
+            unusable.append(keys[i])
     return problems, unusable
 
 
@@ -261,23 +262,17 @@ def interface_audit(manifest: Manifest, interface: str, thumbnails: Path | None 
     """
     from medcad.data.cache import cache_dir
 
-    def one(i: int):
-        try:
-            rgb = read_image(manifest.image_path(i), manifest.frame(i))
-        except DataError:
-            return None  # listed under unreadable
-        return find_interface(rgb, interface)
+    def one(i: int) -> list:  # [x0, y0, x1, y1, kept, masked]
+        cut = find_interface(read_image(manifest.image_path(i), manifest.frame(i)), interface)
+        return [*(int(v) for v in cut.box), cut.kept_fraction, cut.masked_fraction]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        cuts = list(pool.map(one, range(len(manifest))))
-    done = [i for i, c in enumerate(cuts) if c is not None]
+    cache = FileCache(manifest.root, "interface", f"{HASH_VERSION}.{INTERFACE_VERSION}-{interface}")
+    found = per_sample(manifest, cache, one)  # read and cut again only where a file changed
+    keys = manifest.keys
+    done = [i for i, c in enumerate(found) if not isinstance(c, str)]  # the unreadable are listed as such
+    kept_of, masked_of = {i: found[i][4] for i in done}, {i: found[i][5] for i in done}
     rows = [
-        {
-            "image": manifest.keys[i],
-            "box": list(cuts[i].box),
-            "kept": round(cuts[i].kept_fraction, 4),
-            "masked": round(cuts[i].masked_fraction, 5),
-        }
+        {"image": keys[i], "box": found[i][:4], "kept": round(kept_of[i], 4), "masked": round(masked_of[i], 5)}
         for i in done
     ]
     kept = [r["kept"] for r in rows] or [1.0]
@@ -289,14 +284,15 @@ def interface_audit(manifest: Manifest, interface: str, thumbnails: Path | None 
     thumbnails.mkdir(parents=True, exist_ok=True)
     for old in thumbnails.glob("*.jpg"):
         old.unlink()
-    most_cropped = [i for i in sorted(done, key=lambda i: cuts[i].kept_fraction) if cuts[i].kept_fraction < CROPPED]
-    most_marked = [i for i in sorted(done, key=lambda i: -cuts[i].masked_fraction) if cuts[i].masked_fraction > 0]
+    most_cropped = [i for i in sorted(done, key=kept_of.get) if kept_of[i] < CROPPED]
+    most_marked = [i for i in sorted(done, key=lambda i: -masked_of[i]) if masked_of[i] > 0]
     chosen = list(dict.fromkeys(most_cropped[:THUMBNAILS] + most_marked[:THUMBNAILS]))
     from PIL import Image
 
     for n, i in enumerate(chosen):
-        tile = before_after(read_image(manifest.image_path(i), manifest.frame(i)), cuts[i], height=160)
-        stem = Path(manifest.keys[i]).with_suffix("").as_posix()
+        rgb = read_image(manifest.image_path(i), manifest.frame(i))
+        tile = before_after(rgb, find_interface(rgb, interface), height=160)
+        stem = Path(keys[i]).with_suffix("").as_posix()
         name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[-60:]
         Image.fromarray(tile).save(thumbnails / f"{n:02d}_{name}.jpg", quality=85)
     return {

@@ -22,7 +22,7 @@ from medcad.data.interface import check_interface, crop_relative, imaging_box, r
 from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.ledger import BROKEN_LINK
-from medcad.data.manifest import FRAME_SEP, Manifest, shown_path
+from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import read_mask, sample_mask_pages
 from medcad.data.pairing import MASK_FOLDER_WORDS, mask_base
 from medcad.errors import DataError, UnreadableSamples
@@ -189,7 +189,7 @@ def _moved_mask(manifest: Manifest, i: int) -> str | None:
     mask folder at the image's depth (images/x.jpg, masks/x.png: `MASK_FOLDER_WORDS`), named as the readers pair
     them (`medcad.data.pairing.mask_base`); else None (a broken link of
     another class folder, benign/1.png beside normal/1.png, is not its mask)."""
-    image = Path(manifest.keys[i].split(FRAME_SEP)[0])
+    image = Path(manifest.table["image"].iat[i])  # its file, without a frame's '#k'
     for path, why in manifest.ledger.unread if manifest.ledger else ():
         link = Path(path)
         if not why.startswith(BROKEN_LINK) or mask_base(link.stem, {image.stem}) != image.stem:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +53,16 @@ def fingerprint(path: Path, frame: int | None = None) -> ImageFingerprint:
     return ImageFingerprint(rgb.shape[1], rgb.shape[0], digest, ph, thumb, grid)
 
 
-class FingerprintCache:
-    """JSON cache of fingerprints for the files of one dataset root, keyed by relative path + size + mtime."""
+class FileCache:
+    """A JSON cache of one value (a JSON list) per sample of a dataset root's files, keyed by the sample's key and
+    its file's size and modification time (`key`): a changed file is computed again. `kind` names what is kept (a
+    folder of the cache), `version` its form: a new version starts a new cache file. Puts from several threads are
+    safe (one dict item each); `save` writes the file atomically, and not at all where the cache folder is
+    read-only."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, kind: str, version: str | int) -> None:
         tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-        self.path = cache_dir() / "fingerprints" / f"{tag}-v{HASH_VERSION}.json"
+        self.path = cache_dir() / kind / f"{tag}-v{version}.json"
         try:
             self.data: dict[str, list] = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -71,21 +76,11 @@ class FingerprintCache:
         st = path.stat()
         return f"{key}|{st.st_size}|{st.st_mtime_ns}"
 
-    def get(self, cache_key: str) -> ImageFingerprint | None:
-        v = self.data.get(cache_key)
-        if not v:
-            return None
-        return ImageFingerprint(v[0], v[1], v[2], v[3], base64.b64decode(v[4]), base64.b64decode(v[5]))
+    def get(self, cache_key: str) -> list | None:
+        return self.data.get(cache_key) or None
 
-    def put(self, cache_key: str, fp: ImageFingerprint) -> None:
-        self.data[cache_key] = [
-            fp.width,
-            fp.height,
-            fp.digest,
-            fp.phash,
-            base64.b64encode(fp.thumb).decode(),
-            base64.b64encode(fp.grid).decode(),
-        ]
+    def put(self, cache_key: str, value: list) -> None:
+        self.data[cache_key] = value
         self.dirty = True
 
     def save(self) -> None:
@@ -96,28 +91,61 @@ class FingerprintCache:
                 pass
 
 
-def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -> list[ImageFingerprint | str]:
-    """Fingerprint every sample (cached); an unreadable one gives its problem as a string instead."""
-    cache = FingerprintCache(manifest.root)
+def _encoded(fp: ImageFingerprint) -> list:
+    return [
+        fp.width,
+        fp.height,
+        fp.digest,
+        fp.phash,
+        base64.b64encode(fp.thumb).decode(),
+        base64.b64encode(fp.grid).decode(),
+    ]
+
+
+def _decoded(v: list) -> ImageFingerprint:
+    return ImageFingerprint(v[0], v[1], v[2], v[3], base64.b64decode(v[4]), base64.b64decode(v[5]))
+
+
+def per_sample(
+    manifest: Manifest, cache: FileCache, compute: Callable[[int], list], workers: int = 4, progress: str | None = None
+) -> list[list | str]:
+    """`compute(i)` (a JSON list) for every sample i of `manifest`, taken from `cache` where its file is unchanged and
+    kept there otherwise; a sample whose file cannot be read (DataError, OSError) gives its problem as a string.
+
+    Args:
+        progress: a progress bar's title (None: no bar).
+    """
     keys = manifest.keys
 
-    def one(i: int) -> ImageFingerprint | str:
-        path = manifest.image_path(i)
+    def one(i: int) -> list | str:
         try:
-            cache_key = cache.key(path, keys[i])  # one stat, before the read
+            cache_key = cache.key(manifest.image_path(i), keys[i])  # one stat, before the read
             hit = cache.get(cache_key)
             if hit is not None:
                 return hit
-            fp = fingerprint(path, manifest.frame(i))
+            value = compute(i)
         except (DataError, OSError) as e:
             return getattr(e, "problem", str(e))
-        cache.put(cache_key, fp)
-        return fp
+        cache.put(cache_key, value)
+        return value
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL and OpenCV work without holding the GIL
         it = pool.map(one, range(len(manifest)))
         if progress:
-            it = filling(it, len(manifest), "Hashing images")
+            it = filling(it, len(manifest), progress)
         out = list(it)
     cache.save()
     return out
+
+
+def fingerprints(manifest: Manifest, workers: int = 4, progress: bool = False) -> list[ImageFingerprint | str]:
+    """Fingerprint every sample (cached); an unreadable one gives its problem as a string instead."""
+    cache = FileCache(manifest.root, "fingerprints", HASH_VERSION)
+    found = per_sample(
+        manifest,
+        cache,
+        lambda i: _encoded(fingerprint(manifest.image_path(i), manifest.frame(i))),
+        workers,
+        "Hashing images" if progress else None,
+    )
+    return [v if isinstance(v, str) else _decoded(v) for v in found]

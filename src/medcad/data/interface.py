@@ -32,6 +32,9 @@ import numpy as np
 from medcad.errors import ConfigError
 
 INTERFACES = ("none", "crop", "crop+marks")
+INTERFACE_VERSION = (
+    1  # raise it where `find_interface` answers otherwise: `medcad data audit` keeps its answers per file
+)
 
 DARK = 4  # grey levels (of 255) up to which a median-filtered pixel is surround, not signal
 OPEN_SIDE = 0.02  # opening kernel (fraction of the shorter side): removes text strokes, lines, ticks

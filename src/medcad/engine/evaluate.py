@@ -124,5 +124,6 @@ def run_detections(run: str | Path, say_notes: bool = True) -> RunDetections:
     if t.boxes is None:
         raise DataError(run, "not a detection run (its targets have no boxes)")
     rows, dets, truths = pooled_detections(t.boxes, rows_by_key(results, splits, manifest))
-    keys = [manifest.keys[i] for i in rows]
+    every = manifest.keys
+    keys = [every[i] for i in rows]
     return RunDetections(keys, dets, truths, list(t.labels), cfg.image_size, tuple(t.frame_classes))

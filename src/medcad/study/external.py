@@ -313,11 +313,12 @@ def _runs_own_images(run: Path, manifest, meta: dict, cfg, fps: list) -> tuple[l
     n = len(ran_on)
     fps = fingerprints(ran_on) + fps
     said = set(exact)
+    keys, run_keys = manifest.keys, ran_on.keys
     near = sorted(
         {
-            (manifest.keys[link.j - n], ran_on.keys[link.i])
+            (keys[link.j - n], run_keys[link.i])
             for link in duplicate_links(fps, near=True, between=n)  # the set's images against the run's alone
-            if manifest.keys[link.j - n] not in said
+            if keys[link.j - n] not in said
         }
     )
     first: dict[str, str] = {}
