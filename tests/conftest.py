@@ -41,6 +41,29 @@ def _memory_backed_temp_root(min_free: int = 8 << 30) -> None:
 
 
 _memory_backed_temp_root()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the tests marked `heavy` start first, shared out among the workers: `make test`'s
+    scheduler (--dist worksteal) hands each worker a run of consecutive tests (the first half, then the rest) and
+    lets an idle one take the end of another's queue, so a heavy test left near the end kept a part waiting on it with
+    the other worker idle. Each worker's run now begins with its share of the heavy tests (every k-th one). The
+    order is the same in every worker, as xdist needs; without workers nothing moves."""
+    k = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    heavy = [it for it in items if it.get_closest_marker("heavy")]
+    if k < 2 or not heavy:
+        return
+    light = [it for it in items if not it.get_closest_marker("heavy")]
+    order, left = [], len(items)
+    for c in range(k):
+        size = left // (k - c)  # as worksteal's first hand-out sizes worker c's run
+        share = heavy[c::k]
+        take = max(0, size - len(share))
+        order += share + light[:take]
+        light, left = light[take:], left - len(share) - take
+    items[:] = order + light
+
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUSI = SHARED_DATA / "busi" / "Dataset_BUSI_with_GT"
 KVASIR_SEG = SHARED_DATA / "kvasir-seg"

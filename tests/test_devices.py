@@ -242,6 +242,7 @@ def _one_cpu_container(tmp_path) -> list[str]:
     return ["unshare", "-m", str(script)]
 
 
+@pytest.mark.heavy
 def test_a_cpu_quota_sets_the_threads(tmp_path) -> None:
     """In a container whose CPU quota is one CPU while its affinity mask shows every core (`docker run --cpus 1`),
     medcad counts one core and torch (and the graph runtimes) get one thread, not one per core of the mask (which

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import BUSI, KVASIR_SEG, require
@@ -33,6 +34,7 @@ def test_kvasir_seg_inspect(tmp_path) -> None:
     assert s["layout"] == "images-masks"
 
 
+@pytest.mark.heavy
 def test_busi_audit_finds_cross_label_duplicates() -> None:
     res = runner.invoke(app, ["data", "audit", str(require(BUSI)), "--json"])
     assert res.exit_code == 0, res.output

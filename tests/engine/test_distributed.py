@@ -33,6 +33,7 @@ def _files(run: Path) -> list[str]:
     )
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two CPU processes need two cores")
 def test_two_process_ddp_matches_one_process(easy_set: Path, tmp_path: Path) -> None:
     from medcad.engine.train import train_run
@@ -109,6 +110,7 @@ class Draws(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two CPU processes need two cores")
 def test_ranks_draw_their_own_augmentation(tmp_path: Path) -> None:
     """medcad's trainer reseeds each rank (its rank added) as a fit starts: two processes seeded alike draw

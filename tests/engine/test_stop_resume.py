@@ -28,6 +28,7 @@ def _train(data: Path, out: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+@pytest.mark.heavy
 def test_sigterm_stops_train_with_status_143_and_the_same_command_resumes(easy_set: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = _train(easy_set, run)

@@ -32,6 +32,7 @@ runner = CliRunner()
 FAST = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
 
 
+@pytest.mark.heavy
 def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     m = train_run(easy_set, run, FAST, progress=False)
@@ -144,6 +145,7 @@ def test_train_resume_predict_evaluate(easy_set: Path, tmp_path: Path) -> None:
     assert "here no patient ids were given" in html  # folders of images: grouped by near duplicates alone, said
 
 
+@pytest.mark.heavy
 def test_train_jobs_trains_the_folds_in_workers_as_one_process_does(easy_set: Path, tmp_path: Path, one_thread) -> None:
     one = tmp_path / "one"
     train_run(easy_set, one, FAST.replace(threads=1), progress=False)
@@ -675,6 +677,7 @@ def test_a_segmenter_predicting_nan_is_stopped_though_its_masks_are_uint8(tmp_pa
         _check_finite(tmp_path / "fold_0", {"test": {"masks": out["mask"], "nonfinite": out["nonfinite"]}})
 
 
+@pytest.mark.heavy
 def test_the_positive_class_is_the_users_choice_and_a_finished_run_is_pooled_again(
     easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ FAST = TrainConfig(task="detect", image_size=64, epochs=2, batch_size=8, lr=1e-3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.heavy
 def test_detect_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     csv = generate_synthetic(tmp_path / "synth", n_patients=10, frames_per_patient=3, size=64, seed=2)
@@ -177,6 +178,7 @@ def test_run_lists_boxes_as_predict_gives_them(tmp_path: Path, monkeypatch: pyte
     assert 'alt="detections"' in write_report(run).read_text()
 
 
+@pytest.mark.heavy
 def test_repeats_summarise_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     csv = generate_synthetic(tmp_path / "synth", n_patients=10, frames_per_patient=3, size=64, seed=2)
@@ -263,6 +265,7 @@ def test_frame_classes_must_be_detection_classes() -> None:
         frame_class_indices(cfg, ["tumour"])
 
 
+@pytest.mark.heavy
 def test_frame_classes_three_class_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import medcad.data.boxes as boxes_module
     from medcad.checkpoint import load_model_file

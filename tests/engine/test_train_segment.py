@@ -31,6 +31,7 @@ def synth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=1).parent
 
 
+@pytest.mark.heavy
 def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     run = tmp_path / "seg"
     m = train_run(synth, run, FAST.replace(missing_masks="empty"), progress=False)
@@ -170,6 +171,7 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
     assert 'alt="confusion matrix"' not in html  # no class head
 
 
+@pytest.mark.heavy
 def test_multitask_run(synth: Path, tmp_path: Path) -> None:
     # decoder widths of its own: the fold models, the ONNX export and the predictor are built with them
     cfg = FAST.replace(task="multitask", missing_masks="empty", epochs=1, decoder_channels="64,32,16,16,8")

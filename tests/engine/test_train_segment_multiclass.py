@@ -136,6 +136,7 @@ def test_colour_label_maps_and_labels_files_as_others_write_them(tmp_path: Path)
         read_labels_file(tmp_path / "dataset.json")
 
 
+@pytest.mark.heavy
 def test_segment_multiclass_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     data = kidney_label_maps(tmp_path / "kidney")

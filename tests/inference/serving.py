@@ -14,8 +14,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
 from browser import CHROMEDRIVER, CHROMIUM, _call, chromium_page  # noqa: E402
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "call", "chromium_page", "drive", "running", "upload"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "answer", "call", "chromium_page", "drive", "running", "upload"]
 call = _call  # a WebDriver command: call(page.base, method, path, body)
+
+
+def answer(client, response) -> dict:
+    """A /predict JSON answer (`response`, 200), checked against the answer's schema that the server publishes in
+    /openapi.json (`medcad.inference.answers.PredictAnswer`): a field the answer has and the schema lacks, one of
+    another type or a missing required one fails, as a client generated from the schema would."""
+    import jsonschema
+
+    assert response.status_code == 200, response.text
+    spec = client.get("/openapi.json").json()
+    schema = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    body = response.json()
+    jsonschema.validate(body, {**schema, "components": spec["components"]}, cls=jsonschema.Draft202012Validator)
+    return body
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from medcad.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.heavy
 def test_export_backends_and_bench(tiny_run: Path, easy_set: Path) -> None:
     run = tiny_run
     res = runner.invoke(app, ["export", str(run), "--int8", "--fold", "0", "--json"])
@@ -356,6 +357,7 @@ def test_model_file_of_another_kind_and_odd_images(tiny_run: Path, tmp_path: Pat
     assert len(json.loads(res.stdout)) == 2
 
 
+@pytest.mark.heavy
 def test_int8_keeps_the_noisiest_layers_in_float_until_it_agrees(tiny_run: Path, tmp_path: Path) -> None:
     """While int8 disagrees on the calibration (validation) images, the layers with the most quantisation noise are
     kept in float, 2, 4, ... of them; what was tried is reported."""
@@ -377,6 +379,7 @@ def test_int8_keeps_the_noisiest_layers_in_float_until_it_agrees(tiny_run: Path,
     assert all("Conv" in name for name in out["float_layers"]) and out["depthwise_in_float"] > 0
 
 
+@pytest.mark.heavy
 def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path, tmp_path: Path) -> None:
     from medcad.inference import export
     from medcad.inference.registry import load_predictor
@@ -405,6 +408,7 @@ def test_int8_stops_keeping_layers_in_float_when_it_does_not_help(tiny_run: Path
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("q.")]  # no prepared graph, no candidate
 
 
+@pytest.mark.heavy
 def test_bench_and_export_check_on_the_folds_own_held_out_images(tiny_run: Path) -> None:
     """`bench --fold 1` and `export --fold 1` measure on fold 1's test images (bench's accuracy is fold 1's test
     accuracy of metrics.json), int8 calibrates on fold 1's validation images; the ensemble (the default, as predict

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from pycocotools import mask as mu
+from serving import answer
 from typer.testing import CliRunner
 
 from conftest import kidney_label_maps
@@ -103,7 +104,7 @@ def test_predict_and_serve_write_the_runs_16_bit_mask_values(sixteen_bit_run: tu
     assert np.array_equal(written, np.array([0, *VALUES.values()])[pred.mask.class_map])
     with TestClient(create_app(predictor)) as client:
         r = client.post("/predict", content=image.read_bytes())
-    assert r.status_code == 200, r.text
+        answer(client, r)  # fraction_<class> per lesion class, the classes of the mask's values
     served = png_of(r.json()["mask"]["data"])
     assert served.dtype == np.uint16 and np.array_equal(served, written)
     assert r.json()["mask"]["classes"] == {"1000": "benign", "2000": "malignant"}
@@ -119,9 +120,7 @@ def test_serve_rle_gives_each_lesion_class_its_coco_rle(sixteen_bit_run: tuple[P
     [first] = load_predictor(run, backend="torch-fp32").predict([rgb], ["case_000.png"])
     half = float(np.median(first.mask.prob))  # about half the image lesion, half background, whatever it learnt
     with TestClient(create_app(load_predictor(run, backend="torch-fp32", threshold=half))) as client:
-        r = client.post("/predict?mask=rle", content=image.read_bytes())
-        assert r.status_code == 200, r.text
-        rle = r.json()["mask"]
+        rle = answer(client, client.post("/predict?mask=rle", content=image.read_bytes()))["mask"]
         assert rle["format"] == "rle" and "counts" not in rle  # the lesion is no class: not under a class's name
         assert rle["classes"] == {"1000": "benign", "2000": "malignant"}
         assert list(rle["per_class"]) == list(VALUES)

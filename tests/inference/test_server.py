@@ -12,10 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import openapi_spec_validator
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from serving import answer
 
 from conftest import png_header, write_dicom
 from medcad.inference.batcher import Batcher, QueueFull
@@ -154,7 +156,7 @@ def test_classifier_routes_and_bad_requests(
             buf = io.BytesIO()
             Image.fromarray(arr).save(buf, format="PNG")
             r = client.post("/predict", files={"file": ("x.png", buf.getvalue(), "image/png")})
-            assert r.status_code == 200 and any(said in w for w in r.json()["warnings"]), r.text
+            assert any(said in w for w in answer(client, r)["warnings"]), r.text
         for asset in ("app.js", "style.css"):
             body = client.get(f"/static/{asset}").text
             assert "http://" not in body and "https://" not in body  # works offline
@@ -163,8 +165,7 @@ def test_classifier_routes_and_bad_requests(
 
         def good() -> None:
             r = client.post("/predict?overlay=true&gradcam=true", files={"file": ("scan.png", image, "image/png")})
-            assert r.status_code == 200, r.text
-            body = r.json()
+            body = answer(client, r)
             assert body["label"] in ("lesion", "normal") and abs(sum(body["probabilities"].values()) - 1) < 1e-4
             assert body["overlay"].startswith("data:image/png;base64,") and body["heatmap"]["caption"] == "identity"
             assert "warnings" not in body
@@ -184,7 +185,7 @@ def test_classifier_routes_and_bad_requests(
         assert r.status_code == 200 and "Doe" not in r.text  # DICOM headers are not echoed
         assert "frames" not in r.json()  # a single frame
         cine = write_dicom(tmp_path / "cine.dcm", np.arange(3 * 40 * 40).reshape(3, 40, 40) * 9).read_bytes()
-        body = client.post("/predict?frame=2", files={"file": ("c.dcm", cine)}).json()
+        body = answer(client, client.post("/predict?frame=2", files={"file": ("c.dcm", cine)}))
         assert (body["frame"], body["frames"]) == (2, 3)  # it says which frame of how many it answers for
         r = client.post("/predict?frame=1", **wide)
         said = r.json()["detail"]  # a PNG may be animated; the request's frame at fault, not the file's decoding
@@ -205,7 +206,9 @@ def test_classifier_routes_and_bad_requests(
         two = [("file", ("a.png", image)), ("file", ("b.png", image))]
         r = client.post("/predict", files=two)
         assert r.status_code == 400 and "one file per request" in r.json()["detail"]  # not 'malformed form'
-        spec = client.get("/openapi.json").json()["paths"]  # both upload routes declare their body and errors
+        whole = client.get("/openapi.json").json()
+        openapi_spec_validator.validate(whole)  # valid OpenAPI 3.1, as client generators read it
+        spec = whole["paths"]  # both upload routes declare their body and errors
         for path, ok in (("/predict", "200"), ("/predict/video", "202")):
             assert "multipart/form-data" in spec[path]["post"]["requestBody"]["content"], path
             assert {ok, "400", "413", "415", "503"} <= set(spec[path]["post"]["responses"]), path
@@ -405,6 +408,7 @@ def test_video_job(tiny_run: Path, easy_set: Path, tmp_path: Path) -> None:
         assert r.status_code == 422 and "single-frame DICOM" in r.text and "/predict" in r.text
 
 
+@pytest.mark.heavy
 def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> None:
     predictor = load_predictor(tiny_segmenter, threshold=0.0)  # every pixel is lesion: a non-empty mask
     app = create_app(predictor)
@@ -418,11 +422,11 @@ def test_segmenter_masks_and_dicom_seg(tiny_segmenter: Path, tmp_path: Path) -> 
         assert fd["threshold_of"] == "the mean of the fold models' thresholds" and "out_of_fold" in fd
         assert "before the frame decision" in card["metrics_note"] and card["decision"].startswith("the frame decision")
         assert "INTER_AREA (area averaging) when S < min(h, w)" in card["preprocessing"]["interpolation"]  # was null
-        body = client.post("/predict", content=png(rgb)).json()
+        body = answer(client, client.post("/predict", content=png(rgb)))
         m = body["mask"]
         mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(m["data"]))))
         assert mask.shape == (30, 50) and m["format"] == "png" and body["label"] == "lesion"
-        rle = client.post("/predict?mask=rle", content=png(rgb)).json()["mask"]
+        rle = answer(client, client.post("/predict?mask=rle", content=png(rgb)))["mask"]
         assert (rle_decode(rle["counts"], (rle["height"], rle["width"])) == (mask > 0)).all()
         assert set(rle) == {"format", "height", "width", "threshold", "counts"}  # label maps' per_class: not here
 
@@ -531,6 +535,7 @@ def test_dicom_seg_of_a_source_without_type_2_attributes(tmp_path: Path) -> None
     assert seg.StudyInstanceUID == source.StudyInstanceUID and "PatientSex" not in source  # the source untouched
 
 
+@pytest.mark.heavy
 def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medcad.config import TrainConfig
     from medcad.data.synthetic import generate_synthetic
@@ -544,7 +549,7 @@ def test_detector_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     rgb = np.asarray(Image.open(next((data / "images").glob("*.png"))).convert("RGB"))
     with TestClient(app) as client:
         assert client.get("/model").json()["task"] == "detect"
-        body = client.post("/predict?overlay=true", content=png(rgb)).json()
+        body = answer(client, client.post("/predict?overlay=true", content=png(rgb)))
         assert body["task"] == "detect" and "mask" not in body and isinstance(body["boxes"], list)
         for x0, y0, x1, y1, score, label in body["boxes"]:
             assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64 and 0 <= score <= 1 and label in ("benign", "malignant")
@@ -710,3 +715,19 @@ def test_a_request_the_app_fails_on_is_answered_500_with_the_security_headers() 
     assert answer.status_code == 500 and answer.json()["detail"].startswith("internal error"), answer.text
     assert answer.headers["X-Content-Type-Options"] == "nosniff" and answer.headers["Cache-Control"] == "no-store"
     assert "default-src 'self'" in answer.headers["Content-Security-Policy"] and refused == Counter({500: 1})
+
+
+def test_the_published_answer_schema_refuses_what_it_does_not_declare() -> None:
+    """The schema `answer` checks real answers against holds them to what it declares: an undeclared field, a box
+    of another form or a mask of an unknown format fail; a label map's `fraction_<class>` passes."""
+    import jsonschema
+
+    from medcad.inference.answers import PredictAnswer
+
+    schema = PredictAnswer.model_json_schema()
+    body = {"task": "detect", "image": "upload", "label": "polyp", "score": 0.9, "threshold": 0.5}
+    body |= {"width": 64, "height": 48, "boxes": [[1.0, 2.0, 30.5, 40.0, 0.9, "polyp"]], "fraction_cyst": 0.1}
+    jsonschema.validate(body, schema)
+    for wrong in ({"filename": "a.png"}, {"boxes": [[1, 2, 3, 4, "polyp"]]}, {"mask": {"format": "jpeg"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(body | wrong, schema)

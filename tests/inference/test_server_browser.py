@@ -97,6 +97,7 @@ def _expected_intervals(frames: list[dict], fps: float, finding: str = "normal")
     return out
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver not installed")
 def test_video_timeline_heatmap_and_a_narrow_screen(
     tiny_run: Path, easy_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -216,6 +217,7 @@ def test_video_timeline_heatmap_and_a_narrow_screen(
     assert not [s for s in served if " 404 " in s], served  # the page asks for nothing the server lacks
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver not installed")
 def test_a_segmenters_timeline_says_the_same_figure_smoothed_and_alone(
     tiny_segmenter: Path, easy_set: Path, tmp_path: Path

@@ -42,6 +42,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "study"
 
 
+@pytest.mark.heavy
 def test_reports_are_written_and_self_contained(study_dir: Path) -> None:
     study_html = (study_dir / "report.html").read_text()
     assert "Cross-domain matrix" in study_html and "data:image/png;base64," in study_html

@@ -53,6 +53,7 @@ def _close(a, b, tolerance: float) -> bool:
     return a == b
 
 
+@pytest.mark.heavy
 def test_ray_and_local_workers_write_the_same_results_as_one_process(study_file: Path, tmp_path: Path) -> None:
     one = run_study(study_file, tmp_path / "one", progress=False)
     seg = TrainConfig(task="segment", image_size=32, epochs=1, batch_size=16, threads=1)

@@ -108,7 +108,14 @@ def _tiny_study(seed: Path, tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("seed", FILES, ids=lambda p: p.stem)
+HEAVY_SEEDS = ("renal_tumour_multitask", "urinary_transfer")  # 27 and 14 s on 2 cores, the others about 1.5 s
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [pytest.param(p, marks=pytest.mark.heavy) if p.stem in HEAVY_SEEDS else p for p in FILES],
+    ids=lambda p: p.stem,
+)
 def test_seed_runs_end_to_end_at_tiny_size(
     seed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread
 ) -> None:

@@ -31,6 +31,7 @@ def test_remove_lesion_blanks_inside_and_keeps_outside():
     assert (only[0, 15, 15] == 250).all() and (only[0, 0, 0] == 0).all()
 
 
+@pytest.mark.heavy
 def test_multitask_run_statistics_and_shortcut_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
     data = generate_synthetic(tmp_path / "synth", n_patients=8, frames_per_patient=3, size=64, seed=1).parent

@@ -81,6 +81,7 @@ def test_sequential_expands_to_both_directions_and_combined(tmp_path: Path, two_
         expand(spec, ["endoscopy"])
 
 
+@pytest.mark.heavy
 def test_sequential_study_runs_resumes_and_compares(
     tmp_path: Path, two_domain_set: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -136,6 +137,7 @@ settings: {image_size: 32, epochs: 1, head_epochs: 2, batch_size: 16, val_fracti
         assert (out / "study.yaml").read_text() == before
 
 
+@pytest.mark.heavy
 @pytest.mark.usefixtures("one_thread")
 def test_segmentation_study_compares_dice_pairwise(tmp_path: Path, two_domain_set: Path) -> None:
     study = write(
@@ -242,6 +244,7 @@ def _tiny_detection_study(tmp_path: Path, protocol: str, models: str) -> tuple[P
     return data, write(tmp_path / "det.yaml", text)
 
 
+@pytest.mark.heavy
 def test_a_detection_study_tests_detectors_paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     """Two detectors (trained at 64 and 96 px) on the same folds: the pair gets a paired cluster bootstrap of AP50, mAP,
     CPM, F1 and frame accuracy whose values are each run's own, in the Holm family, the console and study.html (a

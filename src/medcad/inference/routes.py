@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from medcad import __version__
 from medcad.errors import MedcadError
+from medcad.inference.answers import PredictAnswer
 from medcad.inference.batcher import Batcher, QueueFull
 from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import read_upload
@@ -86,8 +87,14 @@ UPLOAD_ERRORS = {
     413: "larger than the server's limit (bytes, or an image's pixels)",
     415: "not a kind of file this route reads",
 }
-PREDICT_OPENAPI = _openapi(  # /predict answers JSON or a DICOM SEG
-    {200: {"content": {"application/json": {}, "application/dicom": {}}}},
+PREDICT_OPENAPI = _openapi(  # /predict answers JSON (its schema: `PredictAnswer`) or a DICOM SEG (?format=dicom)
+    {
+        200: {
+            "model": PredictAnswer,
+            "description": "The image's result (JSON), or its DICOM SEG with ?format=dicom",
+            "content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
     UPLOAD_ERRORS
     | {
         422: "a corrupt or truncated image, a frame it lacks, or a query parameter of the wrong type",
