@@ -18,15 +18,16 @@ __all__ = ["CHROMEDRIVER", "CHROMIUM", "answer", "call", "chromium_page", "drive
 call = _call  # a WebDriver command: call(page.base, method, path, body)
 
 
-def answer(client, response) -> dict:
-    """A /predict JSON answer (`response`, 200), checked against the answer's schema that the server publishes in
-    /openapi.json (`medcad.inference.answers.PredictAnswer`): a field the answer has and the schema lacks, one of
-    another type or a missing required one fails, as a client generated from the schema would."""
+def answer(client, response, route: tuple[str, str] = ("post", "/predict")) -> dict:
+    """A JSON answer of `route` (method, path as the spec names it), checked against the schema that the server
+    publishes for its status in /openapi.json (`medcad.inference.answers`): a field the answer has and the schema
+    lacks, one of another type or a missing required one fails, as a client generated from the schema would."""
     import jsonschema
 
-    assert response.status_code == 200, response.text
+    assert response.status_code in (200, 202), response.text
     spec = client.get("/openapi.json").json()
-    schema = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    declared = spec["paths"][route[1]][route[0]]["responses"][str(response.status_code)]
+    schema = declared["content"]["application/json"]["schema"]
     body = response.json()
     jsonschema.validate(body, {**schema, "components": spec["components"]}, cls=jsonschema.Draft202012Validator)
     return body

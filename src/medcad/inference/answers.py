@@ -5,7 +5,7 @@ of every task against this schema, so that a field added there and not here fail
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,3 +89,49 @@ class PredictAnswer(Strict):
     frames: int | None = None
     pages: list[int] | None = Field(None, description="The frames that are images of the set (a TIFF's).")
     kind: str | None = Field(None, description="Multi-frame uploads: the file's kind (dicom, tiff, gif, webp).")
+
+
+class VideoJobAccepted(Strict):
+    job: str = Field(description="The job's id.")
+    status_url: str = Field(description="Where to poll it: /jobs/{job}.")
+
+
+class FrameRecord(BaseModel):
+    """One frame of a clip, as the video's frames CSV has it: its decision, what the task gives per frame
+    (`p_<class>` of a class head; a mask's frame decision, `lesion_fraction`, `fraction_<class>`; a detector's
+    `n_boxes`, `boxes`) and the decision smoothed over the last frames."""
+
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"patternProperties": {"^(p|fraction)_": {"type": "number"}}}
+    )
+
+    frame: int = Field(description="The frame's index in the clip.")
+    time_s: float | None = Field(description="Its presentation time in seconds (null where the clip gives none).")
+    image: str
+    label: str
+    score: float
+    smoothed: str = Field(description="The decision over the last `smooth` frames.")
+    smoothed_score: float
+    decided_at: str | None = None
+    frame_decision: Literal["lesion", "no lesion"] | None = None
+    frame_score: float | None = None
+    lesion_fraction: float | None = None
+    n_boxes: int | None = None
+    boxes: list[Box] | None = None
+
+
+class JobAnswer(Strict):
+    """A video job: queued or running with its progress, then done with a summary and one record per frame, or
+    failed with why."""
+
+    job: str
+    status: Literal["checking", "queued", "running", "done", "failed"]
+    frames_done: int
+    frames_total: int = Field(description="The frames expected (an estimate until the clip is decoded).")
+    summary: dict[str, Any] | None = Field(
+        None,
+        description="Done: frames predicted and dropped, the decoding's findings (truncation, rotation, gaps), speed "
+        "(seconds, frames_per_s, latency_ms_per_frame), the source's frame rate and the smoothing window.",
+    )
+    frames: list[FrameRecord] | None = None
+    error: str | None = Field(None, description="Failed: what went wrong.")

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from medcad import __version__
 from medcad.errors import MedcadError
-from medcad.inference.answers import PredictAnswer
+from medcad.inference.answers import JobAnswer, PredictAnswer, VideoJobAccepted
 from medcad.inference.batcher import Batcher, QueueFull
 from medcad.inference.jobs import VideoJobs
 from medcad.inference.limits import read_upload
@@ -109,7 +109,7 @@ MASK_QUERY = (
     "`per_class` {name: {value, coco_rle}}, one COCO compressed RLE per class) or none."
 )
 VIDEO_OPENAPI = _openapi(
-    {202: {"description": "the job: {job, status_url}"}},
+    {202: {"model": VideoJobAccepted, "description": "The job; poll its status_url"}},
     UPLOAD_ERRORS | {503: "too many video jobs (Retry-After)"},
 )
 
@@ -264,7 +264,13 @@ def video_router(state: ServeState) -> APIRouter:
             return error_response(503, f"{e} (video jobs running)", {"Retry-After": str(e.retry_after)})
         return JSONResponse({"job": job, "status_url": f"/jobs/{job}"}, status_code=202)
 
-    @router.get("/jobs/{job}", responses={404: {"description": "No such job (only the last clips' are kept)."}})
+    @router.get(
+        "/jobs/{job}",
+        responses={
+            200: {"model": JobAnswer, "description": "The job's state"},
+            404: {"description": "No such job (only the last clips' are kept)."},
+        },
+    )
     async def job_status(job: str) -> JSONResponse:
         """A video job: status (queued, running, done, failed), frames done of total, and when done the summary
         and one record per frame (decision, probabilities / lesion fraction / boxes, smoothed decision)."""
