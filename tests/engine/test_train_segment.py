@@ -124,12 +124,13 @@ def test_segment_run_metrics_predict(synth: Path, tmp_path: Path) -> None:
         res = runner.invoke(app, ["explain", str(run), str(image), "--class", label])
         assert res.exit_code == 2 and why in res.output, res.output
 
-    # every command for this task: ONNX export with the Dice agreement, bench, and a video through the predictor
-    res = runner.invoke(app, ["export", str(run), "--int8", "--fold", "0", "--json"])  # one fold: half the graph
+    # every command for this task: ONNX export with the Dice agreement, bench, and a video through the predictor (int8's
+    # search, 15 s of this test, is the classifier's in tests/inference/test_export_bench.py: it is the same for every
+    # task but for the agreement measure, which the fp32 export checks here)
+    res = runner.invoke(app, ["export", str(run), "--fold", "0", "--json"])  # one fold: half the graph
     assert res.exit_code == 0, res.output
     agreement = json.loads(res.stdout)["agreement"]
     assert agreement["model.onnx"]["mask_dice"] >= 0.99 and agreement["model.onnx"]["max_prob_diff"] < 0.01
-    assert 0 <= agreement["model.int8.onnx"]["mask_dice"] <= 1
     res = runner.invoke(app, ["bench", str(run), "--backends", "torch-fp32,onnx-fp32", "--batch", "4", "--json"])
     assert res.exit_code == 0, res.output
     b = json.loads(res.stdout)
