@@ -236,6 +236,19 @@ def test_pascal_voc_boxes_as_cvat_and_labelimg_write_them(tmp_path: Path, layout
     assert got["f2"] == ([], "background") and got["f3"] == ([], "")
     assert any("gone.xml" in p for p, _ in m.ledger.left_out)
     assert any("1 object(s) marked difficult" in n for n in m.notes)
+    if layout == "voc":  # the release's segmentation PNGs are masks of its images, not more images (they had been)
+        for i in range(3):
+            for folder in ("SegmentationClass", "SegmentationObject"):
+                mask = np.zeros((32, 40), np.uint8)
+                mask[4:18, 3:20] = 1
+                mask[3, 3:20] = 255  # VOC's void border
+                save(tmp_path / folder / f"f{i}.png", mask)
+        assert load_manifest(tmp_path).layout == "images-masks"  # the folder pair wins: JPEGImages/ with its masks
+        m = load_manifest(tmp_path, layout="voc")  # as chosen where the pair is not at the top (VOC2012/ in a folder)
+        assert m.layout == "voc" and sorted(m.table["image"]) == [f"JPEGImages/f{i}.jpg" for i in range(4)]
+        unread = dict(m.ledger.unread)
+        assert "segmentation mask" in unread["SegmentationClass/f0.png"] and len(unread) == 6
+        assert any("6 file(s) in SegmentationClass/, SegmentationObject/ are segmentation masks" in n for n in m.notes)
 
 
 def test_voc_xml_at_the_top_of_the_dataset_takes_its_own_image_not_one_above(tmp_path: Path) -> None:

@@ -89,6 +89,24 @@ def test_zero_one_mask_saved_as_jpeg_keeps_its_lesion(tmp_path: Path) -> None:
     assert 2 * (mask & (truth > 0)).sum() / (mask.sum() + truth.sum()) > 0.95
 
 
+def test_pascal_vocs_void_border_is_background_not_lesion(tmp_path: Path) -> None:
+    """A VOC class mask (palette PNG: 1 the object, 255 the void band around it, VOC's palette) reads the object
+    alone, said in its rule (the band had been lesion: +23 % area on a VOC-style set); a palette mask of 0 and 255
+    alone keeps 255 as its lesion."""
+    palette = [0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192]
+    index = np.zeros((20, 30), np.uint8)
+    index[5:15, 8:20] = 1
+    index[4, 8:20] = index[15, 8:20] = 255
+    for name, arr in (("voc", index), ("binary", np.where(index == 1, 255, 0).astype(np.uint8))):
+        im = Image.fromarray(arr, "P")
+        im.putpalette(palette)
+        im.save(tmp_path / f"{name}.png")
+    mask, how = decode_mask(tmp_path / "voc.png")
+    assert mask.sum() == 120 and "void" in how.rule and how.lesion_fraction == pytest.approx(120 / 600)
+    mask, how = decode_mask(tmp_path / "binary.png")
+    assert mask.sum() == 120 and "void" not in how.rule
+
+
 def test_masks_of_one_image_are_unioned_whatever_their_encoding(tmp_path: Path) -> None:
     a = _write(tmp_path / "x_mask.png", lesion(1))
     b = np.zeros((H, W), np.uint8)

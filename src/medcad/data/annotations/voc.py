@@ -35,6 +35,14 @@ def find_voc(path: Path, limit: int = 20) -> Path | None:
     return next((f for f in xmls[:limit] if is_voc_xml(f)), None)
 
 
+def segmentation_masks(images: list[Path]) -> set[Path]:
+    """The files of VOC's segmentation folders (SegmentationClass/, SegmentationObject/, SegmentationClassAug/; CVAT's
+    VOC exports keep the names) that are masks of an image of the set, by its name: not images. (A VOC release's 20
+    SegmentationClass PNGs had been read as 20 more images, 'background' without an XML, and scored so.)"""
+    stems = {f.stem for f in images if not f.parent.name.lower().startswith("segmentation")}
+    return {f for f in images if f.parent.name.lower().startswith("segmentation") and f.stem in stems}
+
+
 def _image_of(root: Path, xml: Path, tree: ET.Element, images: dict[tuple[Path, str], Path]) -> Path | None:
     """The image an annotation names (<filename>, else <path>'s file name) beside it, in JPEGImages/ or images/
     beside its folder, or under the root; else the image of the XML's own stem beside it or in JPEGImages/."""
@@ -82,6 +90,8 @@ def read_voc(path: Path, options: DataOptions) -> Manifest:
     root = path
     files = walk_files(root)
     images = [f for f in files if is_media(f)]
+    masks = segmentation_masks(images)
+    images = [f for f in images if f not in masks]
     by_stem, media = {(f.parent, f.stem): f for f in images}, set(images)
     sources: dict[Path, Path] = {}
     problems: list[tuple[str, str]] = []
@@ -113,6 +123,12 @@ def read_voc(path: Path, options: DataOptions) -> Manifest:
         )
     if difficult:
         notes.append(f"{difficult} object(s) marked difficult: kept as boxes like the others")
+    if masks:
+        folders = ", ".join(sorted({f"{m.parent.name}/" for m in masks}))
+        notes.append(
+            f"{len(masks)} file(s) in {folders} are segmentation masks of the images (by name), not images: not read "
+            "(this layout reads the XML boxes; --images JPEGImages --masks SegmentationClass reads those masks)"
+        )
     rows = expand_frames(rows, root, problems)
     used = sorted(x.relative_to(root).as_posix() for x in sources.values())
     return Manifest(root, make_table(rows), "voc", problems, notes, sources=used)
