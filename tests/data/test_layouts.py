@@ -177,3 +177,22 @@ def test_bad_files_raise_named_errors(tmp_path: Path) -> None:
         read_image(junk)
     with pytest.raises(DataError, match="dataset path not found"):
         load_manifest(tmp_path / "nowhere")
+
+
+def test_an_image_folder_and_its_mask_folder_are_not_read_as_two_classes(tmp_path: Path) -> None:
+    """MONAI / Decathlon: images/ and labels/ whose names do not match (a dataset.json pairs them): read as classes
+    'images' and 'labels', a classifier had told them apart at AUC 1.000, unsaid. Refused, naming both folders; a
+    class folder that only has the name keeps its images."""
+    (tmp_path / "dataset.json").write_text(
+        '{"training": [{"image": "images/frame_0.png", "label": "labels/seg_0.png"}]}'
+    )
+    for k in range(3):
+        save(tmp_path / "images" / f"frame_{k}.png", noise_image(k, 32))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 10:24] = 1
+        save(tmp_path / "labels" / f"seg_{k}.png", mask)
+    with pytest.raises(DataError, match="'images/' and 'labels/' were read as two classes, but 'labels/' holds masks"):
+        load_manifest(tmp_path)
+    for k in range(3):  # photographs in a folder named labels: a class, as before
+        save(tmp_path / "labels" / f"seg_{k}.png", noise_image(10 + k, 32))
+    assert load_manifest(tmp_path).labels == ["images", "labels"]

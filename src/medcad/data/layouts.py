@@ -184,7 +184,51 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             f"their mask-like content (e.g. {by_word[0]}; --mask-suffix is {mask_suffix!r})"
         )
     notes += _shared_stem_note(path, by_dir)
+    _no_mask_folder_as_a_class(path, rows)
     return Manifest(path, make_table(rows), "folders", problems, notes)
+
+
+MASK_FOLDER_NAMES = frozenset(
+    {
+        "mask",
+        "masks",
+        "label",
+        "labels",
+        "labelstr",
+        "gt",
+        "groundtruth",
+        "ground_truth",
+        "segmentation",
+        "segmentations",
+    }
+)
+
+
+def _no_mask_folder_as_a_class(path: Path, rows: list[dict]) -> None:
+    """Refuses a class-per-folder read whose classes are an image folder and its mask folder: a folder named as masks
+    are (`MASK_FOLDER_NAMES`) whose files are mask-like (`pairing.mask_likeness`) beside images. A MONAI / Decathlon
+    set (images/, labels/ and a dataset.json that pairs them) had trained a classifier of 'images' against 'labels'
+    to an AUC of 1.000, unsaid. Raises DataError naming both folders and how to read them as images and masks."""
+    from medcad.data.pairing import mask_likeness
+
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        by_label[r.get("label", "")].append(r["image"])
+    named = [lab for lab in by_label if lab.lower() in MASK_FOLDER_NAMES]
+    others = [lab for lab in by_label if lab and lab not in named]
+    for lab in named:
+        files = by_label[lab]
+        sample = files[:: max(1, len(files) // 8)][:8]
+        if others and min(mask_likeness(path / f) for f in sample) >= 0.95:
+            images = max(others, key=lambda o: len(by_label[o]))
+            listed = (path / "dataset.json").is_file()  # MONAI / the Decathlon pair them in its "training" list
+            raise DataError(
+                path,
+                f"its folders '{images}/' and '{lab}/' were read as two classes, but '{lab}/' holds masks (named so, "
+                f"and its files are mask-like, e.g. {files[0]}): pair them as images and masks, with `--images "
+                f"{images} --masks {lab}` where their file names match, else with a manifest CSV of image and mask "
+                "columns" + (" (its dataset.json's pairs, which medcad does not read)" if listed else ""),
+            )
 
 
 def _suffix_base(f: Path, mask_rx: re.Pattern | None, stems: set[str]) -> str | None:
