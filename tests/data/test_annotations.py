@@ -67,6 +67,9 @@ def test_labelme_masks_labels_and_notes(tmp_path: Path) -> None:
     assert m.table["label"].iat[d] == "background" and read_mask(m.mask_paths(d)).sum() == 0
     text = " | ".join(m.notes)
     assert "1 image(s) have no labelme file" in text and "different labels" in text and "no area" in text
+    # what the masks are made of is said: a filled box measures a box, and every label's shapes are one lesion
+    assert "1 rectangle(s) filled into the masks" in text and "a.json shape 0 'polyp'" in text
+    assert "each mask is the union of the shapes of every label (polyp 2, adenoma 1)" in text
     assert not m.ledger.unread and not m.ledger.left_out
     # the mask paths are relative to the root (through '..'), so every reader of masks can name them
     assert m.mask_paths(a)[0].relative_to(m.root).parts[0] == ".."
@@ -361,7 +364,9 @@ def test_an_annotation_naming_an_absent_image_paired_by_its_own_name_is_said(tmp
     labelme(tmp_path / "lm" / "f1.json", "other.png", [shape("polyp", [[5, 5], [30, 5], [30, 30]])])
     m = load_manifest(tmp_path / "lm")
     assert list(m.table["image"]) == ["f1.jpg"]
-    assert any("name an image that is not there" in n and "'other.png', read as f1.jpg" in n for n in m.notes)
+    assert any(
+        "name another image than the one of their own" in n and "'other.png', read as f1.jpg" in n for n in m.notes
+    )
     save(tmp_path / "voc" / "x.jpg", noise_image(2, 40))
     (tmp_path / "voc" / "x.xml").write_text(
         "<annotation><filename>x.png</filename><size><width>40</width><height>40</height></size><object><name>polyp"
@@ -370,3 +375,19 @@ def test_an_annotation_naming_an_absent_image_paired_by_its_own_name_is_said(tmp
     m = load_manifest(tmp_path / "voc")
     assert list(m.table["image"]) == ["x.jpg"] and m.boxes(0) == [[2, 3, 20, 25, "polyp"]]
     assert any("name an image that is not there" in n and "'x.png', read as x.jpg" in n for n in m.notes), m.notes
+
+
+def test_labelme_pairs_each_json_with_the_image_of_its_own_name(tmp_path: Path) -> None:
+    """labelme saves x.json beside x.png: a JSON whose imagePath names another image (copied or renamed) annotates
+    its own image, said; the other image keeps its own JSON (it had been given the stale JSON's shapes, and its own
+    JSON dropped as a second one)."""
+    root = tmp_path / "set"
+    for k, name in enumerate(("a", "b")):
+        save(root / f"{name}.png", noise_image(k, 64))
+    labelme(root / "a.json", "b.png", [shape("polyp", [[2, 2], [12, 2], [2, 12]])])  # stale imagePath
+    labelme(root / "b.json", "b.png", [shape("polyp", [[30, 30], [60, 30], [60, 60], [30, 60]])])
+    m = load_manifest(root)
+    assert not m.ledger.left_out and sorted(m.sources) == ["a.json", "b.json"]
+    assert m.boxes(row(m, "a.png")) == [[2.0, 2.0, 12.0, 12.0, "polyp"]]
+    assert m.boxes(row(m, "b.png")) == [[30.0, 30.0, 60.0, 60.0, "polyp"]]
+    assert any("a.json names 'b.png', read as a.png" in n for n in m.notes)

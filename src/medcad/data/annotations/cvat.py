@@ -161,7 +161,7 @@ def read_cvat(path: Path, options: DataOptions) -> Manifest:
         )
     if not declared:
         notes.append(f"{xml.name} declares no labels in <meta>: shape labels taken as they are")
-    notes += _label_notes(mixed, empty, "an <image>") + tally.notes()
+    notes += _label_notes(mixed, empty, "an <image>") + tally.notes(filled=True)
     rows = expand_frames(rows, root, problems)
     return Manifest(root, make_table(rows), "cvat", problems, notes, sources=[xml.name])
 

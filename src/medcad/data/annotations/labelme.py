@@ -93,7 +93,7 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
     by_image: dict[Path, tuple[Path, dict]] = {}
     problems: list[tuple[str, str]] = []
     sources: list[str] = []
-    by_own_name: list[str] = []  # JSONs whose imagePath is not there, paired with the image of their own name
+    by_own_name: list[str] = []  # JSONs whose imagePath names another image, paired with the image of their own name
     for js in (f for f in files if f.suffix.lower() == ".json"):
         rel = js.relative_to(root).as_posix()
         try:
@@ -105,11 +105,13 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
             continue  # another JSON: the ledger lists it as not read
         sources.append(rel)
         named = str(data.get("imagePath") or "")
-        image = _find_image(root, js.parent, named)
-        if image is None:
-            image = next((f for f in images if f.parent == js.parent and f.stem == js.stem), None)
-            if image is not None and named:
-                by_own_name.append(f"{rel} names {named!r}, read as {image.name}")
+        # labelme saves x.json beside x.jpg: an image of the JSON's own name beside it is its image, whatever its
+        # imagePath says (a JSON copied or renamed had given its shapes to the image its stale imagePath named,
+        # and that image's own JSON was dropped as a second one)
+        own = next((f for f in images if f.parent == js.parent and f.stem == js.stem), None)
+        image = own or _find_image(root, js.parent, named)
+        if own is not None and named and Path(named.replace("\\", "/")).name != own.name:
+            by_own_name.append(f"{rel} names {named!r}, read as {own.name}")
         if image is None:
             problems.append((rel, f"its image {data.get('imagePath')!r} (imagePath) is not found beside it"))
         elif image not in media:
@@ -134,8 +136,8 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
     )
     if by_own_name:
         notes.append(
-            f"{len(by_own_name)} JSON file(s) name an image that is not there (imagePath): each paired with the "
-            f"image of its own name beside it, e.g. {by_own_name[0]}"
+            f"{len(by_own_name)} JSON file(s) name another image than the one of their own name beside them "
+            f"(imagePath): each paired with the image of its own name, as labelme names them, e.g. {by_own_name[0]}"
         )
     flagged = sum(1 for r in rows if r.get("flags"))
     if flagged:

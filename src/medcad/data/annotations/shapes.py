@@ -74,6 +74,8 @@ class ShapeTally:
     not_drawn: list[str] = field(default_factory=list)
     labels_seen: set[str] = field(default_factory=set)
     renamed: dict[str, str] = field(default_factory=dict)
+    drawn: Counter = field(default_factory=Counter)  # shapes drawn into masks, by label
+    filled_boxes: list[str] = field(default_factory=list)  # rectangles drawn into masks (filled)
 
     @classmethod
     def of(cls, options: DataOptions) -> ShapeTally:
@@ -85,7 +87,9 @@ class ShapeTally:
         drawn = self.drawn_labels
         return drawn is None or label in drawn or self.renamed.get(label) in drawn
 
-    def notes(self) -> list[str]:
+    def notes(self, filled: bool = False) -> list[str]:
+        """The notes of the shapes that needed a decision; with `filled` (a reader whose masks take every drawn
+        shape, boxes filled, as labelme's and CVAT's own rasterisers draw them), what those masks are made of."""
         out = []
         for items, what in (
             (self.clipped, "extend past their image's border: clipped to it"),
@@ -101,6 +105,18 @@ class ShapeTally:
             out.append(
                 f"masks drawn from the shapes labelled {', '.join(sorted(self.drawn_labels))} (--mask-shapes)"
                 + (f"; no shape is labelled {', '.join(unseen)}" if unseen else "")
+            )
+        if filled and self.filled_boxes:
+            out.append(
+                f"{len(self.filled_boxes)} rectangle(s) filled into the masks, as labelme and CVAT draw them (e.g. "
+                f"{self.filled_boxes[0]}): a box is not an outline, so those masks' areas, Dice and HD95 measure boxes"
+                "; --mask-shapes LABELS draws the outlined labels alone, and a detection run reads the boxes"
+            )
+        if filled and self.drawn_labels is None and len(self.drawn) > 1:
+            counts = ", ".join(f"{lab} {n}" for lab, n in self.drawn.most_common())
+            out.append(
+                f"each mask is the union of the shapes of every label ({counts}): one lesion mask for all of them; "
+                "--mask-shapes LABELS draws those labels alone (e.g. leaving out an instrument's)"
             )
         return out
 
@@ -127,6 +143,9 @@ def rasterise(shapes: list[Shape], width: int, height: int, tally: ShapeTally) -
             continue
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
             tally.clipped.append(s.where)
+        tally.drawn[s.label] += 1
+        if s.kind == "rectangle":
+            tally.filled_boxes.append(s.where)
         if s.kind == "polygon":
             draw.polygon([(float(x), float(y)) for x, y in s.data], fill=1, outline=1)
         elif s.kind == "rectangle":
@@ -451,4 +470,4 @@ def per_image_rows(
     notes += boxed_note(boxed)
     if folder_wins:
         notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
-    return rows, notes + tally.notes()
+    return rows, notes + tally.notes(filled=masks is True)
