@@ -285,7 +285,7 @@ def test_auto_measures_only_where_it_can_pay(tiny_run: Path, easy_set: Path, tmp
     video of unknown length measure; a video counts its frames."""
     from test_video import make_video
 
-    from medcad.cli.runs import _job_size
+    from medcad.cli.predict import _job_size
     from medcad.inference import backends
     from medcad.inference.registry import load_predictor
     from medcad.runfolder import RunFolder

@@ -5,6 +5,7 @@ import sys
 
 from medcad.cli.common import app
 from medcad.cli import runs
+from medcad.cli import predict
 from medcad.cli import studies
 from medcad.cli import deploy
 from medcad.cli import data
