@@ -65,6 +65,15 @@ class Targets:
 MISSING_MASKS = (*READ_MISSING, "leave-out")
 
 
+def check_missing_masks(value: str) -> str:
+    """`value` when it is one of MISSING_MASKS; else ConfigError naming them."""
+    from medcad.errors import ConfigError
+
+    if value not in MISSING_MASKS:
+        raise ConfigError(f"--missing-masks {value!r}: use one of {', '.join(MISSING_MASKS)}")
+    return value
+
+
 def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     """`manifest` as a mask task of `--missing-masks leave-out` uses it: its rows without a mask left out, each
     named in the ledger and counted in a note (how many had boxes: annotated with boxes alone, as Label Studio's
@@ -74,10 +83,7 @@ def with_masks_only(manifest: Manifest, cfg: TrainConfig) -> Manifest:
     Raises:
         ConfigError: an unknown `missing_masks`.
     """
-    from medcad.errors import ConfigError
-
-    if cfg.missing_masks not in MISSING_MASKS:
-        raise ConfigError(f"--missing-masks {cfg.missing_masks!r}: use one of {', '.join(MISSING_MASKS)}")
+    check_missing_masks(cfg.missing_masks)
     if cfg.missing_masks == "empty" and "masks" in get_task(cfg.task).targets:
         return _read_as_lesion_free(manifest)
     if cfg.missing_masks != "leave-out" or "masks" not in get_task(cfg.task).targets:

@@ -241,3 +241,32 @@ def test_rows_an_external_read_left_out_are_kept_with_its_evaluation(
     (ledger,) = tiny_run.glob("evaluations/*/data_ledger.csv")
     left = pd.read_csv(ledger).query("status == 'left out'")
     assert list(left["path"].str.endswith("gone.png")) == [True] and "not found" in left["reason"].iat[0]
+
+
+def test_an_external_sets_images_without_a_mask_follow_its_own_missing_masks(
+    tiny_segmenter: Path, tmp_path: Path
+) -> None:
+    """evaluate --data --missing-masks: the set's images without a mask are an error (naming the option, which
+    evaluate had not had), lesion-free, or left out and named; without --data it is refused (a run's own images are
+    read as it was trained)."""
+    runner = CliRunner()
+    ext = tmp_path / "ext"
+    for k in range(4):
+        save(ext / "lesion" / f"{k}.png", noise_image(40 + k, 48))
+        if k:  # 0.png has no mask
+            m = np.zeros((48, 48), np.uint8)
+            m[10 : 20 + k, 8:30] = 255
+            save(ext / "lesion" / f"{k}_mask.png", m)
+    res = runner.invoke(app, ["evaluate", str(tiny_segmenter), "--data", str(ext), "--missing-masks", "error"])
+    assert res.exit_code != 0 and "has no mask" in res.output and "--missing-masks" in res.output
+    res = runner.invoke(app, ["evaluate", str(tiny_segmenter), "--data", str(ext), "--missing-masks", "leave-out"])
+    assert res.exit_code == 0, res.output
+    assert "1 image(s) without a mask left out (--missing-masks leave-out), e.g. lesion/0.png" in res.output
+    table = pd.read_csv(tiny_segmenter / "evaluations" / "ext" / "predictions.csv")
+    assert sorted(table["image"]) == ["lesion/1.png", "lesion/2.png", "lesion/3.png"]
+    res = runner.invoke(app, ["evaluate", str(tiny_segmenter), "--data", str(ext), "--json"])  # the run's: empty
+    assert res.exit_code == 0 and json.loads(res.stdout)["segmentation"]["n_images"] == 4
+    res = runner.invoke(app, ["evaluate", str(tiny_segmenter), "--missing-masks", "leave-out"])
+    assert res.exit_code == 2 and "--missing-masks is --data's" in res.output
+    res = runner.invoke(app, ["evaluate", str(tiny_segmenter), "--data", str(ext), "--missing-masks", "drop"])
+    assert res.exit_code == 2 and "--missing-masks 'drop': use one of" in res.output

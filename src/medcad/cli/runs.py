@@ -233,6 +233,13 @@ def evaluate(
         float | None,
         typer.Option(help="Masks: NSD's tolerance, % of each image's diagonal, for this scoring (default: the run's)."),
     ] = None,
+    missing_masks: Annotated[
+        str | None,
+        typer.Option(
+            help="--data, masks: the set's images without a mask are an error, empty (lesion-free) or leave-out "
+            "(named) (default: the run's setting)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     *,
     options: DataOptions,
@@ -245,8 +252,10 @@ def evaluate(
 
         if nsd_tolerance is not None:  # before anything is predicted
             check_nsd_tolerance(nsd_tolerance)
+        if missing_masks is not None and data is None:
+            raise ConfigError("--missing-masks is --data's: a run's own images are read as it was trained")
         if data is not None:
-            metrics, where, notes = evaluate_external(run, data, options, unseen_labels, nsd_tolerance)
+            metrics, where, notes = evaluate_external(run, data, options, unseen_labels, nsd_tolerance, missing_masks)
             _say_notes(notes)
         else:
             metrics, where = evaluate_run(run, nsd_tolerance)

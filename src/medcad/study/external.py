@@ -31,7 +31,7 @@ from medcad.engine.results import (
 from medcad.errors import ConfigError, DataError
 from medcad.inference.registry import load_predictor
 from medcad.runfolder import FoldFolder, RunFolder
-from medcad.targets import load_targets, run_dataset, run_rows
+from medcad.targets import check_missing_masks, load_targets, run_dataset, run_rows
 from medcad.tasks import get_task, split_labels
 
 NOT_INDEPENDENT = " (NOT independent: "  # how an evaluation holding the run's own images is marked
@@ -44,6 +44,7 @@ def evaluate_external(
     options: DataOptions | None = None,
     unseen_labels: str = "stop",
     nsd_tolerance: float | None = None,
+    missing_masks: str | None = None,
 ) -> tuple[dict, Path, list[str]]:
     """Predict every image of another dataset with the run's models and score it against its labels, masks or
     boxes (by the run's task); written to RUN/evaluations/<dataset>/.
@@ -55,6 +56,9 @@ def evaluate_external(
         unseen_labels: "stop" (a DataError naming them) or "leave-out" (score the images of the run's labels alone;
             the others are counted in the metrics and named in the notes).
         nsd_tolerance: masks: NSD's tolerance, % of each image's diagonal (None: the run's).
+        missing_masks: masks: what the set's images without a mask are, "error", "empty" (lesion-free) or
+            "leave-out" (named); None: the run's setting. (An external set with one unlabelled image had no way to
+            be scored: the message named an option evaluate did not have.)
 
     Returns:
         (metrics, folder written, notes on how the dataset was read).
@@ -65,6 +69,8 @@ def evaluate_external(
     if nsd_tolerance is not None:  # before anything is predicted
         check_nsd_tolerance(nsd_tolerance)
     cfg, meta = load_run_config(run)
+    if missing_masks is not None:  # this set's, not the training set's: checked before anything is read
+        cfg = cfg.replace(missing_masks=check_missing_masks(missing_masks))
     options = options or DataOptions()
     manifest = load_manifest(data, options)
     read = manifest.ledger  # what the read used and left out (--allow-missing), kept with the evaluation
