@@ -391,3 +391,53 @@ def test_labelme_pairs_each_json_with_the_image_of_its_own_name(tmp_path: Path) 
     assert m.boxes(row(m, "a.png")) == [[2.0, 2.0, 12.0, 12.0, "polyp"]]
     assert m.boxes(row(m, "b.png")) == [[30.0, 30.0, 60.0, 60.0, "polyp"]]
     assert any("a.json names 'b.png', read as a.png" in n for n in m.notes)
+
+
+def test_via_projects_and_exports_as_vgg_image_annotator_writes_them(tmp_path: Path) -> None:
+    """A VIA 2 project (`_via_img_metadata`) and a VIA 1 export (regions as a dict): polygons, circles and rotated
+    ellipses rasterised at the image's size, the label from the region attribute named type (or a checkbox's one
+    option), a rectangle in a set of outlines kept as a box with no mask (as COCO's reader), polylines and points
+    without area, a listed image that is not there named, and an unlisted image unannotated; it had been read as a
+    folder of images with the JSON unread, and a segment run offered --missing-masks empty for its 8 polyps."""
+    root = tmp_path / "via"
+    for k in range(5):
+        save(root / f"f{k}.png", noise_image(k, 64))
+    poly = {"name": "polygon", "all_points_x": [10, 40, 40, 10], "all_points_y": [10, 10, 30, 30]}
+    regions = {
+        "f0.png": [{"shape_attributes": poly, "region_attributes": {"type": "polyp", "note": "flat"}}],
+        "f1.png": [
+            {"shape_attributes": {"name": "circle", "cx": 32, "cy": 32, "r": 8},
+             "region_attributes": {"type": "polyp"}},
+            {"shape_attributes": {"name": "polyline", "all_points_x": [1, 5], "all_points_y": [1, 5]},
+             "region_attributes": {"type": "polyp"}},
+        ],
+        "f2.png": [{"shape_attributes": {"name": "rect", "x": 5, "y": 6, "width": 20, "height": 10},
+                    "region_attributes": {"kind": {"adenoma": True, "hyperplastic": False}}}],
+        "f3.png": [{"shape_attributes": {"name": "ellipse", "cx": 32, "cy": 32, "rx": 20, "ry": 5, "theta": 1.5708},
+                    "region_attributes": {"type": "polyp"}}],
+        "gone.png": [],
+    }  # fmt: skip
+    meta = {f"{n}{k}": {"filename": n, "size": k, "regions": r, "file_attributes": {}} for k, (n, r) in
+            enumerate(regions.items())}  # fmt: skip
+    (root / "project.json").write_text(json.dumps({"_via_settings": {}, "_via_img_metadata": meta}))
+    m = load_manifest(root)
+    assert m.layout == "via" and m.sources == ["project.json"]
+    assert m.table.set_index("image")["label"].to_dict() == {
+        "f0.png": "polyp", "f1.png": "polyp", "f2.png": "adenoma", "f3.png": "polyp", "f4.png": ""
+    }  # fmt: skip
+    assert read_mask(m.mask_paths(row(m, "f0.png"))).sum() == 31 * 21  # corners included, as labelme draws
+    circle = read_mask(m.mask_paths(row(m, "f1.png")))
+    assert abs(circle.sum() - np.pi * 64) < 40 and circle[32, 32]
+    upright = read_mask(m.mask_paths(row(m, "f3.png")))  # rx 20 turned 90 degrees: tall, narrow
+    ys, xs = np.nonzero(upright)
+    assert ys.max() - ys.min() > 35 and xs.max() - xs.min() < 13
+    assert m.table["mask"].iat[row(m, "f2.png")] == "" and m.boxes(row(m, "f2.png")) == [[5, 6, 25, 16, "adenoma"]]
+    assert dict(m.ledger.left_out)["gone.png"].startswith("listed in project.json but not found")
+    text = " | ".join(m.notes)
+    assert "a region's label is its attribute 'type' (4 region(s)), 'kind' (1 region(s))" in text and "no area" in text
+    # VIA 1: regions as a dict; an export without the project's wrapper
+    v1 = {"f0.png1": {"filename": "f0.png", "size": 1, "regions": {"0": regions["f0.png"][0]}, "file_attributes": {}}}
+    (root / "project.json").unlink()
+    (root / "via_region_data.json").write_text(json.dumps(v1))
+    m = load_manifest(root)
+    assert m.layout == "via" and read_mask(m.mask_paths(row(m, "f0.png"))).sum() == 31 * 21

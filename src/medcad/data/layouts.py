@@ -13,6 +13,7 @@ from medcad.data.annotations import (
     find_cvat,
     find_dicom_seg,
     find_labelme,
+    find_via,
     find_voc,
     find_yolo,
     is_voc_xml,
@@ -20,6 +21,7 @@ from medcad.data.annotations import (
     read_cvat,
     read_dicom_seg,
     read_labelme,
+    read_via,
     read_voc,
     read_yolo,
 )
@@ -51,6 +53,7 @@ ANNOTATION_FINDERS = (
     ("coco", find_coco_json, "{} holds COCO 'images'/'annotations'"),
     ("cvat", find_cvat, "{} holds CVAT-for-images <annotations>"),
     ("labelme", find_labelme, "labelme JSON files beside the images (e.g. {})"),
+    ("via", find_via, "{} is a VGG Image Annotator (VIA) project or export"),
     ("dicom-seg", find_dicom_seg, "DICOM SEG objects beside DICOM images (e.g. {})"),
     ("yolo", find_yolo, "YOLO label files, classes in {}"),
     ("voc", find_voc, "Pascal VOC XML files (e.g. {})"),
@@ -393,6 +396,7 @@ READERS = {
     "xlsx": read_xlsx,
     "yolo": read_yolo,
     "voc": read_voc,
+    "via": read_via,
 }
 
 

@@ -1,6 +1,6 @@
 """Readers for what annotation tools export: labelme JSON beside the images, COCO JSON (boxes, and polygon or RLE
-segmentation through pycocotools), CVAT-for-images XML, YOLO label files, Pascal VOC XML, and Excel .xlsx
-manifests.
+segmentation through pycocotools), CVAT-for-images XML, VGG Image Annotator (VIA) JSON, YOLO label files, Pascal
+VOC XML, and Excel .xlsx manifests.
 
 Polygons, rectangles, circles/ellipses and bitmaps become mask files: each image's shapes are rasterised once, at
 the image's own size, into a PNG under `cache_dir()/annotation_masks/<hash of the source file, its size and
@@ -21,6 +21,7 @@ from medcad.data.annotations.cvat import find_cvat, read_cvat
 from medcad.data.annotations.dicom_seg import find_dicom_seg, read_dicom_seg
 from medcad.data.annotations.kvasir import add_box_json
 from medcad.data.annotations.labelme import find_labelme, is_labelme, read_labelme
+from medcad.data.annotations.via import find_via, read_via
 from medcad.data.annotations.voc import find_voc, is_voc_xml, read_voc
 from medcad.data.annotations.yolo import find_yolo, read_yolo
 
@@ -29,6 +30,7 @@ __all__ = [
     "find_cvat",
     "find_dicom_seg",
     "find_labelme",
+    "find_via",
     "find_voc",
     "find_yolo",
     "is_labelme",
@@ -37,6 +39,7 @@ __all__ = [
     "read_cvat",
     "read_dicom_seg",
     "read_labelme",
+    "read_via",
     "read_voc",
     "read_yolo",
 ]

@@ -432,6 +432,7 @@ def per_image_rows(
             parsed.append((img, {"image": rel, **fields}, src, parse(src, img)))
         except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
             problems.append((rel, f"{src.relative_to(root).as_posix()}: {e}"))
+    shared = len(set(sources.values())) < len(sources)  # one annotation file for several images
     drawn_masks = masks
     if masks is None:
         drawn_masks = any(s.kind != "rectangle" for *_, got in parsed if got for s in got.shapes)
@@ -449,8 +450,9 @@ def per_image_rows(
         mask, w, h = drawn
         if drawn_masks and masks is None and boxes_only([s.label for s in got.shapes if s.kind == "rectangle"], tally):
             boxed.append(row["image"])
-        elif drawn_masks:
-            row["mask"] = write_mask(mask_folder(src, tally.drawn_labels) / "mask.png", mask, root)
+        elif drawn_masks:  # a file of one image's: mask.png; of several (VIA): one per image, by its path
+            name = hashlib.sha1(row["image"].encode()).hexdigest()[:16] + ".png" if shared else "mask.png"
+            row["mask"] = write_mask(mask_folder(src, tally.drawn_labels) / name, mask, root)
         row["boxes"] = json.dumps([[*clipped_box(s, w, h), s.label] for s in got.shapes])
         row["shape_labels"] = json.dumps(got.labels)
         row.update(got.extra or {})
