@@ -20,7 +20,7 @@ class DataOptions:
 
     Attributes:
         layout: force a reader ("folders", "csv", "xlsx", "images-masks", "coco", "labelme", "cvat", "yolo",
-            "voc", "via"); detected when None.
+            "voc", "via", "datalist"); detected when None.
         pattern: for "folders", how folders map to columns, e.g. "{label}", "{domain}/{label}", "{group}/{label}".
         mask_suffix: masks beside their images are `<stem><suffix>.*` and `<stem><suffix>_<n>.*`.
         images: for paired folders, the folder of the images (relative to the dataset folder); found when None.

@@ -180,19 +180,34 @@ def test_bad_files_raise_named_errors(tmp_path: Path) -> None:
 
 
 def test_an_image_folder_and_its_mask_folder_are_not_read_as_two_classes(tmp_path: Path) -> None:
-    """MONAI / Decathlon: images/ and labels/ whose names do not match (a dataset.json pairs them): read as classes
-    'images' and 'labels', a classifier had told them apart at AUC 1.000, unsaid. Refused, naming both folders; a
-    class folder that only has the name keeps its images."""
-    (tmp_path / "dataset.json").write_text(
-        '{"training": [{"image": "images/frame_0.png", "label": "labels/seg_0.png"}]}'
-    )
-    for k in range(3):
+    """MONAI / Decathlon: images/ and labels/ whose names do not match: read as classes 'images' and 'labels', a
+    classifier had told them apart at AUC 1.000, unsaid. Their dataset.json's "training" list pairs them (and its
+    "validation" list is the split 'val'); without it the read is refused, naming both folders; a class folder that
+    only has the name keeps its images."""
+    for k in range(4):
         save(tmp_path / "images" / f"frame_{k}.png", noise_image(k, 32))
         mask = np.zeros((32, 32), np.uint8)
-        mask[8:20, 10:24] = 1
+        mask[8:20, 10 : 24 + k] = 1
         save(tmp_path / "labels" / f"seg_{k}.png", mask)
     with pytest.raises(DataError, match="'images/' and 'labels/' were read as two classes, but 'labels/' holds masks"):
         load_manifest(tmp_path)
-    for k in range(3):  # photographs in a folder named labels: a class, as before
+    pairs = [{"image": f"./images/frame_{k}.png", "label": f"./labels/seg_{k}.png"} for k in range(3)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": pairs[:2], "validation": pairs[2:], "test": []}))
+    m = load_manifest(tmp_path)
+    assert m.layout == "datalist" and list(m.table["split"]) == ["train", "train", "val"]
+    assert [read_mask(m.mask_paths(i)).sum() for i in range(3)] == [12 * 14, 12 * 15, 12 * 16]
+    assert {p for p, _ in m.ledger.unread} == {"images/frame_3.png", "labels/seg_3.png"}  # not listed: named
+    (tmp_path / "dataset.json").unlink()
+    for k in range(4):  # photographs in a folder named labels: a class, as before
         save(tmp_path / "labels" / f"seg_{k}.png", noise_image(10 + k, 32))
     assert load_manifest(tmp_path).labels == ["images", "labels"]
+
+
+def test_a_classification_datalist_gives_each_image_its_class(tmp_path: Path) -> None:
+    """MONAI's classification datalists: {"image", "label": a class index}; the Decathlon's "test" list of paths."""
+    for k in range(3):
+        save(tmp_path / "img" / f"{k}.png", noise_image(k, 32))
+    items = [{"image": "img/0.png", "label": 0}, {"image": "img/1.png", "label": 1}]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": items, "test": ["img/2.png"]}))
+    m = load_manifest(tmp_path)
+    assert m.table[["label", "split"]].values.tolist() == [["0", "train"], ["1", "train"], ["", "test"]]

@@ -87,7 +87,7 @@ DATA_OPTIONS: dict[str, tuple[object, object]] = {
         Annotated[
             str | None,
             typer.Option(
-                help="Force a layout: folders, csv, xlsx, images-masks, coco, labelme, cvat, yolo, voc, via.",
+                help="Force a layout: folders, csv, xlsx, images-masks, coco, labelme, cvat, yolo, voc, via, datalist.",
                 rich_help_panel=_DATA,
             ),
         ],

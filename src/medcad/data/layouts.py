@@ -25,6 +25,7 @@ from medcad.data.annotations import (
     read_voc,
     read_yolo,
 )
+from medcad.data.datalist import find_datalist, read_datalist
 from medcad.data.folder_patterns import detect_pattern, subfolder_fields
 from medcad.data.io import IMAGE_SUFFIXES, is_dicom
 from medcad.data.ledger import BROKEN_LINK, make_ledger, walk_files
@@ -85,6 +86,12 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
     if (path / "manifest.xlsx").is_file():
         return "xlsx", "manifest.xlsx in the folder (an explicit manifest wins over what the folders suggest)"
+    datalist = find_datalist(path)
+    if datalist is not None:
+        return (
+            "datalist",
+            f"{datalist.name} lists the images with their masks or classes (a MONAI / Decathlon datalist)",
+        )
     tables = split_tables(path)
     if tables:
         where = ", ".join(f"{t.parent.name}/" for t in tables)
@@ -224,13 +231,12 @@ def _no_mask_folder_as_a_class(path: Path, rows: list[dict]) -> None:
         sample = files[:: max(1, len(files) // 8)][:8]
         if others and min(mask_likeness(path / f) for f in sample) >= 0.95:
             images = max(others, key=lambda o: len(by_label[o]))
-            listed = (path / "dataset.json").is_file()  # MONAI / the Decathlon pair them in its "training" list
             raise DataError(
                 path,
                 f"its folders '{images}/' and '{lab}/' were read as two classes, but '{lab}/' holds masks (named so, "
                 f"and its files are mask-like, e.g. {files[0]}): pair them as images and masks, with `--images "
                 f"{images} --masks {lab}` where their file names match, else with a manifest CSV of image and mask "
-                "columns" + (" (its dataset.json's pairs, which medcad does not read)" if listed else ""),
+                "columns or a dataset.json datalist (MONAI / Decathlon: a 'training' list of image and label paths)",
             )
 
 
@@ -397,6 +403,7 @@ READERS = {
     "yolo": read_yolo,
     "voc": read_voc,
     "via": read_via,
+    "datalist": read_datalist,
 }
 
 

@@ -328,7 +328,13 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
         path = found[0]
     df, notes = _read_table(path)
     df, more = _rename_columns(df, path)
-    notes += more + _missing_markers(df, path)
+    return table_manifest(df, path, notes + more + _missing_markers(df, path), "csv")
+
+
+def table_manifest(df: pd.DataFrame, path: Path, notes: list[str], layout: str) -> Manifest:
+    """The manifest of a table of strings (`df`: a column per field, `image` and optionally `mask`, `label`, ... or
+    box corners) read from the file `path` (its paths relative to the file's folder, however written): rows whose
+    image or mask is not there, or whose boxes are not JSON, left out by name. Raises DataError as `read_csv`."""
     corners = corner_columns(df, _norm)
     root = path.parent
     rows, problems = [], []
@@ -364,7 +370,7 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
         rows, said = box_rows(rows, corners, problems)
         notes += said
     rows = expand_frames(rows, root, problems)
-    return Manifest(root, make_table(rows), "csv", problems, notes + paths.notes(path.name), sources=[path.name])
+    return Manifest(root, make_table(rows), layout, problems, notes + paths.notes(path.name), sources=[path.name])
 
 
 def _cell_text(v: object) -> str:

@@ -1,0 +1,89 @@
+"""MONAI / Medical Segmentation Decathlon datalists: a `dataset.json` (any JSON at the dataset's top) whose
+"training" (and "validation", "test") lists name each image with its mask or class, as MONAI's
+`load_decathlon_datalist` reads them: {"image": path, "label": path of a mask, or a class}. Paths are relative to the
+JSON's folder. The list a row comes from is its `split` (train / val / test: `--split-column split` keeps the
+dataset's own split). Read through the CSV reader's table rules (`tables.table_manifest`), so a missing file is
+named as in a manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from medcad.config import DataOptions
+from medcad.data.manifest import Manifest
+from medcad.data.media import MEDIA_SUFFIXES
+from medcad.data.tables import table_manifest
+from medcad.errors import DataError
+
+LISTS = {"training": "train", "validation": "val", "test": "test"}  # a datalist's lists, and the split each is
+
+
+def datalist_entries(data: object) -> dict[str, list] | None:
+    """The lists of a datalist ({"training": [...], ...}) whose items name an image (a dict with "image", or a path
+    as the Decathlon's "test" list has them), or None: not a datalist."""
+    if not isinstance(data, dict) or not isinstance(data.get("training"), list) or not data["training"]:
+        return None
+    lists = {k: data[k] for k in LISTS if isinstance(data.get(k), list)}
+    ok = all(isinstance(x, str) or (isinstance(x, dict) and "image" in x) for items in lists.values() for x in items)
+    return lists if ok and all(isinstance(x, dict) for x in lists["training"]) else None
+
+
+def find_datalist(path: Path) -> Path | None:
+    """`dataset.json`, else the one JSON at the top of `path` that is a datalist; for `detect_layout`."""
+    if not path.is_dir():
+        return None
+    candidates = sorted(path.glob("*.json"), key=lambda f: f.name != "dataset.json")
+    for f in candidates[:10]:
+        try:
+            if datalist_entries(json.loads(f.read_text(encoding="utf-8-sig"))) is not None:
+                return f
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str) and Path(value.replace("\\", "/")).suffix.lower() in MEDIA_SUFFIXES | {".gz"}
+
+
+def read_datalist(path: Path, options: DataOptions) -> Manifest:
+    """A datalist (see the module docstring): one row per item, its mask (a path) or its label (a class: an index
+    as written, e.g. '0'), its split. An item with several images (MONAI's channels) is left out by name."""
+    source = path if path.is_file() else find_datalist(path)
+    if source is None:
+        raise DataError(path, "no datalist JSON (a 'training' list of {'image', 'label'} items) found")
+    try:
+        lists = datalist_entries(json.loads(source.read_text(encoding="utf-8-sig")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(source, f"cannot parse as JSON ({e})") from e
+    if lists is None:
+        raise DataError(source, "not a datalist: no 'training' list of items with an 'image'")
+    rows, several = [], []
+    for key, items in lists.items():
+        for k, item in enumerate(items):
+            item = item if isinstance(item, dict) else {"image": item}
+            image, label = item["image"], item.get("label")
+            if not isinstance(image, str):
+                several.append(f"{key}[{k}]")
+                continue
+            row = {"image": image, "split": LISTS[key]}
+            if _is_path(label):
+                row["mask"] = label
+            elif label is not None and not isinstance(label, list | dict):
+                row["label"] = str(label)
+            rows.append(row)
+    if not rows:
+        raise DataError(source, "its lists name no image with a single file")
+    df = pd.DataFrame(rows, dtype=str).fillna("")
+    counts = ", ".join(f"{key} {len(items)}" for key, items in lists.items())
+    notes = [
+        f"datalist {source.name}: {counts} item(s); a label that is a file is the image's mask, else its class; the "
+        "list each came from is column 'split' (--split-column split keeps it)"
+    ]
+    if several:
+        notes.append(f"{len(several)} item(s) name several images (channels), which medcad does not read: left out, "
+                     f"e.g. {several[0]}")  # fmt: skip
+    return table_manifest(df, source, notes, "datalist")
