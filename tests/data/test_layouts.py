@@ -211,3 +211,18 @@ def test_a_classification_datalist_gives_each_image_its_class(tmp_path: Path) ->
     (tmp_path / "dataset.json").write_text(json.dumps({"training": items, "test": ["img/2.png"]}))
     m = load_manifest(tmp_path)
     assert m.table[["label", "split"]].values.tolist() == [["0", "train"], ["1", "train"], ["", "test"]]
+
+
+def test_the_one_table_of_a_folder_is_its_manifest_by_another_name(tmp_path: Path) -> None:
+    """A folder of images and one CSV whose image column names them (`labels_cp1252.csv`): that table is the
+    manifest, said (it had been left unread, and the folder read gave every image its folder's name as label); a
+    table whose column names no file there, or two tables, leave the folder read as before."""
+    for k in range(4):
+        save(tmp_path / "Bilder" / f"{k}.png", noise_image(k, 32))
+    rows = "".join(f"Bilder\\{k}.png;{'benign' if k % 2 else 'malignant'}\n" for k in range(4))
+    (tmp_path / "labels_cp1252.csv").write_text("sep=;\nImage;Diagnosis\n" + rows, encoding="cp1252")
+    m = load_manifest(tmp_path)
+    assert m.layout == "csv" and m.labels == ["benign", "malignant"] and len(m) == 4
+    assert any("labels_cp1252.csv, the one table in the folder" in n for n in m.notes)
+    (tmp_path / "other.csv").write_text("patient,age\nP1,40\n")
+    assert load_manifest(tmp_path).labels == ["Bilder"]  # two tables: which one is meant is not guessed

@@ -47,7 +47,7 @@ from medcad.data.manifest import (
 from medcad.data.masks import shared_mask_notes
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
 from medcad.data.pairing import several_images_of_one_name
-from medcad.data.tables import MANIFEST_NAMES, read_csv, read_xlsx, split_tables
+from medcad.data.tables import MANIFEST_NAMES, lone_table, read_csv, read_xlsx, split_tables
 from medcad.errors import DataError
 
 ANNOTATION_FINDERS = (
@@ -86,6 +86,10 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
     if (path / "manifest.xlsx").is_file():
         return "xlsx", "manifest.xlsx in the folder (an explicit manifest wins over what the folders suggest)"
+    table = lone_table(path)
+    if table is not None:
+        why = f"{table.name}, the one table in the folder, names its images (a manifest by another name)"
+        return ("xlsx" if table.suffix.lower() == ".xlsx" else "csv"), why
     datalist = find_datalist(path)
     if datalist is not None:
         return (

@@ -284,6 +284,29 @@ def _lines(numbers) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
 
 
+TABLE_SUFFIXES_READ = (".csv", ".tsv", ".xlsx")
+
+
+def lone_table(path: Path) -> Path | None:
+    """The one table (CSV, TSV or .xlsx) at the top of a dataset folder, when its image column names files under the
+    folder (at least half of its first 20 paths), else None: a manifest by another name (`labels_cp1252.csv`),
+    which had been left unread beside a folder read whose only class was the images' folder name."""
+    if not path.is_dir():
+        return None
+    found = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES_READ]
+    if len(found) != 1:
+        return None
+    try:
+        df, _ = _read_table(found[0])
+        df, _ = _rename_columns(df, found[0])
+    except (DataError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    cells = [str(v) for v in df["image"] if str(v).strip()][:20]
+    resolve = PathResolver(path).resolve
+    there = sum((path / p).is_file() for p in map(resolve, cells) if p)
+    return found[0] if cells and there >= len(cells) / 2 else None
+
+
 def split_tables(path: Path) -> list[Path]:
     """Roboflow's TensorFlow CSV export: an `_annotations.csv` in each split folder (`train/`, `valid/`, `test/`)
     beside its images; [] when the folder's sub-folders hold none."""
@@ -321,6 +344,7 @@ def read_csv(path: Path, options: DataOptions) -> Manifest:
         tables = [] if found else split_tables(path)
         if tables:
             return _read_split_tables(path, tables, options)
+        found = found or [t for t in [lone_table(path)] if t is not None]
         if not found:
             raise DataError(
                 path, f"no {' or '.join(MANIFEST_NAMES)} in this folder (--layout csv); give the file's path"
@@ -442,7 +466,9 @@ def read_xlsx(path: Path, options: DataOptions) -> Manifest:
     """An Excel .xlsx manifest (a file, or `manifest.xlsx` in a folder), read like a CSV manifest (`read_csv`: same
     column names, path checks and notes)."""
     if path.is_dir():
-        path = path / "manifest.xlsx"
+        path = (
+            path / "manifest.xlsx" if (path / "manifest.xlsx").is_file() else lone_table(path) or path / "manifest.xlsx"
+        )
     if path.suffix.lower() != ".xlsx":
         raise DataError(path, "not an .xlsx file (older .xls workbooks: save as .xlsx or CSV)")
     manifest = read_csv(path, options)
