@@ -235,12 +235,20 @@ def _no_mask_folder_as_a_class(path: Path, rows: list[dict]) -> None:
         sample = files[:: max(1, len(files) // 8)][:8]
         if others and min(mask_likeness(path / f) for f in sample) >= 0.95:
             images = max(others, key=lambda o: len(by_label[o]))
+            image_dir, mask_dir = (Path(by_label[x][0]).parent.as_posix() for x in (images, lab))
+            above = Path(mask_dir).parent.as_posix()  # both in one sub-folder (an nnU-Net Dataset<id>_<name>/)
+            there = (
+                f", or read {path.name}/{above}/ itself"
+                if above != "." and Path(image_dir).parent == Path(above)
+                else ""
+            )
             raise DataError(
                 path,
                 f"its folders '{images}/' and '{lab}/' were read as two classes, but '{lab}/' holds masks (named so, "
                 f"and its files are mask-like, e.g. {files[0]}): pair them as images and masks, with `--images "
-                f"{images} --masks {lab}` where their file names match, else with a manifest CSV of image and mask "
-                "columns or a dataset.json datalist (MONAI / Decathlon: a 'training' list of image and label paths)",
+                f"{image_dir} --masks {mask_dir}` where their file names match{there}, else with a manifest CSV of "
+                "image and mask columns or a dataset.json datalist (MONAI / Decathlon: a 'training' list of image and "
+                "label paths)",
             )
 
 

@@ -72,8 +72,15 @@ def medcad_output(folder: Path, cache: str) -> str | None:
 
 
 def reason_kind(reason: str) -> str:
-    """A reason without its particulars (where it was found, which file), to count reasons alike together."""
-    return re.sub(r"\s*\([^)]*\)\s*$", "", reason).split(":")[0].strip()
+    """A reason without its particulars, to count reasons alike together: quoted file names and paths ('C:\\x.jpg',
+    which had cut the kind at its drive's colon), numbers, and parenthesised asides (nested too) go, then what follows
+    a colon. E.g. "channel 0001 of nnU-Net case 'p_7': only channel 0000 is read (one image per case)" -> "channel #
+    of nnU-Net case 'p_#'"; "an image the 'csv' layout did not read" stays."""
+    quoted = r"'[^']*(?:[/\\:]|\.\w{2,4})[^']*'|\"[^\"]*(?:[/\\:]|\.\w{2,4})[^\"]*\""
+    text = re.sub(r"\d+", "#", re.sub(quoted, "…", reason))
+    while (shorter := re.sub(r"\s*\([^()]*\)", "", text)) != text:
+        text = shorter
+    return text.split(":")[0].strip()
 
 
 NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
