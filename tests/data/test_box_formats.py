@@ -74,6 +74,9 @@ def test_yolo_boxes_are_read_where_they_were_drawn(layout, images, under) -> Non
         assert m.layout == "yolo" and m.ledger.line() == f"used {len(images)} of {len(images)}"
         splits = len({Path(r).parent for r in truth})
         assert any("read together as one set" in n for n in m.notes) == (splits > 1)
+        if splits > 1:  # each image's split folder is kept, for --split-column split (it had been dropped)
+            want = [next(p for p in Path(img).parts if p in ("train", "valid", "val", "test")) for img in m.table.image]
+            assert list(m.table["split"]) == want
         for img, boxes, label in m.table[["image", "boxes", "label"]].values:
             want, want_label = truth[img]
             got = json.loads(boxes)

@@ -133,6 +133,19 @@ def _parse(names: dict[int, str], names_file: str):
     return parse
 
 
+def _split_column(rows: list[dict]) -> bool:
+    """Gives each row the split its folders name (`train/images/x.jpg`, `images/val/x.jpg`) in column `split`, where
+    every row's folders name exactly one; whether they did."""
+    from medcad.data.splits import is_split_name
+
+    named = [[p for p in Path(r["image"]).parent.parts if is_split_name(p)] for r in rows]
+    if not rows or any(len(n) != 1 for n in named):
+        return False
+    for r, (part,) in zip(rows, named, strict=True):
+        r["split"] = part
+    return True
+
+
 def read_yolo(path: Path, options: DataOptions) -> Manifest:
     """A YOLO set (see the module docstring): one row per image, its boxes (and, for polygon labels, its mask drawn
     at its size), its label when its objects agree; every split folder read together."""
@@ -165,10 +178,15 @@ def read_yolo(path: Path, options: DataOptions) -> Manifest:
     notes.insert(0, f"classes from {rel}: {', '.join(f'{i} {n!r}' for i, n in names.items())}")
     if list(names) != list(range(len(names))):
         notes[0] += f" (its class ids, not 0..{len(names) - 1}: a label line's class is looked up by id)"
-    # train/images/x.jpg (Roboflow) or images/train/x.jpg (Ultralytics' COCO-style sets): the split folder
+    # train/images/x.jpg (Roboflow) or images/train/x.jpg (Ultralytics' COCO-style sets): the split folder, kept in
+    # column `split` where it names one (`--split-column split` trains on it; grouped folds by default)
     splits = sorted({"/".join(p for p in img.relative_to(path).parent.parts if p != "images") for img in images})
     if len(splits) > 1:
-        notes.append(f"folders {', '.join(splits)} read together as one set; the export's split is not kept")
+        kept = _split_column(rows)
+        notes.append(
+            f"folders {', '.join(splits)} read together as one set"
+            + ("; the export's split is column 'split' (--split-column split keeps it)" if kept else "")
+        )
     used = [rel, *(s.relative_to(path).as_posix() for s in sources.values())]
     other = [f for f in walk_files(names_file.parent) if f.name in NAMES_FILES + ("obj.data", "train.txt")]
     used += [f.relative_to(path).as_posix() for f in other if f != names_file and f.is_relative_to(path)]
