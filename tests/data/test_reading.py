@@ -105,6 +105,15 @@ def test_pascal_vocs_void_border_is_background_not_lesion(tmp_path: Path) -> Non
     assert mask.sum() == 120 and "void" in how.rule and how.lesion_fraction == pytest.approx(120 / 600)
     mask, how = decode_mask(tmp_path / "binary.png")
     assert mask.sum() == 120 and "void" not in how.rule
+    # a grey (or 16-bit) mask's 255 is its lesion, and so is a palette's own colour 255: only VOC's void is void
+    grey = np.where(index == 1, 128, index).astype(np.uint8)  # 0, 128 and 255 as grey values
+    save(tmp_path / "grey.png", grey)
+    other = Image.fromarray(index, "P")
+    other.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [255, 0, 0])
+    other.save(tmp_path / "own.png")
+    for name in ("grey", "own"):
+        mask, how = decode_mask(tmp_path / f"{name}.png")
+        assert mask.sum() == 120 + 24 and "void" not in how.rule, name
 
 
 def test_masks_of_one_image_are_unioned_whatever_their_encoding(tmp_path: Path) -> None:

@@ -138,23 +138,37 @@ def decode_mask(path: str | Path, page: int | None = None) -> tuple[np.ndarray, 
     return mask, how
 
 
-VOID_INDEX = 255  # Pascal VOC's void (object borders, difficult regions) in its palette class masks
+VOID_INDEX, VOID_COLOUR = 255, (224, 224, 192)  # Pascal VOC's void (object borders) in its palette class masks
 VOID_RULE = "palette index 255 (Pascal VOC's void: object borders) read as background"
 
 
 def _decoded(p: Path, page: int | None) -> tuple[np.ndarray, MaskDecoding, str]:
     """`decode_mask` without saying how a MINISWHITE TIFF was read (that opens its header once more), and the format.
-    A palette PNG's index 255 beside other classes is VOC's void band around each object, read as background: as
-    lesion it had added a 5 px border to every object (+23 % lesion area on a VOC-style set)."""
+    A VOC class mask's void band around each object (`_voc_void`) is background: as lesion it had added a 5 px border
+    to every object (+23 % lesion area on a VOC-style set)."""
     check_file(p)
     arr, fmt, _ = decode_pil(p, None, keep_alpha=True, page=page, as_stored=True)
     mask, how = decode_mask_array(arr, fmt in LOSSY_FORMATS)
-    if fmt == "PNG" and how.rule.endswith("label map: non-zero is lesion"):
-        indices, _, _ = decode_pil(p, None, palette_indices=True, as_stored=True)
-        if indices.ndim == 2 and (void := indices == VOID_INDEX).any() and (mask & ~void).any():
+    if fmt == "PNG" and how.rule.endswith("label map: non-zero is lesion") and (void := _voc_void(p)) is not None:
+        if void.shape == mask.shape and void.any() and (mask & ~void).any():
             mask &= ~void
             how = replace(how, rule=f"{how.rule}, {VOID_RULE}", lesion_fraction=float(mask.mean()))
     return mask, how, fmt
+
+
+def _voc_void(p: Path) -> np.ndarray | None:
+    """The void pixels (bool (H, W)) of a Pascal VOC class mask: a palette PNG whose entry 255 is VOC's void colour;
+    None for any other file (a grey or 16-bit mask's value 255 is its lesion, and so is a palette's own colour 255),
+    told from the header before a second decode."""
+    from PIL import Image
+
+    with Image.open(p) as im:
+        if im.mode != "P":
+            return None
+        palette = im.getpalette() or []
+        if tuple(palette[3 * VOID_INDEX : 3 * VOID_INDEX + 3]) != VOID_COLOUR:
+            return None
+        return np.asarray(im) == VOID_INDEX
 
 
 def read_mask(paths: str | Path | Sequence[str | Path], pages: Sequence[int | None] | None = None) -> np.ndarray:
