@@ -210,7 +210,8 @@ def test_a_classification_datalist_gives_each_image_its_class(tmp_path: Path) ->
     items = [{"image": "img/0.png", "label": 0}, {"image": "img/1.png", "label": 1}]
     (tmp_path / "dataset.json").write_text(json.dumps({"training": items, "test": ["img/2.png"]}))
     m = load_manifest(tmp_path)
-    assert m.table[["label", "split"]].values.tolist() == [["0", "train"], ["1", "train"], ["", "test"]]
+    assert m.table[["label", "split"]].values.tolist() == [["0", "train"], ["1", "train"]]
+    assert "img/2.png" in dict(m.ledger.unread) and any("its 'test' list have no label" in n for n in m.notes)
 
 
 def test_the_one_table_of_a_folder_is_its_manifest_by_another_name(tmp_path: Path) -> None:
@@ -226,3 +227,7 @@ def test_the_one_table_of_a_folder_is_its_manifest_by_another_name(tmp_path: Pat
     assert any("labels_cp1252.csv, the one table in the folder" in n for n in m.notes)
     (tmp_path / "other.csv").write_text("patient,age\nP1,40\n")
     assert load_manifest(tmp_path).labels == ["Bilder"]  # two tables: which one is meant is not guessed
+    (tmp_path / "other.csv").unlink()
+    clinical = "image,age,sex\n" + "".join(f"Bilder/{k}.png,{40 + k},F\n" for k in range(4))
+    (tmp_path / "labels_cp1252.csv").write_text(clinical)  # images and clinical columns: no manifest
+    assert load_manifest(tmp_path).labels == ["Bilder"]

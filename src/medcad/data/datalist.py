@@ -51,7 +51,8 @@ def _is_path(value: object) -> bool:
 
 def read_datalist(path: Path, options: DataOptions) -> Manifest:
     """A datalist (see the module docstring): one row per item, its mask (a path) or its label (a class: an index
-    as written, e.g. '0'), its split. An item with several images (MONAI's channels) is left out by name."""
+    as written, e.g. '0'), its split. An item with several images (MONAI's channels) is left out by name, and so
+    are the 'test' list's items without a label (the Decathlon's)."""
     source = path if path.is_file() else find_datalist(path)
     if source is None:
         raise DataError(path, "no datalist JSON (a 'training' list of {'image', 'label'} items) found")
@@ -61,13 +62,16 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
         raise DataError(source, f"cannot parse as JSON ({e})") from e
     if lists is None:
         raise DataError(source, "not a datalist: no 'training' list of items with an 'image'")
-    rows, several = [], []
+    rows, several, unlabelled = [], [], []
     for key, items in lists.items():
         for k, item in enumerate(items):
             item = item if isinstance(item, dict) else {"image": item}
             image, label = item["image"], item.get("label")
             if not isinstance(image, str):
                 several.append(f"{key}[{k}]")
+                continue
+            if label is None and key == "test":  # the Decathlon's test images: no label to score them against
+                unlabelled.append(image)
                 continue
             row = {"image": image, "split": LISTS[key]}
             if _is_path(label):
@@ -83,6 +87,11 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
         f"datalist {source.name}: {counts} item(s); a label that is a file is the image's mask, else its class; the "
         "list each came from is column 'split' (--split-column split keeps it)"
     ]
+    if unlabelled:
+        notes.append(
+            f"{len(unlabelled)} item(s) of its 'test' list have no label (e.g. {unlabelled[0]}): not read, as they "
+            "could only be scored as lesion-free; `medcad predict` predicts them"
+        )
     if several:
         notes.append(f"{len(several)} item(s) name several images (channels), which medcad does not read: left out, "
                      f"e.g. {several[0]}")  # fmt: skip

@@ -86,16 +86,16 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
         return "csv", f"{manifest} in the folder (an explicit manifest wins over what the folders suggest)"
     if (path / "manifest.xlsx").is_file():
         return "xlsx", "manifest.xlsx in the folder (an explicit manifest wins over what the folders suggest)"
-    table = lone_table(path)
-    if table is not None:
-        why = f"{table.name}, the one table in the folder, names its images (a manifest by another name)"
-        return ("xlsx" if table.suffix.lower() == ".xlsx" else "csv"), why
     datalist = find_datalist(path)
     if datalist is not None:
         return (
             "datalist",
             f"{datalist.name} lists the images with their masks or classes (a MONAI / Decathlon datalist)",
         )
+    table = lone_table(path)
+    if table is not None:
+        why = f"{table.name}, the one table in the folder, names its images (a manifest by another name)"
+        return ("xlsx" if table.suffix.lower() == ".xlsx" else "csv"), why
     tables = split_tables(path)
     if tables:
         where = ", ".join(f"{t.parent.name}/" for t in tables)

@@ -289,8 +289,10 @@ TABLE_SUFFIXES_READ = (".csv", ".tsv", ".xlsx")
 
 def lone_table(path: Path) -> Path | None:
     """The one table (CSV, TSV or .xlsx) at the top of a dataset folder, when its image column names files under the
-    folder (at least half of its first 20 paths), else None: a manifest by another name (`labels_cp1252.csv`),
-    which had been left unread beside a folder read whose only class was the images' folder name."""
+    folder (at least half of its first 20 paths) and it has a label, mask or box column, else None: a manifest by
+    another name (`labels_cp1252.csv`), which had been left unread beside a folder read whose only class was the
+    images' folder name. A table of image and clinical columns alone (age, sex) is no manifest: the folders keep
+    their labels."""
     if not path.is_dir():
         return None
     found = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES_READ]
@@ -300,6 +302,8 @@ def lone_table(path: Path) -> Path | None:
         df, _ = _read_table(found[0])
         df, _ = _rename_columns(df, found[0])
     except (DataError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not ({"label", "mask", "boxes"} & set(df.columns) or corner_columns(df, _norm)):
         return None
     cells = [str(v) for v in df["image"] if str(v).strip()][:20]
     resolve = PathResolver(path).resolve
