@@ -391,6 +391,14 @@ def test_labelme_pairs_each_json_with_the_image_of_its_own_name(tmp_path: Path) 
     assert m.boxes(row(m, "a.png")) == [[2.0, 2.0, 12.0, 12.0, "polyp"]]
     assert m.boxes(row(m, "b.png")) == [[30.0, 30.0, 60.0, 60.0, "polyp"]]
     assert any("a.json names 'b.png', read as a.png" in n for n in m.notes)
+    # a DICOM beside its PNG export, both of the JSON's name: the one its imagePath names
+    from conftest import write_dicom
+
+    write_dicom(root / "c.dcm", noise_image(7, 64)[None, ..., 0].astype(np.uint16))
+    save(root / "c.png", noise_image(7, 64))
+    labelme(root / "c.json", "c.png", [shape("polyp", [[5, 5], [20, 5], [20, 20], [5, 20]])])
+    m = load_manifest(root)
+    assert m.boxes(row(m, "c.png")) == [[5.0, 5.0, 20.0, 20.0, "polyp"]] and not m.boxes(row(m, "c.dcm"))
 
 
 def test_via_projects_and_exports_as_vgg_image_annotator_writes_them(tmp_path: Path) -> None:

@@ -90,6 +90,9 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
     files = walk_files(root)
     images = [f for f in files if is_media(f)]
     media = set(images)
+    by_stem: dict[tuple[Path, str], list[Path]] = {}
+    for f in images:
+        by_stem.setdefault((f.parent, f.stem), []).append(f)
     by_image: dict[Path, tuple[Path, dict]] = {}
     problems: list[tuple[str, str]] = []
     sources: list[str] = []
@@ -107,10 +110,12 @@ def read_labelme(path: Path, options: DataOptions) -> Manifest:
         named = str(data.get("imagePath") or "")
         # labelme saves x.json beside x.jpg: an image of the JSON's own name beside it is its image, whatever its
         # imagePath says (a JSON copied or renamed had given its shapes to the image its stale imagePath named,
-        # and that image's own JSON was dropped as a second one)
-        own = next((f for f in images if f.parent == js.parent and f.stem == js.stem), None)
+        # and that image's own JSON was dropped as a second one); of several (c0.dcm and its c0.png export), the one
+        # imagePath names, else none of them is sure and imagePath decides
+        same, base = by_stem.get((js.parent, js.stem), []), Path(named.replace("\\", "/")).name
+        own = next((f for f in same if f.name == base), None) or (same[0] if len(same) == 1 else None)
         image = own or _find_image(root, js.parent, named)
-        if own is not None and named and Path(named.replace("\\", "/")).name != own.name:
+        if own is not None and named and base != own.name:
             by_own_name.append(f"{rel} names {named!r}, read as {own.name}")
         if image is None:
             problems.append((rel, f"its image {data.get('imagePath')!r} (imagePath) is not found beside it"))
