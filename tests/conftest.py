@@ -44,20 +44,25 @@ _memory_backed_temp_root()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, the tests marked `heavy` start first, shared out among the workers: `make test`'s
-    scheduler (--dist worksteal) hands each worker a run of consecutive tests (the first half, then the rest) and
-    lets an idle one take the end of another's queue, so a heavy test left near the end kept a part waiting on it with
-    the other worker idle. Each worker's run now begins with its share of the heavy tests (every k-th one). The
-    order is the same in every worker, as xdist needs; without workers nothing moves."""
+    """Under pytest-xdist, the modules with a test marked `heavy` start first, shared out among the workers:
+    `make test`'s scheduler (--dist worksteal) hands each worker a run of consecutive tests (the first half, then the
+    rest) and lets an idle one take the end of another's queue, so a heavy test left near the end kept a part waiting
+    on it with the other worker idle. Each worker's run now begins with its share of those modules (every k-th), each
+    whole and in its own order, so that a module's fixtures (a trained run, a study) serve all its tests at once
+    (a heavy test moved alone had split its module, whose fixture was then built twice). The order is the same in
+    every worker, as xdist needs; without workers nothing moves."""
     k = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    heavy = [it for it in items if it.get_closest_marker("heavy")]
+    modules: dict[str, list[pytest.Item]] = {}
+    for it in items:
+        modules.setdefault(it.nodeid.split("::")[0], []).append(it)
+    heavy = [tests for tests in modules.values() if any(t.get_closest_marker("heavy") for t in tests)]
     if k < 2 or not heavy:
         return
-    light = [it for it in items if not it.get_closest_marker("heavy")]
+    light = [t for tests in modules.values() if tests not in heavy for t in tests]
     order, left = [], len(items)
     for c in range(k):
         size = left // (k - c)  # as worksteal's first hand-out sizes worker c's run
-        share = heavy[c::k]
+        share = [t for tests in heavy[c::k] for t in tests]
         take = max(0, size - len(share))
         order += share + light[:take]
         light, left = light[take:], left - len(share) - take

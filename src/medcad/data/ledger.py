@@ -117,7 +117,7 @@ def _unread_reason(path: Path, layout: str) -> str:
             f"a mask by its name that no row of the {layout!r} layout names: an image's masks are joined by '|' in its "
             "mask cell"
         )
-    if suffix in IMAGE_SUFFIXES and path.parent.name.lower().startswith("segmentation"):
+    if layout == "voc" and suffix in IMAGE_SUFFIXES and path.parent.name.lower().startswith("segmentation"):
         return "a Pascal VOC segmentation mask (SegmentationClass/, SegmentationObject/): --masks reads such masks"
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
         return f"an image the {layout!r} layout did not read"

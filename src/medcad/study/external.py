@@ -68,8 +68,11 @@ def evaluate_external(
     run = Path(run)
     if nsd_tolerance is not None:  # before anything is predicted
         check_nsd_tolerance(nsd_tolerance)
-    cfg, meta = load_run_config(run)
+    trained, meta = load_run_config(run)  # the run's settings: its own images are read again with them
+    cfg = trained
     if missing_masks is not None:  # this set's, not the training set's: checked before anything is read
+        if "masks" not in get_task(cfg.task).targets:
+            raise ConfigError(f"--missing-masks is for runs with masks; this run's task is {cfg.task}")
         cfg = cfg.replace(missing_masks=check_missing_masks(missing_masks))
     options = options or DataOptions()
     manifest = load_manifest(data, options)
@@ -119,7 +122,7 @@ def evaluate_external(
                 "saw (--unseen-labels leave-out): " + ", ".join(f"{lab} ({n})" for lab, n in sorted(left_out.items())),
             ]
     fps = fingerprints(manifest)  # the set's: for its near duplicates of the run's images, and its CI groups
-    overlap, near, near_note = _runs_own_images(run, manifest, meta, cfg, fps)
+    overlap, near, near_note = _runs_own_images(run, manifest, meta, trained, fps)
     images = np.asarray(run_images(manifest, cfg))
     # clusters for the CIs, as a run's splits group: patient, near-duplicate group, the frames of one file
     groups, grouped_by = sample_groups(manifest, "auto", fps=fps)

@@ -185,7 +185,11 @@ def read_yolo(path: Path, options: DataOptions) -> Manifest:
         kept = _split_column(rows)
         notes.append(
             f"folders {', '.join(splits)} read together as one set"
-            + ("; the export's split is column 'split' (--split-column split keeps it)" if kept else "")
+            + (
+                "; the export's split is column 'split' (--split-column split keeps it)"
+                if kept
+                else "; the export's split is not kept (its folders do not each name one split)"
+            )
         )
     used = [rel, *(s.relative_to(path).as_posix() for s in sources.values())]
     other = [f for f in walk_files(names_file.parent) if f.name in NAMES_FILES + ("obj.data", "train.txt")]
