@@ -116,6 +116,8 @@ def test_a_roboflow_csv_export_split_into_folders_is_read_together(tmp_path: Pat
     i = list(m.table["image"]).index("train/train2.png")
     assert m.boxes(i) == [[1.0, 2.0, 12.0, 12.0, "polyp"], [15.0, 15.0, 30.0, 30.0, "adenoma"]]
     assert m.ledger.line() == "used 6 of 6"
+    # the export's split is kept in column split, for --split-column split (it had been dropped)
+    assert [Path(img).parts[0] for img in m.table["image"]] == list(m.table["split"])
 
 
 @pytest.mark.parametrize("cells", ["inf,32,polyp,1,2,10,12", "40.9,32,polyp,1,2,10,12", "32,32,polyp,nan,2,10,12"])

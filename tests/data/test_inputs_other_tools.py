@@ -208,6 +208,7 @@ def test_coco_exports_as_roboflow_and_cvat_write_them(tmp_path: Path) -> None:
     assert m.layout == "coco" and len(m) == 6 and m.labels == ["polyp"] and (m.table["mask"] != "").all()
     assert sorted(m.sources) == [f"{s}/_annotations.coco.json" for s in ("test", "train", "valid")]
     assert any("3 COCO files read together" in n for n in m.notes) and m.ledger.used == 6
+    assert [Path(img).parts[0] for img in m.table["image"]] == list(m.table["split"])  # --split-column split
 
     cvat = tmp_path / "cvat"
     for i in range(3):

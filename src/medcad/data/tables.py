@@ -16,6 +16,7 @@ import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.annotations.boxcsv import box_rows, corner_columns, row_box
+from medcad.data.annotations.shapes import split_from_folders, split_said
 from medcad.data.manifest import LABEL_JOIN, MASK_SEP, Manifest, make_table
 from medcad.data.media import expand_frames
 from medcad.data.paths import PathResolver
@@ -320,7 +321,7 @@ def split_tables(path: Path) -> list[Path]:
 
 def _read_split_tables(path: Path, files: list[Path], options: DataOptions) -> Manifest:
     """The tables of `split_tables` read together as one set, paths relative to `path`; the export's split into
-    them is not kept (as COCO files of one export are read), said in a note."""
+    them is column `split` (`--split-column split`), as YOLO's and COCO's split folders are, said in a note."""
     tables, problems, notes = [], [], []
     for file in files:
         part = read_csv(file, options)
@@ -335,9 +336,12 @@ def _read_split_tables(path: Path, files: list[Path], options: DataOptions) -> M
         problems += [(f"{prefix}/{p}", why) for p, why in part.problems]
         notes += [f"{prefix}/{file.name}: {n}" for n in part.notes]
     names = ", ".join(f.relative_to(path).as_posix() for f in files)
-    notes.insert(0, f"{len(files)} tables read together as one set ({names}); the export's split into them is not kept")
+    table = pd.concat(tables, ignore_index=True)
+    rows = table.to_dict("records")
+    kept = split_from_folders(rows)
+    notes.insert(0, f"{len(files)} tables read together as one set ({names}); {split_said(kept)}")
     sources = [f.relative_to(path).as_posix() for f in files]
-    return Manifest(path, pd.concat(tables, ignore_index=True), "csv", problems, notes, sources=sources)
+    return Manifest(path, pd.DataFrame(rows) if kept else table, "csv", problems, notes, sources=sources)
 
 
 def read_csv(path: Path, options: DataOptions) -> Manifest:

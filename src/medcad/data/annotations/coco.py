@@ -22,6 +22,8 @@ from medcad.data.annotations.shapes import (
     majority_label,
     mask_folder,
     read_whole,
+    split_from_folders,
+    split_said,
     tail_taken,
     write_mask,
 )
@@ -96,7 +98,7 @@ def read_coco(path: Path, options: DataOptions) -> Manifest:
         notes += [f"{js.relative_to(root).as_posix()}: {len(file_rows)} image(s)"] if len(files) > 1 else []
         rows += file_rows
     if len(files) > 1:
-        notes.insert(0, f"{len(files)} COCO files read together as one set; the export's split into them is not kept")
+        notes.insert(0, f"{len(files)} COCO files read together as one set; {split_said(split_from_folders(rows))}")
     rows, whole = read_whole(rows, problems, "a COCO file")
     notes += tally.notes() + whole
     rows = expand_frames(rows, root, problems)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from medcad.config import DataOptions
-from medcad.data.annotations.shapes import ImageShapes, Shape, per_image_rows
+from medcad.data.annotations.shapes import ImageShapes, Shape, per_image_rows, split_from_folders, split_said
 from medcad.data.io import image_size
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
@@ -133,19 +133,6 @@ def _parse(names: dict[int, str], names_file: str):
     return parse
 
 
-def _split_column(rows: list[dict]) -> bool:
-    """Gives each row the split its folders name (`train/images/x.jpg`, `images/val/x.jpg`) in column `split`, where
-    every row's folders name exactly one; whether they did."""
-    from medcad.data.splits import is_split_name
-
-    named = [[p for p in Path(r["image"]).parent.parts if is_split_name(p)] for r in rows]
-    if not rows or any(len(n) != 1 for n in named):
-        return False
-    for r, (part,) in zip(rows, named, strict=True):
-        r["split"] = part
-    return True
-
-
 def read_yolo(path: Path, options: DataOptions) -> Manifest:
     """A YOLO set (see the module docstring): one row per image, its boxes (and, for polygon labels, its mask drawn
     at its size), its label when its objects agree; every split folder read together."""
@@ -182,15 +169,7 @@ def read_yolo(path: Path, options: DataOptions) -> Manifest:
     # column `split` where it names one (`--split-column split` trains on it; grouped folds by default)
     splits = sorted({"/".join(p for p in img.relative_to(path).parent.parts if p != "images") for img in images})
     if len(splits) > 1:
-        kept = _split_column(rows)
-        notes.append(
-            f"folders {', '.join(splits)} read together as one set"
-            + (
-                "; the export's split is column 'split' (--split-column split keeps it)"
-                if kept
-                else "; the export's split is not kept (its folders do not each name one split)"
-            )
-        )
+        notes.append(f"folders {', '.join(splits)} read together as one set; {split_said(split_from_folders(rows))}")
     used = [rel, *(s.relative_to(path).as_posix() for s in sources.values())]
     other = [f for f in walk_files(names_file.parent) if f.name in NAMES_FILES + ("obj.data", "train.txt")]
     used += [f.relative_to(path).as_posix() for f in other if f != names_file and f.is_relative_to(path)]
