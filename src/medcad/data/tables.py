@@ -16,10 +16,10 @@ import pandas as pd
 
 from medcad.config import DataOptions
 from medcad.data.annotations.boxcsv import box_rows, corner_columns, row_box
-from medcad.data.annotations.shapes import split_from_folders, split_said
 from medcad.data.manifest import LABEL_JOIN, MASK_SEP, Manifest, make_table
 from medcad.data.media import expand_frames
 from medcad.data.paths import PathResolver
+from medcad.data.splits import split_from_folders, split_said
 from medcad.errors import DataError
 
 # Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.

@@ -22,13 +22,12 @@ from medcad.data.annotations.shapes import (
     majority_label,
     mask_folder,
     read_whole,
-    split_from_folders,
-    split_said,
     tail_taken,
     write_mask,
 )
 from medcad.data.manifest import Manifest, label_key, make_table
 from medcad.data.media import expand_frames, find_coco_jsons
+from medcad.data.splits import split_from_folders, split_said
 from medcad.errors import DataError
 
 

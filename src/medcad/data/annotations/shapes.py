@@ -473,24 +473,3 @@ def per_image_rows(
     if folder_wins:
         notes.append(f"{len(folder_wins)} image(s): the folder's label (--pattern) differs from the shapes' and wins")
     return rows, notes + tally.notes(filled=masks is True)
-
-
-def split_said(kept: bool) -> str:
-    """What a read of an export's split folders says of its split (`split_from_folders`'s answer)."""
-    if kept:
-        return "the export's split is column 'split' (--split-column split keeps it)"
-    return "the export's split is not kept (its folders do not each name one split)"
-
-
-def split_from_folders(rows: list[dict]) -> bool:
-    """Gives each row the split its folders name (`train/images/x.jpg`, `images/val/x.jpg`: an export's split
-    folders, read together) in column `split`, where every row's folders name exactly one; whether they did. What
-    `--split-column split` trains on (grouped folds stay the default)."""
-    from medcad.data.splits import is_split_name
-
-    named = [[p for p in Path(r["image"]).parent.parts if is_split_name(p)] for r in rows]
-    if not rows or any(len(n) != 1 for n in named):
-        return False
-    for r, (part,) in zip(rows, named, strict=True):
-        r["split"] = part
-    return True

@@ -16,12 +16,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from medcad.config import DataOptions
-from medcad.data.annotations.shapes import ImageShapes, Shape, per_image_rows, split_from_folders, split_said
+from medcad.data.annotations.shapes import ImageShapes, Shape, per_image_rows
 from medcad.data.io import image_size
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
 from medcad.data.media import expand_frames, is_media
 from medcad.data.pairing import several_images_of_one_name
+from medcad.data.splits import split_from_folders, split_said
 from medcad.errors import DataError
 
 NAMES_FILES = ("data.yaml", "dataset.yaml", "obj.names", "classes.txt")
