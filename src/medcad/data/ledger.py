@@ -106,6 +106,12 @@ def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> 
     return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
 
 
+def in_voc_mask_folder(path: Path) -> bool:
+    """Whether a file lies in one of Pascal VOC's segmentation folders (SegmentationClass/, SegmentationObject/,
+    SegmentationClassAug/; CVAT's VOC exports keep the names)."""
+    return path.parent.name.lower().startswith("segmentation")
+
+
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
     if channel := further_channel(path):
@@ -117,7 +123,7 @@ def _unread_reason(path: Path, layout: str) -> str:
             f"a mask by its name that no row of the {layout!r} layout names: an image's masks are joined by '|' in its "
             "mask cell"
         )
-    if layout == "voc" and suffix in IMAGE_SUFFIXES and path.parent.name.lower().startswith("segmentation"):
+    if layout == "voc" and suffix in IMAGE_SUFFIXES and in_voc_mask_folder(path):
         return "a Pascal VOC segmentation mask (SegmentationClass/, SegmentationObject/): --masks reads such masks"
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
         return f"an image the {layout!r} layout did not read"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medcad.config import DataOptions
 from medcad.data.annotations.shapes import ImageShapes, Shape, _find_image, per_image_rows
-from medcad.data.ledger import walk_files
+from medcad.data.ledger import in_voc_mask_folder, walk_files
 from medcad.data.manifest import Manifest, make_table
 from medcad.data.media import expand_frames, is_media
 from medcad.errors import DataError
@@ -39,8 +39,8 @@ def segmentation_masks(images: list[Path]) -> set[Path]:
     """The files of VOC's segmentation folders (SegmentationClass/, SegmentationObject/, SegmentationClassAug/; CVAT's
     VOC exports keep the names) that are masks of an image of the set, by its name: not images. (A VOC release's 20
     SegmentationClass PNGs had been read as 20 more images, 'background' without an XML, and scored so.)"""
-    stems = {f.stem for f in images if not f.parent.name.lower().startswith("segmentation")}
-    return {f for f in images if f.parent.name.lower().startswith("segmentation") and f.stem in stems}
+    stems = {f.stem for f in images if not in_voc_mask_folder(f)}
+    return {f for f in images if in_voc_mask_folder(f) and f.stem in stems}
 
 
 def _image_of(root: Path, xml: Path, tree: ET.Element, images: dict[tuple[Path, str], Path]) -> Path | None:
