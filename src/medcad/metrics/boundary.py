@@ -98,9 +98,14 @@ def hd95_summary(
         "n_both_empty": int(np.isnan(v).sum()),
         "unit": "pixels",
     }
+    return out | _mean_ci_over(v, ok, groups, n_boot, seed)
+
+
+def _mean_ci_over(v: np.ndarray, ok: np.ndarray, groups, n_boot: int, seed: int) -> dict[str, Any]:
+    """`_mean_ci` of the values `ok` selects (with their groups), or `_NO_MEAN` where it selects none."""
     if not ok.any():
-        return out | _NO_MEAN
-    return out | _mean_ci(v[ok], None if groups is None else np.asarray(groups)[ok], n_boot, seed)
+        return _NO_MEAN
+    return _mean_ci(v[ok], None if groups is None else np.asarray(groups)[ok], n_boot, seed)
 
 
 def hd95_normalised_summary(
@@ -150,9 +155,7 @@ def nsd_summary(
         lo, hi = (round(float(x), 2) for x in tolerance_px)
         out["tolerance_px"] = [lo, hi]
         out["tolerance"] += f" ({lo:.1f} px)" if f"{lo:.1f}" == f"{hi:.1f}" else f" ({lo:.1f} to {hi:.1f} px)"
-    if not ok.any():
-        return out | _NO_MEAN
-    return out | _mean_ci(v[ok], None if groups is None else np.asarray(groups)[ok], n_boot, seed)
+    return out | _mean_ci_over(v, ok, groups, n_boot, seed)
 
 
 def nsd_summaries(
