@@ -17,6 +17,7 @@ from medcad.data.annotations.shapes import (
     Shape,
     _find_image,
     _load_json,
+    first_json,
     per_image_rows,
 )
 from medcad.data.ledger import walk_files
@@ -32,22 +33,7 @@ def is_labelme(data: object) -> bool:
 def find_labelme(path: Path, limit: int = 20) -> Path | None:
     """The first labelme JSON (with "shapes" and "imagePath") under a folder, looking into up to `limit` JSON
     files; for `detect_layout`."""
-    seen = 0
-    for f in walk_files(path):
-        if f.suffix.lower() != ".json":
-            continue
-        seen += 1
-        if seen > limit:
-            break
-        try:
-            with open(f, encoding="utf-8-sig") as fh:
-                if '"shapes"' not in fh.read(8192):
-                    continue
-            if is_labelme(_load_json(f)):
-                return f
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-    return None
+    return first_json(path, '"shapes"', is_labelme, limit)
 
 
 def _labelme_shapes(data: dict, name: str) -> tuple[list[Shape], list[str], list[str]]:

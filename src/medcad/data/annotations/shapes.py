@@ -19,6 +19,7 @@ from medcad.atomic import atomic_path
 from medcad.config import DataOptions
 from medcad.data.cache import cache_dir
 from medcad.data.io import image_size
+from medcad.data.ledger import walk_files
 from medcad.data.manifest import label_key
 from medcad.data.media import pattern_regex
 from medcad.data.paths import existing_tail
@@ -356,6 +357,21 @@ def _fields(rel_dir: str, options: DataOptions) -> dict[str, str] | None:
 def _load_json(path: Path) -> object:
     with open(path, encoding="utf-8-sig") as f:
         return json.load(f)
+
+
+def first_json(path: Path, marker: str, accept, limit: int = 20, head: int = 8192) -> Path | None:
+    """The first JSON file under a folder whose first `head` characters hold `marker` and whose content `accept`s,
+    looking into up to `limit` JSON files (unreadable ones skipped); for `detect_layout`'s finders."""
+    for f in [f for f in walk_files(path) if f.suffix.lower() == ".json"][:limit]:
+        try:
+            with open(f, encoding="utf-8-sig") as fh:
+                if marker not in fh.read(head):
+                    continue
+            if accept(_load_json(f)):
+                return f
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+    return None
 
 
 # --- one annotation file per image (YOLO, Pascal VOC) -------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medcad.config import DataOptions
-from medcad.data.annotations.shapes import ImageShapes, Shape, _find_image, _load_json, per_image_rows
+from medcad.data.annotations.shapes import ImageShapes, Shape, _find_image, _load_json, first_json, per_image_rows
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
 from medcad.data.media import expand_frames, is_media
@@ -39,17 +39,7 @@ def via_images(data: object) -> dict | None:
 
 def find_via(path: Path, limit: int = 20) -> Path | None:
     """The first VIA JSON under a folder, looking into up to `limit` JSON files; for `detect_layout`."""
-    jsons = [f for f in walk_files(path) if f.suffix.lower() == ".json"][:limit]
-    for f in jsons:
-        try:
-            with open(f, encoding="utf-8-sig") as fh:
-                if '"regions"' not in fh.read(65536):
-                    continue
-            if via_images(_load_json(f)) is not None:
-                return f
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-    return None
+    return first_json(path, '"regions"', lambda data: via_images(data) is not None, limit, head=65536)
 
 
 def region_label(attributes: object) -> tuple[str, str]:
