@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import re
@@ -299,17 +300,25 @@ def lone_table(path: Path) -> Path | None:
     found = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES_READ]
     if len(found) != 1:
         return None
+    st = found[0].stat()  # judged once per version of the file: layout detection and the reader both ask
+    return found[0] if _names_its_images(str(found[0]), st.st_size, st.st_mtime_ns) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _names_its_images(table: str, size: int, mtime_ns: int) -> bool:
+    """`lone_table`'s judgement of one table file (of this size and mtime)."""
+    path = Path(table)
     try:
-        df, _ = _read_table(found[0])
-        df, _ = _rename_columns(df, found[0])
+        df, _ = _read_table(path)
+        df, _ = _rename_columns(df, path)
     except (DataError, OSError, ValueError, UnicodeDecodeError):
-        return None
+        return False
     if not ({"label", "mask", "boxes"} & set(df.columns) or corner_columns(df, _norm)):
-        return None
+        return False
     cells = [str(v) for v in df["image"] if str(v).strip()][:20]
-    resolve = PathResolver(path).resolve
-    there = sum((path / p).is_file() for p in map(resolve, cells) if p)
-    return found[0] if cells and there >= len(cells) / 2 else None
+    resolve = PathResolver(path.parent).resolve
+    there = sum((path.parent / p).is_file() for p in map(resolve, cells) if p)
+    return bool(cells) and there >= len(cells) / 2
 
 
 def split_tables(path: Path) -> list[Path]:
