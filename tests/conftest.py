@@ -232,10 +232,8 @@ def class_folders(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Two learnable classes: a bright disc or not, on noise; 12 images each."""
-    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+def _write_easy_set(root: Path) -> Path:
+    """Two learnable classes: a bright disc or not, on noise; 12 images each (the same bytes every time)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:40, :40]
     for label in ("lesion", "normal"):
@@ -244,32 +242,90 @@ def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             if label == "lesion":
                 cy, cx = rng.integers(10, 30, 2)
                 img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 230
-            save(tmp_path / "ds" / label / f"{k}.png", img)
-    return tmp_path / "ds"
+            save(root / label / f"{k}.png", img)
+    return root
 
 
 @pytest.fixture
-def tiny_run(easy_set: Path, tmp_path: Path) -> Path:
-    """A real two-fold classification run on `easy_set` (32 px, one fine-tuning epoch)."""
-    from medcad.config import TrainConfig
-    from medcad.engine.train import train_run
+def easy_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two learnable classes: a bright disc or not, on noise; 12 images each."""
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    return _write_easy_set(tmp_path / "ds")
 
-    cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
-    train_run(easy_set, tmp_path / "run", cfg, progress=False)
+
+_TRAINED: dict[tuple, Path] = {}
+
+
+def _trained_once(name: str, build, tmp_path: Path, factory: pytest.TempPathFactory, entries: tuple[str, ...]) -> None:
+    """Copies into `tmp_path` the `entries` (run, data and cache folders) that `build(root)` makes under a folder of
+    its own the first time this process asks for `name` in this environment: a test gets the files training would
+    have written in its own folder (the runs' absolute paths rewritten to it) without training again (a tiny run
+    trained per test had cost ~1.5 s of ~55 tests). The environment is the MEDCAD_* variables but the cache folder,
+    the visible GPUs and torch's threads: a run trained under another reading of the machine is not reused.
+
+    Raises AssertionError where a copied file still names the build folder (a path this copy does not rewrite)."""
+    import shutil
+
+    import torch
+
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MEDCAD_") and k != "MEDCAD_CACHE_DIR"))
+    key = (name, env, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.get_num_threads())
+    if key not in _TRAINED:
+        root = factory.mktemp(name)
+        cache = os.environ.get("MEDCAD_CACHE_DIR")
+        os.environ["MEDCAD_CACHE_DIR"] = str(root / "cache")
+        try:
+            build(root)
+        finally:
+            if cache is None:
+                del os.environ["MEDCAD_CACHE_DIR"]
+            else:
+                os.environ["MEDCAD_CACHE_DIR"] = cache
+        _TRAINED[key] = root
+    root = _TRAINED[key]
+    old, new = str(root).encode(), str(tmp_path).encode()
+    for entry in entries:
+        if not (root / entry).exists():
+            continue
+        shutil.copytree(root / entry, tmp_path / entry, dirs_exist_ok=True)
+        for path in (tmp_path / entry).rglob("*"):
+            if path.is_file() and old in (data := path.read_bytes()):
+                assert path.suffix in (".json", ".csv", ".yaml"), f"{path} names the build folder {root}"
+                path.write_bytes(data.replace(old, new))
+
+
+@pytest.fixture
+def tiny_run(easy_set: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-fold classification run on `easy_set` (32 px, one fine-tuning epoch), trained once per process
+    (`_trained_once`)."""
+
+    def build(root: Path) -> None:
+        from medcad.config import TrainConfig
+        from medcad.engine.train import train_run
+
+        cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
+        train_run(_write_easy_set(root / "ds"), root / "run", cfg, progress=False)
+
+    _trained_once("tiny_run", build, tmp_path, tmp_path_factory, ("run", "cache"))
     return tmp_path / "run"
 
 
 @pytest.fixture
-def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A real two-fold U-Net segmenter on synthetic frames (32 px, one epoch; frames without a mask count empty)."""
-    from medcad.config import TrainConfig
-    from medcad.data.synthetic import generate_synthetic
-    from medcad.engine.train import train_run
+def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-fold U-Net segmenter on synthetic frames (32 px, one epoch; frames without a mask count empty),
+    trained once per process (`_trained_once`); its frames are in `synth/`."""
+
+    def build(root: Path) -> None:
+        from medcad.config import TrainConfig
+        from medcad.data.synthetic import generate_synthetic
+        from medcad.engine.train import train_run
+
+        data = generate_synthetic(root / "synth", n_patients=6, frames_per_patient=2, size=48, seed=1).parent
+        cfg = TrainConfig(task="segment", arch="unet", image_size=32, epochs=1, batch_size=8, folds=2)
+        train_run(data, root / "seg", cfg.replace(val_fraction=0.25, missing_masks="empty"), progress=False)
 
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    data = generate_synthetic(tmp_path / "synth", n_patients=6, frames_per_patient=2, size=48, seed=1).parent
-    cfg = TrainConfig(task="segment", arch="unet", image_size=32, epochs=1, batch_size=8, folds=2, val_fraction=0.25)
-    train_run(data, tmp_path / "seg", cfg.replace(missing_masks="empty"), progress=False)
+    _trained_once("tiny_segmenter", build, tmp_path, tmp_path_factory, ("synth", "seg", "cache"))
     return tmp_path / "seg"
 
 
