@@ -18,6 +18,8 @@ from medcad.engine.fold import FoldData
 from medcad.engine.train import fold_hooks
 from medcad.run import Run
 
+pytestmark = pytest.mark.precision_cache  # the tests read and write the cache in their own folder
+
 
 def _fit_parts(tmp_path: Path, task: str = "segment", **settings):
     """(run, module, train loader) of a tiny fit on the CPU: 16 images of 32 px, batch 8."""
