@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import noise_image, save
+from medcad.data.io import VOLUME_SUFFIXES
 from medcad.data.layouts import load_manifest
 from medcad.data.ledger import reason_kind
 from medcad.data.masks import read_mask
+from medcad.errors import DataError
 
 EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 UNRELATED = ("readme.txt", "Thumbs.db", "notes.csv")  # what sits beside any export: nobody reads them
@@ -569,3 +571,36 @@ def test_an_nnunet_dataset_accounts_for_every_file(n, cases, strays) -> None:
         }
         assert all(_named(m, text) for stray, text in said.items() if stray in strays), m.ledger
         _check(m, root, {}, masks)
+
+
+# --- volumes (NIfTI, MetaImage, NRRD...) where 2-D images were expected ---------------------------------------------
+
+
+@EXAMPLES
+@given(
+    volumes=st.lists(st.sampled_from(sorted(VOLUME_SUFFIXES)), min_size=1, max_size=4, unique=True),
+    with_images=st.booleans(),
+)
+def test_volume_files_are_named_by_their_format_and_a_set_of_them_alone_is_refused_saying_so(volumes, with_images):
+    """An nnU-Net / MONAI set in NIfTI (or MetaImage, NRRD, MINC, Analyze): each such file is named as its format,
+    which medcad does not read; a set of them alone is refused with that reason, not only "no usable images"."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "Dataset002_Echo"
+        for k, end in enumerate(volumes):
+            for folder, name in (("imagesTr", f"case{k}_0000{end}"), ("labelsTr", f"case{k}{end}")):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                (root / folder / name).write_bytes(b"\x5c\x01\x00\x00" + bytes(300))  # not read: any bytes do
+        kinds = {VOLUME_SUFFIXES[end] for end in volumes}
+        if not with_images:
+            with pytest.raises(DataError, match="no usable images found") as e:
+                load_manifest(root)
+            assert all(f"a {kind} file, which medcad does not read" in str(e.value) for kind in kinds), str(e.value)
+            return
+        for k in range(2):
+            save(root / "imagesTr" / f"png{k}_0000.png", noise_image(k))
+            save(root / "labelsTr" / f"png{k}.png", _mask(k))
+        m = load_manifest(root)
+        assert len(m.table) == 2
+        for k, end in enumerate(volumes):
+            assert _named(m, f"imagesTr/case{k}_0000{end}") and _named(m, f"a {VOLUME_SUFFIXES[end]} file")
+        _check(m, root, {}, {f"imagesTr/png{k}_0000.png": k for k in range(2)})

@@ -117,6 +117,38 @@ def _opened(path: Path, page: int | None):
     return _ANIMATIONS.frame(path, page) if page and path.suffix.lower() in ANIMATED_SUFFIXES else pil_image(path)
 
 
+VOLUME_SUFFIXES = {  # research formats of image volumes, by what their files end with (lower case)
+    ".nii.gz": "NIfTI",
+    ".nii": "NIfTI",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+    ".raw": "MetaImage / raw data",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mnc": "MINC",
+    ".hdr": "Analyze",
+    ".img": "Analyze",
+}
+
+
+def volume_format(path: Path) -> str | None:
+    """The name of a volume format (NIfTI, MetaImage, NRRD, MINC, Analyze) that `path` is by its name, else None:
+    nnU-Net, MONAI and the Medical Segmentation Decathlon keep images and label maps so, 2-D ones too (a slice of
+    depth 1, as nnU-Net converts PNGs)."""
+    name = path.name.lower()
+    return next((kind for end, kind in VOLUME_SUFFIXES.items() if name.endswith(end)), None)
+
+
+def volume_reason(path: Path) -> str | None:
+    """Why a file of a volume format (`volume_format`) is not read, None for other files."""
+    if kind := volume_format(path):
+        return (
+            f"a {kind} file, which medcad does not read: it reads 2-D images (PNG, JPEG, TIFF, DICOM); write each "
+            "slice or frame as a PNG (a label map with its class values as they are)"
+        )
+    return None
+
+
 def is_video(path: str | Path) -> bool:
     """A video file by its suffix (`medcad.data.video` reads it)."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
@@ -440,6 +472,7 @@ def _unreadable(path: Path, reasons: str = "") -> DataError:
     """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one, with `reasons` (a
     float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
     why = unreadable_tiff(reasons) if is_tiff(path) else "not a readable image (unknown or corrupt format)"
+    why = volume_reason(path) or why
     return _Unrecognised(path, why)
 
 

@@ -476,7 +476,8 @@ def load_manifest(
     manifest.notes += shared_mask_notes(manifest)
     if len(manifest.table) == 0:
         found = "; ".join(list(dict.fromkeys(f"{a}: {b}" for a, b in manifest.problems))[:5])
-        raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else ""))
+        unread = f"; {manifest.ledger.line()}" if manifest.ledger.unread else ""  # what the folder held instead
+        raise DataError(p, f"no usable images found with layout {layout!r}" + (f" ({found})" if found else "") + unread)
     return manifest
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.data.cache import cache_dir
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES
+from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES, volume_reason
 
 BROKEN_LINK = "a link to a missing file"  # what the ledger says of one
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
@@ -135,6 +135,8 @@ def _unread_reason(path: Path, layout: str) -> str:
         return f"a {suffix[1:].upper()} file no reader used"
     if suffix in VIDEO_SUFFIXES:
         return "a video: `medcad predict` predicts its frames, `medcad data frames` extracts them to label"
+    if why := volume_reason(path):
+        return why
     return "not an image or an annotation file"
 
 
