@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import noise_image, save
-from medcad.data.io import VOLUME_SUFFIXES
+from medcad.data.filekinds import VOLUME_SUFFIXES
 from medcad.data.layouts import load_manifest
 from medcad.data.ledger import reason_kind
 from medcad.data.masks import read_mask

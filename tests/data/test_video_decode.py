@@ -210,7 +210,7 @@ def test_a_short_loop_cut_near_its_end_is_reported(tmp_path: Path) -> None:
 
 def test_transport_streams_and_webm_are_videos(tmp_path: Path) -> None:
     """.ts (recorders' MPEG transport streams) and .webm were taken for images by predict."""
-    from medcad.data.io import is_video
+    from medcad.data.filekinds import is_video
 
     assert all(is_video(f"x{s}") for s in (".ts", ".m2ts", ".mts", ".webm", ".3gp", ".ogv", ".flv", ".vob"))
     frames, video = read_all(encode(tmp_path / "clip.ts", codec="mpeg4"))

@@ -135,7 +135,7 @@ def predict(
 def _images_and_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
     """The inputs that hold images (files, folders) and the videos: those given and those in the folders given (a
     folder of videos alone is not read for images), said on stderr."""
-    from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, is_video
+    from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, is_video
     from medcad.data.ledger import walk_files
 
     images, videos = [], [p for p in inputs if is_video(p)]
@@ -231,7 +231,8 @@ def explain(
     try:
         from PIL import Image
 
-        from medcad.data.io import VIDEO_SUFFIXES, check_file, image_pages, read_image
+        from medcad.data.filekinds import VIDEO_SUFFIXES, check_file
+        from medcad.data.io import image_pages, read_image
         from medcad.errors import DataError
         from medcad.explain.explainers import EXPLAINERS
         from medcad.inference.predictor import split_frame

@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.data.filekinds import check_file
+from medcad.data.io import LOSSY_FORMATS, decode_pil
 from medcad.data.masks import mask_plane
 from medcad.errors import ConfigError, DataError
 

@@ -26,8 +26,8 @@ from medcad.data.annotations import (
     read_yolo,
 )
 from medcad.data.datalist import find_datalist, read_datalist
+from medcad.data.filekinds import IMAGE_SUFFIXES, is_dicom
 from medcad.data.folder_patterns import detect_pattern, subfolder_fields
-from medcad.data.io import IMAGE_SUFFIXES, is_dicom
 from medcad.data.ledger import BROKEN_LINK, make_ledger, walk_files
 from medcad.data.manifest import (
     MASK_SEP,
@@ -264,7 +264,7 @@ def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) ->
     image): named with the mask suffix in a dataset whose masks are so named, or named with the suffix or a mask
     word and holding a mask's content (`pairing.mask_likeness`). A BUSI `benign (13)_mask.png` whose image was
     missing had been read, and trained on, as an image of its class."""
-    from medcad.data.io import MASK_STEM
+    from medcad.data.filekinds import MASK_STEM
     from medcad.data.pairing import mask_likeness
 
     by_suffix = bool(mask_rx and mask_rx.match(f.stem))
@@ -278,7 +278,7 @@ def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) ->
 def _mask_by_word(f: Path, stems: set[str]) -> str | None:
     """The stem of the image beside `f` whose mask `f` is by a mask word (`x_gt.png`, `x_segmentation.png` beside
     `x.jpg`, as `io.MASK_STEM` knows them) and by its content (mask-like, `pairing.mask_likeness`), else None."""
-    from medcad.data.io import MASK_STEM
+    from medcad.data.filekinds import MASK_STEM
     from medcad.data.pairing import mask_likeness
 
     m = MASK_STEM.match(f.stem)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.data.cache import cache_dir
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES, volume_reason
+from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES, volume_reason
 
 BROKEN_LINK = "a link to a missing file"  # what the ledger says of one
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})

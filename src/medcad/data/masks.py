@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import LOSSY_FORMATS, check_file, decode_pil
+from medcad.data.filekinds import check_file
+from medcad.data.io import LOSSY_FORMATS, decode_pil
 from medcad.data.media import file_frames
 from medcad.data.tiff import MINISWHITE, STORED_MINISWHITE, imagej_hyperstack, is_tiff, photometric
 from medcad.errors import DataError

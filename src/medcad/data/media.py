@@ -7,7 +7,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcad.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, image_pages, is_dicom
+from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
+from medcad.data.io import image_pages
 from medcad.data.ledger import walk_files
 from medcad.data.versions import per_file_version
 from medcad.errors import DataError

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.io import MASK_STEM, decode_pil, is_dicom
+from medcad.data.filekinds import MASK_STEM, is_dicom
+from medcad.data.io import decode_pil
 from medcad.data.masks import MAX_LABEL_VALUES
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.data.splits import is_split_name

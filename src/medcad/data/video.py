@@ -21,8 +21,8 @@ import numpy as np
 from av.video.frame import PictureType
 
 from medcad.data.bitstreams import UNSURE, Bitstream
+from medcad.data.filekinds import is_dicom
 from medcad.data.frames import Cadence, DecodeReport, DroppedFrame, Frame, TimeGap, concealed_reason
-from medcad.data.io import is_dicom
 from medcad.data.references import GAP, MISSING, ReferenceChain
 from medcad.errors import DataError
 

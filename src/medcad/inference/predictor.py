@@ -33,7 +33,8 @@ from medcad import usable_cores
 from medcad.checkpoint import build_model, read_models
 from medcad.config import DataOptions, TrainConfig
 from medcad.data.datasets import preprocess
-from medcad.data.io import not_found, read_image
+from medcad.data.filekinds import not_found
+from medcad.data.io import read_image
 from medcad.data.labelmaps import parse_mask_labels
 from medcad.data.manifest import FRAME_SEP
 from medcad.data.pixel_limit import MAX_PIXELS_ENV, max_pixels

@@ -10,7 +10,7 @@ import numpy as np
 
 from medcad.config import DataOptions
 from medcad.data.annotations.shapes import mask_folder, write_mask
-from medcad.data.io import is_dicom
+from medcad.data.filekinds import is_dicom
 from medcad.data.ledger import walk_files
 from medcad.data.manifest import Manifest, make_table
 
