@@ -272,11 +272,12 @@ _TRAINED: dict[tuple, Path] = {}
 
 
 def _trained_once(name: str, build, tmp_path: Path, factory: pytest.TempPathFactory, entries: tuple[str, ...]) -> None:
-    """Copies into `tmp_path` the `entries` (run, data and cache folders) that `build(root)` makes under a folder of
-    its own the first time this process asks for `name` in this environment: a test gets the files training would
-    have written in its own folder (the runs' absolute paths rewritten to it) without training again (a tiny run
-    trained per test had cost ~1.5 s of ~55 tests). The environment is the MEDCAD_* variables but the cache folder,
-    the visible GPUs and torch's threads: a run trained under another reading of the machine is not reused.
+    """Copies into `tmp_path` the `entries` (run and data folders) that `build(root)` makes under a folder of its own
+    the first time this process asks for `name` in this environment: a test gets the files training would have
+    written in its own folder (the runs' absolute paths rewritten to it) without training again (a tiny run trained
+    per test had cost ~1.5 s of ~55 tests). The cache folder is not copied: its entries are keyed by the data's
+    absolute paths, so a test's starts cold. The environment is the MEDCAD_* variables but the cache folder, the
+    visible GPUs and torch's threads: a run trained under another reading of the machine is not reused.
 
     Raises AssertionError where a copied file still names the build folder (a path this copy does not rewrite)."""
     import shutil
@@ -321,7 +322,7 @@ def tiny_run(easy_set: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFa
         cfg = TrainConfig(image_size=32, epochs=1, head_epochs=3, batch_size=8, unfreeze=1, folds=2, val_fraction=0.25)
         train_run(_write_easy_set(root / "ds"), root / "run", cfg, progress=False)
 
-    _trained_once("tiny_run", build, tmp_path, tmp_path_factory, ("run", "cache"))
+    _trained_once("tiny_run", build, tmp_path, tmp_path_factory, ("run",))
     return tmp_path / "run"
 
 
@@ -340,7 +341,7 @@ def tiny_segmenter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_fac
         train_run(data, root / "seg", cfg.replace(val_fraction=0.25, missing_masks="empty"), progress=False)
 
     monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
-    _trained_once("tiny_segmenter", build, tmp_path, tmp_path_factory, ("synth", "seg", "cache"))
+    _trained_once("tiny_segmenter", build, tmp_path, tmp_path_factory, ("synth", "seg"))
     return tmp_path / "seg"
 
 

@@ -594,7 +594,7 @@ def test_volume_files_are_named_by_their_format_and_a_set_of_them_alone_is_refus
         if not with_images:
             with pytest.raises(DataError, match="no usable images found") as e:
                 load_manifest(root)
-            assert all(f"a {kind} file, which medcad does not read" in str(e.value) for kind in kinds), str(e.value)
+            assert all(f"{kind} file, which medcad does not read" in str(e.value) for kind in kinds), str(e.value)
             return
         for k in range(2):
             save(root / "imagesTr" / f"png{k}_0000.png", noise_image(k))
@@ -602,5 +602,54 @@ def test_volume_files_are_named_by_their_format_and_a_set_of_them_alone_is_refus
         m = load_manifest(root)
         assert len(m.table) == 2
         for k, end in enumerate(volumes):
-            assert _named(m, f"imagesTr/case{k}_0000{end}") and _named(m, f"a {VOLUME_SUFFIXES[end]} file")
+            assert _named(m, f"imagesTr/case{k}_0000{end}") and _named(m, f"{VOLUME_SUFFIXES[end]} file, which")
         _check(m, root, {}, {f"imagesTr/png{k}_0000.png": k for k in range(2)})
+
+
+def test_volumes_in_class_folders_are_said_and_names_alone_do_not_make_a_volume(tmp_path: Path) -> None:
+    """Class folders of NIfTI files are refused saying what they are; a `.hdr` without Analyze's header (ENVI's, a
+    hyperspectral endoscope's) and a DICOM file named `.img` are not called volumes; a `.img` beside its `.hdr` is."""
+    from medcad.data.filekinds import volume_format
+
+    for label in ("benign", "malignant"):
+        (tmp_path / "cls" / label).mkdir(parents=True)
+        (tmp_path / "cls" / label / "c0.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
+    with pytest.raises(DataError, match="no images found .* a NIfTI file, which medcad does not read"):
+        load_manifest(tmp_path / "cls")
+    (tmp_path / "envi.hdr").write_text("ENVI\nsamples = 640\n")
+    (tmp_path / "pair.hdr").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))
+    (tmp_path / "pair.img").write_bytes(bytes(64))
+    (tmp_path / "lone.img").write_bytes(bytes(64))
+    (tmp_path / "scan.img").write_bytes(bytes(128) + b"DICM" + bytes(64))
+    (tmp_path / "scan.hdr").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))  # its header does not make DICOM a volume
+    got = {
+        name: volume_format(tmp_path / name) for name in ("envi.hdr", "pair.hdr", "pair.img", "lone.img", "scan.img")
+    }
+    assert got == {
+        "envi.hdr": None,
+        "pair.hdr": "Analyze / NIfTI pair",
+        "pair.img": "Analyze / NIfTI pair",
+        "lone.img": None,
+        "scan.img": None,
+    }
+
+
+def test_rows_of_a_list_naming_volumes_are_left_out_naming_them(tmp_path: Path) -> None:
+    """A MONAI datalist whose items are NIfTI files: those rows leave the read named as NIfTI (they had been read as
+    rows and failed one by one when decoded); the item of PNGs beside them is read."""
+    root = tmp_path / "monai"
+    for k in range(2):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        (root / "images" / f"v{k}.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
+        (root / "labels" / f"v{k}.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
+        save(root / "images" / f"p{k}.png", noise_image(k))
+    save(root / "labels" / "p0.png", _mask(0))
+    (root / "labels" / "p1.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))  # a PNG image with a NIfTI label
+    pairs = [("v0.nii.gz", "v0.nii.gz"), ("v1.nii.gz", "v1.nii.gz"), ("p0.png", "p0.png"), ("p1.png", "p1.nii.gz")]
+    items = [{"image": f"images/{n}", "label": f"labels/{m}"} for n, m in pairs]
+    (root / "dataset.json").write_text(json.dumps({"training": items}))
+    m = load_manifest(root)
+    assert list(m.table["image"]) == ["images/p0.png"]
+    assert _named(m, "images/v0.nii.gz") and _named(m, "labels/p1.nii.gz: a NIfTI file, which medcad does not read")
+    _check(m, root, {}, {"images/p0.png": 0})

@@ -26,29 +26,51 @@ VOLUME_SUFFIXES = {  # research formats of image volumes, by what their files en
     ".nii": "NIfTI",
     ".mha": "MetaImage",
     ".mhd": "MetaImage",
-    ".raw": "MetaImage / raw data",
     ".nrrd": "NRRD",
     ".nhdr": "NRRD",
     ".mnc": "MINC",
-    ".hdr": "Analyze",
-    ".img": "Analyze",
+    ".hdr": "Analyze / NIfTI pair",  # only with the 348 of their header first: ENVI and Radiance write .hdr too
+}
+# data files of a header beside them of the same stem: Analyze's .img, MetaImage's .raw / .zraw
+_DATA_OF_HEADER = {
+    ".img": (".hdr", "Analyze / NIfTI pair"),
+    ".raw": (".mhd", "MetaImage"),
+    ".zraw": (".mhd", "MetaImage"),
 }
 
 
 def volume_format(path: Path) -> str | None:
-    """The name of a volume format (NIfTI, MetaImage, NRRD, MINC, Analyze) that `path` is by its name, else None:
+    """The name of a volume format (NIfTI, MetaImage, NRRD, MINC, an Analyze / NIfTI pair) that `path` is, else None:
     nnU-Net, MONAI and the Medical Segmentation Decathlon keep images and label maps so, 2-D ones too (a slice of
-    depth 1, as nnU-Net converts PNGs)."""
+    depth 1, as nnU-Net converts PNGs). By its name, but a file whose first bytes say DICOM or TIFF is not one; a
+    `.hdr` is one when its header starts with 348 (its size, in either byte order), a `.img` / `.raw` / `.zraw` when
+    its header (`.hdr`, `.mhd`) lies beside it."""
     name = path.name.lower()
-    return next((kind for end, kind in VOLUME_SUFFIXES.items() if name.endswith(end)), None)
+    kind = next((kind for end, kind in VOLUME_SUFFIXES.items() if name.endswith(end)), None)
+    data = _DATA_OF_HEADER.get(path.suffix.lower())
+    if data is not None and path.with_suffix(data[0]).is_file():
+        kind = data[1]
+    if kind is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return kind  # said by its name: a file that cannot be opened is not read either way
+    if head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return None  # DICOM or TIFF whatever its name
+    if name.endswith(".hdr") and head[:4] not in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+        return None
+    return kind
 
 
 def volume_reason(path: Path) -> str | None:
     """Why a file of a volume format (`volume_format`) is not read, None for other files."""
     if kind := volume_format(path):
+        article = "an" if kind[0] in "AEIOU" else "a"
         return (
-            f"a {kind} file, which medcad does not read: it reads 2-D images (PNG, JPEG, TIFF, DICOM); write each "
-            "slice or frame as a PNG (a label map with its class values as they are)"
+            f"{article} {kind} file, which medcad does not read: it reads 2-D images (PNG, JPEG, TIFF, DICOM); write "
+            "each slice or frame as a PNG (a label map with its class values as they are)"
         )
     return None
 

@@ -387,8 +387,9 @@ class _Unrecognised(DataError):
 def _unreadable(path: Path, reasons: str = "") -> DataError:
     """The error for a file Pillow does not recognise: a TIFF by its first bytes is named as one, with `reasons` (a
     float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
-    why = unreadable_tiff(reasons) if is_tiff(path) else "not a readable image (unknown or corrupt format)"
-    why = volume_reason(path) or why
+    if is_tiff(path):
+        return _Unrecognised(path, unreadable_tiff(reasons))
+    why = volume_reason(path) or "not a readable image (unknown or corrupt format)"
     return _Unrecognised(path, why)
 
 

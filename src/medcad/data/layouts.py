@@ -26,7 +26,7 @@ from medcad.data.annotations import (
     read_yolo,
 )
 from medcad.data.datalist import find_datalist, read_datalist
-from medcad.data.filekinds import IMAGE_SUFFIXES, is_dicom
+from medcad.data.filekinds import IMAGE_SUFFIXES, is_dicom, volume_reason
 from medcad.data.folder_patterns import detect_pattern, subfolder_fields
 from medcad.data.ledger import BROKEN_LINK, make_ledger, walk_files
 from medcad.data.manifest import (
@@ -127,6 +127,9 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         walk_files(path, broken)
         broken = [(p, why) for p, why in broken if why.startswith(BROKEN_LINK)]
         said = f"; {len(broken)} link(s) to missing files, e.g. {broken[0][0].name}: {broken[0][1]}" if broken else ""
+        volumes = [(f, why) for f in walk_files(path) if (why := volume_reason(f))]
+        if volumes:
+            said += f"; {len(volumes)} file(s) of a volume format, e.g. {volumes[0][0].name}: {volumes[0][1]}"
         raise DataError(path, f"no images found (looked for {', '.join(sorted(MEDIA_SUFFIXES))}){said}")
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for f in files:
@@ -277,7 +280,7 @@ def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) ->
 
 def _mask_by_word(f: Path, stems: set[str]) -> str | None:
     """The stem of the image beside `f` whose mask `f` is by a mask word (`x_gt.png`, `x_segmentation.png` beside
-    `x.jpg`, as `io.MASK_STEM` knows them) and by its content (mask-like, `pairing.mask_likeness`), else None."""
+    `x.jpg`, as `filekinds.MASK_STEM` knows them) and by its content (mask-like, `pairing.mask_likeness`), else None."""
     from medcad.data.filekinds import MASK_STEM
     from medcad.data.pairing import mask_likeness
 
@@ -449,6 +452,7 @@ def load_manifest(
     if reader is None:
         raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(READERS)}")
     manifest = reader(p, options)
+    manifest.leave_out_volumes()
     manifest.notes.insert(0, f"layout {layout!r}: {why}")
     rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
     label_map = {nfc(a): nfc(b) for a, b in options.label_mapping().items()}

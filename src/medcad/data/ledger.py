@@ -114,6 +114,8 @@ def in_voc_mask_folder(path: Path) -> bool:
 
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
+    if why := volume_reason(path):  # before channels: a volume set's channel 0000 is not read either
+        return why
     if channel := further_channel(path):
         return channel
     if (suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
@@ -135,8 +137,6 @@ def _unread_reason(path: Path, layout: str) -> str:
         return f"a {suffix[1:].upper()} file no reader used"
     if suffix in VIDEO_SUFFIXES:
         return "a video: `medcad predict` predicts its frames, `medcad data frames` extracts them to label"
-    if why := volume_reason(path):
-        return why
     return "not an image or an annotation file"
 
 

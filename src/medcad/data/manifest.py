@@ -130,6 +130,22 @@ class Manifest:
         masks = {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}
         return set(self.table["image"]) | masks
 
+    def leave_out_volumes(self) -> None:
+        """Rows whose image or mask is a volume file (NIfTI, MetaImage...: `filekinds.volume_reason`) leave the table
+        as problems naming the file and its format: a list (a MONAI datalist, a CSV) may name such files, which had
+        been read as rows and failed one by one when decoded."""
+        from medcad.data.filekinds import volume_reason
+
+        bad = []
+        for i, (image, mask) in enumerate(zip(self.table["image"], self.table["mask"], strict=True)):
+            files = [image.split(FRAME_SEP)[0], *(mask.split(MASK_SEP) if mask else [])]
+            why = next(((f, w) for f in files if (w := volume_reason(self.root / f))), None)
+            if why is not None:
+                self.problems.append((image, f"{why[0]}: {why[1]}" if why[0] != image else why[1]))
+                bad.append(i)
+        if bad:
+            self.table = self.table.drop(self.table.index[bad]).reset_index(drop=True)
+
     def check_complete(self, allow_missing: bool) -> None:
         """Stop when the read left rows out, unless the user allows it (`--allow-missing`).
 
