@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from medcad.data.tiff import is_tiff
 from medcad.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".avif"})
@@ -50,17 +51,15 @@ def volume_format(path: Path) -> str | None:
     data = _DATA_OF_HEADER.get(path.suffix.lower())
     if data is not None and path.with_suffix(data[0]).is_file():
         kind = data[1]
-    if kind is None:
+    if kind is None or has_dicom_preamble(path) or is_tiff(path):  # DICOM or TIFF whatever its name
         return None
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return kind  # said by its name: a file that cannot be opened is not read either way
-    if head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return None  # DICOM or TIFF whatever its name
-    if name.endswith(".hdr") and head[:4] not in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
-        return None
+    if name.endswith(".hdr"):
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) not in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+                    return None
+        except OSError:
+            pass  # said by its name: a file that cannot be opened is not read either way
     return kind
 
 
