@@ -124,10 +124,10 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     files = walk_media(path)
     if not files:
         broken: list[tuple[Path, str]] = []
-        walk_files(path, broken)
+        every = walk_files(path, broken)
         broken = [(p, why) for p, why in broken if why.startswith(BROKEN_LINK)]
         said = f"; {len(broken)} link(s) to missing files, e.g. {broken[0][0].name}: {broken[0][1]}" if broken else ""
-        volumes = [(f, why) for f in walk_files(path) if (why := volume_reason(f))]
+        volumes = [(f, why) for f in every if (why := volume_reason(f))]
         if volumes:
             said += f"; {len(volumes)} file(s) of a volume format, e.g. {volumes[0][0].name}: {volumes[0][1]}"
         raise DataError(path, f"no images found (looked for {', '.join(sorted(MEDIA_SUFFIXES))}){said}")
