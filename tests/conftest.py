@@ -211,7 +211,9 @@ def _machine_read_per_test():
 
 
 @pytest.fixture(autouse=True)
-def _training_precision_timed_once_per_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _training_precision_timed_once_per_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """On a CPU with bf16 in hardware a fit of `precision: auto` times its model in both precisions once per machine
     and keeps the choice in the cache folder (`medcad.engine.precision`), which each test has of its own: timed anew
     in every test, 62 fits of the suite had spent 44 s timing (Sapphire Rapids). Here the choices are kept per test
@@ -221,7 +223,7 @@ def _training_precision_timed_once_per_process(request: pytest.FixtureRequest, m
         return
     from medcad.engine import precision
 
-    shared = request.getfixturevalue("tmp_path_factory").getbasetemp() / "training_precision.json"
+    shared = tmp_path_factory.getbasetemp() / "training_precision.json"
     monkeypatch.setattr(precision, "cache_file", lambda: shared)
 
 
