@@ -379,7 +379,7 @@ def _given_split(
     name = found.get(_split_key(column))
     if name is None:
         raise DataError(manifest.root, f"no column {column!r} to take the split from; columns: {list(manifest.table)}")
-    part_of = {_split_key(v): part for part, values in SPLIT_VALUES.items() for v in values}
+    part_of = _PART_OF
     cells = manifest.table[name].to_numpy(dtype=str)
     unknown = sorted({str(c) for c in cells if _split_key(c) not in part_of})
     if unknown:
@@ -408,11 +408,14 @@ def _given_split(
 
 def is_split_name(text: str) -> bool:
     """A folder or cell naming a part of a split (train, val, test and their spellings in SPLIT_VALUES)."""
-    return any(_split_key(text) == _split_key(v) for values in SPLIT_VALUES.values() for v in values)
+    return _split_key(text) in _PART_OF
 
 
 def _split_key(text: str) -> str:
     return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+
+_PART_OF = {_split_key(v): part for part, values in SPLIT_VALUES.items() for v in values}  # a split name's part
 
 
 def split_said(kept: bool) -> str:
@@ -426,7 +429,9 @@ def split_from_folders(rows: list[dict]) -> bool:
     """Gives each row the split its folders name (`train/images/x.jpg`, `images/val/x.jpg`: an export's split
     folders, read together) in column `split`, where every row's folders name exactly one; whether they did. What
     `--split-column split` trains on (grouped folds stay the default)."""
-    named = [[p for p in Path(r["image"]).parent.parts if is_split_name(p)] for r in rows]
+    parents = [Path(r["image"]).parent for r in rows]
+    names = {f: [p for p in f.parts if is_split_name(p)] for f in set(parents)}  # once per folder
+    named = [names[f] for f in parents]
     if not rows or any(len(n) != 1 for n in named):
         return False
     for r, (part,) in zip(rows, named, strict=True):
