@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import functools
 import io
 import json
 import re
@@ -21,6 +20,7 @@ from medcad.data.manifest import LABEL_JOIN, MASK_SEP, Manifest, make_table
 from medcad.data.media import expand_frames
 from medcad.data.paths import PathResolver
 from medcad.data.splits import split_from_folders, split_said
+from medcad.data.versions import per_file_version
 from medcad.errors import DataError
 
 # Header names are compared with case, spaces, '_' and '-' removed: "Patient ID", "PatientID", "patient_id" match.
@@ -300,14 +300,12 @@ def lone_table(path: Path) -> Path | None:
     found = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES_READ]
     if len(found) != 1:
         return None
-    st = found[0].stat()  # judged once per version of the file: layout detection and the reader both ask
-    return found[0] if _names_its_images(str(found[0]), st.st_size, st.st_mtime_ns) else None
+    return found[0] if _names_its_images(found[0]) else None
 
 
-@functools.lru_cache(maxsize=64)
-def _names_its_images(table: str, size: int, mtime_ns: int) -> bool:
-    """`lone_table`'s judgement of one table file (of this size and mtime)."""
-    path = Path(table)
+@per_file_version(maxsize=64)  # judged once per version of the file: layout detection and the reader both ask
+def _names_its_images(path: Path) -> bool:
+    """`lone_table`'s judgement of one table file."""
     try:
         df, _ = _read_table(path)
         df, _ = _rename_columns(df, path)
