@@ -16,6 +16,7 @@ from medcad.config import DataOptions
 from medcad.data.manifest import Manifest
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.data.tables import table_manifest
+from medcad.data.versions import per_file_version
 from medcad.errors import DataError
 
 LISTS = {"training": "train", "validation": "val", "test": "test"}  # a datalist's lists, and the split each is
@@ -31,14 +32,21 @@ def datalist_entries(data: object) -> dict[str, list] | None:
     return lists if ok and all(isinstance(x, dict) for x in lists["training"]) else None
 
 
+@per_file_version(maxsize=8)  # parsed once: layout detection finds it, the reader reads it
+def _entries(path: Path) -> dict[str, list] | None:
+    """`datalist_entries` of a JSON file. Raises OSError, UnicodeDecodeError, json.JSONDecodeError."""
+    return datalist_entries(json.loads(path.read_text(encoding="utf-8-sig")))
+
+
 def find_datalist(path: Path) -> Path | None:
-    """`dataset.json`, else the one JSON at the top of `path` that is a datalist; for `detect_layout`."""
+    """`dataset.json`, else the one JSON at the top of `path` that is a datalist; for `detect_layout`. A JSON without
+    the text "training" is not parsed (a COCO file beside it: 2 s for 62 MB, at every read)."""
     if not path.is_dir():
         return None
     candidates = sorted(path.glob("*.json"), key=lambda f: f.name != "dataset.json")
     for f in candidates[:10]:
         try:
-            if datalist_entries(json.loads(f.read_text(encoding="utf-8-sig"))) is not None:
+            if '"training"' in f.read_text(encoding="utf-8-sig") and _entries(f) is not None:
                 return f
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
@@ -57,7 +65,7 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
     if source is None:
         raise DataError(path, "no datalist JSON (a 'training' list of {'image', 'label'} items) found")
     try:
-        lists = datalist_entries(json.loads(source.read_text(encoding="utf-8-sig")))
+        lists = _entries(source)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(source, f"cannot parse as JSON ({e})") from e
     if lists is None:
