@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import urllib.request
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,9 @@ __all__ = ["CHROMEDRIVER", "CHROMIUM", "answer", "call", "chromium_page", "drive
 call = _call  # a WebDriver command: call(page.base, method, path, body)
 
 
+_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each test client's /openapi.json
+
+
 def answer(client, response, route: tuple[str, str] = ("post", "/predict")) -> dict:
     """A JSON answer of `route` (method, path as the spec names it), checked against the schema that the server
     publishes for its status in /openapi.json (`medcad.inference.answers`): a field the answer has and the schema
@@ -25,7 +29,9 @@ def answer(client, response, route: tuple[str, str] = ("post", "/predict")) -> d
     import jsonschema
 
     assert response.status_code in (200, 202), response.text
-    spec = client.get("/openapi.json").json()
+    if client not in _SPECS:  # one fetch per client: the video tests poll a job up to 100 times
+        _SPECS[client] = client.get("/openapi.json").json()
+    spec = _SPECS[client]
     declared = spec["paths"][route[1]][route[0]]["responses"][str(response.status_code)]
     schema = declared["content"]["application/json"]["schema"]
     body = response.json()
