@@ -18,11 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import noise_image, save
-from medcad.data.filekinds import VOLUME_SUFFIXES
 from medcad.data.layouts import load_manifest
 from medcad.data.ledger import reason_kind
 from medcad.data.masks import read_mask
-from medcad.errors import DataError
 
 EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 UNRELATED = ("readme.txt", "Thumbs.db", "notes.csv")  # what sits beside any export: nobody reads them
@@ -571,85 +569,3 @@ def test_an_nnunet_dataset_accounts_for_every_file(n, cases, strays) -> None:
         }
         assert all(_named(m, text) for stray, text in said.items() if stray in strays), m.ledger
         _check(m, root, {}, masks)
-
-
-# --- volumes (NIfTI, MetaImage, NRRD...) where 2-D images were expected ---------------------------------------------
-
-
-@EXAMPLES
-@given(
-    volumes=st.lists(st.sampled_from(sorted(VOLUME_SUFFIXES)), min_size=1, max_size=4, unique=True),
-    with_images=st.booleans(),
-)
-def test_volume_files_are_named_by_their_format_and_a_set_of_them_alone_is_refused_saying_so(volumes, with_images):
-    """An nnU-Net / MONAI set in NIfTI (or MetaImage, NRRD, MINC, Analyze): each such file is named as its format,
-    which medcad does not read; a set of them alone is refused with that reason, not only "no usable images"."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "Dataset002_Echo"
-        for k, end in enumerate(volumes):
-            for folder, name in (("imagesTr", f"case{k}_0000{end}"), ("labelsTr", f"case{k}{end}")):
-                (root / folder).mkdir(parents=True, exist_ok=True)
-                (root / folder / name).write_bytes(b"\x5c\x01\x00\x00" + bytes(300))  # not read: any bytes do
-        kinds = {VOLUME_SUFFIXES[end] for end in volumes}
-        if not with_images:
-            with pytest.raises(DataError, match="no usable images found") as e:
-                load_manifest(root)
-            assert all(f"{kind} file, which medcad does not read" in str(e.value) for kind in kinds), str(e.value)
-            return
-        for k in range(2):
-            save(root / "imagesTr" / f"png{k}_0000.png", noise_image(k))
-            save(root / "labelsTr" / f"png{k}.png", _mask(k))
-        m = load_manifest(root)
-        assert len(m.table) == 2
-        for k, end in enumerate(volumes):
-            assert _named(m, f"imagesTr/case{k}_0000{end}") and _named(m, f"{VOLUME_SUFFIXES[end]} file, which")
-        _check(m, root, {}, {f"imagesTr/png{k}_0000.png": k for k in range(2)})
-
-
-def test_volumes_in_class_folders_are_said_and_names_alone_do_not_make_a_volume(tmp_path: Path) -> None:
-    """Class folders of NIfTI files are refused saying what they are; a `.hdr` without Analyze's header (ENVI's, a
-    hyperspectral endoscope's) and a DICOM file named `.img` are not called volumes; a `.img` beside its `.hdr` is."""
-    from medcad.data.filekinds import volume_format
-
-    for label in ("benign", "malignant"):
-        (tmp_path / "cls" / label).mkdir(parents=True)
-        (tmp_path / "cls" / label / "c0.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
-    with pytest.raises(DataError, match="no images found .* a NIfTI file, which medcad does not read"):
-        load_manifest(tmp_path / "cls")
-    (tmp_path / "envi.hdr").write_text("ENVI\nsamples = 640\n")
-    (tmp_path / "pair.hdr").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))
-    (tmp_path / "pair.img").write_bytes(bytes(64))
-    (tmp_path / "lone.img").write_bytes(bytes(64))
-    (tmp_path / "scan.img").write_bytes(bytes(128) + b"DICM" + bytes(64))
-    (tmp_path / "scan.hdr").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))  # its header does not make DICOM a volume
-    got = {
-        name: volume_format(tmp_path / name) for name in ("envi.hdr", "pair.hdr", "pair.img", "lone.img", "scan.img")
-    }
-    assert got == {
-        "envi.hdr": None,
-        "pair.hdr": "Analyze / NIfTI pair",
-        "pair.img": "Analyze / NIfTI pair",
-        "lone.img": None,
-        "scan.img": None,
-    }
-
-
-def test_rows_of_a_list_naming_volumes_are_left_out_naming_them(tmp_path: Path) -> None:
-    """A MONAI datalist whose items are NIfTI files: those rows leave the read named as NIfTI (they had been read as
-    rows and failed one by one when decoded); the item of PNGs beside them is read."""
-    root = tmp_path / "monai"
-    for k in range(2):
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(parents=True, exist_ok=True)
-        (root / "images" / f"v{k}.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
-        (root / "labels" / f"v{k}.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
-        save(root / "images" / f"p{k}.png", noise_image(k))
-    save(root / "labels" / "p0.png", _mask(0))
-    (root / "labels" / "p1.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))  # a PNG image with a NIfTI label
-    pairs = [("v0.nii.gz", "v0.nii.gz"), ("v1.nii.gz", "v1.nii.gz"), ("p0.png", "p0.png"), ("p1.png", "p1.nii.gz")]
-    items = [{"image": f"images/{n}", "label": f"labels/{m}"} for n, m in pairs]
-    (root / "dataset.json").write_text(json.dumps({"training": items}))
-    m = load_manifest(root)
-    assert list(m.table["image"]) == ["images/p0.png"]
-    assert _named(m, "images/v0.nii.gz") and _named(m, "labels/p1.nii.gz: a NIfTI file, which medcad does not read")
-    _check(m, root, {}, {"images/p0.png": 0})

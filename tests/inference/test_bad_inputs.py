@@ -124,10 +124,12 @@ def test_data_inspect_and_audit_report_an_oversized_image_without_a_traceback(
 
 
 def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny_run: Path, tmp_path: Path) -> None:
-    """A multi-frame DICOM (each frame a row, its outputs _frame<k>), a 3-page TIFF (each page), two files of one
-    stem (kv.webp, kv.gif: two overlays, not one overwritten), and a broken video beside a good one: the good one is
-    still predicted, the broken one named, exit 1."""
+    """A multi-frame DICOM (each frame a row, its outputs _frame<k>), a 3-page TIFF (each page), a NIfTI sequence
+    (each frame) and slice (its outputs named without `.nii.gz`, its scores those of the same pixels as a PNG), two
+    files of one stem (kv.webp, kv.gif: two overlays, not one overwritten), and a broken video beside a good one: the
+    good one is still predicted, the broken one named, exit 1."""
     import av
+    import SimpleITK as sitk
 
     from conftest import write_dicom
 
@@ -139,6 +141,10 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
     pages[0].save(folder / "stack.tif", save_all=True, append_images=pages[1:])
     pages[0].save(folder / "kv.webp")
     pages[1].save(folder / "kv.gif")
+    grey = rng.integers(0, 255, (3, 40, 40), dtype=np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(grey[:2]), str(folder / "seq.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(grey[2:]), str(folder / "case_0000.nii.gz"))  # nnU-Net's slice of one
+    Image.fromarray(grey[2]).save(folder / "case_png.png")
     good = tmp_path / "good.mp4"
     with av.open(str(good), "w") as out:
         stream = out.add_stream("mpeg4", rate=10)
@@ -169,12 +175,18 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
         "IM00001#0",
         "IM00001#1",
         "IM00001#2",
+        "case_0000.nii.gz",
+        "case_png.png",
         "kv.gif",
         "kv.webp",
+        "seq.nii.gz#0",
+        "seq.nii.gz#1",
         "stack.tif#0",
         "stack.tif#1",
         "stack.tif#2",
     ], names
+    score = dict(zip(table["image"].map(lambda p: Path(p).name), table["score"], strict=True))
+    assert score["case_0000.nii.gz"] == score["case_png.png"], table.to_string()
     assert (table["status"] == "ok").all()
     assert (tmp_path / "out" / "good_frames.csv").is_file()
     overlays = sorted(f.name for f in (tmp_path / "out").glob("*_overlay.png"))  # none overwrote another
@@ -184,8 +196,12 @@ def test_every_frame_and_page_is_predicted_and_no_output_overwrites_another(tiny
             "IM00001_frame0",
             "IM00001_frame1",
             "IM00001_frame2",
+            "case_0000",
+            "case_png",
             "kv_gif",
             "kv_webp",
+            "seq_frame0",
+            "seq_frame1",
             "stack_frame0",
             "stack_frame1",
             "stack_frame2",

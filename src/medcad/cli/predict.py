@@ -135,8 +135,9 @@ def predict(
 def _images_and_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
     """The inputs that hold images (files, folders) and the videos: those given and those in the folders given (a
     folder of videos alone is not read for images), said on stderr."""
-    from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom, is_video
+    from medcad.data.filekinds import is_video
     from medcad.data.ledger import walk_files
+    from medcad.data.media import is_media
 
     images, videos = [], [p for p in inputs if is_video(p)]
     for p in (p for p in inputs if not is_video(p)):
@@ -147,7 +148,7 @@ def _images_and_videos(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
             _say_notes([f"{len(found)} video(s) under {p}/ predicted as videos: {shown}"])
             videos += found
         still = [f for f in files if not is_video(f)]
-        if not found or any(f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or is_dicom(f) for f in still):
+        if not found or any(is_media(f) for f in still):
             images.append(p)
     return images, videos
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.config import DataOptions
+from medcad.data.filekinds import VOLUME_SUFFIXES, file_suffix
 from medcad.data.manifest import Manifest
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.data.tables import table_manifest
@@ -54,7 +55,9 @@ def find_datalist(path: Path) -> Path | None:
 
 
 def _is_path(value: object) -> bool:
-    return isinstance(value, str) and Path(value.replace("\\", "/")).suffix.lower() in MEDIA_SUFFIXES | {".gz"}
+    return isinstance(value, str) and (
+        (suffix := file_suffix(value.replace("\\", "/"))) in MEDIA_SUFFIXES or suffix in VOLUME_SUFFIXES
+    )
 
 
 def read_datalist(path: Path, options: DataOptions) -> Manifest:

@@ -1,5 +1,6 @@
-"""What kind of file a path is, by its name and first bytes: images, DICOM, videos, masks by their stem, and volume
-formats medcad does not read; the checks every reader makes before it opens a file (errors name the file)."""
+"""What kind of file a path is, by its name and first bytes: images, DICOM, videos, volume formats (NIfTI,
+MetaImage...), masks by their stem, the stem images and masks are paired by; the checks every reader makes before it
+opens a file (errors name the file)."""
 
 from __future__ import annotations
 
@@ -32,25 +33,38 @@ VOLUME_SUFFIXES = {  # research formats of image volumes, by what their files en
     ".mnc": "MINC",
     ".hdr": "Analyze / NIfTI pair",  # only with the 348 of their header first: ENVI and Radiance write .hdr too
 }
-# data files of a header beside them of the same stem: Analyze's .img, MetaImage's .raw / .zraw
-_DATA_OF_HEADER = {
-    ".img": (".hdr", "Analyze / NIfTI pair"),
-    ".raw": (".mhd", "MetaImage"),
-    ".zraw": (".mhd", "MetaImage"),
-}
+# what a volume's voxel data file can end with, where a header beside it names it (Analyze's .img, MetaImage's .raw /
+# .zraw, NRRD's detached .raw / .raw.gz)
+_DATA_SUFFIXES = frozenset({".img", ".raw", ".zraw", ".gz", ".bin", ".dat"})
+_DATA_FIELD = re.compile(r"^(?:ElementDataFile\s*=|data ?file\s*:)\s*(?P<name>\S[^\r\n]*?)\s*$", re.I | re.M)
+
+
+def file_suffix(path: str | Path) -> str:
+    """A file's suffix in lower case, a compressed NIfTI's two together (`case_0000.nii.gz` -> `.nii.gz`)."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") and len(name) > 7 else Path(name).suffix
+
+
+def file_stem(path: str | Path) -> str:
+    """A file's name without `file_suffix` (`case_0000.nii.gz` -> `case_0000`, where `Path.stem` keeps `.nii`): the
+    name images and masks are paired by."""
+    name = Path(path).name
+    return name[: len(name) - len(file_suffix(name))] if file_suffix(name) else name
+
+
+def without_suffix(path: Path) -> Path:
+    """`path` with `file_stem` for its name (a relative path's folders kept)."""
+    return path.with_name(file_stem(path))
 
 
 def volume_format(path: Path) -> str | None:
-    """The name of a volume format (NIfTI, MetaImage, NRRD, MINC, an Analyze / NIfTI pair) that `path` is, else None:
-    nnU-Net, MONAI and the Medical Segmentation Decathlon keep images and label maps so, 2-D ones too (a slice of
-    depth 1, as nnU-Net converts PNGs). By its name, but a file whose first bytes say DICOM or TIFF is not one; a
-    `.hdr` is one when its header starts with 348 (its size, in either byte order), a `.img` / `.raw` / `.zraw` when
-    its header (`.hdr`, `.mhd`) lies beside it."""
+    """The name of a volume format (NIfTI, MetaImage, NRRD, MINC, an Analyze / NIfTI pair's header) that `path` is,
+    else None (`medcad.data.volumes` reads them): nnU-Net, MONAI and the Medical Segmentation Decathlon keep images and
+    label maps so, 2-D ones too (a slice of depth 1, as nnU-Net converts PNGs). By its name, but a file whose first
+    bytes say DICOM or TIFF is not one, and a `.hdr` is one when its header starts with 348 (its size, in either byte
+    order). A header's voxel data file (`volume_header`) is not one: it is read with its header."""
     name = path.name.lower()
     kind = next((kind for end, kind in VOLUME_SUFFIXES.items() if name.endswith(end)), None)
-    data = _DATA_OF_HEADER.get(path.suffix.lower())
-    if data is not None and path.with_suffix(data[0]).is_file():
-        kind = data[1]
     if kind is None or has_dicom_preamble(path) or is_tiff(path):  # DICOM or TIFF whatever its name
         return None
     if name.endswith(".hdr"):
@@ -59,19 +73,39 @@ def volume_format(path: Path) -> str | None:
                 if f.read(4) not in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
                     return None
         except OSError:
-            pass  # said by its name: a file that cannot be opened is not read either way
+            pass  # said by its name: a file that cannot be opened fails as itself when read
     return kind
 
 
-def volume_reason(path: Path) -> str | None:
-    """Why a file of a volume format (`volume_format`) is not read, None for other files."""
-    if kind := volume_format(path):
-        article = "an" if kind[0] in "AEIOU" else "a"
-        return (
-            f"{article} {kind} file, which medcad does not read: it reads 2-D images (PNG, JPEG, TIFF, DICOM); write "
-            "each slice or frame as a PNG (a label map with its class values as they are)"
-        )
-    return None
+def volume_data(header: Path) -> Path | None:
+    """The voxel data file of a volume header, where it is a file of its own beside it: an Analyze / NIfTI pair's
+    `x.img` beside `x.hdr`, the file a MetaImage `.mhd` names in `ElementDataFile` or a detached NRRD `.nhdr` in
+    `data file` (None for LOCAL data, lists and patterns of files, and for every other file)."""
+    suffix = header.suffix.lower()
+    if suffix == ".hdr":
+        found = header.with_suffix(".img")
+        return found if found.is_file() and volume_format(header) else None
+    if suffix not in (".mhd", ".nhdr"):
+        return None
+    try:
+        with open(header, "rb") as f:
+            text = f.read(8192).decode("latin-1")
+    except OSError:
+        return None
+    m = _DATA_FIELD.search(text)
+    name = m["name"] if m else ""
+    if not name or name.upper().startswith(("LOCAL", "LIST")) or "%" in name or "/" in name or "\\" in name:
+        return None
+    found = header.parent / name
+    return found if found.is_file() else None
+
+
+def volume_header(path: Path) -> Path | None:
+    """The volume header beside `path` whose voxel data `path` is (`volume_data`), else None."""
+    if path.suffix.lower() not in _DATA_SUFFIXES:
+        return None
+    beside = [path.with_suffix(".hdr"), *sorted(path.parent.glob("*.mhd")), *sorted(path.parent.glob("*.nhdr"))]
+    return next((h for h in beside if h.is_file() and volume_data(h) == path), None)
 
 
 def is_video(path: str | Path) -> bool:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medcad.data.filekinds import check_file, is_dicom, volume_reason
+from medcad.data.filekinds import check_file, is_dicom, volume_format
 from medcad.data.pixel_limit import max_pixels, open_checked, pil_image, too_large
 from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
 from medcad.data.tiff import (
@@ -56,7 +56,9 @@ DECODING = (
     "that hold every value, else 16; integer data below 0 or above 65535 from its own min..max; floats in [0, 1] "
     "times 255, else from their finite min..max (NaN at the lowest); DICOM: colour converted to RGB, monochrome "
     "through rescale, then window or VOI LUT, MONOCHROME1 inverted (PS3.3); values rounded to uint8 "
-    "(medcad.data.io.read_image)"
+    "(medcad.data.io.read_image); NIfTI, MetaImage, NRRD, MINC and Analyze files read by SimpleITK in stored voxel "
+    "order (x across, y down; the header's orientation not applied), values after the header's rescale, scaled as "
+    "TIFF data are, each slice or frame of a stack an image (medcad.data.volumes)"
 )
 
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
@@ -177,7 +179,13 @@ def decode_pil(
     `palette_indices`, a palette image gives its indices (H, W), as label maps store classes, not its colours;
     `page` of a multi-page TIFF or an animated GIF / WebP (see `image_pages`); with `as_stored`, a MINISWHITE TIFF
     by its stored values (masks: `medcad.data.tiff.STORED_MINISWHITE`). A TIFF is read by tifffile
-    (`medcad.data.tiff`) unless it is Pillow's to read."""
+    (`medcad.data.tiff`) unless it is Pillow's to read; a volume file (NIfTI, MetaImage...) by SimpleITK
+    (`medcad.data.volumes`: its format's name for the PIL format)."""
+    if kind := volume_format(path):
+        from medcad.data.volumes import read_volume_page
+
+        arr = read_volume_page(path, page)
+        return (arr if keep_alpha or arr.ndim == 2 else arr[..., :3]), kind, 1
     if not is_tiff(path):
         return _pillow_decode(path, draft, keep_alpha, palette_indices, page)
     try:
@@ -315,6 +323,13 @@ def image_pages(path: Path) -> tuple[list[int], list[int]]:
     dropped with the pages after them, unsaid), or the frames of an animated GIF / WebP / PNG (APNG); ([0], []) for
     other files."""
     suffix = path.suffix.lower()
+    if volume_format(path):
+        from medcad.data.volumes import volume_info
+
+        try:
+            return list(range(volume_info(path)[2])), []
+        except DataError:
+            return [0], []  # an unreadable file fails as itself when read
     if suffix not in PAGED_SUFFIXES:
         return [0], []
     try:
@@ -361,6 +376,13 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
         if "Rows" not in ds or "Columns" not in ds:
             raise DataError(p, "DICOM file holds no image (no Rows/Columns)")
         return int(ds.Columns), int(ds.Rows)
+    if volume_format(p):
+        from medcad.data.volumes import volume_info
+
+        w, h, pages = volume_info(p)
+        if frame is not None and not 0 <= frame < pages:
+            raise NoSuchFrame(p, f"has {pages} page(s); page {frame} does not exist")
+        return w, h
     tiff_why = ""
     if is_tiff(p):
         try:
@@ -389,8 +411,7 @@ def _unreadable(path: Path, reasons: str = "") -> DataError:
     float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
     if is_tiff(path):
         return _Unrecognised(path, unreadable_tiff(reasons))
-    why = volume_reason(path) or "not a readable image (unknown or corrupt format)"
-    return _Unrecognised(path, why)
+    return _Unrecognised(path, "not a readable image (unknown or corrupt format)")
 
 
 def describe_image(path: str | Path) -> list[str]:
@@ -406,6 +427,12 @@ def describe_image(path: str | Path) -> list[str]:
             from medcad.data.dicom import describe_dicom
 
             return describe_dicom(p)
+        if volume_format(p):
+            from medcad.data.volumes import volume_notes
+
+            notes = volume_notes(p)
+            arr = decode_pil(p, None)[0]
+            return notes + (scaling_notes(arr, p, "") if arr.dtype != np.uint8 else [])
         if is_tiff(p):
             try:
                 notes, dtype = page_notes(p)

@@ -26,7 +26,7 @@ from medcad.data.annotations import (
     read_yolo,
 )
 from medcad.data.datalist import find_datalist, read_datalist
-from medcad.data.filekinds import IMAGE_SUFFIXES, is_dicom, volume_reason
+from medcad.data.filekinds import IMAGE_SUFFIXES, file_stem, is_dicom, volume_format, without_suffix
 from medcad.data.folder_patterns import detect_pattern, subfolder_fields
 from medcad.data.ledger import BROKEN_LINK, make_ledger, walk_files
 from medcad.data.manifest import (
@@ -74,7 +74,7 @@ def detect_layout(path: Path, options: DataOptions | None = None) -> tuple[str, 
             return "voc", "a Pascal VOC XML file"
         if suffix in (".xlsx", ".xml"):
             return ("xlsx", "an Excel .xlsx manifest") if suffix == ".xlsx" else ("cvat", "an XML file (CVAT)")
-        if is_dicom(path) or suffix in IMAGE_SUFFIXES:
+        if is_dicom(path) or suffix in IMAGE_SUFFIXES or volume_format(path):
             return "folders", "a single image file"
         raise DataError(
             path, "not a dataset: give a folder, a CSV/TSV/XLSX manifest, a COCO JSON, a CVAT XML or a DICOM file"
@@ -124,13 +124,11 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     files = walk_media(path)
     if not files:
         broken: list[tuple[Path, str]] = []
-        every = walk_files(path, broken)
+        walk_files(path, broken)
         broken = [(p, why) for p, why in broken if why.startswith(BROKEN_LINK)]
         said = f"; {len(broken)} link(s) to missing files, e.g. {broken[0][0].name}: {broken[0][1]}" if broken else ""
-        volumes = [(f, why) for f in every if (why := volume_reason(f))]
-        if volumes:
-            said += f"; {len(volumes)} file(s) of a volume format, e.g. {volumes[0][0].name}: {volumes[0][1]}"
-        raise DataError(path, f"no images found (looked for {', '.join(sorted(MEDIA_SUFFIXES))}){said}")
+        looked = ", ".join([*sorted(MEDIA_SUFFIXES), "NIfTI, MetaImage, NRRD, MINC, Analyze"])
+        raise DataError(path, f"no images found (looked for {looked}){said}")
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for f in files:
         by_dir[f.parent].append(f)
@@ -140,7 +138,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
         pattern, why = detect_pattern(path, files)
     regex = pattern_regex(pattern) if pattern else None
     rows, problems, by_word = [], [], []
-    stems_in = {folder: {f.stem for f in group} for folder, group in by_dir.items()}
+    stems_in = {folder: {file_stem(f) for f in group} for folder, group in by_dir.items()}
     paired_by_suffix = any(_suffix_base(f, mask_rx, stems_in[f.parent]) for f in files)
     for folder, group in by_dir.items():
         stems = stems_in[folder]
@@ -166,16 +164,16 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
                 ]
                 continue
             fields = {k: v for k, v in match.groupdict().items() if v is not None}
-        named = {f.stem: [] for f in images}
+        named = {file_stem(f): [] for f in images}
         for f in images:
-            named[f.stem].append(f.relative_to(path).as_posix())
+            named[file_stem(f)].append(f.relative_to(path).as_posix())
         shared = several_images_of_one_name(named, masks, problems)
         for f in images:
-            if f.stem in shared:
+            if file_stem(f) in shared:
                 continue
             row = {"image": f.relative_to(path).as_posix(), **fields}
-            if f.stem in masks:
-                row["mask"] = MASK_SEP.join(sorted(masks[f.stem], key=lambda s: (len(s), s)))
+            if file_stem(f) in masks:
+                row["mask"] = MASK_SEP.join(sorted(masks[file_stem(f)], key=lambda s: (len(s), s)))
             rows.append(row)
     rows = expand_frames(rows, path, problems)
     if not rows:
@@ -258,8 +256,8 @@ def _no_mask_folder_as_a_class(path: Path, rows: list[dict]) -> None:
 def _suffix_base(f: Path, mask_rx: re.Pattern | None, stems: set[str]) -> str | None:
     """The stem of the image beside `f` (`stems`: those of its folder's files) whose mask `f` is by the mask suffix
     (`x_mask.png`, `x_mask_2.png` beside `x.jpg`), else None."""
-    m = mask_rx.match(f.stem) if mask_rx else None
-    return m.group("base") if m and m.group("base") != f.stem and m.group("base") in stems else None
+    m = mask_rx.match(file_stem(f)) if mask_rx else None
+    return m.group("base") if m and m.group("base") != file_stem(f) and m.group("base") in stems else None
 
 
 def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) -> str:
@@ -270,10 +268,10 @@ def _orphan_mask(f: Path, mask_rx: re.Pattern | None, paired_by_suffix: bool) ->
     from medcad.data.filekinds import MASK_STEM
     from medcad.data.pairing import mask_likeness
 
-    by_suffix = bool(mask_rx and mask_rx.match(f.stem))
+    by_suffix = bool(mask_rx and mask_rx.match(file_stem(f)))
     if by_suffix and paired_by_suffix:
         return "a mask (by its name, as the other masks here) without an image of the same name beside it: not read"
-    if (by_suffix or MASK_STEM.match(f.stem)) and mask_likeness(f) >= 0.95:
+    if (by_suffix or MASK_STEM.match(file_stem(f))) and mask_likeness(f) >= 0.95:
         return "a mask (by its name and content) without an image of the same name beside it: not read"
     return ""
 
@@ -284,8 +282,8 @@ def _mask_by_word(f: Path, stems: set[str]) -> str | None:
     from medcad.data.filekinds import MASK_STEM
     from medcad.data.pairing import mask_likeness
 
-    m = MASK_STEM.match(f.stem)
-    if m is None or m.group("base") not in stems or m.group("base") == f.stem:
+    m = MASK_STEM.match(file_stem(f))
+    if m is None or m.group("base") not in stems or m.group("base") == file_stem(f):
         return None
     return m.group("base") if mask_likeness(f) >= 0.95 else None
 
@@ -298,7 +296,7 @@ def _shared_stem_note(root: Path, by_dir: dict[Path, list[Path]]) -> list[str]:
     dirs = list(by_dir)
     for i, a in enumerate(dirs):
         for b in dirs[i + 1 :]:
-            sa, sb = {f.stem for f in by_dir[a]}, {f.stem for f in by_dir[b]}
+            sa, sb = {file_stem(f) for f in by_dir[a]}, {file_stem(f) for f in by_dir[b]}
             shared = len(sa & sb)
             masky = [mask_likeness(by_dir[d][0]) >= 0.95 for d in (a, b)]
             if shared >= max(2, 0.5 * min(len(sa), len(sb))) and masky[0] != masky[1]:
@@ -336,11 +334,11 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
     images = _first_channels(walk_media(image_dir))
     stems_in: dict[Path, set[str]] = defaultdict(set)  # image stems per sub-folder of the image folder
     for f in images:
-        rel = f.relative_to(image_dir).with_suffix("")
+        rel = without_suffix(f.relative_to(image_dir))
         stems_in[rel.parent].add(rel.name)
     masks: dict[str, list[Path]] = defaultdict(list)
     for f in walk_media(mask_dir):
-        rel = f.relative_to(mask_dir).with_suffix("")
+        rel = without_suffix(f.relative_to(mask_dir))
         base = mask_base(rel.name, stems_in.get(rel.parent, set()), options.mask_suffix)
         if base is None:
             problems.append(
@@ -350,12 +348,12 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
             masks[(rel.parent / base).as_posix()].append(f)
     named: dict[str, list[str]] = defaultdict(list)
     for f in images:
-        named[f.relative_to(image_dir).with_suffix("").as_posix()].append(f.relative_to(path).as_posix())
+        named[without_suffix(f.relative_to(image_dir)).as_posix()].append(f.relative_to(path).as_posix())
     shown = {k: [m.relative_to(path).as_posix() for m in v] for k, v in masks.items()}
     shared = several_images_of_one_name(named, shown, problems)
     rows = []
     for f in images:
-        key = f.relative_to(image_dir).with_suffix("").as_posix()
+        key = without_suffix(f.relative_to(image_dir)).as_posix()
         if key in shared:
             continue
         row = {"image": f.relative_to(path).as_posix()}
@@ -371,7 +369,8 @@ def _first_channels(images: list[Path]) -> list[Path]:
     modality or colour plane of the case; a PNG's colour is in its one file). The ledger names them as not read."""
     from medcad.data.ledger import NNUNET_CHANNEL, further_channel
 
-    firsts = {(f.parent, m["case"]) for f in images if (m := NNUNET_CHANNEL.match(f.stem)) and m["channel"] == "0000"}
+    matched = ((f, NNUNET_CHANNEL.match(file_stem(f))) for f in images)
+    firsts = {(f.parent, m["case"]) for f, m in matched if m and m["channel"] == "0000"}
     return [f for f in images if not further_channel(f, firsts)]
 
 
@@ -452,7 +451,6 @@ def load_manifest(
     if reader is None:
         raise DataError(p, f"unknown layout {layout!r}; choose one of {', '.join(READERS)}")
     manifest = reader(p, options)
-    manifest.leave_out_volumes()
     manifest.notes.insert(0, f"layout {layout!r}: {why}")
     rename_labels(manifest, {v: nfc(v) for v in manifest.table["label"].unique() if nfc(v) != v}, "labels in NFC")
     label_map = {nfc(a): nfc(b) for a, b in options.label_mapping().items()}

@@ -20,7 +20,16 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.data.cache import cache_dir
-from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, MASK_STEM, VIDEO_SUFFIXES, volume_reason
+from medcad.data.filekinds import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    MASK_STEM,
+    VIDEO_SUFFIXES,
+    file_stem,
+    file_suffix,
+    volume_format,
+    volume_header,
+)
 
 BROKEN_LINK = "a link to a missing file"  # what the ledger says of one
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
@@ -94,11 +103,11 @@ def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> 
     (`NNUNET_IMAGE_FOLDERS`): why the file is not read (medcad reads one image per case, channel 0000); else None
     (frames numbered `clip_0000`, `clip_0001` elsewhere are frames). `firsts`: the (folder, case) pairs that have a
     channel 0000, when the caller has listed them (else the folder is looked in)."""
-    m = NNUNET_CHANNEL.match(path.stem)
+    m = NNUNET_CHANNEL.match(file_stem(path))
     if not m or m["channel"] == "0000" or path.parent.name not in NNUNET_IMAGE_FOLDERS:
         return None
     if firsts is None:
-        has_first = any(path.parent.glob(f"{glob.escape(m['case'])}_0000.*"))
+        has_first = any(path.parent.glob(f"{glob.escape(m['case'])}_0000{glob.escape(file_suffix(path))}"))
     else:
         has_first = (path.parent, m["case"]) in firsts
     if not has_first:
@@ -114,20 +123,21 @@ def in_voc_mask_folder(path: Path) -> bool:
 
 def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
-    if why := volume_reason(path):  # before channels: a volume set's channel 0000 is not read either
-        return why
+    image = suffix in IMAGE_SUFFIXES or bool(volume_format(path))  # a file medcad reads as an image (DICOM aside)
+    if header := volume_header(path):
+        return f"the voxel data of {header.name} (read with its header, which this read did not use)"
     if channel := further_channel(path):
         return channel
-    if (suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
+    if (image or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
         return "an nnU-Net test image (imagesTs/: no label): `medcad predict` or `evaluate --data` with labels"
-    if suffix in IMAGE_SUFFIXES and MASK_STEM.match(path.stem):  # BUSI's second lesion: x_mask_1.png
+    if image and MASK_STEM.match(file_stem(path)):  # BUSI's second lesion: x_mask_1.png
         return (
             f"a mask by its name that no row of the {layout!r} layout names: an image's masks are joined by '|' in its "
             "mask cell"
         )
-    if layout == "voc" and suffix in IMAGE_SUFFIXES and in_voc_mask_folder(path):
+    if layout == "voc" and image and in_voc_mask_folder(path):
         return "a Pascal VOC segmentation mask (SegmentationClass/, SegmentationObject/): --masks reads such masks"
-    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+    if image or suffix in DICOM_SUFFIXES:
         return f"an image the {layout!r} layout did not read"
     if path.name.upper() == "DICOMDIR":
         return "a DICOMDIR: the file set's index (its images are read from their own files)"

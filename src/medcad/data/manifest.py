@@ -126,25 +126,14 @@ class Manifest:
         return [(a, i) for a, i in out if copies[a] > 1]
 
     def used_files(self) -> set[str]:
-        """The image and mask files of the rows, relative to `root`."""
-        masks = {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}
-        return set(self.table["image"]) | masks
+        """The image and mask files of the rows, relative to `root`, with the voxel data file of each volume header
+        among them (an Analyze / NIfTI pair's `.img`, a MetaImage's or detached NRRD's `.raw`: read with it)."""
+        from medcad.data.filekinds import volume_data
 
-    def leave_out_volumes(self) -> None:
-        """Rows whose image or mask is a volume file (NIfTI, MetaImage...: `filekinds.volume_reason`) leave the table
-        as problems naming the file and its format: a list (a MONAI datalist, a CSV) may name such files, which had
-        been read as rows and failed one by one when decoded."""
-        from medcad.data.filekinds import volume_reason
-
-        bad = []
-        for i, (image, mask) in enumerate(zip(self.table["image"], self.table["mask"], strict=True)):
-            files = [image.split(FRAME_SEP)[0], *(mask.split(MASK_SEP) if mask else [])]
-            why = next(((f, w) for f in files if (w := volume_reason(self.root / f))), None)
-            if why is not None:
-                self.problems.append((image, f"{why[0]}: {why[1]}" if why[0] != image else why[1]))
-                bad.append(i)
-        if bad:
-            self.table = self.table.drop(self.table.index[bad]).reset_index(drop=True)
+        files = set(self.table["image"]) | {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}
+        headers = [f for f in files if f.lower().endswith((".hdr", ".mhd", ".nhdr"))]
+        datas = ((f, volume_data(self.root / f)) for f in headers)
+        return files | {(Path(f).parent / data.name).as_posix() for f, data in datas if data}
 
     def check_complete(self, allow_missing: bool) -> None:
         """Stop when the read left rows out, unless the user allows it (`--allow-missing`).

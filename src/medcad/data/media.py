@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom
+from medcad.data.filekinds import DICOM_SUFFIXES, IMAGE_SUFFIXES, has_dicom_preamble, is_dicom, volume_format
 from medcad.data.io import image_pages
 from medcad.data.ledger import walk_files
 from medcad.data.versions import per_file_version
@@ -28,9 +28,11 @@ PATTERN_FIELDS = {
 
 
 def is_media(path: Path) -> bool:
-    """An image or DICOM file: by suffix, or by the DICOM preamble for other names (`IM00001`, `1.2.840...`)."""
+    """An image, DICOM or volume file (NIfTI, MetaImage...: `filekinds.volume_format`; a header's voxel data file is
+    read with its header, not as one): by suffix, or by the DICOM preamble for other names (`IM00001`,
+    `1.2.840...`)."""
     suffix = path.suffix.lower()
-    if suffix in MEDIA_SUFFIXES:
+    if suffix in MEDIA_SUFFIXES or volume_format(path):
         return True
     if suffix in TEXT_SUFFIXES or path.name.upper() == "DICOMDIR":  # DICOMDIR: an index of the files, no image
         return False

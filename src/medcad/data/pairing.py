@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medcad.data.filekinds import MASK_STEM, is_dicom
+from medcad.data.filekinds import MASK_STEM, file_stem
 from medcad.data.io import decode_pil
 from medcad.data.masks import MAX_LABEL_VALUES
-from medcad.data.media import MEDIA_SUFFIXES
+from medcad.data.media import is_media
 from medcad.data.splits import is_split_name
 from medcad.errors import DataError
 
@@ -73,11 +73,7 @@ def mask_likeness(path: Path) -> float:
 
 
 def _media(folder: Path) -> list[Path]:
-    return sorted(
-        f
-        for f in folder.iterdir()
-        if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in MEDIA_SUFFIXES or is_dicom(f))
-    )
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and is_media(f))
 
 
 def _name_hint(folder: Path) -> bool:
@@ -92,8 +88,8 @@ def judge_pair(a: Path, b: Path, mask_suffix: str = "_mask") -> FolderPair | Non
         return None
     best = None
     for images, masks, f_img, f_msk in ((a, b, fa, fb), (b, a, fb, fa)):
-        stems = {f.stem for f in f_img}
-        matched = sum(mask_base(f.stem, stems, mask_suffix) is not None for f in f_msk)
+        stems = {file_stem(f) for f in f_img}
+        matched = sum(mask_base(file_stem(f), stems, mask_suffix) is not None for f in f_msk)
         frac = matched / min(len(f_img), len(f_msk))
         if frac < MIN_MATCH:
             continue

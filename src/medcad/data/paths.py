@@ -9,6 +9,7 @@ import posixpath
 from collections import Counter
 from pathlib import Path
 
+from medcad.data.filekinds import VOLUME_SUFFIXES, file_stem, file_suffix
 from medcad.data.manifest import nfc
 from medcad.data.media import MEDIA_SUFFIXES
 
@@ -112,8 +113,8 @@ class PathResolver:
             by_stem: dict[str, list[str]] = {}
             for e in sorted(os.listdir(folder)):
                 by_name.setdefault(_spelling_key(e), []).append(e)
-                if Path(e).suffix.lower() in MEDIA_SUFFIXES:
-                    by_stem.setdefault(_spelling_key(Path(e).stem), []).append(e)
+                if (suffix := file_suffix(e)) in MEDIA_SUFFIXES or suffix in VOLUME_SUFFIXES:
+                    by_stem.setdefault(_spelling_key(file_stem(e)), []).append(e)
             self.listings[folder] = by_name, by_stem
         return self.listings[folder]
 

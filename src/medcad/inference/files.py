@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medcad.atomic import atomic_path, atomic_write_text
+from medcad.data.filekinds import file_stem
 from medcad.errors import DataError
 from medcad.inference.outputs import check_png_values
 from medcad.inference.predictor import Predictor, split_frame
@@ -33,7 +34,7 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
 
     def named(item: str, rel: str | None = None) -> str:
         path, frame = split_frame(item)
-        stem = path.stem if rel is None else "".join(c if c.isalnum() or c in "-_" else "_" for c in rel)
+        stem = file_stem(path) if rel is None else "".join(c if c.isalnum() or c in "-_" else "_" for c in rel)
         return stem + (f"_frame{frame}" if frame is not None else "")
 
     out = {str(i): named(str(i)) for i in items}
@@ -189,7 +190,7 @@ def predict_image_files(
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
             summaries.append({"image": pred.path, "error": pred.problem})
         else:
-            stem = names.get(pred.image) or Path(pred.image).stem
+            stem = names.get(pred.image) or file_stem(pred.image)
             files = {}
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))

@@ -38,7 +38,7 @@ def print_summary(s: dict, console: Console | None = None) -> None:
         facts.add_row("height px", f"{h['min']}–{h['max']} (median {h['median']})")
         facts.add_row("distinct sizes", str(s["n_distinct_sizes"]))
     if s["n_dicom_frames"]:
-        facts.add_row("frames (DICOM, TIFF pages)", str(s["n_dicom_frames"]))
+        facts.add_row("frames (DICOM, TIFF pages, volume slices)", str(s["n_dicom_frames"]))
     if s["extra_columns"]:
         facts.add_row("extra columns", ", ".join(s["extra_columns"]))
     facts.add_row("manifest", s.get("manifest_csv", ""))

@@ -1,0 +1,198 @@
+"""Volume files (NIfTI, MetaImage, NRRD, MINC, Analyze / NIfTI pairs) read as 2-D images and stacks of them, as
+SimpleITK writes them: nnU-Net's converted slices, CAMUS-style frames and label maps, 2-D+t sequences whose pages
+each get their mask; every file of such a set used or named (the voxel data files with their headers)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import noise_image
+from medcad.data.filekinds import VOLUME_SUFFIXES, file_stem, volume_data, volume_format, volume_header
+from medcad.data.io import describe_image, image_pages, image_size, read_image
+from medcad.data.layouts import load_manifest
+from medcad.data.masks import read_mask, sample_mask_pages
+from medcad.data.volumes import read_volume_page
+from medcad.errors import DataError
+
+EXAMPLES = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+WRITTEN = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".hdr", ".mnc")  # each format SimpleITK writes
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def write(path: Path, arr: np.ndarray, vector: bool = False) -> Path:
+    """`arr` written by SimpleITK as nnU-Net and CAMUS write them: (H, W) or (pages, H, W) from a numpy array."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=vector), str(path))
+    return path
+
+
+@EXAMPLES
+@given(
+    end=st.sampled_from(WRITTEN),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int16, np.float32]),
+    shape=st.tuples(st.integers(3, 40), st.integers(3, 40)),
+    depth_one=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_slice_reads_back_as_written_and_decodes_as_the_same_values_in_a_tiff(end, dtype, shape, depth_one, seed):
+    """Any 2-D array, written in any of the formats (as a plain 2-D image or nnU-Net's slice of depth one), reads
+    back value for value and not transposed; its width and height are the array's; as an image it decodes as the same
+    array kept in a TIFF does (one decoding policy); its notes say how it was read."""
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(dtype, np.floating):
+        arr = rng.normal(0, 3, shape).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        arr = rng.integers(max(info.min, -3000), min(info.max, 3000) + 1, shape).astype(dtype)
+    if end == ".mnc" and dtype != np.uint8:
+        arr = arr.astype(np.float32)  # SimpleITK's MINC writer keeps the type only so far
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp) / f"case_0000{end}", arr[None] if depth_one else arr)
+        assert volume_format(path) == VOLUME_SUFFIXES[end] and file_stem(path) == "case_0000"
+        got = read_volume_page(path)
+        assert got.shape == arr.shape and np.array_equal(got, arr.astype(got.dtype)), (got, arr)
+        assert image_size(path) == (shape[1], shape[0]) and image_pages(path) == ([0], [])
+        tiff = Path(tmp) / "same.tif"
+        tifffile.imwrite(tiff, got)
+        assert np.array_equal(read_image(path), read_image(tiff))
+        assert any("stored order (x across, y down)" in note for note in describe_image(path))
+
+
+def test_a_sequence_is_a_page_per_frame_each_with_its_own_page_of_the_label_map(tmp_path: Path) -> None:
+    """A CAMUS-style 2-D+t sequence (frames, H, W) beside its label map of as many frames: one row per frame, each
+    frame's mask the label map's same frame (not frame 0's); the frames of one file stay in one group."""
+    root = tmp_path / "camus" / "patient0001"
+    frames = np.stack([noise_image(k, 24, gray=True) for k in range(4)])
+    labels = np.zeros((4, 24, 24), np.uint8)
+    for k in range(4):
+        labels[k, 2 + 3 * k : 8 + 3 * k, 4:12] = 1 + k % 3  # CAMUS's classes 1..3, in another place per frame
+    write(root / "patient0001_2CH_half_sequence.nii.gz", frames)
+    write(root / "patient0001_2CH_half_sequence_gt.nii.gz", labels)
+    m = load_manifest(tmp_path / "camus")
+    assert len(m) == 4 and [m.frame(i) for i in range(4)] == [0, 1, 2, 3], m.table
+    for i in range(4):
+        image = read_image(m.image_path(i), m.frame(i))
+        assert np.array_equal(image[..., 0], frames[i])
+        pages = sample_mask_pages(m, i)
+        assert pages == [i] and np.array_equal(read_mask(m.mask_paths(i), pages), labels[i] > 0)
+    assert not m.ledger.left_out and not m.ledger.unread, m.ledger
+
+
+def test_an_nnunet_v1_set_in_nifti_is_paired_and_every_file_is_used_or_named(tmp_path: Path) -> None:
+    """nnU-Net v1's imagesTr/<case>_0000.nii.gz beside labelsTr/<case>.nii.gz (its dataset.json's labels): paired by
+    the name without `.nii.gz`; a second channel and imagesTs/ are named as what they are; a label map's classes
+    are read."""
+    root = tmp_path / "Task501_Kidney"
+    for k in range(3):
+        write(root / "imagesTr" / f"kid_{k:03d}_0000.nii.gz", noise_image(k, 32, gray=True)[None])
+        label = np.zeros((1, 32, 32), np.uint8)
+        label[0, 4 + k : 12 + k, 6:20] = 1
+        label[0, 20:26, 6 + k : 12 + k] = 2
+        write(root / "labelsTr" / f"kid_{k:03d}.nii.gz", label)
+    write(root / "imagesTr" / "kid_000_0001.nii.gz", noise_image(9, 32, gray=True)[None])
+    write(root / "imagesTs" / "kid_900_0000.nii.gz", noise_image(10, 32, gray=True)[None])
+    labels = {"background": 0, "cortex": 1, "cyst": 2}
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz", "numTraining": 3}))
+    m = load_manifest(root)
+    assert list(m.table["image"]) == [f"imagesTr/kid_{k:03d}_0000.nii.gz" for k in range(3)]
+    assert list(m.table["mask"]) == [f"labelsTr/kid_{k:03d}.nii.gz" for k in range(3)]
+    unread = dict(m.ledger.unread)
+    assert "channel 0001 of nnU-Net case 'kid_000'" in unread["imagesTr/kid_000_0001.nii.gz"]
+    assert "nnU-Net test image" in unread["imagesTs/kid_900_0000.nii.gz"]
+    assert np.array_equal(
+        read_mask(m.mask_paths(1)),
+        np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr/kid_001.nii.gz"))))[0] > 0,
+    )
+
+
+def test_voxel_data_files_are_used_with_their_headers_and_named_without_them(tmp_path: Path) -> None:
+    """A MetaImage `.mhd`, a detached NRRD `.nhdr` and an Analyze / NIfTI pair `.hdr` each keep their voxels in a file
+    beside them: used with the header it belongs to, named as its voxel data where that header is not read; the data
+    file is not an image of its own."""
+    root = tmp_path / "set"
+    for k, end in enumerate((".mhd", ".nhdr", ".hdr")):
+        write(root / "images" / f"c{k}{end}", noise_image(k, 24, gray=True))
+        mask = np.zeros((24, 24), np.uint8)
+        mask[3:9, 3 + k : 9 + k] = 1
+        write(root / "masks" / f"c{k}{end}", mask)
+    datas = {h: volume_data(h) for h in sorted((root / "images").iterdir()) if volume_format(h)}
+    assert {h.name: d.name for h, d in datas.items()} == {"c0.mhd": "c0.raw", "c1.nhdr": "c1.raw", "c2.hdr": "c2.img"}
+    assert all(volume_header(d) == h and volume_format(d) is None for h, d in datas.items())
+    (root / "notes").mkdir()
+    write(root / "notes" / "stray.mhd", noise_image(5, 24, gray=True))
+    (root / "notes" / "stray.mhd").unlink()  # its data file stays, with no header: nothing names it as data
+    write(root / "unused" / "u.mhd", noise_image(6, 24, gray=True))
+    m = load_manifest(root, images="images", masks="masks")
+    assert len(m) == 3 and all(m.mask_paths(i) for i in range(3))
+    used, unread = m.used_files(), dict(m.ledger.unread)
+    assert {"images/c0.raw", "images/c1.raw", "images/c2.img", "masks/c0.raw"} <= used
+    assert "the voxel data of u.mhd" in unread["unused/u.raw"], unread
+    assert "voxel data" not in unread["notes/stray.raw"], unread
+
+
+def test_volumes_medcad_cannot_take_apart_are_refused_naming_the_file_and_what_it_holds(tmp_path: Path) -> None:
+    """A 3-D volume over time (two axes beyond the image's longer than one), vector voxels of two components, a
+    truncated NIfTI (compressed, not, a pair's voxel file) and a MetaImage without its data file: each a DataError
+    naming the file and what is wrong."""
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 8, 8), np.uint8))] * 2)
+    sitk.WriteImage(four_d, str(tmp_path / "volume_t.nii.gz"))
+    write(tmp_path / "flow.nii.gz", np.zeros((8, 8, 2), np.float32), vector=True)
+    for name in ("cut.nii.gz", "cut.nii", "cut.img"):  # ITK reads truncated NIfTI voxels without a word
+        whole = write(tmp_path / name.replace(".img", ".hdr"), noise_image(1, 64, gray=True)).with_name(name)
+        whole.write_bytes(whole.read_bytes()[:-500])
+    write(tmp_path / "lost.mhd", noise_image(2, 16, gray=True))
+    (tmp_path / "lost.raw").unlink()
+    said = {
+        "volume_t.nii.gz": "8 x 8 x 3 x 2 voxels, of more than one axis beyond",
+        "flow.nii.gz": "2-component voxels",
+        "cut.nii.gz": "truncated or corrupt gzip data",
+        "cut.nii": "truncated: its header's voxels end at byte 4448, the file holds 3948 bytes",
+        "cut.hdr": "its voxel data file cut.img holds 3596 bytes",
+        "lost.mhd": "MetaImage",
+    }
+    for name, text in said.items():
+        with pytest.raises(DataError) as e:
+            read_image(tmp_path / name)
+        assert name in str(e.value) and text in str(e.value), str(e.value)
+
+
+def test_a_monai_datalist_of_nifti_items_is_read(tmp_path: Path) -> None:
+    """A MONAI datalist whose items are NIfTI images and label maps (relative paths, as MONAI writes them)."""
+    root = tmp_path / "monai"
+    items = []
+    for k in range(3):
+        write(root / "images" / f"v{k}.nii.gz", noise_image(k, 24, gray=True))
+        mask = np.zeros((24, 24), np.uint8)
+        mask[2:10, 2 + k : 10 + k] = 1
+        write(root / "labels" / f"v{k}.nii.gz", mask)
+        items.append({"image": f"images/v{k}.nii.gz", "label": f"labels/v{k}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"training": items}))
+    m = load_manifest(root)
+    assert list(m.table["image"]) == [it["image"] for it in items] and not m.ledger.unread
+    assert read_mask(m.mask_paths(2))[5, 2 + 2] and not read_mask(m.mask_paths(2))[5, 1]
+
+
+def test_names_alone_do_not_make_a_volume(tmp_path: Path) -> None:
+    """A `.hdr` without Analyze's header (ENVI's, a hyperspectral endoscope's) and a DICOM file named `.img` are not
+    volumes, nor is a pair's `.img` (its voxel data, read with its `.hdr`)."""
+    (tmp_path / "envi.hdr").write_text("ENVI\nsamples = 640\n")
+    (tmp_path / "pair.hdr").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))
+    (tmp_path / "pair.img").write_bytes(bytes(64))
+    (tmp_path / "scan.img").write_bytes(bytes(128) + b"DICM" + bytes(64))
+    (tmp_path / "scan.hdr").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))  # its header does not make DICOM a volume
+    got = {name: volume_format(tmp_path / name) for name in ("envi.hdr", "pair.hdr", "pair.img", "scan.img")}
+    assert got == {"envi.hdr": None, "pair.hdr": "Analyze / NIfTI pair", "pair.img": None, "scan.img": None}
+    assert volume_header(tmp_path / "pair.img") == tmp_path / "pair.hdr"
