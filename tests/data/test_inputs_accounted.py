@@ -355,6 +355,24 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
             assert any("classes (grades) within sites, or patients numbered within each class" in n for n in m.notes)
 
 
+@pytest.mark.parametrize(
+    ("names", "as_patients"), [([f"patient{k:04d}" for k in range(12)], True), (list("01234"), False)]
+)
+def test_one_level_of_folders_named_as_ids_is_patients_beyond_a_grading_scale(tmp_path, names, as_patients) -> None:
+    """One folder level: more folders named as ids than a grading scale has (CAMUS's patient0001/ ... folders) are
+    patients, not classes (each had become a class of its own), said with the reading as classes; grade folders
+    0..4 stay classes."""
+    for k, name in enumerate(names):
+        save(tmp_path / name / f"img{k}.png", noise_image(k))
+    m = load_manifest(tmp_path)
+    column = "patient" if as_patients else "label"
+    assert list(m.table[column]) == names and m.ledger.line() == f"used {len(names)} of {len(names)}"
+    if as_patients:
+        assert set(m.table["label"]) == {""}
+        assert any("folder pattern '{patient}' (detected: the 12 folders are named as ids" in n for n in m.notes)
+        assert any("--pattern '{label}' reads them as classes" in n for n in m.notes), m.notes
+
+
 def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:
     """An image listed once per lesion (its own mask and box per row, a lesion id): one row, the masks' union and
     every box, with a note; a label that differs between the rows is still a conflict, named."""
