@@ -39,3 +39,49 @@ def test_a_link_is_read_by_its_own_name_and_a_replaced_file_anew(tmp_path: Path)
     os.replace(other, stack)
     os.utime(stack, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert file_frames(stack) == ((0,), ())
+
+
+def _replace_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """`path` replaced by `data` (of its size) with its modification time kept, as `cp -p` and `rsync -t` leave it."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    other = path.with_name(path.name + ".new")
+    other.write_bytes(data)
+    os.replace(other, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_caches_on_disk_and_a_volumes_voxel_file_follow_a_replaced_file(tmp_path: Path, monkeypatch) -> None:
+    """The caches kept on disk (fingerprints, decoded images) key a file by its version, not its size and modification
+    time alone: a same-size copy with its modification time kept is computed again (it had been served what the cache
+    held for the file it replaced: the old image's fingerprint, its decoded pixels). A MetaImage whose `.raw` is
+    rewritten, its `.mhd` untouched, is read anew."""
+    import SimpleITK as sitk
+
+    from medcad.data.datasets import image_cache_key
+    from medcad.data.fingerprints import FileCache
+    from medcad.data.io import read_image
+    from medcad.data.layouts import load_manifest
+
+    monkeypatch.setenv("MEDCAD_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds" / "benign"
+    root.mkdir(parents=True)
+    image = root / "a.png"
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(image)
+    manifest = load_manifest(tmp_path / "ds")
+    keys = FileCache.key(image, "benign/a.png"), image_cache_key(manifest, 16, False)
+    first = image.read_bytes()
+    data = bytearray(first)
+    data[-20] ^= 0xFF  # another file of the same size (a byte of the IEND / IDAT tail: the key, not the decode, counts)
+    _replace_keeping_size_and_mtime(image, bytes(data))
+    assert FileCache.key(image, "benign/a.png") != keys[0]
+    assert image_cache_key(manifest, 16, False) != keys[1]
+
+    header = tmp_path / "vol.mhd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 8), 7, np.uint8)), str(header))
+    assert read_image(header)[0, 0, 0] == 7
+    _replace_keeping_size_and_mtime(tmp_path / "vol.raw", bytes([9]) * 64)
+    assert read_image(header)[0, 0, 0] == 9  # read anew, though its header is as it was

@@ -25,6 +25,7 @@ from medcad.data.ledger import BROKEN_LINK
 from medcad.data.manifest import Manifest, shown_path
 from medcad.data.masks import read_mask, sample_mask_pages
 from medcad.data.pairing import MASK_FOLDER_WORDS, mask_base
+from medcad.data.versions import file_stamp
 from medcad.errors import DataError, UnreadableSamples
 
 if TYPE_CHECKING:
@@ -71,8 +72,7 @@ def image_cache_key(manifest: Manifest, size: int, bilateral: bool, interface: s
     removed = "" if check_interface(interface) == "none" else f"|{interface}"  # "none" keeps the keys made before
     h = hashlib.sha1(f"v{CACHE_VERSION}|{manifest.root.resolve()}|{size}|{bilateral}{removed}".encode())
     for i, key in enumerate(manifest.keys):
-        st = manifest.image_path(i).stat()
-        h.update(f"|{key}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"|{key}|{file_stamp(manifest.image_path(i))}".encode())
     return h.hexdigest()[:20]
 
 
@@ -230,8 +230,7 @@ def cached_masks(
     h = hashlib.sha1(f"{image_cache_key(manifest, size, False, 'crop' if crops else 'none')}|{missing}{kind}".encode())
     for i in range(len(manifest)):
         for mp in manifest.mask_paths(i):
-            st = mp.stat() if mp.is_file() else None
-            h.update(f"|{mp}|{st and st.st_size}|{st and st.st_mtime_ns}".encode())
+            h.update(f"|{mp}|{file_stamp(mp) if mp.is_file() else None}".encode())
     path = cache_dir() / "masks" / f"{h.hexdigest()[:20]}-{size}.npy"
 
     def fill(i: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from medcad.atomic import atomic_write_text
 from medcad.data.cache import cache_dir, filling
 from medcad.data.io import read_image
 from medcad.data.manifest import Manifest
+from medcad.data.versions import file_stamp
 from medcad.errors import DataError
 
 THUMB = 32
@@ -55,10 +56,10 @@ def fingerprint(path: Path, frame: int | None = None) -> ImageFingerprint:
 
 class FileCache:
     """A JSON cache of one value (a JSON list) per sample of a dataset root's files, keyed by the sample's key and
-    its file's size and modification time (`key`): a changed file is computed again. `kind` names what is kept (a
-    folder of the cache), `version` its form: a new version starts a new cache file. Puts from several threads are
-    safe (one dict item each); `save` writes the file atomically, and not at all where the cache folder is
-    read-only."""
+    its file's version (`versions.file_stamp`: size, times, inode): a changed or replaced file is computed again.
+    `kind` names what is kept (a folder of the cache), `version` its form: a new version starts a new cache file.
+    Puts from several threads are safe (one dict item each); `save` writes the file atomically, and not at all where
+    the cache folder is read-only."""
 
     def __init__(self, root: Path, kind: str, version: str | int) -> None:
         tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
@@ -71,10 +72,9 @@ class FileCache:
 
     @staticmethod
     def key(path: Path, key: str) -> str:
-        """The cache key of sample `key` in file `path` as it is now (size and modification time): taken once,
-        before the file is read, so a fingerprint is never filed under a later version of its file."""
-        st = path.stat()
-        return f"{key}|{st.st_size}|{st.st_mtime_ns}"
+        """The cache key of sample `key` in file `path` as it is now (`versions.file_stamp`): taken once, before the
+        file is read, so a fingerprint is never filed under a later version of its file."""
+        return f"{key}|{file_stamp(path)}"
 
     def get(self, cache_key: str) -> list | None:
         return self.data.get(cache_key) or None

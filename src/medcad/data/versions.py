@@ -13,17 +13,37 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def file_version(path: str | Path) -> tuple[str, int, int, int, int, int]:
+def file_version(path: str | Path) -> tuple:
     """(absolute path as given, size in bytes, modification and change times in ns, device, inode) of a file: its
-    identity for a cache. The path is not resolved: two links to one file with other suffixes are read by their own
-    names (a `.tif` link to a blob without one). The change time and inode catch a file replaced by one of the same
-    size with its modification time kept (`cp -p`, `rsync -t`, `tar x`).
+    identity for a cache; a volume header's (`filekinds.volume_data`: a MetaImage `.mhd`, an Analyze / NIfTI pair's
+    `.hdr`) followed by its voxel data file's size, times, device and inode, which its voxels are read from. The path
+    is not resolved: two links to one file with other suffixes are read by their own names (a `.tif` link to a blob
+    without one). The change time and inode catch a file replaced by one of the same size with its modification time
+    kept (`cp -p`, `rsync -t`, `tar x`).
 
     Raises:
         OSError: the file cannot be stat'ed (not there, no permission).
     """
-    st = Path(path).stat()
-    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
+    p = Path(path)
+    st = p.stat()
+    version = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+    if p.suffix.lower() in (".hdr", ".mhd", ".nhdr"):
+        from medcad.data.filekinds import volume_data
+
+        if (data := volume_data(p)) is not None:
+            version += file_version(data)[1:]
+    return version
+
+
+def file_stamp(path: str | Path) -> str:
+    """`file_version` without the path, as text: a file's version in a cache kept on disk (fingerprints, decoded
+    images and masks), which had been its size and modification time alone, so that a same-size copy with its
+    modification time kept was served what the cache held for the file it replaced.
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    return "|".join(str(v) for v in file_version(path)[1:])
 
 
 def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[str | Path], T]]:

@@ -23,6 +23,7 @@ from medcad.data.ledger import walk_files
 from medcad.data.manifest import label_key
 from medcad.data.media import pattern_regex
 from medcad.data.paths import existing_tail
+from medcad.data.versions import file_stamp
 from medcad.errors import DataError
 
 MASK_VERSION = 1  # part of the cache key: raise it when rasterising changes
@@ -173,10 +174,9 @@ def clipped_box(s: Shape, width: int, height: int) -> list[float]:
 
 
 def mask_folder(source: Path, drawn_labels: frozenset[str] | None = None) -> Path:
-    """The cache folder of the masks rasterised from one source file (keyed by its path, size and mtime, and the
-    shape labels drawn when not every shape is)."""
-    st = source.stat()
-    key = f"v{MASK_VERSION}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    """The cache folder of the masks rasterised from one source file (keyed by its path and version,
+    `versions.file_stamp`, and the shape labels drawn when not every shape is)."""
+    key = f"v{MASK_VERSION}|{source.resolve()}|{file_stamp(source)}"
     key += f"|{','.join(sorted(drawn_labels))}" if drawn_labels is not None else ""
     return cache_dir() / "annotation_masks" / hashlib.sha1(key.encode()).hexdigest()[:20]
 
