@@ -196,3 +196,33 @@ def test_names_alone_do_not_make_a_volume(tmp_path: Path) -> None:
     got = {name: volume_format(tmp_path / name) for name in ("envi.hdr", "pair.hdr", "pair.img", "scan.img")}
     assert got == {"envi.hdr": None, "pair.hdr": "Analyze / NIfTI pair", "pair.img": None, "scan.img": None}
     assert volume_header(tmp_path / "pair.img") == tmp_path / "pair.hdr"
+
+
+@pytest.mark.parametrize("key", ["modality", "channel_names"])
+def test_an_rgb_image_nnunet_split_in_three_files_is_read_as_one_colour_image(tmp_path: Path, key: str) -> None:
+    """nnU-Net v1's `convert_2d_image_to_nifti` keeps an RGB image (an endoscopy frame) as `<case>_0000`, `_0001`,
+    `_0002` (red, green, blue), its dataset.json naming the channels: read as one RGB image equal to the source (the
+    red file alone had been read, grey), every file used; a green file of another size is refused naming it."""
+    root = tmp_path / "Task502_Kvasir"
+    names = {"0": "Red", "1": "Green", "2": "Blue"} if key == "modality" else {"0": "R", "1": "G", "2": "B"}
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({key: names, "labels": {"0": "background", "1": "polyp"}}))
+    sources = {}
+    for k in range(3):
+        rgb = noise_image(k, 24)
+        sources[k] = rgb
+        for c in range(3):
+            write(root / "imagesTr" / f"kv_{k}_{c:04d}.nii.gz", rgb[..., c][None])
+        mask = np.zeros((1, 24, 24), np.uint8)
+        mask[0, 3:9, 2 + k : 9 + k] = 1
+        write(root / "labelsTr" / f"kv_{k}.nii.gz", mask)
+    m = load_manifest(root)
+    assert list(m.table["image"]) == [f"imagesTr/kv_{k}_0000.nii.gz" for k in range(3)]
+    assert not m.ledger.unread and not m.ledger.left_out, m.ledger
+    for k in range(3):
+        assert np.array_equal(read_image(m.image_path(k)), sources[k])
+    notes = describe_image(m.image_path(0))
+    assert any("red, green and blue from its _0000, _0001 and _0002 files" in n for n in notes), notes
+    write(root / "imagesTr" / "kv_1_0001.nii.gz", noise_image(7, 20, gray=True)[None])
+    with pytest.raises(DataError, match=r"kv_1_0001.nii.gz: a colour channel of kv_1_0000.nii.gz .* of 20x20 pixels"):
+        read_image(m.image_path(1))

@@ -4,6 +4,8 @@ opens a file (errors name the file)."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +21,10 @@ MASK_STEM = re.compile(
     r"(?:[_\-]?\d+)?$",
     re.IGNORECASE,
 )
+NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
+NNUNET_IMAGE_FOLDERS = ("imagesTr", "imagesTs", "imagesVal")  # nnU-Net's raw image folders
+NNUNET_LABELS = "dataset.json"  # beside an nnU-Net dataset's image folders: its channels and classes
+_RGB_NAMES = ({"r", "red"}, {"g", "green"}, {"b", "blue"})  # a channel named so, in this order, is that colour
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm", ".ts", ".m2ts", ".mts", ".3gp", ".ogv"}
     | {".flv", ".vob"}
@@ -106,6 +112,50 @@ def volume_header(path: Path) -> Path | None:
         return None
     beside = [path.with_suffix(".hdr"), *sorted(path.parent.glob("*.mhd")), *sorted(path.parent.glob("*.nhdr"))]
     return next((h for h in beside if h.is_file() and volume_data(h) == path), None)
+
+
+def _channel_names(dataset_json: Path) -> tuple[str, ...]:
+    """The channel names of an nnU-Net dataset.json in channel order (v2's "channel_names", v1's and the Decathlon's
+    "modality": {"0": "Red", ...}), () when it has none or cannot be read; parsed once per version of the file (a v1
+    dataset.json lists every case: it is asked for each image's version). By its stat here, not
+    `versions.per_file_version`, which asks this module for a file's parts: the import would go round."""
+    try:
+        st = dataset_json.stat()
+    except OSError:
+        return ()
+    return _parsed_channel_names(str(dataset_json), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_channel_names(path: str, *version: int) -> tuple[str, ...]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        names = (data.get("channel_names") or data.get("modality")) if isinstance(data, dict) else None
+        ordered = sorted((int(k), str(v)) for k, v in names.items()) if isinstance(names, dict) else []
+    except (OSError, ValueError, TypeError):
+        return ()
+    return tuple(v for _, v in ordered) if [k for k, _ in ordered] == list(range(len(ordered))) else ()
+
+
+def colour_channels(path: Path) -> tuple[Path, Path] | None:
+    """The green and blue files of an RGB image that nnU-Net v1 keeps as three (`<case>_0000`, `_0001`, `_0002` in its
+    image folders, as its `convert_2d_image_to_nifti` splits a PNG's colours, with the dataset.json beside them
+    naming the channels Red, Green, Blue or R, G, B) for the red one, `<case>_0000`; None for every other file. They
+    are read together as one RGB image (`medcad.data.volumes`); channel 0000 alone had been read as a grey image."""
+    m = NNUNET_CHANNEL.match(file_stem(path))
+    if not m or m["channel"] != "0000" or path.parent.name not in NNUNET_IMAGE_FOLDERS:
+        return None
+    names = _channel_names(path.parent.parent / NNUNET_LABELS)
+    if len(names) != 3 or any(n.strip().lower() not in want for n, want in zip(names, _RGB_NAMES, strict=True)):
+        return None
+    green, blue = (path.with_name(f"{m['case']}_{k:04d}{path.name[len(file_stem(path)) :]}") for k in (1, 2))
+    return (green, blue) if green.is_file() and blue.is_file() and volume_format(path) else None
+
+
+def image_parts(path: Path) -> tuple[Path, ...]:
+    """The files besides `path` that its image is read from: a volume header's voxel data file (`volume_data`), the
+    green and blue files of an RGB image nnU-Net split in three (`colour_channels`); () for most files."""
+    return tuple(p for p in (volume_data(path), *(colour_channels(path) or ())) if p is not None)
 
 
 def is_video(path: str | Path) -> bool:

@@ -367,7 +367,8 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
 def _first_channels(images: list[Path]) -> list[Path]:
     """Images without nnU-Net's further channel files (`<case>_0001`, `_0002`... beside `<case>_0000`: another
     modality or colour plane of the case; a PNG's colour is in its one file). The ledger names them as not read."""
-    from medcad.data.ledger import NNUNET_CHANNEL, further_channel
+    from medcad.data.filekinds import NNUNET_CHANNEL
+    from medcad.data.ledger import further_channel
 
     matched = ((f, NNUNET_CHANNEL.match(file_stem(f))) for f in images)
     firsts = {(f.parent, m["case"]) for f, m in matched if m and m["channel"] == "0000"}

@@ -24,6 +24,8 @@ from medcad.data.filekinds import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
     MASK_STEM,
+    NNUNET_CHANNEL,
+    NNUNET_IMAGE_FOLDERS,
     VIDEO_SUFFIXES,
     file_stem,
     file_suffix,
@@ -90,12 +92,6 @@ def reason_kind(reason: str) -> str:
     while (shorter := re.sub(r"\s*\([^()]*\)", "", text)) != text:
         text = shorter
     return text.split(":")[0].strip()
-
-
-NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net image files: <case>_0000, <case>_0001
-
-
-NNUNET_IMAGE_FOLDERS = ("imagesTr", "imagesTs", "imagesVal")  # nnU-Net's raw image folders
 
 
 def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> str | None:

@@ -126,14 +126,14 @@ class Manifest:
         return [(a, i) for a, i in out if copies[a] > 1]
 
     def used_files(self) -> set[str]:
-        """The image and mask files of the rows, relative to `root`, with the voxel data file of each volume header
-        among them (an Analyze / NIfTI pair's `.img`, a MetaImage's or detached NRRD's `.raw`: read with it)."""
-        from medcad.data.filekinds import volume_data
+        """The image and mask files of the rows, relative to `root`, with the other files each is read from
+        (`filekinds.image_parts`: an Analyze / NIfTI pair's `.img`, a MetaImage's `.raw`, nnU-Net's green and blue
+        channel files of an RGB image)."""
+        from medcad.data.filekinds import image_parts
 
         files = set(self.table["image"]) | {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}
-        headers = [f for f in files if f.lower().endswith((".hdr", ".mhd", ".nhdr"))]
-        datas = ((f, volume_data(self.root / f)) for f in headers)
-        return files | {(Path(f).parent / data.name).as_posix() for f, data in datas if data}
+        parts = {(Path(f).parent / part.name).as_posix() for f in files for part in image_parts(self.root / f)}
+        return files | parts
 
     def check_complete(self, allow_missing: bool) -> None:
         """Stop when the read left rows out, unless the user allows it (`--allow-missing`).

@@ -15,11 +15,11 @@ T = TypeVar("T")
 
 def file_version(path: str | Path) -> tuple:
     """(absolute path as given, size in bytes, modification and change times in ns, device, inode) of a file: its
-    identity for a cache; a volume header's (`filekinds.volume_data`: a MetaImage `.mhd`, an Analyze / NIfTI pair's
-    `.hdr`) followed by its voxel data file's size, times, device and inode, which its voxels are read from. The path
-    is not resolved: two links to one file with other suffixes are read by their own names (a `.tif` link to a blob
-    without one). The change time and inode catch a file replaced by one of the same size with its modification time
-    kept (`cp -p`, `rsync -t`, `tar x`).
+    identity for a cache; followed by the size, times, device and inode of each other file its image is read from
+    (`filekinds.image_parts`: a MetaImage's or Analyze / NIfTI pair's voxel data file, nnU-Net's colour channels).
+    The path is not resolved: two links to one file with other suffixes are read by their own names (a `.tif` link
+    to a blob without one). The change time and inode catch a file replaced by one of the same size with its
+    modification time kept (`cp -p`, `rsync -t`, `tar x`).
 
     Raises:
         OSError: the file cannot be stat'ed (not there, no permission).
@@ -27,11 +27,10 @@ def file_version(path: str | Path) -> tuple:
     p = Path(path)
     st = p.stat()
     version = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
-    if p.suffix.lower() in (".hdr", ".mhd", ".nhdr"):
-        from medcad.data.filekinds import volume_data
+    from medcad.data.filekinds import image_parts
 
-        if (data := volume_data(p)) is not None:
-            version += file_version(data)[1:]
+    for part in image_parts(p):
+        version += file_version(part)[1:]
     return version
 
 

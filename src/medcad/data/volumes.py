@@ -15,7 +15,9 @@ How a file is read (said by `volume_notes`, and in `medcad.data.io.DECODING`):
   (`medcad.data.masks.sample_mask_pages`); a fourth axis too, where at most one of the two is longer than one;
 - values as stored, after the header's rescale slope and intercept (NIfTI scl_slope / scl_inter, which ITK
   applies); the decoding policy for their bit depth is the one for TIFFs (`medcad.data.io`);
-- grey, RGB or RGBA voxels; other vector or complex voxels are refused, naming the file.
+- grey, RGB or RGBA voxels; other vector or complex voxels are refused, naming the file;
+- an RGB image nnU-Net v1 split into three files (`<case>_0000`, `_0001`, `_0002`, its dataset.json naming the
+  channels red, green, blue: `filekinds.colour_channels`) is read as one RGB image, from its red file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medcad.data.filekinds import volume_format
+from medcad.data.filekinds import colour_channels, volume_format
 from medcad.data.versions import per_file_version
 from medcad.errors import DataError, NoSuchFrame
 
@@ -104,7 +106,16 @@ def volume_info(path: Path) -> tuple[int, int, int]:
         size, components = tuple(int(n) for n in reader.GetSize()), int(reader.GetNumberOfComponents())
     if len(size) < 2:
         raise DataError(path, f"a {kind} file of one dimension ({size[0]} values), not an image")
-    return size[0], size[1], _layout(path, size, components, kind)
+    info = size[0], size[1], _layout(path, size, components, kind)
+    for other in colour_channels(path) or ():
+        if (theirs := volume_info(other)) != info:
+            raise DataError(
+                other,
+                f"a colour channel of {path.name} (nnU-Net's RGB split, by its dataset.json) of "
+                f"{theirs[0]}x{theirs[1]} pixels in {theirs[2]} page(s), where {path.name} has {info[0]}x{info[1]} in "
+                f"{info[2]}",
+            )
+    return info
 
 
 @per_file_version(maxsize=2)
@@ -216,7 +227,13 @@ def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
         raise NoSuchFrame(path, f"has {pages} page(s); page {k} does not exist")
     if w * h > (limit := max_pixels()):
         raise too_large(path, w * h, limit, f"{w}x{h} ")
-    return np.array(_voxels(path)[k])
+    colours = colour_channels(path)
+    if colours is None:
+        return np.array(_voxels(path)[k])
+    planes = [_voxels(p)[k] for p in (path, *colours)]
+    if any(plane.ndim != 2 for plane in planes):
+        raise DataError(path, "nnU-Net's colour channels (red, green, blue files) must each hold grey voxels")
+    return np.stack(planes, axis=-1)
 
 
 def volume_notes(path: Path) -> list[str]:
@@ -225,6 +242,8 @@ def volume_notes(path: Path) -> list[str]:
     reader, kind = _reader(path)
     w, h, pages = volume_info(path)
     notes = [f"{kind} read by SimpleITK: {ORDER}"]
+    if colour_channels(path):
+        notes.append("red, green and blue from its _0000, _0001 and _0002 files (nnU-Net's RGB split, dataset.json)")
     if pages > 1:
         notes.append(f"{pages} pages (slices or frames), each an image")
     keys = set(reader.GetMetaDataKeys())
