@@ -356,21 +356,35 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
 
 
 @pytest.mark.parametrize(
-    ("names", "as_patients"), [([f"patient{k:04d}" for k in range(12)], True), (list("01234"), False)]
+    ("names", "read_as"),
+    [
+        ([f"patient{k:04d}" for k in range(4)], "named as patients"),  # CAMUS's, however few
+        ([f"P{k:02d}" for k in range(3)], "named as patients"),
+        ([f"{k:03d}" for k in range(12)], "more than a grading scale has"),
+        ([f"site{k}" for k in range(3)], "label, said"),  # ids of another kind: classes, the other reading offered
+        (list("01234"), "label"),  # grades
+    ],
 )
-def test_one_level_of_folders_named_as_ids_is_patients_beyond_a_grading_scale(tmp_path, names, as_patients) -> None:
-    """One folder level: more folders named as ids than a grading scale has (CAMUS's patient0001/ ... folders) are
-    patients, not classes (each had become a class of its own), said with the reading as classes; grade folders
-    0..4 stay classes."""
+def test_one_level_of_folders_named_as_ids_is_read_as_what_they_are(tmp_path, names, read_as) -> None:
+    """One folder level: folders named as patients (CAMUS's patient0001/, P07/), however few, or more folders named as
+    ids than a grading scale has are patients, not classes (each had become a class of its own, and the folds,
+    stratified by it, put a patient's images in training and test), said with the reading as classes; other folders
+    named as ids are classes with the patient reading offered; grade folders 0..4 are classes, unsaid."""
     for k, name in enumerate(names):
         save(tmp_path / name / f"img{k}.png", noise_image(k))
     m = load_manifest(tmp_path)
-    column = "patient" if as_patients else "label"
-    assert list(m.table[column]) == names and m.ledger.line() == f"used {len(names)} of {len(names)}"
-    if as_patients:
+    patients = not read_as.startswith("label")
+    assert list(m.table["patient" if patients else "label"]) == names
+    assert m.ledger.line() == f"used {len(names)} of {len(names)}"
+    said = [n for n in m.notes if "folder pattern" in n]
+    if patients:
         assert set(m.table["label"]) == {""}
-        assert any("folder pattern '{patient}' (detected: the 12 folders are named as ids" in n for n in m.notes)
-        assert any("--pattern '{label}' reads them as classes" in n for n in m.notes), m.notes
+        assert f"folder pattern '{{patient}}' (detected: the {len(names)} folders are named as ids" in said[0], said
+        assert read_as in said[0] and "--pattern '{label}' reads them as classes" in said[0], said
+    elif read_as == "label, said":
+        assert "if they are patients, give --pattern '{patient}'" in said[0], said
+    else:
+        assert not said or "detected:" not in said[0], said
 
 
 def test_a_manifest_with_one_row_per_lesion_reads_one_row_per_image(tmp_path: Path) -> None:

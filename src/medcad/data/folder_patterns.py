@@ -4,12 +4,14 @@ the sub-folders of paired image and mask folders. Each reading says why, and how
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from medcad.data.media import pattern_regex
 from medcad.data.splits import is_split_name
 
+PATIENT_FOLDER = re.compile(r"^(?:patient|pat|pt|p|subject|subj|sub|case|participant)[ _\-]?\d+$", re.IGNORECASE)
 MAX_SCALE = 10  # more id-named folders under several outer ones than a grading scale has (BI-RADS 0-6, DR 0-4)
 
 
@@ -31,13 +33,14 @@ def detect_pattern(root: Path, files: list[Path]) -> tuple[str, str]:
 
 def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
     """The pattern of images in `folders` (each image's folder names, outermost first), and why when it is not the
-    plain one: `{label}` for class folders, `{patient}` for more folders named as ids than a grading scale has; a
-    release's split folders first (train / val / test) give the 'split' column, and the levels inside them are read
-    so in turn; with every image two or more folders down, `{label}/{patient}` (and `/*` for each deeper level:
-    visits, dates, series) when the second level's names are ids (`id_like`) that outnumber the two or more
-    first-level folders (patients or cases within class folders; an id under several class folders is one patient,
-    said, when the names outnumber a grading scale (`MAX_SCALE`) and the class folders are not named as ids); else
-    `*/{label}` (the innermost folders are the classes: `site1/benign`, ...), said with the other reading."""
+    plain one: `{label}` for class folders, `{patient}` for folders named as patients (`patient0001`, `P07`, `case_3`)
+    or for more folders named as ids than a grading scale has; a release's split folders first (train / val / test)
+    give the 'split' column, and the levels inside them are read so in turn; with every image two or more folders
+    down, `{label}/{patient}` (and `/*` for each deeper level: visits, dates, series) when the second level's names
+    are ids (`id_like`) that outnumber the two or more first-level folders (patients or cases within class folders;
+    an id under several class folders is one patient, said, when the names outnumber a grading scale (`MAX_SCALE`)
+    and the class folders are not named as ids); else `*/{label}` (the innermost folders are the classes:
+    `site1/benign`, ...), said with the other reading."""
     depth = Counter(len(parts) for parts in folders)
     outers = {parts[0] for parts in folders if parts}
     if outers and not depth.get(0) and all(is_split_name(o) for o in outers):
@@ -48,11 +51,19 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
         )
         why = why.replace("--pattern '", "--pattern '{split}/")  # the other readings, as whole patterns
         return "/".join(["{split}", *([inner] if inner else [])]), said + (f"; inside them{why}" if why else "")
-    if depth.get(1) and not depth.get(0) and len(outers) > MAX_SCALE and id_like(outers):
-        return "{patient}", (
-            f": the {len(outers)} folders are named as ids (e.g. {min(outers)}), more than a grading scale has, so "
-            "they are patients (CAMUS's patient0001/), not classes; --pattern '{label}' reads them as classes"
-        )
+    if depth.get(1) and not depth.get(0) and id_like(outers):
+        named = all(PATIENT_FOLDER.match(o) for o in outers)
+        if named or len(outers) > MAX_SCALE:
+            why = "named as patients" if named else "more than a grading scale has"
+            return "{patient}", (
+                f": the {len(outers)} folders are named as ids (e.g. {min(outers)}), {why}, so they are patients "
+                "(CAMUS's patient0001/), not classes; --pattern '{label}' reads them as classes"
+            )
+        if not all(o.isdigit() for o in outers):  # grades 0..4 are classes; P01/, P02/ may be patients
+            return "{label}", (
+                f": the {len(outers)} folders, named as ids (e.g. {min(outers)}), are read as the classes; if they "
+                "are patients, give --pattern '{patient}' (their images then stay together in every split)"
+            )
     if depth.get(1) or depth.get(0):
         return ("{label}" if depth.get(1) else ""), ""
     deepest = "*/" * (max(depth) - 1) + "{label}"
