@@ -563,7 +563,7 @@ def test_an_nnunet_dataset_accounts_for_every_file(n, cases, strays) -> None:
         m = load_manifest(root)
         assert m.layout == "images-masks", m.notes
         said = {
-            "channel": f"channel 0001 of nnU-Net case {cases.format(0)!r}",
+            "channel": f"(channel 0001 of case {cases.format(0)!r})",
             "test-images": "nnU-Net test image",
             "label-without-image": f"labelsTr/{cases.format(7)}.png",
         }

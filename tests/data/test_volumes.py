@@ -4,6 +4,7 @@ each get their mask; every file of such a set used or named (the voxel data file
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_an_nnunet_v1_set_in_nifti_is_paired_and_every_file_is_used_or_named(tmp
     assert list(m.table["image"]) == [f"imagesTr/kid_{k:03d}_0000.nii.gz" for k in range(3)]
     assert list(m.table["mask"]) == [f"labelsTr/kid_{k:03d}.nii.gz" for k in range(3)]
     unread = dict(m.ledger.unread)
-    assert "channel 0001 of nnU-Net case 'kid_000'" in unread["imagesTr/kid_000_0001.nii.gz"]
+    assert "(channel 0001 of case 'kid_000')" in unread["imagesTr/kid_000_0001.nii.gz"]
     assert "nnU-Net test image" in unread["imagesTs/kid_900_0000.nii.gz"]
     assert np.array_equal(
         read_mask(m.mask_paths(1)),
@@ -139,7 +140,7 @@ def test_voxel_data_files_are_used_with_their_headers_and_named_without_them(tmp
     assert len(m) == 3 and all(m.mask_paths(i) for i in range(3))
     used, unread = m.used_files(), dict(m.ledger.unread)
     assert {"images/c0.raw", "images/c1.raw", "images/c2.img", "masks/c0.raw"} <= used
-    assert "the voxel data of u.mhd" in unread["unused/u.raw"], unread
+    assert "the voxel data of 'u.mhd'" in unread["unused/u.raw"], unread
     assert "voxel data" not in unread["notes/stray.raw"], unread
 
 
@@ -161,7 +162,7 @@ def test_volumes_medcad_cannot_take_apart_are_refused_naming_the_file_and_what_i
         "cut.nii.gz": "truncated or corrupt gzip data",
         "cut.nii": "truncated: its header's voxels end at byte 4448, the file holds 3948 bytes",
         "cut.hdr": "its voxel data file cut.img holds 3596 bytes",
-        "lost.mhd": "MetaImage",
+        "lost.mhd": "its voxel data file lost.raw, which its header names, is not there",
     }
     for name, text in said.items():
         with pytest.raises(DataError) as e:
@@ -226,3 +227,59 @@ def test_an_rgb_image_nnunet_split_in_three_files_is_read_as_one_colour_image(tm
     write(root / "imagesTr" / "kv_1_0001.nii.gz", noise_image(7, 20, gray=True)[None])
     with pytest.raises(DataError, match=r"kv_1_0001.nii.gz: a colour channel of kv_1_0000.nii.gz .* of 20x20 pixels"):
         read_image(m.image_path(1))
+
+
+def test_an_nnunet_v1_dataset_json_naming_cases_reads_their_channel_files(tmp_path: Path) -> None:
+    """nnU-Net v1's dataset.json lists `./imagesTr/<case>.nii.gz` where the files are `<case>_0000.nii.gz` (its
+    channels): each item is read from its case's channel 0000, said (the set had been refused, every file "not
+    found"); a missing case is named by its item (`training[1]`, not "line 1"); `predict` of its imagesTs/ folder
+    predicts a case per RGB image split in three, not each file."""
+    from medcad.inference.predictor import expand_inputs
+
+    root = tmp_path / "Task503_X"
+    items = []
+    for k in range(3):
+        for c in range(3):
+            write(root / "imagesTr" / f"c{k}_{c:04d}.nii.gz", noise_image(k, 24)[..., c][None])
+            write(root / "imagesTs" / f"t{k}_{c:04d}.nii.gz", noise_image(k + 5, 24)[..., c][None])
+        mask = np.zeros((1, 24, 24), np.uint8)
+        mask[0, 4:12, 3 + k : 12 + k] = 1
+        write(root / "labelsTr" / f"c{k}.nii.gz", mask)
+        items.append({"image": f"./imagesTr/c{k}.nii.gz", "label": f"./labelsTr/c{k}.nii.gz"})
+    items.append({"image": "./imagesTr/gone.nii.gz", "label": "./labelsTr/gone.nii.gz"})
+    modality = {"0": "Red", "1": "Green", "2": "Blue"}
+    (root / "dataset.json").write_text(json.dumps({"modality": modality, "training": items, "test": []}))
+    m = load_manifest(root, allow_missing=True)
+    assert list(m.table["image"]) == [f"imagesTr/c{k}_0000.nii.gz" for k in range(3)]
+    assert np.array_equal(read_image(m.image_path(2)), noise_image(2, 24))
+    assert any("3 item(s) name an nnU-Net case whose image files carry a channel number" in n for n in m.notes)
+    assert dict(m.ledger.left_out)["./imagesTr/gone.nii.gz"] == "file not found (dataset.json training[3])"
+    predicted = [Path(p).name for p in expand_inputs([root / "imagesTs"])]
+    assert predicted == [f"t{k}_0000.nii.gz" for k in range(3)], predicted
+
+
+def test_a_header_that_claims_more_than_its_file_holds_is_one_unreadable_file(tmp_path: Path) -> None:
+    """A NIfTI header claiming 20000 slices of a 452-byte file is one unreadable file, not 20000 rows (its size from
+    the header alone; a .nii.gz by its gzip trailer); a NIfTI-2 file, which ITK does not read, says so; a MetaImage
+    whose data file ends early says so (ITK: "Reason: Success"); a voxel data file given alone names its header."""
+    import struct
+
+    for name in ("huge.nii", "huge.nii.gz"):
+        raw = bytearray(write(tmp_path / "plain.nii", np.zeros((10, 10), np.uint8)).read_bytes())
+        raw[40:56] = struct.pack("<8h", 3, 1000, 1000, 20000, 1, 1, 1, 1)
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+        assert image_pages(path) == ([0], [])
+        with pytest.raises(DataError, match=r"truncated|corrupt gzip"):
+            image_size(path)
+    v2 = bytearray(540)
+    v2[:4] = struct.pack("<i", 540)
+    (tmp_path / "n2.nii").write_bytes(bytes(v2) + bytes(16))
+    with pytest.raises(DataError, match="a NIfTI-2 file, which SimpleITK .* does not read: save it as NIfTI-1"):
+        read_image(tmp_path / "n2.nii")
+    short = write(tmp_path / "short.mhd", noise_image(1, 16, gray=True)).with_suffix(".raw")
+    short.write_bytes(short.read_bytes()[:100])  # ITK's reason: "Success"
+    with pytest.raises(DataError, match="its voxel data ends before the header's size, or cannot be decoded"):
+        read_image(tmp_path / "short.mhd")
+    with pytest.raises(DataError, match=r"the voxel data of x.hdr, read with it: give x.hdr itself"):
+        read_image(write(tmp_path / "x.hdr", noise_image(2, 16, gray=True)).with_suffix(".img"))

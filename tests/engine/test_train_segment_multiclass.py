@@ -238,7 +238,7 @@ def test_an_nnunet_dataset_is_read_as_nnunet_keeps_it(tmp_path: Path, monkeypatc
     assert all(Path(i).stem.endswith("_0000") and Path(k).stem == Path(i).stem[:-5] for i, k in
                zip(m.table["image"], m.table["mask"], strict=True))  # fmt: skip
     unread = dict(m.ledger.unread)
-    assert "channel 0001 of nnU-Net case 'case_000'" in unread["imagesTr/case_000_0001.png"]
+    assert "(channel 0001 of case 'case_000')" in unread["imagesTr/case_000_0001.png"]
     assert "nnU-Net test image" in unread["imagesTs/case_100_0000.png"]
     targets = load_targets(m, FAST)
     assert targets.labels == ["cyst", "stone"] and targets.masks.max() == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from medcad.config import DataOptions
-from medcad.data.filekinds import VOLUME_SUFFIXES, file_suffix
+from medcad.data.filekinds import NNUNET_IMAGE_FOLDERS, VOLUME_SUFFIXES, file_stem, file_suffix
 from medcad.data.manifest import Manifest
 from medcad.data.media import MEDIA_SUFFIXES
 from medcad.data.tables import table_manifest
@@ -60,6 +60,17 @@ def _is_path(value: object) -> bool:
     )
 
 
+def _nnunet_case_file(root: Path, image: str) -> str | None:
+    """For an item naming an nnU-Net case (`./imagesTr/la_003.nii.gz`, as nnU-Net v1's `generate_dataset_json` lists
+    it) where no such file is but the case's channel 0000 is (`imagesTr/la_003_0000.nii.gz`): that file's path as the
+    item writes it; else None (the item is read as written)."""
+    written = Path(image.replace("\\", "/"))
+    if written.parent.name not in NNUNET_IMAGE_FOLDERS or (root / written).exists():
+        return None
+    channel = written.with_name(f"{file_stem(written)}_0000{file_suffix(written)}")
+    return channel.as_posix() if (root / channel).is_file() else None
+
+
 def read_datalist(path: Path, options: DataOptions) -> Manifest:
     """A datalist (see the module docstring): one row per item, its mask (a path) or its label (a class: an index
     as written, e.g. '0'), its split. An item with several images (MONAI's channels) is left out by name, and so
@@ -73,7 +84,7 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
         raise DataError(source, f"cannot parse as JSON ({e})") from e
     if lists is None:
         raise DataError(source, "not a datalist: no 'training' list of items with an 'image'")
-    rows, several, unlabelled = [], [], []
+    rows, several, unlabelled, cases, items_of = [], [], [], [], []
     for key, items in lists.items():
         for k, item in enumerate(items):
             item = item if isinstance(item, dict) else {"image": item}
@@ -81,6 +92,9 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
             if not isinstance(image, str):
                 several.append(f"{key}[{k}]")
                 continue
+            if (channel := _nnunet_case_file(source.parent, image)) is not None:
+                cases.append(image)
+                image = channel
             if label is None and key == "test":  # the Decathlon's test images: no label to score them against
                 unlabelled.append(image)
                 continue
@@ -90,9 +104,10 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
             elif label is not None and not isinstance(label, list | dict):
                 row["label"] = str(label)
             rows.append(row)
+            items_of.append(f"{key}[{k}]")
     if not rows:
         raise DataError(source, "its lists name no image with a single file")
-    df = pd.DataFrame(rows, dtype=str).fillna("")
+    df = pd.DataFrame(rows, index=items_of, dtype=str).fillna("")  # where a row is wrong: its item, training[3]
     counts = ", ".join(f"{key} {len(items)}" for key, items in lists.items())
     notes = [
         f"datalist {source.name}: {counts} item(s); a label that is a file is the image's mask, else its class; the "
@@ -102,6 +117,11 @@ def read_datalist(path: Path, options: DataOptions) -> Manifest:
         notes.append(
             f"{len(unlabelled)} item(s) of its 'test' list have no label (e.g. {unlabelled[0]}): not read, as they "
             "could only be scored as lesion-free; `medcad predict` predicts them"
+        )
+    if cases:
+        notes.append(
+            f"{len(cases)} item(s) name an nnU-Net case whose image files carry a channel number, as nnU-Net v1's "
+            f"dataset.json does (e.g. {cases[0]}): read from its channel 0000"
         )
     if several:
         notes.append(f"{len(several)} item(s) name several images (channels), which medcad does not read: left out, "

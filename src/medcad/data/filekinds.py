@@ -39,6 +39,8 @@ VOLUME_SUFFIXES = {  # research formats of image volumes, by what their files en
     ".mnc": "MINC",
     ".hdr": "Analyze / NIfTI pair",  # only with the 348 of their header first: ENVI and Radiance write .hdr too
 }
+# the first 4 bytes of an Analyze / NIfTI-1 (348) or NIfTI-2 (540) header, in either byte order
+_NIFTI_SIZES = (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
 # what a volume's voxel data file can end with, where a header beside it names it (Analyze's .img, MetaImage's .raw /
 # .zraw, NRRD's detached .raw / .raw.gz)
 _DATA_SUFFIXES = frozenset({".img", ".raw", ".zraw", ".gz", ".bin", ".dat"})
@@ -68,7 +70,8 @@ def volume_format(path: Path) -> str | None:
     else None (`medcad.data.volumes` reads them): nnU-Net, MONAI and the Medical Segmentation Decathlon keep images and
     label maps so, 2-D ones too (a slice of depth 1, as nnU-Net converts PNGs). By its name, but a file whose first
     bytes say DICOM or TIFF is not one, and a `.hdr` is one when its header starts with 348 (its size, in either byte
-    order). A header's voxel data file (`volume_header`) is not one: it is read with its header."""
+    order; 540, a NIfTI-2 pair's). A header's voxel data file (`volume_header`) is not one: it is read with its
+    header."""
     name = path.name.lower()
     kind = next((kind for end, kind in VOLUME_SUFFIXES.items() if name.endswith(end)), None)
     if kind is None or has_dicom_preamble(path) or is_tiff(path):  # DICOM or TIFF whatever its name
@@ -76,7 +79,7 @@ def volume_format(path: Path) -> str | None:
     if name.endswith(".hdr"):
         try:
             with open(path, "rb") as f:
-                if f.read(4) not in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+                if f.read(4) not in _NIFTI_SIZES:
                     return None
         except OSError:
             pass  # said by its name: a file that cannot be opened fails as itself when read
@@ -86,11 +89,17 @@ def volume_format(path: Path) -> str | None:
 def volume_data(header: Path) -> Path | None:
     """The voxel data file of a volume header, where it is a file of its own beside it: an Analyze / NIfTI pair's
     `x.img` beside `x.hdr`, the file a MetaImage `.mhd` names in `ElementDataFile` or a detached NRRD `.nhdr` in
-    `data file` (None for LOCAL data, lists and patterns of files, and for every other file)."""
+    `data file` (None for LOCAL data, lists and patterns of files, for a file named but not there, and for every
+    other file)."""
+    found = named_volume_data(header)
+    return found if found is not None and found.is_file() else None
+
+
+def named_volume_data(header: Path) -> Path | None:
+    """The voxel data file a volume header names or implies (`volume_data`), whether or not it is there."""
     suffix = header.suffix.lower()
     if suffix == ".hdr":
-        found = header.with_suffix(".img")
-        return found if found.is_file() and volume_format(header) else None
+        return header.with_suffix(".img") if volume_format(header) else None
     if suffix not in (".mhd", ".nhdr"):
         return None
     try:
@@ -102,8 +111,7 @@ def volume_data(header: Path) -> Path | None:
     name = m["name"] if m else ""
     if not name or name.upper().startswith(("LOCAL", "LIST")) or "%" in name or "/" in name or "\\" in name:
         return None
-    found = header.parent / name
-    return found if found.is_file() else None
+    return header.parent / name
 
 
 def volume_header(path: Path) -> Path | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medcad.data.filekinds import check_file, is_dicom, volume_format
+from medcad.data.filekinds import check_file, is_dicom, volume_format, volume_header
 from medcad.data.pixel_limit import max_pixels, open_checked, pil_image, too_large
 from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
 from medcad.data.tiff import (
@@ -411,6 +411,8 @@ def _unreadable(path: Path, reasons: str = "") -> DataError:
     float64 TIFF, as scientific tools write, had been called unknown or corrupt)."""
     if is_tiff(path):
         return _Unrecognised(path, unreadable_tiff(reasons))
+    if header := volume_header(path):
+        return _Unrecognised(path, f"the voxel data of {header.name}, read with it: give {header.name} itself")
     return _Unrecognised(path, "not a readable image (unknown or corrupt format)")
 
 

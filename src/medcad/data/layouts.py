@@ -121,7 +121,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     if path.is_file():
         rows, problems = [{"image": path.name}], []
         return Manifest(path.parent, make_table(expand_frames(rows, path.parent, problems)), "folders", problems)
-    files = walk_media(path)
+    files = _first_channels(walk_media(path))  # nnU-Net's imagesTs/ read as a folder (predict): a case per image
     if not files:
         broken: list[tuple[Path, str]] = []
         walk_files(path, broken)

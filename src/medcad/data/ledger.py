@@ -85,8 +85,8 @@ def medcad_output(folder: Path, cache: str) -> str | None:
 def reason_kind(reason: str) -> str:
     """A reason without its particulars, to count reasons alike together: quoted file names and paths ('C:\\x.jpg',
     which had cut the kind at its drive's colon), numbers, and parenthesised asides (nested too) go, then what follows
-    a colon. E.g. "channel 0001 of nnU-Net case 'p_7': only channel 0000 is read (one image per case)" -> "channel #
-    of nnU-Net case 'p_#'"; "an image the 'csv' layout did not read" stays."""
+    a colon. E.g. "a further nnU-Net channel (channel 0001 of case 'p_7'): only channel 0000 is read" -> "a further
+    nnU-Net channel"; "an image the 'csv' layout did not read" stays."""
     quoted = r"'[^']*(?:[/\\:]|\.\w{2,4})[^']*'|\"[^\"]*(?:[/\\:]|\.\w{2,4})[^\"]*\""
     text = re.sub(r"\d+", "#", re.sub(quoted, "…", reason))
     while (shorter := re.sub(r"\s*\([^()]*\)", "", text)) != text:
@@ -108,7 +108,10 @@ def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> 
         has_first = (path.parent, m["case"]) in firsts
     if not has_first:
         return None
-    return f"channel {m['channel']} of nnU-Net case {m['case']!r}: only channel 0000 is read (one image per case)"
+    return (
+        f"a further nnU-Net channel (channel {m['channel']} of case {m['case']!r}): only channel 0000 is read (one "
+        "image per case; red, green and blue files are read together where dataset.json names them so)"
+    )
 
 
 def in_voc_mask_folder(path: Path) -> bool:
@@ -121,7 +124,7 @@ def _unread_reason(path: Path, layout: str) -> str:
     suffix = path.suffix.lower()
     image = suffix in IMAGE_SUFFIXES or bool(volume_format(path))  # a file medcad reads as an image (DICOM aside)
     if header := volume_header(path):
-        return f"the voxel data of {header.name} (read with its header, which this read did not use)"
+        return f"the voxel data of {header.name!r} (read with its header, which this read did not use)"
     if channel := further_channel(path):
         return channel
     if (image or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":

@@ -381,7 +381,7 @@ def table_manifest(df: pd.DataFrame, path: Path, notes: list[str], layout: str) 
     sizes: dict = {}  # each image's size check, once per image (a box table has a row per box)
     for line, row in zip(df.index, df.to_dict("records"), strict=True):
         img = paths.resolve(str(row["image"]))
-        where = f"{path.name} line {line}"
+        where = f"{path.name} {line}" if isinstance(line, str) else f"{path.name} line {line}"  # a datalist: its item
         if not img:
             problems.append((where, "empty image path"))
             continue

@@ -22,13 +22,14 @@ How a file is read (said by `volume_notes`, and in `medcad.data.io.DECODING`):
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from medcad.data.filekinds import colour_channels, volume_format
+from medcad.data.filekinds import colour_channels, named_volume_data, volume_format
 from medcad.data.versions import per_file_version
 from medcad.errors import DataError, NoSuchFrame
 
@@ -64,10 +65,14 @@ def _reader(path: Path, header: bool = True):
 
 
 def _itk_reason(error: RuntimeError) -> str:
-    """The line of an ITK exception that says what went wrong (its message starts with source file and line)."""
+    """The line of an ITK exception that says what went wrong (its message starts with source file and line); a
+    reason of "Success" (what ITK's MetaImage reader says of data that ends early) in words."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     said = [line for line in lines if not line.startswith(("Exception thrown", "sitk::ERROR"))]
-    return (said or lines or ["SimpleITK gave no reason"])[-1][:300]
+    reason = (said or lines or ["SimpleITK gave no reason"])[-1][:300]
+    if reason.rstrip(".").endswith(("Reason: Success", "Reason: ")):
+        return "its voxel data ends before the header's size, or cannot be decoded; ITK gave no reason"
+    return reason
 
 
 def _layout(path: Path, size: tuple[int, ...], components: int, kind: str) -> int:
@@ -98,6 +103,14 @@ def volume_info(path: Path) -> tuple[int, int, int]:
         DataError: an unreadable file, or one `_layout` refuses.
     """
     header = _nifti_header(path) if volume_format(path) in _NIFTI else None
+    if header is not None and header.version == 2:
+        raise DataError(
+            path,
+            "a NIfTI-2 file, which SimpleITK (ITK's NIfTI reader) does not read: save it as NIfTI-1 (nibabel: "
+            "Nifti1Image(np.asarray(img.dataobj), img.affine))",
+        )
+    if header is not None and (short := _nifti_short(path, header, quick=True)):
+        raise DataError(path, short)  # one unreadable file, not a row per slice its header claims
     if header is not None and header.plain:  # ITK decompresses a whole .nii.gz for its header: 4 ms a 500 px slice
         size = header.dims[1 : 1 + header.dims[0]]
         kind, components = volume_format(path) or "NIfTI", 1
@@ -119,19 +132,24 @@ def volume_info(path: Path) -> tuple[int, int, int]:
 
 
 @per_file_version(maxsize=2)
-def _voxels(path: Path) -> np.ndarray:
-    """Every voxel of a volume file, (pages, H, W[, C]); the last two files read are kept (the pages of a sequence are
-    read one after another: the whole file had been decompressed for each)."""
+def _voxels(path: Path) -> np.ndarray | DataError:
+    """Every voxel of a volume file, (pages, H, W[, C]), or why they cannot be read; the last two files read are kept,
+    their failures too (the pages of a sequence are read one after another: the whole file had been decompressed for
+    each, and a file that fails was tried again for each of its pages)."""
     import SimpleITK as sitk
 
     w, h, pages = volume_info(path)
     reader, kind = _reader(path, header=False)
-    if kind in _NIFTI and (short := _nifti_short(path)):
-        raise DataError(path, short)
+    if kind in _NIFTI and (short := _nifti_short(path, _nifti_header(path))):
+        return DataError(path, short)
+    data = named_volume_data(path)
+    if data is not None and not data.is_file():
+        return DataError(path, f"its voxel data file {data.name}, which its header names, is not there")
     try:
         arr = sitk.GetArrayFromImage(reader.Execute())  # (t, z, y, x[, c]) as far as the file has them
-    except RuntimeError as e:
-        raise DataError(path, f"cannot read the voxels of this {kind} file ({_itk_reason(e)})") from e
+    except (RuntimeError, MemoryError) as e:
+        why = _itk_reason(e) if isinstance(e, RuntimeError) else f"{w}x{h}x{pages} voxels do not fit in memory"
+        return DataError(path, f"cannot read the voxels of this {kind} file ({why})")
     components = arr.shape[-1] if arr.size and arr.size != w * h * pages else 0
     arr = arr.reshape((pages, h, w, components) if components else (pages, h, w))
     arr.flags.writeable = False  # shared by every read of the file
@@ -143,12 +161,18 @@ class _NiftiHeader(NamedTuple):
     datatype: int
     bitpix: int
     offset: int  # vox_offset: where the voxels start in a .nii (0 in a pair's .img)
+    version: int  # 1 (NIfTI-1 or Analyze 7.5: a header of 348 bytes) or 2 (540)
 
     @property
     def plain(self) -> bool:
         """Scalar voxels in two to four dimensions, sized as ITK sizes them (RGB, complex and vector voxels, whose
         components ITK reads otherwise, are left to ITK)."""
         return 2 <= self.dims[0] <= 4 and self.datatype not in (32, 128, 1792, 2048, 2304)
+
+    @property
+    def end(self) -> int:
+        """The byte the voxels end at: vox_offset + the product of the dims x bitpix / 8."""
+        return self.offset + int(np.prod(self.dims[1:], dtype=np.int64)) * self.bitpix // 8
 
 
 def _nifti_header(path: Path) -> _NiftiHeader | None:
@@ -178,37 +202,43 @@ def _nifti_header(path: Path) -> _NiftiHeader | None:
             continue
         n = max(0, min(int(dims[0]), 7))
         pair = path.suffix.lower() == ".hdr"
-        return _NiftiHeader((n, *(max(1, int(d)) for d in dims[1 : 1 + n])), datatype, bitpix, 0 if pair else offset)
+        sizes = (n, *(max(1, int(d)) for d in dims[1 : 1 + n]))
+        return _NiftiHeader(sizes, datatype, bitpix, 0 if pair else offset, 1 if size == 348 else 2)
     return None
 
 
-def _nifti_short(path: Path) -> str:
-    """Why a NIfTI file (or an Analyze / NIfTI pair's `.img`) holds fewer voxel bytes than its header declares, "" when
-    it holds them all: ITK reads a truncated NIfTI without a word (the missing voxels zero, or what was left in
-    memory), so the header's vox_offset + dims x bitpix / 8 are checked against the bytes there (a `.nii.gz`
-    decompressed to its end: 1.8 ms a 500 px slice)."""
+def _nifti_short(path: Path, header: _NiftiHeader | None, quick: bool = False) -> str:
+    """Why a NIfTI file (or an Analyze / NIfTI pair's `.img`) holds fewer voxel bytes than its `header` declares, ""
+    when it holds them all (or the header is None: ITK's reading decides): ITK reads a truncated NIfTI without a
+    word (the missing voxels zero, or what was left in memory), so the voxels' end (`_NiftiHeader.end`) is checked
+    against the bytes there, a `.nii.gz` decompressed to its end (1.8 ms a 500 px slice). With `quick` (for its size
+    alone), a `.nii.gz` whose gzip trailer gives the length the header declares (modulo 2^32, RFC 1952's ISIZE) is
+    not decompressed: a header that claims 20000 slices of a 452-byte file had become 20000 rows."""
     import gzip
     import zlib
 
-    header = _nifti_header(path)
     if header is None:
-        return ""  # not a header this check knows: ITK's own reading decides
+        return ""
     data = path.with_suffix(".img") if path.suffix.lower() == ".hdr" else path
     try:
         if path.name.lower().endswith(".gz"):
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                trailer = struct.unpack("<I", f.read(4))[0]
+            if quick and trailer == header.end % 2**32:
+                return ""
             with gzip.open(path, "rb") as f:
                 length = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
         else:
             length = data.stat().st_size
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         return f"truncated or corrupt gzip data: the compressed NIfTI ends before its voxels do ({e})"
-    except OSError as e:
+    except (OSError, struct.error) as e:
         return f"cannot read it ({e})"
-    wanted = header.offset + int(np.prod(header.dims[1:], dtype=np.int64)) * header.bitpix // 8
-    if length >= wanted:
+    if length >= header.end:
         return ""
     where = f"its voxel data file {data.name} holds" if data != path else "the file holds"
-    return f"truncated: its header's voxels end at byte {wanted}, {where} {length} bytes"
+    return f"truncated: its header's voxels end at byte {header.end}, {where} {length} bytes"
 
 
 def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
@@ -227,10 +257,12 @@ def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
         raise NoSuchFrame(path, f"has {pages} page(s); page {k} does not exist")
     if w * h > (limit := max_pixels()):
         raise too_large(path, w * h, limit, f"{w}x{h} ")
-    colours = colour_channels(path)
-    if colours is None:
-        return np.array(_voxels(path)[k])
-    planes = [_voxels(p)[k] for p in (path, *colours)]
+    stacks = [_voxels(p) for p in (path, *(colour_channels(path) or ()))]
+    if failed := next((s for s in stacks if isinstance(s, DataError)), None):
+        raise DataError(failed.path, failed.problem)
+    if len(stacks) == 1:
+        return np.array(stacks[0][k])
+    planes = [stack[k] for stack in stacks]
     if any(plane.ndim != 2 for plane in planes):
         raise DataError(path, "nnU-Net's colour channels (red, green, blue files) must each hold grey voxels")
     return np.stack(planes, axis=-1)
