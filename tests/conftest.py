@@ -218,13 +218,24 @@ def _training_precision_timed_once_per_process(
     and keeps the choice in the cache folder (`medcad.engine.precision`), which each test has of its own: timed anew
     in every test, 62 fits of the suite had spent 44 s timing (Sapphire Rapids). Here the choices are kept per test
     process, as a machine keeps them; a test marked `precision_cache` has its own. Worker processes a test starts
-    keep theirs in the test's cache folder."""
+    (a study's local or Ray workers, DDP ranks, the CLI) read the same choices: the test's cache folder's file is a
+    link to the process's (each had timed on its own, and under load could choose otherwise than the test's own fit:
+    local workers' results then differed from one process's in the last bits)."""
     if request.node.get_closest_marker("precision_cache"):
         return
+    from medcad.data.cache import cache_dir
     from medcad.engine import precision
 
     shared = tmp_path_factory.getbasetemp() / "training_precision.json"
-    monkeypatch.setattr(precision, "cache_file", lambda: shared)
+
+    def cache_file() -> Path:
+        seen = cache_dir() / "training_precision.json"  # where worker processes of the test look
+        if not seen.exists() and not seen.is_symlink():
+            seen.parent.mkdir(parents=True, exist_ok=True)
+            seen.symlink_to(shared)
+        return shared
+
+    monkeypatch.setattr(precision, "cache_file", cache_file)
 
 
 @pytest.fixture
