@@ -283,3 +283,18 @@ def test_a_header_that_claims_more_than_its_file_holds_is_one_unreadable_file(tm
         read_image(tmp_path / "short.mhd")
     with pytest.raises(DataError, match=r"the voxel data of x.hdr, read with it: give x.hdr itself"):
         read_image(write(tmp_path / "x.hdr", noise_image(2, 16, gray=True)).with_suffix(".img"))
+
+
+def test_a_stacks_pages_that_cannot_be_read_are_named_once_with_their_count(tmp_path: Path) -> None:
+    """A sequence of four frames beside a label map of two: every frame's mask is refused naming both files, and the
+    list of the others names the file once with its count (it had repeated `seq.nii.gz` for each page)."""
+    from medcad.data.datasets import cached_masks
+    from medcad.errors import UnreadableSamples
+
+    write(tmp_path / "set" / "seq.nii.gz", np.stack([noise_image(k, 16, gray=True) for k in range(4)]))
+    write(tmp_path / "set" / "seq_gt.nii.gz", np.ones((2, 16, 16), np.uint8))
+    m = load_manifest(tmp_path / "set", allow_missing=True)
+    assert len(m) == 4
+    with pytest.raises(UnreadableSamples, match=r"has 2 mask pages for the 4 pages") as e:
+        cached_masks(m, 16, progress=False)
+    assert "(and 3 more: seq_gt.nii.gz (3 pages or frames);" in str(e.value), str(e.value)

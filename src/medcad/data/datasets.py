@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,7 +106,9 @@ def _cached_array(path, shape: tuple[int, ...], fill, n: int, description: str, 
             pass
     if errors:
         first = errors[0]
-        others = [os.path.basename(str(e.path)) for e in errors[1:4]] + (["..."] if len(errors) > 4 else [])
+        files = Counter(os.path.basename(str(e.path)) for e in errors[1:])  # a stack's pages: its name once
+        named = [f"{f} ({n} pages or frames)" if n > 1 else f for f, n in files.items()]
+        others = named[:3] + (["..."] if len(named) > 3 else [])
         more = f" (and {len(errors) - 1} more: {', '.join(others)}; `medcad data audit` lists unreadable images)"
         more = more if len(errors) > 1 else ""
         raise UnreadableSamples(errors, f"{first.problem}{more}")
