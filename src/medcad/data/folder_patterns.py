@@ -12,6 +12,7 @@ from medcad.data.media import pattern_regex
 from medcad.data.splits import is_split_name
 
 PATIENT_FOLDER = re.compile(r"^(?:patient|pat|pt|p|subject|subj|sub|case|participant)[ _\-]?\d+$", re.IGNORECASE)
+MANY_CLASSES = 50  # class-index folders 0/, 1/ ... (a MedMNIST export has up to 11): more than this are ids
 MAX_SCALE = 10  # more id-named folders under several outer ones than a grading scale has (BI-RADS 0-6, DR 0-4)
 
 
@@ -53,13 +54,21 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
         return "/".join(["{split}", *([inner] if inner else [])]), said + (f"; inside them{why}" if why else "")
     if depth.get(1) and not depth.get(0) and id_like(outers):
         named = all(PATIENT_FOLDER.match(o) for o in outers)
-        if named or len(outers) > MAX_SCALE:
-            why = "named as patients" if named else "more than a grading scale has"
+        numbers = all(o.isdigit() for o in outers)
+        padded = numbers and any(len(o) > 1 and o.startswith("0") for o in outers)  # 001, 002: ids, not class indices
+        if named or padded or len(outers) > (MANY_CLASSES if numbers else MAX_SCALE):
+            why = (
+                "named as patients"
+                if named
+                else "numbered with leading zeros, as ids are"
+                if padded
+                else "more than a grading scale has"
+            )
             return "{patient}", (
                 f": the {len(outers)} folders are named as ids (e.g. {min(outers)}), {why}, so they are patients "
                 "(CAMUS's patient0001/), not classes; --pattern '{label}' reads them as classes"
             )
-        if not all(o.isdigit() for o in outers):  # grades 0..4 are classes; P01/, P02/ may be patients
+        if not numbers:  # grades 0..4 and class indices are classes; P01/, site1/ may be patients
             return "{label}", (
                 f": the {len(outers)} folders, named as ids (e.g. {min(outers)}), are read as the classes; if they "
                 "are patients, give --pattern '{patient}' (their images then stay together in every split)"
