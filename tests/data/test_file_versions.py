@@ -85,3 +85,31 @@ def test_caches_on_disk_and_a_volumes_voxel_file_follow_a_replaced_file(tmp_path
     assert read_image(header)[0, 0, 0] == 7
     _replace_keeping_size_and_mtime(tmp_path / "vol.raw", bytes([9]) * 64)
     assert read_image(header)[0, 0, 0] == 9  # read anew, though its header is as it was
+
+
+def test_threads_asking_for_one_version_at_once_wait_for_one_read(tmp_path: Path) -> None:
+    """Eight threads asking for one file's value at once (the pages of a stack decoded side by side) get it from one
+    call, not eight (each had decompressed the whole volume); a changed file is read anew."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medcad.data.versions import per_file_version
+
+    calls: list[str] = []
+    guard = threading.Lock()
+
+    @per_file_version(maxsize=2)
+    def slow(path: Path) -> bytes:
+        with guard:
+            calls.append(path.name)
+        time.sleep(0.05)
+        return path.read_bytes()
+
+    f = tmp_path / "v.bin"
+    f.write_bytes(b"one")
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: slow(f), range(8))) == {b"one"}
+    assert calls == ["v.bin"]
+    f.write_bytes(b"two!")
+    assert slow(f) == b"two!" and len(calls) == 2

@@ -260,7 +260,8 @@ def test_an_nnunet_v1_dataset_json_naming_cases_reads_their_channel_files(tmp_pa
 
 def test_a_header_that_claims_more_than_its_file_holds_is_one_unreadable_file(tmp_path: Path) -> None:
     """A NIfTI header claiming 20000 slices of a 452-byte file is one unreadable file, not 20000 rows (its size from
-    the header alone; a .nii.gz by its gzip trailer); a NIfTI-2 file, which ITK does not read, says so; a MetaImage
+    the header alone; a .nii.gz by its gzip trailer), and so is a MetaImage's; a NaN vox_offset is a DataError; a
+    NIfTI-2 file, which ITK does not read, says so; a MetaImage
     whose data file ends early says so (ITK: "Reason: Success"); a voxel data file given alone names its header."""
     import struct
 
@@ -272,6 +273,17 @@ def test_a_header_that_claims_more_than_its_file_holds_is_one_unreadable_file(tm
         assert image_pages(path) == ([0], [])
         with pytest.raises(DataError, match=r"truncated|corrupt gzip"):
             image_size(path)
+    whole = write(tmp_path / "ok.mha", np.zeros((3, 8, 8), np.uint8)).read_bytes()
+    start = whole.index(b"DimSize")
+    (tmp_path / "big.mha").write_bytes(whole[:start] + b"DimSize = 64 64 20000" + whole[whole.index(b"\n", start) :])
+    assert image_pages(tmp_path / "big.mha") == ([0], [])  # one unreadable file, not 20000 rows
+    with pytest.raises(DataError, match=r"64 x 64 x 20000 voxels \(81920000 bytes\), more than its \d+ bytes"):
+        image_size(tmp_path / "big.mha")
+    nan = bytearray(write(tmp_path / "n.nii", np.zeros((4, 4), np.uint8)).read_bytes())
+    nan[108:112] = struct.pack("<f", float("nan"))  # vox_offset NaN: a DataError, never a ValueError
+    (tmp_path / "nan.nii").write_bytes(bytes(nan))
+    assert image_pages(tmp_path / "nan.nii") == ([0], [])  # ITK decides: it reads this one
+    assert read_image(tmp_path / "nan.nii").shape == (4, 4, 3)
     v2 = bytearray(540)
     v2[:4] = struct.pack("<i", 540)
     (tmp_path / "n2.nii").write_bytes(bytes(v2) + bytes(16))
@@ -298,3 +310,30 @@ def test_a_stacks_pages_that_cannot_be_read_are_named_once_with_their_count(tmp_
     with pytest.raises(UnreadableSamples, match=r"has 2 mask pages for the 4 pages") as e:
         cached_masks(m, 16, progress=False)
     assert "(and 3 more: seq_gt.nii.gz (3 pages or frames);" in str(e.value), str(e.value)
+
+
+def test_voxel_data_kept_elsewhere_or_compressed_is_read_and_named(tmp_path: Path) -> None:
+    """A MetaImage whose header names its data in a sub-folder (`ElementDataFile = raw/a.bin`) is read, that file used
+    and part of its version; a compressed Analyze / NIfTI pair (`.hdr` + `.img.gz`, as ITK reads it) is read; an
+    unread data file named otherwise than its header is named as that header's voxel data."""
+    root = tmp_path / "set"
+    header = write(root / "a.mhd", noise_image(1, 16, gray=True))
+    (root / "raw").mkdir()
+    (root / "a.raw").rename(root / "raw" / "a.bin")
+    header.write_text(header.read_text().replace("ElementDataFile = a.raw", "ElementDataFile = raw/a.bin"))
+    assert np.array_equal(read_image(header)[..., 0], noise_image(1, 16, gray=True))
+    m = load_manifest(root)
+    assert "raw/a.bin" in m.used_files() and not m.ledger.unread, m.ledger
+    pair = write(tmp_path / "p.hdr", noise_image(2, 16, gray=True))
+    img = pair.with_suffix(".img")
+    img.with_suffix(".img.gz").write_bytes(gzip.compress(img.read_bytes()))
+    img.unlink()
+    assert np.array_equal(read_image(pair)[..., 0], noise_image(2, 16, gray=True))
+    other = tmp_path / "other"
+    blob = write(other / "b.mhd", noise_image(3, 16, gray=True))
+    (other / "b.raw").rename(other / "scan_0001.raw")
+    blob.write_text(blob.read_text().replace("ElementDataFile = b.raw", "ElementDataFile = scan_0001.raw"))
+    (other / "b.mhd").rename(other / "b.txt")  # its header no longer a volume: the data file is nobody's
+    assert volume_header(other / "scan_0001.raw") is None
+    (other / "b.txt").rename(other / "b.mhd")
+    assert volume_header(other / "scan_0001.raw") == other / "b.mhd"

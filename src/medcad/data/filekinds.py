@@ -57,7 +57,7 @@ def file_stem(path: str | Path) -> str:
     """A file's name without `file_suffix` (`case_0000.nii.gz` -> `case_0000`, where `Path.stem` keeps `.nii`): the
     name images and masks are paired by."""
     name = Path(path).name
-    return name[: len(name) - len(file_suffix(name))] if file_suffix(name) else name
+    return name[: len(name) - len(suffix)] if (suffix := file_suffix(name)) else name
 
 
 def without_suffix(path: Path) -> Path:
@@ -99,7 +99,10 @@ def named_volume_data(header: Path) -> Path | None:
     """The voxel data file a volume header names or implies (`volume_data`), whether or not it is there."""
     suffix = header.suffix.lower()
     if suffix == ".hdr":
-        return header.with_suffix(".img") if volume_format(header) else None
+        if not volume_format(header):
+            return None
+        packed = header.with_suffix(".img.gz")  # a compressed pair, as ITK reads it
+        return packed if packed.is_file() and not header.with_suffix(".img").is_file() else header.with_suffix(".img")
     if suffix not in (".mhd", ".nhdr"):
         return None
     try:
@@ -109,24 +112,48 @@ def named_volume_data(header: Path) -> Path | None:
         return None
     m = _DATA_FIELD.search(text)
     name = m["name"] if m else ""
-    if not name or name.upper().startswith(("LOCAL", "LIST")) or "%" in name or "/" in name or "\\" in name:
-        return None
+    name = name.replace("\\", "/")
+    if not name or name.upper().startswith(("LOCAL", "LIST")) or "%" in name or Path(name).is_absolute():
+        return None  # inline data, a list or pattern of files, or a path elsewhere
     return header.parent / name
 
 
 def volume_header(path: Path) -> Path | None:
-    """The volume header beside `path` whose voxel data `path` is (`volume_data`), else None."""
-    if path.suffix.lower() not in _DATA_SUFFIXES:
+    """The volume header beside `path` whose voxel data `path` is (`volume_data`), else None: a header of the same
+    stem first, else the headers of its folder, read once per version of the folder (the ledger asks of each file
+    it names: globbing the folder per file had cost 83 s for 2000 unread `.raw` files)."""
+    if path.suffix.lower() not in _DATA_SUFFIXES or volume_format(path):
         return None
-    beside = [path.with_suffix(".hdr"), *sorted(path.parent.glob("*.mhd")), *sorted(path.parent.glob("*.nhdr"))]
-    return next((h for h in beside if h.is_file() and volume_data(h) == path), None)
+    packed = next((end for end in (".raw.gz", ".img.gz") if path.name.lower().endswith(end)), None)
+    stem = path.name[: -len(packed)] if packed else path.stem
+    for header in (path.with_name(stem + end) for end in (".hdr", ".mhd", ".nhdr")):
+        if header.is_file() and volume_data(header) == path:
+            return header
+    try:
+        st = path.parent.stat()
+    except OSError:
+        return None
+    found = _data_files_in(str(path.parent), st.st_mtime_ns, st.st_ctime_ns).get(path.name)
+    return path.parent / found if found else None
+
+
+@functools.lru_cache(maxsize=8)
+def _data_files_in(folder: str, *version: int) -> dict[str, str]:
+    """{voxel data file name: its header's name} of the MetaImage and detached NRRD headers in `folder`."""
+    out = {}
+    for header in sorted(Path(folder).glob("*.mhd")) + sorted(Path(folder).glob("*.nhdr")):
+        data = volume_data(header)
+        if data is not None and data.parent == header.parent:
+            out[data.name] = header.name
+    return out
 
 
 def _channel_names(dataset_json: Path) -> tuple[str, ...]:
     """The channel names of an nnU-Net dataset.json in channel order (v2's "channel_names", v1's and the Decathlon's
     "modality": {"0": "Red", ...}), () when it has none or cannot be read; parsed once per version of the file (a v1
     dataset.json lists every case: it is asked for each image's version). By its stat here, not
-    `versions.per_file_version`, which asks this module for a file's parts: the import would go round."""
+    `versions.per_file_version`: `versions.file_version` asks this module for a file's parts, and the project's
+    import contract (import-linter, lazy imports counted) forbids the circle."""
     try:
         st = dataset_json.stat()
     except OSError:

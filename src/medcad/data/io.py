@@ -377,12 +377,9 @@ def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
             raise DataError(p, "DICOM file holds no image (no Rows/Columns)")
         return int(ds.Columns), int(ds.Rows)
     if volume_format(p):
-        from medcad.data.volumes import volume_info
+        from medcad.data.volumes import volume_size
 
-        w, h, pages = volume_info(p)
-        if frame is not None and not 0 <= frame < pages:
-            raise NoSuchFrame(p, f"has {pages} page(s); page {frame} does not exist")
-        return w, h
+        return volume_size(p, frame)
     tiff_why = ""
     if is_tiff(p):
         try:

@@ -132,7 +132,9 @@ class Manifest:
         from medcad.data.filekinds import image_parts
 
         files = set(self.table["image"]) | {p for m in self.table["mask"] if m for p in m.split(MASK_SEP)}
-        parts = {(Path(f).parent / part.name).as_posix() for f in files for part in image_parts(self.root / f)}
+        parts = {
+            Path(os.path.relpath(part, self.root)).as_posix() for f in files for part in image_parts(self.root / f)
+        }
         return files | parts
 
     def check_complete(self, allow_missing: bool) -> None:

@@ -35,24 +35,33 @@ def file_version(path: str | Path) -> tuple:
 
 
 def file_stamp(path: str | Path) -> str:
-    """`file_version` without the path, as text: a file's version in a cache kept on disk (fingerprints, decoded
-    images and masks), which had been its size and modification time alone, so that a same-size copy with its
-    modification time kept was served what the cache held for the file it replaced.
+    """A file's version in a cache kept on disk (fingerprints, decoded images and masks), as text: its size and
+    modification and change times, and those of the other files its image is read from (`filekinds.image_parts`).
+    It had been the size and modification time alone, so that a same-size copy with its modification time kept
+    (`cp -p`, `rsync -t`) was served what the cache held for the file it replaced: the change time is set by the
+    system, never copied. No device or inode: NFS, Lustre and FUSE mounts renumber them, and a cache shared by a
+    cluster's nodes would never hit.
 
     Raises:
-        OSError: the file cannot be stat'ed.
+        OSError: a file cannot be stat'ed.
     """
-    return "|".join(str(v) for v in file_version(path)[1:])
+    from medcad.data.filekinds import image_parts
+
+    stats = [Path(f).stat() for f in (path, *image_parts(Path(path)))]
+    return "|".join(f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}" for st in stats)
 
 
 def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[str | Path], T]]:
     """Memoise `fn(path)` by `file_version(path)`, keeping the last `maxsize` versions (`fn` is called with the path
     as given, so its messages name it so); a file that cannot be stat'ed is read uncached (`fn` names its problem).
-    Exceptions are not kept. What `fn` returns is shared: return values not to be changed (tuples, ranges)."""
+    Threads asking for one version at once wait for one call (the pages of a stack are decoded side by side: each
+    thread had decompressed the whole file). Exceptions are not kept. What `fn` returns is shared: return values not
+    to be changed (tuples, ranges, read-only arrays)."""
 
     def wrap(fn: Callable[[Path], T]) -> Callable[[str | Path], T]:
         kept: OrderedDict[tuple, T] = OrderedDict()
         lock = threading.Lock()
+        working: dict[tuple, threading.Lock] = {}  # a lock per version being computed
 
         @functools.wraps(fn)
         def call(path: str | Path) -> T:
@@ -64,11 +73,23 @@ def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[
                 if key in kept:
                     kept.move_to_end(key)
                     return kept[key]
-            value = fn(Path(path))
-            with lock:
-                kept[key] = value
-                while len(kept) > maxsize:
-                    kept.popitem(last=False)
+                own = working.setdefault(key, threading.Lock())
+            with own:
+                with lock:
+                    if key in kept:  # computed while this thread waited
+                        kept.move_to_end(key)
+                        return kept[key]
+                try:
+                    value = fn(Path(path))
+                except BaseException:
+                    with lock:
+                        working.pop(key, None)
+                    raise
+                with lock:
+                    kept[key] = value
+                    while len(kept) > maxsize:
+                        kept.popitem(last=False)
+                    working.pop(key, None)
             return value
 
         call.cache_clear = kept.clear  # type: ignore[attr-defined]

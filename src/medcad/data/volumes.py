@@ -22,6 +22,7 @@ How a file is read (said by `volume_notes`, and in `medcad.data.io.DECODING`):
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -95,6 +96,33 @@ def _layout(path: Path, size: tuple[int, ...], components: int, kind: str) -> in
     return extra[0] if extra else 1
 
 
+DEFLATE_MOST = 1100  # deflate (gzip, zlib) makes data at most ~1032 times smaller (its longest match for 2 bits)
+
+
+def _claims_more(path: Path, reader, size: tuple[int, ...], components: int) -> str:
+    """Why a MetaImage, NRRD or MINC header declares more voxel bytes than its file (and voxel data file) could hold
+    even deflate-compressed (`DEFLATE_MOST` times smaller), "" otherwise: a 100-byte `.mha` claiming 20000 slices had
+    become 20000 rows. A bzip2 NRRD, which compresses runs further, is left to its decoding."""
+    import SimpleITK as sitk
+
+    files = [path, *([data] if (data := named_volume_data(path)) and data.is_file() else [])]
+    held = sum(f.stat().st_size for f in files)
+    if path.suffix.lower() in (".nrrd", ".nhdr"):
+        with open(path, "rb") as f:
+            if b"bz" in f.read(4096).lower().partition(b"encoding:")[2][:16]:
+                return ""
+    each = sitk.Image([1, 1], reader.GetPixelID(), components).GetSizeOfPixelComponent() if components > 1 else None
+    each = each or sitk.Image([1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+    declared = int(np.prod(size, dtype=np.int64)) * components * each
+    if declared <= DEFLATE_MOST * held:
+        return ""
+    shape = " x ".join(str(n) for n in size)
+    return (
+        f"its header declares {shape} voxels ({declared} bytes), more than its {held} bytes of data could hold even "
+        "compressed: a corrupt or cut-off file"
+    )
+
+
 @per_file_version(maxsize=1024)
 def volume_info(path: Path) -> tuple[int, int, int]:
     """(width, height, pages) of a volume file, from its header (no voxel data read); kept per file version.
@@ -117,6 +145,8 @@ def volume_info(path: Path) -> tuple[int, int, int]:
     else:
         reader, kind = _reader(path)
         size, components = tuple(int(n) for n in reader.GetSize()), int(reader.GetNumberOfComponents())
+        if len(size) > 2 and (short := _claims_more(path, reader, size, components)):
+            raise DataError(path, short)  # one unreadable file, not a row per slice its header claims
     if len(size) < 2:
         raise DataError(path, f"a {kind} file of one dimension ({size[0]} values), not an image")
     info = size[0], size[1], _layout(path, size, components, kind)
@@ -131,16 +161,16 @@ def volume_info(path: Path) -> tuple[int, int, int]:
     return info
 
 
-@per_file_version(maxsize=2)
+@per_file_version(maxsize=4)
 def _voxels(path: Path) -> np.ndarray | DataError:
-    """Every voxel of a volume file, (pages, H, W[, C]), or why they cannot be read; the last two files read are kept,
+    """Every voxel of a volume file, (pages, H, W[, C]), or why they cannot be read; the last four files read are kept,
     their failures too (the pages of a sequence are read one after another: the whole file had been decompressed for
     each, and a file that fails was tried again for each of its pages)."""
     import SimpleITK as sitk
 
     w, h, pages = volume_info(path)
     reader, kind = _reader(path, header=False)
-    if kind in _NIFTI and (short := _nifti_short(path, _nifti_header(path))):
+    if kind in _NIFTI and (short := _nifti_short(path, _nifti_header(path), quick=True)):
         return DataError(path, short)
     data = named_volume_data(path)
     if data is not None and not data.is_file():
@@ -193,17 +223,19 @@ def _nifti_header(path: Path) -> _NiftiHeader | None:
         if size == 348 and len(head) >= 348:
             dims = struct.unpack(order + "8h", head[40:56])
             datatype, bitpix = struct.unpack(order + "2h", head[70:74])
-            offset = int(struct.unpack(order + "f", head[108:112])[0])
+            offset = struct.unpack(order + "f", head[108:112])[0]
         elif size == 540 and len(head) >= 540:
             datatype, bitpix = struct.unpack(order + "2h", head[12:16])
             dims = struct.unpack(order + "8q", head[16:80])
             offset = struct.unpack(order + "q", head[168:176])[0]
         else:
             continue
+        if not math.isfinite(offset) or offset < 0:
+            return None  # a corrupt header: ITK's own reading names the problem
         n = max(0, min(int(dims[0]), 7))
         pair = path.suffix.lower() == ".hdr"
         sizes = (n, *(max(1, int(d)) for d in dims[1 : 1 + n]))
-        return _NiftiHeader(sizes, datatype, bitpix, 0 if pair else offset, 1 if size == 348 else 2)
+        return _NiftiHeader(sizes, datatype, bitpix, 0 if pair else int(offset), 1 if size == 348 else 2)
     return None
 
 
@@ -219,15 +251,15 @@ def _nifti_short(path: Path, header: _NiftiHeader | None, quick: bool = False) -
 
     if header is None:
         return ""
-    data = path.with_suffix(".img") if path.suffix.lower() == ".hdr" else path
+    data = (named_volume_data(path) or path.with_suffix(".img")) if path.suffix.lower() == ".hdr" else path
     try:
-        if path.name.lower().endswith(".gz"):
-            with open(path, "rb") as f:
+        if data.name.lower().endswith(".gz"):
+            with open(data, "rb") as f:
                 f.seek(-4, os.SEEK_END)
                 trailer = struct.unpack("<I", f.read(4))[0]
             if quick and trailer == header.end % 2**32:
                 return ""
-            with gzip.open(path, "rb") as f:
+            with gzip.open(data, "rb") as f:
                 length = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
         else:
             length = data.stat().st_size
@@ -241,6 +273,19 @@ def _nifti_short(path: Path, header: _NiftiHeader | None, quick: bool = False) -
     return f"truncated: its header's voxels end at byte {header.end}, {where} {length} bytes"
 
 
+def volume_size(path: Path, page: int | None = None) -> tuple[int, int]:
+    """(width, height) of a volume file's page `page` (0 when None), from its header.
+
+    Raises:
+        NoSuchFrame: the file has no such page.
+        DataError: as `volume_info`.
+    """
+    w, h, pages = volume_info(path)
+    if not 0 <= (page or 0) < pages:
+        raise NoSuchFrame(path, f"has {pages} page(s); page {page} does not exist")
+    return w, h
+
+
 def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
     """Page `page` (0 when None) of a volume file as stored: (H, W) or (H, W, 3|4), its own dtype (uint8, int16,
     float32...).
@@ -251,10 +296,8 @@ def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
     """
     from medcad.data.pixel_limit import max_pixels, too_large
 
-    w, h, pages = volume_info(path)
+    w, h = volume_size(path, page)
     k = page or 0
-    if not 0 <= k < pages:
-        raise NoSuchFrame(path, f"has {pages} page(s); page {k} does not exist")
     if w * h > (limit := max_pixels()):
         raise too_large(path, w * h, limit, f"{w}x{h} ")
     stacks = [_voxels(p) for p in (path, *(colour_channels(path) or ()))]
