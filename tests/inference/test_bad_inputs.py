@@ -430,3 +430,43 @@ def test_predict_names_a_link_to_a_moved_file(tmp_path: Path) -> None:
     (tmp_path / "x.png").symlink_to(tmp_path / "moved" / "x.png")
     with pytest.raises(DataError, match=r"x\.png: a link to a missing file \(.*moved/x\.png\)"):
         expand_inputs([str(tmp_path / "x.png")])
+
+
+def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Path, tmp_path: Path) -> None:
+    """A mask predicted for an nnU-Net slice (`imagesTs/case_0000.nii.gz`, depth one, spacing (1, 1, 999)) is written
+    as nnU-Net writes its predictions: `case_0000_mask.nii.gz`, its dimensions, spacing, origin and direction the
+    image's, values 0 / 1 where the PNG mask of the same pixels says 0 / 255; a stack's pages keep PNG masks; the
+    output folder claims the file (a second predict replaces it), and a user's own file of that name is refused."""
+    import SimpleITK as sitk
+
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    frame = np.asarray(Image.open(sorted((tiny_segmenter.parent / "synth").rglob("*.png"))[0]).convert("L"))
+    image = sitk.GetImageFromArray(frame[None])
+    image.SetSpacing((0.5, 0.5, 999.0))
+    image.SetOrigin((3.0, -2.0, 0.0))
+    sitk.WriteImage(image, str(folder / "case_0000.nii.gz"))
+    Image.fromarray(frame).save(folder / "case_png.png")
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([frame, frame])), str(folder / "seq.nii.gz"))
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run replaces what the first wrote
+        res = runner.invoke(app, ["predict", str(tiny_segmenter), str(folder), "--out", str(out), "--threshold", "0.3"])
+        assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    masks = dict(zip(table["image"].map(lambda p: Path(p).name), table["mask_file"], strict=True))
+    assert masks == {
+        "case_0000.nii.gz": "case_0000_mask.nii.gz",
+        "case_png.png": "case_png_mask.png",
+        "seq.nii.gz#0": "seq_frame0_mask.png",
+        "seq.nii.gz#1": "seq_frame1_mask.png",
+    }, masks
+    written = sitk.ReadImage(str(out / "case_0000_mask.nii.gz"))
+    assert written.GetSize() == image.GetSize() and written.GetSpacing() == image.GetSpacing()
+    assert written.GetOrigin() == image.GetOrigin() and written.GetDirection() == image.GetDirection()
+    png = np.asarray(Image.open(out / "case_png_mask.png"))
+    assert set(np.unique(png)) <= {0, 255} and np.array_equal(sitk.GetArrayFromImage(written)[0], png // 255)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "case_0000_mask.nii.gz").write_bytes(b"a user's own file")
+    res = runner.invoke(app, ["predict", str(tiny_segmenter), str(folder / "case_0000.nii.gz"), "--out", str(mine)])
+    assert res.exit_code != 0 and "case_0000_mask.nii.gz: exists and was not written by predict" in res.output

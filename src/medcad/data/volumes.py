@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medcad.data.filekinds import colour_channels, named_volume_data, volume_format
+from medcad.data.filekinds import colour_channels, file_suffix, named_volume_data, volume_format
 from medcad.data.versions import per_file_version
 from medcad.errors import DataError, NoSuchFrame
 
@@ -327,3 +327,39 @@ def volume_notes(path: Path) -> list[str]:
         if slope not in (0.0, 1.0) or inter != 0.0:
             notes.append(f"values rescaled by the header: x {slope:g} + {inter:g}")
     return notes
+
+
+def mask_suffix(source: Path) -> str:
+    """The suffix of a predicted mask written like `source` (`write_like`): its own where it is one file (`.nii.gz`,
+    `.nii`, `.mha`, `.nrrd`, `.mnc`), else `.nii.gz` (a header with its voxels in another file)."""
+    suffix = file_suffix(source)
+    return suffix if suffix in (".nii.gz", ".nii", ".mha", ".nrrd", ".mnc") else ".nii.gz"
+
+
+def write_like(source: Path, labels: np.ndarray, out: Path) -> None:
+    """Write `labels` (H, W), a predicted mask's class values (0 background, 1 lesion, or a label map's values), as a
+    volume file like `source`, a one-page volume file: its dimensions (nnU-Net's slice of depth one stays one), voxel
+    spacing, origin and direction copied, so that nnU-Net's and ITK's tools overlay it on `source`; atomically, in the
+    format `out`'s name says (`x_mask.nii.gz`: `mask_suffix`).
+
+    Raises:
+        DataError: `source` cannot be read, or `out` cannot be written.
+    """
+    import SimpleITK as sitk
+
+    from medcad.atomic import atomic_path
+
+    reader, _ = _reader(source)
+    dims = reader.GetDimension()
+    arr = labels.reshape((1,) * (dims - 2) + labels.shape) if dims > 2 else labels
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    image.SetSpacing(reader.GetSpacing())
+    image.SetOrigin(reader.GetOrigin())
+    image.SetDirection(reader.GetDirection())
+    try:
+        with atomic_path(out) as tmp:
+            written = tmp.with_name(tmp.name + file_suffix(out))  # a name SimpleITK knows the format of
+            sitk.WriteImage(image, str(written), useCompression=True)
+            os.replace(written, tmp)
+    except (OSError, RuntimeError) as e:
+        raise DataError(out, f"cannot write the mask ({e})") from e

@@ -52,6 +52,8 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
 
 
 IMAGE_OUTPUTS = ("_overlay.png", "_mask.png")  # what predict writes per image (`predict_image_files`)
+VOLUME_MASKS = tuple(f"_mask{end}" for end in (".nii.gz", ".nii", ".mha", ".nrrd", ".mnc"))  # ... for a volume's
+WRITTEN = IMAGE_OUTPUTS + VOLUME_MASKS  # any file predict writes for an image
 VIDEO_OUTPUTS = ("_annotated.mp4", "_frames.csv", "_annotated.partial.mp4", "_frames.partial.csv")  # ... per video
 # (`medcad.inference.video.predict_video`; the partial ones where it fails or is interrupted)
 
@@ -88,14 +90,14 @@ def check_output_folder(
             )
     ledger = where / OUTPUTS_LEDGER
     claimed = set(ledger.read_text(encoding="utf-8").splitlines()) if ledger.is_file() else set()
-    if any(name.endswith(IMAGE_OUTPUTS) for name in claimed):  # predict wrote images' files here: the table is its
+    if any(name.endswith(WRITTEN) for name in claimed):  # predict wrote images' files here: the table is its
         claimed |= {TABLE, f"{TABLE}.partial"}  # (ledgers before 2026-12-06 did not list it; one of videos only did not
         # write it)
     clips = {str(v) for v in videos}
     targets = [
         f"{stem}{suffix}"
         for item, stem in names.items()
-        for suffix in (VIDEO_OUTPUTS if str(item) in clips else IMAGE_OUTPUTS)
+        for suffix in (VIDEO_OUTPUTS if str(item) in clips else _image_outputs(str(item)))
     ]
     if any(str(item) not in clips for item in names):  # images: their table too (a user's own had been replaced)
         targets += [TABLE, f"{TABLE}.partial"]
@@ -122,7 +124,7 @@ def drop_earlier_outputs(out: str | Path, table: pd.DataFrame) -> list[str]:
         return []
     claimed = set(ledger.read_text(encoding="utf-8").splitlines())
     named = {v for c in ("overlay_file", "mask_file") if c in table for v in table[c].dropna().astype(str) if v}
-    stale = {n for n in claimed if n.endswith(IMAGE_OUTPUTS) and n not in named}  # some claimed, never written
+    stale = {n for n in claimed if n.endswith(WRITTEN) and n not in named}  # some claimed, never written
     removed = sorted(n for n in stale if (where / n).is_file())
     for name in removed:
         (where / name).unlink()
@@ -143,6 +145,43 @@ def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
         raise DataError(path, f"cannot write the image ({e.strerror})") from e
 
 
+def _image_outputs(item: str) -> tuple[str, ...]:
+    """The ends of the names predict writes for one image item (`<path>` or `<path>#<frame>`): IMAGE_OUTPUTS, and a
+    mask in its own format for a one-page volume file (`_volume_mask`)."""
+    return (*IMAGE_OUTPUTS, *([f"_mask{end}"] if (end := _volume_mask(item)) else []))
+
+
+def _volume_mask(item: str) -> str | None:
+    """The suffix of the mask predict writes like its image (`volumes.mask_suffix`) for an item that is a one-page
+    volume file (an nnU-Net slice, a CAMUS frame), None for every other item (a PNG mask)."""
+    from medcad.data.filekinds import volume_format
+
+    source, frame = split_frame(item)
+    if frame is not None or not volume_format(source):
+        return None
+    from medcad.data.volumes import mask_suffix, volume_info
+
+    try:
+        return mask_suffix(source) if volume_info(source)[2] == 1 else None
+    except DataError:
+        return None  # unreadable: it fails as itself when predicted
+
+
+def _write_mask(pred, out: Path, stem: str) -> str:
+    """Write a prediction's mask and give its file name: `<stem>_mask.png` (0 / 255, or a label map's values); for
+    an image read from a one-page volume file (an nnU-Net slice, a CAMUS frame), a volume file like it (its class
+    values, 0 / 1 for lesion, with its spacing, origin and direction: `volumes.write_like`), as nnU-Net writes its
+    predictions, so that its tools and ITK-SNAP lay it over the image."""
+    if end := _volume_mask(pred.image):
+        from medcad.data.volumes import write_like
+
+        image, name = pred.mask.mask_image(), f"{stem}_mask{end}"
+        write_like(split_frame(pred.image)[0], image // 255 if pred.mask.class_map is None else image, out / name)
+        return name
+    write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
+    return f"{stem}_mask.png"
+
+
 def predict_image_files(
     predictor: Predictor,
     paths: Sequence[Path],
@@ -157,7 +196,8 @@ def predict_image_files(
     """Predict every image file (`output_names` gives `<stem>`); write into `out`: `<stem>_overlay.png` (what the
     prediction has, drawn on the image), `<stem>_mask.png` for mask tasks (at the image's size: 0/255; label-map
     models: the class map in the run's mask values, a 16-bit PNG where a value exceeds 255, see
-    `LesionMask.mask_image`), and predictions.csv (one `Prediction.row` per image, after `image`, `status` ("ok" /
+    `LesionMask.mask_image`; for a one-page volume file, `<stem>_mask.nii.gz` or its own format, like the image:
+    `_write_mask`), and predictions.csv (one `Prediction.row` per image, after `image`, `status` ("ok" /
     "failed") and `error` (why a file failed), then `overlay_file` and `mask_file`: the names of the files written
     for it in `out`, and `warnings` where the image makes its prediction doubtful,
     `medcad.inference.uploads.prediction_warnings`). Rows are appended to
@@ -196,8 +236,7 @@ def predict_image_files(
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
                 files["overlay_file"] = f"{stem}_overlay.png"
             if pred.mask is not None:
-                write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
-                files["mask_file"] = f"{stem}_mask.png"
+                files["mask_file"] = _write_mask(pred, out, stem)
             doubts = "; ".join(prediction_warnings(pred, image, predictor.config.image_size))
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
             summaries.append(pred.summary() | files | ({"warnings": doubts} if doubts else {}))
