@@ -230,7 +230,8 @@ def _training_precision_timed_once_per_process(
 
     def cache_file() -> Path:
         seen = cache_dir() / "training_precision.json"  # where worker processes of the test look
-        if not seen.exists() and not seen.is_symlink():
+        own = bool(os.environ.get("MEDCAD_CACHE_DIR"))  # never a link in the user's own cache folder
+        if own and not seen.exists() and not seen.is_symlink():
             seen.parent.mkdir(parents=True, exist_ok=True)
             seen.symlink_to(shared)
         return shared
