@@ -203,7 +203,8 @@ def test_names_alone_do_not_make_a_volume(tmp_path: Path) -> None:
 def test_an_rgb_image_nnunet_split_in_three_files_is_read_as_one_colour_image(tmp_path: Path, key: str) -> None:
     """nnU-Net v1's `convert_2d_image_to_nifti` keeps an RGB image (an endoscopy frame) as `<case>_0000`, `_0001`,
     `_0002` (red, green, blue), its dataset.json naming the channels: read as one RGB image equal to the source (the
-    red file alone had been read, grey), every file used; a green file of another size is refused naming it."""
+    red file alone had been read, grey), every file used; a green file of another size, or a blue file missing, is
+    refused naming it (the missing one had been read grey)."""
     root = tmp_path / "Task502_Kvasir"
     names = {"0": "Red", "1": "Green", "2": "Blue"} if key == "modality" else {"0": "R", "1": "G", "2": "B"}
     (root / "imagesTr").mkdir(parents=True)
@@ -227,6 +228,9 @@ def test_an_rgb_image_nnunet_split_in_three_files_is_read_as_one_colour_image(tm
     write(root / "imagesTr" / "kv_1_0001.nii.gz", noise_image(7, 20, gray=True)[None])
     with pytest.raises(DataError, match=r"kv_1_0001.nii.gz: a colour channel of kv_1_0000.nii.gz .* of 20x20 pixels"):
         read_image(m.image_path(1))
+    (root / "imagesTr" / "kv_2_0002.nii.gz").unlink()  # a case without its blue file: refused, not read grey
+    with pytest.raises(DataError, match=r"kv_2_0000.nii.gz: its blue channel file kv_2_0002.nii.gz is missing"):
+        read_image(m.image_path(2))
 
 
 def test_an_nnunet_v1_dataset_json_naming_cases_reads_their_channel_files(tmp_path: Path) -> None:
@@ -256,6 +260,10 @@ def test_an_nnunet_v1_dataset_json_naming_cases_reads_their_channel_files(tmp_pa
     assert dict(m.ledger.left_out)["./imagesTr/gone.nii.gz"] == "file not found (dataset.json training[3])"
     predicted = [Path(p).name for p in expand_inputs([root / "imagesTs"])]
     assert predicted == [f"t{k}_0000.nii.gz" for k in range(3)], predicted
+    elsewhere = tmp_path / "copied"  # imagesTs/ copied without its dataset.json: each file an image, said
+    (root / "imagesTs").rename(elsewhere)
+    m = load_manifest(elsewhere)
+    assert len(m) == 9 and any("3 case(s) have volume files numbered as nnU-Net numbers channels" in n for n in m.notes)
 
 
 def test_a_header_that_claims_more_than_its_file_holds_is_one_unreadable_file(tmp_path: Path) -> None:
@@ -284,6 +292,10 @@ def test_a_header_that_claims_more_than_its_file_holds_is_one_unreadable_file(tm
     (tmp_path / "nan.nii").write_bytes(bytes(nan))
     assert image_pages(tmp_path / "nan.nii") == ([0], [])  # ITK decides: it reads this one
     assert read_image(tmp_path / "nan.nii").shape == (4, 4, 3)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((6, 6), np.complex64)), str(tmp_path / "complex.nii.gz"))
+    assert image_pages(tmp_path / "complex.nii.gz") == ([0], [])
+    with pytest.raises(DataError, match="complex.nii.gz: a NIfTI file of 2-component voxels"):
+        image_size(tmp_path / "complex.nii.gz")  # a traceback of SimpleITK's had escaped, naming no file
     v2 = bytearray(540)
     v2[:4] = struct.pack("<i", 540)
     (tmp_path / "n2.nii").write_bytes(bytes(v2) + bytes(16))
@@ -337,3 +349,27 @@ def test_voxel_data_kept_elsewhere_or_compressed_is_read_and_named(tmp_path: Pat
     assert volume_header(other / "scan_0001.raw") is None
     (other / "b.txt").rename(other / "b.mhd")
     assert volume_header(other / "scan_0001.raw") == other / "b.mhd"
+
+
+def test_a_one_page_image_beside_a_stack_of_masks_is_refused_naming_both(tmp_path: Path) -> None:
+    """A one-page image whose mask file holds several pages (a CAMUS ED frame paired with its sequence's label map)
+    is refused naming both (page 0 had been its mask, unsaid), as a stack and a mask stack of other lengths are."""
+    from medcad.data.masks import sample_mask_pages
+
+    write(tmp_path / "set" / "ed.nii.gz", noise_image(1, 16, gray=True))
+    write(tmp_path / "set" / "ed_gt.nii.gz", np.ones((3, 16, 16), np.uint8))
+    m = load_manifest(tmp_path / "set")
+    assert len(m) == 1 and m.mask_paths(0)
+    with pytest.raises(DataError, match=r"ed_gt.nii.gz: has 3 mask pages for the one page of its image .*ed.nii.gz"):
+        sample_mask_pages(m, 0)
+
+
+def test_data_frames_of_a_volume_says_what_it_is_and_leaves_no_folder(tmp_path: Path) -> None:
+    """`data frames` of a 2-D+t NIfTI sequence says it is one (its frames are pages every command reads), where it
+    had said "cannot decode this video" and left an empty frames/ folder behind."""
+    from medcad.data.frame_extraction import extract_frames
+
+    seq = write(tmp_path / "seq.nii.gz", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"seq.nii.gz: a NIfTI file: every command reads its slices or frames as pages"):
+        extract_frames(seq, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -448,6 +448,7 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
     sitk.WriteImage(image, str(folder / "case_0000.nii.gz"))
     Image.fromarray(frame).save(folder / "case_png.png")
     sitk.WriteImage(sitk.GetImageFromArray(np.stack([frame, frame])), str(folder / "seq.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(frame), str(folder / "plain.nii"))  # its mask had failed to be written
     out = tmp_path / "out"
     for _ in range(2):  # the second run replaces what the first wrote
         res = runner.invoke(app, ["predict", str(tiny_segmenter), str(folder), "--out", str(out), "--threshold", "0.3"])
@@ -457,6 +458,7 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
     assert masks == {
         "case_0000.nii.gz": "case_0000_mask.nii.gz",
         "case_png.png": "case_png_mask.png",
+        "plain.nii": "plain_mask.nii",
         "seq.nii.gz#0": "seq_frame0_mask.png",
         "seq.nii.gz#1": "seq_frame1_mask.png",
     }, masks

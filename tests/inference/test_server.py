@@ -60,9 +60,12 @@ def dicom_bytes(tmp_path: Path, pixels: bool = True) -> bytes:
 def bad_requests(image: bytes, tmp_path: Path) -> dict:
     """name -> (request kwargs, expected status, words the message must hold), for a server with a 1 MiB upload
     limit and 4 megapixels."""
+    import SimpleITK as sitk
+
     big = Image.new("1", (10_000, 10_000))  # 100 megapixels, a few kB as PNG
     buf = io.BytesIO()
     big.save(buf, "PNG")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 8, 8), np.uint8)), str(tmp_path / "slice.nii.gz"))
     return {
         "empty body": (dict(content=b""), 400, "empty"),
         "empty file": (dict(files={"file": ("x.png", b"")}), 400, "empty"),
@@ -74,6 +77,7 @@ def bad_requests(image: bytes, tmp_path: Path) -> dict:
         "field name": (dict(files={"image": ("x.png", image)}), 400, "field 'file'"),
         "no pixels": (dict(files={"file": ("x.dcm", dicom_bytes(tmp_path, pixels=False))}), 422, "no pixel data"),
         "video": (dict(files={"file": ("x.png", b"\0\0\0\x18ftypmp42" + bytes(100))}), 415, "/predict/video"),
+        "nifti": (dict(files={"file": ("x", (tmp_path / "slice.nii.gz").read_bytes())}), 415, "`medcad predict` reads"),
     }
 
 
@@ -177,7 +181,7 @@ def test_classifier_routes_and_bad_requests(
         wide = dict(files={"file": ("x.png", png(np.zeros((8, 8, 3), np.uint8)))})
         check_refusals(client, bad_requests(image, tmp_path), good)
         refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
-        assert refused == {"400": 3, "413": 3, "415": 2, "422": 2}, refused
+        assert refused == {"400": 3, "413": 3, "415": 3, "422": 2}, refused
         assert client.post("/predict?mask=jpeg", **wide).status_code == 400
         r = client.post("/predict?format=dicom", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
@@ -237,7 +241,7 @@ def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: P
 
         check_refusals(client, bad_requests(image, tmp_path), good)
         refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
-        assert refused == {"400": 3, "413": 3, "415": 2, "422": 2}, refused
+        assert refused == {"400": 3, "413": 3, "415": 3, "422": 2}, refused
 
 
 def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:

@@ -175,8 +175,9 @@ def _parsed_channel_names(path: str, *version: int) -> tuple[str, ...]:
 def colour_channels(path: Path) -> tuple[Path, Path] | None:
     """The green and blue files of an RGB image that nnU-Net v1 keeps as three (`<case>_0000`, `_0001`, `_0002` in its
     image folders, as its `convert_2d_image_to_nifti` splits a PNG's colours, with the dataset.json beside them
-    naming the channels Red, Green, Blue or R, G, B) for the red one, `<case>_0000`; None for every other file. They
-    are read together as one RGB image (`medcad.data.volumes`); channel 0000 alone had been read as a grey image."""
+    naming the channels Red, Green, Blue or R, G, B) for the red one, `<case>_0000`, there or not (a missing one is
+    an error where the image is read, not a grey image); None for every other file. They are read together as one
+    RGB image (`medcad.data.volumes`); channel 0000 alone had been read as a grey image."""
     m = NNUNET_CHANNEL.match(file_stem(path))
     if not m or m["channel"] != "0000" or path.parent.name not in NNUNET_IMAGE_FOLDERS:
         return None
@@ -184,13 +185,14 @@ def colour_channels(path: Path) -> tuple[Path, Path] | None:
     if len(names) != 3 or any(n.strip().lower() not in want for n, want in zip(names, _RGB_NAMES, strict=True)):
         return None
     green, blue = (path.with_name(f"{m['case']}_{k:04d}{path.name[len(file_stem(path)) :]}") for k in (1, 2))
-    return (green, blue) if green.is_file() and blue.is_file() and volume_format(path) else None
+    return (green, blue) if volume_format(path) else None
 
 
 def image_parts(path: Path) -> tuple[Path, ...]:
     """The files besides `path` that its image is read from: a volume header's voxel data file (`volume_data`), the
     green and blue files of an RGB image nnU-Net split in three (`colour_channels`); () for most files."""
-    return tuple(p for p in (volume_data(path), *(colour_channels(path) or ())) if p is not None)
+    parts = (volume_data(path), *(colour_channels(path) or ()))
+    return tuple(p for p in parts if p is not None and p.is_file())
 
 
 def is_video(path: str | Path) -> bool:

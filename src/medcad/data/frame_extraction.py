@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 
 from medcad.atomic import atomic_write_text
+from medcad.data.filekinds import volume_format
 from medcad.data.video import open_video
-from medcad.errors import ConfigError
+from medcad.errors import ConfigError, DataError
 
 
 def sharpness(rgb: np.ndarray) -> float:
@@ -36,11 +37,17 @@ def extract_frames(video: str | Path, out: str | Path, every: int = 10, blur_thr
 
     if every < 1:
         raise ConfigError(f"every {every}: keep every N-th frame with N >= 1 (1: every frame)")
+    if kind := volume_format(Path(video)):
+        raise DataError(
+            video,
+            f"a {kind} file: every command reads its slices or frames as pages, each an image (`<file>#k`); `data "
+            "frames` extracts a video's",
+        )
     out = Path(out)
-    (out / "frames").mkdir(parents=True, exist_ok=True)
     stem = Path(video).stem
     rows = []
     with open_video(video) as reader:
+        (out / "frames").mkdir(parents=True, exist_ok=True)  # once the video opens: no empty folder for a bad one
         for f in reader.frames(every):
             name = f"frames/{stem}_{f.index:06d}.png"
             Image.fromarray(f.rgb).save(out / name)

@@ -58,7 +58,8 @@ DECODING = (
     "through rescale, then window or VOI LUT, MONOCHROME1 inverted (PS3.3); values rounded to uint8 "
     "(medcad.data.io.read_image); NIfTI, MetaImage, NRRD, MINC and Analyze files read by SimpleITK in stored voxel "
     "order (x across, y down; the header's orientation not applied), values after the header's rescale, scaled as "
-    "TIFF data are, each slice or frame of a stack an image (medcad.data.volumes)"
+    "TIFF data are, each slice or frame of a stack an image, an RGB image nnU-Net split into <case>_0000, _0001, _0002 "
+    "read from the three (medcad.data.volumes)"
 )
 
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image

@@ -46,6 +46,7 @@ from medcad.data.manifest import (
 )
 from medcad.data.masks import shared_mask_notes
 from medcad.data.media import MEDIA_SUFFIXES, expand_frames, find_coco_json, pattern_regex, walk_media
+from medcad.data.nnunet import first_channels, unnamed_channels_note
 from medcad.data.pairing import several_images_of_one_name
 from medcad.data.tables import MANIFEST_NAMES, lone_table, read_csv, read_xlsx, split_tables
 from medcad.errors import DataError
@@ -121,7 +122,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
     if path.is_file():
         rows, problems = [{"image": path.name}], []
         return Manifest(path.parent, make_table(expand_frames(rows, path.parent, problems)), "folders", problems)
-    files = _first_channels(walk_media(path))  # nnU-Net's imagesTs/ read as a folder (predict): a case per image
+    files = first_channels(walk_media(path))  # nnU-Net's imagesTs/ read as a folder (predict): a case per image
     if not files:
         broken: list[tuple[Path, str]] = []
         walk_files(path, broken)
@@ -198,7 +199,7 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
             f"{len(by_word)} file(s) read as the masks of the image beside them by a mask word in their names and "
             f"their mask-like content (e.g. {by_word[0]}; --mask-suffix is {mask_suffix!r})"
         )
-    notes += _shared_stem_note(path, by_dir)
+    notes += _shared_stem_note(path, by_dir) + unnamed_channels_note(files)
     _no_mask_folder_as_a_class(path, rows)
     return Manifest(path, make_table(rows), "folders", problems, notes)
 
@@ -331,7 +332,7 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
     """Rows of one image/mask folder pair (paths relative to `path`); masks without an image become problems."""
     from medcad.data.pairing import mask_base
 
-    images = _first_channels(walk_media(image_dir))
+    images = first_channels(walk_media(image_dir))
     stems_in: dict[Path, set[str]] = defaultdict(set)  # image stems per sub-folder of the image folder
     for f in images:
         rel = without_suffix(f.relative_to(image_dir))
@@ -362,17 +363,6 @@ def _read_pair(path: Path, image_dir: Path, mask_dir: Path, options: DataOptions
             row["mask"] = MASK_SEP.join(sorted(files, key=lambda s: (len(s), s)))
         rows.append(row)
     return rows
-
-
-def _first_channels(images: list[Path]) -> list[Path]:
-    """Images without nnU-Net's further channel files (`<case>_0001`, `_0002`... beside `<case>_0000`: another
-    modality or colour plane of the case; a PNG's colour is in its one file). The ledger names them as not read."""
-    from medcad.data.filekinds import NNUNET_CHANNEL
-    from medcad.data.ledger import further_channel
-
-    matched = ((f, NNUNET_CHANNEL.match(file_stem(f))) for f in images)
-    firsts = {(f.parent, m["case"]) for f, m in matched if m and m["channel"] == "0000"}
-    return [f for f in images if not further_channel(f, firsts)]
 
 
 def read_images_masks(path: Path, options: DataOptions) -> Manifest:

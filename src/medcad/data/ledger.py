@@ -10,7 +10,6 @@ not listed, as every reader skips them.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections import Counter
@@ -24,11 +23,8 @@ from medcad.data.filekinds import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
     MASK_STEM,
-    NNUNET_CHANNEL,
-    NNUNET_IMAGE_FOLDERS,
     VIDEO_SUFFIXES,
     file_stem,
-    file_suffix,
     volume_format,
     volume_header,
 )
@@ -94,26 +90,6 @@ def reason_kind(reason: str) -> str:
     return text.split(":")[0].strip()
 
 
-def further_channel(path: Path, firsts: set[tuple[Path, str]] | None = None) -> str | None:
-    """For nnU-Net's `<case>_0001`, `_0002`... beside `<case>_0000` in one of its image folders
-    (`NNUNET_IMAGE_FOLDERS`): why the file is not read (medcad reads one image per case, channel 0000); else None
-    (frames numbered `clip_0000`, `clip_0001` elsewhere are frames). `firsts`: the (folder, case) pairs that have a
-    channel 0000, when the caller has listed them (else the folder is looked in)."""
-    m = NNUNET_CHANNEL.match(file_stem(path))
-    if not m or m["channel"] == "0000" or path.parent.name not in NNUNET_IMAGE_FOLDERS:
-        return None
-    if firsts is None:
-        has_first = any(path.parent.glob(f"{glob.escape(m['case'])}_0000{glob.escape(file_suffix(path))}"))
-    else:
-        has_first = (path.parent, m["case"]) in firsts
-    if not has_first:
-        return None
-    return (
-        f"a further nnU-Net channel (channel {m['channel']} of case {m['case']!r}): only channel 0000 is read (one "
-        "image per case; red, green and blue files are read together where dataset.json names them so)"
-    )
-
-
 def in_voc_mask_folder(path: Path) -> bool:
     """Whether a file lies in one of Pascal VOC's segmentation folders (SegmentationClass/, SegmentationObject/,
     SegmentationClassAug/; CVAT's VOC exports keep the names)."""
@@ -125,6 +101,8 @@ def _unread_reason(path: Path, layout: str) -> str:
     image = suffix in IMAGE_SUFFIXES or bool(volume_format(path))  # a file medcad reads as an image (DICOM aside)
     if header := volume_header(path):
         return f"the voxel data of {header.name!r} (read with its header, which this read did not use)"
+    from medcad.data.nnunet import further_channel
+
     if channel := further_channel(path):
         return channel
     if (image or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":

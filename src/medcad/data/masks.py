@@ -212,14 +212,23 @@ def sample_mask_pages(manifest, i: int) -> list[int | None]:
     a multi-page TIFF, an animation, a multi-frame DICOM): a mask file with a page per image page gives the same
     page (an ImageJ or tifffile stack of masks beside its stack of frames; every page had been given page 0's mask);
     a one-page mask file is that page's mask (None: its only page; `shared_mask_notes` says where several pages
-    share one); None for an image of one page.
+    share one); None for an image of one page, whose mask files must have one page (a CAMUS ED frame beside its
+    sequence's label map had taken page 0 unsaid).
 
     Raises:
-        DataError: a multi-page mask file whose pages do not match its image's in number (naming both).
+        DataError: a multi-page mask file whose pages do not match its image's in number, or beside an image of one
+            page (naming both).
     """
     frame, image = manifest.frame(i), Path(manifest.image_path(i))
     paths = [Path(p) for p in manifest.mask_paths(i)]
-    if frame is None or not paths:
+    if frame is None:  # an image of one page: a mask file of several is another image's stack, not its mask
+        for path in paths:
+            if len(pages := _image_pages_of(path)) > 1:
+                raise DataError(
+                    path,
+                    f"has {len(pages)} mask pages for the one page of its image {image}: which page is its mask "
+                    "cannot be told (give it a mask of one page; a stack's masks go with the stack)",
+                )
         return [None] * len(paths)
     image_pages_ = _image_pages_of(image)
     out: list[int | None] = []

@@ -111,8 +111,11 @@ def _claims_more(path: Path, reader, size: tuple[int, ...], components: int) -> 
         with open(path, "rb") as f:
             if b"bz" in f.read(4096).lower().partition(b"encoding:")[2][:16]:
                 return ""
-    each = sitk.Image([1, 1], reader.GetPixelID(), components).GetSizeOfPixelComponent() if components > 1 else None
-    each = each or sitk.Image([1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+    try:
+        pixel = sitk.Image([1, 1], reader.GetPixelID(), *([components] if components > 1 else []))
+    except RuntimeError:
+        return ""  # a pixel type with no size to count by: its decoding decides
+    each = pixel.GetSizeOfPixelComponent()
     declared = int(np.prod(size, dtype=np.int64)) * components * each
     if declared <= DEFLATE_MOST * held:
         return ""
@@ -145,12 +148,19 @@ def volume_info(path: Path) -> tuple[int, int, int]:
     else:
         reader, kind = _reader(path)
         size, components = tuple(int(n) for n in reader.GetSize()), int(reader.GetNumberOfComponents())
+        _layout(path, size, components, kind)  # complex or vector voxels refused first, by name
         if len(size) > 2 and (short := _claims_more(path, reader, size, components)):
             raise DataError(path, short)  # one unreadable file, not a row per slice its header claims
     if len(size) < 2:
         raise DataError(path, f"a {kind} file of one dimension ({size[0]} values), not an image")
     info = size[0], size[1], _layout(path, size, components, kind)
-    for other in colour_channels(path) or ():
+    for colour, other in zip(("green", "blue"), colour_channels(path) or (), strict=False):
+        if not other.is_file():
+            raise DataError(
+                path,
+                f"its {colour} channel file {other.name} is missing (an RGB image nnU-Net split in three, as its "
+                "dataset.json names the channels)",
+            )
         if (theirs := volume_info(other)) != info:
             raise DataError(
                 other,
@@ -358,8 +368,10 @@ def write_like(source: Path, labels: np.ndarray, out: Path) -> None:
     image.SetDirection(reader.GetDirection())
     try:
         with atomic_path(out) as tmp:
-            written = tmp.with_name(tmp.name + file_suffix(out))  # a name SimpleITK knows the format of
+            # a name ending in the whole suffix (`.nii.gz`: the temporary file ends in `.gz` alone), as ITK writes it
+            written = tmp.with_name(tmp.name[: len(tmp.name) - len(tmp.suffix)] + file_suffix(out))
             sitk.WriteImage(image, str(written), useCompression=True)
-            os.replace(written, tmp)
+            if written != tmp:
+                os.replace(written, tmp)
     except (OSError, RuntimeError) as e:
         raise DataError(out, f"cannot write the mask ({e})") from e

@@ -137,6 +137,28 @@ def _is_avif(data: bytes) -> bool:
     return any(brands[k : k + 4] in AVIF_BRANDS for k in range(0, len(brands) - 3, 4))
 
 
+def _volume_hint(data: bytes) -> str:
+    """A hint for an upload that looks like a volume file (NIfTI, compressed or not; MetaImage; NRRD), which the
+    server does not take: `medcad predict` reads those files; "" otherwise."""
+    import gzip
+    import zlib
+
+    head = data[:352]
+    if data[:2] == b"\x1f\x8b":  # gzip: a .nii.gz, by the NIfTI magic inside
+        try:
+            head = gzip.GzipFile(fileobj=io.BytesIO(data)).read(352)
+        except (OSError, EOFError, zlib.error):
+            return ""
+    volume = head[344:348] in (b"n+1\0", b"ni1\0", b"n+2\0") or head[4:8] in (b"n+2\0", b"ni2\0")
+    volume = volume or data[:12].startswith((b"ObjectType", b"NDims", b"NRRD000"))
+    return (
+        " (it looks like a volume file, NIfTI, MetaImage or NRRD: the server takes 2-D images; `medcad predict` reads "
+        "volume files)"
+        if volume
+        else ""
+    )
+
+
 def sniff_video(data: bytes) -> bool:
     """True for the video containers `medcad predict` reads: MP4/MOV/3GP (ftyp, an AVIF image excepted), AVI
     (RIFF...AVI), Matroska/WebM, MPEG transport streams (a sync byte every 188 bytes; .ts, .m2ts with 4 more), MPEG
@@ -233,7 +255,7 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
         )
     kind = sniff(data)
     if kind is None:
-        hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else ""
+        hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else _volume_hint(data)
         raise UploadError(
             415,
             f"the upload is not a {KINDS} image by its content{hint}; medcad decides "
