@@ -55,3 +55,29 @@ def test_float_tiffs_as_scientific_tools_write_them(tmp_path) -> None:
     tifffile.imwrite(tmp_path / "float64.tif", image.astype(np.float64))  # Pillow cannot: read by tifffile
     assert np.array_equal(read_image(tmp_path / "float64.tif")[..., 0], expect.astype(np.uint8))
     assert "floating-point (64-bit) pixels scaled (0..1, else own range)" in describe_image(tmp_path / "float64.tif")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    image=arrays(np.uint8, (9, 7)),
+    as_type=st.sampled_from([np.float32, np.float64]),
+    wide=st.booleans(),
+)
+def test_floats_holding_whole_numbers_read_as_those_integers(image, as_type, wide) -> None:
+    """An 8-bit image kept as float32 (`sitk.GetImageFromArray(img.astype(np.float32))`, a float TIFF) decodes to its
+    own pixels, not stretched from its min..max (up to 25 grey levels off the PNG of the same pixels); 16-bit values
+    in floats as 16-bit data decode; fractional floats keep their own range."""
+    from medcad.data.pixels import stored_bits, whole_number_bits
+
+    if image.max() <= 1:
+        image = image.copy()
+        image[0, 0] = 200  # above 1: not a [0, 1] float image
+    if wide:
+        sixteen = image.astype(np.uint16) * 257  # as the integer data of a 16-bit file decode (`stored_bits`)
+        expect = scale_to_uint8(sixteen, 2.0 ** stored_bits(sixteen)[0] - 1)
+        assert np.array_equal(scale_to_uint8(sixteen.astype(as_type)), expect)
+        return
+    assert whole_number_bits(image.astype(as_type)) == 8
+    assert np.array_equal(scale_to_uint8(image.astype(as_type)), image)
+    half = image.astype(as_type) + as_type(0.5)
+    assert whole_number_bits(half) == 0  # not whole: its own min..max, as before

@@ -10,7 +10,8 @@ One decoding policy for the whole package (train, predict, explain, audit, sizes
   significant, else values that all fit 8, 10 or 12 bits are read as such (`stored_bits`; `describe_image` says
   which); 16-bit RGB is read in full (Pillow keeps the high byte);
   integer data below 0 or above 65535 (signed or 32-bit TIFFs; unsigned 32-bit read as such, not as Pillow's signed
-  "I") is scaled from its own min..max; floating-point data in [0, 1] by 255, other float data by its own min..max;
+  "I") is scaled from its own min..max; floating-point data in [0, 1] by 255, float data of whole numbers within
+  0..65535 as those integers (an 8-bit image kept as float32), other float data by its own min..max;
 - masks: see `medcad.data.masks.decode_mask` (decided from each mask's own values);
 - size (`medcad.data.pixel_limit`): a PNG/JPEG/TIFF/BMP whose header declares more than `max_pixels()` pixels
   (Pillow's own decompression-bomb threshold, about 89.5 megapixels, unless `MEDCAD_MAX_PIXELS` gives another number
@@ -54,7 +55,8 @@ DECODING = (
     "palette images to three equal channels; integer data wider than 8 bits (16-bit grey or RGB, signed or 32-bit "
     "values within 0..65535) scaled to 8 bits from 0..2^b - 1, b the PNG's sBIT, else the fewest of 8, 10, 12 bits "
     "that hold every value, else 16; integer data below 0 or above 65535 from its own min..max; floats in [0, 1] "
-    "times 255, else from their finite min..max (NaN at the lowest); DICOM: colour converted to RGB, monochrome "
+    "times 255, floats of whole numbers within 0..65535 as those integers, else from their finite min..max (NaN at "
+    "the lowest); DICOM: colour converted to RGB, monochrome "
     "through rescale, then window or VOI LUT, MONOCHROME1 inverted (PS3.3); values rounded to uint8 "
     "(medcad.data.io.read_image); NIfTI, MetaImage, NRRD, MINC and Analyze files read by SimpleITK in stored voxel "
     "order (x across, y down; the header's orientation not applied), values after the header's rescale, scaled as "

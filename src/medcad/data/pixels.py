@@ -1,5 +1,6 @@
 """From stored sample values to 8-bit RGB: the bit-depth policy of `medcad.data.io` (its module docstring). 8-bit data
-is kept; integers scale from their range (16-bit files: `stored_bits` decides which); floats in [0, 1] by 255."""
+is kept; integers scale from their range (16-bit files: `stored_bits` decides which); floats in [0, 1] by 255, floats
+of whole numbers as those integers."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import numpy as np
 def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float = 0.0) -> np.ndarray:
     """uint8 from any array: 8-bit as is; integers from low..low + full_scale (`integer_scale` gives the range of
     16-bit and wider data; default: the dtype's range, 0..65535 for wider types; signed data below 0 from its own
-    min..max), values outside it clipped; floats in [0, 1] times 255, other floats from their own min..max, both over
-    the finite values (NaN is taken as the lowest, -inf and +inf as the ends: a few no-data pixels had made the whole
-    image one grey value)."""
+    min..max), values outside it clipped; floats in [0, 1] times 255, floats that are whole numbers within 0..65535
+    as the integers they hold (`whole_number_bits`), other floats from their own min..max, all over the finite
+    values (NaN is taken as the lowest, -inf and +inf as the ends: a few no-data pixels had made the whole image one
+    grey value)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -44,6 +46,8 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float 
             lo, hi = float(a.min()), float(a.max())
             if lo >= 0 and hi <= 1:
                 full_scale = 1.0
+            elif bits := whole_number_bits(a):
+                full_scale = 2.0**bits - 1
             else:
                 if hi <= lo:
                     return np.zeros(arr.shape, np.uint8)
@@ -53,6 +57,19 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float 
 
 
 UNSCALED_BITS = (8, 10, 12)  # data of these depths is often written unscaled in 16-bit files
+
+
+def whole_number_bits(a: np.ndarray) -> int:
+    """For floating-point data (finite) that holds whole numbers within 0..65535, above 1: the bits its values are
+    read from, as integer data's (`stored_bits`: 8 for 0..255); else 0. An 8-bit image kept as float32 (as
+    `sitk.GetImageFromArray(img.astype(np.float32))` keeps it) had been stretched from its own min..max, up to 25
+    grey levels off the same pixels as a PNG."""
+    if not a.size or not np.issubdtype(a.dtype, np.floating):
+        return 0
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi <= 1 or hi > 65535 or not np.array_equal(a, np.floor(a)):
+        return 0
+    return 8 if hi <= 255 else stored_bits(a.astype(np.uint16))[0]
 
 
 def stored_bits(arr: np.ndarray, significant: int | None = None) -> tuple[int, str]:
@@ -144,7 +161,11 @@ def scaling_notes(arr: np.ndarray, path: Path, fmt: str) -> list[str]:
         return ["signed 8-bit values scaled from 0..127, or from their own min..max where below 0"]
     if not np.issubdtype(arr.dtype, np.floating):
         return []
-    notes = [f"floating-point ({arr.dtype.itemsize * 8}-bit) pixels scaled (0..1, else own range)"]
+    finite = arr[np.isfinite(arr)]
+    if bits := whole_number_bits(finite):
+        notes = [f"floating-point ({arr.dtype.itemsize * 8}-bit) pixels of whole numbers read as {bits}-bit values"]
+    else:
+        notes = [f"floating-point ({arr.dtype.itemsize * 8}-bit) pixels scaled (0..1, else own range)"]
     bad = int((~np.isfinite(arr)).sum())
     if bad:
         notes.append(f"{bad} pixels NaN or infinite: NaN read as the lowest value, -inf/+inf as the ends")
