@@ -373,3 +373,16 @@ def test_data_frames_of_a_volume_says_what_it_is_and_leaves_no_folder(tmp_path: 
     with pytest.raises(DataError, match=r"seq.nii.gz: a NIfTI file: every command reads its slices or frames as pages"):
         extract_frames(seq, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mask_written_in_the_other_axis_order_is_named_so(tmp_path: Path) -> None:
+    """A label map written as nibabel lays out an (H, W) array (x = rows) beside an image SimpleITK wrote: its size is
+    the image's swapped, and the refusal says what that means (it had said only that the sizes differ)."""
+    from medcad.data.datasets import read_sample_mask
+
+    image = noise_image(1, 24, gray=True)[:, :20]  # 20 wide, 24 high
+    write(tmp_path / "set" / "c.nii.gz", image)
+    write(tmp_path / "set" / "c_gt.nii.gz", np.ones((20, 24), np.uint8))  # (H, W) swapped, as x = rows
+    m = load_manifest(tmp_path / "set")
+    with pytest.raises(DataError, match=r"mask 24x20 but image 20x24 .*\(its width and height swapped: written in"):
+        read_sample_mask(m, 0)

@@ -338,7 +338,7 @@ def test_mask_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         save(root / "lesion" / f"{k}_mask.png", (noise_image(50 + k, 32, gray=True) > 128).astype(np.uint8) * 255)
     save(root / "lesion" / "1_mask.png", np.zeros((20, 24), np.uint8))  # wrong size
     cfg = FAST.replace(image_size=32, epochs=1)
-    with pytest.raises(DataError, match=r"1_mask.png: mask is 24x20 but its image .*1.png is 32x32"):
+    with pytest.raises(DataError, match=r"1_mask.png: mask 24x20 but image 32x32 \(.*1.png\)"):
         train_run(root, tmp_path / "r1", cfg, progress=False)
     save(root / "lesion" / "1_mask.png", np.zeros((32, 32), np.uint8))
     (root / "lesion" / "2_mask.png").unlink()

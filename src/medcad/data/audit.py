@@ -34,7 +34,14 @@ from medcad.data.labelmaps import (
     resolve_mask_labels,
 )
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import SPECK_AREA, background_as_lesion, decode_mask, lesion_components, sample_mask_pages
+from medcad.data.masks import (
+    SPECK_AREA,
+    background_as_lesion,
+    decode_mask,
+    lesion_components,
+    sample_mask_pages,
+    size_mismatch,
+)
 from medcad.errors import ConfigError, DataError
 
 
@@ -55,7 +62,7 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
             mask, how = decode_mask(mp, page)
             h, w = mask.shape
             if isinstance(fp, ImageFingerprint) and (w, h) != (fp.width, fp.height):
-                out.append(("size", rel, f"mask {w}x{h} but image {fp.width}x{fp.height}"))
+                out.append(("size", rel, size_mismatch((w, h), (fp.width, fp.height))))
             values = ", ".join(f"{v:g}" for v in how.values[:6]) + (" ..." if how.n_values > 6 else "")
             detail = f"{how.n_values} values ({values}): {how.rule}; lesion {how.lesion_fraction:.1%} of the frame"
             out.append(("decoding", rel, detail))

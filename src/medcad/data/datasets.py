@@ -24,7 +24,7 @@ from medcad.data.io import image_size, read_image
 from medcad.data.labelmaps import MaskLabels, read_label_map, resize_label_map
 from medcad.data.ledger import BROKEN_LINK
 from medcad.data.manifest import Manifest, shown_path
-from medcad.data.masks import read_mask, sample_mask_pages
+from medcad.data.masks import read_mask, sample_mask_pages, size_mismatch
 from medcad.data.pairing import MASK_FOLDER_WORDS, mask_base
 from medcad.data.versions import file_stamp
 from medcad.errors import DataError, UnreadableSamples
@@ -182,9 +182,8 @@ def read_sample_mask(
     pages = sample_mask_pages(manifest, i)  # a stack of masks beside a stack of frames: page for page
     mask = read_mask(paths, pages) if classes is None else read_label_map(paths, classes, pages)
     if mask.shape != (h, w):
-        raise DataError(
-            paths[0], f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image} is {w}x{h}; masks must match"
-        )
+        said = size_mismatch((mask.shape[1], mask.shape[0]), (w, h))
+        raise DataError(paths[0], f"{said} ({image}); masks must match their images")
     return mask
 
 

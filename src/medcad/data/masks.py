@@ -125,6 +125,19 @@ def decode_mask_array(arr: np.ndarray, lossy: bool) -> tuple[np.ndarray, MaskDec
     return mask, MaskDecoding(rule, shown, len(values), float(mask.mean()))
 
 
+def size_mismatch(mask: tuple[int, int], image: tuple[int, int]) -> str:
+    """ "mask WxH but image WxH" for a mask (width, height) that is not its image's size, with what a mask of the
+    image's size swapped says: written in another axis order (a volume nibabel wrote from an (H, W) array, beside
+    one SimpleITK wrote) or saved rotated."""
+    said = f"mask {mask[0]}x{mask[1]} but image {image[0]}x{image[1]}"
+    if mask == image[::-1] and mask != image:
+        said += (
+            " (its width and height swapped: written in another axis order, as nibabel lays out an (H, W) array "
+            "beside SimpleITK's, or saved rotated)"
+        )
+    return said
+
+
 def decode_mask(path: str | Path, page: int | None = None) -> tuple[np.ndarray, MaskDecoding]:
     """One mask file (its page `page` of a multi-page one: `sample_mask_pages`) as bool (H, W) lesion pixels,
     oriented as displayed, and how it was decided.
