@@ -386,3 +386,23 @@ def test_a_mask_written_in_the_other_axis_order_is_named_so(tmp_path: Path) -> N
     m = load_manifest(tmp_path / "set")
     with pytest.raises(DataError, match=r"mask 24x20 but image 20x24 .*\(its width and height swapped: written in"):
         read_sample_mask(m, 0)
+
+
+def test_a_label_map_on_another_voxel_grid_is_named_by_the_audit(tmp_path: Path) -> None:
+    """A label map whose spacing or origin is not its image's (drawn on another grid, or resampled: nnU-Net refuses
+    such a pair) is named by `data audit` with both grids; one on the image's grid is not."""
+    from medcad.data.audit import audit
+
+    grids = [((1.0, 1.0), (0.0, 0.0)), ((0.5, 0.5), (0.0, 0.0)), ((1.0, 1.0), (4.0, 0.0))]
+    (tmp_path / "set" / "masks").mkdir(parents=True)
+    for k, (spacing, origin) in enumerate(grids):
+        write(tmp_path / "set" / "images" / f"c{k}.nii.gz", noise_image(k, 16, gray=True))  # spacing 1, origin 0
+        mask = sitk.GetImageFromArray(np.pad(np.ones((6, 6), np.uint8), 5))
+        mask.SetSpacing(spacing)
+        mask.SetOrigin(origin)
+        sitk.WriteImage(mask, str(tmp_path / "set" / "masks" / f"c{k}.nii.gz"))
+    m = load_manifest(tmp_path / "set", images="images", masks="masks")
+    found = {row[0]: row[2] for row in audit(m, interface="none")["mask_grid_mismatch"]}
+    assert sorted(found) == ["images/c1.nii.gz", "images/c2.nii.gz"], found
+    assert "spacing 0.5 x 0.5 against 1 x 1" in found["images/c1.nii.gz"]
+    assert "origin (4, 0) against (0, 0)" in found["images/c2.nii.gz"]

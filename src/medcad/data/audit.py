@@ -42,11 +42,13 @@ from medcad.data.masks import (
     sample_mask_pages,
     size_mismatch,
 )
+from medcad.data.volumes import geometry_mismatch
 from medcad.errors import ConfigError, DataError
 
 
 def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list[tuple[str, str, str]]:
-    """Findings on one sample's masks: (kind, mask path, detail); kinds: size, unreadable, non_binary, empty,
+    """Findings on one sample's masks: (kind, mask path, detail); kinds: size, geometry (a volume label map on another
+    voxel grid: `volumes.geometry_mismatch`), unreadable, non_binary, empty,
     full_frame, inverted (`masks.background_as_lesion`), speck_only, specks (`_specks`), and decoding (the rule
     used, for every mask)."""
     out = []
@@ -63,6 +65,8 @@ def _check_masks(manifest: Manifest, i: int, fp: ImageFingerprint | str) -> list
             h, w = mask.shape
             if isinstance(fp, ImageFingerprint) and (w, h) != (fp.width, fp.height):
                 out.append(("size", rel, size_mismatch((w, h), (fp.width, fp.height))))
+            elif grid := geometry_mismatch(Path(mp), Path(manifest.image_path(i))):
+                out.append(("geometry", rel, grid))
             values = ", ".join(f"{v:g}" for v in how.values[:6]) + (" ..." if how.n_values > 6 else "")
             detail = f"{how.n_values} values ({values}): {how.rule}; lesion {how.lesion_fraction:.1%} of the frame"
             out.append(("decoding", rel, detail))
@@ -212,6 +216,7 @@ def audit(
         "unreadable": unreadable,
         "unreadable_masks": masks["unreadable"],
         "mask_size_mismatch": masks["size"],
+        "mask_grid_mismatch": masks["geometry"],  # volume label maps on another voxel grid than their image's
         "non_binary_masks": masks["non_binary"],
         "mask_decoding": dict(rules.most_common()),
         "empty_masks": masks["empty"],

@@ -321,6 +321,40 @@ def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
     return np.stack(planes, axis=-1)
 
 
+@per_file_version(maxsize=1024)
+def _geometry(path: Path) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    reader, _ = _reader(path)
+    return tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection())
+
+
+def geometry_mismatch(mask: Path, image: Path) -> str:
+    """How a label map's voxel grid differs from its image's (spacing, origin, direction in the two image axes), ""
+    when it does not or either is no volume file: nnU-Net refuses such a pair (a label map drawn on another grid,
+    or resampled); medcad pairs them pixel for pixel and says so (`data audit`).
+
+    Raises:
+        DataError: a file whose header cannot be read.
+    """
+    if not (volume_format(mask) and volume_format(image)):
+        return ""
+    (ms, mo, md), (is_, io_, id_) = _geometry(mask), _geometry(image)
+    dm, di = round(len(md) ** 0.5), round(len(id_) ** 0.5)
+    axes = lambda d, n: [d[r * n + c] for r in range(2) for c in range(2)]  # noqa: E731 - the 2 x 2 in-plane block
+    said = []
+    if not np.allclose(ms[:2], is_[:2], rtol=1e-4, atol=1e-6):
+        said.append(f"spacing {ms[0]:g} x {ms[1]:g} against {is_[0]:g} x {is_[1]:g}")
+    if not np.allclose(mo[:2], io_[:2], rtol=1e-4, atol=1e-3):
+        said.append(f"origin ({mo[0]:g}, {mo[1]:g}) against ({io_[0]:g}, {io_[1]:g})")
+    if not np.allclose(axes(md, dm), axes(id_, di), atol=1e-4):
+        said.append("direction")
+    if not said:
+        return ""
+    return (
+        f"its voxel grid is not its image's ({'; '.join(said)}): drawn on another grid or resampled? nnU-Net refuses "
+        "such a pair; medcad lays it over its image pixel for pixel"
+    )
+
+
 def volume_notes(path: Path) -> list[str]:
     """What reading a volume file decided, for `data inspect` and `data audit`: its format and voxel order, its
     pages, and a rescale its header applies."""

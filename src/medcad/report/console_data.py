@@ -68,6 +68,7 @@ def print_audit(r: dict, console: Console | None = None) -> None:
     _print_problems(c, r["unreadable"], "Unreadable or corrupt images")
     _print_problems(c, r["unreadable_masks"], "Unreadable masks")
     _print_problems(c, r["mask_size_mismatch"], "Masks whose size differs from the image")
+    _print_problems(c, r.get("mask_grid_mismatch", []), "Label maps on another voxel grid than their image's")
     if r.get("mask_decoding"):
         rules = "; ".join(f"{n} masks: {rule}" for rule, n in r["mask_decoding"].items())
         c.print(f"masks read as: {rules} ({len(r['non_binary_masks'])} not strictly binary)")
