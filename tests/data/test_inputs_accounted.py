@@ -360,9 +360,11 @@ def test_two_folder_levels_are_read_as_what_they_are(n_classes, per_class, nesti
     [
         ([f"patient{k:04d}" for k in range(4)], "named as patients"),  # CAMUS's, however few
         ([f"P{k:02d}" for k in range(3)], "named as patients"),
-        ([f"{k:03d}" for k in range(4)], "numbered with leading zeros, as ids are"),
+        ([f"{k:03d}" for k in range(1, 5)], "numbered with leading zeros, as ids are"),
         ([f"id{k}" for k in range(12)], "more than a grading scale has"),
-        ([str(k) for k in range(11)], "label"),  # class indices (a MedMNIST export's 11 classes)
+        ([str(k) for k in range(1, 31)], "more than a grading scale has"),  # a small study's patients 1..30
+        ([str(k) for k in range(11)], "label, said"),  # class indices 0..10 (a MedMNIST export's 11 classes)
+        ([f"{k:05d}" for k in range(43)], "label, said"),  # GTSRB's class folders 00000 ... 00042
         ([f"site{k}" for k in range(3)], "label, said"),  # ids of another kind: classes, the other reading offered
         (list("01234"), "label"),  # grades
     ],
@@ -371,8 +373,8 @@ def test_one_level_of_folders_named_as_ids_is_read_as_what_they_are(tmp_path, na
     """One folder level: folders named as patients (CAMUS's patient0001/, P07/), however few, or more folders named as
     ids than a grading scale has are patients, not classes (each had become a class of its own, and the folds,
     stratified by it, put a patient's images in training and test), said with the reading as classes; other folders
-    named as ids are classes with the patient reading offered; grade folders 0..4 and class indices 0..10 are classes,
-    unsaid."""
+    named as ids are classes with the patient reading offered, class indices 0 ... N-1 too; grade folders 0..4 are
+    classes, unsaid."""
     for k, name in enumerate(names):
         save(tmp_path / name / f"img{k}.png", noise_image(k))
     m = load_manifest(tmp_path)

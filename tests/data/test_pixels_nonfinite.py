@@ -81,3 +81,15 @@ def test_floats_holding_whole_numbers_read_as_those_integers(image, as_type, wid
     assert np.array_equal(scale_to_uint8(image.astype(as_type)), image)
     half = image.astype(as_type) + as_type(0.5)
     assert whole_number_bits(half) == 0  # not whole: its own min..max, as before
+
+
+def test_the_decoding_note_says_what_float64_whole_numbers_decode_as(tmp_path) -> None:
+    """float64 values that are whole numbers once read in float32 (as the decoder reads them) are said to be read as
+    8-bit values, as they are (the note had tested the float64 values and said "own range")."""
+    import tifffile
+
+    from medcad.data.io import describe_image, read_image
+
+    tifffile.imwrite(tmp_path / "f64.tif", np.array([[0, 100.000000001, 200]] * 2, np.float64))
+    assert list(read_image(tmp_path / "f64.tif")[0, :, 0]) == [0, 100, 200]
+    assert any("whole numbers read as 8-bit values" in n for n in describe_image(tmp_path / "f64.tif"))

@@ -406,3 +406,36 @@ def test_a_label_map_on_another_voxel_grid_is_named_by_the_audit(tmp_path: Path)
     assert sorted(found) == ["images/c1.nii.gz", "images/c2.nii.gz"], found
     assert "spacing 0.5 x 0.5 against 1 x 1" in found["images/c1.nii.gz"]
     assert "origin (4, 0) against (0, 0)" in found["images/c2.nii.gz"]
+
+
+def test_a_short_mask_write_fails_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ITK's NIfTI writer reports a short write (a full disk) on stderr alone: `write_like` checks what it wrote, fails
+    naming the mask, and leaves no file, whole or temporary (a cut-off mask had been listed as written)."""
+    from medcad.data import volumes
+
+    source = write(tmp_path / "case_0000.nii.gz", noise_image(1, 64, gray=True)[None])
+    real = sitk.WriteImage
+
+    def short(image, name, *args, **kwargs):  # as a full disk leaves it: ITK says so on stderr, raises nothing
+        real(image, name, *args, **kwargs)
+        whole = Path(name).read_bytes()
+        Path(name).write_bytes(whole[: len(whole) // 2])
+
+    monkeypatch.setattr(sitk, "WriteImage", short)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match=r"case_0000_mask.nii.gz: cannot write the mask \((truncated|its header)"):
+        labels = (np.random.default_rng(0).random((64, 64)) > 0.5).astype(np.uint8)
+        volumes.write_like(source, labels, out / "case_0000_mask.nii.gz")
+    assert list(out.iterdir()) == []
+
+
+def test_voxel_data_kept_by_absolute_path_is_not_called_cut_off(tmp_path: Path) -> None:
+    """A MetaImage whose header names its voxel data by an absolute path (or a list of files) holds few bytes itself:
+    its pages are counted from its header, not refused as cut off."""
+    header = write(tmp_path / "a" / "v.mhd", np.stack([noise_image(k, 16, gray=True) for k in range(40)]))
+    (tmp_path / "elsewhere").mkdir()
+    data = (tmp_path / "a" / "v.raw").rename(tmp_path / "elsewhere" / "v.raw")
+    header.write_text(header.read_text().replace("ElementDataFile = v.raw", f"ElementDataFile = {data}"))
+    assert image_pages(header) == (list(range(40)), [])
+    assert np.array_equal(read_image(header, 39)[..., 0], noise_image(39, 16, gray=True))

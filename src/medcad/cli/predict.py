@@ -111,7 +111,7 @@ def predict(
     else:
         if table is not None:
             masks = table["mask_file"] if "mask_file" in table else []  # PNG, or a volume's own format
-            ends = dict.fromkeys(str(m).split("_mask", 1)[-1] for m in masks if isinstance(m, str) and "_mask" in m)
+            ends = dict.fromkeys(str(m).rsplit("_mask", 1)[-1] for m in masks if isinstance(m, str) and "_mask" in m)
             written = ["<image>_overlay.png"] * overlays + [f"<image>_mask{end}" for end in ends]
             # the reasons follow on stderr, whole; a detector's boxes (JSON, up to 50 an image) are in predictions.csv
             shown = table.drop(columns=[c for c in ("error", "boxes") if c in table])

@@ -57,7 +57,8 @@ def fingerprint(path: Path, frame: int | None = None) -> ImageFingerprint:
 
 class FileCache:
     """A JSON cache of one value (a JSON list) per sample of a dataset root's files, keyed by the sample's key and
-    its file's version (`versions.file_stamp`: size, times, inode): a changed or replaced file is computed again.
+    its file's version (`versions.file_stamp`: size, modification and change times): a changed or replaced file is
+    computed again.
     `kind` names what is kept (a folder of the cache), `version` its form: a new version starts a new cache file.
     Puts from several threads are safe (one dict item each); `save` writes the file atomically, and not at all where
     the cache folder is read-only."""

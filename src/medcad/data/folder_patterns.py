@@ -12,7 +12,6 @@ from medcad.data.media import pattern_regex
 from medcad.data.splits import is_split_name
 
 PATIENT_FOLDER = re.compile(r"^(?:patient|pat|pt|p|subject|subj|sub|case|participant)[ _\-]?\d+$", re.IGNORECASE)
-MANY_CLASSES = 50  # class-index folders 0/, 1/ ... (a MedMNIST export has up to 11): more than this are ids
 MAX_SCALE = 10  # more id-named folders under several outer ones than a grading scale has (BI-RADS 0-6, DR 0-4)
 
 
@@ -34,14 +33,15 @@ def detect_pattern(root: Path, files: list[Path]) -> tuple[str, str]:
 
 def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
     """The pattern of images in `folders` (each image's folder names, outermost first), and why when it is not the
-    plain one: `{label}` for class folders, `{patient}` for folders named as patients (`patient0001`, `P07`, `case_3`)
-    or for more folders named as ids than a grading scale has; a release's split folders first (train / val / test)
-    give the 'split' column, and the levels inside them are read so in turn; with every image two or more folders
-    down, `{label}/{patient}` (and `/*` for each deeper level: visits, dates, series) when the second level's names
-    are ids (`id_like`) that outnumber the two or more first-level folders (patients or cases within class folders;
-    an id under several class folders is one patient, said, when the names outnumber a grading scale (`MAX_SCALE`)
-    and the class folders are not named as ids); else `*/{label}` (the innermost folders are the classes:
-    `site1/benign`, ...), said with the other reading."""
+    plain one: `{label}` for class folders (class indices 0, 1, ... N-1 among them: a MedMNIST or GTSRB export);
+    `{patient}` for folders named as patients (`patient0001`, `P07`, `case_3`), numbered with leading zeros, or more
+    folders named as ids than a grading scale has (other readings said); a release's split folders first (train /
+    val / test) give the 'split' column, and the levels inside them are read so in turn; with every image two or
+    more folders down, `{label}/{patient}` (and `/*` for each deeper level: visits, dates, series) when the second
+    level's names are ids (`id_like`) that outnumber the two or more first-level folders (patients or cases within
+    class folders; an id under several class folders is one patient, said, when the names outnumber a grading scale
+    (`MAX_SCALE`) and the class folders are not named as ids); else `*/{label}` (the innermost folders are the
+    classes: `site1/benign`, ...), said with the other reading."""
     depth = Counter(len(parts) for parts in folders)
     outers = {parts[0] for parts in folders if parts}
     if outers and not depth.get(0) and all(is_split_name(o) for o in outers):
@@ -55,8 +55,9 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
     if depth.get(1) and not depth.get(0) and id_like(outers):
         named = all(PATIENT_FOLDER.match(o) for o in outers)
         numbers = all(o.isdigit() for o in outers)
-        padded = numbers and any(len(o) > 1 and o.startswith("0") for o in outers)  # 001, 002: ids, not class indices
-        if named or padded or len(outers) > (MANY_CLASSES if numbers else MAX_SCALE):
+        indices = numbers and sorted(int(o) for o in outers) == list(range(len(outers)))  # 0, 1, ... N-1: classes
+        padded = numbers and any(len(o) > 1 and o.startswith("0") for o in outers)  # 001, 002: ids
+        if named or (not indices and (padded or len(outers) > MAX_SCALE)):
             why = (
                 "named as patients"
                 if named
@@ -68,7 +69,7 @@ def folder_pattern(folders: list[tuple[str, ...]]) -> tuple[str, str]:
                 f": the {len(outers)} folders are named as ids (e.g. {min(outers)}), {why}, so they are patients "
                 "(CAMUS's patient0001/), not classes; --pattern '{label}' reads them as classes"
             )
-        if not numbers:  # grades 0..4 and class indices are classes; P01/, site1/ may be patients
+        if not indices or len(outers) > MAX_SCALE:  # grades 0..4 are classes, unsaid; 1..5, site1/ may be patients
             return "{label}", (
                 f": the {len(outers)} folders, named as ids (e.g. {min(outers)}), are read as the classes; if they "
                 "are patients, give --pattern '{patient}' (their images then stay together in every split)"

@@ -66,6 +66,7 @@ def whole_number_bits(a: np.ndarray) -> int:
     grey levels off the same pixels as a PNG."""
     if not a.size or not np.issubdtype(a.dtype, np.floating):
         return 0
+    a = a.astype(np.float32, copy=False)  # as `scale_to_uint8` decodes: float64 data is read in float32
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi <= 1 or hi > 65535 or not np.array_equal(a, np.floor(a)):
         return 0

@@ -61,7 +61,7 @@ def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[
     def wrap(fn: Callable[[Path], T]) -> Callable[[str | Path], T]:
         kept: OrderedDict[tuple, T] = OrderedDict()
         lock = threading.Lock()
-        working: dict[tuple, threading.Lock] = {}  # a lock per version being computed
+        working: dict[tuple, threading.RLock] = {}  # a lock per version being computed (re-entrant: `fn` may ask again)
 
         @functools.wraps(fn)
         def call(path: str | Path) -> T:
@@ -73,7 +73,7 @@ def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[
                 if key in kept:
                     kept.move_to_end(key)
                     return kept[key]
-                own = working.setdefault(key, threading.Lock())
+                own = working.setdefault(key, threading.RLock())
             with own:
                 with lock:
                     if key in kept:  # computed while this thread waited

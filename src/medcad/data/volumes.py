@@ -44,6 +44,7 @@ _IMAGE_IO = {
     "MINC": "MINCImageIO",
 }
 _NIFTI = ("NIfTI", "Analyze / NIfTI pair")  # read by ITK's NiftiImageIO, headers `_nifti_header` reads
+ONE_FILE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mnc")  # volume formats that keep header and voxels in one
 ORDER = "voxels in stored order (x across, y down); the header's orientation not applied"
 
 
@@ -100,12 +101,18 @@ DEFLATE_MOST = 1100  # deflate (gzip, zlib) makes data at most ~1032 times small
 
 
 def _claims_more(path: Path, reader, size: tuple[int, ...], components: int) -> str:
-    """Why a MetaImage, NRRD or MINC header declares more voxel bytes than its file (and voxel data file) could hold
-    even deflate-compressed (`DEFLATE_MOST` times smaller), "" otherwise: a 100-byte `.mha` claiming 20000 slices had
-    become 20000 rows. A bzip2 NRRD, which compresses runs further, is left to its decoding."""
+    """Why a MetaImage or NRRD header declares more voxel bytes than its file (and its named voxel data file) could
+    hold even deflate-compressed (`DEFLATE_MOST` times smaller), "" otherwise: a 100-byte `.mha` claiming 20000
+    slices had become 20000 rows. Left to their decoding: a bzip2 NRRD (which compresses runs further), MINC, and
+    data kept elsewhere than one named file."""
     import SimpleITK as sitk
 
-    files = [path, *([data] if (data := named_volume_data(path)) and data.is_file() else [])]
+    if path.suffix.lower() == ".mnc":
+        return ""  # HDF5 need not store chunks never written: a mostly empty MINC label map holds few bytes
+    data = named_volume_data(path)
+    if path.suffix.lower() in (".mhd", ".nhdr") and (data is None or not data.is_file()):
+        return ""  # data elsewhere (an absolute path, a list or pattern of files): its decoding decides
+    files = [path, *([data] if data is not None else [])]
     held = sum(f.stat().st_size for f in files)
     if path.suffix.lower() in (".nrrd", ".nhdr"):
         with open(path, "rb") as f:
@@ -337,7 +344,11 @@ def geometry_mismatch(mask: Path, image: Path) -> str:
     """
     if not (volume_format(mask) and volume_format(image)):
         return ""
-    (ms, mo, md), (is_, io_, id_) = _geometry(mask), _geometry(image)
+    try:
+        is_, io_, id_ = _geometry(image)
+    except DataError:
+        return ""  # the image's own problem, named as its own
+    ms, mo, md = _geometry(mask)
     dm, di = round(len(md) ** 0.5), round(len(id_) ** 0.5)
     axes = lambda d, n: [d[r * n + c] for r in range(2) for c in range(2)]  # noqa: E731 - the 2 x 2 in-plane block
     said = []
@@ -377,7 +388,7 @@ def mask_suffix(source: Path) -> str:
     """The suffix of a predicted mask written like `source` (`write_like`): its own where it is one file (`.nii.gz`,
     `.nii`, `.mha`, `.nrrd`, `.mnc`), else `.nii.gz` (a header with its voxels in another file)."""
     suffix = file_suffix(source)
-    return suffix if suffix in (".nii.gz", ".nii", ".mha", ".nrrd", ".mnc") else ".nii.gz"
+    return suffix if suffix in ONE_FILE_SUFFIXES else ".nii.gz"
 
 
 def write_like(source: Path, labels: np.ndarray, out: Path) -> None:
@@ -404,8 +415,17 @@ def write_like(source: Path, labels: np.ndarray, out: Path) -> None:
         with atomic_path(out) as tmp:
             # a name ending in the whole suffix (`.nii.gz`: the temporary file ends in `.gz` alone), as ITK writes it
             written = tmp.with_name(tmp.name[: len(tmp.name) - len(tmp.suffix)] + file_suffix(out))
-            sitk.WriteImage(image, str(written), useCompression=True)
-            if written != tmp:
-                os.replace(written, tmp)
+            try:
+                sitk.WriteImage(image, str(written), useCompression=True)
+                # ITK's NIfTI writer says a short write (a full disk) on stderr and raises nothing: checked here
+                if volume_format(written) in _NIFTI:
+                    header = _nifti_header(written)
+                    if short := "its header cannot be read back" if header is None else _nifti_short(written, header):
+                        raise OSError(short)
+                if written != tmp:
+                    os.replace(written, tmp)
+            finally:
+                if written != tmp:
+                    written.unlink(missing_ok=True)
     except (OSError, RuntimeError) as e:
         raise DataError(out, f"cannot write the mask ({e})") from e

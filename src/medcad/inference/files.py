@@ -13,6 +13,7 @@ import pandas as pd
 
 from medcad.atomic import atomic_path, atomic_write_text
 from medcad.data.filekinds import file_stem
+from medcad.data.volumes import ONE_FILE_SUFFIXES
 from medcad.errors import DataError
 from medcad.inference.outputs import check_png_values
 from medcad.inference.predictor import Predictor, split_frame
@@ -52,7 +53,7 @@ def output_names(items: Sequence[str | Path]) -> dict[str, str]:
 
 
 IMAGE_OUTPUTS = ("_overlay.png", "_mask.png")  # what predict writes per image (`predict_image_files`)
-VOLUME_MASKS = tuple(f"_mask{end}" for end in (".nii.gz", ".nii", ".mha", ".nrrd", ".mnc"))  # ... for a volume's
+VOLUME_MASKS = tuple(f"_mask{end}" for end in ONE_FILE_SUFFIXES)  # ... for a volume's (`volumes.mask_suffix`)
 WRITTEN = IMAGE_OUTPUTS + VOLUME_MASKS  # any file predict writes for an image
 VIDEO_OUTPUTS = ("_annotated.mp4", "_frames.csv", "_annotated.partial.mp4", "_frames.partial.csv")  # ... per video
 # (`medcad.inference.video.predict_video`; the partial ones where it fails or is interrupted)
