@@ -439,3 +439,24 @@ def test_voxel_data_kept_by_absolute_path_is_not_called_cut_off(tmp_path: Path) 
     header.write_text(header.read_text().replace("ElementDataFile = v.raw", f"ElementDataFile = {data}"))
     assert image_pages(header) == (list(range(40)), [])
     assert np.array_equal(read_image(header, 39)[..., 0], noise_image(39, 16, gray=True))
+
+
+def test_a_stacks_pages_are_scaled_alike(tmp_path: Path) -> None:
+    """A 16-bit stack whose first page fits 8 bits and whose second reaches 3000, and a float 8-bit sequence with a
+    near-black page of 0 / 1: each page decodes with the stack's one scale (page by page, the first had kept its
+    values while the second was read as 12-bit; the 0 / 1 page had become 0 / 255)."""
+    sixteen = np.zeros((2, 8, 8), np.uint16)
+    sixteen[0, 0, :3] = (0, 100, 250)
+    sixteen[1, 0, :3] = (0, 1000, 3000)
+    path = write(tmp_path / "ct.nii.gz", sixteen)
+    pages = [read_image(path, k)[0, :3, 0] for k in range(2)]
+    full = 4095.0  # 12 bits hold every value of the stack
+    expect = [[round(int(v) * 255 / full) for v in sixteen[k, 0, :3]] for k in range(2)]
+    assert [list(p) for p in pages] == expect, pages
+    assert any("over all 2 pages" in n for n in describe_image(path))
+    dark = np.zeros((3, 8, 8), np.float32)
+    dark[0, 0, :2] = (0, 1)  # a near-black frame
+    dark[1, 0, :2] = (0, 200)
+    dark[2, 0, :2] = (3, 250)
+    seq = write(tmp_path / "seq.nii.gz", dark)
+    assert list(read_image(seq, 0)[0, :2, 0]) == [0, 1] and list(read_image(seq, 2)[0, :2, 0]) == [3, 250]

@@ -23,9 +23,9 @@ from medcad.errors import DataError
 
 THUMB = 32
 STATIC_GRID = 64
-HASH_VERSION = 6  # 3: images decoded with their orientation tag applied; 4: a 64x64 thumbnail for static regions;
+HASH_VERSION = 7  # 3: images decoded with their orientation tag applied; 4: a 64x64 thumbnail for static regions;
 # 5: TIFFs read by tifffile (`medcad.data.tiff`; the image cache's version 6); 6: floats of whole numbers as integers
-# (the image cache's version 9)
+# (the image cache's version 9); 7: a volume stack's pages scaled alike (version 10)
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,8 @@ DECODING = (
     "through rescale, then window or VOI LUT, MONOCHROME1 inverted (PS3.3); values rounded to uint8 "
     "(medcad.data.io.read_image); NIfTI, MetaImage, NRRD, MINC and Analyze files read by SimpleITK in stored voxel "
     "order (x across, y down; the header's orientation not applied), values after the header's rescale, scaled as "
-    "TIFF data are, each slice or frame of a stack an image, an RGB image nnU-Net split into <case>_0000, _0001, _0002 "
-    "read from the three (medcad.data.volumes)"
+    "TIFF data are (a stack's pages alike, from all their values), each slice or frame of a stack an image, an RGB "
+    "image nnU-Net split into <case>_0000, _0001, _0002 read from the three (medcad.data.volumes)"
 )
 
 PAGED_SUFFIXES = frozenset({".tif", ".tiff", ".gif", ".webp", ".png"})  # several pages or frames: each an image
@@ -364,6 +364,14 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
 
         return read_dicom_frame(p, 0 if frame is None else int(frame))
     arr, fmt, _ = decode_pil(p, None, page=frame)  # in full: every command's model input decodes alike
+    if volume_format(p):
+        from medcad.data.volumes import stack_scale
+
+        if (whole := stack_scale(p)) is not None:  # a stack: one scale for all its pages
+            low, full = whole[0], whole[1]
+            if np.issubdtype(arr.dtype, np.floating):  # no-data values at the stack's ends, NaN at its lowest
+                arr = np.nan_to_num(arr, nan=low, posinf=low + full, neginf=low)
+            return to_rgb(arr, full, low)
     scale = integer_scale(arr, p, fmt)
     return to_rgb(arr) if scale is None else to_rgb(arr, scale[1], scale[0])
 
@@ -430,9 +438,11 @@ def describe_image(path: str | Path) -> list[str]:
 
             return describe_dicom(p)
         if volume_format(p):
-            from medcad.data.volumes import volume_notes
+            from medcad.data.volumes import stack_scale, volume_notes
 
-            notes = volume_notes(p)
+            notes = volume_notes(p)  # a stack's scale, decided over all its pages, among them
+            if stack_scale(p) is not None:
+                return notes
             arr = decode_pil(p, None)[0]
             return notes + (scaling_notes(arr, p, "") if arr.dtype != np.uint8 else [])
         if is_tiff(p):

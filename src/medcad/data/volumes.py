@@ -366,6 +366,41 @@ def geometry_mismatch(mask: Path, image: Path) -> str:
     )
 
 
+@per_file_version(maxsize=64)
+def stack_scale(path: Path) -> tuple[float, float, str] | None:
+    """How a stack's values scale to 8 bits, decided over all its pages (and colour files) at once: (low, full scale,
+    in words), for every page alike; None for a file of one page, or of 8-bit values. Decided page by page, one
+    acquisition's frames had come out at other brightnesses (a 16-bit page whose values fit 8 bits kept them, the
+    next, reaching 300, was read as 10-bit: 250 -> 62; a float page of 0 / 1 as 0 / 255 beside dark pages).
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    from medcad.data.pixels import integer_scale, whole_number_bits
+
+    if volume_info(path)[2] == 1:
+        return None
+    stacks = [_voxels(p) for p in (path, *(colour_channels(path) or ()))]
+    if failed := next((s for s in stacks if isinstance(s, DataError)), None):
+        raise DataError(failed.path, failed.problem)
+    values = np.concatenate([np.asarray(s).ravel() for s in stacks])
+    if values.dtype in (np.uint8, np.int8, bool) or not values.size:
+        return None
+    if np.issubdtype(values.dtype, np.integer):
+        scale = integer_scale(values, path, "")
+        return None if scale is None else (scale[0], scale[1], f"{scale[2]}, over all {volume_info(path)[2]} pages")
+    finite = values[np.isfinite(values)].astype(np.float32)
+    if not finite.size:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    pages = volume_info(path)[2]
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0, f"floats in 0..1 times 255, over all {pages} pages"
+    if bits := whole_number_bits(finite):
+        return 0.0, 2.0**bits - 1, f"floats of whole numbers read as {bits}-bit values, over all {pages} pages"
+    return lo, max(hi - lo, 1e-12), f"floats from their own min..max ({lo:g}..{hi:g}) over all {pages} pages"
+
+
 def volume_notes(path: Path) -> list[str]:
     """What reading a volume file decided, for `data inspect` and `data audit`: its format and voxel order, its
     pages, and a rescale its header applies."""
@@ -376,6 +411,8 @@ def volume_notes(path: Path) -> list[str]:
         notes.append("red, green and blue from its _0000, _0001 and _0002 files (nnU-Net's RGB split, dataset.json)")
     if pages > 1:
         notes.append(f"{pages} pages (slices or frames), each an image")
+        if scale := stack_scale(path):
+            notes.append(scale[2])
     keys = set(reader.GetMetaDataKeys())
     if {"scl_slope", "scl_inter"} <= keys:
         slope, inter = (float(reader.GetMetaData(k) or 0) for k in ("scl_slope", "scl_inter"))
