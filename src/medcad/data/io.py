@@ -368,10 +368,7 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
         from medcad.data.volumes import stack_scale
 
         if (whole := stack_scale(p)) is not None:  # a stack: one scale for all its pages
-            low, full = whole[0], whole[1]
-            if np.issubdtype(arr.dtype, np.floating):  # no-data values at the stack's ends, NaN at its lowest
-                arr = np.nan_to_num(arr, nan=low, posinf=low + full, neginf=low)
-            return to_rgb(arr, full, low)
+            return to_rgb(arr, whole[1], whole[0])
     scale = integer_scale(arr, p, fmt)
     return to_rgb(arr) if scale is None else to_rgb(arr, scale[1], scale[0])
 

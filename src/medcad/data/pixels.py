@@ -43,17 +43,29 @@ def scale_to_uint8(arr: np.ndarray, full_scale: float | None = None, low: float 
                 values = a[finite]
                 lo, hi = float(values.min()), float(values.max())
                 a = np.clip(np.where(np.isnan(a), lo, a), lo, hi)
-            lo, hi = float(a.min()), float(a.max())
-            if lo >= 0 and hi <= 1:
-                full_scale = 1.0
-            elif bits := whole_number_bits(a):
-                full_scale = 2.0**bits - 1
-            else:
-                if hi <= lo:
-                    return np.zeros(arr.shape, np.uint8)
+            decided = float_range(a)
+            if decided is None:  # one value, neither in [0, 1] nor a whole number
+                return np.zeros(arr.shape, np.uint8)
+            lo, full_scale, _ = decided
+            if lo:
                 a = a - lo
-                full_scale = hi - lo
+    elif np.issubdtype(arr.dtype, np.floating) and not np.isfinite(a).all():  # a range given (a stack's): NaN at
+        a = np.nan_to_num(a, nan=0.0, posinf=full_scale, neginf=0.0)  # its lowest, +-inf at its ends
     return np.clip(a * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8)
+
+
+def float_range(a: np.ndarray) -> tuple[float, float, str] | None:
+    """How finite float values scale to 8 bits: (low, full scale, in words): values in [0, 1] times 255, whole
+    numbers within 0..65535 as those integers (`whole_number_bits`), else from their own min..max; None for values
+    all one, which none of these reads (`scale_to_uint8` gives 0)."""
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0, "floats in 0..1 times 255"
+    if bits := whole_number_bits(a):
+        return 0.0, 2.0**bits - 1, f"floats of whole numbers read as {bits}-bit values"
+    if hi <= lo:
+        return None
+    return lo, hi - lo, f"floats from their own min..max ({lo:g}..{hi:g})"
 
 
 UNSCALED_BITS = (8, 10, 12)  # data of these depths is often written unscaled in 16-bit files

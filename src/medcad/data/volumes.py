@@ -140,7 +140,8 @@ def volume_info(path: Path) -> tuple[int, int, int]:
     Raises:
         DataError: an unreadable file, or one `_layout` refuses.
     """
-    header = _nifti_header(path) if volume_format(path) in _NIFTI else None
+    kind = volume_format(path) or "volume"
+    header = _nifti_header(path) if kind in _NIFTI else None
     if header is not None and header.version == 2:
         raise DataError(
             path,
@@ -150,17 +151,17 @@ def volume_info(path: Path) -> tuple[int, int, int]:
     if header is not None and (short := _nifti_short(path, header, quick=True)):
         raise DataError(path, short)  # one unreadable file, not a row per slice its header claims
     if header is not None and header.plain:  # ITK decompresses a whole .nii.gz for its header: 4 ms a 500 px slice
-        size = header.dims[1 : 1 + header.dims[0]]
-        kind, components = volume_format(path) or "NIfTI", 1
+        size, components = header.dims[1 : 1 + header.dims[0]], 1
+        pages = _layout(path, size, components, kind)
     else:
         reader, kind = _reader(path)
         size, components = tuple(int(n) for n in reader.GetSize()), int(reader.GetNumberOfComponents())
-        _layout(path, size, components, kind)  # complex or vector voxels refused first, by name
+        pages = _layout(path, size, components, kind)  # complex or vector voxels refused first, by name
         if len(size) > 2 and (short := _claims_more(path, reader, size, components)):
             raise DataError(path, short)  # one unreadable file, not a row per slice its header claims
     if len(size) < 2:
         raise DataError(path, f"a {kind} file of one dimension ({size[0]} values), not an image")
-    info = size[0], size[1], _layout(path, size, components, kind)
+    info = size[0], size[1], pages
     for colour, other in zip(("green", "blue"), colour_channels(path) or (), strict=False):
         if not other.is_file():
             raise DataError(
@@ -185,10 +186,8 @@ def _voxels(path: Path) -> np.ndarray | DataError:
     each, and a file that fails was tried again for each of its pages)."""
     import SimpleITK as sitk
 
-    w, h, pages = volume_info(path)
+    w, h, pages = volume_info(path)  # a NIfTI's bytes checked against its header there
     reader, kind = _reader(path, header=False)
-    if kind in _NIFTI and (short := _nifti_short(path, _nifti_header(path), quick=True)):
-        return DataError(path, short)
     data = named_volume_data(path)
     if data is not None and not data.is_file():
         return DataError(path, f"its voxel data file {data.name}, which its header names, is not there")
@@ -290,6 +289,18 @@ def _nifti_short(path: Path, header: _NiftiHeader | None, quick: bool = False) -
     return f"truncated: its header's voxels end at byte {header.end}, {where} {length} bytes"
 
 
+def _stacks(path: Path) -> list[np.ndarray]:
+    """The voxels of a volume file (`_voxels`), with those of its green and blue files for nnU-Net's RGB split.
+
+    Raises:
+        DataError: one of them cannot be read.
+    """
+    stacks = [_voxels(p) for p in (path, *(colour_channels(path) or ()))]
+    if failed := next((s for s in stacks if isinstance(s, DataError)), None):
+        raise DataError(failed.path, failed.problem)
+    return stacks
+
+
 def volume_size(path: Path, page: int | None = None) -> tuple[int, int]:
     """(width, height) of a volume file's page `page` (0 when None), from its header.
 
@@ -317,9 +328,7 @@ def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
     k = page or 0
     if w * h > (limit := max_pixels()):
         raise too_large(path, w * h, limit, f"{w}x{h} ")
-    stacks = [_voxels(p) for p in (path, *(colour_channels(path) or ()))]
-    if failed := next((s for s in stacks if isinstance(s, DataError)), None):
-        raise DataError(failed.path, failed.problem)
+    stacks = _stacks(path)
     if len(stacks) == 1:
         return np.array(stacks[0][k])
     planes = [stack[k] for stack in stacks]
@@ -376,29 +385,19 @@ def stack_scale(path: Path) -> tuple[float, float, str] | None:
     Raises:
         DataError: the file cannot be read.
     """
-    from medcad.data.pixels import integer_scale, whole_number_bits
+    from medcad.data.pixels import float_range, integer_scale
 
     if volume_info(path)[2] == 1:
         return None
-    stacks = [_voxels(p) for p in (path, *(colour_channels(path) or ()))]
-    if failed := next((s for s in stacks if isinstance(s, DataError)), None):
-        raise DataError(failed.path, failed.problem)
-    values = np.concatenate([np.asarray(s).ravel() for s in stacks])
+    values = np.concatenate([np.asarray(s).ravel() for s in _stacks(path)])
     if values.dtype in (np.uint8, np.int8, bool) or not values.size:
         return None
     if np.issubdtype(values.dtype, np.integer):
         scale = integer_scale(values, path, "")
         return None if scale is None else (scale[0], scale[1], f"{scale[2]}, over all {volume_info(path)[2]} pages")
     finite = values[np.isfinite(values)].astype(np.float32)
-    if not finite.size:
-        return None
-    lo, hi = float(finite.min()), float(finite.max())
-    pages = volume_info(path)[2]
-    if lo >= 0 and hi <= 1:
-        return 0.0, 1.0, f"floats in 0..1 times 255, over all {pages} pages"
-    if bits := whole_number_bits(finite):
-        return 0.0, 2.0**bits - 1, f"floats of whole numbers read as {bits}-bit values, over all {pages} pages"
-    return lo, max(hi - lo, 1e-12), f"floats from their own min..max ({lo:g}..{hi:g}) over all {pages} pages"
+    decided = float_range(finite) if finite.size else None
+    return None if decided is None else (decided[0], decided[1], f"{decided[2]}, over all {volume_info(path)[2]} pages")
 
 
 def volume_notes(path: Path) -> list[str]:
