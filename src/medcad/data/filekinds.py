@@ -184,7 +184,8 @@ def colour_channels(path: Path) -> tuple[Path, Path] | None:
     names = _channel_names(path.parent.parent / NNUNET_LABELS)
     if len(names) != 3 or any(n.strip().lower() not in want for n, want in zip(names, _RGB_NAMES, strict=True)):
         return None
-    green, blue = (path.with_name(f"{m['case']}_{k:04d}{path.name[len(file_stem(path)) :]}") for k in (1, 2))
+    suffix = path.name[len(m["case"]) + len("_0000") :]  # as written (`.nii.gz`, `.NII.GZ`)
+    green, blue = (path.with_name(f"{m['case']}_{k:04d}{suffix}") for k in (1, 2))
     return (green, blue) if volume_format(path) else None
 
 

@@ -165,16 +165,17 @@ def read_folders(path: Path, options: DataOptions) -> Manifest:
                 ]
                 continue
             fields = {k: v for k, v in match.groupdict().items() if v is not None}
-        named = {file_stem(f): [] for f in images}
+        stem_of = {f: file_stem(f) for f in images}
+        named: dict[str, list[str]] = {stem: [] for stem in stem_of.values()}
         for f in images:
-            named[file_stem(f)].append(f.relative_to(path).as_posix())
+            named[stem_of[f]].append(f.relative_to(path).as_posix())
         shared = several_images_of_one_name(named, masks, problems)
         for f in images:
-            if file_stem(f) in shared:
+            if stem_of[f] in shared:
                 continue
             row = {"image": f.relative_to(path).as_posix(), **fields}
-            if file_stem(f) in masks:
-                row["mask"] = MASK_SEP.join(sorted(masks[file_stem(f)], key=lambda s: (len(s), s)))
+            if stem_of[f] in masks:
+                row["mask"] = MASK_SEP.join(sorted(masks[stem_of[f]], key=lambda s: (len(s), s)))
             rows.append(row)
     rows = expand_frames(rows, path, problems)
     if not rows:

@@ -28,6 +28,7 @@ from medcad.data.filekinds import (
     volume_format,
     volume_header,
 )
+from medcad.data.nnunet import further_channel
 
 BROKEN_LINK = "a link to a missing file"  # what the ledger says of one
 TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".xlsx", ".json", ".xml"})
@@ -101,8 +102,6 @@ def _unread_reason(path: Path, layout: str) -> str:
     image = suffix in IMAGE_SUFFIXES or bool(volume_format(path))  # a file medcad reads as an image (DICOM aside)
     if header := volume_header(path):
         return f"the voxel data of {header.name!r} (read with its header, which this read did not use)"
-    from medcad.data.nnunet import further_channel
-
     if channel := further_channel(path):
         return channel
     if (image or suffix in DICOM_SUFFIXES) and path.parent.name == "imagesTs":
