@@ -46,7 +46,7 @@ _memory_backed_temp_root()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the modules with a test marked `heavy` start first, shared out among the workers:
     `make test`'s scheduler (--dist worksteal) hands each worker a run of consecutive tests (the first half, then the
-    rest) and lets an idle one take the end of another's queue, so a heavy test left near the end kept a part waiting
+    rest) and lets an idle one take the end of another's queue, so a heavy test left near the end kept the run waiting
     on it with the other worker idle. Each worker's run now begins with its share of those modules (every k-th), each
     whole and in its own order, so that a module's fixtures (a trained run, a study) serve all its tests at once
     (a heavy test moved alone had split its module, whose fixture was then built twice). The order is the same in
