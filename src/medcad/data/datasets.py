@@ -32,7 +32,7 @@ from medcad.errors import DataError, UnreadableSamples
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
-CACHE_VERSION = 10  # 2: orientation tags applied, masks decoded from their own values; 3: DICOM rescale before the
+CACHE_VERSION = 11  # 2: orientation tags applied, masks decoded from their own values; 3: DICOM rescale before the
 # window and VOI LUTs by their own range, 16-bit PNG/TIFF from the bits their data has, 16-bit colour in full; 4:
 # JPEGs decoded in full, as predict and serve decode them (a reduced-scale DCT decode had made their inputs differ);
 # 5: integer TIFFs beyond 0..65535 by `pixels.integer_scale`, unsigned 32-bit and signed 8-bit TIFFs as such
@@ -42,6 +42,7 @@ CACHE_VERSION = 10  # 2: orientation tags applied, masks decoded from their own 
 # 8: a Pascal VOC class mask's void border (palette index 255) is background, not lesion (`masks._voc_void`)
 # 9: floats holding whole numbers within 0..65535 read as those integers (`pixels.whole_number_bits`)
 # 10: a volume stack's pages scaled alike, from all its values (`volumes.stack_scale`)
+# 11: a TIFF stack's pages scaled alike, from all its values (`io._tiff_stack_scale`)
 
 
 # how `resize_square` interpolates, in words (model cards, ONNX metadata)

@@ -33,7 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medcad.data.filekinds import check_file, is_dicom, volume_format, volume_header
 from medcad.data.pixel_limit import max_pixels, open_checked, pil_image, too_large
-from medcad.data.pixels import integer_scale, scaling_notes, to_rgb
+from medcad.data.pixels import integer_scale, scaling_notes, stack_scale, to_rgb
 from medcad.data.tiff import (
     MINISWHITE,
     PageTooLarge,
@@ -44,9 +44,10 @@ from medcad.data.tiff import (
     pages,
     pillow_miniswhite,
     read_page,
+    sample_types,
     unreadable_tiff,
 )
-from medcad.data.versions import file_version
+from medcad.data.versions import file_version, per_file_version
 from medcad.errors import ConfigError, DataError, NoSuchFrame
 
 # The policy above in a sentence, for descriptions a user outside medcad reproduces it from (an export's model.json)
@@ -364,13 +365,38 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
 
         return read_dicom_frame(p, 0 if frame is None else int(frame))
     arr, fmt, _ = decode_pil(p, None, page=frame)  # in full: every command's model input decodes alike
-    if volume_format(p):
-        from medcad.data.volumes import stack_scale
-
-        if (whole := stack_scale(p)) is not None:  # a stack: one scale for all its pages
-            return to_rgb(arr, whole[1], whole[0])
+    if (whole := _stack_scale(p)) is not None:  # a stack: one scale for all its pages
+        return to_rgb(arr, whole[1], whole[0])
     scale = integer_scale(arr, p, fmt)
     return to_rgb(arr) if scale is None else to_rgb(arr, scale[1], scale[0])
+
+
+def _stack_scale(path: Path) -> tuple[float, float, str] | None:
+    """How a stack's pages scale to 8 bits, all alike (a volume's: `volumes.stack_scale`; a TIFF's:
+    `_tiff_stack_scale`), or None for a file of one page or of 8-bit values."""
+    if volume_format(path):
+        from medcad.data.volumes import stack_scale as volume_stack_scale
+
+        return volume_stack_scale(path)
+    return _tiff_stack_scale(path) if is_tiff(path) else None
+
+
+@per_file_version(maxsize=256)
+def _tiff_stack_scale(path: Path) -> tuple[float, float, str] | None:
+    """How a TIFF stack's image pages scale to 8 bits, decided over all of them at once (`pixels.stack_scale`), kept
+    per file version (its pages are read once, not once per page); None for a TIFF of one image page, of 8-bit
+    samples (from the pages' headers, nothing decoded), or one tifffile cannot parse (Pillow reads that page by
+    page). Decided page by page, a 16-bit cine's frames had come out at other brightnesses: a frame whose values stay
+    below 4096 was read as 12-bit, the next, reaching 5000, as 16-bit (3000 -> 187, then 12)."""
+    try:
+        images, _ = pages(path)
+        types = sample_types(path, images)
+    except PillowReads:
+        return None
+    if len(images) < 2 or types <= {np.dtype(np.uint8), np.dtype(bool)}:
+        return None
+    values = np.concatenate([decode_pil(path, None, page=k)[0].ravel() for k in images])
+    return stack_scale(values, path, len(images))
 
 
 def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
@@ -445,6 +471,8 @@ def describe_image(path: str | Path) -> list[str]:
         if is_tiff(p):
             try:
                 notes, dtype = page_notes(p)
+                if (whole := _tiff_stack_scale(p)) is not None:  # decided over all its pages
+                    return notes + [whole[2]]
                 if dtype not in (np.uint8, bool):  # values decide the scaling: decoded, as for 16-bit PNGs
                     notes += scaling_notes(decode_pil(p, None)[0], p, "TIFF")
                 return notes

@@ -68,6 +68,28 @@ def float_range(a: np.ndarray) -> tuple[float, float, str] | None:
     return lo, hi - lo, f"floats from their own min..max ({lo:g}..{hi:g})"
 
 
+def stack_scale(values: np.ndarray, path: Path, pages: int) -> tuple[float, float, str] | None:
+    """How a stack's values, all its pages' at once, scale to 8 bits, for every page alike: (low, full scale, in
+    words), by the rule one image's values follow (`integer_scale`, `float_range`); None for 8-bit values. Decided
+    page by page, one acquisition's frames had come out at other brightnesses (a 16-bit page whose values fit 8 bits
+    kept them, the next, reaching 300, was read as 10-bit: 250 -> 62; a float page of 0 / 1 as 0 / 255 beside dark
+    pages).
+
+    Args:
+        values: every page's values, flattened (any shape: only the values count).
+        path: the file, named in the words.
+        pages: how many pages they come from, said in the words.
+    """
+    if values.dtype in (np.uint8, np.int8, bool) or not values.size:
+        return None
+    if np.issubdtype(values.dtype, np.integer):
+        decided = integer_scale(values, path, "")
+    else:
+        finite = values[np.isfinite(values)].astype(np.float32)
+        decided = float_range(finite) if finite.size else None
+    return None if decided is None else (decided[0], decided[1], f"{decided[2]}, over all {pages} pages")
+
+
 UNSCALED_BITS = (8, 10, 12)  # data of these depths is often written unscaled in 16-bit files
 
 

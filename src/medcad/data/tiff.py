@@ -204,6 +204,17 @@ def pages(path: Path) -> tuple[list[int], list[int]]:
         return images or [0], thumbnails if images else []
 
 
+def sample_types(path: Path, images: list[int]) -> set[np.dtype]:
+    """The sample types of a TIFF's image pages (`pages`), from their headers (no pixel data read).
+
+    Raises:
+        PillowReads: tifffile cannot parse the file.
+    """
+    with _open(path) as tif:
+        kept = [tif.pages[k] for k in images if k < len(tif.pages)]  # an ImageJ truncated stack: its one IFD
+        return {np.dtype(p.dtype) if p.dtype is not None else np.dtype(np.uint8) for p in kept}
+
+
 def page_notes(path: Path) -> tuple[list[str], np.dtype]:
     """What reading page 0 of a TIFF decides, from its header (`medcad.data.io.describe_image`), and its samples' type
     (whether their scaling to 8 bits needs saying).

@@ -377,27 +377,17 @@ def geometry_mismatch(mask: Path, image: Path) -> str:
 
 @per_file_version(maxsize=64)
 def stack_scale(path: Path) -> tuple[float, float, str] | None:
-    """How a stack's values scale to 8 bits, decided over all its pages (and colour files) at once: (low, full scale,
-    in words), for every page alike; None for a file of one page, or of 8-bit values. Decided page by page, one
-    acquisition's frames had come out at other brightnesses (a 16-bit page whose values fit 8 bits kept them, the
-    next, reaching 300, was read as 10-bit: 250 -> 62; a float page of 0 / 1 as 0 / 255 beside dark pages).
+    """How a volume stack's values scale to 8 bits, decided over all its pages (and colour files) at once
+    (`pixels.stack_scale`): (low, full scale, in words), for every page alike; None for a file of one page, or of
+    8-bit values.
 
     Raises:
         DataError: the file cannot be read.
     """
-    from medcad.data.pixels import float_range, integer_scale
+    from medcad.data.pixels import stack_scale as scale_of
 
-    if volume_info(path)[2] == 1:
-        return None
-    values = np.concatenate([np.asarray(s).ravel() for s in _stacks(path)])
-    if values.dtype in (np.uint8, np.int8, bool) or not values.size:
-        return None
-    if np.issubdtype(values.dtype, np.integer):
-        scale = integer_scale(values, path, "")
-        return None if scale is None else (scale[0], scale[1], f"{scale[2]}, over all {volume_info(path)[2]} pages")
-    finite = values[np.isfinite(values)].astype(np.float32)
-    decided = float_range(finite) if finite.size else None
-    return None if decided is None else (decided[0], decided[1], f"{decided[2]}, over all {volume_info(path)[2]} pages")
+    pages = volume_info(path)[2]
+    return None if pages == 1 else scale_of(np.concatenate([np.asarray(s).ravel() for s in _stacks(path)]), path, pages)
 
 
 def volume_notes(path: Path) -> list[str]:
