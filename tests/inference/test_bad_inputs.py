@@ -435,8 +435,9 @@ def test_predict_names_a_link_to_a_moved_file(tmp_path: Path) -> None:
 def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Path, tmp_path: Path) -> None:
     """A mask predicted for an nnU-Net slice (`imagesTs/case_0000.nii.gz`, depth one, spacing (1, 1, 999)) is written
     as nnU-Net writes its predictions: `case_0000_mask.nii.gz`, its dimensions, spacing, origin and direction the
-    image's, values 0 / 1 where the PNG mask of the same pixels says 0 / 255; a stack's pages keep PNG masks; the
-    output folder claims the file (a second predict replaces it), and a user's own file of that name is refused."""
+    image's, values 0 / 1 where the PNG mask of the same pixels says 0 / 255; a stack's pages, predicted whole, as
+    one such file of all its pages (a page predicted alone keeps a PNG); the output folder claims the files (a
+    second predict replaces them), and a user's own file of that name is refused."""
     import SimpleITK as sitk
 
     folder = tmp_path / "imagesTs"
@@ -447,7 +448,10 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
     image.SetOrigin((3.0, -2.0, 0.0))
     sitk.WriteImage(image, str(folder / "case_0000.nii.gz"))
     Image.fromarray(frame).save(folder / "case_png.png")
-    sitk.WriteImage(sitk.GetImageFromArray(np.stack([frame, frame])), str(folder / "seq.nii.gz"))
+    Image.fromarray(np.ascontiguousarray(frame[::-1])).save(folder / "flipped_png.png")  # the sequence's second frame
+    seq = sitk.GetImageFromArray(np.stack([frame, frame[::-1]]))  # a 2-D+t sequence of two frames
+    seq.SetSpacing((0.3, 0.3, 33.0))
+    sitk.WriteImage(seq, str(folder / "seq.nii.gz"))
     sitk.WriteImage(sitk.GetImageFromArray(frame), str(folder / "plain.nii"))  # its mask had failed to be written
     out = tmp_path / "out"
     for _ in range(2):  # the second run replaces what the first wrote
@@ -458,17 +462,57 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
     assert masks == {
         "case_0000.nii.gz": "case_0000_mask.nii.gz",
         "case_png.png": "case_png_mask.png",
+        "flipped_png.png": "flipped_png_mask.png",
         "plain.nii": "plain_mask.nii",
-        "seq.nii.gz#0": "seq_frame0_mask.png",
-        "seq.nii.gz#1": "seq_frame1_mask.png",
+        "seq.nii.gz#0": "seq_mask.nii.gz",
+        "seq.nii.gz#1": "seq_mask.nii.gz",
     }, masks
     written = sitk.ReadImage(str(out / "case_0000_mask.nii.gz"))
     assert written.GetSize() == image.GetSize() and written.GetSpacing() == image.GetSpacing()
     assert written.GetOrigin() == image.GetOrigin() and written.GetDirection() == image.GetDirection()
     png = np.asarray(Image.open(out / "case_png_mask.png"))
     assert set(np.unique(png)) <= {0, 255} and np.array_equal(sitk.GetArrayFromImage(written)[0], png // 255)
+    sequence = sitk.ReadImage(str(out / "seq_mask.nii.gz"))
+    source = sitk.ReadImage(str(folder / "seq.nii.gz"))  # as NIfTI keeps it: spacing in float32
+    assert sequence.GetSize() == source.GetSize() == (48, 48, 2) and sequence.GetSpacing() == source.GetSpacing()
+    flipped = np.asarray(Image.open(out / "flipped_png_mask.png"))
+    assert np.array_equal(sitk.GetArrayFromImage(sequence), np.stack([png // 255, flipped // 255]))  # page for page
+    assert not list(out.glob("seq_frame*_mask*"))  # overlays stay per page
+    alone = tmp_path / "alone"
+    res = runner.invoke(app, ["predict", str(tiny_segmenter), f"{folder / 'seq.nii.gz'}#1", "--out", str(alone)])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(np.asarray(Image.open(alone / "seq_frame1_mask.png")), flipped)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "case_0000_mask.nii.gz").write_bytes(b"a user's own file")
     res = runner.invoke(app, ["predict", str(tiny_segmenter), str(folder / "case_0000.nii.gz"), "--out", str(mine)])
     assert res.exit_code != 0 and "case_0000_mask.nii.gz: exists and was not written by predict" in res.output
+
+
+def test_a_stack_whose_page_failed_keeps_its_other_pages_masks(tiny_segmenter: Path, tmp_path: Path) -> None:
+    """A stack whose pages are predicted whole but one fails (injected here: a volume decodes whole or not at all)
+    writes no volume of the pages it has; their masks are written as PNGs and named in their rows, not lost."""
+    import SimpleITK as sitk
+
+    from medcad.inference.files import predict_image_files
+    from medcad.inference.registry import load_predictor
+
+    frame = np.asarray(Image.open(sorted((tiny_segmenter.parent / "synth").rglob("*.png"))[0]).convert("L"))
+    path = tmp_path / "seq.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([frame] * 3)), str(path))
+    predictor = load_predictor(tiny_segmenter, backend="torch-fp32")
+    real = predictor.predict_files
+
+    def page_1_lost(paths, *args, **kwargs):
+        for pred, image in real(paths, *args, **kwargs):
+            lost = not isinstance(pred, DataError) and pred.image.endswith("#1")
+            yield (DataError(Path(f"{path}#1"), "page lost") if lost else pred), image
+
+    predictor.predict_files = page_1_lost
+    table, _ = predict_image_files(predictor, [f"{path}#{k}" for k in range(3)], tmp_path / "out")
+    assert list(table["mask_file"].fillna("")) == ["seq_frame0_mask.png", "", "seq_frame2_mask.png"]
+    assert list(table["status"]) == ["ok", "failed", "ok"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("seq*mask*")) == [
+        "seq_frame0_mask.png",
+        "seq_frame2_mask.png",
+    ]

@@ -418,22 +418,25 @@ def mask_suffix(source: Path) -> str:
 
 
 def write_like(source: Path, labels: np.ndarray, out: Path) -> None:
-    """Write `labels` (H, W), a predicted mask's class values (0 background, 1 lesion, or a label map's values), as a
-    volume file like `source`, a one-page volume file: its dimensions (nnU-Net's slice of depth one stays one), voxel
-    spacing, origin and direction copied, so that nnU-Net's and ITK's tools overlay it on `source`; atomically, in the
-    format `out`'s name says (`x_mask.nii.gz`: `mask_suffix`).
+    """Write `labels`, predicted masks' class values (0 background, 1 lesion, or a label map's values), (H, W) for a
+    one-page volume file or (pages, H, W) for every page of a stack, as a volume file like `source`: its dimensions
+    (nnU-Net's slice of depth one stays one; a 2-D+t sequence's frames stay frames), voxel spacing, origin and
+    direction copied, so that nnU-Net's and ITK's tools overlay it on `source`; atomically, in the format `out`'s
+    name says (`x_mask.nii.gz`: `mask_suffix`).
 
     Raises:
         DataError: `source` cannot be read, or `out` cannot be written.
+        ValueError: `labels` do not hold `source`'s pages of its width and height.
     """
     import SimpleITK as sitk
 
     from medcad.atomic import atomic_path
 
     reader, _ = _reader(source)
-    dims = reader.GetDimension()
-    arr = labels.reshape((1,) * (dims - 2) + labels.shape) if dims > 2 else labels
-    image = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    voxels = tuple(reversed(reader.GetSize()))  # SimpleITK's array order: (..., pages, H, W)
+    if labels.size != int(np.prod(voxels)) or labels.shape[-2:] != voxels[-2:]:
+        raise ValueError(f"labels {labels.shape} do not fill {source.name}'s voxels {voxels}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels.reshape(voxels)))
     image.SetSpacing(reader.GetSpacing())
     image.SetOrigin(reader.GetOrigin())
     image.SetDirection(reader.GetDirection())

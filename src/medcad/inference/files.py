@@ -102,6 +102,7 @@ def check_output_folder(
     ]
     if any(str(item) not in clips for item in names):  # images: their table too (a user's own had been replaced)
         targets += [TABLE, f"{TABLE}.partial"]
+    targets += sorted({name for _, name, _ in whole_stacks(names).values()})  # a stack's one mask volume
     there = set(os.listdir(where)) if where.is_dir() else set()  # one listing, not a stat per possible output
     for name in targets:
         if name in there and name not in claimed:
@@ -176,11 +177,64 @@ def _write_mask(pred, out: Path, stem: str) -> str:
     if end := _volume_mask(pred.image):
         from medcad.data.volumes import write_like
 
-        image, name = pred.mask.mask_image(), f"{stem}_mask{end}"
-        write_like(split_frame(pred.image)[0], image // 255 if pred.mask.class_map is None else image, out / name)
+        name = f"{stem}_mask{end}"
+        write_like(
+            split_frame(pred.image)[0], _labels(pred.mask.mask_image(), pred.mask.class_map is not None), out / name
+        )
         return name
     write_png(out / f"{stem}_mask.png", pred.mask.mask_image())
     return f"{stem}_mask.png"
+
+
+def whole_stacks(names: dict[str, str]) -> dict[str, tuple[Path, str, int]]:
+    """The items that are pages of a volume stack predicted whole, every page among `names` (`output_names`): item ->
+    (the stack's file, the name of its one mask file, its page count). Its masks are written as one volume like it
+    (`volumes.write_like`), as nnU-Net writes a prediction and ITK-SNAP lays a sequence's segmentation over it: a
+    CAMUS 2-D+t sequence's masks had come out as a PNG per frame. Pages predicted alone (`seq.nii.gz#3`) keep PNGs."""
+    from medcad.data.filekinds import volume_format
+    from medcad.data.volumes import mask_suffix, volume_info
+
+    pages_of: dict[Path, dict[int, str]] = {}
+    for item in names:
+        source, frame = split_frame(item)
+        if frame is not None and volume_format(source):
+            pages_of.setdefault(source, {})[frame] = str(item)
+    stacks = {}
+    for source, pages in pages_of.items():
+        try:
+            count = volume_info(source)[2]
+        except DataError:
+            continue  # unreadable: each page fails as itself
+        first = names[pages[0]] if 0 in pages else ""
+        if count > 1 and set(pages) == set(range(count)) and first.endswith("_frame0"):
+            name = f"{first.removesuffix('_frame0')}_mask{mask_suffix(source)}"
+            stacks |= {item: (source, name, count) for item in pages.values()}
+    return stacks
+
+
+def _labels(mask_image: np.ndarray, label_map: bool) -> np.ndarray:
+    """A mask image's class values, as a volume file keeps them: 0 / 1 for lesion, a label map's own values."""
+    return mask_image if label_map else mask_image // 255
+
+
+def _hold_stack_page(pred, stack: tuple[Path, str, int], held: dict, row: int) -> tuple[Path, str, dict] | None:
+    """Keep a stack page's mask in `held` (with its `row` in the table) until its stack's last page (`whole_stacks`);
+    then give (the stack, its mask volume's name, {page: (row, mask image, label map?)}) for `_write_stack`."""
+    source, name, count = stack
+    pages = held.setdefault(source, {})
+    pages[split_frame(pred.image)[1]] = (row, pred.mask.mask_image(), pred.mask.class_map is not None)
+    return (source, name, held.pop(source)) if len(pages) == count else None
+
+
+def _write_stack(source: Path, name: str, pages: dict, out: Path) -> None:
+    """Write a stack's page masks (`_hold_stack_page`) as one volume like it, `out / name` (`volumes.write_like`)."""
+    from medcad.data.volumes import write_like
+
+    write_like(
+        source,
+        np.stack([_labels(image, label_map) for _, image, label_map in map(pages.get, sorted(pages))]),
+        out / name,
+    )
 
 
 def predict_image_files(
@@ -198,7 +252,8 @@ def predict_image_files(
     prediction has, drawn on the image), `<stem>_mask.png` for mask tasks (at the image's size: 0/255; label-map
     models: the class map in the run's mask values, a 16-bit PNG where a value exceeds 255, see
     `LesionMask.mask_image`; for a one-page volume file, `<stem>_mask.nii.gz` or its own format, like the image:
-    `_write_mask`), and predictions.csv (one `Prediction.row` per image, after `image`, `status` ("ok" /
+    `_write_mask`; for every page of a volume stack, one such file of all its pages, named in each page's row:
+    `whole_stacks`), and predictions.csv (one `Prediction.row` per image, after `image`, `status` ("ok" /
     "failed") and `error` (why a file failed), then `overlay_file` and `mask_file`: the names of the files written
     for it in `out`, and `warnings` where the image makes its prediction doubtful,
     `medcad.inference.uploads.prediction_warnings`). Rows are appended to
@@ -226,6 +281,7 @@ def predict_image_files(
     written = 0
     items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
     names = output_names(paths) if names is None else names
+    stacks, held = whole_stacks(names), {}  # held: a stack's page masks until its last page
     for k, (pred, image) in enumerate(items):
         if isinstance(pred, DataError):
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
@@ -236,7 +292,15 @@ def predict_image_files(
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
                 files["overlay_file"] = f"{stem}_overlay.png"
-            if pred.mask is not None:
+            if pred.mask is not None and pred.image in stacks:  # named once its stack's volume is written
+                files["mask_file"] = ""
+                if whole := _hold_stack_page(pred, stacks[pred.image], held, len(rows)):
+                    _write_stack(*whole, out)
+                    files["mask_file"] = whole[1]
+                    for i, _, _ in whole[2].values():
+                        if i < len(rows):  # the stack's earlier pages
+                            rows[i]["mask_file"] = summaries[i]["mask_file"] = whole[1]
+            elif pred.mask is not None:
                 files["mask_file"] = _write_mask(pred, out, stem)
             doubts = "; ".join(prediction_warnings(pred, image, predictor.config.image_size))
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
@@ -247,6 +311,11 @@ def predict_image_files(
             chunk = chunk.reindex(columns=columns) if columns else chunk
             chunk.to_csv(partial, mode="a", header=written == 0, index=False)
             written = len(rows)
+    for pages in held.values():  # a stack some of whose pages failed: its other pages' masks as PNGs, not lost
+        for i, image, _ in pages.values():
+            name = f"{names[rows[i]['image']]}_mask.png"
+            write_png(out / name, image)
+            rows[i]["mask_file"] = summaries[i]["mask_file"] = name
     table = pd.DataFrame(rows)
     if rows:
         os.replace(partial, RunFolder(out).predictions)
