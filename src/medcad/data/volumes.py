@@ -314,6 +314,13 @@ def volume_size(path: Path, page: int | None = None) -> tuple[int, int]:
     return w, h
 
 
+def forget(path: Path) -> None:
+    """Free what is kept of a volume file (its voxels, header sizes, geometry) before it is deleted: a server's upload
+    had stayed in memory until four later files were read."""
+    for kept in (_voxels, volume_info, _geometry):
+        kept.forget(path)
+
+
 def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
     """Page `page` (0 when None) of a volume file as stored: (H, W) or (H, W, 3|4), its own dtype (uint8, int16,
     float32...).

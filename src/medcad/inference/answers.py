@@ -88,7 +88,9 @@ class PredictAnswer(Strict):
     frame: int | None = Field(None, description="Multi-frame uploads: the frame (page) answered for.")
     frames: int | None = None
     pages: list[int] | None = Field(None, description="The frames that are images of the set (a TIFF's).")
-    kind: str | None = Field(None, description="Multi-frame uploads: the file's kind (dicom, tiff, gif, webp).")
+    kind: str | None = Field(
+        None, description="Multi-frame uploads: the file's kind (dicom, tiff, gif, webp, png, nifti, metaimage, nrrd)."
+    )
 
 
 class VideoJobAccepted(Strict):

@@ -10,6 +10,7 @@ never carry the upload's name (a file name can hold a patient's name): they say 
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ SUFFIX = {  # each upload kind's file suffix, for the decoder
     "gif": ".gif",
     "avif": ".avif",
 }
-KINDS = "PNG, JPEG, TIFF, BMP, GIF, WebP, AVIF or DICOM"  # the images an upload may be, in words
+KINDS = "PNG, JPEG, TIFF, BMP, GIF, WebP, AVIF, DICOM or NIfTI / MetaImage (.mha) / NRRD"  # the images an upload
+# may be, in words
 AVIF_BRANDS = (b"avif", b"avis")  # an ISO-BMFF file (ftyp, as MP4) holding an AVIF image or image sequence
 
 
@@ -137,26 +139,60 @@ def _is_avif(data: bytes) -> bool:
     return any(brands[k : k + 4] in AVIF_BRANDS for k in range(0, len(brands) - 3, 4))
 
 
-def _volume_hint(data: bytes) -> str:
-    """A hint for an upload that looks like a volume file (NIfTI, compressed or not; MetaImage; NRRD), which the
-    server does not take: `medcad predict` reads those files; "" otherwise."""
+def sniff_volume(data: bytes) -> tuple[str | None, str]:
+    """A volume file the server reads from one upload, by its first bytes: ("nifti", ".nii" or ".nii.gz"),
+    ("metaimage", ".mha": its voxels in the file) or ("nrrd", ".nrrd": its data attached), the suffix to decode it
+    by; (None, why) for a volume header whose voxel data are another file, which one upload cannot bring (a .mhd,
+    a NIfTI or Analyze .hdr, a detached NRRD); (None, "") for anything else."""
     import gzip
     import zlib
 
-    head = data[:352]
+    head, suffix = data[:352], ".nii"
     if data[:2] == b"\x1f\x8b":  # gzip: a .nii.gz, by the NIfTI magic inside
         try:
-            head = gzip.GzipFile(fileobj=io.BytesIO(data)).read(352)
+            head, suffix = gzip.GzipFile(fileobj=io.BytesIO(data)).read(352), ".nii.gz"
         except (OSError, EOFError, zlib.error):
-            return ""
-    volume = head[344:348] in (b"n+1\0", b"ni1\0", b"n+2\0") or head[4:8] in (b"n+2\0", b"ni2\0")
-    volume = volume or data[:12].startswith((b"ObjectType", b"NDims", b"NRRD000"))
-    return (
-        " (it looks like a volume file, NIfTI, MetaImage or NRRD: the server takes 2-D images; `medcad predict` reads "
-        "volume files)"
-        if volume
-        else ""
-    )
+            return None, ""
+    if head[344:348] == b"n+1\0" or head[4:8] == b"n+2\0":  # NIfTI-1 or -2, one file (NIfTI-2 refused as it is read)
+        return "nifti", suffix
+    pair = " whose voxel data are in another file, which one upload cannot bring: send one {}"
+    if head[344:348] == b"ni1\0" or head[4:8] == b"ni2\0" or head[:4] in (b"\x5c\x01\0\0", b"\0\0\x01\x5c"):
+        return None, "a NIfTI or Analyze header (.hdr)" + pair.format(".nii or .nii.gz file")
+    text = data[:4096].decode("latin-1")
+    if text.startswith(("ObjectType", "NDims")):
+        if re.search(r"^ElementDataFile\s*=\s*LOCAL\s*$", text, re.MULTILINE):
+            return "metaimage", ".mha"
+        return None, "a MetaImage header (.mhd)" + pair.format(".mha file")
+    if text.startswith("NRRD000"):
+        if re.search(r"^data ?file:", text.split("\n\n")[0], re.MULTILINE):
+            return None, "a detached NRRD header (.nhdr)" + pair.format(".nrrd file with its data attached")
+        return "nrrd", ".nrrd"
+    return None, ""
+
+
+VOLUME_KINDS = ("nifti", "metaimage", "nrrd")  # volume uploads (`sniff_volume`), read by SimpleITK as files
+
+
+def _check_voxels(path: Path, limits: Limits) -> None:
+    """Refuse a volume upload of more voxels, all its pages together, than `limits.max_pixels`: SimpleITK decodes a
+    volume whole, so the limit that keeps one image's pixels within memory counts every page of it.
+
+    Raises:
+        UploadError: 413 for too many voxels, 422 for a header that cannot be read.
+    """
+    from medcad.data.volumes import volume_info
+
+    try:
+        w, h, pages = volume_info(path)
+    except DataError as e:
+        raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
+    if w * h * pages > limits.max_pixels:
+        raise UploadError(
+            413,
+            f"the upload is a volume of {w} x {h} x {pages} voxels ({w * h * pages / 1e6:.1f} million), more than this "
+            f"server's limit of {limits.max_pixels / 1e6:.0f} million (medcad serve --max-pixels, which counts every "
+            "page of a volume: it is decoded whole); send fewer pages, or `medcad predict` the file",
+        )
 
 
 def sniff_video(data: bytes) -> bool:
@@ -253,26 +289,31 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             f"the upload is {len(data)} bytes, larger than this server's image limit of {limits.max_image_bytes} bytes "
             "(medcad serve --max-upload-mb); send a smaller image",
         )
-    kind = sniff(data)
+    kind, suffix = sniff(data), None
     if kind is None:
-        hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else _volume_hint(data)
+        kind, suffix = sniff_volume(data)
+    if kind is None:
+        hint = " (it looks like a video: POST it to /predict/video)" if sniff_video(data) else ""
+        hint = hint or (f" (it is {suffix})" if suffix else "")
         raise UploadError(
             415,
             f"the upload is not a {KINDS} image by its content{hint}; medcad decides "
             "by the bytes, not the file name or content type",
         )
-    paged = kind in ("dicom", "tiff", "gif", "webp", "png")  # a PNG may be animated (APNG)
+    paged = kind in ("dicom", "tiff", "gif", "webp", "png", *VOLUME_KINDS)  # a PNG may be animated (APNG)
     if frame and not paged:
         raise UploadError(
             422,
             f"the upload is a single {kind.upper()} image: frame {frame} does not exist (frame= picks a frame of a "
             "multi-frame DICOM or a page of a TIFF, GIF, WebP or animated PNG)",
         )
-    header = check_pixels(data, kind, limits, frame)
-    with tempfile.NamedTemporaryFile(dir=workdir, suffix=SUFFIX[kind]) as f:
+    header = None if kind in VOLUME_KINDS else check_pixels(data, kind, limits, frame)
+    with tempfile.NamedTemporaryFile(dir=workdir, suffix=suffix or SUFFIX[kind]) as f:
         f.write(data)
         f.flush()
         try:
+            if kind in VOLUME_KINDS:
+                _check_voxels(Path(f.name), limits)
             rgb = read_image(f.name, frame=frame if paged else None)
             if kind == "dicom":
                 frames = int(header.get("NumberOfFrames", 1) or 1)
@@ -284,4 +325,9 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             raise UploadError(422, f"frame={frame} is beyond the upload's frames: it {e.problem}") from e
         except DataError as e:
             raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
+        finally:
+            if kind in VOLUME_KINDS:  # its voxels, kept for a file's next page, freed with the file
+                from medcad.data.volumes import forget
+
+                forget(Path(f.name))
     return Upload(rgb, kind, header, frame, frames, pages[0])
