@@ -454,8 +454,11 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
     sitk.WriteImage(seq, str(folder / "seq.nii.gz"))
     sitk.WriteImage(sitk.GetImageFromArray(frame), str(folder / "plain.nii"))  # its mask had failed to be written
     out = tmp_path / "out"
-    for _ in range(2):  # the second run replaces what the first wrote
-        res = runner.invoke(app, ["predict", str(tiny_segmenter), str(folder), "--out", str(out), "--threshold", "0.3"])
+    cine = sitk.JoinSeries([sitk.GetImageFromArray(frame[None]), sitk.GetImageFromArray(frame[None])])  # (x, y, 1, t)
+    sitk.WriteImage(cine, str(folder / "cine4d.nii.gz"))  # NIfTI keeps time on dim 4: its mask had crashed predict
+    for _ in range(2):  # the second run replaces what the first wrote; a batch of 1: the table on disk as it ends
+        cmd = ["predict", str(tiny_segmenter), str(folder), "--out", str(out), "--threshold", "0.3", "--batch", "1"]
+        res = runner.invoke(app, cmd)
         assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     masks = dict(zip(table["image"].map(lambda p: Path(p).name), table["mask_file"], strict=True))
@@ -466,7 +469,10 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
         "plain.nii": "plain_mask.nii",
         "seq.nii.gz#0": "seq_mask.nii.gz",
         "seq.nii.gz#1": "seq_mask.nii.gz",
+        "cine4d.nii.gz#0": "cine4d_mask.nii.gz",
+        "cine4d.nii.gz#1": "cine4d_mask.nii.gz",
     }, masks
+    assert sitk.ReadImage(str(out / "cine4d_mask.nii.gz")).GetSize() == (48, 48, 1, 2)
     written = sitk.ReadImage(str(out / "case_0000_mask.nii.gz"))
     assert written.GetSize() == image.GetSize() and written.GetSpacing() == image.GetSpacing()
     assert written.GetOrigin() == image.GetOrigin() and written.GetDirection() == image.GetDirection()
@@ -489,9 +495,12 @@ def test_a_volume_slices_mask_is_written_like_it_and_claimed(tiny_segmenter: Pat
     assert res.exit_code != 0 and "case_0000_mask.nii.gz: exists and was not written by predict" in res.output
 
 
-def test_a_stack_whose_page_failed_keeps_its_other_pages_masks(tiny_segmenter: Path, tmp_path: Path) -> None:
-    """A stack whose pages are predicted whole but one fails (injected here: a volume decodes whole or not at all)
-    writes no volume of the pages it has; their masks are written as PNGs and named in their rows, not lost."""
+def test_a_stack_cut_short_keeps_its_pages_masks_and_a_taken_name_keeps_pngs(
+    tiny_segmenter: Path, tmp_path: Path
+) -> None:
+    """A stack whose pages are predicted whole but one fails, or whose predict is interrupted, keeps the PNG masks of
+    the pages it predicted, named in predictions.csv (injected here: a volume decodes whole or not at all); a stack
+    `a/seq.nii.gz` beside a one-page `b/seq.nii.gz`, whose mask takes the name `seq_mask.nii.gz`, keeps PNGs."""
     import SimpleITK as sitk
 
     from medcad.inference.files import predict_image_files
@@ -508,11 +517,37 @@ def test_a_stack_whose_page_failed_keeps_its_other_pages_masks(tiny_segmenter: P
             lost = not isinstance(pred, DataError) and pred.image.endswith("#1")
             yield (DataError(Path(f"{path}#1"), "page lost") if lost else pred), image
 
+    def stopped_after_page_1(paths, *args, **kwargs):
+        for pred, image in real(paths, *args, **kwargs):
+            yield pred, image
+            if pred.image.endswith("#1"):
+                raise KeyboardInterrupt
+
     predictor.predict_files = page_1_lost
-    table, _ = predict_image_files(predictor, [f"{path}#{k}" for k in range(3)], tmp_path / "out")
-    assert list(table["mask_file"].fillna("")) == ["seq_frame0_mask.png", "", "seq_frame2_mask.png"]
-    assert list(table["status"]) == ["ok", "failed", "ok"]
-    assert sorted(p.name for p in (tmp_path / "out").glob("seq*mask*")) == [
+    out = tmp_path / "out"
+    table, _ = predict_image_files(predictor, [f"{path}#{k}" for k in range(3)], out, batch=1)
+    on_disk = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(table["mask_file"].fillna("")) == list(on_disk["mask_file"])
+    assert list(on_disk["mask_file"]) == ["seq_frame0_mask.png", "", "seq_frame2_mask.png"]
+    assert list(on_disk["status"]) == ["ok", "failed", "ok"]
+    assert sorted(p.name for p in out.glob("seq*mask*")) == ["seq_frame0_mask.png", "seq_frame2_mask.png"]
+    predictor.predict_files = stopped_after_page_1
+    with pytest.raises(KeyboardInterrupt):
+        predict_image_files(predictor, [f"{path}#{k}" for k in range(3)], tmp_path / "stopped", batch=1)
+    partial = pd.read_csv(tmp_path / "stopped" / "predictions.csv.partial", keep_default_na=False)
+    assert list(partial["mask_file"]) == ["seq_frame0_mask.png", "seq_frame1_mask.png"]
+    assert all((tmp_path / "stopped" / name).is_file() for name in partial["mask_file"])
+    predictor.predict_files = real
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path.rename(tmp_path / "a" / "seq.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(frame[None]), str(tmp_path / "b" / "seq.nii.gz"))
+    items = [f"{tmp_path / 'a' / 'seq.nii.gz'}#{k}" for k in range(3)] + [str(tmp_path / "b" / "seq.nii.gz")]
+    table, _ = predict_image_files(predictor, items, tmp_path / "both")
+    assert list(table["mask_file"]) == [
         "seq_frame0_mask.png",
+        "seq_frame1_mask.png",
         "seq_frame2_mask.png",
+        "seq_mask.nii.gz",
     ]
+    assert sitk.ReadImage(str(tmp_path / "both" / "seq_mask.nii.gz")).GetSize() == (48, 48, 1)  # b's, not a's

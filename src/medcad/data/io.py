@@ -365,38 +365,49 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
 
         return read_dicom_frame(p, 0 if frame is None else int(frame))
     arr, fmt, _ = decode_pil(p, None, page=frame)  # in full: every command's model input decodes alike
-    if (whole := _stack_scale(p)) is not None:  # a stack: one scale for all its pages
+    if (whole := _stack_scale(p, frame)) is not None:  # a stack: one scale for all its pages
         return to_rgb(arr, whole[1], whole[0])
     scale = integer_scale(arr, p, fmt)
     return to_rgb(arr) if scale is None else to_rgb(arr, scale[1], scale[0])
 
 
-def _stack_scale(path: Path) -> tuple[float, float, str] | None:
-    """How a stack's pages scale to 8 bits, all alike (a volume's: `volumes.stack_scale`; a TIFF's:
-    `_tiff_stack_scale`), or None for a file of one page or of 8-bit values."""
+def _stack_scale(path: Path, frame: int | None = None) -> tuple[float, float, str] | None:
+    """How page `frame` of a stack scales to 8 bits, as all its pages do (a volume's: `volumes.stack_scale`; a TIFF's
+    image pages: `_tiff_stack_scale`), or None for a file of one page or of 8-bit values, and a TIFF's thumbnail."""
     if volume_format(path):
         from medcad.data.volumes import stack_scale as volume_stack_scale
 
         return volume_stack_scale(path)
-    return _tiff_stack_scale(path) if is_tiff(path) else None
+    if not is_tiff(path):
+        return None
+    scale, images = _tiff_stack_scale(path)
+    return scale if frame is None or frame in images else None
 
 
 @per_file_version(maxsize=256)
-def _tiff_stack_scale(path: Path) -> tuple[float, float, str] | None:
-    """How a TIFF stack's image pages scale to 8 bits, decided over all of them at once (`pixels.stack_scale`), kept
-    per file version (its pages are read once, not once per page); None for a TIFF of one image page, of 8-bit
-    samples (from the pages' headers, nothing decoded), or one tifffile cannot parse (Pillow reads that page by
-    page). Decided page by page, a 16-bit cine's frames had come out at other brightnesses: a frame whose values stay
-    below 4096 was read as 12-bit, the next, reaching 5000, as 16-bit (3000 -> 187, then 12)."""
+def _tiff_stack_scale(path: Path) -> tuple[tuple[float, float, str] | None, frozenset[int]]:
+    """(how a TIFF stack's image pages scale to 8 bits, decided over all of them at once: `pixels.stack_scale`, those
+    pages), kept per file version (its pages are read once per process, not once per page). The scale is None for a
+    TIFF of one image page, of 8-bit samples (from the pages' headers, nothing decoded), or one tifffile cannot parse
+    (Pillow reads that page by page); pages that cannot be decoded are left out of it and said (each fails as itself
+    when read). Decided page by page, a 16-bit cine's frames had come out at other brightnesses: a frame whose values
+    stay below 4096 was read as 12-bit, the next, reaching 5000, as 16-bit (3000 -> 187, then 12)."""
     try:
-        images, _ = pages(path)
-        types = sample_types(path, images)
+        images = pages(path)[0]
+        if len(images) < 2 or sample_types(path, images) <= {np.dtype(np.uint8), np.dtype(bool)}:
+            return None, frozenset(images)
     except PillowReads:
-        return None
-    if len(images) < 2 or types <= {np.dtype(np.uint8), np.dtype(bool)}:
-        return None
-    values = np.concatenate([decode_pil(path, None, page=k)[0].ravel() for k in images])
-    return stack_scale(values, path, len(images))
+        return None, frozenset()
+    decoded, failed = [], []
+    for k in images:
+        try:
+            decoded.append(decode_pil(path, None, page=k)[0].ravel())
+        except DataError:
+            failed.append(k)
+    scale = stack_scale(np.concatenate(decoded), path, len(decoded)) if decoded else None
+    if scale is not None and failed:
+        scale = (*scale[:2], f"{scale[2]} (page(s) {', '.join(map(str, failed))} left out: they cannot be decoded)")
+    return scale, frozenset(images)
 
 
 def image_size(path: str | Path, frame: int | None = None) -> tuple[int, int]:
@@ -471,7 +482,7 @@ def describe_image(path: str | Path) -> list[str]:
         if is_tiff(p):
             try:
                 notes, dtype = page_notes(p)
-                if (whole := _tiff_stack_scale(p)) is not None:  # decided over all its pages
+                if (whole := _tiff_stack_scale(p)[0]) is not None:  # decided over all its pages
                     return notes + [whole[2]]
                 if dtype not in (np.uint8, bool):  # values decide the scaling: decoded, as for 16-bit PNGs
                     notes += scaling_notes(decode_pil(p, None)[0], p, "TIFF")

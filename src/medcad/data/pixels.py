@@ -87,7 +87,9 @@ def stack_scale(values: np.ndarray, path: Path, pages: int) -> tuple[float, floa
     else:
         finite = values[np.isfinite(values)].astype(np.float32)
         decided = float_range(finite) if finite.size else None
-    return None if decided is None else (decided[0], decided[1], f"{decided[2]}, over all {pages} pages")
+    if decided is None:
+        return None
+    return decided[0], decided[1], "; ".join([f"{decided[2]}, over all {pages} pages", *nonfinite_notes(values)])
 
 
 UNSCALED_BITS = (8, 10, 12)  # data of these depths is often written unscaled in 16-bit files
@@ -201,7 +203,10 @@ def scaling_notes(arr: np.ndarray, path: Path, fmt: str) -> list[str]:
         notes = [f"floating-point ({arr.dtype.itemsize * 8}-bit) pixels of whole numbers read as {bits}-bit values"]
     else:
         notes = [f"floating-point ({arr.dtype.itemsize * 8}-bit) pixels scaled (0..1, else own range)"]
-    bad = int((~np.isfinite(arr)).sum())
-    if bad:
-        notes.append(f"{bad} pixels NaN or infinite: NaN read as the lowest value, -inf/+inf as the ends")
-    return notes
+    return notes + nonfinite_notes(arr)
+
+
+def nonfinite_notes(arr: np.ndarray) -> list[str]:
+    """How NaN and infinite floats decode, in words, where `arr` holds any; else []."""
+    bad = int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+    return [f"{bad} pixels NaN or infinite: NaN read as the lowest value, -inf/+inf as the ends"] if bad else []

@@ -443,10 +443,13 @@ def write_like(source: Path, labels: np.ndarray, out: Path) -> None:
     voxels = tuple(reversed(reader.GetSize()))  # SimpleITK's array order: (..., pages, H, W)
     if labels.size != int(np.prod(voxels)) or labels.shape[-2:] != voxels[-2:]:
         raise ValueError(f"labels {labels.shape} do not fill {source.name}'s voxels {voxels}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(labels.reshape(voxels)))
-    image.SetSpacing(reader.GetSpacing())
-    image.SetOrigin(reader.GetOrigin())
-    image.SetDirection(reader.GetDirection())
+    try:  # one value a voxel: a 4-D array's last axis is not colour (a NIfTI cine (x, y, 1, t) had crashed predict)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(labels.reshape(voxels)), isVector=False)
+        image.SetSpacing(reader.GetSpacing())
+        image.SetOrigin(reader.GetOrigin())
+        image.SetDirection(reader.GetDirection())
+    except RuntimeError as e:  # ITK refuses the geometry: named, not a traceback after the stack was predicted
+        raise DataError(out, f"cannot write the mask like {source.name} ({str(e).strip().splitlines()[-1]})") from e
     try:
         with atomic_path(out) as tmp:
             # a name ending in the whole suffix (`.nii.gz`: the temporary file ends in `.gz` alone), as ITK writes it

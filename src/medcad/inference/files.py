@@ -190,7 +190,8 @@ def whole_stacks(names: dict[str, str]) -> dict[str, tuple[Path, str, int]]:
     """The items that are pages of a volume stack predicted whole, every page among `names` (`output_names`): item ->
     (the stack's file, the name of its one mask file, its page count). Its masks are written as one volume like it
     (`volumes.write_like`), as nnU-Net writes a prediction and ITK-SNAP lays a sequence's segmentation over it: a
-    CAMUS 2-D+t sequence's masks had come out as a PNG per frame. Pages predicted alone (`seq.nii.gz#3`) keep PNGs."""
+    CAMUS 2-D+t sequence's masks had come out as a PNG per frame. Pages predicted alone (`seq.nii.gz#3`), and a stack
+    whose volume's name another input's outputs take (`b/seq.nii.gz` beside the stack `a/seq.nii.gz`), keep PNGs."""
     from medcad.data.filekinds import volume_format
     from medcad.data.volumes import mask_suffix, volume_info
 
@@ -199,16 +200,16 @@ def whole_stacks(names: dict[str, str]) -> dict[str, tuple[Path, str, int]]:
         source, frame = split_frame(item)
         if frame is not None and volume_format(source):
             pages_of.setdefault(source, {})[frame] = str(item)
-    stacks = {}
+    stacks, stems = {}, set(names.values())
     for source, pages in pages_of.items():
         try:
             count = volume_info(source)[2]
         except DataError:
             continue  # unreadable: each page fails as itself
-        first = names[pages[0]] if 0 in pages else ""
-        if count > 1 and set(pages) == set(range(count)) and first.endswith("_frame0"):
-            name = f"{first.removesuffix('_frame0')}_mask{mask_suffix(source)}"
-            stacks |= {item: (source, name, count) for item in pages.values()}
+        base = names[pages[0]].removesuffix("_frame0") if 0 in pages else ""
+        # a name another input's outputs take (`b/seq.nii.gz` beside the stack `a/seq.nii.gz`): PNGs per page
+        if count > 1 and set(pages) == set(range(count)) and base not in stems and f"{base}_frame0" in stems:
+            stacks |= {item: (source, f"{base}_mask{mask_suffix(source)}", count) for item in pages.values()}
     return stacks
 
 
@@ -217,24 +218,25 @@ def _labels(mask_image: np.ndarray, label_map: bool) -> np.ndarray:
     return mask_image if label_map else mask_image // 255
 
 
-def _hold_stack_page(pred, stack: tuple[Path, str, int], held: dict, row: int) -> tuple[Path, str, dict] | None:
-    """Keep a stack page's mask in `held` (with its `row` in the table) until its stack's last page (`whole_stacks`);
-    then give (the stack, its mask volume's name, {page: (row, mask image, label map?)}) for `_write_stack`."""
+def _stack_page(
+    pred, stack: tuple[Path, str, int], held: dict, row: int, rows: list, summaries: list, out: Path
+) -> None:
+    """Keep the mask of a page of a stack predicted whole (`whole_stacks`), whose PNG mask is written and named in its
+    row meanwhile (an interrupted predict keeps it); at the stack's last page, write its masks as one volume like it
+    (`volumes.write_like`), remove the pages' PNGs and name the volume in their rows. A stack one of whose pages
+    fails keeps its other pages' PNGs."""
     source, name, count = stack
     pages = held.setdefault(source, {})
-    pages[split_frame(pred.image)[1]] = (row, pred.mask.mask_image(), pred.mask.class_map is not None)
-    return (source, name, held.pop(source)) if len(pages) == count else None
-
-
-def _write_stack(source: Path, name: str, pages: dict, out: Path) -> None:
-    """Write a stack's page masks (`_hold_stack_page`) as one volume like it, `out / name` (`volumes.write_like`)."""
+    pages[split_frame(pred.image)[1]] = (row, _labels(pred.mask.mask_image(), pred.mask.class_map is not None))
+    if len(pages) < count:
+        return
     from medcad.data.volumes import write_like
 
-    write_like(
-        source,
-        np.stack([_labels(image, label_map) for _, image, label_map in map(pages.get, sorted(pages))]),
-        out / name,
-    )
+    del held[source]
+    write_like(source, np.stack([pages[k][1] for k in range(count)]), out / name)
+    for i, _ in pages.values():
+        (out / rows[i]["mask_file"]).unlink(missing_ok=True)
+        rows[i]["mask_file"] = summaries[i]["mask_file"] = name
 
 
 def predict_image_files(
@@ -281,7 +283,7 @@ def predict_image_files(
     written = 0
     items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
     names = output_names(paths) if names is None else names
-    stacks, held = whole_stacks(names), {}  # held: a stack's page masks until its last page
+    stacks, held = whole_stacks(names), {}  # held: a stack's page masks until its last page (`_stack_page`)
     for k, (pred, image) in enumerate(items):
         if isinstance(pred, DataError):
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
@@ -292,31 +294,22 @@ def predict_image_files(
             if overlays:
                 write_png(out / f"{stem}_overlay.png", pred.draw(image))
                 files["overlay_file"] = f"{stem}_overlay.png"
-            if pred.mask is not None and pred.image in stacks:  # named once its stack's volume is written
-                files["mask_file"] = ""
-                if whole := _hold_stack_page(pred, stacks[pred.image], held, len(rows)):
-                    _write_stack(*whole, out)
-                    files["mask_file"] = whole[1]
-                    for i, _, _ in whole[2].values():
-                        if i < len(rows):  # the stack's earlier pages
-                            rows[i]["mask_file"] = summaries[i]["mask_file"] = whole[1]
-            elif pred.mask is not None:
+            if pred.mask is not None:
                 files["mask_file"] = _write_mask(pred, out, stem)
             doubts = "; ".join(prediction_warnings(pred, image, predictor.config.image_size))
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
             summaries.append(pred.summary() | files | ({"warnings": doubts} if doubts else {}))
+            if pred.mask is not None and pred.image in stacks:
+                _stack_page(pred, stacks[pred.image], held, len(rows) - 1, rows, summaries, out)
             columns = columns or list(rows[-1])
         if (columns is not None and (k + 1) % batch == 0) or k + 1 == len(paths):
             chunk = pd.DataFrame(rows[written:])
             chunk = chunk.reindex(columns=columns) if columns else chunk
             chunk.to_csv(partial, mode="a", header=written == 0, index=False)
             written = len(rows)
-    for pages in held.values():  # a stack some of whose pages failed: its other pages' masks as PNGs, not lost
-        for i, image, _ in pages.values():
-            name = f"{names[rows[i]['image']]}_mask.png"
-            write_png(out / name, image)
-            rows[i]["mask_file"] = summaries[i]["mask_file"] = name
     table = pd.DataFrame(rows)
-    if rows:
-        os.replace(partial, RunFolder(out).predictions)
+    if rows:  # the whole table, as the rows end (a stack's pages name its volume), replaces the partial one
+        with atomic_path(RunFolder(out).predictions) as tmp:
+            (table.reindex(columns=columns) if columns else table).to_csv(tmp, index=False)
+        partial.unlink(missing_ok=True)
     return table, summaries
