@@ -57,6 +57,27 @@ def dicom_bytes(tmp_path: Path, pixels: bool = True) -> bytes:
     return path.read_bytes()
 
 
+META_NAMING_A_FILE = (
+    b"ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\n"
+    b"ElementDataFile = /etc/hostname\nElementDataFile = LOCAL\n" + bytes(64)
+)
+
+
+def nifti_claiming(dims: tuple[int, ...]) -> bytes:
+    """A small .nii.gz whose header declares `dims` (int16 dim[1..] at byte 42) over 64 bytes of voxels: refused by
+    its header, before anything is decompressed (it had been decompressed whole first)."""
+    import gzip
+    import struct
+
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, len(dims), *dims, *([1] * (7 - len(dims))))
+    struct.pack_into("<hh", header, 70, 2, 8)  # uint8, 8 bits
+    struct.pack_into("<f", header, 108, 352.0)  # vox_offset
+    header[344:348] = b"n+1\0"
+    return gzip.compress(bytes(header) + bytes(4) + bytes(64))
+
+
 def bad_requests(image: bytes, tmp_path: Path) -> dict:
     """name -> (request kwargs, expected status, words the message must hold), for a server with a 1 MiB upload
     limit and 4 megapixels."""
@@ -80,7 +101,10 @@ def bad_requests(image: bytes, tmp_path: Path) -> dict:
         "video": (dict(files={"file": ("x.png", b"\0\0\0\x18ftypmp42" + bytes(100))}), 415, "/predict/video"),
         # 6 million voxels, under the 4-megapixel limit page by page: a volume decodes whole, so all its pages count
         "volume": (dict(files={"file": ("x", (tmp_path / "cine.nii.gz").read_bytes())}), 413, "2000 x 1000 x 3 voxels"),
-        "volume header": (dict(files={"file": ("x", (tmp_path / "header.mhd").read_bytes())}), 415, "send one .mha"),
+        "volume header": (dict(files={"file": ("x", (tmp_path / "header.mhd").read_bytes())}), 415, "one NIfTI file"),
+        "volume bomb": (dict(files={"file": ("x", nifti_claiming((30000, 30000, 1000)))}), 413, "30000 x 30000 x 1000"),
+        # a MetaImage may name any file on the server as its voxels (ITK reads the first ElementDataFile): never taken
+        "metaimage": (dict(files={"file": ("x", META_NAMING_A_FILE)}), 415, "may name any file as its voxel data"),
     }
 
 
@@ -211,7 +235,7 @@ def test_classifier_routes_and_bad_requests(
         wide = dict(files={"file": ("x.png", png(np.zeros((8, 8, 3), np.uint8)))})
         check_refusals(client, bad_requests(image, tmp_path), good)
         refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
-        assert refused == {"400": 3, "413": 4, "415": 3, "422": 2}, refused
+        assert refused == {"400": 3, "413": 5, "415": 4, "422": 2}, refused
         assert client.post("/predict?mask=jpeg", **wide).status_code == 400
         r = client.post("/predict?format=dicom", files={"file": ("x.dcm", dicom_bytes(tmp_path))})
         assert r.status_code == 400 and "needs a mask" in r.json()["detail"]
@@ -271,7 +295,7 @@ def test_refusals_on_the_real_server(tiny_run: Path, easy_set: Path, tmp_path: P
 
         check_refusals(client, bad_requests(image, tmp_path), good)
         refused = client.get("/health").json()["refused_by_status"]  # the uploads refused, by status
-        assert refused == {"400": 3, "413": 4, "415": 3, "422": 2}, refused
+        assert refused == {"400": 3, "413": 5, "415": 4, "422": 2}, refused
 
 
 def test_queue_full_and_timeout(tiny_run: Path, easy_set: Path) -> None:

@@ -381,7 +381,7 @@ def _stack_scale(path: Path, frame: int | None = None) -> tuple[float, float, st
     if not is_tiff(path):
         return None
     scale, images = _tiff_stack_scale(path)
-    return scale if frame is None or frame in images else None
+    return scale if (frame or 0) in images else None
 
 
 @per_file_version(maxsize=256)

@@ -314,10 +314,17 @@ def volume_size(path: Path, page: int | None = None) -> tuple[int, int]:
     return w, h
 
 
+def header_voxels(path: Path) -> tuple[int, ...] | None:
+    """The sizes of every dimension a NIfTI file's header declares, from its first bytes (nothing decompressed beyond
+    them: a server checks an upload's voxel count by it before reading the file); None for other files."""
+    header = _nifti_header(path) if volume_format(path) in _NIFTI else None
+    return None if header is None else tuple(int(n) for n in header.dims[1 : 1 + header.dims[0]])
+
+
 def forget(path: Path) -> None:
-    """Free what is kept of a volume file (its voxels, header sizes, geometry) before it is deleted: a server's upload
-    had stayed in memory until four later files were read."""
-    for kept in (_voxels, volume_info, _geometry):
+    """Free what is kept of a volume file (its voxels, header sizes, geometry, scale) before it is deleted: a server's
+    upload had stayed in memory until four later files were read."""
+    for kept in (_voxels, volume_info, _geometry, stack_scale):
         kept.forget(path)
 
 

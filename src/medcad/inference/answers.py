@@ -89,7 +89,7 @@ class PredictAnswer(Strict):
     frames: int | None = None
     pages: list[int] | None = Field(None, description="The frames that are images of the set (a TIFF's).")
     kind: str | None = Field(
-        None, description="Multi-frame uploads: the file's kind (dicom, tiff, gif, webp, png, nifti, metaimage, nrrd)."
+        None, description="Multi-frame uploads: the file's kind (dicom, tiff, gif, webp, png, nifti)."
     )
 
 

@@ -220,23 +220,32 @@ def _labels(mask_image: np.ndarray, label_map: bool) -> np.ndarray:
 
 def _stack_page(
     pred, stack: tuple[Path, str, int], held: dict, row: int, rows: list, summaries: list, out: Path
-) -> None:
+) -> list:
     """Keep the mask of a page of a stack predicted whole (`whole_stacks`), whose PNG mask is written and named in its
     row meanwhile (an interrupted predict keeps it); at the stack's last page, write its masks as one volume like it
-    (`volumes.write_like`), remove the pages' PNGs and name the volume in their rows. A stack one of whose pages
-    fails keeps its other pages' PNGs."""
+    (`volumes.write_like`) and name it in the pages' rows. Gives the PNGs it replaces, for the caller to remove once
+    the finished table names the volume (until then, the partial table names them). A stack one of whose pages
+    fails, or whose volume cannot be written (said in its rows' warnings), keeps its pages' PNGs."""
     source, name, count = stack
     pages = held.setdefault(source, {})
     pages[split_frame(pred.image)[1]] = (row, _labels(pred.mask.mask_image(), pred.mask.class_map is not None))
     if len(pages) < count:
-        return
+        return []
     from medcad.data.volumes import write_like
 
     del held[source]
-    write_like(source, np.stack([pages[k][1] for k in range(count)]), out / name)
+    try:
+        write_like(source, np.stack([pages[k][1] for k in range(count)]), out / name)
+    except DataError as e:
+        for i, _ in pages.values():
+            said = f"its stack's mask volume cannot be written ({e.problem}): its PNG mask kept"
+            rows[i]["warnings"] = "; ".join(filter(None, [rows[i].get("warnings", ""), said]))
+            summaries[i]["warnings"] = rows[i]["warnings"]
+        return []
+    replaced = [rows[i]["mask_file"] for i, _ in pages.values()]
     for i, _ in pages.values():
-        (out / rows[i]["mask_file"]).unlink(missing_ok=True)
         rows[i]["mask_file"] = summaries[i]["mask_file"] = name
+    return replaced
 
 
 def predict_image_files(
@@ -283,7 +292,8 @@ def predict_image_files(
     written = 0
     items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
     names = output_names(paths) if names is None else names
-    stacks, held = whole_stacks(names), {}  # held: a stack's page masks until its last page (`_stack_page`)
+    stacks, held, replaced = whole_stacks(names), {}, []  # a stack's page masks until its last page (`_stack_page`)
+    chunks = []  # the rows each append to the partial table took: the finished table is written in the same pieces
     for k, (pred, image) in enumerate(items):
         if isinstance(pred, DataError):
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
@@ -300,16 +310,23 @@ def predict_image_files(
             rows.append({"image": pred.image, "status": OK, "error": ""} | pred.row() | files | {"warnings": doubts})
             summaries.append(pred.summary() | files | ({"warnings": doubts} if doubts else {}))
             if pred.mask is not None and pred.image in stacks:
-                _stack_page(pred, stacks[pred.image], held, len(rows) - 1, rows, summaries, out)
+                replaced += _stack_page(pred, stacks[pred.image], held, len(rows) - 1, rows, summaries, out)
             columns = columns or list(rows[-1])
         if (columns is not None and (k + 1) % batch == 0) or k + 1 == len(paths):
             chunk = pd.DataFrame(rows[written:])
             chunk = chunk.reindex(columns=columns) if columns else chunk
             chunk.to_csv(partial, mode="a", header=written == 0, index=False)
+            chunks.append((written, len(rows)))
             written = len(rows)
     table = pd.DataFrame(rows)
-    if rows:  # the whole table, as the rows end (a stack's pages name its volume), replaces the partial one
+    if rows:  # the rows as they end (a stack's pages name its volume), in the partial table's pieces (a piece of
+        # rows without a failed one writes its whole numbers as such), replace the partial table
         with atomic_path(RunFolder(out).predictions) as tmp:
-            (table.reindex(columns=columns) if columns else table).to_csv(tmp, index=False)
+            for start, end in chunks:
+                chunk = pd.DataFrame(rows[start:end])
+                chunk = chunk.reindex(columns=columns) if columns else chunk
+                chunk.to_csv(tmp, mode="a", header=start == 0, index=False)
         partial.unlink(missing_ok=True)
+        for name in replaced:  # a whole stack's page PNGs, which its volume replaces
+            (out / name).unlink(missing_ok=True)
     return table, summaries

@@ -10,7 +10,6 @@ never carry the upload's name (a file name can hold a patient's name): they say 
 from __future__ import annotations
 
 import io
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -43,8 +42,7 @@ SUFFIX = {  # each upload kind's file suffix, for the decoder
     "gif": ".gif",
     "avif": ".avif",
 }
-KINDS = "PNG, JPEG, TIFF, BMP, GIF, WebP, AVIF, DICOM or NIfTI / MetaImage (.mha) / NRRD"  # the images an upload
-# may be, in words
+KINDS = "PNG, JPEG, TIFF, BMP, GIF, WebP, AVIF, DICOM or NIfTI"  # the images an upload may be, in words
 AVIF_BRANDS = (b"avif", b"avis")  # an ISO-BMFF file (ftyp, as MP4) holding an AVIF image or image sequence
 
 
@@ -140,10 +138,11 @@ def _is_avif(data: bytes) -> bool:
 
 
 def sniff_volume(data: bytes) -> tuple[str | None, str]:
-    """A volume file the server reads from one upload, by its first bytes: ("nifti", ".nii" or ".nii.gz"),
-    ("metaimage", ".mha": its voxels in the file) or ("nrrd", ".nrrd": its data attached), the suffix to decode it
-    by; (None, why) for a volume header whose voxel data are another file, which one upload cannot bring (a .mhd,
-    a NIfTI or Analyze .hdr, a detached NRRD); (None, "") for anything else."""
+    """A volume file the server reads from one upload, by its first bytes: ("nifti", ".nii" or ".nii.gz"), the suffix
+    to decode it by. Only a one-file NIfTI (magic `n+1`; NIfTI-2 refused as it is read) is taken: its voxels are in
+    the file and its header can name no other file, whereas a MetaImage or NRRD header can name any file on the
+    server as its voxel data (ITK reads the first `ElementDataFile`, `DATA FILE:` in any case, past any comment),
+    which the answer would send back as an image. (None, why) for another volume file, (None, "") for anything else."""
     import gzip
     import zlib
 
@@ -153,45 +152,40 @@ def sniff_volume(data: bytes) -> tuple[str | None, str]:
             head, suffix = gzip.GzipFile(fileobj=io.BytesIO(data)).read(352), ".nii.gz"
         except (OSError, EOFError, zlib.error):
             return None, ""
-    if head[344:348] == b"n+1\0" or head[4:8] == b"n+2\0":  # NIfTI-1 or -2, one file (NIfTI-2 refused as it is read)
+    if head[344:348] == b"n+1\0" or head[4:8] == b"n+2\0":
         return "nifti", suffix
-    pair = " whose voxel data are in another file, which one upload cannot bring: send one {}"
+    send = "send it as one NIfTI file (.nii or .nii.gz), or `medcad predict` it"
     if head[344:348] == b"ni1\0" or head[4:8] == b"ni2\0" or head[:4] in (b"\x5c\x01\0\0", b"\0\0\x01\x5c"):
-        return None, "a NIfTI or Analyze header (.hdr)" + pair.format(".nii or .nii.gz file")
-    text = data[:4096].decode("latin-1")
-    if text.startswith(("ObjectType", "NDims")):
-        if re.search(r"^ElementDataFile\s*=\s*LOCAL\s*$", text, re.MULTILINE):
-            return "metaimage", ".mha"
-        return None, "a MetaImage header (.mhd)" + pair.format(".mha file")
-    if text.startswith("NRRD000"):
-        if re.search(r"^data ?file:", text.split("\n\n")[0], re.MULTILINE):
-            return None, "a detached NRRD header (.nhdr)" + pair.format(".nrrd file with its data attached")
-        return "nrrd", ".nrrd"
+        return None, f"a NIfTI or Analyze header (.hdr) whose voxel data are another file: {send}"
+    if data[:4096].lstrip().startswith((b"ObjectType", b"NDims", b"Comment", b"NRRD000")):
+        return None, f"a MetaImage or NRRD volume, whose header may name any file as its voxel data: {send}"
     return None, ""
 
 
-VOLUME_KINDS = ("nifti", "metaimage", "nrrd")  # volume uploads (`sniff_volume`), read by SimpleITK as files
+VOLUME_KINDS = ("nifti",)  # volume uploads (`sniff_volume`), read by SimpleITK as files
 
 
 def _check_voxels(path: Path, limits: Limits) -> None:
-    """Refuse a volume upload of more voxels, all its pages together, than `limits.max_pixels`: SimpleITK decodes a
-    volume whole, so the limit that keeps one image's pixels within memory counts every page of it.
+    """Refuse a NIfTI upload whose header declares more voxels, all its pages together, than `limits.max_pixels`,
+    before anything beyond its header is decompressed (a 97 kB .nii.gz declaring 900 billion voxels had been
+    decompressed whole first): SimpleITK decodes a volume whole, so the limit that keeps one image within memory
+    counts every page of it.
 
     Raises:
         UploadError: 413 for too many voxels, 422 for a header that cannot be read.
     """
-    from medcad.data.volumes import volume_info
+    from medcad.data.volumes import header_voxels
 
-    try:
-        w, h, pages = volume_info(path)
-    except DataError as e:
-        raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
-    if w * h * pages > limits.max_pixels:
+    sizes = header_voxels(path)
+    if not sizes:
+        raise UploadError(422, "the upload's NIfTI header cannot be read")
+    voxels = int(np.prod(sizes, dtype=np.float64))
+    if voxels > limits.max_pixels:
         raise UploadError(
             413,
-            f"the upload is a volume of {w} x {h} x {pages} voxels ({w * h * pages / 1e6:.1f} million), more than this "
-            f"server's limit of {limits.max_pixels / 1e6:.0f} million (medcad serve --max-pixels, which counts every "
-            "page of a volume: it is decoded whole); send fewer pages, or `medcad predict` the file",
+            f"the upload is a volume of {' x '.join(map(str, sizes))} voxels ({voxels / 1e6:.1f} million), more "
+            f"than this server's limit of {limits.max_pixels / 1e6:.0f} million (medcad serve --max-pixels, which "
+            "counts every page of a volume: it is decoded whole); send fewer pages, or `medcad predict` the file",
         )
 
 
@@ -323,8 +317,8 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
                 frames = max(pages[0] + pages[1]) + 1  # frame= numbers the file's pages, thumbnails included
         except NoSuchFrame as e:  # the request's, not the file's, fault
             raise UploadError(422, f"frame={frame} is beyond the upload's frames: it {e.problem}") from e
-        except DataError as e:
-            raise UploadError(422, f"the upload cannot be decoded: {e.problem}") from e
+        except DataError as e:  # the server's temporary path (ITK names it) is not the client's business
+            raise UploadError(422, f"the upload cannot be decoded: {e.problem.replace(f.name, 'the upload')}") from e
         finally:
             if kind in VOLUME_KINDS:  # its voxels, kept for a file's next page, freed with the file
                 from medcad.data.volumes import forget
