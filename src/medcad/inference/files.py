@@ -248,6 +248,12 @@ def _stack_page(
     return replaced
 
 
+def _append_rows(path: Path, rows: list[dict], start: int, end: int, columns: list[str] | None) -> None:
+    """Append `rows[start:end]` to a CSV table (its header with the first rows), in `columns` where known."""
+    chunk = pd.DataFrame(rows[start:end])
+    (chunk.reindex(columns=columns) if columns else chunk).to_csv(path, mode="a", header=start == 0, index=False)
+
+
 def predict_image_files(
     predictor: Predictor,
     paths: Sequence[Path],
@@ -313,9 +319,7 @@ def predict_image_files(
                 replaced += _stack_page(pred, stacks[pred.image], held, len(rows) - 1, rows, summaries, out)
             columns = columns or list(rows[-1])
         if (columns is not None and (k + 1) % batch == 0) or k + 1 == len(paths):
-            chunk = pd.DataFrame(rows[written:])
-            chunk = chunk.reindex(columns=columns) if columns else chunk
-            chunk.to_csv(partial, mode="a", header=written == 0, index=False)
+            _append_rows(partial, rows, written, len(rows), columns)
             chunks.append((written, len(rows)))
             written = len(rows)
     table = pd.DataFrame(rows)
@@ -323,9 +327,7 @@ def predict_image_files(
         # rows without a failed one writes its whole numbers as such), replace the partial table
         with atomic_path(RunFolder(out).predictions) as tmp:
             for start, end in chunks:
-                chunk = pd.DataFrame(rows[start:end])
-                chunk = chunk.reindex(columns=columns) if columns else chunk
-                chunk.to_csv(tmp, mode="a", header=start == 0, index=False)
+                _append_rows(tmp, rows, start, end, columns)
         partial.unlink(missing_ok=True)
         for name in replaced:  # a whole stack's page PNGs, which its volume replaces
             (out / name).unlink(missing_ok=True)
