@@ -156,6 +156,10 @@ def test_volumes_medcad_cannot_take_apart_are_refused_naming_the_file_and_what_i
         whole.write_bytes(whole.read_bytes()[:-500])
     write(tmp_path / "lost.mhd", noise_image(2, 16, gray=True))
     (tmp_path / "lost.raw").unlink()
+    # float64 voxels whose header's bitpix says 8, cut to an eighth of them: ITK reads by the datatype, zeros the rest
+    lying = bytearray(write(tmp_path / "bitpix.nii", noise_image(3, 64, gray=True).astype(np.float64)).read_bytes())
+    lying[72:74] = (8).to_bytes(2, "little")
+    (tmp_path / "bitpix.nii").write_bytes(bytes(lying[: 352 + 64 * 64]))
     said = {
         "volume_t.nii.gz": "8 x 8 x 3 x 2 voxels, of more than one axis beyond",
         "flow.nii.gz": "2-component voxels",
@@ -163,6 +167,7 @@ def test_volumes_medcad_cannot_take_apart_are_refused_naming_the_file_and_what_i
         "cut.nii": "truncated: its header's voxels end at byte 4448, the file holds 3948 bytes",
         "cut.hdr": "its voxel data file cut.img holds 3596 bytes",
         "lost.mhd": "its voxel data file lost.raw, which its header names, is not there",
+        "bitpix.nii": "truncated: its header's voxels end at byte 33120, the file holds 4448 bytes",
     }
     for name, text in said.items():
         with pytest.raises(DataError) as e:

@@ -202,6 +202,11 @@ def _voxels(path: Path) -> np.ndarray | DataError:
     return arr
 
 
+# each NIfTI datatype's bytes a voxel (nifti1.h's DT_ codes), by which ITK's reader (nifti1_io) sizes the voxels
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1536: 16}
+_NIFTI_BYTES |= {1792: 16, 2048: 32, 2304: 4}
+
+
 class _NiftiHeader(NamedTuple):
     dims: tuple[int, ...]  # NIfTI's dim[0..dim[0]]: the number of dimensions, then each one's size
     datatype: int
@@ -217,8 +222,12 @@ class _NiftiHeader(NamedTuple):
 
     @property
     def end(self) -> int:
-        """The byte the voxels end at: vox_offset + the product of the dims x bitpix / 8."""
-        return self.offset + int(np.prod(self.dims[1:], dtype=np.int64)) * self.bitpix // 8
+        """The byte the voxels end at: vox_offset + the product of the dims x the datatype's bytes a voxel, as ITK reads
+        them (bitpix / 8 for a datatype NIfTI does not name: a header whose bitpix said 8 of float64 voxels had passed
+        with an eighth of them, ITK filling the rest with zeros)."""
+        voxels = int(np.prod(self.dims[1:], dtype=np.int64))
+        per = _NIFTI_BYTES.get(self.datatype)
+        return self.offset + (voxels * per if per else voxels * self.bitpix // 8)
 
 
 def _nifti_header(path: Path) -> _NiftiHeader | None:
