@@ -51,13 +51,28 @@ def file_stamp(path: str | Path) -> str:
     return "|".join(f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}" for st in stats)
 
 
+_KEPT: list[tuple[OrderedDict, threading.Lock]] = []  # every `per_file_version` cache, for `forget`
+
+
+def forget(path: str | Path) -> None:
+    """Free what every `per_file_version` cache keeps of a file as it is now, before deleting it (a server's upload
+    had stayed in memory until later files pushed it out)."""
+    try:
+        key = file_version(path)
+    except OSError:
+        return
+    for kept, lock in _KEPT:
+        with lock:
+            kept.pop(key, None)
+
+
 def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[str | Path], T]]:
     """Memoise `fn(path)` by `file_version(path)`, keeping the last `maxsize` versions (`fn` is called with the path
-        as given, so its messages name it so); a file that cannot be stat'ed is read uncached (`fn` names its problem).
-        Threads asking for one version at once wait for one call (the pages of a stack are decoded side by side: each
-        thread had decompressed the whole file). Exceptions are not kept. What `fn` returns is shared: return values not
-        to be changed (tuples, ranges, read-only arrays). `fn.forget(path)` frees what is kept of the file as it is now
-    (before deleting it: a server's upload), `fn.cache_clear()` all, `fn.cache_len()` counts what is kept."""
+    as given, so its messages name it so); a file that cannot be stat'ed is read uncached (`fn` names its problem).
+    Threads asking for one version at once wait for one call (the pages of a stack are decoded side by side: each
+    thread had decompressed the whole file). Exceptions are not kept. What `fn` returns is shared: return values not
+    to be changed (tuples, ranges, read-only arrays). `forget(path)` frees what every such cache keeps of a file,
+    `fn.cache_clear()` all `fn` keeps, `fn.cache_len()` counts it."""
 
     def wrap(fn: Callable[[Path], T]) -> Callable[[str | Path], T]:
         kept: OrderedDict[tuple, T] = OrderedDict()
@@ -95,16 +110,7 @@ def per_file_version(maxsize: int) -> Callable[[Callable[[Path], T]], Callable[[
 
         call.cache_clear = kept.clear  # type: ignore[attr-defined]
         call.cache_len = kept.__len__  # type: ignore[attr-defined]
-
-        def forget(path: str | Path) -> None:  # a file about to be deleted (a server's upload): its value freed now
-            try:
-                key = file_version(path)
-            except OSError:
-                return
-            with lock:
-                kept.pop(key, None)
-
-        call.forget = forget  # type: ignore[attr-defined]
+        _KEPT.append((kept, lock))
         return call
 
     return wrap

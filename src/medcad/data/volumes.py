@@ -330,13 +330,6 @@ def header_voxels(path: Path) -> tuple[int, ...] | None:
     return None if header is None else tuple(int(n) for n in header.dims[1 : 1 + header.dims[0]])
 
 
-def forget(path: Path) -> None:
-    """Free what is kept of a volume file (its voxels, header sizes, geometry, scale) before it is deleted: a server's
-    upload had stayed in memory until four later files were read."""
-    for kept in (_voxels, volume_info, _geometry, stack_scale):
-        kept.forget(path)
-
-
 def read_volume_page(path: Path, page: int | None = None) -> np.ndarray:
     """Page `page` (0 when None) of a volume file as stored: (H, W) or (H, W, 3|4), its own dtype (uint8, int16,
     float32...).
@@ -410,7 +403,11 @@ def stack_scale(path: Path) -> tuple[float, float, str] | None:
     from medcad.data.pixels import stack_scale as scale_of
 
     pages = volume_info(path)[2]
-    return None if pages == 1 else scale_of(np.concatenate([np.asarray(s).ravel() for s in _stacks(path)]), path, pages)
+    if pages == 1:
+        return None
+    stacks = _stacks(path)  # one file's voxels read as kept, without a copy; nnU-Net's colour files concatenated
+    values = stacks[0].reshape(-1) if len(stacks) == 1 else np.concatenate([s.ravel() for s in stacks])
+    return scale_of(values, path, pages)
 
 
 def volume_notes(path: Path) -> list[str]:

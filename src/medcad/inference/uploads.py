@@ -21,6 +21,7 @@ from PIL import Image
 from medcad.data.io import image_pages, read_image
 from medcad.data.pixel_limit import bomb_pixels
 from medcad.data.tiff import TIFF_MAGIC, page_pixels, unreadable_tiff
+from medcad.data.versions import forget
 from medcad.errors import DataError, MedcadError, NoSuchFrame
 
 # first bytes -> kind; DICOM is recognised by "DICM" after its 128-byte preamble
@@ -321,7 +322,5 @@ def decode_upload(data: bytes, workdir: Path, limits: Limits, frame: int = 0) ->
             raise UploadError(422, f"the upload cannot be decoded: {e.problem.replace(f.name, 'the upload')}") from e
         finally:
             if kind in VOLUME_KINDS:  # its voxels, kept for a file's next page, freed with the file
-                from medcad.data.volumes import forget
-
                 forget(Path(f.name))
     return Upload(rgb, kind, header, frame, frames, pages[0])
