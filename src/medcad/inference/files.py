@@ -299,7 +299,7 @@ def predict_image_files(
     items = predictor.predict_files(paths, batch, workers, errors="raise" if errors == "raise" else "yield")
     names = output_names(paths) if names is None else names
     stacks, held, replaced = whole_stacks(names), {}, []  # a stack's page masks until its last page (`_stack_page`)
-    chunks = []  # the rows each append to the partial table took: the finished table is written in the same pieces
+    chunks = []  # the rows each append to the partial table took: a stack's finished table is written so too
     for k, (pred, image) in enumerate(items):
         if isinstance(pred, DataError):
             rows.append({"image": pred.path, "status": FAILED, "error": pred.problem})
@@ -323,8 +323,10 @@ def predict_image_files(
             chunks.append((written, len(rows)))
             written = len(rows)
     table = pd.DataFrame(rows)
-    if rows:  # the rows as they end (a stack's pages name its volume), in the partial table's pieces (a piece of
-        # rows without a failed one writes its whole numbers as such), replace the partial table
+    if rows and not stacks:  # the partial table is the finished one
+        os.replace(partial, RunFolder(out).predictions)
+    elif rows:  # a stack's rows, appended before its volume was written, name it now: the rows as they end, in the
+        # partial table's pieces (a piece of rows without a failed one writes its whole numbers as such)
         with atomic_path(RunFolder(out).predictions) as tmp:
             for start, end in chunks:
                 _append_rows(tmp, rows, start, end, columns)
