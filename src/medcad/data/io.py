@@ -38,13 +38,13 @@ from medcad.data.tiff import (
     MINISWHITE,
     PageTooLarge,
     PillowReads,
+    image_pages_and_types,
     is_tiff,
     page_notes,
     page_size,
     pages,
     pillow_miniswhite,
     read_page,
-    sample_types,
     unreadable_tiff,
 )
 from medcad.data.versions import file_version, per_file_version
@@ -384,7 +384,7 @@ def _stack_scale(path: Path, frame: int | None = None) -> tuple[float, float, st
     return scale if (frame or 0) in images else None
 
 
-@per_file_version(maxsize=256)
+@per_file_version(maxsize=4096)  # small tuples: a set's every TIFF, not decided again each epoch
 def _tiff_stack_scale(path: Path) -> tuple[tuple[float, float, str] | None, frozenset[int]]:
     """(how a TIFF stack's image pages scale to 8 bits, decided over all of them at once: `pixels.stack_scale`, those
     pages), kept per file version (its pages are read once per process, not once per page). The scale is None for a
@@ -393,8 +393,8 @@ def _tiff_stack_scale(path: Path) -> tuple[tuple[float, float, str] | None, froz
     when read). Decided page by page, a 16-bit cine's frames had come out at other brightnesses: a frame whose values
     stay below 4096 was read as 12-bit, the next, reaching 5000, as 16-bit (3000 -> 187, then 12)."""
     try:
-        images = pages(path)[0]
-        if len(images) < 2 or sample_types(path, images) <= {np.dtype(np.uint8), np.dtype(bool)}:
+        images, types = image_pages_and_types(path)  # one opening of the file
+        if len(images) < 2 or types <= {np.dtype(np.uint8), np.dtype(bool)}:
             return None, frozenset(images)
     except PillowReads:
         return None, frozenset()

@@ -194,25 +194,31 @@ def pages(path: Path) -> tuple[list[int], list[int]]:
         PillowReads: tifffile cannot parse the file.
     """
     with _open(path) as tif:
-        if (n := _frames(tif)) > len(tif.pages):
-            return list(range(n)), []  # an ImageJ truncated stack
-        images, thumbnails, first = [], [], tif.pages[0]
-        for k, p in enumerate(tif.pages):
-            small = 2 * p.imagewidth <= first.imagewidth and 2 * p.imagelength <= first.imagelength
-            subfile = int(p.tags.valueof(NEW_SUBFILE_TYPE) or 0)
-            (thumbnails if subfile & REDUCED_RESOLUTION or small else images).append(k)
-        return images or [0], thumbnails if images else []
+        return _pages(tif)
 
 
-def sample_types(path: Path, images: list[int]) -> set[np.dtype]:
-    """The sample types of a TIFF's image pages (`pages`), from their headers (no pixel data read).
+def _pages(tif) -> tuple[list[int], list[int]]:
+    if (n := _frames(tif)) > len(tif.pages):
+        return list(range(n)), []  # an ImageJ truncated stack
+    images, thumbnails, first = [], [], tif.pages[0]
+    for k, p in enumerate(tif.pages):
+        small = 2 * p.imagewidth <= first.imagewidth and 2 * p.imagelength <= first.imagelength
+        subfile = int(p.tags.valueof(NEW_SUBFILE_TYPE) or 0)
+        (thumbnails if subfile & REDUCED_RESOLUTION or small else images).append(k)
+    return images or [0], thumbnails if images else []
+
+
+def image_pages_and_types(path: Path) -> tuple[list[int], set[np.dtype]]:
+    """(the image pages, as `pages` gives them; their sample types), from the headers of one opening (no pixel data
+    read).
 
     Raises:
         PillowReads: tifffile cannot parse the file.
     """
     with _open(path) as tif:
+        images = _pages(tif)[0]
         kept = [tif.pages[k] for k in images if k < len(tif.pages)]  # an ImageJ truncated stack: its one IFD
-        return {np.dtype(p.dtype) if p.dtype is not None else np.dtype(np.uint8) for p in kept}
+        return images, {np.dtype(p.dtype) if p.dtype is not None else np.dtype(np.uint8) for p in kept}
 
 
 def page_notes(path: Path) -> tuple[list[str], np.dtype]:
